@@ -1,0 +1,281 @@
+"""Perceptual losses: pure, jittable, batched. Every loss returns one value per example (``[B]``).
+
+Statistics of a feature map ``F`` (``[B, H, W, C]``, flattened to ``[B, N=H*W, C]``):
+
+* Gram: ``G = F^T F / norm`` with ``norm`` = ``H*W`` (``"hw"``, Magenta/Ghiasi et al.; the
+  default), ``C*H*W`` (``"chw"``, Johnson et al.) or 1 (``"none"``, Gatys et al. with their
+  ``1/(4 N^2 M^2)`` folded into the weight).
+* Centered Gram: the Gram of ``F - mean_hw(F)`` (a covariance): invariant to per-channel offsets,
+  so it ignores the mean colour/intensity of each filter and keeps only the co-variation.
+* ``"both"``: the Gram term plus the centered-Gram term.
+* ``"mean_std"``: per-channel mean and standard deviation over H, W (AdaIN; Huang & Belongie).
+
+Distances are mean squared errors over the statistic's entries (``reduce_mean`` as in Magenta),
+so a layer weight means the same thing at every image size.
+
+Total variation (``"magenta"``): ``0.5 * (mean(dy^2) + mean(dx^2))`` per example, which is
+Magenta's ``l2_loss(dy)/size(dy) + l2_loss(dx)/size(dx)``; ``"l1"`` uses absolute differences.
+
+:class:`LossConfig` holds layers and weights; :class:`StyleTargets` precomputes the style
+statistics of a style batch once and is reused at every step/iteration; :func:`perceptual_loss`
+combines everything against a VGG feature function.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+from .errors import ConfigError
+
+GramNorm = Literal["hw", "chw", "none"]
+StyleStatistic = Literal["gram", "centered_gram", "both", "mean_std"]
+TVKind = Literal["magenta", "l1"]
+STYLE_STATISTICS = ("gram", "centered_gram", "both", "mean_std")
+GRAM_NORMS = ("hw", "chw", "none")
+
+FeatureFn = Callable[[jax.Array, Sequence[str]], dict[str, jax.Array]]
+
+
+def _at_least_f32(x: jax.Array) -> jax.Array:
+    """bf16/f16 -> float32 (sums over H*W lose too much precision); float64 stays float64."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def _flatten(f: jax.Array) -> jax.Array:
+    b, h, w, c = f.shape
+    return f.reshape(b, h * w, c)
+
+
+def _gram_denominator(shape: tuple[int, ...], norm: GramNorm) -> float:
+    _, h, w, c = shape
+    if norm == "hw":
+        return float(h * w)
+    if norm == "chw":
+        return float(c * h * w)
+    if norm == "none":
+        return 1.0
+    raise ConfigError(f"gram normalization must be one of {GRAM_NORMS}, got {norm!r}")
+
+
+def gram_matrix(f: jax.Array, norm: GramNorm = "hw") -> jax.Array:
+    """``[B, H, W, C] -> [B, C, C]`` Gram matrix, normalized as documented above.
+    Accumulated in at least float32, also for bf16 features."""
+    x = _at_least_f32(_flatten(f))
+    return jnp.einsum("bnc,bnd->bcd", x, x) / _gram_denominator(f.shape, norm)
+
+
+def centered_gram_matrix(f: jax.Array, norm: GramNorm = "hw") -> jax.Array:
+    """Gram matrix of the per-channel mean-subtracted features (a feature covariance)."""
+    x = _at_least_f32(f)
+    return gram_matrix(x - jnp.mean(x, axis=(1, 2), keepdims=True), norm)
+
+
+def mean_std(f: jax.Array, eps: float = 1e-5) -> tuple[jax.Array, jax.Array]:
+    """Per-channel mean and standard deviation over H, W: two ``[B, C]`` arrays."""
+    x = _at_least_f32(f)
+    mean = jnp.mean(x, axis=(1, 2))
+    var = jnp.var(x, axis=(1, 2))
+    return mean, jnp.sqrt(var + eps)
+
+
+def style_statistic(f: jax.Array, kind: StyleStatistic = "gram", norm: GramNorm = "hw"):
+    """The statistic a style loss compares, as a pytree with a leading batch axis."""
+    if kind == "gram":
+        return {"gram": gram_matrix(f, norm)}
+    if kind == "centered_gram":
+        return {"centered_gram": centered_gram_matrix(f, norm)}
+    if kind == "both":
+        return {"gram": gram_matrix(f, norm), "centered_gram": centered_gram_matrix(f, norm)}
+    if kind == "mean_std":
+        mean, std = mean_std(f)
+        return {"mean": mean, "std": std}
+    raise ConfigError(f"style statistic must be one of {STYLE_STATISTICS}, got {kind!r}")
+
+
+def _per_example_mse(a: jax.Array, b: jax.Array) -> jax.Array:
+    d = (_at_least_f32(a) - _at_least_f32(b)) ** 2
+    return jnp.mean(d.reshape(d.shape[0], -1), axis=1)
+
+
+def statistic_distance(stat, target) -> jax.Array:
+    """Sum over the statistic's parts of the per-example MSE: ``[B]``. ``target`` may have batch
+    size 1 (one style for the whole batch) or B."""
+    total = 0.0
+    for key, value in stat.items():
+        t = jnp.broadcast_to(target[key], value.shape)
+        total = total + _per_example_mse(value, t)
+    return total
+
+
+def content_loss(f: jax.Array, target: jax.Array) -> jax.Array:
+    """Feature MSE per example: ``[B]``."""
+    return _per_example_mse(f, jnp.broadcast_to(target, f.shape))
+
+
+def style_loss(f: jax.Array, target_stat, kind: StyleStatistic = "gram",
+               norm: GramNorm = "hw") -> jax.Array:
+    """Distance between the style statistic of ``f`` and a precomputed target: ``[B]``."""
+    return statistic_distance(style_statistic(f, kind, norm), target_stat)
+
+
+def total_variation(images: jax.Array, kind: TVKind = "magenta") -> jax.Array:
+    """Total variation per example (see module docstring): ``[B]``."""
+    x = _at_least_f32(images)
+    dy = x[:, 1:, :, :] - x[:, :-1, :, :]
+    dx = x[:, :, 1:, :] - x[:, :, :-1, :]
+    b = x.shape[0]
+    if kind == "magenta":
+        return 0.5 * (jnp.mean((dy ** 2).reshape(b, -1), 1) + jnp.mean((dx ** 2).reshape(b, -1), 1))
+    if kind == "l1":
+        return jnp.mean(jnp.abs(dy).reshape(b, -1), 1) + jnp.mean(jnp.abs(dx).reshape(b, -1), 1)
+    raise ConfigError(f"total variation kind must be 'magenta' or 'l1', got {kind!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """Layers, per-layer weights and global weights of the perceptual loss.
+
+    Defaults follow Magenta's arbitrary_image_stylization (Ghiasi et al. 2017): content on VGG
+    ``conv3`` (= relu3_3 here) with weight 1, style Gram on conv1..conv4 (relu1_2, relu2_2,
+    relu3_3, relu4_3) at 0.5e-3 each, TV 1e4 under Magenta's normalization. Magenta's slim VGG16
+    takes RGB 0..255 minus the mean, exactly the scale of the caffe input used here, so the
+    weights carry over.
+    """
+
+    content_layers: Mapping[str, float] = dataclasses.field(
+        default_factory=lambda: {"relu3_3": 1.0})
+    style_layers: Mapping[str, float] = dataclasses.field(
+        default_factory=lambda: {"relu1_2": 0.5e-3, "relu2_2": 0.5e-3,
+                                 "relu3_3": 0.5e-3, "relu4_3": 0.5e-3})
+    content_weight: float = 1.0
+    style_weight: float = 1.0
+    tv_weight: float = 1e4
+    style_statistic: StyleStatistic = "gram"
+    gram_norm: GramNorm = "hw"
+    tv_kind: TVKind = "magenta"
+
+    def __post_init__(self):
+        from .vgg import tap_depth  # validates tap names
+
+        for layer in (*self.content_layers, *self.style_layers):
+            tap_depth(layer)
+        if self.style_statistic not in STYLE_STATISTICS:
+            raise ConfigError(f"style_statistic must be one of {STYLE_STATISTICS}, "
+                              f"got {self.style_statistic!r}")
+        if self.gram_norm not in GRAM_NORMS:
+            raise ConfigError(f"gram_norm must be one of {GRAM_NORMS}, got {self.gram_norm!r}")
+        for name in ("content_weight", "style_weight", "tv_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    @property
+    def taps(self) -> tuple[str, ...]:
+        """All VGG taps the loss needs (content and style), without duplicates."""
+        return tuple(dict.fromkeys([*self.content_layers, *self.style_layers]))
+
+    def replace(self, **kw) -> "LossConfig":
+        return dataclasses.replace(self, **kw)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping) -> "LossConfig":
+        """From an ``ml_collections.ConfigDict`` (or dict) with the same field names."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(cfg) - fields
+        if unknown:
+            raise ConfigError(f"unknown loss options: {sorted(unknown)}")
+        kw = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in dict(cfg).items()}
+        return cls(**kw)
+
+
+def depth_weighted_layers(layers: Sequence[str], total: float = 1.0,
+                          growth: float = 2.0) -> dict[str, float]:
+    """Per-layer weights that grow with depth (Novak & Nikulin, "Improving the neural algorithm of
+    artistic style"): weight_i proportional to ``growth**i``, normalized to sum to ``total``."""
+    raw = [growth ** i for i in range(len(layers))]
+    s = sum(raw)
+    return {layer: total * r / s for layer, r in zip(layers, raw)}
+
+
+@jax.tree_util.register_pytree_node_class
+@dataclasses.dataclass
+class StyleTargets:
+    """Style statistics of a style batch, computed once and reused at every step.
+
+    ``stats[layer]`` is a statistic pytree with leading batch axis ``S`` (S = 1 broadcasts to any
+    batch). A pytree, so it can be passed into jitted functions.
+    """
+
+    stats: dict
+
+    def tree_flatten(self):
+        return (self.stats,), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(*children)
+
+    @classmethod
+    def from_features(cls, feats: Mapping[str, jax.Array], cfg: LossConfig) -> "StyleTargets":
+        return cls({layer: style_statistic(feats[layer], cfg.style_statistic, cfg.gram_norm)
+                    for layer in cfg.style_layers})
+
+    @classmethod
+    def from_images(cls, feature_fn: FeatureFn, style_images: jax.Array,
+                    cfg: LossConfig) -> "StyleTargets":
+        """``feature_fn(images, taps) -> {tap: features}`` (e.g. a :class:`~arbitrary_nst.vgg.VGG16`)."""
+        return cls.from_features(feature_fn(style_images, tuple(cfg.style_layers)), cfg)
+
+    def blend(self, weights: jax.Array) -> "StyleTargets":
+        """Mix the S styles into one target per ``weights`` row: ``[S]`` -> batch 1, or
+        ``[B, S]`` -> batch B. Because the distances are MSEs, matching the weighted mean of the
+        statistics equals minimizing the weighted sum of per-style losses up to a constant."""
+        w = jnp.asarray(weights, jnp.float32)
+        w2 = w[None] if w.ndim == 1 else w
+        mix = lambda s: jnp.einsum("bs,s...->b...", w2, s)  # noqa: E731
+        return StyleTargets(jax.tree_util.tree_map(mix, self.stats))
+
+
+def perceptual_loss(feature_fn: FeatureFn, images: jax.Array, cfg: LossConfig, *,
+                    content_feats: Mapping[str, jax.Array] | None,
+                    style_targets: StyleTargets | None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Weighted content + style + TV loss of ``images`` (``[B, H, W, 3]`` in [0, 1]).
+
+    Returns ``(total [B], terms)`` with ``terms`` holding the weighted ``content``, ``style`` and
+    ``tv`` parts (``[B]`` each) plus the unweighted per-layer values ``content/<layer>`` and
+    ``style/<layer>`` for logging and analysis.
+    """
+    taps = []
+    if content_feats is not None:
+        taps += list(cfg.content_layers)
+    if style_targets is not None:
+        taps += list(cfg.style_layers)
+    feats = feature_fn(images, tuple(dict.fromkeys(taps))) if taps else {}
+    b = images.shape[0]
+    acc = jnp.promote_types(images.dtype, jnp.float32)
+    terms: dict[str, jax.Array] = {}
+    content = jnp.zeros((b,), acc)
+    if content_feats is not None:
+        for layer, w in cfg.content_layers.items():
+            v = content_loss(feats[layer], content_feats[layer])
+            terms[f"content/{layer}"] = v
+            content = content + w * v
+    style = jnp.zeros((b,), acc)
+    if style_targets is not None:
+        for layer, w in cfg.style_layers.items():
+            v = statistic_distance(style_statistic(feats[layer], cfg.style_statistic,
+                                                   cfg.gram_norm), style_targets.stats[layer])
+            terms[f"style/{layer}"] = v
+            style = style + w * v
+    tv = total_variation(images, cfg.tv_kind)
+    terms["content"] = cfg.content_weight * content
+    terms["style"] = cfg.style_weight * style
+    terms["tv"] = cfg.tv_weight * tv
+    total = terms["content"] + terms["style"] + terms["tv"]
+    return total, terms

