@@ -256,3 +256,32 @@ def resolve(path: str | os.PathLike | None = None, *, allow_download: bool = Fal
 def load(path: str | os.PathLike | None = None, *, allow_download: bool = False) -> Weights:
     """Resolve (see :func:`resolve`) and load the 13 conv layers as float32 numpy arrays."""
     return read_npz(resolve(path, allow_download=allow_download))
+
+
+def main(argv=None) -> int:
+    """``python -m arbitrary_nst.weights [--path P] [--download]``: resolve and cache the weights."""
+    import argparse
+    import sys
+    import time
+
+    parser = argparse.ArgumentParser(prog="python -m arbitrary_nst.weights",
+                                     description="Find, convert, check and cache the ImageNet VGG16 "
+                                                 "conv weights.")
+    parser.add_argument("--path", help="explicit weights file (.h5, .npz or .onnx)")
+    parser.add_argument("--download", action="store_true",
+                        help="allow Keras' canonical download when no local source exists")
+    args = parser.parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        path = resolve(args.path, allow_download=args.download)
+        read_npz(path)
+    except WeightsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"VGG16 weights ready: {path} ({path.stat().st_size / 2**20:.1f} MiB, "
+          f"{time.perf_counter() - t0:.2f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,883 @@
+"""Reading, writing, converting and resizing images: the one place that touches image files.
+
+Every entry point (CLIs, training data, inference) goes through this module, so every image is
+handled the same way:
+
+* :func:`load_image` returns ``float32`` HWC RGB in ``[0, 1]``. EXIF orientation is applied,
+  every Pillow mode is converted to RGB (transparency is composited on **white**, 16-bit
+  grayscale keeps its full range), an embedded ICC profile of RGB/CMYK images is converted to
+  sRGB when Pillow has LittleCMS, and multi-frame files (GIF, TIFF) give their first frame.
+* Every problem with a file a user names raises :class:`~arbitrary_nst.errors.ImageError`
+  whose ``str`` is one line ``"path: reason"`` (missing, a directory, empty, not an image,
+  truncated or corrupt, too large, permission denied, ...). Programming errors (a wrong array
+  shape passed by code) raise ``ValueError``/``TypeError`` as usual.
+* :func:`save_image` writes atomically (temporary file in the destination folder, ``fsync``,
+  rename) and refuses to replace an existing file unless asked to.
+
+Array conventions: images are ``H x W x C`` (``C`` = 3 for RGB); ``H x W`` grayscale is
+accepted wherever it is unambiguous. :func:`pad_to_multiple` and :func:`crop_to` also take
+batched ``N x H x W x C`` arrays, NumPy or JAX.
+
+Decompression bombs: :func:`load_image` reads only the header (``Image.open`` is lazy) and
+compares ``width * height`` with ``max_pixels`` before anything is decoded. Pillow's own global
+guard (``PIL.Image.MAX_IMAGE_PIXELS``) stays in force as a second line of defence; it is raised
+for the duration of the header read only when a caller explicitly passes a larger
+``max_pixels``, and Pillow's ``DecompressionBombError`` becomes an ``ImageError`` too.
+
+Truncated files are detected because the pixel data is fully decoded (``Image.load()``) inside
+the error handling, with ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` left at its default ``False``
+(this module never sets it; if other code in the process sets it to ``True``, Pillow silently
+fills truncated images with grey and no error can be raised here).
+"""
+from __future__ import annotations
+
+import errno
+import glob as _glob
+import os
+import re
+import tempfile
+import threading
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from arbitrary_nst.errors import ConfigError, ImageError
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_EXTENSIONS",
+    "SAVE_FORMATS",
+    "PathLike",
+    "ImageLike",
+    "load_image",
+    "load_pil",
+    "to_float",
+    "to_uint8",
+    "resize",
+    "resize_max_side",
+    "resize_short_side",
+    "center_crop",
+    "center_crop_square",
+    "pad_to_multiple",
+    "crop_to",
+    "save_image",
+    "list_images",
+    "is_image_file",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+ImageLike = Union[np.ndarray, Image.Image, Any]  # ``Any``: array-likes such as jax.Array
+
+#: Default limit on ``width * height`` of an image to decode (64 megapixels, e.g. 8000 x 8000).
+DEFAULT_MAX_PIXELS: int = 64_000_000
+
+#: Extensions (lower case, with dot) that :func:`list_images` and :func:`is_image_file` accept.
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+)
+
+#: Output extension -> Pillow format name for :func:`save_image`.
+SAVE_FORMATS: dict[str, str] = {
+    ".png": "PNG",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".webp": "WEBP",
+    ".bmp": "BMP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+}
+
+_RESAMPLING = {
+    "lanczos": Image.Resampling.LANCZOS,
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "box": Image.Resampling.BOX,
+    "nearest": Image.Resampling.NEAREST,
+}
+Resample = Literal["lanczos", "bicubic", "bilinear", "box", "nearest"]
+
+# Modes whose samples do not fit in 8 bits; they are converted through float, never through
+# Pillow's ``convert("L")`` (which clips 16-bit values to 255 instead of scaling them).
+_HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+
+# Serialises the (header-only) ``Image.open`` calls of this module, during which Pillow's global
+# decompression-bomb limit may be raised and its warning silenced; see ``_open_checked``.
+_OPEN_LOCK = threading.Lock()
+_GLOB_MAGIC = re.compile(r"[*?[]")
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def load_image(
+    path: PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, max_side: int | None = None
+) -> np.ndarray:
+    """Read an image file as ``float32`` ``H x W x 3`` RGB in ``[0, 1]``.
+
+    Args:
+        path: the image file (any format Pillow reads: JPEG, PNG, WebP, BMP, TIFF, GIF, ...).
+        max_pixels: refuse images whose header says ``width * height > max_pixels``, before
+            decoding anything. ``None`` disables this module's check (Pillow's own global limit
+            still applies).
+        max_side: if given, downscale (Lanczos, aspect kept) so that the longer side is at most
+            ``max_side``. Never upscales. JPEGs are decoded at a reduced DCT scale first when
+            that is possible, which makes this much faster for big photos.
+
+    Raises:
+        ImageError: the file is missing, a directory, empty, not an image, truncated or
+            corrupt, too large, unreadable, or in a mode that cannot be converted to RGB.
+    """
+    im = _open_decoded(path, max_pixels=max_pixels, max_side=max_side)
+    if im.mode in _HIGH_DEPTH_MODES:
+        x = _high_depth_to_float(im)
+        x = np.repeat(x[:, :, None], 3, axis=2)
+        if max_side is not None:
+            x = resize_max_side(x, max_side)
+        return x
+    rgb = _pil_to_rgb8(im, path)
+    if max_side is not None:
+        rgb = _pil_downscale(rgb, max_side)
+    return np.asarray(rgb, dtype=np.float32) / np.float32(255.0)
+
+
+def load_pil(
+    path: PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, max_side: int | None = None
+) -> Image.Image:
+    """Like :func:`load_image` but return an 8-bit ``RGB`` PIL image (oriented, converted).
+
+    16-bit grayscale is scaled (not clipped) to 8 bits. Raises the same ``ImageError`` s.
+    """
+    im = _open_decoded(path, max_pixels=max_pixels, max_side=max_side)
+    rgb = _pil_to_rgb8(im, path)
+    if max_side is not None:
+        rgb = _pil_downscale(rgb, max_side)
+    return rgb
+
+
+def _open_decoded(path: PathLike, *, max_pixels: int | None, max_side: int | None) -> Image.Image:
+    """Open, size-check, fully decode and EXIF-orient ``path``; any mode. Raises ImageError."""
+    if max_pixels is not None and max_pixels < 1:
+        raise ValueError(f"max_pixels must be >= 1 or None, got {max_pixels}")
+    if max_side is not None and max_side < 1:
+        raise ValueError(f"max_side must be >= 1 or None, got {max_side}")
+    name = os.fspath(path)
+    _check_readable_file(name)
+    try:
+        f = open(name, "rb")
+    except OSError as e:
+        raise ImageError(name, _os_reason(e)) from None
+    with f:
+        im = _open_checked(f, name, max_pixels)
+        try:
+            with im:
+                if max_side is not None and im.format == "JPEG":
+                    # Decode at a reduced DCT scale (1/2, 1/4, 1/8) while staying >= 2x the
+                    # target, as Image.thumbnail does; Lanczos finishes the job afterwards.
+                    w, h = im.size
+                    scale = max_side / max(w, h)
+                    if scale < 0.5:
+                        im.draft(None, (max(1, round(w * scale * 2)), max(1, round(h * scale * 2))))
+                im.load()  # force the full decode: this is where truncation shows up
+                return _exif_oriented(im)
+        except ImageError:
+            raise
+        except Image.DecompressionBombError as e:
+            raise ImageError(name, _too_large_from_pillow(e, max_pixels)) from None
+        except MemoryError:
+            w, h = im.size
+            raise ImageError(name, f"not enough memory to decode a {w} x {h} image") from None
+        except Exception as e:  # noqa: BLE001 - decoders raise OSError, SyntaxError, ValueError..
+            raise ImageError(name, f"truncated or corrupt image data: {_one_line(e)}") from None
+
+
+def _check_readable_file(name: str) -> None:
+    """Turn the usual filesystem problems into ImageError before Pillow sees the path."""
+    try:
+        st = os.stat(name)
+    except FileNotFoundError:
+        raise ImageError(name, "no such file") from None
+    except OSError as e:
+        raise ImageError(name, _os_reason(e)) from None
+    if os.path.isdir(name):
+        raise ImageError(name, "is a directory, expected an image file")
+    if not os.path.isfile(name):
+        raise ImageError(name, "not a regular file")
+    if st.st_size == 0:
+        raise ImageError(name, "empty file (0 bytes)")
+
+
+def _open_checked(f: Any, name: str, max_pixels: int | None) -> Image.Image:
+    """``Image.open`` (header only) plus the ``max_pixels`` check; returns the lazy image."""
+    with _OPEN_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        try:
+            # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that. Our limit is the
+            # authoritative one: let an explicit larger max_pixels through Pillow's header check,
+            # and silence the warning: anything it would warn about exceeds max_pixels too and
+            # is rejected just below with a precise message (or max_pixels is None: the caller
+            # opted out, and only Pillow's hard limit remains).
+            if saved is not None and max_pixels is not None and max_pixels > saved:
+                Image.MAX_IMAGE_PIXELS = max_pixels
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im = Image.open(f, formats=_open_formats())
+        except UnidentifiedImageError:
+            fmt = _sniff_format(f)
+            if fmt is not None:  # the right signature, but Pillow cannot parse the header
+                reason = f"truncated, corrupt or unsupported {fmt} file (cannot read its header)"
+                raise ImageError(name, reason) from None
+            raise ImageError(name, "not an image (cannot identify format)") from None
+        except Image.DecompressionBombError as e:
+            raise ImageError(name, _too_large_from_pillow(e, max_pixels)) from None
+        except MemoryError:
+            raise ImageError(name, "not enough memory to read the image header") from None
+        except Exception as e:  # noqa: BLE001 - a corrupt header can raise nearly anything
+            raise ImageError(name, f"truncated or corrupt image data: {_one_line(e)}") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+    w, h = im.size
+    if max_pixels is not None and w * h > max_pixels:
+        im.close()
+        raise ImageError(name, _too_large(w, h, max_pixels))
+    if w < 1 or h < 1:
+        im.close()
+        raise ImageError(name, f"image has no pixels ({w} x {h})")
+    return im
+
+
+# Formats never opened: EPS is rendered by running Ghostscript (an external PostScript
+# interpreter) on the file, which is no way to treat untrusted input.
+_REFUSED_FORMATS = frozenset({"EPS"})
+
+
+def _open_formats() -> list[str]:
+    Image.init()  # registers every plugin (idempotent)
+    return [fmt for fmt in Image.ID if fmt not in _REFUSED_FORMATS]
+
+
+_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+
+
+def _sniff_format(f: Any) -> str | None:
+    """The format named by a file's magic bytes (to tell "corrupt PNG" from "not an image")."""
+    try:
+        f.seek(0)
+        head = f.read(16)
+    except (OSError, ValueError):
+        return None
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    for magic, fmt in _SIGNATURES:
+        if head.startswith(magic):
+            return fmt
+    return None
+
+
+def _too_large(w: int, h: int, limit: int | None) -> str:
+    return f"too large: {w} x {h} = {w * h} pixels > limit {limit}; pass a larger max_pixels"
+
+
+def _too_large_from_pillow(e: Exception, limit: int | None) -> str:
+    m = re.search(r"\((\d+) pixels\)", str(e))
+    n = m.group(1) if m else "?"
+    pil_limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+    return (
+        f"too large: {n} pixels > limit {limit if limit is not None else pil_limit} "
+        "(Pillow decompression-bomb guard); pass a larger max_pixels"
+    )
+
+
+def _exif_oriented(im: Image.Image) -> Image.Image:
+    """Apply the EXIF Orientation tag. An unreadable EXIF block leaves the image as stored."""
+    try:
+        out = ImageOps.exif_transpose(im)
+    except Exception:  # noqa: BLE001 - broken EXIF must not make a decodable image unusable
+        out = im.copy()
+    assert out is not None
+    return out
+
+
+def _has_alpha(im: Image.Image) -> bool:
+    return im.mode in _ALPHA_MODES or (im.mode in ("P", "L", "RGB") and "transparency" in im.info)
+
+
+def _pil_to_rgb8(im: Image.Image, path: PathLike | None = None) -> Image.Image:
+    """Any PIL image -> 8-bit RGB: alpha over white, 16-bit scaled, ICC converted to sRGB."""
+    if im.mode == "RGB" and "transparency" not in im.info:
+        return _icc_to_srgb(im)
+    if im.mode in _HIGH_DEPTH_MODES:
+        g = _high_depth_to_float(im)
+        return Image.fromarray(_float_to_u8(g)).convert("RGB")
+    if im.mode == "1":
+        return im.convert("L").convert("RGB")
+    if _has_alpha(im):
+        # convert() turns a "transparency" entry (palette index / key colour) into alpha and
+        # un-premultiplies RGBa/La.
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if im.mode == "CMYK":
+        converted = _icc_to_srgb(im)
+        return converted if converted.mode == "RGB" else im.convert("RGB")
+    try:
+        return im.convert("RGB")
+    except Exception as e:  # noqa: BLE001
+        raise ImageError(path, f"unsupported image mode {im.mode!r}: {_one_line(e)}") from None
+
+
+def _icc_to_srgb(im: Image.Image) -> Image.Image:
+    """Convert an RGB/CMYK image with an embedded ICC profile to sRGB; else return it as is."""
+    icc = im.info.get("icc_profile")
+    if not icc or im.mode not in ("RGB", "CMYK"):
+        return im
+    try:
+        import io
+
+        from PIL import ImageCms
+
+        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if im.mode == "RGB" and "srgb" in ImageCms.getProfileDescription(src).lower():
+            return im  # already sRGB: skip the (costly) identity transform
+        dst = ImageCms.createProfile("sRGB")
+        out = ImageCms.profileToProfile(im, src, dst, outputMode="RGB")
+    except Exception:  # noqa: BLE001 - no LittleCMS, or a broken profile: use the raw values
+        return im
+    return out if out is not None else im
+
+
+def _high_depth_to_float(im: Image.Image) -> np.ndarray:
+    """``I;16*`` / ``I`` / ``F`` single-channel image -> ``float32`` ``H x W`` in ``[0, 1]``.
+
+    ``I;16*`` and ``I`` (how Pillow holds 16-bit PNG/TIFF/PGM data) are divided by 65535.
+    ``F`` is taken as ``[0, 1]`` data unless its maximum exceeds 1, in which case it is read
+    as 0..255 (if the maximum is <= 255) or 0..65535 data.
+    """
+    if im.mode == "F":
+        x = np.asarray(im, dtype=np.float32)
+        finite_max = float(np.nanmax(x)) if x.size else 0.0
+        if finite_max > 255.0:
+            x = x / np.float32(65535.0)
+        elif finite_max > 1.0:
+            x = x / np.float32(255.0)
+    else:
+        if im.mode == "I":
+            x = np.asarray(im, dtype=np.float64)
+        else:  # I;16, I;16B, I;16L: numpy honours the byte order Pillow reports
+            x = np.asarray(im).astype(np.float64)
+        x = (x / 65535.0).astype(np.float32)
+    return np.clip(np.nan_to_num(x, nan=0.0), 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def _pil_downscale(im: Image.Image, max_side: int) -> Image.Image:
+    w, h = im.size
+    if max(w, h) <= max_side:
+        return im
+    nw, nh = _scaled_size(w, h, max_side / max(w, h))
+    return im.resize((nw, nh), Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Conversions
+# --------------------------------------------------------------------------------------------
+
+
+def to_float(image: ImageLike) -> np.ndarray:
+    """Convert to ``float32`` ``H x W x 3`` RGB in ``[0, 1]``.
+
+    Accepts a PIL image of any mode (same conversion as :func:`load_image`), or an array:
+    ``uint8`` (/255), ``uint16`` (/65535), ``bool``, or float (clipped to ``[0, 1]``, NaN -> 0),
+    shaped ``H x W``, ``H x W x 1`` (gray -> RGB), ``H x W x 3``, or ``H x W x 4`` (RGBA,
+    composited on white).
+    """
+    if isinstance(image, Image.Image):
+        if image.mode in _HIGH_DEPTH_MODES:
+            g = _high_depth_to_float(image)
+            return np.repeat(g[:, :, None], 3, axis=2)
+        return np.asarray(_pil_to_rgb8(image), dtype=np.float32) / np.float32(255.0)
+    x = np.asarray(image)
+    if x.dtype == np.uint8:
+        f = x.astype(np.float32) / np.float32(255.0)
+    elif x.dtype == np.uint16:
+        f = x.astype(np.float32) / np.float32(65535.0)
+    elif x.dtype == np.bool_:
+        f = x.astype(np.float32)
+    elif np.issubdtype(x.dtype, np.floating):
+        f = np.clip(np.nan_to_num(x.astype(np.float32), nan=0.0), 0.0, 1.0)
+    else:
+        raise TypeError(f"to_float: unsupported dtype {x.dtype} (use uint8, uint16, bool or float)")
+    return _as_rgb(f, white=1.0)
+
+
+def to_uint8(image: ImageLike) -> np.ndarray:
+    """Convert to ``uint8`` (float ``[0, 1]`` is scaled by 255, rounded and clipped; NaN -> 0).
+
+    The shape is kept (``H x W``, ``H x W x C``, batched ...). ``uint8`` arrays are returned
+    unchanged, ``bool`` become 0/255, PIL images become their 8-bit RGB pixels.
+    """
+    if isinstance(image, Image.Image):
+        return np.asarray(_pil_to_rgb8(image), dtype=np.uint8).copy()
+    x = np.asarray(image)
+    if x.dtype == np.uint8:
+        return x
+    if x.dtype == np.bool_:
+        return x.astype(np.uint8) * np.uint8(255)
+    if np.issubdtype(x.dtype, np.floating):
+        return _float_to_u8(x)
+    raise TypeError(f"to_uint8: unsupported dtype {x.dtype} (use float in [0, 1], uint8 or bool)")
+
+
+def _float_to_u8(x: np.ndarray) -> np.ndarray:
+    x = np.nan_to_num(np.asarray(x, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+    return np.rint(np.clip(x, 0.0, 1.0) * np.float32(255.0)).astype(np.uint8)
+
+
+def _as_rgb(f: np.ndarray, *, white: float) -> np.ndarray:
+    """``H x W`` / ``H x W x {1,3,4}`` float -> ``H x W x 3`` (alpha composited on white)."""
+    if f.ndim == 2:
+        f = f[:, :, None]
+    if f.ndim != 3:
+        raise ValueError(f"expected an H x W or H x W x C image, got shape {f.shape}")
+    c = f.shape[2]
+    if c == 1:
+        f = np.repeat(f, 3, axis=2)
+    elif c == 4:
+        alpha = f[:, :, 3:4]
+        f = f[:, :, :3] * alpha + np.float32(white) * (1.0 - alpha)
+    elif c != 3:
+        raise ValueError(f"expected 1, 3 or 4 channels, got shape {f.shape}")
+    return np.ascontiguousarray(f, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Resizing and cropping (float arrays)
+# --------------------------------------------------------------------------------------------
+
+
+def _scaled_size(w: int, h: int, scale: float) -> tuple[int, int]:
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def resize(x: np.ndarray, size: tuple[int, int], *, method: Resample = "lanczos") -> np.ndarray:
+    """Resize ``H x W``, ``H x W x C`` or ``N x H x W x C`` float images to ``size = (h, w)``.
+
+    Each channel is resampled in exact float (a Pillow mode-``F`` image) with proper
+    antialiasing when shrinking; the result is ``float32`` clipped to ``[0, 1]``.
+    """
+    h, w = (int(v) for v in size)
+    if h < 1 or w < 1:
+        raise ValueError(f"resize: target size must be positive, got {(h, w)}")
+    if method not in _RESAMPLING:
+        raise ValueError(f"resize: unknown method {method!r}; choose from {sorted(_RESAMPLING)}")
+    a = np.asarray(x)
+    if not np.issubdtype(a.dtype, np.floating):
+        raise TypeError(f"resize: expected a float image in [0, 1], got {a.dtype} (see to_float)")
+    a = a.astype(np.float32, copy=False)
+    if a.ndim == 4:
+        return np.stack([resize(img, (h, w), method=method) for img in a])
+    if a.ndim == 2:
+        return _resize_plane(a, h, w, method)
+    if a.ndim != 3:
+        raise ValueError(f"resize: expected H x W, H x W x C or N x H x W x C, got {a.shape}")
+    if a.shape[:2] == (h, w):
+        return np.clip(a, 0.0, 1.0)
+    return np.stack([_resize_plane(a[:, :, c], h, w, method) for c in range(a.shape[2])], axis=2)
+
+
+def _resize_plane(p: np.ndarray, h: int, w: int, method: str) -> np.ndarray:
+    if p.shape == (h, w):
+        return np.clip(p, 0.0, 1.0)
+    im = Image.fromarray(np.ascontiguousarray(p, dtype=np.float32))  # mode "F"
+    out = np.asarray(im.resize((w, h), _RESAMPLING[method]), dtype=np.float32)
+    return np.clip(out, 0.0, 1.0)
+
+
+def resize_max_side(
+    x: np.ndarray, max_side: int, *, upscale: bool = False, method: Resample = "lanczos"
+) -> np.ndarray:
+    """Scale so the longer side is ``max_side`` (aspect kept); smaller images are left alone
+    unless ``upscale=True``."""
+    if max_side < 1:
+        raise ValueError(f"max_side must be >= 1, got {max_side}")
+    h, w = _hw(x)
+    long = max(h, w)
+    if long == max_side or (long < max_side and not upscale):
+        return np.asarray(x, dtype=np.float32)
+    nw, nh = _scaled_size(w, h, max_side / long)
+    return resize(x, (nh, nw), method=method)
+
+
+def resize_short_side(x: np.ndarray, size: int, *, method: Resample = "lanczos") -> np.ndarray:
+    """Scale (up or down) so the shorter side is exactly ``size``, keeping the aspect ratio."""
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+    h, w = _hw(x)
+    short = min(h, w)
+    if short == size:
+        return np.asarray(x, dtype=np.float32)
+    scale = size / short
+    nh, nw = (size, max(1, round(w * scale))) if h <= w else (max(1, round(h * scale)), size)
+    return resize(x, (nh, nw), method=method)
+
+
+def center_crop(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Crop the central ``size = (h, w)`` region of an ``H x W [x C]`` image (a view)."""
+    h, w = (int(v) for v in size)
+    ih, iw = _hw(x)
+    if not (1 <= h <= ih and 1 <= w <= iw):
+        raise ValueError(f"center_crop: cannot crop {(h, w)} from a {ih} x {iw} image")
+    top, left = (ih - h) // 2, (iw - w) // 2
+    return x[top : top + h, left : left + w]
+
+
+def center_crop_square(x: np.ndarray) -> np.ndarray:
+    """The largest centred square of an ``H x W [x C]`` image."""
+    h, w = _hw(x)
+    s = min(h, w)
+    return center_crop(x, (s, s))
+
+
+def _hw(x: Any) -> tuple[int, int]:
+    shape = np.shape(x)
+    if len(shape) not in (2, 3):
+        raise ValueError(f"expected an H x W or H x W x C image, got shape {tuple(shape)}")
+    return int(shape[0]), int(shape[1])
+
+
+# --------------------------------------------------------------------------------------------
+# Padding (NumPy or JAX, HW / HWC / NHWC)
+# --------------------------------------------------------------------------------------------
+
+
+def _spatial_axes(ndim: int) -> tuple[int, int]:
+    if ndim in (2, 3):
+        return 0, 1
+    if ndim == 4:
+        return 1, 2
+    raise ValueError(f"expected H x W, H x W x C or N x H x W x C, got {ndim} dimensions")
+
+
+def _array_namespace(x: Any) -> Any:
+    if type(x).__module__.split(".")[0] in ("jax", "jaxlib"):
+        import jax.numpy as jnp
+
+        return jnp
+    return np
+
+
+def pad_to_multiple(
+    x: Any, k: int, mode: Literal["reflect", "symmetric", "edge", "constant"] = "reflect"
+) -> tuple[Any, tuple[int, int]]:
+    """Pad bottom/right so that height and width are multiples of ``k``.
+
+    Works on NumPy and JAX arrays shaped ``H x W``, ``H x W x C`` or ``N x H x W x C`` (only
+    the spatial axes are padded). Returns ``(padded, (h, w))`` with the original size, for
+    :func:`crop_to`. ``reflect`` needs ``pad < size`` on an axis: when the pad is larger (tiny
+    images) that axis falls back to ``symmetric`` (``pad <= size``) or ``edge``.
+    """
+    if int(k) != k or k < 1:
+        raise ValueError(f"pad_to_multiple: k must be a positive integer, got {k!r}")
+    k = int(k)
+    if mode not in ("reflect", "symmetric", "edge", "constant"):
+        raise ValueError(f"pad_to_multiple: unknown mode {mode!r}")
+    xp = _array_namespace(x)
+    ay, ax = _spatial_axes(x.ndim)
+    h, w = int(x.shape[ay]), int(x.shape[ax])
+    pads = {ay: (-h) % k, ax: (-w) % k}
+    out = x
+    # One axis at a time, so each axis can pick its own fallback mode.
+    for axis, (size, pad) in ((ay, (h, pads[ay])), (ax, (w, pads[ax]))):
+        if pad == 0:
+            continue
+        m: str = mode
+        if m == "reflect" and pad > size - 1:
+            m = "symmetric" if pad <= size else "edge"
+        elif m == "symmetric" and pad > size:
+            m = "edge"
+        widths = [(0, 0)] * x.ndim
+        widths[axis] = (0, pad)
+        out = xp.pad(out, widths, mode=m)
+    return out, (h, w)
+
+
+def crop_to(x: Any, size: tuple[int, int]) -> Any:
+    """Undo :func:`pad_to_multiple`: keep the top-left ``size = (h, w)`` of the spatial axes."""
+    h, w = (int(v) for v in size)
+    ay, _ = _spatial_axes(x.ndim)
+    if x.shape[ay] < h or x.shape[ay + 1] < w:
+        raise ValueError(f"crop_to: cannot crop {(h, w)} from shape {tuple(x.shape)}")
+    if ay == 0:
+        return x[:h, :w]
+    return x[:, :h, :w]
+
+
+# --------------------------------------------------------------------------------------------
+# Saving
+# --------------------------------------------------------------------------------------------
+
+
+def save_image(
+    path: PathLike, image: ImageLike, *, overwrite: bool = False, quality: int = 95
+) -> Path:
+    """Write ``image`` to ``path`` atomically; the format comes from the extension.
+
+    ``image`` is a float array in ``[0, 1]`` or a ``uint8`` array (``H x W``, ``H x W x 1/3/4``,
+    or a batch of one), or a PIL image. Supported extensions: ``.png``, ``.jpg``/``.jpeg``,
+    ``.webp``, ``.bmp``, ``.tif``/``.tiff``. Parent folders are created. The data goes to a
+    temporary file in the destination folder that is fsync'ed and then renamed over ``path``,
+    so readers never see a partial file and a failed write leaves any old file intact.
+    ``quality`` (1-100) is used for JPEG and WebP; JPEGs at quality >= 90 use 4:4:4 chroma.
+
+    Raises:
+        ImageError: unknown extension, ``path`` exists and ``overwrite`` is false, ``path``
+            is a directory, or it cannot be written (permission, read-only, disk full, ...).
+        ConfigError: ``quality`` outside 1..100.
+    """
+    name = os.fspath(path)
+    p = Path(name)
+    ext = p.suffix.lower()
+    fmt = SAVE_FORMATS.get(ext)
+    if fmt is None:
+        exts = ", ".join(sorted(SAVE_FORMATS))
+        what = f"'{p.suffix}'" if p.suffix else "no extension"
+        raise ImageError(name, f"unsupported output format ({what}); use one of {exts}")
+    if not 1 <= int(quality) <= 100:
+        raise ConfigError(f"quality must be in 1..100, got {quality}")
+    if p.is_dir():
+        raise ImageError(name, "is a directory, expected an image file name")
+    if not overwrite and os.path.lexists(name):
+        raise ImageError(name, "exists; pass overwrite=True (or --overwrite)")
+
+    pil = _to_savable_pil(image, fmt)
+    options: dict[str, Any] = {}
+    if fmt == "JPEG":
+        subsampling = 0 if quality >= 90 else 2  # 4:4:4 chroma keeps fine colour texture
+        options = {"quality": int(quality), "optimize": True, "subsampling": subsampling}
+    elif fmt == "WEBP":
+        options = {"quality": int(quality), "method": 4}
+    elif fmt == "PNG":
+        options = {"compress_level": 6}
+
+    parent = p.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ImageError(name, "cannot write: a parent path is not a directory") from None
+    except OSError as e:
+        raise ImageError(name, f"cannot write: {_os_reason(e)}") from None
+
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=parent)
+    except OSError as e:
+        raise ImageError(name, f"cannot write: {_os_reason(e)}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pil.save(f, format=fmt, **options)
+            f.flush()
+            os.fsync(f.fileno())
+        _set_new_file_mode(tmp, name if overwrite else None)
+        if overwrite:
+            os.replace(tmp, name)
+        else:
+            _link_no_clobber(tmp, name)
+        _fsync_dir(parent)
+    except ImageError:
+        raise
+    except OSError as e:
+        raise ImageError(name, f"cannot write: {_os_reason(e)}") from None
+    finally:
+        if os.path.lexists(tmp):
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+    return p
+
+
+def _link_no_clobber(tmp: str, dst: str) -> None:
+    """Move ``tmp`` to ``dst`` only if ``dst`` does not exist, atomically where possible."""
+    try:
+        os.link(tmp, dst)  # fails if dst exists: no window for a concurrent writer
+    except FileExistsError:
+        raise ImageError(dst, "exists; pass overwrite=True (or --overwrite)") from None
+    except OSError:
+        # Filesystems without hard links (FAT, some network/overlay mounts): check + rename.
+        if os.path.lexists(dst):
+            raise ImageError(dst, "exists; pass overwrite=True (or --overwrite)") from None
+        os.replace(tmp, dst)
+    else:
+        os.unlink(tmp)
+
+
+def _set_new_file_mode(tmp: str, replaced: str | None) -> None:
+    """mkstemp creates 0600 files; give the output the mode a plain ``open()`` would (or the
+    mode of the file it replaces)."""
+    try:
+        if replaced is not None and os.path.isfile(replaced):
+            mode = os.stat(replaced).st_mode & 0o7777
+        else:
+            mode = 0o666 & ~_umask()
+        os.chmod(tmp, mode)
+    except OSError:
+        pass
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where possible (Linux), else 0o022."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
+def _fsync_dir(d: Path) -> None:
+    """Make the rename durable (POSIX); silently skipped where directories cannot be opened."""
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _to_savable_pil(image: ImageLike, fmt: str) -> Image.Image:
+    if isinstance(image, Image.Image):
+        pil = image
+        if pil.mode in _HIGH_DEPTH_MODES:
+            pil = Image.fromarray(_float_to_u8(_high_depth_to_float(pil)))
+    else:
+        a = to_uint8(image)
+        if a.ndim == 4 and a.shape[0] == 1:
+            a = a[0]
+        if a.ndim == 3 and a.shape[2] == 1:
+            a = a[:, :, 0]
+        if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))):
+            raise ValueError(f"save_image: expected H x W or H x W x 1/3/4 image, got {a.shape}")
+        pil = Image.fromarray(np.ascontiguousarray(a))
+    keeps_alpha = fmt in ("PNG", "WEBP", "TIFF")
+    if pil.mode in ("RGB", "L") or (pil.mode == "RGBA" and keeps_alpha):
+        return pil
+    if pil.mode == "LA" and keeps_alpha and fmt != "WEBP":
+        return pil
+    return _pil_to_rgb8(pil)
+
+
+# --------------------------------------------------------------------------------------------
+# Finding files
+# --------------------------------------------------------------------------------------------
+
+
+def is_image_file(path: PathLike) -> bool:
+    """Whether ``path`` has an image extension (case-insensitive); the file is not opened."""
+    return Path(os.fspath(path)).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def list_images(spec: PathLike, *, recursive: bool = False) -> list[Path]:
+    """Expand an image file, a directory or a glob pattern into a sorted list of image files.
+
+    * a file: returned as is (whatever its extension; :func:`load_image` judges the content);
+    * a directory: the image files in it (``IMAGE_EXTENSIONS``, case-insensitive), or also in
+      its subfolders with ``recursive=True``; hidden files (``.name``) are skipped;
+    * a glob pattern (``*``, ``?``, ``[...]``; ``**`` matches subfolders): the matching image
+      files.
+
+    Raises:
+        ImageError: nothing matched, the path does not exist, or a directory cannot be read.
+    """
+    name = os.fspath(spec)
+    if os.path.isfile(name):
+        return [Path(name)]
+    if os.path.isdir(name):
+        found = sorted(_scan_dir(name, recursive), key=_sort_key)
+        if not found:
+            exts = ", ".join(sorted(e[1:] for e in IMAGE_EXTENSIONS))
+            where = "this directory or its subfolders" if recursive else "this directory"
+            raise ImageError(name, f"no image files ({exts}) in {where}")
+        return found
+    if _GLOB_MAGIC.search(name):
+        matches = {
+            Path(m)
+            for m in _glob.iglob(name, recursive=True)
+            if is_image_file(m) and os.path.isfile(m) and not Path(m).name.startswith(".")
+        }
+        if not matches:
+            raise ImageError(name, "no image files match this pattern")
+        return sorted(matches, key=_sort_key)
+    if os.path.lexists(name):
+        raise ImageError(name, "not a regular file or directory")
+    raise ImageError(name, "no such file or directory")
+
+
+def _scan_dir(root: str, recursive: bool) -> Iterable[Path]:
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        try:
+            with os.scandir(d) as it:
+                entries = list(it)
+        except PermissionError:
+            raise ImageError(d, "permission denied (cannot list directory)") from None
+        except OSError as e:
+            raise ImageError(d, f"cannot list directory: {_os_reason(e)}") from None
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            try:
+                if e.is_dir():
+                    if recursive:
+                        stack.append(e.path)
+                elif e.is_file() and is_image_file(e.name):
+                    yield Path(e.path)
+            except OSError:
+                continue
+
+
+def _sort_key(p: Path) -> tuple[str, ...]:
+    return p.parts
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _os_reason(e: OSError) -> str:
+    if isinstance(e, PermissionError) or e.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if isinstance(e, FileNotFoundError):
+        return "no such file"
+    if e.errno == errno.EROFS:
+        return "read-only file system"
+    if e.errno == errno.ENOSPC:
+        return "no space left on device"
+    if isinstance(e, IsADirectoryError):
+        return "is a directory"
+    return _one_line(e.strerror or e)
+
+
+def _one_line(e: object) -> str:
+    s = " ".join(str(e).split())
+    if not s and isinstance(e, BaseException):
+        s = type(e).__name__
+    return s if len(s) <= 200 else s[:197] + "..."

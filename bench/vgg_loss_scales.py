@@ -1,0 +1,66 @@
+"""Per-layer loss magnitudes with and without the normalized VGG16 (Gatys et al. 2016).
+
+    python bench/vgg_loss_scales.py [--size 256] [--json bench/results/vgg_loss_scales.json]
+
+For a built-in content photo and a built-in (generated) style image, prints, for each ReLU tap, the
+content loss (feature MSE between the two images) and the Gram style loss, once with the plain
+ImageNet weights and once with filters rescaled to mean activation 1 over the built-in images.
+The normalized network makes the layers' losses comparable, so equal per-layer weights mean
+roughly equal contributions; with the plain weights, deep layers dominate by orders of magnitude.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from arbitrary_nst import images, losses, samples  # noqa: E402
+from arbitrary_nst import vgg as vgg_lib  # noqa: E402
+
+TAPS = ("relu1_1", "relu1_2", "relu2_1", "relu2_2", "relu3_1", "relu3_3", "relu4_1", "relu4_2",
+        "relu4_3", "relu5_1", "relu5_3")
+
+
+def layer_losses(net: vgg_lib.VGG16, content: jnp.ndarray, style: jnp.ndarray) -> dict:
+    fc, fs = net(content, TAPS), net(style, TAPS)
+    out = {}
+    for tap in TAPS:
+        out[tap] = {
+            "content": float(losses.content_loss(fc[tap], fs[tap])[0]),
+            "style": float(losses.style_loss(fc[tap], losses.style_statistic(fs[tap]))[0]),
+        }
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=256, help="working size (default 256)")
+    parser.add_argument("--json", default="bench/results/vgg_loss_scales.json")
+    args = parser.parse_args(argv)
+    content = images.resize(samples.content_image("astronaut"), (args.size, args.size))[None]
+    style = samples.style_image("strokes", size=args.size)[None]
+    plain = layer_losses(vgg_lib.load_vgg16(), jnp.asarray(content), jnp.asarray(style))
+    norm = layer_losses(vgg_lib.load_vgg16(normalized=True), jnp.asarray(content), jnp.asarray(style))
+    print(f"| tap | content (plain) | content (normalized) | style (plain) | style (normalized) |")
+    print("|---|---:|---:|---:|---:|")
+    for tap in TAPS:
+        print(f"| {tap} | {plain[tap]['content']:.3e} | {norm[tap]['content']:.3e} | "
+              f"{plain[tap]['style']:.3e} | {norm[tap]['style']:.3e} |")
+    for name, table in (("plain", plain), ("normalized", norm)):
+        st = [table[t]["style"] for t in TAPS]
+        print(f"{name}: style-loss spread across layers (max/min) = {max(st) / min(st):.1f}x")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"size": args.size, "plain": plain, "normalized": norm},
+                                          indent=1))
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,621 @@
+"""Tests of arbitrary_nst.images; every input file is generated under tmp_path."""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from arbitrary_nst import images
+from arbitrary_nst.errors import ConfigError, ImageError
+from arbitrary_nst.images import (
+    center_crop,
+    center_crop_square,
+    crop_to,
+    is_image_file,
+    list_images,
+    load_image,
+    load_pil,
+    pad_to_multiple,
+    resize,
+    resize_max_side,
+    resize_short_side,
+    save_image,
+    to_float,
+    to_uint8,
+)
+
+IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def _rgb(h: int = 24, w: int = 32, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _write_jpeg(path: Path, h: int = 64, w: int = 96, **kw) -> Path:
+    yy, xx = np.mgrid[0:h, 0:w]
+    a = np.stack([xx * 255 // max(w - 1, 1), yy * 255 // max(h - 1, 1), (xx + yy) % 256], -1)
+    Image.fromarray(a.astype(np.uint8)).save(path, "JPEG", quality=90, **kw)
+    return path
+
+
+def _check_float_rgb(x: np.ndarray, shape: tuple[int, int]) -> None:
+    assert x.dtype == np.float32
+    assert x.shape == (*shape, 3)
+    assert x.min() >= 0.0 and x.max() <= 1.0
+
+
+def _reason(exc: pytest.ExceptionInfo[ImageError]) -> str:
+    s = str(exc.value)
+    assert "\n" not in s
+    return exc.value.reason
+
+
+# ---------------------------------------------------------------------------------- modes
+
+
+def test_rgb_png_roundtrip_exact(tmp_path):
+    a = _rgb()
+    Image.fromarray(a).save(tmp_path / "a.png")
+    x = load_image(tmp_path / "a.png")
+    _check_float_rgb(x, a.shape[:2])
+    np.testing.assert_array_equal(to_uint8(x), a)
+
+
+def test_grayscale_l(tmp_path):
+    g = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    Image.fromarray(g).save(tmp_path / "g.png")
+    x = load_image(tmp_path / "g.png")
+    _check_float_rgb(x, (16, 16))
+    np.testing.assert_allclose(x[..., 0], g / 255.0, atol=1e-6)
+    assert np.array_equal(x[..., 0], x[..., 1]) and np.array_equal(x[..., 1], x[..., 2])
+
+
+def test_la_composited_on_white(tmp_path):
+    la = np.zeros((8, 8, 2), np.uint8)
+    la[..., 0] = 0  # black ...
+    la[:, :4, 1] = 0  # ... fully transparent on the left -> white
+    la[:, 4:, 1] = 255  # ... opaque on the right -> black
+    Image.fromarray(la, mode="LA").save(tmp_path / "la.png")
+    x = load_image(tmp_path / "la.png")
+    np.testing.assert_allclose(x[:, :4], 1.0)
+    np.testing.assert_allclose(x[:, 4:], 0.0)
+
+
+def test_16bit_gray_scaled_not_clipped(tmp_path):
+    g = np.array([[0, 1000, 32768, 65535]], dtype=np.uint16).repeat(4, axis=0)
+    im = Image.fromarray(g)
+    assert im.mode == "I;16"
+    im.save(tmp_path / "g16.png")
+    x = load_image(tmp_path / "g16.png")
+    _check_float_rgb(x, (4, 4))
+    np.testing.assert_allclose(x[0, :, 0], g[0] / 65535.0, rtol=1e-6, atol=1e-7)
+    assert 0.0 < x[0, 1, 0] < 0.02  # 1000/65535, not 1000 clipped to 255 -> 1.0
+    # the 8-bit PIL view scales too
+    p = np.asarray(load_pil(tmp_path / "g16.png"))
+    assert p.dtype == np.uint8 and p.shape == (4, 4, 3)
+    assert list(p[0, :, 0]) == [0, 4, 128, 255]
+
+
+def test_mode_i_and_f_from_pil():
+    i = Image.fromarray(np.full((2, 2), 65535, np.int32))
+    assert i.mode == "I"
+    np.testing.assert_allclose(to_float(i), 1.0)
+    f = Image.fromarray(np.full((2, 2), 0.25, np.float32))
+    assert f.mode == "F"
+    np.testing.assert_allclose(to_float(f), 0.25)
+
+
+def test_16bit_tiff(tmp_path):
+    g = np.full((3, 5), 65535 // 4, dtype=np.uint16)
+    Image.fromarray(g).save(tmp_path / "g.tif")
+    np.testing.assert_allclose(load_image(tmp_path / "g.tif"), 0.25, atol=1e-4)
+
+
+def test_rgba_composited_on_white(tmp_path):
+    a = np.zeros((4, 4, 4), np.uint8)
+    a[..., 0] = 255  # red
+    a[0, :, 3] = 0  # transparent row -> white
+    a[1, :, 3] = 255  # opaque row -> red
+    a[2, :, 3] = 128  # half -> pink
+    Image.fromarray(a, mode="RGBA").save(tmp_path / "a.png")
+    x = load_image(tmp_path / "a.png")
+    np.testing.assert_allclose(x[0], 1.0)
+    np.testing.assert_allclose(x[1], [[1.0, 0.0, 0.0]] * 4)
+    np.testing.assert_allclose(x[2, 0], [1.0, 127 / 255, 127 / 255], atol=2 / 255)
+
+
+def test_palette_with_transparency(tmp_path):
+    p = Image.new("P", (6, 4), 0)
+    p.putpalette([0, 0, 0, 0, 0, 255] + [0] * (254 * 3))
+    p.paste(1, (3, 0, 6, 4))  # right half: palette index 1 = blue
+    p.save(tmp_path / "p.png", transparency=0)  # index 0 (left half, black) is transparent
+    x = load_image(tmp_path / "p.png")
+    _check_float_rgb(x, (4, 6))
+    np.testing.assert_allclose(x[:, :3], 1.0)  # white, not black
+    np.testing.assert_allclose(x[:, 3:], [[[0.0, 0.0, 1.0]] * 3] * 4)
+
+
+def test_palette_and_gif(tmp_path):
+    a = _rgb(10, 12)
+    Image.fromarray(a).convert("P", palette=Image.Palette.ADAPTIVE).save(tmp_path / "p.gif")
+    x = load_image(tmp_path / "p.gif")
+    _check_float_rgb(x, (10, 12))
+
+
+def test_cmyk(tmp_path):
+    c = Image.new("CMYK", (5, 3), (0, 255, 255, 0))  # red in CMYK
+    c.save(tmp_path / "c.jpg", quality=100)
+    c.save(tmp_path / "c.tif")
+    for name in ("c.jpg", "c.tif"):
+        x = load_image(tmp_path / name)
+        _check_float_rgb(x, (3, 5))
+        np.testing.assert_allclose(x[1, 2], [1.0, 0.0, 0.0], atol=0.05)
+
+
+def test_icc_profiles(tmp_path):
+    from PIL import ImageCms
+
+    a = _rgb(6, 8)
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.fromarray(a).save(tmp_path / "srgb.png", icc_profile=srgb)
+    Image.fromarray(a).save(tmp_path / "broken.png", icc_profile=b"not a profile")
+    for name in ("srgb.png", "broken.png"):  # sRGB: unchanged; broken profile: ignored
+        np.testing.assert_array_equal(to_uint8(load_image(tmp_path / name)), a)
+
+
+def test_one_bit(tmp_path):
+    b = np.zeros((4, 8), bool)
+    b[:, 4:] = True
+    Image.fromarray(b).convert("1").save(tmp_path / "b.png")
+    x = load_image(tmp_path / "b.png")
+    assert set(np.unique(x)) == {0.0, 1.0}
+    np.testing.assert_array_equal(x[:, 4:], 1.0)
+    np.testing.assert_array_equal(x[:, :4], 0.0)
+
+
+def test_exif_orientation_rotates(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 CW to display
+    path = _write_jpeg(tmp_path / "rot.jpg", h=40, w=100, exif=exif.tobytes())
+    with Image.open(path) as im:
+        assert im.size == (100, 40)
+    x = load_image(path)
+    assert x.shape == (100, 40, 3)
+    assert load_pil(path).size == (40, 100)
+    # the stored top-left corner (dark red/green ramp start) ends up top-right
+    plain = load_image(_write_jpeg(tmp_path / "plain.jpg", h=40, w=100))
+    np.testing.assert_allclose(x[0, -1], plain[0, 0], atol=0.05)
+
+
+def test_max_side_downscales_keeping_aspect(tmp_path):
+    path = _write_jpeg(tmp_path / "big.jpg", h=300, w=800)
+    x = load_image(path, max_side=200)
+    assert x.shape == (75, 200, 3)
+    assert load_image(path, max_side=1000).shape == (300, 800, 3)  # never upscales
+    g = np.full((30, 90), 40000, np.uint16)
+    Image.fromarray(g).save(tmp_path / "g16.png")
+    y = load_image(tmp_path / "g16.png", max_side=45)
+    assert y.shape == (15, 45, 3)
+    np.testing.assert_allclose(y, 40000 / 65535, atol=1e-4)
+
+
+# --------------------------------------------------------------------------------- errors
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ImageError) as e:
+        load_image(tmp_path / "nope.png")
+    assert _reason(e) == "no such file"
+    assert str(e.value) == f"{tmp_path / 'nope.png'}: no such file"
+
+
+def test_directory(tmp_path):
+    with pytest.raises(ImageError) as e:
+        load_image(tmp_path)
+    assert _reason(e) == "is a directory, expected an image file"
+
+
+def test_zero_byte(tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(ImageError) as e:
+        load_image(tmp_path / "empty.png")
+    assert _reason(e) == "empty file (0 bytes)"
+
+
+def test_not_an_image(tmp_path):
+    (tmp_path / "notes.jpg").write_text("hello, I am not a JPEG\n")
+    with pytest.raises(ImageError) as e:
+        load_image(tmp_path / "notes.jpg")
+    assert _reason(e) == "not an image (cannot identify format)"
+
+
+def test_eps_is_refused(tmp_path):
+    # Pillow would render EPS by running Ghostscript on it: never for untrusted input.
+    (tmp_path / "a.eps").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n")
+    with pytest.raises(ImageError) as e:
+        load_image(tmp_path / "a.eps")
+    assert _reason(e) == "not an image (cannot identify format)"
+
+
+def test_truncated_jpeg(tmp_path):
+    data = _write_jpeg(tmp_path / "full.jpg", h=128, w=128).read_bytes()
+    (tmp_path / "half.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageError) as e:
+        load_image(tmp_path / "half.jpg")
+    assert _reason(e).startswith("truncated or corrupt image data: ")
+
+
+def test_truncated_png(tmp_path):
+    Image.fromarray(_rgb(64, 64)).save(tmp_path / "full.png")
+    data = (tmp_path / "full.png").read_bytes()
+    (tmp_path / "half.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageError) as e:
+        load_image(tmp_path / "half.png")
+    assert _reason(e).startswith("truncated or corrupt image data: ")
+
+
+def test_png_cut_inside_header(tmp_path):
+    Image.fromarray(_rgb(16, 16)).save(tmp_path / "ok.png")
+    for n in (12, 20, 40):
+        (tmp_path / "cut.png").write_bytes((tmp_path / "ok.png").read_bytes()[:n])
+        with pytest.raises(ImageError) as e:
+            load_image(tmp_path / "cut.png")
+        assert _reason(e).startswith("truncated"), n
+
+
+def test_corrupt_png_crc(tmp_path):
+    Image.fromarray(_rgb(16, 16)).save(tmp_path / "ok.png")
+    data = bytearray((tmp_path / "ok.png").read_bytes())
+    i = data.index(b"IDAT") + 10
+    data[i] ^= 0xFF  # flip bits inside the compressed data -> CRC mismatch
+    (tmp_path / "bad.png").write_bytes(bytes(data))
+    with pytest.raises(ImageError) as e:
+        load_image(tmp_path / "bad.png")
+    assert _reason(e).startswith("truncated or corrupt image data: ")
+
+
+def test_too_large_checked_before_decoding(tmp_path, monkeypatch):
+    path = _write_jpeg(tmp_path / "a.jpg", h=50, w=60)
+    decoded = []
+    monkeypatch.setattr(Image.Image, "load", lambda self: decoded.append(1))
+    with pytest.raises(ImageError) as e:
+        load_image(path, max_pixels=2999)
+    assert _reason(e) == "too large: 60 x 50 = 3000 pixels > limit 2999; pass a larger max_pixels"
+    assert not decoded
+
+
+def test_pillow_bomb_error_becomes_image_error(tmp_path, monkeypatch):
+    path = _write_jpeg(tmp_path / "a.jpg", h=50, w=60)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 3000 px > 2 * 1000: Pillow raises
+    with pytest.raises(ImageError) as e:
+        load_image(path, max_pixels=None)
+    assert _reason(e).startswith("too large: 3000 pixels")
+    # an explicit, larger max_pixels wins over Pillow's global default, which is restored
+    assert load_image(path, max_pixels=5000).shape == (50, 60, 3)
+    assert Image.MAX_IMAGE_PIXELS == 1000
+
+
+def test_pillow_bomb_warning_is_not_leaked(tmp_path, monkeypatch, recwarn):
+    path = _write_jpeg(tmp_path / "a.jpg", h=50, w=60)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)  # 3000 px: Pillow would warn
+    with pytest.raises(ImageError):
+        load_image(path, max_pixels=2000)
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+@pytest.mark.skipif(IS_ROOT or os.name != "posix", reason="root ignores file permissions")
+def test_permission_denied(tmp_path):
+    path = _write_jpeg(tmp_path / "secret.jpg")
+    path.chmod(0)
+    try:
+        with pytest.raises(ImageError) as e:
+            load_image(path)
+        assert _reason(e) == "permission denied"
+    finally:
+        path.chmod(0o644)
+
+
+def test_permission_denied_simulated(tmp_path, monkeypatch):
+    path = _write_jpeg(tmp_path / "secret.jpg")
+
+    def deny(file, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(file))
+
+    monkeypatch.setattr(images, "open", deny, raising=False)  # the module's builtin open()
+    with pytest.raises(ImageError) as e:
+        load_image(path)
+    assert _reason(e) == "permission denied"
+
+
+def test_path_under_a_file(tmp_path):
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(ImageError):
+        load_image(tmp_path / "file" / "a.png")
+
+
+# ---------------------------------------------------------------------------- conversions
+
+
+def test_to_float_and_to_uint8():
+    a = _rgb(5, 7)
+    f = to_float(a)
+    assert f.dtype == np.float32 and f.shape == (5, 7, 3)
+    np.testing.assert_array_equal(to_uint8(f), a)
+    np.testing.assert_array_equal(to_float(Image.fromarray(a)), f)
+    assert to_float(a[..., 0]).shape == (5, 7, 3)  # HW gray -> RGB
+    assert to_float(a[..., :1]).shape == (5, 7, 3)
+    np.testing.assert_array_equal(to_float(np.full((2, 2), 65535, np.uint16)), 1.0)
+    # rounding and clipping
+    v = np.array([-0.5, 0.0, 0.499 / 255, 0.501 / 255, 1.0, 3.0, np.nan], np.float32)
+    assert list(to_uint8(v)) == [0, 0, 0, 1, 255, 255, 0]
+    np.testing.assert_array_equal(to_float(np.array([[2.0, -1.0]])), [[[1.0] * 3, [0.0] * 3]])
+    # RGBA arrays composite on white
+    rgba = np.zeros((1, 1, 4), np.float32)
+    np.testing.assert_array_equal(to_float(rgba), 1.0)
+    with pytest.raises(ValueError):
+        to_float(np.zeros((2, 2, 5), np.float32))
+
+
+# ---------------------------------------------------------------------------- resize/crop
+
+
+def test_resize_helpers_keep_aspect_and_range():
+    x = to_float(_rgb(30, 80))
+    y = resize(x, (15, 40))
+    assert y.shape == (15, 40, 3) and y.dtype == np.float32
+    assert 0.0 <= y.min() and y.max() <= 1.0  # Lanczos overshoot is clipped
+    assert resize_max_side(x, 40).shape == (15, 40, 3)
+    assert resize_max_side(x, 160).shape == (30, 80, 3)
+    assert resize_max_side(x, 160, upscale=True).shape == (60, 160, 3)
+    assert resize_short_side(x, 15).shape == (15, 40, 3)
+    assert resize_short_side(x, 60).shape == (60, 160, 3)
+    assert resize_short_side(np.zeros((80, 30, 3), np.float32), 15).shape == (40, 15, 3)
+    assert resize(x[..., 0], (10, 20)).shape == (10, 20)
+    assert resize(np.stack([x, x]), (10, 20)).shape == (2, 10, 20, 3)
+    with pytest.raises(TypeError):
+        resize(_rgb(), (4, 4))  # uint8 must go through to_float first
+    # a constant image stays constant (exact float resampling, no 8-bit quantisation)
+    flat = np.full((9, 13, 3), 0.3, np.float32)
+    np.testing.assert_allclose(resize(flat, (4, 31)), 0.3, atol=1e-6)
+
+
+def test_center_crops():
+    x = np.arange(5 * 8).reshape(5, 8)
+    np.testing.assert_array_equal(center_crop(x, (3, 4)), x[1:4, 2:6])
+    assert center_crop_square(np.zeros((5, 8, 3))).shape == (5, 5, 3)
+    assert center_crop_square(np.zeros((9, 4))).shape == (4, 4)
+    with pytest.raises(ValueError):
+        center_crop(x, (6, 2))
+
+
+@pytest.mark.parametrize("mode", ["reflect", "symmetric", "edge", "constant"])
+@pytest.mark.parametrize("shape", [(5, 7, 3), (1, 9, 3), (2, 3, 5, 3), (13, 1), (3, 2, 2, 1)])
+def test_pad_crop_roundtrip_exact(shape, mode):
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    padded, hw = pad_to_multiple(x, 8, mode=mode)
+    sp = (0, 1) if x.ndim < 4 else (1, 2)
+    assert hw == (shape[sp[0]], shape[sp[1]])
+    assert padded.shape[sp[0]] % 8 == 0 and padded.shape[sp[1]] % 8 == 0
+    if x.ndim >= 3:  # channels (and batch) untouched
+        assert padded.shape[-1] == shape[-1]
+    if x.ndim == 4:
+        assert padded.shape[0] == shape[0]
+    back = crop_to(padded, hw)
+    assert back.shape == x.shape and back.dtype == x.dtype
+    np.testing.assert_array_equal(back, x)
+
+
+def test_pad_reflect_values_and_noop():
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    p, hw = pad_to_multiple(x, 4)
+    # width 3 -> 4 reflect; height 2 -> 4 needs 2 > 1 rows: falls back to symmetric
+    np.testing.assert_array_equal(p[0], [0, 1, 2, 1])
+    np.testing.assert_array_equal(p[:, 0], [0, 3, 3, 0])
+    q, hw = pad_to_multiple(np.ones((8, 16, 3)), 8)
+    assert q.shape == (8, 16, 3) and hw == (8, 16)
+    with pytest.raises(ValueError):
+        pad_to_multiple(x, 0)
+
+
+def test_pad_crop_jax():
+    jnp = pytest.importorskip("jax.numpy")
+    x = jnp.asarray(np.random.default_rng(1).random((2, 7, 9, 3), dtype=np.float32))
+    p, hw = pad_to_multiple(x, 4)
+    assert type(p).__module__.startswith("jax")
+    assert p.shape == (2, 8, 12, 3) and hw == (7, 9)
+    np.testing.assert_array_equal(np.asarray(crop_to(p, hw)), np.asarray(x))
+    np.testing.assert_array_equal(np.asarray(p), pad_to_multiple(np.asarray(x), 4)[0])
+
+
+# ----------------------------------------------------------------------------------- save
+
+
+def _tmp_leftovers(d: Path) -> list[str]:
+    return [n for n in os.listdir(d) if n.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg", ".jpeg", ".webp", ".PNG", ".bmp", ".tif"])
+def test_save_formats_roundtrip(tmp_path, ext):
+    x = to_float(_rgb(20, 30))
+    out = save_image(tmp_path / f"out{ext}", x)
+    assert out == tmp_path / f"out{ext}" and out.is_file()
+    y = load_image(out)
+    assert y.shape == x.shape
+    tol = 0.0 if ext.lower() in (".png", ".bmp", ".tif") else 0.25
+    assert np.abs(y - x).mean() <= tol + 1e-7
+    assert not _tmp_leftovers(tmp_path)
+
+
+def test_save_accepts_pil_uint8_gray_rgba_and_batch_of_one(tmp_path):
+    save_image(tmp_path / "pil.png", Image.fromarray(_rgb()))
+    save_image(tmp_path / "u8.jpg", _rgb())
+    save_image(tmp_path / "gray.png", np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4))
+    save_image(tmp_path / "batch.png", to_float(_rgb())[None])
+    rgba = np.zeros((4, 4, 4), np.float32)  # fully transparent
+    save_image(tmp_path / "rgba.jpg", rgba)  # JPEG has no alpha: composited on white
+    np.testing.assert_allclose(load_image(tmp_path / "rgba.jpg"), 1.0, atol=0.02)
+    with Image.open(tmp_path / "gray.png") as im:
+        assert im.mode == "L"
+
+
+def test_save_file_mode_is_not_0600(tmp_path):
+    out = save_image(tmp_path / "a.png", _rgb())
+    if os.name == "posix":
+        assert out.stat().st_mode & 0o044  # group/other readable under the usual umask
+
+
+def test_save_refuses_overwrite(tmp_path):
+    p = save_image(tmp_path / "a.png", _rgb(seed=1))
+    before = p.read_bytes()
+    with pytest.raises(ImageError) as e:
+        save_image(p, _rgb(seed=2))
+    assert _reason(e) == "exists; pass overwrite=True (or --overwrite)"
+    assert p.read_bytes() == before
+    save_image(p, _rgb(seed=2), overwrite=True)
+    np.testing.assert_array_equal(to_uint8(load_image(p)), _rgb(seed=2))
+    assert not _tmp_leftovers(tmp_path)
+
+
+def test_save_creates_parents(tmp_path):
+    p = save_image(tmp_path / "a" / "b" / "c.jpg", _rgb())
+    assert p.is_file()
+
+
+def test_save_failure_midway_keeps_old_file(tmp_path, monkeypatch):
+    p = save_image(tmp_path / "a.png", _rgb(seed=1))
+    before = p.read_bytes()
+
+    def broken_save(self, fp, *args, **kwargs):
+        fp.write(b"partial garbage")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", broken_save)
+    with pytest.raises(ImageError) as e:
+        save_image(p, _rgb(seed=2), overwrite=True)
+    assert _reason(e) == "cannot write: no space left on device"
+    assert p.read_bytes() == before
+    assert not _tmp_leftovers(tmp_path)
+    with pytest.raises(ImageError):
+        save_image(tmp_path / "new.png", _rgb())
+    assert not (tmp_path / "new.png").exists()
+    assert not _tmp_leftovers(tmp_path)
+
+
+def test_save_unknown_extension_and_bad_quality(tmp_path):
+    with pytest.raises(ImageError) as e:
+        save_image(tmp_path / "a.gifx", _rgb())
+    assert "unsupported output format ('.gifx')" in _reason(e)
+    with pytest.raises(ImageError):
+        save_image(tmp_path / "noext", _rgb())
+    with pytest.raises(ConfigError):
+        save_image(tmp_path / "a.jpg", _rgb(), quality=0)
+    with pytest.raises(ImageError) as e:
+        save_image(tmp_path, _rgb())
+    assert os.listdir(tmp_path) == []
+
+
+def test_save_parent_is_a_file(tmp_path):
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(ImageError) as e:
+        save_image(tmp_path / "file" / "out.png", _rgb())
+    assert _reason(e).startswith("cannot write: ")
+
+
+@pytest.mark.skipif(IS_ROOT or os.name != "posix", reason="root ignores file permissions")
+def test_save_read_only_dir(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        with pytest.raises(ImageError) as e:
+            save_image(ro / "out.png", _rgb())
+        assert _reason(e) == "cannot write: permission denied"
+        assert os.listdir(ro) == []
+    finally:
+        ro.chmod(0o755)
+
+
+def test_save_read_only_dir_simulated(tmp_path, monkeypatch):
+    def deny(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(images.tempfile, "mkstemp", deny)
+    with pytest.raises(ImageError) as e:
+        save_image(tmp_path / "out.png", _rgb())
+    assert _reason(e) == "cannot write: permission denied"
+    assert os.listdir(tmp_path) == []
+
+
+# ------------------------------------------------------------------------------ listing
+
+
+def test_is_image_file():
+    assert is_image_file("a.JPG") and is_image_file(Path("x/b.tiff")) and is_image_file("c.webp")
+    assert not is_image_file("notes.txt") and not is_image_file("jpg")
+
+
+def test_list_images_dir_glob_file(tmp_path):
+    for n in ["b.png", "a.JPG", "c.webp", ".hidden.png", "notes.txt", "sub/d.png", "sub/e.bmp"]:
+        (tmp_path / n).parent.mkdir(exist_ok=True)
+        (tmp_path / n).write_bytes(b"x")
+    assert [p.name for p in list_images(tmp_path)] == ["a.JPG", "b.png", "c.webp"]
+    rec = list_images(tmp_path, recursive=True)
+    assert [p.relative_to(tmp_path).as_posix() for p in rec] == [
+        "a.JPG", "b.png", "c.webp", "sub/d.png", "sub/e.bmp"]
+    assert [p.name for p in list_images(str(tmp_path / "*.png"))] == ["b.png"]
+    assert [p.name for p in list_images(str(tmp_path / "**" / "*.png"))] == ["b.png", "d.png"]
+    assert list_images(tmp_path / "notes.txt") == [tmp_path / "notes.txt"]  # explicit file
+
+
+def test_list_images_nothing(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ImageError) as e:
+        list_images(tmp_path / "empty")
+    assert "no image files" in _reason(e)
+    with pytest.raises(ImageError) as e:
+        list_images(str(tmp_path / "*.png"))
+    assert _reason(e) == "no image files match this pattern"
+    with pytest.raises(ImageError) as e:
+        list_images(tmp_path / "missing")
+    assert _reason(e) == "no such file or directory"
+
+
+@pytest.mark.skipif(IS_ROOT or os.name != "posix", reason="root ignores file permissions")
+def test_list_images_unreadable_dir(tmp_path):
+    d = tmp_path / "locked"
+    d.mkdir()
+    d.chmod(0)
+    try:
+        with pytest.raises(ImageError) as e:
+            list_images(d)
+        assert "permission denied" in _reason(e)
+    finally:
+        d.chmod(0o755)
+
+
+def test_list_images_unreadable_dir_simulated(tmp_path, monkeypatch):
+    (tmp_path / "a.png").write_bytes(b"x")
+
+    def deny(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(images.os, "scandir", deny)
+    with pytest.raises(ImageError) as e:
+        list_images(tmp_path)
+    assert _reason(e) == "permission denied (cannot list directory)"
+
+
+def test_load_in_memory_bytes_not_needed():
+    # load_image takes paths only; PIL images go through to_float
+    with Image.open(io.BytesIO(_png_bytes())) as im:
+        assert to_float(im).shape == (3, 2, 3)
+
+
+def _png_bytes() -> bytes:
+    b = io.BytesIO()
+    Image.fromarray(_rgb(3, 2)).save(b, "PNG")
+    return b.getvalue()

@@ -1,0 +1,132 @@
+"""Tests of arbitrary_nst.samples (built-in content photos and generated styles)."""
+from __future__ import annotations
+
+import itertools
+import importlib.util
+
+import numpy as np
+import pytest
+
+from arbitrary_nst import samples
+from arbitrary_nst.errors import ConfigError, NSTError
+from arbitrary_nst.images import list_images, load_image
+
+CONTENT_SHAPES = {
+    "astronaut": (512, 512, 3),
+    "chelsea": (300, 451, 3),
+    "coffee": (400, 600, 3),
+    "rocket": (427, 640, 3),
+    "motorcycle": (500, 741, 3),
+}
+
+try:
+    samples.skimage_data_dir()
+    HAVE_SKIMAGE_DATA = True
+except NSTError:
+    HAVE_SKIMAGE_DATA = False
+needs_skimage = pytest.mark.skipif(
+    not HAVE_SKIMAGE_DATA,
+    reason=f"scikit-image data not installed ({samples.SKIMAGE_INSTALL_HINT})",
+)
+
+
+def _check(x: np.ndarray, shape: tuple[int, ...]) -> None:
+    assert x.shape == shape
+    assert x.dtype == np.float32
+    assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    assert x.std() > 0.05  # not flat
+
+
+def test_names():
+    assert set(CONTENT_SHAPES) == set(samples.CONTENT_NAMES)
+    assert set(samples.GENERATED_STYLE_NAMES) <= set(samples.STYLE_NAMES)
+    assert {"hubble", "ihc"} <= set(samples.STYLE_NAMES)
+    assert len(set(samples.STYLE_NAMES)) == len(samples.STYLE_NAMES)
+
+
+@needs_skimage
+@pytest.mark.parametrize("name", sorted(CONTENT_SHAPES))
+def test_content_images(name):
+    x = samples.content_image(name)
+    _check(x, CONTENT_SHAPES[name])
+    small = samples.content_image(name, max_side=128)
+    h, w, _ = CONTENT_SHAPES[name]
+    assert max(small.shape[:2]) == 128
+    assert abs(small.shape[0] / small.shape[1] - h / w) < 0.02
+
+
+@pytest.mark.parametrize("name", samples.GENERATED_STYLE_NAMES)
+def test_generated_styles_deterministic_any_size(name):
+    a = samples.style_image(name, 96)
+    _check(a, (96, 96, 3))
+    samples._style_cached.cache_clear()  # regenerate from scratch, not from the cache
+    b = samples.style_image(name, 96)
+    np.testing.assert_array_equal(a, b)
+    _check(samples.style_image(name, 50), (50, 50, 3))
+    # returned arrays are private copies: mutating one does not change the next
+    a[:] = 0
+    assert samples.style_image(name, 96).std() > 0.05
+    # painting-like, not noise: neighbouring pixels are mostly similar, colours are strong
+    grad = np.abs(np.diff(b, axis=1)).mean()
+    assert grad < 0.6 * np.abs(np.diff(samples.noise_image(96, 96, 0), axis=1)).mean()
+
+
+@needs_skimage
+@pytest.mark.parametrize("name", ["hubble", "ihc"])
+def test_texture_styles(name):
+    _check(samples.style_image(name, 128), (128, 128, 3))
+
+
+def test_styles_differ_from_each_other():
+    names = samples.GENERATED_STYLE_NAMES + (samples.STYLE_NAMES if HAVE_SKIMAGE_DATA else ())
+    imgs = {n: samples.style_image(n, 64) for n in dict.fromkeys(names)}
+    for a, b in itertools.combinations(imgs, 2):
+        # different content and different colour statistics
+        assert np.abs(imgs[a] - imgs[b]).mean() > 0.1, (a, b)
+        assert np.abs(imgs[a].mean((0, 1)) - imgs[b].mean((0, 1))).max() > 0.03, (a, b)
+
+
+def test_bad_names_and_sizes():
+    with pytest.raises(ConfigError, match="unknown style sample"):
+        samples.style_image("nope")
+    with pytest.raises(ConfigError, match="unknown content sample"):
+        samples.content_image("nope")
+    with pytest.raises(ConfigError):
+        samples.style_image("waves", 8)
+
+
+def test_missing_skimage_gives_install_hint(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "skimage" else real(name, *a)
+    )
+    samples._style_cached.cache_clear()
+    try:
+        with pytest.raises(NSTError, match=r"pip install --no-deps scikit-image==0\.26\.0"):
+            samples.content_image("astronaut")
+        with pytest.raises(NSTError, match="scikit-image"):
+            samples.style_image("hubble", 64)
+        assert samples.style_image("strokes", 32).shape == (32, 32, 3)  # generated: no skimage
+    finally:
+        samples._style_cached.cache_clear()
+
+
+@needs_skimage
+def test_write_samples(tmp_path):
+    paths = samples.write_samples(tmp_path / "demo", style_size=48, content_max_side=64)
+    assert len(paths) == len(samples.CONTENT_NAMES) + len(samples.STYLE_NAMES)
+    assert [p.stem for p in list_images(tmp_path / "demo" / "style")] == sorted(samples.STYLE_NAMES)
+    assert len(list_images(tmp_path / "demo" / "content")) == len(samples.CONTENT_NAMES)
+    assert load_image(tmp_path / "demo" / "style" / "mosaic.png").shape == (48, 48, 3)
+    assert max(load_image(tmp_path / "demo" / "content" / "coffee.png").shape) == 64
+    samples.write_samples(tmp_path / "demo", style_size=48, content_max_side=64)  # rerun is fine
+
+
+def test_synthetic_images():
+    n = samples.noise_image(7, 9, seed=3)
+    _check(n, (7, 9, 3))
+    np.testing.assert_array_equal(n, samples.noise_image(7, 9, seed=3))
+    assert not np.array_equal(n, samples.noise_image(7, 9, seed=4))
+    g = samples.gradient_image(5, 11)
+    _check(g, (5, 11, 3))
+    assert g[0, 0, 0] == 0.0 and g[0, -1, 0] == 1.0 and g[-1, 0, 1] == 1.0
