@@ -52,9 +52,12 @@ def main(argv=None) -> int:
     for tap in TAPS:
         print(f"| {tap} | {plain[tap]['content']:.3e} | {norm[tap]['content']:.3e} | "
               f"{plain[tap]['style']:.3e} | {norm[tap]['style']:.3e} |")
+    gatys_layers = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
     for name, table in (("plain", plain), ("normalized", norm)):
         st = [table[t]["style"] for t in TAPS]
-        print(f"{name}: style-loss spread across layers (max/min) = {max(st) / min(st):.1f}x")
+        sg = [table[t]["style"] for t in gatys_layers]
+        print(f"{name}: style-loss spread (max/min) over all taps {max(st) / min(st):.3g}x, "
+              f"over Gatys' relu1_1..relu5_1 {max(sg) / min(sg):.3g}x")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"size": args.size, "plain": plain, "normalized": norm},
                                           indent=1))
