@@ -1,0 +1,1573 @@
+"""Training data: TFDS image-folder datasets (no TensorFlow), Magenta augmentation, a threaded loader.
+
+Pipeline::
+
+    folders of images --(ImageFolder builder, once)--> array_record files under ``data_dir``
+        --(builder.as_data_source)--> random access --(augment_*, thread pool)--> batches
+
+* **Preparation.** :class:`ImageFolder` is a ``tfds.core.GeneratorBasedBuilder`` whose
+  :class:`ImageFolderConfig` names one or more directories. Every file with an image extension
+  under them (recursively) is fully decoded with :func:`arbitrary_nst.images.load_pil`; files
+  that cannot be decoded (corrupt, truncated, empty, too small, ...) are **skipped and counted**:
+  the count and every ``path: reason`` are logged and stored in the dataset's
+  ``tfds.core.MetadataDict`` (``metadata.json`` next to the records). Images are stored as JPEG
+  with the short side at most ``max_source_side`` (already-small sRGB JPEGs are stored
+  byte-for-byte, everything else is re-encoded). Preparation runs offline and needs no
+  TensorFlow (``file_format='array_record'``; images are encoded by Pillow, not by TFDS).
+  The config name is ``<folder>-<fingerprint>``, the fingerprint being a hash of the sorted
+  relative paths, sizes and mtimes of the files (plus the storage settings): a changed folder
+  gets a new dataset instead of silently reusing a stale one.
+* **Reading.** ``builder.as_data_source('train')`` gives random access to the records; the
+  image bytes are fetched undecoded (``tfds.decode.SkipDecoding``) and decoded by Pillow in
+  the loader's worker threads, with JPEG DCT-domain downscaling (``Image.draft``) when the
+  augmentation shrinks the image at least 2x.
+* **Other sources.** ``tfds:<name>`` (any TFDS catalog dataset with an image feature, e.g.
+  ``tfds:coco/2017``, ``tfds:dtd``; downloaded and prepared with ``array_record`` when online),
+  ``synthetic`` (procedural images, no files: smoke tests) and ``npz:<path>`` (a compact
+  subset written by :func:`export_arrays`, readable with NumPy + Pillow only, for machines
+  without TFDS).
+
+Augmentation (pure NumPy/Pillow, deterministic given a ``np.random.Generator``)
+------------------------------------------------------------------------------
+Magenta's ``arbitrary_image_stylization`` (``image_utils.arbitrary_style_image_inputs`` with
+``augment_style_images=True``, as set by ``arbitrary_image_stylization_train.py``) does, on the
+uint8 style image::
+
+    tf.image.random_brightness(image, max_delta=0.8)      # on [0,1] scale, clipped
+    tf.image.random_saturation(image, lower=0.5, upper=1.5)
+    tf.image.random_hue(image, max_delta=0.2)
+    tf.image.random_flip_left_right(image); tf.image.random_flip_up_down(image)
+    size = random_uniform([], image_size + 2, image_size + 200, int32)   # [258, 456) for 256
+    image = _aspect_preserving_resize(image, size)      # smaller side -> size, bilinear
+    image = tf.random_crop(image, [image_size, image_size, 3])
+
+:func:`augment_style` draws the same parameters with the same distributions (the colour ranges
+multiplied by ``strength``) but applies the geometry first and the colour jitter on the
+``size x size`` crop: colour ops are per-pixel, so this equals Magenta's order up to the
+interpolation of clipped values, at a fraction of the cost. Brightness adds a delta and clips
+to [0, 1]; saturation multiplies HSV saturation (clipped to 1); hue shifts HSV hue (mod 1) --
+the semantics of ``tf.image.adjust_*``. Resizing uses Pillow's (antialiased) bilinear filter.
+Magenta additionally resizes each *batch* of styles to a random size in [128, 300)
+(``random_style_image_size``); that is a model-side choice and is not done here.
+For content, Magenta resizes ImageNet photos to a smaller side of ``image_size + 2`` and takes
+the central crop; :func:`augment_content` resizes the smaller side to ``size * u`` with ``u``
+uniform in ``content_scale_range`` (default ``[1, 1.15)``) and takes a random crop.
+
+Determinism (exact resume)
+--------------------------
+Batch ``step`` is a pure function of ``(seed, step)`` (and the batch size and data): example
+``i`` of batch ``step`` is position ``p = step * batch_size + i`` of an endless stream whose
+epoch ``e = p // N`` is the permutation ``np.random.default_rng([seed, e, stream])`` of the
+``N`` images (``stream`` 0 = content, 1 = style; with per-directory weights the epoch is a
+weighted draw, see :class:`EpochSampler`). Its augmentation uses
+``np.random.default_rng([seed, step, i, stream])``. Worker count and timing never change a
+batch; resuming at step ``k`` continues the stream instead of repeating it.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import dataclasses
+import functools
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from arbitrary_nst import images as _images
+from arbitrary_nst.errors import ConfigError, ImageError, NSTError
+
+__all__ = [
+    "DEFAULT_DATA_DIR",
+    "DataSource",
+    "TFDSSource",
+    "SyntheticSource",
+    "NpzSource",
+    "MixtureSource",
+    "EpochSampler",
+    "Loader",
+    "ImageFolder",
+    "ImageFolderConfig",
+    "default_data_config",
+    "folder_builder",
+    "prepare_folder",
+    "prepare",
+    "source_from_catalog",
+    "augment_content",
+    "augment_style",
+    "color_jitter",
+    "synthetic_image",
+    "make_loader",
+    "export_arrays",
+    "magenta_style_resize_range",
+]
+
+log = logging.getLogger(__name__)
+
+#: Where prepared TFDS datasets go unless ``data_cfg.data_dir`` says otherwise.
+DEFAULT_DATA_DIR = "~/.cache/arbitrary_nst/tfds"
+#: TFDS dataset name of :class:`ImageFolder` (``<data_dir>/<name>/<config>/<version>``).
+BUILDER_NAME = "arbitrary_nst_images"
+BUILDER_VERSION = "1.0.0"
+#: Bumped when the preparation logic changes in a way that changes the stored records.
+_PREP_FORMAT = 1
+
+CONTENT, STYLE = 0, 1  # rng stream ids
+
+
+# ============================================================================================
+# Config
+# ============================================================================================
+
+
+def default_data_config() -> Any:
+    """The data config with its defaults (an ``ml_collections.ConfigDict`` when available).
+
+    Fields:
+        source: ``'folder'`` (``content_dirs``/``style_dirs``), ``'synthetic'`` (procedural
+            images, no files), ``'tfds:<name>[#split]'`` (content from a TFDS catalog dataset,
+            styles from ``style_dirs``) or ``'npz:<path>'`` (a file from :func:`export_arrays`).
+        content_dirs / style_dirs: lists of directories (searched recursively). An entry may
+            also be ``'tfds:<name>[#split]'`` to mix in a catalog dataset.
+        content_dir_weights / style_dir_weights: optional sampling weight per entry (default:
+            proportional to the number of images, i.e. uniform over images).
+        data_dir: where prepared TFDS datasets live (default ``~/.cache/arbitrary_nst/tfds``).
+        image_size: side of the square content crops (256).
+        style_size: side of the square style crops (256).
+        style_resize_range: ``[lo, hi)`` for the random smaller side of style images before the
+            crop; ``None`` = Magenta's ``[style_size + 2, style_size + 200)`` = ``(258, 456)``
+            for 256, scaled by ``style_size / 256`` otherwise.
+        content_scale_range: ``[lo, hi)`` factor on ``image_size`` for the content's smaller
+            side before the random crop (``(1.0, 1.15)``).
+        augment_strength: multiplies the style colour-jitter ranges (1.0 = Magenta:
+            brightness +-0.8, saturation x[0.5, 1.5], hue +-0.2); 0 disables jitter and flips.
+        max_source_side: stored images have their smaller side at most this (512) and their
+            longer side at most 3x this.
+        min_source_side: images whose smaller side is below this (64) are skipped.
+        jpeg_quality: quality of re-encoded stored images (90).
+        prepare_workers: decode threads during preparation (2).
+        synthetic_count: number of distinct images per role of the ``synthetic`` source (512).
+        allow_eval_dirs: refuse directories with a path component named ``eval`` unless True
+            (evaluation images must never be trained on).
+        num_workers: loader threads (``None`` = ``min(8, os.cpu_count())``; 0 = in the caller).
+        prefetch: batches prepared ahead by the loader (4).
+    """
+    d = _default_fields()
+    try:
+        import ml_collections
+    except ImportError:  # pragma: no cover - e.g. a bare GPU machine
+        return d
+    return ml_collections.ConfigDict(d)
+
+
+def _default_fields() -> dict[str, Any]:
+    return dict(
+        source="folder",
+        content_dirs=[],
+        style_dirs=[],
+        content_dir_weights=None,
+        style_dir_weights=None,
+        data_dir=DEFAULT_DATA_DIR,
+        image_size=256,
+        style_size=256,
+        style_resize_range=None,
+        content_scale_range=(1.0, 1.15),
+        augment_strength=1.0,
+        max_source_side=512,
+        min_source_side=64,
+        jpeg_quality=90,
+        prepare_workers=2,
+        synthetic_count=512,
+        allow_eval_dirs=False,
+        num_workers=None,
+        prefetch=4,
+    )
+
+
+_DEFAULTS = _default_fields()
+
+
+def _cfg(data_cfg: Any) -> dict[str, Any]:
+    """``data_cfg`` (ConfigDict, dict or None) merged over the defaults, as a plain dict."""
+    if data_cfg is None:
+        raw: Mapping[str, Any] = {}
+    elif hasattr(data_cfg, "to_dict"):
+        raw = data_cfg.to_dict()
+    elif isinstance(data_cfg, Mapping):
+        raw = data_cfg
+    else:
+        raise ConfigError(f"data config must be a dict or ConfigDict, got {type(data_cfg).__name__}")
+    unknown = sorted(set(raw) - set(_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"data config: unknown field(s) {', '.join(unknown)}")
+    c = dict(_DEFAULTS)
+    c.update({k: v for k, v in raw.items()})
+    for k in ("content_dirs", "style_dirs"):
+        v = c[k]
+        if v is None:
+            c[k] = []
+        elif isinstance(v, (str, os.PathLike)):
+            c[k] = [os.fspath(v)]
+        else:
+            c[k] = [os.fspath(x) for x in v]
+    for k in ("image_size", "style_size", "max_source_side", "min_source_side"):
+        if int(c[k]) != c[k] or int(c[k]) < 1:
+            raise ConfigError(f"data config: {k} must be a positive integer, got {c[k]!r}")
+        c[k] = int(c[k])
+    if not 0 <= float(c["augment_strength"]) <= 2.5:
+        raise ConfigError(f"data config: augment_strength must be in [0, 2.5], got {c['augment_strength']}")
+    if not 1 <= int(c["jpeg_quality"]) <= 100:
+        raise ConfigError(f"data config: jpeg_quality must be in 1..100, got {c['jpeg_quality']}")
+    c["style_resize_range"] = _resize_range(c["style_resize_range"], c["style_size"])
+    lo, hi = (float(x) for x in c["content_scale_range"])
+    if not 1.0 <= lo <= hi:
+        raise ConfigError(f"data config: content_scale_range must satisfy 1 <= lo <= hi, got {(lo, hi)}")
+    c["content_scale_range"] = (lo, hi)
+    c["data_dir"] = os.path.expanduser(os.fspath(c["data_dir"] or DEFAULT_DATA_DIR))
+    return c
+
+
+def magenta_style_resize_range(style_size: int = 256) -> tuple[int, int]:
+    """Magenta's ``[image_size + 2, image_size + 200)``, scaled by ``style_size / 256``."""
+    return round(258 * style_size / 256), round(456 * style_size / 256)
+
+
+def _resize_range(r: Any, size: int) -> tuple[int, int]:
+    if r is None:
+        return magenta_style_resize_range(size)
+    lo, hi = (int(x) for x in r)
+    if not size <= lo < hi:
+        raise ConfigError(
+            f"data config: style_resize_range must satisfy style_size ({size}) <= lo < hi, got {(lo, hi)}"
+        )
+    return lo, hi
+
+
+# ============================================================================================
+# Sources: random access to images
+# ============================================================================================
+
+
+class DataSource:
+    """Random access to RGB images: ``len(src)``, ``src.open(i) -> PIL.Image`` (lazy).
+
+    ``open`` returns a Pillow image that may not be decoded yet (so the augmentation can use
+    JPEG draft mode); :meth:`get` returns the decoded ``uint8`` ``H x W x 3`` array.
+    Implementations must be safe to call from several threads.
+    """
+
+    name: str = "source"
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def open(self, index: int) -> Image.Image:
+        raise NotImplementedError
+
+    def get(self, index: int) -> np.ndarray:
+        return np.asarray(_to_rgb(self.open(index)))
+
+    def path(self, index: int) -> str:
+        return f"{self.name}[{index}]"
+
+    def raw_bytes(self, index: int) -> bytes | None:
+        """The stored encoded image, when the source holds one (else ``None``)."""
+        return None
+
+    @property
+    def part_sizes(self) -> list[int]:
+        """Sizes of the sub-sources (one for a plain source): what weights refer to."""
+        return [len(self)]
+
+    def _check(self, index: int) -> int:
+        i = int(index)
+        if not 0 <= i < len(self):
+            raise IndexError(f"{self.name}: index {index} out of range [0, {len(self)})")
+        return i
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, n={len(self)})"
+
+
+def _open_bytes(data: bytes, where: str) -> Image.Image:
+    try:
+        return Image.open(io.BytesIO(data))
+    except Exception as e:  # noqa: BLE001
+        raise ImageError(where, f"cannot decode stored image: {e}") from None
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Decode and convert to 8-bit RGB (alpha over white)."""
+    if im.mode == "RGB":
+        im.load()
+        return im
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        a = np.asarray(im, dtype=np.float32) / 65535.0
+        return Image.fromarray(np.clip(a * 255 + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+    return im.convert("RGB")
+
+
+class TFDSSource(DataSource):
+    """A TFDS ``as_data_source`` split; the image feature is fetched undecoded (Pillow decodes).
+
+    ``report`` holds the preparation summary for :class:`ImageFolder` datasets.
+    """
+
+    def __init__(self, ds: Any, name: str, image_key: str = "image", path_key: str | None = "path",
+                 report: dict[str, Any] | None = None):
+        self._ds = ds
+        self._n = len(ds)
+        self.name = name
+        self.image_key = image_key
+        self.path_key = path_key
+        self.report = report or {}
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _record(self, index: int) -> Mapping[str, Any]:
+        return self._ds[self._check(index)]
+
+    def open(self, index: int) -> Image.Image:
+        rec = self._record(index)
+        data = rec[self.image_key]
+        if isinstance(data, np.ndarray):  # decoded by TFDS after all (e.g. nested features)
+            if data.dtype == object:
+                data = data.item()
+            else:
+                return Image.fromarray(np.squeeze(data).astype(np.uint8))
+        return _open_bytes(bytes(data), self.path(index))
+
+    def raw_bytes(self, index: int) -> bytes | None:
+        data = self._record(index)[self.image_key]
+        if isinstance(data, np.ndarray):
+            return data.item() if data.dtype == object else None
+        return bytes(data)
+
+    def path(self, index: int) -> str:
+        if self.path_key:
+            try:
+                p = self._record(index)[self.path_key]
+                return p.decode() if isinstance(p, bytes) else str(p)
+            except Exception:  # noqa: BLE001
+                pass
+        return f"{self.name}[{index}]"
+
+
+class MixtureSource(DataSource):
+    """Several sources seen as one index space (concatenation); ``weights`` per part.
+
+    The weights are used by :class:`EpochSampler` (through :func:`make_loader`); plain
+    indexing is the concatenation.
+    """
+
+    def __init__(self, parts: Sequence[DataSource], weights: Sequence[float] | None = None, name: str = "mixture"):
+        if not parts:
+            raise ConfigError(f"{name}: no sources")
+        self.parts = list(parts)
+        self.name = name
+        if weights is not None:
+            if len(weights) != len(parts):
+                raise ConfigError(f"{name}: {len(weights)} weights for {len(parts)} sources")
+            w = [float(x) for x in weights]
+            if any(not math.isfinite(x) or x < 0 for x in w) or sum(w) <= 0:
+                raise ConfigError(f"{name}: weights must be finite, >= 0 and not all 0, got {w}")
+            weights = w
+        self.weights = weights
+        self._offsets = np.cumsum([0] + [len(p) for p in self.parts])
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    @property
+    def part_sizes(self) -> list[int]:
+        return [len(p) for p in self.parts]
+
+    def locate(self, index: int) -> tuple[DataSource, int]:
+        i = self._check(index)
+        k = int(np.searchsorted(self._offsets, i, side="right")) - 1
+        return self.parts[k], i - int(self._offsets[k])
+
+    def open(self, index: int) -> Image.Image:
+        part, j = self.locate(index)
+        return part.open(j)
+
+    def path(self, index: int) -> str:
+        part, j = self.locate(index)
+        return part.path(j)
+
+    def raw_bytes(self, index: int) -> bytes | None:
+        part, j = self.locate(index)
+        return part.raw_bytes(j)
+
+
+# --------------------------------------------------------------------------------------------
+# Synthetic images (no files)
+# --------------------------------------------------------------------------------------------
+
+_SYNTH_SEED = 0x5EED
+
+
+def synthetic_image(kind: str, index: int, *, seed: int = 0) -> np.ndarray:
+    """A procedural ``uint8`` RGB image, the same for the same ``(kind, index, seed)``.
+
+    ``kind='content'``: a colour gradient with random ellipses, rectangles and polygons
+    (photo-like layout, 224..352 x 224..416). ``kind='style'``: stripes, checks, rings or
+    smooth blobs in a random 3-colour palette (painting/texture-like).
+    """
+    if kind not in ("content", "style"):
+        raise ValueError(f"kind must be 'content' or 'style', got {kind!r}")
+    rng = np.random.default_rng([_SYNTH_SEED, int(seed), 0 if kind == "content" else 1, int(index)])
+    h = int(rng.integers(224, 353))
+    w = int(rng.integers(224, 417))
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    if kind == "content":
+        c0, c1 = rng.integers(0, 256, (2, 3)).astype(np.float32)
+        ang = rng.uniform(0, 2 * np.pi)
+        t = (xx * np.cos(ang) + yy * np.sin(ang))
+        t = (t - t.min()) / max(float(np.ptp(t)), 1.0)
+        img = (c0 + (c1 - c0) * t[..., None]).astype(np.uint8)
+        pil = Image.fromarray(img)
+        draw = ImageDraw.Draw(pil)
+        for _ in range(int(rng.integers(3, 9))):
+            col = tuple(int(v) for v in rng.integers(0, 256, 3))
+            x0, y0 = rng.uniform(-0.2, 0.9) * w, rng.uniform(-0.2, 0.9) * h
+            x1, y1 = x0 + rng.uniform(0.1, 0.6) * w, y0 + rng.uniform(0.1, 0.6) * h
+            shape = int(rng.integers(0, 3))
+            if shape == 0:
+                draw.ellipse((x0, y0, x1, y1), fill=col)
+            elif shape == 1:
+                draw.rectangle((x0, y0, x1, y1), fill=col)
+            else:
+                pts = [(float(rng.uniform(x0, x1)), float(rng.uniform(y0, y1))) for _ in range(int(rng.integers(3, 7)))]
+                draw.polygon(pts, fill=col)
+        return np.asarray(pil)
+    palette = rng.integers(0, 256, (3, 3)).astype(np.float32)
+    pattern = int(rng.integers(0, 4))
+    freq = rng.uniform(0.02, 0.12)
+    ang = rng.uniform(0, np.pi)
+    u = xx * np.cos(ang) + yy * np.sin(ang)
+    v = -xx * np.sin(ang) + yy * np.cos(ang)
+    if pattern == 0:  # stripes
+        t = 0.5 + 0.5 * np.sin(u * freq * 2 * np.pi)
+    elif pattern == 1:  # checks
+        t = ((np.floor(u * freq) + np.floor(v * freq)) % 2).astype(np.float32)
+    elif pattern == 2:  # rings
+        cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+        t = 0.5 + 0.5 * np.sin(np.hypot(xx - cx, yy - cy) * freq * 2 * np.pi)
+    else:  # blobs: a few Gaussians
+        t = np.zeros((h, w), np.float32)
+        for _ in range(6):
+            cx, cy, s = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(15, 80)
+            t += np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * s * s))
+        t = t / max(float(t.max()), 1e-6)
+    t = t[..., None]
+    img = np.where(t < 0.5, palette[0] + (palette[1] - palette[0]) * (2 * t),
+                   palette[1] + (palette[2] - palette[1]) * (2 * t - 1))
+    img += rng.normal(0, 6, img.shape).astype(np.float32)  # brush-like grain
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+class SyntheticSource(DataSource):
+    """``count`` procedural images of one kind (see :func:`synthetic_image`); no files."""
+
+    def __init__(self, kind: str, count: int = 512, seed: int = 0):
+        if kind not in ("content", "style"):
+            raise ConfigError(f"synthetic source: kind must be 'content' or 'style', got {kind!r}")
+        if int(count) < 1:
+            raise ConfigError(f"synthetic source: count must be >= 1, got {count}")
+        self.kind, self.count, self.seed = kind, int(count), int(seed)
+        self.name = f"synthetic-{kind}"
+
+    def __len__(self) -> int:
+        return self.count
+
+    def open(self, index: int) -> Image.Image:
+        return Image.fromarray(synthetic_image(self.kind, self._check(index), seed=self.seed))
+
+
+# --------------------------------------------------------------------------------------------
+# NPZ subset (for machines without TFDS)
+# --------------------------------------------------------------------------------------------
+
+
+class NpzSource(DataSource):
+    """One role (``'content'`` or ``'style'``) of a file written by :func:`export_arrays`.
+
+    The file holds ``<role>_jpeg`` (all JPEG files concatenated, ``uint8``), ``<role>_offsets``
+    (``int64``, ``n + 1``) and ``<role>_paths`` (``str``); it is read without pickle.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], role: str):
+        p = os.path.expanduser(os.fspath(path))
+        if role not in ("content", "style"):
+            raise ValueError(f"role must be 'content' or 'style', got {role!r}")
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                self._buf = np.ascontiguousarray(z[f"{role}_jpeg"])
+                self._off = z[f"{role}_offsets"].astype(np.int64)
+                self._paths = [str(s) for s in z[f"{role}_paths"]] if f"{role}_paths" in z else None
+        except FileNotFoundError:
+            raise ConfigError(f"{p}: no such file (npz data source)") from None
+        except KeyError as e:
+            raise ConfigError(f"{p}: not an arbitrary_nst data export (missing {e})") from None
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{p}: cannot read npz data source: {e}") from None
+        if self._buf.dtype != np.uint8 or self._off.ndim != 1 or len(self._off) < 2:
+            raise ConfigError(f"{p}: malformed {role} arrays")
+        self.name = f"npz-{role}"
+        self.file = p
+
+    def __len__(self) -> int:
+        return len(self._off) - 1
+
+    def open(self, index: int) -> Image.Image:
+        i = self._check(index)
+        return _open_bytes(self.raw_bytes(i), self.path(i))
+
+    def raw_bytes(self, index: int) -> bytes:
+        i = self._check(index)
+        return self._buf[self._off[i]:self._off[i + 1]].tobytes()
+
+    def path(self, index: int) -> str:
+        return self._paths[index] if self._paths else f"{self.file}[{index}]"
+
+
+# ============================================================================================
+# TFDS: the ImageFolder builder (TensorFlow-free), catalog datasets
+# ============================================================================================
+
+
+def _tfds() -> Any:
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise ConfigError(
+            "tensorflow-datasets is not installed (pip install tensorflow-datasets array_record); "
+            "on machines without it use source='npz:<file>' (see export_arrays) or 'synthetic'"
+        ) from None
+    return tfds
+
+
+@functools.lru_cache(maxsize=None)
+def _builder_classes() -> tuple[type, type]:
+    """Define ``ImageFolderConfig`` / ``ImageFolder`` on first use (TFDS imported lazily)."""
+    tfds = _tfds()
+
+    @dataclasses.dataclass(eq=False)
+    class ImageFolderConfig(tfds.core.BuilderConfig):
+        """One dataset made of every image under ``dirs`` (recursively).
+
+        ``fingerprint`` identifies the folder contents and storage settings; it is part of
+        the config name (see :func:`folder_builder`), so a changed folder is never served
+        from a stale preparation.
+        """
+
+        dirs: tuple[str, ...] = ()
+        max_source_side: int = 512
+        min_source_side: int = 64
+        jpeg_quality: int = 90
+        workers: int = 2
+        fingerprint: str = ""
+        progress: bool = False
+
+    class ImageFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+        """TFDS builder for folders of images; use with ``file_format='array_record'``.
+
+        Features: ``image`` (JPEG, ``H x W x 3`` uint8) and ``path``
+        (``<folder name>/<relative path>``). Split: ``train``. Skipped files are in
+        ``builder.info.metadata['skipped']`` (list of ``{"path", "reason"}``).
+        """
+
+        name = BUILDER_NAME
+        VERSION = tfds.core.Version(BUILDER_VERSION)
+        RELEASE_NOTES = {BUILDER_VERSION: "Images re-encoded as JPEG; corrupt files skipped and listed."}
+
+        @tfds.core.utils.classproperty
+        @classmethod
+        def code_path(cls) -> None:
+            # No checksums/URLs to look up next to the code. (TFDS 4.9's default needs the
+            # ``importlib_resources`` backport even on Python >= 3.9, which is not installed.)
+            return None
+
+        def _info(self) -> Any:
+            cfg = self.builder_config
+            return tfds.core.DatasetInfo(
+                builder=self,
+                description=f"Images under {', '.join(cfg.dirs) if cfg else '?'} "
+                f"(short side <= {cfg.max_source_side if cfg else '?'} px).",
+                features=tfds.features.FeaturesDict({
+                    "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+                    "path": tfds.features.Text(),
+                }),
+                metadata=tfds.core.MetadataDict(),
+                disable_shuffling=False,
+            )
+
+        def _split_generators(self, dl_manager: Any) -> dict[str, Any]:
+            del dl_manager
+            cfg = self.builder_config
+            files, ignored = _scan_dirs(cfg.dirs)
+            fp = _fingerprint(files, cfg)
+            if cfg.fingerprint and fp != cfg.fingerprint:
+                raise ConfigError(f"{', '.join(cfg.dirs)}: the folder changed during preparation; run it again")
+            return {"train": self._generate_examples(files, ignored)}
+
+        def _generate_examples(self, files: list[tuple[str, str, int, int]], ignored: int) -> Iterator[tuple[str, dict[str, Any]]]:
+            cfg = self.builder_config
+            skipped: list[dict[str, str]] = []
+            n_ok = 0
+            bar = None
+            if cfg.progress:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=len(files), desc=f"prepare {self.builder_config.name}", unit="img")
+            work = functools.partial(
+                _prepare_one, max_side=cfg.max_source_side, min_side=cfg.min_source_side, quality=cfg.jpeg_quality
+            )
+            try:
+                for key, result in _ordered_map(work, files, workers=cfg.workers):
+                    if bar is not None:
+                        bar.update(1)
+                    if isinstance(result, str):
+                        skipped.append({"path": key, "reason": result})
+                        continue
+                    n_ok += 1
+                    yield key, {"image": result, "path": key}
+            finally:
+                if bar is not None:
+                    bar.close()
+            for s in skipped[:20]:
+                log.warning("skipped %s: %s", s["path"], s["reason"])
+            if len(skipped) > 20:
+                log.warning("... and %d more skipped files", len(skipped) - 20)
+            log.info("%s: %d images prepared, %d skipped", cfg.name, n_ok, len(skipped))
+            md = self.info.metadata
+            md.update({
+                "dirs": list(cfg.dirs),
+                "fingerprint": cfg.fingerprint,
+                "num_files": len(files),
+                "num_prepared": n_ok,
+                "num_skipped": len(skipped),
+                "num_ignored_non_image": ignored,
+                "skipped": skipped,
+                "max_source_side": cfg.max_source_side,
+                "min_source_side": cfg.min_source_side,
+                "jpeg_quality": cfg.jpeg_quality,
+                "prep_format": _PREP_FORMAT,
+            })
+
+    ImageFolderConfig.__module__ = __name__
+    ImageFolder.__module__ = __name__
+    return ImageFolderConfig, ImageFolder
+
+
+def __getattr__(name: str) -> Any:  # lazy TFDS classes: importing this module needs no TFDS
+    if name == "ImageFolderConfig":
+        return _builder_classes()[0]
+    if name == "ImageFolder":
+        return _builder_classes()[1]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _ordered_map(fn: Any, items: Sequence[tuple[str, str, int, int]], workers: int) -> Iterator[tuple[str, Any]]:
+    """``(key, fn(item))`` in input order, computed by ``workers`` threads, bounded look-ahead."""
+    if workers <= 1:
+        for it in items:
+            yield it[1], fn(it)
+        return
+    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="nst-prepare") as pool:
+        pending: collections.deque = collections.deque()
+        it = iter(items)
+        for item in it:
+            pending.append((item[1], pool.submit(fn, item)))
+            if len(pending) >= 4 * workers:
+                break
+        while pending:
+            key, fut = pending.popleft()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append((nxt[1], pool.submit(fn, nxt)))
+            yield key, fut.result()
+
+
+def _scan_dirs(dirs: Sequence[str]) -> tuple[list[tuple[str, str, int, int]], int]:
+    """Image files under ``dirs``: ``(abs path, key, size, mtime)`` sorted by key; #non-images.
+
+    ``key`` is ``<folder name>/<relative path>`` (folder names made unique). Hidden files and
+    folders are skipped; symlinked folders are followed once (no loops).
+    """
+    files: list[tuple[str, str, int, int]] = []
+    ignored = 0
+    used: set[str] = set()
+    for d in dirs:
+        root = Path(d)
+        if not root.is_dir():
+            raise ConfigError(f"{d}: not a directory")
+        base = _slug(root.resolve().name) or "images"
+        prefix, k = base, 1
+        while prefix in used:  # two folders with the same name
+            k += 1
+            prefix = f"{base}_{k}"
+        used.add(prefix)
+        visited: set[str] = set()
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            real = os.path.realpath(dirpath)
+            if real in visited:
+                dirnames[:] = []
+                continue
+            visited.add(real)
+            dirnames[:] = sorted(x for x in dirnames if not x.startswith("."))
+            for fn in filenames:
+                if fn.startswith("."):
+                    continue
+                full = os.path.join(dirpath, fn)
+                if not _images.is_image_file(fn):
+                    ignored += 1
+                    continue
+                try:
+                    st = os.stat(full)
+                    size, mtime = st.st_size, st.st_mtime_ns // 10**9
+                except OSError:
+                    size, mtime = -1, -1
+                rel = os.path.relpath(full, root).replace(os.sep, "/")
+                files.append((full, f"{prefix}/{rel}", size, mtime))
+    files.sort(key=lambda f: f[1])
+    return files, ignored
+
+
+def _fingerprint(files: Sequence[tuple[str, str, int, int]], cfg: Any) -> str:
+    h = hashlib.sha1()
+    h.update(json.dumps([_PREP_FORMAT, cfg.max_source_side, cfg.min_source_side, cfg.jpeg_quality]).encode())
+    for _, key, size, mtime in files:
+        h.update(f"{key}\0{size}\0{mtime}\n".encode())
+    return h.hexdigest()[:12]
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("._-")[:40]
+
+
+def _prepare_one(item: tuple[str, str, int, int], *, max_side: int, min_side: int, quality: int) -> bytes | str:
+    """JPEG bytes to store for one file, or the reason it is skipped (a ``str``)."""
+    full = item[0]
+    try:
+        with Image.open(full) as head:  # header only: format, size, orientation, ICC
+            fmt, mode, (w, h) = head.format, head.mode, head.size
+            orient = head.getexif().get(0x0112, 1) if fmt == "JPEG" else 1
+            icc = bool(head.info.get("icc_profile"))
+    except Exception:  # noqa: BLE001 - load_pil below gives the precise reason
+        fmt, mode, w, h, orient, icc = None, None, 0, 0, 1, False
+    short, long = min(w, h), max(w, h)
+    if short and short > max_side or long > 3 * max_side:
+        s = min(max_side / short, 3 * max_side / long)
+        cap = max(1, math.floor(long * s))
+    else:
+        cap = None
+    try:
+        pil = _images.load_pil(full, max_side=cap)  # full decode: corrupt/truncated -> ImageError
+    except ImageError as e:
+        return e.reason
+    except Exception as e:  # noqa: BLE001
+        return f"cannot decode: {e}"
+    if min(pil.size) < min_side:
+        return f"too small ({pil.size[0]} x {pil.size[1]} < {min_side} px)"
+    if cap is None and fmt == "JPEG" and mode == "RGB" and orient in (None, 1) and not icc:
+        try:
+            with open(full, "rb") as f:
+                return f.read()  # a clean, small RGB JPEG: store as is (no generation loss)
+        except OSError as e:
+            return f"cannot read: {e}"
+    buf = io.BytesIO()
+    pil.save(buf, format="JPEG", quality=int(quality), subsampling=0 if quality >= 90 else 2)
+    return buf.getvalue()
+
+
+def folder_builder(dirs: Sequence[str | os.PathLike[str]], *, data_dir: str | os.PathLike[str] | None = None,
+                   max_source_side: int = 512, min_source_side: int = 64, jpeg_quality: int = 90,
+                   workers: int = 2, name: str | None = None, progress: bool = False) -> Any:
+    """An :class:`ImageFolder` builder for ``dirs`` (config name ``<name>-<fingerprint>``).
+
+    Scans the folders (stat only) to compute the fingerprint; nothing is decoded until
+    ``download_and_prepare``. ``data_dir`` defaults to :data:`DEFAULT_DATA_DIR`.
+    """
+    cfg_cls, builder_cls = _builder_classes()
+    dirs_t = tuple(os.path.abspath(os.path.expanduser(os.fspath(d))) for d in dirs)
+    if not dirs_t:
+        raise ConfigError("ImageFolder: no directories given")
+    for d in dirs_t:
+        if not os.path.isdir(d):
+            raise ConfigError(f"{d}: no such directory" if not os.path.exists(d) else f"{d}: not a directory")
+    probe = cfg_cls(name="probe", dirs=dirs_t, max_source_side=int(max_source_side),
+                    min_source_side=int(min_source_side), jpeg_quality=int(jpeg_quality))
+    files, _ = _scan_dirs(dirs_t)
+    if not files:
+        exts = ", ".join(sorted(e[1:] for e in _images.IMAGE_EXTENSIONS))
+        raise ConfigError(f"{', '.join(dirs_t)}: no image files ({exts}) found (searched recursively)")
+    fp = _fingerprint(files, probe)
+    base = _slug(name) if name else "+".join(_slug(Path(d).name) or "images" for d in dirs_t)[:60]
+    config = cfg_cls(
+        name=f"{base}-{fp}", dirs=dirs_t, max_source_side=int(max_source_side),
+        min_source_side=int(min_source_side), jpeg_quality=int(jpeg_quality),
+        workers=max(1, int(workers)), fingerprint=fp, progress=bool(progress),
+        description=f"images under {', '.join(dirs_t)}",
+    )
+    root = os.path.expanduser(os.fspath(data_dir or DEFAULT_DATA_DIR))
+    import absl.logging  # TFDS warns "Using custom data configuration" for every such builder
+
+    level = absl.logging.get_verbosity()
+    absl.logging.set_verbosity(absl.logging.ERROR)
+    try:
+        return builder_cls(config=config, data_dir=root, file_format="array_record")
+    finally:
+        absl.logging.set_verbosity(level)
+
+
+def prepare_folder(dirs: Sequence[str | os.PathLike[str]], *, data_dir: str | os.PathLike[str] | None = None,
+                   max_source_side: int = 512, min_source_side: int = 64, jpeg_quality: int = 90,
+                   workers: int = 2, name: str | None = None, progress: bool = False) -> TFDSSource:
+    """Prepare (or reuse) the :class:`ImageFolder` dataset of ``dirs``; return its source.
+
+    ``source.report`` = ``{"name", "data_dir", "num_prepared", "num_skipped", "skipped",
+    "num_ignored_non_image", "reused", "seconds"}``.
+    """
+    tfds = _tfds()
+    t0 = time.perf_counter()
+    b = folder_builder(dirs, data_dir=data_dir, max_source_side=max_source_side,
+                       min_source_side=min_source_side, jpeg_quality=jpeg_quality,
+                       workers=workers, name=name, progress=progress)
+    reused = (Path(b.data_dir) / "dataset_info.json").exists()
+    if not reused:
+        Path(b.data_dir_root).mkdir(parents=True, exist_ok=True)
+        b.download_and_prepare(
+            file_format="array_record",
+            download_dir=os.path.join(b.data_dir_root, "downloads"),
+            download_config=tfds.download.DownloadConfig(compute_stats=tfds.download.ComputeStatsMode.SKIP),
+        )
+    md = dict(b.info.metadata or {})
+    n = b.info.splits["train"].num_examples
+    if n == 0:
+        raise ConfigError(
+            f"{', '.join(b.builder_config.dirs)}: none of the {md.get('num_files', '?')} image files could be read"
+        )
+    ds = b.as_data_source("train", decoders={"image": tfds.decode.SkipDecoding()})
+    report = {
+        "name": b.builder_config.name,
+        "dirs": list(b.builder_config.dirs),
+        "data_dir": os.fspath(b.data_dir),
+        "num_prepared": int(n),
+        "num_skipped": int(md.get("num_skipped", 0)),
+        "skipped": list(md.get("skipped", [])),
+        "num_ignored_non_image": int(md.get("num_ignored_non_image", 0)),
+        "reused": reused,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    return TFDSSource(ds, name=b.builder_config.name, report=report)
+
+
+def source_from_catalog(name: str, split: str = "train", data_dir: str | os.PathLike[str] | None = None) -> TFDSSource:
+    """A TFDS catalog image dataset (e.g. ``'coco/2017'``, ``'dtd'``) by name.
+
+    Reuses a preparation under ``data_dir`` (default :data:`DEFAULT_DATA_DIR`); otherwise
+    downloads and prepares it with ``file_format='array_record'`` (needs internet access and,
+    for some datasets, their own extra dependencies). The first ``Image`` feature (``image``
+    preferred) is used.
+
+    Raises:
+        ConfigError: unknown name, no image feature, prepared in another file format, or
+            the download/preparation failed (e.g. offline).
+    """
+    tfds = _tfds()
+    root = os.path.expanduser(os.fspath(data_dir or DEFAULT_DATA_DIR))
+    try:
+        b = tfds.builder(name, data_dir=root, file_format="array_record")
+    except Exception as e:  # noqa: BLE001 - DatasetNotFoundError, bad config names, ...
+        raise ConfigError(f"tfds:{name}: {_one_line(e)}") from None
+    ready = (Path(b.data_dir) / "dataset_info.json").exists()
+    if not ready:
+        log.info("tfds:%s: not prepared under %s; downloading and preparing (array_record)", name, root)
+        try:
+            b.download_and_prepare(file_format="array_record")
+        except Exception as e:  # noqa: BLE001 - network errors, missing extra deps, ...
+            if isinstance(e, ImportError) and "importlib_resources" in str(e):
+                raise ConfigError(  # TFDS 4.9 imports this backport even on Python >= 3.9
+                    f"tfds:{name}: TFDS needs the 'importlib_resources' package to download "
+                    "catalog datasets: pip install importlib_resources"
+                ) from None
+            raise ConfigError(
+                f"tfds:{name}: not prepared under {root}, and download_and_prepare failed "
+                f"({type(e).__name__}: {_one_line(e)}). Catalog datasets need internet access the "
+                "first time; offline, use image folders (source='folder') instead"
+            ) from None
+    fmt = getattr(b.info, "file_format", None)
+    if fmt is not None and "array_record" not in str(fmt).lower():
+        raise ConfigError(
+            f"tfds:{name}: prepared under {b.data_dir} as {fmt}, but random access needs "
+            "array_record; prepare it again with file_format='array_record' (another data_dir)"
+        )
+    feats = b.info.features
+    image_keys = [k for k, f in feats.items() if isinstance(f, tfds.features.Image)]
+    if not image_keys:
+        raise ConfigError(f"tfds:{name}: has no top-level Image feature ({', '.join(feats)})")
+    key = "image" if "image" in image_keys else image_keys[0]
+    try:
+        ds = b.as_data_source(split, decoders={key: tfds.decode.SkipDecoding()})
+    except Exception as e:  # noqa: BLE001 - unknown split, ...
+        raise ConfigError(f"tfds:{name}: cannot read split {split!r}: {_one_line(e)}") from None
+    path_key = next((k for k in ("image/filename", "file_name", "filename") if k in feats), None)
+    return TFDSSource(ds, name=f"tfds:{name}#{split}", image_key=key, path_key=path_key,
+                      report={"name": f"tfds:{name}#{split}", "num_prepared": len(ds), "num_skipped": 0, "skipped": []})
+
+
+def _one_line(e: object) -> str:
+    s = " ".join(str(e).split()) or type(e).__name__
+    return s if len(s) <= 300 else s[:297] + "..."
+
+
+# ============================================================================================
+# prepare(data_cfg)
+# ============================================================================================
+
+
+def _check_not_eval(d: str, c: Mapping[str, Any]) -> None:
+    if c["allow_eval_dirs"]:
+        return
+    parts = Path(os.path.abspath(os.path.expanduser(d))).parts
+    if "eval" in parts:
+        raise ConfigError(
+            f"{d}: looks like an evaluation folder (a path component is 'eval'); evaluation images "
+            "must never be used for training (set allow_eval_dirs=True if this is not one)"
+        )
+
+
+def _parse_catalog(spec: str) -> tuple[str, str]:
+    name = spec[len("tfds:"):]
+    split = "train"
+    if "#" in name:
+        name, split = name.split("#", 1)
+    if not name:
+        raise ConfigError(f"{spec!r}: expected tfds:<name>[#split], e.g. tfds:coco/2017")
+    return name, split or "train"
+
+
+def _role_source(role: str, entries: Sequence[str], weights: Any, c: Mapping[str, Any], progress: bool) -> DataSource:
+    if not entries:
+        raise ConfigError(f"data config: {role}_dirs is empty (source={c['source']!r})")
+    parts: list[DataSource] = []
+    for e in entries:
+        if e.startswith("tfds:"):
+            nm, split = _parse_catalog(e)
+            parts.append(source_from_catalog(nm, split, c["data_dir"]))
+            continue
+        _check_not_eval(e, c)
+        parts.append(prepare_folder(
+            [e], data_dir=c["data_dir"], max_source_side=c["max_source_side"],
+            min_source_side=c["min_source_side"], jpeg_quality=c["jpeg_quality"],
+            workers=c["prepare_workers"], progress=progress,
+        ))
+    if len(parts) == 1 and weights is None:
+        return parts[0]
+    return MixtureSource(parts, weights, name=role)
+
+
+def prepare(data_cfg: Any = None, *, progress: bool = False) -> dict[str, DataSource]:
+    """The ``{"content": DataSource, "style": DataSource}`` described by ``data_cfg``.
+
+    Folders are prepared once (TFDS ``ImageFolder``, one dataset per folder so per-folder
+    weights can be applied) and reused afterwards; see :func:`default_data_config`.
+    Each folder source carries a ``report`` (prepared/skipped counts).
+    """
+    c = _cfg(data_cfg)
+    src = str(c["source"])
+    if src == "synthetic":
+        n = int(c["synthetic_count"])
+        return {"content": SyntheticSource("content", n), "style": SyntheticSource("style", n)}
+    if src.startswith("npz:"):
+        p = src[4:]
+        return {"content": NpzSource(p, "content"), "style": NpzSource(p, "style")}
+    if src.startswith("tfds:"):
+        nm, split = _parse_catalog(src)
+        content: DataSource = source_from_catalog(nm, split, c["data_dir"])
+        if c["content_dirs"]:
+            content = MixtureSource([content] + [_role_source("content", [d], None, c, progress) for d in c["content_dirs"]],
+                                    c["content_dir_weights"], name="content")
+        return {"content": content, "style": _role_source("style", c["style_dirs"], c["style_dir_weights"], c, progress)}
+    if src != "folder":
+        raise ConfigError(f"data config: unknown source {src!r} (folder, synthetic, tfds:<name>, npz:<path>)")
+    return {
+        "content": _role_source("content", c["content_dirs"], c["content_dir_weights"], c, progress),
+        "style": _role_source("style", c["style_dirs"], c["style_dir_weights"], c, progress),
+    }
+
+
+def reports(sources: Mapping[str, DataSource]) -> list[dict[str, Any]]:
+    """The preparation reports of all (sub)sources, with a ``role`` field."""
+    out = []
+    for role, s in sources.items():
+        for p in (s.parts if isinstance(s, MixtureSource) else [s]):
+            r = dict(getattr(p, "report", None) or {"name": p.name, "num_prepared": len(p), "num_skipped": 0})
+            r["role"] = role
+            out.append(r)
+    return out
+
+
+# ============================================================================================
+# Augmentation
+# ============================================================================================
+
+
+def _as_pil(img: Any) -> Image.Image:
+    if isinstance(img, Image.Image):
+        return img
+    a = np.asarray(img)
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=2)
+    if a.ndim != 3 or a.shape[2] not in (3, 4):
+        raise ValueError(f"expected an H x W x 3 image, got shape {a.shape}")
+    if a.dtype != np.uint8:
+        a = (np.clip(a.astype(np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(a[..., :3]))
+
+
+def _crop_resize(im: Image.Image, scale: float, off: tuple[int, int], size: int) -> np.ndarray:
+    """``resize(im, scale)[oy:oy+size, ox:ox+size]`` as one Pillow op (JPEG draft when >= 2x).
+
+    ``scale`` is relative to ``im.size`` *before* any draft; returns float32 in [0, 1].
+    """
+    w0, h0 = im.size
+    ox, oy = off
+    if getattr(im, "format", None) == "JPEG" and scale <= 0.5:
+        # Decode at 1/2, 1/4 or 1/8 scale, still >= the resized size (a no-op once loaded).
+        try:
+            im.draft("RGB", (max(1, math.ceil(w0 * scale)), max(1, math.ceil(h0 * scale))))
+        except Exception:  # noqa: BLE001
+            pass
+    im = _to_rgb(im)
+    fx, fy = im.size[0] / w0, im.size[1] / h0  # draft factor
+    box = (ox / scale * fx, oy / scale * fy, (ox + size) / scale * fx, (oy + size) / scale * fy)
+    out = im.resize((size, size), Image.Resampling.BILINEAR, box=box)
+    return np.asarray(out, dtype=np.float32) * np.float32(1.0 / 255.0)
+
+
+def _crop_offsets(rng: np.random.Generator, w: int, h: int, size: int) -> tuple[int, int]:
+    fx, fy = rng.random(2)
+    return min(int(fx * (w - size + 1)), w - size), min(int(fy * (h - size + 1)), h - size)
+
+
+def augment_content(img: Any, rng: np.random.Generator, size: int = 256,
+                    scale_range: tuple[float, float] = (1.0, 1.15)) -> np.ndarray:
+    """Resize the smaller side to ``size * u`` (``u ~ U[scale_range)``), random ``size``² crop.
+
+    ``img``: a PIL image (lazily opened JPEGs are decoded at reduced scale when possible), a
+    ``uint8`` or a float ``[0, 1]`` array. Returns ``float32`` ``size x size x 3`` in [0, 1].
+    Random draws, in order: ``u``, then the crop position (two uniforms).
+    """
+    im = _as_pil(img)
+    lo, hi = scale_range
+    u = float(rng.uniform(lo, hi)) if hi > lo else float(lo)
+    w, h = im.size
+    scale = size * u / min(w, h)
+    nw, nh = max(size, int(w * scale)), max(size, int(h * scale))
+    off = _crop_offsets(rng, nw, nh, size)
+    return _crop_resize(im, scale, off, size)
+
+
+def color_jitter(x: np.ndarray, brightness: float = 0.0, saturation: float = 1.0, hue: float = 0.0) -> np.ndarray:
+    """``tf.image.adjust_brightness`` -> ``adjust_saturation`` -> ``adjust_hue`` on [0, 1] RGB.
+
+    Brightness adds ``brightness`` and clips to [0, 1]; saturation multiplies the HSV
+    saturation (clipped to 1); hue adds ``hue`` (in turns) to the HSV hue. float32 in/out.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    p = np.moveaxis(x, -1, 0)
+    if brightness:
+        p = np.clip(p + np.float32(brightness), 0.0, 1.0)
+    if saturation == 1.0 and hue == 0.0:
+        return np.ascontiguousarray(np.moveaxis(p, 0, -1))
+    p = np.ascontiguousarray(p)
+    r, g, b = p
+    v = np.maximum(np.maximum(r, g), b)
+    c = v - np.minimum(np.minimum(r, g), b)
+    inv_c = np.divide(np.float32(1.0), c, out=np.zeros_like(c), where=c > 0)
+    h6 = np.where(v == r, (g - b) * inv_c, np.where(v == g, (b - r) * inv_c + 2.0, (r - g) * inv_c + 4.0))
+    h6 += np.float32(6.0 * hue)
+    h6 %= np.float32(6.0)  # hue in sixths of a turn, [0, 6)
+    vs = np.minimum(c * np.float32(saturation), v)  # = v * min(s * factor, 1)
+    out = np.empty((3,) + v.shape, np.float32)
+    for i, n in enumerate((5.0, 3.0, 1.0)):  # hsv -> rgb: v - v s clip(min(k, 4 - k), 0, 1)
+        k = h6 + np.float32(n)
+        k -= np.float32(6.0) * (k >= 6.0)
+        t = np.minimum(k, np.float32(4.0) - k)
+        np.clip(t, 0.0, 1.0, out=t)
+        t *= vs
+        np.subtract(v, t, out=out[i])
+    return np.ascontiguousarray(np.moveaxis(out, 0, -1))
+
+
+def augment_style(img: Any, rng: np.random.Generator, size: int = 256,
+                  resize_range: tuple[int, int] | None = (258, 456), strength: float = 1.0) -> np.ndarray:
+    """Magenta's style augmentation (see the module docstring), ranges scaled by ``strength``.
+
+    Random draws, in order: brightness delta ``U(-0.8s, 0.8s)``, saturation factor
+    ``U(1 - 0.5s, 1 + 0.5s)``, hue delta ``U(-0.2s, 0.2s)`` (at most 0.5), left-right and
+    up-down flips (``p = 0.5`` each, only when ``s > 0``), smaller side ``L ~ U{lo..hi-1}``,
+    crop position. Returns ``float32`` ``size x size x 3`` in [0, 1].
+    """
+    lo, hi = resize_range if resize_range is not None else magenta_style_resize_range(size)
+    if not size <= lo < hi:
+        raise ValueError(f"resize_range must satisfy size <= lo < hi, got {(lo, hi)} for size {size}")
+    s = float(strength)
+    im = _as_pil(img)
+    bright = float(rng.uniform(-0.8 * s, 0.8 * s))
+    sat = float(rng.uniform(max(0.0, 1 - 0.5 * s), 1 + 0.5 * s))
+    hue_max = min(0.2 * s, 0.5)
+    hue = float(rng.uniform(-hue_max, hue_max))
+    flips = rng.random(2) < 0.5
+    if s <= 0:
+        flips[:] = False
+    side = int(rng.integers(lo, hi))
+    w, h = im.size
+    scale = side / min(w, h)
+    nw, nh = max(size, int(w * scale)), max(size, int(h * scale))
+    off = _crop_offsets(rng, nw, nh, size)
+    x = _crop_resize(im, scale, off, size)
+    if flips[0]:
+        x = x[:, ::-1]
+    if flips[1]:
+        x = x[::-1]
+    if s > 0:
+        x = color_jitter(x, bright, sat, hue)
+    return np.ascontiguousarray(x)
+
+
+# ============================================================================================
+# Sampling and the loader
+# ============================================================================================
+
+
+class EpochSampler:
+    """Index of stream position ``p``: a pure function of ``(seed, stream, p)``.
+
+    An epoch has ``L = sum(sizes)`` positions. Without weights it is the permutation
+    ``np.random.default_rng([seed, epoch, stream]).permutation(L)``. With weights, part ``k``
+    gets ``round(L * w_k / sum(w))`` slots (largest remainder), filled by repeating/truncating
+    its own permutation (``default_rng([seed, epoch, stream, 1 + k])``), and the slots are
+    shuffled with the epoch rng: the mixture follows the weights while every image of a part
+    is seen before any is repeated.
+    """
+
+    def __init__(self, sizes: Sequence[int], weights: Sequence[float] | None, seed: int, stream: int):
+        self.sizes = [int(n) for n in sizes]
+        if not self.sizes or any(n < 1 for n in self.sizes):
+            raise ConfigError(f"data: every source must have images, got sizes {self.sizes}")
+        self.weights = None if weights is None else [float(w) for w in weights]
+        if self.weights is not None and len(self.weights) != len(self.sizes):
+            raise ConfigError(f"data: {len(self.weights)} weights for {len(self.sizes)} sources")
+        if int(seed) < 0:
+            raise ConfigError(f"seed must be >= 0, got {seed}")
+        self.seed, self.stream = int(seed), int(stream)
+        self.epoch_len = sum(self.sizes)
+        self._offsets = np.cumsum([0] + self.sizes)
+        self._cache: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def epoch(self, e: int) -> np.ndarray:
+        with self._lock:
+            perm = self._cache.get(e)
+            if perm is None:
+                perm = self._make(e)
+                self._cache[e] = perm
+                while len(self._cache) > 3:
+                    self._cache.popitem(last=False)
+            return perm
+
+    def _make(self, e: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, e, self.stream])
+        if self.weights is None:
+            return rng.permutation(self.epoch_len)
+        w = np.asarray(self.weights, np.float64)
+        quota = self.epoch_len * w / w.sum()
+        counts = np.floor(quota).astype(np.int64)
+        rest = self.epoch_len - int(counts.sum())
+        if rest:
+            counts[np.argsort(-(quota - counts), kind="stable")[:rest]] += 1
+        slots = []
+        for k, (n, cnt) in enumerate(zip(self.sizes, counts)):
+            if cnt == 0:
+                continue
+            rk = np.random.default_rng([self.seed, e, self.stream, 1 + k])
+            reps = -(-int(cnt) // n)
+            idx = np.concatenate([rk.permutation(n) for _ in range(reps)])[:cnt]
+            slots.append(idx + self._offsets[k])
+        allv = np.concatenate(slots)
+        rng.shuffle(allv)
+        return allv
+
+    def index(self, position: int) -> int:
+        e, r = divmod(int(position), self.epoch_len)
+        return int(self.epoch(e)[r])
+
+    def indices(self, start: int, count: int) -> np.ndarray:
+        return np.array([self.index(p) for p in range(start, start + count)], dtype=np.int64)
+
+
+class Loader:
+    """Batches ``{"content": f32[B,H,W,3], "style": f32[B,S,S,3]}`` in [0, 1], prefetched.
+
+    ``next(loader)`` returns batch ``loader.step`` and advances it. Each batch is a pure
+    function of ``(seed, step)`` (see the module docstring); :meth:`batch` computes one
+    synchronously. ``num_workers`` threads (0 = in the caller) decode and augment single
+    images; up to ``prefetch`` batches are in flight. Pillow releases the GIL while decoding
+    and resizing, so threads scale on several cores.
+    """
+
+    def __init__(self, content: DataSource, style: DataSource, *, batch_size: int, seed: int,
+                 start_step: int = 0, num_workers: int = 2, prefetch: int = 4, image_size: int = 256,
+                 style_size: int = 256, style_resize_range: tuple[int, int] | None = None,
+                 content_scale_range: tuple[float, float] = (1.0, 1.15), augment_strength: float = 1.0,
+                 content_weights: Sequence[float] | None = None, style_weights: Sequence[float] | None = None):
+        if int(batch_size) < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        if int(start_step) < 0:
+            raise ConfigError(f"start_step must be >= 0, got {start_step}")
+        self.content, self.style = content, style
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.step = int(start_step)
+        self.image_size, self.style_size = int(image_size), int(style_size)
+        self.style_resize_range = _resize_range(style_resize_range, self.style_size)
+        self.content_scale_range = tuple(float(x) for x in content_scale_range)
+        self.augment_strength = float(augment_strength)
+        cw = content_weights if content_weights is not None else getattr(content, "weights", None)
+        sw = style_weights if style_weights is not None else getattr(style, "weights", None)
+        self._samplers = (EpochSampler(content.part_sizes, cw, self.seed, CONTENT),
+                          EpochSampler(style.part_sizes, sw, self.seed, STYLE))
+        self.num_workers = max(0, int(num_workers))
+        self.prefetch = max(1, int(prefetch))
+        self._pool = (concurrent.futures.ThreadPoolExecutor(self.num_workers, thread_name_prefix="nst-data")
+                      if self.num_workers > 0 else None)
+        self._pending: collections.deque = collections.deque()
+        self._next_submit = self.step
+        self._closed = False
+        self._stats_lock = threading.Lock()
+        self._busy = 0.0
+        self._images = 0
+        self._wait = 0.0
+        self._batches = 0
+        self._t_first: float | None = None
+
+    # --- the pure part ----------------------------------------------------------------------
+
+    def indices(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """Content and style indices of batch ``step``."""
+        p = int(step) * self.batch_size
+        return self._samplers[0].indices(p, self.batch_size), self._samplers[1].indices(p, self.batch_size)
+
+    def example(self, step: int, i: int, stream: int, index: int) -> np.ndarray:
+        """Example ``i`` of batch ``step`` for ``stream`` (0 content, 1 style), image ``index``."""
+        rng = np.random.default_rng([self.seed, int(step), int(i), int(stream)])
+        src = self.content if stream == CONTENT else self.style
+        try:
+            if stream == CONTENT:
+                return augment_content(src.open(index), rng, self.image_size, self.content_scale_range)
+            return augment_style(src.open(index), rng, self.style_size, self.style_resize_range, self.augment_strength)
+        except (OSError, SyntaxError, Image.DecompressionBombError) as e:  # Pillow's decode errors
+            raise ImageError(src.path(index), f"cannot decode stored image: {_one_line(e)}") from None
+
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        """Batch ``step``, computed synchronously in the calling thread."""
+        ci, si = self.indices(step)
+        out = self._alloc()
+        for i in range(self.batch_size):
+            out["content"][i] = self.example(step, i, CONTENT, ci[i])
+            out["style"][i] = self.example(step, i, STYLE, si[i])
+        return out
+
+    def _alloc(self) -> dict[str, np.ndarray]:
+        b = self.batch_size
+        return {"content": np.empty((b, self.image_size, self.image_size, 3), np.float32),
+                "style": np.empty((b, self.style_size, self.style_size, 3), np.float32)}
+
+    # --- the pipelined iterator -------------------------------------------------------------
+
+    def _work(self, out: np.ndarray, i: int, step: int, stream: int, index: int) -> None:
+        t0 = time.perf_counter()
+        out[i] = self.example(step, i, stream, index)
+        dt = time.perf_counter() - t0
+        with self._stats_lock:
+            self._busy += dt
+
+    def _submit(self) -> None:
+        assert self._pool is not None
+        while len(self._pending) < self.prefetch:
+            step = self._next_submit
+            ci, si = self.indices(step)
+            out = self._alloc()
+            futs = []
+            for i in range(self.batch_size):
+                futs.append(self._pool.submit(self._work, out["content"], i, step, CONTENT, int(ci[i])))
+                futs.append(self._pool.submit(self._work, out["style"], i, step, STYLE, int(si[i])))
+            self._pending.append((step, out, futs))
+            self._next_submit += 1
+
+    def __iter__(self) -> Loader:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._closed:
+            raise StopIteration
+        if self._t_first is None:
+            self._t_first = time.perf_counter()
+        t0 = time.perf_counter()
+        if self._pool is None:
+            out = self.batch(self.step)
+            with self._stats_lock:
+                self._busy += time.perf_counter() - t0
+        else:
+            self._submit()
+            step, out, futs = self._pending.popleft()
+            assert step == self.step
+            for f in futs:
+                f.result()  # re-raises a worker's exception (e.g. an unreadable record)
+            self._submit()
+        with self._stats_lock:
+            self._wait += time.perf_counter() - t0
+            self._batches += 1
+            self._images += 2 * self.batch_size
+        self.step += 1
+        return out
+
+    def stats(self) -> dict[str, float]:
+        """Throughput so far.
+
+        ``images`` counts content + style images; ``images_per_second`` is delivered
+        images over wall time since the first ``next``; ``wait_s`` is the time ``next``
+        blocked (the loader stalling its consumer); ``worker_busy_s`` the summed per-image
+        processing time.
+        """
+        with self._stats_lock:
+            wall = (time.perf_counter() - self._t_first) if self._t_first else 0.0
+            return {
+                "batches": self._batches,
+                "images": self._images,
+                "wall_s": wall,
+                "wait_s": self._wait,
+                "worker_busy_s": self._busy,
+                "images_per_second": self._images / wall if wall > 0 else 0.0,
+                "ms_per_image_per_worker": 1e3 * self._busy / max(1, self._images),
+            }
+
+    @property
+    def images_per_second(self) -> float:
+        return self.stats()["images_per_second"]
+
+    def close(self) -> None:
+        """Stop the workers (pending work is cancelled). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for _, _, futs in self._pending:
+            for f in futs:
+                f.cancel()
+        self._pending.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> Loader:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def make_loader(data_cfg: Any = None, *, batch_size: int, seed: int, start_step: int = 0,
+                num_workers: int | None = None, prefetch: int | None = None,
+                sources: Mapping[str, DataSource] | None = None) -> Loader:
+    """A :class:`Loader` for ``data_cfg`` (sources from :func:`prepare` unless given).
+
+    ``num_workers`` / ``prefetch`` default to the config's (``None`` workers =
+    ``min(8, os.cpu_count())``). Resume with ``start_step = <next step to train>``: the order
+    continues exactly (batches do not depend on the worker count).
+    """
+    c = _cfg(data_cfg)
+    srcs = sources if sources is not None else prepare(data_cfg)
+    if num_workers is None:
+        num_workers = c["num_workers"]
+    if num_workers is None:
+        num_workers = min(8, os.cpu_count() or 1)
+    if prefetch is None:
+        prefetch = int(c["prefetch"])
+    return Loader(
+        srcs["content"], srcs["style"], batch_size=batch_size, seed=seed, start_step=start_step,
+        num_workers=num_workers, prefetch=prefetch, image_size=c["image_size"], style_size=c["style_size"],
+        style_resize_range=c["style_resize_range"], content_scale_range=c["content_scale_range"],
+        augment_strength=c["augment_strength"],
+    )
+
+
+# ============================================================================================
+# Export a compact subset (NPZ) for machines without TFDS
+# ============================================================================================
+
+
+def export_arrays(data_cfg: Any, out_path: str | os.PathLike[str], n_content: int, n_style: int,
+                  size: int = 288, *, seed: int = 0, quality: int = 90, max_mb: float = 45.0,
+                  sources: Mapping[str, DataSource] | None = None) -> dict[str, Any]:
+    """Write ``n_content`` + ``n_style`` images as JPEG bytes in one ``.npz`` (uint8 arrays).
+
+    Images are chosen by the first epoch of the (weighted) samplers, so the subset follows
+    ``*_dir_weights``; stored RGB JPEGs already within the size limits are copied as they are,
+    others are downscaled so the smaller side is at most ``size`` (longer side at most
+    ``2 * size``, centre-cropped) and JPEG-encoded at ``quality``. Read it back with
+    ``source='npz:<out_path>'`` (NumPy + Pillow only). The file is written atomically and
+    refused (``ConfigError``) if larger than ``max_mb``. It contains training images: never
+    commit or redistribute it. Returns a summary dict.
+    """
+    c = _cfg(data_cfg)
+    srcs = sources if sources is not None else prepare(data_cfg)
+    out: dict[str, np.ndarray] = {}
+    summary: dict[str, Any] = {"path": os.fspath(out_path), "size": int(size)}
+    for role, n, stream in (("content", n_content, CONTENT), ("style", n_style, STYLE)):
+        s = srcs[role]
+        n = min(int(n), len(s))
+        if n < 1:
+            raise ConfigError(f"export_arrays: need at least one {role} image")
+        weights = s.weights if isinstance(s, MixtureSource) else None
+        idx = EpochSampler(s.part_sizes, weights, seed, stream).indices(0, n)
+        blobs, paths = [], []
+        for i in idx:
+            src_im = s.open(int(i))
+            w, h = src_im.size
+            if (src_im.format == "JPEG" and src_im.mode == "RGB" and min(w, h) <= size
+                    and max(w, h) <= 2 * size and (raw := s.raw_bytes(int(i))) is not None):
+                blobs.append(np.frombuffer(raw, np.uint8))  # small enough: keep the stored JPEG
+                paths.append(s.path(int(i)))
+                continue
+            im = _to_rgb(src_im)
+            k = min(1.0, size / min(w, h))
+            if k < 1.0:
+                im = im.resize((max(1, round(w * k)), max(1, round(h * k))), Image.Resampling.LANCZOS, reducing_gap=3.0)
+            w, h = im.size
+            if max(w, h) > 2 * size:
+                cw, ch = min(w, 2 * size), min(h, 2 * size)
+                im = im.crop(((w - cw) // 2, (h - ch) // 2, (w - cw) // 2 + cw, (h - ch) // 2 + ch))
+            buf = io.BytesIO()
+            im.save(buf, format="JPEG", quality=int(quality))
+            blobs.append(np.frombuffer(buf.getvalue(), np.uint8))
+            paths.append(s.path(int(i)))
+        out[f"{role}_jpeg"] = np.concatenate(blobs)
+        out[f"{role}_offsets"] = np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64)
+        out[f"{role}_paths"] = np.array(paths, dtype=str)
+        summary[f"n_{role}"] = n
+    out["info"] = np.array(json.dumps({"format": 1, "size": int(size), "quality": int(quality), "seed": int(seed)}))
+    p = Path(os.path.expanduser(os.fspath(out_path)))
+    if p.suffix != ".npz":
+        raise ConfigError(f"{p}: the export file name must end in .npz")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp.npz")
+    np.savez(tmp, **out)
+    mb = tmp.stat().st_size / 1e6
+    if mb > max_mb:
+        tmp.unlink()
+        raise ConfigError(f"{p}: export would be {mb:.1f} MB > {max_mb} MB; export fewer or smaller images")
+    os.replace(tmp, p)
+    summary["megabytes"] = round(mb, 2)
+    return summary
+
+
+# ============================================================================================
+# CLI: python -m arbitrary_nst.data prepare|export
+# ============================================================================================
+
+
+def _cli_cfg(a: argparse.Namespace) -> dict[str, Any]:
+    d: dict[str, Any] = {"content_dirs": a.content_dir or [], "style_dirs": a.style_dir or []}
+    if a.style_weight:
+        d["style_dir_weights"] = a.style_weight
+    if a.data_dir:
+        d["data_dir"] = a.data_dir
+    if a.max_source_side:
+        d["max_source_side"] = a.max_source_side
+    if a.workers:
+        d["prepare_workers"] = a.workers
+    if a.source:
+        d["source"] = a.source
+    return d
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m arbitrary_nst.data", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name in ("prepare", "export"):
+        p = sub.add_parser(name, help={"prepare": "prepare image folders as TFDS array_record datasets",
+                                       "export": "write a compact .npz subset (for machines without TFDS)"}[name])
+        p.add_argument("--content-dir", action="append", help="content image folder (repeatable; or tfds:<name>)")
+        p.add_argument("--style-dir", action="append", help="style image folder (repeatable; or tfds:<name>)")
+        p.add_argument("--style-weight", action="append", type=float, help="sampling weight per --style-dir")
+        p.add_argument("--data-dir", help=f"prepared data location (default {DEFAULT_DATA_DIR})")
+        p.add_argument("--max-source-side", type=int, help="cap on the stored smaller side (512)")
+        p.add_argument("--workers", type=int, help="decode threads (2)")
+        p.add_argument("--source", help="folder (default), synthetic, tfds:<name>, npz:<path>")
+        if name == "export":
+            p.add_argument("--out", required=True, help="output .npz")
+            p.add_argument("--n-content", type=int, default=800)
+            p.add_argument("--n-style", type=int, default=1200)
+            p.add_argument("--size", type=int, default=288, help="max smaller side of exported images")
+            p.add_argument("--max-mb", type=float, default=45.0)
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        cfg = _cli_cfg(a)
+        t0 = time.perf_counter()
+        try:
+            import tensorflow_datasets as tfds
+
+            tfds.disable_progress_bar()  # our own per-folder bar instead
+        except ImportError:
+            pass
+        srcs = prepare(cfg, progress=True)
+        rows = reports(srcs)
+        print(f"{'role':8} {'dataset':40} {'prepared':>9} {'skipped':>8} {'reused':>7} {'seconds':>8}")
+        for r in rows:
+            print(f"{r['role']:8} {r['name'][:40]:40} {r.get('num_prepared', 0):9d} {r.get('num_skipped', 0):8d} "
+                  f"{str(r.get('reused', '-')):>7} {r.get('seconds', 0):8.1f}")
+        for r in rows:
+            for s in r.get("skipped", []):
+                print(f"skipped {s['path']}: {s['reason']}")
+        tot_ok = sum(r.get("num_prepared", 0) for r in rows)
+        tot_sk = sum(r.get("num_skipped", 0) for r in rows)
+        print(f"total: {tot_ok} prepared, {tot_sk} skipped in {time.perf_counter() - t0:.1f} s")
+        if a.cmd == "export":
+            s = export_arrays(cfg, a.out, a.n_content, a.n_style, a.size, max_mb=a.max_mb, sources=srcs)
+            print(f"wrote {s['path']}: {s['n_content']} content + {s['n_style']} style images, {s['megabytes']} MB")
+    except NSTError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

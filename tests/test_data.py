@@ -1,0 +1,331 @@
+"""Training data: TFDS ImageFolder (array_record, no TensorFlow), augmentation, loader, npz.
+
+Every image is generated under tmp_path; nothing reads ../shared.
+"""
+from __future__ import annotations
+
+import colorsys
+import json
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("tensorflow_datasets")
+pytest.importorskip("array_record")
+
+from arbitrary_nst import data  # noqa: E402
+from arbitrary_nst.errors import ConfigError  # noqa: E402
+from arbitrary_nst.images import load_image  # noqa: E402
+
+
+def _smooth(h: int, w: int, seed: int) -> np.ndarray:
+    """A smooth colourful uint8 image (JPEG-friendly, so re-encoding errors stay small)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    f = rng.uniform(0.005, 0.03, 3)
+    ph = rng.uniform(0, 6, 3)
+    img = np.stack([0.5 + 0.45 * np.sin(f[c] * (xx + 1.3 * yy) + ph[c]) for c in range(3)], -1)
+    return (img * 255).astype(np.uint8)
+
+
+# name -> (size as stored (w, h), writer)
+GOOD = {
+    "a_rgb.jpg": (400, 300),
+    "b_big.png": None,  # 700 x 520 -> capped to short side 512
+    "sub/c_gray.png": (260, 200),
+    "sub/d_rgba.png": (120, 100),
+    "sub/deeper/e_palette.gif": (150, 180),
+    "f_progressive.JPEG": (333, 257),
+}
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("imgs") / "photos"
+    (root / "sub" / "deeper").mkdir(parents=True)
+    Image.fromarray(_smooth(300, 400, 0)).save(root / "a_rgb.jpg", quality=85)
+    Image.fromarray(_smooth(520, 700, 1)).save(root / "b_big.png")
+    Image.fromarray(_smooth(200, 260, 2)[..., 0]).save(root / "sub" / "c_gray.png")
+    rgba = np.concatenate([_smooth(100, 120, 3), np.full((100, 120, 1), 200, np.uint8)], -1)
+    Image.fromarray(rgba, "RGBA").save(root / "sub" / "d_rgba.png")
+    Image.fromarray(_smooth(180, 150, 4)).convert("P", palette=Image.Palette.ADAPTIVE).save(
+        root / "sub" / "deeper" / "e_palette.gif")
+    Image.fromarray(_smooth(257, 333, 5)).save(root / "f_progressive.JPEG", quality=90, progressive=True)
+    good = _smooth(64, 64, 6)
+    buf = root / "corrupt.jpg"
+    Image.fromarray(_smooth(200, 200, 7)).save(buf, quality=90)
+    buf.write_bytes(buf.read_bytes()[:300])  # truncated JPEG
+    (root / "empty.png").write_bytes(b"")
+    (root / "README.txt").write_text("not an image")
+    (root / ".hidden.jpg").write_bytes(b"ignored")
+    del good
+    return root
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("tfds")
+
+
+@pytest.fixture(scope="module")
+def prepared(folder, tfds_dir):
+    return data.prepare_folder([folder], data_dir=tfds_dir, workers=2)
+
+
+def test_prepare_skips_and_counts_corrupt_files(prepared, folder, tfds_dir):
+    r = prepared.report
+    assert r["num_prepared"] == len(GOOD) == len(prepared)
+    assert r["num_skipped"] == 2
+    reasons = {s["path"]: s["reason"] for s in r["skipped"]}
+    assert set(reasons) == {"photos/corrupt.jpg", "photos/empty.png"}
+    assert "empty" in reasons["photos/empty.png"]
+    assert "corrupt" in reasons["photos/corrupt.jpg"] or "truncated" in reasons["photos/corrupt.jpg"]
+    assert r["num_ignored_non_image"] == 1 and not r["reused"]
+    # The counts are stored with the dataset (TFDS MetadataDict -> metadata.json).
+    md = json.loads((tfds_dir / "arbitrary_nst_images" / r["name"] / "1.0.0" / "metadata.json").read_text())
+    assert md["num_skipped"] == 2 and md["num_prepared"] == len(GOOD)
+    assert list((tfds_dir / "arbitrary_nst_images" / r["name"] / "1.0.0").glob("*.array_record-*"))
+    assert "tensorflow" not in sys.modules  # prepared and read without TensorFlow
+
+
+def test_records_decode_to_the_source_images(prepared, folder):
+    paths = {prepared.path(i): i for i in range(len(prepared))}
+    assert set(paths) == {f"photos/{k}" for k in GOOD}
+    for name, size in GOOD.items():
+        got = prepared.get(paths[f"photos/{name}"])
+        assert got.dtype == np.uint8 and got.ndim == 3 and got.shape[2] == 3
+        ref = load_image(folder / name)
+        if size is None:  # capped: short side 512, aspect kept
+            assert min(got.shape[:2]) == 512 and got.shape[:2] == (512, 689)
+            ref = np.asarray(Image.fromarray((ref * 255 + 0.5).astype(np.uint8)).resize((689, 512), Image.LANCZOS)) / 255.0
+        else:
+            assert got.shape[1::-1] == size
+        err = np.abs(got / 255.0 - ref).mean()
+        assert err < 0.02, (name, err)
+    # A small clean JPEG is stored byte-for-byte: decodes to exactly the same pixels.
+    a = prepared.get(paths["photos/a_rgb.jpg"])
+    assert np.array_equal(a, np.asarray(Image.open(folder / "a_rgb.jpg").convert("RGB")))
+
+
+def test_tfds_data_source_decodes_with_pillow(prepared, folder, tfds_dir):
+    b = data.folder_builder([folder], data_dir=tfds_dir)
+    assert b.builder_config.name == prepared.report["name"]
+    ds = b.as_data_source("train")  # TFDS's own NumPy decoding (Pillow)
+    assert len(ds) == len(prepared)
+    ex = ds[0]
+    assert np.array_equal(ex["image"], prepared.get(0))
+    assert ex["path"].decode() == prepared.path(0)
+    assert b.info.metadata["num_skipped"] == 2
+
+
+def test_reuse_and_stale_folder_gets_a_new_dataset(folder, tfds_dir, tmp_path):
+    again = data.prepare_folder([folder], data_dir=tfds_dir)
+    assert again.report["reused"] and again.report["num_skipped"] == 2
+    # A changed folder (new file) -> a different config name, prepared from scratch.
+    import shutil
+
+    copy = tmp_path / "photos"
+    shutil.copytree(folder, copy)
+    first = data.prepare_folder([copy], data_dir=tfds_dir)
+    Image.fromarray(_smooth(90, 120, 9)).save(copy / "new.png")
+    changed = data.prepare_folder([copy], data_dir=tfds_dir)
+    assert changed.report["name"] != first.report["name"]
+    assert not changed.report["reused"] and len(changed) == len(first) + 1
+
+
+def test_prepare_config_errors(tmp_path, folder):
+    with pytest.raises(ConfigError, match="no such directory"):
+        data.prepare_folder([tmp_path / "missing"], data_dir=tmp_path)
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(ConfigError, match="no image files"):
+        data.prepare_folder([tmp_path / "empty_dir"], data_dir=tmp_path)
+    ev = tmp_path / "eval" / "style"
+    ev.mkdir(parents=True)
+    with pytest.raises(ConfigError, match="evaluation"):
+        data.prepare({"content_dirs": [str(folder)], "style_dirs": [str(ev)], "data_dir": str(tmp_path)})
+    with pytest.raises(ConfigError, match="unknown field"):
+        data.prepare({"sourse": "synthetic"})
+    with pytest.raises(ConfigError, match="unknown source"):
+        data.prepare({"source": "ftp"})
+    with pytest.raises(ConfigError, match="tfds:"):
+        data.source_from_catalog("no_such_dataset_xyz", data_dir=tmp_path)
+
+
+# ------------------------------------------------------------------------------------------
+# Augmentation
+# ------------------------------------------------------------------------------------------
+
+
+def test_augment_content_shapes_ranges_determinism():
+    img = _smooth(300, 420, 1)
+    a = data.augment_content(img, np.random.default_rng(5), 128)
+    b = data.augment_content(Image.fromarray(img), np.random.default_rng(5), 128)
+    assert a.shape == (128, 128, 3) and a.dtype == np.float32
+    assert 0.0 <= a.min() and a.max() <= 1.0
+    assert np.array_equal(a, b)
+    c = data.augment_content(img, np.random.default_rng(6), 128)
+    assert not np.array_equal(a, c)
+    small = data.augment_content(_smooth(40, 60, 2), np.random.default_rng(0), 64)  # upscaled
+    assert small.shape == (64, 64, 3)
+    # No scaling jitter + square image of the crop size: the crop is the image itself.
+    sq = _smooth(96, 96, 3)
+    same = data.augment_content(sq, np.random.default_rng(0), 96, scale_range=(1.0, 1.0))
+    assert np.abs(same - sq / 255.0).max() < 1e-6
+
+
+def test_augment_style_magenta_ranges_and_determinism():
+    img = _smooth(300, 400, 2)
+    x = data.augment_style(img, np.random.default_rng(1))
+    assert x.shape == (256, 256, 3) and x.dtype == np.float32
+    assert 0.0 <= x.min() and x.max() <= 1.0
+    assert np.array_equal(x, data.augment_style(img, np.random.default_rng(1)))
+    assert not np.array_equal(x, data.augment_style(img, np.random.default_rng(2)))
+    assert data.magenta_style_resize_range(256) == (258, 456)
+    assert data.augment_style(img, np.random.default_rng(0), 64, (70, 90)).shape == (64, 64, 3)
+    # strength 0: no colour jitter, no flips -> a constant image stays constant.
+    const = np.full((300, 300, 3), (10, 200, 90), np.uint8)
+    y = data.augment_style(const, np.random.default_rng(3), strength=0.0)
+    assert np.abs(y - np.array([10, 200, 90]) / 255.0).max() < 1e-6
+    # strength 1: brightness/saturation/hue change the colour over seeds.
+    means = [data.augment_style(const, np.random.default_rng(s)).mean((0, 1)) for s in range(8)]
+    assert np.std(means, axis=0).min() > 0.05
+    with pytest.raises(ValueError):
+        data.augment_style(img, np.random.default_rng(0), 256, (200, 300))
+
+
+def test_color_jitter_matches_tf_adjust_semantics():
+    rng = np.random.default_rng(0)
+    px = rng.random((50, 1, 3)).astype(np.float32)
+    bright, sat, hue = 0.1, 1.4, -0.15
+    got = data.color_jitter(px, bright, sat, hue)
+    for p, g in zip(px[:, 0], got[:, 0]):
+        q = np.clip(p + bright, 0, 1)
+        h, s, v = colorsys.rgb_to_hsv(*q)
+        want = colorsys.hsv_to_rgb((h + hue) % 1.0, min(s * sat, 1.0), v)
+        assert np.allclose(g, want, atol=2e-6)
+    assert np.allclose(data.color_jitter(px), px)
+
+
+# ------------------------------------------------------------------------------------------
+# Sources, sampler, loader
+# ------------------------------------------------------------------------------------------
+
+
+def test_synthetic_source_is_deterministic_by_index():
+    s = data.SyntheticSource("style", 10)
+    a, b = s.get(3), s.get(3)
+    assert np.array_equal(a, b) and a.dtype == np.uint8 and a.shape[2] == 3
+    assert not np.array_equal(a, s.get(4))
+    c = data.SyntheticSource("content", 10).get(3)
+    assert c.shape[0] >= 224 and c.shape[1] >= 224
+    with pytest.raises(IndexError):
+        s.get(10)
+    srcs = data.prepare({"source": "synthetic", "synthetic_count": 7})
+    assert len(srcs["content"]) == len(srcs["style"]) == 7
+
+
+def test_epoch_sampler_permutations_and_weights():
+    s = data.EpochSampler([5, 7], None, seed=1, stream=0)
+    e0, e1 = s.indices(0, 12), s.indices(12, 12)
+    assert sorted(e0) == list(range(12)) and sorted(e1) == list(range(12))
+    assert not np.array_equal(e0, e1)
+    w = data.EpochSampler([10, 100], [3.0, 1.0], seed=1, stream=1)
+    ep = w.epoch(0)
+    assert len(ep) == 110
+    assert (ep < 10).sum() in (82, 83)  # 75% of 110 from the small folder
+    assert np.bincount(ep[ep < 10]).min() >= 8  # repeats spread evenly over its images
+
+
+def _cfg(**kw):
+    c = {"source": "synthetic", "synthetic_count": 13, "image_size": 64, "style_size": 48}
+    c.update(kw)
+    return c
+
+
+def _batches(loader, n):
+    out = [next(loader) for _ in range(n)]
+    loader.close()
+    return out
+
+
+def test_loader_is_a_pure_function_of_seed_and_step():
+    srcs = data.prepare(_cfg())
+    full = _batches(data.make_loader(_cfg(), batch_size=3, seed=7, num_workers=2, sources=srcs), 6)
+    b = full[0]
+    assert b["content"].shape == (3, 64, 64, 3) and b["style"].shape == (3, 48, 48, 3)
+    assert b["content"].dtype == np.float32 and 0 <= b["style"].min() and b["style"].max() <= 1
+    again = _batches(data.make_loader(_cfg(), batch_size=3, seed=7, num_workers=0, sources=srcs), 6)
+    for x, y in zip(full, again):
+        assert all(np.array_equal(x[k], y[k]) for k in x)
+    assert not np.array_equal(full[0]["content"], full[1]["content"])  # different step
+    other = _batches(data.make_loader(_cfg(), batch_size=3, seed=8, num_workers=1, sources=srcs), 1)
+    assert not np.array_equal(full[0]["style"], other[0]["style"])  # different seed
+    # Resume at step 4 = the tail of the uninterrupted stream (across the epoch boundary).
+    resumed = _batches(data.make_loader(_cfg(), batch_size=3, seed=7, start_step=4, num_workers=3, sources=srcs), 2)
+    for x, y in zip(full[4:], resumed):
+        assert all(np.array_equal(x[k], y[k]) for k in x)
+
+
+def test_loader_workers_do_not_change_batches(prepared):
+    srcs = {"content": prepared, "style": prepared}
+    cfg = {"image_size": 64, "style_size": 64, "style_resize_range": (66, 120)}
+    one = _batches(data.make_loader(cfg, batch_size=4, seed=3, num_workers=1, prefetch=1, sources=srcs), 3)
+    three = _batches(data.make_loader(cfg, batch_size=4, seed=3, num_workers=3, prefetch=3, sources=srcs), 3)
+    for x, y in zip(one, three):
+        assert all(np.array_equal(x[k], y[k]) for k in x)
+    loader = data.make_loader(cfg, batch_size=4, seed=3, num_workers=2, sources=srcs)
+    for _ in range(2):
+        next(loader)
+    st = loader.stats()
+    loader.close()
+    assert st["batches"] == 2 and st["images"] == 16 and loader.images_per_second > 0
+    with pytest.raises(StopIteration):
+        next(loader)
+
+
+def test_weighted_mixture_of_folders(prepared):
+    mix = data.MixtureSource([prepared, data.SyntheticSource("style", 4)], [0.0, 1.0], name="style")
+    loader = data.Loader(prepared, mix, batch_size=4, seed=0, num_workers=0, image_size=32, style_size=32)
+    ci, si = loader.indices(0)
+    assert (si >= len(prepared)).all()  # weight 0 on the folder: only synthetic styles
+    next(loader)
+    loader.close()
+
+
+def test_npz_export_roundtrip(prepared, tmp_path):
+    srcs = {"content": prepared, "style": data.SyntheticSource("style", 5)}
+    out = tmp_path / "subset.npz"
+    s = data.export_arrays({}, out, n_content=4, n_style=50, size=96, sources=srcs)
+    assert s["n_content"] == 4 and s["n_style"] == 5 and out.exists()
+    with np.load(out, allow_pickle=False) as z:
+        assert z["content_jpeg"].dtype == np.uint8
+    got = data.prepare({"source": f"npz:{out}"})
+    assert len(got["content"]) == 4 and len(got["style"]) == 5
+    im = got["content"].get(0)
+    assert im.dtype == np.uint8 and min(im.shape[:2]) <= 96 and max(im.shape[:2]) <= 192
+    assert got["content"].path(0).startswith("photos/")
+    b = next(data.make_loader({"source": f"npz:{out}", "image_size": 64, "style_size": 64,
+                               "style_resize_range": (66, 100)}, batch_size=2, seed=0, num_workers=1))
+    assert b["content"].shape == (2, 64, 64, 3)
+    with pytest.raises(ConfigError, match="MB"):
+        data.export_arrays({}, tmp_path / "big.npz", 4, 5, 96, sources=srcs, max_mb=0.001)
+    with pytest.raises(ConfigError, match="no such file"):
+        data.NpzSource(tmp_path / "missing.npz", "content")
+
+
+def test_cli_prepare_prints_counts(folder, tfds_dir, capsys):
+    rc = data.main(["prepare", "--content-dir", str(folder), "--style-dir", str(folder), "--data-dir", str(tfds_dir)])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "skipped photos/corrupt.jpg" in out and "skipped photos/empty.png" in out
+    assert f"total: {2 * len(GOOD)} prepared, 4 skipped" in out
+
+
+def test_default_config_fields():
+    c = data.default_data_config()
+    for k in ("source", "content_dirs", "style_dirs", "style_dir_weights", "data_dir", "image_size",
+              "style_size", "style_resize_range", "augment_strength", "max_source_side"):
+        assert k in c
+    assert c["image_size"] == 256 and c["style_size"] == 256 and c["augment_strength"] == 1.0
