@@ -1,0 +1,134 @@
+"""The arbitrary style transfer model: style predictor + CIN transfer network (Flax NNX).
+
+:class:`ArbitraryStyleModel` combines
+
+* :class:`~arbitrary_nst.models.predictor.StylePredictor`: style image -> 100-d embedding ->
+  (gamma, beta) for each of the transfer network's 13 CIN layers;
+* :class:`~arbitrary_nst.models.transfer.TransferNetwork`: content + (gamma, beta) -> stylized.
+
+``embed`` and ``transfer`` are separate so that interpolation between styles and the strength
+knob work on embeddings (Magenta: ``a * v(style) + (1 - a) * v(content)``).
+
+The VGG16 inside the predictor is shared and frozen (``FrozenWeight`` variables): it is neither
+trained (optimizers see ``nnx.Param`` only) nor exported (only its pooling, ``vgg_pooling`` in
+the config, which the predictor's statistics depend on). :meth:`ArbitraryStyleModel.config`
+is the small dict that, with the trainable parameters, rebuilds the model
+(see :mod:`arbitrary_nst.export`).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+from flax import nnx
+
+from ..errors import ConfigError
+from ..vgg import VGG16
+from .predictor import DEFAULT_STYLE_TAPS, StylePredictor, pooled_statistics
+from .transfer import CIN_LAYER_NAMES, TransferNetwork, cin_layer_channels
+
+__all__ = ["ArbitraryStyleModel", "StylePredictor", "TransferNetwork", "cin_layer_channels",
+           "CIN_LAYER_NAMES", "DEFAULT_STYLE_TAPS", "pooled_statistics", "MODEL_CONFIG_KEYS",
+           "param_count", "with_pooling"]
+
+#: Keys of :meth:`ArbitraryStyleModel.config` (what an export stores besides the weights).
+MODEL_CONFIG_KEYS = ("width", "embedding_dim", "hidden_dim", "style_taps", "feature_norm",
+                     "vgg_pooling")
+
+
+class ArbitraryStyleModel(nnx.Module):
+    """Style predictor + transfer network.
+
+    Args:
+      vgg: frozen VGG16 (e.g. ``arbitrary_nst.vgg.load_vgg16()``), shared with the loss.
+      width: transfer-network width multiplier (1.0; 0.5 / 0.25 for fast variants).
+      embedding_dim: style embedding size (Magenta: 100).
+      hidden_dim: hidden width of the predictor's MLP (0: one linear layer, as Magenta).
+      style_taps: VGG taps whose mean/std describe the style.
+      feature_norm: ``"layer"`` or ``"none"``: standardization of the pooled statistics.
+      dtype: compute dtype (``None`` = float32; ``jnp.bfloat16`` on GPU). Parameters stay f32.
+      rngs: ``nnx.Rngs`` for initialization.
+    """
+
+    def __init__(self, vgg: VGG16, *, width: float = 1.0, embedding_dim: int = 100,
+                 hidden_dim: int = 512, style_taps: Sequence[str] = DEFAULT_STYLE_TAPS,
+                 feature_norm: str = "layer", dtype=None, rngs: nnx.Rngs):
+        self.transfer_net = TransferNetwork(width, dtype=dtype, rngs=rngs)
+        self.predictor = StylePredictor(vgg, cin_channels=self.transfer_net.cin_channels,
+                                        embedding_dim=embedding_dim, hidden_dim=hidden_dim,
+                                        taps=style_taps, feature_norm=feature_norm,
+                                        dtype=dtype, rngs=rngs)
+
+    @classmethod
+    def from_config(cls, vgg: VGG16, config: Mapping[str, Any], *, dtype=None,
+                    rngs: nnx.Rngs | None = None) -> "ArbitraryStyleModel":
+        """Build from :meth:`config` output (or the ``model`` part of a training config).
+        ``vgg`` is re-wrapped (same weight arrays, no copy) if its pooling differs from the
+        config's ``vgg_pooling``."""
+        unknown = set(config) - set(MODEL_CONFIG_KEYS)
+        if unknown:
+            raise ConfigError(f"unknown model options: {sorted(unknown)}")
+        kw = dict(config)
+        if "style_taps" in kw:
+            kw["style_taps"] = tuple(kw["style_taps"])
+        vgg = with_pooling(vgg, kw.pop("vgg_pooling", vgg.pooling))
+        return cls(vgg, dtype=dtype, rngs=rngs if rngs is not None else nnx.Rngs(0), **kw)
+
+    # -- properties -----------------------------------------------------------------------------
+    @property
+    def vgg(self) -> VGG16:
+        return self.predictor.vgg
+
+    @property
+    def width(self) -> float:
+        return self.transfer_net.width
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.predictor.embedding_dim
+
+    @property
+    def cin_channels(self) -> tuple[int, ...]:
+        return self.transfer_net.cin_channels
+
+    def config(self) -> dict[str, Any]:
+        """What rebuilds this model besides its weights (JSON-serializable)."""
+        return {"width": self.width, "embedding_dim": self.predictor.embedding_dim,
+                "hidden_dim": self.predictor.hidden_dim,
+                "style_taps": list(self.predictor.taps),
+                "feature_norm": self.predictor.feature_norm,
+                "vgg_pooling": self.vgg.pooling}
+
+    # -- forward --------------------------------------------------------------------------------
+    def embed(self, style: jax.Array) -> jax.Array:
+        """``[B, H, W, 3]`` style images in [0, 1] (any H, W >= 32) -> ``[B, embedding_dim]``."""
+        return self.predictor.embed(style)
+
+    def transfer(self, content: jax.Array, embedding: jax.Array) -> jax.Array:
+        """Stylize ``[B, H, W, 3]`` content with ``[B, D]`` (or ``[1, D]``/``[D]``, shared)
+        embeddings. Returns float32 ``[B, H, W, 3]`` in [0, 1]."""
+        return self.transfer_net(content, self.predictor.gamma_beta(embedding))
+
+    def __call__(self, content: jax.Array, style: jax.Array) -> jax.Array:
+        return self.transfer(content, self.embed(style))
+
+
+def with_pooling(vgg: VGG16, pooling: str) -> VGG16:
+    """``vgg`` itself if it already pools with ``pooling`` (``"max"``/``"avg"``), else a VGG16
+    over the same weight arrays with that pooling. Magenta's loss network uses average pooling
+    (``image_stylization/vgg.py``: ``pooling='avg'``)."""
+    if vgg.pooling == pooling:
+        return vgg
+    return VGG16(vgg.params(), pooling=pooling, dtype=vgg.dtype)
+
+
+def param_count(module: nnx.Module) -> int:
+    """Number of trainable (``nnx.Param``) scalars."""
+    return int(sum(x.size for x in jax.tree.leaves(nnx.state(module, nnx.Param))))
+
+
+def identity_embedding_output(model: ArbitraryStyleModel, content: jax.Array) -> jax.Array:
+    """Transfer with gamma = 1, beta = 0 everywhere (no style), for diagnostics."""
+    return model.transfer_net(content, model.transfer_net.identity_gammas_betas(content.shape[0]))
+

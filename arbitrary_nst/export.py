@@ -1,0 +1,153 @@
+"""Inference weights of an :class:`~arbitrary_nst.models.ArbitraryStyleModel`: one safetensors file.
+
+The file holds only the trainable parameters (``nnx.Param``: transfer network, predictor MLP and
+heads), named by their NNX path joined with ``/`` (``transfer_net/contract/conv1/kernel``, ...),
+and the model config in the safetensors header ``metadata`` (string -> string):
+
+* ``format``: ``arbitrary_nst.arbitrary_style_model``; ``format_version``: ``1``;
+* ``model_config``: JSON of :meth:`ArbitraryStyleModel.config` (width, embedding_dim,
+  hidden_dim, style_taps, feature_norm, vgg_pooling);
+* ``info``: free-form JSON (training step, config name, ...), optional.
+
+The frozen VGG16 is *not* stored (it is ~59 MB and the same for every model): loading rebuilds it
+from :mod:`arbitrary_nst.weights`. Weights may be stored as float16 to halve the file; they are
+always float32 in memory.
+
+Every problem with a file (missing, not safetensors, truncated, another format, missing or
+mis-shaped tensors, non-finite values) raises :class:`~arbitrary_nst.errors.ModelError` with a
+one-line ``path: reason`` message.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from .errors import ConfigError, ModelError, NSTError
+from .models import MODEL_CONFIG_KEYS, ArbitraryStyleModel
+
+FORMAT = "arbitrary_nst.arbitrary_style_model"
+FORMAT_VERSION = "1"
+_DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+def model_tensors(model: ArbitraryStyleModel) -> dict[str, np.ndarray]:
+    """``{"a/b/kernel": float32 array}`` of every ``nnx.Param`` of ``model``."""
+    out = {}
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        out["/".join(str(p) for p in path)] = np.asarray(var.get_value(), np.float32)
+    return out
+
+
+def export_model(model: ArbitraryStyleModel, path: str | os.PathLike, *, dtype: str = "float32",
+                 info: dict[str, Any] | None = None) -> Path:
+    """Write ``model``'s inference weights to ``path`` (atomically: temp file + rename).
+
+    ``dtype``: ``"float32"`` (exact) or ``"float16"`` (half the size; values are rounded).
+    Returns the path written.
+    """
+    from safetensors.numpy import save_file
+
+    if dtype not in _DTYPES:
+        raise ConfigError(f"export dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    tensors = {k: np.ascontiguousarray(v.astype(_DTYPES[dtype]))
+               for k, v in model_tensors(model).items()}
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION,
+            "model_config": json.dumps(model.config(), sort_keys=True)}
+    if info:
+        meta["info"] = json.dumps(info, sort_keys=True, default=str)
+    dst = Path(path)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return dst
+
+
+def read_export(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Read an export without building the model: ``(float32 tensors, header dict)`` where the
+    header has ``model_config`` (dict) and ``info`` (dict, possibly empty). Raises ModelError."""
+    from safetensors import safe_open
+
+    name = os.fspath(path)
+    if not os.path.exists(name):
+        raise ModelError(f"{name}: no such file")
+    if os.path.isdir(name):
+        raise ModelError(f"{name}: is a directory, not a model file")
+    try:
+        with safe_open(name, framework="numpy") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types (and OSError, ValueError)
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise ModelError(f"{name}: not a readable model export (safetensors: {reason})") from None
+    if meta.get("format") != FORMAT:
+        raise ModelError(f"{name}: not an arbitrary_nst model export "
+                         f"(format {meta.get('format')!r}, expected {FORMAT!r})")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ModelError(f"{name}: unsupported export version {meta.get('format_version')!r} "
+                         f"(this version reads {FORMAT_VERSION!r})")
+    try:
+        model_config = json.loads(meta["model_config"])
+        info = json.loads(meta["info"]) if "info" in meta else {}
+    except (KeyError, ValueError) as e:
+        raise ModelError(f"{name}: corrupt export header ({type(e).__name__}: {e})") from None
+    if not isinstance(model_config, dict) or set(model_config) - set(MODEL_CONFIG_KEYS):
+        raise ModelError(f"{name}: corrupt export header (model_config {model_config!r})")
+    out = {}
+    for k, v in tensors.items():
+        if v.dtype not in (np.float32, np.float16):
+            raise ModelError(f"{name}: tensor {k} has dtype {v.dtype}, expected float32/float16")
+        v = v.astype(np.float32)
+        if not np.all(np.isfinite(v)):
+            raise ModelError(f"{name}: tensor {k} contains NaN or infinite values")
+        out[k] = v
+    return out, {"model_config": model_config, "info": info}
+
+
+def load_exported(path: str | os.PathLike, *, vgg=None, dtype=None) -> ArbitraryStyleModel:
+    """Rebuild the model from an export. ``vgg``: a VGG16 to share (default:
+    ``arbitrary_nst.vgg.load_vgg16()``); ``dtype``: compute dtype (e.g. ``jnp.bfloat16``)."""
+    name = os.fspath(path)
+    tensors, header = read_export(name)
+    if vgg is None:
+        from .vgg import load_vgg16
+
+        pooling = header["model_config"].get("vgg_pooling", "max")
+        vgg = load_vgg16(pooling=pooling if pooling in ("max", "avg") else "max")
+    try:
+        model = ArbitraryStyleModel.from_config(vgg, header["model_config"], dtype=dtype,
+                                                rngs=nnx.Rngs(0))
+    except (NSTError, TypeError, ValueError) as e:
+        raise ModelError(f"{name}: invalid model_config in export ({' '.join(str(e).split())})") \
+            from None
+    state = nnx.state(model, nnx.Param)
+    flat = nnx.to_flat_state(state)
+    expected = {"/".join(str(p) for p in key): var for key, var in flat}
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise ModelError(f"{name}: weights do not match its model_config (missing: "
+                         f"{missing[:3]}{'...' if len(missing) > 3 else ''}, unexpected: "
+                         f"{extra[:3]}{'...' if len(extra) > 3 else ''})")
+    for k, var in expected.items():
+        want = tuple(var.get_value().shape)
+        if tensors[k].shape != want:
+            raise ModelError(f"{name}: tensor {k} has shape {tensors[k].shape}, expected {want}")
+        var.set_value(jnp.asarray(tensors[k]))
+    nnx.update(model, nnx.from_flat_state(flat))
+    return model

@@ -1,0 +1,790 @@
+"""Training of the arbitrary style transfer model (Ghiasi et al. 2017 / Magenta).
+
+One training step (:func:`make_train_step`) is a single ``jax.jit`` with the train state donated:
+
+1. VGG16 features of the style batch at the union of the style-loss taps and the predictor's
+   taps, computed once: they give both the Gram targets
+   (:class:`~arbitrary_nst.losses.StyleTargets`) and the predictor's pooled statistics ->
+   embedding -> per-layer gamma/beta;
+2. VGG16 content features (``relu3_3``) of the content batch;
+3. the transfer network stylizes the content batch; content + style + TV loss
+   (:func:`~arbitrary_nst.losses.perceptual_loss`), averaged over the batch;
+4. gradients w.r.t. the ``nnx.Param`` leaves only (the VGG is ``FrozenWeight``), optax update
+   (gradient clipping, Adam with warmup/decay);
+5. NaN guard: if the loss or the gradient norm is not finite, the update is *skipped* inside the
+   step (state unchanged) and the step number is recorded in ``state.bad_step``; the host checks
+   it at every log interval and before every checkpoint, then stops with
+   :class:`TrainingDiverged`, so a poisoned state is never saved and the last good checkpoint is
+   kept. No host sync per step otherwise.
+
+Data parallelism: a 1-D ``jax.sharding.Mesh`` over all devices (axis ``"data"``); the batch is
+sharded along it, the state and the frozen VGG are replicated; XLA inserts the gradient all-reduce.
+Multi-host: ``config.distributed.initialize = True`` calls ``jax.distributed.initialize`` first;
+each process loads ``batch_size / process_count`` examples (its own data seed) and the global
+batch is assembled with ``jax.make_array_from_process_local_data``.
+
+Determinism and resume: the model init, the base RNG key and the data seed come from
+``config.seed``; batch ``i`` of the loader is a pure function of ``(seed, i)``. The model has no
+stochastic layers, so the step uses no randomness; the base key is kept in the state and
+:func:`step_key` (``fold_in(rng, step)``) is the key any stochastic extension must use, which
+keeps resumes exact by construction. A checkpoint (Orbax ``CheckpointManager``, atomic: written to a
+temporary folder and renamed) holds ``step, params, opt_state, rng, bad_step``; resuming restores
+it and restarts the loader at the saved step, so an interrupted run continues bit-identically.
+
+Checkpoints are saved every ``train.checkpoint_every`` steps, at the end, and on SIGINT/SIGTERM
+(the current step finishes, the state is saved, the loop returns cleanly); the last
+``train.keep_checkpoints`` are kept. :func:`~arbitrary_nst.export.export_model` writes the small
+inference file (trainable weights + model config only).
+
+Workdir layout: ``checkpoints/<step>/``, ``tensorboard/`` (tensorboardX scalars),
+``samples/step_XXXXXXX.png`` (fixed content photos x fixed styles) and, by default,
+``model.safetensors`` (the export).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx, struct
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from . import vgg as vgg_lib
+from .errors import ConfigError, ModelError, NSTError
+from .losses import LossConfig, StyleTargets, perceptual_loss
+from .models import ArbitraryStyleModel, with_pooling
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+SCHEDULES = ("constant", "cosine", "linear")
+CHECKPOINT_DIR = "checkpoints"
+EXPORT_NAME = "model.safetensors"
+
+
+class TrainingDiverged(NSTError):
+    """The loss became NaN/inf; training stopped and the last good checkpoint was kept."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Config helpers
+
+
+def _get(cfg: Any, key: str, default: Any = None) -> Any:
+    """``cfg.key`` for ConfigDict / dict / None, with a default."""
+    if cfg is None:
+        return default
+    if isinstance(cfg, Mapping):
+        return cfg.get(key, default)
+    return getattr(cfg, key, default) if hasattr(cfg, key) else default
+
+
+def _to_plain(x: Any) -> Any:
+    """ConfigDict / FrozenConfigDict / tuples -> JSON-friendly dicts and lists."""
+    if hasattr(x, "to_dict"):
+        x = x.to_dict()
+    if isinstance(x, Mapping):
+        return {str(k): _to_plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_to_plain(v) for v in x]
+    if isinstance(x, (np.generic,)):
+        return x.item()
+    return x
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()):
+    """``get_config()`` of the Python file ``path``, with ``key.sub=value`` overrides applied
+    (values parsed as Python literals when possible, else kept as strings)."""
+    import ast
+    import importlib.util
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    spec = importlib.util.spec_from_file_location(f"_nst_config_{p.stem}", p)
+    mod = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(mod)
+    except Exception as e:  # a broken config file is a user error
+        raise ConfigError(f"{path}: cannot load config ({type(e).__name__}: {e})") from None
+    if not hasattr(mod, "get_config"):
+        raise ConfigError(f"{path}: defines no get_config()")
+    config = mod.get_config()
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        *parents, leaf = key.split(".")
+        node = config
+        try:
+            for part in parents:
+                node = node[part]
+            if leaf not in node:
+                raise KeyError(leaf)
+            node[leaf] = value
+        except KeyError:
+            raise ConfigError(f"override {item!r}: no config field {key!r}") from None
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"override {item!r}: {e}") from None
+    return config
+
+
+def compute_dtype(name: str | None):
+    """``"float32"``, ``"bfloat16"`` or ``"auto"`` (bf16 on GPU/TPU, f32 on CPU) -> dtype or
+    ``None`` (float32)."""
+    name = name or "float32"
+    if name == "auto":
+        name = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+    if name not in DTYPES:
+        raise ConfigError(f"train.dtype must be 'float32', 'bfloat16' or 'auto', got {name!r}")
+    return None if name == "float32" else DTYPES[name]
+
+
+def validate_config(config) -> None:
+    """Raise :class:`ConfigError` for out-of-range training options."""
+    t, o = config.train, config.optim
+    checks = [
+        (int(t.num_steps) >= 0, f"train.num_steps must be >= 0, got {t.num_steps}"),
+        (int(t.batch_size) >= 1, f"train.batch_size must be >= 1, got {t.batch_size}"),
+        (int(t.log_every) >= 1, f"train.log_every must be >= 1, got {t.log_every}"),
+        (int(t.checkpoint_every) >= 0,
+         f"train.checkpoint_every must be >= 0 (0: only at exit), got {t.checkpoint_every}"),
+        (int(t.keep_checkpoints) >= 1,
+         f"train.keep_checkpoints must be >= 1, got {t.keep_checkpoints}"),
+        (int(t.sample_every) >= 0, f"train.sample_every must be >= 0, got {t.sample_every}"),
+        (float(o.learning_rate) > 0, f"optim.learning_rate must be > 0, got {o.learning_rate}"),
+        (o.schedule in SCHEDULES, f"optim.schedule must be one of {SCHEDULES}, got {o.schedule!r}"),
+        (int(o.warmup_steps) >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}"),
+        (float(o.grad_clip_norm) >= 0,
+         f"optim.grad_clip_norm must be >= 0 (0: off), got {o.grad_clip_norm}"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+    compute_dtype(t.dtype)
+
+
+def make_optimizer(optim_cfg, num_steps: int) -> tuple[optax.GradientTransformation,
+                                                        optax.Schedule]:
+    """Gradient clipping by global norm (if > 0) + Adam (or SGD) with linear warmup then a
+    constant, cosine or linear schedule down to ``learning_rate * end_learning_rate_factor`` at
+    ``num_steps``. Magenta: Adam, constant 1e-5 (its predictor starts from Inception weights),
+    no clipping (``clip_gradient_norm=0``). SGD exists for numerical comparisons: Adam's first
+    updates are ``lr * sign(g)``, which turns rounding noise in near-zero gradient entries into
+    O(lr) differences, while SGD's update is linear in the gradient."""
+    lr = float(optim_cfg.learning_rate)
+    warmup = int(optim_cfg.warmup_steps)
+    end = lr * float(_get(optim_cfg, "end_learning_rate_factor", 0.0))
+    kind = optim_cfg.schedule
+    decay_steps = max(int(num_steps) - warmup, 1)
+    if kind == "constant":
+        main = optax.constant_schedule(lr)
+    elif kind == "cosine":
+        main = optax.cosine_decay_schedule(lr, decay_steps, alpha=end / lr if lr else 0.0)
+    elif kind == "linear":
+        main = optax.linear_schedule(lr, end, decay_steps)
+    else:
+        raise ConfigError(f"optim.schedule must be one of {SCHEDULES}, got {kind!r}")
+    schedule = (optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+                if warmup > 0 else main)
+    parts = []
+    if float(optim_cfg.grad_clip_norm) > 0:
+        parts.append(optax.clip_by_global_norm(float(optim_cfg.grad_clip_norm)))
+    name = _get(optim_cfg, "optimizer", "adam")
+    if name == "adam":
+        parts.append(optax.adam(schedule, b1=float(_get(optim_cfg, "b1", 0.9)),
+                                b2=float(_get(optim_cfg, "b2", 0.999)),
+                                eps=float(_get(optim_cfg, "eps", 1e-8))))
+    elif name == "sgd":
+        momentum = float(_get(optim_cfg, "momentum", 0.0))
+        parts.append(optax.sgd(schedule, momentum=momentum or None))
+    else:
+        raise ConfigError(f"optim.optimizer must be 'adam' or 'sgd', got {name!r}")
+    return optax.chain(*parts), schedule
+
+
+def build_model(config, vgg=None) -> ArbitraryStyleModel:
+    """The model of ``config.model`` (initialized from ``config.seed``) around ``vgg`` (default:
+    ``load_vgg16(config.vgg_path)``; re-wrapped with ``model.vgg_pooling``), with the compute
+    dtype of ``config.train.dtype``. The same VGG is the loss network."""
+    m = config.model
+    pooling = str(_get(m, "vgg_pooling", "max"))
+    if pooling not in ("max", "avg"):
+        raise ConfigError(f"model.vgg_pooling must be 'max' or 'avg', got {pooling!r}")
+    if vgg is None:
+        vgg = vgg_lib.load_vgg16(_get(config, "vgg_path"), pooling=pooling)
+    vgg = with_pooling(vgg, pooling)
+    return ArbitraryStyleModel(
+        vgg, width=float(m.width), embedding_dim=int(m.embedding_dim),
+        hidden_dim=int(m.hidden_dim), style_taps=tuple(m.style_taps),
+        feature_norm=str(_get(m, "feature_norm", "layer")),
+        dtype=compute_dtype(config.train.dtype), rngs=nnx.Rngs(int(config.seed)))
+
+
+# ------------------------------------------------------------------------------------------------
+# State and step
+
+
+@struct.dataclass
+class TrainState:
+    """Everything that changes during training (a pytree; the step donates it).
+
+    ``params``: pure dict of the model's ``nnx.Param`` values; ``rng``: base key (raw uint32[2]);
+    ``bad_step``: first step whose loss/gradients were not finite (-1: none).
+    """
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+    bad_step: jax.Array
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "params": self.params, "opt_state": self.opt_state,
+                "rng": self.rng, "bad_step": self.bad_step}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrainState":
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
+
+
+def init_state(model: ArbitraryStyleModel, tx: optax.GradientTransformation,
+               seed: int) -> TrainState:
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      rng=jax.random.PRNGKey(int(seed) + 1), bad_step=jnp.full((), -1, jnp.int32))
+
+
+def batch_loss(model: ArbitraryStyleModel, content: jax.Array, style: jax.Array,
+               loss_cfg: LossConfig, *, dtype=None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Mean perceptual loss of ``model(content, style)`` over the batch and its terms.
+
+    The style batch goes through the VGG once, at the union of the style-loss taps and the
+    predictor's taps: the same activations give the Gram targets and the style embedding.
+    """
+    vgg = model.vgg
+    vparams = vgg.params()
+
+    def feats(x, taps):
+        return vgg_lib.features(vparams, x, taps, pooling=vgg.pooling, dtype=dtype)
+
+    style_taps = tuple(dict.fromkeys([*loss_cfg.style_layers, *model.predictor.taps]))
+    style_feats = feats(style, style_taps)
+    targets = jax.lax.stop_gradient(StyleTargets.from_features(style_feats, loss_cfg))
+    embedding = model.predictor.embed_features(style_feats)
+    content_feats = jax.lax.stop_gradient(feats(content, tuple(loss_cfg.content_layers)))
+    stylized = model.transfer(content, embedding)
+    total, terms = perceptual_loss(feats, stylized, loss_cfg, content_feats=content_feats,
+                                   style_targets=targets)
+    metrics = {k: jnp.mean(v) for k, v in terms.items()}
+    loss = jnp.mean(total)
+    metrics["loss"] = loss
+    return loss, metrics
+
+
+def make_mesh(devices=None) -> Mesh:
+    """1-D data-parallel mesh (axis ``"data"``) over ``devices`` (default: all devices)."""
+    devs = np.asarray(jax.devices() if devices is None else devices).reshape(-1)
+    return Mesh(devs, ("data",))
+
+
+_STEP_CACHE: dict[Any, Callable] = {}
+
+
+def make_train_step(graphdef, loss_cfg: LossConfig, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule, mesh: Mesh, *, dtype=None,
+                    cache_key: Any = None) -> Callable:
+    """``step(state, frozen, batch) -> (state, metrics)``: one jitted, donated, data-parallel
+    training step (see the module docstring). ``frozen`` is the model's non-Param state (the
+    VGG weights), passed as an argument so it is not baked into the program as constants.
+    ``cache_key`` (hashable) memoizes the jitted function within the process, so repeated
+    :func:`train` calls with the same setup reuse the compiled step."""
+    if cache_key is not None and cache_key in _STEP_CACHE:
+        return _STEP_CACHE[cache_key]
+    repl = NamedSharding(mesh, P())
+    data = NamedSharding(mesh, P("data"))
+
+    def loss_fn(params, frozen, batch):
+        model = nnx.merge(graphdef, params, frozen)
+        return batch_loss(model, batch["content"], batch["style"], loss_cfg, dtype=dtype)
+
+    def step(state: TrainState, frozen, batch):
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, frozen, batch)
+        gnorm = optax.tree.norm(grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+        keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731  (skip a bad update)
+        new_state = TrainState(
+            step=state.step + 1,
+            params=jax.tree.map(keep, params, state.params),
+            opt_state=jax.tree.map(keep, opt_state, state.opt_state),
+            rng=state.rng,
+            bad_step=jnp.where((state.bad_step < 0) & ~ok, state.step, state.bad_step))
+        metrics = dict(metrics, grad_norm=gnorm, learning_rate=schedule(state.step))
+        return new_state, metrics
+
+    fn = jax.jit(step, donate_argnums=(0,), in_shardings=(repl, repl, data),
+                 out_shardings=(repl, repl))
+    if cache_key is not None:
+        _STEP_CACHE[cache_key] = fn
+    return fn
+
+
+def step_cache_key(config, graphdef, mesh: Mesh) -> tuple:
+    """What determines the compiled train step besides shapes: memoization key of
+    :func:`make_train_step` (the schedule length matters only for decaying schedules)."""
+    return (graphdef, json.dumps(_to_plain(config.loss), sort_keys=True),
+            json.dumps(_to_plain(config.optim), sort_keys=True),
+            None if config.optim.schedule == "constant" else int(config.train.num_steps),
+            str(compute_dtype(config.train.dtype)), tuple(d.id for d in mesh.devices.flat))
+
+
+def step_key(state: TrainState) -> jax.Array:
+    """The per-step key, ``fold_in(base rng, step)``, for stochastic extensions of the step."""
+    return jax.random.fold_in(state.rng, state.step)
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def checkpoint_manager(workdir: str | os.PathLike, keep: int, *, async_save: bool = True):
+    import orbax.checkpoint as ocp
+
+    options = ocp.CheckpointManagerOptions(max_to_keep=int(keep), create=True,
+                                           enable_async_checkpointing=async_save)
+    return ocp.CheckpointManager(Path(workdir).absolute() / CHECKPOINT_DIR, options=options,
+                                 item_names=("state", "meta"))
+
+
+def save_checkpoint(mngr, state: TrainState, meta: dict) -> int:
+    import orbax.checkpoint as ocp
+
+    step = int(jax.device_get(state.step))
+    if mngr.latest_step() == step:
+        return step
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state.as_dict()),
+                                             meta=ocp.args.JsonSave(dict(meta, step=step))),
+              force=True)
+    return step
+
+
+def restore_meta(mngr, step: int | None = None) -> dict:
+    """The JSON metadata of a checkpoint (cheap: no arrays are read)."""
+    import orbax.checkpoint as ocp
+
+    step = mngr.latest_step() if step is None else step
+    out = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return dict(out["meta"])
+
+
+def restore_checkpoint(mngr, abstract_state: TrainState, step: int | None = None,
+                       *, expected_meta: dict | None = None) -> tuple[TrainState, dict]:
+    """Restore ``step`` (default: the latest) into the structure/shardings of ``abstract_state``.
+    With ``expected_meta``, the metadata is checked first (a clear ConfigError instead of an
+    Orbax shape error when the workdir belongs to another model)."""
+    import orbax.checkpoint as ocp
+
+    step = mngr.latest_step() if step is None else step
+    meta = restore_meta(mngr, step)
+    if expected_meta is not None:
+        _check_resume_meta(meta, expected_meta, mngr.directory.parent)
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state.as_dict())
+    try:
+        out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+    except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
+        raise ModelError(f"{mngr.directory / str(step)}: cannot restore the checkpoint "
+                         f"({type(e).__name__}: {' '.join(str(e).split())[:300]})") from None
+    return TrainState.from_dict(out["state"]), meta
+
+
+def _check_resume_meta(meta: dict, expected: dict, workdir) -> None:
+    """Model, batch size and seed must match the checkpoint (else ConfigError); a changed data
+    config is allowed (e.g. to fine-tune on other images) with a warning, since the batches
+    then differ from those of an uninterrupted run."""
+    for key in ("model", "batch_size", "seed"):
+        if key in meta and key in expected and meta[key] != expected[key]:
+            raise ConfigError(
+                f"{workdir}: its checkpoints were trained with a different {key} "
+                f"({json.dumps(meta[key], sort_keys=True)} vs "
+                f"{json.dumps(expected[key], sort_keys=True)}); "
+                "use a new --workdir or the original config")
+    if "data" in meta and "data" in expected and meta["data"] != expected["data"]:
+        log.warning("%s: the data config differs from the checkpoint's; resuming anyway (the "
+                    "batches will differ from those of an uninterrupted run)", workdir)
+
+
+# ------------------------------------------------------------------------------------------------
+# Sample grid
+
+
+def _sample_images(config) -> tuple[np.ndarray, np.ndarray]:
+    from . import images, samples
+
+    size = int(config.train.sample_size)
+    contents = []
+    for name in config.train.sample_contents:
+        img = images.resize_short_side(samples.content_image(name), size)
+        contents.append(images.center_crop(img, (size, size)))
+    styles = [samples.style_image(name, size=size) for name in config.train.sample_styles]
+    return np.stack(contents).astype(np.float32), np.stack(styles).astype(np.float32)
+
+
+def sample_grid(model: ArbitraryStyleModel, contents: np.ndarray, styles: np.ndarray,
+                *, pad: int = 4) -> np.ndarray:
+    """A grid image: top row the styles, left column the contents, cell (i, j) content i in
+    style j. Returns float32 HWC in [0, 1] (white background)."""
+    out = np.asarray(_stylize_all(model, jnp.asarray(contents), jnp.asarray(styles)))
+    nc, ns = len(contents), len(styles)
+    s = contents.shape[1]
+    grid = np.ones(((nc + 1) * (s + pad) + pad, (ns + 1) * (s + pad) + pad, 3), np.float32)
+
+    def put(r, c, img):
+        y, x = pad + r * (s + pad), pad + c * (s + pad)
+        grid[y:y + s, x:x + s] = img
+
+    for j in range(ns):
+        put(0, j + 1, styles[j])
+    for i in range(nc):
+        put(i + 1, 0, contents[i])
+        for j in range(ns):
+            put(i + 1, j + 1, out[i, j])
+    return grid
+
+
+@nnx.jit
+def _stylize_all(model: ArbitraryStyleModel, contents: jax.Array, styles: jax.Array) -> jax.Array:
+    emb = model.embed(styles)  # [S, D]
+    nc, ns = contents.shape[0], styles.shape[0]
+    c = jnp.repeat(contents, ns, axis=0)
+    e = jnp.tile(emb, (nc, 1))
+    return model.transfer(c, e).reshape((nc, ns) + contents.shape[1:])
+
+
+# ------------------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What :func:`train` returns. ``state`` is the final train state (on device); ``model`` holds
+    its parameters; ``history`` has one dict of interval-averaged metrics per log step."""
+
+    step: int
+    state: TrainState
+    model: ArbitraryStyleModel
+    history: list[dict[str, float]]
+    interrupted: bool = False
+    export_path: Path | None = None
+    steps_per_sec: float | None = None
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM -> finish the current step, save, return. A second SIGINT aborts."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        return False
+
+
+def _maybe_init_distributed(config) -> None:
+    d = _get(config, "distributed")
+    if not _get(d, "initialize", False):
+        return
+    if jax.distributed.is_initialized():
+        return
+    kw = {k: _get(d, k) for k in ("coordinator_address", "num_processes", "process_id")}
+    jax.distributed.initialize(**{k: v for k, v in kw.items() if v is not None})
+
+
+def _default_loader_factory(data_cfg, *, batch_size, seed, start_step):
+    from . import data
+
+    return data.make_loader(data_cfg, batch_size=batch_size, seed=seed, start_step=start_step)
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step",
+                dynamic_ncols=True, smoothing=0.1)
+
+
+def train(config, workdir: str | os.PathLike, *, export_path: str | os.PathLike | None = None,
+          loader_factory: Callable[..., Iterator[dict]] | None = None,
+          step_callback: Callable[[int, TrainState], None] | None = None,
+          progress: bool | None = None, vgg=None, devices=None) -> TrainResult:
+    """Train (or resume training) to ``config.train.num_steps`` in ``workdir``.
+
+    Args:
+      config: a training ``ConfigDict`` (see ``configs/default.py`` for every field).
+      workdir: checkpoints, TensorBoard logs, sample grids and the export go here. If it holds
+        checkpoints, training resumes from the latest one.
+      export_path: where to write the inference export at the end, also after SIGINT/SIGTERM
+        (default ``workdir/model.safetensors``; ``""`` = no export). Not written when training
+        diverges.
+      loader_factory: ``f(data_cfg, batch_size=, seed=, start_step=)`` -> iterator of
+        ``{"content", "style"}`` numpy batches with ``.close()`` (default:
+        :func:`arbitrary_nst.data.make_loader`).
+      step_callback: called on the host after each step as ``f(step, state)`` (tests, hooks).
+      progress: show a tqdm bar (default: when stderr is a terminal).
+      vgg: an already loaded VGG16 to use (default: ``load_vgg16(config.vgg_path)``).
+      devices: devices of the data-parallel mesh (default: all devices of all processes).
+
+    Raises:
+      TrainingDiverged: the loss became NaN/inf (the last good checkpoint is kept).
+      ConfigError: bad options or a workdir trained with another model/batch/data config.
+    """
+    _maybe_init_distributed(config)
+    validate_config(config)
+    workdir = Path(workdir)
+    is_main = jax.process_index() == 0
+    if is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+    tcfg = config.train
+    num_steps = int(tcfg.num_steps)
+    global_batch = int(tcfg.batch_size)
+    mesh = make_mesh(devices)
+    n_dev, n_proc = mesh.devices.size, jax.process_count()
+    if global_batch % n_dev:
+        raise ConfigError(f"train.batch_size ({global_batch}) must be a multiple of the number "
+                          f"of devices ({n_dev})")
+    dtype = compute_dtype(tcfg.dtype)
+    loss_cfg = LossConfig.from_config(config.loss)
+    model = build_model(config, vgg)
+    graphdef, params_state, frozen = nnx.split(model, nnx.Param, ...)
+    tx, schedule = make_optimizer(config.optim, num_steps)
+    repl = NamedSharding(mesh, P())
+    data_sharding = NamedSharding(mesh, P("data"))
+    state = jax.device_put(init_state(model, tx, int(config.seed)), repl)
+    frozen = jax.device_put(frozen, repl)
+    step_fn = make_train_step(graphdef, loss_cfg, tx, schedule, mesh, dtype=dtype,
+                              cache_key=step_cache_key(config, graphdef, mesh))
+
+    data_seed = int(config.seed)
+    meta = {"model": model.config(), "batch_size": global_batch, "seed": int(config.seed),
+            "data": _to_plain(config.data), "config": _to_plain(config)}
+    mngr = checkpoint_manager(workdir, int(tcfg.keep_checkpoints),
+                              async_save=bool(_get(tcfg, "async_checkpoints", True)))
+    history: list[dict[str, float]] = []
+    writer = loader = bar = None
+    interrupted = False
+    last_rate = None
+    try:
+        if mngr.latest_step() is not None:
+            state, _ = restore_checkpoint(mngr, state, expected_meta=meta)
+            log.info("resumed from step %d in %s", int(state.step), workdir)
+        start = int(jax.device_get(state.step))
+        if int(jax.device_get(state.bad_step)) >= 0:
+            raise TrainingDiverged(f"{workdir}: the latest checkpoint recorded a non-finite loss "
+                                   f"at step {int(state.bad_step)}")
+        if is_main:
+            from tensorboardX import SummaryWriter
+
+            writer = SummaryWriter(str(workdir / "tensorboard"))
+        sample_every = int(tcfg.sample_every)
+        sample_imgs = _sample_images(config) if sample_every and is_main else None
+        if n_proc > 1 and sample_every:
+            sample_imgs = _sample_images(config)  # every process joins the sample computation
+        ckpt_every = int(tcfg.checkpoint_every)
+        log_every = int(tcfg.log_every)
+        step = start
+        if step < num_steps:
+            factory = loader_factory or _default_loader_factory
+            loader = factory(config.data, batch_size=global_batch // n_proc,
+                             seed=data_seed + 1_000_003 * jax.process_index(), start_step=step)
+            batches = iter(loader)
+            show = sys.stderr.isatty() if progress is None else progress
+            bar_shown = bool(show and is_main)
+            bar = _progress_bar(num_steps, step, bar_shown)
+            pending: list[dict[str, jax.Array]] = []
+            t_last, s_last = time.perf_counter(), step
+            with _StopRequest() as stop:
+                while step < num_steps:
+                    try:
+                        batch = next(batches)
+                    except StopIteration:
+                        raise ConfigError("the data loader ran out of batches at step "
+                                          f"{step}") from None
+                    gbatch = {k: jax.make_array_from_process_local_data(
+                        data_sharding, np.asarray(batch[k], np.float32))
+                        for k in ("content", "style")}
+                    state, metrics = step_fn(state, frozen, gbatch)
+                    step += 1
+                    pending.append(metrics)
+                    if step_callback is not None:
+                        step_callback(step, state)
+                    # Read the signal flag once: a signal arriving later in this iteration is
+                    # handled after the next step (else the save below could be skipped).
+                    stopping = stop.signum is not None
+                    final = step == num_steps or stopping
+                    if step % log_every == 0 or final:
+                        host = jax.device_get(pending)
+                        pending = []
+                        bad = int(jax.device_get(state.bad_step))
+                        now = time.perf_counter()
+                        last_rate = (step - s_last) / max(now - t_last, 1e-9)
+                        t_last, s_last = now, step
+                        avg = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+                        avg["step"] = step
+                        avg["steps_per_sec"] = last_rate
+                        history.append(avg)
+                        if bad >= 0:
+                            _raise_diverged(bad, host, mngr, workdir)
+                        if writer is not None:
+                            _write_scalars(writer, avg, step, global_batch)
+                        bar.set_postfix(_postfix(avg), refresh=False)
+                        if not bar_shown and is_main:  # no bar (e.g. logging to a file)
+                            log.info("step %d/%d %s", step, num_steps, " ".join(
+                                f"{k}={v}" for k, v in _postfix(avg).items()))
+                    bar.update(1)
+                    if sample_imgs is not None and (step % sample_every == 0 or final):
+                        _save_samples(workdir, step, state, graphdef, frozen, sample_imgs,
+                                      is_main)
+                    if (ckpt_every and step % ckpt_every == 0) or final:
+                        bad = int(jax.device_get(state.bad_step))
+                        if bad >= 0:
+                            _raise_diverged(bad, jax.device_get(pending) if pending else [],
+                                            mngr, workdir)
+                        save_checkpoint(mngr, state, dict(meta, data_seed=data_seed))
+                    if stopping:
+                        interrupted = step < num_steps
+                        if interrupted:
+                            msg = (f"received {signal.Signals(stop.signum).name}: saved a "
+                                   f"checkpoint at step {step} in {workdir}; run again to resume")
+                            if is_main:  # (logging's last-resort handler prints it if
+                                log.warning(msg)  # the application configured none)
+                        break
+        mngr.wait_until_finished()
+        final_model = nnx.merge(graphdef, jax.tree.map(jnp.asarray, _local_copy(state.params)),
+                                frozen)
+        out_path = None
+        if export_path != "" and is_main:
+            from .export import export_model
+
+            out_path = Path(export_path) if export_path else workdir / EXPORT_NAME
+            export_model(final_model, out_path,
+                         dtype=str(_get(tcfg, "export_dtype", "float32")),
+                         info={"step": int(step), "num_steps": num_steps,
+                               "config_name": _get(config, "name", "")})
+        return TrainResult(step=int(step), state=state, model=final_model, history=history,
+                           interrupted=interrupted, export_path=out_path,
+                           steps_per_sec=last_rate)
+    finally:
+        if bar is not None:
+            bar.close()
+        if loader is not None and hasattr(loader, "close"):
+            loader.close()
+        if writer is not None:
+            writer.close()
+        with contextlib.suppress(Exception):
+            mngr.wait_until_finished()
+        mngr.close()
+
+
+def _local_copy(tree):
+    """Host copy of a replicated pytree (works for multi-host arrays too)."""
+    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+
+def _raise_diverged(bad: int, host_metrics, mngr, workdir) -> None:
+    mngr.wait_until_finished()
+    last = mngr.latest_step()
+    terms = ""
+    if host_metrics:
+        m = host_metrics[-1]
+        terms = " (" + ", ".join(f"{k}={float(m[k]):.4g}" for k in ("loss", "content", "style",
+                                                                     "tv", "grad_norm")
+                                 if k in m) + ")"
+    where = (f"the last good checkpoint is step {last} in {Path(workdir) / CHECKPOINT_DIR}"
+             if last is not None else "no checkpoint was saved yet")
+    raise TrainingDiverged(f"non-finite loss or gradient at step {bad + 1}{terms}; training "
+                           f"stopped, {where} (lower optim.learning_rate or set "
+                           f"optim.grad_clip_norm)")
+
+
+_SCALAR_GROUPS = {"loss": "loss/total", "content": "loss/content", "style": "loss/style",
+                  "tv": "loss/tv", "grad_norm": "train/grad_norm",
+                  "learning_rate": "train/learning_rate", "steps_per_sec": "perf/steps_per_sec"}
+
+
+def _write_scalars(writer, avg: dict, step: int, batch: int) -> None:
+    for k, v in avg.items():
+        if k == "step" or not math.isfinite(v):
+            continue
+        tag = _SCALAR_GROUPS.get(k, f"layers/{k}")
+        writer.add_scalar(tag, v, step)
+    if "steps_per_sec" in avg:
+        writer.add_scalar("perf/images_per_sec", avg["steps_per_sec"] * batch, step)
+    writer.flush()
+
+
+def _postfix(avg: dict) -> dict[str, str]:
+    out = {k: f"{avg[k]:.4g}" for k in ("loss", "content", "style", "tv") if k in avg}
+    out["it/s"] = f"{avg['steps_per_sec']:.2f}"
+    return out
+
+
+def _save_samples(workdir: Path, step: int, state: TrainState, graphdef, frozen,
+                  imgs: tuple[np.ndarray, np.ndarray], is_main: bool) -> None:
+    from .images import save_image
+
+    model = nnx.merge(graphdef, state.params, frozen)
+    grid = sample_grid(model, *imgs)
+    if is_main:
+        save_image(workdir / "samples" / f"step_{step:07d}.png", grid, overwrite=True)
+
+
+def load_checkpoint_model(config, workdir: str | os.PathLike, *, step: int | None = None,
+                          vgg=None) -> tuple[ArbitraryStyleModel, int]:
+    """The model stored in ``workdir``'s latest (or given) checkpoint, and its step."""
+    model = build_model(config, vgg)
+    tx, _ = make_optimizer(config.optim, int(config.train.num_steps))
+    state = init_state(model, tx, int(config.seed))
+    mngr = checkpoint_manager(workdir, int(config.train.keep_checkpoints), async_save=False)
+    try:
+        if mngr.latest_step() is None:
+            raise ConfigError(f"{workdir}: no checkpoints to load")
+        state, _ = restore_checkpoint(mngr, state, step)
+    finally:
+        mngr.close()
+    graphdef, _, frozen = nnx.split(model, nnx.Param, ...)
+    params = jax.tree.map(jnp.asarray, _local_copy(state.params))
+    return nnx.merge(graphdef, params, frozen), int(state.step)

@@ -1,0 +1,260 @@
+"""Transfer network, style predictor, the combined model and the export file format.
+
+Tiny shapes (width 0.25, <= 64x64) so everything runs eagerly in a few seconds.
+"""
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from arbitrary_nst.errors import ConfigError, ModelError
+from arbitrary_nst.export import export_model, load_exported, model_tensors, read_export
+from arbitrary_nst.models import (CIN_LAYER_NAMES, ArbitraryStyleModel, TransferNetwork,
+                                  cin_layer_channels, param_count)
+from arbitrary_nst.models.predictor import pooled_statistics
+from arbitrary_nst.models.transfer import (conditional_instance_norm, instance_norm,
+                                           upsample_nearest)
+from arbitrary_nst.vgg import FrozenWeight
+
+
+@pytest.fixture(scope="module")
+def model(vgg):
+    return ArbitraryStyleModel(vgg, width=0.25, hidden_dim=32, rngs=nnx.Rngs(0))
+
+
+def images(rng, *shape):
+    return jnp.asarray(rng.random(shape, dtype=np.float32))
+
+
+# Jitted forwards: one compilation per shape instead of one per primitive (eager mode).
+run_net = nnx.jit(lambda net, x, gb: net(x, gb))
+embed = nnx.jit(lambda m, s: m.embed(s))
+transfer = nnx.jit(lambda m, c, e: m.transfer(c, e))
+
+
+# ------------------------------------------------------------------------------------------------
+# Transfer network
+
+
+def test_cin_layer_channels_match_magenta():
+    assert len(CIN_LAYER_NAMES) == 13 and len(cin_layer_channels()) == 13
+    assert sum(cin_layer_channels(1.0)) == 1379  # 10 x 128 + 64 + 32 + 3 (Magenta)
+    assert cin_layer_channels(1.0)[-3:] == (64, 32, 3)
+    assert sum(cin_layer_channels(0.5)) == 691 and sum(cin_layer_channels(0.25)) == 347
+    with pytest.raises(ConfigError):
+        cin_layer_channels(0.0)
+    with pytest.raises(ConfigError):
+        cin_layer_channels(0.01)
+
+
+def test_transfer_network_shapes_and_range(rng):
+    net = TransferNetwork(0.25, rngs=nnx.Rngs(0))
+    for h, w in ((30, 45), (8, 12)):
+        x = images(rng, 2, h, w, 3)
+        y = run_net(net, x, net.identity_gammas_betas(2))
+        assert y.shape == (2, h, w, 3) and y.dtype == jnp.float32
+        assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0
+    with pytest.raises(ConfigError, match="at least"):
+        net(images(rng, 1, 6, 32, 3), net.identity_gammas_betas(1))
+    with pytest.raises(ConfigError, match="13"):
+        net(images(rng, 1, 16, 16, 3), net.identity_gammas_betas(1)[:12])
+    wrong = net.identity_gammas_betas(1)
+    wrong[0] = (jnp.ones((1, 5)), jnp.zeros((1, 5)))
+    with pytest.raises(ConfigError, match="residual1_conv1"):
+        net(images(rng, 1, 16, 16, 3), wrong)
+    # Magenta's parameter count at width 1 (convs without bias; contract IN scale/offset).
+    full = TransferNetwork(1.0, rngs=nnx.Rngs(0))
+    convs = (9 * 9 * 3 * 32 + 3 * 3 * 32 * 64 + 3 * 3 * 64 * 128 + 10 * 3 * 3 * 128 * 128
+             + 3 * 3 * 128 * 64 + 3 * 3 * 64 * 32 + 9 * 9 * 32 * 3)
+    assert param_count(full) == convs + 2 * (32 + 64 + 128)
+
+
+def test_conditional_instance_norm_matches_numpy(rng):
+    x = rng.normal(3.0, 2.0, (2, 5, 7, 4)).astype(np.float32)
+    g = rng.normal(1.0, 0.5, (2, 4)).astype(np.float32)
+    b = rng.normal(0.0, 0.5, (2, 4)).astype(np.float32)
+    mean = x.mean(axis=(1, 2), keepdims=True)
+    var = x.var(axis=(1, 2), keepdims=True)
+    want = (x - mean) / np.sqrt(var + 1e-5) * g[:, None, None] + b[:, None, None]
+    got = conditional_instance_norm(jnp.asarray(x), jnp.asarray(g), jnp.asarray(b))
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+    xh = np.asarray(instance_norm(jnp.asarray(x)))
+    np.testing.assert_allclose(xh.mean(axis=(1, 2)), 0, atol=1e-5)
+    # bf16 input: statistics still in float32, output float32.
+    assert conditional_instance_norm(jnp.asarray(x, jnp.bfloat16), g, b).dtype == jnp.float32
+
+
+def test_upsample_nearest_is_resize_nearest_neighbor(rng):
+    x = images(rng, 2, 3, 5, 4)
+    want = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    np.testing.assert_array_equal(np.asarray(upsample_nearest(x)), np.asarray(want))
+
+
+def test_gamma_beta_condition_each_example(model, rng):
+    net = model.transfer_net
+    x = jnp.broadcast_to(images(rng, 1, 16, 16, 3), (2, 16, 16, 3))
+    gb = [(jnp.stack([jnp.ones(c), 2 * jnp.ones(c)]), jnp.stack([jnp.zeros(c), jnp.ones(c)]))
+          for c in net.cin_channels]
+    y = run_net(net, x, gb)
+    assert not np.allclose(np.asarray(y[0]), np.asarray(y[1]))
+    one = run_net(net, x[1:], [(g[1:], b[1:]) for g, b in gb])
+    np.testing.assert_allclose(np.asarray(y[1]), np.asarray(one[0]), atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# Predictor and combined model
+
+
+def test_predictor_starts_at_identity_and_accepts_any_size(model, rng):
+    for shape in ((2, 32, 32, 3), (1, 40, 72, 3), (1, 100, 64, 3)):
+        e = embed(model, images(rng, *shape))
+        assert e.shape == (shape[0], 100) and np.isfinite(np.asarray(e)).all()
+        for (g, b), c in zip(model.predictor.gamma_beta(e), model.cin_channels):
+            assert g.shape == b.shape == (shape[0], c)
+            np.testing.assert_array_equal(np.asarray(g), 1.0)
+            np.testing.assert_array_equal(np.asarray(b), 0.0)
+    with pytest.raises(ConfigError, match="at least 32"):
+        model.embed(images(rng, 1, 31, 64, 3))
+    with pytest.raises(ConfigError):
+        model.predictor.gamma_beta(jnp.zeros((1, 7)))
+    feats = model.predictor.style_features(images(rng, 2, 32, 32, 3))
+    stats = pooled_statistics(feats, model.predictor.taps)
+    assert stats.shape == (2, 1920)
+    np.testing.assert_allclose(np.asarray(stats.mean(-1)), 0, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(stats.std(-1)), 1, atol=1e-3)
+    raw = pooled_statistics(feats, model.predictor.taps, norm="none")
+    assert float(raw.min()) >= 0.0
+    assert model.predictor.feature_dim == 1920
+
+
+def test_transfer_with_shared_or_interpolated_embeddings(model, rng):
+    # Non-identity heads so that embeddings matter.
+    for head in model.predictor.heads.values():
+        head.kernel[...] = jnp.asarray(rng.normal(0, 0.05, head.kernel[...].shape), jnp.float32)
+    c = images(rng, 3, 16, 16, 3)
+    s = images(rng, 2, 32, 32, 3)
+    e = embed(model, s)
+    shared = transfer(model, c, e[0])
+    np.testing.assert_allclose(np.asarray(shared),
+                               np.asarray(transfer(model, c, jnp.tile(e[:1], (3, 1)))), atol=1e-5)
+    mix = 0.3 * e[0] + 0.7 * e[1]
+    y = transfer(model, c, mix[None])
+    assert y.shape == (3, 16, 16, 3) and not np.allclose(np.asarray(y), np.asarray(shared))
+    both = nnx.jit(lambda m, c, s: m(c, s))(model, c[:2], s)
+    np.testing.assert_allclose(np.asarray(both), np.asarray(transfer(model, c[:2], e)), atol=1e-5)
+
+
+def test_vgg_is_frozen_and_not_a_param(model, vgg, rng):
+    params = nnx.state(model, nnx.Param)
+    assert "vgg" not in json.dumps(jax.tree.map(lambda x: 0, nnx.to_pure_dict(params)))
+    assert param_count(model) == sum(v.size for v in model_tensors(model).values())
+    assert isinstance(model.vgg.layers["conv1_1"]["kernel"], FrozenWeight)
+    # An NNX optimizer over nnx.Param trains the model and never touches the shared VGG.
+    m = ArbitraryStyleModel(vgg, width=0.25, hidden_dim=32, rngs=nnx.Rngs(1))
+    opt = nnx.Optimizer(m, optax.adam(1e-2), wrt=nnx.Param)
+    vgg_before = np.asarray(m.vgg.layers["conv1_1"]["kernel"][...]).copy()
+    kernel_before = np.asarray(m.transfer_net.contract["conv1"].kernel[...]).copy()
+
+    @nnx.jit
+    def step(m, opt, c, e):
+        grads = nnx.grad(lambda mod: jnp.mean(mod.transfer(c, e)))(m)  # w.r.t. nnx.Param
+        opt.update(m, grads)
+
+    step(m, opt, images(rng, 1, 16, 16, 3), jnp.ones((1, 100)))
+    assert not np.array_equal(kernel_before,
+                              np.asarray(m.transfer_net.contract["conv1"].kernel[...]))
+    np.testing.assert_array_equal(vgg_before, np.asarray(m.vgg.layers["conv1_1"]["kernel"][...]))
+    n_opt = sum(x.size for x in jax.tree.leaves(nnx.state(opt, nnx.OptState)))
+    # Adam's mu and nu (plus step counters): nothing for the 14.7 M VGG weights.
+    assert 2 * param_count(m) <= n_opt <= 2 * param_count(m) + 4
+
+
+def test_bfloat16_compute_is_close_to_float32(vgg, rng):
+    f32 = ArbitraryStyleModel(vgg, width=0.25, hidden_dim=32, rngs=nnx.Rngs(2))
+    bf16 = ArbitraryStyleModel(vgg, width=0.25, hidden_dim=32, dtype=jnp.bfloat16,
+                               rngs=nnx.Rngs(2))
+    c, s = images(rng, 1, 32, 32, 3), images(rng, 1, 32, 32, 3)
+    fwd = nnx.jit(lambda m, c, s: m(c, s))
+    a, b = fwd(f32, c, s), fwd(bf16, c, s)
+    assert b.dtype == jnp.float32
+    assert float(jnp.max(jnp.abs(a - b))) < 0.05
+
+
+def test_config_round_trip(model, vgg):
+    cfg = model.config()
+    assert cfg == {"width": 0.25, "embedding_dim": 100, "hidden_dim": 32,
+                   "style_taps": ["relu1_2", "relu2_2", "relu3_3", "relu4_3"],
+                   "feature_norm": "layer", "vgg_pooling": "max"}
+    again = ArbitraryStyleModel.from_config(vgg, json.loads(json.dumps(cfg)))
+    assert again.config() == cfg
+    with pytest.raises(ConfigError):
+        ArbitraryStyleModel.from_config(vgg, dict(cfg, depth=3))
+    with pytest.raises(ConfigError):
+        ArbitraryStyleModel.from_config(vgg, dict(cfg, feature_norm="batch"))
+    # Magenta's loss VGG pools by averaging: the same weights are re-wrapped, not copied.
+    avg = ArbitraryStyleModel.from_config(vgg, dict(cfg, vgg_pooling="avg"))
+    assert avg.vgg.pooling == "avg" and avg.config()["vgg_pooling"] == "avg"
+    assert avg.vgg.layers["conv1_1"]["kernel"][...] is vgg.layers["conv1_1"]["kernel"][...]
+
+
+# ------------------------------------------------------------------------------------------------
+# Export
+
+
+def test_export_round_trip(model, vgg, rng, tmp_path):
+    path = export_model(model, tmp_path / "m.safetensors", info={"step": 7})
+    loaded = load_exported(path, vgg=vgg)
+    assert loaded.config() == model.config()
+    a, b = model_tensors(model), model_tensors(loaded)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    c, s = images(rng, 1, 16, 16, 3), images(rng, 1, 32, 32, 3)
+    fwd = nnx.jit(lambda m, c, s: m(c, s))
+    np.testing.assert_array_equal(np.asarray(fwd(model, c, s)), np.asarray(fwd(loaded, c, s)))
+    assert read_export(path)[1]["info"] == {"step": 7}
+    # float16 halves the file; values are rounded.
+    half = export_model(model, tmp_path / "h.safetensors", dtype="float16")
+    assert half.stat().st_size < 0.6 * path.stat().st_size
+    h = model_tensors(load_exported(half, vgg=vgg))
+    assert all(np.allclose(h[k], a[k], rtol=1e-3, atol=1e-4) for k in a)
+    with pytest.raises(ConfigError):
+        export_model(model, tmp_path / "x.safetensors", dtype="int8")
+
+
+def test_corrupt_exports_are_refused_in_one_line(model, vgg, tmp_path):
+    from safetensors.numpy import save_file
+
+    good = export_model(model, tmp_path / "good.safetensors")
+    raw = good.read_bytes()
+    tensors, header = read_export(good)
+    meta = {"format": "arbitrary_nst.arbitrary_style_model", "format_version": "1",
+            "model_config": json.dumps(header["model_config"])}
+    cases = {}
+    cases["missing.safetensors"] = None
+    (tmp_path / "garbage.safetensors").write_bytes(b"\x00\x01not a safetensors file" * 10)
+    (tmp_path / "truncated.safetensors").write_bytes(raw[: len(raw) // 2])
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    save_file({"a": np.zeros(3, np.float32)}, tmp_path / "other.safetensors",
+              metadata={"format": "something else"})
+    dropped = dict(tensors)
+    dropped.pop(sorted(dropped)[0])
+    save_file(dropped, tmp_path / "dropped.safetensors", metadata=meta)
+    wide = dict(meta, model_config=json.dumps(dict(header["model_config"], width=0.5)))
+    save_file(tensors, tmp_path / "wide.safetensors", metadata=wide)
+    nan = {k: v.copy() for k, v in tensors.items()}
+    nan[sorted(nan)[0]].flat[0] = np.nan
+    save_file(nan, tmp_path / "nan.safetensors", metadata=meta)
+    save_file(tensors, tmp_path / "badjson.safetensors", metadata=dict(meta, model_config="{"))
+    (tmp_path / "adir.safetensors").mkdir()
+    names = ["missing", "garbage", "truncated", "empty", "other", "dropped", "wide", "nan",
+             "badjson", "adir"]
+    for name in names:
+        with pytest.raises(ModelError) as err:
+            load_exported(tmp_path / f"{name}.safetensors", vgg=vgg)
+        msg = str(err.value)
+        assert "\n" not in msg and f"{name}.safetensors" in msg, (name, msg)
