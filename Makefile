@@ -26,7 +26,7 @@ $(WEIGHTS_STAMP): $(STAMP)
 	touch $@
 
 test: $(STAMP) $(WEIGHTS_STAMP)
-	$(PY) -m pytest -q -n 2 -p no:cacheprovider tests $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n 2 --dist loadfile -p no:cacheprovider tests $(PYTEST_ARGS)
 
 demo: $(STAMP) $(WEIGHTS_STAMP)
 	$(PY) infer.py demo --out-dir out/demo

@@ -145,8 +145,10 @@ class LossConfig:
     Defaults follow Magenta's arbitrary_image_stylization (Ghiasi et al. 2017): content on VGG
     ``conv3`` (= relu3_3 here) with weight 1, style Gram on conv1..conv4 (relu1_2, relu2_2,
     relu3_3, relu4_3) at 0.5e-3 each, TV 1e4 under Magenta's normalization. Magenta's slim VGG16
-    takes RGB 0..255 minus the mean, exactly the scale of the caffe input used here, so the
-    weights carry over.
+    takes RGB 0..255 minus the mean, exactly the scale of the caffe input used here, and its loss
+    network uses *average* pooling (``image_stylization/vgg.py``): the weights carry over with
+    ``load_vgg16(pooling="avg")``. With max pooling the deeper Gram terms are ~70x larger and
+    these weights let style swamp content (measured while training; see configs/default.py).
     """
 
     content_layers: Mapping[str, float] = dataclasses.field(
