@@ -13,6 +13,7 @@ from .losses import LossConfig, StyleTargets, perceptual_loss
 from .vgg import TAPS, VGG16, load_vgg16
 from .models import ArbitraryStyleModel
 from .export import export_model, load_exported
+from .inference import Stylizer
 
 __version__ = "0.1.0"
 
@@ -20,5 +21,5 @@ __all__ = [
     "ConfigError", "ImageError", "ModelError", "NSTError", "WeightsError",
     "LossConfig", "StyleTargets", "perceptual_loss",
     "TAPS", "VGG16", "load_vgg16",
-    "ArbitraryStyleModel", "export_model", "load_exported",
+    "ArbitraryStyleModel", "export_model", "load_exported", "Stylizer",
 ]

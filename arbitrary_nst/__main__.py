@@ -1,0 +1,4 @@
+"""``python -m arbitrary_nst COMMAND ...``: same as ``python infer.py``."""
+from .cli import main
+
+raise SystemExit(main())

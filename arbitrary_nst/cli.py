@@ -1,0 +1,398 @@
+"""Command-line front end: ``python infer.py <command> ...`` (or ``python -m arbitrary_nst``).
+
+Commands live in a registry: each is one function that adds its arguments to an argparse
+sub-parser and one that runs it (``@command(name, help, add_arguments)``), so new commands are
+added without touching :func:`main`. :func:`main` turns every user error
+(:class:`~arbitrary_nst.errors.NSTError`) into one line ``error: ...`` on stderr and a non-zero
+exit code, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .errors import ConfigError, ImageError, NSTError
+
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None]):
+    """Register ``run(args) -> exit code`` as sub-command ``name``."""
+    def deco(run: Callable[[argparse.Namespace], int]):
+        COMMANDS[name] = Command(name, help, add_arguments, run)
+        return run
+    return deco
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows every option's default and keeps the description's line breaks."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="infer.py", formatter_class=_Formatter,
+        description="Arbitrary neural style transfer (JAX). Run `infer.py COMMAND --help`.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for cmd in COMMANDS.values():
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help, formatter_class=_Formatter)
+        cmd.add_arguments(p)
+        p.set_defaults(_run=cmd.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``), run the command, return the exit code."""
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv.insert(0, "stylize")  # `infer.py --content C --style S --out O` means stylize
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2, message already printed)
+        return int(e.code or 0) if not isinstance(e.code, str) else EXIT_ERROR
+    try:
+        return int(args._run(args) or 0)
+    except NSTError as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared argument helpers
+
+
+def parse_layers(spec: str, *, what: str) -> dict[str, float]:
+    """``"relu4_2"`` or ``"relu1_1:0.5,relu2_1:1"`` -> ``{tap: weight}``. Layers given without a
+    weight share equally a total of 1 with each other (so ``relu1_1,relu2_1`` is 0.5 each)."""
+    from .vgg import tap_depth
+
+    items = [s.strip() for s in spec.split(",") if s.strip()]
+    if not items:
+        raise ConfigError(f"--{what}-layers is empty")
+    out: dict[str, float] = {}
+    plain = []
+    for item in items:
+        name, sep, w = item.partition(":")
+        name = name.strip()
+        tap_depth(name)  # ConfigError naming the valid taps
+        if name in out or name in plain:
+            raise ConfigError(f"--{what}-layers: {name} given twice")
+        if sep:
+            try:
+                out[name] = float(w)
+            except ValueError:
+                raise ConfigError(f"--{what}-layers: bad weight {w!r} for {name}") from None
+        else:
+            plain.append(name)
+    for name in plain:
+        out[name] = 1.0 / len(plain)
+    return {name: out[name] for name in sorted(out, key=tap_depth)}
+
+
+def _int_list(spec: str, *, what: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(s) for s in spec.replace(" ", "").split(",") if s)
+    except ValueError:
+        raise ConfigError(f"{what}: expected comma-separated integers, got {spec!r}") from None
+
+
+def _positive_int(s: str) -> int:
+    v = int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _nonneg_float(s: str) -> float:
+    v = float(s)
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
+    return v
+
+
+def output_paths(out: str, contents: Sequence[str], *, suffix: str, overwrite: bool) -> list[Path]:
+    """Where each content's result goes. One content: ``out`` is the file (or an existing folder);
+    several: ``out`` is a folder (created) or a pattern containing ``{name}`` (content file stem).
+    Refuses to overwrite an input, and existing files unless ``overwrite``."""
+    from .images import SAVE_FORMATS
+
+    ext = Path(out).suffix.lower()
+    many = len(contents) > 1
+    if "{name}" in out:
+        paths = [Path(out.replace("{name}", Path(c).stem)) for c in contents]
+    elif many or Path(out).is_dir() or out.endswith(("/", os.sep)):
+        if many and ext and not Path(out).is_dir():
+            raise ConfigError(f"--out {out}: several content images need a folder or a "
+                              "pattern with {name}, not one file")
+        paths = [Path(out) / f"{Path(c).stem}_{suffix}.png" for c in contents]
+    else:
+        paths = [Path(out)]
+    if len({p.resolve() for p in paths}) != len(paths):
+        raise ConfigError("--out: two content images would be written to the same file "
+                          "(same file names?); use a pattern with {name} or separate runs")
+    inputs = {Path(c).resolve() for c in contents}
+    for p in paths:
+        if p.suffix.lower() not in SAVE_FORMATS:
+            raise ImageError(p, f"unsupported output format ('{p.suffix}'); use one of "
+                                f"{', '.join(sorted(SAVE_FORMATS))}")
+        if p.resolve() in inputs:
+            raise ImageError(p, "is an input image; refusing to overwrite it")
+        if p.exists() and not overwrite:
+            raise ImageError(p, "exists; pass --overwrite to replace it")
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------
+# gatys
+
+
+def _add_gatys_arguments(p: argparse.ArgumentParser) -> None:
+    from . import gatys
+
+    d = gatys.GatysConfig()
+    io = p.add_argument_group("images")
+    io.add_argument("--content", nargs="+", required=True, metavar="C",
+                    help="content image(s); several run as one batch per working size")
+    io.add_argument("--style", nargs="+", required=True, metavar="S",
+                    help="style image(s); several are blended (see --style-weights)")
+    io.add_argument("--style-weights", nargs="+", type=_nonneg_float, default=None, metavar="W",
+                    help="blend weight of each style (one per --style; normalized to sum 1); "
+                         "default: equal")
+    io.add_argument("--out", required=True,
+                    help="output file (one content) or folder / pattern with {name} (several)")
+    io.add_argument("--size", type=_positive_int, default=512,
+                    help="longer side of the result in pixels (aspect ratio kept)")
+    io.add_argument("--style-scale", type=float, default=d.style_scale,
+                    help="style image's longer side relative to the result's")
+    io.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    io.add_argument("--max-pixels", type=int, default=None,
+                    help="refuse input images with more pixels (default: the I/O module's)")
+
+    opt = p.add_argument_group("optimization")
+    opt.add_argument("--iters", type=int, default=d.iterations,
+                     help="iterations (per stage unless --stage-iters)")
+    opt.add_argument("--optimizer", choices=gatys.OPTIMIZERS, default=d.optimizer,
+                     help="lbfgs: per-example L-BFGS (optax direction, batched Wolfe line search); "
+                          "lbfgs_optax: optax.lbfgs on the batch sum; adam")
+    opt.add_argument("--lr", type=float, default=d.learning_rate, help="Adam learning rate")
+    opt.add_argument("--lbfgs-memory", type=_positive_int, default=d.lbfgs_memory,
+                     help="L-BFGS history size")
+    opt.add_argument("--param", choices=gatys.PARAMETERIZATIONS, default=d.parameterization,
+                     help="pixel parameterization keeping the image in [0, 1]")
+    opt.add_argument("--init", choices=gatys.INITS, default=d.init, help="initial image")
+    opt.add_argument("--seed", type=int, default=d.seed, help="seed of --init noise")
+    opt.add_argument("--stages", default="",
+                     help="coarse-to-fine: longer sides of coarser stages run first, e.g. 256,512 "
+                          "(each stage starts from the previous result)")
+    opt.add_argument("--stage-iters", default=None,
+                     help="iterations per stage, coarse ones first then the final, e.g. 300,200,100")
+    opt.add_argument("--chunk", type=_positive_int, default=d.chunk_size,
+                     help="iterations per compiled chunk (progress updates between chunks)")
+
+    loss = p.add_argument_group("loss")
+    loss.add_argument("--content-weight", type=_nonneg_float, default=d.content_weight,
+                      help="content loss weight (alpha)")
+    loss.add_argument("--style-weight", type=_nonneg_float, default=d.style_weight,
+                      help="style loss weight (beta)")
+    loss.add_argument("--tv-weight", type=_nonneg_float, default=d.tv_weight,
+                      help="total-variation weight")
+    loss.add_argument("--content-layers", default=_layers_str(d.content_layers),
+                      help="content taps, optionally TAP:WEIGHT, comma-separated")
+    loss.add_argument("--style-layers", default=_layers_str(d.style_layers, plain=True),
+                      help="style taps, optionally TAP:WEIGHT (plain taps share a total of 1)")
+    loss.add_argument("--depth-growth", type=float, default=None,
+                      help="improved NST: style layer weights grow by this factor per layer "
+                           "(e.g. 2), same total")
+    loss.add_argument("--style-statistic", choices=("gram", "centered_gram", "both", "mean_std"),
+                      default=d.style_statistic, help="statistic the style loss matches")
+    loss.add_argument("--gram-norm", choices=("chw", "hw", "none"), default=d.gram_norm,
+                      help="Gram matrix normalization")
+    loss.add_argument("--tv-kind", choices=("magenta", "l1"), default=d.tv_kind,
+                      help="total-variation flavour")
+    loss.add_argument("--pooling", choices=("max", "avg"), default=d.pooling,
+                      help="VGG pooling (Gatys et al. use avg)")
+    loss.add_argument("--normalized-vgg", action="store_true",
+                      help="use the mean-activation-normalized VGG16")
+
+    col = p.add_argument_group("colour")
+    col.add_argument("--preserve-color", choices=gatys.PRESERVE_COLOR, default=d.preserve_color,
+                     help="luminance: transfer luminance only, keep the content's chroma; "
+                          "match: match the style's colour mean/covariance to the content")
+    col.add_argument("--color-space", choices=("yiq", "yuv"), default=d.color_space,
+                     help="colour space of --preserve-color luminance")
+    col.add_argument("--color-match", choices=("eig", "chol"), default=d.color_match_method,
+                     help="matrix square root of --preserve-color match")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _layers_str(layers, plain: bool = False) -> str:
+    if plain:
+        return ",".join(layers)
+    return ",".join(f"{k}:{v:g}" for k, v in layers.items())
+
+
+def gatys_config_from_args(args: argparse.Namespace):
+    from . import gatys
+
+    stages = _int_list(args.stages, what="--stages") if args.stages else ()
+    stage_iters = (_int_list(args.stage_iters, what="--stage-iters")
+                   if args.stage_iters else None)
+    if stage_iters is not None and len(stage_iters) != len(stages) + 1:
+        raise ConfigError(f"--stage-iters needs {len(stages) + 1} values (one per --stages entry "
+                          f"and one for the final size), got {len(stage_iters)}")
+    if any(s >= args.size for s in stages):
+        raise ConfigError(f"--stages must be smaller than --size {args.size}, got {list(stages)}")
+    return gatys.GatysConfig(
+        content_layers=parse_layers(args.content_layers, what="content"),
+        style_layers=parse_layers(args.style_layers, what="style"),
+        content_weight=args.content_weight, style_weight=args.style_weight,
+        tv_weight=args.tv_weight, depth_growth=args.depth_growth,
+        style_statistic=args.style_statistic, gram_norm=args.gram_norm, tv_kind=args.tv_kind,
+        pooling=args.pooling, normalized_vgg=args.normalized_vgg, optimizer=args.optimizer,
+        iterations=args.iters, learning_rate=args.lr, lbfgs_memory=args.lbfgs_memory,
+        parameterization=args.param, chunk_size=args.chunk, init=args.init, seed=args.seed,
+        style_scale=args.style_scale, preserve_color=args.preserve_color,
+        color_space=args.color_space, color_match_method=args.color_match, stage_sizes=stages,
+        stage_iterations=stage_iters)
+
+
+def _load(path: str, max_pixels):
+    from . import images
+
+    kw = {} if max_pixels is None else {"max_pixels": max_pixels}
+    return images.load_image(path, **kw)
+
+
+def _run_gatys(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from . import gatys, images
+
+    if args.style_weights is not None and len(args.style_weights) != len(args.style):
+        raise ConfigError(f"--style-weights: got {len(args.style_weights)} weights for "
+                          f"{len(args.style)} style images")
+    if args.style_weights is not None and sum(args.style_weights) <= 0:
+        raise ConfigError("--style-weights must have a positive sum")
+    cfg = gatys_config_from_args(args)
+    outs = output_paths(args.out, args.content, suffix="gatys", overwrite=args.overwrite)
+    contents = [_load(c, args.max_pixels) for c in args.content]
+    styles = [_load(s, args.max_pixels) for s in args.style]
+    # resize to the working size; group same-shape contents into one batch each
+    work = [images.resize_max_side(c, args.size, upscale=True) for c in contents]
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, x in enumerate(work):
+        if min(x.shape[:2]) < 32:
+            raise ImageError(args.content[i], f"is too thin: {x.shape[1]}x{x.shape[0]} at "
+                             f"--size {args.size}; VGG needs >= 32 px per side")
+        groups.setdefault(x.shape[:2], []).append(i)
+    params = gatys.load_params(cfg)
+    for shape, idx in groups.items():
+        if len(groups) > 1 and not args.quiet:
+            print(f"batch of {len(idx)} at {shape[1]}x{shape[0]}", file=sys.stderr)
+        result = gatys.run(np.stack([work[i] for i in idx]), styles,
+                           style_weights=args.style_weights, config=cfg,
+                           progress=not args.quiet, vgg_params=params)
+        for j, i in enumerate(idx):
+            images.save_image(outs[i], result.images[j], overwrite=args.overwrite)
+            if not args.quiet:
+                final = result.final_terms()
+                terms = {k: float(final[k][j]) for k in ("total", "content", "style", "tv")
+                         if k in final}
+                print(f"wrote {outs[i]}  " + "  ".join(f"{k}={v:.4g}" for k, v in terms.items()),
+                      file=sys.stderr)
+    return 0
+
+
+command("gatys", "Gatys et al. style transfer by optimizing the pixels (L-BFGS or Adam).",
+        _add_gatys_arguments)(_run_gatys)
+
+
+# ----------------------------------------------------------------------------------------------
+# analyze
+
+
+def _add_analyze_arguments(p: argparse.ArgumentParser) -> None:
+    from . import analysis
+
+    p.add_argument("--content", default=None,
+                   help="content image (default: the built-in 'chelsea' sample)")
+    p.add_argument("--style", default=None,
+                   help="style image (default: the built-in 'strokes' sample)")
+    p.add_argument("--out-dir", required=True, help="folder for the PNG figures")
+    p.add_argument("--size", type=_positive_int, default=analysis.DEFAULT_SIZE,
+                   help="longer side of the images optimized for the figures")
+    p.add_argument("--iters", type=_positive_int, default=analysis.DEFAULT_ITERS,
+                   help="L-BFGS iterations per reconstruction / transfer")
+    p.add_argument("--figures", default=",".join(analysis.FIGURES),
+                   help="which figures, comma-separated letters")
+    p.add_argument("--quick", action="store_true",
+                   help=f"smoke test: {analysis.QUICK_SIZE} px and {analysis.QUICK_ITERS} "
+                        "iterations")
+    p.add_argument("--overwrite", action="store_true", help="replace existing figure files")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _run_analyze(args: argparse.Namespace) -> int:
+    from . import analysis
+
+    figs = [f.strip() for f in args.figures.split(",") if f.strip()]
+    bad = [f for f in figs if f not in analysis.FIGURES]
+    if bad or not figs:
+        raise ConfigError(f"--figures: unknown {bad or figs}; choose from "
+                          f"{','.join(analysis.FIGURES)}")
+    content = _load(args.content, None) if args.content else None
+    style = _load(args.style, None) if args.style else None
+    size, iters = (analysis.QUICK_SIZE, analysis.QUICK_ITERS) if args.quick else (args.size,
+                                                                                  args.iters)
+    written = analysis.make_figures(args.out_dir, content=content, style=style, size=size,
+                                    iters=iters, figures=figs, overwrite=args.overwrite,
+                                    verbose=not args.quiet)
+    for path in written:
+        print(path)
+    return 0
+
+
+command("analyze", "Write the analysis figures of Gatys-style transfer (reconstructions, Gram "
+        "matrices, weight sweep, style statistics, per-layer loss magnitudes).",
+        _add_analyze_arguments)(_run_analyze)
+
+
+# ----------------------------------------------------------------------------------------------
+# stylize (the default command) and demo
+
+
+def _register_stylize_and_demo() -> None:
+    from . import cli_demo, cli_stylize
+
+    command("stylize", "Stylize images with the trained network (the default command: "
+            "`infer.py --content C --style S --out O`).",
+            cli_stylize.add_arguments)(cli_stylize.run)
+    command("demo", "Run the built-in demo (make demo): stylize built-in photos with unseen "
+            "generated styles, an interpolation strip and a strength sweep.",
+            cli_demo.add_arguments)(cli_demo.run)
+
+
+_register_stylize_and_demo()

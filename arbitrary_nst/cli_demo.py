@@ -1,0 +1,89 @@
+"""``demo``: the main job on built-in defaults (``make demo`` runs it).
+
+Writes the built-in images (photos from the scikit-image wheel; procedurally generated paintings
+that no model has seen in training) to ``OUT/inputs``, then with the built-in model:
+
+* ``OUT/stylized/{content}__{style}.png`` for every built-in photo x generated style (batch path);
+* ``OUT/interpolation.png``: a strip mixing two styles' embeddings;
+* ``OUT/strength_sweep.png``: strength 0 -> 1 for one style.
+
+Without a trained model (``--method gatys``, or no built-in model installed) it runs the Gatys
+optimizer on one pair instead, so the demo always produces a stylized image.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from . import cli_stylize, images, samples
+from .errors import ModelError
+
+DEMO_CONTENTS = ("astronaut", "chelsea", "coffee")
+DEMO_STYLES = ("strokes", "mosaic", "waves", "cubist")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out-dir", default="out/demo", help="where the demo writes its images")
+    parser.add_argument("--model", default=None,
+                        help="model export or training workdir (None = the built-in model)")
+    parser.add_argument("--max-size", type=int, default=512,
+                        help="longer side of the stylized photos")
+    parser.add_argument("--method", choices=("network", "gatys"), default="network",
+                        help="'gatys' skips the network and runs the pixel optimizer")
+    parser.add_argument("--iterations", type=int, default=150,
+                        help="Gatys iterations when the Gatys path runs")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _write_inputs(out: Path, max_size: int) -> tuple[Path, Path]:
+    content_dir, style_dir = out / "inputs" / "content", out / "inputs" / "style"
+    for name in DEMO_CONTENTS:
+        images.save_image(content_dir / f"{name}.png", samples.content_image(name, max_side=max_size),
+                          overwrite=True)
+    for name in DEMO_STYLES:
+        images.save_image(style_dir / f"{name}.png", samples.style_image(name, size=512),
+                          overwrite=True)
+    return content_dir, style_dir
+
+
+def _stylize(argv: list[str]) -> int:
+    """Run the ``stylize`` command in-process; errors are raised, not printed."""
+    parser = cli_stylize.build_parser()
+    return cli_stylize.run(parser.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    out = Path(args.out_dir)
+    content_dir, style_dir = _write_inputs(out, args.max_size)
+    styles = [str(style_dir / f"{s}.png") for s in DEMO_STYLES]
+    common = ["--max-size", str(args.max_size)] + (["--no-progress"] if args.no_progress else [])
+    if args.model:
+        common += ["--model", args.model]
+    method = args.method
+    if method == "network":
+        try:
+            cli_stylize.load_stylizer(args.model)
+        except ModelError as e:
+            print(f"demo: no trained model ({e}); running the Gatys optimizer instead")
+            method = "gatys"
+    written = []
+    if method == "network":
+        _stylize(["--content", str(content_dir), "--style", *styles, "--out-dir",
+                  str(out / "stylized"), "--overwrite", *common])
+        written.append(out / "stylized")
+        photo = str(content_dir / "astronaut.png")
+        _stylize(["--content", photo, "--interpolate", styles[0], styles[2], "--steps", "5",
+                  "--out", str(out / "interpolation.png"), "--overwrite", *common])
+        _stylize(["--content", photo, "--style", styles[1], "--strength-sweep", "5",
+                  "--out", str(out / "strength_sweep.png"), "--overwrite", *common])
+        written += [out / "interpolation.png", out / "strength_sweep.png"]
+    else:
+        target = out / "gatys" / "astronaut__strokes.png"
+        _stylize(["--method", "gatys", "--content", str(content_dir / "astronaut.png"),
+                  "--style", styles[0], "--out", str(target), "--overwrite",
+                  "--iterations", str(args.iterations), *common])
+        written.append(target)
+    print(f"demo: wrote {', '.join(str(p) for p in written)} in {time.perf_counter() - t0:.1f} s")
+    return 0

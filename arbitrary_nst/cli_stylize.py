@@ -1,0 +1,528 @@
+"""``stylize``: the inference CLI (``python infer.py ...``, ``python -m arbitrary_nst ...``).
+
+Single image::
+
+    python infer.py --content photo.jpg --style painting.jpg --out out.png
+    python infer.py --content photo.jpg --style a.jpg b.jpg --style-weights 0.3 0.7 \\
+        --strength 0.8 --preserve-color --max-size 768 --out out.png
+
+Batch (a folder or a glob; outputs ``{content}__{style}.png``; a progress bar in images/s and a
+summary at the end; existing outputs are skipped unless ``--overwrite``; an input is never
+written over; the exit status is 1 if anything was skipped)::
+
+    python infer.py --content photos/ --style painting.jpg --out-dir out/ --batch-size 8
+    python infer.py --content 'photos/**/*.jpg' --style a.jpg b.jpg --out-dir out/
+
+Figures::
+
+    python infer.py --content photo.jpg --interpolate a.jpg b.jpg --steps 5 --out strip.png
+    python infer.py --content photo.jpg --interpolate a.jpg b.jpg c.jpg --steps 4 --out tri.png
+    python infer.py --content photo.jpg --style a.jpg --strength-sweep 5 --out sweep.png
+
+``--method gatys`` runs the Gatys pixel optimization (:mod:`arbitrary_nst.gatys`) with the same
+I/O options (``--strength`` scales the style weight; ``--iterations``).
+
+Every user error (missing/unreadable/corrupt/huge input, bad option values, unwritable output, a
+corrupt model file) is one line on stderr (``error: ...``) and a non-zero exit status.
+
+The lead's ``cli.py`` registers this module as the ``stylize`` subcommand through
+:func:`add_arguments` and :func:`run`; :func:`main` runs it standalone.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import images
+from .errors import ConfigError, ImageError, NSTError
+
+DEFAULT_MAX_SIZE = 1024
+DEFAULT_TILE_SIZE = 256
+PRESERVE_CHOICES = ("luminance", "match", "histogram")
+
+
+# --------------------------------------------------------------------------------------------
+# Arguments
+# --------------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``stylize`` options to ``parser``."""
+    from .inference import DEFAULT_BATCH_SIZE, DEFAULT_STYLE_SIZE
+
+    io = parser.add_argument_group("inputs and outputs")
+    io.add_argument("--content", metavar="PATH",
+                    help="content image, or (batch) a folder or a quoted glob like 'dir/*.jpg'")
+    io.add_argument("--style", nargs="+", metavar="S",
+                    help="style image(s); several are mixed by --style-weights")
+    io.add_argument("--out", metavar="FILE", help="output image (single content image)")
+    io.add_argument("--out-dir", metavar="DIR",
+                    help="output folder: files are named {content}__{style}.png")
+    io.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    io.add_argument("--recursive", action="store_true",
+                    help="with a --content folder, also take images in its subfolders")
+
+    st = parser.add_argument_group("style")
+    st.add_argument("--style-weights", nargs="+", type=float, metavar="W",
+                    help="one weight per --style (>= 0, normalized to sum 1; None = equal)")
+    st.add_argument("--strength", type=float, default=1.0,
+                    help="0 = the content's own embedding (~ the photo) .. 1 = full style")
+    st.add_argument("--preserve-color", nargs="?", const="luminance", default=None,
+                    choices=PRESERVE_CHOICES,
+                    help="keep the content's colours: 'luminance' (default when given without a "
+                         "value; stylized luminance + content chroma) or 'match' (colour-match "
+                         "the style to the content first)")
+    st.add_argument("--max-size", type=int, default=DEFAULT_MAX_SIZE, metavar="N",
+                    help="downscale content so its longer side is <= N (0 = keep the original "
+                         "size)")
+    st.add_argument("--style-size", type=int, default=DEFAULT_STYLE_SIZE, metavar="N",
+                    help="style working size: shorter side resized to N, centre square")
+
+    fig = parser.add_argument_group("figures")
+    fig.add_argument("--interpolate", nargs="+", metavar="S",
+                     help="styles to interpolate: a strip (2), a triangle (3), a grid (4) or a "
+                          "path (5+) of mixtures")
+    fig.add_argument("--steps", type=int, default=5, metavar="K",
+                     help="mixtures per side for --interpolate")
+    fig.add_argument("--strength-sweep", type=int, metavar="K",
+                     help="a strip of K strengths from 0 to 1")
+    fig.add_argument("--tile-size", type=int, default=DEFAULT_TILE_SIZE, metavar="N",
+                     help="longer side of each figure tile")
+
+    run_g = parser.add_argument_group("running")
+    run_g.add_argument("--method", choices=("network", "gatys"), default="network",
+                       help="'network' (the trained model) or 'gatys' (pixel optimization)")
+    run_g.add_argument("--model", metavar="PATH",
+                       help="model export (.safetensors) or training workdir (None = the "
+                            "built-in model)")
+    run_g.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                       help="compute dtype (bfloat16 is for GPUs)")
+    run_g.add_argument("--batch-size", type=int, default=None, metavar="N",
+                       help=f"content images per device call, sharded over all devices (None = "
+                            f"{DEFAULT_BATCH_SIZE} per GPU/TPU, 1 on CPU)")
+    run_g.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="threads decoding and encoding images (None = min(4, CPUs))")
+    run_g.add_argument("--max-pixels", type=int, default=images.DEFAULT_MAX_PIXELS, metavar="N",
+                       help="refuse images with more pixels (decompression-bomb guard)")
+    run_g.add_argument("--iterations", type=int, default=None, metavar="N",
+                       help="--method gatys: optimizer iterations (None = GatysConfig's)")
+    run_g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+# --------------------------------------------------------------------------------------------
+# Validation helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _validate(args: argparse.Namespace) -> str:
+    """Check option combinations and values; returns the mode."""
+    from .inference import check_strength, normalize_weights
+
+    check_strength(args.strength)
+    if args.interpolate and args.strength_sweep is not None:
+        raise ConfigError("--interpolate and --strength-sweep are separate figures; give one")
+    if not args.content:
+        raise ConfigError("--content is required (an image, a folder or a glob)")
+    if args.max_size is not None and args.max_size < 0:
+        raise ConfigError(f"--max-size must be >= 0 (0 = keep the size), got {args.max_size}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.style_size < 32:
+        raise ConfigError(f"--style-size must be >= 32, got {args.style_size}")
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    if args.max_pixels < 1:
+        raise ConfigError(f"--max-pixels must be >= 1, got {args.max_pixels}")
+    if args.out and args.out_dir:
+        raise ConfigError("give either --out (one image) or --out-dir (a folder), not both")
+    if not args.out and not args.out_dir:
+        raise ConfigError("give --out FILE (one image) or --out-dir DIR")
+    if args.interpolate:
+        if args.style:
+            raise ConfigError("--interpolate takes the styles itself; drop --style")
+        if args.style_weights:
+            raise ConfigError("--style-weights does not apply to --interpolate")
+        if len(args.interpolate) < 2:
+            raise ConfigError("--interpolate needs at least 2 styles")
+        if args.steps < 2:
+            raise ConfigError(f"--steps must be >= 2, got {args.steps}")
+        mode = "interpolate"
+    else:
+        if not args.style:
+            raise ConfigError("--style is required (one or more style images)")
+        if args.style_weights is not None:
+            normalize_weights(args.style_weights, len(args.style))
+        mode = "sweep" if args.strength_sweep is not None else "stylize"
+        if mode == "sweep" and args.strength_sweep < 2:
+            raise ConfigError(f"--strength-sweep must be >= 2, got {args.strength_sweep}")
+    if mode != "stylize" and args.tile_size < 8:
+        raise ConfigError(f"--tile-size must be >= 8, got {args.tile_size}")
+    if args.method == "gatys" and mode != "stylize":
+        raise ConfigError("--method gatys does not support --interpolate/--strength-sweep")
+    if args.iterations is not None and args.iterations < 0:
+        raise ConfigError(f"--iterations must be >= 0, got {args.iterations}")
+    return mode
+
+
+def _check_out_dir(d: str) -> Path:
+    """Create ``d`` if needed and make sure files can be created in it (one-line errors)."""
+    p = Path(d)
+    if p.exists() and not p.is_dir():
+        raise ImageError(d, "output folder is not a directory")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ImageError(d, "cannot create output folder: a parent path is not a directory") \
+            from None
+    except OSError as e:
+        raise ImageError(d, f"cannot create output folder: {e.strerror or e}") from None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".nst-write-test.", dir=p)
+    except OSError as e:
+        raise ImageError(d, f"output folder is not writable: {e.strerror or e}") from None
+    os.close(fd)
+    os.unlink(tmp)
+    return p
+
+
+def _check_out_file(out: str) -> Path:
+    p = Path(out)
+    if p.suffix.lower() not in images.SAVE_FORMATS:
+        exts = ", ".join(sorted(images.SAVE_FORMATS))
+        raise ImageError(out, f"unsupported output format ({p.suffix or 'no extension'}); "
+                              f"use one of {exts}")
+    if p.is_dir():
+        raise ImageError(out, "is a directory, expected an output file name")
+    _check_out_dir(str(p.parent) if str(p.parent) else ".")
+    return p
+
+
+def _stem(paths) -> str:
+    return "+".join(Path(os.fspath(p)).stem for p in paths)
+
+
+def _same_file(a, b) -> bool:
+    return os.path.realpath(os.fspath(a)) == os.path.realpath(os.fspath(b))
+
+
+def _check_not_input(out: Path, inputs) -> None:
+    for p in inputs:
+        if _same_file(out, p):
+            raise ImageError(out, "would overwrite an input file; choose another output")
+
+
+# --------------------------------------------------------------------------------------------
+# Model loading (cached within the process: repeated main() calls, notebooks, tests)
+# --------------------------------------------------------------------------------------------
+
+_STYLIZERS: dict[tuple, Any] = {}
+_VGG: dict[str, Any] = {}
+
+
+def load_stylizer(model: str | None, dtype: str = "float32"):
+    """A :class:`~arbitrary_nst.inference.Stylizer`, cached per (file, mtime, size, dtype)."""
+    from .inference import BUILTIN_MODEL, Stylizer
+
+    name = os.fspath(model) if model else str(BUILTIN_MODEL)
+    try:
+        st = os.stat(name)
+        key = (os.path.realpath(name), st.st_mtime_ns, st.st_size, dtype)
+    except OSError:
+        key = None
+    if key is not None and key in _STYLIZERS:
+        return _STYLIZERS[key]
+    if "vgg" not in _VGG:
+        from .vgg import load_vgg16
+
+        _VGG["vgg"] = load_vgg16()
+    s = Stylizer.load(model, vgg=_VGG["vgg"], dtype=dtype)
+    if key is not None:
+        _STYLIZERS.clear()  # keep one model alive at a time
+        _STYLIZERS[key] = s
+    return s
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------
+
+
+def _font():
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default()
+    except Exception:  # noqa: BLE001  pragma: no cover
+        return None
+
+
+def compose_figure(tiles: list[tuple[int, int, np.ndarray, str]], *, title: str = "",
+                   layout: str = "grid", pad: int = 4, label_h: int = 14) -> np.ndarray:
+    """Lay out labelled tiles ``(row, col, HWC float image, label)`` on a white canvas.
+    ``layout="triangle"``: row ``r`` is centred (a barycentric triangle). Returns uint8 HWC."""
+    from PIL import Image, ImageDraw
+
+    font = _font()
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_w = lambda s: int(math.ceil(measure.textlength(s, font=font))) if s else 0  # noqa: E731
+    th = max(t[2].shape[0] for t in tiles)
+    tw = max([t[2].shape[1] for t in tiles] + [text_w(t[3]) + 2 for t in tiles])
+    rows = max(t[0] for t in tiles) + 1
+    cols = max(t[1] for t in tiles) + 1
+    cw, ch = tw + pad, th + label_h + pad
+    title_h = label_h + pad if title else 0
+    width = max(pad + cols * cw, text_w(title) + 2 * pad)
+    canvas = Image.new("RGB", (width, title_h + pad + rows * ch), "white")
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((pad, pad), title, fill="black", font=font)
+    for r, c, img, label in tiles:
+        x0 = pad + c * cw
+        if layout == "triangle":
+            x0 += (cols - 1 - r) * cw // 2
+        y0 = title_h + pad + r * ch
+        tile = Image.fromarray(images.to_uint8(img))
+        canvas.paste(tile, (x0 + (tw - tile.width) // 2, y0 + (th - tile.height) // 2))
+        if label:
+            draw.text((x0 + (tw - text_w(label)) // 2, y0 + th + 1), label, fill="black",
+                      font=font)
+    return np.asarray(canvas)
+
+
+def _weights_label(w: np.ndarray) -> str:
+    """Mixing weights in percent, in style order: ``"75/25"``, ``"33/33/33"``."""
+    return "/".join(f"{100 * v:.0f}" for v in w)
+
+
+def _style_embeddings(stylizer, styles, content_img, args) -> np.ndarray:
+    """``[N, D]`` embeddings of the style files (colour-matched to the content if asked)."""
+    from . import color
+    from .inference import preserve_color_mode, style_working_image
+
+    if preserve_color_mode(args.preserve_color) != "match":
+        return stylizer.embed(styles, style_size=args.style_size)
+    size = args.style_size
+    c_small = style_working_image(images.to_float(content_img), size)
+    smalls = np.stack([style_working_image(
+        images.load_image(s, max_pixels=args.max_pixels, max_side=8 * size), size)
+        for s in styles])
+    matched = np.asarray(color.match_color(smalls, c_small), np.float32)
+    return stylizer.embed(list(matched), style_size=size)
+
+
+def _figure(args, mode: str, stylizer) -> int:
+    from .inference import mixture_grid, preserve_color_mode
+
+    content_files = images.list_images(args.content)
+    if len(content_files) != 1:
+        raise ConfigError(f"{args.content}: figures take one content image, found "
+                          f"{len(content_files)}")
+    content = content_files[0]
+    styles = list(args.interpolate if mode == "interpolate" else args.style)
+    if args.out:
+        out = _check_out_file(args.out)
+    else:
+        kind = "interp" if mode == "interpolate" else "sweep"
+        out = _check_out_dir(args.out_dir) / f"{content.stem}__{_stem(styles)}__{kind}.png"
+    _check_not_input(out, [content, *styles])
+    if os.path.lexists(out) and not args.overwrite:
+        raise ImageError(out, "exists; pass --overwrite to replace it")
+    t0 = time.perf_counter()
+    stylizer.max_pixels = args.max_pixels
+    img = stylizer.read(content, max_side=args.tile_size)  # uint8 HWC, as the batch path
+    lum = preserve_color_mode(args.preserve_color) == "luminance"
+    e_styles = _style_embeddings(stylizer, styles, img, args)
+    names = " / ".join(Path(s).stem for s in styles)
+    if mode == "interpolate":
+        cells = mixture_grid(len(styles), args.steps)
+        e = np.stack([w @ e_styles for _, _, w in cells])
+        if args.strength < 1.0:
+            e_c = stylizer.embed(img, style_size=args.style_size)[0]
+            e = args.strength * e + (1.0 - args.strength) * e_c
+        labels = [_weights_label(w) for _, _, w in cells]
+        pos = [(r, c) for r, c, _ in cells]
+        layout = "triangle" if len(styles) == 3 else "grid"
+        title = f"% of {names}" + (f", strength {args.strength:g}" if args.strength < 1 else "")
+    else:
+        w = np.asarray(args.style_weights if args.style_weights else [1.0] * len(styles))
+        e_mix = stylizer.mix(e_styles, w)
+        e_c = stylizer.embed(img, style_size=args.style_size)[0]
+        ts = np.linspace(0.0, 1.0, args.strength_sweep)
+        e = np.stack([t * e_mix + (1 - t) * e_c for t in ts])
+        labels = [f"{t:.2f}" for t in ts]
+        pos = [(0, j) for j in range(len(ts))]
+        layout = "grid"
+        title = f"strength 0 .. 1, style {names}"
+    outs = stylizer.transfer(img, e.astype(np.float32), preserve_color=lum,
+                             batch_size=args.batch_size)
+    fig = compose_figure([(r, c, o, lab) for (r, c), o, lab in zip(pos, outs, labels)],
+                         title=title, layout=layout)
+    images.save_image(out, fig, overwrite=args.overwrite)
+    print(f"wrote {out} ({len(outs)} tiles, {time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# Stylize (single and batch)
+# --------------------------------------------------------------------------------------------
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="img", desc="stylize", disable=not enabled or total <= 1,
+                dynamic_ncols=True, file=sys.stderr, smoothing=0.1)
+
+
+def _summary(done: int, skipped: list, seconds: float, n_images: int) -> str:
+    rate = f", {done / seconds:.2f} images/s" if done and seconds > 0 else ""
+    line = f"done {done}, skipped {len(skipped)}"
+    if skipped:
+        kinds = Counter(r.kind or "error" for r in skipped)
+        line += " (" + ", ".join(f"{n} {k}" for k, n in kinds.most_common()) + ")"
+    return f"{line}, {seconds:.1f} s{rate}"
+
+
+def _stylize(args, stylizer) -> int:
+    contents = images.list_images(args.content, recursive=args.recursive)
+    styles = list(args.style)
+    single = args.out is not None
+    if single:
+        if len(contents) != 1:
+            raise ConfigError(f"{args.content}: matches {len(contents)} images; use --out-dir "
+                              "for a batch")
+        out_file = _check_out_file(args.out)
+        output = lambda p: out_file  # noqa: E731
+    else:
+        out_dir = _check_out_dir(args.out_dir)
+        tag = _stem(styles) + ("__gatys" if args.method == "gatys" else "")
+        output = lambda p: out_dir / f"{Path(p).stem}__{tag}.png"  # noqa: E731
+    max_size = args.max_size or None
+    t0 = time.perf_counter()
+    if args.method == "gatys":
+        results = _gatys_results(args, contents, styles, output, max_size)
+    else:
+        stylizer.max_pixels = args.max_pixels
+        results = stylizer.stylize_files(
+            contents, styles, weights=args.style_weights, strength=args.strength,
+            preserve_color=args.preserve_color, max_size=max_size, style_size=args.style_size,
+            output=output, overwrite=args.overwrite, batch_size=args.batch_size,
+            workers=args.workers)
+    done, skipped = 0, []
+    bar = _progress(len(contents), not args.no_progress and not single)
+    try:
+        for r in results:
+            bar.update(1)
+            if r.ok:
+                done += 1
+            else:
+                skipped.append(r)
+                if single:
+                    raise ImageError(None, r.reason or f"{r.content}: failed")
+                bar.write(f"skipped: {r.reason}", file=sys.stderr)
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    if single:
+        print(f"wrote {out_file} ({seconds:.1f} s)")
+        return 0
+    print(_summary(done, skipped, seconds, len(contents)))
+    return 1 if skipped else 0
+
+
+def _gatys_results(args, contents, styles, output, max_size):
+    """Gatys path with the same I/O semantics as Stylizer.stylize_files (one image at a time)."""
+    from . import gatys
+    from .inference import FileResult, _kind_of, normalize_weights, preserve_color_mode
+
+    mode = preserve_color_mode(args.preserve_color) or "none"
+    w = normalize_weights(args.style_weights, len(styles))
+    style_imgs = [images.load_image(s, max_pixels=args.max_pixels, max_side=max_size)
+                  for s in styles]
+    kw: dict[str, Any] = {"preserve_color": mode}
+    base = gatys.GatysConfig()
+    kw["style_weight"] = base.style_weight * args.strength
+    if args.iterations is not None:
+        kw["iterations"] = args.iterations
+    cfg = base.replace(**kw)
+    params = gatys.load_params(cfg)
+    guarded = [*contents, *styles]
+    for c in contents:
+        dest = Path(os.fspath(output(c)))
+        if any(_same_file(dest, g) for g in guarded):
+            why = f"{dest}: would overwrite an input file; choose another output"
+            yield FileResult(c, dest, False, why, _kind_of(why))
+            continue
+        if os.path.lexists(dest) and not args.overwrite:
+            why = f"{dest}: exists; pass --overwrite (overwrite=True) to replace it"
+            yield FileResult(c, dest, False, why, _kind_of(why))
+            continue
+        try:
+            x = images.load_image(c, max_pixels=args.max_pixels, max_side=max_size)
+            res = gatys.run(x, style_imgs, style_weights=w, config=cfg,
+                            progress=not args.no_progress, vgg_params=params)
+            images.save_image(dest, res.images[0], overwrite=args.overwrite)
+        except NSTError as e:
+            yield FileResult(c, dest, False, str(e), _kind_of(str(e)))
+            continue
+        yield FileResult(c, dest, True, shape=x.shape[:2])
+
+
+# --------------------------------------------------------------------------------------------
+# Entry points
+# --------------------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the ``stylize`` subcommand; raises NSTError subclasses for user errors."""
+    mode = _validate(args)
+    if args.method == "gatys":
+        return _stylize(args, None)
+    # Fail fast on inputs before paying for the model.
+    images.list_images(args.content, recursive=args.recursive)
+    stylizer = load_stylizer(args.model, args.dtype)
+    if mode == "stylize":
+        return _stylize(args, stylizer)
+    return _figure(args, mode, stylizer)
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every option's default, and the epilog's line breaks (as arbitrary_nst.cli)."""
+
+
+def build_parser(prog: str = "infer.py") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Arbitrary style transfer with the trained network (or Gatys).",
+        formatter_class=_Formatter,
+        epilog=__doc__.split("\n\n", 1)[1].split("The lead's")[0])
+    add_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry point: one line on stderr and exit status 1 for user errors."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2, already printed by argparse)
+        return int(e.code or 0) if not isinstance(e.code, str) else 1
+    try:
+        return int(run(args) or 0)
+    except NSTError as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,167 @@
+"""Colour helpers for colour-preserving style transfer (Gatys et al. 2017, "Preserving Color in
+Neural Artistic Style Transfer").
+
+Two ways to keep the content's colours:
+
+* **Luminance-only transfer**: stylize the luminance only and take the chroma from the content.
+  :func:`transfer_luminance` combines the luminance (``Y``) of a stylized image with the chroma
+  (``I, Q`` in YIQ or ``U, V`` in YUV) of the content; :func:`match_luminance` first gives the
+  style's luminance the content's mean and standard deviation, so that the transferred
+  brightness range fits the content.
+* **Colour matching**: :func:`match_color` applies the affine map ``x -> A (x - mu_s) + mu_t``
+  that gives the source (the style image) the mean and the 3x3 colour covariance of the target
+  (the content); ``A = Sigma_t^(1/2) Sigma_s^(-1/2)`` with symmetric square roots from an
+  eigendecomposition (``method="eig"``, the "image analogies" variant of the paper) or
+  ``A = L_t L_s^(-1)`` from Cholesky factors (``method="chol"``).
+
+Everything works on NumPy or JAX arrays of shape ``[..., H, W, 3]`` (RGB in [0, 1]), is jittable
+and returns JAX arrays; a leading batch axis is mapped over.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+from .errors import ConfigError
+
+ColorSpace = Literal["yiq", "yuv"]
+MatchMethod = Literal["eig", "chol"]
+COLOR_SPACES = ("yiq", "yuv")
+MATCH_METHODS = ("eig", "chol")
+
+#: RGB -> YIQ (NTSC 1953, as in Gatys et al. 2017 and neural-style's ``-original_colors``).
+RGB_TO_YIQ = jnp.array([[0.299, 0.587, 0.114],
+                        [0.595716, -0.274453, -0.321263],
+                        [0.211456, -0.522591, 0.311135]], jnp.float32)
+#: RGB -> YUV (BT.601, analog).
+RGB_TO_YUV = jnp.array([[0.299, 0.587, 0.114],
+                        [-0.14714119, -0.28886916, 0.43601035],
+                        [0.61497538, -0.51496512, -0.10001026]], jnp.float32)
+
+
+def _matrix(space: ColorSpace) -> jax.Array:
+    if space == "yiq":
+        return RGB_TO_YIQ
+    if space == "yuv":
+        return RGB_TO_YUV
+    raise ConfigError(f"colour space must be one of {COLOR_SPACES}, got {space!r}")
+
+
+def _f32(x) -> jax.Array:
+    x = jnp.asarray(x)
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def rgb_to_yiq(x) -> jax.Array:
+    """``[..., 3]`` RGB -> YIQ (Y in [0, 1], I, Q signed)."""
+    return _f32(x) @ RGB_TO_YIQ.T
+
+
+def yiq_to_rgb(x) -> jax.Array:
+    """Inverse of :func:`rgb_to_yiq` (not clipped)."""
+    return _f32(x) @ jnp.linalg.inv(RGB_TO_YIQ).T
+
+
+def rgb_to_yuv(x) -> jax.Array:
+    """``[..., 3]`` RGB -> YUV (BT.601)."""
+    return _f32(x) @ RGB_TO_YUV.T
+
+
+def yuv_to_rgb(x) -> jax.Array:
+    """Inverse of :func:`rgb_to_yuv` (not clipped)."""
+    return _f32(x) @ jnp.linalg.inv(RGB_TO_YUV).T
+
+
+def to_space(x, space: ColorSpace = "yiq") -> jax.Array:
+    """RGB -> ``space`` (``"yiq"`` or ``"yuv"``)."""
+    return _f32(x) @ _matrix(space).T
+
+
+def from_space(x, space: ColorSpace = "yiq") -> jax.Array:
+    """``space`` -> RGB (not clipped)."""
+    return _f32(x) @ jnp.linalg.inv(_matrix(space)).T
+
+
+def luminance(x) -> jax.Array:
+    """``[..., H, W, 3]`` RGB -> ``[..., H, W]`` luma ``Y`` (same in YIQ and YUV)."""
+    return _f32(x) @ RGB_TO_YIQ[0]
+
+
+def gray_rgb(x) -> jax.Array:
+    """The luminance replicated into 3 channels (what VGG sees in luminance-only transfer)."""
+    y = luminance(x)
+    return jnp.repeat(y[..., None], 3, axis=-1)
+
+
+def chroma(x, space: ColorSpace = "yiq") -> jax.Array:
+    """The two chroma channels (``I, Q`` or ``U, V``): ``[..., H, W, 2]``."""
+    return to_space(x, space)[..., 1:]
+
+
+def transfer_luminance(stylized, content, space: ColorSpace = "yiq") -> jax.Array:
+    """Luminance of ``stylized`` with the chroma of ``content`` (same shapes), clipped to
+    [0, 1]. This is neural-style's ``-original_colors 1`` and the final step of Gatys et al.'s
+    luminance-only transfer."""
+    s = to_space(stylized, space)
+    c = to_space(content, space)
+    if s.shape != c.shape:
+        raise ConfigError(f"transfer_luminance: shapes differ: {s.shape} vs {c.shape}")
+    out = jnp.concatenate([s[..., :1], c[..., 1:]], axis=-1)
+    return jnp.clip(from_space(out, space), 0.0, 1.0)
+
+
+def match_luminance(source, target, eps: float = 1e-5) -> jax.Array:
+    """Gray RGB image whose luminance is ``source``'s luminance shifted and scaled to the mean and
+    standard deviation of ``target``'s luminance (Gatys et al. 2017, eq. 1), clipped to [0, 1].
+    ``source`` and ``target`` may have different sizes; statistics are per image (over H, W)."""
+    ys, yt = luminance(source), luminance(target)
+    ms, ss = jnp.mean(ys, axis=(-2, -1), keepdims=True), jnp.std(ys, axis=(-2, -1), keepdims=True)
+    mt, st = jnp.mean(yt, axis=(-2, -1), keepdims=True), jnp.std(yt, axis=(-2, -1), keepdims=True)
+    y = (ys - ms) * (st / (ss + eps)) + mt
+    return jnp.repeat(jnp.clip(y, 0.0, 1.0)[..., None], 3, axis=-1)
+
+
+def color_stats(x) -> tuple[jax.Array, jax.Array]:
+    """Mean ``[..., 3]`` and covariance ``[..., 3, 3]`` of the pixels of ``[..., H, W, 3]``."""
+    x = _f32(x)
+    flat = x.reshape(*x.shape[:-3], -1, 3)
+    mean = jnp.mean(flat, axis=-2)
+    d = flat - mean[..., None, :]
+    cov = jnp.einsum("...ni,...nj->...ij", d, d) / flat.shape[-2]
+    return mean, cov
+
+
+def _sym_pow(c: jax.Array, p: float, eps: float) -> jax.Array:
+    w, v = jnp.linalg.eigh(c)
+    w = jnp.maximum(w, eps)
+    return (v * w[..., None, :] ** p) @ jnp.swapaxes(v, -1, -2)
+
+
+def color_transfer_matrix(source, target, method: MatchMethod = "eig",
+                          eps: float = 1e-5) -> tuple[jax.Array, jax.Array]:
+    """``(A, b)`` such that ``source @ A.T + b`` has ``target``'s colour mean and covariance."""
+    ms, cs = color_stats(source)
+    mt, ct = color_stats(target)
+    eye = jnp.eye(3, dtype=cs.dtype)
+    if method == "eig":
+        a = _sym_pow(ct, 0.5, eps) @ _sym_pow(cs, -0.5, eps)
+    elif method == "chol":
+        ls = jnp.linalg.cholesky(cs + eps * eye)
+        lt = jnp.linalg.cholesky(ct + eps * eye)
+        a = lt @ jnp.linalg.inv(ls)
+    else:
+        raise ConfigError(f"colour matching method must be one of {MATCH_METHODS}, got {method!r}")
+    b = mt - jnp.einsum("...ij,...j->...i", a, ms)
+    return a, b
+
+
+def match_color(source, target, method: MatchMethod = "eig", eps: float = 1e-5) -> jax.Array:
+    """``source`` with its colours mapped to the mean and covariance of ``target``'s colours
+    (clipped to [0, 1]). In colour-preserving transfer the source is the style image and the target
+    is the content, so the style's textures arrive in the content's palette."""
+    a, b = color_transfer_matrix(source, target, method, eps)
+    x = _f32(source)
+    out = jnp.einsum("...hwj,...ij->...hwi", x, a) + b[..., None, None, :]
+    return jnp.clip(out, 0.0, 1.0)

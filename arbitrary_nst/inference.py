@@ -1,0 +1,957 @@
+"""Inference with a trained arbitrary-style model: :class:`Stylizer`.
+
+.. code-block:: python
+
+    from arbitrary_nst import Stylizer
+
+    s = Stylizer.load()                       # built-in model (or Stylizer.load("model.safetensors"))
+    out = s.stylize("photo.jpg", style="painting.jpg", strength=0.8)   # float32 HWC in [0, 1]
+    out = s.stylize(photo, style=["a.jpg", "b.jpg"], weights=[0.3, 0.7], preserve_color=True)
+    e = s.embed(["a.jpg", "b.jpg"])           # [2, D] style embeddings (cached per file)
+    strip = s.transfer(photo, e)              # one content, K embeddings -> [K, H, W, 3]
+
+Inputs are paths, PIL images or arrays (HWC, or NHWC for a batch), uint8 or float in [0, 1].
+Outputs are float32 in [0, 1] at the content's own size (after the optional ``max_size``
+downscale, which never upscales).
+
+**Styles.** Each style image is brought to its *working size* ``style_size`` (256 by default, as
+Magenta): the shorter side is resized to ``style_size`` (Lanczos) and the centre square is kept.
+The predictor only sees pooled VGG statistics, so the size mostly sets the scale of the style's
+strokes: a larger working size gives finer texture relative to the output. Embeddings of style
+*files* are cached in memory, keyed by ``(resolved path, mtime, size, style_size)``.
+
+**Mixing and strength.** ``N`` styles are mixed by a convex combination of their embeddings,
+``e = sum_k w_k e_k`` (weights >= 0, normalized to sum 1; equal weights by default).
+``strength`` in [0, 1] is Magenta's identity trick: ``e = s * e + (1 - s) * e_content`` where
+``e_content`` is the content image's own embedding (the content brought to the style working
+size the same way); the network run with the content's own embedding roughly reconstructs the
+content, so ``strength`` moves from (almost) the photo to the full style.
+
+**Colour preservation.** ``preserve_color=True`` or ``"luminance"``: the stylized luminance
+(YIQ ``Y``) with the content's chroma (:func:`arbitrary_nst.color.transfer_luminance`).
+``"match"`` (alias ``"histogram"``): each style image's colours are first mapped to the
+content's colour mean and covariance (:func:`arbitrary_nst.color.match_color`), then embedded;
+the embedding then depends on the content, so it is computed per content image (not cached).
+
+**Shapes: bucketing.** The transfer network needs H, W multiples of 4; a jitted function
+compiles once per input shape. Content is therefore reflect-padded (bottom/right) up to a
+*bucket* and the output is cropped back to the exact input size. The default ladder
+(:data:`DEFAULT_BUCKETS`) has 4 rungs per octave, ``{1, 1.25, 1.5, 1.75} x 2^k`` from 32 to 3584
+(32, 40, 48, 56, 64, 80, ..., 256, 320, 384, 448, 512, 640, 768, 896, 1024, 1280, ...), then
+multiples of 512; H and W are bucketed independently. The common sizes 256, 384, 512, 768, 1024
+are rungs (no padding). Padding per side is < 25 % just above a power of two and < 14 % just
+below one; over sizes uniform in [256, 1024]^2 the padded area is on average ~18 % more pixels
+(worst case ~56 % for e.g. 257 x 257 -> 320 x 320). A folder of photos downscaled with
+``max_size`` has its long side on one bucket, so it compiles once per short-side rung it
+meets: a handful of times. Partial batches are padded to the next power of two (then to a
+multiple of the device count), so the batch axis adds at most ``log2(batch_size)`` shapes.
+``buckets=None`` pads to a multiple of 4 only (exact, one compile per distinct size).
+Trade-off: the padded border takes part in the instance-norm statistics, so a bucketed result
+differs slightly from the unpadded one (reflection keeps the statistics close; the difference
+is invisible in practice, and outputs never depend on what else is in the batch).
+
+**Devices.** The model state is replicated over a 1-D mesh of all local devices (axis
+``"data"``) and each batch is sharded along it (``NamedSharding(mesh, P("data"))``), padded to a
+multiple of the device count: a multi-GPU host runs data-parallel. Everything that depends on
+the content (its own embedding, colour matching, the transfer, luminance transfer and the
+uint8 conversion for files) runs inside one jitted function; the model state is an argument
+(``nnx.split``), not a baked-in constant, and the compiled code is shared by every
+:class:`Stylizer` with the same architecture.
+
+**Files.** :meth:`Stylizer.stylize_files` is the batch pipeline used by the CLI: a thread pool
+decodes and pads images ahead of the device (a bounded prefetch window), batches are grouped by
+bucket and dispatched asynchronously (one batch in flight while the previous one is fetched),
+and another thread pool crops, PNG-encodes and writes. Bad files are reported and skipped.
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from . import color, images
+from .errors import ConfigError, ImageError, ModelError, NSTError
+from .models import ArbitraryStyleModel
+
+__all__ = [
+    "Stylizer", "FileResult", "DEFAULT_STYLE_SIZE", "DEFAULT_BATCH_SIZE", "DEFAULT_BUCKETS",
+    "BUILTIN_MODEL", "bucket_side", "bucket_shape", "pad_to", "preserve_color_mode",
+    "check_strength", "normalize_weights", "style_working_image", "mixture_grid",
+    "trace_counts", "default_batch_size",
+]
+
+#: Default working size of style images (shorter side, then centre square), as Magenta.
+DEFAULT_STYLE_SIZE = 256
+#: Default number of content images per device call on accelerators; on CPU the default is 1
+#: (bench/infer.py: per-image time on CPU grows with the batch, e.g. 186 -> 233 ms at 512^2).
+DEFAULT_BATCH_SIZE = 8
+
+
+#: Where the built-in model lives.
+BUILTIN_MODEL = Path(__file__).resolve().parent / "assets" / "model.safetensors"
+
+
+def default_batch_size() -> int:
+    """:data:`DEFAULT_BATCH_SIZE` per GPU/TPU, 1 per CPU device (times the device count)."""
+    per = 1 if jax.default_backend() == "cpu" else DEFAULT_BATCH_SIZE
+    return per * jax.local_device_count()
+
+
+def _ladder(lo: int = 32, hi: int = 4096) -> tuple[int, ...]:
+    out, k = [], lo
+    while k < hi:
+        out += [k * f // 4 for f in (4, 5, 6, 7)]
+        k *= 2
+    return tuple(out)
+
+
+#: Padded side lengths: ``{1, 1.25, 1.5, 1.75} x 2^k`` for 32 <= size < 4096 (all multiples
+#: of 4); larger sides are rounded up to a multiple of :data:`BEYOND_LADDER`.
+DEFAULT_BUCKETS: tuple[int, ...] = _ladder()
+BEYOND_LADDER = 512
+
+ImageInput = Union[str, "os.PathLike[str]", np.ndarray, Any]  # Any: PIL images, jax arrays
+
+_TRACES: collections.Counter = collections.Counter()
+
+
+def trace_counts() -> dict[str, int]:
+    """How many times the jitted functions were traced (= compiled) in this process:
+    ``{"stylize": n, "embed": m}``. Tests use it to check the bucketing."""
+    return dict(_TRACES)
+
+
+# --------------------------------------------------------------------------------------------
+# Small pure helpers
+# --------------------------------------------------------------------------------------------
+
+
+def bucket_side(n: int, buckets: Sequence[int] | None = DEFAULT_BUCKETS) -> int:
+    """The padded length for a side of ``n`` pixels: the smallest rung >= ``n`` (beyond the
+    ladder: the next multiple of 512); ``buckets=None``: the next multiple of 4."""
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"side must be >= 1, got {n}")
+    if buckets is None:
+        return max(n + (-n) % 4, 8)
+    for b in buckets:
+        if b >= n:
+            return int(b)
+    return n + (-n) % BEYOND_LADDER
+
+
+def bucket_shape(h: int, w: int, buckets: Sequence[int] | None = DEFAULT_BUCKETS) -> tuple[int, int]:
+    """``(H, W)`` padded shape of an ``h x w`` image (see the module docstring)."""
+    return bucket_side(h, buckets), bucket_side(w, buckets)
+
+
+def pad_to(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Reflect-pad an ``H x W x C`` array at the bottom/right to ``shape``; pads larger than
+    the image reflect repeatedly; a 1-pixel axis is repeated."""
+    h, w = x.shape[:2]
+    ph, pw = shape[0] - h, shape[1] - w
+    if ph < 0 or pw < 0:
+        raise ValueError(f"pad_to: cannot pad {x.shape} to {shape}")
+    out = x
+    for axis, (size, pad) in enumerate(((h, ph), (w, pw))):
+        if pad:
+            widths = [(0, 0)] * x.ndim
+            widths[axis] = (0, pad)
+            out = np.pad(out, widths, mode="reflect" if size > 1 else "edge")
+    return out
+
+
+def preserve_color_mode(value: Any) -> str | None:
+    """Normalize ``preserve_color``: False/None -> None; True/"luminance"/"yiq" ->
+    ``"luminance"``; "match"/"histogram"/"color" -> ``"match"``."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return "luminance"
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v in ("luminance", "yiq", "luma"):
+            return "luminance"
+        if v in ("match", "histogram", "color", "colour"):
+            return "match"
+        if v in ("none", "off", "false", "no", ""):
+            return None
+    raise ConfigError(f"preserve_color must be False, True, 'luminance' or 'match', got {value!r}")
+
+
+def check_strength(strength: Any) -> float:
+    """``strength`` as a float in [0, 1]; ConfigError otherwise."""
+    try:
+        s = float(strength)
+    except (TypeError, ValueError):
+        raise ConfigError(f"strength must be a number in [0, 1], got {strength!r}") from None
+    if not 0.0 <= s <= 1.0:  # also rejects NaN
+        raise ConfigError(f"strength must be in [0, 1], got {strength!r}")
+    return s
+
+
+def normalize_weights(weights: Any, n: int) -> np.ndarray:
+    """Mixing weights for ``n`` styles: ``None`` -> equal; else validated (count, finite,
+    non-negative, not all zero) and normalized to sum 1. Returns float32 ``[n]``."""
+    if n < 1:
+        raise ConfigError("no style given")
+    if weights is None:
+        return np.full((n,), 1.0 / n, np.float32)
+    try:
+        w = np.asarray(weights, np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise ConfigError(f"style weights must be numbers, got {weights!r}") from None
+    if w.size != n:
+        raise ConfigError(f"got {w.size} style weight{'s' if w.size != 1 else ''} for {n} "
+                          f"style{'s' if n != 1 else ''}; give one weight per style")
+    if not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise ConfigError(f"style weights must be finite and >= 0, got {w.tolist()}")
+    if w.sum() <= 0:
+        raise ConfigError("style weights must not all be zero")
+    return (w / w.sum()).astype(np.float32)
+
+
+def style_working_image(x: np.ndarray, size: int) -> np.ndarray:
+    """Float HWC image -> ``size x size``: shorter side resized to ``size``, centre square."""
+    x = images.resize_short_side(np.asarray(x, np.float32), int(size))
+    return np.ascontiguousarray(images.center_crop(x, (int(size), int(size))), np.float32)
+
+
+def mixture_grid(n_styles: int, steps: int) -> list[tuple[int, int, np.ndarray]]:
+    """Weight vectors for an interpolation figure, as ``(row, col, weights[n_styles])``:
+
+    * 2 styles: one row of ``steps`` mixtures from style 1 to style 2;
+    * 3 styles: a triangle (barycentric grid): row ``r`` (0..steps-1) has ``r + 1`` cells, top
+      = style 1, bottom-left = style 2, bottom-right = style 3;
+    * 4 styles: a ``steps x steps`` grid with styles 1..4 at the corners (bilinear weights:
+      top-left, top-right, bottom-left, bottom-right);
+    * 5+ styles: one row going through the styles in order, ``steps`` cells per segment.
+    """
+    if n_styles < 2:
+        raise ConfigError(f"interpolation needs at least 2 styles, got {n_styles}")
+    if int(steps) != steps or steps < 2:
+        raise ConfigError(f"--steps must be an integer >= 2, got {steps!r}")
+    steps = int(steps)
+    out = []
+    if n_styles == 2:
+        for j, t in enumerate(np.linspace(0.0, 1.0, steps)):
+            out.append((0, j, np.array([1 - t, t], np.float32)))
+    elif n_styles == 3:
+        m = steps - 1
+        for r in range(steps):
+            for c in range(r + 1):
+                w = np.array([m - r, r - c, c], np.float32) / m
+                out.append((r, c, w))
+    elif n_styles == 4:
+        for r, v in enumerate(np.linspace(0.0, 1.0, steps)):
+            for c, u in enumerate(np.linspace(0.0, 1.0, steps)):
+                out.append((r, c, np.array([(1 - u) * (1 - v), u * (1 - v), (1 - u) * v, u * v],
+                                           np.float32)))
+    else:
+        col = 0
+        for k in range(n_styles - 1):
+            for j, t in enumerate(np.linspace(0.0, 1.0, steps)):
+                if k > 0 and j == 0:
+                    continue  # shared with the previous segment's end
+                w = np.zeros(n_styles, np.float32)
+                w[k], w[k + 1] = 1 - t, t
+                out.append((0, col, w))
+                col += 1
+    return out
+
+
+def _is_path(x: Any) -> bool:
+    return isinstance(x, (str, os.PathLike))
+
+
+def _as_image_list(x: Any, what: str) -> tuple[list[Any], bool]:
+    """Split an input into single images; returns ``(items, was_batched)``."""
+    if x is None:
+        raise ConfigError(f"no {what} given")
+    if _is_path(x):
+        return [x], False
+    if isinstance(x, (list, tuple)):
+        if not x:
+            raise ConfigError(f"empty list of {what} images")
+        return list(x), True
+    try:
+        from PIL import Image
+
+        if isinstance(x, Image.Image):
+            return [x], False
+    except ImportError:  # pragma: no cover
+        pass
+    a = np.asarray(x)
+    if a.ndim == 4:
+        if a.shape[0] == 0:
+            raise ConfigError(f"empty batch of {what} images")
+        return list(a), True
+    if a.ndim in (2, 3):
+        return [a], False
+    raise ConfigError(f"{what} must be a path, a PIL image, or an HWC/NHWC array; "
+                      f"got an array of shape {a.shape}")
+
+
+def _is_pil(x: Any) -> bool:
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(x, Image.Image)
+
+
+def _pil_downscale(im, max_side: int):
+    """Lanczos downscale so the longer side is ``max_side`` (as images.load_image does)."""
+    from PIL import Image
+
+    w, h = im.size
+    s = max_side / max(w, h)
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    return im.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
+def _pow2_at_least(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+# --------------------------------------------------------------------------------------------
+# Jitted functions (module level: shared by every Stylizer with the same graphdef)
+# --------------------------------------------------------------------------------------------
+
+
+def _to_float01(x: jax.Array) -> jax.Array:
+    if x.dtype == jnp.uint8:
+        return x.astype(jnp.float32) / jnp.float32(255.0)
+    return x.astype(jnp.float32)
+
+
+def _embed_impl(graphdef, state, x):
+    _TRACES["embed"] += 1
+    model = nnx.merge(graphdef, state)
+    return model.embed(_to_float01(x))
+
+
+_embed_jit = jax.jit(_embed_impl, static_argnums=(0,))
+
+
+def _stylize_impl(graphdef, state, x, e, small, styles, w, strength, *, use_content: bool,
+                  luminance: bool, out_uint8: bool):
+    """x: [B,H,W,3] content (uint8 or float); e: [B,D] target embeddings (None when styles are
+    colour-matched per content: styles [N,S,S,3] + w [N]); small: [B,S,S,3] content at the style
+    working size (content embedding and colour matching); strength: scalar."""
+    _TRACES["stylize"] += 1
+    model = nnx.merge(graphdef, state)
+    xf = _to_float01(x)
+    if styles is not None:
+        matched = jax.vmap(lambda c: color.match_color(styles, c))(small)  # [B,N,S,S,3]
+        b, n = matched.shape[:2]
+        es = model.embed(matched.reshape((b * n,) + matched.shape[2:])).reshape(b, n, -1)
+        e = jnp.einsum("bnd,n->bd", es, w)
+    if use_content:
+        ec = model.embed(small)
+        e = strength * e + (1.0 - strength) * ec
+    y = model.transfer(xf, e)
+    if luminance:
+        y = color.transfer_luminance(y, xf)
+    if out_uint8:
+        y = jnp.round(jnp.clip(y, 0.0, 1.0) * 255.0).astype(jnp.uint8)
+    return y
+
+
+_stylize_jit = jax.jit(_stylize_impl, static_argnums=(0,),
+                       static_argnames=("use_content", "luminance", "out_uint8"))
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def _load_model(path: str, vgg, dtype) -> ArbitraryStyleModel:
+    """:func:`arbitrary_nst.export.load_exported` (ModelError, one line, for a bad file)."""
+    from . import export
+
+    return export.load_exported(path, vgg=vgg, dtype=dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Internal records
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Plan:
+    """Resolved style options of one stylize call."""
+
+    e_target: np.ndarray | None  # [D] mixed style embedding (None in match mode)
+    styles_small: np.ndarray | None  # [N,S,S,3] style working images (match mode only)
+    weights: np.ndarray  # [N]
+    strength: float
+    luminance: bool
+    match: bool
+    style_size: int
+    style_paths: tuple[str, ...] = ()
+
+    @property
+    def use_content(self) -> bool:
+        return self.strength < 1.0
+
+    @property
+    def need_small(self) -> bool:
+        return self.use_content or self.match
+
+
+@dataclass
+class _Item:
+    key: Any
+    x: np.ndarray  # padded HWC, uint8 or float32
+    hw: tuple[int, int]
+    small: np.ndarray | None = None  # [S,S,3] float32
+    e: np.ndarray | None = None  # [D] per-item target embedding
+    meta: Any = None
+
+    @property
+    def group(self) -> tuple:
+        return (self.x.shape, self.x.dtype.str)
+
+
+@dataclass
+class FileResult:
+    """One content file of :meth:`Stylizer.stylize_files`.
+
+    ``ok``: stylized (and written, when an output was asked for). Otherwise ``reason`` is a
+    one-line ``path: why`` and ``kind`` a short category for summaries (``"output exists"``,
+    ``"unreadable input"``, ``"cannot write"``, ...). ``image``: the float32 HWC result when
+    no output file was requested. ``shape``: ``(h, w)`` of the processed content."""
+
+    content: Path
+    output: Path | None
+    ok: bool
+    reason: str | None = None
+    kind: str | None = None
+    image: np.ndarray | None = field(default=None, repr=False)
+    shape: tuple[int, int] | None = None
+
+
+def _kind_of(reason: str) -> str:
+    r = reason.lower()
+    for needle, kind in (("exists", "output exists"), ("would overwrite", "output is an input"),
+                         ("collides", "duplicate output name"), ("no such file", "missing"),
+                         ("empty file", "empty file"), ("not an image", "not an image"),
+                         ("truncated", "truncated or corrupt"), ("corrupt", "truncated or corrupt"),
+                         ("too large", "too large"), ("permission", "permission denied"),
+                         ("directory", "is a directory"), ("cannot write", "cannot write")):
+        if needle in r:
+            return kind
+    return "error"
+
+
+# --------------------------------------------------------------------------------------------
+# The Stylizer
+# --------------------------------------------------------------------------------------------
+
+
+class Stylizer:
+    """Jitted, bucketed, data-parallel inference with an :class:`ArbitraryStyleModel`.
+
+    Args:
+      model: the model (e.g. from :func:`arbitrary_nst.export.load_exported`).
+      style_size: working size of style images (see the module docstring).
+      buckets: padded side lengths (default :data:`DEFAULT_BUCKETS`; ``None``: exact sizes
+        rounded up to a multiple of 4).
+      batch_size: content images per device call of the whole mesh (default
+        :func:`default_batch_size`: 8 per accelerator, 1 on CPU).
+      devices: devices of the data-parallel mesh (default: all local devices).
+      max_pixels: refuse image files with more pixels than this (decompression-bomb guard).
+      source: where the model came from (for messages).
+    """
+
+    def __init__(self, model: ArbitraryStyleModel, *, style_size: int = DEFAULT_STYLE_SIZE,
+                 buckets: Sequence[int] | None = DEFAULT_BUCKETS,
+                 batch_size: int | None = None, devices: Sequence[Any] | None = None,
+                 max_pixels: int | None = images.DEFAULT_MAX_PIXELS, source: str | None = None):
+        self.model = model
+        self.style_size = self._check_style_size(style_size)
+        self.buckets = None if buckets is None else tuple(sorted(int(b) for b in buckets))
+        if self.buckets is not None and any(b < 8 or b % 4 for b in self.buckets):
+            raise ConfigError(f"buckets must be multiples of 4 and >= 8, got {self.buckets}")
+        if batch_size is None:
+            batch_size = default_batch_size()
+        if int(batch_size) < 1:
+            raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+        self.batch_size = int(batch_size)
+        self.max_pixels = max_pixels
+        self.source = source
+        devs = list(jax.local_devices() if devices is None else devices)
+        if not devs:
+            raise ConfigError("no devices to run on")
+        self.mesh = Mesh(np.asarray(devs, dtype=object), ("data",))
+        self._repl = NamedSharding(self.mesh, P())
+        self._data = NamedSharding(self.mesh, P("data"))
+        self._graphdef, state = nnx.split(model)
+        self._state = jax.device_put(state, self._repl)
+        self._cache: collections.OrderedDict = collections.OrderedDict()
+        self._cache_lock = threading.Lock()
+        self.cache_size = 1024
+
+    # -- construction -----------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None, *, vgg=None, dtype=None,
+             **kwargs) -> "Stylizer":
+        """Load the built-in model (``path=None``) or an export (``.safetensors`` file, or a
+        training workdir holding ``model.safetensors``). VGG16 weights are resolved as
+        :func:`arbitrary_nst.vgg.load_vgg16` does (or pass ``vgg``). ``dtype``: compute dtype
+        (``"float32"`` default, ``"bfloat16"`` on GPU). Other keyword arguments go to
+        :class:`Stylizer`. Raises ModelError (one line) for a missing or corrupt model file."""
+        if path is None:
+            if not BUILTIN_MODEL.is_file():
+                raise ModelError(f"no built-in model ({BUILTIN_MODEL} is missing): pass a model "
+                                 "export (Stylizer.load(path) / --model PATH), or train one with "
+                                 "train.py")
+            name = str(BUILTIN_MODEL)
+        else:
+            name = os.fspath(path)
+            if os.path.isdir(name):
+                exported = os.path.join(name, "model.safetensors")
+                if not os.path.isfile(exported):
+                    raise ModelError(f"{name}: a directory without model.safetensors (pass the "
+                                     "export file of a trained model)")
+                name = exported
+            elif not os.path.exists(name):
+                raise ModelError(f"{name}: no such model file")
+        if isinstance(dtype, str):
+            dtypes = {"float32": None, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+            if dtype not in dtypes:
+                raise ConfigError(f"dtype must be one of {sorted(dtypes)}, got {dtype!r}")
+            dtype = dtypes[dtype]
+        if vgg is None:
+            from .vgg import load_vgg16
+
+            vgg = load_vgg16()
+        model = _load_model(name, vgg, dtype)
+        return cls(model, source=name, **kwargs)
+
+    @staticmethod
+    def _check_style_size(size: Any) -> int:
+        try:
+            s = int(size)
+        except (TypeError, ValueError):
+            raise ConfigError(f"style size must be an integer, got {size!r}") from None
+        if s != size or s < 32:
+            raise ConfigError(f"style size must be an integer >= 32, got {size!r}")
+        return s
+
+    # -- properties -------------------------------------------------------------------------
+    @property
+    def devices(self) -> list:
+        return list(self.mesh.devices.reshape(-1))
+
+    @property
+    def num_devices(self) -> int:
+        return int(self.mesh.devices.size)
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.model.embedding_dim
+
+    def padded_shape(self, h: int, w: int) -> tuple[int, int]:
+        """The bucket an ``h x w`` content image runs at."""
+        return bucket_shape(h, w, self.buckets)
+
+    def padded_batch(self, n: int, cap: int | None = None) -> int:
+        """Batch size ``n`` images run at: next power of two (at most ``cap``, default
+        ``batch_size``, but >= n), rounded up to a multiple of the device count."""
+        cap = self.batch_size if cap is None else cap
+        b = min(_pow2_at_least(n), max(int(cap), n))
+        nd = self.num_devices
+        return -(-b // nd) * nd
+
+    # -- images -----------------------------------------------------------------------------
+    def read(self, x: ImageInput, max_side: int | None = None) -> np.ndarray:
+        """Any single image input -> HWC RGB: ``uint8`` for files, PIL images and uint8 arrays
+        (sent to the device as bytes, a quarter of float32), else float32 in [0, 1]."""
+        if _is_path(x):
+            return np.asarray(images.load_pil(x, max_pixels=self.max_pixels, max_side=max_side),
+                              np.uint8)
+        if isinstance(x, jax.Array):
+            x = np.asarray(x)
+        if _is_pil(x):
+            u8 = images.to_uint8(x)  # 8-bit RGB, converted as load_image does
+        elif (isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim == 3
+              and x.shape[2] == 3):
+            u8 = x
+        else:
+            u8 = None
+        if u8 is not None:
+            if max_side is not None and max(u8.shape[:2]) > max_side:
+                from PIL import Image
+
+                return np.asarray(_pil_downscale(Image.fromarray(u8), max_side), np.uint8)
+            return np.ascontiguousarray(u8)
+        f = images.to_float(x)
+        if max_side is not None:
+            f = images.resize_max_side(f, max_side)
+        return f
+
+    def _style_small(self, x: ImageInput, size: int) -> np.ndarray:
+        if _is_path(x):
+            img = images.load_image(x, max_pixels=self.max_pixels, max_side=8 * size)
+        else:
+            img = images.to_float(self.read(x))
+        return style_working_image(img, size)
+
+    def _cache_key(self, x: Any, size: int) -> tuple | None:
+        if not _is_path(x):
+            return None
+        name = os.fspath(x)
+        try:
+            st = os.stat(name)
+        except OSError:
+            return None  # load_image reports the problem
+        return (os.path.realpath(name), st.st_mtime_ns, st.st_size, size)
+
+    # -- embeddings -------------------------------------------------------------------------
+    def _embed_small(self, small: np.ndarray) -> np.ndarray:
+        """``[N,S,S,3]`` float32 working images -> ``[N, D]`` (batched, sharded)."""
+        n = small.shape[0]
+        out = []
+        for i in range(0, n, self.batch_size):
+            chunk = small[i: i + self.batch_size]
+            b = self.padded_batch(len(chunk))
+            if b > len(chunk):
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], b - len(chunk), 0)])
+            x = jax.device_put(chunk, self._data)
+            out.append(np.asarray(_embed_jit(self._graphdef, self._state, x))[: min(
+                self.batch_size, n - i)])
+        return np.concatenate(out).astype(np.float32)
+
+    def embed(self, styles: ImageInput | Sequence[ImageInput], *,
+              style_size: int | None = None) -> np.ndarray:
+        """Style embeddings ``[N, D]`` of one or several style images (paths, PIL images,
+        arrays; an NHWC array is N styles). Each is brought to the working size first; file
+        embeddings are cached. Raises ImageError for an unreadable file."""
+        size = self.style_size if style_size is None else self._check_style_size(style_size)
+        items, _ = _as_image_list(styles, "style")
+        out: list[np.ndarray | None] = [None] * len(items)
+        todo: list[tuple[int, tuple | None, np.ndarray]] = []
+        for i, s in enumerate(items):
+            key = self._cache_key(s, size)
+            if key is not None:
+                with self._cache_lock:
+                    hit = self._cache.get(key)
+                    if hit is not None:
+                        self._cache.move_to_end(key)
+                if hit is not None:
+                    out[i] = hit
+                    continue
+            todo.append((i, key, self._style_small(s, size)))
+        if todo:
+            emb = self._embed_small(np.stack([t[2] for t in todo]))
+            for (i, key, _), e in zip(todo, emb):
+                out[i] = e
+                if key is not None:
+                    with self._cache_lock:
+                        self._cache[key] = e
+                        while len(self._cache) > self.cache_size:
+                            self._cache.popitem(last=False)
+        return np.stack(out).astype(np.float32)
+
+    def mix(self, embeddings: np.ndarray, weights: Sequence[float] | None = None) -> np.ndarray:
+        """Convex mix ``sum_k w_k e_k`` of ``[N, D]`` embeddings (weights normalized)."""
+        e = np.asarray(embeddings, np.float32)
+        if e.ndim == 1:
+            e = e[None]
+        w = normalize_weights(weights, e.shape[0])
+        return (w[:, None] * e).sum(0).astype(np.float32)
+
+    def clear_cache(self) -> None:
+        with self._cache_lock:
+            self._cache.clear()
+
+    # -- planning ---------------------------------------------------------------------------
+    def _plan(self, style, weights, strength, preserve_color, embedding, style_size) -> _Plan:
+        s = check_strength(strength)
+        mode = preserve_color_mode(preserve_color)
+        size = self.style_size if style_size is None else self._check_style_size(style_size)
+        if embedding is not None:
+            if style is not None:
+                raise ConfigError("give either style images or an embedding, not both")
+            if mode == "match":
+                raise ConfigError("preserve_color='match' needs style images, not an embedding")
+            e = np.asarray(embedding, np.float32)
+            if e.ndim == 2:
+                e = self.mix(e, weights)
+            if e.shape != (self.embedding_dim,):
+                raise ConfigError(f"embedding must have shape ({self.embedding_dim},) or "
+                                  f"(N, {self.embedding_dim}), got {np.shape(embedding)}")
+            return _Plan(e, None, np.ones(1, np.float32), s, False, False, size)
+        items, _ = _as_image_list(style, "style")
+        w = normalize_weights(weights, len(items))
+        paths = tuple(os.path.realpath(os.fspath(p)) for p in items if _is_path(p))
+        if mode == "match":
+            small = np.stack([self._style_small(x, size) for x in items])
+            return _Plan(None, small, w, s, False, True, size, paths)
+        e = (w[:, None] * self.embed(items, style_size=size)).sum(0).astype(np.float32)
+        return _Plan(e, None, w, s, mode == "luminance", False, size, paths)
+
+    # -- the device call --------------------------------------------------------------------
+    def _dispatch(self, items: list[_Item], plan: _Plan, out_uint8: bool, cap: int):
+        """Stack, pad and shard a batch of same-shape items; start the jitted call (async)."""
+        n = len(items)
+        b = self.padded_batch(n, cap)
+        fill = items + [items[-1]] * (b - n)
+        put = lambda a: jax.device_put(a, self._data)  # noqa: E731
+        x = put(np.stack([it.x for it in fill]))
+        small = put(np.stack([it.small for it in fill])) if plan.need_small else None
+        if plan.match:
+            e = None
+            styles = jax.device_put(plan.styles_small, self._repl)
+            w = jax.device_put(plan.weights, self._repl)
+        else:
+            e = put(np.stack([it.e if it.e is not None else plan.e_target for it in fill])
+                    .astype(np.float32))
+            styles = w = None
+        strength = jax.device_put(np.float32(plan.strength), self._repl)
+        return _stylize_jit(self._graphdef, self._state, x, e, small, styles, w, strength,
+                            use_content=plan.use_content, luminance=plan.luminance,
+                            out_uint8=out_uint8)
+
+    def _prepare_array(self, key, img: np.ndarray, plan: _Plan, e=None, meta=None) -> _Item:
+        h, w = img.shape[:2]
+        x = pad_to(img, self.padded_shape(h, w))
+        small = None
+        if plan.need_small:
+            f = img if img.dtype == np.float32 else img.astype(np.float32) / np.float32(255.0)
+            small = style_working_image(f, plan.style_size)
+        return _Item(key, x, (h, w), small, e, meta)
+
+    def _run(self, items: Iterable[_Item], plan: _Plan, *, out_uint8: bool = False,
+             batch_size: int | None = None) -> Iterator[tuple[_Item, np.ndarray]]:
+        """Group items by padded shape into batches, dispatch with one batch in flight, and
+        yield ``(item, cropped output)`` as batches complete."""
+        bs = self.batch_size if batch_size is None else int(batch_size)
+        pending: dict[tuple, list[_Item]] = {}
+        inflight: collections.deque = collections.deque()
+
+        def collect():
+            its, dev = inflight.popleft()
+            out = np.asarray(dev)
+            for i, it in enumerate(its):
+                yield it, out[i, : it.hw[0], : it.hw[1]]
+
+        for it in items:
+            group = pending.setdefault(it.group, [])
+            group.append(it)
+            if len(group) >= bs:
+                del pending[it.group]
+                inflight.append((group, self._dispatch(group, plan, out_uint8, bs)))
+                while len(inflight) > 1:
+                    yield from collect()
+        for group in pending.values():
+            inflight.append((group, self._dispatch(group, plan, out_uint8, bs)))
+            while len(inflight) > 1:
+                yield from collect()
+        while inflight:
+            yield from collect()
+
+    # -- public stylization -----------------------------------------------------------------
+    def stylize(self, content: ImageInput | Sequence[ImageInput], style: Any = None, *,
+                weights: Sequence[float] | None = None, strength: float = 1.0,
+                preserve_color: bool | str = False, max_size: int | None = None,
+                embedding: np.ndarray | None = None, style_size: int | None = None,
+                batch_size: int | None = None) -> np.ndarray | list[np.ndarray]:
+        """Stylize one or several content images with one style or a mix of styles.
+
+        Args:
+          content: a path, PIL image or HWC array; or a list of them / an NHWC array (batch).
+          style: one style image, or a list of them to mix (or an NHWC array).
+          weights: mixing weights, one per style (>= 0, normalized; default equal).
+          strength: 0 = the content's own embedding (~ the photo), 1 = the full style.
+          preserve_color: False, True/"luminance" or "match" (see the module docstring).
+          max_size: downscale content so its longer side is at most this (never upscales).
+          embedding: a precomputed ``[D]`` embedding (or ``[N, D]`` to mix) instead of styles.
+          style_size: style working size for this call (default: the Stylizer's).
+          batch_size: images per device call (default: the Stylizer's).
+
+        Returns float32 HWC in [0, 1] for one content, a list for a list, NHWC for an NHWC
+        array. Raises NSTError subclasses (one line) for bad inputs.
+        """
+        if max_size is not None and int(max_size) < 1:
+            raise ConfigError(f"max_size must be >= 1, got {max_size}")
+        plan = self._plan(style, weights, strength, preserve_color, embedding, style_size)
+        contents, batched = _as_image_list(content, "content")
+        prepared = (self._prepare_array(i, self.read(c, max_size), plan)
+                    for i, c in enumerate(contents))
+        outs: list[np.ndarray | None] = [None] * len(contents)
+        for it, y in self._run(prepared, plan, batch_size=batch_size):
+            outs[it.key] = np.array(y, np.float32)
+        if not batched:
+            return outs[0]
+        if isinstance(content, (list, tuple)):
+            return outs
+        return np.stack(outs)
+
+    def transfer(self, content: ImageInput, embeddings: np.ndarray, *,
+                 preserve_color: bool | str = False, max_size: int | None = None,
+                 batch_size: int | None = None) -> np.ndarray:
+        """Run one content image with ``K`` embeddings (``[K, D]``; ``[D]`` for one): returns
+        ``[K, H, W, 3]`` (``[H, W, 3]`` for a ``[D]`` embedding). Strips, sweeps, grids."""
+        mode = preserve_color_mode(preserve_color)
+        if mode == "match":
+            raise ConfigError("transfer() takes embeddings: use preserve_color='luminance', or "
+                              "colour-match the style images before embed()")
+        e = np.asarray(embeddings, np.float32)
+        single = e.ndim == 1
+        e = e[None] if single else e
+        if e.ndim != 2 or e.shape[1] != self.embedding_dim:
+            raise ConfigError(f"embeddings must be [K, {self.embedding_dim}], got {np.shape(embeddings)}")
+        plan = _Plan(None, None, np.ones(1, np.float32), 1.0, mode == "luminance", False,
+                     self.style_size)
+        img = self.read(content, max_size)
+        base = self._prepare_array(0, img, plan)
+        items = (_Item(k, base.x, base.hw, None, e[k]) for k in range(e.shape[0]))
+        outs: list[np.ndarray | None] = [None] * e.shape[0]
+        for it, y in self._run(items, plan, batch_size=batch_size):
+            outs[it.key] = np.array(y, np.float32)
+        return outs[0] if single else np.stack(outs)
+
+    # -- files ------------------------------------------------------------------------------
+    def stylize_files(self, contents: Sequence[str | os.PathLike], style: Any = None, *,
+                      weights: Sequence[float] | None = None, strength: float = 1.0,
+                      preserve_color: bool | str = False, max_size: int | None = None,
+                      embedding: np.ndarray | None = None, style_size: int | None = None,
+                      output: Callable[[Path], str | os.PathLike] | None = None,
+                      overwrite: bool = False, batch_size: int | None = None,
+                      workers: int | None = None, prefetch: int | None = None,
+                      protected: Iterable[str | os.PathLike] = ()) -> Iterator[FileResult]:
+        """Stylize many content files; yields one :class:`FileResult` per file (as soon as it
+        is written, so the order may differ from ``contents``).
+
+        ``output(content_path) -> output path``: write each result there (PNG/JPEG/... by
+        extension, atomically); existing files are skipped unless ``overwrite``; an output
+        that is one of the inputs (contents, style files, ``protected``) is always refused.
+        Without ``output`` the results carry the float32 image. Style problems raise at once
+        (NSTError); content problems are reported per file and the batch goes on.
+        ``workers``: decode/encode threads (default ``min(4, cpu count)``); ``prefetch``:
+        images decoded ahead (default ``2 * batch_size + workers``).
+        """
+        if max_size is not None and int(max_size) < 1:
+            raise ConfigError(f"max_size must be >= 1, got {max_size}")
+        plan = self._plan(style, weights, strength, preserve_color, embedding, style_size)
+        bs = self.batch_size if batch_size is None else int(batch_size)
+        if bs < 1:
+            raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+        nw = int(workers) if workers else min(4, os.cpu_count() or 1)
+        ahead = int(prefetch) if prefetch else 2 * bs + nw
+        paths = [Path(os.fspath(c)) for c in contents]
+        guarded = {os.path.realpath(p) for p in paths} | set(plan.style_paths)
+        guarded |= {os.path.realpath(os.fspath(p)) for p in protected}
+
+        jobs: list[tuple[int, Path, Path | None]] = []
+        early: list[FileResult] = []
+        claimed: dict[str, Path] = {}
+        for i, p in enumerate(paths):
+            dest = None
+            if output is not None:
+                dest = Path(os.fspath(output(p)))
+                real = os.path.realpath(dest)
+                why = None
+                if real in guarded:
+                    why = f"{dest}: would overwrite an input file; choose another output"
+                elif real in claimed:
+                    why = (f"{dest}: output name collides with the output of {claimed[real]}; "
+                           "rename one of the inputs")
+                elif not overwrite and os.path.lexists(dest):
+                    why = f"{dest}: exists; pass --overwrite (overwrite=True) to replace it"
+                if why is not None:
+                    early.append(FileResult(p, dest, False, why, _kind_of(why)))
+                    continue
+                claimed[real] = p
+            jobs.append((i, p, dest))
+        yield from early
+        if not jobs:
+            return
+
+        def prepare(job):
+            i, p, dest = job
+            try:
+                pil = images.load_pil(p, max_pixels=self.max_pixels, max_side=max_size)
+                arr = np.asarray(pil, np.uint8)
+                return self._prepare_array(i, arr, plan, meta=job)
+            except NSTError as e:
+                return e
+            except Exception as e:  # noqa: BLE001 - report and go on with the batch
+                return ImageError(p, f"cannot read: {type(e).__name__}: {' '.join(str(e).split())}")
+
+        def write(item: _Item, y: np.ndarray) -> FileResult:
+            _, p, dest = item.meta
+            try:
+                images.save_image(dest, y, overwrite=overwrite)
+            except NSTError as e:
+                return FileResult(p, dest, False, str(e), "cannot write", shape=item.hw)
+            except Exception as e:  # noqa: BLE001
+                why = f"{dest}: cannot write: {type(e).__name__}: {' '.join(str(e).split())}"
+                return FileResult(p, dest, False, why, "cannot write", shape=item.hw)
+            return FileResult(p, dest, True, shape=item.hw)
+
+        decode = cf.ThreadPoolExecutor(nw, thread_name_prefix="nst-decode")
+        encode = cf.ThreadPoolExecutor(nw, thread_name_prefix="nst-encode") if output else None
+        skipped: collections.deque = collections.deque()
+        writes: collections.deque = collections.deque()
+        try:
+            def decoded() -> Iterator[_Item]:
+                window: collections.deque = collections.deque()
+                it = iter(jobs)
+                for job in it:
+                    window.append((job, decode.submit(prepare, job)))
+                    if len(window) >= ahead:
+                        break
+                while window:
+                    job, fut = window.popleft()
+                    nxt = next(it, None)
+                    if nxt is not None:
+                        window.append((nxt, decode.submit(prepare, nxt)))
+                    res = fut.result()
+                    if isinstance(res, NSTError):
+                        skipped.append(FileResult(job[1], job[2], False, str(res),
+                                                  _kind_of(str(res))))
+                        continue
+                    yield res
+
+            for item, y in self._run(decoded(), plan, out_uint8=output is not None,
+                                     batch_size=bs):
+                while skipped:
+                    yield skipped.popleft()
+                if encode is None:
+                    _, p, _ = item.meta
+                    yield FileResult(p, None, True, image=np.array(y, np.float32),
+                                     shape=item.hw)
+                    continue
+                writes.append(encode.submit(write, item, np.ascontiguousarray(y)))
+                while writes and (writes[0].done() or len(writes) > 2 * bs + nw):
+                    yield writes.popleft().result()
+            while skipped:
+                yield skipped.popleft()
+            while writes:
+                yield writes.popleft().result()
+        finally:
+            decode.shutdown(wait=True, cancel_futures=True)
+            if encode is not None:
+                encode.shutdown(wait=True, cancel_futures=True)
+
+    def __repr__(self) -> str:
+        return (f"Stylizer(source={self.source!r}, width={self.model.width}, "
+                f"style_size={self.style_size}, devices={self.num_devices}, "
+                f"batch_size={self.batch_size})")

@@ -1,0 +1,179 @@
+"""``infer.py gatys`` / ``analyze`` front end, called in-process through ``main([...])``.
+
+The loss layers match ``tests/test_gatys.py`` (content relu1_1:0 + relu2_2, style relu1_1 +
+relu2_1) and images are 32 px, so the compiled L-BFGS program is shared when both files run in
+one process. I/O error cases use ``--iters 0`` and never compile anything.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from arbitrary_nst.cli import COMMANDS, main, parse_layers
+from arbitrary_nst.errors import ConfigError
+
+LOSS = ["--content-layers", "relu1_1:0,relu2_2:1", "--style-layers", "relu1_1,relu2_1",
+        "--style-weight", "3", "--tv-weight", "10"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _png(path: Path, w: int, h: int, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.stack([xx / w, yy / h, 0.5 + 0.3 * np.sin(xx / 3.0)], -1)
+    img = np.clip(img + 0.05 * rng.standard_normal(img.shape), 0, 1)
+    Image.fromarray((img * 255).astype(np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    stripes = (np.indices((32, 32)).sum(0) // 3 % 2)[..., None] * np.array([[[200, 180, 20]]])
+    Image.fromarray((stripes + 30).astype(np.uint8)).save(d / "style.png")
+    _png(d / "style2.png", 40, 40, 9)
+    (d / "notimage.png").write_bytes(b"this is not a PNG file at all")
+    return {"dir": d, "a": _png(d / "a.png", 32, 32, 0), "b": _png(d / "b.png", 64, 64, 1),
+            "wide": _png(d / "wide.png", 72, 48, 2), "sq48": _png(d / "sq48.png", 48, 48, 3),
+            "style": d / "style.png", "style2": d / "style2.png",
+            "bad": d / "notimage.png"}
+
+
+def gatys_args(files, out, *extra, contents=("a",), size=32, iters=3):
+    return ["gatys", "--content", *[str(files[c]) for c in contents], "--style",
+            str(files["style"]), "--out", str(out), "--size", str(size), "--iters", str(iters),
+            "--quiet", *LOSS, *extra]
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("error: ")
+    return err[0]
+
+
+def test_help_documents_every_option_with_defaults(capsys):
+    assert main(["gatys", "--help"]) == 0
+    out = capsys.readouterr().out
+    for opt in ("--content", "--style", "--style-weights", "--out", "--size", "--iters",
+                "--optimizer", "--content-weight", "--style-weight", "--tv-weight",
+                "--content-layers", "--style-layers", "--depth-growth", "--style-statistic",
+                "--init", "--seed", "--style-scale", "--preserve-color", "--stages",
+                "--stage-iters", "--param", "--pooling", "--normalized-vgg", "--overwrite"):
+        assert opt in out, opt
+    assert "(default: 512)" in out and "(default: lbfgs)" in out
+    assert main(["analyze", "--help"]) == 0
+    assert "--quick" in capsys.readouterr().out
+    assert {"gatys", "analyze"} <= set(COMMANDS)
+
+
+def test_gatys_writes_result(files, tmp_path, capsys):
+    out = tmp_path / "x.png"
+    assert main(gatys_args(files, out)) == 0
+    img = np.asarray(Image.open(out))
+    assert img.shape == (32, 32, 3)
+    src = np.asarray(Image.open(files["a"])).astype(float)
+    assert np.abs(img - src).mean() > 1.0  # stylized
+    # never overwrite without --overwrite
+    assert main(gatys_args(files, out, iters=0)) == 1
+    assert "exists" in one_error_line(capsys)
+    assert main(gatys_args(files, out, "--overwrite", iters=0)) == 0
+
+
+def test_progress_bar_shows_iterations_and_terms(files, tmp_path, capsys):
+    args = [a for a in gatys_args(files, tmp_path / "p.png") if a != "--quiet"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "gatys" in err and "3/3" in err
+    for term in ("total", "content", "style", "tv"):
+        assert f"{term}=" in err
+
+
+def test_batch_groups_by_working_size_and_keeps_aspect(files, tmp_path):
+    outdir = tmp_path / "outs"
+    args = gatys_args(files, outdir, "--optimizer", "adam", contents=("sq48", "b", "wide"),
+                      size=48, iters=2)
+    assert main(args) == 0
+    shapes = {p.name: np.asarray(Image.open(p)).shape for p in outdir.iterdir()}
+    assert shapes == {"sq48_gatys.png": (48, 48, 3), "b_gatys.png": (48, 48, 3),
+                      "wide_gatys.png": (32, 48, 3)}
+
+
+def test_several_styles_with_weights(files, tmp_path):
+    out = tmp_path / "blend.png"
+    args = gatys_args(files, out, "--style-weights", "0.7", "0.3")
+    i = args.index("--style")
+    args[i + 1:i + 2] = [str(files["style"]), str(files["style2"])]
+    assert main(args) == 0 and out.exists()
+
+
+@pytest.mark.parametrize("case", ["missing", "not_image", "weights_count", "bad_layer",
+                                  "bad_ext", "input_as_output", "stage_iters", "many_to_file"])
+def test_bad_inputs_give_one_line_and_nonzero(files, tmp_path, capsys, case):
+    out = tmp_path / "o.png"
+    args = gatys_args(files, out, iters=0)
+    if case == "missing":
+        args[args.index("--content") + 1] = str(tmp_path / "nope.jpg")
+    elif case == "not_image":
+        args[args.index("--style") + 1] = str(files["bad"])
+    elif case == "weights_count":
+        args += ["--style-weights", "1", "2"]
+    elif case == "bad_layer":
+        args += ["--style-layers", "relu9_1"]
+    elif case == "bad_ext":
+        args[args.index("--out") + 1] = str(tmp_path / "o.xyz")
+    elif case == "input_as_output":
+        args[args.index("--out") + 1] = str(files["a"])
+        args.append("--overwrite")
+    elif case == "stage_iters":
+        args += ["--stages", "16", "--stage-iters", "1"]
+    elif case == "many_to_file":
+        args = gatys_args(files, out, contents=("a", "b"), iters=0)
+    assert main(args) == 1
+    line = one_error_line(capsys)
+    assert "Traceback" not in line
+    assert not out.exists()
+
+
+def test_usage_errors_return_2(capsys):
+    assert main(["gatys", "--content", "a.png"]) == 2
+    assert main(["gatys", "--content", "a", "--style", "b", "--out", "c.png",
+                 "--optimizer", "newton"]) == 2
+    assert main([]) == 2
+    capsys.readouterr()
+
+
+def test_parse_layers():
+    assert parse_layers("relu2_1,relu1_1", what="style") == {"relu1_1": 0.5, "relu2_1": 0.5}
+    assert parse_layers("relu4_2:2", what="content") == {"relu4_2": 2.0}
+    for bad in ("", "relu1_1:x", "relu1_1,relu1_1", "conv9_9"):
+        with pytest.raises(ConfigError):
+            parse_layers(bad, what="style")
+
+
+def test_analyze_command(files, tmp_path, capsys):
+    out = tmp_path / "fig"
+    args = ["analyze", "--content", str(files["b"]), "--style", str(files["style"]),
+            "--out-dir", str(out), "--figures", "c", "--quick", "--quiet"]
+    assert main(args) == 0
+    assert (out / "c_gram_matrices.png").stat().st_size > 1000
+    assert main(args) == 1  # refuses to overwrite
+    assert "exists" in one_error_line(capsys)
+    assert main(args + ["--overwrite"]) == 0
+    assert main(args[:-4] + ["--figures", "z"]) == 1
+    one_error_line(capsys)
+
+
+def test_entry_points_exit_nonzero_with_one_line(tmp_path):
+    for cmd in ([sys.executable, "infer.py"], [sys.executable, "-m", "arbitrary_nst"]):
+        p = subprocess.run(cmd + ["gatys", "--content", str(tmp_path / "missing.png"), "--style",
+                                  str(tmp_path / "s.png"), "--out", str(tmp_path / "o.png")],
+                           cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 1
+        lines = p.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "missing.png" in lines[0]

@@ -1,0 +1,395 @@
+"""Tests of the ``stylize`` CLI (arbitrary_nst.cli_stylize), run in-process through ``main``.
+
+A random width-0.25 model is exported to tmp; images are small and generated; style working
+size 32. Every option has a test, and every bad input gives one ``error:`` line and a non-zero
+exit status.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from arbitrary_nst import cli_stylize, images, inference
+
+REPO = Path(__file__).resolve().parents[1]
+SS = "32"
+
+
+def make_model_file(path: Path, vgg, seed: int = 0) -> Path:
+    """A random width-0.25 model export whose embeddings matter (random head kernels)."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from arbitrary_nst.export import export_model
+    from arbitrary_nst.models import ArbitraryStyleModel
+
+    model = ArbitraryStyleModel(vgg, width=0.25, rngs=nnx.Rngs(seed))
+    rng = np.random.default_rng(seed)
+    for key, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        shape = tuple(var.get_value().shape)
+        if key[-1] == "kernel":
+            std = 0.3 if "heads" in key else 1.0 / np.sqrt(np.prod(shape[:-1]))
+            v = rng.normal(0.0, std, shape)
+        elif key[-1] == "bias" and "heads" in key:
+            c = shape[0] // 2
+            v = np.concatenate([1.0 + rng.normal(0, 0.2, c), rng.normal(0, 0.2, c)])
+        else:
+            v = np.ones(shape) if key[-1] == "scale" else np.zeros(shape)
+        var.set_value(jnp.asarray(v, jnp.float32))
+    return export_model(model, path)
+
+
+def png(path: Path, h: int, w: int, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    small = rng.random((4, 4, 3)).astype(np.float32)
+    x = images.resize(small, (h, w), method="bicubic")
+    Image.fromarray(images.to_uint8(x)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory, vgg):
+    path = make_model_file(tmp_path_factory.mktemp("model") / "model.safetensors", vgg)
+    cli_stylize._VGG["vgg"] = vgg  # share the session's VGG with the CLI's loader
+    return path
+
+
+@pytest.fixture
+def data(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    contents = [png(d / "a.png", 37, 45, 1), png(d / "b.png", 40, 41, 2), png(d / "c.png", 33, 47, 3)]
+    styles = tmp_path / "styles"
+    styles.mkdir()
+    s = [png(styles / "s1.png", 48, 40, 4), png(styles / "s2.png", 36, 50, 5),
+         png(styles / "s3.png", 40, 40, 6), png(styles / "s4.png", 44, 36, 7)]
+    return {"dir": d, "contents": contents, "styles": s, "tmp": tmp_path}
+
+
+@pytest.fixture
+def cli(model, capsys):
+    def run(*argv, model_arg=True):
+        args = [str(a) for a in argv]
+        if model_arg and "--model" not in args:
+            args += ["--model", str(model)]
+        if "--style-size" not in args:
+            args += ["--style-size", SS]
+        rc = cli_stylize.main(args)
+        out, err = capsys.readouterr()
+        return rc, out, err
+    return run
+
+
+def one_error_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def api(model, *args, **kw):
+    s = cli_stylize.load_stylizer(str(model))
+    return s.stylize(*args, style_size=int(SS), **kw)
+
+
+# ---------------------------------------------------------------------------- single image
+
+
+def test_single_image(cli, data, model):
+    c, s = data["contents"][0], data["styles"][0]
+    out = data["tmp"] / "o.png"
+    rc, stdout, _ = cli("--content", c, "--style", s, "--out", out)
+    assert rc == 0 and "wrote" in stdout
+    y = np.asarray(Image.open(out), np.float32) / 255
+    assert y.shape == (37, 45, 3)
+    np.testing.assert_allclose(y, api(model, c, style=s), atol=1.01 / 255)
+
+
+def test_style_weights_strength_preserve_color(cli, data, model):
+    c = data["contents"][0]
+    s1, s2 = data["styles"][:2]
+    out = data["tmp"] / "mix.png"
+    rc, _, _ = cli("--content", c, "--style", s1, s2, "--style-weights", 1, 3, "--strength",
+                   0.5, "--preserve-color", "--out", out)
+    assert rc == 0
+    y = np.asarray(Image.open(out), np.float32) / 255
+    ref = api(model, c, style=[s1, s2], weights=[1, 3], strength=0.5, preserve_color=True)
+    np.testing.assert_allclose(y, ref, atol=1.01 / 255)
+    assert np.abs(ref - api(model, c, style=s1)).mean() > 1e-3
+
+
+def test_preserve_color_match(cli, data, model):
+    c, s = data["contents"][0], data["styles"][0]
+    out = data["tmp"] / "match.png"
+    rc, _, _ = cli("--content", c, "--style", s, "--preserve-color", "match", "--out", out)
+    assert rc == 0
+    y = np.asarray(Image.open(out), np.float32) / 255
+    np.testing.assert_allclose(y, api(model, c, style=s, preserve_color="match"), atol=1.01 / 255)
+
+
+def test_max_size_and_style_size(cli, data):
+    big = png(data["tmp"] / "big.png", 74, 90, 9)
+    out = data["tmp"] / "small.png"
+    rc, _, _ = cli("--content", big, "--style", data["styles"][0], "--max-size", 45,
+                   "--style-size", 40, "--out", out)
+    assert rc == 0 and Image.open(out).size == (45, 37)
+
+
+def test_model_workdir_and_dtype(cli, data, model):
+    out = data["tmp"] / "bf16.png"
+    rc, _, err = cli("--content", data["contents"][0], "--style", data["styles"][0], "--model",
+                     model.parent, "--dtype", "bfloat16", "--out", out)
+    assert rc == 0, err
+    assert Image.open(out).size == (45, 37)
+
+
+# ---------------------------------------------------------------------------- batch
+
+
+def test_batch_folder_names_summary_overwrite(cli, data):
+    od = data["tmp"] / "out"
+    s = data["styles"][0]
+    rc, stdout, err = cli("--content", data["dir"], "--style", s, "--out-dir", od,
+                          "--batch-size", 2, "--workers", 2)
+    assert rc == 0, err
+    names = sorted(p.name for p in od.iterdir())
+    assert names == ["a__s1.png", "b__s1.png", "c__s1.png"]
+    assert re.search(r"^done 3, skipped 0, [\d.]+ s", stdout, re.M), stdout
+    assert "img" in err  # the progress bar (images/s)
+    for c in data["contents"]:
+        assert Image.open(od / f"{c.stem}__s1.png").size == Image.open(c).size
+    # again: outputs exist -> skipped, non-zero; --overwrite replaces them
+    rc, stdout, _ = cli("--content", data["dir"], "--style", s, "--out-dir", od, "--no-progress",
+                        "--batch-size", 2)
+    assert rc == 1 and "done 0, skipped 3 (3 output exists)" in stdout
+    rc, stdout, _ = cli("--content", data["dir"], "--style", s, "--out-dir", od, "--overwrite",
+                        "--no-progress", "--batch-size", 2)
+    assert rc == 0 and "done 3, skipped 0" in stdout
+
+
+def test_batch_glob_recursive_and_mixed_names(cli, data):
+    sub = data["dir"] / "sub"
+    sub.mkdir()
+    png(sub / "d.png", 38, 44, 12)
+    od = data["tmp"] / "o2"
+    s1, s2 = data["styles"][:2]
+    rc, stdout, _ = cli("--content", str(data["dir"] / "[ab].png"), "--style", s1, s2,
+                        "--out-dir", od, "--no-progress", "--batch-size", 2)
+    assert rc == 0 and sorted(p.name for p in od.iterdir()) == ["a__s1+s2.png", "b__s1+s2.png"]
+    od3 = data["tmp"] / "o3"
+    rc, stdout, _ = cli("--content", data["dir"], "--recursive", "--style", s1, "--out-dir",
+                        od3, "--no-progress", "--batch-size", 2)
+    assert rc == 0 and "done 4" in stdout and (od3 / "d__s1.png").exists()
+
+
+def test_batch_goes_on_past_bad_files(cli, data):
+    d = data["dir"]
+    (d / "empty.png").write_bytes(b"")
+    (d / "text.jpg").write_text("not an image")
+    (d / "trunc.png").write_bytes(data["contents"][0].read_bytes()[:150])
+    od = data["tmp"] / "out"
+    rc, stdout, err = cli("--content", d, "--style", data["styles"][0], "--out-dir", od,
+                          "--no-progress", "--batch-size", 2)
+    assert rc == 1
+    assert "done 3, skipped 3 (" in stdout
+    for kind in ("1 empty file", "1 not an image", "1 truncated or corrupt"):
+        assert kind in stdout
+    skipped = [ln for ln in err.splitlines() if ln.startswith("skipped: ")]
+    assert len(skipped) == 3
+    assert sorted(p.name for p in od.iterdir()) == ["a__s1.png", "b__s1.png", "c__s1.png"]
+
+
+# ---------------------------------------------------------------------------- figures
+
+
+def test_interpolate_strip_triangle_grid(cli, data):
+    c = data["contents"][0]
+    s = data["styles"]
+    for n, steps, cells in ((2, 3, (1, 3)), (3, 3, (3, 3)), (4, 2, (2, 2))):
+        out = data["tmp"] / f"interp{n}.png"
+        rc, stdout, err = cli("--content", c, "--interpolate", *s[:n], "--steps", steps,
+                              "--tile-size", 45, "--strength", 0.8, "--batch-size", 2,
+                              "--out", out)
+        assert rc == 0, err
+        w, h = Image.open(out).size
+        rows, cols = cells
+        assert 4 + cols * (45 + 4) <= w <= 4 + cols * (45 + 4) + 60  # 45 x 37 tiles (+ title)
+        assert h == 18 + 4 + rows * (37 + 14 + 4)
+        assert f"{steps * (steps + 1) // 2 if n == 3 else rows * cols} tiles" in stdout
+    # the triangle's first row holds one centred tile: the corners of its row are white
+    tri = np.asarray(Image.open(data["tmp"] / "interp3.png"))
+    assert (tri[25:50, 5:40] == 255).all()
+    # --out-dir gives a default name
+    rc, _, _ = cli("--content", c, "--interpolate", s[0], s[1], "--steps", 2, "--tile-size", 45,
+                   "--batch-size", 2, "--out-dir", data["tmp"] / "figs")
+    assert rc == 0 and (data["tmp"] / "figs" / "a__s1+s2__interp.png").exists()
+
+
+def test_strength_sweep(cli, data, model):
+    c = data["contents"][0]
+    out = data["tmp"] / "sweep.png"
+    rc, _, err = cli("--content", c, "--style", data["styles"][0], "--strength-sweep", 3,
+                     "--tile-size", 45, "--batch-size", 2, "--out", out)
+    assert rc == 0, err
+    fig = np.asarray(Image.open(out))
+    assert fig.shape[1] == 4 + 3 * 49
+    # tile 0 is strength 0: the content's own embedding
+    s = cli_stylize.load_stylizer(str(model))
+    img = s.read(c, max_side=45)
+    t0 = s.transfer(img, s.embed(img, style_size=32), batch_size=2)[0]
+    tile0 = fig[22:22 + 37, 4:4 + 45].astype(np.float32) / 255
+    np.testing.assert_allclose(tile0, t0, atol=1.01 / 255)
+
+
+def test_method_gatys_uses_gatys_with_same_io(cli, data, monkeypatch):
+    from arbitrary_nst import gatys
+
+    calls = []
+
+    class R:
+        def __init__(self, x):
+            self.images = x[None]
+
+    def fake_run(content, styles, *, style_weights=None, config=None, progress=True,
+                 vgg_params=None):
+        calls.append((content.shape, len(styles), list(style_weights), config))
+        return R(1 - content)
+
+    monkeypatch.setattr(gatys, "run", fake_run)
+    monkeypatch.setattr(gatys, "load_params", lambda cfg: {})
+    od = data["tmp"] / "g"
+    rc, stdout, err = cli("--content", data["dir"], "--style", *data["styles"][:2],
+                          "--style-weights", 1, 1, "--method", "gatys", "--iterations", 7,
+                          "--strength", 0.5, "--preserve-color", "--max-size", 40, "--out-dir",
+                          od, "--no-progress")
+    assert rc == 0, err
+    assert sorted(p.name for p in od.iterdir()) == [f"{x}__s1+s2__gatys.png" for x in "abc"]
+    shape, n, w, cfg = calls[0]
+    assert n == 2 and w == [0.5, 0.5] and max(shape[:2]) <= 40
+    assert cfg.iterations == 7 and cfg.preserve_color == "luminance"
+    assert cfg.style_weight == gatys.GatysConfig().style_weight * 0.5
+    rc, _, err = cli("--content", data["contents"][0], "--method", "gatys", "--interpolate",
+                     *data["styles"][:2], "--out", data["tmp"] / "x.png")
+    assert rc == 1 and "gatys" in one_error_line(err)
+
+
+# ---------------------------------------------------------------------------- bad inputs
+
+
+def test_missing_builtin_model(cli, data, monkeypatch, tmp_path):
+    monkeypatch.setattr(inference, "BUILTIN_MODEL", tmp_path / "none" / "model.safetensors")
+    rc, _, err = cli("--content", data["contents"][0], "--style", data["styles"][0], "--out",
+                     tmp_path / "o.png", model_arg=False)
+    assert rc == 1 and "built-in model" in one_error_line(err)
+
+
+def test_corrupt_model_file(cli, data, tmp_path, model):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(model.read_bytes()[:5000])
+    rc, _, err = cli("--content", data["contents"][0], "--style", data["styles"][0], "--out",
+                     tmp_path / "o.png", "--model", bad)
+    assert rc == 1 and "bad.safetensors" in one_error_line(err)
+
+
+@pytest.mark.parametrize("case", [
+    "missing", "not_image", "truncated", "zero_byte", "huge", "missing_style", "bad_style",
+    "weights_count", "negative_weight", "strength_high", "strength_low", "out_is_input",
+    "folder_to_out", "out_and_out_dir", "no_out", "unwritable_out_dir", "unreadable_folder",
+    "bad_out_ext", "interpolate_with_style", "steps", "sweep_steps", "empty_folder",
+    "no_match_glob", "max_size_negative", "batch_size_zero"])
+def test_bad_inputs_one_line(cli, data, case, monkeypatch):
+    t = data["tmp"]
+    c, s = data["contents"][0], data["styles"][0]
+    out = t / "o.png"
+    args = ["--content", c, "--style", s, "--out", out]
+    if case == "missing":
+        args[1] = t / "nope.png"
+    elif case == "not_image":
+        (t / "x.png").write_text("hello")
+        args[1] = t / "x.png"
+    elif case == "truncated":
+        (t / "x.png").write_bytes(c.read_bytes()[:120])
+        args[1] = t / "x.png"
+    elif case == "zero_byte":
+        (t / "x.png").write_bytes(b"")
+        args[1] = t / "x.png"
+    elif case == "huge":
+        args += ["--max-pixels", 100]
+    elif case == "missing_style":
+        args[3] = t / "nostyle.png"
+    elif case == "bad_style":
+        (t / "s.png").write_text("hello")
+        args[3] = t / "s.png"
+    elif case == "weights_count":
+        args += ["--style-weights", 1, 2]
+    elif case == "negative_weight":
+        args = ["--content", c, "--style", s, s, "--style-weights", 1, -2, "--out", out]
+    elif case == "strength_high":
+        args += ["--strength", 1.5]
+    elif case == "strength_low":
+        args += ["--strength", -0.1]
+    elif case == "out_is_input":
+        args[-1] = c
+        args += ["--overwrite"]
+    elif case == "folder_to_out":
+        args[1] = data["dir"]
+    elif case == "out_and_out_dir":
+        args += ["--out-dir", t / "od"]
+    elif case == "no_out":
+        args = args[:4]
+    elif case == "unwritable_out_dir":
+        (t / "file").write_text("x")
+        args = args[:4] + ["--out-dir", t / "file" / "sub"]
+    elif case == "unreadable_folder":
+        real = os.scandir
+
+        def deny(p="."):
+            if os.fspath(p) == os.fspath(data["dir"]):
+                raise PermissionError(13, "Permission denied", os.fspath(p))
+            return real(p)
+
+        monkeypatch.setattr(images.os, "scandir", deny)
+        args = ["--content", data["dir"], "--style", s, "--out-dir", t / "od"]
+    elif case == "bad_out_ext":
+        args[-1] = t / "o.xyz"
+    elif case == "interpolate_with_style":
+        args += ["--interpolate", s, s]
+    elif case == "steps":
+        args = ["--content", c, "--interpolate", s, s, "--steps", 1, "--out", out]
+    elif case == "sweep_steps":
+        args += ["--strength-sweep", 1]
+    elif case == "empty_folder":
+        (t / "empty").mkdir()
+        args = ["--content", t / "empty", "--style", s, "--out-dir", t / "od"]
+    elif case == "no_match_glob":
+        args = ["--content", str(t / "*.webp"), "--style", s, "--out-dir", t / "od"]
+    elif case == "max_size_negative":
+        args += ["--max-size", -1]
+    elif case == "batch_size_zero":
+        args += ["--batch-size", 0]
+    before = c.read_bytes()
+    rc, _, err = cli(*args)
+    assert rc != 0
+    line = one_error_line(err)
+    assert len(line) < 400
+    assert c.read_bytes() == before  # an input is never written over
+    if case not in ("out_is_input",):
+        assert not out.exists() or case == "no_out"
+
+
+def test_help_runs_as_module():
+    r = subprocess.run([sys.executable, "-m", "arbitrary_nst.cli_stylize", "--help"],
+                       capture_output=True, text=True, timeout=120, cwd=REPO,
+                       env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert r.returncode == 0
+    for opt in ("--content", "--style-weights", "--strength", "--preserve-color", "--max-size",
+                "--out-dir", "--batch-size", "--overwrite", "--interpolate", "--steps",
+                "--strength-sweep", "--method", "--model"):
+        assert opt in r.stdout

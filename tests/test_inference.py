@@ -1,0 +1,435 @@
+"""Tests of arbitrary_nst.inference (the Stylizer API) with a random width-0.25 model.
+
+The model is built abstractly (``nnx.eval_shape``) and filled with random numbers, including the
+predictor heads (zero-initialized in a fresh model, which would make every embedding give the
+same output), then exported to tmp; images are small and generated. Style working size 32.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from arbitrary_nst import color, images, inference
+from arbitrary_nst.errors import ConfigError, ImageError, ModelError
+from arbitrary_nst.inference import (
+    DEFAULT_BUCKETS,
+    Stylizer,
+    bucket_shape,
+    bucket_side,
+    mixture_grid,
+    pad_to,
+    style_working_image,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SS = 32  # style working size in these tests (the VGG minimum): fast
+
+
+def make_model_file(path: Path, vgg, seed: int = 0) -> Path:
+    """Export a random width-0.25 model whose embeddings matter (random head kernels)."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from arbitrary_nst.export import export_model
+    from arbitrary_nst.models import ArbitraryStyleModel
+
+    model = ArbitraryStyleModel(vgg, width=0.25, rngs=nnx.Rngs(seed))
+    rng = np.random.default_rng(seed)
+    for key, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        shape = tuple(var.get_value().shape)
+        name = key[-1]
+        if name == "kernel":
+            fan_in = int(np.prod(shape[:-1]))
+            std = 0.3 if "heads" in key else 1.0 / np.sqrt(fan_in)
+            v = rng.normal(0.0, std, shape)
+        elif name == "bias" and "heads" in key:
+            c = shape[0] // 2
+            v = np.concatenate([1.0 + rng.normal(0, 0.2, c), rng.normal(0, 0.2, c)])
+        elif name == "scale":
+            v = np.ones(shape)
+        else:
+            v = np.zeros(shape)
+        var.set_value(jnp.asarray(v, jnp.float32))
+    return export_model(model, path)
+
+
+def smooth_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A smooth random colour image, uint8 HWC (as decoded files are: same compiled code)."""
+    rng = np.random.default_rng(seed)
+    small = rng.random((4, 4, 3)).astype(np.float32)
+    big = images.resize(small, (h, w), method="bicubic")
+    return images.to_uint8(big + 0.05 * rng.standard_normal((h, w, 3)).astype(np.float32))
+
+
+def write_png(path: Path, x: np.ndarray) -> Path:
+    Image.fromarray(images.to_uint8(x)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory, vgg):
+    return make_model_file(tmp_path_factory.mktemp("model") / "model.safetensors", vgg)
+
+
+@pytest.fixture(scope="module")
+def st(model_path, vgg):
+    return Stylizer.load(model_path, vgg=vgg, style_size=SS, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("imgs")
+    return {
+        "content": write_png(d / "content.png", smooth_image(37, 45, 1)),
+        "style_a": write_png(d / "style_a.png", smooth_image(48, 40, 2)),
+        "style_b": write_png(d / "style_b.png", smooth_image(36, 50, 3)),
+    }
+
+
+# ---------------------------------------------------------------------------- pure helpers
+
+
+def test_bucket_ladder():
+    b = DEFAULT_BUCKETS
+    assert all(x % 4 == 0 for x in b) and list(b) == sorted(set(b))
+    for common in (256, 384, 512, 768, 1024):
+        assert common in b and bucket_side(common) == common
+    assert b[:8] == (32, 40, 48, 56, 64, 80, 96, 112)
+    # < 25 % padding per side everywhere on the ladder
+    for n in range(32, 4000, 7):
+        assert n <= bucket_side(n) < 1.25 * n + 4
+    assert bucket_side(1) == 32 and bucket_side(257) == 320
+    assert bucket_side(5000) == 5120  # beyond the ladder: multiples of 512
+    assert bucket_side(37, None) == 40 and bucket_side(3, None) == 8
+    assert bucket_shape(33, 47) == (40, 48)
+
+
+def test_pad_to_reflects_and_crops_back():
+    x = np.arange(5 * 3 * 2, dtype=np.float32).reshape(5, 3, 2)
+    y = pad_to(x, (9, 8))
+    assert y.shape == (9, 8, 2)
+    np.testing.assert_array_equal(y[:5, :3], x)
+    np.testing.assert_array_equal(y[5, :3], x[3])  # reflection (no edge repeat)
+    one = pad_to(np.ones((1, 1, 3), np.uint8), (32, 32))
+    assert one.shape == (32, 32, 3) and one.dtype == np.uint8
+
+
+def test_mixture_grid_layouts():
+    for n, steps, cells in ((2, 5, 5), (3, 4, 10), (4, 3, 9), (5, 3, 9)):
+        g = mixture_grid(n, steps)
+        assert len(g) == cells
+        for _, _, w in g:
+            assert w.shape == (n,) and abs(float(w.sum()) - 1) < 1e-6 and w.min() >= 0
+    tri = mixture_grid(3, 3)
+    assert [(r, c) for r, c, _ in tri] == [(0, 0), (1, 0), (1, 1), (2, 0), (2, 1), (2, 2)]
+    np.testing.assert_allclose(tri[0][2], [1, 0, 0])
+    np.testing.assert_allclose(tri[-1][2], [0, 0, 1])
+    with pytest.raises(ConfigError):
+        mixture_grid(1, 3)
+    with pytest.raises(ConfigError):
+        mixture_grid(2, 1)
+
+
+@pytest.mark.parametrize("bad", [[1.0], [1, 2, 3], [-1, 2], [0, 0], [float("nan"), 1]])
+def test_weight_validation(bad):
+    with pytest.raises(ConfigError) as e:
+        inference.normalize_weights(bad, 2)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), "x"])
+def test_strength_validation(bad):
+    with pytest.raises(ConfigError, match="strength"):
+        inference.check_strength(bad)
+
+
+def test_default_batch_size_cpu():
+    import jax
+
+    if jax.default_backend() == "cpu":
+        assert inference.default_batch_size() == jax.local_device_count()
+
+
+def test_preserve_color_modes():
+    m = inference.preserve_color_mode
+    assert m(False) is None and m(None) is None and m(True) == "luminance"
+    assert m("histogram") == "match" and m("match") == "match" and m("luminance") == "luminance"
+    with pytest.raises(ConfigError):
+        m("sepia")
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def test_load_builtin_missing_is_one_line(monkeypatch, tmp_path):
+    monkeypatch.setattr(inference, "BUILTIN_MODEL", tmp_path / "nope" / "model.safetensors")
+    with pytest.raises(ModelError) as e:
+        Stylizer.load()
+    assert "built-in model" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a safetensors file at all", b"\x08\x00\x00"])
+def test_load_corrupt_model(tmp_path, vgg, content):
+    p = tmp_path / "bad.safetensors"
+    p.write_bytes(content)
+    with pytest.raises(ModelError) as e:
+        Stylizer.load(p, vgg=vgg)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ModelError, match="without model.safetensors"):
+        Stylizer.load(tmp_path, vgg=vgg)
+    with pytest.raises(ModelError, match="no such"):
+        Stylizer.load(tmp_path / "missing.safetensors", vgg=vgg)
+
+
+def test_truncated_model_file(tmp_path, vgg, model_path):
+    p = tmp_path / "trunc.safetensors"
+    p.write_bytes(model_path.read_bytes()[:-1000])
+    with pytest.raises(ModelError) as e:
+        Stylizer.load(p, vgg=vgg)
+    assert "\n" not in str(e.value)
+
+
+def test_load_fills_every_weight(st, model_path, vgg):
+    """The eval_shape fast path holds exactly the exported tensors and the shared VGG."""
+    from flax import nnx
+
+    from arbitrary_nst.export import read_export
+
+    tensors, _ = read_export(model_path)
+    got = {"/".join(map(str, k)): np.asarray(v.get_value())
+           for k, v in nnx.to_flat_state(nnx.state(st.model, nnx.Param))}
+    assert set(got) == set(tensors)
+    for k in tensors:
+        np.testing.assert_array_equal(got[k], tensors[k])
+    np.testing.assert_array_equal(np.asarray(st.model.vgg.layers["conv3_1"]["kernel"][...]),
+                                  np.asarray(vgg.layers["conv3_1"]["kernel"][...]))
+    # a workdir holding model.safetensors loads too
+    s2 = Stylizer.load(model_path.parent, vgg=vgg)
+    assert s2.model.width == 0.25
+
+
+# ---------------------------------------------------------------------------- stylize
+
+
+def test_odd_sizes_are_exact(st):
+    for h, w in ((37, 45), (33, 47), (39, 41)):  # odd sizes, one bucket: (40, 48)
+        c = smooth_image(h, w, h)
+        y = st.stylize(c, style=smooth_image(40, 40, 9))
+        assert y.shape == (h, w, 3) and y.dtype == np.float32
+        assert np.isfinite(y).all() and y.min() >= 0 and y.max() <= 1
+
+
+def test_input_types_agree(st, files):
+    path = files["content"]
+    f = images.load_image(path)
+    u8 = images.to_uint8(f)
+    style = files["style_a"]
+    a = st.stylize(path, style=style)
+    b = st.stylize(f, style=style)  # float input: its own compiled variant
+    c = st.stylize(Image.open(path), style=Image.open(style))
+    d = st.stylize(u8, style=images.load_image(style))
+    for other in (b, c, d):
+        np.testing.assert_allclose(a, other, atol=1e-5)
+    batch = st.stylize(np.stack([u8, u8]), style=style, batch_size=2)
+    assert batch.shape == (2, *f.shape)
+    np.testing.assert_allclose(batch[1], a, atol=1e-5)
+    lst = st.stylize([u8, u8[:35, :41]], style=style, batch_size=2)
+    assert isinstance(lst, list) and lst[1].shape == (35, 41, 3)
+
+
+def test_batch_composition_does_not_matter(st):
+    """Batches of same-bucket images give each image the result it gets alone."""
+    cs = [smooth_image(40, 48, s) for s in (11, 12, 13)]  # a batch of 2, then one alone
+    style = smooth_image(40, 40, 9)
+    together = st.stylize(cs, style=style, batch_size=2)
+    for c, t in zip(cs, together):
+        np.testing.assert_allclose(st.stylize(c, style=style, batch_size=1), t, atol=1e-5)
+
+
+def test_strength_zero_is_content_embedding(st, files):
+    c = st.read(files["content"])
+    style = files["style_a"]
+    y0 = st.stylize(c, style=style, strength=0.0)
+    e_c = st.embed(c)[0]
+    np.testing.assert_allclose(y0, st.transfer(c, e_c), atol=1e-5)
+    # ... and 0.3 is the linear mix of the two embeddings
+    e_s = st.embed(style)[0]
+    y = st.stylize(c, style=style, strength=0.3)
+    np.testing.assert_allclose(y, st.transfer(c, 0.3 * e_s + 0.7 * e_c), atol=1e-5)
+    y1 = st.stylize(c, style=style)
+    assert np.abs(y1 - y0).mean() > 1e-3  # the style does change the output
+
+
+def test_style_mix_equals_manual_mix(st, files):
+    c = st.read(files["content"])
+    sa, sb = files["style_a"], files["style_b"]
+    e = st.embed([sa, sb])
+    assert e.shape == (2, st.embedding_dim)
+    y = st.stylize(c, style=[sa, sb], weights=[1, 3])
+    np.testing.assert_allclose(y, st.transfer(c, 0.25 * e[0] + 0.75 * e[1]), atol=1e-5)
+    np.testing.assert_allclose(y, st.stylize(c, style=[sa, sb], weights=[2, 6]), atol=1e-6)
+    np.testing.assert_allclose(st.stylize(c, style=[sa, sb], weights=[1, 0]),
+                               st.stylize(c, style=sa), atol=1e-5)
+    with pytest.raises(ConfigError, match="3 style weights for 2 styles"):
+        st.stylize(c, style=[sa, sb], weights=[1, 2, 3])
+    with pytest.raises(ConfigError, match="strength"):
+        st.stylize(c, style=sa, strength=1.01)
+
+
+def test_embedding_cache_per_file(st, tmp_path):
+    p = write_png(tmp_path / "s.png", smooth_image(40, 40, 21))
+    st.clear_cache()
+    e1 = st.embed(p)
+    assert len(st._cache) == 1
+    before = inference.trace_counts().get("embed", 0)
+    np.testing.assert_array_equal(st.embed(p), e1)
+    assert inference.trace_counts().get("embed", 0) == before
+    # a new file content (new mtime/size) is a new key
+    write_png(p, smooth_image(44, 40, 22))
+    os.utime(p, ns=(os.stat(p).st_atime_ns, os.stat(p).st_mtime_ns + 10**9))
+    e2 = st.embed(p)
+    assert len(st._cache) == 2 and not np.allclose(e1, e2)
+    # another working size is another key
+    st.embed(p, style_size=40)
+    assert len(st._cache) == 3
+
+
+def test_preserve_color_luminance(st, files):
+    c = st.read(files["content"])
+    plain = st.stylize(c, style=files["style_a"])
+    kept = st.stylize(c, style=files["style_a"], preserve_color=True)
+    np.testing.assert_allclose(kept, np.asarray(color.transfer_luminance(plain, images.to_float(c))),
+                               atol=1e-5)
+
+
+def test_preserve_color_match(st, files):
+    c = st.read(files["content"])
+    s_small = style_working_image(images.load_image(files["style_a"]), SS)
+    c_small = style_working_image(images.to_float(c), SS)
+    matched = np.asarray(color.match_color(s_small, c_small))
+    y = st.stylize(c, style=files["style_a"], preserve_color="match")
+    np.testing.assert_allclose(y, st.transfer(c, st.embed(matched)[0]), atol=1e-4)
+
+
+def test_max_size(st):
+    c = smooth_image(74, 90, 5)
+    y = st.stylize(c, style=smooth_image(40, 40, 9), max_size=45)
+    assert y.shape == (37, 45, 3)
+    small = smooth_image(37, 45, 6)
+    assert st.stylize(small, style=smooth_image(40, 40, 9), max_size=200).shape == (37, 45, 3)
+
+
+def test_bad_inputs_one_line(st, tmp_path, files):
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    text = tmp_path / "text.png"
+    text.write_text("hello")
+    trunc = tmp_path / "trunc.png"
+    trunc.write_bytes(files["content"].read_bytes()[:120])
+    for bad in (tmp_path / "missing.png", empty, text, trunc, tmp_path):
+        with pytest.raises(ImageError) as e:
+            st.stylize(bad, style=files["style_a"])
+        assert "\n" not in str(e.value)
+        with pytest.raises(ImageError):
+            st.embed(bad)
+    st.max_pixels = 100
+    try:
+        with pytest.raises(ImageError, match="too large"):
+            st.stylize(files["content"], style=files["style_a"])
+    finally:
+        st.max_pixels = images.DEFAULT_MAX_PIXELS
+
+
+# ---------------------------------------------------------------------------- files pipeline
+
+
+def test_folder_of_mixed_sizes_compiles_per_bucket(st, tmp_path, files):
+    sizes = [(33, 47), (35, 45), (38, 48), (40, 41), (30, 75)]  # 5 sizes, 2 buckets
+    paths = [write_png(tmp_path / f"c{i}.png", smooth_image(h, w, i)) for i, (h, w) in
+             enumerate(sizes)]
+    buckets = {bucket_shape(h, w) for h, w in sizes}
+    assert len(buckets) == 2
+    before = inference.trace_counts().get("stylize", 0)
+    out = tmp_path / "out"
+    results = list(st.stylize_files(paths, files["style_b"], batch_size=1,
+                                    output=lambda p: out / f"{p.stem}.png"))
+    compiles = inference.trace_counts().get("stylize", 0) - before
+    assert all(r.ok for r in results) and len(results) == 5
+    assert compiles <= len(buckets)
+    for p, (h, w) in zip(paths, sizes):
+        assert Image.open(out / p.name).size == (w, h)
+
+
+def test_files_pipeline_matches_api(st, tmp_path, files):
+    paths = [write_png(tmp_path / f"p{i}.png", smooth_image(40, 44 + i, 30 + i)) for i in range(3)]
+    paths.append(write_png(tmp_path / "odd.png", smooth_image(30, 75, 40)))  # another bucket
+    bad = tmp_path / "bad.png"
+    bad.write_text("no")
+    res = list(st.stylize_files([*paths, bad], files["style_a"], batch_size=2, workers=2,
+                                prefetch=2))
+    ok = {r.content: r for r in res if r.ok}
+    skipped = [r for r in res if not r.ok]
+    assert len(ok) == 4 and len(skipped) == 1
+    assert skipped[0].kind == "not an image" and "\n" not in skipped[0].reason
+    for p in paths:
+        np.testing.assert_allclose(ok[p].image, st.stylize(p, style=files["style_a"]), atol=1e-4)
+
+
+def test_files_pipeline_refuses_inputs_and_existing(st, tmp_path, files):
+    c = write_png(tmp_path / "c.png", smooth_image(38, 46, 3))
+    before = c.read_bytes()
+    res = list(st.stylize_files([c], files["style_a"], output=lambda p: p, overwrite=True))
+    assert not res[0].ok and res[0].kind == "output is an input"
+    assert c.read_bytes() == before
+    res = list(st.stylize_files([c], files["style_a"], output=lambda p: files["style_a"],
+                                overwrite=True))
+    assert res[0].kind == "output is an input"
+    existing = tmp_path / "exists.png"
+    existing.write_bytes(b"keep")
+    res = list(st.stylize_files([c], files["style_a"], output=lambda p: existing))
+    assert res[0].kind == "output exists" and existing.read_bytes() == b"keep"
+    res = list(st.stylize_files([c], files["style_a"], output=lambda p: existing, overwrite=True))
+    assert res[0].ok and Image.open(existing).size == (46, 38)
+
+
+SHARDED = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import jax
+    from arbitrary_nst.inference import Stylizer
+    from arbitrary_nst import images
+    assert jax.device_count() == 4, jax.devices()
+    model, out = sys.argv[1], sys.argv[2]
+    rng = np.random.default_rng(0)
+    contents = [rng.random((40, 44, 3)).astype(np.float32) for _ in range(6)]
+    style = rng.random((40, 40, 3)).astype(np.float32)
+    multi = Stylizer.load(model, style_size=32, batch_size=8)
+    single = Stylizer.load(model, style_size=32, batch_size=8, devices=jax.devices()[:1])
+    a = np.stack(multi.stylize(contents, style=style, strength=0.7))
+    b = np.stack(single.stylize(contents, style=style, strength=0.7))
+    emb = multi.embed([style, contents[0]])
+    emb1 = single.embed([style, contents[0]])
+    json.dump({"devices": multi.num_devices, "max_diff": float(np.abs(a - b).max()),
+               "emb_diff": float(np.abs(emb - emb1).max()), "shape": list(a.shape)},
+              open(out, "w"))
+""")
+
+
+def test_sharded_over_4_cpu_devices_equals_single_device(model_path, tmp_path):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+    out = tmp_path / "r.json"
+    r = subprocess.run([sys.executable, "-c", SHARDED, str(model_path), str(out)], env=env,
+                       capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["devices"] == 4 and res["shape"] == [6, 40, 44, 3]
+    assert res["max_diff"] < 1e-5 and res["emb_diff"] < 1e-4
