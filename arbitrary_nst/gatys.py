@@ -375,22 +375,8 @@ def vgg_features(params, images: jax.Array, taps: Sequence[str], *,
     """:func:`arbitrary_nst.vgg.features` (same taps, preprocessing and pooling, checked equal in
     the tests) with :func:`conv_bias` and :func:`_pool2x2`, for value-and-gradient inside
     compiled loops."""
-    if not taps:
-        return {}
-    wanted = set(taps)
-    last = max(vgg_lib.tap_depth(t) for t in taps)
-    x = vgg_lib.preprocess(images)
-    out: dict[str, jax.Array] = {}
-    for tap in vgg_lib.TAPS[: last + 1]:
-        if tap.startswith("conv"):
-            x = conv_bias(x, params[tap]["kernel"], params[tap]["bias"])
-        elif tap.startswith("relu"):
-            x = jax.nn.relu(x)
-        else:
-            x = _pool2x2(x, pooling)
-        if tap in wanted:
-            out[tap] = x
-    return out
+    return vgg_lib.features(params, images, taps, pooling=pooling, conv_fn=conv_bias,
+                            pool_fn=_pool2x2)
 
 
 # ----------------------------------------------------------------------------------------------

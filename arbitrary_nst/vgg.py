@@ -96,7 +96,7 @@ def _pool(x: jax.Array, pooling: Pooling) -> jax.Array:
 
 def features(params: Params, images: jax.Array, taps: Sequence[str], *,
              pooling: Pooling = "max", dtype: jnp.dtype | None = None,
-             preprocessed: bool = False) -> dict[str, jax.Array]:
+             preprocessed: bool = False, conv_fn=None, pool_fn=None) -> dict[str, jax.Array]:
     """Pure VGG16 forward: ``{tap: activation}`` for the requested taps, NHWC.
 
     Args:
@@ -105,6 +105,8 @@ def features(params: Params, images: jax.Array, taps: Sequence[str], *,
       taps: names from :data:`TAPS`; computation stops at the deepest one.
       pooling: ``"max"`` (the trained network) or ``"avg"`` (Gatys' choice for synthesis).
       dtype: compute dtype (e.g. ``jnp.bfloat16`` on GPU); outputs are in that dtype.
+      conv_fn, pool_fn: replacements for ``conv(x, kernel, bias)`` and ``pool(x, pooling)`` with
+        the same values (the Gatys loop uses ones whose gradients compile faster on XLA:CPU).
     """
     if pooling not in ("max", "avg"):
         raise ConfigError(f"pooling must be 'max' or 'avg', got {pooling!r}")
@@ -115,6 +117,8 @@ def features(params: Params, images: jax.Array, taps: Sequence[str], *,
     if min(images.shape[1:3]) < MIN_SIZE:
         raise ConfigError(f"VGG16 needs images of at least {MIN_SIZE}x{MIN_SIZE}, "
                           f"got {images.shape[1]}x{images.shape[2]}")
+    conv_fn = conv_fn or _conv
+    pool_fn = pool_fn or _pool
     wanted = set(taps)
     last = max(tap_depth(t) for t in taps)
     x = images if preprocessed else preprocess(images)
@@ -123,11 +127,11 @@ def features(params: Params, images: jax.Array, taps: Sequence[str], *,
     out: dict[str, jax.Array] = {}
     for tap in TAPS[: last + 1]:
         if tap.startswith("conv"):
-            x = _conv(x, params[tap]["kernel"], params[tap]["bias"])
+            x = conv_fn(x, params[tap]["kernel"], params[tap]["bias"])
         elif tap.startswith("relu"):
             x = jax.nn.relu(x)
         else:
-            x = _pool(x, pooling)
+            x = pool_fn(x, pooling)
         if tap in wanted:
             out[tap] = x
     return out
