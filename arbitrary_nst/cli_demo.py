@@ -70,8 +70,9 @@ def run(args: argparse.Namespace) -> int:
             method = "gatys"
     written = []
     if method == "network":
-        _stylize(["--content", str(content_dir), "--style", *styles, "--out-dir",
-                  str(out / "stylized"), "--overwrite", *common])
+        for style in styles:  # one call per style: several --style values would be mixed
+            _stylize(["--content", str(content_dir), "--style", style, "--out-dir",
+                      str(out / "stylized"), "--overwrite", *common])
         written.append(out / "stylized")
         photo = str(content_dir / "astronaut.png")
         _stylize(["--content", photo, "--interpolate", styles[0], styles[2], "--steps", "5",
