@@ -215,7 +215,7 @@ def _show(ax, img, title: str | None = None) -> None:
 
 
 def _noise(shape, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).uniform(0, 1, shape).astype(np.float32)
+    return gatys.noise_image(shape, seed)
 
 
 # ----------------------------------------------------------------------------------------------

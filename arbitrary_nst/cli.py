@@ -41,7 +41,13 @@ def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentPars
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows every option's default and keeps the description's line breaks."""
+    """Shows every option's default (not for required options, flags and unset optionals,
+    whose help says what happens) and keeps the description's line breaks."""
+
+    def _get_help_string(self, action):
+        if action.required or action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -189,7 +195,8 @@ def _add_gatys_arguments(p: argparse.ArgumentParser) -> None:
                     help="style image's longer side relative to the result's")
     io.add_argument("--overwrite", action="store_true", help="replace existing output files")
     io.add_argument("--max-pixels", type=int, default=None,
-                    help="refuse input images with more pixels (default: the I/O module's)")
+                    help="refuse input images with more pixels (default: the I/O module's "
+                         "limit, 64 megapixels)")
 
     opt = p.add_argument_group("optimization")
     opt.add_argument("--iters", type=int, default=d.iterations,
@@ -204,11 +211,12 @@ def _add_gatys_arguments(p: argparse.ArgumentParser) -> None:
                      help="pixel parameterization keeping the image in [0, 1]")
     opt.add_argument("--init", choices=gatys.INITS, default=d.init, help="initial image")
     opt.add_argument("--seed", type=int, default=d.seed, help="seed of --init noise")
-    opt.add_argument("--stages", default="",
+    opt.add_argument("--stages", default="none",
                      help="coarse-to-fine: longer sides of coarser stages run first, e.g. 256,512 "
                           "(each stage starts from the previous result)")
     opt.add_argument("--stage-iters", default=None,
-                     help="iterations per stage, coarse ones first then the final, e.g. 300,200,100")
+                     help="iterations per stage, coarse ones first then the final, e.g. "
+                          "300,200,100 (default: --iters for every stage)")
     opt.add_argument("--chunk", type=_positive_int, default=d.chunk_size,
                      help="iterations per compiled chunk (progress updates between chunks)")
 
@@ -225,7 +233,7 @@ def _add_gatys_arguments(p: argparse.ArgumentParser) -> None:
                       help="style taps, optionally TAP:WEIGHT (plain taps share a total of 1)")
     loss.add_argument("--depth-growth", type=float, default=None,
                       help="improved NST: style layer weights grow by this factor per layer "
-                           "(e.g. 2), same total")
+                           "(e.g. 2), same total (default: off, the given weights)")
     loss.add_argument("--style-statistic", choices=("gram", "centered_gram", "both", "mean_std"),
                       default=d.style_statistic, help="statistic the style loss matches")
     loss.add_argument("--gram-norm", choices=("chw", "hw", "none"), default=d.gram_norm,
@@ -257,7 +265,8 @@ def _layers_str(layers, plain: bool = False) -> str:
 def gatys_config_from_args(args: argparse.Namespace):
     from . import gatys
 
-    stages = _int_list(args.stages, what="--stages") if args.stages else ()
+    stages = (_int_list(args.stages, what="--stages")
+              if args.stages and args.stages != "none" else ())
     stage_iters = (_int_list(args.stage_iters, what="--stage-iters")
                    if args.stage_iters else None)
     if stage_iters is not None and len(stage_iters) != len(stages) + 1:

@@ -135,6 +135,13 @@ def load_exported(path: str | os.PathLike, *, vgg=None, dtype=None) -> Arbitrary
     except (NSTError, TypeError, ValueError) as e:
         raise ModelError(f"{name}: invalid model_config in export ({' '.join(str(e).split())})") \
             from None
+    assign_tensors(model, tensors, name)
+    return model
+
+
+def assign_tensors(model: ArbitraryStyleModel, tensors: dict[str, np.ndarray], name: str) -> None:
+    """Set every ``nnx.Param`` of ``model`` from ``tensors`` (as read by :func:`read_export`);
+    ModelError naming ``name`` when the names or shapes do not match."""
     state = nnx.state(model, nnx.Param)
     flat = nnx.to_flat_state(state)
     expected = {"/".join(str(p) for p in key): var for key, var in flat}
@@ -150,4 +157,21 @@ def load_exported(path: str | os.PathLike, *, vgg=None, dtype=None) -> Arbitrary
             raise ModelError(f"{name}: tensor {k} has shape {tensors[k].shape}, expected {want}")
         var.set_value(jnp.asarray(tensors[k]))
     nnx.update(model, nnx.from_flat_state(flat))
-    return model
+
+
+def init_from_export(model: ArbitraryStyleModel, path: str | os.PathLike) -> dict[str, Any]:
+    """Load an export's weights into ``model`` (fine-tuning start point). The export's
+    model_config must equal the model's; returns the export's header. Raises ModelError."""
+    name = os.fspath(path)
+    if os.path.isdir(name):
+        name = os.path.join(name, "model.safetensors")
+    tensors, header = read_export(name)
+    want = json.loads(json.dumps(model.config()))  # tuples -> lists, as in the header
+    diff = sorted(k for k in set(want) | set(header["model_config"])
+                  if want.get(k) != header["model_config"].get(k))
+    if diff:
+        raise ModelError(f"{name}: its model config differs from the training config's in "
+                         + ", ".join(f"{k} ({header['model_config'].get(k)!r} vs {want.get(k)!r})"
+                                      for k in diff))
+    assign_tensors(model, tensors, name)
+    return header

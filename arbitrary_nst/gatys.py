@@ -132,7 +132,8 @@ class GatysConfig:
 
     Images:
 
-    * ``init``: ``"content"`` (default) | ``"noise"`` (uniform, ``seed``) | ``"style"`` (the
+    * ``init``: ``"content"`` (default) | ``"noise"`` (uniform in [0.2, 0.8], ``seed``) |
+      ``"style"`` (the
       example's highest-weighted style resized to the content's size).
     * ``style_scale`` (1.0): the style image's longer side = ``style_scale`` x the content's.
     * ``preserve_color``: ``"none"`` | ``"luminance"`` (stylize the luminance, keep the content's
@@ -848,13 +849,22 @@ def _stage_targets(params, content_s: np.ndarray, per_styles, cfg: GatysConfig, 
     return cf, losses_lib.StyleTargets(stats)
 
 
+NOISE_RANGE = (0.2, 0.8)
+
+
+def noise_image(shape, seed: int = 0) -> np.ndarray:
+    """White noise, uniform in :data:`NOISE_RANGE`: away from 0 and 1, where the bounded pixel
+    maps are flat (a pixel started at 0.001 would hardly move), so every pixel starts free."""
+    rng = np.random.default_rng(seed)
+    return rng.uniform(*NOISE_RANGE, size=shape).astype(np.float32)
+
+
 def _init_images(cfg: GatysConfig, content_s: np.ndarray, per_styles) -> np.ndarray:
     b, h, w, _ = content_s.shape
     if cfg.init == "content":
         return content_s
     if cfg.init == "noise":
-        rng = np.random.default_rng(cfg.seed)
-        return rng.uniform(0.0, 1.0, size=(b, h, w, 3)).astype(np.float32)
+        return noise_image((b, h, w, 3), cfg.seed)
     out = []
     for imgs, wts in per_styles:
         s = imgs[int(np.argmax(wts))]

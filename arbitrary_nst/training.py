@@ -64,6 +64,7 @@ from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from . import export as export_lib
 from . import vgg as vgg_lib
 from .errors import ConfigError, ModelError, NSTError
 from .losses import LossConfig, StyleTargets, perceptual_loss
@@ -157,6 +158,16 @@ def compute_dtype(name: str | None):
     if name not in DTYPES:
         raise ConfigError(f"train.dtype must be 'float32', 'bfloat16' or 'auto', got {name!r}")
     return None if name == "float32" else DTYPES[name]
+
+
+def resolve_init_from(value) -> str:
+    """``train.init_from``: ``"builtin"`` (the shipped model), an export file, or a training
+    workdir holding ``model.safetensors``."""
+    if str(value) == "builtin":
+        from .inference import BUILTIN_MODEL
+
+        return str(BUILTIN_MODEL)
+    return os.fspath(value)
 
 
 def validate_config(config) -> None:
@@ -589,6 +600,11 @@ def train(config, workdir: str | os.PathLike, *, export_path: str | os.PathLike 
     dtype = compute_dtype(tcfg.dtype)
     loss_cfg = LossConfig.from_config(config.loss)
     model = build_model(config, vgg)
+    init_from = _get(tcfg, "init_from")
+    if init_from:  # fine-tuning start point; a checkpoint in workdir still takes precedence
+        init_from = resolve_init_from(init_from)
+        export_lib.init_from_export(model, init_from)
+        log.info("initialized the model from %s", init_from)
     graphdef, params_state, frozen = nnx.split(model, nnx.Param, ...)
     tx, schedule = make_optimizer(config.optim, num_steps)
     repl = NamedSharding(mesh, P())
@@ -697,10 +713,9 @@ def train(config, workdir: str | os.PathLike, *, export_path: str | os.PathLike 
                                 frozen)
         out_path = None
         if export_path != "" and is_main:
-            from .export import export_model
 
             out_path = Path(export_path) if export_path else workdir / EXPORT_NAME
-            export_model(final_model, out_path,
+            export_lib.export_model(final_model, out_path,
                          dtype=str(_get(tcfg, "export_dtype", "float32")),
                          info={"step": int(step), "num_steps": num_steps,
                                "config_name": _get(config, "name", "")})

@@ -42,6 +42,10 @@ optim.grad_clip_norm          clip the global gradient norm (0 = off; Magenta: 0
                               O(1e4..1e5) at the start, so clipping only catches spikes.
 
 train.num_steps               total steps (Magenta: 8,000,000).
+train.init_from               start from these weights instead of random init (fine-tuning):
+                              'builtin' (the shipped model), an export (.safetensors) or a
+                              workdir; the model config must match. A checkpoint in the workdir
+                              takes precedence (resume). Optimizer state and step start fresh.
 train.batch_size              global batch, split over all devices (Magenta: 8).
 train.dtype                   'float32' | 'bfloat16' | 'auto' compute dtype of the transfer
                               net and the VGG forwards; params, norms and losses stay f32.
@@ -112,7 +116,7 @@ def get_config() -> ml_collections.ConfigDict:
         grad_clip_norm=0.0))
 
     c.train = ml_collections.ConfigDict(dict(
-        num_steps=200_000, batch_size=8, dtype="bfloat16",
+        num_steps=200_000, init_from=None, batch_size=8, dtype="bfloat16",
         log_every=100, checkpoint_every=5000, keep_checkpoints=3, async_checkpoints=True,
         sample_every=5000, sample_size=256,
         sample_contents=("chelsea", "astronaut", "coffee"),

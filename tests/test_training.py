@@ -73,6 +73,30 @@ def test_smoke_training_loss_decreases_and_writes_outputs(tmp_path, vgg):
     assert r.export_path.stat().st_size < 1.1 * sum(v.nbytes for v in a.values()) + 65536
 
 
+def test_init_from_export_starts_at_its_weights_and_refuses_other_models(tmp_path, vgg):
+    a = training.train(smoke("train.num_steps=2", "train.sample_every=0"), tmp_path / "a",
+                       vgg=vgg, progress=False)
+    # num_steps=0: nothing trained, so the export written is the initial model itself.
+    b = training.train(smoke("train.num_steps=0", "train.sample_every=0",
+                             f"train.init_from={tmp_path / 'a'}"), tmp_path / "b", vgg=vgg,
+                       progress=False)
+    ta, tb = model_tensors(a.model), model_tensors(b.model)
+    assert all(np.array_equal(ta[k], tb[k]) for k in ta)
+    # Fine-tuning moves away from those weights (the start is not simply the random init).
+    c = training.train(smoke("train.num_steps=1", "train.sample_every=0",
+                             f"train.init_from={a.export_path}"), tmp_path / "c", vgg=vgg,
+                       progress=False)
+    tc = model_tensors(c.model)
+    assert c.step == 1 and any(not np.array_equal(ta[k], tc[k]) for k in ta)
+    fresh = model_tensors(training.train(smoke("train.num_steps=0", "train.sample_every=0"),
+                                         tmp_path / "d", vgg=vgg, progress=False).model)
+    assert any(not np.array_equal(ta[k], fresh[k]) for k in ta)
+    with pytest.raises(NSTError, match="model config differs.*width"):
+        training.train(smoke("train.num_steps=1", "model.width=0.5",
+                             f"train.init_from={a.export_path}"), tmp_path / "e", vgg=vgg,
+                       progress=False)
+
+
 class _Killed(Exception):
     pass
 
