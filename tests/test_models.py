@@ -75,6 +75,31 @@ def test_transfer_network_shapes_and_range(rng):
     assert param_count(full) == convs + 2 * (32 + 64 + 128)
 
 
+def test_padded_stride1_convs_are_bit_identical_to_valid_convs(rng, monkeypatch):
+    # The speed path (zero-padded conv + crop, see ReflectConv) must not change a single value,
+    # forward or backward, at odd sizes too.
+    from arbitrary_nst.models import transfer as transfer_mod
+
+    net = TransferNetwork(0.25, rngs=nnx.Rngs(1))
+    gd, state = nnx.split(net)
+    x = images(rng, 2, 37, 52, 3)
+    gb = [(1.0 + 0.3 * images(rng, 2, c), 0.2 * images(rng, 2, c))
+          for c in cin_layer_channels(0.25)]
+
+    def loss(state, x):
+        return jnp.sum(nnx.merge(gd, state)(x, gb) ** 2)
+
+    outs = {}
+    for flag in (False, True):
+        monkeypatch.setattr(transfer_mod, "PADDED_STRIDE1_CONV", flag)
+        y = jax.jit(lambda s, x: nnx.merge(gd, s)(x, gb))(state, x)
+        g = jax.jit(jax.grad(loss, argnums=(0, 1)))(state, x)
+        outs[flag] = (np.asarray(y), [np.asarray(v) for v in jax.tree.leaves(g)])
+    assert np.array_equal(outs[False][0], outs[True][0])
+    for a, b in zip(outs[False][1], outs[True][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(a).max())
+
+
 def test_conditional_instance_norm_matches_numpy(rng):
     x = rng.normal(3.0, 2.0, (2, 5, 7, 4)).astype(np.float32)
     g = rng.normal(1.0, 0.5, (2, 4)).astype(np.float32)
