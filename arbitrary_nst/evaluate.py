@@ -103,16 +103,18 @@ class Metrics:
         from .models import with_pooling
 
         vgg = with_pooling(vgg_lib.load_vgg16(pooling="avg") if vgg is None else vgg, "avg")
-        params = vgg.params()
+        self._params = vgg.params()
         self.batch = int(batch)
+        # The weights are an argument, not a closure: closed-over arrays would be embedded as
+        # constants in every per-shape executable (~50 MB each).
         self._features = jax.jit(
-            lambda x: vgg_lib.features(params, x, METRIC_TAPS, pooling="avg"))
+            lambda p, x: vgg_lib.features(p, x, METRIC_TAPS, pooling="avg"))
 
     def features(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """``[B, H, W, 3]`` in [0, 1] -> ``{tap: [B, h, w, C] float32}`` (chunked)."""
         out: dict[str, list[np.ndarray]] = {t: [] for t in METRIC_TAPS}
         for i in range(0, len(x), self.batch):
-            f = self._features(np.asarray(x[i:i + self.batch], np.float32))
+            f = self._features(self._params, np.asarray(x[i:i + self.batch], np.float32))
             for t in METRIC_TAPS:
                 out[t].append(np.asarray(f[t], np.float32))
         return {t: np.concatenate(v) for t, v in out.items()}

@@ -350,3 +350,20 @@ class _FakeMesh:
 
 def test_training_errors_are_user_errors():
     assert issubclass(training.TrainingDiverged, NSTError)
+
+
+def test_predictor_lr_multiplier_scales_only_the_predictor_updates():
+    import jax.numpy as jnp
+
+    base = ["optim.optimizer=sgd", "optim.warmup_steps=0", "optim.schedule=constant",
+            "optim.learning_rate=0.01"]
+    params = {"predictor": {"heads": jnp.ones(3)}, "transfer_net": {"conv": jnp.ones(2)}}
+    grads = {"predictor": {"heads": jnp.full(3, 2.0)}, "transfer_net": {"conv": jnp.full(2, 3.0)}}
+    out = {}
+    for mult in (1.0, 10.0):
+        tx, _ = training.make_optimizer(smoke(*base, f"optim.predictor_lr_multiplier={mult}").optim,
+                                        10)
+        out[mult], _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(out[1.0]["predictor"]["heads"], -0.02, rtol=1e-6)
+    np.testing.assert_allclose(out[10.0]["predictor"]["heads"], -0.2, rtol=1e-6)
+    np.testing.assert_array_equal(out[10.0]["transfer_net"]["conv"], out[1.0]["transfer_net"]["conv"])
