@@ -10,7 +10,8 @@ b. ``b_style_reconstruction.png``: texture synthesis from noise with no content,
    more layers give larger-scale structure (Gatys et al. 2015/2016).
 c. ``c_gram_matrices.png``: the style image's Gram matrix of every style layer, and the feature
    maps of the most correlated pair of filters of that layer (Pearson correlation from the
-   centered Gram) - what the style statistic "sees".
+   centered Gram, among filters active on >= 10% of the image) - what the style statistic
+   "sees".
 d. ``d_weight_sweep.png``: content/style weight ratios alpha/beta from 1 to 1e-4 side by side, and
    the (unweighted) content and style losses over the iterations of each.
 e. ``e_style_statistics.png``: Gram vs centered Gram vs both, for style transfer (top) and texture
@@ -194,6 +195,7 @@ def _save(fig: Figure, path: Path, overwrite: bool) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fig.savefig(fh, format="png", dpi=110, bbox_inches="tight")
+        images_lib._set_new_file_mode(tmp, str(path) if overwrite else None)  # not 0600
         if overwrite:
             os.replace(tmp, path)
         else:
@@ -271,12 +273,24 @@ def gram_analysis(params, style: np.ndarray, layers: Sequence[str] = STYLE_LAYER
         g = np.asarray(losses_lib.gram_matrix(f, "chw")[0])
         cg = np.asarray(losses_lib.centered_gram_matrix(f, "hw")[0])
         var = np.diag(cg)
-        active = var > 1e-6 * max(var.max(), 1e-12)
+        # Only filters that respond over a real part of the image (>= 10% of the positions,
+        # away from the border): otherwise the "most correlated" pair is two filters that fire
+        # at the same one or two pixels or along the padding edge (r = 1, nothing to see).
+        fmap = np.asarray(f[0])
+        h, w = fmap.shape[:2]
+        bh, bw = max(1, h // 8), max(1, w // 8)
+        inner = fmap[bh:h - bh, bw:w - bw] if h > 2 * bh and w > 2 * bw else fmap
+        coverage = np.mean(inner > 0, axis=(0, 1))
+        # ... and not mostly a response to the padding edge (mean energy inside >= half of it
+        # over the whole map).
+        interior = np.mean(inner ** 2, axis=(0, 1)) >= 0.5 * np.mean(fmap ** 2, axis=(0, 1))
+        active = (var > 1e-6 * max(var.max(), 1e-12)) & (coverage >= 0.1) & interior
+        if active.sum() < 2:  # degenerate image: fall back to every responding filter
+            active = var > 1e-6 * max(var.max(), 1e-12)
         denom = np.sqrt(np.outer(var, var)) + 1e-12
         corr = np.where(np.outer(active, active), cg / denom, 0.0)
         np.fill_diagonal(corr, -np.inf)
         i, j = np.unravel_index(np.argmax(corr), corr.shape)
-        fmap = np.asarray(f[0])
         out[layer] = {"gram": g, "pair": (int(i), int(j)), "corr": float(corr[i, j]),
                       "maps": (fmap[..., i], fmap[..., j])}
     return out

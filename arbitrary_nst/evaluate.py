@@ -622,12 +622,13 @@ def scatter_plot(path: Path, rows, methods) -> None:
         c = np.array([r["content_relu3_3"] for r in mine])
         s = np.array([r["style_gram"] for r in mine])
         color = f"C{i}"
-        ax.scatter(np.maximum(c, 1e-3), s, s=10, alpha=0.45, color=color, label=m)
-        ax.scatter([max(c.mean(), 1e-3)], [s.mean()], s=160, marker="*", color=color,
+        # Floor at 1 so the identity anchor (~0: only 8-bit rounding) stays on a log axis.
+        ax.scatter(np.maximum(c, 1.0), s, s=10, alpha=0.45, color=color, label=m)
+        ax.scatter([max(c.mean(), 1.0)], [s.mean()], s=160, marker="*", color=color,
                    edgecolor="black", zorder=5)
-    ax.set_xscale("symlog", linthresh=1e3)
+    ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("content loss (VGG16 relu3_3 MSE)")
+    ax.set_xlabel("content loss (VGG16 relu3_3 MSE; floored at 1)")
     ax.set_ylabel("style loss (Gram, relu1_2..relu4_3)")
     ax.set_title("per pair; stars: means (lower-left is better)")
     ax.legend(fontsize=8)
