@@ -35,7 +35,8 @@ Writes into ``--out``: ``images/<method>/<content>__<style>.png``, ``results.csv
 method x pair), ``results.json`` (rows, means, run settings), ``summary.md`` (the table and the
 targets), ``sheet_<method>.png`` (rows contents, columns styles), ``sheet_side_by_side.png``
 (some pairs, one column per method) and ``scatter.png`` (content vs style loss per method).
-Unreadable images are skipped with a one-line reason; the run goes on and exits non-zero.
+Unreadable images are skipped with a one-line reason; the run goes on and exits 1 (as it does,
+after one `error: ...` line, for a bad option).
 """
 from __future__ import annotations
 
@@ -645,11 +646,13 @@ def scatter_plot(path: Path, rows, methods) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .cli import _Formatter  # every default shown once, none for required options
+
     p = argparse.ArgumentParser(
         prog="python -m arbitrary_nst.evaluate",
         description="Run stylization methods on every content x style pair and score them "
                     "(content loss, style loss, two independent style measures, time).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_Formatter)
     p.add_argument("--content", required=True, help="content image folder, glob or file")
     p.add_argument("--style", required=True, help="style image folder, glob or file")
     p.add_argument("--out", required=True, help="output folder (images, CSV/JSON, sheets)")
@@ -694,7 +697,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      progress=not args.no_progress, thumb=args.thumb)
     except (NSTError, ImageError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -162,4 +162,4 @@ def test_cli_errors_are_one_line(tiny_set, tmp_path, capsys, argv, message):
             args += [k, v]
     rc = evaluate.main(args + argv + ["--no-progress", "--size", "48"])
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and message in err and len(err.splitlines()) == 1, err
+    assert rc == 1 and message in err and len(err.splitlines()) == 1, err
