@@ -336,10 +336,7 @@ class EvalResult:
 
 def _resized_to(x: np.ndarray, side: int) -> np.ndarray:
     """Resize so that the longer side is ``side`` (up or down; aspect kept)."""
-    h, w = x.shape[:2]
-    s = side / max(h, w)
-    hw = (max(1, round(h * s)), max(1, round(w * s)))
-    return x if hw == (h, w) else images.resize(x, hw)
+    return images.resize_max_side(x, side, upscale=True)
 
 
 def _load_all(paths: Sequence[Path], side: int, skipped: list[str]) -> list[tuple[str, np.ndarray]]:

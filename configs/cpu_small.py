@@ -22,21 +22,13 @@ Fields as in ``configs/default.py``. What differs from Magenta / the GPU default
 """
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
-
-def _load_default():
-    """configs/ is not a package: load default.py next to this file by path."""
-    spec = importlib.util.spec_from_file_location("_nst_config_default",
-                                                  Path(__file__).with_name("default.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from arbitrary_nst.training import load_config
 
 
 def get_config():
-    c = _load_default().get_config()
+    c = load_config(Path(__file__).with_name("default.py"))  # configs/ is no package
     c.name = "cpu_small"
     c.model.width = 0.5
     c.model.hidden_dim = 256
