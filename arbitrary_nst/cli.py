@@ -390,6 +390,51 @@ command("analyze", "Write the analysis figures of Gatys-style transfer (reconstr
 
 
 # ----------------------------------------------------------------------------------------------
+# export-onnx
+
+
+def _add_export_onnx_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", metavar="PATH",
+                   help="model export (.safetensors) or training workdir (None = the built-in "
+                        "model)")
+    p.add_argument("--out", required=True, metavar="FILE.onnx",
+                   help="where to write the ONNX graph (content + style embedding -> stylized)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip comparing onnxruntime's output with the JAX forward")
+
+
+def _run_export_onnx(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .inference import Stylizer
+    from .onnx_export import OnnxTransfer, save_transfer_onnx
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise ConfigError(f"{out}: exists (pass --overwrite to replace it)")
+    st = Stylizer.load(args.model)
+    path = save_transfer_onnx(st.model, out)
+    msg = f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB; width {st.model.width})"
+    if not args.no_check:
+        rng = np.random.default_rng(0)
+        x = rng.random((1, 64, 72, 3)).astype(np.float32)
+        e = rng.normal(size=(1, st.embedding_dim)).astype(np.float32)
+        diff = float(np.abs(OnnxTransfer(path).transfer(x, e)
+                            - np.asarray(st.model.transfer(x, e))).max())
+        if not diff < 1e-4:
+            raise ConfigError(f"{path}: onnxruntime differs from JAX by {diff:.2g} (> 1e-4)")
+        msg += f"; onnxruntime vs JAX max abs difference {diff:.1e}"
+    print(msg)
+    return 0
+
+
+command("export-onnx", "Export the transfer network (+ the style heads) to ONNX for CPU "
+        "deployment with onnxruntime; style embeddings come from Stylizer.embed.",
+        _add_export_onnx_arguments)(_run_export_onnx)
+
+
+# ----------------------------------------------------------------------------------------------
 # stylize (the default command) and demo
 
 

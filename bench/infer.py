@@ -26,6 +26,12 @@ repeated until ``--min-time`` seconds or ``--max-reps`` runs; a configuration wh
 (from FLOPs and the speed measured so far) does not fit in what is left of the budget is skipped
 and reported with its estimate.
 
+Backends (``--backends``, default both on CPU): ``jax`` is the jitted XLA call above;
+``onnxruntime`` runs the same model's exported transfer graph (``arbitrary_nst.onnx_export``,
+the :class:`~arbitrary_nst.inference.Stylizer`'s ``backend="onnxruntime"``) on onnxruntime with
+the peer's thread count, uint8 in and out likewise (its "compile" column is the first run's
+extra time: onnxruntime plans kernels per input shape). The head-to-head alternates all three.
+
 Also measured (``--pipeline``): the file pipeline (``Stylizer.stylize_files``: decode, bucket,
 batch, compute, PNG encode, write) on generated 512 x 512 JPEGs at width 0.25, against the pure
 compute time, to show how much of decode/encode the prefetch overlaps.
@@ -133,6 +139,31 @@ def bench_ours(st, size: int, batch: int, args, out_call=None) -> dict:
             else round(_peak_device_bytes() / 2**20, 1)}
 
 
+def bench_ours_onnx(st, ot, size: int, batch: int, args, out_call=None) -> dict:
+    """The same call on the ``onnxruntime`` backend (``arbitrary_nst.onnx_export``): uint8 in,
+    float conversion, the exported transfer graph, uint8 out; embeddings precomputed."""
+    out_call = out_call if out_call is not None else [None]
+    rng = np.random.default_rng(size + batch)
+    x_host = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+    e_host = rng.normal(size=(batch, st.embedding_dim)).astype(np.float32)
+
+    def call():
+        y = ot.transfer(x_host.astype(np.float32) / np.float32(255.0), e_host)
+        return np.round(np.clip(y, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+    t0 = time.perf_counter()
+    call()  # onnxruntime plans its kernels per input shape on the first run
+    first_s = time.perf_counter() - t0
+    times = _timed_reps(call, min_time=args.min_time, max_reps=args.max_reps,
+                        per_rep_cap=args.min_time / 2)
+    med = float(np.median(times))
+    out_call[0] = call
+    return {"compile_s": round(max(0.0, first_s - med), 3), "reps": len(times),
+            "ms_per_image_min": round(1e3 * min(times) / batch, 3),
+            "ms_per_image": round(1e3 * med / batch, 3), "images_per_s": round(batch / med, 3),
+            "batch_s": round(med, 4), "xla_memory_mb": None, "device_peak_mb": None}
+
+
 def bench_embed(st, args) -> dict:
     style = np.random.default_rng(1).random((256, 256, 3)).astype(np.float32)
     batch = np.repeat(style[None], st.padded_batch(1), 0)  # batch 1 (padded to the devices)
@@ -172,34 +203,41 @@ def bench_peer(variant: str, sizes, batches, args, budget) -> dict:
     return out
 
 
-def head_to_head(st, args, size: int = 512, rounds: int = 7) -> dict:
-    """Our width-0.25 call vs the peer's float32 transfer at ``size``^2, batch 1, run
-    *alternately* so that both see the same machine load (this CPU is shared); min and median."""
+def head_to_head(st, args, ot=None, size: int = 512, rounds: int = 7) -> dict:
+    """Our width-0.25 call (JAX, and the onnxruntime backend when ``ot`` is given) vs the peer's
+    float32 transfer at ``size``^2, batch 1, run *alternately* so that all see the same machine
+    load (this CPU is shared); min and median."""
     from arbitrary_nst.peers import MagentaLite
 
+    quick = argparse.Namespace(min_time=0.0, max_reps=1, max_memory_gb=1e9)
+    calls = {}
     holder = [None]
-    bench_ours(st, size, 1, argparse.Namespace(min_time=0.0, max_reps=1, max_memory_gb=1e9),
-               holder)
-    ours = holder[0]
+    bench_ours(st, size, 1, quick, holder)
+    calls["ours"] = holder[0]
+    if ot is not None:
+        bench_ours_onnx(st, ot, size, 1, quick, holder)
+        calls["ours_onnxruntime"] = holder[0]
     peer = MagentaLite("fp32", threads=args.peer_threads)
     img = np.random.default_rng(size).random((size, size, 3)).astype(np.float32)
     vec = peer.embed(img)
     peer.transfer(img, vec)
-    t_ours, t_peer = [], []
+    calls["peer_fp32"] = lambda: peer.transfer(img, vec)
+    times = {k: [] for k in calls}
     for _ in range(rounds):
-        t0 = time.perf_counter()
-        ours()
-        t_ours.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        peer.transfer(img, vec)
-        t_peer.append(time.perf_counter() - t0)
-    return {"size": size, "batch": 1, "rounds": rounds,
-            "ours_ms_min": round(1e3 * min(t_ours), 2),
-            "ours_ms_median": round(1e3 * float(np.median(t_ours)), 2),
-            "peer_fp32_ms_min": round(1e3 * min(t_peer), 2),
-            "peer_fp32_ms_median": round(1e3 * float(np.median(t_peer)), 2),
-            "ratio_min": round(min(t_ours) / min(t_peer), 3),
-            "ratio_median": round(float(np.median(t_ours)) / float(np.median(t_peer)), 3)}
+        for k, fn in calls.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    out = {"size": size, "batch": 1, "rounds": rounds}
+    for k, t in times.items():
+        out[f"{k}_ms_min"] = round(1e3 * min(t), 2)
+        out[f"{k}_ms_median"] = round(1e3 * float(np.median(t)), 2)
+    for k in [k for k in calls if k.startswith("ours")]:
+        suffix = k[len("ours"):]
+        out[f"ratio{suffix}_min"] = round(min(times[k]) / min(times["peer_fp32"]), 3)
+        out[f"ratio{suffix}_median"] = round(float(np.median(times[k]))
+                                             / float(np.median(times["peer_fp32"])), 3)
+    return out
 
 
 class Budget:
@@ -255,6 +293,8 @@ def main(argv=None) -> int:
     p.add_argument("--budget-s", type=float, default=540.0, help="total time budget")
     p.add_argument("--max-memory-gb", type=float, default=6.0,
                    help="skip configurations whose XLA buffers exceed this")
+    p.add_argument("--backends", nargs="+", choices=("jax", "onnxruntime"), default=None,
+                   help="inference backends to time (default: both on CPU, jax elsewhere)")
     p.add_argument("--no-peer", action="store_true")
     p.add_argument("--peer-threads", type=int, default=os.cpu_count() or 2)
     p.add_argument("--pipeline", action=argparse.BooleanOptionalAction, default=True)
@@ -284,8 +324,9 @@ def main(argv=None) -> int:
     print(f"# backend {backend}, {len(devs)} x {devs[0].device_kind}, {os.cpu_count()} CPUs, "
           f"dtype {args.dtype}, budget {args.budget_s:.0f} s", flush=True)
 
+    backends = args.backends or (["jax", "onnxruntime"] if backend == "cpu" else ["jax"])
     rate_flops = None  # measured FLOP/s of the transfer network so far (for estimates)
-    pipeline_st = None
+    pipeline_st = pipeline_ot = None
     for width in args.widths:
         if args.model:
             st = inference.Stylizer.load(args.model, vgg=vgg, dtype=dtype)
@@ -297,10 +338,18 @@ def main(argv=None) -> int:
         emb = bench_embed(st, args)
         print(f"{label}: embed 256^2 {emb.get('ms', '?')} ms (compile {emb.get('compile_s')} s)",
               flush=True)
-        entry = {"width": width, "label": label, "embed": emb, "runs": []}
+        entry = {"width": width, "label": label, "backend": "jax", "embed": emb, "runs": []}
         results["ours"].append(entry)
+        ot = entry_ort = None
+        if "onnxruntime" in backends:
+            from arbitrary_nst.onnx_export import OnnxTransfer
+
+            ot = OnnxTransfer(st.model, threads=args.peer_threads)
+            entry_ort = {"width": width, "label": f"{label}, onnxruntime",
+                         "backend": "onnxruntime", "embed": emb, "runs": []}
+            results["ours"].append(entry_ort)
         if width == 0.25:
-            pipeline_st = st
+            pipeline_st, pipeline_ot = st, ot
         for size in args.sizes:
             for batch in args.batches:
                 flops = transfer_flops_per_pixel(width) * size * size * batch
@@ -337,6 +386,12 @@ def main(argv=None) -> int:
                 print(f"  {size}^2 b{batch}: {r['ms_per_image']:.1f} ms/image, "
                       f"{r['images_per_s']:.2f} images/s, compile {r['compile_s']:.1f} s, "
                       f"XLA memory {r['xla_memory_mb']} MB ({r['reps']} reps)", flush=True)
+                if ot is not None and budget.left() > 60 + 2 * r["batch_s"] * (r["reps"] + 1):
+                    ro = bench_ours_onnx(st, ot, size, batch, args)
+                    ro.update(size=size, batch=batch, gflop_per_image=r["gflop_per_image"])
+                    entry_ort["runs"].append(ro)
+                    print(f"  {size}^2 b{batch} onnxruntime: {ro['ms_per_image']:.1f} ms/image, "
+                          f"{ro['images_per_s']:.2f} images/s ({ro['reps']} reps)", flush=True)
         if args.model:
             break
 
@@ -356,10 +411,14 @@ def main(argv=None) -> int:
     pipeline_st = pipeline_st or st
     if not args.no_peer and pipeline_st.model.width == 0.25 and 512 in args.sizes:
         try:
-            results["head_to_head"] = hh = head_to_head(pipeline_st, args)
+            results["head_to_head"] = hh = head_to_head(pipeline_st, args, pipeline_ot)
             print(f"head to head 512^2 b1 (alternating): ours {hh['ours_ms_min']} ms, peer fp32 "
                   f"{hh['peer_fp32_ms_min']} ms (min); ratio {hh['ratio_min']} (min), "
                   f"{hh['ratio_median']} (median)", flush=True)
+            if "ratio_onnxruntime_min" in hh:
+                print(f"  ours on onnxruntime {hh['ours_onnxruntime_ms_min']} ms (min); ratio "
+                      f"{hh['ratio_onnxruntime_min']} (min), {hh['ratio_onnxruntime_median']} "
+                      "(median)", flush=True)
         except Exception as e:  # noqa: BLE001
             print(f"head to head: failed ({e})", flush=True)
     if args.pipeline and budget.left() > 30:
@@ -398,14 +457,19 @@ def targets(results) -> dict:
         out["cpu_w025_vs_peer_fp32_512_b1_alternating"] = {
             "ratio_min": hh["ratio_min"], "ratio_median": hh["ratio_median"], "target": "<= 1.0",
             "met": hh["ratio_min"] <= 1.0}
+        if "ratio_onnxruntime_min" in hh:
+            out["cpu_w025_onnxruntime_vs_peer_fp32_512_b1_alternating"] = {
+                "ratio_min": hh["ratio_onnxruntime_min"],
+                "ratio_median": hh["ratio_onnxruntime_median"], "target": "<= 1.0",
+                "met": hh["ratio_onnxruntime_min"] <= 1.0}
     peer = next((p for p in results["peer"] if p["variant"] == "fp32"), None)
-    ours = next((o for o in results["ours"] if o["width"] == 0.25), None)
-    if peer and ours:
+    for ours in [o for o in results["ours"] if o["width"] == 0.25 and peer]:
+        tag = "" if ours.get("backend", "jax") == "jax" else f"_{ours['backend']}"
         for batch in (1, 8):
             a, b = _find(ours["runs"], 512, batch), _find(peer["runs"], 512, batch)
             if a and b:
                 ratio = a["ms_per_image"] / b["ms_per_image"]
-                out[f"cpu_w025_vs_peer_fp32_512_b{batch}"] = {
+                out[f"cpu_w025{tag}_vs_peer_fp32_512_b{batch}"] = {
                     "ratio": round(ratio, 3), "target": "<= 1.0", "met": ratio <= 1.0}
     w1 = next((o for o in results["ours"] if o["width"] == 1.0), None)
     if w1 and results["meta"]["backend"] == "gpu":
@@ -419,7 +483,8 @@ def targets(results) -> dict:
 def format_table(results) -> str:
     meta = results["meta"]
     lines = [f"backend {meta['backend']} ({meta['device_kind']}, {meta['cpu_count']} CPUs), "
-             f"dtype {meta['dtype']}; ms/image = one jitted call incl. copies / batch",
+             f"dtype {meta['dtype']}; ms/image = one jitted call incl. copies / batch (rows "
+             "marked onnxruntime: the exported transfer graph, uint8 in/out likewise)",
              "",
              "| model | size | batch | ms/image (median) | ms/image (min) | images/s | compile s "
              "| XLA memory MB |",
@@ -454,7 +519,12 @@ def format_table(results) -> str:
         lines.append(f"Head to head, 512^2 batch 1, alternating runs ({hh['rounds']} rounds): width "
                      f"0.25 {hh['ours_ms_min']} ms vs Magenta-lite fp32 {hh['peer_fp32_ms_min']} ms"
                      f" (min; ratio {hh['ratio_min']}), medians {hh['ours_ms_median']} vs "
-                     f"{hh['peer_fp32_ms_median']} ms (ratio {hh['ratio_median']})")
+                     f"{hh['peer_fp32_ms_median']} ms (ratio {hh['ratio_median']})"
+                     + (f"; on onnxruntime {hh['ours_onnxruntime_ms_min']} ms (min; ratio "
+                        f"{hh['ratio_onnxruntime_min']}), median "
+                        f"{hh['ours_onnxruntime_ms_median']} ms (ratio "
+                        f"{hh['ratio_onnxruntime_median']})" if "ratio_onnxruntime_min" in hh
+                        else ""))
     for k, v in results.get("targets", {}).items():
         lines.append(f"Target {k}: {v}")
     lines.append(f"Peak RSS {meta.get('peak_rss_mb')} MB; wall {meta.get('wall_s')} s")

@@ -1,0 +1,191 @@
+"""The ONNX export of the transfer network and the Stylizer's ``onnxruntime`` backend.
+
+Reference: the JAX forward of the same model. onnxruntime must agree to 1e-4 (measured ~1e-6)
+on random models whose CIN heads are random (so every gamma/beta depends on the embedding), on
+odd sizes (padding + crop), batches and shared embeddings, and through every Stylizer option.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from arbitrary_nst import cli, cli_stylize, images
+from arbitrary_nst.errors import ConfigError, ModelError
+from arbitrary_nst.inference import Stylizer
+from arbitrary_nst.onnx_export import OnnxTransfer, save_transfer_onnx, transfer_graph
+
+from test_cli_stylize import make_model_file, png
+
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory, vgg):
+    return make_model_file(tmp_path_factory.mktemp("onnx") / "model.safetensors", vgg, seed=3)
+
+
+@pytest.fixture(scope="module")
+def stylizers(model_file, vgg):
+    return (Stylizer.load(model_file, vgg=vgg, buckets=None),
+            Stylizer.load(model_file, vgg=vgg, buckets=None, backend="onnxruntime", threads=1))
+
+
+def test_graph_matches_jax_forward(stylizers, rng):
+    jax_st, _ = stylizers
+    m = jax_st.model
+    ot = OnnxTransfer(m, threads=1)
+    # Multiple of 4: the raw network (no padding) on both sides.
+    x = rng.random((2, 48, 64, 3)).astype(np.float32)
+    e = rng.normal(size=(2, m.embedding_dim)).astype(np.float32)
+    y = ot.transfer(x, e)
+    ref = np.asarray(m.transfer(x, e))
+    assert y.shape == (2, 48, 64, 3)
+    np.testing.assert_allclose(y, ref, atol=ATOL)
+    assert np.abs(y[0] - y[1]).max() > 1e-2  # the embedding (and the content) matter
+    # One embedding shared by a batch, single HWC image.
+    np.testing.assert_allclose(ot.transfer(x, e[:1])[1], np.asarray(m.transfer(x[1:], e[:1]))[0],
+                               atol=ATOL)
+    np.testing.assert_allclose(ot.transfer(x[0], e[0]), ref[0], atol=ATOL)
+
+
+def test_odd_sizes_are_padded_and_cropped_like_the_stylizer(stylizers, rng):
+    jax_st, _ = stylizers
+    m = jax_st.model
+    ot = OnnxTransfer(m, threads=1)
+    x = rng.random((37, 45, 3)).astype(np.float32)
+    e = rng.normal(size=(m.embedding_dim,)).astype(np.float32)
+    padded, (h, w) = images.pad_to_multiple(x, 4)
+    ref = np.asarray(m.transfer(padded[None], e[None]))[0, :h, :w]
+    y = ot.transfer(x, e)
+    assert y.shape == (37, 45, 3)
+    np.testing.assert_allclose(y, ref, atol=ATOL)
+
+
+def test_trained_builtin_model_exports_exactly(vgg, rng):
+    st = Stylizer.load(vgg=vgg)
+    ot = OnnxTransfer(st.model, threads=1)
+    x = rng.random((1, 64, 64, 3)).astype(np.float32)
+    e = st.embed(rng.random((64, 64, 3)).astype(np.float32), style_size=64)
+    np.testing.assert_allclose(ot.transfer(x, e), np.asarray(st.model.transfer(x, e)), atol=ATOL)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(strength=0.4), dict(preserve_color=True),
+                                dict(preserve_color="match", strength=0.7),
+                                dict(weights=[0.25, 0.75])])
+def test_stylizer_backends_agree_on_every_option(stylizers, rng, kw):
+    jax_st, ort_st = stylizers
+    content = (rng.random((41, 30, 3)) * 255).astype(np.uint8)
+    styles = [rng.random((40, 40, 3)).astype(np.float32),
+              rng.random((36, 44, 3)).astype(np.float32)]
+    style = styles if ("weights" in kw or kw.get("preserve_color") == "match") else styles[0]
+    a = jax_st.stylize(content, style=style, style_size=32, **kw)
+    b = ort_st.stylize(content, style=style, style_size=32, **kw)
+    assert a.shape == b.shape == (41, 30, 3)
+    np.testing.assert_allclose(b, a, atol=ATOL)
+
+
+def test_stylizer_transfer_batch_and_files(stylizers, rng, tmp_path):
+    jax_st, ort_st = stylizers
+    c = (rng.random((33, 47, 3)) * 255).astype(np.uint8)
+    e = rng.normal(size=(3, jax_st.embedding_dim)).astype(np.float32)
+    np.testing.assert_allclose(ort_st.transfer(c, e), jax_st.transfer(c, e), atol=ATOL)
+    for i in range(3):
+        Image.fromarray((rng.random((30 + i, 40, 3)) * 255).astype(np.uint8)).save(
+            tmp_path / f"c{i}.png")
+    s = png(tmp_path / "s.png", 40, 40, 1)
+    outs = {}
+    for st in stylizers:
+        d = tmp_path / st.backend
+        d.mkdir()
+        res = list(st.stylize_files(sorted(tmp_path.glob("c*.png")), style=s, style_size=32,
+                                    output=lambda p, d=d: d / p.name, batch_size=2))
+        assert all(r.ok for r in res) and len(res) == 3
+        outs[st.backend] = [np.asarray(Image.open(p), np.int16) for p in sorted(d.glob("*.png"))]
+    for a, b in zip(outs["jax"], outs["onnxruntime"]):
+        assert np.abs(a - b).max() <= 1  # uint8 rounding of ~1e-6 differences
+
+
+def test_unknown_backend_is_a_config_error(model_file, vgg):
+    with pytest.raises(ConfigError, match="backend"):
+        Stylizer.load(model_file, vgg=vgg, backend="tensorrt")
+
+
+def test_save_is_atomic_and_checked(stylizers, tmp_path, rng):
+    m = stylizers[0].model
+    path = save_transfer_onnx(m, tmp_path / "t.onnx")
+    assert [p.name for p in tmp_path.iterdir()] == ["t.onnx"]  # no temp file left
+    ot = OnnxTransfer(path, threads=1)
+    assert ot.embedding_dim == m.embedding_dim
+    x = rng.random((1, 32, 32, 3)).astype(np.float32)
+    e = rng.normal(size=(1, m.embedding_dim)).astype(np.float32)
+    np.testing.assert_allclose(ot.transfer(x, e), np.asarray(m.transfer(x, e)), atol=ATOL)
+    proto = transfer_graph(m)
+    assert [i.name for i in proto.graph.input] == ["content", "embedding"]
+    with pytest.raises(ConfigError, match="end in .onnx"):
+        save_transfer_onnx(m, tmp_path / "t.bin")
+    with pytest.raises(ConfigError, match="does not exist"):
+        save_transfer_onnx(m, tmp_path / "nowhere" / "t.onnx")
+
+
+def test_bad_onnx_files_are_one_line_model_errors(stylizers, tmp_path, rng):
+    import onnx
+    from onnx import TensorProto, helper
+
+    with pytest.raises(ModelError, match="no such ONNX file"):
+        OnnxTransfer(tmp_path / "missing.onnx")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a protobuf at all" * 10)
+    with pytest.raises(ModelError, match="not a loadable ONNX model") as ei:
+        OnnxTransfer(bad)
+    assert "\n" not in str(ei.value)
+    # A valid ONNX file that is not one of ours.
+    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "other",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    other = tmp_path / "other.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), other)
+    with pytest.raises(ModelError, match="not an arbitrary_nst transfer graph"):
+        OnnxTransfer(other)
+    ot = stylizers[1]._onnx
+    with pytest.raises(ConfigError, match="3 embeddings for 2 content images"):
+        ot.transfer(rng.random((2, 32, 32, 3)).astype(np.float32),
+                    np.zeros((3, ot.embedding_dim), np.float32))
+
+
+# --------------------------------------------------------------------------------- the CLI
+
+
+def test_cli_backend_option_writes_the_same_image(model_file, vgg, tmp_path, capsys):
+    cli_stylize._VGG["vgg"] = vgg
+    c = png(tmp_path / "c.png", 37, 45, 2)
+    s = png(tmp_path / "s.png", 40, 40, 3)
+    outs = []
+    for backend in ("jax", "onnxruntime"):
+        out = tmp_path / f"{backend}.png"
+        rc = cli_stylize.main(["--content", str(c), "--style", str(s), "--out", str(out),
+                               "--model", str(model_file), "--style-size", "32",
+                               "--backend", backend])
+        assert rc == 0, capsys.readouterr().err
+        outs.append(np.asarray(Image.open(out), np.int16))
+    assert np.abs(outs[0] - outs[1]).max() <= 1
+    rc = cli_stylize.main(["--content", str(c), "--style", str(s), "--out", str(tmp_path / "x.png"),
+                           "--model", str(model_file), "--backend", "onnxruntime",
+                           "--dtype", "bfloat16"])
+    err = capsys.readouterr().err
+    assert rc != 0 and err.strip().startswith("error: ") and "float32" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_export_onnx_command(model_file, tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    assert cli.main(["export-onnx", "--model", str(model_file), "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "wrote" in stdout and "max abs difference" in stdout and out.is_file()
+    before = out.read_bytes()
+    assert cli.main(["export-onnx", "--model", str(model_file), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--overwrite" in err and out.read_bytes() == before
+    assert cli.main(["export-onnx", "--model", str(tmp_path / "nope.safetensors"),
+                     "--out", str(tmp_path / "n.onnx")]) == 1
+    assert "no such model file" in capsys.readouterr().err
