@@ -173,7 +173,8 @@ class OnnxTransfer:
 
     ``OnnxTransfer(model_or_path)``: an :class:`~arbitrary_nst.models.ArbitraryStyleModel`
     (exported in memory) or a ``.onnx`` file from :func:`save_transfer_onnx`.
-    ``transfer(content, embedding)``: ``[H, W, 3]`` or ``[N, H, W, 3]`` float in [0, 1] and
+    ``transfer(content, embedding)``: ``[H, W, 3]`` or ``[N, H, W, 3]`` float in [0, 1] (or
+    uint8) and
     ``[D]`` / ``[1, D]`` (shared) or ``[N, D]`` embeddings (from
     :meth:`~arbitrary_nst.inference.Stylizer.embed` / ``mix``) -> float32 of the content's shape.
     """
@@ -209,7 +210,9 @@ class OnnxTransfer:
     def transfer(self, content: np.ndarray, embedding: np.ndarray) -> np.ndarray:
         from .images import pad_to_multiple
 
-        x = np.asarray(content, np.float32)
+        x = np.asarray(content)
+        x = (x.astype(np.float32) / np.float32(255.0) if x.dtype == np.uint8
+             else x.astype(np.float32, copy=False))
         single = x.ndim == 3
         if single:
             x = x[None]

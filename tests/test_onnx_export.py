@@ -47,6 +47,9 @@ def test_graph_matches_jax_forward(stylizers, rng):
     np.testing.assert_allclose(ot.transfer(x, e[:1])[1], np.asarray(m.transfer(x[1:], e[:1]))[0],
                                atol=ATOL)
     np.testing.assert_allclose(ot.transfer(x[0], e[0]), ref[0], atol=ATOL)
+    u8 = (x[0] * 255).round().astype(np.uint8)  # uint8 means 0..255
+    np.testing.assert_allclose(ot.transfer(u8, e[0]), ot.transfer(u8 / np.float32(255), e[0]),
+                               atol=1e-6)
 
 
 def test_odd_sizes_are_padded_and_cropped_like_the_stylizer(stylizers, rng):
