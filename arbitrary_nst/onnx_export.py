@@ -106,7 +106,7 @@ def transfer_graph(model: ArbitraryStyleModel, *, name: str = "arbitrary_nst_tra
                     base, epsilon=EPS)
 
     def cin(x: str, lname: str) -> str:
-        c = len(_np(pred.heads[lname].bias)) // 2
+        c = pred.heads[lname].channels
         x = inorm(x, np.ones(c, np.float32), np.zeros(c, np.float32), f"{lname}_in")
         gamma, beta = gb[lname]
         return g.op("Add", [g.op("Mul", [x, gamma]), beta], f"{lname}_cin")
