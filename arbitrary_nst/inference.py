@@ -787,9 +787,7 @@ class Stylizer:
         y = self._onnx.transfer(xf, e)
         if plan.luminance:
             y = np.asarray(color.transfer_luminance(y, xf))
-        if out_uint8:
-            y = np.round(np.clip(y, 0.0, 1.0) * 255.0).astype(np.uint8)
-        return y
+        return images.to_uint8(y) if out_uint8 else y
 
     def _prepare_array(self, key, img: np.ndarray, plan: _Plan, e=None, meta=None) -> _Item:
         h, w = img.shape[:2]

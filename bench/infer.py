@@ -57,7 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from arbitrary_nst import inference  # noqa: E402
+from arbitrary_nst import images, inference  # noqa: E402
 
 
 def transfer_flops_per_pixel(width: float) -> float:
@@ -148,8 +148,7 @@ def bench_ours_onnx(st, ot, size: int, batch: int, args, out_call=None) -> dict:
     e_host = rng.normal(size=(batch, st.embedding_dim)).astype(np.float32)
 
     def call():
-        y = ot.transfer(x_host.astype(np.float32) / np.float32(255.0), e_host)
-        return np.round(np.clip(y, 0.0, 1.0) * 255.0).astype(np.uint8)
+        return images.to_uint8(ot.transfer(x_host, e_host))  # uint8 in: OnnxTransfer scales
 
     t0 = time.perf_counter()
     call()  # onnxruntime plans its kernels per input shape on the first run
@@ -392,6 +391,11 @@ def main(argv=None) -> int:
                     entry_ort["runs"].append(ro)
                     print(f"  {size}^2 b{batch} onnxruntime: {ro['ms_per_image']:.1f} ms/image, "
                           f"{ro['images_per_s']:.2f} images/s ({ro['reps']} reps)", flush=True)
+                elif ot is not None:
+                    why = f"onnxruntime row: budget left {budget.left():.0f} s"
+                    print(f"  skip {size}^2 b{batch} {why}", flush=True)
+                    results["skipped"].append({"width": f"{width}, onnxruntime", "size": size,
+                                               "batch": batch, "reason": why})
         if args.model:
             break
 
