@@ -75,6 +75,7 @@ import io
 import json
 import logging
 import math
+import contextlib
 import os
 import re
 import sys
@@ -840,6 +841,23 @@ def folder_builder(dirs: Sequence[str | os.PathLike[str]], *, data_dir: str | os
         absl.logging.set_verbosity(level)
 
 
+@contextlib.contextmanager
+def _exclusive_lock(path: Path):
+    """An advisory inter-process lock on ``path`` (``fcntl.flock``; a no-op where there is no
+    ``fcntl``, i.e. Windows)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 def prepare_folder(dirs: Sequence[str | os.PathLike[str]], *, data_dir: str | os.PathLike[str] | None = None,
                    max_source_side: int = 512, min_source_side: int = 64, jpeg_quality: int = 90,
                    workers: int = 2, name: str | None = None, progress: bool = False) -> TFDSSource:
@@ -856,11 +874,22 @@ def prepare_folder(dirs: Sequence[str | os.PathLike[str]], *, data_dir: str | os
     reused = (Path(b.data_dir) / "dataset_info.json").exists()
     if not reused:
         Path(b.data_dir_root).mkdir(parents=True, exist_ok=True)
-        b.download_and_prepare(
-            file_format="array_record",
-            download_dir=os.path.join(b.data_dir_root, "downloads"),
-            download_config=tfds.download.DownloadConfig(compute_stats=tfds.download.ComputeStatsMode.SKIP),
-        )
+        # Two jobs preparing the same folders at once (e.g. two trainings started together)
+        # would race on TFDS' final rename of its incomplete.* directory: serialize them, and
+        # let the later one reuse what the first prepared.
+        with _exclusive_lock(Path(b.data_dir_root) / f".{b.builder_config.name}.lock"):
+            reused = (Path(b.data_dir) / "dataset_info.json").exists()
+            if not reused:
+                b.download_and_prepare(
+                    file_format="array_record",
+                    download_dir=os.path.join(b.data_dir_root, "downloads"),
+                    download_config=tfds.download.DownloadConfig(
+                        compute_stats=tfds.download.ComputeStatsMode.SKIP),
+                )
+        if reused:  # prepared by another process while we waited: reload its dataset info
+            b = folder_builder(dirs, data_dir=data_dir, max_source_side=max_source_side,
+                               min_source_side=min_source_side, jpeg_quality=jpeg_quality,
+                               workers=workers, name=name, progress=progress)
     md = dict(b.info.metadata or {})
     n = b.info.splits["train"].num_examples
     if n == 0:

@@ -329,3 +329,29 @@ def test_default_config_fields():
               "style_size", "style_resize_range", "augment_strength", "max_source_side"):
         assert k in c
     assert c["image_size"] == 256 and c["style_size"] == 256 and c["augment_strength"] == 1.0
+
+
+def test_concurrent_prepares_of_one_folder_all_succeed(folder, tmp_path):
+    """Jobs started together (e.g. two trainings) must not race on TFDS' final rename: one
+    prepares, the others wait and reuse it."""
+    import subprocess
+    import sys
+
+    import time
+
+    # All three start preparing at the same moment, after their (slow, variable) imports.
+    code = ("import json, sys, time; from arbitrary_nst import data; data._tfds(); "
+            "time.sleep(max(0.0, float(sys.argv[3]) - time.time())); "
+            "s = data.prepare_folder([sys.argv[1]], data_dir=sys.argv[2]); "
+            "print(json.dumps([len(s), s.report['reused']]))")
+    start = str(time.time() + 12)
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(folder), str(tmp_path / "tfds"), start],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    assert [n for n, _ in results] == [len(GOOD)] * 3
+    assert sorted(r for _, r in results) == [False, True, True]

@@ -367,3 +367,21 @@ def test_predictor_lr_multiplier_scales_only_the_predictor_updates():
     np.testing.assert_allclose(out[1.0]["predictor"]["heads"], -0.02, rtol=1e-6)
     np.testing.assert_allclose(out[10.0]["predictor"]["heads"], -0.2, rtol=1e-6)
     np.testing.assert_array_equal(out[10.0]["transfer_net"]["conv"], out[1.0]["transfer_net"]["conv"])
+
+
+def test_embedding_lr_multiplier_scales_only_the_embedding_mlp():
+    import jax.numpy as jnp
+
+    base = ["optim.optimizer=sgd", "optim.warmup_steps=0", "optim.schedule=constant",
+            "optim.learning_rate=0.01"]
+    params = {"predictor": {"heads": jnp.ones(3), "hidden": jnp.ones(2), "bottleneck": jnp.ones(2)},
+              "transfer_net": {"hidden": jnp.ones(2)}}
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 2.0), params)
+    tx, _ = training.make_optimizer(smoke(*base, "optim.predictor_lr_multiplier=2",
+                                          "optim.embedding_lr_multiplier=5").optim, 10)
+    out, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(out["predictor"]["heads"], -0.04, rtol=1e-6)
+    np.testing.assert_allclose(out["predictor"]["hidden"], -0.2, rtol=1e-6)
+    np.testing.assert_allclose(out["predictor"]["bottleneck"], -0.2, rtol=1e-6)
+    # a transfer-net module that happens to be called "hidden" is not scaled
+    np.testing.assert_allclose(out["transfer_net"]["hidden"], -0.02, rtol=1e-6)
