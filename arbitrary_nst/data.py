@@ -1100,13 +1100,26 @@ def _crop_offsets(rng: np.random.Generator, w: int, h: int, size: int) -> tuple[
     return min(int(fx * (w - size + 1)), w - size), min(int(fy * (h - size + 1)), h - size)
 
 
+#: A content crop whose pixel standard deviation is below this ([0, 1] scale, ~2.5/255) is
+#: drawn again at another position (at most ``FLAT_CROP_TRIES`` crops in all). Why: a constant
+#: crop (a white background, a clear sky) is constant through the transfer network, every
+#: instance norm then sees a variance ~0 and scales its backward pass by ``1/sqrt(eps)`` ~ 316,
+#: and 13 of them in a row overflow float32: measured, one all-white 96^2 crop made the whole
+#: gradient NaN at step 1375 of a batch-8 run (RESULTS.md). A flat crop has no content to learn
+#: from anyway.
+FLAT_CROP_STD = 0.01
+FLAT_CROP_TRIES = 8
+
+
 def augment_content(img: Any, rng: np.random.Generator, size: int = 256,
                     scale_range: tuple[float, float] = (1.0, 1.15)) -> np.ndarray:
     """Resize the smaller side to ``size * u`` (``u ~ U[scale_range)``), random ``size``² crop.
 
     ``img``: a PIL image (lazily opened JPEGs are decoded at reduced scale when possible), a
     ``uint8`` or a float ``[0, 1]`` array. Returns ``float32`` ``size x size x 3`` in [0, 1].
-    Random draws, in order: ``u``, then the crop position (two uniforms).
+    Random draws, in order: ``u``, then the crop position (two uniforms); two more per
+    re-drawn crop when a crop is flat (std < :data:`FLAT_CROP_STD`; up to
+    :data:`FLAT_CROP_TRIES` crops, the last one kept even if flat, e.g. for a blank image).
     """
     im = _as_pil(img)
     lo, hi = scale_range
@@ -1115,7 +1128,12 @@ def augment_content(img: Any, rng: np.random.Generator, size: int = 256,
     scale = size * u / min(w, h)
     nw, nh = max(size, int(w * scale)), max(size, int(h * scale))
     off = _crop_offsets(rng, nw, nh, size)
-    return _crop_resize(im, scale, off, size)
+    x = _crop_resize(im, scale, off, size)
+    for _ in range(FLAT_CROP_TRIES - 1):
+        if float(x.std()) >= FLAT_CROP_STD:
+            break
+        x = _crop_resize(im, scale, _crop_offsets(rng, nw, nh, size), size)
+    return x
 
 
 def color_jitter(x: np.ndarray, brightness: float = 0.0, saturation: float = 1.0, hue: float = 0.0) -> np.ndarray:

@@ -355,3 +355,20 @@ def test_concurrent_prepares_of_one_folder_all_succeed(folder, tmp_path):
         results.append(json.loads(out.strip().splitlines()[-1]))
     assert [n for n, _ in results] == [len(GOOD)] * 3
     assert sorted(r for _, r in results) == [False, True, True]
+
+
+def test_augment_content_redraws_flat_crops():
+    """A crop from a flat region is drawn again (a constant crop makes the gradient NaN, see
+    data.FLAT_CROP_STD); a blank image still gives a (flat) crop."""
+    img = np.full((400, 400, 3), 255, np.uint8)  # white, with a textured strip on the right
+    img[:, 300:] = np.random.default_rng(0).integers(0, 256, (400, 100, 3), dtype=np.uint8)
+    flat_first = 0
+    for seed in range(40):
+        x = data.augment_content(img, np.random.default_rng(seed), 96, scale_range=(1.0, 1.0))
+        assert x.shape == (96, 96, 3) and x.std() >= data.FLAT_CROP_STD, seed
+        fx, _ = np.random.default_rng(seed).random(2)  # the first crop's draws (no u: lo == hi)
+        ox = min(int(fx * (400 - 96 + 1)), 400 - 96)
+        flat_first += ox + 96 <= 300
+    assert flat_first >= 20  # most first draws fell in the white part and were re-drawn
+    blank = data.augment_content(np.zeros((200, 200, 3), np.uint8), np.random.default_rng(1), 64)
+    assert blank.shape == (64, 64, 3) and blank.max() == 0
