@@ -19,6 +19,11 @@ Figures::
     python infer.py --content photo.jpg --interpolate a.jpg b.jpg c.jpg --steps 4 --out tri.png
     python infer.py --content photo.jpg --style a.jpg --strength-sweep 5 --out sweep.png
 
+``--refine N`` first refines the style embedding for each photo with N Adam steps on the VGG
+loss (:mod:`arbitrary_nst.refine`): closer to the style, ~0.6 s per step on a 2-core CPU::
+
+    python infer.py --content photo.jpg --style painting.jpg --refine 20 --out out.png
+
 ``--method gatys`` runs the Gatys pixel optimization (:mod:`arbitrary_nst.gatys`) with the same
 I/O options (``--strength`` scales the style weight; ``--iterations``).
 
@@ -87,6 +92,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     st.add_argument("--style-size", type=int, default=DEFAULT_STYLE_SIZE, metavar="N",
                     help="style working size: shorter side resized to N, centre square")
 
+    st.add_argument("--refine", type=int, default=0, metavar="STEPS",
+                    help="refine the style embedding for each content with this many Adam steps "
+                         "on the VGG loss first (slower, lower style loss; 0 = off)")
     fig = parser.add_argument_group("figures")
     fig.add_argument("--interpolate", nargs="+", metavar="S",
                      help="styles to interpolate: a strip (2), a triangle (3), a grid (4) or a "
@@ -175,6 +183,13 @@ def _validate(args: argparse.Namespace) -> str:
         raise ConfigError("--backend onnxruntime computes in float32; drop --dtype")
     if args.backend != "jax" and args.method == "gatys":
         raise ConfigError("--backend applies to --method network only")
+    if args.refine < 0:
+        raise ConfigError(f"--refine must be >= 0, got {args.refine}")
+    if args.refine and (mode != "stylize" or args.method == "gatys"):
+        raise ConfigError("--refine applies to --method network without --interpolate/"
+                          "--strength-sweep")
+    if args.refine and args.preserve_color in ("match", "histogram"):
+        raise ConfigError("--refine does not combine with --preserve-color match; use luminance")
     if args.iterations is not None and args.iterations < 0:
         raise ConfigError(f"--iterations must be >= 0, got {args.iterations}")
     return mode
@@ -424,7 +439,7 @@ def _stylize(args, stylizer) -> int:
             contents, styles, weights=args.style_weights, strength=args.strength,
             preserve_color=args.preserve_color, max_size=max_size, style_size=args.style_size,
             output=output, overwrite=args.overwrite, batch_size=args.batch_size,
-            workers=args.workers)
+            workers=args.workers, refine_steps=args.refine)
     done, skipped = 0, []
     bar = _progress(len(contents), not args.no_progress and not single)
     try:

