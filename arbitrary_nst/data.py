@@ -68,6 +68,7 @@ from __future__ import annotations
 import argparse
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -75,7 +76,6 @@ import io
 import json
 import logging
 import math
-import contextlib
 import os
 import re
 import sys
