@@ -1,0 +1,336 @@
+"""Distil test-time refinement into the style predictor ("amortize the refinement").
+
+Measured (RESULTS.md, session 5): for a fixed transfer network and gamma/beta heads, a few Adam
+steps on the 100-d embedding alone (:mod:`arbitrary_nst.refine`) lower a style's Gram loss by
+~40-45 %, and an embedding refined on one set of photos lowers it as much on *other* photos
+(5.46e5 -> 3.15e5 on 4 held-out photos x 3 eval paintings). So the better embedding is a
+property of the style, which the predictor could output, but joint training does not get there
+(training only the predictor's MLP with the training loss for 600 steps made the style loss
+15 % worse on the eval paintings). This module gives the MLP a direct target instead:
+
+1. **Oracle** (:func:`oracle_batch`): for training paintings (never the eval set), the style's
+   working image (shorter side 256, centre square: what the predictor sees at inference) gives
+   the predictor's input statistics ``x`` and the Gram targets; the predicted embedding ``e0``
+   is refined for ``steps`` Adam steps on a random training-photo crop (or several, averaged),
+   giving ``e*``. Batched over styles, one compiled :func:`refine.refine_embeddings` call.
+2. **Fit** (:func:`fit_embedding_mlp`): the style -> embedding MLP (``hidden``, ``bottleneck``)
+   is fitted to ``e*`` by mean squared error from its current weights, with a held-out part of
+   the styles for early stopping; the heads and the transfer network are untouched, so the
+   refined embeddings keep their meaning.
+
+``python -m arbitrary_nst.distill --out workdirs/distill1 --num-styles 1000`` runs both (the
+oracle in resumable chunks under ``<out>/oracle/``) and writes ``<out>/model.safetensors`` and
+``<out>/distill.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from PIL import Image
+
+from . import refine
+from .errors import ConfigError, NSTError
+from .models.predictor import pooled_statistics
+
+#: Working size of style images (the Stylizer's default, Magenta's 256).
+STYLE_SIZE = 256
+#: Content crops: side, and the range of the photo's shorter side before cropping. At eval
+#: (256 px longer side) a photo's shorter side is ~170-256; 128 crops keep the oracle 4x cheaper
+#: than whole 256 px photos.
+CONTENT_CROP = 128
+CONTENT_SHORT_RANGE = (176, 256)
+FLAT_STD = 0.01  # crops flatter than this are re-drawn (see data.FLAT_CROP_STD)
+
+
+def _resize_short(im: Image.Image, short: int) -> Image.Image:
+    w, h = im.size
+    s = short / min(w, h)
+    return im.resize((max(short, round(w * s)), max(short, round(h * s))),
+                     Image.Resampling.BICUBIC)
+
+
+def style_images(src, indices, size: int = STYLE_SIZE) -> np.ndarray:
+    """``[N, size, size, 3]`` float in [0, 1]: shorter side -> ``size``, centre square."""
+    out = np.empty((len(indices), size, size, 3), np.float32)
+    for k, i in enumerate(indices):
+        im = _resize_short(Image.fromarray(src.get(int(i))), size)
+        w, h = im.size
+        l, t = (w - size) // 2, (h - size) // 2
+        out[k] = np.asarray(im.crop((l, t, l + size, t + size)), np.float32) / 255.0
+    return out
+
+
+def content_crops(src, rng: np.random.Generator, n: int, crop: int = CONTENT_CROP,
+                  short_range: tuple[int, int] = CONTENT_SHORT_RANGE) -> np.ndarray:
+    """``[n, crop, crop, 3]`` random crops of random photos resized to a random shorter side
+    in ``short_range``; near-flat crops are re-drawn (they carry no content signal)."""
+    out = np.empty((n, crop, crop, 3), np.float32)
+    for k in range(n):
+        for _ in range(8):
+            im = _resize_short(Image.fromarray(src.get(int(rng.integers(len(src))))),
+                               int(rng.integers(short_range[0], short_range[1] + 1)))
+            w, h = im.size
+            l, t = int(rng.integers(w - crop + 1)), int(rng.integers(h - crop + 1))
+            x = np.asarray(im.crop((l, t, l + crop, t + crop)), np.float32) / 255.0
+            if x.std() >= FLAT_STD:
+                break
+        out[k] = x
+    return out
+
+
+def style_statistics(model, styles: np.ndarray) -> np.ndarray:
+    """The predictor's MLP input for ``styles``: ``[N, F]`` pooled VGG statistics."""
+    p = model.predictor
+    feats = p.style_features(jnp.asarray(styles, jnp.float32))
+    return np.asarray(pooled_statistics(feats, p.taps, norm=p.feature_norm), np.float32)
+
+
+def oracle_batch(model, styles: np.ndarray, contents: np.ndarray, *, steps: int = 12,
+                 learning_rate: float = refine.DEFAULT_LEARNING_RATE,
+                 style_weight: float = refine.DEFAULT_STYLE_WEIGHT) -> dict[str, np.ndarray]:
+    """Refined embeddings for ``N`` styles, each on its ``K`` contents.
+
+    Args:
+      styles: ``[N, S, S, 3]`` working images; contents: ``[N, K, h, w, 3]``.
+    Returns ``x [N, F]`` (MLP input), ``e0 [N, D]`` (predicted), ``e_star [N, D]`` (refined,
+    the mean over the K contents) and ``loss [N, 2]`` (mean training loss before / after).
+    """
+    styles = np.asarray(styles, np.float32)
+    contents = np.asarray(contents, np.float32)
+    if contents.ndim != 5 or contents.shape[0] != styles.shape[0]:
+        raise ConfigError(f"contents must be [N, K, h, w, 3] with N = {styles.shape[0]}, "
+                          f"got {contents.shape}")
+    n, k = contents.shape[:2]
+    x = style_statistics(model, styles)
+    e0 = np.asarray(_mlp_apply(_mlp_params(model), jnp.asarray(x)), np.float32)  # = embed()
+    which = np.repeat(np.eye(n, dtype=np.float32), k, axis=0)  # content j -> its own style
+    e, hist = refine.refine_embeddings(
+        model, contents.reshape((n * k,) + contents.shape[2:]), styles, which,
+        np.repeat(e0, k, axis=0), steps=steps, learning_rate=learning_rate,
+        style_weight=style_weight)
+    loss = np.stack([hist[0], hist[-1]], axis=-1).reshape(n, k, 2).mean(axis=1)
+    return {"x": x, "e0": e0, "e_star": e.reshape(n, k, -1).mean(axis=1), "loss": loss}
+
+
+# ------------------------------------------------------------------------------------------------
+# Fitting the MLP
+
+
+def _mlp_params(model) -> dict[str, Any]:
+    p = model.predictor
+    out = {"bottleneck": {"kernel": p.bottleneck.kernel[...], "bias": p.bottleneck.bias[...]}}
+    if p.hidden is not None:
+        out["hidden"] = {"kernel": p.hidden.kernel[...], "bias": p.hidden.bias[...]}
+    return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), out)
+
+
+def _mlp_apply(params, x):
+    if "hidden" in params:
+        x = jax.nn.relu(x @ params["hidden"]["kernel"] + params["hidden"]["bias"])
+    return x @ params["bottleneck"]["kernel"] + params["bottleneck"]["bias"]
+
+
+def _set_mlp_params(model, params) -> None:
+    p = model.predictor
+    for name, layer in params.items():
+        mod = getattr(p, name)
+        mod.kernel[...] = layer["kernel"]
+        mod.bias[...] = layer["bias"]
+
+
+def fit_embedding_mlp(model, x: np.ndarray, target: np.ndarray, *, val_fraction: float = 0.1,
+                      steps: int = 3000, learning_rate: float = 3e-4, weight_decay: float = 0.0,
+                      batch_size: int = 128, eval_every: int = 50, seed: int = 0
+                      ) -> dict[str, Any]:
+    """Fit the predictor's MLP (in place) to ``target`` embeddings by mean squared error.
+
+    Starts from the current weights; AdamW; keeps the weights with the lowest held-out error
+    (``val_fraction`` of the styles, chosen with ``seed``). Returns a report: the held-out
+    error of the starting MLP and of the fitted one, and ``explained`` = 1 - fitted / start
+    on the held-out styles (1: reproduces the oracle; 0: no better than before).
+    """
+    x = np.asarray(x, np.float32)
+    target = np.asarray(target, np.float32)
+    if x.ndim != 2 or target.ndim != 2 or len(x) != len(target) or len(x) < 4:
+        raise ConfigError(f"fit: x [N, F] and target [N, D] with N >= 4 needed, got "
+                          f"{x.shape}, {target.shape}")
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(x))
+    n_val = max(1, int(round(val_fraction * len(x))))
+    val, tr = perm[:n_val], perm[n_val:]
+    params = _mlp_params(model)
+    opt = optax.adamw(learning_rate, weight_decay=weight_decay)
+    state = opt.init(params)
+
+    def mse(p, xb, tb):
+        return jnp.mean(jnp.sum(jnp.square(_mlp_apply(p, xb) - tb), axis=-1))
+
+    @jax.jit
+    def step(p, s, xb, tb):
+        l, g = jax.value_and_grad(mse)(p, xb, tb)
+        u, s = opt.update(g, s, p)
+        return optax.apply_updates(p, u), s, l
+
+    mse_jit = jax.jit(mse)
+    xv, tv = jnp.asarray(x[val]), jnp.asarray(target[val])
+    start_val = float(mse_jit(params, xv, tv))
+    start_train = float(mse_jit(params, jnp.asarray(x[tr]), jnp.asarray(target[tr])))
+    best, best_val, best_step, curve = params, start_val, 0, []
+    bs = min(int(batch_size), len(tr))
+    for i in range(1, int(steps) + 1):
+        b = tr[rng.integers(len(tr), size=bs)]
+        params, state, _ = step(params, state, jnp.asarray(x[b]), jnp.asarray(target[b]))
+        if i % eval_every == 0 or i == steps:
+            v = float(mse_jit(params, xv, tv))
+            curve.append((i, v))
+            if v < best_val:
+                best, best_val, best_step = params, v, i
+    _set_mlp_params(model, best)
+    return {"n_train": int(len(tr)), "n_val": int(n_val), "start_val_mse": start_val,
+            "start_train_mse": start_train, "val_mse": best_val, "best_step": best_step,
+            "train_mse": float(mse_jit(best, jnp.asarray(x[tr]), jnp.asarray(target[tr]))),
+            "explained": 1.0 - best_val / start_val if start_val > 0 else 0.0,
+            "curve": curve}
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line
+
+
+def _save_npz(path: Path, **arrays) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def collect_oracle(model, sources, out_dir: Path, *, num_styles: int, batch: int = 8,
+                   contents_per_style: int = 1, steps: int = 12, learning_rate: float = 0.05,
+                   style_weight: float = 0.5, seed: int = 0, style_size: int = STYLE_SIZE,
+                   content_crop: int = CONTENT_CROP,
+                   content_short_range: tuple[int, int] = CONTENT_SHORT_RANGE,
+                   progress: bool = True) -> dict[str, np.ndarray]:
+    """Run :func:`oracle_batch` over ``num_styles`` training styles (a seeded sample), saving
+    each batch as ``out_dir/chunk_XXXXX.npz`` (skipped when present: resumable)."""
+    from tqdm.auto import tqdm
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"batch": int(batch), "contents_per_style": int(contents_per_style),
+            "steps": int(steps), "learning_rate": float(learning_rate),
+            "style_weight": float(style_weight), "seed": int(seed), "style_size": int(style_size),
+            "content_crop": int(content_crop),
+            "content_short_range": [int(v) for v in content_short_range]}
+    meta_path = out_dir / "oracle.json"
+    if meta_path.exists():
+        old = json.loads(meta_path.read_text())
+        if old != meta:
+            raise ConfigError(f"{out_dir}: holds an oracle made with {old}, not {meta}; "
+                              f"use another --out")
+    else:
+        meta_path.write_text(json.dumps(meta))
+    style_src, content_src = sources["style"], sources["content"]
+    n = min(int(num_styles), len(style_src))
+    order = np.random.default_rng(seed).permutation(len(style_src))[:n]
+    chunks = []
+    for c, start in enumerate(tqdm(range(0, n, batch), desc="oracle", unit="batch",
+                                   disable=not progress, dynamic_ncols=True)):
+        path = out_dir / f"chunk_{c:05d}.npz"
+        idx = order[start:start + batch]
+        if not path.exists():
+            rng = np.random.default_rng([seed, c])
+            styles = style_images(style_src, idx, style_size)
+            contents = content_crops(content_src, rng, len(idx) * contents_per_style,
+                                     content_crop, content_short_range)
+            contents = contents.reshape((len(idx), contents_per_style) + contents.shape[1:])
+            r = oracle_batch(model, styles, contents, steps=steps, learning_rate=learning_rate,
+                             style_weight=style_weight)
+            _save_npz(path, index=idx, **r)
+        with np.load(path) as z:
+            chunks.append({k: z[k] for k in z.files})
+    return {k: np.concatenate([ch[k] for ch in chunks]) for k in chunks[0]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m arbitrary_nst.distill", description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, help="work folder (oracle chunks, model, report)")
+    p.add_argument("--model", default=None, help="model to start from (default: built-in)")
+    p.add_argument("--config", default=str(Path(__file__).resolve().parent.parent / "configs" / "cpu_small.py"),
+                   help="training config whose data section names the training images")
+    p.add_argument("--set", action="append", default=[], help="config override key=value")
+    p.add_argument("--num-styles", type=int, default=1000)
+    p.add_argument("--batch", type=int, default=8, help="styles refined together")
+    p.add_argument("--contents-per-style", type=int, default=1)
+    p.add_argument("--style-size", type=int, default=STYLE_SIZE,
+                   help="style working size (shorter side, centre square)")
+    p.add_argument("--content-crop", type=int, default=CONTENT_CROP)
+    p.add_argument("--content-short", type=int, nargs=2, default=list(CONTENT_SHORT_RANGE),
+                   metavar=("LO", "HI"), help="photo shorter side before cropping")
+    p.add_argument("--steps", type=int, default=12, help="Adam steps of the oracle refinement")
+    p.add_argument("--learning-rate", type=float, default=0.05)
+    p.add_argument("--style-weight", type=float, default=0.5)
+    p.add_argument("--fit-steps", type=int, default=3000)
+    p.add_argument("--fit-learning-rate", type=float, default=3e-4)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--target-scale", type=float, default=1.0,
+                   help="fit e0 + s (e* - e0) (1: the oracle itself)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    try:
+        from . import data, export, training
+        from .inference import BUILTIN_MODEL
+
+        cfg = training.load_config(a.config, a.set)
+        model_path = a.model or str(BUILTIN_MODEL)
+        model = export.load_exported(model_path)
+        out = Path(a.out)
+        sources = data.prepare(cfg.data, progress=not a.no_progress)
+        r = collect_oracle(model, sources, out / "oracle", num_styles=a.num_styles,
+                           batch=a.batch, contents_per_style=a.contents_per_style,
+                           steps=a.steps, learning_rate=a.learning_rate,
+                           style_weight=a.style_weight, seed=a.seed,
+                           style_size=a.style_size, content_crop=a.content_crop,
+                           content_short_range=tuple(a.content_short),
+                           progress=not a.no_progress)
+        target = r["e0"] + a.target_scale * (r["e_star"] - r["e0"])
+        rep = fit_embedding_mlp(model, r["x"], target, steps=a.fit_steps,
+                                learning_rate=a.fit_learning_rate,
+                                weight_decay=a.weight_decay, seed=a.seed)
+        rep.update(oracle_styles=int(len(r["x"])),
+                   oracle_loss_before=float(r["loss"][:, 0].mean()),
+                   oracle_loss_after=float(r["loss"][:, 1].mean()),
+                   oracle_distance=float(np.linalg.norm(r["e_star"] - r["e0"], axis=-1).mean()),
+                   start_model=model_path, args=vars(a))
+        export.export_model(model, out / "model.safetensors", info={"distill": {
+            k: v for k, v in rep.items() if k != "curve"}})
+        (out / "distill.json").write_text(json.dumps(rep, indent=1, default=str))
+        print(f"oracle: {rep['oracle_styles']} styles, loss {rep['oracle_loss_before']:.4g} -> "
+              f"{rep['oracle_loss_after']:.4g}, |e*-e0| {rep['oracle_distance']:.2f}")
+        print(f"fit: held-out mse {rep['start_val_mse']:.3f} -> {rep['val_mse']:.3f} "
+              f"(explained {rep['explained']:.1%}, best step {rep['best_step']}); "
+              f"wrote {out / 'model.safetensors'}")
+        return 0
+    except NSTError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

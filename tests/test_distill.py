@@ -1,0 +1,140 @@
+"""Tests of arbitrary_nst.distill (refined embeddings as targets for the predictor's MLP).
+
+A random width-0.25 model (as in test_inference) and small generated images: the oracle must
+lower the model's own loss and start from exactly the predicted embedding, the fit must recover
+a known MLP and touch nothing but the MLP, and the command must be resumable and refuse to mix
+oracles made with different settings.
+"""
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from arbitrary_nst import distill, export
+from arbitrary_nst.data import SyntheticSource
+from arbitrary_nst.errors import ConfigError
+
+from test_inference import make_model_file, smooth_image
+
+SIZE = 32  # style working size and content crop in these tests (the VGG minimum): fast
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory, vgg):
+    return make_model_file(tmp_path_factory.mktemp("model") / "model.safetensors", vgg, seed=5)
+
+
+@pytest.fixture
+def model(model_path, vgg):
+    return export.load_exported(model_path, vgg=vgg)
+
+
+def _img(seed):
+    return smooth_image(SIZE, SIZE, seed).astype(np.float32) / 255
+
+
+def test_oracle_starts_at_the_prediction_and_lowers_the_loss(model):
+    styles = np.stack([_img(1), _img(2)])
+    contents = np.stack([np.stack([_img(3), _img(4)]), np.stack([_img(5), _img(6)])])  # K = 2
+    r = distill.oracle_batch(model, styles, contents, steps=4)
+    assert r["x"].shape == (2, model.predictor.feature_dim)
+    np.testing.assert_allclose(r["e0"], np.asarray(model.embed(jnp.asarray(styles))),
+                               rtol=1e-5, atol=1e-5)
+    assert r["e_star"].shape == r["e0"].shape and np.all(np.isfinite(r["e_star"]))
+    assert np.all(r["loss"][:, 1] < r["loss"][:, 0])  # every style's loss went down
+    assert np.all(np.linalg.norm(r["e_star"] - r["e0"], axis=-1) > 1e-3)
+    with pytest.raises(ConfigError, match="contents must be"):
+        distill.oracle_batch(model, styles, contents[:1], steps=1)
+
+
+def test_oracle_target_is_the_mean_over_contents(model):
+    """K contents per style: the target is the mean of the K refinements, each equal to
+    refining that content alone."""
+    styles = np.stack([_img(1)])
+    pair = np.stack([_img(3), _img(4)])[None]
+    both = distill.oracle_batch(model, styles, pair, steps=3)["e_star"]
+    one = [distill.oracle_batch(model, styles, pair[:, k:k + 1], steps=3)["e_star"]
+           for k in range(2)]
+    np.testing.assert_allclose(both, (one[0] + one[1]) / 2, rtol=1e-4, atol=1e-4)
+
+
+def test_fit_recovers_a_known_mlp_and_changes_nothing_else(model, model_path, vgg):
+    """Targets made by a copy of the MLP with a shifted output bias (a consistent offset, like
+    the one between predicted and refined embeddings): the fit must explain most of the
+    held-out error, and only the MLP's tensors may change."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, model.predictor.feature_dim)).astype(np.float32)
+    teacher = distill._mlp_params(model)
+    teacher["bottleneck"]["bias"] = teacher["bottleneck"]["bias"] + rng.normal(
+        size=teacher["bottleneck"]["bias"].shape).astype(np.float32)
+    target = np.asarray(distill._mlp_apply(teacher, jnp.asarray(x)))
+    before = export.model_tensors(model)
+    rep = distill.fit_embedding_mlp(model, x, target, steps=400, learning_rate=1e-3,
+                                    eval_every=20)
+    assert rep["n_val"] == 20 and rep["n_train"] == 180
+    assert rep["explained"] > 0.5, rep
+    assert rep["val_mse"] < rep["start_val_mse"]
+    after = export.model_tensors(model)
+    changed = {k for k in before if not np.array_equal(before[k], after[k])}
+    assert changed and all(k.startswith(("predictor/hidden/", "predictor/bottleneck/"))
+                           for k in changed), changed
+    # the model's own embed() now gives the fitted MLP's output
+    fitted = distill._mlp_params(model)
+    np.testing.assert_allclose(np.asarray(model.predictor.embed_features(
+        {t: f for t, f in model.predictor.style_features(jnp.asarray(_img(1)[None])).items()})),
+        np.asarray(distill._mlp_apply(fitted, jnp.asarray(distill.style_statistics(
+            model, _img(1)[None])))), rtol=1e-5, atol=1e-5)
+
+
+def test_fit_keeps_the_start_when_nothing_helps(model):
+    """Targets equal to the current predictions: the held-out error starts at 0, so the best
+    weights are the starting ones (best step 0) and the model is unchanged."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(40, model.predictor.feature_dim)).astype(np.float32)
+    target = np.asarray(distill._mlp_apply(distill._mlp_params(model), jnp.asarray(x)))
+    before = export.model_tensors(model)
+    rep = distill.fit_embedding_mlp(model, x, target, steps=50, eval_every=10)
+    assert rep["best_step"] == 0 and rep["explained"] == 0.0
+    after = export.model_tensors(model)
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    with pytest.raises(ConfigError, match="fit:"):
+        distill.fit_embedding_mlp(model, x[:3], target[:3])
+
+
+def test_command_resumes_and_refuses_other_settings(tmp_path, model_path, capsys):
+    out = tmp_path / "d"
+    args = ["--out", str(out), "--model", str(model_path), "--set", "data.source=synthetic",
+            "--set", "data.synthetic_count=16", "--num-styles", "6", "--batch", "4",
+            "--steps", "2", "--style-size", str(SIZE), "--content-crop", str(SIZE),
+            "--content-short", "40", "48", "--fit-steps", "20", "--no-progress"]
+    assert distill.main(args) == 0
+    rep = json.loads((out / "distill.json").read_text())
+    assert rep["oracle_styles"] == 6 and rep["oracle_loss_after"] < rep["oracle_loss_before"]
+    chunks = sorted((out / "oracle").glob("chunk_*.npz"))
+    assert len(chunks) == 2  # 4 + 2 styles
+    m = export.load_exported(out / "model.safetensors")
+    assert m.width == 0.25
+    # resume: the chunks are reused as they are (same bytes, same oracle)
+    stamp = [c.stat().st_mtime_ns for c in chunks]
+    assert distill.main(args) == 0
+    assert [c.stat().st_mtime_ns for c in chunks] == stamp
+    assert json.loads((out / "distill.json").read_text())["oracle_loss_after"] == \
+        rep["oracle_loss_after"]
+    # other oracle settings in the same folder: one-line error, exit 2
+    capsys.readouterr()
+    assert distill.main([a if a != "2" else "3" for a in args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "holds an oracle made with" in err
+
+
+def test_content_crops_are_never_flat():
+    src = SyntheticSource("content", 8)
+    x = distill.content_crops(src, np.random.default_rng(0), 5, crop=SIZE, short_range=(40, 48))
+    assert x.shape == (5, SIZE, SIZE, 3) and x.dtype == np.float32
+    assert 0.0 <= x.min() and x.max() <= 1.0
+    assert np.all(x.reshape(5, -1).std(axis=1) >= distill.FLAT_STD)
