@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except NSTError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 1
 
 
 if __name__ == "__main__":

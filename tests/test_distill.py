@@ -125,9 +125,9 @@ def test_command_resumes_and_refuses_other_settings(tmp_path, model_path, capsys
     assert [c.stat().st_mtime_ns for c in chunks] == stamp
     assert json.loads((out / "distill.json").read_text())["oracle_loss_after"] == \
         rep["oracle_loss_after"]
-    # other oracle settings in the same folder: one-line error, exit 2
+    # other oracle settings in the same folder: one-line error, exit 1
     capsys.readouterr()
-    assert distill.main([a if a != "2" else "3" for a in args]) == 2
+    assert distill.main([a if a != "2" else "3" for a in args]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "holds an oracle made with" in err
 
