@@ -294,6 +294,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     try:
+        for name in ("num_styles", "batch", "contents_per_style", "steps", "fit_steps",
+                     "style_size", "content_crop"):
+            if getattr(a, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
+        if min(a.style_size, a.content_crop) < 32:
+            raise ConfigError("--style-size and --content-crop must be >= 32 (VGG's minimum)")
+        lo, hi = a.content_short
+        if not a.content_crop <= lo <= hi:
+            raise ConfigError(f"--content-short must satisfy crop <= LO <= HI, got {lo} {hi}")
+        refine.check_options(a.steps, a.learning_rate, a.style_weight)
         from . import data, export, training
         from .inference import BUILTIN_MODEL
 

@@ -138,3 +138,13 @@ def test_content_crops_are_never_flat():
     assert x.shape == (5, SIZE, SIZE, 3) and x.dtype == np.float32
     assert 0.0 <= x.min() and x.max() <= 1.0
     assert np.all(x.reshape(5, -1).std(axis=1) >= distill.FLAT_STD)
+
+
+@pytest.mark.parametrize("bad, msg", [(["--num-styles", "0"], "--num-styles must be >= 1"),
+                                      (["--content-short", "20", "40"], "--content-short"),
+                                      (["--learning-rate", "0"], "learning rate")])
+def test_command_rejects_bad_options_in_one_line(tmp_path, capsys, bad, msg):
+    assert distill.main(["--out", str(tmp_path / "d")] + bad) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and msg in err and err.count("\n") == 1
+    assert not (tmp_path / "d").exists()
