@@ -20,7 +20,7 @@ Figures::
     python infer.py --content photo.jpg --style a.jpg --strength-sweep 5 --out sweep.png
 
 ``--refine N`` first refines the style embedding for each photo with N Adam steps on the VGG
-loss (:mod:`arbitrary_nst.refine`): closer to the style, ~0.6 s per step on a 2-core CPU::
+loss (:mod:`arbitrary_nst.refine`): closer to the style, ~0.17 s per step on a 2-core CPU::
 
     python infer.py --content photo.jpg --style painting.jpg --refine 20 --out out.png
 

@@ -40,6 +40,7 @@ from flax import nnx
 from PIL import Image
 
 from . import refine
+from .data import FLAT_CROP_STD, FLAT_CROP_TRIES
 from .errors import ConfigError, NSTError
 from .models.predictor import pooled_statistics
 
@@ -50,7 +51,6 @@ STYLE_SIZE = 256
 #: than whole 256 px photos.
 CONTENT_CROP = 128
 CONTENT_SHORT_RANGE = (176, 256)
-FLAT_STD = 0.01  # crops flatter than this are re-drawn (see data.FLAT_CROP_STD)
 
 
 def _resize_short(im: Image.Image, short: int) -> Image.Image:
@@ -77,13 +77,13 @@ def content_crops(src, rng: np.random.Generator, n: int, crop: int = CONTENT_CRO
     in ``short_range``; near-flat crops are re-drawn (they carry no content signal)."""
     out = np.empty((n, crop, crop, 3), np.float32)
     for k in range(n):
-        for _ in range(8):
+        for _ in range(FLAT_CROP_TRIES):
             im = _resize_short(Image.fromarray(src.get(int(rng.integers(len(src))))),
                                int(rng.integers(short_range[0], short_range[1] + 1)))
             w, h = im.size
             l, t = int(rng.integers(w - crop + 1)), int(rng.integers(h - crop + 1))
             x = np.asarray(im.crop((l, t, l + crop, t + crop)), np.float32) / 255.0
-            if x.std() >= FLAT_STD:
+            if x.std() >= FLAT_CROP_STD:
                 break
         out[k] = x
     return out

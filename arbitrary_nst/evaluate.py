@@ -285,7 +285,8 @@ class ModelRefineMethod(Method):
         for s in styles:
             if content.shape[:2] not in self._warm:  # compiles (refine once, transfer per shape)
                 t0 = time.perf_counter()
-                self.stylizer.stylize(content, s, refine_steps=self.steps)
+                # one step compiles everything: the steps are calls of one executable
+                self.stylizer.stylize(content, s, refine_steps=1)
                 dt = time.perf_counter() - t0
                 self.compile_seconds = max(self.compile_seconds or 0.0, dt)
                 self._warm.add(content.shape[:2])

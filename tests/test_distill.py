@@ -137,7 +137,7 @@ def test_content_crops_are_never_flat():
     x = distill.content_crops(src, np.random.default_rng(0), 5, crop=SIZE, short_range=(40, 48))
     assert x.shape == (5, SIZE, SIZE, 3) and x.dtype == np.float32
     assert 0.0 <= x.min() and x.max() <= 1.0
-    assert np.all(x.reshape(5, -1).std(axis=1) >= distill.FLAT_STD)
+    assert np.all(x.reshape(5, -1).std(axis=1) >= distill.FLAT_CROP_STD)
 
 
 @pytest.mark.parametrize("bad, msg", [(["--num-styles", "0"], "--num-styles must be >= 1"),
