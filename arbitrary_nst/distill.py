@@ -20,7 +20,9 @@ property of the style, which the predictor could output, but joint training does
 
 ``python -m arbitrary_nst.distill --out workdirs/distill1 --num-styles 1000`` runs both (the
 oracle in resumable chunks under ``<out>/oracle/``) and writes ``<out>/model.safetensors`` and
-``<out>/distill.json``.
+``<out>/distill.json``. ``--content-seeds 0 1 2`` refines the same styles on three sets of photo
+crops (``<out>/oracle``, ``oracle_c1``, ``oracle_c2``) and fits their mean: the part of a refined
+embedding that is specific to its one crop is noise for a style-only predictor.
 """
 from __future__ import annotations
 
@@ -226,9 +228,14 @@ def collect_oracle(model, sources, out_dir: Path, *, num_styles: int, batch: int
                    style_weight: float = 0.5, seed: int = 0, style_size: int = STYLE_SIZE,
                    content_crop: int = CONTENT_CROP,
                    content_short_range: tuple[int, int] = CONTENT_SHORT_RANGE,
+                   content_seed: int | None = None,
                    progress: bool = True) -> dict[str, np.ndarray]:
     """Run :func:`oracle_batch` over ``num_styles`` training styles (a seeded sample), saving
-    each batch as ``out_dir/chunk_XXXXX.npz`` (skipped when present: resumable)."""
+    each batch as ``out_dir/chunk_XXXXX.npz`` (skipped when present: resumable).
+
+    ``seed`` picks the styles (and, unless ``content_seed`` is given, the photo crops): the same
+    ``seed`` with another ``content_seed`` refines the same styles on other photos, so several
+    oracles can be averaged (:func:`combine_oracles`) into cleaner targets."""
     from tqdm.auto import tqdm
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -237,6 +244,8 @@ def collect_oracle(model, sources, out_dir: Path, *, num_styles: int, batch: int
             "style_weight": float(style_weight), "seed": int(seed), "style_size": int(style_size),
             "content_crop": int(content_crop),
             "content_short_range": [int(v) for v in content_short_range]}
+    if content_seed is not None and content_seed != seed:  # absent = seed (older oracles)
+        meta["content_seed"] = int(content_seed)
     meta_path = out_dir / "oracle.json"
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
@@ -254,7 +263,7 @@ def collect_oracle(model, sources, out_dir: Path, *, num_styles: int, batch: int
         path = out_dir / f"chunk_{c:05d}.npz"
         idx = order[start:start + batch]
         if not path.exists():
-            rng = np.random.default_rng([seed, c])
+            rng = np.random.default_rng([seed if content_seed is None else content_seed, c])
             styles = style_images(style_src, idx, style_size)
             contents = content_crops(content_src, rng, len(idx) * contents_per_style,
                                      content_crop, content_short_range)
@@ -265,6 +274,23 @@ def collect_oracle(model, sources, out_dir: Path, *, num_styles: int, batch: int
         with np.load(path) as z:
             chunks.append({k: z[k] for k in z.files})
     return {k: np.concatenate([ch[k] for ch in chunks]) for k in chunks[0]}
+
+
+def combine_oracles(oracles: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Average oracles of the *same* styles and start model made on different photo crops.
+
+    The refined embedding of one crop is the style's better embedding plus a part specific to
+    that crop; averaging K crops keeps the first and shrinks the second ~K times."""
+    first = oracles[0]
+    for o in oracles[1:]:
+        if not (np.array_equal(o["index"], first["index"])
+                and np.allclose(o["e0"], first["e0"], atol=1e-4)):
+            raise ConfigError("oracles to combine must come from the same styles and start model "
+                              "(same --seed, --num-styles, --model)")
+    out = dict(first)
+    out["e_star"] = np.mean([o["e_star"] for o in oracles], axis=0)
+    out["loss"] = np.mean([o["loss"] for o in oracles], axis=0)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,6 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target-scale", type=float, default=1.0,
                    help="fit e0 + s (e* - e0) (1: the oracle itself)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--content-seeds", type=int, nargs="+", default=None, metavar="S",
+                   help="refine every style on the photo crops of each of these seeds and fit "
+                        "the mean (default: --seed alone); oracle of seed S != --seed in "
+                        "<out>/oracle_cS")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     try:
@@ -312,18 +342,22 @@ def main(argv: list[str] | None = None) -> int:
         model = export.load_exported(model_path)
         out = Path(a.out)
         sources = data.prepare(cfg.data, progress=not a.no_progress)
-        r = collect_oracle(model, sources, out / "oracle", num_styles=a.num_styles,
+        content_seeds = list(dict.fromkeys(a.content_seeds or [a.seed]))
+        r = combine_oracles([
+            collect_oracle(model, sources, out / ("oracle" if s == a.seed else f"oracle_c{s}"),
+                           num_styles=a.num_styles,
                            batch=a.batch, contents_per_style=a.contents_per_style,
                            steps=a.steps, learning_rate=a.learning_rate,
                            style_weight=a.style_weight, seed=a.seed,
                            style_size=a.style_size, content_crop=a.content_crop,
-                           content_short_range=tuple(a.content_short),
+                           content_short_range=tuple(a.content_short), content_seed=s,
                            progress=not a.no_progress)
+            for s in content_seeds])
         target = r["e0"] + a.target_scale * (r["e_star"] - r["e0"])
         rep = fit_embedding_mlp(model, r["x"], target, steps=a.fit_steps,
                                 learning_rate=a.fit_learning_rate,
                                 weight_decay=a.weight_decay, seed=a.seed)
-        rep.update(oracle_styles=int(len(r["x"])),
+        rep.update(oracle_styles=int(len(r["x"])), content_seeds=content_seeds,
                    oracle_loss_before=float(r["loss"][:, 0].mean()),
                    oracle_loss_after=float(r["loss"][:, 1].mean()),
                    oracle_distance=float(np.linalg.norm(r["e_star"] - r["e0"], axis=-1).mean()),

@@ -132,6 +132,38 @@ def test_command_resumes_and_refuses_other_settings(tmp_path, model_path, capsys
     assert err.startswith("error: ") and "holds an oracle made with" in err
 
 
+def test_content_seeds_refine_the_same_styles_on_other_photos(tmp_path, model_path):
+    """--content-seeds: one oracle folder per seed, same styles and start, other photo crops;
+    the fitted target is their mean. The default seed's folder is the plain oracle (so an
+    existing oracle is reused as it is)."""
+    out = tmp_path / "d"
+    base = ["--out", str(out), "--model", str(model_path), "--set", "data.source=synthetic",
+            "--set", "data.synthetic_count=16", "--num-styles", "4", "--batch", "4",
+            "--steps", "2", "--style-size", str(SIZE), "--content-crop", str(SIZE),
+            "--content-short", "40", "48", "--fit-steps", "20", "--no-progress"]
+    assert distill.main(base) == 0
+    one = np.load(out / "oracle" / "chunk_00000.npz")
+    stamp = (out / "oracle" / "chunk_00000.npz").stat().st_mtime_ns
+    assert distill.main(base + ["--content-seeds", "0", "7"]) == 0
+    assert (out / "oracle" / "chunk_00000.npz").stat().st_mtime_ns == stamp  # reused
+    other = np.load(out / "oracle_c7" / "chunk_00000.npz")
+    assert json.loads((out / "oracle_c7" / "oracle.json").read_text())["content_seed"] == 7
+    np.testing.assert_array_equal(other["index"], one["index"])
+    np.testing.assert_array_equal(other["x"], one["x"])
+    np.testing.assert_allclose(other["e0"], one["e0"], atol=1e-6)
+    assert not np.allclose(other["e_star"], one["e_star"])  # other crops, other refinement
+    rep = json.loads((out / "distill.json").read_text())
+    assert rep["content_seeds"] == [0, 7]
+    np.testing.assert_allclose(rep["oracle_loss_after"],
+                               (one["loss"][:, 1].mean() + other["loss"][:, 1].mean()) / 2,
+                               rtol=1e-6)
+    both = distill.combine_oracles([dict(one), dict(other)])
+    np.testing.assert_allclose(both["e_star"], (one["e_star"] + other["e_star"]) / 2)
+    shifted = dict(other, e0=other["e0"] + 1.0)  # another start model
+    with pytest.raises(ConfigError, match="same styles and start model"):
+        distill.combine_oracles([dict(one), shifted])
+
+
 def test_content_crops_are_never_flat():
     src = SyntheticSource("content", 8)
     x = distill.content_crops(src, np.random.default_rng(0), 5, crop=SIZE, short_range=(40, 48))
