@@ -9,6 +9,11 @@ Re-running with the same ``--workdir`` resumes from its latest checkpoint (exact
 parameters, optimizer state and data order as an uninterrupted run). Ctrl-C / SIGTERM finish the
 current step, save a checkpoint and exit cleanly. At the end the inference weights are exported
 to ``--export`` (default ``WORKDIR/model.safetensors``). See ``arbitrary_nst/training.py``.
+
+    python train.py --config configs/cpu_small.py --objective builtin workdirs/run1 [...]
+
+prints the training loss of each model on the same fixed batches of the config's data (did a
+run lower the objective it was trained on?) instead of training.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--config", required=True, help="Python file with get_config() (configs/*.py)")
-    p.add_argument("--workdir", required=True, help="checkpoints, logs, samples and export")
+    p.add_argument("--workdir", help="checkpoints, logs, samples and export (required to train)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set train.num_steps=1000 (repeatable)")
     p.add_argument("--export", default=None, metavar="PATH",
@@ -30,7 +35,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(default WORKDIR/model.safetensors; '' = none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--print-config", action="store_true", help="print the config and exit")
-    return p.parse_args(argv)
+    p.add_argument("--objective", nargs="+", metavar="MODEL", default=None,
+                   help="don't train: print the training loss of these models (exports, "
+                        "workdirs or 'builtin') on the same fixed batches of the config's data")
+    p.add_argument("--objective-batches", type=int, default=12, metavar="N",
+                   help="batches of train.batch_size pairs for --objective (default 12)")
+    p.add_argument("--objective-seed", type=int, default=1234, metavar="S",
+                   help="seed that draws the --objective batches (default 1234)")
+    args = p.parse_args(argv)
+    if args.workdir is None and not args.print_config and args.objective is None:
+        p.error("--workdir is required to train")
+    return args
 
 
 def main(argv=None) -> int:
@@ -46,6 +61,18 @@ def main(argv=None) -> int:
         config = training.load_config(args.config, args.overrides)
         if args.print_config:
             print(config)
+            return 0
+        if args.objective is not None:
+            rows = training.training_objective(config, args.objective,
+                                               num_batches=args.objective_batches,
+                                               seed=args.objective_seed)
+            n = args.objective_batches * int(config.train.batch_size)
+            print(f"training objective on {n} fixed pairs ({args.objective_batches} batches, "
+                  f"seed {args.objective_seed}) of {config.name}'s data and loss:")
+            print("| model | loss | content | style | tv |\n|---|---|---|---|---|")
+            for name, r in zip(args.objective, rows):
+                print(f"| {name} | {r['loss']:.4g} | {r['content']:.4g} | {r['style']:.4g} | "
+                      f"{r['tv']:.4g} |")
             return 0
         result = training.train(config, args.workdir, export_path=args.export,
                                 progress=False if args.no_progress else None)

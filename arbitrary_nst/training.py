@@ -840,3 +840,50 @@ def load_checkpoint_model(config, workdir: str | os.PathLike, *, step: int | Non
     graphdef, _, frozen = nnx.split(model, nnx.Param, ...)
     params = jax.tree.map(jnp.asarray, _local_copy(state.params))
     return nnx.merge(graphdef, params, frozen), int(state.step)
+
+
+def training_objective(config, models: list, *, num_batches: int = 12, seed: int = 1234,
+                       vgg=None) -> list[dict[str, float]]:
+    """The training loss and its terms of each model, on the same ``num_batches`` batches of
+    ``config``'s data and loss (``train.batch_size`` pairs each, drawn with ``seed``).
+
+    Why: the evaluation shows where a model sits on the content/style trade-off of unseen
+    pairs; this shows whether a run lowered the objective it was trained on. Measured with it
+    (RESULTS.md, session 6): continuations of the distilled v5 at LR 5e-4 made the eval's style
+    loss 21-34% worse *and* raised this objective 5-18% (Adam's noise floor at 4 pairs per
+    step), which no eval table can tell apart from a trade-off.
+
+    ``models``: :class:`ArbitraryStyleModel` objects, export files, training workdirs holding
+    ``model.safetensors``, or ``"builtin"``. Returns one dict per model (``loss``, ``content``,
+    ``style``, ``tv`` and the per-layer terms, means over the batches).
+    """
+    from . import data as data_lib
+
+    if int(num_batches) < 1:
+        raise ConfigError(f"num_batches must be >= 1, got {num_batches}")
+    validate_config(config)
+    loss_cfg = LossConfig.from_config(config.loss)
+    dtype = compute_dtype(_get(config.train, "dtype", "float32"))
+    loader = data_lib.make_loader(config.data, batch_size=int(config.train.batch_size),
+                                  seed=int(seed), num_workers=1, prefetch=1)
+    try:
+        batches = [loader.batch(step) for step in range(int(num_batches))]
+    finally:
+        loader.close()
+    if vgg is None:
+        vgg = vgg_lib.load_vgg16(config.vgg_path)
+    out = []
+    for m in models:
+        if not isinstance(m, ArbitraryStyleModel):
+            path = Path(resolve_init_from(m))
+            m = export_lib.load_exported(path / EXPORT_NAME if path.is_dir() else path, vgg=vgg)
+        graphdef, state = nnx.split(m)
+
+        @jax.jit
+        def terms(state, content, style, graphdef=graphdef):
+            return batch_loss(nnx.merge(graphdef, state), content, style, loss_cfg, dtype=dtype)[1]
+
+        got = [jax.device_get(terms(state, jnp.asarray(b["content"]), jnp.asarray(b["style"])))
+               for b in batches]
+        out.append({k: float(np.mean([g[k] for g in got])) for k in got[0]})
+    return out

@@ -385,3 +385,49 @@ def test_embedding_lr_multiplier_scales_only_the_embedding_mlp():
     np.testing.assert_allclose(out["predictor"]["bottleneck"], -0.2, rtol=1e-6)
     # a transfer-net module that happens to be called "hidden" is not scaled
     np.testing.assert_allclose(out["transfer_net"]["hidden"], -0.02, rtol=1e-6)
+
+
+def test_training_objective_compares_models_on_the_same_batches(tmp_path, vgg, capsys):
+    """train.py --objective: each model's training loss on the same fixed batches, equal to
+    batch_loss on the batches the training loader itself yields."""
+    import jax.numpy as jnp
+
+    from arbitrary_nst.export import export_model
+
+    cfg = smoke("data.synthetic_count=6")
+    a = training.build_model(cfg, vgg)
+    b = training.build_model(smoke("seed=1"), vgg)
+    path = export_model(b, tmp_path / "b.safetensors")
+    rows = training.training_objective(cfg, [a, str(path)], num_batches=2, seed=3, vgg=vgg)
+    with data.make_loader(cfg.data, batch_size=4, seed=3, num_workers=1) as loader:
+        batches = [next(loader) for _ in range(2)]  # the training loop's path
+    loss_cfg = LossConfig.from_config(cfg.loss)
+    for m, r in zip([a, b], rows):
+        want = [training.batch_loss(m, jnp.asarray(x["content"]), jnp.asarray(x["style"]),
+                                    loss_cfg)[1] for x in batches]
+        for k in ("loss", "content", "style", "tv"):
+            np.testing.assert_allclose(r[k], np.mean([float(w[k]) for w in want]), rtol=2e-5)
+    assert rows[0]["loss"] != rows[1]["loss"]  # other weights, other loss
+    again = training.training_objective(cfg, [a], num_batches=2, seed=3, vgg=vgg)[0]
+    assert again == rows[0]  # fixed batches: the same numbers every time
+    other = training.training_objective(cfg, [a], num_batches=2, seed=4, vgg=vgg)[0]
+    assert other["loss"] != rows[0]["loss"]
+    with pytest.raises(ConfigError, match="num_batches"):
+        training.training_objective(cfg, [a], num_batches=0, vgg=vgg)
+
+    sys.path.insert(0, str(ROOT))
+    try:
+        import train as train_cli
+    finally:
+        sys.path.remove(str(ROOT))
+    smoke_cfg = ["--config", str(CONFIGS / "smoke.py"), "--set", "data.synthetic_count=6"]
+    assert train_cli.main(smoke_cfg + ["--objective", str(path), "--objective-batches", "2",
+                                       "--objective-seed", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "8 fixed pairs" in out and f"| {path} | {rows[1]['loss']:.4g} |" in out
+    assert train_cli.main(smoke_cfg + ["--objective", str(tmp_path / "missing.safetensors")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "no such file" in err and "\n" not in err
+    with pytest.raises(SystemExit):
+        train_cli.main(smoke_cfg)  # neither --workdir nor --objective
+    assert "--workdir is required" in capsys.readouterr().err
