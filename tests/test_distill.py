@@ -106,12 +106,17 @@ def test_fit_keeps_the_start_when_nothing_helps(model):
         distill.fit_embedding_mlp(model, x[:3], target[:3])
 
 
-def test_command_resumes_and_refuses_other_settings(tmp_path, model_path, capsys):
-    out = tmp_path / "d"
-    args = ["--out", str(out), "--model", str(model_path), "--set", "data.source=synthetic",
-            "--set", "data.synthetic_count=16", "--num-styles", "6", "--batch", "4",
+def _small_command(out, model_path, *, num_styles: int) -> list[str]:
+    """Arguments of a seconds-long distill run on synthetic images (batches of 4 styles)."""
+    return ["--out", str(out), "--model", str(model_path), "--set", "data.source=synthetic",
+            "--set", "data.synthetic_count=16", "--num-styles", str(num_styles), "--batch", "4",
             "--steps", "2", "--style-size", str(SIZE), "--content-crop", str(SIZE),
             "--content-short", "40", "48", "--fit-steps", "20", "--no-progress"]
+
+
+def test_command_resumes_and_refuses_other_settings(tmp_path, model_path, capsys):
+    out = tmp_path / "d"
+    args = _small_command(out, model_path, num_styles=6)
     assert distill.main(args) == 0
     rep = json.loads((out / "distill.json").read_text())
     assert rep["oracle_styles"] == 6 and rep["oracle_loss_after"] < rep["oracle_loss_before"]
@@ -137,10 +142,7 @@ def test_content_seeds_refine_the_same_styles_on_other_photos(tmp_path, model_pa
     the fitted target is their mean. The default seed's folder is the plain oracle (so an
     existing oracle is reused as it is)."""
     out = tmp_path / "d"
-    base = ["--out", str(out), "--model", str(model_path), "--set", "data.source=synthetic",
-            "--set", "data.synthetic_count=16", "--num-styles", "4", "--batch", "4",
-            "--steps", "2", "--style-size", str(SIZE), "--content-crop", str(SIZE),
-            "--content-short", "40", "48", "--fit-steps", "20", "--no-progress"]
+    base = _small_command(out, model_path, num_styles=4)
     assert distill.main(base) == 0
     one = np.load(out / "oracle" / "chunk_00000.npz")
     stamp = (out / "oracle" / "chunk_00000.npz").stat().st_mtime_ns
