@@ -864,19 +864,22 @@ def training_objective(config, models: list, *, num_batches: int = 12, seed: int
     validate_config(config)
     loss_cfg = LossConfig.from_config(config.loss)
     dtype = compute_dtype(_get(config.train, "dtype", "float32"))
+    if vgg is None:
+        vgg = vgg_lib.load_vgg16(config.vgg_path)
+    loaded = []  # every model first: a bad path fails before the data is read
+    for m in models:
+        if not isinstance(m, ArbitraryStyleModel):
+            path = Path(resolve_init_from(m))
+            m = export_lib.load_exported(path / EXPORT_NAME if path.is_dir() else path, vgg=vgg)
+        loaded.append(m)
     loader = data_lib.make_loader(config.data, batch_size=int(config.train.batch_size),
                                   seed=int(seed), num_workers=1, prefetch=1)
     try:
         batches = [loader.batch(step) for step in range(int(num_batches))]
     finally:
         loader.close()
-    if vgg is None:
-        vgg = vgg_lib.load_vgg16(config.vgg_path)
     out = []
-    for m in models:
-        if not isinstance(m, ArbitraryStyleModel):
-            path = Path(resolve_init_from(m))
-            m = export_lib.load_exported(path / EXPORT_NAME if path.is_dir() else path, vgg=vgg)
+    for m in loaded:
         graphdef, state = nnx.split(m)
 
         @jax.jit
