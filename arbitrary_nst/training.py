@@ -878,15 +878,13 @@ def training_objective(config, models: list, *, num_batches: int = 12, seed: int
         batches = [loader.batch(step) for step in range(int(num_batches))]
     finally:
         loader.close()
+    # graphdef static: models of one architecture share the compiled function.
+    terms = jax.jit(lambda graphdef, state, content, style: batch_loss(
+        nnx.merge(graphdef, state), content, style, loss_cfg, dtype=dtype)[1], static_argnums=0)
     out = []
     for m in loaded:
         graphdef, state = nnx.split(m)
-
-        @jax.jit
-        def terms(state, content, style, graphdef=graphdef):
-            return batch_loss(nnx.merge(graphdef, state), content, style, loss_cfg, dtype=dtype)[1]
-
-        got = [jax.device_get(terms(state, jnp.asarray(b["content"]), jnp.asarray(b["style"])))
-               for b in batches]
+        got = [jax.device_get(terms(graphdef, state, jnp.asarray(b["content"]),
+                                    jnp.asarray(b["style"]))) for b in batches]
         out.append({k: float(np.mean([g[k] for g in got])) for k in got[0]})
     return out
