@@ -159,12 +159,23 @@ def assign_tensors(model: ArbitraryStyleModel, tensors: dict[str, np.ndarray], n
     nnx.update(model, nnx.from_flat_state(flat))
 
 
+def model_file(path: str | os.PathLike) -> str:
+    """``path`` itself, or ``path/model.safetensors`` when ``path`` is a training workdir.
+    Raises ModelError for a directory without one."""
+    name = os.fspath(path)
+    if not os.path.isdir(name):
+        return name
+    exported = os.path.join(name, "model.safetensors")
+    if not os.path.isfile(exported):
+        raise ModelError(f"{name}: a directory without model.safetensors (pass the "
+                         "export file of a trained model)")
+    return exported
+
+
 def init_from_export(model: ArbitraryStyleModel, path: str | os.PathLike) -> dict[str, Any]:
     """Load an export's weights into ``model`` (fine-tuning start point). The export's
     model_config must equal the model's; returns the export's header. Raises ModelError."""
-    name = os.fspath(path)
-    if os.path.isdir(name):
-        name = os.path.join(name, "model.safetensors")
+    name = model_file(path)
     tensors, header = read_export(name)
     want = json.loads(json.dumps(model.config()))  # tuples -> lists, as in the header
     diff = sorted(k for k in set(want) | set(header["model_config"])

@@ -586,14 +586,10 @@ class Stylizer:
                                  "train.py")
             name = str(BUILTIN_MODEL)
         else:
-            name = os.fspath(path)
-            if os.path.isdir(name):
-                exported = os.path.join(name, "model.safetensors")
-                if not os.path.isfile(exported):
-                    raise ModelError(f"{name}: a directory without model.safetensors (pass the "
-                                     "export file of a trained model)")
-                name = exported
-            elif not os.path.exists(name):
+            from . import export
+
+            name = export.model_file(path)
+            if not os.path.exists(name):
                 raise ModelError(f"{name}: no such model file")
         if isinstance(dtype, str):
             dtypes = {"float32": None, "bfloat16": jnp.bfloat16, "float16": jnp.float16}

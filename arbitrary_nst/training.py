@@ -869,8 +869,7 @@ def training_objective(config, models: list, *, num_batches: int = 12, seed: int
     loaded = []  # every model first: a bad path fails before the data is read
     for m in models:
         if not isinstance(m, ArbitraryStyleModel):
-            path = Path(resolve_init_from(m))
-            m = export_lib.load_exported(path / EXPORT_NAME if path.is_dir() else path, vgg=vgg)
+            m = export_lib.load_exported(export_lib.model_file(resolve_init_from(m)), vgg=vgg)
         loaded.append(m)
     loader = data_lib.make_loader(config.data, batch_size=int(config.train.batch_size),
                                   seed=int(seed), num_workers=1, prefetch=1)
