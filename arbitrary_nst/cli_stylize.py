@@ -24,6 +24,12 @@ loss (:mod:`arbitrary_nst.refine`): closer to the style, ~0.17 s per step on a 2
 
     python infer.py --content photo.jpg --style painting.jpg --refine 20 --out out.png
 
+``--palette A`` (0..1) sets how far each output's colours are moved to the painting's colour
+mean and covariance (default: the model's own setting, 0.5 for the built-in model; 0 = the raw
+network output)::
+
+    python infer.py --content photo.jpg --style painting.jpg --palette 0 --out raw.png
+
 ``--method gatys`` runs the Gatys pixel optimization (:mod:`arbitrary_nst.gatys`) with the same
 I/O options (``--strength`` scales the style weight; ``--iterations``).
 
@@ -92,6 +98,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     st.add_argument("--style-size", type=int, default=DEFAULT_STYLE_SIZE, metavar="N",
                     help="style working size: shorter side resized to N, centre square")
 
+    st.add_argument("--palette", type=float, default=None, metavar="A",
+                    help="move the output's colours this far (0..1) to the style's colour mean "
+                         "and covariance (default: the model's own setting; 0 = off)")
     st.add_argument("--refine", type=int, default=0, metavar="STEPS",
                     help="refine the style embedding for each content with this many Adam steps "
                          "on the VGG loss first (slower, lower style loss; 0 = off)")
@@ -192,6 +201,12 @@ def _validate(args: argparse.Namespace) -> str:
         raise ConfigError("--refine does not combine with --preserve-color match; use luminance")
     if args.iterations is not None and args.iterations < 0:
         raise ConfigError(f"--iterations must be >= 0, got {args.iterations}")
+    if args.palette is not None:
+        from .models import check_palette
+
+        check_palette(args.palette)
+        if args.method == "gatys":
+            raise ConfigError("--palette applies to --method network only")
     return mode
 
 
@@ -326,20 +341,23 @@ def _weights_label(w: np.ndarray) -> str:
     return "/".join(f"{100 * v:.0f}" for v in w)
 
 
-def _style_embeddings(stylizer, styles, content_img, args) -> np.ndarray:
-    """``[N, D]`` embeddings of the style files (colour-matched to the content if asked)."""
+def _style_embeddings(stylizer, styles, content_img, args) -> tuple[np.ndarray, np.ndarray]:
+    """``[N, D]`` embeddings and ``[N, 12]`` colour moments (palette targets) of the style
+    files (colour-matched to the content if asked)."""
     from . import color
     from .inference import preserve_color_mode, style_working_image
 
     if preserve_color_mode(args.preserve_color) != "match":
-        return stylizer.embed(styles, style_size=args.style_size)
+        return (stylizer.embed(styles, style_size=args.style_size),
+                stylizer.palettes(styles, style_size=args.style_size))
     size = args.style_size
     c_small = style_working_image(images.to_float(content_img), size)
     smalls = np.stack([style_working_image(
         images.load_image(s, max_pixels=args.max_pixels, max_side=8 * size), size)
         for s in styles])
     matched = np.asarray(color.match_color(smalls, c_small), np.float32)
-    return stylizer.embed(list(matched), style_size=size)
+    return (stylizer.embed(list(matched), style_size=size),
+            stylizer.palettes(list(matched), style_size=size))
 
 
 def _figure(args, mode: str, stylizer) -> int:
@@ -363,30 +381,34 @@ def _figure(args, mode: str, stylizer) -> int:
     stylizer.max_pixels = args.max_pixels
     img = stylizer.read(content, max_side=args.tile_size)  # uint8 HWC, as the batch path
     lum = preserve_color_mode(args.preserve_color) == "luminance"
-    e_styles = _style_embeddings(stylizer, styles, img, args)
+    e_styles, m_styles = _style_embeddings(stylizer, styles, img, args)
+    e_c = stylizer.embed(img, style_size=args.style_size)[0]
+    m_c = stylizer.palettes(img, style_size=args.style_size)[0]
     names = " / ".join(Path(s).stem for s in styles)
     if mode == "interpolate":
         cells = mixture_grid(len(styles), args.steps)
         e = np.stack([w @ e_styles for _, _, w in cells])
+        m = np.stack([w @ m_styles for _, _, w in cells])
         if args.strength < 1.0:
-            e_c = stylizer.embed(img, style_size=args.style_size)[0]
             e = args.strength * e + (1.0 - args.strength) * e_c
+            m = args.strength * m + (1.0 - args.strength) * m_c
         labels = [_weights_label(w) for _, _, w in cells]
         pos = [(r, c) for r, c, _ in cells]
         layout = "triangle" if len(styles) == 3 else "grid"
         title = f"% of {names}" + (f", strength {args.strength:g}" if args.strength < 1 else "")
     else:
         w = np.asarray(args.style_weights if args.style_weights else [1.0] * len(styles))
-        e_mix = stylizer.mix(e_styles, w)
-        e_c = stylizer.embed(img, style_size=args.style_size)[0]
+        e_mix, m_mix = stylizer.mix(e_styles, w), stylizer.mix(m_styles, w)
         ts = np.linspace(0.0, 1.0, args.strength_sweep)
         e = np.stack([t * e_mix + (1 - t) * e_c for t in ts])
+        m = np.stack([t * m_mix + (1 - t) * m_c for t in ts])
         labels = [f"{t:.2f}" for t in ts]
         pos = [(0, j) for j in range(len(ts))]
         layout = "grid"
         title = f"strength 0 .. 1, style {names}"
     outs = stylizer.transfer(img, e.astype(np.float32), preserve_color=lum,
-                             batch_size=args.batch_size)
+                             batch_size=args.batch_size, palette_moments=m.astype(np.float32),
+                             palette=args.palette)
     fig = compose_figure([(r, c, o, lab) for (r, c), o, lab in zip(pos, outs, labels)],
                          title=title, layout=layout)
     images.save_image(out, fig, overwrite=args.overwrite)
@@ -439,7 +461,7 @@ def _stylize(args, stylizer) -> int:
             contents, styles, weights=args.style_weights, strength=args.strength,
             preserve_color=args.preserve_color, max_size=max_size, style_size=args.style_size,
             output=output, overwrite=args.overwrite, batch_size=args.batch_size,
-            workers=args.workers, refine_steps=args.refine)
+            workers=args.workers, refine_steps=args.refine, palette=args.palette)
     done, skipped = 0, []
     bar = _progress(len(contents), not args.no_progress and not single)
     try:

@@ -14,6 +14,13 @@ Two ways to keep the content's colours:
   eigendecomposition (``method="eig"``, the "image analogies" variant of the paper) or
   ``A = L_t L_s^(-1)`` from Cholesky factors (``method="chol"``).
 
+The same affine map also does the opposite job, the **palette** of stylized outputs
+(:func:`align_to_moments`): it moves an output's colours toward the style's. The target is
+given as colour *moments* (:func:`color_moments`: the mean and the raw second moment
+``E[x x^T]``), because convex combinations of moments are exactly the moments of the mixed pixel
+distributions, so the palettes of several styles (and of the content, for the strength knob) mix
+with the same weights as their embeddings.
+
 Everything works on NumPy or JAX arrays of shape ``[..., H, W, 3]`` (RGB in [0, 1]), is jittable
 and returns JAX arrays; a leading batch axis is mapped over.
 """
@@ -123,14 +130,20 @@ def match_luminance(source, target, eps: float = 1e-5) -> jax.Array:
     return jnp.repeat(jnp.clip(y, 0.0, 1.0)[..., None], 3, axis=-1)
 
 
-def color_stats(x) -> tuple[jax.Array, jax.Array]:
-    """Mean ``[..., 3]`` and covariance ``[..., 3, 3]`` of the pixels of ``[..., H, W, 3]``."""
+def color_stats(x, mask=None) -> tuple[jax.Array, jax.Array]:
+    """Mean ``[..., 3]`` and covariance ``[..., 3, 3]`` of the pixels of ``[..., H, W, 3]``;
+    with ``mask`` (``[..., H, W]``, 0/1) of the masked-in pixels only."""
     x = _f32(x)
     flat = x.reshape(*x.shape[:-3], -1, 3)
-    mean = jnp.mean(flat, axis=-2)
-    d = flat - mean[..., None, :]
-    cov = jnp.einsum("...ni,...nj->...ij", d, d) / flat.shape[-2]
-    return mean, cov
+    if mask is None:
+        mean = jnp.mean(flat, axis=-2)
+        d = flat - mean[..., None, :]
+        return mean, jnp.einsum("...ni,...nj->...ij", d, d) / flat.shape[-2]
+    m = jnp.broadcast_to(jnp.asarray(mask, x.dtype), x.shape[:-1]).reshape(flat.shape[:-1])
+    n = jnp.maximum(jnp.sum(m, axis=-1), 1.0)[..., None]
+    mean = jnp.einsum("...n,...ni->...i", m, flat) / n
+    d = (flat - mean[..., None, :]) * m[..., None]
+    return mean, jnp.einsum("...ni,...nj->...ij", d, d) / n[..., None]
 
 
 def _sym_pow(c: jax.Array, p: float, eps: float) -> jax.Array:
@@ -165,3 +178,53 @@ def match_color(source, target, method: MatchMethod = "eig", eps: float = 1e-5) 
     x = _f32(source)
     out = jnp.einsum("...hwj,...ij->...hwi", x, a) + b[..., None, None, :]
     return jnp.clip(out, 0.0, 1.0)
+
+
+#: Size of :func:`color_moments`' last axis: the mean (3) and ``E[x x^T]`` (9, row-major).
+MOMENTS_DIM = 12
+
+
+def color_moments(x) -> jax.Array:
+    """Colour moments ``[..., 12]`` of the pixels of ``[..., H, W, 3]``: the mean (3) and the
+    raw second moment ``E[x x^T]`` (9, row-major). A convex combination of moments is the
+    moments of the mixture of the pixel distributions (which means and covariances are not)."""
+    x = _f32(x)
+    flat = x.reshape(*x.shape[:-3], -1, 3)
+    mean = jnp.mean(flat, axis=-2)
+    second = jnp.einsum("...ni,...nj->...ij", flat, flat) / flat.shape[-2]
+    return jnp.concatenate([mean, second.reshape(*second.shape[:-2], 9)], axis=-1)
+
+
+def stats_from_moments(moments) -> tuple[jax.Array, jax.Array]:
+    """``[..., 12]`` moments -> mean ``[..., 3]`` and covariance ``[..., 3, 3]``."""
+    m = _f32(moments)
+    if m.shape[-1] != MOMENTS_DIM:
+        raise ConfigError(f"colour moments must have {MOMENTS_DIM} values, got shape {m.shape}")
+    mean = m[..., :3]
+    second = m[..., 3:].reshape(*m.shape[:-1], 3, 3)
+    cov = second - mean[..., :, None] * mean[..., None, :]
+    return mean, 0.5 * (cov + jnp.swapaxes(cov, -1, -2))
+
+
+def align_to_moments(x, moments, amount=1.0, eps: float = 1e-4, mask=None) -> jax.Array:
+    """``x`` (``[..., H, W, 3]``) moved ``amount`` of the way to the affine recolouring that gives
+    it the colour mean and covariance of ``moments`` (``[..., 12]``; see :func:`color_moments`),
+    clipped to [0, 1]: ``x + amount * (A x + b - x)`` with ``A = C_t^(1/2) C_x^(-1/2)``
+    (symmetric square roots, as :func:`match_color`'s ``"eig"``). ``amount`` 0 returns ``x``
+    (clipped); 1 matches the moments (up to the clipping).
+
+    ``A`` and ``b`` are treated as constants by autodiff (``stop_gradient``): the gradient of the
+    output is ``(1 - amount) + amount * A`` per pixel, which keeps training through this step
+    stable (the derivative of an eigendecomposition is undefined where eigenvalues repeat, as in
+    a grey image). ``eps`` floors the covariances' eigenvalues (a flat image is not blown up).
+    ``mask`` (``[..., H, W]``, 0/1): measure ``x``'s colours on these pixels only (e.g. without
+    the padding of a bucketed batch); the map applies to every pixel."""
+    x = _f32(x)
+    ms, cs = color_stats(x, mask)
+    mt, ct = stats_from_moments(moments)
+    a = _sym_pow(ct, 0.5, eps) @ _sym_pow(cs, -0.5, eps)
+    b = mt - jnp.einsum("...ij,...j->...i", a, ms)
+    a, b = jax.lax.stop_gradient(a), jax.lax.stop_gradient(b)
+    y = jnp.einsum("...hwj,...ij->...hwi", x, a) + b[..., None, None, :]
+    amount = jnp.asarray(amount, x.dtype)
+    return jnp.clip(x + amount * (y - x), 0.0, 1.0)

@@ -254,18 +254,21 @@ class _EmbeddingMethod(Method):
 class ModelMethod(_EmbeddingMethod):
     name = "model"
 
-    def __init__(self, model_path: str | None = None, vgg=None):
+    def __init__(self, model_path: str | None = None, vgg=None, palette: float | None = None):
         super().__init__()
         from .inference import Stylizer
 
         # Exact sizes (no bucketing): every content is timed at its own shape.
         self.stylizer = Stylizer.load(model_path, vgg=vgg, buckets=None)
+        self.palette = palette
 
     def _embed(self, style):
-        return self.stylizer.embed(style)
+        return self.stylizer.embed(style), self.stylizer.palettes(style)
 
     def _transfer(self, content, embedding):
-        return self.stylizer.stylize(content, embedding=embedding)
+        e, m = embedding
+        return self.stylizer.stylize(content, embedding=e, palette_moments=m,
+                                     palette=self.palette)
 
 
 class ModelRefineMethod(Method):
@@ -273,11 +276,13 @@ class ModelRefineMethod(Method):
 
     name = "model_refine"
 
-    def __init__(self, model_path: str | None = None, vgg=None, steps: int = 20):
+    def __init__(self, model_path: str | None = None, vgg=None, steps: int = 20,
+                 palette: float | None = None):
         from .inference import Stylizer
 
         self.stylizer = Stylizer.load(model_path, vgg=vgg, buckets=None)
         self.steps = int(steps)
+        self.palette = palette
         self._warm: set[tuple[int, int]] = set()
 
     def run(self, content, styles, style_keys):
@@ -286,12 +291,12 @@ class ModelRefineMethod(Method):
             if content.shape[:2] not in self._warm:  # compiles (refine once, transfer per shape)
                 t0 = time.perf_counter()
                 # one step compiles everything: the steps are calls of one executable
-                self.stylizer.stylize(content, s, refine_steps=1)
+                self.stylizer.stylize(content, s, refine_steps=1, palette=self.palette)
                 dt = time.perf_counter() - t0
                 self.compile_seconds = max(self.compile_seconds or 0.0, dt)
                 self._warm.add(content.shape[:2])
             t0 = time.perf_counter()
-            y = self.stylizer.stylize(content, s, refine_steps=self.steps)
+            y = self.stylizer.stylize(content, s, refine_steps=self.steps, palette=self.palette)
             secs.append(time.perf_counter() - t0)
             outs.append(np.clip(np.asarray(y, np.float32), 0.0, 1.0))
         return MethodRun(outs, secs)
@@ -338,11 +343,12 @@ class GatysMethod(Method):
 
 
 def make_method(name: str, *, model_path: str | None = None, gatys_iters: int = 300,
-                gatys_batch: int = 4, vgg=None, refine_steps: int = 20) -> Method:
+                gatys_batch: int = 4, vgg=None, refine_steps: int = 20,
+                palette: float | None = None) -> Method:
     if name == "model":
-        return ModelMethod(model_path, vgg=vgg)
+        return ModelMethod(model_path, vgg=vgg, palette=palette)
     if name == "model_refine":
-        return ModelRefineMethod(model_path, vgg=vgg, steps=refine_steps)
+        return ModelRefineMethod(model_path, vgg=vgg, steps=refine_steps, palette=palette)
     if name == "gatys":
         return GatysMethod(gatys_iters, gatys_batch)
     if name in ("magenta_lite", "magenta_lite_fp32"):
@@ -398,11 +404,13 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
              num_contents: int | None = None, num_styles: int | None = None,
              resume: bool = False, progress: bool = True, thumb: int = 128,
              side_by_side_pairs: int = 8, vgg=None, refine_steps: int = 20,
-             method_factory: Callable[..., Method] = make_method) -> EvalResult:
+             palette: float | None = None, method_factory: Callable[..., Method] = make_method) -> EvalResult:
     """Run ``methods`` on every content x style pair and write the outputs (module docstring).
 
     ``num_contents`` / ``num_styles``: use that many images spread evenly over the sorted folders
-    (e.g. a Gatys subset). ``resume``: reuse output images (and their times) already in ``out``.
+    (e.g. a Gatys subset). ``palette``: the palette of ``model`` / ``model_refine`` (default:
+    the model's own; :class:`arbitrary_nst.Stylizer`). ``resume``: reuse output images (and
+    their times) already in ``out``.
     """
     from tqdm.auto import tqdm
 
@@ -431,11 +439,13 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
     rows: list[dict[str, Any]] = []
     info: dict[str, Any] = {"size": size, "contents": len(contents), "styles": len(styles),
                             "gatys_iters": gatys_iters, "refine_steps": refine_steps,
-                            "model": model_path or "built-in",
+                            "model": model_path or "built-in", "palette": palette,
                             "compile_seconds": {}, "embed_seconds": {}}
     n_pairs = len(contents) * len(styles)
     for m in methods:
         kw = {"refine_steps": refine_steps} if m == "model_refine" else {}
+        if m in ("model", "model_refine") and palette is not None:
+            kw["palette"] = palette
         method = method_factory(m, model_path=model_path, gatys_iters=gatys_iters,
                                 gatys_batch=gatys_batch, vgg=vgg, **kw)
         img_dir = out_dir / "images" / m
@@ -697,6 +707,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gatys-iters", type=int, default=300, help="L-BFGS iterations of 'gatys'")
     p.add_argument("--refine-steps", type=int, default=20,
                    help="Adam steps on the embedding of 'model_refine'")
+    p.add_argument("--palette", type=float, default=None,
+                   help="palette (0..1) of 'model' and 'model_refine' (default: the model's)")
     p.add_argument("--gatys-batch", type=int, default=4,
                    help="styles of one content optimized together by 'gatys'")
     p.add_argument("--num-contents", type=int, default=None,
@@ -723,6 +735,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             v = getattr(args, name)
             if v is not None and v < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
+        if args.palette is not None:
+            from .models import check_palette
+
+            check_palette(args.palette)
         if args.model is not None and not os.path.exists(args.model):
             raise ConfigError(f"{args.model}: no such model file")
         r = evaluate(args.content, args.style, args.out, methods=methods, size=args.size,
@@ -730,7 +746,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      gatys_batch=args.gatys_batch, num_contents=args.num_contents,
                      num_styles=args.num_styles, resume=args.resume,
                      progress=not args.no_progress, thumb=args.thumb,
-                     refine_steps=args.refine_steps)
+                     refine_steps=args.refine_steps, palette=args.palette)
     except (NSTError, ImageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -174,12 +174,13 @@ def model_file(path: str | os.PathLike) -> str:
 
 def init_from_export(model: ArbitraryStyleModel, path: str | os.PathLike) -> dict[str, Any]:
     """Load an export's weights into ``model`` (fine-tuning start point). The export's
-    model_config must equal the model's; returns the export's header. Raises ModelError."""
+    model_config must equal the model's, except ``palette`` (not a weight: a model trained
+    without it can be fine-tuned with it); returns the export's header. Raises ModelError."""
     name = model_file(path)
     tensors, header = read_export(name)
     want = json.loads(json.dumps(model.config()))  # tuples -> lists, as in the header
     diff = sorted(k for k in set(want) | set(header["model_config"])
-                  if want.get(k) != header["model_config"].get(k))
+                  if k != "palette" and want.get(k) != header["model_config"].get(k))
     if diff:
         raise ModelError(f"{name}: its model config differs from the training config's in "
                          + ", ".join(f"{k} ({header['model_config'].get(k)!r} vs {want.get(k)!r})"

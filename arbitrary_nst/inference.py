@@ -27,6 +27,16 @@ strokes: a larger working size gives finer texture relative to the output. Embed
 size the same way); the network run with the content's own embedding roughly reconstructs the
 content, so ``strength`` moves from (almost) the photo to the full style.
 
+**Palette.** ``palette`` in [0, 1] moves each output's colours that far toward the style's
+colour mean and covariance (one affine map per image, :func:`arbitrary_nst.color.align_to_moments`;
+the model's own ``palette`` is the default, 0 for models exported without one). The target is
+the style images' colour moments (:meth:`Stylizer.palettes`, cached with the embeddings), mixed
+with the same weights as the embeddings, and with ``strength`` < 1 mixed with the content's own
+moments likewise, so ``strength`` 0 still gives (almost) the photo. With ``preserve_color``
+"match" the target is the content's colours; with "luminance" the palette is not applied (the
+chroma is the content's anyway). With ``embedding=`` the palette needs ``palette_moments=``
+(else it is not applied).
+
 **Refinement.** ``refine_steps=N`` (:meth:`Stylizer.refine_embedding`,
 :mod:`arbitrary_nst.refine`) optimizes the style embedding for each content with N Adam steps
 on the model's training loss before the transfer: the predicted embedding is a one-pass guess,
@@ -96,7 +106,7 @@ from jax.sharding import PartitionSpec as P
 
 from . import color, images
 from .errors import ConfigError, ImageError, ModelError, NSTError
-from .models import ArbitraryStyleModel
+from .models import ArbitraryStyleModel, check_palette
 
 __all__ = [
     "Stylizer", "FileResult", "DEFAULT_STYLE_SIZE", "DEFAULT_BATCH_SIZE", "DEFAULT_BUCKETS",
@@ -356,7 +366,8 @@ def _to_float01(x: jax.Array) -> jax.Array:
 def _embed_impl(graphdef, state, x):
     _TRACES["embed"] += 1
     model = nnx.merge(graphdef, state)
-    return model.embed(_to_float01(x))
+    xf = _to_float01(x)
+    return model.embed(xf), model.palette_moments(xf)
 
 
 _embed_jit = jax.jit(_embed_impl, static_argnums=(0,))
@@ -386,16 +397,52 @@ def _embedding_impl(graphdef, state, e, small, styles, w, strength, *, use_conte
 _embedding_jit = jax.jit(_embedding_impl, static_argnums=(0,), static_argnames=("use_content",))
 
 
-def _stylize_impl(graphdef, state, x, e, small, styles, w, strength, *, use_content: bool,
-                  luminance: bool, out_uint8: bool):
+def _palette_target(model, moments, small, strength, *, use_content: bool, match: bool):
+    """The colour moments ``[B, 12]`` outputs are aligned to: the styles' (``moments``), mixed
+    with the content's own like the embedding when ``use_content``; the content's in match
+    mode (its styles were recoloured to the content's colours)."""
+    if match:
+        return model.palette_moments(small)
+    if use_content:
+        return strength * moments + (1.0 - strength) * model.palette_moments(small)
+    return moments
+
+
+def _valid_mask(hw, shape) -> jax.Array:
+    """``[B, H, W]`` 1 inside each item's unpadded ``hw`` (``[B, 2]``), 0 in the padding."""
+    rows = jnp.arange(shape[1])[None, :, None] < hw[:, 0, None, None]
+    cols = jnp.arange(shape[2])[None, None, :] < hw[:, 1, None, None]
+    return (rows & cols).astype(jnp.float32)
+
+
+def _align_impl(graphdef, state, y, moments, small, strength, palette, hw, *, use_content: bool,
+                match: bool):
+    _TRACES["align"] += 1
+    model = nnx.merge(graphdef, state)
+    target = _palette_target(model, moments, small, strength, use_content=use_content,
+                             match=match)
+    return model.align_palette(y, target, palette, mask=_valid_mask(hw, y.shape))
+
+
+_align_jit = jax.jit(_align_impl, static_argnums=(0,), static_argnames=("use_content", "match"))
+
+
+def _stylize_impl(graphdef, state, x, e, small, styles, w, strength, moments, palette, hw, *,
+                  use_content: bool, luminance: bool, align: bool, out_uint8: bool):
     """x: [B,H,W,3] content (uint8 or float); e: [B,D] target embeddings (None when styles are
     colour-matched per content: styles [N,S,S,3] + w [N]); small: [B,S,S,3] content at the style
-    working size (content embedding and colour matching); strength: scalar."""
+    working size (content embedding and colour matching); strength, palette: scalars;
+    moments: [B,12] the styles' colour moments (None in match mode); hw: [B,2] unpadded sizes
+    (the palette measures the output's colours there); align: apply the palette."""
     _TRACES["stylize"] += 1
     model = nnx.merge(graphdef, state)
     xf = _to_float01(x)
     e = _target_embedding(model, e, small, styles, w, strength, use_content=use_content)
     y = model.transfer(xf, e)
+    if align:
+        target = _palette_target(model, moments, small, strength, use_content=use_content,
+                                 match=styles is not None)
+        y = model.align_palette(y, target, palette, mask=_valid_mask(hw, y.shape))
     if luminance:
         y = color.transfer_luminance(y, xf)
     if out_uint8:
@@ -404,7 +451,7 @@ def _stylize_impl(graphdef, state, x, e, small, styles, w, strength, *, use_cont
 
 
 _stylize_jit = jax.jit(_stylize_impl, static_argnums=(0,),
-                       static_argnames=("use_content", "luminance", "out_uint8"))
+                       static_argnames=("use_content", "luminance", "align", "out_uint8"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -437,10 +484,18 @@ class _Plan:
     style_size: int
     style_paths: tuple[str, ...] = ()
     refine: "_Refine | None" = None
+    moments: np.ndarray | None = None  # [12] mixed colour moments of the styles (palette target)
+    palette: float = 0.0  # how far outputs move to the target's colours (0: not at all)
 
     @property
     def use_content(self) -> bool:
         return self.strength < 1.0
+
+    @property
+    def align(self) -> bool:
+        """Whether the palette is applied (module docstring: Palette)."""
+        return (self.palette > 0.0 and not self.luminance
+                and (self.match or self.moments is not None))
 
     @property
     def need_small(self) -> bool:
@@ -472,6 +527,7 @@ class _Item:
     small: np.ndarray | None = None  # [S,S,3] float32
     e: np.ndarray | None = None  # [D] per-item target embedding
     meta: Any = None
+    m: np.ndarray | None = None  # [12] per-item palette moments (transfer() with several)
 
     @property
     def group(self) -> tuple:
@@ -683,19 +739,22 @@ class Stylizer:
         return (os.path.realpath(name), st.st_mtime_ns, st.st_size, size)
 
     # -- embeddings -------------------------------------------------------------------------
-    def _embed_small(self, small: np.ndarray) -> np.ndarray:
-        """``[N,S,S,3]`` float32 working images -> ``[N, D]`` (batched, sharded)."""
+    def _embed_small(self, small: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``[N,S,S,3]`` float32 working images -> embeddings ``[N, D]`` and colour moments
+        ``[N, 12]`` (batched, sharded)."""
         n = small.shape[0]
-        out = []
+        es, ms = [], []
         for i in range(0, n, self.batch_size):
             chunk = small[i: i + self.batch_size]
             b = self.padded_batch(len(chunk))
             if b > len(chunk):
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], b - len(chunk), 0)])
             x = jax.device_put(chunk, self._data)
-            out.append(np.asarray(_embed_jit(self._graphdef, self._state, x))[: min(
-                self.batch_size, n - i)])
-        return np.concatenate(out).astype(np.float32)
+            e, m = _embed_jit(self._graphdef, self._state, x)
+            k = min(self.batch_size, n - i)
+            es.append(np.asarray(e)[:k])
+            ms.append(np.asarray(m)[:k])
+        return np.concatenate(es).astype(np.float32), np.concatenate(ms).astype(np.float32)
 
     def embed(self, styles: ImageInput | Sequence[ImageInput], *,
               style_size: int | None = None) -> np.ndarray:
@@ -704,13 +763,23 @@ class Stylizer:
         embeddings are cached. Raises ImageError for an unreadable file."""
         size = self.style_size if style_size is None else self._check_style_size(style_size)
         items, _ = _as_image_list(styles, "style")
-        return self._embed(items, size)
+        return self._embed(items, size)[0]
+
+    def palettes(self, styles: ImageInput | Sequence[ImageInput], *,
+                 style_size: int | None = None) -> np.ndarray:
+        """Colour moments ``[N, 12]`` of style images at their working size (the palette
+        targets, :func:`arbitrary_nst.color.color_moments`; cached with the embeddings). Mix
+        them with :meth:`mix` like embeddings and pass them as ``palette_moments=``."""
+        size = self.style_size if style_size is None else self._check_style_size(style_size)
+        items, _ = _as_image_list(styles, "style")
+        return self._embed(items, size)[1]
 
     def _embed(self, items: Sequence[ImageInput], size: int,
-               small: np.ndarray | None = None) -> np.ndarray:
-        """:meth:`embed` of a list; ``small``: the items' working images when the caller has
-        them already (refinement needs them as loss targets), so no file is decoded twice."""
-        out: list[np.ndarray | None] = [None] * len(items)
+               small: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`embed` and :meth:`palettes` of a list; ``small``: the items' working images
+        when the caller has them already (refinement needs them as loss targets), so no file
+        is decoded twice."""
+        out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(items)
         todo: list[tuple[int, tuple | None, np.ndarray]] = []
         for i, s in enumerate(items):
             key = self._cache_key(s, size)
@@ -724,18 +793,20 @@ class Stylizer:
                     continue
             todo.append((i, key, self._style_small(s, size) if small is None else small[i]))
         if todo:
-            emb = self._embed_small(np.stack([t[2] for t in todo]))
-            for (i, key, _), e in zip(todo, emb):
-                out[i] = e
+            emb, mom = self._embed_small(np.stack([t[2] for t in todo]))
+            for (i, key, _), e, m in zip(todo, emb, mom):
+                out[i] = (e, m)
                 if key is not None:
                     with self._cache_lock:
-                        self._cache[key] = e
+                        self._cache[key] = (e, m)
                         while len(self._cache) > self.cache_size:
                             self._cache.popitem(last=False)
-        return np.stack(out).astype(np.float32)
+        return (np.stack([o[0] for o in out]).astype(np.float32),
+                np.stack([o[1] for o in out]).astype(np.float32))
 
     def mix(self, embeddings: np.ndarray, weights: Sequence[float] | None = None) -> np.ndarray:
-        """Convex mix ``sum_k w_k e_k`` of ``[N, D]`` embeddings (weights normalized)."""
+        """Convex mix ``sum_k w_k e_k`` of ``[N, D]`` embeddings (weights normalized); the
+        same for ``[N, 12]`` colour moments (:meth:`palettes`)."""
         e = np.asarray(embeddings, np.float32)
         if e.ndim == 1:
             e = e[None]
@@ -748,9 +819,16 @@ class Stylizer:
 
     # -- planning ---------------------------------------------------------------------------
     def _plan(self, style, weights, strength, preserve_color, embedding, style_size,
-              refine_steps: int = 0) -> _Plan:
+              refine_steps: int = 0, palette: float | None = None,
+              palette_moments: np.ndarray | None = None) -> _Plan:
         plan, small = self._plan_styles(style, weights, strength, preserve_color, embedding,
                                         style_size, keep_small=bool(refine_steps))
+        plan.palette = self.model.palette if palette is None else check_palette(palette)
+        if palette_moments is not None:
+            if embedding is None:
+                raise ConfigError("palette_moments goes with embedding=; with style images the "
+                                  "palette comes from them")
+            plan.moments = self._check_moments(palette_moments, weights)
         if not refine_steps:
             return plan
         from . import refine
@@ -784,7 +862,8 @@ class Stylizer:
             if e.shape != (self.embedding_dim,):
                 raise ConfigError(f"embedding must have shape ({self.embedding_dim},) or "
                                   f"(N, {self.embedding_dim}), got {np.shape(embedding)}")
-            return _Plan(e, None, np.ones(1, np.float32), s, False, False, size), None
+            return _Plan(e, None, np.ones(1, np.float32), s, mode == "luminance", False,
+                         size), None
         items, _ = _as_image_list(style, "style")
         w = normalize_weights(weights, len(items))
         paths = tuple(os.path.realpath(os.fspath(p)) for p in items if _is_path(p))
@@ -792,8 +871,21 @@ class Stylizer:
             small = np.stack([self._style_small(x, size) for x in items])
             return _Plan(None, small, w, s, False, True, size, paths), small
         small = np.stack([self._style_small(x, size) for x in items]) if keep_small else None
-        e = (w[:, None] * self._embed(items, size, small)).sum(0).astype(np.float32)
-        return _Plan(e, None, w, s, mode == "luminance", False, size, paths), small
+        es, ms = self._embed(items, size, small)
+        e = (w[:, None] * es).sum(0).astype(np.float32)
+        m = (w[:, None] * ms).sum(0).astype(np.float32)
+        return _Plan(e, None, w, s, mode == "luminance", False, size, paths, moments=m), small
+
+    def _check_moments(self, moments: Any, weights=None) -> np.ndarray:
+        """``[12]`` or ``[N, 12]`` (mixed with ``weights``) colour moments -> ``[12]``."""
+        m = np.asarray(moments, np.float32)
+        if m.ndim == 2:
+            m = self.mix(m, weights)
+        if m.shape != (color.MOMENTS_DIM,) or not np.all(np.isfinite(m)):
+            raise ConfigError(f"palette_moments must be finite with shape ({color.MOMENTS_DIM},) "
+                              f"or (N, {color.MOMENTS_DIM}) (Stylizer.palettes), got "
+                              f"{np.shape(moments)}")
+        return m
 
     # -- the device call --------------------------------------------------------------------
     def _dispatch(self, items: list[_Item], plan: _Plan, out_uint8: bool, cap: int):
@@ -814,10 +906,24 @@ class Stylizer:
             e = put(np.stack([it.e if it.e is not None else plan.e_target for it in fill])
                     .astype(np.float32))
             styles = w = None
+        moments = self._item_moments(fill, plan)
+        if moments is not None:
+            moments = put(moments)
+        hw = put(np.asarray([it.hw for it in fill], np.int32)) if plan.align else None
         strength = jax.device_put(np.float32(plan.strength), self._repl)
+        palette = jax.device_put(np.float32(plan.palette), self._repl)
         return _stylize_jit(self._graphdef, self._state, x, e, small, styles, w, strength,
-                            use_content=plan.use_content, luminance=plan.luminance,
-                            out_uint8=out_uint8)
+                            moments, palette, hw, use_content=plan.use_content,
+                            luminance=plan.luminance, align=plan.align, out_uint8=out_uint8)
+
+    @staticmethod
+    def _item_moments(items: list[_Item], plan: _Plan) -> np.ndarray | None:
+        """``[B, 12]`` palette targets of a batch (None when the palette is off or comes from
+        the content, in match mode)."""
+        if not plan.align or plan.match:
+            return None
+        return np.stack([it.m if it.m is not None else plan.moments for it in items]
+                        ).astype(np.float32)
 
     def _run_onnx(self, items: list[_Item], plan: _Plan, out_uint8: bool) -> np.ndarray:
         """The ``onnxruntime`` backend's batch: embeddings from JAX, the transfer on
@@ -834,6 +940,13 @@ class Stylizer:
                                           np.float32(plan.strength),
                                           use_content=plan.use_content))
         y = self._onnx.transfer(xf, e)
+        if plan.align:
+            small = np.stack([it.small for it in items]) if plan.need_small else None
+            y = np.asarray(_align_jit(self._graphdef, self._state, y,
+                                      self._item_moments(items, plan), small,
+                                      np.float32(plan.strength), np.float32(plan.palette),
+                                      np.asarray([it.hw for it in items], np.int32),
+                                      use_content=plan.use_content, match=plan.match))
         if plan.luminance:
             y = np.asarray(color.transfer_luminance(y, xf))
         return images.to_uint8(y) if out_uint8 else y
@@ -898,7 +1011,7 @@ class Stylizer:
         w = normalize_weights(weights, len(items))
         small = np.stack([self._style_small(x, ssize) for x in items])
         if embedding is None:
-            e0 = (w[:, None] * self._embed(items, ssize, small)).sum(0)
+            e0 = (w[:, None] * self._embed(items, ssize, small)[0]).sum(0)
         else:
             e0 = np.asarray(embedding, np.float32)
             if e0.shape != (self.embedding_dim,):
@@ -946,8 +1059,9 @@ class Stylizer:
                 weights: Sequence[float] | None = None, strength: float = 1.0,
                 preserve_color: bool | str = False, max_size: int | None = None,
                 embedding: np.ndarray | None = None, style_size: int | None = None,
-                batch_size: int | None = None,
-                refine_steps: int = 0) -> np.ndarray | list[np.ndarray]:
+                batch_size: int | None = None, refine_steps: int = 0,
+                palette: float | None = None,
+                palette_moments: np.ndarray | None = None) -> np.ndarray | list[np.ndarray]:
         """Stylize one or several content images with one style or a mix of styles.
 
         Args:
@@ -963,6 +1077,10 @@ class Stylizer:
           refine_steps: > 0 refines the style embedding for each content first (that many
             Adam steps on the embedding, see :meth:`refine_embedding`): lower style loss for
             ~0.17 s per step and image at 256 px on a 2-core CPU (20 steps: 3.4 s).
+          palette: 0..1, how far the output's colours move to the style's (default: the
+            model's ``palette``; see the module docstring).
+          palette_moments: with ``embedding``, the colour moments ``[12]`` (or ``[N, 12]`` to
+            mix) of its style (:meth:`palettes`); without them the palette is not applied.
 
         Returns float32 HWC in [0, 1] for one content, a list for a list, NHWC for an NHWC
         array. Raises NSTError subclasses (one line) for bad inputs.
@@ -970,7 +1088,7 @@ class Stylizer:
         if max_size is not None and int(max_size) < 1:
             raise ConfigError(f"max_size must be >= 1, got {max_size}")
         plan = self._plan(style, weights, strength, preserve_color, embedding, style_size,
-                          refine_steps)
+                          refine_steps, palette, palette_moments)
         contents, batched = _as_image_list(content, "content")
         prepared = (self._prepare_array(i, self.read(c, max_size), plan)
                     for i, c in enumerate(contents))
@@ -985,9 +1103,13 @@ class Stylizer:
 
     def transfer(self, content: ImageInput, embeddings: np.ndarray, *,
                  preserve_color: bool | str = False, max_size: int | None = None,
-                 batch_size: int | None = None) -> np.ndarray:
+                 batch_size: int | None = None, palette_moments: np.ndarray | None = None,
+                 palette: float | None = None) -> np.ndarray:
         """Run one content image with ``K`` embeddings (``[K, D]``; ``[D]`` for one): returns
-        ``[K, H, W, 3]`` (``[H, W, 3]`` for a ``[D]`` embedding). Strips, sweeps, grids."""
+        ``[K, H, W, 3]`` (``[H, W, 3]`` for a ``[D]`` embedding). Strips, sweeps, grids.
+        ``palette_moments`` (``[K, 12]``, or ``[12]`` for all): the colour moments to apply
+        the palette with, one per embedding (:meth:`palettes`); without them it is not
+        applied. ``palette``: as in :meth:`stylize`."""
         mode = preserve_color_mode(preserve_color)
         if mode == "match":
             raise ConfigError("transfer() takes embeddings: use preserve_color='luminance', or "
@@ -999,9 +1121,20 @@ class Stylizer:
             raise ConfigError(f"embeddings must be [K, {self.embedding_dim}], got {np.shape(embeddings)}")
         plan = _Plan(None, None, np.ones(1, np.float32), 1.0, mode == "luminance", False,
                      self.style_size)
+        plan.palette = self.model.palette if palette is None else check_palette(palette)
+        ms: list[np.ndarray | None] = [None] * e.shape[0]
+        if palette_moments is not None:
+            m = np.asarray(palette_moments, np.float32)
+            m = np.broadcast_to(m, (e.shape[0],) + m.shape) if m.ndim == 1 else m
+            if m.shape != (e.shape[0], color.MOMENTS_DIM) or not np.all(np.isfinite(m)):
+                raise ConfigError(f"palette_moments must be finite, [K, {color.MOMENTS_DIM}] with "
+                                  f"K = {e.shape[0]} (or [{color.MOMENTS_DIM}]), got "
+                                  f"{np.shape(palette_moments)}")
+            ms = list(m)
+            plan.moments = m[0]
         img = self.read(content, max_size)
         base = self._prepare_array(0, img, plan)
-        items = (_Item(k, base.x, base.hw, None, e[k]) for k in range(e.shape[0]))
+        items = (_Item(k, base.x, base.hw, None, e[k], m=ms[k]) for k in range(e.shape[0]))
         outs: list[np.ndarray | None] = [None] * e.shape[0]
         for it, y in self._run(items, plan, batch_size=batch_size):
             outs[it.key] = np.array(y, np.float32)
@@ -1016,7 +1149,8 @@ class Stylizer:
                       overwrite: bool = False, batch_size: int | None = None,
                       workers: int | None = None, prefetch: int | None = None,
                       protected: Iterable[str | os.PathLike] = (),
-                      refine_steps: int = 0) -> Iterator[FileResult]:
+                      refine_steps: int = 0, palette: float | None = None,
+                      palette_moments: np.ndarray | None = None) -> Iterator[FileResult]:
         """Stylize many content files; yields one :class:`FileResult` per file (as soon as it
         is written, so the order may differ from ``contents``).
 
@@ -1027,12 +1161,13 @@ class Stylizer:
         (NSTError); content problems are reported per file and the batch goes on.
         ``workers``: decode/encode threads (default ``min(4, cpu count)``); ``prefetch``:
         images decoded ahead (default ``2 * batch_size + workers``). ``refine_steps``: as in
-        :meth:`stylize` (done in the decode threads, one content at a time).
+        :meth:`stylize` (done in the decode threads, one content at a time). ``palette``,
+        ``palette_moments``: as in :meth:`stylize`.
         """
         if max_size is not None and int(max_size) < 1:
             raise ConfigError(f"max_size must be >= 1, got {max_size}")
         plan = self._plan(style, weights, strength, preserve_color, embedding, style_size,
-                          refine_steps)
+                          refine_steps, palette, palette_moments)
         bs = self.batch_size if batch_size is None else int(batch_size)
         if bs < 1:
             raise ConfigError(f"batch size must be >= 1, got {batch_size}")
@@ -1136,5 +1271,6 @@ class Stylizer:
 
     def __repr__(self) -> str:
         return (f"Stylizer(source={self.source!r}, width={self.model.width}, "
-                f"style_size={self.style_size}, devices={self.num_devices}, "
+                f"style_size={self.style_size}, palette={self.model.palette}, "
+                f"devices={self.num_devices}, "
                 f"batch_size={self.batch_size}, backend={self.backend!r})")

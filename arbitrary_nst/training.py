@@ -285,6 +285,7 @@ def build_model(config, vgg=None) -> ArbitraryStyleModel:
         vgg, width=float(m.width), embedding_dim=int(m.embedding_dim),
         hidden_dim=int(m.hidden_dim), style_taps=tuple(m.style_taps),
         feature_norm=str(_get(m, "feature_norm", "layer")),
+        palette=float(_get(m, "palette", 0.0)),
         dtype=compute_dtype(config.train.dtype), rngs=nnx.Rngs(int(config.seed)))
 
 
@@ -341,6 +342,8 @@ def batch_loss(model: ArbitraryStyleModel, content: jax.Array, style: jax.Array,
     embedding = model.predictor.embed_features(style_feats)
     content_feats = jax.lax.stop_gradient(feats(content, tuple(loss_cfg.content_layers)))
     stylized = model.transfer(content, embedding)
+    if model.palette:  # the loss sees what users get (models/__init__.py: palette)
+        stylized = model.align_palette(stylized, model.palette_moments(style))
     total, terms = perceptual_loss(feats, stylized, loss_cfg, content_feats=content_feats,
                                    style_targets=targets)
     metrics = {k: jnp.mean(v) for k, v in terms.items()}

@@ -17,6 +17,9 @@ model.style_taps              VGG taps whose per-channel mean/std feed the predi
                               Inception-v3 ``Mixed_6e``, pretrained and fine-tuned).
 model.feature_norm            'layer': standardize the 1920 log-statistics per example before
                               the MLP (Magenta: none; its Inception features are pretrained).
+model.palette                 move outputs this far (0..1) to the style image's colour mean and
+                              covariance, in training and at inference (``arbitrary_nst.models``:
+                              palette; Magenta: none). 0: off.
 model.vgg_pooling             pooling of the frozen VGG16 used by the loss and the predictor:
                               'avg' as Magenta's loss network (``vgg_16(pooling='avg')``); with
                               'max' the relu3_3 Gram term is ~70x larger and swamps the content
@@ -106,7 +109,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict(dict(
         width=1.0, embedding_dim=100, hidden_dim=512,
         style_taps=("relu1_2", "relu2_2", "relu3_3", "relu4_3"), feature_norm="layer",
-        vgg_pooling="avg"))
+        vgg_pooling="avg", palette=0.0))
 
     c.loss = ml_collections.ConfigDict(dict(
         content_layers={"relu3_3": 1.0},

@@ -134,6 +134,27 @@ def test_preserve_color_match(cli, data, model):
     np.testing.assert_allclose(y, api(model, c, style=s, preserve_color="match"), atol=1.01 / 255)
 
 
+def test_palette_in_images_and_figures(cli, data, model):
+    c, s = data["contents"][0], data["styles"][0]
+    out = data["tmp"] / "pal.png"
+    rc, _, err = cli("--content", c, "--style", s, "--palette", 0.6, "--out", out)
+    assert rc == 0, err
+    y = np.asarray(Image.open(out), np.float32) / 255
+    ref = api(model, c, style=s, palette=0.6)
+    np.testing.assert_allclose(y, ref, atol=1.01 / 255)
+    assert np.abs(ref - api(model, c, style=s)).mean() > 1e-3  # the test model's palette is 0
+    # the strength sweep's last tile is the full style with the same palette
+    sweep = data["tmp"] / "sweep_pal.png"
+    rc, _, err = cli("--content", c, "--style", s, "--strength-sweep", 2, "--tile-size", 45,
+                     "--palette", 0.6, "--out", sweep)
+    assert rc == 0, err
+    fig = np.asarray(Image.open(sweep)).astype(np.float32) / 255
+    tile1 = fig[22:22 + 37, 4 + 49:4 + 49 + 45]
+    st = cli_stylize.load_stylizer(str(model))
+    want = st.stylize(st.read(c, max_side=45), style=s, style_size=int(SS), palette=0.6)
+    np.testing.assert_allclose(tile1, want, atol=1.01 / 255)
+
+
 def test_max_size_and_style_size(cli, data):
     big = png(data["tmp"] / "big.png", 74, 90, 9)
     out = data["tmp"] / "small.png"
@@ -303,7 +324,7 @@ def test_corrupt_model_file(cli, data, tmp_path, model):
     "weights_count", "negative_weight", "strength_high", "strength_low", "out_is_input",
     "folder_to_out", "out_and_out_dir", "no_out", "unwritable_out_dir", "unreadable_folder",
     "bad_out_ext", "interpolate_with_style", "steps", "sweep_steps", "empty_folder",
-    "no_match_glob", "max_size_negative", "batch_size_zero"])
+    "no_match_glob", "max_size_negative", "batch_size_zero", "palette_high", "palette_gatys"])
 def test_bad_inputs_one_line(cli, data, case, monkeypatch):
     t = data["tmp"]
     c, s = data["contents"][0], data["styles"][0]
@@ -374,6 +395,10 @@ def test_bad_inputs_one_line(cli, data, case, monkeypatch):
         args += ["--max-size", -1]
     elif case == "batch_size_zero":
         args += ["--batch-size", 0]
+    elif case == "palette_high":
+        args += ["--palette", 1.5]
+    elif case == "palette_gatys":
+        args += ["--palette", 0.5, "--method", "gatys"]
     before = c.read_bytes()
     rc, _, err = cli(*args)
     assert rc != 0

@@ -93,3 +93,58 @@ def test_errors():
         color.to_space(x, "hsv")
     with pytest.raises(ConfigError):
         color.match_color(x, x, "svd")
+
+
+# ---------------------------------------------------------------------------- palette
+
+
+def test_color_moments_mix_like_the_pixel_mixture(imgs):
+    a, b = imgs
+    ma, mb = np.asarray(color.color_moments(a[0])), np.asarray(color.color_moments(b[0]))
+    assert ma.shape == (color.MOMENTS_DIM,)
+    # the pixels of both images together: the mixture with weights = pixel shares
+    pa, pb = a[0].reshape(-1, 3), b[0].reshape(-1, 3)
+    pixels = np.concatenate([pa, pb, pb])
+    w = len(pa) / len(pixels)
+    mix = np.asarray(color.color_moments(pixels.reshape(1, -1, 3)))
+    np.testing.assert_allclose(mix, w * ma + (1 - w) * mb, atol=1e-5)
+    mean, cov = (np.asarray(t) for t in color.stats_from_moments(mix))
+    np.testing.assert_allclose(mean, pixels.mean(0), atol=1e-5)
+    np.testing.assert_allclose(cov, np.cov(pixels.T, bias=True), atol=1e-5)
+    with pytest.raises(ConfigError, match="12 values"):
+        color.stats_from_moments(np.zeros(9))
+
+
+def test_align_to_moments_amounts(imgs):
+    a, b = imgs
+    target = color.color_moments(b)
+    full = np.asarray(color.align_to_moments(a, target, 1.0, eps=1e-5))
+    # amount 1 is match_color (same map; a's values stay inside [0, 1] here)
+    np.testing.assert_allclose(full, np.asarray(color.match_color(a, b, "eig")), atol=1e-5)
+    got_mean, got_cov = color.color_stats(full)
+    want_mean, want_cov = color.stats_from_moments(target)
+    np.testing.assert_allclose(np.asarray(got_mean), np.asarray(want_mean), atol=2e-3)
+    np.testing.assert_allclose(np.asarray(got_cov), np.asarray(want_cov), atol=2e-3)
+    np.testing.assert_allclose(np.asarray(color.align_to_moments(a, target, 0.0)), a, atol=1e-6)
+    half = np.asarray(color.align_to_moments(a, target, 0.5, eps=1e-5))
+    np.testing.assert_allclose(half, np.clip(0.5 * a + 0.5 * full, 0, 1), atol=1e-5)
+
+
+def test_align_to_moments_gradient_is_the_fixed_affine_map(imgs):
+    import jax
+    import jax.numpy as jnp
+
+    a, b = imgs
+    target = color.color_moments(b[:1])
+    x = jnp.asarray(a[:1])
+    a_mat, _ = color.color_transfer_matrix(a[:1], b[:1], "eig", 1e-4)
+    amount = 0.3
+    v = np.random.default_rng(1).normal(size=x.shape).astype(np.float32)
+    g = jax.grad(lambda z: jnp.sum(color.align_to_moments(z, target, amount) * v))(x)
+    # d/dx of x + t (A x + b - x) with A, b held fixed: (1 - t) v + t A^T v
+    want = (1 - amount) * v + amount * np.einsum("...i,ij->...j", v, np.asarray(a_mat)[0])
+    np.testing.assert_allclose(np.asarray(g), want, rtol=1e-4, atol=1e-5)
+    # a flat grey image (a repeated covariance eigenvalue) still has a finite gradient
+    grey = jnp.full((1, 8, 8, 3), 0.5)
+    g = jax.grad(lambda z: jnp.sum(color.align_to_moments(z, target, 0.5)))(grey)
+    assert np.all(np.isfinite(np.asarray(g)))

@@ -150,11 +150,24 @@ def test_resume_reuses_outputs_and_bad_images_are_skipped(tiny_set, tmp_path, vg
     assert [r["seconds"] for r in r2.rows] == [r["seconds"] for r in r1.rows]
 
 
+def test_palette_reaches_the_model_methods(tiny_set, tmp_path, vgg):
+    """``palette`` is the Stylizer's: 0 gives the raw network, 1 the full colour alignment,
+    which brings the output's colour histogram closer to the painting's."""
+    kw = dict(methods=["model"], size=48, progress=False, vgg=vgg)
+    raw = evaluate.evaluate(tiny_set / "content", tiny_set / "style", tmp_path / "a",
+                            palette=0.0, **kw)
+    full = evaluate.evaluate(tiny_set / "content", tiny_set / "style", tmp_path / "b",
+                             palette=1.0, **kw)
+    assert raw.info["palette"] == 0.0 and full.info["palette"] == 1.0
+    assert full.means["model"]["color_hist"] < raw.means["model"]["color_hist"]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--methods", "model,bogus"], "unknown method 'bogus'"),
     (["--gatys-iters", "0"], "--gatys-iters must be >= 1"),
     (["--model", "/nonexistent/model.safetensors"], "no such model file"),
     (["--content", "/nonexistent/dir"], "no such file or directory"),
+    (["--palette", "2"], "palette must be in [0, 1]"),
 ])
 def test_cli_errors_are_one_line(tiny_set, tmp_path, capsys, argv, message):
     base = {"--content": str(tiny_set / "content"), "--style": str(tiny_set / "style"),

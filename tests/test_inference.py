@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 SS = 32  # style working size in these tests (the VGG minimum): fast
 
 
-def make_model_file(path: Path, vgg, seed: int = 0) -> Path:
+def make_model_file(path: Path, vgg, seed: int = 0, palette: float = 0.0) -> Path:
     """Export a random width-0.25 model whose embeddings matter (random head kernels)."""
     import jax.numpy as jnp
     from flax import nnx
@@ -41,7 +41,7 @@ def make_model_file(path: Path, vgg, seed: int = 0) -> Path:
     from arbitrary_nst.export import export_model
     from arbitrary_nst.models import ArbitraryStyleModel
 
-    model = ArbitraryStyleModel(vgg, width=0.25, rngs=nnx.Rngs(seed))
+    model = ArbitraryStyleModel(vgg, width=0.25, palette=palette, rngs=nnx.Rngs(seed))
     rng = np.random.default_rng(seed)
     for key, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         shape = tuple(var.get_value().shape)
@@ -433,3 +433,91 @@ def test_sharded_over_4_cpu_devices_equals_single_device(model_path, tmp_path):
     res = json.loads(out.read_text())
     assert res["devices"] == 4 and res["shape"] == [6, 40, 44, 3]
     assert res["max_diff"] < 1e-5 and res["emb_diff"] < 1e-4
+
+
+# ---------------------------------------------------------------------------- palette
+
+
+@pytest.fixture(scope="module")
+def st_pal(tmp_path_factory, vgg):
+    """The same random weights as ``st``, exported with palette 0.5."""
+    path = make_model_file(tmp_path_factory.mktemp("pal") / "model.safetensors", vgg,
+                           palette=0.5)
+    return Stylizer.load(path, vgg=vgg, style_size=SS, batch_size=4)
+
+
+def _aligned(y, moments, amount):
+    return np.asarray(color.align_to_moments(y, moments, amount))
+
+
+def _moments(x, size=SS):
+    return np.asarray(color.color_moments(style_working_image(images.to_float(x), size)))
+
+
+def test_palette_default_comes_from_the_model(st, st_pal, files):
+    c = st.read(files["content"])
+    sa = files["style_a"]
+    raw = st.stylize(c, style=sa)  # palette 0 (the model's default)
+    np.testing.assert_allclose(st_pal.stylize(c, style=sa, palette=0.0), raw, atol=1e-6)
+    m = _moments(images.load_image(sa))
+    np.testing.assert_allclose(st_pal.palettes(sa)[0], m, atol=1e-6)
+    want = _aligned(raw, m, 0.5)
+    np.testing.assert_allclose(st_pal.stylize(c, style=sa), want, atol=1e-5)
+    assert np.abs(want - raw).mean() > 1e-3  # the palette does change the output
+    np.testing.assert_allclose(st.stylize(c, style=sa, palette=1.0), _aligned(raw, m, 1.0),
+                               atol=1e-5)
+    for bad in (-0.1, 1.2, "all"):
+        with pytest.raises(ConfigError, match="palette"):
+            st.stylize(c, style=sa, palette=bad)
+
+
+def test_palette_mixes_with_the_styles_and_the_content(st_pal, files):
+    c = st_pal.read(files["content"])
+    sa, sb = files["style_a"], files["style_b"]
+    m = st_pal.palettes([sa, sb])
+    e = st_pal.embed([sa, sb])
+    raw = st_pal.stylize(c, style=[sa, sb], weights=[1, 3], palette=0.0)
+    np.testing.assert_allclose(st_pal.stylize(c, style=[sa, sb], weights=[1, 3]),
+                               _aligned(raw, 0.25 * m[0] + 0.75 * m[1], 0.5), atol=1e-5)
+    # strength < 1: the content's own moments enter with the content's embedding
+    raw = st_pal.stylize(c, style=sa, strength=0.3, palette=0.0)
+    m_c = _moments(c)
+    np.testing.assert_allclose(st_pal.stylize(c, style=sa, strength=0.3),
+                               _aligned(raw, 0.3 * m[0] + 0.7 * m_c, 0.5), atol=1e-5)
+    # the same through embeddings: with their moments, and without (no palette)
+    np.testing.assert_allclose(
+        st_pal.stylize(c, embedding=e, weights=[1, 3], palette_moments=m),
+        st_pal.stylize(c, style=[sa, sb], weights=[1, 3]), atol=1e-5)
+    np.testing.assert_allclose(st_pal.stylize(c, embedding=e[0]),
+                               st_pal.stylize(c, style=sa, palette=0.0), atol=1e-5)
+    strip = st_pal.transfer(c, e, palette_moments=m)
+    for k, s in enumerate((sa, sb)):
+        np.testing.assert_allclose(strip[k], st_pal.stylize(c, style=s), atol=1e-5)
+    with pytest.raises(ConfigError, match="palette_moments goes with embedding"):
+        st_pal.stylize(c, style=sa, palette_moments=m[0])
+    with pytest.raises(ConfigError, match="palette_moments"):
+        st_pal.stylize(c, embedding=e[0], palette_moments=m[0, :9])
+    with pytest.raises(ConfigError, match="palette_moments"):
+        st_pal.transfer(c, e, palette_moments=m[:1].repeat(3, 0))
+
+
+def test_palette_with_colour_preservation(st_pal, files):
+    c = st_pal.read(files["content"])
+    sa = files["style_a"]
+    # luminance: the chroma is the content's anyway, the palette is not applied
+    np.testing.assert_allclose(st_pal.stylize(c, style=sa, preserve_color=True),
+                               st_pal.stylize(c, style=sa, preserve_color=True, palette=0.0),
+                               atol=1e-6)
+    # match: the styles were recoloured to the content, so is the output
+    raw = st_pal.stylize(c, style=sa, preserve_color="match", palette=0.0)
+    np.testing.assert_allclose(st_pal.stylize(c, style=sa, preserve_color="match"),
+                               _aligned(raw, _moments(c), 0.5), atol=1e-5)
+
+
+def test_palette_in_the_files_pipeline(st_pal, tmp_path, files):
+    paths = [write_png(tmp_path / f"p{i}.png", smooth_image(40, 44 + i, 50 + i)) for i in range(2)]
+    res = list(st_pal.stylize_files(paths, files["style_a"], batch_size=2, palette=0.8))
+    assert all(r.ok for r in res)
+    for r in res:
+        np.testing.assert_allclose(r.image, st_pal.stylize(r.content, style=files["style_a"],
+                                                           palette=0.8), atol=1e-4)

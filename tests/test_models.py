@@ -215,9 +215,16 @@ def test_config_round_trip(model, vgg):
     cfg = model.config()
     assert cfg == {"width": 0.25, "embedding_dim": 100, "hidden_dim": 32,
                    "style_taps": ["relu1_2", "relu2_2", "relu3_3", "relu4_3"],
-                   "feature_norm": "layer", "vgg_pooling": "max"}
+                   "feature_norm": "layer", "vgg_pooling": "max", "palette": 0.0}
     again = ArbitraryStyleModel.from_config(vgg, json.loads(json.dumps(cfg)))
     assert again.config() == cfg
+    # exports written before the palette existed have no such key: palette off
+    old = {k: v for k, v in cfg.items() if k != "palette"}
+    assert ArbitraryStyleModel.from_config(vgg, old).palette == 0.0
+    assert ArbitraryStyleModel.from_config(vgg, dict(cfg, palette=0.5)).config()["palette"] == 0.5
+    for bad in (-0.1, 1.5, "much", None):
+        with pytest.raises(ConfigError, match="palette"):
+            ArbitraryStyleModel.from_config(vgg, dict(cfg, palette=bad))
     with pytest.raises(ConfigError):
         ArbitraryStyleModel.from_config(vgg, dict(cfg, depth=3))
     with pytest.raises(ConfigError):

@@ -75,7 +75,9 @@ def test_trained_builtin_model_exports_exactly(vgg, rng):
 
 @pytest.mark.parametrize("kw", [dict(), dict(strength=0.4), dict(preserve_color=True),
                                 dict(preserve_color="match", strength=0.7),
-                                dict(weights=[0.25, 0.75])])
+                                dict(weights=[0.25, 0.75]), dict(palette=0.6),
+                                dict(palette=1.0, strength=0.5, weights=[1, 2]),
+                                dict(palette=0.8, preserve_color="match")])
 def test_stylizer_backends_agree_on_every_option(stylizers, rng, kw):
     jax_st, ort_st = stylizers
     content = (rng.random((41, 30, 3)) * 255).astype(np.uint8)

@@ -95,6 +95,42 @@ def test_init_from_export_starts_at_its_weights_and_refuses_other_models(tmp_pat
         training.train(smoke("train.num_steps=1", "model.width=0.5",
                              f"train.init_from={a.export_path}"), tmp_path / "e", vgg=vgg,
                        progress=False)
+    # The palette is no weight: a model without one is fine-tuned with one, and exported so.
+    f = training.train(smoke("train.num_steps=0", "train.sample_every=0", "model.palette=0.5",
+                             f"train.init_from={a.export_path}"), tmp_path / "f", vgg=vgg,
+                       progress=False)
+    tf = model_tensors(f.model)
+    assert all(np.array_equal(ta[k], tf[k]) for k in ta)
+    assert load_exported(f.export_path, vgg=vgg).palette == 0.5
+
+
+def test_palette_training_loss_is_the_loss_of_the_aligned_output(vgg, rng):
+    """With ``model.palette`` the loss is taken on what users get: the network's output moved
+    toward the style crop's colours (and the gradient flows through that map)."""
+    import jax.numpy as jnp
+
+    from arbitrary_nst import color
+    from arbitrary_nst import vgg as vgg_lib
+    from arbitrary_nst.losses import StyleTargets, perceptual_loss
+
+    cfg = smoke("model.palette=0.7")
+    model = training.build_model(cfg, vgg)
+    loss_cfg = LossConfig.from_config(cfg.loss)
+    content = jnp.asarray(rng.random((2, 32, 32, 3)), jnp.float32)
+    style = jnp.asarray(rng.random((2, 32, 32, 3)) ** 2, jnp.float32)
+    loss, _ = training.batch_loss(model, content, style, loss_cfg)
+    y = color.align_to_moments(model.transfer(content, model.embed(style)),
+                               color.color_moments(style), 0.7)
+    np.testing.assert_allclose(np.asarray(model(content, style)), np.asarray(y), atol=1e-6)
+    feats = lambda x, taps: vgg_lib.features(model.vgg.params(), x, taps,  # noqa: E731
+                                             pooling=model.vgg.pooling)
+    want, _ = perceptual_loss(feats, y, loss_cfg,
+                              content_feats=feats(content, tuple(loss_cfg.content_layers)),
+                              style_targets=StyleTargets.from_images(feats, style, loss_cfg))
+    np.testing.assert_allclose(float(loss), float(jnp.mean(want)), rtol=1e-4)
+    model.palette = 0.0
+    raw, _ = training.batch_loss(model, content, style, loss_cfg)
+    assert abs(float(raw) - float(loss)) > 1e-3 * float(loss)
 
 
 class _Killed(Exception):

@@ -6,6 +6,14 @@
   (gamma, beta) for each of the transfer network's 13 CIN layers;
 * :class:`~arbitrary_nst.models.transfer.TransferNetwork`: content + (gamma, beta) -> stylized.
 
+**Palette.** ``palette`` (0..1, a model option stored in exports; 0 = off) moves the output's
+colours that far toward the style image's colour mean and covariance with one affine map per
+image (:func:`arbitrary_nst.color.align_to_moments`). The network alone under-commits to each
+style's palette (its outputs share a muted "average painting" colouring); the map is exact,
+costs nothing, and training can run through it (``model.palette`` in the training config), so
+the network need not spend capacity on global colour. :meth:`transfer` is the raw network;
+:meth:`__call__` and :class:`arbitrary_nst.Stylizer` apply the palette.
+
 ``embed`` and ``transfer`` are separate so that interpolation between styles and the strength
 knob work on embeddings (Magenta: ``a * v(style) + (1 - a) * v(content)``).
 
@@ -23,6 +31,7 @@ from typing import Any
 import jax
 from flax import nnx
 
+from .. import color
 from ..errors import ConfigError
 from ..vgg import VGG16
 from .predictor import DEFAULT_STYLE_TAPS, StylePredictor, pooled_statistics
@@ -30,11 +39,22 @@ from .transfer import CIN_LAYER_NAMES, TransferNetwork, cin_layer_channels
 
 __all__ = ["ArbitraryStyleModel", "StylePredictor", "TransferNetwork", "cin_layer_channels",
            "CIN_LAYER_NAMES", "DEFAULT_STYLE_TAPS", "pooled_statistics", "MODEL_CONFIG_KEYS",
-           "param_count", "with_pooling"]
+           "param_count", "with_pooling", "check_palette"]
 
 #: Keys of :meth:`ArbitraryStyleModel.config` (what an export stores besides the weights).
 MODEL_CONFIG_KEYS = ("width", "embedding_dim", "hidden_dim", "style_taps", "feature_norm",
-                     "vgg_pooling")
+                     "vgg_pooling", "palette")
+
+
+def check_palette(value: Any) -> float:
+    """A palette amount: a number in [0, 1] (ConfigError otherwise)."""
+    try:
+        p = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"palette must be a number in [0, 1], got {value!r}") from None
+    if not 0.0 <= p <= 1.0:
+        raise ConfigError(f"palette must be in [0, 1], got {value!r}")
+    return p
 
 
 class ArbitraryStyleModel(nnx.Module):
@@ -47,13 +67,17 @@ class ArbitraryStyleModel(nnx.Module):
       hidden_dim: hidden width of the predictor's MLP (0: one linear layer, as Magenta).
       style_taps: VGG taps whose mean/std describe the style.
       feature_norm: ``"layer"`` or ``"none"``: standardization of the pooled statistics.
+      palette: how far outputs are moved to the style's colour mean and covariance (0..1,
+        module docstring).
       dtype: compute dtype (``None`` = float32; ``jnp.bfloat16`` on GPU). Parameters stay f32.
       rngs: ``nnx.Rngs`` for initialization.
     """
 
     def __init__(self, vgg: VGG16, *, width: float = 1.0, embedding_dim: int = 100,
                  hidden_dim: int = 512, style_taps: Sequence[str] = DEFAULT_STYLE_TAPS,
-                 feature_norm: str = "layer", dtype=None, rngs: nnx.Rngs):
+                 feature_norm: str = "layer", palette: float = 0.0, dtype=None,
+                 rngs: nnx.Rngs):
+        self.palette = check_palette(palette)
         self.transfer_net = TransferNetwork(width, dtype=dtype, rngs=rngs)
         self.predictor = StylePredictor(vgg, cin_channels=self.transfer_net.cin_channels,
                                         embedding_dim=embedding_dim, hidden_dim=hidden_dim,
@@ -98,7 +122,7 @@ class ArbitraryStyleModel(nnx.Module):
                 "hidden_dim": self.predictor.hidden_dim,
                 "style_taps": list(self.predictor.taps),
                 "feature_norm": self.predictor.feature_norm,
-                "vgg_pooling": self.vgg.pooling}
+                "vgg_pooling": self.vgg.pooling, "palette": self.palette}
 
     # -- forward --------------------------------------------------------------------------------
     def embed(self, style: jax.Array) -> jax.Array:
@@ -110,8 +134,24 @@ class ArbitraryStyleModel(nnx.Module):
         embeddings. Returns float32 ``[B, H, W, 3]`` in [0, 1]."""
         return self.transfer_net(content, self.predictor.gamma_beta(embedding))
 
+    def palette_moments(self, style: jax.Array) -> jax.Array:
+        """``[B, H, W, 3]`` style images -> ``[B, 12]`` colour moments (the palette target;
+        :func:`arbitrary_nst.color.color_moments`). They mix linearly, like embeddings."""
+        return color.color_moments(style)
+
+    def align_palette(self, stylized: jax.Array, moments: jax.Array,
+                      amount: jax.Array | float | None = None, mask=None) -> jax.Array:
+        """``stylized`` moved ``amount`` (default: the model's ``palette``) toward the colour
+        ``moments`` ``[B, 12]``; ``mask`` ``[B, H, W]``: the pixels whose colours count (e.g.
+        not the padding)."""
+        amount = self.palette if amount is None else amount
+        return color.align_to_moments(stylized, moments, amount, mask=mask)
+
     def __call__(self, content: jax.Array, style: jax.Array) -> jax.Array:
-        return self.transfer(content, self.embed(style))
+        y = self.transfer(content, self.embed(style))
+        if self.palette:
+            y = self.align_palette(y, self.palette_moments(style))
+        return y
 
 
 def with_pooling(vgg: VGG16, pooling: str) -> VGG16:
