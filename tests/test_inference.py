@@ -310,6 +310,15 @@ def test_preserve_color_luminance(st, files):
                                atol=1e-5)
 
 
+def test_preserve_color_luminance_with_an_embedding(st, files):
+    c = st.read(files["content"])
+    e = st.embed(files["style_a"])[0]
+    plain = st.stylize(c, embedding=e)
+    np.testing.assert_allclose(st.stylize(c, embedding=e, preserve_color=True),
+                               np.asarray(color.transfer_luminance(plain, images.to_float(c))),
+                               atol=1e-5)
+
+
 def test_preserve_color_match(st, files):
     c = st.read(files["content"])
     s_small = style_working_image(images.load_image(files["style_a"]), SS)
