@@ -517,6 +517,7 @@ class _Refine:
     style_weight: float
     size: int
     styles_small: np.ndarray  # [N,S,S,3] style working images: the loss targets
+    palette: float = 0.0  # the loss sees the output with this palette (as the user will)
 
 
 @dataclass
@@ -842,7 +843,8 @@ class Stylizer:
             raise ConfigError("refine_steps needs style images (the loss targets), not an "
                               "embedding")
         plan.refine = _Refine(int(refine_steps), refine.DEFAULT_LEARNING_RATE,
-                              refine.DEFAULT_STYLE_WEIGHT, refine.DEFAULT_SIZE, small)
+                              refine.DEFAULT_STYLE_WEIGHT, refine.DEFAULT_SIZE, small,
+                              plan.palette if plan.align else 0.0)
         return plan
 
     def _plan_styles(self, style, weights, strength, preserve_color, embedding, style_size,
@@ -979,7 +981,7 @@ class Stylizer:
             e, hist = refine.refine_embeddings(
                 (self._graphdef, self._state), work, r.styles_small, weights,
                 np.asarray(e0, np.float32)[None], steps=r.steps, learning_rate=r.learning_rate,
-                style_weight=r.style_weight)
+                style_weight=r.style_weight, palette=r.palette)
         return e[0], hist[:, 0]
 
     def refine_embedding(self, content: ImageInput, style: Any, *,
@@ -987,7 +989,7 @@ class Stylizer:
                          embedding: np.ndarray | None = None, steps: int | None = None,
                          learning_rate: float | None = None, style_weight: float | None = None,
                          size: int | None = None, style_size: int | None = None,
-                         return_history: bool = False):
+                         palette: float | None = None, return_history: bool = False):
         """The style embedding optimized for this content (:mod:`arbitrary_nst.refine`).
 
         Starts from the predicted (mixed) embedding of ``style`` (or from ``embedding``) and
@@ -995,7 +997,8 @@ class Stylizer:
         the network's output, computed on a ``size`` x ``size`` working copy of the content
         (shorter side resized, centre square; a smaller content at its shorter side). The
         result ``[D]`` goes to :meth:`stylize` (``embedding=``) or :meth:`transfer` at any
-        resolution, and mixes with others.
+        resolution, and mixes with others. ``palette`` (default: the model's): the loss is taken
+        on the output with that palette, as :meth:`stylize` will show it (0: the raw output).
         ``return_history``: also return the loss before each step and after the last.
         :meth:`stylize` and :meth:`stylize_files` do this per content with ``refine_steps``.
         """
@@ -1021,8 +1024,9 @@ class Stylizer:
         if batched:
             raise ConfigError("refine_embedding takes one content image")
         f = images.to_float(self.read(contents[0], 8 * wsize))
+        pal = self.model.palette if palette is None else check_palette(palette)
         e, hist = self._refine_one(f, e0, w, _Refine(int(steps), float(lr), float(sw), wsize,
-                                                     small))
+                                                     small, pal))
         return (e, hist) if return_history else e
 
     def _run(self, items: Iterable[_Item], plan: _Plan, *, out_uint8: bool = False,

@@ -18,6 +18,10 @@ It trades time for quality between the feed-forward model (one pass) and Gatys (
 L-BFGS iterations on the pixels): each step is a transfer forward and backward plus a VGG
 forward and backward at ``size``.
 
+With a **palette** (the model's ``palette``, or ``palette=``; :mod:`arbitrary_nst.models`) the
+loss is taken on what users get, the output after the colour alignment to the styles' (mixed)
+colour moments, so the embedding is refined for texture and not spent on global colour.
+
 Every example in a batch is refined independently (the loss is summed over the batch, so each
 embedding receives only its own gradient, and Adam's statistics are per element).
 """
@@ -31,8 +35,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from . import losses
+from . import color, losses
 from .errors import ConfigError
+from .models import check_palette
 from .vgg import features
 
 #: Defaults: the built-in model's training balance; 20 steps at Adam 0.05 (the measured curve
@@ -69,19 +74,24 @@ def _feature_fn(model):
 
 @functools.partial(jax.jit, static_argnums=(0,), static_argnames=("style_weight",))
 def _refine_targets(graphdef, state, content, style, style_w, *, style_weight: float):
-    """The content's VGG features and the (blended) style targets: computed once per call."""
+    """The content's VGG features, the (blended) style targets and the blended colour moments
+    ``[B or 1, 12]`` (the palette target): computed once per call."""
     cfg = loss_config(style_weight)
     feat = _feature_fn(nnx.merge(graphdef, state))
+    moments = jnp.atleast_2d(style_w @ color.color_moments(style))
     return (feat(content, tuple(cfg.content_layers)),
-            losses.StyleTargets.from_images(feat, style, cfg).blend(style_w))
+            losses.StyleTargets.from_images(feat, style, cfg).blend(style_w), moments)
 
 
-def _loss_fn(model, content, content_feats, targets, style_weight):
+def _loss_fn(model, content, content_feats, targets, style_weight, moments, palette):
+    """``e -> (summed loss, per-example loss)``; ``palette`` None: the raw output is scored."""
     cfg = loss_config(style_weight)
     feat = _feature_fn(model)
 
     def loss_fn(e):
         y = model.transfer(content, e)
+        if palette is not None:
+            y = model.align_palette(y, moments, palette)
         total, _ = losses.perceptual_loss(feat, y, cfg, content_feats=content_feats,
                                           style_targets=targets)
         return jnp.sum(total), total
@@ -93,40 +103,43 @@ def _loss_fn(model, content, content_feats, targets, style_weight):
 # convolutions inside a while loop ran 4.6x slower than the same step as its own executable
 # (8 styles x 128^2, 12 steps: 35.4 s vs 7.7 s), and unrolling compiles ``steps`` copies.
 @functools.partial(jax.jit, static_argnums=(0,), static_argnames=("style_weight",))
-def _refine_step(graphdef, state, content, content_feats, targets, e, opt_state, learning_rate,
-                 *, style_weight: float):
-    loss_fn = _loss_fn(nnx.merge(graphdef, state), content, content_feats, targets, style_weight)
+def _refine_step(graphdef, state, content, content_feats, targets, moments, palette, e,
+                 opt_state, learning_rate, *, style_weight: float):
+    loss_fn = _loss_fn(nnx.merge(graphdef, state), content, content_feats, targets, style_weight,
+                       moments, palette)
     (_, per_example), g = jax.value_and_grad(loss_fn, has_aux=True)(e)
     updates, opt_state = optax.adam(learning_rate).update(g, opt_state, e)
     return optax.apply_updates(e, updates), opt_state, per_example
 
 
 @functools.partial(jax.jit, static_argnums=(0,), static_argnames=("style_weight",))
-def _refine_loss(graphdef, state, content, content_feats, targets, e, *, style_weight: float):
+def _refine_loss(graphdef, state, content, content_feats, targets, moments, palette, e, *,
+                 style_weight: float):
     return _loss_fn(nnx.merge(graphdef, state), content, content_feats, targets,
-                    style_weight)(e)[1]
+                    style_weight, moments, palette)(e)[1]
 
 
-def _run_refine(graphdef, state, content, style, style_w, e0, learning_rate, *, steps: int,
-                style_weight: float):
-    content_feats, targets = _refine_targets(graphdef, state, content, style, style_w,
-                                             style_weight=style_weight)
+def _run_refine(graphdef, state, content, style, style_w, e0, learning_rate, palette, *,
+                steps: int, style_weight: float):
+    content_feats, targets, moments = _refine_targets(graphdef, state, content, style, style_w,
+                                                      style_weight=style_weight)
     e, opt_state = e0, optax.adam(learning_rate).init(e0)
     history = []
     for _ in range(steps):
         e, opt_state, per_example = _refine_step(graphdef, state, content, content_feats,
-                                                 targets, e, opt_state, learning_rate,
-                                                 style_weight=style_weight)
+                                                 targets, moments, palette, e, opt_state,
+                                                 learning_rate, style_weight=style_weight)
         history.append(per_example)
-    history.append(_refine_loss(graphdef, state, content, content_feats, targets, e,
-                                style_weight=style_weight))
+    history.append(_refine_loss(graphdef, state, content, content_feats, targets, moments,
+                                palette, e, style_weight=style_weight))
     return e, jnp.stack(history, axis=0)
 
 
 def refine_embeddings(model, content: np.ndarray, style: np.ndarray, style_weights: np.ndarray,
                       e0: np.ndarray, *, steps: int = DEFAULT_STEPS,
                       learning_rate: float = DEFAULT_LEARNING_RATE,
-                      style_weight: float = DEFAULT_STYLE_WEIGHT) -> tuple[np.ndarray, np.ndarray]:
+                      style_weight: float = DEFAULT_STYLE_WEIGHT,
+                      palette: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Refine ``e0`` for each content.
 
     Args:
@@ -137,6 +150,8 @@ def refine_embeddings(model, content: np.ndarray, style: np.ndarray, style_weigh
       style_weights: ``[N]`` mixing weights (a convex mix of the N styles' statistics, shared
         by every content) or ``[B, N]`` (one mix per content).
       e0: ``[B, D]`` starting embeddings (e.g. the predicted, mixed embedding per content).
+      palette: the palette the loss sees the output with (default: the model's; 0: the raw
+        network output).
 
     Returns ``(embeddings [B, D] float32, loss history [steps + 1, B])``: the weighted
     training loss of each example before every step and after the last.
@@ -148,8 +163,12 @@ def refine_embeddings(model, content: np.ndarray, style: np.ndarray, style_weigh
         raise ConfigError(f"refine: content [B,H,W,3] and e0 [B,D] must agree, got "
                           f"{content.shape} and {e0.shape}")
     graphdef, state = model if isinstance(model, tuple) else nnx.split(model)
+    if palette is None:
+        palette = nnx.merge(graphdef, state).palette
+    # None (not 0.0) when off, so the palette-free loss compiles without the alignment.
+    amount = jnp.float32(check_palette(palette)) if palette else None
     e, hist = _run_refine(graphdef, state, content, jnp.asarray(style, jnp.float32),
                           jnp.asarray(style_weights, jnp.float32), e0,
-                          jnp.float32(learning_rate), steps=int(steps),
+                          jnp.float32(learning_rate), amount, steps=int(steps),
                           style_weight=float(style_weight))
     return np.asarray(e, np.float32), np.asarray(hist, np.float32)

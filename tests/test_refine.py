@@ -74,6 +74,38 @@ def test_loss_decreases_and_matches_the_training_loss(model, imgs):
     assert not np.allclose(e, e0)
 
 
+def test_palette_loss_is_the_loss_of_the_aligned_output(model, imgs):
+    """With a palette the loss is scored on the output aligned to the styles' mixed colour
+    moments (what the Stylizer shows), and the steps lower that loss."""
+    from arbitrary_nst import color
+
+    c, s = imgs["content"], imgs["style"]
+    w = np.array([0.25, 0.75], np.float32)
+    e0 = np.repeat(np.asarray(model.embed(jnp.asarray(s))).T @ w[:, None], 2, 1).T
+    e, hist = refine.refine_embeddings(model, c, s, w, e0, steps=3, palette=0.6)
+    params = model.vgg.params()
+    feat = lambda x, taps: features(params, x, taps, pooling=model.vgg.pooling)  # noqa: E731
+    cfg = losses.LossConfig(style_weight=refine.DEFAULT_STYLE_WEIGHT)
+    moments = w @ np.asarray(color.color_moments(s))
+
+    def loss_of(emb, amount):
+        y = model.transfer(jnp.asarray(c), jnp.asarray(emb))
+        if amount:
+            y = color.align_to_moments(y, jnp.asarray(moments)[None], amount)
+        total, _ = losses.perceptual_loss(
+            feat, y, cfg, content_feats=feat(jnp.asarray(c), ("relu3_3",)),
+            style_targets=losses.StyleTargets.from_images(feat, jnp.asarray(s), cfg).blend(
+                jnp.asarray(w)))
+        return np.asarray(total)
+
+    np.testing.assert_allclose(hist[0], loss_of(e0, 0.6), rtol=1e-4)
+    np.testing.assert_allclose(hist[-1], loss_of(e, 0.6), rtol=1e-4)
+    assert np.all(hist[-1] < hist[0]) and not np.allclose(hist[0], loss_of(e0, 0.0), rtol=1e-3)
+    # palette 0 is the raw loss, as for a model without a palette
+    _, raw = refine.refine_embeddings(model, c, s, w, e0, steps=0, palette=0.0)
+    np.testing.assert_allclose(raw[0], loss_of(e0, 0.0), rtol=1e-4)
+
+
 def test_first_step_is_adam_on_the_independent_gradient(model, imgs):
     """Adam's first update is -lr * g / (|g| + eps) elementwise: its sign pattern must be the
     one of an independently computed gradient of the loss w.r.t. the embedding."""
@@ -154,6 +186,21 @@ def test_stylizer_refine_embedding_and_stylize_agree(st, imgs):
     e_other = st.refine_embedding(other, style, steps=3)
     np.testing.assert_allclose(ys[1], st.stylize(other, embedding=e_other), atol=1e-5)
     assert not np.allclose(ys[1], st.stylize(other, style), atol=1e-3)
+
+
+def test_stylizer_refine_with_a_palette(st):
+    """stylize(refine_steps, palette) refines for the aligned output and shows it aligned."""
+    content = smooth_image(40, 48, 11)
+    style = smooth_image(40, 36, 12)
+    e = st.refine_embedding(content, style, steps=3, palette=0.5)
+    assert not np.allclose(e, st.refine_embedding(content, style, steps=3), atol=1e-4)
+    y = st.stylize(content, style, refine_steps=3, palette=0.5)
+    np.testing.assert_allclose(y, st.stylize(content, embedding=e, palette=0.5,
+                                             palette_moments=st.palettes(style)), atol=1e-5)
+    # luminance preservation does not apply the palette, so refinement does not see it either
+    y = st.stylize(content, style, refine_steps=3, palette=0.5, preserve_color=True)
+    np.testing.assert_allclose(y, st.stylize(content, embedding=st.refine_embedding(
+        content, style, steps=3, palette=0.0), preserve_color=True), atol=1e-5)
 
 
 def test_stylizer_refine_mixes_styles_and_strength(st):
