@@ -415,13 +415,19 @@ def _valid_mask(hw, shape) -> jax.Array:
     return (rows & cols).astype(jnp.float32)
 
 
-def _align_impl(graphdef, state, y, moments, small, strength, palette, hw, *, use_content: bool,
-                match: bool):
-    _TRACES["align"] += 1
-    model = nnx.merge(graphdef, state)
+def _apply_palette(model, y, moments, small, strength, palette, hw, *, use_content: bool,
+                   match: bool):
+    """``y`` (padded batch) aligned to its palette target, measured inside each ``hw``."""
     target = _palette_target(model, moments, small, strength, use_content=use_content,
                              match=match)
     return model.align_palette(y, target, palette, mask=_valid_mask(hw, y.shape))
+
+
+def _align_impl(graphdef, state, y, moments, small, strength, palette, hw, *, use_content: bool,
+                match: bool):
+    _TRACES["align"] += 1
+    return _apply_palette(nnx.merge(graphdef, state), y, moments, small, strength, palette, hw,
+                          use_content=use_content, match=match)
 
 
 _align_jit = jax.jit(_align_impl, static_argnums=(0,), static_argnames=("use_content", "match"))
@@ -440,9 +446,8 @@ def _stylize_impl(graphdef, state, x, e, small, styles, w, strength, moments, pa
     e = _target_embedding(model, e, small, styles, w, strength, use_content=use_content)
     y = model.transfer(xf, e)
     if align:
-        target = _palette_target(model, moments, small, strength, use_content=use_content,
-                                 match=styles is not None)
-        y = model.align_palette(y, target, palette, mask=_valid_mask(hw, y.shape))
+        y = _apply_palette(model, y, moments, small, strength, palette, hw,
+                           use_content=use_content, match=styles is not None)
     if luminance:
         y = color.transfer_luminance(y, xf)
     if out_uint8:
