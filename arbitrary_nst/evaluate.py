@@ -404,7 +404,8 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
              num_contents: int | None = None, num_styles: int | None = None,
              resume: bool = False, progress: bool = True, thumb: int = 128,
              side_by_side_pairs: int = 8, vgg=None, refine_steps: int = 20,
-             palette: float | None = None, method_factory: Callable[..., Method] = make_method) -> EvalResult:
+             palette: float | None = None,
+             method_factory: Callable[..., Method] = make_method) -> EvalResult:
     """Run ``methods`` on every content x style pair and write the outputs (module docstring).
 
     ``num_contents`` / ``num_styles``: use that many images spread evenly over the sorted folders

@@ -10,7 +10,7 @@
 colours that far toward the style image's colour mean and covariance with one affine map per
 image (:func:`arbitrary_nst.color.align_to_moments`). The network alone under-commits to each
 style's palette (its outputs share a muted "average painting" colouring); the map is exact,
-costs nothing, and training can run through it (``model.palette`` in the training config), so
+cheap, and training can run through it (``model.palette`` in the training config), so
 the network need not spend capacity on global colour. :meth:`transfer` is the raw network;
 :meth:`__call__` and :class:`arbitrary_nst.Stylizer` apply the palette.
 
