@@ -348,16 +348,14 @@ def _style_embeddings(stylizer, styles, content_img, args) -> tuple[np.ndarray, 
     from .inference import preserve_color_mode, style_working_image
 
     if preserve_color_mode(args.preserve_color) != "match":
-        return (stylizer.embed(styles, style_size=args.style_size),
-                stylizer.palettes(styles, style_size=args.style_size))
+        return stylizer.embed_with_palettes(styles, style_size=args.style_size)
     size = args.style_size
     c_small = style_working_image(images.to_float(content_img), size)
     smalls = np.stack([style_working_image(
         images.load_image(s, max_pixels=args.max_pixels, max_side=8 * size), size)
         for s in styles])
     matched = np.asarray(color.match_color(smalls, c_small), np.float32)
-    return (stylizer.embed(list(matched), style_size=size),
-            stylizer.palettes(list(matched), style_size=size))
+    return stylizer.embed_with_palettes(list(matched), style_size=size)
 
 
 def _figure(args, mode: str, stylizer) -> int:
@@ -382,8 +380,8 @@ def _figure(args, mode: str, stylizer) -> int:
     img = stylizer.read(content, max_side=args.tile_size)  # uint8 HWC, as the batch path
     lum = preserve_color_mode(args.preserve_color) == "luminance"
     e_styles, m_styles = _style_embeddings(stylizer, styles, img, args)
-    e_c = stylizer.embed(img, style_size=args.style_size)[0]
-    m_c = stylizer.palettes(img, style_size=args.style_size)[0]
+    if mode == "sweep" or args.strength < 1.0:  # the content's own embedding and palette
+        e_c, m_c = (x[0] for x in stylizer.embed_with_palettes(img, style_size=args.style_size))
     names = " / ".join(Path(s).stem for s in styles)
     if mode == "interpolate":
         cells = mixture_grid(len(styles), args.steps)

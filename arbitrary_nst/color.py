@@ -159,15 +159,20 @@ def color_transfer_matrix(source, target, method: MatchMethod = "eig",
     mt, ct = color_stats(target)
     eye = jnp.eye(3, dtype=cs.dtype)
     if method == "eig":
-        a = _sym_pow(ct, 0.5, eps) @ _sym_pow(cs, -0.5, eps)
-    elif method == "chol":
+        return _eig_affine(ms, cs, mt, ct, eps)
+    if method == "chol":
         ls = jnp.linalg.cholesky(cs + eps * eye)
         lt = jnp.linalg.cholesky(ct + eps * eye)
         a = lt @ jnp.linalg.inv(ls)
     else:
         raise ConfigError(f"colour matching method must be one of {MATCH_METHODS}, got {method!r}")
-    b = mt - jnp.einsum("...ij,...j->...i", a, ms)
-    return a, b
+    return a, mt - jnp.einsum("...ij,...j->...i", a, ms)
+
+
+def _eig_affine(ms, cs, mt, ct, eps: float) -> tuple[jax.Array, jax.Array]:
+    """``(A, b)`` with symmetric square roots: mean/covariance ``(ms, cs)`` -> ``(mt, ct)``."""
+    a = _sym_pow(ct, 0.5, eps) @ _sym_pow(cs, -0.5, eps)
+    return a, mt - jnp.einsum("...ij,...j->...i", a, ms)
 
 
 def match_color(source, target, method: MatchMethod = "eig", eps: float = 1e-5) -> jax.Array:
@@ -222,9 +227,7 @@ def align_to_moments(x, moments, amount=1.0, eps: float = 1e-4, mask=None) -> ja
     x = _f32(x)
     ms, cs = color_stats(x, mask)
     mt, ct = stats_from_moments(moments)
-    a = _sym_pow(ct, 0.5, eps) @ _sym_pow(cs, -0.5, eps)
-    b = mt - jnp.einsum("...ij,...j->...i", a, ms)
-    a, b = jax.lax.stop_gradient(a), jax.lax.stop_gradient(b)
+    a, b = jax.lax.stop_gradient(_eig_affine(ms, cs, mt, ct, eps))
     y = jnp.einsum("...hwj,...ij->...hwi", x, a) + b[..., None, None, :]
     amount = jnp.asarray(amount, x.dtype)
     return jnp.clip(x + amount * (y - x), 0.0, 1.0)

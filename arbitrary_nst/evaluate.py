@@ -263,7 +263,7 @@ class ModelMethod(_EmbeddingMethod):
         self.palette = palette
 
     def _embed(self, style):
-        return self.stylizer.embed(style), self.stylizer.palettes(style)
+        return self.stylizer.embed_with_palettes(style)
 
     def _transfer(self, content, embedding):
         e, m = embedding

@@ -767,18 +767,22 @@ class Stylizer:
         """Style embeddings ``[N, D]`` of one or several style images (paths, PIL images,
         arrays; an NHWC array is N styles). Each is brought to the working size first; file
         embeddings are cached. Raises ImageError for an unreadable file."""
-        size = self.style_size if style_size is None else self._check_style_size(style_size)
-        items, _ = _as_image_list(styles, "style")
-        return self._embed(items, size)[0]
+        return self.embed_with_palettes(styles, style_size=style_size)[0]
 
     def palettes(self, styles: ImageInput | Sequence[ImageInput], *,
                  style_size: int | None = None) -> np.ndarray:
         """Colour moments ``[N, 12]`` of style images at their working size (the palette
         targets, :func:`arbitrary_nst.color.color_moments`; cached with the embeddings). Mix
         them with :meth:`mix` like embeddings and pass them as ``palette_moments=``."""
+        return self.embed_with_palettes(styles, style_size=style_size)[1]
+
+    def embed_with_palettes(self, styles: ImageInput | Sequence[ImageInput], *,
+                            style_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`embed` and :meth:`palettes` from one predictor pass (arrays are not cached,
+        so asking for both separately would embed them twice)."""
         size = self.style_size if style_size is None else self._check_style_size(style_size)
         items, _ = _as_image_list(styles, "style")
-        return self._embed(items, size)[1]
+        return self._embed(items, size)
 
     def _embed(self, items: Sequence[ImageInput], size: int,
                small: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
