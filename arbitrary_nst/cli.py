@@ -435,6 +435,77 @@ command("export-onnx", "Export the transfer network (+ the style heads) to ONNX 
 
 
 # ----------------------------------------------------------------------------------------------
+# fit-style
+
+
+def _add_fit_style_arguments(p: argparse.ArgumentParser) -> None:
+    from . import fit_style
+
+    p.add_argument("--style", required=True, metavar="S", help="the style image to fit")
+    p.add_argument("--photos", required=True, nargs="+", metavar="P",
+                   help="photos to fit on (files, folders or quoted globs): a sample of what the "
+                        "style will be applied to; not stored in the result")
+    p.add_argument("--out", required=True, metavar="FILE.npz",
+                   help="where to write the fitted style (use it as --style of stylize)")
+    p.add_argument("--steps", type=int, default=fit_style.DEFAULT_STEPS, metavar="N",
+                   help="Adam steps (~1.6 s each at batch 4 and 256 px on a 2-core CPU)")
+    p.add_argument("--lr", type=float, default=fit_style.DEFAULT_LEARNING_RATE,
+                   help="Adam learning rate on the gamma/beta")
+    p.add_argument("--batch-size", type=int, default=fit_style.DEFAULT_BATCH_SIZE, metavar="N",
+                   help="photos per step")
+    p.add_argument("--style-weight", type=float, default=fit_style.DEFAULT_STYLE_WEIGHT,
+                   metavar="W", help="weight of the style term against content (the built-in "
+                                     "model's training balance; lower keeps more of the photos)")
+    p.add_argument("--size", type=int, default=fit_style.DEFAULT_SIZE, metavar="N",
+                   help="photo working size: shorter side resized to N, centre square")
+    p.add_argument("--seed", type=int, default=0, help="photo order")
+    p.add_argument("--model", metavar="PATH",
+                   help="model export (.safetensors) or training workdir (None = the built-in "
+                        "model); the fitted style works with this model only")
+    p.add_argument("--recursive", action="store_true", help="also take photos in subfolders")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _run_fit_style(args: argparse.Namespace) -> int:
+    import time
+
+    from . import fit_style, images
+    from .inference import Stylizer
+
+    out = Path(args.out)
+    if out.suffix != fit_style.SUFFIX:
+        raise ConfigError(f"{out}: --out must end in {fit_style.SUFFIX}")
+    if out.exists() and not args.overwrite:
+        raise ConfigError(f"{out}: exists (pass --overwrite to replace it)")
+    if not out.parent.is_dir():
+        raise ConfigError(f"{out}: folder {out.parent} does not exist")
+    fit_style.check_options(args.steps, args.lr, args.batch_size, args.style_weight)
+    photos = [p for spec in args.photos for p in images.list_images(spec, recursive=args.recursive)]
+    inputs = {os.path.realpath(p) for p in [args.style, *photos]}
+    if os.path.realpath(out) in inputs:
+        raise ConfigError(f"{out}: would overwrite an input file; choose another --out")
+    t0 = time.perf_counter()
+    st = Stylizer.load(args.model)
+    fs = st.fit_style(args.style, photos, steps=args.steps, learning_rate=args.lr,
+                      batch_size=args.batch_size, size=args.size, seed=args.seed,
+                      style_weight=args.style_weight,
+                      progress=not args.no_progress)
+    for why in fs.info.get("skipped", []):
+        print(f"skipped: {why}", file=sys.stderr)
+    fs.save(out, overwrite=args.overwrite)
+    h = fs.history
+    print(f"wrote {out}: {fs.info['photos']} photos, {args.steps} steps, loss "
+          f"{h[0]:.4g} -> {h[-1]:.4g} ({time.perf_counter() - t0:.1f} s)")
+    return 1 if fs.info.get("skipped") else 0
+
+
+command("fit-style", "Fit a style's conditioning (gamma/beta) on photos once and save it "
+        "(.npz): lower style loss than the predicted style, at the same speed when used.",
+        _add_fit_style_arguments)(_run_fit_style)
+
+
+# ----------------------------------------------------------------------------------------------
 # stylize (the default command) and demo
 
 

@@ -74,7 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--content", metavar="PATH",
                     help="content image, or (batch) a folder or a quoted glob like 'dir/*.jpg'")
     io.add_argument("--style", nargs="+", metavar="S",
-                    help="style image(s); several are mixed by --style-weights")
+                    help="style image(s) or fitted styles (.npz, `infer.py fit-style`); several "
+                         "are mixed by --style-weights")
     io.add_argument("--out", metavar="FILE", help="output image (single content image)")
     io.add_argument("--out-dir", metavar="DIR",
                     help="output folder: files are named {content}__{style}.png")
@@ -341,21 +342,26 @@ def _weights_label(w: np.ndarray) -> str:
     return "/".join(f"{100 * v:.0f}" for v in w)
 
 
-def _style_embeddings(stylizer, styles, content_img, args) -> tuple[np.ndarray, np.ndarray]:
-    """``[N, D]`` embeddings and ``[N, 12]`` colour moments (palette targets) of the style
-    files (colour-matched to the content if asked)."""
+def _style_embeddings(stylizer, styles, content_img, args):
+    """``[N, D]`` embeddings, ``[N, 12]`` colour moments (palette targets) and ``[N, G]``
+    gamma/beta offsets (None without fitted styles) of the style files (colour-matched to the
+    content if asked)."""
     from . import color
+    from .fit_style import is_fitted_style_path
     from .inference import preserve_color_mode, style_working_image
 
     if preserve_color_mode(args.preserve_color) != "match":
-        return stylizer.embed_with_palettes(styles, style_size=args.style_size)
+        return stylizer.style_parts(styles, style_size=args.style_size)
+    if any(is_fitted_style_path(s) for s in styles):
+        raise ConfigError("--preserve-color match recolours style images; fitted styles "
+                          "(.npz) are not images: use --preserve-color luminance")
     size = args.style_size
     c_small = style_working_image(images.to_float(content_img), size)
     smalls = np.stack([style_working_image(
         images.load_image(s, max_pixels=args.max_pixels, max_side=8 * size), size)
         for s in styles])
     matched = np.asarray(color.match_color(smalls, c_small), np.float32)
-    return stylizer.embed_with_palettes(list(matched), style_size=size)
+    return (*stylizer.embed_with_palettes(list(matched), style_size=size), None)
 
 
 def _figure(args, mode: str, stylizer) -> int:
@@ -379,7 +385,8 @@ def _figure(args, mode: str, stylizer) -> int:
     stylizer.max_pixels = args.max_pixels
     img = stylizer.read(content, max_side=args.tile_size)  # uint8 HWC, as the batch path
     lum = preserve_color_mode(args.preserve_color) == "luminance"
-    e_styles, m_styles = _style_embeddings(stylizer, styles, img, args)
+    e_styles, m_styles, d_styles = _style_embeddings(stylizer, styles, img, args)
+    d = None
     if mode == "sweep" or args.strength < 1.0:  # the content's own embedding and palette
         e_c, m_c = (x[0] for x in stylizer.embed_with_palettes(img, style_size=args.style_size))
     names = " / ".join(Path(s).stem for s in styles)
@@ -387,9 +394,12 @@ def _figure(args, mode: str, stylizer) -> int:
         cells = mixture_grid(len(styles), args.steps)
         e = np.stack([w @ e_styles for _, _, w in cells])
         m = np.stack([w @ m_styles for _, _, w in cells])
+        if d_styles is not None:
+            d = np.stack([w @ d_styles for _, _, w in cells])
         if args.strength < 1.0:
             e = args.strength * e + (1.0 - args.strength) * e_c
             m = args.strength * m + (1.0 - args.strength) * m_c
+            d = None if d is None else args.strength * d  # the content's own offset is 0
         labels = [_weights_label(w) for _, _, w in cells]
         pos = [(r, c) for r, c, _ in cells]
         layout = "triangle" if len(styles) == 3 else "grid"
@@ -400,13 +410,15 @@ def _figure(args, mode: str, stylizer) -> int:
         ts = np.linspace(0.0, 1.0, args.strength_sweep)
         e = np.stack([t * e_mix + (1 - t) * e_c for t in ts])
         m = np.stack([t * m_mix + (1 - t) * m_c for t in ts])
+        if d_styles is not None:
+            d = np.stack([t * stylizer.mix(d_styles, w) for t in ts])
         labels = [f"{t:.2f}" for t in ts]
         pos = [(0, j) for j in range(len(ts))]
         layout = "grid"
         title = f"strength 0 .. 1, style {names}"
     outs = stylizer.transfer(img, e.astype(np.float32), preserve_color=lum,
                              batch_size=args.batch_size, palette_moments=m.astype(np.float32),
-                             palette=args.palette)
+                             palette=args.palette, offsets=d)
     fig = compose_figure([(r, c, o, lab) for (r, c), o, lab in zip(pos, outs, labels)],
                          title=title, layout=layout)
     images.save_image(out, fig, overwrite=args.overwrite)

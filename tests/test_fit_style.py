@@ -1,0 +1,294 @@
+"""Tests of arbitrary_nst.fit_style (a style's gamma/beta fitted on photos) and its Stylizer,
+CLI and evaluation use.
+
+A random width-0.25 model with random head kernels (as in test_inference) and small generated
+images: the fit must optimize exactly the loss it claims (first Adam step against finite
+differences of an independent loss), lower it, reproduce, round-trip through its file, and
+a fitted style must mix with images exactly like the gamma/beta it stands for.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from arbitrary_nst import cli, cli_stylize, evaluate, fit_style, losses, refine, samples
+from arbitrary_nst import images
+from arbitrary_nst.errors import ConfigError, ModelError
+from arbitrary_nst.inference import Stylizer, style_working_image
+from arbitrary_nst.vgg import features
+
+from test_inference import SS, make_model_file, smooth_image, write_png
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory, vgg):
+    return make_model_file(tmp_path_factory.mktemp("model") / "model.safetensors", vgg, seed=5,
+                           palette=0.5)
+
+
+@pytest.fixture(scope="module")
+def st(model_path, vgg):
+    return Stylizer.load(model_path, vgg=vgg, style_size=SS, buckets=None)
+
+
+@pytest.fixture(scope="module")
+def photos():
+    return [smooth_image(40, 48, 50 + i) for i in range(3)]
+
+
+@pytest.fixture(scope="module")
+def fitted(st, photos):
+    return st.fit_style(smooth_image(40, 40, 60), photos, steps=4, batch_size=2, size=32,
+                        learning_rate=0.05)
+
+
+def test_flatten_roundtrip_and_heads(st):
+    m = st.model
+    e = jnp.asarray(np.random.default_rng(0).normal(size=(2, m.embedding_dim)), jnp.float32)
+    gb = m.predictor.gamma_beta(e)
+    flat = fit_style.flatten(gb)
+    assert flat.shape == (2, fit_style.conditioning_size(m.cin_channels))
+    for (g0, b0), (g1, b1) in zip(gb, fit_style.unflatten(flat, m.cin_channels)):
+        np.testing.assert_array_equal(g0, g1)
+        np.testing.assert_array_equal(b0, b1)
+    np.testing.assert_array_equal(fit_style.predicted_conditioning(m, e), flat)
+    with pytest.raises(ConfigError, match="needs"):
+        fit_style.unflatten(flat[:, :-1], m.cin_channels)
+
+
+def _loss_of(model, photos, style, flat, palette):
+    """The fit's objective written independently: mean over photos of content + 0.5 style of
+    the palette-aligned output conditioned on ``flat``."""
+    params = model.vgg.params()
+    feat = lambda x, taps: features(params, x, taps, pooling=model.vgg.pooling)  # noqa: E731
+    cfg = losses.LossConfig(style_weight=refine.DEFAULT_STYLE_WEIGHT)
+    gb = fit_style.unflatten(jnp.asarray(flat, jnp.float32)[None], model.cin_channels)
+    y = model.transfer_net(photos, gb)
+    y = model.align_palette(y, model.palette_moments(style[None]), palette)
+    total, _ = losses.perceptual_loss(
+        feat, y, cfg, content_feats=feat(photos, ("relu3_3",)),
+        style_targets=losses.StyleTargets.from_images(feat, style[None], cfg))
+    return float(jnp.mean(total))
+
+
+def test_fit_optimizes_the_stated_loss(st, photos):
+    """history[0] is the independent loss at the predicted gamma/beta; the first Adam step
+    moves every large coordinate against the finite-difference gradient of that loss."""
+    model = st.model
+    style = style_working_image(smooth_image(40, 40, 61).astype(np.float32) / 255, 32)
+    work = np.stack([style_working_image(p.astype(np.float32) / 255, 32) for p in photos[:2]])
+    e0 = np.asarray(model.embed(jnp.asarray(style[None])))[0]
+    cond, moments, hist = fit_style.fit_conditioning(model, style, work, e0, steps=1,
+                                                     batch_size=2, learning_rate=0.01, seed=3)
+    # the batch the fit drew (seed 3): both photos, in this order, these flipped
+    rng = np.random.default_rng(3)
+    idx = rng.choice(2, 2, replace=False)
+    flip = rng.random(2) < 0.5
+    x = jnp.asarray(np.where(flip[:, None, None, None], work[idx][:, :, ::-1], work[idx]))
+    start = np.asarray(fit_style.predicted_conditioning(model, jnp.asarray(e0)[None]))[0]
+    np.testing.assert_allclose(hist[0], _loss_of(model, x, style, start, 0.5), rtol=1e-4)
+    np.testing.assert_allclose(moments, np.asarray(model.palette_moments(style[None]))[0],
+                               rtol=1e-5)
+    step = cond - start
+    assert np.all(np.abs(step) <= 0.01 * 1.001)  # Adam's first step: at most the LR
+    h = 1e-2
+    for i in np.argsort(-np.abs(step))[:4]:
+        up, down = start.copy(), start.copy()
+        up[i] += h
+        down[i] -= h
+        fd = _loss_of(model, x, style, up, 0.5) - _loss_of(model, x, style, down, 0.5)
+        assert np.sign(fd) == -np.sign(step[i]), (i, fd, step[i])
+
+
+def test_fit_lowers_the_loss_and_reproduces(st, photos, fitted):
+    assert fitted.history.shape == (5,)
+    assert np.all(np.isfinite(fitted.history))
+    assert fitted.history[-1] < 0.9 * fitted.history[0], fitted.history
+    again = st.fit_style(smooth_image(40, 40, 60), photos, steps=4, batch_size=2, size=32,
+                         learning_rate=0.05)
+    np.testing.assert_array_equal(again.conditioning, fitted.conditioning)
+    assert fitted.info["photos"] == 3 and fitted.info["steps"] == 4
+    assert fitted.fingerprint == fit_style.model_fingerprint(st.model)
+
+
+def test_zero_offset_fitted_style_is_the_plain_style(st, photos):
+    """A fitted style whose gamma/beta are the predicted ones reproduces the style image
+    exactly: alone, mixed, at any strength and with the palette."""
+    style = smooth_image(40, 40, 62)
+    fs = st.fit_style(style, photos, steps=0, size=32)
+    np.testing.assert_array_equal(fs.conditioning, st._heads(fs.embedding))
+    c = photos[0]
+    for kw in ({}, {"strength": 0.4}, {"palette": 0.0}, {"preserve_color": True}):
+        np.testing.assert_allclose(st.stylize(c, fs, **kw), st.stylize(c, style, **kw),
+                                   atol=1e-6)
+    other = smooth_image(36, 44, 63)
+    np.testing.assert_allclose(st.stylize(c, [other, fs], weights=[0.3, 0.7]),
+                               st.stylize(c, [other, style], weights=[0.3, 0.7]), atol=2e-6)
+
+
+def test_fitted_conditioning_mixes_linearly(st, photos, fitted):
+    """The output is the transfer network on exactly the mixed gamma/beta: w * fitted +
+    (1 - w) * heads(e_image), and with strength s: s * that + (1 - s) * heads(e_content)."""
+    m = st.model
+    c = photos[1].astype(np.float32) / 255
+    other = smooth_image(36, 44, 64)
+    e_other = st.embed(other)[0]
+    e_c = st.embed(c)[0]
+    g = fitted.conditioning
+    g_other, g_c = st._heads(e_other), st._heads(e_c)
+
+    def net(flat):
+        return np.asarray(m.transfer_net(jnp.asarray(c)[None], fit_style.unflatten(
+            jnp.asarray(flat, jnp.float32)[None], m.cin_channels)))[0]
+
+    np.testing.assert_allclose(st.stylize(c, fitted, palette=0.0), net(g), atol=2e-5)
+    mixed = 0.25 * g + 0.75 * g_other
+    np.testing.assert_allclose(st.stylize(c, [fitted, other], weights=[1, 3], palette=0.0),
+                               net(mixed), atol=2e-5)
+    np.testing.assert_allclose(st.stylize(c, fitted, strength=0.6, palette=0.0),
+                               net(0.6 * g + 0.4 * g_c), atol=2e-5)
+    # transfer() with offsets (figures) agrees with stylize()
+    e, mo, d = st.style_parts([fitted, other])
+    assert d.shape == (2, g.size) and not np.any(d[1])
+    w = np.array([0.25, 0.75], np.float32)
+    np.testing.assert_allclose(
+        st.transfer(c, (w @ e)[None], palette_moments=(w @ mo)[None], offsets=(w @ d)[None])[0],
+        st.stylize(c, [fitted, other], weights=[1, 3]), atol=2e-5)
+
+
+def test_file_roundtrip_atomic_and_errors(st, fitted, tmp_path):
+    p = fitted.save(tmp_path / "s.npz")
+    assert sorted(os.listdir(tmp_path)) == ["s.npz"]  # no temporary file left
+    back = fit_style.FittedStyle.load(p)
+    for f in ("conditioning", "embedding", "moments", "history"):
+        np.testing.assert_array_equal(getattr(back, f), getattr(fitted, f))
+    assert back.fingerprint == fitted.fingerprint and back.info == fitted.info
+    np.testing.assert_array_equal(st.stylize(smooth_image(40, 40, 1), str(p)),
+                                  st.stylize(smooth_image(40, 40, 1), fitted))
+    with pytest.raises(ConfigError, match="exists"):
+        fitted.save(p)
+    with pytest.raises(ConfigError, match=".npz"):
+        fitted.save(tmp_path / "s.bin")
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip file")
+    with pytest.raises(ModelError, match="bad.npz: not a readable fitted style"):
+        fit_style.FittedStyle.load(bad)
+    np.savez(tmp_path / "foreign.npz", meta=np.frombuffer(b'{"format": "x"}', np.uint8))
+    with pytest.raises(ModelError, match="not a fitted style file"):
+        fit_style.FittedStyle.load(tmp_path / "foreign.npz")
+    with pytest.raises(ModelError, match="no such file"):
+        st.stylize(smooth_image(40, 40, 1), str(tmp_path / "missing.npz"))
+    alien = dataclasses.replace(fitted, fingerprint="0" * 16)
+    with pytest.raises(ConfigError, match="another model"):
+        st.stylize(smooth_image(40, 40, 1), alien)
+
+
+def test_stylizer_errors_and_bad_photos(st, fitted, photos, tmp_path):
+    c = smooth_image(40, 40, 2)
+    with pytest.raises(ConfigError, match="refine_steps does not apply"):
+        st.stylize(c, fitted, refine_steps=2)
+    with pytest.raises(ConfigError, match="luminance"):
+        st.stylize(c, fitted, preserve_color="match")
+    with pytest.raises(ConfigError, match="one style image"):
+        st.fit_style([smooth_image(40, 40, 3), smooth_image(40, 40, 4)], photos)
+    with pytest.raises(ConfigError, match="batch size"):
+        st.fit_style(smooth_image(40, 40, 3), photos, batch_size=0)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    good = write_png(tmp_path / "good.png", photos[0])
+    fs = st.fit_style(smooth_image(40, 40, 3), [str(broken), str(good)], steps=1, size=32)
+    assert fs.info["photos"] == 1 and len(fs.info["skipped"]) == 1
+    assert "broken.png" in fs.info["skipped"][0]
+    with pytest.raises(ConfigError, match="no usable photos"):
+        st.fit_style(smooth_image(40, 40, 3), [str(broken)], steps=1, size=32)
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+
+def _one_error_line(capsys) -> str:
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_cli_fit_style_then_stylize(model_path, vgg, tmp_path, capsys):
+    cli_stylize._VGG["vgg"] = vgg
+    pdir = tmp_path / "photos"
+    pdir.mkdir()
+    for i in range(3):
+        write_png(pdir / f"p{i}.png", smooth_image(40, 48, 70 + i))
+    s = write_png(tmp_path / "s.png", smooth_image(40, 40, 75))
+    out = tmp_path / "s.npz"
+    base = ["fit-style", "--model", str(model_path), "--style", str(s), "--photos", str(pdir),
+            "--steps", "3", "--size", "32", "--no-progress"]
+    assert cli.main([*base, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out}: 3 photos, 3 steps" in printed
+    fs = fit_style.FittedStyle.load(out)
+    assert fs.info["name"] == "s" and fs.history.shape == (4,)
+    # the same fit through the API (the CLI's working size for the style is the default 256)
+    st = cli_stylize.load_stylizer(str(model_path))
+    want_fs = st.fit_style(str(s), sorted(pdir.iterdir()), steps=3, size=32)
+    np.testing.assert_allclose(fs.conditioning, want_fs.conditioning, atol=1e-6)
+
+    # errors: one line, exit 1
+    assert cli.main([*base, "--out", str(out)]) == 1
+    assert "exists" in _one_error_line(capsys)
+    assert cli.main([*base, "--out", str(tmp_path / "s.txt")]) == 1
+    assert ".npz" in _one_error_line(capsys)
+    assert cli.main([*base, "--out", str(out), "--overwrite", "--steps", "-1"]) == 1
+    assert ">= 0" in _one_error_line(capsys)
+    assert cli.main(["fit-style", "--model", str(model_path), "--style", str(s), "--photos",
+                     str(tmp_path / "nope"), "--out", str(tmp_path / "t.npz")]) == 1
+    assert "nope" in _one_error_line(capsys)
+
+    # stylize with it, mixed with an image, and in an interpolation figure
+    c = write_png(tmp_path / "c.png", smooth_image(40, 48, 76))
+    o = tmp_path / "o.png"
+    run = ["--model", str(model_path), "--content", str(c)]
+    assert cli_stylize.main([*run, "--style", str(out), str(s), "--style-weights", "0.7", "0.3",
+                             "--out", str(o)]) == 0
+    got = np.asarray(images.load_image(o), np.float32)
+    want = st.stylize(str(c), [str(out), str(s)], weights=[0.7, 0.3])
+    np.testing.assert_allclose(got, want, atol=1.01 / 255)
+    assert cli_stylize.main([*run, "--interpolate", str(out), str(s), "--steps", "3",
+                             "--tile-size", "32", "--out", str(tmp_path / "strip.png")]) == 0
+    capsys.readouterr()
+    assert cli_stylize.main([*run, "--style", str(out), "--refine", "2",
+                             "--out", str(tmp_path / "r.png")]) == 1
+    assert "fitted" in _one_error_line(capsys)
+    assert fit_style.FittedStyle.load(out).conditioning.shape == fs.conditioning.shape
+
+
+def test_evaluate_model_fit(model_path, vgg, tmp_path, capsys):
+    root = tmp_path / "set"
+    for n in ("astronaut", "coffee"):
+        images.save_image(root / "content" / f"{n}.png", samples.content_image(n, max_side=64))
+    images.save_image(root / "style" / "waves.png", samples.style_image("waves", size=64))
+    images.save_image(root / "fit" / "cat.png", samples.content_image("chelsea", max_side=64))
+    args = ["--content", str(root / "content"), "--style", str(root / "style"), "--size", "64",
+            "--model", str(model_path), "--methods", "model,model_fit,identity",
+            "--fit-steps", "3", "--no-progress"]
+    assert evaluate.main([*args, "--out", str(tmp_path / "o1"),
+                          "--fit-photos", str(root / "content")]) == 1
+    assert "must not contain evaluated contents" in capsys.readouterr().err
+    assert evaluate.main([*args, "--out", str(tmp_path / "o2")]) == 1
+    assert "--fit-photos" in capsys.readouterr().err
+    assert evaluate.main([*args, "--out", str(tmp_path / "o3"),
+                          "--fit-photos", str(root / "fit")]) == 0
+    import csv
+    with open(tmp_path / "o3" / "results.csv") as f:
+        rows = {(r["method"], r["content"]): r for r in csv.DictReader(f)}
+    for c in ("astronaut", "coffee"):  # a random model: the fit only has to change the output
+        fit, plain = rows[("model_fit", c)], rows[("model", c)]
+        assert fit["style_gram"] != plain["style_gram"]
+        assert np.isfinite(float(fit["style_gram"]))
+    import json
+    info = json.loads((tmp_path / "o3" / "results.json").read_text())["info"]
+    assert info["fit_steps"] == 3 and info["fit_photos"] == 1
+    assert info["embed_seconds"]["model_fit"] > 0
