@@ -54,6 +54,7 @@ DEFAULT_STEPS = 100
 DEFAULT_LEARNING_RATE = 0.02
 DEFAULT_BATCH_SIZE = 4
 DEFAULT_SIZE = 256
+MAX_PHOTOS = 512  # more are sampled down (steps x batch photos are drawn anyway)
 DEFAULT_STYLE_WEIGHT = refine.DEFAULT_STYLE_WEIGHT  # content + 0.5 style: the training balance
 
 FORMAT = "arbitrary_nst.fitted_style/1"

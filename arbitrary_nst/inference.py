@@ -842,11 +842,14 @@ class Stylizer:
         return (np.stack([o[0] for o in out]).astype(np.float32),
                 np.stack([o[1] for o in out]).astype(np.float32))
 
-    def _fitted(self, x: Any) -> fit_style.FittedStyle:
-        fs = x if isinstance(x, fit_style.FittedStyle) else fit_style.FittedStyle.load(x)
+    def _model_fingerprint(self) -> str:
         if self._fingerprint is None:
             self._fingerprint = fit_style.model_fingerprint(self.model)
-        if fs.fingerprint != self._fingerprint:
+        return self._fingerprint
+
+    def _fitted(self, x: Any) -> fit_style.FittedStyle:
+        fs = x if isinstance(x, fit_style.FittedStyle) else fit_style.FittedStyle.load(x)
+        if fs.fingerprint != self._model_fingerprint():
             raise ConfigError(f"{x if _is_path(x) else fs.name}: fitted for another model "
                               f"(fingerprint {fs.fingerprint}, this model {self._fingerprint});"
                               " fit it again for this one")
@@ -905,7 +908,8 @@ class Stylizer:
         ``style``: one style image; ``photos``: images (paths, arrays, PIL) that are a sample of
         what the style will be applied to; each becomes a ``size`` x ``size`` working copy
         (shorter side resized, centre square). Unreadable photo files are skipped and listed in
-        the result's ``info["skipped"]``; ConfigError if none is left. The result goes to
+        the result's ``info["skipped"]``; ConfigError if none is left. Of more than
+        ``fit_style.MAX_PHOTOS`` photos a seeded random sample is used. The result goes to
         :meth:`stylize` as ``style=`` (also mixed with images) and saves with ``.save(path)``.
         """
         sw = fit_style.DEFAULT_STYLE_WEIGHT if style_weight is None else style_weight
@@ -917,6 +921,11 @@ class Stylizer:
             raise ConfigError("fit_style takes one style image")
         small = self._style_small(items[0], ssize)[None]
         e0 = self._embed(items, ssize, small)[0][0]
+        photos = list(photos)
+        given = len(photos)
+        if given > fit_style.MAX_PHOTOS:  # a seeded sample bounds memory (~0.8 MB per photo)
+            pick = np.random.default_rng(seed).choice(given, fit_style.MAX_PHOTOS, replace=False)
+            photos = [photos[i] for i in sorted(pick)]
         work, skipped = [], []
         for p in photos:
             try:
@@ -937,14 +946,12 @@ class Stylizer:
                 (self._graphdef, self._state), small[0], work, e0, steps=steps,
                 learning_rate=learning_rate, batch_size=batch_size, style_weight=sw,
                 palette=pal, seed=seed, progress=progress)
-        if self._fingerprint is None:
-            self._fingerprint = fit_style.model_fingerprint(self.model)
         name = Path(os.fspath(items[0])).stem if _is_path(items[0]) else "style"
         info = {"name": name, "steps": int(steps), "learning_rate": float(learning_rate),
                 "batch_size": int(batch_size), "size": int(wsize), "style_size": int(ssize),
                 "style_weight": float(sw), "palette": float(pal), "seed": int(seed),
-                "photos": int(len(work)), "skipped": skipped}
-        return fit_style.FittedStyle(cond, e0, moments, hist, self._fingerprint, info)
+                "photos": int(len(work)), "photos_given": int(given), "skipped": skipped}
+        return fit_style.FittedStyle(cond, e0, moments, hist, self._model_fingerprint(), info)
 
     def mix(self, embeddings: np.ndarray, weights: Sequence[float] | None = None) -> np.ndarray:
         """Convex mix ``sum_k w_k e_k`` of ``[N, D]`` embeddings (weights normalized); the

@@ -112,6 +112,7 @@ def test_fit_lowers_the_loss_and_reproduces(st, photos, fitted):
                          learning_rate=0.05)
     np.testing.assert_array_equal(again.conditioning, fitted.conditioning)
     assert fitted.info["photos"] == 3 and fitted.info["steps"] == 4
+    assert fitted.info["photos_given"] == 3
     assert fitted.fingerprint == fit_style.model_fingerprint(st.model)
 
 
@@ -292,3 +293,9 @@ def test_evaluate_model_fit(model_path, vgg, tmp_path, capsys):
     info = json.loads((tmp_path / "o3" / "results.json").read_text())["info"]
     assert info["fit_steps"] == 3 and info["fit_photos"] == 1
     assert info["embed_seconds"]["model_fit"] > 0
+
+
+def test_many_photos_are_sampled_down(st, photos, monkeypatch):
+    monkeypatch.setattr(fit_style, "MAX_PHOTOS", 2)
+    fs = st.fit_style(smooth_image(40, 40, 3), photos, steps=0, size=32)
+    assert fs.info["photos"] == 2 and fs.info["photos_given"] == 3
