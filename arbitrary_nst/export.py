@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ import numpy as np
 from flax import nnx
 
 from .errors import ConfigError, ModelError, NSTError
+from .files import write_atomically
 from .models import MODEL_CONFIG_KEYS, ArbitraryStyleModel
 
 FORMAT = "arbitrary_nst.arbitrary_style_model"
@@ -52,7 +52,7 @@ def export_model(model: ArbitraryStyleModel, path: str | os.PathLike, *, dtype: 
     ``dtype``: ``"float32"`` (exact) or ``"float16"`` (half the size; values are rounded).
     Returns the path written.
     """
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     if dtype not in _DTYPES:
         raise ConfigError(f"export dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
@@ -62,20 +62,7 @@ def export_model(model: ArbitraryStyleModel, path: str | os.PathLike, *, dtype: 
             "model_config": json.dumps(model.config(), sort_keys=True)}
     if info:
         meta["info"] = json.dumps(info, sort_keys=True, default=str)
-    dst = Path(path)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return dst
+    return write_atomically(path, lambda f: f.write(save(tensors, metadata=meta)))
 
 
 def read_export(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -35,7 +35,6 @@ import functools
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -47,6 +46,7 @@ from flax import nnx
 
 from . import color, losses, refine
 from .errors import ConfigError, ModelError
+from .files import write_atomically
 from .models import check_palette
 
 #: Defaults, from the measurement in RESULTS.md (session 8).
@@ -150,19 +150,15 @@ class FittedStyle:
         if path.exists() and not overwrite:
             raise ConfigError(f"{path}: exists (pass --overwrite / overwrite=True to replace it)")
         meta = json.dumps({"format": FORMAT, "fingerprint": self.fingerprint, **self.info})
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, conditioning=np.asarray(self.conditioning, np.float32),
-                         embedding=np.asarray(self.embedding, np.float32),
-                         moments=np.asarray(self.moments, np.float32),
-                         history=np.asarray(self.history, np.float32),
-                         meta=np.frombuffer(meta.encode(), np.uint8))
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+
+        def write(f):
+            np.savez(f, conditioning=np.asarray(self.conditioning, np.float32),
+                     embedding=np.asarray(self.embedding, np.float32),
+                     moments=np.asarray(self.moments, np.float32),
+                     history=np.asarray(self.history, np.float32),
+                     meta=np.frombuffer(meta.encode(), np.uint8))
+
+        write_atomically(path, write)
         return path
 
     @classmethod
