@@ -195,12 +195,9 @@ def is_fitted_style_path(x) -> bool:
 
 # -- the fit ------------------------------------------------------------------------------------
 
-@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("style_weight",))
-def _fit_step(graphdef, state, photos, targets, moments, palette, flat, opt_state,
-              learning_rate, *, style_weight: float):
-    """One Adam step on the flat conditioning ``[1, G]`` over a batch of photos ``[B,S,S,3]``:
-    ``(flat, opt_state, mean loss before the step)``."""
-    model = nnx.merge(graphdef, state)
+def _objective(model, photos, targets, moments, palette, style_weight: float):
+    """``flat [1, G] -> mean over photos of the loss`` (content + w_s style of the output,
+    palette-aligned unless ``palette`` is None)."""
     cfg = refine.loss_config(style_weight)
     feat = refine.feature_fn(model)
     content_feats = feat(photos, tuple(cfg.content_layers))
@@ -213,9 +210,25 @@ def _fit_step(graphdef, state, photos, targets, moments, palette, flat, opt_stat
                                           style_targets=targets)
         return jnp.mean(total)
 
+    return loss_fn
+
+
+@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("style_weight",))
+def _fit_step(graphdef, state, photos, targets, moments, palette, flat, opt_state,
+              learning_rate, *, style_weight: float):
+    """One Adam step on the flat conditioning ``[1, G]`` over a batch of photos ``[B,S,S,3]``:
+    ``(flat, opt_state, mean loss before the step)``."""
+    loss_fn = _objective(nnx.merge(graphdef, state), photos, targets, moments, palette,
+                         style_weight)
     loss, g = jax.value_and_grad(loss_fn)(flat)
     updates, opt_state = optax.adam(learning_rate).update(g, opt_state, flat)
     return optax.apply_updates(flat, updates), opt_state, loss
+
+
+@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("style_weight",))
+def _fit_loss(graphdef, state, photos, targets, moments, palette, flat, *, style_weight: float):
+    return _objective(nnx.merge(graphdef, state), photos, targets, moments, palette,
+                      style_weight)(flat)
 
 
 @functools.partial(jax.jit, static_argnums=(0,), static_argnames=("style_weight",))
@@ -225,19 +238,6 @@ def _fit_start(graphdef, state, style, embedding, *, style_weight: float):
     cfg = refine.loss_config(style_weight)
     targets = losses.StyleTargets.from_images(refine.feature_fn(model), style, cfg)
     return targets, color.color_moments(style), predicted_conditioning(model, embedding)
-
-
-@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("style_weight",))
-def _fit_loss(graphdef, state, photos, targets, moments, palette, flat, *, style_weight: float):
-    model = nnx.merge(graphdef, state)
-    cfg = refine.loss_config(style_weight)
-    feat = refine.feature_fn(model)
-    y = model.transfer_net(photos, unflatten(flat, model.cin_channels))
-    if palette is not None:
-        y = model.align_palette(y, moments, palette)
-    total, _ = losses.perceptual_loss(feat, y, cfg, content_feats=feat(
-        photos, tuple(cfg.content_layers)), style_targets=targets)
-    return jnp.mean(total)
 
 
 def fit_conditioning(model, style: np.ndarray, photos: np.ndarray, embedding: np.ndarray, *,
