@@ -132,7 +132,7 @@ def bench_ours(st, size: int, batch: int, args, out_call=None) -> dict:
                            f"{args.max_memory_gb}", "compile_s": round(compile_s, 3)}
 
     def call():
-        y = compiled(st._state, put(x_host), put(e_host), None, None, None, strength,
+        y = compiled(st._state, put(x_host), put(e_host), None, None, None, None, strength,
                      None if moments is None else put(m_host), palette,
                      None if hw is None else put(hw_host))
         return np.asarray(y)
