@@ -50,6 +50,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -233,12 +234,15 @@ class _EmbeddingMethod(Method):
     def _transfer(self, content: np.ndarray, embedding: Any) -> np.ndarray:
         raise NotImplementedError
 
+    def _embed_named(self, style: np.ndarray, key: str) -> Any:
+        return self._embed(style)
+
     def run(self, content, styles, style_keys):
         outs, secs = [], []
         for s, key in zip(styles, style_keys):
             if key not in self._embeddings:
                 t0 = time.perf_counter()
-                self._embeddings[key] = self._embed(s)
+                self._embeddings[key] = self._embed_named(s, key)
                 self.embed_seconds.append(time.perf_counter() - t0)
             e = self._embeddings[key]
             shape = content.shape[:2]
@@ -258,13 +262,14 @@ class _EmbeddingMethod(Method):
 class ModelMethod(_EmbeddingMethod):
     name = "model"
 
-    def __init__(self, model_path: str | None = None, vgg=None, palette: float | None = None):
+    def __init__(self, model_path: str | None = None, vgg=None, palette: float | None = None,
+                 strength: float = 1.0):
         super().__init__()
         from .inference import Stylizer
 
         # Exact sizes (no bucketing): every content is timed at its own shape.
         self.stylizer = Stylizer.load(model_path, vgg=vgg, buckets=None)
-        self.palette = palette
+        self.palette, self.strength = palette, strength
 
     def _embed(self, style):
         return self.stylizer.embed_with_palettes(style)
@@ -272,7 +277,7 @@ class ModelMethod(_EmbeddingMethod):
     def _transfer(self, content, embedding):
         e, m = embedding
         return self.stylizer.stylize(content, embedding=e, palette_moments=m,
-                                     palette=self.palette)
+                                     palette=self.palette, strength=self.strength)
 
 
 class ModelRefineMethod(Method):
@@ -281,12 +286,12 @@ class ModelRefineMethod(Method):
     name = "model_refine"
 
     def __init__(self, model_path: str | None = None, vgg=None, steps: int = 20,
-                 palette: float | None = None):
+                 palette: float | None = None, strength: float = 1.0):
         from .inference import Stylizer
 
         self.stylizer = Stylizer.load(model_path, vgg=vgg, buckets=None)
         self.steps = int(steps)
-        self.palette = palette
+        self.palette, self.strength = palette, strength
         self._warm: set[tuple[int, int]] = set()
 
     def run(self, content, styles, style_keys):
@@ -295,12 +300,14 @@ class ModelRefineMethod(Method):
             if content.shape[:2] not in self._warm:  # compiles (refine once, transfer per shape)
                 t0 = time.perf_counter()
                 # one step compiles everything: the steps are calls of one executable
-                self.stylizer.stylize(content, s, refine_steps=1, palette=self.palette)
+                self.stylizer.stylize(content, s, refine_steps=1, palette=self.palette,
+                                      strength=self.strength)
                 dt = time.perf_counter() - t0
                 self.compile_seconds = max(self.compile_seconds or 0.0, dt)
                 self._warm.add(content.shape[:2])
             t0 = time.perf_counter()
-            y = self.stylizer.stylize(content, s, refine_steps=self.steps, palette=self.palette)
+            y = self.stylizer.stylize(content, s, refine_steps=self.steps, palette=self.palette,
+                                      strength=self.strength)
             secs.append(time.perf_counter() - t0)
             outs.append(np.clip(np.asarray(y, np.float32), 0.0, 1.0))
         return MethodRun(outs, secs)
@@ -314,7 +321,8 @@ class ModelFitMethod(_EmbeddingMethod):
 
     def __init__(self, model_path: str | None = None, vgg=None, photos: Sequence[Any] = (),
                  steps: int = fit_style.DEFAULT_STEPS, palette: float | None = None,
-                 size: int = fit_style.DEFAULT_SIZE):
+                 size: int = fit_style.DEFAULT_SIZE, strength: float = 1.0,
+                 fitted_dir: str | os.PathLike | None = None):
         super().__init__()
         from .inference import Stylizer
 
@@ -322,13 +330,32 @@ class ModelFitMethod(_EmbeddingMethod):
             raise ConfigError("model_fit needs photos to fit on (--fit-photos)")
         self.stylizer = Stylizer.load(model_path, vgg=vgg, buckets=None)
         self.photos, self.steps, self.palette = list(photos), int(steps), palette
-        self.size = int(size)
+        self.size, self.strength = int(size), strength
+        self.fitted_dir = None if fitted_dir is None else Path(fitted_dir)
+        self.reused: list[str] = []
+        # which photos (and how) a fit used: a cached fit is reused only for the same ones
+        names = "\n".join(sorted(os.path.realpath(os.fspath(p)) for p in self.photos))
+        self._photo_set = hashlib.sha256(names.encode()).hexdigest()[:16]
 
-    def _embed(self, style):
-        return self.stylizer.fit_style(style, self.photos, steps=self.steps, size=self.size)
+    def _embed_named(self, style, key):
+        """Fit, or reuse ``fitted_dir/<key>.npz`` when it was fitted the same way."""
+        path = None if self.fitted_dir is None else self.fitted_dir / f"{key}{fit_style.SUFFIX}"
+        if path is not None and path.is_file():
+            fs = fit_style.FittedStyle.load(path)
+            if (fs.info.get("steps"), fs.info.get("size"), fs.info.get("photo_set")) == \
+                    (self.steps, self.size, self._photo_set):
+                self.stylizer._fitted(fs)  # ConfigError if fitted for another model
+                self.reused.append(key)
+                return fs
+        fs = self.stylizer.fit_style(style, self.photos, steps=self.steps, size=self.size)
+        fs.info["photo_set"] = self._photo_set
+        if path is not None:
+            fs.save(path, overwrite=True)
+        return fs
 
     def _transfer(self, content, fitted):
-        return self.stylizer.stylize(content, fitted, palette=self.palette)
+        return self.stylizer.stylize(content, fitted, palette=self.palette,
+                                     strength=self.strength)
 
 
 class MagentaLiteMethod(_EmbeddingMethod):
@@ -375,14 +402,17 @@ def make_method(name: str, *, model_path: str | None = None, gatys_iters: int = 
                 gatys_batch: int = 4, vgg=None, refine_steps: int = 20,
                 palette: float | None = None, fit_photos: Sequence[Any] = (),
                 fit_steps: int = fit_style.DEFAULT_STEPS,
-                fit_size: int = fit_style.DEFAULT_SIZE) -> Method:
+                fit_size: int = fit_style.DEFAULT_SIZE, strength: float = 1.0,
+                fitted_dir: str | os.PathLike | None = None) -> Method:
     if name == "model":
-        return ModelMethod(model_path, vgg=vgg, palette=palette)
+        return ModelMethod(model_path, vgg=vgg, palette=palette, strength=strength)
     if name == "model_refine":
-        return ModelRefineMethod(model_path, vgg=vgg, steps=refine_steps, palette=palette)
+        return ModelRefineMethod(model_path, vgg=vgg, steps=refine_steps, palette=palette,
+                                 strength=strength)
     if name == "model_fit":
         return ModelFitMethod(model_path, vgg=vgg, photos=fit_photos, steps=fit_steps,
-                              palette=palette, size=fit_size)
+                              palette=palette, size=fit_size, strength=strength,
+                              fitted_dir=fitted_dir)
     if name == "gatys":
         return GatysMethod(gatys_iters, gatys_batch)
     if name in ("magenta_lite", "magenta_lite_fp32"):
@@ -439,7 +469,8 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
              resume: bool = False, progress: bool = True, thumb: int = 128,
              side_by_side_pairs: int = 8, vgg=None, refine_steps: int = 20,
              palette: float | None = None, fit_photos: str | os.PathLike | None = None,
-             fit_steps: int = fit_style.DEFAULT_STEPS,
+             fit_steps: int = fit_style.DEFAULT_STEPS, strength: float = 1.0,
+             fitted_dir: str | os.PathLike | None = None,
              method_factory: Callable[..., Method] = make_method) -> EvalResult:
     """Run ``methods`` on every content x style pair and write the outputs (module docstring).
 
@@ -447,7 +478,10 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
     (e.g. a Gatys subset). ``palette``: the palette of ``model`` / ``model_refine`` (default:
     the model's own; :class:`arbitrary_nst.Stylizer`). ``fit_photos`` (folder, glob or file)
     and ``fit_steps``: what ``model_fit`` fits each style on; none of them may be one of the
-    evaluated contents. ``resume``: reuse output images (and their times) already in ``out``.
+    evaluated contents. ``fitted_dir`` (default ``out/fitted``): where ``model_fit`` saves each
+    fit as ``<style>.npz`` and reuses one fitted with the same steps, size and photos.
+    ``strength``: of our model's methods (the peer and Gatys run at full style).
+    ``resume``: reuse output images (and their times) already in ``out``.
     """
     from tqdm.auto import tqdm
 
@@ -490,7 +524,7 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
                             "gatys_iters": gatys_iters, "refine_steps": refine_steps,
                             "model": model_path or "built-in", "palette": palette,
                             "fit_steps": fit_steps if fit_files else None,
-                            "fit_photos": len(fit_files) or None,
+                            "fit_photos": len(fit_files) or None, "strength": strength,
                             "compile_seconds": {}, "embed_seconds": {}}
     n_pairs = len(contents) * len(styles)
     for m in methods:
@@ -498,9 +532,13 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
         if m == "model_fit":
             # photos at the evaluation's scale (the working square of a --size image)
             kw = {"fit_photos": fit_files, "fit_steps": fit_steps,
-                  "fit_size": max(32, min(fit_style.DEFAULT_SIZE, size) // 4 * 4)}
-        if m in ("model", "model_refine", "model_fit") and palette is not None:
-            kw["palette"] = palette
+                  "fit_size": max(32, min(fit_style.DEFAULT_SIZE, size) // 4 * 4),
+                  "fitted_dir": out_dir / "fitted" if fitted_dir is None else fitted_dir}
+        if m in ("model", "model_refine", "model_fit"):
+            if palette is not None:
+                kw["palette"] = palette
+            if strength != 1.0:
+                kw["strength"] = strength
         method = method_factory(m, model_path=model_path, gatys_iters=gatys_iters,
                                 gatys_batch=gatys_batch, vgg=vgg, **kw)
         img_dir = out_dir / "images" / m
@@ -537,6 +575,8 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
             info["compile_seconds"][m] = method.compile_seconds
         if getattr(method, "embed_seconds", None):
             info["embed_seconds"][m] = float(np.mean(method.embed_seconds))
+        if getattr(method, "reused", None):
+            info["fits_reused"] = len(method.reused)
     means = mean_table(rows, methods)
     result = EvalResult(rows, means, skipped, out_dir, methods, info)
     write_outputs(result, contents, styles, thumb=thumb, side_by_side_pairs=side_by_side_pairs)
@@ -769,6 +809,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "not the evaluated contents")
     p.add_argument("--fit-steps", type=int, default=fit_style.DEFAULT_STEPS,
                    help="model_fit: Adam steps per style")
+    p.add_argument("--fitted", default=None, metavar="DIR",
+                   help="model_fit: folder of fitted styles (<style>.npz) to reuse and save to "
+                        "(default: OUT/fitted)")
+    p.add_argument("--strength", type=float, default=1.0,
+                   help="strength of model, model_refine and model_fit (0..1)")
     p.add_argument("--gatys-batch", type=int, default=4,
                    help="styles of one content optimized together by 'gatys'")
     p.add_argument("--num-contents", type=int, default=None,
@@ -795,6 +840,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             v = getattr(args, name)
             if v is not None and v < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
+        from .inference import check_strength
+
+        check_strength(args.strength)
         if args.palette is not None:
             from .models import check_palette
 
@@ -807,7 +855,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      num_styles=args.num_styles, resume=args.resume,
                      progress=not args.no_progress, thumb=args.thumb,
                      refine_steps=args.refine_steps, palette=args.palette,
-                     fit_photos=args.fit_photos, fit_steps=args.fit_steps)
+                     fit_photos=args.fit_photos, fit_steps=args.fit_steps,
+                     strength=args.strength, fitted_dir=args.fitted)
     except (NSTError, ImageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -292,7 +292,30 @@ def test_evaluate_model_fit(model_path, vgg, tmp_path, capsys):
     import json
     info = json.loads((tmp_path / "o3" / "results.json").read_text())["info"]
     assert info["fit_steps"] == 3 and info["fit_photos"] == 1
-    assert info["embed_seconds"]["model_fit"] > 0
+    assert info["embed_seconds"]["model_fit"] > 0 and "fits_reused" not in info
+    saved = tmp_path / "o3" / "fitted" / "waves.npz"
+    assert fit_style.FittedStyle.load(saved).info["steps"] == 3
+    # a second run reuses the saved fit (same steps, size, photos) and gives the same images;
+    # --strength applies to our methods
+    assert evaluate.main([*args, "--out", str(tmp_path / "o4"), "--fit-photos",
+                          str(root / "fit"), "--fitted", str(tmp_path / "o3" / "fitted")]) == 0
+    info4 = json.loads((tmp_path / "o4" / "results.json").read_text())["info"]
+    assert info4["fits_reused"] == 1
+    a = images.load_image(tmp_path / "o3" / "images" / "model_fit" / "astronaut__waves.png")
+    b = images.load_image(tmp_path / "o4" / "images" / "model_fit" / "astronaut__waves.png")
+    np.testing.assert_array_equal(a, b)
+    assert evaluate.main([*args, "--out", str(tmp_path / "o5"), "--fit-photos",
+                          str(root / "fit"), "--fitted", str(tmp_path / "o3" / "fitted"),
+                          "--strength", "0.5"]) == 0
+    c = images.load_image(tmp_path / "o5" / "images" / "model_fit" / "astronaut__waves.png")
+    assert np.abs(c - a).mean() > 1e-3
+    with open(tmp_path / "o5" / "results.csv") as f:
+        half = {(r["method"], r["content"]): r for r in csv.DictReader(f)}
+    assert half[("model", "coffee")]["style_gram"] != rows[("model", "coffee")]["style_gram"]
+    assert half[("identity", "coffee")]["style_gram"] == rows[("identity", "coffee")]["style_gram"]
+    assert evaluate.main([*args, "--out", str(tmp_path / "o6"), "--fit-photos",
+                          str(root / "fit"), "--strength", "1.5"]) == 1
+    assert "strength" in capsys.readouterr().err
 
 
 def test_many_photos_are_sampled_down(st, photos, monkeypatch):
