@@ -24,6 +24,13 @@ loss (:mod:`arbitrary_nst.refine`): closer to the style, ~0.17 s per step on a 2
 
     python infer.py --content photo.jpg --style painting.jpg --refine 20 --out out.png
 
+``--style`` also takes fitted styles: a painting's gamma/beta fitted once on your photos
+(``infer.py fit-style``, :mod:`arbitrary_nst.fit_style`; closer to the painting at the same
+speed), alone or mixed with images::
+
+    python infer.py fit-style --style painting.jpg --photos photos/ --out painting.npz
+    python infer.py --content photos/ --style painting.npz --out-dir out/
+
 ``--palette A`` (0..1) sets how far each output's colours are moved to the painting's colour
 mean and covariance (default: the model's own setting, 0.5 for the built-in model; 0 = the raw
 network output)::
