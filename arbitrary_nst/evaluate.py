@@ -342,13 +342,15 @@ class ModelFitMethod(_EmbeddingMethod):
         self._photo_set = hashlib.sha256(names.encode()).hexdigest()[:16]
 
     def _embed_named(self, style, key):
-        """Fit, or reuse ``fitted_dir/<key>.npz`` when it was fitted the same way."""
+        """Fit, or reuse ``fitted_dir/<key>.npz`` when it was fitted the same way (steps, size,
+        photos) for this model."""
         path = None if self.fitted_dir is None else self.fitted_dir / f"{key}{fit_style.SUFFIX}"
         if path is not None and path.is_file():
             fs = fit_style.FittedStyle.load(path)
-            if (fs.info.get("steps"), fs.info.get("size"), fs.info.get("photo_set")) == \
-                    (self.steps, self.size, self._photo_set):
-                self.stylizer._fitted(fs)  # ConfigError if fitted for another model
+            # a fit of another model (another --model, same folder) is refitted, not an error
+            if (fs.info.get("steps"), fs.info.get("size"), fs.info.get("photo_set"),
+                    fs.fingerprint) == (self.steps, self.size, self._photo_set,
+                                        self.stylizer._model_fingerprint()):
                 self.reused.append(key)
                 return fs
         fs = self.stylizer.fit_style(style, self.photos, steps=self.steps, size=self.size)

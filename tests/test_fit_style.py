@@ -295,6 +295,7 @@ def test_evaluate_model_fit(model_path, vgg, tmp_path, capsys):
     assert info["embed_seconds"]["model_fit"] > 0 and "fits_reused" not in info
     saved = tmp_path / "o3" / "fitted" / "waves.npz"
     assert fit_style.FittedStyle.load(saved).info["steps"] == 3
+    first_fingerprint = fit_style.FittedStyle.load(saved).fingerprint
     # a second run reuses the saved fit (same steps, size, photos) and gives the same images;
     # --strength applies to our methods
     assert evaluate.main([*args, "--out", str(tmp_path / "o4"), "--fit-photos",
@@ -313,6 +314,14 @@ def test_evaluate_model_fit(model_path, vgg, tmp_path, capsys):
         half = {(r["method"], r["content"]): r for r in csv.DictReader(f)}
     assert half[("model", "coffee")]["style_gram"] != rows[("model", "coffee")]["style_gram"]
     assert half[("identity", "coffee")]["style_gram"] == rows[("identity", "coffee")]["style_gram"]
+    # the same folder with another model: refitted (and overwritten), not an error
+    other = make_model_file(tmp_path / "other.safetensors", vgg, seed=9, palette=0.5)
+    other_args = [a if a != str(model_path) else str(other) for a in args]
+    assert evaluate.main([*other_args, "--out", str(tmp_path / "o7"), "--fit-photos",
+                          str(root / "fit"), "--fitted", str(tmp_path / "o3" / "fitted")]) == 0
+    info7 = json.loads((tmp_path / "o7" / "results.json").read_text())["info"]
+    assert "fits_reused" not in info7
+    assert fit_style.FittedStyle.load(saved).fingerprint != first_fingerprint
     assert evaluate.main([*args, "--out", str(tmp_path / "o6"), "--fit-photos",
                           str(root / "fit"), "--strength", "1.5"]) == 1
     assert "strength" in capsys.readouterr().err
