@@ -232,8 +232,12 @@ def make_optimizer(optim_cfg, num_steps: int) -> tuple[optax.GradientTransformat
         raise ConfigError(f"optim.optimizer must be 'adam' or 'sgd', got {name!r}")
     mult = float(_get(optim_cfg, "predictor_lr_multiplier", 1.0))
     emb_mult = float(_get(optim_cfg, "embedding_lr_multiplier", 1.0))
-    if mult != 1.0 or emb_mult != 1.0:
-        parts.append(_scale_predictor_updates(mult, emb_mult))
+    transfer_mult = float(_get(optim_cfg, "transfer_lr_multiplier", 1.0))
+    if min(mult, emb_mult, transfer_mult) < 0:
+        raise ConfigError(f"optim.*_lr_multiplier must be >= 0, got predictor {mult}, "
+                          f"embedding {emb_mult}, transfer {transfer_mult}")
+    if mult != 1.0 or emb_mult != 1.0 or transfer_mult != 1.0:
+        parts.append(_scale_predictor_updates(mult, emb_mult, transfer_mult))
     return optax.chain(*parts), schedule
 
 
@@ -241,10 +245,12 @@ def make_optimizer(optim_cfg, num_steps: int) -> tuple[optax.GradientTransformat
 EMBEDDING_MLP = ("hidden", "bottleneck")
 
 
-def _scale_predictor_updates(mult: float, embedding_mult: float = 1.0
-                             ) -> optax.GradientTransformation:
+def _scale_predictor_updates(mult: float, embedding_mult: float = 1.0,
+                             transfer_mult: float = 1.0) -> optax.GradientTransformation:
     """Multiply the style predictor's updates (its MLP and gamma/beta heads) by ``mult``, and
-    those of its style -> embedding MLP alone (``EMBEDDING_MLP``) by ``embedding_mult`` too.
+    those of its style -> embedding MLP alone (``EMBEDDING_MLP``) by ``embedding_mult`` too;
+    everything else (the transfer network) by ``transfer_mult``. A multiplier 0 freezes its
+    part exactly (the update is 0 after Adam).
 
     Why: every step shows 4 different styles, so the style-specific part of the heads' gradient
     (e_style x dL/d(gamma, beta)) changes sign from step to step and Adam's normalized updates
@@ -260,7 +266,7 @@ def _scale_predictor_updates(mult: float, embedding_mult: float = 1.0
     def factor(path) -> float:
         keys = [str(getattr(k, "key", k)) for k in path]
         if not keys or keys[0] != "predictor":
-            return 1.0
+            return transfer_mult
         return mult * (embedding_mult if len(keys) > 1 and keys[1] in EMBEDDING_MLP else 1.0)
 
     def scale(updates, params=None):

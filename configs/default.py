@@ -46,6 +46,8 @@ optim.predictor_lr_multiplier scale of the style predictor's updates relative to
                               ``training._scale_predictor_updates`` for why > 1 can help.
 optim.embedding_lr_multiplier further scale of the predictor's style -> embedding MLP
                               (not its gamma/beta heads) on top of the above (1: none).
+optim.transfer_lr_multiplier  scale of the transfer network's updates (1: none; 0: frozen, e.g.
+                              to adapt only the predictor to new conditions).
 optim.grad_clip_norm          clip the global gradient norm (0 = off; Magenta: 0). The loss is
                               O(1e4..1e5) at the start, so clipping only catches spikes.
 
@@ -121,7 +123,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.optim = ml_collections.ConfigDict(dict(
         optimizer="adam", learning_rate=1e-3, schedule="cosine", warmup_steps=1000,
         end_learning_rate_factor=0.05, b1=0.9, b2=0.999, eps=1e-8, momentum=0.0,
-        predictor_lr_multiplier=1.0, embedding_lr_multiplier=1.0,
+        predictor_lr_multiplier=1.0, embedding_lr_multiplier=1.0, transfer_lr_multiplier=1.0,
         grad_clip_norm=0.0))
 
     c.train = ml_collections.ConfigDict(dict(

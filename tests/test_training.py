@@ -423,6 +423,23 @@ def test_embedding_lr_multiplier_scales_only_the_embedding_mlp():
     np.testing.assert_allclose(out["transfer_net"]["hidden"], -0.02, rtol=1e-6)
 
 
+def test_transfer_lr_multiplier_zero_freezes_only_the_transfer_net():
+    import jax.numpy as jnp
+
+    base = ["optim.warmup_steps=0", "optim.schedule=constant", "optim.learning_rate=0.01"]
+    params = {"predictor": {"heads": jnp.ones(3), "hidden": jnp.ones(2)},
+              "transfer_net": {"conv": jnp.ones(2)}}
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 2.0), params)
+    tx, _ = training.make_optimizer(smoke(*base, "optim.transfer_lr_multiplier=0",
+                                          "optim.embedding_lr_multiplier=0").optim, 10)
+    out, _ = tx.update(grads, tx.init(params), params)  # Adam: first step -lr * sign(g)
+    np.testing.assert_allclose(out["predictor"]["heads"], -0.01, rtol=1e-5)
+    np.testing.assert_array_equal(out["predictor"]["hidden"], 0.0)
+    np.testing.assert_array_equal(out["transfer_net"]["conv"], 0.0)
+    with pytest.raises(ConfigError, match="multiplier"):
+        training.make_optimizer(smoke(*base, "optim.transfer_lr_multiplier=-1").optim, 10)
+
+
 def test_training_objective_compares_models_on_the_same_batches(tmp_path, vgg, capsys):
     """train.py --objective: each model's training loss on the same fixed batches, equal to
     batch_loss on the batches the training loader itself yields."""
