@@ -26,6 +26,7 @@ and returns JAX arrays; a leading batch axis is mapped over.
 """
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import jax
@@ -146,10 +147,37 @@ def color_stats(x, mask=None) -> tuple[jax.Array, jax.Array]:
     return mean, jnp.einsum("...ni,...nj->...ij", d, d) / n[..., None]
 
 
+def _floored_pow(w: jax.Array, p: float, eps: float) -> jax.Array:
+    return jnp.maximum(w, eps) ** p
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
 def _sym_pow(c: jax.Array, p: float, eps: float) -> jax.Array:
+    """``C^p`` of symmetric ``[..., 3, 3]`` matrices, eigenvalues floored at ``eps``."""
     w, v = jnp.linalg.eigh(c)
-    w = jnp.maximum(w, eps)
-    return (v * w[..., None, :] ** p) @ jnp.swapaxes(v, -1, -2)
+    return (v * _floored_pow(w, p, eps)[..., None, :]) @ jnp.swapaxes(v, -1, -2)
+
+
+@_sym_pow.defjvp
+def _sym_pow_jvp(p, eps, primals, tangents):
+    """Daleckii-Krein: ``dF = V (K o (V^T dC V)) V^T`` with ``K_ij`` the divided difference
+    ``(f(w_i) - f(w_j)) / (w_i - w_j)``, and ``f'`` at the midpoint where ``w_i ~ w_j``. Unlike
+    autodiff through ``eigh`` (whose eigenvector derivative divides by ``w_i - w_j``), this is
+    finite for repeated eigenvalues (a grey image's colour covariance) and exact elsewhere."""
+    (c,), (dc,) = primals, tangents
+    w, v = jnp.linalg.eigh(c)
+    fw = _floored_pow(w, p, eps)
+    vt = jnp.swapaxes(v, -1, -2)
+    out = (v * fw[..., None, :]) @ vt
+    wi, wj = w[..., :, None], w[..., None, :]
+    diff = wi - wj
+    close = jnp.abs(diff) <= 1e-3 * jnp.maximum(jnp.maximum(jnp.abs(wi), jnp.abs(wj)), eps)
+    mid = 0.5 * (wi + wj)
+    slope = jnp.where(mid > eps, p * jnp.maximum(mid, eps) ** (p - 1), 0.0)
+    k = jnp.where(close, slope,
+                  (fw[..., :, None] - fw[..., None, :]) / jnp.where(close, 1.0, diff))
+    dc = 0.5 * (dc + jnp.swapaxes(dc, -1, -2))
+    return out, v @ (k * (vt @ dc @ v)) @ vt
 
 
 def color_transfer_matrix(source, target, method: MatchMethod = "eig",
@@ -211,23 +239,28 @@ def stats_from_moments(moments) -> tuple[jax.Array, jax.Array]:
     return mean, 0.5 * (cov + jnp.swapaxes(cov, -1, -2))
 
 
-def align_to_moments(x, moments, amount=1.0, eps: float = 1e-4, mask=None) -> jax.Array:
+def align_to_moments(x, moments, amount=1.0, eps: float = 1e-4, mask=None, *,
+                     exact_gradient: bool = False) -> jax.Array:
     """``x`` (``[..., H, W, 3]``) moved ``amount`` of the way to the affine recolouring that gives
     it the colour mean and covariance of ``moments`` (``[..., 12]``; see :func:`color_moments`),
     clipped to [0, 1]: ``x + amount * (A x + b - x)`` with ``A = C_t^(1/2) C_x^(-1/2)``
     (symmetric square roots, as :func:`match_color`'s ``"eig"``). ``amount`` 0 returns ``x``
     (clipped); 1 matches the moments (up to the clipping).
 
-    ``A`` and ``b`` are treated as constants by autodiff (``stop_gradient``): the gradient of the
-    output is ``(1 - amount) + amount * A`` per pixel, which keeps training through this step
-    stable (the derivative of an eigendecomposition is undefined where eigenvalues repeat, as in
-    a grey image). ``eps`` floors the covariances' eigenvalues (a flat image is not blown up).
-    ``mask`` (``[..., H, W]``, 0/1): measure ``x``'s colours on these pixels only (e.g. without
-    the padding of a bucketed batch); the map applies to every pixel."""
+    Gradient: by default ``A`` and ``b`` are constants to autodiff (``stop_gradient``), so the
+    gradient of the output is ``(1 - amount) + amount * A`` per pixel, the map training has
+    used (a surrogate: it ignores that the map re-normalizes whatever colour statistics ``x``
+    has). ``exact_gradient=True`` differentiates through ``A`` and ``b`` too (finite also for
+    grey images, see :func:`_sym_pow_jvp`); the per-style fits and refinements use it (measured:
+    RESULTS.md, session 9). ``eps`` floors the covariances' eigenvalues (a flat image is not
+    blown up). ``mask`` (``[..., H, W]``, 0/1): measure ``x``'s colours on these pixels only
+    (e.g. without the padding of a bucketed batch); the map applies to every pixel."""
     x = _f32(x)
     ms, cs = color_stats(x, mask)
     mt, ct = stats_from_moments(moments)
-    a, b = jax.lax.stop_gradient(_eig_affine(ms, cs, mt, ct, eps))
+    a, b = _eig_affine(ms, cs, mt, ct, eps)
+    if not exact_gradient:
+        a, b = jax.lax.stop_gradient((a, b))
     y = jnp.einsum("...hwj,...ij->...hwi", x, a) + b[..., None, None, :]
     amount = jnp.asarray(amount, x.dtype)
     return jnp.clip(x + amount * (y - x), 0.0, 1.0)

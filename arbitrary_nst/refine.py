@@ -92,7 +92,7 @@ def _loss_fn(model, content, content_feats, targets, style_weight, moments, pale
     def loss_fn(e):
         y = model.transfer(content, e)
         if palette is not None:
-            y = model.align_palette(y, moments, palette)
+            y = model.align_palette(y, moments, palette, exact_gradient=True)
         total, _ = losses.perceptual_loss(feat, y, cfg, content_feats=content_feats,
                                           style_targets=targets)
         return jnp.sum(total), total

@@ -148,3 +148,68 @@ def test_align_to_moments_gradient_is_the_fixed_affine_map(imgs):
     grey = jnp.full((1, 8, 8, 3), 0.5)
     g = jax.grad(lambda z: jnp.sum(color.align_to_moments(z, target, 0.5)))(grey)
     assert np.all(np.isfinite(np.asarray(g)))
+
+
+def _x64_check_grads(f, x, v):
+    """Directional derivative of ``f`` at ``x`` along ``v``: autodiff vs central differences,
+    both in float64."""
+    import jax
+    import jax.numpy as jnp
+
+    with jax.enable_x64(True):
+        x, v = jnp.asarray(x, jnp.float64), jnp.asarray(v, jnp.float64)
+        _, jvp = jax.jvp(f, (x,), (v,))
+        h = 1e-6
+        fd = (f(x + h * v) - f(x - h * v)) / (2 * h)
+        return np.asarray(jvp), np.asarray(fd)
+
+
+@pytest.mark.parametrize("p", [0.5, -0.5])
+def test_sym_pow_derivative_matches_finite_differences(p):
+    rng = np.random.default_rng(3)
+    q = rng.normal(size=(2, 3, 3))
+    c = q @ np.swapaxes(q, -1, -2) / 3 + 0.01 * np.eye(3)  # SPD, distinct eigenvalues
+    d = rng.normal(size=(2, 3, 3))
+    d = d + np.swapaxes(d, -1, -2)
+    jvp, fd = _x64_check_grads(lambda m: color._sym_pow(m, p, 1e-4), c, d)
+    np.testing.assert_allclose(jvp, fd, rtol=1e-5, atol=1e-7)
+
+
+def test_sym_pow_derivative_is_finite_and_exact_at_repeated_eigenvalues():
+    """At ``C = lambda I`` (a grey image's covariance is 0: all eigenvalues repeat) the
+    derivative of ``C^p`` along symmetric ``D`` is ``p lambda^(p-1) D``; below the floor, 0."""
+    import jax
+
+    d = np.random.default_rng(4).normal(size=(3, 3))
+    d = d + d.T
+    lam = 0.04
+    jvp, fd = _x64_check_grads(lambda m: color._sym_pow(m, -0.5, 1e-4), lam * np.eye(3), d)
+    np.testing.assert_allclose(jvp, -0.5 * lam ** -1.5 * d, rtol=1e-6)
+    np.testing.assert_allclose(jvp, fd, rtol=1e-5)
+    # float32 reverse mode through a zero covariance (floored): finite, zero
+    g = jax.grad(lambda m: color._sym_pow(m, -0.5, 1e-4).sum())(np.zeros((3, 3), np.float32))
+    np.testing.assert_array_equal(np.asarray(g), 0.0)
+
+
+def test_align_to_moments_exact_gradient(imgs):
+    """``exact_gradient=True``: the derivative of the whole map (through A and b) agrees with
+    finite differences, and differs from the fixed-map surrogate; grey inputs stay finite."""
+    import jax
+    import jax.numpy as jnp
+
+    a, b = imgs
+    target = np.asarray(color.color_moments(b[:1]), np.float64)
+    # a colour shift of every pixel (which the map's b undoes) plus noise
+    v = 0.1 * np.random.default_rng(5).normal(size=a[:1].shape) + np.array([1.0, -0.5, 0.2])
+    f = lambda z: color.align_to_moments(z, target, 0.5, exact_gradient=True)  # noqa: E731
+    jvp, fd = _x64_check_grads(f, a[:1], v)
+    np.testing.assert_allclose(jvp, fd, rtol=1e-4, atol=1e-6)
+    surrogate, _ = _x64_check_grads(lambda z: color.align_to_moments(z, target, 0.5), a[:1], v)
+    assert np.abs(surrogate - jvp).max() > 0.2 * np.abs(jvp).max()
+    # same forward values either way
+    np.testing.assert_array_equal(np.asarray(f(a[:1])),
+                                  np.asarray(color.align_to_moments(a[:1], target, 0.5)))
+    grey = jnp.full((1, 8, 8, 3), 0.5)
+    g = jax.grad(lambda z: jnp.sum(color.align_to_moments(
+        z, target.astype(np.float32), 0.5, exact_gradient=True) * jnp.arange(3.0)))(grey)
+    assert np.all(np.isfinite(np.asarray(g)))

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from arbitrary_nst import cli, cli_stylize, evaluate, fit_style, losses, refine, samples
+from arbitrary_nst import cli, cli_stylize, color, evaluate, fit_style, losses, refine, samples
 from arbitrary_nst import images
 from arbitrary_nst.errors import ConfigError, ModelError
 from arbitrary_nst.inference import Stylizer, style_working_image
@@ -69,7 +69,8 @@ def _loss_of(model, photos, style, flat, palette):
     cfg = losses.LossConfig(style_weight=refine.DEFAULT_STYLE_WEIGHT)
     gb = fit_style.unflatten(jnp.asarray(flat, jnp.float32)[None], model.cin_channels)
     y = model.transfer_net(photos, gb)
-    y = model.align_palette(y, model.palette_moments(style[None]), palette)
+    y = color.align_to_moments(y, color.color_moments(style[None]), palette,
+                               exact_gradient=True)
     total, _ = losses.perceptual_loss(
         feat, y, cfg, content_feats=feat(photos, ("relu3_3",)),
         style_targets=losses.StyleTargets.from_images(feat, style[None], cfg))
@@ -77,39 +78,36 @@ def _loss_of(model, photos, style, flat, palette):
 
 
 def test_fit_optimizes_the_stated_loss(st, photos):
-    """history[0] is the independent loss at the predicted gamma/beta, and the first Adam step
-    is -lr * sign(gradient of that loss) wherever the gradient is not tiny. With the palette
-    the gradient treats the palette's affine map as a constant (documented in
-    color.align_to_moments), so the check against finite differences is made without it."""
+    """history[0] is the independent loss at the predicted gamma/beta (palette-aligned output),
+    the first Adam step is -lr * sign(gradient of that loss) wherever the gradient is not tiny,
+    and that gradient (through the palette's map too) agrees with finite differences."""
     model = st.model
     style = style_working_image(smooth_image(40, 40, 61).astype(np.float32) / 255, 32)
     work = np.stack([style_working_image(p.astype(np.float32) / 255, 32) for p in photos[:2]])
     e0 = np.asarray(model.embed(jnp.asarray(style[None])))[0]
-    # the batch the fit draws (seed 3): both photos, in this order, these flipped
+    cond, moments, hist = fit_style.fit_conditioning(model, style, work, e0, steps=1,
+                                                     batch_size=2, learning_rate=0.01, seed=3)
+    # the batch the fit drew (seed 3): both photos, in this order, these flipped
     rng = np.random.default_rng(3)
     idx = rng.choice(2, 2, replace=False)
     flip = rng.random(2) < 0.5
     x = jnp.asarray(np.where(flip[:, None, None, None], work[idx][:, :, ::-1], work[idx]))
     start = np.asarray(fit_style.predicted_conditioning(model, jnp.asarray(e0)[None]))[0]
-    for palette in (0.5, 0.0):  # the model's palette, then none
-        cond, moments, hist = fit_style.fit_conditioning(
-            model, style, work, e0, steps=1, batch_size=2, learning_rate=0.01, seed=3,
-            palette=palette)
-        np.testing.assert_allclose(hist[0], float(_loss_of(model, x, style, start, palette)),
-                                   rtol=1e-4)
-        np.testing.assert_allclose(moments, np.asarray(model.palette_moments(style[None]))[0],
-                                   rtol=1e-5)
-        step = cond - start
-        grad = np.asarray(jax.grad(lambda f: _loss_of(model, x, style, f, palette))(start))
-        clear = np.abs(grad) > 1e-3 * np.abs(grad).max()  # float32 noise can flip tiny ones
-        assert clear.sum() > 0.5 * grad.size
-        np.testing.assert_allclose(step[clear], -0.01 * np.sign(grad[clear]), rtol=1e-3)
-    h = 1e-3  # palette 0: the gradient is the loss's own
+    loss = lambda f: _loss_of(model, x, style, f, 0.5)  # noqa: E731  the model's palette
+    np.testing.assert_allclose(hist[0], float(loss(start)), rtol=1e-4)
+    np.testing.assert_allclose(moments, np.asarray(model.palette_moments(style[None]))[0],
+                               rtol=1e-5)
+    step = cond - start
+    grad = np.asarray(jax.grad(loss)(start))
+    clear = np.abs(grad) > 1e-3 * np.abs(grad).max()  # float32 noise can flip tiny ones
+    assert clear.sum() > 0.5 * grad.size
+    np.testing.assert_allclose(step[clear], -0.01 * np.sign(grad[clear]), rtol=1e-3)
+    h = 1e-3
     for i in np.argsort(-np.abs(grad))[:4]:
         up, down = start.copy(), start.copy()
         up[i] += h
         down[i] -= h
-        fd = float(_loss_of(model, x, style, up, 0.0) - _loss_of(model, x, style, down, 0.0))
+        fd = float(loss(up) - loss(down))
         np.testing.assert_allclose(fd / (2 * h), grad[i], rtol=0.02)
 
 

@@ -140,12 +140,14 @@ class ArbitraryStyleModel(nnx.Module):
         return color.color_moments(style)
 
     def align_palette(self, stylized: jax.Array, moments: jax.Array,
-                      amount: jax.Array | float | None = None, mask=None) -> jax.Array:
+                      amount: jax.Array | float | None = None, mask=None, *,
+                      exact_gradient: bool = False) -> jax.Array:
         """``stylized`` moved ``amount`` (default: the model's ``palette``) toward the colour
         ``moments`` ``[B, 12]``; ``mask`` ``[B, H, W]``: the pixels whose colours count (e.g.
-        not the padding)."""
+        not the padding). ``exact_gradient``: see :func:`arbitrary_nst.color.align_to_moments`."""
         amount = self.palette if amount is None else amount
-        return color.align_to_moments(stylized, moments, amount, mask=mask)
+        return color.align_to_moments(stylized, moments, amount, mask=mask,
+                                      exact_gradient=exact_gradient)
 
     def __call__(self, content: jax.Array, style: jax.Array) -> jax.Array:
         y = self.transfer(content, self.embed(style))
