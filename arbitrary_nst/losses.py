@@ -36,6 +36,7 @@ StyleStatistic = Literal["gram", "centered_gram", "both", "mean_std"]
 TVKind = Literal["magenta", "l1"]
 STYLE_STATISTICS = ("gram", "centered_gram", "both", "mean_std")
 GRAM_NORMS = ("hw", "chw", "none")
+PALETTE_GRADIENTS = ("fixed", "exact")
 
 FeatureFn = Callable[[jax.Array, Sequence[str]], dict[str, jax.Array]]
 
@@ -162,6 +163,10 @@ class LossConfig:
     style_statistic: StyleStatistic = "gram"
     gram_norm: GramNorm = "hw"
     tv_kind: TVKind = "magenta"
+    #: How training differentiates a palette model's loss (the palette's colour map):
+    #: ``"fixed"`` holds the map constant (the surrogate v7 was trained with), ``"exact"``
+    #: differentiates through it (:func:`arbitrary_nst.color.align_to_moments`).
+    palette_gradient: str = "fixed"
 
     def __post_init__(self):
         from .vgg import tap_depth  # validates tap names
@@ -173,6 +178,9 @@ class LossConfig:
                               f"got {self.style_statistic!r}")
         if self.gram_norm not in GRAM_NORMS:
             raise ConfigError(f"gram_norm must be one of {GRAM_NORMS}, got {self.gram_norm!r}")
+        if self.palette_gradient not in PALETTE_GRADIENTS:
+            raise ConfigError(f"palette_gradient must be one of {PALETTE_GRADIENTS}, "
+                              f"got {self.palette_gradient!r}")
         for name in ("content_weight", "style_weight", "tv_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")

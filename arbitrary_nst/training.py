@@ -349,7 +349,8 @@ def batch_loss(model: ArbitraryStyleModel, content: jax.Array, style: jax.Array,
     content_feats = jax.lax.stop_gradient(feats(content, tuple(loss_cfg.content_layers)))
     stylized = model.transfer(content, embedding)
     if model.palette:  # the loss sees what users get (models/__init__.py: palette)
-        stylized = model.align_palette(stylized, model.palette_moments(style))
+        stylized = model.align_palette(stylized, model.palette_moments(style),
+                                       exact_gradient=loss_cfg.palette_gradient == "exact")
     total, terms = perceptual_loss(feats, stylized, loss_cfg, content_feats=content_feats,
                                    style_targets=targets)
     metrics = {k: jnp.mean(v) for k, v in terms.items()}

@@ -118,7 +118,7 @@ def get_config() -> ml_collections.ConfigDict:
         style_layers={"relu1_2": 0.5e-3, "relu2_2": 0.5e-3, "relu3_3": 0.5e-3,
                       "relu4_3": 0.5e-3},
         content_weight=1.0, style_weight=1.0, tv_weight=1e4,
-        style_statistic="gram", gram_norm="hw", tv_kind="magenta"))
+        style_statistic="gram", gram_norm="hw", tv_kind="magenta", palette_gradient="fixed"))
 
     c.optim = ml_collections.ConfigDict(dict(
         optimizer="adam", learning_rate=1e-3, schedule="cosine", warmup_steps=1000,

@@ -133,6 +133,44 @@ def test_palette_training_loss_is_the_loss_of_the_aligned_output(vgg, rng):
     assert abs(float(raw) - float(loss)) > 1e-3 * float(loss)
 
 
+def test_palette_gradient_option_selects_the_exact_or_fixed_map(vgg, rng):
+    """``loss.palette_gradient``: "exact" differentiates through the palette's colour map,
+    "fixed" (default, how v7 was trained) holds it constant; same loss value either way."""
+    import jax.numpy as jnp
+
+    from arbitrary_nst import color
+    from arbitrary_nst import vgg as vgg_lib
+    from arbitrary_nst.losses import StyleTargets, perceptual_loss
+
+    cfg = smoke("model.palette=0.7")
+    model = training.build_model(cfg, vgg)
+    content = jnp.asarray(rng.random((2, 32, 32, 3)), jnp.float32)
+    style = jnp.asarray(rng.random((2, 32, 32, 3)) ** 2, jnp.float32)
+    feats = lambda x, taps: vgg_lib.features(model.vgg.params(), x, taps,  # noqa: E731
+                                             pooling=model.vgg.pooling)
+    grads = {}
+    for mode in ("fixed", "exact"):
+        loss_cfg = LossConfig.from_config(cfg.loss).replace(palette_gradient=mode)
+
+        def independent(c, exact=(mode == "exact"), loss_cfg=loss_cfg):
+            y = color.align_to_moments(model.transfer(c, model.embed(style)),
+                                       color.color_moments(style), 0.7, exact_gradient=exact)
+            cf = jax.lax.stop_gradient(feats(c, tuple(loss_cfg.content_layers)))  # a target
+            total, _ = perceptual_loss(feats, y, loss_cfg, content_feats=cf,
+                                       style_targets=StyleTargets.from_images(feats, style,
+                                                                              loss_cfg))
+            return jnp.mean(total)
+
+        grads[mode] = np.asarray(jax.grad(
+            lambda c, lc=loss_cfg: training.batch_loss(model, c, style, lc)[0])(content))
+        want = np.asarray(jax.grad(independent)(content))
+        np.testing.assert_allclose(grads[mode], want, rtol=1e-3,
+                                   atol=1e-4 * np.abs(want).max())
+    assert np.abs(grads["exact"] - grads["fixed"]).max() > 0.01 * np.abs(grads["exact"]).max()
+    with pytest.raises(ConfigError, match="palette_gradient"):
+        LossConfig(palette_gradient="none")
+
+
 class _Killed(Exception):
     pass
 
