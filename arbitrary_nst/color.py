@@ -251,8 +251,8 @@ def align_to_moments(x, moments, amount=1.0, eps: float = 1e-4, mask=None, *,
     gradient of the output is ``(1 - amount) + amount * A`` per pixel, the map training has
     used (a surrogate: it ignores that the map re-normalizes whatever colour statistics ``x``
     has). ``exact_gradient=True`` differentiates through ``A`` and ``b`` too (finite also for
-    grey images, see :func:`_sym_pow_jvp`); the per-style fits and refinements use it (measured:
-    RESULTS.md, session 9). ``eps`` floors the covariances' eigenvalues (a flat image is not
+    grey images, see :func:`_sym_pow_jvp`); the per-style fits and refinements use it, training
+    with ``loss.palette_gradient="exact"`` (measured: RESULTS.md, sessions 9 and 10). ``eps`` floors the covariances' eigenvalues (a flat image is not
     blown up). ``mask`` (``[..., H, W]``, 0/1): measure ``x``'s colours on these pixels only
     (e.g. without the padding of a bucketed batch); the map applies to every pixel."""
     x = _f32(x)

@@ -33,7 +33,7 @@ sign on only 81-89% of the coordinates (v7, 3 paintings x 4 photos, 128 px); wit
 50-step fits of 8 training paintings end 2.6% lower on held-out photos (RESULTS.md, session 9).
 
 :func:`fit_conditionings` fits many styles at once, each on its own photos (one compiled step
-for all; used to make distillation targets, :mod:`arbitrary_nst.distill`).
+for all; 8 styles x 50 steps in 107 s at 128² on a 2-core CPU, RESULTS.md session 9).
 """
 from __future__ import annotations
 

@@ -111,6 +111,51 @@ def test_fit_optimizes_the_stated_loss(st, photos):
         np.testing.assert_allclose(fd / (2 * h), grad[i], rtol=0.02)
 
 
+def test_fitting_styles_together_is_fitting_each_alone(st, photos):
+    """fit_conditionings with S = 2 styles (each its own photos): the shared objective's
+    gradient is each style's own gradient / S, and each style gets the fit it gets alone, except
+    on coordinates whose gradient is float32 noise (~1e-8 of the largest; Adam's first step is
+    about lr * sign(g), so noise picks a sign there)."""
+    from flax import nnx
+
+    model = st.model
+    styles = np.stack([style_working_image(smooth_image(40, 40, 70 + i).astype(np.float32) / 255,
+                                           32) for i in range(2)])
+    work = np.stack([style_working_image(p.astype(np.float32) / 255, 32) for p in photos])
+    draw = np.stack([work[[0, 1]], work[[2, 0]][:, :, ::-1]])  # [S=2, K=2, h, w, 3]
+    emb = np.asarray(model.embed(jnp.asarray(styles)))
+
+    def grad_of(i):  # the gradient of the fit's objective for styles[i] (all when i is None)
+        sl = slice(None) if i is None else slice(i, i + 1)
+        targets, moments, flat = fit_style._fit_start(*nnx.split(model), jnp.asarray(styles[sl]),
+                                                      jnp.asarray(emb[sl]), style_weight=0.5)
+        obj = fit_style._objective(model, jnp.asarray(draw[sl]), targets, moments,
+                                   jnp.float32(0.5), 0.5)
+        return np.asarray(jax.grad(lambda f: obj(f)[0])(flat))
+
+    together = grad_of(None)
+    both, moments, hist = fit_style.fit_conditionings(model, styles, emb, lambda: draw, steps=1,
+                                                      learning_rate=0.03)
+    assert both.shape[0] == 2 and hist.shape == (2, 2)
+    start = np.asarray(fit_style.predicted_conditioning(model, jnp.asarray(emb)))
+    for i in range(2):
+        alone = grad_of(i)[0]
+        scale = np.abs(alone).max()
+        np.testing.assert_allclose(2 * together[i], alone, atol=1e-3 * scale)
+        fit1, m1, h1 = fit_style.fit_conditionings(model, styles[i:i + 1], emb[i:i + 1],
+                                                   lambda i=i: draw[i:i + 1], steps=1,
+                                                   learning_rate=0.03)
+        clear = np.abs(alone) > 1e-4 * scale
+        assert clear.mean() > 0.5
+        np.testing.assert_allclose(both[i][clear], fit1[0][clear], atol=1e-5)
+        np.testing.assert_allclose(both[i][clear] - start[i][clear],
+                                   -0.03 * np.sign(alone[clear]), rtol=1e-3)
+        np.testing.assert_allclose(hist[:, i], h1[:, 0], rtol=1e-4)
+        np.testing.assert_allclose(moments[i], m1[0], rtol=1e-6)
+    with pytest.raises(ConfigError, match="photos must be"):
+        fit_style.fit_conditionings(model, styles, emb, lambda: draw[:1], steps=1)
+
+
 def test_fit_lowers_the_loss_and_reproduces(st, photos, fitted):
     assert fitted.history.shape == (5,)
     assert np.all(np.isfinite(fitted.history))
