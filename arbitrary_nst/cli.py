@@ -448,7 +448,7 @@ def _add_fit_style_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="FILE.npz",
                    help="where to write the fitted style (use it as --style of stylize)")
     p.add_argument("--steps", type=int, default=fit_style.DEFAULT_STEPS, metavar="N",
-                   help="Adam steps (~1.8 s each at batch 4 and 256 px on a 2-core CPU)")
+                   help="Adam steps (1.8-3.6 s each at batch 4 and 256 px on a 2-core CPU)")
     p.add_argument("--lr", type=float, default=fit_style.DEFAULT_LEARNING_RATE,
                    help="Adam learning rate on the gamma/beta")
     p.add_argument("--batch-size", type=int, default=fit_style.DEFAULT_BATCH_SIZE, metavar="N",
