@@ -26,6 +26,14 @@ embedding that is specific to its one crop is noise for a style-only predictor. 
 (RESULTS.md, session 6): that part is small (13% of the correction's energy; two crops of the
 same style give corrections with cosine 0.85), and fitting two crops' mean instead of one crop
 left the eval unchanged, so one crop per style is the cost-effective default.
+
+``--target conditioning`` distils fitted styles (:mod:`arbitrary_nst.fit_style`) instead: the
+oracle fits each training style's whole gamma/beta (``--steps`` Adam steps, each on
+``--contents-per-style`` fresh photo crops), and a reduced-rank ridge map from the predictor's
+statistics to the fitted-minus-predicted gamma/beta (:func:`fit_conditioning_correction`,
+``--ridge`` and ``--rank`` chosen on held-out styles) is folded into the predictor as extra
+embedding dimensions (:func:`fold_correction`; the old ones are unchanged). The reason: the
+fits leave the 100-d subspace the heads can reach (section below).
 """
 from __future__ import annotations
 
@@ -56,6 +64,9 @@ STYLE_SIZE = 256
 #: than whole 256 px photos.
 CONTENT_CROP = 128
 CONTENT_SHORT_RANGE = (176, 256)
+#: What the oracle optimizes and the predictor is fitted to: the embedding (refined, session 5)
+#: or the whole gamma/beta conditioning (fitted, then folded in as extra dimensions).
+TARGETS = ("embedding", "conditioning")
 
 
 def _resize_short(im: Image.Image, short: int) -> Image.Image:
@@ -210,6 +221,161 @@ def fit_embedding_mlp(model, x: np.ndarray, target: np.ndarray, *, val_fraction:
 
 
 # ------------------------------------------------------------------------------------------------
+# Fitted conditionings as targets (gamma/beta, not the embedding)
+#
+# An embedding can only reach the 100-d affine subspace of gamma/beta that the heads span. The
+# fitted conditionings of fit_style leave it: on v7's fits of 12 eval paintings only 13% of the
+# offset from the prediction lies in the heads' span (a random direction: 7%), and the in-span
+# part alone gives 5% of the fits' 60% lower style loss (RESULTS.md, session 11). So this target
+# adds dimensions: a linear, reduced-rank map from the predictor's statistics to a gamma/beta
+# correction, folded into the predictor as ``rank`` extra embedding dimensions.
+
+
+def fit_oracle_batch(model, styles: np.ndarray, draw_photos, *, steps: int = 40,
+                     learning_rate: float = 0.02,
+                     style_weight: float = refine.DEFAULT_STYLE_WEIGHT) -> dict[str, np.ndarray]:
+    """Fitted conditionings for ``N`` styles (:func:`fit_style.fit_conditionings`).
+
+    ``draw_photos() -> [N, K, h, w, 3]`` gives each style its photos for a step. Returns ``x
+    [N, F]``, ``e0 [N, D]``, ``c0 [N, G]`` (predicted conditioning), ``c [N, G]`` (fitted) and
+    ``loss [N, 2]`` (the fit's loss on the first and on the last step's photos)."""
+    from . import fit_style
+
+    styles = np.asarray(styles, np.float32)
+    x = style_statistics(model, styles)
+    e0 = np.asarray(_mlp_apply(_mlp_params(model), jnp.asarray(x)), np.float32)
+    c0 = np.asarray(fit_style.predicted_conditioning(model, jnp.asarray(e0)), np.float32)
+    c, _, hist = fit_style.fit_conditionings(model, styles, e0, draw_photos, steps=steps,
+                                             learning_rate=learning_rate,
+                                             style_weight=style_weight)
+    return {"x": x, "e0": e0, "c0": c0, "c": c, "loss": np.stack([hist[0], hist[-1]], -1)}
+
+
+class ConditioningCorrection:
+    """``delta(x) = (x @ kernel + bias) @ basis + offset``: a rank-``r`` linear map from the
+    predictor's statistics ``x [.., F]`` to a gamma/beta correction ``[.., G]``."""
+
+    def __init__(self, kernel, bias, basis, offset):
+        self.kernel = np.asarray(kernel, np.float32)   # [F, r]
+        self.bias = np.asarray(bias, np.float32)       # [r]
+        self.basis = np.asarray(basis, np.float32)     # [r, G]
+        self.offset = np.asarray(offset, np.float32)   # [G]
+
+    @property
+    def rank(self) -> int:
+        return int(self.basis.shape[0])
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, np.float64)
+        return ((x @ self.kernel + self.bias) @ self.basis + self.offset).astype(np.float32)
+
+
+def _ridge_reduced_rank(z: np.ndarray, d: np.ndarray, ridge: float, rank: int):
+    """Ridge ``W [F, G]`` of ``d`` on ``z`` (no intercept), cut to the ``rank`` directions of
+    gamma/beta that carry most of the fitted values (reduced-rank regression):
+    ``(W V [F, r], V^T [r, G])``."""
+    u, s, vt = np.linalg.svd(z, full_matrices=False)
+    w = vt.T @ ((s / (s * s + ridge))[:, None] * (u.T @ d))
+    _, _, v_out = np.linalg.svd(z @ w, full_matrices=False)
+    basis = v_out[:rank]
+    return w @ basis.T, basis
+
+
+def fit_conditioning_correction(x: np.ndarray, delta: np.ndarray, *, ridges=(10.0, 100.0, 1000.0),
+                                ranks=(16, 32, 64), intercept: bool = True,
+                                val_fraction: float = 0.2, seed: int = 0
+                                ) -> tuple[ConditioningCorrection, dict[str, Any]]:
+    """Fit ``delta [N, G]`` (fitted minus predicted conditioning) from ``x [N, F]``.
+
+    Ridge on the standardized statistics, reduced to ``rank`` output directions; ``ridge`` and
+    ``rank`` are chosen on a held-out ``val_fraction`` of the styles by the share of the
+    held-out correction's squared error they remove (``explained``: 1 = the fits themselves,
+    0 = the predictor as it is), then refitted on all styles. ``intercept``: also learn the
+    mean correction (a shift shared by all styles)."""
+    x = np.asarray(x, np.float64)
+    delta = np.asarray(delta, np.float64)
+    if x.ndim != 2 or delta.ndim != 2 or len(x) != len(delta) or len(x) < 5:
+        raise ConfigError(f"fit: x [N, F] and delta [N, G] with N >= 5 needed, got "
+                          f"{x.shape}, {delta.shape}")
+    ridges = [float(r) for r in ridges]
+    ranks = [int(r) for r in ranks]
+    if min(ridges) <= 0 or min(ranks) < 1:
+        raise ConfigError(f"ridge must be > 0 and rank >= 1, got {ridges}, {ranks}")
+
+    def solve(idx, ridge, rank):
+        mu = x[idx].mean(0)
+        sd = np.maximum(x[idx].std(0), 1e-3)
+        off = delta[idx].mean(0) if intercept else np.zeros(delta.shape[1])
+        a, basis = _ridge_reduced_rank((x[idx] - mu) / sd, delta[idx] - off, ridge,
+                                       min(rank, len(idx), delta.shape[1]))
+        kernel = a / sd[:, None]
+        return ConditioningCorrection(kernel, -(mu @ kernel), basis, off)
+
+    perm = np.random.default_rng(seed).permutation(len(x))
+    n_val = max(1, int(round(val_fraction * len(x))))
+    val, tr = perm[:n_val], perm[n_val:]
+    base = float(np.sum(delta[val] ** 2))
+    grid = []
+    for ridge in ridges:
+        for rank in ranks:
+            err = float(np.sum((delta[val] - solve(tr, ridge, rank)(x[val])) ** 2))
+            grid.append({"ridge": ridge, "rank": rank, "explained": 1.0 - err / base})
+    best = max(grid, key=lambda g: g["explained"])
+    corr = solve(np.arange(len(x)), best["ridge"], best["rank"])
+    return corr, {"n_train": int(len(tr)), "n_val": int(n_val), "grid": grid,
+                  "ridge": best["ridge"], "rank": corr.rank, "explained": best["explained"],
+                  "intercept": bool(intercept),
+                  "train_explained": 1.0 - float(np.sum((delta - corr(x)) ** 2)
+                                                 / np.sum(delta ** 2))}
+
+
+def fold_correction(model, corr: ConditioningCorrection, *, scale: float = 1.0):
+    """A new model whose predicted conditioning is ``model``'s plus ``scale * corr(x)``.
+
+    The correction becomes ``r = corr.rank`` extra embedding dimensions: ``2 r`` hidden units
+    ``relu(u), relu(-u)`` with ``u = x @ kernel + bias``, the bottleneck passes ``relu(u) -
+    relu(-u) = u`` (exactly) to the new dimensions, and each head gets ``r`` new rows (its
+    slice of ``scale * basis``) and ``scale * offset`` on its bias. The old dimensions and the
+    transfer network are unchanged, so mixing styles and ``strength`` mix the corrections with
+    the same weights as the rest of the embedding."""
+    from .export import assign_tensors, model_tensors
+    from .models import ArbitraryStyleModel
+    from .models.transfer import CIN_LAYER_NAMES
+
+    p = model.predictor
+    if p.hidden is None:
+        raise ConfigError("fold_correction needs a predictor with a hidden layer (hidden_dim > 0)")
+    r, f, g = corr.rank, p.feature_dim, 2 * sum(model.cin_channels)
+    if corr.kernel.shape != (f, r) or corr.basis.shape != (r, g) or corr.offset.shape != (g,):
+        raise ConfigError(f"correction shapes {corr.kernel.shape}, {corr.basis.shape} do not fit "
+                          f"the model (F = {f}, G = {g})")
+    cfg = model.config()
+    h, d = cfg["hidden_dim"], cfg["embedding_dim"]
+    cfg.update(hidden_dim=h + 2 * r, embedding_dim=d + r)
+    new = ArbitraryStyleModel.from_config(model.vgg, cfg)
+    t = model_tensors(model)
+    pre = "predictor/"
+    t[pre + "hidden/kernel"] = np.concatenate(
+        [t[pre + "hidden/kernel"], corr.kernel, -corr.kernel], 1)
+    t[pre + "hidden/bias"] = np.concatenate([t[pre + "hidden/bias"], corr.bias, -corr.bias])
+    k = np.zeros((h + 2 * r, d + r), np.float32)
+    k[:h, :d] = t[pre + "bottleneck/kernel"]
+    k[h:h + r, d:] = np.eye(r)
+    k[h + r:, d:] = -np.eye(r)
+    t[pre + "bottleneck/kernel"] = k
+    t[pre + "bottleneck/bias"] = np.concatenate([t[pre + "bottleneck/bias"], np.zeros(r)])
+    i = 0
+    for name, c in zip(CIN_LAYER_NAMES, model.cin_channels):
+        key = f"{pre}heads/{name}/"
+        sl = slice(i, i + 2 * c)
+        t[key + "kernel"] = np.concatenate([t[key + "kernel"], scale * corr.basis[:, sl]], 0)
+        t[key + "bias"] = t[key + "bias"] + scale * corr.offset[sl]
+        i += 2 * c
+    assign_tensors(new, {kk: np.asarray(v, np.float32) for kk, v in t.items()}, "fold")
+    return new
+
+
+# ------------------------------------------------------------------------------------------------
 # Command line
 
 
@@ -231,10 +397,12 @@ def collect_oracle(model, sources, out_dir: Path, *, num_styles: int, batch: int
                    style_weight: float = 0.5, seed: int = 0, style_size: int = STYLE_SIZE,
                    content_crop: int = CONTENT_CROP,
                    content_short_range: tuple[int, int] = CONTENT_SHORT_RANGE,
-                   content_seed: int | None = None,
+                   content_seed: int | None = None, target: str = "embedding",
                    progress: bool = True) -> dict[str, np.ndarray]:
-    """Run :func:`oracle_batch` over ``num_styles`` training styles (a seeded sample), saving
-    each batch as ``out_dir/chunk_XXXXX.npz`` (skipped when present: resumable).
+    """Run :func:`oracle_batch` (``target="embedding"``) or :func:`fit_oracle_batch`
+    (``"conditioning"``: ``steps`` fit steps, each on ``contents_per_style`` fresh crops per
+    style) over ``num_styles`` training styles (a seeded sample), saving each batch as
+    ``out_dir/chunk_XXXXX.npz`` (skipped when present: resumable).
 
     ``seed`` picks the styles (and, unless ``content_seed`` is given, the photo crops): the same
     ``seed`` with another ``content_seed`` refines the same styles on other photos, so several
@@ -249,6 +417,10 @@ def collect_oracle(model, sources, out_dir: Path, *, num_styles: int, batch: int
             "content_short_range": [int(v) for v in content_short_range]}
     if content_seed is not None and content_seed != seed:  # absent = seed (older oracles)
         meta["content_seed"] = int(content_seed)
+    if target not in TARGETS:
+        raise ConfigError(f"target must be one of {TARGETS}, got {target!r}")
+    if target != "embedding":  # absent = embedding (older oracles)
+        meta["target"] = target
     meta_path = out_dir / "oracle.json"
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
@@ -268,11 +440,18 @@ def collect_oracle(model, sources, out_dir: Path, *, num_styles: int, batch: int
         if not path.exists():
             rng = np.random.default_rng([seed if content_seed is None else content_seed, c])
             styles = style_images(style_src, idx, style_size)
-            contents = content_crops(content_src, rng, len(idx) * contents_per_style,
-                                     content_crop, content_short_range)
-            contents = contents.reshape((len(idx), contents_per_style) + contents.shape[1:])
-            r = oracle_batch(model, styles, contents, steps=steps, learning_rate=learning_rate,
-                             style_weight=style_weight)
+
+            def draw(rng=rng, k=len(idx)):
+                x = content_crops(content_src, rng, k * contents_per_style, content_crop,
+                                  content_short_range)
+                return x.reshape((k, contents_per_style) + x.shape[1:])
+
+            if target == "conditioning":
+                r = fit_oracle_batch(model, styles, draw, steps=steps,
+                                     learning_rate=learning_rate, style_weight=style_weight)
+            else:
+                r = oracle_batch(model, styles, draw(), steps=steps,
+                                 learning_rate=learning_rate, style_weight=style_weight)
             _save_npz(path, index=idx, **r)
         with np.load(path) as z:
             chunks.append({k: z[k] for k in z.files})
@@ -291,8 +470,9 @@ def combine_oracles(oracles: list[dict[str, np.ndarray]]) -> dict[str, np.ndarra
             raise ConfigError("oracles to combine must come from the same styles and start model "
                               "(same --seed, --num-styles, --model)")
     out = dict(first)
-    out["e_star"] = np.mean([o["e_star"] for o in oracles], axis=0)
-    out["loss"] = np.mean([o["loss"] for o in oracles], axis=0)
+    for k in ("e_star", "c", "loss"):  # refined embeddings or fitted conditionings
+        if k in first:
+            out[k] = np.mean([o[k] for o in oracles], axis=0)
     return out
 
 
@@ -311,8 +491,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--content-crop", type=int, default=CONTENT_CROP)
     p.add_argument("--content-short", type=int, nargs=2, default=list(CONTENT_SHORT_RANGE),
                    metavar=("LO", "HI"), help="photo shorter side before cropping")
-    p.add_argument("--steps", type=int, default=12, help="Adam steps of the oracle refinement")
-    p.add_argument("--learning-rate", type=float, default=0.05)
+    p.add_argument("--target", choices=TARGETS, default="embedding",
+                   help="embedding: refine the embedding, fit the MLP to it (session 5); "
+                        "conditioning: fit each style's gamma/beta, fold a reduced-rank ridge "
+                        "map to them into the predictor as extra embedding dimensions")
+    p.add_argument("--steps", type=int, default=None,
+                   help="Adam steps of the oracle (default: 12 embedding, 40 conditioning)")
+    p.add_argument("--learning-rate", type=float, default=None,
+                   help="oracle step size (default: 0.05 embedding, 0.02 conditioning)")
+    p.add_argument("--rank", type=int, nargs="+", default=[16, 32, 64],
+                   help="conditioning: ranks to choose from on held-out styles")
+    p.add_argument("--ridge", type=float, nargs="+", default=[10.0, 100.0, 1000.0],
+                   help="conditioning: ridge penalties to choose from on held-out styles")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="conditioning: fold scale x the fitted correction")
     p.add_argument("--style-weight", type=float, default=0.5)
     p.add_argument("--fit-steps", type=int, default=3000)
     p.add_argument("--fit-learning-rate", type=float, default=3e-4)
@@ -326,6 +518,11 @@ def main(argv: list[str] | None = None) -> int:
                         "<out>/oracle_cS")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
+    conditioning = a.target == "conditioning"
+    if a.steps is None:
+        a.steps = 40 if conditioning else 12
+    if a.learning_rate is None:
+        a.learning_rate = 0.02 if conditioning else 0.05
     try:
         for name in ("num_styles", "batch", "contents_per_style", "steps", "fit_steps",
                      "style_size", "content_crop"):
@@ -354,25 +551,42 @@ def main(argv: list[str] | None = None) -> int:
                            style_weight=a.style_weight, seed=a.seed,
                            style_size=a.style_size, content_crop=a.content_crop,
                            content_short_range=tuple(a.content_short), content_seed=s,
-                           progress=not a.no_progress)
+                           target=a.target, progress=not a.no_progress)
             for s in content_seeds])
-        target = r["e0"] + a.target_scale * (r["e_star"] - r["e0"])
-        rep = fit_embedding_mlp(model, r["x"], target, steps=a.fit_steps,
-                                learning_rate=a.fit_learning_rate,
-                                weight_decay=a.weight_decay, seed=a.seed)
+        if conditioning:
+            corr, rep = fit_conditioning_correction(r["x"], r["c"] - r["c0"], ridges=a.ridge,
+                                                    ranks=a.rank, seed=a.seed)
+            model = fold_correction(model, corr, scale=a.scale)
+            print("held-out correction explained: " + ", ".join(
+                f"ridge {g['ridge']:g} rank {g['rank']}: {g['explained']:.1%}"
+                for g in rep["grid"]))
+            rep["scale"] = a.scale
+            moved = r["c"] - r["c0"]
+        else:
+            target = r["e0"] + a.target_scale * (r["e_star"] - r["e0"])
+            rep = fit_embedding_mlp(model, r["x"], target, steps=a.fit_steps,
+                                    learning_rate=a.fit_learning_rate,
+                                    weight_decay=a.weight_decay, seed=a.seed)
+            moved = r["e_star"] - r["e0"]
         rep.update(oracle_styles=int(len(r["x"])), content_seeds=content_seeds,
+                   target=a.target,
                    oracle_loss_before=float(r["loss"][:, 0].mean()),
                    oracle_loss_after=float(r["loss"][:, 1].mean()),
-                   oracle_distance=float(np.linalg.norm(r["e_star"] - r["e0"], axis=-1).mean()),
+                   oracle_distance=float(np.linalg.norm(moved, axis=-1).mean()),
                    start_model=model_path, args=vars(a))
         export.export_model(model, out / "model.safetensors", info={"distill": {
             k: v for k, v in rep.items() if k != "curve"}})
         (out / "distill.json").write_text(json.dumps(rep, indent=1, default=str))
         print(f"oracle: {rep['oracle_styles']} styles, loss {rep['oracle_loss_before']:.4g} -> "
-              f"{rep['oracle_loss_after']:.4g}, |e*-e0| {rep['oracle_distance']:.2f}")
-        print(f"fit: held-out mse {rep['start_val_mse']:.3f} -> {rep['val_mse']:.3f} "
-              f"(explained {rep['explained']:.1%}, best step {rep['best_step']}); "
-              f"wrote {out / 'model.safetensors'}")
+              f"{rep['oracle_loss_after']:.4g}, distance moved {rep['oracle_distance']:.2f}")
+        if conditioning:
+            print(f"fit: ridge {rep['ridge']:g}, rank {rep['rank']} (held-out explained "
+                  f"{rep['explained']:.1%}); embedding {model.embedding_dim}-d; "
+                  f"wrote {out / 'model.safetensors'}")
+        else:
+            print(f"fit: held-out mse {rep['start_val_mse']:.3f} -> {rep['val_mse']:.3f} "
+                  f"(explained {rep['explained']:.1%}, best step {rep['best_step']}); "
+                  f"wrote {out / 'model.safetensors'}")
         return 0
     except NSTError as e:
         print(f"error: {e}", file=sys.stderr)

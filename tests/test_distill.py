@@ -182,3 +182,95 @@ def test_command_rejects_bad_options_in_one_line(tmp_path, capsys, bad, msg):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and msg in err and err.count("\n") == 1
     assert not (tmp_path / "d").exists()
+
+
+# -- fitted conditionings as targets (--target conditioning) ------------------------------------
+
+def _conditioning(model, styles) -> np.ndarray:
+    from arbitrary_nst import fit_style
+
+    return np.asarray(fit_style.flatten(model.predictor(jnp.asarray(styles))))
+
+
+def test_fold_adds_the_correction_exactly_and_nothing_else(model, vgg, tmp_path):
+    """The folded model's predicted gamma/beta = the old ones + scale * correction(x), for any
+    style; the transfer network and the palette are untouched; the export round-trips."""
+    rng = np.random.default_rng(3)
+    f, g, r = model.predictor.feature_dim, 2 * sum(model.cin_channels), 3
+    corr = distill.ConditioningCorrection(rng.normal(0, 0.05, (f, r)), rng.normal(0, 1, r),
+                                          rng.normal(0, 0.1, (r, g)), rng.normal(0, 0.1, g))
+    folded = distill.fold_correction(model, corr, scale=0.5)
+    assert folded.embedding_dim == model.embedding_dim + r
+    assert folded.predictor.hidden_dim == model.predictor.hidden_dim + 2 * r
+    assert folded.palette == model.palette and folded.width == model.width
+    styles = np.stack([_img(1), _img(2), _img(7)])
+    want = _conditioning(model, styles) + 0.5 * corr(distill.style_statistics(model, styles))
+    np.testing.assert_allclose(_conditioning(folded, styles), want, rtol=1e-4, atol=1e-4)
+    old, new = export.model_tensors(model), export.model_tensors(folded)
+    assert all(np.array_equal(old[k], new[k]) for k in old if k.startswith("transfer_net/"))
+    # the old embedding dimensions are the old embedding
+    e_old = np.asarray(model.embed(jnp.asarray(styles)))
+    e_new = np.asarray(folded.embed(jnp.asarray(styles)))
+    np.testing.assert_allclose(e_new[:, :model.embedding_dim], e_old, rtol=1e-5, atol=1e-5)
+    path = export.export_model(folded, tmp_path / "folded.safetensors")
+    again = export.load_exported(path, vgg=vgg)
+    np.testing.assert_allclose(_conditioning(again, styles), _conditioning(folded, styles),
+                               rtol=1e-6, atol=1e-6)
+    with pytest.raises(ConfigError, match="do not fit"):
+        distill.fold_correction(model, distill.ConditioningCorrection(
+            corr.kernel[:-1], corr.bias, corr.basis, corr.offset))
+
+
+def test_correction_fit_recovers_a_low_rank_map_and_picks_by_held_out_error():
+    """delta = rank-2 linear map of x + a shared offset + small noise: the chosen fit explains
+    nearly all of the held-out correction and predicts new styles' corrections; a grid without
+    enough rank explains less; with intercept=False no shared offset is learnt."""
+    rng = np.random.default_rng(0)
+    n, f, g = 120, 30, 50
+    x = rng.normal(size=(n, f)) * rng.uniform(0.5, 3, f) + rng.normal(size=f)
+    a, b, off = rng.normal(size=(f, 2)), rng.normal(size=(2, g)), rng.normal(size=g)
+    truth = lambda x: x @ a @ b + off  # noqa: E731
+    delta = truth(x) + 0.01 * rng.normal(size=(n, g))
+    corr, rep = distill.fit_conditioning_correction(x, delta, ridges=(0.01, 1e4), ranks=(1, 2, 8))
+    assert rep["explained"] > 0.99 and rep["ridge"] == 0.01 and rep["rank"] in (2, 8), rep
+    assert len(rep["grid"]) == 6 and rep["n_val"] == 24
+    x_new = rng.normal(size=(10, f)) * 2
+    np.testing.assert_allclose(corr(x_new), truth(x_new), atol=0.05 * np.abs(truth(x_new)).max())
+    low, rep_low = distill.fit_conditioning_correction(x, delta, ridges=(0.01,), ranks=(1,))
+    assert low.rank == 1 and rep_low["explained"] < rep["explained"] - 0.05
+    none, _ = distill.fit_conditioning_correction(x, delta, ridges=(0.01,), ranks=(2,),
+                                                  intercept=False)
+    assert np.all(none.offset == 0)
+    with pytest.raises(ConfigError, match="ridge must be > 0"):
+        distill.fit_conditioning_correction(x, delta, ridges=(0.0,))
+    with pytest.raises(ConfigError, match="fit:"):
+        distill.fit_conditioning_correction(x[:4], delta[:4])
+
+
+def test_fit_oracle_starts_at_the_prediction_and_lowers_the_loss(model):
+    styles = np.stack([_img(1), _img(2)])
+    photos = np.stack([np.stack([_img(3), _img(4)]), np.stack([_img(5), _img(6)])])
+    r = distill.fit_oracle_batch(model, styles, lambda: photos, steps=4)
+    np.testing.assert_allclose(r["c0"], _conditioning(model, styles), rtol=1e-5, atol=1e-5)
+    assert r["c"].shape == r["c0"].shape and np.all(np.isfinite(r["c"]))
+    assert np.all(r["loss"][:, 1] < r["loss"][:, 0])
+    assert np.all(np.linalg.norm(r["c"] - r["c0"], axis=-1) > 1e-3)
+
+
+def test_conditioning_command_writes_a_folded_model(tmp_path, model_path, capsys):
+    out = tmp_path / "d"
+    args = _small_command(out, model_path, num_styles=8) + [
+        "--target", "conditioning", "--rank", "2", "3", "--ridge", "1", "100"]
+    assert distill.main(args) == 0
+    assert "held-out correction explained" in capsys.readouterr().out
+    rep = json.loads((out / "distill.json").read_text())
+    assert rep["target"] == "conditioning" and rep["rank"] in (2, 3) and len(rep["grid"]) == 4
+    assert rep["oracle_loss_after"] < rep["oracle_loss_before"]
+    assert json.loads((out / "oracle" / "oracle.json").read_text())["target"] == "conditioning"
+    start = export.load_exported(model_path)
+    m = export.load_exported(out / "model.safetensors")
+    assert m.embedding_dim == start.embedding_dim + rep["rank"]
+    # an embedding oracle in the same folder is refused (other settings)
+    capsys.readouterr()
+    assert distill.main(_small_command(out, model_path, num_styles=8)) == 1
+    assert "holds an oracle made with" in capsys.readouterr().err
