@@ -361,15 +361,29 @@ def test_four_devices_match_one_device_step_by_step(four_device_run):
 # Configs and the CLI
 
 
-@pytest.mark.parametrize("name", ["default", "cpu_small", "smoke"])
+@pytest.mark.parametrize("name", ["default", "cpu_small", "smoke", "builtin"])
 def test_config_files_are_valid(name):
     cfg = training.load_config(CONFIGS / f"{name}.py")
     training.validate_config(cfg)
     LossConfig.from_config(cfg.loss)
     data._cfg(cfg.data)  # the data engineer's validation accepts every field
     training.make_optimizer(cfg.optim, cfg.train.num_steps)
-    assert cfg.train.batch_size >= 1 and cfg.model.embedding_dim == 100
+    assert cfg.train.batch_size >= 1 and cfg.model.embedding_dim >= 100
     json.dumps(training._to_plain(cfg))  # stored in checkpoint metadata
+
+
+def test_builtin_config_builds_the_shipped_architecture():
+    """configs/builtin.py fine-tunes the shipped model: its model section must be the export's
+    (train.init_from refuses any other architecture)."""
+    from arbitrary_nst.export import read_export
+    from arbitrary_nst.inference import BUILTIN_MODEL
+
+    cfg = training.load_config(CONFIGS / "builtin.py")
+    _, header = read_export(BUILTIN_MODEL)
+    shipped = header["model_config"]
+    mine = json.loads(json.dumps(training._to_plain(cfg.model)))
+    assert {k: mine.get(k) for k in shipped} == shipped
+    assert cfg.train.init_from == "builtin"
 
 
 def test_config_overrides():
