@@ -528,6 +528,9 @@ def main(argv: list[str] | None = None) -> int:
                      "style_size", "content_crop"):
             if getattr(a, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
+        if min(a.rank) < 1 or min(a.ridge) <= 0 or a.scale < 0:
+            raise ConfigError(f"--rank must be >= 1, --ridge > 0 and --scale >= 0, got "
+                              f"{a.rank}, {a.ridge}, {a.scale}")
         if min(a.style_size, a.content_crop) < 32:
             raise ConfigError("--style-size and --content-crop must be >= 32 (VGG's minimum)")
         lo, hi = a.content_short

@@ -176,7 +176,9 @@ def test_content_crops_are_never_flat():
 
 @pytest.mark.parametrize("bad, msg", [(["--num-styles", "0"], "--num-styles must be >= 1"),
                                       (["--content-short", "20", "40"], "--content-short"),
-                                      (["--learning-rate", "0"], "learning rate")])
+                                      (["--learning-rate", "0"], "learning rate"),
+                                      (["--target", "conditioning", "--rank", "0"], "--rank"),
+                                      (["--target", "conditioning", "--ridge", "-1"], "--ridge")])
 def test_command_rejects_bad_options_in_one_line(tmp_path, capsys, bad, msg):
     assert distill.main(["--out", str(tmp_path / "d")] + bad) == 1
     err = capsys.readouterr().err
