@@ -52,7 +52,7 @@ import optax
 from flax import nnx
 from PIL import Image
 
-from . import refine
+from . import fit_style, refine
 from .data import FLAT_CROP_STD, FLAT_CROP_TRIES
 from .errors import ConfigError, NSTError
 from .models.predictor import pooled_statistics
@@ -112,6 +112,12 @@ def style_statistics(model, styles: np.ndarray) -> np.ndarray:
     return np.asarray(pooled_statistics(feats, p.taps, norm=p.feature_norm), np.float32)
 
 
+def _predicted(model, styles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The predictor's input statistics ``x [N, F]`` and embeddings ``e0 [N, D]`` (= embed())."""
+    x = style_statistics(model, styles)
+    return x, np.asarray(_mlp_apply(_mlp_params(model), jnp.asarray(x)), np.float32)
+
+
 def oracle_batch(model, styles: np.ndarray, contents: np.ndarray, *, steps: int = 12,
                  learning_rate: float = refine.DEFAULT_LEARNING_RATE,
                  style_weight: float = refine.DEFAULT_STYLE_WEIGHT) -> dict[str, np.ndarray]:
@@ -128,8 +134,7 @@ def oracle_batch(model, styles: np.ndarray, contents: np.ndarray, *, steps: int 
         raise ConfigError(f"contents must be [N, K, h, w, 3] with N = {styles.shape[0]}, "
                           f"got {contents.shape}")
     n, k = contents.shape[:2]
-    x = style_statistics(model, styles)
-    e0 = np.asarray(_mlp_apply(_mlp_params(model), jnp.asarray(x)), np.float32)  # = embed()
+    x, e0 = _predicted(model, styles)
     which = np.repeat(np.eye(n, dtype=np.float32), k, axis=0)  # content j -> its own style
     e, hist = refine.refine_embeddings(
         model, contents.reshape((n * k,) + contents.shape[2:]), styles, which,
@@ -239,11 +244,8 @@ def fit_oracle_batch(model, styles: np.ndarray, draw_photos, *, steps: int = 40,
     ``draw_photos() -> [N, K, h, w, 3]`` gives each style its photos for a step. Returns ``x
     [N, F]``, ``e0 [N, D]``, ``c0 [N, G]`` (predicted conditioning), ``c [N, G]`` (fitted) and
     ``loss [N, 2]`` (the fit's loss on the first and on the last step's photos)."""
-    from . import fit_style
-
     styles = np.asarray(styles, np.float32)
-    x = style_statistics(model, styles)
-    e0 = np.asarray(_mlp_apply(_mlp_params(model), jnp.asarray(x)), np.float32)
+    x, e0 = _predicted(model, styles)
     c0 = np.asarray(fit_style.predicted_conditioning(model, jnp.asarray(e0)), np.float32)
     c, _, hist = fit_style.fit_conditionings(model, styles, e0, draw_photos, steps=steps,
                                              learning_rate=learning_rate,
