@@ -3,9 +3,9 @@
 ``python train.py --config configs/builtin.py --workdir workdirs/mine \
     --set "data.style_dirs=['my_paintings']" --set train.num_steps=600``
 
-``configs/cpu_small.py`` plus what the shipped model (v9, README) differs in:
+``configs/cpu_small.py`` plus what the shipped model (v10, README) differs in:
 
-* model.embedding_dim 164, model.hidden_dim 384: v9 (like v8) is v7 (100-d embedding, 256
+* model.embedding_dim 164, model.hidden_dim 384: v10 (like v8 and v9) is v7 (100-d embedding, 256
   hidden units) with a distilled gamma/beta correction folded in as 64 extra embedding dimensions
   (``python -m arbitrary_nst.distill --target conditioning``); model.palette 0.5.
 * The recipe of v7's stage (RESULTS.md, session 7): styles as at inference (the whole painting
