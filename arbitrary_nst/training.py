@@ -182,6 +182,10 @@ def validate_config(config) -> None:
         (int(t.keep_checkpoints) >= 1,
          f"train.keep_checkpoints must be >= 1, got {t.keep_checkpoints}"),
         (int(t.sample_every) >= 0, f"train.sample_every must be >= 0, got {t.sample_every}"),
+        (float(_get(t, "time_budget_s", 0) or 0) >= 0,
+         f"train.time_budget_s must be >= 0 (0: off), got {_get(t, 'time_budget_s', 0)}"),
+        (int(_get(t, "plan_after_steps", 20)) >= 2,
+         f"train.plan_after_steps must be >= 2, got {_get(t, 'plan_after_steps', 20)}"),
         (float(o.learning_rate) > 0, f"optim.learning_rate must be > 0, got {o.learning_rate}"),
         (o.schedule in SCHEDULES, f"optim.schedule must be one of {SCHEDULES}, got {o.schedule!r}"),
         (int(o.warmup_steps) >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}"),
@@ -699,6 +703,10 @@ def train(config, workdir: str | os.PathLike, *, export_path: str | os.PathLike 
             bar = _progress_bar(num_steps, step, bar_shown)
             pending: list[dict[str, jax.Array]] = []
             t_last, s_last = time.perf_counter(), step
+            budget = float(_get(tcfg, "time_budget_s", 0) or 0)
+            plan_after = int(_get(tcfg, "plan_after_steps", 20))
+            t_begin = time.perf_counter()
+            t_first = None  # end of the first step (compilation included)
             with _StopRequest() as stop:
                 while step < num_steps:
                     try:
@@ -712,11 +720,29 @@ def train(config, workdir: str | os.PathLike, *, export_path: str | os.PathLike 
                     state, metrics = step_fn(state, frozen, gbatch)
                     step += 1
                     pending.append(metrics)
+                    if budget and step == start + 1:
+                        jax.block_until_ready(metrics)
+                        t_first = time.perf_counter()
+                    elif budget and step == start + plan_after and start == 0:
+                        num_steps, step_fn = _plan_time_budget(
+                            config, metrics, step, num_steps, budget, t_begin, t_first,
+                            graphdef, loss_cfg, mesh, dtype)
+                        meta["config"] = _to_plain(config)
+                        bar.total = num_steps
+                        if is_main:
+                            with contextlib.suppress(OSError):
+                                (workdir / "time_budget_plan.json").write_text(json.dumps(
+                                    {"time_budget_s": budget, "num_steps": num_steps}))
                     if step_callback is not None:
                         step_callback(step, state)
                     # Read the signal flag once: a signal arriving later in this iteration is
                     # handled after the next step (else the save below could be skipped).
                     stopping = stop.signum is not None
+                    if (budget and not stopping and step < num_steps
+                            and time.perf_counter() - t_begin > 1.05 * budget + 5):
+                        log.warning("time budget of %.0f s exceeded at step %d/%d: stopping",
+                                    budget, step, num_steps)
+                        stopping = True
                     final = step == num_steps or stopping
                     if step % log_every == 0 or final:
                         host = jax.device_get(pending)
@@ -749,7 +775,7 @@ def train(config, workdir: str | os.PathLike, *, export_path: str | os.PathLike 
                         save_checkpoint(mngr, state, dict(meta, data_seed=data_seed))
                     if stopping:
                         interrupted = step < num_steps
-                        if interrupted:
+                        if interrupted and stop.signum is not None:
                             msg = (f"received {signal.Signals(stop.signum).name}: saved a "
                                    f"checkpoint at step {step} in {workdir}; run again to resume")
                             if is_main:  # (logging's last-resort handler prints it if
@@ -779,6 +805,39 @@ def train(config, workdir: str | os.PathLike, *, export_path: str | os.PathLike 
         with contextlib.suppress(Exception):
             mngr.wait_until_finished()
         mngr.close()
+
+
+def _plan_time_budget(config, metrics, step: int, num_steps: int, budget: float,
+                      t_begin: float, t_first: float | None, graphdef, loss_cfg, mesh, dtype):
+    """``train.time_budget_s``: fix the run's length from the measured step rate.
+
+    Called once, ``train.plan_after_steps`` steps into a fresh run. The rate is measured after
+    the first step (which includes compilation), the steps that fit in what is left of the budget
+    (minus an allowance for the recompile, the final checkpoint and export) become
+    ``train.num_steps`` (never more than configured), and the optimizer's schedule and the
+    compiled step are rebuilt for that length. Adam's state does not depend on the schedule, and
+    during a linear warmup at least this long the first steps' learning rates are the same as
+    under the new schedule, so the run equals one configured with that ``num_steps`` from the
+    start (up to the steps' floating-point timing-independent results). The chosen length is
+    logged and written to ``WORKDIR/time_budget_plan.json``; the loop also stops (checkpoint and
+    export, as on SIGTERM) if the budget is overrun anyway.
+    """
+    jax.block_until_ready(metrics)
+    now = time.perf_counter()
+    first = t_first if t_first is not None else t_begin
+    rate = (step - 1) / max(now - first, 1e-9) if step > 1 else 0.0
+    compile_s = first - t_begin
+    reserve = min(10.0, 0.1 * budget)  # final checkpoint and export
+    left = budget - (now - t_begin) - compile_s - reserve  # compile_s: the recompile
+    planned = step + max(0, int(rate * left))
+    planned = max(step, min(int(num_steps), planned))
+    log.info("time budget %.0f s: %.2f steps/s after a %.1f s first step -> %d steps "
+             "(configured %d)", budget, rate, compile_s, planned, num_steps)
+    config.train.num_steps = planned
+    tx, schedule = make_optimizer(config.optim, planned)
+    step_fn = make_train_step(graphdef, loss_cfg, tx, schedule, mesh, dtype=dtype,
+                              cache_key=step_cache_key(config, graphdef, mesh))
+    return planned, step_fn
 
 
 def _local_copy(tree):

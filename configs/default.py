@@ -59,6 +59,11 @@ train.init_from               start from these weights instead of random init (f
 train.batch_size              global batch, split over all devices (Magenta: 8).
 train.dtype                   'float32' | 'bfloat16' | 'auto' compute dtype of the transfer
                               net and the VGG forwards; params, norms and losses stay f32.
+train.time_budget_s           wall-clock budget of the run in seconds (0: off). After
+                              train.plan_after_steps steps the measured rate fixes num_steps
+                              (at most the configured value) and the LR schedule is rebuilt for
+                              it; see ``training._plan_time_budget``. For lent GPU time.
+train.plan_after_steps        steps measured before the plan (keep <= optim.warmup_steps).
 train.log_every               host sync + TensorBoard scalars + progress postfix every N steps.
 train.checkpoint_every        Orbax checkpoint every N steps (also at the end and on
                               SIGINT/SIGTERM). Magenta: every 15 s.
@@ -128,6 +133,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.train = ml_collections.ConfigDict(dict(
         num_steps=200_000, init_from=None, batch_size=8, dtype="bfloat16",
+        time_budget_s=0.0, plan_after_steps=20,
         log_every=100, checkpoint_every=5000, keep_checkpoints=3, async_checkpoints=True,
         sample_every=5000, sample_size=256,
         sample_contents=("chelsea", "astronaut", "coffee"),

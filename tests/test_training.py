@@ -20,7 +20,7 @@ import pytest
 
 from arbitrary_nst import data, training
 from arbitrary_nst.errors import ConfigError, NSTError
-from arbitrary_nst.export import load_exported, model_tensors
+from arbitrary_nst.export import load_exported, model_tensors, read_export
 from arbitrary_nst.losses import LossConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,6 +71,27 @@ def test_smoke_training_loss_decreases_and_writes_outputs(tmp_path, vgg):
     assert a.keys() == b.keys() and not any("vgg" in k for k in a)
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert r.export_path.stat().st_size < 1.1 * sum(v.nbytes for v in a.values()) + 65536
+
+
+def test_time_budget_plans_the_run_length_and_anneals_to_it(tmp_path, vgg):
+    # A budget far shorter than the configured 100000 steps: after plan_after_steps the run's
+    # length is fixed from the measured rate, the cosine schedule is rebuilt for it (its last
+    # learning rate is the end value of a schedule of that length) and the export says so.
+    cfg = smoke("train.num_steps=100000", "train.time_budget_s=12", "train.plan_after_steps=4",
+                "optim.schedule='cosine'", "optim.warmup_steps=4",
+                "optim.end_learning_rate_factor=0.1", "train.checkpoint_every=0",
+                "train.log_every=1")
+    r = training.train(cfg, tmp_path, vgg=vgg, progress=False)
+    plan = json.loads((tmp_path / "time_budget_plan.json").read_text())
+    assert plan["time_budget_s"] == 12 and 4 <= plan["num_steps"] < 100000
+    assert r.step == plan["num_steps"] and not r.interrupted
+    _, schedule = training.make_optimizer(cfg.optim, plan["num_steps"])
+    lrs = [h["learning_rate"] for h in r.history]
+    assert lrs == pytest.approx([float(schedule(i)) for i in range(r.step)], rel=1e-5)
+    if r.step > 8:  # decayed towards the end value of the planned length, not of 100000 steps
+        assert lrs[-1] < 0.5 * 1e-3
+    info = read_export(r.export_path)[1]["info"]
+    assert info["num_steps"] == plan["num_steps"]
 
 
 def test_init_from_export_starts_at_its_weights_and_refuses_other_models(tmp_path, vgg):

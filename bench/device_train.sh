@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Train candidate models side by side on one lent GPU within a fixed wall-clock budget.
+#
+#   bash bench/device_train.sh BUDGET_S OUT_DIR
+#
+# Expects (carried, never committed): workdirs/carry/train.npz (a data export, see
+# `python -m arbitrary_nst.data export`), workdirs/carry/vgg16_conv1to4.npz + expand_vgg.py
+# (the VGG16 conv1-4 weights, fp16 except conv1_1, to fit the 64 MiB transfer) and .whl/ with
+# the wheels the device image lacks (ml-collections, tensorboardX). Each run stops by itself
+# within BUDGET_S (train.time_budget_s sizes its schedule); exports and logs land in OUT_DIR.
+set -uo pipefail
+BUDGET=${1:-450}
+OUT_DIR=${2:-out/device}
+mkdir -p "$OUT_DIR" workdirs
+if ls .whl/*.whl >/dev/null 2>&1 && ! python3 -c "import ml_collections, tensorboardX" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+fi
+export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=0.45
+VGG=/tmp/vgg16_train.npz
+python3 workdirs/carry/expand_vgg.py workdirs/carry/vgg16_conv1to4.npz $VGG || exit 1
+python3 -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
+if command -v nvidia-smi >/dev/null; then  # is the GPU or the input pipeline the bottleneck?
+  nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 20 \
+    > "$OUT_DIR/gpu_util.csv" 2>&1 &
+fi
+DATA="data.source='npz:workdirs/carry/train.npz'"
+COMMON=(--set "vgg_path='$VGG'" --set "$DATA" --set train.num_steps=200000
+        --set train.time_budget_s=$BUDGET --set train.plan_after_steps=50
+        --set train.checkpoint_every=0 --set train.sample_every=0 --set train.log_every=100
+        --set train.dtype=bfloat16 --set data.num_workers=8 --no-progress)
+# A: the shipped model (v10) fine-tuned at GPU scale: 256^2 content crops, batch 16.
+python3 train.py --config configs/builtin.py --workdir workdirs/gpuA "${COMMON[@]}" \
+  --set data.image_size=256 --set "data.content_scale_range=(1.0, 1.15)" \
+  --set train.batch_size=16 --set optim.warmup_steps=100 --set optim.learning_rate=2e-4 \
+  --export "$OUT_DIR/gpuA.safetensors" > "$OUT_DIR/gpuA.log" 2>&1 &
+PA=$!
+# B: Magenta's width-1.0 network from scratch (configs/default.py), palette 0.5, style weight 0.5.
+python3 train.py --config configs/default.py --workdir workdirs/gpuB "${COMMON[@]}" \
+  --set train.batch_size=16 --set optim.warmup_steps=200 --set model.palette=0.5 \
+  --set loss.style_weight=0.5 --set data.augment_strength=0.5 \
+  --export "$OUT_DIR/gpuB.safetensors" > "$OUT_DIR/gpuB.log" 2>&1 &
+PB=$!
+wait $PA; echo "A rc $?"; wait $PB; echo "B rc $?"
+tail -n 5 "$OUT_DIR"/gpuA.log "$OUT_DIR"/gpuB.log
+ls -la "$OUT_DIR"
