@@ -67,6 +67,7 @@ from jax.sharding import PartitionSpec as P
 from . import export as export_lib
 from . import vgg as vgg_lib
 from .errors import ConfigError, ModelError, NSTError
+from .files import write_atomically
 from .losses import LossConfig, StyleTargets, perceptual_loss
 from .models import ArbitraryStyleModel, with_pooling
 
@@ -76,6 +77,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 SCHEDULES = ("constant", "cosine", "linear")
 CHECKPOINT_DIR = "checkpoints"
 EXPORT_NAME = "model.safetensors"
+TIME_BUDGET_PLAN = "time_budget_plan.json"  # train.time_budget_s: the planned num_steps
 
 
 class TrainingDiverged(NSTError):
@@ -641,6 +643,12 @@ def train(config, workdir: str | os.PathLike, *, export_path: str | os.PathLike 
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)
     tcfg = config.train
+    plan_file = workdir / TIME_BUDGET_PLAN
+    if float(_get(tcfg, "time_budget_s", 0) or 0) and plan_file.is_file():
+        # Resuming a time-budgeted run: keep the length (and so the schedule) it was planned with.
+        tcfg.num_steps = int(json.loads(plan_file.read_text())["num_steps"])
+        log.info("%s: resuming a time-budgeted run planned for %d steps", workdir,
+                 int(tcfg.num_steps))
     num_steps = int(tcfg.num_steps)
     global_batch = int(tcfg.batch_size)
     mesh = make_mesh(devices)
@@ -730,9 +738,8 @@ def train(config, workdir: str | os.PathLike, *, export_path: str | os.PathLike 
                         meta["config"] = _to_plain(config)
                         bar.total = num_steps
                         if is_main:
-                            with contextlib.suppress(OSError):
-                                (workdir / "time_budget_plan.json").write_text(json.dumps(
-                                    {"time_budget_s": budget, "num_steps": num_steps}))
+                            plan = json.dumps({"time_budget_s": budget, "num_steps": num_steps})
+                            write_atomically(plan_file, lambda f: f.write(plan.encode()))
                     if step_callback is not None:
                         step_callback(step, state)
                     # Read the signal flag once: a signal arriving later in this iteration is
@@ -817,10 +824,10 @@ def _plan_time_budget(config, metrics, step: int, num_steps: int, budget: float,
     ``train.num_steps`` (never more than configured), and the optimizer's schedule and the
     compiled step are rebuilt for that length. Adam's state does not depend on the schedule, and
     during a linear warmup at least this long the first steps' learning rates are the same as
-    under the new schedule, so the run equals one configured with that ``num_steps`` from the
-    start (up to the steps' floating-point timing-independent results). The chosen length is
-    logged and written to ``WORKDIR/time_budget_plan.json``; the loop also stops (checkpoint and
-    export, as on SIGTERM) if the budget is overrun anyway.
+    under the new schedule, so the run is the one configured with that ``num_steps`` from the
+    start. The chosen length is logged and written to ``WORKDIR/time_budget_plan.json`` (a
+    resumed run keeps it); the loop also stops (checkpoint and export, as on SIGTERM) if the
+    budget is overrun anyway.
     """
     jax.block_until_ready(metrics)
     now = time.perf_counter()
