@@ -653,6 +653,9 @@ def train(config, workdir: str | os.PathLike, *, export_path: str | os.PathLike 
     global_batch = int(tcfg.batch_size)
     mesh = make_mesh(devices)
     n_dev, n_proc = mesh.devices.size, jax.process_count()
+    if n_proc > 1 and float(_get(tcfg, "time_budget_s", 0) or 0):
+        # Each host would measure its own rate and plan another length: the hosts would disagree.
+        raise ConfigError("train.time_budget_s works on one host only; set train.num_steps")
     if global_batch % n_dev:
         raise ConfigError(f"train.batch_size ({global_batch}) must be a multiple of the number "
                           f"of devices ({n_dev})")
