@@ -172,6 +172,15 @@ def resolve_init_from(value) -> str:
     return os.fspath(value)
 
 
+def _time_budget(tcfg) -> float:
+    """``train.time_budget_s`` (0 when absent: configs written before it existed)."""
+    return float(_get(tcfg, "time_budget_s", 0) or 0)
+
+
+def _plan_after(tcfg) -> int:
+    return int(_get(tcfg, "plan_after_steps", 20))
+
+
 def validate_config(config) -> None:
     """Raise :class:`ConfigError` for out-of-range training options."""
     t, o = config.train, config.optim
@@ -184,10 +193,8 @@ def validate_config(config) -> None:
         (int(t.keep_checkpoints) >= 1,
          f"train.keep_checkpoints must be >= 1, got {t.keep_checkpoints}"),
         (int(t.sample_every) >= 0, f"train.sample_every must be >= 0, got {t.sample_every}"),
-        (float(_get(t, "time_budget_s", 0) or 0) >= 0,
-         f"train.time_budget_s must be >= 0 (0: off), got {_get(t, 'time_budget_s', 0)}"),
-        (int(_get(t, "plan_after_steps", 20)) >= 2,
-         f"train.plan_after_steps must be >= 2, got {_get(t, 'plan_after_steps', 20)}"),
+        (_time_budget(t) >= 0, f"train.time_budget_s must be >= 0 (0: off), got {_time_budget(t)}"),
+        (_plan_after(t) >= 2, f"train.plan_after_steps must be >= 2, got {_plan_after(t)}"),
         (float(o.learning_rate) > 0, f"optim.learning_rate must be > 0, got {o.learning_rate}"),
         (o.schedule in SCHEDULES, f"optim.schedule must be one of {SCHEDULES}, got {o.schedule!r}"),
         (int(o.warmup_steps) >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}"),
@@ -643,8 +650,9 @@ def train(config, workdir: str | os.PathLike, *, export_path: str | os.PathLike 
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)
     tcfg = config.train
+    budget = _time_budget(tcfg)
     plan_file = workdir / TIME_BUDGET_PLAN
-    if float(_get(tcfg, "time_budget_s", 0) or 0) and plan_file.is_file():
+    if budget and plan_file.is_file():
         # Resuming a time-budgeted run: keep the length (and so the schedule) it was planned with.
         tcfg.num_steps = int(json.loads(plan_file.read_text())["num_steps"])
         log.info("%s: resuming a time-budgeted run planned for %d steps", workdir,
@@ -653,7 +661,7 @@ def train(config, workdir: str | os.PathLike, *, export_path: str | os.PathLike 
     global_batch = int(tcfg.batch_size)
     mesh = make_mesh(devices)
     n_dev, n_proc = mesh.devices.size, jax.process_count()
-    if n_proc > 1 and float(_get(tcfg, "time_budget_s", 0) or 0):
+    if n_proc > 1 and budget:
         # Each host would measure its own rate and plan another length: the hosts would disagree.
         raise ConfigError("train.time_budget_s works on one host only; set train.num_steps")
     if global_batch % n_dev:
@@ -714,8 +722,7 @@ def train(config, workdir: str | os.PathLike, *, export_path: str | os.PathLike 
             bar = _progress_bar(num_steps, step, bar_shown)
             pending: list[dict[str, jax.Array]] = []
             t_last, s_last = time.perf_counter(), step
-            budget = float(_get(tcfg, "time_budget_s", 0) or 0)
-            plan_after = int(_get(tcfg, "plan_after_steps", 20))
+            plan_after = _plan_after(tcfg)
             t_begin = time.perf_counter()
             t_first = None  # end of the first step (compilation included)
             with _StopRequest() as stop:

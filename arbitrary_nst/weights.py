@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import WeightsError
+from .files import write_atomically
 
 #: VGG16's 13 conv layers in order, named as in the style-transfer literature (``conv{block}_{i}``).
 CONV_LAYERS: tuple[str, ...] = (
@@ -275,12 +276,7 @@ def write_compact(weights: Weights, path: str | os.PathLike,
         k, b = weights[layer]["kernel"], weights[layer]["bias"]
         arrays[f"{layer}/kernel"] = k if layer == "conv1_1" else k.astype(np.float16)
         arrays[f"{layer}/bias"] = np.asarray(b, np.float32)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-    return path
+    return write_atomically(path, lambda f: np.savez(f, **arrays))
 
 
 def expand_compact(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
@@ -290,9 +286,10 @@ def expand_compact(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     try:
         with np.load(os.fspath(src), allow_pickle=False) as z:
             out: Weights = {}
+            kept = [layer for layer in CONV_LAYERS if f"{layer}/kernel" in z.files]
             for layer in CONV_LAYERS:
                 cin, cout = CONV_CHANNELS[layer]
-                if f"{layer}/kernel" in z.files:
+                if layer in kept:
                     out[layer] = {"kernel": z[f"{layer}/kernel"].astype(np.float32),
                                   "bias": z[f"{layer}/bias"].astype(np.float32)}
                 else:
@@ -301,7 +298,6 @@ def expand_compact(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     except (OSError, ValueError, KeyError) as e:
         raise WeightsError(f"{src}: not a compact VGG16 weights file ({e})") from e
     validate(out, str(src))
-    kept = [layer for layer in CONV_LAYERS if np.any(out[layer]["kernel"])]
     return write_npz(out, dst, source=f"compact {Path(src).name}: {kept[0]}..{kept[-1]}")
 
 
@@ -331,10 +327,10 @@ def main(argv=None) -> int:
             print(f"VGG16 training weights expanded: {out}")
             return 0
         path = resolve(args.path, allow_download=args.download)
+        loaded = read_npz(path)
         if args.compact:
-            out = write_compact(read_npz(path), args.compact)
+            out = write_compact(loaded, args.compact)
             print(f"compact training copy: {out} ({out.stat().st_size / 2**20:.1f} MiB)")
-        read_npz(path)
     except WeightsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -71,7 +71,7 @@ def _flops(lowered, compiled) -> float | None:
     """FLOPs of one step from XLA's cost analysis of the lowered (not yet optimized) program:
     backend independent. The compiled program's count is backend specific: on GPU it leaves out
     convolutions that became cuDNN custom calls (measured on an H200: 59.7 GFLOP per default step
-    against 1599 before lowering), so it is only the fallback."""
+    against the lowered program's 1613), so it is only the fallback."""
     for stage in (lowered, compiled):
         try:
             ca = stage.cost_analysis()
