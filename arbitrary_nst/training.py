@@ -66,6 +66,7 @@ from jax.sharding import PartitionSpec as P
 
 from . import export as export_lib
 from . import vgg as vgg_lib
+from .device_augment import finish_batch
 from .errors import ConfigError, ModelError, NSTError
 from .files import write_atomically
 from .losses import LossConfig, StyleTargets, perceptual_loss
@@ -381,6 +382,13 @@ def make_mesh(devices=None) -> Mesh:
 _STEP_CACHE: dict[Any, Callable] = {}
 
 
+def _host_array(x: Any) -> np.ndarray:
+    """A loader's array as sent to the device: uint8 images stay uint8 (a quarter of the
+    bytes; :func:`finish_batch` converts them in the step), anything else as float32."""
+    x = np.asarray(x)
+    return x if x.dtype == np.uint8 else np.asarray(x, np.float32)
+
+
 def make_train_step(graphdef, loss_cfg: LossConfig, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, mesh: Mesh, *, dtype=None,
                     cache_key: Any = None) -> Callable:
@@ -396,6 +404,7 @@ def make_train_step(graphdef, loss_cfg: LossConfig, tx: optax.GradientTransforma
 
     def loss_fn(params, frozen, batch):
         model = nnx.merge(graphdef, params, frozen)
+        batch = finish_batch(batch)  # uint8 -> [0, 1], style colour jitter (data.device_augment)
         return batch_loss(model, batch["content"], batch["style"], loss_cfg, dtype=dtype)
 
     def step(state: TrainState, frozen, batch):
@@ -733,8 +742,8 @@ def train(config, workdir: str | os.PathLike, *, export_path: str | os.PathLike 
                         raise ConfigError("the data loader ran out of batches at step "
                                           f"{step}") from None
                     gbatch = {k: jax.make_array_from_process_local_data(
-                        data_sharding, np.asarray(batch[k], np.float32))
-                        for k in ("content", "style")}
+                        data_sharding, _host_array(batch[k]))
+                        for k in ("content", "style", "style_jitter") if k in batch}
                     state, metrics = step_fn(state, frozen, gbatch)
                     step += 1
                     pending.append(metrics)
@@ -964,12 +973,15 @@ def training_objective(config, models: list, *, num_batches: int = 12, seed: int
     finally:
         loader.close()
     # graphdef static: models of one architecture share the compiled function.
-    terms = jax.jit(lambda graphdef, state, content, style: batch_loss(
-        nnx.merge(graphdef, state), content, style, loss_cfg, dtype=dtype)[1], static_argnums=0)
+    def _terms(graphdef, state, batch):
+        batch = finish_batch(batch)
+        return batch_loss(nnx.merge(graphdef, state), batch["content"], batch["style"], loss_cfg,
+                          dtype=dtype)[1]
+
+    terms = jax.jit(_terms, static_argnums=0)
     out = []
     for m in loaded:
         graphdef, state = nnx.split(m)
-        got = [jax.device_get(terms(graphdef, state, jnp.asarray(b["content"]),
-                                    jnp.asarray(b["style"]))) for b in batches]
+        got = [jax.device_get(terms(graphdef, state, b)) for b in batches]
         out.append({k: float(np.mean([g[k] for g in got])) for k in got[0]})
     return out

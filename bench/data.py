@@ -3,8 +3,10 @@
     python bench/data.py [--batches 30] [--batch-size 8] [--workers 1 2] [--json bench/results/data_cpu.json]
 
 Each batch is 8 content crops (256, random resize + crop) and 8 style crops (256, Magenta's
-brightness/saturation/hue jitter, flips, random resize to [258, 456) and crop), float32 in
-[0, 1], exactly what :func:`arbitrary_nst.data.make_loader` gives the trainer. ``images/s``
+brightness/saturation/hue jitter, flips, random resize to [258, 456) and crop), in two modes:
+``host`` (``data.device_augment = False``: float32 in [0, 1], the jitter done by the loader) and
+``device`` (the default: uint8 crops + jitter parameters, the conversion and jitter left to the
+jitted step, :mod:`arbitrary_nst.device_augment`). ``images/s``
 counts content + style images. Sources: ``synthetic`` (procedural, includes generating the
 image) and, when the training data folder exists, the prepared TFDS folders (``folder``; the
 folders are prepared first if needed) and an :func:`export_arrays` subset of them in a temporary
@@ -33,7 +35,9 @@ CONTENT = ["content/bsds500", "content/imagenet_samples", "content/coco2014_samp
 STYLE = ["style/peopleart_wikiart", "style/chinese_painting", "style/bob_ross", "style/nst_examples", "texture/dtd10"]
 
 
-def measure(cfg, sources, workers: int, batches: int, batch_size: int, prefetch: int) -> dict:
+def measure(cfg, sources, workers: int, batches: int, batch_size: int, prefetch: int,
+            device_augment: bool) -> dict:
+    cfg = dict(cfg, device_augment=device_augment)
     loader = data.make_loader(cfg, batch_size=batch_size, seed=0, num_workers=workers, prefetch=prefetch,
                               sources=sources)
     try:
@@ -46,7 +50,7 @@ def measure(cfg, sources, workers: int, batches: int, batch_size: int, prefetch:
     finally:
         loader.close()
     n = 2 * batch_size * batches
-    return {"workers": workers, "batches": batches, "images": n, "seconds": round(dt, 3),
+    return {"mode": "device" if device_augment else "host", "workers": workers, "batches": batches, "images": n, "seconds": round(dt, 3),
             "images_per_s": round(n / dt, 1), "batches_per_s": round(batches / dt, 2)}
 
 
@@ -69,6 +73,14 @@ def stage_costs(sources, n: int = 100) -> dict:
     for k, i in enumerate(si):
         data.augment_style(s.open(int(i)), np.random.default_rng(k), 256)
     out["style_256_ms"] = 1e3 * (time.perf_counter() - t0) / n
+    t0 = time.perf_counter()  # data.device_augment: uint8, no float copy, no jitter
+    for k, i in enumerate(ci):
+        data.augment_content(c.open(int(i)), np.random.default_rng(k), 256, as_uint8=True)
+    out["content_256_uint8_ms"] = 1e3 * (time.perf_counter() - t0) / n
+    t0 = time.perf_counter()
+    for k, i in enumerate(si):
+        data.augment_style(s.open(int(i)), np.random.default_rng(k), 256, defer_jitter=True)
+    out["style_256_deferred_jitter_ms"] = 1e3 * (time.perf_counter() - t0) / n
     x = np.random.default_rng(0).random((256, 256, 3), dtype=np.float32)
     t0 = time.perf_counter()
     for _ in range(n):
@@ -83,6 +95,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--prefetch", type=int, default=4)
+    ap.add_argument("--modes", nargs="+", choices=["host", "device"], default=["host", "device"],
+                    help="host: float32 + jitter on the host; device: uint8 + jitter parameters")
     ap.add_argument("--data-dir", default=None, help="prepared TFDS data (default ~/.cache/arbitrary_nst/tfds)")
     ap.add_argument("--json", default=str(Path(__file__).resolve().parent / "results" / "data_cpu.json"))
     a = ap.parse_args(argv)
@@ -105,7 +119,7 @@ def main(argv=None) -> int:
     else:
         print(f"{DATA_ROOT} not found: synthetic source only")
 
-    print(f"{'source':10} {'workers':>7} {'images/s':>9} {'batches/s':>10}")
+    print(f"{'source':10} {'mode':>6} {'workers':>7} {'images/s':>9} {'batches/s':>10}")
     tmp = tempfile.TemporaryDirectory(prefix="nst_bench_")  # never inside the repository
     for name, cfg in setups:
         t0 = time.perf_counter()
@@ -122,11 +136,12 @@ def main(argv=None) -> int:
                                   "datasets": [{k: r[k] for k in ("role", "name", "num_prepared", "num_skipped", "reused")}
                                                for r in data.reports(sources)]}
             results["stage_costs_single_thread"] = stage_costs(sources)
-        for w in a.workers:
-            r = measure(cfg, sources, w, a.batches, a.batch_size, a.prefetch)
-            r["source"] = name
-            results["runs"].append(r)
-            print(f"{name:10} {w:7d} {r['images_per_s']:9.1f} {r['batches_per_s']:10.2f}")
+        for mode in a.modes:
+            for w in a.workers:
+                r = measure(cfg, sources, w, a.batches, a.batch_size, a.prefetch, mode == "device")
+                r["source"] = name
+                results["runs"].append(r)
+                print(f"{name:10} {mode:>6} {w:7d} {r['images_per_s']:9.1f} {r['batches_per_s']:10.2f}")
     tmp.cleanup()
     results["machine"]["load_avg_1min_at_end"] = round(os.getloadavg()[0], 2)
     print(f"load average (1 min) {results['machine']['load_avg_1min_at_start']} -> "

@@ -100,8 +100,14 @@ def bench_step(cfg, steps: int, warmup: int) -> dict:
     frozen = jax.device_put(frozen, repl)
     b, hw, s = int(cfg.train.batch_size), int(cfg.data.image_size), int(cfg.data.style_size)
     rng = np.random.default_rng(0)
-    batch = {"content": jax.device_put(rng.random((b, hw, hw, 3), np.float32), data),
-             "style": jax.device_put(rng.random((b, s, s, 3), np.float32), data)}
+    if bool(cfg.data.get("device_augment", False)):  # what the loader gives: uint8 + jitter
+        host = {"content": rng.integers(0, 256, (b, hw, hw, 3), np.uint8),
+                "style": rng.integers(0, 256, (b, s, s, 3), np.uint8),
+                "style_jitter": np.tile(np.float32([0.1, 1.2, 0.05]), (b, 1))}
+    else:
+        host = {"content": rng.random((b, hw, hw, 3), np.float32),
+                "style": rng.random((b, s, s, 3), np.float32)}
+    batch = {k: jax.device_put(v, data) for k, v in host.items()}
     t0 = time.perf_counter()
     lowered = step.lower(state, frozen, batch)
     compiled = lowered.compile()
@@ -137,7 +143,8 @@ def bench_loader(cfg, batches: int) -> dict:
         dt = time.perf_counter() - t0
     finally:
         loader.close()
-    return {"source": str(cfg.data.source), "batches": batches, "seconds": round(dt, 3),
+    return {"source": str(cfg.data.source), "device_augment": bool(loader.device_augment),
+            "batches": batches, "seconds": round(dt, 3),
             "batches_per_s": round(batches / dt, 2),
             "images_per_s": round(2 * int(cfg.train.batch_size) * batches / dt, 1)}
 

@@ -173,6 +173,8 @@ def test_augment_content_shapes_ranges_determinism():
     sq = _smooth(96, 96, 3)
     same = data.augment_content(sq, np.random.default_rng(0), 96, scale_range=(1.0, 1.0))
     assert np.abs(same - sq / 255.0).max() < 1e-6
+    raw = data.augment_content(img, np.random.default_rng(5), 128, as_uint8=True)
+    assert raw.dtype == np.uint8 and np.array_equal(raw * np.float32(1 / 255), a)
 
 
 def test_augment_style_magenta_ranges_and_determinism():
@@ -255,7 +257,8 @@ def test_loader_is_a_pure_function_of_seed_and_step():
     full = _batches(data.make_loader(_cfg(), batch_size=3, seed=7, num_workers=2, sources=srcs), 6)
     b = full[0]
     assert b["content"].shape == (3, 64, 64, 3) and b["style"].shape == (3, 48, 48, 3)
-    assert b["content"].dtype == np.float32 and 0 <= b["style"].min() and b["style"].max() <= 1
+    # data.device_augment (default): uint8 crops + the style jitter parameters for the step.
+    assert b["content"].dtype == b["style"].dtype == np.uint8 and b["style_jitter"].shape == (3, 3)
     again = _batches(data.make_loader(_cfg(), batch_size=3, seed=7, num_workers=0, sources=srcs), 6)
     for x, y in zip(full, again):
         assert all(np.array_equal(x[k], y[k]) for k in x)

@@ -522,6 +522,7 @@ def test_training_objective_compares_models_on_the_same_batches(tmp_path, vgg, c
     batch_loss on the batches the training loader itself yields."""
     import jax.numpy as jnp
 
+    from arbitrary_nst.device_augment import finish_batch
     from arbitrary_nst.export import export_model
 
     cfg = smoke("data.synthetic_count=6")
@@ -530,7 +531,8 @@ def test_training_objective_compares_models_on_the_same_batches(tmp_path, vgg, c
     path = export_model(b, tmp_path / "b.safetensors")
     rows = training.training_objective(cfg, [a, str(path)], num_batches=2, seed=3, vgg=vgg)
     with data.make_loader(cfg.data, batch_size=4, seed=3, num_workers=1) as loader:
-        batches = [next(loader) for _ in range(2)]  # the training loop's path
+        # the training loop's path: the loader's batches, finished as the step does
+        batches = [finish_batch(next(loader)) for _ in range(2)]
     loss_cfg = LossConfig.from_config(cfg.loss)
     for m, r in zip([a, b], rows):
         want = [training.batch_loss(m, jnp.asarray(x["content"]), jnp.asarray(x["style"]),
