@@ -40,7 +40,7 @@ COMMON=(--set "vgg_path='$VGG'" --set "$DATA" --set train.num_steps=200000
         --set train.time_budget_s=$BUDGET --set train.plan_after_steps=50
         --set train.checkpoint_every=0 --set train.sample_every=0 --set train.log_every=100
         --set train.dtype=bfloat16 --set data.num_workers=8 --no-progress)
-# A: the shipped model (v10) fine-tuned at GPU scale: 256^2 content crops, batch 16.
+# A: the shipped built-in model fine-tuned at GPU scale: 256^2 content crops, batch 16.
 python3 train.py --config configs/builtin.py --workdir workdirs/gpuA "${COMMON[@]}" \
   --set data.image_size=256 --set "data.content_scale_range=(1.0, 1.15)" \
   --set train.batch_size=16 --set optim.warmup_steps=100 --set optim.learning_rate=2e-4 \
