@@ -18,7 +18,10 @@
 #
 # The repo (~9 MB) + 15 MB of weights + ~40 MB of images fit the 64 MiB transfer. Each run stops
 # by itself within BUDGET_S (train.time_budget_s sizes its schedule from the measured rate);
-# exports, logs and a GPU-utilization trace land in OUT_DIR.
+# exports, logs and a GPU-utilization trace land in OUT_DIR. On the warm machine afterwards, the
+# loader on the carried images with and without data.device_augment (the GPU's own numbers):
+#   python3 bench/train.py --configs default --data npz:workdirs/carry/train.npz --steps 100 \
+#       --dtype bfloat16 [--host-augment] --json $OUT/train_gpu.json
 set -uo pipefail
 BUDGET=${1:-450}
 OUT_DIR=${2:-out/device}

@@ -183,8 +183,12 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--loader-batches", type=int, default=40,
                    help="timed batches (>> the loader prefetch depth of 4)")
-    p.add_argument("--data", choices=["config", "synthetic"], default="config",
-                   help="loader source: the config's own data or generated images")
+    p.add_argument("--data", default="config",
+                   help="loader source: 'config' (the config's own data), 'synthetic' (generated "
+                        "images: their generation dominates) or any data.source, e.g. "
+                        "'npz:workdirs/carry/train.npz' (the real images a GPU run reads)")
+    p.add_argument("--host-augment", action="store_true",
+                   help="data.device_augment = False: float batches, colour jitter on the host")
     p.add_argument("--dtype", default="auto", help="train.dtype for every config")
     p.add_argument("--no-loop", action="store_true", help="skip the end-to-end train loop")
     p.add_argument("--peak-tflops", type=float, default=None,
@@ -199,8 +203,10 @@ def main(argv=None) -> int:
     results = []
     for name in args.configs:
         cfg = training.load_config(ROOT / "configs" / f"{name}.py", [f"train.dtype={args.dtype!r}"])
-        if args.data == "synthetic":
-            cfg.data.source = "synthetic"
+        if args.data != "config":
+            cfg.data.source = args.data
+        if args.host_augment:
+            cfg.data.device_augment = False
         steps = args.steps or (20 if gpu else default_steps.get(name, 3))
         row = {"config": name, "batch_size": int(cfg.train.batch_size),
                "image_size": int(cfg.data.image_size), "style_size": int(cfg.data.style_size),
