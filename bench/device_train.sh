@@ -3,18 +3,9 @@
 #
 #   bash bench/device_train.sh BUDGET_S OUT_DIR
 #
-# Prepare the carry here (ignored folders; nothing of it is committed), then on the device tool
-# run it with carry ["workdirs/carry", ".whl"] and timeout_s ~ BUDGET_S + 110:
-#
-#   python -m arbitrary_nst.weights --compact workdirs/carry/vgg16_conv1to4.npz   # 15 MB of 59
-#   python -m arbitrary_nst.data export --out workdirs/carry/train.npz --size 224 --max-mb 42 \
-#       --n-content 1000 --n-style 1500 --content-dir ../shared/data/content/imagenet_samples \
-#       --content-dir ../shared/data/content/bsds500 --content-dir ../shared/data/content/coco2014_sample \
-#       --style-dir ../shared/data/style/peopleart_wikiart --style-dir ../shared/data/style/chinese_painting \
-#       --style-dir ../shared/data/style/bob_ross --style-dir ../shared/data/style/nst_examples \
-#       --style-dir ../shared/data/texture/dtd10
-#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#       --platform manylinux2014_x86_64 -d .whl ml-collections tensorboardX  # the image lacks them
+# Prepare the carry here with `bash bench/prepare_carry.sh` (ignored folders, nothing committed;
+# it checks the 64 MiB total), then on the device tool run this with carry ["workdirs/carry",
+# ".whl"] and timeout_s ~ BUDGET_S + 110.
 #
 # The repo (~9 MB) + 15 MB of weights + ~40 MB of images fit the 64 MiB transfer. Each run stops
 # by itself within BUDGET_S (train.time_budget_s sizes its schedule from the measured rate);

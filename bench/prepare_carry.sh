@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Build what bench/device_train.sh needs on a lent GPU, in ignored folders (nothing is committed):
+#
+#   bash bench/prepare_carry.sh [DATA_ROOT]      # DATA_ROOT defaults to ../shared/data
+#
+# workdirs/carry/vgg16_conv1to4.npz  VGG16 conv1-conv4, fp16 (15 MB of 59; conv5 is never trained through)
+# workdirs/carry/train.npz           1000 photos + 1500 paintings/textures as JPEG, <= 42 MB
+# .whl/                              ml-collections and tensorboardX wheels (the GPU image lacks them)
+#
+# Then call the device tool with carry ["workdirs/carry", ".whl"] (64 MiB in all with the repo)
+# and the command `bash bench/device_train.sh BUDGET_S $OUT`. Existing files are kept (delete
+# them to rebuild); the total is checked against the transfer limit at the end.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+DATA=${1:-../shared/data}
+PY=${PYTHON:-.venv/bin/python}
+[ -x "$PY" ] || PY=python3
+mkdir -p workdirs/carry .whl
+if [ ! -f workdirs/carry/vgg16_conv1to4.npz ]; then
+  "$PY" -m arbitrary_nst.weights --compact workdirs/carry/vgg16_conv1to4.npz
+fi
+if [ ! -f workdirs/carry/train.npz ]; then
+  [ -d "$DATA/content" ] || { echo "prepare_carry: $DATA: no training data folder (content/, style/, texture/)" >&2; exit 1; }
+  "$PY" -m arbitrary_nst.data export --out workdirs/carry/train.npz --size 224 --max-mb 42 \
+    --n-content 1000 --n-style 1500 \
+    --content-dir "$DATA/content/imagenet_samples" --content-dir "$DATA/content/bsds500" \
+    --content-dir "$DATA/content/coco2014_sample" \
+    --style-dir "$DATA/style/peopleart_wikiart" --style-dir "$DATA/style/chinese_painting" \
+    --style-dir "$DATA/style/bob_ross" --style-dir "$DATA/style/nst_examples" \
+    --style-dir "$DATA/texture/dtd10"
+fi
+if ! ls .whl/ml_collections-*.whl .whl/tensorboardx-*.whl >/dev/null 2>&1; then
+  "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux2014_x86_64 -d .whl ml-collections tensorboardX
+fi
+# What travels: the tracked and unignored files plus the two carried folders.
+repo_kb=$(git ls-files -z --cached --others --exclude-standard | du -ck --files0-from=- 2>/dev/null | tail -1 | cut -f1)
+carry_kb=$(du -sk workdirs/carry .whl | awk '{s += $1} END {print s}')
+total_mb=$(( (repo_kb + carry_kb) / 1024 ))
+echo "carry: repo ${repo_kb} KiB + workdirs/carry and .whl ${carry_kb} KiB = ${total_mb} MiB of 64"
+[ "$total_mb" -lt 64 ] || { echo "prepare_carry: ${total_mb} MiB is over the 64 MiB transfer" >&2; exit 1; }
