@@ -170,7 +170,7 @@ def default_data_config() -> Any:
         prefetch: batches prepared ahead by the loader (4).
         device_augment: the loader gives uint8 crops and the style jitter parameters; the
             float conversion and colour jitter run in the jitted step (True; see
-            :class:`Loader`). Same images up to float rounding; ~3x less host work per pair.
+            :class:`Loader`). Same images up to float rounding; ~45% less host work per pair (bench/data.py).
     """
     d = _default_fields()
     try:
@@ -1212,8 +1212,8 @@ def augment_style(img: Any, rng: np.random.Generator, size: int = 256,
     ``defer_jitter``: return ``(crop, jitter)`` instead: the flipped crop as ``uint8`` and the
     ``float32[3]`` (brightness, saturation, hue) for :func:`color_jitter` or, in the training
     step, :func:`arbitrary_nst.device_augment.color_jitter` (:data:`IDENTITY_JITTER` when
-    ``s <= 0``). Why: the jitter is ~60% of the host's work per style image and holds the GIL;
-    on an accelerator it is free.
+    ``s <= 0``). Why: the jitter is ~60% of the host's work per style image (bench/data.py); on an
+    accelerator it is a few elementwise ops next to the VGG16.
     """
     lo, hi = resize_range if resize_range is not None else magenta_style_resize_range(size)
     if not size <= lo < hi:
@@ -1324,8 +1324,8 @@ class Loader:
     plus ``"style_jitter": f32[B,3]`` (absent when ``augment_strength`` is 0): the same crops
     before the conversion to float and the style colour jitter, which
     :func:`arbitrary_nst.device_augment.finish_batch` does inside the jitted training step.
-    The host then does only decoding, resizing and flips (Pillow, mostly without the GIL), so
-    threads scale, and a quarter of the bytes go to the device.
+    The host then does only decoding, resizing and flips (Pillow), about half the work per
+    pair, and a quarter of the bytes go to the device.
 
     ``next(loader)`` returns batch ``loader.step`` and advances it. Each batch is a pure
     function of ``(seed, step)`` (see the module docstring); :meth:`batch` computes one

@@ -6,10 +6,10 @@ hue delta; drawn on the host from the same seeded generator as before). :func:`f
 turns that into the float ``[0, 1]`` batch the loss expects, with the jitter applied: the same
 images as the host path (:func:`arbitrary_nst.data.color_jitter`) up to float rounding, tested.
 
-Why on the device: on the host the jitter was ~60% of a style image's cost and, being NumPy
-on small arrays, held the GIL, so loader threads did not scale (H200: the loader delivered
-25.5 batches/s of 16 pairs against a 91 steps/s jitted step). Here it is a few elementwise ops
-per pixel, next to a VGG16 forward and backward.
+Why on the device: on the host the jitter was ~60% of a style image's cost (3.54 -> 1.41 ms
+per 256² style crop without it, ``bench/data.py``), and an H200 training run was held back by
+its input pipeline (GPU 55-80% busy). Here it is a few elementwise ops per pixel, next to a
+VGG16 forward and backward.
 """
 from __future__ import annotations
 
