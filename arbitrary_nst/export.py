@@ -52,14 +52,27 @@ def export_model(model: ArbitraryStyleModel, path: str | os.PathLike, *, dtype: 
     ``dtype``: ``"float32"`` (exact) or ``"float16"`` (half the size; values are rounded).
     Returns the path written.
     """
+    return _write_export(model_tensors(model), model.config(), path, dtype=dtype, info=info)
+
+
+def convert_export(src: str | os.PathLike, dst: str | os.PathLike, *,
+                   dtype: str = "float16") -> Path:
+    """Rewrite the export ``src`` as ``dst`` with its weights stored as ``dtype`` (e.g. float16
+    to carry a model to a GPU loan in half the bytes), its header unchanged; no model or VGG16
+    is built. Raises ModelError for an unreadable ``src``, ConfigError for a bad dtype."""
+    tensors, header = read_export(src)
+    return _write_export(tensors, header["model_config"], dst, dtype=dtype, info=header["info"])
+
+
+def _write_export(tensors: dict[str, np.ndarray], model_config: dict[str, Any],
+                  path: str | os.PathLike, *, dtype: str, info: dict[str, Any] | None) -> Path:
     from safetensors.numpy import save
 
     if dtype not in _DTYPES:
         raise ConfigError(f"export dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-    tensors = {k: np.ascontiguousarray(v.astype(_DTYPES[dtype]))
-               for k, v in model_tensors(model).items()}
+    tensors = {k: np.ascontiguousarray(v.astype(_DTYPES[dtype])) for k, v in tensors.items()}
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION,
-            "model_config": json.dumps(model.config(), sort_keys=True)}
+            "model_config": json.dumps(model_config, sort_keys=True)}
     if info:
         meta["info"] = json.dumps(info, sort_keys=True, default=str)
     return write_atomically(path, lambda f: f.write(save(tensors, metadata=meta)))

@@ -682,8 +682,13 @@ def train(config, workdir: str | os.PathLike, *, export_path: str | os.PathLike 
     init_from = _get(tcfg, "init_from")
     if init_from:  # fine-tuning start point; a checkpoint in workdir still takes precedence
         init_from = resolve_init_from(init_from)
-        export_lib.init_from_export(model, init_from)
-        log.info("initialized the model from %s", init_from)
+        init_header = export_lib.init_from_export(model, init_from)
+        # Chained runs (one short GPU loan after another) add up their steps in the export.
+        prior_steps = int(init_header["info"].get("total_steps",
+                                                  init_header["info"].get("step", 0)) or 0)
+        log.info("initialized the model from %s (%d steps before)", init_from, prior_steps)
+    else:
+        prior_steps = 0
     graphdef, params_state, frozen = nnx.split(model, nnx.Param, ...)
     tx, schedule = make_optimizer(config.optim, num_steps)
     repl = NamedSharding(mesh, P())
@@ -817,6 +822,8 @@ def train(config, workdir: str | os.PathLike, *, export_path: str | os.PathLike 
             export_lib.export_model(final_model, out_path,
                          dtype=str(_get(tcfg, "export_dtype", "float32")),
                          info={"step": int(step), "num_steps": num_steps,
+                               "total_steps": prior_steps + int(step),
+                               "init_from": os.path.basename(init_from) if init_from else "",
                                "config_name": _get(config, "name", "")})
         return TrainResult(step=int(step), state=state, model=final_model, history=history,
                            interrupted=interrupted, export_path=out_path,

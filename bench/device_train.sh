@@ -40,9 +40,16 @@ python3 train.py --config configs/builtin.py --workdir workdirs/gpuA "${COMMON[@
   --set train.batch_size=16 --set optim.warmup_steps=100 --set optim.learning_rate=2e-4 \
   --export "$OUT_DIR/gpuA.safetensors" > "$OUT_DIR/gpuA.log" 2>&1 &
 PA=$!
-# B: Magenta's width-1.0 network from scratch (configs/default.py), palette 0.5, style weight 0.5.
+# B: Magenta's width-1.0 network (configs/default.py), palette 0.5, style weight 0.5: from
+# scratch, or on from the B of an earlier loan when prepare_carry.sh was given one (the export
+# header's info.total_steps adds the loans up; a restarted cosine at half the peak LR).
+B_START=(--set optim.warmup_steps=200)
+if [ -f workdirs/carry/gpuB_init.safetensors ]; then
+  B_START=(--set train.init_from=workdirs/carry/gpuB_init.safetensors --set optim.warmup_steps=100
+           --set optim.learning_rate=5e-4)
+fi
 python3 train.py --config configs/default.py --workdir workdirs/gpuB "${COMMON[@]}" \
-  --set train.batch_size=16 --set optim.warmup_steps=200 --set model.palette=0.5 \
+  --set train.batch_size=16 --set model.palette=0.5 "${B_START[@]}" \
   --set loss.style_weight=0.5 --set data.augment_strength=0.5 \
   --export "$OUT_DIR/gpuB.safetensors" > "$OUT_DIR/gpuB.log" 2>&1 &
 PB=$!

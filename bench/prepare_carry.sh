@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Build what bench/device_train.sh needs on a lent GPU, in ignored folders (nothing is committed):
 #
-#   bash bench/prepare_carry.sh [DATA_ROOT]      # DATA_ROOT defaults to ../shared/data
+#   bash bench/prepare_carry.sh [DATA_ROOT] [B_INIT]   # DATA_ROOT defaults to ../shared/data
 #
 # workdirs/carry/vgg16_conv1to4.npz  VGG16 conv1-conv4, fp16 (15 MB of 59; conv5 is never trained through)
 # workdirs/carry/train.npz           1000 photos + 1500 paintings/textures as JPEG, <= 42 MB
+#                                    (with B_INIT: ~850 + ~1300, <= 36 MB)
+# workdirs/carry/gpuB_init.safetensors  only with B_INIT (an export of run B from an earlier GPU
+#                                    loan, e.g. workdirs/gpuB/model.safetensors): stored as fp16
+#                                    (6 MB); device_train.sh then continues B from it rather
+#                                    than from scratch, so short loans add up
 # .whl/                              ml-collections and tensorboardX wheels (the GPU image lacks them)
 #
 # Then call the device tool with carry ["workdirs/carry", ".whl"] (64 MiB in all with the repo)
@@ -14,16 +19,31 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 DATA=${1:-../shared/data}
+B_INIT=${2:-}
 PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 mkdir -p workdirs/carry .whl
+N_CONTENT=1000 N_STYLE=1500 MAX_MB=42
+if [ -n "$B_INIT" ]; then
+  # Run B's weights travel as fp16 (read back as float32); the images give up the 6 MB.
+  N_CONTENT=850 N_STYLE=1300 MAX_MB=36
+  "$PY" -c "import sys; from arbitrary_nst import errors, export
+try: export.convert_export(sys.argv[1], sys.argv[2], dtype='float16')
+except errors.NSTError as err: sys.exit(f'prepare_carry: {err}')" "$B_INIT" workdirs/carry/gpuB_init.safetensors
+  if [ -f workdirs/carry/train.npz ] && [ "$(du -m workdirs/carry/train.npz | cut -f1)" -gt "$MAX_MB" ]; then
+    echo "prepare_carry: workdirs/carry/train.npz is larger than the ${MAX_MB} MB left next to B_INIT; delete it to rebuild" >&2
+    exit 1
+  fi
+else
+  rm -f workdirs/carry/gpuB_init.safetensors
+fi
 if [ ! -f workdirs/carry/vgg16_conv1to4.npz ]; then
   "$PY" -m arbitrary_nst.weights --compact workdirs/carry/vgg16_conv1to4.npz
 fi
 if [ ! -f workdirs/carry/train.npz ]; then
   [ -d "$DATA/content" ] || { echo "prepare_carry: $DATA: no training data folder (content/, style/, texture/)" >&2; exit 1; }
-  "$PY" -m arbitrary_nst.data export --out workdirs/carry/train.npz --size 224 --max-mb 42 \
-    --n-content 1000 --n-style 1500 \
+  "$PY" -m arbitrary_nst.data export --out workdirs/carry/train.npz --size 224 --max-mb "$MAX_MB" \
+    --n-content "$N_CONTENT" --n-style "$N_STYLE" \
     --content-dir "$DATA/content/imagenet_samples" --content-dir "$DATA/content/bsds500" \
     --content-dir "$DATA/content/coco2014_sample" \
     --style-dir "$DATA/style/peopleart_wikiart" --style-dir "$DATA/style/chinese_painting" \

@@ -14,7 +14,8 @@ import pytest
 from flax import nnx
 
 from arbitrary_nst.errors import ConfigError, ModelError
-from arbitrary_nst.export import export_model, load_exported, model_tensors, read_export
+from arbitrary_nst.export import (convert_export, export_model, load_exported, model_tensors,
+                                  read_export)
 from arbitrary_nst.models import (CIN_LAYER_NAMES, ArbitraryStyleModel, TransferNetwork,
                                   cin_layer_channels, param_count)
 from arbitrary_nst.models.predictor import pooled_statistics
@@ -256,6 +257,16 @@ def test_export_round_trip(model, vgg, rng, tmp_path):
     assert all(np.allclose(h[k], a[k], rtol=1e-3, atol=1e-4) for k in a)
     with pytest.raises(ConfigError):
         export_model(model, tmp_path / "x.safetensors", dtype="int8")
+    # convert_export (what bench/prepare_carry.sh carries): the weights of a float16 export,
+    # header and info kept, without building a model.
+    conv = convert_export(path, tmp_path / "c.safetensors", dtype="float16")
+    assert conv.stat().st_size < 0.6 * path.stat().st_size
+    ct, ch = read_export(conv)
+    assert ch == read_export(path)[1] and ch["info"] == {"step": 7}
+    assert ct.keys() == h.keys() and all(np.array_equal(ct[k], h[k]) for k in h)
+    with pytest.raises(ModelError, match="no such file"):
+        convert_export(tmp_path / "none.safetensors", tmp_path / "n.safetensors")
+    assert not (tmp_path / "n.safetensors").exists()
 
 
 def test_corrupt_exports_are_refused_in_one_line(model, vgg, tmp_path):

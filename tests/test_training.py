@@ -113,6 +113,14 @@ def test_init_from_export_starts_at_its_weights_and_refuses_other_models(tmp_pat
                        progress=False)
     tc = model_tensors(c.model)
     assert c.step == 1 and any(not np.array_equal(ta[k], tc[k]) for k in ta)
+    # Chained runs add up their steps in the export header (a's 2, then c's 1, then 1 more).
+    assert read_export(c.export_path)[1]["info"]["total_steps"] == 3
+    assert read_export(c.export_path)[1]["info"]["init_from"] == "model.safetensors"
+    c2 = training.train(smoke("train.num_steps=1", "train.sample_every=0",
+                              f"train.init_from={c.export_path}"), tmp_path / "c2", vgg=vgg,
+                        progress=False)
+    assert read_export(c2.export_path)[1]["info"]["total_steps"] == 4
+    assert read_export(a.export_path)[1]["info"]["total_steps"] == 2
     fresh = model_tensors(training.train(smoke("train.num_steps=0", "train.sample_every=0"),
                                          tmp_path / "d", vgg=vgg, progress=False).model)
     assert any(not np.array_equal(ta[k], fresh[k]) for k in ta)
