@@ -83,6 +83,7 @@ def test_evaluate_end_to_end_on_a_tiny_set(tiny_set, tmp_path, vgg, capsys):
     assert rc == 0
     printed = capsys.readouterr().out
     assert "| model |" in printed and "model / magenta_lite" in printed
+    assert "model_refine / magenta_lite" in printed
     methods = ["model", "model_refine", "gatys", "magenta_lite", "identity", "style"]
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
@@ -179,3 +180,31 @@ def test_cli_errors_are_one_line(tiny_set, tmp_path, capsys, argv, message):
     rc = evaluate.main(args + argv + ["--no-progress", "--size", "48"])
     err = capsys.readouterr().err.strip()
     assert rc == 1 and message in err and len(err.splitlines()) == 1, err
+
+
+def test_summary_states_each_method_against_the_peer(tmp_path):
+    """The verdict lines compare means correctly, for the model and the test-time methods."""
+    def row(method, style, content, pair):
+        return {"method": method, "content": pair[0], "style": pair[1], "style_gram": style,
+                "content_relu3_3": content, "content_relu4_2": 1.0, "meanstd_relu5_1": 10.0,
+                "color_hist": 0.5, "seconds": 0.1}
+    pairs = [("a", "x"), ("b", "x")]
+    rows = ([row("model", 3.0, 1.0, p) for p in pairs]
+            + [row("model_refine", 1.5, 0.9, pairs[0]), row("model_refine", 2.5, 1.2, pairs[1])]
+            + [row("magenta_lite", 2.0, 1.0, p) for p in pairs])
+    methods = ["model", "model_refine", "magenta_lite"]
+    means = {m: {k: float(np.mean([r[k] for r in rows if r["method"] == m]))
+                 for k in ("style_gram", "content_relu3_3", "content_relu4_2",
+                           "meanstd_relu5_1", "color_hist", "seconds")} for m in methods}
+    result = evaluate.EvalResult(rows=rows, means=means, skipped=[], out_dir=tmp_path,
+                                 methods=methods, info={"contents": 2, "styles": 1, "size": 64})
+    text = evaluate.summary_markdown(result)
+    assert ("* model / magenta_lite: style 1.50x, content (relu3_3) 1.00x" in text
+            and "(target: style <= 1 at content <= 1: not met)" in text)
+    # model_refine: style 2.0 / 2.0 = 1.00x at content 1.05 / 1.0: not met; one pair of two wins.
+    assert "* model_refine / magenta_lite: style 1.00x, content (relu3_3) 1.05x" in text
+    assert "style <= 1 at content <= 1: not met; test-time optimization" in text
+    assert "pairs where model_refine has both lower style and lower content loss than " \
+           "magenta_lite: 1 of 2." in text
+    assert "pairs where model has both lower style and lower content loss than " \
+           "magenta_lite: 0 of 2." in text
