@@ -17,9 +17,11 @@
 # them to rebuild); the total is checked against the transfer limit at the end.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# Paths given on the command line are relative to where it was typed; defaults to the repo.
+DATA=${1:+$(realpath -m "$1")}
+B_INIT=${2:+$(realpath -m "$2")}
 cd "$ROOT"
-DATA=${1:-../shared/data}
-B_INIT=${2:-}
+DATA=${DATA:-../shared/data}
 PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 mkdir -p workdirs/carry .whl
@@ -27,13 +29,13 @@ N_CONTENT=1000 N_STYLE=1500 MAX_MB=42
 if [ -n "$B_INIT" ]; then
   # Run B's weights travel as fp16 (read back as float32); the images give up the 6 MB.
   N_CONTENT=850 N_STYLE=1300 MAX_MB=36
-  "$PY" -c "import sys; from arbitrary_nst import errors, export
-try: export.convert_export(sys.argv[1], sys.argv[2], dtype='float16')
-except errors.NSTError as err: sys.exit(f'prepare_carry: {err}')" "$B_INIT" workdirs/carry/gpuB_init.safetensors
   if [ -f workdirs/carry/train.npz ] && [ "$(du -m workdirs/carry/train.npz | cut -f1)" -gt "$MAX_MB" ]; then
     echo "prepare_carry: workdirs/carry/train.npz is larger than the ${MAX_MB} MB left next to B_INIT; delete it to rebuild" >&2
     exit 1
   fi
+  "$PY" -c "import sys; from arbitrary_nst import errors, export
+try: export.convert_export(sys.argv[1], sys.argv[2], dtype='float16')
+except errors.NSTError as err: sys.exit(f'prepare_carry: {err}')" "$B_INIT" workdirs/carry/gpuB_init.safetensors
 else
   rm -f workdirs/carry/gpuB_init.safetensors
 fi
