@@ -633,10 +633,9 @@ def summary_markdown(result: EvalResult) -> str:
     lines.append("")
     # The target is the feed-forward model's; the test-time methods (per photo / per style
     # optimization) get the same comparison, labelled as such.
-    for ours in [k for k in ("model", "model_refine", "model_fit") if k in m]:
-        if "magenta_lite" not in m:
-            break
-        a, p = m[ours], m["magenta_lite"]
+    peer_means = m.get("magenta_lite")
+    for ours in [k for k in ("model", "model_refine", "model_fit") if k in m and peer_means]:
+        a, p = m[ours], peer_means
         ok = a["style_gram"] <= p["style_gram"] and a["content_relu3_3"] <= p["content_relu3_3"]
         verdict = "met" if ok else "not met"
         label = (f"target: style <= 1 at content <= 1: {verdict}" if ours == "model" else
