@@ -53,3 +53,26 @@ def test_train_bench_runs_the_smoke_config_with_each_loader_mode(tmp_path):
         assert row["step"]["steps_per_s"] > 0
         assert row["loader"]["device_augment"] is device_augment
         assert row["loader"]["batches_per_s"] > 0
+
+
+def test_correction_predictability_scores_what_the_features_explain(tmp_path):
+    # bench/correction_predictability.py: its cross-validated kernel ridge must find a correction
+    # that is a linear function of a feature block, and find nothing in features that are noise.
+    import numpy as np
+    import pytest
+
+    mod = _load("correction_predictability")
+    rng = np.random.default_rng(0)
+    n, f, g = 96, 40, 12
+    x = rng.normal(size=(n, f))
+    noise = rng.normal(size=(n, f))
+    offset = rng.normal(size=g)
+    linear = x @ rng.normal(size=(f, g)) + offset + 0.05 * rng.normal(size=(n, g))
+    explained = mod.cross_validated([x], linear, ridges=(0.01, 1.0))
+    assert max(explained.values()) > 0.95
+    assert max(mod.cross_validated([noise], linear, ridges=(0.01, 1.0)).values()) < 0.1
+    # the shared offset: the intercept alone explains |offset|^2 of |offset|^2 + |x W|^2
+    shared = offset + 0.1 * rng.normal(size=(n, g))
+    assert mod.cross_validated([], shared, ridges=(1.0,))[1.0] > 0.9
+    with pytest.raises(SystemExit, match="no chunk_"):
+        mod.load_oracle(tmp_path)
