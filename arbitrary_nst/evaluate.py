@@ -263,16 +263,22 @@ class _EmbeddingMethod(Method):
         return MethodRun(outs, secs)
 
 
+def _style_size_kw(style_size: int | None) -> dict[str, int]:
+    """``Stylizer`` keyword for a style working size (``None``: the Stylizer's default)."""
+    return {} if style_size is None else {"style_size": int(style_size)}
+
+
 class ModelMethod(_EmbeddingMethod):
     name = "model"
 
     def __init__(self, model_path: str | None = None, vgg=None, palette: float | None = None,
-                 strength: float = 1.0):
+                 strength: float = 1.0, style_size: int | None = None):
         super().__init__()
         from .inference import Stylizer
 
         # Exact sizes (no bucketing): every content is timed at its own shape.
-        self.stylizer = Stylizer.load(model_path, vgg=vgg, buckets=None)
+        self.stylizer = Stylizer.load(model_path, vgg=vgg, buckets=None,
+                                      **_style_size_kw(style_size))
         self.palette, self.strength = palette, strength
 
     def _embed(self, style):
@@ -290,10 +296,12 @@ class ModelRefineMethod(Method):
     name = "model_refine"
 
     def __init__(self, model_path: str | None = None, vgg=None, steps: int = 20,
-                 palette: float | None = None, strength: float = 1.0):
+                 palette: float | None = None, strength: float = 1.0,
+                 style_size: int | None = None):
         from .inference import Stylizer
 
-        self.stylizer = Stylizer.load(model_path, vgg=vgg, buckets=None)
+        self.stylizer = Stylizer.load(model_path, vgg=vgg, buckets=None,
+                                      **_style_size_kw(style_size))
         self.steps = int(steps)
         self.palette, self.strength = palette, strength
         self._warm: set[tuple[int, int]] = set()
@@ -326,13 +334,14 @@ class ModelFitMethod(_EmbeddingMethod):
     def __init__(self, model_path: str | None = None, vgg=None, photos: Sequence[Any] = (),
                  steps: int = fit_style.DEFAULT_STEPS, palette: float | None = None,
                  size: int = fit_style.DEFAULT_SIZE, strength: float = 1.0,
-                 fitted_dir: str | os.PathLike | None = None):
+                 fitted_dir: str | os.PathLike | None = None, style_size: int | None = None):
         super().__init__()
         from .inference import Stylizer
 
         if not photos:
             raise ConfigError("model_fit needs photos to fit on (--fit-photos)")
-        self.stylizer = Stylizer.load(model_path, vgg=vgg, buckets=None)
+        self.stylizer = Stylizer.load(model_path, vgg=vgg, buckets=None,
+                                      **_style_size_kw(style_size))
         self.photos, self.steps, self.palette = list(photos), int(steps), palette
         self.size, self.strength = int(size), strength
         self.fitted_dir = None if fitted_dir is None else Path(fitted_dir)
@@ -343,14 +352,15 @@ class ModelFitMethod(_EmbeddingMethod):
 
     def _embed_named(self, style, key):
         """Fit, or reuse ``fitted_dir/<key>.npz`` when it was fitted the same way (steps, size,
-        photos) for this model."""
+        style working size, photos) for this model."""
         path = None if self.fitted_dir is None else self.fitted_dir / f"{key}{fit_style.SUFFIX}"
         if path is not None and path.is_file():
             fs = fit_style.FittedStyle.load(path)
             # a fit of another model (another --model, same folder) is refitted, not an error
-            if (fs.info.get("steps"), fs.info.get("size"), fs.info.get("photo_set"),
-                    fs.fingerprint) == (self.steps, self.size, self._photo_set,
-                                        self.stylizer._model_fingerprint()):
+            if (fs.info.get("steps"), fs.info.get("size"), fs.info.get("style_size"),
+                    fs.info.get("photo_set"), fs.fingerprint) == (
+                    self.steps, self.size, self.stylizer.style_size, self._photo_set,
+                    self.stylizer._model_fingerprint()):
                 self.reused.append(key)
                 return fs
         fs = self.stylizer.fit_style(style, self.photos, steps=self.steps, size=self.size)
@@ -409,16 +419,18 @@ def make_method(name: str, *, model_path: str | None = None, gatys_iters: int = 
                 palette: float | None = None, fit_photos: Sequence[Any] = (),
                 fit_steps: int = fit_style.DEFAULT_STEPS,
                 fit_size: int = fit_style.DEFAULT_SIZE, strength: float = 1.0,
-                fitted_dir: str | os.PathLike | None = None) -> Method:
+                fitted_dir: str | os.PathLike | None = None,
+                style_size: int | None = None) -> Method:
     if name == "model":
-        return ModelMethod(model_path, vgg=vgg, palette=palette, strength=strength)
+        return ModelMethod(model_path, vgg=vgg, palette=palette, strength=strength,
+                           style_size=style_size)
     if name == "model_refine":
         return ModelRefineMethod(model_path, vgg=vgg, steps=refine_steps, palette=palette,
-                                 strength=strength)
+                                 strength=strength, style_size=style_size)
     if name == "model_fit":
         return ModelFitMethod(model_path, vgg=vgg, photos=fit_photos, steps=fit_steps,
                               palette=palette, size=fit_size, strength=strength,
-                              fitted_dir=fitted_dir)
+                              fitted_dir=fitted_dir, style_size=style_size)
     if name == "gatys":
         return GatysMethod(gatys_iters, gatys_batch)
     if name in ("magenta_lite", "magenta_lite_fp32"):
@@ -476,7 +488,7 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
              side_by_side_pairs: int = 8, vgg=None, refine_steps: int = 20,
              palette: float | None = None, fit_photos: str | os.PathLike | None = None,
              fit_steps: int = fit_style.DEFAULT_STEPS, strength: float = 1.0,
-             fitted_dir: str | os.PathLike | None = None,
+             fitted_dir: str | os.PathLike | None = None, style_size: int | None = None,
              method_factory: Callable[..., Method] = make_method) -> EvalResult:
     """Run ``methods`` on every content x style pair and write the outputs (module docstring).
 
@@ -487,12 +499,16 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
     evaluated contents. ``fitted_dir`` (default ``out/fitted``): where ``model_fit`` saves each
     fit as ``<style>.npz`` and reuses one fitted with the same steps, size and photos.
     ``strength``: of our model's methods (the peer and Gatys run at full style).
+    ``style_size``: our model's style working size (:class:`arbitrary_nst.Stylizer`; default
+    its own, 256). The style loss is still scored against the style at ``size``.
     ``resume``: reuse output images (and their times) already in ``out``.
     """
     from tqdm.auto import tqdm
 
     if size < 32:
         raise ConfigError(f"--size must be >= 32, got {size}")
+    if style_size is not None and style_size < 32:
+        raise ConfigError(f"--style-size must be >= 32, got {style_size}")
     methods = list(dict.fromkeys(methods))
     for m in methods:
         if m not in METHODS:
@@ -531,6 +547,7 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
                             "model": model_path or "built-in", "palette": palette,
                             "fit_steps": fit_steps if fit_files else None,
                             "fit_photos": len(fit_files) or None, "strength": strength,
+                            "style_size": style_size,
                             "compile_seconds": {}, "embed_seconds": {}}
     n_pairs = len(contents) * len(styles)
     for m in methods:
@@ -545,6 +562,8 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
                 kw["palette"] = palette
             if strength != 1.0:
                 kw["strength"] = strength
+            if style_size is not None:
+                kw["style_size"] = style_size
         method = method_factory(m, model_path=model_path, gatys_iters=gatys_iters,
                                 gatys_batch=gatys_batch, vgg=vgg, **kw)
         img_dir = out_dir / "images" / m
@@ -826,6 +845,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: OUT/fitted)")
     p.add_argument("--strength", type=float, default=1.0,
                    help="strength of model, model_refine and model_fit (0..1)")
+    p.add_argument("--style-size", type=int, default=None, metavar="N",
+                   help="style working size of model, model_refine and model_fit (shorter "
+                        "side, centre square; default the model's 256); the style loss is "
+                        "still scored against the style at --size")
     p.add_argument("--gatys-batch", type=int, default=4,
                    help="styles of one content optimized together by 'gatys'")
     p.add_argument("--num-contents", type=int, default=None,
@@ -868,7 +891,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      progress=not args.no_progress, thumb=args.thumb,
                      refine_steps=args.refine_steps, palette=args.palette,
                      fit_photos=args.fit_photos, fit_steps=args.fit_steps,
-                     strength=args.strength, fitted_dir=args.fitted)
+                     strength=args.strength, fitted_dir=args.fitted,
+                     style_size=args.style_size)
     except (NSTError, ImageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

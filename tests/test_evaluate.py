@@ -163,7 +163,28 @@ def test_palette_reaches_the_model_methods(tiny_set, tmp_path, vgg):
     assert full.means["model"]["color_hist"] < raw.means["model"]["color_hist"]
 
 
+def test_style_size_reaches_the_model_methods(tiny_set, tmp_path, vgg):
+    """``style_size`` is the Stylizer's style working size: the model embeds another view of
+    each painting (different outputs), while the style loss is scored against the same target."""
+    kw = dict(methods=["model"], size=48, progress=False, vgg=vgg)
+    made = []
+
+    def factory(name, **k):
+        made.append(k.get("style_size"))
+        return evaluate.make_method(name, **k)
+
+    default = evaluate.evaluate(tiny_set / "content", tiny_set / "style", tmp_path / "a", **kw)
+    small = evaluate.evaluate(tiny_set / "content", tiny_set / "style", tmp_path / "b",
+                              style_size=40, method_factory=factory, **kw)
+    assert made == [40] and small.info["style_size"] == 40 and default.info["style_size"] is None
+    a = images.load_image(tmp_path / "a" / "images" / "model" / "astronaut__strokes.png")
+    b = images.load_image(tmp_path / "b" / "images" / "model" / "astronaut__strokes.png")
+    assert a.shape == b.shape and np.abs(a - b).mean() > 1e-3
+    assert ([r["style_gram"] for r in small.rows] != [r["style_gram"] for r in default.rows])
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["--style-size", "8"], "--style-size must be >= 32"),
     (["--methods", "model,bogus"], "unknown method 'bogus'"),
     (["--gatys-iters", "0"], "--gatys-iters must be >= 1"),
     (["--model", "/nonexistent/model.safetensors"], "no such model file"),
