@@ -263,9 +263,13 @@ class _EmbeddingMethod(Method):
         return MethodRun(outs, secs)
 
 
-def _style_size_kw(style_size: int | None) -> dict[str, int]:
-    """``Stylizer`` keyword for a style working size (``None``: the Stylizer's default)."""
-    return {} if style_size is None else {"style_size": int(style_size)}
+def _load_stylizer(model_path: str | None, vgg, style_size: int | None):
+    """The Stylizer of our model's methods: exact sizes (no bucketing: every content is timed
+    at its own shape) and the style working size ``style_size`` (``None``: its default)."""
+    from .inference import Stylizer
+
+    kw = {} if style_size is None else {"style_size": int(style_size)}
+    return Stylizer.load(model_path, vgg=vgg, buckets=None, **kw)
 
 
 class ModelMethod(_EmbeddingMethod):
@@ -274,11 +278,7 @@ class ModelMethod(_EmbeddingMethod):
     def __init__(self, model_path: str | None = None, vgg=None, palette: float | None = None,
                  strength: float = 1.0, style_size: int | None = None):
         super().__init__()
-        from .inference import Stylizer
-
-        # Exact sizes (no bucketing): every content is timed at its own shape.
-        self.stylizer = Stylizer.load(model_path, vgg=vgg, buckets=None,
-                                      **_style_size_kw(style_size))
+        self.stylizer = _load_stylizer(model_path, vgg, style_size)
         self.palette, self.strength = palette, strength
 
     def _embed(self, style):
@@ -298,10 +298,7 @@ class ModelRefineMethod(Method):
     def __init__(self, model_path: str | None = None, vgg=None, steps: int = 20,
                  palette: float | None = None, strength: float = 1.0,
                  style_size: int | None = None):
-        from .inference import Stylizer
-
-        self.stylizer = Stylizer.load(model_path, vgg=vgg, buckets=None,
-                                      **_style_size_kw(style_size))
+        self.stylizer = _load_stylizer(model_path, vgg, style_size)
         self.steps = int(steps)
         self.palette, self.strength = palette, strength
         self._warm: set[tuple[int, int]] = set()
@@ -336,12 +333,9 @@ class ModelFitMethod(_EmbeddingMethod):
                  size: int = fit_style.DEFAULT_SIZE, strength: float = 1.0,
                  fitted_dir: str | os.PathLike | None = None, style_size: int | None = None):
         super().__init__()
-        from .inference import Stylizer
-
         if not photos:
             raise ConfigError("model_fit needs photos to fit on (--fit-photos)")
-        self.stylizer = Stylizer.load(model_path, vgg=vgg, buckets=None,
-                                      **_style_size_kw(style_size))
+        self.stylizer = _load_stylizer(model_path, vgg, style_size)
         self.photos, self.steps, self.palette = list(photos), int(steps), palette
         self.size, self.strength = int(size), strength
         self.fitted_dir = None if fitted_dir is None else Path(fitted_dir)
@@ -497,7 +491,8 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
     the model's own; :class:`arbitrary_nst.Stylizer`). ``fit_photos`` (folder, glob or file)
     and ``fit_steps``: what ``model_fit`` fits each style on; none of them may be one of the
     evaluated contents. ``fitted_dir`` (default ``out/fitted``): where ``model_fit`` saves each
-    fit as ``<style>.npz`` and reuses one fitted with the same steps, size and photos.
+    fit as ``<style>.npz`` and reuses one fitted with the same steps, size, style working size
+    and photos.
     ``strength``: of our model's methods (the peer and Gatys run at full style).
     ``style_size``: our model's style working size (:class:`arbitrary_nst.Stylizer`; default
     its own, 256). The style loss is still scored against the style at ``size``.

@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from arbitrary_nst import data, distill, export, training  # noqa: E402
+from arbitrary_nst import data, distill, export, losses, training  # noqa: E402
 from arbitrary_nst.models.predictor import pooled_statistics  # noqa: E402
 
 RIDGES = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
@@ -57,11 +57,8 @@ def style_statistics(model, src, indices, size: int, batch: int = 8):
         feats = p.style_features(jnp.asarray(distill.style_images(src, indices[s:s + batch], size)))
         stats.append(np.asarray(pooled_statistics(feats, p.taps, norm=p.feature_norm)))
         for t in p.taps:
-            x = feats[t].astype(jnp.float32)
-            b, h, w, c = x.shape
-            x = x.reshape(b, h * w, c)
-            g = np.asarray(jnp.einsum("bnc,bnd->bcd", x, x) / (h * w), np.float64)
-            iu = np.triu_indices(c)
+            g = np.asarray(losses.gram_matrix(feats[t]), np.float64)  # the style loss's Gram / HW
+            iu = np.triu_indices(g.shape[-1])
             g = g[:, iu[0], iu[1]]
             grams[t].append(np.sign(g) * np.sqrt(np.abs(g)))
     return np.concatenate(stats), {t: np.concatenate(v) for t, v in grams.items()}
