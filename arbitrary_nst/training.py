@@ -52,6 +52,7 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,8 @@ SCHEDULES = ("constant", "cosine", "linear")
 CHECKPOINT_DIR = "checkpoints"
 EXPORT_NAME = "model.safetensors"
 TIME_BUDGET_PLAN = "time_budget_plan.json"  # train.time_budget_s: the planned num_steps
+#: Train steps the loop may dispatch ahead of the last finished one (see :class:`_DispatchWindow`).
+MAX_STEPS_IN_FLIGHT = 2
 
 
 class TrainingDiverged(NSTError):
@@ -604,6 +607,33 @@ class _StopRequest:
         return False
 
 
+class _DispatchWindow:
+    """Keeps at most ``limit`` dispatched train steps unfinished.
+
+    JAX dispatches a jitted step and returns at once, so without a bound the loop runs ahead of
+    the device by as many steps as the loader can feed, and every wall-clock decision is taken
+    about steps that have not run yet: ``train.time_budget_s``' overshoot guard, the checkpoint
+    after SIGTERM, the progress bar. A CPU dry run of ``bench/device_train.sh`` showed it: a
+    120-s budget "stopped" a device-bound run at step 34 once its *dispatch* passed the budget,
+    and the 34 queued steps then ran for many minutes more (a lent GPU's command limit would
+    have killed it before the export). Waiting for the step ``limit`` back keeps the device fed
+    (the next ``limit`` steps are queued already) while the loop's clock stays within
+    ``limit`` steps of the device's.
+    """
+
+    def __init__(self, limit: int = MAX_STEPS_IN_FLIGHT):
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        self.limit = int(limit)
+        self._in_flight: deque = deque()
+
+    def dispatched(self, outputs: Any) -> None:
+        """Record a step's outputs; block until no more than ``limit`` steps are unfinished."""
+        self._in_flight.append(outputs)
+        while len(self._in_flight) > self.limit:
+            jax.block_until_ready(self._in_flight.popleft())
+
+
 def _maybe_init_distributed(config) -> None:
     d = _get(config, "distributed")
     if not _get(d, "initialize", False):
@@ -739,6 +769,7 @@ def train(config, workdir: str | os.PathLike, *, export_path: str | os.PathLike 
             plan_after = _plan_after(tcfg)
             t_begin = time.perf_counter()
             t_first = None  # end of the first step (compilation included)
+            window = _DispatchWindow()
             with _StopRequest() as stop:
                 while step < num_steps:
                     try:
@@ -750,6 +781,7 @@ def train(config, workdir: str | os.PathLike, *, export_path: str | os.PathLike 
                         data_sharding, _host_array(batch[k]))
                         for k in ("content", "style", "style_jitter") if k in batch}
                     state, metrics = step_fn(state, frozen, gbatch)
+                    window.dispatched(metrics)
                     step += 1
                     pending.append(metrics)
                     if budget and step == start + 1:

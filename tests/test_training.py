@@ -113,6 +113,52 @@ def test_time_budget_plans_the_run_length_and_anneals_to_it(tmp_path, vgg, monke
     assert again.step == plan["num_steps"] and not again.history
 
 
+class _Step:
+    """Stand-in for a dispatched step's outputs: records when it is waited for."""
+
+    def __init__(self, i, log):
+        self.i, self.log = i, log
+
+    def block_until_ready(self):
+        self.log.append(self.i)
+        return self
+
+
+def test_dispatch_window_waits_for_the_step_limit_back():
+    waited = []
+    window = training._DispatchWindow(limit=2)
+    for i in range(3):
+        window.dispatched({"loss": _Step(i, waited)})
+        assert waited == list(range(i - 1))  # 0 and 1 queued freely; the third waits for 0
+    for i in range(3, 6):
+        window.dispatched({"loss": _Step(i, waited)})
+    assert waited == [0, 1, 2, 3]  # in order, always 2 left in flight
+    with pytest.raises(ValueError, match="limit"):
+        training._DispatchWindow(limit=0)
+
+
+def test_training_loop_never_runs_more_than_the_window_ahead(tmp_path, vgg, monkeypatch):
+    # Wall-clock decisions (time budget, SIGTERM checkpoint) must be about finished steps: when
+    # step n has been dispatched, step n - MAX_STEPS_IN_FLIGHT has finished.
+    outputs, late = [], []  # (the state is donated to the next step: watch the metrics)
+
+    class Recording(training._DispatchWindow):
+        def dispatched(self, metrics):
+            outputs.append(metrics)
+            super().dispatched(metrics)
+
+    def check(step, state):
+        back = step - training.MAX_STEPS_IN_FLIGHT
+        if back >= 1 and not all(x.is_ready() for x in jax.tree.leaves(outputs[back - 1])):
+            late.append(step)
+
+    monkeypatch.setattr(training, "_DispatchWindow", Recording)
+    r = training.train(smoke("train.num_steps=5", "train.sample_every=0",
+                             "train.checkpoint_every=0"), tmp_path, vgg=vgg, progress=False,
+                       step_callback=check)
+    assert r.step == 5 and len(outputs) == 5 and not late
+
+
 def test_init_from_export_starts_at_its_weights_and_refuses_other_models(tmp_path, vgg):
     a = training.train(smoke("train.num_steps=2", "train.sample_every=0"), tmp_path / "a",
                        vgg=vgg, progress=False)
