@@ -1254,7 +1254,8 @@ class Stylizer:
           batch_size: images per device call (default: the Stylizer's).
           refine_steps: > 0 refines the style embedding for each content first (that many
             Adam steps on the embedding, see :meth:`refine_embedding`): lower style loss for
-            ~0.17 s per step and image at 256 px on a 2-core CPU (20 steps: 3.4 s).
+            ~0.45 s per step and image at 256 px with the built-in model on a 2-core CPU
+            (20 steps: 8.8 s, and ~9 s more to compile on the first call).
           palette: 0..1, how far the output's colours move to the style's (default: the
             model's ``palette``; see the module docstring).
           palette_moments: with ``embedding``, the colour moments ``[12]`` (or ``[N, 12]`` to
