@@ -505,7 +505,8 @@ def _stylize(args, stylizer) -> int:
 def _gatys_results(args, contents, styles, output, max_size):
     """Gatys path with the same I/O semantics as Stylizer.stylize_files (one image at a time)."""
     from . import gatys
-    from .inference import FileResult, _kind_of, normalize_weights, preserve_color_mode
+    from .inference import (FileResult, earlier_output_result, earlier_outputs, normalize_weights,
+                            preserve_color_mode, skipped_by_error, skipped_file)
 
     mode = preserve_color_mode(args.preserve_color) or "none"
     w = normalize_weights(args.style_weights, len(styles))
@@ -518,16 +519,19 @@ def _gatys_results(args, contents, styles, output, max_size):
         kw["iterations"] = args.iterations
     cfg = base.replace(**kw)
     params = gatys.load_params(cfg)
-    guarded = [*contents, *styles]
+    earlier = earlier_outputs([Path(c) for c in contents], output)
+    guarded = [*(c for c in contents if Path(c) not in earlier), *styles]
     for c in contents:
+        if Path(c) in earlier:
+            yield earlier_output_result(Path(c), earlier[Path(c)])
+            continue
         dest = Path(os.fspath(output(c)))
         if any(_same_file(dest, g) for g in guarded):
-            why = f"{dest}: would overwrite an input file; choose another output"
-            yield FileResult(c, dest, False, why, _kind_of(why))
+            yield skipped_file(c, dest, dest, "would overwrite an input file; choose another output")
             continue
         if os.path.lexists(dest) and not args.overwrite:
-            why = f"{dest}: exists; pass --overwrite (overwrite=True) to replace it"
-            yield FileResult(c, dest, False, why, _kind_of(why))
+            yield skipped_file(c, dest, dest,
+                               "exists; pass --overwrite (overwrite=True) to replace it")
             continue
         try:
             x = images.load_image(c, max_pixels=args.max_pixels, max_side=max_size)
@@ -535,7 +539,7 @@ def _gatys_results(args, contents, styles, output, max_size):
                             progress=not args.no_progress, vgg_params=params)
             images.save_image(dest, res.images[0], overwrite=args.overwrite)
         except NSTError as e:
-            yield FileResult(c, dest, False, str(e), _kind_of(str(e)))
+            yield skipped_by_error(c, dest, e)
             continue
         yield FileResult(c, dest, True, shape=x.shape[:2])
 

@@ -586,6 +586,8 @@ class FileResult:
 
 
 def _kind_of(reason: str) -> str:
+    """The summary's kind of a skip, from its reason *without* the file name (a path may
+    contain any of the words looked for: a folder named 'empty file' is not a reason)."""
     r = reason.lower()
     for needle, kind in (("exists", "output exists"), ("would overwrite", "output is an input"),
                          ("collides", "duplicate output name"), ("no such file", "missing"),
@@ -596,6 +598,42 @@ def _kind_of(reason: str) -> str:
         if needle in r:
             return kind
     return "error"
+
+
+def skipped_file(content: Path, dest: Path | None, where: Any, reason: str) -> FileResult:
+    """A skipped file whose message is ``where: reason`` and whose kind comes from ``reason``."""
+    return FileResult(content, dest, False, f"{where}: {reason}", _kind_of(reason))
+
+
+def skipped_by_error(content: Path, dest: Path | None, e: NSTError) -> FileResult:
+    """A skipped file from a user error (an ImageError's kind comes from its reason alone)."""
+    reason = e.reason if isinstance(e, ImageError) else str(e)
+    return FileResult(content, dest, False, str(e), _kind_of(reason))
+
+
+def earlier_outputs(paths: Sequence[Path], output: Callable[[Path], Any]) -> dict[Path, Path]:
+    """Contents that are this job's own outputs, ``{output: the content it is made from}``.
+
+    With the output folder = the content folder, a rerun finds the first run's results among
+    the contents; they are skipped (not stylized again into ``x__s__s.png``), and they are not
+    inputs to protect: the contents they were made from report them as existing outputs
+    (replaced with ``overwrite``). A content that is its own output stays an input."""
+    made_by = {}
+    for p in paths:
+        made_by.setdefault(os.path.realpath(os.fspath(output(p))), p)
+    found = {}
+    for p in paths:
+        src = made_by.get(os.path.realpath(p))
+        if src is not None and os.path.realpath(src) != os.path.realpath(p):
+            found[p] = src
+    return found
+
+
+def earlier_output_result(content: Path, source: Path) -> FileResult:
+    """The skip of a content that is this job's output for ``source`` (:func:`earlier_outputs`)."""
+    return FileResult(content, None, False,
+                      f"{content}: this job's output for {source} (an earlier run's result); "
+                      "not stylized again", "earlier output")
 
 
 # --------------------------------------------------------------------------------------------
@@ -1365,27 +1403,31 @@ class Stylizer:
         nw = int(workers) if workers else min(4, os.cpu_count() or 1)
         ahead = int(prefetch) if prefetch else 2 * bs + nw
         paths = [Path(os.fspath(c)) for c in contents]
-        guarded = {os.path.realpath(p) for p in paths} | set(plan.style_paths)
-        guarded |= {os.path.realpath(os.fspath(p)) for p in protected}
+        earlier = earlier_outputs(paths, output) if output is not None else {}
+        guarded = {os.path.realpath(p) for p in paths if p not in earlier}
+        guarded |= set(plan.style_paths) | {os.path.realpath(os.fspath(p)) for p in protected}
 
         jobs: list[tuple[int, Path, Path | None]] = []
         early: list[FileResult] = []
         claimed: dict[str, Path] = {}
         for i, p in enumerate(paths):
             dest = None
+            if p in earlier:
+                early.append(earlier_output_result(p, earlier[p]))
+                continue
             if output is not None:
                 dest = Path(os.fspath(output(p)))
                 real = os.path.realpath(dest)
                 why = None
                 if real in guarded:
-                    why = f"{dest}: would overwrite an input file; choose another output"
+                    why = "would overwrite an input file; choose another output"
                 elif real in claimed:
-                    why = (f"{dest}: output name collides with the output of {claimed[real]}; "
+                    why = (f"output name collides with the output of {claimed[real]}; "
                            "rename one of the inputs")
                 elif not overwrite and os.path.lexists(dest):
-                    why = f"{dest}: exists; pass --overwrite (overwrite=True) to replace it"
+                    why = "exists; pass --overwrite (overwrite=True) to replace it"
                 if why is not None:
-                    early.append(FileResult(p, dest, False, why, _kind_of(why)))
+                    early.append(skipped_file(p, dest, dest, why))
                     continue
                 claimed[real] = p
             jobs.append((i, p, dest))
@@ -1434,8 +1476,7 @@ class Stylizer:
                         window.append((nxt, decode.submit(prepare, nxt)))
                     res = fut.result()
                     if isinstance(res, NSTError):
-                        skipped.append(FileResult(job[1], job[2], False, str(res),
-                                                  _kind_of(str(res))))
+                        skipped.append(skipped_by_error(job[1], job[2], res))
                         continue
                     yield res
 

@@ -227,6 +227,43 @@ def test_batch_goes_on_past_bad_files(cli, data):
     assert sorted(p.name for p in od.iterdir()) == ["a__s1.png", "b__s1.png", "c__s1.png"]
 
 
+def test_batch_into_the_content_folder_reruns_cleanly(cli, data):
+    """--out-dir = the content folder: a rerun does not stylize the first run's outputs again
+    (no a__s1__s1.png), reports them as existing, and --overwrite replaces them (not inputs)."""
+    d, s = data["dir"], data["styles"][0]
+    originals = {c.name: c.read_bytes() for c in data["contents"]}
+    rc, stdout, _ = cli("--content", d, "--style", s, "--out-dir", d, "--no-progress")
+    assert rc == 0 and "done 3, skipped 0" in stdout
+    first = {p.name: p.read_bytes() for p in d.iterdir()}
+    rc, stdout, err = cli("--content", d, "--style", s, "--out-dir", d, "--no-progress")
+    assert rc == 1 and "done 0, skipped 6 (3 output exists, 3 earlier output)" in stdout
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == first  # nothing new, nothing changed
+    assert f"{d / 'a__s1.png'}: this job's output for {d / 'a.png'} (an earlier run" in err
+    rc, stdout, _ = cli("--content", d, "--style", s, "--out-dir", d, "--overwrite",
+                        "--no-progress")
+    assert rc == 1 and "done 3, skipped 3 (3 earlier output)" in stdout
+    assert sorted(p.name for p in d.iterdir()) == sorted(first)
+    assert all((d / n).read_bytes() == b for n, b in originals.items())
+    # a content that is its own output stays an input
+    rc, _, err = cli("--content", data["contents"][0], "--style", s, "--out",
+                     data["contents"][0], "--overwrite")
+    assert rc == 1 and "would overwrite an input" in one_error_line(err)
+
+
+def test_skip_kinds_ignore_the_words_in_paths(cli, data):
+    """The summary's kinds come from the reason, not the file name: a folder called 'empty
+    file' holding a truncated image is one 'truncated or corrupt'."""
+    d = data["tmp"] / "empty file exists"
+    d.mkdir()
+    (d / "trunc.png").write_bytes(data["contents"][0].read_bytes()[:150])
+    (d / "text.jpg").write_text("not an image")
+    rc, stdout, _ = cli("--content", d, "--style", data["styles"][0], "--out-dir",
+                        data["tmp"] / "k", "--no-progress")
+    assert rc == 1
+    assert "skipped 2 (1 truncated or corrupt, 1 not an image)" in stdout or \
+        "skipped 2 (1 not an image, 1 truncated or corrupt)" in stdout, stdout
+
+
 # ---------------------------------------------------------------------------- figures
 
 
@@ -296,6 +333,13 @@ def test_method_gatys_uses_gatys_with_same_io(cli, data, monkeypatch):
     assert n == 2 and w == [0.5, 0.5] and max(shape[:2]) <= 40
     assert cfg.iterations == 7 and cfg.preserve_color == "luminance"
     assert cfg.style_weight == gatys.GatysConfig().style_weight * 0.5
+    # the Gatys path shares the batch semantics: a rerun into the content folder
+    rc, _, _ = cli("--content", data["dir"], "--style", data["styles"][0], "--method", "gatys",
+                   "--out-dir", data["dir"], "--no-progress")
+    assert rc == 0
+    rc, stdout, _ = cli("--content", data["dir"], "--style", data["styles"][0], "--method",
+                        "gatys", "--out-dir", data["dir"], "--no-progress")
+    assert rc == 1 and "done 0, skipped 6 (3 output exists, 3 earlier output)" in stdout
     rc, _, err = cli("--content", data["contents"][0], "--method", "gatys", "--interpolate",
                      *data["styles"][:2], "--out", data["tmp"] / "x.png")
     assert rc == 1 and "gatys" in one_error_line(err)

@@ -409,6 +409,17 @@ def test_files_pipeline_refuses_inputs_and_existing(st, tmp_path, files):
     assert res[0].ok and Image.open(existing).size == (46, 38)
 
 
+def test_earlier_outputs_finds_a_jobs_own_results(tmp_path):
+    """With the outputs next to the contents, the results of earlier runs (and of runs on
+    those) are recognised as this job's outputs; a content that is its own output is not."""
+    d = tmp_path
+    paths = [d / "x.jpg", d / "x__s.png", d / "x__s__s.png", d / "y.png", d / "z__s.png"]
+    found = inference.earlier_outputs(paths, lambda p: d / f"{p.stem}__s.png")
+    assert found == {d / "x__s.png": d / "x.jpg", d / "x__s__s.png": d / "x__s.png"}
+    assert inference.earlier_outputs(paths, lambda p: p) == {}
+    assert inference.earlier_outputs(paths, lambda p: tmp_path / "elsewhere" / p.name) == {}
+
+
 SHARDED = textwrap.dedent("""
     import json, sys
     import numpy as np
