@@ -45,6 +45,7 @@ from . import gatys
 from . import images as images_lib
 from . import losses as losses_lib
 from . import vgg as vgg_lib
+from .files import set_new_file_mode
 from .errors import ConfigError, ImageError
 
 FIGURES = ("a", "b", "c", "d", "e", "f")
@@ -195,7 +196,7 @@ def _save(fig: Figure, path: Path, overwrite: bool) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fig.savefig(fh, format="png", dpi=110, bbox_inches="tight")
-        images_lib._set_new_file_mode(tmp, str(path) if overwrite else None)  # not 0600
+        set_new_file_mode(tmp, str(path) if overwrite else None)  # not 0600
         if overwrite:
             os.replace(tmp, path)
         else:

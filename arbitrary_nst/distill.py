@@ -41,7 +41,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +54,7 @@ from PIL import Image
 from . import fit_style, refine
 from .data import FLAT_CROP_STD, FLAT_CROP_TRIES
 from .errors import ConfigError, NSTError
+from .files import write_atomically
 from .models.predictor import pooled_statistics
 
 #: Working size of style images (the Stylizer's default, Magenta's 256).
@@ -382,16 +382,7 @@ def fold_correction(model, corr: ConditioningCorrection, *, scale: float = 1.0):
 
 
 def _save_npz(path: Path, **arrays) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomically(path, lambda f: np.savez(f, **arrays))
 
 
 def collect_oracle(model, sources, out_dir: Path, *, num_styles: int, batch: int = 8,

@@ -1,7 +1,11 @@
 """Atomic file writes: a temporary file in the destination's folder, flushed, fsynced, then
 renamed over the destination, so readers (and a crash) see the old file or the new one, never a
 half-written one. Images have their own richer writer (:func:`arbitrary_nst.images.save_image`:
-no-clobber links, file modes, one-line errors)."""
+no-clobber links, one-line errors).
+
+Every writer gives its result the mode a plain ``open()`` would (``0o666 & ~umask``), or the
+mode of the file it replaces: ``mkstemp`` creates ``0600`` files, and a model export or a fitted
+style that only its creator can read is a surprise on a shared machine or a web server."""
 from __future__ import annotations
 
 import os
@@ -22,9 +26,35 @@ def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None])
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        set_new_file_mode(tmp, dst)
         os.replace(tmp, dst)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return dst
+
+
+def set_new_file_mode(tmp: str | os.PathLike, replaced: str | os.PathLike | None = None) -> None:
+    """Give ``tmp`` (from ``mkstemp``: 0600) the mode of the file it will replace, if there is
+    one, else the mode a plain ``open()`` would create (``0o666 & ~umask``). Best effort."""
+    try:
+        if replaced is not None and os.path.isfile(replaced):
+            mode = os.stat(replaced).st_mode & 0o7777
+        else:
+            mode = 0o666 & ~_umask()
+        os.chmod(tmp, mode)
+    except OSError:
+        pass
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where possible (Linux), else 0o022."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022

@@ -46,6 +46,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from arbitrary_nst.errors import ConfigError, ImageError
+from arbitrary_nst.files import set_new_file_mode
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -688,7 +689,7 @@ def save_image(
             pil.save(f, format=fmt, **options)
             f.flush()
             os.fsync(f.fileno())
-        _set_new_file_mode(tmp, name if overwrite else None)
+        set_new_file_mode(tmp, name if overwrite else None)
         if overwrite:
             os.replace(tmp, name)
         else:
@@ -720,31 +721,6 @@ def _link_no_clobber(tmp: str, dst: str) -> None:
         os.replace(tmp, dst)
     else:
         os.unlink(tmp)
-
-
-def _set_new_file_mode(tmp: str, replaced: str | None) -> None:
-    """mkstemp creates 0600 files; give the output the mode a plain ``open()`` would (or the
-    mode of the file it replaces)."""
-    try:
-        if replaced is not None and os.path.isfile(replaced):
-            mode = os.stat(replaced).st_mode & 0o7777
-        else:
-            mode = 0o666 & ~_umask()
-        os.chmod(tmp, mode)
-    except OSError:
-        pass
-
-
-def _umask() -> int:
-    """The process umask, read without changing it where possible (Linux), else 0o022."""
-    try:
-        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o022
 
 
 def _fsync_dir(d: Path) -> None:

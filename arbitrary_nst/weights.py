@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import WeightsError
-from .files import write_atomically
+from .files import set_new_file_mode, write_atomically
 
 #: VGG16's 13 conv layers in order, named as in the style-transfer literature (``conv{block}_{i}``).
 CONV_LAYERS: tuple[str, ...] = (
@@ -194,17 +194,7 @@ def write_npz(weights: Weights, path: str | os.PathLike, source: str = "") -> Pa
     arrays = {f"{layer}/{k}": np.ascontiguousarray(v, np.float32)
               for layer, kv in weights.items() for k, v in kv.items()}
     arrays["__meta__"] = np.array(json.dumps({"source": source, "format": 1}))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)  # uncompressed: loading is a memcpy
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomically(path, lambda f: np.savez(f, **arrays))  # uncompressed: a memcpy
 
 
 def download_keras_notop(dest_dir: Path) -> Path:
@@ -221,6 +211,7 @@ def download_keras_notop(dest_dir: Path) -> Path:
         if digest.hexdigest() != KERAS_NOTOP_MD5:
             raise WeightsError(f"{KERAS_NOTOP_URL}: hash mismatch ({digest.hexdigest()} != "
                                f"{KERAS_NOTOP_MD5}); download corrupted or replaced")
+        set_new_file_mode(tmp, dest)
         os.replace(tmp, dest)
     except OSError as e:
         raise WeightsError(f"{KERAS_NOTOP_URL}: download failed ({e}); {HOW_TO_FIX}") from e
