@@ -657,6 +657,33 @@ def _progress_bar(total: int, initial: int, enabled: bool):
                 dynamic_ncols=True, smoothing=0.1)
 
 
+def _prepare_workdir(workdir: Path) -> None:
+    """Create the workdir, or say in one line why it cannot be one (before any work is done)."""
+    if workdir.exists() and not workdir.is_dir():
+        raise ConfigError(f"{workdir}: the workdir exists and is not a directory")
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError(f"{workdir}: cannot create the workdir: a parent path is not a "
+                          "directory") from None
+    except OSError as e:
+        raise ConfigError(f"{workdir}: cannot create the workdir: {e.strerror or e}") from None
+    if not os.access(workdir, os.W_OK | os.X_OK):
+        raise ConfigError(f"{workdir}: the workdir is not writable")
+
+
+def _check_export_path(path: Path) -> None:
+    """Refuse an export destination that would fail only after training (a folder, say)."""
+    if path.is_dir():
+        raise ConfigError(f"{path}: the export path is a directory; give a file name such as "
+                          f"{path / EXPORT_NAME}")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ConfigError(f"{path}: cannot write the export: {parent} is not a directory")
+    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{path}: cannot write the export: {parent} is not writable")
+
+
 def train(config, workdir: str | os.PathLike, *, export_path: str | os.PathLike | None = None,
           loader_factory: Callable[..., Iterator[dict]] | None = None,
           step_callback: Callable[[int, TrainState], None] | None = None,
@@ -687,7 +714,9 @@ def train(config, workdir: str | os.PathLike, *, export_path: str | os.PathLike 
     workdir = Path(workdir)
     is_main = jax.process_index() == 0
     if is_main:
-        workdir.mkdir(parents=True, exist_ok=True)
+        if export_path:
+            _check_export_path(Path(export_path))
+        _prepare_workdir(workdir)
     tcfg = config.train
     budget = _time_budget(tcfg)
     plan_file = workdir / TIME_BUDGET_PLAN
@@ -849,14 +878,13 @@ def train(config, workdir: str | os.PathLike, *, export_path: str | os.PathLike 
                                 frozen)
         out_path = None
         if export_path != "" and is_main:
-
             out_path = Path(export_path) if export_path else workdir / EXPORT_NAME
-            export_lib.export_model(final_model, out_path,
-                         dtype=str(_get(tcfg, "export_dtype", "float32")),
-                         info={"step": int(step), "num_steps": num_steps,
-                               "total_steps": prior_steps + int(step),
-                               "init_from": os.path.basename(init_from) if init_from else "",
-                               "config_name": _get(config, "name", "")})
+            export_lib.export_model(
+                final_model, out_path, dtype=str(_get(tcfg, "export_dtype", "float32")),
+                info={"step": int(step), "num_steps": num_steps,
+                      "total_steps": prior_steps + int(step),
+                      "init_from": os.path.basename(init_from) if init_from else "",
+                      "config_name": _get(config, "name", "")})
         return TrainResult(step=int(step), state=state, model=final_model, history=history,
                            interrupted=interrupted, export_path=out_path,
                            steps_per_sec=last_rate)

@@ -519,6 +519,24 @@ def test_train_cli_resumes_and_reports_errors_in_one_line(tmp_path, capsys):
     assert "batch_size" in capsys.readouterr().err
 
 
+def test_bad_workdir_or_export_path_fails_before_training(tmp_path, vgg, monkeypatch):
+    """A workdir that is a file, or an export path that is a folder (which would fail only at
+    the end, after the training), is one ConfigError before any data is read or step run."""
+    monkeypatch.setattr(training, "_default_loader_factory",
+                        lambda *a, **k: pytest.fail("data was read"))
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    cases = [(a_file, None, "is not a directory"),
+             (a_file / "sub", None, "a parent path is not a directory"),
+             (tmp_path / "wd", tmp_path, "the export path is a directory"),
+             (tmp_path / "wd2", a_file / "m.safetensors", "is not a directory")]
+    for workdir, export, reason in cases:
+        with pytest.raises(ConfigError, match=reason) as e:
+            training.train(smoke(), workdir, export_path=export, vgg=vgg, progress=False)
+        assert "\n" not in str(e.value)
+    assert not (tmp_path / "wd2").exists()  # the export is checked before the workdir is made
+
+
 def test_batch_must_divide_over_devices(tmp_path, vgg, monkeypatch):
     monkeypatch.setattr(training, "make_mesh", lambda devices=None: _FakeMesh(3))
     with pytest.raises(ConfigError, match="multiple of the number of devices"):
