@@ -93,6 +93,7 @@ from PIL import Image, ImageDraw
 
 from arbitrary_nst import images as _images
 from arbitrary_nst.errors import ConfigError, ImageError, NSTError
+from arbitrary_nst.files import write_atomically
 
 __all__ = [
     "DEFAULT_DATA_DIR",
@@ -1550,9 +1551,25 @@ def make_loader(data_cfg: Any = None, *, batch_size: int, seed: int, start_step:
 # ============================================================================================
 
 
+def _export_target(out_path: str | os.PathLike[str], overwrite: bool) -> Path:
+    """Check an export destination before any image is read (one-line ConfigErrors)."""
+    p = Path(os.path.expanduser(os.fspath(out_path)))
+    if p.suffix != ".npz":
+        raise ConfigError(f"{p}: the export file name must end in .npz")
+    if p.is_dir():
+        raise ConfigError(f"{p}: is a directory; give a file name ending in .npz")
+    if p.exists() and not overwrite:
+        raise ConfigError(f"{p}: exists; pass --overwrite (overwrite=True) to replace it")
+    parent = next((q for q in p.parents if q.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ConfigError(f"{p}: cannot write: {parent} is not a directory")
+    return p
+
+
 def export_arrays(data_cfg: Any, out_path: str | os.PathLike[str], n_content: int, n_style: int,
                   size: int = 288, *, seed: int = 0, quality: int = 90, max_mb: float = 45.0,
-                  sources: Mapping[str, DataSource] | None = None) -> dict[str, Any]:
+                  sources: Mapping[str, DataSource] | None = None,
+                  overwrite: bool = True) -> dict[str, Any]:
     """Write ``n_content`` + ``n_style`` images as JPEG bytes in one ``.npz`` (uint8 arrays).
 
     Images are chosen by the first epoch of the (weighted) samplers, so the subset follows
@@ -1560,9 +1577,11 @@ def export_arrays(data_cfg: Any, out_path: str | os.PathLike[str], n_content: in
     others are downscaled so the smaller side is at most ``size`` (longer side at most
     ``2 * size``, centre-cropped) and JPEG-encoded at ``quality``. Read it back with
     ``source='npz:<out_path>'`` (NumPy + Pillow only). The file is written atomically and
-    refused (``ConfigError``) if larger than ``max_mb``. It contains training images: never
-    commit or redistribute it. Returns a summary dict.
+    refused (``ConfigError``) if larger than ``max_mb``, or (checked first) if ``out_path``
+    exists and not ``overwrite``. It contains training images: never commit or redistribute it.
+    Returns a summary dict.
     """
+    p = _export_target(out_path, overwrite)
     c = _cfg(data_cfg)
     srcs = sources if sources is not None else prepare(data_cfg)
     out: dict[str, np.ndarray] = {}
@@ -1600,17 +1619,12 @@ def export_arrays(data_cfg: Any, out_path: str | os.PathLike[str], n_content: in
         out[f"{role}_paths"] = np.array(paths, dtype=str)
         summary[f"n_{role}"] = n
     out["info"] = np.array(json.dumps({"format": 1, "size": int(size), "quality": int(quality), "seed": int(seed)}))
-    p = Path(os.path.expanduser(os.fspath(out_path)))
-    if p.suffix != ".npz":
-        raise ConfigError(f"{p}: the export file name must end in .npz")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp.npz")
-    np.savez(tmp, **out)
-    mb = tmp.stat().st_size / 1e6
+    buf = io.BytesIO()
+    np.savez(buf, **out)
+    mb = buf.getbuffer().nbytes / 1e6
     if mb > max_mb:
-        tmp.unlink()
         raise ConfigError(f"{p}: export would be {mb:.1f} MB > {max_mb} MB; export fewer or smaller images")
-    os.replace(tmp, p)
+    write_atomically(p, lambda f: f.write(buf.getbuffer()))
     summary["megabytes"] = round(mb, 2)
     return summary
 
@@ -1638,9 +1652,10 @@ def _cli_cfg(a: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m arbitrary_nst.data", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
+    helps = {"prepare": "prepare image folders as TFDS array_record datasets",
+             "export": "write a compact .npz subset (for machines without TFDS)"}
     for name in ("prepare", "export"):
-        p = sub.add_parser(name, help={"prepare": "prepare image folders as TFDS array_record datasets",
-                                       "export": "write a compact .npz subset (for machines without TFDS)"}[name])
+        p = sub.add_parser(name, help=helps[name], description=helps[name][0].upper() + helps[name][1:] + ".")
         p.add_argument("--content-dir", action="append", help="content image folder (repeatable; or tfds:<name>)")
         p.add_argument("--style-dir", action="append", help="style image folder (repeatable; or tfds:<name>)")
         p.add_argument("--style-weight", action="append", type=float, help="sampling weight per --style-dir")
@@ -1650,13 +1665,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--source", help="folder (default), synthetic, tfds:<name>, npz:<path>")
         if name == "export":
             p.add_argument("--out", required=True, help="output .npz")
-            p.add_argument("--n-content", type=int, default=800)
-            p.add_argument("--n-style", type=int, default=1200)
-            p.add_argument("--size", type=int, default=288, help="max smaller side of exported images")
-            p.add_argument("--max-mb", type=float, default=45.0)
+            p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+            p.add_argument("--n-content", type=int, default=800, help="content images (800)")
+            p.add_argument("--n-style", type=int, default=1200, help="style images (1200)")
+            p.add_argument("--size", type=int, default=288, help="max smaller side of exported images (288)")
+            p.add_argument("--max-mb", type=float, default=45.0, help="refuse a larger file (45 MB)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
+        if a.cmd == "export":
+            _export_target(a.out, a.overwrite)  # before the (long) preparation
         cfg = _cli_cfg(a)
         t0 = time.perf_counter()
         try:
@@ -1678,11 +1696,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         tot_sk = sum(r.get("num_skipped", 0) for r in rows)
         print(f"total: {tot_ok} prepared, {tot_sk} skipped in {time.perf_counter() - t0:.1f} s")
         if a.cmd == "export":
-            s = export_arrays(cfg, a.out, a.n_content, a.n_style, a.size, max_mb=a.max_mb, sources=srcs)
+            s = export_arrays(cfg, a.out, a.n_content, a.n_style, a.size, max_mb=a.max_mb, sources=srcs,
+                              overwrite=a.overwrite)
             print(f"wrote {s['path']}: {s['n_content']} content + {s['n_style']} style images, {s['megabytes']} MB")
     except NSTError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 1
     return 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import colorsys
 import json
+import os
 import sys
 
 import numpy as np
@@ -324,6 +325,29 @@ def test_cli_prepare_prints_counts(folder, tfds_dir, capsys):
     assert rc == 0
     assert "skipped photos/corrupt.jpg" in out and "skipped photos/empty.png" in out
     assert f"total: {2 * len(GOOD)} prepared, 4 skipped" in out
+
+
+def test_cli_export_checks_its_output_first_and_never_replaces_silently(folder, tfds_dir, capsys,
+                                                                        tmp_path, monkeypatch):
+    out = tmp_path / "sub" / "train.npz"
+    args = ["export", "--content-dir", str(folder), "--style-dir", str(folder), "--data-dir",
+            str(tfds_dir), "--n-content", "2", "--n-style", "3", "--size", "64"]
+    assert data.main([*args, "--out", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out and out.is_file()
+    first = out.read_bytes()
+    if os.name == "posix":
+        assert out.stat().st_mode & 0o044  # not mkstemp's 0600
+    # bad or existing outputs: one error line and status 1, before any folder is prepared
+    monkeypatch.setattr(data, "prepare", lambda *a, **k: pytest.fail("prepared before the check"))
+    for bad, reason in ((out, "exists; pass --overwrite"), (tmp_path / "x.txt", "must end in .npz"),
+                        (folder / "corrupt.jpg" / "x.npz", "is not a directory")):
+        assert data.main([*args, "--out", str(bad)]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and reason in err and "\n" not in err, err
+    assert out.read_bytes() == first
+    monkeypatch.undo()
+    assert data.main([*args, "--out", str(out), "--overwrite"]) == 0
+    assert not [p.name for p in out.parent.iterdir() if p.name != "train.npz"]  # no temporaries
 
 
 def test_default_config_fields():
