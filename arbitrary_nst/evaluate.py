@@ -509,7 +509,15 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
         if m not in METHODS:
             raise ConfigError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
     out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ImageError(out_dir, "output folder is not a directory")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ImageError(out_dir, "cannot create output folder: a parent path is not a "
+                                  "directory") from None
+    except OSError as e:
+        raise ImageError(out_dir, f"cannot create output folder: {e.strerror or e}") from None
     skipped: list[str] = []
     content_files = images.list_images(content)
     fit_files: list[Path] = []

@@ -14,13 +14,29 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from .errors import ImageError
+
 
 def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
     """Call ``write(f)`` on a temporary binary file next to ``path``, then rename it to
-    ``path`` (replacing it). Creates the parent folder; removes the temporary file on error."""
+    ``path`` (replacing it). Creates the parent folder; removes the temporary file on error.
+
+    A destination that cannot be written (a folder, a parent that is a file, no permission, a
+    full disk) raises :class:`~arbitrary_nst.errors.ImageError` ``"path: cannot write: why"``,
+    one line for the CLIs; other errors of ``write`` propagate unchanged."""
     dst = Path(path)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    if dst.is_dir():
+        raise ImageError(dst, "cannot write: is a directory, expected a file name")
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ImageError(dst, "cannot write: a parent path is not a directory") from None
+    except OSError as e:
+        raise ImageError(dst, f"cannot write: {e.strerror or e}") from None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    except OSError as e:
+        raise ImageError(dst, f"cannot write: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -28,11 +44,20 @@ def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None])
             os.fsync(f.fileno())
         set_new_file_mode(tmp, dst)
         os.replace(tmp, dst)
+    except OSError as e:
+        _remove(tmp)
+        raise ImageError(dst, f"cannot write: {e.strerror or e}") from None
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _remove(tmp)
         raise
     return dst
+
+
+def _remove(tmp: str) -> None:
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
 
 
 def set_new_file_mode(tmp: str | os.PathLike, replaced: str | os.PathLike | None = None) -> None:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import WeightsError
+from .errors import ImageError, WeightsError
 from .files import set_new_file_mode, write_atomically
 
 #: VGG16's 13 conv layers in order, named as in the style-transfer literature (``conv{block}_{i}``).
@@ -322,7 +322,7 @@ def main(argv=None) -> int:
         if args.compact:
             out = write_compact(loaded, args.compact)
             print(f"compact training copy: {out} ({out.stat().st_size / 2**20:.1f} MiB)")
-    except WeightsError as e:
+    except (WeightsError, ImageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"VGG16 weights ready: {path} ({path.stat().st_size / 2**20:.1f} MiB, "

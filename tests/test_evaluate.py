@@ -190,6 +190,8 @@ def test_style_size_reaches_the_model_methods(tiny_set, tmp_path, vgg):
     (["--model", "/nonexistent/model.safetensors"], "no such model file"),
     (["--content", "/nonexistent/dir"], "no such file or directory"),
     (["--palette", "2"], "palette must be in [0, 1]"),
+    (["--out", __file__], "output folder is not a directory"),
+    (["--out", __file__ + "/sub"], "a parent path is not a directory"),
 ])
 def test_cli_errors_are_one_line(tiny_set, tmp_path, capsys, argv, message):
     base = {"--content": str(tiny_set / "content"), "--style": str(tiny_set / "style"),

@@ -58,6 +58,18 @@ def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     assert sorted(q.name for q in tmp_path.iterdir()) == ["x.bin"]
 
 
+def test_unwritable_destinations_are_one_line_image_errors(tmp_path):
+    from arbitrary_nst.errors import ImageError
+
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
+    for dst, reason in ((tmp_path, "is a directory"), (a_file / "x.bin", "not a directory")):
+        with pytest.raises(ImageError, match=reason) as e:
+            files.write_atomically(dst, lambda f: f.write(b"abc"))
+        assert "cannot write" in str(e.value) and "\n" not in str(e.value)
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["f"]
+
+
 @posix_only
 def test_model_exports_and_weight_caches_are_readable_by_others(tmp_path, umask, vgg):
     """The writers built on write_atomically: a model export and the VGG16 cache."""
