@@ -1,6 +1,11 @@
 """Where VGG16 weights come from: order of sources, validation, the cache, clear errors."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -112,3 +117,21 @@ def test_compact_training_copy_round_trips_and_keeps_features(tmp_path, vgg_para
         assert err < 2e-3, (t, err)
     with pytest.raises(WeightsError, match="not a compact"):
         weights.expand_compact(tmp_path / "missing.npz", tmp_path / "x.npz")
+
+
+def test_cli_runs_as_a_module_quietly_and_reports_bad_outputs_in_one_line(tmp_path):
+    """`python -m arbitrary_nst.weights` (every `make` runs it) prints no runpy warning (the
+    package imports its modules lazily), and an unwritable --compact is one error line."""
+    env = {**os.environ, "PYTHONWARNINGS": "default"}
+    repo = str(Path(__file__).resolve().parents[1])
+    run = lambda *a: subprocess.run([sys.executable, "-m", "arbitrary_nst.weights", *a],  # noqa: E731
+                                    capture_output=True, text=True, cwd=repo, env=env)
+    r = run("--help")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
+    for out, reason in ((tmp_path, "is a directory"), (a_file / "x.npz", "not a directory")):
+        r = run("--compact", str(out))
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 1 and len(lines) == 1, r.stderr
+        assert lines[0].startswith("error: ") and reason in lines[0]
