@@ -1386,6 +1386,8 @@ class Stylizer:
         ``output(content_path) -> output path``: write each result there (PNG/JPEG/... by
         extension, atomically); existing files are skipped unless ``overwrite``; an output
         that is one of the inputs (contents, style files, ``protected``) is always refused.
+        Contents that are this job's own outputs (an earlier run's results, when the output
+        folder is the content folder: :func:`earlier_outputs`) are skipped, kind "earlier output".
         Without ``output`` the results carry the float32 image. Style problems raise at once
         (NSTError); content problems are reported per file and the batch goes on.
         ``workers``: decode/encode threads (default ``min(4, cpu count)``); ``prefetch``:
@@ -1421,9 +1423,11 @@ class Stylizer:
                 why = None
                 if real in guarded:
                     why = "would overwrite an input file; choose another output"
-                elif real in claimed:
-                    why = (f"output name collides with the output of {claimed[real]}; "
-                           "rename one of the inputs")
+                elif real in claimed:  # the kind is set here: the reason names another path
+                    early.append(FileResult(
+                        p, dest, False, f"{dest}: output name collides with the output of "
+                        f"{claimed[real]}; rename one of the inputs", "duplicate output name"))
+                    continue
                 elif not overwrite and os.path.lexists(dest):
                     why = "exists; pass --overwrite (overwrite=True) to replace it"
                 if why is not None:

@@ -257,11 +257,13 @@ def test_skip_kinds_ignore_the_words_in_paths(cli, data):
     d.mkdir()
     (d / "trunc.png").write_bytes(data["contents"][0].read_bytes()[:150])
     (d / "text.jpg").write_text("not an image")
+    png(d / "a.png", 30, 30, 1)
+    png(d / "a.jpg", 30, 30, 2)  # the same output name as a.png
     rc, stdout, _ = cli("--content", d, "--style", data["styles"][0], "--out-dir",
                         data["tmp"] / "k", "--no-progress")
-    assert rc == 1
-    assert "skipped 2 (1 truncated or corrupt, 1 not an image)" in stdout or \
-        "skipped 2 (1 not an image, 1 truncated or corrupt)" in stdout, stdout
+    assert rc == 1 and "done 1, skipped 3 (" in stdout, stdout
+    for kind in ("1 truncated or corrupt", "1 not an image", "1 duplicate output name"):
+        assert kind in stdout, stdout
 
 
 # ---------------------------------------------------------------------------- figures
