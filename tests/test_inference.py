@@ -357,6 +357,30 @@ def test_bad_inputs_one_line(st, tmp_path, files):
         st.max_pixels = images.DEFAULT_MAX_PIXELS
 
 
+@pytest.mark.parametrize("bad, reason", [
+    (np.full((20, 24, 3), 200.0, np.float32), "must be in [0, 1], got 200..200 (divide 0..255"),
+    (np.full((20, 24, 3), -1.0), "must be in [0, 1]"),
+    (np.full((20, 24, 3), np.nan, np.float32), "NaN or infinite"),
+    (np.zeros((3, 20, 24), np.float32), "(channels first? use H x W x C)"),
+    (np.zeros((20, 24, 2), np.float32), "1, 3 or 4 channels"),
+    (np.zeros((0, 24, 3), np.float32), "empty image array"),
+    (np.zeros((20, 24, 3), np.int64), "unsupported image array dtype int64"),
+    ([[0.1, 0.2, 0.3]], "got an array of shape (3,)"),
+])
+def test_bad_array_images_are_image_errors_not_silent_clipping(st, files, bad, reason):
+    """Float arrays in 0..255 (or -1..1) were clipped to [0, 1] before: a white (or half-black)
+    image stylized without a word. Array inputs are now checked, as content and as style."""
+    with pytest.raises(ImageError) as e:
+        st.stylize(bad, style=files["style_a"])
+    assert reason in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ImageError):
+        st.stylize(files["content"], style=bad)
+    # a resampling overshoot is still fine (clipped), as are the supported dtypes
+    x = smooth_image(20, 24, 1) / 255.0 * 1.2 - 0.1  # -0.1..1.1
+    for ok in (x, (x > 0.5), (np.clip(x, 0, 1) * 65535).astype(np.uint16)):
+        assert st.stylize(ok, style=files["style_a"]).shape == (20, 24, 3)
+
+
 # ---------------------------------------------------------------------------- files pipeline
 
 
