@@ -57,6 +57,8 @@ __all__ = [
     "load_image",
     "load_pil",
     "to_float",
+    "check_array_image",
+    "FLOAT_IMAGE_RANGE",
     "to_uint8",
     "resize",
     "resize_max_side",
@@ -421,6 +423,35 @@ def to_float(image: ImageLike) -> np.ndarray:
     else:
         raise TypeError(f"to_float: unsupported dtype {x.dtype} (use uint8, uint16, bool or float)")
     return _as_rgb(f, white=1.0)
+
+
+#: Float images outside this range are refused rather than clipped: they are 0..255 or -1..1
+#: data (a white or half-black image after clipping), not [0, 1] with a resampling overshoot.
+FLOAT_IMAGE_RANGE = (-0.5, 1.5)
+
+
+def check_array_image(x: Any) -> np.ndarray:
+    """A user's array image, checked (ImageError, one line) before it is converted: ``H x W``
+    or ``H x W x {1,3,4}`` (channels last), at least 1 x 1, uint8/uint16/bool/float, and a float
+    image finite and in [0, 1] (values within :data:`FLOAT_IMAGE_RANGE` are clipped)."""
+    a = np.asarray(x)
+    if not (a.dtype in (np.uint8, np.uint16, np.bool_) or np.issubdtype(a.dtype, np.floating)):
+        raise ImageError(None, f"unsupported image array dtype {a.dtype} (use uint8, uint16, bool "
+                               "or float in [0, 1])")
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (1, 3, 4)):
+        hint = " (channels first? use H x W x C)" if a.ndim == 3 and a.shape[0] in (1, 3, 4) else ""
+        raise ImageError(None, f"expected an H x W or H x W x C image with 1, 3 or 4 channels, "
+                               f"got an array of shape {a.shape}{hint}")
+    if min(a.shape[:2]) < 1:
+        raise ImageError(None, f"empty image array (shape {a.shape})")
+    if np.issubdtype(a.dtype, np.floating):
+        if not np.all(np.isfinite(a)):
+            raise ImageError(None, "image array contains NaN or infinite values")
+        lo, hi = float(a.min()), float(a.max())
+        if lo < FLOAT_IMAGE_RANGE[0] or hi > FLOAT_IMAGE_RANGE[1]:
+            raise ImageError(None, f"float image values must be in [0, 1], got {lo:.4g}..{hi:.4g}"
+                                   " (divide 0..255 data by 255)")
+    return a
 
 
 def to_uint8(image: ImageLike) -> np.ndarray:

@@ -223,6 +223,25 @@ def test_batch_equals_single_runs(params, content, style):
     assert batch.evaluations[0] <= single1.evaluations[0] + single2.evaluations[0]
 
 
+def test_array_inputs_read_as_the_stylizer_reads_them(params, content, style):
+    """uint8 arrays are 0..255 (they were cast to float and clipped: a white image); float
+    arrays in 0..255, with NaN or channels first are one-line ImageErrors, as in Stylizer."""
+    from arbitrary_nst.errors import ImageError
+    from arbitrary_nst.images import to_uint8
+
+    cfg = BASE.replace(iterations=2)
+    c8, s8 = to_uint8(content), to_uint8(style)
+    a = run(params, c8, s8, cfg)
+    b = run(params, c8.astype(np.float32) / 255, s8.astype(np.float32) / 255, cfg)
+    np.testing.assert_allclose(a.images, b.images, atol=1e-6)
+    for bad, reason in ((content * 255, "must be in [0, 1]"), (np.full_like(content, np.nan), "NaN"),
+                        (content.transpose(2, 0, 1), "channels first")):
+        with pytest.raises(ImageError, match=reason.replace("[", r"\[").replace("]", r"\]")):
+            run(params, bad, style, cfg)
+        with pytest.raises(ImageError):
+            run(params, content, bad, cfg)
+
+
 def test_weights_move_the_losses(params, content, style, base_run):
     w = lambda **kw: run(params, content, style, BASE.replace(**kw))  # noqa: E731
     assert raw_style(w(style_weight=30.0)) < 0.7 * raw_style(w(style_weight=0.3))
