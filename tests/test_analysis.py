@@ -53,6 +53,9 @@ def test_all_six_figures(tmp_path, params, normalized, imgs):
                               figures=["c"], vgg_params=params, verbose=False)
     with pytest.raises(ConfigError):
         analysis.make_figures(tmp_path, figures=["x"], vgg_params=params)
+    with pytest.raises(ImageError, match="divide 0..255 data by 255"):  # checked, not clipped
+        analysis.make_figures(tmp_path / "new", content=np.asarray(content, np.float32) * 255,
+                              style=style, size=32, figures=["c"], vgg_params=params)
 
 
 def test_jobs_cover_each_figure(imgs):
