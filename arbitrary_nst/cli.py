@@ -479,7 +479,8 @@ def _run_fit_style(args: argparse.Namespace) -> int:
     if out.exists() and not args.overwrite:
         raise ConfigError(f"{out}: exists (pass --overwrite to replace it)")
     if not out.parent.is_dir():
-        raise ConfigError(f"{out}: folder {out.parent} does not exist")
+        why = "is a file, not a folder" if out.parent.exists() else "does not exist"
+        raise ConfigError(f"{out}: folder {out.parent} {why}")
     fit_style.check_options(args.steps, args.lr, args.batch_size, args.style_weight)
     photos = [p for spec in args.photos for p in images.list_images(spec, recursive=args.recursive)]
     inputs = {os.path.realpath(p) for p in [args.style, *photos]}

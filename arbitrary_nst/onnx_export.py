@@ -156,7 +156,8 @@ def save_transfer_onnx(model: ArbitraryStyleModel, path: str | os.PathLike) -> P
     if path.suffix != ".onnx":
         raise ConfigError(f"{path}: the ONNX export's file name must end in .onnx")
     if not path.parent.is_dir():
-        raise ConfigError(f"{path.parent}: output folder does not exist")
+        why = "is a file, not a folder" if path.parent.exists() else "does not exist"
+        raise ConfigError(f"{path.parent}: output folder {why}")
     data = transfer_graph(model).SerializeToString()
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:

@@ -294,6 +294,8 @@ def test_cli_fit_style_then_stylize(model_path, vgg, tmp_path, capsys):
     assert "exists" in _one_error_line(capsys)
     assert cli.main([*base, "--out", str(tmp_path / "s.txt")]) == 1
     assert ".npz" in _one_error_line(capsys)
+    assert cli.main([*base, "--out", str(s / "x.npz")]) == 1
+    assert "is a file, not a folder" in _one_error_line(capsys)
     assert cli.main([*base, "--out", str(out), "--overwrite", "--steps", "-1"]) == 1
     assert ">= 0" in _one_error_line(capsys)
     assert cli.main(["fit-style", "--model", str(model_path), "--style", str(s), "--photos",

@@ -131,6 +131,9 @@ def test_save_is_atomic_and_checked(stylizers, tmp_path, rng):
         save_transfer_onnx(m, tmp_path / "t.bin")
     with pytest.raises(ConfigError, match="does not exist"):
         save_transfer_onnx(m, tmp_path / "nowhere" / "t.onnx")
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        save_transfer_onnx(m, tmp_path / "a_file" / "t.onnx")
 
 
 def test_bad_onnx_files_are_one_line_model_errors(stylizers, tmp_path, rng):
