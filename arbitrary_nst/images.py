@@ -837,9 +837,20 @@ def list_images(spec: PathLike, *, recursive: bool = False) -> list[Path]:
 
 
 def _scan_dir(root: str, recursive: bool) -> Iterable[Path]:
+    """Depth-first listing; every real directory is read once, so symlinks to folders are
+    followed but a link back up the tree (a loop) or a second link to a folder already listed
+    adds nothing (before, a loop listed each image once per level down to ELOOP)."""
     stack = [root]
+    seen: set[tuple[int, int]] = set()
     while stack:
         d = stack.pop()
+        try:
+            st = os.stat(d)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            continue
+        seen.add((st.st_dev, st.st_ino))
         try:
             with os.scandir(d) as it:
                 entries = list(it)
@@ -847,17 +858,19 @@ def _scan_dir(root: str, recursive: bool) -> Iterable[Path]:
             raise ImageError(d, "permission denied (cannot list directory)") from None
         except OSError as e:
             raise ImageError(d, f"cannot list directory: {_os_reason(e)}") from None
-        for e in entries:
+        subdirs = []
+        for e in sorted(entries, key=lambda e: e.name):  # scandir's order is the filesystem's
             if e.name.startswith("."):
                 continue
             try:
                 if e.is_dir():
                     if recursive:
-                        stack.append(e.path)
+                        subdirs.append(e.path)
                 elif e.is_file() and is_image_file(e.name):
                     yield Path(e.path)
             except OSError:
                 continue
+        stack.extend(reversed(subdirs))  # visited in name order
 
 
 def _sort_key(p: Path) -> tuple[str, ...]:

@@ -571,6 +571,23 @@ def test_list_images_dir_glob_file(tmp_path):
     assert list_images(tmp_path / "notes.txt") == [tmp_path / "notes.txt"]  # explicit file
 
 
+@pytest.mark.skipif(not hasattr(os, "symlink") or os.name != "posix", reason="POSIX symlinks")
+def test_list_images_recursive_reads_each_real_folder_once(tmp_path):
+    """Symlinked folders are followed, but a link back up the tree (a loop) or a second link to
+    a folder already listed adds nothing: each image once (it was once per level until ELOOP)."""
+    (tmp_path / "a" / "sub").mkdir(parents=True)
+    (tmp_path / "a" / "x.png").write_bytes(b"x")
+    (tmp_path / "a" / "sub" / "y.png").write_bytes(b"x")
+    os.symlink(tmp_path / "a", tmp_path / "a" / "sub" / "loop")
+    os.symlink(tmp_path / "a" / "sub", tmp_path / "a" / "zz_again")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "z.png").write_bytes(b"x")
+    os.symlink(tmp_path / "other", tmp_path / "a" / "linked")
+    rec = list_images(tmp_path / "a", recursive=True)
+    assert [p.relative_to(tmp_path / "a").as_posix() for p in rec] == [
+        "linked/z.png", "sub/y.png", "x.png"]
+
+
 def test_list_images_nothing(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ImageError) as e:
