@@ -38,7 +38,7 @@ import re
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -825,7 +825,7 @@ def list_images(spec: PathLike, *, recursive: bool = False) -> list[Path]:
     if _GLOB_MAGIC.search(name):
         matches = {
             Path(m)
-            for m in _glob.iglob(name, recursive=True)
+            for m in _glob_files(name)
             if is_image_file(m) and os.path.isfile(m) and not Path(m).name.startswith(".")
         }
         if not matches:
@@ -871,6 +871,60 @@ def _scan_dir(root: str, recursive: bool) -> Iterable[Path]:
             except OSError:
                 continue
         stack.extend(reversed(subdirs))  # visited in name order
+
+
+def _glob_files(pattern: str) -> Iterable[str]:
+    """Paths matching a glob ``pattern``. Python's ``glob`` with ``**`` follows symlinked
+    folders without loop detection (each level of a loop matches again; two loops: an
+    exponential walk), so ``**`` patterns are matched against :func:`_scan_dir`'s loop-safe
+    listing of the pattern's literal base folder instead."""
+    if "**" not in pattern:
+        return _glob.iglob(pattern)
+    parts = Path(pattern).parts
+    i = next(k for k, part in enumerate(parts) if _GLOB_MAGIC.search(part))
+    base = os.path.join(*parts[:i]) if i else os.curdir
+    if not os.path.isdir(base):
+        return []
+    rx = re.compile(_glob_regex(parts[i:]))
+    found = []
+    for p in _scan_dir(base, recursive=True):
+        rel = os.path.relpath(p, base).replace(os.sep, "/")
+        if rx.fullmatch(rel):
+            found.append(os.path.join(base, rel) if i else rel)
+    return found
+
+
+def _glob_regex(parts: Sequence[str]) -> str:
+    """A regex for ``/``-joined relative paths matching glob ``parts`` (``**``: any number of
+    folders, ``*``/``?``/``[...]`` within one name), as :mod:`glob` with ``recursive=True``."""
+    out = []
+    for k, part in enumerate(parts):
+        last = k == len(parts) - 1
+        if part == "**":
+            out.append("(?:[^/]+/)*[^/]+" if last else "(?:[^/]+/)*")
+            continue
+        rx, j = "", 0
+        while j < len(part):
+            c = part[j]
+            if c == "*":
+                rx += "[^/]*"
+            elif c == "?":
+                rx += "[^/]"
+            elif c == "[":
+                k2 = j + 1 + (part[j + 1:j + 2] == "!")
+                end = part.find("]", k2 + (part[k2:k2 + 1] == "]"))  # a leading ] is literal
+                if end < 0:
+                    rx += re.escape(c)  # no closing bracket: a literal [
+                else:
+                    neg = part[j + 1] == "!"
+                    body = "".join(ch if ch == "-" else re.escape(ch) for ch in part[k2:end])
+                    rx += ("[^/" if neg else "[") + body + "]"
+                    j = end
+            else:
+                rx += re.escape(c)
+            j += 1
+        out.append(rx if last else rx + "/")
+    return "".join(out)
 
 
 def _sort_key(p: Path) -> tuple[str, ...]:

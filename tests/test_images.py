@@ -588,6 +588,36 @@ def test_list_images_recursive_reads_each_real_folder_once(tmp_path):
         "linked/z.png", "sub/y.png", "x.png"]
 
 
+@pytest.mark.parametrize("pattern", [
+    "**/*.png", "**", "sub/**/*.png", "**/d?.png", "**/[ab]*", "**/[!a]*.png", "s[0-9]/**/*.png",
+    "**/*[]]*.png", "**/[[]x].png", "s[!2]/**/*", "x-y/**/*.png", "**/[a-c]*", "sub/**",
+    "**/deep/*", "nomatch/**/*.png", "**/*.jp?"])
+@pytest.mark.parametrize("absolute", [False, True])
+def test_recursive_glob_patterns_match_as_glob_does(tmp_path, monkeypatch, pattern, absolute):
+    """``**`` patterns go through the loop-safe listing; on a tree without links they must
+    match exactly what :mod:`glob` matches (brackets, negation, ranges, a literal ``]``)."""
+    import glob
+
+    for f in ("a.png", "b1.jpg", "sub/c.png", "sub/deep/d2.png", "sub/deep/[x].png", "s2/e.png",
+              "s2/a]b.png", "s!/f.png", "x-y/g.png", ".h/i.png", "sub/.j.png"):
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    q = str(tmp_path / pattern) if absolute else pattern
+    keep = lambda ms: sorted(m for m in ms if os.path.isfile(m) and is_image_file(m)  # noqa: E731
+                             and not os.path.basename(m).startswith("."))
+    assert keep(images._glob_files(q)) == keep(glob.glob(q, recursive=True))
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX symlinks")
+def test_recursive_glob_survives_symlink_loops(tmp_path):
+    (tmp_path / "a" / "sub").mkdir(parents=True)
+    (tmp_path / "a" / "sub" / "y.png").write_bytes(b"x")
+    os.symlink(tmp_path / "a", tmp_path / "a" / "sub" / "loop")
+    os.symlink(tmp_path / "a" / "sub", tmp_path / "a" / "again")  # Python's glob: 2^40 paths
+    assert list_images(str(tmp_path / "a" / "**" / "*.png")) == [tmp_path / "a" / "again" / "y.png"]
+
+
 def test_list_images_nothing(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ImageError) as e:
