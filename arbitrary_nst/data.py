@@ -8,7 +8,7 @@ Pipeline::
 * **Preparation.** :class:`ImageFolder` is a ``tfds.core.GeneratorBasedBuilder`` whose
   :class:`ImageFolderConfig` names one or more directories. Every file with an image extension
   under them (recursively) is fully decoded with :func:`arbitrary_nst.images.load_pil`; files
-  that cannot be decoded (corrupt, truncated, empty, too small, ...) are **skipped and counted**:
+  that cannot be decoded (corrupt, truncated, empty, too small, blank, ...) are **skipped and counted**:
   the count and every ``path: reason`` are logged and stored in the dataset's
   ``tfds.core.MetadataDict`` (``metadata.json`` next to the records). Images are stored as JPEG
   with the short side at most ``max_source_side`` (already-small sRGB JPEGs are stored
@@ -128,7 +128,7 @@ DEFAULT_DATA_DIR = "~/.cache/arbitrary_nst/tfds"
 BUILDER_NAME = "arbitrary_nst_images"
 BUILDER_VERSION = "1.0.0"
 #: Bumped when the preparation logic changes in a way that changes the stored records.
-_PREP_FORMAT = 1
+_PREP_FORMAT = 2  # 2: blank images are skipped
 
 CONTENT, STYLE = 0, 1  # rng stream ids
 
@@ -801,6 +801,10 @@ def _prepare_one(item: tuple[str, str, int, int], *, max_side: int, min_side: in
         return f"cannot decode: {e}"
     if min(pil.size) < min_side:
         return f"too small ({pil.size[0]} x {pil.size[1]} < {min_side} px)"
+    std = _pixel_std(pil if pil.mode == "RGB" else pil.convert("RGB"))
+    if std < FLAT_CROP_STD:  # every crop of it would be flat: see FLAT_CROP_STD
+        return (f"blank (pixel std {std:.4f} < {FLAT_CROP_STD}): nothing to learn from, and a "
+                "flat content crop overflows the gradient")
     if cap is None and fmt == "JPEG" and mode == "RGB" and orient in (None, 1) and not icc:
         try:
             with open(full, "rb") as f:

@@ -91,6 +91,24 @@ def test_prepare_skips_and_counts_corrupt_files(prepared, folder, tfds_dir):
     assert "tensorflow" not in sys.modules  # prepared and read without TensorFlow
 
 
+def test_prepare_skips_blank_images(tmp_path):
+    """A blank image (pixel std < FLAT_CROP_STD) gives only flat crops: as content it made the
+    gradient overflow at step 1 (every instance norm divides by sqrt(eps)). It is skipped with
+    its reason; an image that is nearly blank but not quite is kept."""
+    d = tmp_path / "imgs"
+    d.mkdir()
+    Image.fromarray(np.full((80, 90, 3), 255, np.uint8)).save(d / "white.png")
+    Image.fromarray(np.full((80, 90), 40, np.uint8)).save(d / "grey.png")  # mode L
+    faint = np.full((80, 90, 3), 128, np.uint8)
+    faint[::2] += 6  # std ~3/255 > FLAT_CROP_STD
+    Image.fromarray(faint).save(d / "faint.png")
+    Image.fromarray(_smooth(80, 90, 1)).save(d / "photo.png")
+    r = data.prepare_folder([d], data_dir=tmp_path / "tfds", workers=1).report
+    reasons = {s["path"]: s["reason"] for s in r["skipped"]}
+    assert set(reasons) == {"imgs/white.png", "imgs/grey.png"} and r["num_prepared"] == 2
+    assert all(v.startswith("blank (pixel std 0.0000 < 0.01)") for v in reasons.values())
+
+
 def test_records_decode_to_the_source_images(prepared, folder):
     paths = {prepared.path(i): i for i in range(len(prepared))}
     assert set(paths) == {f"photos/{k}" for k in GOOD}
