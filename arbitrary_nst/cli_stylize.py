@@ -492,6 +492,13 @@ def _stylize(args, stylizer) -> int:
                 if single:
                     raise ImageError(None, r.reason or f"{r.content}: failed")
                 bar.write(f"skipped: {r.reason}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if not single:  # say what is on disk and how to finish (written outputs are skipped)
+            bar.close()
+            print(f"{_summary(done, skipped, time.perf_counter() - t0, len(contents))}; "
+                  "interrupted: run the same command again to do the rest (the outputs "
+                  "written are skipped)")
+        raise
     finally:
         bar.close()
     seconds = time.perf_counter() - t0

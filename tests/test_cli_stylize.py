@@ -250,6 +250,30 @@ def test_batch_into_the_content_folder_reruns_cleanly(cli, data):
     assert rc == 1 and "would overwrite an input" in one_error_line(err)
 
 
+def test_interrupted_batch_says_what_was_done_and_how_to_finish(cli, data, monkeypatch):
+    real = inference.Stylizer.stylize_files
+
+    def two_then_ctrl_c(self, *a, **k):
+        for i, r in enumerate(real(self, *a, **k)):
+            if i == 2:
+                raise KeyboardInterrupt
+            yield r
+
+    monkeypatch.setattr(inference.Stylizer, "stylize_files", two_then_ctrl_c)
+    od = data["tmp"] / "int"
+    rc, stdout, err = cli("--content", data["dir"], "--style", data["styles"][0], "--out-dir", od,
+                          "--no-progress")
+    assert rc == 130 and err.strip() == "error: interrupted"
+    assert re.search(r"^done 2, skipped 0, .*; interrupted: run the same command again", stdout,
+                     re.M), stdout
+    monkeypatch.undo()
+    rc, stdout, _ = cli("--content", data["dir"], "--style", data["styles"][0], "--out-dir", od,
+                        "--no-progress")
+    m = re.search(r"^done (\d+), skipped (\d+)(?: \((\d+) output exists\))?", stdout, re.M)
+    done, skipped = int(m[1]), int(m[2])  # the writes in flight at Ctrl-C were finished
+    assert done + skipped == 3 and skipped >= 2 and int(m[3]) == skipped, stdout
+
+
 def test_skip_kinds_ignore_the_words_in_paths(cli, data):
     """The summary's kinds come from the reason, not the file name: a folder called 'empty
     file' holding a truncated image is one 'truncated or corrupt'."""
