@@ -93,6 +93,10 @@ def read_export(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[st
             meta = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types (and OSError, ValueError)
+        if name.lower().endswith(".onnx"):  # `infer.py export-onnx` output, for deployment
+            raise ModelError(f"{name}: an ONNX file, not a model export; pass the .safetensors "
+                             "export (with --backend onnxruntime to run it on onnxruntime)") \
+                from None
         reason = " ".join(str(e).split()) or type(e).__name__
         raise ModelError(f"{name}: not a readable model export (safetensors: {reason})") from None
     if meta.get("format") != FORMAT:

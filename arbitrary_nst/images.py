@@ -291,7 +291,7 @@ def _sniff_format(f: Any) -> str | None:
 
 
 def _too_large(w: int, h: int, limit: int | None) -> str:
-    return f"too large: {w} x {h} = {w * h} pixels > limit {limit}; pass a larger max_pixels"
+    return f"too large: {w} x {h} = {w * h} pixels > limit {limit}; pass a larger max_pixels (--max-pixels)"
 
 
 def _too_large_from_pillow(e: Exception, limit: int | None) -> str:
@@ -300,7 +300,7 @@ def _too_large_from_pillow(e: Exception, limit: int | None) -> str:
     pil_limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
     return (
         f"too large: {n} pixels > limit {limit if limit is not None else pil_limit} "
-        "(Pillow decompression-bomb guard); pass a larger max_pixels"
+        "(Pillow decompression-bomb guard); pass a larger max_pixels (--max-pixels)"
     )
 
 

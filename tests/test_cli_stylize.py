@@ -387,6 +387,11 @@ def test_corrupt_model_file(cli, data, tmp_path, model):
     rc, _, err = cli("--content", data["contents"][0], "--style", data["styles"][0], "--out",
                      tmp_path / "o.png", "--model", bad)
     assert rc == 1 and "bad.safetensors" in one_error_line(err)
+    onnx = tmp_path / "model.onnx"  # an `infer.py export-onnx` file given as --model
+    onnx.write_bytes(b"\x08\x07" + b"x" * 100)
+    rc, _, err = cli("--content", data["contents"][0], "--style", data["styles"][0], "--out",
+                     tmp_path / "o.png", "--model", onnx)
+    assert rc == 1 and "an ONNX file, not a model export" in one_error_line(err)
 
 
 @pytest.mark.parametrize("case", [

@@ -284,7 +284,7 @@ def test_too_large_checked_before_decoding(tmp_path, monkeypatch):
     monkeypatch.setattr(Image.Image, "load", lambda self: decoded.append(1))
     with pytest.raises(ImageError) as e:
         load_image(path, max_pixels=2999)
-    assert _reason(e) == "too large: 60 x 50 = 3000 pixels > limit 2999; pass a larger max_pixels"
+    assert _reason(e) == "too large: 60 x 50 = 3000 pixels > limit 2999; pass a larger max_pixels (--max-pixels)"
     assert not decoded
 
 
