@@ -253,7 +253,7 @@ def _add_gatys_arguments(p: argparse.ArgumentParser) -> None:
                      help="colour space of --preserve-color luminance")
     col.add_argument("--color-match", choices=("eig", "chol"), default=d.color_match_method,
                      help="matrix square root of --preserve-color match")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no per-image lines")
 
 
 def _layers_str(layers, plain: bool = False) -> str:
