@@ -104,9 +104,8 @@ def make_figures(out_dir: str | os.PathLike, *, content: np.ndarray | None = Non
     content = dc if content is None else content
     style = ds if style is None else style
     # arrays as the Stylizer reads them (uint8 is 0..255; 0..255 floats are refused, not clipped)
-    content, style = (images_lib.to_float(images_lib.check_array_image(x)) for x in (content, style))
-    content = images_lib.resize_max_side(content, size, upscale=True)
-    style = images_lib.resize_max_side(style, 2 * size, upscale=True)
+    content = images_lib.resize_max_side(images_lib.array_to_float(content), size, upscale=True)
+    style = images_lib.resize_max_side(images_lib.array_to_float(style), 2 * size, upscale=True)
     if min(content.shape[:2]) < vgg_lib.MIN_SIZE:
         raise ConfigError(f"content is too thin at {size} px for VGG (needs >= 32 px per side)")
     params = gatys.load_params(gatys.GatysConfig()) if vgg_params is None else vgg_params

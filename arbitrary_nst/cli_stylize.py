@@ -63,6 +63,7 @@ import numpy as np
 
 from . import images
 from .errors import ConfigError, ImageError, NSTError
+from .files import make_dir
 
 DEFAULT_MAX_SIZE = 1024
 DEFAULT_TILE_SIZE = 256
@@ -221,16 +222,7 @@ def _validate(args: argparse.Namespace) -> str:
 
 def _check_out_dir(d: str) -> Path:
     """Create ``d`` if needed and make sure files can be created in it (one-line errors)."""
-    p = Path(d)
-    if p.exists() and not p.is_dir():
-        raise ImageError(d, "output folder is not a directory")
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise ImageError(d, "cannot create output folder: a parent path is not a directory") \
-            from None
-    except OSError as e:
-        raise ImageError(d, f"cannot create output folder: {e.strerror or e}") from None
+    p = make_dir(d)
     try:
         fd, tmp = tempfile.mkstemp(prefix=".nst-write-test.", dir=p)
     except OSError as e:
@@ -534,7 +526,8 @@ def _gatys_results(args, contents, styles, output, max_size):
             continue
         dest = Path(os.fspath(output(c)))
         if any(_same_file(dest, g) for g in guarded):
-            yield skipped_file(c, dest, dest, "would overwrite an input file; choose another output")
+            yield skipped_file(c, dest, dest,
+                               "would overwrite an input file; choose another output")
             continue
         if os.path.lexists(dest) and not args.overwrite:
             yield skipped_file(c, dest, dest,

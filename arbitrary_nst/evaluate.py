@@ -68,6 +68,7 @@ import numpy as np
 
 from . import fit_style, images
 from .errors import ConfigError, ImageError, NSTError
+from .files import make_dir
 
 METHODS = ("model", "model_refine", "model_fit", "gatys", "magenta_lite", "magenta_lite_fp32", "identity", "style")
 DEFAULT_METHODS = ("model", "gatys", "magenta_lite")
@@ -508,16 +509,7 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
     for m in methods:
         if m not in METHODS:
             raise ConfigError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
-    out_dir = Path(out)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ImageError(out_dir, "output folder is not a directory")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise ImageError(out_dir, "cannot create output folder: a parent path is not a "
-                                  "directory") from None
-    except OSError as e:
-        raise ImageError(out_dir, f"cannot create output folder: {e.strerror or e}") from None
+    out_dir = make_dir(out)
     skipped: list[str] = []
     content_files = images.list_images(content)
     fit_files: list[Path] = []

@@ -17,6 +17,21 @@ from typing import BinaryIO
 from .errors import ImageError
 
 
+def make_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Create the folder ``path`` (and its parents) if needed, or raise one-line ImageErrors
+    naming it as ``what``: it is a file, a parent is a file, or it cannot be created."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ImageError(path, f"{what} is not a directory")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ImageError(path, f"cannot create {what}: a parent path is not a directory") from None
+    except OSError as e:
+        raise ImageError(path, f"cannot create {what}: {e.strerror or e}") from None
+    return p
+
+
 def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
     """Call ``write(f)`` on a temporary binary file next to ``path``, then rename it to
     ``path`` (replacing it). Creates the parent folder; removes the temporary file on error.

@@ -695,17 +695,11 @@ def _adam_chunk(params, state, cf, st, w, n, *, kw, chunk):
 # Inputs
 
 
-def _as_rgb01(a) -> np.ndarray:
-    """One array image -> float32 ``[H, W, 3]`` in [0, 1], as the Stylizer reads arrays: uint8
-    (/255), uint16, bool or float in [0, 1] (checked: 0..255 floats or NaN are ImageErrors)."""
-    return images_lib.to_float(images_lib.check_array_image(np.asarray(a)))
-
-
 def _as_batch(content) -> np.ndarray:
     if isinstance(content, (list, tuple)):
         if not content:
             raise ConfigError("no content images given")
-        arrs = [_as_rgb01(c) for c in content]
+        arrs = [images_lib.array_to_float(c) for c in content]
         shapes = {a.shape for a in arrs}
         if len(shapes) != 1:
             raise ConfigError(f"content images of one batch must have the same size, got "
@@ -714,9 +708,9 @@ def _as_batch(content) -> np.ndarray:
     else:
         x = np.asarray(content)
         if x.ndim == 4 and x.shape[0] > 0:
-            x = np.stack([_as_rgb01(c) for c in x])
+            x = np.stack([images_lib.array_to_float(c) for c in x])
         elif x.ndim in (2, 3):
-            x = _as_rgb01(x)[None]
+            x = images_lib.array_to_float(x)[None]
         else:
             raise ConfigError(f"content must be [B, H, W, 3] or a list of [H, W, 3], got "
                               f"{x.shape}")
@@ -768,7 +762,7 @@ def _per_example_styles(styles, style_weights, b: int) -> list[tuple[list[np.nda
             raise ConfigError(f"got {len(w)} style weights for {len(imgs)} style images")
         if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
             raise ConfigError(f"style weights must be >= 0 with a positive sum, got {list(w)}")
-        arrs = [_as_rgb01(s) for s in imgs]
+        arrs = [images_lib.array_to_float(s) for s in imgs]
         out.append((arrs, (w / w.sum()).astype(np.float32)))
     return out
 
@@ -945,8 +939,9 @@ def run(content, styles, *, style_weights=None, config: GatysConfig | None = Non
 
     Args:
       content: ``[B, H, W, 3]`` or ``[H, W, 3]`` array, or a list of same-size ``[H, W, 3]``
-        images: uint8, or float RGB in [0, 1] (what :func:`images.check_array_image` accepts;
-        0..255 floats are refused, not clipped). The result has this size (coarser stages are resized from it).
+        images: uint8, or float RGB in [0, 1] (read by :func:`images.array_to_float`: 0..255
+        floats are refused, not clipped). The result has this size (coarser stages are resized
+        from it).
       styles: style images ``[h, w, 3]`` (any sizes): one image or a list shared by every example,
         or a list of ``B`` lists (per-example styles).
       style_weights: blend weights, ``[S]`` or ``[B, S]`` for shared styles or ``B`` lists for

@@ -58,6 +58,7 @@ __all__ = [
     "load_pil",
     "to_float",
     "check_array_image",
+    "array_to_float",
     "FLOAT_IMAGE_RANGE",
     "to_uint8",
     "resize",
@@ -291,7 +292,8 @@ def _sniff_format(f: Any) -> str | None:
 
 
 def _too_large(w: int, h: int, limit: int | None) -> str:
-    return f"too large: {w} x {h} = {w * h} pixels > limit {limit}; pass a larger max_pixels (--max-pixels)"
+    return (f"too large: {w} x {h} = {w * h} pixels > limit {limit}; pass a larger max_pixels "
+            "(--max-pixels)")
 
 
 def _too_large_from_pillow(e: Exception, limit: int | None) -> str:
@@ -452,6 +454,12 @@ def check_array_image(x: Any) -> np.ndarray:
             raise ImageError(None, f"float image values must be in [0, 1], got {lo:.4g}..{hi:.4g}"
                                    " (divide 0..255 data by 255)")
     return a
+
+
+def array_to_float(x: Any) -> np.ndarray:
+    """A user's array image, checked (:func:`check_array_image`), as float32 ``H x W x 3`` in
+    [0, 1] (:func:`to_float`): how the Stylizer, Gatys and the analysis figures read arrays."""
+    return to_float(check_array_image(x))
 
 
 def to_uint8(image: ImageLike) -> np.ndarray:

@@ -788,7 +788,7 @@ class Stylizer:
 
                 return np.asarray(_pil_downscale(Image.fromarray(u8), max_side), np.uint8)
             return np.ascontiguousarray(u8)
-        f = images.to_float(images.check_array_image(x))
+        f = images.array_to_float(x)
         if max_side is not None:
             f = images.resize_max_side(f, max_side)
         return f

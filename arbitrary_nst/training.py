@@ -68,8 +68,8 @@ from jax.sharding import PartitionSpec as P
 from . import export as export_lib
 from . import vgg as vgg_lib
 from .device_augment import finish_batch
-from .errors import ConfigError, ModelError, NSTError
-from .files import write_atomically
+from .errors import ConfigError, ImageError, ModelError, NSTError
+from .files import make_dir, write_atomically
 from .losses import LossConfig, StyleTargets, perceptual_loss
 from .models import ArbitraryStyleModel, with_pooling
 
@@ -659,15 +659,10 @@ def _progress_bar(total: int, initial: int, enabled: bool):
 
 def _prepare_workdir(workdir: Path) -> None:
     """Create the workdir, or say in one line why it cannot be one (before any work is done)."""
-    if workdir.exists() and not workdir.is_dir():
-        raise ConfigError(f"{workdir}: the workdir exists and is not a directory")
     try:
-        workdir.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise ConfigError(f"{workdir}: cannot create the workdir: a parent path is not a "
-                          "directory") from None
-    except OSError as e:
-        raise ConfigError(f"{workdir}: cannot create the workdir: {e.strerror or e}") from None
+        make_dir(workdir, "the workdir")
+    except ImageError as e:  # the workdir is an option: report it as one
+        raise ConfigError(str(e)) from None
     if not os.access(workdir, os.W_OK | os.X_OK):
         raise ConfigError(f"{workdir}: the workdir is not writable")
 
