@@ -505,7 +505,7 @@ def _gatys_results(args, contents, styles, output, max_size):
     """Gatys path with the same I/O semantics as Stylizer.stylize_files (one image at a time)."""
     from . import gatys
     from .inference import (FileResult, earlier_output_result, earlier_outputs, normalize_weights,
-                            preserve_color_mode, skipped_by_error, skipped_file)
+                            output_problem, preserve_color_mode, skipped_by_error, skipped_file)
 
     mode = preserve_color_mode(args.preserve_color) or "none"
     w = normalize_weights(args.style_weights, len(styles))
@@ -519,19 +519,16 @@ def _gatys_results(args, contents, styles, output, max_size):
     cfg = base.replace(**kw)
     params = gatys.load_params(cfg)
     earlier = earlier_outputs([Path(c) for c in contents], output)
-    guarded = [*(c for c in contents if Path(c) not in earlier), *styles]
+    earlier_real = {os.path.realpath(p) for p in earlier}
+    guarded = {os.path.realpath(p) for p in [*contents, *styles]}
     for c in contents:
         if Path(c) in earlier:
             yield earlier_output_result(Path(c), earlier[Path(c)])
             continue
         dest = Path(os.fspath(output(c)))
-        if any(_same_file(dest, g) for g in guarded):
-            yield skipped_file(c, dest, dest,
-                               "would overwrite an input file; choose another output")
-            continue
-        if os.path.lexists(dest) and not args.overwrite:
-            yield skipped_file(c, dest, dest,
-                               "exists; pass --overwrite (overwrite=True) to replace it")
+        why = output_problem(dest, guarded, earlier_real, args.overwrite)
+        if why is not None:
+            yield skipped_file(c, dest, dest, why)
             continue
         try:
             x = images.load_image(c, max_pixels=args.max_pixels, max_side=max_size)

@@ -615,9 +615,10 @@ def earlier_outputs(paths: Sequence[Path], output: Callable[[Path], Any]) -> dic
     """Contents that are this job's own outputs, ``{output: the content it is made from}``.
 
     With the output folder = the content folder, a rerun finds the first run's results among
-    the contents; they are skipped (not stylized again into ``x__s__s.png``), and they are not
-    inputs to protect: the contents they were made from report them as existing outputs
-    (replaced with ``overwrite``). A content that is its own output stays an input."""
+    the contents; they are skipped (not stylized again into ``x__s__s.png``). They stay inputs
+    to protect all the same (a name match cannot tell an earlier result from a photo that
+    happens to have that name): the contents they were made from report them as existing
+    outputs that even ``overwrite`` does not replace (:func:`output_problem`)."""
     made_by = {}
     for p in paths:
         made_by.setdefault(os.path.realpath(os.fspath(output(p))), p)
@@ -627,6 +628,22 @@ def earlier_outputs(paths: Sequence[Path], output: Callable[[Path], Any]) -> dic
         if src is not None and os.path.realpath(src) != os.path.realpath(p):
             found[p] = src
     return found
+
+
+def output_problem(dest: Path, guarded: set[str], earlier: set[str], overwrite: bool) -> str | None:
+    """Why ``dest`` must not be written (a reason for :func:`skipped_file`), or None.
+
+    ``guarded``: real paths of every input (contents, styles, protected files); ``earlier``:
+    real paths of the contents that are this job's outputs (:func:`earlier_outputs`)."""
+    real = os.path.realpath(dest)
+    if real in earlier:
+        return ("exists and is one of this job's contents (an earlier run's result?), so it is "
+                "not replaced even with --overwrite; write to another folder to redo it")
+    if real in guarded:
+        return "would overwrite an input file; choose another output"
+    if not overwrite and os.path.lexists(dest):
+        return "exists; pass --overwrite (overwrite=True) to replace it"
+    return None
 
 
 def earlier_output_result(content: Path, source: Path) -> FileResult:
@@ -1406,7 +1423,8 @@ class Stylizer:
         ahead = int(prefetch) if prefetch else 2 * bs + nw
         paths = [Path(os.fspath(c)) for c in contents]
         earlier = earlier_outputs(paths, output) if output is not None else {}
-        guarded = {os.path.realpath(p) for p in paths if p not in earlier}
+        earlier_real = {os.path.realpath(p) for p in earlier}
+        guarded = {os.path.realpath(p) for p in paths}
         guarded |= set(plan.style_paths) | {os.path.realpath(os.fspath(p)) for p in protected}
 
         jobs: list[tuple[int, Path, Path | None]] = []
@@ -1420,16 +1438,12 @@ class Stylizer:
             if output is not None:
                 dest = Path(os.fspath(output(p)))
                 real = os.path.realpath(dest)
-                why = None
-                if real in guarded:
-                    why = "would overwrite an input file; choose another output"
-                elif real in claimed:  # the kind is set here: the reason names another path
+                why = output_problem(dest, guarded, earlier_real, overwrite)
+                if why is None and real in claimed:  # the kind is set here: names another path
                     early.append(FileResult(
                         p, dest, False, f"{dest}: output name collides with the output of "
                         f"{claimed[real]}; rename one of the inputs", "duplicate output name"))
                     continue
-                elif not overwrite and os.path.lexists(dest):
-                    why = "exists; pass --overwrite (overwrite=True) to replace it"
                 if why is not None:
                     early.append(skipped_file(p, dest, dest, why))
                     continue

@@ -229,7 +229,8 @@ def test_batch_goes_on_past_bad_files(cli, data):
 
 def test_batch_into_the_content_folder_reruns_cleanly(cli, data):
     """--out-dir = the content folder: a rerun does not stylize the first run's outputs again
-    (no a__s1__s1.png), reports them as existing, and --overwrite replaces them (not inputs)."""
+    (no a__s1__s1.png) and reports them as existing; --overwrite does not replace them either
+    (a name match cannot tell an earlier result from a photo of that name)."""
     d, s = data["dir"], data["styles"][0]
     originals = {c.name: c.read_bytes() for c in data["contents"]}
     rc, stdout, _ = cli("--content", d, "--style", s, "--out-dir", d, "--no-progress")
@@ -241,8 +242,9 @@ def test_batch_into_the_content_folder_reruns_cleanly(cli, data):
     assert f"{d / 'a__s1.png'}: this job's output for {d / 'a.png'} (an earlier run" in err
     rc, stdout, _ = cli("--content", d, "--style", s, "--out-dir", d, "--overwrite",
                         "--no-progress")
-    assert rc == 1 and "done 3, skipped 3 (3 earlier output)" in stdout
-    assert sorted(p.name for p in d.iterdir()) == sorted(first)
+    assert rc == 1 and "done 0, skipped 6 (3 output exists, 3 earlier output)" in stdout
+    assert "not replaced even with --overwrite; write to another folder" in err
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == first
     assert all((d / n).read_bytes() == b for n, b in originals.items())
     # a content that is its own output stays an input
     rc, _, err = cli("--content", data["contents"][0], "--style", s, "--out",

@@ -433,6 +433,23 @@ def test_files_pipeline_refuses_inputs_and_existing(st, tmp_path, files):
     assert res[0].ok and Image.open(existing).size == (46, 38)
 
 
+def test_files_pipeline_never_replaces_a_content_that_looks_like_an_output(st, tmp_path, files):
+    """photo.jpg's output photo.png is also a genuine content: it is not stylized as an
+    "earlier output", and not replaced either, even with overwrite (it is an input)."""
+    jpg = tmp_path / "photo.jpg"
+    Image.fromarray((smooth_image(40, 56, 1) * 255).astype(np.uint8)).save(jpg)
+    png = write_png(tmp_path / "photo.png", smooth_image(50, 50, 2))
+    before = png.read_bytes()
+    for overwrite in (False, True):
+        res = {r.content.name: r for r in st.stylize_files(
+            [jpg, png], files["style_a"], output=lambda p: tmp_path / f"{p.stem}.png",
+            overwrite=overwrite)}
+        assert res["photo.png"].kind == "earlier output"
+        assert res["photo.jpg"].kind == "output exists" and not res["photo.jpg"].ok
+        assert "not replaced even with --overwrite" in res["photo.jpg"].reason
+        assert png.read_bytes() == before
+
+
 def test_earlier_outputs_finds_a_jobs_own_results(tmp_path):
     """With the outputs next to the contents, the results of earlier runs (and of runs on
     those) are recognised as this job's outputs; a content that is its own output is not."""
