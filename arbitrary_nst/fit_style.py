@@ -156,6 +156,9 @@ class FittedStyle:
             raise ConfigError(f"{path}: a fitted style file must end in {SUFFIX}")
         if path.exists() and not overwrite:
             raise ConfigError(f"{path}: exists (pass --overwrite / overwrite=True to replace it)")
+        if not all(np.all(np.isfinite(np.asarray(a))) for a in
+                   (self.conditioning, self.embedding, self.moments, self.history)):
+            raise ModelError(f"{path}: not written: the fitted style has NaN or infinite values")
         meta = json.dumps({"format": FORMAT, "fingerprint": self.fingerprint, **self.info})
 
         def write(f):

@@ -456,6 +456,19 @@ def check_array_image(x: Any) -> np.ndarray:
     return a
 
 
+#: Pixel std (of all values, [0, 1] scale) below which an image is blank for anything that
+#: differentiates through the transfer network (refinement, fitted styles; the data preparation
+#: skips such images for training): a flat image gives every instance norm zero variance, and
+#: the backward pass through 13 of them (x ~316 each) overflows float32 into NaN.
+BLANK_STD = 0.01
+
+
+def blank_reason(x: np.ndarray) -> str | None:
+    """``"blank (pixel std ...)"`` for a float [0, 1] image below :data:`BLANK_STD`, else None."""
+    std = float(np.std(np.asarray(x, np.float64)))
+    return f"blank (pixel std {std:.4f} < {BLANK_STD})" if std < BLANK_STD else None
+
+
 def array_to_float(x: Any) -> np.ndarray:
     """A user's array image, checked (:func:`check_array_image`), as float32 ``H x W x 3`` in
     [0, 1] (:func:`to_float`): how the Stylizer, Gatys and the analysis figures read arrays."""

@@ -991,6 +991,9 @@ class Stylizer:
             if min(f.shape[:2]) < 32:
                 skipped.append(f"{p if _is_path(p) else 'photo'}: smaller than 32 px")
                 continue
+            if (why := images.blank_reason(f)) is not None:  # its gradient would be NaN
+                skipped.append(f"{p if _is_path(p) else 'photo'}: {why}")
+                continue
             work.append(style_working_image(f, wsize))  # one shape: smaller photos upscaled
         if not work:
             raise ConfigError(f"fit_style: no usable photos ({len(skipped)} skipped)")
@@ -1001,6 +1004,9 @@ class Stylizer:
                 (self._graphdef, self._state), small[0], work, e0, steps=steps,
                 learning_rate=learning_rate, batch_size=batch_size, style_weight=sw,
                 palette=pal, seed=seed, progress=progress)
+        if not np.all(np.isfinite(cond)):
+            raise ModelError("fit_style diverged (the loss became NaN or infinite); try a lower "
+                             "learning rate")
         name = Path(os.fspath(items[0])).stem if _is_path(items[0]) else "style"
         info = {"name": name, "steps": int(steps), "learning_rate": float(learning_rate),
                 "batch_size": int(batch_size), "size": int(wsize), "style_size": int(ssize),
@@ -1205,12 +1211,18 @@ class Stylizer:
         ``(embedding [D], loss history [steps + 1])``."""
         from . import refine
 
+        if r.steps and (why := images.blank_reason(content)) is not None:
+            raise ImageError(None, f"{why}: refinement needs some texture in the content; "
+                                   "stylize it without refine_steps (--refine)")
         work = style_working_image(content, _refine_side(content.shape, r.size))[None]
         with self._refine_lock:  # decode threads call this; one optimization at a time
             e, hist = refine.refine_embeddings(
                 (self._graphdef, self._state), work, r.styles_small, weights,
                 np.asarray(e0, np.float32)[None], steps=r.steps, learning_rate=r.learning_rate,
                 style_weight=r.style_weight, palette=r.palette)
+        if not np.all(np.isfinite(e)):
+            raise ModelError("refinement diverged (the loss became NaN or infinite); try fewer "
+                             "steps or a lower learning rate")
         return e[0], hist[:, 0]
 
     def refine_embedding(self, content: ImageInput, style: Any, *,
@@ -1459,6 +1471,8 @@ class Stylizer:
                 pil = images.load_pil(p, max_pixels=self.max_pixels, max_side=max_size)
                 arr = np.asarray(pil, np.uint8)
                 return self._prepare_array(i, arr, plan, meta=job)
+            except ImageError as e:  # an array-level error (e.g. blank) gets the file's name
+                return e if e.path is not None else ImageError(p, e.reason)
             except NSTError as e:
                 return e
             except Exception as e:  # noqa: BLE001 - report and go on with the batch

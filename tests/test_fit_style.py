@@ -258,6 +258,16 @@ def test_stylizer_errors_and_bad_photos(st, fitted, photos, tmp_path):
     assert "broken.png" in fs.info["skipped"][0]
     with pytest.raises(ConfigError, match="no usable photos"):
         st.fit_style(smooth_image(40, 40, 3), [str(broken)], steps=1, size=32)
+    # a blank photo would make the whole fit NaN (its gradient overflows): skipped
+    fs = st.fit_style(smooth_image(40, 40, 3), [np.full((40, 40, 3), 0.9, np.float32), good],
+                      steps=2, size=32)
+    assert fs.info["photos"] == 1 and "blank (pixel std" in fs.info["skipped"][0]
+    assert np.all(np.isfinite(fs.conditioning))
+    # and a fitted style with NaN is not written (load would refuse it)
+    nan = dataclasses.replace(fitted, conditioning=np.full_like(fitted.conditioning, np.nan))
+    with pytest.raises(ModelError, match="not written: .*NaN"):
+        nan.save(tmp_path / "nan.npz")
+    assert not (tmp_path / "nan.npz").exists()
 
 
 # ------------------------------------------------------------------------------------ CLI

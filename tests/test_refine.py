@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 from arbitrary_nst import cli_stylize, export, losses, refine
-from arbitrary_nst.errors import ConfigError
+from arbitrary_nst.errors import ConfigError, ImageError
 from arbitrary_nst.inference import Stylizer, style_working_image
 from arbitrary_nst.vgg import features
 
@@ -263,6 +263,26 @@ def test_stylizer_refine_errors(st):
         st.stylize(content, style, refine_steps=-3)
     with pytest.raises(ConfigError, match="one content"):
         st.refine_embedding([content, content], style, steps=1)
+
+
+def test_refining_a_blank_content_is_an_error_not_a_nan_image(st, tmp_path):
+    """A flat image's gradient overflows into NaN (zero variance in every instance norm): an
+    ImageError naming the file, and a batch skips it and goes on; 0 steps still work."""
+    blank, style = np.full((40, 44, 3), 0.5, np.float32), smooth_image(40, 40, 2)
+    with pytest.raises(ImageError, match=r"blank \(pixel std 0.0000 < 0.01\).*without refine"):
+        st.stylize(blank, style, refine_steps=2)
+    with pytest.raises(ImageError, match="blank"):
+        st.refine_embedding(blank, style, steps=2)
+    assert np.all(np.isfinite(st.stylize(blank, style)))
+    np.testing.assert_array_equal(st.refine_embedding(blank, style, steps=0),
+                                  st.embed(style)[0])
+    b = write_png(tmp_path / "blank.png", blank)
+    c = write_png(tmp_path / "c.png", smooth_image(40, 48, 20))
+    res = {r.content.name: r for r in st.stylize_files(
+        [b, c], style, refine_steps=1, output=lambda p: tmp_path / f"{p.stem}_out.png")}
+    assert res["c.png"].ok and not res["blank.png"].ok
+    assert res["blank.png"].reason.startswith(f"{b}: blank (pixel std")
+    assert not (tmp_path / "blank_out.png").exists()
 
 
 # ------------------------------------------------------------------------------------ CLI
