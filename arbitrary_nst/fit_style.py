@@ -52,7 +52,7 @@ import optax
 from flax import nnx
 
 from . import color, losses, refine
-from .errors import ConfigError, ModelError
+from .errors import ConfigError, ModelError, check_count
 from .files import write_atomically
 from .models import check_palette
 
@@ -69,9 +69,8 @@ SUFFIX = ".npz"
 
 
 def check_options(steps: int, learning_rate: float, batch_size: int, style_weight: float) -> None:
-    refine.check_options(steps, learning_rate, style_weight)
-    if int(batch_size) != batch_size or int(batch_size) < 1:
-        raise ConfigError(f"fit batch size must be an integer >= 1, got {batch_size}")
+    refine.check_options(steps, learning_rate, style_weight, what="fit")
+    check_count(batch_size, "fit batch size")
 
 
 # -- gamma/beta as one flat vector ------------------------------------------------------------
@@ -278,7 +277,7 @@ def fit_conditionings(model, styles: np.ndarray, embeddings: np.ndarray, draw_ph
     Returns ``(conditionings [S, G], moments [S, 12], history [steps + 1, S])``: the per-style
     mean loss before each step, and after the last one on the last step's photos.
     """
-    refine.check_options(steps, learning_rate, style_weight)
+    refine.check_options(steps, learning_rate, style_weight, what="fit")
     graphdef, state = model if isinstance(model, tuple) else nnx.split(model)
     if palette is None:
         palette = nnx.merge(graphdef, state).palette

@@ -112,6 +112,7 @@ _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 # Serialises the (header-only) ``Image.open`` calls of this module, during which Pillow's global
 # decompression-bomb limit may be raised and its warning silenced; see ``_open_checked``.
 _OPEN_LOCK = threading.Lock()
+_FULL_SIZE = "arbitrary_nst.full_size"  # PIL info key: (w, h) before a reduced JPEG decode
 _GLOB_MAGIC = re.compile(r"[*?[]")
 
 
@@ -147,7 +148,7 @@ def load_image(
         return x
     rgb = _pil_to_rgb8(im, path)
     if max_side is not None:
-        rgb = _pil_downscale(rgb, max_side)
+        rgb = _pil_downscale(rgb, max_side, im.info.get(_FULL_SIZE))
     return np.asarray(rgb, dtype=np.float32) / np.float32(255.0)
 
 
@@ -161,7 +162,7 @@ def load_pil(
     im = _open_decoded(path, max_pixels=max_pixels, max_side=max_side)
     rgb = _pil_to_rgb8(im, path)
     if max_side is not None:
-        rgb = _pil_downscale(rgb, max_side)
+        rgb = _pil_downscale(rgb, max_side, im.info.get(_FULL_SIZE))
     return rgb
 
 
@@ -181,6 +182,7 @@ def _open_decoded(path: PathLike, *, max_pixels: int | None, max_side: int | Non
         im = _open_checked(f, name, max_pixels)
         try:
             with im:
+                full = im.size
                 if max_side is not None and im.format == "JPEG":
                     # Decode at a reduced DCT scale (1/2, 1/4, 1/8) while staying >= 2x the
                     # target, as Image.thumbnail does; Lanczos finishes the job afterwards.
@@ -188,8 +190,15 @@ def _open_decoded(path: PathLike, *, max_pixels: int | None, max_side: int | Non
                     scale = max_side / max(w, h)
                     if scale < 0.5:
                         im.draft(None, (max(1, round(w * scale * 2)), max(1, round(h * scale * 2))))
+                stored = im.size
                 im.load()  # force the full decode: this is where truncation shows up
-                return _exif_oriented(im)
+                out = _exif_oriented(im)
+                if out.size != stored:  # rotated by 90 degrees
+                    full = full[::-1]
+                # The output size follows from the full size, not the DCT-reduced one (whose
+                # rounding would give a JPEG a pixel more or less than the same image as PNG).
+                out.info[_FULL_SIZE] = full
+                return out
         except ImageError:
             raise
         except Image.DecompressionBombError as e:
@@ -316,6 +325,16 @@ def _exif_oriented(im: Image.Image) -> Image.Image:
     return out
 
 
+def _oriented_if_tagged(im: Image.Image) -> Image.Image:
+    """A user's PIL image (e.g. from ``Image.open``) oriented as a file of it would be: its
+    EXIF Orientation applied. Untagged images are returned as they are (no copy)."""
+    try:
+        tagged = im.getexif().get(0x0112, 1) not in (None, 1)
+    except Exception:  # noqa: BLE001 - broken EXIF: as stored, as for files
+        tagged = False
+    return _exif_oriented(im) if tagged else im
+
+
 def _has_alpha(im: Image.Image) -> bool:
     return im.mode in _ALPHA_MODES or (im.mode in ("P", "L", "RGB") and "transparency" in im.info)
 
@@ -332,7 +351,7 @@ def _pil_to_rgb8(im: Image.Image, path: PathLike | None = None) -> Image.Image:
     if _has_alpha(im):
         # convert() turns a "transparency" entry (palette index / key colour) into alpha and
         # un-premultiplies RGBa/La.
-        rgba = im.convert("RGBA")
+        rgba = (im.convert("LA") if im.mode == "La" else im).convert("RGBA")  # no La -> RGBA
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     if im.mode == "CMYK":
@@ -387,12 +406,17 @@ def _high_depth_to_float(im: Image.Image) -> np.ndarray:
     return np.clip(np.nan_to_num(x, nan=0.0), 0.0, 1.0).astype(np.float32, copy=False)
 
 
-def _pil_downscale(im: Image.Image, max_side: int) -> Image.Image:
-    w, h = im.size
-    if max(w, h) <= max_side:
+def _pil_downscale(im: Image.Image, max_side: int,
+                   full: tuple[int, int] | None = None) -> Image.Image:
+    """Lanczos downscale so the longer side is ``max_side``; ``full``: the image's size before
+    a reduced-scale JPEG decode (the target size is computed from it)."""
+    w, h = full or im.size
+    if max(w, h) <= max_side and im.size == (w, h):
         return im
-    nw, nh = _scaled_size(w, h, max_side / max(w, h))
-    return im.resize((nw, nh), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    size = _scaled_size(w, h, min(1.0, max_side / max(w, h)))
+    if im.size == size:
+        return im
+    return im.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -409,6 +433,7 @@ def to_float(image: ImageLike) -> np.ndarray:
     composited on white).
     """
     if isinstance(image, Image.Image):
+        image = _oriented_if_tagged(image)
         if image.mode in _HIGH_DEPTH_MODES:
             g = _high_depth_to_float(image)
             return np.repeat(g[:, :, None], 3, axis=2)
@@ -436,7 +461,10 @@ def check_array_image(x: Any) -> np.ndarray:
     """A user's array image, checked (ImageError, one line) before it is converted: ``H x W``
     or ``H x W x {1,3,4}`` (channels last), at least 1 x 1, uint8/uint16/bool/float, and a float
     image finite and in [0, 1] (values within :data:`FLOAT_IMAGE_RANGE` are clipped)."""
-    a = np.asarray(x)
+    try:
+        a = np.asarray(x)
+    except (TypeError, ValueError) as e:  # e.g. a ragged nested list
+        raise ImageError(None, f"not an image array ({type(x).__name__}: {_one_line(e)})") from None
     if not (a.dtype in (np.uint8, np.uint16, np.bool_) or np.issubdtype(a.dtype, np.floating)):
         raise ImageError(None, f"unsupported image array dtype {a.dtype} (use uint8, uint16, bool "
                                "or float in [0, 1])")
@@ -482,7 +510,7 @@ def to_uint8(image: ImageLike) -> np.ndarray:
     unchanged, ``bool`` become 0/255, PIL images become their 8-bit RGB pixels.
     """
     if isinstance(image, Image.Image):
-        return np.asarray(_pil_to_rgb8(image), dtype=np.uint8).copy()
+        return np.asarray(_pil_to_rgb8(_oriented_if_tagged(image)), dtype=np.uint8).copy()
     x = np.asarray(image)
     if x.dtype == np.uint8:
         return x
@@ -584,6 +612,37 @@ def resize_short_side(x: np.ndarray, size: int, *, method: Resample = "lanczos")
     scale = size / short
     nh, nw = (size, max(1, round(w * scale))) if h <= w else (max(1, round(h * scale)), size)
     return resize(x, (nh, nw), method=method)
+
+
+def short_side_center_square(x: np.ndarray, size: int, *,
+                             method: Resample = "lanczos") -> np.ndarray:
+    """``center_crop(resize_short_side(x, size), (size, size))`` of a float ``H x W [x C]``
+    image, without making the whole resized image: Pillow resamples only the square's box of
+    the source (the same sample positions and filter support, so the same pixels up to float
+    rounding). Memory and time stay bounded for any aspect ratio: a 1 x 1000 image would
+    otherwise become 256 x 256000 first."""
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+    a = np.asarray(x, dtype=np.float32)
+    h, w = _hw(a)
+    if min(h, w) == size:
+        return center_crop(a, (size, size))
+    if method not in _RESAMPLING:
+        raise ValueError(f"resize: unknown method {method!r}; choose from {sorted(_RESAMPLING)}")
+    scale = size / min(h, w)
+    nh, nw = (size, max(1, round(w * scale))) if h <= w else (max(1, round(h * scale)), size)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    sy, sx = h / nh, w / nw
+    box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+
+    def plane(p: np.ndarray) -> np.ndarray:
+        im = Image.fromarray(np.ascontiguousarray(p, dtype=np.float32))  # mode "F"
+        out = im.resize((size, size), _RESAMPLING[method], box=box)
+        return np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
+
+    if a.ndim == 2:
+        return plane(a)
+    return np.stack([plane(a[:, :, c]) for c in range(a.shape[2])], axis=2)
 
 
 def center_crop(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -99,6 +99,7 @@ and another thread pool crops, PNG-encodes and writes. Bad files are reported an
 from __future__ import annotations
 
 import collections
+import collections.abc
 import concurrent.futures as cf
 import os
 import threading
@@ -115,13 +116,13 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from . import color, fit_style, images
-from .errors import ConfigError, ImageError, ModelError, NSTError
+from .errors import ConfigError, ImageError, ModelError, NSTError, check_count
 from .models import ArbitraryStyleModel, check_palette
 
 __all__ = [
     "Stylizer", "FileResult", "DEFAULT_STYLE_SIZE", "DEFAULT_BATCH_SIZE", "DEFAULT_BUCKETS",
     "BUILTIN_MODEL", "bucket_side", "bucket_shape", "pad_to", "preserve_color_mode",
-    "check_strength", "normalize_weights", "style_working_image", "mixture_grid",
+    "check_strength", "check_count", "normalize_weights", "style_working_image", "mixture_grid",
     "trace_counts", "default_batch_size", "BACKENDS",
 ]
 
@@ -137,6 +138,11 @@ DEFAULT_BATCH_SIZE = 8
 
 #: Where the built-in model lives.
 BUILTIN_MODEL = Path(__file__).resolve().parent / "assets" / "model.safetensors"
+
+
+#: Largest style (and refinement / fit) working size: 8x the default. A typo such as 100000
+#: would otherwise upscale a style to 100000^2 floats and end in the kernel's OOM kill.
+MAX_STYLE_SIZE = 2048
 
 
 def default_batch_size() -> int:
@@ -254,15 +260,16 @@ def normalize_weights(weights: Any, n: int) -> np.ndarray:
                           f"style{'s' if n != 1 else ''}; give one weight per style")
     if not np.all(np.isfinite(w)) or np.any(w < 0):
         raise ConfigError(f"style weights must be finite and >= 0, got {w.tolist()}")
-    if w.sum() <= 0:
+    if w.max() <= 0:
         raise ConfigError("style weights must not all be zero")
+    w = w / w.max()  # first, so that huge weights cannot overflow the sum
     return (w / w.sum()).astype(np.float32)
 
 
 def style_working_image(x: np.ndarray, size: int) -> np.ndarray:
-    """Float HWC image -> ``size x size``: shorter side resized to ``size``, centre square."""
-    x = images.resize_short_side(np.asarray(x, np.float32), int(size))
-    return np.ascontiguousarray(images.center_crop(x, (int(size), int(size))), np.float32)
+    """Float HWC image -> ``size x size``: shorter side resized to ``size``, centre square
+    (only the square is resampled: bounded cost for any aspect ratio)."""
+    return np.ascontiguousarray(images.short_side_center_square(x, int(size)), np.float32)
 
 
 def mixture_grid(n_styles: int, steps: int) -> list[tuple[int, int, np.ndarray]]:
@@ -323,10 +330,11 @@ def _as_image_list(x: Any, what: str) -> tuple[list[Any], bool]:
         raise ConfigError(f"no {what} given")
     if _is_path(x) or isinstance(x, fit_style.FittedStyle):
         return [x], False
-    if isinstance(x, (list, tuple)):
+    if isinstance(x, (list, tuple)) or _is_other_iterable(x):
+        x = list(x)
         if not x:
             raise ConfigError(f"empty list of {what} images")
-        return list(x), True
+        return x, True
     try:
         from PIL import Image
 
@@ -345,22 +353,28 @@ def _as_image_list(x: Any, what: str) -> tuple[list[Any], bool]:
                       f"got an array of shape {a.shape}")
 
 
+def _is_other_iterable(x: Any) -> bool:
+    """A generator, set, dict view, ... of inputs (not an array, a path or a PIL image)."""
+    return (isinstance(x, collections.abc.Iterable) and not hasattr(x, "__array__")
+            and not _is_path(x) and not _is_pil(x) and not isinstance(x, (bytes, dict)))
+
+
+def _path_list(x: Any) -> list[Path]:
+    """One path or an iterable of paths (a single ``str`` is one path, not its characters)."""
+    if _is_path(x):
+        return [Path(os.fspath(x))]
+    try:
+        return [Path(os.fspath(p)) for p in x]
+    except TypeError:
+        raise ConfigError(f"expected a path or a list of paths, got {type(x).__name__}") from None
+
+
 def _is_pil(x: Any) -> bool:
     try:
         from PIL import Image
     except ImportError:  # pragma: no cover
         return False
     return isinstance(x, Image.Image)
-
-
-def _pil_downscale(im, max_side: int):
-    """Lanczos downscale so the longer side is ``max_side`` (as images.load_image does)."""
-    from PIL import Image
-
-    w, h = im.size
-    s = max_side / max(w, h)
-    size = (max(1, round(w * s)), max(1, round(h * s)))
-    return im.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 
 def _pow2_at_least(n: int) -> int:
@@ -621,13 +635,32 @@ def earlier_outputs(paths: Sequence[Path], output: Callable[[Path], Any]) -> dic
     outputs that even ``overwrite`` does not replace (:func:`output_problem`)."""
     made_by = {}
     for p in paths:
-        made_by.setdefault(os.path.realpath(os.fspath(output(p))), p)
+        made_by.setdefault(os.path.realpath(output_path(output, p)), p)
     found = {}
     for p in paths:
         src = made_by.get(os.path.realpath(p))
         if src is not None and os.path.realpath(src) != os.path.realpath(p):
             found[p] = src
     return found
+
+
+def _named(what: str, fn: Callable[..., Any], *args, **kwargs) -> Any:
+    """``fn(*args, **kwargs)``, with an ImageError about an in-memory image (no file name)
+    saying which argument it is about (``style image: image array contains NaN ...``)."""
+    try:
+        return fn(*args, **kwargs)
+    except ImageError as e:
+        if e.path is not None:
+            raise
+        raise ImageError(what, e.reason) from None
+
+
+def output_path(output: Callable[[Path], Any], content: Path) -> Path:
+    """``output(content)`` as a Path; ConfigError if the callback returns something else."""
+    dest = output(content)
+    if not isinstance(dest, (str, os.PathLike)):
+        raise ConfigError(f"output({content}) must return a path, got {type(dest).__name__}")
+    return Path(os.fspath(dest))
 
 
 def output_problem(dest: Path, guarded: set[str], earlier: set[str], overwrite: bool) -> str | None:
@@ -691,15 +724,14 @@ class Stylizer:
 
             self._onnx = OnnxTransfer(model, threads=threads)
         self.style_size = self._check_style_size(style_size)
-        self.buckets = None if buckets is None else tuple(sorted(int(b) for b in buckets))
-        if self.buckets is not None and any(b < 8 or b % 4 for b in self.buckets):
-            raise ConfigError(f"buckets must be multiples of 4 and >= 8, got {self.buckets}")
-        if batch_size is None:
-            batch_size = default_batch_size()
-        if int(batch_size) < 1:
-            raise ConfigError(f"batch size must be >= 1, got {batch_size}")
-        self.batch_size = int(batch_size)
-        self.max_pixels = max_pixels
+        self.buckets = None if buckets is None else tuple(
+            sorted(check_count(b, "each bucket", 8) for b in buckets))
+        if self.buckets is not None and (not self.buckets or any(b % 4 for b in self.buckets)):
+            raise ConfigError(f"buckets must be multiples of 4 and >= 8 (at least one; None: no "
+                              f"buckets), got {buckets!r}")
+        self.batch_size = check_count(default_batch_size() if batch_size is None else batch_size,
+                                      "batch size")
+        self.max_pixels = check_count(max_pixels, "max_pixels")
         self.source = source
         devs = list(jax.local_devices() if devices is None else devices)
         if not devs:
@@ -733,6 +765,8 @@ class Stylizer:
         else:
             from . import export
 
+            if not isinstance(path, (str, os.PathLike)):
+                raise ConfigError(f"model path must be a path, got {type(path).__name__}")
             name = export.model_file(path)
             if not os.path.exists(name):
                 raise ModelError(f"{name}: no such model file")
@@ -754,8 +788,9 @@ class Stylizer:
             s = int(size)
         except (TypeError, ValueError):
             raise ConfigError(f"style size must be an integer, got {size!r}") from None
-        if s != size or s < 32:
-            raise ConfigError(f"style size must be an integer >= 32, got {size!r}")
+        if s != size or not 32 <= s <= MAX_STYLE_SIZE:
+            raise ConfigError(f"style size must be an integer in [32, {MAX_STYLE_SIZE}], got "
+                              f"{size!r}")
         return s
 
     # -- properties -------------------------------------------------------------------------
@@ -803,7 +838,7 @@ class Stylizer:
             if max_side is not None and max(u8.shape[:2]) > max_side:
                 from PIL import Image
 
-                return np.asarray(_pil_downscale(Image.fromarray(u8), max_side), np.uint8)
+                return np.asarray(images._pil_downscale(Image.fromarray(u8), max_side), np.uint8)
             return np.ascontiguousarray(u8)
         f = images.array_to_float(x)
         if max_side is not None:
@@ -814,7 +849,7 @@ class Stylizer:
         if _is_path(x):
             img = images.load_image(x, max_pixels=self.max_pixels, max_side=8 * size)
         else:
-            img = images.to_float(self.read(x))
+            img = images.to_float(_named("style image", self.read, x))
         return style_working_image(img, size)
 
     def _cache_key(self, x: Any, size: int) -> tuple | None:
@@ -825,7 +860,10 @@ class Stylizer:
             st = os.stat(name)
         except OSError:
             return None  # load_image reports the problem
-        return (os.path.realpath(name), st.st_mtime_ns, st.st_size, size)
+        # ctime and inode too: a file replaced by one of the same size with its mtime kept
+        # (cp -p, rsync -t, coarse mtimes) is a new file all the same.
+        return (os.path.realpath(name), st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_size,
+                size)
 
     # -- embeddings -------------------------------------------------------------------------
     def _embed_small(self, small: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -976,7 +1014,7 @@ class Stylizer:
             raise ConfigError("fit_style takes one style image")
         small = self._style_small(items[0], ssize)[None]
         e0 = self._embed(items, ssize, small)[0][0]
-        photos = list(photos)
+        photos, _ = _as_image_list(photos, "photos")
         given = len(photos)
         if given > fit_style.MAX_PHOTOS:  # a seeded sample bounds memory (~0.8 MB per photo)
             pick = np.random.default_rng(seed).choice(given, fit_style.MAX_PHOTOS, replace=False)
@@ -996,7 +1034,8 @@ class Stylizer:
                 continue
             work.append(style_working_image(f, wsize))  # one shape: smaller photos upscaled
         if not work:
-            raise ConfigError(f"fit_style: no usable photos ({len(skipped)} skipped)")
+            first = f": {skipped[0]}" + (", ..." if len(skipped) > 1 else "") if skipped else ""
+            raise ConfigError(f"fit_style: no usable photos ({len(skipped)} skipped{first})")
         work = np.stack(work)
         pal = self.model.palette if palette is None else check_palette(palette)
         with self._refine_lock:
@@ -1017,7 +1056,7 @@ class Stylizer:
     def mix(self, embeddings: np.ndarray, weights: Sequence[float] | None = None) -> np.ndarray:
         """Convex mix ``sum_k w_k e_k`` of ``[N, D]`` embeddings (weights normalized); the
         same for ``[N, 12]`` colour moments (:meth:`palettes`)."""
-        e = np.asarray(embeddings, np.float32)
+        e = self._finite_array(embeddings, "embeddings")
         if e.ndim == 1:
             e = e[None]
         w = normalize_weights(weights, e.shape[0])
@@ -1075,9 +1114,12 @@ class Stylizer:
                 raise ConfigError("give either style images or an embedding, not both")
             if mode == "match":
                 raise ConfigError("preserve_color='match' needs style images, not an embedding")
-            e = np.asarray(embedding, np.float32)
+            e = self._finite_array(embedding, "embedding")
             if e.ndim == 2:
                 e = self.mix(e, weights)
+            elif weights is not None:
+                raise ConfigError("weights mix several embeddings ([N, D]); one embedding "
+                                  "takes none")
             if e.shape != (self.embedding_dim,):
                 raise ConfigError(f"embedding must have shape ({self.embedding_dim},) or "
                                   f"(N, {self.embedding_dim}), got {np.shape(embedding)}")
@@ -1100,6 +1142,19 @@ class Stylizer:
         d = None if ds is None else (w[:, None] * ds).sum(0).astype(np.float32)
         return _Plan(e, None, w, s, mode == "luminance", False, size, paths, moments=m,
                      offset=d), small
+
+    @staticmethod
+    def _finite_array(x: Any, what: str) -> np.ndarray:
+        """``x`` as float32, finite (ConfigError naming ``what`` otherwise): a NaN or infinite
+        embedding would make every output pixel NaN."""
+        try:
+            a = np.asarray(x, np.float32)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{what} must be an array of numbers, got "
+                              f"{type(x).__name__}") from None
+        if not np.all(np.isfinite(a)):
+            raise ConfigError(f"{what} has NaN or infinite values")
+        return a
 
     def _check_moments(self, moments: Any, weights=None) -> np.ndarray:
         """``[12]`` or ``[N, 12]`` (mixed with ``weights``) colour moments -> ``[12]``."""
@@ -1257,17 +1312,17 @@ class Stylizer:
         if embedding is None:
             e0 = (w[:, None] * self._embed(items, ssize, small)[0]).sum(0)
         else:
-            e0 = np.asarray(embedding, np.float32)
+            e0 = self._finite_array(embedding, "embedding")
             if e0.shape != (self.embedding_dim,):
                 raise ConfigError(f"embedding must have shape ({self.embedding_dim},), got "
                                   f"{e0.shape}")
         contents, batched = _as_image_list(content, "content")
         if batched:
             raise ConfigError("refine_embedding takes one content image")
-        f = images.to_float(self.read(contents[0], 8 * wsize))
+        f = images.to_float(_named("content image", self.read, contents[0], 8 * wsize))
         pal = self.model.palette if palette is None else check_palette(palette)
-        e, hist = self._refine_one(f, e0, w, _Refine(int(steps), float(lr), float(sw), wsize,
-                                                     small, pal))
+        e, hist = _named("content image", self._refine_one, f, e0, w,
+                         _Refine(int(steps), float(lr), float(sw), wsize, small, pal))
         return (e, hist) if return_history else e
 
     def _run(self, items: Iterable[_Item], plan: _Plan, *, out_uint8: bool = False,
@@ -1331,13 +1386,15 @@ class Stylizer:
         Returns float32 HWC in [0, 1] for one content, a list for a list, NHWC for an NHWC
         array. Raises NSTError subclasses (one line) for bad inputs.
         """
-        if max_size is not None and int(max_size) < 1:
-            raise ConfigError(f"max_size must be >= 1, got {max_size}")
+        max_size = check_count(max_size, "max_size")
+        check_count(batch_size, "batch size")
         plan = self._plan(style, weights, strength, preserve_color, embedding, style_size,
                           refine_steps, palette, palette_moments)
         contents, batched = _as_image_list(content, "content")
-        prepared = (self._prepare_array(i, self.read(c, max_size), plan)
-                    for i, c in enumerate(contents))
+        names = [f"content image {i}" if batched else "content image"
+                 for i in range(len(contents))]
+        prepared = (_named(names[i], lambda c=c, i=i: self._prepare_array(
+            i, self.read(c, max_size), plan)) for i, c in enumerate(contents))
         outs: list[np.ndarray | None] = [None] * len(contents)
         for it, y in self._run(prepared, plan, batch_size=batch_size):
             outs[it.key] = np.array(y, np.float32)
@@ -1357,15 +1414,18 @@ class Stylizer:
         the palette with, one per embedding (:meth:`palettes`); without them it is not
         applied. ``palette``: as in :meth:`stylize`. ``offsets`` (``[K, G]``): the gamma/beta
         offsets of fitted styles, mixed like the embeddings (:meth:`style_parts`)."""
+        max_size = check_count(max_size, "max_size")
+        check_count(batch_size, "batch size")
         mode = preserve_color_mode(preserve_color)
         if mode == "match":
             raise ConfigError("transfer() takes embeddings: use preserve_color='luminance', or "
                               "colour-match the style images before embed()")
-        e = np.asarray(embeddings, np.float32)
+        e = self._finite_array(embeddings, "embeddings")
         single = e.ndim == 1
         e = e[None] if single else e
-        if e.ndim != 2 or e.shape[1] != self.embedding_dim:
-            raise ConfigError(f"embeddings must be [K, {self.embedding_dim}], got {np.shape(embeddings)}")
+        if e.ndim != 2 or e.shape[1] != self.embedding_dim or e.shape[0] < 1:
+            raise ConfigError(f"embeddings must be [K, {self.embedding_dim}] with K >= 1, got "
+                              f"{np.shape(embeddings)}")
         plan = _Plan(None, None, np.ones(1, np.float32), 1.0, mode == "luminance", False,
                      self.style_size)
         plan.palette = self.model.palette if palette is None else check_palette(palette)
@@ -1389,7 +1449,7 @@ class Stylizer:
                 raise ConfigError("fitted styles need backend='jax' (the ONNX graph takes "
                                   "embeddings, not gamma/beta)")
             ds = list(d)
-        img = self.read(content, max_size)
+        img = _named("content image", self.read, content, max_size)
         base = self._prepare_array(0, img, plan)
         items = (_Item(k, base.x, base.hw, None, e[k], m=ms[k], d=ds[k])
                  for k in range(e.shape[0]))
@@ -1424,21 +1484,25 @@ class Stylizer:
         :meth:`stylize` (done in the decode threads, one content at a time). ``palette``,
         ``palette_moments``: as in :meth:`stylize`.
         """
-        if max_size is not None and int(max_size) < 1:
-            raise ConfigError(f"max_size must be >= 1, got {max_size}")
+        max_size = check_count(max_size, "max_size")
         plan = self._plan(style, weights, strength, preserve_color, embedding, style_size,
                           refine_steps, palette, palette_moments)
-        bs = self.batch_size if batch_size is None else int(batch_size)
-        if bs < 1:
-            raise ConfigError(f"batch size must be >= 1, got {batch_size}")
-        nw = int(workers) if workers else min(4, os.cpu_count() or 1)
-        ahead = int(prefetch) if prefetch else 2 * bs + nw
-        paths = [Path(os.fspath(c)) for c in contents]
+        bs = check_count(self.batch_size if batch_size is None else batch_size, "batch size")
+        nw = check_count(workers, "workers") or min(4, os.cpu_count() or 1)
+        ahead = check_count(prefetch, "prefetch") or 2 * bs + nw
+        paths = _path_list(contents)
         earlier = earlier_outputs(paths, output) if output is not None else {}
         earlier_real = {os.path.realpath(p) for p in earlier}
         guarded = {os.path.realpath(p) for p in paths}
-        guarded |= set(plan.style_paths) | {os.path.realpath(os.fspath(p)) for p in protected}
+        guarded |= set(plan.style_paths) | {os.path.realpath(p) for p in _path_list(protected)}
+        # Everything above runs at the call (bad options raise here, not at the first next());
+        # the files are read and written as the results are iterated.
+        return self._files(paths, plan, output, overwrite, max_size, bs, nw, ahead, earlier,
+                           earlier_real, guarded)
 
+    def _files(self, paths, plan, output, overwrite, max_size, bs, nw, ahead, earlier,
+               earlier_real, guarded) -> Iterator[FileResult]:
+        """The generator behind :meth:`stylize_files`."""
         jobs: list[tuple[int, Path, Path | None]] = []
         early: list[FileResult] = []
         claimed: dict[str, Path] = {}
@@ -1448,12 +1512,12 @@ class Stylizer:
                 early.append(earlier_output_result(p, earlier[p]))
                 continue
             if output is not None:
-                dest = Path(os.fspath(output(p)))
+                dest = output_path(output, p)
                 real = os.path.realpath(dest)
                 why = output_problem(dest, guarded, earlier_real, overwrite)
                 if why is None and real in claimed:  # the kind is set here: names another path
                     early.append(FileResult(
-                        p, dest, False, f"{dest}: output name collides with the output of "
+                        p, dest, False, f"{p}: its output {dest} collides with the output of "
                         f"{claimed[real]}; rename one of the inputs", "duplicate output name"))
                     continue
                 if why is not None:

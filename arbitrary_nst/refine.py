@@ -28,6 +28,7 @@ embedding receives only its own gradient, and Adam's statistics are per element)
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +37,7 @@ import optax
 from flax import nnx
 
 from . import color, losses
-from .errors import ConfigError
+from .errors import ConfigError, check_count
 from .models import check_palette
 from .vgg import features
 
@@ -53,13 +54,18 @@ def loss_config(style_weight: float = DEFAULT_STYLE_WEIGHT) -> losses.LossConfig
     return losses.LossConfig(style_weight=float(style_weight))
 
 
-def check_options(steps: int, learning_rate: float, style_weight: float) -> None:
-    if int(steps) != steps or int(steps) < 0:
-        raise ConfigError(f"refine steps must be an integer >= 0, got {steps}")
-    if not float(learning_rate) > 0:
-        raise ConfigError(f"refine learning rate must be > 0, got {learning_rate}")
-    if not float(style_weight) >= 0:
-        raise ConfigError(f"refine style weight must be >= 0, got {style_weight}")
+def check_options(steps: int, learning_rate: float, style_weight: float,
+                  what: str = "refine") -> None:
+    check_count(steps, f"{what} steps", 0)
+    for name, value, ok in (("learning rate", learning_rate, lambda v: v > 0),
+                            ("style weight", style_weight, lambda v: v >= 0)):
+        try:
+            good = ok(float(value)) and math.isfinite(float(value))
+        except (TypeError, ValueError):
+            good = False
+        if not good:
+            raise ConfigError(f"{what} {name} must be a finite number "
+                              f"{'> 0' if name == 'learning rate' else '>= 0'}, got {value!r}")
 
 
 def feature_fn(model):

@@ -23,6 +23,7 @@ from arbitrary_nst.images import (
     resize,
     resize_max_side,
     resize_short_side,
+    short_side_center_square,
     save_image,
     to_float,
     to_uint8,
@@ -666,3 +667,23 @@ def _png_bytes() -> bytes:
     b = io.BytesIO()
     Image.fromarray(_rgb(3, 2)).save(b, "PNG")
     return b.getvalue()
+
+
+def test_short_side_center_square_resamples_only_the_square(monkeypatch):
+    """The same pixels as resizing the shorter side and cropping the centre square, without
+    making the whole resized image (a 1 x 1000 style would be 256 x 256000 floats first)."""
+    rng = np.random.default_rng(0)
+    for h, w, size in [(300, 400, 256), (400, 300, 200), (257, 1000, 128), (31, 47, 64),
+                       (3, 1000, 32), (256, 300, 256), (100, 100, 40)]:
+        x = rng.random((h, w, 3)).astype(np.float32)
+        want = center_crop(resize_short_side(x, size), (size, size))
+        got = short_side_center_square(x, size)
+        assert got.shape == (size, size, 3) and got.dtype == np.float32
+        np.testing.assert_allclose(got, want, atol=5e-5)
+    sizes = []
+    real = Image.Image.resize
+    monkeypatch.setattr(Image.Image, "resize",
+                        lambda im, size, *a, **k: sizes.append(size) or real(im, size, *a, **k))
+    assert short_side_center_square(rng.random((1, 1000, 3)).astype(np.float32), 64).shape == (
+        64, 64, 3)
+    assert sizes and max(w * h for w, h in sizes) == 64 * 64

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -302,6 +303,19 @@ def test_embedding_cache_per_file(st, tmp_path):
     assert len(st._cache) == 3
 
 
+def test_embedding_cache_sees_a_same_size_same_mtime_replacement(st, tmp_path):
+    """cp -p / rsync -t: another image of the same byte size with the old mtime is a new file."""
+    p, q = tmp_path / "s.bmp", tmp_path / "t.bmp"
+    Image.fromarray((smooth_image(40, 40, 31) * 255).astype(np.uint8)).save(p)
+    Image.fromarray((smooth_image(40, 40, 32) * 255).astype(np.uint8)).save(q)
+    assert p.stat().st_size == q.stat().st_size
+    e1 = st.embed(p)
+    mtime = p.stat().st_mtime_ns
+    os.replace(q, p)
+    os.utime(p, ns=(mtime, mtime))
+    assert not np.allclose(st.embed(p), e1)
+
+
 def test_preserve_color_luminance(st, files):
     c = st.read(files["content"])
     plain = st.stylize(c, style=files["style_a"])
@@ -355,6 +369,109 @@ def test_bad_inputs_one_line(st, tmp_path, files):
             st.stylize(files["content"], style=files["style_a"])
     finally:
         st.max_pixels = images.DEFAULT_MAX_PIXELS
+
+
+def test_argument_errors_are_config_errors(st, files, tmp_path):
+    """Bad numbers, embeddings and callbacks are one-line ConfigErrors, not raw numpy/PIL
+    errors or silently odd results (a 1x1 output for max_size=0, a NaN image for a NaN
+    embedding, weights ignored)."""
+    c, s = smooth_image(30, 36, 1), files["style_a"]
+    e = st.embed(s)
+    u8 = (c * 255).astype(np.uint8)
+    bad = {
+        "max_size": [lambda: st.stylize(c, s, max_size=float("nan")),
+                     lambda: st.stylize(c, s, max_size=3.7),
+                     lambda: st.stylize(c, s, max_size="100"),
+                     lambda: st.transfer(u8, e, max_size=0),
+                     lambda: list(st.stylize_files([files["content"]], s, max_size=-1))],
+        "batch size": [lambda: st.stylize(c, s, batch_size=0),
+                       lambda: st.transfer(c, e, batch_size=float("nan"))],
+        "workers": [lambda: list(st.stylize_files([files["content"]], s, workers=-1))],
+        "NaN or infinite": [lambda: st.stylize(c, embedding=np.full(e.shape[1], np.nan)),
+                            lambda: st.transfer(c, np.full((2, e.shape[1]), np.inf)),
+                            lambda: st.refine_embedding(c, s, steps=1,
+                                                        embedding=np.full(e.shape[1], np.nan))],
+        "array of numbers": [lambda: st.stylize(c, embedding="x")],
+        "K >= 1": [lambda: st.transfer(c, np.zeros((0, e.shape[1])))],
+        "one embedding takes none": [lambda: st.stylize(c, embedding=e[0], weights=[.5, .5])],
+        "refine steps": [lambda: st.stylize(c, s, refine_steps=float("nan"))],
+        "fit steps": [lambda: st.fit_style(s, [c], steps=float("nan"))],
+        "must return a path": [lambda: list(st.stylize_files([files["content"]], s,
+                                                             output=lambda p: None))],
+        "paths": [lambda: list(st.stylize_files(5, s))],
+    }
+    for needle, calls in bad.items():
+        for call in calls:
+            with pytest.raises(ConfigError, match=re.escape(needle)):
+                call()
+    assert st.stylize(c, s, max_size=np.int64(20)).shape == (17, 20, 3)
+    assert st.stylize(c, s, max_size=20.0).shape == (17, 20, 3)
+    # weights that overflow when summed still mix (they were all 0 after inf / inf)
+    np.testing.assert_allclose(st.stylize(c, [s, s], weights=[1e308, 1e308]), st.stylize(c, s),
+                               atol=1e-5)
+
+
+def test_constructor_options_are_checked(model_path, vgg):
+    for kw, needle in (({"max_pixels": 0}, "max_pixels"), ({"buckets": []}, "buckets"),
+                       ({"batch_size": 2.5}, "batch size")):
+        with pytest.raises(ConfigError, match=needle):
+            Stylizer.load(model_path, vgg=vgg, **kw)
+    with pytest.raises(ConfigError, match="model path must be a path"):
+        Stylizer.load(5, vgg=vgg)
+
+
+def test_a_single_path_is_one_input_not_its_characters(st, files, tmp_path):
+    """stylize_files / fit_style / protected given one path (not a list) used to iterate it
+    character by character ('s: no such file', ...), so protected= protected nothing."""
+    res = list(st.stylize_files(files["content"], files["style_a"]))
+    assert len(res) == 1 and res[0].ok
+    keep = tmp_path / "keep.png"
+    keep.write_bytes(b"keep")
+    res = list(st.stylize_files([files["content"]], files["style_a"], output=lambda p: keep,
+                                overwrite=True, protected=str(keep)))
+    assert res[0].kind == "output is an input" and keep.read_bytes() == b"keep"
+    fs = st.fit_style(files["style_a"], str(files["content"]), steps=1, size=32)
+    assert fs.info["photos"] == 1 and fs.info["skipped"] == []
+    # generators and sets are lists of images, not arrays of shape ()
+    gen = st.stylize((x for x in [smooth_image(20, 24, 1), smooth_image(20, 24, 2)]),
+                     files["style_a"])
+    assert len(gen) == 2
+
+
+def test_in_memory_image_errors_name_the_argument(st, files):
+    bad = np.full((8, 8, 3), np.nan, np.float32)
+    with pytest.raises(ImageError, match="^style image: image array contains NaN"):
+        st.stylize(smooth_image(20, 24, 1), style=bad)
+    with pytest.raises(ImageError, match="^content image: image array contains NaN"):
+        st.stylize(bad, style=files["style_a"])
+    with pytest.raises(ImageError, match="^content image 1: image array contains NaN"):
+        st.stylize([smooth_image(20, 24, 1), bad], style=files["style_a"])
+    with pytest.raises(ImageError, match="not an image array"):
+        st.stylize([[smooth_image(20, 24, 1), smooth_image(20, 30, 1)]], style=files["style_a"])
+
+
+def test_pil_inputs_are_read_as_their_files(st, tmp_path, files):
+    """An EXIF-rotated JPEG opened with PIL is oriented as its file is; La images work."""
+    im = Image.fromarray((smooth_image(40, 60, 3) * 255).astype(np.uint8))
+    exif = im.getexif()
+    exif[0x0112] = 6
+    p = tmp_path / "rot.jpg"
+    im.save(p, exif=exif, quality=95)
+    np.testing.assert_array_equal(images.to_float(Image.open(p)), images.load_image(p))
+    assert st.stylize(Image.open(p), files["style_a"]).shape == (60, 40, 3)
+    assert images.to_float(im.convert("La")).shape == (40, 60, 3)
+
+
+def test_max_size_on_a_jpeg_file_equals_the_same_image_in_memory(tmp_path):
+    """The reduced-scale JPEG decode rounded the target size from the reduced size: 999 x 667
+    at max 50 gave 50 x 34 from the file and 50 x 33 from the pixels."""
+    rng = np.random.default_rng(0)
+    for w, h, m in ((999, 667, 50), (1919, 1081, 31), (1023, 341, 97)):
+        a = (rng.random((h, w, 3)) * 255).astype(np.uint8)
+        Image.fromarray(a).save(tmp_path / "x.jpg", quality=90)
+        want = images._scaled_size(w, h, m / max(w, h))
+        assert images.load_pil(tmp_path / "x.jpg", max_side=m).size == want
+        assert images.load_image(tmp_path / "x.jpg", max_side=m).shape[:2] == want[::-1]
 
 
 @pytest.mark.parametrize("bad, reason", [
