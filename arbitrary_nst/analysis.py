@@ -45,7 +45,7 @@ from . import gatys
 from . import images as images_lib
 from . import losses as losses_lib
 from . import vgg as vgg_lib
-from .files import set_new_file_mode
+from .files import check_output_file, lexists, set_new_file_mode
 from .errors import ConfigError, ImageError
 
 FIGURES = ("a", "b", "c", "d", "e", "f")
@@ -84,22 +84,24 @@ def make_figures(out_dir: str | os.PathLike, *, content: np.ndarray | None = Non
                  style: np.ndarray | None = None, size: int = DEFAULT_SIZE,
                  iters: int = DEFAULT_ITERS, figures: Sequence[str] = FIGURES,
                  overwrite: bool = False, verbose: bool = True, vgg_params=None,
-                 normalized_params=None) -> list[Path]:
+                 normalized_params=None,
+                 inputs: Sequence[str | os.PathLike] = ()) -> list[Path]:
     """Write the requested figures (letters of :data:`FIGURES`) into ``out_dir``; returns paths.
-    Existing files are refused (before any work) unless ``overwrite``. ``normalized_params``
-    (figure f) defaults to :func:`arbitrary_nst.vgg.load_vgg16` ``(normalized=True)``."""
+    Before any work: existing files are refused unless ``overwrite``, a figure path that is one
+    of the ``inputs`` (the image files given) always, and so is an unwritable folder.
+    ``normalized_params`` (figure f) defaults to :func:`arbitrary_nst.vgg.load_vgg16`
+    ``(normalized=True)``."""
     unknown = [f for f in figures if f not in FIGURES]
     if unknown:
         raise ConfigError(f"unknown figures {unknown}; choose from {', '.join(FIGURES)}")
     if size < vgg_lib.MIN_SIZE:
         raise ConfigError(f"analysis size must be >= {vgg_lib.MIN_SIZE}, got {size}")
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
+    if lexists(out) and not out.is_dir():
         raise ImageError(out, "exists and is not a folder")
     paths = {f: out / FILENAMES[f] for f in figures}
     for p in paths.values():
-        if p.exists() and not overwrite:
-            raise ImageError(p, "exists; pass --overwrite to replace it")
+        check_output_file(p, overwrite=overwrite, inputs=inputs)  # also creates `out`
     dc, ds = (None, None) if content is not None and style is not None else default_images()
     content = dc if content is None else content
     style = ds if style is None else style
@@ -109,7 +111,6 @@ def make_figures(out_dir: str | os.PathLike, *, content: np.ndarray | None = Non
     if min(content.shape[:2]) < vgg_lib.MIN_SIZE:
         raise ConfigError(f"content is too thin at {size} px for VGG (needs >= 32 px per side)")
     params = gatys.load_params(gatys.GatysConfig()) if vgg_params is None else vgg_params
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     # (a), (b), (d) and (e) run as ONE batch: one compiled program
     batch = main_batch(params, content, style, iters, figures)

@@ -40,6 +40,14 @@ def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentPars
     return deco
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line, ``error: ... (see PROG --help)``, exit status 2 (argparse's
+    usage status), instead of the whole usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Shows every option's default (not for required options, flags and unset optionals,
     whose help says what happens) and keeps the description's line breaks."""
@@ -51,10 +59,11 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="infer.py", formatter_class=_Formatter,
         description="Arbitrary neural style transfer (JAX). Run `infer.py COMMAND --help`.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                parser_class=_Parser)
     for cmd in COMMANDS.values():
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help, formatter_class=_Formatter)
         cmd.add_arguments(p)
@@ -70,12 +79,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv.insert(0, "stylize")  # `infer.py --content C --style S --out O` means stylize
     try:
         args = parser.parse_args(argv)
-    except SystemExit as e:  # --help (0) or a usage error (2, message already printed)
+    except SystemExit as e:  # --help (0) or a usage error (2, its one line already printed)
         return int(e.code or 0) if not isinstance(e.code, str) else EXIT_ERROR
     try:
         return int(args._run(args) or 0)
     except NSTError as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as e:  # a filesystem limit no check foresaw: still one line, not a traceback
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or _one_line(e)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
@@ -132,6 +145,21 @@ def _positive_int(s: str) -> int:
     return v
 
 
+#: Upper bounds of working sizes: a typo (--size 100000) is an error, not minutes of silence
+#: and the kernel's out-of-memory kill. 4096 px is ~64x the usual working image.
+MAX_GATYS_SIZE = 4096
+MAX_STYLE_SIZE = 2048  # = inference.MAX_STYLE_SIZE (not imported here: keeps --help fast)
+
+
+def _bounded_int(lo: int, hi: int):
+    def parse(s: str) -> int:
+        v = int(s)
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"must be in [{lo}, {hi}], got {v}")
+        return v
+    return parse
+
+
 def _nonneg_float(s: str) -> float:
     v = float(s)
     if not v >= 0:
@@ -139,10 +167,13 @@ def _nonneg_float(s: str) -> float:
     return v
 
 
-def output_paths(out: str, contents: Sequence[str], *, suffix: str, overwrite: bool) -> list[Path]:
+def output_paths(out: str, contents: Sequence[str], *, suffix: str, overwrite: bool,
+                 inputs: Sequence[str] = ()) -> list[Path]:
     """Where each content's result goes. One content: ``out`` is the file (or an existing folder);
     several: ``out`` is a folder (created) or a pattern containing ``{name}`` (content file stem).
-    Refuses to overwrite an input, and existing files unless ``overwrite``."""
+    Refuses to overwrite an input (the contents and ``inputs``, e.g. the styles) even with
+    ``overwrite``, existing files unless ``overwrite``, and unwritable places, before any work."""
+    from .files import check_output_file
     from .images import SAVE_FORMATS
 
     ext = Path(out).suffix.lower()
@@ -159,15 +190,9 @@ def output_paths(out: str, contents: Sequence[str], *, suffix: str, overwrite: b
     if len({p.resolve() for p in paths}) != len(paths):
         raise ConfigError("--out: two content images would be written to the same file "
                           "(same file names?); use a pattern with {name} or separate runs")
-    inputs = {Path(c).resolve() for c in contents}
     for p in paths:
-        if p.suffix.lower() not in SAVE_FORMATS:
-            raise ImageError(p, f"unsupported output format ('{p.suffix}'); use one of "
-                                f"{', '.join(sorted(SAVE_FORMATS))}")
-        if p.resolve() in inputs:
-            raise ImageError(p, "is an input image; refusing to overwrite it")
-        if p.exists() and not overwrite:
-            raise ImageError(p, "exists; pass --overwrite to replace it")
+        check_output_file(p, overwrite=overwrite, inputs=[*contents, *inputs],
+                          suffixes=SAVE_FORMATS)
     return paths
 
 
@@ -189,12 +214,12 @@ def _add_gatys_arguments(p: argparse.ArgumentParser) -> None:
                          "default: equal")
     io.add_argument("--out", required=True,
                     help="output file (one content) or folder / pattern with {name} (several)")
-    io.add_argument("--size", type=_positive_int, default=512,
+    io.add_argument("--size", type=_bounded_int(32, MAX_GATYS_SIZE), default=512,
                     help="longer side of the result in pixels (aspect ratio kept)")
     io.add_argument("--style-scale", type=float, default=d.style_scale,
                     help="style image's longer side relative to the result's")
     io.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    io.add_argument("--max-pixels", type=int, default=None,
+    io.add_argument("--max-pixels", type=_positive_int, default=None,
                     help="refuse input images with more pixels (default: the I/O module's "
                          "limit, 64 megapixels)")
 
@@ -306,33 +331,54 @@ def _run_gatys(args: argparse.Namespace) -> int:
     if args.style_weights is not None and sum(args.style_weights) <= 0:
         raise ConfigError("--style-weights must have a positive sum")
     cfg = gatys_config_from_args(args)
-    outs = output_paths(args.out, args.content, suffix="gatys", overwrite=args.overwrite)
-    contents = [_load(c, args.max_pixels) for c in args.content]
-    styles = [_load(s, args.max_pixels) for s in args.style]
-    # resize to the working size; group same-shape contents into one batch each
-    work = [images.resize_max_side(c, args.size, upscale=True) for c in contents]
+    outs = output_paths(args.out, args.content, suffix="gatys", overwrite=args.overwrite,
+                        inputs=args.style)
+    styles = [_load(s, args.max_pixels) for s in args.style]  # a bad style stops the job
+    # Contents: a bad one is skipped and reported, the rest go on (as in stylize's batches).
+    # Each is resized to the working size; same-shape contents form one batch each.
+    work: dict[int, np.ndarray] = {}
+    skipped: list[str] = []
+    for i, c in enumerate(args.content):
+        try:
+            x = images.resize_max_side(_load(c, args.max_pixels), args.size, upscale=True)
+            if min(x.shape[:2]) < 32:
+                raise ImageError(c, f"is too thin: {x.shape[1]}x{x.shape[0]} at --size "
+                                    f"{args.size}; VGG needs >= 32 px per side")
+        except NSTError:
+            if len(args.content) == 1:  # nothing else to go on with: the job's error
+                raise
+            skipped.append(_one_line(sys.exc_info()[1]))
+            print(f"skipped: {skipped[-1]}", file=sys.stderr)
+            continue
+        work[i] = x
     groups: dict[tuple[int, int], list[int]] = {}
-    for i, x in enumerate(work):
-        if min(x.shape[:2]) < 32:
-            raise ImageError(args.content[i], f"is too thin: {x.shape[1]}x{x.shape[0]} at "
-                             f"--size {args.size}; VGG needs >= 32 px per side")
+    for i, x in work.items():
         groups.setdefault(x.shape[:2], []).append(i)
-    params = gatys.load_params(cfg)
+    params = gatys.load_params(cfg) if groups else None
+    done = 0
     for shape, idx in groups.items():
         if len(groups) > 1 and not args.quiet:
             print(f"batch of {len(idx)} at {shape[1]}x{shape[0]}", file=sys.stderr)
         result = gatys.run(np.stack([work[i] for i in idx]), styles,
                            style_weights=args.style_weights, config=cfg,
                            progress=not args.quiet, vgg_params=params)
+        final = result.final_terms()
         for j, i in enumerate(idx):
-            images.save_image(outs[i], result.images[j], overwrite=args.overwrite)
+            try:
+                images.save_image(outs[i], result.images[j], overwrite=args.overwrite)
+            except NSTError as e:
+                skipped.append(_one_line(e))
+                print(f"skipped: {skipped[-1]}", file=sys.stderr)
+                continue
+            done += 1
             if not args.quiet:
-                final = result.final_terms()
                 terms = {k: float(final[k][j]) for k in ("total", "content", "style", "tv")
                          if k in final}
                 print(f"wrote {outs[i]}  " + "  ".join(f"{k}={v:.4g}" for k, v in terms.items()),
                       file=sys.stderr)
-    return 0
+    if len(args.content) > 1 or skipped:
+        print(f"done {done}, skipped {len(skipped)}")
+    return EXIT_ERROR if skipped else 0
 
 
 command("gatys", "Gatys et al. style transfer by optimizing the pixels (L-BFGS or Adam).",
@@ -351,7 +397,7 @@ def _add_analyze_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--style", default=None,
                    help="style image (default: the built-in 'strokes' sample)")
     p.add_argument("--out-dir", required=True, help="folder for the PNG figures")
-    p.add_argument("--size", type=_positive_int, default=analysis.DEFAULT_SIZE,
+    p.add_argument("--size", type=_bounded_int(32, MAX_GATYS_SIZE), default=analysis.DEFAULT_SIZE,
                    help="longer side of the images optimized for the figures")
     p.add_argument("--iters", type=_positive_int, default=analysis.DEFAULT_ITERS,
                    help="L-BFGS iterations per reconstruction / transfer")
@@ -378,7 +424,8 @@ def _run_analyze(args: argparse.Namespace) -> int:
                                                                                   args.iters)
     written = analysis.make_figures(args.out_dir, content=content, style=style, size=size,
                                     iters=iters, figures=figs, overwrite=args.overwrite,
-                                    verbose=not args.quiet)
+                                    verbose=not args.quiet,
+                                    inputs=[p for p in (args.content, args.style) if p])
     for path in written:
         print(path)
     return 0
@@ -410,9 +457,9 @@ def _run_export_onnx(args: argparse.Namespace) -> int:
     from .inference import Stylizer
     from .onnx_export import OnnxTransfer, save_transfer_onnx
 
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise ConfigError(f"{out}: exists (pass --overwrite to replace it)")
+    from .files import check_output_file
+
+    out = check_output_file(args.out, overwrite=args.overwrite, suffixes={".onnx"})
     st = Stylizer.load(args.model)
     path = save_transfer_onnx(st.model, out)
     msg = f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB; width {st.model.width})"
@@ -456,8 +503,8 @@ def _add_fit_style_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--style-weight", type=float, default=fit_style.DEFAULT_STYLE_WEIGHT,
                    metavar="W", help="weight of the style term against content (the built-in "
                                      "model's training balance; lower keeps more of the photos)")
-    p.add_argument("--size", type=int, default=fit_style.DEFAULT_SIZE, metavar="N",
-                   help="photo working size: shorter side resized to N, centre square")
+    p.add_argument("--size", type=_bounded_int(32, MAX_STYLE_SIZE), default=fit_style.DEFAULT_SIZE,
+                   metavar="N", help="photo working size: shorter side resized to N, centre square")
     p.add_argument("--seed", type=int, default=0, help="photo order")
     p.add_argument("--model", metavar="PATH",
                    help="model export (.safetensors) or training workdir (None = the built-in "
@@ -473,19 +520,17 @@ def _run_fit_style(args: argparse.Namespace) -> int:
     from . import fit_style, images
     from .inference import Stylizer
 
-    out = Path(args.out)
-    if out.suffix != fit_style.SUFFIX:
-        raise ConfigError(f"{out}: --out must end in {fit_style.SUFFIX}")
-    if out.exists() and not args.overwrite:
-        raise ConfigError(f"{out}: exists (pass --overwrite to replace it)")
-    if not out.parent.is_dir():
-        why = "is a file, not a folder" if out.parent.exists() else "does not exist"
-        raise ConfigError(f"{out}: folder {out.parent} {why}")
+    from .files import check_output_file
+
+    if Path(args.out).suffix != fit_style.SUFFIX:
+        raise ConfigError(f"{args.out}: --out must end in {fit_style.SUFFIX}")
+    if fit_style.is_fitted_style_path(args.style):
+        raise ConfigError(f"{args.style}: --style must be a style image (fit-style fits one; "
+                          f"this is already a fitted style)")
     fit_style.check_options(args.steps, args.lr, args.batch_size, args.style_weight)
     photos = [p for spec in args.photos for p in images.list_images(spec, recursive=args.recursive)]
-    inputs = {os.path.realpath(p) for p in [args.style, *photos]}
-    if os.path.realpath(out) in inputs:
-        raise ConfigError(f"{out}: would overwrite an input file; choose another --out")
+    out = check_output_file(args.out, overwrite=args.overwrite, inputs=[args.style, *photos],
+                            suffixes={fit_style.SUFFIX})
     t0 = time.perf_counter()
     st = Stylizer.load(args.model)
     fs = st.fit_style(args.style, photos, steps=args.steps, learning_rate=args.lr,

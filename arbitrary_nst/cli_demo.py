@@ -8,7 +8,12 @@ that no model has seen in training) to ``OUT/inputs``, then with the built-in mo
 * ``OUT/strength_sweep.png``: strength 0 -> 1 for one style.
 
 Without a trained model (``--method gatys``, or no built-in model installed) it runs the Gatys
-optimizer on one pair instead, so the demo always produces a stylized image.
+optimizer on one pair instead, so the demo always produces a stylized image. A ``--model`` that
+was named but cannot be loaded is an error, not a reason to fall back.
+
+The demo replaces its own earlier results, so it writes only into a new or empty folder or one
+it made before (marked by a ``.arbitrary_nst-demo`` file, or holding only the demo's own
+entries): never over a user's files.
 """
 from __future__ import annotations
 
@@ -16,24 +21,49 @@ import argparse
 import time
 from pathlib import Path
 
-from . import cli_stylize, images, samples
-from .errors import ModelError
+from . import cli_stylize, files, images, samples
+from .errors import ConfigError, ModelError
 
 DEMO_CONTENTS = ("astronaut", "chelsea", "coffee")
 DEMO_STYLES = ("strokes", "mosaic", "waves", "cubist")
+MARKER = ".arbitrary_nst-demo"
+
+
+def _positive(s: str) -> int:
+    v = int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _size(s: str) -> int:
+    v = int(s)
+    if not 32 <= v <= 4096:
+        raise argparse.ArgumentTypeError(f"must be in [32, 4096], got {v}")
+    return v
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", default="out/demo", help="where the demo writes its images")
     parser.add_argument("--model", default=None,
                         help="model export or training workdir (None = the built-in model)")
-    parser.add_argument("--max-size", type=int, default=512,
+    parser.add_argument("--max-size", type=_size, default=512,
                         help="longer side of the stylized photos")
     parser.add_argument("--method", choices=("network", "gatys"), default="network",
                         help="'gatys' skips the network and runs the pixel optimizer")
-    parser.add_argument("--iterations", type=int, default=150,
+    parser.add_argument("--iterations", type=_positive, default=150,
                         help="Gatys iterations when the Gatys path runs")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _claim(out: Path) -> None:
+    """Make ``out`` the demo's folder: new, empty, or marked by an earlier demo run."""
+    files.check_writable_dir(out)
+    ours = {MARKER, "inputs", "stylized", "gatys", "interpolation.png", "strength_sweep.png"}
+    if not (out / MARKER).is_file() and not {p.name for p in out.iterdir()} <= ours:
+        raise ConfigError(f"{out}: not empty and not an earlier demo's folder (the demo "
+                          "replaces its own files); choose a new or empty --out-dir")
+    (out / MARKER).write_text("written by `infer.py demo`; its files are replaced on rerun\n")
 
 
 def _write_inputs(out: Path, max_size: int) -> tuple[Path, Path]:
@@ -56,35 +86,41 @@ def _stylize(argv: list[str]) -> int:
 def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     out = Path(args.out_dir)
-    content_dir, style_dir = _write_inputs(out, args.max_size)
-    styles = [str(style_dir / f"{s}.png") for s in DEMO_STYLES]
-    common = ["--max-size", str(args.max_size)] + (["--no-progress"] if args.no_progress else [])
-    if args.model:
-        common += ["--model", args.model]
     method = args.method
     if method == "network":
         try:
             cli_stylize.load_stylizer(args.model)
         except ModelError as e:
+            if args.model:  # the user's own model: an error, not a silent change of method
+                raise
             print(f"demo: no trained model ({e}); running the Gatys optimizer instead")
             method = "gatys"
-    written = []
+    _claim(out)
+    content_dir, style_dir = _write_inputs(out, args.max_size)
+    styles = [str(style_dir / f"{s}.png") for s in DEMO_STYLES]
+    common = ["--max-size", str(args.max_size)] + (["--no-progress"] if args.no_progress else [])
+    if args.model:
+        common += ["--model", args.model]
+    written, rc = [], 0
     if method == "network":
         for style in styles:  # one call per style: several --style values would be mixed
-            _stylize(["--content", str(content_dir), "--style", style, "--out-dir",
-                      str(out / "stylized"), "--overwrite", *common])
+            rc = max(rc, _stylize(["--content", str(content_dir), "--style", style, "--out-dir",
+                                   str(out / "stylized"), "--overwrite", *common]))
         written.append(out / "stylized")
         photo = str(content_dir / "astronaut.png")
-        _stylize(["--content", photo, "--interpolate", styles[0], styles[2], "--steps", "5",
-                  "--out", str(out / "interpolation.png"), "--overwrite", *common])
-        _stylize(["--content", photo, "--style", styles[1], "--strength-sweep", "5",
-                  "--out", str(out / "strength_sweep.png"), "--overwrite", *common])
+        rc = max(rc, _stylize(["--content", photo, "--interpolate", styles[0], styles[2],
+                               "--steps", "5", "--out", str(out / "interpolation.png"),
+                               "--overwrite", *common]))
+        rc = max(rc, _stylize(["--content", photo, "--style", styles[1], "--strength-sweep", "5",
+                               "--out", str(out / "strength_sweep.png"), "--overwrite",
+                               *common]))
         written += [out / "interpolation.png", out / "strength_sweep.png"]
     else:
         target = out / "gatys" / "astronaut__strokes.png"
-        _stylize(["--method", "gatys", "--content", str(content_dir / "astronaut.png"),
-                  "--style", styles[0], "--out", str(target), "--overwrite",
-                  "--iterations", str(args.iterations), *common])
+        rc = _stylize(["--method", "gatys", "--content", str(content_dir / "astronaut.png"),
+                       "--style", styles[0], "--out", str(target), "--overwrite",
+                       "--iterations", str(args.iterations), *common])
         written.append(target)
-    print(f"demo: wrote {', '.join(str(p) for p in written)} in {time.perf_counter() - t0:.1f} s")
-    return 0
+    print(f"demo: wrote {', '.join(str(p) for p in written)} in {time.perf_counter() - t0:.1f} s"
+          + ("" if rc == 0 else " (some images were skipped: see above)"))
+    return rc

@@ -53,7 +53,6 @@ import argparse
 import math
 import os
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -61,9 +60,8 @@ from typing import Any
 
 import numpy as np
 
-from . import images
+from . import files, images
 from .errors import ConfigError, ImageError, NSTError
-from .files import make_dir
 
 DEFAULT_MAX_SIZE = 1024
 DEFAULT_TILE_SIZE = 256
@@ -153,6 +151,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+MAX_TILES = 100  # tiles of one --interpolate / --strength-sweep figure
+MAX_STYLE_SIZE = 2048  # = inference.MAX_STYLE_SIZE (not imported: keeps --help fast)
+
+
 def _validate(args: argparse.Namespace) -> str:
     """Check option combinations and values; returns the mode."""
     from .inference import check_strength, normalize_weights
@@ -166,8 +168,16 @@ def _validate(args: argparse.Namespace) -> str:
         raise ConfigError(f"--max-size must be >= 0 (0 = keep the size), got {args.max_size}")
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.style_size < 32:
-        raise ConfigError(f"--style-size must be >= 32, got {args.style_size}")
+    if not 32 <= args.style_size <= MAX_STYLE_SIZE:
+        raise ConfigError(f"--style-size must be in [32, {MAX_STYLE_SIZE}], got {args.style_size}")
+    if args.method == "gatys" and args.dtype != "float32":
+        raise ConfigError("--dtype applies to --method network; the Gatys optimizer runs in "
+                          "float32")
+    if args.method != "gatys" and args.iterations is not None:
+        raise ConfigError("--iterations applies to --method gatys")
+    if args.method == "gatys" and args.max_size and args.max_size < 32:
+        raise ConfigError(f"--method gatys needs --max-size >= 32 (VGG's smallest input), got "
+                          f"{args.max_size}")
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
     if args.max_pixels < 1:
@@ -185,6 +195,12 @@ def _validate(args: argparse.Namespace) -> str:
             raise ConfigError("--interpolate needs at least 2 styles")
         if args.steps < 2:
             raise ConfigError(f"--steps must be >= 2, got {args.steps}")
+        from .inference import mixture_grid
+
+        if args.steps > MAX_TILES or len(mixture_grid(len(args.interpolate),
+                                                      args.steps)) > MAX_TILES:
+            raise ConfigError(f"--interpolate {len(args.interpolate)} styles x --steps "
+                              f"{args.steps} is more than {MAX_TILES} tiles; use fewer steps")
         mode = "interpolate"
     else:
         if not args.style:
@@ -192,10 +208,14 @@ def _validate(args: argparse.Namespace) -> str:
         if args.style_weights is not None:
             normalize_weights(args.style_weights, len(args.style))
         mode = "sweep" if args.strength_sweep is not None else "stylize"
-        if mode == "sweep" and args.strength_sweep < 2:
-            raise ConfigError(f"--strength-sweep must be >= 2, got {args.strength_sweep}")
-    if mode != "stylize" and args.tile_size < 8:
-        raise ConfigError(f"--tile-size must be >= 8, got {args.tile_size}")
+        if mode == "sweep" and not 2 <= args.strength_sweep <= MAX_TILES:
+            raise ConfigError(f"--strength-sweep must be in [2, {MAX_TILES}], got "
+                              f"{args.strength_sweep}")
+        if mode == "sweep" and args.strength != 1.0:
+            raise ConfigError("--strength-sweep goes from strength 0 to 1 itself; drop "
+                              "--strength")
+    if mode != "stylize" and not 8 <= args.tile_size <= 4096:
+        raise ConfigError(f"--tile-size must be in [8, 4096], got {args.tile_size}")
     if args.method == "gatys" and mode != "stylize":
         raise ConfigError("--method gatys does not support --interpolate/--strength-sweep")
     if args.backend == "onnxruntime" and args.dtype != "float32":
@@ -222,26 +242,13 @@ def _validate(args: argparse.Namespace) -> str:
 
 def _check_out_dir(d: str) -> Path:
     """Create ``d`` if needed and make sure files can be created in it (one-line errors)."""
-    p = make_dir(d)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".nst-write-test.", dir=p)
-    except OSError as e:
-        raise ImageError(d, f"output folder is not writable: {e.strerror or e}") from None
-    os.close(fd)
-    os.unlink(tmp)
-    return p
+    return files.check_writable_dir(d)
 
 
 def _check_out_file(out: str) -> Path:
-    p = Path(out)
-    if p.suffix.lower() not in images.SAVE_FORMATS:
-        exts = ", ".join(sorted(images.SAVE_FORMATS))
-        raise ImageError(out, f"unsupported output format ({p.suffix or 'no extension'}); "
-                              f"use one of {exts}")
-    if p.is_dir():
-        raise ImageError(out, "is a directory, expected an output file name")
-    _check_out_dir(str(p.parent) if str(p.parent) else ".")
-    return p
+    """A single output file's name, format and folder (existing files and inputs: checked
+    with the rest of the job)."""
+    return files.check_output_file(out, overwrite=True, suffixes=images.SAVE_FORMATS)
 
 
 def _stem(paths) -> str:
@@ -250,12 +257,6 @@ def _stem(paths) -> str:
 
 def _same_file(a, b) -> bool:
     return os.path.realpath(os.fspath(a)) == os.path.realpath(os.fspath(b))
-
-
-def _check_not_input(out: Path, inputs) -> None:
-    for p in inputs:
-        if _same_file(out, p):
-            raise ImageError(out, "would overwrite an input file; choose another output")
 
 
 # --------------------------------------------------------------------------------------------
@@ -374,13 +375,12 @@ def _figure(args, mode: str, stylizer) -> int:
     content = content_files[0]
     styles = list(args.interpolate if mode == "interpolate" else args.style)
     if args.out:
-        out = _check_out_file(args.out)
+        out = Path(args.out)
     else:
         kind = "interp" if mode == "interpolate" else "sweep"
         out = _check_out_dir(args.out_dir) / f"{content.stem}__{_stem(styles)}__{kind}.png"
-    _check_not_input(out, [content, *styles])
-    if os.path.lexists(out) and not args.overwrite:
-        raise ImageError(out, "exists; pass --overwrite to replace it")
+    files.check_output_file(out, overwrite=args.overwrite, inputs=[content, *styles],
+                            suffixes=images.SAVE_FORMATS)
     t0 = time.perf_counter()
     stylizer.max_pixels = args.max_pixels
     img = stylizer.read(content, max_side=args.tile_size)  # uint8 HWC, as the batch path
@@ -473,6 +473,9 @@ def _stylize(args, stylizer) -> int:
             output=output, overwrite=args.overwrite, batch_size=args.batch_size,
             workers=args.workers, refine_steps=args.refine, palette=args.palette)
     done, skipped = 0, []
+    if single and args.refine and not args.no_progress:  # the only sign of life for a while
+        print(f"refining the style embedding for {contents[0]} ({args.refine} Adam steps) ...",
+              file=sys.stderr, flush=True)
     bar = _progress(len(contents), not args.no_progress and not single)
     try:
         for r in results:
@@ -535,8 +538,12 @@ def _gatys_results(args, contents, styles, output, max_size):
             res = gatys.run(x, style_imgs, style_weights=w, config=cfg,
                             progress=not args.no_progress, vgg_params=params)
             images.save_image(dest, res.images[0], overwrite=args.overwrite)
-        except NSTError as e:
-            yield skipped_by_error(c, dest, e)
+        except NSTError as e:  # a message without the file gets its name
+            yield skipped_by_error(c, dest, e if isinstance(e, ImageError) or str(c) in str(e)
+                                   else ImageError(c, str(e)))
+            continue
+        except OSError as e:  # e.g. a name the filesystem cannot hold: skip it, go on
+            yield skipped_file(c, dest, dest, f"cannot write: {e.strerror or e}")
             continue
         yield FileResult(c, dest, True, shape=x.shape[:2])
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -21,7 +21,7 @@ def make_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
     """Create the folder ``path`` (and its parents) if needed, or raise one-line ImageErrors
     naming it as ``what``: it is a file, a parent is a file, or it cannot be created."""
     p = Path(path)
-    if p.exists() and not p.is_dir():
+    if lexists(p) and not p.is_dir():
         raise ImageError(path, f"{what} is not a directory")
     try:
         p.mkdir(parents=True, exist_ok=True)
@@ -29,6 +29,59 @@ def make_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
         raise ImageError(path, f"cannot create {what}: a parent path is not a directory") from None
     except OSError as e:
         raise ImageError(path, f"cannot create {what}: {e.strerror or e}") from None
+    return p
+
+
+def lexists(path: str | os.PathLike) -> bool:
+    """``os.path.lexists``, but a name the filesystem cannot hold (longer than 255 bytes, a
+    NUL byte) is a one-line ImageError rather than an OSError from the first stat."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except ValueError as e:  # embedded NUL
+        raise ImageError(os.fspath(path), f"not a valid file name: {e}") from None
+    except OSError as e:
+        raise ImageError(os.fspath(path), f"cannot use this path: {e.strerror or e}") from None
+    return True
+
+
+def check_writable_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Create the folder ``path`` if needed and make sure files can be created in it, before
+    any work is done (one-line ImageErrors)."""
+    p = make_dir(path, what)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".nst-write-test.", dir=p)
+    except OSError as e:
+        raise ImageError(path, f"{what} is not writable: {e.strerror or e}") from None
+    os.close(fd)
+    os.unlink(tmp)
+    return p
+
+
+def check_output_file(path: str | os.PathLike, *, overwrite: bool,
+                      inputs: Iterable[str | os.PathLike] = (),
+                      suffixes: Iterable[str] | None = None) -> Path:
+    """Everything that can be known about writing the output file ``path`` before the work
+    that produces it (one-line ImageErrors): a supported suffix, not a folder, not one of the
+    ``inputs`` (never, even with ``overwrite``), not an existing file unless ``overwrite``, a
+    file name the filesystem can hold, and a folder that exists (or is created) and is
+    writable. Returns ``path`` as a Path."""
+    p = Path(path)
+    if suffixes is not None and p.suffix.lower() not in {x.lower() for x in suffixes}:
+        raise ImageError(p, f"unsupported output format ({p.suffix or 'no extension'}); use "
+                            f"one of {', '.join(sorted(suffixes))}")
+    exists = lexists(p)
+    if exists and p.is_dir():
+        raise ImageError(p, "is a directory, expected an output file name")
+    real = os.path.realpath(p)
+    if any(real == os.path.realpath(i) for i in inputs):
+        raise ImageError(p, "would overwrite an input file; choose another output")
+    if exists and not overwrite:
+        raise ImageError(p, "exists; pass --overwrite to replace it")
+    if len(os.fsencode(p.name)) > 255:
+        raise ImageError(p, "cannot write: file name too long (more than 255 bytes)")
+    check_writable_dir(p.parent if str(p.parent) else ".")
     return p
 
 

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, ModelError
+from .files import write_atomically
 from .models import ArbitraryStyleModel
 from .models.transfer import CIN_LAYER_NAMES, EPS
 
@@ -159,14 +160,8 @@ def save_transfer_onnx(model: ArbitraryStyleModel, path: str | os.PathLike) -> P
         why = "is a file, not a folder" if path.parent.exists() else "does not exist"
         raise ConfigError(f"{path.parent}: output folder {why}")
     data = transfer_graph(model).SerializeToString()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise ConfigError(f"{path}: cannot write ({e.strerror or e})") from None
-    return path
+    # any interruption (Ctrl-C too) removes the temporary file; the mode is open()'s
+    return write_atomically(path, lambda f: f.write(data))
 
 
 class OnnxTransfer:

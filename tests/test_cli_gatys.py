@@ -140,12 +140,58 @@ def test_bad_inputs_give_one_line_and_nonzero(files, tmp_path, capsys, case):
     assert not out.exists()
 
 
-def test_usage_errors_return_2(capsys):
-    assert main(["gatys", "--content", "a.png"]) == 2
-    assert main(["gatys", "--content", "a", "--style", "b", "--out", "c.png",
-                 "--optimizer", "newton"]) == 2
-    assert main([]) == 2
-    capsys.readouterr()
+def test_usage_errors_are_one_line_and_return_2(capsys):
+    for argv in (["gatys", "--content", "a.png"],
+                 ["gatys", "--content", "a", "--style", "b", "--out", "c.png", "--optimizer",
+                  "newton"],
+                 ["gatys", "--content", "a", "--style", "b", "--out", "c.png", "--max-pixels",
+                  "0"],
+                 ["gatys", "--content", "a", "--style", "b", "--out", "c.png", "--size",
+                  "100000"],
+                 ["--bogus"], []):
+        assert main(argv) == 2
+        line = one_error_line(capsys)
+        assert line.endswith("--help`)"), line  # not the 14-line usage block
+
+
+def test_gatys_never_writes_over_a_style_even_with_overwrite(files, tmp_path, capsys):
+    style = tmp_path / "style.png"
+    style.write_bytes(files["style"].read_bytes())
+    args = gatys_args(files, style, "--overwrite", iters=1)
+    args[args.index("--style") + 1] = str(style)
+    assert main(args) == 1
+    assert "would overwrite an input" in one_error_line(capsys)
+    assert style.read_bytes() == files["style"].read_bytes()
+
+
+def test_gatys_batch_skips_a_bad_content_and_goes_on(files, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = gatys_args(files, out, contents=("a", "bad", "sq48"), iters=1)
+    assert main(args) == 1
+    cap = capsys.readouterr()
+    assert "done 2, skipped 1" in cap.out
+    assert [ln for ln in cap.err.splitlines() if ln.startswith("skipped: ")] == [
+        f"skipped: {files['bad']}: not an image (cannot identify format)"]
+    assert sorted(p.name for p in out.iterdir()) == ["a_gatys.png", "sq48_gatys.png"]
+
+
+def test_output_names_the_filesystem_cannot_hold_are_one_line(files, tmp_path, capsys):
+    long = tmp_path / ("x" * 300 + ".png")
+    assert main(gatys_args(files, long, iters=1)) == 1
+    assert "too long" in one_error_line(capsys)
+    assert main(["analyze", "--out-dir", str(tmp_path / ("y" * 300)), "--quick",
+                 "--figures", "c", "--quiet"]) == 1
+    assert "too long" in one_error_line(capsys)
+
+
+def test_analyze_never_writes_over_its_input(files, tmp_path, capsys):
+    """--content named like a figure in --out-dir was replaced by the figure (--overwrite)."""
+    victim = tmp_path / "a_content_reconstruction.png"
+    victim.write_bytes(files["b"].read_bytes())
+    assert main(["analyze", "--content", str(victim), "--out-dir", str(tmp_path), "--figures",
+                 "a", "--quick", "--quiet", "--overwrite"]) == 1
+    assert "would overwrite an input" in one_error_line(capsys)
+    assert victim.read_bytes() == files["b"].read_bytes()
 
 
 def test_parse_layers():
@@ -176,4 +222,4 @@ def test_entry_points_exit_nonzero_with_one_line(tmp_path):
                            cwd=REPO, capture_output=True, text=True, timeout=120)
         assert p.returncode == 1
         lines = p.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: ") and "missing.png" in lines[0]
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "no such file" in lines[0]

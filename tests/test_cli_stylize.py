@@ -208,6 +208,14 @@ def test_batch_glob_recursive_and_mixed_names(cli, data):
     rc, stdout, _ = cli("--content", data["dir"], "--recursive", "--style", s1, "--out-dir",
                         od3, "--no-progress", "--batch-size", 2)
     assert rc == 0 and "done 4" in stdout and (od3 / "d__s1.png").exists()
+    # two contents with one output name: the skip line names the skipped file
+    png(sub / "a.png", 30, 30, 13)
+    od4 = data["tmp"] / "o4"
+    rc, stdout, err = cli("--content", data["dir"], "--recursive", "--style", s1, "--out-dir",
+                          od4, "--no-progress")
+    assert rc == 1 and "1 duplicate output name" in stdout
+    assert f"skipped: {sub / 'a.png'}: its output {od4 / 'a__s1.png'} collides with the output "\
+           f"of {data['dir'] / 'a.png'}" in err
 
 
 def test_batch_goes_on_past_bad_files(cli, data):
@@ -401,7 +409,9 @@ def test_corrupt_model_file(cli, data, tmp_path, model):
     "weights_count", "negative_weight", "strength_high", "strength_low", "out_is_input",
     "folder_to_out", "out_and_out_dir", "no_out", "unwritable_out_dir", "unreadable_folder",
     "bad_out_ext", "interpolate_with_style", "steps", "sweep_steps", "empty_folder",
-    "no_match_glob", "max_size_negative", "batch_size_zero", "palette_high", "palette_gatys"])
+    "no_match_glob", "max_size_negative", "batch_size_zero", "palette_high", "palette_gatys",
+    "style_size_huge", "iterations_network", "strength_with_sweep", "gatys_tiny_max_size",
+    "too_many_tiles", "long_out_name", "dtype_gatys"])
 def test_bad_inputs_one_line(cli, data, case, monkeypatch):
     t = data["tmp"]
     c, s = data["contents"][0], data["styles"][0]
@@ -476,11 +486,25 @@ def test_bad_inputs_one_line(cli, data, case, monkeypatch):
         args += ["--palette", 1.5]
     elif case == "palette_gatys":
         args += ["--palette", 0.5, "--method", "gatys"]
+    elif case == "style_size_huge":  # was minutes of silence, then the kernel's OOM kill
+        args += ["--style-size", 100000]
+    elif case == "iterations_network":  # was silently ignored
+        args += ["--iterations", 5]
+    elif case == "strength_with_sweep":
+        args += ["--strength-sweep", 3, "--strength", 0.5]
+    elif case == "gatys_tiny_max_size":  # was one nameless skip line per image
+        args += ["--method", "gatys", "--max-size", 16]
+    elif case == "too_many_tiles":
+        args = ["--content", c, "--interpolate", s, s, s, s, "--steps", 100, "--out", out]
+    elif case == "long_out_name":
+        args[-1] = t / ("o" * 300 + ".png")
+    elif case == "dtype_gatys":
+        args += ["--method", "gatys", "--dtype", "bfloat16"]
     before = c.read_bytes()
     rc, _, err = cli(*args)
     assert rc != 0
     line = one_error_line(err)
-    assert len(line) < 400
+    assert len(line) < 400 + (300 if case == "long_out_name" else 0)
     assert c.read_bytes() == before  # an input is never written over
     if case not in ("out_is_input",):
         assert not out.exists() or case == "no_out"
@@ -495,3 +519,10 @@ def test_help_runs_as_module():
                 "--out-dir", "--batch-size", "--overwrite", "--interpolate", "--steps",
                 "--strength-sweep", "--method", "--model"):
         assert opt in r.stdout
+
+
+def test_size_limits_agree():
+    """The CLIs keep copies of the style-size limit (not imported: fast --help)."""
+    from arbitrary_nst import cli
+
+    assert cli_stylize.MAX_STYLE_SIZE == cli.MAX_STYLE_SIZE == inference.MAX_STYLE_SIZE

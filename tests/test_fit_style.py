@@ -305,7 +305,11 @@ def test_cli_fit_style_then_stylize(model_path, vgg, tmp_path, capsys):
     assert cli.main([*base, "--out", str(tmp_path / "s.txt")]) == 1
     assert ".npz" in _one_error_line(capsys)
     assert cli.main([*base, "--out", str(s / "x.npz")]) == 1
-    assert "is a file, not a folder" in _one_error_line(capsys)
+    assert "output folder is not a directory" in _one_error_line(capsys)
+    assert cli.main([*base, "--out", str(s)]) == 1  # the style image: refused by its suffix
+    assert ".npz" in _one_error_line(capsys)
+    assert cli.main([*base, "--out", str(pdir / "p0.npz"), "--style", str(out)]) == 1
+    assert "already a fitted style" in _one_error_line(capsys)
     assert cli.main([*base, "--out", str(out), "--overwrite", "--steps", "-1"]) == 1
     assert ">= 0" in _one_error_line(capsys)
     assert cli.main(["fit-style", "--model", str(model_path), "--style", str(s), "--photos",

@@ -136,6 +136,19 @@ def test_save_is_atomic_and_checked(stylizers, tmp_path, rng):
         save_transfer_onnx(m, tmp_path / "a_file" / "t.onnx")
 
 
+def test_an_interrupted_onnx_export_leaves_no_temporary_file(stylizers, tmp_path, monkeypatch):
+    """Ctrl-C during the write used to leave .t.onnx.tmp-PID (only OSError cleaned up)."""
+    from arbitrary_nst import files
+
+    def interrupt(fd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(files.os, "fsync", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        save_transfer_onnx(stylizers[0].model, tmp_path / "t.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bad_onnx_files_are_one_line_model_errors(stylizers, tmp_path, rng):
     import onnx
     from onnx import TensorProto, helper
