@@ -85,7 +85,10 @@ def main(argv=None) -> int:
     print(f"{status}: step {result.step} {terms}".rstrip())
     if result.export_path is not None:
         print(f"exported inference weights to {result.export_path}")
-    return 0
+    # Stopped by a signal: checkpoint and export are saved, but the run is not done; the shell
+    # convention (130 for Ctrl-C) stops a multi-stage script instead of starting the next stage
+    # from a half-trained model.
+    return 128 + result.signal if result.signal else 0
 
 
 if __name__ == "__main__":

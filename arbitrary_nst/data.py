@@ -232,23 +232,40 @@ def _cfg(data_cfg: Any) -> dict[str, Any]:
             c[k] = [os.fspath(v)]
         else:
             c[k] = [os.fspath(x) for x in v]
-    for k in ("image_size", "style_size", "max_source_side", "min_source_side"):
-        if int(c[k]) != c[k] or int(c[k]) < 1:
-            raise ConfigError(f"data config: {k} must be a positive integer, got {c[k]!r}")
-        c[k] = int(c[k])
-    if not 0 <= float(c["augment_strength"]) <= 2.5:
-        raise ConfigError(f"data config: augment_strength must be in [0, 2.5], got {c['augment_strength']}")
-    if not 1 <= int(c["jpeg_quality"]) <= 100:
-        raise ConfigError(f"data config: jpeg_quality must be in 1..100, got {c['jpeg_quality']}")
-    if not isinstance(c["device_augment"], (bool, np.bool_)):
-        raise ConfigError(f"data config: device_augment must be true or false, got {c['device_augment']!r}")
-    c["device_augment"] = bool(c["device_augment"])
-    c["style_resize_range"] = _resize_range(c["style_resize_range"], c["style_size"])
-    lo, hi = (float(x) for x in c["content_scale_range"])
-    if not 1.0 <= lo <= hi:
-        raise ConfigError(f"data config: content_scale_range must satisfy 1 <= lo <= hi, got {(lo, hi)}")
-    c["content_scale_range"] = (lo, hi)
-    c["data_dir"] = os.path.expanduser(os.fspath(c["data_dir"] or DEFAULT_DATA_DIR))
+    key = ""
+    try:  # a value of the wrong type (None, a string, a 1-tuple) names its field, one line
+        for key in ("image_size", "style_size", "max_source_side", "min_source_side"):
+            if int(c[key]) != c[key] or int(c[key]) < 1:
+                raise ConfigError(f"data config: {key} must be a positive integer, got {c[key]!r}")
+            c[key] = int(c[key])
+        if c["min_source_side"] > c["max_source_side"]:
+            raise ConfigError(f"data config: max_source_side ({c['max_source_side']}) must be >= "
+                              f"min_source_side ({c['min_source_side']}): nothing could be kept")
+        key = "augment_strength"
+        if not 0 <= float(c[key]) <= 2.5:
+            raise ConfigError(f"data config: augment_strength must be in [0, 2.5], got {c[key]}")
+        key = "jpeg_quality"
+        if not 1 <= int(c[key]) <= 100:
+            raise ConfigError(f"data config: jpeg_quality must be in 1..100, got {c[key]}")
+        if not isinstance(c["device_augment"], (bool, np.bool_)):
+            raise ConfigError(f"data config: device_augment must be true or false, got "
+                              f"{c['device_augment']!r}")
+        c["device_augment"] = bool(c["device_augment"])
+        key = "style_resize_range"
+        c[key] = _resize_range(c[key], c["style_size"])
+        key = "content_scale_range"
+        lo, hi = (float(x) for x in c[key])
+        if not 1.0 <= lo <= hi:
+            raise ConfigError(f"data config: content_scale_range must satisfy 1 <= lo <= hi, got "
+                              f"{(lo, hi)}")
+        c[key] = (lo, hi)
+        key = "data_dir"
+        c[key] = os.path.expanduser(os.fspath(c[key] or DEFAULT_DATA_DIR))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"data config: {key} has a bad value {c.get(key)!r} "
+                          f"({' '.join(str(e).split())})") from None
+    if os.path.exists(c["data_dir"]) and not os.path.isdir(c["data_dir"]):
+        raise ConfigError(f"data config: data_dir {c['data_dir']} is a file, not a folder")
     return c
 
 
@@ -260,7 +277,10 @@ def magenta_style_resize_range(style_size: int = 256) -> tuple[int, int]:
 def _resize_range(r: Any, size: int) -> tuple[int, int]:
     if r is None:
         return magenta_style_resize_range(size)
-    lo, hi = (int(x) for x in r)
+    lo, hi = r  # (ValueError for another length: reported with the field by _cfg)
+    if int(lo) != lo or int(hi) != hi:
+        raise ConfigError(f"data config: style_resize_range must be two integers, got {r!r}")
+    lo, hi = int(lo), int(hi)
     if not size <= lo < hi:
         raise ConfigError(
             f"data config: style_resize_range must satisfy style_size ({size}) <= lo < hi, got {(lo, hi)}"
@@ -666,6 +686,10 @@ def _builder_classes() -> tuple[type, type]:
             finally:
                 if bar is not None:
                     bar.close()
+            if n_ok == 0 and skipped:  # else TFDS fails with "No examples were yielded"
+                first = skipped[0]
+                raise ConfigError(f"{', '.join(cfg.dirs)}: none of the {len(files)} image files "
+                                  f"could be read (e.g. {first['path']}: {first['reason']})")
             for s in skipped[:20]:
                 log.warning("skipped %s: %s", s["path"], s["reason"])
             if len(skipped) > 20:
@@ -768,6 +792,9 @@ def _scan_dirs(dirs: Sequence[str]) -> tuple[list[tuple[str, str, int, int]], in
 def _fingerprint(files: Sequence[tuple[str, str, int, int]], cfg: Any) -> str:
     h = hashlib.sha1()
     h.update(json.dumps([_PREP_FORMAT, cfg.max_source_side, cfg.min_source_side, cfg.jpeg_quality]).encode())
+    # Where the folders are, too: two folders with the same names, sizes and times (a copy
+    # with other images, `cp -p`) are not one dataset.
+    h.update(json.dumps([os.path.realpath(d) for d in cfg.dirs]).encode())
     for _, key, size, mtime in files:
         h.update(f"{key}\0{size}\0{mtime}\n".encode())
     return h.hexdigest()[:12]
@@ -990,15 +1017,38 @@ def _one_line(e: object) -> str:
 # ============================================================================================
 
 
+def _is_eval_path(p: str) -> bool:
+    return any(part.lower() == "eval" for part in Path(p).parts)
+
+
 def _check_not_eval(d: str, c: Mapping[str, Any]) -> None:
+    """Refuse a training folder that is, is a link to, contains or links into a folder named
+    ``eval`` (any case): evaluation images must never be trained on. The walk follows links
+    (as the preparation does), each real folder once."""
     if c["allow_eval_dirs"]:
         return
-    parts = Path(os.path.abspath(os.path.expanduser(d))).parts
-    if "eval" in parts:
-        raise ConfigError(
-            f"{d}: looks like an evaluation folder (a path component is 'eval'); evaluation images "
-            "must never be used for training (set allow_eval_dirs=True if this is not one)"
-        )
+    hint = ("evaluation images must never be used for training (set allow_eval_dirs=True if "
+            "this is not one)")
+    root = os.path.expanduser(d)
+    for p in (os.path.abspath(root), os.path.realpath(root)):
+        if _is_eval_path(p):
+            raise ConfigError(f"{d}: looks like an evaluation folder (a path component of {p} "
+                              f"is 'eval'); {hint}")
+    visited: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in visited:
+            dirnames[:] = []
+            continue
+        visited.add(real)
+        dirnames[:] = [x for x in dirnames if not x.startswith(".")]
+        inside = [dirpath] if _is_eval_path(dirpath) or _is_eval_path(real) else [
+            os.path.join(dirpath, f) for f in filenames if not f.startswith(".")
+            and os.path.islink(os.path.join(dirpath, f))
+            and _is_eval_path(os.path.realpath(os.path.join(dirpath, f)))]
+        if inside:
+            raise ConfigError(f"{d}: contains evaluation images ({inside[0]} is in or links into "
+                              f"a folder named 'eval'); {hint}")
 
 
 def _parse_catalog(spec: str) -> tuple[str, str]:
@@ -1638,15 +1688,24 @@ def export_arrays(data_cfg: Any, out_path: str | os.PathLike[str], n_content: in
 # ============================================================================================
 
 
+def _min_size(v: str) -> int:
+    n = int(v)
+    if n < 32:
+        raise argparse.ArgumentTypeError(f"must be >= 32, got {n}")
+    return n
+
+
 def _cli_cfg(a: argparse.Namespace) -> dict[str, Any]:
     d: dict[str, Any] = {"content_dirs": a.content_dir or [], "style_dirs": a.style_dir or []}
     if a.style_weight:
         d["style_dir_weights"] = a.style_weight
     if a.data_dir:
         d["data_dir"] = a.data_dir
-    if a.max_source_side:
+    if a.max_source_side is not None:  # 0 is an error (checked with the config), not "unset"
         d["max_source_side"] = a.max_source_side
-    if a.workers:
+    if a.workers is not None:
+        if a.workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {a.workers}")
         d["prepare_workers"] = a.workers
     if a.source:
         d["source"] = a.source
@@ -1672,7 +1731,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
             p.add_argument("--n-content", type=int, default=800, help="content images (800)")
             p.add_argument("--n-style", type=int, default=1200, help="style images (1200)")
-            p.add_argument("--size", type=int, default=288, help="max smaller side of exported images (288)")
+            p.add_argument("--size", type=_min_size, default=288,
+                           help="max smaller side of exported images (288)")
             p.add_argument("--max-mb", type=float, default=45.0, help="refuse a larger file (45 MB)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")

@@ -467,6 +467,52 @@ def _load_all(paths: Sequence[Path], side: int, skipped: list[str]) -> list[tupl
     return out
 
 
+def _check_unique_names(what: str, files: Sequence[Path]) -> None:
+    """Outputs, scores and fits are keyed by file stem: two inputs with one stem (a.jpg and
+    a.png, or monet/01.jpg and vangogh/01.jpg) would overwrite each other's results."""
+    seen: dict[str, Path] = {}
+    for p in files:
+        if p.stem in seen:
+            raise ConfigError(f"two {what} images are named {p.stem!r} ({seen[p.stem]}, {p}): "
+                              "results are keyed by file name; rename one")
+        seen[p.stem] = p
+
+
+def _is_inside(p: Path, folder: Path) -> bool:
+    a, b = os.path.realpath(p), os.path.realpath(folder)
+    return os.path.commonpath([a, b]) == b
+
+
+#: What a resumed evaluation must share with the run it resumes (its images are reused).
+_RESUME_KEYS = ("size", "model", "model_file", "palette", "strength", "style_size",
+                "refine_steps", "gatys_iters", "fit_steps", "fit_photos")
+
+
+def _check_resume_settings(out_dir: Path, info: dict[str, Any], model_path: str | None,
+                           resume: bool) -> None:
+    """``out/settings.json`` records what made the images; ``--resume`` with other settings is
+    refused (it would score stale images under the new labels, or fail on their sizes)."""
+    from .export import model_file
+    from .inference import BUILTIN_MODEL
+
+    try:
+        st = os.stat(model_file(model_path) if model_path else BUILTIN_MODEL)
+    except (OSError, NSTError):
+        st = None
+    now = {k: info.get(k) for k in _RESUME_KEYS}
+    now["model_file"] = [st.st_size, st.st_mtime_ns] if st else None
+    path = out_dir / "settings.json"
+    if resume and path.is_file():
+        before = json.loads(path.read_text())
+        diff = [k for k in _RESUME_KEYS if before.get(k) != now.get(k)]
+        if diff:
+            raise ConfigError(f"--resume: {out_dir} was made with other settings ("
+                              + ", ".join(f"{k} {before.get(k)!r} -> {now.get(k)!r}"
+                                          for k in diff) + "); use a new --out or the same "
+                              "settings")
+    _write_json(path, now)
+
+
 def _pick(items: list, n: int | None) -> list:
     """``n`` items evenly spread over the list (all when ``n`` is None or >= len)."""
     if n is None or n >= len(items):
@@ -523,8 +569,16 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
         if shared:
             raise ConfigError(f"{shared[0]}: --fit-photos must not contain evaluated contents "
                               f"({len(shared)} do)")
-    contents = _load_all(_pick(content_files, num_contents), size, skipped)
-    styles = _load_all(_pick(images.list_images(style), num_styles), size, skipped)
+    picked_contents = _pick(content_files, num_contents)
+    picked_styles = _pick(images.list_images(style), num_styles)
+    for what, files in (("content", picked_contents), ("style", picked_styles)):
+        _check_unique_names(what, files)
+        inside = [p for p in files if _is_inside(p, out_dir)]
+        if inside:
+            raise ConfigError(f"{out_dir}: --out holds the {what} image {inside[0]}; the "
+                              "evaluation writes images and sheets there: use another folder")
+    contents = _load_all(picked_contents, size, skipped)
+    styles = _load_all(picked_styles, size, skipped)
     if not contents or not styles:
         raise ConfigError("no readable content or style images")
     style_names = [n for n, _ in styles]
@@ -544,6 +598,7 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
                             "fit_photos": len(fit_files) or None, "strength": strength,
                             "style_size": style_size,
                             "compile_seconds": {}, "embed_seconds": {}}
+    _check_resume_settings(out_dir, info, model_path, resume)
     n_pairs = len(contents) * len(styles)
     for m in methods:
         kw = {"refine_steps": refine_steps} if m == "model_refine" else {}

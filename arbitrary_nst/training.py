@@ -80,6 +80,7 @@ SCHEDULES = ("constant", "cosine", "linear")
 CHECKPOINT_DIR = "checkpoints"
 EXPORT_NAME = "model.safetensors"
 TIME_BUDGET_PLAN = "time_budget_plan.json"  # train.time_budget_s: the planned num_steps
+INIT_RECORD = "init_from.json"  # train.init_from: where a fine-tuning run started, its steps
 #: Train steps the loop may dispatch ahead of the last finished one (see :class:`_DispatchWindow`).
 MAX_STEPS_IN_FLIGHT = 2
 
@@ -123,6 +124,9 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{path}: config file not found")
+    if p.suffix != ".py":
+        raise ConfigError(f"{path}: a config is a Python file (configs/*.py) defining "
+                          "get_config()")
     spec = importlib.util.spec_from_file_location(f"_nst_config_{p.stem}", p)
     mod = importlib.util.module_from_spec(spec)
     try:
@@ -131,7 +135,11 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
         raise ConfigError(f"{path}: cannot load config ({type(e).__name__}: {e})") from None
     if not hasattr(mod, "get_config"):
         raise ConfigError(f"{path}: defines no get_config()")
-    config = mod.get_config()
+    try:
+        config = mod.get_config()
+    except Exception as e:  # e.g. a typo (c.trian.num_steps) in the user's config
+        raise ConfigError(f"{path}: get_config() failed ({type(e).__name__}: "
+                          f"{' '.join(str(e).split())})") from None
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -188,26 +196,32 @@ def _plan_after(tcfg) -> int:
 def validate_config(config) -> None:
     """Raise :class:`ConfigError` for out-of-range training options."""
     t, o = config.train, config.optim
+    # (field, check, what it must be); a value of the wrong type (None, a string) fails too
     checks = [
-        (int(t.num_steps) >= 0, f"train.num_steps must be >= 0, got {t.num_steps}"),
-        (int(t.batch_size) >= 1, f"train.batch_size must be >= 1, got {t.batch_size}"),
-        (int(t.log_every) >= 1, f"train.log_every must be >= 1, got {t.log_every}"),
-        (int(t.checkpoint_every) >= 0,
-         f"train.checkpoint_every must be >= 0 (0: only at exit), got {t.checkpoint_every}"),
-        (int(t.keep_checkpoints) >= 1,
-         f"train.keep_checkpoints must be >= 1, got {t.keep_checkpoints}"),
-        (int(t.sample_every) >= 0, f"train.sample_every must be >= 0, got {t.sample_every}"),
-        (_time_budget(t) >= 0, f"train.time_budget_s must be >= 0 (0: off), got {_time_budget(t)}"),
-        (_plan_after(t) >= 2, f"train.plan_after_steps must be >= 2, got {_plan_after(t)}"),
-        (float(o.learning_rate) > 0, f"optim.learning_rate must be > 0, got {o.learning_rate}"),
-        (o.schedule in SCHEDULES, f"optim.schedule must be one of {SCHEDULES}, got {o.schedule!r}"),
-        (int(o.warmup_steps) >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}"),
-        (float(o.grad_clip_norm) >= 0,
-         f"optim.grad_clip_norm must be >= 0 (0: off), got {o.grad_clip_norm}"),
+        ("train.num_steps", lambda: int(t.num_steps) >= 0, ">= 0"),
+        ("train.batch_size", lambda: int(t.batch_size) >= 1, ">= 1"),
+        ("train.log_every", lambda: int(t.log_every) >= 1, ">= 1"),
+        ("train.checkpoint_every", lambda: int(t.checkpoint_every) >= 0, ">= 0 (0: only at exit)"),
+        ("train.keep_checkpoints", lambda: int(t.keep_checkpoints) >= 1, ">= 1"),
+        ("train.sample_every", lambda: int(t.sample_every) >= 0, ">= 0"),
+        ("train.time_budget_s", lambda: _time_budget(t) >= 0, ">= 0 (0: off)"),
+        ("train.plan_after_steps", lambda: _plan_after(t) >= 2, ">= 2"),
+        ("train.export_dtype", lambda: str(_get(t, "export_dtype", "float32")) in
+         ("float16", "float32"), "'float16' or 'float32'"),
+        ("optim.learning_rate", lambda: float(o.learning_rate) > 0, "> 0"),
+        ("optim.schedule", lambda: o.schedule in SCHEDULES, f"one of {SCHEDULES}"),
+        ("optim.warmup_steps", lambda: int(o.warmup_steps) >= 0, ">= 0"),
+        ("optim.grad_clip_norm", lambda: float(o.grad_clip_norm) >= 0, ">= 0 (0: off)"),
     ]
-    for ok, msg in checks:
+    for field, check, must in checks:
+        try:
+            ok = check()
+        except (TypeError, ValueError, AttributeError, KeyError):
+            ok = False
         if not ok:
-            raise ConfigError(msg)
+            section, name = field.split(".")
+            value = _get(config[section], name, None)
+            raise ConfigError(f"{field} must be {must}, got {value!r}")
     compute_dtype(t.dtype)
 
 
@@ -581,6 +595,7 @@ class TrainResult:
     interrupted: bool = False
     export_path: Path | None = None
     steps_per_sec: float | None = None
+    signal: int | None = None  # the signal (SIGINT, SIGTERM) that stopped it, if one did
 
 
 class _StopRequest:
@@ -667,11 +682,31 @@ def _prepare_workdir(workdir: Path) -> None:
         raise ConfigError(f"{workdir}: the workdir is not writable")
 
 
-def _check_export_path(path: Path) -> None:
-    """Refuse an export destination that would fail only after training (a folder, say)."""
+def _check_export_path(path: Path, config=None) -> None:
+    """Refuse an export destination that would fail only after training (a folder, say), or
+    would replace an input: the ``init_from`` model, or a file in a training image folder."""
     if path.is_dir():
         raise ConfigError(f"{path}: the export path is a directory; give a file name such as "
                           f"{path / EXPORT_NAME}")
+    real = os.path.realpath(path)
+    init_from = _get(config.train, "init_from") if config is not None else None
+    start = resolve_init_from(init_from) if init_from else None
+    if start and os.path.isdir(start):  # a workdir: its export
+        start = os.path.join(start, EXPORT_NAME)
+    if start and real == os.path.realpath(start):
+        raise ConfigError(f"{path}: the export would replace train.init_from, the model this "
+                          "run starts from; export to another file")
+    data_cfg = config.data if config is not None else None
+    for key in ("content_dirs", "style_dirs"):
+        dirs = _get(data_cfg, key) or []
+        for d in [dirs] if isinstance(dirs, (str, os.PathLike)) else dirs:
+            d = os.fspath(d)
+            if d.startswith("tfds:") or not os.path.isdir(d):
+                continue
+            top = os.path.realpath(d)
+            if os.path.commonpath([real, top]) == top:
+                raise ConfigError(f"{path}: the export would be written into the training image "
+                                  f"folder {d} (data.{key}); export to another folder")
     parent = next((p for p in path.parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise ConfigError(f"{path}: cannot write the export: {parent} is not a directory")
@@ -710,12 +745,13 @@ def train(config, workdir: str | os.PathLike, *, export_path: str | os.PathLike 
     is_main = jax.process_index() == 0
     if is_main:
         if export_path:
-            _check_export_path(Path(export_path))
+            _check_export_path(Path(export_path), config)
         _prepare_workdir(workdir)
     tcfg = config.train
     budget = _time_budget(tcfg)
     plan_file = workdir / TIME_BUDGET_PLAN
-    if budget and plan_file.is_file():
+    planned = bool(budget) and plan_file.is_file()  # else this run plans (also a resumed one
+    if planned:                                      # stopped before it could)
         # Resuming a time-budgeted run: keep the length (and so the schedule) it was planned with.
         tcfg.num_steps = int(json.loads(plan_file.read_text())["num_steps"])
         log.info("%s: resuming a time-budgeted run planned for %d steps", workdir,
@@ -733,16 +769,25 @@ def train(config, workdir: str | os.PathLike, *, export_path: str | os.PathLike 
     dtype = compute_dtype(tcfg.dtype)
     loss_cfg = LossConfig.from_config(config.loss)
     model = build_model(config, vgg)
+    mngr = checkpoint_manager(workdir, int(tcfg.keep_checkpoints),
+                              async_save=bool(_get(tcfg, "async_checkpoints", True)))
     init_from = _get(tcfg, "init_from")
-    if init_from:  # fine-tuning start point; a checkpoint in workdir still takes precedence
+    init_record = workdir / INIT_RECORD
+    prior_steps = 0
+    if init_from and mngr.latest_step() is not None and init_record.is_file():
+        # Resuming a fine-tuning run: the checkpoint holds the weights, and the start point's
+        # step count was recorded when the run began (its file need not exist any more).
+        prior_steps = int(json.loads(init_record.read_text())["prior_steps"])
+    elif init_from:  # fine-tuning start point; a checkpoint in workdir still takes precedence
         init_from = resolve_init_from(init_from)
         init_header = export_lib.init_from_export(model, init_from)
         # Chained runs (one short GPU loan after another) add up their steps in the export.
         prior_steps = int(init_header["info"].get("total_steps",
                                                   init_header["info"].get("step", 0)) or 0)
         log.info("initialized the model from %s (%d steps before)", init_from, prior_steps)
-    else:
-        prior_steps = 0
+        if is_main:
+            write_atomically(init_record, lambda f: f.write(json.dumps(
+                {"init_from": os.fspath(init_from), "prior_steps": prior_steps}).encode()))
     graphdef, params_state, frozen = nnx.split(model, nnx.Param, ...)
     tx, schedule = make_optimizer(config.optim, num_steps)
     repl = NamedSharding(mesh, P())
@@ -755,8 +800,6 @@ def train(config, workdir: str | os.PathLike, *, export_path: str | os.PathLike 
     data_seed = int(config.seed)
     meta = {"model": model.config(), "batch_size": global_batch, "seed": int(config.seed),
             "data": _to_plain(config.data), "config": _to_plain(config)}
-    mngr = checkpoint_manager(workdir, int(tcfg.keep_checkpoints),
-                              async_save=bool(_get(tcfg, "async_checkpoints", True)))
     history: list[dict[str, float]] = []
     writer = loader = bar = None
     interrupted = False
@@ -811,10 +854,10 @@ def train(config, workdir: str | os.PathLike, *, export_path: str | os.PathLike 
                     if budget and step == start + 1:
                         jax.block_until_ready(metrics)
                         t_first = time.perf_counter()
-                    elif budget and step == start + plan_after and start == 0:
+                    elif budget and step == start + plan_after and not planned:
                         num_steps, step_fn = _plan_time_budget(
                             config, metrics, step, num_steps, budget, t_begin, t_first,
-                            graphdef, loss_cfg, mesh, dtype)
+                            graphdef, loss_cfg, mesh, dtype, start=start)
                         meta["config"] = _to_plain(config)
                         bar.total = num_steps
                         if is_main:
@@ -882,7 +925,8 @@ def train(config, workdir: str | os.PathLike, *, export_path: str | os.PathLike 
                       "config_name": _get(config, "name", "")})
         return TrainResult(step=int(step), state=state, model=final_model, history=history,
                            interrupted=interrupted, export_path=out_path,
-                           steps_per_sec=last_rate)
+                           steps_per_sec=last_rate,
+                           signal=stop.signum if interrupted else None)
     finally:
         if bar is not None:
             bar.close()
@@ -896,10 +940,12 @@ def train(config, workdir: str | os.PathLike, *, export_path: str | os.PathLike 
 
 
 def _plan_time_budget(config, metrics, step: int, num_steps: int, budget: float,
-                      t_begin: float, t_first: float | None, graphdef, loss_cfg, mesh, dtype):
+                      t_begin: float, t_first: float | None, graphdef, loss_cfg, mesh, dtype,
+                      start: int = 0):
     """``train.time_budget_s``: fix the run's length from the measured step rate.
 
-    Called once, ``train.plan_after_steps`` steps into a fresh run. The rate is measured after
+    Called once, ``train.plan_after_steps`` steps into a run that has no plan yet (a fresh one,
+    or one resumed after a stop before it planned; ``start``: its first step). The rate is measured after
     the first step (which includes compilation), the steps that fit in what is left of the budget
     (minus an allowance for the recompile, the final checkpoint and export) become
     ``train.num_steps`` (never more than configured), and the optimizer's schedule and the
@@ -913,7 +959,8 @@ def _plan_time_budget(config, metrics, step: int, num_steps: int, budget: float,
     jax.block_until_ready(metrics)
     now = time.perf_counter()
     first = t_first if t_first is not None else t_begin
-    rate = (step - 1) / max(now - first, 1e-9) if step > 1 else 0.0
+    done = step - start
+    rate = (done - 1) / max(now - first, 1e-9) if done > 1 else 0.0
     compile_s = first - t_begin
     reserve = min(10.0, 0.1 * budget)  # final checkpoint and export
     left = budget - (now - t_begin) - compile_s - reserve  # compile_s: the recompile

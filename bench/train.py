@@ -253,4 +253,10 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from arbitrary_nst.errors import NSTError  # noqa: E402
+
+    try:
+        sys.exit(main())
+    except NSTError as e:  # a bad option or input: one line, as the other commands
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(1)

@@ -164,6 +164,17 @@ def test_prepare_config_errors(tmp_path, folder):
     ev.mkdir(parents=True)
     with pytest.raises(ConfigError, match="evaluation"):
         data.prepare({"content_dirs": [str(folder)], "style_dirs": [str(ev)], "data_dir": str(tmp_path)})
+    # the guard was bypassed by a link to it, a parent folder, a capital E, a file link
+    (tmp_path / "alias").symlink_to(ev)
+    parent = tmp_path / "Evalset"
+    (parent / "Eval" / "x").mkdir(parents=True)
+    (tmp_path / "mixed").mkdir()
+    (ev / "p.png").write_bytes((folder / sorted(os.listdir(folder))[0]).read_bytes())
+    (tmp_path / "mixed" / "p.png").symlink_to(ev / "p.png")
+    for d in (tmp_path / "alias", tmp_path, parent, tmp_path / "mixed"):
+        with pytest.raises(ConfigError, match="evaluation"):
+            data.prepare({"content_dirs": [str(folder)], "style_dirs": [str(d)],
+                          "data_dir": str(tmp_path / "prepared")})
     with pytest.raises(ConfigError, match="unknown field"):
         data.prepare({"sourse": "synthetic"})
     with pytest.raises(ConfigError, match="unknown source"):

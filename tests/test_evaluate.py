@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from arbitrary_nst import evaluate, images, losses, samples, vgg as vgg_lib
+from arbitrary_nst.errors import ConfigError
 from arbitrary_nst.models import with_pooling
 
 
@@ -149,6 +150,23 @@ def test_resume_reuses_outputs_and_bad_images_are_skipped(tiny_set, tmp_path, vg
     assert calls == []  # nothing re-run
     assert [r["style_gram"] for r in r2.rows] == [r["style_gram"] for r in r1.rows]
     assert [r["seconds"] for r in r2.rows] == [r["seconds"] for r in r1.rows]
+    # a resume with other settings would score the old images under the new ones: refused
+    with pytest.raises(ConfigError, match=r"--resume: .* \(size 48 -> 56\)"):
+        evaluate.evaluate(tiny_set / "content", styles, out, resume=True, **{**kw, "size": 56})
+
+
+def test_inputs_that_would_collide_or_be_overwritten_are_refused(tiny_set, tmp_path, vgg):
+    """Two styles named 01.jpg in two folders shared one output and one score; --out holding
+    the photos wrote sheets over them (and picked the sheets up as photos on a rerun)."""
+    two = tmp_path / "two"
+    for sub in ("monet", "vangogh"):
+        (two / sub).mkdir(parents=True)
+        (two / sub / "01.png").write_bytes(next((tiny_set / "style").iterdir()).read_bytes())
+    kw = dict(methods=["identity"], size=48, progress=False, vgg=vgg)
+    with pytest.raises(ConfigError, match="two style images are named '01'"):
+        evaluate.evaluate(tiny_set / "content", str(two / "**" / "*.png"), tmp_path / "o", **kw)
+    with pytest.raises(ConfigError, match="--out holds the content image"):
+        evaluate.evaluate(tiny_set / "content", tiny_set / "style", tiny_set / "content", **kw)
 
 
 def test_palette_reaches_the_model_methods(tiny_set, tmp_path, vgg):

@@ -113,6 +113,24 @@ def test_time_budget_plans_the_run_length_and_anneals_to_it(tmp_path, vgg, monke
     assert again.step == plan["num_steps"] and not again.history
 
 
+def test_a_run_stopped_before_it_planned_plans_when_resumed(tmp_path, vgg, monkeypatch):
+    overrides = ("train.num_steps=100000", "train.time_budget_s=30", "train.plan_after_steps=4",
+                 "optim.schedule='cosine'", "optim.warmup_steps=4", "train.checkpoint_every=0",
+                 "train.sample_every=0")
+    monkeypatch.setattr(training, "time", _SteadyClock())
+
+    def term_at_2(step, state):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    part = training.train(smoke(*overrides), tmp_path, vgg=vgg, progress=False,
+                          export_path="", step_callback=term_at_2)
+    assert part.step == 2 and not (tmp_path / "time_budget_plan.json").exists()
+    r = training.train(smoke(*overrides), tmp_path, vgg=vgg, progress=False, export_path="")
+    plan = json.loads((tmp_path / "time_budget_plan.json").read_text())
+    assert 8 <= plan["num_steps"] < 100 and r.step == plan["num_steps"]
+
+
 class _Step:
     """Stand-in for a dispatched step's outputs: records when it is waited for."""
 
@@ -292,7 +310,7 @@ def test_kill_and_resume_is_bit_identical(tmp_path, vgg):
 
     part = training.train(cfg, tmp_path / "term", vgg=vgg, progress=False, export_path="",
                           step_callback=term_at_3)
-    assert part.interrupted and part.step == 3
+    assert part.interrupted and part.step == 3 and part.signal == signal.SIGTERM
     assert (tmp_path / "term" / "checkpoints" / "3").is_dir()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
     rest = training.train(cfg, tmp_path / "term", vgg=vgg, progress=False, export_path="")
@@ -493,6 +511,37 @@ def test_config_overrides():
     bad_cfg = smoke("train.dtype='float16'")
     with pytest.raises(ConfigError):
         training.validate_config(bad_cfg)
+    # values of the wrong type, and an export dtype that would fail only after training
+    for bad, field in (("train.num_steps=None", "train.num_steps"),
+                       ("train.export_dtype='int8'", "train.export_dtype"),
+                       ("train.sample_every=None", "train.sample_every")):
+        with pytest.raises(ConfigError, match=f"^{field} must be"):
+            training.validate_config(smoke(bad))
+
+
+def test_config_files_that_cannot_give_a_config_are_one_line(tmp_path):
+    typo = tmp_path / "typo.py"
+    typo.write_text((CONFIGS / "smoke.py").read_text().replace(
+        "return", "c.trian.num_steps = 3\n    return", 1))
+    text = tmp_path / "smoke.txt"
+    text.write_text((CONFIGS / "smoke.py").read_text())
+    for path, why in ((typo, "get_config\\(\\) failed"), (text, "a config is a Python file")):
+        with pytest.raises(ConfigError, match=why) as e:
+            training.load_config(path)
+        assert "\n" not in str(e.value)
+
+
+def test_resuming_a_fine_tuning_run_needs_no_start_model(tmp_path, vgg):
+    """The checkpoint holds the weights; the start point's steps were recorded in the workdir."""
+    a = training.train(smoke("train.num_steps=2", "train.sample_every=0"), tmp_path / "a",
+                       vgg=vgg, progress=False)
+    start = tmp_path / "start.safetensors"
+    start.write_bytes(a.export_path.read_bytes())
+    cfg = ("train.sample_every=0", f"train.init_from={start}")
+    training.train(smoke("train.num_steps=1", *cfg), tmp_path / "b", vgg=vgg, progress=False)
+    start.unlink()
+    r = training.train(smoke("train.num_steps=2", *cfg), tmp_path / "b", vgg=vgg, progress=False)
+    assert r.step == 2 and read_export(r.export_path)[1]["info"]["total_steps"] == 4
 
 
 def test_train_cli_resumes_and_reports_errors_in_one_line(tmp_path, capsys):
@@ -517,6 +566,21 @@ def test_train_cli_resumes_and_reports_errors_in_one_line(tmp_path, capsys):
     assert train_cli.main(["--config", str(CONFIGS / "smoke.py"), "--workdir", wd,
                            "--set", "train.batch_size=0"]) == 1
     assert "batch_size" in capsys.readouterr().err
+    # stopped by Ctrl-C (checkpoint saved): 130, so a multi-stage script stops too
+    wd2 = str(tmp_path / "wd2")
+
+    def ctrl_c_at_1(step, state):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    real_train = training.train
+    try:
+        training.train = lambda *a, **k: real_train(*a, **k, step_callback=ctrl_c_at_1)
+        assert train_cli.main(["--config", str(CONFIGS / "smoke.py"), "--workdir", wd2,
+                               "--set", "train.num_steps=3", "--no-progress"]) == 130
+    finally:
+        training.train = real_train
+    assert "interrupted: step 1" in capsys.readouterr().out
 
 
 def test_bad_workdir_or_export_path_fails_before_training(tmp_path, vgg, monkeypatch):
@@ -535,6 +599,21 @@ def test_bad_workdir_or_export_path_fails_before_training(tmp_path, vgg, monkeyp
             training.train(smoke(), workdir, export_path=export, vgg=vgg, progress=False)
         assert "\n" not in str(e.value)
     assert not (tmp_path / "wd2").exists()  # the export is checked before the workdir is made
+    # an export over an input: the model the run starts from, or a training image
+    start = tmp_path / "start.safetensors"
+    start.write_bytes(b"model")
+    cfg = smoke()
+    cfg.train.init_from = str(start)
+    with pytest.raises(ConfigError, match="would replace train.init_from"):
+        training.train(cfg, tmp_path / "wd3", export_path=start, vgg=vgg, progress=False)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cfg = smoke()
+    cfg.data.content_dirs = [str(photos)]
+    with pytest.raises(ConfigError, match="into the training image folder"):
+        training.train(cfg, tmp_path / "wd4", export_path=photos / "img00.jpg", vgg=vgg,
+                       progress=False)
+    assert start.read_bytes() == b"model"
 
 
 def test_batch_must_divide_over_devices(tmp_path, vgg, monkeypatch):
