@@ -763,17 +763,8 @@ def _scan_dirs(dirs: Sequence[str]) -> tuple[list[tuple[str, str, int, int]], in
             k += 1
             prefix = f"{base}_{k}"
         used.add(prefix)
-        visited: set[str] = set()
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            real = os.path.realpath(dirpath)
-            if real in visited:
-                dirnames[:] = []
-                continue
-            visited.add(real)
-            dirnames[:] = sorted(x for x in dirnames if not x.startswith("."))
+        for dirpath, _, filenames in _walk_once(root):
             for fn in filenames:
-                if fn.startswith("."):
-                    continue
                 full = os.path.join(dirpath, fn)
                 if not _images.is_image_file(fn):
                     ignored += 1
@@ -787,6 +778,21 @@ def _scan_dirs(dirs: Sequence[str]) -> tuple[list[tuple[str, str, int, int]], in
                 files.append((full, f"{prefix}/{rel}", size, mtime))
     files.sort(key=lambda f: f[1])
     return files, ignored
+
+
+def _walk_once(root: str | os.PathLike[str]) -> Iterator[tuple[str, str, list[str]]]:
+    """``(folder, its real path, visible file names)`` under ``root``, top-down, following
+    links to folders but reading each real folder once (no loops); hidden files and folders
+    (``.name``) are left out, subfolders in sorted order."""
+    visited: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in visited:
+            dirnames[:] = []
+            continue
+        visited.add(real)
+        dirnames[:] = sorted(x for x in dirnames if not x.startswith("."))
+        yield dirpath, real, [f for f in filenames if not f.startswith(".")]
 
 
 def _fingerprint(files: Sequence[tuple[str, str, int, int]], cfg: Any) -> str:
@@ -1034,17 +1040,10 @@ def _check_not_eval(d: str, c: Mapping[str, Any]) -> None:
         if _is_eval_path(p):
             raise ConfigError(f"{d}: looks like an evaluation folder (a path component of {p} "
                               f"is 'eval'); {hint}")
-    visited: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in visited:
-            dirnames[:] = []
-            continue
-        visited.add(real)
-        dirnames[:] = [x for x in dirnames if not x.startswith(".")]
+    for dirpath, real, filenames in _walk_once(root):
         inside = [dirpath] if _is_eval_path(dirpath) or _is_eval_path(real) else [
-            os.path.join(dirpath, f) for f in filenames if not f.startswith(".")
-            and os.path.islink(os.path.join(dirpath, f))
+            os.path.join(dirpath, f) for f in filenames
+            if os.path.islink(os.path.join(dirpath, f))
             and _is_eval_path(os.path.realpath(os.path.join(dirpath, f)))]
         if inside:
             raise ConfigError(f"{d}: contains evaluation images ({inside[0]} is in or links into "

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import json
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from arbitrary_nst import distill, export
 from arbitrary_nst.data import SyntheticSource
