@@ -76,3 +76,17 @@ def test_correction_predictability_scores_what_the_features_explain(tmp_path):
     assert mod.cross_validated([], shared, ridges=(1.0,))[1.0] > 0.9
     with pytest.raises(SystemExit, match="no chunk_"):
         mod.load_oracle(tmp_path)
+
+
+def test_bench_scripts_give_one_error_line_for_bad_options(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    for argv in (["bench/train.py", "--configs", "nope", "--json", str(tmp_path / "t.json")],
+                 ["bench/data.py", "--batch-size", "0", "--json", str(tmp_path / "d.json")]):
+        p = subprocess.run([sys.executable, *argv], cwd=root, capture_output=True, text=True,
+                           timeout=300)
+        lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+        assert p.returncode == 1 and lines and lines[-1].startswith("error: "), p.stderr
+        assert "Traceback" not in p.stderr

@@ -139,15 +139,16 @@ def test_tfds_data_source_decodes_with_pillow(prepared, folder, tfds_dir):
     assert b.info.metadata["num_skipped"] == 2
 
 
-def test_reuse_and_stale_folder_gets_a_new_dataset(folder, tfds_dir, tmp_path):
+def test_reuse_and_stale_folder_gets_a_new_dataset(prepared, folder, tfds_dir, tmp_path):
     again = data.prepare_folder([folder], data_dir=tfds_dir)
     assert again.report["reused"] and again.report["num_skipped"] == 2
     # A changed folder (new file) -> a different config name, prepared from scratch.
     import shutil
 
     copy = tmp_path / "photos"
-    shutil.copytree(folder, copy)
+    shutil.copytree(folder, copy)  # same names, sizes and times: still another folder
     first = data.prepare_folder([copy], data_dir=tfds_dir)
+    assert not first.report["reused"] and first.report["name"] != again.report["name"]
     Image.fromarray(_smooth(90, 120, 9)).save(copy / "new.png")
     changed = data.prepare_folder([copy], data_dir=tfds_dir)
     assert changed.report["name"] != first.report["name"]
@@ -346,6 +347,38 @@ def test_npz_export_roundtrip(prepared, tmp_path):
         data.export_arrays({}, tmp_path / "big.npz", 4, 5, 96, sources=srcs, max_mb=0.001)
     with pytest.raises(ConfigError, match="no such file"):
         data.NpzSource(tmp_path / "missing.npz", "content")
+
+
+def test_a_folder_of_unreadable_files_is_one_error(tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "empty.jpg").write_bytes(b"")
+    (bad / "text.jpg").write_text("hello")
+    with pytest.raises(ConfigError, match=r"none of the 2 image files could be read \(e.g. "
+                                          r"bad/empty.jpg: empty file"):
+        data.prepare_folder([bad], data_dir=tmp_path / "prepared")
+
+
+@pytest.mark.parametrize("field, value", [("image_size", None), ("augment_strength", "strong"),
+                                          ("content_scale_range", (1.0,)),
+                                          ("style_resize_range", (300.5, 400)),
+                                          ("max_source_side", 32)])
+def test_data_config_values_of_the_wrong_type_are_one_line(tmp_path, field, value):
+    with pytest.raises(ConfigError, match=field) as e:
+        data.prepare({"source": "synthetic", field: value, "data_dir": str(tmp_path)})
+    assert "\n" not in str(e.value)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match="data_dir .* is a file"):
+        data.prepare({"source": "synthetic", "data_dir": str(tmp_path / "afile")})
+
+
+def test_cli_refuses_zero_workers_and_sizes(folder, tfds_dir, capsys):
+    assert data.main(["prepare", "--content-dir", str(folder), "--style-dir", str(folder),
+                      "--data-dir", str(tfds_dir), "--workers", "0"]) == 1
+    assert "--workers must be >= 1" in capsys.readouterr().err
+    assert data.main(["prepare", "--content-dir", str(folder), "--style-dir", str(folder),
+                      "--data-dir", str(tfds_dir), "--max-source-side", "0"]) == 1
+    assert "max_source_side" in capsys.readouterr().err
 
 
 def test_cli_prepare_prints_counts(folder, tfds_dir, capsys):
