@@ -44,8 +44,10 @@ class _Parser(argparse.ArgumentParser):
     """A usage error is one line, ``error: ... (see PROG --help)``, exit status 2 (argparse's
     usage status), instead of the whole usage block."""
 
+    help_hint: str | None = None  # set by main(): the command's help, for top-level errors
+
     def error(self, message: str):
-        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+        self.exit(2, f"error: {message} (see `{self.help_hint or self.prog} --help`)\n")
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -77,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv.insert(0, "stylize")  # `infer.py --content C --style S --out O` means stylize
+    if argv and argv[0] in COMMANDS:  # unknown options are reported by the top-level parser
+        parser.help_hint = f"{parser.prog} {argv[0]}"
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2, its one line already printed)
