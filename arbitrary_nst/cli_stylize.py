@@ -229,6 +229,17 @@ def _validate(args: argparse.Namespace) -> str:
                           "--strength-sweep")
     if args.refine and args.preserve_color in ("match", "histogram"):
         raise ConfigError("--refine does not combine with --preserve-color match; use luminance")
+    fitted = [s for s in (args.interpolate or args.style or [])
+              if str(s).lower().endswith(".npz")]
+    if fitted:  # say it in the CLI's words, before the model is loaded
+        why = ("--method gatys needs style images" if args.method == "gatys" else
+               "--refine does not apply to them (they are optimized already)" if args.refine else
+               "--preserve-color match recolours style images; use luminance"
+               if args.preserve_color in ("match", "histogram") else
+               "they need --backend jax (the ONNX graph takes embeddings)"
+               if args.backend == "onnxruntime" else None)
+        if why:
+            raise ConfigError(f"{fitted[0]} is a fitted style (.npz): {why}")
     if args.iterations is not None and args.iterations < 0:
         raise ConfigError(f"--iterations must be >= 0, got {args.iterations}")
     if args.palette is not None:

@@ -411,7 +411,7 @@ def test_corrupt_model_file(cli, data, tmp_path, model):
     "bad_out_ext", "interpolate_with_style", "steps", "sweep_steps", "empty_folder",
     "no_match_glob", "max_size_negative", "batch_size_zero", "palette_high", "palette_gatys",
     "style_size_huge", "iterations_network", "strength_with_sweep", "gatys_tiny_max_size",
-    "too_many_tiles", "long_out_name", "dtype_gatys"])
+    "too_many_tiles", "long_out_name", "dtype_gatys", "fitted_gatys", "fitted_onnx"])
 def test_bad_inputs_one_line(cli, data, case, monkeypatch):
     t = data["tmp"]
     c, s = data["contents"][0], data["styles"][0]
@@ -500,11 +500,17 @@ def test_bad_inputs_one_line(cli, data, case, monkeypatch):
         args[-1] = t / ("o" * 300 + ".png")
     elif case == "dtype_gatys":
         args += ["--method", "gatys", "--dtype", "bfloat16"]
+    elif case in ("fitted_gatys", "fitted_onnx"):  # in the CLI's words, not the API's
+        (t / "f.npz").write_bytes(b"")
+        args[3] = t / "f.npz"
+        args += ["--method", "gatys"] if case == "fitted_gatys" else ["--backend", "onnxruntime"]
     before = c.read_bytes()
     rc, _, err = cli(*args)
     assert rc != 0
     line = one_error_line(err)
     assert len(line) < 400 + (300 if case == "long_out_name" else 0)
+    if case.startswith("fitted"):
+        assert "is a fitted style (.npz)" in line and "backend='" not in line
     assert c.read_bytes() == before  # an input is never written over
     if case not in ("out_is_input",):
         assert not out.exists() or case == "no_out"
