@@ -65,6 +65,7 @@ from .errors import ConfigError, ImageError, NSTError
 
 DEFAULT_MAX_SIZE = 1024
 DEFAULT_TILE_SIZE = 256
+DEFAULT_STEPS = 5
 PRESERVE_CHOICES = ("luminance", "match", "histogram")
 
 
@@ -116,12 +117,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fig.add_argument("--interpolate", nargs="+", metavar="S",
                      help="styles to interpolate: a strip (2), a triangle (3), a grid (4) or a "
                           "path (5+) of mixtures")
-    fig.add_argument("--steps", type=int, default=5, metavar="K",
-                     help="mixtures per side for --interpolate")
+    fig.add_argument("--steps", type=int, default=None, metavar="K",
+                     help=f"mixtures per side for --interpolate (default {DEFAULT_STEPS})")
     fig.add_argument("--strength-sweep", type=int, metavar="K",
                      help="a strip of K strengths from 0 to 1")
-    fig.add_argument("--tile-size", type=int, default=DEFAULT_TILE_SIZE, metavar="N",
-                     help="longer side of each figure tile")
+    fig.add_argument("--tile-size", type=int, default=None, metavar="N",
+                     help=f"longer side of each figure tile (default {DEFAULT_TILE_SIZE})")
 
     run_g = parser.add_argument_group("running")
     run_g.add_argument("--method", choices=("network", "gatys"), default="network",
@@ -186,6 +187,12 @@ def _validate(args: argparse.Namespace) -> str:
         raise ConfigError("give either --out (one image) or --out-dir (a folder), not both")
     if not args.out and not args.out_dir:
         raise ConfigError("give --out FILE (one image) or --out-dir DIR")
+    if args.steps is not None and not args.interpolate:  # was silently ignored
+        raise ConfigError("--steps applies to --interpolate")
+    if args.tile_size is not None and not (args.interpolate or args.strength_sweep is not None):
+        raise ConfigError("--tile-size applies to the --interpolate / --strength-sweep figures")
+    args.steps = DEFAULT_STEPS if args.steps is None else args.steps
+    args.tile_size = DEFAULT_TILE_SIZE if args.tile_size is None else args.tile_size
     if args.interpolate:
         if args.style:
             raise ConfigError("--interpolate takes the styles itself; drop --style")

@@ -411,7 +411,8 @@ def test_corrupt_model_file(cli, data, tmp_path, model):
     "bad_out_ext", "interpolate_with_style", "steps", "sweep_steps", "empty_folder",
     "no_match_glob", "max_size_negative", "batch_size_zero", "palette_high", "palette_gatys",
     "style_size_huge", "iterations_network", "strength_with_sweep", "gatys_tiny_max_size",
-    "too_many_tiles", "long_out_name", "dtype_gatys", "fitted_gatys", "fitted_onnx"])
+    "too_many_tiles", "long_out_name", "dtype_gatys", "fitted_gatys", "fitted_onnx",
+    "steps_without_interpolate", "tile_size_without_figure"])
 def test_bad_inputs_one_line(cli, data, case, monkeypatch):
     t = data["tmp"]
     c, s = data["contents"][0], data["styles"][0]
@@ -500,6 +501,10 @@ def test_bad_inputs_one_line(cli, data, case, monkeypatch):
         args[-1] = t / ("o" * 300 + ".png")
     elif case == "dtype_gatys":
         args += ["--method", "gatys", "--dtype", "bfloat16"]
+    elif case == "steps_without_interpolate":  # was silently ignored
+        args += ["--steps", 3]
+    elif case == "tile_size_without_figure":
+        args += ["--tile-size", 64]
     elif case in ("fitted_gatys", "fitted_onnx"):  # in the CLI's words, not the API's
         (t / "f.npz").write_bytes(b"")
         args[3] = t / "f.npz"
