@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .errors import ConfigError, ImageError, NSTError
+from .errors import ConfigError, ImageError, NSTError, count_arg
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -142,26 +142,10 @@ def _int_list(spec: str, *, what: str) -> tuple[int, ...]:
         raise ConfigError(f"{what}: expected comma-separated integers, got {spec!r}") from None
 
 
-def _positive_int(s: str) -> int:
-    v = int(s)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
-
-
 #: Upper bounds of working sizes: a typo (--size 100000) is an error, not minutes of silence
 #: and the kernel's out-of-memory kill. 4096 px is ~64x the usual working image.
 MAX_GATYS_SIZE = 4096
 MAX_STYLE_SIZE = 2048  # = inference.MAX_STYLE_SIZE (not imported here: keeps --help fast)
-
-
-def _bounded_int(lo: int, hi: int):
-    def parse(s: str) -> int:
-        v = int(s)
-        if not lo <= v <= hi:
-            raise argparse.ArgumentTypeError(f"must be in [{lo}, {hi}], got {v}")
-        return v
-    return parse
 
 
 def _nonneg_float(s: str) -> float:
@@ -218,12 +202,12 @@ def _add_gatys_arguments(p: argparse.ArgumentParser) -> None:
                          "default: equal")
     io.add_argument("--out", required=True,
                     help="output file (one content) or folder / pattern with {name} (several)")
-    io.add_argument("--size", type=_bounded_int(32, MAX_GATYS_SIZE), default=512,
+    io.add_argument("--size", type=count_arg(32, MAX_GATYS_SIZE), default=512,
                     help="longer side of the result in pixels (aspect ratio kept)")
     io.add_argument("--style-scale", type=float, default=d.style_scale,
                     help="style image's longer side relative to the result's")
     io.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    io.add_argument("--max-pixels", type=_positive_int, default=None,
+    io.add_argument("--max-pixels", type=count_arg(), default=None,
                     help="refuse input images with more pixels (default: the I/O module's "
                          "limit, 64 megapixels)")
 
@@ -234,7 +218,7 @@ def _add_gatys_arguments(p: argparse.ArgumentParser) -> None:
                      help="lbfgs: per-example L-BFGS (optax direction, batched Wolfe line search); "
                           "lbfgs_optax: optax.lbfgs on the batch sum; adam")
     opt.add_argument("--lr", type=float, default=d.learning_rate, help="Adam learning rate")
-    opt.add_argument("--lbfgs-memory", type=_positive_int, default=d.lbfgs_memory,
+    opt.add_argument("--lbfgs-memory", type=count_arg(), default=d.lbfgs_memory,
                      help="L-BFGS history size")
     opt.add_argument("--param", choices=gatys.PARAMETERIZATIONS, default=d.parameterization,
                      help="pixel parameterization keeping the image in [0, 1]")
@@ -246,7 +230,7 @@ def _add_gatys_arguments(p: argparse.ArgumentParser) -> None:
     opt.add_argument("--stage-iters", default=None,
                      help="iterations per stage, coarse ones first then the final, e.g. "
                           "300,200,100 (default: --iters for every stage)")
-    opt.add_argument("--chunk", type=_positive_int, default=d.chunk_size,
+    opt.add_argument("--chunk", type=count_arg(), default=d.chunk_size,
                      help="iterations per compiled chunk (progress updates between chunks)")
 
     loss = p.add_argument_group("loss")
@@ -401,9 +385,9 @@ def _add_analyze_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--style", default=None,
                    help="style image (default: the built-in 'strokes' sample)")
     p.add_argument("--out-dir", required=True, help="folder for the PNG figures")
-    p.add_argument("--size", type=_bounded_int(32, MAX_GATYS_SIZE), default=analysis.DEFAULT_SIZE,
+    p.add_argument("--size", type=count_arg(32, MAX_GATYS_SIZE), default=analysis.DEFAULT_SIZE,
                    help="longer side of the images optimized for the figures")
-    p.add_argument("--iters", type=_positive_int, default=analysis.DEFAULT_ITERS,
+    p.add_argument("--iters", type=count_arg(), default=analysis.DEFAULT_ITERS,
                    help="L-BFGS iterations per reconstruction / transfer")
     p.add_argument("--figures", default=",".join(analysis.FIGURES),
                    help="which figures, comma-separated letters")
@@ -507,7 +491,7 @@ def _add_fit_style_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--style-weight", type=float, default=fit_style.DEFAULT_STYLE_WEIGHT,
                    metavar="W", help="weight of the style term against content (the built-in "
                                      "model's training balance; lower keeps more of the photos)")
-    p.add_argument("--size", type=_bounded_int(32, MAX_STYLE_SIZE), default=fit_style.DEFAULT_SIZE,
+    p.add_argument("--size", type=count_arg(32, MAX_STYLE_SIZE), default=fit_style.DEFAULT_SIZE,
                    metavar="N", help="photo working size: shorter side resized to N, centre square")
     p.add_argument("--seed", type=int, default=0, help="photo order")
     p.add_argument("--model", metavar="PATH",

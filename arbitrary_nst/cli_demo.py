@@ -22,36 +22,22 @@ import time
 from pathlib import Path
 
 from . import cli_stylize, files, images, samples
-from .errors import ConfigError, ModelError
+from .errors import ConfigError, ModelError, count_arg
 
 DEMO_CONTENTS = ("astronaut", "chelsea", "coffee")
 DEMO_STYLES = ("strokes", "mosaic", "waves", "cubist")
 MARKER = ".arbitrary_nst-demo"
 
 
-def _positive(s: str) -> int:
-    v = int(s)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
-
-
-def _size(s: str) -> int:
-    v = int(s)
-    if not 32 <= v <= 4096:
-        raise argparse.ArgumentTypeError(f"must be in [32, 4096], got {v}")
-    return v
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", default="out/demo", help="where the demo writes its images")
     parser.add_argument("--model", default=None,
                         help="model export or training workdir (None = the built-in model)")
-    parser.add_argument("--max-size", type=_size, default=512,
+    parser.add_argument("--max-size", type=count_arg(32, 4096), default=512,
                         help="longer side of the stylized photos")
     parser.add_argument("--method", choices=("network", "gatys"), default="network",
                         help="'gatys' skips the network and runs the pixel optimizer")
-    parser.add_argument("--iterations", type=_positive, default=150,
+    parser.add_argument("--iterations", type=count_arg(), default=150,
                         help="Gatys iterations when the Gatys path runs")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 

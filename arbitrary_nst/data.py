@@ -92,7 +92,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from arbitrary_nst import images as _images
-from arbitrary_nst.errors import ConfigError, ImageError, NSTError
+from arbitrary_nst.errors import ConfigError, ImageError, NSTError, count_arg
 from arbitrary_nst.files import write_atomically
 
 __all__ = [
@@ -1687,13 +1687,6 @@ def export_arrays(data_cfg: Any, out_path: str | os.PathLike[str], n_content: in
 # ============================================================================================
 
 
-def _min_size(v: str) -> int:
-    n = int(v)
-    if n < 32:
-        raise argparse.ArgumentTypeError(f"must be >= 32, got {n}")
-    return n
-
-
 def _cli_cfg(a: argparse.Namespace) -> dict[str, Any]:
     d: dict[str, Any] = {"content_dirs": a.content_dir or [], "style_dirs": a.style_dir or []}
     if a.style_weight:
@@ -1730,7 +1723,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
             p.add_argument("--n-content", type=int, default=800, help="content images (800)")
             p.add_argument("--n-style", type=int, default=1200, help="style images (1200)")
-            p.add_argument("--size", type=_min_size, default=288,
+            p.add_argument("--size", type=count_arg(32), default=288,
                            help="max smaller side of exported images (288)")
             p.add_argument("--max-mb", type=float, default=45.0, help="refuse a larger file (45 MB)")
     a = ap.parse_args(argv)

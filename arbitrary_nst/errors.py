@@ -7,6 +7,7 @@ one check of user-given sizes and counts.
 """
 from __future__ import annotations
 
+import argparse
 import math
 import numbers
 import os
@@ -37,14 +38,32 @@ class ModelError(NSTError):
     """A model/export/checkpoint file that cannot be loaded."""
 
 
-def check_count(value, what: str, minimum: int = 1) -> int | None:
-    """``value`` as an int >= ``minimum`` (None stays None); ConfigError naming ``what`` for
-    anything else (NaN, 3.7, "100", True, 0): sizes and counts are never silently rounded."""
+def _int_range(minimum: int, maximum: int | None) -> str:
+    return f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+
+
+def check_count(value, what: str, minimum: int = 1, maximum: int | None = None) -> int | None:
+    """``value`` as an int in [``minimum``, ``maximum``] (None stays None); ConfigError naming
+    ``what`` for anything else (NaN, 3.7, "100", True, 0): sizes and counts are never silently
+    rounded."""
     if value is None:
         return None
     integral = isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if isinstance(value, numbers.Real) and not integral:
         integral = math.isfinite(value) and float(value).is_integer()  # 512.0 is fine
-    if not integral or int(value) < minimum:
-        raise ConfigError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    if (not integral or int(value) < minimum
+            or (maximum is not None and int(value) > maximum)):
+        raise ConfigError(f"{what} must be an integer {_int_range(minimum, maximum)}, got "
+                          f"{value!r}")
     return int(value)
+
+
+def count_arg(minimum: int = 1, maximum: int | None = None):
+    """An argparse ``type=`` with :func:`check_count`'s rule: a bad value is a usage error."""
+    def parse(text: str) -> int:
+        try:
+            return check_count(int(text), "value", minimum, maximum)
+        except (ValueError, ConfigError):
+            raise argparse.ArgumentTypeError(
+                f"must be an integer {_int_range(minimum, maximum)}, got {text!r}") from None
+    return parse

@@ -784,14 +784,7 @@ class Stylizer:
 
     @staticmethod
     def _check_style_size(size: Any) -> int:
-        try:
-            s = int(size)
-        except (TypeError, ValueError):
-            raise ConfigError(f"style size must be an integer, got {size!r}") from None
-        if s != size or not 32 <= s <= MAX_STYLE_SIZE:
-            raise ConfigError(f"style size must be an integer in [32, {MAX_STYLE_SIZE}], got "
-                              f"{size!r}")
-        return s
+        return check_count(size, "style size", 32, MAX_STYLE_SIZE)
 
     # -- properties -------------------------------------------------------------------------
     @property
