@@ -525,8 +525,8 @@ def _stylize(args, stylizer) -> int:
 def _gatys_results(args, contents, styles, output, max_size):
     """Gatys path with the same I/O semantics as Stylizer.stylize_files (one image at a time)."""
     from . import gatys
-    from .inference import (FileResult, earlier_output_result, earlier_outputs, normalize_weights,
-                            output_problem, preserve_color_mode, skipped_by_error, skipped_file)
+    from .inference import (FileResult, normalize_weights, plan_outputs, preserve_color_mode,
+                            skipped_by_error, skipped_file)
 
     mode = preserve_color_mode(args.preserve_color) or "none"
     w = normalize_weights(args.style_weights, len(styles))
@@ -539,18 +539,9 @@ def _gatys_results(args, contents, styles, output, max_size):
         kw["iterations"] = args.iterations
     cfg = base.replace(**kw)
     params = gatys.load_params(cfg)
-    earlier = earlier_outputs([Path(c) for c in contents], output)
-    earlier_real = {os.path.realpath(p) for p in earlier}
-    guarded = {os.path.realpath(p) for p in [*contents, *styles]}
-    for c in contents:
-        if Path(c) in earlier:
-            yield earlier_output_result(Path(c), earlier[Path(c)])
-            continue
-        dest = Path(os.fspath(output(c)))
-        why = output_problem(dest, guarded, earlier_real, args.overwrite)
-        if why is not None:
-            yield skipped_file(c, dest, dest, why)
-            continue
+    skips, jobs = plan_outputs([Path(c) for c in contents], output, styles, args.overwrite)
+    yield from skips
+    for _, c, dest in jobs:
         try:
             x = images.load_image(c, max_pixels=args.max_pixels, max_side=max_size)
             res = gatys.run(x, style_imgs, style_weights=w, config=cfg,

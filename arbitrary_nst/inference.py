@@ -635,7 +635,7 @@ def earlier_outputs(paths: Sequence[Path], output: Callable[[Path], Any]) -> dic
     outputs that even ``overwrite`` does not replace (:func:`output_problem`)."""
     made_by = {}
     for p in paths:
-        made_by.setdefault(os.path.realpath(output_path(output, p)), p)
+        made_by.setdefault(os.path.realpath(output(p)), p)
     found = {}
     for p in paths:
         src = made_by.get(os.path.realpath(p))
@@ -663,20 +663,47 @@ def output_path(output: Callable[[Path], Any], content: Path) -> Path:
     return Path(os.fspath(dest))
 
 
-def output_problem(dest: Path, guarded: set[str], earlier: set[str], overwrite: bool) -> str | None:
-    """Why ``dest`` must not be written (a reason for :func:`skipped_file`), or None.
-
-    ``guarded``: real paths of every input (contents, styles, protected files); ``earlier``:
-    real paths of the contents that are this job's outputs (:func:`earlier_outputs`)."""
-    real = os.path.realpath(dest)
-    if real in earlier:
-        return ("exists and is one of this job's contents (an earlier run's result?), so it is "
-                "not replaced even with --overwrite; write to another folder to redo it")
-    if real in guarded:
-        return "would overwrite an input file; choose another output"
-    if not overwrite and os.path.lexists(dest):
-        return "exists; pass --overwrite (overwrite=True) to replace it"
-    return None
+def plan_outputs(paths: Sequence[Path], output: Callable[[Path], Any],
+                 inputs: Iterable[str | os.PathLike], overwrite: bool
+                 ) -> tuple[list[FileResult], list[tuple[int, Path, Path]]]:
+    """Where each content's result goes, decided before any work: ``(skips, jobs)`` with
+    ``jobs`` the ``(index, content, output path)`` to run. Skipped: contents that are this
+    job's own earlier outputs (:func:`earlier_outputs`), outputs that are an input (the
+    contents and ``inputs``; never replaced, even with ``overwrite``; nor is an earlier output,
+    which a name match cannot tell from a photo of that name), existing files unless
+    ``overwrite``, and a second content with the same output name. ``output`` is called once
+    per content."""
+    dests = {p: output_path(output, p) for p in paths}
+    earlier = earlier_outputs(paths, dests.__getitem__)
+    earlier_real = {os.path.realpath(p) for p in earlier}
+    guarded = {os.path.realpath(p) for p in [*paths, *inputs]}
+    skips: list[FileResult] = []
+    jobs: list[tuple[int, Path, Path]] = []
+    claimed: dict[str, Path] = {}
+    for i, p in enumerate(paths):
+        if p in earlier:
+            skips.append(earlier_output_result(p, earlier[p]))
+            continue
+        dest = dests[p]
+        real = os.path.realpath(dest)
+        if real in earlier_real:
+            why = ("exists and is one of this job's contents (an earlier run's result?), so it "
+                   "is not replaced even with --overwrite; write to another folder to redo it")
+        elif real in guarded:
+            why = "would overwrite an input file; choose another output"
+        elif not overwrite and os.path.lexists(dest):
+            why = "exists; pass --overwrite (overwrite=True) to replace it"
+        elif real in claimed:  # the kind is set here: the reason names another path
+            skips.append(FileResult(p, dest, False, f"{p}: its output {dest} collides with the "
+                                    f"output of {claimed[real]}; rename one of the inputs",
+                                    "duplicate output name"))
+            continue
+        else:
+            claimed[real] = p
+            jobs.append((i, p, dest))
+            continue
+        skips.append(skipped_file(p, dest, dest, why))
+    return skips, jobs
 
 
 def earlier_output_result(content: Path, source: Path) -> FileResult:
@@ -1484,40 +1511,19 @@ class Stylizer:
         nw = check_count(workers, "workers") or min(4, os.cpu_count() or 1)
         ahead = check_count(prefetch, "prefetch") or 2 * bs + nw
         paths = _path_list(contents)
-        earlier = earlier_outputs(paths, output) if output is not None else {}
-        earlier_real = {os.path.realpath(p) for p in earlier}
-        guarded = {os.path.realpath(p) for p in paths}
-        guarded |= set(plan.style_paths) | {os.path.realpath(p) for p in _path_list(protected)}
+        if output is None:
+            early, jobs = [], [(i, p, None) for i, p in enumerate(paths)]
+        else:
+            early, jobs = plan_outputs(paths, output,
+                                       [*plan.style_paths, *_path_list(protected)], overwrite)
         # Everything above runs at the call (bad options raise here, not at the first next());
         # the files are read and written as the results are iterated.
-        return self._files(paths, plan, output, overwrite, max_size, bs, nw, ahead, earlier,
-                           earlier_real, guarded)
+        return self._files(early, jobs, plan, output is not None, overwrite, max_size, bs, nw,
+                           ahead)
 
-    def _files(self, paths, plan, output, overwrite, max_size, bs, nw, ahead, earlier,
-               earlier_real, guarded) -> Iterator[FileResult]:
-        """The generator behind :meth:`stylize_files`."""
-        jobs: list[tuple[int, Path, Path | None]] = []
-        early: list[FileResult] = []
-        claimed: dict[str, Path] = {}
-        for i, p in enumerate(paths):
-            dest = None
-            if p in earlier:
-                early.append(earlier_output_result(p, earlier[p]))
-                continue
-            if output is not None:
-                dest = output_path(output, p)
-                real = os.path.realpath(dest)
-                why = output_problem(dest, guarded, earlier_real, overwrite)
-                if why is None and real in claimed:  # the kind is set here: names another path
-                    early.append(FileResult(
-                        p, dest, False, f"{p}: its output {dest} collides with the output of "
-                        f"{claimed[real]}; rename one of the inputs", "duplicate output name"))
-                    continue
-                if why is not None:
-                    early.append(skipped_file(p, dest, dest, why))
-                    continue
-                claimed[real] = p
-            jobs.append((i, p, dest))
+    def _files(self, early, jobs, plan, writing, overwrite, max_size, bs, nw, ahead
+               ) -> Iterator[FileResult]:
+        """The generator behind :meth:`stylize_files` (``writing``: an ``output`` was given)."""
         yield from early
         if not jobs:
             return
@@ -1547,7 +1553,7 @@ class Stylizer:
             return FileResult(p, dest, True, shape=item.hw)
 
         decode = cf.ThreadPoolExecutor(nw, thread_name_prefix="nst-decode")
-        encode = cf.ThreadPoolExecutor(nw, thread_name_prefix="nst-encode") if output else None
+        encode = cf.ThreadPoolExecutor(nw, thread_name_prefix="nst-encode") if writing else None
         skipped: collections.deque = collections.deque()
         writes: collections.deque = collections.deque()
         try:
@@ -1569,7 +1575,7 @@ class Stylizer:
                         continue
                     yield res
 
-            for item, y in self._run(decoded(), plan, out_uint8=output is not None,
+            for item, y in self._run(decoded(), plan, out_uint8=writing,
                                      batch_size=bs):
                 while skipped:
                     yield skipped.popleft()
