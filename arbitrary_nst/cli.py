@@ -326,17 +326,21 @@ def _run_gatys(args: argparse.Namespace) -> int:
     # Each is resized to the working size; same-shape contents form one batch each.
     work: dict[int, np.ndarray] = {}
     skipped: list[str] = []
+
+    def skip(e: NSTError) -> None:
+        skipped.append(_one_line(e))
+        print(f"skipped: {skipped[-1]}", file=sys.stderr)
+
     for i, c in enumerate(args.content):
         try:
             x = images.resize_max_side(_load(c, args.max_pixels), args.size, upscale=True)
             if min(x.shape[:2]) < 32:
                 raise ImageError(c, f"is too thin: {x.shape[1]}x{x.shape[0]} at --size "
                                     f"{args.size}; VGG needs >= 32 px per side")
-        except NSTError:
+        except NSTError as e:
             if len(args.content) == 1:  # nothing else to go on with: the job's error
                 raise
-            skipped.append(_one_line(sys.exc_info()[1]))
-            print(f"skipped: {skipped[-1]}", file=sys.stderr)
+            skip(e)
             continue
         work[i] = x
     groups: dict[tuple[int, int], list[int]] = {}
@@ -355,8 +359,7 @@ def _run_gatys(args: argparse.Namespace) -> int:
             try:
                 images.save_image(outs[i], result.images[j], overwrite=args.overwrite)
             except NSTError as e:
-                skipped.append(_one_line(e))
-                print(f"skipped: {skipped[-1]}", file=sys.stderr)
+                skip(e)
                 continue
             done += 1
             if not args.quiet:

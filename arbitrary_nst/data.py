@@ -1186,7 +1186,7 @@ def _crop_offsets(rng: np.random.Generator, w: int, h: int, size: int) -> tuple[
 #: and 13 of them in a row overflow float32: measured, one all-white 96^2 crop made the whole
 #: gradient NaN at step 1375 of a batch-8 run (RESULTS.md). A flat crop has no content to learn
 #: from anyway.
-FLAT_CROP_STD = 0.01
+FLAT_CROP_STD = _images.BLANK_STD  # the one "blank" threshold: refinement and fits use it too
 FLAT_CROP_TRIES = 8
 
 

@@ -58,6 +58,7 @@ __all__ = [
     "load_pil",
     "to_float",
     "check_array_image",
+    "downscale_pil",
     "array_to_float",
     "FLOAT_IMAGE_RANGE",
     "to_uint8",
@@ -148,7 +149,7 @@ def load_image(
         return x
     rgb = _pil_to_rgb8(im, path)
     if max_side is not None:
-        rgb = _pil_downscale(rgb, max_side, im.info.get(_FULL_SIZE))
+        rgb = downscale_pil(rgb, max_side, im.info.get(_FULL_SIZE))
     return np.asarray(rgb, dtype=np.float32) / np.float32(255.0)
 
 
@@ -162,7 +163,7 @@ def load_pil(
     im = _open_decoded(path, max_pixels=max_pixels, max_side=max_side)
     rgb = _pil_to_rgb8(im, path)
     if max_side is not None:
-        rgb = _pil_downscale(rgb, max_side, im.info.get(_FULL_SIZE))
+        rgb = downscale_pil(rgb, max_side, im.info.get(_FULL_SIZE))
     return rgb
 
 
@@ -406,7 +407,7 @@ def _high_depth_to_float(im: Image.Image) -> np.ndarray:
     return np.clip(np.nan_to_num(x, nan=0.0), 0.0, 1.0).astype(np.float32, copy=False)
 
 
-def _pil_downscale(im: Image.Image, max_side: int,
+def downscale_pil(im: Image.Image, max_side: int,
                    full: tuple[int, int] | None = None) -> Image.Image:
     """Lanczos downscale so the longer side is ``max_side``; ``full``: the image's size before
     a reduced-scale JPEG decode (the target size is computed from it)."""

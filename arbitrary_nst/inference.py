@@ -858,7 +858,7 @@ class Stylizer:
             if max_side is not None and max(u8.shape[:2]) > max_side:
                 from PIL import Image
 
-                return np.asarray(images._pil_downscale(Image.fromarray(u8), max_side), np.uint8)
+                return np.asarray(images.downscale_pil(Image.fromarray(u8), max_side), np.uint8)
             return np.ascontiguousarray(u8)
         f = images.array_to_float(x)
         if max_side is not None:
@@ -1411,10 +1411,11 @@ class Stylizer:
         plan = self._plan(style, weights, strength, preserve_color, embedding, style_size,
                           refine_steps, palette, palette_moments)
         contents, batched = _as_image_list(content, "content")
-        names = [f"content image {i}" if batched else "content image"
-                 for i in range(len(contents))]
-        prepared = (_named(names[i], lambda c=c, i=i: self._prepare_array(
-            i, self.read(c, max_size), plan)) for i, c in enumerate(contents))
+        def prepare(i: int, c: Any) -> _Item:
+            return self._prepare_array(i, self.read(c, max_size), plan)
+
+        prepared = (_named(f"content image {i}" if batched else "content image", prepare, i, c)
+                    for i, c in enumerate(contents))
         outs: list[np.ndarray | None] = [None] * len(contents)
         for it, y in self._run(prepared, plan, batch_size=batch_size):
             outs[it.key] = np.array(y, np.float32)
