@@ -68,7 +68,7 @@ import numpy as np
 
 from . import fit_style, images
 from .errors import ConfigError, ImageError, NSTError
-from .files import make_dir
+from .files import is_inside, make_dir
 
 METHODS = ("model", "model_refine", "model_fit", "gatys", "magenta_lite", "magenta_lite_fp32", "identity", "style")
 DEFAULT_METHODS = ("model", "gatys", "magenta_lite")
@@ -478,11 +478,6 @@ def _check_unique_names(what: str, files: Sequence[Path]) -> None:
         seen[p.stem] = p
 
 
-def _is_inside(p: Path, folder: Path) -> bool:
-    a, b = os.path.realpath(p), os.path.realpath(folder)
-    return os.path.commonpath([a, b]) == b
-
-
 #: What a resumed evaluation must share with the run it resumes (its images are reused).
 _RESUME_KEYS = ("size", "model", "model_file", "palette", "strength", "style_size",
                 "refine_steps", "gatys_iters", "fit_steps", "fit_photos")
@@ -573,7 +568,7 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
     picked_styles = _pick(images.list_images(style), num_styles)
     for what, files in (("content", picked_contents), ("style", picked_styles)):
         _check_unique_names(what, files)
-        inside = [p for p in files if _is_inside(p, out_dir)]
+        inside = [p for p in files if is_inside(p, out_dir)]
         if inside:
             raise ConfigError(f"{out_dir}: --out holds the {what} image {inside[0]}; the "
                               "evaluation writes images and sheets there: use another folder")

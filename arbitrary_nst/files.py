@@ -46,6 +46,12 @@ def lexists(path: str | os.PathLike) -> bool:
     return True
 
 
+def is_inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """Whether ``path`` is ``folder`` or lies under it, links resolved."""
+    p, top = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([p, top]) == top
+
+
 def check_writable_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
     """Create the folder ``path`` if needed and make sure files can be created in it, before
     any work is done (one-line ImageErrors)."""

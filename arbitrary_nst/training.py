@@ -69,7 +69,7 @@ from . import export as export_lib
 from . import vgg as vgg_lib
 from .device_augment import finish_batch
 from .errors import ConfigError, ImageError, ModelError, NSTError
-from .files import make_dir, write_atomically
+from .files import is_inside, make_dir, write_atomically
 from .losses import LossConfig, StyleTargets, perceptual_loss
 from .models import ArbitraryStyleModel, with_pooling
 
@@ -682,29 +682,26 @@ def _prepare_workdir(workdir: Path) -> None:
         raise ConfigError(f"{workdir}: the workdir is not writable")
 
 
-def _check_export_path(path: Path, config=None) -> None:
+def _check_export_path(path: Path, config) -> None:
     """Refuse an export destination that would fail only after training (a folder, say), or
     would replace an input: the ``init_from`` model, or a file in a training image folder."""
     if path.is_dir():
         raise ConfigError(f"{path}: the export path is a directory; give a file name such as "
                           f"{path / EXPORT_NAME}")
     real = os.path.realpath(path)
-    init_from = _get(config.train, "init_from") if config is not None else None
+    init_from = _get(config.train, "init_from")
     start = resolve_init_from(init_from) if init_from else None
     if start and os.path.isdir(start):  # a workdir: its export
         start = os.path.join(start, EXPORT_NAME)
     if start and real == os.path.realpath(start):
         raise ConfigError(f"{path}: the export would replace train.init_from, the model this "
                           "run starts from; export to another file")
-    data_cfg = config.data if config is not None else None
+    data_cfg = config.data
     for key in ("content_dirs", "style_dirs"):
         dirs = _get(data_cfg, key) or []
         for d in [dirs] if isinstance(dirs, (str, os.PathLike)) else dirs:
             d = os.fspath(d)
-            if d.startswith("tfds:") or not os.path.isdir(d):
-                continue
-            top = os.path.realpath(d)
-            if os.path.commonpath([real, top]) == top:
+            if not d.startswith("tfds:") and os.path.isdir(d) and is_inside(path, d):
                 raise ConfigError(f"{path}: the export would be written into the training image "
                                   f"folder {d} (data.{key}); export to another folder")
     parent = next((p for p in path.parents if p.exists()), None)
