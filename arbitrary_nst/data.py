@@ -92,7 +92,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from arbitrary_nst import images as _images
-from arbitrary_nst.errors import ConfigError, ImageError, NSTError, count_arg
+from arbitrary_nst.errors import ConfigError, ImageError, NSTError, check_count, count_arg
 from arbitrary_nst.files import write_atomically
 
 __all__ = [
@@ -232,21 +232,17 @@ def _cfg(data_cfg: Any) -> dict[str, Any]:
             c[k] = [os.fspath(v)]
         else:
             c[k] = [os.fspath(x) for x in v]
-    key = ""
-    try:  # a value of the wrong type (None, a string, a 1-tuple) names its field, one line
-        for key in ("image_size", "style_size", "max_source_side", "min_source_side"):
-            if int(c[key]) != c[key] or int(c[key]) < 1:
-                raise ConfigError(f"data config: {key} must be a positive integer, got {c[key]!r}")
-            c[key] = int(c[key])
-        if c["min_source_side"] > c["max_source_side"]:
-            raise ConfigError(f"data config: max_source_side ({c['max_source_side']}) must be >= "
-                              f"min_source_side ({c['min_source_side']}): nothing could be kept")
-        key = "augment_strength"
+    for key in ("image_size", "style_size", "max_source_side", "min_source_side"):
+        c[key] = check_count(c[key], f"data config: {key}", optional=False)
+    c["jpeg_quality"] = check_count(c["jpeg_quality"], "data config: jpeg_quality", 1, 100,
+                                    optional=False)
+    if c["min_source_side"] > c["max_source_side"]:
+        raise ConfigError(f"data config: max_source_side ({c['max_source_side']}) must be >= "
+                          f"min_source_side ({c['min_source_side']}): nothing could be kept")
+    key = "augment_strength"
+    try:  # a value of the wrong type (a string, a 1-tuple) names its field, one line
         if not 0 <= float(c[key]) <= 2.5:
             raise ConfigError(f"data config: augment_strength must be in [0, 2.5], got {c[key]}")
-        key = "jpeg_quality"
-        if not 1 <= int(c[key]) <= 100:
-            raise ConfigError(f"data config: jpeg_quality must be in 1..100, got {c[key]}")
         if not isinstance(c["device_augment"], (bool, np.bool_)):
             raise ConfigError(f"data config: device_augment must be true or false, got "
                               f"{c['device_augment']!r}")

@@ -42,11 +42,12 @@ def _int_range(minimum: int, maximum: int | None) -> str:
     return f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
 
 
-def check_count(value, what: str, minimum: int = 1, maximum: int | None = None) -> int | None:
-    """``value`` as an int in [``minimum``, ``maximum``] (None stays None); ConfigError naming
-    ``what`` for anything else (NaN, 3.7, "100", True, 0): sizes and counts are never silently
-    rounded."""
-    if value is None:
+def check_count(value, what: str, minimum: int = 1, maximum: int | None = None, *,
+                optional: bool = True) -> int | None:
+    """``value`` as an int in [``minimum``, ``maximum``] (None stays None if ``optional``);
+    ConfigError naming ``what`` for anything else (NaN, 3.7, "100", True, 0): sizes and counts
+    are never silently rounded."""
+    if value is None and optional:
         return None
     integral = isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if isinstance(value, numbers.Real) and not integral:
