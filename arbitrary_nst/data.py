@@ -92,7 +92,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from arbitrary_nst import images as _images
-from arbitrary_nst.errors import ConfigError, ImageError, NSTError, check_count, count_arg
+from arbitrary_nst.errors import ConfigError, ImageError, NSTError, UsageParser, check_count, count_arg
 from arbitrary_nst.files import write_atomically
 
 __all__ = [
@@ -1155,15 +1155,16 @@ def _crop_resize(im: Image.Image, scale: float, off: tuple[int, int], size: int)
 
 
 def _pixel_std(im: Image.Image) -> float:
-    """Standard deviation of all of an RGB image's values on the [0, 1] scale, from Pillow's
-    histogram: the same number as ``np.std`` of the float crop (float64 sums), without a float
-    copy of the pixels (so the uint8 path needs none at all; ~0.1 ms for 256², half of
-    ``np.std`` alone)."""
-    h = np.asarray(im.histogram(), np.float64).reshape(-1, 256).sum(0)
+    """The largest per-channel standard deviation of an RGB image on the [0, 1] scale
+    (:func:`arbitrary_nst.images.channel_std`: 0 for any one-colour image), from Pillow's
+    per-band histograms: the same number as on the float crop (float64 sums), without a float
+    copy of the pixels (so the uint8 path needs none at all; ~0.1 ms for 256²)."""
+    h = np.asarray(im.histogram(), np.float64).reshape(-1, 256)
     v = np.arange(256, dtype=np.float64)
-    n = h.sum()
+    n = h.sum(axis=1)
     mean = h @ v / n
-    return float(np.sqrt(max(h @ (v * v) / n - mean * mean, 0.0))) / 255.0
+    var = np.maximum(h @ (v * v) / n - mean * mean, 0.0)
+    return float(np.sqrt(var.max())) / 255.0
 
 
 def _to_float(x: np.ndarray) -> np.ndarray:
@@ -1701,15 +1702,19 @@ def _cli_cfg(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m arbitrary_nst.data", description=__doc__.split("\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    ap = UsageParser(prog="python -m arbitrary_nst.data", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", metavar="COMMAND", required=True, parser_class=UsageParser)
     helps = {"prepare": "prepare image folders as TFDS array_record datasets",
              "export": "write a compact .npz subset (for machines without TFDS)"}
     for name in ("prepare", "export"):
         p = sub.add_parser(name, help=helps[name], description=helps[name][0].upper() + helps[name][1:] + ".")
-        p.add_argument("--content-dir", action="append", help="content image folder (repeatable; or tfds:<name>)")
-        p.add_argument("--style-dir", action="append", help="style image folder (repeatable; or tfds:<name>)")
-        p.add_argument("--style-weight", action="append", type=float, help="sampling weight per --style-dir")
+        # one or more values, and repeatable: `--style-dir a b` = `--style-dir a --style-dir b`
+        p.add_argument("--content-dir", action="extend", nargs="+", metavar="DIR",
+                       help="content image folder(s) (or tfds:<name>)")
+        p.add_argument("--style-dir", action="extend", nargs="+", metavar="DIR",
+                       help="style image folder(s) (or tfds:<name>)")
+        p.add_argument("--style-weight", action="extend", nargs="+", type=float, metavar="W",
+                       help="sampling weight per --style-dir")
         p.add_argument("--data-dir", help=f"prepared data location (default {DEFAULT_DATA_DIR})")
         p.add_argument("--max-source-side", type=int, help="cap on the stored smaller side (512)")
         p.add_argument("--workers", type=int, help="decode threads (2)")
@@ -1722,6 +1727,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.add_argument("--size", type=count_arg(32), default=288,
                            help="max smaller side of exported images (288)")
             p.add_argument("--max-mb", type=float, default=45.0, help="refuse a larger file (45 MB)")
+    given = sys.argv[1:] if argv is None else list(argv)
+    if given and given[0] in helps:  # errors after the command point to its own --help
+        ap.help_hint = f"{ap.prog} {given[0]}"
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:

@@ -59,6 +59,18 @@ def check_count(value, what: str, minimum: int = 1, maximum: int | None = None, 
     return int(value)
 
 
+class UsageParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage error is one line, ``error: ... (see PROG --help)``,
+    exit status 2 (argparse's usage status), instead of the whole usage block: the same for
+    every command of the project (``infer.py``, ``train.py``, ``python -m arbitrary_nst.*``).
+    Sub-commands: ``add_subparsers(parser_class=UsageParser)``."""
+
+    help_hint: str | None = None  # e.g. the sub-command's help, for errors found at the top
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see `{self.help_hint or self.prog} --help`)\n")
+
+
 def count_arg(minimum: int = 1, maximum: int | None = None):
     """An argparse ``type=`` with :func:`check_count`'s rule: a bad value is a usage error."""
     def parse(text: str) -> int:

@@ -485,16 +485,27 @@ def check_array_image(x: Any) -> np.ndarray:
     return a
 
 
-#: Pixel std (of all values, [0, 1] scale) below which an image is blank for anything that
-#: differentiates through the transfer network (refinement, fitted styles; the data preparation
-#: skips such images for training): a flat image gives every instance norm zero variance, and
-#: the backward pass through 13 of them (x ~316 each) overflows float32 into NaN.
+#: Pixel std ([0, 1] scale, of the channel that varies most) below which an image is blank for
+#: anything that differentiates through the transfer network (refinement, fitted styles; the data
+#: preparation skips such images for training): a flat image gives every instance norm zero
+#: variance, and the backward pass through 13 of them (x ~316 each) overflows float32 into NaN.
+#: Per channel, because a flat *colour* (a red wall) is as flat for the network as a grey one,
+#: while the std of all values would count the channels' different levels as variation.
 BLANK_STD = 0.01
 
 
+def channel_std(x: np.ndarray) -> float:
+    """The largest per-channel standard deviation of an ``H x W x C`` (or ``... x C``) image,
+    on its own scale (float64 sums): 0 for any one-colour image, grey or not."""
+    a = np.asarray(x, np.float64)
+    a = a.reshape(-1, a.shape[-1]) if a.ndim >= 3 else a.reshape(-1, 1)
+    return float(a.std(axis=0).max())
+
+
 def blank_reason(x: np.ndarray) -> str | None:
-    """``"blank (pixel std ...)"`` for a float [0, 1] image below :data:`BLANK_STD`, else None."""
-    std = float(np.std(np.asarray(x, np.float64)))
+    """``"blank (pixel std ...)"`` for a float [0, 1] image whose every channel has a std
+    below :data:`BLANK_STD` (:func:`channel_std`), else None."""
+    std = channel_std(x)
     return f"blank (pixel std {std:.4f} < {BLANK_STD})" if std < BLANK_STD else None
 
 

@@ -620,9 +620,13 @@ def skipped_file(content: Path, dest: Path | None, where: Any, reason: str) -> F
 
 
 def skipped_by_error(content: Path, dest: Path | None, e: NSTError) -> FileResult:
-    """A skipped file from a user error (an ImageError's kind comes from its reason alone)."""
-    reason = e.reason if isinstance(e, ImageError) else str(e)
-    return FileResult(content, dest, False, str(e), _kind_of(reason))
+    """A skipped file from a user error (an ImageError's kind comes from its reason alone).
+    Other errors (e.g. a refinement that diverged) are about this content too: the message
+    names it (unless it already does), as an ImageError's does."""
+    if isinstance(e, ImageError):
+        return FileResult(content, dest, False, str(e), _kind_of(e.reason))
+    why = str(e) if str(content) in str(e) else f"{content}: {e}"
+    return FileResult(content, dest, False, why, _kind_of(str(e)))
 
 
 def earlier_outputs(paths: Sequence[Path], output: Callable[[Path], Any]) -> dict[Path, Path]:
@@ -1403,8 +1407,9 @@ class Stylizer:
           palette_moments: with ``embedding``, the colour moments ``[12]`` (or ``[N, 12]`` to
             mix) of its style (:meth:`palettes`); without them the palette is not applied.
 
-        Returns float32 HWC in [0, 1] for one content, a list for a list, NHWC for an NHWC
-        array. Raises NSTError subclasses (one line) for bad inputs.
+        Returns float32 HWC in [0, 1] for one content, a list for a list (or a tuple, a
+        generator, ...), NHWC for an NHWC array. Raises NSTError subclasses (one line) for
+        bad inputs.
         """
         max_size = check_count(max_size, "max_size")
         check_count(batch_size, "batch size")
@@ -1421,8 +1426,8 @@ class Stylizer:
             outs[it.key] = np.array(y, np.float32)
         if not batched:
             return outs[0]
-        if isinstance(content, (list, tuple)):
-            return outs
+        if isinstance(content, (list, tuple)) or _is_other_iterable(content):
+            return outs  # (any sizes: a generator's outputs could not be stacked either)
         return np.stack(outs)
 
     def transfer(self, content: ImageInput, embeddings: np.ndarray, *,

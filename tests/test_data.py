@@ -16,7 +16,7 @@ from PIL import Image
 pytest.importorskip("tensorflow_datasets")
 pytest.importorskip("array_record")
 
-from arbitrary_nst import data  # noqa: E402
+from arbitrary_nst import data, images  # noqa: E402
 from arbitrary_nst.errors import ConfigError  # noqa: E402
 from arbitrary_nst.images import load_image  # noqa: E402
 
@@ -99,13 +99,15 @@ def test_prepare_skips_blank_images(tmp_path):
     d.mkdir()
     Image.fromarray(np.full((80, 90, 3), 255, np.uint8)).save(d / "white.png")
     Image.fromarray(np.full((80, 90), 40, np.uint8)).save(d / "grey.png")  # mode L
+    Image.fromarray(np.full((80, 90, 3), (200, 30, 30), np.uint8)).save(d / "red.png")
     faint = np.full((80, 90, 3), 128, np.uint8)
     faint[::2] += 6  # std ~3/255 > FLAT_CROP_STD
     Image.fromarray(faint).save(d / "faint.png")
     Image.fromarray(_smooth(80, 90, 1)).save(d / "photo.png")
     r = data.prepare_folder([d], data_dir=tmp_path / "tfds", workers=1).report
     reasons = {s["path"]: s["reason"] for s in r["skipped"]}
-    assert set(reasons) == {"imgs/white.png", "imgs/grey.png"} and r["num_prepared"] == 2
+    assert set(reasons) == {"imgs/white.png", "imgs/grey.png", "imgs/red.png"}
+    assert r["num_prepared"] == 2
     assert all(v.startswith("blank (pixel std 0.0000 < 0.01)") for v in reasons.values())
 
 
@@ -449,12 +451,12 @@ def test_concurrent_prepares_of_one_folder_all_succeed(folder, tmp_path):
 def test_augment_content_redraws_flat_crops():
     """A crop from a flat region is drawn again (a constant crop makes the gradient NaN, see
     data.FLAT_CROP_STD); a blank image still gives a (flat) crop."""
-    img = np.full((400, 400, 3), 255, np.uint8)  # white, with a textured strip on the right
+    img = np.full((400, 400, 3), (250, 40, 90), np.uint8)  # one colour, a textured strip on the right
     img[:, 300:] = np.random.default_rng(0).integers(0, 256, (400, 100, 3), dtype=np.uint8)
     flat_first = 0
     for seed in range(40):
         x = data.augment_content(img, np.random.default_rng(seed), 96, scale_range=(1.0, 1.0))
-        assert x.shape == (96, 96, 3) and x.std() >= data.FLAT_CROP_STD, seed
+        assert x.shape == (96, 96, 3) and images.channel_std(x) >= data.FLAT_CROP_STD, seed
         fx, _ = np.random.default_rng(seed).random(2)  # the first crop's draws (no u: lo == hi)
         ox = min(int(fx * (400 - 96 + 1)), 400 - 96)
         flat_first += ox + 96 <= 300

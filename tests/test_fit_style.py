@@ -263,6 +263,11 @@ def test_stylizer_errors_and_bad_photos(st, fitted, photos, tmp_path):
                       steps=2, size=32)
     assert fs.info["photos"] == 1 and "blank (pixel std" in fs.info["skipped"][0]
     assert np.all(np.isfinite(fs.conditioning))
+    fs = st.fit_style(smooth_image(40, 40, 3),  # a flat colour is as blank as a grey
+                      [np.full((40, 40, 3), (0.47, 0.12, 0.12), np.float32), good],
+                      steps=2, size=32)
+    assert fs.info["photos"] == 1 and "blank (pixel std 0.0000" in fs.info["skipped"][0]
+    assert np.all(np.isfinite(fs.conditioning))
     # and a fitted style with NaN is not written (load would refuse it)
     nan = dataclasses.replace(fitted, conditioning=np.full_like(fitted.conditioning, np.nan))
     with pytest.raises(ModelError, match="not written: .*NaN"):

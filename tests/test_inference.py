@@ -433,9 +433,9 @@ def test_a_single_path_is_one_input_not_its_characters(st, files, tmp_path):
     fs = st.fit_style(files["style_a"], str(files["content"]), steps=1, size=32)
     assert fs.info["photos"] == 1 and fs.info["skipped"] == []
     # generators and sets are lists of images, not arrays of shape ()
-    gen = st.stylize((x for x in [smooth_image(20, 24, 1), smooth_image(20, 24, 2)]),
-                     files["style_a"])
-    assert len(gen) == 2
+    gen = st.stylize((x for x in [smooth_image(20, 24, 1), smooth_image(28, 20, 2)]),
+                     files["style_a"])  # of any sizes, as a list is (it was np.stack-ed)
+    assert isinstance(gen, list) and [g.shape for g in gen] == [(20, 24, 3), (28, 20, 3)]
 
 
 def test_in_memory_image_errors_name_the_argument(st, files):
@@ -699,3 +699,15 @@ def test_palette_in_the_files_pipeline(st_pal, tmp_path, files):
     for r in res:
         np.testing.assert_allclose(r.image, st_pal.stylize(r.content, style=files["style_a"],
                                                            palette=0.8), atol=1e-4)
+
+
+def test_a_skip_from_any_error_names_its_file():
+    """A per-content error that is not an ImageError (a refinement that diverged) still names
+    the content in the batch's skip line, once."""
+    p = Path("photos/red.png")
+    r = inference.skipped_by_error(p, None, ModelError("refinement diverged (NaN)"))
+    assert not r.ok and r.reason == "photos/red.png: refinement diverged (NaN)"
+    r = inference.skipped_by_error(p, None, ModelError("photos/red.png: too dark"))
+    assert r.reason == "photos/red.png: too dark"
+    r = inference.skipped_by_error(p, None, ImageError(p, "truncated"))
+    assert r.reason == "photos/red.png: truncated" and r.kind == "truncated or corrupt"

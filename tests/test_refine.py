@@ -267,7 +267,11 @@ def test_stylizer_refine_errors(st):
 
 def test_refining_a_blank_content_is_an_error_not_a_nan_image(st, tmp_path):
     """A flat image's gradient overflows into NaN (zero variance in every instance norm): an
-    ImageError naming the file, and a batch skips it and goes on; 0 steps still work."""
+    ImageError naming the file, and a batch skips it and goes on; 0 steps still work. A flat
+    colour counts (its channels' different levels are no texture), grey or not."""
+    red = np.full((40, 44, 3), (0.47, 0.12, 0.12), np.float32)
+    with pytest.raises(ImageError, match=r"blank \(pixel std 0.0000 < 0.01\).*without refine"):
+        st.stylize(red, smooth_image(40, 40, 2), refine_steps=2)
     blank, style = np.full((40, 44, 3), 0.5, np.float32), smooth_image(40, 40, 2)
     with pytest.raises(ImageError, match=r"blank \(pixel std 0.0000 < 0.01\).*without refine"):
         st.stylize(blank, style, refine_steps=2)
