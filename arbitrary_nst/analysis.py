@@ -91,6 +91,9 @@ def make_figures(out_dir: str | os.PathLike, *, content: np.ndarray | None = Non
     of the ``inputs`` (the image files given) always, and so is an unwritable folder.
     ``normalized_params`` (figure f) defaults to :func:`arbitrary_nst.vgg.load_vgg16`
     ``(normalized=True)``."""
+    if isinstance(figures, str):  # "abc" or "a,b,c": letters, not one unknown name
+        figures = [f for f in figures.replace(",", "") if f.strip()]
+    figures = list(dict.fromkeys(figures))  # each once (a repeat found its own file "exists")
     unknown = [f for f in figures if f not in FIGURES]
     if unknown:
         raise ConfigError(f"unknown figures {unknown}; choose from {', '.join(FIGURES)}")

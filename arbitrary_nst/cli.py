@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .errors import ConfigError, ImageError, NSTError, count_arg
+from .errors import ConfigError, ImageError, NSTError, UsageParser, count_arg
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -40,16 +40,6 @@ def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentPars
     return deco
 
 
-class _Parser(argparse.ArgumentParser):
-    """A usage error is one line, ``error: ... (see PROG --help)``, exit status 2 (argparse's
-    usage status), instead of the whole usage block."""
-
-    help_hint: str | None = None  # set by main(): the command's help, for top-level errors
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message} (see `{self.help_hint or self.prog} --help`)\n")
-
-
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Shows every option's default (not for required options, flags and unset optionals,
     whose help says what happens) and keeps the description's line breaks."""
@@ -61,11 +51,11 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = UsageParser(
         prog="infer.py", formatter_class=_Formatter,
         description="Arbitrary neural style transfer (JAX). Run `infer.py COMMAND --help`.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
-                                parser_class=_Parser)
+                                parser_class=UsageParser)
     for cmd in COMMANDS.values():
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help, formatter_class=_Formatter)
         cmd.add_arguments(p)
@@ -145,6 +135,8 @@ def _int_list(spec: str, *, what: str) -> tuple[int, ...]:
 #: Upper bounds of working sizes: a typo (--size 100000) is an error, not minutes of silence
 #: and the kernel's out-of-memory kill. 4096 px is ~64x the usual working image.
 MAX_GATYS_SIZE = 4096
+#: Seeds are numpy generator seeds (non-negative); 32 bits is plenty.
+MAX_SEED = 2**32 - 1
 MAX_STYLE_SIZE = 2048  # = inference.MAX_STYLE_SIZE (not imported here: keeps --help fast)
 
 
@@ -218,19 +210,21 @@ def _add_gatys_arguments(p: argparse.ArgumentParser) -> None:
                      help="lbfgs: per-example L-BFGS (optax direction, batched Wolfe line search); "
                           "lbfgs_optax: optax.lbfgs on the batch sum; adam")
     opt.add_argument("--lr", type=float, default=d.learning_rate, help="Adam learning rate")
-    opt.add_argument("--lbfgs-memory", type=count_arg(), default=d.lbfgs_memory,
+    opt.add_argument("--lbfgs-memory", type=count_arg(1, gatys.MAX_LBFGS_MEMORY),
+                     default=d.lbfgs_memory,
                      help="L-BFGS history size")
     opt.add_argument("--param", choices=gatys.PARAMETERIZATIONS, default=d.parameterization,
                      help="pixel parameterization keeping the image in [0, 1]")
     opt.add_argument("--init", choices=gatys.INITS, default=d.init, help="initial image")
-    opt.add_argument("--seed", type=int, default=d.seed, help="seed of --init noise")
+    opt.add_argument("--seed", type=count_arg(0, MAX_SEED), default=d.seed,
+                     help="seed of --init noise")
     opt.add_argument("--stages", default="none",
                      help="coarse-to-fine: longer sides of coarser stages run first, e.g. 256,512 "
                           "(each stage starts from the previous result)")
     opt.add_argument("--stage-iters", default=None,
                      help="iterations per stage, coarse ones first then the final, e.g. "
                           "300,200,100 (default: --iters for every stage)")
-    opt.add_argument("--chunk", type=count_arg(), default=d.chunk_size,
+    opt.add_argument("--chunk", type=count_arg(1, gatys.MAX_CHUNK_SIZE), default=d.chunk_size,
                      help="iterations per compiled chunk (progress updates between chunks)")
 
     loss = p.add_argument_group("loss")
@@ -404,7 +398,7 @@ def _add_analyze_arguments(p: argparse.ArgumentParser) -> None:
 def _run_analyze(args: argparse.Namespace) -> int:
     from . import analysis
 
-    figs = [f.strip() for f in args.figures.split(",") if f.strip()]
+    figs = list(dict.fromkeys(f.strip() for f in args.figures.split(",") if f.strip()))
     bad = [f for f in figs if f not in analysis.FIGURES]
     if bad or not figs:
         raise ConfigError(f"--figures: unknown {bad or figs}; choose from "
@@ -496,7 +490,7 @@ def _add_fit_style_arguments(p: argparse.ArgumentParser) -> None:
                                      "model's training balance; lower keeps more of the photos)")
     p.add_argument("--size", type=count_arg(32, MAX_STYLE_SIZE), default=fit_style.DEFAULT_SIZE,
                    metavar="N", help="photo working size: shorter side resized to N, centre square")
-    p.add_argument("--seed", type=int, default=0, help="photo order")
+    p.add_argument("--seed", type=count_arg(0, MAX_SEED), default=0, help="photo order")
     p.add_argument("--model", metavar="PATH",
                    help="model export (.safetensors) or training workdir (None = the built-in "
                         "model); the fitted style works with this model only")

@@ -61,7 +61,7 @@ from typing import Any
 import numpy as np
 
 from . import files, images
-from .errors import ConfigError, ImageError, NSTError
+from .errors import ConfigError, ImageError, NSTError, UsageParser
 
 DEFAULT_MAX_SIZE = 1024
 DEFAULT_TILE_SIZE = 256
@@ -547,9 +547,8 @@ def _gatys_results(args, contents, styles, output, max_size):
             res = gatys.run(x, style_imgs, style_weights=w, config=cfg,
                             progress=not args.no_progress, vgg_params=params)
             images.save_image(dest, res.images[0], overwrite=args.overwrite)
-        except NSTError as e:  # a message without the file gets its name
-            yield skipped_by_error(c, dest, e if isinstance(e, ImageError) or str(c) in str(e)
-                                   else ImageError(c, str(e)))
+        except NSTError as e:  # (a message without the file gets its name)
+            yield skipped_by_error(c, dest, e)
             continue
         except OSError as e:  # e.g. a name the filesystem cannot hold: skip it, go on
             yield skipped_file(c, dest, dest, f"cannot write: {e.strerror or e}")
@@ -580,7 +579,7 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 
 
 def build_parser(prog: str = "infer.py") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = UsageParser(
         prog=prog, description="Arbitrary style transfer with the trained network (or Gatys).",
         formatter_class=_Formatter,
         epilog=__doc__.split("\n\n", 1)[1].split("The lead's")[0])

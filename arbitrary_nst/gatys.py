@@ -70,6 +70,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import numbers
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
@@ -83,7 +84,7 @@ from . import color as color_lib
 from . import images as images_lib
 from . import losses as losses_lib
 from . import vgg as vgg_lib
-from .errors import ConfigError
+from .errors import ConfigError, ModelError, check_count
 
 Optimizer = Literal["lbfgs", "lbfgs_optax", "adam"]
 Init = Literal["content", "noise", "style"]
@@ -198,15 +199,18 @@ class GatysConfig:
                 vgg_lib.tap_depth(layer)
                 if not (w >= 0 and math.isfinite(w)):
                     raise ConfigError(f"{name} layer weight of {layer} must be >= 0, got {w}")
-        for name in ("iterations", "lbfgs_memory", "max_linesearch_steps", "chunk_size"):
-            if int(getattr(self, name)) < (0 if name == "iterations" else 1):
-                raise ConfigError(f"{name} must be >= {0 if name == 'iterations' else 1}, "
-                                  f"got {getattr(self, name)}")
-        for name in ("learning_rate", "style_scale"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.depth_growth is not None and not self.depth_growth > 0:
-            raise ConfigError(f"depth_growth must be > 0, got {self.depth_growth}")
+        for name, lo, hi in (("iterations", 0, None), ("lbfgs_memory", 1, MAX_LBFGS_MEMORY),
+                             ("max_linesearch_steps", 1, MAX_LINESEARCH_STEPS),
+                             ("chunk_size", 1, MAX_CHUNK_SIZE), ("seed", 0, 2**32 - 1)):
+            check_count(getattr(self, name), name, lo, hi, optional=False)
+        # finite and > 0: an infinite rate or growth makes every pixel NaN (a black image)
+        for name in ("learning_rate", "style_scale", "depth_growth"):
+            v = getattr(self, name)
+            if not (v is None and name == "depth_growth") and not (
+                    isinstance(v, numbers.Real) and not isinstance(v, bool) and 0 < v < math.inf):
+                raise ConfigError(f"{name} must be a finite number > 0, got {v}")
+        if self.style_scale > MAX_STYLE_SCALE:  # the style image is resized to scale x the side
+            raise ConfigError(f"style_scale must be <= {MAX_STYLE_SCALE}, got {self.style_scale}")
         if any(s < vgg_lib.MIN_SIZE for s in self.stage_sizes):
             raise ConfigError(f"stage sizes must be >= {vgg_lib.MIN_SIZE}, got {self.stage_sizes}")
         if self.stage_iterations is not None and any(n < 0 for n in self.stage_iterations):
@@ -819,6 +823,10 @@ def _stage_targets(params, content_s: np.ndarray, per_styles, cfg: GatysConfig, 
         return cf, None
     side = max(content_s.shape[1:3])
     target_side = max(vgg_lib.MIN_SIZE, round(cfg.style_scale * side))
+    if target_side > MAX_STYLE_SIDE:
+        raise ConfigError(f"style scale {cfg.style_scale} x the content's {side} px = "
+                          f"{target_side} px for the style image, above {MAX_STYLE_SIDE}: "
+                          "lower the style scale or the size")
     cache: dict[Any, dict] = {}
     per_example = []
     for b, (imgs, w) in enumerate(per_styles):
@@ -849,6 +857,17 @@ def _stage_targets(params, content_s: np.ndarray, per_styles, cfg: GatysConfig, 
 
 NOISE_RANGE = (0.2, 0.8)
 
+#: Upper bounds of the optimizer's sizes: each is a buffer or a loop bound (L-BFGS keeps
+#: ``memory`` copies of the image twice; the history buffer holds a chunk; the line search's
+#: step counter is int32), far above any useful value, so a typo is an error, not an OOM kill.
+MAX_LBFGS_MEMORY = 100
+MAX_LINESEARCH_STEPS = 1000
+MAX_CHUNK_SIZE = 10_000
+#: ``style_scale`` bound: the style image is resized to ``style_scale`` x the content's side.
+MAX_STYLE_SCALE = 8.0
+#: The longest side a style image is resized to (``style_scale`` x the content's longer side).
+MAX_STYLE_SIDE = 4096
+
 
 def noise_image(shape, seed: int = 0) -> np.ndarray:
     """White noise, uniform in :data:`NOISE_RANGE`: away from 0 and 1, where the bounded pixel
@@ -861,8 +880,8 @@ def _init_images(cfg: GatysConfig, content_s: np.ndarray, per_styles) -> np.ndar
     b, h, w, _ = content_s.shape
     if cfg.init == "content":
         return content_s
-    if cfg.init == "noise":
-        return noise_image((b, h, w, 3), cfg.seed)
+    if cfg.init == "noise":  # the same noise for every example: as if each ran alone
+        return np.repeat(noise_image((1, h, w, 3), cfg.seed), b, axis=0)
     out = []
     for imgs, wts in per_styles:
         s = imgs[int(np.argmax(wts))]
@@ -1012,6 +1031,11 @@ def run(content, styles, *, style_weights=None, config: GatysConfig | None = Non
         if bar is not None:
             bar.close()
     out = x_prev
+    bad = [i for i in range(out.shape[0]) if not np.all(np.isfinite(out[i]))]
+    if bad:  # (weights or a learning rate so large that the optimization overflowed)
+        which = "" if out.shape[0] == 1 else f" for example{'s' if len(bad) > 1 else ''} {bad}"
+        raise ModelError(f"the optimization diverged{which} (the image became NaN or "
+                         "infinite): lower the learning rate or the loss weights")
     if lum:
         out = np.asarray(color_lib.transfer_luminance(out, x_content, cfg.color_space))
     return GatysResult(images=out.astype(np.float32), history=history, stages=stages,

@@ -53,6 +53,10 @@ def test_all_six_figures(tmp_path, params, normalized, imgs):
                               figures=["c"], vgg_params=params, verbose=False)
     with pytest.raises(ConfigError):
         analysis.make_figures(tmp_path, figures=["x"], vgg_params=params)
+    # a figure asked for twice is made once (the repeat failed on its own file, "exists")
+    again = analysis.make_figures(tmp_path / "cc", content=content, style=style, size=32,
+                                  iters=1, figures="c,c", vgg_params=params, verbose=False)
+    assert [p.name for p in again] == [analysis.FILENAMES["c"]]
     with pytest.raises(ImageError, match="divide 0..255 data by 255"):  # checked, not clipped
         analysis.make_figures(tmp_path / "new", content=np.asarray(content, np.float32) * 255,
                               style=style, size=32, figures=["c"], vgg_params=params)

@@ -97,7 +97,13 @@ def base_run(params, content, style):
     dict(preserve_color="yes"), dict(style_weight=-1.0), dict(content_layers={"relu9_9": 1.0}),
     dict(style_layers={"relu1_1": -1.0}), dict(iterations=-1), dict(style_scale=0.0),
     dict(stage_sizes=(16,)), dict(content_layers={}, style_layers={}),
-    dict(style_statistic="median"), dict(depth_growth=0.0), dict(color_space="hsv")])
+    dict(style_statistic="median"), dict(depth_growth=0.0), dict(color_space="hsv"),
+    # non-finite rates or growth made every pixel NaN (a black image, exit 0); sizes that are
+    # buffers or int32 loop bounds are bounded (a typo was an OOM kill); numpy needs seed >= 0
+    dict(depth_growth=float("inf")), dict(learning_rate=float("inf")),
+    dict(learning_rate=float("nan")), dict(style_scale=float("inf")), dict(style_scale=100.0),
+    dict(seed=-1), dict(seed=2.5), dict(chunk_size=10**9), dict(lbfgs_memory=10**6),
+    dict(max_linesearch_steps=10**9), dict(iterations=2.5)])
 def test_config_validation(kw):
     with pytest.raises(ConfigError):
         gatys.GatysConfig(**kw)
@@ -278,12 +284,31 @@ def test_inits(params, content, style):
     n2 = run(params, content, style, zero.replace(init="noise", seed=2)).images
     np.testing.assert_array_equal(n1, n1b)
     assert np.abs(n1 - n2).mean() > 0.1
+    # a pair's start does not depend on its place in the batch (it was one noise draw for the
+    # whole batch: the second of two identical pairs started elsewhere than alone)
+    nb = run(params, np.stack([content, make_content(1)]), style,
+             zero.replace(init="noise", seed=1)).images
+    np.testing.assert_array_equal(nb[0], n1[0])
+    np.testing.assert_array_equal(nb[1], n1[0])
     st = run(params, content, style, zero.replace(init="style")).images[0]
     np.testing.assert_allclose(st, style, atol=2e-3)
     # after optimizing, the init still shows: a style init ends closer to the style
     from_style = run(params, content, style, BASE.replace(init="style"))
     from_content = run(params, content, style, BASE)
     assert raw_style(from_style) < raw_style(from_content)
+
+
+def test_divergence_is_an_error_not_a_black_image(params, content, style):
+    """Weights so large that the loss overflows used to give NaN pixels, saved as black."""
+    from arbitrary_nst.errors import ModelError
+    with pytest.raises(ModelError, match="diverged"):
+        run(params, content, style, ADAM.replace(style_weight=1e38, iterations=2))
+
+
+def test_style_scale_beyond_the_size_limit_is_an_error(params, content, style):
+    with pytest.raises(ConfigError, match="style scale 8.0 .* above 4096"):
+        run(params, np.zeros((520, 40, 3), np.float32) + content[:1, :1],
+            style, ADAM.replace(style_scale=8.0, iterations=0))
 
 
 def test_style_blend(params, content, style, base_run):
