@@ -23,9 +23,11 @@ import sys
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
+    from arbitrary_nst.errors import UsageParser  # (light: no JAX before the arguments parse)
+
+    p = UsageParser(prog="train.py", description=__doc__.split("\n\n")[0],
+                    formatter_class=argparse.RawDescriptionHelpFormatter,
+                    epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--config", required=True, help="Python file with get_config() (configs/*.py)")
     p.add_argument("--workdir", help="checkpoints, logs, samples and export (required to train)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

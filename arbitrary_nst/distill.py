@@ -51,8 +51,9 @@ from PIL import Image
 
 from . import fit_style, refine
 from .data import FLAT_CROP_STD, FLAT_CROP_TRIES
-from .errors import ConfigError, NSTError
+from .errors import ConfigError, NSTError, UsageParser
 from .files import write_atomically
+from .images import channel_std
 from .models.predictor import pooled_statistics
 
 #: Working size of style images (the Stylizer's default, Magenta's 256).
@@ -97,7 +98,7 @@ def content_crops(src, rng: np.random.Generator, n: int, crop: int = CONTENT_CRO
             w, h = im.size
             l, t = int(rng.integers(w - crop + 1)), int(rng.integers(h - crop + 1))
             x = np.asarray(im.crop((l, t, l + crop, t + crop)), np.float32) / 255.0
-            if x.std() >= FLAT_CROP_STD:
+            if channel_std(x) >= FLAT_CROP_STD:
                 break
         out[k] = x
     return out
@@ -468,9 +469,10 @@ def combine_oracles(oracles: list[dict[str, np.ndarray]]) -> dict[str, np.ndarra
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m arbitrary_nst.distill", description=__doc__.split("\n")[0])
+    p = UsageParser(prog="python -m arbitrary_nst.distill", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="work folder (oracle chunks, model, report)")
-    p.add_argument("--model", default=None, help="model to start from (default: built-in)")
+    p.add_argument("--model", default=None,
+                   help="model to start from: an export or a training workdir (default: built-in)")
     p.add_argument("--config", default=str(Path(__file__).resolve().parent.parent / "configs" / "cpu_small.py"),
                    help="training config whose data section names the training images")
     p.add_argument("--set", action="append", default=[], help="config override key=value")
@@ -532,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
         from .inference import BUILTIN_MODEL
 
         cfg = training.load_config(a.config, a.set)
-        model_path = a.model or str(BUILTIN_MODEL)
+        model_path = export.model_file(a.model) if a.model else str(BUILTIN_MODEL)  # or a workdir
         model = export.load_exported(model_path)
         out = Path(a.out)
         sources = data.prepare(cfg.data, progress=not a.no_progress)

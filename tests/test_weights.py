@@ -145,3 +145,20 @@ def test_unwritable_cache_is_one_weights_error_naming_the_setting(tmp_path, monk
         weights.resolve()
     msg = str(e.value)
     assert "cannot write" in msg and weights.CACHE_ENV in msg and "\n" not in msg
+
+
+def test_the_missing_weights_advice_names_real_options(capsys):
+    """The one-line fix names flags of `python -m arbitrary_nst.weights` (it named a
+    non-existent --download-vgg)."""
+    import re
+
+    from arbitrary_nst import weights
+    flags = re.findall(r"arbitrary_nst\.weights (--[a-z][a-z-]*)", weights.HOW_TO_FIX)
+    assert len(flags) == 2
+    try:
+        weights.main(["--help"])
+    except SystemExit:
+        pass
+    usage = capsys.readouterr().out
+    for f in flags:
+        assert f"{f} " in usage or f"{f}\n" in usage, f
