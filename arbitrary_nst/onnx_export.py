@@ -204,23 +204,27 @@ class OnnxTransfer:
         self.embedding_dim = int(inputs["embedding"].shape[-1])
 
     def transfer(self, content: np.ndarray, embedding: np.ndarray) -> np.ndarray:
-        from .images import pad_to_multiple
+        from .images import array_to_float
+        from .inference import bucket_shape, pad_to
 
         x = np.asarray(content)
-        x = (x.astype(np.float32) / np.float32(255.0) if x.dtype == np.uint8
-             else x.astype(np.float32, copy=False))
         single = x.ndim == 3
-        if single:
-            x = x[None]
-        if x.ndim != 4 or x.shape[-1] != 3:
+        if x.ndim not in (3, 4) or x.shape[-1] != 3:
             raise ConfigError(f"content must be [H, W, 3] or [N, H, W, 3], got {x.shape}")
-        e = np.asarray(embedding, np.float32).reshape(-1, self.embedding_dim)
+        # read as the Stylizer reads arrays: uint8 /255, uint16 /65535, floats checked in [0, 1]
+        x = np.stack([array_to_float(xi) for xi in (x[None] if single else x)])
+        e = np.asarray(embedding, np.float32)
+        if e.ndim not in (1, 2) or e.shape[-1] != self.embedding_dim or not np.all(np.isfinite(e)):
+            raise ConfigError(f"embedding must be finite, [{self.embedding_dim}] or "
+                              f"[N, {self.embedding_dim}], got shape {e.shape}")
+        e = e.reshape(-1, self.embedding_dim)
         if e.shape[0] == 1 and x.shape[0] > 1:
             e = np.repeat(e, x.shape[0], 0)
         if e.shape[0] != x.shape[0]:
             raise ConfigError(f"{e.shape[0]} embeddings for {x.shape[0]} content images")
         h, w = x.shape[1:3]
-        if (h % 4) or (w % 4):  # reflect-pad to a multiple of 4 like the Stylizer, crop back
-            x = np.stack([pad_to_multiple(xi, 4)[0] for xi in x])
+        ph, pw = bucket_shape(h, w, None)  # as Stylizer(buckets=None): a multiple of 4, >= 8
+        if (ph, pw) != (h, w):  # (the graph's reflect pads need 8 px), reflect-pad, crop back
+            x = np.stack([pad_to(xi, (ph, pw)) for xi in x])
         y = self.session.run(["stylized"], {"content": x, "embedding": e})[0][:, :h, :w]
         return y[0] if single else y

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from arbitrary_nst import cli, cli_stylize, images
+from arbitrary_nst import cli, cli_stylize, images, inference
 from arbitrary_nst.errors import ConfigError, ModelError
 from arbitrary_nst.inference import Stylizer
 from arbitrary_nst.onnx_export import OnnxTransfer, save_transfer_onnx, transfer_graph
@@ -63,6 +63,31 @@ def test_odd_sizes_are_padded_and_cropped_like_the_stylizer(stylizers, rng):
     y = ot.transfer(x, e)
     assert y.shape == (37, 45, 3)
     np.testing.assert_allclose(y, ref, atol=ATOL)
+
+
+def test_inputs_are_read_and_checked_as_the_stylizer_reads_them(stylizers, rng):
+    """Tiny images (the graph's 9x9 reflect pad needs 8 px: onnxruntime raised) are padded as
+    Stylizer(buckets=None) pads them; uint16 is 0..65535 (it was taken as floats up to 65535);
+    out-of-range floats and wrong embeddings are one-line errors."""
+    from arbitrary_nst.errors import ConfigError, ImageError
+    m = stylizers[0].model
+    ot = OnnxTransfer(m, threads=1)
+    e = rng.normal(size=(m.embedding_dim,)).astype(np.float32)
+    for h, w in ((2, 2), (4, 4), (1, 9), (5, 7)):
+        x = rng.random((h, w, 3)).astype(np.float32)
+        padded = inference.pad_to(x, inference.bucket_shape(h, w, None))
+        ref = np.asarray(m.transfer(padded[None], e[None]))[0, :h, :w]
+        # (a 1-px row repeated to 8 is nearly flat: instance norm amplifies rounding there)
+        np.testing.assert_allclose(ot.transfer(x, e), ref, atol=1e-3)
+    x16 = (rng.random((12, 16, 3)) * 65535).astype(np.uint16)
+    np.testing.assert_allclose(ot.transfer(x16, e), ot.transfer(x16 / np.float32(65535), e),
+                               atol=1e-6)
+    with pytest.raises(ImageError, match="must be in \\[0, 1\\]"):
+        ot.transfer(x16.astype(np.float32), e)
+    with pytest.raises(ConfigError, match="embedding must be"):
+        ot.transfer(x16, e[:-1])
+    with pytest.raises(ConfigError, match="embedding must be"):
+        ot.transfer(x16, np.full_like(e, np.nan))
 
 
 def test_trained_builtin_model_exports_exactly(vgg, rng):
