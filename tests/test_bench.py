@@ -1,7 +1,7 @@
 """The benchmarks must keep running against the library they time: tiny configurations of
 ``bench/infer.py`` (it calls the jitted stylize function directly, so a changed signature shows
-up here as a skipped configuration, not only when someone next benchmarks), ``bench/data.py``
-and ``bench/train.py`` (both loader modes)."""
+up here as a skipped configuration, not only when someone next benchmarks), ``bench/data.py``,
+``bench/train.py`` (both loader modes) and ``bench/bucketing.py``."""
 from __future__ import annotations
 
 import importlib.util
@@ -90,3 +90,15 @@ def test_bench_scripts_give_one_error_line_for_bad_options(tmp_path):
         lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
         assert p.returncode == 1 and lines and lines[-1].startswith("error: "), p.stderr
         assert "Traceback" not in p.stderr
+
+
+def test_bucketing_bench_measures_bucketed_against_exact():
+    """bench/bucketing.py: the padding it reports is the Stylizer's, an on-ladder size differs
+    by nothing, and an off-ladder size gives a non-zero difference (one small case each)."""
+    mod = _load("bucketing")
+    on, off = mod.measure(cases=(("astronaut", 256), ("coffee", 100)), styles=("waves",),
+                          edge=16)
+    assert (on["h"], on["w"], on["bucket_h"], on["bucket_w"]) == (256, 256, 256, 256)
+    assert on["max"] < 1e-5  # on a rung: no padding, the same result
+    assert (off["h"], off["w"], off["bucket_h"], off["bucket_w"]) == (67, 100, 80, 112)
+    assert off["mean"] > 0 and off["max"] >= off["p99"] > 0

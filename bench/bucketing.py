@@ -1,0 +1,97 @@
+"""How much shape bucketing changes the built-in model's outputs (not a timed test).
+
+    python bench/bucketing.py            # ~1-2 min on a 2-core CPU; bench/results/bucketing.json
+
+The :class:`~arbitrary_nst.inference.Stylizer` reflect-pads content at the bottom/right up to a
+bucket of its shape ladder (few compiles for folders of mixed sizes) and crops the output back;
+``Stylizer(buckets=None)`` pads to a multiple of 4 only (at least 8), which is the network's own
+result. The padded border takes part in the instance-norm statistics and, within the network's
+receptive field, in the convolutions near the bottom/right edges. For the built-in photos at
+several shapes (their sizes off the ladder, so they are padded) and the four generated styles,
+this prints per shape the padding and the absolute difference between the two outputs on the
+0..1 scale: the mean and 99th percentile over the whole image, the mean over the *interior*
+(more than ``--edge`` px from the padded bottom and right edges) and over that edge band, and
+the maximum.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from arbitrary_nst import samples  # noqa: E402
+from arbitrary_nst.errors import NSTError, UsageParser  # noqa: E402
+from arbitrary_nst.inference import Stylizer  # noqa: E402
+
+#: (content, longer side): the built-in photos at sizes between the ladder's rungs
+DEFAULT_CASES = (("chelsea", 451), ("astronaut", 300), ("coffee", 333), ("rocket", 520),
+                 ("motorcycle", 700))
+
+
+def measure(cases=DEFAULT_CASES, styles=samples.GENERATED_STYLE_NAMES, edge: int = 64,
+            model: str | None = None) -> list[dict]:
+    bucketed = Stylizer.load(model)
+    exact = Stylizer.load(model, buckets=None)
+    rows = []
+    for name, side in cases:
+        x = samples.content_image(name, max_side=side)
+        h, w = x.shape[:2]
+        ph, pw = bucketed.padded_shape(h, w)
+        diffs = []
+        for s in styles:
+            style = samples.style_image(s, 256)
+            d = np.abs(bucketed.stylize(x, style) - exact.stylize(x, style)).mean(-1)
+            diffs.append(d)
+        d = np.stack(diffs)
+        interior = d[:, : max(h - edge, 0), : max(w - edge, 0)]
+        band = np.ones((h, w), bool)
+        band[: max(h - edge, 0), : max(w - edge, 0)] = False
+        rows.append({
+            "content": name, "h": h, "w": w, "bucket_h": ph, "bucket_w": pw,
+            "padded_pixels_pct": round(100 * (ph * pw / (h * w) - 1), 1),
+            "mean": float(d.mean()), "p99": float(np.percentile(d, 99)),
+            "interior_mean": float(interior.mean()) if interior.size else None,
+            "edge_band_mean": float(d[:, band].mean()) if band.any() else None,
+            "max": float(d.max()), "styles": list(styles)})
+    return rows
+
+
+def main(argv=None) -> int:
+    p = UsageParser(prog="bench/bucketing.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=None, help="model export or workdir (default: built-in)")
+    p.add_argument("--edge", type=int, default=64,
+                   help="width of the bottom/right band reported apart (px)")
+    p.add_argument("--json", default=str(Path(__file__).resolve().parent / "results"
+                                          / "bucketing.json"))
+    args = p.parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        rows = measure(edge=args.edge, model=args.model)
+    except NSTError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{'content':11} {'size':>9} {'bucket':>9} {'pad %':>6} {'mean':>7} {'p99':>7} "
+          f"{'interior':>8} {'edge':>7} {'max':>6}   (|bucketed - exact|, 0..1 scale)")
+    for r in rows:
+        print(f"{r['content']:11} {r['w']:>4}x{r['h']:<4} {r['bucket_w']:>4}x{r['bucket_h']:<4} "
+              f"{r['padded_pixels_pct']:6.1f} {r['mean']:7.4f} {r['p99']:7.4f} "
+              f"{r['interior_mean']:8.4f} {r['edge_band_mean']:7.4f} {r['max']:6.3f}")
+    out = {"meta": {"model": args.model or "builtin", "edge_px": args.edge,
+                    "seconds": round(time.perf_counter() - t0, 1),
+                    "platform": platform.platform(),
+                    "command": "python bench/bucketing.py"}, "rows": rows}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(out, indent=1))
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
