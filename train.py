@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 
 
@@ -81,17 +83,33 @@ def main(argv=None) -> int:
     except NSTError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C before the training loop took over the signal
+        print("error: interrupted (nothing trained or saved yet)", file=sys.stderr)
+        return 128 + signal.SIGINT
     last = result.history[-1] if result.history else {}
     status = "interrupted" if result.interrupted else "done"
     terms = " ".join(f"{k}={last[k]:.4g}" for k in ("loss", "content", "style", "tv") if k in last)
     print(f"{status}: step {result.step} {terms}".rstrip())
     if result.export_path is not None:
         print(f"exported inference weights to {result.export_path}")
-    # Stopped by a signal: checkpoint and export are saved, but the run is not done; the shell
-    # convention (130 for Ctrl-C) stops a multi-stage script instead of starting the next stage
-    # from a half-trained model.
+    # Stopped by a signal: checkpoint and export are saved, but the run is not done: 128 + the
+    # signal (130 for Ctrl-C), and as a script the process then dies of that signal (below).
     return 128 + result.signal if result.signal else 0
 
 
+def exit_as_signalled(status: int) -> None:
+    """Exit with ``status``; 130 / 143 (stopped by SIGINT / SIGTERM, everything saved) by
+    dying of that signal instead, so that a multi-stage shell script stops: bash ends a script
+    whose child was *killed* by SIGINT, while an exit status of 130 goes on to the next
+    stage, which would start from a half-trained model."""
+    signum = status - 128
+    if signum in (signal.SIGINT, signal.SIGTERM):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_as_signalled(main())

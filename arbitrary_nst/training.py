@@ -481,9 +481,13 @@ def save_checkpoint(mngr, state: TrainState, meta: dict) -> int:
     step = int(jax.device_get(state.step))
     if mngr.latest_step() == step:
         return step
-    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state.as_dict()),
-                                             meta=ocp.args.JsonSave(dict(meta, step=step))),
-              force=True)
+    try:
+        mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state.as_dict()),
+                                                 meta=ocp.args.JsonSave(dict(meta, step=step))),
+                  force=True)
+    except Exception as e:  # noqa: BLE001 - a full disk, a folder made read-only meanwhile
+        raise ModelError(f"{mngr.directory}: cannot write the checkpoint of step {step} "
+                         f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
     return step
 
 
@@ -504,16 +508,28 @@ def restore_checkpoint(mngr, abstract_state: TrainState, step: int | None = None
     import orbax.checkpoint as ocp
 
     step = mngr.latest_step() if step is None else step
-    meta = restore_meta(mngr, step)
+    try:
+        meta = restore_meta(mngr, step)
+    except Exception as e:  # noqa: BLE001 - Orbax/tensorstore raise many types for a bad file
+        raise _unreadable_checkpoint(mngr, step, e) from None
     if expected_meta is not None:
         _check_resume_meta(meta, expected_meta, mngr.directory.parent)
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state.as_dict())
     try:
         out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-    except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
-        raise ModelError(f"{mngr.directory / str(step)}: cannot restore the checkpoint "
-                         f"({type(e).__name__}: {' '.join(str(e).split())[:300]})") from None
+    except Exception as e:  # noqa: BLE001 - (a truncated array file: tensorstore's Exception)
+        raise _unreadable_checkpoint(mngr, step, e) from None
     return TrainState.from_dict(out["state"]), meta
+
+
+def _unreadable_checkpoint(mngr, step: int, e: Exception) -> ModelError:
+    """One line: which checkpoint, why, and what to do (the earlier one is kept)."""
+    where = mngr.directory / str(step)
+    earlier = [s for s in mngr.all_steps() if s < step]
+    fix = (f"delete {where} to resume from step {max(earlier)}" if earlier
+           else f"delete {where} to start over")
+    return ModelError(f"{where}: cannot restore the checkpoint ({type(e).__name__}: "
+                      f"{' '.join(str(e).split())[:200]}); {fix}")
 
 
 def _check_resume_meta(meta: dict, expected: dict, workdir) -> None:
@@ -678,8 +694,9 @@ def _prepare_workdir(workdir: Path) -> None:
         make_dir(workdir, "the workdir")
     except ImageError as e:  # the workdir is an option: report it as one
         raise ConfigError(str(e)) from None
-    if not os.access(workdir, os.W_OK | os.X_OK):
-        raise ConfigError(f"{workdir}: the workdir is not writable")
+    for d, what in ((workdir, "the workdir"), (workdir / CHECKPOINT_DIR, "its checkpoint folder")):
+        if d.is_dir() and not os.access(d, os.W_OK | os.X_OK):  # (a save failing later hung)
+            raise ConfigError(f"{d}: {what} is not writable")
 
 
 def _check_export_path(path: Path, config) -> None:
@@ -709,6 +726,37 @@ def _check_export_path(path: Path, config) -> None:
         raise ConfigError(f"{path}: cannot write the export: {parent} is not a directory")
     if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"{path}: cannot write the export: {parent} is not writable")
+
+
+#: The workdir's lock file (``fcntl.flock``; the kernel releases it when the process ends).
+LOCK_NAME = ".train.lock"
+
+
+@contextlib.contextmanager
+def _workdir_lock(workdir: Path):
+    """Hold ``workdir``'s lock for one training run: two runs in one workdir deleted each
+    other's checkpoints in progress (then hung for minutes and died with tracebacks)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock
+        yield
+        return
+    f = open(workdir / LOCK_NAME, "a+")
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            who = f.read().strip() or "another process"
+            raise ConfigError(f"{workdir}: in use by another training run ({who}); wait for it "
+                              "to finish or use another workdir") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}")
+        f.flush()
+        yield
+    finally:
+        f.close()
 
 
 def train(config, workdir: str | os.PathLike, *, export_path: str | os.PathLike | None = None,
@@ -744,15 +792,21 @@ def train(config, workdir: str | os.PathLike, *, export_path: str | os.PathLike 
         if export_path:
             _check_export_path(Path(export_path), config)
         _prepare_workdir(workdir)
+        if export_path is None:  # the default export must not replace init_from either
+            _check_export_path(workdir / EXPORT_NAME, config)
+    with _workdir_lock(workdir) if is_main else contextlib.nullcontext():
+        return _train(config, workdir, export_path=export_path, loader_factory=loader_factory,
+                      step_callback=step_callback, progress=progress, vgg=vgg, devices=devices,
+                      is_main=is_main)
+
+
+def _train(config, workdir: Path, *, export_path, loader_factory, step_callback, progress, vgg,
+           devices, is_main: bool) -> TrainResult:
+    """:func:`train` after the checks, holding the workdir's lock."""
     tcfg = config.train
     budget = _time_budget(tcfg)
     plan_file = workdir / TIME_BUDGET_PLAN
-    planned = bool(budget) and plan_file.is_file()  # else this run plans (also a resumed one
-    if planned:                                      # stopped before it could)
-        # Resuming a time-budgeted run: keep the length (and so the schedule) it was planned with.
-        tcfg.num_steps = int(json.loads(plan_file.read_text())["num_steps"])
-        log.info("%s: resuming a time-budgeted run planned for %d steps", workdir,
-                 int(tcfg.num_steps))
+    planned = bool(budget) and _resume_plan(workdir, plan_file, budget, tcfg, is_main)
     num_steps = int(tcfg.num_steps)
     global_batch = int(tcfg.batch_size)
     mesh = make_mesh(devices)
@@ -934,6 +988,35 @@ def train(config, workdir: str | os.PathLike, *, export_path: str | os.PathLike 
         with contextlib.suppress(Exception):
             mngr.wait_until_finished()
         mngr.close()
+
+
+def _resume_plan(workdir: Path, plan_file: Path, budget: float, tcfg, is_main: bool) -> bool:
+    """A time-budgeted run resumed: keep the length (and so the schedule) it was planned with
+    (``tcfg.num_steps`` is set from the plan). A plan without checkpoints (they were deleted)
+    is stale and removed, so this run plans afresh; resuming with another budget is refused
+    (the schedule would change under the checkpoint). False: this run plans (also a resumed
+    one stopped before it could)."""
+    if not plan_file.is_file():
+        return False
+    has_ckpt = any(p.name.isdigit() for p in (workdir / CHECKPOINT_DIR).glob("*"))
+    if not has_ckpt:
+        log.info("%s: a time-budget plan without checkpoints (stale): planning afresh", workdir)
+        if is_main:
+            plan_file.unlink(missing_ok=True)
+        return False
+    try:
+        plan = json.loads(plan_file.read_text())
+        steps, planned_budget = int(plan["num_steps"]), float(plan["time_budget_s"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{plan_file}: cannot read the time-budget plan ({e}); delete it to "
+                          "plan again") from None
+    if planned_budget != float(budget):
+        raise ConfigError(f"{workdir}: this run was planned for train.time_budget_s="
+                          f"{planned_budget:g} ({steps} steps); resume with that budget, or use "
+                          "another workdir")
+    tcfg.num_steps = steps
+    log.info("%s: resuming a time-budgeted run planned for %d steps", workdir, steps)
+    return True
 
 
 def _plan_time_budget(config, metrics, step: int, num_steps: int, budget: float,

@@ -213,6 +213,16 @@ def test_init_from_export_starts_at_its_weights_and_refuses_other_models(tmp_pat
                        progress=False)
     tf = model_tensors(f.model)
     assert all(np.array_equal(ta[k], tf[k]) for k in ta)
+    # Fine-tuning a workdir's export in that workdir: its default export would replace the
+    # start model (an explicit --export there was refused; the default was not)
+    g = tmp_path / "g"
+    g.mkdir()
+    shutil.copy(a.export_path, g / "model.safetensors")
+    before = (g / "model.safetensors").read_bytes()
+    with pytest.raises(ConfigError, match="would replace train.init_from"):
+        training.train(smoke("train.num_steps=1", f"train.init_from={g}"), g, vgg=vgg,
+                       progress=False)
+    assert (g / "model.safetensors").read_bytes() == before
     assert load_exported(f.export_path, vgg=vgg).palette == 0.5
 
 
@@ -581,6 +591,67 @@ def test_train_cli_resumes_and_reports_errors_in_one_line(tmp_path, capsys):
     finally:
         training.train = real_train
     assert "interrupted: step 1" in capsys.readouterr().out
+
+
+def test_a_damaged_checkpoint_is_one_line_naming_what_to_delete(tmp_path, vgg):
+    """A truncated array file or metadata gave 140-line tensorstore / JSON tracebacks."""
+    wd = tmp_path / "wd"
+    cfg = ("train.sample_every=0", "train.checkpoint_every=2", "train.keep_checkpoints=3")
+    training.train(smoke("train.num_steps=4", *cfg), wd, vgg=vgg, progress=False)
+    ckpt = wd / training.CHECKPOINT_DIR
+    assert sorted(p.name for p in ckpt.iterdir() if p.name.isdigit()) == ["2", "4"]
+    biggest = max((p for p in (ckpt / "4").rglob("*") if p.is_file()),
+                  key=lambda p: p.stat().st_size)
+    biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 3])
+    with pytest.raises(NSTError, match=r"cannot restore the checkpoint .*; delete .*4 to "
+                                       r"resume from step 2$") as e:
+        training.train(smoke("train.num_steps=6", *cfg), wd, vgg=vgg, progress=False)
+    assert "\n" not in str(e.value)
+    shutil.rmtree(ckpt / "4")
+    assert training.train(smoke("train.num_steps=6", *cfg), wd, vgg=vgg, progress=False).step == 6
+
+
+def test_a_workdir_takes_one_training_run_at_a_time(tmp_path, vgg, monkeypatch):
+    """Two runs in one workdir deleted each other's checkpoints in progress: the second is
+    refused at once (the lock is the kernel's: it goes with the process that holds it)."""
+    monkeypatch.setattr(training, "_default_loader_factory",
+                        lambda *a, **k: pytest.fail("data was read"))
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    with training._workdir_lock(wd):
+        with pytest.raises(ConfigError, match=f"in use by another training run \\(pid "
+                                              f"{os.getpid()}\\)"):
+            training.train(smoke("train.num_steps=1"), wd, vgg=vgg, progress=False)
+    with training._workdir_lock(wd):  # released: it can be taken again
+        pass
+
+
+def test_a_time_budget_plan_resumes_only_with_its_checkpoints_and_budget(tmp_path):
+    """A plan left without checkpoints made a new run stop at the old plan's length; resuming
+    with another budget would change the schedule under the checkpoint."""
+    wd = tmp_path / "wd"
+    (wd / training.CHECKPOINT_DIR).mkdir(parents=True)
+    plan = wd / training.TIME_BUDGET_PLAN
+    plan.write_text(json.dumps({"time_budget_s": 60.0, "num_steps": 31}))
+    tcfg = smoke("train.num_steps=200").train
+    assert not training._resume_plan(wd, plan, 300.0, tcfg, True)
+    assert not plan.exists() and tcfg.num_steps == 200  # stale: removed, this run plans
+    plan.write_text(json.dumps({"time_budget_s": 60.0, "num_steps": 31}))
+    (wd / training.CHECKPOINT_DIR / "20").mkdir()
+    with pytest.raises(ConfigError, match="planned for train.time_budget_s=60 \\(31 steps\\)"):
+        training._resume_plan(wd, plan, 300.0, tcfg, True)
+    assert training._resume_plan(wd, plan, 60.0, tcfg, True) and tcfg.num_steps == 31
+
+
+def test_a_stopped_run_dies_of_its_signal_so_a_shell_script_stops():
+    """train.py as a script: 130 / 143 (saved after Ctrl-C / SIGTERM) become death by that
+    signal: bash ends a multi-stage script only then (an exit status of 130 went on to the next
+    stage: measured with `for w in w1 w2; do python train.py ...; done` and Ctrl-C)."""
+    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); import train; " \
+           "train.exit_as_signalled(int(sys.argv[1]))"
+    for status, want in ((130, -signal.SIGINT), (143, -signal.SIGTERM), (1, 1), (0, 0)):
+        r = subprocess.run([sys.executable, "-c", code, str(status)], capture_output=True)
+        assert r.returncode == want, (status, r.returncode, r.stderr[-300:])
 
 
 def test_bad_workdir_or_export_path_fails_before_training(tmp_path, vgg, monkeypatch):
