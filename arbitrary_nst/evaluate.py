@@ -68,7 +68,7 @@ import numpy as np
 
 from . import fit_style, images
 from .errors import ConfigError, ImageError, NSTError, UsageParser
-from .files import is_inside, make_dir
+from .files import check_writable_dir, is_inside
 
 METHODS = ("model", "model_refine", "model_fit", "gatys", "magenta_lite", "magenta_lite_fp32", "identity", "style")
 DEFAULT_METHODS = ("model", "gatys", "magenta_lite")
@@ -484,9 +484,13 @@ _RESUME_KEYS = ("size", "model", "model_file", "palette", "strength", "style_siz
 
 
 def _check_resume_settings(out_dir: Path, info: dict[str, Any], model_path: str | None,
-                           resume: bool) -> None:
-    """``out/settings.json`` records what made the images; ``--resume`` with other settings is
-    refused (it would score stale images under the new labels, or fail on their sizes)."""
+                           resume: bool, methods: Sequence[str]) -> None:
+    """``out/settings.json`` records, per method, the settings that made its images; ``--resume``
+    of a method made with other settings is refused (it would score stale images under the new
+    labels, or fail on their sizes). A run without ``--resume`` re-makes the images of the
+    methods it runs, so only their entries change: a method's images left from an earlier run
+    keep that run's settings (they were re-labelled with the new run's, so a later resume
+    scored them as if new)."""
     from .export import model_file
     from .inference import BUILTIN_MODEL
 
@@ -497,15 +501,26 @@ def _check_resume_settings(out_dir: Path, info: dict[str, Any], model_path: str 
     now = {k: info.get(k) for k in _RESUME_KEYS}
     now["model_file"] = [st.st_size, st.st_mtime_ns] if st else None
     path = out_dir / "settings.json"
-    if resume and path.is_file():
-        before = json.loads(path.read_text())
-        diff = [k for k in _RESUME_KEYS if before.get(k) != now.get(k)]
-        if diff:
-            raise ConfigError(f"--resume: {out_dir} was made with other settings ("
-                              + ", ".join(f"{k} {before.get(k)!r} -> {now.get(k)!r}"
-                                          for k in diff) + "); use a new --out or the same "
-                              "settings")
-    _write_json(path, now)
+    recorded: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            before = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{path}: unreadable ({e}); delete it, or use a new --out") from None
+        # (an older flat file recorded one set of settings for every method)
+        recorded = before.get("methods", {}) if "methods" in before else {
+            m: before for m in METHODS}
+    if resume:
+        for m in methods:
+            if m in recorded:
+                diff = [k for k in _RESUME_KEYS if recorded[m].get(k) != now.get(k)]
+                if diff:
+                    raise ConfigError(
+                        f"--resume: {out_dir} holds {m} images made with other settings ("
+                        + ", ".join(f"{k} {recorded[m].get(k)!r} -> {now.get(k)!r}"
+                                    for k in diff) + "); use a new --out or the same settings")
+    recorded.update({m: now for m in methods})
+    _write_json(path, {"methods": recorded})
 
 
 def _pick(items: list, n: int | None) -> list:
@@ -550,7 +565,7 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
     for m in methods:
         if m not in METHODS:
             raise ConfigError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
-    out_dir = make_dir(out)
+    out_dir = check_writable_dir(out)  # (read-only: one line, not a traceback)
     skipped: list[str] = []
     content_files = images.list_images(content)
     fit_files: list[Path] = []
@@ -593,7 +608,7 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
                             "fit_photos": len(fit_files) or None, "strength": strength,
                             "style_size": style_size,
                             "compile_seconds": {}, "embed_seconds": {}}
-    _check_resume_settings(out_dir, info, model_path, resume)
+    _check_resume_settings(out_dir, info, model_path, resume, methods)
     n_pairs = len(contents) * len(styles)
     for m in methods:
         kw = {"refine_steps": refine_steps} if m == "model_refine" else {}

@@ -153,6 +153,16 @@ def test_resume_reuses_outputs_and_bad_images_are_skipped(tiny_set, tmp_path, vg
     # a resume with other settings would score the old images under the new ones: refused
     with pytest.raises(ConfigError, match=r"--resume: .* \(size 48 -> 56\)"):
         evaluate.evaluate(tiny_set / "content", styles, out, resume=True, **{**kw, "size": 56})
+    # a new run of one method re-labels only that method's images: resuming both at its
+    # settings is refused for the other's old images (they were scored as if new)
+    evaluate.evaluate(tiny_set / "content", styles, out, **{**kw, "size": 56,
+                                                            "methods": ["identity"]})
+    with pytest.raises(ConfigError, match=r"holds magenta_lite images .* \(size 48 -> 56\)"):
+        evaluate.evaluate(tiny_set / "content", styles, out, resume=True, **{**kw, "size": 56})
+    calls.clear()
+    r3 = evaluate.evaluate(tiny_set / "content", styles, out, resume=True,
+                           **{**kw, "size": 56, "methods": ["identity"]})
+    assert calls == [] and len(r3.rows) == 4  # its own images are reused
 
 
 def test_inputs_that_would_collide_or_be_overwritten_are_refused(tiny_set, tmp_path, vgg):
