@@ -37,8 +37,8 @@ fits leave the 100-d subspace the heads can reach (section below).
 """
 from __future__ import annotations
 
-import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -384,6 +384,19 @@ def _save_npz(path: Path, **arrays) -> None:
     write_atomically(path, lambda f: np.savez(f, **arrays))
 
 
+def model_fingerprint(model) -> str:
+    """A short hash of a model's weights (sorted by name): which model an oracle refines."""
+    import hashlib
+
+    from .export import model_tensors
+
+    h = hashlib.sha256()
+    for name, a in sorted(model_tensors(model).items()):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(a, np.float32).tobytes())
+    return h.hexdigest()[:16]
+
+
 def collect_oracle(model, sources, out_dir: Path, *, num_styles: int, batch: int = 8,
                    contents_per_style: int = 1, steps: int = 12, learning_rate: float = 0.05,
                    style_weight: float = 0.5, seed: int = 0, style_size: int = STYLE_SIZE,
@@ -413,9 +426,13 @@ def collect_oracle(model, sources, out_dir: Path, *, num_styles: int, batch: int
         raise ConfigError(f"target must be one of {TARGETS}, got {target!r}")
     if target != "embedding":  # absent = embedding (older oracles)
         meta["target"] = target
+    # the start model's weights (an oracle of another model was reused as if it were this one's)
+    meta["model_sha256"] = model_fingerprint(model)
     meta_path = out_dir / "oracle.json"
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
+        if "model_sha256" not in old:  # (older oracles did not record it)
+            old["model_sha256"] = meta["model_sha256"]
         if old != meta:
             raise ConfigError(f"{out_dir}: holds an oracle made with {old}, not {meta}; "
                               f"use another --out")
@@ -535,8 +552,11 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = training.load_config(a.config, a.set)
         model_path = export.model_file(a.model) if a.model else str(BUILTIN_MODEL)  # or a workdir
-        model = export.load_exported(model_path)
         out = Path(a.out)
+        if os.path.realpath(model_path) == os.path.realpath(out / "model.safetensors"):
+            raise ConfigError(f"{model_path}: the distilled model would replace --model (its "
+                              "start); use another --out")
+        model = export.load_exported(model_path)
         sources = data.prepare(cfg.data, progress=not a.no_progress)
         content_seeds = list(dict.fromkeys(a.content_seeds or [a.seed]))
         r = combine_oracles([

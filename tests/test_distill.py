@@ -112,7 +112,7 @@ def _small_command(out, model_path, *, num_styles: int) -> list[str]:
             "--content-short", "40", "48", "--fit-steps", "20", "--no-progress"]
 
 
-def test_command_resumes_and_refuses_other_settings(tmp_path, model_path, capsys):
+def test_command_resumes_and_refuses_other_settings(tmp_path, model_path, capsys, vgg):
     out = tmp_path / "d"
     args = _small_command(out, model_path, num_styles=6)
     assert distill.main(args) == 0
@@ -132,6 +132,17 @@ def test_command_resumes_and_refuses_other_settings(tmp_path, model_path, capsys
     assert distill.main([str(model_path.parent) if a == str(model_path) else a
                          for a in args]) == 0
     assert [c.stat().st_mtime_ns for c in chunks] == stamp
+    # another start model in the same --out: refused (its oracle was reused as this one's)
+    other = make_model_file(tmp_path / "other.safetensors", vgg, seed=6)
+    capsys.readouterr()
+    assert distill.main([str(other) if a == str(model_path) else a for a in args]) == 1
+    assert "holds an oracle made with" in capsys.readouterr().err
+    # --model = the model this run writes: refused, the input is not replaced
+    own = (out / "model.safetensors").read_bytes()
+    assert distill.main([str(out / "model.safetensors") if a == str(model_path) else a
+                         for a in args]) == 1
+    assert "would replace --model" in capsys.readouterr().err
+    assert (out / "model.safetensors").read_bytes() == own
     # other oracle settings in the same folder: one-line error, exit 1
     capsys.readouterr()
     assert distill.main([a if a != "2" else "3" for a in args]) == 1
