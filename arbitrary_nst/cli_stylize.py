@@ -510,7 +510,7 @@ def _stylize(args, stylizer) -> int:
             bar.close()
             print(f"{_summary(done, skipped, time.perf_counter() - t0, len(contents))}; "
                   "interrupted: run the same command again to do the rest (the outputs "
-                  "written are skipped)")
+                  "written are skipped as 'output exists', so that run ends with status 1)")
         raise
     finally:
         bar.close()

@@ -1551,8 +1551,10 @@ class Stylizer:
             _, p, dest = item.meta
             try:
                 images.save_image(dest, y, overwrite=overwrite)
-            except NSTError as e:
-                return FileResult(p, dest, False, str(e), "cannot write", shape=item.hw)
+            except NSTError as e:  # e.g. another job wrote it meanwhile: "output exists"
+                kind = _kind_of(e.reason if isinstance(e, ImageError) else str(e))
+                return FileResult(p, dest, False, str(e),
+                                  "cannot write" if kind == "error" else kind, shape=item.hw)
             except Exception as e:  # noqa: BLE001
                 why = f"{dest}: cannot write: {type(e).__name__}: {' '.join(str(e).split())}"
                 return FileResult(p, dest, False, why, "cannot write", shape=item.hw)

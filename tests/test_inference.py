@@ -711,3 +711,14 @@ def test_a_skip_from_any_error_names_its_file():
     assert r.reason == "photos/red.png: too dark"
     r = inference.skipped_by_error(p, None, ImageError(p, "truncated"))
     assert r.reason == "photos/red.png: truncated" and r.kind == "truncated or corrupt"
+
+
+def test_an_output_another_job_wrote_meanwhile_is_reported_as_existing(st, files, tmp_path):
+    """Two jobs into one folder: the loser's skips said 'cannot write' though each reason was
+    'exists' (the kind was fixed, not taken from the reason)."""
+    dest = tmp_path / "o.png"
+    results = st.stylize_files([files["content"]], files["style_a"], output=lambda p: dest)
+    dest.write_bytes(b"the other job's result")  # after planning, before writing
+    (r,) = list(results)
+    assert not r.ok and r.kind == "output exists" and "exists" in r.reason
+    assert dest.read_bytes() == b"the other job's result"
