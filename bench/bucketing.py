@@ -15,7 +15,6 @@ the maximum.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import sys
