@@ -53,7 +53,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -543,9 +543,37 @@ def _check_resume_meta(meta: dict, expected: dict, workdir) -> None:
                 f"({json.dumps(meta[key], sort_keys=True)} vs "
                 f"{json.dumps(expected[key], sort_keys=True)}); "
                 "use a new --workdir or the original config")
-    if "data" in meta and "data" in expected and meta["data"] != expected["data"]:
-        log.warning("%s: the data config differs from the checkpoint's; resuming anyway (the "
-                    "batches will differ from those of an uninterrupted run)", workdir)
+    if "data" in meta and "data" in expected:
+        changed = _changed_keys(meta["data"], expected["data"], skip=_LOADER_ONLY_DATA_KEYS)
+        if changed:
+            log.warning("%s: the data config differs from the checkpoint's (%s); resuming anyway "
+                        "(the batches will differ from those of an uninterrupted run)", workdir,
+                        ", ".join(changed))
+    before, now = meta.get("config"), expected.get("config")
+    if not (isinstance(before, dict) and isinstance(now, dict)):
+        return
+    b_opt, n_opt = before.get("optim") or {}, now.get("optim") or {}
+    if b_opt.get("optimizer") != n_opt.get("optimizer"):  # its state has another structure
+        raise ConfigError(f"{workdir}: its checkpoints were trained with optim.optimizer="
+                          f"{b_opt.get('optimizer')!r}, not {n_opt.get('optimizer')!r}; use a new "
+                          "--workdir or the original optimizer")
+    changed = [f"optim.{k}" for k in _changed_keys(b_opt, n_opt)]
+    changed += [f"loss.{k}" for k in _changed_keys(before.get("loss") or {},
+                                                    now.get("loss") or {})]
+    if (before.get("train") or {}).get("dtype") != (now.get("train") or {}).get("dtype"):
+        changed.append("train.dtype")
+    if changed:  # allowed (e.g. a lower learning rate from here on), but said
+        log.warning("%s: resuming with a changed %s: the run goes on with the new values, so it "
+                    "is no longer the run the checkpoint began", workdir, ", ".join(changed))
+
+
+#: Data settings that change how batches are made, not which: no warning on resume.
+_LOADER_ONLY_DATA_KEYS = ("num_workers", "prefetch", "prepare_workers", "data_dir",
+                          "allow_eval_dirs")
+
+
+def _changed_keys(a: dict, b: dict, skip: Sequence[str] = ()) -> list[str]:
+    return sorted(k for k in set(a) | set(b) if k not in skip and a.get(k) != b.get(k))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ model of ``configs/smoke.py``; repeated ``train()`` calls in this process reuse 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -800,3 +801,22 @@ def test_training_objective_compares_models_on_the_same_batches(tmp_path, vgg, c
     with pytest.raises(SystemExit):
         train_cli.main(smoke_cfg)  # neither --workdir nor --objective
     assert "--workdir is required" in capsys.readouterr().err
+
+
+def test_resume_with_changed_settings_is_said_or_refused(tmp_path, vgg, caplog):
+    """A changed learning rate or loss weight was resumed silently (not the run the checkpoint
+    began); another optimizer gave a truncated Orbax pytree message; a loader-only data
+    setting warned that the batches differ, which they do not."""
+    wd = tmp_path / "wd"
+    base = ("train.sample_every=0", "train.checkpoint_every=2")
+    training.train(smoke("train.num_steps=2", *base), wd, vgg=vgg, progress=False)
+    with caplog.at_level(logging.WARNING, logger=training.log.name):
+        training.train(smoke("train.num_steps=3", "optim.learning_rate=5e-4",
+                             "loss.style_weight=2.0", "data.num_workers=1", *base), wd,
+                       vgg=vgg, progress=False)
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "resuming with a changed optim.learning_rate, loss.style_weight" in said
+    assert "data config differs" not in said
+    with pytest.raises(ConfigError, match="optim.optimizer='adam', not 'sgd'"):
+        training.train(smoke("train.num_steps=4", "optim.optimizer=sgd", *base), wd, vgg=vgg,
+                       progress=False)
