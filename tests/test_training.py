@@ -809,13 +809,16 @@ def test_resume_with_changed_settings_is_said_or_refused(tmp_path, vgg, caplog):
     setting warned that the batches differ, which they do not."""
     wd = tmp_path / "wd"
     base = ("train.sample_every=0", "train.checkpoint_every=2")
-    training.train(smoke("train.num_steps=2", *base), wd, vgg=vgg, progress=False)
+    training.train(smoke("train.num_steps=1", *base), wd, vgg=vgg, progress=False)
+    with caplog.at_level(logging.WARNING, logger=training.log.name):  # a plain resume: silent
+        training.train(smoke("train.num_steps=2", *base), wd, vgg=vgg, progress=False)
+    assert not [r for r in caplog.records if "resum" in r.getMessage()]
     with caplog.at_level(logging.WARNING, logger=training.log.name):
         training.train(smoke("train.num_steps=3", "optim.learning_rate=5e-4",
                              "loss.style_weight=2.0", "data.num_workers=1", *base), wd,
                        vgg=vgg, progress=False)
     said = " ".join(r.getMessage() for r in caplog.records)
-    assert "resuming with a changed optim.learning_rate, loss.style_weight" in said
+    assert "resuming with a changed optim.learning_rate, loss.style_weight: the run" in said
     assert "data config differs" not in said
     with pytest.raises(ConfigError, match="optim.optimizer='adam', not 'sgd'"):
         training.train(smoke("train.num_steps=4", "optim.optimizer=sgd", *base), wd, vgg=vgg,
