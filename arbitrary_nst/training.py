@@ -43,6 +43,7 @@ Workdir layout: ``checkpoints/<step>/``, ``tensorboard/`` (tensorboardX scalars)
 from __future__ import annotations
 
 import contextlib
+import errno
 import dataclasses
 import json
 import logging
@@ -512,13 +513,27 @@ def restore_checkpoint(mngr, abstract_state: TrainState, step: int | None = None
         meta = restore_meta(mngr, step)
     except Exception as e:  # noqa: BLE001 - Orbax/tensorstore raise many types for a bad file
         raise _unreadable_checkpoint(mngr, step, e) from None
+    changed = []
     if expected_meta is not None:
-        _check_resume_meta(meta, expected_meta, mngr.directory.parent)
+        changed = _check_resume_meta(meta, expected_meta, mngr.directory.parent)
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state.as_dict())
     try:
         out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
     except Exception as e:  # noqa: BLE001 - (a truncated array file: tensorstore's Exception)
+        text = str(e).lower()
+        if isinstance(e, (ValueError, KeyError, TypeError)) and (
+                "structure" in text or "do not match" in text or "mismatch" in text):
+            # the checkpoint is fine: this config's state has another shape (e.g. a changed
+            # optim.grad_clip_norm adds clipping state), so no advice to delete anything
+            raise ConfigError(
+                f"{mngr.directory.parent}: the checkpoint's training state does not fit this "
+                f"config ({'changed: ' + ', '.join(changed) if changed else 'another setup'}); "
+                "resume with the checkpoint's settings, or use a new --workdir") from None
         raise _unreadable_checkpoint(mngr, step, e) from None
+    if changed:  # allowed (e.g. a lower learning rate from here on), but said
+        log.warning("%s: resuming with a changed %s: the run goes on with the new values, so it "
+                    "is no longer the run the checkpoint began", mngr.directory.parent,
+                    ", ".join(changed))
     return TrainState.from_dict(out["state"]), meta
 
 
@@ -528,14 +543,16 @@ def _unreadable_checkpoint(mngr, step: int, e: Exception) -> ModelError:
     earlier = [s for s in mngr.all_steps() if s < step]
     fix = (f"delete {where} to resume from step {max(earlier)}" if earlier
            else f"delete {where} to start over")
-    return ModelError(f"{where}: cannot restore the checkpoint ({type(e).__name__}: "
-                      f"{' '.join(str(e).split())[:200]}); {fix}")
+    why = " ".join(str(e).split()).split(" See full TensorStore details")[0][:200]
+    return ModelError(f"{where}: cannot restore the checkpoint ({type(e).__name__}: {why}); "
+                      f"{fix}")
 
 
-def _check_resume_meta(meta: dict, expected: dict, workdir) -> None:
-    """Model, batch size and seed must match the checkpoint (else ConfigError); a changed data
-    config is allowed (e.g. to fine-tune on other images) with a warning, since the batches
-    then differ from those of an uninterrupted run."""
+def _check_resume_meta(meta: dict, expected: dict, workdir) -> list[str]:
+    """Model, batch size, seed and optimizer must match the checkpoint (else ConfigError); a
+    changed data config is allowed (e.g. to fine-tune on other images) with a warning, since
+    the batches then differ from those of an uninterrupted run. Returns the changed optim /
+    loss / dtype settings (said once the state is restored: some change its structure)."""
     for key in ("model", "batch_size", "seed"):
         if key in meta and key in expected and meta[key] != expected[key]:
             raise ConfigError(
@@ -551,7 +568,7 @@ def _check_resume_meta(meta: dict, expected: dict, workdir) -> None:
                         ", ".join(changed))
     before, now = meta.get("config"), expected.get("config")
     if not (isinstance(before, dict) and isinstance(now, dict)):
-        return
+        return []
     b_opt, n_opt = before.get("optim") or {}, now.get("optim") or {}
     if b_opt.get("optimizer") != n_opt.get("optimizer"):  # its state has another structure
         raise ConfigError(f"{workdir}: its checkpoints were trained with optim.optimizer="
@@ -562,9 +579,7 @@ def _check_resume_meta(meta: dict, expected: dict, workdir) -> None:
                                                     now.get("loss") or {})]
     if (before.get("train") or {}).get("dtype") != (now.get("train") or {}).get("dtype"):
         changed.append("train.dtype")
-    if changed:  # allowed (e.g. a lower learning rate from here on), but said
-        log.warning("%s: resuming with a changed %s: the run goes on with the new values, so it "
-                    "is no longer the run the checkpoint began", workdir, ", ".join(changed))
+    return changed
 
 
 #: Data settings that change how batches are made, not which: no warning on resume.
@@ -773,7 +788,13 @@ def _workdir_lock(workdir: Path):
     try:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                # a filesystem without flock (Lustre's noflock, NFS without lockd): go on
+                log.warning("%s: cannot lock the workdir (%s); make sure no other run uses it",
+                            workdir, e.strerror or e)
+                yield
+                return
             f.seek(0)
             who = f.read().strip() or "another process"
             raise ConfigError(f"{workdir}: in use by another training run ({who}); wait for it "
@@ -990,7 +1011,11 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
                             if is_main:  # (logging's last-resort handler prints it if
                                 log.warning(msg)  # the application configured none)
                         break
-        mngr.wait_until_finished()
+        save_error = None
+        try:  # an async save fails here (a full disk): the export below is still written
+            mngr.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            save_error = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
         final_model = nnx.merge(graphdef, jax.tree.map(jnp.asarray, _local_copy(state.params)),
                                 frozen)
         out_path = None
@@ -1002,6 +1027,10 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
                       "total_steps": prior_steps + int(step),
                       "init_from": os.path.basename(init_from) if init_from else "",
                       "config_name": _get(config, "name", "")})
+        if save_error is not None:
+            raise ModelError(f"{mngr.directory}: cannot write the checkpoint of step {step} "
+                             f"({save_error})" + (f"; the weights were exported to {out_path}"
+                                                  if out_path is not None else ""))
         return TrainResult(step=int(step), state=state, model=final_model, history=history,
                            interrupted=interrupted, export_path=out_path,
                            steps_per_sec=last_rate,
@@ -1021,9 +1050,9 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
 def _resume_plan(workdir: Path, plan_file: Path, budget: float, tcfg, is_main: bool) -> bool:
     """A time-budgeted run resumed: keep the length (and so the schedule) it was planned with
     (``tcfg.num_steps`` is set from the plan). A plan without checkpoints (they were deleted)
-    is stale and removed, so this run plans afresh; resuming with another budget is refused
-    (the schedule would change under the checkpoint). False: this run plans (also a resumed
-    one stopped before it could)."""
+    is stale and removed, so this run plans afresh. Another budget on resume keeps the plan's
+    length and only bounds this session (the guard stops it, with a checkpoint, if it overruns).
+    False: this run plans (also a resumed one stopped before it could)."""
     if not plan_file.is_file():
         return False
     has_ckpt = any(p.name.isdigit() for p in (workdir / CHECKPOINT_DIR).glob("*"))
@@ -1038,10 +1067,10 @@ def _resume_plan(workdir: Path, plan_file: Path, budget: float, tcfg, is_main: b
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"{plan_file}: cannot read the time-budget plan ({e}); delete it to "
                           "plan again") from None
-    if planned_budget != float(budget):
-        raise ConfigError(f"{workdir}: this run was planned for train.time_budget_s="
-                          f"{planned_budget:g} ({steps} steps); resume with that budget, or use "
-                          "another workdir")
+    if planned_budget != float(budget):  # the plan's length (the schedule) stays; the new
+        log.info("%s: planned with train.time_budget_s=%g; the plan's %d steps are kept, and "
+                 "%g s now only bound this session's time", workdir, planned_budget, steps,
+                 float(budget))  # budget only stops this session if it overruns
     tcfg.num_steps = steps
     log.info("%s: resuming a time-budgeted run planned for %d steps", workdir, steps)
     return True
