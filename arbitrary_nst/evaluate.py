@@ -481,6 +481,12 @@ def _check_unique_names(what: str, files: Sequence[Path]) -> None:
 #: What a resumed evaluation must share with the run it resumes (its images are reused).
 _RESUME_KEYS = ("size", "model", "model_file", "palette", "strength", "style_size",
                 "refine_steps", "gatys_iters", "fit_steps", "fit_photos")
+#: The settings each method's images depend on (a resume compares only those: a new
+#: --strength does not make the identity's or Gatys' images stale).
+_MODEL_KEYS = ("size", "model", "model_file", "palette", "strength", "style_size")
+_METHOD_KEYS = {"model": _MODEL_KEYS, "model_refine": _MODEL_KEYS + ("refine_steps",),
+                "model_fit": _MODEL_KEYS + ("fit_steps", "fit_photos"),
+                "gatys": ("size", "gatys_iters")}
 
 
 def _check_resume_settings(out_dir: Path, info: dict[str, Any], model_path: str | None,
@@ -513,7 +519,8 @@ def _check_resume_settings(out_dir: Path, info: dict[str, Any], model_path: str 
     if resume:
         for m in methods:
             if m in recorded:
-                diff = [k for k in _RESUME_KEYS if recorded[m].get(k) != now.get(k)]
+                diff = [k for k in _METHOD_KEYS.get(m, ("size",))
+                        if recorded[m].get(k) != now.get(k)]
                 if diff:
                     raise ConfigError(
                         f"--resume: {out_dir} holds {m} images made with other settings ("

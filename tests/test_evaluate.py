@@ -163,6 +163,10 @@ def test_resume_reuses_outputs_and_bad_images_are_skipped(tiny_set, tmp_path, vg
     r3 = evaluate.evaluate(tiny_set / "content", styles, out, resume=True,
                            **{**kw, "size": 56, "methods": ["identity"]})
     assert calls == [] and len(r3.rows) == 4  # its own images are reused
+    # settings a method's images do not depend on (--strength for the peer) do not block it
+    r4 = evaluate.evaluate(tiny_set / "content", styles, out, resume=True,
+                           **{**kw, "size": 56, "methods": ["identity"], "strength": 0.3})
+    assert len(r4.rows) == 4
 
 
 def test_inputs_that_would_collide_or_be_overwritten_are_refused(tiny_set, tmp_path, vgg):
