@@ -83,8 +83,9 @@ def main(argv=None) -> int:
     except NSTError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # Ctrl-C before the training loop took over the signal
-        print("error: interrupted (nothing trained or saved yet)", file=sys.stderr)
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop (start-up, a second Ctrl-C)
+        where = f"; the checkpoints saved so far stay in {args.workdir}" if args.workdir else ""
+        print(f"error: interrupted{where}", file=sys.stderr)
         return 128 + signal.SIGINT
     last = result.history[-1] if result.history else {}
     status = "interrupted" if result.interrupted else "done"

@@ -261,14 +261,16 @@ def load(path: str | os.PathLike | None = None, *, allow_download: bool = False)
     try:
         return read_npz(p)
     except WeightsError as e:
-        if path is not None or p != cache_path():
+        converted = p.parent == cache_dir() and (
+            path is None or Path(path).suffix.lower() != ".npz")  # our conversion, not yours
+        if not converted:
             raise
         import sys
 
         print(f"warning: {e}; converting the VGG16 weights again", file=sys.stderr)
         p.unlink(missing_ok=True)
         try:
-            return read_npz(resolve(None, allow_download=allow_download))
+            return read_npz(resolve(path, allow_download=allow_download))
         except WeightsError as again:
             raise WeightsError(f"{again} (the cache {p} was damaged and removed)") from None
 
@@ -321,8 +323,8 @@ def main(argv=None) -> int:
     import time
 
     parser = UsageParser(prog="python -m arbitrary_nst.weights",
-                                     description="Find, convert, check and cache the ImageNet VGG16 "
-                                                 "conv weights.")
+                         description="Find, convert, check and cache the ImageNet VGG16 conv "
+                                     "weights.")
     parser.add_argument("--path", help="explicit weights file (.h5, .npz or .onnx)")
     parser.add_argument("--download", action="store_true",
                         help="allow Keras' canonical download when no local source exists")
@@ -339,8 +341,8 @@ def main(argv=None) -> int:
             out = expand_compact(*args.expand)
             print(f"VGG16 training weights expanded: {out}")
             return 0
+        loaded = load(args.path, allow_download=args.download)  # (rebuilds a damaged cache)
         path = resolve(args.path, allow_download=args.download)
-        loaded = read_npz(path)
         if args.compact:
             out = write_compact(loaded, args.compact)
             print(f"compact training copy: {out} ({out.stat().st_size / 2**20:.1f} MiB)")

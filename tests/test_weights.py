@@ -48,6 +48,9 @@ def test_a_damaged_cache_is_converted_again(tmp_path, monkeypatch, vgg_params, c
         np.testing.assert_array_equal(loaded["conv1_1"]["kernel"], vgg_params["conv1_1"]["kernel"])
         assert "converting the VGG16 weights again" in capsys.readouterr().err
         weights.read_npz(weights.cache_path())  # the rebuilt cache reads
+    weights.cache_path().write_bytes(good[:1000])  # and the weights command rebuilds it too
+    assert weights.main([]) == 0
+    weights.read_npz(weights.cache_path())
     bad = tmp_path / "bad.npz"
     bad.write_bytes(good[:1000])
     with pytest.raises(weights.WeightsError, match="bad.npz: not a readable .npz file"):
