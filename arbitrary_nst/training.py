@@ -561,7 +561,10 @@ def _check_resume_meta(meta: dict, expected: dict, workdir) -> list[str]:
                 f"{json.dumps(expected[key], sort_keys=True)}); "
                 "use a new --workdir or the original config")
     if "data" in meta and "data" in expected:
-        changed = _changed_keys(meta["data"], expected["data"], skip=_LOADER_ONLY_DATA_KEYS)
+        skip = _LOADER_ONLY_DATA_KEYS
+        if (expected["data"].get("source") or "folder") != "folder":  # (npz:, synthetic, tfds:)
+            skip += _FOLDER_DATA_KEYS  # unused: e.g. a clone elsewhere has other default paths
+        changed = _changed_keys(meta["data"], expected["data"], skip=skip)
         if changed:
             log.warning("%s: the data config differs from the checkpoint's (%s); resuming anyway "
                         "(the batches will differ from those of an uninterrupted run)", workdir,
@@ -585,6 +588,8 @@ def _check_resume_meta(meta: dict, expected: dict, workdir) -> list[str]:
 #: Data settings that change how batches are made, not which: no warning on resume.
 _LOADER_ONLY_DATA_KEYS = ("num_workers", "prefetch", "prepare_workers", "data_dir",
                           "allow_eval_dirs")
+#: Settings only a folder source reads.
+_FOLDER_DATA_KEYS = ("content_dirs", "style_dirs", "content_dir_weights", "style_dir_weights")
 
 
 def _changed_keys(a: dict, b: dict, skip: Sequence[str] = ()) -> list[str]:

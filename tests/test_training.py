@@ -825,8 +825,9 @@ def test_resume_with_changed_settings_is_said_or_refused(tmp_path, vgg, caplog):
     assert not [r for r in caplog.records if "resum" in r.getMessage()]
     with caplog.at_level(logging.WARNING, logger=training.log.name):
         training.train(smoke("train.num_steps=3", "optim.learning_rate=5e-4",
-                             "loss.style_weight=2.0", "data.num_workers=1", *base), wd,
-                       vgg=vgg, progress=False)
+                             "loss.style_weight=2.0", "data.num_workers=1",
+                             "data.content_dirs=['/moved/clone/photos']", *base), wd,
+                       vgg=vgg, progress=False)  # (folders unused by a synthetic source)
     said = " ".join(r.getMessage() for r in caplog.records)
     assert "resuming with a changed optim.learning_rate, loss.style_weight: the run" in said
     assert "data config differs" not in said
