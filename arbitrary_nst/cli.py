@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .errors import ConfigError, ImageError, NSTError, UsageParser, count_arg
+from .errors import MAX_SEED, ConfigError, ImageError, NSTError, UsageParser, count_arg
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -135,8 +135,6 @@ def _int_list(spec: str, *, what: str) -> tuple[int, ...]:
 #: Upper bounds of working sizes: a typo (--size 100000) is an error, not minutes of silence
 #: and the kernel's out-of-memory kill. 4096 px is ~64x the usual working image.
 MAX_GATYS_SIZE = 4096
-#: Seeds are numpy generator seeds (non-negative); 32 bits is plenty.
-MAX_SEED = 2**32 - 1
 MAX_STYLE_SIZE = 2048  # = inference.MAX_STYLE_SIZE (not imported here: keeps --help fast)
 
 

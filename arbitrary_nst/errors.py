@@ -42,6 +42,10 @@ def _int_range(minimum: int, maximum: int | None) -> str:
     return f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
 
 
+#: The largest seed any option takes (numpy generator seeds are non-negative; 32 bits).
+MAX_SEED = 2**32 - 1
+
+
 def check_count(value, what: str, minimum: int = 1, maximum: int | None = None, *,
                 optional: bool = True) -> int | None:
     """``value`` as an int in [``minimum``, ``maximum``] (None stays None if ``optional``);

@@ -52,7 +52,7 @@ import optax
 from flax import nnx
 
 from . import color, losses, refine
-from .errors import ConfigError, ModelError, check_count
+from .errors import MAX_SEED, ConfigError, ModelError, check_count
 from .files import write_atomically
 from .models import check_palette
 
@@ -339,7 +339,7 @@ def fit_conditioning(model, style: np.ndarray, photos: np.ndarray, embedding: np
     is the loss after the last step on the last step's photos.
     """
     check_options(steps, learning_rate, batch_size, style_weight)
-    check_count(seed, "seed", 0, 2**32 - 1, optional=False)
+    check_count(seed, "seed", 0, MAX_SEED, optional=False)
     photos = np.asarray(photos, np.float32)
     if photos.ndim != 4 or photos.shape[0] < 1:
         raise ConfigError(f"fit: photos must be [P, H, W, 3] with P >= 1, got {photos.shape}")

@@ -84,7 +84,7 @@ from . import color as color_lib
 from . import images as images_lib
 from . import losses as losses_lib
 from . import vgg as vgg_lib
-from .errors import ConfigError, ModelError, check_count
+from .errors import MAX_SEED, ConfigError, ModelError, check_count
 
 Optimizer = Literal["lbfgs", "lbfgs_optax", "adam"]
 Init = Literal["content", "noise", "style"]
@@ -201,7 +201,7 @@ class GatysConfig:
                     raise ConfigError(f"{name} layer weight of {layer} must be >= 0, got {w}")
         for name, lo, hi in (("iterations", 0, None), ("lbfgs_memory", 1, MAX_LBFGS_MEMORY),
                              ("max_linesearch_steps", 1, MAX_LINESEARCH_STEPS),
-                             ("chunk_size", 1, MAX_CHUNK_SIZE), ("seed", 0, 2**32 - 1)):
+                             ("chunk_size", 1, MAX_CHUNK_SIZE), ("seed", 0, MAX_SEED)):
             check_count(getattr(self, name), name, lo, hi, optional=False)
         # finite and > 0: an infinite rate or growth makes every pixel NaN (a black image)
         for name in ("learning_rate", "style_scale", "depth_growth"):

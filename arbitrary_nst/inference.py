@@ -1255,7 +1255,7 @@ class Stylizer:
             e = np.asarray(_embedding_jit(self._graphdef, self._state, e, small, styles, w,
                                           np.float32(plan.strength),
                                           use_content=plan.use_content))
-        y = self._onnx.transfer(xf, e)
+        y = self._onnx.run_padded(np.asarray(xf, np.float32), e)  # (items are padded, checked)
         if plan.align:
             small = np.stack([it.small for it in items]) if plan.need_small else None
             y = np.asarray(_align_jit(self._graphdef, self._state, y,

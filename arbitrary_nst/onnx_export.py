@@ -226,5 +226,10 @@ class OnnxTransfer:
         ph, pw = bucket_shape(h, w, None)  # as Stylizer(buckets=None): a multiple of 4, >= 8
         if (ph, pw) != (h, w):  # (the graph's reflect pads need 8 px), reflect-pad, crop back
             x = np.stack([pad_to(xi, (ph, pw)) for xi in x])
-        y = self.session.run(["stylized"], {"content": x, "embedding": e})[0][:, :h, :w]
+        y = self.run_padded(x, e)[:, :h, :w]
         return y[0] if single else y
+
+    def run_padded(self, x: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
+        """The graph on a batch as the Stylizer prepares it, unchecked: float32 ``[N, H, W,
+        3]`` in [0, 1] with H, W multiples of 4 (>= 8) and ``[N, D]`` float32 embeddings."""
+        return self.session.run(["stylized"], {"content": x, "embedding": embeddings})[0]

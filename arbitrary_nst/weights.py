@@ -24,6 +24,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import sys
 import tempfile
 import urllib.request
 from pathlib import Path
@@ -265,8 +266,6 @@ def load(path: str | os.PathLike | None = None, *, allow_download: bool = False)
             path is None or Path(path).suffix.lower() != ".npz")  # our conversion, not yours
         if not converted:
             raise
-        import sys
-
         print(f"warning: {e}; converting the VGG16 weights again", file=sys.stderr)
         p.unlink(missing_ok=True)
         try:
@@ -319,7 +318,6 @@ def expand_compact(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
 
 def main(argv=None) -> int:
     """``python -m arbitrary_nst.weights [--path P] [--download]``: resolve and cache the weights."""
-    import sys
     import time
 
     parser = UsageParser(prog="python -m arbitrary_nst.weights",
