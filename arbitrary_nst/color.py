@@ -62,9 +62,21 @@ def _f32(x) -> jax.Array:
     return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
+def _rgb(x) -> jax.Array:
+    """An RGB image as floats in [0, 1]: uint8 is 0..255 and uint16 0..65535 (as everywhere
+    in the package; they were taken as floats up to 255), other integer types are refused."""
+    x = jnp.asarray(x)
+    if x.dtype in (jnp.uint8, jnp.uint16):
+        return x.astype(jnp.float32) / float(jnp.iinfo(x.dtype).max)
+    if jnp.issubdtype(x.dtype, jnp.integer):
+        raise ConfigError(f"colour functions take RGB as floats in [0, 1], uint8 or uint16; "
+                          f"got {x.dtype}")
+    return _f32(x)
+
+
 def rgb_to_yiq(x) -> jax.Array:
     """``[..., 3]`` RGB -> YIQ (Y in [0, 1], I, Q signed)."""
-    return _f32(x) @ RGB_TO_YIQ.T
+    return _rgb(x) @ RGB_TO_YIQ.T
 
 
 def yiq_to_rgb(x) -> jax.Array:
@@ -74,7 +86,7 @@ def yiq_to_rgb(x) -> jax.Array:
 
 def rgb_to_yuv(x) -> jax.Array:
     """``[..., 3]`` RGB -> YUV (BT.601)."""
-    return _f32(x) @ RGB_TO_YUV.T
+    return _rgb(x) @ RGB_TO_YUV.T
 
 
 def yuv_to_rgb(x) -> jax.Array:
@@ -84,7 +96,7 @@ def yuv_to_rgb(x) -> jax.Array:
 
 def to_space(x, space: ColorSpace = "yiq") -> jax.Array:
     """RGB -> ``space`` (``"yiq"`` or ``"yuv"``)."""
-    return _f32(x) @ _matrix(space).T
+    return _rgb(x) @ _matrix(space).T
 
 
 def from_space(x, space: ColorSpace = "yiq") -> jax.Array:
@@ -94,7 +106,7 @@ def from_space(x, space: ColorSpace = "yiq") -> jax.Array:
 
 def luminance(x) -> jax.Array:
     """``[..., H, W, 3]`` RGB -> ``[..., H, W]`` luma ``Y`` (same in YIQ and YUV)."""
-    return _f32(x) @ RGB_TO_YIQ[0]
+    return _rgb(x) @ RGB_TO_YIQ[0]
 
 
 def gray_rgb(x) -> jax.Array:
@@ -134,7 +146,7 @@ def match_luminance(source, target, eps: float = 1e-5) -> jax.Array:
 def color_stats(x, mask=None) -> tuple[jax.Array, jax.Array]:
     """Mean ``[..., 3]`` and covariance ``[..., 3, 3]`` of the pixels of ``[..., H, W, 3]``;
     with ``mask`` (``[..., H, W]``, 0/1) of the masked-in pixels only."""
-    x = _f32(x)
+    x = _rgb(x)
     flat = x.reshape(*x.shape[:-3], -1, 3)
     if mask is None:
         mean = jnp.mean(flat, axis=-2)
@@ -208,7 +220,7 @@ def match_color(source, target, method: MatchMethod = "eig", eps: float = 1e-5) 
     (clipped to [0, 1]). In colour-preserving transfer the source is the style image and the target
     is the content, so the style's textures arrive in the content's palette."""
     a, b = color_transfer_matrix(source, target, method, eps)
-    x = _f32(source)
+    x = _rgb(source)
     out = jnp.einsum("...hwj,...ij->...hwi", x, a) + b[..., None, None, :]
     return jnp.clip(out, 0.0, 1.0)
 
@@ -221,7 +233,7 @@ def color_moments(x) -> jax.Array:
     """Colour moments ``[..., 12]`` of the pixels of ``[..., H, W, 3]``: the mean (3) and the
     raw second moment ``E[x x^T]`` (9, row-major). A convex combination of moments is the
     moments of the mixture of the pixel distributions (which means and covariances are not)."""
-    x = _f32(x)
+    x = _rgb(x)
     flat = x.reshape(*x.shape[:-3], -1, 3)
     mean = jnp.mean(flat, axis=-2)
     second = jnp.einsum("...ni,...nj->...ij", flat, flat) / flat.shape[-2]
@@ -255,7 +267,7 @@ def align_to_moments(x, moments, amount=1.0, eps: float = 1e-4, mask=None, *,
     with ``loss.palette_gradient="exact"`` (measured: RESULTS.md, sessions 9 and 10). ``eps`` floors the covariances' eigenvalues (a flat image is not
     blown up). ``mask`` (``[..., H, W]``, 0/1): measure ``x``'s colours on these pixels only
     (e.g. without the padding of a bucketed batch); the map applies to every pixel."""
-    x = _f32(x)
+    x = _rgb(x)
     ms, cs = color_stats(x, mask)
     mt, ct = stats_from_moments(moments)
     a, b = _eig_affine(ms, cs, mt, ct, eps)

@@ -54,7 +54,7 @@ def check_count(value, what: str, minimum: int = 1, maximum: int | None = None, 
     if value is None and optional:
         return None
     integral = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    if isinstance(value, numbers.Real) and not integral:
+    if isinstance(value, numbers.Real) and not integral and not isinstance(value, bool):
         integral = math.isfinite(value) and float(value).is_integer()  # 512.0 is fine
     if (not integral or int(value) < minimum
             or (maximum is not None and int(value) > maximum)):

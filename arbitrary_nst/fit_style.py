@@ -10,12 +10,12 @@ property of the style).
 For a style someone uses often, this module fits that conditioning once (Dumoulin et al. 2017:
 a new style is a new set of gamma/beta for a fixed network) and stores it as a small file:
 
-    g_0 = heads(predicted embedding of the painting)                    (~1.6k numbers)
+    g_0 = heads(predicted embedding of the painting)                    (~1.4k numbers)
     g_{t+1} = adam_step(g_t, d/dg mean_photos [content(T(c, g)) + w_s style(T(c, g), painting)])
 
 over random batches of the user's photos (working copies at ``size``; the photos are only a
 sample of what the style will be applied to, and are not stored). The transfer network, the
-predictor and the VGG stay unchanged. Unlike :mod:`arbitrary_nst.refine` (100-d embedding,
+predictor and the VGG stay unchanged. Unlike :mod:`arbitrary_nst.refine` (the embedding,
 per content, every time) the fit is paid once per style, and afterwards stylizing with it costs
 exactly one feed-forward pass.
 
@@ -102,13 +102,14 @@ def predicted_conditioning(model, embedding: jax.Array) -> jax.Array:
 
 
 def transfer_with(model, content: jax.Array, embedding: jax.Array,
-                  offset: jax.Array | None) -> jax.Array:
+                  offset: jax.Array | None, valid_hw: jax.Array | None = None) -> jax.Array:
     """The transfer network conditioned on ``heads(embedding) + offset`` (``offset`` ``[B, G]``
-    or None: the plain model)."""
+    or None: the plain model); ``valid_hw``: unpadded sizes of padded content (see
+    :class:`~arbitrary_nst.models.transfer.TransferNetwork`)."""
     if offset is None:
-        return model.transfer(content, embedding)
+        return model.transfer(content, embedding, valid_hw)
     flat = predicted_conditioning(model, embedding) + offset
-    return model.transfer_net(content, unflatten(flat, model.cin_channels))
+    return model.transfer_net(content, unflatten(flat, model.cin_channels), valid_hw)
 
 
 def model_fingerprint(model) -> str:
@@ -187,11 +188,14 @@ class FittedStyle:
         except FileNotFoundError:
             raise ModelError(f"{path}: no such file") from None
         except Exception as e:  # zip/npz/JSON errors of a corrupt or foreign file
-            raise ModelError(f"{path}: not a readable fitted style file "
-                             f"({type(e).__name__}: {' '.join(str(e).split())})") from None
+            why = (f"{type(e).__name__}: {' '.join(str(e).split())}" if "allow_pickle" not in
+                   str(e) else "it holds Python objects, which a fitted style never does")
+            raise ModelError(f"{path}: not a readable fitted style file ({why})") from None
+        # (the loss history is a record, not used: a NaN there does not spoil the style)
         if (arrays["conditioning"].ndim != 1 or arrays["embedding"].ndim != 1
                 or arrays["moments"].shape != (color.MOMENTS_DIM,)
-                or not all(np.all(np.isfinite(a)) for a in arrays.values())):
+                or not all(np.all(np.isfinite(arrays[k]))
+                           for k in ("conditioning", "embedding", "moments"))):
             raise ModelError(f"{path}: fitted style arrays have wrong shapes or non-finite values")
         fingerprint = str(meta.pop("fingerprint", ""))
         meta.pop("format")

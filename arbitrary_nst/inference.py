@@ -70,10 +70,13 @@ below one; over sizes uniform in [256, 1024]^2 the padded area is on average ~18
 ``max_size`` has its long side on one bucket, so it compiles once per short-side rung it
 meets: a handful of times. Partial batches are padded to the next power of two (then to a
 multiple of the device count), so the batch axis adds at most ``log2(batch_size)`` shapes.
-``buckets=None`` pads to a multiple of 4 only (exact, one compile per distinct size).
-Trade-off: the padded border takes part in the instance-norm statistics, so a bucketed result
-differs slightly from the unpadded one (reflection keeps the statistics close; the difference
-is invisible in practice, and outputs never depend on what else is in the batch).
+``buckets=None`` pads to a multiple of 4 only (one compile per distinct size). The padding
+does not change the result: the network gets each image's unpadded size (``valid_hw``), takes
+its instance-norm statistics inside it and reads the image's own reflection beyond its edge
+(:class:`~arbitrary_nst.models.transfer.TransferNetwork`), so a bucketed output equals the
+``buckets=None`` one to float rounding (``bench/bucketing.py``: max 1.3e-6 on the 0..1 scale),
+and it never depends on what else is in the batch. A custom ladder pads sides beyond its top
+rung to a multiple of 512 (or of the top rung if smaller).
 
 **Devices.** The model state is replicated over a 1-D mesh of all local devices (axis
 ``"data"``) and each batch is sharded along it (``NamedSharding(mesh, P("data"))``), padded to a
@@ -89,7 +92,8 @@ the image, as the exported ONNX graph (:mod:`arbitrary_nst.onnx_export`) on onnx
 CPU convolution kernels are about twice as fast as XLA:CPU's on this network's small channel
 counts (``bench/infer.py``); the style embeddings (and the content's own embedding for
 ``strength`` < 1, colour matching) still come from the jitted JAX predictor, and the outputs
-equal the JAX backend's to ~1e-6.
+equal the JAX backend's to ~1e-6. It runs each image at its own multiple-of-4 size (buckets save
+onnxruntime no compilation), which is the result the bucketed JAX path gives too.
 
 **Files.** :meth:`Stylizer.stylize_files` is the batch pipeline used by the CLI: a thread pool
 decodes and pads images ahead of the device (a bounded prefetch window), batches are grouped by
@@ -132,7 +136,8 @@ BACKENDS = ("jax", "onnxruntime")
 #: Default working size of style images (shorter side, then centre square), as Magenta.
 DEFAULT_STYLE_SIZE = 256
 #: Default number of content images per device call on accelerators; on CPU the default is 1
-#: (bench/infer.py: per-image time on CPU grows with the batch, e.g. 186 -> 233 ms at 512^2).
+#: (bench/results/infer_cpu.json: per-image time on CPU grows with the batch, e.g. 87 -> 101 ms
+#: at 512^2, width 0.25, batch 1 -> 8).
 DEFAULT_BATCH_SIZE = 8
 
 
@@ -160,7 +165,8 @@ def _ladder(lo: int = 32, hi: int = 4096) -> tuple[int, ...]:
 
 
 #: Padded side lengths: ``{1, 1.25, 1.5, 1.75} x 2^k`` for 32 <= size < 4096 (all multiples
-#: of 4); larger sides are rounded up to a multiple of :data:`BEYOND_LADDER`.
+#: of 4); larger sides are rounded up to a multiple of :data:`BEYOND_LADDER` (of a custom
+#: ladder's top rung if that is smaller).
 DEFAULT_BUCKETS: tuple[int, ...] = _ladder()
 BEYOND_LADDER = 512
 
@@ -180,9 +186,19 @@ def trace_counts() -> dict[str, int]:
 # --------------------------------------------------------------------------------------------
 
 
+def _describe(x: Any) -> str:
+    """Shape (arrays) or a short repr, for messages."""
+    shape = getattr(x, "shape", None)
+    if shape is not None:
+        return f"shape {tuple(shape)}"
+    r = repr(x)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
 def bucket_side(n: int, buckets: Sequence[int] | None = DEFAULT_BUCKETS) -> int:
     """The padded length for a side of ``n`` pixels: the smallest rung >= ``n`` (beyond the
-    ladder: the next multiple of 512); ``buckets=None``: the next multiple of 4."""
+    ladder: the next multiple of 512, or of the top rung if that is smaller, so ``[64]`` pads
+    100 to 128, not 512); ``buckets=None``: the next multiple of 4 (at least 8)."""
     n = int(n)
     if n < 1:
         raise ValueError(f"side must be >= 1, got {n}")
@@ -191,7 +207,8 @@ def bucket_side(n: int, buckets: Sequence[int] | None = DEFAULT_BUCKETS) -> int:
     for b in buckets:
         if b >= n:
             return int(b)
-    return n + (-n) % BEYOND_LADDER
+    step = min(BEYOND_LADDER, int(max(buckets)))
+    return n + (-n) % step
 
 
 def bucket_shape(h: int, w: int, buckets: Sequence[int] | None = DEFAULT_BUCKETS) -> tuple[int, int]:
@@ -353,6 +370,29 @@ def _as_image_list(x: Any, what: str) -> tuple[list[Any], bool]:
                       f"got an array of shape {a.shape}")
 
 
+def _check_moment_values(m: np.ndarray) -> np.ndarray:
+    """``m`` (``[12]``, finite) if it is the colour moments of some image in [0, 1]: means in
+    [0, 1] and ``E[x x^T] - mean mean^T`` symmetric positive semi-definite (others gave black
+    or muddy images without a word); ConfigError otherwise."""
+    mean = m[:3].astype(np.float64)
+    cov = m[3:].astype(np.float64).reshape(3, 3) - np.outer(mean, mean)
+    tol = 1e-3
+    if (mean.min() < -tol or mean.max() > 1 + tol or np.abs(cov - cov.T).max() > tol
+            or np.linalg.eigvalsh(0.5 * (cov + cov.T)).min() < -tol):
+        raise ConfigError("palette_moments are not the colour moments of an image in [0, 1] "
+                          "(means in [0, 1], E[x x^T] - mean mean^T positive semi-definite): "
+                          "take them from Stylizer.palettes / color.color_moments")
+    return m
+
+
+def _check_weights_have_an_order(styles: Any, weights: Any) -> None:
+    """Weights go with the styles by position; a set has no fixed order (it changes with
+    PYTHONHASHSEED), so the weights would land on other styles from run to run."""
+    if weights is not None and isinstance(styles, collections.abc.Set):
+        raise ConfigError("weights go with the styles in order, and a set has none: pass the "
+                          "styles as a list or tuple")
+
+
 def _is_other_iterable(x: Any) -> bool:
     """A generator, set, dict view, ... of inputs (not an array, a path or a PIL image)."""
     return (isinstance(x, collections.abc.Iterable) and not hasattr(x, "__array__")
@@ -470,20 +510,22 @@ _align_jit = jax.jit(_align_impl, static_argnums=(0,), static_argnames=("use_con
 
 
 def _stylize_impl(graphdef, state, x, e, offset, small, styles, w, strength, moments, palette,
-                  hw, *, use_content: bool, luminance: bool, align: bool, out_uint8: bool):
+                  hw, *, use_content: bool, luminance: bool, align: bool, out_uint8: bool,
+                  masked: bool):
     """x: [B,H,W,3] content (uint8 or float); e: [B,D] target embeddings (None when styles are
     colour-matched per content: styles [N,S,S,3] + w [N]); offset: [B,G] the fitted styles'
     (mixed) gamma/beta offsets, or None; small: [B,S,S,3] content at the style
     working size (content embedding and colour matching); strength, palette: scalars;
     moments: [B,12] the styles' colour moments (None in match mode); hw: [B,2] unpadded sizes
-    (the palette measures the output's colours there); align: apply the palette."""
+    (the palette measures the output's colours there); align: apply the palette; masked: the
+    transfer network's statistics skip the bucket padding (hw)."""
     _TRACES["stylize"] += 1
     model = nnx.merge(graphdef, state)
     xf = _to_float01(x)
     e = _target_embedding(model, e, small, styles, w, strength, use_content=use_content)
     if offset is not None and use_content:  # the content's own conditioning has no offset
         offset = strength * offset
-    y = fit_style.transfer_with(model, xf, e, offset)
+    y = fit_style.transfer_with(model, xf, e, offset, hw if masked else None)
     if align:
         y = _apply_palette(model, y, moments, small, strength, palette, hw,
                            use_content=use_content, match=styles is not None)
@@ -495,7 +537,8 @@ def _stylize_impl(graphdef, state, x, e, offset, small, styles, w, strength, mom
 
 
 _stylize_jit = jax.jit(_stylize_impl, static_argnums=(0,),
-                       static_argnames=("use_content", "luminance", "align", "out_uint8"))
+                       static_argnames=("use_content", "luminance", "align", "out_uint8",
+                                        "masked"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -753,8 +796,11 @@ class Stylizer:
         if backend == "onnxruntime":
             from .onnx_export import OnnxTransfer
 
-            self._onnx = OnnxTransfer(model, threads=threads)
+            self._onnx = OnnxTransfer(model, threads=check_count(threads, "threads"))
         self.style_size = self._check_style_size(style_size)
+        if buckets is not None and not isinstance(buckets, collections.abc.Iterable):
+            raise ConfigError(f"buckets must be a list of side lengths (or None), got "
+                              f"{buckets!r}")
         self.buckets = None if buckets is None else tuple(
             sorted(check_count(b, "each bucket", 8) for b in buckets))
         if self.buckets is not None and (not self.buckets or any(b % 4 for b in self.buckets)):
@@ -767,6 +813,9 @@ class Stylizer:
         devs = list(jax.local_devices() if devices is None else devices)
         if not devs:
             raise ConfigError("no devices to run on")
+        if not all(isinstance(d, jax.Device) for d in devs):
+            raise ConfigError(f"devices must be jax devices (e.g. jax.local_devices()), got "
+                              f"{devs!r:.80}")
         self.mesh = Mesh(np.asarray(devs, dtype=object), ("data",))
         self._repl = NamedSharding(self.mesh, P())
         self._data = NamedSharding(self.mesh, P("data"))
@@ -801,11 +850,18 @@ class Stylizer:
             name = export.model_file(path)
             if not os.path.exists(name):
                 raise ModelError(f"{name}: no such model file")
-        if isinstance(dtype, str):
-            dtypes = {"float32": None, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-            if dtype not in dtypes:
+        dtypes = {"float32": None, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+        if dtype is not None:
+            try:  # strings and dtype objects (jnp.int8 ran, giving flat grey images)
+                key = dtype if isinstance(dtype, str) else jnp.dtype(dtype).name
+            except TypeError:
+                key = None
+            if key not in dtypes:
                 raise ConfigError(f"dtype must be one of {sorted(dtypes)}, got {dtype!r}")
-            dtype = dtypes[dtype]
+            dtype = dtypes[key]
+        if dtype is not None and kwargs.get("backend") == "onnxruntime":
+            raise ConfigError("the onnxruntime backend computes in float32: leave dtype out "
+                              "(bfloat16 is for the JAX backend on GPUs)")
         if vgg is None:
             from .vgg import load_vgg16
 
@@ -859,6 +915,8 @@ class Stylizer:
         else:
             u8 = None
         if u8 is not None:
+            if min(u8.shape[:2]) < 1:  # (the float path checks this in check_array_image)
+                raise ImageError(None, f"empty image (shape {u8.shape})")
             if max_side is not None and max(u8.shape[:2]) > max_side:
                 from PIL import Image
 
@@ -870,6 +928,11 @@ class Stylizer:
         return f
 
     def _style_small(self, x: ImageInput, size: int) -> np.ndarray:
+        if _is_fitted(x):  # (it was "not an image (cannot identify format)")
+            raise ConfigError(f"{getattr(x, 'path', None) or x}: a fitted style is not an "
+                              "image: it has no embedding or palette of its own to compute; "
+                              "use it as a style of stylize()/stylize_files() (style_parts() "
+                              "gives its embedding and offset)")
         if _is_path(x):
             img = images.load_image(x, max_pixels=self.max_pixels, max_side=8 * size)
         else:
@@ -1044,17 +1107,18 @@ class Stylizer:
             pick = np.random.default_rng(seed).choice(given, fit_style.MAX_PHOTOS, replace=False)
             photos = [photos[i] for i in sorted(pick)]
         work, skipped = [], []
-        for p in photos:
+        for i, p in enumerate(photos):
+            name = str(p) if _is_path(p) else f"photo {i}"
             try:
-                f = images.to_float(self.read(p, 8 * wsize))
+                f = images.to_float(_named(name, self.read, p, 8 * wsize))
             except NSTError as err:
                 skipped.append(str(err))
                 continue
             if min(f.shape[:2]) < 32:
-                skipped.append(f"{p if _is_path(p) else 'photo'}: smaller than 32 px")
+                skipped.append(f"{name}: smaller than 32 px")
                 continue
             if (why := images.blank_reason(f)) is not None:  # its gradient would be NaN
-                skipped.append(f"{p if _is_path(p) else 'photo'}: {why}")
+                skipped.append(f"{name}: {why}")
                 continue
             work.append(style_working_image(f, wsize))  # one shape: smaller photos upscaled
         if not work:
@@ -1083,6 +1147,9 @@ class Stylizer:
         e = self._finite_array(embeddings, "embeddings")
         if e.ndim == 1:
             e = e[None]
+        if e.ndim != 2:
+            raise ConfigError(f"mix takes [N, D] embeddings (or [N, 12] colour moments), got "
+                              f"shape {e.shape}")
         w = normalize_weights(weights, e.shape[0])
         return (w[:, None] * e).sum(0).astype(np.float32)
 
@@ -1151,6 +1218,7 @@ class Stylizer:
                          size), None
         items, _ = _as_image_list(style, "style")
         w = normalize_weights(weights, len(items))
+        _check_weights_have_an_order(style, weights)
         paths = tuple(os.path.realpath(os.fspath(p)) for p in items if _is_path(p))
         fitted = [_is_fitted(x) for x in items]
         if any(fitted) and mode == "match":
@@ -1181,15 +1249,20 @@ class Stylizer:
         return a
 
     def _check_moments(self, moments: Any, weights=None) -> np.ndarray:
-        """``[12]`` or ``[N, 12]`` (mixed with ``weights``) colour moments -> ``[12]``."""
-        m = np.asarray(moments, np.float32)
-        if m.ndim == 2:
+        """``[12]`` or ``[N, 12]`` (mixed with ``weights``) colour moments -> ``[12]``: the
+        moments of some image's pixels in [0, 1] (means in [0, 1], a positive semi-definite
+        covariance); others gave black or muddy images without a word."""
+        try:
+            m = np.asarray(moments, np.float32)
+        except (TypeError, ValueError):
+            m = np.full((0,), np.nan, np.float32)
+        if m.ndim == 2 and m.shape[-1] == color.MOMENTS_DIM:
             m = self.mix(m, weights)
         if m.shape != (color.MOMENTS_DIM,) or not np.all(np.isfinite(m)):
-            raise ConfigError(f"palette_moments must be finite with shape ({color.MOMENTS_DIM},) "
-                              f"or (N, {color.MOMENTS_DIM}) (Stylizer.palettes), got "
-                              f"{np.shape(moments)}")
-        return m
+            raise ConfigError(f"palette_moments must be finite numbers with shape "
+                              f"({color.MOMENTS_DIM},) or (N, {color.MOMENTS_DIM}) "
+                              f"(Stylizer.palettes), got {_describe(moments)}")
+        return _check_moment_values(m)
 
     # -- the device call --------------------------------------------------------------------
     def _dispatch(self, items: list[_Item], plan: _Plan, out_uint8: bool, cap: int):
@@ -1216,12 +1289,17 @@ class Stylizer:
         moments = self._item_moments(fill, plan)
         if moments is not None:
             moments = put(moments)
-        hw = put(np.asarray([it.hw for it in fill], np.int32)) if plan.align else None
+        # Bucketed: the network's statistics skip the padding. Exact sizes (buckets=None) run
+        # unmasked, bit for bit the network's own result on the image padded to a multiple of 4.
+        masked = self.buckets is not None
+        hw = (put(np.asarray([it.hw for it in fill], np.int32)) if plan.align or masked
+              else None)
         strength = jax.device_put(np.float32(plan.strength), self._repl)
         palette = jax.device_put(np.float32(plan.palette), self._repl)
         return _stylize_jit(self._graphdef, self._state, x, e, offset, small, styles, w,
                             strength, moments, palette, hw, use_content=plan.use_content,
-                            luminance=plan.luminance, align=plan.align, out_uint8=out_uint8)
+                            luminance=plan.luminance, align=plan.align, out_uint8=out_uint8,
+                            masked=masked)
 
     def _item_offsets(self, items: list[_Item], plan: _Plan) -> np.ndarray | None:
         """``[B, G]`` gamma/beta offsets of a batch (None when no fitted style takes part)."""
@@ -1255,13 +1333,22 @@ class Stylizer:
             e = np.asarray(_embedding_jit(self._graphdef, self._state, e, small, styles, w,
                                           np.float32(plan.strength),
                                           use_content=plan.use_content))
-        y = self._onnx.run_padded(np.asarray(xf, np.float32), e)  # (items are padded, checked)
+        hw = np.asarray([it.hw for it in items], np.int32)
+        # Each image at its own multiple-of-4 size (the first rows/columns of a bucket's
+        # reflection are that padding): the exact result, as the JAX path's masked network
+        # gives (onnxruntime compiles nothing per shape, so buckets save it nothing).
+        xf = np.asarray(xf, np.float32)
+        y = np.zeros(xf.shape, np.float32)
+        exact = [bucket_shape(h, w, None) for h, w in hw]
+        for shape in dict.fromkeys(exact):
+            i = [k for k, s in enumerate(exact) if s == shape]
+            y[i, : shape[0], : shape[1]] = self._onnx.run_padded(  # (padded, checked)
+                np.ascontiguousarray(xf[i, : shape[0], : shape[1]]), e[i])
         if plan.align:
             small = np.stack([it.small for it in items]) if plan.need_small else None
             y = np.asarray(_align_jit(self._graphdef, self._state, y,
                                       self._item_moments(items, plan), small,
-                                      np.float32(plan.strength), np.float32(plan.palette),
-                                      np.asarray([it.hw for it in items], np.int32),
+                                      np.float32(plan.strength), np.float32(plan.palette), hw,
                                       use_content=plan.use_content, match=plan.match))
         if plan.luminance:
             y = np.asarray(color.transfer_luminance(y, xf))
@@ -1332,6 +1419,7 @@ class Stylizer:
         ssize = self.style_size if style_size is None else self._check_style_size(style_size)
         items, _ = _as_image_list(style, "style")
         w = normalize_weights(weights, len(items))
+        _check_weights_have_an_order(style, weights)
         small = np.stack([self._style_small(x, ssize) for x in items])
         if embedding is None:
             e0 = (w[:, None] * self._embed(items, ssize, small)[0]).sum(0)
@@ -1457,13 +1545,16 @@ class Stylizer:
         plan.palette = self.model.palette if palette is None else check_palette(palette)
         ms: list[np.ndarray | None] = [None] * e.shape[0]
         if palette_moments is not None:
-            m = np.asarray(palette_moments, np.float32)
+            try:
+                m = np.asarray(palette_moments, np.float32)
+            except (TypeError, ValueError):
+                m = np.full((0,), np.nan, np.float32)
             m = np.broadcast_to(m, (e.shape[0],) + m.shape) if m.ndim == 1 else m
             if m.shape != (e.shape[0], color.MOMENTS_DIM) or not np.all(np.isfinite(m)):
                 raise ConfigError(f"palette_moments must be finite, [K, {color.MOMENTS_DIM}] with "
                                   f"K = {e.shape[0]} (or [{color.MOMENTS_DIM}]), got "
-                                  f"{np.shape(palette_moments)}")
-            ms = list(m)
+                                  f"{_describe(palette_moments)}")
+            ms = [_check_moment_values(mi) for mi in m]
             plan.moments = m[0]
         ds: list[np.ndarray | None] = [None] * e.shape[0]
         if offsets is not None:

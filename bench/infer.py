@@ -115,11 +115,15 @@ def bench_ours(st, size: int, batch: int, args, out_call=None) -> dict:
     m_host = np.repeat(np.asarray(color.color_moments(rng.random((32, 32, 3))), np.float32)[None],
                        b, 0)
     hw_host = np.full((b, 2), size, np.int32)
-    moments, hw = (put(m_host), put(hw_host)) if align else (None, None)
+    # (a bucketed Stylizer gives the network the image sizes, as users' calls do)
+    masked = st.buckets is not None
+    moments = put(m_host) if align else None
+    hw = put(hw_host) if align or masked else None
     t0 = time.perf_counter()
     lowered = inference._stylize_jit.lower(st._graphdef, st._state, x0, e0, None, None, None,
                                            None, strength, moments, palette, hw, use_content=False,
-                                           luminance=False, align=align, out_uint8=True)
+                                           luminance=False, align=align, out_uint8=True,
+                                           masked=masked)
     compiled = lowered.compile()
     compile_s = time.perf_counter() - t0
     mem = compiled.memory_analysis()

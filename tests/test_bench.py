@@ -93,12 +93,12 @@ def test_bench_scripts_give_one_error_line_for_bad_options(tmp_path):
 
 
 def test_bucketing_bench_measures_bucketed_against_exact():
-    """bench/bucketing.py: the padding it reports is the Stylizer's, an on-ladder size differs
-    by nothing, and an off-ladder size gives a non-zero difference (one small case each)."""
+    """bench/bucketing.py: the padding it reports is the Stylizer's, and the bucketed result
+    equals the exact one to float rounding on and off the ladder (one small case each)."""
     mod = _load("bucketing")
     on, off = mod.measure(cases=(("astronaut", 256), ("coffee", 100)), styles=("waves",),
                           edge=16)
     assert (on["h"], on["w"], on["bucket_h"], on["bucket_w"]) == (256, 256, 256, 256)
     assert on["max"] < 1e-5  # on a rung: no padding, the same result
     assert (off["h"], off["w"], off["bucket_h"], off["bucket_w"]) == (67, 100, 80, 112)
-    assert off["mean"] > 0 and off["max"] >= off["p99"] > 0
+    assert off["max"] < 1e-5 and off["max"] >= off["p99"]

@@ -213,3 +213,23 @@ def test_align_to_moments_exact_gradient(imgs):
     g = jax.grad(lambda z: jnp.sum(color.align_to_moments(
         z, target.astype(np.float32), 0.5, exact_gradient=True) * jnp.arange(3.0)))(grey)
     assert np.all(np.isfinite(np.asarray(g)))
+
+
+def test_integer_images_are_read_as_the_package_reads_them(rng):
+    """uint8 is 0..255 and uint16 0..65535 (they were taken as floats up to 255: moments ~144,
+    clipped matches); other integer types are refused."""
+    from arbitrary_nst.errors import ConfigError
+
+    x = rng.random((12, 10, 3)).astype(np.float32)
+    u8 = np.round(x * 255).astype(np.uint8)
+    f = u8.astype(np.float32) / 255
+    u16 = (f.astype(np.float64) * 65535).round().astype(np.uint16)
+    for fn in (color.color_moments, color.luminance, color.rgb_to_yiq,
+               lambda a: color.match_color(a, a[::-1]),
+               lambda a: color.transfer_luminance(a, a[:, ::-1]),
+               lambda a: color.color_stats(a)[1]):
+        want = np.asarray(fn(f))
+        np.testing.assert_allclose(np.asarray(fn(u8)), want, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(fn(u16)), want, atol=1e-4)
+    with pytest.raises(ConfigError, match="int32"):
+        color.color_moments(u8.astype(np.int32))

@@ -235,6 +235,17 @@ def test_file_roundtrip_atomic_and_errors(st, fitted, tmp_path):
         fit_style.FittedStyle.load(tmp_path / "foreign.npz")
     with pytest.raises(ModelError, match="no such file"):
         st.stylize(smooth_image(40, 40, 1), str(tmp_path / "missing.npz"))
+    np.savez(tmp_path / "objects.npz", meta=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ModelError, match="holds Python objects"):  # (it advised allow_pickle)
+        fit_style.FittedStyle.load(tmp_path / "objects.npz")
+    # the loss history is a record: a NaN there does not make the style unusable
+    with np.load(p) as z:
+        parts = dict(z)
+    parts["history"] = np.full_like(parts["history"], np.nan)
+    np.savez(tmp_path / "nan_history.npz", **parts)
+    np.testing.assert_array_equal(
+        fit_style.FittedStyle.load(tmp_path / "nan_history.npz").conditioning,
+        fitted.conditioning)
     alien = dataclasses.replace(fitted, fingerprint="0" * 16)
     with pytest.raises(ConfigError, match="another model"):
         st.stylize(smooth_image(40, 40, 1), alien)
@@ -262,7 +273,11 @@ def test_stylizer_errors_and_bad_photos(st, fitted, photos, tmp_path):
     fs = st.fit_style(smooth_image(40, 40, 3), [np.full((40, 40, 3), 0.9, np.float32), good],
                       steps=2, size=32)
     assert fs.info["photos"] == 1 and "blank (pixel std" in fs.info["skipped"][0]
+    assert fs.info["skipped"][0].startswith("photo 0: ")  # which photo (it was not said)
     assert np.all(np.isfinite(fs.conditioning))
+    nan_photo = np.full((40, 40, 3), np.nan, np.float32)
+    fs = st.fit_style(smooth_image(40, 40, 3), [good, nan_photo], steps=1, size=32)
+    assert fs.info["skipped"] == ["photo 1: image array contains NaN or infinite values"]
     fs = st.fit_style(smooth_image(40, 40, 3),  # a flat colour is as blank as a grey
                       [np.full((40, 40, 3), (0.47, 0.12, 0.12), np.float32), good],
                       steps=2, size=32)

@@ -109,6 +109,8 @@ def test_bucket_ladder():
         assert n <= bucket_side(n) < 1.25 * n + 4
     assert bucket_side(1) == 32 and bucket_side(257) == 320
     assert bucket_side(5000) == 5120  # beyond the ladder: multiples of 512
+    assert bucket_side(100, (64,)) == 128 and bucket_side(700, (64, 1024)) == 1024  # (top rung)
+    assert bucket_side(1100, (64, 1024)) == 1536
     assert bucket_side(37, None) == 40 and bucket_side(3, None) == 8
     assert bucket_shape(33, 47) == (40, 48)
 
@@ -226,6 +228,22 @@ def test_odd_sizes_are_exact(st):
         y = st.stylize(c, style=smooth_image(40, 40, 9))
         assert y.shape == (h, w, 3) and y.dtype == np.float32
         assert np.isfinite(y).all() and y.min() >= 0 and y.max() <= 1
+
+
+def test_bucketed_results_equal_exact_sizes(model_path, vgg):
+    """Padding to a bucket does not change the image: the transfer network's statistics skip
+    the padding and its convs read the image's own reflection beyond the edge, so any bucket
+    gives buckets=None's result (small or large padding, a size off multiples of 4, a batch of
+    two sizes in one bucket, both backends)."""
+    cs = [smooth_image(101, 107, 5), smooth_image(99, 110, 6)]
+    style = smooth_image(40, 40, 9)
+    exact = Stylizer.load(model_path, vgg=vgg, style_size=SS, buckets=None)
+    want = [exact.stylize(c, style) for c in cs]
+    for kw in ({"buckets": (112,)}, {"buckets": (256,)}, {"backend": "onnxruntime"}):
+        st = Stylizer.load(model_path, vgg=vgg, style_size=SS, batch_size=2, **kw)
+        assert st.padded_shape(*cs[0].shape[:2]) == st.padded_shape(*cs[1].shape[:2])
+        for got, ref in zip(st.stylize(cs, style), want):
+            np.testing.assert_allclose(got, ref, atol=1e-5, err_msg=str(kw))
 
 
 def test_input_types_agree(st, files):
@@ -418,6 +436,64 @@ def test_constructor_options_are_checked(model_path, vgg):
             Stylizer.load(model_path, vgg=vgg, **kw)
     with pytest.raises(ConfigError, match="model path must be a path"):
         Stylizer.load(5, vgg=vgg)
+
+
+def test_api_arguments_that_ran_silently_or_raised_raw(st, model_path, vgg, files):
+    """Each of these ran with a wrong result (a set's order decided the mix, True counted as 1,
+    jnp.int8 gave grey images, impossible palette moments gave black ones) or raised a raw
+    TypeError/ValueError/ZeroDivisionError: now one ConfigError/ImageError each."""
+    import jax.numpy as jnp
+
+    from arbitrary_nst.errors import check_count
+
+    c = smooth_image(40, 48, 1)
+    sa, sb = files["style_a"], files["style_b"]
+    with pytest.raises(ConfigError, match="a set has none"):
+        st.stylize(c, {str(sa), str(sb)}, weights=[1, 0])
+    assert st.stylize(c, {str(sa)}).shape == (40, 48, 3)  # (a set without weights is fine)
+    with pytest.raises(ConfigError, match="got True"):
+        check_count(True, "x")
+    with pytest.raises(ConfigError, match="max_size"):
+        st.stylize(c, sa, max_size=True)
+    for dtype in (jnp.int8, 5, "int8"):
+        with pytest.raises(ConfigError, match="dtype must be one of"):
+            Stylizer.load(model_path, vgg=vgg, dtype=dtype)
+    assert Stylizer.load(model_path, vgg=vgg, dtype=np.float32).model is not None
+    with pytest.raises(ConfigError, match="onnxruntime backend computes in float32"):
+        Stylizer.load(model_path, vgg=vgg, dtype="bfloat16", backend="onnxruntime")
+    e = st.embed(sa)[0]
+    good = st.palettes(sa)[0]
+    for bad in (-np.ones(12), np.r_[good[:3], -good[3:]]):  # means < 0; negative variance
+        with pytest.raises(ConfigError, match="not the colour moments of an image"):
+            st.transfer(c, e, palette_moments=bad)
+        with pytest.raises(ConfigError, match="not the colour moments of an image"):
+            st.stylize(c, embedding=e, palette_moments=bad)
+    for call in (lambda: st.transfer(c, e, palette_moments="x"),
+                 lambda: st.stylize(c, embedding=e, palette_moments="x")):
+        with pytest.raises(ConfigError, match="palette_moments must be finite"):
+            call()
+    np.testing.assert_allclose(st.transfer(c, e, palette_moments=good),
+                               st.stylize(c, embedding=e, palette_moments=good), atol=1e-5)
+    with pytest.raises(ImageError, match="^content image: empty image"):
+        st.stylize(np.zeros((0, 5, 3), np.uint8), sa)
+    with pytest.raises(ImageError, match="^content image: empty image"):
+        st.stylize(Image.new("RGB", (0, 0)), sa)
+    with pytest.raises(ImageError, match="^style image: empty image"):
+        st.stylize(c, np.zeros((0, 0, 3), np.uint8))
+    with pytest.raises(ImageError, match="^content image: empty image"):
+        st.transfer(np.zeros((0, 4, 3), np.uint8), e)
+    for kw, needle in (({"backend": "onnxruntime", "threads": "x"}, "threads"),
+                       ({"backend": "onnxruntime", "threads": 1.5}, "threads"),
+                       ({"buckets": 64}, "list of side lengths"),
+                       ({"devices": ["cpu"]}, "jax devices")):
+        with pytest.raises(ConfigError, match=needle):
+            Stylizer(st.model, **kw)
+    with pytest.raises(ConfigError, match="mix takes"):
+        st.mix(np.zeros((1, 3, st.embedding_dim)))
+    fitted = st.fit_style(sa, [smooth_image(40, 40, 2)], steps=1, size=32)
+    for call in (st.embed, st.palettes):
+        with pytest.raises(ConfigError, match="a fitted style is not an image"):
+            call(fitted)
 
 
 def test_a_single_path_is_one_input_not_its_characters(st, files, tmp_path):

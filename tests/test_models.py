@@ -20,7 +20,7 @@ from arbitrary_nst.models import (CIN_LAYER_NAMES, ArbitraryStyleModel, Transfer
                                   cin_layer_channels, param_count)
 from arbitrary_nst.models.predictor import pooled_statistics
 from arbitrary_nst.models.transfer import (conditional_instance_norm, instance_norm,
-                                           upsample_nearest)
+                                           upsample_nearest, valid_region_mask)
 from arbitrary_nst.vgg import FrozenWeight
 
 
@@ -114,6 +114,61 @@ def test_conditional_instance_norm_matches_numpy(rng):
     np.testing.assert_allclose(xh.mean(axis=(1, 2)), 0, atol=1e-5)
     # bf16 input: statistics still in float32, output float32.
     assert conditional_instance_norm(jnp.asarray(x, jnp.bfloat16), g, b).dtype == jnp.float32
+
+
+def test_masked_instance_norm_takes_statistics_over_the_region_only(rng):
+    """With a mask, each example is normalized with its region's mean and variance (numpy on
+    the cropped region is the reference); the padding is normalized with the same numbers."""
+    x = rng.normal(3.0, 2.0, (2, 12, 16, 4)).astype(np.float32)
+    x[0, 8:] += 50.0  # padding with other statistics: must not count
+    x[0, :, 12:] -= 30.0
+    mask = np.zeros((2, 12, 16), np.float32)
+    mask[0, :8, :12] = 1
+    mask[1] = 1
+    got = np.asarray(instance_norm(jnp.asarray(x), mask=jnp.asarray(mask)))
+    for i, (h, w) in enumerate(((8, 12), (12, 16))):
+        r = x[i, :h, :w]
+        want = (x[i] - r.mean((0, 1))) / np.sqrt(r.var((0, 1)) + 1e-5)
+        np.testing.assert_allclose(got[i], want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got[1], np.asarray(instance_norm(jnp.asarray(x[1:])))[0],
+                               atol=1e-5)  # a full mask is the plain norm
+    # the mask of a feature map at stride s: the region rounded up to a multiple of 4, / s
+    hw = jnp.asarray([[37, 45], [40, 48]])
+    for s, (rows, cols) in ((1, (40, 48)), (2, (20, 24)), (4, (10, 12))):
+        m = np.asarray(valid_region_mask(hw, jnp.zeros((2, 64 // s, 80 // s, 1)), s))
+        assert m.shape == (2, 64 // s, 80 // s)
+        assert m[0].sum() == m[1].sum() == rows * cols and m[0, rows - 1, cols - 1] == 1
+    assert valid_region_mask(None, jnp.zeros((1, 8, 8, 1)), 1) is None
+
+
+def test_padded_content_with_valid_hw_is_the_unpadded_result(rng):
+    """Content padded to a larger shape (a Stylizer bucket) with ``valid_hw``: the statistics
+    skip the padding and the convs read the region's own reflection beyond its edge, so the
+    result is the run on the image padded to a multiple of 4 only (for sizes off and on
+    multiples of 4, two examples of different sizes in one batch). Without ``valid_hw``
+    every pixel depends on the padding."""
+    from arbitrary_nst.inference import pad_to
+
+    net = TransferNetwork(width=0.25, rngs=nnx.Rngs(3))
+    for _, var in nnx.to_flat_state(nnx.state(net, nnx.Param)):  # weights that mix pixels
+        v = var.get_value()
+        if v.ndim == 4:
+            var.set_value(jnp.asarray(rng.normal(0, 1 / np.sqrt(np.prod(v.shape[:3])), v.shape),
+                                      jnp.float32))
+    gb = [(jnp.asarray(rng.normal(1, 0.3, (2, c)), jnp.float32),
+           jnp.asarray(rng.normal(0, 0.3, (2, c)), jnp.float32)) for c in net.cin_channels]
+    sizes = ((101, 118), (64, 80))
+    xs = [np.asarray(images(rng, h, w, 3)).cumsum(0).cumsum(1) / 200.0 % 1.0 for h, w in sizes]
+    padded = jnp.asarray(np.stack([pad_to(x, (128, 160)) for x in xs]))
+    masked = np.asarray(nnx.jit(lambda n, c, g, v: n(c, g, v))(
+        net, padded, gb, jnp.asarray(sizes)))
+    unmasked = np.asarray(run_net(net, padded, gb))
+    for i, (x, (h, w)) in enumerate(zip(xs, sizes)):
+        x4 = pad_to(x, ((h + 3) // 4 * 4, (w + 3) // 4 * 4))[None]
+        exact = np.asarray(run_net(net, jnp.asarray(x4), [(g[i:i + 1], b[i:i + 1])
+                                                          for g, b in gb]))[0, :h, :w]
+        np.testing.assert_allclose(masked[i, :h, :w], exact, atol=2e-5)
+        assert np.abs(unmasked[i, :h, :w] - exact).mean() > 1e-2
 
 
 def test_upsample_nearest_is_resize_nearest_neighbor(rng):

@@ -2,7 +2,8 @@
 
 :class:`ArbitraryStyleModel` combines
 
-* :class:`~arbitrary_nst.models.predictor.StylePredictor`: style image -> 100-d embedding ->
+* :class:`~arbitrary_nst.models.predictor.StylePredictor`: style image -> embedding
+  (``embedding_dim``: 100 by default, 164 in the built-in model) ->
   (gamma, beta) for each of the transfer network's 13 CIN layers;
 * :class:`~arbitrary_nst.models.transfer.TransferNetwork`: content + (gamma, beta) -> stylized.
 
@@ -129,10 +130,13 @@ class ArbitraryStyleModel(nnx.Module):
         """``[B, H, W, 3]`` style images in [0, 1] (any H, W >= 32) -> ``[B, embedding_dim]``."""
         return self.predictor.embed(style)
 
-    def transfer(self, content: jax.Array, embedding: jax.Array) -> jax.Array:
+    def transfer(self, content: jax.Array, embedding: jax.Array,
+                 valid_hw: jax.Array | None = None) -> jax.Array:
         """Stylize ``[B, H, W, 3]`` content with ``[B, D]`` (or ``[1, D]``/``[D]``, shared)
-        embeddings. Returns float32 ``[B, H, W, 3]`` in [0, 1]."""
-        return self.transfer_net(content, self.predictor.gamma_beta(embedding))
+        embeddings; ``valid_hw`` ``[B, 2]``: unpadded sizes of padded content (see
+        :class:`~arbitrary_nst.models.transfer.TransferNetwork`). Returns float32
+        ``[B, H, W, 3]`` in [0, 1]."""
+        return self.transfer_net(content, self.predictor.gamma_beta(embedding), valid_hw)
 
     def palette_moments(self, style: jax.Array) -> jax.Array:
         """``[B, H, W, 3]`` style images -> ``[B, 12]`` colour moments (the palette target;

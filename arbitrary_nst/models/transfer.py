@@ -98,23 +98,73 @@ def cin_layer_channels(width: float = 1.0) -> tuple[int, ...]:
     return tuple([_channels(w, 128)] * 10 + [_channels(w, 64), _channels(w, 32), 3])
 
 
-def instance_norm(x: jax.Array, eps: float = EPS) -> jax.Array:
-    """Per-example, per-channel normalization over H and W, computed in float32 (returns f32)."""
+def instance_norm(x: jax.Array, eps: float = EPS, mask: jax.Array | None = None) -> jax.Array:
+    """Per-example, per-channel normalization over H and W, computed in float32 (returns f32).
+
+    ``mask`` (``[B, H, W]``, 1/0): the statistics are taken over the pixels where it is 1 only
+    (every pixel is still normalized); ``None``: over all pixels."""
     xf = x.astype(jnp.float32)
-    mean = jnp.mean(xf, axis=(1, 2), keepdims=True)
-    var = jnp.mean(jnp.square(xf - mean), axis=(1, 2), keepdims=True)
+    if mask is None:
+        mean = jnp.mean(xf, axis=(1, 2), keepdims=True)
+        var = jnp.mean(jnp.square(xf - mean), axis=(1, 2), keepdims=True)
+    else:
+        m = mask.astype(jnp.float32)[..., None]
+        n = jnp.maximum(jnp.sum(m, axis=(1, 2), keepdims=True), 1.0)
+        mean = jnp.sum(xf * m, axis=(1, 2), keepdims=True) / n
+        var = jnp.sum(jnp.square(xf - mean) * m, axis=(1, 2), keepdims=True) / n
     return (xf - mean) * jax.lax.rsqrt(var + eps)
 
 
 def conditional_instance_norm(x: jax.Array, gamma: jax.Array, beta: jax.Array,
-                              eps: float = EPS) -> jax.Array:
+                              eps: float = EPS, mask: jax.Array | None = None) -> jax.Array:
     """``gamma * instance_norm(x) + beta`` with ``gamma``, ``beta`` of shape ``[B, C]`` (or
-    ``[1, C]`` / ``[C]``, broadcast). Returns float32."""
+    ``[1, C]`` / ``[C]``, broadcast); ``mask``: see :func:`instance_norm`. Returns float32."""
     g = jnp.asarray(gamma, jnp.float32)
     b = jnp.asarray(beta, jnp.float32)
     g = g.reshape((-1, 1, 1, g.shape[-1]))
     b = b.reshape((-1, 1, 1, b.shape[-1]))
-    return instance_norm(x, eps) * g + b
+    return instance_norm(x, eps, mask) * g + b
+
+
+def valid_region_limits(valid_hw: jax.Array | None, stride: int) -> jax.Array | None:
+    """``[B, 2]`` rows and columns of each example's own region in a feature map at ``stride``
+    (1, 2 or 4) of the input: its unpadded size ``valid_hw`` rounded up to a multiple of 4 and
+    at least :data:`MIN_SIZE` (the image the network runs on without a bucket:
+    ``inference.bucket_shape(h, w, None)``), divided by the stride. ``None`` -> ``None``."""
+    if valid_hw is None:
+        return None
+    hw4 = jnp.maximum((jnp.asarray(valid_hw, jnp.int32) + 3) // 4 * 4, MIN_SIZE)
+    return (hw4 + stride - 1) // stride
+
+
+def valid_region_mask(valid_hw: jax.Array | None, x: jax.Array, stride: int) -> jax.Array | None:
+    """``[B, H', W']`` 1/0 mask of each example's own region (:func:`valid_region_limits`) in
+    the feature map ``x`` at ``stride``. ``None`` -> ``None`` (statistics over the whole map)."""
+    if valid_hw is None:
+        return None
+    lim = valid_region_limits(valid_hw, stride)
+    rows = jnp.arange(x.shape[1])[None, :, None] < lim[:, 0, None, None]
+    cols = jnp.arange(x.shape[2])[None, None, :] < lim[:, 1, None, None]
+    return (rows & cols).astype(jnp.float32)
+
+
+def reflect_beyond(padded: jax.Array, limits: jax.Array, p: int) -> jax.Array:
+    """``padded``: a ``[B, H + 2p, W + 2p, C]`` map reflect-padded by ``p``; ``limits``
+    (``[B, 2]`` rows, cols): each example's region in the unpadded map. Returns it with the
+    ``p`` rows and columns after each region replaced by the region's reflection (what a conv
+    with reflect padding ``p`` reads at the edge of a map of the region's size). Only those
+    change: a ``p``-row slice per example, not the whole map (rows first, then columns: the
+    corners are reflected in both, as ``numpy.pad``'s)."""
+    def one(xi: jax.Array, lim: jax.Array) -> jax.Array:
+        for axis in (0, 1):
+            # padded index of the region's last row is p + L - 1; rows p + L - 1 + k (k = 1..p)
+            # take rows p + L - 1 - k, i.e. the slice [L - 1, L - 1 + p) reversed
+            src = jax.lax.dynamic_slice_in_dim(xi, lim[axis] - 1, p, axis=axis)
+            xi = jax.lax.dynamic_update_slice_in_dim(xi, jnp.flip(src, axis), lim[axis] + p,
+                                                     axis=axis)
+        return xi
+
+    return jax.vmap(one)(padded, limits)
 
 
 def upsample_nearest(x: jax.Array, factor: int = 2) -> jax.Array:
@@ -143,7 +193,11 @@ class ReflectConv(nnx.Module):
         self.stride = stride
         self.dtype = dtype
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, limits: jax.Array | None = None) -> jax.Array:
+        """``limits`` (``[B, 2]``, stride-1 convs): each example's region in a larger (padded)
+        map; the conv then reads the reflection of that region beyond it, as it does at the
+        edge of a map of the region's size (stride-2 convs of even-sized regions never read
+        beyond it)."""
         if self.dtype is not None:
             x = x.astype(self.dtype)
         p = self.kernel_size // 2
@@ -153,6 +207,8 @@ class ReflectConv(nnx.Module):
             return jax.lax.conv_general_dilated(x, k, (self.stride,) * 2, "VALID",
                                                 dimension_numbers=dn)
         x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect")
+        if limits is not None and self.stride == 1:
+            x = reflect_beyond(x, jnp.asarray(limits, jnp.int32), p)
         if self.stride == 1 and PADDED_STRIDE1_CONV:
             # Same values as the VALID conv (its output is the centre of this one; tested
             # bit-identical), but XLA:CPU runs the zero-padded form through a faster kernel.
@@ -170,17 +226,22 @@ class InstanceNorm(nnx.Module):
         self.scale = nnx.Param(jnp.asarray(np.ones((channels,), np.float32)))
         self.offset = nnx.Param(jnp.asarray(np.zeros((channels,), np.float32)))
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return instance_norm(x) * self.scale[...] + self.offset[...]
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        return instance_norm(x, mask=mask) * self.scale[...] + self.offset[...]
 
 
 class TransferNetwork(nnx.Module):
     """Magenta's CIN transformer (see the module docstring).
 
-    ``net(content, gammas_betas)``: ``content`` is ``[B, H, W, 3]`` RGB in [0, 1];
-    ``gammas_betas`` is a sequence of 13 ``(gamma, beta)`` pairs, one per CIN layer in
+    ``net(content, gammas_betas, valid_hw=None)``: ``content`` is ``[B, H, W, 3]`` RGB in
+    [0, 1]; ``gammas_betas`` is a sequence of 13 ``(gamma, beta)`` pairs, one per CIN layer in
     :data:`CIN_LAYER_NAMES` order, each ``[B, C]`` (or ``[1, C]`` to share a style across the
-    batch). Returns ``[B, H, W, 3]`` float32 in [0, 1].
+    batch). ``valid_hw`` (``[B, 2]``, optional): each example's size before it was padded to
+    ``H x W`` (a shape bucket); every normalization then takes its statistics over that region
+    (rounded up to a multiple of 4, :func:`valid_region_limits`) and every stride-1 conv reads
+    the region's own reflection beyond its edge (:func:`reflect_beyond`), so inside the region
+    the output is the network's result on the image padded to a multiple of 4 only (equal to
+    float rounding, ~1e-6), whatever the padding. Returns ``[B, H, W, 3]`` float32 in [0, 1].
     """
 
     def __init__(self, width: float = 1.0, *, dtype=None, rngs: nnx.Rngs):
@@ -203,7 +264,8 @@ class TransferNetwork(nnx.Module):
         x = jax.nn.relu(x)
         return x if self.dtype is None else x.astype(self.dtype)
 
-    def __call__(self, content: jax.Array, gammas_betas: Sequence[GammaBeta]) -> jax.Array:
+    def __call__(self, content: jax.Array, gammas_betas: Sequence[GammaBeta],
+                 valid_hw: jax.Array | None = None) -> jax.Array:
         if content.ndim != 4 or content.shape[-1] != 3:
             raise ConfigError(f"content must be NHWC RGB, got shape {content.shape}")
         h, w = content.shape[1:3]
@@ -218,19 +280,31 @@ class TransferNetwork(nnx.Module):
                                   f"beta {b.shape}")
         gb = dict(zip(CIN_LAYER_NAMES, gammas_betas))
         ct = self.contract
+        # Padded input (a shape bucket): statistics over each example's own region at every
+        # scale, so the padding changes only pixels within the receptive field of its edge.
+        # and the stride-1 convs read the reflection of that region beyond it: in the region,
+        # the result is the unpadded run's (to float rounding), whatever the bucket.
+        mask = lambda x, s: valid_region_mask(valid_hw, x, s)  # noqa: E731
+        lim1, lim2, lim4 = (valid_region_limits(valid_hw, s) for s in (1, 2, 4))
         x = content.astype(jnp.float32)
-        x = self._act(ct["norm1"](ct["conv1"](x)))
-        x = self._act(ct["norm2"](ct["conv2"](x)))
-        x = ct["norm3"](ct["conv3"](x))
-        x = jax.nn.relu(x)  # float32 residual stream
+        x = ct["conv1"](x, lim1)
+        x = self._act(ct["norm1"](x, mask(x, 1)))
+        x = ct["conv2"](x)
+        x = self._act(ct["norm2"](x, mask(x, 2)))
+        x = ct["conv3"](x)
+        m4 = mask(x, 4)
+        x = jax.nn.relu(ct["norm3"](x, m4))  # float32 residual stream
         for i in range(1, 6):
             n1, n2 = f"residual{i}_conv1", f"residual{i}_conv2"
-            r = self._act(conditional_instance_norm(self.residual[n1](x), *gb[n1]))
-            x = x + conditional_instance_norm(self.residual[n2](r), *gb[n2])
-        for name in ("expand_conv1", "expand_conv2"):
+            r = self._act(conditional_instance_norm(self.residual[n1](x, lim4), *gb[n1],
+                                                    mask=m4))
+            x = x + conditional_instance_norm(self.residual[n2](r, lim4), *gb[n2], mask=m4)
+        for name, stride, lim in (("expand_conv1", 2, lim2), ("expand_conv2", 1, lim1)):
             x = upsample_nearest(x if self.dtype is None else x.astype(self.dtype))
-            x = self._act(conditional_instance_norm(self.expand[name](x), *gb[name]))
-        y = conditional_instance_norm(self.expand["expand_conv3"](x), *gb["expand_conv3"])
+            x = self.expand[name](x, lim)
+            x = self._act(conditional_instance_norm(x, *gb[name], mask=mask(x, stride)))
+        y = self.expand["expand_conv3"](x, lim1)
+        y = conditional_instance_norm(y, *gb["expand_conv3"], mask=mask(y, 1))
         y = jax.nn.sigmoid(y)
         return y[:, :h, :w, :]
 
