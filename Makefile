@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 WEIGHTS_STAMP := $(VENV)/.vgg16-ready
 PYTEST_ARGS ?=
 
-.PHONY: env weights test demo bench clean-env
+.PHONY: env weights test demo clean-env
 
 env: $(STAMP)
 

@@ -7,7 +7,8 @@
 
 Re-running with the same ``--workdir`` resumes from its latest checkpoint (exactly: same
 parameters, optimizer state and data order as an uninterrupted run). Ctrl-C / SIGTERM finish the
-current step, save a checkpoint and exit cleanly. At the end the inference weights are exported
+current step, save a checkpoint and the export, then die of that signal (exit status 130 /
+143), so a script running several stages stops too. At the end the inference weights are exported
 to ``--export`` (default ``WORKDIR/model.safetensors``). See ``arbitrary_nst/training.py``.
 
     python train.py --config configs/cpu_small.py --objective builtin workdirs/run1 [...]

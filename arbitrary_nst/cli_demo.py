@@ -3,7 +3,8 @@
 Writes the built-in images (photos from the scikit-image wheel; procedurally generated paintings
 that no model has seen in training) to ``OUT/inputs``, then with the built-in model:
 
-* ``OUT/stylized/{content}__{style}.png`` for every built-in photo x generated style (batch path);
+* ``OUT/stylized/{content}__{style}.png`` for the 3 demo photos (:data:`DEMO_CONTENTS`) x the 4
+  generated styles (batch path);
 * ``OUT/interpolation.png``: a strip mixing two styles' embeddings;
 * ``OUT/strength_sweep.png``: strength 0 -> 1 for one style.
 

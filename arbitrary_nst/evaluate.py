@@ -34,10 +34,12 @@ Magenta's loss network):
 * ``style_gram``: Magenta's style loss, sum over relu1_2, relu2_2, relu3_3, relu4_3 of
   0.5e-3 x mean squared difference of Gram matrices (normalized by H*W) to the style image at the
   same longer side (the per-layer values are in the CSV as ``gram_<layer>``).
-* Two style measures no method trains on: ``meanstd_relu5_1`` (mean squared difference of the
-  per-channel mean plus that of the standard deviation at relu5_1, the deepest layer, which
-  neither our model's loss nor Magenta's touches) and ``color_hist`` (1 - intersection of the
-  8x8x8-bin RGB histograms of output and style image; 0 = same colour distribution, 1 = disjoint).
+* Two style measures that neither our model nor the peer trains on: ``meanstd_relu5_1`` (mean
+  squared difference of the per-channel mean plus that of the standard deviation at relu5_1,
+  the deepest layer, which neither our model's loss nor Magenta's touches; Gatys' Gram loss
+  does include relu5_1, ``gatys.GATYS_STYLE_LAYERS``, which favours it there) and
+  ``color_hist`` (1 - intersection of the 8x8x8-bin RGB histograms of output and style image;
+  0 = same colour distribution, 1 = disjoint).
 * ``seconds``: time per image of the method (feed-forward: the transfer call with the style
   embedding cached, compile excluded and reported once as ``compile_seconds``; Gatys: batch time
   / batch size, compile included).

@@ -6,7 +6,7 @@ and the model config in the safetensors header ``metadata`` (string -> string):
 
 * ``format``: ``arbitrary_nst.arbitrary_style_model``; ``format_version``: ``1``;
 * ``model_config``: JSON of :meth:`ArbitraryStyleModel.config` (width, embedding_dim,
-  hidden_dim, style_taps, feature_norm, vgg_pooling);
+  hidden_dim, style_taps, feature_norm, vgg_pooling, palette, ...);
 * ``info``: free-form JSON (training step, config name, ...), optional.
 
 The frozen VGG16 is *not* stored (it is ~59 MB and the same for every model): loading rebuilds it

@@ -13,14 +13,15 @@ For every (size, batch) it measures, each in a fresh subprocess (so peak memory 
   chunk (``memory_analysis``); on GPU ``peak_bytes_in_use``.
 * **PyTorch** (``bench/torch_gatys.py``: same VGG16 weights, loss, pixel parameterization and
   start, ``torch.optim.LBFGS`` eager with its strong-Wolfe line search): a warm-up iteration,
-  then ``iters`` timed iterations; same numbers. Only for ``--torch-configs`` (eager torch is
-  about 10x slower than the compiled JAX loop on this CPU, so the big batches would take hours).
+  then ``iters`` timed iterations; same numbers. Only for ``--torch-configs`` (eager torch
+  takes 1.04-2.01x the JAX loop's time per iteration on this CPU, ``gatys_cpu.json``, so the
+  big batches would take hours).
   Skipped if torch is not importable. Torch is not a project requirement:
   ``pip install torch==2.13.0`` (CPU wheel).
 
 The table shows the speed ratio JAX/torch (iterations/s) and the final-loss ratio after the same
-number of iterations from the same start, and the batch efficiency: example-iterations/s of a
-batch of B relative to B=1 (> 1 means B pairs cost less than B runs of one pair). Results go to
+number of iterations from the same start, and the batch efficiency: example loss evaluations/s
+of a batch of B relative to B=1 (> 1 means B pairs cost less than B runs of one pair). Results go to
 ``bench/results/gatys_<platform>.json``.
 
 Images: the built-in sample photos (astronaut, chelsea, coffee, rocket, motorcycle, cycled over

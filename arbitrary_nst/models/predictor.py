@@ -1,4 +1,7 @@
-"""Style prediction network: style image -> 100-d embedding -> per-layer CIN gammas and betas.
+"""Style prediction network: style image -> embedding -> per-layer CIN gammas and betas.
+
+(The embedding has ``embedding_dim`` numbers: 100 by default, as Magenta's bottleneck; the
+built-in model's is 164. "100" below is that default.)
 
 Magenta (Ghiasi et al. 2017) runs a pretrained Inception-v3 up to ``Mixed_6e``, averages it over
 H and W, projects to a 100-d "bottleneck" with a 1x1 conv and predicts every CIN layer's gamma and
