@@ -14,8 +14,10 @@ One training step (:func:`make_train_step`) is a single ``jax.jit`` with the tra
 5. NaN guard: if the loss or the gradient norm is not finite, the update is *skipped* inside the
    step (state unchanged) and the step number is recorded in ``state.bad_step``; the host checks
    it at every log interval and before every checkpoint, then stops with
-   :class:`TrainingDiverged`, so a poisoned state is never saved and the last good checkpoint is
-   kept. No host sync per step otherwise.
+   :class:`TrainingDiverged`, so non-finite weights are never saved (the update is skipped when
+   the new weights would not be finite either). Finite but useless weights (a learning rate of
+   1e30) can be: the message then names the checkpoints to delete. No host sync per step
+   otherwise.
 
 Data parallelism: a 1-D ``jax.sharding.Mesh`` over all devices (axis ``"data"``); the batch is
 sharded along it, the state and the frozen VGG are replicated; XLA inserts the gradient all-reduce.
@@ -149,6 +151,8 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
             value = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
             value = raw
+            if raw.strip().lower() in ("nan", "inf", "+inf", "-inf", "infinity", "-infinity"):
+                value = float(raw)  # (then refused by the checks as a number, not a string)
         *parents, leaf = key.split(".")
         node = config
         try:
@@ -156,11 +160,15 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
                 node = node[part]
             if leaf not in node:
                 raise KeyError(leaf)
+            old = node[leaf]
+            if isinstance(old, (list, tuple)) and isinstance(value, str):
+                value = type(old)([value])  # data.content_dirs=photos/ is one folder
             node[leaf] = value
         except KeyError:
             raise ConfigError(f"override {item!r}: no config field {key!r}") from None
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"override {item!r}: {e}") from None
+        except (TypeError, ValueError):
+            raise ConfigError(f"override {item!r}: {key} takes {type(old).__name__} values "
+                              f"(it is {old!r}), got {raw!r}") from None
     return config
 
 
@@ -209,10 +217,12 @@ def validate_config(config) -> None:
         ("train.plan_after_steps", lambda: _plan_after(t) >= 2, ">= 2"),
         ("train.export_dtype", lambda: str(_get(t, "export_dtype", "float32")) in
          ("float16", "float32"), "'float16' or 'float32'"),
-        ("optim.learning_rate", lambda: float(o.learning_rate) > 0, "> 0"),
+        ("optim.learning_rate", lambda: math.isfinite(float(o.learning_rate))
+         and float(o.learning_rate) > 0, "a finite number > 0"),
         ("optim.schedule", lambda: o.schedule in SCHEDULES, f"one of {SCHEDULES}"),
         ("optim.warmup_steps", lambda: int(o.warmup_steps) >= 0, ">= 0"),
-        ("optim.grad_clip_norm", lambda: float(o.grad_clip_norm) >= 0, ">= 0 (0: off)"),
+        ("optim.grad_clip_norm", lambda: math.isfinite(float(o.grad_clip_norm))
+         and float(o.grad_clip_norm) >= 0, ">= 0 (0: off)"),
     ]
     for field, check, must in checks:
         try:
@@ -431,7 +441,10 @@ def make_train_step(graphdef, loss_cfg: LossConfig, tx: optax.GradientTransforma
         gnorm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+        # (a finite loss and gradient can still give non-finite weights: a huge learning rate)
+        finite_params = jax.tree.reduce(lambda a, x: a & jnp.all(jnp.isfinite(x)), params,
+                                        jnp.bool_(True))
+        ok = jnp.isfinite(loss) & jnp.isfinite(gnorm) & finite_params
         keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731  (skip a bad update)
         new_state = TrainState(
             step=state.step + 1,
@@ -564,7 +577,12 @@ def _check_resume_meta(meta: dict, expected: dict, workdir) -> list[str]:
         skip = _LOADER_ONLY_DATA_KEYS
         if (expected["data"].get("source") or "folder") != "folder":  # (npz:, synthetic, tfds:)
             skip += _FOLDER_DATA_KEYS  # unused: e.g. a clone elsewhere has other default paths
-        changed = _changed_keys(meta["data"], expected["data"], skip=skip)
+        old = dict(meta["data"])
+        if "max_pixels" not in old:  # (a field added later, at its default then)
+            from .data import DEFAULT_MAX_PIXELS_FIELD
+
+            old["max_pixels"] = DEFAULT_MAX_PIXELS_FIELD
+        changed = _changed_keys(old, expected["data"], skip=skip)
         if changed:
             log.warning("%s: the data config differs from the checkpoint's (%s); resuming anyway "
                         "(the batches will differ from those of an uninterrupted run)", workdir,
@@ -769,6 +787,17 @@ def _check_export_path(path: Path, config) -> None:
             if not d.startswith("tfds:") and os.path.isdir(d) and is_inside(path, d):
                 raise ConfigError(f"{path}: the export would be written into the training image "
                                   f"folder {d} (data.{key}); export to another folder")
+    if path.suffix != ".safetensors":
+        raise ConfigError(f"{path}: the export's file name must end in .safetensors")
+    if path.exists() or path.is_symlink():
+        # replacing an earlier export is the normal re-run; anything else is someone's file
+        from .export import read_export
+
+        try:
+            read_export(path)
+        except NSTError:
+            raise ConfigError(f"{path}: exists and is not a model export; refusing to replace "
+                              "it (choose another --export path or remove the file)") from None
     parent = next((p for p in path.parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise ConfigError(f"{path}: cannot write the export: {parent} is not a directory")
@@ -914,6 +943,9 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
             state, _ = restore_checkpoint(mngr, state, expected_meta=meta)
             log.info("resumed from step %d in %s", int(state.step), workdir)
         start = int(jax.device_get(state.step))
+        if start > num_steps:  # (it said "done: step 30" for num_steps=10 without a word)
+            log.warning("the checkpoint is at step %d, past train.num_steps=%d: nothing to "
+                        "train; the export is step %d's", start, num_steps, start)
         if int(jax.device_get(state.bad_step)) >= 0:
             raise TrainingDiverged(f"{workdir}: the latest checkpoint recorded a non-finite loss "
                                    f"at step {int(state.bad_step)}")
@@ -991,7 +1023,7 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
                         avg["steps_per_sec"] = last_rate
                         history.append(avg)
                         if bad >= 0:
-                            _raise_diverged(bad, host, mngr, workdir)
+                            _raise_diverged(bad, host, mngr, workdir, start)
                         if writer is not None:
                             _write_scalars(writer, avg, step, global_batch)
                         bar.set_postfix(_postfix(avg), refresh=False)
@@ -1006,7 +1038,7 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
                         bad = int(jax.device_get(state.bad_step))
                         if bad >= 0:
                             _raise_diverged(bad, jax.device_get(pending) if pending else [],
-                                            mngr, workdir)
+                                            mngr, workdir, start)
                         save_checkpoint(mngr, state, dict(meta, data_seed=data_seed))
                     if stopping:
                         interrupted = step < num_steps
@@ -1122,17 +1154,37 @@ def _local_copy(tree):
     return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
 
 
-def _raise_diverged(bad: int, host_metrics, mngr, workdir) -> None:
+def _raise_diverged(bad: int, host_metrics, mngr, workdir, start: int = 0) -> None:
+    """``bad``: the step whose weights gave a non-finite loss/gradient (or update); ``start``:
+    the step this run resumed from. A checkpoint of step ``bad`` was saved before the next step
+    could tell whether its weights or its batch was the cause (a learning rate of 1e30 left
+    finite but huge weights at step 1, whose loss is inf on any batch). If the run diverges at
+    the very step it resumed from, the checkpoint's weights are the cause: the message says to
+    delete it (and any later one) to resume from the one before."""
     mngr.wait_until_finished()
-    last = mngr.latest_step()
+    steps = sorted(mngr.all_steps())
     terms = ""
     if host_metrics:
         m = host_metrics[-1]
         terms = " (" + ", ".join(f"{k}={float(m[k]):.4g}" for k in ("loss", "content", "style",
                                                                      "tv", "grad_norm")
                                  if k in m) + ")"
-    where = (f"the last good checkpoint is step {last} in {Path(workdir) / CHECKPOINT_DIR}"
-             if last is not None else "no checkpoint was saved yet")
+    ckpts = Path(workdir) / CHECKPOINT_DIR
+    before = [s for s in steps if s < bad]
+    after = [s for s in steps if s >= bad]
+    back = f"step {before[-1]}" if before else "the start"
+    if start > 0 and bad == start and start in steps:
+        names = " ".join(str(ckpts / str(s)) for s in after)
+        where = (f"the weights of checkpoint {start} give a non-finite loss at once: delete "
+                 f"{names} to resume from {back}")
+    elif steps:
+        where = f"the last checkpoint is step {steps[-1]} in {ckpts}"
+        if after:
+            where += (f" (if a resume fails at its first step, its weights are the cause: "
+                      f"delete {' '.join(str(ckpts / str(s)) for s in after)} to resume from "
+                      f"{back})")
+    else:
+        where = "no checkpoint was saved yet"
     raise TrainingDiverged(f"non-finite loss or gradient at step {bad + 1}{terms}; training "
                            f"stopped, {where} (lower optim.learning_rate or set "
                            f"optim.grad_clip_norm)")

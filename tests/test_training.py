@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -358,11 +359,31 @@ def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(tmp_path, vgg):
     with pytest.raises(training.TrainingDiverged) as err:
         training.train(cfg, tmp_path, vgg=vgg, progress=False, loader_factory=poisoned)
     msg = str(err.value)
-    assert "\n" not in msg and "step 5" in msg and "last good checkpoint is step 4" in msg
+    assert "\n" not in msg and "step 5" in msg and "last checkpoint is step 4" in msg
     assert not (tmp_path / training.EXPORT_NAME).exists()
     model, step = training.load_checkpoint_model(cfg, tmp_path, vgg=vgg)
     assert step == 4
     assert all(np.isfinite(v).all() for v in model_tensors(model).values())
+
+
+def test_weights_that_fail_are_named_for_deletion_and_never_non_finite(tmp_path, vgg):
+    """A learning rate of 1e30: step 1's loss and gradient are finite but its weights are huge,
+    so step 2 diverges and checkpoint 1 cannot be resumed from (it was called 'the last good
+    checkpoint'). The message says to delete it once a resume fails at once; an infinite
+    learning rate (1e400 parses to inf) is refused, and non-finite weights are never kept."""
+    cfg = smoke("train.num_steps=3", "train.checkpoint_every=1", "optim.learning_rate=1e30")
+    with pytest.raises(training.TrainingDiverged, match="last checkpoint is step 1"):
+        training.train(cfg, tmp_path, vgg=vgg, progress=False, export_path="")
+    model, step = training.load_checkpoint_model(cfg, tmp_path, vgg=vgg)
+    assert step == 1 and all(np.isfinite(v).all() for v in model_tensors(model).values())
+    cfg.optim.learning_rate = 1e-3
+    with pytest.raises(training.TrainingDiverged, match="give a non-finite loss at once: delete "
+                       + re.escape(str(tmp_path / "checkpoints" / "1"))):
+        training.train(cfg, tmp_path, vgg=vgg, progress=False, export_path="")
+    shutil.rmtree(tmp_path / "checkpoints" / "1")
+    assert training.train(cfg, tmp_path, vgg=vgg, progress=False, export_path="").step == 3
+    with pytest.raises(ConfigError, match="finite number > 0, got inf"):
+        training.validate_config(smoke("optim.learning_rate=1e400"))
 
 
 # Four forced CPU devices vs one. Exactly equal results are not expected: with the batch split
@@ -696,6 +717,15 @@ def test_bad_workdir_or_export_path_fails_before_training(tmp_path, vgg, monkeyp
         training.train(cfg, tmp_path / "wd4", export_path=photos / "img00.jpg", vgg=vgg,
                        progress=False)
     assert start.read_bytes() == b"model"
+    # someone's file (it was replaced by the export, exit 0), or not a .safetensors name
+    notes = tmp_path / "thesis.safetensors"
+    notes.write_text("my notes")
+    for export, reason in ((notes, "exists and is not a model export"),
+                           (tmp_path / "m.txt", "must end in .safetensors")):
+        with pytest.raises(ConfigError, match=reason):
+            training.train(smoke(), tmp_path / "wd5", export_path=export, vgg=vgg,
+                           progress=False)
+    assert notes.read_text() == "my notes"
 
 
 def test_batch_must_divide_over_devices(tmp_path, vgg, monkeypatch):
