@@ -164,6 +164,8 @@ def default_data_config() -> Any:
         min_source_side: images whose smaller side is below this (64) are skipped.
         jpeg_quality: quality of re-encoded stored images (90).
         prepare_workers: decode threads during preparation (2).
+        max_pixels: image files with more pixels are skipped (64e6; a decompression-bomb guard:
+            raise it for large museum scans, which are downscaled to ``max_source_side``).
         synthetic_count: number of distinct images per role of the ``synthetic`` source (512).
         allow_eval_dirs: refuse directories with a path component named ``eval`` unless True
             (evaluation images must never be trained on).
@@ -179,6 +181,11 @@ def default_data_config() -> Any:
     except ImportError:  # pragma: no cover - e.g. a bare GPU machine
         return d
     return ml_collections.ConfigDict(d)
+
+
+#: ``data.max_pixels``: image files with more pixels are skipped (a decompression-bomb guard;
+#: preparation downscales the rest to ``max_source_side`` anyway).
+DEFAULT_MAX_PIXELS_FIELD = _images.DEFAULT_MAX_PIXELS
 
 
 def _default_fields() -> dict[str, Any]:
@@ -198,6 +205,7 @@ def _default_fields() -> dict[str, Any]:
         min_source_side=64,
         jpeg_quality=90,
         prepare_workers=2,
+        max_pixels=DEFAULT_MAX_PIXELS_FIELD,
         synthetic_count=512,
         allow_eval_dirs=False,
         num_workers=None,
@@ -236,6 +244,12 @@ def _cfg(data_cfg: Any) -> dict[str, Any]:
         c[key] = check_count(c[key], f"data config: {key}", optional=False)
     c["jpeg_quality"] = check_count(c["jpeg_quality"], "data config: jpeg_quality", 1, 100,
                                     optional=False)
+    # (num_workers -1 and prefetch -3 were accepted without a word)
+    c["num_workers"] = check_count(c["num_workers"], "data config: num_workers", 0)
+    c["prefetch"] = check_count(c["prefetch"], "data config: prefetch", 1, optional=False)
+    c["prepare_workers"] = check_count(c["prepare_workers"], "data config: prepare_workers",
+                                       optional=False)
+    c["max_pixels"] = check_count(c["max_pixels"], "data config: max_pixels", optional=False)
     if c["min_source_side"] > c["max_source_side"]:
         raise ConfigError(f"data config: max_source_side ({c['max_source_side']}) must be >= "
                           f"min_source_side ({c['min_source_side']}): nothing could be kept")
@@ -612,6 +626,7 @@ def _builder_classes() -> tuple[type, type]:
         max_source_side: int = 512
         min_source_side: int = 64
         jpeg_quality: int = 90
+        max_pixels: int = DEFAULT_MAX_PIXELS_FIELD
         workers: int = 2
         fingerprint: str = ""
         progress: bool = False
@@ -668,7 +683,8 @@ def _builder_classes() -> tuple[type, type]:
 
                 bar = tqdm(total=len(files), desc=f"prepare {self.builder_config.name}", unit="img")
             work = functools.partial(
-                _prepare_one, max_side=cfg.max_source_side, min_side=cfg.min_source_side, quality=cfg.jpeg_quality
+                _prepare_one, max_side=cfg.max_source_side, min_side=cfg.min_source_side, quality=cfg.jpeg_quality,
+                max_pixels=cfg.max_pixels,
             )
             try:
                 for key, result in _ordered_map(work, files, workers=cfg.workers):
@@ -771,6 +787,9 @@ def _scan_dirs(dirs: Sequence[str]) -> tuple[list[tuple[str, str, int, int]], in
                 except OSError:
                     size, mtime = -1, -1
                 rel = os.path.relpath(full, root).replace(os.sep, "/")
+                # a name that is not valid UTF-8 (bytes kept by surrogateescape) cannot be
+                # stored or hashed as text: its key spells those bytes as \xNN
+                rel = rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
                 files.append((full, f"{prefix}/{rel}", size, mtime))
     files.sort(key=lambda f: f[1])
     return files, ignored
@@ -794,6 +813,8 @@ def _walk_once(root: str | os.PathLike[str]) -> Iterator[tuple[str, str, list[st
 def _fingerprint(files: Sequence[tuple[str, str, int, int]], cfg: Any) -> str:
     h = hashlib.sha1()
     h.update(json.dumps([_PREP_FORMAT, cfg.max_source_side, cfg.min_source_side, cfg.jpeg_quality]).encode())
+    if cfg.max_pixels != DEFAULT_MAX_PIXELS_FIELD:  # (only then: earlier preparations stay valid)
+        h.update(f"max_pixels={cfg.max_pixels}".encode())
     # Where the folders are, too: two folders with the same names, sizes and times (a copy
     # with other images, `cp -p`) are not one dataset.
     h.update(json.dumps([os.path.realpath(d) for d in cfg.dirs]).encode())
@@ -806,9 +827,12 @@ def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("._-")[:40]
 
 
-def _prepare_one(item: tuple[str, str, int, int], *, max_side: int, min_side: int, quality: int) -> bytes | str:
+def _prepare_one(item: tuple[str, str, int, int], *, max_side: int, min_side: int, quality: int,
+                 max_pixels: int = DEFAULT_MAX_PIXELS_FIELD) -> bytes | str:
     """JPEG bytes to store for one file, or the reason it is skipped (a ``str``)."""
     full = item[0]
+    if not os.path.isfile(full):  # a FIFO named x.jpg: opening it would wait forever
+        return "not a regular file" if os.path.exists(full) else "no such file"
     try:
         with Image.open(full) as head:  # header only: format, size, orientation, ICC
             fmt, mode, (w, h) = head.format, head.mode, head.size
@@ -823,8 +847,11 @@ def _prepare_one(item: tuple[str, str, int, int], *, max_side: int, min_side: in
     else:
         cap = None
     try:
-        pil = _images.load_pil(full, max_side=cap)  # full decode: corrupt/truncated -> ImageError
+        # full decode: corrupt/truncated -> ImageError
+        pil = _images.load_pil(full, max_side=cap, max_pixels=max_pixels)
     except ImageError as e:
+        if "max_pixels" in e.reason:  # (the hint names the Stylizer's option)
+            return e.reason.split("; pass")[0] + "; raise data.max_pixels (--max-pixels)"
         return e.reason
     except Exception as e:  # noqa: BLE001
         return f"cannot decode: {e}"
@@ -847,7 +874,8 @@ def _prepare_one(item: tuple[str, str, int, int], *, max_side: int, min_side: in
 
 def folder_builder(dirs: Sequence[str | os.PathLike[str]], *, data_dir: str | os.PathLike[str] | None = None,
                    max_source_side: int = 512, min_source_side: int = 64, jpeg_quality: int = 90,
-                   workers: int = 2, name: str | None = None, progress: bool = False) -> Any:
+                   workers: int = 2, name: str | None = None, progress: bool = False,
+                   max_pixels: int = DEFAULT_MAX_PIXELS_FIELD) -> Any:
     """An :class:`ImageFolder` builder for ``dirs`` (config name ``<name>-<fingerprint>``).
 
     Scans the folders (stat only) to compute the fingerprint; nothing is decoded until
@@ -861,7 +889,8 @@ def folder_builder(dirs: Sequence[str | os.PathLike[str]], *, data_dir: str | os
         if not os.path.isdir(d):
             raise ConfigError(f"{d}: no such directory" if not os.path.exists(d) else f"{d}: not a directory")
     probe = cfg_cls(name="probe", dirs=dirs_t, max_source_side=int(max_source_side),
-                    min_source_side=int(min_source_side), jpeg_quality=int(jpeg_quality))
+                    min_source_side=int(min_source_side), jpeg_quality=int(jpeg_quality),
+                    max_pixels=int(max_pixels))
     files, _ = _scan_dirs(dirs_t)
     if not files:
         exts = ", ".join(sorted(e[1:] for e in _images.IMAGE_EXTENSIONS))
@@ -871,6 +900,7 @@ def folder_builder(dirs: Sequence[str | os.PathLike[str]], *, data_dir: str | os
     config = cfg_cls(
         name=f"{base}-{fp}", dirs=dirs_t, max_source_side=int(max_source_side),
         min_source_side=int(min_source_side), jpeg_quality=int(jpeg_quality),
+        max_pixels=int(max_pixels),
         workers=max(1, int(workers)), fingerprint=fp, progress=bool(progress),
         description=f"images under {', '.join(dirs_t)}",
     )
@@ -904,7 +934,8 @@ def _exclusive_lock(path: Path):
 
 def prepare_folder(dirs: Sequence[str | os.PathLike[str]], *, data_dir: str | os.PathLike[str] | None = None,
                    max_source_side: int = 512, min_source_side: int = 64, jpeg_quality: int = 90,
-                   workers: int = 2, name: str | None = None, progress: bool = False) -> TFDSSource:
+                   workers: int = 2, name: str | None = None, progress: bool = False,
+                   max_pixels: int = DEFAULT_MAX_PIXELS_FIELD) -> TFDSSource:
     """Prepare (or reuse) the :class:`ImageFolder` dataset of ``dirs``; return its source.
 
     ``source.report`` = ``{"name", "data_dir", "num_prepared", "num_skipped", "skipped",
@@ -914,26 +945,43 @@ def prepare_folder(dirs: Sequence[str | os.PathLike[str]], *, data_dir: str | os
     t0 = time.perf_counter()
     b = folder_builder(dirs, data_dir=data_dir, max_source_side=max_source_side,
                        min_source_side=min_source_side, jpeg_quality=jpeg_quality,
-                       workers=workers, name=name, progress=progress)
+                       workers=workers, name=name, progress=progress, max_pixels=max_pixels)
     reused = (Path(b.data_dir) / "dataset_info.json").exists()
     if not reused:
-        Path(b.data_dir_root).mkdir(parents=True, exist_ok=True)
+        try:
+            Path(b.data_dir_root).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"{b.data_dir_root}: cannot create the prepared-data folder "
+                              f"({e.strerror or _one_line(e)}); set data.data_dir / --data-dir "
+                              "to a writable folder") from None
         # Two jobs preparing the same folders at once (e.g. two trainings started together)
         # would race on TFDS' final rename of its incomplete.* directory: serialize them, and
         # let the later one reuse what the first prepared.
         with _exclusive_lock(Path(b.data_dir_root) / f".{b.builder_config.name}.lock"):
             reused = (Path(b.data_dir) / "dataset_info.json").exists()
             if not reused:
-                b.download_and_prepare(
-                    file_format="array_record",
-                    download_dir=os.path.join(b.data_dir_root, "downloads"),
-                    download_config=tfds.download.DownloadConfig(
-                        compute_stats=tfds.download.ComputeStatsMode.SKIP),
-                )
+                try:
+                    b.download_and_prepare(
+                        file_format="array_record",
+                        download_dir=os.path.join(b.data_dir_root, "downloads"),
+                        download_config=tfds.download.DownloadConfig(
+                            compute_stats=tfds.download.ComputeStatsMode.SKIP),
+                    )
+                except OSError as e:  # a read-only or full data_dir: one line, not a traceback
+                    raise ConfigError(f"{b.data_dir_root}: cannot write the prepared data "
+                                      f"({e.strerror or _one_line(e)}); set data.data_dir / "
+                                      "--data-dir to a writable folder with space") from None
+                except RuntimeError as e:  # TFDS wraps write errors ("No space left ...")
+                    if "space" not in str(e) and "Read-only" not in str(e):
+                        raise
+                    raise ConfigError(f"{b.data_dir_root}: cannot write the prepared data "
+                                      f"({_one_line(e)[:200]}); set data.data_dir / "
+                                      "--data-dir to a writable folder with space") from None
         if reused:  # prepared by another process while we waited: reload its dataset info
             b = folder_builder(dirs, data_dir=data_dir, max_source_side=max_source_side,
                                min_source_side=min_source_side, jpeg_quality=jpeg_quality,
-                               workers=workers, name=name, progress=progress)
+                               workers=workers, name=name, progress=progress,
+                               max_pixels=max_pixels)
     md = dict(b.info.metadata or {})
     n = b.info.splits["train"].num_examples
     if n == 0:
@@ -1069,7 +1117,7 @@ def _role_source(role: str, entries: Sequence[str], weights: Any, c: Mapping[str
         parts.append(prepare_folder(
             [e], data_dir=c["data_dir"], max_source_side=c["max_source_side"],
             min_source_side=c["min_source_side"], jpeg_quality=c["jpeg_quality"],
-            workers=c["prepare_workers"], progress=progress,
+            workers=c["prepare_workers"], progress=progress, max_pixels=c["max_pixels"],
         ))
     if len(parts) == 1 and weights is None:
         return parts[0]
@@ -1684,6 +1732,11 @@ def export_arrays(data_cfg: Any, out_path: str | os.PathLike[str], n_content: in
 # ============================================================================================
 
 
+def _not_skip_lines(record: logging.LogRecord) -> bool:
+    """Logging filter of the CLI: its table lists the skipped files, not also the warnings."""
+    return not str(record.msg).startswith(("skipped ", "... and "))
+
+
 def _cli_cfg(a: argparse.Namespace) -> dict[str, Any]:
     d: dict[str, Any] = {"content_dirs": a.content_dir or [], "style_dirs": a.style_dir or []}
     if a.style_weight:
@@ -1692,6 +1745,8 @@ def _cli_cfg(a: argparse.Namespace) -> dict[str, Any]:
         d["data_dir"] = a.data_dir
     if a.max_source_side is not None:  # 0 is an error (checked with the config), not "unset"
         d["max_source_side"] = a.max_source_side
+    if a.max_pixels is not None:
+        d["max_pixels"] = a.max_pixels
     if a.workers is not None:
         if a.workers < 1:
             raise ConfigError(f"--workers must be >= 1, got {a.workers}")
@@ -1718,6 +1773,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--data-dir", help=f"prepared data location (default {DEFAULT_DATA_DIR})")
         p.add_argument("--max-source-side", type=int, help="cap on the stored smaller side (512)")
         p.add_argument("--workers", type=int, help="decode threads (2)")
+        p.add_argument("--max-pixels", type=int, metavar="N",
+                       help="skip image files with more pixels (64000000: a decompression-bomb "
+                            "guard; larger scans are downscaled like the rest)")
         p.add_argument("--source", help="folder (default), synthetic, tfds:<name>, npz:<path>")
         if name == "export":
             p.add_argument("--out", required=True, help="output .npz")
@@ -1732,6 +1790,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.help_hint = f"{ap.prog} {given[0]}"
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    # the table below lists every skipped file: not also the builder's warnings
+    if _not_skip_lines not in log.filters:
+        log.addFilter(_not_skip_lines)
     try:
         if a.cmd == "export":
             _export_target(a.out, a.overwrite)  # before the (long) preparation
@@ -1754,7 +1815,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"skipped {s['path']}: {s['reason']}")
         tot_ok = sum(r.get("num_prepared", 0) for r in rows)
         tot_sk = sum(r.get("num_skipped", 0) for r in rows)
-        print(f"total: {tot_ok} prepared, {tot_sk} skipped in {time.perf_counter() - t0:.1f} s")
+        ignored = sum(r.get("num_ignored_non_image", 0) for r in rows)
+        exts = "/".join(sorted(e[1:] for e in _images.IMAGE_EXTENSIONS))
+        other = (f", {ignored} other file{'s' if ignored != 1 else ''} ignored (not {exts})"
+                 if ignored else "")
+        print(f"total: {tot_ok} prepared, {tot_sk} skipped{other} in "
+              f"{time.perf_counter() - t0:.1f} s")
         if a.cmd == "export":
             s = export_arrays(cfg, a.out, a.n_content, a.n_style, a.size, max_mb=a.max_mb, sources=srcs,
                               overwrite=a.overwrite)
@@ -1762,6 +1828,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NSTError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("error: interrupted (the unfinished preparation is not used; run the command "
+              "again to prepare it)", file=sys.stderr)
+        return 130
     return 0
 
 

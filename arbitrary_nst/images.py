@@ -82,7 +82,7 @@ DEFAULT_MAX_PIXELS: int = 64_000_000
 
 #: Extensions (lower case, with dot) that :func:`list_images` and :func:`is_image_file` accept.
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 )
 
 #: Output extension -> Pillow format name for :func:`save_image`.

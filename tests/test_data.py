@@ -391,6 +391,44 @@ def test_cli_prepare_prints_counts(folder, tfds_dir, capsys):
     assert f"total: {2 * len(GOOD)} prepared, 4 skipped" in out
 
 
+def test_awkward_files_in_a_users_folder(tmp_path, capsys):
+    """Found by a user hunt: a FIFO named x.jpg hung preparation forever; a file name that is
+    not UTF-8 crashed it (UnicodeEncodeError); .jfif/.jpe JPEGs and other files vanished
+    without a word; a huge scan's skip advised a --max-pixels that did not exist; each skip
+    was printed twice; a data dir that cannot be made was a traceback."""
+    photos, styles = tmp_path / "photos", tmp_path / "styles"
+    photos.mkdir()
+    styles.mkdir()
+    for i in range(2):
+        Image.fromarray(_smooth(96, 128, i)).save(photos / f"p{i}.png")
+    Image.fromarray(_smooth(96, 128, 5)).save(styles / "a.jfif", format="JPEG")
+    Image.fromarray(_smooth(96, 128, 6)).save(styles / "b.jpe", format="JPEG")
+    Image.fromarray(_smooth(96, 128, 7)).save(os.fsdecode(bytes(styles) + b"/c_\xff\xfe.png"))
+    Image.fromarray(_smooth(1100, 1000, 8)).save(styles / "big.png")
+    (styles / "notes.txt").write_text("not an image")
+    os.mkfifo(styles / "fifo.jpg")
+    args = ["prepare", "--content-dir", str(photos), "--style-dir", str(styles),
+            "--data-dir", str(tmp_path / "tfds")]
+    assert data.main([*args, "--max-pixels", "1000000"]) == 0
+    cap = capsys.readouterr()
+    assert "skipped styles/fifo.jpg: not a regular file" in cap.out
+    assert ("skipped styles/big.png: too large: 1000 x 1100 = 1100000 pixels > limit 1000000; "
+            "raise data.max_pixels (--max-pixels)") in cap.out
+    assert "total: 5 prepared, 2 skipped, 1 other file ignored (not bmp/" in cap.out
+    assert "skipped" not in cap.err  # (it was printed twice: a WARNING line too)
+    assert data.main([*args, "--max-pixels", "2000000"]) == 0  # another preparation
+    assert "total: 6 prepared, 1 skipped" in capsys.readouterr().out
+    (tmp_path / "afile").write_text("x")
+    assert data.main([*args[:-1], str(tmp_path / "afile" / "tfds")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "cannot create the prepared-data folder" in err
+    assert err.count("\n") == 1
+    with pytest.raises(ConfigError, match="num_workers"):
+        data.prepare({"source": "synthetic", "num_workers": -1, "data_dir": str(tmp_path)})
+    with pytest.raises(ConfigError, match="prefetch"):
+        data.prepare({"source": "synthetic", "prefetch": 0, "data_dir": str(tmp_path)})
+
+
 def test_cli_export_checks_its_output_first_and_never_replaces_silently(folder, tfds_dir, capsys,
                                                                         tmp_path, monkeypatch):
     out = tmp_path / "sub" / "train.npz"
