@@ -169,6 +169,13 @@ def test_padded_content_with_valid_hw_is_the_unpadded_result(rng):
                                                           for g, b in gb]))[0, :h, :w]
         np.testing.assert_allclose(masked[i, :h, :w], exact, atol=2e-5)
         assert np.abs(unmasked[i, :h, :w] - exact).mean() > 1e-2
+    # unpadded content of any size with its own size as valid_hw: the plain run
+    for h, w in ((10, 13), (33, 47)):
+        x = jnp.asarray(xs[0][:h, :w][None])
+        np.testing.assert_allclose(
+            np.asarray(nnx.jit(lambda n, c, g, v: n(c, g, v))(
+                net, x, [(g[:1], b[:1]) for g, b in gb], jnp.asarray([[h, w]]))),
+            np.asarray(run_net(net, x, [(g[:1], b[:1]) for g, b in gb])), atol=1e-5)
 
 
 def test_upsample_nearest_is_resize_nearest_neighbor(rng):

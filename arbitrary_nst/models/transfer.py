@@ -206,9 +206,13 @@ class ReflectConv(nnx.Module):
         if not p:
             return jax.lax.conv_general_dilated(x, k, (self.stride,) * 2, "VALID",
                                                 dimension_numbers=dn)
+        if limits is not None and self.stride == 1:
+            # (a region reaching the map's edge, or beyond it in a map whose size is not a
+            # multiple of 4, is the whole map: the reflect padding below is already its own)
+            limits = jnp.minimum(jnp.asarray(limits, jnp.int32), jnp.asarray(x.shape[1:3]))
         x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect")
         if limits is not None and self.stride == 1:
-            x = reflect_beyond(x, jnp.asarray(limits, jnp.int32), p)
+            x = reflect_beyond(x, limits, p)
         if self.stride == 1 and PADDED_STRIDE1_CONV:
             # Same values as the VALID conv (its output is the centre of this one; tested
             # bit-identical), but XLA:CPU runs the zero-padded form through a faster kernel.
