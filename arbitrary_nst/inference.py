@@ -74,8 +74,9 @@ multiple of the device count), so the batch axis adds at most ``log2(batch_size)
 does not change the result: the network gets each image's unpadded size (``valid_hw``), takes
 its instance-norm statistics inside it and reads the image's own reflection beyond its edge
 (:class:`~arbitrary_nst.models.transfer.TransferNetwork`), so a bucketed output equals the
-``buckets=None`` one to float rounding (``bench/bucketing.py``: max 1.3e-6 on the 0..1 scale),
-and it never depends on what else is in the batch. A custom ladder pads sides beyond its top
+``buckets=None`` one to float rounding (``bench/bucketing.py``: max 1.3e-6 on the 0..1 scale in
+float32; in bfloat16 the different padding shows through its rounding, up to ~1e-2), and it
+never depends on what else is in the batch. A custom ladder pads sides beyond its top
 rung to a multiple of 512 (or of the top rung if smaller).
 
 **Devices.** The model state is replicated over a 1-D mesh of all local devices (axis
@@ -802,7 +803,7 @@ class Stylizer:
             raise ConfigError(f"buckets must be a list of side lengths (or None), got "
                               f"{buckets!r}")
         self.buckets = None if buckets is None else tuple(
-            sorted(check_count(b, "each bucket", 8) for b in buckets))
+            sorted(check_count(b, "each bucket", 8, optional=False) for b in buckets))
         if self.buckets is not None and (not self.buckets or any(b % 4 for b in self.buckets)):
             raise ConfigError(f"buckets must be multiples of 4 and >= 8 (at least one; None: no "
                               f"buckets), got {buckets!r}")
@@ -1253,6 +1254,8 @@ class Stylizer:
         moments of some image's pixels in [0, 1] (means in [0, 1], a positive semi-definite
         covariance); others gave black or muddy images without a word."""
         try:
+            if np.iscomplexobj(moments):  # (the imaginary part was dropped with a warning)
+                raise TypeError("complex")
             m = np.asarray(moments, np.float32)
         except (TypeError, ValueError):
             m = np.full((0,), np.nan, np.float32)
@@ -1546,6 +1549,8 @@ class Stylizer:
         ms: list[np.ndarray | None] = [None] * e.shape[0]
         if palette_moments is not None:
             try:
+                if np.iscomplexobj(palette_moments):
+                    raise TypeError("complex")
                 m = np.asarray(palette_moments, np.float32)
             except (TypeError, ValueError):
                 m = np.full((0,), np.nan, np.float32)

@@ -67,14 +67,20 @@ def measure(cases=DEFAULT_CASES, styles=samples.GENERATED_STYLE_NAMES, edge: int
 def cost(model: str | None = None, side: int = 512, repeats: int = 5) -> dict:
     """Seconds per ``stylize`` call of a ``side``-square photo (on a rung: no padding) through
     the bucketed path (the network gets the image sizes) and ``buckets=None`` (it does not):
-    the price of passing the sizes; medians of ``repeats`` interleaved calls after a warm-up."""
+    the price of passing the sizes; medians of ``repeats`` interleaved calls after the first
+    call, whose time (compilation included) is reported too."""
     x = samples.content_image("astronaut", max_side=side)
     style = samples.style_image("waves", 256)
     runs = {"bucketed_s": Stylizer.load(model, buckets=(side,)),
             "exact_s": Stylizer.load(model, buckets=None)}
     times: dict[str, list[float]] = {k: [] for k in runs}
-    for st in runs.values():
+    first = {}
+    for k, st in runs.items():
+        st.embed(style)  # (the predictor compiles once for both)
+    for k, st in runs.items():  # the first call compiles its transfer function
+        t = time.perf_counter()
         st.stylize(x, style)
+        first[k.replace("_s", "_first_call_s")] = round(time.perf_counter() - t, 3)
     for _ in range(repeats):
         for k, st in runs.items():
             t = time.perf_counter()
@@ -82,7 +88,7 @@ def cost(model: str | None = None, side: int = 512, repeats: int = 5) -> dict:
             times[k].append(time.perf_counter() - t)
     out = {k: round(float(np.median(v)), 4) for k, v in times.items()}
     return {"shape": list(x.shape[:2]), "repeats": repeats, **out,
-            "ratio": round(out["bucketed_s"] / out["exact_s"], 3)}
+            "ratio": round(out["bucketed_s"] / out["exact_s"], 3), **first}
 
 
 def main(argv=None) -> int:
@@ -111,7 +117,8 @@ def main(argv=None) -> int:
     if timing:
         print(f"cost at {timing['shape'][0]}x{timing['shape'][1]} (on a rung): bucketed "
               f"{timing['bucketed_s']:.3f} s, buckets=None {timing['exact_s']:.3f} s "
-              f"(x{timing['ratio']:.3f}, median of {timing['repeats']})")
+              f"(x{timing['ratio']:.3f}, median of {timing['repeats']}); first call (compile): "
+              f"{timing['bucketed_first_call_s']:.2f} s vs {timing['exact_first_call_s']:.2f} s")
     out = {"meta": {"model": args.model or "builtin", "edge_px": args.edge,
                     "seconds": round(time.perf_counter() - t0, 1),
                     "platform": platform.platform(),

@@ -151,20 +151,21 @@ def valid_region_mask(valid_hw: jax.Array | None, x: jax.Array, stride: int) -> 
 def reflect_beyond(padded: jax.Array, limits: jax.Array, p: int) -> jax.Array:
     """``padded``: a ``[B, H + 2p, W + 2p, C]`` map reflect-padded by ``p``; ``limits``
     (``[B, 2]`` rows, cols): each example's region in the unpadded map. Returns it with the
-    ``p`` rows and columns after each region replaced by the region's reflection (what a conv
-    with reflect padding ``p`` reads at the edge of a map of the region's size). Only those
-    change: a ``p``-row slice per example, not the whole map (rows first, then columns: the
-    corners are reflected in both, as ``numpy.pad``'s)."""
-    def one(xi: jax.Array, lim: jax.Array) -> jax.Array:
-        for axis in (0, 1):
-            # padded index of the region's last row is p + L - 1; rows p + L - 1 + k (k = 1..p)
-            # take rows p + L - 1 - k, i.e. the slice [L - 1, L - 1 + p) reversed
-            src = jax.lax.dynamic_slice_in_dim(xi, lim[axis] - 1, p, axis=axis)
-            xi = jax.lax.dynamic_update_slice_in_dim(xi, jnp.flip(src, axis), lim[axis] + p,
-                                                     axis=axis)
-        return xi
+    rows and columns after each region replaced by the region's reflection (``numpy.pad``
+    'reflect' about its last row/column; what a conv with reflect padding ``p`` reads at the
+    edge of a map of the region's size; far out, where no region pixel looks, the clipped edge).
+    One gather over the flattened H x W per call: it compiled in about half the time of
+    per-example dynamic slice + update and runs as fast (measured on CPU)."""
+    b, h, w, c = padded.shape
 
-    return jax.vmap(one)(padded, limits)
+    def index(n: int, lim: jax.Array) -> jax.Array:
+        i = jnp.arange(n)[None, :]
+        last = lim[:, None] + p - 1  # the region's last row/column in padded coordinates
+        return jnp.clip(jnp.where(i <= last, i, 2 * last - i), 0, n - 1)
+
+    rows, cols = index(h, limits[:, 0]), index(w, limits[:, 1])
+    flat = (rows[:, :, None] * w + cols[:, None, :]).reshape(b, h * w, 1)
+    return jnp.take_along_axis(padded.reshape(b, h * w, c), flat, axis=1).reshape(b, h, w, c)
 
 
 def upsample_nearest(x: jax.Array, factor: int = 2) -> jax.Array:
@@ -245,7 +246,9 @@ class TransferNetwork(nnx.Module):
     (rounded up to a multiple of 4, :func:`valid_region_limits`) and every stride-1 conv reads
     the region's own reflection beyond its edge (:func:`reflect_beyond`), so inside the region
     the output is the network's result on the image padded to a multiple of 4 only (equal to
-    float rounding, ~1e-6), whatever the padding. Returns ``[B, H, W, 3]`` float32 in [0, 1].
+    float rounding, ~1e-6 in float32), whatever the padding, when H and W are multiples of 4
+    (the Stylizer's buckets; a region reaching the edge of a map of another size is the whole
+    map). Returns ``[B, H, W, 3]`` float32 in [0, 1].
     """
 
     def __init__(self, width: float = 1.0, *, dtype=None, rngs: nnx.Rngs):
