@@ -154,7 +154,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
             if raw.strip().lower() in ("nan", "inf", "+inf", "-inf", "infinity", "-infinity"):
                 value = float(raw)  # (then refused by the checks as a number, not a string)
         *parents, leaf = key.split(".")
-        node = config
+        node, old = config, None
         try:
             for part in parents:
                 node = node[part]
@@ -166,7 +166,9 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
             node[leaf] = value
         except KeyError:
             raise ConfigError(f"override {item!r}: no config field {key!r}") from None
-        except (TypeError, ValueError):
+        except (TypeError, ValueError) as e:
+            if old is None or node is config:  # (a path through a value: train.num_steps.x)
+                raise ConfigError(f"override {item!r}: {' '.join(str(e).split())}") from None
             raise ConfigError(f"override {item!r}: {key} takes {type(old).__name__} values "
                               f"(it is {old!r}), got {raw!r}") from None
     return config
@@ -202,6 +204,12 @@ def _plan_after(tcfg) -> int:
     return int(_get(tcfg, "plan_after_steps", 20))
 
 
+def _finite_f32(v) -> bool:
+    """Finite as the float32 the step computes with (1e39 is finite in Python, inf there)."""
+    with np.errstate(over="ignore"):
+        return bool(np.isfinite(np.float32(float(v))))
+
+
 def validate_config(config) -> None:
     """Raise :class:`ConfigError` for out-of-range training options."""
     t, o = config.train, config.optim
@@ -217,11 +225,11 @@ def validate_config(config) -> None:
         ("train.plan_after_steps", lambda: _plan_after(t) >= 2, ">= 2"),
         ("train.export_dtype", lambda: str(_get(t, "export_dtype", "float32")) in
          ("float16", "float32"), "'float16' or 'float32'"),
-        ("optim.learning_rate", lambda: math.isfinite(float(o.learning_rate))
-         and float(o.learning_rate) > 0, "a finite number > 0"),
+        ("optim.learning_rate", lambda: _finite_f32(o.learning_rate)
+         and float(o.learning_rate) > 0, "a finite float32 number > 0"),
         ("optim.schedule", lambda: o.schedule in SCHEDULES, f"one of {SCHEDULES}"),
         ("optim.warmup_steps", lambda: int(o.warmup_steps) >= 0, ">= 0"),
-        ("optim.grad_clip_norm", lambda: math.isfinite(float(o.grad_clip_norm))
+        ("optim.grad_clip_norm", lambda: _finite_f32(o.grad_clip_norm)
          and float(o.grad_clip_norm) >= 0, ">= 0 (0: off)"),
     ]
     for field, check, must in checks:
@@ -607,7 +615,8 @@ def _check_resume_meta(meta: dict, expected: dict, workdir) -> list[str]:
 _LOADER_ONLY_DATA_KEYS = ("num_workers", "prefetch", "prepare_workers", "data_dir",
                           "allow_eval_dirs")
 #: Settings only a folder source reads.
-_FOLDER_DATA_KEYS = ("content_dirs", "style_dirs", "content_dir_weights", "style_dir_weights")
+_FOLDER_DATA_KEYS = ("content_dirs", "style_dirs", "content_dir_weights", "style_dir_weights",
+                     "max_pixels")
 
 
 def _changed_keys(a: dict, b: dict, skip: Sequence[str] = ()) -> list[str]:
@@ -936,11 +945,13 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
             "data": _to_plain(config.data), "config": _to_plain(config)}
     history: list[dict[str, float]] = []
     writer = loader = bar = None
+    same_setup = True  # (resumed: the loss, optimizer, data and model are the checkpoint's)
     interrupted = False
     last_rate = None
     try:
         if mngr.latest_step() is not None:
-            state, _ = restore_checkpoint(mngr, state, expected_meta=meta)
+            state, ckpt_meta = restore_checkpoint(mngr, state, expected_meta=meta)
+            same_setup = _divergence_setup(ckpt_meta) == _divergence_setup(meta)
             log.info("resumed from step %d in %s", int(state.step), workdir)
         start = int(jax.device_get(state.step))
         if start > num_steps:  # (it said "done: step 30" for num_steps=10 without a word)
@@ -1023,7 +1034,7 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
                         avg["steps_per_sec"] = last_rate
                         history.append(avg)
                         if bad >= 0:
-                            _raise_diverged(bad, host, mngr, workdir, start)
+                            _raise_diverged(bad, host, mngr, workdir, start, same_setup)
                         if writer is not None:
                             _write_scalars(writer, avg, step, global_batch)
                         bar.set_postfix(_postfix(avg), refresh=False)
@@ -1038,7 +1049,7 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
                         bad = int(jax.device_get(state.bad_step))
                         if bad >= 0:
                             _raise_diverged(bad, jax.device_get(pending) if pending else [],
-                                            mngr, workdir, start)
+                                            mngr, workdir, start, same_setup)
                         save_checkpoint(mngr, state, dict(meta, data_seed=data_seed))
                     if stopping:
                         interrupted = step < num_steps
@@ -1154,13 +1165,25 @@ def _local_copy(tree):
     return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
 
 
-def _raise_diverged(bad: int, host_metrics, mngr, workdir, start: int = 0) -> None:
+def _divergence_setup(meta: dict) -> dict:
+    """What the loss at a checkpoint's weights depends on: loss, data, model and compute dtype
+    (not the optimizer: the first step's loss is computed before its update)."""
+    cfg = meta.get("config") or {}
+    return {k: cfg.get(k) for k in ("loss", "data", "model")} | {
+        "dtype": (cfg.get("train") or {}).get("dtype"), "data_meta": meta.get("data")}
+
+
+def _raise_diverged(bad: int, host_metrics, mngr, workdir, start: int = 0,
+                    same_setup: bool = True) -> None:
     """``bad``: the step whose weights gave a non-finite loss/gradient (or update); ``start``:
     the step this run resumed from. A checkpoint of step ``bad`` was saved before the next step
     could tell whether its weights or its batch was the cause (a learning rate of 1e30 left
     finite but huge weights at step 1, whose loss is inf on any batch). If the run diverges at
-    the very step it resumed from, the checkpoint's weights are the cause: the message says to
-    delete it (and any later one) to resume from the one before."""
+    the very step it resumed from with a non-finite loss or gradient and the checkpoint's own
+    ``same_setup`` (loss, data, model, dtype), the checkpoint's weights are the cause: the
+    message says to delete it (and any later one) to resume from the one before. With a
+    changed setup (a style weight of 1e38), or when only the update overflowed (a new learning
+    rate of 1e30), the checkpoint is not blamed."""
     mngr.wait_until_finished()
     steps = sorted(mngr.all_steps())
     terms = ""
@@ -1173,10 +1196,21 @@ def _raise_diverged(bad: int, host_metrics, mngr, workdir, start: int = 0) -> No
     before = [s for s in steps if s < bad]
     after = [s for s in steps if s >= bad]
     back = f"step {before[-1]}" if before else "the start"
-    if start > 0 and bad == start and start in steps:
+    first = host_metrics[0] if host_metrics else {}
+    update_only = bool(first) and all(math.isfinite(float(first[k])) for k in
+                                      ("loss", "grad_norm") if k in first)
+    if start > 0 and bad == start and start in steps and update_only:
+        where = (f"the first update from checkpoint {start} gave non-finite weights (its loss "
+                 "and gradient were finite): lower optim.learning_rate or set "
+                 "optim.grad_clip_norm; the checkpoint is kept")
+    elif start > 0 and bad == start and start in steps and same_setup:
         names = " ".join(str(ckpts / str(s)) for s in after)
         where = (f"the weights of checkpoint {start} give a non-finite loss at once: delete "
                  f"{names} to resume from {back}")
+    elif start > 0 and bad == start and start in steps:  # resumed with another setup
+        where = (f"the last checkpoint is step {steps[-1]} in {ckpts}; this run changed the "
+                 "loss, data, model or dtype settings it was trained with, which is the "
+                 "likely cause (the checkpoint is kept)")
     elif steps:
         where = f"the last checkpoint is step {steps[-1]} in {ckpts}"
         if after:
@@ -1185,8 +1219,8 @@ def _raise_diverged(bad: int, host_metrics, mngr, workdir, start: int = 0) -> No
                       f"{back})")
     else:
         where = "no checkpoint was saved yet"
-    raise TrainingDiverged(f"non-finite loss or gradient at step {bad + 1}{terms}; training "
-                           f"stopped, {where} (lower optim.learning_rate or set "
+    raise TrainingDiverged(f"non-finite loss, gradient or weights at step {bad + 1}{terms}; "
+                           f"training stopped, {where} (lower optim.learning_rate or set "
                            f"optim.grad_clip_norm)")
 
 

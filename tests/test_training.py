@@ -382,8 +382,28 @@ def test_weights_that_fail_are_named_for_deletion_and_never_non_finite(tmp_path,
         training.train(cfg, tmp_path, vgg=vgg, progress=False, export_path="")
     shutil.rmtree(tmp_path / "checkpoints" / "1")
     assert training.train(cfg, tmp_path, vgg=vgg, progress=False, export_path="").step == 3
-    with pytest.raises(ConfigError, match="finite number > 0, got inf"):
-        training.validate_config(smoke("optim.learning_rate=1e400"))
+    # a resume that diverges because its own settings changed does not blame the checkpoint
+    cfg = smoke("train.num_steps=6", "train.checkpoint_every=1", "loss.style_weight=1e38")
+    with pytest.raises(training.TrainingDiverged, match="likely cause") as err:
+        training.train(cfg, tmp_path, vgg=vgg, progress=False, export_path="")
+    assert "delete" not in str(err.value)
+    # a good checkpoint resumed with a learning rate whose first update overflows (SGD: lr x
+    # gradient > float32 max; the loss and gradient at the checkpoint are finite): kept too
+    sgd = ("optim.optimizer='sgd'", "optim.schedule='constant'", "optim.warmup_steps=0")
+    cfg = smoke("train.num_steps=2", "train.checkpoint_every=1", "optim.learning_rate=1e-6",
+                *sgd)
+    training.train(cfg, tmp_path / "sgd", vgg=vgg, progress=False, export_path="")
+    cfg = smoke("train.num_steps=4", "train.checkpoint_every=1", "optim.learning_rate=3e38",
+                *sgd)
+    with pytest.raises(training.TrainingDiverged, match="first update from checkpoint 2 gave "
+                       "non-finite weights") as err:
+        training.train(cfg, tmp_path / "sgd", vgg=vgg, progress=False, export_path="")
+    assert "delete" not in str(err.value)
+    with pytest.raises(ConfigError, match="not iterable"):  # (was an UnboundLocalError)
+        smoke("train.num_steps.x=3")
+    for lr in ("1e400", "1e39"):  # inf in Python; inf in the step's float32
+        with pytest.raises(ConfigError, match="finite float32 number > 0"):
+            training.validate_config(smoke(f"optim.learning_rate={lr}"))
 
 
 # Four forced CPU devices vs one. Exactly equal results are not expected: with the batch split
