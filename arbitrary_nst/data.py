@@ -855,6 +855,13 @@ def _prepare_one(item: tuple[str, str, int, int], *, max_side: int, min_side: in
         return e.reason
     except Exception as e:  # noqa: BLE001
         return f"cannot decode: {e}"
+    short, long = min(pil.size), max(pil.size)
+    if cap is None and (short > max_side or long > 3 * max_side):
+        # the header probe failed (above Pillow's own pixel limit, which load_pil raises to
+        # max_pixels): downscale after the decode instead of storing it at full size
+        s = min(max_side / short, 3 * max_side / long)
+        cap = max(1, math.floor(long * s))
+        pil = _images.downscale_pil(pil, cap)
     if min(pil.size) < min_side:
         return f"too small ({pil.size[0]} x {pil.size[1]} < {min_side} px)"
     std = _pixel_std(pil if pil.mode == "RGB" else pil.convert("RGB"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import colorsys
 import json
+import io
 import os
 import sys
 
@@ -427,6 +428,16 @@ def test_awkward_files_in_a_users_folder(tmp_path, capsys):
         data.prepare({"source": "synthetic", "num_workers": -1, "data_dir": str(tmp_path)})
     with pytest.raises(ConfigError, match="prefetch"):
         data.prepare({"source": "synthetic", "prefetch": 0, "data_dir": str(tmp_path)})
+
+
+def test_scans_above_pillows_own_limit_are_downscaled_too(tmp_path, monkeypatch):
+    """With --max-pixels above Pillow's decompression-bomb limit the header probe failed and the
+    scan was stored at full size (Pillow's limit is scaled down here to stand in for 89.5 MP)."""
+    Image.fromarray(_smooth(1500, 2000, 3)).save(tmp_path / "scan.jpg")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)
+    out = data._prepare_one((str(tmp_path / "scan.jpg"), "k", 0, 0), max_side=512, min_side=64,
+                            quality=90, max_pixels=10_000_000)
+    assert isinstance(out, bytes) and Image.open(io.BytesIO(out)).size == (682, 512)
 
 
 def test_cli_export_checks_its_output_first_and_never_replaces_silently(folder, tfds_dir, capsys,
