@@ -74,6 +74,8 @@ from .files import check_writable_dir, is_inside
 
 METHODS = ("model", "model_refine", "model_fit", "gatys", "magenta_lite", "magenta_lite_fp32", "identity", "style")
 DEFAULT_METHODS = ("model", "gatys", "magenta_lite")
+#: Largest --size (as infer.py gatys/analyze: a typo like 100000 needs ~19 GB and is killed).
+MAX_SIZE = 4096
 
 #: Magenta's style layers and per-layer weight; its content layer; Gatys' content layer.
 STYLE_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
@@ -462,10 +464,27 @@ def _load_all(paths: Sequence[Path], side: int, skipped: list[str]) -> list[tupl
     out = []
     for p in paths:
         try:
-            out.append((p.stem, _resized_to(images.load_image(p), side)))
+            x = _resized_to(images.load_image(p), side)
+            if min(x.shape[:2]) < 32:  # (it stopped the whole run, without the file's name)
+                raise ImageError(p, f"is too thin: {x.shape[1]}x{x.shape[0]} at --size {side} "
+                                    "(VGG16 needs 32 px on each side)")
+            out.append((p.stem, x))
         except NSTError as e:
             skipped.append(str(e))
             print(f"skipped: {e}", file=sys.stderr)
+    return out
+
+
+def _input_fingerprints(contents: Sequence[Path], styles: Sequence[Path]) -> dict[str, str]:
+    """``{"content/<stem>": sha1[:16], "style/<stem>": ...}`` of the evaluated files: a resume
+    must not score images made from other files under the same names."""
+    out = {}
+    for what, files in (("content", contents), ("style", styles)):
+        for p in files:
+            try:
+                out[f"{what}/{p.stem}"] = hashlib.sha1(Path(p).read_bytes()).hexdigest()[:16]
+            except OSError:
+                pass  # (unreadable: skipped when loaded)
     return out
 
 
@@ -492,7 +511,8 @@ _METHOD_KEYS = {"model": _MODEL_KEYS, "model_refine": _MODEL_KEYS + ("refine_ste
 
 
 def _check_resume_settings(out_dir: Path, info: dict[str, Any], model_path: str | None,
-                           resume: bool, methods: Sequence[str]) -> None:
+                           resume: bool, methods: Sequence[str],
+                           inputs: dict[str, str] | None = None) -> None:
     """``out/settings.json`` records, per method, the settings that made its images; ``--resume``
     of a method made with other settings is refused (it would score stale images under the new
     labels, or fail on their sizes). A run without ``--resume`` re-makes the images of the
@@ -510,6 +530,11 @@ def _check_resume_settings(out_dir: Path, info: dict[str, Any], model_path: str 
     now["model_file"] = [st.st_size, st.st_mtime_ns] if st else None
     path = out_dir / "settings.json"
     recorded: dict[str, Any] = {}
+    recorded_inputs: dict[str, str] = {}
+    if resume and not path.is_file() and any((out_dir / "images").glob("*/*.png")):
+        raise ConfigError(f"--resume: {out_dir} holds images but no settings.json, so what made "
+                          "them is unknown; run without --resume (the images are made again) "
+                          "or use a new --out")
     if path.is_file():
         try:
             before = json.loads(path.read_text())
@@ -518,6 +543,7 @@ def _check_resume_settings(out_dir: Path, info: dict[str, Any], model_path: str 
         # (an older flat file recorded one set of settings for every method)
         recorded = before.get("methods", {}) if "methods" in before else {
             m: before for m in METHODS}
+        recorded_inputs = before.get("inputs", {}) if isinstance(before, dict) else {}
     if resume:
         for m in methods:
             if m in recorded:
@@ -528,8 +554,16 @@ def _check_resume_settings(out_dir: Path, info: dict[str, Any], model_path: str 
                         f"--resume: {out_dir} holds {m} images made with other settings ("
                         + ", ".join(f"{k} {recorded[m].get(k)!r} -> {now.get(k)!r}"
                                     for k in diff) + "); use a new --out or the same settings")
+        changed = sorted(k for k, v in (inputs or {}).items()
+                         if k in recorded_inputs and recorded_inputs[k] != v)
+        if changed:
+            raise ConfigError(f"--resume: {len(changed)} input file(s) changed since {out_dir}'s "
+                              f"images were made ({', '.join(changed[:3])}"
+                              f"{', ...' if len(changed) > 3 else ''}); run without --resume "
+                              "or use a new --out")
     recorded.update({m: now for m in methods})
-    _write_json(path, {"methods": recorded})
+    recorded_inputs.update(inputs or {})
+    _write_json(path, {"methods": recorded, "inputs": recorded_inputs})
 
 
 def _pick(items: list, n: int | None) -> list:
@@ -566,8 +600,8 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
     """
     from tqdm.auto import tqdm
 
-    if size < 32:
-        raise ConfigError(f"--size must be >= 32, got {size}")
+    if not 32 <= size <= MAX_SIZE:  # (100000 was killed by the kernel at 19 GB)
+        raise ConfigError(f"--size must be in [32, {MAX_SIZE}], got {size}")
     if style_size is not None and style_size < 32:
         raise ConfigError(f"--style-size must be >= 32, got {style_size}")
     methods = list(dict.fromkeys(methods))
@@ -617,7 +651,8 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
                             "fit_photos": len(fit_files) or None, "strength": strength,
                             "style_size": style_size,
                             "compile_seconds": {}, "embed_seconds": {}}
-    _check_resume_settings(out_dir, info, model_path, resume, methods)
+    _check_resume_settings(out_dir, info, model_path, resume, methods,
+                           _input_fingerprints(picked_contents, picked_styles))
     n_pairs = len(contents) * len(styles)
     for m in methods:
         kw = {"refine_steps": refine_steps} if m == "model_refine" else {}
@@ -638,7 +673,16 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
         img_dir = out_dir / "images" / m
         img_dir.mkdir(parents=True, exist_ok=True)
         times_path = img_dir / "times.json"
-        times = json.loads(times_path.read_text()) if resume and times_path.is_file() else {}
+        times = {}
+        if resume and times_path.is_file():
+            try:
+                times = json.loads(times_path.read_text())
+                if not isinstance(times, dict):
+                    raise ValueError("not a JSON object")
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"{times_path}: unreadable ({' '.join(str(e).split())}); "
+                                  "delete it (its images are made again), or use a new "
+                                  "--out") from None
         bar = tqdm(total=n_pairs, desc=m, unit="img", disable=not progress, dynamic_ncols=True)
         for cname, cimg in contents:
             cfeats = metrics.features(cimg[None])

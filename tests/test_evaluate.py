@@ -169,6 +169,39 @@ def test_resume_reuses_outputs_and_bad_images_are_skipped(tiny_set, tmp_path, vg
     assert len(r4.rows) == 4
 
 
+def test_resume_refuses_changed_inputs_and_unknown_images(tiny_set, tmp_path, vgg):
+    """Found by a user hunt: a resume scored images made from another photo of the same name
+    (a traceback when its shape differed), and with settings.json gone it accepted any settings
+    for the old images; a corrupt times.json was a traceback; a 3000x2 photo stopped the whole
+    run without its name; --size 100000 was killed by the kernel."""
+    contents = tmp_path / "contents"
+    contents.mkdir()
+    for p in (tiny_set / "content").iterdir():
+        (contents / p.name).write_bytes(p.read_bytes())
+    out = tmp_path / "out"
+    kw = dict(methods=["identity"], size=48, progress=False, vgg=vgg)
+    evaluate.evaluate(contents, tiny_set / "style", out, **kw)
+    first = sorted(contents.iterdir())[0]
+    images.save_image(first, images.load_image(first)[:, ::-1], overwrite=True)
+    with pytest.raises(ConfigError, match=r"--resume: 1 input file\(s\) changed .*content/"
+                       + first.stem):
+        evaluate.evaluate(contents, tiny_set / "style", out, resume=True, **kw)
+    evaluate.evaluate(contents, tiny_set / "style", out, **kw)  # a new run records them
+    evaluate.evaluate(contents, tiny_set / "style", out, resume=True, **kw)
+    (out / "images" / "identity" / "times.json").write_text('{"a":')
+    with pytest.raises(ConfigError, match="times.json: unreadable"):
+        evaluate.evaluate(contents, tiny_set / "style", out, resume=True, **kw)
+    (out / "settings.json").unlink()
+    with pytest.raises(ConfigError, match="holds images but no settings.json"):
+        evaluate.evaluate(contents, tiny_set / "style", out, resume=True, **kw)
+    images.save_image(contents / "thin.png", np.full((2, 300, 3), 0.5, np.float32))
+    r = evaluate.evaluate(contents, tiny_set / "style", tmp_path / "o2", **kw)
+    assert any("thin.png" in s and "too thin" in s for s in r.skipped)
+    with pytest.raises(ConfigError, match=r"--size must be in \[32, 4096\]"):
+        evaluate.evaluate(contents, tiny_set / "style", tmp_path / "o3",
+                          **{**kw, "size": 100000})
+
+
 def test_inputs_that_would_collide_or_be_overwritten_are_refused(tiny_set, tmp_path, vgg):
     """Two styles named 01.jpg in two folders shared one output and one score; --out holding
     the photos wrote sheets over them (and picked the sheets up as photos on a rerun)."""
