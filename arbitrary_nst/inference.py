@@ -682,12 +682,25 @@ def earlier_outputs(paths: Sequence[Path], output: Callable[[Path], Any]) -> dic
     happens to have that name): the contents they were made from report them as existing
     outputs that even ``overwrite`` does not replace (:func:`output_problem`)."""
     made_by = {}
+    # (folder, suffix, content stem) of each content's output: a result of an earlier run
+    # with *another* style is "{stem}__{other style}{suffix}" in that folder (it was
+    # stylized again into x__candy__mond.png)
+    out_dirs: dict[tuple[str, str], dict[str, Path]] = {}
     for p in paths:
-        made_by.setdefault(os.path.realpath(output(p)), p)
+        dest = os.path.realpath(output(p))
+        made_by.setdefault(dest, p)
+        out_dirs.setdefault((os.path.dirname(dest), Path(dest).suffix.lower()), {}).setdefault(
+            p.stem, p)
     found = {}
     for p in paths:
-        src = made_by.get(os.path.realpath(p))
-        if src is not None and os.path.realpath(src) != os.path.realpath(p):
+        real = os.path.realpath(p)
+        src = made_by.get(real)
+        if src is None:
+            stems = out_dirs.get((os.path.dirname(real), p.suffix.lower()), {})
+            head = p.stem.split("__")[0]
+            if "__" in p.stem and head in stems:
+                src = stems[head]
+        if src is not None and os.path.realpath(src) != real:
             found[p] = src
     return found
 

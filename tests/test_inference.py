@@ -652,6 +652,11 @@ def test_earlier_outputs_finds_a_jobs_own_results(tmp_path):
     assert found == {d / "x__s.png": d / "x.jpg", d / "x__s__s.png": d / "x__s.png"}
     assert inference.earlier_outputs(paths, lambda p: p) == {}
     assert inference.earlier_outputs(paths, lambda p: tmp_path / "elsewhere" / p.name) == {}
+    # results of runs with *another* style ({content}__{other}.png) are earlier outputs too
+    # (a rerun with a new style stylized them again into x__candy__mond.png)
+    paths = [d / "x.jpg", d / "x__candy.png", d / "y.png", d / "y__a+b.png", d / "z__candy.png"]
+    found = inference.earlier_outputs(paths, lambda p: d / f"{p.stem}__mond.png")
+    assert found == {d / "x__candy.png": d / "x.jpg", d / "y__a+b.png": d / "y.png"}
 
 
 SHARDED = textwrap.dedent("""
