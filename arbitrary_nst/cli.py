@@ -279,6 +279,8 @@ def gatys_config_from_args(args: argparse.Namespace):
                           f"and one for the final size), got {len(stage_iters)}")
     if any(s >= args.size for s in stages):
         raise ConfigError(f"--stages must be smaller than --size {args.size}, got {list(stages)}")
+    if any(b <= a for a, b in zip(stages, stages[1:])):  # (64,48 ran in the order given)
+        raise ConfigError(f"--stages must be increasing (coarse to fine), got {list(stages)}")
     return gatys.GatysConfig(
         content_layers=parse_layers(args.content_layers, what="content"),
         style_layers=parse_layers(args.style_layers, what="style"),
@@ -524,9 +526,11 @@ def _run_fit_style(args: argparse.Namespace) -> int:
         print(f"skipped: {why}", file=sys.stderr)
     fs.save(out, overwrite=args.overwrite)
     h = fs.history
-    print(f"wrote {out}: {fs.info['photos']} photos, {args.steps} steps, loss "
+    n_skip = len(fs.info.get("skipped", []))
+    skips = f" ({n_skip} skipped: exit status 1, as for batch runs)" if n_skip else ""
+    print(f"wrote {out}: {fs.info['photos']} photos{skips}, {args.steps} steps, loss "
           f"{h[0]:.4g} -> {h[-1]:.4g} ({time.perf_counter() - t0:.1f} s)")
-    return 1 if fs.info.get("skipped") else 0
+    return 1 if n_skip else 0
 
 
 command("fit-style", "Fit a style's conditioning (gamma/beta) on photos once and save it "

@@ -46,8 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _claim(out: Path) -> None:
     """Make ``out`` the demo's folder: new, empty, or marked by an earlier demo run."""
     files.check_writable_dir(out)
-    ours = {MARKER, "inputs", "stylized", "gatys", "interpolation.png", "strength_sweep.png"}
-    if not (out / MARKER).is_file() and not {p.name for p in out.iterdir()} <= ours:
+    # Only the marker says a folder is the demo's: names alone do not (a user's own
+    # interpolation.png in a folder holding just that was replaced)
+    if not (out / MARKER).is_file() and any(out.iterdir()):
         raise ConfigError(f"{out}: not empty and not an earlier demo's folder (the demo "
                           "replaces its own files); choose a new or empty --out-dir")
     (out / MARKER).write_text("written by `infer.py demo`; its files are replaced on rerun\n")

@@ -38,6 +38,7 @@ fits leave the 100-d subspace the heads can reach (section below).
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -538,9 +539,16 @@ def main(argv: list[str] | None = None) -> int:
                      "style_size", "content_crop"):
             if getattr(a, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
-        if min(a.rank) < 1 or min(a.ridge) <= 0 or a.scale < 0:
-            raise ConfigError(f"--rank must be >= 1, --ridge > 0 and --scale >= 0, got "
+        finite = lambda *v: all(math.isfinite(x) for x in v)  # noqa: E731 (NaN passed < / <=)
+        if (min(a.rank) < 1 or not finite(*a.ridge, a.scale) or min(a.ridge) <= 0
+                or a.scale < 0):
+            raise ConfigError(f"--rank must be >= 1, --ridge > 0 and --scale >= 0 (finite), got "
                               f"{a.rank}, {a.ridge}, {a.scale}")
+        if not finite(a.target_scale, a.weight_decay) or a.weight_decay < 0:
+            raise ConfigError(f"--target-scale must be finite and --weight-decay finite and "
+                              f">= 0, got {a.target_scale}, {a.weight_decay}")
+        if a.content_seeds is not None and min(a.content_seeds) < 0:
+            raise ConfigError(f"--content-seeds must be >= 0, got {a.content_seeds}")
         if min(a.style_size, a.content_crop) < 32:
             raise ConfigError("--style-size and --content-crop must be >= 32 (VGG's minimum)")
         lo, hi = a.content_short

@@ -31,9 +31,15 @@ def test_demo_runs_and_reruns_over_its_own_folder(model, tmp_path, capsys):
     assert Image.open(out / "interpolation.png").size[0] > 64 * 4
     assert (out / "strength_sweep.png").is_file() and (out / MARKER).is_file()
     assert demo(out, model) == 0  # its own files are replaced
-    # an older demo folder without the marker is recognised by its entries
+    # without the marker, demo-like names alone do not make a folder the demo's (a user's
+    # interpolation.png alone in a folder was replaced)
     (out / MARKER).unlink()
-    assert demo(out, model) == 0
+    assert demo(out, model) == 1
+    assert "not an earlier demo's folder" in capsys.readouterr().err
+    only = tmp_path / "only"
+    only.mkdir()
+    (only / "interpolation.png").write_bytes(b"precious")
+    assert demo(only, model) == 1 and (only / "interpolation.png").read_bytes() == b"precious"
     capsys.readouterr()
 
 

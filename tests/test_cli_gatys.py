@@ -113,7 +113,8 @@ def test_several_styles_with_weights(files, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["missing", "not_image", "weights_count", "bad_layer",
-                                  "bad_ext", "input_as_output", "stage_iters", "many_to_file"])
+                                  "bad_ext", "input_as_output", "stage_iters", "many_to_file",
+                                  "stages_order"])
 def test_bad_inputs_give_one_line_and_nonzero(files, tmp_path, capsys, case):
     out = tmp_path / "o.png"
     args = gatys_args(files, out, iters=0)
@@ -134,6 +135,9 @@ def test_bad_inputs_give_one_line_and_nonzero(files, tmp_path, capsys, case):
         args += ["--stages", "16", "--stage-iters", "1"]
     elif case == "many_to_file":
         args = gatys_args(files, out, contents=("a", "b"), iters=0)
+    elif case == "stages_order":  # (64,48 ran in the order given: fine to coarse)
+        args[args.index("--size") + 1] = "64"
+        args += ["--stages", "40,32"]
     assert main(args) == 1
     line = one_error_line(capsys)
     assert "Traceback" not in line

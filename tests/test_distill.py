@@ -191,7 +191,12 @@ def test_content_crops_are_never_flat():
                                       (["--content-short", "20", "40"], "--content-short"),
                                       (["--learning-rate", "0"], "learning rate"),
                                       (["--target", "conditioning", "--rank", "0"], "--rank"),
-                                      (["--target", "conditioning", "--ridge", "-1"], "--ridge")])
+                                      (["--target", "conditioning", "--ridge", "-1"], "--ridge"),
+                                      (["--target", "conditioning", "--ridge", "nan"], "--ridge"),
+                                      (["--target", "conditioning", "--scale", "inf"], "--scale"),
+                                      (["--target-scale", "nan"], "--target-scale"),
+                                      (["--weight-decay", "-1"], "--weight-decay"),
+                                      (["--content-seeds", "-1"], "--content-seeds")])
 def test_command_rejects_bad_options_in_one_line(tmp_path, capsys, bad, msg):
     assert distill.main(["--out", str(tmp_path / "d")] + bad) == 1
     err = capsys.readouterr().err
