@@ -1005,6 +1005,7 @@ def run(content, styles, *, style_weights=None, config: GatysConfig | None = Non
     history, stages, evaluations, seconds = [], [], [], []
     x_prev = None
     done_iters = 0
+    stuck: list[int] = []
     try:
         for si, (hw, n_iter) in enumerate(plan):
             content_s = _resize_batch(x_content, hw)
@@ -1022,6 +1023,7 @@ def run(content, styles, *, style_weights=None, config: GatysConfig | None = Non
                                         stage=si, n_stages=len(plan), bar=bar, report=report,
                                         done_before=done_iters, total=total_iters)
             x_prev = np.asarray(_final_image(z, cfg.parameterization))
+            stuck = _made_no_progress(np.asarray(x0), x_prev, hist, n_iter)
             seconds.append(time.perf_counter() - t0)
             history.append(hist)
             stages.append(tuple(hw))
@@ -1031,6 +1033,12 @@ def run(content, styles, *, style_weights=None, config: GatysConfig | None = Non
         if bar is not None:
             bar.close()
     out = x_prev
+    if stuck:  # (the photo came back unchanged with exit 0: --style-weight 1e30)
+        which = ("" if out.shape[0] == 1 else
+                 f" for example{'s' if len(stuck) > 1 else ''} {stuck}")
+        raise ModelError(f"the optimization made no progress{which}: the image did not change "
+                         "although its loss is not 0 (weights so large that float32 gradients "
+                         "overflow): lower the loss weights")
     bad = [i for i in range(out.shape[0]) if not np.all(np.isfinite(out[i]))]
     if bad:  # (weights or a learning rate so large that the optimization overflowed)
         which = "" if out.shape[0] == 1 else f" for example{'s' if len(bad) > 1 else ''} {bad}"
@@ -1040,6 +1048,19 @@ def run(content, styles, *, style_weights=None, config: GatysConfig | None = Non
         out = np.asarray(color_lib.transfer_luminance(out, x_content, cfg.color_space))
     return GatysResult(images=out.astype(np.float32), history=history, stages=stages,
                        evaluations=evaluations, seconds=seconds, config=cfg)
+
+
+def _made_no_progress(x0: np.ndarray, x: np.ndarray, hist: dict, n_iter: int) -> list[int]:
+    """Examples whose image did not move in a stage of ``n_iter`` > 0 iterations although their
+    final loss is finite and > 0 (a converged start has a zero loss or moves a little; an
+    overflowing gradient makes L-BFGS and Adam stop dead). ``lbfgs_optax`` keeps no per-example
+    total: not checked."""
+    total = hist.get("total") if isinstance(hist, dict) else None
+    if n_iter <= 0 or total is None or x0.shape != x.shape:
+        return []
+    last = np.asarray(total)[-1].reshape(-1)
+    return [i for i in range(x.shape[0]) if i < last.size and np.isfinite(last[i])
+            and last[i] > 0 and np.abs(x[i] - x0[i]).max() < 1e-6]
 
 
 def _optimize(params, x0, cf, st, weights, cfg: GatysConfig, lcfg, n_iter: int, *, stage,

@@ -271,3 +271,24 @@ def test_data_folders_take_one_or_more_values():
         data.prepare = real
     assert seen["content_dirs"] == ["p"] and seen["style_dirs"] == ["a", "b", "c"]
     assert seen["style_dir_weights"] == [1.0, 2.0, 3.0]
+
+
+def test_weights_too_large_for_float32_are_an_error_not_the_photo(files, tmp_path, capsys):
+    """--style-weight 1e30 with the default layers returned the unchanged photo with exit 0
+    (its float32 gradient overflows, so L-BFGS and Adam stop dead); a zero style weight still
+    runs (its image moves, or its loss is 0)."""
+    out = tmp_path / "o.png"
+    photo, painting = tmp_path / "photo.png", tmp_path / "painting.png"
+    rng = np.random.default_rng(0)  # (noise: the largest Gram values, the earliest overflow)
+    for p in (photo, painting):
+        Image.fromarray((rng.random((96, 128, 3)) * 255).astype(np.uint8)).save(p)
+
+    def args(weight, opt):
+        return ["gatys", "--content", str(photo), "--style", str(painting), "--out",
+                str(out), "--size", "64", "--iters", "2", "--quiet", "--style-weight", weight,
+                "--optimizer", opt]
+
+    for opt in ("lbfgs", "adam"):
+        assert main(args("1e30", opt)) == 1
+        assert "made no progress" in one_error_line(capsys) and not out.exists()
+    assert main(args("0", "lbfgs")) == 0 and out.exists()
