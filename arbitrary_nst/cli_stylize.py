@@ -255,6 +255,11 @@ def _validate(args: argparse.Namespace) -> str:
         check_palette(args.palette)
         if args.method == "gatys":
             raise ConfigError("--palette applies to --method network only")
+        from .inference import preserve_color_mode
+
+        if preserve_color_mode(args.preserve_color) == "luminance":  # (it was ignored)
+            raise ConfigError("--palette does not apply with --preserve-color luminance (the "
+                              "output keeps the photo's colours); drop one of them")
     return mode
 
 
@@ -269,8 +274,23 @@ def _check_out_file(out: str) -> Path:
     return files.check_output_file(out, overwrite=True, suffixes=images.SAVE_FORMATS)
 
 
+#: Longest style part of an output name (bytes): file names hold 255, and the content's stem
+#: and the suffix need room (three 92-character style names failed at write time, after the
+#: work).
+MAX_STYLE_TAG = 120
+
+
 def _stem(paths) -> str:
-    return "+".join(Path(os.fspath(p)).stem for p in paths)
+    """The styles' part of an output name: their stems joined by '+', shortened (with a hash
+    of the full names, so different mixes stay apart) when too long for a file name."""
+    tag = "+".join(Path(os.fspath(p)).stem for p in paths)
+    if len(os.fsencode(tag)) <= MAX_STYLE_TAG:
+        return tag
+    import hashlib
+
+    digest = hashlib.sha1(os.fsencode(tag)).hexdigest()[:8]
+    head = os.fsencode(tag)[:MAX_STYLE_TAG - 10].decode("utf-8", "ignore")
+    return f"{head}~{digest}"
 
 
 def _same_file(a, b) -> bool:

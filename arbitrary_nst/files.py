@@ -74,12 +74,13 @@ def check_output_file(path: str | os.PathLike, *, overwrite: bool,
     file name the filesystem can hold, and a folder that exists (or is created) and is
     writable. Returns ``path`` as a Path."""
     p = Path(path)
+    exists = lexists(p)
+    if exists and p.is_dir():  # (first: it said "unsupported output format (no extension)")
+        raise ImageError(p, "is a directory, expected an output file name (a folder of "
+                            "outputs is --out-dir)")
     if suffixes is not None and p.suffix.lower() not in {x.lower() for x in suffixes}:
         raise ImageError(p, f"unsupported output format ({p.suffix or 'no extension'}); use "
                             f"one of {', '.join(sorted(suffixes))}")
-    exists = lexists(p)
-    if exists and p.is_dir():
-        raise ImageError(p, "is a directory, expected an output file name")
     real = os.path.realpath(p)
     if any(real == os.path.realpath(i) for i in inputs):
         raise ImageError(p, "would overwrite an input file; choose another output")

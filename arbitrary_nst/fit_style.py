@@ -176,6 +176,10 @@ class FittedStyle:
         """Read a file written by :meth:`save`; ModelError (one line) if it is not one."""
         path = Path(path)
         try:
+            with open(path, "rb") as f:  # (np.load reads a non-zip file as a pickle)
+                if f.read(4) != b"PK\x03\x04":
+                    raise ModelError(f"{path}: not a fitted style file (not an .npz archive; "
+                                     "`infer.py fit-style` writes them)")
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(bytes(z["meta"]).decode())
                 if meta.get("format") != FORMAT:

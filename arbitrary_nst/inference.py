@@ -861,6 +861,10 @@ class Stylizer:
 
             if not isinstance(path, (str, os.PathLike)):
                 raise ConfigError(f"model path must be a path, got {type(path).__name__}")
+            if fit_style.is_fitted_style_path(path):
+                raise ConfigError(f"{os.fspath(path)}: a fitted style (.npz) is a style, not a "
+                                  "model: pass it as a style (--style); the model is a "
+                                  ".safetensors export or a training workdir")
             name = export.model_file(path)
             if not os.path.exists(name):
                 raise ModelError(f"{name}: no such model file")

@@ -412,7 +412,8 @@ def test_corrupt_model_file(cli, data, tmp_path, model):
     "no_match_glob", "max_size_negative", "batch_size_zero", "palette_high", "palette_gatys",
     "style_size_huge", "iterations_network", "strength_with_sweep", "gatys_tiny_max_size",
     "too_many_tiles", "long_out_name", "dtype_gatys", "fitted_gatys", "fitted_onnx",
-    "steps_without_interpolate", "tile_size_without_figure"])
+    "steps_without_interpolate", "tile_size_without_figure", "palette_luminance",
+    "out_is_a_folder", "model_is_fitted", "fake_npz_style"])
 def test_bad_inputs_one_line(cli, data, case, monkeypatch):
     t = data["tmp"]
     c, s = data["contents"][0], data["styles"][0]
@@ -505,6 +506,17 @@ def test_bad_inputs_one_line(cli, data, case, monkeypatch):
         args += ["--steps", 3]
     elif case == "tile_size_without_figure":
         args += ["--tile-size", 64]
+    elif case == "palette_luminance":  # was silently ignored
+        args += ["--preserve-color", "--palette", 1]
+    elif case == "out_is_a_folder":  # said "unsupported output format (no extension)"
+        (t / "od").mkdir(exist_ok=True)
+        args[-1] = t / "od"
+    elif case == "model_is_fitted":  # said "not a readable model export (... header ...)"
+        (t / "f.npz").write_bytes(b"PK\x03\x04")
+        args += ["--model", t / "f.npz"]
+    elif case == "fake_npz_style":  # a JPEG named .npz: "it holds Python objects"
+        (t / "f.npz").write_bytes(s.read_bytes())
+        args[3] = t / "f.npz"
     elif case in ("fitted_gatys", "fitted_onnx"):  # in the CLI's words, not the API's
         (t / "f.npz").write_bytes(b"")
         args[3] = t / "f.npz"
@@ -516,6 +528,10 @@ def test_bad_inputs_one_line(cli, data, case, monkeypatch):
     assert len(line) < 400 + (300 if case == "long_out_name" else 0)
     if case.startswith("fitted"):
         assert "is a fitted style (.npz)" in line and "backend='" not in line
+    want = {"palette_luminance": "does not apply with --preserve-color",
+            "out_is_a_folder": "is a directory", "model_is_fitted": "is a style, not a model",
+            "fake_npz_style": "not an .npz archive"}.get(case)
+    assert want is None or want in line, line
     assert c.read_bytes() == before  # an input is never written over
     if case not in ("out_is_input",):
         assert not out.exists() or case == "no_out"
@@ -537,3 +553,13 @@ def test_size_limits_agree():
     from arbitrary_nst import cli
 
     assert cli_stylize.MAX_STYLE_SIZE == cli.MAX_STYLE_SIZE == inference.MAX_STYLE_SIZE
+
+
+def test_long_style_mixes_get_short_distinct_output_names():
+    """Three 92-character style names made a file name too long, found at write time after
+    the work; the styles' part is shortened with a hash (distinct mixes stay distinct)."""
+    a, b, c = ("a" * 92 + ".jpg", "b" * 92 + ".png", "c" * 92 + ".png")
+    tag = cli_stylize._stem([a, b, c])
+    assert len(tag.encode()) <= cli_stylize.MAX_STYLE_TAG and tag.startswith("a" * 92 + "+b")
+    assert tag != cli_stylize._stem([a, c, b])
+    assert cli_stylize._stem(["x.jpg", "y.png"]) == "x+y"  # short names unchanged

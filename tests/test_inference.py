@@ -436,6 +436,8 @@ def test_constructor_options_are_checked(model_path, vgg):
             Stylizer.load(model_path, vgg=vgg, **kw)
     with pytest.raises(ConfigError, match="model path must be a path"):
         Stylizer.load(5, vgg=vgg)
+    with pytest.raises(ConfigError, match="a fitted style .* is a style, not a model"):
+        Stylizer.load("painting.npz", vgg=vgg)
 
 
 def test_api_arguments_that_ran_silently_or_raised_raw(st, model_path, vgg, files):
