@@ -1023,7 +1023,10 @@ def run(content, styles, *, style_weights=None, config: GatysConfig | None = Non
                                         stage=si, n_stages=len(plan), bar=bar, report=report,
                                         done_before=done_iters, total=total_iters)
             x_prev = np.asarray(_final_image(z, cfg.parameterization))
-            stuck = _made_no_progress(np.asarray(x0), x_prev, hist, n_iter)
+            # (against the start as the optimizer sees it: softclip/sigmoid clamp it first)
+            start = np.asarray(_final_image(from_image(x0, cfg.parameterization),
+                                            cfg.parameterization))
+            stuck = _made_no_progress(start, x_prev, hist, n_iter)
             seconds.append(time.perf_counter() - t0)
             history.append(hist)
             stages.append(tuple(hw))
@@ -1037,8 +1040,9 @@ def run(content, styles, *, style_weights=None, config: GatysConfig | None = Non
         which = ("" if out.shape[0] == 1 else
                  f" for example{'s' if len(stuck) > 1 else ''} {stuck}")
         raise ModelError(f"the optimization made no progress{which}: the image did not change "
-                         "although its loss is not 0 (weights so large that float32 gradients "
-                         "overflow): lower the loss weights")
+                         "in the last stage although its loss is not 0 (loss weights so large "
+                         "that float32 gradients overflow, or a learning rate too small to move "
+                         "a pixel): lower the loss weights or raise the learning rate")
     bad = [i for i in range(out.shape[0]) if not np.all(np.isfinite(out[i]))]
     if bad:  # (weights or a learning rate so large that the optimization overflowed)
         which = "" if out.shape[0] == 1 else f" for example{'s' if len(bad) > 1 else ''} {bad}"
@@ -1053,8 +1057,9 @@ def run(content, styles, *, style_weights=None, config: GatysConfig | None = Non
 def _made_no_progress(x0: np.ndarray, x: np.ndarray, hist: dict, n_iter: int) -> list[int]:
     """Examples whose image did not move in a stage of ``n_iter`` > 0 iterations although their
     final loss is finite and > 0 (a converged start has a zero loss or moves a little; an
-    overflowing gradient makes L-BFGS and Adam stop dead). ``lbfgs_optax`` keeps no per-example
-    total: not checked."""
+    overflowing gradient makes L-BFGS and Adam stop dead). ``x0``: the start as the optimizer
+    sees it (after its parameterization's clamp). Without a per-example ``total`` in the
+    history: not checked."""
     total = hist.get("total") if isinstance(hist, dict) else None
     if n_iter <= 0 or total is None or x0.shape != x.shape:
         return []

@@ -281,7 +281,9 @@ def test_weights_too_large_for_float32_are_an_error_not_the_photo(files, tmp_pat
     photo, painting = tmp_path / "photo.png", tmp_path / "painting.png"
     rng = np.random.default_rng(0)  # (noise: the largest Gram values, the earliest overflow)
     for p in (photo, painting):
-        Image.fromarray((rng.random((96, 128, 3)) * 255).astype(np.uint8)).save(p)
+        x = (rng.random((96, 128, 3)) * 255).astype(np.uint8)
+        x[0, 0], x[1, 1] = 255, 0  # (the default softclip clamps these: "moved" by 1e-3)
+        Image.fromarray(x).save(p)
 
     def args(weight, opt):
         return ["gatys", "--content", str(photo), "--style", str(painting), "--out",
