@@ -530,7 +530,6 @@ def _check_resume_settings(out_dir: Path, info: dict[str, Any], model_path: str 
     now["model_file"] = [st.st_size, st.st_mtime_ns] if st else None
     path = out_dir / "settings.json"
     recorded: dict[str, Any] = {}
-    recorded_inputs: dict[str, str] = {}
     if resume and not path.is_file() and any((out_dir / "images").glob("*/*.png")):
         raise ConfigError(f"--resume: {out_dir} holds images but no settings.json, so what made "
                           "them is unknown; run without --resume (the images are made again) "
@@ -538,32 +537,44 @@ def _check_resume_settings(out_dir: Path, info: dict[str, Any], model_path: str 
     if path.is_file():
         try:
             before = json.loads(path.read_text())
+            if not isinstance(before, dict):
+                raise ValueError("not a JSON object")
         except (OSError, ValueError) as e:
             raise ConfigError(f"{path}: unreadable ({e}); delete it, or use a new --out") from None
         # (an older flat file recorded one set of settings for every method)
         recorded = before.get("methods", {}) if "methods" in before else {
             m: before for m in METHODS}
-        recorded_inputs = before.get("inputs", {}) if isinstance(before, dict) else {}
+    inputs = dict(inputs or {})
+    kept: dict[str, dict[str, str]] = {}  # per resumed method: the inputs its images came from
     if resume:
         for m in methods:
-            if m in recorded:
-                diff = [k for k in _METHOD_KEYS.get(m, ("size",))
-                        if recorded[m].get(k) != now.get(k)]
-                if diff:
-                    raise ConfigError(
-                        f"--resume: {out_dir} holds {m} images made with other settings ("
-                        + ", ".join(f"{k} {recorded[m].get(k)!r} -> {now.get(k)!r}"
-                                    for k in diff) + "); use a new --out or the same settings")
-        changed = sorted(k for k, v in (inputs or {}).items()
-                         if k in recorded_inputs and recorded_inputs[k] != v)
-        if changed:
-            raise ConfigError(f"--resume: {len(changed)} input file(s) changed since {out_dir}'s "
-                              f"images were made ({', '.join(changed[:3])}"
-                              f"{', ...' if len(changed) > 3 else ''}); run without --resume "
-                              "or use a new --out")
-    recorded.update({m: now for m in methods})
-    recorded_inputs.update(inputs or {})
-    _write_json(path, {"methods": recorded, "inputs": recorded_inputs})
+            if m not in recorded:
+                continue
+            diff = [k for k in _METHOD_KEYS.get(m, ("size",))
+                    if recorded[m].get(k) != now.get(k)]
+            if diff:
+                raise ConfigError(
+                    f"--resume: {out_dir} holds {m} images made with other settings ("
+                    + ", ".join(f"{k} {recorded[m].get(k)!r} -> {now.get(k)!r}"
+                                for k in diff) + "); use a new --out or the same settings")
+            made_from = recorded[m].get("inputs")
+            if not isinstance(made_from, dict):  # (a settings.json of an older version)
+                if any((out_dir / "images" / m).glob("*.png")):
+                    raise ConfigError(f"--resume: {out_dir}'s {m} images were recorded without "
+                                      "their input files, so a changed photo or painting "
+                                      "cannot be told; run without --resume or use a new --out")
+                made_from = {}
+            changed = sorted(k for k, v in inputs.items()
+                             if k in made_from and made_from[k] != v)
+            if changed:
+                raise ConfigError(f"--resume: {len(changed)} input file(s) changed since "
+                                  f"{out_dir}'s {m} images were made ({', '.join(changed[:3])}"
+                                  f"{', ...' if len(changed) > 3 else ''}); run without "
+                                  "--resume or use a new --out")
+            kept[m] = made_from
+    # Per method (a run without --resume re-makes only its own methods' images)
+    recorded.update({m: {**now, "inputs": {**kept.get(m, {}), **inputs}} for m in methods})
+    _write_json(path, {"methods": recorded})
 
 
 def _pick(items: list, n: int | None) -> list:

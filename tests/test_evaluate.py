@@ -186,8 +186,21 @@ def test_resume_refuses_changed_inputs_and_unknown_images(tiny_set, tmp_path, vg
     with pytest.raises(ConfigError, match=r"--resume: 1 input file\(s\) changed .*content/"
                        + first.stem):
         evaluate.evaluate(contents, tiny_set / "style", out, resume=True, **kw)
+    # a run of another method records the new file for *its* images only: identity's images
+    # still come from the old photo
+    evaluate.evaluate(contents, tiny_set / "style", out, **{**kw, "methods": ["style"]})
+    with pytest.raises(ConfigError, match="identity images were made"):
+        evaluate.evaluate(contents, tiny_set / "style", out, resume=True,
+                          **{**kw, "methods": ["identity", "style"]})
     evaluate.evaluate(contents, tiny_set / "style", out, **kw)  # a new run records them
     evaluate.evaluate(contents, tiny_set / "style", out, resume=True, **kw)
+    # a settings.json of the previous version (no inputs): its images cannot be checked
+    settings = json.loads((out / "settings.json").read_text())
+    del settings["methods"]["identity"]["inputs"]
+    (out / "settings.json").write_text(json.dumps(settings))
+    with pytest.raises(ConfigError, match="recorded without their input files"):
+        evaluate.evaluate(contents, tiny_set / "style", out, resume=True, **kw)
+    evaluate.evaluate(contents, tiny_set / "style", out, **kw)
     (out / "images" / "identity" / "times.json").write_text('{"a":')
     with pytest.raises(ConfigError, match="times.json: unreadable"):
         evaluate.evaluate(contents, tiny_set / "style", out, resume=True, **kw)
