@@ -50,7 +50,8 @@ def _claim(out: Path) -> None:
     # interpolation.png in a folder holding just that was replaced)
     if not (out / MARKER).is_file() and any(out.iterdir()):
         raise ConfigError(f"{out}: not empty and not an earlier demo's folder (the demo "
-                          "replaces its own files); choose a new or empty --out-dir")
+                          "replaces its own files); choose a new or empty --out-dir, or delete "
+                          "it if it is a demo folder of an older version")
     (out / MARKER).write_text("written by `infer.py demo`; its files are replaced on rerun\n")
 
 

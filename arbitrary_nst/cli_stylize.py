@@ -274,23 +274,26 @@ def _check_out_file(out: str) -> Path:
     return files.check_output_file(out, overwrite=True, suffixes=images.SAVE_FORMATS)
 
 
-#: Longest style part of an output name (bytes): file names hold 255, and the content's stem
-#: and the suffix need room (three 92-character style names failed at write time, after the
-#: work).
-MAX_STYLE_TAG = 120
-
-
 def _stem(paths) -> str:
-    """The styles' part of an output name: their stems joined by '+', shortened (with a hash
-    of the full names, so different mixes stay apart) when too long for a file name."""
-    tag = "+".join(Path(os.fspath(p)).stem for p in paths)
-    if len(os.fsencode(tag)) <= MAX_STYLE_TAG:
-        return tag
+    return "+".join(Path(os.fspath(p)).stem for p in paths)
+
+
+def _output_name(content_stem: str, tag: str, suffix: str = ".png") -> str:
+    """``{content}__{tag}{suffix}``; when that is longer than a file name can be (255 bytes:
+    three 92-character style names failed at write time, after the work) the styles' part is
+    cut and a hash of it added, so different mixes keep different names. Names that fit are
+    unchanged."""
+    name = f"{content_stem}__{tag}{suffix}"
+    if len(os.fsencode(name)) <= 255:
+        return name
     import hashlib
 
     digest = hashlib.sha1(os.fsencode(tag)).hexdigest()[:8]
-    head = os.fsencode(tag)[:MAX_STYLE_TAG - 10].decode("utf-8", "ignore")
-    return f"{head}~{digest}"
+    room = 255 - len(os.fsencode(f"{content_stem}__~{digest}{suffix}"))
+    if room < 1:  # the content's own name is too long: the output check reports it
+        return name
+    head = os.fsencode(tag)[:room].decode("utf-8", "ignore")
+    return f"{content_stem}__{head}~{digest}{suffix}"
 
 
 def _same_file(a, b) -> bool:
@@ -416,7 +419,8 @@ def _figure(args, mode: str, stylizer) -> int:
         out = Path(args.out)
     else:
         kind = "interp" if mode == "interpolate" else "sweep"
-        out = _check_out_dir(args.out_dir) / f"{content.stem}__{_stem(styles)}__{kind}.png"
+        out = _check_out_dir(args.out_dir) / _output_name(content.stem,
+                                                          f"{_stem(styles)}__{kind}")
     files.check_output_file(out, overwrite=args.overwrite, inputs=[content, *styles],
                             suffixes=images.SAVE_FORMATS)
     t0 = time.perf_counter()
@@ -498,7 +502,7 @@ def _stylize(args, stylizer) -> int:
     else:
         out_dir = _check_out_dir(args.out_dir)
         tag = _stem(styles) + ("__gatys" if args.method == "gatys" else "")
-        output = lambda p: out_dir / f"{Path(p).stem}__{tag}.png"  # noqa: E731
+        output = lambda p: out_dir / _output_name(Path(p).stem, tag)  # noqa: E731
     max_size = args.max_size or None
     t0 = time.perf_counter()
     if args.method == "gatys":

@@ -682,26 +682,35 @@ def earlier_outputs(paths: Sequence[Path], output: Callable[[Path], Any]) -> dic
     happens to have that name): the contents they were made from report them as existing
     outputs that even ``overwrite`` does not replace (:func:`output_problem`)."""
     made_by = {}
-    # (folder, suffix, content stem) of each content's output: a result of an earlier run
-    # with *another* style is "{stem}__{other style}{suffix}" in that folder (it was
-    # stylized again into x__candy__mond.png)
-    out_dirs: dict[tuple[str, str], dict[str, Path]] = {}
     for p in paths:
-        dest = os.path.realpath(output(p))
-        made_by.setdefault(dest, p)
-        out_dirs.setdefault((os.path.dirname(dest), Path(dest).suffix.lower()), {}).setdefault(
-            p.stem, p)
+        made_by.setdefault(os.path.realpath(output(p)), p)
     found = {}
     for p in paths:
-        real = os.path.realpath(p)
-        src = made_by.get(real)
-        if src is None:
-            stems = out_dirs.get((os.path.dirname(real), p.suffix.lower()), {})
-            head = p.stem.split("__")[0]
-            if "__" in p.stem and head in stems:
-                src = stems[head]
-        if src is not None and os.path.realpath(src) != real:
+        src = made_by.get(os.path.realpath(p))
+        if src is not None and os.path.realpath(src) != os.path.realpath(p):
             found[p] = src
+    return found
+
+
+def earlier_other_style_outputs(paths: Sequence[Path], output: Callable[[Path], Any]
+                                ) -> dict[Path, Path]:
+    """Contents that look like results of an earlier run *with another style*: named
+    ``{content stem}__{anything}`` with the outputs' suffix, in the folder where that content's
+    outputs go (a rerun with a new style stylized them again into x__candy__mond.png). A guess
+    (a photo can be named so): ``{guess: the content}``, every ``__`` boundary tried."""
+    where: dict[tuple[str, str, str], Path] = {}
+    for p in paths:
+        dest = Path(os.path.realpath(output(p)))
+        where.setdefault((str(dest.parent), dest.suffix.lower(), p.stem), p)
+    found = {}
+    for p in paths:
+        real = Path(os.path.realpath(p))
+        parts = p.stem.split("__")
+        for k in range(len(parts) - 1, 0, -1):  # longest content stem first
+            src = where.get((str(real.parent), real.suffix.lower(), "__".join(parts[:k])))
+            if src is not None and os.path.realpath(src) != str(real):
+                found[p] = src
+                break
     return found
 
 
@@ -736,12 +745,21 @@ def plan_outputs(paths: Sequence[Path], output: Callable[[Path], Any],
     per content."""
     dests = {p: output_path(output, p) for p in paths}
     earlier = earlier_outputs(paths, dests.__getitem__)
+    guessed = {p: src for p, src in earlier_other_style_outputs(paths, dests.__getitem__).items()
+               if p not in earlier}
+    earlier.update(guessed)
     earlier_real = {os.path.realpath(p) for p in earlier}
     guarded = {os.path.realpath(p) for p in [*paths, *inputs]}
     skips: list[FileResult] = []
     jobs: list[tuple[int, Path, Path]] = []
     claimed: dict[str, Path] = {}
     for i, p in enumerate(paths):
+        if p in guessed:
+            skips.append(FileResult(
+                p, None, False, f"{p}: looks like an earlier run's result for {guessed[p]} with "
+                "another style, so it is not stylized again (rename it to stylize it)",
+                "earlier output"))
+            continue
         if p in earlier:
             skips.append(earlier_output_result(p, earlier[p]))
             continue

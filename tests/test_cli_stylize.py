@@ -557,9 +557,13 @@ def test_size_limits_agree():
 
 def test_long_style_mixes_get_short_distinct_output_names():
     """Three 92-character style names made a file name too long, found at write time after
-    the work; the styles' part is shortened with a hash (distinct mixes stay distinct)."""
-    a, b, c = ("a" * 92 + ".jpg", "b" * 92 + ".png", "c" * 92 + ".png")
-    tag = cli_stylize._stem([a, b, c])
-    assert len(tag.encode()) <= cli_stylize.MAX_STYLE_TAG and tag.startswith("a" * 92 + "+b")
-    assert tag != cli_stylize._stem([a, c, b])
-    assert cli_stylize._stem(["x.jpg", "y.png"]) == "x+y"  # short names unchanged
+    the work; such names are cut with a hash of the styles' part (distinct mixes stay
+    distinct, even with the same first 200 bytes); names that fit are unchanged."""
+    tag1 = cli_stylize._stem(["a" * 92 + ".jpg", "b" * 92 + ".png", "c" * 92 + ".png"])
+    tag2 = cli_stylize._stem(["a" * 92 + ".jpg", "b" * 92 + ".png", "c" * 91 + "d.png"])
+    n1, n2 = (cli_stylize._output_name("photo", t) for t in (tag1, tag2))
+    assert len(n1.encode()) <= 255 and len(n2.encode()) <= 255 and n1 != n2
+    assert n1.startswith("photo__" + "a" * 92 + "+") and n1.endswith(".png")
+    assert cli_stylize._output_name("photo", "x+y") == "photo__x+y.png"
+    medium = "m" * 200  # (fits: unchanged, so a rerun finds its earlier output)
+    assert cli_stylize._output_name("p", medium) == f"p__{medium}.png"

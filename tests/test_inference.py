@@ -654,11 +654,21 @@ def test_earlier_outputs_finds_a_jobs_own_results(tmp_path):
     assert found == {d / "x__s.png": d / "x.jpg", d / "x__s__s.png": d / "x__s.png"}
     assert inference.earlier_outputs(paths, lambda p: p) == {}
     assert inference.earlier_outputs(paths, lambda p: tmp_path / "elsewhere" / p.name) == {}
-    # results of runs with *another* style ({content}__{other}.png) are earlier outputs too
-    # (a rerun with a new style stylized them again into x__candy__mond.png)
-    paths = [d / "x.jpg", d / "x__candy.png", d / "y.png", d / "y__a+b.png", d / "z__candy.png"]
-    found = inference.earlier_outputs(paths, lambda p: d / f"{p.stem}__mond.png")
-    assert found == {d / "x__candy.png": d / "x.jpg", d / "y__a+b.png": d / "y.png"}
+    # results of runs with *another* style ({content}__{other}.png, the outputs' suffix, in
+    # their folder) are guessed too (a rerun with a new style stylized them again into
+    # x__candy__mond.png); every __ boundary is tried (a content named my__trip.jpg)
+    paths = [d / "x.jpg", d / "x__candy.png", d / "y.png", d / "y__a+b.png", d / "z__candy.png",
+             d / "beach.jpg", d / "beach__sunset.jpg", d / "my__trip.jpg",
+             d / "my__trip__candy.png"]
+    out = lambda p: d / f"{p.stem}__mond.png"  # noqa: E731
+    found = inference.earlier_other_style_outputs(paths, out)
+    assert found == {d / "x__candy.png": d / "x.jpg", d / "y__a+b.png": d / "y.png",
+                     d / "my__trip__candy.png": d / "my__trip.jpg"}
+    skips, jobs = inference.plan_outputs(paths, out, [], overwrite=False)
+    assert {j[1] for j in jobs} == {d / "x.jpg", d / "y.png", d / "z__candy.png",
+                                    d / "beach.jpg", d / "beach__sunset.jpg", d / "my__trip.jpg"}
+    assert all("looks like an earlier run's result" in r.reason and
+               r.kind == "earlier output" for r in skips)
 
 
 SHARDED = textwrap.dedent("""
