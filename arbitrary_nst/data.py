@@ -827,6 +827,15 @@ def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("._-")[:40]
 
 
+def _stored_cap(w: int, h: int, max_side: int) -> int | None:
+    """The longer side an image is stored at (smaller side <= ``max_side``, longer side <=
+    3 x ``max_side``), or None when it is stored at its own size (also for an unknown size 0)."""
+    short, long = min(w, h), max(w, h)
+    if not (short and short > max_side or long > 3 * max_side):
+        return None
+    return max(1, math.floor(long * min(max_side / short, 3 * max_side / long)))
+
+
 def _prepare_one(item: tuple[str, str, int, int], *, max_side: int, min_side: int, quality: int,
                  max_pixels: int = DEFAULT_MAX_PIXELS_FIELD) -> bytes | str:
     """JPEG bytes to store for one file, or the reason it is skipped (a ``str``)."""
@@ -840,27 +849,18 @@ def _prepare_one(item: tuple[str, str, int, int], *, max_side: int, min_side: in
             icc = bool(head.info.get("icc_profile"))
     except Exception:  # noqa: BLE001 - load_pil below gives the precise reason
         fmt, mode, w, h, orient, icc = None, None, 0, 0, 1, False
-    short, long = min(w, h), max(w, h)
-    if short and short > max_side or long > 3 * max_side:
-        s = min(max_side / short, 3 * max_side / long)
-        cap = max(1, math.floor(long * s))
-    else:
-        cap = None
+    cap = _stored_cap(w, h, max_side)
     try:
         # full decode: corrupt/truncated -> ImageError
         pil = _images.load_pil(full, max_side=cap, max_pixels=max_pixels)
     except ImageError as e:
-        if "max_pixels" in e.reason:  # (the hint names the Stylizer's option)
-            return e.reason.split("; pass")[0] + "; raise data.max_pixels (--max-pixels)"
-        return e.reason
+        # (the hint names the Stylizer's option)
+        return e.reason.replace(_images.TOO_LARGE_HINT, "raise data.max_pixels (--max-pixels)")
     except Exception as e:  # noqa: BLE001
         return f"cannot decode: {e}"
-    short, long = min(pil.size), max(pil.size)
-    if cap is None and (short > max_side or long > 3 * max_side):
+    if cap is None and (cap := _stored_cap(*pil.size, max_side)) is not None:
         # the header probe failed (above Pillow's own pixel limit, which load_pil raises to
         # max_pixels): downscale after the decode instead of storing it at full size
-        s = min(max_side / short, 3 * max_side / long)
-        cap = max(1, math.floor(long * s))
         pil = _images.downscale_pil(pil, cap)
     if min(pil.size) < min_side:
         return f"too small ({pil.size[0]} x {pil.size[1]} < {min_side} px)"
@@ -974,16 +974,15 @@ def prepare_folder(dirs: Sequence[str | os.PathLike[str]], *, data_dir: str | os
                         download_config=tfds.download.DownloadConfig(
                             compute_stats=tfds.download.ComputeStatsMode.SKIP),
                     )
-                except OSError as e:  # a read-only or full data_dir: one line, not a traceback
-                    raise ConfigError(f"{b.data_dir_root}: cannot write the prepared data "
-                                      f"({e.strerror or _one_line(e)}); set data.data_dir / "
-                                      "--data-dir to a writable folder with space") from None
-                except RuntimeError as e:  # TFDS wraps write errors ("No space left ...")
-                    if "space" not in str(e) and "Read-only" not in str(e):
+                except (OSError, RuntimeError) as e:  # a read-only or full data_dir: one line
+                    # (TFDS wraps write errors in RuntimeError: "No space left ...")
+                    if isinstance(e, RuntimeError) and not (
+                            "space" in str(e) or "Read-only" in str(e)):
                         raise
+                    why = getattr(e, "strerror", None) or _one_line(e)[:200]
                     raise ConfigError(f"{b.data_dir_root}: cannot write the prepared data "
-                                      f"({_one_line(e)[:200]}); set data.data_dir / "
-                                      "--data-dir to a writable folder with space") from None
+                                      f"({why}); set data.data_dir / --data-dir to a writable "
+                                      "folder with space") from None
         if reused:  # prepared by another process while we waited: reload its dataset info
             b = folder_builder(dirs, data_dir=data_dir, max_source_side=max_source_side,
                                min_source_side=min_source_side, jpeg_quality=jpeg_quality,

@@ -301,9 +301,12 @@ def _sniff_format(f: Any) -> str | None:
     return None
 
 
+#: The advice ending a "too large" reason (callers with another option name replace it).
+TOO_LARGE_HINT = "pass a larger max_pixels (--max-pixels)"
+
+
 def _too_large(w: int, h: int, limit: int | None) -> str:
-    return (f"too large: {w} x {h} = {w * h} pixels > limit {limit}; pass a larger max_pixels "
-            "(--max-pixels)")
+    return f"too large: {w} x {h} = {w * h} pixels > limit {limit}; {TOO_LARGE_HINT}"
 
 
 def _too_large_from_pillow(e: Exception, limit: int | None) -> str:
@@ -312,7 +315,7 @@ def _too_large_from_pillow(e: Exception, limit: int | None) -> str:
     pil_limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
     return (
         f"too large: {n} pixels > limit {limit if limit is not None else pil_limit} "
-        "(Pillow decompression-bomb guard); pass a larger max_pixels (--max-pixels)"
+        f"(Pillow decompression-bomb guard); {TOO_LARGE_HINT}"
     )
 
 

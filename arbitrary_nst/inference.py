@@ -371,6 +371,18 @@ def _as_image_list(x: Any, what: str) -> tuple[list[Any], bool]:
                       f"got an array of shape {a.shape}")
 
 
+def _moments_array(x: Any) -> np.ndarray:
+    """User colour moments as float32; anything that is not real numbers (a string, complex
+    values, whose imaginary part was dropped with a warning) as an empty array, which the
+    callers' shape check refuses in one line."""
+    try:
+        if np.iscomplexobj(x):
+            raise TypeError("complex")
+        return np.asarray(x, np.float32)
+    except (TypeError, ValueError):
+        return np.zeros((0,), np.float32)
+
+
 def _check_moment_values(m: np.ndarray) -> np.ndarray:
     """``m`` (``[12]``, finite) if it is the colour moments of some image in [0, 1]: means in
     [0, 1] and ``E[x x^T] - mean mean^T`` symmetric positive semi-definite (others gave black
@@ -1288,12 +1300,7 @@ class Stylizer:
         """``[12]`` or ``[N, 12]`` (mixed with ``weights``) colour moments -> ``[12]``: the
         moments of some image's pixels in [0, 1] (means in [0, 1], a positive semi-definite
         covariance); others gave black or muddy images without a word."""
-        try:
-            if np.iscomplexobj(moments):  # (the imaginary part was dropped with a warning)
-                raise TypeError("complex")
-            m = np.asarray(moments, np.float32)
-        except (TypeError, ValueError):
-            m = np.full((0,), np.nan, np.float32)
+        m = _moments_array(moments)
         if m.ndim == 2 and m.shape[-1] == color.MOMENTS_DIM:
             m = self.mix(m, weights)
         if m.shape != (color.MOMENTS_DIM,) or not np.all(np.isfinite(m)):
@@ -1583,12 +1590,7 @@ class Stylizer:
         plan.palette = self.model.palette if palette is None else check_palette(palette)
         ms: list[np.ndarray | None] = [None] * e.shape[0]
         if palette_moments is not None:
-            try:
-                if np.iscomplexobj(palette_moments):
-                    raise TypeError("complex")
-                m = np.asarray(palette_moments, np.float32)
-            except (TypeError, ValueError):
-                m = np.full((0,), np.nan, np.float32)
+            m = _moments_array(palette_moments)
             m = np.broadcast_to(m, (e.shape[0],) + m.shape) if m.ndim == 1 else m
             if m.shape != (e.shape[0], color.MOMENTS_DIM) or not np.all(np.isfinite(m)):
                 raise ConfigError(f"palette_moments must be finite, [K, {color.MOMENTS_DIM}] with "

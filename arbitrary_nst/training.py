@@ -1170,7 +1170,7 @@ def _divergence_setup(meta: dict) -> dict:
     (not the optimizer: the first step's loss is computed before its update)."""
     cfg = meta.get("config") or {}
     return {k: cfg.get(k) for k in ("loss", "data", "model")} | {
-        "dtype": (cfg.get("train") or {}).get("dtype"), "data_meta": meta.get("data")}
+        "dtype": (cfg.get("train") or {}).get("dtype")}
 
 
 def _raise_diverged(bad: int, host_metrics, mngr, workdir, start: int = 0,
