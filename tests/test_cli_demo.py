@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from arbitrary_nst import cli, cli_stylize
+from arbitrary_nst import cli, cli_stylize, inference
 from arbitrary_nst.cli_demo import DEMO_CONTENTS, DEMO_STYLES, MARKER
 
 from test_cli_stylize import make_model_file
@@ -71,3 +71,15 @@ def test_a_named_model_that_cannot_be_loaded_is_an_error(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("error: ") and "bad.safetensors" in err[0]
     assert not (tmp_path / "demo").exists()
     assert cli.main(["demo", "--out-dir", str(tmp_path / "d"), "--max-size", "-1"]) == 2
+
+
+def test_without_a_built_in_model_the_demo_runs_gatys(tmp_path, monkeypatch, capsys):
+    # an installation without assets/model.safetensors (README: the demo then runs Gatys)
+    monkeypatch.setattr(inference, "BUILTIN_MODEL", tmp_path / "missing" / "model.safetensors")
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--out-dir", str(out), "--max-size", "32", "--iterations", "2",
+                     "--no-progress"]) == 0
+    said = capsys.readouterr().out
+    assert "no trained model" in said and "running the Gatys optimizer instead" in said
+    assert Image.open(out / "gatys" / "astronaut__strokes.png").size[0] == 32
+    assert not (out / "stylized").exists() and (out / MARKER).is_file()

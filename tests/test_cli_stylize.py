@@ -169,6 +169,13 @@ def test_model_workdir_and_dtype(cli, data, model):
                      model.parent, "--dtype", "bfloat16", "--out", out)
     assert rc == 0, err
     assert Image.open(out).size == (45, 37)
+    # --dtype reaches the model: bfloat16 compute differs from float32, by rounding only
+    f32 = data["tmp"] / "f32.png"
+    assert cli("--content", data["contents"][0], "--style", data["styles"][0], "--model",
+               model.parent, "--out", f32)[0] == 0
+    a, b = (np.asarray(Image.open(p), np.float64) for p in (out, f32))
+    diff = np.abs(a - b)
+    assert diff.max() > 0 and diff.mean() < 0.02 * 255, (diff.max(), diff.mean())
 
 
 # ---------------------------------------------------------------------------- batch

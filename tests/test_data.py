@@ -14,12 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("tensorflow_datasets")
-pytest.importorskip("array_record")
-
-from arbitrary_nst import data, images  # noqa: E402
-from arbitrary_nst.errors import ConfigError  # noqa: E402
-from arbitrary_nst.images import load_image  # noqa: E402
+# tensorflow-datasets and array-record are requirements: a missing one fails these tests
+# (arbitrary_nst.data imports them), never skips them
+from arbitrary_nst import data, images
+from arbitrary_nst.errors import ConfigError
+from arbitrary_nst.images import load_image
 
 
 def _smooth(h: int, w: int, seed: int) -> np.ndarray:

@@ -189,6 +189,9 @@ def test_lbfgs_decreases_loss_in_range(base_run):
     assert np.all(np.diff(total) <= 1e-6 * total[0])  # monotone: line search enforces decrease
     assert total[-1] < 0.5 * total[0]
     assert r.evaluations[0] >= BASE.iterations
+    # curvature memory makes the first trial step acceptable nearly always (README: 1.1-1.4
+    # evaluations per iteration); without it (gradient descent + line search) this is ~1.7
+    assert r.evaluations[0] <= 1.5 * BASE.iterations
     assert set(r.final_terms()) >= {"total", "content", "style", "tv", "style/relu1_1"}
 
 
@@ -418,13 +421,16 @@ def test_style_statistics(params, content, style, adam_run, stat):
 
 
 def test_lbfgs_optax_sum_objective(params, content, style, base_run):
-    r = run(params, content, style, BASE.replace(optimizer="lbfgs_optax", iterations=8))
+    r = run(params, content, style, BASE.replace(optimizer="lbfgs_optax"))
     obj = r.history[0]["objective"][:, 0]
     assert obj[-1] < 0.5 * obj[0]
     assert r.history[0]["total"].shape == (1, 1)  # terms once per chunk
-    # same objective as ours: comparable final loss (within 2x after 12 iterations)
+    # same objective and method as ours: the final losses after 12 iterations agree closely
+    # (measured ratio 0.98; our loop with its memory wiped every step, i.e. gradient descent
+    # with a line search, ends ~1.18x above optax)
     ours = base_run.history[0]["total"][-1, 0]
-    assert 0.5 * ours < float(r.history[0]["total"][-1, 0]) < 2.0 * ours
+    ratio = ours / float(r.history[0]["total"][-1, 0])
+    assert 0.9 < ratio < 1.05, ratio
 
 
 def test_sigmoid_and_clip_parameterizations(params, content, style, base_run):

@@ -596,6 +596,23 @@ def test_folder_of_mixed_sizes_compiles_per_bucket(st, tmp_path, files):
         assert Image.open(out / p.name).size == (w, h)
 
 
+def test_partial_batches_pad_to_a_power_of_two(st, tmp_path, files):
+    # A folder's last, partial batch runs at the next power of two (capped at the batch size),
+    # so 3 and then 4 images of one bucket share one compiled program, and every image comes
+    # back unpadded (the padding rows are dropped).
+    assert [st.padded_batch(n, 8) for n in (1, 2, 3, 4, 5, 7, 8, 9)] == [1, 2, 4, 4, 8, 8, 8, 9]
+    assert st.padded_batch(3) == 4 and st.padded_batch(5) == 5  # default cap: batch_size 4
+    paths = [write_png(tmp_path / f"q{i}.png", smooth_image(20, 100, 60 + i)) for i in range(4)]
+    assert bucket_shape(20, 100) == (32, 112)  # a bucket no other test of this module uses
+    before = inference.trace_counts().get("stylize", 0)
+    three = list(st.stylize_files(paths[:3], files["style_a"], batch_size=4))
+    four = list(st.stylize_files(paths, files["style_a"], batch_size=4))
+    assert inference.trace_counts().get("stylize", 0) - before == 1
+    assert all(r.ok and r.image.shape == (20, 100, 3) for r in three + four)
+    for a, b in zip(three, four):
+        np.testing.assert_allclose(a.image, b.image, atol=1e-5)
+
+
 def test_files_pipeline_matches_api(st, tmp_path, files):
     paths = [write_png(tmp_path / f"p{i}.png", smooth_image(40, 44 + i, 30 + i)) for i in range(3)]
     paths.append(write_png(tmp_path / "odd.png", smooth_image(30, 75, 40)))  # another bucket

@@ -50,6 +50,75 @@ def test_mean_std_and_tv_match_numpy():
     np.testing.assert_allclose(losses.total_variation(jnp.asarray(x, jnp.float32), "l1"), l1, rtol=1e-5)
 
 
+# A two-tap stand-in for the VGG (1x1 conv + ReLU, then 2x2 average pooling + 1x1 conv + ReLU),
+# written once in numpy float64 and once in jax, so the whole perceptual loss can be checked
+# against a numpy float64 reference with taps of different sizes.
+_W1 = np.random.default_rng(10).standard_normal((3, 5))
+_W2 = np.random.default_rng(11).standard_normal((5, 6))
+
+
+def _np_feats(x):
+    a = np.maximum(x @ _W1, 0.0)
+    b, h, w, c = a.shape
+    pooled = a.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+    return {"relu1_1": a, "relu2_1": np.maximum(pooled @ _W2, 0.0)}
+
+
+def _jax_feats(x, taps):
+    a = jax.nn.relu(x @ jnp.asarray(_W1, x.dtype))
+    b, h, w, c = a.shape
+    pooled = a.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+    out = {"relu1_1": a, "relu2_1": jax.nn.relu(pooled @ jnp.asarray(_W2, x.dtype))}
+    return {t: out[t] for t in taps}
+
+
+def _np_statistic(f, kind, norm):
+    mse_parts = {}
+    if kind in ("gram", "both"):
+        mse_parts["gram"] = _np_gram(f, norm)
+    if kind in ("centered_gram", "both"):
+        mse_parts["centered_gram"] = _np_gram(f - f.mean(axis=(1, 2), keepdims=True), norm)
+    if kind == "mean_std":
+        mse_parts["mean"] = f.mean(axis=(1, 2))
+        mse_parts["std"] = np.sqrt(f.var(axis=(1, 2)) + 1e-5)
+    return mse_parts
+
+
+@pytest.mark.parametrize("kind,norm", [(k, "hw") for k in losses.STYLE_STATISTICS]
+                         + [("gram", "chw"), ("both", "none")])
+def test_perceptual_loss_matches_numpy_float64(kind, norm):
+    rng = np.random.default_rng(12)
+    x, content, style = (rng.random((n, 6, 8, 3)) for n in (2, 2, 1))
+    cfg = losses.LossConfig(content_layers={"relu1_1": 0.7, "relu2_1": 0.3},
+                            style_layers={"relu1_1": 2.0, "relu2_1": 5.0}, content_weight=1.5,
+                            style_weight=0.25, tv_weight=3.0, style_statistic=kind,
+                            gram_norm=norm)
+    fx, fc, fs = _np_feats(x), _np_feats(content), _np_feats(style)
+    ref = {"content": 0.0, "style": 0.0}
+    for layer, w in cfg.content_layers.items():
+        ref[f"content/{layer}"] = ((fx[layer] - fc[layer]) ** 2).reshape(2, -1).mean(1)
+        ref["content"] = ref["content"] + w * ref[f"content/{layer}"]
+    for layer, w in cfg.style_layers.items():
+        ours, target = (_np_statistic(f[layer], kind, norm) for f in (fx, fs))
+        ref[f"style/{layer}"] = sum(((ours[k] - target[k]) ** 2).reshape(2, -1).mean(1)
+                                    for k in ours)  # every part of the statistic counts
+        ref["style"] = ref["style"] + w * ref[f"style/{layer}"]
+    dy, dx = np.diff(x, axis=1), np.diff(x, axis=2)
+    tv = 0.5 * ((dy ** 2).reshape(2, -1).mean(1) + (dx ** 2).reshape(2, -1).mean(1))
+    ref = dict(ref, content=1.5 * ref["content"], style=0.25 * ref["style"], tv=3.0 * tv)
+    with jax.enable_x64(True):
+        jx = lambda a: jnp.asarray(a, jnp.float64)  # noqa: E731
+        targets = losses.StyleTargets.from_images(_jax_feats, jx(style), cfg)
+        total, terms = losses.perceptual_loss(
+            _jax_feats, jx(x), cfg, content_feats=_jax_feats(jx(content), cfg.taps),
+            style_targets=targets)
+        assert total.dtype == jnp.float64
+        for k, v in ref.items():
+            np.testing.assert_allclose(np.asarray(terms[k]), v, rtol=1e-10, err_msg=k)
+        np.testing.assert_allclose(np.asarray(total), ref["content"] + ref["style"] + ref["tv"],
+                                   rtol=1e-10)
+
+
 @pytest.mark.parametrize("kind", losses.STYLE_STATISTICS)
 def test_losses_zero_for_identical_inputs(vgg, kind):
     x = jnp.asarray(np.random.default_rng(3).random((2, 32, 40, 3), dtype=np.float32))

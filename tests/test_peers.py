@@ -7,8 +7,6 @@ import pytest
 
 from arbitrary_nst import peers, samples
 
-pytest.importorskip("onnxruntime")
-
 
 @pytest.fixture(scope="module")
 def pair():

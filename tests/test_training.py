@@ -75,6 +75,21 @@ def test_smoke_training_loss_decreases_and_writes_outputs(tmp_path, vgg):
     assert r.export_path.stat().st_size < 1.1 * sum(v.nbytes for v in a.values()) + 65536
 
 
+def test_bfloat16_training_tracks_float32(tmp_path, vgg):
+    # configs/default.py trains in bfloat16 (as the shipped model was): the compute runs in
+    # bf16 (a loss that differs by rounding only), the weights and optimizer stay float32
+    runs = {dt: training.train(smoke("train.num_steps=2", "train.checkpoint_every=0",
+                                     f"train.dtype='{dt}'"), tmp_path / dt, vgg=vgg,
+                               progress=False, export_path="")
+            for dt in ("float32", "bfloat16")}
+    l32, l16 = ([h["loss"] for h in runs[dt].history] for dt in ("float32", "bfloat16"))
+    assert l16[0] != l32[0] and abs(l16[0] / l32[0] - 1) < 0.05, (l16, l32)
+    assert np.isfinite(l16).all()
+    state = runs["bfloat16"].state
+    assert {x.dtype for x in leaves(state.params)} == {np.dtype(np.float32)}
+    assert {x.dtype for x in leaves(state.opt_state) if x.ndim} == {np.dtype(np.float32)}
+
+
 class _SteadyClock:
     """``time`` for the training module: every ``perf_counter()`` call advances 0.5 s, so the
     time-budget plan does not depend on how busy the machine is (a loaded CI once left a 30-s

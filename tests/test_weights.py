@@ -68,7 +68,7 @@ def test_explicit_path_wins_and_cache_is_used(tmp_path, monkeypatch, vgg_params)
 
 
 def test_keras_h5_reader(tmp_path, vgg_params):
-    h5py = pytest.importorskip("h5py")
+    import h5py
     path = tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
     with h5py.File(path, "w") as f:  # the layout of Keras' notop file
         for layer in weights.CONV_LAYERS:
