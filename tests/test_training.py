@@ -103,14 +103,19 @@ class _SteadyClock:
         return self.now
 
 
+#: shared by the time-budget tests, so that they share compiled steps (the optimizer settings
+#: and the schedule length are part of the step's cache key)
+_TIME_BUDGET_OVERRIDES = ("train.num_steps=100000", "train.time_budget_s=30",
+                          "train.plan_after_steps=4", "optim.schedule='cosine'",
+                          "optim.warmup_steps=4", "optim.end_learning_rate_factor=0.1",
+                          "train.checkpoint_every=0")
+
+
 def test_time_budget_plans_the_run_length_and_anneals_to_it(tmp_path, vgg, monkeypatch):
     # A budget far shorter than the configured 100000 steps: after plan_after_steps the run's
     # length is fixed from the measured rate, the cosine schedule is rebuilt for it (its last
     # learning rate is the end value of a schedule of that length) and the export says so.
-    overrides = ("train.num_steps=100000", "train.time_budget_s=30", "train.plan_after_steps=4",
-                 "optim.schedule='cosine'", "optim.warmup_steps=4",
-                 "optim.end_learning_rate_factor=0.1", "train.checkpoint_every=0",
-                 "train.log_every=1")
+    overrides = _TIME_BUDGET_OVERRIDES
     cfg = smoke(*overrides)
     monkeypatch.setattr(training, "time", _SteadyClock())
     r = training.train(cfg, tmp_path, vgg=vgg, progress=False)
@@ -131,9 +136,7 @@ def test_time_budget_plans_the_run_length_and_anneals_to_it(tmp_path, vgg, monke
 
 
 def test_a_run_stopped_before_it_planned_plans_when_resumed(tmp_path, vgg, monkeypatch):
-    overrides = ("train.num_steps=100000", "train.time_budget_s=30", "train.plan_after_steps=4",
-                 "optim.schedule='cosine'", "optim.warmup_steps=4", "train.checkpoint_every=0",
-                 "train.sample_every=0")
+    overrides = _TIME_BUDGET_OVERRIDES
     monkeypatch.setattr(training, "time", _SteadyClock())
 
     def term_at_2(step, state):
