@@ -54,6 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    from arbitrary_nst.errors import printable_stdout
+
+    printable_stdout()
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, datefmt="%H:%M:%S",
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

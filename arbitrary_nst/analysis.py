@@ -45,7 +45,7 @@ from . import gatys
 from . import images as images_lib
 from . import losses as losses_lib
 from . import vgg as vgg_lib
-from .files import check_output_file, lexists, set_new_file_mode
+from .files import check_output_file, lexists, set_new_file_mode, temp_prefix
 from .errors import ConfigError, ImageError
 
 FIGURES = ("a", "b", "c", "d", "e", "f")
@@ -197,7 +197,8 @@ def _pick(batch: list[dict], fig: str) -> list[dict]:
 def _save(fig: Figure, path: Path, overwrite: bool) -> None:
     """Atomic PNG write (temporary file + rename); never replaces a file unless ``overwrite``."""
     FigureCanvasAgg(fig)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp",
+                               dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fig.savefig(fh, format="png", dpi=110, bbox_inches="tight")

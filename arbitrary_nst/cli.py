@@ -15,7 +15,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .errors import MAX_SEED, ConfigError, ImageError, NSTError, UsageParser, count_arg
+from .errors import (MAX_SEED, ConfigError, ImageError, NSTError, UsageParser, count_arg,
+                     printable_stdout)
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -65,16 +66,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), run the command, return the exit code."""
-    parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
-        argv.insert(0, "stylize")  # `infer.py --content C --style S --out O` means stylize
-    if argv and argv[0] in COMMANDS:  # unknown options are reported by the top-level parser
-        parser.help_hint = f"{parser.prog} {argv[0]}"
-    try:
+    printable_stdout()
+    try:  # (building the parser imports JAX: a Ctrl-C then is an interruption too)
+        parser = build_parser()
+        argv = list(sys.argv[1:] if argv is None else argv)
+        if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+            argv.insert(0, "stylize")  # `infer.py --content C --style S --out O` is stylize
+        if argv and argv[0] in COMMANDS:  # unknown options are reported by the top parser
+            parser.help_hint = f"{parser.prog} {argv[0]}"
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2, its one line already printed)
         return int(e.code or 0) if not isinstance(e.code, str) else EXIT_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     try:
         return int(args._run(args) or 0)
     except NSTError as e:
@@ -347,7 +352,8 @@ def _run_gatys(args: argparse.Namespace) -> int:
             print(f"batch of {len(idx)} at {shape[1]}x{shape[0]}", file=sys.stderr)
         result = gatys.run(np.stack([work[i] for i in idx]), styles,
                            style_weights=args.style_weights, config=cfg,
-                           progress=not args.quiet, vgg_params=params)
+                           progress=not args.quiet, vgg_params=params,
+                           style_names=[str(s) for s in args.style])
         final = result.final_terms()
         for j, i in enumerate(idx):
             try:

@@ -61,7 +61,7 @@ from typing import Any
 import numpy as np
 
 from . import files, images
-from .errors import ConfigError, ImageError, NSTError, UsageParser
+from .errors import ConfigError, ImageError, NSTError, UsageParser, printable_stdout
 
 DEFAULT_MAX_SIZE = 1024
 DEFAULT_TILE_SIZE = 256
@@ -490,7 +490,8 @@ def _summary(done: int, skipped: list, seconds: float, n_images: int) -> str:
 
 
 def _stylize(args, stylizer) -> int:
-    contents = images.list_images(args.content, recursive=args.recursive)
+    unlisted: list[tuple[Path, str]] = []  # subfolders that cannot be read: skipped, reported
+    contents = images.list_images(args.content, recursive=args.recursive, unlisted=unlisted)
     styles = list(args.style)
     single = args.out is not None
     if single:
@@ -514,7 +515,12 @@ def _stylize(args, stylizer) -> int:
             preserve_color=args.preserve_color, max_size=max_size, style_size=args.style_size,
             output=output, overwrite=args.overwrite, batch_size=args.batch_size,
             workers=args.workers, refine_steps=args.refine, palette=args.palette)
-    done, skipped = 0, []
+    from .inference import skipped_file
+
+    done = 0
+    skipped = [skipped_file(d, None, d, why) for d, why in unlisted]
+    for r in skipped:
+        print(f"skipped: {r.reason}", file=sys.stderr)
     if single and args.refine and not args.no_progress:  # the only sign of life for a while
         print(f"refining the style embedding for {contents[0]} ({args.refine} Adam steps) ...",
               file=sys.stderr, flush=True)
@@ -569,7 +575,8 @@ def _gatys_results(args, contents, styles, output, max_size):
         try:
             x = images.load_image(c, max_pixels=args.max_pixels, max_side=max_size)
             res = gatys.run(x, style_imgs, style_weights=w, config=cfg,
-                            progress=not args.no_progress, vgg_params=params)
+                            progress=not args.no_progress, vgg_params=params,
+                            style_names=[str(s) for s in styles])
             images.save_image(dest, res.images[0], overwrite=args.overwrite)
         except NSTError as e:  # (a message without the file gets its name)
             yield skipped_by_error(c, dest, e)
@@ -591,7 +598,7 @@ def run(args: argparse.Namespace) -> int:
     if args.method == "gatys":
         return _stylize(args, None)
     # Fail fast on inputs before paying for the model.
-    images.list_images(args.content, recursive=args.recursive)
+    images.list_images(args.content, recursive=args.recursive, unlisted=[])
     stylizer = load_stylizer(args.model, args.dtype, args.backend)
     if mode == "stylize":
         return _stylize(args, stylizer)
@@ -613,6 +620,7 @@ def build_parser(prog: str = "infer.py") -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Standalone entry point: one line on stderr and exit status 1 for user errors."""
+    printable_stdout()
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2, already printed by argparse)

@@ -92,7 +92,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from arbitrary_nst import images as _images
-from arbitrary_nst.errors import ConfigError, ImageError, NSTError, UsageParser, check_count, count_arg
+from arbitrary_nst.errors import (ConfigError, ImageError, NSTError, UsageParser, check_count,
+                                     count_arg, printable_stdout)
 from arbitrary_nst.files import write_atomically
 
 __all__ = [
@@ -1763,6 +1764,7 @@ def _cli_cfg(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    printable_stdout()
     ap = UsageParser(prog="python -m arbitrary_nst.data", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", metavar="COMMAND", required=True, parser_class=UsageParser)
     helps = {"prepare": "prepare image folders as TFDS array_record datasets",

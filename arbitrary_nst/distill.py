@@ -52,7 +52,7 @@ from PIL import Image
 
 from . import fit_style, refine
 from .data import FLAT_CROP_STD, FLAT_CROP_TRIES
-from .errors import ConfigError, NSTError, UsageParser
+from .errors import ConfigError, NSTError, UsageParser, printable_stdout
 from .files import write_atomically
 from .images import channel_std
 from .models.predictor import pooled_statistics
@@ -487,6 +487,7 @@ def combine_oracles(oracles: list[dict[str, np.ndarray]]) -> dict[str, np.ndarra
 
 
 def main(argv: list[str] | None = None) -> int:
+    printable_stdout()
     p = UsageParser(prog="python -m arbitrary_nst.distill", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="work folder (oracle chunks, model, report)")
     p.add_argument("--model", default=None,

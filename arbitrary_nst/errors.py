@@ -84,3 +84,17 @@ def count_arg(minimum: int = 1, maximum: int | None = None):
             raise argparse.ArgumentTypeError(
                 f"must be an integer {_int_range(minimum, maximum)}, got {text!r}") from None
     return parse
+
+
+def printable_stdout() -> None:
+    """Let the CLIs print any file name: a name whose bytes are not valid in stdout's encoding
+    (non-UTF-8 bytes decode to surrogates) is printed with backslash escapes instead of raising
+    UnicodeEncodeError after the work is done (stderr already does this)."""
+    import sys
+
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        try:
+            reconfigure(errors="backslashreplace")
+        except (ValueError, OSError):  # a closed or unusual stream: leave it
+            pass

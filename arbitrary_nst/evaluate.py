@@ -69,7 +69,7 @@ from typing import Any
 import numpy as np
 
 from . import fit_style, images
-from .errors import ConfigError, ImageError, NSTError, UsageParser
+from .errors import ConfigError, ImageError, NSTError, UsageParser, printable_stdout
 from .files import check_writable_dir, is_inside
 
 METHODS = ("model", "model_refine", "model_fit", "gatys", "magenta_lite", "magenta_lite_fp32", "identity", "style")
@@ -987,6 +987,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    printable_stdout()
     args = build_parser().parse_args(argv)
     try:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]

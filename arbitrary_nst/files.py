@@ -92,6 +92,23 @@ def check_output_file(path: str | os.PathLike, *, overwrite: bool,
     return p
 
 
+#: bytes mkstemp adds to a prefix from :func:`temp_prefix`: 8 random characters and ".tmp"
+_TEMP_EXTRA = 8 + len(".tmp")
+
+
+def temp_prefix(name: str) -> str:
+    """``mkstemp`` prefix (use ``suffix=".tmp"``) of the hidden temporary file an output
+    ``name`` is written to before its rename: ``".name."``, with the name cut (at a character
+    boundary, marked ``~``) so that the temporary name fits the 255-byte limit of a file name
+    whenever ``name`` itself does (a 250-byte output name failed after all the work)."""
+    room = 255 - _TEMP_EXTRA - len(b"..")
+    raw = os.fsencode(name)
+    if len(raw) <= room:
+        return f".{name}."
+    cut = raw[:room - 1].decode("utf-8", errors="ignore")  # (drops a split character)
+    return f".{cut}~."
+
+
 def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
     """Call ``write(f)`` on a temporary binary file next to ``path``, then rename it to
     ``path`` (replacing it). Creates the parent folder; removes the temporary file on error.
@@ -109,7 +126,8 @@ def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None])
     except OSError as e:
         raise ImageError(dst, f"cannot write: {e.strerror or e}") from None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(dst.name), suffix=".tmp",
+                                   dir=dst.parent)
     except OSError as e:
         raise ImageError(dst, f"cannot write: {e.strerror or e}") from None
     try:

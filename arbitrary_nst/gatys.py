@@ -813,7 +813,7 @@ def _style_stats(params, img: np.ndarray, lcfg, pooling) -> dict:
 
 
 def _stage_targets(params, content_s: np.ndarray, per_styles, cfg: GatysConfig, lcfg,
-                   want_content: bool, want_style: bool):
+                   want_content: bool, want_style: bool, style_names=None):
     """Content features ``{tap: [B, ...]}`` and blended per-example :class:`StyleTargets`."""
     cf = None
     if want_content:
@@ -839,9 +839,13 @@ def _stage_targets(params, content_s: np.ndarray, per_styles, cfg: GatysConfig, 
             if key not in cache:
                 x = images_lib.resize_max_side(s, target_side, upscale=True)
                 if min(x.shape[:2]) < vgg_lib.MIN_SIZE:
-                    raise ConfigError(f"style image {j + 1} is {x.shape[1]}x{x.shape[0]} at "
-                                      f"style scale {cfg.style_scale}; VGG needs >= "
-                                      f"{vgg_lib.MIN_SIZE} px: raise the style scale or size")
+                    name = (style_names[j] if style_names is not None and j < len(style_names)
+                            else f"style image {j + 1}")
+                    raise ConfigError(
+                        f"{name} is {x.shape[1]}x{x.shape[0]} when scaled to the content's "
+                        f"{side} px x style scale {cfg.style_scale:g}; VGG needs >= "
+                        f"{vgg_lib.MIN_SIZE} px per side: a larger content size or style "
+                        "scale, or a less elongated style image")
                 if cfg.preserve_color == "luminance":
                     x = np.asarray(color_lib.match_luminance(x, content_s[b]))
                 elif cfg.preserve_color == "match":
@@ -953,7 +957,8 @@ def loss_weights(config: GatysConfig, b: int, overrides: Sequence[Mapping] | Non
 
 def run(content, styles, *, style_weights=None, config: GatysConfig | None = None,
         progress: bool | ProgressFn = True, vgg_params=None,
-        overrides: Sequence[Mapping] | None = None, init_image=None) -> GatysResult:
+        overrides: Sequence[Mapping] | None = None, init_image=None,
+        style_names: Sequence[str] | None = None) -> GatysResult:
     """Stylize a batch by pixel optimization.
 
     Args:
@@ -974,6 +979,8 @@ def run(content, styles, *, style_weights=None, config: GatysConfig | None = Non
         or one reconstruction layer per example, all in one batch and one compiled program.
       init_image: optional ``[B, H, W, 3]`` (or ``[H, W, 3]``) start images overriding
         ``config.init`` (resized to the first stage; e.g. different inits within one batch).
+      style_names: what messages call the style images (e.g. their files), in ``styles``'
+        order (per example: the order within each list); default "style image 1", ...
     """
     cfg = config or GatysConfig()
     x_content = _as_batch(content)
@@ -1011,7 +1018,7 @@ def run(content, styles, *, style_weights=None, config: GatysConfig | None = Non
             content_s = _resize_batch(x_content, hw)
             work_content = np.asarray(color_lib.gray_rgb(content_s)) if lum else content_s
             cf, st = _stage_targets(params, work_content, per_styles, cfg, lcfg,
-                                    want_content, want_style)
+                                    want_content, want_style, style_names)
             if x_prev is not None:
                 x0 = _resize_batch(x_prev, hw)
             elif init_image is not None:

@@ -46,7 +46,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from arbitrary_nst.errors import ConfigError, ImageError
-from arbitrary_nst.files import set_new_file_mode
+from arbitrary_nst.files import set_new_file_mode, temp_prefix
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -807,7 +807,7 @@ def save_image(
         raise ImageError(name, f"cannot write: {_os_reason(e)}") from None
 
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=parent)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(p.name), suffix=".tmp", dir=parent)
     except OSError as e:
         raise ImageError(name, f"cannot write: {_os_reason(e)}") from None
     try:
@@ -895,7 +895,8 @@ def is_image_file(path: PathLike) -> bool:
     return Path(os.fspath(path)).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def list_images(spec: PathLike, *, recursive: bool = False) -> list[Path]:
+def list_images(spec: PathLike, *, recursive: bool = False,
+                unlisted: list[tuple[Path, str]] | None = None) -> list[Path]:
     """Expand an image file, a directory or a glob pattern into a sorted list of image files.
 
     * a file: returned as is (whatever its extension; :func:`load_image` judges the content);
@@ -904,6 +905,11 @@ def list_images(spec: PathLike, *, recursive: bool = False) -> list[Path]:
     * a glob pattern (``*``, ``?``, ``[...]``; ``**`` matches subfolders): the matching image
       files.
 
+    A symlink with an image extension whose target is missing is listed (loading it says
+    "no such file": a batch reports it instead of dropping it without a word). ``unlisted``: a
+    list that collects ``(folder, reason)`` for subfolders that cannot be read, which are then
+    skipped (a batch goes on with the rest); without it such a folder is an error.
+
     Raises:
         ImageError: nothing matched, the path does not exist, or a directory cannot be read.
     """
@@ -911,7 +917,7 @@ def list_images(spec: PathLike, *, recursive: bool = False) -> list[Path]:
     if os.path.isfile(name):
         return [Path(name)]
     if os.path.isdir(name):
-        found = sorted(_scan_dir(name, recursive), key=_sort_key)
+        found = sorted(_scan_dir(name, recursive, unlisted), key=_sort_key)
         if not found:
             exts = ", ".join(sorted(e[1:] for e in IMAGE_EXTENSIONS))
             where = "this directory or its subfolders" if recursive else "this directory"
@@ -920,21 +926,36 @@ def list_images(spec: PathLike, *, recursive: bool = False) -> list[Path]:
     if _GLOB_MAGIC.search(name):
         matches = {
             Path(m)
-            for m in _glob_files(name)
-            if is_image_file(m) and os.path.isfile(m) and not Path(m).name.startswith(".")
+            for m in _glob_files(name, unlisted)
+            if is_image_file(m) and (os.path.isfile(m) or _dangling(m))
+            and not Path(m).name.startswith(".")
         }
         if not matches:
             raise ImageError(name, "no image files match this pattern")
         return sorted(matches, key=_sort_key)
     if os.path.lexists(name):
         raise ImageError(name, "not a regular file or directory")
+    try:
+        os.stat(name)
+    except PermissionError:  # (a file in a folder that cannot be searched is not "missing")
+        raise ImageError(name, "permission denied (a folder on its path cannot be "
+                               "searched)") from None
+    except OSError:
+        pass
     raise ImageError(name, "no such file or directory")
 
 
-def _scan_dir(root: str, recursive: bool) -> Iterable[Path]:
+def _dangling(path: str) -> bool:
+    """A symlink whose target does not exist."""
+    return os.path.islink(path) and not os.path.exists(path)
+
+
+def _scan_dir(root: str, recursive: bool,
+              unlisted: list[tuple[Path, str]] | None = None) -> Iterable[Path]:
     """Depth-first listing; every real directory is read once, so symlinks to folders are
     followed but a link back up the tree (a loop) or a second link to a folder already listed
-    adds nothing (before, a loop listed each image once per level down to ELOOP)."""
+    adds nothing (before, a loop listed each image once per level down to ELOOP). A subfolder
+    that cannot be read is added to ``unlisted`` (if given) and skipped; ``root`` is an error."""
     stack = [root]
     seen: set[tuple[int, int]] = set()
     while stack:
@@ -949,10 +970,13 @@ def _scan_dir(root: str, recursive: bool) -> Iterable[Path]:
         try:
             with os.scandir(d) as it:
                 entries = list(it)
-        except PermissionError:
-            raise ImageError(d, "permission denied (cannot list directory)") from None
         except OSError as e:
-            raise ImageError(d, f"cannot list directory: {_os_reason(e)}") from None
+            why = ("permission denied (cannot list directory)" if isinstance(e, PermissionError)
+                   else f"cannot list directory: {_os_reason(e)}")
+            if unlisted is not None and d != root:
+                unlisted.append((Path(d), why))
+                continue
+            raise ImageError(d, why) from None
         subdirs = []
         for e in sorted(entries, key=lambda e: e.name):  # scandir's order is the filesystem's
             if e.name.startswith("."):
@@ -961,14 +985,14 @@ def _scan_dir(root: str, recursive: bool) -> Iterable[Path]:
                 if e.is_dir():
                     if recursive:
                         subdirs.append(e.path)
-                elif e.is_file() and is_image_file(e.name):
+                elif is_image_file(e.name) and (e.is_file() or _dangling(e.path)):
                     yield Path(e.path)
             except OSError:
                 continue
         stack.extend(reversed(subdirs))  # visited in name order
 
 
-def _glob_files(pattern: str) -> Iterable[str]:
+def _glob_files(pattern: str, unlisted: list[tuple[Path, str]] | None = None) -> Iterable[str]:
     """Paths matching a glob ``pattern``. Python's ``glob`` with ``**`` follows symlinked
     folders without loop detection (each level of a loop matches again; two loops: an
     exponential walk), so ``**`` patterns are matched against :func:`_scan_dir`'s loop-safe
@@ -982,7 +1006,7 @@ def _glob_files(pattern: str) -> Iterable[str]:
         return []
     rx = re.compile(_glob_regex(parts[i:]))
     found = []
-    for p in _scan_dir(base, recursive=True):
+    for p in _scan_dir(base, recursive=True, unlisted=unlisted):
         rel = os.path.relpath(p, base).replace(os.sep, "/")
         if rx.fullmatch(rel):
             found.append(os.path.join(base, rel) if i else rel)

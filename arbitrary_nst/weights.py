@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ImageError, UsageParser, WeightsError
+from .errors import ImageError, UsageParser, WeightsError, printable_stdout
 from .files import set_new_file_mode, write_atomically
 
 #: VGG16's 13 conv layers in order, named as in the style-transfer literature (``conv{block}_{i}``).
@@ -318,6 +318,7 @@ def expand_compact(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
 
 def main(argv=None) -> int:
     """``python -m arbitrary_nst.weights [--path P] [--download]``: resolve and cache the weights."""
+    printable_stdout()
     import time
 
     parser = UsageParser(prog="python -m arbitrary_nst.weights",

@@ -242,6 +242,48 @@ def test_batch_goes_on_past_bad_files(cli, data):
     assert sorted(p.name for p in od.iterdir()) == ["a__s1.png", "b__s1.png", "c__s1.png"]
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="file names of arbitrary bytes")
+def test_names_that_are_not_utf8_are_printed_not_a_crash(cli, data):
+    # a Latin-1 "é" decodes to a surrogate: printing "wrote <name>" to a strict UTF-8 stdout
+    # raised UnicodeEncodeError after the image was written
+    out = data["tmp"] / os.fsdecode(b"caf\xe9.png")
+    rc, stdout, err = cli("--content", data["contents"][0], "--style", data["styles"][0],
+                          "--out", out)
+    assert rc == 0, err
+    assert os.fsencode(out) in [os.fsencode(p) for p in data["tmp"].iterdir()]
+    assert "wrote " in stdout and "caf\\udce9.png" in stdout
+
+
+def test_batch_reports_unreadable_subfolders_and_broken_links(cli, data, monkeypatch):
+    # --recursive over a tree with a subfolder that cannot be listed: skipped and named, the
+    # rest stylized (it stopped the whole job); a symlink whose photo is gone: skipped, named
+    d = data["dir"]
+    (d / "locked").mkdir()
+    png(d / "locked" / "x.png", 30, 30, 20)
+    png(d / "sub_ok.png", 30, 30, 21)
+    if hasattr(os, "symlink"):
+        os.symlink(d / "gone.png", d / "broken.png")
+    real = os.scandir
+
+    def deny_locked(path):
+        if os.path.basename(os.fspath(path)) == "locked":
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(images.os, "scandir", deny_locked)
+    od = data["tmp"] / "out"
+    rc, stdout, err = cli("--content", d, "--recursive", "--style", data["styles"][0],
+                          "--out-dir", od, "--no-progress")
+    assert rc == 1
+    assert f"skipped: {d / 'locked'}: permission denied (cannot list directory)" in err
+    assert "1 permission denied" in stdout and "done 4" in stdout
+    if hasattr(os, "symlink"):
+        assert f"skipped: {d / 'broken.png'}: no such file" in err and "1 missing" in stdout
+    assert len([ln for ln in err.splitlines() if ln.startswith("skipped: ")]) == 2
+    assert sorted(p.name for p in od.iterdir()) == [f"{x}__s1.png" for x in
+                                                     ("a", "b", "c", "sub_ok")]
+
+
 def test_batch_into_the_content_folder_reruns_cleanly(cli, data):
     """--out-dir = the content folder: a rerun does not stylize the first run's outputs again
     (no a__s1__s1.png) and reports them as existing; --overwrite does not replace them either
@@ -359,7 +401,8 @@ def test_method_gatys_uses_gatys_with_same_io(cli, data, monkeypatch):
             self.images = x[None]
 
     def fake_run(content, styles, *, style_weights=None, config=None, progress=True,
-                 vgg_params=None):
+                 vgg_params=None, style_names=None):
+        assert style_names == [str(s) for s in data["styles"][:len(styles)]]  # for messages
         calls.append((content.shape, len(styles), list(style_weights), config))
         return R(1 - content)
 
@@ -574,3 +617,15 @@ def test_long_style_mixes_get_short_distinct_output_names():
     assert cli_stylize._output_name("photo", "x+y") == "photo__x+y.png"
     medium = "m" * 200  # (fits: unchanged, so a rerun finds its earlier output)
     assert cli_stylize._output_name("p", medium) == f"p__{medium}.png"
+
+
+def test_ctrl_c_while_starting_up_is_an_interruption(monkeypatch, capsys):
+    # building the parser imports JAX (seconds): a Ctrl-C then gave a traceback
+    from arbitrary_nst import cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert cli.main(["--content", "x.png", "--style", "s.png", "--out", "o.png"]) == 130
+    assert capsys.readouterr().err.strip() == "error: interrupted"

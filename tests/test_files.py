@@ -85,3 +85,18 @@ def test_model_exports_and_weight_caches_are_readable_by_others(tmp_path, umask,
     w = {"conv1_1": {"kernel": np.zeros((3, 3, 3, 64), np.float32),
                      "bias": np.zeros(64, np.float32)}}
     assert _mode(weights.write_npz(w, tmp_path / "w.npz")) == 0o644
+
+
+@pytest.mark.parametrize("name", ["q" * 251 + ".png", "é" * 125 + ".png", "a" * 239 + ".png"])
+def test_names_up_to_255_bytes_are_written(tmp_path, name):
+    # the temporary file (".name.XXXXXXXX.tmp") is 14 bytes longer than the name: a valid
+    # output name of 242..255 bytes failed with "File name too long" after the work was done
+    from arbitrary_nst import images
+
+    assert len(name.encode()) <= 255 and len(files.temp_prefix(name).encode()) + 12 <= 255
+    img = images.save_image(tmp_path / name, np.zeros((4, 5, 3), np.float32))
+    assert images.load_image(img).shape == (4, 5, 3)
+    npz = files.write_atomically(tmp_path / (name[:-4] + ".npz"), lambda f: f.write(b"x"))
+    assert npz.read_bytes() == b"x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, npz.name])  # no temps
+    assert files.temp_prefix("a.png") == ".a.png."  # short names: unchanged

@@ -314,6 +314,16 @@ def test_style_scale_beyond_the_size_limit_is_an_error(params, content, style):
             style, ADAM.replace(style_scale=8.0, iterations=0))
 
 
+def test_a_style_too_thin_for_the_vgg_is_named(params, content, style):
+    thin = np.full((8, 40, 3), 0.5, np.float32)  # 32x6 at the content's 32 px
+    with pytest.raises(ConfigError, match=r"^thin\.png is 32x6 when scaled to the content's 32 "
+                       r"px x style scale 1; VGG needs >= 32 px per side"):
+        run(params, content, [style, thin], ADAM.replace(iterations=0),
+            style_names=["wide.png", "thin.png"])
+    with pytest.raises(ConfigError, match=r"^style image 2 is 32x6"):  # no names given
+        run(params, content, [style, thin], ADAM.replace(iterations=0))
+
+
 def test_style_blend(params, content, style, base_run):
     s2 = make_style(1)
     only_first = run(params, content, [style, s2], style_weights=[1.0, 0.0])

@@ -657,6 +657,62 @@ def test_list_images_unreadable_dir_simulated(tmp_path, monkeypatch):
     assert _reason(e) == "permission denied (cannot list directory)"
 
 
+def test_unreadable_subfolders_are_collected_not_fatal(tmp_path, monkeypatch):
+    for n in ("a.png", "locked/b.png", "ok/c.png"):
+        (tmp_path / n).parent.mkdir(exist_ok=True)
+        (tmp_path / n).write_bytes(b"x")
+    real = os.scandir
+
+    def deny_locked(path):
+        if os.path.basename(os.fspath(path)) == "locked":
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(images.os, "scandir", deny_locked)
+    with pytest.raises(ImageError, match="locked: permission denied"):  # (the API: an error)
+        list_images(tmp_path, recursive=True)
+    why = "permission denied (cannot list directory)"
+    for spec in (tmp_path, str(tmp_path / "**" / "*.png")):
+        unlisted: list = []
+        found = list_images(spec, recursive=True, unlisted=unlisted)
+        assert [p.relative_to(tmp_path).as_posix() for p in found] == ["a.png", "ok/c.png"]
+        assert unlisted == [(tmp_path / "locked", why)]
+    with pytest.raises(ImageError, match="permission denied"):  # the folder asked for itself
+        list_images(tmp_path / "locked", unlisted=[])
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX symlinks")
+def test_dangling_symlinks_are_listed_and_say_no_such_file(tmp_path):
+    (tmp_path / "a.png").write_bytes(_png_bytes())
+    os.symlink(tmp_path / "gone.png", tmp_path / "broken.png")
+    os.symlink(tmp_path / "gone.txt", tmp_path / "broken.txt")  # not an image name: not listed
+    for spec in (tmp_path, str(tmp_path / "*.png"), str(tmp_path / "**" / "*.png")):
+        assert [p.name for p in list_images(spec)] == ["a.png", "broken.png"], spec
+    with pytest.raises(ImageError) as e:
+        load_image(tmp_path / "broken.png")
+    assert "no such file" in _reason(e)
+
+
+def test_a_file_in_a_folder_that_cannot_be_searched_is_not_missing(tmp_path, monkeypatch):
+    target = tmp_path / "locked" / "p.jpg"
+    real_stat, real_lstat = os.stat, os.lstat
+
+    def deny(real):
+        def stat(path, *a, **k):
+            if os.fspath(path) == str(target):
+                raise PermissionError(13, "Permission denied", os.fspath(path))
+            return real(path, *a, **k)
+        return stat
+
+    monkeypatch.setattr(os, "stat", deny(real_stat))
+    monkeypatch.setattr(os, "lstat", deny(real_lstat))
+    with pytest.raises(ImageError) as e:
+        list_images(target)
+    assert _reason(e).startswith("permission denied")
+    with pytest.raises(ImageError, match="no such file or directory"):
+        list_images(tmp_path / "missing.jpg")
+
+
 def test_load_in_memory_bytes_not_needed():
     # load_image takes paths only; PIL images go through to_float
     with Image.open(io.BytesIO(_png_bytes())) as im:
