@@ -31,6 +31,7 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .errors import ConfigError
 
@@ -39,17 +40,20 @@ MatchMethod = Literal["eig", "chol"]
 COLOR_SPACES = ("yiq", "yuv")
 MATCH_METHODS = ("eig", "chol")
 
+# (numpy constants: a jax array made at import would start the JAX backend on
+# ``import arbitrary_nst``, before a multi-host run can call jax.distributed.initialize)
 #: RGB -> YIQ (NTSC 1953, as in Gatys et al. 2017 and neural-style's ``-original_colors``).
-RGB_TO_YIQ = jnp.array([[0.299, 0.587, 0.114],
-                        [0.595716, -0.274453, -0.321263],
-                        [0.211456, -0.522591, 0.311135]], jnp.float32)
+RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114],
+                       [0.595716, -0.274453, -0.321263],
+                       [0.211456, -0.522591, 0.311135]], np.float32)
 #: RGB -> YUV (BT.601, analog).
-RGB_TO_YUV = jnp.array([[0.299, 0.587, 0.114],
-                        [-0.14714119, -0.28886916, 0.43601035],
-                        [0.61497538, -0.51496512, -0.10001026]], jnp.float32)
+RGB_TO_YUV = np.array([[0.299, 0.587, 0.114],
+                       [-0.14714119, -0.28886916, 0.43601035],
+                       [0.61497538, -0.51496512, -0.10001026]], np.float32)
+RGB_TO_YIQ.flags.writeable = RGB_TO_YUV.flags.writeable = False  # (constants, as jax arrays)
 
 
-def _matrix(space: ColorSpace) -> jax.Array:
+def _matrix(space: ColorSpace) -> np.ndarray:
     if space == "yiq":
         return RGB_TO_YIQ
     if space == "yuv":

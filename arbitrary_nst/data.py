@@ -828,13 +828,36 @@ def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("._-")[:40]
 
 
-def _stored_cap(w: int, h: int, max_side: int) -> int | None:
+#: The longest side an image is stored at to keep its short side at ``min_source_side``,
+#: in multiples of ``max_source_side`` (a longer panorama is skipped as too elongated: its
+#: training crops would need a resize to tens of thousands of pixels; JPEG stops at 65500).
+MAX_ELONGATED_SIDE = 12
+
+
+def _stored_cap(w: int, h: int, max_side: int, min_side: int = 0) -> int | None:
     """The longer side an image is stored at (smaller side <= ``max_side``, longer side <=
-    3 x ``max_side``), or None when it is stored at its own size (also for an unknown size 0)."""
+    3 x ``max_side``, but the smaller side not cut below ``min_side``: a 5000 x 200 panorama
+    was stored at 1535 x 61 and then skipped as too small), or None when it is stored at its
+    own size (also for an unknown size 0)."""
     short, long = min(w, h), max(w, h)
     if not (short and short > max_side or long > 3 * max_side):
         return None
-    return max(1, math.floor(long * min(max_side / short, 3 * max_side / long)))
+    cap = math.floor(long * min(max_side / short, 3 * max_side / long))
+    if short >= min_side:  # (rounded up: the short side stays >= min_side)
+        cap = max(cap, math.ceil(long * min_side / short))
+    return None if cap >= long else max(1, cap)
+
+
+def _too_elongated(w: int, h: int, max_side: int, min_side: int) -> str | None:
+    """The skip reason of an image whose stored size (:func:`_stored_cap`) is too long."""
+    if min(w, h) < min_side:  # (too small: said as such)
+        return None
+    stored = _stored_cap(w, h, max_side, min_side) or max(w, h)
+    limit = min(MAX_ELONGATED_SIDE * max_side, 65500)
+    if stored <= limit:
+        return None
+    return (f"too elongated ({w} x {h}: at a short side of {min_side} px or more the long side "
+            f"is {stored} > {limit} px)")
 
 
 def _prepare_one(item: tuple[str, str, int, int], *, max_side: int, min_side: int, quality: int,
@@ -850,7 +873,11 @@ def _prepare_one(item: tuple[str, str, int, int], *, max_side: int, min_side: in
             icc = bool(head.info.get("icc_profile"))
     except Exception:  # noqa: BLE001 - load_pil below gives the precise reason
         fmt, mode, w, h, orient, icc = None, None, 0, 0, 1, False
-    cap = _stored_cap(w, h, max_side)
+    if w and h and min(w, h) < min_side:  # (the file's own size: not a downscaled one)
+        return f"too small ({w} x {h} < {min_side} px)"
+    if (why := _too_elongated(w, h, max_side, min_side)) is not None:
+        return why
+    cap = _stored_cap(w, h, max_side, min_side)
     try:
         # full decode: corrupt/truncated -> ImageError
         pil = _images.load_pil(full, max_side=cap, max_pixels=max_pixels)
@@ -859,7 +886,9 @@ def _prepare_one(item: tuple[str, str, int, int], *, max_side: int, min_side: in
         return e.reason.replace(_images.TOO_LARGE_HINT, "raise data.max_pixels (--max-pixels)")
     except Exception as e:  # noqa: BLE001
         return f"cannot decode: {e}"
-    if cap is None and (cap := _stored_cap(*pil.size, max_side)) is not None:
+    if cap is None and (why := _too_elongated(*pil.size, max_side, min_side)) is not None:
+        return why
+    if cap is None and (cap := _stored_cap(*pil.size, max_side, min_side)) is not None:
         # the header probe failed (above Pillow's own pixel limit, which load_pil raises to
         # max_pixels): downscale after the decode instead of storing it at full size
         pil = _images.downscale_pil(pil, cap)
@@ -968,6 +997,8 @@ def prepare_folder(dirs: Sequence[str | os.PathLike[str]], *, data_dir: str | os
         with _exclusive_lock(Path(b.data_dir_root) / f".{b.builder_config.name}.lock"):
             reused = (Path(b.data_dir) / "dataset_info.json").exists()
             if not reused:
+                # TFDS' own "Generating splits" bars: never (ours, with progress, instead)
+                tfds.disable_progress_bar()
                 try:
                     b.download_and_prepare(
                         file_format="array_record",

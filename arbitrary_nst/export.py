@@ -75,7 +75,20 @@ def _write_export(tensors: dict[str, np.ndarray], model_config: dict[str, Any],
             "model_config": json.dumps(model_config, sort_keys=True)}
     if info:
         meta["info"] = json.dumps(info, sort_keys=True, default=str)
-    return write_atomically(path, lambda f: f.write(save(tensors, metadata=meta)))
+    blob = _sorted_header(save(tensors, metadata=meta))
+    return write_atomically(path, lambda f: f.write(blob))
+
+
+def _sorted_header(blob: bytes) -> bytes:
+    """The safetensors file ``blob`` with its JSON header's keys sorted: safetensors writes
+    the metadata in hash order, which changes from call to call, so exports of the same
+    weights and info had different bytes (a checksum could not tell a rewritten export from a
+    changed one). The tensor bytes and their offsets are unchanged."""
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # (safetensors pads the header to 8 bytes with spaces)
+    return len(text).to_bytes(8, "little") + text + blob[8 + n:]
 
 
 def read_export(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

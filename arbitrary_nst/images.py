@@ -914,7 +914,7 @@ def list_images(spec: PathLike, *, recursive: bool = False,
         ImageError: nothing matched, the path does not exist, or a directory cannot be read.
     """
     name = os.fspath(spec)
-    if os.path.isfile(name):
+    if os.path.isfile(name) or _dangling(name):  # (a broken link: "no such file" when loaded)
         return [Path(name)]
     if os.path.isdir(name):
         found = sorted(_scan_dir(name, recursive, unlisted), key=_sort_key)
@@ -1006,11 +1006,30 @@ def _glob_files(pattern: str, unlisted: list[tuple[Path, str]] | None = None) ->
         return []
     rx = re.compile(_glob_regex(parts[i:]))
     found = []
-    for p in _scan_dir(base, recursive=True, unlisted=unlisted):
+    skipped: list[tuple[Path, str]] | None = None if unlisted is None else []
+    for p in _scan_dir(base, recursive=True, unlisted=skipped):
         rel = os.path.relpath(p, base).replace(os.sep, "/")
         if rx.fullmatch(rel):
             found.append(os.path.join(base, rel) if i else rel)
+    if skipped:  # only unreadable folders the pattern could have matched in are news
+        unlisted.extend((d, why) for d, why in skipped
+                        if _could_hold(Path(os.path.relpath(d, base)).parts, parts[i:]))
     return found
+
+
+def _could_hold(folder: Sequence[str], parts: Sequence[str]) -> bool:
+    """Whether a folder (its path parts below the pattern's literal base) could hold a match
+    of the glob ``parts``: its names match the pattern's folder parts up to a ``**``."""
+    import fnmatch
+
+    for k, name in enumerate(folder):
+        if k >= len(parts) - 1:  # deeper than the pattern's folders
+            return False
+        if parts[k] == "**":
+            return True
+        if not fnmatch.fnmatchcase(name, parts[k]):
+            return False
+    return True
 
 
 def _glob_regex(parts: Sequence[str]) -> str:

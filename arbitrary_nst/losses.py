@@ -169,10 +169,19 @@ class LossConfig:
     palette_gradient: str = "fixed"
 
     def __post_init__(self):
+        import math
+        import numbers
+
         from .vgg import tap_depth  # validates tap names
 
         for layer in (*self.content_layers, *self.style_layers):
             tap_depth(layer)
+        for kind, layers in (("content", self.content_layers), ("style", self.style_layers)):
+            for layer, w in layers.items():  # ('abc' reached the loss as a TypeError)
+                if isinstance(w, bool) or not isinstance(w, numbers.Real) or not (
+                        math.isfinite(w) and w >= 0):
+                    raise ConfigError(f"{kind} layer weight {layer}: must be a finite number "
+                                      f">= 0, got {w!r}")
         if self.style_statistic not in STYLE_STATISTICS:
             raise ConfigError(f"style_statistic must be one of {STYLE_STATISTICS}, "
                               f"got {self.style_statistic!r}")

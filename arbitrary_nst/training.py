@@ -143,6 +143,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
     except Exception as e:  # e.g. a typo (c.trian.num_steps) in the user's config
         raise ConfigError(f"{path}: get_config() failed ({type(e).__name__}: "
                           f"{' '.join(str(e).split())})") from None
+    check_config_sections(config, str(path))
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -210,8 +211,35 @@ def _finite_f32(v) -> bool:
         return bool(np.isfinite(np.float32(float(v))))
 
 
+#: The sections every training config has (``configs/default.py``).
+CONFIG_SECTIONS = ("model", "data", "loss", "optim", "train")
+
+
+def check_config_sections(config, where: str = "config") -> None:
+    """A ConfigDict with every section of :data:`CONFIG_SECTIONS` (a config file that deleted
+    one, or whose get_config() returned a dict or None, gave an AttributeError traceback)."""
+    import ml_collections
+
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"{where}: get_config() must return an ml_collections.ConfigDict "
+                          f"(start from configs/default.py's), got {type(config).__name__}")
+    missing = [k for k in CONFIG_SECTIONS
+               if not isinstance(config.get(k), ml_collections.ConfigDict)]
+    if missing:
+        raise ConfigError(f"{where}: the config has no {', '.join(missing)} section (start "
+                          "from configs/default.py's get_config() and change fields)")
+
+
+def _sample_names_ok(names, known: Sequence[str]) -> bool:
+    return (not isinstance(names, str) and len(names) >= 1
+            and all(isinstance(n, str) and n in known for n in names))
+
+
 def validate_config(config) -> None:
     """Raise :class:`ConfigError` for out-of-range training options."""
+    from .samples import CONTENT_NAMES, STYLE_NAMES
+
+    check_config_sections(config)
     t, o = config.train, config.optim
     # (field, check, what it must be); a value of the wrong type (None, a string) fails too
     checks = [
@@ -231,6 +259,22 @@ def validate_config(config) -> None:
         ("optim.warmup_steps", lambda: int(o.warmup_steps) >= 0, ">= 0"),
         ("optim.grad_clip_norm", lambda: _finite_f32(o.grad_clip_norm)
          and float(o.grad_clip_norm) >= 0, ">= 0 (0: off)"),
+        ("optim.end_learning_rate_factor", lambda: 0 <= float(
+            _get(o, "end_learning_rate_factor", 0.0)) <= 1, "in [0, 1]"),
+        ("optim.b1", lambda: 0 <= float(_get(o, "b1", 0.9)) < 1, "in [0, 1)"),
+        ("optim.b2", lambda: 0 <= float(_get(o, "b2", 0.999)) < 1, "in [0, 1)"),
+        ("optim.eps", lambda: _finite_f32(_get(o, "eps", 1e-8))
+         and float(_get(o, "eps", 1e-8)) > 0, "a finite float32 number > 0"),
+        ("optim.momentum", lambda: 0 <= float(_get(o, "momentum", 0.0) or 0.0) < 1,
+         "in [0, 1)"),
+        ("train.sample_size", lambda: 32 <= int(_get(t, "sample_size", 256)) <= 2048,
+         "in 32..2048 (the VGG needs >= 32 px)"),
+        ("train.sample_contents", lambda: _sample_names_ok(
+            _get(t, "sample_contents", ("chelsea",)), CONTENT_NAMES),
+         f"one or more of {', '.join(CONTENT_NAMES)}"),
+        ("train.sample_styles", lambda: _sample_names_ok(
+            _get(t, "sample_styles", ("strokes",)), STYLE_NAMES),
+         f"one or more of {', '.join(STYLE_NAMES)}"),
     ]
     for field, check, must in checks:
         try:
@@ -573,7 +617,8 @@ def _check_resume_meta(meta: dict, expected: dict, workdir) -> list[str]:
     """Model, batch size, seed and optimizer must match the checkpoint (else ConfigError); a
     changed data config is allowed (e.g. to fine-tune on other images) with a warning, since
     the batches then differ from those of an uninterrupted run. Returns the changed optim /
-    loss / dtype settings (said once the state is restored: some change its structure)."""
+    loss / dtype settings and a changed length of a decaying schedule (said once the state is
+    restored: some change its structure)."""
     for key in ("model", "batch_size", "seed"):
         if key in meta and key in expected and meta[key] != expected[key]:
             raise ConfigError(
@@ -606,8 +651,15 @@ def _check_resume_meta(meta: dict, expected: dict, workdir) -> list[str]:
     changed = [f"optim.{k}" for k in _changed_keys(b_opt, n_opt)]
     changed += [f"loss.{k}" for k in _changed_keys(before.get("loss") or {},
                                                     now.get("loss") or {})]
-    if (before.get("train") or {}).get("dtype") != (now.get("train") or {}).get("dtype"):
+    b_train, n_train = before.get("train") or {}, now.get("train") or {}
+    if b_train.get("dtype") != n_train.get("dtype"):
         changed.append("train.dtype")
+    if (n_opt.get("schedule", "constant") != "constant" and not n_train.get("time_budget_s")
+            and b_train.get("num_steps") != n_train.get("num_steps")):
+        # a decaying schedule is built for num_steps: a longer run jumps back up from the
+        # learning rate it had decayed to (a time-budgeted run keeps its planned length)
+        changed.append(f"train.num_steps ({b_train.get('num_steps')} -> "
+                       f"{n_train.get('num_steps')}: the learning-rate schedule's length)")
     return changed
 
 
@@ -750,10 +802,12 @@ def _maybe_init_distributed(config) -> None:
     jax.distributed.initialize(**{k: v for k, v in kw.items() if v is not None})
 
 
-def _default_loader_factory(data_cfg, *, batch_size, seed, start_step):
+def _default_loader_factory(data_cfg, *, batch_size, seed, start_step, progress=False):
+    """The data loader; ``progress``: a bar while image folders are first prepared."""
     from . import data
 
-    return data.make_loader(data_cfg, batch_size=batch_size, seed=seed, start_step=start_step)
+    return data.make_loader(data_cfg, batch_size=batch_size, seed=seed, start_step=start_step,
+                            sources=data.prepare(data_cfg, progress=progress))
 
 
 def _progress_bar(total: int, initial: int, enabled: bool):
@@ -763,8 +817,25 @@ def _progress_bar(total: int, initial: int, enabled: bool):
                 dynamic_ncols=True, smoothing=0.1)
 
 
-def _prepare_workdir(workdir: Path) -> None:
-    """Create the workdir, or say in one line why it cannot be one (before any work is done)."""
+def _training_folder_holding(path: Path, config) -> tuple[str, str] | None:
+    """``(folder, "data.content_dirs")`` if ``path`` is inside a training image folder."""
+    for key in ("content_dirs", "style_dirs"):
+        dirs = _get(config.data, key) or []
+        for d in [dirs] if isinstance(dirs, (str, os.PathLike)) else dirs:
+            d = os.fspath(d)
+            if not d.startswith("tfds:") and os.path.isdir(d) and is_inside(path, d):
+                return d, f"data.{key}"
+    return None
+
+
+def _prepare_workdir(workdir: Path, config) -> None:
+    """Create the workdir, or say in one line why it cannot be one (before any work is done):
+    also one inside a training image folder (its sample grids would become training images)."""
+    inside = _training_folder_holding(workdir, config)
+    if inside is not None:
+        raise ConfigError(f"{workdir}: the workdir is inside the training image folder "
+                          f"{inside[0]} ({inside[1]}): its sample grids would be trained on; "
+                          "use a workdir outside it")
     try:
         make_dir(workdir, "the workdir")
     except ImageError as e:  # the workdir is an option: report it as one
@@ -772,11 +843,17 @@ def _prepare_workdir(workdir: Path) -> None:
     for d, what in ((workdir, "the workdir"), (workdir / CHECKPOINT_DIR, "its checkpoint folder")):
         if d.is_dir() and not os.access(d, os.W_OK | os.X_OK):  # (a save failing later hung)
             raise ConfigError(f"{d}: {what} is not writable")
+    if _run_id(workdir) is None:
+        import uuid
+
+        run_id = uuid.uuid4().hex
+        write_atomically(workdir / RUN_ID_FILE, lambda f: f.write(f"{run_id}\n".encode()))
 
 
-def _check_export_path(path: Path, config) -> None:
+def _check_export_path(path: Path, config, workdir: Path) -> None:
     """Refuse an export destination that would fail only after training (a folder, say), or
-    would replace an input: the ``init_from`` model, or a file in a training image folder."""
+    would replace an input (the ``init_from`` model, a file in a training image folder) or
+    another run's export (the built-in model, or an export this workdir did not write)."""
     if path.is_dir():
         raise ConfigError(f"{path}: the export path is a directory; give a file name such as "
                           f"{path / EXPORT_NAME}")
@@ -788,30 +865,50 @@ def _check_export_path(path: Path, config) -> None:
     if start and real == os.path.realpath(start):
         raise ConfigError(f"{path}: the export would replace train.init_from, the model this "
                           "run starts from; export to another file")
-    data_cfg = config.data
-    for key in ("content_dirs", "style_dirs"):
-        dirs = _get(data_cfg, key) or []
-        for d in [dirs] if isinstance(dirs, (str, os.PathLike)) else dirs:
-            d = os.fspath(d)
-            if not d.startswith("tfds:") and os.path.isdir(d) and is_inside(path, d):
-                raise ConfigError(f"{path}: the export would be written into the training image "
-                                  f"folder {d} (data.{key}); export to another folder")
+    inside = _training_folder_holding(path, config)
+    if inside is not None:
+        raise ConfigError(f"{path}: the export would be written into the training image "
+                          f"folder {inside[0]} ({inside[1]}); export to another folder")
     if path.suffix != ".safetensors":
         raise ConfigError(f"{path}: the export's file name must end in .safetensors")
+    from .inference import BUILTIN_MODEL
+
+    if real == os.path.realpath(BUILTIN_MODEL):
+        raise ConfigError(f"{path}: is the built-in model; export to another file (and copy "
+                          "it there if it is to be shipped)")
     if path.exists() or path.is_symlink():
-        # replacing an earlier export is the normal re-run; anything else is someone's file
+        # replacing this workdir's earlier export is the normal re-run; anything else is
+        # someone's file (another run's model, or not a model at all)
         from .export import read_export
 
         try:
-            read_export(path)
+            _, header = read_export(path)
         except NSTError:
             raise ConfigError(f"{path}: exists and is not a model export; refusing to replace "
                               "it (choose another --export path or remove the file)") from None
+        own = is_inside(path, workdir) or (
+            _run_id(workdir) is not None and header["info"].get("run_id") == _run_id(workdir))
+        if not own:
+            raise ConfigError(f"{path}: exists and is not an export of the run in {workdir}; "
+                              "refusing to replace it (choose another --export path or remove "
+                              "the file)")
     parent = next((p for p in path.parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise ConfigError(f"{path}: cannot write the export: {parent} is not a directory")
     if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"{path}: cannot write the export: {parent} is not writable")
+
+
+#: A workdir's run id (random, made with the workdir), recorded in its exports' info: a rerun
+#: may replace an export of its own run (wherever it was written), not another run's.
+RUN_ID_FILE = "run_id.txt"
+
+
+def _run_id(workdir: Path) -> str | None:
+    try:
+        return (workdir / RUN_ID_FILE).read_text().strip() or None
+    except OSError:
+        return None
 
 
 #: The workdir's lock file (``fcntl.flock``; the kernel releases it when the process ends).
@@ -882,10 +979,10 @@ def train(config, workdir: str | os.PathLike, *, export_path: str | os.PathLike 
     is_main = jax.process_index() == 0
     if is_main:
         if export_path:
-            _check_export_path(Path(export_path), config)
-        _prepare_workdir(workdir)
+            _check_export_path(Path(export_path), config, workdir)
+        _prepare_workdir(workdir, config)
         if export_path is None:  # the default export must not replace init_from either
-            _check_export_path(workdir / EXPORT_NAME, config)
+            _check_export_path(workdir / EXPORT_NAME, config, workdir)
     with _workdir_lock(workdir) if is_main else contextlib.nullcontext():
         return _train(config, workdir, export_path=export_path, loader_factory=loader_factory,
                       step_callback=step_callback, progress=progress, vgg=vgg, devices=devices,
@@ -920,7 +1017,10 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
     if init_from and mngr.latest_step() is not None and init_record.is_file():
         # Resuming a fine-tuning run: the checkpoint holds the weights, and the start point's
         # step count was recorded when the run began (its file need not exist any more).
-        prior_steps = int(json.loads(init_record.read_text())["prior_steps"])
+        record = json.loads(init_record.read_text())
+        prior_steps = int(record["prior_steps"])
+        init_from = record.get("init_from") or init_from  # (the export names the file, as
+        # an uninterrupted run's does: "model.safetensors", not "builtin")
     elif init_from:  # fine-tuning start point; a checkpoint in workdir still takes precedence
         init_from = resolve_init_from(init_from)
         init_header = export_lib.init_from_export(model, init_from)
@@ -972,12 +1072,14 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
         log_every = int(tcfg.log_every)
         step = start
         if step < num_steps:
-            factory = loader_factory or _default_loader_factory
-            loader = factory(config.data, batch_size=global_batch // n_proc,
-                             seed=data_seed + 1_000_003 * jax.process_index(), start_step=step)
-            batches = iter(loader)
             show = sys.stderr.isatty() if progress is None else progress
             bar_shown = bool(show and is_main)
+            kw = {} if loader_factory else {"progress": bar_shown}  # (preparing folders)
+            factory = loader_factory or _default_loader_factory
+            loader = factory(config.data, batch_size=global_batch // n_proc,
+                             seed=data_seed + 1_000_003 * jax.process_index(), start_step=step,
+                             **kw)
+            batches = iter(loader)
             bar = _progress_bar(num_steps, step, bar_shown)
             pending: list[dict[str, jax.Array]] = []
             t_last, s_last = time.perf_counter(), step
@@ -1074,7 +1176,8 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
                 info={"step": int(step), "num_steps": num_steps,
                       "total_steps": prior_steps + int(step),
                       "init_from": os.path.basename(init_from) if init_from else "",
-                      "config_name": _get(config, "name", "")})
+                      "config_name": _get(config, "name", ""),
+                      "run_id": _run_id(workdir) or ""})
         if save_error is not None:
             raise ModelError(f"{mngr.directory}: cannot write the checkpoint of step {step} "
                              f"({save_error})" + (f"; the weights were exported to {out_path}"

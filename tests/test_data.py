@@ -111,6 +111,44 @@ def test_prepare_skips_blank_images(tmp_path):
     assert all(v.startswith("blank (pixel std 0.0000 < 0.01)") for v in reasons.values())
 
 
+def test_long_panoramas_are_kept_and_too_small_ones_report_their_size(tmp_path, capfd):
+    # the long-side cap (3 x max_source_side) cut a 3000 x 100 panorama to 1536 x 51, which
+    # was then skipped as "too small (1536 x 51 ...)" although its short side is >= 64
+    d = tmp_path / "imgs"
+    d.mkdir()
+    Image.fromarray(_smooth(100, 3000, 1)).save(d / "scroll.png")
+    Image.fromarray(_smooth(50, 2000, 2)).save(d / "thin.png")
+    Image.fromarray(_smooth(80, 90, 3)).save(d / "photo.png")
+    Image.fromarray(_smooth(64, 7000, 4)).save(d / "frieze.png")  # 109:1: crops need 28000 px
+    import tensorflow_datasets as tfds
+
+    tfds.enable_progress_bar()  # (as in a fresh process: TFDS' bars are on)
+    capfd.readouterr()
+    ds = data.prepare_folder([d], data_dir=tmp_path / "tfds", workers=1)
+    err = capfd.readouterr().err  # without progress, no bars (TFDS' printed through train's)
+    assert "Generating splits" not in err and "Shuffling" not in err, err[-500:]
+    reasons = {s["path"]: s["reason"] for s in ds.report["skipped"]}
+    assert reasons == {"imgs/thin.png": "too small (2000 x 50 < 64 px)",
+                       "imgs/frieze.png": "too elongated (7000 x 64: at a short side of 64 px "
+                                          "or more the long side is 7000 > 6144 px)"}
+    shapes = {ds.path(i): ds.get(i).shape[:2] for i in range(len(ds))}
+    assert shapes == {"imgs/scroll.png": (64, 1920), "imgs/photo.png": (80, 90)}
+
+
+def test_stored_size_keeps_the_short_side_at_least_min_source_side():
+    # (with min_source_side = max_source_side, flooring the long side stored 258 x 257 at
+    # 256 x 255, then skipped it as too small)
+    from arbitrary_nst.images import _scaled_size
+
+    for max_side, min_side in ((256, 256), (512, 64), (64, 64)):
+        for w in range(min_side, 3 * max_side + 40, 7):
+            for h in range(min_side, w + 1, 5):
+                cap = data._stored_cap(w, h, max_side, min_side)
+                stored = _scaled_size(w, h, cap / max(w, h)) if cap else (w, h)
+                assert min(stored) >= min_side, (w, h, max_side, min_side, stored)
+                assert max(stored) <= max(w, h)  # never upscaled
+
+
 def test_records_decode_to_the_source_images(prepared, folder):
     paths = {prepared.path(i): i for i in range(len(prepared))}
     assert set(paths) == {f"photos/{k}" for k in GOOD}

@@ -679,6 +679,11 @@ def test_unreadable_subfolders_are_collected_not_fatal(tmp_path, monkeypatch):
         assert unlisted == [(tmp_path / "locked", why)]
     with pytest.raises(ImageError, match="permission denied"):  # the folder asked for itself
         list_images(tmp_path / "locked", unlisted=[])
+    # a folder the pattern could not match in is not news (a batch ended with status 1)
+    unlisted = []
+    assert [p.name for p in list_images(str(tmp_path / "ok*" / "**" / "*.png"),
+                                        unlisted=unlisted)] == ["c.png"]
+    assert unlisted == []
 
 
 @pytest.mark.skipif(os.name != "posix", reason="POSIX symlinks")
@@ -688,6 +693,7 @@ def test_dangling_symlinks_are_listed_and_say_no_such_file(tmp_path):
     os.symlink(tmp_path / "gone.txt", tmp_path / "broken.txt")  # not an image name: not listed
     for spec in (tmp_path, str(tmp_path / "*.png"), str(tmp_path / "**" / "*.png")):
         assert [p.name for p in list_images(spec)] == ["a.png", "broken.png"], spec
+    assert list_images(tmp_path / "broken.png") == [tmp_path / "broken.png"]  # (as listed)
     with pytest.raises(ImageError) as e:
         load_image(tmp_path / "broken.png")
     assert "no such file" in _reason(e)

@@ -244,6 +244,56 @@ def test_init_from_export_starts_at_its_weights_and_refuses_other_models(tmp_pat
                        progress=False)
     assert (g / "model.safetensors").read_bytes() == before
     assert load_exported(f.export_path, vgg=vgg).palette == 0.5
+    # A resumed fine-tuning run names its start file as an uninterrupted one does (it said
+    # "builtin" or the path as configured) and keeps adding up the steps.
+    c3 = training.train(smoke("train.num_steps=2", "train.sample_every=0",
+                              f"train.init_from={a.export_path}"), tmp_path / "c", vgg=vgg,
+                        progress=False)
+    info = read_export(c3.export_path)[1]["info"]
+    assert c3.step == 2 and info["init_from"] == "model.safetensors" and info["total_steps"] == 4
+    # --export replaces this workdir's own earlier export, never another run's
+    mine = tmp_path / "exports" / "mine.safetensors"
+    for _ in range(2):  # (a is finished: these runs only export)
+        assert training.train(smoke("train.num_steps=2", "train.sample_every=0"),
+                              tmp_path / "a", export_path=mine, vgg=vgg,
+                              progress=False).export_path == mine
+    before = mine.read_bytes()
+    with pytest.raises(ConfigError, match="is not an export of the run in"):
+        training.train(smoke("train.num_steps=0", "train.sample_every=0"), tmp_path / "d",
+                       export_path=mine, vgg=vgg, progress=False)
+    assert mine.read_bytes() == before == a.export_path.read_bytes()  # (same bytes: below)
+    # the run is known by the id in its exports, so a moved project folder still may; and any
+    # export inside the workdir is its own (a workdir from before run ids had none)
+    shutil.move(tmp_path / "a", tmp_path / "moved_a")
+    shutil.move(tmp_path / "exports", tmp_path / "moved")
+    moved_a, mine = tmp_path / "moved_a", tmp_path / "moved" / "mine.safetensors"
+    finished = smoke("train.num_steps=2", "train.sample_every=0")  # (these runs only export)
+    training.train(finished, moved_a, export_path=mine, vgg=vgg, progress=False)
+    (moved_a / training.RUN_ID_FILE).unlink()  # a workdir from before run ids
+    inside = moved_a / "model_export.safetensors"
+    shutil.copy(mine, inside)
+    training.train(finished, moved_a, export_path=inside, vgg=vgg, progress=False)
+    with pytest.raises(ConfigError, match="is not an export of the run in"):  # (a new id now)
+        training.train(finished, moved_a, export_path=mine, vgg=vgg, progress=False)
+
+
+def test_exports_of_equal_weights_are_equal_bytes(tmp_path, vgg):
+    # safetensors writes its metadata in hash order: exports of one model had other bytes
+    # each time, so a checksum could not show that a resumed run equals an uninterrupted one
+    from flax import nnx
+
+    from arbitrary_nst.export import export_model
+    from arbitrary_nst.models import ArbitraryStyleModel
+
+    model = ArbitraryStyleModel(vgg, width=0.25, hidden_dim=8, rngs=nnx.Rngs(0))
+    info = {"step": 3, "num_steps": 5, "init_from": "", "config_name": "smoke"}
+    blobs = {export_model(model, tmp_path / f"m{i}.safetensors", info=info).read_bytes()
+             for i in range(6)}
+    assert len(blobs) == 1
+    loaded = load_exported(tmp_path / "m0.safetensors", vgg=vgg)
+    a, b = model_tensors(model), model_tensors(loaded)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert read_export(tmp_path / "m0.safetensors")[1]["info"] == info
 
 
 def test_palette_training_loss_is_the_loss_of_the_aligned_output(vgg, rng):
@@ -584,9 +634,21 @@ def test_config_overrides():
     # values of the wrong type, and an export dtype that would fail only after training
     for bad, field in (("train.num_steps=None", "train.num_steps"),
                        ("train.export_dtype='int8'", "train.export_dtype"),
-                       ("train.sample_every=None", "train.sample_every")):
-        with pytest.raises(ConfigError, match=f"^{field} must be"):
+                       ("train.sample_every=None", "train.sample_every"),
+                       # (these were tracebacks at the first sample grid, or accepted)
+                       ("train.sample_size=0", "train.sample_size"),
+                       ("train.sample_contents=()", "train.sample_contents"),
+                       ("train.sample_styles=('nope',)", "train.sample_styles"),
+                       ("optim.eps=-1", "optim.eps"), ("optim.b2=2", "optim.b2"),
+                       ("optim.b1=-0.1", "optim.b1"), ("optim.momentum=1.5", "optim.momentum"),
+                       ("optim.end_learning_rate_factor=-1",
+                        "optim.end_learning_rate_factor")):
+        with pytest.raises(ConfigError, match=f"^{re.escape(field)} must be"):
             training.validate_config(smoke(bad))
+    for bad in ("loss.style_layers={'relu1_2': 'abc'}", "loss.content_layers={'relu3_3': -1.0}",
+                "loss.style_layers={'relu1_2': 1e999}"):
+        with pytest.raises(ConfigError, match="layer weight relu"):
+            LossConfig.from_config(smoke(bad).loss)
 
 
 def test_config_files_that_cannot_give_a_config_are_one_line(tmp_path):
@@ -595,7 +657,19 @@ def test_config_files_that_cannot_give_a_config_are_one_line(tmp_path):
         "return", "c.trian.num_steps = 3\n    return", 1))
     text = tmp_path / "smoke.txt"
     text.write_text((CONFIGS / "smoke.py").read_text())
-    for path, why in ((typo, "get_config\\(\\) failed"), (text, "a config is a Python file")):
+    no_optim = tmp_path / "no_optim.py"
+    no_optim.write_text("from arbitrary_nst.training import load_config\n"
+                        "def get_config():\n"
+                        f"    c = load_config({str(CONFIGS / 'smoke.py')!r})\n"
+                        "    del c['optim']\n    return c\n")
+    a_dict = tmp_path / "a_dict.py"
+    a_dict.write_text("def get_config():\n    return {'train': 1}\n")
+    nothing = tmp_path / "nothing.py"
+    nothing.write_text("def get_config():\n    pass\n")
+    for path, why in ((typo, "get_config\\(\\) failed"), (text, "a config is a Python file"),
+                      (no_optim, "the config has no optim section"),
+                      (a_dict, "must return an ml_collections.ConfigDict .* got dict"),
+                      (nothing, "got NoneType")):
         with pytest.raises(ConfigError, match=why) as e:
             training.load_config(path)
         assert "\n" not in str(e.value)
@@ -651,6 +725,26 @@ def test_train_cli_resumes_and_reports_errors_in_one_line(tmp_path, capsys):
     finally:
         training.train = real_train
     assert "interrupted: step 1" in capsys.readouterr().out
+    # out of (device) memory, e.g. data.image_size=4096: one line saying what to lower (it was
+    # a JaxRuntimeError traceback); any other exception is still a traceback (a bug)
+    def oom(*a, **k):
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating "
+                                         "290798114816 bytes.")
+
+    def bug(*a, **k):
+        raise RuntimeError("a bug")
+
+    try:
+        training.train = oom
+        assert train_cli.main(["--config", str(CONFIGS / "smoke.py"), "--workdir", wd2]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: out of memory (RESOURCE_EXHAUSTED") and err.count("\n") == 1
+        assert "train.batch_size, data.image_size" in err and wd2 in err
+        training.train = bug
+        with pytest.raises(RuntimeError, match="a bug"):
+            train_cli.main(["--config", str(CONFIGS / "smoke.py"), "--workdir", wd2])
+    finally:
+        training.train = real_train
 
 
 def test_a_damaged_checkpoint_is_one_line_naming_what_to_delete(tmp_path, vgg):
@@ -764,6 +858,16 @@ def test_bad_workdir_or_export_path_fails_before_training(tmp_path, vgg, monkeyp
             training.train(smoke(), tmp_path / "wd5", export_path=export, vgg=vgg,
                            progress=False)
     assert notes.read_text() == "my notes"
+    # a workdir inside a training image folder: its sample grids became training images
+    with pytest.raises(ConfigError, match="the workdir is inside the training image folder"):
+        training.train(cfg, photos / "run", vgg=vgg, progress=False)
+    assert not (photos / "run").exists()
+    # the built-in model is never an export destination (it was replaced, exit 0)
+    from arbitrary_nst.inference import BUILTIN_MODEL
+
+    with pytest.raises(ConfigError, match="is the built-in model"):
+        training.train(smoke(), tmp_path / "wd6", export_path=BUILTIN_MODEL, vgg=vgg,
+                       progress=False)
 
 
 def test_batch_must_divide_over_devices(tmp_path, vgg, monkeypatch):
@@ -775,6 +879,23 @@ def test_batch_must_divide_over_devices(tmp_path, vgg, monkeypatch):
 class _FakeMesh:
     def __init__(self, n):
         self.devices = np.empty(n, object)
+
+
+def test_importing_the_package_leaves_jax_distributed_initialize_possible():
+    # jax.distributed.initialize must run before the JAX backend starts: a jax array made at
+    # import (color.py's constants) made distributed.initialize=True fail with a traceback
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        port = sock.getsockname()[1]
+    code = ("import jax, arbitrary_nst, arbitrary_nst.training, arbitrary_nst.inference, "
+            "arbitrary_nst.cli, arbitrary_nst.evaluate, arbitrary_nst.data\n"
+            f"jax.distributed.initialize('localhost:{port}', num_processes=1, process_id=0)\n"
+            "print(jax.process_count())")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "1", r.stderr[-2000:]
 
 
 def test_training_errors_are_user_errors():
@@ -879,6 +1000,23 @@ def test_training_objective_compares_models_on_the_same_batches(tmp_path, vgg, c
     with pytest.raises(SystemExit):
         train_cli.main(smoke_cfg)  # neither --workdir nor --objective
     assert "--workdir is required" in capsys.readouterr().err
+
+
+def test_a_longer_run_of_a_decaying_schedule_is_said_on_resume(tmp_path):
+    # cosine/linear schedules are built for train.num_steps: resuming a finished 3-step run
+    # as a 5-step one restarts the decay (2+2 != 4 bit for bit), which was not said
+    def meta(schedule, num_steps, budget=0):
+        cfg = smoke(f"optim.schedule='{schedule}'", f"train.num_steps={num_steps}",
+                    f"train.time_budget_s={budget}")
+        return {"config": training._to_plain(cfg)}
+
+    said = training._check_resume_meta(meta("cosine", 3), meta("cosine", 5), tmp_path)
+    assert said == ["train.num_steps (3 -> 5: the learning-rate schedule's length)"]
+    assert training._check_resume_meta(meta("linear", 3), meta("linear", 3), tmp_path) == []
+    assert training._check_resume_meta(meta("constant", 3), meta("constant", 5), tmp_path) == []
+    # a time-budgeted run sets its own length from its plan
+    assert training._check_resume_meta(meta("cosine", 9, 60), meta("cosine", 4, 60),
+                                       tmp_path) == []
 
 
 def test_resume_with_changed_settings_is_said_or_refused(tmp_path, vgg, caplog):
