@@ -122,7 +122,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fig.add_argument("--strength-sweep", type=int, metavar="K",
                      help="a strip of K strengths from 0 to 1")
     fig.add_argument("--tile-size", type=int, default=None, metavar="N",
-                     help=f"longer side of each figure tile (default {DEFAULT_TILE_SIZE})")
+                     help=f"longer side of each figure tile (default {DEFAULT_TILE_SIZE}; at "
+                          "most --max-size)")
 
     run_g = parser.add_argument_group("running")
     run_g.add_argument("--method", choices=("network", "gatys"), default="network",
@@ -425,7 +426,8 @@ def _figure(args, mode: str, stylizer) -> int:
                             suffixes=images.SAVE_FORMATS)
     t0 = time.perf_counter()
     stylizer.max_pixels = args.max_pixels
-    img = stylizer.read(content, max_side=args.tile_size)  # uint8 HWC, as the batch path
+    side = min(args.tile_size, args.max_size) if args.max_size else args.tile_size
+    img = stylizer.read(content, max_side=side)  # uint8 HWC, as the batch path
     lum = preserve_color_mode(args.preserve_color) == "luminance"
     e_styles, m_styles, d_styles = _style_embeddings(stylizer, styles, img, args)
     d = None

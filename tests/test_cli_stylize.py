@@ -153,6 +153,13 @@ def test_palette_in_images_and_figures(cli, data, model):
     st = cli_stylize.load_stylizer(str(model))
     want = st.stylize(st.read(c, max_side=45), style=s, style_size=int(SS), palette=0.6)
     np.testing.assert_allclose(tile1, want, atol=1.01 / 255)
+    # --max-size bounds the tiles too (it was ignored by the figures): 45 -> 40 px tiles
+    small = data["tmp"] / "sweep_small.png"
+    rc, _, err = cli("--content", c, "--style", s, "--strength-sweep", 2, "--tile-size", 45,
+                     "--max-size", 40, "--out", small)
+    assert rc == 0, err
+    shrink = st.read(c, max_side=45).shape[0] - st.read(c, max_side=40).shape[0]
+    assert shrink > 0 and Image.open(small).size[1] == Image.open(sweep).size[1] - shrink
 
 
 def test_max_size_and_style_size(cli, data):
