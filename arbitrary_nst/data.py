@@ -81,6 +81,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import sys
 import threading
 import time
@@ -997,6 +998,12 @@ def prepare_folder(dirs: Sequence[str | os.PathLike[str]], *, data_dir: str | os
         with _exclusive_lock(Path(b.data_dir_root) / f".{b.builder_config.name}.lock"):
             reused = (Path(b.data_dir) / "dataset_info.json").exists()
             if not reused:
+                # A preparation killed outright (kill -9, power loss) left TFDS' temporary
+                # folder behind; holding this dataset's lock, any such folder is stale.
+                version_dir = Path(b.data_dir)
+                for stale in version_dir.parent.glob(f"incomplete.*_{version_dir.name}"):
+                    log.info("removing %s (an interrupted earlier preparation)", stale)
+                    shutil.rmtree(stale, ignore_errors=True)
                 # TFDS' own "Generating splits" bars: never (ours, with progress, instead)
                 tfds.disable_progress_bar()
                 try:

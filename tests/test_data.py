@@ -10,6 +10,8 @@ import io
 import os
 import sys
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -133,6 +135,21 @@ def test_long_panoramas_are_kept_and_too_small_ones_report_their_size(tmp_path, 
                                           "or more the long side is 7000 > 6144 px)"}
     shapes = {ds.path(i): ds.get(i).shape[:2] for i in range(len(ds))}
     assert shapes == {"imgs/scroll.png": (64, 1920), "imgs/photo.png": (80, 90)}
+
+
+def test_a_killed_preparation_leaves_nothing_behind_the_next_one(tmp_path):
+    # kill -9 during a preparation left TFDS' incomplete.XXXXXX_1.0.0 folder (with partial
+    # array_record files) forever; the next preparation (holding the lock) removes it
+    d = tmp_path / "imgs"
+    d.mkdir()
+    Image.fromarray(_smooth(80, 90, 3)).save(d / "photo.png")
+    version_dir = Path(data.folder_builder([d], data_dir=tmp_path / "tfds").data_dir)
+    stale = version_dir.parent / f"incomplete.AB12CD_{version_dir.name}"
+    (stale / "train").mkdir(parents=True)
+    (stale / "train" / "part.array_record-00000-of-00001").write_bytes(b"partial")
+    ds = data.prepare_folder([d], data_dir=tmp_path / "tfds", workers=1)
+    assert len(ds) == 1 and not stale.exists()
+    assert sorted(p.name for p in version_dir.parent.iterdir()) == [version_dir.name]
 
 
 def test_stored_size_keeps_the_short_side_at_least_min_source_side():
