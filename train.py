@@ -88,12 +88,13 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except Exception as e:  # noqa: BLE001 - only out-of-memory is a user error; else re-raised
-        if "RESOURCE_EXHAUSTED" not in str(e):
+        from arbitrary_nst.errors import out_of_memory
+
+        if (oom := out_of_memory(e)) is None:
             raise
         where = f"; the checkpoints saved so far stay in {args.workdir}" if args.workdir else ""
-        print("error: out of memory (" + " ".join(str(e).split())[:160] + "): lower "
-              "train.batch_size, data.image_size / data.style_size or model.width" + where,
-              file=sys.stderr)
+        print(f"error: {oom}: lower train.batch_size, data.image_size / data.style_size or "
+              f"model.width{where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl-C outside the training loop (start-up, a second Ctrl-C)
         where = f"; the checkpoints saved so far stay in {args.workdir}" if args.workdir else ""

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .errors import (MAX_SEED, ConfigError, ImageError, NSTError, UsageParser, count_arg,
-                     printable_stdout)
+                     out_of_memory, printable_stdout)
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -88,6 +88,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:  # a filesystem limit no check foresaw: still one line, not a traceback
         where = f"{e.filename}: " if e.filename else ""
         print(f"error: {where}{e.strerror or _one_line(e)}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as e:  # noqa: BLE001 - only out-of-memory is a user error; else re-raised
+        if (oom := out_of_memory(e)) is None:
+            raise
+        print(f"error: {oom}: use a smaller size (--max-size, --size) or batch", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

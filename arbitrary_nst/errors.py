@@ -98,3 +98,12 @@ def printable_stdout() -> None:
             reconfigure(errors="backslashreplace")
         except (ValueError, OSError):  # a closed or unusual stream: leave it
             pass
+
+
+def out_of_memory(e: BaseException) -> str | None:
+    """``"out of memory (...)"`` if ``e`` is XLA's RESOURCE_EXHAUSTED (a size or batch too large
+    for the device), else None: the CLIs print it as one line and say what to lower."""
+    text = " ".join(str(e).split())
+    if "RESOURCE_EXHAUSTED" not in text:
+        return None
+    return f"out of memory ({text[:160]})"

@@ -69,7 +69,8 @@ from typing import Any
 import numpy as np
 
 from . import fit_style, images
-from .errors import ConfigError, ImageError, NSTError, UsageParser, printable_stdout
+from .errors import (ConfigError, ImageError, NSTError, UsageParser, out_of_memory,
+                     printable_stdout)
 from .files import check_writable_dir, is_inside
 
 METHODS = ("model", "model_refine", "model_fit", "gatys", "magenta_lite", "magenta_lite_fp32", "identity", "style")
@@ -345,9 +346,9 @@ class ModelFitMethod(_EmbeddingMethod):
         self.size, self.strength = int(size), strength
         self.fitted_dir = None if fitted_dir is None else Path(fitted_dir)
         self.reused: list[str] = []
-        # which photos (and how) a fit used: a cached fit is reused only for the same ones
-        names = "\n".join(sorted(os.path.realpath(os.fspath(p)) for p in self.photos))
-        self._photo_set = hashlib.sha256(names.encode()).hexdigest()[:16]
+        # which photos a fit used: a cached fit is reused only for the same ones (the same
+        # files with the same contents: a photo replaced under its name is another set)
+        self._photo_set = _photo_set_id(self.photos)
 
     def _embed_named(self, style, key):
         """Fit, or reuse ``fitted_dir/<key>.npz`` when it was fitted the same way (steps, size,
@@ -356,14 +357,16 @@ class ModelFitMethod(_EmbeddingMethod):
         if path is not None and path.is_file():
             fs = fit_style.FittedStyle.load(path)
             # a fit of another model (another --model, same folder) is refitted, not an error
+            # (and of another painting under the same name: the style's pixels are recorded)
             if (fs.info.get("steps"), fs.info.get("size"), fs.info.get("style_size"),
-                    fs.info.get("photo_set"), fs.fingerprint) == (
+                    fs.info.get("photo_set"), fs.info.get("style_pixels"), fs.fingerprint) == (
                     self.steps, self.size, self.stylizer.style_size, self._photo_set,
-                    self.stylizer._model_fingerprint()):
+                    _pixels_id(style), self.stylizer._model_fingerprint()):
                 self.reused.append(key)
                 return fs
         fs = self.stylizer.fit_style(style, self.photos, steps=self.steps, size=self.size)
         fs.info["photo_set"] = self._photo_set
+        fs.info["style_pixels"] = _pixels_id(style)
         if path is not None:
             fs.save(path, overwrite=True)
         return fs
@@ -486,6 +489,39 @@ def _input_fingerprints(contents: Sequence[Path], styles: Sequence[Path]) -> dic
             except OSError:
                 pass  # (unreadable: skipped when loaded)
     return out
+
+
+def _pixels_id(x: np.ndarray) -> str:
+    """A short hash of an image array (its shape and values)."""
+    x = np.ascontiguousarray(x)
+    return hashlib.sha1(repr(x.shape).encode() + x.tobytes()).hexdigest()[:16]
+
+
+def _photo_set_id(photos: Sequence[Any]) -> str:
+    """A short hash of a set of photo files: their real paths and contents."""
+    h = hashlib.sha256()
+    for p in sorted(os.path.realpath(os.fspath(p)) for p in photos):
+        h.update(p.encode(errors="surrogateescape") + b"\0")
+        try:
+            h.update(hashlib.sha1(Path(p).read_bytes()).digest())
+        except OSError:
+            pass  # (unreadable: the fit says so)
+    return h.hexdigest()[:16]
+
+
+def _check_unique_pairs(contents: Sequence[Path], styles: Sequence[Path]) -> None:
+    """Output images are named ``<content>__<style>.png``: ``a`` x ``b__c`` and ``a__b`` x
+    ``c`` would write one file (the second overwrote the first, and the sheets showed it)."""
+    seen: dict[str, tuple[Path, Path]] = {}
+    for c in contents:
+        for st in styles:
+            name = f"{c.stem}__{st.stem}"
+            if name in seen:
+                a, b = seen[name]
+                raise ConfigError(f"the pairs ({a.name}, {b.name}) and ({c.name}, {st.name}) "
+                                  f"would both be written as {name}.png; rename a file so "
+                                  "that '__' does not join two names the same way")
+            seen[name] = (c, st)
 
 
 def _check_unique_names(what: str, files: Sequence[Path]) -> None:
@@ -633,6 +669,9 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
         if shared:
             raise ConfigError(f"{shared[0]}: --fit-photos must not contain evaluated contents "
                               f"({len(shared)} do)")
+        # where the fits are saved: checked now, not after the first (minutes-long) fit
+        check_writable_dir(out_dir / "fitted" if fitted_dir is None else fitted_dir,
+                           "--fitted folder")
     picked_contents = _pick(content_files, num_contents)
     picked_styles = _pick(images.list_images(style), num_styles)
     for what, files in (("content", picked_contents), ("style", picked_styles)):
@@ -641,6 +680,7 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
         if inside:
             raise ConfigError(f"{out_dir}: --out holds the {what} image {inside[0]}; the "
                               "evaluation writes images and sheets there: use another folder")
+    _check_unique_pairs(picked_contents, picked_styles)
     contents = _load_all(picked_contents, size, skipped)
     styles = _load_all(picked_styles, size, skipped)
     if not contents or not styles:
@@ -662,8 +702,22 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
                             "fit_photos": len(fit_files) or None, "strength": strength,
                             "style_size": style_size,
                             "compile_seconds": {}, "embed_seconds": {}}
-    _check_resume_settings(out_dir, info, model_path, resume, methods,
-                           _input_fingerprints(picked_contents, picked_styles))
+    inputs = _input_fingerprints(picked_contents, picked_styles)
+    if fit_files:  # (model_fit's images depend on them: another set of 3 photos is not the same)
+        inputs["fit_photos"] = _photo_set_id(fit_files)
+    _check_resume_settings(out_dir, info, model_path, resume, methods, inputs)
+    for m in methods:  # our own folders: a file there is one line, not a traceback later
+        try:
+            (out_dir / "images" / m).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"{out_dir / 'images' / m}: cannot make the images folder "
+                              f"({e.strerror or e}); use another --out") from None
+        times_path = out_dir / "images" / m / "times.json"
+        if not resume and times_path.is_file():
+            # settings.json now says this run's settings: until this run has made an image,
+            # an earlier run's images must not count as made under them (an interrupted run
+            # then resumed scored a 3-iteration Gatys as a 400-iteration one)
+            _write_json(times_path, {})
     n_pairs = len(contents) * len(styles)
     for m in methods:
         kw = {"refine_steps": refine_steps} if m == "model_refine" else {}
@@ -702,7 +756,18 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
                     if not (resume and f.is_file() and f.name in times)]
             outputs: dict[int, np.ndarray] = {}
             if todo:
-                r = method.run(cimg, [style_imgs[j] for j in todo], [style_names[j] for j in todo])
+                try:
+                    r = method.run(cimg, [style_imgs[j] for j in todo],
+                                   [style_names[j] for j in todo])
+                except ImageError as e:  # (e.g. refinement refuses a flat photo)
+                    why = f"{m}: content {cname}: {e.reason}"
+                    skipped.append(why)
+                    if progress:
+                        bar.write(f"skipped: {why}", file=sys.stderr)
+                    else:
+                        print(f"skipped: {why}", file=sys.stderr)
+                    bar.update(len(style_names))
+                    continue
                 for j, y, sec in zip(todo, r.outputs, r.seconds):
                     if y.shape[:2] != cimg.shape[:2]:  # safety net: every method keeps the size
                         y = images.resize(y, cimg.shape[:2])
@@ -803,7 +868,9 @@ def summary_markdown(result: EvalResult) -> str:
         lines.append("* style embedding (s, per style): " + ", ".join(
             f"{k} {v:.3f}" for k, v in info["embed_seconds"].items()))
     if result.skipped:
-        lines.append(f"* skipped {len(result.skipped)} unreadable image(s).")
+        lines.append(f"* skipped {len(result.skipped)} (unreadable images, or a method's "
+                     "contents it cannot take): " + "; ".join(result.skipped[:3])
+                     + ("; ..." if len(result.skipped) > 3 else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -981,7 +1048,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use this many styles, spread evenly over the folder (default: all)")
     p.add_argument("--resume", action="store_true",
                    help="reuse output images (and times) already in --out")
-    p.add_argument("--thumb", type=int, default=128, help="contact-sheet cell size")
+    p.add_argument("--thumb", type=int, default=128,
+                   help="contact-sheet cell size (16..1024)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -996,6 +1064,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in ("gatys_iters", "gatys_batch", "thumb", "refine_steps", "fit_steps"):
             if getattr(args, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
+        if not 16 <= args.thumb <= 1024:  # (30000: a 90 GiB sheet after the whole run)
+            raise ConfigError(f"--thumb must be in [16, 1024], got {args.thumb}")
         for name in ("num_contents", "num_styles"):
             v = getattr(args, name)
             if v is not None and v < 1:
@@ -1024,6 +1094,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - only out-of-memory is a user error; else re-raised
+        if (oom := out_of_memory(e)) is None:
+            raise
+        print(f"error: {oom}: use a smaller --size or --gatys-batch", file=sys.stderr)
+        return 1
     print(summary_markdown(r))
     print(f"wrote {r.out_dir}/results.csv, results.json, summary.md, sheet_*.png, scatter.png")
     return 1 if r.skipped else 0

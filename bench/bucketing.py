@@ -110,19 +110,24 @@ def main(argv=None) -> int:
         return 1
     print(f"{'content':11} {'size':>9} {'bucket':>9} {'pad %':>6} {'mean':>7} {'p99':>7} "
           f"{'interior':>8} {'edge':>7} {'max':>7}   (|bucketed - exact|, 0..1 scale)")
+    def e(v, width):  # (a band wider than the image has no interior: None)
+        return f"{'-':>{width}}" if v is None else f"{v:{width}.1e}"
+
     for r in rows:
         print(f"{r['content']:11} {r['w']:>4}x{r['h']:<4} {r['bucket_w']:>4}x{r['bucket_h']:<4} "
               f"{r['padded_pixels_pct']:6.1f} {r['mean']:7.1e} {r['p99']:7.1e} "
-              f"{r['interior_mean']:8.1e} {r['edge_band_mean']:7.1e} {r['max']:7.1e}")
+              f"{e(r['interior_mean'], 8)} {e(r['edge_band_mean'], 7)} {r['max']:7.1e}")
     if timing:
         print(f"cost at {timing['shape'][0]}x{timing['shape'][1]} (on a rung): bucketed "
               f"{timing['bucketed_s']:.3f} s, buckets=None {timing['exact_s']:.3f} s "
               f"(x{timing['ratio']:.3f}, median of {timing['repeats']}); first call (compile): "
               f"{timing['bucketed_first_call_s']:.2f} s vs {timing['exact_first_call_s']:.2f} s")
     out = {"meta": {"model": args.model or "builtin", "edge_px": args.edge,
-                    "seconds": round(time.perf_counter() - t0, 1),
+                    "repeats": args.repeats, "seconds": round(time.perf_counter() - t0, 1),
                     "platform": platform.platform(),
-                    "command": "python bench/bucketing.py"}, "rows": rows, "cost": timing}
+                    "command": " ".join(["python bench/bucketing.py",
+                                         *(sys.argv[1:] if argv is None else argv)])},
+           "rows": rows, "cost": timing}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=1))
     print(f"wrote {args.json}")

@@ -636,3 +636,29 @@ def test_ctrl_c_while_starting_up_is_an_interruption(monkeypatch, capsys):
     monkeypatch.setattr(cli, "build_parser", interrupted)
     assert cli.main(["--content", "x.png", "--style", "s.png", "--out", "o.png"]) == 130
     assert capsys.readouterr().err.strip() == "error: interrupted"
+
+
+def test_out_of_memory_is_one_line_and_other_failures_stay_tracebacks(monkeypatch, capsys):
+    # XLA's RESOURCE_EXHAUSTED (analyze --size 1024, a huge --max-size) was a traceback
+    import dataclasses
+
+    import jax
+
+    from arbitrary_nst import cli
+
+    def oom(args):
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating "
+                                         "8816444296 bytes.")
+
+    stylize = cli.COMMANDS["stylize"]
+    monkeypatch.setitem(cli.COMMANDS, "stylize", dataclasses.replace(stylize, run=oom))
+    assert cli.main(["--content", "x.png", "--style", "s.png", "--out", "o.png"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: out of memory (RESOURCE_EXHAUSTED") and err.count("\n") == 1
+
+    def bug(args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setitem(cli.COMMANDS, "stylize", dataclasses.replace(stylize, run=bug))
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["--content", "x.png", "--style", "s.png", "--out", "o.png"])

@@ -294,6 +294,87 @@ def test_style_size_reaches_the_model_methods(tiny_set, tmp_path, vgg):
     assert ([r["style_gram"] for r in small.rows] != [r["style_gram"] for r in default.rows])
 
 
+def test_an_interrupted_run_with_new_settings_leaves_no_image_to_resume(tiny_set, tmp_path,
+                                                                         vgg):
+    # settings.json takes the new settings when a run starts: a run interrupted before it made
+    # anything, then resumed, scored the earlier run's images as made under the new settings
+    calls = []
+
+    def factory(name, **kw):
+        m = evaluate.make_method(name, **kw)
+        run = m.run
+
+        def counted(content, styles, keys):
+            calls.append(len(styles))
+            if interrupt:
+                raise KeyboardInterrupt
+            return run(content, styles, keys)
+
+        m.run = counted
+        return m
+
+    kw = dict(methods=["identity", "style"], progress=False, vgg=vgg, method_factory=factory)
+    interrupt = False
+    evaluate.evaluate(tiny_set / "content", tiny_set / "style", tmp_path / "o", size=48, **kw)
+    interrupt = True
+    with pytest.raises(KeyboardInterrupt):
+        evaluate.evaluate(tiny_set / "content", tiny_set / "style", tmp_path / "o", size=56, **kw)
+    interrupt, calls[:] = False, []
+    r = evaluate.evaluate(tiny_set / "content", tiny_set / "style", tmp_path / "o", size=56,
+                          resume=True, **kw)
+    assert sum(calls) == 2 * 2 * 2  # every image made again, for both methods
+    assert all(images.load_image(tmp_path / "o" / "images" / m / "astronaut__strokes.png")
+               .shape[1] == 56 for m in ("identity", "style")) and r.info["size"] == 56
+
+
+def test_a_content_a_method_cannot_take_is_skipped_for_it(tiny_set, tmp_path, vgg, capsys):
+    # (model_refine refuses a flat photo: it stopped the whole evaluation without its name)
+    from arbitrary_nst.errors import ImageError
+
+    def factory(name, **kw):
+        m = evaluate.make_method(name, **kw)
+        if name == "style":
+            run = m.run
+
+            def picky(content, styles, keys):
+                if content.mean() < 0.45:  # (one of the two contents)
+                    raise ImageError("content image", "blank (pixel std 0.0000 < 0.01)")
+                return run(content, styles, keys)
+
+            m.run = picky
+        return m
+
+    r = evaluate.evaluate(tiny_set / "content", tiny_set / "style", tmp_path / "o", size=48,
+                          methods=["identity", "style"], progress=False, vgg=vgg,
+                          method_factory=factory)
+    assert r.means["identity"]["pairs"] == 4 and r.means["style"]["pairs"] == 2
+    assert len(r.skipped) == 1 and r.skipped[0].startswith("style: content ")
+    assert "blank" in r.skipped[0] and "skipped: style: content" in capsys.readouterr().err
+
+
+def test_pairs_whose_output_names_collide_are_refused(tmp_path, vgg):
+    for folder, names in (("c", ("a", "a__b")), ("s", ("c", "b__c"))):
+        (tmp_path / folder).mkdir()
+        for n in names:
+            images.save_image(tmp_path / folder / f"{n}.png", samples.style_image("waves", 40))
+    with pytest.raises(ConfigError, match=r"would both be written as a__b__c\.png"):
+        evaluate.evaluate(tmp_path / "c", tmp_path / "s", tmp_path / "o", size=40,
+                          methods=["identity"], progress=False, vgg=vgg)
+
+
+def test_a_fit_is_reused_only_for_the_same_painting_and_photos(tmp_path):
+    a = np.zeros((4, 5, 3), np.float32)
+    b = a.copy()
+    b[0, 0, 0] = 1e-3
+    assert evaluate._pixels_id(a) == evaluate._pixels_id(a.copy()) != evaluate._pixels_id(b)
+    assert evaluate._pixels_id(a) != evaluate._pixels_id(a.reshape(5, 4, 3))
+    p = tmp_path / "p.png"
+    p.write_bytes(b"one")
+    before = evaluate._photo_set_id([p])
+    p.write_bytes(b"two")  # the same name, another photo
+    assert evaluate._photo_set_id([p]) != before
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--style-size", "8"], "--style-size must be >= 32"),
     (["--methods", "model,bogus"], "unknown method 'bogus'"),
@@ -301,6 +382,7 @@ def test_style_size_reaches_the_model_methods(tiny_set, tmp_path, vgg):
     (["--model", "/nonexistent/model.safetensors"], "no such model file"),
     (["--content", "/nonexistent/dir"], "no such file or directory"),
     (["--palette", "2"], "palette must be in [0, 1]"),
+    (["--thumb", "30000"], "--thumb must be in [16, 1024]"),
     (["--out", __file__], "output folder is not a directory"),
     (["--out", __file__ + "/sub"], "a parent path is not a directory"),
 ])
