@@ -418,6 +418,14 @@ def _run_analyze(args: argparse.Namespace) -> int:
     style = _load(args.style, None) if args.style else None
     size, iters = (analysis.QUICK_SIZE, analysis.QUICK_ITERS) if args.quick else (args.size,
                                                                                   args.iters)
+    for path, x in ((args.content, content), (args.style, style)):
+        if x is not None:  # both are optimized at --size (the style at the content's scale)
+            h, w = x.shape[:2]
+            short = round(min(h, w) * size / max(h, w))
+            if short < 32:  # (it was "style image 1 is ..." from deep inside, unnamed)
+                raise ImageError(path, f"is {w}x{h}: {short} px on its short side at --size "
+                                       f"{size}; the VGG needs >= 32 px per side: a larger "
+                                       "--size or a less elongated image")
     written = analysis.make_figures(args.out_dir, content=content, style=style, size=size,
                                     iters=iters, figures=figs, overwrite=args.overwrite,
                                     verbose=not args.quiet,

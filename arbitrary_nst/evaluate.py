@@ -472,9 +472,11 @@ def _load_all(paths: Sequence[Path], side: int, skipped: list[str]) -> list[tupl
                 raise ImageError(p, f"is too thin: {x.shape[1]}x{x.shape[0]} at --size {side} "
                                     "(VGG16 needs 32 px on each side)")
             out.append((p.stem, x))
-        except NSTError as e:
-            skipped.append(str(e))
-            print(f"skipped: {e}", file=sys.stderr)
+        except NSTError as e:  # (evaluate has no --max-pixels: say what does help)
+            why = str(e).replace(images.TOO_LARGE_HINT, "downscale the file (evaluate reads "
+                                 "it at full size before resizing it to --size)")
+            skipped.append(why)
+            print(f"skipped: {why}", file=sys.stderr)
     return out
 
 

@@ -188,6 +188,18 @@ def test_output_names_the_filesystem_cannot_hold_are_one_line(files, tmp_path, c
     assert "too long" in one_error_line(capsys)
 
 
+def test_analyze_names_an_image_too_thin_for_the_vgg(tmp_path, capsys):
+    # ("style image 1 is 64x1 ... style scale": unnamed, and analyze has no style scale)
+    thin = tmp_path / "thin.png"
+    Image.fromarray(np.full((4, 300, 3), 128, np.uint8)).save(thin)
+    for role in ("--content", "--style"):
+        assert main(["analyze", role, str(thin), "--out-dir", str(tmp_path / "o"), "--quick",
+                     "--quiet"]) == 1
+        line = one_error_line(capsys)
+        assert line.startswith(f"error: {thin}: is 300x4: 1 px on its short side at --size")
+        assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
 def test_analyze_never_writes_over_its_input(files, tmp_path, capsys):
     """--content named like a figure in --out-dir was replaced by the figure (--overwrite)."""
     victim = tmp_path / "a_content_reconstruction.png"
