@@ -164,6 +164,8 @@ def output_paths(out: str, contents: Sequence[str], *, suffix: str, overwrite: b
     from .files import check_output_file
     from .images import SAVE_FORMATS
 
+    if not out.strip():  # (Path("") is ".": the result went into the current folder)
+        raise ConfigError("--out is empty; give an output file, folder or {name} pattern")
     ext = Path(out).suffix.lower()
     many = len(contents) > 1
     if "{name}" in out:

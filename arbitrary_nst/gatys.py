@@ -209,6 +209,15 @@ class GatysConfig:
             if not (v is None and name == "depth_growth") and not (
                     isinstance(v, numbers.Real) and not isinstance(v, bool) and 0 < v < math.inf):
                 raise ConfigError(f"{name} must be a finite number > 0, got {v}")
+        if self.depth_growth is not None and self.style_layers:
+            try:  # (1e100 ** 4 overflowed deep in the loss setup: a traceback)
+                if not math.isfinite(sum(self.depth_growth ** i
+                                         for i in range(len(self.style_layers)))):
+                    raise OverflowError
+            except OverflowError:
+                raise ConfigError(f"depth_growth {self.depth_growth:g} is too large for "
+                                  f"{len(self.style_layers)} style layers (its powers "
+                                  "overflow)") from None
         if self.style_scale > MAX_STYLE_SCALE:  # the style image is resized to scale x the side
             raise ConfigError(f"style_scale must be <= {MAX_STYLE_SCALE}, got {self.style_scale}")
         if any(s < vgg_lib.MIN_SIZE for s in self.stage_sizes):
@@ -764,8 +773,10 @@ def _per_example_styles(styles, style_weights, b: int) -> list[tuple[list[np.nda
     for imgs, w in zip(per, ws):
         if len(w) != len(imgs):
             raise ConfigError(f"got {len(w)} style weights for {len(imgs)} style images")
-        if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
-            raise ConfigError(f"style weights must be >= 0 with a positive sum, got {list(w)}")
+        if not np.all(np.isfinite(w)) or np.any(w < 0) or w.max() <= 0:
+            raise ConfigError(f"style weights must be >= 0 with a positive sum, got "
+                              f"{w.tolist()}")
+        w = w / w.max()  # first: the sum of two weights of 1e308 overflowed (all weights 0)
         arrs = [images_lib.array_to_float(s) for s in imgs]
         out.append((arrs, (w / w.sum()).astype(np.float32)))
     return out

@@ -1650,6 +1650,9 @@ class Stylizer:
         nw = check_count(workers, "workers") or min(4, os.cpu_count() or 1)
         ahead = check_count(prefetch, "prefetch") or 2 * bs + nw
         paths = _path_list(contents)
+        if output is not None and not callable(output):  # (a path: "'str' is not callable")
+            raise ConfigError(f"output must be a function content path -> output path (e.g. "
+                              f"lambda p: f'out/{{p.stem}}.png'), got {output!r}")
         if output is None:
             early, jobs = [], [(i, p, None) for i, p in enumerate(paths)]
         else:

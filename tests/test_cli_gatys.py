@@ -183,6 +183,8 @@ def test_output_names_the_filesystem_cannot_hold_are_one_line(files, tmp_path, c
     long = tmp_path / ("x" * 300 + ".png")
     assert main(gatys_args(files, long, iters=1)) == 1
     assert "too long" in one_error_line(capsys)
+    assert main(gatys_args(files, "", iters=1)) == 1  # (it wrote into the current folder)
+    assert "--out is empty" in one_error_line(capsys)
     assert main(["analyze", "--out-dir", str(tmp_path / ("y" * 300)), "--quick",
                  "--figures", "c", "--quiet"]) == 1
     assert "too long" in one_error_line(capsys)

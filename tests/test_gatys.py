@@ -103,7 +103,8 @@ def base_run(params, content, style):
     dict(depth_growth=float("inf")), dict(learning_rate=float("inf")),
     dict(learning_rate=float("nan")), dict(style_scale=float("inf")), dict(style_scale=100.0),
     dict(seed=-1), dict(seed=2.5), dict(chunk_size=10**9), dict(lbfgs_memory=10**6),
-    dict(max_linesearch_steps=10**9), dict(iterations=2.5)])
+    dict(max_linesearch_steps=10**9), dict(iterations=2.5),
+    dict(depth_growth=1e100)])  # (finite, but its powers overflowed: a traceback)
 def test_config_validation(kw):
     with pytest.raises(ConfigError):
         gatys.GatysConfig(**kw)
@@ -322,6 +323,15 @@ def test_a_style_too_thin_for_the_vgg_is_named(params, content, style):
             style_names=["wide.png", "thin.png"])
     with pytest.raises(ConfigError, match=r"^style image 2 is 32x6"):  # no names given
         run(params, content, [style, thin], ADAM.replace(iterations=0))
+
+
+def test_huge_style_weights_are_normalized_not_overflowed(style):
+    # two weights of 1e308 summed to inf: every weight became 0 and the run a traceback
+    s2 = make_style(1)
+    ((_, w),) = gatys._per_example_styles([style, s2], [1e308, 1e308], 1)
+    np.testing.assert_array_equal(w, [0.5, 0.5])
+    with pytest.raises(ConfigError, match=r"got \[inf, 1.0\]"):  # (was np.float64(inf), ...)
+        gatys._per_example_styles([style, s2], [float("inf"), 1.0], 1)
 
 
 def test_style_blend(params, content, style, base_run):

@@ -463,6 +463,8 @@ def test_api_arguments_that_ran_silently_or_raised_raw(st, model_path, vgg, file
     assert Stylizer.load(model_path, vgg=vgg, dtype=np.float32).model is not None
     with pytest.raises(ConfigError, match="onnxruntime backend computes in float32"):
         Stylizer.load(model_path, vgg=vgg, dtype="bfloat16", backend="onnxruntime")
+    with pytest.raises(ConfigError, match="output must be a function"):  # ('str' not callable)
+        st.stylize_files([sa], sb, output="out/x.png")
     e = st.embed(sa)[0]
     good = st.palettes(sa)[0]
     for bad in (-np.ones(12), np.r_[good[:3], -good[3:]]):  # means < 0; negative variance
