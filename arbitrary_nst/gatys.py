@@ -71,6 +71,7 @@ import dataclasses
 import functools
 import math
 import numbers
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
@@ -708,8 +709,24 @@ def _adam_chunk(params, state, cf, st, w, n, *, kw, chunk):
 # Inputs
 
 
+def _pil_or_array(x):
+    """A PIL image -> float32 RGB (any mode: a palette image's raw indices were optimized as
+    pixels); a file name -> a clear error (it was taken as a list of characters); arrays as
+    they are."""
+    from PIL import Image
+
+    if isinstance(x, Image.Image):
+        return images_lib.to_float(x)
+    if isinstance(x, (str, bytes, os.PathLike)):
+        raise ConfigError(f"gatys.run takes images, not file names ({x!r}): load them with "
+                          "arbitrary_nst.images.load_image")
+    return x
+
+
 def _as_batch(content) -> np.ndarray:
+    content = _pil_or_array(content)
     if isinstance(content, (list, tuple)):
+        content = [_pil_or_array(c) for c in content]
         if not content:
             raise ConfigError("no content images given")
         arrs = [images_lib.array_to_float(c) for c in content]
@@ -734,14 +751,17 @@ def _as_batch(content) -> np.ndarray:
 
 
 def _is_image(a) -> bool:
-    return hasattr(a, "shape") and len(a.shape) == 3
+    return hasattr(a, "shape") and len(a.shape) in (2, 3)  # (H x W: grey, not a list of rows)
 
 
 def _per_example_styles(styles, style_weights, b: int) -> list[tuple[list[np.ndarray], np.ndarray]]:
     """Normalize ``styles``/``style_weights`` to ``[(style images, weights summing to 1)] * B``."""
+    styles = _pil_or_array(styles)
     if _is_image(styles):
         styles = [styles]
     styles = list(styles) if styles is not None else []
+    styles = [_pil_or_array(s) if not isinstance(s, (list, tuple)) else
+              [_pil_or_array(x) for x in s] for s in styles]
     if not styles:
         raise ConfigError("at least one style image is needed")
     if all(_is_image(s) for s in styles):

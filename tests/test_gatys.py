@@ -250,6 +250,20 @@ def test_array_inputs_read_as_the_stylizer_reads_them(params, content, style):
             run(params, bad, style, cfg)
         with pytest.raises(ImageError):
             run(params, content, bad, cfg)
+    # PIL images are read as images (a palette image's indices were optimized as pixels), a
+    # 2-D array is a grey image (it was a list of rows), a file name is refused by name
+    from PIL import Image
+
+    pal = Image.fromarray(c8).convert("P", palette=Image.Palette.ADAPTIVE)
+    want = np.asarray(pal.convert("RGB"), np.float32) / 255
+    np.testing.assert_allclose(gatys._as_batch(pal)[0], want, atol=1e-6)
+    (styles, _), = gatys._per_example_styles([pal, s8[..., 0]], None, 1)
+    np.testing.assert_allclose(styles[0], want, atol=1e-6)
+    assert styles[1].shape == (S, S, 3)
+    for where in ("content", "style"):
+        with pytest.raises(ConfigError, match="not file names"):
+            run(params, "photo.jpg", style, cfg) if where == "content" else \
+                run(params, content, "painting.jpg", cfg)
 
 
 def test_weights_move_the_losses(params, content, style, base_run):
