@@ -261,7 +261,7 @@ def test_names_that_are_not_utf8_are_printed_not_a_crash(cli, data):
     assert "wrote " in stdout and "caf\\udce9.png" in stdout
 
 
-def test_batch_reports_unreadable_subfolders_and_broken_links(cli, data, monkeypatch):
+def test_batch_reports_unreadable_subfolders_and_broken_links(cli, data, unlistable):
     # --recursive over a tree with a subfolder that cannot be listed: skipped and named, the
     # rest stylized (it stopped the whole job); a symlink whose photo is gone: skipped, named
     d = data["dir"]
@@ -270,14 +270,7 @@ def test_batch_reports_unreadable_subfolders_and_broken_links(cli, data, monkeyp
     png(d / "sub_ok.png", 30, 30, 21)
     if hasattr(os, "symlink"):
         os.symlink(d / "gone.png", d / "broken.png")
-    real = os.scandir
-
-    def deny_locked(path):
-        if os.path.basename(os.fspath(path)) == "locked":
-            raise PermissionError(13, "Permission denied", os.fspath(path))
-        return real(path)
-
-    monkeypatch.setattr(images.os, "scandir", deny_locked)
+    unlistable("locked")
     od = data["tmp"] / "out"
     rc, stdout, err = cli("--content", d, "--recursive", "--style", data["styles"][0],
                           "--out-dir", od, "--no-progress")

@@ -657,18 +657,11 @@ def test_list_images_unreadable_dir_simulated(tmp_path, monkeypatch):
     assert _reason(e) == "permission denied (cannot list directory)"
 
 
-def test_unreadable_subfolders_are_collected_not_fatal(tmp_path, monkeypatch):
+def test_unreadable_subfolders_are_collected_not_fatal(tmp_path, unlistable):
     for n in ("a.png", "locked/b.png", "ok/c.png"):
         (tmp_path / n).parent.mkdir(exist_ok=True)
         (tmp_path / n).write_bytes(b"x")
-    real = os.scandir
-
-    def deny_locked(path):
-        if os.path.basename(os.fspath(path)) == "locked":
-            raise PermissionError(13, "Permission denied", os.fspath(path))
-        return real(path)
-
-    monkeypatch.setattr(images.os, "scandir", deny_locked)
+    unlistable("locked")
     with pytest.raises(ImageError, match="locked: permission denied"):  # (the API: an error)
         list_images(tmp_path, recursive=True)
     why = "permission denied (cannot list directory)"
