@@ -179,13 +179,26 @@ class GatysConfig:
     stage_iterations: tuple[int, ...] | None = None
 
     def __post_init__(self):
-        # Freeze mappings into plain dicts (callers may pass any Mapping) and validate.
-        object.__setattr__(self, "content_layers", dict(self.content_layers))
-        object.__setattr__(self, "style_layers", dict(self.style_layers))
-        object.__setattr__(self, "stage_sizes", tuple(int(s) for s in self.stage_sizes))
-        if self.stage_iterations is not None:
-            object.__setattr__(self, "stage_iterations",
-                               tuple(int(n) for n in self.stage_iterations))
+        # Freeze mappings into plain dicts (callers may pass any Mapping) and validate (a
+        # list of layers, a string of sizes or a weight "1" gave raw Type/ValueErrors).
+        for name in ("content_layers", "style_layers"):
+            if not isinstance(getattr(self, name), Mapping):
+                raise ConfigError(f"{name} must map layer names to weights (e.g. "
+                                  f"{{'relu1_1': 1.0}}), got {getattr(self, name)!r}")
+            object.__setattr__(self, name, dict(getattr(self, name)))
+        for name in ("stage_sizes", "stage_iterations"):
+            v = getattr(self, name)
+            if v is None and name == "stage_iterations":
+                continue
+            if isinstance(v, (str, bytes)) or not all(
+                    isinstance(n, numbers.Integral) and not isinstance(n, bool) for n in v):
+                raise ConfigError(f"{name} must be a sequence of whole numbers, got {v!r}")
+            object.__setattr__(self, name, tuple(int(n) for n in v))
+        for name in ("content_weight", "style_weight", "tv_weight"):
+            v = getattr(self, name)
+            if not (isinstance(v, numbers.Real) and not isinstance(v, bool)
+                    and math.isfinite(v) and v >= 0):
+                raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("init", self.init, INITS)
         _choice("parameterization", self.parameterization, PARAMETERIZATIONS)
@@ -754,6 +767,13 @@ def _is_image(a) -> bool:
     return hasattr(a, "shape") and len(a.shape) in (2, 3)  # (H x W: grey, not a list of rows)
 
 
+def _weights_array(w) -> np.ndarray:
+    try:
+        return np.atleast_1d(np.asarray(w, np.float64))
+    except (TypeError, ValueError):
+        raise ConfigError(f"style weights must be numbers, got {w!r}") from None
+
+
 def _per_example_styles(styles, style_weights, b: int) -> list[tuple[list[np.ndarray], np.ndarray]]:
     """Normalize ``styles``/``style_weights`` to ``[(style images, weights summing to 1)] * B``."""
     styles = _pil_or_array(styles)
@@ -770,7 +790,7 @@ def _per_example_styles(styles, style_weights, b: int) -> list[tuple[list[np.nda
         if w is None:
             ws = [np.ones(len(styles))] * b
         else:
-            w = np.asarray(w, np.float64)
+            w = _weights_array(w)
             if w.ndim == 1:
                 ws = [w] * b
             elif w.ndim == 2 and w.shape[0] == b:
@@ -788,7 +808,7 @@ def _per_example_styles(styles, style_weights, b: int) -> list[tuple[list[np.nda
             if len(style_weights) != b:
                 raise ConfigError(f"per-example style weights: got {len(style_weights)} lists "
                                   f"for {b} content images")
-            ws = [np.atleast_1d(np.asarray(w, np.float64)) for w in style_weights]
+            ws = [_weights_array(w) for w in style_weights]
     out = []
     for imgs, w in zip(per, ws):
         if len(w) != len(imgs):
@@ -1013,7 +1033,10 @@ def run(content, styles, *, style_weights=None, config: GatysConfig | None = Non
       style_names: what messages call the style images (e.g. their files), in ``styles``'
         order (per example: the order within each list); default "style image 1", ...
     """
-    cfg = config or GatysConfig()
+    cfg = GatysConfig() if config is None else config
+    if not isinstance(cfg, GatysConfig):  # (a dict: an AttributeError deep inside)
+        raise ConfigError(f"config must be a gatys.GatysConfig (e.g. GatysConfig(iterations=3)), "
+                          f"got {type(cfg).__name__}")
     x_content = _as_batch(content)
     b, h, w, _ = x_content.shape
     per_styles = _per_example_styles(styles, style_weights, b)

@@ -104,7 +104,10 @@ def base_run(params, content, style):
     dict(learning_rate=float("nan")), dict(style_scale=float("inf")), dict(style_scale=100.0),
     dict(seed=-1), dict(seed=2.5), dict(chunk_size=10**9), dict(lbfgs_memory=10**6),
     dict(max_linesearch_steps=10**9), dict(iterations=2.5),
-    dict(depth_growth=1e100)])  # (finite, but its powers overflowed: a traceback)
+    dict(depth_growth=1e100),  # (finite, but its powers overflowed: a traceback)
+    # raw TypeError / ValueError / misleading messages before
+    dict(content_weight="1"), dict(tv_weight=True), dict(style_weight=float("nan")),
+    dict(style_layers=["relu1_1"]), dict(stage_sizes="256"), dict(stage_sizes=(64.5,))])
 def test_config_validation(kw):
     with pytest.raises(ConfigError):
         gatys.GatysConfig(**kw)
@@ -346,6 +349,10 @@ def test_huge_style_weights_are_normalized_not_overflowed(style):
     np.testing.assert_array_equal(w, [0.5, 0.5])
     with pytest.raises(ConfigError, match=r"got \[inf, 1.0\]"):  # (was np.float64(inf), ...)
         gatys._per_example_styles([style, s2], [float("inf"), 1.0], 1)
+    with pytest.raises(ConfigError, match="style weights must be numbers"):  # (a ValueError)
+        gatys._per_example_styles([style, s2], ["a", "b"], 1)
+    with pytest.raises(ConfigError, match="config must be a gatys.GatysConfig"):
+        gatys.run(make_content(0), style, config={"iterations": 3})
 
 
 def test_style_blend(params, content, style, base_run):
