@@ -106,6 +106,7 @@ from __future__ import annotations
 import collections
 import collections.abc
 import concurrent.futures as cf
+import functools
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -121,7 +122,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from . import color, fit_style, images
-from .errors import ConfigError, ImageError, ModelError, NSTError, check_count
+from .errors import ConfigError, ImageError, ModelError, NSTError, check_count, out_of_memory
 from .models import ArbitraryStyleModel, check_palette
 
 __all__ = [
@@ -428,6 +429,24 @@ def _is_pil(x: Any) -> bool:
     except ImportError:  # pragma: no cover
         return False
     return isinstance(x, Image.Image)
+
+
+def _memory_errors_typed(method: Callable) -> Callable:
+    """XLA's RESOURCE_EXHAUSTED (an array too large for the device: a 20000 x 20000 photo
+    with the API's default max_size=None) as a ConfigError saying what to lower, not a raw
+    JaxRuntimeError; other errors unchanged."""
+    @functools.wraps(method)
+    def wrapped(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except NSTError:
+            raise
+        except Exception as e:  # noqa: BLE001 - re-raised unless it is out of memory
+            if (oom := out_of_memory(e)) is None:
+                raise
+            raise ConfigError(f"{oom}: pass max_size= (e.g. 1024) or a smaller batch_size")\
+                from None
+    return wrapped
 
 
 def _pow2_at_least(n: int) -> int:
@@ -1512,6 +1531,7 @@ class Stylizer:
             yield from collect()
 
     # -- public stylization -----------------------------------------------------------------
+    @_memory_errors_typed
     def stylize(self, content: ImageInput | Sequence[ImageInput], style: Any = None, *,
                 weights: Sequence[float] | None = None, strength: float = 1.0,
                 preserve_color: bool | str = False, max_size: int | None = None,
@@ -1563,6 +1583,7 @@ class Stylizer:
             return outs  # (any sizes: a generator's outputs could not be stacked either)
         return np.stack(outs)
 
+    @_memory_errors_typed
     def transfer(self, content: ImageInput, embeddings: np.ndarray, *,
                  preserve_color: bool | str = False, max_size: int | None = None,
                  batch_size: int | None = None, palette_moments: np.ndarray | None = None,

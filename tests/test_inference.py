@@ -465,6 +465,20 @@ def test_api_arguments_that_ran_silently_or_raised_raw(st, model_path, vgg, file
         Stylizer.load(model_path, vgg=vgg, dtype="bfloat16", backend="onnxruntime")
     with pytest.raises(ConfigError, match="output must be a function"):  # ('str' not callable)
         st.stylize_files([sa], sb, output="out/x.png")
+    # out of device memory (a 20000 x 20000 array at the default max_size=None) is typed
+    import jax
+
+    def oom(*a, **k):
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating "
+                                         "135911179544 bytes.")
+
+    real = inference._stylize_jit
+    try:
+        inference._stylize_jit = oom
+        with pytest.raises(ConfigError, match=r"^out of memory .*pass max_size="):
+            st.stylize(c, sa)
+    finally:
+        inference._stylize_jit = real
     e = st.embed(sa)[0]
     good = st.palettes(sa)[0]
     for bad in (-np.ones(12), np.r_[good[:3], -good[3:]]):  # means < 0; negative variance
