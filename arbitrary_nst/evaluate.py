@@ -754,9 +754,17 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
         for cname, cimg in contents:
             cfeats = metrics.features(cimg[None])
             files = [img_dir / f"{cname}__{s}.png" for s in style_names]
-            todo = [j for j, f in enumerate(files)
-                    if not (resume and f.is_file() and f.name in times)]
-            outputs: dict[int, np.ndarray] = {}
+            outputs: dict[int, np.ndarray] = {}  # (scored as written: 8-bit)
+            todo = []
+            for j, f in enumerate(files):
+                if resume and f.is_file() and f.name in times:
+                    try:
+                        outputs[j] = images.load_image(f)
+                        continue
+                    except NSTError as e:  # (a damaged image stopped the resumed run)
+                        note = f"{f}: {e.reason if isinstance(e, ImageError) else e}; made again"
+                        (bar.write if progress else print)(note, file=sys.stderr)
+                todo.append(j)
             if todo:
                 try:
                     r = method.run(cimg, [style_imgs[j] for j in todo],
@@ -776,8 +784,8 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
                     images.save_image(files[j], y, overwrite=True)
                     times[files[j].name] = sec
                 _write_json(times_path, times)
-            for j, f in enumerate(files):
-                outputs[j] = images.load_image(f)  # score what was written (8-bit)
+                for j in todo:
+                    outputs[j] = images.load_image(files[j])
             order = sorted(outputs)
             scores = metrics.score(np.stack([outputs[j] for j in order]), cfeats,
                                    [style_stats[j] for j in order],

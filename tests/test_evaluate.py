@@ -200,6 +200,14 @@ def test_resume_reuses_outputs_and_bad_images_are_skipped(tiny_set, tmp_path, vg
     r4 = evaluate.evaluate(tiny_set / "content", styles, out, resume=True,
                            **{**kw, "size": 56, "methods": ["identity"], "strength": 0.3})
     assert len(r4.rows) == 4
+    # a damaged earlier image is made again (it stopped the resumed run with one line)
+    damaged = out / "images" / "identity" / "astronaut__strokes.png"
+    damaged.write_bytes(damaged.read_bytes()[:40])
+    calls.clear()
+    r5 = evaluate.evaluate(tiny_set / "content", styles, out, resume=True,
+                           **{**kw, "size": 56, "methods": ["identity"]})
+    assert calls == [("identity", 1)] and len(r5.rows) == 4
+    assert images.load_image(damaged).shape[1] == 56
 
 
 def test_resume_refuses_changed_inputs_and_unknown_images(tiny_set, tmp_path, vgg):
