@@ -1080,14 +1080,14 @@ def run(content, styles, *, style_weights=None, config: GatysConfig | None = Non
             else:
                 x0 = _init_images(cfg, work_content, per_styles)
             t0 = time.perf_counter()
-            z, hist, n_eval = _optimize(params, x0, cf, st, weights, cfg, lcfg, n_iter,
-                                        stage=si, n_stages=len(plan), bar=bar, report=report,
-                                        done_before=done_iters, total=total_iters)
+            z, hist, n_eval, slope_ok = _optimize(
+                params, x0, cf, st, weights, cfg, lcfg, n_iter, stage=si, n_stages=len(plan),
+                bar=bar, report=report, done_before=done_iters, total=total_iters)
             x_prev = np.asarray(_final_image(z, cfg.parameterization))
             # (against the start as the optimizer sees it: softclip/sigmoid clamp it first)
             start = np.asarray(_final_image(from_image(x0, cfg.parameterization),
                                             cfg.parameterization))
-            stuck = _made_no_progress(start, x_prev, hist, n_iter)
+            stuck = _made_no_progress(start, x_prev, hist, n_iter, slope_ok)
             seconds.append(time.perf_counter() - t0)
             history.append(hist)
             stages.append(tuple(hw))
@@ -1115,23 +1115,28 @@ def run(content, styles, *, style_weights=None, config: GatysConfig | None = Non
                        evaluations=evaluations, seconds=seconds, config=cfg)
 
 
-def _made_no_progress(x0: np.ndarray, x: np.ndarray, hist: dict, n_iter: int) -> list[int]:
+def _made_no_progress(x0: np.ndarray, x: np.ndarray, hist: dict, n_iter: int,
+                      slope_ok: np.ndarray | None = None) -> list[int]:
     """Examples whose image did not move in a stage of ``n_iter`` > 0 iterations although their
-    final loss is finite and > 0 (a converged start has a zero loss or moves a little; an
-    overflowing gradient makes L-BFGS and Adam stop dead). ``x0``: the start as the optimizer
-    sees it (after its parameterization's clamp). Without a per-example ``total`` in the
-    history: not checked."""
+    final loss is finite and > 0 (an overflowing gradient makes L-BFGS and Adam stop dead).
+    ``x0``: the start as the optimizer sees it (after its parameterization's clamp).
+    ``slope_ok``: per example, whether our L-BFGS's directional derivative is finite: then
+    not moving is a start at a minimum where no line-search step lowers the loss (a smooth
+    ramp stylized with itself was refused), not an overflow (its slope is NaN). Without a
+    per-example ``total`` in the history: not checked."""
     total = hist.get("total") if isinstance(hist, dict) else None
     if n_iter <= 0 or total is None or x0.shape != x.shape:
         return []
     last = np.asarray(total)[-1].reshape(-1)
     return [i for i in range(x.shape[0]) if i < last.size and np.isfinite(last[i])
-            and last[i] > 0 and np.abs(x[i] - x0[i]).max() < 1e-6]
+            and last[i] > 0 and np.abs(x[i] - x0[i]).max() < 1e-6
+            and not (slope_ok is not None and slope_ok[i])]
 
 
 def _optimize(params, x0, cf, st, weights, cfg: GatysConfig, lcfg, n_iter: int, *, stage,
               n_stages, bar, report, done_before, total):
-    """One stage: returns ``(z, history, evaluations)``."""
+    """One stage: returns ``(z, history, evaluations, slope_ok)``; ``slope_ok``: per example,
+    whether our L-BFGS's last directional derivative is finite (None for other optimizers)."""
     kind = cfg.optimizer
     struct = _struct_key(lcfg)
     fn = _chunk_fn(kind, struct, cfg.pooling, cfg.chunk_size,
@@ -1182,7 +1187,9 @@ def _optimize(params, x0, cf, st, weights, cfg: GatysConfig, lcfg, n_iter: int, 
         keys = parts[0].keys() if parts else ["total"]
         history = {k: _cat([p[k] for p in parts], (0, x0.shape[0])) for k in keys}
         n_eval = int(jax.device_get(state["steps"])) if kind == "lbfgs" else n_iter
-    return state["z"], history, n_eval
+    slope_ok = np.isfinite(np.asarray(jax.device_get(state["slope"]))) if kind == "lbfgs" \
+        else None
+    return state["z"], history, n_eval, slope_ok
 
 
 def _cat(parts, empty_shape) -> np.ndarray:

@@ -308,3 +308,12 @@ def test_weights_too_large_for_float32_are_an_error_not_the_photo(files, tmp_pat
         assert main(args("1e30", opt)) == 1
         assert "made no progress" in one_error_line(capsys) and not out.exists()
     assert main(args("0", "lbfgs")) == 0 and out.exists()
+    # a start already at a minimum (a smooth ramp stylized with itself: no line-search step
+    # lowers the loss, while the slope stays finite) is convergence, not an overflow: it was
+    # refused as "made no progress"
+    ramp = tmp_path / "ramp.png"
+    Image.fromarray(np.tile(np.linspace(0, 255, 96).astype(np.uint8)[None, :, None],
+                            (64, 1, 3))).save(ramp)
+    out.unlink()
+    assert main(["gatys", "--content", str(ramp), "--style", str(ramp), "--out", str(out),
+                 "--size", "64", "--iters", "3", "--quiet"]) == 0 and out.exists()
