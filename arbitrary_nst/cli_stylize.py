@@ -407,10 +407,9 @@ def _style_embeddings(stylizer, styles, content_img, args):
     return (*stylizer.embed_with_palettes(list(matched), style_size=size), None)
 
 
-def _figure(args, mode: str, stylizer) -> int:
+def _figure(args, mode: str, stylizer, content_files: list[Path]) -> int:
     from .inference import mixture_grid, preserve_color_mode
 
-    content_files = images.list_images(args.content)
     if len(content_files) != 1:
         raise ConfigError(f"{args.content}: figures take one content image, found "
                           f"{len(content_files)}")
@@ -491,9 +490,15 @@ def _summary(done: int, skipped: list, seconds: float, n_images: int) -> str:
     return f"{line}, {seconds:.1f} s{rate}"
 
 
-def _stylize(args, stylizer) -> int:
-    unlisted: list[tuple[Path, str]] = []  # subfolders that cannot be read: skipped, reported
-    contents = images.list_images(args.content, recursive=args.recursive, unlisted=unlisted)
+def _list_contents(args) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The content files, and the subfolders that cannot be read (skipped and reported)."""
+    unlisted: list[tuple[Path, str]] = []
+    return images.list_images(args.content, recursive=args.recursive,
+                              unlisted=unlisted), unlisted
+
+
+def _stylize(args, stylizer, listing: tuple[list[Path], list[tuple[Path, str]]]) -> int:
+    contents, unlisted = listing
     styles = list(args.style)
     single = args.out is not None
     if single:
@@ -597,14 +602,14 @@ def _gatys_results(args, contents, styles, output, max_size):
 def run(args: argparse.Namespace) -> int:
     """Run the ``stylize`` subcommand; raises NSTError subclasses for user errors."""
     mode = _validate(args)
+    if mode != "stylize":
+        content_files = images.list_images(args.content)  # (first: fail fast before the model)
+        return _figure(args, mode, load_stylizer(args.model, args.dtype, args.backend),
+                       content_files)
+    listing = _list_contents(args)  # (first: fail fast before paying for the model)
     if args.method == "gatys":
-        return _stylize(args, None)
-    # Fail fast on inputs before paying for the model.
-    images.list_images(args.content, recursive=args.recursive, unlisted=[])
-    stylizer = load_stylizer(args.model, args.dtype, args.backend)
-    if mode == "stylize":
-        return _stylize(args, stylizer)
-    return _figure(args, mode, stylizer)
+        return _stylize(args, None, listing)
+    return _stylize(args, load_stylizer(args.model, args.dtype, args.backend), listing)
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

@@ -849,11 +849,13 @@ def _stored_cap(w: int, h: int, max_side: int, min_side: int = 0) -> int | None:
     return None if cap >= long else max(1, cap)
 
 
-def _too_elongated(w: int, h: int, max_side: int, min_side: int) -> str | None:
-    """The skip reason of an image whose stored size (:func:`_stored_cap`) is too long."""
+def _too_elongated(w: int, h: int, cap: int | None, max_side: int,
+                   min_side: int) -> str | None:
+    """The skip reason of an image whose stored long side (``cap``, from :func:`_stored_cap`;
+    None: its own) is too long."""
     if min(w, h) < min_side:  # (too small: said as such)
         return None
-    stored = _stored_cap(w, h, max_side, min_side) or max(w, h)
+    stored = cap or max(w, h)
     limit = min(MAX_ELONGATED_SIDE * max_side, 65500)
     if stored <= limit:
         return None
@@ -876,9 +878,9 @@ def _prepare_one(item: tuple[str, str, int, int], *, max_side: int, min_side: in
         fmt, mode, w, h, orient, icc = None, None, 0, 0, 1, False
     if w and h and min(w, h) < min_side:  # (the file's own size: not a downscaled one)
         return f"too small ({w} x {h} < {min_side} px)"
-    if (why := _too_elongated(w, h, max_side, min_side)) is not None:
-        return why
     cap = _stored_cap(w, h, max_side, min_side)
+    if (why := _too_elongated(w, h, cap, max_side, min_side)) is not None:
+        return why
     try:
         # full decode: corrupt/truncated -> ImageError
         pil = _images.load_pil(full, max_side=cap, max_pixels=max_pixels)
@@ -887,12 +889,13 @@ def _prepare_one(item: tuple[str, str, int, int], *, max_side: int, min_side: in
         return e.reason.replace(_images.TOO_LARGE_HINT, "raise data.max_pixels (--max-pixels)")
     except Exception as e:  # noqa: BLE001
         return f"cannot decode: {e}"
-    if cap is None and (why := _too_elongated(*pil.size, max_side, min_side)) is not None:
-        return why
-    if cap is None and (cap := _stored_cap(*pil.size, max_side, min_side)) is not None:
-        # the header probe failed (above Pillow's own pixel limit, which load_pil raises to
-        # max_pixels): downscale after the decode instead of storing it at full size
-        pil = _images.downscale_pil(pil, cap)
+    if cap is None and w * h == 0:  # the header probe failed (above Pillow's own pixel
+        # limit, which load_pil raises to max_pixels): plan the size after the decode
+        cap = _stored_cap(*pil.size, max_side, min_side)
+        if (why := _too_elongated(*pil.size, cap, max_side, min_side)) is not None:
+            return why
+        if cap is not None:  # downscale instead of storing it at full size
+            pil = _images.downscale_pil(pil, cap)
     if min(pil.size) < min_side:
         return f"too small ({pil.size[0]} x {pil.size[1]} < {min_side} px)"
     std = _pixel_std(pil if pil.mode == "RGB" else pil.convert("RGB"))

@@ -886,8 +886,9 @@ def _check_export_path(path: Path, config, workdir: Path) -> None:
         except NSTError:
             raise ConfigError(f"{path}: exists and is not a model export; refusing to replace "
                               "it (choose another --export path or remove the file)") from None
+        run_id = _run_id(workdir)
         own = is_inside(path, workdir) or (
-            _run_id(workdir) is not None and header["info"].get("run_id") == _run_id(workdir))
+            run_id is not None and header["info"].get("run_id") == run_id)
         if not own:
             raise ConfigError(f"{path}: exists and is not an export of the run in {workdir}; "
                               "refusing to replace it (choose another --export path or remove "
