@@ -652,6 +652,16 @@ def _builder_classes() -> tuple[type, type]:
             # ``importlib_resources`` backport even on Python >= 3.9, which is not installed.)
             return None
 
+        # TFDS prints (to stdout, bypassing logging) "Downloading and preparing dataset
+        # Unknown size (download: Unknown size, ...)" before and "downloaded and prepared to
+        # ..." after: nothing is downloaded here, and our own bar and summary table say the
+        # rest, so they go to the debug log instead.
+        def _log_download_bytes(self) -> None:
+            log.debug("preparing %s under %s", self.builder_config.name, self.data_dir)
+
+        def _log_download_done(self) -> None:
+            log.debug("prepared %s under %s", self.builder_config.name, self.data_dir)
+
         def _info(self) -> Any:
             cfg = self.builder_config
             return tfds.core.DatasetInfo(
@@ -1172,12 +1182,14 @@ def _role_source(role: str, entries: Sequence[str], weights: Any, c: Mapping[str
     return MixtureSource(parts, weights, name=role)
 
 
-def prepare(data_cfg: Any = None, *, progress: bool = False) -> dict[str, DataSource]:
+def prepare(data_cfg: Any = None, *, progress: bool = False,
+            roles: Sequence[str] = ("content", "style")) -> dict[str, DataSource]:
     """The ``{"content": DataSource, "style": DataSource}`` described by ``data_cfg``.
 
     Folders are prepared once (TFDS ``ImageFolder``, one dataset per folder so per-folder
     weights can be applied) and reused afterwards; see :func:`default_data_config`.
-    Each folder source carries a ``report`` (prepared/skipped counts).
+    Each folder source carries a ``report`` (prepared/skipped counts). With ``source='folder'``,
+    ``roles`` picks which of the two to prepare (the CLI's ``prepare --content-dir D`` alone).
     """
     c = _cfg(data_cfg)
     src = str(c["source"])
@@ -1196,10 +1208,11 @@ def prepare(data_cfg: Any = None, *, progress: bool = False) -> dict[str, DataSo
         return {"content": content, "style": _role_source("style", c["style_dirs"], c["style_dir_weights"], c, progress)}
     if src != "folder":
         raise ConfigError(f"data config: unknown source {src!r} (folder, synthetic, tfds:<name>, npz:<path>)")
-    return {
-        "content": _role_source("content", c["content_dirs"], c["content_dir_weights"], c, progress),
-        "style": _role_source("style", c["style_dirs"], c["style_dir_weights"], c, progress),
-    }
+    for role in roles:  # before preparing anything: an empty role would stop the job after it
+        if not c[f"{role}_dirs"]:
+            raise ConfigError(f"data config: {role}_dirs is empty (source={src!r})")
+    return {role: _role_source(role, c[f"{role}_dirs"], c[f"{role}_dir_weights"], c, progress)
+            for role in roles}
 
 
 def reports(sources: Mapping[str, DataSource]) -> list[dict[str, Any]]:
@@ -1853,7 +1866,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             tfds.disable_progress_bar()  # our own per-folder bar instead
         except ImportError:
             pass
-        srcs = prepare(cfg, progress=True)
+        # `prepare` with only --content-dir (or only --style-dir) prepares that folder alone
+        given_roles = [r for r, dirs in (("content", a.content_dir), ("style", a.style_dir)) if dirs]
+        roles = given_roles if a.cmd == "prepare" and given_roles else ("content", "style")
+        srcs = prepare(cfg, progress=True, roles=roles)
         rows = reports(srcs)
         print(f"{'role':8} {'dataset':40} {'prepared':>9} {'skipped':>8} {'reused':>7} {'seconds':>8}")
         for r in rows:

@@ -446,6 +446,24 @@ def test_cli_prepare_prints_counts(folder, tfds_dir, capsys):
     assert f"total: {2 * len(GOOD)} prepared, 4 skipped" in out
 
 
+def test_prepare_does_not_print_tfds_download_lines(folder, tmp_path, capfd):
+    """TFDS printed "Downloading and preparing dataset Unknown size (download: Unknown size,
+    ...)" and "... downloaded and prepared to ..." to stdout for a local folder."""
+    rc = data.main(["prepare", "--content-dir", str(folder), "--data-dir", str(tmp_path / "tfds")])
+    cap = capfd.readouterr()
+    assert rc == 0 and "total:" in cap.out, cap
+    for text in ("Downloading", "Unknown size", "Subsequent calls"):
+        assert text not in cap.out + cap.err
+    # only --content-dir: that folder alone (was: prepared, then "style_dirs is empty", exit 1)
+    assert "content" in cap.out and "style " not in cap.out
+
+
+def test_an_empty_role_is_refused_before_anything_is_prepared(folder, tmp_path):
+    with pytest.raises(ConfigError, match="style_dirs is empty"):
+        data.prepare({"content_dirs": [str(folder)], "style_dirs": [], "data_dir": str(tmp_path / "t")})
+    assert not (tmp_path / "t").exists()  # the content folder was not prepared first
+
+
 def test_awkward_files_in_a_users_folder(tmp_path, capsys):
     """Found by a user hunt: a FIFO named x.jpg hung preparation forever; a file name that is
     not UTF-8 crashed it (UnicodeEncodeError); .jfif/.jpe JPEGs and other files vanished
