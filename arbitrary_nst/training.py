@@ -1061,10 +1061,6 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
         if int(jax.device_get(state.bad_step)) >= 0:
             raise TrainingDiverged(f"{workdir}: the latest checkpoint recorded a non-finite loss "
                                    f"at step {int(state.bad_step)}")
-        if is_main:
-            from tensorboardX import SummaryWriter
-
-            writer = SummaryWriter(str(workdir / "tensorboard"))
         sample_every = int(tcfg.sample_every)
         sample_imgs = _sample_images(config) if sample_every and is_main else None
         if n_proc > 1 and sample_every:
@@ -1081,6 +1077,8 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
                              seed=data_seed + 1_000_003 * jax.process_index(), start_step=step,
                              **kw)
             batches = iter(loader)
+            # (after the loader: a data error found while preparing left an empty log folder)
+            writer = _summary_writer(workdir) if is_main else None
             bar = _progress_bar(num_steps, step, bar_shown)
             pending: list[dict[str, jax.Array]] = []
             t_last, s_last = time.perf_counter(), step
@@ -1197,6 +1195,15 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
         with contextlib.suppress(Exception):
             mngr.wait_until_finished()
         mngr.close()
+        if is_main:  # a start that failed before any save leaves no empty checkpoint folder
+            with contextlib.suppress(OSError):
+                (workdir / CHECKPOINT_DIR).rmdir()  # (only ever removes an empty folder)
+
+
+def _summary_writer(workdir: Path):
+    from tensorboardX import SummaryWriter
+
+    return SummaryWriter(str(workdir / "tensorboard"))
 
 
 def _resume_plan(workdir: Path, plan_file: Path, budget: float, tcfg, is_main: bool) -> bool:

@@ -440,6 +440,20 @@ def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(tmp_path, vgg):
     assert all(np.isfinite(v).all() for v in model_tensors(model).values())
 
 
+def test_a_start_that_fails_on_its_data_leaves_no_empty_folders(tmp_path, vgg):
+    """A data error found while the loader prepared the folders left empty checkpoints/ and
+    tensorboard/ folders in the workdir."""
+    cfg = smoke("train.num_steps=2")
+
+    def missing_folder(data_cfg, **kw):
+        raise ConfigError("/nowhere: no such directory")
+
+    with pytest.raises(ConfigError, match="no such directory"):
+        training.train(cfg, tmp_path / "w", vgg=vgg, progress=False, loader_factory=missing_folder)
+    left = sorted(p.name for p in (tmp_path / "w").iterdir())
+    assert training.CHECKPOINT_DIR not in left and "tensorboard" not in left, left
+
+
 def test_weights_that_fail_are_named_for_deletion_and_never_non_finite(tmp_path, vgg):
     """A learning rate of 1e30: step 1's loss and gradient are finite but its weights are huge,
     so step 2 diverges and checkpoint 1 cannot be resumed from (it was called 'the last good
