@@ -53,7 +53,7 @@ from PIL import Image
 from . import fit_style, refine
 from .data import FLAT_CROP_STD, FLAT_CROP_TRIES
 from .errors import ConfigError, NSTError, UsageParser, printable_stdout
-from .files import write_atomically
+from .files import make_dir, write_atomically
 from .images import channel_std
 from .models.predictor import pooled_statistics
 
@@ -308,8 +308,7 @@ def fit_conditioning_correction(x: np.ndarray, delta: np.ndarray, *, ridges=(10.
         mu = x[idx].mean(0)
         sd = np.maximum(x[idx].std(0), 1e-3)
         off = delta[idx].mean(0) if intercept else np.zeros(delta.shape[1])
-        a, basis = _ridge_reduced_rank((x[idx] - mu) / sd, delta[idx] - off, ridge,
-                                       min(rank, len(idx), delta.shape[1]))
+        a, basis = _ridge_reduced_rank((x[idx] - mu) / sd, delta[idx] - off, ridge, rank)
         kernel = a / sd[:, None]
         return ConditioningCorrection(kernel, -(mu @ kernel), basis, off)
 
@@ -318,8 +317,11 @@ def fit_conditioning_correction(x: np.ndarray, delta: np.ndarray, *, ridges=(10.
     val, tr = perm[:n_val], perm[n_val:]
     base = float(np.sum(delta[val] ** 2))
     grid = []
+    # A rank above the training styles' count (or G) is that count: the grid says so, and the
+    # final fit on all styles uses the rank that was checked on held-out ones, not more.
+    used_ranks = list(dict.fromkeys(min(r, len(tr), delta.shape[1]) for r in ranks))
     for ridge in ridges:
-        for rank in ranks:
+        for rank in used_ranks:
             err = float(np.sum((delta[val] - solve(tr, ridge, rank)(x[val])) ** 2))
             grid.append({"ridge": ridge, "rank": rank, "explained": 1.0 - err / base})
     best = max(grid, key=lambda g: g["explained"])
@@ -431,14 +433,20 @@ def collect_oracle(model, sources, out_dir: Path, *, num_styles: int, batch: int
     meta["model_sha256"] = model_fingerprint(model)
     meta_path = out_dir / "oracle.json"
     if meta_path.exists():
-        old = json.loads(meta_path.read_text())
+        try:
+            old = json.loads(meta_path.read_text())
+            if not isinstance(old, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as e:  # (JSONDecodeError, UnicodeDecodeError: ValueErrors)
+            raise ConfigError(f"{meta_path}: unreadable ({str(e).splitlines()[0][:100]}); "
+                              "delete the folder or use another --out") from None
         if "model_sha256" not in old:  # (older oracles did not record it)
             old["model_sha256"] = meta["model_sha256"]
         if old != meta:
             raise ConfigError(f"{out_dir}: holds an oracle made with {old}, not {meta}; "
                               f"use another --out")
     else:
-        meta_path.write_text(json.dumps(meta))
+        write_atomically(meta_path, lambda f: f.write(json.dumps(meta).encode()))
     style_src, content_src = sources["style"], sources["content"]
     n = min(int(num_styles), len(style_src))
     order = np.random.default_rng(seed).permutation(len(style_src))[:n]
@@ -447,7 +455,8 @@ def collect_oracle(model, sources, out_dir: Path, *, num_styles: int, batch: int
                                    disable=not progress, dynamic_ncols=True)):
         path = out_dir / f"chunk_{c:05d}.npz"
         idx = order[start:start + batch]
-        if not path.exists():
+        chunk = _load_chunk(path, idx)
+        if chunk is None:
             rng = np.random.default_rng([seed if content_seed is None else content_seed, c])
             styles = style_images(style_src, idx, style_size)
 
@@ -462,10 +471,29 @@ def collect_oracle(model, sources, out_dir: Path, *, num_styles: int, batch: int
             else:
                 r = oracle_batch(model, styles, draw(), steps=steps,
                                  learning_rate=learning_rate, style_weight=style_weight)
-            _save_npz(path, index=idx, **r)
-        with np.load(path) as z:
-            chunks.append({k: z[k] for k in z.files})
+            chunk = dict(index=np.asarray(idx), **r)
+            _save_npz(path, **chunk)
+        chunks.append(chunk)
     return {k: np.concatenate([ch[k] for ch in chunks]) for k in chunks[0]}
+
+
+def _load_chunk(path: Path, idx: np.ndarray) -> dict[str, np.ndarray] | None:
+    """An earlier run's oracle chunk if it holds exactly the styles ``idx``; ``None`` (it is
+    made again) when it is absent, damaged, or holds other styles: another ``--num-styles``
+    ends the last chunk elsewhere (it was reused as it was, with the old count of styles)."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as z:
+            chunk = {k: z[k] for k in z.files}
+    except Exception as e:  # noqa: BLE001 - BadZipFile, OSError, ValueError, EOFError, ...
+        print(f"{path}: unreadable ({type(e).__name__}): making it again", file=sys.stderr)
+        return None
+    if "index" not in chunk or not np.array_equal(chunk["index"], idx):
+        print(f"{path}: holds other styles (another --num-styles): making it again",
+              file=sys.stderr)
+        return None
+    return chunk
 
 
 def combine_oracles(oracles: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -566,6 +594,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"{model_path}: the distilled model would replace --model (its "
                               "start); use another --out")
         model = export.load_exported(model_path)
+        if conditioning and model.predictor.hidden is None:  # (said after the whole oracle)
+            raise ConfigError(f"{model_path}: --target conditioning needs a style predictor "
+                              "with a hidden layer (hidden_dim > 0)")
+        make_dir(out, "the --out folder")  # (before the data: a bad --out was a traceback)
         sources = data.prepare(cfg.data, progress=not a.no_progress)
         content_seeds = list(dict.fromkeys(a.content_seeds or [a.seed]))
         r = combine_oracles([
@@ -581,10 +613,16 @@ def main(argv: list[str] | None = None) -> int:
         if conditioning:
             corr, rep = fit_conditioning_correction(r["x"], r["c"] - r["c0"], ridges=a.ridge,
                                                     ranks=a.rank, seed=a.seed)
-            model = fold_correction(model, corr, scale=a.scale)
             print("held-out correction explained: " + ", ".join(
                 f"ridge {g['ridge']:g} rank {g['rank']}: {g['explained']:.1%}"
                 for g in rep["grid"]))
+            if rep["explained"] <= 0:  # (it was folded in all the same, at full --scale)
+                raise ConfigError(
+                    f"no correction helps held-out styles (best: {rep['explained']:.1%} "
+                    f"explained, ridge {rep['ridge']:g}, rank {rep['rank']}): no model written; "
+                    f"the oracle in {out} is kept: rerun with larger --ridge, smaller --rank "
+                    "or more --num-styles")
+            model = fold_correction(model, corr, scale=a.scale)
             rep["scale"] = a.scale
             moved = r["c"] - r["c0"]
         else:
@@ -601,7 +639,8 @@ def main(argv: list[str] | None = None) -> int:
                    start_model=model_path, args=vars(a))
         export.export_model(model, out / "model.safetensors", info={"distill": {
             k: v for k, v in rep.items() if k != "curve"}})
-        (out / "distill.json").write_text(json.dumps(rep, indent=1, default=str))
+        report = json.dumps(rep, indent=1, default=str)
+        write_atomically(out / "distill.json", lambda f: f.write(report.encode()))
         print(f"oracle: {rep['oracle_styles']} styles, loss {rep['oracle_loss_before']:.4g} -> "
               f"{rep['oracle_loss_after']:.4g}, distance moved {rep['oracle_distance']:.2f}")
         if conditioning:

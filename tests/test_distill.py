@@ -104,6 +104,24 @@ def test_fit_keeps_the_start_when_nothing_helps(model):
         distill.fit_embedding_mlp(model, x[:3], target[:3])
 
 
+def test_fit_keeps_the_best_weights_not_the_last(model):
+    """A linear map of the statistics plus noise: the held-out error falls, then rises as the
+    MLP fits the noise, and the model keeps the weights of the best held-out error (the test
+    above cannot tell: there nothing moves)."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(120, model.predictor.feature_dim)).astype(np.float32)
+    start = np.asarray(distill._mlp_apply(distill._mlp_params(model), jnp.asarray(x)))
+    a = rng.normal(size=(x.shape[1], start.shape[1])) / np.sqrt(x.shape[1])
+    target = (start + 3 * (x @ a) + 3 * rng.normal(size=start.shape)).astype(np.float32)
+    rep = distill.fit_embedding_mlp(model, x, target, steps=300, learning_rate=1e-3,
+                                    eval_every=10, val_fraction=0.25)
+    assert 0 < rep["best_step"] < 300 and rep["curve"][-1][1] > rep["val_mse"], rep["curve"]
+    out = np.asarray(distill._mlp_apply(distill._mlp_params(model), jnp.asarray(x)))
+    all_mse = float(np.mean(np.sum((out - target) ** 2, -1)))
+    kept = (rep["n_train"] * rep["train_mse"] + rep["n_val"] * rep["val_mse"]) / len(x)
+    np.testing.assert_allclose(all_mse, kept, rtol=1e-4)
+
+
 def _small_command(out, model_path, *, num_styles: int) -> list[str]:
     """Arguments of a seconds-long distill run on synthetic images (batches of 4 styles)."""
     return ["--out", str(out), "--model", str(model_path), "--set", "data.source=synthetic",
@@ -148,6 +166,32 @@ def test_command_resumes_and_refuses_other_settings(tmp_path, model_path, capsys
     assert distill.main([a if a != "2" else "3" for a in args]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "holds an oracle made with" in err
+
+
+def test_command_remakes_chunks_of_other_styles_and_damaged_ones(tmp_path, model_path, capsys):
+    """Another --num-styles in the same --out reused the last chunk as it was (6 then 8 styles:
+    the oracle had 6); a damaged chunk or oracle.json was a traceback; a bad --out too (after
+    the data was prepared)."""
+    out = tmp_path / "d"
+    assert distill.main(_small_command(out, model_path, num_styles=6)) == 0
+    assert distill.main(_small_command(out, model_path, num_styles=8)) == 0
+    assert "chunk_00001.npz: holds other styles" in capsys.readouterr().err
+    assert json.loads((out / "distill.json").read_text())["oracle_styles"] == 8
+    with np.load(out / "oracle" / "chunk_00001.npz") as z:
+        assert len(z["index"]) == 4
+    first = (out / "oracle" / "chunk_00000.npz").read_bytes()
+    (out / "oracle" / "chunk_00001.npz").write_bytes(b"PK\x03\x04 truncated")
+    assert distill.main(_small_command(out, model_path, num_styles=8)) == 0
+    assert "chunk_00001.npz: unreadable" in capsys.readouterr().err
+    assert (out / "oracle" / "chunk_00000.npz").read_bytes() == first  # reused
+    (out / "oracle" / "oracle.json").write_text("")
+    assert distill.main(_small_command(out, model_path, num_styles=8)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "oracle.json: unreadable" in err and err.count("\n") == 1
+    (tmp_path / "file").write_text("x")
+    assert distill.main(_small_command(tmp_path / "file", model_path, num_styles=4)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "is not a directory" in err and err.count("\n") == 1
 
 
 def test_content_seeds_refine_the_same_styles_on_other_photos(tmp_path, model_path):
@@ -267,6 +311,22 @@ def test_correction_fit_recovers_a_low_rank_map_and_picks_by_held_out_error():
         distill.fit_conditioning_correction(x[:4], delta[:4])
 
 
+def test_correction_fit_ridge_matters_and_the_grid_says_the_rank_it_used():
+    """Few noisy styles, many statistics: a large ridge wins on held-out styles (the ridge was
+    never exercised: ignoring it passed); a rank above the training styles' count is that
+    count, in the grid and in the correction (the grid said 64, the model had 10)."""
+    rng = np.random.default_rng(3)
+    n, f, g = 10, 60, 20
+    x = rng.normal(size=(n, f))
+    off = rng.normal(size=g)
+    delta = off + 0.5 * rng.normal(size=(n, g))  # a shared offset, the rest noise
+    corr, rep = distill.fit_conditioning_correction(x, delta, ridges=(1e-3, 1e4), ranks=(4, 64))
+    by = {(e["ridge"], e["rank"]): e["explained"] for e in rep["grid"]}
+    assert sorted(by) == [(1e-3, 4), (1e-3, 8), (1e4, 4), (1e4, 8)]  # 8 training styles
+    assert rep["ridge"] == 1e4 and by[(1e4, 8)] > by[(1e-3, 8)] + 0.05, by
+    assert corr.rank == rep["rank"]
+
+
 def test_fit_oracle_starts_at_the_prediction_and_lowers_the_loss(model):
     styles = np.stack([_img(1), _img(2)])
     photos = np.stack([np.stack([_img(3), _img(4)]), np.stack([_img(5), _img(6)])])
@@ -278,12 +338,33 @@ def test_fit_oracle_starts_at_the_prediction_and_lowers_the_loss(model):
 
 
 def test_conditioning_command_writes_a_folded_model(tmp_path, model_path, capsys):
+    """Two oracle steps on 8 synthetic styles: no correction predicts held-out styles' (they
+    made them worse, -18%, and were folded in all the same): refused, no model, the oracle
+    kept. The same oracle chunks, their corrections replaced by a linear map of the statistics
+    (learnable), are reused by the rerun, which folds the fitted correction in."""
     out = tmp_path / "d"
     args = _small_command(out, model_path, num_styles=8) + [
         "--target", "conditioning", "--rank", "2", "3", "--ridge", "1", "100"]
+    assert distill.main(args) == 1
+    cap = capsys.readouterr()
+    assert "held-out correction explained" in cap.out
+    assert cap.err.startswith("error: no correction helps held-out styles") and \
+        cap.err.count("\n") == 1
+    assert not (out / "model.safetensors").exists()
+    chunks = sorted((out / "oracle").glob("chunk_*.npz"))
+    rng = np.random.default_rng(0)
+    with np.load(chunks[0]) as z:
+        f, g = z["x"].shape[1], z["c"].shape[1]
+    a, b = rng.normal(size=(f, 2)), rng.normal(size=(2, g)) * 1e-3
+    for path in chunks:
+        with np.load(path) as z:
+            ch = {k: z[k] for k in z.files}
+        ch["c"] = (ch["c0"] + (ch["x"] - ch["x"].mean()) @ a @ b).astype(np.float32)
+        np.savez(path, **ch)
     assert distill.main(args) == 0
     assert "held-out correction explained" in capsys.readouterr().out
     rep = json.loads((out / "distill.json").read_text())
+    assert rep["explained"] > 0.5, rep["grid"]
     assert rep["target"] == "conditioning" and rep["rank"] in (2, 3) and len(rep["grid"]) == 4
     assert rep["oracle_loss_after"] < rep["oracle_loss_before"]
     assert json.loads((out / "oracle" / "oracle.json").read_text())["target"] == "conditioning"

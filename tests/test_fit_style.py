@@ -251,6 +251,23 @@ def test_file_roundtrip_atomic_and_errors(st, fitted, tmp_path):
         st.stylize(smooth_image(40, 40, 1), alien)
 
 
+def test_a_fitted_style_is_refused_by_a_model_with_other_heads(fitted, model_path, vgg, tmp_path):
+    """distill's fold keeps the transfer network and changes the predictor's heads (and the
+    embedding size): a fingerprint of the transfer network alone accepted the start model's
+    fitted styles in the folded model."""
+    from arbitrary_nst import distill, export
+
+    model = export.load_exported(model_path, vgg=vgg)
+    f, g = model.predictor.feature_dim, 2 * sum(model.cin_channels)
+    rng = np.random.default_rng(0)
+    corr = distill.ConditioningCorrection(rng.normal(size=(f, 1)) * 1e-3, np.zeros(1),
+                                          rng.normal(size=(1, g)) * 1e-3, np.zeros(g))
+    export.export_model(distill.fold_correction(model, corr), tmp_path / "folded.safetensors")
+    folded = Stylizer.load(tmp_path / "folded.safetensors", vgg=vgg, style_size=SS, buckets=None)
+    with pytest.raises(ConfigError, match="another model"):
+        folded.stylize(smooth_image(40, 40, 1), fitted)
+
+
 def test_stylizer_errors_and_bad_photos(st, fitted, photos, tmp_path):
     c = smooth_image(40, 40, 2)
     with pytest.raises(ConfigError, match="refine_steps does not apply"):
