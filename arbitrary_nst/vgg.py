@@ -22,6 +22,7 @@ scale. ``load_vgg16(normalized=True)`` applies it.
 """
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from typing import Literal
@@ -32,8 +33,11 @@ import numpy as np
 from flax import nnx
 
 from . import weights as weights_lib
-from .errors import ConfigError
+from .errors import ConfigError, ImageError
+from .files import write_atomically
 from .weights import CAFFE_MEAN_BGR, CONV_LAYERS
+
+log = logging.getLogger(__name__)
 
 Pooling = Literal["max", "avg"]
 Params = dict[str, dict[str, jax.Array]]
@@ -239,11 +243,29 @@ def _cached_means(params, images, pooling) -> dict[str, np.ndarray]:
         return normalization_scales(params, images, pooling=pooling)
     cache = weights_lib.cache_dir() / f"vgg16_norm_means_{pooling}.npz"
     if cache.is_file():
-        with np.load(cache) as z:
-            return {name: z[name] for name in CONV_LAYERS}
+        means = _read_means(cache, params)
+        if means is not None:
+            return means
     means = normalization_scales(params, default_normalization_images(), pooling=pooling)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp.npz")
-    np.savez(tmp, **means)
-    os.replace(tmp, cache)
+    try:  # a cache, like the weights' own: one writer's file is never seen half-written
+        write_atomically(cache, lambda f: np.savez(f, **means))
+    except ImageError as e:  # a read-only cache folder: the means are still right
+        log.warning("%s (the normalization is computed again next time)", e)
     return means
+
+
+def _read_means(cache, params) -> dict[str, np.ndarray] | None:
+    """The cached per-filter means, or ``None`` (computed again) when the file is damaged or
+    does not fit ``params`` (it was a ``BadZipFile`` or ``KeyError`` traceback)."""
+    try:
+        with np.load(cache) as z:
+            means = {name: np.asarray(z[name], np.float32) for name in CONV_LAYERS}
+        for name, m in means.items():
+            want = (np.shape(params[name]["kernel"])[-1],)
+            if m.shape != want or not np.all(np.isfinite(m)) or not np.all(m > 0):
+                raise ValueError(f"{name} has shape {m.shape} (want {want}) or bad values")
+        return means
+    except Exception as e:  # noqa: BLE001 - BadZipFile, KeyError, ValueError, OSError, ...
+        log.warning("%s: unreadable (%s); computing it again", cache,
+                    str(e).splitlines()[0][:120] if str(e) else type(e).__name__)
+        return None

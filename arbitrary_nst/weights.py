@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ImageError, UsageParser, WeightsError, printable_stdout
-from .files import set_new_file_mode, write_atomically
+from .files import check_output_file, set_new_file_mode, write_atomically
 
 #: VGG16's 13 conv layers in order, named as in the style-transfer literature (``conv{block}_{i}``).
 CONV_LAYERS: tuple[str, ...] = (
@@ -77,7 +77,11 @@ Weights = dict[str, dict[str, np.ndarray]]  # {"conv1_1": {"kernel": HWIO, "bias
 def cache_dir() -> Path:
     """The user cache folder (``$ARBITRARY_NST_CACHE`` or ``~/.cache/arbitrary_nst``)."""
     env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "arbitrary_nst"
+    try:
+        return Path(env).expanduser() if env else Path.home() / ".cache" / "arbitrary_nst"
+    except (RuntimeError, KeyError) as e:  # no home folder (docker run --user UID), ~typo/...
+        raise WeightsError(f"cannot find the cache folder {env or '~/.cache/arbitrary_nst'} "
+                           f"({e}); set {CACHE_ENV} to a writable folder") from None
 
 
 def cache_path() -> Path:
@@ -235,6 +239,9 @@ def resolve(path: str | os.PathLike | None = None, *, allow_download: bool = Fal
     on first use. Raises :class:`WeightsError` with instructions when no source exists."""
     if path is not None:
         p = Path(path).expanduser()
+        if not p.is_file():  # (a converted earlier one was a FileNotFoundError traceback)
+            raise WeightsError(f"{p}: no such weights file" if not p.exists() else
+                               f"{p}: not a file")
         if p.suffix.lower() == ".npz":
             read_any(p)  # validate an explicit npz once; it is used as is
             return p
@@ -310,8 +317,9 @@ def expand_compact(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
                 else:
                     out[layer] = {"kernel": np.zeros((3, 3, cin, cout), np.float32),
                                   "bias": np.zeros((cout,), np.float32)}
-    except (OSError, ValueError, KeyError) as e:
-        raise WeightsError(f"{src}: not a compact VGG16 weights file ({e})") from e
+    except Exception as e:  # noqa: BLE001 - BadZipFile (a cut-off transfer), EOFError, ...
+        why = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise WeightsError(f"{src}: not a compact VGG16 weights file ({why})") from None
     validate(out, str(src))
     return write_npz(out, dst, source=f"compact {Path(src).name}: {kept[0]}..{kept[-1]}")
 
@@ -333,9 +341,18 @@ def main(argv=None) -> int:
     parser.add_argument("--expand", nargs=2, metavar=("COMPACT", "OUT"),
                         help="write the full float32 layout from a --compact file (conv5 zero: "
                              "training only) and exit")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --compact / --expand OUT (never an input or "
+                             "the cache)")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     try:
+        # Outputs are checked first: they replaced anything, their own input or the user
+        # cache included (a compact copy written over the cache lost conv5).
+        if args.expand or args.compact:
+            out = args.expand[1] if args.expand else args.compact
+            inputs = [cache_path()] + [i for i in (args.path, args.expand and args.expand[0]) if i]
+            check_output_file(out, overwrite=args.overwrite, inputs=inputs, suffixes={".npz"})
         if args.expand:
             out = expand_compact(*args.expand)
             print(f"VGG16 training weights expanded: {out}")

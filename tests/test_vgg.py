@@ -125,3 +125,31 @@ def test_normalized_vgg_same_function_up_to_scale(vgg_params):
     for tap, layer in zip(taps, ("conv2_2", "conv3_3", "conv5_3")):
         expected = np.asarray(a[tap]) / means[layer]
         np.testing.assert_allclose(b[tap], expected, rtol=2e-3, atol=1e-3 * np.abs(expected).max())
+
+
+def test_normalized_vgg_cache_is_remade_when_damaged(tmp_path, monkeypatch, caplog):
+    """The normalized VGG's per-filter means are cached; a damaged or foreign cache file was a
+    BadZipFile / KeyError traceback (gatys --normalized-vgg, analyze's figure f)."""
+    weights_file = weights.cache_dir() / weights.CACHE_FILENAME
+    params = weights.load(weights_file)
+    small = [np.random.default_rng(i).random((48, 48, 3)).astype(np.float32) for i in range(2)]
+    monkeypatch.setattr(vgg_lib, "default_normalization_images", lambda size=224: small)
+    monkeypatch.setattr(weights, "cache_dir", lambda: tmp_path)
+    cache = tmp_path / "vgg16_norm_means_max.npz"
+    means = vgg_lib._cached_means(params, None, "max")
+    assert cache.is_file() and [p.name for p in tmp_path.iterdir()] == [cache.name]
+    reference = vgg_lib.normalization_scales(params, small)
+    for name in weights.CONV_LAYERS:
+        np.testing.assert_array_equal(means[name], reference[name])
+    good = cache.read_bytes()
+    for damage in (good[:3000], b"", None):
+        if damage is None:  # a readable file of other shapes (another network's)
+            np.savez(cache, **{n: np.ones(3, np.float32) for n in weights.CONV_LAYERS})
+        else:
+            cache.write_bytes(damage)
+        caplog.clear()
+        again = vgg_lib._cached_means(params, None, "max")
+        assert "computing it again" in caplog.text
+        for name in weights.CONV_LAYERS:
+            np.testing.assert_array_equal(again[name], reference[name])
+        assert cache.read_bytes() == good  # remade

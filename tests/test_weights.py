@@ -159,6 +159,44 @@ def test_cli_runs_as_a_module_quietly_and_reports_bad_outputs_in_one_line(tmp_pa
         assert lines[0].startswith("error: ") and reason in lines[0]
 
 
+def test_cli_never_overwrites_inputs_and_damaged_or_missing_files_are_one_line(
+        tmp_path, vgg_params, monkeypatch, capsys):
+    """--compact / --expand replaced anything (their own input, the user cache: a compact copy
+    over the cache lost conv5); a cut-off compact file (a failed transfer) was a BadZipFile
+    traceback; a --path that no longer exists was a FileNotFoundError traceback; no home
+    folder (docker --user) was a RuntimeError traceback from every command."""
+    def one_line(code, text):
+        err = capsys.readouterr().err
+        assert code == 1 and err.startswith("error: ") and err.count("\n") == 1, err
+        assert text in err, err
+
+    compact = weights.write_compact(vgg_params, tmp_path / "c.npz")
+    before = compact.read_bytes()
+    (tmp_path / "cut.npz").write_bytes(before[:5_000_000])
+    one_line(weights.main(["--expand", str(tmp_path / "cut.npz"), str(tmp_path / "e.npz")]),
+             "not a compact VGG16 weights file")
+    one_line(weights.main(["--expand", str(compact), str(compact)]), "would overwrite an input")
+    assert compact.read_bytes() == before
+    assert weights.main(["--expand", str(compact), str(tmp_path / "e.npz")]) == 0
+    one_line(weights.main(["--expand", str(compact), str(tmp_path / "e.npz")]),
+             "exists; pass --overwrite")
+    assert weights.main(["--expand", str(compact), str(tmp_path / "e.npz"), "--overwrite"]) == 0
+    full = weights.write_npz(vgg_params, tmp_path / "full.npz", source="test")
+    one_line(weights.main(["--path", str(full), "--compact", str(full), "--overwrite"]),
+             "would overwrite an input")
+    monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path / "cache"))
+    one_line(weights.main(["--path", str(full), "--compact", str(weights.cache_path())]),
+             "would overwrite an input")
+    one_line(weights.main(["--path", str(tmp_path / "gone.onnx")]), "no such weights file")
+    monkeypatch.delenv(weights.CACHE_ENV)
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    one_line(weights.main([]), weights.CACHE_ENV)
+
+
 def test_unwritable_cache_is_one_weights_error_naming_the_setting(tmp_path, monkeypatch):
     a_file = tmp_path / "f"
     a_file.write_text("x")
