@@ -45,7 +45,7 @@ from . import gatys
 from . import images as images_lib
 from . import losses as losses_lib
 from . import vgg as vgg_lib
-from .files import check_output_file, lexists, set_new_file_mode, temp_prefix
+from .files import check_output_file, lexists, link_no_clobber, set_new_file_mode, temp_prefix
 from .errors import ConfigError, ImageError
 
 FIGURES = ("a", "b", "c", "d", "e", "f")
@@ -205,11 +205,8 @@ def _save(fig: Figure, path: Path, overwrite: bool) -> None:
         set_new_file_mode(tmp, str(path) if overwrite else None)  # not 0600
         if overwrite:
             os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise ImageError(path, "exists; pass --overwrite to replace it") from None
+        else:  # (also where there are no hard links: a FAT stick failed after all the work)
+            link_no_clobber(tmp, path)
     finally:
         if os.path.lexists(tmp):
             os.unlink(tmp)

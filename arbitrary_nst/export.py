@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from .errors import ConfigError, ModelError, NSTError
+from .errors import ConfigError, ModelError, NSTError, out_of_memory
 from .files import write_atomically
 from .models import MODEL_CONFIG_KEYS, ArbitraryStyleModel
 
@@ -152,8 +152,19 @@ def load_exported(path: str | os.PathLike, *, vgg=None, dtype=None) -> Arbitrary
     except (NSTError, TypeError, ValueError) as e:
         raise ModelError(f"{name}: invalid model_config in export ({' '.join(str(e).split())})") \
             from None
+    except Exception as e:  # a damaged header's width of 1000: MemoryError (137 GiB) traceback
+        if not isinstance(e, MemoryError) and out_of_memory(e) is None:
+            raise
+        raise ModelError(f"{name}: its model_config ({_config_summary(header)}) describes a "
+                         "model too large to build here: the file is damaged or not meant "
+                         "for this machine") from None
     assign_tensors(model, tensors, name)
     return model
+
+
+def _config_summary(header: dict) -> str:
+    cfg = header.get("model_config", {})
+    return ", ".join(f"{k} {cfg[k]}" for k in ("width", "embedding_dim", "hidden_dim") if k in cfg)
 
 
 def assign_tensors(model: ArbitraryStyleModel, tensors: dict[str, np.ndarray], name: str) -> None:

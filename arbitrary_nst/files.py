@@ -176,3 +176,19 @@ def _umask() -> int:
     except (OSError, ValueError, IndexError):
         pass
     return 0o022
+
+
+def link_no_clobber(tmp: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Move the finished temporary file ``tmp`` to ``dst`` only if ``dst`` does not exist,
+    atomically where possible; an existing ``dst`` is a one-line ImageError."""
+    try:
+        os.link(tmp, dst)  # fails if dst exists: no window for a concurrent writer
+    except FileExistsError:
+        raise ImageError(dst, "exists; pass overwrite=True (or --overwrite)") from None
+    except OSError:
+        # Filesystems without hard links (FAT, some network/overlay mounts): check + rename.
+        if os.path.lexists(dst):
+            raise ImageError(dst, "exists; pass overwrite=True (or --overwrite)") from None
+        os.replace(tmp, dst)
+    else:
+        os.unlink(tmp)

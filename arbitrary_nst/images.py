@@ -46,7 +46,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from arbitrary_nst.errors import ConfigError, ImageError
-from arbitrary_nst.files import set_new_file_mode, temp_prefix
+from arbitrary_nst.files import link_no_clobber, set_new_file_mode, temp_prefix
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -819,7 +819,7 @@ def save_image(
         if overwrite:
             os.replace(tmp, name)
         else:
-            _link_no_clobber(tmp, name)
+            link_no_clobber(tmp, name)
         _fsync_dir(parent)
     except ImageError:
         raise
@@ -832,21 +832,6 @@ def save_image(
             except OSError:
                 pass
     return p
-
-
-def _link_no_clobber(tmp: str, dst: str) -> None:
-    """Move ``tmp`` to ``dst`` only if ``dst`` does not exist, atomically where possible."""
-    try:
-        os.link(tmp, dst)  # fails if dst exists: no window for a concurrent writer
-    except FileExistsError:
-        raise ImageError(dst, "exists; pass overwrite=True (or --overwrite)") from None
-    except OSError:
-        # Filesystems without hard links (FAT, some network/overlay mounts): check + rename.
-        if os.path.lexists(dst):
-            raise ImageError(dst, "exists; pass overwrite=True (or --overwrite)") from None
-        os.replace(tmp, dst)
-    else:
-        os.unlink(tmp)
 
 
 def _fsync_dir(d: Path) -> None:

@@ -154,7 +154,7 @@ def transfer_graph(model: ArbitraryStyleModel, *, name: str = "arbitrary_nst_tra
 def save_transfer_onnx(model: ArbitraryStyleModel, path: str | os.PathLike) -> Path:
     """Write :func:`transfer_graph` to ``path`` atomically (temp file + rename); returns it."""
     path = Path(path)
-    if path.suffix != ".onnx":
+    if path.suffix.lower() != ".onnx":  # (.ONNX passed the CLI's check, then was refused)
         raise ConfigError(f"{path}: the ONNX export's file name must end in .onnx")
     if not path.parent.is_dir():
         why = "is a file, not a folder" if path.parent.exists() else "does not exist"

@@ -23,10 +23,13 @@ from typing import Literal
 import numpy as np
 
 from . import images
-from .errors import ModelError
+from .errors import ConfigError, ModelError
 
 STYLE_SIZE = 256
 SHIPPED_CONTENT_SIZE = 384
+#: smallest content side its transfer network takes (padded to 8; at 4 its reflect padding
+#: fails in onnxruntime: measured)
+MIN_CONTENT_SIDE = 5
 Variant = Literal["int8", "fp32"]
 
 
@@ -126,6 +129,10 @@ class MagentaLite:
 
     def transfer(self, content: np.ndarray, vector: np.ndarray) -> np.ndarray:
         """Content (HWC in [0, 1], used at its own size) + bottleneck -> stylized HWC."""
+        if min(content.shape[:2]) < MIN_CONTENT_SIDE:  # (onnxruntime's reflect-pad error)
+            raise ConfigError(f"the Magenta-lite peer needs content of at least "
+                              f"{MIN_CONTENT_SIDE} px a side, got {content.shape[1]} x "
+                              f"{content.shape[0]}")
         padded, (h, w) = images.pad_to_multiple(content.astype(np.float32), 4)
         y = self.transform.run(None, {self._t_names[0]: padded[None],
                                       self._t_names[1]: vector.astype(np.float32)})[0][0]

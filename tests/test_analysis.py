@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from arbitrary_nst import analysis
+from arbitrary_nst import images as images_lib
 from arbitrary_nst import vgg as vgg_lib
 from arbitrary_nst.errors import ConfigError, ImageError
 
@@ -105,3 +106,25 @@ def test_layer_magnitudes(params, normalized, imgs):
                 assert v.shape == (5,) and np.all(np.isfinite(v)) and np.all(v > 0)
     # the normalized network divides every activation by a per-channel constant: other values
     assert not np.allclose(std["style"]["loss"], nrm["style"]["loss"], rtol=0.1)
+
+
+def test_figures_are_written_where_there_are_no_hard_links(tmp_path, monkeypatch):
+    """A FAT stick or SMB share has no hard links: the no-clobber move failed there after all
+    the work ("error: D/.c_gram_matrices.png.rkq_ax6l.tmp: Operation not permitted")."""
+    import errno
+    import os
+
+    from matplotlib.figure import Figure
+
+    def no_links(src, dst, **kw):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    for write in (lambda p: analysis._save(Figure(figsize=(1, 1)), p, overwrite=False),
+                  lambda p: images_lib.save_image(p, np.zeros((4, 4, 3)))):
+        path = tmp_path / f"{len(os.listdir(tmp_path))}.png"
+        write(path)
+        assert Image.open(path).size[0] > 0 and os.listdir(tmp_path).count(path.name) == 1
+        with pytest.raises(ImageError, match="exists"):
+            write(path)
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]  # no temporary left

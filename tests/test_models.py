@@ -351,13 +351,15 @@ def test_corrupt_exports_are_refused_in_one_line(model, vgg, tmp_path):
     save_file(dropped, tmp_path / "dropped.safetensors", metadata=meta)
     wide = dict(meta, model_config=json.dumps(dict(header["model_config"], width=0.5)))
     save_file(tensors, tmp_path / "wide.safetensors", metadata=wide)
+    huge = dict(meta, model_config=json.dumps(dict(header["model_config"], width=1000)))
+    save_file(tensors, tmp_path / "huge.safetensors", metadata=huge)  # (a MemoryError, 137 GiB)
     nan = {k: v.copy() for k, v in tensors.items()}
     nan[sorted(nan)[0]].flat[0] = np.nan
     save_file(nan, tmp_path / "nan.safetensors", metadata=meta)
     save_file(tensors, tmp_path / "badjson.safetensors", metadata=dict(meta, model_config="{"))
     (tmp_path / "adir.safetensors").mkdir()
-    names = ["missing", "garbage", "truncated", "empty", "other", "dropped", "wide", "nan",
-             "badjson", "adir"]
+    names = ["missing", "garbage", "truncated", "empty", "other", "dropped", "wide", "huge",
+             "nan", "badjson", "adir"]
     for name in names:
         with pytest.raises(ModelError) as err:
             load_exported(tmp_path / f"{name}.safetensors", vgg=vgg)

@@ -154,6 +154,7 @@ def test_save_is_atomic_and_checked(stylizers, tmp_path, rng):
     assert [i.name for i in proto.graph.input] == ["content", "embedding"]
     with pytest.raises(ConfigError, match="end in .onnx"):
         save_transfer_onnx(m, tmp_path / "t.bin")
+    assert save_transfer_onnx(m, tmp_path / "T.ONNX").is_file()  # (the CLI let it pass first)
     with pytest.raises(ConfigError, match="does not exist"):
         save_transfer_onnx(m, tmp_path / "nowhere" / "t.onnx")
     (tmp_path / "a_file").write_text("x")

@@ -51,3 +51,18 @@ def test_dynamic_graph_matches_shipped_fixed_graph():
 def test_bad_variant():
     with pytest.raises(peers.ModelError, match="variant"):
         peers.MagentaLite("int4")
+
+
+def test_too_small_content_is_one_config_error():
+    """Under 5 px a side, onnxruntime's reflect padding failed with its own error (and a
+    coloured log line); 5 px is padded to 8 and works."""
+    from arbitrary_nst.errors import ConfigError
+
+    m = peers.MagentaLite("int8")
+    v = m.embed(samples.style_image("mosaic", size=64))
+    rng = np.random.default_rng(0)
+    for shape in ((4, 40, 3), (40, 4, 3)):
+        with pytest.raises(ConfigError, match="at least 5 px"):
+            m.transfer(rng.random(shape, np.float32), v)
+    for shape in ((5, 40, 3), (40, 5, 3)):
+        assert m.transfer(rng.random(shape, np.float32), v).shape == shape
