@@ -638,7 +638,7 @@ def main(argv: list[str] | None = None) -> int:
                    oracle_distance=float(np.linalg.norm(moved, axis=-1).mean()),
                    start_model=model_path, args=vars(a))
         export.export_model(model, out / "model.safetensors", info={"distill": {
-            k: v for k, v in rep.items() if k != "curve"}})
+            k: v for k, v in rep.items() if k != "curve"}}, overwrite=True)  # (its own folder)
         report = json.dumps(rep, indent=1, default=str)
         write_atomically(out / "distill.json", lambda f: f.write(report.encode()))
         print(f"oracle: {rep['oracle_styles']} styles, loss {rep['oracle_loss_before']:.4g} -> "

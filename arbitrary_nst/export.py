@@ -28,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from .errors import ConfigError, ModelError, NSTError, out_of_memory
-from .files import write_atomically
+from .errors import ConfigError, ImageError, ModelError, NSTError, out_of_memory
+from .files import check_output_file, write_atomically
 from .models import MODEL_CONFIG_KEYS, ArbitraryStyleModel
 
 FORMAT = "arbitrary_nst.arbitrary_style_model"
@@ -46,28 +46,44 @@ def model_tensors(model: ArbitraryStyleModel) -> dict[str, np.ndarray]:
 
 
 def export_model(model: ArbitraryStyleModel, path: str | os.PathLike, *, dtype: str = "float32",
-                 info: dict[str, Any] | None = None) -> Path:
-    """Write ``model``'s inference weights to ``path`` (atomically: temp file + rename).
+                 info: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
+    """Write ``model``'s inference weights to ``path`` (atomically: temp file + rename), a
+    ``.safetensors`` file that does not exist yet unless ``overwrite``.
 
     ``dtype``: ``"float32"`` (exact) or ``"float16"`` (half the size; values are rounded).
     Returns the path written.
     """
-    return _write_export(model_tensors(model), model.config(), path, dtype=dtype, info=info)
+    return _write_export(model_tensors(model), model.config(), path, dtype=dtype, info=info,
+                         overwrite=overwrite)
 
 
 def convert_export(src: str | os.PathLike, dst: str | os.PathLike, *,
-                   dtype: str = "float16") -> Path:
+                   dtype: str = "float16", overwrite: bool = False) -> Path:
     """Rewrite the export ``src`` as ``dst`` with its weights stored as ``dtype`` (e.g. float16
     to carry a model to a GPU loan in half the bytes), its header unchanged; no model or VGG16
-    is built. Raises ModelError for an unreadable ``src``, ConfigError for a bad dtype."""
+    is built. ``dst`` is never ``src`` and replaces an existing file only with ``overwrite``.
+    Raises ModelError for an unreadable ``src``, ConfigError for a bad dtype or ``dst``."""
+    _check_destination(dst, overwrite, inputs=[src])
     tensors, header = read_export(src)
-    return _write_export(tensors, header["model_config"], dst, dtype=dtype, info=header["info"])
+    return _write_export(tensors, header["model_config"], dst, dtype=dtype, info=header["info"],
+                         overwrite=overwrite)
+
+
+def _check_destination(path: str | os.PathLike, overwrite: bool, inputs=()) -> None:
+    """A model file's destination: a ``.safetensors`` name, never an input, an existing file
+    only with ``overwrite`` (the library wrote over anything: a photo, the built-in model)."""
+    try:
+        check_output_file(path, overwrite=overwrite, inputs=inputs, suffixes={".safetensors"})
+    except ImageError as e:
+        raise ConfigError(str(e).replace("pass --overwrite", "pass overwrite=True")) from None
 
 
 def _write_export(tensors: dict[str, np.ndarray], model_config: dict[str, Any],
-                  path: str | os.PathLike, *, dtype: str, info: dict[str, Any] | None) -> Path:
+                  path: str | os.PathLike, *, dtype: str, info: dict[str, Any] | None,
+                  overwrite: bool) -> Path:
     from safetensors.numpy import save
 
+    _check_destination(path, overwrite)
     if dtype not in _DTYPES:
         raise ConfigError(f"export dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
     tensors = {k: np.ascontiguousarray(v.astype(_DTYPES[dtype])) for k, v in tensors.items()}

@@ -1176,7 +1176,8 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
                       "total_steps": prior_steps + int(step),
                       "init_from": os.path.basename(init_from) if init_from else "",
                       "config_name": _get(config, "name", ""),
-                      "run_id": _run_id(workdir) or ""})
+                      "run_id": _run_id(workdir) or ""},
+                overwrite=True)  # (_check_export_path allowed it before the run)
         if save_error is not None:
             raise ModelError(f"{mngr.directory}: cannot write the checkpoint of step {step} "
                              f"({save_error})" + (f"; the weights were exported to {out_path}"

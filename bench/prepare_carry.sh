@@ -34,7 +34,7 @@ if [ -n "$B_INIT" ]; then
     exit 1
   fi
   "$PY" -c "import sys; from arbitrary_nst import errors, export
-try: export.convert_export(sys.argv[1], sys.argv[2], dtype='float16')
+try: export.convert_export(sys.argv[1], sys.argv[2], dtype='float16', overwrite=True)
 except errors.NSTError as err: sys.exit(f'prepare_carry: {err}')" "$B_INIT" workdirs/carry/gpuB_init.safetensors
 else
   rm -f workdirs/carry/gpuB_init.safetensors

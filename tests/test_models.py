@@ -331,6 +331,26 @@ def test_export_round_trip(model, vgg, rng, tmp_path):
     assert not (tmp_path / "n.safetensors").exists()
 
 
+def test_exports_never_replace_an_input_or_an_existing_file_unasked(model, tmp_path):
+    """export_model / convert_export wrote over anything: a photo (now a safetensors blob),
+    the built-in model converted onto itself as float16, another run's export."""
+    photo = tmp_path / "pic.jpg"
+    photo.write_bytes(b"\xff\xd8 a photo")
+    with pytest.raises(ConfigError, match="unsupported output format"):
+        export_model(model, photo, overwrite=True)
+    assert photo.read_bytes() == b"\xff\xd8 a photo"
+    path = export_model(model, tmp_path / "m.safetensors")
+    before = path.read_bytes()
+    with pytest.raises(ConfigError, match="exists; pass overwrite=True"):
+        export_model(model, path)
+    with pytest.raises(ConfigError, match="would overwrite an input"):
+        convert_export(path, path, overwrite=True)
+    with pytest.raises(ConfigError, match="exists; pass overwrite=True"):
+        convert_export(path, export_model(model, tmp_path / "other.safetensors"))
+    assert path.read_bytes() == before
+    assert export_model(model, path, overwrite=True, dtype="float16").stat().st_size < len(before)
+
+
 def test_corrupt_exports_are_refused_in_one_line(model, vgg, tmp_path):
     from safetensors.numpy import save_file
 
