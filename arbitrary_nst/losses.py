@@ -28,6 +28,7 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .errors import ConfigError
 
@@ -37,6 +38,7 @@ TVKind = Literal["magenta", "l1"]
 STYLE_STATISTICS = ("gram", "centered_gram", "both", "mean_std")
 GRAM_NORMS = ("hw", "chw", "none")
 PALETTE_GRADIENTS = ("fixed", "exact")
+TV_KINDS = ("magenta", "l1")
 
 FeatureFn = Callable[[jax.Array, Sequence[str]], dict[str, jax.Array]]
 
@@ -176,10 +178,13 @@ class LossConfig:
 
         for layer in (*self.content_layers, *self.style_layers):
             tap_depth(layer)
+        def weight_ok(w) -> bool:  # ('abc' reached the loss as a TypeError; NaN passed < 0)
+            return (not isinstance(w, bool) and isinstance(w, numbers.Real)
+                    and math.isfinite(w) and w >= 0)
+
         for kind, layers in (("content", self.content_layers), ("style", self.style_layers)):
-            for layer, w in layers.items():  # ('abc' reached the loss as a TypeError)
-                if isinstance(w, bool) or not isinstance(w, numbers.Real) or not (
-                        math.isfinite(w) and w >= 0):
+            for layer, w in layers.items():
+                if not weight_ok(w):
                     raise ConfigError(f"{kind} layer weight {layer}: must be a finite number "
                                       f">= 0, got {w!r}")
         if self.style_statistic not in STYLE_STATISTICS:
@@ -190,9 +195,13 @@ class LossConfig:
         if self.palette_gradient not in PALETTE_GRADIENTS:
             raise ConfigError(f"palette_gradient must be one of {PALETTE_GRADIENTS}, "
                               f"got {self.palette_gradient!r}")
+        if self.tv_kind not in TV_KINDS:  # (found only when the loss was traced)
+            raise ConfigError(f"tv_kind must be one of {TV_KINDS}, got {self.tv_kind!r}")
         for name in ("content_weight", "style_weight", "tv_weight"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+            # (a NaN tv_weight trained a step, then advised a lower learning rate)
+            if not weight_ok(getattr(self, name)):
+                raise ConfigError(f"{name} must be a finite number >= 0, got "
+                                  f"{getattr(self, name)!r}")
 
     @property
     def taps(self) -> tuple[str, ...]:
@@ -251,12 +260,32 @@ class StyleTargets:
         """``feature_fn(images, taps) -> {tap: features}`` (e.g. a :class:`~arbitrary_nst.vgg.VGG16`)."""
         return cls.from_features(feature_fn(style_images, tuple(cfg.style_layers)), cfg)
 
+    @property
+    def num_styles(self) -> int:
+        """``S``, the leading axis of the statistics."""
+        return int(jax.tree_util.tree_leaves(self.stats)[0].shape[0])
+
     def blend(self, weights: jax.Array) -> "StyleTargets":
         """Mix the S styles into one target per ``weights`` row: ``[S]`` -> batch 1, or
-        ``[B, S]`` -> batch B. Because the distances are MSEs, matching the weighted mean of the
-        statistics equals minimizing the weighted sum of per-style losses up to a constant."""
+        ``[B, S]`` -> batch B. Each row is normalized to sum to 1 (weights >= 0, as everywhere
+        else in the package: ``[3, 7]`` = ``[0.3, 0.7]``). Because the distances are MSEs,
+        matching the weighted mean of the statistics equals minimizing the weighted sum of
+        per-style losses up to a constant."""
         w = jnp.asarray(weights, jnp.float32)
+        n = self.num_styles
+        if w.ndim not in (1, 2) or w.shape[-1] != n:  # (one weight for 2 styles summed them)
+            raise ConfigError(f"blend: weights must be [S] or [B, S] with S = {n} styles, "
+                              f"got shape {tuple(w.shape)}")
+        try:  # values are known outside jit only
+            v = np.asarray(w)
+        except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+            v = None
+        if v is not None:
+            if not (np.all(np.isfinite(v)) and np.all(v >= 0) and np.all(v.sum(-1) > 0)):
+                raise ConfigError(f"blend: weights must be finite, >= 0 and not all 0 in a "
+                                  f"row, got {v.tolist()}")
         w2 = w[None] if w.ndim == 1 else w
+        w2 = w2 / jnp.sum(w2, axis=-1, keepdims=True)
         mix = lambda s: jnp.einsum("bs,s...->b...", w2, s)  # noqa: E731
         return StyleTargets(jax.tree_util.tree_map(mix, self.stats))
 
@@ -275,8 +304,11 @@ def perceptual_loss(feature_fn: FeatureFn, images: jax.Array, cfg: LossConfig, *
         taps += list(cfg.content_layers)
     if style_targets is not None:
         taps += list(cfg.style_layers)
-    feats = feature_fn(images, tuple(dict.fromkeys(taps))) if taps else {}
     b = images.shape[0]
+    if style_targets is not None and style_targets.num_styles not in (1, b):
+        raise ConfigError(f"perceptual_loss: {style_targets.num_styles} style targets for "
+                          f"{b} images (need 1 or {b}; StyleTargets.blend mixes styles)")
+    feats = feature_fn(images, tuple(dict.fromkeys(taps))) if taps else {}
     acc = jnp.promote_types(images.dtype, jnp.float32)
     terms: dict[str, jax.Array] = {}
     content = jnp.zeros((b,), acc)

@@ -188,6 +188,21 @@ def test_style_targets_precomputed_broadcast_and_blend(vgg):
     # StyleTargets is a pytree: it goes through jit.
     out = jax.jit(lambda t: t.stats["relu1_2"]["gram"].sum())(targets)
     assert np.isfinite(out)
+    # Weights are a mix, as everywhere else: [3, 7] = [0.3, 0.7] (it was 10x the target), also
+    # per row and under jit; one weight for two styles summed them; negatives were taken.
+    g0 = lambda t: np.asarray(t.stats["relu2_2"]["gram"])  # noqa: E731
+    np.testing.assert_allclose(g0(targets.blend([3.0, 7.0])), g0(targets.blend([0.3, 0.7])),
+                               rtol=1e-6)
+    rows = jax.jit(lambda t, w: t.blend(w))(targets, jnp.array([[3.0, 7.0], [1.0, 0.0]]))
+    np.testing.assert_allclose(g0(rows)[0], g0(targets.blend([0.3, 0.7]))[0], rtol=1e-6)
+    np.testing.assert_allclose(g0(rows)[1], g0(targets)[0], rtol=1e-6)
+    for bad, msg in (([1.0], "with S = 2"), ([[[1.0, 1.0]]], "with S = 2"),
+                     ([-1.0, 2.0], ">= 0"), ([0.0, 0.0], "not all 0"), ([np.nan, 1.0], "finite")):
+        with pytest.raises(ConfigError, match=msg):
+            targets.blend(bad)
+    # two style targets for three images: a ConfigError, not JAX's broadcasting error
+    with pytest.raises(ConfigError, match="2 style targets for 3 images"):
+        losses.perceptual_loss(vgg, x, cfg, content_feats=None, style_targets=targets)
 
 
 def test_config_validation_and_depth_weights():
@@ -197,6 +212,14 @@ def test_config_validation_and_depth_weights():
         losses.LossConfig(style_statistic="gramm")
     with pytest.raises(ConfigError, match="tv_weight"):
         losses.LossConfig(tv_weight=-1)
+    # NaN passed `< 0` (a step was trained, then "lower the learning rate"); a string was a
+    # TypeError; an unknown tv_kind was found only when the loss was traced
+    for bad in (dict(tv_weight=float("nan")), dict(style_weight="abc"),
+                dict(content_weight=float("inf")), dict(style_weight=True)):
+        with pytest.raises(ConfigError, match=f"{next(iter(bad))} must be a finite number"):
+            losses.LossConfig(**bad)
+    with pytest.raises(ConfigError, match="tv_kind must be one of"):
+        losses.LossConfig(tv_kind="L1")
     with pytest.raises(ConfigError, match="unknown loss options"):
         losses.LossConfig.from_config({"style_wieght": 1.0})
     w = losses.depth_weighted_layers(["relu1_1", "relu2_1", "relu3_1"], total=7.0)
