@@ -145,6 +145,9 @@ DEFAULT_BATCH_SIZE = 8
 
 #: Where the built-in model lives.
 BUILTIN_MODEL = Path(__file__).resolve().parent / "assets" / "model.safetensors"
+#: Largest embedding value taken: 1e20 x a painting's embedding overflowed the instance norms
+#: to an all-NaN image (1e10 x did not); real paintings' values are below 100.
+EMBEDDING_LIMIT = 1e6
 
 
 #: Largest style (and refinement / fit) working size: 8x the default. A typo such as 100000
@@ -349,6 +352,7 @@ def _as_image_list(x: Any, what: str) -> tuple[list[Any], bool]:
         raise ConfigError(f"no {what} given")
     if _is_path(x) or isinstance(x, fit_style.FittedStyle):
         return [x], False
+    _refuse_file_object(x, f"{what} image")
     if isinstance(x, (list, tuple)) or _is_other_iterable(x):
         x = list(x)
         if not x:
@@ -370,6 +374,14 @@ def _as_image_list(x: Any, what: str) -> tuple[list[Any], bool]:
         return [a], False
     raise ConfigError(f"{what} must be a path, a PIL image, or an HWC/NHWC array; "
                       f"got an array of shape {a.shape}")
+
+
+def _refuse_file_object(x: Any, name: str | None) -> None:
+    """An open file or BytesIO iterates by line: it was read as a batch of byte strings
+    ("unsupported image array dtype |S39"); a memoryview was a raw NotImplementedError."""
+    if hasattr(x, "read") or isinstance(x, memoryview):
+        raise ImageError(name, f"a {type(x).__name__} is not an image input; pass its path, "
+                               "PIL.Image.open(f), or an array")
 
 
 def _moments_array(x: Any) -> np.ndarray:
@@ -418,9 +430,14 @@ def _path_list(x: Any) -> list[Path]:
     if _is_path(x):
         return [Path(os.fspath(x))]
     try:
-        return [Path(os.fspath(p)) for p in x]
+        items = list(x)
     except TypeError:
         raise ConfigError(f"expected a path or a list of paths, got {type(x).__name__}") from None
+    for i, p in enumerate(items):
+        if not _is_path(p):  # (it named the list, not the BytesIO in it)
+            raise ConfigError(f"expected a path or a list of paths, got a "
+                              f"{type(p).__name__} at position {i}")
+    return [Path(os.fspath(p)) for p in items]
 
 
 def _is_pil(x: Any) -> bool:
@@ -801,6 +818,8 @@ def plan_outputs(paths: Sequence[Path], output: Callable[[Path], Any],
                    "is not replaced even with --overwrite; write to another folder to redo it")
         elif real in guarded:
             why = "would overwrite an input file; choose another output"
+        elif os.path.isdir(dest):  # (it said "pass --overwrite", which then failed otherwise)
+            why = "is a directory, expected an output file name"
         elif not overwrite and os.path.lexists(dest):
             why = "exists; pass --overwrite (overwrite=True) to replace it"
         elif real in claimed:  # the kind is set here: the reason names another path
@@ -974,6 +993,7 @@ class Stylizer:
                               np.uint8)
         if isinstance(x, jax.Array):
             x = np.asarray(x)
+        _refuse_file_object(x, None)  # (one of a list: named by the caller)
         if _is_pil(x):
             u8 = images.to_uint8(x)  # 8-bit RGB, converted as load_image does
         elif (isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim == 3
@@ -996,7 +1016,7 @@ class Stylizer:
 
     def _style_small(self, x: ImageInput, size: int) -> np.ndarray:
         if _is_fitted(x):  # (it was "not an image (cannot identify format)")
-            raise ConfigError(f"{getattr(x, 'path', None) or x}: a fitted style is not an "
+            raise ConfigError(f"{x if _is_path(x) else x.name}: a fitted style is not an "
                               "image: it has no embedding or palette of its own to compute; "
                               "use it as a style of stylize()/stylize_files() (style_parts() "
                               "gives its embedding and offset)")
@@ -1313,6 +1333,10 @@ class Stylizer:
                               f"{type(x).__name__}") from None
         if not np.all(np.isfinite(a)):
             raise ConfigError(f"{what} has NaN or infinite values")
+        if a.size and np.abs(a).max() > EMBEDDING_LIMIT:  # (1e20 x an embedding: a NaN image)
+            raise ConfigError(f"{what} has values up to {np.abs(a).max():.3g}: beyond "
+                              f"{EMBEDDING_LIMIT:g} the conditioning overflows float32 (the "
+                              "styles' own are below 100)")
         return a
 
     def _check_moments(self, moments: Any, weights=None) -> np.ndarray:

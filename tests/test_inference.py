@@ -510,8 +510,15 @@ def test_api_arguments_that_ran_silently_or_raised_raw(st, model_path, vgg, file
         st.mix(np.zeros((1, 3, st.embedding_dim)))
     fitted = st.fit_style(sa, [smooth_image(40, 40, 2)], steps=1, size=32)
     for call in (st.embed, st.palettes):
-        with pytest.raises(ConfigError, match="a fitted style is not an image"):
+        with pytest.raises(ConfigError, match="a fitted style is not an image") as err:
             call(fitted)
+        assert "\n" not in str(err.value) and len(str(err.value)) < 300  # (the object's repr:
+        # 45 lines of arrays)
+    # 1e20 x an embedding overflowed to an all-NaN image (real ones are below 100)
+    for call in (lambda: st.transfer(c, e * 1e7), lambda: st.stylize(c, embedding=e * 1e7),
+                 lambda: st.mix(np.stack([e, e * 1e7]))):
+        with pytest.raises(ConfigError, match="overflows float32"):
+            call()
 
 
 def test_a_single_path_is_one_input_not_its_characters(st, files, tmp_path):
@@ -542,6 +549,30 @@ def test_in_memory_image_errors_name_the_argument(st, files):
         st.stylize([smooth_image(20, 24, 1), bad], style=files["style_a"])
     with pytest.raises(ImageError, match="not an image array"):
         st.stylize([[smooth_image(20, 24, 1), smooth_image(20, 30, 1)]], style=files["style_a"])
+
+
+def test_file_objects_and_folders_as_outputs_are_named(st, files, tmp_path):
+    """A BytesIO or open file iterates by line: it was read as a batch of byte strings
+    ("unsupported image array dtype |S39"), a memoryview was a raw NotImplementedError, a
+    BytesIO among paths was "got list"; an output that is a folder said "pass --overwrite"."""
+    import io
+
+    data = files["content"].read_bytes()
+    for bad in (io.BytesIO(data), memoryview(np.zeros((8, 8, 3), np.uint8))):
+        with pytest.raises(ImageError, match="^content image: a .* is not an image input"):
+            st.stylize(bad, files["style_a"])
+    with open(files["content"], "rb") as f:
+        with pytest.raises(ImageError, match="^style image: a BufferedReader is not an image"):
+            st.stylize(smooth_image(20, 24, 1), f)
+    with pytest.raises(ImageError, match="^content image 1: a BytesIO is not an image input"):
+        st.stylize([smooth_image(20, 24, 1), io.BytesIO(data)], files["style_a"])
+    with pytest.raises(ConfigError, match="got a BytesIO at position 1"):
+        list(st.stylize_files([files["content"], io.BytesIO(data)], files["style_a"]))
+    (tmp_path / "folder.png").mkdir()
+    for overwrite in (False, True):
+        res = list(st.stylize_files([files["content"]], files["style_a"], overwrite=overwrite,
+                                    output=lambda p: tmp_path / "folder.png"))
+        assert not res[0].ok and "is a directory, expected an output file" in res[0].reason
 
 
 def test_pil_inputs_are_read_as_their_files(st, tmp_path, files):
