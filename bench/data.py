@@ -29,6 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from arbitrary_nst import data  # noqa: E402
+from bench.bench_cli import check_options, write_json  # noqa: E402
 
 DATA_ROOT = Path(os.environ.get("ARBITRARY_NST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 CONTENT = ["content/bsds500", "content/imagenet_samples", "content/coco2014_sample"]
@@ -100,6 +101,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", default=None, help="prepared TFDS data (default ~/.cache/arbitrary_nst/tfds)")
     ap.add_argument("--json", default=str(Path(__file__).resolve().parent / "results" / "data_cpu.json"))
     a = ap.parse_args(argv)
+    out = check_options(a, {"batches": 1, "batch_size": 1, "workers": 1, "prefetch": 1}, a.json)
 
     results: dict = {
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
@@ -148,9 +150,7 @@ def main(argv=None) -> int:
           f"{results['machine']['load_avg_1min_at_end']} on {os.cpu_count()} CPUs (other processes compete)")
     if "stage_costs_single_thread" in results:
         print("single-thread ms/image (real data):", results["stage_costs_single_thread"])
-    out = Path(a.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(out, results)
     print(f"wrote {out}")
     return 0
 

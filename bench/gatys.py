@@ -202,7 +202,11 @@ def _run_child(framework: str, size: int, batch: int, iters: int, warmup: int,
            str(batch), "--iters", str(iters), "--warmup", str(warmup), "--reps", str(reps)]
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired:  # (a traceback that lost the other measurements)
+        return {"framework": framework, "size": size, "batch": batch,
+                "error": f"timed out after {timeout:g} s (--timeout)"}
     if p.returncode != 0:
         tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
         return {"framework": framework, "size": size, "batch": batch,
@@ -256,7 +260,25 @@ def _fmt_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _pairs(text: str, option: str) -> list[tuple[int, int]]:
+    """``"256x1,512x4"`` -> ``[(256, 1), (512, 4)]``; a ConfigError naming ``option`` for
+    anything else (``64`` and ``0x1`` were tracebacks, ``64x0`` a row of errors)."""
+    from arbitrary_nst.errors import ConfigError
+
+    out = []
+    for item in (c.strip() for c in text.split(",")):
+        size, _, batch = item.partition("x")
+        if not (size.isdigit() and batch.isdigit() and int(size) >= 32 and int(batch) >= 1):
+            raise ConfigError(f"{option}: {item!r} is not SIZExBATCH with SIZE >= 32 and "
+                              "BATCH >= 1 (e.g. 256x4)")
+        out.append((int(size), int(batch)))
+    return out
+
+
 def main(argv=None) -> int:
+    from arbitrary_nst.errors import ConfigError
+    from bench.bench_cli import check_options, write_json
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--configs", default="256x1,256x4,256x8,512x1,512x4",
@@ -285,13 +307,19 @@ def main(argv=None) -> int:
 
     import jax
 
+    # Options are checked before the (long) measurements: bad ones were tracebacks, or ran and
+    # replaced the committed results with rows of errors; --iters 0 ran 20 iterations.
+    configs = _pairs(args.configs, "--configs")
+    torch_set = None if args.torch_configs == "all" else set(_pairs(args.torch_configs,
+                                                                    "--torch-configs"))
+    if not args.timeout > 0:
+        raise ConfigError(f"--timeout must be > 0 seconds, got {args.timeout}")
     plat = jax.devices()[0].platform
-    configs = [tuple(int(v) for v in c.split("x")) for c in args.configs.split(",") if c]
+    out = check_options(args, {"iters": 1, "warmup": 0, "reps": 1},
+                        args.out or ROOT / "bench" / "results" / f"gatys_{plat}.json", "--out")
     sizes = sorted({s for s, _ in configs})
     use_torch = not args.no_torch and _torch_available()
-    iters_for = lambda s: args.iters or (20 if s <= 256 else 8)  # noqa: E731
-    torch_set = (None if args.torch_configs == "all" else
-                 {tuple(int(v) for v in c.split("x")) for c in args.torch_configs.split(",") if c})
+    iters_for = lambda s: args.iters if args.iters is not None else (20 if s <= 256 else 8)  # noqa: E731
     with_torch = lambda s, b: use_torch and (torch_set is None or (s, b) in torch_set)  # noqa: E731
     # rough estimate per 256^2 value-and-gradient on one busy core: JAX ~0.5 s, torch ~0.6 s
     est = sum((iters_for(s) * 1.3 * (args.reps or (2 if b == 1 else 1)) + args.warmup * 2 + 3)
@@ -326,13 +354,14 @@ def main(argv=None) -> int:
                       f"{lj:.6g}, torch {lt:.6g} (relative difference {abs(lj - lt) / lj:.1e}).")
     print()
     print(table)
-    out = Path(args.out or ROOT / "bench" / "results" / f"gatys_{plat}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if not any("it_per_s" in r for r in rows):  # (else the results file is replaced by errors)
+        raise ConfigError(f"every measurement failed (first: {rows[0].get('error')}); "
+                          f"{out} was not written")
     meta = {"command": "python bench/gatys.py " + " ".join(argv or sys.argv[1:]),
             "platform": plat, "machine": platform.machine(), "cpus": os.cpu_count(),
             "python": platform.python_version(), "jax": jax.__version__,
             "date": time.strftime("%Y-%m-%d %H:%M:%S"), "parity": parity}
-    out.write_text(json.dumps({"meta": meta, "rows": rows, "table": table}, indent=1))
+    write_json(out, {"meta": meta, "rows": rows, "table": table}, indent=1)
     print(f"\nwrote {out}")
     return 0
 

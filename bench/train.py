@@ -42,6 +42,7 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 from arbitrary_nst import training  # noqa: E402
 from arbitrary_nst.losses import LossConfig  # noqa: E402
 from arbitrary_nst.models import param_count  # noqa: E402
+from bench.bench_cli import check_options, write_json  # noqa: E402
 
 #: Dense bf16 peak FLOP/s by GPU name fragment (NVIDIA datasheets, SXM parts, no sparsity).
 GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12}
@@ -198,6 +199,8 @@ def main(argv=None) -> int:
 
     info = device_info()
     gpu = jax.default_backend() == "gpu"
+    out = check_options(args, {"steps": 1, "warmup": 0, "loader_batches": 1}, args.json or (
+        ROOT / "bench" / "results" / f"train_{'gpu' if gpu else 'cpu'}.json"))
     peak = peak_flops(args.peak_tflops)
     default_steps = {"smoke": 10, "cpu_small": 5, "default": 2}
     results = []
@@ -243,11 +246,10 @@ def main(argv=None) -> int:
               f"{s.get('achieved_tflops', float('nan')):>8.4f} {frac:>6} "
               f"{ld.get('batches_per_s', float('nan')):>10.2f} "
               f"{lp.get('steps_per_s', float('nan')):>11.3f}")
-    out = Path(args.json) if args.json else (
-        ROOT / "bench" / "results" / f"train_{'gpu' if gpu else 'cpu'}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": info, "peak_flops": peak, "results": results},
-                              indent=2) + "\n")
+    for r in results:  # (the table showed nan, the reason was only in the JSON)
+        if "error" in r["loader"]:
+            print(f"{r['config']}: no loader figures: {r['loader']['error']}")
+    write_json(out, {"machine": info, "peak_flops": peak, "results": results})
     print(f"wrote {out}")
     return 0
 

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from arbitrary_nst import images, losses, samples  # noqa: E402
 from arbitrary_nst import vgg as vgg_lib  # noqa: E402
+from bench.bench_cli import check_options, write_json  # noqa: E402
 
 TAPS = ("relu1_1", "relu1_2", "relu2_1", "relu2_2", "relu3_1", "relu3_3", "relu4_1", "relu4_2",
         "relu4_3", "relu5_1", "relu5_3")
@@ -41,8 +42,10 @@ def layer_losses(net: vgg_lib.VGG16, content: jnp.ndarray, style: jnp.ndarray) -
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=256, help="working size (default 256)")
-    parser.add_argument("--json", default="bench/results/vgg_loss_scales.json")
+    parser.add_argument("--json", default=str(Path(__file__).resolve().parent / "results" /
+                                              "vgg_loss_scales.json"))
     args = parser.parse_args(argv)
+    out = check_options(args, {"size": 32}, args.json)  # (VGG16's smallest input)
     content = images.resize(samples.content_image("astronaut"), (args.size, args.size))[None]
     style = samples.style_image("strokes", size=args.size)[None]
     plain = layer_losses(vgg_lib.load_vgg16(), jnp.asarray(content), jnp.asarray(style))
@@ -58,12 +61,16 @@ def main(argv=None) -> int:
         sg = [table[t]["style"] for t in gatys_layers]
         print(f"{name}: style-loss spread (max/min) over all taps {max(st) / min(st):.3g}x, "
               f"over Gatys' relu1_1..relu5_1 {max(sg) / min(sg):.3g}x")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"size": args.size, "plain": plain, "normalized": norm},
-                                          indent=1))
-    print(f"wrote {args.json}")
+    write_json(out, {"size": args.size, "plain": plain, "normalized": norm}, indent=1)
+    print(f"wrote {out}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from arbitrary_nst.errors import NSTError  # noqa: E402
+
+    try:
+        sys.exit(main())
+    except NSTError as e:  # a bad option or input: one line, as the other commands
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(1)

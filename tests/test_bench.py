@@ -8,6 +8,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "infer.py"
 
 
@@ -94,6 +96,39 @@ def test_bench_scripts_give_one_error_line_for_bad_options(tmp_path):
         lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
         assert p.returncode == 1 and lines and lines[-1].startswith("error: "), p.stderr
         assert "Traceback" not in p.stderr
+
+
+def test_bench_options_are_checked_before_measuring_and_results_are_not_replaced(tmp_path):
+    """bench/gatys.py: '--configs 64' / '0x1' and '--timeout 0' were tracebacks; '64x0',
+    '--iters -1' ran and replaced the committed results with rows of errors; '--iters 0' ran
+    20 iterations. data/train/vgg_loss_scales: negative counts wrote negative rates, '--size
+    8' was a traceback, an unwritable --json failed after the whole measurement."""
+    from arbitrary_nst.errors import ConfigError
+
+    gatys, data, train, scales = (_load(n) for n in ("gatys", "data", "train", "vgg_loss_scales"))
+    out = ["--out", str(tmp_path / "g.json")]
+    for argv, msg in ((["--configs", "64"], "not SIZExBATCH"), (["--configs", "0x1"], "SIZE >= 32"),
+                      (["--configs", "64x0"], "BATCH >= 1"), (["--configs", ""], "not SIZExBATCH"),
+                      (["--iters", "0"], "--iters must be >= 1"),
+                      (["--warmup", "-1"], "--warmup must be >= 0"),
+                      (["--timeout", "0"], "--timeout must be > 0"),
+                      (["--torch-configs", "x"], "--torch-configs"),
+                      (["--out", str(tmp_path)], "is a directory")):
+        with pytest.raises(ConfigError, match=msg):
+            gatys.main(["--no-torch", *out, *argv])
+    # every measurement failing (here: timing out) writes nothing
+    with pytest.raises(ConfigError, match="every measurement failed .*timed out"):
+        gatys.main(["--no-torch", *out, "--configs", "32x1", "--iters", "1", "--timeout", "0.01"])
+    assert not (tmp_path / "g.json").exists()
+    for mod, argv, msg in ((data, ["--batches", "-1"], "--batches must be >= 1"),
+                           (data, ["--workers", "1", "0"], "--workers must be >= 1"),
+                           (train, ["--steps", "-1"], "--steps must be >= 1"),
+                           (train, ["--json", str(tmp_path)], "--json .* is a directory"),
+                           (scales, ["--size", "8"], "--size must be >= 32"),
+                           (scales, ["--json", str(tmp_path / "x.txt")], "unsupported output")):
+        with pytest.raises(ConfigError, match=msg):
+            mod.main([*argv] if "--json" in argv else [*argv, "--json", str(tmp_path / "o.json")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_bucketing_bench_measures_bucketed_against_exact():
