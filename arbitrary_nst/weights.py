@@ -153,12 +153,22 @@ def read_keras_h5(path: str | os.PathLike) -> Weights:
 
 
 def read_npz(path: str | os.PathLike) -> Weights:
+    import zipfile
+
     try:
+        if not zipfile.is_zipfile(os.fspath(path)):  # (numpy then spoke of pickled data)
+            raise WeightsError(f"{path}: not a readable .npz file (no zip archive: cut off, or "
+                               "another format)")
         with np.load(os.fspath(path), allow_pickle=False) as z:
+            missing = [f"{layer}/{part}" for layer in CONV_LAYERS for part in ("kernel", "bias")
+                       if f"{layer}/{part}.npy" not in z.zip.namelist()]
+            if missing:
+                raise WeightsError(f"{path}: .npz lacks the VGG16 arrays {', '.join(missing[:4])}"
+                                   + (f" (and {len(missing) - 4} more)" if len(missing) > 4 else ""))
             return {layer: {"kernel": z[f"{layer}/kernel"], "bias": z[f"{layer}/bias"]}
                     for layer in CONV_LAYERS}
-    except KeyError as e:
-        raise WeightsError(f"{path}: .npz lacks VGG16 array {e.args[0]}") from e
+    except WeightsError:
+        raise
     except Exception as e:  # noqa: BLE001 - truncated: BadZipFile, EOFError, zlib.error, ...
         raise WeightsError(f"{path}: not a readable .npz file ({type(e).__name__}: "
                            f"{' '.join(str(e).split())})") from None

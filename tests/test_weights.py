@@ -55,6 +55,13 @@ def test_a_damaged_cache_is_converted_again(tmp_path, monkeypatch, vgg_params, c
     bad.write_bytes(good[:1000])
     with pytest.raises(weights.WeightsError, match="bad.npz: not a readable .npz file"):
         weights.load(bad)
+    bad.write_bytes(b"no zip at all")  # (numpy's message spoke of pickled data)
+    with pytest.raises(weights.WeightsError, match="bad.npz: not a readable .npz file \\(no zip"):
+        weights.load(bad)
+    np.savez(bad, **{"conv1_1/kernel": vgg_params["conv1_1"]["kernel"]})
+    with pytest.raises(weights.WeightsError, match="lacks the VGG16 arrays conv1_1/bias, "
+                                                   "conv1_2/kernel, .* \\(and 21 more\\)$"):
+        weights.load(bad)  # (it was "lacks VGG16 array conv1_1/bias is not a file in the archive")
 
 
 def test_explicit_path_wins_and_cache_is_used(tmp_path, monkeypatch, vgg_params):
