@@ -223,6 +223,24 @@ def test_content_seeds_refine_the_same_styles_on_other_photos(tmp_path, model_pa
         distill.combine_oracles([dict(one), shifted])
 
 
+def test_contents_per_style_reach_the_embedding_oracle(tmp_path, model, monkeypatch):
+    """--contents-per-style K: each style is refined on K crops (ignoring it passed: the
+    default is 1)."""
+    seen = []
+    real = distill.oracle_batch
+
+    def spy(model, styles, contents, **kw):
+        seen.append(np.shape(contents))
+        return real(model, styles, contents, **kw)
+
+    monkeypatch.setattr(distill, "oracle_batch", spy)
+    src = {"style": SyntheticSource("style", 8), "content": SyntheticSource("content", 8)}
+    r = distill.collect_oracle(model, src, tmp_path / "o", num_styles=3, batch=2, steps=1,
+                               contents_per_style=2, style_size=SIZE, content_crop=SIZE,
+                               content_short_range=(40, 48), progress=False)
+    assert [s[:2] for s in seen] == [(2, 2), (1, 2)] and len(r["e_star"]) == 3
+
+
 def test_content_crops_are_never_flat():
     src = SyntheticSource("content", 8)
     x = distill.content_crops(src, np.random.default_rng(0), 5, crop=SIZE, short_range=(40, 48))

@@ -436,3 +436,27 @@ def test_many_photos_are_sampled_down(st, photos, monkeypatch):
     monkeypatch.setattr(fit_style, "MAX_PHOTOS", 2)
     fs = st.fit_style(smooth_image(40, 40, 3), photos, steps=0, size=32)
     assert fs.info["photos"] == 2 and fs.info["photos_given"] == 3
+
+
+def test_each_fit_step_takes_batch_size_photos(st, photos, monkeypatch):
+    """fit_conditioning draws min(batch_size, P) photos a step, without replacement (taking
+    all P every step passed the tests: the defaults cover every photo)."""
+    seen = []
+    real = fit_style.fit_conditionings
+
+    def spy(model, styles, embeddings, draw, **kw):
+        def recorded():
+            x = draw()
+            seen.append(x.shape)
+            return x
+        return real(model, styles, embeddings, recorded, **kw)
+
+    monkeypatch.setattr(fit_style, "fit_conditionings", spy)
+    work = np.stack([np.asarray(p[:32, :32], np.float32) / 255 for p in photos])
+    style = np.asarray(smooth_image(32, 32, 3), np.float32) / 255
+    e0 = np.asarray(st.embed(smooth_image(32, 32, 3)))[0]
+    for batch_size, want in ((2, 2), (5, 3)):
+        seen.clear()
+        fit_style.fit_conditioning(st.model, style, work, e0, steps=2, batch_size=batch_size)
+        assert seen and all(shape[:2] == (1, want) for shape in seen), seen
+
