@@ -115,6 +115,29 @@ def test_color_moments_mix_like_the_pixel_mixture(imgs):
         color.stats_from_moments(np.zeros(9))
 
 
+def test_color_stats_with_a_mask_are_those_of_the_masked_in_pixels(imgs):
+    """``color_stats(x, mask)``: numpy mean and covariance of the masked-in region only (the
+    padding, with other colours, must count neither in the mean, nor in the centred
+    differences, nor in the pixel count), per example of a batch."""
+    a, _ = imgs
+    x = a.copy()
+    x[0, 10:] = np.clip(x[0, 10:] * 0.3 + 0.6, 0, 1)  # padding of other colours
+    x[0, :, 12:] = 0.05
+    mask = np.zeros(x.shape[:3], np.float32)
+    mask[0, :10, :12] = 1
+    mask[1, :7, :20] = 1
+    mean, cov = (np.asarray(t) for t in color.color_stats(x, mask))
+    assert mean.shape == (2, 3) and cov.shape == (2, 3, 3)
+    for i, (h, w) in enumerate(((10, 12), (7, 20))):
+        px = x[i, :h, :w].reshape(-1, 3).astype(np.float64)
+        np.testing.assert_allclose(mean[i], px.mean(0), atol=1e-6)
+        np.testing.assert_allclose(cov[i], np.cov(px.T, bias=True), atol=1e-6)
+    # a full mask is no mask
+    full = color.color_stats(x, np.ones(x.shape[:3], np.float32))
+    for got, want in zip(full, color.color_stats(x)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
+
+
 def test_align_to_moments_amounts(imgs):
     a, b = imgs
     target = color.color_moments(b)

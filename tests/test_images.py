@@ -384,6 +384,17 @@ def test_resize_helpers_keep_aspect_and_range():
     np.testing.assert_allclose(resize(flat, (4, 31)), 0.3, atol=1e-6)
 
 
+def test_resize_helpers_round_the_other_side_to_nearest():
+    """The side that is scaled by a fraction is rounded to the nearest integer, not truncated
+    (49.5 -> 50, 99.5 -> 100; truncation gave 49 x 50 and 50 x 99 images), in both
+    orientations."""
+    assert resize_max_side(np.zeros((99, 100, 3), np.float32), 50).shape == (50, 50, 3)
+    assert resize_max_side(np.zeros((100, 99, 3), np.float32), 50).shape == (50, 50, 3)
+    assert resize_max_side(np.zeros((33, 100), np.float32), 20).shape == (7, 20)  # 6.6 -> 7
+    assert resize_short_side(np.zeros((100, 199, 3), np.float32), 50).shape == (50, 100, 3)
+    assert resize_short_side(np.zeros((199, 100, 3), np.float32), 50).shape == (100, 50, 3)
+
+
 def test_center_crops():
     x = np.arange(5 * 8).reshape(5, 8)
     np.testing.assert_array_equal(center_crop(x, (3, 4)), x[1:4, 2:6])
@@ -408,6 +419,16 @@ def test_pad_crop_roundtrip_exact(shape, mode):
     back = crop_to(padded, hw)
     assert back.shape == x.shape and back.dtype == x.dtype
     np.testing.assert_array_equal(back, x)
+
+
+@pytest.mark.parametrize("shape,size", [((8, 4, 3), (8, 6)), ((6, 8, 3), (7, 8)),
+                                        ((2, 8, 4, 3), (8, 6)), ((2, 6, 8, 3), (7, 8)),
+                                        ((5, 4), (5, 5))])
+def test_crop_to_refuses_a_size_larger_than_the_image(shape, size):
+    """crop_to must refuse to "crop" more rows or columns than there are (slicing would
+    silently return the smaller array)."""
+    with pytest.raises(ValueError, match="cannot crop"):
+        crop_to(np.zeros(shape, np.float32), size)
 
 
 def test_pad_reflect_values_and_noop():

@@ -25,6 +25,21 @@ def test_gram_matches_numpy_float64(norm):
                                rtol=1e-5, atol=1e-6)
 
 
+def test_gram_of_bfloat16_features_accumulates_in_float32():
+    """bf16 features (the bf16 training path): the Gram is float32 and accumulated in float32,
+    not rounded to bf16 (8 bits of mantissa: ~0.4% off)."""
+    f = np.random.default_rng(6).random((2, 16, 16, 8)).astype(np.float32)
+    fb = jnp.asarray(f, jnp.bfloat16)
+    want = _np_gram(np.asarray(fb.astype(jnp.float32)), "hw")  # of the bf16-rounded values
+    for norm in ("hw", "none"):
+        g = losses.gram_matrix(fb, norm)
+        assert g.dtype == jnp.float32, norm
+        scale = 1.0 if norm == "hw" else 16 * 16
+        np.testing.assert_allclose(np.asarray(g), want * scale, rtol=2e-5, err_msg=norm)
+    np.testing.assert_allclose(np.asarray(losses.gram_matrix(fb)),
+                               np.asarray(losses.gram_matrix(jnp.asarray(f))), rtol=1e-2)
+
+
 def test_centered_gram_is_covariance_and_offset_invariant():
     rng = np.random.default_rng(1)
     f = rng.standard_normal((2, 6, 5, 3)).astype(np.float32)
@@ -84,15 +99,17 @@ def _np_statistic(f, kind, norm):
     return mse_parts
 
 
-@pytest.mark.parametrize("kind,norm", [(k, "hw") for k in losses.STYLE_STATISTICS]
-                         + [("gram", "chw"), ("both", "none")])
-def test_perceptual_loss_matches_numpy_float64(kind, norm):
+@pytest.mark.parametrize("kind,norm,tv_kind",
+                         [(k, "hw", "magenta") for k in losses.STYLE_STATISTICS]
+                         + [("gram", "chw", "magenta"), ("both", "none", "magenta"),
+                            ("gram", "hw", "l1")])
+def test_perceptual_loss_matches_numpy_float64(kind, norm, tv_kind):
     rng = np.random.default_rng(12)
     x, content, style = (rng.random((n, 6, 8, 3)) for n in (2, 2, 1))
     cfg = losses.LossConfig(content_layers={"relu1_1": 0.7, "relu2_1": 0.3},
                             style_layers={"relu1_1": 2.0, "relu2_1": 5.0}, content_weight=1.5,
                             style_weight=0.25, tv_weight=3.0, style_statistic=kind,
-                            gram_norm=norm)
+                            gram_norm=norm, tv_kind=tv_kind)
     fx, fc, fs = _np_feats(x), _np_feats(content), _np_feats(style)
     ref = {"content": 0.0, "style": 0.0}
     for layer, w in cfg.content_layers.items():
@@ -104,7 +121,10 @@ def test_perceptual_loss_matches_numpy_float64(kind, norm):
                                     for k in ours)  # every part of the statistic counts
         ref["style"] = ref["style"] + w * ref[f"style/{layer}"]
     dy, dx = np.diff(x, axis=1), np.diff(x, axis=2)
-    tv = 0.5 * ((dy ** 2).reshape(2, -1).mean(1) + (dx ** 2).reshape(2, -1).mean(1))
+    if tv_kind == "l1":  # (the loss used the default kind whatever the config said)
+        tv = np.abs(dy).reshape(2, -1).mean(1) + np.abs(dx).reshape(2, -1).mean(1)
+    else:
+        tv = 0.5 * ((dy ** 2).reshape(2, -1).mean(1) + (dx ** 2).reshape(2, -1).mean(1))
     ref = dict(ref, content=1.5 * ref["content"], style=0.25 * ref["style"], tv=3.0 * tv)
     with jax.enable_x64(True):
         jx = lambda a: jnp.asarray(a, jnp.float64)  # noqa: E731
@@ -220,6 +240,13 @@ def test_config_validation_and_depth_weights():
             losses.LossConfig(**bad)
     with pytest.raises(ConfigError, match="tv_kind must be one of"):
         losses.LossConfig(tv_kind="L1")
+    # a layer weight of 0 switches a layer off: allowed (only negative ones are refused)
+    zero = losses.LossConfig(content_layers={"relu3_3": 0.0},
+                             style_layers={"relu1_2": 0.0, "relu2_2": 1e-3})
+    assert zero.style_layers["relu1_2"] == 0.0 and zero.content_layers["relu3_3"] == 0.0
+    for layers in ({"relu1_2": -1e-3}, {"relu1_2": float("nan")}):
+        with pytest.raises(ConfigError, match="layer weight"):
+            losses.LossConfig(style_layers=layers)
     with pytest.raises(ConfigError, match="unknown loss options"):
         losses.LossConfig.from_config({"style_wieght": 1.0})
     w = losses.depth_weighted_layers(["relu1_1", "relu2_1", "relu3_1"], total=7.0)

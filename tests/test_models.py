@@ -195,6 +195,88 @@ def test_gamma_beta_condition_each_example(model, rng):
     np.testing.assert_allclose(np.asarray(y[1]), np.asarray(one[0]), atol=1e-5)
 
 
+def test_transfer_network_init_draws_each_kernel_from_its_own_key():
+    """Every conv gets its own draw from the NNX key stream (a seeding bug gave every conv of
+    one shape the same kernel): the ten residual kernels differ pairwise, a seed reproduces
+    them, another seed changes them, and they are N(0, 0.01^2) as in Magenta."""
+    kernels = lambda net: [np.asarray(net.residual[n].kernel[...])  # noqa: E731
+                           for n in CIN_LAYER_NAMES[:10]]
+    a = kernels(TransferNetwork(0.25, rngs=nnx.Rngs(0)))
+    for i in range(len(a)):
+        for j in range(i + 1, len(a)):
+            assert not np.allclose(a[i], a[j]), (CIN_LAYER_NAMES[i], CIN_LAYER_NAMES[j])
+    for x, y in zip(a, kernels(TransferNetwork(0.25, rngs=nnx.Rngs(0)))):
+        np.testing.assert_array_equal(x, y)
+    assert not any(np.allclose(x, y) for x, y in zip(a, kernels(TransferNetwork(
+        0.25, rngs=nnx.Rngs(1)))))
+    assert abs(np.concatenate([k.ravel() for k in a]).std() - 0.01) < 5e-4
+
+
+def _np_reflect_conv(x, k, stride=1):
+    """float64 reference: reflect padding by kernel // 2 + VALID conv with ``stride``."""
+    p = k.shape[0] // 2
+    xp = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect")
+    ho = (xp.shape[1] - k.shape[0]) // stride + 1
+    wo = (xp.shape[2] - k.shape[1]) // stride + 1
+    out = np.zeros((x.shape[0], ho, wo, k.shape[3]))
+    for i in range(k.shape[0]):
+        for j in range(k.shape[1]):
+            out += xp[:, i:i + stride * (ho - 1) + 1:stride,
+                      j:j + stride * (wo - 1) + 1:stride] @ k[i, j]
+    return out
+
+
+def _np_cin(x, g, b):
+    mean = x.mean(axis=(1, 2), keepdims=True)
+    var = x.var(axis=(1, 2), keepdims=True)
+    return (x - mean) / np.sqrt(var + 1e-5) * g[:, None, None] + b[:, None, None]
+
+
+def test_transfer_network_matches_numpy_reference(rng):
+    """The whole network (width 0.125, 16 px) against a float64 numpy forward written from
+    Magenta's description, with random kernels and distinct gamma/beta for every CIN layer and
+    example: guards each residual block's skip connection and that each CIN layer gets its own
+    (gamma, beta) (e.g. conv1 of a block given conv2's)."""
+    net = TransferNetwork(0.125, rngs=nnx.Rngs(4))
+    k = {}
+    for name, mod in [*net.contract.items(), *net.residual.items(), *net.expand.items()]:
+        if name.startswith("norm"):
+            mod.scale[...] = jnp.asarray(rng.normal(1, 0.3, mod.scale[...].shape), jnp.float32)
+            mod.offset[...] = jnp.asarray(rng.normal(0, 0.3, mod.offset[...].shape), jnp.float32)
+            k[name] = (np.asarray(mod.scale[...], np.float64),
+                       np.asarray(mod.offset[...], np.float64))
+        else:
+            shape = mod.kernel[...].shape
+            mod.kernel[...] = jnp.asarray(rng.normal(0, 1 / np.sqrt(np.prod(shape[:3])), shape),
+                                          jnp.float32)
+            k[name] = np.asarray(mod.kernel[...], np.float64)
+    gb = [(rng.normal(1, 0.3, (2, c)).astype(np.float32),
+           rng.normal(0, 0.3, (2, c)).astype(np.float32)) for c in net.cin_channels]
+    g = {n: (a.astype(np.float64), b.astype(np.float64)) for n, (a, b) in zip(CIN_LAYER_NAMES, gb)}
+    x = rng.random((2, 16, 16, 3))
+    relu = lambda v: np.maximum(v, 0.0)  # noqa: E731
+    up = lambda v: np.repeat(np.repeat(v, 2, axis=1), 2, axis=2)  # noqa: E731
+    one = lambda v: (np.ones((1, v.shape[-1])), np.zeros((1, v.shape[-1])))  # noqa: E731
+    h = x
+    for conv, norm, stride in (("conv1", "norm1", 1), ("conv2", "norm2", 2),
+                               ("conv3", "norm3", 2)):
+        h = _np_reflect_conv(h, k[conv], stride)
+        scale, offset = k[norm]
+        h = relu(_np_cin(h, *one(h)) * scale + offset)
+    for i in range(1, 6):
+        n1, n2 = f"residual{i}_conv1", f"residual{i}_conv2"
+        r = relu(_np_cin(_np_reflect_conv(h, k[n1]), *g[n1]))
+        h = h + _np_cin(_np_reflect_conv(r, k[n2]), *g[n2])
+    for name in ("expand_conv1", "expand_conv2"):
+        h = relu(_np_cin(_np_reflect_conv(up(h), k[name]), *g[name]))
+    want = 1 / (1 + np.exp(-_np_cin(_np_reflect_conv(h, k["expand_conv3"]),
+                                    *g["expand_conv3"])))
+    got = np.asarray(run_net(net, jnp.asarray(x, jnp.float32),
+                             [(jnp.asarray(a), jnp.asarray(b)) for a, b in gb]))
+    assert got.shape == want.shape == (2, 16, 16, 3)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
 # ------------------------------------------------------------------------------------------------
 # Predictor and combined model
 
@@ -219,6 +301,74 @@ def test_predictor_starts_at_identity_and_accepts_any_size(model, rng):
     raw = pooled_statistics(feats, model.predictor.taps, norm="none")
     assert float(raw.min()) >= 0.0
     assert model.predictor.feature_dim == 1920
+
+
+def _np_pooled_statistics(feats, taps, norm, eps=1e-5):
+    """float64 reference of the predictor's input: log1p of per-channel mean and std."""
+    parts = []
+    for t in taps:
+        f = np.asarray(feats[t], np.float64)
+        parts += [f.mean(axis=(1, 2)), np.sqrt(f.var(axis=(1, 2)) + eps)]
+    x = np.log1p(np.concatenate(parts, axis=-1))
+    if norm == "layer":
+        x = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + eps)
+    return x
+
+
+def test_pooled_statistics_match_numpy(rng):
+    """The predictor's input is log1p(mean, std) per channel (the std, not the variance) of
+    each tap, concatenated tap by tap, then standardized per example."""
+    taps = ("relu1_2", "relu3_3")
+    feats = {"relu1_2": rng.gamma(0.5, 3.0, (2, 6, 5, 4)).astype(np.float32),
+             "relu3_3": rng.gamma(0.5, 40.0, (2, 3, 2, 7)).astype(np.float32)}
+    for norm in ("none", "layer"):
+        got = np.asarray(pooled_statistics({t: jnp.asarray(v) for t, v in feats.items()}, taps,
+                                           norm=norm))
+        assert got.shape == (2, 2 * (4 + 7)) and got.dtype == np.float32
+        np.testing.assert_allclose(got, _np_pooled_statistics(feats, taps, norm),
+                                   rtol=1e-5, atol=1e-5, err_msg=norm)
+
+
+def test_embedding_mlp_matches_numpy(vgg, rng):
+    """embed_features is Dense -> ReLU -> Dense on the pooled statistics, with the module's
+    own weights (read out as numpy; random biases so that every term counts)."""
+    from arbitrary_nst.models.predictor import StylePredictor
+
+    taps = ("relu1_1", "relu2_1")
+    pred = StylePredictor(vgg, cin_channels=cin_layer_channels(0.25), embedding_dim=8,
+                          hidden_dim=16, taps=taps, rngs=nnx.Rngs(5))
+    for dense in (pred.hidden, pred.bottleneck):
+        dense.bias[...] = jnp.asarray(rng.normal(0, 0.5, dense.bias[...].shape), jnp.float32)
+    w1, b1, w2, b2 = (np.asarray(v[...], np.float64) for v in (
+        pred.hidden.kernel, pred.hidden.bias, pred.bottleneck.kernel, pred.bottleneck.bias))
+    assert w1.shape == (2 * (64 + 128), 16) and w2.shape == (16, 8)
+    feats = {"relu1_1": rng.gamma(0.5, 3.0, (3, 4, 4, 64)).astype(np.float32),
+             "relu2_1": rng.gamma(0.5, 9.0, (3, 2, 2, 128)).astype(np.float32)}
+    x = _np_pooled_statistics(feats, taps, "layer")
+    h = x @ w1 + b1
+    assert (h < 0).any() and (h > 0).any()  # the ReLU matters
+    want = np.maximum(h, 0.0) @ w2 + b2
+    got = np.asarray(pred.embed_features({t: jnp.asarray(v) for t, v in feats.items()}))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_palette_gives_the_output_the_style_colours(vgg, rng):
+    """With ``palette=1`` the output's colour mean and covariance are the style's (numpy on
+    the images; it was the content's when the palette target was taken from the content)."""
+    m = ArbitraryStyleModel(vgg, width=0.25, hidden_dim=16, style_taps=("relu1_2",),
+                            palette=1.0, rngs=nnx.Rngs(6))
+    content = rng.random((2, 16, 16, 3)).astype(np.float32)
+    style = (np.array([0.3, 0.55, 0.6]) + 0.15 * rng.uniform(-1, 1, (2, 32, 32, 1))
+             * np.array([1.0, 0.6, -0.4]) + 0.05 * rng.uniform(-1, 1, (2, 32, 32, 3)))
+    style = style.astype(np.float32)
+    assert 0 < style.min() and style.max() < 1
+    out = np.asarray(nnx.jit(lambda m, c, s: m(c, s))(m, jnp.asarray(content),
+                                                      jnp.asarray(style)), np.float64)
+    for i in range(2):
+        px, ps, pc = (a[i].reshape(-1, 3).astype(np.float64) for a in (out, style, content))
+        np.testing.assert_allclose(px.mean(0), ps.mean(0), atol=1e-4)
+        np.testing.assert_allclose(np.cov(px.T, bias=True), np.cov(ps.T, bias=True), atol=2e-5)
+        assert np.abs(pc.mean(0) - ps.mean(0)).max() > 0.1  # content's colours are other
 
 
 def test_transfer_with_shared_or_interpolated_embeddings(model, rng):

@@ -369,6 +369,118 @@ def test_palette_gradient_option_selects_the_exact_or_fixed_map(vgg, rng):
         LossConfig(palette_gradient="none")
 
 
+def _relu1_1_model(vgg):
+    """A width-0.25 model whose predictor and loss read VGG relu1_1 only (fast to compile),
+    with its loss config."""
+    from flax import nnx
+
+    from arbitrary_nst.models import ArbitraryStyleModel
+
+    model = ArbitraryStyleModel(vgg, width=0.25, embedding_dim=8, hidden_dim=8,
+                                style_taps=("relu1_1",), rngs=nnx.Rngs(0))
+    loss_cfg = LossConfig(content_layers={"relu1_1": 1.0}, style_layers={"relu1_1": 1e-3},
+                          tv_weight=10.0)
+    return model, loss_cfg
+
+
+def test_batch_loss_is_the_mean_of_the_per_example_losses(vgg, rng):
+    """The training loss of a batch is the mean (not the sum) of its examples' perceptual
+    losses (computed here with perceptual_loss on the model's output), and so is each term."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from arbitrary_nst import vgg as vgg_lib
+    from arbitrary_nst.losses import StyleTargets, perceptual_loss
+
+    model, loss_cfg = _relu1_1_model(vgg)
+    content = jnp.asarray(rng.random((3, 32, 32, 3)), jnp.float32)
+    style = jnp.asarray(rng.random((3, 32, 32, 3)) ** 2, jnp.float32)
+
+    @nnx.jit  # (one compilation for both)
+    def both(m, c, s):
+        feats = lambda x, taps: vgg_lib.features(m.vgg.params(), x, taps)  # noqa: E731
+        want = perceptual_loss(feats, m(c, s), loss_cfg, content_feats=feats(c, ("relu1_1",)),
+                               style_targets=StyleTargets.from_images(feats, s, loss_cfg))
+        return training.batch_loss(m, c, s, loss_cfg), want
+
+    (loss, metrics), (total, terms) = both(model, content, style)
+    per_example = np.asarray(total, np.float64)
+    assert per_example.shape == (3,) and np.ptp(per_example) > 0.01 * per_example.mean()
+    np.testing.assert_allclose(float(loss), per_example.mean(), rtol=1e-5)
+    assert float(metrics["loss"]) == float(loss)
+    for k in ("content", "style", "tv"):
+        np.testing.assert_allclose(float(metrics[k]), float(jnp.mean(terms[k])), rtol=1e-5,
+                                   err_msg=k)
+
+
+def test_train_step_carries_the_optimizer_state(vgg, rng):
+    """Two compiled train steps on a fixed batch equal two updates of the optimizer applied by
+    hand: its state (SGD momentum, schedule count) advances from step to step (a step that
+    kept the initial state made every update plain SGD). Each step's gradient is read off a
+    first step from that step's parameters (the same compiled step; SGD's first update is
+    -lr * gradient)."""
+    import optax
+    from flax import nnx
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    lr = 1e-4
+    model, loss_cfg = _relu1_1_model(vgg)
+    tx = optax.sgd(optax.constant_schedule(lr), momentum=0.9)  # state: (trace, count)
+    graphdef, _, frozen = nnx.split(model, nnx.Param, ...)
+    mesh = training.make_mesh(jax.devices()[:1])
+    repl = NamedSharding(mesh, PartitionSpec())  # as train() places them: one compilation
+    frozen = jax.device_put(frozen, repl)
+    batch = {"content": rng.random((2, 32, 32, 3)).astype(np.float32),
+             "style": rng.random((2, 32, 32, 3)).astype(np.float32)}
+    step = training.make_train_step(graphdef, loss_cfg, tx, optax.constant_schedule(lr), mesh)
+    host = lambda tree: jax.tree.map(np.asarray, jax.device_get(tree))  # noqa: E731
+
+    def fresh(params):
+        return jax.device_put(training.TrainState(
+            step=np.int32(0), params=params, opt_state=tx.init(params), rng=np.zeros(2, np.uint32),
+            bad_step=np.int32(-1)), repl)
+
+    state = fresh(host(nnx.to_pure_dict(nnx.state(model, nnx.Param))))
+    p0 = host(state.params)
+    state, _ = step(state, frozen, batch)
+    p1 = host(state.params)
+    state, _ = step(state, frozen, batch)
+    p2, opt2 = host(state.params), host(state.opt_state)
+    assert int(state.step) == 2 and int(opt2[1].count) == 2
+    p1b = host(step(fresh(p1), frozen, batch)[0].params)  # one step from p1: -lr * g1
+    g0 = jax.tree.map(lambda a, b: (a - b) / lr, p0, p1)
+    g1 = jax.tree.map(lambda a, b: (a - b) / lr, p1, p1b)
+    params, opt = p0, tx.init(p0)
+    for g in (g0, g1):
+        updates, opt = tx.update(g, opt, params)
+        params = optax.apply_updates(params, updates)
+    moved = [np.asarray(a, np.float64) - b for a, b in zip(leaves(params), leaves(p1))]
+    diff = [np.asarray(a, np.float64) - b for a, b in zip(leaves(p2), leaves(params))]
+    size = np.sqrt(sum(np.sum(m ** 2) for m in moved))
+    assert size > 0 and np.sqrt(sum(np.sum(d ** 2) for d in diff)) < 1e-4 * size
+    trace, want = leaves(opt2[0]), leaves(opt[0])  # momentum: g1 + 0.9 g0
+    assert len(trace) == len(want) and any(np.abs(w).max() > 0 for w in want)
+    for t, w in zip(trace, want):
+        np.testing.assert_allclose(t, w, rtol=1e-3, atol=1e-3 * np.abs(w).max() + 1e-12)
+
+
+def test_step_key_is_the_base_key_folded_with_the_step():
+    """step_key is fold_in(rng, step): a different key at every step, reproducible."""
+    import jax.numpy as jnp
+
+    base = jax.random.PRNGKey(3)
+    state = training.TrainState(step=jnp.asarray(0, jnp.int32), params={}, opt_state=(),
+                                rng=base, bad_step=jnp.asarray(-1, jnp.int32))
+    keys = []
+    for i in range(4):
+        k = np.asarray(training.step_key(state.replace(step=jnp.asarray(i, jnp.int32))))
+        np.testing.assert_array_equal(k, np.asarray(jax.random.fold_in(base, i)))
+        keys.append(k.tobytes())
+    assert len(set(keys)) == 4 and np.asarray(base).tobytes() not in keys
+    other = state.replace(step=jnp.asarray(2, jnp.int32), rng=jax.random.PRNGKey(4))
+    assert np.asarray(training.step_key(other)).tobytes() != keys[2]
+
+
 class _Killed(Exception):
     pass
 

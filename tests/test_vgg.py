@@ -82,6 +82,16 @@ def test_tap_channels_and_names():
         vgg_lib.tap_depth("relu6_1")
 
 
+def test_tap_channels_match_the_forward_at_every_tap(vgg_params):
+    """tap_channels (what the predictor sizes its MLP by) is the channel count features()
+    gives, for every tap (shapes only: jax.eval_shape runs nothing)."""
+    shapes = jax.eval_shape(lambda p, x: vgg_lib.features(p, x, vgg_lib.TAPS), vgg_params,
+                            jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
+    assert set(shapes) == set(vgg_lib.TAPS)
+    for tap in vgg_lib.TAPS:
+        assert vgg_lib.tap_channels(tap) == shapes[tap].shape[-1], tap
+
+
 def test_avg_pooling_differs_and_is_mean(vgg_params):
     x = jnp.asarray(np.random.default_rng(2).random((1, 32, 32, 3), dtype=np.float32))
     relu = vgg_lib.features(vgg_params, x, ("relu1_2",))["relu1_2"]
@@ -125,6 +135,35 @@ def test_normalized_vgg_same_function_up_to_scale(vgg_params):
     for tap, layer in zip(taps, ("conv2_2", "conv3_3", "conv5_3")):
         expected = np.asarray(a[tap]) / means[layer]
         np.testing.assert_allclose(b[tap], expected, rtol=2e-3, atol=1e-3 * np.abs(expected).max())
+
+
+def test_normalization_scales_weight_batches_by_their_size(vgg_params):
+    """An NHWC batch of images counts as that many images: the means over a batch of 2 and
+    one more image equal those over the three images given one by one."""
+    rng = np.random.default_rng(7)
+    imgs = [rng.random((32, 32, 3), dtype=np.float32) for _ in range(3)]
+    batched = vgg_lib.normalization_scales(vgg_params, [np.stack(imgs[:2]), imgs[2]])
+    singles = vgg_lib.normalization_scales(vgg_params, imgs)
+    for layer in weights.CONV_LAYERS:
+        np.testing.assert_allclose(batched[layer], singles[layer], rtol=1e-5, atol=1e-7,
+                                   err_msg=layer)
+
+
+def test_normalized_vgg_cache_is_kept_per_pooling(vgg_params, tmp_path, monkeypatch):
+    """The cached per-filter means depend on the pooling: max and avg have their own cache
+    files (one shared name gave an avg-pooling VGG the max-pooling means)."""
+    params = vgg_params
+    small = [np.random.default_rng(8).random((32, 32, 3)).astype(np.float32)]
+    monkeypatch.setattr(vgg_lib, "default_normalization_images", lambda size=224: small)
+    monkeypatch.setattr(weights, "cache_dir", lambda: tmp_path)
+    means = {p: vgg_lib._cached_means(params, None, p) for p in ("max", "avg")}
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["vgg16_norm_means_avg.npz",
+                                                         "vgg16_norm_means_max.npz"]
+    assert not np.allclose(means["max"]["conv5_3"], means["avg"]["conv5_3"])
+    for p in ("max", "avg"):  # read back from its own file
+        again = vgg_lib._cached_means(params, None, p)
+        for name in weights.CONV_LAYERS:
+            np.testing.assert_array_equal(again[name], means[p][name])
 
 
 def test_normalized_vgg_cache_is_remade_when_damaged(tmp_path, monkeypatch, caplog):
