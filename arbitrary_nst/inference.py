@@ -337,6 +337,25 @@ def mixture_grid(n_styles: int, steps: int) -> list[tuple[int, int, np.ndarray]]
     return out
 
 
+def check_devices(devices: Any) -> list:
+    """``devices`` as a list of distinct jax devices, or a one-line ConfigError: an empty list
+    (was a ZeroDivisionError in training), names or numbers (an AttributeError) and a device
+    given twice (a bare AssertionError from jax.device_put)."""
+    try:
+        devs = list(devices)
+    except TypeError:
+        raise ConfigError(f"devices must be a list of jax devices, got "
+                          f"{type(devices).__name__}") from None
+    if not devs:
+        raise ConfigError("no devices to run on")
+    if not all(isinstance(d, jax.Device) for d in devs):
+        raise ConfigError(f"devices must be jax devices (e.g. jax.local_devices()), got "
+                          f"{devs!r:.80}")
+    if len(set(devs)) != len(devs):
+        raise ConfigError(f"devices must be distinct, got {devs!r:.80}")
+    return devs
+
+
 def _is_path(x: Any) -> bool:
     return isinstance(x, (str, os.PathLike))
 
@@ -892,12 +911,7 @@ class Stylizer:
                                       "batch size")
         self.max_pixels = check_count(max_pixels, "max_pixels")
         self.source = source
-        devs = list(jax.local_devices() if devices is None else devices)
-        if not devs:
-            raise ConfigError("no devices to run on")
-        if not all(isinstance(d, jax.Device) for d in devs):
-            raise ConfigError(f"devices must be jax devices (e.g. jax.local_devices()), got "
-                              f"{devs!r:.80}")
+        devs = check_devices(jax.local_devices() if devices is None else devices)
         self.mesh = Mesh(np.asarray(devs, dtype=object), ("data",))
         self._repl = NamedSharding(self.mesh, P())
         self._data = NamedSharding(self.mesh, P("data"))

@@ -455,8 +455,12 @@ def batch_loss(model: ArbitraryStyleModel, content: jax.Array, style: jax.Array,
 
 def make_mesh(devices=None) -> Mesh:
     """1-D data-parallel mesh (axis ``"data"``) over ``devices`` (default: all devices)."""
-    devs = np.asarray(jax.devices() if devices is None else devices).reshape(-1)
-    return Mesh(devs, ("data",))
+    from .inference import check_devices
+
+    if devices is None:
+        return Mesh(np.asarray(jax.devices()).reshape(-1), ("data",))
+    return Mesh(np.asarray(check_devices(np.asarray(devices, dtype=object).reshape(-1)),
+                           dtype=object), ("data",))
 
 
 _STEP_CACHE: dict[Any, Callable] = {}
@@ -636,6 +640,9 @@ def _check_resume_meta(meta: dict, expected: dict, workdir) -> list[str]:
 
             old["max_pixels"] = DEFAULT_MAX_PIXELS_FIELD
         changed = _changed_keys(old, expected["data"], skip=skip)
+        before, now = meta.get("process_count"), expected.get("process_count")
+        if before is not None and now is not None and before != now:  # (older: not recorded)
+            changed.append(f"process count {before} -> {now}")
         if changed:
             log.warning("%s: the data config differs from the checkpoint's (%s); resuming anyway "
                         "(the batches will differ from those of an uninterrupted run)", workdir,
@@ -978,16 +985,36 @@ def train(config, workdir: str | os.PathLike, *, export_path: str | os.PathLike 
     validate_config(config)
     workdir = Path(workdir)
     is_main = jax.process_index() == 0
-    if is_main:
-        if export_path:
-            _check_export_path(Path(export_path), config, workdir)
-        _prepare_workdir(workdir, config)
-        if export_path is None:  # the default export must not replace init_from either
-            _check_export_path(workdir / EXPORT_NAME, config, workdir)
-    with _workdir_lock(workdir) if is_main else contextlib.nullcontext():
+    with contextlib.ExitStack() as held:
+        refusal = None
+        if is_main:
+            try:
+                if export_path:
+                    _check_export_path(Path(export_path), config, workdir)
+                _prepare_workdir(workdir, config)
+                if export_path is None:  # the default export must not replace init_from either
+                    _check_export_path(workdir / EXPORT_NAME, config, workdir)
+                held.enter_context(_workdir_lock(workdir))
+            except NSTError as e:
+                refusal = e
+        _agree_on_refusal(refusal)
         return _train(config, workdir, export_path=export_path, loader_factory=loader_factory,
                       step_callback=step_callback, progress=progress, vgg=vgg, devices=devices,
                       is_main=is_main)
+
+
+def _agree_on_refusal(refusal: NSTError | None) -> None:
+    """Raise the main process's refusal of the run (checked there alone: the workdir, the
+    export path, the lock) on every process: the others went on into the first collective
+    and died 30 s later with a gloo DEADLINE_EXCEEDED traceback."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        refused = int(multihost_utils.broadcast_one_to_all(np.int32(refusal is not None)))
+        if refused and refusal is None:
+            raise ConfigError("the main process (0) refused this run; its error says why")
+    if refusal is not None:
+        raise refusal
 
 
 def _train(config, workdir: Path, *, export_path, loader_factory, step_callback, progress, vgg,
@@ -1043,7 +1070,8 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
 
     data_seed = int(config.seed)
     meta = {"model": model.config(), "batch_size": global_batch, "seed": int(config.seed),
-            "data": _to_plain(config.data), "config": _to_plain(config)}
+            "data": _to_plain(config.data), "config": _to_plain(config),
+            "process_count": n_proc}  # (each process loads its share with its own seed)
     history: list[dict[str, float]] = []
     writer = loader = bar = None
     same_setup = True  # (resumed: the loss, optimizer, data and model are the checkpoint's)

@@ -1030,6 +1030,63 @@ def test_importing_the_package_leaves_jax_distributed_initialize_possible():
     assert r.returncode == 0 and r.stdout.strip() == "1", r.stderr[-2000:]
 
 
+def test_a_run_refused_by_the_main_process_is_refused_by_every_process(tmp_path):
+    """Two processes (gloo on CPU): the main process alone checks the workdir and the export
+    path; the other went on into the first collective and died 30 s later with a 50-line
+    DEADLINE_EXCEEDED traceback. Both now end at once with one error line."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
+               PYTHONPATH=str(ROOT))
+    procs = [subprocess.Popen(
+        [sys.executable, "train.py", "--config", "configs/smoke.py", "--workdir",
+         str(tmp_path / "w"), "--export", "arbitrary_nst/assets/model.safetensors",
+         "--set", "distributed.initialize=True", "--set",
+         f"distributed.coordinator_address='localhost:{port}'", "--set",
+         "distributed.num_processes=2", "--set", f"distributed.process_id={p}", "--no-progress"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for p in (0, 1)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+        assert p.returncode == 1 and len(errors) == 1 and "Traceback" not in err, err[-2000:]
+    assert "is the built-in model" in outs[0][1]
+    assert "the main process (0) refused this run" in outs[1][1]
+
+
+def test_devices_are_checked_in_one_line(vgg):
+    """train(devices=[]) was a ZeroDivisionError, names an AttributeError, a device given
+    twice a bare AssertionError from jax.device_put (in Stylizer too)."""
+    from arbitrary_nst.inference import Stylizer
+
+    d = jax.devices()[0]
+    for devices, msg in (([], "no devices"), (["cpu:0"], "must be jax devices"),
+                         ([0, 1], "must be jax devices"), ([d, d], "must be distinct")):
+        with pytest.raises(ConfigError, match=msg):
+            training.make_mesh(devices)
+    with pytest.raises(ConfigError, match="must be distinct"):
+        Stylizer(training.build_model(smoke(), vgg), devices=[d, d])
+    assert training.make_mesh([d]).devices.size == 1
+
+
+def test_resuming_with_another_process_count_is_said(tmp_path, caplog):
+    """Each process loads its share of a batch with its own seed: resuming a 2-process run as
+    one process changes the data order, which was not said."""
+    cfg = training._to_plain(smoke())
+    meta = lambda n: {"data": cfg["data"], "config": cfg, "process_count": n}  # noqa: E731
+    with caplog.at_level(logging.WARNING):
+        training._check_resume_meta(meta(2), meta(1), tmp_path)
+    assert "process count 2 -> 1" in caplog.text and "batches will differ" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        training._check_resume_meta({"data": cfg["data"], "config": cfg}, meta(1), tmp_path)
+        training._check_resume_meta(meta(1), meta(1), tmp_path)
+    assert caplog.text == ""  # (an older checkpoint without the count: nothing to say)
+
+
 def test_training_errors_are_user_errors():
     assert issubclass(training.TrainingDiverged, NSTError)
 
