@@ -634,6 +634,8 @@ def _check_resume_meta(meta: dict, expected: dict, workdir) -> list[str]:
         skip = _LOADER_ONLY_DATA_KEYS
         if (expected["data"].get("source") or "folder") != "folder":  # (npz:, synthetic, tfds:)
             skip += _FOLDER_DATA_KEYS  # unused: e.g. a clone elsewhere has other default paths
+        elif "datasets" in meta:  # the folders' images are compared by their datasets' names
+            skip += ("content_dirs", "style_dirs")  # (_note_datasets), not by how named
         old = dict(meta["data"])
         if "max_pixels" not in old:  # (a field added later, at its default then)
             from .data import DEFAULT_MAX_PIXELS_FIELD
@@ -676,6 +678,33 @@ _LOADER_ONLY_DATA_KEYS = ("num_workers", "prefetch", "prepare_workers", "data_di
 #: Settings only a folder source reads.
 _FOLDER_DATA_KEYS = ("content_dirs", "style_dirs", "content_dir_weights", "style_dir_weights",
                      "max_pixels")
+
+
+def _dataset_names(loader) -> dict[str, list[str]] | None:
+    """The datasets ``loader`` reads by role; a prepared folder's name ends in a fingerprint of
+    its files, so equal names are equal images (``None``: a loader without sources)."""
+    out = {}
+    for role in ("content", "style"):
+        src = getattr(loader, role, None)
+        if src is None:
+            return None
+        out[role] = [str(getattr(p, "name", "?")) for p in getattr(src, "parts", [src])]
+    return out
+
+
+def _note_datasets(loader, meta: dict, ckpt_meta: dict | None, workdir) -> None:
+    """Record the loader's datasets in the checkpoints' meta; on resume, say when they are not
+    the checkpoint's: a painting added to a training folder changed the batches silently (the
+    folders' names were the same), while the same folders given as relative paths warned."""
+    names = _dataset_names(loader)
+    if names is None:
+        return
+    before = (ckpt_meta or {}).get("datasets")
+    if before is not None and before != names:
+        log.warning("%s: the training images differ from the checkpoint's (%s, was %s); resuming "
+                    "anyway (the batches will differ from those of an uninterrupted run)",
+                    workdir, json.dumps(names), json.dumps(before))
+    meta["datasets"] = names
 
 
 def _changed_keys(a: dict, b: dict, skip: Sequence[str] = ()) -> list[str]:
@@ -893,9 +922,11 @@ def _check_export_path(path: Path, config, workdir: Path) -> None:
         except NSTError:
             raise ConfigError(f"{path}: exists and is not a model export; refusing to replace "
                               "it (choose another --export path or remove the file)") from None
-        run_id = _run_id(workdir)
-        own = is_inside(path, workdir) or (
-            run_id is not None and header["info"].get("run_id") == run_id)
+        run_id, theirs = _run_id(workdir), header["info"].get("run_id")
+        # its run id is this workdir's; an export without one (made before run ids) is this
+        # run's only inside its workdir (one with another run's id was replaced there too)
+        own = (run_id is not None and theirs == run_id) or (
+            not theirs and is_inside(path, workdir))
         if not own:
             raise ConfigError(f"{path}: exists and is not an export of the run in {workdir}; "
                               "refusing to replace it (choose another --export path or remove "
@@ -1042,14 +1073,17 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
     init_from = _get(tcfg, "init_from")
     init_record = workdir / INIT_RECORD
     prior_steps = 0
-    if init_from and mngr.latest_step() is not None and init_record.is_file():
-        # Resuming a fine-tuning run: the checkpoint holds the weights, and the start point's
-        # step count was recorded when the run began (its file need not exist any more).
-        record = json.loads(init_record.read_text())
-        prior_steps = int(record["prior_steps"])
-        init_from = record.get("init_from") or init_from  # (the export names the file, as
-        # an uninterrupted run's does: "model.safetensors", not "builtin")
-    elif init_from:  # fine-tuning start point; a checkpoint in workdir still takes precedence
+    if mngr.latest_step() is not None:
+        # Resuming: the checkpoint holds the weights, and where the run began (its start
+        # point's file and step count, recorded then; that file need not exist any more) is
+        # the record's, whatever this command's init_from says (a from-scratch run resumed
+        # with the config's default init_from=builtin loaded the built-in model for nothing
+        # and claimed its 6971 steps).
+        record = json.loads(init_record.read_text()) if init_record.is_file() else {}
+        prior_steps = int(record.get("prior_steps", 0))
+        init_from = record.get("init_from") or None  # (the export names the file, as an
+        # uninterrupted run's does: "model.safetensors", not "builtin")
+    elif init_from:  # fine-tuning start point
         init_from = resolve_init_from(init_from)
         init_header = export_lib.init_from_export(model, init_from)
         # Chained runs (one short GPU loan after another) add up their steps in the export.
@@ -1077,6 +1111,7 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
     same_setup = True  # (resumed: the loss, optimizer, data and model are the checkpoint's)
     interrupted = False
     last_rate = None
+    ckpt_meta = None
     try:
         if mngr.latest_step() is not None:
             state, ckpt_meta = restore_checkpoint(mngr, state, expected_meta=meta)
@@ -1104,12 +1139,14 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
             loader = factory(config.data, batch_size=global_batch // n_proc,
                              seed=data_seed + 1_000_003 * jax.process_index(), start_step=step,
                              **kw)
+            _note_datasets(loader, meta, ckpt_meta, workdir)
             batches = iter(loader)
             # (after the loader: a data error found while preparing left an empty log folder)
             writer = _summary_writer(workdir) if is_main else None
             bar = _progress_bar(num_steps, step, bar_shown)
             pending: list[dict[str, jax.Array]] = []
             t_last, s_last = time.perf_counter(), step
+            t_samples = 0.0  # seconds of sample grids since the last log
             plan_after = _plan_after(tcfg)
             t_begin = time.perf_counter()
             t_first = None  # end of the first step (compilation included)
@@ -1128,7 +1165,7 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
                     window.dispatched(metrics)
                     step += 1
                     pending.append(metrics)
-                    if budget and step == start + 1:
+                    if step == start + 1:  # (one wait: the step rates leave compiling out)
                         jax.block_until_ready(metrics)
                         t_first = time.perf_counter()
                     elif budget and step == start + plan_after and not planned:
@@ -1156,8 +1193,10 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
                         pending = []
                         bad = int(jax.device_get(state.bad_step))
                         now = time.perf_counter()
-                        last_rate = (step - s_last) / max(now - t_last, 1e-9)
-                        t_last, s_last = now, step
+                        if s_last == start and step > start + 1:  # the first window: from
+                            t_last, s_last = t_first, start + 1  # the compiled first step's end
+                        last_rate = (step - s_last) / max(now - t_last - t_samples, 1e-9)
+                        t_last, s_last, t_samples = now, step, 0.0
                         avg = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
                         avg["step"] = step
                         avg["steps_per_sec"] = last_rate
@@ -1172,8 +1211,10 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
                                 f"{k}={v}" for k, v in _postfix(avg).items()))
                     bar.update(1)
                     if sample_imgs is not None and (step % sample_every == 0 or final):
+                        t_sample = time.perf_counter()
                         _save_samples(workdir, step, state, graphdef, frozen, sample_imgs,
                                       is_main)
+                        t_samples += time.perf_counter() - t_sample  # (not training: not in it/s)
                     if (ckpt_every and step % ckpt_every == 0) or final:
                         bad = int(jax.device_get(state.bad_step))
                         if bad >= 0:

@@ -22,7 +22,7 @@ import pytest
 
 from arbitrary_nst import data, training
 from arbitrary_nst.errors import ConfigError, NSTError
-from arbitrary_nst.export import load_exported, model_tensors, read_export
+from arbitrary_nst.export import export_model, load_exported, model_tensors, read_export
 from arbitrary_nst.losses import LossConfig
 
 # The damaged-checkpoint test leaves Orbax read coroutines that fail when they are closed
@@ -257,6 +257,21 @@ def test_init_from_export_starts_at_its_weights_and_refuses_other_models(tmp_pat
                         progress=False)
     info = read_export(c3.export_path)[1]["info"]
     assert c3.step == 2 and info["init_from"] == "model.safetensors" and info["total_steps"] == 4
+    # Resumed, the lineage is the run's record whatever this command's init_from says: unset
+    # (the export lost the start's steps), or set for a run begun from scratch (the start was
+    # loaded for nothing and its steps claimed)
+    c4 = training.train(smoke("train.num_steps=3", "train.sample_every=0"), tmp_path / "c",
+                        vgg=vgg, progress=False)
+    info = read_export(c4.export_path)[1]["info"]
+    assert c4.step == 3 and info["init_from"] == "model.safetensors" and info["total_steps"] == 5
+    scratch = training.train(smoke("train.num_steps=1", "train.sample_every=0"), tmp_path / "h",
+                             vgg=vgg, progress=False)
+    resumed = training.train(smoke("train.num_steps=2", "train.sample_every=0",
+                                   f"train.init_from={c4.export_path}"), tmp_path / "h",
+                             vgg=vgg, progress=False)
+    info = read_export(resumed.export_path)[1]["info"]
+    assert info["init_from"] == "" and info["total_steps"] == 2 and scratch.step == 1
+    assert not (tmp_path / "h" / training.INIT_RECORD).exists()
     # --export replaces this workdir's own earlier export, never another run's
     mine = tmp_path / "exports" / "mine.safetensors"
     for _ in range(2):  # (a is finished: these runs only export)
@@ -268,8 +283,8 @@ def test_init_from_export_starts_at_its_weights_and_refuses_other_models(tmp_pat
         training.train(smoke("train.num_steps=0", "train.sample_every=0"), tmp_path / "d",
                        export_path=mine, vgg=vgg, progress=False)
     assert mine.read_bytes() == before == a.export_path.read_bytes()  # (same bytes: below)
-    # the run is known by the id in its exports, so a moved project folder still may; and any
-    # export inside the workdir is its own (a workdir from before run ids had none)
+    # the run is known by the id in its exports, so a moved project folder still may; and an
+    # export without an id inside the workdir is its own (a workdir from before run ids)
     shutil.move(tmp_path / "a", tmp_path / "moved_a")
     shutil.move(tmp_path / "exports", tmp_path / "moved")
     moved_a, mine = tmp_path / "moved_a", tmp_path / "moved" / "mine.safetensors"
@@ -277,10 +292,16 @@ def test_init_from_export_starts_at_its_weights_and_refuses_other_models(tmp_pat
     training.train(finished, moved_a, export_path=mine, vgg=vgg, progress=False)
     (moved_a / training.RUN_ID_FILE).unlink()  # a workdir from before run ids
     inside = moved_a / "model_export.safetensors"
-    shutil.copy(mine, inside)
+    export_model(load_exported(mine, vgg=vgg), inside, info={"step": 2})  # (no run id then)
     training.train(finished, moved_a, export_path=inside, vgg=vgg, progress=False)
     with pytest.raises(ConfigError, match="is not an export of the run in"):  # (a new id now)
         training.train(finished, moved_a, export_path=mine, vgg=vgg, progress=False)
+    # another run's export copied into this workdir is not this run's (it was replaced there)
+    stranger = moved_a / "stranger.safetensors"
+    shutil.copy(mine, stranger)
+    with pytest.raises(ConfigError, match="is not an export of the run in"):
+        training.train(finished, moved_a, export_path=stranger, vgg=vgg, progress=False)
+    assert stranger.read_bytes() == mine.read_bytes()
 
 
 def test_exports_of_equal_weights_are_equal_bytes(tmp_path, vgg):
@@ -288,7 +309,6 @@ def test_exports_of_equal_weights_are_equal_bytes(tmp_path, vgg):
     # each time, so a checksum could not show that a resumed run equals an uninterrupted one
     from flax import nnx
 
-    from arbitrary_nst.export import export_model
     from arbitrary_nst.models import ArbitraryStyleModel
 
     model = ArbitraryStyleModel(vgg, width=0.25, hidden_dim=8, rngs=nnx.Rngs(0))
@@ -1087,6 +1107,26 @@ def test_resuming_with_another_process_count_is_said(tmp_path, caplog):
     assert caplog.text == ""  # (an older checkpoint without the count: nothing to say)
 
 
+def test_logged_step_rates_leave_out_compiling_and_sample_grids(tmp_path, vgg, monkeypatch):
+    """The first logged it/s included the step's compilation (1.57 it/s, then 5.02), and a
+    window with a sample grid its drawing. Here a grid takes 3 s: a window holding it gave
+    < 0.4 it/s."""
+    import time as time_lib
+
+    real = training._save_samples
+
+    def slow_samples(workdir, step, *args):
+        real(workdir, step, *args)
+        if step == 2:
+            time_lib.sleep(3.0)
+
+    monkeypatch.setattr(training, "_save_samples", slow_samples)
+    r = training.train(smoke("train.num_steps=4", "train.log_every=2", "train.sample_every=2"),
+                       tmp_path / "w", vgg=vgg, progress=False)
+    rates = [h["steps_per_sec"] for h in r.history]
+    assert [h["step"] for h in r.history] == [2, 4] and min(rates) > 0.5, rates
+
+
 def test_training_errors_are_user_errors():
     assert issubclass(training.TrainingDiverged, NSTError)
 
@@ -1149,7 +1189,6 @@ def test_training_objective_compares_models_on_the_same_batches(tmp_path, vgg, c
     import jax.numpy as jnp
 
     from arbitrary_nst.device_augment import finish_batch
-    from arbitrary_nst.export import export_model
 
     cfg = smoke("data.synthetic_count=6")
     a = training.build_model(cfg, vgg)
@@ -1206,6 +1245,39 @@ def test_a_longer_run_of_a_decaying_schedule_is_said_on_resume(tmp_path):
     # a time-budgeted run sets its own length from its plan
     assert training._check_resume_meta(meta("cosine", 9, 60), meta("cosine", 4, 60),
                                        tmp_path) == []
+
+
+def test_resume_compares_the_training_images_not_how_their_folders_are_named(
+        tmp_path, vgg, caplog, monkeypatch):
+    """A painting added to a training folder between runs changed the batches without a
+    word (the folder's name was the same); the same folders given as relative paths warned
+    that the data differs. The prepared datasets' names (their files' fingerprints) decide."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for role in ("photos", "paintings"):
+        (tmp_path / role).mkdir()
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 255, (80, 96, 3), np.uint8)).save(
+                tmp_path / role / f"{i}.png")
+
+    def cfg(steps, photos, paintings):
+        return smoke(f"train.num_steps={steps}", "train.sample_every=0", "data.source=folder",
+                     f"data.content_dirs=['{photos}']", f"data.style_dirs=['{paintings}']",
+                     f"data.data_dir='{tmp_path / 'tfds'}'", "train.batch_size=2")
+
+    wd = tmp_path / "wd"
+    training.train(cfg(1, tmp_path / "photos", tmp_path / "paintings"), wd, vgg=vgg,
+                   progress=False)
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.WARNING, logger=training.log.name):
+        training.train(cfg(2, "photos", "paintings"), wd, vgg=vgg, progress=False)
+    assert "differ" not in caplog.text, caplog.text  # the same images, named relatively
+    Image.fromarray(rng.integers(0, 255, (80, 96, 3), np.uint8)).save(
+        tmp_path / "paintings" / "new.png")
+    with caplog.at_level(logging.WARNING, logger=training.log.name):
+        training.train(cfg(3, "photos", "paintings"), wd, vgg=vgg, progress=False)
+    assert "the training images differ from the checkpoint's" in caplog.text, caplog.text
 
 
 def test_resume_with_changed_settings_is_said_or_refused(tmp_path, vgg, caplog):
