@@ -50,6 +50,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.workdir is None and not args.print_config and args.objective is None:
         p.error("--workdir is required to train")
+    if args.objective is not None and (args.workdir is not None or args.export is not None):
+        p.error("--objective does not train: --workdir and --export do not apply")  # (ignored)
+    if args.objective_batches < 1:  # (it said "num_batches must be >= 1")
+        p.error(f"--objective-batches must be >= 1, got {args.objective_batches}")
     return args
 
 

@@ -1101,8 +1101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (NSTError, ImageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt:  # (it said a bare "interrupted": what is kept, and how to go on)
+        print(f"error: interrupted; the images made so far stay in {args.out}: the same command "
+              "with --resume goes on from them", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - only out-of-memory is a user error; else re-raised
         if (oom := out_of_memory(e)) is None:

@@ -335,6 +335,20 @@ def test_an_interrupted_run_with_new_settings_leaves_no_image_to_resume(tiny_set
                .shape[1] == 56 for m in ("identity", "style")) and r.info["size"] == 56
 
 
+def test_ctrl_c_says_what_is_kept_and_how_to_go_on(tiny_set, tmp_path, monkeypatch, capsys):
+    """It printed a bare "interrupted" (no "error:", no word of --resume)."""
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "evaluate", interrupted)
+    rc = evaluate.main(["--content", str(tiny_set / "content"), "--style",
+                        str(tiny_set / "style"), "--out", str(tmp_path / "o"), "--methods",
+                        "identity", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 130 and err.startswith("error: interrupted") and "--resume" in err
+    assert err.count("\n") == 1 and str(tmp_path / "o") in err
+
+
 def test_a_content_a_method_cannot_take_is_skipped_for_it(tiny_set, tmp_path, vgg, capsys):
     # (model_refine refuses a flat photo: it stopped the whole evaluation without its name)
     from arbitrary_nst.errors import ImageError

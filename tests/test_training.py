@@ -1228,6 +1228,14 @@ def test_training_objective_compares_models_on_the_same_batches(tmp_path, vgg, c
     with pytest.raises(SystemExit):
         train_cli.main(smoke_cfg)  # neither --workdir nor --objective
     assert "--workdir is required" in capsys.readouterr().err
+    # --objective does not train: a --workdir or --export given with it was ignored; 0
+    # batches said "num_batches must be >= 1", not the option's name
+    for extra, msg in ((["--workdir", str(tmp_path / "w")], "--workdir and --export do not"),
+                       (["--export", str(tmp_path / "e.safetensors")], "do not apply"),
+                       (["--objective-batches", "0"], "--objective-batches must be >= 1")):
+        with pytest.raises(SystemExit) as e:
+            train_cli.main(smoke_cfg + ["--objective", str(path), *extra])
+        assert e.value.code == 2 and msg in capsys.readouterr().err
 
 
 def test_a_longer_run_of_a_decaying_schedule_is_said_on_resume(tmp_path):
