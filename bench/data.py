@@ -16,7 +16,6 @@ single-thread cost of each stage on the real data.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys

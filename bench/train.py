@@ -20,7 +20,6 @@ otherwise. Results go to ``bench/results/train_{cpu,gpu}.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys

@@ -11,12 +11,10 @@ roughly equal contributions; with the plain weights, deep layers dominate by ord
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import jax.numpy as jnp
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -50,7 +48,7 @@ def main(argv=None) -> int:
     style = samples.style_image("strokes", size=args.size)[None]
     plain = layer_losses(vgg_lib.load_vgg16(), jnp.asarray(content), jnp.asarray(style))
     norm = layer_losses(vgg_lib.load_vgg16(normalized=True), jnp.asarray(content), jnp.asarray(style))
-    print(f"| tap | content (plain) | content (normalized) | style (plain) | style (normalized) |")
+    print("| tap | content (plain) | content (normalized) | style (plain) | style (normalized) |")
     print("|---|---:|---:|---:|---:|")
     for tap in TAPS:
         print(f"| {tap} | {plain[tap]['content']:.3e} | {norm[tap]['content']:.3e} | "
