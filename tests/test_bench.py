@@ -50,7 +50,9 @@ def test_train_bench_runs_the_smoke_config_with_each_loader_mode(tmp_path):
     assert mod.main(["--configs", "smoke", "--steps", "1", "--warmup", "0", "--no-loop",
                      "--loader-batches", "2", "--data", "synthetic", "--json", str(out)]) == 0
     (row,) = json.loads(out.read_text())["results"]
-    assert row["step"]["steps_per_s"] > 0 and row["step"]["compile_s"] > 0
+    # (compile_s is 0.0 when an earlier test in this process compiled the same step: JAX's
+    # in-process compilation cache; a bench run is a fresh process)
+    assert row["step"]["steps_per_s"] > 0 and row["step"]["compile_s"] >= 0
     assert row["loader"]["device_augment"] is True and row["loader"]["batches_per_s"] > 0
     # --host-augment's loader (its step is another compile of the same code; the batches of
     # the two modes are shown equal in test_device_augment.py)

@@ -278,7 +278,7 @@ def test_data_folders_take_one_or_more_values():
     seen = {}
     real = data.prepare
     try:
-        data.prepare = lambda cfg, progress: seen.update(cfg) or {}
+        data.prepare = lambda cfg, progress, roles: seen.update(cfg) or {}
         assert data.main(["prepare", "--content-dir", "p", "--style-dir", "a", "b",
                           "--style-dir", "c", "--style-weight", "1", "2", "3"]) == 0
     finally:

@@ -256,3 +256,42 @@ def test_integer_images_are_read_as_the_package_reads_them(rng):
         np.testing.assert_allclose(np.asarray(fn(u16)), want, atol=1e-4)
     with pytest.raises(ConfigError, match="int32"):
         color.color_moments(u8.astype(np.int32))
+
+
+# ------------------------------------------------- mutation-testing pass 2 (color helpers)
+
+
+def test_match_luminance_is_one_affine_map_per_image():
+    """``match_luminance`` shifts and scales the source's luminance with the statistics of the
+    whole image (float64 numpy reference), then clips: rows standardized one by one also give
+    the target's overall mean and std, but destroy the source's vertical structure; an unclipped
+    result left the [0, 1] range."""
+    rng = np.random.default_rng(5)
+    yy = np.linspace(0.0, 1.0, 12)[:, None, None]
+    src = np.clip(0.1 + 0.7 * yy + 0.05 * rng.standard_normal((2, 12, 10, 3)), 0, 1)
+    src = src.astype(np.float32)  # dark top rows, bright bottom rows: rows differ in mean
+    tgt = rng.uniform(0.0, 1.0, (2, 9, 14, 3)).astype(np.float32)
+    tgt[1] = np.clip(tgt[1] + 0.4, 0.0, 1.0)  # a bright target: the map overshoots 1
+    out = np.asarray(color.match_luminance(src, tgt))
+    w = np.array([0.299, 0.587, 0.114])
+    ys, yt = src.astype(np.float64) @ w, tgt.astype(np.float64) @ w
+    for i in range(2):
+        y = (ys[i] - ys[i].mean()) * (yt[i].std() / (ys[i].std() + 1e-5)) + yt[i].mean()
+        want = np.clip(y, 0.0, 1.0)
+        np.testing.assert_allclose(out[i], np.repeat(want[..., None], 3, -1), atol=2e-5)
+    assert out.max() <= 1.0 and (out == 1.0).any()  # the clip was needed
+
+
+def test_sym_pow_derivative_along_a_nonsymmetric_direction():
+    """``eigh`` reads the symmetric part of its input, so ``C^p`` depends on ``(C + C^T) / 2``
+    only: its derivative along a non-symmetric ``D`` is that along ``(D + D^T) / 2`` (finite
+    differences in float64). The custom JVP without the symmetrization gave another result, and
+    so did ``jax.jacfwd`` of any caller."""
+    rng = np.random.default_rng(6)
+    q = rng.normal(size=(3, 3))
+    c = q @ q.T / 3 + 0.05 * np.eye(3)
+    d = rng.normal(size=(3, 3))  # not symmetric
+    jvp, fd = _x64_check_grads(lambda m: color._sym_pow(m, -0.5, 1e-4), c, d)
+    np.testing.assert_allclose(jvp, fd, rtol=1e-5, atol=1e-7)
+    jvp_sym, _ = _x64_check_grads(lambda m: color._sym_pow(m, -0.5, 1e-4), c, 0.5 * (d + d.T))
+    np.testing.assert_allclose(jvp, jvp_sym, rtol=1e-9, atol=1e-12)

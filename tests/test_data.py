@@ -584,3 +584,84 @@ def test_augment_content_redraws_flat_crops():
     assert flat_first >= 20  # most first draws fell in the white part and were re-drawn
     blank = data.augment_content(np.zeros((200, 200, 3), np.uint8), np.random.default_rng(1), 64)
     assert blank.shape == (64, 64, 3) and blank.max() == 0
+
+
+# ------------------------------------------------- mutation-testing pass 2 (augmentation, sampler)
+
+
+def test_crop_offsets_reach_every_position_uniformly():
+    """Random crop positions cover 0..W-size inclusive (the last row/column of positions was
+    never drawn: ``fx * (W - size)`` instead of ``fx * (W - size + 1)``), about equally often."""
+    rng = np.random.default_rng(0)
+    w, h, size = 20, 17, 16  # 5 x positions, 2 y positions
+    got = np.array([data._crop_offsets(rng, w, h, size) for _ in range(2000)])
+    xs, ys = np.bincount(got[:, 0], minlength=5), np.bincount(got[:, 1], minlength=2)
+    assert got[:, 0].max() == w - size and got[:, 1].max() == h - size
+    assert len(xs) == 5 and len(ys) == 2
+    assert xs.min() > 0.8 * 2000 / 5 and ys.min() > 0.8 * 2000 / 2
+    assert set(map(tuple, (data._crop_offsets(rng, 16, 16, 16) for _ in range(5)))) == {(0, 0)}
+
+
+def test_epoch_sampler_gives_the_largest_remainders_the_extra_slots():
+    """With weights, each part gets ``floor(L w_k / sum w)`` slots and the leftover slots go to
+    the largest fractional remainders (they went to the smallest)."""
+    # L = 7, weights 2:1 -> quotas 4.67 and 2.33 -> 5 and 2
+    ep = data.EpochSampler([3, 4], [2.0, 1.0], seed=0, stream=0).epoch(0)
+    assert len(ep) == 7 and (ep < 3).sum() == 5
+    # L = 10, weights 6:3:1: exact quotas, no extra slot
+    ep = data.EpochSampler([4, 3, 3], [6.0, 3.0, 1.0], seed=2, stream=1).epoch(0)
+    assert [int(((ep >= a) & (ep < b)).sum()) for a, b in ((0, 4), (4, 7), (7, 10))] == [6, 3, 1]
+    ep = data.EpochSampler([2, 2, 3], [1.0, 1.0, 1.0], seed=2, stream=1).epoch(0)
+    # L = 7: 2.33 each -> 2, 2, 2 and one extra slot to the first of the tied remainders
+    assert [int(((ep >= a) & (ep < b)).sum()) for a, b in ((0, 2), (2, 4), (4, 7))] == [3, 2, 2]
+
+
+def test_pixel_std_is_the_largest_channel_std():
+    """The flat-crop check measures the largest per-channel std (as ``images.channel_std``,
+    numpy float64 here): a crop varying in one channel only is not flat (the mean over
+    channels called it flat and re-drew it)."""
+    x = np.zeros((8, 8, 3), np.uint8)
+    x[..., 1] = np.arange(8, dtype=np.uint8)[None, :] * 2  # only green varies, std ~ 4.6/255
+    x[..., 0], x[..., 2] = 120, 30
+    want = float(np.asarray(x, np.float64)[..., 1].std()) / 255.0
+    assert data._pixel_std(Image.fromarray(x)) == pytest.approx(want, rel=1e-9)
+    assert data._pixel_std(Image.fromarray(x)) >= data.FLAT_CROP_STD
+
+
+def test_augment_style_jitter_ranges_at_high_strength():
+    """At ``strength`` > 2 the saturation factor stays >= 0 and the hue delta within half a
+    turn (the documented clamps: a negative factor inverted the colours, and a hue of more than
+    half a turn is ambiguous)."""
+    img = np.full((16, 16, 3), 100, np.uint8)
+    for seed in range(40):
+        _, jit = data.augment_style(img, np.random.default_rng(seed), 16, (16, 17), strength=4.0,
+                                    defer_jitter=True)
+        assert jit[1] >= 0.0 and abs(jit[2]) <= 0.5, jit
+    # the same draws as documented: brightness U(-3.2, 3.2), saturation U(0, 3), hue U(-.5, .5)
+    rng = np.random.default_rng(3)
+    want = (rng.uniform(-3.2, 3.2), rng.uniform(0.0, 3.0), rng.uniform(-0.5, 0.5))
+    _, jit = data.augment_style(img, np.random.default_rng(3), 16, (16, 17), strength=4.0,
+                                defer_jitter=True)
+    np.testing.assert_allclose(jit, want, rtol=1e-6)
+
+
+def test_augment_style_flips_follow_the_documented_draws():
+    """The first flip draw is left-right, the second up-down (as documented: the draws are part
+    of the data stream's determinism), and strength 0 never flips."""
+    yy, xx = np.mgrid[0:16, 0:16]
+    img = np.stack([xx * 16, yy * 16, (xx * yy) % 256], -1).astype(np.uint8)  # no symmetry
+    seen = set()
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        rng.uniform(size=3)  # brightness, saturation, hue
+        lr, ud = rng.random(2) < 0.5
+        want = img[:, ::-1] if lr else img
+        want = want[::-1] if ud else want
+        got, _ = data.augment_style(img, np.random.default_rng(seed), 16, (16, 17),
+                                    defer_jitter=True)
+        np.testing.assert_array_equal(got, want)
+        seen.add((bool(lr), bool(ud)))
+        got0, _ = data.augment_style(img, np.random.default_rng(seed), 16, (16, 17),
+                                     strength=0.0, defer_jitter=True)
+        np.testing.assert_array_equal(got0, img)
+    assert len(seen) >= 3  # the seeds exercised several flip combinations

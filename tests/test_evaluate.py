@@ -446,3 +446,53 @@ def test_summary_states_each_method_against_the_peer(tmp_path):
            "magenta_lite: 1 of 2." in text
     assert "pairs where model has both lower style and lower content loss than " \
            "magenta_lite: 0 of 2." in text
+
+
+# ------------------------------------------------- mutation-testing pass 2 (metric details)
+
+
+def test_color_histogram_is_the_joint_rgb_histogram():
+    """The colour histogram is the joint 8x8x8 RGB histogram over [0, 1] (numpy's
+    ``histogramdd`` as the reference, 1.0 in the top bin): a wrong index dropped the blue
+    channel, a wrong scale shifted every bin edge; two images that differ only in blue are
+    disjoint."""
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 1, (24, 20, 3)).astype(np.float32)
+    x[0, :4] = 1.0  # the upper edge belongs to the top bin
+    want, _ = np.histogramdd(x.reshape(-1, 3).astype(np.float64), bins=evaluate.HIST_BINS,
+                             range=[(0.0, 1.0)] * 3)
+    np.testing.assert_allclose(evaluate.color_histogram(x), want.ravel() / want.sum(),
+                               atol=1e-12)
+    blue0 = np.zeros((6, 6, 3), np.float32)
+    blue1 = blue0.copy()
+    blue1[..., 2] = 0.9
+    assert evaluate.color_hist_distance(blue0, blue1) == pytest.approx(1.0)
+
+
+def test_score_pairs_each_output_with_its_own_style(avg_vgg):
+    """``score`` compares output ``i`` with style ``i`` (statistics and colour histogram): two
+    outputs that are exactly their own styles score 0 on every style metric (they were all
+    compared with the first style)."""
+    m = evaluate.Metrics(avg_vgg)
+    s0 = samples.style_image("mosaic", size=48)
+    s1 = samples.style_image("waves", size=48)
+    content = samples.content_image("chelsea", max_side=96)[:48, :48]
+    outs = np.stack([s0, s1]).astype(np.float32)
+    stats = [m.style_stats(m.features(s[None])) for s in (s0, s1)]
+    rows = m.score(outs, m.features(content[None]), stats, [s0, s1])
+    for row in rows:
+        assert row["style_gram"] == pytest.approx(0.0, abs=1e-12)
+        assert row["meanstd_relu5_1"] == pytest.approx(0.0, abs=1e-12)
+        assert row["color_hist"] == pytest.approx(0.0, abs=1e-12)
+    swapped = m.score(outs[::-1], m.features(content[None]), stats, [s0, s1])
+    assert all(r["style_gram"] > 0 and r["color_hist"] > 0 for r in swapped)
+
+
+def test_aspect_crop_is_the_largest_box_of_the_target_aspect():
+    """The "style" baseline crops the style to the content's aspect ratio: the largest
+    ``(h, w)`` inside the image with that ratio (too tall and too wide images both)."""
+    assert evaluate._aspect_crop((100, 50), (10, 10)) == (50, 50)  # too tall
+    assert evaluate._aspect_crop((50, 100), (10, 10)) == (50, 50)  # too wide
+    assert evaluate._aspect_crop((90, 120), (30, 20)) == (90, 60)
+    assert evaluate._aspect_crop((90, 120), (20, 40)) == (60, 120)
+    assert evaluate._aspect_crop((64, 64), (64, 64)) == (64, 64)

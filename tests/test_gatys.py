@@ -522,3 +522,135 @@ def test_progress_callback_and_overrides(params, content, style):
         run(params, np.zeros((16, 16, 3), np.float32), style)
     with pytest.raises(ConfigError):
         run(params, [content, make_content(0, 48)], style)
+
+
+# ----------------------------------------------------------------------------------------------
+# mutation-testing pass 2: each test below failed on a plausible bug that the tests above passed
+
+
+def test_coarse_stages_of_the_final_size_are_skipped():
+    """A stage size equal to the final longer side is not a coarser stage (``<=`` instead of
+    ``<`` ran the final size twice)."""
+    cfg = gatys.GatysConfig(stage_sizes=(64, 128), iterations=5)
+    assert gatys.stage_plan(cfg, (128, 96)) == [((64, 48), 5), ((128, 96), 5)]
+    assert gatys.stage_plan(cfg.replace(stage_iterations=(7, 8, 9)), (128, 96)) == [
+        ((64, 48), 7), ((128, 96), 9)]
+
+
+def test_override_layers_left_out_get_weight_zero():
+    """Per-example layer overrides replace the config's layer weights: a layer the override
+    leaves out gets 0 (it kept the config's weight, so a one-layer reconstruction used all)."""
+    cfg = gatys.GatysConfig(content_layers={"relu2_2": 1.0, "relu4_2": 0.5},
+                            style_layers={"relu1_1": 0.3, "relu2_1": 0.7})
+    w = gatys.loss_weights(cfg, 2, [{"style_layers": {"relu2_1": 2.0},
+                                     "content_layers": {"relu4_2": 3.0}}, {}])
+    np.testing.assert_allclose(np.asarray(w["style_layers"]["relu1_1"]), [0.0, 0.3])
+    np.testing.assert_allclose(np.asarray(w["style_layers"]["relu2_1"]), [2.0, 0.7])
+    np.testing.assert_allclose(np.asarray(w["content_layers"]["relu2_2"]), [0.0, 1.0])
+    np.testing.assert_allclose(np.asarray(w["content_layers"]["relu4_2"]), [3.0, 0.5])
+
+
+def test_depth_growth_follows_depth_not_the_order_given():
+    """Depth-growing weights grow with the layer's depth whatever order the layers are listed
+    in (they followed the mapping's order: the shallowest layer got the largest weight)."""
+    cfg = gatys.GatysConfig(style_layers={"relu3_1": 1.0, "relu1_1": 1.0, "relu2_1": 1.0},
+                            depth_growth=2.0)
+    w = cfg.effective_style_layers()
+    np.testing.assert_allclose([w["relu1_1"], w["relu2_1"], w["relu3_1"]],
+                               np.array([1.0, 2.0, 4.0]) * 3.0 / 7.0, rtol=1e-6)
+
+
+def test_style_init_takes_the_highest_weighted_style(params, content, style):
+    """``init="style"`` starts from the example's highest-weighted style (it took the lowest)."""
+    s2 = make_style(1)
+    zero = BASE.replace(iterations=0, init="style", parameterization="clip")
+    out = run(params, content, [style, s2], zero, style_weights=[0.3, 0.7]).images[0]
+    np.testing.assert_allclose(out, s2, atol=1e-6)
+    out = run(params, content, [style, s2], zero, style_weights=[0.7, 0.3]).images[0]
+    np.testing.assert_allclose(out, style, atol=1e-6)
+
+
+def test_stage_targets_are_each_examples_weighted_blend(params, content, style):
+    """The style targets of a batch are, per example, the weight-mixed statistics of its styles,
+    and with ``preserve_color="match"`` each example's styles are recoloured to its own content
+    (the blend ignored the weights; the recoloured style was cached across the batch, so the
+    second photo got the first photo's palette). Reference: VGG statistics by hand."""
+    from arbitrary_nst import images as images_lib
+    from arbitrary_nst import losses
+
+    cfg = BASE.replace(preserve_color="match")
+    lc = cfg.loss_config()
+    c2, s2 = make_content(1), make_style(1)
+    contents = np.stack([content, c2])
+    wts = np.array([[0.25, 0.75], [0.6, 0.4]], np.float32)
+    per = gatys._per_example_styles([style, s2], wts, 2)
+    _, st = gatys._stage_targets(params, contents, per, cfg, lc, False, True)
+    for b in range(2):
+        ref = None
+        for s, wj in zip((style, s2), wts[b]):
+            x = images_lib.resize_max_side(s, S, upscale=True)
+            x = np.asarray(color.match_color(x, contents[b], "eig"))
+            feats = vgg_lib.features(params, jnp.asarray(x)[None], tuple(lc.style_layers))
+            stats = losses.StyleTargets.from_features(feats, lc).stats
+            part = jax.tree.map(lambda a: float(wj) * np.asarray(a, np.float64), stats)
+            ref = part if ref is None else jax.tree.map(np.add, ref, part)
+        got = jax.tree.map(lambda a: np.asarray(a)[b:b + 1], st.stats)
+        jax.tree.map(lambda g, r: np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-7),
+                     got, ref)
+
+
+def test_luminance_transfer_optimizes_in_grey(params, content, style):
+    """With ``preserve_color="luminance"`` the optimization runs on luminance images: the start
+    (here the style) and the content target are grey. The first recorded content term is the
+    content loss between grey(style) and grey(content) (the start kept the style's colours, or
+    the content target kept the photo's, which only the final chroma transfer hid)."""
+    from arbitrary_nst import losses
+
+    cfg = ADAM.replace(preserve_color="luminance", init="style", iterations=1)
+    r = run(params, content, style, cfg)
+    layer = "relu2_2"
+    f = lambda x: vgg_lib.features(params, jnp.asarray(np.asarray(color.gray_rgb(x)))[None],  # noqa: E731
+                                   (layer,))[layer]
+    ref = float(losses.content_loss(f(style), f(content))[0])
+    np.testing.assert_allclose(r.history[0][f"content/{layer}"][0, 0], ref, rtol=2e-3)
+
+
+def test_adam_clip_iterates_stay_in_range(params, content, style):
+    """Adam with ``parameterization="clip"`` is a projected method: every iterate is the clipped
+    image, so the loss recorded at step k of a longer run is the loss of the image a k-step run
+    returns (without the projection the iterate drifted outside [0, 1] and the loss was that of
+    an image nobody sees)."""
+    cfg = ADAM.replace(parameterization="clip", learning_rate=0.1, iterations=8)
+    short = run(params, content, style, cfg)
+    assert (short.images == 0).any() or (short.images == 1).any()  # the projection was active
+    longer = run(params, content, style, cfg.replace(iterations=9))
+    at_short = run(params, content, style, cfg.replace(iterations=1), init_image=short.images)
+    np.testing.assert_allclose(longer.history[0]["total"][8, 0],
+                               at_short.history[0]["total"][0, 0], rtol=1e-4)
+
+
+@pytest.mark.parametrize("part", ["gram", "centered"])
+def test_both_statistic_parts_are_the_single_statistics(params, content, style, part):
+    """With ``style_statistic="both"``, per-example part weights (1, 0) give the Gram loss and
+    (0, 1) the centered-Gram loss (the parts were swapped)."""
+    stat = {"gram": "gram", "centered": "centered_gram"}[part]
+    single = BASE.replace(style_statistic=stat)
+    both = BASE.replace(style_statistic="both")
+    x = jnp.asarray(np.stack([content]))
+    z = gatys.from_image(x, "clip")
+
+    def style_terms(cfg, overrides=None):
+        lc = cfg.loss_config()
+        per = gatys._per_example_styles(style, None, 1)
+        _, st = gatys._stage_targets(params, np.asarray(x), per, cfg, lc, False, True)
+        w = gatys.loss_weights(cfg.replace(parameterization="clip"), 1, overrides)
+        _, terms = gatys._objective(params, z, None, st, w, struct=gatys._struct_key(lc),
+                                    pooling="max")
+        return {k: float(v[0]) for k, v in terms.items() if k.startswith("style")}
+
+    other = {"gram": "centered", "centered": "gram"}[part]
+    got = style_terms(both, [{f"{part}_weight": 1.0, f"{other}_weight": 0.0}])
+    ref = style_terms(single)
+    assert got.keys() == ref.keys()
+    for k in ref:
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-5)

@@ -879,3 +879,30 @@ def test_an_output_another_job_wrote_meanwhile_is_reported_as_existing(st, files
     (r,) = list(results)
     assert not r.ok and r.kind == "output exists" and "exists" in r.reason
     assert dest.read_bytes() == b"the other job's result"
+
+
+# ------------------------------------------- mutation-testing pass 2 (style mixing, strength)
+
+
+def test_preserve_color_match_mixes_the_recoloured_styles_with_the_weights(st, files):
+    """In match mode each style is recoloured to the content, embedded, and the embeddings are
+    mixed with the given weights (reference built by hand; they were averaged equally)."""
+    c = st.read(files["content"])
+    c_small = style_working_image(images.to_float(c), SS)
+    es = [st.embed(np.asarray(color.match_color(
+        style_working_image(images.load_image(files[k]), SS), c_small)))[0]
+        for k in ("style_a", "style_b")]
+    y = st.stylize(c, style=[files["style_a"], files["style_b"]], weights=[1, 3],
+                   preserve_color="match")
+    np.testing.assert_allclose(y, st.transfer(c, 0.25 * es[0] + 0.75 * es[1]), atol=1e-4)
+    assert np.abs(y - st.transfer(c, 0.5 * es[0] + 0.5 * es[1])).max() > 1e-3
+
+
+def test_refine_works_at_the_content_short_side_without_upscaling():
+    """The refinement's square working copy is at most the content's shorter side (a multiple
+    of 4, >= 32): taking the longer side passed the tests (a 40 x 200 photo refined on an
+    upscaled 200 px copy)."""
+    side = inference._refine_side
+    assert side((40, 200, 3), 256) == 40 and side((200, 40, 3), 256) == 40
+    assert side((63, 70, 3), 256) == 60 and side((300, 500, 3), 256) == 256
+    assert side((20, 100, 3), 256) == 32

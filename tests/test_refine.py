@@ -311,3 +311,21 @@ def test_cli_refine(model_path, vgg, tmp_path, capsys):
         assert cli_stylize.main([*base, "--out", str(tmp_path / "x.png"), *extra]) == 1
         err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
         assert len(err) == 1 and err[0].startswith("error: ") and msg in err[0], err
+
+
+# ------------------------------------------------- mutation-testing pass 2 (default palette)
+
+
+def test_the_default_palette_is_the_models(model, imgs):
+    """Without ``palette=`` the loss sees the output with the model's own palette (it scored
+    the raw output, so a palette model's refinement optimized what users never see)."""
+    c, s = imgs["content"], imgs["style"]
+    w = np.array([0.25, 0.75], np.float32)
+    e0 = np.repeat(np.asarray(model.embed(jnp.asarray(s))).T @ w[:, None], 2, 1).T
+    pal = nnx.merge(*nnx.split(model))
+    pal.palette = 0.6
+    _, default = refine.refine_embeddings(pal, c, s, w, e0, steps=0)
+    _, explicit = refine.refine_embeddings(model, c, s, w, e0, steps=0, palette=0.6)
+    _, raw = refine.refine_embeddings(model, c, s, w, e0, steps=0, palette=0.0)
+    np.testing.assert_allclose(default, explicit, rtol=1e-6)
+    assert not np.allclose(default, raw, rtol=1e-3)
