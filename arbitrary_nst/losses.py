@@ -178,6 +178,7 @@ class LossConfig:
 
         for layer in (*self.content_layers, *self.style_layers):
             tap_depth(layer)
+
         def weight_ok(w) -> bool:  # ('abc' reached the loss as a TypeError; NaN passed < 0)
             return (not isinstance(w, bool) and isinstance(w, numbers.Real)
                     and math.isfinite(w) and w >= 0)
