@@ -23,7 +23,7 @@ if ls .whl/*.whl >/dev/null 2>&1 && ! python3 -c "import ml_collections, tensorb
 fi
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=0.45
 VGG=/tmp/vgg16_train.npz
-python3 -m arbitrary_nst.weights --expand workdirs/carry/vgg16_conv1to4.npz $VGG || exit 1
+python3 -m arbitrary_nst.weights --expand workdirs/carry/vgg16_conv1to4.npz $VGG --overwrite || exit 1  # (a warm machine has it)
 python3 -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
 if command -v nvidia-smi >/dev/null; then  # is the GPU or the input pipeline the bottleneck?
   nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 20 \
