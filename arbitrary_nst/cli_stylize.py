@@ -269,10 +269,15 @@ def _check_out_dir(d: str) -> Path:
     return files.check_writable_dir(d)
 
 
+#: What a folder given as --out should have been (the stylize command has --out-dir).
+OUT_DIR_HINT = "a folder of outputs is --out-dir"
+
+
 def _check_out_file(out: str) -> Path:
     """A single output file's name, format and folder (existing files and inputs: checked
     with the rest of the job)."""
-    return files.check_output_file(out, overwrite=True, suffixes=images.SAVE_FORMATS)
+    return files.check_output_file(out, overwrite=True, suffixes=images.SAVE_FORMATS,
+                                   folder_hint=OUT_DIR_HINT)
 
 
 def _stem(paths) -> str:
@@ -422,7 +427,7 @@ def _figure(args, mode: str, stylizer, content_files: list[Path]) -> int:
         out = _check_out_dir(args.out_dir) / _output_name(content.stem,
                                                           f"{_stem(styles)}__{kind}")
     files.check_output_file(out, overwrite=args.overwrite, inputs=[content, *styles],
-                            suffixes=images.SAVE_FORMATS)
+                            suffixes=images.SAVE_FORMATS, folder_hint=OUT_DIR_HINT)
     t0 = time.perf_counter()
     stylizer.max_pixels = args.max_pixels
     side = min(args.tile_size, args.max_size) if args.max_size else args.tile_size

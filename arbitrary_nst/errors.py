@@ -63,6 +63,19 @@ def check_count(value, what: str, minimum: int = 1, maximum: int | None = None, 
     return int(value)
 
 
+def check_weight(value, what: str) -> float:
+    """``value`` as a float if it is a finite real number >= 0 (a loss or layer weight);
+    ConfigError naming ``what`` otherwise: NaN passed ``< 0`` (a NaN tv_weight trained a
+    step), a string was a TypeError inside the loss, ``True`` is no weight."""
+    import math
+    import numbers
+
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not math.isfinite(value) or value < 0):
+        raise ConfigError(f"{what} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
 class UsageParser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose usage error is one line, ``error: ... (see PROG --help)``,
     exit status 2 (argparse's usage status), instead of the whole usage block: the same for

@@ -67,17 +67,18 @@ def check_writable_dir(path: str | os.PathLike, what: str = "output folder") -> 
 
 def check_output_file(path: str | os.PathLike, *, overwrite: bool,
                       inputs: Iterable[str | os.PathLike] = (),
-                      suffixes: Iterable[str] | None = None) -> Path:
+                      suffixes: Iterable[str] | None = None, folder_hint: str = "") -> Path:
     """Everything that can be known about writing the output file ``path`` before the work
     that produces it (one-line ImageErrors): a supported suffix, not a folder, not one of the
     ``inputs`` (never, even with ``overwrite``), not an existing file unless ``overwrite``, a
     file name the filesystem can hold, and a folder that exists (or is created) and is
-    writable. Returns ``path`` as a Path."""
+    writable. ``folder_hint``: what a folder given as ``path`` should have been, for commands
+    that have one (``"a folder of outputs is --out-dir"``). Returns ``path`` as a Path."""
     p = Path(path)
     exists = lexists(p)
     if exists and p.is_dir():  # (first: it said "unsupported output format (no extension)")
-        raise ImageError(p, "is a directory, expected an output file name (a folder of "
-                            "outputs is --out-dir)")
+        raise ImageError(p, "is a directory, expected an output file name"
+                            + (f" ({folder_hint})" if folder_hint else ""))
     if suffixes is not None and p.suffix.lower() not in {x.lower() for x in suffixes}:
         raise ImageError(p, f"unsupported output format ({p.suffix or 'no extension'}); use "
                             f"one of {', '.join(sorted(suffixes))}")

@@ -85,7 +85,7 @@ from . import color as color_lib
 from . import images as images_lib
 from . import losses as losses_lib
 from . import vgg as vgg_lib
-from .errors import MAX_SEED, ConfigError, ModelError, check_count
+from .errors import MAX_SEED, ConfigError, ModelError, check_count, check_weight
 
 Optimizer = Literal["lbfgs", "lbfgs_optax", "adam"]
 Init = Literal["content", "noise", "style"]
@@ -195,10 +195,7 @@ class GatysConfig:
                 raise ConfigError(f"{name} must be a sequence of whole numbers, got {v!r}")
             object.__setattr__(self, name, tuple(int(n) for n in v))
         for name in ("content_weight", "style_weight", "tv_weight"):
-            v = getattr(self, name)
-            if not (isinstance(v, numbers.Real) and not isinstance(v, bool)
-                    and math.isfinite(v) and v >= 0):
-                raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
+            check_weight(getattr(self, name), name)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("init", self.init, INITS)
         _choice("parameterization", self.parameterization, PARAMETERIZATIONS)
@@ -211,8 +208,7 @@ class GatysConfig:
         for name, layers in (("content", self.content_layers), ("style", self.style_layers)):
             for layer, w in layers.items():
                 vgg_lib.tap_depth(layer)
-                if not (w >= 0 and math.isfinite(w)):
-                    raise ConfigError(f"{name} layer weight of {layer} must be >= 0, got {w}")
+                check_weight(w, f"{name} layer weight {layer}")  # (a string: a TypeError)
         for name, lo, hi in (("iterations", 0, None), ("lbfgs_memory", 1, MAX_LBFGS_MEMORY),
                              ("max_linesearch_steps", 1, MAX_LINESEARCH_STEPS),
                              ("chunk_size", 1, MAX_CHUNK_SIZE), ("seed", 0, MAX_SEED)):

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, check_weight
 
 GramNorm = Literal["hw", "chw", "none"]
 StyleStatistic = Literal["gram", "centered_gram", "both", "mean_std"]
@@ -171,23 +171,14 @@ class LossConfig:
     palette_gradient: str = "fixed"
 
     def __post_init__(self):
-        import math
-        import numbers
-
         from .vgg import tap_depth  # validates tap names
 
         for layer in (*self.content_layers, *self.style_layers):
             tap_depth(layer)
 
-        def weight_ok(w) -> bool:  # ('abc' reached the loss as a TypeError; NaN passed < 0)
-            return (not isinstance(w, bool) and isinstance(w, numbers.Real)
-                    and math.isfinite(w) and w >= 0)
-
         for kind, layers in (("content", self.content_layers), ("style", self.style_layers)):
             for layer, w in layers.items():
-                if not weight_ok(w):
-                    raise ConfigError(f"{kind} layer weight {layer}: must be a finite number "
-                                      f">= 0, got {w!r}")
+                check_weight(w, f"{kind} layer weight {layer}")
         if self.style_statistic not in STYLE_STATISTICS:
             raise ConfigError(f"style_statistic must be one of {STYLE_STATISTICS}, "
                               f"got {self.style_statistic!r}")
@@ -199,10 +190,7 @@ class LossConfig:
         if self.tv_kind not in TV_KINDS:  # (found only when the loss was traced)
             raise ConfigError(f"tv_kind must be one of {TV_KINDS}, got {self.tv_kind!r}")
         for name in ("content_weight", "style_weight", "tv_weight"):
-            # (a NaN tv_weight trained a step, then advised a lower learning rate)
-            if not weight_ok(getattr(self, name)):
-                raise ConfigError(f"{name} must be a finite number >= 0, got "
-                                  f"{getattr(self, name)!r}")
+            check_weight(getattr(self, name), name)
 
     @property
     def taps(self) -> tuple[str, ...]:
@@ -262,9 +250,10 @@ class StyleTargets:
         return cls.from_features(feature_fn(style_images, tuple(cfg.style_layers)), cfg)
 
     @property
-    def num_styles(self) -> int:
-        """``S``, the leading axis of the statistics."""
-        return int(jax.tree_util.tree_leaves(self.stats)[0].shape[0])
+    def num_styles(self) -> int | None:
+        """``S``, the leading axis of the statistics (``None``: no style layers, no stats)."""
+        leaves = jax.tree_util.tree_leaves(self.stats)
+        return int(leaves[0].shape[0]) if leaves else None
 
     def blend(self, weights: jax.Array) -> "StyleTargets":
         """Mix the S styles into one target per ``weights`` row: ``[S]`` -> batch 1, or
@@ -274,6 +263,8 @@ class StyleTargets:
         per-style losses up to a constant."""
         w = jnp.asarray(weights, jnp.float32)
         n = self.num_styles
+        if n is None:  # a content-only loss: nothing to mix
+            return self
         if w.ndim not in (1, 2) or w.shape[-1] != n:  # (one weight for 2 styles summed them)
             raise ConfigError(f"blend: weights must be [S] or [B, S] with S = {n} styles, "
                               f"got shape {tuple(w.shape)}")
@@ -306,7 +297,7 @@ def perceptual_loss(feature_fn: FeatureFn, images: jax.Array, cfg: LossConfig, *
     if style_targets is not None:
         taps += list(cfg.style_layers)
     b = images.shape[0]
-    if style_targets is not None and style_targets.num_styles not in (1, b):
+    if style_targets is not None and style_targets.num_styles not in (None, 1, b):
         raise ConfigError(f"perceptual_loss: {style_targets.num_styles} style targets for "
                           f"{b} images (need 1 or {b}; StyleTargets.blend mixes styles)")
     feats = feature_fn(images, tuple(dict.fromkeys(taps))) if taps else {}

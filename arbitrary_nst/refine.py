@@ -86,6 +86,9 @@ def _refine_targets(graphdef, state, content, style, style_w, *, style_weight: f
     ``[B or 1, 12]`` (the palette target): computed once per call."""
     cfg = loss_config(style_weight)
     feat = feature_fn(nnx.merge(graphdef, state))
+    # (normalized here for both targets: blend normalizes the style's, and the palette's were
+    # [3, 7]-weighted colour means of ~5 on [0, 1] images)
+    style_w = style_w / jnp.sum(style_w, axis=-1, keepdims=True)
     moments = jnp.atleast_2d(style_w @ color.color_moments(style))
     return (feat(content, tuple(cfg.content_layers)),
             losses.StyleTargets.from_images(feat, style, cfg).blend(style_w), moments)
@@ -170,6 +173,11 @@ def refine_embeddings(model, content: np.ndarray, style: np.ndarray, style_weigh
     if content.ndim != 4 or e0.ndim != 2 or e0.shape[0] != content.shape[0]:
         raise ConfigError(f"refine: content [B,H,W,3] and e0 [B,D] must agree, got "
                           f"{content.shape} and {e0.shape}")
+    w = np.asarray(style_weights, np.float64)
+    if w.ndim not in (1, 2) or not (np.all(np.isfinite(w)) and np.all(w >= 0)
+                                    and np.all(w.sum(-1) > 0)):  # (zeros: NaN targets in jit)
+        raise ConfigError(f"refine: style_weights must be [N] or [B, N], finite, >= 0 and not "
+                          f"all 0 in a row, got {w.tolist()}")
     graphdef, state = model if isinstance(model, tuple) else nnx.split(model)
     if palette is None:
         palette = nnx.merge(graphdef, state).palette

@@ -1034,6 +1034,28 @@ def train(config, workdir: str | os.PathLike, *, export_path: str | os.PathLike 
                       is_main=is_main)
 
 
+def _init_record_from_checkpoint(mngr, workdir: Path) -> dict[str, Any]:
+    """Where a run began, for a workdir without its record (made before the record existed):
+    the ``train.init_from`` its checkpoint was trained with, and that export's step count if
+    it is still there. ``{}``: the run began from scratch (or the checkpoint does not say)."""
+    try:
+        began = ((restore_meta(mngr, mngr.latest_step()).get("config") or {})
+                 .get("train") or {}).get("init_from")
+    except Exception:  # noqa: BLE001 - an unreadable meta is reported by the restore itself
+        return {}
+    if not began:
+        return {}
+    start = resolve_init_from(began)
+    try:
+        info = export_lib.read_export(export_lib.model_file(start))[1]["info"]
+        prior = int(info.get("total_steps", info.get("step", 0)) or 0)
+    except NSTError:
+        log.warning("%s: began from %s, which is gone: its steps are not counted in the "
+                    "export's total_steps", workdir, start)
+        prior = 0
+    return {"init_from": os.fspath(start), "prior_steps": prior}
+
+
 def _agree_on_refusal(refusal: NSTError | None) -> None:
     """Raise the main process's refusal of the run (checked there alone: the workdir, the
     export path, the lock) on every process: the others went on into the first collective
@@ -1073,15 +1095,19 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
     init_from = _get(tcfg, "init_from")
     init_record = workdir / INIT_RECORD
     prior_steps = 0
+    record = None  # where this run began: written once, when it begins
     if mngr.latest_step() is not None:
         # Resuming: the checkpoint holds the weights, and where the run began (its start
         # point's file and step count, recorded then; that file need not exist any more) is
         # the record's, whatever this command's init_from says (a from-scratch run resumed
         # with the config's default init_from=builtin loaded the built-in model for nothing
-        # and claimed its 6971 steps).
-        record = json.loads(init_record.read_text()) if init_record.is_file() else {}
-        prior_steps = int(record.get("prior_steps", 0))
-        init_from = record.get("init_from") or None  # (the export names the file, as an
+        # and claimed its 6971 steps). A workdir from before the record: its checkpoint's.
+        if init_record.is_file():
+            known = json.loads(init_record.read_text())
+        else:
+            known = record = _init_record_from_checkpoint(mngr, workdir)
+        prior_steps = int(known.get("prior_steps", 0))
+        init_from = known.get("init_from") or None  # (the export names the file, as an
         # uninterrupted run's does: "model.safetensors", not "builtin")
     elif init_from:  # fine-tuning start point
         init_from = resolve_init_from(init_from)
@@ -1090,9 +1116,11 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
         prior_steps = int(init_header["info"].get("total_steps",
                                                   init_header["info"].get("step", 0)) or 0)
         log.info("initialized the model from %s (%d steps before)", init_from, prior_steps)
-        if is_main:
-            write_atomically(init_record, lambda f: f.write(json.dumps(
-                {"init_from": os.fspath(init_from), "prior_steps": prior_steps}).encode()))
+        record = {"init_from": os.fspath(init_from), "prior_steps": prior_steps}
+    else:
+        record = {"init_from": "", "prior_steps": 0}  # from scratch (also said)
+    if record is not None and is_main:
+        write_atomically(init_record, lambda f: f.write(json.dumps(record).encode()))
     graphdef, params_state, frozen = nnx.split(model, nnx.Param, ...)
     tx, schedule = make_optimizer(config.optim, num_steps)
     repl = NamedSharding(mesh, P())

@@ -579,7 +579,9 @@ def test_bad_inputs_one_line(cli, data, case, monkeypatch):
     if case.startswith("fitted"):
         assert "is a fitted style (.npz)" in line and "backend='" not in line
     want = {"palette_luminance": "does not apply with --preserve-color",
-            "out_is_a_folder": "is a directory", "model_is_fitted": "is a style, not a model",
+            "out_is_a_folder": "is a directory, expected an output file name (a folder of "
+                               "outputs is --out-dir)",
+            "model_is_fitted": "is a style, not a model",
             "fake_npz_style": "not an .npz archive"}.get(case)
     assert want is None or want in line, line
     assert c.read_bytes() == before  # an input is never written over

@@ -95,7 +95,8 @@ def base_run(params, content, style):
 @pytest.mark.parametrize("kw", [
     dict(optimizer="sgd"), dict(init="zeros"), dict(parameterization="tanh"),
     dict(preserve_color="yes"), dict(style_weight=-1.0), dict(content_layers={"relu9_9": 1.0}),
-    dict(style_layers={"relu1_1": -1.0}), dict(iterations=-1), dict(style_scale=0.0),
+    dict(style_layers={"relu1_1": -1.0}), dict(style_layers={"relu1_1": "abc"}),
+    dict(content_layers={"relu4_2": float("nan")}), dict(iterations=-1), dict(style_scale=0.0),
     dict(stage_sizes=(16,)), dict(content_layers={}, style_layers={}),
     dict(style_statistic="median"), dict(depth_growth=0.0), dict(color_space="hsv"),
     # non-finite rates or growth made every pixel NaN (a black image, exit 0); sizes that are

@@ -220,6 +220,13 @@ def test_style_targets_precomputed_broadcast_and_blend(vgg):
                      ([-1.0, 2.0], ">= 0"), ([0.0, 0.0], "not all 0"), ([np.nan, 1.0], "finite")):
         with pytest.raises(ConfigError, match=msg):
             targets.blend(bad)
+    # a content-only loss (no style layers) has no statistics: nothing to check or mix (the
+    # batch check above was an IndexError there, in training and analysis.layer_magnitudes)
+    none = losses.LossConfig(style_layers={})
+    empty = losses.StyleTargets.from_images(vgg, styles, none)
+    assert empty.num_styles is None and empty.blend([1.0]).stats == {}
+    total, terms = losses.perceptual_loss(vgg, x, none, content_feats=None, style_targets=empty)
+    assert total.shape == (3,) and not np.any(np.asarray(terms["style"]))
     # two style targets for three images: a ConfigError, not JAX's broadcasting error
     with pytest.raises(ConfigError, match="2 style targets for 3 images"):
         losses.perceptual_loss(vgg, x, cfg, content_feats=None, style_targets=targets)

@@ -329,3 +329,17 @@ def test_the_default_palette_is_the_models(model, imgs):
     _, raw = refine.refine_embeddings(model, c, s, w, e0, steps=0, palette=0.0)
     np.testing.assert_allclose(default, explicit, rtol=1e-6)
     assert not np.allclose(default, raw, rtol=1e-3)
+
+
+def test_style_weights_are_a_mix_for_both_targets(model, imgs):
+    """StyleTargets.blend normalizes the weights; the palette target did not ([3, 7] asked
+    for colour means of ~5 on [0, 1] images while the style target was [0.3, 0.7]'s)."""
+    c, s = imgs["content"], imgs["style"]
+    e0 = np.repeat(np.asarray(model.embed(jnp.asarray(s[:1]))), 2, 0)
+    runs = [refine.refine_embeddings(model, c, s, np.array(w, np.float32), e0, steps=1,
+                                     palette=0.6) for w in ([0.3, 0.7], [3.0, 7.0])]
+    np.testing.assert_allclose(runs[0][1], runs[1][1], rtol=1e-5)
+    np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-5, atol=1e-6)
+    for bad in ([0.0, 0.0], [-1.0, 2.0], [np.nan, 1.0]):  # (all zeros gave NaN targets)
+        with pytest.raises(ConfigError, match="style_weights must be"):
+            refine.refine_embeddings(model, c, s, np.array(bad, np.float32), e0, steps=1)

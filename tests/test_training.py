@@ -259,9 +259,12 @@ def test_init_from_export_starts_at_its_weights_and_refuses_other_models(tmp_pat
     assert c3.step == 2 and info["init_from"] == "model.safetensors" and info["total_steps"] == 4
     # Resumed, the lineage is the run's record whatever this command's init_from says: unset
     # (the export lost the start's steps), or set for a run begun from scratch (the start was
-    # loaded for nothing and its steps claimed)
+    # loaded for nothing and its steps claimed). A workdir from before the record: its
+    # checkpoint's config says where it began (and the record is written then).
+    (tmp_path / "c" / training.INIT_RECORD).unlink()
     c4 = training.train(smoke("train.num_steps=3", "train.sample_every=0"), tmp_path / "c",
                         vgg=vgg, progress=False)
+    assert json.loads((tmp_path / "c" / training.INIT_RECORD).read_text())["prior_steps"] == 2
     info = read_export(c4.export_path)[1]["info"]
     assert c4.step == 3 and info["init_from"] == "model.safetensors" and info["total_steps"] == 5
     scratch = training.train(smoke("train.num_steps=1", "train.sample_every=0"), tmp_path / "h",
@@ -271,7 +274,7 @@ def test_init_from_export_starts_at_its_weights_and_refuses_other_models(tmp_pat
                              vgg=vgg, progress=False)
     info = read_export(resumed.export_path)[1]["info"]
     assert info["init_from"] == "" and info["total_steps"] == 2 and scratch.step == 1
-    assert not (tmp_path / "h" / training.INIT_RECORD).exists()
+    assert json.loads((tmp_path / "h" / training.INIT_RECORD).read_text())["init_from"] == ""
     # --export replaces this workdir's own earlier export, never another run's
     mine = tmp_path / "exports" / "mine.safetensors"
     for _ in range(2):  # (a is finished: these runs only export)

@@ -183,6 +183,9 @@ def test_cli_never_overwrites_inputs_and_damaged_or_missing_files_are_one_line(
     one_line(weights.main(["--expand", str(tmp_path / "cut.npz"), str(tmp_path / "e.npz")]),
              "not a compact VGG16 weights file")
     one_line(weights.main(["--expand", str(compact), str(compact)]), "would overwrite an input")
+    assert weights.main(["--expand", str(compact), str(tmp_path)]) == 1
+    err = capsys.readouterr().err  # (the --out-dir hint is the stylize command's: it has one)
+    assert "is a directory, expected an output file name" in err and "--out-dir" not in err
     assert compact.read_bytes() == before
     assert weights.main(["--expand", str(compact), str(tmp_path / "e.npz")]) == 0
     one_line(weights.main(["--expand", str(compact), str(tmp_path / "e.npz")]),
