@@ -53,8 +53,8 @@ def export_model(model: ArbitraryStyleModel, path: str | os.PathLike, *, dtype: 
     ``dtype``: ``"float32"`` (exact) or ``"float16"`` (half the size; values are rounded).
     Returns the path written.
     """
-    return _write_export(model_tensors(model), model.config(), path, dtype=dtype, info=info,
-                         overwrite=overwrite)
+    _check_destination(path, overwrite)
+    return _write_export(model_tensors(model), model.config(), path, dtype=dtype, info=info)
 
 
 def convert_export(src: str | os.PathLike, dst: str | os.PathLike, *,
@@ -63,10 +63,9 @@ def convert_export(src: str | os.PathLike, dst: str | os.PathLike, *,
     to carry a model to a GPU loan in half the bytes), its header unchanged; no model or VGG16
     is built. ``dst`` is never ``src`` and replaces an existing file only with ``overwrite``.
     Raises ModelError for an unreadable ``src``, ConfigError for a bad dtype or ``dst``."""
-    _check_destination(dst, overwrite, inputs=[src])
+    _check_destination(dst, overwrite, inputs=[src])  # (before reading src)
     tensors, header = read_export(src)
-    return _write_export(tensors, header["model_config"], dst, dtype=dtype, info=header["info"],
-                         overwrite=overwrite)
+    return _write_export(tensors, header["model_config"], dst, dtype=dtype, info=header["info"])
 
 
 def _check_destination(path: str | os.PathLike, overwrite: bool, inputs=()) -> None:
@@ -79,11 +78,10 @@ def _check_destination(path: str | os.PathLike, overwrite: bool, inputs=()) -> N
 
 
 def _write_export(tensors: dict[str, np.ndarray], model_config: dict[str, Any],
-                  path: str | os.PathLike, *, dtype: str, info: dict[str, Any] | None,
-                  overwrite: bool) -> Path:
+                  path: str | os.PathLike, *, dtype: str, info: dict[str, Any] | None) -> Path:
+    """Write an export (its destination checked by the caller: _check_destination)."""
     from safetensors.numpy import save
 
-    _check_destination(path, overwrite)
     if dtype not in _DTYPES:
         raise ConfigError(f"export dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
     tensors = {k: np.ascontiguousarray(v.astype(_DTYPES[dtype])) for k, v in tensors.items()}

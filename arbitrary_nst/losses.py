@@ -211,6 +211,18 @@ class LossConfig:
         return cls(**kw)
 
 
+def check_mix_weights(weights, what: str) -> np.ndarray:
+    """``[S]`` or ``[B, S]`` mixing weights as float64 if finite, >= 0 and not all 0 in a row
+    (they are normalized per row where used); ConfigError naming ``what`` otherwise (a row of
+    zeros gave NaN targets under jit)."""
+    w = np.asarray(weights, np.float64)
+    if w.ndim not in (1, 2) or not (np.all(np.isfinite(w)) and np.all(w >= 0)
+                                    and np.all(w.sum(-1) > 0)):
+        raise ConfigError(f"{what} must be [S] or [B, S], finite, >= 0 and not all 0 in a "
+                          f"row, got {w.tolist()}")
+    return w
+
+
 def depth_weighted_layers(layers: Sequence[str], total: float = 1.0,
                           growth: float = 2.0) -> dict[str, float]:
     """Per-layer weights that grow with depth (Novak & Nikulin, "Improving the neural algorithm of
@@ -273,9 +285,7 @@ class StyleTargets:
         except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
             v = None
         if v is not None:
-            if not (np.all(np.isfinite(v)) and np.all(v >= 0) and np.all(v.sum(-1) > 0)):
-                raise ConfigError(f"blend: weights must be finite, >= 0 and not all 0 in a "
-                                  f"row, got {v.tolist()}")
+            check_mix_weights(v, "blend: weights")
         w2 = w[None] if w.ndim == 1 else w
         w2 = w2 / jnp.sum(w2, axis=-1, keepdims=True)
         mix = lambda s: jnp.einsum("bs,s...->b...", w2, s)  # noqa: E731

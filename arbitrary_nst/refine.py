@@ -173,11 +173,7 @@ def refine_embeddings(model, content: np.ndarray, style: np.ndarray, style_weigh
     if content.ndim != 4 or e0.ndim != 2 or e0.shape[0] != content.shape[0]:
         raise ConfigError(f"refine: content [B,H,W,3] and e0 [B,D] must agree, got "
                           f"{content.shape} and {e0.shape}")
-    w = np.asarray(style_weights, np.float64)
-    if w.ndim not in (1, 2) or not (np.all(np.isfinite(w)) and np.all(w >= 0)
-                                    and np.all(w.sum(-1) > 0)):  # (zeros: NaN targets in jit)
-        raise ConfigError(f"refine: style_weights must be [N] or [B, N], finite, >= 0 and not "
-                          f"all 0 in a row, got {w.tolist()}")
+    losses.check_mix_weights(style_weights, "refine: style_weights")  # (checked outside jit)
     graphdef, state = model if isinstance(model, tuple) else nnx.split(model)
     if palette is None:
         palette = nnx.merge(graphdef, state).palette
