@@ -514,21 +514,59 @@ def combine_oracles(oracles: list[dict[str, np.ndarray]]) -> dict[str, np.ndarra
     return out
 
 
+def check_out_folder(out: Path, model_path: str) -> None:
+    """Refuse an ``--out`` whose ``model.safetensors`` is not this command's to replace: the
+    start model, the built-in model, a training workdir's export, or a file that is not a
+    distilled export (a rerun in the same ``--out`` replaces its own model)."""
+    from . import export
+    from .inference import BUILTIN_MODEL
+    from .training import CHECKPOINT_DIR, RUN_ID_FILE
+
+    dest = out / "model.safetensors"
+    real = os.path.realpath(dest)
+    if real == os.path.realpath(model_path):
+        raise ConfigError(f"{model_path}: the distilled model would replace --model (its "
+                          "start); use another --out")
+    if real == os.path.realpath(BUILTIN_MODEL):
+        raise ConfigError(f"{out}: holds the built-in model, which the distilled model would "
+                          "replace; use another --out")
+    if (out / RUN_ID_FILE).is_file() or (out / CHECKPOINT_DIR).is_dir():
+        raise ConfigError(f"{out}: is a training workdir (its export would be replaced); use "
+                          "another --out")
+    if dest.exists() or dest.is_symlink():
+        try:
+            info = export.read_export(dest)[1]["info"]
+        except NSTError:
+            info = None
+        if not isinstance(info, dict) or "distill" not in info:
+            raise ConfigError(f"{dest}: exists and is not a distilled model; refusing to "
+                              "replace it (use another --out)")
+
+
 def main(argv: list[str] | None = None) -> int:
     printable_stdout()
-    p = UsageParser(prog="python -m arbitrary_nst.distill", description=__doc__.split("\n")[0])
+    from .cli import _Formatter  # every default shown once
+
+    p = UsageParser(prog="python -m arbitrary_nst.distill", description=__doc__.split("\n")[0],
+                    formatter_class=_Formatter)
     p.add_argument("--out", required=True, help="work folder (oracle chunks, model, report)")
     p.add_argument("--model", default=None,
                    help="model to start from: an export or a training workdir (default: built-in)")
     p.add_argument("--config", default=str(Path(__file__).resolve().parent.parent / "configs" / "cpu_small.py"),
-                   help="training config whose data section names the training images")
+                   help="training config whose data section names the training images "
+                        "(the default reads ../shared/data or $ARBITRARY_NST_DATA; --set "
+                        "data.style_dirs=... for your own)")
     p.add_argument("--set", action="append", default=[], help="config override key=value")
-    p.add_argument("--num-styles", type=int, default=1000)
+    p.add_argument("--num-styles", type=int, default=1000,
+                   help="training styles in the oracle (10%% of them, 20%% for "
+                        "conditioning, drawn with --seed, held out to judge the fit)")
     p.add_argument("--batch", type=int, default=8, help="styles refined together")
-    p.add_argument("--contents-per-style", type=int, default=1)
+    p.add_argument("--contents-per-style", type=int, default=1,
+                   help="photo crops each style's oracle is fitted on together")
     p.add_argument("--style-size", type=int, default=STYLE_SIZE,
                    help="style working size (shorter side, centre square)")
-    p.add_argument("--content-crop", type=int, default=CONTENT_CROP)
+    p.add_argument("--content-crop", type=int, default=CONTENT_CROP,
+                   help="photo crop side of the oracle")
     p.add_argument("--content-short", type=int, nargs=2, default=list(CONTENT_SHORT_RANGE),
                    metavar=("LO", "HI"), help="photo shorter side before cropping")
     p.add_argument("--target", choices=TARGETS, default="embedding",
@@ -545,13 +583,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="conditioning: ridge penalties to choose from on held-out styles")
     p.add_argument("--scale", type=float, default=1.0,
                    help="conditioning: fold scale x the fitted correction")
-    p.add_argument("--style-weight", type=float, default=0.5)
-    p.add_argument("--fit-steps", type=int, default=3000)
-    p.add_argument("--fit-learning-rate", type=float, default=3e-4)
-    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--style-weight", type=float, default=0.5,
+                   help="style weight of the oracle's loss (training's loss.style_weight)")
+    p.add_argument("--fit-steps", type=int, default=3000,
+                   help="embedding: Adam steps fitting the MLP to the oracle")
+    p.add_argument("--fit-learning-rate", type=float, default=3e-4,
+                   help="embedding: learning rate of that fit")
+    p.add_argument("--weight-decay", type=float, default=0.0,
+                   help="embedding: AdamW weight decay of that fit")
     p.add_argument("--target-scale", type=float, default=1.0,
                    help="fit e0 + s (e* - e0) (1: the oracle itself)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="which training styles and photo crops (and the held-out split)")
     p.add_argument("--content-seeds", type=int, nargs="+", default=None, metavar="S",
                    help="refine every style on the photo crops of each of these seeds and fit "
                         "the mean (default: --seed alone); oracle of seed S != --seed in "
@@ -590,9 +633,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = training.load_config(a.config, a.set)
         model_path = export.model_file(a.model) if a.model else str(BUILTIN_MODEL)  # or a workdir
         out = Path(a.out)
-        if os.path.realpath(model_path) == os.path.realpath(out / "model.safetensors"):
-            raise ConfigError(f"{model_path}: the distilled model would replace --model (its "
-                              "start); use another --out")
+        check_out_folder(out, model_path)
         model = export.load_exported(model_path)
         if conditioning and model.predictor.hidden is None:  # (said after the whole oracle)
             raise ConfigError(f"{model_path}: --target conditioning needs a style predictor "
@@ -637,8 +678,13 @@ def main(argv: list[str] | None = None) -> int:
                    oracle_loss_after=float(r["loss"][:, 1].mean()),
                    oracle_distance=float(np.linalg.norm(moved, axis=-1).mean()),
                    start_model=model_path, args=vars(a))
-        export.export_model(model, out / "model.safetensors", info={"distill": {
-            k: v for k, v in rep.items() if k != "curve"}}, overwrite=True)  # (its own folder)
+        # the lineage train.py records too: a run started from this export adds its steps
+        start_info = export.read_export(model_path)[1]["info"]
+        export.export_model(model, out / "model.safetensors", info={
+            "distill": {k: v for k, v in rep.items() if k != "curve"},
+            "init_from": os.path.basename(model_path),
+            "total_steps": int(start_info.get("total_steps", start_info.get("step", 0)) or 0)},
+            overwrite=True)  # (check_out_folder allowed it)
         report = json.dumps(rep, indent=1, default=str)
         write_atomically(out / "distill.json", lambda f: f.write(report.encode()))
         print(f"oracle: {rep['oracle_styles']} styles, loss {rep['oracle_loss_before']:.4g} -> "

@@ -194,6 +194,50 @@ def test_command_remakes_chunks_of_other_styles_and_damaged_ones(tmp_path, model
     assert err.startswith("error: ") and "is not a directory" in err and err.count("\n") == 1
 
 
+def test_command_replaces_only_its_own_model_and_keeps_the_lineage(tmp_path, model_path,
+                                                                   capsys, monkeypatch):
+    """--out's model.safetensors was replaced whatever it was (the built-in model, a training
+    workdir's export); the distilled export dropped the start's step count (a run started from
+    it counted from 0)."""
+    from arbitrary_nst import inference
+
+    start = tmp_path / "start.safetensors"
+    export.export_model(export.load_exported(model_path), start,
+                        info={"step": 5, "total_steps": 12})
+
+    def refused(out, needle):
+        keep = (out / "model.safetensors").read_bytes()
+        assert distill.main(_small_command(out, start, num_styles=4)) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and needle in err and err.count("\n") == 1, err
+        assert (out / "model.safetensors").read_bytes() == keep
+        assert not (out / "oracle").exists()
+
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "run_id.txt").write_text("abc\n")
+    export.convert_export(model_path, workdir / "model.safetensors")
+    refused(workdir, "is a training workdir")
+    other = tmp_path / "other"
+    other.mkdir()
+    export.convert_export(model_path, other / "model.safetensors")  # a model, not distilled
+    refused(other, "is not a distilled model")
+    (other / "model.safetensors").write_bytes(b"not a model")
+    refused(other, "is not a distilled model")
+    shipped = tmp_path / "assets"
+    shipped.mkdir()
+    export.convert_export(model_path, shipped / "model.safetensors")
+    monkeypatch.setattr(inference, "BUILTIN_MODEL", shipped / "model.safetensors")
+    refused(shipped, "holds the built-in model")
+
+    out = tmp_path / "d"
+    assert distill.main(_small_command(out, start, num_styles=4)) == 0
+    info = export.read_export(out / "model.safetensors")[1]["info"]
+    assert info["total_steps"] == 12 and info["init_from"] == "start.safetensors"
+    assert info["distill"]["oracle_styles"] == 4
+    assert distill.main(_small_command(out, start, num_styles=4)) == 0  # its own: replaced
+
+
 def test_content_seeds_refine_the_same_styles_on_other_photos(tmp_path, model_path):
     """--content-seeds: one oracle folder per seed, same styles and start, other photo crops;
     the fitted target is their mean. The default seed's folder is the plain oracle (so an
