@@ -379,7 +379,8 @@ def build_model(config, vgg=None) -> ArbitraryStyleModel:
     if pooling not in ("max", "avg"):
         raise ConfigError(f"model.vgg_pooling must be 'max' or 'avg', got {pooling!r}")
     if vgg is None:
-        vgg = vgg_lib.load_vgg16(_get(config, "vgg_path"), pooling=pooling)
+        vgg = vgg_lib.load_vgg16(_get(config, "vgg_path"), pooling=pooling,
+                                 training_copy_ok=True)  # (taps up to relu4_3)
     vgg = with_pooling(vgg, pooling)
     return ArbitraryStyleModel(
         vgg, width=float(m.width), embedding_dim=int(m.embedding_dim),
@@ -1506,7 +1507,7 @@ def training_objective(config, models: list, *, num_batches: int = 12, seed: int
     loss_cfg = LossConfig.from_config(config.loss)
     dtype = compute_dtype(_get(config.train, "dtype", "float32"))
     if vgg is None:
-        vgg = vgg_lib.load_vgg16(config.vgg_path)
+        vgg = vgg_lib.load_vgg16(config.vgg_path, training_copy_ok=True)
     loaded = []  # every model first: a bad path fails before the data is read
     for m in models:
         if not isinstance(m, ArbitraryStyleModel):

@@ -228,11 +228,14 @@ def default_normalization_images(size: int = 224) -> list[np.ndarray]:
 
 def load_vgg16(path: str | os.PathLike | None = None, *, pooling: Pooling = "max",
                normalized: bool = False, normalization_images: Iterable[np.ndarray] | None = None,
-               dtype: jnp.dtype | None = None, allow_download: bool = False) -> VGG16:
+               dtype: jnp.dtype | None = None, allow_download: bool = False,
+               training_copy_ok: bool = False) -> VGG16:
     """Build the VGG16 feature extractor with ImageNet weights (see :mod:`arbitrary_nst.weights`
     for where they come from). ``normalized=True`` rescales filters to mean activation 1 over
-    ``normalization_images`` (default: the built-in sample images; cached per cache folder)."""
-    params = weights_lib.load(path, allow_download=allow_download)
+    ``normalization_images`` (default: the built-in sample images; cached per cache folder).
+    ``training_copy_ok``: accept a training-only copy (conv5 zero; :func:`weights.load`)."""
+    params = weights_lib.load(path, allow_download=allow_download,
+                              training_copy_ok=training_copy_ok)
     if normalized:
         params = normalize_weights(params, _cached_means(params, normalization_images, pooling))
     return VGG16(params, pooling=pooling, dtype=dtype)

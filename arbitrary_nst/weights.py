@@ -152,13 +152,21 @@ def read_keras_h5(path: str | os.PathLike) -> Weights:
     return found
 
 
-def read_npz(path: str | os.PathLike) -> Weights:
+def _not_a_zip(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be an ``.npz`` at all, or None (numpy spoke of pickled data)."""
     import zipfile
 
+    if not os.path.isfile(path):
+        return "no such file"
+    if not zipfile.is_zipfile(os.fspath(path)):
+        return "no zip archive: cut off, or another format"
+    return None
+
+
+def read_npz(path: str | os.PathLike) -> Weights:
     try:
-        if not zipfile.is_zipfile(os.fspath(path)):  # (numpy then spoke of pickled data)
-            raise WeightsError(f"{path}: not a readable .npz file (no zip archive: cut off, or "
-                               "another format)")
+        if why := _not_a_zip(path):
+            raise WeightsError(f"{path}: not a readable .npz file ({why})")
         with np.load(os.fspath(path), allow_pickle=False) as z:
             missing = [f"{layer}/{part}" for layer in CONV_LAYERS for part in ("kernel", "bias")
                        if f"{layer}/{part}.npy" not in z.zip.namelist()]
@@ -272,9 +280,30 @@ def resolve(path: str | os.PathLike | None = None, *, allow_download: bool = Fal
                        f"{HOW_TO_FIX}")
 
 
-def load(path: str | os.PathLike | None = None, *, allow_download: bool = False) -> Weights:
+def zero_layers(weights: Weights) -> list[str]:
+    """The conv layers whose kernels are all zero: those a :func:`write_compact` copy lacked
+    (``conv5_*``), zeroed by :func:`expand_compact`. Real weights have none."""
+    return [layer for layer in CONV_LAYERS if not np.any(weights[layer]["kernel"])]
+
+
+def load(path: str | os.PathLike | None = None, *, allow_download: bool = False,
+         training_copy_ok: bool = False) -> Weights:
     """Resolve (see :func:`resolve`) and load the 13 conv layers as float32 numpy arrays.
-    A damaged user cache (a truncated copy, say) is converted again from its source."""
+    A damaged user cache (a truncated copy, say) is converted again from its source.
+
+    An :func:`expand_compact` copy (conv5 zero) is refused unless ``training_copy_ok``: only
+    training's taps stop before conv5; Gatys' relu5_1, the evaluation's relu5_1 measure and
+    the analysis figures would silently read zeros."""
+    weights = _load(path, allow_download=allow_download)
+    zero = [] if training_copy_ok else zero_layers(weights)
+    if zero:
+        raise WeightsError(f"{resolve(path, allow_download=allow_download)}: a training-only "
+                           f"copy ({zero[0]}..{zero[-1]} are zero, as `--expand` writes them); "
+                           "this needs the full VGG16 weights (python -m arbitrary_nst.weights)")
+    return weights
+
+
+def _load(path: str | os.PathLike | None, *, allow_download: bool) -> Weights:
     p = resolve(path, allow_download=allow_download)
     try:
         return read_npz(p)
@@ -315,6 +344,8 @@ def expand_compact(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """Write the full-layout float32 cache from a :func:`write_compact` file. Layers it lacks
     (conv5 by default) are **zero**: only for training, whose taps never reach them; evaluation
     and inference need the real weights (relu5_1 is an evaluation measure)."""
+    if why := _not_a_zip(src):
+        raise WeightsError(f"{src}: not a compact VGG16 weights file ({why})")
     try:
         with np.load(os.fspath(src), allow_pickle=False) as z:
             out: Weights = {}
@@ -367,8 +398,14 @@ def main(argv=None) -> int:
             out = expand_compact(*args.expand)
             print(f"VGG16 training weights expanded: {out}")
             return 0
-        loaded = load(args.path, allow_download=args.download)  # (rebuilds a damaged cache)
+        loaded = load(args.path, allow_download=args.download,  # (rebuilds a damaged cache)
+                      training_copy_ok=True)
         path = resolve(args.path, allow_download=args.download)
+        zero = zero_layers(loaded)
+        if zero:  # (said "ready" as for the full weights)
+            print(f"VGG16 training-only weights: {path} ({zero[0]}..{zero[-1]} are zero: for "
+                  "training's vgg_path only; Gatys, evaluation and analysis refuse it)")
+            return 0
         if args.compact:
             out = write_compact(loaded, args.compact)
             print(f"compact training copy: {out} ({out.stat().st_size / 2**20:.1f} MiB)")

@@ -148,6 +148,30 @@ def test_compact_training_copy_round_trips_and_keeps_features(tmp_path, vgg_para
         weights.expand_compact(tmp_path / "missing.npz", tmp_path / "x.npz")
 
 
+def test_training_only_copy_is_refused_outside_training(tmp_path, vgg_params, capsys):
+    """An --expand copy (conv5 zero) was accepted everywhere: `weights --path` said 'ready' and
+    load_vgg16 gave a network whose relu5_1 is all zero (Gatys' style layer, evaluate's
+    measure). Training (its vgg_path) takes it: its taps stop at relu4_3."""
+    from arbitrary_nst import training, vgg
+
+    full = weights.expand_compact(weights.write_compact(vgg_params, tmp_path / "c.npz"),
+                                  tmp_path / "full.npz")
+    with pytest.raises(WeightsError, match="training-only copy .conv5_1..conv5_3 are zero"):
+        vgg.load_vgg16(full)
+    assert weights.zero_layers(weights.load(full, training_copy_ok=True)) == [
+        "conv5_1", "conv5_2", "conv5_3"]
+    assert weights.zero_layers(vgg_params) == []
+    cfg = training.load_config(str(Path(__file__).parent.parent / "configs" / "smoke.py"),
+                               [f"vgg_path='{full}'"])
+    m = training.build_model(cfg)
+    np.testing.assert_array_equal(np.asarray(m.vgg.layers["conv4_3"]["bias"][...]),
+                                  vgg_params["conv4_3"]["bias"])
+    capsys.readouterr()
+    assert weights.main(["--path", str(full)]) == 0
+    out = capsys.readouterr().out
+    assert "training-only" in out and "ready" not in out
+
+
 def test_cli_runs_as_a_module_quietly_and_reports_bad_outputs_in_one_line(tmp_path):
     """`python -m arbitrary_nst.weights` (every `make` runs it) prints no runpy warning (the
     package imports its modules lazily), and an unwritable --compact is one error line."""
@@ -182,6 +206,13 @@ def test_cli_never_overwrites_inputs_and_damaged_or_missing_files_are_one_line(
     (tmp_path / "cut.npz").write_bytes(before[:5_000_000])
     one_line(weights.main(["--expand", str(tmp_path / "cut.npz"), str(tmp_path / "e.npz")]),
              "not a compact VGG16 weights file")
+    # a photo given by mistake: the reason was numpy's advice on allow_pickle
+    from PIL import Image
+    Image.new("RGB", (8, 8)).save(tmp_path / "photo.jpg")
+    one_line(weights.main(["--expand", str(tmp_path / "photo.jpg"), str(tmp_path / "e.npz")]),
+             "photo.jpg: not a compact VGG16 weights file (no zip archive")
+    one_line(weights.main(["--expand", str(tmp_path / "gone.npz"), str(tmp_path / "e.npz")]),
+             "gone.npz: not a compact VGG16 weights file (no such file)")
     one_line(weights.main(["--expand", str(compact), str(compact)]), "would overwrite an input")
     assert weights.main(["--expand", str(compact), str(tmp_path)]) == 1
     err = capsys.readouterr().err  # (the --out-dir hint is the stylize command's: it has one)
