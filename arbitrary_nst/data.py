@@ -1135,8 +1135,9 @@ def _check_not_eval(d: str, c: Mapping[str, Any]) -> None:
     (as the preparation does), each real folder once."""
     if c["allow_eval_dirs"]:
         return
-    hint = ("evaluation images must never be used for training (set allow_eval_dirs=True if "
-            "this is not one)")
+    hint = ("evaluation images must never be used for training (if this is not one: "
+            "train.py --set data.allow_eval_dirs=True, or data prepare/export "
+            "--allow-eval-dirs)")
     root = os.path.expanduser(d)
     for p in (os.path.abspath(root), os.path.realpath(root)):
         if _is_eval_path(p):
@@ -1814,6 +1815,8 @@ def _cli_cfg(a: argparse.Namespace) -> dict[str, Any]:
         d["prepare_workers"] = a.workers
     if a.source:
         d["source"] = a.source
+    if a.allow_eval_dirs:
+        d["allow_eval_dirs"] = True
     return d
 
 
@@ -1839,6 +1842,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="skip image files with more pixels (64000000: a decompression-bomb "
                             "guard; larger scans are downscaled like the rest)")
         p.add_argument("--source", help="folder (default), synthetic, tfds:<name>, npz:<path>")
+        p.add_argument("--allow-eval-dirs", action="store_true",
+                       help="take a folder with a path component named 'eval' (refused: "
+                            "evaluation images must never be trained on)")
         if name == "export":
             p.add_argument("--out", required=True, help="output .npz")
             p.add_argument("--overwrite", action="store_true", help="replace an existing --out")

@@ -8,6 +8,7 @@ import colorsys
 import json
 import io
 import os
+import shutil
 import sys
 
 from pathlib import Path
@@ -444,6 +445,18 @@ def test_cli_prepare_prints_counts(folder, tfds_dir, capsys):
     assert rc == 0
     assert "skipped photos/corrupt.jpg" in out and "skipped photos/empty.png" in out
     assert f"total: {2 * len(GOOD)} prepared, 4 skipped" in out
+
+
+def test_cli_eval_folder_refusal_names_a_way_that_cli_has(folder, tmp_path, capsys):
+    """The refusal said "set allow_eval_dirs=True", which `data prepare` had no way to set."""
+    ev = tmp_path / "eval"
+    shutil.copytree(folder, ev)
+    args = ["prepare", "--content-dir", str(ev), "--data-dir", str(tmp_path / "tfds")]
+    assert data.main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--allow-eval-dirs" in err and err.count("\n") == 1
+    assert data.main(args + ["--allow-eval-dirs"]) == 0
+    assert f"total: {len(GOOD)} prepared" in capsys.readouterr().out
 
 
 def test_prepare_does_not_print_tfds_download_lines(folder, tmp_path, capfd):
