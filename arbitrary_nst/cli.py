@@ -46,7 +46,9 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
     whose help says what happens) and keeps the description's line breaks."""
 
     def _get_help_string(self, action):
-        if action.required or action.default in (None, False) or "default" in (action.help or ""):
+        # (`in (None, False)` hid every default equal to 0 too: 0 == False)
+        if (action.required or action.default is None or action.default is False
+                or action.default == [] or "default" in (action.help or "")):
             return action.help
         return super()._get_help_string(action)
 

@@ -1030,7 +1030,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated, from {', '.join(METHODS)}")
     p.add_argument("--size", type=int, default=512, help="longer side of every output")
     p.add_argument("--model", default=None,
-                   help="model export for 'model' (default: the built-in model)")
+                   help="model export or training workdir of model, model_refine and model_fit (default: the built-in model)")
     p.add_argument("--gatys-iters", type=int, default=300, help="L-BFGS iterations of 'gatys'")
     p.add_argument("--refine-steps", type=int, default=20,
                    help="Adam steps on the embedding of 'model_refine'")
