@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Train candidate models side by side on one lent GPU within a fixed wall-clock budget.
 #
-#   [A_BATCH=32] bash bench/device_train.sh BUDGET_S OUT_DIR
+#   [A_BATCH=32] [A_INIT=builtin] bash bench/device_train.sh BUDGET_S OUT_DIR
+#
+# A_INIT: the model A (and B without a carried run-B export) starts from: train.init_from, an
+# export or workdir that travels with the carry (v11 was A at A_BATCH=16 from v10, then the
+# built-in model).
 #
 # Prepare the carry here with `bash bench/prepare_carry.sh` (ignored folders, nothing committed;
 # it checks the 64 MiB total), then on the device tool run this with carry ["workdirs/carry",
@@ -39,23 +43,31 @@ COMMON=(--set "vgg_path='$VGG'" --set "$DATA" --set train.num_steps=200000
 # step 2500 on), the noise floor of a step over 16 paintings at that LR (RESULTS.md: the
 # style-specific gradient is the noisy part), so the next loan runs A at batch 32.
 A_BATCH=${A_BATCH:-32}
+A_INIT=${A_INIT:-builtin}
 python3 train.py --config configs/builtin.py --workdir workdirs/gpuA "${COMMON[@]}" \
+  --set "train.init_from='$A_INIT'" \
   --set data.image_size=256 --set "data.content_scale_range=(1.0, 1.15)" \
   --set train.batch_size=$A_BATCH --set optim.warmup_steps=100 --set optim.learning_rate=2e-4 \
   --export "$OUT_DIR/gpuA.safetensors" > "$OUT_DIR/gpuA.log" 2>&1 &
 PA=$!
-# B: Magenta's width-1.0 network (configs/default.py), palette 0.5, style weight 0.5: from
-# scratch, or on from the B of an earlier loan when prepare_carry.sh was given one (the export
-# header's info.total_steps adds the loans up; a restarted cosine at half the peak LR).
-B_START=(--set optim.warmup_steps=200)
+# B: without a carried run-B export, A's run at twice A's learning rate (both continue the
+# built-in model, and the better is the candidate: batch 32 may want the linearly scaled LR of
+# v11's 2e-4 at batch 16). With one (prepare_carry.sh B_INIT: an export of Magenta's width-1.0
+# network, configs/default.py, from an earlier loan) that network trained on: palette 0.5,
+# style weight 0.5, a restarted cosine at half its first peak LR (info.total_steps adds the
+# loans up). (Session 14's B trained it from scratch; its export was not kept.)
 if [ -f workdirs/carry/gpuB_init.safetensors ]; then
-  B_START=(--set train.init_from=workdirs/carry/gpuB_init.safetensors --set optim.warmup_steps=100
-           --set optim.learning_rate=5e-4)
+  python3 train.py --config configs/default.py --workdir workdirs/gpuB "${COMMON[@]}" \
+    --set train.init_from=workdirs/carry/gpuB_init.safetensors --set optim.warmup_steps=100 \
+    --set optim.learning_rate=5e-4 --set train.batch_size=16 --set model.palette=0.5 \
+    --set loss.style_weight=0.5 --set data.augment_strength=0.5 \
+    --export "$OUT_DIR/gpuB.safetensors" > "$OUT_DIR/gpuB.log" 2>&1 &
+else
+  python3 train.py --config configs/builtin.py --workdir workdirs/gpuB "${COMMON[@]}" \
+    --set "train.init_from='$A_INIT'" --set data.image_size=256 --set "data.content_scale_range=(1.0, 1.15)" \
+    --set train.batch_size=$A_BATCH --set optim.warmup_steps=100 --set optim.learning_rate=4e-4 \
+    --export "$OUT_DIR/gpuB.safetensors" > "$OUT_DIR/gpuB.log" 2>&1 &
 fi
-python3 train.py --config configs/default.py --workdir workdirs/gpuB "${COMMON[@]}" \
-  --set train.batch_size=16 --set model.palette=0.5 "${B_START[@]}" \
-  --set loss.style_weight=0.5 --set data.augment_strength=0.5 \
-  --export "$OUT_DIR/gpuB.safetensors" > "$OUT_DIR/gpuB.log" 2>&1 &
 PB=$!
 wait $PA; echo "A rc $?"; wait $PB; echo "B rc $?"
 tail -n 5 "$OUT_DIR"/gpuA.log "$OUT_DIR"/gpuB.log

@@ -33,9 +33,15 @@ if [ -n "$B_INIT" ]; then
     echo "prepare_carry: workdirs/carry/train.npz is larger than the ${MAX_MB} MB left next to B_INIT; delete it to rebuild" >&2
     exit 1
   fi
-  "$PY" -c "import sys; from arbitrary_nst import errors, export
-try: export.convert_export(sys.argv[1], sys.argv[2], dtype='float16', overwrite=True)
-except errors.NSTError as err: sys.exit(f'prepare_carry: {err}')" "$B_INIT" workdirs/carry/gpuB_init.safetensors
+  # B_INIT must be run B's network (configs/default.py: width 1.0, 100-d): another model (the
+  # built-in one, say) would be refused by train.py on the device, and B's half of the loan lost.
+  "$PY" -c "import sys; from arbitrary_nst import errors, export, training
+try:
+    cfg = training.load_config('configs/default.py', [])
+    export.init_from_export(training.build_model(cfg), sys.argv[1])
+    export.convert_export(sys.argv[1], sys.argv[2], dtype='float16', overwrite=True)
+except errors.NSTError as err: sys.exit(f'prepare_carry: B_INIT is not a run-B export: {err}')" \
+    "$B_INIT" workdirs/carry/gpuB_init.safetensors
 else
   rm -f workdirs/carry/gpuB_init.safetensors
 fi
