@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from arbitrary_nst import cli, cli_stylize, inference
+from arbitrary_nst.errors import ModelError
 from arbitrary_nst.cli_demo import DEMO_CONTENTS, DEMO_STYLES, MARKER
 
 from test_cli_stylize import make_model_file
@@ -83,3 +84,76 @@ def test_without_a_built_in_model_the_demo_runs_gatys(tmp_path, monkeypatch, cap
     assert "no trained model" in said and "running the Gatys optimizer instead" in said
     assert Image.open(out / "gatys" / "astronaut__strokes.png").size[0] == 32
     assert not (out / "stylized").exists() and (out / MARKER).is_file()
+
+
+@pytest.fixture
+def stub_stylize(monkeypatch):
+    """Record the demo's in-process ``stylize`` commands instead of running them; ``rcs`` lists
+    the exit codes to return (then 0)."""
+    from arbitrary_nst import cli_demo
+
+    calls, rcs = [], []
+    monkeypatch.setattr(cli_demo, "_stylize",
+                        lambda argv: calls.append(argv) or (rcs.pop(0) if rcs else 0))
+    monkeypatch.setattr(cli_stylize, "load_stylizer", lambda model, *a, **k: None)
+    return calls, rcs
+
+
+def _opt(argv, name, n=1):
+    i = argv.index(name)
+    return argv[i + 1:i + 1 + n] if n > 1 else argv[i + 1]
+
+
+def test_demo_passes_its_options_to_every_stylize_call(tmp_path, stub_stylize, capsys):
+    calls, _ = stub_stylize
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--out-dir", str(out), "--model", "my.safetensors",
+                     "--max-size", "48", "--no-progress"]) == 0
+    assert len(calls) == len(DEMO_STYLES) + 2
+    for argv in calls:  # the user's model, size and quietness everywhere
+        assert _opt(argv, "--model") == "my.safetensors" and _opt(argv, "--max-size") == "48"
+        assert "--no-progress" in argv and "--overwrite" in argv
+    style_dir = out / "inputs" / "style"
+    # one call per style over the content folder (several --style values would be mixed)
+    assert [_opt(a, "--style") for a in calls[:4]] == [str(style_dir / f"{s}.png")
+                                                      for s in DEMO_STYLES]
+    assert all(_opt(a, "--content") == str(out / "inputs" / "content") and
+               _opt(a, "--out-dir") == str(out / "stylized") for a in calls[:4])
+    interp, sweep = calls[4], calls[5]
+    a, b = _opt(interp, "--interpolate", 2)
+    assert a != b and {a, b} <= {str(style_dir / f"{s}.png") for s in DEMO_STYLES}
+    assert _opt(interp, "--out") == str(out / "interpolation.png")
+    assert _opt(sweep, "--out") == str(out / "strength_sweep.png") and "--strength-sweep" in sweep
+    # the inputs it wrote: photos at --max-size, the 4 generated styles
+    for name in DEMO_CONTENTS:
+        assert max(Image.open(out / "inputs" / "content" / f"{name}.png").size) == 48
+    assert sorted(p.name for p in style_dir.iterdir()) == sorted(f"{s}.png" for s in DEMO_STYLES)
+    # without --no-progress / --model: not passed
+    calls.clear()
+    assert cli.main(["demo", "--out-dir", str(out), "--max-size", "48"]) == 0
+    assert calls and not any("--no-progress" in a or "--model" in a for a in calls)
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("failing", [0, 3, 4, 5])
+def test_any_failed_stylize_call_makes_the_exit_status_1(tmp_path, stub_stylize, capsys, failing):
+    calls, rcs = stub_stylize
+    rcs.extend([0] * failing + [1])
+    assert cli.main(["demo", "--out-dir", str(tmp_path / "d"), "--max-size", "32"]) == 1
+    assert len(calls) == len(DEMO_STYLES) + 2  # the other calls still ran
+    assert "some images were skipped" in capsys.readouterr().out
+
+
+def test_gatys_fallback_gets_the_iterations(tmp_path, stub_stylize, monkeypatch, capsys):
+    calls, _ = stub_stylize
+
+    def no_model(model, *a, **k):
+        raise ModelError("no built-in model")
+
+    monkeypatch.setattr(cli_stylize, "load_stylizer", no_model)
+    out = tmp_path / "d"
+    assert cli.main(["demo", "--out-dir", str(out), "--max-size", "32", "--iterations", "7"]) == 0
+    [argv] = calls
+    assert _opt(argv, "--method") == "gatys" and _opt(argv, "--iterations") == "7"
+    assert _opt(argv, "--out") == str(out / "gatys" / "astronaut__strokes.png")
+    assert "no trained model" in capsys.readouterr().out

@@ -100,3 +100,134 @@ def test_names_up_to_255_bytes_are_written(tmp_path, name):
     assert npz.read_bytes() == b"x"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, npz.name])  # no temps
     assert files.temp_prefix("a.png") == ".a.png."  # short names: unchanged
+
+
+# ------------------------------------------------------------------ checks before the work
+
+
+def test_make_dir_and_lexists_name_what_is_wrong(tmp_path):
+    from arbitrary_nst.errors import ImageError
+
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
+    with pytest.raises(ImageError) as e:
+        files.make_dir(a_file, "the workdir")
+    assert str(e.value) == f"{a_file}: the workdir is not a directory"
+    with pytest.raises(ImageError) as e:
+        files.make_dir(a_file / "sub", "the workdir")
+    assert str(e.value) == (f"{a_file / 'sub'}: cannot create the workdir: a parent path is "
+                            "not a directory")
+    assert files.make_dir(tmp_path / "a" / "b") == tmp_path / "a" / "b"
+    assert (tmp_path / "a" / "b").is_dir()
+    # a path under a file does not exist (NotADirectoryError from the stat): False, no error
+    assert files.lexists(a_file / "x") is False
+    assert files.lexists(tmp_path / "missing") is False and files.lexists(a_file) is True
+    os.symlink(tmp_path / "missing", tmp_path / "dangling")
+    assert files.lexists(tmp_path / "dangling") is True  # the link itself exists
+    with pytest.raises(ImageError, match="not a valid file name"):
+        files.lexists(tmp_path / "a\0b")
+
+
+def test_is_inside_compares_whole_path_components(tmp_path):
+    (tmp_path / "out" / "sub").mkdir(parents=True)
+    (tmp_path / "outer").mkdir()
+    assert files.is_inside(tmp_path / "out", tmp_path / "out")
+    assert files.is_inside(tmp_path / "out" / "sub" / "x.png", tmp_path / "out")
+    assert not files.is_inside(tmp_path / "outer" / "x.png", tmp_path / "out")  # a prefix only
+    assert not files.is_inside(tmp_path / "out", tmp_path / "out" / "sub")
+    os.symlink(tmp_path / "out" / "sub", tmp_path / "link")
+    assert files.is_inside(tmp_path / "link" / "x.png", tmp_path / "out")  # links resolved
+
+
+def test_check_writable_dir_leaves_nothing_behind(tmp_path):
+    assert files.check_writable_dir(tmp_path / "new") == tmp_path / "new"
+    assert list((tmp_path / "new").iterdir()) == []
+    files.check_writable_dir(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new"]
+
+
+def test_check_output_file_refusals(tmp_path):
+    from arbitrary_nst.errors import ImageError
+
+    src = tmp_path / "in.png"
+    src.write_bytes(b"input")
+    ok = files.check_output_file(tmp_path / "Out.PNG", overwrite=False, suffixes={".png", ".jpg"})
+    assert ok == tmp_path / "Out.PNG"  # the suffix is compared case-insensitively
+    with pytest.raises(ImageError) as e:
+        files.check_output_file(tmp_path / "o.gif", overwrite=True, suffixes={".png", ".jpg"})
+    assert str(e.value) == (f"{tmp_path / 'o.gif'}: unsupported output format (.gif); use one of "
+                            ".jpg, .png")
+    with pytest.raises(ImageError) as e:
+        files.check_output_file(src, overwrite=False)
+    assert str(e.value) == f"{src}: exists; pass --overwrite to replace it"
+    assert files.check_output_file(src, overwrite=True) == src
+    # an input is never overwritten, also when named another way (.., a link)
+    other_name = tmp_path / "sub" / ".." / "in.png"
+    (tmp_path / "sub").mkdir()
+    os.symlink(src, tmp_path / "link.png")
+    for p in (src, other_name, tmp_path / "link.png"):
+        with pytest.raises(ImageError, match="would overwrite an input file"):
+            files.check_output_file(p, overwrite=True, inputs=[src])
+    with pytest.raises(ImageError, match="would overwrite an input file"):
+        files.check_output_file(src, overwrite=True, inputs=[str(tmp_path / "link.png")])
+    # 130 two-byte characters: 134 characters, but 264 bytes (one-line error, before the work)
+    long = tmp_path / ("é" * 130 + ".png")
+    with pytest.raises(ImageError, match="(?i)file name too long"):
+        files.check_output_file(long, overwrite=False)
+    assert not (tmp_path / "x").exists()
+    # the folder is created (and checked) before the work
+    assert files.check_output_file(tmp_path / "x" / "y" / "o.png", overwrite=False).name == "o.png"
+    assert (tmp_path / "x" / "y").is_dir() and list((tmp_path / "x" / "y").iterdir()) == []
+    with pytest.raises(ImageError) as e:
+        files.check_output_file(src / "o.png", overwrite=False)
+    assert str(e.value) == f"{src}: output folder is not a directory"
+
+
+def test_temp_prefix_cuts_at_character_boundaries():
+    room = 255 - 12 - 2  # the longest name kept whole: "." name "." + 8 random + ".tmp"
+    assert files.temp_prefix("a" * room) == "." + "a" * room + "."
+    assert files.temp_prefix("a" * (room + 1)) == "." + "a" * (room - 1) + "~."
+    # "a" + 120 two-byte characters + ".png" (245 bytes): the cut at byte 240 splits a character,
+    # which is dropped (not replaced by a 3-byte U+FFFD, which made the name too long)
+    name = "a" + "é" * 120 + ".png"
+    assert files.temp_prefix(name) == ".a" + "é" * 119 + "~."
+    assert len(files.temp_prefix(name).encode()) + 12 <= 255
+
+
+def test_name_cut_inside_a_character_is_written(tmp_path):
+    name = "a" + "é" * 120 + ".bin"
+    p = files.write_atomically(tmp_path / name, lambda f: f.write(b"x"))
+    assert p.read_bytes() == b"x" and [q.name for q in tmp_path.iterdir()] == [name]
+
+
+def test_an_interrupted_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    p = tmp_path / "x.bin"
+    p.write_bytes(b"old")
+
+    def interrupted(f):
+        f.write(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        files.write_atomically(p, interrupted)
+    assert p.read_bytes() == b"old" and [q.name for q in tmp_path.iterdir()] == ["x.bin"]
+
+
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_link_no_clobber_moves_once_and_never_replaces(tmp_path, monkeypatch, hard_links):
+    from arbitrary_nst.errors import ImageError
+
+    if not hard_links:
+        def no_links(src, dst, **kw):
+            raise PermissionError(1, "Operation not permitted")
+
+        monkeypatch.setattr(os, "link", no_links)
+    tmp, dst = tmp_path / ".t.tmp", tmp_path / "d.png"
+    tmp.write_bytes(b"new")
+    files.link_no_clobber(tmp, dst)
+    assert dst.read_bytes() == b"new" and not tmp.exists()  # moved, not copied
+    tmp.write_bytes(b"newer")
+    with pytest.raises(ImageError) as e:
+        files.link_no_clobber(tmp, dst)
+    assert str(e.value) == f"{dst}: exists; pass overwrite=True (or --overwrite)"
+    assert dst.read_bytes() == b"new" and tmp.read_bytes() == b"newer"

@@ -236,3 +236,41 @@ def test_export_onnx_command(model_file, tmp_path, capsys):
     assert cli.main(["export-onnx", "--model", str(tmp_path / "nope.safetensors"),
                      "--out", str(tmp_path / "n.onnx")]) == 1
     assert "no such model file" in capsys.readouterr().err
+
+
+def test_exported_file_is_readable_by_older_onnxruntime_and_names_its_config(stylizers):
+    m = stylizers[0].model
+    proto = transfer_graph(m)
+    assert proto.ir_version <= 8  # onnxruntime >= 1.14 reads it
+    assert [o.version for o in proto.opset_import if o.domain == ""] == [17]
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta == {"arbitrary_nst.model_config": repr(m.config())}
+
+
+def test_threads_and_input_checks(stylizers, tmp_path, rng):
+    import onnx
+    from onnx import TensorProto, helper
+
+    m = stylizers[0].model
+    for n in (1, 3):
+        ot = OnnxTransfer(m, threads=n)
+        assert ot.session.get_session_options().intra_op_num_threads == n
+    e = np.zeros(ot.embedding_dim, np.float32)
+    for shape in ((8, 8, 4), (8, 8), (1, 1, 8, 8, 3)):
+        with pytest.raises(ConfigError) as ei:
+            ot.transfer(np.zeros(shape, np.float32), e)
+        assert str(ei.value) == f"content must be [H, W, 3] or [N, H, W, 3], got {shape}"
+    # a graph with an "embedding" input but another image input is not ours
+    f = TensorProto.FLOAT
+    g = helper.make_graph([helper.make_node("Identity", ["image"], ["stylized"]),
+                           helper.make_node("Identity", ["embedding"], ["e"])], "other",
+                          [helper.make_tensor_value_info("image", f, [1]),
+                           helper.make_tensor_value_info("embedding", f, [1, 4])],
+                          [helper.make_tensor_value_info("stylized", f, [1]),
+                           helper.make_tensor_value_info("e", f, [1, 4])])
+    other = tmp_path / "other.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), other)
+    with pytest.raises(ModelError) as ei:
+        OnnxTransfer(other)
+    assert str(ei.value) == (f"{other}: not an arbitrary_nst transfer graph "
+                             "(inputs ['embedding', 'image'])")

@@ -66,3 +66,76 @@ def test_too_small_content_is_one_config_error():
             m.transfer(rng.random(shape, np.float32), v)
     for shape in ((5, 40, 3), (40, 5, 3)):
         assert m.transfer(rng.random(shape, np.float32), v).shape == shape
+
+
+def test_fp32_variant_folds_qdq_nodes_exactly():
+    """_strip_qdq on a small QDQ graph (per-axis weights along the default axis 1 and along an
+    explicit axis 0, non-zero zero points, a per-tensor weight without a zero point, Q/DQ
+    activations, an aliased graph output) against the float64 dequantized NumPy reference."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1q = rng.integers(-128, 128, (3, 4)).astype(np.int8)
+    w1s = np.array([0.02, 0.05, 0.01, 0.03], np.float32)
+    w1z = np.array([3, -7, 0, 11], np.int8)
+    w2q = rng.integers(-128, 128, (4, 2)).astype(np.int8)
+    w2s = np.array([0.04, 0.01, 0.02, 0.03], np.float32)
+    w2z = np.array([-5, 2, 9, -1], np.int8)
+    bq = rng.integers(-128, 128, (4,)).astype(np.int8)
+    bs = np.array(0.01, np.float32)
+    xs, xz = np.array(0.05, np.float32), np.array(0, np.int8)
+    inits = [numpy_helper.from_array(a, n) for a, n in (
+        (w1q, "w1q"), (w1s, "w1s"), (w1z, "w1z"), (w2q, "w2q"), (w2s, "w2s"), (w2z, "w2z"),
+        (bq, "bq"), (bs, "bs"), (xs, "xs"), (xz, "xz"))]
+    nodes = [
+        helper.make_node("DequantizeLinear", ["w1q", "w1s", "w1z"], ["w1"]),  # axis 1: default
+        helper.make_node("DequantizeLinear", ["w2q", "w2s", "w2z"], ["w2"], axis=0),
+        helper.make_node("DequantizeLinear", ["bq", "bs"], ["b"]),
+        helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+        helper.make_node("MatMul", ["xd", "w1"], ["h"]),
+        helper.make_node("Add", ["h", "b"], ["hb"]),
+        helper.make_node("MatMul", ["hb", "w2"], ["y"]),
+        helper.make_node("QuantizeLinear", ["y", "xs", "xz"], ["yq"]),
+        helper.make_node("DequantizeLinear", ["yq", "xs", "xz"], ["out"]),
+    ]
+    graph = helper.make_graph(nodes, "qdq",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 2])],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    peers._strip_qdq(model)
+    onnx.checker.check_model(model)
+    assert not {n.op_type for n in model.graph.node} & {"QuantizeLinear", "DequantizeLinear"}
+    assert [o.name for o in model.graph.output] == ["out"]
+    x = rng.normal(size=(2, 3)).astype(np.float32)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"x": x})[0]
+    w1 = (w1q.astype(np.float64) - w1z[None, :]) * w1s[None, :]
+    w2 = (w2q.astype(np.float64) - w2z[:, None]) * w2s[:, None]
+    ref = (x.astype(np.float64) @ w1 + bq * float(bs)) @ w2
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_style_is_centre_cropped_and_content_padded_to_4(pair):
+    """The package's preprocessing: a non-square style is centre-cropped (not squashed) to a
+    square; content is reflect-padded at the bottom/right to a multiple of 4 and cropped back
+    (reference: the transfer session run directly on the np.pad-ed array)."""
+    content, style = pair
+    peer = peers.MagentaLite("fp32")
+    wide = np.concatenate([samples.noise_image(128, 40, 1), style,
+                           samples.noise_image(128, 40, 2)], axis=1)  # 128 x 208
+    np.testing.assert_allclose(peer.embed(wide), peer.embed(wide[:, 40:168]), atol=1e-6)
+    assert np.abs(peer.embed(wide) - peer.embed(style[:, :100])).max() > 1e-3
+    vec = peer.embed(style)
+    names = [i.name for i in peer.transform.get_inputs()]
+    for h, w in ((36, 44), (42, 50)):
+        x = np.ascontiguousarray(content[:h, :w])
+        ph, pw = -h % 4, -w % 4
+        xp = np.pad(x, ((0, ph), (0, pw), (0, 0)), mode="reflect")
+        ref = peer.transform.run(None, {names[0]: xp[None], names[1]: vec})[0][0][:h, :w]
+        np.testing.assert_allclose(peer.transfer(x, vec), np.clip(ref, 0, 1), atol=1e-6)

@@ -130,3 +130,73 @@ def test_synthetic_images():
     g = samples.gradient_image(5, 11)
     _check(g, (5, 11, 3))
     assert g[0, 0, 0] == 0.0 and g[0, -1, 0] == 1.0 and g[-1, 0, 1] == 1.0
+
+
+def test_style_size_bounds_are_inclusive(monkeypatch):
+    assert samples.style_image("waves", 16).shape == (16, 16, 3)  # the smallest size allowed
+    # sizes are checked before rendering (a stub renderer: 4096 would be an 8192-px canvas)
+    asked = []
+    monkeypatch.setattr(samples, "_style_cached",
+                        lambda name, size: asked.append((name, size)) or np.zeros((1, 1, 3)))
+    for bad in (15, 4097):
+        with pytest.raises(ConfigError, match=r"style size must be in 16\.\.4096, got "):
+            samples.style_image("waves", bad)
+    samples.style_image("mosaic", 4096)
+    assert asked == [("mosaic", 4096)]
+
+
+@needs_skimage
+def test_texture_style_is_centre_cropped_not_squashed():
+    path = samples.skimage_data_dir() / "hubble_deep_field.jpg"
+    photo = load_image(path)
+    assert photo.shape[:2] == (872, 1000)  # not square: the crop matters
+    h, w = photo.shape[:2]
+    left = (w - h) // 2
+    crop = photo[:, left:left + h]
+    from arbitrary_nst.images import resize
+
+    ref = resize(crop, (48, 48))
+    np.testing.assert_allclose(samples.style_image("hubble", 48), ref, atol=1e-6)
+    assert np.abs(resize(photo, (48, 48)) - ref).mean() > 0.005  # a squashed one differs
+
+
+def test_missing_data_file_names_it_and_how_to_reinstall(monkeypatch, tmp_path):
+    monkeypatch.setattr(samples, "skimage_data_dir", lambda: tmp_path)
+    samples._style_cached.cache_clear()
+    try:
+        with pytest.raises(NSTError) as e:
+            samples.content_image("chelsea")
+        assert str(e.value) == (f"scikit-image data file chelsea.png is missing from {tmp_path}; "
+                                f"reinstall with: {samples.SKIMAGE_INSTALL_HINT}")
+        with pytest.raises(NSTError, match="ihc.png is missing"):
+            samples.style_image("ihc", 32)
+    finally:
+        samples._style_cached.cache_clear()
+
+
+@needs_skimage
+def test_write_samples_without_overwrite_keeps_existing_files(tmp_path):
+    from arbitrary_nst.errors import ImageError
+
+    samples.write_samples(tmp_path, style_size=16, content_max_side=32)
+    mine = tmp_path / "content" / "astronaut.png"
+    mine.write_bytes(b"my own file")
+    with pytest.raises(ImageError, match="exists"):
+        samples.write_samples(tmp_path, style_size=16, content_max_side=32, overwrite=False)
+    assert mine.read_bytes() == b"my own file"
+
+
+def test_generated_styles_are_antialiased_and_clipped():
+    """Rendered at 2x and downsampled with Lanczos: a 1-px checkerboard at 2x averages to grey
+    (a nearest-neighbour downsample keeps pure black/white); canvases beyond 0..255 clip
+    (not wrap around in the uint8 conversion)."""
+    n = 16
+    checker = (np.indices((2 * n, 2 * n)).sum(0) % 2 * 255).astype(np.uint8)
+    out = samples._finish(np.repeat(checker[:, :, None], 3, 2), n)
+    assert out.shape == (n, n, 3) and out.dtype == np.float32
+    assert np.abs(out - 0.5).max() < 0.05
+    canvas = np.zeros((2 * n, 2 * n, 3))
+    canvas[:n] = 300.0   # top half over-exposed
+    canvas[n:] = -20.0   # bottom half below 0
+    out = samples._finish(canvas, 2 * n)
+    assert np.all(out[:n] == 1.0) and np.all(out[n:] == 0.0)
