@@ -404,11 +404,12 @@ def _style_embeddings(stylizer, styles, content_img, args):
         raise ConfigError("--preserve-color match recolours style images; fitted styles "
                           "(.npz) are not images: use --preserve-color luminance")
     size = args.style_size
-    c_small = style_working_image(images.to_float(content_img), size)
     smalls = np.stack([style_working_image(
         images.load_image(s, max_pixels=args.max_pixels, max_side=8 * size), size)
         for s in styles])
-    matched = np.asarray(color.match_color(smalls, c_small), np.float32)
+    # to the whole photo's colours, as stylize does (not its centre square's)
+    cm = color.color_moments_np(images.to_float(content_img))
+    matched = np.asarray(color.match_color_to_moments(smalls, cm), np.float32)
     return (*stylizer.embed_with_palettes(list(matched), style_size=size), None)
 
 

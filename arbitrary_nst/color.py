@@ -223,9 +223,18 @@ def match_color(source, target, method: MatchMethod = "eig", eps: float = 1e-5) 
     """``source`` with its colours mapped to the mean and covariance of ``target``'s colours
     (clipped to [0, 1]). In colour-preserving transfer the source is the style image and the target
     is the content, so the style's textures arrive in the content's palette."""
-    a, b = color_transfer_matrix(source, target, method, eps)
-    x = _rgb(source)
-    out = jnp.einsum("...hwj,...ij->...hwi", x, a) + b[..., None, None, :]
+    return _affine(source, *color_transfer_matrix(source, target, method, eps))
+
+
+def match_color_to_moments(source, moments, eps: float = 1e-5) -> jax.Array:
+    """:func:`match_color` (``"eig"``) to a target given by its :func:`color_moments`
+    ``[..., 12]`` (e.g. a whole photo's, measured once, for styles at a working size)."""
+    ms, cs = color_stats(source)
+    return _affine(source, *_eig_affine(ms, cs, *stats_from_moments(moments), eps))
+
+
+def _affine(x, a, b) -> jax.Array:
+    out = jnp.einsum("...hwj,...ij->...hwi", _rgb(x), a) + b[..., None, None, :]
     return jnp.clip(out, 0.0, 1.0)
 
 
@@ -242,6 +251,14 @@ def color_moments(x) -> jax.Array:
     mean = jnp.mean(flat, axis=-2)
     second = jnp.einsum("...ni,...nj->...ij", flat, flat) / flat.shape[-2]
     return jnp.concatenate([mean, second.reshape(*second.shape[:-2], 9)], axis=-1)
+
+
+def color_moments_np(x: np.ndarray) -> np.ndarray:
+    """:func:`color_moments` of one ``[H, W, 3]`` float image in numpy (``[12]`` float32): for
+    the host, where every photo size would compile the jax version anew."""
+    flat = np.asarray(x, np.float32).reshape(-1, 3)
+    second = (flat.T @ flat).astype(np.float64) / len(flat)
+    return np.concatenate([flat.mean(0, dtype=np.float64), second.reshape(9)]).astype(np.float32)
 
 
 def stats_from_moments(moments) -> tuple[jax.Array, jax.Array]:

@@ -32,8 +32,9 @@ colour mean and covariance (one affine map per image, :func:`arbitrary_nst.color
 the model's own ``palette`` is the default, 0 for models exported without one). The target is
 the style images' colour moments (:meth:`Stylizer.palettes`, cached with the embeddings), mixed
 with the same weights as the embeddings, and with ``strength`` < 1 mixed with the content's own
-moments likewise, so ``strength`` 0 still gives (almost) the photo. With ``preserve_color``
-"match" the target is the content's colours; with "luminance" the palette is not applied (the
+moments likewise (of the whole photo, not of its working square), so ``strength`` 0 still
+gives (almost) the photo. With ``preserve_color`` "match" the target is the content's colours
+(the whole photo's, to which the styles were recoloured too); with "luminance" the palette is not applied (the
 chroma is the content's anyway). With ``embedding=`` the palette needs ``palette_moments=``
 (else it is not applied).
 
@@ -517,12 +518,13 @@ def _heads_impl(graphdef, state, e):
 _heads_jit = jax.jit(_heads_impl, static_argnums=(0,))
 
 
-def _target_embedding(model, e, small, styles, w, strength, *, use_content: bool):
-    """The per-example embeddings to transfer with: ``e`` as given, or (colour-matched styles)
-    each content's own mixture; then moved toward the content's embedding when
+def _target_embedding(model, e, small, cm, styles, w, strength, *, use_content: bool):
+    """The per-example embeddings to transfer with: ``e`` as given, or (styles colour-matched
+    to each content's colour moments ``cm`` [B,12], of the whole photo) each content's own
+    mixture; then moved toward the content's embedding (of ``small``, its working image) when
     ``use_content`` (strength < 1)."""
     if styles is not None:
-        matched = jax.vmap(lambda c: color.match_color(styles, c))(small)  # [B,N,S,S,3]
+        matched = jax.vmap(lambda m: color.match_color_to_moments(styles, m))(cm)  # [B,N,S,S,3]
         b, n = matched.shape[:2]
         es = model.embed(matched.reshape((b * n,) + matched.shape[2:])).reshape(b, n, -1)
         e = jnp.einsum("bnd,n->bd", es, w)
@@ -532,23 +534,23 @@ def _target_embedding(model, e, small, styles, w, strength, *, use_content: bool
     return e
 
 
-def _embedding_impl(graphdef, state, e, small, styles, w, strength, *, use_content: bool):
+def _embedding_impl(graphdef, state, e, small, cm, styles, w, strength, *, use_content: bool):
     _TRACES["embedding"] += 1
-    return _target_embedding(nnx.merge(graphdef, state), e, small, styles, w, strength,
+    return _target_embedding(nnx.merge(graphdef, state), e, small, cm, styles, w, strength,
                              use_content=use_content)
 
 
 _embedding_jit = jax.jit(_embedding_impl, static_argnums=(0,), static_argnames=("use_content",))
 
 
-def _palette_target(model, moments, small, strength, *, use_content: bool, match: bool):
+def _palette_target(moments, cm, strength, *, use_content: bool, match: bool):
     """The colour moments ``[B, 12]`` outputs are aligned to: the styles' (``moments``), mixed
-    with the content's own like the embedding when ``use_content``; the content's in match
-    mode (its styles were recoloured to the content's colours)."""
+    with the content's own (``cm``, of the whole photo) like the embedding when
+    ``use_content``; the content's in match mode (its styles were recoloured to them)."""
     if match:
-        return model.palette_moments(small)
+        return cm
     if use_content:
-        return strength * moments + (1.0 - strength) * model.palette_moments(small)
+        return strength * moments + (1.0 - strength) * cm
     return moments
 
 
@@ -559,43 +561,43 @@ def _valid_mask(hw, shape) -> jax.Array:
     return (rows & cols).astype(jnp.float32)
 
 
-def _apply_palette(model, y, moments, small, strength, palette, hw, *, use_content: bool,
+def _apply_palette(model, y, moments, cm, strength, palette, hw, *, use_content: bool,
                    match: bool):
     """``y`` (padded batch) aligned to its palette target, measured inside each ``hw``."""
-    target = _palette_target(model, moments, small, strength, use_content=use_content,
-                             match=match)
+    target = _palette_target(moments, cm, strength, use_content=use_content, match=match)
     return model.align_palette(y, target, palette, mask=_valid_mask(hw, y.shape))
 
 
-def _align_impl(graphdef, state, y, moments, small, strength, palette, hw, *, use_content: bool,
+def _align_impl(graphdef, state, y, moments, cm, strength, palette, hw, *, use_content: bool,
                 match: bool):
     _TRACES["align"] += 1
-    return _apply_palette(nnx.merge(graphdef, state), y, moments, small, strength, palette, hw,
+    return _apply_palette(nnx.merge(graphdef, state), y, moments, cm, strength, palette, hw,
                           use_content=use_content, match=match)
 
 
 _align_jit = jax.jit(_align_impl, static_argnums=(0,), static_argnames=("use_content", "match"))
 
 
-def _stylize_impl(graphdef, state, x, e, offset, small, styles, w, strength, moments, palette,
-                  hw, *, use_content: bool, luminance: bool, align: bool, out_uint8: bool,
-                  masked: bool):
+def _stylize_impl(graphdef, state, x, e, offset, small, cm, styles, w, strength, moments,
+                  palette, hw, *, use_content: bool, luminance: bool, align: bool,
+                  out_uint8: bool, masked: bool):
     """x: [B,H,W,3] content (uint8 or float); e: [B,D] target embeddings (None when styles are
     colour-matched per content: styles [N,S,S,3] + w [N]); offset: [B,G] the fitted styles'
     (mixed) gamma/beta offsets, or None; small: [B,S,S,3] content at the style
-    working size (content embedding and colour matching); strength, palette: scalars;
+    working size (the content's embedding); cm: [B,12] the contents' colour moments (whole
+    photo: colour matching, the palette's content part); strength, palette: scalars;
     moments: [B,12] the styles' colour moments (None in match mode); hw: [B,2] unpadded sizes
     (the palette measures the output's colours there); align: apply the palette; masked: the
     transfer network's statistics skip the bucket padding (hw)."""
     _TRACES["stylize"] += 1
     model = nnx.merge(graphdef, state)
     xf = _to_float01(x)
-    e = _target_embedding(model, e, small, styles, w, strength, use_content=use_content)
+    e = _target_embedding(model, e, small, cm, styles, w, strength, use_content=use_content)
     if offset is not None and use_content:  # the content's own conditioning has no offset
         offset = strength * offset
     y = fit_style.transfer_with(model, xf, e, offset, hw if masked else None)
     if align:
-        y = _apply_palette(model, y, moments, small, strength, palette, hw,
+        y = _apply_palette(model, y, moments, cm, strength, palette, hw,
                            use_content=use_content, match=styles is not None)
     if luminance:
         y = color.transfer_luminance(y, xf)
@@ -655,6 +657,12 @@ class _Plan:
 
     @property
     def need_small(self) -> bool:
+        """The content's working image is used (its embedding)."""
+        return self.use_content
+
+    @property
+    def need_content_moments(self) -> bool:
+        """The content's colour moments are used (colour matching, the palette)."""
         return self.use_content or self.match
 
 
@@ -686,6 +694,7 @@ class _Item:
     meta: Any = None
     m: np.ndarray | None = None  # [12] per-item palette moments (transfer() with several)
     d: np.ndarray | None = None  # [G] per-item gamma/beta offset (transfer() with fitted styles)
+    cm: np.ndarray | None = None  # [12] the content's colour moments (whole photo)
 
     @property
     def group(self) -> tuple:
@@ -1377,6 +1386,7 @@ class Stylizer:
         put = lambda a: jax.device_put(a, self._data)  # noqa: E731
         x = put(np.stack([it.x for it in fill]))
         small = put(np.stack([it.small for it in fill])) if plan.need_small else None
+        cm = (put(np.stack([it.cm for it in fill])) if plan.need_content_moments else None)
         if plan.match:
             e = None
             styles = jax.device_put(plan.styles_small, self._repl)
@@ -1398,7 +1408,7 @@ class Stylizer:
               else None)
         strength = jax.device_put(np.float32(plan.strength), self._repl)
         palette = jax.device_put(np.float32(plan.palette), self._repl)
-        return _stylize_jit(self._graphdef, self._state, x, e, offset, small, styles, w,
+        return _stylize_jit(self._graphdef, self._state, x, e, offset, small, cm, styles, w,
                             strength, moments, palette, hw, use_content=plan.use_content,
                             luminance=plan.luminance, align=plan.align, out_uint8=out_uint8,
                             masked=masked)
@@ -1429,10 +1439,11 @@ class Stylizer:
         e = (None if plan.match else
              np.stack([it.e if it.e is not None else plan.e_target for it in items])
              .astype(np.float32))
+        small = np.stack([it.small for it in items]) if plan.need_small else None
+        cm = np.stack([it.cm for it in items]) if plan.need_content_moments else None
         if plan.match or plan.use_content:
-            small = np.stack([it.small for it in items])
             styles, w = (plan.styles_small, plan.weights) if plan.match else (None, None)
-            e = np.asarray(_embedding_jit(self._graphdef, self._state, e, small, styles, w,
+            e = np.asarray(_embedding_jit(self._graphdef, self._state, e, small, cm, styles, w,
                                           np.float32(plan.strength),
                                           use_content=plan.use_content))
         hw = np.asarray([it.hw for it in items], np.int32)
@@ -1447,9 +1458,8 @@ class Stylizer:
             y[i, : shape[0], : shape[1]] = self._onnx.run_padded(  # (padded, checked)
                 np.ascontiguousarray(xf[i, : shape[0], : shape[1]]), e[i])
         if plan.align:
-            small = np.stack([it.small for it in items]) if plan.need_small else None
             y = np.asarray(_align_jit(self._graphdef, self._state, y,
-                                      self._item_moments(items, plan), small,
+                                      self._item_moments(items, plan), cm,
                                       np.float32(plan.strength), np.float32(plan.palette), hw,
                                       use_content=plan.use_content, match=plan.match))
         if plan.luminance:
@@ -1461,11 +1471,14 @@ class Stylizer:
             e = self._refined(img, plan)
         h, w = img.shape[:2]
         x = pad_to(img, self.padded_shape(h, w))
-        small = None
-        if plan.need_small:
+        small = cm = None
+        if plan.need_small or plan.need_content_moments:
             f = img if img.dtype == np.float32 else img.astype(np.float32) / np.float32(255.0)
-            small = style_working_image(f, plan.style_size)
-        return _Item(key, x, (h, w), small, e, meta)
+            if plan.need_small:
+                small = style_working_image(f, plan.style_size)
+            if plan.need_content_moments:  # of the whole photo, not of its working square
+                cm = color.color_moments_np(f)
+        return _Item(key, x, (h, w), small, e, meta, cm=cm)
 
     def _refined(self, img: np.ndarray, plan: _Plan) -> np.ndarray:
         """The plan's embedding refined for this content (see :meth:`refine_embedding`)."""

@@ -295,3 +295,18 @@ def test_sym_pow_derivative_along_a_nonsymmetric_direction():
     np.testing.assert_allclose(jvp, fd, rtol=1e-5, atol=1e-7)
     jvp_sym, _ = _x64_check_grads(lambda m: color._sym_pow(m, -0.5, 1e-4), c, 0.5 * (d + d.T))
     np.testing.assert_allclose(jvp, jvp_sym, rtol=1e-9, atol=1e-12)
+
+
+def test_matching_to_moments_equals_matching_to_the_image():
+    """The content's colours are measured once on the whole photo (numpy, float64 sums) and
+    styles matched to those moments: the same as matching them to the photo itself."""
+    rng = np.random.default_rng(7)
+    photo = rng.random((45, 130, 3)).astype(np.float32) ** np.array([1.0, 2.0, 0.5], np.float32)
+    styles = rng.random((2, 32, 32, 3)).astype(np.float32) * 0.5 + 0.2
+    m = color.color_moments_np(photo)
+    assert m.dtype == np.float32 and m.shape == (color.MOMENTS_DIM,)
+    flat = photo.reshape(-1, 3).astype(np.float64)
+    np.testing.assert_allclose(m[:3], flat.mean(0), atol=1e-7)
+    np.testing.assert_allclose(m[3:], (flat.T @ flat / len(flat)).reshape(9), atol=1e-6)
+    np.testing.assert_allclose(color.match_color_to_moments(styles, m),
+                               color.match_color(styles, photo), atol=2e-5)

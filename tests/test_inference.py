@@ -354,10 +354,32 @@ def test_preserve_color_luminance_with_an_embedding(st, files):
 def test_preserve_color_match(st, files):
     c = st.read(files["content"])
     s_small = style_working_image(images.load_image(files["style_a"]), SS)
-    c_small = style_working_image(images.to_float(c), SS)
-    matched = np.asarray(color.match_color(s_small, c_small))
+    matched = np.asarray(color.match_color(s_small, images.to_float(c)))  # the whole photo's
     y = st.stylize(c, style=files["style_a"], preserve_color="match")
     np.testing.assert_allclose(y, st.transfer(c, st.embed(matched)[0]), atol=1e-4)
+
+
+def test_content_colours_are_the_whole_photos_not_its_centre_squares(st, files):
+    """Strength < 1 (the palette's content part) and "match" took the colours of the
+    content's centre square at the style working size: a panorama got its middle's colours
+    (mean off by up to 0.14 at palette 1)."""
+    rng = np.random.default_rng(0)
+    c = np.concatenate([np.full((40, 60, 3), (0.8, 0.3, 0.2)),  # middle: not the average
+                        np.full((40, 40, 3), (0.3, 0.8, 0.3)),
+                        np.full((40, 60, 3), (0.2, 0.3, 0.8))], axis=1)
+    c = np.clip(c + 0.05 * rng.standard_normal(c.shape), 0, 1).astype(np.float32)
+    want_mean, want_cov = (np.asarray(v) for v in color.color_stats(c))
+    for kw in ({"strength": 0.0}, {"preserve_color": "match"}):
+        y = st.stylize(c, style=files["style_a"], palette=1.0, **kw)
+        mean, cov = (np.asarray(v) for v in color.color_stats(y))
+        # (not exact: the output is clipped to [0, 1]; the centre square's was 0.37 off)
+        np.testing.assert_allclose(mean, want_mean, atol=0.04, err_msg=str(kw))
+        np.testing.assert_allclose(cov, want_cov, atol=0.04, err_msg=str(kw))
+    # strength 0.25 = transfer with the mixed embedding and the mixed (whole-photo) moments
+    y = st.stylize(c, style=files["style_a"], strength=0.25, palette=1.0)
+    e = 0.25 * st.embed(files["style_a"])[0] + 0.75 * st.embed(style_working_image(c, SS))[0]
+    m = 0.25 * st.palettes(files["style_a"])[0] + 0.75 * np.asarray(color.color_moments(c))
+    np.testing.assert_allclose(y, st.transfer(c, e, palette_moments=m, palette=1.0), atol=1e-4)
 
 
 def test_max_size(st):
@@ -816,7 +838,7 @@ def test_palette_mixes_with_the_styles_and_the_content(st_pal, files):
                                _aligned(raw, 0.25 * m[0] + 0.75 * m[1], 0.5), atol=1e-5)
     # strength < 1: the content's own moments enter with the content's embedding
     raw = st_pal.stylize(c, style=sa, strength=0.3, palette=0.0)
-    m_c = _moments(c)
+    m_c = np.asarray(color.color_moments(images.to_float(c)))  # the whole photo's
     np.testing.assert_allclose(st_pal.stylize(c, style=sa, strength=0.3),
                                _aligned(raw, 0.3 * m[0] + 0.7 * m_c, 0.5), atol=1e-5)
     # the same through embeddings: with their moments, and without (no palette)
@@ -846,7 +868,8 @@ def test_palette_with_colour_preservation(st_pal, files):
     # match: the styles were recoloured to the content, so is the output
     raw = st_pal.stylize(c, style=sa, preserve_color="match", palette=0.0)
     np.testing.assert_allclose(st_pal.stylize(c, style=sa, preserve_color="match"),
-                               _aligned(raw, _moments(c), 0.5), atol=1e-5)
+                               _aligned(raw, color.color_moments(images.to_float(c)), 0.5),
+                               atol=1e-5)
 
 
 def test_palette_in_the_files_pipeline(st_pal, tmp_path, files):
@@ -888,9 +911,8 @@ def test_preserve_color_match_mixes_the_recoloured_styles_with_the_weights(st, f
     """In match mode each style is recoloured to the content, embedded, and the embeddings are
     mixed with the given weights (reference built by hand; they were averaged equally)."""
     c = st.read(files["content"])
-    c_small = style_working_image(images.to_float(c), SS)
     es = [st.embed(np.asarray(color.match_color(
-        style_working_image(images.load_image(files[k]), SS), c_small)))[0]
+        style_working_image(images.load_image(files[k]), SS), images.to_float(c))))[0]
         for k in ("style_a", "style_b")]
     y = st.stylize(c, style=[files["style_a"], files["style_b"]], weights=[1, 3],
                    preserve_color="match")
