@@ -437,3 +437,138 @@ def test_conditioning_command_writes_a_folded_model(tmp_path, model_path, capsys
     capsys.readouterr()
     assert distill.main(_small_command(out, model_path, num_styles=8)) == 1
     assert "holds an oracle made with" in capsys.readouterr().err
+
+
+def test_correction_fit_is_ridge_on_standardized_statistics_refit_on_all_styles():
+    """A float64 reference written out: standardize x with all styles' mean and (population)
+    std, ridge-regress delta minus its mean on it, and (rank below G) keep the top right
+    singular directions of the fitted values. The final correction is refit on every style,
+    not only the training part used to choose ridge and rank."""
+    rng = np.random.default_rng(5)
+    n, f, g, ridge = 30, 6, 4, 7.0
+    x = rng.normal(size=(n, f)) * rng.uniform(0.5, 4, f) + 3 * rng.normal(size=f)
+    delta = x[:, :g] @ rng.normal(size=(g, g)) + rng.normal(size=(n, g))
+    mu, sd = x.mean(0), x.std(0)
+    z = (x - mu) / sd
+    off = delta.mean(0)
+    w = np.linalg.solve(z.T @ z + ridge * np.eye(f), z.T @ (delta - off))
+    x_new = rng.normal(size=(5, f)) * 3
+    z_new = (x_new - mu) / sd
+    corr, rep = distill.fit_conditioning_correction(x, delta, ridges=(ridge,), ranks=(g,))
+    assert rep["rank"] == g and corr.rank == g
+    np.testing.assert_allclose(corr(x_new), z_new @ w + off, rtol=1e-4, atol=1e-4)
+    v = np.linalg.svd(z @ w)[2][:2]  # rank 2: the fitted values' two main directions
+    low, _ = distill.fit_conditioning_correction(x, delta, ridges=(ridge,), ranks=(2,))
+    np.testing.assert_allclose(low(x_new), z_new @ w @ v.T @ v + off, rtol=1e-4, atol=1e-4)
+    # the held-out score that chooses ridge and rank: fitted on the training part alone
+    # (its mean, std and mean correction too), scored on the held-out part
+    perm = np.random.default_rng(0).permutation(n)
+    val, tr = perm[:6], perm[6:]  # val_fraction 0.2 of 30 styles, seed 0
+    mu_t, sd_t, off_t = x[tr].mean(0), x[tr].std(0), delta[tr].mean(0)
+    z_t = (x[tr] - mu_t) / sd_t
+    w_t = np.linalg.solve(z_t.T @ z_t + ridge * np.eye(f), z_t.T @ (delta[tr] - off_t))
+    err = np.sum((delta[val] - ((x[val] - mu_t) / sd_t @ w_t + off_t)) ** 2)
+    assert rep["n_val"] == 6 and len(rep["grid"]) == 1
+    np.testing.assert_allclose(rep["explained"], 1 - err / np.sum(delta[val] ** 2), rtol=1e-4)
+
+
+def test_combine_oracles_averages_fitted_conditionings_too():
+    """--content-seeds with --target conditioning: the fitted gamma/beta ``c`` (what is
+    regressed) is the mean over the oracles, like ``loss``; the rest is the first's."""
+    rng = np.random.default_rng(6)
+    base = {"index": np.arange(3), "x": rng.normal(size=(3, 5)), "e0": rng.normal(size=(3, 4)),
+            "c0": rng.normal(size=(3, 6))}
+    ones = [dict(base, c=rng.normal(size=(3, 6)), loss=rng.random((3, 2))) for _ in range(3)]
+    both = distill.combine_oracles(ones)
+    np.testing.assert_allclose(both["c"], sum(o["c"] for o in ones) / 3, rtol=1e-12)
+    np.testing.assert_allclose(both["loss"], sum(o["loss"] for o in ones) / 3, rtol=1e-12)
+    for k in base:
+        np.testing.assert_array_equal(both[k], base[k])
+    assert "e_star" not in both
+
+
+class _Arrays:
+    def __init__(self, *arrays):
+        self.arrays = arrays
+
+    def __len__(self):
+        return len(self.arrays)
+
+    def get(self, i):
+        return self.arrays[i]
+
+
+def test_style_images_scale_the_shorter_side_and_take_the_centre_square():
+    """A 48 x 96 and a 96 x 48 painting at size 32: PIL's bicubic resize to 32 x 64 (64 x 32),
+    then the centre 32 x 32 (not the top-left corner, not a squashed whole)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    wide = (rng.random((48, 96, 3)) * 255).astype(np.uint8)
+    tall = np.ascontiguousarray(wide.transpose(1, 0, 2))
+    got = distill.style_images(_Arrays(wide, tall), [0, 1], size=32)
+    assert got.shape == (2, 32, 32, 3) and got.dtype == np.float32
+    w = np.asarray(Image.fromarray(wide).resize((64, 32), Image.Resampling.BICUBIC))
+    t = np.asarray(Image.fromarray(tall).resize((32, 64), Image.Resampling.BICUBIC))
+    np.testing.assert_array_equal(got[0], w[:, 16:48].astype(np.float32) / 255)
+    np.testing.assert_array_equal(got[1], t[16:48, :].astype(np.float32) / 255)
+
+
+def test_content_crops_redraw_flat_photos():
+    """Half the photos flat grey: every crop is of the textured one (a flat draw is drawn
+    again; stopping at a flat one instead of a textured one passed the test above, whose
+    synthetic photos are never flat)."""
+    rng = np.random.default_rng(8)
+    flat = np.full((64, 64, 3), 128, np.uint8)
+    textured = (rng.random((64, 64, 3)) * 255).astype(np.uint8)
+    x = distill.content_crops(_Arrays(flat, textured), np.random.default_rng(0), 12, crop=SIZE,
+                              short_range=(40, 48))
+    assert all(images.channel_std(c) >= distill.FLAT_CROP_STD for c in x)
+
+
+def test_oracle_refines_each_style_on_its_own_contents(model):
+    """N = 2 styles with K = 2 contents each, refined together: each style's result is the
+    one it gets alone (content j belongs to style j // K and starts at that style's
+    prediction; interleaving them, j % N, gave style 0 the other style's photos)."""
+    styles = np.stack([_img(1), _img(2)])
+    contents = np.stack([np.stack([_img(3), _img(4)]), np.stack([_img(5), _img(6)])])
+    both = distill.oracle_batch(model, styles, contents, steps=4)  # (compiled as above)
+    for i in range(2):
+        alone = distill.oracle_batch(model, styles[i:i + 1], contents[i:i + 1], steps=4)
+        np.testing.assert_allclose(both["e_star"][i], alone["e_star"][0], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(both["loss"][i], alone["loss"][0], rtol=1e-4)
+
+
+def test_an_oracle_recorded_before_model_hashes_is_reused(tmp_path, model):
+    """oracle.json of an older version has no model_sha256: it is taken to be this model's
+    (the chunks are reused), not refused as 'made with other settings'."""
+    src = {"style": SyntheticSource("style", 8), "content": SyntheticSource("content", 8)}
+    kw = dict(num_styles=2, batch=2, steps=1, style_size=SIZE, content_crop=SIZE,
+              content_short_range=(40, 48), progress=False)
+    first = distill.collect_oracle(model, src, tmp_path / "o", **kw)
+    meta = json.loads((tmp_path / "o" / "oracle.json").read_text())
+    del meta["model_sha256"]
+    (tmp_path / "o" / "oracle.json").write_text(json.dumps(meta))
+    chunk = tmp_path / "o" / "chunk_00000.npz"
+    stamp = chunk.stat().st_mtime_ns
+    again = distill.collect_oracle(model, src, tmp_path / "o", **kw)
+    assert chunk.stat().st_mtime_ns == stamp
+    np.testing.assert_array_equal(again["e_star"], first["e_star"])
+
+
+def test_target_scale_zero_fits_the_prediction_and_leaves_the_model_unchanged(tmp_path,
+                                                                            model_path):
+    """--target-scale 0: the target is e0 + 0 (e* - e0) = the start's own prediction, so the
+    written model is the start model, tensor for tensor (the option was ignored: the refined
+    embeddings were fitted)."""
+    out = tmp_path / "d"
+    assert distill.main(_small_command(out, model_path, num_styles=4)
+                        + ["--target-scale", "0"]) == 0
+    start = export.model_tensors(export.load_exported(model_path))
+    got = export.model_tensors(export.load_exported(out / "model.safetensors"))
+    assert got.keys() == start.keys()
+    assert all(np.array_equal(got[k], start[k]) for k in start)
+    rep = json.loads((out / "distill.json").read_text())
+    assert rep["oracle_distance"] > 0.1  # (the oracle did move: e* != e0)
+    assert rep["start_train_mse"] < 1e-8 and rep["start_val_mse"] < 1e-8, rep  # (float32 noise)
+    assert rep["best_step"] == 0

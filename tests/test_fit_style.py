@@ -460,3 +460,138 @@ def test_each_fit_step_takes_batch_size_photos(st, photos, monkeypatch):
         fit_style.fit_conditioning(st.model, style, work, e0, steps=2, batch_size=batch_size)
         assert seen and all(shape[:2] == (1, want) for shape in seen), seen
 
+
+
+def test_flat_layout_is_gamma_then_beta_per_layer_and_its_size_is_exact():
+    """The flat layout written out (layer 1: gamma, beta; layer 2: gamma, beta; ...), and a
+    conditioning of the wrong length refused either way (a longer one was sliced silently)."""
+    cin = (2, 3)
+    assert fit_style.conditioning_size(cin) == 10
+    flat = jnp.arange(20, dtype=jnp.float32).reshape(2, 10)
+    (g1, b1), (g2, b2) = fit_style.unflatten(flat, cin)
+    np.testing.assert_array_equal(g1, [[0, 1], [10, 11]])
+    np.testing.assert_array_equal(b1, [[2, 3], [12, 13]])
+    np.testing.assert_array_equal(g2, [[4, 5, 6], [14, 15, 16]])
+    np.testing.assert_array_equal(b2, [[7, 8, 9], [17, 18, 19]])
+    np.testing.assert_array_equal(fit_style.flatten([(g1, b1), (g2, b2)]), flat)
+    for n in (9, 11):
+        with pytest.raises(ConfigError, match=f"conditioning has {n} values, the model needs 10"):
+            fit_style.unflatten(jnp.zeros((1, n)), cin)
+
+
+def _small_fitted(**changes) -> fit_style.FittedStyle:
+    parts = dict(conditioning=np.linspace(-1, 1, 10, dtype=np.float32),
+                 embedding=np.arange(4, dtype=np.float32), moments=np.full(12, 0.5, np.float32),
+                 history=np.array([3.0, 2.0, 1.5], np.float32), fingerprint="0123456789abcdef",
+                 info={"name": "waves", "steps": 2})
+    return fit_style.FittedStyle(**{**parts, **changes})
+
+
+def test_fitted_style_file_refuses_unusable_arrays_and_replaces_only_when_asked(tmp_path):
+    """A file whose conditioning is NaN or not a vector is refused on load (only the history
+    may be non-finite); ``overwrite=True`` replaces an existing file atomically."""
+    for name in ("s.png", "s", "s.npz.tmp"):
+        with pytest.raises(ConfigError, match="a fitted style file must end in .npz"):
+            _small_fitted().save(tmp_path / name)
+    p = _small_fitted().save(tmp_path / "s.npz")
+    with np.load(p) as z:
+        parts = dict(z)
+    for name, change in (("nan", np.full(10, np.nan, np.float32)),
+                         ("matrix", np.zeros((2, 5), np.float32))):
+        np.savez(tmp_path / f"{name}.npz", **dict(parts, conditioning=change))
+        with pytest.raises(ModelError, match=f"{name}.npz: fitted style arrays have wrong shapes "
+                                             "or non-finite values"):
+            fit_style.FittedStyle.load(tmp_path / f"{name}.npz")
+    newer = _small_fitted(conditioning=np.ones(10, np.float32), info={"name": "other"})
+    with pytest.raises(ConfigError, match="exists"):
+        newer.save(p)
+    assert newer.save(p, overwrite=True) == p
+    back = fit_style.FittedStyle.load(p)
+    np.testing.assert_array_equal(back.conditioning, np.ones(10))
+    assert back.info == {"name": "other"} and back.name == "other"
+    assert sorted(os.listdir(tmp_path)) == ["matrix.npz", "nan.npz", "s.npz"]
+
+
+def test_fitted_style_paths_are_recognized_by_suffix_in_any_case():
+    assert fit_style.is_fitted_style_path("waves.npz")
+    assert fit_style.is_fitted_style_path(os.path.join("a", "WAVES.NPZ"))
+    assert not fit_style.is_fitted_style_path("waves.npz.png")
+    assert not fit_style.is_fitted_style_path(np.zeros((4, 4, 3)))
+
+
+def test_fit_options_are_checked_before_any_work():
+    """Called directly (not through the Stylizer), the fit functions check their options
+    first: no photos, a negative seed, batch size 0, negative steps are one-line ConfigErrors
+    (the model is never touched: None would fail)."""
+    style = np.zeros((32, 32, 3), np.float32)
+    photos = np.zeros((2, 32, 32, 3), np.float32)
+    e0 = np.zeros(4, np.float32)
+    with pytest.raises(ConfigError, match=r"photos must be \[P, H, W, 3\] with P >= 1"):
+        fit_style.fit_conditioning(None, style, photos[:0], e0)
+    with pytest.raises(ConfigError, match="seed"):
+        fit_style.fit_conditioning(None, style, photos, e0, seed=-1)
+    with pytest.raises(ConfigError, match="batch size"):
+        fit_style.fit_conditioning(None, style, photos, e0, batch_size=0)
+    with pytest.raises(ConfigError, match=">= 0"):
+        fit_style.fit_conditioning(None, style, photos, e0, steps=-1)
+    with pytest.raises(ConfigError, match=">= 0"):
+        fit_style.fit_conditionings(None, style[None], e0[None], lambda: photos[None], steps=-1)
+
+
+def test_the_last_history_entry_is_the_fitted_loss_on_the_last_steps_photos(st, photos):
+    """history[-1] is the objective (written independently: _loss_of) at the fitted gamma/beta
+    on the photos of the last step, with no extra draw (a new draw made it the loss on other
+    photos, not comparable with the step's); with 0 steps, the start's loss on one draw."""
+    model = st.model
+    style = style_working_image(smooth_image(40, 40, 61).astype(np.float32) / 255, 32)
+    work = np.stack([style_working_image(p.astype(np.float32) / 255, 32) for p in photos])
+    batches = [work[[0, 1]], work[[2, 0]][:, :, ::-1]]
+    calls = []
+    loss = jax.jit(lambda x, f: _loss_of(model, x, style, f, 0.5))  # (one compile, not eager)
+
+    def draw():
+        calls.append(1)
+        return batches[(len(calls) - 1) % 2][None]
+
+    e0 = np.asarray(model.embed(jnp.asarray(style[None])))
+    start = np.asarray(fit_style.predicted_conditioning(model, jnp.asarray(e0)))[0]
+    cond, _, hist = fit_style.fit_conditionings(model, style[None], e0, draw, steps=1,
+                                                learning_rate=0.01)
+    assert len(calls) == 1 and hist.shape == (2, 1)
+    last = jnp.asarray(batches[0])
+    np.testing.assert_allclose(hist[1, 0], float(loss(last, cond[0])), rtol=1e-4)
+    assert not np.isclose(hist[1, 0], float(loss(jnp.asarray(batches[1]), cond[0])), rtol=1e-3)
+    calls.clear()
+    _, _, hist0 = fit_style.fit_conditionings(model, style[None], e0, draw, steps=0)
+    assert len(calls) == 1 and hist0.shape == (1, 1)
+    np.testing.assert_allclose(hist0[0, 0], float(loss(last, start)), rtol=1e-4)
+
+
+def test_each_step_draws_distinct_photos_randomly_flipped(monkeypatch):
+    """fit_conditioning's draw (the fit itself replaced: no compile): each step's batch is
+    min(batch_size, P) *different* photos (without replacement), each as it is or mirrored
+    left-right, and over the steps both happen."""
+    rng = np.random.default_rng(9)
+    photos = rng.random((3, 8, 12, 3)).astype(np.float32)
+    draws = []
+
+    def fake(model, styles, embeddings, draw, **kw):
+        draws.extend(draw() for _ in range(20))
+        g = 6
+        return np.zeros((1, g), np.float32), np.zeros((1, 12), np.float32), np.zeros((1, 1))
+
+    monkeypatch.setattr(fit_style, "fit_conditionings", fake)
+    fit_style.fit_conditioning(None, np.zeros((8, 8, 3), np.float32), photos,
+                               np.zeros(4, np.float32), steps=1, batch_size=3)
+    flips = []
+    for x in draws:
+        assert x.shape == (1, 3, 8, 12, 3)
+        which = []
+        for y in x[0]:
+            plain = [i for i in range(3) if np.array_equal(y, photos[i])]
+            mirrored = [i for i in range(3) if np.array_equal(y, photos[i][:, ::-1])]
+            assert len(plain) + len(mirrored) == 1
+            which += plain + mirrored
+            flips.append(bool(mirrored))
+        assert sorted(which) == [0, 1, 2]
+    assert 0.2 < np.mean(flips) < 0.8

@@ -535,3 +535,89 @@ def test_corrupt_exports_are_refused_in_one_line(model, vgg, tmp_path):
             load_exported(tmp_path / f"{name}.safetensors", vgg=vgg)
         msg = str(err.value)
         assert "\n" not in msg and f"{name}.safetensors" in msg, (name, msg)
+
+
+def test_export_bytes_are_a_sorted_8_byte_aligned_safetensors_layout(model, tmp_path):
+    """The file parsed by hand (not by safetensors): an 8-byte little-endian header length that
+    is a multiple of 8 (the format's alignment: safetensors itself reads an unaligned header,
+    stricter readers and mmap'd float32 views do not), a compact JSON header with sorted keys
+    padded with spaces, the metadata as documented and every tensor's float32 bytes at its
+    offsets, tiling the rest of the file."""
+    info = {"step": 3, "b": [1, 2], "a": "x"}
+    raw = export_model(model, tmp_path / "m.safetensors", info=info).read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    assert n % 8 == 0 and 8 + n <= len(raw)
+    text = raw[8:8 + n]
+    body = text.rstrip(b" ")
+    assert len(text) - len(body) < 8
+    header = json.loads(body)
+    assert body == json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    assert header.pop("__metadata__") == {
+        "format": "arbitrary_nst.arbitrary_style_model", "format_version": "1",
+        "model_config": json.dumps(model.config(), sort_keys=True),
+        "info": '{"a": "x", "b": [1, 2], "step": 3}'}
+    want = model_tensors(model)
+    assert set(header) == set(want)
+    data = raw[8 + n:]
+    spans = []
+    for name, entry in header.items():
+        assert entry["dtype"] == "F32" and entry["shape"] == list(want[name].shape), name
+        a, b = entry["data_offsets"]
+        spans.append((a, b))
+        got = np.frombuffer(data[a:b], "<f4").reshape(entry["shape"])
+        np.testing.assert_array_equal(got, want[name])
+    spans.sort()
+    assert spans[0][0] == 0 and spans[-1][1] == len(data)
+    assert all(p[1] == q[0] for p, q in zip(spans, spans[1:]))
+    # without info: no "info" key in the file, and read_export's info is {} (not None)
+    plain = export_model(model, tmp_path / "plain.safetensors").read_bytes()
+    n = int.from_bytes(plain[:8], "little")
+    assert "info" not in json.loads(plain[8:8 + n])["__metadata__"]
+    assert read_export(tmp_path / "plain.safetensors")[1] == {"model_config": model.config(),
+                                                              "info": {}}
+
+
+def test_read_export_names_each_problem(model, vgg, tmp_path):
+    """Each refusal gives its own reason (the checks were reachable only through a generic
+    'corrupt header' or a later failure, or not at all: another format version, foreign
+    config keys, integer tensors, extra or mis-shaped tensors were all accepted or misnamed)."""
+    from safetensors.numpy import save_file
+
+    tensors = model_tensors(model)
+    meta = {"format": "arbitrary_nst.arbitrary_style_model", "format_version": "1",
+            "model_config": json.dumps(model.config())}
+    first = sorted(tensors)[0]
+
+    def write(name, t=tensors, **changes):
+        path = tmp_path / f"{name}.safetensors"
+        save_file(t, path, metadata={**meta, **changes})
+        return path
+
+    (tmp_path / "adir.safetensors").mkdir()
+    with pytest.raises(ModelError, match=r"adir\.safetensors: is a directory, not a model file$"):
+        read_export(tmp_path / "adir.safetensors")
+    with pytest.raises(ModelError, match=r"other\.safetensors: not an arbitrary_nst model export "
+                                         r"\(format 'something else', expected "):
+        read_export(write("other", format="something else"))
+    with pytest.raises(ModelError, match=r"v2\.safetensors: unsupported export version '2' "
+                                         r"\(this version reads '1'\)$"):
+        read_export(write("v2", format_version="2"))
+    foreign = json.dumps(dict(model.config(), colour="red"))
+    with pytest.raises(ModelError, match=r"foreign\.safetensors: corrupt export header "
+                                         r"\(model_config .*'colour': 'red'"):
+        read_export(write("foreign", model_config=foreign))
+    ints = dict(tensors, **{first: tensors[first].astype(np.int32)})
+    with pytest.raises(ModelError, match=rf"ints\.safetensors: tensor {first} has dtype int32, "
+                                         r"expected float32/float16$"):
+        read_export(write("ints", ints))
+    extra = dict(tensors, zzz=np.zeros(3, np.float32))
+    with pytest.raises(ModelError, match=r"extra\.safetensors: weights do not match its "
+                                         r"model_config \(missing: \[\], unexpected: \['zzz'\]\)$"):
+        load_exported(write("extra", extra), vgg=vgg)
+    k = next(k for k in sorted(tensors)
+             if tensors[k].ndim == 2 and tensors[k].shape[0] != tensors[k].shape[1])
+    wrong = dict(tensors, **{k: np.ascontiguousarray(tensors[k].T)})
+    with pytest.raises(ModelError, match=rf"shape\.safetensors: tensor {k} has shape "
+                                         rf"\({tensors[k].shape[1]}, {tensors[k].shape[0]}\), "
+                                         rf"expected \({tensors[k].shape[0]}, "):
+        load_exported(write("shape", wrong), vgg=vgg)

@@ -263,3 +263,118 @@ def test_the_missing_weights_advice_names_real_options(capsys):
     usage = capsys.readouterr().out
     for f in flags:
         assert f"{f} " in usage or f"{f}\n" in usage, f
+
+
+def _copy(params):
+    return {layer: dict(kv) for layer, kv in params.items()}
+
+
+def test_validate_names_a_missing_layer_a_wrong_shape_and_a_wrong_bias(vgg_params):
+    """validate is what refuses a wrong file from every reader (an .h5 or .onnx with a layer
+    missing, a mis-shaped kernel, other biases): each with its own one-line reason."""
+    w = _copy(vgg_params)
+    del w["conv5_3"]
+    with pytest.raises(WeightsError, match="^src: missing weights for conv5_3$"):
+        weights.validate(w, "src")
+    w = _copy(vgg_params)
+    del w["conv2_1"]["bias"]
+    with pytest.raises(WeightsError, match="^src: missing weights for conv2_1$"):
+        weights.validate(w, "src")
+    w = _copy(vgg_params)
+    w["conv3_1"]["kernel"] = np.ascontiguousarray(w["conv3_1"]["kernel"].transpose(0, 1, 3, 2))
+    with pytest.raises(WeightsError, match=r"^src: conv3_1 has shapes \(3, 3, 256, 128\)/\(256,\), "
+                                           r"expected \(3, 3, 128, 256\)/\(256,\)$"):
+        weights.validate(w, "src")
+    w = _copy(vgg_params)
+    w["conv1_1"]["bias"] = w["conv1_1"]["bias"] + np.float32(0.01)  # the kernel is right
+    with pytest.raises(WeightsError, match="^src: conv1_1 does not match the published"):
+        weights.validate(w, "src")
+    assert weights.validate(_copy(vgg_params), "src")["conv5_3"]["bias"] is \
+        vgg_params["conv5_3"]["bias"]
+
+
+def test_download_checks_the_published_hash_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    """Keras' download (never run by the suite: it needs the network) with urlopen replaced:
+    the bytes arrive in 1 MiB chunks into a temporary file renamed into place only when the
+    MD5 is the published one; a mismatch is a WeightsError and leaves nothing behind."""
+    import hashlib
+    import io
+
+    payload = bytes(range(256)) * (3 * 4096 + 7)  # 3 MiB and a bit: several chunks
+    urls = []
+
+    def urlopen(url, timeout=None):
+        urls.append(url)
+        return io.BytesIO(payload)
+
+    monkeypatch.setattr(weights.urllib.request, "urlopen", urlopen)
+    dest_dir = tmp_path / "dl"
+    with pytest.raises(WeightsError, match="hash mismatch .*download corrupted or replaced"):
+        weights.download_keras_notop(dest_dir)
+    assert urls == [weights.KERAS_NOTOP_URL] and list(dest_dir.iterdir()) == []
+    monkeypatch.setattr(weights, "KERAS_NOTOP_MD5", hashlib.md5(payload).hexdigest())
+    got = weights.download_keras_notop(dest_dir)
+    assert got == dest_dir / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    assert got.read_bytes() == payload and list(dest_dir.iterdir()) == [got]
+
+
+def _write_keras_h5(path, params):
+    import h5py
+    with h5py.File(path, "w") as f:  # the layout of Keras' notop file
+        for layer in weights.CONV_LAYERS:
+            name = f"block{layer[4]}_conv{layer[6]}"
+            g = f.create_group(name)
+            g[f"{name}_W_1:0"] = params[layer]["kernel"]
+            g[f"{name}_b_1:0"] = params[layer]["bias"]
+    return path
+
+
+def test_an_explicit_h5_is_converted_to_its_own_cache_file_and_again_when_it_changes(
+        tmp_path, monkeypatch, vgg_params, capsys):
+    """An explicit .h5 is converted to ``vgg16_from_<stem>.npz`` beside (never over) the user
+    cache, reused while it is newer than the source, converted again when the source is
+    newer, and converted again (one warning) when the conversion is damaged."""
+    monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path / "cache"))
+    h5 = _write_keras_h5(tmp_path / "my_vgg.h5", vgg_params)
+    target = weights.resolve(h5)
+    assert target == tmp_path / "cache" / "vgg16_from_my_vgg.npz"
+    assert not weights.cache_path().exists()
+    np.testing.assert_array_equal(weights.read_npz(target)["conv4_2"]["kernel"],
+                                  vgg_params["conv4_2"]["kernel"])
+    t = target.stat().st_mtime
+    os.utime(h5, (t - 10, t - 10))
+    stamp = target.stat().st_mtime_ns
+    assert weights.resolve(h5) == target and target.stat().st_mtime_ns == stamp  # reused
+    changed = _copy(vgg_params)
+    changed["conv5_3"]["bias"] = changed["conv5_3"]["bias"] + np.float32(1)
+    _write_keras_h5(h5, changed)
+    os.utime(h5, (t + 10, t + 10))  # newer than the conversion
+    assert weights.resolve(h5) == target
+    np.testing.assert_array_equal(weights.read_npz(target)["conv5_3"]["bias"],
+                                  changed["conv5_3"]["bias"])
+    target.write_bytes(target.read_bytes()[:1000])  # cut off, and newer than the source
+    os.utime(target, (t + 20, t + 20))
+    capsys.readouterr()
+    loaded = weights.load(h5)
+    np.testing.assert_array_equal(loaded["conv5_3"]["bias"], changed["conv5_3"]["bias"])
+    assert "converting the VGG16 weights again" in capsys.readouterr().err
+    assert not weights.cache_path().exists()
+
+
+def test_weights_file_suffixes_are_case_insensitive(tmp_path, vgg_params):
+    upper = weights.write_npz(vgg_params, tmp_path / "VGG.NPZ")
+    assert weights.resolve(upper) == upper
+    h5 = _write_keras_h5(tmp_path / "VGG.H5", vgg_params)
+    np.testing.assert_array_equal(weights.read_any(h5)["conv1_2"]["bias"],
+                                  vgg_params["conv1_2"]["bias"])
+
+
+def test_expanding_a_compact_copy_of_other_weights_is_refused(tmp_path, vgg_params):
+    """expand_compact checks what it expands (a compact copy of other weights became the
+    training VGG16 without a word) and writes nothing then."""
+    other = _copy(vgg_params)
+    other["conv1_1"]["kernel"] = other["conv1_1"]["kernel"] * np.float32(1.01)
+    compact = weights.write_compact(other, tmp_path / "c.npz")
+    with pytest.raises(WeightsError, match="c.npz: conv1_1 does not match the published"):
+        weights.expand_compact(compact, tmp_path / "full.npz")
+    assert not (tmp_path / "full.npz").exists()
