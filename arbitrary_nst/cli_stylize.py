@@ -104,8 +104,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     st.add_argument("--max-size", type=int, default=DEFAULT_MAX_SIZE, metavar="N",
                     help="downscale content so its longer side is <= N (0 = keep the original "
                          "size)")
-    st.add_argument("--style-size", type=int, default=DEFAULT_STYLE_SIZE, metavar="N",
-                    help="style working size: shorter side resized to N, centre square")
+    st.add_argument("--style-size", type=int, default=None, metavar="N",
+                    help=f"style working size: shorter side resized to N, centre square "
+                         f"(default {DEFAULT_STYLE_SIZE})")
 
     st.add_argument("--palette", type=float, default=None, metavar="A",
                     help="move the output's colours this far (0..1) to the style's colour mean "
@@ -159,7 +160,7 @@ MAX_STYLE_SIZE = 2048  # = inference.MAX_STYLE_SIZE (not imported: keeps --help 
 
 def _validate(args: argparse.Namespace) -> str:
     """Check option combinations and values; returns the mode."""
-    from .inference import check_strength, normalize_weights
+    from .inference import DEFAULT_STYLE_SIZE, check_strength, normalize_weights
 
     check_strength(args.strength)
     if args.interpolate and args.strength_sweep is not None:
@@ -170,6 +171,14 @@ def _validate(args: argparse.Namespace) -> str:
         raise ConfigError(f"--max-size must be >= 0 (0 = keep the size), got {args.max_size}")
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.method == "gatys":  # the network's options (they were silently ignored)
+        given = [name for name, value in (("--model", args.model),
+                                          ("--style-size", args.style_size),
+                                          ("--batch-size", args.batch_size),
+                                          ("--workers", args.workers)) if value is not None]
+        if given:
+            raise ConfigError(f"{given[0]} applies to --method network only")
+    args.style_size = DEFAULT_STYLE_SIZE if args.style_size is None else args.style_size
     if not 32 <= args.style_size <= MAX_STYLE_SIZE:
         raise ConfigError(f"--style-size must be in [32, {MAX_STYLE_SIZE}], got {args.style_size}")
     if args.method == "gatys" and args.dtype != "float32":

@@ -77,9 +77,10 @@ def data(tmp_path):
 def cli(model, capsys):
     def run(*argv, model_arg=True):
         args = [str(a) for a in argv]
-        if model_arg and "--model" not in args:
+        network = not any(a == "--method" and b == "gatys" for a, b in zip(args, args[1:]))
+        if model_arg and network and "--model" not in args:  # (gatys refuses them)
             args += ["--model", str(model)]
-        if "--style-size" not in args:
+        if network and "--style-size" not in args:
             args += ["--style-size", SS]
         rc = cli_stylize.main(args)
         out, err = capsys.readouterr()
@@ -463,7 +464,8 @@ def test_corrupt_model_file(cli, data, tmp_path, model):
     "style_size_huge", "iterations_network", "strength_with_sweep", "gatys_tiny_max_size",
     "too_many_tiles", "long_out_name", "dtype_gatys", "fitted_gatys", "fitted_onnx",
     "steps_without_interpolate", "tile_size_without_figure", "palette_luminance",
-    "out_is_a_folder", "model_is_fitted", "fake_npz_style"])
+    "out_is_a_folder", "model_is_fitted", "fake_npz_style", "gatys_model", "gatys_style_size",
+    "gatys_batch_size", "gatys_workers"])
 def test_bad_inputs_one_line(cli, data, case, monkeypatch):
     t = data["tmp"]
     c, s = data["contents"][0], data["styles"][0]
@@ -571,10 +573,15 @@ def test_bad_inputs_one_line(cli, data, case, monkeypatch):
         (t / "f.npz").write_bytes(b"")
         args[3] = t / "f.npz"
         args += ["--method", "gatys"] if case == "fitted_gatys" else ["--backend", "onnxruntime"]
+    elif case.startswith("gatys_"):  # the network's options were silently ignored
+        opt = "--" + case[len("gatys_"):].replace("_", "-")
+        args += ["--method", "gatys", opt, t / "none.safetensors" if opt == "--model" else 64]
     before = c.read_bytes()
     rc, _, err = cli(*args)
     assert rc != 0
     line = one_error_line(err)
+    if case in ("gatys_model", "gatys_style_size", "gatys_batch_size", "gatys_workers"):
+        assert line.endswith(f"{opt} applies to --method network only"), line
     assert len(line) < 400 + (300 if case == "long_out_name" else 0)
     if case.startswith("fitted"):
         assert "is a fitted style (.npz)" in line and "backend='" not in line
