@@ -423,6 +423,7 @@ def _style_embeddings(stylizer, styles, content_img, args):
 
 
 def _figure(args, mode: str, stylizer, content_files: list[Path]) -> int:
+    from . import color
     from .inference import mixture_grid, preserve_color_mode
 
     if len(content_files) != 1:
@@ -446,7 +447,8 @@ def _figure(args, mode: str, stylizer, content_files: list[Path]) -> int:
     e_styles, m_styles, d_styles = _style_embeddings(stylizer, styles, img, args)
     d = None
     if mode == "sweep" or args.strength < 1.0:  # the content's own embedding and palette
-        e_c, m_c = (x[0] for x in stylizer.embed_with_palettes(img, style_size=args.style_size))
+        e_c = stylizer.embed(img, style_size=args.style_size)[0]
+        m_c = color.color_moments_np(images.to_float(img))  # the whole photo's, as stylize's
     names = " / ".join(Path(s).stem for s in styles)
     if mode == "interpolate":
         cells = mixture_grid(len(styles), args.steps)

@@ -317,3 +317,203 @@ def test_weights_too_large_for_float32_are_an_error_not_the_photo(files, tmp_pat
     out.unlink()
     assert main(["gatys", "--content", str(ramp), "--style", str(ramp), "--out", str(out),
                  "--size", "64", "--iters", "3", "--quiet"]) == 0 and out.exists()
+
+
+# ---------------------------------------------------------------- mutation-testing pass (CLI)
+
+
+def test_every_gatys_option_reaches_the_config():
+    """Each option (all set to non-defaults, bounds included) is the config field it names."""
+    from arbitrary_nst import gatys
+    from arbitrary_nst.cli import build_parser, gatys_config_from_args
+
+    args = build_parser().parse_args([
+        "gatys", "--content", "c.png", "--style", "s.png", "--out", "o.png", "--size", "4096",
+        "--style-scale", "0.5", "--iters", "7", "--optimizer", "adam", "--lr", "0.5",
+        "--lbfgs-memory", str(gatys.MAX_LBFGS_MEMORY), "--param", "sigmoid", "--init", "noise",
+        "--seed", str(2**32 - 1), "--stages", "64,128", "--stage-iters", "1,2,3",
+        "--chunk", "9", "--content-weight", "2", "--style-weight", "0", "--tv-weight", "0.25",
+        "--content-layers", "relu3_1", "--style-layers", "relu2_1:3,relu1_1",
+        "--depth-growth", "2", "--style-statistic", "mean_std", "--gram-norm", "hw",
+        "--tv-kind", "l1", "--pooling", "avg", "--normalized-vgg", "--preserve-color", "match",
+        "--color-space", "yuv", "--color-match", "chol"])
+    cfg = gatys_config_from_args(args)
+    assert args.size == 4096
+    want = dict(style_scale=0.5, iterations=7, optimizer="adam", learning_rate=0.5,
+                lbfgs_memory=gatys.MAX_LBFGS_MEMORY, parameterization="sigmoid", init="noise",
+                seed=2**32 - 1, stage_sizes=(64, 128), stage_iterations=(1, 2, 3),
+                chunk_size=9, content_weight=2.0, style_weight=0.0, tv_weight=0.25,
+                content_layers={"relu3_1": 1.0}, style_layers={"relu1_1": 1.0, "relu2_1": 3.0},
+                depth_growth=2.0, style_statistic="mean_std", gram_norm="hw", tv_kind="l1",
+                pooling="avg", normalized_vgg=True, preserve_color="match", color_space="yuv",
+                color_match_method="chol")
+    assert {k: getattr(cfg, k) for k in want} == want
+    assert list(cfg.style_layers) == ["relu1_1", "relu2_1"]  # shallow to deep
+
+
+def test_gatys_option_values_out_of_range(files, tmp_path, capsys):
+    out = tmp_path / "o.png"
+    usage = [(["--size", "31"], "argument --size: must be an integer in [32, 4096], got '31'"),
+             (["--style-weight", "nan"], "argument --style-weight: must be >= 0, got nan"),
+             (["--seed", str(2**32)], "argument --seed: must be an integer in [0, 4294967295]")]
+    for extra, msg in usage:
+        assert main(gatys_args(files, out, *extra, iters=0)) == 2, extra
+        line = one_error_line(capsys)
+        assert msg in line and line.endswith("(see `infer.py gatys --help`)"), line
+    # (an unknown option is found by the top parser: it names the sub-command's help too)
+    assert main(gatys_args(files, out, "--bogus", iters=0)) == 2
+    assert one_error_line(capsys) == \
+        "error: unrecognized arguments: --bogus (see `infer.py gatys --help`)"
+    config = [(["--size", "64", "--stages", "64"], "--stages must be smaller than --size 64"),
+              (["--style-weights", "0"], "--style-weights must have a positive sum")]
+    for extra, msg in config:
+        assert main(gatys_args(files, out, *extra, iters=0)) == 1, extra
+        assert msg in one_error_line(capsys)
+    assert not out.exists()
+
+
+def test_output_paths_patterns_and_collisions(files, tmp_path):
+    from arbitrary_nst.cli import output_paths
+
+    other = tmp_path / "other"
+    other.mkdir()
+    twin = other / "a.png"
+    twin.write_bytes(files["a"].read_bytes())
+    a, b = str(files["a"]), str(files["b"])
+    assert output_paths(str(tmp_path / "{name}_x.png"), [a, b], suffix="gatys",
+                        overwrite=False) == [tmp_path / "a_x.png", tmp_path / "b_x.png"]
+    assert output_paths(str(tmp_path / "o"), [a, b], suffix="gatys", overwrite=False) == [
+        tmp_path / "o" / "a_gatys.png", tmp_path / "o" / "b_gatys.png"]
+    with pytest.raises(ConfigError, match="two content images would be written to the same"):
+        output_paths(str(tmp_path / "o"), [a, str(twin)], suffix="gatys", overwrite=True)
+
+
+def test_top_level_help_lists_the_commands(capsys):
+    for argv in (["--help"], ["-h"]):
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        assert "COMMAND" in out and all(c in out for c in ("gatys", "fit-style", "export-onnx"))
+        assert "--max-size" not in out and "--strength" not in out  # (stylize's help)
+
+
+def test_errors_while_running_a_command_are_one_line_with_their_exit_status(monkeypatch,
+                                                                           capsys):
+    import dataclasses
+
+    from arbitrary_nst import cli
+
+    def raising(exc):
+        def run(args):
+            raise exc
+        monkeypatch.setitem(cli.COMMANDS, "gatys", dataclasses.replace(cli.COMMANDS["gatys"],
+                                                                       run=run))
+
+    argv = ["gatys", "--content", "c.png", "--style", "s.png", "--out", "o.png"]
+    cases = [(PermissionError(13, "Permission denied", "/x/y.png"), 1,
+              "error: /x/y.png: Permission denied"),
+             (OSError("disk\n  full"), 1, "error: disk full"),
+             (ConfigError(""), 1, "error: ConfigError"),
+             (ConfigError("a\nb"), 1, "error: a b"),
+             (KeyboardInterrupt(), 130, "error: interrupted"),
+             (RuntimeError("RESOURCE_EXHAUSTED: Out of memory\nwhile allocating 123 bytes\n"), 1,
+              "error: out of memory (RESOURCE_EXHAUSTED: Out of memory while allocating 123 "
+              "bytes): use a smaller size (--max-size, --size) or batch")]
+    for exc, code, line in cases:
+        raising(exc)
+        assert main(argv) == code, exc
+        assert capsys.readouterr().err == line + "\n"
+
+
+def test_check_count_and_check_weight_bounds():
+    from arbitrary_nst.errors import check_count, check_weight, out_of_memory
+
+    assert check_count(4096, "x", 32, 4096) == 4096 and check_count(32, "x", 32, 4096) == 32
+    assert check_count(512.0, "x") == 512 and type(check_count(512.0, "x")) is int
+    assert check_count(None, "x") is None
+    for bad in (4097, 31, 100.5, float("nan"), float("inf"), "100", True):
+        with pytest.raises(ConfigError, match=r"^x must be an integer in \[32, 4096\], got "):
+            check_count(bad, "x", 32, 4096)
+    with pytest.raises(ConfigError):
+        check_count(None, "x", optional=False)
+    assert check_weight(0, "w") == 0.0 and check_weight(2, "w") == 2.0
+    for bad in (float("inf"), float("nan"), -1e-9, "1", True, None):
+        with pytest.raises(ConfigError, match=r"^w must be a finite number >= 0, got "):
+            check_weight(bad, "w")
+    assert out_of_memory(RuntimeError("INTERNAL: boom")) is None
+    assert out_of_memory(RuntimeError("RESOURCE_EXHAUSTED:\n  " + "x" * 300)) == \
+        "out of memory (RESOURCE_EXHAUSTED: " + "x" * (160 - 20) + ")"
+
+
+def test_help_shows_defaults_but_not_for_flags(capsys):
+    assert main(["gatys", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "seed of --init noise (default: 0)" in out  # (0 == False: it was hidden)
+    assert "(default: False)" not in out and "(default: None)" not in out
+
+
+def test_gatys_batch_passes_weights_and_quiet_and_says_what_it_did(files, tmp_path, monkeypatch,
+                                                                  capsys):
+    from arbitrary_nst import gatys
+
+    calls = []
+
+    class R:
+        def __init__(self, x):
+            self.images = x
+
+        def final_terms(self):
+            n = len(self.images)
+            return {k: np.full(n, 1.5) for k in ("total", "content", "style", "tv")}
+
+    def fake_run(content, styles, *, style_weights=None, config=None, progress=True,
+                 vgg_params=None, style_names=None):
+        calls.append((content.shape, [s.shape for s in styles], style_weights, progress))
+        return R(content)
+
+    monkeypatch.setattr(gatys, "run", fake_run)
+    monkeypatch.setattr(gatys, "load_params", lambda cfg: {})
+    out = tmp_path / "o"
+    args = gatys_args(files, out, "--style-weights", "0.7", "0.3",
+                      contents=("sq48", "b", "wide"), size=48)
+    i = args.index("--style")
+    args[i + 1:i + 2] = [str(files["style"]), str(files["style2"])]
+    assert main(args) == 0
+    cap = capsys.readouterr()
+    assert cap.out == "done 3, skipped 0\n" and cap.err == ""  # --quiet: nothing on stderr
+    assert calls == [((2, 48, 48, 3), [(32, 32, 3), (40, 40, 3)], [0.7, 0.3], False),
+                     ((1, 32, 48, 3), [(32, 32, 3), (40, 40, 3)], [0.7, 0.3], False)]
+    calls.clear()
+    args.remove("--quiet")
+    assert main(args + ["--overwrite"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert [c[3] for c in calls] == [True, True]
+    assert err[0] == "batch of 2 at 48x48" and \
+        f"wrote {out / 'sq48_gatys.png'}  total=1.5  content=1.5  style=1.5  tv=1.5" in err
+
+
+def test_fit_style_with_skipped_photos_exits_1(files, tmp_path, monkeypatch, capsys):
+    """fit-style says which photos it skipped and, as a batch run, exits 1 then (0 without)."""
+    import types
+
+    from arbitrary_nst import inference
+
+    saved = []
+
+    def fake_fit(self, style, photos, **kw):
+        skipped = ["bad.png: not an image"] if len(photos) > 2 else []
+        return types.SimpleNamespace(info={"skipped": skipped, "photos": 2},
+                                     history=np.array([2.0, 0.5]),
+                                     save=lambda out, overwrite: saved.append(out))
+
+    monkeypatch.setattr(inference.Stylizer, "load", classmethod(lambda cls, m: cls.__new__(cls)))
+    monkeypatch.setattr(inference.Stylizer, "fit_style", fake_fit)
+    base = ["fit-style", "--style", str(files["style"]), "--steps", "1", "--no-progress"]
+    out = tmp_path / "f.npz"
+    assert main([*base, "--photos", str(files["a"]), str(files["b"]), str(files["wide"]),
+                 "--out", str(out)]) == 1
+    cap = capsys.readouterr()
+    assert cap.err == "skipped: bad.png: not an image\n"
+    assert cap.out.startswith(f"wrote {out}: 2 photos (1 skipped: exit status 1, as for batch "
+                              "runs), 1 steps, loss 2 -> 0.5 (")
+    assert main([*base, "--photos", str(files["a"]), str(files["b"]), "--out", str(out)]) == 0
+    assert saved == [out, out]

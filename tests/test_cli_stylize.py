@@ -664,3 +664,207 @@ def test_out_of_memory_is_one_line_and_other_failures_stay_tracebacks(monkeypatc
     monkeypatch.setitem(cli.COMMANDS, "stylize", dataclasses.replace(stylize, run=bug))
     with pytest.raises(RuntimeError, match="a bug"):
         cli.main(["--content", "x.png", "--style", "s.png", "--out", "o.png"])
+
+
+# ---------------------------------------------------------------- mutation-testing pass (CLI)
+
+
+def validated(*argv):
+    """The parsed and validated options (no model, no files read): ``(mode, args)``."""
+    args = cli_stylize.build_parser().parse_args([str(a) for a in argv])
+    return cli_stylize._validate(args), args
+
+
+def test_option_ranges_are_inclusive_and_each_bad_value_named():
+    base = ["--content", "c.png", "--style", "s.png", "--out", "o.png"]
+    # the bounds themselves are accepted
+    assert validated(*base, "--style-size", 2048)[0] == "stylize"
+    assert validated(*base, "--style-size", 32)[0] == "stylize"
+    assert validated(*base, "--strength-sweep", 100)[0] == "sweep"
+    assert validated(*base, "--strength-sweep", 2, "--tile-size", 8)[1].tile_size == 8
+    assert validated(*base, "--strength-sweep", 2, "--tile-size", 4096)[1].tile_size == 4096
+    assert validated(*base, "--max-size", 0)[1].max_size == 0  # 0 = keep the original size
+    # defaults filled in by the validation
+    mode, args = validated("--content", "c.png", "--interpolate", "a.png", "b.png", "--out",
+                           "o.png")
+    assert mode == "interpolate" and args.steps == 5 and args.tile_size == 256
+    bad = [(["--style-size", 2049], "--style-size must be in [32, 2048], got 2049"),
+           (["--strength-sweep", 101], "--strength-sweep must be in [2, 100], got 101"),
+           (["--strength-sweep", 3, "--tile-size", 7], "--tile-size must be in [8, 4096], got 7"),
+           (["--strength-sweep", 3, "--tile-size", 4097],
+            "--tile-size must be in [8, 4096], got 4097"),
+           (["--workers", 0], "--workers must be >= 1, got 0"),
+           (["--max-pixels", 0], "--max-pixels must be >= 1, got 0"),
+           (["--refine", 2, "--preserve-color", "histogram"], "--refine does not combine")]
+    for extra, msg in bad:
+        with pytest.raises(cli_stylize.ConfigError) as e:
+            validated(*base, *extra)
+        assert msg in str(e.value), (extra, str(e.value))
+
+
+def test_figures_and_stylize_load_the_model_with_the_given_dtype_and_backend(data, monkeypatch,
+                                                                          capsys):
+    calls = []
+
+    def spy(model, dtype="float32", backend="jax"):
+        calls.append((model, dtype, backend))
+        raise cli_stylize.ConfigError("stop here")
+
+    monkeypatch.setattr(cli_stylize, "load_stylizer", spy)
+    c, s = data["contents"][0], data["styles"][0]
+    out = data["tmp"] / "o.png"
+    for extra in (["--strength-sweep", 3], ["--interpolate", s, s], []):
+        style = [] if "--interpolate" in extra else ["--style", s]
+        for opts in (["--backend", "onnxruntime"], ["--dtype", "bfloat16"]):
+            assert cli_stylize.main(["--content", str(c), *map(str, style), *map(str, extra),
+                                     "--out", str(out), "--model", "m.safetensors",
+                                     *opts]) == 1
+    assert calls == [("m.safetensors", "float32", "onnxruntime"),
+                     ("m.safetensors", "bfloat16", "jax")] * 3
+    assert capsys.readouterr().err.count("error: stop here\n") == 6
+
+
+def _capture_figure(monkeypatch):
+    seen = {}
+    real = cli_stylize.compose_figure
+
+    def capture(tiles, *, title="", layout="grid", **kw):
+        seen.update(tiles=tiles, title=title, layout=layout)
+        return real(tiles, title=title, layout=layout, **kw)
+
+    monkeypatch.setattr(cli_stylize, "compose_figure", capture)
+    return seen
+
+
+def test_interpolation_tiles_mix_embeddings_palettes_and_strength(cli, data, model,
+                                                                  monkeypatch):
+    """Each tile of `--interpolate A B --steps 3 --strength 0.8 --palette 0.6` is the
+    API's stylize of the same mix at strength 0.8: the embedding and the palette's colour
+    moments both mixed with the content's own; the labels and the title say the mix."""
+    seen = _capture_figure(monkeypatch)
+    c, (s1, s2) = data["contents"][0], data["styles"][:2]
+    out = data["tmp"] / "interp.png"
+    rc, stdout, err = cli("--content", c, "--interpolate", s1, s2, "--strength", 0.8,
+                          "--palette", 0.6, "--steps", 3, "--tile-size", 45, "--batch-size", 1,
+                          "--out", out)
+    assert rc == 0, err
+    assert "3 tiles" in stdout and out.exists()
+    tiles = seen["tiles"]
+    assert [(r, col, lab) for r, col, _, lab in tiles] == [
+        (0, j, lab) for j, lab in enumerate(["100/0", "50/50", "0/100"])]
+    assert seen["title"] == "% of s1 / s2, strength 0.8" and seen["layout"] == "grid"
+    st = cli_stylize.load_stylizer(str(model))
+    img = st.read(c, max_side=45)
+    for j, (_, _, got, _) in enumerate(tiles):
+        t = j / 2
+        want = st.stylize(img, style=[s1, s2], weights=[1 - t, t], strength=0.8, palette=0.6,
+                          style_size=int(SS))
+        np.testing.assert_allclose(got, want, atol=2e-4, err_msg=f"tile {j}")
+
+
+def test_strength_sweep_mixes_the_styles_with_their_weights(cli, data, model, monkeypatch):
+    seen = _capture_figure(monkeypatch)
+    c, (s1, s2) = data["contents"][0], data["styles"][:2]
+    out = data["tmp"] / "sweep.png"
+    rc, _, err = cli("--content", c, "--style", s1, s2, "--style-weights", 1, 3,
+                     "--strength-sweep", 3, "--tile-size", 45, "--batch-size", 1, "--out", out)
+    assert rc == 0, err
+    assert [lab for *_, lab in seen["tiles"]] == ["0.00", "0.50", "1.00"]
+    assert seen["title"] == "strength 0 .. 1, style s1 / s2"
+    st = cli_stylize.load_stylizer(str(model))
+    img = st.read(c, max_side=45)
+    for (_, _, got, _), t in zip(seen["tiles"][1:], (0.5, 1.0)):
+        want = st.stylize(img, style=[s1, s2], weights=[1, 3], strength=t, style_size=int(SS))
+        np.testing.assert_allclose(got, want, atol=2e-4, err_msg=f"strength {t}")
+
+
+def test_figures_take_one_content_and_never_write_over_a_style(cli, data):
+    s1, s2 = data["styles"][:2]
+    rc, _, err = cli("--content", data["dir"], "--style", s1, "--strength-sweep", 2,
+                     "--tile-size", 45, "--out", data["tmp"] / "f.png")
+    assert rc == 1 and "figures take one content image, found 3" in one_error_line(err)
+    for fig, victim in ((["--style", s1, "--strength-sweep", 2], s1),
+                        (["--interpolate", s1, s2], s2)):
+        before = victim.read_bytes()
+        rc, _, err = cli("--content", data["contents"][0], *fig, "--tile-size", 45,
+                         "--out", victim, "--overwrite")
+        assert rc == 1 and "would overwrite an input" in one_error_line(err)
+        assert victim.read_bytes() == before
+
+
+def test_batch_max_size_0_keeps_sizes_and_no_progress_is_silent(cli, data):
+    od = data["tmp"] / "full"
+    rc, stdout, err = cli("--content", data["dir"], "--style", data["styles"][0], "--out-dir",
+                          od, "--max-size", 0, "--no-progress")
+    assert rc == 0 and err == "", err
+    assert re.fullmatch(r"done 3, skipped 0, [\d.]+ s, [\d.]+ images/s\n", stdout), stdout
+    for c in data["contents"]:
+        assert Image.open(od / f"{c.stem}__s1.png").size == Image.open(c).size
+
+
+def test_batch_summary_line():
+    from types import SimpleNamespace as R
+
+    assert cli_stylize._summary(4, [], 2.0, 4) == "done 4, skipped 0, 2.0 s, 2.00 images/s"
+    skipped = [R(kind="output exists"), R(kind=None), R(kind="output exists")]
+    assert (cli_stylize._summary(1, skipped, 0.5, 4)
+            == "done 1, skipped 3 (2 output exists, 1 error), 0.5 s, 2.00 images/s")
+    assert cli_stylize._summary(0, skipped[:1], 0.25, 1) == \
+        "done 0, skipped 1 (1 output exists), 0.2 s"
+
+
+def test_gatys_method_bounds_the_styles_by_max_size_too(cli, data, monkeypatch):
+    from arbitrary_nst import gatys
+
+    shapes = []
+
+    class R:
+        def __init__(self, x):
+            self.images = x[None]
+
+    def fake_run(content, styles, **kw):
+        shapes.append([s.shape for s in styles])
+        return R(content)
+
+    monkeypatch.setattr(gatys, "run", fake_run)
+    monkeypatch.setattr(gatys, "load_params", lambda cfg: {})
+    rc, _, err = cli("--content", data["contents"][0], "--style", *data["styles"][:2],
+                     "--method", "gatys", "--max-size", 32, "--out", data["tmp"] / "g.png")
+    assert rc == 0, err
+    assert shapes == [[(32, 27, 3), (23, 32, 3)]]  # 48x40 and 36x50, longer side 32
+
+
+def test_an_error_naming_a_file_with_a_line_break_is_still_one_line(cli, data):
+    missing = data["tmp"] / "two\nlines.png"
+    rc, _, err = cli("--content", missing, "--style", data["styles"][0], "--out",
+                     data["tmp"] / "o.png")
+    assert rc == 1 and "two lines.png" in one_error_line(err)
+
+
+def test_an_output_name_of_exactly_255_bytes_is_kept():
+    tag = "m" * (255 - len("p__.png"))
+    assert cli_stylize._output_name("p", tag) == f"p__{tag}.png"
+    assert len(cli_stylize._output_name("p", tag + "m").encode()) <= 255
+    assert cli_stylize._output_name("p", tag + "m") != f"p__{tag}m.png"
+
+
+def test_the_model_cache_sees_a_replaced_model_file(tmp_path, vgg, model):
+    """Same path, same size, newer file (a retrained export copied over): loaded again, not
+    the cached old model; an unchanged file is the cached one."""
+    import shutil
+
+    p = tmp_path / "m.safetensors"
+    shutil.copyfile(model, p)
+    first = cli_stylize.load_stylizer(str(p))
+    assert cli_stylize.load_stylizer(str(p)) is first
+    make_model_file(tmp_path / "other.safetensors", vgg, seed=1)
+    os.replace(tmp_path / "other.safetensors", p)
+    st = os.stat(p)
+    os.utime(p, ns=(st.st_atime_ns, os.stat(model).st_mtime_ns + 10**9))
+    assert os.path.getsize(p) == os.path.getsize(model)  # (the size alone cannot tell)
+    second = cli_stylize.load_stylizer(str(p))
+    assert second is not first
+    x = np.full((1, 16, 16, 3), 0.5, np.float32)
+    e = np.zeros((1, second.embedding_dim), np.float32)
+    assert np.abs(np.asarray(second.model.transfer(x, e))
+                  - np.asarray(first.model.transfer(x, e))).max() > 1e-3

@@ -1319,3 +1319,71 @@ def test_resume_with_changed_settings_is_said_or_refused(tmp_path, vgg, caplog):
         training.train(smoke("train.num_steps=4", "optim.grad_clip_norm=1.0", *base), wd,
                        vgg=vgg, progress=False)
     assert "delete" not in str(e.value)
+
+
+# ---------------------------------------------------------------- mutation-testing pass (CLI)
+
+
+def _train_script():
+    sys.path.insert(0, str(ROOT))
+    try:
+        import train as train_cli
+    finally:
+        sys.path.remove(str(ROOT))
+    return train_cli
+
+
+def test_train_cli_passes_its_options_and_reports_the_stop(tmp_path, monkeypatch, capsys):
+    """train.py hands --workdir/--export/--no-progress to training.train as given ('' = no
+    export); a run stopped by SIGTERM returns 143 (SIGINT 130); a Ctrl-C outside the loop is
+    130 with one line naming the workdir."""
+    import types
+
+    train_cli = _train_script()
+    calls = []
+
+    def fake_train(config, workdir, *, export_path=None, progress=None, **kw):
+        calls.append((workdir, export_path, progress))
+        return types.SimpleNamespace(history=[{"loss": 1.5, "content": 0.5, "style": 1.0,
+                                               "tv": 0.0}], interrupted=sig is not None,
+                                     step=7, export_path=None, signal=sig)
+
+    monkeypatch.setattr(training, "train", fake_train)
+    cfg = ["--config", str(CONFIGS / "smoke.py"), "--workdir", str(tmp_path / "w")]
+    for sig, extra, want in ((None, ["--export", "", "--no-progress"], 0),
+                             (signal.SIGTERM, [], 143), (signal.SIGINT, ["--export", "e"], 130)):
+        assert train_cli.main(cfg + extra) == want
+    assert calls == [(str(tmp_path / "w"), "", False), (str(tmp_path / "w"), None, None),
+                     (str(tmp_path / "w"), "e", None)]
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["done: step 7 loss=1.5 content=0.5 style=1 tv=0"] + \
+        ["interrupted: step 7 loss=1.5 content=0.5 style=1 tv=0"] * 2
+
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "train", ctrl_c)
+    assert train_cli.main(cfg) == 130
+    assert capsys.readouterr().err == \
+        f"error: interrupted; the checkpoints saved so far stay in {tmp_path / 'w'}\n"
+
+
+def test_train_cli_objective_options_reach_the_objective(monkeypatch, capsys):
+    train_cli = _train_script()
+    seen = {}
+
+    def fake_objective(config, models, *, num_batches, seed):
+        seen.update(models=models, num_batches=num_batches, seed=seed)
+        return [{"loss": 2.0, "content": 1.0, "style": 0.75, "tv": 0.25}] * len(models)
+
+    monkeypatch.setattr(training, "training_objective", fake_objective)
+    cfg = ["--config", str(CONFIGS / "smoke.py")]
+    assert train_cli.main(cfg + ["--objective", "builtin", "x.safetensors",
+                                 "--objective-batches", "3", "--objective-seed", "9"]) == 0
+    assert seen == {"models": ["builtin", "x.safetensors"], "num_batches": 3, "seed": 9}
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("training objective on 12 fixed pairs (3 batches, seed 9) of ")
+    assert out[3:] == ["| builtin | 2 | 1 | 0.75 | 0.25 |",
+                       "| x.safetensors | 2 | 1 | 0.75 | 0.25 |"]
+    assert train_cli.main(cfg + ["--objective", "builtin"]) == 0
+    assert seen["num_batches"] == 12 and seen["seed"] == 1234
