@@ -121,7 +121,8 @@ def bench_ours(st, size: int, batch: int, args, out_call=None) -> dict:
     hw = put(hw_host) if align or masked else None
     t0 = time.perf_counter()
     lowered = inference._stylize_jit.lower(st._graphdef, st._state, x0, e0, None, None, None,
-                                           None, strength, moments, palette, hw, use_content=False,
+                                           None, None, strength, moments, palette, hw,
+                                           use_content=False,
                                            luminance=False, align=align, out_uint8=True,
                                            masked=masked)
     compiled = lowered.compile()
@@ -136,7 +137,7 @@ def bench_ours(st, size: int, batch: int, args, out_call=None) -> dict:
                            f"{args.max_memory_gb}", "compile_s": round(compile_s, 3)}
 
     def call():
-        y = compiled(st._state, put(x_host), put(e_host), None, None, None, None, strength,
+        y = compiled(st._state, put(x_host), put(e_host), None, None, None, None, None, strength,
                      None if moments is None else put(m_host), palette,
                      None if hw is None else put(hw_host))
         return np.asarray(y)
