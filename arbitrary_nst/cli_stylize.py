@@ -324,16 +324,16 @@ _VGG: dict[str, Any] = {}
 
 
 def load_stylizer(model: str | None, dtype: str = "float32", backend: str = "jax"):
-    """A :class:`~arbitrary_nst.inference.Stylizer`, cached per (file, mtime, size, dtype,
-    backend)."""
+    """A :class:`~arbitrary_nst.inference.Stylizer`, cached per (model file's identity, dtype,
+    backend): a replaced file is loaded again, even with its size and mtime kept."""
+    from .export import model_file
     from .inference import BUILTIN_MODEL, Stylizer
 
-    name = os.fspath(model) if model else str(BUILTIN_MODEL)
-    try:
-        st = os.stat(name)
-        key = (os.path.realpath(name), st.st_mtime_ns, st.st_size, dtype, backend)
-    except OSError:
-        key = None
+    try:  # (a workdir: its model.safetensors)
+        name = model_file(model) if model else str(BUILTIN_MODEL)
+        key = (*files.file_identity(name), dtype, backend)
+    except (OSError, NSTError):
+        key = None  # Stylizer.load says what is wrong
     if key is not None and key in _STYLIZERS:
         return _STYLIZERS[key]
     if "vgg" not in _VGG:

@@ -32,6 +32,14 @@ def make_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
     return p
 
 
+def file_identity(path: str | os.PathLike) -> tuple:
+    """A cache key for a file's contents: real path, mtime, ctime, inode and size. ctime and
+    inode too: a file replaced by one of the same size with its mtime kept (cp -p, rsync -t,
+    coarse mtimes, two quick atomic rewrites) is a new file all the same. Raises OSError."""
+    st = os.stat(path)
+    return (os.path.realpath(path), st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_size)
+
+
 def lexists(path: str | os.PathLike) -> bool:
     """``os.path.lexists``, but a name the filesystem cannot hold (longer than 255 bytes, a
     NUL byte) is a one-line ImageError rather than an OSError from the first stat."""

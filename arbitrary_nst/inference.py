@@ -18,7 +18,7 @@ downscale, which never upscales).
 Magenta): the shorter side is resized to ``style_size`` (Lanczos) and the centre square is kept.
 The predictor only sees pooled VGG statistics, so the size mostly sets the scale of the style's
 strokes: a larger working size gives finer texture relative to the output. Embeddings of style
-*files* are cached in memory, keyed by ``(resolved path, mtime, size, style_size)``.
+*files* are cached in memory, keyed by ``(resolved path, mtime, ctime, inode, size, style_size)``.
 
 **Mixing and strength.** ``N`` styles are mixed by a convex combination of their embeddings,
 ``e = sum_k w_k e_k`` (weights >= 0, normalized to sum 1; equal weights by default).
@@ -122,7 +122,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from . import color, fit_style, images
+from . import color, files, fit_style, images
 from .errors import ConfigError, ImageError, ModelError, NSTError, check_count, out_of_memory
 from .models import ArbitraryStyleModel, check_palette
 
@@ -458,6 +458,11 @@ def _path_list(x: Any) -> list[Path]:
             raise ConfigError(f"expected a path or a list of paths, got a "
                               f"{type(p).__name__} at position {i}")
     return [Path(os.fspath(p)) for p in items]
+
+
+def _style_name(i: int, items: Sequence[Any]) -> str:
+    """How errors name the ``i``-th of several style arrays (as contents: ``content image i``)."""
+    return f"style image {i}" if len(items) > 1 else "style image"
 
 
 def _is_pil(x: Any) -> bool:
@@ -1037,7 +1042,9 @@ class Stylizer:
             f = images.resize_max_side(f, max_side)
         return f
 
-    def _style_small(self, x: ImageInput, size: int) -> np.ndarray:
+    def _style_small(self, x: ImageInput, size: int, what: str = "style image") -> np.ndarray:
+        """``x``'s working image; ``what`` names an array in errors (``style image 2``: the
+        third of a list)."""
         if _is_fitted(x):  # (it was "not an image (cannot identify format)")
             raise ConfigError(f"{x if _is_path(x) else x.name}: a fitted style is not an "
                               "image: it has no embedding or palette of its own to compute; "
@@ -1046,21 +1053,16 @@ class Stylizer:
         if _is_path(x):
             img = images.load_image(x, max_pixels=self.max_pixels, max_side=8 * size)
         else:
-            img = images.to_float(_named("style image", self.read, x))
+            img = images.to_float(_named(what, self.read, x))
         return style_working_image(img, size)
 
     def _cache_key(self, x: Any, size: int) -> tuple | None:
         if not _is_path(x):
             return None
-        name = os.fspath(x)
         try:
-            st = os.stat(name)
+            return (*files.file_identity(os.fspath(x)), size)
         except OSError:
             return None  # load_image reports the problem
-        # ctime and inode too: a file replaced by one of the same size with its mtime kept
-        # (cp -p, rsync -t, coarse mtimes) is a new file all the same.
-        return (os.path.realpath(name), st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_size,
-                size)
 
     # -- embeddings -------------------------------------------------------------------------
     def _embed_small(self, small: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -1119,7 +1121,8 @@ class Stylizer:
                 if hit is not None:
                     out[i] = hit
                     continue
-            todo.append((i, key, self._style_small(s, size) if small is None else small[i]))
+            todo.append((i, key, self._style_small(s, size, _style_name(i, items))
+                         if small is None else small[i]))
         if todo:
             emb, mom = self._embed_small(np.stack([t[2] for t in todo]))
             for (i, key, _), e, m in zip(todo, emb, mom):
@@ -1263,9 +1266,18 @@ class Stylizer:
         w = normalize_weights(weights, e.shape[0])
         return (w[:, None] * e).sum(0).astype(np.float32)
 
-    def clear_cache(self) -> None:
+    def clear_cache(self, *, compiled: bool = False) -> None:
+        """Forget the cached style embeddings (of style files; at most ``cache_size``, least
+        recently used first out). ``compiled``: also drop JAX's compiled programs
+        (``jax.clear_caches()``, for every model of the process: the next calls compile
+        again). Each padded content shape (bucket) and option set (strength < 1, palette,
+        colour preservation, output dtype, ``style_size``) has its own program, ~10-25 MB of
+        host memory on CPU, so a long-running service that meets many photo sizes grows by
+        that much per new one; ``max_size`` bounds how many there can be."""
         with self._cache_lock:
             self._cache.clear()
+        if compiled:
+            jax.clear_caches()
 
     # -- planning ---------------------------------------------------------------------------
     def _plan(self, style, weights, strength, preserve_color, embedding, style_size,
@@ -1335,9 +1347,11 @@ class Stylizer:
             raise ConfigError("preserve_color='match' recolours style images; fitted styles "
                               "are not images: use preserve_color='luminance'")
         if mode == "match":
-            small = np.stack([self._style_small(x, size) for x in items])
+            small = np.stack([self._style_small(x, size, _style_name(i, items))
+                              for i, x in enumerate(items)])
             return _Plan(None, small, w, s, False, True, size, paths), small
-        small = np.stack([self._style_small(x, size) for x in items]) if keep_small else None
+        small = (np.stack([self._style_small(x, size, _style_name(i, items))
+                           for i, x in enumerate(items)]) if keep_small else None)
         es, ms, ds = self._style_parts(items, size, small)
         e = (w[:, None] * es).sum(0).astype(np.float32)
         m = (w[:, None] * ms).sum(0).astype(np.float32)
@@ -1535,7 +1549,8 @@ class Stylizer:
         items, _ = _as_image_list(style, "style")
         w = normalize_weights(weights, len(items))
         _check_weights_have_an_order(style, weights)
-        small = np.stack([self._style_small(x, ssize) for x in items])
+        small = np.stack([self._style_small(x, ssize, _style_name(i, items))
+                          for i, x in enumerate(items)])
         if embedding is None:
             e0 = (w[:, None] * self._embed(items, ssize, small)[0]).sum(0)
         else:
@@ -1553,11 +1568,15 @@ class Stylizer:
         return (e, hist) if return_history else e
 
     def _run(self, items: Iterable[_Item], plan: _Plan, *, out_uint8: bool = False,
-             batch_size: int | None = None) -> Iterator[tuple[_Item, np.ndarray]]:
+             batch_size: int | None = None, hold: int | None = None
+             ) -> Iterator[tuple[_Item, np.ndarray]]:
         """Group items by padded shape into batches, dispatch with one batch in flight, and
-        yield ``(item, cropped output)`` as batches complete."""
+        yield ``(item, cropped output)`` as batches complete. ``hold``: the most items kept
+        waiting for a full batch of their shape; beyond it the largest partial batch goes
+        (a folder of mixed sizes was otherwise decoded whole before its first batch)."""
         bs = self.batch_size if batch_size is None else int(batch_size)
         pending: dict[tuple, list[_Item]] = {}
+        held = 0
         inflight: collections.deque = collections.deque()
 
         def collect():
@@ -1569,8 +1588,12 @@ class Stylizer:
         for it in items:
             group = pending.setdefault(it.group, [])
             group.append(it)
-            if len(group) >= bs:
-                del pending[it.group]
+            held += 1
+            full = len(group) >= bs
+            if full or (hold is not None and held > hold):
+                group = pending.pop(it.group if full else
+                                    max(pending, key=lambda k: len(pending[k])))
+                held -= len(group)
                 inflight.append((group, self._dispatch(group, plan, out_uint8, bs)))
                 while len(inflight) > 1:
                     yield from collect()
@@ -1711,7 +1734,9 @@ class Stylizer:
         Without ``output`` the results carry the float32 image. Style problems raise at once
         (NSTError); content problems are reported per file and the batch goes on.
         ``workers``: decode/encode threads (default ``min(4, cpu count)``); ``prefetch``:
-        images decoded ahead (default ``2 * batch_size + workers``). ``refine_steps``: as in
+        images decoded ahead (default ``2 * batch_size + workers``); as many again at most
+        wait for a full batch of their padded shape (beyond that a partial batch is run), so
+        memory stays bounded however mixed the sizes. ``refine_steps``: as in
         :meth:`stylize` (done in the decode threads, one content at a time). ``palette``,
         ``palette_moments``: as in :meth:`stylize`.
         """
@@ -1792,7 +1817,7 @@ class Stylizer:
                     yield res
 
             for item, y in self._run(decoded(), plan, out_uint8=writing,
-                                     batch_size=bs):
+                                     batch_size=bs, hold=ahead):
                 while skipped:
                     yield skipped.popleft()
                 if encode is None:

@@ -868,3 +868,17 @@ def test_the_model_cache_sees_a_replaced_model_file(tmp_path, vgg, model):
     e = np.zeros((1, second.embedding_dim), np.float32)
     assert np.abs(np.asarray(second.model.transfer(x, e))
                   - np.asarray(first.model.transfer(x, e))).max() > 1e-3
+    # replaced with its mtime kept (cp -p, rsync -t; two quick rewrites share an mtime): the
+    # key had only mtime and size, so the old model was served
+    kept = os.stat(p)
+    shutil.copyfile(model, tmp_path / "new.safetensors")
+    os.replace(tmp_path / "new.safetensors", p)
+    os.utime(p, ns=(kept.st_atime_ns, kept.st_mtime_ns))
+    third = cli_stylize.load_stylizer(str(p))
+    assert third is not second
+    np.testing.assert_array_equal(np.asarray(third.model.transfer(x, e)),
+                                  np.asarray(first.model.transfer(x, e)))
+    # a workdir is keyed by its model file (here a link to the same one): not loaded again
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "model.safetensors").symlink_to(p)
+    assert cli_stylize.load_stylizer(str(tmp_path / "run")) is third

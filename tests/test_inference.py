@@ -303,6 +303,19 @@ def test_style_mix_equals_manual_mix(st, files):
         st.stylize(c, style=sa, strength=1.01)
 
 
+def test_a_bad_style_array_in_a_list_is_named_by_its_position(st):
+    """Contents were numbered in errors, styles not: 'style image: ... NaN' for the third."""
+    g = smooth_image(40, 40, 3).astype(np.float32) / 255
+    bad = g.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(ImageError, match=r"^style image 2: .*NaN"):
+        st.embed([g, g, bad])
+    with pytest.raises(ImageError, match=r"^style image 1: .*NaN"):
+        st.stylize(g, [g, bad])
+    with pytest.raises(ImageError, match=r"^style image: .*NaN"):
+        st.embed(bad)
+
+
 def test_embedding_cache_per_file(st, tmp_path):
     p = write_png(tmp_path / "s.png", smooth_image(40, 40, 21))
     st.clear_cache()
@@ -665,6 +678,29 @@ def test_folder_of_mixed_sizes_compiles_per_bucket(st, tmp_path, files):
         assert Image.open(out / p.name).size == (w, h)
 
 
+def test_a_folder_of_mixed_sizes_is_not_decoded_whole_before_its_first_batch(
+        st, tmp_path, files, monkeypatch):
+    """Partial batches waited for more images of their bucket without limit: 24 photos in 24
+    buckets were all decoded before the first device call (300 photos of random sizes: 151,
+    +270 MiB). Now at most ``prefetch`` images wait; then the largest partial batch runs.
+    (The device call is a stand-in here: what is checked is what is held, not the pixels.)"""
+    sizes = [(h, w) for h in (32, 40, 48, 56, 64, 80) for w in (32, 40, 48, 56)]
+    assert len({bucket_shape(h, w) for h, w in sizes}) == 24
+    paths = [write_png(tmp_path / f"m{i:02d}.png", smooth_image(h, w, i))
+             for i, (h, w) in enumerate(sizes)]
+    decoded, real_load = [], images.load_pil
+    monkeypatch.setattr(images, "load_pil", lambda p, **k: decoded.append(p) or real_load(p, **k))
+    calls = []
+    monkeypatch.setattr(st, "_dispatch", lambda group, plan, out_uint8, cap: calls.append(
+        len(group)) or np.zeros((len(group),) + group[0].x.shape, np.float32))
+    gen = st.stylize_files(paths, files["style_a"], batch_size=4, prefetch=3, workers=1)
+    first = next(gen)
+    assert first.ok and len(decoded) <= 2 * 3 + 4, len(decoded)
+    rest = list(gen)
+    assert len(rest) == 23 and all(r.ok for r in rest) and sum(calls) == 24
+    assert sorted(r.image.shape[:2] for r in [first, *rest]) == sorted(sizes)
+
+
 def test_partial_batches_pad_to_a_power_of_two(st, tmp_path, files):
     # A folder's last, partial batch runs at the next power of two (capped at the batch size),
     # so 3 and then 4 images of one bucket share one compiled program, and every image comes
@@ -928,3 +964,20 @@ def test_refine_works_at_the_content_short_side_without_upscaling():
     assert side((40, 200, 3), 256) == 40 and side((200, 40, 3), 256) == 40
     assert side((63, 70, 3), 256) == 60 and side((300, 500, 3), 256) == 256
     assert side((20, 100, 3), 256) == 32
+
+
+# (last in the file: it drops every compiled program of this worker)
+def test_clear_cache_can_drop_the_compiled_programs_too(st, files):
+    """A service meeting many photo sizes keeps one compiled program per padded shape (10-25
+    MB each on CPU); clear_cache only emptied the embedding dictionary."""
+    c = smooth_image(44, 52, 31)
+    y = st.stylize(c, style=files["style_a"])
+    assert st._cache
+    before = inference.trace_counts().get("stylize", 0)
+    st.clear_cache()
+    np.testing.assert_array_equal(st.stylize(c, style=files["style_a"]), y)
+    assert inference.trace_counts().get("stylize", 0) == before  # still compiled
+    st.clear_cache(compiled=True)
+    assert not st._cache
+    np.testing.assert_array_equal(st.stylize(c, style=files["style_a"]), y)
+    assert inference.trace_counts().get("stylize", 0) == before + 1  # compiled again
