@@ -75,14 +75,8 @@ def test_explicit_path_wins_and_cache_is_used(tmp_path, monkeypatch, vgg_params)
 
 
 def test_keras_h5_reader(tmp_path, vgg_params):
-    import h5py
-    path = tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
-    with h5py.File(path, "w") as f:  # the layout of Keras' notop file
-        for layer in weights.CONV_LAYERS:
-            name = f"block{layer[4]}_conv{layer[6]}"
-            g = f.create_group(name)
-            g[f"{name}_W_1:0"] = vgg_params[layer]["kernel"]
-            g[f"{name}_b_1:0"] = vgg_params[layer]["bias"]
+    path = _write_keras_h5(tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                           vgg_params)
     loaded = weights.read_any(path)
     np.testing.assert_array_equal(loaded["conv5_3"]["kernel"], vgg_params["conv5_3"]["kernel"])
 
