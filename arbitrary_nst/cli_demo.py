@@ -76,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     out = Path(args.out_dir)
     method = args.method
+    if method == "gatys" and args.model:  # (before any file is written)
+        raise ConfigError("--model applies to --method network only")
     if method == "network":
         try:
             cli_stylize.load_stylizer(args.model)

@@ -419,7 +419,10 @@ def _style_embeddings(stylizer, styles, content_img, args):
     # to the whole photo's colours, as stylize does (not its centre square's)
     cm = color.color_moments_np(images.to_float(content_img))
     matched = np.asarray(color.match_color_to_moments(smalls, cm), np.float32)
-    return (*stylizer.embed_with_palettes(list(matched), style_size=size), None)
+    e = stylizer.embed(list(matched), style_size=size)
+    # the palette's target is the photo's own colours, as in stylize's match mode (the
+    # recoloured styles' moments are those of clipped working squares)
+    return e, np.tile(cm, (len(styles), 1)), None
 
 
 def _figure(args, mode: str, stylizer, content_files: list[Path]) -> int:

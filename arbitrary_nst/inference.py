@@ -1735,7 +1735,8 @@ class Stylizer:
         (NSTError); content problems are reported per file and the batch goes on.
         ``workers``: decode/encode threads (default ``min(4, cpu count)``); ``prefetch``:
         images decoded ahead (default ``2 * batch_size + workers``); as many again at most
-        wait for a full batch of their padded shape (beyond that a partial batch is run), so
+        (at least a batch) wait for a full batch of their padded shape (beyond that a partial
+        batch is run), so
         memory stays bounded however mixed the sizes. ``refine_steps``: as in
         :meth:`stylize` (done in the decode threads, one content at a time). ``palette``,
         ``palette_moments``: as in :meth:`stylize`.
@@ -1817,7 +1818,7 @@ class Stylizer:
                     yield res
 
             for item, y in self._run(decoded(), plan, out_uint8=writing,
-                                     batch_size=bs, hold=ahead):
+                                     batch_size=bs, hold=max(ahead, bs)):
                 while skipped:
                     yield skipped.popleft()
                 if encode is None:

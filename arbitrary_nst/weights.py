@@ -297,10 +297,15 @@ def load(path: str | os.PathLike | None = None, *, allow_download: bool = False,
     weights = _load(path, allow_download=allow_download)
     zero = [] if training_copy_ok else zero_layers(weights)
     if zero:
-        raise WeightsError(f"{resolve(path, allow_download=allow_download)}: a training-only "
-                           f"copy ({zero[0]}..{zero[-1]} are zero, as `--expand` writes them); "
-                           "this needs the full VGG16 weights (python -m arbitrary_nst.weights)")
+        raise WeightsError(_training_only(resolve(path, allow_download=allow_download), zero))
     return weights
+
+
+def _training_only(path: Path, zero: list[str]) -> str:
+    fix = (f"delete it and run `python -m arbitrary_nst.weights` to convert the full weights "
+           "again" if path == cache_path() else "this needs the full VGG16 weights")
+    return (f"{path}: a training-only copy ({zero[0]}..{zero[-1]} are zero, as `--expand` "
+            f"writes them); {fix}")
 
 
 def _load(path: str | os.PathLike | None, *, allow_download: bool) -> Weights:
@@ -402,13 +407,15 @@ def main(argv=None) -> int:
                       training_copy_ok=True)
         path = resolve(args.path, allow_download=args.download)
         zero = zero_layers(loaded)
+        if zero and args.path is None:  # the cache itself: everything else refuses it
+            raise WeightsError(_training_only(path, zero))
+        if args.compact:  # (conv1..conv4: an expanded copy has them)
+            out = write_compact(loaded, args.compact)
+            print(f"compact training copy: {out} ({out.stat().st_size / 2**20:.1f} MiB)")
         if zero:  # (said "ready" as for the full weights)
             print(f"VGG16 training-only weights: {path} ({zero[0]}..{zero[-1]} are zero: for "
                   "training's vgg_path only; Gatys, evaluation and analysis refuse it)")
             return 0
-        if args.compact:
-            out = write_compact(loaded, args.compact)
-            print(f"compact training copy: {out} ({out.stat().st_size / 2**20:.1f} MiB)")
     except (WeightsError, ImageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -3,9 +3,9 @@
 #
 #   [A_BATCH=32] [A_INIT=builtin] bash bench/device_train.sh BUDGET_S OUT_DIR
 #
-# A_INIT: the model A (and B without a carried run-B export) starts from: train.init_from, an
-# export or workdir that travels with the carry (v11 was A at A_BATCH=16 from v10, then the
-# built-in model).
+# A_INIT: the model A (and B without a carried run-B export) starts from (train.init_from):
+# the carried workdirs/carry/gpuA_init.safetensors when prepare_carry.sh made one (A_INIT=PATH
+# there), else the built-in model. v11 was A at A_BATCH=16 from v10, then the built-in model.
 #
 # Prepare the carry here with `bash bench/prepare_carry.sh` (ignored folders, nothing committed;
 # it checks the 64 MiB total), then on the device tool run this with carry ["workdirs/carry",
@@ -43,6 +43,9 @@ COMMON=(--set "vgg_path='$VGG'" --set "$DATA" --set train.num_steps=200000
 # step 2500 on), the noise floor of a step over 16 paintings at that LR (RESULTS.md: the
 # style-specific gradient is the noisy part), so the next loan runs A at batch 32.
 A_BATCH=${A_BATCH:-32}
+if [ -f workdirs/carry/gpuA_init.safetensors ]; then
+  A_INIT=${A_INIT:-workdirs/carry/gpuA_init.safetensors}
+fi
 A_INIT=${A_INIT:-builtin}
 python3 train.py --config configs/builtin.py --workdir workdirs/gpuA "${COMMON[@]}" \
   --set "train.init_from='$A_INIT'" \

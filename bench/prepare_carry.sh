@@ -10,6 +10,10 @@
 #                                    loan, e.g. workdirs/gpuB/model.safetensors): stored as fp16
 #                                    (6 MB); device_train.sh then continues B from it rather
 #                                    than from scratch, so short loans add up
+# workdirs/carry/gpuA_init.safetensors  only with A_INIT=PATH in the environment (an export of
+#                                    the built-in model's architecture, configs/builtin.py, e.g.
+#                                    v10 to redo v11): fp16, images as with B_INIT (not both);
+#                                    device_train.sh then starts A (and B without B_INIT) from it
 # .whl/                              ml-collections and tensorboardX wheels (the GPU image lacks them)
 #
 # Then call the device tool with carry ["workdirs/carry", ".whl"] (64 MiB in all with the repo)
@@ -20,12 +24,33 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # Paths given on the command line are relative to where it was typed; defaults to the repo.
 DATA=${1:+$(realpath -m "$1")}
 B_INIT=${2:+$(realpath -m "$2")}
+A_INIT=${A_INIT:+$(realpath -m "$A_INIT")}
+if [ -n "$A_INIT" ] && [ -n "$B_INIT" ]; then
+  echo "prepare_carry: give A_INIT or B_INIT, not both (two starts do not fit the 64 MiB)" >&2
+  exit 1
+fi
 cd "$ROOT"
 DATA=${DATA:-../shared/data}
 PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 mkdir -p workdirs/carry .whl
 N_CONTENT=1000 N_STYLE=1500 MAX_MB=42
+if [ -n "$A_INIT" ]; then  # A's start travels as fp16 too; the images give up the room
+  N_CONTENT=850 N_STYLE=1300 MAX_MB=36
+  if [ -f workdirs/carry/train.npz ] && [ "$(du -m workdirs/carry/train.npz | cut -f1)" -gt "$MAX_MB" ]; then
+    echo "prepare_carry: workdirs/carry/train.npz is larger than the ${MAX_MB} MB left next to A_INIT; delete it to rebuild" >&2
+    exit 1
+  fi
+  "$PY" -c "import sys; from arbitrary_nst import errors, export, training
+try:
+    cfg = training.load_config('configs/builtin.py', [])
+    export.init_from_export(training.build_model(cfg), sys.argv[1])
+    export.convert_export(sys.argv[1], sys.argv[2], dtype='float16', overwrite=True)
+except errors.NSTError as err: sys.exit(f'prepare_carry: A_INIT is not a run-A export: {err}')" \
+    "$A_INIT" workdirs/carry/gpuA_init.safetensors
+else
+  rm -f workdirs/carry/gpuA_init.safetensors
+fi
 if [ -n "$B_INIT" ]; then
   # Run B's weights travel as fp16 (read back as float32); the images give up the 6 MB.
   N_CONTENT=850 N_STYLE=1300 MAX_MB=36

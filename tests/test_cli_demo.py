@@ -72,6 +72,13 @@ def test_a_named_model_that_cannot_be_loaded_is_an_error(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("error: ") and "bad.safetensors" in err[0]
     assert not (tmp_path / "demo").exists()
     assert cli.main(["demo", "--out-dir", str(tmp_path / "d"), "--max-size", "-1"]) == 2
+    # --model with --method gatys: refused before anything is written (it failed after the
+    # inputs were, once stylize refused the network option)
+    capsys.readouterr()
+    assert cli.main(["demo", "--out-dir", str(tmp_path / "g"), "--method", "gatys",
+                     "--model", str(bad)]) == 1
+    assert capsys.readouterr().err.strip() == "error: --model applies to --method network only"
+    assert not (tmp_path / "g").exists()
 
 
 def test_without_a_built_in_model_the_demo_runs_gatys(tmp_path, monkeypatch, capsys):

@@ -699,6 +699,12 @@ def test_a_folder_of_mixed_sizes_is_not_decoded_whole_before_its_first_batch(
     rest = list(gen)
     assert len(rest) == 23 and all(r.ok for r in rest) and sum(calls) == 24
     assert sorted(r.image.shape[:2] for r in [first, *rest]) == sorted(sizes)
+    # a prefetch below the batch size still forms full batches of one size ([3, 3, 1] padded
+    # to 4 each, for a while)
+    calls.clear()
+    assert all(r.ok for r in st.stylize_files(paths[:1] * 8, files["style_a"], batch_size=4,
+                                               prefetch=2, workers=1))
+    assert calls == [4, 4]
 
 
 def test_partial_batches_pad_to_a_power_of_two(st, tmp_path, files):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -142,7 +143,8 @@ def test_compact_training_copy_round_trips_and_keeps_features(tmp_path, vgg_para
         weights.expand_compact(tmp_path / "missing.npz", tmp_path / "x.npz")
 
 
-def test_training_only_copy_is_refused_outside_training(tmp_path, vgg_params, capsys):
+def test_training_only_copy_is_refused_outside_training(tmp_path, vgg_params, capsys,
+                                                         monkeypatch):
     """An --expand copy (conv5 zero) was accepted everywhere: `weights --path` said 'ready' and
     load_vgg16 gave a network whose relu5_1 is all zero (Gatys' style layer, evaluate's
     measure). Training (its vgg_path) takes it: its taps stop at relu4_3."""
@@ -164,6 +166,19 @@ def test_training_only_copy_is_refused_outside_training(tmp_path, vgg_params, ca
     assert weights.main(["--path", str(full)]) == 0
     out = capsys.readouterr().out
     assert "training-only" in out and "ready" not in out
+    # --compact from it is written (conv1..conv4 are there; it returned before, rc 0)
+    assert weights.main(["--path", str(full), "--compact", str(tmp_path / "c2.npz")]) == 0
+    assert (tmp_path / "c2.npz").is_file()
+    # as the cache (copied there by hand): every use says to delete it, the command too
+    monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path / "cache"))
+    weights.cache_path().parent.mkdir()
+    shutil.copyfile(full, weights.cache_path())
+    with pytest.raises(WeightsError, match="delete it and run `python -m arbitrary_nst.weights`"):
+        vgg.load_vgg16()
+    capsys.readouterr()
+    assert weights.main([]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "delete it" in err and err.count("\n") == 1
 
 
 def test_cli_runs_as_a_module_quietly_and_reports_bad_outputs_in_one_line(tmp_path):
