@@ -399,10 +399,10 @@ def _weights_label(w: np.ndarray) -> str:
     return "/".join(f"{100 * v:.0f}" for v in w)
 
 
-def _style_embeddings(stylizer, styles, content_img, args):
+def _style_embeddings(stylizer, styles, content_moments, args):
     """``[N, D]`` embeddings, ``[N, 12]`` colour moments (palette targets) and ``[N, G]``
     gamma/beta offsets (None without fitted styles) of the style files (colour-matched to the
-    content if asked)."""
+    content's colour moments ``[12]``, of the whole photo, if asked)."""
     from . import color
     from .fit_style import is_fitted_style_path
     from .inference import preserve_color_mode, style_working_image
@@ -416,13 +416,11 @@ def _style_embeddings(stylizer, styles, content_img, args):
     smalls = np.stack([style_working_image(
         images.load_image(s, max_pixels=args.max_pixels, max_side=8 * size), size)
         for s in styles])
-    # to the whole photo's colours, as stylize does (not its centre square's)
-    cm = color.color_moments_np(images.to_float(content_img))
-    matched = np.asarray(color.match_color_to_moments(smalls, cm), np.float32)
+    matched = np.asarray(color.match_color_to_moments(smalls, content_moments), np.float32)
     e = stylizer.embed(list(matched), style_size=size)
     # the palette's target is the photo's own colours, as in stylize's match mode (the
     # recoloured styles' moments are those of clipped working squares)
-    return e, np.tile(cm, (len(styles), 1)), None
+    return e, np.tile(content_moments, (len(styles), 1)), None
 
 
 def _figure(args, mode: str, stylizer, content_files: list[Path]) -> int:
@@ -447,11 +445,13 @@ def _figure(args, mode: str, stylizer, content_files: list[Path]) -> int:
     side = min(args.tile_size, args.max_size) if args.max_size else args.tile_size
     img = stylizer.read(content, max_side=side)  # uint8 HWC, as the batch path
     lum = preserve_color_mode(args.preserve_color) == "luminance"
-    e_styles, m_styles, d_styles = _style_embeddings(stylizer, styles, img, args)
+    # the whole photo's colours, as stylize's (not its working square's): match mode's
+    # target, and the palette's content part below strength 1
+    m_c = color.color_moments_np(images.to_float(img))
+    e_styles, m_styles, d_styles = _style_embeddings(stylizer, styles, m_c, args)
     d = None
-    if mode == "sweep" or args.strength < 1.0:  # the content's own embedding and palette
+    if mode == "sweep" or args.strength < 1.0:  # the content's own embedding
         e_c = stylizer.embed(img, style_size=args.style_size)[0]
-        m_c = color.color_moments_np(images.to_float(img))  # the whole photo's, as stylize's
     names = " / ".join(Path(s).stem for s in styles)
     if mode == "interpolate":
         cells = mixture_grid(len(styles), args.steps)

@@ -635,6 +635,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(a.out)
         check_out_folder(out, model_path)
         model = export.load_exported(model_path)
+        start_info = export.read_export(model_path)[1]["info"]  # (the lineage of that file)
         if conditioning and model.predictor.hidden is None:  # (said after the whole oracle)
             raise ConfigError(f"{model_path}: --target conditioning needs a style predictor "
                               "with a hidden layer (hidden_dim > 0)")
@@ -679,11 +680,10 @@ def main(argv: list[str] | None = None) -> int:
                    oracle_distance=float(np.linalg.norm(moved, axis=-1).mean()),
                    start_model=model_path, args=vars(a))
         # the lineage train.py records too: a run started from this export adds its steps
-        start_info = export.read_export(model_path)[1]["info"]
         export.export_model(model, out / "model.safetensors", info={
             "distill": {k: v for k, v in rep.items() if k != "curve"},
             "init_from": os.path.basename(model_path),
-            "total_steps": int(start_info.get("total_steps", start_info.get("step", 0)) or 0)},
+            "total_steps": export.recorded_steps(start_info)},
             overwrite=True)  # (check_out_folder allowed it)
         report = json.dumps(rep, indent=1, default=str)
         write_atomically(out / "distill.json", lambda f: f.write(report.encode()))

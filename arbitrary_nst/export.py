@@ -150,6 +150,12 @@ def read_export(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[st
     return out, {"model_config": model_config, "info": info}
 
 
+def recorded_steps(info: dict[str, Any]) -> int:
+    """The training steps an export's ``info`` records behind it: ``total_steps`` (a chain of
+    runs and distillations), or ``step`` for exports written before it (the built-in v11)."""
+    return int(info.get("total_steps", info.get("step", 0)) or 0)
+
+
 def load_exported(path: str | os.PathLike, *, vgg=None, dtype=None) -> ArbitraryStyleModel:
     """Rebuild the model from an export. ``vgg``: a VGG16 to share (default:
     ``arbitrary_nst.vgg.load_vgg16()``); ``dtype``: compute dtype (e.g. ``jnp.bfloat16``)."""

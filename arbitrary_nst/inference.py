@@ -34,8 +34,8 @@ the style images' colour moments (:meth:`Stylizer.palettes`, cached with the emb
 with the same weights as the embeddings, and with ``strength`` < 1 mixed with the content's own
 moments likewise (of the whole photo, not of its working square), so ``strength`` 0 still
 gives (almost) the photo. With ``preserve_color`` "match" the target is the content's colours
-(the whole photo's, to which the styles were recoloured too); with "luminance" the palette is not applied (the
-chroma is the content's anyway). With ``embedding=`` the palette needs ``palette_moments=``
+(the whole photo's, to which the styles were recoloured too); with "luminance" the palette is
+not applied (the chroma is the content's anyway). With ``embedding=`` the palette needs ``palette_moments=``
 (else it is not applied).
 
 **Refinement.** ``refine_steps=N`` (:meth:`Stylizer.refine_embedding`,
@@ -1736,8 +1736,7 @@ class Stylizer:
         ``workers``: decode/encode threads (default ``min(4, cpu count)``); ``prefetch``:
         images decoded ahead (default ``2 * batch_size + workers``); as many again at most
         (at least a batch) wait for a full batch of their padded shape (beyond that a partial
-        batch is run), so
-        memory stays bounded however mixed the sizes. ``refine_steps``: as in
+        batch is run), so memory stays bounded however mixed the sizes. ``refine_steps``: as in
         :meth:`stylize` (done in the decode threads, one content at a time). ``palette``,
         ``palette_moments``: as in :meth:`stylize`.
         """

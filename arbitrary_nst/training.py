@@ -1049,7 +1049,7 @@ def _init_record_from_checkpoint(mngr, workdir: Path) -> dict[str, Any]:
     start = resolve_init_from(began)
     try:
         info = export_lib.read_export(export_lib.model_file(start))[1]["info"]
-        prior = int(info.get("total_steps", info.get("step", 0)) or 0)
+        prior = export_lib.recorded_steps(info)
     except NSTError:
         log.warning("%s: began from %s, which is gone: its steps are not counted in the "
                     "export's total_steps", workdir, start)
@@ -1114,8 +1114,7 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
         init_from = resolve_init_from(init_from)
         init_header = export_lib.init_from_export(model, init_from)
         # Chained runs (one short GPU loan after another) add up their steps in the export.
-        prior_steps = int(init_header["info"].get("total_steps",
-                                                  init_header["info"].get("step", 0)) or 0)
+        prior_steps = export_lib.recorded_steps(init_header["info"])
         log.info("initialized the model from %s (%d steps before)", init_from, prior_steps)
         record = {"init_from": os.fspath(init_from), "prior_steps": prior_steps}
     else:

@@ -302,7 +302,7 @@ def load(path: str | os.PathLike | None = None, *, allow_download: bool = False,
 
 
 def _training_only(path: Path, zero: list[str]) -> str:
-    fix = (f"delete it and run `python -m arbitrary_nst.weights` to convert the full weights "
+    fix = ("delete it and run `python -m arbitrary_nst.weights` to convert the full weights "
            "again" if path == cache_path() else "this needs the full VGG16 weights")
     return (f"{path}: a training-only copy ({zero[0]}..{zero[-1]} are zero, as `--expand` "
             f"writes them); {fix}")
