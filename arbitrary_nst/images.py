@@ -32,7 +32,6 @@ fills truncated images with grey and no error can be raised here).
 from __future__ import annotations
 
 import errno
-import glob as _glob
 import os
 import re
 import tempfile
@@ -981,11 +980,14 @@ def _glob_files(pattern: str, unlisted: list[tuple[Path, str]] | None = None) ->
     """Paths matching a glob ``pattern``. Python's ``glob`` with ``**`` follows symlinked
     folders without loop detection (each level of a loop matches again; two loops: an
     exponential walk), so ``**`` patterns are matched against :func:`_scan_dir`'s loop-safe
-    listing of the pattern's literal base folder instead."""
-    if "**" not in pattern:
-        return _glob.iglob(pattern)
+    listing of the pattern's literal base folder instead; other patterns level by level
+    (:func:`_walk_glob`), which unlike :mod:`glob` reports folders it cannot list."""
     parts = Path(pattern).parts
-    i = next(k for k, part in enumerate(parts) if _GLOB_MAGIC.search(part))
+    i = next((k for k, part in enumerate(parts) if _GLOB_MAGIC.search(part)), None)
+    if i is None:  # (no wildcard: the path itself, as glob)
+        return [pattern] if os.path.lexists(pattern) else []
+    if "**" not in pattern:
+        return _walk_glob(os.path.join(*parts[:i]) if i else "", parts[i:], unlisted)
     base = os.path.join(*parts[:i]) if i else os.curdir
     if not os.path.isdir(base):
         return []
@@ -999,6 +1001,54 @@ def _glob_files(pattern: str, unlisted: list[tuple[Path, str]] | None = None) ->
     if skipped:  # only unreadable folders the pattern could have matched in are news
         unlisted.extend((d, why) for d, why in skipped
                         if _could_hold(Path(os.path.relpath(d, base)).parts, parts[i:]))
+    return found
+
+
+def _walk_glob(base: str, parts: Sequence[str],
+               unlisted: list[tuple[Path, str]] | None) -> list[str]:
+    """Paths matching the glob ``parts`` (no ``**``) below the literal folder ``base`` ("" for
+    the working directory), level by level as :mod:`glob` matches them (hidden names only for a
+    part that starts with a dot; folders only before the last part). Unlike :mod:`glob`, which
+    passes over a folder it cannot list without a word, such a folder is added to ``unlisted``
+    (if given; otherwise an error), and ``base`` itself is an error: the folder the pattern
+    names is not "no match"."""
+    import fnmatch
+
+    level, found = [base], []
+    for k, part in enumerate(parts):
+        last, nxt = k == len(parts) - 1, []
+        for d in level:
+            if not _GLOB_MAGIC.search(part):  # a literal name: no listing needed
+                p = os.path.join(d, part)
+                if os.path.lexists(p) if last else os.path.isdir(p):
+                    (found if last else nxt).append(p)
+                continue
+            try:
+                with os.scandir(d or os.curdir) as it:
+                    names = sorted((e.name, e) for e in it)
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # (no such base folder: nothing matches)
+            except OSError as e:
+                why = ("permission denied (cannot list directory)"
+                       if isinstance(e, PermissionError)
+                       else f"cannot list directory: {_os_reason(e)}")
+                if unlisted is not None and k > 0:
+                    unlisted.append((Path(d), why))
+                    continue
+                raise ImageError(d or os.curdir, why) from None
+            hidden_ok = part.startswith(".")
+            for name, e in names:
+                if (name.startswith(".") and not hidden_ok) or not fnmatch.fnmatch(name, part):
+                    continue
+                if last:
+                    found.append(os.path.join(d, name))
+                    continue
+                try:
+                    if e.is_dir():
+                        nxt.append(os.path.join(d, name))
+                except OSError:
+                    continue
+        level = nxt
     return found
 
 

@@ -631,6 +631,51 @@ def test_recursive_glob_patterns_match_as_glob_does(tmp_path, monkeypatch, patte
     assert keep(images._glob_files(q)) == keep(glob.glob(q, recursive=True))
 
 
+@pytest.mark.parametrize("pattern", [
+    "*.png", "*", "sub/*.png", "*/*.png", "*/deep/*", "s?/*.png", "[ab]*", "[!a]*.png",
+    "s[0-9]/*", "*/*[]]*.png", "sub/deep/[[]x].png", "s[!2]/*", "*/*/*", ".h/*", ".*/*.png",
+    "sub/.j*", "sub/*", "nomatch/*.png", "*.jp?", "sub/c.png", "*/c.png", "x-y/[f-h]*"])
+@pytest.mark.parametrize("absolute", [False, True])
+def test_plain_glob_patterns_match_as_glob_does(tmp_path, monkeypatch, pattern, absolute):
+    """Patterns without ``**`` are matched level by level (to report unreadable folders,
+    which :mod:`glob` passes over); on a readable tree they must match exactly what
+    :mod:`glob` matches (hidden names, brackets, negation, literal parts)."""
+    import glob
+
+    for f in ("a.png", "b1.jpg", "sub/c.png", "sub/deep/d2.png", "sub/deep/[x].png", "s2/e.png",
+              "s2/a]b.png", "s!/f.png", "x-y/g.png", ".h/i.png", "sub/.j.png", "t/u/v/w.png"):
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    q = str(tmp_path / pattern) if absolute else pattern
+    assert sorted(images._glob_files(q)) == sorted(glob.glob(q))
+
+
+def test_plain_glob_reports_folders_it_cannot_list(tmp_path, unlistable):
+    """:mod:`glob` skipped a subfolder it could not list without a word (a batch over
+    ``photos/*/*.jpg`` silently left out a folder); now it is reported like ``**`` does."""
+    for n in ("a/x.png", "locked/y.png", "ok/z.png"):
+        (tmp_path / n).parent.mkdir(exist_ok=True)
+        (tmp_path / n).write_bytes(b"x")
+    unlistable("locked")
+    why = "permission denied (cannot list directory)"
+    unlisted: list = []
+    found = list_images(str(tmp_path / "*" / "*.png"), unlisted=unlisted)
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == ["a/x.png", "ok/z.png"]
+    assert unlisted == [(tmp_path / "locked", why)]
+    with pytest.raises(ImageError, match="locked: permission denied"):  # (the API: an error)
+        list_images(str(tmp_path / "*" / "*.png"))
+    unlisted = []  # a folder the pattern does not descend into is not news
+    assert [p.name for p in list_images(str(tmp_path / "o*" / "*.png"), unlisted=unlisted)] \
+        == ["z.png"]
+    assert unlisted == []
+    # the folder the pattern names cannot be listed: that, not "no image files match"
+    for u in (None, []):
+        with pytest.raises(ImageError) as e:
+            list_images(str(tmp_path / "locked" / "*.png"), unlisted=u)
+        assert _reason(e) == why and str(tmp_path / "locked") in str(e.value)
+
+
 @pytest.mark.skipif(os.name != "posix", reason="POSIX symlinks")
 def test_recursive_glob_survives_symlink_loops(tmp_path):
     (tmp_path / "a" / "sub").mkdir(parents=True)
