@@ -496,3 +496,30 @@ def test_aspect_crop_is_the_largest_box_of_the_target_aspect():
     assert evaluate._aspect_crop((90, 120), (30, 20)) == (90, 60)
     assert evaluate._aspect_crop((90, 120), (20, 40)) == (60, 120)
     assert evaluate._aspect_crop((64, 64), (64, 64)) == (64, 64)
+
+
+def test_gatys_seconds_exclude_compilation(monkeypatch):
+    """Each batch is run once with one iteration (compiling the loop and the paintings'
+    targets) before the timed run; the timed run's seconds per image leave that out, and the
+    longest warm-up is the method's ``compile_seconds``. (A fake clock: warm-ups take 10 + the
+    batch index, full runs 3.)"""
+    from types import SimpleNamespace
+
+    from arbitrary_nst import gatys
+
+    clock, calls = [0.0], []
+
+    def fake_run(contents, styles, *, config, progress, vgg_params):
+        calls.append((config.iterations, len(contents), [s[0].shape for s in styles]))
+        clock[0] += 10 + len(calls) // 2 if config.iterations == 1 else 3
+        return SimpleNamespace(images=np.zeros((len(contents), 4, 4, 3), np.float32))
+
+    monkeypatch.setattr(gatys, "run", fake_run)
+    monkeypatch.setattr(evaluate, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    m = evaluate.GatysMethod(iterations=7, batch=2, vgg_params={})
+    styles = [np.zeros((5 + k, 6, 3), np.float32) for k in range(3)]
+    r = m.run(np.zeros((4, 4, 3), np.float32), styles, ["a", "b", "c"])
+    assert [c[:2] for c in calls] == [(1, 2), (7, 2), (1, 1), (7, 1)]
+    assert calls[0][2] == calls[1][2] == [(5, 6, 3), (6, 6, 3)]  # the same paintings
+    assert calls[2][2] == calls[3][2] == [(7, 6, 3)]
+    assert r.seconds == [1.5, 1.5, 3.0] and m.compile_seconds == 11.0
