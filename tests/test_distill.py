@@ -433,6 +433,29 @@ def test_conditioning_command_writes_a_folded_model(tmp_path, model_path, capsys
     start = export.load_exported(model_path)
     m = export.load_exported(out / "model.safetensors")
     assert m.embedding_dim == start.embedding_dim + rep["rank"]
+    # --scale 0.5 (the oracle reused, the same fit): the heads' biases move half as far from
+    # the start model's and their rows for the new dimensions are half the full correction's;
+    # the predictor's new units (which compute the correction's coordinates) are the same
+    full = export.model_tensors(m)
+    base = export.model_tensors(start)
+    assert distill.main(args + ["--scale", "0.5"]) == 0
+    assert json.loads((out / "distill.json").read_text())["scale"] == 0.5
+    half = export.model_tensors(export.load_exported(out / "model.safetensors"))
+    assert half.keys() == full.keys()
+    grown = 0
+    for k in full:
+        if half[k].shape == base[k].shape:
+            np.testing.assert_allclose(half[k] - base[k], 0.5 * (full[k] - base[k]),
+                                       rtol=1e-5, atol=1e-7, err_msg=k)
+        elif "/heads/" in k:  # (a head's kernel: rows for the new dimensions appended)
+            n0 = base[k].shape[0]
+            np.testing.assert_array_equal(half[k][:n0], base[k])
+            np.testing.assert_allclose(half[k][n0:], 0.5 * full[k][n0:], rtol=1e-6, err_msg=k)
+            grown += 1
+        else:
+            np.testing.assert_array_equal(half[k], full[k], err_msg=k)
+    assert grown == len(start.cin_channels) and any(
+        full[k].shape == base[k].shape and np.any(full[k] != base[k]) for k in base)
     # an embedding oracle in the same folder is refused (other settings)
     capsys.readouterr()
     assert distill.main(_small_command(out, model_path, num_styles=8)) == 1
