@@ -83,6 +83,8 @@ def check_output_file(path: str | os.PathLike, *, overwrite: bool,
     writable. ``folder_hint``: what a folder given as ``path`` should have been, for commands
     that have one (``"a folder of outputs is --out-dir"``). Returns ``path`` as a Path."""
     p = Path(path)
+    if len(os.fsencode(p.name)) > 255:  # (before lstat, whose ENAMETOOLONG says less)
+        raise ImageError(p, "cannot write: file name too long (more than 255 bytes)")
     exists = lexists(p)
     if exists and p.is_dir():  # (first: it said "unsupported output format (no extension)")
         raise ImageError(p, "is a directory, expected an output file name"
@@ -95,8 +97,6 @@ def check_output_file(path: str | os.PathLike, *, overwrite: bool,
         raise ImageError(p, "would overwrite an input file; choose another output")
     if exists and not overwrite:
         raise ImageError(p, "exists; pass --overwrite to replace it")
-    if len(os.fsencode(p.name)) > 255:
-        raise ImageError(p, "cannot write: file name too long (more than 255 bytes)")
     check_writable_dir(p.parent if str(p.parent) else ".")
     return p
 
