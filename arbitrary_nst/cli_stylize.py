@@ -510,6 +510,17 @@ def _summary(done: int, skipped: list, seconds: float, n_images: int) -> str:
     return f"{line}, {seconds:.1f} s{rate}"
 
 
+def _identity(path: Path) -> tuple | None:
+    """An output file's identity (None: none there): a write replaces the file (atomically),
+    so a changed identity is this run's write."""
+    from .files import file_identity
+
+    try:
+        return file_identity(path)
+    except OSError:
+        return None
+
+
 def _list_contents(args) -> tuple[list[Path], list[tuple[Path, str]]]:
     """The content files, and the subfolders that cannot be read (skipped and reported)."""
     unlisted: list[tuple[Path, str]] = []
@@ -552,8 +563,12 @@ def _stylize(args, stylizer, listing: tuple[list[Path], list[tuple[Path, str]]])
         print(f"refining the style embedding for {contents[0]} ({args.refine} Adam steps) ...",
               file=sys.stderr, flush=True)
     bar = _progress(len(contents), not args.no_progress and not single)
+    # the outputs before the run: after a Ctrl-C the results written but not yet reported
+    # (the writer threads and the batch in hand) are counted as done too
+    before = {} if single else {str(p): _identity(output(p)) for p in contents}
     try:
         for r in results:
+            before.pop(str(r.content), None)
             bar.update(1)
             if r.ok:
                 done += 1
@@ -565,6 +580,8 @@ def _stylize(args, stylizer, listing: tuple[list[Path], list[tuple[Path, str]]])
     except KeyboardInterrupt:
         if not single:  # say what is on disk and how to finish (written outputs are skipped)
             bar.close()
+            done += sum(_identity(output(Path(p))) not in (None, old)
+                        for p, old in before.items())
             print(f"{_summary(done, skipped, time.perf_counter() - t0, len(contents))}; "
                   "interrupted: run the same command again to do the rest (the outputs "
                   "written are skipped as 'output exists', so that run ends with status 1)")
