@@ -678,3 +678,359 @@ def test_augment_style_flips_follow_the_documented_draws():
                                      strength=0.0, defer_jitter=True)
         np.testing.assert_array_equal(got0, img)
     assert len(seen) >= 3  # the seeds exercised several flip combinations
+
+
+# ------------------------------------------------- mutation-testing pass 3 (config, sources, loader)
+
+
+def test_data_config_bounds_are_inclusive_where_documented(tmp_path):
+    """The documented edges are accepted (0 workers = in the caller, augment_strength 2.5, an
+    empty content scale range, style_resize_range starting at style_size, min = max source
+    side), the values just past them refused with their field named."""
+    base = {"source": "synthetic", "data_dir": str(tmp_path)}
+    c = data._cfg(dict(base, num_workers=0, augment_strength=2.5, content_scale_range=(1.0, 1.0),
+                       style_size=100, style_resize_range=(100, 101), min_source_side=300,
+                       max_source_side=300))
+    assert c["num_workers"] == 0 and c["augment_strength"] == 2.5
+    assert c["content_scale_range"] == (1.0, 1.0) and c["style_resize_range"] == (100, 101)
+    assert c["min_source_side"] == c["max_source_side"] == 300
+    for field, value in (("num_workers", -1), ("augment_strength", 2.51),
+                         ("content_scale_range", (0.99, 1.2)),
+                         ("content_scale_range", (1.2, 1.1)),
+                         ("style_resize_range", (99, 200)), ("style_resize_range", (120, 120))):
+        with pytest.raises(ConfigError, match=field):
+            data._cfg(dict(base, style_size=100, **{field: value}))
+    with pytest.raises(ConfigError, match=r"max_source_side \(299\) must be >= min_source_side"):
+        data._cfg(dict(base, min_source_side=300, max_source_side=299))
+    # a single folder given as a string (or a path) is a list of one folder
+    assert data._cfg(dict(base, content_dirs="photos", style_dirs=tmp_path))["content_dirs"] == \
+        ["photos"]
+    assert data._cfg(dict(base, style_dirs=tmp_path))["style_dirs"] == [str(tmp_path)]
+
+
+def test_magenta_style_resize_range_rounds_the_scaled_bounds():
+    # [258, 456) at 256, scaled by style_size / 256 and rounded (by hand: 201.56 -> 202, 356.25
+    # -> 356; 515.02 -> 515, 910.22 -> 910)
+    assert data.magenta_style_resize_range(256) == (258, 456)
+    assert data.magenta_style_resize_range(200) == (202, 356)
+    assert data.magenta_style_resize_range(511) == (515, 910)
+    assert data._cfg({"source": "synthetic", "style_size": 200})["style_resize_range"] == (202, 356)
+
+
+def test_mixture_weights_must_not_all_be_zero():
+    parts = [data.SyntheticSource("style", 2), data.SyntheticSource("style", 3)]
+    for bad in ([0.0, 0.0], [1.0, -0.5], [1.0, float("nan")], [1.0]):
+        with pytest.raises(ConfigError):
+            data.MixtureSource(parts, bad)
+    mix = data.MixtureSource(parts, [0.0, 2.0])
+    assert mix.weights == [0.0, 2.0] and len(mix) == 5
+    # the concatenation: index 2 is the second part's first image
+    assert [mix.locate(i)[1] for i in range(5)] == [0, 1, 0, 1, 2]
+    assert [mix.locate(i)[0] is parts[1] for i in range(5)] == [False, False, True, True, True]
+
+
+def test_npz_source_gives_every_stored_image_back(tmp_path):
+    """Each record is its own JPEG bytes (only index 0 was read back before), and the stored
+    paths name them."""
+    srcs = {"content": data.SyntheticSource("content", 3), "style": data.SyntheticSource("style", 4)}
+    out = tmp_path / "subset.npz"
+    data.export_arrays({}, out, n_content=3, n_style=4, size=300, sources=srcs)
+    with np.load(out, allow_pickle=False) as z:
+        buf, off = z["style_jpeg"], z["style_offsets"]
+    style = data.NpzSource(out, "style")
+    assert len(style) == 4
+    for i in range(4):
+        raw = style.raw_bytes(i)
+        assert raw == buf[off[i]:off[i + 1]].tobytes() and raw[:2] == b"\xff\xd8"
+        assert np.array_equal(style.get(i), np.asarray(Image.open(io.BytesIO(raw)).convert("RGB")))
+    assert len({style.raw_bytes(i) for i in range(4)}) == 4
+    # all four images, in the first epoch's order, named by their source
+    assert sorted(style.path(i) for i in range(4)) == [f"synthetic-style[{k}]" for k in range(4)]
+
+
+def test_ordered_map_looks_ahead_a_bounded_number_of_items():
+    """Preparation decodes at most 4 x workers files ahead of the one it yields (a folder of
+    100000 scans must not be decoded into memory at once), in input order."""
+    consumed = []
+
+    def items():
+        for i in range(100):
+            consumed.append(i)
+            yield (f"/f{i}", f"k{i}", 0, 0)
+
+    gen = data._ordered_map(lambda it: it[1].upper(), items(), workers=2)
+    assert next(gen) == ("k0", "K0")
+    assert len(consumed) <= 4 * 2 + 1
+    assert list(gen) == [(f"k{i}", f"K{i}") for i in range(1, 100)]
+    assert list(data._ordered_map(lambda it: it[0], [("a", "x", 0, 0)], workers=1)) == [("x", "a")]
+
+
+def test_scan_skips_hidden_folders_and_names_same_named_folders_apart(tmp_path):
+    roots = [tmp_path / p / "photos" for p in ("a", "b", "c")]
+    for r in roots:
+        (r / ".thumbs").mkdir(parents=True)
+        (r / "sub").mkdir()
+        for rel in ("x.png", "sub/y.jpg", ".thumbs/t.png", ".z.png"):
+            (r / rel).write_bytes(b"not decoded by the scan")
+    files, ignored = data._scan_dirs([str(r) for r in roots])
+    assert ignored == 0
+    assert [key for _, key, _, _ in files] == [
+        f"{p}/{rel}" for p in ("photos", "photos_2", "photos_3") for rel in ("sub/y.jpg", "x.png")]
+    assert files[0][0] == os.path.join(str(roots[0]), "sub", "y.jpg")
+    assert files[0][2] == len(b"not decoded by the scan")
+
+
+def test_fingerprint_sees_storage_settings_and_modification_times(tmp_path):
+    d = tmp_path / "imgs"
+    d.mkdir()
+    Image.fromarray(_smooth(80, 90, 3)).save(d / "photo.png")
+
+    def name(**kw):
+        return data.folder_builder([d], data_dir=tmp_path / "tfds", **kw).builder_config.name
+
+    first = name()
+    assert name() == first and name(workers=7) == first  # threads do not change the records
+    others = [name(jpeg_quality=80), name(max_source_side=256), name(min_source_side=32),
+              name(max_pixels=1000)]
+    assert len({first, *others}) == 5
+    st = os.stat(d / "photo.png")
+    os.utime(d / "photo.png", ns=(st.st_atime_ns, st.st_mtime_ns + 5 * 10**9))  # same bytes
+    assert name() != first
+
+
+def test_stored_size_caps_by_hand():
+    """Smaller side <= max_side, longer side <= 3 x max_side, the smaller side not cut below
+    min_side (numbers worked out by hand for max 512, min 64)."""
+    cap = data._stored_cap
+    assert cap(1536, 100, 512, 64) is None  # 3 x 512 exactly: stored as is
+    assert cap(1537, 100, 512, 64) == 1536
+    assert cap(2000, 100, 512, 64) == 1536  # floor(2000 x 1536/2000); short side 76.8 >= 64
+    assert cap(5000, 200, 512, 64) == 1600  # 1536 would leave a short side of 61.4 < 64
+    assert cap(700, 520, 512, 64) == 689  # floor(700 x 512/520)
+    assert cap(512, 512, 512, 64) is None and cap(513, 513, 512, 64) == 512
+
+
+def test_too_elongated_is_past_twelve_max_sides():
+    assert data._too_elongated(6144, 64, None, 512, 64) is None  # exactly 12 x 512: kept
+    assert data._too_elongated(6145, 64, None, 512, 64) == (
+        "too elongated (6145 x 64: at a short side of 64 px or more the long side is 6145 > "
+        "6144 px)")
+    assert data._too_elongated(6145, 63, None, 512, 64) is None  # too small: said as such
+    assert data._too_elongated(20000, 1000, 9000, 512, 64).endswith("9000 > 6144 px)")
+    assert data._too_elongated(70000, 6000, None, 8000, 64).endswith("70000 > 65500 px)")
+
+
+def test_only_plain_srgb_jpegs_are_stored_byte_for_byte(tmp_path):
+    """A small RGB JPEG is stored as is; one with an EXIF rotation is stored upright (its
+    bytes as is would be decoded sideways), one with an ICC profile re-encoded (converted)."""
+    from PIL import ImageCms
+
+    def prep(p):
+        out = data._prepare_one((str(p), "k", 0, 0), max_side=512, min_side=64, quality=90)
+        assert isinstance(out, bytes), out
+        return out
+
+    pix = _smooth(80, 120, 3)
+    plain = tmp_path / "plain.jpg"
+    Image.fromarray(pix).save(plain, quality=90)
+    assert prep(plain) == plain.read_bytes()
+    rotated = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    Image.fromarray(pix).save(rotated, quality=90, exif=exif.tobytes())
+    stored = Image.open(io.BytesIO(prep(rotated)))
+    assert stored.size == (80, 120)  # upright: portrait
+    icc = tmp_path / "icc.jpg"
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.fromarray(pix).save(icc, quality=90, icc_profile=profile)
+    assert prep(icc) != icc.read_bytes()
+    assert not Image.open(io.BytesIO(prep(icc))).info.get("icc_profile")
+
+
+def test_reencoded_images_keep_full_chroma_at_quality_90_and_above(tmp_path):
+    from PIL import JpegImagePlugin
+
+    src = tmp_path / "p.png"
+    Image.fromarray(_smooth(80, 120, 4)).save(src)
+    for quality, sampling in ((90, 0), (95, 0), (89, 2)):  # 0 = 4:4:4, 2 = 4:2:0
+        out = data._prepare_one((str(src), "k", 0, 0), max_side=512, min_side=64,
+                                quality=quality)
+        assert JpegImagePlugin.get_sampling(Image.open(io.BytesIO(out))) == sampling, quality
+
+
+def test_catalog_specs_parse_to_name_and_split():
+    assert data._parse_catalog("tfds:dtd") == ("dtd", "train")
+    assert data._parse_catalog("tfds:dtd#") == ("dtd", "train")  # an empty split is train
+    assert data._parse_catalog("tfds:coco/2017#validation") == ("coco/2017", "validation")
+    assert data._parse_catalog("tfds:a#b#c") == ("a", "b#c")
+    for bad in ("tfds:", "tfds:#test"):
+        with pytest.raises(ConfigError, match="expected tfds:<name>"):
+            data._parse_catalog(bad)
+
+
+def test_a_catalog_source_mixes_in_content_folders_with_their_weights(tmp_path, monkeypatch):
+    catalog = data.SyntheticSource("content", 3)
+    made = {}
+
+    def fake_folder(dirs, **kw):
+        made[dirs[0]] = data.SyntheticSource("style", 2 + len(made))
+        return made[dirs[0]]
+
+    monkeypatch.setattr(data, "source_from_catalog", lambda name, split, data_dir: catalog)
+    monkeypatch.setattr(data, "prepare_folder", fake_folder)
+    photos, paintings = tmp_path / "photos", tmp_path / "paintings"
+    photos.mkdir()
+    paintings.mkdir()
+    srcs = data.prepare({"source": "tfds:fake", "content_dirs": [str(photos)],
+                         "content_dir_weights": [1.0, 3.0], "style_dirs": [str(paintings)],
+                         "data_dir": str(tmp_path / "tfds")})
+    content = srcs["content"]
+    assert isinstance(content, data.MixtureSource) and content.weights == [1.0, 3.0]
+    assert content.parts == [catalog, made[str(photos)]]
+    assert srcs["style"] is made[str(paintings)]
+
+
+def test_epoch_order_is_the_documented_formula():
+    """Unweighted: epoch e is ``default_rng([seed, e, stream]).permutation(L)``; weighted: part
+    k's slots come from ``default_rng([seed, e, stream, 1 + k])`` permutations (repeated), then
+    are shuffled with the epoch's rng. Written out here independently."""
+    seed, stream = 11, 1
+    s = data.EpochSampler([3, 4], None, seed, stream)
+    for e in range(3):
+        want = np.random.default_rng([seed, e, stream]).permutation(7)
+        assert np.array_equal(s.epoch(e), want)
+        assert [s.index(7 * e + r) for r in range(7)] == list(want)
+    sizes, weights = [2, 5], [3.0, 1.0]  # L = 7: 5.25 -> 5 slots, 1.75 -> 2 slots
+    w = data.EpochSampler(sizes, weights, seed, stream)
+    for e in range(2):
+        rng = np.random.default_rng([seed, e, stream])
+        r1 = np.random.default_rng([seed, e, stream, 1])
+        first = np.concatenate([r1.permutation(2) for _ in range(3)])[:5]
+        second = np.random.default_rng([seed, e, stream, 2]).permutation(5)[:2] + 2
+        want = np.concatenate([first, second])
+        rng.shuffle(want)
+        assert np.array_equal(w.epoch(e), want)
+
+
+def _cfg3(**kw):
+    c = {"source": "synthetic", "synthetic_count": 5, "image_size": 32, "style_size": 32,
+         "style_resize_range": (40, 60), "content_scale_range": (1.5, 2.0)}
+    c.update(kw)
+    return c
+
+
+def test_loader_examples_are_the_documented_draws():
+    """Example i of batch ``step``: image ``sampler.index(step * B + i)`` augmented with
+    ``default_rng([seed, step, i, stream])`` and the config's ranges."""
+    srcs = data.prepare(_cfg3())
+    loader = data.make_loader(_cfg3(), batch_size=3, seed=4, num_workers=0, sources=srcs)
+    b = loader.batch(2)
+    loader.close()
+    for i in range(3):
+        p = 2 * 3 + i
+        ci = np.random.default_rng([4, p // 5, 0]).permutation(5)[p % 5]
+        si = np.random.default_rng([4, p // 5, 1]).permutation(5)[p % 5]
+        c = data.augment_content(srcs["content"].get(ci), np.random.default_rng([4, 2, i, 0]), 32,
+                                 (1.5, 2.0), as_uint8=True)
+        s, jit = data.augment_style(srcs["style"].get(si), np.random.default_rng([4, 2, i, 1]),
+                                    32, (40, 60), 1.0, defer_jitter=True)
+        assert np.array_equal(b["content"][i], c) and np.array_equal(b["style"][i], s)
+        assert np.array_equal(b["style_jitter"][i], jit)
+
+
+def test_loader_threads_and_prefetch_come_from_the_config(monkeypatch):
+    srcs = data.prepare(_cfg3())
+
+    def made(cfg, **kw):
+        loader = data.make_loader(cfg, batch_size=1, seed=0, sources=srcs, **kw)
+        loader.close()
+        return loader.num_workers, loader.prefetch
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert made(_cfg3()) == (8, 4)  # min(8, cpus), the default prefetch
+    assert made(_cfg3(num_workers=0, prefetch=2)) == (0, 2)
+    assert made(_cfg3(num_workers=3), num_workers=1, prefetch=6) == (1, 6)  # arguments first
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    assert made(_cfg3()) == (3, 4)
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert made(_cfg3()) == (1, 4)
+
+
+def test_device_batches_without_jitter_have_no_jitter_field():
+    srcs = data.prepare(_cfg3())
+    for strength, keys in ((0.0, {"content", "style"}),
+                           (0.5, {"content", "style", "style_jitter"})):
+        with data.make_loader(_cfg3(augment_strength=strength), batch_size=2, seed=0,
+                              num_workers=1, sources=srcs) as loader:
+            b = next(loader)
+            st = loader.stats()
+        assert set(b) == keys
+        assert st["ms_per_image_per_worker"] == pytest.approx(
+            1e3 * st["worker_busy_s"] / st["images"])
+
+
+def test_sixteen_bit_images_scale_to_eight_bits():
+    a = (np.arange(256, dtype=np.uint32) * 257).reshape(16, 16)  # 0, 257, ..., 65535
+    for dtype, mode in ((np.uint16, "I;16"), (np.int32, "I")):
+        im = Image.fromarray(a.astype(dtype))
+        assert im.mode == mode
+        got = np.asarray(data._to_rgb(im))
+        assert got.shape == (16, 16, 3)
+        assert np.array_equal(got[..., 0].ravel(), np.arange(256)) and (got[..., 2] == got[..., 0]).all()
+
+
+class _JpegSource(data.DataSource):
+    """Stored JPEGs (as a prepared folder holds them), for the export's copy-or-re-encode."""
+
+    def __init__(self, arrays, name="jpegs"):
+        self.name = name
+        self.blobs = []
+        for a in arrays:
+            buf = io.BytesIO()
+            Image.fromarray(a).save(buf, format="JPEG", quality=95)
+            self.blobs.append(buf.getvalue())
+
+    def __len__(self):
+        return len(self.blobs)
+
+    def open(self, index):
+        return Image.open(io.BytesIO(self.blobs[self._check(index)]))
+
+    def raw_bytes(self, index):
+        return self.blobs[self._check(index)]
+
+
+def test_export_copies_small_jpegs_and_centre_crops_long_ones(tmp_path):
+    size = 64
+    small, long = _smooth(60, 120, 1), _smooth(60, 180, 2)  # long side 120 <= 128 < 180
+    src = _JpegSource([small, long])
+    srcs = {"content": src, "style": src}
+    out = tmp_path / "e.npz"
+    data.export_arrays({}, out, 2, 2, size, sources=srcs, seed=0)
+    got = data.NpzSource(out, "content")
+    by_shape = {got.get(i).shape: i for i in range(2)}
+    assert set(by_shape) == {(60, 120, 3), (60, 128, 3)}
+    assert got.raw_bytes(by_shape[(60, 120, 3)]) == src.blobs[0]  # copied as stored
+    cropped = got.get(by_shape[(60, 128, 3)]).astype(np.float64)
+    ref = np.asarray(src.open(1).convert("RGB"), np.float64)
+    assert np.abs(cropped - ref[:, 26:154]).mean() < 3  # the centre: (180 - 128) / 2 = 26
+    assert np.abs(cropped - ref[:, :128]).mean() > 3 * np.abs(cropped - ref[:, 26:154]).mean()
+
+
+def test_export_follows_the_seeded_weighted_first_epoch_and_its_size_limit(tmp_path):
+    parts = [data.SyntheticSource("style", 4), data.SyntheticSource("content", 3)]
+    mix = data.MixtureSource(parts, [0.0, 1.0], name="style")
+    srcs = {"content": data.SyntheticSource("content", 6), "style": mix}
+    for seed in (0, 1):
+        out = tmp_path / f"s{seed}.npz"
+        data.export_arrays({}, out, 6, 7, 96, sources=srcs, seed=seed)
+        content = data.NpzSource(out, "content")
+        want = np.random.default_rng([seed, 0, 0]).permutation(6)
+        assert [content.path(i) for i in range(6)] == [f"synthetic-content[{k}]" for k in want]
+        style = data.NpzSource(out, "style")
+        assert len(style) == 7 and all(style.path(i).startswith("synthetic-content[")
+                                       for i in range(7))  # weight 0 on the first part
+    mb = (tmp_path / "s0.npz").stat().st_size / 1e6
+    with pytest.raises(ConfigError, match="MB"):
+        data.export_arrays({}, tmp_path / "big.npz", 6, 7, 96, sources=srcs, max_mb=mb * 0.99)
+    data.export_arrays({}, tmp_path / "ok.npz", 6, 7, 96, sources=srcs, max_mb=mb * 1.01)

@@ -1387,3 +1387,391 @@ def test_train_cli_objective_options_reach_the_objective(monkeypatch, capsys):
                        "| x.safetensors | 2 | 1 | 0.75 | 0.25 |"]
     assert train_cli.main(cfg + ["--objective", "builtin"]) == 0
     assert seen["num_batches"] == 12 and seen["seed"] == 1234
+
+
+# ------------------------------------------------------------------------------------------------
+# Mutation-testing pass (training.py): schedules, the time-budget plan, scalars, divergence
+# messages, the export's info, checkpoint steps, the sample grid
+
+
+def test_schedules_match_their_formulas_by_hand():
+    """Warmup 0 -> lr over ``warmup_steps``, then the decay reaches ``lr * end_factor`` exactly
+    at ``num_steps`` (not ``num_steps + warmup``) and stays there; float64 references."""
+    import math as m
+
+    lr, warmup, n, end_factor = 1e-3, 4, 14, 0.1
+    end = lr * end_factor
+    base = ("optim.learning_rate=1e-3", f"optim.warmup_steps={warmup}",
+            f"optim.end_learning_rate_factor={end_factor}")
+    for kind in ("linear", "cosine", "constant"):
+        _, schedule = training.make_optimizer(smoke(*base, f"optim.schedule='{kind}'").optim, n)
+        for s in range(0, 20):
+            if s < warmup:
+                want = lr * s / warmup
+            else:
+                t = min(s - warmup, n - warmup) / (n - warmup)
+                want = {"linear": lr + (end - lr) * t,
+                        "cosine": end + (lr - end) * 0.5 * (1 + m.cos(m.pi * t)),
+                        "constant": lr}[kind]
+            assert float(schedule(s)) == pytest.approx(want, rel=1e-5, abs=1e-12), (kind, s)
+
+
+def test_sgd_momentum_and_adam_b2_reach_the_optimizer():
+    """Two updates of SGD with momentum and of Adam with a non-default b2, against the update
+    rules written out in float64 (gradients 1 then 3, constant learning rate)."""
+    import jax.numpy as jnp
+
+    grads = [1.0, 3.0]
+
+    def updates(*overrides):
+        tx, _ = training.make_optimizer(smoke("optim.schedule='constant'", "optim.warmup_steps=0",
+                                              "optim.learning_rate=0.1", *overrides).optim, 10)
+        params = {"w": jnp.float32(0.0)}
+        state = tx.init(params)
+        out = []
+        for g in grads:
+            u, state = tx.update({"w": jnp.float32(g)}, state, params)
+            out.append(float(u["w"]))
+        return out
+
+    assert updates("optim.optimizer='sgd'", "optim.momentum=0.5") == pytest.approx(
+        [-0.1 * 1.0, -0.1 * (3.0 + 0.5 * 1.0)], rel=1e-6)
+    b1, b2, eps = 0.9, 0.5, 1e-8
+    m = v = 0.0
+    want = []
+    for t, g in enumerate(grads, start=1):
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+        want.append(-0.1 * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps))
+    assert updates("optim.optimizer='adam'", "optim.b2=0.5") == pytest.approx(want, rel=1e-5)
+
+
+class _FixedClock:
+    def __init__(self, now):
+        self.now = now
+
+    def perf_counter(self):
+        return self.now
+
+
+def _plan(monkeypatch, *, budget, t_first, now, step, start=0, num_steps=1000):
+    """``_plan_time_budget`` with its clock and the step compilation replaced."""
+    import jax.numpy as jnp
+
+    built = {}
+
+    def fake_step(graphdef, loss_cfg, tx, schedule, mesh, **kw):
+        built["schedule"] = schedule
+        return "step_fn"
+
+    monkeypatch.setattr(training, "time", _FixedClock(now))
+    monkeypatch.setattr(training, "make_train_step", fake_step)
+    monkeypatch.setattr(training, "step_cache_key", lambda *a: None)
+    cfg = smoke(f"train.num_steps={num_steps}", "optim.schedule='linear'",
+                "optim.warmup_steps=0", "optim.end_learning_rate_factor=0.0")
+    planned, fn = training._plan_time_budget(cfg, jnp.zeros(()), step, num_steps, budget,
+                                             0.0, t_first, None, None, None, None, start=start)
+    assert fn == "step_fn" and cfg.train.num_steps == planned
+    return planned, built["schedule"]
+
+
+def test_time_budget_plan_is_the_documented_arithmetic(monkeypatch):
+    """rate = (steps done - 1) / (now - end of the first step); the steps that fit in
+    budget - elapsed - compile time - min(10, 0.1 budget); never more than configured, never
+    fewer than done; the schedule is rebuilt for that length. Numbers by hand."""
+    # 50 s budget, first step (compile) ends at 4 s, step 5 at 9 s: 0.8 steps/s;
+    # left = 50 - 9 - 4 - min(10, 5) = 32 s -> 5 + int(25.6) = 30 steps
+    planned, schedule = _plan(monkeypatch, budget=50.0, t_first=4.0, now=9.0, step=5)
+    assert planned == 30
+    assert float(schedule(0)) == pytest.approx(1e-3) and float(schedule(30)) == 0.0
+    assert float(schedule(15)) == pytest.approx(0.5e-3, rel=1e-5)  # decays over 30 steps
+    # a resumed run (start 3): its own 5 steps are measured the same way
+    assert _plan(monkeypatch, budget=50.0, t_first=4.0, now=9.0, step=8, start=3)[0] == 33
+    # 200 s budget: the reserve is capped at 10 s: 4 / 10 s = 0.4; left = 200-20-10-10 = 160
+    assert _plan(monkeypatch, budget=200.0, t_first=10.0, now=20.0, step=5)[0] == 5 + 64
+    # never more than configured, never fewer than the steps already run
+    assert _plan(monkeypatch, budget=50.0, t_first=4.0, now=9.0, step=5, num_steps=20)[0] == 20
+    assert _plan(monkeypatch, budget=10.0, t_first=4.0, now=9.0, step=5)[0] == 5
+
+
+def test_scalars_go_to_their_tensorboard_tags():
+    class Writer:
+        def __init__(self):
+            self.scalars, self.flushed = {}, False
+
+        def add_scalar(self, tag, value, step):
+            assert tag not in self.scalars
+            self.scalars[tag] = (value, step)
+
+        def flush(self):
+            self.flushed = True
+
+    w = Writer()
+    avg = {"loss": 1.5, "content": 2.0, "style": float("nan"), "tv": float("inf"),
+           "relu2_2": 0.25, "grad_norm": 3.0, "learning_rate": 1e-3, "steps_per_sec": 2.5,
+           "step": 7}
+    training._write_scalars(w, avg, 7, 4)
+    assert w.flushed and w.scalars == {
+        "loss/total": (1.5, 7), "loss/content": (2.0, 7), "layers/relu2_2": (0.25, 7),
+        "train/grad_norm": (3.0, 7), "train/learning_rate": (1e-3, 7),
+        "perf/steps_per_sec": (2.5, 7), "perf/images_per_sec": (10.0, 7)}  # 2.5 x batch 4
+
+
+class _FakeManager:
+    def __init__(self, steps):
+        self.steps = steps
+
+    def wait_until_finished(self):
+        pass
+
+    def all_steps(self):
+        return list(self.steps)
+
+
+def test_divergence_messages_name_the_right_checkpoints(tmp_path):
+    ck = tmp_path / training.CHECKPOINT_DIR
+
+    def message(bad, host, steps, start=0, same_setup=True):
+        with pytest.raises(training.TrainingDiverged) as e:
+            training._raise_diverged(bad, host, _FakeManager(steps), tmp_path, start, same_setup)
+        return str(e.value)
+
+    nan = {"loss": float("nan"), "content": 1.0, "grad_norm": float("nan")}
+    # a fresh run diverging at the step of its last checkpoint: that one may be the cause
+    msg = message(8, [nan], [4, 8])
+    assert msg.startswith("non-finite loss, gradient or weights at step 9 (loss=nan, "
+                          "content=1, grad_norm=nan); training stopped, the last checkpoint is "
+                          f"step 8 in {ck} (if a resume fails at its first step, its weights are "
+                          f"the cause: delete {ck / '8'} to resume from step 4)")
+    assert message(6, [], []).startswith("non-finite loss, gradient or weights at step 7; "
+                                         "training stopped, no checkpoint was saved yet")
+    # resumed at 8 and failing at once: with the same setup its weights are blamed ...
+    msg = message(8, [nan], [4, 8], start=8)
+    assert f"the weights of checkpoint 8 give a non-finite loss at once: delete {ck / '8'} to " \
+           "resume from step 4" in msg
+    assert "the weights of checkpoint 8" in message(8, [nan], [8], start=8) and \
+        "resume from the start" in message(8, [nan], [8], start=8)
+    # ... unless only the update overflowed (finite loss and gradient) or the setup changed
+    finite = {"loss": 1.0, "grad_norm": 2.0}
+    assert "the first update from checkpoint 8 gave non-finite weights" in \
+        message(8, [finite, nan], [4, 8], start=8)
+    msg = message(8, [nan], [4, 8], start=8, same_setup=False)
+    assert "likely cause" in msg and "delete" not in msg
+    # what the blame depends on: loss, data, model and the compute dtype, not the optimizer
+    cfg = training._to_plain(smoke())
+    other_dtype = json.loads(json.dumps(cfg))
+    other_dtype["train"]["dtype"] = "bfloat16"
+    other_lr = json.loads(json.dumps(cfg))
+    other_lr["optim"]["learning_rate"] = 0.5
+    setup = training._divergence_setup
+    assert setup({"config": cfg}) != setup({"config": other_dtype})
+    assert setup({"config": cfg}) == setup({"config": other_lr})
+
+
+def test_sample_grid_layout(monkeypatch):
+    """Top row the styles (from column 1), left column the contents (from row 1), cell
+    (i + 1, j + 1) content i in style j, white padding."""
+    s, pad = 3, 4
+    contents = np.stack([np.full((s, s, 3), 0.1 * (i + 1), np.float32) for i in range(2)])
+    styles = np.stack([np.full((s, s, 3), 0.5 + 0.1 * j, np.float32) for j in range(3)])
+    out = np.array([[np.full((s, s, 3), 0.01 * (10 * i + j + 1), np.float32) for j in range(3)]
+                    for i in range(2)])
+    monkeypatch.setattr(training, "_stylize_all", lambda model, c, st: out)
+    grid = training.sample_grid(None, contents, styles, pad=pad)
+    assert grid.shape == (3 * (s + pad) + pad, 4 * (s + pad) + pad, 3)
+
+    def cell(r, c):
+        y, x = pad + r * (s + pad), pad + c * (s + pad)
+        return grid[y:y + s, x:x + s]
+
+    want = np.ones_like(grid)
+    for r in range(3):
+        for c in range(4):
+            y, x = pad + r * (s + pad), pad + c * (s + pad)
+            if r == 0 and c > 0:
+                want[y:y + s, x:x + s] = styles[c - 1]
+            elif c == 0 and r > 0:
+                want[y:y + s, x:x + s] = contents[r - 1]
+            elif r > 0:
+                want[y:y + s, x:x + s] = out[r - 1, c - 1]
+    np.testing.assert_array_equal(grid, want)
+    assert (cell(0, 0) == 1).all()  # the corner stays white
+
+
+def test_training_option_bounds_are_inclusive_where_documented():
+    """Each range's edge: the documented bound is accepted, the value just past it refused with
+    the field's one-line message."""
+    ok = ("train.num_steps=0", "train.checkpoint_every=0", "train.keep_checkpoints=1",
+          "train.sample_every=0", "train.time_budget_s=0", "train.plan_after_steps=2",
+          "train.sample_size=32", "train.sample_size=2048", "optim.warmup_steps=0",
+          "optim.grad_clip_norm=0.0", "optim.end_learning_rate_factor=0.0",
+          "optim.end_learning_rate_factor=1.0", "optim.b1=0.0", "optim.b2=0.0",
+          "optim.momentum=0.0", "optim.learning_rate=1e-30", "optim.eps=1e-30")
+    for good in ok:
+        training.validate_config(smoke(good))
+    bad = {"train.keep_checkpoints=0": ("train.keep_checkpoints", ">= 1", "0"),
+           "train.plan_after_steps=1": ("train.plan_after_steps", ">= 2", "1"),
+           "train.sample_size=2049": ("train.sample_size", "in 32..2048 (the VGG needs >= 32 px)",
+                                      "2049"),
+           "train.sample_size=31": ("train.sample_size", "in 32..2048 (the VGG needs >= 32 px)",
+                                    "31"),
+           "optim.learning_rate=0.0": ("optim.learning_rate", "a finite float32 number > 0",
+                                       "0.0"),
+           "optim.b1=1.0": ("optim.b1", "in [0, 1)", "1.0"),
+           "optim.b2=1.0": ("optim.b2", "in [0, 1)", "1.0"),
+           "optim.momentum=1.0": ("optim.momentum", "in [0, 1)", "1.0"),
+           "optim.end_learning_rate_factor=1.01": ("optim.end_learning_rate_factor",
+                                                   "in [0, 1]", "1.01"),
+           "train.num_steps=-1": ("train.num_steps", ">= 0", "-1"),
+           "train.checkpoint_every=-1": ("train.checkpoint_every", ">= 0 (0: only at exit)",
+                                         "-1"),
+           "optim.grad_clip_norm=-1.0": ("optim.grad_clip_norm", ">= 0 (0: off)", "-1.0")}
+    for override, (field, must, got) in bad.items():
+        with pytest.raises(ConfigError) as e:
+            training.validate_config(smoke(override))
+        assert str(e.value) == f"{field} must be {must}, got {got}", override
+
+
+def test_resume_metadata_checks_field_by_field(tmp_path, caplog):
+    """What a resume refuses (another model, batch size, seed or optimizer), what it returns to
+    be said (changed optim/loss values, the compute dtype) and which data changes it warns of
+    (not the loader-only ones; not the folder fields of a synthetic/npz/tfds source; not a
+    max_pixels missing from an older checkpoint at its default)."""
+    def meta(*overrides):
+        cfg = training._to_plain(smoke(*overrides))
+        return {"model": {"width": cfg["model"]["width"]}, "batch_size": cfg["train"]["batch_size"],
+                "seed": cfg["seed"], "data": cfg["data"], "config": cfg}
+
+    base = meta()
+    for key, changed in (("seed", meta("seed=5")), ("batch_size", meta("train.batch_size=8")),
+                         ("model", meta("model.width=0.5"))):
+        with pytest.raises(ConfigError, match=f"trained with a different {key} "):
+            training._check_resume_meta(base, changed, tmp_path)
+    with pytest.raises(ConfigError, match="optim.optimizer='adam', not 'sgd'"):
+        training._check_resume_meta(base, meta("optim.optimizer='sgd'"), tmp_path)
+    said = training._check_resume_meta(base, meta("optim.learning_rate=5e-4",
+                                                  "loss.style_weight=3.0",
+                                                  "train.dtype='bfloat16'"), tmp_path)
+    assert said == ["optim.learning_rate", "loss.style_weight", "train.dtype"]
+    with caplog.at_level(logging.WARNING):
+        assert training._check_resume_meta(base, meta("data.num_workers=3", "data.prefetch=2",
+                                                      "data.content_dirs=('elsewhere',)"),
+                                           tmp_path) == []
+    assert caplog.text == ""  # loader settings, and folders a synthetic source does not read
+    with caplog.at_level(logging.WARNING):
+        training._check_resume_meta(base, meta("data.augment_strength=0.5"), tmp_path)
+    assert "the data config differs from the checkpoint's (augment_strength)" in caplog.text
+    caplog.clear()
+    folder = ("data.source='folder'", "data.content_dirs=('a',)", "data.style_dirs=('b',)")
+    old = meta(*folder)
+    del old["data"]["max_pixels"]  # a checkpoint from before the field
+    with caplog.at_level(logging.WARNING):
+        training._check_resume_meta(old, meta(*folder), tmp_path)
+    assert caplog.text == ""
+    with caplog.at_level(logging.WARNING):  # a folder source reads its folders
+        training._check_resume_meta(meta(*folder), meta(*folder, "data.max_pixels=1000"),
+                                    tmp_path)
+    assert "(max_pixels)" in caplog.text
+
+
+def test_embedding_lr_multiplier_reaches_the_models_nested_parameters():
+    """The model's parameters are nested (``predictor/hidden/kernel``): the embedding MLP is
+    recognised by its module name, not by the leaf's."""
+    import jax.numpy as jnp
+
+    params = {"predictor": {"hidden": {"kernel": jnp.ones(2), "bias": jnp.ones(2)},
+                            "bottleneck": {"kernel": jnp.ones(2)},
+                            "heads": {"residual1_conv1": {"kernel": jnp.ones(2)}}},
+              "transfer": {"conv1": {"kernel": jnp.ones(2)}}}
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 2.0), params)
+    tx, _ = training.make_optimizer(smoke("optim.optimizer=sgd", "optim.warmup_steps=0",
+                                          "optim.schedule=constant", "optim.learning_rate=0.01",
+                                          "optim.embedding_lr_multiplier=5").optim, 10)
+    out, _ = tx.update(grads, tx.init(params), params)
+    got = {"/".join(str(getattr(k, "key", k)) for k in path): float(v[0])
+           for path, v in jax.tree_util.tree_flatten_with_path(out)[0]}
+    assert got == pytest.approx({"predictor/hidden/kernel": -0.1, "predictor/hidden/bias": -0.1,
+                                 "predictor/bottleneck/kernel": -0.1,
+                                 "predictor/heads/residual1_conv1/kernel": -0.02,
+                                 "transfer/conv1/kernel": -0.02}, rel=1e-6)
+
+
+def test_a_folder_override_is_a_list_of_one_and_auto_dtype_follows_the_backend(monkeypatch):
+    cfg = smoke("data.content_dirs=photos/", "data.style_dirs=('a', 'b')")
+    assert list(cfg.data.content_dirs) == ["photos/"] and list(cfg.data.style_dirs) == ["a", "b"]
+    import jax.numpy as jnp
+
+    assert training.compute_dtype("auto") is None  # float32 on the CPU these tests run on
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert training.compute_dtype("auto") == jnp.bfloat16
+    assert training.compute_dtype(None) is None and training.compute_dtype("float32") is None
+
+
+def test_an_unreadable_checkpoint_names_the_latest_earlier_one(tmp_path):
+    class Manager(_FakeManager):
+        directory = tmp_path / training.CHECKPOINT_DIR
+
+    err = training._unreadable_checkpoint(Manager([2, 4, 6]), 6, ValueError("bad\n  bytes"))
+    assert str(err) == (f"{tmp_path / 'checkpoints' / '6'}: cannot restore the checkpoint "
+                        f"(ValueError: bad bytes); delete {tmp_path / 'checkpoints' / '6'} to "
+                        "resume from step 4")
+    assert str(training._unreadable_checkpoint(Manager([2]), 2, OSError("x"))).endswith(
+        f"delete {tmp_path / 'checkpoints' / '2'} to start over")
+
+
+def test_a_second_ctrl_c_aborts_and_a_repeated_sigterm_does_not():
+    with training._StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.signum == signal.SIGTERM
+    with training._StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.signum == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGTERM) is not stop._handler  # handlers restored
+
+
+def test_export_dtype_info_and_checkpoint_steps(tmp_path, vgg):
+    """train.export_dtype reaches the file; the export's info says the run's steps, config name
+    and run id; load_checkpoint_model loads the step it is asked for."""
+    from safetensors import safe_open
+
+    cfg = smoke("train.num_steps=2", "train.checkpoint_every=1", "train.keep_checkpoints=2",
+                "train.export_dtype='float16'")
+    r = training.train(cfg, tmp_path, vgg=vgg, progress=False)
+    with safe_open(str(r.export_path), framework="numpy") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {np.dtype(np.float16)}
+    info = read_export(r.export_path)[1]["info"]
+    run_id = (tmp_path / training.RUN_ID_FILE).read_text().strip()
+    assert {k: info[k] for k in ("step", "num_steps", "total_steps", "init_from", "config_name",
+                                 "run_id")} == {"step": 2, "num_steps": 2, "total_steps": 2,
+                                                "init_from": "", "config_name": "smoke",
+                                                "run_id": run_id}
+    m1, s1 = training.load_checkpoint_model(cfg, tmp_path, step=1, vgg=vgg)
+    m2, s2 = training.load_checkpoint_model(cfg, tmp_path, vgg=vgg)
+    assert (s1, s2) == (1, 2)
+    t1, t2, final = model_tensors(m1), model_tensors(m2), model_tensors(r.model)
+    assert all(np.array_equal(t2[k], final[k]) for k in final)
+    assert any(not np.array_equal(t1[k], t2[k]) for k in t1)
+
+
+def test_an_export_without_a_run_id_is_replaced_only_inside_its_workdir(tmp_path, vgg):
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    (wd / training.RUN_ID_FILE).write_text("abc\n")
+    model = training.build_model(smoke(), vgg)
+    inside, outside = wd / "old.safetensors", tmp_path / "old.safetensors"
+    for p in (inside, outside):
+        export_model(model, p, info={"step": 1})  # (made before run ids)
+    cfg = smoke()
+    training._check_export_path(inside, cfg, wd)
+    with pytest.raises(ConfigError, match="is not an export of the run in"):
+        training._check_export_path(outside, cfg, wd)
+    mine = tmp_path / "mine.safetensors"
+    export_model(model, mine, info={"step": 1, "run_id": "abc"})
+    training._check_export_path(mine, cfg, wd)  # this run's id, wherever it is
+    export_model(model, inside, info={"step": 1, "run_id": "other"}, overwrite=True)
+    with pytest.raises(ConfigError, match="is not an export of the run in"):
+        training._check_export_path(inside, cfg, wd)
+    with pytest.raises(ConfigError, match="must end in .safetensors"):
+        training._check_export_path(tmp_path / "model.onnx", cfg, wd)
