@@ -40,7 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(default WORKDIR/model.safetensors; '' = none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--print-config", action="store_true", help="print the config and exit")
-    p.add_argument("--objective", nargs="+", metavar="MODEL", default=None,
+    p.add_argument("--objective", nargs="+", action="extend", metavar="MODEL", default=None,
                    help="don't train: print the training loss of these models (exports, "
                         "workdirs or 'builtin') on the same fixed batches of the config's data")
     p.add_argument("--objective-batches", type=int, default=12, metavar="N",

@@ -197,11 +197,11 @@ def _add_gatys_arguments(p: argparse.ArgumentParser) -> None:
 
     d = gatys.GatysConfig()
     io = p.add_argument_group("images")
-    io.add_argument("--content", nargs="+", required=True, metavar="C",
+    io.add_argument("--content", nargs="+", action="extend", required=True, metavar="C",
                     help="content image(s); several run as one batch per working size")
-    io.add_argument("--style", nargs="+", required=True, metavar="S",
+    io.add_argument("--style", nargs="+", action="extend", required=True, metavar="S",
                     help="style image(s); several are blended (see --style-weights)")
-    io.add_argument("--style-weights", nargs="+", type=_nonneg_float, default=None, metavar="W",
+    io.add_argument("--style-weights", nargs="+", action="extend", type=_nonneg_float, default=None, metavar="W",
                     help="blend weight of each style (one per --style; normalized to sum 1); "
                          "default: equal")
     io.add_argument("--out", required=True,
@@ -497,7 +497,7 @@ def _add_fit_style_arguments(p: argparse.ArgumentParser) -> None:
     from . import fit_style
 
     p.add_argument("--style", required=True, metavar="S", help="the style image to fit")
-    p.add_argument("--photos", required=True, nargs="+", metavar="P",
+    p.add_argument("--photos", required=True, nargs="+", action="extend", metavar="P",
                    help="photos to fit on (files, folders or quoted globs): a sample of what the "
                         "style will be applied to; not stored in the result")
     p.add_argument("--out", required=True, metavar="FILE.npz",

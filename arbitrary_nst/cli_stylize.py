@@ -81,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io = parser.add_argument_group("inputs and outputs")
     io.add_argument("--content", metavar="PATH",
                     help="content image, or (batch) a folder or a quoted glob like 'dir/*.jpg'")
-    io.add_argument("--style", nargs="+", metavar="S",
+    io.add_argument("--style", nargs="+", action="extend", metavar="S",
                     help="style image(s) or fitted styles (.npz, `infer.py fit-style`); several "
                          "are mixed by --style-weights")
     io.add_argument("--out", metavar="FILE", help="output image (single content image)")
@@ -92,7 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help="with a --content folder, also take images in its subfolders")
 
     st = parser.add_argument_group("style")
-    st.add_argument("--style-weights", nargs="+", type=float, metavar="W",
+    st.add_argument("--style-weights", nargs="+", action="extend", type=float, metavar="W",
                     help="one weight per --style (>= 0, normalized to sum 1; None = equal)")
     st.add_argument("--strength", type=float, default=1.0,
                     help="0 = the content's own embedding (~ the photo) .. 1 = full style")
@@ -115,7 +115,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help="refine the style embedding for each content with this many Adam steps "
                          "on the VGG loss first (slower, lower style loss; 0 = off)")
     fig = parser.add_argument_group("figures")
-    fig.add_argument("--interpolate", nargs="+", metavar="S",
+    fig.add_argument("--interpolate", nargs="+", action="extend", metavar="S",
                      help="styles to interpolate: a strip (2), a triangle (3), a grid (4) or a "
                           "path (5+) of mixtures")
     fig.add_argument("--steps", type=int, default=None, metavar="K",

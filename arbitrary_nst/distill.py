@@ -67,6 +67,10 @@ CONTENT_SHORT_RANGE = (176, 256)
 #: What the oracle optimizes and the predictor is fitted to: the embedding (refined, session 5)
 #: or the whole gamma/beta conditioning (fitted, then folded in as extra dimensions).
 TARGETS = ("embedding", "conditioning")
+#: ``--target conditioning``: the correction's ranks and ridge penalties chosen from on
+#: held-out styles.
+DEFAULT_RANKS = (16, 32, 64)
+DEFAULT_RIDGES = (10.0, 100.0, 1000.0)
 
 
 def _resize_short(im: Image.Image, short: int) -> Image.Image:
@@ -283,8 +287,8 @@ def _ridge_reduced_rank(z: np.ndarray, d: np.ndarray, ridge: float, rank: int):
     return w @ basis.T, basis
 
 
-def fit_conditioning_correction(x: np.ndarray, delta: np.ndarray, *, ridges=(10.0, 100.0, 1000.0),
-                                ranks=(16, 32, 64), intercept: bool = True,
+def fit_conditioning_correction(x: np.ndarray, delta: np.ndarray, *, ridges=DEFAULT_RIDGES,
+                                ranks=DEFAULT_RANKS, intercept: bool = True,
                                 val_fraction: float = 0.2, seed: int = 0
                                 ) -> tuple[ConditioningCorrection, dict[str, Any]]:
     """Fit ``delta [N, G]`` (fitted minus predicted conditioning) from ``x [N, F]``.
@@ -577,10 +581,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="Adam steps of the oracle (default: 12 embedding, 40 conditioning)")
     p.add_argument("--learning-rate", type=float, default=None,
                    help="oracle step size (default: 0.05 embedding, 0.02 conditioning)")
-    p.add_argument("--rank", type=int, nargs="+", default=[16, 32, 64],
-                   help="conditioning: ranks to choose from on held-out styles")
-    p.add_argument("--ridge", type=float, nargs="+", default=[10.0, 100.0, 1000.0],
-                   help="conditioning: ridge penalties to choose from on held-out styles")
+    # (repeats add up: "extend"; a list default would be extended too, so it is filled in
+    # after parsing)
+    p.add_argument("--rank", type=int, nargs="+", action="extend", default=None,
+                   help="conditioning: ranks to choose from on held-out styles "
+                        f"(default: {' '.join(map(str, DEFAULT_RANKS))})")
+    p.add_argument("--ridge", type=float, nargs="+", action="extend", default=None,
+                   help="conditioning: ridge penalties to choose from on held-out styles "
+                        f"(default: {' '.join(f'{r:g}' for r in DEFAULT_RIDGES)})")
     p.add_argument("--scale", type=float, default=1.0,
                    help="conditioning: fold scale x the fitted correction")
     p.add_argument("--style-weight", type=float, default=0.5,
@@ -595,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="fit e0 + s (e* - e0) (1: the oracle itself)")
     p.add_argument("--seed", type=int, default=0,
                    help="which training styles and photo crops (and the held-out split)")
-    p.add_argument("--content-seeds", type=int, nargs="+", default=None, metavar="S",
+    p.add_argument("--content-seeds", type=int, nargs="+", action="extend", default=None, metavar="S",
                    help="refine every style on the photo crops of each of these seeds and fit "
                         "the mean (default: --seed alone); oracle of seed S != --seed in "
                         "<out>/oracle_cS")
@@ -606,6 +614,8 @@ def main(argv: list[str] | None = None) -> int:
         a.steps = 40 if conditioning else 12
     if a.learning_rate is None:
         a.learning_rate = 0.02 if conditioning else 0.05
+    a.rank = a.rank or list(DEFAULT_RANKS)
+    a.ridge = a.ridge or list(DEFAULT_RIDGES)
     try:
         for name in ("num_styles", "batch", "contents_per_style", "steps", "fit_steps",
                      "style_size", "content_crop"):

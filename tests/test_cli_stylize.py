@@ -917,3 +917,41 @@ def test_the_model_cache_sees_a_replaced_model_file(tmp_path, vgg, model):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "model.safetensors").symlink_to(p)
     assert cli_stylize.load_stylizer(str(tmp_path / "run")) is third
+
+
+def test_repeated_list_options_add_up(capsys):
+    """``--style a --style b`` used both styles (argparse's default kept only the last: one
+    style silently dropped, rc 0), in every command that takes a list; distill's list options
+    keep their defaults when not given (a list default would be extended)."""
+    import importlib
+
+    from arbitrary_nst import cli, distill
+
+    a = cli_stylize.build_parser().parse_args([
+        "--content", "p.jpg", "--style", "a.jpg", "--style", "b.jpg", "c.jpg",
+        "--style-weights", "1", "--style-weights", "2", "3", "--interpolate", "x", "--interpolate",
+        "y", "--out", "o.png"])
+    assert (a.style, a.style_weights, a.interpolate) == (
+        ["a.jpg", "b.jpg", "c.jpg"], [1.0, 2.0, 3.0], ["x", "y"])
+    g = cli.build_parser().parse_args([
+        "gatys", "--content", "p.jpg", "--content", "q.jpg", "--style", "a.jpg", "--style",
+        "b.jpg", "--style-weights", "1", "--style-weights", "2", "--out", "o"])
+    assert (g.content, g.style, g.style_weights) == (
+        ["p.jpg", "q.jpg"], ["a.jpg", "b.jpg"], [1.0, 2.0])
+    f = cli.build_parser().parse_args(["fit-style", "--style", "s.jpg", "--photos", "a.jpg",
+                                       "--photos", "b/", "--out", "s.npz"])
+    assert f.photos == ["a.jpg", "b/"]
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    try:
+        train_cli = importlib.import_module("train")
+    finally:
+        sys.path.pop(0)
+    t = train_cli.parse_args(["--config", "c.py", "--objective", "m1", "--objective", "m2"])
+    assert t.objective == ["m1", "m2"]
+    # distill: the lists are checked before any work; the message shows what was parsed
+    for argv, got in ((["--rank", "2", "--rank", "0"], "got [2, 0], [10.0, 100.0, 1000.0], "),
+                      (["--ridge", "5", "--ridge", "-1"], "got [16, 32, 64], [5.0, -1.0], ")):
+        assert distill.main(["--out", "x", "--target", "conditioning", *argv]) == 1
+        err = capsys.readouterr().err
+        assert got in err and err.count("\n") == 1, err
