@@ -4,7 +4,7 @@ Single image::
 
     python infer.py --content photo.jpg --style painting.jpg --out out.png
     python infer.py --content photo.jpg --style a.jpg b.jpg --style-weights 0.3 0.7 \\
-        --strength 0.8 --preserve-color --max-size 768 --out out.png
+        --strength 0.8 --preserve-color --max-size 768 --out mix.png
 
 Batch (a folder or a glob; outputs ``{content}__{style}.png``; a progress bar in images/s and a
 summary at the end; existing outputs are skipped unless ``--overwrite``; an input is never
@@ -86,7 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          "are mixed by --style-weights")
     io.add_argument("--out", metavar="FILE", help="output image (single content image)")
     io.add_argument("--out-dir", metavar="DIR",
-                    help="output folder: files are named {content}__{style}.png")
+                    help="output folder: files are named {content}__{style}.png ({style}: a+b for a mix, painting-fitted for painting.npz; {style}__gatys with --method gatys)")
     io.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     io.add_argument("--recursive", action="store_true",
                     help="with a --content folder, also take images in its subfolders")
@@ -290,7 +290,13 @@ def _check_out_file(out: str) -> Path:
 
 
 def _stem(paths) -> str:
-    return "+".join(Path(os.fspath(p)).stem for p in paths)
+    """The styles' part of an output name. A fitted style is marked ``-fitted``: the results of
+    ``painting.npz`` and of ``painting.jpg`` differ, and with one name the second run skipped
+    the painting's as "exists" (or, with --overwrite, replaced the fitted results)."""
+    from .fit_style import is_fitted_style_path
+
+    return "+".join(Path(os.fspath(p)).stem + ("-fitted" if is_fitted_style_path(p) else "")
+                    for p in paths)
 
 
 def _output_name(content_stem: str, tag: str, suffix: str = ".png") -> str:

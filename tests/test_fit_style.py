@@ -595,3 +595,28 @@ def test_each_step_draws_distinct_photos_randomly_flipped(monkeypatch):
             flips.append(bool(mirrored))
         assert sorted(which) == [0, 1, 2]
     assert 0.2 < np.mean(flips) < 0.8
+
+
+def test_a_fitted_style_and_its_painting_write_different_batch_outputs(model_path, vgg,
+                                                                       tmp_path, capsys):
+    """``--style painting.npz`` then ``--style painting.png`` into one --out-dir (the README's
+    sequence): both were ``photo__painting.png``, so the second run skipped every photo as
+    "exists" (or replaced the fitted results with --overwrite)."""
+    cli_stylize._VGG["vgg"] = vgg
+    pdir = tmp_path / "photos"
+    pdir.mkdir()
+    write_png(pdir / "p.png", smooth_image(40, 48, 70))
+    s = write_png(tmp_path / "painting.png", smooth_image(40, 40, 75))
+    fitted = tmp_path / "painting.npz"
+    assert cli.main(["fit-style", "--model", str(model_path), "--style", str(s), "--photos",
+                     str(pdir), "--steps", "1", "--size", "32", "--no-progress",
+                     "--out", str(fitted)]) == 0
+    od = tmp_path / "out"
+    run = ["--model", str(model_path), "--content", str(pdir), "--out-dir", str(od),
+           "--no-progress"]
+    assert cli_stylize.main([*run, "--style", str(fitted)]) == 0
+    assert cli_stylize.main([*run, "--style", str(s)]) == 0
+    assert cli_stylize.main([*run, "--style", str(fitted), str(s)]) == 0
+    assert sorted(p.name for p in od.iterdir()) == [
+        "p__painting-fitted+painting.png", "p__painting-fitted.png", "p__painting.png"]
+    capsys.readouterr()
