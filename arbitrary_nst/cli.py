@@ -374,8 +374,8 @@ def _run_gatys(args: argparse.Namespace) -> int:
             if not args.quiet:
                 terms = {k: float(final[k][j]) for k in ("total", "content", "style", "tv")
                          if k in final}
-                print(f"wrote {outs[i]}  " + "  ".join(f"{k}={v:.4g}" for k, v in terms.items()),
-                      file=sys.stderr)
+                print(f"wrote {outs[i]}" + "".join(f"  {k}={v:.4g}" for k, v in terms.items())
+                      + ("" if terms else " (0 iterations: the initial image)"), file=sys.stderr)
     if len(args.content) > 1 or skipped:
         print(f"done {done}, skipped {len(skipped)}")
     return EXIT_ERROR if skipped else 0

@@ -1865,6 +1865,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a.cmd == "export":
             _export_target(a.out, a.overwrite)  # before the (long) preparation
         cfg = _cli_cfg(a)
+        # `prepare` with only --content-dir (or only --style-dir) prepares that folder alone
+        given_roles = [r for r, dirs in (("content", a.content_dir), ("style", a.style_dir)) if dirs]
+        if (a.source or "folder") == "folder":  # (the config's "content_dirs is empty" said less)
+            if a.cmd == "prepare" and not given_roles:
+                raise ConfigError("give --content-dir and/or --style-dir: the folders to prepare")
+            if a.cmd == "export" and len(given_roles) < 2:
+                raise ConfigError("export needs --content-dir and --style-dir (got "
+                                  f"{' '.join('--' + r + '-dir' for r in given_roles) or 'neither'})")
         t0 = time.perf_counter()
         try:
             import tensorflow_datasets as tfds
@@ -1872,8 +1880,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             tfds.disable_progress_bar()  # our own per-folder bar instead
         except ImportError:
             pass
-        # `prepare` with only --content-dir (or only --style-dir) prepares that folder alone
-        given_roles = [r for r, dirs in (("content", a.content_dir), ("style", a.style_dir)) if dirs]
         roles = given_roles if a.cmd == "prepare" and given_roles else ("content", "style")
         srcs = prepare(cfg, progress=True, roles=roles)
         rows = reports(srcs)

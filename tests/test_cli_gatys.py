@@ -489,6 +489,11 @@ def test_gatys_batch_passes_weights_and_quiet_and_says_what_it_did(files, tmp_pa
     assert [c[3] for c in calls] == [True, True]
     assert err[0] == "batch of 2 at 48x48" and \
         f"wrote {out / 'sq48_gatys.png'}  total=1.5  content=1.5  style=1.5  tv=1.5" in err
+    # --iters 0 has no loss terms: said so (was "wrote X  " with trailing blanks)
+    monkeypatch.setattr(R, "final_terms", lambda self: {})
+    assert main(args + ["--overwrite"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert f"wrote {out / 'sq48_gatys.png'} (0 iterations: the initial image)" in err
 
 
 def test_fit_style_with_skipped_photos_exits_1(files, tmp_path, monkeypatch, capsys):

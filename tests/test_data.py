@@ -477,6 +477,21 @@ def test_an_empty_role_is_refused_before_anything_is_prepared(folder, tmp_path):
     assert not (tmp_path / "t").exists()  # the content folder was not prepared first
 
 
+def test_the_cli_names_the_missing_folder_options(folder, tmp_path, capsys):
+    """``data prepare`` without folders said "data config: content_dirs is empty
+    (source='folder')" (and style alone is fine); export needs both."""
+    out = tmp_path / "x.npz"
+    for argv, want in ((["prepare"], "error: give --content-dir and/or --style-dir: the "
+                        "folders to prepare\n"),
+                       (["export", "--out", str(out)], "error: export needs --content-dir and "
+                        "--style-dir (got neither)\n"),
+                       (["export", "--out", str(out), "--style-dir", str(folder)],
+                        "error: export needs --content-dir and --style-dir (got --style-dir)\n")):
+        assert data.main([*argv, "--data-dir", str(tmp_path / "t")]) == 1
+        assert capsys.readouterr().err == want
+    assert not (tmp_path / "t").exists() and not out.exists()
+
+
 def test_awkward_files_in_a_users_folder(tmp_path, capsys):
     """Found by a user hunt: a FIFO named x.jpg hung preparation forever; a file name that is
     not UTF-8 crashed it (UnicodeEncodeError); .jfif/.jpe JPEGs and other files vanished
