@@ -655,3 +655,154 @@ def test_both_statistic_parts_are_the_single_statistics(params, content, style, 
     assert got.keys() == ref.keys()
     for k in ref:
         np.testing.assert_allclose(got[k], ref[k], rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# mutation-testing pass 3: each test below failed on a plausible bug that the tests above passed
+
+
+def test_stage_sizes_round_to_the_nearest_pixel_and_keep_their_own_iterations():
+    """A coarse stage keeps the aspect ratio rounded to the nearest pixel (100 x 150 at 64:
+    42.67 -> 43, truncation gave 42), and when a coarse size is skipped the iteration counts
+    of the stages that stay are theirs, whatever order the sizes are listed in (the first
+    counts were taken)."""
+    cfg = gatys.GatysConfig(stage_sizes=(64,), iterations=7)
+    assert gatys.stage_plan(cfg, (100, 150)) == [((43, 64), 7), ((100, 150), 7)]
+    cfg = gatys.GatysConfig(stage_sizes=(512, 64), stage_iterations=(1, 2, 3))
+    assert gatys.stage_plan(cfg, (128, 96)) == [((64, 48), 2), ((128, 96), 3)]
+
+
+def test_per_example_style_weights_need_one_list_per_example(style):
+    """Per-example styles with fewer weight lists than examples are an error (zip dropped the
+    second example: a batch of 2 got 1 style target)."""
+    s2 = make_style(1)
+    with pytest.raises(ConfigError, match="per-example style weights"):
+        gatys._per_example_styles([[style], [s2]], [[1.0]], 2)
+    per = gatys._per_example_styles([[style, s2], [s2]], [[1.0, 3.0], [2.0]], 2)
+    assert len(per) == 2
+    np.testing.assert_allclose(per[0][1], [0.25, 0.75])
+    np.testing.assert_allclose(per[1][1], [1.0])
+
+
+def test_history_spans_chunks_and_the_evaluations_count_the_first_one(params, content, style,
+                                                                        base_run):
+    """Over several chunks the history has one finite row per iteration, continuing where the
+    previous chunk stopped (rows were written at the iteration count since the stage start,
+    clipped into the chunk: NaN rows), a last chunk shorter than ``chunk_size`` runs only the
+    iterations left (it ran a whole chunk), ``final_terms`` are the last row's, and the
+    evaluation count includes the initial evaluation, which is not an iteration (it reported
+    the iteration count)."""
+    r = run(params, content, style, BASE.replace(iterations=30))  # chunks of 25 + 5
+    total = r.history[0]["total"][:, 0]
+    assert total.shape == (30,) and np.all(np.isfinite(total))
+    np.testing.assert_allclose(total[:BASE.iterations], base_run.history[0]["total"][:, 0],
+                               rtol=1e-5)
+    assert np.all(np.diff(total) <= 1e-6 * total[0])  # L-BFGS accepts decreasing points only
+    assert r.final_terms()["total"][0] == total[-1]
+    assert r.history[0]["style/relu1_1"].shape == (30, 1)
+    assert base_run.evaluations[0] >= BASE.iterations + 1
+    assert r.evaluations[0] >= 30 + 1
+
+
+def test_progress_counts_iterations_over_all_stages(params, style):
+    """The progress callback's ``iteration`` counts from the start of the run and
+    ``total_iterations`` is that of every stage (both restarted at each stage)."""
+    seen = []
+    cfg = ADAM.replace(stage_sizes=(32,), stage_iterations=(3, 2))
+    r = run(params, make_content(0, 40), style, cfg, progress=seen.append)
+    assert r.stages == [(32, 32), (40, 40)]
+    assert [(i["stage"], i["iteration"], i["total_iterations"]) for i in seen] == [
+        (0, 3, 5), (1, 5, 5)]
+
+
+def test_a_later_stage_starts_from_the_previous_result_not_the_init_image(params, style):
+    """``init_image`` starts the first stage only; the next starts from the upsampled result
+    of the previous one (it restarted from ``init_image`` at every stage)."""
+    from arbitrary_nst import images as images_lib
+
+    c40 = make_content(0, 40)
+    init = np.full_like(c40, 0.5)
+    cfg = ADAM.replace(parameterization="clip", stage_sizes=(32,), learning_rate=0.05)
+    both = run(params, c40, style, cfg.replace(stage_iterations=(3, 0)), init_image=init)
+    first = run(params, images_lib.resize(c40, (32, 32)), style, cfg.replace(iterations=3),
+                init_image=np.full((32, 32, 3), 0.5, np.float32))
+    assert np.abs(first.images[0] - 0.5).max() > 0.05  # the first stage did move
+    np.testing.assert_allclose(both.images[0], images_lib.resize(first.images[0], (40, 40)),
+                               atol=1e-5)
+
+
+def test_a_zero_loss_start_is_not_reported_as_stuck(params, content, style):
+    """A stage that starts at a minimum with loss 0 (content loss only, from the content) does
+    not move, and that is right: only a non-zero loss that does not move is an overflow (it
+    raised "made no progress")."""
+    cfg = ADAM.replace(style_weight=0.0, tv_weight=0.0, parameterization="clip", iterations=2)
+    r = run(params, content, style, cfg)
+    assert r.final_terms()["total"][0] == 0.0
+    np.testing.assert_array_equal(r.images[0], content)
+
+
+def test_colour_matched_style_targets_use_the_configured_method(params, content, style):
+    """``color_match_method="chol"`` recolours the style by the Cholesky map (it always used
+    the eigen one): the style targets equal VGG statistics of the hand-recoloured style."""
+    from arbitrary_nst import images as images_lib
+    from arbitrary_nst import losses
+
+    cfg = BASE.replace(preserve_color="match", color_match_method="chol")
+    lc = cfg.loss_config()
+    s2 = np.ascontiguousarray(np.rot90(make_content(1)))  # a well-conditioned covariance
+    per = gatys._per_example_styles(s2, None, 1)
+    _, st = gatys._stage_targets(params, content[None], per, cfg, lc, False, True)
+    x = images_lib.resize_max_side(s2, S, upscale=True).astype(np.float64)
+    mu_s, mu_c = x.reshape(-1, 3).mean(0), content.reshape(-1, 3).astype(np.float64).mean(0)
+    cov_s = np.cov(x.reshape(-1, 3).T, bias=True)
+    cov_c = np.cov(content.reshape(-1, 3).astype(np.float64).T, bias=True)
+    ls = np.linalg.cholesky(cov_s + 1e-5 * np.eye(3))
+    lc_ = np.linalg.cholesky(cov_c + 1e-5 * np.eye(3))
+    ref_img = np.clip((x - mu_s) @ (lc_ @ np.linalg.inv(ls)).T + mu_c, 0, 1).astype(np.float32)
+    feats = vgg_lib.features(params, jnp.asarray(ref_img)[None], tuple(lc.style_layers))
+    ref = losses.StyleTargets.from_features(feats, lc).stats
+    jax.tree.map(lambda g, r: np.testing.assert_allclose(np.asarray(g), np.asarray(r),
+                                                         rtol=2e-3, atol=1e-6), st.stats, ref)
+
+
+def test_lbfgs_optax_history_marks_the_last_iteration_of_each_chunk(params, content, style):
+    """``chunk_end`` holds the index of the last iteration of every chunk, the row of
+    ``objective`` that the per-chunk terms belong to (it held the count: one past the end)."""
+    r = run(params, content, style, BASE.replace(optimizer="lbfgs_optax", iterations=30))
+    h = r.history[0]
+    assert h["objective"].shape == (30, 1) and h["total"].shape == (2, 1)
+    np.testing.assert_array_equal(h["chunk_end"], [24, 29])
+    np.testing.assert_allclose(h["total"][:, 0], h["objective"][h["chunk_end"], 0], rtol=1e-5)
+
+
+def test_override_and_config_values_outside_their_range_are_refused(params, content, style):
+    """Per-example weights must be finite (an infinite style weight made a NaN image), the
+    Gram/centered part weights need ``style_statistic="both"`` (they were silently ignored),
+    ``init_image`` needs one image per example, a stage's iterations are >= 0 and
+    ``style_scale`` is at most ``MAX_STYLE_SCALE`` (8.5 was taken)."""
+    cfg = gatys.GatysConfig()
+    for bad in ({"style_weight": float("inf")}, {"tv_weight": -1.0},
+                {"content_weight": float("nan")}):
+        with pytest.raises(ConfigError, match="weight must be >= 0"):
+            gatys.loss_weights(cfg, 1, [bad])
+    with pytest.raises(ConfigError, match="need style_statistic='both'"):
+        gatys.loss_weights(cfg, 1, [{"gram_weight": 0.5}])
+    both = gatys.loss_weights(cfg.replace(style_statistic="both"), 1, [{"gram_weight": 0.5}])
+    np.testing.assert_allclose(np.asarray(both["gram_part"]), [0.5])
+    with pytest.raises(ConfigError, match="init_image has 2 images for 1 examples"):
+        run(params, content, style, init_image=np.stack([content, content]))
+    with pytest.raises(ConfigError, match="stage iterations must be >= 0"):
+        gatys.GatysConfig(stage_sizes=(64,), stage_iterations=(-1, 5))
+    assert gatys.GatysConfig(style_scale=gatys.MAX_STYLE_SCALE).style_scale == 8.0
+    with pytest.raises(ConfigError, match="style_scale must be <="):
+        gatys.GatysConfig(style_scale=gatys.MAX_STYLE_SCALE + 0.5)
+
+
+def test_max_linesearch_steps_bounds_the_evaluations_per_iteration(params, content, style):
+    """Each L-BFGS iteration takes at most ``max_linesearch_steps`` evaluations (plus the one
+    initial evaluation of the stage): with 1, exactly one per iteration (a search went on for
+    one more step than allowed)."""
+    r = run(params, content, style, BASE.replace(max_linesearch_steps=1, iterations=8))
+    assert r.evaluations[0] == 8 + 1
+    total = r.history[0]["total"][:, 0]
+    assert total.shape == (8,) and np.all(np.isfinite(total)) and total[-1] < total[0]

@@ -972,6 +972,226 @@ def test_refine_works_at_the_content_short_side_without_upscaling():
     assert side((20, 100, 3), 256) == 32
 
 
+# ------------------------------------------- mutation-testing pass 3 (figures, cache, checks)
+
+
+def test_mixture_grid_puts_each_style_at_its_place():
+    """The weights of every cell, by hand: a strip goes from style 1 to style 2, the triangle
+    has style 1 on top, style 2 bottom-left, style 3 bottom-right, the square has styles 1..4
+    at top-left, top-right, bottom-left, bottom-right, and 5+ styles go through the styles in
+    order (the layout tests only checked counts and sums: a strip running backwards, a square
+    with two corners swapped or a path through the styles in reverse passed them)."""
+    def cells(n, steps):
+        return {(r, c): w.tolist() for r, c, w in mixture_grid(n, steps)}
+
+    assert cells(2, 3) == {(0, 0): [1, 0], (0, 1): [0.5, 0.5], (0, 2): [0, 1]}
+    tri = cells(3, 3)
+    assert tri[(1, 0)] == [0.5, 0.5, 0] and tri[(1, 1)] == [0.5, 0, 0.5]
+    assert tri[(2, 0)] == [0, 1, 0] and tri[(2, 1)] == [0, 0.5, 0.5]
+    assert cells(4, 2) == {(0, 0): [1, 0, 0, 0], (0, 1): [0, 1, 0, 0],
+                           (1, 0): [0, 0, 1, 0], (1, 1): [0, 0, 0, 1]}
+    sq = cells(4, 3)
+    assert sq[(0, 1)] == [0.5, 0.5, 0, 0] and sq[(1, 0)] == [0.5, 0, 0.5, 0]
+    assert sq[(1, 1)] == [0.25] * 4 and sq[(2, 1)] == [0, 0, 0.5, 0.5]
+    path = [w for _, w in sorted(cells(5, 3).items())]
+    assert path == [[1, 0, 0, 0, 0], [0.5, 0.5, 0, 0, 0], [0, 1, 0, 0, 0], [0, 0.5, 0.5, 0, 0],
+                    [0, 0, 1, 0, 0], [0, 0, 0.5, 0.5, 0], [0, 0, 0, 1, 0],
+                    [0, 0, 0, 0.5, 0.5], [0, 0, 0, 0, 1]]
+
+
+def test_embedding_cache_drops_the_least_recently_used_file(st, files, monkeypatch):
+    """At most ``cache_size`` style files stay cached, and the one used longest ago goes first
+    (a lookup counts as a use): FIFO order, evicting the entry just added, or keeping one too
+    many all passed the cache tests."""
+    loads = []
+    real = st._style_small
+
+    def counting(x, *a, **k):
+        loads.append(Path(x).name)
+        return real(x, *a, **k)
+
+    monkeypatch.setattr(st, "_style_small", counting)
+    monkeypatch.setattr(st, "cache_size", 2)
+    a, b, c = files["style_a"], files["style_b"], files["content"]
+    st.clear_cache()
+    try:
+        st.embed([a, b])
+        st.embed(a)  # a hit: a is now the most recently used
+        assert loads == [a.name, b.name]
+        st.embed(c)  # a third file: b (least recently used) goes
+        assert loads == [a.name, b.name, c.name] and len(st._cache) == 2
+        st.embed([a, c])  # both still cached
+        assert loads == [a.name, b.name, c.name]
+        st.embed(b)  # b was dropped: decoded again
+        assert loads == [a.name, b.name, c.name, b.name]
+    finally:
+        st.clear_cache()
+
+
+def test_palette_moments_with_means_outside_the_unit_range_are_refused(st, files):
+    """Colour moments whose means lie outside [0, 1] are no image's (a mean of 1.5 with a
+    valid covariance was taken, and the palette pushed the output beyond white)."""
+    c = st.read(files["content"])
+    e = st.embed(files["style_a"])[0]
+    for mean in (1.5, -0.5):
+        mu = np.full(3, mean)
+        m = np.concatenate([mu, (np.outer(mu, mu) + 0.01 * np.eye(3)).reshape(-1)])
+        with pytest.raises(ConfigError, match="not the colour moments"):
+            st.stylize(c, embedding=e, palette_moments=m, palette=0.5)
+        with pytest.raises(ConfigError, match="not the colour moments"):
+            st.transfer(c, e, palette_moments=m, palette=0.5)
+
+
+def test_an_earlier_other_style_output_is_traced_to_the_longest_content_stem(tmp_path):
+    """``a__b__c.png`` next to contents ``a`` and ``a__b`` is the result for ``a__b`` (the
+    longest stem that is a content), not for ``a`` (the skip line named the wrong photo)."""
+    d = tmp_path
+    paths = [d / "a.jpg", d / "a__b.jpg", d / "a__b__c.png"]
+    found = inference.earlier_other_style_outputs(paths, lambda p: d / f"{p.stem}__new.png")
+    assert found == {d / "a__b__c.png": d / "a__b.jpg"}  # (a__b.jpg: not the outputs' suffix)
+
+
+def test_a_uint8_image_longer_than_max_size_on_one_side_only_is_downscaled(st):
+    """``max_size`` bounds the *longer* side of uint8 arrays and PIL images as it does for
+    floats and files (a 30 x 90 uint8 photo at max_size 45 stayed 30 x 90)."""
+    u8 = smooth_image(30, 90, 3)
+    assert st.read(u8, 45).shape == (15, 45, 3)
+    assert st.read(Image.fromarray(u8), 45).shape == (15, 45, 3)
+    assert st.read(u8.astype(np.float32) / 255, 45).shape == (15, 45, 3)
+    assert st.read(u8.transpose(1, 0, 2).copy(), 45).shape == (45, 15, 3)
+
+
+def test_a_too_large_file_is_reported_as_too_large(st, files, tmp_path, monkeypatch):
+    """A file above ``max_pixels`` is skipped with kind "too large" (the summary's category;
+    it was counted as a generic "error")."""
+    big = write_png(tmp_path / "big.png", smooth_image(60, 60, 4))
+    monkeypatch.setattr(st, "max_pixels", 1000)
+    (r,) = list(st.stylize_files([big], files["style_a"]))
+    assert not r.ok and r.kind == "too large" and r.reason.startswith(str(big))
+
+
+def test_a_blank_photo_skipped_by_refinement_names_its_file(st, files, tmp_path):
+    """With ``refine_steps`` a blank photo is skipped (refinement needs texture) and the skip
+    names the file (the array-level error had no file name: the line said only "blank")."""
+    blank = write_png(tmp_path / "blank.png", np.full((40, 40, 3), 0.5, np.float32))
+    (r,) = list(st.stylize_files([blank], files["style_a"], refine_steps=1))
+    assert not r.ok and r.reason.startswith(f"{blank}: blank")
+
+
+def test_beyond_the_hold_limit_the_largest_partial_batch_runs(st, files, tmp_path, monkeypatch):
+    """When more images wait than ``hold`` allows, the partial batch with the most images runs
+    (the smallest ran: a one-image call while three of a bucket waited). The device call is a
+    stand-in: what is checked is the order of the batches."""
+    sizes = [(40, 40)] * 3 + [(64, 64), (32, 80)]
+    paths = [write_png(tmp_path / f"h{i}.png", smooth_image(h, w, i))
+             for i, (h, w) in enumerate(sizes)]
+    calls = []
+    monkeypatch.setattr(st, "_dispatch", lambda group, plan, out_uint8, cap: calls.append(
+        [it.hw for it in group]) or np.zeros((len(group),) + group[0].x.shape, np.float32))
+    # prefetch 3 with batches of 4: at most 4 images wait; the fifth sends a batch
+    res = list(st.stylize_files(paths, files["style_a"], batch_size=4, prefetch=3, workers=1))
+    assert len(res) == 5 and all(r.ok for r in res)
+    assert calls == [[(40, 40)] * 3, [(64, 64)], [(32, 80)]]
+
+
+def test_fit_style_takes_a_seeded_random_sample_of_many_photos(st, files, tmp_path, monkeypatch):
+    """Of more than ``fit_style.MAX_PHOTOS`` photos a random sample chosen by ``seed`` is used
+    (it took the first ones, whatever the seed: a folder sorted by date fitted on one day's
+    photos). The fit itself is stopped: what is checked is which photos were read."""
+    from arbitrary_nst import fit_style
+
+    class Stop(Exception):
+        pass
+
+    def stop(*a, **k):
+        raise Stop
+
+    monkeypatch.setattr(fit_style, "MAX_PHOTOS", 3)
+    monkeypatch.setattr(fit_style, "fit_conditioning", stop)
+    photos = [write_png(tmp_path / f"f{i:02d}.png", smooth_image(40, 40, 70 + i))
+              for i in range(12)]
+    real_read = st.read
+
+    def used(seed):
+        seen = []
+        monkeypatch.setattr(st, "read", lambda x, *a: seen.append(x) or real_read(x, *a))
+        with pytest.raises(Stop):
+            st.fit_style(files["style_a"], photos, seed=seed, steps=1)
+        return seen
+
+    samples = [used(seed) for seed in range(4)]
+    assert all(len(set(s)) == 3 and set(s) <= set(photos) for s in samples)
+    assert all(s == sorted(s) for s in samples)  # in the order given
+    assert used(2) == samples[2]  # the seed fixes the sample
+    assert len({tuple(s) for s in samples}) > 1 and any(s != photos[:3] for s in samples)
+
+
+def test_fit_style_skips_photos_smaller_than_the_vgg_minimum(st, files, monkeypatch):
+    """A photo under 32 px on a side is skipped and listed (it was upscaled into the fit);
+    with no other photo the fit is refused in one line. The fit itself is stopped."""
+    from arbitrary_nst import fit_style
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def stop(model, style, work, *a, **k):
+        seen.append(np.asarray(work).shape[0])
+        raise Stop
+
+    monkeypatch.setattr(fit_style, "fit_conditioning", stop)
+    tiny = smooth_image(20, 40, 5)
+    with pytest.raises(ConfigError, match=r"usable photos \(1 skipped: photo 0: smaller than 32"):
+        st.fit_style(files["style_a"], [tiny], steps=1)
+    with pytest.raises(Stop):
+        st.fit_style(files["style_a"], [tiny, smooth_image(40, 40, 6)], steps=1)
+    assert seen == [1]
+
+
+def test_transfer_applies_one_palette_to_every_embedding(st_pal, files):
+    """``palette_moments`` of shape ``[12]`` go with every one of ``K`` embeddings, as the same
+    moments repeated ``K`` times do (it was refused for K > 1)."""
+    c = st_pal.read(files["content"])
+    e = st_pal.embed([files["style_a"], files["style_b"]])
+    m = st_pal.palettes(files["style_b"])[0]
+    # (batches of 1: the compiled programs of the palette tests above)
+    one = st_pal.transfer(c, e, palette_moments=m, batch_size=1)
+    np.testing.assert_allclose(
+        one, st_pal.transfer(c, e, palette_moments=np.stack([m, m]), batch_size=1), atol=1e-6)
+    raw = st_pal.transfer(c, e, palette=0.0, batch_size=1)
+    for k in range(2):
+        np.testing.assert_allclose(one[k], _aligned(raw[k], m, 0.5), atol=1e-5)
+
+
+def test_palette_at_exact_sizes_equals_the_bucketed_result(st_pal, files):
+    """With ``buckets=None`` the palette is measured inside each image as with buckets (the
+    unpadded sizes were sent only when bucketing, and the palette had none to mask with)."""
+    exact = Stylizer(st_pal.model, style_size=SS, buckets=None, batch_size=4)
+    c = smooth_image(37, 45, 8)
+    np.testing.assert_allclose(exact.stylize(c, style=files["style_a"]),
+                               st_pal.stylize(c, style=files["style_a"]), atol=1e-5)
+
+
+def test_buckets_must_be_multiples_of_4(st):
+    """The transfer network needs sides that are multiples of 4: a ladder rung that is not
+    is refused when the Stylizer is made (it was taken, and every image of that bucket
+    failed at its first device call)."""
+    for bad in ((30,), (32, 42), (8, 64, 130)):
+        with pytest.raises(ConfigError, match="multiples of 4"):
+            Stylizer(st.model, buckets=bad)
+    assert Stylizer(st.model, buckets=(64, 32)).buckets == (32, 64)
+
+
+def test_preserve_color_off_spellings_turn_it_off():
+    """"none", "off", "false", "no" and "" (any case, spaces around) mean no colour
+    preservation, as False does (they turned luminance transfer on)."""
+    for off in ("none", "off", "False", " no ", "", "NONE"):
+        assert inference.preserve_color_mode(off) is None
+    assert inference.preserve_color_mode(" YIQ ") == "luminance"
+    assert inference.preserve_color_mode("Colour") == "match"
+
+
 # (last in the file: it drops every compiled program of this worker)
 def test_clear_cache_can_drop_the_compiled_programs_too(st, files):
     """A service meeting many photo sizes keeps one compiled program per padded shape (10-25
