@@ -1049,3 +1049,50 @@ def test_export_follows_the_seeded_weighted_first_epoch_and_its_size_limit(tmp_p
     with pytest.raises(ConfigError, match="MB"):
         data.export_arrays({}, tmp_path / "big.npz", 6, 7, 96, sources=srcs, max_mb=mb * 0.99)
     data.export_arrays({}, tmp_path / "ok.npz", 6, 7, 96, sources=srcs, max_mb=mb * 1.01)
+
+
+# ------------------------------------------------------------------------------------------------
+# Mutation-testing gaps: TFDS record paths, a folder that changes while it is prepared
+
+
+def test_tfds_source_paths_are_text_whatever_type_the_record_holds():
+    """A record's path comes back as text: bytes (TFDS' Text feature) decoded as UTF-8, a str
+    as it is; no path key, or a record without one, gives ``name[index]``."""
+    records = [{"image": b"", "path": "photos/café ü.jpg".encode("utf-8")},
+               {"image": b"", "path": "styles/x.png"},
+               {"image": b""}]
+    src = data.TFDSSource(records, "mine")
+    assert [src.path(i) for i in range(3)] == ["photos/café ü.jpg", "styles/x.png", "mine[2]"]
+    assert all(type(src.path(i)) is str for i in range(3))
+    assert data.TFDSSource(records, "mine", path_key=None).path(0) == "mine[0]"
+
+
+def test_a_folder_that_changes_during_preparation_is_refused_and_prepared_afresh(tmp_path,
+                                                                                 monkeypatch):
+    """The folder is scanned (its fingerprint names the dataset) before preparation and again
+    when TFDS generates it: a file added in between is one error saying to run it again, and
+    nothing is stored under the old fingerprint's name (which the new file is not part of);
+    the next run prepares the folder as it now is."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(2):
+        Image.fromarray(_smooth(96, 128, i)).save(photos / f"p{i}.png")
+    real = data.folder_builder
+    built = []
+
+    def then_add_a_file(*a, **k):
+        b = real(*a, **k)
+        built.append(b)
+        Image.fromarray(_smooth(96, 128, 9)).save(photos / "late.png")
+        return b
+
+    monkeypatch.setattr(data, "folder_builder", then_add_a_file)
+    with pytest.raises(ConfigError, match="the folder changed during preparation; run it again"):
+        data.prepare_folder([photos], data_dir=tmp_path / "tfds", workers=1)
+    old = built[0]
+    assert not (Path(old.data_dir) / "dataset_info.json").exists()
+    monkeypatch.setattr(data, "folder_builder", real)
+    again = data.prepare_folder([photos], data_dir=tmp_path / "tfds", workers=1)
+    assert again.report["name"] != old.builder_config.name and not again.report["reused"]
+    assert sorted(again.path(i) for i in range(len(again))) == [
+        "photos/late.png", "photos/p0.png", "photos/p1.png"]

@@ -1775,3 +1775,126 @@ def test_an_export_without_a_run_id_is_replaced_only_inside_its_workdir(tmp_path
         training._check_export_path(inside, cfg, wd)
     with pytest.raises(ConfigError, match="must end in .safetensors"):
         training._check_export_path(tmp_path / "model.onnx", cfg, wd)
+
+
+# ------------------------------------------------------------------------------------------------
+# Mutation-testing gaps: the time budget's overshoot stop, the final step's log line, the
+# ``interrupted`` flag, training_objective's batches
+
+
+class _SetClock:
+    """``time`` for the training module: ``perf_counter()`` is whatever the test last set."""
+
+    def __init__(self, now=1000.0):
+        self.now = now
+
+    def perf_counter(self):
+        return self.now
+
+
+def test_time_budget_overshoot_stops_past_105_percent_plus_5_s(tmp_path, vgg, monkeypatch,
+                                                               caplog):
+    """A 200-s budget stops the run (checkpoint, export, as on SIGTERM) once more than
+    1.05 * 200 + 5 = 215 s have passed since the loop began: not at 214.9 s, not at exactly
+    215 s, at 215.1 s. The clock stands still until step 3, so the plan (after 2 steps) sees
+    an unbounded rate and keeps the configured 8 steps."""
+    clock = _SetClock(1000.0)
+    elapsed = {3: 214.9, 4: 215.0, 5: 215.1}
+
+    def tick(step, state):
+        if step in elapsed:
+            clock.now = 1000.0 + elapsed[step]
+
+    monkeypatch.setattr(training, "time", clock)
+    cfg = smoke("train.num_steps=8", "train.time_budget_s=200", "train.plan_after_steps=2",
+                "train.checkpoint_every=0")
+    with caplog.at_level(logging.WARNING, logger="arbitrary_nst.training"):
+        r = training.train(cfg, tmp_path, vgg=vgg, progress=False, step_callback=tick)
+    assert json.loads((tmp_path / "time_budget_plan.json").read_text())["num_steps"] == 8
+    assert r.step == 5 and r.interrupted and r.signal is None
+    assert [h["step"] for h in r.history] == [1, 2, 3, 4, 5]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()
+                  if p.name.isdigit()) == ["5"]
+    assert read_export(r.export_path)[1]["info"]["step"] == 5
+    warned = [m.getMessage() for m in caplog.records if "exceeded" in m.getMessage()]
+    assert warned == ["time budget of 200 s exceeded at step 5/8: stopping"]
+
+
+def test_the_final_step_is_logged_when_log_every_does_not_divide_num_steps(tmp_path, vgg):
+    """log_every=2 over 5 steps logs steps 2, 4 and 5: each line the mean of its own steps'
+    metrics (the last one step 5's alone), as a log_every=1 run of the same steps gives them."""
+    cfg = ("train.num_steps=5", "train.checkpoint_every=0", "train.sample_every=0")
+    every = training.train(smoke(*cfg, "train.log_every=1"), tmp_path / "1", vgg=vgg,
+                           progress=False, export_path="")
+    loss = {h["step"]: h["loss"] for h in every.history}
+    assert sorted(loss) == [1, 2, 3, 4, 5]
+    r = training.train(smoke(*cfg, "train.log_every=2"), tmp_path / "2", vgg=vgg,
+                       progress=False, export_path="")
+    assert r.step == 5 and not r.interrupted
+    assert [h["step"] for h in r.history] == [2, 4, 5]
+    want = [(loss[1] + loss[2]) / 2, (loss[3] + loss[4]) / 2, loss[5]]
+    assert [h["loss"] for h in r.history] == pytest.approx(want, rel=1e-6)
+
+
+def test_a_signal_at_the_last_step_leaves_the_run_complete_not_interrupted(tmp_path, vgg):
+    """SIGTERM during the last step: the run has done all its steps, so it is not
+    ``interrupted`` and names no signal (train.py then exits 0, not 143)."""
+    def term_at_4(step, state):
+        if step == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    r = training.train(smoke("train.num_steps=4", "train.checkpoint_every=0"), tmp_path,
+                       vgg=vgg, progress=False, export_path="", step_callback=term_at_4)
+    assert r.step == 4 and r.interrupted is False and r.signal is None
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    # nothing left to run: the same workdir again is complete too, with nothing logged
+    again = training.train(smoke("train.num_steps=4", "train.checkpoint_every=0"), tmp_path,
+                           vgg=vgg, progress=False, export_path="")
+    assert again.step == 4 and again.interrupted is False and again.history == []
+
+
+def test_training_objective_is_the_mean_over_every_batch(vgg, monkeypatch):
+    """The terms are averaged over all ``num_batches`` batches (loader.batch(0), (1), ...),
+    not the first or the last; 1 batch is allowed. A stand-in loss reads the batch's (constant)
+    content pixel, so the expected means are by hand: pixels 0, 51, 255 -> 0, 0.2, 1."""
+    import jax.numpy as jnp
+
+    pixels = [0, 51, 255, 7]
+    asked = []
+
+    class Loader:
+        def batch(self, step):
+            asked.append(step)
+            return {"content": np.full((4, 64, 64, 3), pixels[step], np.uint8),
+                    "style": np.full((4, 64, 64, 3), 255 - pixels[step], np.uint8)}
+
+        def close(self):
+            pass
+
+    def fake_loss(model, content, style, loss_cfg, *, dtype=None):
+        terms = {"loss": jnp.mean(content), "style": jnp.mean(style)}
+        return terms["loss"], terms
+
+    monkeypatch.setattr(data, "make_loader", lambda *a, **k: Loader())
+    monkeypatch.setattr(training, "batch_loss", fake_loss)
+    cfg = smoke()
+    model = training.build_model(cfg, vgg)
+    three = training.training_objective(cfg, [model], num_batches=3, vgg=vgg)
+    assert asked == [0, 1, 2]
+    assert three[0]["loss"] == pytest.approx(0.4, abs=1e-6)  # (0 + 0.2 + 1) / 3
+    assert three[0]["style"] == pytest.approx(0.6, abs=1e-6)  # (1 + 0.8 + 0) / 3
+    asked.clear()
+    one = training.training_objective(cfg, [model], num_batches=1, vgg=vgg)
+    assert asked == [0] and one[0]["loss"] == 0.0 and one[0]["style"] == pytest.approx(1.0)
+
+    train_cli = _train_script()  # --objective-batches 1 is allowed too
+    seen = {}
+
+    def fake_objective(config, models, *, num_batches, seed):
+        seen.update(num_batches=num_batches)
+        return [{"loss": 2.0, "content": 1.0, "style": 0.75, "tv": 0.25}] * len(models)
+
+    monkeypatch.setattr(training, "training_objective", fake_objective)
+    assert train_cli.main(["--config", str(CONFIGS / "smoke.py"), "--objective", "builtin",
+                           "--objective-batches", "1"]) == 0
+    assert seen == {"num_batches": 1}
