@@ -269,7 +269,9 @@ def _add_gatys_arguments(p: argparse.ArgumentParser) -> None:
                      help="luminance: transfer luminance only, keep the content's chroma; "
                           "match: match the style's colour mean/covariance to the content")
     col.add_argument("--color-space", choices=("yiq", "yuv"), default=d.color_space,
-                     help="colour space of --preserve-color luminance")
+                     help="colour space of --preserve-color luminance (the result is the "
+                          "same in both: they share the luminance row, and swapping it adds "
+                          "the luminance change to R, G and B alike; kept for scripts)")
     col.add_argument("--color-match", choices=("eig", "chol"), default=d.color_match_method,
                      help="matrix square root of --preserve-color match")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no per-image lines")

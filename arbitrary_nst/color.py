@@ -127,7 +127,10 @@ def chroma(x, space: ColorSpace = "yiq") -> jax.Array:
 def transfer_luminance(stylized, content, space: ColorSpace = "yiq") -> jax.Array:
     """Luminance of ``stylized`` with the chroma of ``content`` (same shapes), clipped to
     [0, 1]. This is neural-style's ``-original_colors 1`` and the final step of Gatys et al.'s
-    luminance-only transfer."""
+    luminance-only transfer. ``space`` does not change the result: YIQ and YUV share the
+    luminance row and their chroma rows sum to 0, so the inverse maps a luminance change to
+    the same change of R, G and B in both (output = content + (Y(stylized) - Y(content)),
+    clipped); both are offered as neural-style and the papers name them."""
     s = to_space(stylized, space)
     c = to_space(content, space)
     if s.shape != c.shape:

@@ -139,7 +139,8 @@ class GatysConfig:
       example's highest-weighted style resized to the content's size).
     * ``style_scale`` (1.0): the style image's longer side = ``style_scale`` x the content's.
     * ``preserve_color``: ``"none"`` | ``"luminance"`` (stylize the luminance, keep the content's
-      chroma in ``color_space`` ``"yiq"``/``"yuv"``) | ``"match"`` (match the style's colour
+      chroma in ``color_space`` ``"yiq"``/``"yuv"``: the same result, see
+      :func:`~arbitrary_nst.color.transfer_luminance`) | ``"match"`` (match the style's colour
       mean/covariance to the content first, ``color_match_method`` ``"eig"``/``"chol"``).
     * ``stage_sizes``: longer sides of coarser stages run first, e.g. ``(256, 512)`` before a
       1024 px run; each stage starts from the upsampled result of the previous one. Sizes not

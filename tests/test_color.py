@@ -62,6 +62,19 @@ def test_transfer_luminance_keeps_content_chroma(imgs, space):
         color.transfer_luminance(stylized[:, :8], a, space)
 
 
+def test_luminance_transfer_is_the_same_in_yiq_and_yuv(imgs):
+    """What the docs now say of ``color_space`` (a mutation pass found that changing it changed
+    nothing): the output is content + (Y(stylized) - Y(content)) on every channel, clipped,
+    in float64 by hand, whichever space."""
+    a, _ = imgs
+    stylized = np.clip(a[::-1] * 1.3 - 0.1, 0, 1)
+    w = np.array([0.299, 0.587, 0.114])
+    want = np.clip(a + ((stylized - a).astype(np.float64) @ w)[..., None], 0, 1)
+    for space in ("yiq", "yuv"):
+        np.testing.assert_allclose(np.asarray(color.transfer_luminance(stylized, a, space)),
+                                   want, atol=2e-6, err_msg=space)
+
+
 def test_match_luminance_moments(imgs):
     a, b = imgs
     out = np.asarray(color.match_luminance(b, a))
