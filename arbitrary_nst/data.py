@@ -387,7 +387,14 @@ class TFDSSource(DataSource):
         return self._n
 
     def _record(self, index: int) -> Mapping[str, Any]:
-        return self._ds[self._check(index)]
+        i = self._check(index)
+        try:
+            return self._ds[i]
+        except RuntimeError as e:  # array_record: a shard truncated, damaged or gone since
+            where = self.report.get("data_dir")
+            raise ConfigError(f"{where or self.name}: cannot read the prepared data "
+                              f"({_one_line(e)[:200]})" + ("; delete this folder to prepare "
+                                                           "it again" if where else "")) from None
 
     def open(self, index: int) -> Image.Image:
         rec = self._record(index)
@@ -1040,6 +1047,8 @@ def prepare_folder(dirs: Sequence[str | os.PathLike[str]], *, data_dir: str | os
                                min_source_side=min_source_side, jpeg_quality=jpeg_quality,
                                workers=workers, name=name, progress=progress,
                                max_pixels=max_pixels)
+    if reused:
+        _check_prepared_files(Path(b.data_dir))
     md = dict(b.info.metadata or {})
     n = b.info.splits["train"].num_examples
     if n == 0:
@@ -1059,6 +1068,33 @@ def prepare_folder(dirs: Sequence[str | os.PathLike[str]], *, data_dir: str | os
         "seconds": round(time.perf_counter() - t0, 2),
     }
     return TFDSSource(ds, name=b.builder_config.name, report=report)
+
+
+def _check_prepared_files(version_dir: Path) -> None:
+    """A reused preparation has every shard file its ``dataset_info.json`` lists, holding at
+    least the bytes it recorded (files copied in part, cleaned by hand or cut short were found
+    only by the loader, as a traceback in the middle of training)."""
+    try:
+        info = json.loads((version_dir / "dataset_info.json").read_text())
+        for split in info.get("splits", []):
+            n = len(split.get("shardLengths", []))
+            files = [version_dir / f"{info['name']}-{split['name']}."
+                                   f"{info.get('fileFormat', 'array_record')}-{i:05d}-of-{n:05d}"
+                     for i in range(n)]
+            missing = [f.name for f in files if not f.is_file()]
+            size = sum(f.stat().st_size for f in files if f.is_file())
+            if missing:
+                why = f"{len(missing)} of {n} files missing: {missing[0]}"
+            elif size < int(split.get("numBytes", 0)):
+                why = f"{size} bytes, {split['numBytes']} recorded: cut short"
+            else:
+                continue
+            raise ConfigError(f"{version_dir}: the prepared data is damaged or incomplete "
+                              f"({why}); delete this folder to prepare it again")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{version_dir}: cannot read the prepared data's description "
+                          f"({_one_line(e)[:200]}); delete this folder to prepare it again") \
+            from None
 
 
 def source_from_catalog(name: str, split: str = "train", data_dir: str | os.PathLike[str] | None = None) -> TFDSSource:

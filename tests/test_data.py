@@ -1096,3 +1096,47 @@ def test_a_folder_that_changes_during_preparation_is_refused_and_prepared_afresh
     assert again.report["name"] != old.builder_config.name and not again.report["reused"]
     assert sorted(again.path(i) for i in range(len(again))) == [
         "photos/late.png", "photos/p0.png", "photos/p1.png"]
+
+
+def test_damaged_prepared_data_is_one_line_naming_the_folder(folder, tmp_path, capsys):
+    """A preparation copied in part or cut short was reused as it was ("reused True") and
+    found by the loader in the middle of training: an array_record RuntimeError traceback.
+    Now a reuse checks the shard files against dataset_info.json, and a read that fails
+    later is a ConfigError naming the folder to delete."""
+    import shutil
+
+    d = tmp_path / "tfds"
+    src = data.prepare_folder([str(folder)], data_dir=str(d), progress=False)
+    version_dir = Path(src.report["data_dir"])
+    shard = next(version_dir.glob("*-train.array_record-00000-of-00001"))
+    saved = tmp_path / "shard.bak"
+    shutil.copy(shard, saved)
+    shard.unlink()
+    with pytest.raises(ConfigError) as e:
+        data.prepare_folder([str(folder)], data_dir=str(d), progress=False)
+    assert str(e.value) == (f"{version_dir}: the prepared data is damaged or incomplete (1 of 1 "
+                            f"files missing: {shard.name}); delete this folder to prepare it again")
+    recorded = int(json.loads((version_dir / "dataset_info.json").read_text())
+                   ["splits"][0]["numBytes"])
+    shard.write_bytes(saved.read_bytes()[:recorded - 1])
+    with pytest.raises(ConfigError, match=r"\(\d+ bytes, \d+ recorded: cut short\); delete"):
+        data.prepare_folder([str(folder)], data_dir=str(d), progress=False)
+    # a read that fails after the reuse check (the array_record error, as it comes)
+    class Damaged:
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            raise RuntimeError("Corrupted Riegeli/records file: chunk header hash mismatch")
+
+    bad = data.TFDSSource(Damaged(), name="x", report={"data_dir": str(version_dir)})
+    with pytest.raises(ConfigError) as e:
+        bad.open(1)
+    assert str(e.value) == (f"{version_dir}: cannot read the prepared data (Corrupted Riegeli/"
+                            "records file: chunk header hash mismatch); delete this folder to "
+                            "prepare it again")
+    shard.write_bytes(saved.read_bytes())  # (restored: reused again)
+    (version_dir / "dataset_info.json").unlink()
+    shutil.rmtree(version_dir)
+    assert data.prepare_folder([str(folder)], data_dir=str(d), progress=False).report[
+        "num_prepared"] == src.report["num_prepared"]
