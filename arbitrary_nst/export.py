@@ -20,6 +20,7 @@ one-line ``path: reason`` message.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -217,7 +218,33 @@ def model_file(path: str | os.PathLike) -> str:
     if not os.path.isfile(exported):
         raise ModelError(f"{name}: a directory without model.safetensors (pass the "
                          "export file of a trained model)")
+    _warn_if_behind(name, exported)
     return exported
+
+
+def _warn_if_behind(workdir: str, exported: str) -> None:
+    """Warn when a workdir's export is older than its latest checkpoint (a run killed outright,
+    one that died, or one resumed with ``--export`` elsewhere): ``--model W`` means the
+    workdir's training state, and the export silently stood for an earlier step."""
+    ckpt = os.path.join(workdir, "checkpoints")
+    try:
+        steps = [int(d) for d in os.listdir(ckpt) if d.isdigit()]
+    except OSError:
+        return
+    if not steps:
+        return
+    try:
+        from safetensors import safe_open
+
+        with safe_open(exported, framework="numpy") as f:
+            step = int(json.loads((f.metadata() or {}).get("info", "{}")).get("step", -1))
+    except Exception:  # noqa: BLE001 - reading it fails again, with its own one-line error
+        return
+    if 0 <= step < max(steps):
+        logging.getLogger(__name__).warning(
+            "%s is the export of step %d, but the workdir's latest checkpoint is step %d: run "
+            "train.py on the workdir again (same config) to export it, or pass an export file",
+            exported, step, max(steps))
 
 
 def init_from_export(model: ArbitraryStyleModel, path: str | os.PathLike) -> dict[str, Any]:

@@ -1207,3 +1207,31 @@ def test_clear_cache_can_drop_the_compiled_programs_too(st, files):
     assert not st._cache
     np.testing.assert_array_equal(st.stylize(c, style=files["style_a"]), y)
     assert inference.trace_counts().get("stylize", 0) == before + 1  # compiled again
+
+
+def test_a_workdir_whose_export_is_behind_its_checkpoints_warns(model_path, tmp_path, caplog):
+    """``--model W`` (a training workdir) read W/model.safetensors whatever step it was: after
+    a run killed outright, or resumed with --export elsewhere, an earlier step's weights
+    without a word. Now a warning names both steps; none when they agree."""
+    import logging
+    import shutil
+
+    from arbitrary_nst import export
+
+    w = tmp_path / "w"
+    (w / "checkpoints" / "4").mkdir(parents=True)
+    (w / "checkpoints" / "8").mkdir()
+    model = export.load_exported(model_path)
+    export.export_model(model, w / "model.safetensors", info={"step": 4})
+    with caplog.at_level(logging.WARNING, logger="arbitrary_nst.export"):
+        assert export.model_file(w) == str(w / "model.safetensors")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{w / 'model.safetensors'} is the export of step 4, but the workdir's latest checkpoint "
+        "is step 8: run train.py on the workdir again (same config) to export it, or pass an "
+        "export file"]
+    caplog.clear()
+    shutil.rmtree(w / "checkpoints" / "8")
+    with caplog.at_level(logging.WARNING, logger="arbitrary_nst.export"):
+        export.model_file(w)  # (step 4 = the latest)
+        export.model_file(w / "model.safetensors")  # (a file: as it is)
+    assert caplog.records == []
