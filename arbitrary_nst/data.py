@@ -1189,6 +1189,36 @@ def _check_not_eval(d: str, c: Mapping[str, Any]) -> None:
                               f"a folder named 'eval'); {hint}")
 
 
+def _check_folders_distinct(c: Mapping[str, Any]) -> None:
+    """Refuse a folder listed twice in one role, or one inside another listed folder: folders
+    are searched recursively, so its images would be taken twice (twice the weight in a
+    mixture) or paintings inside the photo folder trained on as content photos, without a
+    word. One folder as both the content and the style folder is allowed (that is plain)."""
+    seen: list[tuple[str, str, str]] = []  # (real path, role, as given)
+    for role in ("content", "style"):
+        for d in c[f"{role}_dirs"] or ():
+            if str(d).startswith("tfds:"):
+                continue
+            real = os.path.realpath(d)
+            for other_real, other_role, other in seen:
+                if real == other_real:
+                    if role != other_role:
+                        continue
+                    raise ConfigError(f"{d}: listed twice in {role}_dirs (as {other!r} and "
+                                      f"{str(d)!r}); list a folder once (to give it more "
+                                      f"weight: {role}_dir_weights)")
+                inner, outer = ((d, other) if os.path.commonpath([real, other_real]) == other_real
+                                else (other, d) if os.path.commonpath([real, other_real]) == real
+                                else (None, None))
+                if inner is not None:
+                    raise ConfigError(
+                        f"{inner}: inside {outer}, which is also listed and searched with its "
+                        "subfolders: its images would be taken twice" + (
+                            "" if role == other_role else ", as content photos and as paintings")
+                        + "; list folders that do not overlap")
+            seen.append((real, role, str(d)))
+
+
 def _parse_catalog(spec: str) -> tuple[str, str]:
     name = spec[len("tfds:"):]
     split = "train"
@@ -1242,12 +1272,14 @@ def prepare(data_cfg: Any = None, *, progress: bool = False,
         if c["content_dirs"]:
             content = MixtureSource([content] + [_role_source("content", [d], None, c, progress) for d in c["content_dirs"]],
                                     c["content_dir_weights"], name="content")
+        _check_folders_distinct(c)
         return {"content": content, "style": _role_source("style", c["style_dirs"], c["style_dir_weights"], c, progress)}
     if src != "folder":
         raise ConfigError(f"data config: unknown source {src!r} (folder, synthetic, tfds:<name>, npz:<path>)")
     for role in roles:  # before preparing anything: an empty role would stop the job after it
         if not c[f"{role}_dirs"]:
             raise ConfigError(f"data config: {role}_dirs is empty (source={src!r})")
+    _check_folders_distinct(c)
     return {role: _role_source(role, c[f"{role}_dirs"], c[f"{role}_dir_weights"], c, progress)
             for role in roles}
 

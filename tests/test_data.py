@@ -1140,3 +1140,34 @@ def test_damaged_prepared_data_is_one_line_naming_the_folder(folder, tmp_path, c
     shutil.rmtree(version_dir)
     assert data.prepare_folder([str(folder)], data_dir=str(d), progress=False).report[
         "num_prepared"] == src.report["num_prepared"]
+
+
+def test_overlapping_folders_are_refused_before_anything_is_prepared(tmp_path):
+    """The same folder twice in a role (also spelled with a trailing slash or through a link),
+    or one folder inside another, was prepared as given: its images counted twice in the
+    mixture, or paintings inside the photo folder trained on as content, without a word. (One
+    folder as both roles is allowed: other tests use it.)"""
+    root = tmp_path / "proj"
+    (root / "paintings" / "sub").mkdir(parents=True)
+    (tmp_path / "other").mkdir()
+    os.symlink(root / "paintings", tmp_path / "link")
+    p, c = str(root / "paintings"), str(root)
+    cases = [
+        ({"content_dirs": [str(tmp_path / "other")], "style_dirs": [p, p + "/"]},
+         f"{p}/: listed twice in style_dirs (as {p!r} and {p + '/'!r}); list a folder once (to "
+         "give it more weight: style_dir_weights)"),
+        ({"content_dirs": [str(tmp_path / "other")], "style_dirs": [p, str(tmp_path / "link")]},
+         f"{tmp_path / 'link'}: listed twice in style_dirs"),
+        ({"content_dirs": [c], "style_dirs": [p]},
+         f"{p}: inside {c}, which is also listed and searched with its subfolders: its images "
+         "would be taken twice, as content photos and as paintings; list folders that do not "
+         "overlap"),
+        ({"content_dirs": [str(tmp_path / "other")], "style_dirs": [p + "/sub", p]},
+         f"{p}/sub: inside {p}, which is also listed and searched with its subfolders: its "
+         "images would be taken twice; list folders that do not overlap"),
+    ]
+    for cfg, want in cases:
+        with pytest.raises(ConfigError) as e:
+            data.prepare({**cfg, "data_dir": str(tmp_path / "t")})
+        assert str(e.value).startswith(want), (str(e.value), want)
+    assert not (tmp_path / "t").exists()
