@@ -725,7 +725,11 @@ def _builder_classes() -> tuple[type, type]:
                 log.warning("skipped %s: %s", s["path"], s["reason"])
             if len(skipped) > 20:
                 log.warning("... and %d more skipped files", len(skipped) - 20)
-            log.info("%s: %d images prepared, %d skipped", cfg.name, n_ok, len(skipped))
+            other = ""
+            if ignored:  # (phone photos as .heic are not trained on: say so, as the CLI does)
+                exts = "/".join(sorted(e[1:] for e in _images.IMAGE_EXTENSIONS))
+                other = f", {ignored} other file{'s' if ignored != 1 else ''} ignored (not {exts})"
+            log.info("%s: %d images prepared, %d skipped%s", cfg.name, n_ok, len(skipped), other)
             md = self.info.metadata
             md.update({
                 "dirs": list(cfg.dirs),

@@ -1171,3 +1171,22 @@ def test_overlapping_folders_are_refused_before_anything_is_prepared(tmp_path):
             data.prepare({**cfg, "data_dir": str(tmp_path / "t")})
         assert str(e.value).startswith(want), (str(e.value), want)
     assert not (tmp_path / "t").exists()
+
+
+def test_preparation_log_counts_files_it_ignored(tmp_path, caplog):
+    """``data prepare`` said "N other files ignored"; train.py (which prepares through the same
+    builder and shows its log) did not: phone photos saved as .heic were left out silently."""
+    import logging
+
+    d = tmp_path / "p"
+    d.mkdir()
+    for i in range(2):
+        Image.fromarray(_smooth(64, 64, i)).save(d / f"{i}.jpg")
+    (d / "phone.heic").write_bytes(b"x")
+    (d / "notes.txt").write_text("x")
+    with caplog.at_level(logging.INFO, logger="arbitrary_nst.data"):
+        data.prepare_folder([str(d)], data_dir=str(tmp_path / "t"), progress=False)
+    lines = [r.getMessage() for r in caplog.records if "images prepared" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].endswith(
+        ": 2 images prepared, 0 skipped, 2 other files ignored (not "
+        + "/".join(sorted(e[1:] for e in images.IMAGE_EXTENSIONS)) + ")"), lines
