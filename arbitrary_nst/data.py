@@ -1183,7 +1183,8 @@ def _check_not_eval(d: str, c: Mapping[str, Any]) -> None:
         if _is_eval_path(p):
             raise ConfigError(f"{d}: looks like an evaluation folder (a path component of {p} "
                               f"is 'eval'); {hint}")
-    for dirpath, real, filenames in _walk_once(root):
+    # (from the real folder: a spelling like eval/../style is not in an 'eval' folder)
+    for dirpath, real, filenames in _walk_once(os.path.realpath(root)):
         inside = [dirpath] if _is_eval_path(dirpath) or _is_eval_path(real) else [
             os.path.join(dirpath, f) for f in filenames
             if os.path.islink(os.path.join(dirpath, f))

@@ -234,6 +234,13 @@ def test_prepare_config_errors(tmp_path, folder):
         with pytest.raises(ConfigError, match="evaluation"):
             data.prepare({"content_dirs": [str(folder)], "style_dirs": [str(d)],
                           "data_dir": str(tmp_path / "prepared")})
+    # a folder spelled through eval/.. is not in it (it was: "contains evaluation images")
+    spelled = str(tmp_path / "eval" / ".." / "mixed")
+    (tmp_path / "mixed" / "p.png").unlink()
+    Image.fromarray(_smooth(64, 64, 7)).save(tmp_path / "mixed" / "q.png")
+    src = data.prepare({"content_dirs": [str(folder)], "style_dirs": [spelled],
+                        "data_dir": str(tmp_path / "prepared")})
+    assert src["style"].report["num_prepared"] == 1
     with pytest.raises(ConfigError, match="unknown field"):
         data.prepare({"sourse": "synthetic"})
     with pytest.raises(ConfigError, match="unknown source"):
