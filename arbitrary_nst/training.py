@@ -618,6 +618,21 @@ def _unreadable_checkpoint(mngr, step: int, e: Exception) -> ModelError:
                       f"{fix}")
 
 
+def _note_unused_init_from(asked, began: str, workdir) -> None:
+    """A resumed run goes on from its checkpoint: say so when this command's ``init_from``
+    names another start than the run's (it was ignored without a word, so continuing an old
+    attempt by mistake looked like a fresh fine-tuning run)."""
+    if not asked:
+        return
+    try:
+        asked_path = os.path.realpath(resolve_init_from(asked))
+    except NSTError:
+        asked_path = os.fspath(asked)
+    if asked_path != (os.path.realpath(began) if began else ""):
+        log.warning("train.init_from=%s is not used: %s resumes its run, which began from %s "
+                    "(a new --workdir starts from it)", asked, workdir, began or "scratch")
+
+
 def _check_resume_meta(meta: dict, expected: dict, workdir) -> list[str]:
     """Model, batch size, seed and optimizer must match the checkpoint (else ConfigError); a
     changed data config is allowed (e.g. to fine-tune on other images) with a warning, since
@@ -626,11 +641,20 @@ def _check_resume_meta(meta: dict, expected: dict, workdir) -> list[str]:
     restored: some change its structure)."""
     for key in ("model", "batch_size", "seed"):
         if key in meta and key in expected and meta[key] != expected[key]:
-            raise ConfigError(
-                f"{workdir}: its checkpoints were trained with a different {key} "
-                f"({json.dumps(meta[key], sort_keys=True)} vs "
-                f"{json.dumps(expected[key], sort_keys=True)}); "
-                "use a new --workdir or the original config")
+            old, new = meta[key], expected[key]
+            fix = "use a new --workdir or the original config"
+            if isinstance(old, dict) and isinstance(new, dict):  # name what differs
+                old, new = json.loads(json.dumps(old)), json.loads(json.dumps(new))
+                diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+                what = ", ".join(f"{k} {json.dumps(old.get(k))} vs {json.dumps(new.get(k))}"
+                                 for k in diff)
+                if diff == ["palette"]:  # (not a weight: a new run may start from these)
+                    fix = (f"to train on with another palette, start a new --workdir with "
+                           f"--set train.init_from={workdir}")
+            else:
+                what = f"{json.dumps(old, sort_keys=True)} vs {json.dumps(new, sort_keys=True)}"
+            raise ConfigError(f"{workdir}: its checkpoints were trained with a different {key} "
+                              f"({what}); {fix}")
     if "data" in meta and "data" in expected:
         skip = _LOADER_ONLY_DATA_KEYS
         if (expected["data"].get("source") or "folder") != "folder":  # (npz:, synthetic, tfds:)
@@ -1108,7 +1132,9 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
         else:
             known = record = _init_record_from_checkpoint(mngr, workdir)
         prior_steps = int(known.get("prior_steps", 0))
-        init_from = known.get("init_from") or None  # (the export names the file, as an
+        began = known.get("init_from") or ""
+        _note_unused_init_from(init_from, began, workdir)
+        init_from = began or None  # (the export names the file, as an
         # uninterrupted run's does: "model.safetensors", not "builtin")
     elif init_from:  # fine-tuning start point
         init_from = resolve_init_from(init_from)

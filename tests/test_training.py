@@ -203,7 +203,8 @@ def test_training_loop_never_runs_more_than_the_window_ahead(tmp_path, vgg, monk
     assert r.step == 5 and len(outputs) == 5 and not late
 
 
-def test_init_from_export_starts_at_its_weights_and_refuses_other_models(tmp_path, vgg):
+def test_init_from_export_starts_at_its_weights_and_refuses_other_models(tmp_path, vgg,
+                                                                             caplog):
     a = training.train(smoke("train.num_steps=2", "train.sample_every=0"), tmp_path / "a",
                        vgg=vgg, progress=False)
     # num_steps=0: nothing trained, so the export written is the initial model itself.
@@ -269,9 +270,13 @@ def test_init_from_export_starts_at_its_weights_and_refuses_other_models(tmp_pat
     assert c4.step == 3 and info["init_from"] == "model.safetensors" and info["total_steps"] == 5
     scratch = training.train(smoke("train.num_steps=1", "train.sample_every=0"), tmp_path / "h",
                              vgg=vgg, progress=False)
-    resumed = training.train(smoke("train.num_steps=2", "train.sample_every=0",
-                                   f"train.init_from={c4.export_path}"), tmp_path / "h",
-                             vgg=vgg, progress=False)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="arbitrary_nst.training"):
+        resumed = training.train(smoke("train.num_steps=2", "train.sample_every=0",
+                                       f"train.init_from={c4.export_path}"), tmp_path / "h",
+                                 vgg=vgg, progress=False)
+    assert (f"train.init_from={c4.export_path} is not used: {tmp_path / 'h'} resumes its run, "
+            "which began from scratch (a new --workdir starts from it)") in caplog.messages
     info = read_export(resumed.export_path)[1]["info"]
     assert info["init_from"] == "" and info["total_steps"] == 2 and scratch.step == 1
     assert json.loads((tmp_path / "h" / training.INIT_RECORD).read_text())["init_from"] == ""
@@ -1646,6 +1651,17 @@ def test_resume_metadata_checks_field_by_field(tmp_path, caplog):
                          ("model", meta("model.width=0.5"))):
         with pytest.raises(ConfigError, match=f"trained with a different {key} "):
             training._check_resume_meta(base, changed, tmp_path)
+    with pytest.raises(ConfigError) as e:  # the model's differing keys named, not two dicts
+        training._check_resume_meta({**base, "model": {"width": 0.25, "palette": 0.0, "k": [1]}},
+                                    {**base, "model": {"width": 0.5, "palette": 0.0, "k": (1,)}},
+                                    tmp_path)
+    assert str(e.value) == (f"{tmp_path}: its checkpoints were trained with a different model "
+                            "(width 0.25 vs 0.5); use a new --workdir or the original config")
+    with pytest.raises(ConfigError) as e:  # a palette is not a weight: a new run may start here
+        training._check_resume_meta({**base, "model": {"width": 0.25, "palette": 0.0}},
+                                    {**base, "model": {"width": 0.25, "palette": 0.5}}, tmp_path)
+    assert str(e.value).endswith("(palette 0.0 vs 0.5); to train on with another palette, start "
+                                 f"a new --workdir with --set train.init_from={tmp_path}")
     with pytest.raises(ConfigError, match="optim.optimizer='adam', not 'sgd'"):
         training._check_resume_meta(base, meta("optim.optimizer='sgd'"), tmp_path)
     said = training._check_resume_meta(base, meta("optim.learning_rate=5e-4",
