@@ -323,3 +323,143 @@ def test_matching_to_moments_equals_matching_to_the_image():
     np.testing.assert_allclose(m[3:], (flat.T @ flat / len(flat)).reshape(9), atol=1e-6)
     np.testing.assert_allclose(color.match_color_to_moments(styles, m),
                                color.match_color(styles, photo), atol=2e-5)
+
+
+# ------------------------------------------------------------- mutation-testing additions
+
+
+def test_sym_pow_derivative_is_accurate_in_float32_at_nearly_repeated_eigenvalues():
+    """Eigenvalues 1e-5 apart (relative): the divided difference ``(f(a) - f(b)) / (a - b)``
+    loses most digits to cancellation in float32, so such pairs use ``f'`` at the midpoint.
+    Reference: the exact divided differences in float64 (diagonal C: ``dF = K o dC``)."""
+    import jax
+
+    w = np.array([0.04, 0.04 * (1 + 1e-5), 0.01])
+    d = np.array([[0.0, 1.0, 0.5], [1.0, 0.0, 0.3], [0.5, 0.3, 0.0]])
+    f = lambda x: x ** 0.5  # noqa: E731
+    k = np.empty((3, 3))
+    for i in range(3):
+        for j in range(3):
+            k[i, j] = (0.5 * w[i] ** -0.5 if i == j else (f(w[i]) - f(w[j])) / (w[i] - w[j]))
+    _, jvp = jax.jvp(lambda m: color._sym_pow(m, 0.5, 1e-5), (np.diag(w).astype(np.float32),),
+                     (d.astype(np.float32),))
+    np.testing.assert_allclose(np.asarray(jvp), k * d, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["eig", "chol"])
+def test_match_color_with_grey_or_flat_images_is_finite(method):
+    """A grey source (rank-1 colour covariance) or a flat target (zero covariance): ``eps``
+    regularizes both methods, so the result is finite, never NaN."""
+    ramp = np.repeat(np.linspace(0.2, 0.8, 16, dtype=np.float32)[:, None, None], 3, axis=2)
+    grey = np.broadcast_to(ramp, (16, 8, 3))
+    colourful = np.random.default_rng(0).uniform(0.2, 0.8, (8, 8, 3)).astype(np.float32)
+    flat = np.full((8, 8, 3), [0.6, 0.3, 0.2], np.float32)
+    for src, tgt in ((grey, colourful), (colourful, flat), (grey, flat)):
+        out = np.asarray(color.match_color(src, tgt, method))
+        assert np.all(np.isfinite(out)), method
+    np.testing.assert_allclose(np.asarray(color.match_color(colourful, flat, method)).mean((0, 1)),
+                               [0.6, 0.3, 0.2], atol=1e-3)
+
+
+def test_color_stats_with_an_all_zero_mask_is_finite():
+    x = np.random.default_rng(1).uniform(size=(2, 4, 5, 3)).astype(np.float32)
+    mean, cov = color.color_stats(x, np.zeros((2, 4, 5), np.float32))
+    np.testing.assert_array_equal(np.asarray(mean), 0.0)
+    np.testing.assert_array_equal(np.asarray(cov), 0.0)
+
+
+def test_stats_from_moments_symmetrizes_the_covariance():
+    """Moments whose second-moment block is not symmetric (e.g. mixed or rounded elsewhere):
+    the covariance is the symmetric part of ``E[x x^T] - m m^T`` (numpy reference)."""
+    rng = np.random.default_rng(2)
+    mean = rng.uniform(0.2, 0.6, 3)
+    second = np.outer(mean, mean) + np.diag([0.02, 0.03, 0.01])
+    second[0, 1] += 0.004  # asymmetric: (0, 1) and (1, 0) differ
+    moments = np.concatenate([mean, second.reshape(9)]).astype(np.float32)
+    m, c = color.stats_from_moments(moments)
+    cov = second - np.outer(mean, mean)
+    np.testing.assert_allclose(np.asarray(m), mean, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(c), 0.5 * (cov + cov.T), atol=1e-6)
+
+
+def _np_sqrt_pow(c, p, eps):
+    w, v = np.linalg.eigh(c)
+    return (v * np.maximum(w, eps) ** p) @ v.T
+
+
+def _np_stats(x, mask=None):
+    flat = np.asarray(x, np.float64).reshape(-1, 3)
+    m = np.ones(len(flat)) if mask is None else np.asarray(mask, np.float64).reshape(-1)
+    mean = (m[:, None] * flat).sum(0) / m.sum()
+    d = (flat - mean) * m[:, None]
+    return mean, d.T @ d / m.sum()
+
+
+def test_match_color_eig_against_a_float64_reference_and_clipped():
+    """``clip(A (x - mu_s) + mu_t)`` with ``A = C_t^(1/2) C_s^(-1/2)`` (numpy, float64); the
+    target's wide range pushes part of the unclipped result outside [0, 1]."""
+    rng = np.random.default_rng(5)
+    src = rng.uniform(0.3, 0.7, (10, 12, 3)).astype(np.float32)
+    tgt = rng.uniform(0.0, 1.0, (9, 7, 3)).astype(np.float32) ** 3
+    ms, cs = _np_stats(src)
+    mt, ct = _np_stats(tgt)
+    a = _np_sqrt_pow(ct, 0.5, 1e-5) @ _np_sqrt_pow(cs, -0.5, 1e-5)
+    raw = (src.reshape(-1, 3) - ms) @ a.T + mt
+    assert raw.min() < 0.0 or raw.max() > 1.0  # (the case the clipping is for)
+    out = np.asarray(color.match_color(src, tgt, "eig"))
+    np.testing.assert_allclose(out, np.clip(raw, 0, 1).reshape(src.shape), atol=2e-4)
+
+
+def test_align_to_moments_measures_the_masked_in_pixels_only():
+    """With a mask the source statistics are those of the masked-in pixels (the padding of a
+    bucketed batch is ignored), and the map applies to every pixel (numpy reference)."""
+    rng = np.random.default_rng(6)
+    x = rng.uniform(0.2, 0.8, (8, 10, 3)).astype(np.float32)
+    mask = np.zeros((8, 10), np.float32)
+    mask[:6, :7] = 1.0
+    x[6:] = 0.0  # padding
+    x[:, 7:] = 0.0
+    mt, ct = np.array([0.5, 0.4, 0.45]), np.diag([0.02, 0.01, 0.015])
+    moments = np.concatenate([mt, (ct + np.outer(mt, mt)).reshape(9)]).astype(np.float32)
+    ms, cs = _np_stats(x, mask)
+    a = _np_sqrt_pow(ct, 0.5, 1e-4) @ _np_sqrt_pow(cs, -0.5, 1e-4)
+    ref = np.clip((x.reshape(-1, 3) - ms) @ a.T + mt, 0, 1).reshape(x.shape)
+    out = np.asarray(color.align_to_moments(x, moments, mask=mask))
+    np.testing.assert_allclose(out, ref, atol=2e-4)
+
+
+def test_moments_of_the_wrong_size_are_a_config_error():
+    x = np.full((2, 2, 3), 0.5, np.float32)
+    for n in (11, 13, 24):
+        with pytest.raises(ConfigError, match="12 values"):
+            color.stats_from_moments(np.zeros(n, np.float32))
+        with pytest.raises(ConfigError, match="12 values"):
+            color.align_to_moments(x, np.zeros(n, np.float32))
+
+
+def test_chroma_channels_are_the_textbook_yiq_and_yuv():
+    """BT.601 ``U = 0.492111 (B - Y)``, ``V = 0.877283 (R - Y)``; NTSC
+    ``I = 0.5959 R - 0.2746 G - 0.3213 B``, ``Q = 0.2115 R - 0.5227 G + 0.3112 B``."""
+    x = np.random.default_rng(7).uniform(size=(3, 4, 3)).astype(np.float64)
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    y = 0.299 * r + 0.587 * g + 0.114 * b
+    uv = np.stack([0.492111 * (b - y), 0.877283 * (r - y)], -1)
+    iq = np.stack([0.5959 * r - 0.2746 * g - 0.3213 * b, 0.2115 * r - 0.5227 * g + 0.3112 * b], -1)
+    np.testing.assert_allclose(np.asarray(color.chroma(x.astype(np.float32), "yuv")), uv, atol=2e-4)
+    np.testing.assert_allclose(np.asarray(color.chroma(x.astype(np.float32), "yiq")), iq, atol=2e-4)
+    np.testing.assert_allclose(np.asarray(color.to_space(x.astype(np.float32), "yuv"))[..., 0], y,
+                               atol=1e-5)
+
+
+def test_match_color_to_moments_uses_the_default_eps():
+    """A low-contrast target (colour variances ~3e-3) against the float64 reference with the
+    default ``eps`` 1e-5: a larger floor would change the result."""
+    rng = np.random.default_rng(8)
+    src = rng.uniform(0.1, 0.9, (12, 10, 3)).astype(np.float32)
+    tgt = rng.uniform(0.4, 0.6, (10, 10, 3)).astype(np.float32)
+    ms, cs = _np_stats(src)
+    mt, ct = _np_stats(tgt)
+    a = _np_sqrt_pow(ct, 0.5, 1e-5) @ _np_sqrt_pow(cs, -0.5, 1e-5)
+    ref = np.clip((src.reshape(-1, 3) - ms) @ a.T + mt, 0, 1).reshape(src.shape)
+    out = np.asarray(color.match_color_to_moments(src, color.color_moments_np(tgt)))
+    np.testing.assert_allclose(out, ref, atol=2e-4)

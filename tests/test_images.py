@@ -808,3 +808,334 @@ def test_short_side_center_square_resamples_only_the_square(monkeypatch):
     assert short_side_center_square(rng.random((1, 1000, 3)).astype(np.float32), 64).shape == (
         64, 64, 3)
     assert sizes and max(w * h for w, h in sizes) == 64 * 64
+
+
+# ------------------------------------------------------------- mutation-testing additions
+
+
+def test_max_pixels_and_max_side_below_one_are_errors(tmp_path):
+    p = tmp_path / "a.png"
+    Image.fromarray(_rgb(4, 6)).save(p)
+    for kw in ({"max_pixels": 0}, {"max_side": 0}):
+        with pytest.raises(ValueError):
+            load_image(p, **kw)
+        with pytest.raises(ValueError):
+            load_pil(p, **kw)
+    assert load_image(p, max_pixels=1_000, max_side=1_000).shape == (4, 6, 3)
+
+
+def test_max_pixels_is_an_inclusive_limit(tmp_path):
+    p = tmp_path / "a.png"
+    Image.fromarray(_rgb(4, 6)).save(p)
+    assert load_image(p, max_pixels=24).shape == (4, 6, 3)  # exactly 24 pixels: allowed
+    with pytest.raises(ImageError) as e:
+        load_image(p, max_pixels=23)
+    assert _reason(e).startswith("too large: 6 x 4 = 24 pixels > limit 23")
+
+
+def test_big_jpeg_with_max_side_is_decoded_at_a_reduced_scale_of_at_least_twice_the_target(
+        tmp_path, monkeypatch):
+    """The DCT-reduced decode (as Image.thumbnail) stays >= 2x the target, then Lanczos."""
+    from PIL import JpegImagePlugin
+
+    path = _write_jpeg(tmp_path / "big.jpg", h=304, w=800)
+    decoded = []
+    real = JpegImagePlugin.JpegImageFile.draft
+
+    def draft(self, mode, size):
+        out = real(self, mode, size)
+        decoded.append(self.size)
+        return out
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", draft)
+    x = load_image(path, max_side=100)
+    assert x.shape == (38, 100, 3)
+    assert decoded == [(200, 76)]  # 1/4 scale: the smallest DCT scale that is >= 2 x 100 wide
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", real)
+    full = load_image(path)  # full decode, then the same Lanczos: nearly the same pixels
+    ref = np.asarray(Image.fromarray(to_uint8(full)).resize((100, 38), Image.Resampling.LANCZOS),
+                     np.float32) / 255
+    assert np.abs(x - ref).mean() < 0.02
+
+
+@pytest.mark.parametrize("max_side,shape", [(50, (50, 20, 3)), (20, (20, 8, 3))])
+def test_exif_rotated_jpeg_with_max_side_keeps_the_displayed_aspect(tmp_path, max_side, shape):
+    """A stored 100 x 40 landscape shown rotated (portrait 40 x 100): the max_side target is
+    computed from the displayed size, with and without a reduced-scale JPEG decode."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = _write_jpeg(tmp_path / "rot.jpg", h=40, w=100, exif=exif.tobytes())
+    assert load_image(path, max_side=max_side).shape == shape
+    assert load_pil(path, max_side=max_side).size == (shape[1], shape[0])
+
+
+def test_rgb_and_gray_png_transparency_keys_become_white(tmp_path):
+    a = np.zeros((2, 3, 3), np.uint8)
+    a[:, :, 0] = 255
+    a[1] = (10, 20, 30)
+    Image.fromarray(a).save(tmp_path / "rgb.png", transparency=(255, 0, 0))  # red: transparent
+    x = load_image(tmp_path / "rgb.png")
+    np.testing.assert_array_equal(x[0], 1.0)
+    np.testing.assert_allclose(x[1], [[10 / 255, 20 / 255, 30 / 255]] * 3, rtol=1e-6)
+    g = np.array([[0, 0, 77]], np.uint8)
+    Image.fromarray(g).save(tmp_path / "l.png", transparency=0)  # black: transparent
+    y = load_image(tmp_path / "l.png")
+    np.testing.assert_array_equal(y[0, :2], 1.0)
+    np.testing.assert_allclose(y[0, 2], 77 / 255, rtol=1e-6)
+    np.testing.assert_array_equal(to_uint8(Image.open(tmp_path / "l.png"))[0, :2], 255)
+
+
+def test_premultiplied_la_is_composited_on_white():
+    la = np.zeros((1, 2, 2), np.uint8)
+    la[..., 0] = (128, 255)
+    la[..., 1] = (128, 0)  # half transparent grey; fully transparent white
+    im = Image.fromarray(la, "LA").convert("La")  # stored premultiplied: L = 64
+    assert im.mode == "La"
+    # (128 / 255) * (128 / 255) + 1 * (1 - 128 / 255): un-premultiplied grey over white
+    expect = 128 / 255 * 128 / 255 + (1 - 128 / 255)
+    np.testing.assert_allclose(to_float(im)[0, 0], expect, atol=1.5 / 255)
+    np.testing.assert_allclose(to_float(im)[0, 1], 1.0)
+
+
+def test_float_mode_f_range_is_inferred_from_its_maximum():
+    def f(*v):
+        return to_float(Image.fromarray(np.array([v], np.float32)))[0, :, 0]
+
+    np.testing.assert_allclose(f(0.5, 1.0), [0.5, 1.0])  # max 1: already [0, 1]
+    np.testing.assert_allclose(f(51.0, 255.0), [0.2, 1.0], rtol=1e-6)  # max 255: 8-bit scale
+    np.testing.assert_allclose(f(655.35, 256.0), [0.01, 256 / 65535], rtol=1e-5)  # 16-bit
+    np.testing.assert_allclose(f(np.nan, 102.0, 0.0), [0.0, 0.4, 0.0], rtol=1e-6)  # NaN -> 0
+
+
+def test_to_uint8_of_infinities_and_bools():
+    v = np.array([np.inf, -np.inf, np.nan, 0.5], np.float32)
+    assert list(to_uint8(v)) == [255, 0, 0, 128]
+    b = np.array([[True, False]])
+    out = to_uint8(b)
+    assert out.dtype == np.uint8 and out.tolist() == [[255, 0]]
+
+
+@pytest.mark.parametrize("quality,sampling", [(100, 0), (90, 0), (89, 2), (1, 2)])
+def test_jpeg_chroma_subsampling_follows_quality(tmp_path, quality, sampling):
+    from PIL import JpegImagePlugin
+
+    p = save_image(tmp_path / "a.jpg", _rgb(16, 16), quality=quality)  # 1..100 inclusive
+    with Image.open(p) as im:
+        assert JpegImagePlugin.get_sampling(im) == sampling  # 0 = 4:4:4, 2 = 4:2:0
+
+
+def test_saved_alpha_is_kept_where_the_format_has_it(tmp_path):
+    rgba = np.zeros((2, 2, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[0, :, 3] = 255
+    for ext, mode in ((".png", "RGBA"), (".tif", "RGBA"), (".webp", "RGBA"), (".bmp", "RGB"),
+                      (".jpg", "RGB")):
+        p = save_image(tmp_path / f"rgba{ext}", rgba)
+        with Image.open(p) as im:
+            assert im.mode == mode, ext
+        if ext in (".png", ".tif"):
+            with Image.open(p) as im:
+                np.testing.assert_array_equal(np.asarray(im), rgba)
+        if ext == ".bmp":  # no alpha: composited on white (transparent row -> white)
+            np.testing.assert_array_equal(to_uint8(load_image(p))[1], 255)
+    la = Image.fromarray(np.array([[[90, 255], [0, 0]]], np.uint8), "LA")
+    for ext, mode in ((".png", "LA"), (".tif", "LA"), (".jpg", "RGB")):
+        p = save_image(tmp_path / f"la{ext}", la)
+        with Image.open(p) as im:
+            assert im.mode == mode, ext
+
+
+def test_check_array_image_refuses_out_of_range_floats_and_empty_arrays():
+    images.check_array_image(np.full((2, 2, 3), 1.5, np.float32))  # the allowed overshoot
+    images.check_array_image(np.full((2, 2, 3), -0.5, np.float32))
+    for bad in (np.full((2, 2, 3), 255.0, np.float32), np.full((2, 2, 3), -1.0, np.float32),
+                np.zeros((0, 4, 3), np.float32), np.zeros((4, 0), np.uint8)):
+        with pytest.raises(ImageError):
+            images.check_array_image(bad)
+
+
+def test_to_float_and_to_uint8_orient_a_tagged_pil_image(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = _write_jpeg(tmp_path / "rot.jpg", h=40, w=100, exif=exif.tobytes())
+    with Image.open(path) as im:
+        assert to_float(im).shape == (100, 40, 3)
+        assert to_uint8(im).shape == (100, 40, 3)
+        np.testing.assert_array_equal(to_uint8(im), to_uint8(load_image(path)))
+
+
+def test_rgb_icc_profile_other_than_srgb_is_converted(tmp_path):
+    """An RGB profile whose red and blue primaries are swapped (the sRGB profile's rXYZ and
+    bXYZ tags exchanged, and its name changed): converted to sRGB, R and B swap."""
+    from PIL import ImageCms
+
+    b = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    tags = {bytes(b[132 + 12 * i:136 + 12 * i]): 132 + 12 * i
+            for i in range(int.from_bytes(b[128:132], "big"))}
+    r, bl = tags[b"rXYZ"], tags[b"bXYZ"]
+    b[r + 4:r + 8], b[bl + 4:bl + 8] = b[bl + 4:bl + 8], b[r + 4:r + 8]  # swap tag offsets
+    name = "sRGB".encode("utf-16-be")
+    b = bytearray(bytes(b).replace(name, "swap".encode("utf-16-be")))
+    assert "srgb" not in ImageCms.getProfileDescription(
+        ImageCms.ImageCmsProfile(io.BytesIO(bytes(b)))).lower()
+    a = np.array([[[255, 0, 0], [0, 0, 255], [40, 120, 200]]], np.uint8)
+    Image.fromarray(a).save(tmp_path / "swapped.png", icc_profile=bytes(b))
+    x = to_uint8(load_image(tmp_path / "swapped.png")).astype(int)
+    assert np.abs(x - a[..., ::-1]).max() <= 2, x
+    y = to_uint8(load_pil(tmp_path / "swapped.png")).astype(int)
+    assert np.abs(y - a[..., ::-1]).max() <= 2, y
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX symlinks")
+def test_plain_glob_follows_symlinked_folders_and_lists_dangling_literal_names(tmp_path):
+    import glob
+
+    for n in ("real/a.png", "other/b.png"):
+        (tmp_path / n).parent.mkdir(exist_ok=True)
+        (tmp_path / n).write_bytes(b"x")
+    os.symlink(tmp_path / "other", tmp_path / "link")  # glob follows it: link/b.png
+    os.symlink(tmp_path / "gone.png", tmp_path / "real" / "x.png")  # dangling
+    q = str(tmp_path / "*" / "*.png")
+    assert sorted(images._glob_files(q)) == sorted(glob.glob(q))
+    assert [p.relative_to(tmp_path).as_posix() for p in list_images(q)] == [
+        "link/b.png", "other/b.png", "real/a.png", "real/x.png"]
+    # a literal last part: a dangling link is listed ("no such file" when loaded), as with *
+    assert list_images(str(tmp_path / "r*" / "x.png")) == [tmp_path / "real" / "x.png"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX symlinks")
+def test_list_images_of_a_symlink_to_a_folder_lists_the_folder(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.png").write_bytes(b"x")
+    os.symlink(tmp_path / "d", tmp_path / "ln")
+    assert list_images(tmp_path / "ln") == [tmp_path / "ln" / "a.png"]
+    os.symlink(tmp_path / "d", tmp_path / "d" / "dir.png")  # an image name, but a folder
+    assert list_images(str(tmp_path / "d" / "*.png")) == [tmp_path / "d" / "a.png"]
+
+
+def test_listing_is_sorted_by_path_components(tmp_path):
+    """Folders are grouped: "a/x.png" comes before "a-b.png" (as tuples of names), although
+    "-" sorts before "/" as characters."""
+    for n in ("a/x.png", "a-b.png", "a/b/y.png"):
+        (tmp_path / n).parent.mkdir(exist_ok=True)
+        (tmp_path / n).write_bytes(b"x")
+    expect = ["a/b/y.png", "a/x.png", "a-b.png"]
+    for spec in (tmp_path, str(tmp_path / "**" / "*.png")):
+        found = list_images(spec, recursive=True)
+        assert [p.relative_to(tmp_path).as_posix() for p in found] == expect, spec
+
+
+def test_hidden_files_are_not_listed_even_by_a_pattern_that_names_them(tmp_path):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / ".x.png").write_bytes(b"x")
+    (tmp_path / "s" / "y.png").write_bytes(b"x")
+    with pytest.raises(ImageError, match="no image files match"):
+        list_images(str(tmp_path / "s*" / ".x.png"))
+
+
+def test_save_single_channel_arrays_as_gray(tmp_path):
+    g = np.linspace(0, 1, 6, dtype=np.float32).reshape(2, 3, 1)
+    p = save_image(tmp_path / "g.png", g)
+    with Image.open(p) as im:
+        assert im.mode == "L"
+        np.testing.assert_array_equal(np.asarray(im), np.rint(g[:, :, 0] * 255).astype(np.uint8))
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_overwrite_keeps_the_replaced_files_mode(tmp_path):
+    p = save_image(tmp_path / "a.png", _rgb(seed=1))
+    os.chmod(p, 0o604)  # a mode no usual umask gives a new file
+    save_image(p, _rgb(seed=2), overwrite=True)
+    assert p.stat().st_mode & 0o777 == 0o604
+
+
+def test_channel_std_is_per_channel():
+    """A flat colour is blank (every channel constant), though its values differ; two colours
+    are not: the largest per-channel std (hand-computed), not the std of all values."""
+    red_wall = np.zeros((4, 4, 3), np.float32)
+    red_wall[..., 0] = 1.0
+    assert images.channel_std(red_wall) == 0.0
+    assert images.blank_reason(red_wall) is not None
+    two = np.array([[[1.0, 0.0, 0.0], [0.0, 0.2, 1.0]]], np.float32)  # R, B std 0.5; G 0.1
+    assert images.channel_std(two) == pytest.approx(0.5)
+    assert images.blank_reason(two) is None
+
+
+def test_a_webp_cut_inside_its_header_is_named_as_webp(tmp_path):
+    p = tmp_path / "cut.webp"
+    p.write_bytes(b"RIFF\x04\x00\x00\x00WEBP")
+    with pytest.raises(ImageError) as e:
+        load_image(p)
+    assert _reason(e) == "truncated, corrupt or unsupported WebP file (cannot read its header)"
+
+
+def test_resize_to_the_same_size_still_clips():
+    x = np.array([[[1.2, -0.1, 0.5]]], np.float32)
+    np.testing.assert_array_equal(resize(x, (1, 1)), [[[1.0, 0.0, 0.5]]])
+
+
+def test_glob_lists_only_image_files(tmp_path):
+    for n in ("a.png", "notes.txt", "b.JPG", "data.npy"):
+        (tmp_path / n).write_bytes(b"x")
+    assert [p.name for p in list_images(str(tmp_path / "*"))] == ["a.png", "b.JPG"]
+    assert [p.name for p in list_images(str(tmp_path / "**" / "*"))] == ["a.png", "b.JPG"]
+
+
+def test_save_a_16_bit_pil_image_scales_it_to_8_bits(tmp_path):
+    g = np.full((2, 3), 40000, np.uint16)
+    p = save_image(tmp_path / "g.png", Image.fromarray(g))
+    with Image.open(p) as im:
+        assert im.mode == "L"
+        np.testing.assert_array_equal(np.asarray(im), round(40000 / 65535 * 255))
+
+
+def test_center_crop_of_an_empty_size_is_an_error():
+    x = np.zeros((4, 5, 3), np.float32)
+    for size in ((0, 2), (2, 0), (5, 2), (2, 6)):
+        with pytest.raises(ValueError):
+            center_crop(x, size)
+
+
+def test_quality_reaches_the_jpeg_and_webp_encoders(tmp_path):
+    """JPEG quality 100 uses all-ones quantization tables (the default 75 does not); a WebP
+    of noise at quality 100 is several times larger than at quality 5."""
+    noise = _rgb(64, 64, seed=3)
+    p = save_image(tmp_path / "q.jpg", noise, quality=100)
+    with Image.open(p) as im:
+        assert all(max(t) == 1 for t in im.quantization.values())
+    sizes = [save_image(tmp_path / f"q{q}.webp", noise, quality=q).stat().st_size
+             for q in (5, 100)]
+    assert sizes[1] > 2 * sizes[0], sizes
+
+
+def test_save_without_overwrite_never_replaces_a_file_that_appears_meanwhile(tmp_path,
+                                                                             monkeypatch):
+    """The existence check and the write are not one step: a file created in between (another
+    process) must not be clobbered; the final link refuses it."""
+    p = tmp_path / "a.png"
+
+    def racing(real):
+        def check(path):
+            if os.fspath(path) == str(p) and not os.path.isfile(p):
+                p.write_bytes(b"theirs")  # appears right after the check
+                return False
+            return real(path)
+        return check
+
+    monkeypatch.setattr(os.path, "lexists", racing(os.path.lexists))
+    monkeypatch.setattr(os.path, "exists", racing(os.path.exists))
+    with pytest.raises(ImageError) as e:
+        save_image(p, _rgb())
+    assert _reason(e).startswith("exists")
+    assert p.read_bytes() == b"theirs"
+    assert not _tmp_leftovers(tmp_path)
+
+
+def test_plain_glob_finds_literal_names_in_a_folder_it_cannot_list(tmp_path, unlistable):
+    """As :mod:`glob`: a literal part needs no listing, so ``*/locked/x.png`` is found in a
+    folder that can be searched but not listed."""
+    (tmp_path / "a" / "locked").mkdir(parents=True)
+    (tmp_path / "a" / "locked" / "x.png").write_bytes(b"x")
+    unlistable("locked")
+    assert list_images(str(tmp_path / "*" / "locked" / "x.png")) == [
+        tmp_path / "a" / "locked" / "x.png"]

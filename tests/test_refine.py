@@ -343,3 +343,18 @@ def test_style_weights_are_a_mix_for_both_targets(model, imgs):
     for bad in ([0.0, 0.0], [-1.0, 2.0], [np.nan, 1.0]):  # (all zeros gave NaN targets)
         with pytest.raises(ConfigError, match="style_weights must be"):
             refine.refine_embeddings(model, c, s, np.array(bad, np.float32), e0, steps=1)
+
+
+def test_non_finite_options_are_errors_and_style_weight_zero_is_allowed(model, imgs):
+    """NaN/inf learning rates or style weights are refused (they gave NaN embeddings); a style
+    weight of exactly 0 (content loss only) is a valid choice."""
+    c, s = imgs["content"], imgs["style"]
+    e0 = np.zeros((2, model.embedding_dim), np.float32)
+    for kw in ({"learning_rate": float("nan")}, {"learning_rate": float("inf")},
+               {"style_weight": float("nan")}, {"style_weight": float("inf")}):
+        with pytest.raises(ConfigError, match="finite"):
+            refine.refine_embeddings(model, c, s, np.ones(2) / 2, e0, steps=1, **kw)
+    e, hist = refine.refine_embeddings(model, c, s, np.ones(2) / 2, e0, steps=0,
+                                       style_weight=0.0, palette=0.0)
+    np.testing.assert_array_equal(e, e0)
+    assert hist.shape == (1, 2) and np.all(np.isfinite(hist))
