@@ -1058,10 +1058,10 @@ def _could_hold(folder: Sequence[str], parts: Sequence[str]) -> bool:
     import fnmatch
 
     for k, name in enumerate(folder):
+        if parts[k] == "**":  # (first: a trailing ** matches files at any depth too)
+            return True
         if k >= len(parts) - 1:  # deeper than the pattern's folders
             return False
-        if parts[k] == "**":
-            return True
         if not fnmatch.fnmatchcase(name, parts[k]):
             return False
     return True

@@ -738,6 +738,11 @@ def test_unreadable_subfolders_are_collected_not_fatal(tmp_path, unlistable):
         assert unlisted == [(tmp_path / "locked", why)]
     with pytest.raises(ImageError, match="permission denied"):  # the folder asked for itself
         list_images(tmp_path / "locked", unlisted=[])
+    # a trailing ** matches at any depth: the locked folder is news (it was dropped silently)
+    for pattern in (tmp_path / "**", tmp_path / "**" / "*"):
+        unlisted = []
+        list_images(str(pattern), unlisted=unlisted)
+        assert unlisted == [(tmp_path / "locked", why)], pattern
     # a folder the pattern could not match in is not news (a batch ended with status 1)
     unlisted = []
     assert [p.name for p in list_images(str(tmp_path / "ok*" / "**" / "*.png"),
