@@ -1075,26 +1075,37 @@ def prepare_folder(dirs: Sequence[str | os.PathLike[str]], *, data_dir: str | os
 
 
 def _check_prepared_files(version_dir: Path) -> None:
-    """A reused preparation has every shard file its ``dataset_info.json`` lists, holding at
-    least the bytes it recorded (files copied in part, cleaned by hand or cut short were found
-    only by the loader, as a traceback in the middle of training)."""
+    """A reused preparation has every shard file its ``dataset_info.json`` lists, each holding
+    the records it recorded (read from the file's footer; files copied in part, cleaned by hand
+    or cut short were found only by the loader, as a traceback in the middle of training).
+    (Not by bytes: ``numBytes`` counts the examples before array_record compresses them.)"""
+    from array_record.python import array_record_module
+
     try:
         info = json.loads((version_dir / "dataset_info.json").read_text())
         for split in info.get("splits", []):
-            n = len(split.get("shardLengths", []))
-            files = [version_dir / f"{info['name']}-{split['name']}."
-                                   f"{info.get('fileFormat', 'array_record')}-{i:05d}-of-{n:05d}"
-                     for i in range(n)]
-            missing = [f.name for f in files if not f.is_file()]
-            size = sum(f.stat().st_size for f in files if f.is_file())
-            if missing:
-                why = f"{len(missing)} of {n} files missing: {missing[0]}"
-            elif size < int(split.get("numBytes", 0)):
-                why = f"{size} bytes, {split['numBytes']} recorded: cut short"
-            else:
-                continue
-            raise ConfigError(f"{version_dir}: the prepared data is damaged or incomplete "
-                              f"({why}); delete this folder to prepare it again")
+            lengths = [int(n) for n in split.get("shardLengths", [])]
+            for i, want in enumerate(lengths):
+                f = version_dir / (f"{info['name']}-{split['name']}."
+                                   f"{info.get('fileFormat', 'array_record')}-"
+                                   f"{i:05d}-of-{len(lengths):05d}")
+                if not f.is_file():
+                    why = f"{f.name} is missing"
+                else:
+                    try:
+                        reader = array_record_module.ArrayRecordReader(str(f))
+                        try:
+                            got = reader.num_records()
+                        finally:
+                            reader.close()
+                    except Exception:  # noqa: BLE001 - array_record raises RuntimeError etc.
+                        got = -1
+                    if got == want:
+                        continue
+                    why = (f"{f.name} cannot be read" if got < 0 else
+                           f"{f.name} holds {got} of its {want} records")
+                raise ConfigError(f"{version_dir}: the prepared data is damaged or incomplete "
+                                  f"({why}); delete this folder to prepare it again")
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"{version_dir}: cannot read the prepared data's description "
                           f"({_one_line(e)[:200]}); delete this folder to prepare it again") \

@@ -5,9 +5,10 @@ Every image is generated under tmp_path; nothing reads ../shared.
 from __future__ import annotations
 
 import colorsys
-import json
 import io
+import json
 import os
+import re
 import shutil
 import sys
 
@@ -1121,13 +1122,16 @@ def test_damaged_prepared_data_is_one_line_naming_the_folder(folder, tmp_path, c
     shard.unlink()
     with pytest.raises(ConfigError) as e:
         data.prepare_folder([str(folder)], data_dir=str(d), progress=False)
-    assert str(e.value) == (f"{version_dir}: the prepared data is damaged or incomplete (1 of 1 "
-                            f"files missing: {shard.name}); delete this folder to prepare it again")
-    recorded = int(json.loads((version_dir / "dataset_info.json").read_text())
-                   ["splits"][0]["numBytes"])
-    shard.write_bytes(saved.read_bytes()[:recorded - 1])
-    with pytest.raises(ConfigError, match=r"\(\d+ bytes, \d+ recorded: cut short\); delete"):
-        data.prepare_folder([str(folder)], data_dir=str(d), progress=False)
+    assert str(e.value) == (f"{version_dir}: the prepared data is damaged or incomplete "
+                            f"({shard.name} is missing); delete this folder to prepare it again")
+    n = src.report["num_prepared"]
+    for cut in (len(saved.read_bytes()) // 2, 100):
+        shard.write_bytes(saved.read_bytes()[:cut])
+        with pytest.raises(ConfigError) as e:
+            data.prepare_folder([str(folder)], data_dir=str(d), progress=False)
+        assert re.fullmatch(rf".*: the prepared data is damaged or incomplete \({shard.name} "
+                            rf"(holds \d+ of its {n} records|cannot be read)\); delete this "
+                            "folder to prepare it again", str(e.value)), str(e.value)
     # a read that fails after the reuse check (the array_record error, as it comes)
     class Damaged:
         def __len__(self):
@@ -1147,6 +1151,24 @@ def test_damaged_prepared_data_is_one_line_naming_the_folder(folder, tmp_path, c
     shutil.rmtree(version_dir)
     assert data.prepare_folder([str(folder)], data_dir=str(d), progress=False).report[
         "num_prepared"] == src.report["num_prepared"]
+
+
+def test_compressible_images_are_reused_not_called_damaged(tmp_path):
+    """array_record compresses what TFDS records as numBytes: flat line art made files smaller
+    than "recorded", and a byte check refused every reuse as "cut short" (a review found it)."""
+    d = tmp_path / "lineart"
+    d.mkdir()
+    for i in range(40):  # (a flat JPEG repeats one entropy-coded block: zstd shrinks it)
+        a = np.full((500, 700, 3), 255, np.uint8)
+        a[10 * i:10 * i + 3] = 0
+        Image.fromarray(a).save(d / f"{i}.jpg", quality=95)
+    first = data.prepare_folder([str(d)], data_dir=str(tmp_path / "t"), progress=False)
+    version_dir = Path(first.report["data_dir"])
+    info = json.loads((version_dir / "dataset_info.json").read_text())
+    on_disk = sum(f.stat().st_size for f in version_dir.glob("*.array_record-*"))
+    assert on_disk < int(info["splits"][0]["numBytes"])  # (the case: smaller than recorded)
+    again = data.prepare_folder([str(d)], data_dir=str(tmp_path / "t"), progress=False)
+    assert again.report["reused"] and len(again) == len(first) == 40
 
 
 def test_overlapping_folders_are_refused_before_anything_is_prepared(tmp_path):
