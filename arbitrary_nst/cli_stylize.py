@@ -574,18 +574,21 @@ def _stylize(args, stylizer, listing: tuple[list[Path], list[tuple[Path, str]]])
     before = {} if single else {str(p): _identity(output(p)) for p in contents}
     try:
         for r in results:
-            before.pop(str(r.content), None)
-            bar.update(1)
             if r.ok:
                 done += 1
             else:
                 skipped.append(r)
+            before.pop(str(r.content), None)  # (counted: not again from the disk after Ctrl-C)
+            bar.update(1)
+            if not r.ok:
                 if single:
                     raise ImageError(None, r.reason or f"{r.content}: failed")
                 bar.write(f"skipped: {r.reason}", file=sys.stderr)
     except KeyboardInterrupt:
         if not single:  # say what is on disk and how to finish (written outputs are skipped)
             bar.close()
+            if hasattr(results, "close"):  # finish the writes in flight before counting them
+                results.close()
             done += sum(_identity(output(Path(p))) not in (None, old)
                         for p, old in before.items())
             print(f"{_summary(done, skipped, time.perf_counter() - t0, len(contents))}; "

@@ -1215,7 +1215,7 @@ def _check_folders_distinct(c: Mapping[str, Any]) -> None:
         for d in c[f"{role}_dirs"] or ():
             if str(d).startswith("tfds:"):
                 continue
-            real = os.path.realpath(d)
+            real = os.path.realpath(os.path.expanduser(d))
             for other_real, other_role, other in seen:
                 if real == other_real:
                     if role != other_role:
@@ -1283,12 +1283,12 @@ def prepare(data_cfg: Any = None, *, progress: bool = False,
         p = src[4:]
         return {"content": NpzSource(p, "content"), "style": NpzSource(p, "style")}
     if src.startswith("tfds:"):
+        _check_folders_distinct(c)
         nm, split = _parse_catalog(src)
         content: DataSource = source_from_catalog(nm, split, c["data_dir"])
         if c["content_dirs"]:
             content = MixtureSource([content] + [_role_source("content", [d], None, c, progress) for d in c["content_dirs"]],
                                     c["content_dir_weights"], name="content")
-        _check_folders_distinct(c)
         return {"content": content, "style": _role_source("style", c["style_dirs"], c["style_dir_weights"], c, progress)}
     if src != "folder":
         raise ConfigError(f"data config: unknown source {src!r} (folder, synthetic, tfds:<name>, npz:<path>)")

@@ -34,6 +34,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
 import tempfile
 import threading
 import warnings
@@ -982,6 +983,8 @@ def _glob_files(pattern: str, unlisted: list[tuple[Path, str]] | None = None) ->
     exponential walk), so ``**`` patterns are matched against :func:`_scan_dir`'s loop-safe
     listing of the pattern's literal base folder instead; other patterns level by level
     (:func:`_walk_glob`), which unlike :mod:`glob` reports folders it cannot list."""
+    if pattern.endswith(("/", os.sep)):  # folders only, as glob: never an image file
+        return []
     parts = Path(pattern).parts
     i = next((k for k, part in enumerate(parts) if _GLOB_MAGIC.search(part)), None)
     if i is None:  # (no wildcard: the path itself, as glob)
@@ -1020,7 +1023,17 @@ def _walk_glob(base: str, parts: Sequence[str],
         for d in level:
             if not _GLOB_MAGIC.search(part):  # a literal name: no listing needed
                 p = os.path.join(d, part)
-                if os.path.lexists(p) if last else os.path.isdir(p):
+                try:
+                    st = os.lstat(p) if last else os.stat(p)
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                except OSError as e:  # (a folder that cannot be searched: EACCES)
+                    why = f"cannot search directory: {_os_reason(e)}"
+                    if unlisted is not None and k > 0:
+                        unlisted.append((Path(d), why))
+                        continue
+                    raise ImageError(d or os.curdir, why) from None
+                if last or stat.S_ISDIR(st.st_mode):
                     (found if last else nxt).append(p)
                 continue
             try:

@@ -955,3 +955,33 @@ def test_repeated_list_options_add_up(capsys):
         assert distill.main(["--out", "x", "--target", "conditioning", *argv]) == 1
         err = capsys.readouterr().err
         assert got in err and err.count("\n") == 1, err
+
+
+def test_ctrl_c_between_results_counts_the_writes_the_pipeline_finishes(cli, data, monkeypatch):
+    """Ctrl-C while a result is being handled (the pipeline paused at its yield, its writer
+    threads busy): the pipeline is closed first, which finishes the writes in flight, and
+    they are counted (they were not: the summary was printed before they ended)."""
+    def one_then_finish_on_close(self, contents, styles, *, output, **k):
+        try:
+            yield inference.FileResult(Path(contents[0]), output(contents[0]), True)
+        finally:  # (as stylize_files' shutdown: a write that was running completes)
+            images.save_image(output(contents[1]), np.zeros((4, 4, 3), np.float32))
+
+    class Bar:
+        def update(self, n):
+            raise KeyboardInterrupt
+
+        def close(self):
+            pass
+
+        def write(self, *a, **k):
+            pass
+
+    monkeypatch.setattr(inference.Stylizer, "stylize_files", one_then_finish_on_close)
+    monkeypatch.setattr(cli_stylize, "_progress", lambda total, enabled: Bar())
+    od = data["tmp"] / "int2"
+    rc, stdout, _ = cli("--content", data["dir"], "--style", data["styles"][0], "--out-dir", od,
+                        "--no-progress")
+    # the reported result (counted before the bar's Ctrl-C) and the write finished on close
+    assert rc == 130 and len(list(od.iterdir())) == 1
+    assert re.search(r"^done 2, skipped 0, .*; interrupted", stdout, re.M), stdout

@@ -1199,6 +1199,16 @@ def test_overlapping_folders_are_refused_before_anything_is_prepared(tmp_path):
         with pytest.raises(ConfigError) as e:
             data.prepare({**cfg, "data_dir": str(tmp_path / "t")})
         assert str(e.value).startswith(want), (str(e.value), want)
+    # with a catalog source too, before its content folders are prepared; and ~ expanded
+    home = tmp_path / "home"
+    (home / "photos").mkdir(parents=True)
+    Image.fromarray(_smooth(64, 64, 1)).save(home / "photos" / "a.png")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOME", str(home))
+        with pytest.raises(ConfigError, match="listed twice in content_dirs"):
+            data.prepare({"source": "tfds:no_such_dataset_xyz", "style_dirs": [p],
+                          "content_dirs": ["~/photos", str(home / "photos")],
+                          "data_dir": str(tmp_path / "t")})
     assert not (tmp_path / "t").exists()
 
 

@@ -669,6 +669,25 @@ def test_plain_glob_reports_folders_it_cannot_list(tmp_path, unlistable):
     assert [p.name for p in list_images(str(tmp_path / "o*" / "*.png"), unlisted=unlisted)] \
         == ["z.png"]
     assert unlisted == []
+    # a literal part below a folder that cannot be searched (stat: EACCES) is reported too
+    real_stat = os.stat
+
+    def no_search(path, *a, **k):
+        if os.path.basename(os.path.dirname(os.fspath(path))) == "locked":
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_stat(path, *a, **k)
+
+    (tmp_path / "a" / "raw").mkdir()
+    (tmp_path / "a" / "raw" / "r.png").write_bytes(b"x")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "stat", no_search)
+        unlisted = []
+        found = list_images(str(tmp_path / "*" / "raw" / "*.png"), unlisted=unlisted)
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == ["a/raw/r.png"]
+    assert unlisted == [(tmp_path / "locked", "cannot search directory: permission denied")]
+    # a trailing slash asks for folders, as glob: no image files (it matched files too)
+    with pytest.raises(ImageError, match="no image files match"):
+        list_images(str(tmp_path / "*") + os.sep)
     # the folder the pattern names cannot be listed: that, not "no image files match"
     for u in (None, []):
         with pytest.raises(ImageError) as e:
