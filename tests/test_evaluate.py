@@ -523,3 +523,373 @@ def test_gatys_seconds_exclude_compilation(monkeypatch):
     assert calls[0][2] == calls[1][2] == [(5, 6, 3), (6, 6, 3)]  # the same paintings
     assert calls[2][2] == calls[3][2] == [(7, 6, 3)]
     assert r.seconds == [1.5, 1.5, 3.0] and m.compile_seconds == 11.0
+
+
+# ------------------------------------------------- mutation-testing pass 3 (selection, summary,
+# sheets, timing of the feed-forward methods, CLI)
+
+
+def test_pick_takes_the_items_nearest_to_evenly_spread_positions():
+    """``--num-contents 4`` of 6 files: the positions 0, 5/3, 10/3, 5 round to the files 0, 2,
+    3, 5 (truncating them took 0, 1, 3, 5); n >= len or None takes all, n = 1 the first."""
+    items = list("abcdef")
+    assert evaluate._pick(items, 4) == list("acdf")
+    assert evaluate._pick(items, 2) == list("af")
+    assert evaluate._pick(items, 1) == ["a"]
+    assert evaluate._pick(items, 6) == items and evaluate._pick(items, 9) == items
+    assert evaluate._pick(items, None) == items
+
+
+def test_mean_table_is_the_arithmetic_mean_per_method():
+    """Means over the pairs (hand-computed: 1, 2, 6 -> 3, which a median would give as 2),
+    with each method's pair count; text columns are no metrics."""
+    rows = [{"method": "a", "content": c, "style": "s", "style_gram": g, "seconds": t}
+            for c, g, t in (("x", 0.5, 1.0), ("y", 0.5, 2.0), ("z", 2.0, 6.0))]
+    rows.append({"method": "b", "content": "x", "style": "s", "style_gram": 4.0, "seconds": 0.0})
+    table = evaluate.mean_table(rows, ["a", "b"])
+    assert table == {"a": {"style_gram": pytest.approx(1.0), "seconds": pytest.approx(3.0),
+                           "pairs": 3},
+                     "b": {"style_gram": 4.0, "seconds": 0.0, "pairs": 1}}
+
+
+def test_summary_verdicts_count_ties_as_met_and_format_numbers(tmp_path):
+    """The targets say "<=": a model whose style loss equals the peer's at a lower content loss
+    meets the target, a pair tied on style is a win, a style loss exactly 1.5x Gatys' meets
+    that target. Numbers: 3 significant digits below 1e4, scientific above, "n/a" for a
+    non-finite mean; the compile, embedding and skipped lines as documented."""
+    metrics = ("content_relu3_3", "content_relu4_2", "style_gram", "meanstd_relu5_1",
+               "color_hist", "seconds")
+
+    def row(method, pair, style, content):
+        return {"method": method, "content": pair[0], "style": pair[1], "style_gram": style,
+                "content_relu3_3": content, "content_relu4_2": 1.0, "meanstd_relu5_1": 2.0,
+                "color_hist": 0.5, "seconds": 0.1}
+    pairs = [("a", "x"), ("b", "x")]
+    rows = ([row("model", p, 3.0, 0.5) for p in pairs] + [row("magenta_lite", p, 3.0, 1.0)
+                                                          for p in pairs]
+            + [row("gatys", p, 2.0, 1.0) for p in pairs])
+    methods = ["model", "magenta_lite", "gatys"]
+    means = {m: {k: float(np.mean([r[k] for r in rows if r["method"] == m])) for k in metrics}
+             for m in methods}
+    means["gatys"]["seconds"] = 123456.0
+    means["gatys"]["color_hist"] = float("nan")
+    means["gatys"]["meanstd_relu5_1"] = float("inf")
+    info = {"contents": 2, "styles": 1, "size": 64,
+            "compile_seconds": {"model": 1.234, "gatys": 12.0}, "embed_seconds": {"model": 0.0123}}
+    skipped = [f"bad{i}.png: not an image" for i in range(5)]
+    text = evaluate.summary_markdown(evaluate.EvalResult(
+        rows=rows, means=means, skipped=skipped, out_dir=tmp_path, methods=methods, info=info))
+    assert ("* model / magenta_lite: style 1.00x, content (relu3_3) 0.50x, relu5_1 mean/std "
+            "1.00x, colour hist. 1.00x (target: style <= 1 at content <= 1: met)." in text)
+    assert ("pairs where model has both lower style and lower content loss than magenta_lite: "
+            "2 of 2." in text)
+    assert "* model / gatys style: 1.50x (target <= 1.5x: met)." in text
+    assert "| gatys | 1 | 1 | 2 | n/a | n/a | 1.235e+05 |" in text
+    assert "| model | 0.5 | 1 | 3 | 2 | 0.5 | 0.1 |" in text
+    assert "* compile / first call (s): model 1.23, gatys 12.00" in text
+    assert "* style embedding (s, per style): model 0.012" in text
+    assert ("* skipped 5 (unreadable images, or a method's contents it cannot take): "
+            "bad0.png: not an image; bad1.png: not an image; bad2.png: not an image; ...") in text
+
+
+def _solid(h, w, rgb):
+    return np.broadcast_to(np.asarray(rgb, np.float32), (h, w, 3)).copy()
+
+
+def test_contact_sheet_puts_each_output_at_its_content_row_and_style_column(tmp_path):
+    """Rows are contents (the photo first), columns styles (the painting first): the cell of
+    content a x style y shows a__y.png, a missing output is a white cell, and an output that
+    is not square is centred in its cell (thumb 16, 2 px padding)."""
+    red, blue, white = (1.0, 0.0, 0.0), (0.0, 0.0, 1.0), (1.0, 1.0, 1.0)
+    contents = [("a", _solid(16, 16, (0.2,) * 3)), ("b", _solid(16, 16, (0.4,) * 3))]
+    styles = [("x", _solid(16, 16, (0.0, 1.0, 0.0))), ("y", _solid(16, 16, (0.6,) * 3))]
+    img_dir = tmp_path / "images"
+    images.save_image(img_dir / "a__y.png", _solid(16, 16, red))
+    images.save_image(img_dir / "b__x.png", _solid(8, 16, blue))  # wide: 8 rows of 16
+    evaluate.contact_sheet(tmp_path / "sheet.png", img_dir, contents, styles, 16)
+    sheet = images.load_image(tmp_path / "sheet.png")
+    assert sheet.shape == (3 * 18 + 2, 3 * 18 + 2, 3)
+
+    def cell(i, j):
+        return sheet[2 + i * 18:2 + i * 18 + 16, 2 + j * 18:2 + j * 18 + 16]
+
+    def close(x, rgb):
+        return np.allclose(x, np.asarray(rgb, np.float32), atol=2 / 255)
+
+    assert close(cell(0, 0), white) and close(cell(0, 1), (0.0, 1.0, 0.0))
+    assert close(cell(0, 2), (0.6,) * 3)
+    assert close(cell(1, 0), (0.2,) * 3) and close(cell(2, 0), (0.4,) * 3)
+    assert close(cell(1, 2), red) and close(cell(1, 1), white) and close(cell(2, 2), white)
+    wide = cell(2, 1)
+    assert close(wide[:4], white) and close(wide[4:12], blue) and close(wide[12:], white)
+
+
+def test_side_by_side_shows_n_pairs_spread_over_all(tmp_path):
+    """``side_by_side_pairs`` of the content x style pairs, spread evenly (2 of 4: the first
+    and the last), one row each under a 14 px label strip: content, style, then each method."""
+    contents = [("a", _solid(16, 16, (0.2,) * 3)), ("b", _solid(16, 16, (0.4,) * 3))]
+    styles = [("x", _solid(16, 16, (0.0, 1.0, 0.0))), ("y", _solid(16, 16, (0.6,) * 3))]
+    for name, rgb in (("a__x", (1.0, 0.0, 0.0)), ("b__y", (0.0, 0.0, 1.0)),
+                      ("a__y", (0.0, 0.0, 0.0)), ("b__x", (0.0, 0.0, 0.0))):
+        images.save_image(tmp_path / "images" / "identity" / f"{name}.png", _solid(16, 16, rgb))
+    evaluate.side_by_side(tmp_path / "sbs.png", tmp_path / "images", ["identity"], contents,
+                          styles, 16, 2)
+    img = images.load_image(tmp_path / "sbs.png")
+    assert img.shape == (14 + 2 * 18 + 2, 3 * 18 + 2, 3)
+
+    def cell(i, j):
+        y, x = 14 + 2 + i * 18, 2 + j * 18
+        return img[y:y + 16, x:x + 16]
+
+    want = [[(0.2,) * 3, (0.0, 1.0, 0.0), (1.0, 0.0, 0.0)],  # a x x
+            [(0.4,) * 3, (0.6,) * 3, (0.0, 0.0, 1.0)]]  # b x y
+    for i, r in enumerate(want):
+        for j, rgb in enumerate(r):
+            np.testing.assert_allclose(cell(i, j), np.broadcast_to(rgb, (16, 16, 3)),
+                                       atol=2 / 255, err_msg=str((i, j)))
+
+
+@pytest.fixture
+def small_set(tmp_path):
+    """A 72x48 photo (32 px high at --size 48: VGG16's minimum, kept), a 40x40 one and a
+    painting, all random."""
+    rng = np.random.default_rng(3)
+    for name, shape in (("content/wide", (48, 72, 3)), ("content/square", (40, 40, 3)),
+                        ("style/paint", (40, 40, 3))):
+        images.save_image(tmp_path / f"{name}.png", rng.uniform(0, 1, shape).astype(np.float32))
+    return tmp_path
+
+
+def test_the_smallest_sizes_are_accepted_and_methods_run_once(small_set, vgg):
+    """--size 48 makes the 72x48 photo 48x32: 32 px is enough for VGG16 (kept, not "too
+    thin"); --size 32 and --style-size 32 are the smallest allowed; a method named twice runs
+    once."""
+    r = evaluate.evaluate(small_set / "content", small_set / "style", small_set / "o1", size=48,
+                          methods=["identity", "identity"], progress=False, vgg=vgg)
+    assert r.skipped == [] and r.methods == ["identity"] and len(r.rows) == 2
+    assert images.load_image(small_set / "o1" / "images" / "identity" /
+                             "wide__paint.png").shape == (32, 48, 3)
+    r = evaluate.evaluate(small_set / "content" / "square.png", small_set / "style",
+                          small_set / "o2", size=32, style_size=32, methods=["identity"],
+                          progress=False, vgg=vgg)
+    assert r.skipped == [] and r.info["size"] == 32 and r.info["style_size"] == 32
+
+
+def test_outputs_of_another_size_are_resized_to_the_content(small_set, vgg):
+    """The safety net: a method that returned another size still writes (and is scored at)
+    the content's size."""
+    def factory(name, **kw):
+        m = evaluate.make_method(name, **kw)
+        run = m.run
+
+        def smaller(content, styles, keys):
+            r = run(content, styles, keys)
+            return evaluate.MethodRun([images.resize(y, (20, 24)) for y in r.outputs],
+                                      r.seconds)
+        m.run = smaller
+        return m
+
+    r = evaluate.evaluate(small_set / "content" / "wide.png", small_set / "style",
+                          small_set / "o", size=48, methods=["identity"], progress=False,
+                          vgg=vgg, method_factory=factory)
+    assert r.skipped == [] and len(r.rows) == 1
+    out = images.load_image(small_set / "o" / "images" / "identity" / "wide__paint.png")
+    assert out.shape == (32, 48, 3)
+
+
+def test_cli_exits_1_when_an_image_was_skipped(small_set, capsys):
+    """An unreadable painting is skipped with one line, the others are scored, and the run
+    exits 1 (the module docstring's contract)."""
+    (small_set / "style" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    rc = evaluate.main(["--content", str(small_set / "content" / "square.png"), "--style",
+                        str(small_set / "style"), "--out", str(small_set / "o"), "--size", "32",
+                        "--methods", "identity", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "skipped: " in err and "broken.png" in err
+    rows = json.loads((small_set / "o" / "results.json").read_text())["rows"]
+    assert [(r["content"], r["style"]) for r in rows] == [("square", "paint")]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--num-contents", "0"], "--num-contents must be >= 1"),
+    (["--num-styles", "0"], "--num-styles must be >= 1"),
+    (["--thumb", "1025"], "--thumb must be in [16, 1024]"),
+    (["--thumb", "15"], "--thumb must be in [16, 1024]"),
+    (["--strength", "1.5"], "strength"),
+])
+def test_cli_refuses_out_of_range_counts_in_one_line(tmp_path, capsys, argv, message):
+    rc = evaluate.main(["--content", str(tmp_path), "--style", str(tmp_path), "--out",
+                        str(tmp_path / "o"), "--no-progress", *argv])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and message in err and len(err.splitlines()) == 1, err
+
+
+class _FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+
+def test_feed_forward_methods_embed_once_and_time_after_a_warm_up_per_shape(monkeypatch):
+    """A feed-forward method embeds each painting once (cached by name), runs one untimed
+    warm-up per content shape (compiles; the longest is ``compile_seconds``) and times each
+    transfer alone. (A fake clock: embedding 5 s, warm-up 20 s at the first shape and 8 s at
+    the second, transfer 1 s.)"""
+    clock = _FakeClock()
+    monkeypatch.setattr(evaluate, "time", clock)
+    calls = []
+
+    class Fake(evaluate._EmbeddingMethod):
+        name = "fake"
+
+        def __init__(self):
+            super().__init__()
+            self.shapes = set()
+
+        def _embed(self, style):
+            calls.append(("embed", float(style[0, 0, 0])))
+            clock.now += 5
+            return float(style[0, 0, 0])
+
+        def _transfer(self, content, e):
+            calls.append(("transfer", content.shape[:2]))
+            first = content.shape[:2] not in self.shapes
+            self.shapes.add(content.shape[:2])
+            clock.now += (20 if content.shape[0] == 4 else 8) if first else 1
+            return np.full_like(content, e)
+
+    m = Fake()
+    styles = [np.full((3, 3, 3), v, np.float32) for v in (0.25, 0.75)]
+    r = m.run(np.zeros((4, 4, 3), np.float32), styles, ["s", "t"])
+    assert r.seconds == [1, 1] and m.compile_seconds == 20 and m.embed_seconds == [5, 5]
+    assert [float(y[0, 0, 0]) for y in r.outputs] == [0.25, 0.75]
+    r = m.run(np.zeros((6, 4, 3), np.float32), styles, ["s", "t"])
+    assert r.seconds == [1, 1] and m.compile_seconds == 20 and m.embed_seconds == [5, 5]
+    assert [c for c in calls if c[0] == "embed"] == [("embed", 0.25), ("embed", 0.75)]
+    assert [c[1] for c in calls if c[0] == "transfer"] == [(4, 4)] * 3 + [(6, 4)] * 3
+
+
+def test_evaluate_records_the_mean_embedding_time_and_the_transfer_seconds(small_set, vgg,
+                                                                             monkeypatch):
+    """results: ``seconds`` per row is the timed transfer, ``embed_seconds`` the mean
+    embedding time per painting (3 s and 5 s -> 4 s), ``compile_seconds`` the warm-up."""
+    clock = _FakeClock()
+    monkeypatch.setattr(evaluate, "time", clock)
+    rng = np.random.default_rng(4)
+    images.save_image(small_set / "style" / "other.png",
+                      rng.uniform(0, 1, (40, 40, 3)).astype(np.float32))
+    cost = iter([3, 5])
+
+    class Fake(evaluate._EmbeddingMethod):
+        name = "model"
+
+        def _embed(self, style):
+            clock.now += next(cost)
+            return None
+
+        def _transfer(self, content, e):
+            clock.now += 0.5
+            return content
+
+    r = evaluate.evaluate(small_set / "content" / "square.png", small_set / "style",
+                          small_set / "o", size=32, methods=["model"], progress=False, vgg=vgg,
+                          method_factory=lambda name, **kw: Fake())
+    assert r.info["embed_seconds"] == {"model": 4.0}
+    assert r.info["compile_seconds"] == {"model": 0.5}
+    assert [row["seconds"] for row in r.rows] == [0.5, 0.5]
+
+
+def test_gatys_compile_seconds_are_the_longest_warm_up(monkeypatch):
+    """``compile_seconds`` is the longest warm-up of the batches (the first here: 10 s, then
+    4 s), not the last one."""
+    from types import SimpleNamespace
+
+    from arbitrary_nst import gatys
+
+    clock = _FakeClock()
+    warm = iter([10.0, 4.0])
+
+    def fake_run(contents, styles, *, config, progress, vgg_params):
+        clock.now += next(warm) if config.iterations == 1 else 2.0
+        return SimpleNamespace(images=np.zeros((len(contents), 4, 4, 3), np.float32))
+
+    monkeypatch.setattr(gatys, "run", fake_run)
+    monkeypatch.setattr(evaluate, "time", clock)
+    m = evaluate.GatysMethod(iterations=5, batch=1, vgg_params={})
+    r = m.run(np.zeros((4, 4, 3), np.float32), [np.zeros((5, 5, 3), np.float32)] * 2, ["a", "b"])
+    assert r.seconds == [2.0, 2.0] and m.compile_seconds == 10.0
+
+
+def test_a_resume_of_some_contents_keeps_the_record_of_the_others(small_set, vgg):
+    """A resume of one content (--num-contents 1) must not forget what the other content's
+    images were made from: that photo changed afterwards is still refused by a later resume of
+    all (its stale image was reused and scored against the new photo)."""
+    kw = dict(methods=["identity"], size=48, progress=False, vgg=vgg)
+    content, out = small_set / "content", small_set / "o"
+    evaluate.evaluate(content, small_set / "style", out, **kw)
+    r = evaluate.evaluate(content, small_set / "style", out, resume=True, num_contents=1, **kw)
+    assert [row["content"] for row in r.rows] == ["square"]
+    wide = content / "wide.png"
+    images.save_image(wide, images.load_image(wide)[:, ::-1], overwrite=True)
+    with pytest.raises(ConfigError, match=r"--resume: 1 input file\(s\) changed .*content/wide"):
+        evaluate.evaluate(content, small_set / "style", out, resume=True, **kw)
+
+
+def test_a_run_without_resume_remakes_images_of_an_unknown_origin(small_set, vgg):
+    """Images without settings.json block only --resume (what made them is unknown): a run
+    without it makes them again and records its settings."""
+    kw = dict(methods=["identity"], size=48, progress=False, vgg=vgg)
+    out = small_set / "o"
+    evaluate.evaluate(small_set / "content", small_set / "style", out, **kw)
+    (out / "settings.json").unlink()
+    r = evaluate.evaluate(small_set / "content", small_set / "style", out, **kw)
+    assert len(r.rows) == 2
+    assert json.loads((out / "settings.json").read_text())["methods"]["identity"]["size"] == 48
+
+
+def test_no_readable_painting_is_one_error(small_set, vgg):
+    """Readable photos but no readable painting: one ConfigError, not a traceback later."""
+    styles = small_set / "broken_styles"
+    styles.mkdir()
+    (styles / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(ConfigError, match="no readable content or style images"):
+        evaluate.evaluate(small_set / "content", styles, small_set / "o", methods=["identity"],
+                          size=48, progress=False, vgg=vgg)
+
+
+@pytest.mark.parametrize("size, fit_size", [(50, 48), (300, 256)])
+def test_model_fit_fits_at_the_evaluation_scale(small_set, vgg, size, fit_size):
+    """model_fit fits on photos at the evaluation's working square: --size rounded down to a
+    multiple of 4, at most fit_style's 256 (hand-computed: 50 -> 48, 300 -> 256), into
+    --fitted or OUT/fitted. (The method itself is replaced: only what it is given is
+    checked.)"""
+    images.save_image(small_set / "fit" / "photo.png", np.full((40, 40, 3), 0.5, np.float32))
+    given = {}
+
+    def factory(name, **kw):
+        given.update(kw)
+        return evaluate.IdentityMethod()
+
+    evaluate.evaluate(small_set / "content" / "square.png", small_set / "style",
+                      small_set / "o", size=size, methods=["model_fit"],
+                      fit_photos=small_set / "fit", fit_steps=7, fitted_dir=small_set / "fits",
+                      progress=False, vgg=vgg, method_factory=factory)
+    assert given["fit_size"] == fit_size and given["fit_steps"] == 7
+    assert [p.name for p in given["fit_photos"]] == ["photo.png"]
+    assert given["fitted_dir"] == small_set / "fits"
+
+
+def test_a_flat_settings_file_of_an_older_version_still_guards_a_resume(small_set, vgg):
+    """settings.json written before per-method settings (one flat object) applies to every
+    method's images: a resume at another size is refused, not scored as made at it."""
+    kw = dict(methods=["identity"], progress=False, vgg=vgg)
+    out = small_set / "o"
+    evaluate.evaluate(small_set / "content", small_set / "style", out, size=48, **kw)
+    new = json.loads((out / "settings.json").read_text())["methods"]["identity"]
+    (out / "settings.json").write_text(json.dumps(new))  # the flat layout of the old version
+    with pytest.raises(ConfigError, match=r"holds identity images made with other settings "
+                                          r"\(size 48 -> 56\)"):
+        evaluate.evaluate(small_set / "content", small_set / "style", out, size=56,
+                          resume=True, **kw)

@@ -621,3 +621,60 @@ def test_read_export_names_each_problem(model, vgg, tmp_path):
                                          rf"\({tensors[k].shape[1]}, {tensors[k].shape[0]}\), "
                                          rf"expected \({tensors[k].shape[0]}, "):
         load_exported(write("shape", wrong), vgg=vgg)
+
+
+# ------------------------------------------------- mutation-testing pass (export details)
+
+
+def _raw_header(path) -> dict:
+    raw = open(path, "rb").read()
+    n = int.from_bytes(raw[:8], "little")
+    return json.loads(raw[8:8 + n])
+
+
+def test_convert_export_stores_float16_by_default(model, tmp_path):
+    """``convert_export(src, dst)`` without a dtype halves the file (its documented default,
+    what bench/prepare_carry.sh relies on): every tensor is stored as F16 (the raw header, read
+    by hand), holding numpy's float16 rounding of the float32 weights."""
+    src = export_model(model, tmp_path / "m.safetensors", info={"step": 2})
+    dst = convert_export(src, tmp_path / "half.safetensors")
+    header = _raw_header(dst)
+    header.pop("__metadata__")
+    want = model_tensors(model)
+    assert set(header) == set(want)
+    assert {entry["dtype"] for entry in header.values()} == {"F16"}
+    tensors, _ = read_export(dst)
+    for k, v in want.items():
+        np.testing.assert_array_equal(tensors[k], v.astype(np.float16).astype(np.float64))
+
+
+def test_workdir_export_warning_edge_cases(model, tmp_path, caplog):
+    """``model_file(workdir)`` warns only for an export whose recorded ``step`` is behind the
+    workdir's latest numbered checkpoint: a step-0 export (``num_steps=0``) behind a checkpoint
+    warns; an export without a step (no ``info``) does not; orbax's temporary folders of a
+    killed save ("8.orbax-checkpoint-tmp-1") are not checkpoints (and are no crash); the step
+    is the run's own ``step``, not the chain's ``total_steps``."""
+    import logging
+
+    from arbitrary_nst.export import model_file
+
+    def warnings_for(info, checkpoints):
+        w = tmp_path / f"w{len(list(tmp_path.iterdir()))}"
+        for c in checkpoints:
+            (w / "checkpoints" / c).mkdir(parents=True)
+        w.mkdir(exist_ok=True)
+        export_model(model, w / "model.safetensors", info=info)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="arbitrary_nst.export"):
+            assert model_file(w) == str(w / "model.safetensors")
+        return [r.getMessage() for r in caplog.records]
+
+    (msg,) = warnings_for({"step": 0}, ["3"])
+    assert "is the export of step 0, but the workdir's latest checkpoint is step 3" in msg
+    assert warnings_for(None, ["3"]) == []  # (no step recorded: nothing to compare)
+    assert warnings_for({"step": 4}, ["4", "8.orbax-checkpoint-tmp-1", "tmp"]) == []
+    (msg,) = warnings_for({"step": 4}, ["4", "8.orbax-checkpoint-tmp-1", "6"])
+    assert "step 4, but the workdir's latest checkpoint is step 6" in msg
+    (msg,) = warnings_for({"step": 2, "total_steps": 12}, ["5"])
+    assert "is the export of step 2, but the workdir's latest checkpoint is step 5" in msg
+    assert warnings_for({"step": 1}, []) == []  # (an empty checkpoints folder)
