@@ -86,7 +86,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          "are mixed by --style-weights")
     io.add_argument("--out", metavar="FILE", help="output image (single content image)")
     io.add_argument("--out-dir", metavar="DIR",
-                    help="output folder: files are named {content}__{style}.png ({style}: a+b for a mix, painting-fitted for painting.npz; {style}__gatys with --method gatys)")
+                    help="output folder: files are named {content}__{style}.png ({style}: "
+                         "a+b for a mix, painting-fitted for painting.npz; {style}__gatys "
+                         "with --method gatys)")
     io.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     io.add_argument("--recursive", action="store_true",
                     help="with a --content folder, also take images in its subfolders")
@@ -336,7 +338,7 @@ def load_stylizer(model: str | None, dtype: str = "float32", backend: str = "jax
     from .inference import BUILTIN_MODEL, Stylizer
 
     try:  # (a workdir: its model.safetensors)
-        name = model_file(model) if model else str(BUILTIN_MODEL)
+        name = model_file(model, warn=False) if model else str(BUILTIN_MODEL)
         key = (*files.file_identity(name), dtype, backend)
     except (OSError, NSTError):
         key = None  # Stylizer.load says what is wrong
@@ -519,10 +521,8 @@ def _summary(done: int, skipped: list, seconds: float, n_images: int) -> str:
 def _identity(path: Path) -> tuple | None:
     """An output file's identity (None: none there): a write replaces the file (atomically),
     so a changed identity is this run's write."""
-    from .files import file_identity
-
     try:
-        return file_identity(path)
+        return files.file_identity(path)
     except OSError:
         return None
 

@@ -568,7 +568,7 @@ def _check_resume_settings(out_dir: Path, info: dict[str, Any], model_path: str 
     from .inference import BUILTIN_MODEL
 
     try:
-        st = os.stat(model_file(model_path) if model_path else BUILTIN_MODEL)
+        st = os.stat(model_file(model_path, warn=False) if model_path else BUILTIN_MODEL)
     except (OSError, NSTError):
         st = None
     now = {k: info.get(k) for k in _RESUME_KEYS}

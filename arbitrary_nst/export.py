@@ -208,9 +208,11 @@ def assign_tensors(model: ArbitraryStyleModel, tensors: dict[str, np.ndarray], n
     nnx.update(model, nnx.from_flat_state(flat))
 
 
-def model_file(path: str | os.PathLike) -> str:
+def model_file(path: str | os.PathLike, *, warn: bool = True) -> str:
     """``path`` itself, or ``path/model.safetensors`` when ``path`` is a training workdir.
-    Raises ModelError for a directory without one."""
+    Raises ModelError for a directory without one. ``warn``: say when that export is older
+    than the workdir's latest checkpoint (off where the path is only resolved, e.g. for a
+    cache key, and the model is loaded, and warned about, elsewhere)."""
     name = os.fspath(path)
     if not os.path.isdir(name):
         return name
@@ -218,7 +220,8 @@ def model_file(path: str | os.PathLike) -> str:
     if not os.path.isfile(exported):
         raise ModelError(f"{name}: a directory without model.safetensors (pass the "
                          "export file of a trained model)")
-    _warn_if_behind(name, exported)
+    if warn:
+        _warn_if_behind(name, exported)
     return exported
 
 

@@ -1230,6 +1230,15 @@ def test_a_workdir_whose_export_is_behind_its_checkpoints_warns(model_path, tmp_
         "is step 8: run train.py on the workdir again (same config) to export it, or pass an "
         "export file"]
     caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="arbitrary_nst.export"):
+        assert export.model_file(w, warn=False) == str(w / "model.safetensors")
+        # the CLI resolves the workdir for its cache key, then loads it: said once, not twice
+        from arbitrary_nst import cli_stylize
+
+        cli_stylize._VGG["vgg"] = model.vgg
+        cli_stylize.load_stylizer(str(w))
+    assert len(caplog.records) == 1 and "is the export of step 4" in caplog.text
+    caplog.clear()
     shutil.rmtree(w / "checkpoints" / "8")
     with caplog.at_level(logging.WARNING, logger="arbitrary_nst.export"):
         export.model_file(w)  # (step 4 = the latest)
