@@ -725,11 +725,9 @@ def _builder_classes() -> tuple[type, type]:
                 log.warning("skipped %s: %s", s["path"], s["reason"])
             if len(skipped) > 20:
                 log.warning("... and %d more skipped files", len(skipped) - 20)
-            other = ""
-            if ignored:  # (phone photos as .heic are not trained on: say so, as the CLI does)
-                exts = "/".join(sorted(e[1:] for e in _images.IMAGE_EXTENSIONS))
-                other = f", {ignored} other file{'s' if ignored != 1 else ''} ignored (not {exts})"
-            log.info("%s: %d images prepared, %d skipped%s", cfg.name, n_ok, len(skipped), other)
+            # (phone photos as .heic are not trained on: train.py shows this line, say so)
+            log.info("%s: %d images prepared, %d skipped%s", cfg.name, n_ok, len(skipped),
+                     _ignored_note(ignored))
             md = self.info.metadata
             md.update({
                 "dirs": list(cfg.dirs),
@@ -1074,13 +1072,36 @@ def prepare_folder(dirs: Sequence[str | os.PathLike[str]], *, data_dir: str | os
     return TFDSSource(ds, name=b.builder_config.name, report=report)
 
 
+def _ignored_note(n: int) -> str:
+    """``", N other files ignored (not bmp/...)"`` for a summary line ("" for none)."""
+    if not n:
+        return ""
+    exts = "/".join(sorted(e[1:] for e in _images.IMAGE_EXTENSIONS))
+    return f", {n} other file{'s' if n != 1 else ''} ignored (not {exts})"
+
+
+def _records_in(path: Path) -> int:
+    """Records an array_record file holds, read from its footer (-1: it cannot be read)."""
+    from array_record.python import array_record_module
+
+    try:
+        reader = array_record_module.ArrayRecordReader(str(path))
+    except Exception:  # noqa: BLE001 - array_record raises RuntimeError and others
+        return -1
+    try:
+        return reader.num_records()
+    except Exception:  # noqa: BLE001
+        return -1
+    finally:
+        with contextlib.suppress(Exception):  # (a damaged file's close raises too)
+            reader.close()
+
+
 def _check_prepared_files(version_dir: Path) -> None:
     """A reused preparation has every shard file its ``dataset_info.json`` lists, each holding
     the records it recorded (read from the file's footer; files copied in part, cleaned by hand
     or cut short were found only by the loader, as a traceback in the middle of training).
     (Not by bytes: ``numBytes`` counts the examples before array_record compresses them.)"""
-    from array_record.python import array_record_module
-
     try:
         info = json.loads((version_dir / "dataset_info.json").read_text())
         for split in info.get("splits", []):
@@ -1089,21 +1110,12 @@ def _check_prepared_files(version_dir: Path) -> None:
                 f = version_dir / (f"{info['name']}-{split['name']}."
                                    f"{info.get('fileFormat', 'array_record')}-"
                                    f"{i:05d}-of-{len(lengths):05d}")
-                if not f.is_file():
-                    why = f"{f.name} is missing"
-                else:
-                    try:
-                        reader = array_record_module.ArrayRecordReader(str(f))
-                        try:
-                            got = reader.num_records()
-                        finally:
-                            reader.close()
-                    except Exception:  # noqa: BLE001 - array_record raises RuntimeError etc.
-                        got = -1
-                    if got == want:
-                        continue
-                    why = (f"{f.name} cannot be read" if got < 0 else
-                           f"{f.name} holds {got} of its {want} records")
+                got = _records_in(f) if f.is_file() else None
+                if got == want:
+                    continue
+                why = (f"{f.name} is missing" if got is None else
+                       f"{f.name} cannot be read" if got < 0 else
+                       f"{f.name} holds {got} of its {want} records")
                 raise ConfigError(f"{version_dir}: the prepared data is damaged or incomplete "
                                   f"({why}); delete this folder to prepare it again")
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -1223,10 +1235,9 @@ def _check_folders_distinct(c: Mapping[str, Any]) -> None:
                     raise ConfigError(f"{d}: listed twice in {role}_dirs (as {other!r} and "
                                       f"{str(d)!r}); list a folder once (to give it more "
                                       f"weight: {role}_dir_weights)")
-                inner, outer = ((d, other) if os.path.commonpath([real, other_real]) == other_real
-                                else (other, d) if os.path.commonpath([real, other_real]) == real
-                                else (None, None))
-                if inner is not None:
+                common = os.path.commonpath([real, other_real])
+                if common in (real, other_real):  # one inside the other
+                    inner, outer = (d, other) if common == other_real else (other, d)
                     raise ConfigError(
                         f"{inner}: inside {outer}, which is also listed and searched with its "
                         "subfolders: its images would be taken twice" + (
@@ -1976,10 +1987,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"skipped {s['path']}: {s['reason']}")
         tot_ok = sum(r.get("num_prepared", 0) for r in rows)
         tot_sk = sum(r.get("num_skipped", 0) for r in rows)
-        ignored = sum(r.get("num_ignored_non_image", 0) for r in rows)
-        exts = "/".join(sorted(e[1:] for e in _images.IMAGE_EXTENSIONS))
-        other = (f", {ignored} other file{'s' if ignored != 1 else ''} ignored (not {exts})"
-                 if ignored else "")
+        other = _ignored_note(sum(r.get("num_ignored_non_image", 0) for r in rows))
         print(f"total: {tot_ok} prepared, {tot_sk} skipped{other} in "
               f"{time.perf_counter() - t0:.1f} s")
         if a.cmd == "export":
