@@ -201,7 +201,8 @@ def _add_gatys_arguments(p: argparse.ArgumentParser) -> None:
                     help="content image(s); several run as one batch per working size")
     io.add_argument("--style", nargs="+", action="extend", required=True, metavar="S",
                     help="style image(s); several are blended (see --style-weights)")
-    io.add_argument("--style-weights", nargs="+", action="extend", type=_nonneg_float, default=None, metavar="W",
+    io.add_argument("--style-weights", nargs="+", action="extend", type=_nonneg_float,
+                    default=None, metavar="W",
                     help="blend weight of each style (one per --style; normalized to sum 1); "
                          "default: equal")
     io.add_argument("--out", required=True,

@@ -1961,13 +1961,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             _export_target(a.out, a.overwrite)  # before the (long) preparation
         cfg = _cli_cfg(a)
         # `prepare` with only --content-dir (or only --style-dir) prepares that folder alone
-        given_roles = [r for r, dirs in (("content", a.content_dir), ("style", a.style_dir)) if dirs]
+        given_roles = [r for r, dirs in (("content", a.content_dir), ("style", a.style_dir))
+                       if dirs]
         if (a.source or "folder") == "folder":  # (the config's "content_dirs is empty" said less)
             if a.cmd == "prepare" and not given_roles:
                 raise ConfigError("give --content-dir and/or --style-dir: the folders to prepare")
             if a.cmd == "export" and len(given_roles) < 2:
-                raise ConfigError("export needs --content-dir and --style-dir (got "
-                                  f"{' '.join('--' + r + '-dir' for r in given_roles) or 'neither'})")
+                got = " ".join(f"--{r}-dir" for r in given_roles) or "neither"
+                raise ConfigError(f"export needs --content-dir and --style-dir (got {got})")
         t0 = time.perf_counter()
         try:
             import tensorflow_datasets as tfds

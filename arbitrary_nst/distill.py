@@ -603,7 +603,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="fit e0 + s (e* - e0) (1: the oracle itself)")
     p.add_argument("--seed", type=int, default=0,
                    help="which training styles and photo crops (and the held-out split)")
-    p.add_argument("--content-seeds", type=int, nargs="+", action="extend", default=None, metavar="S",
+    p.add_argument("--content-seeds", type=int, nargs="+", action="extend", default=None,
+                   metavar="S",
                    help="refine every style on the photo crops of each of these seeds and fit "
                         "the mean (default: --seed alone); oracle of seed S != --seed in "
                         "<out>/oracle_cS")

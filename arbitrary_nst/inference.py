@@ -35,8 +35,8 @@ with the same weights as the embeddings, and with ``strength`` < 1 mixed with th
 moments likewise (of the whole photo, not of its working square), so ``strength`` 0 still
 gives (almost) the photo. With ``preserve_color`` "match" the target is the content's colours
 (the whole photo's, to which the styles were recoloured too); with "luminance" the palette is
-not applied (the chroma is the content's anyway). With ``embedding=`` the palette needs ``palette_moments=``
-(else it is not applied).
+not applied (the chroma is the content's anyway). With ``embedding=`` the palette needs
+``palette_moments=`` (else it is not applied).
 
 **Refinement.** ``refine_steps=N`` (:meth:`Stylizer.refine_embedding`,
 :mod:`arbitrary_nst.refine`) optimizes the style embedding for each content with N Adam steps
