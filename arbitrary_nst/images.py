@@ -956,12 +956,8 @@ def _scan_dir(root: str, recursive: bool,
             with os.scandir(d) as it:
                 entries = list(it)
         except OSError as e:
-            why = ("permission denied (cannot list directory)" if isinstance(e, PermissionError)
-                   else f"cannot list directory: {_os_reason(e)}")
-            if unlisted is not None and d != root:
-                unlisted.append((Path(d), why))
-                continue
-            raise ImageError(d, why) from None
+            _skip_or_raise(d, _listing_error(e), unlisted, fatal=d == root)
+            continue
         subdirs = []
         for e in sorted(entries, key=lambda e: e.name):  # scandir's order is the filesystem's
             if e.name.startswith("."):
@@ -975,6 +971,20 @@ def _scan_dir(root: str, recursive: bool,
             except OSError:
                 continue
         stack.extend(reversed(subdirs))  # visited in name order
+
+
+def _listing_error(e: OSError) -> str:
+    return ("permission denied (cannot list directory)" if isinstance(e, PermissionError)
+            else f"cannot list directory: {_os_reason(e)}")
+
+
+def _skip_or_raise(folder: str, why: str, unlisted: list[tuple[Path, str]] | None, *,
+                   fatal: bool) -> None:
+    """A folder that cannot be listed or searched: collected in ``unlisted`` (the caller goes
+    on with the rest), or an error when there is no list or it is the folder asked for."""
+    if unlisted is None or fatal:
+        raise ImageError(folder, why) from None  # (called in an except block)
+    unlisted.append((Path(folder), why))
 
 
 def _glob_files(pattern: str, unlisted: list[tuple[Path, str]] | None = None) -> Iterable[str]:
@@ -1028,11 +1038,9 @@ def _walk_glob(base: str, parts: Sequence[str],
                 except (FileNotFoundError, NotADirectoryError):
                     continue
                 except OSError as e:  # (a folder that cannot be searched: EACCES)
-                    why = f"cannot search directory: {_os_reason(e)}"
-                    if unlisted is not None and k > 0:
-                        unlisted.append((Path(d), why))
-                        continue
-                    raise ImageError(d or os.curdir, why) from None
+                    _skip_or_raise(d or os.curdir, f"cannot search directory: {_os_reason(e)}",
+                                   unlisted, fatal=k == 0)
+                    continue
                 if last or stat.S_ISDIR(st.st_mode):
                     (found if last else nxt).append(p)
                 continue
@@ -1042,13 +1050,8 @@ def _walk_glob(base: str, parts: Sequence[str],
             except (FileNotFoundError, NotADirectoryError):
                 continue  # (no such base folder: nothing matches)
             except OSError as e:
-                why = ("permission denied (cannot list directory)"
-                       if isinstance(e, PermissionError)
-                       else f"cannot list directory: {_os_reason(e)}")
-                if unlisted is not None and k > 0:
-                    unlisted.append((Path(d), why))
-                    continue
-                raise ImageError(d or os.curdir, why) from None
+                _skip_or_raise(d or os.curdir, _listing_error(e), unlisted, fatal=k == 0)
+                continue
             hidden_ok = part.startswith(".")
             for name, e in names:
                 if (name.startswith(".") and not hidden_ok) or not fnmatch.fnmatch(name, part):
