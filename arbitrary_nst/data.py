@@ -15,8 +15,11 @@ Pipeline::
   byte-for-byte, everything else is re-encoded). Preparation runs offline and needs no
   TensorFlow (``file_format='array_record'``; images are encoded by Pillow, not by TFDS).
   The config name is ``<folder>-<fingerprint>``, the fingerprint being a hash of the sorted
-  relative paths, sizes and mtimes of the files (plus the storage settings): a changed folder
-  gets a new dataset instead of silently reusing a stale one.
+  relative paths, sizes and contents of the files (plus the storage settings): a changed folder
+  gets a new dataset instead of silently reusing a stale one, while a folder touched, copied
+  elsewhere or restored from a backup is the same dataset (its contents are; file times are
+  not looked at). The contents' digests are cached by file identity in
+  ``<data_dir>/file_digests.json``, so a re-scan reads only files that changed.
 * **Reading.** ``builder.as_data_source('train')`` gives random access to the records; the
   image bytes are fetched undecoded (``tfds.decode.SkipDecoding``) and decoded by Pillow in
   the loader's worker threads, with JPEG DCT-domain downscaling (``Image.draft``) when the
@@ -82,6 +85,7 @@ import math
 import os
 import re
 import shutil
+import stat
 import sys
 import threading
 import time
@@ -686,13 +690,13 @@ def _builder_classes() -> tuple[type, type]:
         def _split_generators(self, dl_manager: Any) -> dict[str, Any]:
             del dl_manager
             cfg = self.builder_config
-            files, ignored = _scan_dirs(cfg.dirs)
+            files, ignored = _scan_dirs(cfg.dirs, digest_cache=_DigestCache(self.data_dir_root))
             fp = _fingerprint(files, cfg)
             if cfg.fingerprint and fp != cfg.fingerprint:
                 raise ConfigError(f"{', '.join(cfg.dirs)}: the folder changed during preparation; run it again")
             return {"train": self._generate_examples(files, ignored)}
 
-        def _generate_examples(self, files: list[tuple[str, str, int, int]], ignored: int) -> Iterator[tuple[str, dict[str, Any]]]:
+        def _generate_examples(self, files: list[tuple[str, str, int, str]], ignored: int) -> Iterator[tuple[str, dict[str, Any]]]:
             cfg = self.builder_config
             skipped: list[dict[str, str]] = []
             n_ok = 0
@@ -756,7 +760,7 @@ def __getattr__(name: str) -> Any:  # lazy TFDS classes: importing this module n
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _ordered_map(fn: Any, items: Sequence[tuple[str, str, int, int]], workers: int) -> Iterator[tuple[str, Any]]:
+def _ordered_map(fn: Any, items: Sequence[tuple[str, str, int, str]], workers: int) -> Iterator[tuple[str, Any]]:
     """``(key, fn(item))`` in input order, computed by ``workers`` threads, bounded look-ahead."""
     if workers <= 1:
         for it in items:
@@ -777,13 +781,16 @@ def _ordered_map(fn: Any, items: Sequence[tuple[str, str, int, int]], workers: i
             yield key, fut.result()
 
 
-def _scan_dirs(dirs: Sequence[str]) -> tuple[list[tuple[str, str, int, int]], int]:
-    """Image files under ``dirs``: ``(abs path, key, size, mtime)`` sorted by key; #non-images.
+def _scan_dirs(dirs: Sequence[str], *, digest_cache: _DigestCache | None = None,
+               progress: bool = False) -> tuple[list[tuple[str, str, int, str]], int]:
+    """Image files under ``dirs``: ``(abs path, key, size, digest)`` sorted by key; #non-images.
 
     ``key`` is ``<folder name>/<relative path>`` (folder names made unique). Hidden files and
-    folders are skipped; symlinked folders are followed once (no loops).
+    folders are skipped; symlinked folders are followed once (no loops). ``digest`` is a hash
+    of the file's bytes (``"unreadable: ..."`` for a file that cannot be read; preparation
+    then skips it), looked up in ``digest_cache`` by the file's identity when one is given.
     """
-    files: list[tuple[str, str, int, int]] = []
+    found: list[tuple[str, str, os.stat_result | None]] = []
     ignored = 0
     used: set[str] = set()
     for d in dirs:
@@ -803,17 +810,117 @@ def _scan_dirs(dirs: Sequence[str]) -> tuple[list[tuple[str, str, int, int]], in
                     ignored += 1
                     continue
                 try:
-                    st = os.stat(full)
-                    size, mtime = st.st_size, st.st_mtime_ns // 10**9
+                    st: os.stat_result | None = os.stat(full)
                 except OSError:
-                    size, mtime = -1, -1
+                    st = None
                 rel = os.path.relpath(full, root).replace(os.sep, "/")
                 # a name that is not valid UTF-8 (bytes kept by surrogateescape) cannot be
                 # stored or hashed as text: its key spells those bytes as \xNN
                 rel = rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-                files.append((full, f"{prefix}/{rel}", size, mtime))
-    files.sort(key=lambda f: f[1])
+                found.append((full, f"{prefix}/{rel}", st))
+    found.sort(key=lambda f: f[1])
+    cache = digest_cache if digest_cache is not None else _DigestCache(None)
+    digests = cache.digests([(full, st) for full, _, st in found], progress=progress)
+    cache.save(dirs)
+    files = [(full, key, st.st_size if st is not None else -1, dg)
+             for (full, key, st), dg in zip(found, digests)]
     return files, ignored
+
+
+class _DigestCache:
+    """Digests of file contents by real path, valid while the file's ``(size, mtime_ns,
+    inode)`` is unchanged (as ``git`` trusts its index); kept in ``<root>/file_digests.json``
+    (``root`` None: in memory only). Reading it is best effort: a missing, damaged or
+    unwritable cache only costs reading the files again."""
+
+    FILE = "file_digests.json"
+    VERSION = 1
+
+    def __init__(self, root: str | os.PathLike[str] | None):
+        self.path = (Path(os.path.expanduser(os.fspath(root))) / self.FILE) if root else None
+        self.entries: dict[str, list] = {}
+        self.changed = False
+        self._seen: set[str] = set()
+        if self.path is not None:
+            try:
+                doc = json.loads(self.path.read_text())
+                if doc.get("version") == self.VERSION and isinstance(doc.get("files"), dict):
+                    self.entries = doc["files"]
+            except (OSError, ValueError, AttributeError):
+                pass
+
+    def digests(self, items: Sequence[tuple[str, os.stat_result | None]], *,
+                progress: bool = False) -> list[str]:
+        """The digest of every ``(path, stat)``, reading (in threads) the files the cache does
+        not know as they are now."""
+        out: list[str | None] = [None] * len(items)
+        todo: list[tuple[int, str, str, os.stat_result]] = []
+        for i, (full, st) in enumerate(items):
+            if st is None:
+                out[i] = "unreadable: cannot stat"
+                continue
+            if not stat.S_ISREG(st.st_mode):  # (reading a FIFO named x.jpg would block)
+                out[i] = "unreadable: not a regular file"
+                continue
+            real = os.path.realpath(full)
+            self._seen.add(real)
+            ident = [st.st_size, st.st_mtime_ns, st.st_ino]
+            hit = self.entries.get(real)
+            if isinstance(hit, list) and len(hit) == 4 and hit[:3] == ident:
+                out[i] = hit[3]
+            else:
+                todo.append((i, full, real, st))
+        if todo:
+            bar = None
+            total = sum(t[3].st_size for t in todo)
+            if progress and total > 256 * 2**20:  # (stat-only re-scans stay silent)
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=total, desc="read files for their digests", unit="B",
+                           unit_scale=True)
+            with concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="nst-digest") as pool:
+                for (i, full, real, st), dg in zip(todo, pool.map(lambda t: _file_digest(t[1]), todo)):
+                    out[i] = dg
+                    if bar is not None:
+                        bar.update(st.st_size)
+                    if not dg.startswith("unreadable"):
+                        self.entries[real] = [st.st_size, st.st_mtime_ns, st.st_ino, dg]
+                        self.changed = True
+            if bar is not None:
+                bar.close()
+        return [str(d) for d in out]
+
+    def save(self, dirs: Sequence[str]) -> None:
+        """Write the cache if it learnt something, dropping entries of files under ``dirs``
+        that are gone (a folder's renamed or deleted images do not pile up)."""
+        roots = [os.path.realpath(d) for d in dirs]
+        gone = [p for p in self.entries if p not in self._seen
+                and any(p.startswith(r.rstrip(os.sep) + os.sep) for r in roots)]
+        for p in gone:
+            del self.entries[p]
+        if self.path is None or not (self.changed or gone):
+            return
+        blob = json.dumps({"version": self.VERSION, "files": self.entries}).encode()
+        try:
+            write_atomically(self.path, lambda f: f.write(blob))
+        except (NSTError, OSError) as e:  # a read-only data_dir: preparation will say so
+            log.debug("%s: digest cache not written (%s)", self.path, e)
+        self.changed = False
+
+
+def _file_digest(path: str) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    try:
+        # non-blocking open: a file replaced by a FIFO since its stat must not hang the scan
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return "unreadable: not a regular file"
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    except OSError as e:
+        return f"unreadable: {e.strerror or e}"
+    return h.hexdigest()
 
 
 def _walk_once(root: str | os.PathLike[str]) -> Iterator[tuple[str, str, list[str]]]:
@@ -831,16 +938,17 @@ def _walk_once(root: str | os.PathLike[str]) -> Iterator[tuple[str, str, list[st
         yield dirpath, real, [f for f in filenames if not f.startswith(".")]
 
 
-def _fingerprint(files: Sequence[tuple[str, str, int, int]], cfg: Any) -> str:
+def _fingerprint(files: Sequence[tuple[str, str, int, str]], cfg: Any) -> str:
     h = hashlib.sha1()
     h.update(json.dumps([_PREP_FORMAT, cfg.max_source_side, cfg.min_source_side, cfg.jpeg_quality]).encode())
     if cfg.max_pixels != DEFAULT_MAX_PIXELS_FIELD:  # (only then: earlier preparations stay valid)
         h.update(f"max_pixels={cfg.max_pixels}".encode())
-    # Where the folders are, too: two folders with the same names, sizes and times (a copy
-    # with other images, `cp -p`) are not one dataset.
-    h.update(json.dumps([os.path.realpath(d) for d in cfg.dirs]).encode())
-    for _, key, size, mtime in files:
-        h.update(f"{key}\0{size}\0{mtime}\n".encode())
+    # Contents, not times or places: a touched folder, a copy (`cp` without -p, a restore on
+    # another machine) is the same dataset, reused and not "different images" on resume.
+    # (Fingerprints before 2026-12 hashed mtimes and the folders' real paths: a folder
+    # prepared then is prepared once more, under its new name.)
+    for _, key, size, digest in files:
+        h.update(f"{key}\0{size}\0{digest}\n".encode())
     return h.hexdigest()[:12]
 
 
@@ -882,7 +990,7 @@ def _too_elongated(w: int, h: int, cap: int | None, max_side: int,
             f"is {stored} > {limit} px)")
 
 
-def _prepare_one(item: tuple[str, str, int, int], *, max_side: int, min_side: int, quality: int,
+def _prepare_one(item: tuple[str, str, int, str], *, max_side: int, min_side: int, quality: int,
                  max_pixels: int = DEFAULT_MAX_PIXELS_FIELD) -> bytes | str:
     """JPEG bytes to store for one file, or the reason it is skipped (a ``str``)."""
     full = item[0]
@@ -938,8 +1046,8 @@ def folder_builder(dirs: Sequence[str | os.PathLike[str]], *, data_dir: str | os
                    max_pixels: int = DEFAULT_MAX_PIXELS_FIELD) -> Any:
     """An :class:`ImageFolder` builder for ``dirs`` (config name ``<name>-<fingerprint>``).
 
-    Scans the folders (stat only) to compute the fingerprint; nothing is decoded until
-    ``download_and_prepare``. ``data_dir`` defaults to :data:`DEFAULT_DATA_DIR`.
+    Scans the folders to compute the fingerprint (reading the files the digest cache under
+    ``data_dir`` does not know as they are); nothing is decoded until ``download_and_prepare``. ``data_dir`` defaults to :data:`DEFAULT_DATA_DIR`.
     """
     cfg_cls, builder_cls = _builder_classes()
     dirs_t = tuple(os.path.abspath(os.path.expanduser(os.fspath(d))) for d in dirs)
@@ -951,7 +1059,8 @@ def folder_builder(dirs: Sequence[str | os.PathLike[str]], *, data_dir: str | os
     probe = cfg_cls(name="probe", dirs=dirs_t, max_source_side=int(max_source_side),
                     min_source_side=int(min_source_side), jpeg_quality=int(jpeg_quality),
                     max_pixels=int(max_pixels))
-    files, _ = _scan_dirs(dirs_t)
+    root = os.path.expanduser(os.fspath(data_dir or DEFAULT_DATA_DIR))
+    files, _ = _scan_dirs(dirs_t, digest_cache=_DigestCache(root), progress=progress)
     if not files:
         exts = ", ".join(sorted(e[1:] for e in _images.IMAGE_EXTENSIONS))
         raise ConfigError(f"{', '.join(dirs_t)}: no image files ({exts}) found (searched recursively)")
@@ -964,7 +1073,6 @@ def folder_builder(dirs: Sequence[str | os.PathLike[str]], *, data_dir: str | os
         workers=max(1, int(workers)), fingerprint=fp, progress=bool(progress),
         description=f"images under {', '.join(dirs_t)}",
     )
-    root = os.path.expanduser(os.fspath(data_dir or DEFAULT_DATA_DIR))
     import absl.logging  # TFDS warns "Using custom data configuration" for every such builder
 
     level = absl.logging.get_verbosity()

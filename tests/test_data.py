@@ -201,17 +201,75 @@ def test_tfds_data_source_decodes_with_pillow(prepared, folder, tfds_dir):
 def test_reuse_and_stale_folder_gets_a_new_dataset(prepared, folder, tfds_dir, tmp_path):
     again = data.prepare_folder([folder], data_dir=tfds_dir)
     assert again.report["reused"] and again.report["num_skipped"] == 2
-    # A changed folder (new file) -> a different config name, prepared from scratch.
+    # A copy elsewhere (`cp -r`: new times, new place) holds the same images: the same dataset,
+    # reused (it was prepared again, and a resumed training said "the training images differ").
     import shutil
 
     copy = tmp_path / "photos"
-    shutil.copytree(folder, copy)  # same names, sizes and times: still another folder
+    shutil.copytree(folder, copy, copy_function=shutil.copyfile)
     first = data.prepare_folder([copy], data_dir=tfds_dir)
-    assert not first.report["reused"] and first.report["name"] != again.report["name"]
+    assert first.report["reused"] and first.report["name"] == again.report["name"]
+    assert first.report["dirs"] == [str(copy)]
+    # A changed folder (new file) -> a different config name, prepared from scratch.
     Image.fromarray(_smooth(90, 120, 9)).save(copy / "new.png")
     changed = data.prepare_folder([copy], data_dir=tfds_dir)
     assert changed.report["name"] != first.report["name"]
     assert not changed.report["reused"] and len(changed) == len(first) + 1
+
+
+def test_fingerprint_sees_contents_not_times_or_places(tmp_path):
+    """Another image with the same name, size and modification time (`cp -p`, `rsync -t`,
+    two quick rewrites) is another dataset; the same bytes touched, or in a copy of the
+    folder, are the same one. Digests are cached by file identity (size, mtime, inode): a
+    re-scan reads only what changed."""
+    d = tmp_path / "imgs"
+    d.mkdir()
+    raw = np.zeros((64, 64, 3), np.uint8)
+    Image.fromarray(raw).save(d / "a.bmp")
+    Image.fromarray(raw).save(d / "b.bmp")
+    tfds = tmp_path / "tfds"
+
+    def name(folder=d):
+        return data.folder_builder([folder], data_dir=tfds).builder_config.name
+
+    first = name()
+    cache = json.loads((tfds / "file_digests.json").read_text())["files"]
+    assert sorted(cache) == [os.path.realpath(d / f) for f in ("a.bmp", "b.bmp")]
+    st = os.stat(d / "a.bmp")
+    os.utime(d / "a.bmp", ns=(st.st_atime_ns, st.st_mtime_ns + 5 * 10**9))  # touched
+    assert name() == first
+    other = raw.copy()
+    other[3, 4] = 200  # same size: a BMP's length depends on the shape only
+    Image.fromarray(other).save(d / "b.bmp")
+    st_b = os.stat(d / "b.bmp")
+    os.utime(d / "b.bmp", ns=(st_b.st_atime_ns, os.stat(d / "a.bmp").st_mtime_ns))
+    assert st_b.st_size == st.st_size
+    changed = name()
+    assert changed != first
+    Image.fromarray(raw).save(d / "b.bmp")
+    assert name() == first  # back to the first images
+    # the cache is what is read for unchanged files: a stale digest planted for an unchanged
+    # identity is believed (proof that nothing was read), a new mtime is not
+    doc = json.loads((tfds / "file_digests.json").read_text())
+    doc["files"][os.path.realpath(d / "a.bmp")][3] = "0" * 32
+    (tfds / "file_digests.json").write_text(json.dumps(doc))
+    assert name() != first
+    os.utime(d / "a.bmp", ns=(st.st_atime_ns, st.st_mtime_ns + 9 * 10**9))
+    assert name() == first
+    # a damaged cache is read again from the files
+    (tfds / "file_digests.json").write_text("{not json")
+    assert name() == first
+    # a copy without times, elsewhere: the same dataset
+    import shutil
+
+    copy = tmp_path / "elsewhere" / "imgs"
+    shutil.copytree(d, copy, copy_function=shutil.copyfile)
+    assert name(copy) == first
+    # a file that is gone is dropped from the cache
+    (d / "b.bmp").unlink()
+    name()
+    cache = json.loads((tfds / "file_digests.json").read_text())["files"]
+    assert os.path.realpath(d / "b.bmp") not in cache and os.path.realpath(d / "a.bmp") in cache
 
 
 def test_prepare_config_errors(tmp_path, folder):
@@ -803,7 +861,7 @@ def test_scan_skips_hidden_folders_and_names_same_named_folders_apart(tmp_path):
     assert files[0][2] == len(b"not decoded by the scan")
 
 
-def test_fingerprint_sees_storage_settings_and_modification_times(tmp_path):
+def test_fingerprint_sees_storage_settings_and_contents(tmp_path):
     d = tmp_path / "imgs"
     d.mkdir()
     Image.fromarray(_smooth(80, 90, 3)).save(d / "photo.png")
@@ -816,8 +874,7 @@ def test_fingerprint_sees_storage_settings_and_modification_times(tmp_path):
     others = [name(jpeg_quality=80), name(max_source_side=256), name(min_source_side=32),
               name(max_pixels=1000)]
     assert len({first, *others}) == 5
-    st = os.stat(d / "photo.png")
-    os.utime(d / "photo.png", ns=(st.st_atime_ns, st.st_mtime_ns + 5 * 10**9))  # same bytes
+    Image.fromarray(_smooth(80, 90, 4)).save(d / "photo.png")  # other pixels
     assert name() != first
 
 

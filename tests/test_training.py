@@ -1267,7 +1267,11 @@ def test_resume_compares_the_training_images_not_how_their_folders_are_named(
         tmp_path, vgg, caplog, monkeypatch):
     """A painting added to a training folder between runs changed the batches without a
     word (the folder's name was the same); the same folders given as relative paths warned
-    that the data differs. The prepared datasets' names (their files' fingerprints) decide."""
+    that the data differs, and so did a copy of the folders elsewhere (the fingerprint held
+    the files' times and places). The prepared datasets' names (fingerprints of the files'
+    contents) decide."""
+    import shutil
+
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -1285,12 +1289,15 @@ def test_resume_compares_the_training_images_not_how_their_folders_are_named(
     wd = tmp_path / "wd"
     training.train(cfg(1, tmp_path / "photos", tmp_path / "paintings"), wd, vgg=vgg,
                    progress=False)
-    monkeypatch.chdir(tmp_path)
+    moved = tmp_path / "restored"  # a copy with new file times (cp -r, a backup restored)
+    for role in ("photos", "paintings"):
+        shutil.copytree(tmp_path / role, moved / role, copy_function=shutil.copyfile)
+    monkeypatch.chdir(moved)
     with caplog.at_level(logging.WARNING, logger=training.log.name):
         training.train(cfg(2, "photos", "paintings"), wd, vgg=vgg, progress=False)
     assert "differ" not in caplog.text, caplog.text  # the same images, named relatively
     Image.fromarray(rng.integers(0, 255, (80, 96, 3), np.uint8)).save(
-        tmp_path / "paintings" / "new.png")
+        moved / "paintings" / "new.png")
     with caplog.at_level(logging.WARNING, logger=training.log.name):
         training.train(cfg(3, "photos", "paintings"), wd, vgg=vgg, progress=False)
     assert "the training images differ from the checkpoint's" in caplog.text, caplog.text
