@@ -390,3 +390,19 @@ def _check_gram_analysis(params, style):
         assert active[i] and active[j], (layer, i, j)
         assert r[i, j] >= r.max() - 1e-4, (layer, r[i, j], r.max())
         np.testing.assert_array_equal(d["maps"][0], f[..., i].astype(np.float32))
+
+
+def test_gram_analysis_grams_are_normalized_by_c_h_w(params):
+    """Figure c's matrices are G = F^T F / (C H W) of each style layer (float64 reference from
+    the feature maps), as the docstring and the figure's title say: not / (H W), not centered."""
+    from arbitrary_nst import samples
+
+    style = samples.style_image("mosaic", 48)
+    info = analysis.gram_analysis(params, style, layers=("relu1_2", "relu2_2"))
+    feats = vgg_lib.features(params, jnp.asarray(style)[None], ("relu1_2", "relu2_2"))
+    for layer, d in info.items():
+        f = np.asarray(feats[layer][0], np.float64)
+        m = f.reshape(-1, f.shape[-1])
+        np.testing.assert_allclose(d["gram"], m.T @ m / m.size, rtol=1e-4,
+                                   atol=1e-6 * np.abs(m.T @ m / m.size).max())
+

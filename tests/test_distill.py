@@ -595,3 +595,202 @@ def test_target_scale_zero_fits_the_prediction_and_leaves_the_model_unchanged(tm
     assert rep["oracle_distance"] > 0.1  # (the oracle did move: e* != e0)
     assert rep["start_train_mse"] < 1e-8 and rep["start_val_mse"] < 1e-8, rep  # (float32 noise)
     assert rep["best_step"] == 0
+
+
+# -- behaviour pinned by a mutation pass ---------------------------------------------------------
+
+def test_content_crops_take_any_shorter_side_in_the_closed_range():
+    """short_range is inclusive and a crop may start at any position, the last included: with
+    LO = HI = crop a square photo is resized to exactly the crop and the crop is all of it (an
+    open range, or one offset fewer, failed on the first draw: numpy's integers(32, 32))."""
+    from PIL import Image
+
+    rng = np.random.default_rng(9)
+    photo = (rng.random((48, 48, 3)) * 255).astype(np.uint8)
+    x = distill.content_crops(_Arrays(photo), np.random.default_rng(0), 2, crop=SIZE,
+                              short_range=(SIZE, SIZE))
+    want = np.asarray(Image.fromarray(photo).resize((SIZE, SIZE), Image.Resampling.BICUBIC),
+                      np.float32) / 255
+    for c in x:
+        np.testing.assert_array_equal(c, want)
+
+
+def test_oracle_loss_is_the_training_loss_at_the_start_and_at_the_refined_embedding(model,
+                                                                                   vgg):
+    """loss[:, 0] and loss[:, 1] are content + 0.5 style of the output (written independently
+    from the VGG features) at e0 and at e_star: the loss after the *last* step, not after
+    the first."""
+    import jax
+
+    from arbitrary_nst import losses
+    from arbitrary_nst.vgg import features
+
+    styles = _img(1)[None]
+    content = _img(3)[None]
+    r = distill.oracle_batch(model, styles, content[None], steps=3)
+    params = vgg.params()
+    feat = lambda x, taps: features(params, x, taps, pooling=model.vgg.pooling)  # noqa: E731
+    cfg = losses.LossConfig(style_weight=0.5)
+    targets = losses.StyleTargets.from_images(feat, jnp.asarray(styles), cfg)
+    both = jnp.asarray(np.concatenate([content, content]))  # at e0 and at e_star
+    cf = feat(both, ("relu3_3",))
+
+    @jax.jit  # (one compile, both embeddings)
+    def loss(e):
+        y = model.transfer(both, e)
+        return losses.perceptual_loss(feat, y, cfg, content_feats=cf, style_targets=targets)[0]
+
+    np.testing.assert_allclose(r["loss"][0], np.asarray(loss(jnp.asarray(
+        np.stack([r["e0"][0], r["e_star"][0]])))), rtol=1e-4)
+
+
+def test_fit_judges_the_last_step_too_when_it_is_not_a_multiple_of_eval_every(model):
+    """steps=30 with eval_every=50: the last step is evaluated (the command's default fit was
+    never judged, so it kept the start model whatever the oracle said)."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(40, model.predictor.feature_dim)).astype(np.float32)
+    start = np.asarray(distill._mlp_apply(distill._mlp_params(model), jnp.asarray(x)))
+    target = start + 1.0  # a shared shift: learnable through the bias
+    rep = distill.fit_embedding_mlp(model, x, target, steps=30, learning_rate=1e-3,
+                                    eval_every=50)
+    assert [i for i, _ in rep["curve"]] == [30]
+    assert rep["best_step"] == 30 and rep["val_mse"] < rep["start_val_mse"]
+
+
+def test_fit_trains_on_minibatches_of_training_styles_only(model):
+    """Each step's batch is ``batch_size`` rows of the training part: the held-out styles
+    (round(val_fraction * N) of them) never reach a step (run eagerly to see the rows)."""
+    import jax
+
+    rng = np.random.default_rng(5)
+    n = 37  # 0.1 * 37 = 3.7: 4 held-out styles
+    x = rng.normal(size=(n, model.predictor.feature_dim)).astype(np.float32)
+    target = np.asarray(distill._mlp_apply(distill._mlp_params(model), jnp.asarray(x))) + 0.5
+    seen = []
+    real = distill._mlp_apply
+
+    def spy(params, xb):
+        seen.append(np.asarray(xb))
+        return real(params, xb)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(distill, "_mlp_apply", spy)
+    try:
+        with jax.disable_jit():
+            rep = distill.fit_embedding_mlp(model, x, target, steps=6, eval_every=3,
+                                            batch_size=5)
+    finally:
+        mp.undo()
+    assert rep["n_val"] == 4 and rep["n_train"] == 33
+    val = seen[0]  # the first evaluation: the held-out styles
+    assert len(val) == 4
+    rows = lambda a: {r.tobytes() for r in a}  # noqa: E731
+    batches = [b for b in seen if len(b) == 5]
+    assert len(batches) == 6
+    for b in batches:
+        assert not rows(b) & rows(val) and rows(b) <= rows(x)
+
+
+def test_correction_fit_ignores_a_constant_statistic():
+    """A statistic that is the same for every style (a VGG channel that never fires): the fit
+    is the one without it (finite; it was 0 / 0 = NaN), float64 reference as above."""
+    rng = np.random.default_rng(11)
+    n, f, g, ridge = 30, 5, 4, 3.0
+    x = rng.normal(size=(n, f)) * rng.uniform(0.5, 3, f)
+    delta = x[:, :g] @ rng.normal(size=(g, g)) + 0.1 * rng.normal(size=(n, g))
+    x_const = np.concatenate([x, np.full((n, 1), 2.5)], 1)
+    corr, _ = distill.fit_conditioning_correction(x_const, delta, ridges=(ridge,), ranks=(g,))
+    mu, sd = x.mean(0), x.std(0)
+    z = (x - mu) / sd
+    off = delta.mean(0)
+    w = np.linalg.solve(z.T @ z + ridge * np.eye(f), z.T @ (delta - off))
+    x_new = rng.normal(size=(4, f))
+    got = corr(np.concatenate([x_new, np.full((4, 1), 2.5)], 1))
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, (x_new - mu) / sd @ w + off, rtol=1e-4, atol=1e-4)
+
+
+def test_correction_rank_above_the_conditioning_size_is_that_size():
+    """G = 4 gamma/beta values and rank 8 asked for: the grid and the correction say 4."""
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(30, 6))
+    delta = x[:, :4] + 0.1 * rng.normal(size=(30, 4))
+    corr, rep = distill.fit_conditioning_correction(x, delta, ridges=(1.0,), ranks=(8,))
+    assert [e["rank"] for e in rep["grid"]] == [4]
+    assert rep["rank"] == corr.rank == 4
+
+
+def _fake_oracle(seen):
+    def fake(model, styles, contents, **kw):
+        seen.append(np.asarray(contents))
+        n = len(styles)
+        return {"x": np.zeros((n, 3), np.float32), "e0": np.zeros((n, 2), np.float32),
+                "e_star": np.ones((n, 2), np.float32), "loss": np.ones((n, 2), np.float32)}
+    return fake
+
+
+def test_collect_oracle_takes_every_style_when_fewer_than_asked(tmp_path, model, monkeypatch):
+    """--num-styles above the number of training styles: all of them, each once (the
+    oracle was not refined: a stub), in chunks of ``batch``."""
+    seen = []
+    monkeypatch.setattr(distill, "oracle_batch", _fake_oracle(seen))
+    src = {"style": SyntheticSource("style", 5), "content": SyntheticSource("content", 8)}
+    r = distill.collect_oracle(model, src, tmp_path / "o", num_styles=9, batch=2, steps=1,
+                               style_size=SIZE, content_crop=SIZE, content_short_range=(40, 48),
+                               progress=False)
+    assert sorted(r["index"].tolist()) == [0, 1, 2, 3, 4]
+    assert [len(c) for c in seen] == [2, 2, 1]
+
+
+def test_each_oracle_chunk_has_its_own_photos_and_a_remade_chunk_gets_the_same(tmp_path, model,
+                                                                            monkeypatch):
+    """Chunk c's crops come from (seed, c): two chunks do not share their crops, and a chunk
+    made again (deleted, resumed) gets exactly the crops it had."""
+    seen = []
+    monkeypatch.setattr(distill, "oracle_batch", _fake_oracle(seen))
+    src = {"style": SyntheticSource("style", 8), "content": SyntheticSource("content", 8)}
+    kw = dict(num_styles=4, batch=2, steps=1, style_size=SIZE, content_crop=SIZE,
+              content_short_range=(40, 48), progress=False)
+    distill.collect_oracle(model, src, tmp_path / "o", **kw)
+    assert len(seen) == 2 and not np.array_equal(seen[0], seen[1])
+    (tmp_path / "o" / "chunk_00001.npz").unlink()
+    distill.collect_oracle(model, src, tmp_path / "o", **kw)
+    assert len(seen) == 3
+    np.testing.assert_array_equal(seen[2], seen[1])
+
+
+@pytest.mark.parametrize("target, steps, lr", [("embedding", 12, 0.05),
+                                               ("conditioning", 40, 0.02)])
+def test_command_oracle_defaults_depend_on_the_target(tmp_path, model_path, monkeypatch, capsys,
+                                                      target, steps, lr):
+    """Without --steps / --learning-rate the oracle runs 12 steps at 0.05 (embedding) or 40
+    at 0.02 (conditioning), as the help says (the oracle itself is a stub that stops here)."""
+    got = {}
+
+    def stop(*a, **kw):
+        got.update(kw)
+        raise ConfigError("stub oracle")
+
+    monkeypatch.setattr(distill, "collect_oracle", stop)
+    args = _small_command(tmp_path / "d", model_path, num_styles=4)
+    i = args.index("--steps")
+    del args[i:i + 2]
+    assert distill.main(args + ["--target", target]) == 1
+    assert "stub oracle" in capsys.readouterr().err
+    assert got["steps"] == steps and got["learning_rate"] == lr and got["target"] == target
+
+
+@pytest.mark.parametrize("bad, msg", [(["--target", "conditioning", "--ridge", "0"], "--ridge"),
+                                      (["--target", "conditioning", "--scale", "-1"], "--scale"),
+                                      (["--style-size", "31"], "--style-size"),
+                                      (["--content-crop", "31", "--content-short", "40", "48"],
+                                       "--content-crop"),
+                                      (["--content-short", "200", "180"], "--content-short")])
+def test_command_rejects_boundary_options_before_any_work(tmp_path, capsys, bad, msg):
+    """The edges of the option checks (ridge 0, a negative scale, 31 px, LO > HI) are refused
+    up front like the rest, before the model is read (it does not exist here)."""
+    assert distill.main(["--out", str(tmp_path / "d"), "--model", str(tmp_path / "none")]
+                        + bad) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and msg in err and err.count("\n") == 1
+    assert not (tmp_path / "d").exists()

@@ -620,3 +620,73 @@ def test_a_fitted_style_and_its_painting_write_different_batch_outputs(model_pat
     assert sorted(p.name for p in od.iterdir()) == [
         "p__painting-fitted+painting.png", "p__painting-fitted.png", "p__painting.png"]
     capsys.readouterr()
+
+
+# -- behaviour pinned by a mutation pass ---------------------------------------------------------
+
+def test_fitted_style_file_refuses_bad_embedding_and_moments_both_ways(tmp_path):
+    """Save refuses non-finite colour moments (the file could not be loaded again); load
+    refuses a non-finite or non-vector embedding and moments that are not 12 finite numbers
+    (only the history may be anything)."""
+    with pytest.raises(ModelError, match="not written: .*NaN"):
+        _small_fitted(moments=np.full(12, np.nan, np.float32)).save(tmp_path / "m.npz")
+    assert not (tmp_path / "m.npz").exists()
+    p = _small_fitted().save(tmp_path / "s.npz")
+    with np.load(p) as z:
+        parts = dict(z)
+    for name, key, change in (("emb_nan", "embedding", np.full(4, np.inf, np.float32)),
+                              ("emb_matrix", "embedding", np.zeros((2, 2), np.float32)),
+                              ("mom_nan", "moments", np.full(12, np.nan, np.float32)),
+                              ("mom_short", "moments", np.zeros(11, np.float32))):
+        np.savez(tmp_path / f"{name}.npz", **dict(parts, **{key: change}))
+        with pytest.raises(ModelError, match=f"{name}.npz: fitted style arrays have wrong "
+                                             "shapes or non-finite values"):
+            fit_style.FittedStyle.load(tmp_path / f"{name}.npz")
+
+
+def test_fit_progress_bar_only_when_asked(monkeypatch, capsys):
+    """progress=True shows the "fit style" bar on stderr; the default shows nothing (the
+    compiled steps are stubs here: only the loop runs)."""
+    g = 6
+    monkeypatch.setattr(fit_style, "_fit_start", lambda *a, **k: (
+        None, jnp.zeros((1, 12)), jnp.zeros((1, g))))
+    monkeypatch.setattr(fit_style, "_fit_step", lambda gd, st_, x, t, m, a, flat, opt, lr, **k: (
+        flat, opt, jnp.ones(1)))
+    monkeypatch.setattr(fit_style, "_fit_loss", lambda *a, **k: jnp.ones(1))
+    draw = lambda: np.zeros((1, 1, 8, 8, 3), np.float32)  # noqa: E731
+    model = (None, None)  # a split model: (graphdef, state), never merged with a palette given
+    for progress in (False, True):
+        capsys.readouterr()
+        _, _, hist = fit_style.fit_conditionings(model, np.zeros((1, 8, 8, 3)), np.zeros((1, 4)),
+                                                 draw, steps=3, palette=0.5, progress=progress)
+        assert hist.shape == (4, 1)
+        err = capsys.readouterr().err
+        assert ("fit style" in err) == progress, err
+
+
+def test_fit_conditioning_uses_the_given_style_weight_and_palette(st, photos):
+    """style_weight and palette reach the loss: with 0 steps history[0] is content +
+    2 * style of the raw output (palette 0, the model's is 0.5), written independently; one
+    photo, mirror-symmetric, so the random flip does not matter."""
+    model = st.model
+    style = style_working_image(smooth_image(40, 40, 61).astype(np.float32) / 255, 32)
+    p = style_working_image(photos[0].astype(np.float32) / 255, 32)
+    p = (p + p[:, ::-1]) / 2
+    e0 = np.asarray(model.embed(jnp.asarray(style[None])))[0]
+    _, _, hist = fit_style.fit_conditioning(model, style, p[None], e0, steps=0,
+                                            style_weight=2.0, palette=0.0)
+    params = model.vgg.params()
+    feat = lambda x, taps: features(params, x, taps, pooling=model.vgg.pooling)  # noqa: E731
+
+    @jax.jit  # (compiled: op by op it took seconds)
+    def loss(x, s, e):
+        cfg = losses.LossConfig(style_weight=2.0)
+        gb = fit_style.unflatten(fit_style.predicted_conditioning(model, e), model.cin_channels)
+        total, _ = losses.perceptual_loss(
+            feat, model.transfer_net(x, gb), cfg, content_feats=feat(x, ("relu3_3",)),
+            style_targets=losses.StyleTargets.from_images(feat, s, cfg))
+        return total[0]
+
+    assert hist.shape == (1,)
+    np.testing.assert_allclose(hist[0], float(loss(jnp.asarray(p[None]), jnp.asarray(style[None]),
+                                                   jnp.asarray(e0)[None])), rtol=1e-4)

@@ -200,3 +200,33 @@ def test_generated_styles_are_antialiased_and_clipped():
     canvas[n:] = -20.0   # bottom half below 0
     out = samples._finish(canvas, 2 * n)
     assert np.all(out[:n] == 1.0) and np.all(out[n:] == 0.0)
+
+
+def test_gradient_image_colours_as_documented():
+    """Red grows to the right (0 -> 1 along every row), green downwards, blue along the
+    anti-diagonal: 1 at the top left, 0 at the bottom right, 1/2 at the other two corners
+    (checked against the formulas written out in float64)."""
+    h, w = 5, 9
+    g = samples.gradient_image(h, w)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    x, y = xx / (w - 1), yy / (h - 1)
+    np.testing.assert_allclose(g[..., 0], x, atol=1e-6)
+    np.testing.assert_allclose(g[..., 1], y, atol=1e-6)
+    np.testing.assert_allclose(g[..., 2], 1.0 - 0.5 * (x + y), atol=1e-6)
+    assert g[0, 0, 2] == 1.0 and g[-1, -1, 2] == 0.0
+    assert g[0, -1, 2] == g[-1, 0, 2] == 0.5
+
+
+@pytest.mark.parametrize("name", samples.GENERATED_STYLE_NAMES)
+def test_generated_styles_have_the_same_composition_at_every_size(name):
+    """"The same composition at every size": the style rendered at 48 px is close to the one
+    rendered at 96 px and downsampled (much closer than another style is), not a different
+    picture (a drawing in pixels, or a tile count that grows with the size)."""
+    from arbitrary_nst.images import resize
+
+    small = samples.style_image(name, 48).astype(np.float64)
+    big = resize(samples.style_image(name, 96), (48, 48)).astype(np.float64)
+    assert np.corrcoef(small.ravel(), big.ravel())[0, 1] > 0.75
+    others = [resize(samples.style_image(o, 96), (48, 48)) for o in samples.GENERATED_STYLE_NAMES
+              if o != name]
+    assert np.abs(small - big).mean() < 0.6 * min(np.abs(small - o).mean() for o in others)
