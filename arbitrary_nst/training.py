@@ -780,7 +780,10 @@ def _stylize_all(model: ArbitraryStyleModel, contents: jax.Array, styles: jax.Ar
     nc, ns = contents.shape[0], styles.shape[0]
     c = jnp.repeat(contents, ns, axis=0)
     e = jnp.tile(emb, (nc, 1))
-    return model.transfer(c, e).reshape((nc, ns) + contents.shape[1:])
+    y = model.transfer(c, e)
+    if model.palette:  # what the export gives (model(c, s)); the raw network's colours are muted
+        y = model.align_palette(y, jnp.tile(model.palette_moments(styles), (nc, 1)))
+    return y.reshape((nc, ns) + contents.shape[1:])
 
 
 # ------------------------------------------------------------------------------------------------

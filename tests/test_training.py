@@ -1921,3 +1921,24 @@ def test_training_objective_is_the_mean_over_every_batch(vgg, monkeypatch):
     assert train_cli.main(["--config", str(CONFIGS / "smoke.py"), "--objective", "builtin",
                            "--objective-batches", "1"]) == 0
     assert seen == {"num_batches": 1}
+
+
+def test_sample_grid_shows_what_the_export_gives(vgg):
+    """With a palette (configs/builtin.py sets 0.5, the README's fine-tuning recipe) the grid
+    showed the raw network's muted colours, not model(c, s), what the export produces."""
+    import jax.numpy as jnp
+
+    model = training.build_model(smoke("model.palette=0.5"), vgg)
+    rng = np.random.default_rng(0)
+    contents = rng.uniform(0, 1, (2, 32, 32, 3)).astype(np.float32)
+    styles = rng.uniform(0, 1, (2, 32, 32, 3)).astype(np.float32) * [1.0, 0.5, 0.2]
+    pad = 2
+    grid = training.sample_grid(model, contents, styles, pad=pad)
+    raw = np.asarray(model.transfer(jnp.asarray(contents[:1]), model.embed(jnp.asarray(styles[1:]))))
+    for i in range(2):
+        for j in range(2):
+            y, x = pad + (i + 1) * (32 + pad), pad + (j + 1) * (32 + pad)
+            want = np.asarray(model(jnp.asarray(contents[i:i + 1]), jnp.asarray(styles[j:j + 1])))[0]
+            np.testing.assert_allclose(grid[y:y + 32, x:x + 32], want, atol=2e-5)
+    y, x = pad + 32 + pad, pad + 2 * (32 + pad)
+    assert np.abs(grid[y:y + 32, x:x + 32] - raw[0]).max() > 0.01  # the palette shows
