@@ -7,10 +7,11 @@ style) and every GPU path stay in JAX.
 
 The graph (opset 17, NCHW inside, NHWC at the edges like the rest of the package):
 
-* inputs ``content`` ``[N, H, W, 3]`` float32 RGB in [0, 1] (any N, H, W >= 8; H and W that are
-  multiples of 4 are exact, :class:`OnnxTransfer` reflect-pads others like the
-  :class:`~arbitrary_nst.inference.Stylizer`) and ``embedding`` ``[N, D]`` float32 (the style
-  embedding: mixtures and the strength knob are computed on it before the call);
+* inputs ``content`` ``[N, H, W, 3]`` float32 RGB in [0, 1] (any N, H, W >= 8: the graph
+  reflect-pads H and W to multiples of 4 at the bottom/right, as the
+  :class:`~arbitrary_nst.inference.Stylizer` does, and crops back; :class:`OnnxTransfer` pads
+  smaller images to 8 itself) and ``embedding`` ``[N, D]`` float32 (the style embedding:
+  mixtures and the strength knob are computed on it before the call);
 * the 13 CIN heads (``embedding @ kernel + bias`` -> gamma, beta) are ``Gemm`` nodes, so one
   exported file covers every style;
 * convs are ``Pad(reflect)`` + ``Conv`` (VALID, no bias), instance norms are
@@ -113,6 +114,15 @@ def transfer_graph(model: ArbitraryStyleModel, *, name: str = "arbitrary_nst_tra
         return g.op("Add", [g.op("Mul", [x, gamma]), beta], f"{lname}_cin")
 
     x = g.op("Transpose", ["content"], "to_nchw", perm=[0, 3, 1, 2])
+    # Reflect-pad H, W to multiples of 4 (the two stride-2 convs and the x2 upsamplings give
+    # 4 * ceil(H / 4)): as Stylizer pads; without it a raw onnxruntime call on an 85 px high
+    # image differed from the Stylizer in a 12-20 px band along the bottom (up to 0.19).
+    hw = g.op("Slice", [g.op("Shape", ["content"]), g.const("s1", np.array([1], np.int64)),
+                        g.const("s3", np.array([3], np.int64))], "content_hw")
+    four = g.const("four", np.array([4, 4], np.int64))
+    extra = g.op("Mod", [g.op("Sub", [four, g.op("Mod", [hw, four])]), four], "pad_hw")
+    pads = g.op("Concat", [g.const("zeros6", np.zeros(6, np.int64)), extra], "pads", axis=0)
+    x = g.op("Pad", [x, pads], "pad_to_4", mode="reflect")
     ct = net.contract
     for i in (1, 2, 3):
         norm = ct[f"norm{i}"]
@@ -129,9 +139,7 @@ def transfer_graph(model: ArbitraryStyleModel, *, name: str = "arbitrary_nst_tra
         x = g.op("Relu", [cin(conv(x, net.expand[lname], lname), lname)])
     y = g.op("Sigmoid", [cin(conv(x, net.expand["expand_conv3"], "expand_conv3"),
                              "expand_conv3")])
-    # Crop back to the input's H x W (the output is 4 * ceil(H / 4) high).
-    hw = g.op("Slice", [g.op("Shape", ["content"]), g.const("s1", np.array([1], np.int64)),
-                        g.const("s3", np.array([3], np.int64))], "content_hw")
+    # Crop back to the input's H x W.
     y = g.op("Slice", [y, g.const("zeros2", np.array([0, 0], np.int64)), hw, axes_hw], "crop")
     g.nodes.append(helper.make_node("Transpose", [y], ["stylized"], name="to_nhwc",
                                     perm=[0, 2, 3, 1]))
@@ -185,6 +193,8 @@ class OnnxTransfer:
             data = transfer_graph(model).SerializeToString()
         else:
             p = Path(model)
+            if p.is_dir():
+                raise ModelError(f"{p}: is a folder, expected an .onnx file")
             if not p.is_file():
                 raise ModelError(f"{p}: no such ONNX file")
             data = p.read_bytes()
@@ -214,17 +224,21 @@ class OnnxTransfer:
         # read as the Stylizer reads arrays: uint8 /255, uint16 /65535, floats checked in [0, 1]
         x = np.stack([array_to_float(xi) for xi in (x[None] if single else x)])
         e = np.asarray(embedding, np.float32)
-        if e.ndim not in (1, 2) or e.shape[-1] != self.embedding_dim or not np.all(np.isfinite(e)):
-            raise ConfigError(f"embedding must be finite, [{self.embedding_dim}] or "
+        if e.ndim not in (1, 2) or e.shape[-1] != self.embedding_dim:
+            raise ConfigError(f"embedding must be [{self.embedding_dim}] or "
                               f"[N, {self.embedding_dim}], got shape {e.shape}")
+        if not np.all(np.isfinite(e)):
+            raise ConfigError("embedding has NaN or infinite values")
         e = e.reshape(-1, self.embedding_dim)
         if e.shape[0] == 1 and x.shape[0] > 1:
             e = np.repeat(e, x.shape[0], 0)
         if e.shape[0] != x.shape[0]:
             raise ConfigError(f"{e.shape[0]} embeddings for {x.shape[0]} content images")
         h, w = x.shape[1:3]
-        ph, pw = bucket_shape(h, w, None)  # as Stylizer(buckets=None): a multiple of 4, >= 8
-        if (ph, pw) != (h, w):  # (the graph's reflect pads need 8 px), reflect-pad, crop back
+        # As Stylizer(buckets=None): a multiple of 4, >= 8. (Graphs exported since 2026-12 pad
+        # to 4 themselves, but not below 8 px: a 9x9 reflect pad needs them; older ones not.)
+        ph, pw = bucket_shape(h, w, None)
+        if (ph, pw) != (h, w):
             x = np.stack([pad_to(xi, (ph, pw)) for xi in x])
         y = self.run_padded(x, e)[:, :h, :w]
         return y[0] if single else y
