@@ -116,7 +116,7 @@ def make_figures(out_dir: str | os.PathLike, *, content: np.ndarray | None = Non
     params = gatys.load_params(gatys.GatysConfig()) if vgg_params is None else vgg_params
     t0 = time.perf_counter()
     # (a), (b), (d) and (e) run as ONE batch: one compiled program
-    batch = main_batch(params, content, style, iters, figures)
+    batch = main_batch(params, content, style, iters, figures, progress=verbose)
     if verbose and batch:
         print(f"optimized {len(batch)} images as one batch ({time.perf_counter() - t0:.1f} s)",
               flush=True)
@@ -169,9 +169,11 @@ def _jobs(content: np.ndarray, figures: Sequence[str]) -> list[dict]:
     return jobs
 
 
-def main_batch(params, content, style, iters: int, figures: Sequence[str]) -> list[dict]:
+def main_batch(params, content, style, iters: int, figures: Sequence[str], *,
+               progress: bool = False) -> list[dict]:
     """Run every job of :func:`_jobs` as one batch; returns the jobs with ``image`` and
-    ``history`` (``{term: [iterations]}``) filled in."""
+    ``history`` (``{term: [iterations]}``) filled in. ``progress``: the optimizer's bar (the
+    default figures take minutes on a CPU: `analyze` was silent for six)."""
     jobs = _jobs(content, figures)
     if not jobs:
         return []
@@ -180,7 +182,7 @@ def main_batch(params, content, style, iters: int, figures: Sequence[str]) -> li
         content_layers={k: 1.0 for k in CONTENT_RECON_LAYERS},
         style_layers={k: 1.0 for k in STYLE_LAYERS})
     b = len(jobs)
-    res = gatys.run(np.stack([content] * b), style, config=cfg, progress=False,
+    res = gatys.run(np.stack([content] * b), style, config=cfg, progress=progress,
                     vgg_params=params, overrides=[j["over"] for j in jobs],
                     init_image=np.stack([j["init"] for j in jobs]))
     hist = res.history[-1]

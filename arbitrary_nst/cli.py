@@ -437,8 +437,9 @@ def _run_analyze(args: argparse.Namespace) -> int:
                                     iters=iters, figures=figs, overwrite=args.overwrite,
                                     verbose=not args.quiet,
                                     inputs=[p for p in (args.content, args.style) if p])
-    for path in written:
-        print(path)
+    if args.quiet:  # (otherwise each "figure X: path" line named it already)
+        for path in written:
+            print(path)
     return 0
 
 

@@ -522,3 +522,20 @@ def test_fit_style_with_skipped_photos_exits_1(files, tmp_path, monkeypatch, cap
                               "runs), 1 steps, loss 2 -> 0.5 (")
     assert main([*base, "--photos", str(files["a"]), str(files["b"]), "--out", str(out)]) == 0
     assert saved == [out, out]
+
+
+def test_analyze_shows_progress_and_names_each_figure_once(files, tmp_path, capsys):
+    """The default figures ran for six minutes without a line (the optimizer's bar was off),
+    then every path was printed twice ("figure a: path" and the path again)."""
+    out = tmp_path / "fig"
+    assert main(["analyze", "--content", str(files["b"]), "--style", str(files["style"]),
+                 "--out-dir", str(out), "--figures", "a", "--quick"]) == 0
+    cap = capsys.readouterr()
+    assert "gatys:" in cap.err and "it/s" in cap.err.replace("s/it", "it/s")  # the bar
+    path = str(out / "a_content_reconstruction.png")
+    assert cap.out.count(path) == 1 and f"figure a: {path}" in cap.out
+    assert main(["analyze", "--content", str(files["b"]), "--style", str(files["style"]),
+                 "--out-dir", str(out), "--figures", "a", "--quick", "--quiet",
+                 "--overwrite"]) == 0
+    cap = capsys.readouterr()
+    assert cap.out == path + "\n" and "gatys:" not in cap.err  # quiet: the paths only
