@@ -30,6 +30,8 @@ SHIPPED_CONTENT_SIZE = 384
 #: smallest content side its transfer network takes (padded to 8; at 4 its reflect padding
 #: fails in onnxruntime: measured)
 MIN_CONTENT_SIDE = 5
+#: size of the predictor's style vector
+BOTTLENECK = 100
 Variant = Literal["int8", "fp32"]
 
 
@@ -123,12 +125,23 @@ class MagentaLite:
         self._t_names = [i.name for i in self.transform.get_inputs()]
 
     def embed(self, style: np.ndarray) -> np.ndarray:
-        """Style image (HWC, any size) -> bottleneck ``[1, 1, 1, 100]``."""
+        """Style image (HWC, any size; arrays read as the Stylizer reads them) -> bottleneck
+        ``[1, 1, 1, 100]``."""
+        style = images.array_to_float(style)
         x = images.resize(images.center_crop_square(style), (STYLE_SIZE, STYLE_SIZE))
         return self.predict.run(None, {self.predict.get_inputs()[0].name: x[None].astype(np.float32)})[0]
 
     def transfer(self, content: np.ndarray, vector: np.ndarray) -> np.ndarray:
-        """Content (HWC in [0, 1], used at its own size) + bottleneck -> stylized HWC."""
+        """Content (HWC in [0, 1], used at its own size) + bottleneck -> stylized HWC.
+
+        Arrays are read as the Stylizer reads them (uint8 0..255, grey or RGBA to RGB; a
+        0..255 float image is an error: it gave a garbage image without one)."""
+        content = images.array_to_float(content)
+        vector = np.asarray(vector, np.float32)
+        if vector.size != BOTTLENECK or not np.all(np.isfinite(vector)):
+            raise ConfigError(f"the Magenta-lite peer's style vector must be {BOTTLENECK} finite "
+                              f"numbers (from embed), got shape {vector.shape}")
+        vector = vector.reshape(1, 1, 1, BOTTLENECK)
         if min(content.shape[:2]) < MIN_CONTENT_SIDE:  # (onnxruntime's reflect-pad error)
             raise ConfigError(f"the Magenta-lite peer needs content of at least "
                               f"{MIN_CONTENT_SIDE} px a side, got {content.shape[1]} x "
@@ -139,6 +152,9 @@ class MagentaLite:
         return np.clip(images.crop_to(y, (h, w)), 0.0, 1.0)
 
     def stylize(self, content: np.ndarray, style: np.ndarray, strength: float = 1.0) -> np.ndarray:
+        from .inference import check_strength  # (strength 2 and NaN acted as 1, -1 extrapolated)
+
+        strength = check_strength(strength)
         vec = self.embed(style)
         if strength < 1.0:
             vec = strength * vec + (1.0 - strength) * self.embed(content)

@@ -139,3 +139,32 @@ def test_style_is_centre_cropped_and_content_padded_to_4(pair):
         xp = np.pad(x, ((0, ph), (0, pw), (0, 0)), mode="reflect")
         ref = peer.transform.run(None, {names[0]: xp[None], names[1]: vec})[0][0][:h, :w]
         np.testing.assert_allclose(peer.transfer(x, vec), np.clip(ref, 0, 1), atol=1e-6)
+
+
+def test_inputs_are_read_and_checked_as_the_stylizer_reads_them(pair):
+    """strength 2 and NaN acted as 1 and -1 extrapolated; a 0..255 float content gave a garbage
+    image; uint8 was a bare TypeError; grey and RGBA arrays were onnxruntime errors."""
+    from arbitrary_nst.errors import ConfigError, ImageError
+
+    content, style = pair
+    m = peers.MagentaLite("fp32")
+    for bad in (2.0, float("nan"), -1.0, "x"):
+        with pytest.raises(ConfigError, match="strength"):
+            m.stylize(content, style, strength=bad)
+    with pytest.raises(ImageError, match="must be in \\[0, 1\\]"):
+        m.stylize(content * 255, style)
+    with pytest.raises(ImageError, match="must be in \\[0, 1\\]"):
+        m.embed(style * 255)
+    ref = m.stylize(content, style)
+    u8 = (content * 255).round().astype(np.uint8)
+    np.testing.assert_allclose(m.stylize(u8, style), m.stylize(u8 / np.float32(255), style),
+                               atol=1e-6)
+    grey = content.mean(-1)
+    np.testing.assert_allclose(m.stylize(grey, style), m.stylize(np.stack([grey] * 3, -1), style),
+                               atol=1e-6)
+    rgba = np.concatenate([content, np.ones_like(content[..., :1])], -1)
+    np.testing.assert_allclose(m.stylize(rgba, style), ref, atol=1e-6)
+    with pytest.raises(ConfigError, match="100 finite numbers"):
+        m.transfer(content, np.full((1, 1, 1, 100), np.nan, np.float32))
+    with pytest.raises(ConfigError, match="100 finite numbers"):
+        m.transfer(content, np.zeros(99, np.float32))
