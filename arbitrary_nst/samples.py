@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from arbitrary_nst.errors import ConfigError, NSTError
+from arbitrary_nst.errors import ConfigError, NSTError, check_count
 from arbitrary_nst.images import (
     center_crop_square,
     load_image,
@@ -114,6 +114,7 @@ def content_image(name: str, max_side: int | None = None) -> np.ndarray:
     if name not in _CONTENT_FILES:
         choices = ", ".join(CONTENT_NAMES)
         raise ConfigError(f"unknown content sample {name!r}; choose from {choices}")
+    max_side = check_count(max_side, "content max_side")  # (0 was a ValueError)
     return load_image(_skimage_file(_CONTENT_FILES[name]), max_side=max_side)
 
 
@@ -124,14 +125,14 @@ def style_image(name: str, size: int = 512) -> np.ndarray:
     same pixels every time); the texture styles are centre-cropped to a square and resized.
 
     Raises:
-        ConfigError: unknown name or ``size`` outside ``16..4096``.
+        ConfigError: unknown name or ``size`` not an integer in ``16..4096``.
         NSTError: a texture style was asked for and scikit-image's data files are missing.
     """
     if name not in STYLE_NAMES:
         raise ConfigError(f"unknown style sample {name!r}; choose from {', '.join(STYLE_NAMES)}")
-    if not 16 <= int(size) <= _MAX_STYLE_SIZE:
-        raise ConfigError(f"style size must be in 16..{_MAX_STYLE_SIZE}, got {size}")
-    return _style_cached(name, int(size)).copy()
+    # (16.7 and "64" were taken as 16 and 64)
+    size = check_count(size, "style size", 16, _MAX_STYLE_SIZE, optional=False)
+    return _style_cached(name, size).copy()
 
 
 @functools.lru_cache(maxsize=16)
@@ -153,6 +154,9 @@ def write_samples(out_dir: str | os.PathLike[str], *, style_size: int = 512,
 
     ``overwrite`` defaults to true because the folder holds only these generated files.
     """
+    # both checked before anything is written (a bad style size failed after the photos)
+    check_count(style_size, "style size", 16, _MAX_STYLE_SIZE, optional=False)
+    check_count(content_max_side, "content max_side")
     root = Path(out_dir)
     written = [
         save_image(root / "content" / f"{n}.png", content_image(n, max_side=content_max_side),

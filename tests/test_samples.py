@@ -139,7 +139,7 @@ def test_style_size_bounds_are_inclusive(monkeypatch):
     monkeypatch.setattr(samples, "_style_cached",
                         lambda name, size: asked.append((name, size)) or np.zeros((1, 1, 3)))
     for bad in (15, 4097):
-        with pytest.raises(ConfigError, match=r"style size must be in 16\.\.4096, got "):
+        with pytest.raises(ConfigError, match=r"style size must be an integer in \[16, 4096\], got "):
             samples.style_image("waves", bad)
     samples.style_image("mosaic", 4096)
     assert asked == [("mosaic", 4096)]
@@ -230,3 +230,20 @@ def test_generated_styles_have_the_same_composition_at_every_size(name):
     others = [resize(samples.style_image(o, 96), (48, 48)) for o in samples.GENERATED_STYLE_NAMES
               if o != name]
     assert np.abs(small - big).mean() < 0.6 * min(np.abs(small - o).mean() for o in others)
+
+
+def test_sizes_are_checked_before_anything_is_written(tmp_path):
+    """style_image("waves", 16.7) rendered at 16, "64" was taken; content max_side=0 was a
+    ValueError; write_samples(style_size=8) wrote every photo before failing on the styles."""
+    for bad in (16.7, "64", 8, 5000, None, True):
+        with pytest.raises(ConfigError, match=r"style size must be an integer in \[16, 4096\]"):
+            samples.style_image("waves", bad)
+    assert samples.style_image("waves", 64.0).shape == (64, 64, 3)  # an integral float is fine
+    for bad in (0, -3, 2.5):
+        with pytest.raises(ConfigError, match="content max_side must be an integer"):
+            samples.content_image("chelsea", max_side=bad)
+    with pytest.raises(ConfigError, match="style size"):
+        samples.write_samples(tmp_path / "s", style_size=8)
+    with pytest.raises(ConfigError, match="content max_side"):
+        samples.write_samples(tmp_path / "s", content_max_side=0)
+    assert not (tmp_path / "s").exists()
