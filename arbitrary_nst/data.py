@@ -1165,6 +1165,10 @@ def prepare_folder(dirs: Sequence[str | os.PathLike[str]], *, data_dir: str | os
         raise ConfigError(
             f"{', '.join(b.builder_config.dirs)}: none of the {md.get('num_files', '?')} image files could be read"
         )
+    if reused:  # (train.py showed a line only when a folder was first prepared)
+        log.info("%s: %d images, prepared earlier under %s (reused)%s", b.builder_config.name, n,
+                 b.data_dir, f"; {int(md.get('num_skipped', 0))} files were left out then"
+                 if md.get("num_skipped") else "")
     ds = b.as_data_source("train", decoders={"image": tfds.decode.SkipDecoding()})
     report = {
         "name": b.builder_config.name,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import colorsys
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -198,9 +199,13 @@ def test_tfds_data_source_decodes_with_pillow(prepared, folder, tfds_dir):
     assert b.info.metadata["num_skipped"] == 2
 
 
-def test_reuse_and_stale_folder_gets_a_new_dataset(prepared, folder, tfds_dir, tmp_path):
-    again = data.prepare_folder([folder], data_dir=tfds_dir)
+def test_reuse_and_stale_folder_gets_a_new_dataset(prepared, folder, tfds_dir, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger=data.log.name):
+        again = data.prepare_folder([folder], data_dir=tfds_dir)
     assert again.report["reused"] and again.report["num_skipped"] == 2
+    # the line train.py shows (there was none when a preparation was reused)
+    assert (f"{again.report['name']}: {len(again)} images, prepared earlier under "
+            f"{again.report['data_dir']} (reused); 2 files were left out then") in caplog.text
     # A copy elsewhere (`cp -r`: new times, new place) holds the same images: the same dataset,
     # reused (it was prepared again, and a resumed training said "the training images differ").
     import shutil
