@@ -1,7 +1,7 @@
 """How much of the fitted-style correction could a predictor see in other style statistics?
 
     python bench/correction_predictability.py --oracle workdirs/r2/oracle \
-        --model workdirs/gpuA/model.safetensors [--json bench/results/correction_predictability.json]
+        --model workdirs/gpuA/model.safetensors [--json PATH] [--overwrite]
 
 Input: a conditioning oracle written by ``python -m arbitrary_nst.distill --target conditioning``
 (per training painting: the predictor's gamma/beta ``c0`` and the gamma/beta ``c`` fitted to it,
@@ -17,12 +17,16 @@ predictor's own mean/std statistics, Gram matrices (signed square root of Gram /
 triangle) of each style tap, and their unions. If a richer statistic predicted the correction
 much better, the predictor should pool it (issue #7: "which style statistics the predictor
 pools"); if not, what is left is specific to each painting at this sample size.
+
+Options, the oracle's files and ``--json`` (an existing file only with ``--overwrite``) are checked
+before the features are computed; errors are one line (exit status 1).
 """
 from __future__ import annotations
 
 import argparse
 import glob
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -33,7 +37,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from arbitrary_nst import data, distill, export, losses, training  # noqa: E402
+from arbitrary_nst.errors import ConfigError  # noqa: E402
 from arbitrary_nst.models.predictor import pooled_statistics  # noqa: E402
+from bench.bench_cli import add_overwrite, check_options, write_json  # noqa: E402
+from bench.bench_cli import meta as run_meta  # noqa: E402
 
 RIDGES = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 
@@ -41,12 +48,28 @@ RIDGES = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 def load_oracle(oracle_dir: Path) -> dict[str, np.ndarray]:
     files = sorted(glob.glob(str(oracle_dir / "chunk_*.npz")))
     if not files:
-        sys.exit(f"error: {oracle_dir}: no chunk_*.npz (run `python -m arbitrary_nst.distill "
-                 f"--target conditioning` first)")
+        raise ConfigError(f"{oracle_dir}: no chunk_*.npz (run `python -m arbitrary_nst.distill "
+                          f"--target conditioning` first)")
     chunks = [dict(np.load(f)) for f in files]
     if "c" not in chunks[0]:
-        sys.exit(f"error: {oracle_dir}: an embedding oracle; this needs --target conditioning")
+        raise ConfigError(f"{oracle_dir}: an embedding oracle; this needs --target conditioning")
     return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+
+
+def load_oracle_meta(oracle_dir: Path) -> dict:
+    """The oracle's ``oracle.json`` (a missing one was a FileNotFoundError traceback)."""
+    path = oracle_dir / "oracle.json"
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found (an oracle folder written by `python -m "
+                          f"arbitrary_nst.distill --target conditioning` has it)") from None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: cannot read ({type(e).__name__}: "
+                          f"{' '.join(str(e).split())})") from None
+    if not isinstance(meta, dict) or "style_size" not in meta:
+        raise ConfigError(f"{path}: no style_size (not a distill oracle's oracle.json?)")
+    return meta
 
 
 def style_statistics(model, src, indices, size: int, batch: int = 8):
@@ -101,18 +124,24 @@ def main(argv=None) -> int:
                     help="config whose data section names the training images (distill's default)")
     ap.add_argument("--folds", type=int, default=8)
     ap.add_argument("--json", default=None)
+    add_overwrite(ap)
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
+    # (--folds 0 was a ValueError after the loading, --folds 1 all-NaN scores written as NaN)
+    out_json = check_options(a, {"folds": 2}, a.json)
     oracle_dir = Path(a.oracle)
+    meta = load_oracle_meta(oracle_dir)
     r = load_oracle(oracle_dir)
-    meta = json.loads((oracle_dir / "oracle.json").read_text())
+    if a.folds > len(r["c"]):
+        raise ConfigError(f"--folds {a.folds}: more folds than the oracle's {len(r['c'])} styles")
     src = data.prepare(training.load_config(a.config).data)["style"]
     model = export.load_exported(a.model)
     stats, grams = style_statistics(model, src, r["index"], int(meta["style_size"]))
     mismatch = float(np.abs(stats - r["x"]).max())
     if mismatch > 1e-3:
-        sys.exit(f"error: {a.oracle}: recomputed statistics differ from the oracle's by {mismatch:.3g} "
-                 f"(another model or data set than the oracle was made with?)")
+        raise ConfigError(f"{a.oracle}: recomputed statistics differ from the oracle's by "
+                          f"{mismatch:.3g} (another model or data set than the oracle was made "
+                          "with?)")
     delta = (r["c"] - r["c0"]).astype(np.float64)
     taps = list(grams)
     sets = {"shared offset only": [], "pooled mean/std (the predictor's 1920)": [stats]}
@@ -125,20 +154,28 @@ def main(argv=None) -> int:
     print(f"{'features':42s} {'best ridge':>10s} {'explained':>9s}")
     for name, blocks in sets.items():
         res = cross_validated(blocks, delta, folds=a.folds)
+        if not all(math.isfinite(v) for v in res.values()):  # (NaN was written to the JSON)
+            raise ConfigError(f"{name}: non-finite held-out scores {res} (a correction of all "
+                              "zeros?); nothing was written")
         best = max(res, key=res.get)
         rows.append({"features": name, "dims": int(sum(b.shape[1] for b in blocks)),
                      "best_ridge": best, "explained": res[best],
                      "by_ridge": {str(k): v for k, v in res.items()}})
         print(f"{name:42s} {best:10g} {res[best]:9.1%}", flush=True)
-    out = {"oracle": str(a.oracle), "model": str(a.model), "styles": int(len(delta)),
-           "folds": a.folds, "stats_mismatch": mismatch, "rows": rows,
+    out = {"meta": run_meta(__file__, argv), "oracle": str(a.oracle), "model": str(a.model),
+           "styles": int(len(delta)), "folds": a.folds, "stats_mismatch": mismatch, "rows": rows,
            "seconds": time.perf_counter() - t0}
-    if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(out, indent=1))
-        print(f"wrote {a.json}")
+    if out_json is not None:
+        write_json(out_json, out, indent=1)
+        print(f"wrote {out_json}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from arbitrary_nst.errors import NSTError  # noqa: E402
+
+    try:
+        sys.exit(main())
+    except NSTError as e:  # a bad option or input: one line, as the other commands
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(1)

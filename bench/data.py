@@ -1,6 +1,6 @@
 """The training data loader's own throughput (no model): images/s with 1 and 2 worker threads.
 
-    python bench/data.py [--batches 30] [--batch-size 8] [--workers 1 2] [--json bench/results/data_cpu.json]
+    python bench/data.py [--batches 30] [--batch-size 8] [--workers 1 2] [--json PATH] [--overwrite]
 
 Each batch is 8 content crops (256, random resize + crop) and 8 style crops (256, Magenta's
 brightness/saturation/hue jitter, flips, random resize to [258, 456) and crop), in two modes:
@@ -11,7 +11,8 @@ counts content + style images. Sources: ``synthetic`` (procedural, includes gene
 image) and, when the training data folder exists, the prepared TFDS folders (``folder``; the
 folders are prepared first if needed) and an :func:`export_arrays` subset of them in a temporary
 ``.npz`` (``npz``: what a machine without TFDS reads). Also reports the
-single-thread cost of each stage on the real data.
+single-thread cost of each stage on the real data. ``--json`` (default the committed
+``bench/results/data_cpu.json``) is refused up front if it exists, unless ``--overwrite``.
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from arbitrary_nst import data  # noqa: E402
-from bench.bench_cli import check_options, write_json  # noqa: E402
+from bench.bench_cli import add_overwrite, check_options, write_json  # noqa: E402
+from bench.bench_cli import meta as run_meta  # noqa: E402
 
 DATA_ROOT = Path(os.environ.get("ARBITRARY_NST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 CONTENT = ["content/bsds500", "content/imagenet_samples", "content/coco2014_sample"]
@@ -99,10 +101,12 @@ def main(argv=None) -> int:
                     help="host: float32 + jitter on the host; device: uint8 + jitter parameters")
     ap.add_argument("--data-dir", default=None, help="prepared TFDS data (default ~/.cache/arbitrary_nst/tfds)")
     ap.add_argument("--json", default=str(Path(__file__).resolve().parent / "results" / "data_cpu.json"))
+    add_overwrite(ap)
     a = ap.parse_args(argv)
     out = check_options(a, {"batches": 1, "batch_size": 1, "workers": 1, "prefetch": 1}, a.json)
 
     results: dict = {
+        "meta": run_meta(__file__, argv),  # (device: None, the loader does not use JAX)
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                     "python": platform.python_version(),
                     "load_avg_1min_at_start": round(os.getloadavg()[0], 2)},

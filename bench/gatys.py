@@ -1,7 +1,7 @@
 """Benchmark of the jitted, batched Gatys optimizer against a PyTorch eager L-BFGS reference.
 
-    python bench/gatys.py                       # CPU: 256^2 x B=1,4,8 and 512^2 x B=1,4
-    python bench/gatys.py --configs 128x1,128x2 --iters 10        # a quick look
+    python bench/gatys.py --overwrite           # CPU: 256^2 x B=1,4,8 and 512^2 x B=1,4
+    python bench/gatys.py --configs 128x1,128x2 --iters 10 --out /tmp/g.json   # a quick look
 
 For every (size, batch) it measures, each in a fresh subprocess (so peak memory is clean):
 
@@ -22,7 +22,9 @@ For every (size, batch) it measures, each in a fresh subprocess (so peak memory 
 The table shows the speed ratio JAX/torch (iterations/s) and the final-loss ratio after the same
 number of iterations from the same start, and the batch efficiency: example loss evaluations/s
 of a batch of B relative to B=1 (> 1 means B pairs cost less than B runs of one pair). Results go to
-``bench/results/gatys_<platform>.json``.
+``--out`` (default ``bench/results/gatys_<platform>.json``, committed: an existing file is refused
+before anything is measured unless ``--overwrite``). Memory columns are MiB (2^20 bytes; the JSON's
+``*_mb`` fields too).
 
 Images: the built-in sample photos (astronaut, chelsea, coffee, rocket, motorcycle, cycled over
 the batch) centre-cropped to squares, and the generated 'strokes' style; nothing is downloaded.
@@ -233,8 +235,8 @@ def _fmt_table(rows: list[dict]) -> str:
     single = {size: d["jax"] for (size, batch), d in by.items()
               if batch == 1 and "it_per_s" in d.get("jax", {})}
     head = ("| size | B | JAX it/s | evals/it | torch it/s | JAX/torch speed | final loss "
-            "JAX/torch | example-evals/s vs B=1 | end-to-end vs B runs | JAX peak RSS MB "
-            "(XLA temp) | torch peak RSS MB |")
+            "JAX/torch | example-evals/s vs B=1 | end-to-end vs B runs | JAX peak RSS MiB "
+            "(XLA temp) | torch peak RSS MiB |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for (size, batch), d in sorted(by.items()):
         j, t = d.get("jax", {}), d.get("torch", {})
@@ -277,7 +279,8 @@ def _pairs(text: str, option: str) -> list[tuple[int, int]]:
 
 def main(argv=None) -> int:
     from arbitrary_nst.errors import ConfigError
-    from bench.bench_cli import check_options, write_json
+    from bench.bench_cli import UNITS_NOTE, add_overwrite, check_options, write_json
+    from bench.bench_cli import meta as run_meta
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -292,6 +295,7 @@ def main(argv=None) -> int:
     ap.add_argument("--torch-configs", default="all",
                     help="SIZExBATCH pairs measured with torch too, or 'all'")
     ap.add_argument("--out", default=None, help="JSON output (default bench/results/...)")
+    add_overwrite(ap, "--out")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per measurement")
     ap.add_argument("--child", choices=("jax", "torch"), help=argparse.SUPPRESS)
     ap.add_argument("--size", type=int, help=argparse.SUPPRESS)
@@ -340,7 +344,7 @@ def main(argv=None) -> int:
                 rows.append(r)
                 msg = (f"{fw:5s} {size}^2 B={batch}: " +
                        (f"{r['it_per_s']:.3f} it/s, loss {r['final_loss_mean']:.4g}, "
-                        f"peak RSS {r['peak_rss_mb']:.0f} MB" if "it_per_s" in r
+                        f"peak RSS {r['peak_rss_mb']:.0f} MiB" if "it_per_s" in r
                         else f"ERROR {r.get('error')}"))
                 print(msg, flush=True)
     table = _fmt_table(rows)
@@ -357,11 +361,10 @@ def main(argv=None) -> int:
     if not any("it_per_s" in r for r in rows):  # (else the results file is replaced by errors)
         raise ConfigError(f"every measurement failed (first: {rows[0].get('error')}); "
                           f"{out} was not written")
-    meta = {"command": "python bench/gatys.py " + " ".join(argv or sys.argv[1:]),
-            "platform": plat, "machine": platform.machine(), "cpus": os.cpu_count(),
+    meta = {**run_meta(__file__, argv), "platform": plat, "cpus": os.cpu_count(),
             "python": platform.python_version(), "jax": jax.__version__,
             "date": time.strftime("%Y-%m-%d %H:%M:%S"), "parity": parity}
-    write_json(out, {"meta": meta, "rows": rows, "table": table}, indent=1)
+    write_json(out, {"meta": meta, "units": UNITS_NOTE, "rows": rows, "table": table}, indent=1)
     print(f"\nwrote {out}")
     return 0
 

@@ -1,8 +1,8 @@
 """Inference speed of the arbitrary-style network vs the Magenta-lite peer (not a timed test).
 
-    python bench/infer.py                      # CPU: widths 0.25 and 1.0, 256/512/1024, batch 1 and 8
-    python bench/infer.py --widths 1.0 --sizes 512 --batches 32 --dtype bfloat16   # on a GPU
-    python bench/infer.py --model model.safetensors   # time a trained export instead
+    python bench/infer.py --overwrite   # CPU: widths 0.25 and 1.0, 256/512/1024, batch 1 and 8
+    python bench/infer.py --widths 1.0 --sizes 512 --batches 32 --dtype bfloat16 --json g.json  # GPU
+    python bench/infer.py --model model.safetensors --json m.json   # time a trained export instead
 
 What is timed, per (width, size, batch): one device call of the jitted stylize function on a
 batch of ``size x size`` uint8 images with precomputed style embeddings (strength 1, the CLI's
@@ -30,18 +30,24 @@ Backends (``--backends``, default both on CPU): ``jax`` is the jitted XLA call a
 ``onnxruntime`` runs the same model's exported transfer graph (``arbitrary_nst.onnx_export``,
 the :class:`~arbitrary_nst.inference.Stylizer`'s ``backend="onnxruntime"``) on onnxruntime with
 the peer's thread count, uint8 in and out likewise (its "compile" column is the first run's
-extra time: onnxruntime plans kernels per input shape). The head-to-head alternates all three.
+extra time: onnxruntime plans kernels per input shape). Only the backends asked for are timed;
+the head-to-head alternates them with the peer. The style embedding is the JAX predictor's
+whichever backend runs the transfer (the onnxruntime backend embeds with JAX too), so it is
+measured and reported once per width.
 
-Also measured (``--pipeline``): the file pipeline (``Stylizer.stylize_files``: decode, bucket,
-batch, compute, PNG encode, write) on generated 512 x 512 JPEGs at width 0.25, against the pure
-compute time, to show how much of decode/encode the prefetch overlaps.
+Also measured (``--pipeline``, with the ``jax`` backend): the file pipeline
+(``Stylizer.stylize_files``: decode, bucket, batch, compute, PNG encode, write) on generated
+512 x 512 JPEGs at width 0.25, against the pure compute time, to show how much of decode/encode
+the prefetch overlaps.
 
-Results: a table on stdout and JSON (``--json``, default ``bench/results/infer_<platform>.json``).
+Results: a table on stdout and JSON (``--json``, default ``bench/results/infer_<platform>.json``,
+committed: an existing file is refused before anything is measured unless ``--overwrite``).
+Memory figures are MiB (2^20 bytes; the JSON's ``*_mb`` fields too). Options are checked first;
+the exit status is 1, and nothing is written, when every configuration was skipped or failed.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -58,6 +64,14 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from arbitrary_nst import color, images, inference  # noqa: E402
+from arbitrary_nst.errors import ConfigError  # noqa: E402
+from bench.bench_cli import UNITS_NOTE, add_overwrite, check_options, write_json  # noqa: E402
+from bench.bench_cli import meta as run_meta  # noqa: E402
+
+#: the smallest values of the numeric options (checked before anything is measured)
+MINIMUMS = {"widths": 1 / 32, "sizes": 32, "batches": 1, "min_time": 0, "max_reps": 1,
+            "budget_s": 1, "max_memory_gb": 0, "peer_threads": 1, "pipeline_images": 1,
+            "pipeline_batch": 1, "workers": 1}
 
 
 def transfer_flops_per_pixel(width: float) -> float:
@@ -189,7 +203,8 @@ def bench_embed(st, args) -> dict:
                                                                jax.device_put(batch, st._data))),
                         min_time=min(args.min_time, 2.0), max_reps=10, per_rep_cap=1.0)
     return {"style_size": 256, "compile_s": round(compile_s, 3),
-            "ms": round(1e3 * float(np.median(times)), 2), "reps": len(times)}
+            "ms": round(1e3 * float(np.median(times)), 2), "reps": len(times),
+            "predictor": "jax"}
 
 
 def bench_peer(variant: str, sizes, batches, args, budget) -> dict:
@@ -218,17 +233,19 @@ def bench_peer(variant: str, sizes, batches, args, budget) -> dict:
     return out
 
 
-def head_to_head(st, args, ot=None, size: int = 512, rounds: int = 7) -> dict:
-    """Our width-0.25 call (JAX, and the onnxruntime backend when ``ot`` is given) vs the peer's
-    float32 transfer at ``size``^2, batch 1, run *alternately* so that all see the same machine
-    load (this CPU is shared); min and median."""
+def head_to_head(st, args, ot=None, size: int = 512, rounds: int = 7,
+                 jax_call: bool = True) -> dict:
+    """Our width-0.25 call (JAX when ``jax_call``, the onnxruntime backend when ``ot`` is given)
+    vs the peer's float32 transfer at ``size``^2, batch 1, run *alternately* so that all see the
+    same machine load (this CPU is shared); min and median."""
     from arbitrary_nst.peers import MagentaLite
 
     quick = argparse.Namespace(min_time=0.0, max_reps=1, max_memory_gb=1e9)
     calls = {}
     holder = [None]
-    bench_ours(st, size, 1, quick, holder)
-    calls["ours"] = holder[0]
+    if jax_call:
+        bench_ours(st, size, 1, quick, holder)
+        calls["ours"] = holder[0]
     if ot is not None:
         bench_ours_onnx(st, ot, size, 1, quick, holder)
         calls["ours_onnxruntime"] = holder[0]
@@ -307,7 +324,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-reps", type=int, default=10)
     p.add_argument("--budget-s", type=float, default=540.0, help="total time budget")
     p.add_argument("--max-memory-gb", type=float, default=6.0,
-                   help="skip configurations whose XLA buffers exceed this")
+                   help="skip configurations whose XLA buffers exceed this (GiB)")
     p.add_argument("--backends", nargs="+", choices=("jax", "onnxruntime"), default=None,
                    help="inference backends to time (default: both on CPU, jax elsewhere)")
     p.add_argument("--no-peer", action="store_true")
@@ -317,29 +334,39 @@ def main(argv=None) -> int:
     p.add_argument("--pipeline-batch", type=int, default=None,
                    help="batch size of the file pipeline (default: the Stylizer's, 1 on CPU)")
     p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--json", default=None)
+    p.add_argument("--json", default=None,
+                   help="JSON output (default bench/results/infer_<platform>.json)")
+    add_overwrite(p)
     args = p.parse_args(argv)
 
-    budget = Budget(args.budget_s)
     backend = jax.default_backend()
-    out_json = Path(args.json or Path(__file__).resolve().parent / "results"
-                    / f"infer_{backend}.json")
+    # Options and the output are checked before anything is measured: --sizes 0 was a failed
+    # row and exit status 0, --batches 0 a ZeroDivisionError recorded as skipped, --json DIR a
+    # traceback after the whole measurement, and the committed results were replaced silently.
+    out_json = check_options(args, MINIMUMS, args.json or Path(__file__).resolve().parent
+                             / "results" / f"infer_{backend}.json")
+    budget = Budget(args.budget_s)
     from arbitrary_nst.vgg import load_vgg16
 
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else None
     vgg = load_vgg16()
     devs = jax.devices()
-    meta = {"backend": backend, "devices": [str(d) for d in devs],
+    backends = args.backends or (["jax", "onnxruntime"] if backend == "cpu" else ["jax"])
+    meta = {**run_meta(__file__, argv), "backend": backend, "devices": [str(d) for d in devs],
             "device_kind": devs[0].device_kind, "cpu_count": os.cpu_count(),
             "platform": platform.platform(), "processor": platform.processor(),
             "jax": jax.__version__, "dtype": args.dtype, "python": platform.python_version(),
+            "backends": backends,
             "timed": "one jitted call incl. host->device and device->host copies (uint8 in/out), "
                      "embeddings precomputed, strength 1; median over reps"}
-    results = {"meta": meta, "ours": [], "peer": [], "skipped": []}
+    results = {"meta": meta, "units": UNITS_NOTE, "ours": [], "peer": [], "skipped": []}
     print(f"# backend {backend}, {len(devs)} x {devs[0].device_kind}, {os.cpu_count()} CPUs, "
-          f"dtype {args.dtype}, budget {args.budget_s:.0f} s", flush=True)
+          f"dtype {args.dtype}, backends {' '.join(backends)}, budget {args.budget_s:.0f} s",
+          flush=True)
 
-    backends = args.backends or (["jax", "onnxruntime"] if backend == "cpu" else ["jax"])
+    def skip(width, size, batch, why):
+        results["skipped"].append({"width": width, "size": size, "batch": batch, "reason": why})
+
     rate_flops = None  # measured FLOP/s of the transfer network so far (for estimates)
     pipeline_st = pipeline_ot = None
     for width in args.widths:
@@ -350,12 +377,14 @@ def main(argv=None) -> int:
         else:
             st = random_stylizer(width, vgg, dtype, max(args.batches))
             label = f"width {width} (untrained)"
+        # the JAX predictor: what both backends embed styles with (measured once per width)
         emb = bench_embed(st, args)
-        print(f"{label}: embed 256^2 {emb.get('ms', '?')} ms (compile {emb.get('compile_s')} s)",
-              flush=True)
-        entry = {"width": width, "label": label, "backend": "jax", "embed": emb, "runs": []}
-        results["ours"].append(entry)
-        ot = entry_ort = None
+        print(f"{label}: embed 256^2 (JAX predictor) {emb.get('ms', '?')} ms (compile "
+              f"{emb.get('compile_s')} s)", flush=True)
+        entry = ot = entry_ort = None
+        if "jax" in backends:
+            entry = {"width": width, "label": label, "backend": "jax", "embed": emb, "runs": []}
+            results["ours"].append(entry)
         if "onnxruntime" in backends:
             from arbitrary_nst.onnx_export import OnnxTransfer
 
@@ -368,6 +397,8 @@ def main(argv=None) -> int:
         for size in args.sizes:
             for batch in args.batches:
                 flops = transfer_flops_per_pixel(width) * size * size * batch
+                gflop = round(transfer_flops_per_pixel(width) * size * size / 1e9, 2)
+                est = None
                 if rate_flops:
                     est = flops / rate_flops
                     reps = 1 if est > args.min_time / 2 else max(1, int(args.min_time / est))
@@ -376,42 +407,52 @@ def main(argv=None) -> int:
                         why = (f"estimated {est:.1f} s per batch ({est_total:.0f} s with compile)"
                                f" > budget left {budget.left():.0f} s")
                         print(f"  skip {size}^2 b{batch}: {why}", flush=True)
-                        results["skipped"].append({"width": width, "size": size, "batch": batch,
-                                                   "reason": why})
+                        skip(width, size, batch, why)
                         continue
                     print(f"  {size}^2 b{batch}: estimated {est:.2f} s per batch", flush=True)
-                try:
-                    r = bench_ours(st, size, batch, args)
-                except Exception as e:  # noqa: BLE001 - OOM on a small machine: record, go on
-                    why = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
-                    print(f"  {size}^2 b{batch}: failed: {why}", flush=True)
-                    results["skipped"].append({"width": width, "size": size, "batch": batch,
-                                               "reason": why})
+                r = None
+                if entry is not None:
+                    try:
+                        r = bench_ours(st, size, batch, args)
+                    except Exception as e:  # noqa: BLE001 - OOM on a small machine: record, go on
+                        why = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
+                        print(f"  {size}^2 b{batch}: failed: {why}", flush=True)
+                        skip(width, size, batch, why)
+                        continue
+                    if "skipped" in r:
+                        print(f"  {size}^2 b{batch}: skipped: {r['skipped']}", flush=True)
+                        skip(width, size, batch, r["skipped"])
+                        continue
+                    rate_flops = flops / r["batch_s"] if rate_flops is None else max(
+                        rate_flops * 0.5, min(rate_flops * 2, flops / r["batch_s"]))
+                    r.update(size=size, batch=batch, gflop_per_image=gflop)
+                    entry["runs"].append(r)
+                    print(f"  {size}^2 b{batch}: {r['ms_per_image']:.1f} ms/image, "
+                          f"{r['images_per_s']:.2f} images/s, compile {r['compile_s']:.1f} s, "
+                          f"XLA memory {r['xla_memory_mb']} MiB ({r['reps']} reps)", flush=True)
+                if ot is None:
                     continue
-                if "skipped" in r:
-                    print(f"  {size}^2 b{batch}: skipped: {r['skipped']}", flush=True)
-                    results["skipped"].append({"width": width, "size": size, "batch": batch,
-                                               "reason": r["skipped"]})
-                    continue
-                rate_flops = flops / r["batch_s"] if rate_flops is None else max(
-                    rate_flops * 0.5, min(rate_flops * 2, flops / r["batch_s"]))
-                r.update(size=size, batch=batch, gflop_per_image=round(
-                    transfer_flops_per_pixel(width) * size * size / 1e9, 2))
-                entry["runs"].append(r)
-                print(f"  {size}^2 b{batch}: {r['ms_per_image']:.1f} ms/image, "
-                      f"{r['images_per_s']:.2f} images/s, compile {r['compile_s']:.1f} s, "
-                      f"XLA memory {r['xla_memory_mb']} MB ({r['reps']} reps)", flush=True)
-                if ot is not None and budget.left() > 60 + 2 * r["batch_s"] * (r["reps"] + 1):
-                    ro = bench_ours_onnx(st, ot, size, batch, args)
-                    ro.update(size=size, batch=batch, gflop_per_image=r["gflop_per_image"])
-                    entry_ort["runs"].append(ro)
-                    print(f"  {size}^2 b{batch} onnxruntime: {ro['ms_per_image']:.1f} ms/image, "
-                          f"{ro['images_per_s']:.2f} images/s ({ro['reps']} reps)", flush=True)
-                elif ot is not None:
+                need = (2 * r["batch_s"] * (r["reps"] + 1) if r is not None
+                        else 2 * (est or 0) * 2)
+                if budget.left() <= 60 + need:
                     why = f"onnxruntime row: budget left {budget.left():.0f} s"
                     print(f"  skip {size}^2 b{batch} {why}", flush=True)
-                    results["skipped"].append({"width": f"{width}, onnxruntime", "size": size,
-                                               "batch": batch, "reason": why})
+                    skip(f"{width}, onnxruntime", size, batch, why)
+                    continue
+                try:
+                    ro = bench_ours_onnx(st, ot, size, batch, args)
+                except Exception as e:  # noqa: BLE001 - as above: record, go on
+                    why = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
+                    print(f"  {size}^2 b{batch} onnxruntime: failed: {why}", flush=True)
+                    skip(f"{width}, onnxruntime", size, batch, why)
+                    continue
+                if r is None:  # (onnxruntime only: its speed makes the estimates)
+                    rate_flops = flops / ro["batch_s"] if rate_flops is None else max(
+                        rate_flops * 0.5, min(rate_flops * 2, flops / ro["batch_s"]))
+                ro.update(size=size, batch=batch, gflop_per_image=gflop)
+                entry_ort["runs"].append(ro)
+                print(f"  {size}^2 b{batch} onnxruntime: {ro['ms_per_image']:.1f} ms/image, "
+                      f"{ro['images_per_s']:.2f} images/s ({ro['reps']} reps)", flush=True)
         if args.model:
             break
 
@@ -431,21 +472,27 @@ def main(argv=None) -> int:
     pipeline_st = pipeline_st or st
     if not args.no_peer and pipeline_st.model.width == 0.25 and 512 in args.sizes:
         try:
-            results["head_to_head"] = hh = head_to_head(pipeline_st, args, pipeline_ot)
-            print(f"head to head 512^2 b1 (alternating): ours {hh['ours_ms_min']} ms, peer fp32 "
-                  f"{hh['peer_fp32_ms_min']} ms (min); ratio {hh['ratio_min']} (min), "
-                  f"{hh['ratio_median']} (median)", flush=True)
+            results["head_to_head"] = hh = head_to_head(pipeline_st, args, pipeline_ot,
+                                                        jax_call="jax" in backends)
+            if "ratio_min" in hh:
+                print(f"head to head 512^2 b1 (alternating): ours {hh['ours_ms_min']} ms, peer "
+                      f"fp32 {hh['peer_fp32_ms_min']} ms (min); ratio {hh['ratio_min']} (min), "
+                      f"{hh['ratio_median']} (median)", flush=True)
             if "ratio_onnxruntime_min" in hh:
                 print(f"  ours on onnxruntime {hh['ours_onnxruntime_ms_min']} ms (min); ratio "
                       f"{hh['ratio_onnxruntime_min']} (min), {hh['ratio_onnxruntime_median']} "
                       "(median)", flush=True)
         except Exception as e:  # noqa: BLE001
             print(f"head to head: failed ({e})", flush=True)
-    if args.pipeline and budget.left() > 30:
+    if args.pipeline and "jax" not in backends:
+        print("pipeline: not measured (it times the JAX Stylizer; --backends has no jax)",
+              flush=True)
+    elif args.pipeline and budget.left() > 30:
         try:
             results["pipeline"] = bench_pipeline(pipeline_st, args)
             pl = results["pipeline"]
-            ref = next((o for o in results["ours"] if o["width"] == pipeline_st.model.width), None)
+            ref = next((o for o in results["ours"] if o["width"] == pipeline_st.model.width
+                        and o["backend"] == "jax"), None)
             ref = ref and _find(ref["runs"], pl["size"], pl["batch"])
             pl["compute_only_images_per_s"] = ref["images_per_s"] if ref else None
             print(f"pipeline ({pipeline_st.source}): {pl['images']} JPEG {pl['size']}^2 -> PNG, "
@@ -460,8 +507,11 @@ def main(argv=None) -> int:
     table = format_table(results)
     print()
     print(table)
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(results, indent=2) + "\n")
+    if not any(o["runs"] for o in results["ours"]):  # (it wrote a table of skips, exit 0)
+        first = results["skipped"][0]["reason"] if results["skipped"] else "none ran"
+        raise ConfigError(f"every configuration was skipped or failed (first: {first}); "
+                          f"{out_json} was not written")
+    write_json(out_json, results)
     print(f"\nwrote {out_json}")
     return 0
 
@@ -473,15 +523,15 @@ def _find(runs, size, batch):
 def targets(results) -> dict:
     out = {}
     hh = results.get("head_to_head")
-    if hh:
+    if hh and "ratio_min" in hh:
         out["cpu_w025_vs_peer_fp32_512_b1_alternating"] = {
             "ratio_min": hh["ratio_min"], "ratio_median": hh["ratio_median"], "target": "<= 1.0",
             "met": hh["ratio_min"] <= 1.0}
-        if "ratio_onnxruntime_min" in hh:
-            out["cpu_w025_onnxruntime_vs_peer_fp32_512_b1_alternating"] = {
-                "ratio_min": hh["ratio_onnxruntime_min"],
-                "ratio_median": hh["ratio_onnxruntime_median"], "target": "<= 1.0",
-                "met": hh["ratio_onnxruntime_min"] <= 1.0}
+    if hh and "ratio_onnxruntime_min" in hh:
+        out["cpu_w025_onnxruntime_vs_peer_fp32_512_b1_alternating"] = {
+            "ratio_min": hh["ratio_onnxruntime_min"],
+            "ratio_median": hh["ratio_onnxruntime_median"], "target": "<= 1.0",
+            "met": hh["ratio_onnxruntime_min"] <= 1.0}
     peer = next((p for p in results["peer"] if p["variant"] == "fp32"), None)
     for ours in [o for o in results["ours"] if o["width"] == 0.25 and peer]:
         tag = "" if ours.get("backend", "jax") == "jax" else f"_{ours['backend']}"
@@ -491,7 +541,8 @@ def targets(results) -> dict:
                 ratio = a["ms_per_image"] / b["ms_per_image"]
                 out[f"cpu_w025{tag}_vs_peer_fp32_512_b{batch}"] = {
                     "ratio": round(ratio, 3), "target": "<= 1.0", "met": ratio <= 1.0}
-    w1 = next((o for o in results["ours"] if o["width"] == 1.0), None)
+    w1 = next((o for o in results["ours"] if o["width"] == 1.0
+               and o.get("backend", "jax") == "jax"), None)
     if w1 and results["meta"]["backend"] == "gpu":
         r = _find(w1["runs"], 512, 32)
         if r:
@@ -507,7 +558,7 @@ def format_table(results) -> str:
              "marked onnxruntime: the exported transfer graph, uint8 in/out likewise)",
              "",
              "| model | size | batch | ms/image (median) | ms/image (min) | images/s | compile s "
-             "| XLA memory MB |",
+             "| XLA memory MiB |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for o in results["ours"]:
         for r in o["runs"]:
@@ -525,17 +576,29 @@ def format_table(results) -> str:
                          f"{r.get('ms_per_image_min', r['ms_per_image']):.1f} | "
                          f"{r['images_per_s']:.2f} | - | - |")
     lines.append("")
-    emb = [f"{o['label']}: {o['embed'].get('ms', '?')} ms (compile {o['embed'].get('compile_s')}"
-           " s)" for o in results["ours"]]
+    # One figure per width: the JAX predictor embeds styles for both backends (it was repeated
+    # on the onnxruntime rows as if it were theirs).
+    per_width: dict = {}
+    for o in results["ours"]:
+        per_width.setdefault(o["width"], o)
+    emb = [f"{o['label'].removesuffix(', onnxruntime')}: {o['embed'].get('ms', '?')} ms (compile "
+           f"{o['embed'].get('compile_s')} s)" for o in per_width.values()]
     emb += [f"Magenta-lite {p['variant']}: {p['embed_ms']} ms" for p in results["peer"]]
-    lines.append("Style embedding (256^2, batch 1): " + "; ".join(emb))
+    lines.append("Style embedding (256^2, batch 1; ours: the JAX predictor, which the jax and "
+                 "onnxruntime backends both use): " + "; ".join(emb))
     if "pipeline" in results:
         pl = results["pipeline"]
         lines.append(f"File pipeline (stylize_files, {pl['images']} JPEG {pl['size']}^2 -> PNG, "
                      f"batch {pl['batch']}, {pl['workers']} workers): {pl['images_per_s']:.2f} "
                      f"images/s (compute alone: {pl.get('compute_only_images_per_s')} images/s)")
     hh = results.get("head_to_head")
-    if hh:
+    if hh and "ratio_min" not in hh and "ratio_onnxruntime_min" in hh:
+        lines.append(f"Head to head, 512^2 batch 1, alternating runs ({hh['rounds']} rounds): width "
+                     f"0.25 on onnxruntime {hh['ours_onnxruntime_ms_min']} ms vs Magenta-lite fp32 "
+                     f"{hh['peer_fp32_ms_min']} ms (min; ratio {hh['ratio_onnxruntime_min']}), "
+                     f"medians {hh['ours_onnxruntime_ms_median']} vs {hh['peer_fp32_ms_median']} "
+                     f"ms (ratio {hh['ratio_onnxruntime_median']})")
+    elif hh and "ratio_min" in hh:
         lines.append(f"Head to head, 512^2 batch 1, alternating runs ({hh['rounds']} rounds): width "
                      f"0.25 {hh['ours_ms_min']} ms vs Magenta-lite fp32 {hh['peer_fp32_ms_min']} ms"
                      f" (min; ratio {hh['ratio_min']}), medians {hh['ours_ms_median']} vs "
@@ -547,7 +610,7 @@ def format_table(results) -> str:
                         else ""))
     for k, v in results.get("targets", {}).items():
         lines.append(f"Target {k}: {v}")
-    lines.append(f"Peak RSS {meta.get('peak_rss_mb')} MB; wall {meta.get('wall_s')} s")
+    lines.append(f"Peak RSS {meta.get('peak_rss_mb')} MiB; wall {meta.get('wall_s')} s")
     return "\n".join(lines)
 
 

@@ -1,6 +1,7 @@
 """Training throughput: the jitted train step alone, the data loader alone, and both together.
 
     python bench/train.py [--configs smoke cpu_small default] [--steps 5] [--json PATH]
+                          [--overwrite]
 
 For each config (``configs/<name>.py``; the default config at its own settings: 256x256 content
 and style, batch 8, width 1.0):
@@ -8,18 +9,23 @@ and style, batch 8, width 1.0):
 * **step**: the jitted, donated, data-parallel train step of :mod:`arbitrary_nst.training` on
   fixed random batches already on the device(s), i.e. pure compute: steps/s, images/s
   (content images per second), XLA's FLOP count of one step (``cost_analysis``), the achieved
-  TFLOP/s and, on a GPU with a known peak, the fraction of peak;
+  TFLOP/s and, on a GPU with a known peak, the fraction of peak (the dense peak of the step's
+  compute dtype: :data:`GPU_PEAK`);
 * **loader**: ``data.make_loader`` alone at the config's batch size and sizes (``--data`` picks
   the source: the config's own, or ``synthetic``), batches/s;
 * **train loop**: ``training.train`` end to end (loader + step + logging) for a few steps after a
   warm-up interval, steps/s.
 
 ``train.dtype = "auto"`` is used (float32 on CPU, bfloat16 on GPU) unless ``--dtype`` says
-otherwise. Results go to ``bench/results/train_{cpu,gpu}.json``.
+otherwise. Every config (with ``--dtype``, ``--data`` and ``--host-augment`` applied) is loaded
+and checked before the first measurement. Results go to ``--json`` (default
+``bench/results/train_{cpu,gpu}.json``, committed: an existing file is refused before anything
+is measured unless ``--overwrite``).
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import platform
 import sys
@@ -41,10 +47,25 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 from arbitrary_nst import training  # noqa: E402
 from arbitrary_nst.losses import LossConfig  # noqa: E402
 from arbitrary_nst.models import param_count  # noqa: E402
-from bench.bench_cli import check_options, write_json  # noqa: E402
+from arbitrary_nst.errors import ConfigError  # noqa: E402
+from bench.bench_cli import add_overwrite, check_options, write_json  # noqa: E402
+from bench.bench_cli import meta as run_meta  # noqa: E402
 
-#: Dense bf16 peak FLOP/s by GPU name fragment (NVIDIA datasheets, SXM parts, no sparsity).
-GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12}
+#: Dense peak FLOP/s by the step's compute dtype and GPU name fragment (the first fragment found
+#: in ``device_kind`` counts), from NVIDIA's datasheets, *without* sparsity (the datasheets'
+#: headline figures are the 2:4-sparse ones, twice these). "H100" is the **SXM** part (an
+#: "H100 PCIe" has its own, lower entry; other H100 variants would match "H100" and be
+#: overstated: pass --peak-tflops), "H200" the SXM part too (the same tensor cores as the H100
+#: SXM). float32: the TF32 tensor-core peak, because XLA on GPU runs float32 convolutions and
+#: matmuls at JAX's default precision, which uses TF32 on Ampere and later (the plain FP32 CUDA
+#: core peak is ~67 TFLOP/s on an H100 SXM). (The fraction was always taken of the bf16 peak,
+#: also for --dtype float32.)
+GPU_PEAK = {
+    "bfloat16": {"H100 PCIe": 756e12, "H200": 989e12, "H100": 989e12, "A100": 312e12,
+                 "L4": 121e12},
+    "float32": {"H100 PCIe": 378e12, "H200": 495e12, "H100": 495e12, "A100": 156e12,
+                "L4": 60e12},
+}
 
 
 def device_info() -> dict:
@@ -58,13 +79,15 @@ def device_info() -> dict:
     return info
 
 
-def peak_flops(override: float | None) -> float | None:
+def peak_flops(override: float | None, dtype: str = "bfloat16") -> float | None:
+    """``--peak-tflops`` (any dtype), else the :data:`GPU_PEAK` entry for ``dtype`` ("bfloat16"
+    or "float32") of this GPU; None on a CPU or an unknown GPU."""
     if override:
         return override * 1e12
     if jax.default_backend() != "gpu":
         return None
     kind = jax.devices()[0].device_kind
-    return next((v for k, v in GPU_PEAK_BF16.items() if k in kind), None)
+    return next((v for k, v in GPU_PEAK.get(dtype, {}).items() if k in kind), None)
 
 
 def _flops(lowered, compiled) -> float | None:
@@ -149,11 +172,25 @@ def bench_loader(cfg, batches: int) -> dict:
             "images_per_s": round(2 * int(cfg.train.batch_size) * batches / dt, 1)}
 
 
+class _ExpectedStop(logging.Filter):
+    """Drops the one warning :func:`bench_loop`'s own SIGINT causes ("received SIGINT: saved a
+    checkpoint at step N in WORKDIR; run again to resume", printed on every run); any other
+    record, another step's or another folder's included, passes."""
+
+    def __init__(self, step: int, workdir: str):
+        super().__init__()
+        self.prefix = f"received SIGINT: saved a checkpoint at step {step} in {workdir};"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
 def bench_loop(cfg, steps: int) -> dict:
     """``training.train`` end to end (loader, step, logging), same config (so the same compiled
     step): ``steps`` warm-up steps (compilation), then ``steps`` timed ones; a SIGINT sent to
-    ourselves after step ``2 * steps`` stops the run the way Ctrl-C does, and the rate of the
-    last log interval (which ends with a host sync) is the result."""
+    ourselves after step ``2 * steps`` stops the run the way Ctrl-C does (its "saved a checkpoint
+    ... run again to resume" warning, expected here, is filtered out), and the rate of the last
+    log interval (which ends with a host sync) is the result."""
     import signal
 
     cfg = cfg.copy_and_resolve_references()
@@ -167,11 +204,52 @@ def bench_loop(cfg, steps: int) -> dict:
             os.kill(os.getpid(), signal.SIGINT)
 
     with tempfile.TemporaryDirectory() as wd:
-        r = training.train(cfg, wd, progress=False, export_path="", step_callback=stop)
+        quiet = _ExpectedStop(2 * steps, wd)
+        training.log.addFilter(quiet)
+        try:
+            r = training.train(cfg, wd, progress=False, export_path="", step_callback=stop)
+        finally:
+            training.log.removeFilter(quiet)
     assert r.step == 2 * steps, r.step
     rate = r.history[-1]["steps_per_sec"]
     return {"steps": steps, "steps_per_s": round(rate, 3),
             "images_per_s": round(rate * int(cfg.train.batch_size), 2)}
+
+
+def _check_data_source(value: str) -> None:
+    """``--data``'s form (a typo was only a loader error row after the step's measurement)."""
+    if value in ("config", "synthetic", "folder") or value.startswith("tfds:"):
+        return
+    if value.startswith("npz:"):
+        if not Path(value[4:]).is_file():
+            raise ConfigError(f"--data {value}: no such file")
+        return
+    raise ConfigError(f"--data must be 'config', 'synthetic', 'folder', 'tfds:NAME' or "
+                      f"'npz:PATH', got {value!r}")
+
+
+def resolve_configs(args) -> list[tuple[str, object]]:
+    """Every ``--configs`` entry loaded with ``--dtype``, ``--data`` and ``--host-augment``
+    applied and validated, before anything is measured: ``--configs smoke nosuch`` measured
+    smoke for 14 s and then failed, losing it; ``--dtype foo`` likewise."""
+    _check_data_source(args.data)
+    try:
+        training.compute_dtype(args.dtype)
+    except ConfigError as e:
+        raise ConfigError(f"--dtype: {e}") from None
+    out = []
+    for name in args.configs:
+        cfg = training.load_config(ROOT / "configs" / f"{name}.py", [f"train.dtype={args.dtype!r}"])
+        if args.data != "config":
+            cfg.data.source = args.data
+        if args.host_augment:
+            cfg.data.device_augment = False
+        try:
+            training.validate_config(cfg)  # (train.dtype among the rest)
+        except ConfigError as e:
+            raise ConfigError(f"--configs {name}: {e}") from None
+        out.append((name, cfg))
+    return out
 
 
 def main(argv=None) -> int:
@@ -193,29 +271,31 @@ def main(argv=None) -> int:
     p.add_argument("--no-loop", action="store_true", help="skip the end-to-end train loop")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="peak TFLOP/s for the fraction-of-peak column (GPU: known by name)")
-    p.add_argument("--json", default=None)
+    p.add_argument("--json", default=None,
+                   help="JSON output (default bench/results/train_{cpu,gpu}.json)")
+    add_overwrite(p)
     args = p.parse_args(argv)
 
     info = device_info()
     gpu = jax.default_backend() == "gpu"
+    if args.peak_tflops is not None and not args.peak_tflops > 0:
+        raise ConfigError(f"--peak-tflops must be > 0, got {args.peak_tflops}")
     out = check_options(args, {"steps": 1, "warmup": 0, "loader_batches": 1}, args.json or (
         ROOT / "bench" / "results" / f"train_{'gpu' if gpu else 'cpu'}.json"))
-    peak = peak_flops(args.peak_tflops)
+    configs = resolve_configs(args)  # (all of them before the first measurement)
     default_steps = {"smoke": 10, "cpu_small": 5, "default": 2}
     results = []
-    for name in args.configs:
-        cfg = training.load_config(ROOT / "configs" / f"{name}.py", [f"train.dtype={args.dtype!r}"])
-        if args.data != "config":
-            cfg.data.source = args.data
-        if args.host_augment:
-            cfg.data.device_augment = False
+    peaks = {}
+    for name, cfg in configs:
         steps = args.steps or (20 if gpu else default_steps.get(name, 3))
         row = {"config": name, "batch_size": int(cfg.train.batch_size),
                "image_size": int(cfg.data.image_size), "style_size": int(cfg.data.style_size),
                "width": float(cfg.model.width)}
         print(f"[{name}] step ...", file=sys.stderr, flush=True)
         row["step"] = bench_step(cfg, steps, args.warmup)
+        peak = peaks[row["step"]["dtype"]] = peak_flops(args.peak_tflops, row["step"]["dtype"])
         if peak and "achieved_tflops" in row["step"]:
+            row["step"]["peak_flops"] = peak  # (of the step's dtype; it was always bf16's)
             row["step"]["fraction_of_peak"] = round(row["step"]["achieved_tflops"] * 1e12 / peak, 4)
         print(f"[{name}] loader ...", file=sys.stderr, flush=True)
         try:
@@ -248,7 +328,8 @@ def main(argv=None) -> int:
     for r in results:  # (the table showed nan, the reason was only in the JSON)
         if "error" in r["loader"]:
             print(f"{r['config']}: no loader figures: {r['loader']['error']}")
-    write_json(out, {"machine": info, "peak_flops": peak, "results": results})
+    write_json(out, {"meta": run_meta(__file__, argv), "machine": info,
+                     "peak_flops": peaks, "results": results})
     print(f"wrote {out}")
     return 0
 

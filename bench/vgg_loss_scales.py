@@ -1,12 +1,14 @@
 """Per-layer loss magnitudes with and without the normalized VGG16 (Gatys et al. 2016).
 
-    python bench/vgg_loss_scales.py [--size 256] [--json bench/results/vgg_loss_scales.json]
+    python bench/vgg_loss_scales.py [--size 256] [--json PATH] [--overwrite]
 
 For a built-in content photo and a built-in (generated) style image, prints, for each ReLU tap, the
 content loss (feature MSE between the two images) and the Gram style loss, once with the plain
 ImageNet weights and once with filters rescaled to mean activation 1 over the built-in images.
 The normalized network makes the layers' losses comparable, so equal per-layer weights mean
 roughly equal contributions; with the plain weights, deep layers dominate by orders of magnitude.
+``--json`` (default the committed ``bench/results/vgg_loss_scales.json``) is refused up front if it
+exists, unless ``--overwrite``.
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from arbitrary_nst import images, losses, samples  # noqa: E402
 from arbitrary_nst import vgg as vgg_lib  # noqa: E402
-from bench.bench_cli import check_options, write_json  # noqa: E402
+from bench.bench_cli import add_overwrite, check_options, write_json  # noqa: E402
+from bench.bench_cli import meta as run_meta  # noqa: E402
 
 TAPS = ("relu1_1", "relu1_2", "relu2_1", "relu2_2", "relu3_1", "relu3_3", "relu4_1", "relu4_2",
         "relu4_3", "relu5_1", "relu5_3")
@@ -42,6 +45,7 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=256, help="working size (default 256)")
     parser.add_argument("--json", default=str(Path(__file__).resolve().parent / "results" /
                                               "vgg_loss_scales.json"))
+    add_overwrite(parser)
     args = parser.parse_args(argv)
     out = check_options(args, {"size": 32}, args.json)  # (VGG16's smallest input)
     content = images.resize(samples.content_image("astronaut"), (args.size, args.size))[None]
@@ -59,7 +63,8 @@ def main(argv=None) -> int:
         sg = [table[t]["style"] for t in gatys_layers]
         print(f"{name}: style-loss spread (max/min) over all taps {max(st) / min(st):.3g}x, "
               f"over Gatys' relu1_1..relu5_1 {max(sg) / min(sg):.3g}x")
-    write_json(out, {"size": args.size, "plain": plain, "normalized": norm}, indent=1)
+    write_json(out, {"meta": run_meta(__file__, argv), "size": args.size, "plain": plain,
+                     "normalized": norm}, indent=1)
     print(f"wrote {out}")
     return 0
 

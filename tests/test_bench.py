@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
+import types
 from pathlib import Path
 
 import pytest
@@ -82,7 +84,9 @@ def test_correction_predictability_scores_what_the_features_explain(tmp_path):
     # the shared offset: the intercept alone explains |offset|^2 of |offset|^2 + |x W|^2
     shared = offset + 0.1 * rng.normal(size=(n, g))
     assert mod.cross_validated([], shared, ridges=(1.0,))[1.0] > 0.9
-    with pytest.raises(SystemExit, match="no chunk_"):
+    from arbitrary_nst.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no chunk_"):
         mod.load_oracle(tmp_path)
 
 
@@ -100,7 +104,8 @@ def test_bench_scripts_give_one_error_line_for_bad_options(tmp_path):
         assert "Traceback" not in p.stderr
 
 
-def test_bench_options_are_checked_before_measuring_and_results_are_not_replaced(tmp_path):
+def test_bench_options_are_checked_before_measuring_and_results_are_not_replaced(
+        tmp_path, monkeypatch, capsys):
     """bench/gatys.py: '--configs 64' / '0x1' and '--timeout 0' were tracebacks; '64x0',
     '--iters -1' ran and replaced the committed results with rows of errors; '--iters 0' ran
     20 iterations. data/train/vgg_loss_scales: negative counts wrote negative rates, '--size
@@ -130,6 +135,57 @@ def test_bench_options_are_checked_before_measuring_and_results_are_not_replaced
                            (scales, ["--json", str(tmp_path / "x.txt")], "unsupported output")):
         with pytest.raises(ConfigError, match=msg):
             mod.main([*argv] if "--json" in argv else [*argv, "--json", str(tmp_path / "o.json")])
+    # infer.py: '--sizes 0' was a failed row and exit status 0, '--batches 0' a ZeroDivisionError
+    # recorded as skipped, '--min-time -1' / '--max-reps 0' were taken, '--json DIR' a traceback
+    # after the whole measurement. Nothing may be measured (or even loaded) first.
+    infer = _load("infer")
+
+    def measured(*a, **k):
+        raise AssertionError("measured before the options were checked")
+
+    for name in ("bench_ours", "bench_ours_onnx", "bench_embed", "bench_peer", "bench_pipeline",
+                 "random_stylizer"):
+        monkeypatch.setattr(infer, name, measured)
+    import arbitrary_nst.vgg
+
+    monkeypatch.setattr(arbitrary_nst.vgg, "load_vgg16", measured)
+    for argv, msg in ((["--sizes", "0"], "--sizes must be >= 32"),
+                      (["--sizes", "256", "16"], "--sizes must be >= 32"),
+                      (["--batches", "0"], "--batches must be >= 1"),
+                      (["--widths", "0"], "--widths must be >= 0.03125"),
+                      (["--min-time", "-1"], "--min-time must be >= 0"),
+                      (["--min-time", "nan"], "--min-time must be >= 0"),
+                      (["--max-reps", "0"], "--max-reps must be >= 1"),
+                      (["--budget-s", "0"], "--budget-s must be >= 1"),
+                      (["--peer-threads", "0"], "--peer-threads must be >= 1"),
+                      (["--pipeline-images", "0"], "--pipeline-images must be >= 1"),
+                      (["--pipeline-batch", "0"], "--pipeline-batch must be >= 1"),
+                      (["--workers", "0"], "--workers must be >= 1"),
+                      (["--json", str(tmp_path)], "--json .* is a directory"),
+                      (["--json", str(tmp_path / "x.txt")], "unsupported output")):
+        with pytest.raises(ConfigError, match=msg):
+            infer.main([*argv] if "--json" in argv else [*argv, "--json", str(tmp_path / "i.json")])
+    # bucketing.py likewise ('--json DIR' was a traceback after 40-80 s of measuring); it reports
+    # its errors itself (exit status 1, one line)
+    bucketing = _load("bucketing")
+    monkeypatch.setattr(bucketing, "measure", measured)
+    monkeypatch.setattr(bucketing, "cost", measured)
+    for argv, msg in ((["--repeats", "-1"], "--repeats must be >= 0"),
+                      (["--edge", "-1"], "--edge must be >= 0"),
+                      (["--json", str(tmp_path)], "--json .* is a directory")):
+        capsys.readouterr()
+        assert bucketing.main([*argv] if "--json" in argv
+                              else [*argv, "--json", str(tmp_path / "b.json")]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err and re.search(msg, err), err
+    # correction_predictability.py: '--folds 0' was a ValueError after the loading, '--folds 1'
+    # all-NaN scores written to the JSON
+    cp = _load("correction_predictability")
+    monkeypatch.setattr(cp, "load_oracle", measured)
+    monkeypatch.setattr(cp, "load_oracle_meta", measured)
+    for folds in ("0", "1", "-3"):
+        with pytest.raises(ConfigError, match="--folds must be >= 2"):
+            cp.main(["--oracle", str(tmp_path), "--model", "m", "--folds", folds])
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
@@ -143,3 +199,320 @@ def test_bucketing_bench_measures_bucketed_against_exact():
     assert on["max"] < 1e-5  # on a rung: no padding, the same result
     assert (off["h"], off["w"], off["bucket_h"], off["bucket_w"]) == (67, 100, 80, 112)
     assert off["max"] < 1e-5 and off["max"] >= off["p99"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Tiny, monkeypatched runs of every script's main (nothing is measured): the result files are
+# not replaced without --overwrite, and each one records which code and machine produced it.
+
+META_KEYS = {"command", "git_commit", "git_dirty", "date_utc", "versions", "device", "cpu_count"}
+
+
+def _no_measuring(*a, **k):
+    raise AssertionError("measured although the run was refused")
+
+
+def _fake_infer(mod, monkeypatch):
+    import arbitrary_nst.vgg
+
+    monkeypatch.setattr(arbitrary_nst.vgg, "load_vgg16", lambda *a, **k: None)
+    model = types.SimpleNamespace(width=0.25)
+    monkeypatch.setattr(mod, "random_stylizer",
+                        lambda width, *a: types.SimpleNamespace(model=model, source="fake"))
+    monkeypatch.setattr(mod, "bench_embed", lambda st, args: {"ms": 1.5, "compile_s": 0.1,
+                                                              "predictor": "jax"})
+    row = {"compile_s": 0.1, "reps": 1, "ms_per_image": 2.0, "ms_per_image_min": 2.0,
+           "images_per_s": 500.0, "batch_s": 0.002, "xla_memory_mb": 3.0, "device_peak_mb": None}
+    monkeypatch.setattr(mod, "bench_ours", lambda *a, **k: dict(row))
+    monkeypatch.setattr(mod, "bench_ours_onnx", lambda *a, **k: dict(row, xla_memory_mb=None))
+
+
+def _fake_runs(monkeypatch, tmp_path):
+    """{script: (module, argv without --json)} with every measuring function replaced."""
+    import numpy as np
+
+    runs = {}
+    gatys = _load("gatys")
+    jax_row = {"framework": "jax", "size": 32, "batch": 1, "iterations": 1, "evaluations": 1,
+               "seconds": 1.0, "it_per_s": 1.0, "evals_per_s": 1.0, "final_loss_mean": 1.0,
+               "warmup_s_incl_compile": 0.1, "peak_rss_mb": 100.0, "xla_temp_mb": 10.0}
+    monkeypatch.setattr(gatys, "_run_child", lambda fw, size, batch, *a: dict(jax_row))
+    monkeypatch.setattr(gatys, "_parity", lambda size: {"loss_at_content_jax": [1.0]})
+    runs["gatys"] = (gatys, ["--no-torch", "--configs", "32x1", "--iters", "1"])
+
+    infer = _load("infer")
+    _fake_infer(infer, monkeypatch)
+    runs["infer"] = (infer, ["--widths", "0.25", "--sizes", "32", "--batches", "1",
+                             "--backends", "jax", "--no-peer", "--no-pipeline"])
+
+    bucketing = _load("bucketing")
+    row = {"content": "chelsea", "h": 67, "w": 100, "bucket_h": 80, "bucket_w": 112,
+           "padded_pixels_pct": 33.7, "mean": 1e-7, "p99": 1e-6, "interior_mean": 1e-7,
+           "edge_band_mean": 1e-7, "max": 1e-6}
+    monkeypatch.setattr(bucketing, "measure", lambda **k: [row])
+    monkeypatch.setattr(bucketing, "cost", lambda *a, **k: None)
+    runs["bucketing"] = (bucketing, ["--repeats", "0"])
+
+    data = _load("data")
+    monkeypatch.setattr(data, "DATA_ROOT", tmp_path / "no_data")
+    monkeypatch.setattr(data.data, "prepare", lambda cfg: {})
+    monkeypatch.setattr(data, "measure", lambda cfg, sources, w, *a: {
+        "mode": "host", "workers": w, "images_per_s": 1.0, "batches_per_s": 1.0})
+    runs["data"] = (data, ["--workers", "1", "--modes", "host"])
+
+    train = _load("train")
+    monkeypatch.setattr(train, "bench_step", lambda cfg, steps, warmup: {
+        "steps_per_s": 1.0, "images_per_s": 4.0, "dtype": "float32", "achieved_tflops": 10.0,
+        "gflops_per_step": 1.0})
+    monkeypatch.setattr(train, "bench_loader", lambda cfg, n: {"batches_per_s": 2.0})
+    monkeypatch.setattr(train, "bench_loop", lambda cfg, n: {"steps_per_s": 0.5})
+    runs["train"] = (train, ["--configs", "smoke", "--peak-tflops", "100"])
+
+    scales = _load("vgg_loss_scales")
+    monkeypatch.setattr(scales.vgg_lib, "load_vgg16", lambda **k: None)
+    monkeypatch.setattr(scales, "layer_losses", lambda net, c, s: {
+        t: {"content": 1.0, "style": 2.0} for t in scales.TAPS})
+    runs["vgg_loss_scales"] = (scales, ["--size", "32"])
+
+    cp = _load("correction_predictability")
+    oracle = tmp_path / "oracle"
+    oracle.mkdir()
+    (oracle / "oracle.json").write_text(json.dumps({"style_size": 32}))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 5))
+    np.savez(oracle / "chunk_000.npz", index=np.arange(8), x=x, c=rng.normal(size=(8, 3)),
+             c0=np.zeros((8, 3)))
+    monkeypatch.setattr(cp.data, "prepare", lambda cfg: {"style": None})
+    monkeypatch.setattr(cp.export, "load_exported", lambda path: None)
+    monkeypatch.setattr(cp, "style_statistics", lambda model, src, idx, size: (
+        x, {t: rng.normal(size=(8, 4)) for t in ("relu2_2", "relu3_3")}))
+    monkeypatch.setattr(cp, "RIDGES", (1.0,))
+    runs["correction_predictability"] = (cp, ["--oracle", str(oracle), "--model", "m.safetensors",
+                                              "--folds", "2"])
+    return runs
+
+
+def test_bench_results_are_not_replaced_without_overwrite(tmp_path, monkeypatch, capsys):
+    """Every script's default --json was a committed file behind a README table, replaced
+    silently by any trial run (`gatys.py --configs 64x1 --iters 1` left a one-row table): an
+    existing output is now refused before anything is measured unless --overwrite."""
+    from arbitrary_nst.errors import ConfigError
+
+    runs = _fake_runs(monkeypatch, tmp_path)
+    for name, (mod, argv) in runs.items():
+        out = tmp_path / f"{name}.json"
+        out.write_text("committed\n")
+        flag = "--out" if name == "gatys" else "--json"
+        real = {k: getattr(mod, k) for k in ("_run_child", "bench_ours", "bench_ours_onnx",
+                                               "measure", "bench_step", "layer_losses",
+                                               "style_statistics") if hasattr(mod, k)}
+        for k in real:
+            monkeypatch.setattr(mod, k, _no_measuring)
+        if name == "bucketing":  # (reports its errors itself: one line, exit status 1)
+            capsys.readouterr()
+            assert mod.main([*argv, flag, str(out)]) == 1
+            err = capsys.readouterr().err.strip()
+            assert err.startswith("error: ") and "--overwrite" in err and "\n" not in err, err
+        else:
+            with pytest.raises(ConfigError, match="exists; pass --overwrite"):
+                mod.main([*argv, flag, str(out)])
+        assert out.read_text() == "committed\n", name
+        for k, v in real.items():
+            monkeypatch.setattr(mod, k, v)
+        assert mod.main([*argv, flag, str(out), "--overwrite"]) == 0, name
+        assert json.loads(out.read_text())["meta"], name
+
+
+def test_bench_results_record_the_code_and_machine(tmp_path, monkeypatch):
+    """Each result JSON says which command, commit, date, versions and device produced it."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                          text=True).stdout.strip() or None
+    for name, (mod, argv) in _fake_runs(monkeypatch, tmp_path).items():
+        out = tmp_path / f"{name}.json"
+        assert mod.main([*argv, "--out" if name == "gatys" else "--json", str(out)]) == 0
+        meta = json.loads(out.read_text())["meta"]
+        assert META_KEYS <= set(meta), (name, sorted(meta))
+        assert meta["command"].startswith(f"python bench/{name}.py "), meta["command"]
+        assert str(out) in meta["command"]
+        assert meta["git_commit"] == head and isinstance(meta["git_dirty"], (bool, type(None)))
+        assert meta["date_utc"].endswith("+00:00")
+        assert {"python", "jax", "jaxlib", "flax", "numpy"} <= set(meta["versions"])
+        if name != "data":  # (data.py never imports JAX: no device to name)
+            assert meta["device"]["platform"] and meta["device"]["kind"], (name, meta["device"])
+
+
+def test_train_bench_resolves_every_config_before_measuring(tmp_path, monkeypatch):
+    """'--configs smoke nosuch' measured smoke for 14 s, then failed and lost it; '--dtype foo'
+    and a mistyped '--data' likewise."""
+    from arbitrary_nst.errors import ConfigError
+
+    mod = _load("train")
+    for name in ("bench_step", "bench_loader", "bench_loop"):
+        monkeypatch.setattr(mod, name, _no_measuring)
+    out = ["--json", str(tmp_path / "t.json")]
+    for argv, msg in ((["--configs", "smoke", "nosuch"], "nosuch.py: config file not found"),
+                      (["--configs", "smoke", "--dtype", "foo"], "--dtype: train.dtype must be"),
+                      (["--configs", "smoke", "--data", "npz:/no/such.npz"], "no such file"),
+                      (["--configs", "smoke", "--data", "synthtic"], "--data must be"),
+                      (["--configs", "smoke", "--peak-tflops", "-1"], "--peak-tflops must be")):
+        with pytest.raises(ConfigError, match=msg):
+            mod.main([*argv, *out])
+    assert not (tmp_path / "t.json").exists()
+
+
+def test_train_bench_peak_follows_the_compute_dtype(monkeypatch):
+    """fraction_of_peak divided by the bf16 peak even for --dtype float32 (TF32: half of it)."""
+    mod = _load("train")
+    kind = {"k": "NVIDIA H100 80GB HBM3"}
+    fake = types.SimpleNamespace(default_backend=lambda: "gpu",
+                                 devices=lambda: [types.SimpleNamespace(device_kind=kind["k"])])
+    monkeypatch.setattr(mod, "jax", fake)
+    assert mod.peak_flops(None, "bfloat16") == 989e12
+    assert mod.peak_flops(None, "float32") == 495e12
+    kind["k"] = "NVIDIA H100 PCIe"
+    assert mod.peak_flops(None, "bfloat16") == 756e12
+    kind["k"] = "Some future GPU"
+    assert mod.peak_flops(None, "float32") is None
+    assert mod.peak_flops(50.0, "float32") == 50e12
+
+
+def test_train_bench_loop_silences_only_its_own_sigint_warning(monkeypatch, caplog):
+    """The bench stops training.train's loop with a SIGINT, and the library's "received SIGINT:
+    saved a checkpoint ... run again to resume" warning was printed on every bench run."""
+    import logging
+
+    mod = _load("train")
+    seen = {}
+
+    def fake_train(cfg, wd, **k):
+        seen["wd"] = wd
+        mod.training.log.warning("received SIGINT: saved a checkpoint at step 4 in %s; run "
+                                 "again to resume", wd)
+        mod.training.log.warning("a real problem")
+        return types.SimpleNamespace(step=4, history=[{"steps_per_sec": 2.0}])
+
+    monkeypatch.setattr(mod.training, "train", fake_train)
+    cfg = mod.training.load_config(mod.ROOT / "configs" / "smoke.py")
+    with caplog.at_level(logging.WARNING):
+        assert mod.bench_loop(cfg, 2)["steps_per_s"] == 2.0
+    msgs = [r.getMessage() for r in caplog.records]
+    assert msgs == ["a real problem"], msgs
+    caplog.clear()  # the filter is gone afterwards: a user's own interrupted run still says so
+    mod.training.log.warning("received SIGINT: saved a checkpoint at step 4 in %s; run again "
+                             "to resume", seen["wd"])
+    assert len(caplog.records) == 1
+
+
+def test_infer_bench_times_only_the_backends_asked_for(tmp_path, monkeypatch, capsys):
+    """--backends onnxruntime still timed JAX; the style embedding line repeated the JAX
+    predictor's figure as if it were onnxruntime's; memory columns said MB for MiB; a run whose
+    every configuration failed wrote its table of skips and exited 0."""
+    from arbitrary_nst.errors import ConfigError
+
+    mod = _load("infer")
+    _fake_infer(mod, monkeypatch)
+    import arbitrary_nst.onnx_export
+
+    monkeypatch.setattr(arbitrary_nst.onnx_export, "OnnxTransfer", lambda model, threads: object())
+    monkeypatch.setattr(mod, "bench_ours", _no_measuring)
+    out = tmp_path / "i.json"
+    base = ["--widths", "0.25", "--sizes", "32", "--batches", "1", "--no-peer", "--no-pipeline"]
+    assert mod.main([*base, "--backends", "onnxruntime", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert [o["backend"] for o in res["ours"]] == ["onnxruntime"]
+    assert len(res["ours"][0]["runs"]) == 1 and res["skipped"] == []
+    text = capsys.readouterr().out
+    (emb,) = [ln for ln in text.splitlines() if ln.startswith("Style embedding")]
+    assert "JAX predictor" in emb and emb.count("1.5 ms") == 1 and "onnxruntime:" not in emb, emb
+    assert "XLA memory MiB" in text and " MB" not in text
+    assert "MiB" in res["units"]
+    # both backends: one embedding figure per width, not one per backend
+    monkeypatch.setattr(mod, "bench_ours", lambda *a, **k: mod.bench_ours_onnx())
+    assert mod.main([*base, "--json", str(out), "--overwrite"]) == 0
+    assert [o["backend"] for o in json.loads(out.read_text())["ours"]] == ["jax", "onnxruntime"]
+    (emb,) = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("Style emb")]
+    assert emb.count("1.5 ms") == 1, emb
+    # every configuration failing: exit status 1 (one error line), nothing written
+
+    def oom(*a, **k):
+        raise RuntimeError("RESOURCE_EXHAUSTED: out of memory")
+
+    monkeypatch.setattr(mod, "bench_ours", oom)
+    out2 = tmp_path / "none.json"
+    with pytest.raises(ConfigError, match="every configuration was skipped or failed .*RESOURCE"):
+        mod.main([*base, "--backends", "jax", "--json", str(out2)])
+    assert not out2.exists()
+
+
+def test_gatys_bench_table_says_mib():
+    mod = _load("gatys")
+    row = {"framework": "jax", "size": 64, "batch": 1, "iterations": 1, "evaluations": 1,
+           "seconds": 1.0, "it_per_s": 1.0, "evals_per_s": 1.0, "final_loss_mean": 1.0,
+           "warmup_s_incl_compile": 0.1, "peak_rss_mb": 100.0, "xla_temp_mb": 10.0}
+    head = mod._fmt_table([row]).splitlines()[0]
+    assert "JAX peak RSS MiB (XLA temp)" in head and "torch peak RSS MiB" in head
+    assert " MB" not in head
+
+
+def test_bucketing_bench_reports_progress_as_it_goes(monkeypatch, capsys):
+    """bench/bucketing.py printed nothing for 40-80 s: a line per measured shape and timed call."""
+    import time
+
+    import numpy as np
+
+    mod = _load("bucketing")
+
+    class FakeStylizer:
+        @staticmethod
+        def load(model=None, buckets="ladder"):
+            return FakeStylizer()
+
+        def padded_shape(self, h, w):
+            return h, w
+
+        def embed(self, style):
+            pass
+
+        def stylize(self, x, style):
+            time.sleep(0.001)  # (cost() divides by the times)
+            return np.zeros(x.shape, np.float32)
+
+    monkeypatch.setattr(mod, "Stylizer", FakeStylizer)
+    monkeypatch.setattr(mod.samples, "style_image", lambda name, size: np.zeros((8, 8, 3)))
+    rows = mod.measure(cases=(("astronaut", 40), ("coffee", 40)), styles=("waves",), edge=4)
+    err = capsys.readouterr().err.splitlines()
+    assert len(rows) == 2 and len(err) == 2, err
+    assert err[0].startswith("[1/2] astronaut") and err[1].startswith("[2/2] coffee")
+    mod.cost(side=40, repeats=3)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 + 3 and err[-1].startswith("cost: [3/3]"), err
+
+
+def test_correction_predictability_errors_are_one_line(tmp_path, monkeypatch, capsys):
+    """A missing oracle.json was a FileNotFoundError traceback."""
+    import runpy
+    import sys
+
+    script = str(Path(__file__).resolve().parents[1] / "bench" / "correction_predictability.py")
+    (tmp_path / "chunk_000.npz").write_bytes(b"")  # (not read: oracle.json is checked first)
+    monkeypatch.setattr(sys, "argv", [script, "--oracle", str(tmp_path), "--model", "m"])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(script, run_name="__main__")
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 1 and err.startswith("error: ") and "\n" not in err, err
+    assert "oracle.json: not found" in err
+
+
+def test_bench_meta_outside_a_git_checkout(tmp_path, monkeypatch):
+    """meta(): no commit where the code is not a git checkout of its own (not an enclosing
+    repository's either), and the command as a shell line that can be pasted back."""
+    cli = _load("bench_cli")
+    here = cli.meta(cli.ROOT / "bench" / "gatys.py", ["--configs", "64x1", "--out", "a b.json"])
+    assert here["command"] == "python bench/gatys.py --configs 64x1 --out 'a b.json'"
+    monkeypatch.setattr(cli, "ROOT", tmp_path)
+    m = cli.meta(tmp_path / "x.py", [])
+    assert m["git_commit"] is None and m["git_dirty"] is None
+    assert m["command"] == "python x.py"
