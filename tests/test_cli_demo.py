@@ -164,3 +164,23 @@ def test_gatys_fallback_gets_the_iterations(tmp_path, stub_stylize, monkeypatch,
     assert _opt(argv, "--method") == "gatys" and _opt(argv, "--iterations") == "7"
     assert _opt(argv, "--out") == str(out / "gatys" / "astronaut__strokes.png")
     assert "no trained model" in capsys.readouterr().out
+
+
+def test_demo_inputs_and_size_limits(tmp_path, stub_stylize, capsys):
+    """The inputs are the 3 demo photos at --max-size and the 4 styles at 512 px whatever
+    --max-size (small style images would weaken every style); a --max-size below VGG16's
+    32 px is a usage error before anything is written (it failed in stylize after the
+    inputs were)."""
+    calls, _ = stub_stylize
+    out = tmp_path / "d"
+    assert cli.main(["demo", "--out-dir", str(out), "--max-size", "32"]) == 0
+    photos = sorted((out / "inputs" / "content").iterdir())
+    assert len(photos) == 3 and all(max(Image.open(p).size) == 32 for p in photos)
+    for s in DEMO_STYLES:
+        assert Image.open(out / "inputs" / "style" / f"{s}.png").size == (512, 512)
+    calls.clear()
+    capsys.readouterr()
+    for size in ("31", "0"):
+        assert cli.main(["demo", "--out-dir", str(tmp_path / "small"), "--max-size", size]) == 2
+        assert "--max-size" in capsys.readouterr().err
+    assert not (tmp_path / "small").exists() and not calls

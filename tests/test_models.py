@@ -678,3 +678,85 @@ def test_workdir_export_warning_edge_cases(model, tmp_path, caplog):
     (msg,) = warnings_for({"step": 2, "total_steps": 12}, ["5"])
     assert "is the export of step 2, but the workdir's latest checkpoint is step 5" in msg
     assert warnings_for({"step": 1}, []) == []  # (an empty checkpoints folder)
+
+
+def test_read_export_refuses_a_file_without_format_or_with_a_non_dict_config(model, tmp_path):
+    """Only a file that says it is an arbitrary_nst export is one (the version alone is not
+    enough), and a model_config that is not a JSON object is a corrupt header (``5`` was a
+    TypeError traceback, ``[]`` an accepted empty config)."""
+    from safetensors.numpy import save_file
+
+    tensors = model_tensors(model)
+    meta = {"format": "arbitrary_nst.arbitrary_style_model", "format_version": "1",
+            "model_config": json.dumps(model.config())}
+    path = tmp_path / "m.safetensors"
+    save_file(tensors, path, metadata={k: v for k, v in meta.items() if k != "format"})
+    with pytest.raises(ModelError, match=r"m\.safetensors: not an arbitrary_nst model export "
+                                         r"\(format None, expected "):
+        read_export(path)
+    for config in ("5", "[]", '"width"'):
+        save_file(tensors, path, metadata=dict(meta, model_config=config))
+        with pytest.raises(ModelError, match=r"m\.safetensors: corrupt export header "
+                                             r"\(model_config "):
+            read_export(path)
+
+
+def test_load_exported_computes_in_the_dtype_asked(model, vgg, rng, tmp_path):
+    """``load_exported(dtype=jnp.bfloat16)`` computes in bfloat16: its images differ from the
+    float32 model's by rounding only, and come out as float32."""
+    path = export_model(model, tmp_path / "m.safetensors")
+    c, s = images(rng, 1, 32, 32, 3), images(rng, 1, 32, 32, 3)
+    fwd = nnx.jit(lambda m, c, s: m(c, s))
+    a = np.asarray(fwd(load_exported(path, vgg=vgg), c, s))
+    b = fwd(load_exported(path, vgg=vgg, dtype=jnp.bfloat16), c, s)
+    assert b.dtype == jnp.float32
+    err = float(np.abs(a - np.asarray(b)).max())
+    assert 0 < err < 0.05, err
+
+
+def test_load_exported_turns_config_and_memory_failures_into_one_model_error(
+        model, vgg, tmp_path, monkeypatch):
+    """A model_config that from_config rejects with a ValueError or TypeError (``hidden_dim``
+    "x", ``style_taps`` 5), or a model too large for the device (XLA's RESOURCE_EXHAUSTED, not
+    a MemoryError), is a one-line ModelError naming the file; any other error is not hidden."""
+    import re
+
+    from safetensors.numpy import save_file
+
+    tensors = model_tensors(model)
+    meta = {"format": "arbitrary_nst.arbitrary_style_model", "format_version": "1"}
+    for i, change in enumerate(({"hidden_dim": "x"}, {"style_taps": 5})):
+        path = tmp_path / f"bad{i}.safetensors"
+        save_file(tensors, path, metadata=dict(meta, model_config=json.dumps(
+            dict(model.config(), **change))))
+        with pytest.raises(ModelError, match=rf"^{re.escape(str(path))}: invalid model_config "
+                                             r"in export \("):
+            load_exported(path, vgg=vgg)
+    good = export_model(model, tmp_path / "good.safetensors")
+
+    def fail(error):
+        def from_config(*a, **k):
+            raise error
+        monkeypatch.setattr(ArbitraryStyleModel, "from_config", from_config)
+
+    fail(RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 137 GiB"))
+    with pytest.raises(ModelError, match=rf"^{re.escape(str(good))}: its model_config "
+                                         r"\(width 0.25, embedding_dim 100, hidden_dim 32\) "
+                                         r"describes a model too large to build here"):
+        load_exported(good, vgg=vgg)
+    fail(RuntimeError("something else"))
+    with pytest.raises(RuntimeError, match="something else"):
+        load_exported(good, vgg=vgg)
+
+
+def test_model_file_of_a_folder_without_an_export_is_a_model_error(tmp_path):
+    import re
+
+    from arbitrary_nst.export import model_file
+
+    (tmp_path / "checkpoints" / "3").mkdir(parents=True)
+    for warn in (True, False):
+        with pytest.raises(ModelError, match=rf"^{re.escape(str(tmp_path))}: a directory without "
+                                             r"model.safetensors"):
+            model_file(tmp_path, warn=warn)
+    assert model_file(tmp_path / "x.safetensors") == str(tmp_path / "x.safetensors")

