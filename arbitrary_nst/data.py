@@ -760,7 +760,7 @@ def __getattr__(name: str) -> Any:  # lazy TFDS classes: importing this module n
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _ordered_map(fn: Any, items: Sequence[tuple[str, str, int, str]], workers: int) -> Iterator[tuple[str, Any]]:
+def _ordered_map(fn: Any, items: Sequence[tuple], workers: int) -> Iterator[tuple[str, Any]]:
     """``(key, fn(item))`` in input order, computed by ``workers`` threads, bounded look-ahead."""
     if workers <= 1:
         for it in items:
@@ -827,27 +827,46 @@ def _scan_dirs(dirs: Sequence[str], *, digest_cache: _DigestCache | None = None,
     return files, ignored
 
 
+#: Where file digests are cached when a data_dir cannot be written (a shared, read-only one):
+#: without it every start read every byte of the training folders again.
+DIGEST_FALLBACK = "~/.cache/arbitrary_nst/file_digests.json"
+
+
 class _DigestCache:
     """Digests of file contents by real path, valid while the file's ``(size, mtime_ns,
-    inode)`` is unchanged (as ``git`` trusts its index); kept in ``<root>/file_digests.json``
-    (``root`` None: in memory only). Reading it is best effort: a missing, damaged or
-    unwritable cache only costs reading the files again."""
+    ctime_ns, inode)`` is unchanged (as ``git`` trusts its index; ctime too, as
+    :func:`~arbitrary_nst.files.file_identity`: an in-place rewrite that puts the mtime back,
+    ``exiftool -P``, ``cp -p`` over a file, keeps the rest); kept in ``<root>/file_digests.json``,
+    or in :data:`DIGEST_FALLBACK` where that cannot be written (``root`` None: in memory only).
+    Files changed in the last :attr:`RACY_S` seconds are not cached (git's "racily clean"
+    rule: on coarse-timestamp file systems a rewrite within the same tick keeps every field).
+    Saving merges with what another process wrote meanwhile, under a lock. Best effort
+    throughout: a missing, damaged or unwritable cache only costs reading the files again."""
 
     FILE = "file_digests.json"
-    VERSION = 1
+    VERSION = 2  # 2: ctime in the identity
+    RACY_S = 2.0
 
     def __init__(self, root: str | os.PathLike[str] | None):
-        self.path = (Path(os.path.expanduser(os.fspath(root))) / self.FILE) if root else None
+        self.paths: list[Path] = []
+        if root:
+            primary = Path(os.path.expanduser(os.fspath(root))) / self.FILE
+            fallback = Path(os.path.expanduser(DIGEST_FALLBACK))
+            self.paths = [primary] + ([fallback] if fallback != primary else [])
         self.entries: dict[str, list] = {}
-        self.changed = False
+        for path in reversed(self.paths):  # (the data_dir's own entries win)
+            self.entries.update(self._read(path))
+        self._new: dict[str, list] = {}
         self._seen: set[str] = set()
-        if self.path is not None:
-            try:
-                doc = json.loads(self.path.read_text())
-                if doc.get("version") == self.VERSION and isinstance(doc.get("files"), dict):
-                    self.entries = doc["files"]
-            except (OSError, ValueError, AttributeError):
-                pass
+
+    def _read(self, path: Path) -> dict[str, list]:
+        try:
+            doc = json.loads(path.read_text())
+            if doc.get("version") == self.VERSION and isinstance(doc.get("files"), dict):
+                return doc["files"]
+        except (OSError, ValueError, AttributeError):
+            pass
+        return {}
 
     def digests(self, items: Sequence[tuple[str, os.stat_result | None]], *,
                 progress: bool = False) -> list[str]:
@@ -864,48 +883,67 @@ class _DigestCache:
                 continue
             real = os.path.realpath(full)
             self._seen.add(real)
-            ident = [st.st_size, st.st_mtime_ns, st.st_ino]
             hit = self.entries.get(real)
-            if isinstance(hit, list) and len(hit) == 4 and hit[:3] == ident:
-                out[i] = hit[3]
+            if isinstance(hit, list) and len(hit) == 5 and hit[:4] == _identity(st):
+                out[i] = hit[4]
             else:
                 todo.append((i, full, real, st))
-        if todo:
-            bar = None
-            total = sum(t[3].st_size for t in todo)
-            if progress and total > 256 * 2**20:  # (stat-only re-scans stay silent)
-                from tqdm.auto import tqdm
+        if not todo:
+            return [str(d) for d in out]
+        bar = None
+        total = sum(t[3].st_size for t in todo)
+        if progress and (total > 256 * 2**20 or len(todo) > 5000):  # (re-scans stay silent)
+            from tqdm.auto import tqdm
 
-                bar = tqdm(total=total, desc="read files for their digests", unit="B",
-                           unit_scale=True)
-            with concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="nst-digest") as pool:
-                for (i, full, real, st), dg in zip(todo, pool.map(lambda t: _file_digest(t[1]), todo)):
-                    out[i] = dg
-                    if bar is not None:
-                        bar.update(st.st_size)
-                    if not dg.startswith("unreadable"):
-                        self.entries[real] = [st.st_size, st.st_mtime_ns, st.st_ino, dg]
-                        self.changed = True
+            bar = tqdm(total=total, desc="read files for their digests", unit="B",
+                       unit_scale=True)
+        racy = time.time_ns() - int(self.RACY_S * 1e9)
+        try:
+            # (bounded look-ahead: a future per file cost ~1.7 KB each, 1.7 GB for 1M files)
+            for (i, _, real, st), (_, dg) in zip(todo, _ordered_map(
+                    lambda t: _file_digest(t[1]), todo, workers=4)):
+                out[i] = dg
+                if bar is not None:
+                    bar.update(st.st_size)
+                if not dg.startswith("unreadable") and max(st.st_mtime_ns, st.st_ctime_ns) < racy:
+                    self._new[real] = self.entries[real] = [*_identity(st), dg]
+        finally:
             if bar is not None:
                 bar.close()
         return [str(d) for d in out]
 
     def save(self, dirs: Sequence[str]) -> None:
-        """Write the cache if it learnt something, dropping entries of files under ``dirs``
-        that are gone (a folder's renamed or deleted images do not pile up)."""
-        roots = [os.path.realpath(d) for d in dirs]
-        gone = [p for p in self.entries if p not in self._seen
-                and any(p.startswith(r.rstrip(os.sep) + os.sep) for r in roots)]
+        """Write what this scan learnt, dropping entries of files under ``dirs`` that are gone
+        (a folder's renamed or deleted images do not pile up), merged under a lock with what
+        the file holds now (two jobs preparing other folders at once kept only one's)."""
+        roots = [os.path.realpath(d).rstrip(os.sep) + os.sep for d in dirs]
+        gone = {p for p in self.entries if p not in self._seen
+                and any(p.startswith(r) for r in roots)}
         for p in gone:
             del self.entries[p]
-        if self.path is None or not (self.changed or gone):
+        if not self.paths or not (self._new or gone):
             return
-        blob = json.dumps({"version": self.VERSION, "files": self.entries}).encode()
-        try:
-            write_atomically(self.path, lambda f: f.write(blob))
-        except (NSTError, OSError) as e:  # a read-only data_dir: preparation will say so
-            log.debug("%s: digest cache not written (%s)", self.path, e)
-        self.changed = False
+        why = ""
+        for path in self.paths:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with _exclusive_lock(path.parent / ".file_digests.lock"):
+                    files = self._read(path)
+                    files.update(self._new)
+                    for p in gone:
+                        files.pop(p, None)
+                    blob = json.dumps({"version": self.VERSION, "files": files}).encode()
+                    write_atomically(path, lambda f: f.write(blob))
+                self._new = {}
+                return
+            except (NSTError, OSError) as e:  # a read-only data_dir: the per-user file
+                why = why or str(e)
+        log.warning("cannot write the file digest cache (%s; nor %s): the next start reads "
+                    "every training image again to fingerprint it", why, self.paths[-1])
+
+
+def _identity(st: os.stat_result) -> list[int]:
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
 def _file_digest(path: str) -> str:

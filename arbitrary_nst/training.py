@@ -726,10 +726,16 @@ def _note_datasets(loader, meta: dict, ckpt_meta: dict | None, workdir) -> None:
         return
     before = (ckpt_meta or {}).get("datasets")
     if before is not None and before != names:
-        log.warning("%s: the training images differ from the checkpoint's (%s, was %s); resuming "
-                    "anyway (the batches will differ from those of an uninterrupted run)",
-                    workdir, json.dumps(names), json.dumps(before))
+        if (ckpt_meta or {}).get("datasets_named_by") != "contents":
+            # (names of checkpoints before 2026-12 hashed file times and places: not comparable)
+            log.info("%s: the checkpoint names its training datasets by their files' times (an "
+                     "older version): not compared with these (%s)", workdir, json.dumps(names))
+        else:
+            log.warning("%s: the training images differ from the checkpoint's (%s, was %s); "
+                        "resuming anyway (the batches will differ from those of an "
+                        "uninterrupted run)", workdir, json.dumps(names), json.dumps(before))
     meta["datasets"] = names
+    meta["datasets_named_by"] = "contents"
 
 
 def _changed_keys(a: dict, b: dict, skip: Sequence[str] = ()) -> list[str]:

@@ -222,11 +222,13 @@ def test_reuse_and_stale_folder_gets_a_new_dataset(prepared, folder, tfds_dir, t
     assert not changed.report["reused"] and len(changed) == len(first) + 1
 
 
-def test_fingerprint_sees_contents_not_times_or_places(tmp_path):
+def test_fingerprint_sees_contents_not_times_or_places(tmp_path, monkeypatch):
     """Another image with the same name, size and modification time (`cp -p`, `rsync -t`,
     two quick rewrites) is another dataset; the same bytes touched, or in a copy of the
-    folder, are the same one. Digests are cached by file identity (size, mtime, inode): a
-    re-scan reads only what changed."""
+    folder, are the same one. Digests are cached by file identity (size, mtime, ctime,
+    inode): a re-scan reads only what changed."""
+    monkeypatch.setattr(data._DigestCache, "RACY_S", 0.0)  # (files written just now: cached)
+    monkeypatch.setattr(data, "DIGEST_FALLBACK", str(tmp_path / "user" / "digests.json"))
     d = tmp_path / "imgs"
     d.mkdir()
     raw = np.zeros((64, 64, 3), np.uint8)
@@ -241,7 +243,7 @@ def test_fingerprint_sees_contents_not_times_or_places(tmp_path):
     cache = json.loads((tfds / "file_digests.json").read_text())["files"]
     assert sorted(cache) == [os.path.realpath(d / f) for f in ("a.bmp", "b.bmp")]
     st = os.stat(d / "a.bmp")
-    os.utime(d / "a.bmp", ns=(st.st_atime_ns, st.st_mtime_ns + 5 * 10**9))  # touched
+    os.utime(d / "a.bmp", ns=(st.st_atime_ns, st.st_mtime_ns - 5 * 10**9))  # touched
     assert name() == first
     other = raw.copy()
     other[3, 4] = 200  # same size: a BMP's length depends on the shape only
@@ -256,10 +258,10 @@ def test_fingerprint_sees_contents_not_times_or_places(tmp_path):
     # the cache is what is read for unchanged files: a stale digest planted for an unchanged
     # identity is believed (proof that nothing was read), a new mtime is not
     doc = json.loads((tfds / "file_digests.json").read_text())
-    doc["files"][os.path.realpath(d / "a.bmp")][3] = "0" * 32
+    doc["files"][os.path.realpath(d / "a.bmp")][4] = "0" * 32
     (tfds / "file_digests.json").write_text(json.dumps(doc))
     assert name() != first
-    os.utime(d / "a.bmp", ns=(st.st_atime_ns, st.st_mtime_ns + 9 * 10**9))
+    os.utime(d / "a.bmp", ns=(st.st_atime_ns, st.st_mtime_ns - 9 * 10**9))
     assert name() == first
     # a damaged cache is read again from the files
     (tfds / "file_digests.json").write_text("{not json")
@@ -270,11 +272,77 @@ def test_fingerprint_sees_contents_not_times_or_places(tmp_path):
     copy = tmp_path / "elsewhere" / "imgs"
     shutil.copytree(d, copy, copy_function=shutil.copyfile)
     assert name(copy) == first
+    # rewritten in place with the old mtime put back (exiftool -P, cp -p over it): same inode,
+    # size and mtime, only the ctime tells (the cache served the old digest)
+    before = os.stat(d / "a.bmp")
+    with open(d / "a.bmp", "r+b") as f:
+        f.seek(-3, os.SEEK_END)
+        f.write(b"\x01\x02\x03")
+    os.utime(d / "a.bmp", ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(d / "a.bmp")
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_ino, before.st_size, before.st_mtime_ns)
+    rewritten = name()
+    assert rewritten != first
+    Image.fromarray(raw).save(d / "a.bmp")
+    assert name() == first
     # a file that is gone is dropped from the cache
     (d / "b.bmp").unlink()
     name()
     cache = json.loads((tfds / "file_digests.json").read_text())["files"]
     assert os.path.realpath(d / "b.bmp") not in cache and os.path.realpath(d / "a.bmp") in cache
+    assert not (tmp_path / "user").exists()  # (the per-user file only when data_dir fails)
+
+
+def test_digest_cache_fallback_merge_and_racy_files(tmp_path, monkeypatch, caplog):
+    """A data_dir that cannot be written read every byte again on every start: the per-user
+    file takes the digests. Two jobs scanning other folders at once kept only one's entries:
+    saving merges under a lock. Files changed in the last RACY_S seconds are not cached (on
+    coarse-timestamp file systems a rewrite in the same tick keeps every field)."""
+    user = tmp_path / "user" / "digests.json"
+    monkeypatch.setattr(data, "DIGEST_FALLBACK", str(user))
+    folders = {}
+    for role in ("photos", "paint"):
+        folders[role] = tmp_path / role
+        folders[role].mkdir()
+        for i in range(2):
+            Image.fromarray(np.full((40, 40, 3), 10 * i, np.uint8)).save(folders[role] / f"{i}.bmp")
+    reads = []
+    real_digest = data._file_digest
+    monkeypatch.setattr(data, "_file_digest", lambda p: reads.append(p) or real_digest(p))
+    # written just now: read, not cached
+    root = tmp_path / "tfds"
+    data._scan_dirs([str(folders["photos"])], digest_cache=data._DigestCache(root))
+    assert len(reads) == 2 and not (root / "file_digests.json").exists()
+    monkeypatch.setattr(data._DigestCache, "RACY_S", 0.0)
+    # two caches loaded before either saved: both folders' entries end up in the file
+    a, b = data._DigestCache(root), data._DigestCache(root)
+    data._scan_dirs([str(folders["photos"])], digest_cache=a)
+    data._scan_dirs([str(folders["paint"])], digest_cache=b)
+    files = json.loads((root / "file_digests.json").read_text())["files"]
+    assert sorted(files) == sorted(os.path.realpath(folders[r] / f"{i}.bmp")
+                                   for r in ("photos", "paint") for i in range(2))
+    reads.clear()
+    data._scan_dirs([str(folders["photos"]), str(folders["paint"])],
+                    digest_cache=data._DigestCache(root))
+    assert reads == []
+    # an unwritable data_dir: the per-user file, then no reads
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    (ro / "file_digests.json").mkdir()  # (cannot be replaced by a file, even by root)
+    data._scan_dirs([str(folders["photos"])], digest_cache=data._DigestCache(ro))
+    assert json.loads(user.read_text())["files"]
+    reads.clear()
+    data._scan_dirs([str(folders["photos"])], digest_cache=data._DigestCache(ro))
+    assert reads == []
+    # neither writable: one warning saying what it costs
+    user.unlink()
+    user.mkdir()
+    (folders["photos"] / "2.bmp").write_bytes((folders["photos"] / "0.bmp").read_bytes())
+    with caplog.at_level(logging.WARNING, logger=data.log.name):
+        data._scan_dirs([str(folders["photos"])], digest_cache=data._DigestCache(ro))
+    assert "cannot write the file digest cache" in caplog.text
+    assert "reads every training image again" in caplog.text
 
 
 def test_prepare_config_errors(tmp_path, folder):

@@ -1942,3 +1942,29 @@ def test_sample_grid_shows_what_the_export_gives(vgg):
             np.testing.assert_allclose(grid[y:y + 32, x:x + 32], want, atol=2e-5)
     y, x = pad + 32 + pad, pad + 2 * (32 + pad)
     assert np.abs(grid[y:y + 32, x:x + 32] - raw[0]).max() > 0.01  # the palette shows
+
+
+def test_checkpoints_named_by_file_times_are_not_called_other_images(tmp_path, caplog):
+    """Dataset names before 2026-12 hashed the files' times and places; a checkpoint that has
+    them is not comparable, so a resume says so once at INFO instead of warning that the
+    images differ. A checkpoint named by contents is compared as before."""
+    from types import SimpleNamespace
+
+    loader = SimpleNamespace(content=SimpleNamespace(name="photos-aaa"),
+                             style=SimpleNamespace(name="paint-bbb"))
+    now = {"content": ["photos-aaa"], "style": ["paint-bbb"]}
+    old = {"content": ["photos-111"], "style": ["paint-222"]}
+    with caplog.at_level(logging.INFO, logger=training.log.name):
+        meta = {}
+        training._note_datasets(loader, meta, {"datasets": old}, tmp_path)
+    assert meta == {"datasets": now, "datasets_named_by": "contents"}
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
+    assert "by their files' times (an older version): not compared" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger=training.log.name):
+        training._note_datasets(loader, {}, {"datasets": old, "datasets_named_by": "contents"},
+                                tmp_path)
+        training._note_datasets(loader, {}, {"datasets": now, "datasets_named_by": "contents"},
+                                tmp_path)
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    assert "the training images differ from the checkpoint's" in caplog.text
