@@ -16,7 +16,7 @@
 # exports, logs and a GPU-utilization trace land in OUT_DIR. On the warm machine afterwards, the
 # loader on the carried images with and without data.device_augment (the GPU's own numbers):
 #   python3 bench/train.py --configs default --data npz:workdirs/carry/train.npz --steps 100 \
-#       --dtype bfloat16 [--host-augment] --json $OUT/train_gpu.json
+#       --dtype bfloat16 --json $OUT/train_gpu.json     (and with --host-augment, another --json)
 set -uo pipefail
 BUDGET=${1:-450}
 OUT_DIR=${2:-out/device}
