@@ -539,3 +539,60 @@ def test_analyze_shows_progress_and_names_each_figure_once(files, tmp_path, caps
                  "--overwrite"]) == 0
     cap = capsys.readouterr()
     assert cap.out == path + "\n" and "gatys:" not in cap.err  # quiet: the paths only
+
+
+# ------------------------------------------------------------------ mutation-testing additions
+
+
+def test_stage_lists_take_blanks_and_a_trailing_comma():
+    """``--stages "64, 128,"`` is (64, 128): blanks and empty items are dropped, not errors."""
+    from arbitrary_nst.cli import build_parser, gatys_config_from_args
+
+    args = build_parser().parse_args([
+        "gatys", "--content", "c.png", "--style", "s.png", "--out", "o.png", "--size", "256",
+        "--stages", "64, 128,", "--stage-iters", "5,,6, 7,"])
+    cfg = gatys_config_from_args(args)
+    assert cfg.stage_sizes == (64, 128) and cfg.stage_iterations == (5, 6, 7)
+
+
+def test_gatys_upscales_a_small_content_to_size(files, tmp_path, monkeypatch, capsys):
+    """--size is the result's longer side also for a smaller content (32x32 at --size 64 is
+    optimized at 64x64, not left at 32x32)."""
+    from arbitrary_nst import gatys
+
+    shapes = []
+
+    class R:
+        def __init__(self, x):
+            self.images = x
+
+        def final_terms(self):
+            return {}
+
+    def fake_run(content, styles, **kw):
+        shapes.append(content.shape)
+        return R(content)
+
+    monkeypatch.setattr(gatys, "run", fake_run)
+    monkeypatch.setattr(gatys, "load_params", lambda cfg: {})
+    out = tmp_path / "o.png"
+    assert main(gatys_args(files, out, size=64)) == 0
+    assert shapes == [(1, 64, 64, 3)]
+    assert Image.open(out).size == (64, 64)
+
+
+def test_analyze_accepts_a_short_side_of_exactly_32_px(tmp_path, monkeypatch, capsys):
+    """The VGG's limit is >= 32 px: 160x32 at --size 160 is fine, 160x31 is refused."""
+    from arbitrary_nst import analysis
+
+    called = []
+    monkeypatch.setattr(analysis, "make_figures",
+                        lambda out_dir, **kw: called.append(kw["size"]) or [])
+    for h, rc in ((32, 0), (31, 1)):
+        p = tmp_path / f"c{h}.png"
+        Image.fromarray(np.full((h, 160, 3), 128, np.uint8)).save(p)
+        assert main(["analyze", "--content", str(p), "--out-dir", str(tmp_path / "o"),
+                     "--size", "160", "--quiet"]) == rc, h
+    assert called == [160]
+    assert one_error_line(capsys).startswith(
+        f"error: {tmp_path / 'c31.png'}: is 160x31: 31 px on its short side at --size 160")

@@ -985,3 +985,45 @@ def test_ctrl_c_between_results_counts_the_writes_the_pipeline_finishes(cli, dat
     # the reported result (counted before the bar's Ctrl-C) and the write finished on close
     assert rc == 130 and len(list(od.iterdir())) == 1
     assert re.search(r"^done 2, skipped 0, .*; interrupted", stdout, re.M), stdout
+
+
+# ------------------------------------------------------------------ mutation-testing additions
+
+
+def test_tile_limit_is_inclusive_and_fitted_styles_are_found_by_any_case():
+    """--interpolate 2 styles x --steps 100 is exactly 100 tiles (allowed; 101 is not), and a
+    fitted style named ``.NPZ`` is a fitted style for the CLI's checks too."""
+    base = ["--content", "c.png", "--out", "o.png"]
+    mode, args = validated(*base, "--interpolate", "a.png", "b.png", "--steps", 100)
+    assert mode == "interpolate" and args.steps == 100
+    with pytest.raises(cli_stylize.ConfigError, match="more than 100 tiles"):
+        validated(*base, "--interpolate", "a.png", "b.png", "--steps", 101)
+    with pytest.raises(cli_stylize.ConfigError) as e:
+        validated(*base, "--style", "P.NPZ", "--method", "gatys")
+    assert str(e.value) == "P.NPZ is a fitted style (.npz): --method gatys needs style images"
+
+
+def test_a_batch_of_one_image_shows_no_progress_bar(cli, data):
+    """The bar is for batches of several images: a folder holding one image, progress not
+    turned off, prints nothing but the summary."""
+    (data["tmp"] / "one").mkdir()
+    only = png(data["tmp"] / "one" / "x.png", 36, 40, 11)
+    od = data["tmp"] / "od"
+    rc, stdout, err = cli("--content", only.parent, "--style", data["styles"][0], "--out-dir",
+                          od)
+    assert rc == 0 and err == "", err
+    assert stdout.startswith("done 1, skipped 0, ")
+    assert (od / "x__s1.png").is_file()
+
+
+def test_a_single_output_is_replaced_only_with_overwrite(cli, data):
+    c, s = data["contents"][0], data["styles"][0]
+    out = data["tmp"] / "o.png"
+    out.write_bytes(b"old")
+    rc, _, err = cli("--content", c, "--style", s, "--out", out)
+    line = one_error_line(err)
+    assert rc == 1 and line.startswith(f"error: {out}: exists; pass --overwrite"), line
+    assert out.read_bytes() == b"old"
+    rc, stdout, err = cli("--content", c, "--style", s, "--out", out, "--overwrite")
+    assert rc == 0 and stdout.startswith(f"wrote {out} ")
+    assert Image.open(out).size == (45, 37)

@@ -232,3 +232,100 @@ def test_link_no_clobber_moves_once_and_never_replaces(tmp_path, monkeypatch, ha
         files.link_no_clobber(tmp, dst)
     assert str(e.value) == f"{dst}: exists; pass overwrite=True (or --overwrite)"
     assert dst.read_bytes() == b"new" and tmp.read_bytes() == b"newer"
+
+
+# ------------------------------------------------------------------ mutation-testing additions
+
+
+def test_a_failed_write_with_an_os_error_is_one_line_and_leaves_no_temporary(tmp_path):
+    """A full disk inside ``write`` (an OSError): the one-line ImageError, the old file kept,
+    and the temporary file removed as for any other failure."""
+    import errno
+
+    from arbitrary_nst.errors import ImageError
+
+    p = tmp_path / "x.bin"
+    p.write_bytes(b"old")
+
+    def full(f):
+        f.write(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(ImageError) as e:
+        files.write_atomically(p, full)
+    assert str(e.value) == f"{p}: cannot write: No space left on device"
+    assert p.read_bytes() == b"old"
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["x.bin"]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_the_data_is_fsynced_before_the_rename(tmp_path, monkeypatch):
+    """Durability: the finished temporary file (all its bytes) is fsynced while the
+    destination still holds the old contents, i.e. before the rename over it."""
+    p = tmp_path / "x.bin"
+    p.write_bytes(b"old")
+    synced = []
+    real_fsync = os.fsync
+
+    def spy(fd):
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        with open(target, "rb") as f:
+            synced.append((os.path.basename(target), f.read(), p.read_bytes()))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    files.write_atomically(p, lambda f: f.write(b"new data"))
+    assert len(synced) == 1
+    name, data, dst_then = synced[0]
+    assert name.startswith(".x.bin.") and name.endswith(".tmp")
+    assert data == b"new data" and dst_then == b"old"
+    assert p.read_bytes() == b"new data"
+
+
+def test_an_output_name_of_exactly_255_bytes_passes_the_check(tmp_path):
+    """255 bytes is the filesystem's limit (allowed); 256 is the first refused."""
+    from arbitrary_nst.errors import ImageError
+
+    ok = tmp_path / ("a" * 251 + ".png")
+    assert len(ok.name.encode()) == 255
+    assert files.check_output_file(ok, overwrite=False, suffixes={".png"}) == ok
+    files.write_atomically(ok, lambda f: f.write(b"x"))  # (and the filesystem takes it)
+    assert ok.read_bytes() == b"x"
+    with pytest.raises(ImageError, match="file name too long"):
+        files.check_output_file(tmp_path / ("a" * 252 + ".png"), overwrite=False)
+
+
+def test_file_identity_sees_an_in_place_rewrite_with_the_mtime_kept(tmp_path):
+    """Same path, same inode, same size, mtime restored (``touch -r``): only the ctime tells
+    the new contents apart, and it must."""
+    import time
+
+    p = tmp_path / "m.bin"
+    p.write_bytes(b"aaaa")
+    st = os.stat(p)
+    first = files.file_identity(p)
+    assert first == files.file_identity(p)  # unchanged file: same key
+    time.sleep(0.05)  # (ctimes are from a coarse clock)
+    with open(p, "r+b") as f:  # rewritten in place: same inode
+        f.write(b"bbbb")
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    st2 = os.stat(p)
+    assert (st2.st_ino, st2.st_size, st2.st_mtime_ns) == (st.st_ino, st.st_size, st.st_mtime_ns)
+    assert files.file_identity(p) != first
+
+
+def test_file_identity_sees_another_inode_with_the_same_times(tmp_path, monkeypatch):
+    """Two files whose times and size agree (coarse timestamps, cp -p on a filesystem that
+    keeps them) are told apart by their inode; the key starts with the real path."""
+    from types import SimpleNamespace
+
+    p = tmp_path / "m.bin"
+    p.write_bytes(b"aaaa")
+    real = os.stat(p)
+    same = {k: getattr(real, k) for k in ("st_mtime_ns", "st_ctime_ns", "st_size", "st_mode")}
+    stats = iter([SimpleNamespace(st_ino=1000, **same), SimpleNamespace(st_ino=1001, **same)])
+    monkeypatch.setattr(os, "stat", lambda path, *a, **k: next(stats))
+    a, b = files.file_identity(p), files.file_identity(p)
+    monkeypatch.undo()
+    assert a != b
+    assert a[0] == os.path.realpath(p)
