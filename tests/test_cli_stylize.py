@@ -1027,3 +1027,226 @@ def test_a_single_output_is_replaced_only_with_overwrite(cli, data):
     rc, stdout, err = cli("--content", c, "--style", s, "--out", out, "--overwrite")
     assert rc == 0 and stdout.startswith(f"wrote {out} ")
     assert Image.open(out).size == (45, 37)
+
+
+# ------------------------------------------------------- mutation-testing pass 2 (CLI options)
+
+
+def test_option_boundaries_that_are_allowed():
+    """The smallest allowed values pass the checks: --workers 1, --max-pixels 1, Gatys with
+    --max-size 0 (= keep the size, not a size under 32) and --iterations 0."""
+    base = ["--content", "c.png", "--style", "s.png", "--out", "o.png"]
+    assert validated(*base, "--workers", 1)[1].workers == 1
+    assert validated(*base, "--max-pixels", 1)[1].max_pixels == 1
+    mode, args = validated(*base, "--method", "gatys", "--max-size", 0)
+    assert mode == "stylize" and args.max_size == 0
+    assert validated(*base, "--method", "gatys", "--max-size", 32)[0] == "stylize"
+    assert validated(*base, "--method", "gatys", "--iterations", 0)[1].iterations == 0
+    assert validated(*base, "--refine", 0)[0] == "stylize"
+
+
+@pytest.mark.parametrize("extra, msg", [
+    (["--style", "s.png", "--backend", "onnxruntime", "--dtype", "bfloat16"],
+     "--backend onnxruntime computes in float32; drop --dtype"),
+    (["--style", "s.png", "--method", "gatys", "--backend", "onnxruntime"],
+     "--backend applies to --method network only"),
+    (["--style", "s.png", "--refine", -1], "--refine must be >= 0, got -1"),
+    (["--style", "s.png", "--max-size", -1], "--max-size must be >= 0 (0 = keep the size), got -1"),
+    (["--style", "s.png", "--batch-size", 0], "--batch-size must be >= 1, got 0"),
+    (["--style", "s.png", "--method", "gatys", "--refine", 2],
+     "--refine applies to --method network without --interpolate/--strength-sweep"),
+    (["--style", "f.npz", "--refine", 2],
+     "f.npz is a fitted style (.npz): --refine does not apply to them (they are optimized "
+     "already)"),
+    (["--style", "s.png", "--method", "gatys", "--iterations", -1],
+     "--iterations must be >= 0, got -1"),
+    (["--style", "s.png", "--method", "gatys", "--max-size", 31],
+     "--method gatys needs --max-size >= 32 (VGG's smallest input), got 31"),
+    (["--interpolate", "a.png", "b.png", "--strength-sweep", 3],
+     "--interpolate and --strength-sweep are separate figures; give one"),
+    (["--interpolate", "a.png", "b.png", "--style-weights", 1, 2],
+     "--style-weights does not apply to --interpolate"),
+    (["--interpolate", "a.png"], "--interpolate needs at least 2 styles"),
+    (["--interpolate", "a.png", "b.png", "--tile-size", 7],
+     "--tile-size must be in [8, 4096], got 7"),
+    (["--interpolate", "a.png", "b.png", "--tile-size", 4097],
+     "--tile-size must be in [8, 4096], got 4097"),
+])
+def test_each_refused_option_says_why(extra, msg):
+    with pytest.raises(cli_stylize.ConfigError) as e:
+        validated("--content", "c.png", "--out", "o.png", *extra)
+    assert str(e.value) == msg
+
+
+@pytest.mark.parametrize("extra", [
+    ["--interpolate", "a.png", "b.png", "--strength", 1.5],  # (a figure read it as 1)
+    ["--interpolate", "a.png", "b.png", "--strength", "nan"],
+    ["--style", "s.png", "--strength", -0.01],
+    ["--style", "s.png", "--palette", 1.01],
+    ["--style", "s.png", "--palette", -0.5],
+    ["--style", "s.png", "--palette", "nan"],
+    ["--interpolate", "a.png", "b.png", "--palette", "nan"],
+])
+def test_strength_and_palette_out_of_range_or_nan_are_refused_before_any_work(extra):
+    with pytest.raises(cli_stylize.ConfigError, match="strength|palette"):
+        validated("--content", "c.png", "--out", "o.png", *extra)
+
+
+def test_too_many_steps_are_refused_without_building_the_grid(monkeypatch):
+    """--steps over the tile limit is refused by its value: the mixture grid of 4 styles x
+    100000 steps (10^10 cells) is never built."""
+    calls = []
+    real = inference.mixture_grid
+
+    def spy(n, steps):
+        calls.append((n, steps))
+        assert steps <= cli_stylize.MAX_TILES, "built the grid of a refused --steps"
+        return real(n, steps)
+
+    monkeypatch.setattr(inference, "mixture_grid", spy)
+    with pytest.raises(cli_stylize.ConfigError, match="more than 100 tiles"):
+        validated("--content", "c.png", "--out", "o.png", "--interpolate", "a", "b", "c", "d",
+                  "--steps", 100000)
+    assert calls == []
+
+
+def test_strength_sweep_palette_target_goes_from_the_photo_to_the_style(cli, data, model,
+                                                                      monkeypatch):
+    """With --palette, a sweep tile at strength t is stylize at strength t: the palette's
+    colour target is mixed from the photo's (t = 0) to the weighted style mix's (t = 1)."""
+    seen = _capture_figure(monkeypatch)
+    c, (s1, s2) = data["contents"][0], data["styles"][:2]
+    rc, _, err = cli("--content", c, "--style", s1, s2, "--style-weights", 1, 3,
+                     "--strength-sweep", 3, "--palette", 1,
+                     "--tile-size", 45, "--batch-size", 1, "--out", data["tmp"] / "sw.png")
+    assert rc == 0, err
+    st = cli_stylize.load_stylizer(str(model))
+    img = st.read(c, max_side=45)
+    for (_, _, got, _), t in zip(seen["tiles"], (0.0, 0.5)):
+        want = st.stylize(img, style=[s1, s2], weights=[1, 3], strength=t, palette=1.0,
+                          style_size=int(SS))
+        np.testing.assert_allclose(got, want, atol=2e-4, err_msg=f"strength {t}")
+
+
+def test_match_mode_figure_styles_are_checked_against_max_pixels(cli, data):
+    """--preserve-color match loads the style images itself: --max-pixels bounds them as
+    every other input (the 48x40 style is over 1700 pixels, the 37x45 photo is not)."""
+    c, s1, s2 = data["contents"][0], *data["styles"][:2]
+    out = data["tmp"] / "m.png"
+    rc, _, err = cli("--content", c, "--interpolate", s1, s2, "--steps", 2, "--preserve-color",
+                     "match", "--max-pixels", 1700, "--tile-size", 45, "--out", out)
+    line = one_error_line(err)
+    assert rc == 1 and "s1.png" in line, line
+    assert not out.exists()
+
+
+def test_match_mode_figure_bounds_a_large_style_as_stylize_does(cli, data, model, monkeypatch):
+    """A style much larger than the working size is first read at most 8 x --style-size on
+    its longer side (as the API does): the tile equals stylize's match-mode result."""
+    seen = _capture_figure(monkeypatch)
+    c, s2 = data["contents"][0], data["styles"][1]
+    big = png(data["tmp"] / "big.png", 90, 700, 21)  # longer side over 8 x 32 = 256
+    rc, _, err = cli("--content", c, "--interpolate", big, s2, "--steps", 2, "--palette", 1,
+                     "--preserve-color", "match", "--tile-size", 45, "--batch-size", 1,
+                     "--out", data["tmp"] / "m.png")
+    assert rc == 0, err
+    st = cli_stylize.load_stylizer(str(model))
+    img = st.read(c, max_side=45)
+    want = st.stylize(img, style=[big, s2], weights=[1, 0], preserve_color="match", palette=1.0,
+                      style_size=int(SS))
+    np.testing.assert_allclose(seen["tiles"][0][2], want, atol=2e-4)
+
+
+def test_the_model_cache_is_keyed_by_file_dtype_and_backend_and_holds_one(tmp_path, monkeypatch):
+    """Loads of the same file share a Stylizer only with the same dtype and backend (an
+    onnxruntime request never gets the cached JAX one); one model is kept alive at a time."""
+    from types import SimpleNamespace
+
+    loads = []
+
+    def fake_load(model, *, vgg=None, dtype="float32", backend="jax"):
+        loads.append((model, dtype, backend))
+        return SimpleNamespace(dtype=dtype, backend=backend)
+
+    monkeypatch.setattr(inference.Stylizer, "load", staticmethod(fake_load))
+    monkeypatch.setattr(cli_stylize, "_STYLIZERS", {})
+    monkeypatch.setitem(cli_stylize._VGG, "vgg", object())
+    p = tmp_path / "m.safetensors"
+    p.write_bytes(b"x" * 64)
+    a = cli_stylize.load_stylizer(str(p))
+    assert cli_stylize.load_stylizer(str(p), "float32", "jax") is a
+    c = cli_stylize.load_stylizer(str(p), "bfloat16", "jax")
+    assert c is not a and c.dtype == "bfloat16"
+    assert cli_stylize.load_stylizer(str(p), "bfloat16", "jax") is c
+    b = cli_stylize.load_stylizer(str(p), "bfloat16", "onnxruntime")
+    assert b is not c and b.backend == "onnxruntime"
+    assert len(cli_stylize._STYLIZERS) == 1  # (the others were let go)
+    assert loads == [(str(p), "float32", "jax"), (str(p), "bfloat16", "jax"),
+                     (str(p), "bfloat16", "onnxruntime")]
+
+
+def test_method_gatys_never_loads_the_network(cli, data, monkeypatch):
+    from arbitrary_nst import gatys
+
+    class R:
+        def __init__(self, x):
+            self.images = x[None]
+
+    def no_model(*a, **k):
+        raise AssertionError("loaded the network for --method gatys")
+
+    monkeypatch.setattr(cli_stylize, "load_stylizer", no_model)
+    monkeypatch.setattr(gatys, "run", lambda content, styles, **kw: R(content))
+    monkeypatch.setattr(gatys, "load_params", lambda cfg: {})
+    out = data["tmp"] / "g.png"
+    rc, stdout, err = cli("--content", data["contents"][0], "--style", data["styles"][0],
+                          "--method", "gatys", "--max-size", 32, "--out", out)
+    assert rc == 0 and err == "", err
+    assert stdout.startswith(f"wrote {out} ") and out.is_file()
+
+
+def test_a_strength_sweep_in_an_out_dir_is_named_for_its_styles_and_sweep(cli, data):
+    od = data["tmp"] / "figs"
+    rc, stdout, err = cli("--content", data["contents"][0], "--style", *data["styles"][:2],
+                          "--strength-sweep", 2, "--tile-size", 8, "--batch-size", 2,
+                          "--out-dir", od)
+    assert rc == 0, err
+    assert [p.name for p in od.iterdir()] == ["a__s1+s2__sweep.png"]
+    assert stdout.startswith(f"wrote {od / 'a__s1+s2__sweep.png'} (2 tiles, ")
+
+
+
+def _fitted_style_file(st, style, path):
+    """A fitted style for ``st``'s model: the style's embedding and its predicted gamma/beta
+    plus a random offset (what fit-style's optimization would have moved)."""
+    from arbitrary_nst import fit_style
+
+    e = np.asarray(st.embed(style, style_size=int(SS)), np.float32).reshape(-1)
+    pred = np.asarray(fit_style.predicted_conditioning(st.model, e[None]), np.float32)[0]
+    rng = np.random.default_rng(3)
+    return fit_style.FittedStyle(
+        conditioning=pred + rng.normal(0, 0.3, pred.shape).astype(np.float32), embedding=e,
+        moments=np.full(12, 0.4, np.float32), history=np.array([2.0, 1.0], np.float32),
+        fingerprint=fit_style.model_fingerprint(st.model), info={"name": "p"}).save(path)
+
+
+@pytest.mark.parametrize("figure", ["interpolate", "sweep"])
+def test_figures_scale_a_fitted_styles_offset_by_the_strength(cli, data, model, monkeypatch,
+                                                             figure):
+    """A fitted style's gamma/beta offset is scaled by the strength in both figures (the
+    content's own offset is 0): the tile at strength 0.5 equals the API's stylize."""
+    st = cli_stylize.load_stylizer(str(model))
+    fitted = _fitted_style_file(st, data["styles"][2], data["tmp"] / "p.npz")
+    c = data["contents"][0]
+    seen = _capture_figure(monkeypatch)
+    if figure == "interpolate":  # tile 0: 100 % the fitted style, at --strength 0.5
+        fig, tile = ["--interpolate", fitted, data["styles"][1], "--steps", 2, "--strength",
+                     0.5], 0
+    else:  # tile 1 of 3: strength 0.5
+        fig, tile = ["--style", fitted, "--strength-sweep", 3], 1
+    rc, _, err = cli("--content", c, *fig, "--tile-size", 45, "--batch-size", 1, "--out",
+                     data["tmp"] / "f.png")
+    assert rc == 0, err
+    want = st.stylize(st.read(c, max_side=45), style=[str(fitted)], strength=0.5,
+                      style_size=int(SS))
+    np.testing.assert_allclose(seen["tiles"][tile][2], want, atol=2e-4)
