@@ -516,3 +516,117 @@ def test_bench_meta_outside_a_git_checkout(tmp_path, monkeypatch):
     m = cli.meta(tmp_path / "x.py", [])
     assert m["git_commit"] is None and m["git_dirty"] is None
     assert m["command"] == "python x.py"
+
+
+# ------------------------------------------------------------------------------------------------
+# Mutation-testing pass: bench_cli and its callers
+
+
+def test_bench_default_outputs_are_the_committed_files_and_refused(tmp_path, monkeypatch, capsys):
+    """Run without --json/--out, each script writes its committed results file; that default
+    must be refused like an explicit one (a check of the option alone, None, let a trial run
+    replace bench/results/*.json behind a README table). Nothing is measured or written."""
+    import sys
+
+    from arbitrary_nst.errors import ConfigError
+
+    runs = _fake_runs(monkeypatch, tmp_path)
+    written = []
+    for mod in [m for m, _ in runs.values()] + [sys.modules["bench.bench_cli"]]:
+        if hasattr(mod, "write_json"):
+            monkeypatch.setattr(mod, "write_json", lambda path, *a, **k: written.append(path))
+    checked = 0
+    for name, (mod, argv) in runs.items():
+        if name == "correction_predictability":  # (no default: it prints only)
+            continue
+        for k in ("_run_child", "bench_ours", "bench_ours_onnx", "measure", "bench_step",
+                  "layer_losses"):
+            if hasattr(mod, k):
+                monkeypatch.setattr(mod, k, _no_measuring)
+        capsys.readouterr()
+        try:
+            rc = mod.main(list(argv))
+            msg = capsys.readouterr().err
+        except ConfigError as e:
+            rc, msg = 1, str(e)
+        except AssertionError:  # measured (on a GPU: no committed infer/train/gatys_gpu.json)
+            continue
+        assert rc == 1 and "exists; pass --overwrite" in msg, (name, msg)
+        assert re.search(rf"bench/results/{name}[_a-z0-9]*\.json", msg), (name, msg)
+        checked += 1
+    import jax
+
+    # (the committed files: *_cpu.json, data, bucketing and vgg_loss_scales on every platform)
+    assert written == [] and checked == (6 if jax.default_backend() == "cpu" else 3)
+
+
+def test_bench_meta_commit_is_its_own_checkouts_and_dirty_means_tracked_changes(tmp_path,
+                                                                                monkeypatch):
+    """A copy of the code inside another repository (vendored, or a results folder under a
+    project's checkout) recorded that repository's commit as the code's; git_dirty is for
+    changed tracked files (new result files and notes lying around do not make it dirty)."""
+    import subprocess
+
+    cli = _load("bench_cli")
+    outer = tmp_path / "outer"
+    inner = outer / "vendored" / "nst"
+    inner.mkdir(parents=True)
+
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              cwd=outer, check=True, capture_output=True, text=True).stdout
+
+    git("init", "-q")
+    (outer / "tracked.txt").write_text("a\n")
+    git("add", "tracked.txt")
+    git("commit", "-q", "-m", "x")
+    head = git("rev-parse", "HEAD").strip()
+    monkeypatch.setattr(cli, "ROOT", inner)
+    m = cli.meta(inner / "bench" / "x.py", [])
+    assert m["git_commit"] is None and m["git_dirty"] is None
+    monkeypatch.setattr(cli, "ROOT", outer)
+    (outer / "new_result.json").write_text("{}")  # untracked
+    m = cli.meta(outer / "bench" / "x.py", [])
+    assert m["git_commit"] == head and m["git_dirty"] is False
+    (outer / "tracked.txt").write_text("b\n")
+    assert cli.meta(outer / "bench" / "x.py", [])["git_dirty"] is True
+
+
+def test_bench_output_errors_name_the_scripts_own_option(tmp_path, monkeypatch):
+    """gatys.py's output option is --out: its refusal said "--json ... exists", an option
+    the script does not have."""
+    from arbitrary_nst.errors import ConfigError
+
+    gatys = _load("gatys")
+    argv = ["--no-torch", "--configs", "32x1", "--iters", "1"]
+    monkeypatch.setattr(gatys, "_run_child", _no_measuring)
+    out = tmp_path / "g.json"
+    out.write_text("committed\n")
+    with pytest.raises(ConfigError) as e:
+        gatys.main([*argv, "--out", str(out)])
+    assert str(e.value).startswith(f"--out {out}: exists; pass --overwrite"), str(e.value)
+    cli = _load("bench_cli")
+    import types
+
+    with pytest.raises(ConfigError) as e:
+        cli.check_options(types.SimpleNamespace(overwrite=False), {}, out, "--results")
+    assert str(e.value).startswith("--results ")
+
+
+def test_bench_count_options_below_their_minimum_are_refused(tmp_path, monkeypatch):
+    """The minimums not covered above: '--loader-batches 0' (train.py: a loader rate over
+    no batches), '--reps 0' (gatys.py: taken as "unset", silently 1) and '--prefetch 0'
+    (data.py) are one error before anything is measured or written."""
+    from arbitrary_nst.errors import ConfigError
+
+    for name, argv, msg in (("train", ["--loader-batches", "0"], "--loader-batches must be >= 1"),
+                            ("gatys", ["--no-torch", "--reps", "0"], "--reps must be >= 1"),
+                            ("data", ["--prefetch", "0"], "--prefetch must be >= 1")):
+        mod = _load(name)
+        for k in ("_run_child", "measure", "bench_step", "bench_loader", "bench_loop"):
+            if hasattr(mod, k):
+                monkeypatch.setattr(mod, k, _no_measuring)
+        flag = "--out" if name == "gatys" else "--json"
+        with pytest.raises(ConfigError, match=msg):
+            mod.main([*argv, flag, str(tmp_path / f"{name}.json")])
+    assert list(tmp_path.iterdir()) == []

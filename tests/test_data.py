@@ -1359,3 +1359,191 @@ def test_preparation_log_counts_files_it_ignored(tmp_path, caplog):
     assert len(lines) == 1 and lines[0].endswith(
         ": 2 images prepared, 0 skipped, 2 other files ignored (not "
         + "/".join(sorted(e[1:] for e in images.IMAGE_EXTENSIONS)) + ")"), lines
+
+
+# ------------------------------------------------------------------------------------------------
+# Mutation-testing pass 3: the content-digest naming of prepared datasets
+
+
+def _cached_paths(root: Path) -> set[str]:
+    f = root / "file_digests.json"
+    return set(json.loads(f.read_text())["files"]) if f.exists() else set()
+
+
+def test_a_file_with_an_old_mtime_but_a_new_ctime_is_not_cached(tmp_path, monkeypatch):
+    """The racy rule looks at the ctime too: a file rewritten just now with its old mtime put
+    back (``cp -p``, ``exiftool -P``) on a coarse-timestamp file system can be rewritten again
+    within the same ctime tick; caching it would serve the first rewrite's digest."""
+    monkeypatch.setattr(data, "DIGEST_FALLBACK", str(tmp_path / "user" / "digests.json"))
+    d = tmp_path / "imgs"
+    d.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(d / "a.bmp")
+    st = os.stat(d / "a.bmp")
+    os.utime(d / "a.bmp", ns=(st.st_atime_ns, st.st_mtime_ns - 60 * 10**9))  # mtime: 1 min ago
+    root = tmp_path / "tfds"
+    data._scan_dirs([str(d)], digest_cache=data._DigestCache(root))
+    assert os.path.realpath(d / "a.bmp") not in _cached_paths(root)
+    monkeypatch.setattr(data._DigestCache, "RACY_S", 0.0)  # (the same file, no longer recent)
+    data._scan_dirs([str(d)], digest_cache=data._DigestCache(root))
+    assert os.path.realpath(d / "a.bmp") in _cached_paths(root)
+
+
+def test_scanning_one_folder_keeps_the_cached_digests_of_others(tmp_path, monkeypatch):
+    """Dropping the entries of files that are gone is limited to the folders scanned: scanning
+    ``photos`` must neither drop the digests of ``paintings`` nor those of a sibling whose
+    name merely starts the same (``photos2``); each was read again in full on its next use."""
+    monkeypatch.setattr(data._DigestCache, "RACY_S", 0.0)
+    monkeypatch.setattr(data, "DIGEST_FALLBACK", str(tmp_path / "user" / "digests.json"))
+    dirs = [tmp_path / n for n in ("photos", "photos2", "paintings")]
+    for i, d in enumerate(dirs):
+        d.mkdir()
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(d / "x.bmp")
+    root = tmp_path / "tfds"
+    data._scan_dirs([str(d) for d in dirs], digest_cache=data._DigestCache(root))
+    everything = {os.path.realpath(d / "x.bmp") for d in dirs}
+    assert _cached_paths(root) == everything
+    (dirs[0] / "y.bmp").write_bytes((dirs[0] / "x.bmp").read_bytes())  # (something to save)
+    (dirs[0] / "x.bmp").unlink()  # gone: its entry is dropped, the others' are kept
+    data._scan_dirs([str(dirs[0])], digest_cache=data._DigestCache(root))
+    assert _cached_paths(root) == (everything - {os.path.realpath(dirs[0] / "x.bmp")}) | {
+        os.path.realpath(dirs[0] / "y.bmp")}
+
+
+def test_file_digests_cover_every_byte(tmp_path):
+    """Two large images with the same size and the same first megabytes (a picture edited at
+    the bottom, a camera's fixed-size RAW-like JPEGs) are different datasets: a digest of the
+    first chunk only reused the other folder's preparation."""
+    head = bytes(range(256)) * (6 * 2**10)  # 1.5 MiB: past the first 1 MiB read
+    a, b = tmp_path / "a.jpg", tmp_path / "b.jpg"
+    a.write_bytes(head + b"\x00")
+    b.write_bytes(head + b"\x01")
+    assert data._file_digest(str(a)) != data._file_digest(str(b))
+    import hashlib
+
+    assert data._file_digest(str(a)) == hashlib.blake2b(a.read_bytes(), digest_size=16).hexdigest()
+
+
+def test_dataset_fingerprints_are_stable_and_see_file_names(tmp_path):
+    """A folder prepared earlier keeps its dataset name (the fingerprint of unchanged files with
+    the default settings is pinned: a change of formula prepares every user's folders again,
+    and a resumed training says its images differ); a renamed file is another dataset (its
+    records carry the old path, and the skip list names files that are not there)."""
+    import types
+
+    cfg = types.SimpleNamespace(max_source_side=512, min_source_side=64, jpeg_quality=90,
+                                max_pixels=data.DEFAULT_MAX_PIXELS_FIELD)
+    files = [("/x/a.png", "photos/a.png", 10, "0" * 32), ("/x/b.png", "photos/b.png", 20, "1" * 32)]
+    assert data._fingerprint(files, cfg) == "ff8422d7034a"
+    moved = [("/elsewhere/a.png", "photos/a.png", 10, "0" * 32),
+             ("/elsewhere/b.png", "photos/b.png", 20, "1" * 32)]
+    assert data._fingerprint(moved, cfg) == "ff8422d7034a"  # (places are not part of it)
+    renamed = [files[0], ("/x/c.png", "photos/c.png", 20, "1" * 32)]
+    assert data._fingerprint(renamed, cfg) != "ff8422d7034a"
+    other_limit = types.SimpleNamespace(**{**vars(cfg), "max_pixels": 1000})
+    assert data._fingerprint(files, other_limit) != "ff8422d7034a"
+
+
+def test_a_file_that_could_not_be_read_is_read_again_next_time(tmp_path, monkeypatch):
+    """A read error (a flaky disk, a network share that dropped out) is not cached: cached, the
+    file stayed "unreadable" (skipped from every later preparation, in another dataset) until
+    something changed its size or times."""
+    monkeypatch.setattr(data._DigestCache, "RACY_S", 0.0)
+    monkeypatch.setattr(data, "DIGEST_FALLBACK", str(tmp_path / "user" / "digests.json"))
+    d = tmp_path / "imgs"
+    d.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(d / "a.bmp")
+    real = data._file_digest
+    monkeypatch.setattr(data, "_file_digest", lambda p: "unreadable: Input/output error")
+    root = tmp_path / "tfds"
+    files, _ = data._scan_dirs([str(d)], digest_cache=data._DigestCache(root))
+    assert files[0][3] == "unreadable: Input/output error"
+    monkeypatch.setattr(data, "_file_digest", real)  # the share is back
+    files, _ = data._scan_dirs([str(d)], digest_cache=data._DigestCache(root))
+    assert files[0][3] == real(str(d / "a.bmp"))
+
+
+def test_the_digest_bar_shows_only_for_long_reads(tmp_path, monkeypatch):
+    """The "read files for their digests" bar appears for more than 256 MiB or more than 5000
+    files to read (a first scan of a big folder: minutes), and never for a re-scan that reads
+    a few files (it flashed on every start), nor without ``progress``."""
+    import tqdm.auto
+
+    bars = []
+
+    class Bar:
+        def __init__(self, total=None, **kw):
+            bars.append(total)
+
+        def update(self, n):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    monkeypatch.setattr(data, "_file_digest", lambda p: "0" * 32)
+    f = tmp_path / "a.jpg"
+    f.write_bytes(b"x")
+    st = os.stat(f)
+
+    def sized(size):
+        fields = list(st)
+        fields[6] = size
+        return os.stat_result(fields, {k: getattr(st, k) for k in (
+            "st_atime_ns", "st_mtime_ns", "st_ctime_ns")})
+
+    def bar_for(items, progress=True):
+        bars.clear()
+        data._DigestCache(None).digests(items, progress=progress)
+        return len(bars)
+
+    assert bar_for([(str(f), sized(1000))] * 3) == 0
+    assert bar_for([(str(f), sized(256 * 2**20))]) == 0
+    assert bar_for([(str(f), sized(256 * 2**20 + 1))]) == 1
+    assert bar_for([(str(f), sized(256 * 2**20 + 1))], progress=False) == 0
+    assert bar_for([(str(f), sized(10))] * 5000) == 0
+    assert bar_for([(str(f), sized(10))] * 5001) == 1
+
+
+def test_a_damaged_dataset_description_is_one_line_naming_the_folder(tmp_path):
+    """A reused preparation whose dataset_info.json lost a field TFDS does not need (hand
+    edited, merged from another copy) was a KeyError traceback from the shard check."""
+    d = tmp_path / "imgs"
+    d.mkdir()
+    Image.fromarray(_smooth(64, 80, 1)).save(d / "a.png")
+    src = data.prepare_folder([str(d)], data_dir=str(tmp_path / "t"), workers=1)
+    version_dir = Path(src.report["data_dir"])
+    info = json.loads((version_dir / "dataset_info.json").read_text())
+    del info["name"]
+    (version_dir / "dataset_info.json").write_text(json.dumps(info))
+    with pytest.raises(ConfigError) as e:
+        data.prepare_folder([str(d)], data_dir=str(tmp_path / "t"), workers=1)
+    assert str(e.value) == (f"{version_dir}: cannot read the prepared data's description "
+                            "('name'); delete this folder to prepare it again")
+
+
+def test_saving_digests_waits_for_another_jobs_lock(tmp_path, monkeypatch):
+    """The merge of the digest file is done under an exclusive lock: without it two jobs that
+    read the file before either wrote kept only one job's entries (the other's folder was read
+    in full again on every start)."""
+    import fcntl
+    import threading
+
+    monkeypatch.setattr(data._DigestCache, "RACY_S", 0.0)
+    monkeypatch.setattr(data, "DIGEST_FALLBACK", str(tmp_path / "user" / "digests.json"))
+    d = tmp_path / "imgs"
+    d.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(d / "a.bmp")
+    root = tmp_path / "tfds"
+    root.mkdir()
+    cache = data._DigestCache(root)
+    cache.digests([(str(d / "a.bmp"), os.stat(d / "a.bmp"))])
+    with open(root / ".file_digests.lock", "a") as held:  # another job holds the lock
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        saver = threading.Thread(target=cache.save, args=([str(d)],))
+        saver.start()
+        saver.join(0.5)
+        assert saver.is_alive() and not (root / "file_digests.json").exists()
+        fcntl.flock(held.fileno(), fcntl.LOCK_UN)
+    saver.join(10)
+    assert _cached_paths(root) == {os.path.realpath(d / "a.bmp")}

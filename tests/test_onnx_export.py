@@ -306,3 +306,60 @@ def test_export_onnx_says_the_palette_is_not_in_the_graph(tmp_path, capsys):
     stdout = capsys.readouterr().out
     assert stdout.startswith("wrote ") and out.is_file()
     assert "note: the model's palette (0.5) is not in the graph" in stdout
+
+
+# ------------------------------------------------------------------------------------------------
+# Mutation-testing pass: the export's self-check
+
+
+def test_export_onnx_check_refuses_a_graph_that_differs_from_jax(stylizers, tmp_path,
+                                                                   monkeypatch, capsys):
+    """The check after export-onnx is what stands between a wrong graph and a deployment: an
+    onnxruntime output 2e-4 off the JAX forward, or NaN (which no `diff > limit` refuses), is
+    one error line, not "wrote ..." and exit status 0. (Both sides stubbed: the JAX side is
+    0.5 on the 61 x 70 image and 1.0 on the padding the check must crop away.)"""
+    import types
+
+    from arbitrary_nst import onnx_export
+
+    class Model:  # the real model (exported), with a cheap, known forward
+        def __getattr__(self, k):
+            return getattr(stylizers[0].model, k)
+
+        def transfer(self, x, e):
+            assert x.shape == (1, 64, 72, 3)  # (padded as the Stylizer pads 61 x 70)
+            y = np.ones(x.shape, np.float32)
+            y[:, :61, :70] = 0.5
+            return y
+
+    st = types.SimpleNamespace(model=Model(), embedding_dim=stylizers[0].embedding_dim)
+    monkeypatch.setattr(Stylizer, "load", lambda *a, **k: st)
+    for name, value, ok in (("same", 0.5, True), ("off", 0.5 + 2e-4, False),
+                            ("nan", np.nan, False)):
+        def fake(path, value=value):
+            run = lambda names, feeds: [np.full(feeds["content"].shape, value, np.float32)]  # noqa: E731
+            return types.SimpleNamespace(session=types.SimpleNamespace(run=run))
+
+        monkeypatch.setattr(onnx_export, "OnnxTransfer", fake)
+        out = tmp_path / f"{name}.onnx"
+        rc = cli.main(["export-onnx", "--model", "m.safetensors", "--out", str(out)])
+        cap = capsys.readouterr()
+        if ok:
+            assert rc == 0 and "onnxruntime vs JAX max abs difference 0.0e+00" in cap.out, cap
+        else:
+            assert rc == 1 and "wrote" not in cap.out, (name, cap)
+            assert cap.err.startswith("error: ") and "onnxruntime differs from JAX by" in cap.err
+            assert cap.err.count("\n") == 1
+
+
+def test_embeddings_of_another_rank_are_one_line_errors(stylizers):
+    """Only [D], [1, D] and [N, D] embeddings: a scalar was an IndexError traceback, and a
+    [N, 1, D] or [2, 2, D] array was flattened into some order of styles without a word."""
+    m = stylizers[0].model
+    ot = OnnxTransfer(m, threads=1)
+    x = np.zeros((2, 8, 8, 3), np.float32)
+    d = ot.embedding_dim
+    for shape in ((), (2, 1, d), (1, 2, d)):
+        with pytest.raises(ConfigError) as e:
+            ot.transfer(x, np.zeros(shape, np.float32))
+        assert str(e.value) == f"embedding must be [{d}] or [N, {d}], got shape {shape}"
