@@ -1113,10 +1113,19 @@ def folder_builder(dirs: Sequence[str | os.PathLike[str]], *, data_dir: str | os
     )
     import absl.logging  # TFDS warns "Using custom data configuration" for every such builder
 
+    from google.protobuf import json_format
+
     level = absl.logging.get_verbosity()
     absl.logging.set_verbosity(absl.logging.ERROR)
     try:
         return builder_cls(config=config, data_dir=root, file_format="array_record")
+    except (json_format.ParseError, ValueError, KeyError, TypeError) as e:
+        # TFDS reads an earlier preparation's dataset_info.json here: one cut short (a full
+        # disk, a copy stopped half way) or edited by hand was a protobuf traceback
+        version_dir = Path(root) / builder_cls.name / config.name / BUILDER_VERSION
+        raise ConfigError(f"{version_dir}: cannot read the prepared data's description "
+                          f"({_one_line(e)[:200]}); delete this folder to prepare it again") \
+            from None
     finally:
         absl.logging.set_verbosity(level)
 

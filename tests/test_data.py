@@ -1522,6 +1522,33 @@ def test_a_damaged_dataset_description_is_one_line_naming_the_folder(tmp_path):
                             "('name'); delete this folder to prepare it again")
 
 
+@pytest.mark.parametrize("damage", ["cut short", "empty", "shard length not a number"])
+def test_an_unparsable_dataset_description_is_one_line_naming_the_folder(tmp_path, damage):
+    """TFDS parses a reused preparation's dataset_info.json when the builder is made, before
+    the shard check: one cut short (a full disk, a copy stopped half way), emptied, or with a
+    shard length that is not a number was a protobuf ParseError traceback."""
+    d = tmp_path / "imgs"
+    d.mkdir()
+    Image.fromarray(_smooth(64, 80, 1)).save(d / "a.png")
+    src = data.prepare_folder([str(d)], data_dir=str(tmp_path / "t"), workers=1)
+    version_dir = Path(src.report["data_dir"])
+    path = version_dir / "dataset_info.json"
+    text = path.read_text()
+    if damage == "cut short":
+        path.write_text(text[:100])
+    elif damage == "empty":
+        path.write_text("")
+    else:
+        info = json.loads(text)
+        info["splits"][0]["shardLengths"] = ["many"]
+        path.write_text(json.dumps(info))
+    with pytest.raises(ConfigError) as e:
+        data.prepare_folder([str(d)], data_dir=str(tmp_path / "t"), workers=1)
+    msg = str(e.value)
+    assert msg.startswith(f"{version_dir}: cannot read the prepared data's description (")
+    assert msg.endswith("); delete this folder to prepare it again") and "\n" not in msg
+
+
 def test_saving_digests_waits_for_another_jobs_lock(tmp_path, monkeypatch):
     """The merge of the digest file is done under an exclusive lock: without it two jobs that
     read the file before either wrote kept only one job's entries (the other's folder was read
