@@ -473,19 +473,27 @@ def _run_export_onnx(args: argparse.Namespace) -> int:
 
     out = check_output_file(args.out, overwrite=args.overwrite, suffixes={".onnx"})
     st = Stylizer.load(args.model)
-    path = save_transfer_onnx(st.model, out)
-    msg = f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB; width {st.model.width})"
-    if not args.no_check:
+    checked: list[float] = []
+
+    def check(data: bytes) -> None:
+        """The file's bytes on their own, as a deployment runs them (OnnxTransfer pads before
+        the graph), against JAX; run before the file is written, so that a graph that fails
+        leaves nothing behind (and, with --overwrite, the earlier file in place)."""
         rng = np.random.default_rng(0)
         x = rng.random((1, 61, 70, 3)).astype(np.float32)  # (padded inside the graph)
         e = rng.normal(size=(1, st.embedding_dim)).astype(np.float32)
-        # the file on its own, as a deployment runs it (OnnxTransfer pads before the graph)
-        raw = OnnxTransfer(path).session.run(["stylized"], {"content": x, "embedding": e})[0]
+        raw = OnnxTransfer(data).session.run(["stylized"], {"content": x, "embedding": e})[0]
         padded = pad_to(x[0], bucket_shape(61, 70, None))[None]
         diff = float(np.abs(raw - np.asarray(st.model.transfer(padded, e))[:, :61, :70]).max())
         if not diff < 1e-4:
-            raise ConfigError(f"{path}: onnxruntime differs from JAX by {diff:.2g} (> 1e-4)")
-        msg += f"; onnxruntime vs JAX max abs difference {diff:.1e}"
+            raise ConfigError(f"{out}: onnxruntime differs from JAX by {diff:.2g} (> 1e-4); "
+                              "not written")
+        checked.append(diff)
+
+    path = save_transfer_onnx(st.model, out, check=None if args.no_check else check)
+    msg = f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB; width {st.model.width})"
+    if checked:
+        msg += f"; onnxruntime vs JAX max abs difference {checked[0]:.1e}"
     if st.model.palette:  # (a deployment that runs the graph alone gets muted colours)
         msg += (f"\nnote: the model's palette ({st.model.palette:g}) is not in the graph; apply "
                 "it after the graph (README, \"onnxruntime\"), as backend='onnxruntime' does")

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -159,8 +159,13 @@ def transfer_graph(model: ArbitraryStyleModel, *, name: str = "arbitrary_nst_tra
     return proto
 
 
-def save_transfer_onnx(model: ArbitraryStyleModel, path: str | os.PathLike) -> Path:
-    """Write :func:`transfer_graph` to ``path`` atomically (temp file + rename); returns it."""
+def save_transfer_onnx(model: ArbitraryStyleModel, path: str | os.PathLike, *,
+                       check: Callable[[bytes], None] | None = None) -> Path:
+    """Write :func:`transfer_graph` to ``path`` atomically (temp file + rename); returns it.
+
+    ``check(data)``, if given, is called on the serialized graph before anything is written:
+    an exception from it leaves ``path`` as it was (``export-onnx`` runs its onnxruntime check
+    there, so that a graph that fails it neither appears nor replaces a good file)."""
     path = Path(path)
     if path.suffix.lower() != ".onnx":  # (.ONNX passed the CLI's check, then was refused)
         raise ConfigError(f"{path}: the ONNX export's file name must end in .onnx")
@@ -168,6 +173,8 @@ def save_transfer_onnx(model: ArbitraryStyleModel, path: str | os.PathLike) -> P
         why = "is a file, not a folder" if path.parent.exists() else "does not exist"
         raise ConfigError(f"{path.parent}: output folder {why}")
     data = transfer_graph(model).SerializeToString()
+    if check is not None:
+        check(data)
     # any interruption (Ctrl-C too) removes the temporary file; the mode is open()'s
     return write_atomically(path, lambda f: f.write(data))
 
@@ -176,14 +183,15 @@ class OnnxTransfer:
     """The exported transfer network on onnxruntime (CPU by default).
 
     ``OnnxTransfer(model_or_path)``: an :class:`~arbitrary_nst.models.ArbitraryStyleModel`
-    (exported in memory) or a ``.onnx`` file from :func:`save_transfer_onnx`.
+    (exported in memory), a ``.onnx`` file from :func:`save_transfer_onnx`, or that file's
+    bytes.
     ``transfer(content, embedding)``: ``[H, W, 3]`` or ``[N, H, W, 3]`` float in [0, 1] (or
     uint8) and
     ``[D]`` / ``[1, D]`` (shared) or ``[N, D]`` embeddings (from
     :meth:`~arbitrary_nst.inference.Stylizer.embed` / ``mix``) -> float32 of the content's shape.
     """
 
-    def __init__(self, model: ArbitraryStyleModel | str | os.PathLike, *,
+    def __init__(self, model: ArbitraryStyleModel | str | os.PathLike | bytes, *,
                  threads: int | None = None, providers: list[str] | None = None):
         try:
             import onnxruntime as ort
@@ -191,6 +199,8 @@ class OnnxTransfer:
             raise ModelError("the ONNX path needs `pip install onnxruntime`") from None
         if isinstance(model, ArbitraryStyleModel):
             data = transfer_graph(model).SerializeToString()
+        elif isinstance(model, (bytes, bytearray)):
+            data, model = bytes(model), "the serialized graph"  # (the messages name it)
         else:
             p = Path(model)
             if p.is_dir():

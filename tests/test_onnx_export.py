@@ -346,10 +346,20 @@ def test_export_onnx_check_refuses_a_graph_that_differs_from_jax(stylizers, tmp_
         cap = capsys.readouterr()
         if ok:
             assert rc == 0 and "onnxruntime vs JAX max abs difference 0.0e+00" in cap.out, cap
+            assert out.is_file()
         else:
             assert rc == 1 and "wrote" not in cap.out, (name, cap)
             assert cap.err.startswith("error: ") and "onnxruntime differs from JAX by" in cap.err
             assert cap.err.count("\n") == 1
+            # nothing left behind: no file that failed its check, no temporary file
+            assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["same.onnx"]
+    # with --overwrite a graph that fails the check leaves the earlier (good) file as it was
+    # (the same bytes would be written: the file's inode tells a replacement)
+    before = (tmp_path / "same.onnx").stat().st_ino
+    rc = cli.main(["export-onnx", "--model", "m.safetensors", "--out", str(tmp_path / "same.onnx"),
+                   "--overwrite"])
+    assert rc == 1 and (tmp_path / "same.onnx").stat().st_ino == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["same.onnx"]
 
 
 def test_embeddings_of_another_rank_are_one_line_errors(stylizers):
