@@ -79,8 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .inference import DEFAULT_BATCH_SIZE, DEFAULT_STYLE_SIZE
 
     io = parser.add_argument_group("inputs and outputs")
-    io.add_argument("--content", metavar="PATH",
-                    help="content image, or (batch) a folder or a quoted glob like 'dir/*.jpg'")
+    io.add_argument("--content", nargs="+", action="extend", metavar="PATH",
+                    help="content image(s), or (batch) folders or quoted globs like "
+                         "'dir/*.jpg'; several are one batch")
     io.add_argument("--style", nargs="+", action="extend", metavar="S",
                     help="style image(s) or fitted styles (.npz, `infer.py fit-style`); several "
                          "are mixed by --style-weights")
@@ -91,7 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          "with --method gatys)")
     io.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     io.add_argument("--recursive", action="store_true",
-                    help="with a --content folder, also take images in its subfolders")
+                    help="with --content folders, also take images in their subfolders")
 
     st = parser.add_argument_group("style")
     st.add_argument("--style-weights", nargs="+", action="extend", type=float, metavar="W",
@@ -246,6 +247,12 @@ def _validate(args: argparse.Namespace) -> str:
     if args.refine and (mode != "stylize" or args.method == "gatys"):
         raise ConfigError("--refine applies to --method network without --interpolate/"
                           "--strength-sweep")
+    if args.refine and args.strength == 0:  # (23 s of Adam steps for the photo's own look)
+        raise ConfigError("--refine does nothing at --strength 0 (the photo's own embedding); "
+                          "drop one of them")
+    if args.recursive and not any(os.path.isdir(c) for c in args.content):
+        raise ConfigError("--recursive applies to --content folders; none given (a glob takes "
+                          "subfolders with '**')")
     if args.refine and args.preserve_color in ("match", "histogram"):
         raise ConfigError("--refine does not combine with --preserve-color match; use luminance")
     fitted = [s for s in (args.interpolate or args.style or [])
@@ -436,7 +443,7 @@ def _figure(args, mode: str, stylizer, content_files: list[Path]) -> int:
     from .inference import mixture_grid, preserve_color_mode
 
     if len(content_files) != 1:
-        raise ConfigError(f"{args.content}: figures take one content image, found "
+        raise ConfigError(f"{_content_label(args)}: figures take one content image, found "
                           f"{len(content_files)}")
     content = content_files[0]
     styles = list(args.interpolate if mode == "interpolate" else args.style)
@@ -530,8 +537,26 @@ def _identity(path: Path) -> tuple | None:
 def _list_contents(args) -> tuple[list[Path], list[tuple[Path, str]]]:
     """The content files, and the subfolders that cannot be read (skipped and reported)."""
     unlisted: list[tuple[Path, str]] = []
-    return images.list_images(args.content, recursive=args.recursive,
-                              unlisted=unlisted), unlisted
+    return _content_files(args, unlisted), unlisted
+
+
+def _content_label(args) -> str:
+    """The --content values, for messages."""
+    return " ".join(os.fspath(c) for c in args.content)
+
+
+def _content_files(args, unlisted: list[tuple[Path, str]] | None = None) -> list[Path]:
+    """The images of every --content value (files, folders, globs), in the order given; a file
+    named twice (``a.jpg`` and a folder holding it) is one job."""
+    found: list[Path] = []
+    seen: set[str] = set()
+    for spec in args.content:
+        for p in images.list_images(spec, recursive=args.recursive, unlisted=unlisted):
+            key = os.path.realpath(p) if os.path.exists(p) else os.path.abspath(p)
+            if key not in seen:
+                seen.add(key)
+                found.append(p)
+    return found
 
 
 def _stylize(args, stylizer, listing: tuple[list[Path], list[tuple[Path, str]]]) -> int:
@@ -540,8 +565,8 @@ def _stylize(args, stylizer, listing: tuple[list[Path], list[tuple[Path, str]]])
     single = args.out is not None
     if single:
         if len(contents) != 1:
-            raise ConfigError(f"{args.content}: matches {len(contents)} images; use --out-dir "
-                              "for a batch")
+            raise ConfigError(f"{_content_label(args)}: matches {len(contents)} images; use "
+                              "--out-dir for a batch")
         out_file = _check_out_file(args.out)
         output = lambda p: out_file  # noqa: E731
     else:
@@ -649,7 +674,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the ``stylize`` subcommand; raises NSTError subclasses for user errors."""
     mode = _validate(args)
     if mode != "stylize":
-        content_files = images.list_images(args.content)  # (first: fail fast before the model)
+        content_files = _content_files(args)  # (first: fail fast before the model)
         return _figure(args, mode, load_stylizer(args.model, args.dtype, args.backend),
                        content_files)
     listing = _list_contents(args)  # (first: fail fast before paying for the model)

@@ -76,13 +76,39 @@ def check_weight(value, what: str) -> float:
     return float(value)
 
 
+class _StoreOnce(argparse._StoreAction):
+    """argparse's ``store`` for options that take one value, refusing a second occurrence:
+    argparse keeps the last value without a word, so ``--content a --content b`` stylized b
+    only (exit 0) and ``--strength 0.5 ... --strength 1`` ran at 1, while the options that take
+    several values add up (``action="extend"``)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string is not None:
+            seen = parser.__dict__.setdefault("_options_given", set())
+            if self.dest in seen:
+                raise argparse.ArgumentError(
+                    self, "given more than once; it takes one value (give it once)")
+            seen.add(self.dest)
+        super().__call__(parser, namespace, values, option_string)
+
+
 class UsageParser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose usage error is one line, ``error: ... (see PROG --help)``,
     exit status 2 (argparse's usage status), instead of the whole usage block: the same for
     every command of the project (``infer.py``, ``train.py``, ``python -m arbitrary_nst.*``).
-    Sub-commands: ``add_subparsers(parser_class=UsageParser)``."""
+    Sub-commands: ``add_subparsers(parser_class=UsageParser)``. An option that takes one value
+    given twice is a usage error (:class:`_StoreOnce`)."""
 
     help_hint: str | None = None  # e.g. the sub-command's help, for errors found at the top
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register("action", None, _StoreOnce)
+        self.register("action", "store", _StoreOnce)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._options_given = set()  # (per parse: a parser may be used more than once)
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str):
         self.exit(2, f"error: {message} (see `{self.help_hint or self.prog} --help`)\n")

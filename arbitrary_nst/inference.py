@@ -851,19 +851,22 @@ def plan_outputs(paths: Sequence[Path], output: Callable[[Path], Any],
                    "is not replaced even with --overwrite; write to another folder to redo it")
         elif real in guarded:
             why = "would overwrite an input file; choose another output"
-        elif os.path.isdir(dest):  # (it said "pass --overwrite", which then failed otherwise)
-            why = "is a directory, expected an output file name"
-        elif not overwrite and os.path.lexists(dest):
-            why = "exists; pass --overwrite (overwrite=True) to replace it"
         elif real in claimed:  # the kind is set here: the reason names another path
+            # (before "exists": on a rerun both of a.jpg and a.png said "out/a__s.png: exists"
+            # and the clash showed only after --overwrite, as told)
             skips.append(FileResult(p, dest, False, f"{p}: its output {dest} collides with the "
                                     f"output of {claimed[real]}; rename one of the inputs",
                                     "duplicate output name"))
             continue
         else:
             claimed[real] = p
-            jobs.append((i, p, dest))
-            continue
+            if os.path.isdir(dest):  # (it said "pass --overwrite", which then failed otherwise)
+                why = "is a directory, expected an output file name"
+            elif not overwrite and os.path.lexists(dest):
+                why = "exists; pass --overwrite (overwrite=True) to replace it"
+            else:
+                jobs.append((i, p, dest))
+                continue
         skips.append(skipped_file(p, dest, dest, why))
     return skips, jobs
 

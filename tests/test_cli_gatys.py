@@ -45,9 +45,13 @@ def files(tmp_path_factory):
 
 
 def gatys_args(files, out, *extra, contents=("a",), size=32, iters=3):
+    """The command line; an option of ``extra`` that takes one value replaces the default's
+    (an option that takes one value given twice is a usage error)."""
+    base = ["--size", str(size), "--iters", str(iters), *LOSS]
+    pairs = [base[i:i + 2] for i in range(0, len(base), 2)]
+    kept = [v for opt, val in pairs if opt not in extra for v in (opt, val)]
     return ["gatys", "--content", *[str(files[c]) for c in contents], "--style",
-            str(files["style"]), "--out", str(out), "--size", str(size), "--iters", str(iters),
-            "--quiet", *LOSS, *extra]
+            str(files["style"]), "--out", str(out), *kept, "--quiet", *extra]
 
 
 def one_error_line(capsys) -> str:
@@ -125,7 +129,7 @@ def test_bad_inputs_give_one_line_and_nonzero(files, tmp_path, capsys, case):
     elif case == "weights_count":
         args += ["--style-weights", "1", "2"]
     elif case == "bad_layer":
-        args += ["--style-layers", "relu9_1"]
+        args = gatys_args(files, out, "--style-layers", "relu9_1", iters=0)
     elif case == "bad_ext":
         args[args.index("--out") + 1] = str(tmp_path / "o.xyz")
     elif case == "input_as_output":

@@ -231,6 +231,59 @@ def test_batch_glob_recursive_and_mixed_names(cli, data):
     assert rc == 1 and "1 duplicate output name" in stdout
     assert f"skipped: {sub / 'a.png'}: its output {od4 / 'a__s1.png'} collides with the output "\
            f"of {data['dir'] / 'a.png'}" in err
+    # run again: the clash is still said (both said "exists; pass --overwrite", and the clash
+    # showed only after --overwrite, as told)
+    rc, stdout, err = cli("--content", data["dir"], "--recursive", "--style", s1, "--out-dir",
+                          od4, "--no-progress")
+    assert rc == 1 and "1 duplicate output name" in stdout and "4 output exists" in stdout
+    assert f"skipped: {sub / 'a.png'}: its output {od4 / 'a__s1.png'} collides" in err
+
+
+def test_several_contents_are_one_batch_and_a_file_named_twice_is_one_job(cli, data):
+    """``--content a b`` (an unquoted shell glob expands to this) and ``--content a --content
+    b`` stylize both: --content kept only its last value (exit 0, "skipped 0"), and the
+    shell's expansion was "unrecognized arguments". A file also inside a folder given is one
+    job, not a "duplicate output name" skip."""
+    a, b, c = data["contents"]
+    s = data["styles"][0]
+    for i, argv in enumerate((["--content", a, b], ["--content", a, "--content", b],
+                              ["--content", a, data["dir"]])):
+        od = data["tmp"] / f"several{i}"
+        rc, stdout, err = cli(*argv, "--style", s, "--out-dir", od, "--no-progress")
+        want = ["a__s1.png", "b__s1.png"] + (["c__s1.png"] if i == 2 else [])
+        assert rc == 0 and sorted(p.name for p in od.iterdir()) == want, (argv, stdout, err)
+        assert f"done {len(want)}, skipped 0" in stdout
+    # one output file for several contents is still refused, naming them all
+    rc, _, err = cli("--content", a, b, "--style", s, "--out", data["tmp"] / "x.png")
+    assert rc == 1 and one_error_line(err) == (f"error: {a} {b}: matches 2 images; use "
+                                               "--out-dir for a batch")
+
+
+def test_options_that_take_one_value_given_twice_are_usage_errors(cli, data):
+    """argparse keeps the last of a repeated option without a word (``--strength 0.5 ...
+    --strength 1`` ran at 1); every command of the project refuses it (status 2)."""
+    a, s = data["contents"][0], data["styles"][0]
+    for argv in (["--strength", "0.5", "--strength", "1", "--out", data["tmp"] / "o.png"],
+                 ["--out", data["tmp"] / "o.png", "--out", data["tmp"] / "p.png"],
+                 ["--out-dir", data["tmp"] / "d", "--max-size=64", "--max-size", "32"]):
+        rc, _, err = cli("--content", a, "--style", s, *argv)
+        assert rc == 2 and "given more than once; it takes one value (give it once)" in \
+            one_error_line(err), (argv, err)
+    assert not (data["tmp"] / "o.png").exists() and not (data["tmp"] / "d").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--recursive"], "error: --recursive applies to --content folders; none given (a glob "
+                      "takes subfolders with '**')"),
+    (["--refine", "3", "--strength", "0"], "error: --refine does nothing at --strength 0 (the "
+                                           "photo's own embedding); drop one of them"),
+])
+def test_options_that_would_do_nothing_are_refused(cli, data, argv, message):
+    """``--recursive`` with files or globs only, and ``--refine`` at strength 0 (23 s of Adam
+    steps whose result equals plain strength 0), were accepted and did nothing."""
+    rc, _, err = cli("--content", data["contents"][0], "--style", data["styles"][0],
+                     "--out", data["tmp"] / "o.png", *argv)
+    assert rc == 1 and one_error_line(err) == message
 
 
 def test_batch_goes_on_past_bad_files(cli, data):
