@@ -1100,7 +1100,7 @@ def folder_builder(dirs: Sequence[str | os.PathLike[str]], *, data_dir: str | os
     root = os.path.expanduser(os.fspath(data_dir or DEFAULT_DATA_DIR))
     files, _ = _scan_dirs(dirs_t, digest_cache=_DigestCache(root), progress=progress)
     if not files:
-        exts = ", ".join(sorted(e[1:] for e in _images.IMAGE_EXTENSIONS))
+        exts = _images.describe_image_extensions()
         raise ConfigError(f"{', '.join(dirs_t)}: no image files ({exts}) found (searched recursively)")
     fp = _fingerprint(files, probe)
     base = _slug(name) if name else "+".join(_slug(Path(d).name) or "images" for d in dirs_t)[:60]
@@ -1232,10 +1232,10 @@ def prepare_folder(dirs: Sequence[str | os.PathLike[str]], *, data_dir: str | os
 
 
 def _ignored_note(n: int) -> str:
-    """``", N other files ignored (not bmp/...)"`` for a summary line ("" for none)."""
+    """``", N other files ignored (not jpg/jpeg/...)"`` for a summary line ("" for none)."""
     if not n:
         return ""
-    exts = "/".join(sorted(e[1:] for e in _images.IMAGE_EXTENSIONS))
+    exts = _images.describe_image_extensions("/")
     return f", {n} other file{'s' if n != 1 else ''} ignored (not {exts})"
 
 

@@ -51,6 +51,8 @@ from arbitrary_nst.files import link_no_clobber, set_new_file_mode, temp_prefix
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
+    "UNREADABLE_EXTENSIONS",
+    "describe_image_extensions",
     "SAVE_FORMATS",
     "PathLike",
     "ImageLike",
@@ -80,10 +82,107 @@ ImageLike = Union[np.ndarray, Image.Image, Any]  # ``Any``: array-likes such as 
 #: Default limit on ``width * height`` of an image to decode (64 megapixels, e.g. 8000 x 8000).
 DEFAULT_MAX_PIXELS: int = 64_000_000
 
-#: Extensions (lower case, with dot) that :func:`list_images` and :func:`is_image_file` accept.
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
-)
+# Formats never opened: EPS is rendered by running Ghostscript (an external PostScript
+# interpreter) on the file, which is no way to treat untrusted input.
+_REFUSED_FORMATS = frozenset({"EPS"})
+
+# Pillow formats that it identifies but does not decode (MPEG: video; the "stub" formats BUFR,
+# GRIB, HDF5 and WMF/EMF need a handler that is not installed: Pillow's StubImageFile), or
+# that Pillow opens with another format's opener (MPO files: the JPEG one).
+_IDENTIFY_ONLY = frozenset({"MPEG"})
+_OPENED_AS = {"MPO": "JPEG"}
+# Formats that Pillow registers whatever it was built with: their decoder must be there too.
+_NEEDS_CODEC = {"JPEG": "jpg", "MPO": "jpg", "JPEG2000": "jpg_2000", "PNG": "zlib"}
+
+# Image files that users have but that are not read here (by extension, lower case): listed by
+# folder scans and globs all the same, so that a batch reports each one as skipped with this
+# reason instead of leaving it out without a word. Camera raws are refused even where Pillow
+# opens one as a TIFF: what it reads is the small preview embedded in the file, not the photo.
+_RAW_EXTENSIONS = frozenset({
+    ".3fr", ".arw", ".cr2", ".cr3", ".crw", ".dcr", ".dng", ".erf", ".iiq", ".k25", ".kdc",
+    ".mef", ".mos", ".mrw", ".nef", ".nrw", ".orf", ".pef", ".raf", ".rw2", ".rwl", ".sr2",
+    ".srf", ".srw", ".x3f",
+})
+_OTHER_UNREADABLE = {
+    ".heic": "HEIC is not readable here (pip install pillow-heif)",
+    ".heif": "HEIF is not readable here (pip install pillow-heif)",
+    ".hif": "HEIF is not readable here (pip install pillow-heif)",
+    ".avif": "AVIF is not readable here (this Pillow was built without AVIF support)",
+    ".webp": "WebP is not readable here (this Pillow was built without WebP support)",
+    ".jxl": "JPEG XL is not readable here (convert it to PNG or JPEG first)",
+}
+
+
+_HEIF_TRIED: list[bool] = []
+
+
+def _init_plugins() -> None:
+    """Register every Pillow plugin, and the HEIC/HEIF one of ``pillow-heif`` if installed."""
+    Image.init()  # (idempotent)
+    if _HEIF_TRIED:
+        return
+    _HEIF_TRIED.append(True)
+    try:
+        from pillow_heif import register_heif_opener  # type: ignore[import-not-found]
+    except Exception:  # noqa: BLE001 - not installed (or broken): HEIC stays unreadable
+        return
+    if "HEIF" not in Image.OPEN:
+        register_heif_opener()
+
+
+def _readable_extensions() -> frozenset[str]:
+    """The extensions of the still-image formats this Pillow opens and decodes."""
+    from PIL import ImageFile, features
+
+    _init_plugins()
+    out = set()
+    for ext, fmt in Image.registered_extensions().items():
+        opener = _OPENED_AS.get(fmt, fmt)
+        if opener not in Image.OPEN or opener in _REFUSED_FORMATS or opener in _IDENTIFY_ONLY:
+            continue
+        factory = Image.OPEN[opener][0]  # (a class, or a function such as JPEG's)
+        if isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile):
+            continue
+        codec = _NEEDS_CODEC.get(fmt)
+        if codec is not None and not features.check_codec(codec):
+            continue
+        out.add(ext.lower())
+    return frozenset(out)
+
+
+#: Extensions (lower case, with dot) of the still-image files that :func:`load_image` reads
+#: here: every one that the installed Pillow registers for a format it opens and decodes (so
+#: the list follows Pillow's build and plugins), except EPS (never opened), MPEG (video) and
+#: the "stub" formats (BUFR, GRIB, HDF5, WMF/EMF) that Pillow cannot decode by itself.
+#: :func:`list_images` lists the files with these extensions in a folder or glob.
+IMAGE_EXTENSIONS: frozenset[str] = _readable_extensions()
+
+#: Extensions of image files that are not read here -> the reason. :func:`list_images` lists
+#: such files all the same (a batch reports each one as skipped with this reason) and
+#: :func:`load_image` refuses them with it.
+UNREADABLE_EXTENSIONS: dict[str, str] = {
+    **{ext: why for ext, why in _OTHER_UNREADABLE.items() if ext not in IMAGE_EXTENSIONS},
+    **{ext: f"{ext[1:].upper()} camera raw files are not read here (Pillow reads only their "
+            "small embedded preview): convert to TIFF, PNG or JPEG first"
+       for ext in sorted(_RAW_EXTENSIONS)},
+}
+# (a Pillow built without a decoder, e.g. OpenJPEG: the format's extensions are still registered)
+UNREADABLE_EXTENSIONS.update({
+    ext: f"{fmt} is not readable here (this Pillow was built without its decoder)"
+    for ext, fmt in Image.registered_extensions().items()
+    if fmt in _NEEDS_CODEC and ext not in IMAGE_EXTENSIONS})
+
+# The extensions named first where a message lists the accepted ones (the rest are counted).
+_COMMON_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".avif", ".heic", ".tif", ".tiff",
+                      ".bmp", ".gif")
+
+
+def describe_image_extensions(sep: str = ", ") -> str:
+    """The accepted extensions for a message, e.g. ``"jpg, jpeg, png, ... or 58 more"``."""
+    named = [e for e in _COMMON_EXTENSIONS if e in IMAGE_EXTENSIONS]
+    rest = len(IMAGE_EXTENSIONS) - len(named)
+    text = sep.join(e[1:] for e in named)
+    return f"{text} or {rest} more" if rest else text
 
 #: Output extension -> Pillow format name for :func:`save_image`.
 SAVE_FORMATS: dict[str, str] = {
@@ -175,6 +274,8 @@ def _open_decoded(path: PathLike, *, max_pixels: int | None, max_side: int | Non
         raise ValueError(f"max_side must be >= 1 or None, got {max_side}")
     name = os.fspath(path)
     _check_readable_file(name)
+    if Path(name).suffix.lower() in _RAW_EXTENSIONS:  # (Pillow may open one: its preview)
+        raise ImageError(name, UNREADABLE_EXTENSIONS[Path(name).suffix.lower()])
     try:
         f = open(name, "rb")
     except OSError as e:
@@ -244,6 +345,8 @@ def _open_checked(f: Any, name: str, max_pixels: int | None) -> Image.Image:
                 im = Image.open(f, formats=_open_formats())
         except UnidentifiedImageError:
             fmt = _sniff_format(f)
+            if _unreadable(name):
+                raise ImageError(name, _unreadable(name)) from None
             if fmt is not None:  # the right signature, but Pillow cannot parse the header
                 reason = f"truncated, corrupt or unsupported {fmt} file (cannot read its header)"
                 raise ImageError(name, reason) from None
@@ -253,7 +356,8 @@ def _open_checked(f: Any, name: str, max_pixels: int | None) -> Image.Image:
         except MemoryError:
             raise ImageError(name, "not enough memory to read the image header") from None
         except Exception as e:  # noqa: BLE001 - a corrupt header can raise nearly anything
-            raise ImageError(name, f"truncated or corrupt image data: {_one_line(e)}") from None
+            reason = _unreadable(name) or f"truncated or corrupt image data: {_one_line(e)}"
+            raise ImageError(name, reason) from None
         finally:
             Image.MAX_IMAGE_PIXELS = saved
     w, h = im.size
@@ -266,13 +370,13 @@ def _open_checked(f: Any, name: str, max_pixels: int | None) -> Image.Image:
     return im
 
 
-# Formats never opened: EPS is rendered by running Ghostscript (an external PostScript
-# interpreter) on the file, which is no way to treat untrusted input.
-_REFUSED_FORMATS = frozenset({"EPS"})
+def _unreadable(name: str) -> str | None:
+    """Why a file that Pillow could not open is not read, from its extension (HEIC, ...)."""
+    return UNREADABLE_EXTENSIONS.get(Path(name).suffix.lower())
 
 
 def _open_formats() -> list[str]:
-    Image.init()  # registers every plugin (idempotent)
+    _init_plugins()
     return [fmt for fmt in Image.ID if fmt not in _REFUSED_FORMATS]
 
 
@@ -876,8 +980,11 @@ def _to_savable_pil(image: ImageLike, fmt: str) -> Image.Image:
 
 
 def is_image_file(path: PathLike) -> bool:
-    """Whether ``path`` has an image extension (case-insensitive); the file is not opened."""
-    return Path(os.fspath(path)).suffix.lower() in IMAGE_EXTENSIONS
+    """Whether ``path`` has an image extension (case-insensitive): one of
+    ``IMAGE_EXTENSIONS``, or of ``UNREADABLE_EXTENSIONS`` (an image all the same, which a batch
+    reports as skipped rather than leaves out without a word). The file is not opened."""
+    ext = Path(os.fspath(path)).suffix.lower()
+    return ext in IMAGE_EXTENSIONS or ext in UNREADABLE_EXTENSIONS
 
 
 def list_images(spec: PathLike, *, recursive: bool = False,
@@ -885,15 +992,19 @@ def list_images(spec: PathLike, *, recursive: bool = False,
     """Expand an image file, a directory or a glob pattern into a sorted list of image files.
 
     * a file: returned as is (whatever its extension; :func:`load_image` judges the content);
-    * a directory: the image files in it (``IMAGE_EXTENSIONS``, case-insensitive), or also in
-      its subfolders with ``recursive=True``; hidden files (``.name``) are skipped;
+    * a directory: the image files in it (:func:`is_image_file`: ``IMAGE_EXTENSIONS`` or
+      ``UNREADABLE_EXTENSIONS``, case-insensitive), or also in its subfolders with
+      ``recursive=True``; hidden files (``.name``) are skipped;
     * a glob pattern (``*``, ``?``, ``[...]``; ``**`` matches subfolders): the matching image
       files.
 
-    A symlink with an image extension whose target is missing is listed (loading it says
-    "no such file": a batch reports it instead of dropping it without a word). ``unlisted``: a
-    list that collects ``(folder, reason)`` for subfolders that cannot be read, which are then
-    skipped (a batch goes on with the rest); without it such a folder is an error.
+    A file with an extension of ``UNREADABLE_EXTENSIONS`` (HEIC without ``pillow-heif``, a
+    camera raw), and a symlink with an image extension whose target is missing or that is part
+    of a loop, are listed: loading one says why it is not read ("no such file", "too many
+    levels of symbolic links"), so that a batch reports it instead of dropping it without a
+    word. ``unlisted``: a list that collects ``(folder, reason)`` for subfolders that cannot be
+    read, which are then skipped (a batch goes on with the rest); without it such a folder is
+    an error.
 
     Raises:
         ImageError: nothing matched, the path does not exist, or a directory cannot be read.
@@ -904,7 +1015,7 @@ def list_images(spec: PathLike, *, recursive: bool = False,
     if os.path.isdir(name):
         found = sorted(_scan_dir(name, recursive, unlisted), key=_sort_key)
         if not found:
-            exts = ", ".join(sorted(e[1:] for e in IMAGE_EXTENSIONS))
+            exts = describe_image_extensions()
             where = "this directory or its subfolders" if recursive else "this directory"
             raise ImageError(name, f"no image files ({exts}) in {where}")
         return found
@@ -931,7 +1042,7 @@ def list_images(spec: PathLike, *, recursive: bool = False,
 
 
 def _dangling(path: str) -> bool:
-    """A symlink whose target does not exist."""
+    """A symlink whose target does not exist, or that is part of a loop."""
     return os.path.islink(path) and not os.path.exists(path)
 
 
@@ -963,13 +1074,15 @@ def _scan_dir(root: str, recursive: bool,
             if e.name.startswith("."):
                 continue
             try:
-                if e.is_dir():
-                    if recursive:
-                        subdirs.append(e.path)
-                elif is_image_file(e.name) and (e.is_file() or _dangling(e.path)):
-                    yield Path(e.path)
-            except OSError:
-                continue
+                is_dir = e.is_dir()
+                listed = not is_dir and is_image_file(e.name) and (e.is_file()
+                                                                   or _dangling(e.path))
+            except OSError:  # a symlink loop (ELOOP): listed as a dangling link is
+                is_dir, listed = False, is_image_file(e.name) and _dangling(e.path)
+            if is_dir and recursive:
+                subdirs.append(e.path)
+            elif listed:
+                yield Path(e.path)
         stack.extend(reversed(subdirs))  # visited in name order
 
 
@@ -1130,6 +1243,8 @@ def _os_reason(e: OSError) -> str:
         return "permission denied"
     if isinstance(e, FileNotFoundError):
         return "no such file"
+    if e.errno == errno.ELOOP:
+        return "too many levels of symbolic links (a symlink loop)"
     if e.errno == errno.EROFS:
         return "read-only file system"
     if e.errno == errno.ENOSPC:

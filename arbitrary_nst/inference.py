@@ -733,6 +733,9 @@ def _kind_of(reason: str) -> str:
                          ("empty file", "empty file"), ("not an image", "not an image"),
                          ("truncated", "truncated or corrupt"), ("corrupt", "truncated or corrupt"),
                          ("too large", "too large"), ("permission", "permission denied"),
+                         ("not readable here", "unsupported format"),
+                         ("not read here", "unsupported format"),
+                         ("symbolic links", "symlink loop"),
                          ("directory", "is a directory"), ("cannot write", "cannot write")):
         if needle in r:
             return kind

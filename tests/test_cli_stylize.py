@@ -416,6 +416,30 @@ def test_skip_kinds_ignore_the_words_in_paths(cli, data):
         assert kind in stdout, stdout
 
 
+def test_a_batch_takes_every_format_the_loader_reads_and_names_the_unreadable(cli, data):
+    """A folder batch stylized only the ten extensions of a fixed list: an AVIF, a PPM and a
+    TGA photo were left out ("done 1, skipped 0", exit 0), as were an iPhone HEIC and a symlink
+    loop, which are now skipped with their reasons and kinds."""
+    d = data["tmp"] / "formats"
+    d.mkdir()
+    x = np.asarray(Image.open(data["contents"][0]).convert("RGB"))
+    for name in ("a.ppm", "b.tga", "c.jpg") + (("e.avif",) if ".avif" in images.IMAGE_EXTENSIONS
+                                               else ()):
+        Image.fromarray(x).save(d / name)
+    (d / "f.heic").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(64))
+    (d / "notes.txt").write_text("not an image, not a photo: ignored")
+    os.symlink(d / "loop2.jpg", d / "loop1.jpg")
+    os.symlink(d / "loop1.jpg", d / "loop2.jpg")
+    n = 4 if ".avif" in images.IMAGE_EXTENSIONS else 3
+    rc, stdout, err = cli("--content", d, "--style", data["styles"][0], "--out-dir",
+                          data["tmp"] / "kf", "--no-progress")
+    if ".heic" in images.IMAGE_EXTENSIONS:  # (pillow-heif installed: the fake HEIC is corrupt)
+        pytest.skip("HEIC is readable here")
+    assert rc == 1 and f"done {n}, skipped 3 (" in stdout, (stdout, err)
+    assert "1 unsupported format" in stdout and "2 symlink loop" in stdout, stdout
+    assert f"skipped: {d / 'f.heic'}: HEIC is not readable here (pip install pillow-heif)" in err
+
+
 # ---------------------------------------------------------------------------- figures
 
 

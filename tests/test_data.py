@@ -654,7 +654,7 @@ def test_awkward_files_in_a_users_folder(tmp_path, capsys):
     assert "skipped styles/fifo.jpg: not a regular file" in cap.out
     assert ("skipped styles/big.png: too large: 1000 x 1100 = 1100000 pixels > limit 1000000; "
             "raise data.max_pixels (--max-pixels)") in cap.out
-    assert "total: 5 prepared, 2 skipped, 1 other file ignored (not bmp/" in cap.out
+    assert "total: 5 prepared, 2 skipped, 1 other file ignored (not jpg/jpeg/png/" in cap.out
     assert "skipped" not in cap.err  # (it was printed twice: a WARNING line too)
     assert data.main([*args, "--max-pixels", "2000000"]) == 0  # another preparation
     assert "total: 6 prepared, 1 skipped" in capsys.readouterr().out
@@ -1344,7 +1344,9 @@ def test_overlapping_folders_are_refused_before_anything_is_prepared(tmp_path):
 
 def test_preparation_log_counts_files_it_ignored(tmp_path, caplog):
     """``data prepare`` said "N other files ignored"; train.py (which prepares through the same
-    builder and shows its log) did not: phone photos saved as .heic were left out silently."""
+    builder and shows its log) did not: phone photos saved as .heic were left out silently.
+    A .heic photo (unreadable without pillow-heif) is now a skipped image, with its reason;
+    other files are still counted as ignored, the accepted extensions named in short."""
     import logging
 
     d = tmp_path / "p"
@@ -1353,12 +1355,19 @@ def test_preparation_log_counts_files_it_ignored(tmp_path, caplog):
         Image.fromarray(_smooth(64, 64, i)).save(d / f"{i}.jpg")
     (d / "phone.heic").write_bytes(b"x")
     (d / "notes.txt").write_text("x")
+    (d / "run.json").write_text("{}")
+    heic = ".heic" not in images.IMAGE_EXTENSIONS  # (pillow-heif not installed: unreadable)
     with caplog.at_level(logging.INFO, logger="arbitrary_nst.data"):
-        data.prepare_folder([str(d)], data_dir=str(tmp_path / "t"), progress=False)
+        report = data.prepare_folder([str(d)], data_dir=str(tmp_path / "t"),
+                                     progress=False).report
     lines = [r.getMessage() for r in caplog.records if "images prepared" in r.getMessage()]
     assert len(lines) == 1 and lines[0].endswith(
-        ": 2 images prepared, 0 skipped, 2 other files ignored (not "
-        + "/".join(sorted(e[1:] for e in images.IMAGE_EXTENSIONS)) + ")"), lines
+        f": 2 images prepared, {int(heic)} skipped, 2 other files ignored (not "
+        + images.describe_image_extensions("/") + ")"), lines
+    assert "jpg/jpeg/png/" in lines[0] and len(lines[0]) < 250
+    if heic:
+        assert report["skipped"] == [{"path": "p/phone.heic", "reason": "HEIC is not readable "
+                                      "here (pip install pillow-heif)"}]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -578,6 +579,96 @@ def test_save_read_only_dir_simulated(tmp_path, monkeypatch):
 def test_is_image_file():
     assert is_image_file("a.JPG") and is_image_file(Path("x/b.tiff")) and is_image_file("c.webp")
     assert not is_image_file("notes.txt") and not is_image_file("jpg")
+    # every format the loader reads (not only JPEG/PNG/WebP/TIFF/BMP/GIF), and the images it
+    # does not read (listed, so that a batch reports them): HEIC, camera raws
+    for name in ("a.ppm", "b.TGA", "c.jp2", "d.qoi", "e.psd", "f.heic", "g.NEF", "h.dng"):
+        assert is_image_file(name), name
+    # not still images, or never opened: PDF, EPS/PS, MPEG, HDF5, data and text files
+    for name in ("a.pdf", "b.eps", "c.ps", "d.mpg", "e.h5", "f.json", "g.npz", "h.md"):
+        assert not is_image_file(name), name
+
+
+def _tiny_image_bytes(fmt: str) -> bytes | None:
+    """A small image in Pillow format ``fmt`` (None: this Pillow cannot write it)."""
+    a = _rgb(16, 16)
+    for im in (Image.fromarray(a), Image.fromarray(a).convert("L")):
+        b = io.BytesIO()
+        try:
+            with warnings.catch_warnings():  # (Pillow 12+: "IM image format is deprecated")
+                warnings.simplefilter("ignore", DeprecationWarning)
+                im.save(b, format=fmt)
+        except Exception:  # noqa: BLE001 - wrong mode for this format, or no writer
+            continue
+        return b.getvalue()
+    return None
+
+
+def test_image_extensions_are_every_still_format_the_loader_reads(tmp_path):
+    """IMAGE_EXTENSIONS (what folder scans and globs list) was a fixed JPEG/PNG/WebP/TIFF/BMP/
+    GIF list, while load_image reads every format Pillow does: a folder of .ppm/.jp2/.tga/.avif
+    photos was stylized as empty. Now it is every extension Pillow registers for a format it
+    decodes here; each one that Pillow can also write is checked to load."""
+    ext = images.IMAGE_EXTENSIONS
+    assert {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".gif",
+            ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".jp2", ".j2k", ".qoi", ".psd", ".ico",
+            ".pcx", ".sgi", ".dds", ".mpo", ".apng"} <= ext
+    if ".webp" in Image.registered_extensions():  # (only with WebP / AVIF support built in)
+        assert ".webp" in ext
+    if ".avif" in Image.registered_extensions():
+        assert ".avif" in ext
+    # never opened (EPS: Ghostscript), not decodable (MPEG, stubs), write-only (PDF, PALM)
+    assert not ext & {".eps", ".ps", ".mpg", ".mpeg", ".h5", ".hdf", ".grib", ".bufr", ".wmf",
+                      ".emf", ".pdf", ".palm"}
+    assert all(e == e.lower() and e.startswith(".") for e in ext)
+    registered = Image.registered_extensions()
+    checked = 0
+    for e in sorted(ext):
+        data = _tiny_image_bytes(registered[e]) if registered.get(e) in Image.SAVE else None
+        if data is None:
+            continue
+        (tmp_path / f"t{e}").write_bytes(data)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            x = load_image(tmp_path / f"t{e}")
+        assert x.ndim == 3 and x.shape[2] == 3, e
+        checked += 1
+    assert checked >= 30
+    # the accepted extensions in a message: the usual ones named, the others counted
+    text = images.describe_image_extensions()
+    assert text.startswith("jpg, jpeg, png, ") and text.endswith(" more") and len(text) < 100
+
+
+def test_folder_and_glob_list_every_format_the_loader_reads(tmp_path):
+    """A folder with a.avif b.ppm c.jp2 d.jpg e.tga f.heic was stylized as d.jpg alone ("done
+    1, skipped 0"), and 'FOLDER/*.avif' matched nothing, though --content FOLDER/a.avif
+    worked. The formats the loader reads are listed; HEIC (not readable without pillow-heif)
+    and camera raws are listed too, so that a batch reports them as skipped with a reason
+    instead of leaving them out without a word; other files stay ignored."""
+    d = tmp_path / "photos"
+    d.mkdir()
+    readable = {"b.ppm": "PPM", "c.jp2": "JPEG2000", "d.jpg": "JPEG", "e.tga": "TGA"}
+    if ".avif" in images.IMAGE_EXTENSIONS:
+        readable["a.avif"] = "AVIF"
+    for name, fmt in readable.items():
+        Image.fromarray(_rgb(16, 16)).save(d / name, format=fmt)
+    for name in ("f.heic", "g.NEF", "h.cr2", "notes.txt", "run.json", "feats.npz", "doc.pdf"):
+        (d / name).write_bytes(b"not really")
+    listed = sorted(readable) + ["f.heic", "g.NEF", "h.cr2"]
+    assert [p.name for p in list_images(d)] == listed
+    assert [p.name for p in list_images(str(d / "*"))] == listed
+    assert [p.name for p in list_images(str(tmp_path / "**" / "*"))] == listed
+    for name in readable:
+        assert [p.name for p in list_images(str(d / ("*" + Path(name).suffix)))] == [name]
+        assert load_image(d / name).shape == (16, 16, 3)  # (what the loader reads: listed)
+    if ".heic" not in images.IMAGE_EXTENSIONS:  # (pillow-heif not installed)
+        with pytest.raises(ImageError) as e:
+            load_image(d / "f.heic")
+        assert _reason(e) == "HEIC is not readable here (pip install pillow-heif)"
+    # a camera raw: refused even where Pillow would open it (as a TIFF: its small preview)
+    Image.fromarray(_rgb(16, 16)).save(d / "g.NEF", format="TIFF")
+    with pytest.raises(ImageError) as e:
+        load_image(d / "g.NEF")
+    assert _reason(e).startswith("NEF camera raw files are not read here")
 
 
 def test_list_images_dir_glob_file(tmp_path):
@@ -780,6 +871,26 @@ def test_dangling_symlinks_are_listed_and_say_no_such_file(tmp_path):
     with pytest.raises(ImageError) as e:
         load_image(tmp_path / "broken.png")
     assert "no such file" in _reason(e)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX symlinks")
+def test_symlink_loops_are_listed_and_say_too_many_levels_of_links(tmp_path):
+    """Two links to each other in a content folder vanished from the batch without a word
+    (scandir's is_file raised ELOOP, which was passed over), while a dangling link is
+    listed and reported: a loop is listed the same way, and loading it says why."""
+    _write_jpeg(tmp_path / "good.jpg")
+    os.symlink(tmp_path / "loop2.jpg", tmp_path / "loop1.jpg")
+    os.symlink(tmp_path / "loop1.jpg", tmp_path / "loop2.jpg")
+    os.symlink(tmp_path / "self.txt", tmp_path / "self.txt")  # not an image name: not listed
+    for spec in (tmp_path, str(tmp_path / "*.jpg"), str(tmp_path / "**" / "*.jpg")):
+        assert [p.name for p in list_images(spec)] == ["good.jpg", "loop1.jpg", "loop2.jpg"]
+        assert [p.name for p in list_images(spec, recursive=True)] == [
+            "good.jpg", "loop1.jpg", "loop2.jpg"]
+    assert list_images(tmp_path / "loop1.jpg") == [tmp_path / "loop1.jpg"]
+    for name in ("loop1.jpg", "loop2.jpg"):
+        with pytest.raises(ImageError) as e:
+            load_image(tmp_path / name)
+        assert _reason(e) == "too many levels of symbolic links (a symlink loop)"
 
 
 def test_a_file_in_a_folder_that_cannot_be_searched_is_not_missing(tmp_path, monkeypatch):
