@@ -94,11 +94,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - only out-of-memory is a user error; else re-raised
         if (oom := out_of_memory(e)) is None:
             raise
-        print(f"error: {oom}: use a smaller size (--max-size, --size) or batch", file=sys.stderr)
+        print(f"error: {oom}: {_memory_hint(args)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _memory_hint(args: argparse.Namespace) -> str:
+    """What to lower after an out-of-memory error, in this command's own options (stylize has
+    no --size, gatys no --max-size: the hint named both)."""
+    opts = [opt for dest, opt in (("max_size", "--max-size"), ("size", "--size"),
+                                  ("batch_size", "--batch-size")) if hasattr(args, dest)]
+    return f"use smaller values of {', '.join(opts)}" if opts else "use smaller images"
 
 
 def _one_line(e: BaseException) -> str:
@@ -158,11 +166,13 @@ def _nonneg_float(s: str) -> float:
 
 
 def output_paths(out: str, contents: Sequence[str], *, suffix: str, overwrite: bool,
-                 inputs: Sequence[str] = ()) -> list[Path]:
+                 inputs: Sequence[str] = (), skip_existing: bool = False) -> list[Path]:
     """Where each content's result goes. One content: ``out`` is the file (or an existing folder);
     several: ``out`` is a folder (created) or a pattern containing ``{name}`` (content file stem).
     Refuses to overwrite an input (the contents and ``inputs``, e.g. the styles) even with
-    ``overwrite``, existing files unless ``overwrite``, and unwritable places, before any work."""
+    ``overwrite``, two contents with one output file, existing files unless ``overwrite``, and
+    unwritable places, before any work. ``skip_existing``: an existing output file is not an
+    error (the caller skips its content; see :func:`existing_outputs`); everything else still is."""
     from .files import check_output_file
     from .images import SAVE_FORMATS
 
@@ -179,13 +189,24 @@ def output_paths(out: str, contents: Sequence[str], *, suffix: str, overwrite: b
         paths = [Path(out) / f"{Path(c).stem}_{suffix}.png" for c in contents]
     else:
         paths = [Path(out)]
-    if len({p.resolve() for p in paths}) != len(paths):
-        raise ConfigError("--out: two content images would be written to the same file "
-                          "(same file names?); use a pattern with {name} or separate runs")
+    first: dict[Path, int] = {}
+    for i, p in enumerate(paths):
+        if (j := first.setdefault(p.resolve(), i)) != i:
+            # (the names come from the file stems, as {name} does: a pattern cannot help)
+            if os.path.realpath(contents[i]) == os.path.realpath(contents[j]):
+                raise ConfigError(f"--content: {contents[i]} is given twice")
+            raise ConfigError(f"--out: two content images would be written to the same file "
+                              f"{p} ({contents[j]} and {contents[i]}: the file names clash); "
+                              "rename one of them or give them separate runs")
     for p in paths:
-        check_output_file(p, overwrite=overwrite, inputs=[*contents, *inputs],
+        check_output_file(p, overwrite=overwrite or skip_existing, inputs=[*contents, *inputs],
                           suffixes=SAVE_FORMATS)
     return paths
+
+
+def existing_outputs(paths: Sequence[Path], *, overwrite: bool) -> set[int]:
+    """Indices of ``paths`` that exist and are not to be replaced (``overwrite`` false)."""
+    return set() if overwrite else {i for i, p in enumerate(paths) if os.path.lexists(p)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -211,7 +232,10 @@ def _add_gatys_arguments(p: argparse.ArgumentParser) -> None:
                     help="longer side of the result in pixels (aspect ratio kept)")
     io.add_argument("--style-scale", type=float, default=d.style_scale,
                     help="style image's longer side relative to the result's")
-    io.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    io.add_argument("--overwrite", action="store_true",
+                    help="replace existing output files (without it, an existing output is an "
+                         "error for one content and skipped for several: rerunning a batch "
+                         "does the rest)")
     io.add_argument("--max-pixels", type=count_arg(), default=None,
                     help="refuse input images with more pixels (default: the I/O module's "
                          "limit, 64 megapixels)")
@@ -320,9 +344,13 @@ def _load(path: str, max_pixels):
 
 
 def _run_gatys(args: argparse.Namespace) -> int:
+    import time
+
     import numpy as np
 
     from . import gatys, images
+    from .cli_stylize import _summary
+    from .inference import skipped_by_error
 
     if args.style_weights is not None and len(args.style_weights) != len(args.style):
         raise ConfigError(f"--style-weights: got {len(args.style_weights)} weights for "
@@ -330,57 +358,81 @@ def _run_gatys(args: argparse.Namespace) -> int:
     if args.style_weights is not None and sum(args.style_weights) <= 0:
         raise ConfigError("--style-weights must have a positive sum")
     cfg = gatys_config_from_args(args)
+    many = len(args.content) > 1
+    # several contents: an existing output is skipped (and reported), not the job's error, so
+    # the same command finishes an interrupted batch; one content: the job's error, as before
     outs = output_paths(args.out, args.content, suffix="gatys", overwrite=args.overwrite,
-                        inputs=args.style)
+                        inputs=args.style, skip_existing=many)
+    existing = existing_outputs(outs, overwrite=args.overwrite)
     styles = [_load(s, args.max_pixels) for s in args.style]  # a bad style stops the job
+    t0 = time.perf_counter()
     # Contents: a bad one is skipped and reported, the rest go on (as in stylize's batches).
     # Each is resized to the working size; same-shape contents form one batch each.
     work: dict[int, np.ndarray] = {}
-    skipped: list[str] = []
-
-    def skip(e: NSTError) -> None:
-        skipped.append(_one_line(e))
-        print(f"skipped: {skipped[-1]}", file=sys.stderr)
-
-    for i, c in enumerate(args.content):
-        try:
-            x = images.resize_max_side(_load(c, args.max_pixels), args.size, upscale=True)
-            if min(x.shape[:2]) < 32:
-                raise ImageError(c, f"is too thin: {x.shape[1]}x{x.shape[0]} at --size "
-                                    f"{args.size}; VGG needs >= 32 px per side")
-        except NSTError as e:
-            if len(args.content) == 1:  # nothing else to go on with: the job's error
-                raise
-            skip(e)
-            continue
-        work[i] = x
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, x in work.items():
-        groups.setdefault(x.shape[:2], []).append(i)
-    params = gatys.load_params(cfg) if groups else None
+    skipped: list = []
     done = 0
-    for shape, idx in groups.items():
-        if len(groups) > 1 and not args.quiet:
-            print(f"batch of {len(idx)} at {shape[1]}x{shape[0]}", file=sys.stderr)
-        result = gatys.run(np.stack([work[i] for i in idx]), styles,
-                           style_weights=args.style_weights, config=cfg,
-                           progress=not args.quiet, vgg_params=params,
-                           style_names=[str(s) for s in args.style])
-        final = result.final_terms()
-        for j, i in enumerate(idx):
-            try:
-                images.save_image(outs[i], result.images[j], overwrite=args.overwrite)
-            except NSTError as e:
-                skip(e)
+
+    def skip(i: int, e: NSTError) -> None:
+        skipped.append(skipped_by_error(Path(args.content[i]), outs[i], e))
+        print(f"skipped: {_one_line(e)}", file=sys.stderr)
+
+    running: list[int] = []  # the contents of the batch being optimized
+    try:
+        for i, c in enumerate(args.content):
+            if i in existing:
+                skip(i, ImageError(outs[i], "exists; pass --overwrite to replace it"))
                 continue
-            done += 1
-            if not args.quiet:
-                terms = {k: float(final[k][j]) for k in ("total", "content", "style", "tv")
-                         if k in final}
-                print(f"wrote {outs[i]}" + "".join(f"  {k}={v:.4g}" for k, v in terms.items())
-                      + ("" if terms else " (0 iterations: the initial image)"), file=sys.stderr)
-    if len(args.content) > 1 or skipped:
-        print(f"done {done}, skipped {len(skipped)}")
+            try:
+                x = images.resize_max_side(_load(c, args.max_pixels), args.size, upscale=True)
+                if min(x.shape[:2]) < 32:
+                    raise ImageError(c, f"is too thin: {x.shape[1]}x{x.shape[0]} at --size "
+                                        f"{args.size}; VGG needs >= 32 px per side")
+            except NSTError as e:
+                if not many:  # nothing else to go on with: the job's error
+                    raise
+                skip(i, e)
+                continue
+            work[i] = x
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, x in work.items():
+            groups.setdefault(x.shape[:2], []).append(i)
+        params = gatys.load_params(cfg) if groups else None
+        for shape, idx in groups.items():
+            if len(groups) > 1 and not args.quiet:
+                print(f"batch of {len(idx)} at {shape[1]}x{shape[0]}", file=sys.stderr)
+            running = idx
+            result = gatys.run(np.stack([work[i] for i in idx]), styles,
+                               style_weights=args.style_weights, config=cfg,
+                               progress=not args.quiet, vgg_params=params,
+                               style_names=[str(s) for s in args.style])
+            running = []
+            final = result.final_terms()
+            for j, i in enumerate(idx):
+                try:
+                    images.save_image(outs[i], result.images[j], overwrite=args.overwrite)
+                except NSTError as e:
+                    skip(i, e)
+                    continue
+                done += 1
+                if not args.quiet:
+                    terms = {k: float(final[k][j]) for k in ("total", "content", "style", "tv")
+                             if k in final}
+                    print(f"wrote {outs[i]}" + "".join(f"  {k}={v:.4g}" for k, v in terms.items())
+                          + ("" if terms else " (0 iterations: the initial image)"),
+                          file=sys.stderr)
+    except KeyboardInterrupt:
+        if many:  # what is on disk and how to finish (main says "error: interrupted", 130)
+            # a batch's results are written when its optimization ends: none of the batch
+            # being optimized is kept
+            lost = (f" (the {len(running)} images of the batch being optimized are lost: a "
+                    "batch is written when it ends)" if len(running) > 1 else "")
+            print(f"{_summary(done, skipped, time.perf_counter() - t0, len(args.content))}; "
+                  "interrupted: the images written stay; run the same command again to do the "
+                  "rest (the outputs written are skipped as 'output exists', so that run ends "
+                  f"with status 1){lost}", flush=True)
+        raise
+    if many or skipped:
+        print(_summary(done, skipped, time.perf_counter() - t0, len(args.content)))
     return EXIT_ERROR if skipped else 0
 
 

@@ -696,10 +696,14 @@ def _optax_lbfgs_chunk(params, state, cf, st, w, n, *, kw, chunk, memory, max_ls
 
 
 def _adam_chunk(params, state, cf, st, w, n, *, kw, chunk):
+    """``n`` Adam steps. History row ``i`` holds the loss after step ``i + 1``: a step's
+    gradient evaluation gives the loss of the iterate *before* it (that of the previous step's
+    result), so the buffer has one more row, row 0 (the chunk's start, already reported) is
+    dropped, and the final iterate is evaluated once more (one forward pass per chunk)."""
     tx = optax.adam(w["lr"])
     z0 = state["z"]
     names = _term_names(kw["struct"], cf is not None, st is not None)
-    hist = _empty_hist(names, chunk, z0.shape[0])
+    hist = _empty_hist(names, chunk + 1, z0.shape[0])
     clip = w["param"] == PARAMETERIZATIONS.index("clip")
 
     def body(i, carry):
@@ -708,10 +712,12 @@ def _adam_chunk(params, state, cf, st, w, n, *, kw, chunk):
         updates, opt_state = tx.update(g, opt_state, z)
         z = optax.apply_updates(z, updates)
         z = jnp.where(clip, jnp.clip(z, 0.0, 1.0), z)  # projected step for "clip"
-        hist = {k: h.at[i].set(terms[k]) for k, h in hist.items()}
+        hist = {k: h.at[i].set(terms[k]) for k, h in hist.items()}  # (the loss before step i)
         return z, opt_state, hist
 
     z, opt_state, hist = jax.lax.fori_loop(0, n, body, (z0, state["opt"], hist))
+    _, terms = _objective(params, z, cf, st, w, **kw)  # the loss of the returned iterate
+    hist = {k: h.at[n].set(terms[k])[1:] for k, h in hist.items()}
     return dict(z=z, opt=opt_state), hist
 
 

@@ -6,6 +6,7 @@ one process. I/O error cases use ``--iters 0`` and never compile anything.
 """
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -421,7 +422,7 @@ def test_errors_while_running_a_command_are_one_line_with_their_exit_status(monk
              (KeyboardInterrupt(), 130, "error: interrupted"),
              (RuntimeError("RESOURCE_EXHAUSTED: Out of memory\nwhile allocating 123 bytes\n"), 1,
               "error: out of memory (RESOURCE_EXHAUSTED: Out of memory while allocating 123 "
-              "bytes): use a smaller size (--max-size, --size) or batch")]
+              "bytes): use smaller values of --size")]
     for exc, code, line in cases:
         raising(exc)
         assert main(argv) == code, exc
@@ -483,7 +484,9 @@ def test_gatys_batch_passes_weights_and_quiet_and_says_what_it_did(files, tmp_pa
     args[i + 1:i + 2] = [str(files["style"]), str(files["style2"])]
     assert main(args) == 0
     cap = capsys.readouterr()
-    assert cap.out == "done 3, skipped 0\n" and cap.err == ""  # --quiet: nothing on stderr
+    # --quiet: nothing on stderr; the summary line as stylize's batches
+    assert re.fullmatch(r"done 3, skipped 0, [0-9.]+ s, [0-9.]+ images/s\n", cap.out), cap.out
+    assert cap.err == ""
     assert calls == [((2, 48, 48, 3), [(32, 32, 3), (40, 40, 3)], [0.7, 0.3], False),
                      ((1, 32, 48, 3), [(32, 32, 3), (40, 40, 3)], [0.7, 0.3], False)]
     calls.clear()
@@ -600,3 +603,117 @@ def test_analyze_accepts_a_short_side_of_exactly_32_px(tmp_path, monkeypatch, ca
     assert called == [160]
     assert one_error_line(capsys).startswith(
         f"error: {tmp_path / 'c31.png'}: is 160x31: 31 px on its short side at --size 160")
+
+
+# ----------------------------------------------------------------------------------------------
+# bug hunt: a batch is resumable (existing outputs are skipped) and Ctrl-C keeps what is written
+
+
+def _fake_gatys(monkeypatch, interrupt_at=None):
+    """``gatys.run`` replaced by a stand-in that returns the contents (no VGG, no compile) and
+    raises KeyboardInterrupt on call number ``interrupt_at`` (1-based); returns the calls."""
+    from arbitrary_nst import gatys
+
+    calls = []
+
+    class R:
+        def __init__(self, x):
+            self.images = x
+
+        def final_terms(self):
+            return {k: np.full(len(self.images), 1.5) for k in ("total", "content", "style")}
+
+    def fake_run(content, styles, **kw):
+        calls.append(content.shape)
+        if len(calls) == interrupt_at:
+            raise KeyboardInterrupt
+        return R(content)
+
+    monkeypatch.setattr(gatys, "run", fake_run)
+    monkeypatch.setattr(gatys, "load_params", lambda cfg: {})
+    return calls
+
+
+def test_gatys_batch_interrupted_keeps_its_results_and_the_same_command_finishes_it(
+        files, tmp_path, monkeypatch, capsys):
+    """Ctrl-C during the second working-size batch keeps the first batch's result and says how
+    to go on; the same command then skips the outputs written ("exists", exit status 1) and
+    computes only the rest (it stopped at once: "a_gatys.png: exists; pass --overwrite")."""
+    out = tmp_path / "out"
+    args = gatys_args(files, out, contents=("wide", "sq48", "b"), size=48)
+    calls = _fake_gatys(monkeypatch, interrupt_at=2)
+    assert main(args) == 130
+    cap = capsys.readouterr()
+    assert cap.err.splitlines()[-1] == "error: interrupted"
+    assert cap.out.startswith("done 1, skipped 0, ")
+    assert "interrupted: the images written stay; run the same command again to do the rest" \
+        in cap.out
+    # the batch being optimized is written only when it ends: said so
+    assert "the 2 images of the batch being optimized are lost" in cap.out
+    assert sorted(p.name for p in out.iterdir()) == ["wide_gatys.png"]
+    kept = (out / "wide_gatys.png").read_bytes()
+
+    calls = _fake_gatys(monkeypatch)
+    assert main(args) == 1  # something was skipped
+    cap = capsys.readouterr()
+    assert [ln for ln in cap.err.splitlines() if ln.startswith("skipped: ")] == [
+        f"skipped: {out / 'wide_gatys.png'}: exists; pass --overwrite to replace it"]
+    assert re.fullmatch(r"done 2, skipped 1 \(1 output exists\), [0-9.]+ s, [0-9.]+ images/s\n",
+                        cap.out), cap.out
+    assert calls == [(2, 48, 48, 3)]  # only the rest ran
+    assert sorted(p.name for p in out.iterdir()) == ["b_gatys.png", "sq48_gatys.png",
+                                                     "wide_gatys.png"]
+    assert (out / "wide_gatys.png").read_bytes() == kept
+
+    assert main(args) == 1  # all done: every content skipped, nothing runs
+    cap = capsys.readouterr()
+    assert cap.out.startswith("done 0, skipped 3 (3 output exists), ") and calls == [(2, 48, 48, 3)]
+    assert main(args + ["--overwrite"]) == 0  # --overwrite recomputes everything
+    assert calls[1:] == [(1, 32, 48, 3), (2, 48, 48, 3)]
+    assert capsys.readouterr().out.startswith("done 3, skipped 0, ")
+
+
+def test_gatys_batch_skips_existing_outputs_but_never_writes_over_an_input(files, tmp_path,
+                                                                           capsys):
+    """With several contents an existing output is skipped and the others are optimized (the
+    real optimizer here); an output that is an input is still the job's error, before any work,
+    even with --overwrite; one content with an existing --out file stays an error."""
+    out = tmp_path / "out"
+    out.mkdir()
+    old = files["style"].read_bytes()
+    (out / "a_gatys.png").write_bytes(old)
+    assert main(gatys_args(files, out, contents=("a", "sq48"), iters=1)) == 1
+    cap = capsys.readouterr()
+    assert f"skipped: {out / 'a_gatys.png'}: exists; pass --overwrite to replace it" in cap.err
+    assert cap.out.startswith("done 1, skipped 1 (1 output exists), ")
+    assert (out / "a_gatys.png").read_bytes() == old
+    assert np.asarray(Image.open(out / "sq48_gatys.png")).shape == (32, 32, 3)
+
+    for extra in ((), ("--overwrite",)):
+        pattern = files["dir"] / "{name}.png"  # = the contents themselves
+        assert main(gatys_args(files, pattern, *extra, contents=("a", "sq48"), iters=1)) == 1
+        assert "would overwrite an input" in one_error_line(capsys)
+    assert main(gatys_args(files, out / "a_gatys.png", iters=1)) == 1
+    assert "exists; pass --overwrite" in one_error_line(capsys)
+
+
+def test_clashing_output_names_give_advice_that_can_work(files, tmp_path, capsys):
+    """Two contents with the same file name in different folders: the output name comes from
+    the name, with a folder and with a {name} pattern alike, so the advice is to rename or run
+    separately (it said "use a pattern with {name}", which gives the same clash)."""
+    from arbitrary_nst.cli import output_paths
+
+    other = tmp_path / "other"
+    other.mkdir()
+    twin = other / "a.png"
+    twin.write_bytes(files["a"].read_bytes())
+    for out in (tmp_path / "o", tmp_path / "{name}_x.png"):
+        assert main(gatys_args(files, out, iters=0) + ["--content", str(twin)]) == 1
+        line = one_error_line(capsys)
+        assert "two content images would be written to the same file" in line
+        assert str(twin) in line and str(files["a"]) in line
+        assert "pattern" not in line and "rename one of them or give them separate runs" in line
+    with pytest.raises(ConfigError, match="is given twice"):
+        output_paths(str(tmp_path / "o"), [str(files["a"]), str(files["a"])], suffix="gatys",
+                     overwrite=False)
+

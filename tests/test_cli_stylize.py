@@ -747,6 +747,8 @@ def test_out_of_memory_is_one_line_and_other_failures_stay_tracebacks(monkeypatc
     assert cli.main(["--content", "x.png", "--style", "s.png", "--out", "o.png"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: out of memory (RESOURCE_EXHAUSTED") and err.count("\n") == 1
+    # the hint names this command's options (it said "--size", which stylize does not have)
+    assert err.endswith("bytes.): use smaller values of --max-size, --batch-size\n"), err
 
     def bug(args):
         raise RuntimeError("a bug")

@@ -83,6 +83,20 @@ def tv(x):
     return float(np.mean(np.diff(x, axis=0) ** 2) + np.mean(np.diff(x, axis=1) ** 2))
 
 
+def loss_of(params, images, content, style, cfg=BASE) -> dict[str, np.ndarray]:
+    """The loss terms ``[B]`` of ``images`` under ``cfg``, evaluated apart from the optimizer
+    (``losses.perceptual_loss`` of the config on the images themselves, not on ``z``)."""
+    from arbitrary_nst import losses
+
+    lc = cfg.loss_config()
+    ff = lambda x, t: vgg_lib.features(params, x, t)  # noqa: E731
+    targets = losses.StyleTargets.from_images(ff, jnp.asarray(style)[None], lc)
+    total, terms = losses.perceptual_loss(ff, jnp.asarray(images), lc,
+                                          content_feats=ff(jnp.asarray(content)[None], lc.taps),
+                                          style_targets=targets)
+    return {"total": np.asarray(total), **{k: np.asarray(v) for k, v in terms.items()}}
+
+
 @pytest.fixture(scope="module")
 def base_run(params, content, style):
     return run(params, content, style)
@@ -445,7 +459,8 @@ def test_style_statistics(params, content, style, adam_run, stat):
     r = adam_run if stat == "gram" else run(params, content, style,
                                              ADAM.replace(style_statistic=stat))
     h = r.history[0]["style"][:, 0]
-    assert h[-1] < 0.9 * h[0]
+    start = loss_of(params, content[None], content, style, ADAM.replace(style_statistic=stat))
+    assert h[-1] < 0.9 * start["style"][0]  # (history row 0 is after the first step)
     if stat != "gram":
         assert np.abs(r.images - adam_run.images).mean() > 1e-3
     # The Gram matrix (and "both", and mean/std) also match the mean activation of every filter;
@@ -602,12 +617,13 @@ def test_stage_targets_are_each_examples_weighted_blend(params, content, style):
 
 def test_luminance_transfer_optimizes_in_grey(params, content, style):
     """With ``preserve_color="luminance"`` the optimization runs on luminance images: the start
-    (here the style) and the content target are grey. The first recorded content term is the
-    content loss between grey(style) and grey(content) (the start kept the style's colours, or
-    the content target kept the photo's, which only the final chroma transfer hid)."""
+    (here the style) and the content target are grey. After one tiny step the content term is
+    the content loss between grey(style) and grey(content) (the start kept the style's colours,
+    or the content target kept the photo's, which only the final chroma transfer hid)."""
     from arbitrary_nst import losses
 
-    cfg = ADAM.replace(preserve_color="luminance", init="style", iterations=1)
+    cfg = ADAM.replace(preserve_color="luminance", init="style", iterations=1,
+                       learning_rate=1e-5)
     r = run(params, content, style, cfg)
     layer = "relu2_2"
     f = lambda x: vgg_lib.features(params, jnp.asarray(np.asarray(color.gray_rgb(x)))[None],  # noqa: E731
@@ -618,16 +634,16 @@ def test_luminance_transfer_optimizes_in_grey(params, content, style):
 
 def test_adam_clip_iterates_stay_in_range(params, content, style):
     """Adam with ``parameterization="clip"`` is a projected method: every iterate is the clipped
-    image, so the loss recorded at step k of a longer run is the loss of the image a k-step run
-    returns (without the projection the iterate drifted outside [0, 1] and the loss was that of
-    an image nobody sees)."""
+    image, so the loss recorded after step k of a longer run is the loss of the image a k-step
+    run returns (without the projection the iterate drifted outside [0, 1] and the loss was
+    that of an image nobody sees)."""
     cfg = ADAM.replace(parameterization="clip", learning_rate=0.1, iterations=8)
     short = run(params, content, style, cfg)
     assert (short.images == 0).any() or (short.images == 1).any()  # the projection was active
     longer = run(params, content, style, cfg.replace(iterations=9))
-    at_short = run(params, content, style, cfg.replace(iterations=1), init_image=short.images)
-    np.testing.assert_allclose(longer.history[0]["total"][8, 0],
-                               at_short.history[0]["total"][0, 0], rtol=1e-4)
+    np.testing.assert_allclose(longer.history[0]["total"][7, 0],
+                               loss_of(params, short.images, content, style, cfg)["total"][0],
+                               rtol=1e-4)
 
 
 @pytest.mark.parametrize("part", ["gram", "centered"])
@@ -806,3 +822,32 @@ def test_max_linesearch_steps_bounds_the_evaluations_per_iteration(params, conte
     assert r.evaluations[0] == 8 + 1
     total = r.history[0]["total"][:, 0]
     assert total.shape == (8,) and np.all(np.isfinite(total)) and total[-1] < total[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# bug hunt: the reported loss is that of the returned images
+
+
+@pytest.mark.parametrize("optimizer,iters,param", [
+    ("adam", 1, "softclip"), ("adam", 3, "softclip"), ("adam", 3, "clip"), ("adam", 26, "softclip"),
+    ("lbfgs", 12, "softclip")])
+def test_final_terms_are_the_loss_of_the_returned_images(params, content, style, adam_run,
+                                                         base_run, optimizer, iters, param):
+    """The last history row (``final_terms``, what the CLI prints) is the loss of the images
+    returned, for every optimizer: Adam recorded the loss of the iterate *before* its last
+    step (after 1 step the content loss of the untouched start, ~5e-9), one step out of date.
+    Row ``i`` is the loss after step ``i + 1``, also across a chunk boundary (26 = 25 + 1);
+    L-BFGS (the base run, 12 iterations) already reported the final image's loss."""
+    if optimizer == "lbfgs":
+        r, cfg = base_run, BASE
+    else:
+        cfg = ADAM.replace(iterations=iters, parameterization=param)
+        r = run(params, content, style, cfg)
+    assert r.history[0]["total"].shape == (iters, 1)
+    want = loss_of(params, r.images, content, style, cfg)
+    final = r.final_terms()
+    for k in ("total", "content", "style", "tv", "content/relu2_2", "style/relu2_1"):
+        np.testing.assert_allclose(final[k], want[k], rtol=1e-4, err_msg=k)
+    if optimizer == "adam" and param == "softclip":  # a prefix of the 30-step run's history
+        np.testing.assert_allclose(r.history[0]["total"][:, 0],
+                                   adam_run.history[0]["total"][:iters, 0], rtol=1e-5)
