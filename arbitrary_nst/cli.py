@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     try:
-        return int(args._run(args) or 0)
+        return run_removing_new_empty_dirs(args._run, args)
     except NSTError as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return EXIT_ERROR
@@ -99,6 +99,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def run_removing_new_empty_dirs(run, args: argparse.Namespace) -> int:
+    """``run(args)``; if it raises (a user error, Ctrl-C, a bug), the output folders it created
+    and left empty are removed (a bad --style found after --out-dir a/b was made left a/b)."""
+    from . import files
+
+    files.CREATED_DIRS.clear()
+    try:
+        return int(run(args) or 0)
+    except BaseException:
+        files.remove_created_dirs()
+        raise
 
 
 def _memory_hint(args: argparse.Namespace) -> str:

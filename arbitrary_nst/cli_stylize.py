@@ -703,8 +703,10 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2, already printed by argparse)
         return int(e.code or 0) if not isinstance(e.code, str) else 1
+    from .cli import run_removing_new_empty_dirs
+
     try:
-        return int(run(args) or 0)
+        return run_removing_new_empty_dirs(run, args)
     except NSTError as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1

@@ -17,19 +17,48 @@ from typing import BinaryIO
 from .errors import ImageError
 
 
+#: ``(folder, topmost folder created with it)`` for each :func:`make_dir` that created
+#: folders in this process: a command that then fails removes them if they are still empty
+#: (:func:`remove_created_dirs`), so that a job stopped by a bad style leaves no empty
+#: ``out/deep/`` behind.
+CREATED_DIRS: list[tuple[Path, Path]] = []
+
+
 def make_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
     """Create the folder ``path`` (and its parents) if needed, or raise one-line ImageErrors
     naming it as ``what``: it is a file, a parent is a file, or it cannot be created."""
     p = Path(path)
     if lexists(p) and not p.is_dir():
         raise ImageError(path, f"{what} is not a directory")
+    top = None
+    for q in [p, *p.parents]:  # the topmost folder this call creates, if any
+        if os.path.lexists(q):
+            break
+        top = q
     try:
         p.mkdir(parents=True, exist_ok=True)
+        if top is not None:
+            CREATED_DIRS.append((p, top))
     except (FileExistsError, NotADirectoryError):
         raise ImageError(path, f"cannot create {what}: a parent path is not a directory") from None
     except OSError as e:
         raise ImageError(path, f"cannot create {what}: {e.strerror or e}") from None
     return p
+
+
+def remove_created_dirs() -> None:
+    """Remove the folders :func:`make_dir` created in this process that are still empty
+    (newest first, each up to the topmost one it created; a folder holding anything stays).
+    For a command that failed: what it created for outputs it never wrote."""
+    while CREATED_DIRS:
+        leaf, top = CREATED_DIRS.pop()
+        for q in [leaf, *leaf.parents]:
+            try:
+                q.rmdir()  # (only an empty folder)
+            except OSError:
+                break
+            if q == top:
+                break
 
 
 def file_identity(path: str | os.PathLike) -> tuple:

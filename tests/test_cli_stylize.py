@@ -440,6 +440,25 @@ def test_a_batch_takes_every_format_the_loader_reads_and_names_the_unreadable(cl
     assert f"skipped: {d / 'f.heic'}: HEIC is not readable here (pip install pillow-heif)" in err
 
 
+def test_a_failed_run_removes_the_output_folders_it_created_and_left_empty(cli, data):
+    """A bad style found after the output folder was made left ``a/deep/`` behind (empty);
+    folders that were there before, and folders holding anything, stay."""
+    c, s = data["contents"][0], data["styles"][0]
+    missing = data["tmp"] / "nope.png"
+    rc, _, err = cli("--content", c, "--style", missing, "--out-dir", data["tmp"] / "a" / "deep")
+    assert rc == 1 and "no such file" in one_error_line(err)
+    assert not (data["tmp"] / "a").exists()
+    rc, _, _ = cli("--content", c, "--style", missing, "--out", data["tmp"] / "b" / "o.png")
+    assert rc == 1 and not (data["tmp"] / "b").exists()
+    (data["tmp"] / "there").mkdir()
+    rc, _, _ = cli("--content", c, "--style", missing, "--out-dir", data["tmp"] / "there" / "x")
+    assert rc == 1 and (data["tmp"] / "there").is_dir()
+    assert not (data["tmp"] / "there" / "x").exists()
+    rc, _, _ = cli("--content", c, "--style", s, "--out-dir", data["tmp"] / "ok" / "deep",
+                   "--no-progress")
+    assert rc == 0 and (data["tmp"] / "ok" / "deep" / "a__s1.png").is_file()
+
+
 # ---------------------------------------------------------------------------- figures
 
 
