@@ -50,11 +50,66 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.workdir is None and not args.print_config and args.objective is None:
         p.error("--workdir is required to train")
+    if args.workdir is not None and not args.workdir.strip():  # ('' was the current folder)
+        p.error(f"--workdir is an empty folder name ({args.workdir!r}) - is a shell variable "
+                "unset?")
     if args.objective is not None and (args.workdir is not None or args.export is not None):
         p.error("--objective does not train: --workdir and --export do not apply")  # (ignored)
     if args.objective_batches < 1:  # (it said "num_batches must be >= 1")
         p.error(f"--objective-batches must be >= 1, got {args.objective_batches}")
     return args
+
+
+def _saved_so_far(workdir: str | None) -> str:
+    """``; the checkpoints saved so far stay in W`` when W/checkpoints holds a checkpoint (an
+    interruption at start-up, before any save, named a folder that may not even exist)."""
+    try:
+        saved = bool(workdir) and any(
+            e.name.isdigit() and e.is_dir() for e in os.scandir(os.path.join(
+                workdir, "checkpoints")))  # (training.CHECKPOINT_DIR: not imported yet)
+    except OSError:
+        saved = False
+    return f"; the checkpoints saved so far stay in {workdir}" if saved else ""
+
+
+def _not_an_orbax_traceback(record: logging.LogRecord) -> bool:
+    import traceback
+
+    if not record.exc_info or record.exc_info[2] is None:
+        return True
+    frames = traceback.extract_tb(record.exc_info[2])
+    # (absl's records name absl's own file as their pathname: the frames say who failed)
+    return not any("/orbax/" in f.filename.replace(os.sep, "/") for f in frames)
+
+
+def _not_a_lost_asyncio_exception(record: logging.LogRecord) -> bool:
+    return "exception was never retrieved" not in str(record.msg)
+
+
+def _unraisable_hook(unraisable) -> None:
+    if (unraisable.object is None and isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed"):
+        return
+    (_unraisable_hook.previous or sys.__unraisablehook__)(unraisable)
+
+
+_unraisable_hook.previous = None  # (the hook it replaced)
+
+
+def _quiet_checkpoint_failures() -> None:
+    """A failed checkpoint write (a full disk, a file size limit) is said in one line (the
+    ``error:`` of :func:`main`); silence what Orbax and tensorstore print about it on the way
+    (~800 lines): Orbax's logged tracebacks (absl ``logging.exception``), the ``RuntimeError:
+    Event loop is closed`` of tensorstore callbacks that run after Orbax closed its event loop
+    (unraisable, no object), and asyncio's "exception was never retrieved" of its abandoned
+    tasks. Only these: any other log record or unraisable exception is printed as before.
+    Installed by :func:`main` only (importing the package changes no hooks)."""
+    for name in ("absl", "orbax"):
+        logging.getLogger(name).addFilter(_not_an_orbax_traceback)  # (once: the same filter)
+    logging.getLogger("asyncio").addFilter(_not_a_lost_asyncio_exception)
+    if sys.unraisablehook is not _unraisable_hook:
+        _unraisable_hook.previous = sys.unraisablehook
+        sys.unraisablehook = _unraisable_hook
 
 
 def main(argv=None) -> int:
@@ -66,10 +121,12 @@ def main(argv=None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in ("absl", "jax", "orbax"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    from arbitrary_nst.errors import NSTError
-    from arbitrary_nst import training
+    _quiet_checkpoint_failures()
+    from arbitrary_nst.errors import NSTError  # (light: caught below even during the import)
 
     try:
+        from arbitrary_nst import training  # (JAX: seconds, during which Ctrl-C is one line)
+
         config = training.load_config(args.config, args.overrides)
         if args.print_config:
             print(config)
@@ -96,13 +153,11 @@ def main(argv=None) -> int:
 
         if (oom := out_of_memory(e)) is None:
             raise
-        where = f"; the checkpoints saved so far stay in {args.workdir}" if args.workdir else ""
         print(f"error: {oom}: lower train.batch_size, data.image_size / data.style_size or "
-              f"model.width{where}", file=sys.stderr)
+              f"model.width{_saved_so_far(args.workdir)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl-C outside the training loop (start-up, a second Ctrl-C)
-        where = f"; the checkpoints saved so far stay in {args.workdir}" if args.workdir else ""
-        print(f"error: interrupted{where}", file=sys.stderr)
+        print(f"error: interrupted{_saved_so_far(args.workdir)}", file=sys.stderr)
         return 128 + signal.SIGINT
     last = result.history[-1] if result.history else {}
     status = "interrupted" if result.interrupted else "done"

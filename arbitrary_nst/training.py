@@ -51,6 +51,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -286,6 +287,12 @@ def validate_config(config) -> None:
             value = _get(config[section], name, None)
             raise ConfigError(f"{field} must be {must}, got {value!r}")
     compute_dtype(t.dtype)
+    for key in ("content_dirs", "style_dirs"):  # ('' was the current folder: its images were
+        dirs = _get(config.data, key, None)     # trained on, the workdir guard missed it)
+        for d in [dirs] if isinstance(dirs, (str, os.PathLike)) else (dirs or []):
+            if isinstance(d, (str, os.PathLike)) and not os.fspath(d).strip():
+                raise ConfigError(f"data.{key}: an empty folder name ({os.fspath(d)!r}) - is "
+                                  "a shell variable unset?")
 
 
 def make_optimizer(optim_cfg, num_steps: int) -> tuple[optax.GradientTransformation,
@@ -537,11 +544,17 @@ def step_key(state: TrainState) -> jax.Array:
 # Checkpoints
 
 
-def checkpoint_manager(workdir: str | os.PathLike, keep: int, *, async_save: bool = True):
+def checkpoint_manager(workdir: str | os.PathLike, keep: int, *, async_save: bool = True,
+                       cleanup_tmp: bool = False):
+    """``cleanup_tmp``: remove the half-written ``N.orbax-checkpoint-tmp`` folders that a save
+    killed midway (SIGKILL, a power cut) left (a checkpoint's size each, kept forever unless a
+    later save reused step N). Only for the training run, which holds the workdir lock: a reader
+    (:func:`load_checkpoint_model`) would delete the folder a running training is writing."""
     import orbax.checkpoint as ocp
 
     options = ocp.CheckpointManagerOptions(max_to_keep=int(keep), create=True,
-                                           enable_async_checkpointing=async_save)
+                                           enable_async_checkpointing=async_save,
+                                           cleanup_tmp_directories=cleanup_tmp)
     return ocp.CheckpointManager(Path(workdir).absolute() / CHECKPOINT_DIR, options=options,
                                  item_names=("state", "meta"))
 
@@ -557,9 +570,37 @@ def save_checkpoint(mngr, state: TrainState, meta: dict) -> int:
                                                  meta=ocp.args.JsonSave(dict(meta, step=step))),
                   force=True)
     except Exception as e:  # noqa: BLE001 - a full disk, a folder made read-only meanwhile
-        raise ModelError(f"{mngr.directory}: cannot write the checkpoint of step {step} "
-                         f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+        raise ModelError(checkpoint_write_error(mngr.directory, step, e)) from None
     return step
+
+
+def checkpoint_write_error(directory, step: int, e: BaseException) -> str:
+    """``DIR: cannot write the checkpoint of step N (reason)`` for a failed save.
+
+    A save is asynchronous, so its failure (a full disk, a file size limit, a folder made
+    read-only) surfaces at the next save or at the end: the step is the one in the failed save's
+    ``N.orbax-checkpoint-tmp`` folder when the error names it (else ``step``, the save being
+    made), and the reason is the operating system's (tensorstore's ``[os_error_code='28']``,
+    an ``OSError``'s strerror), else the error's text on one line, cut."""
+    text = " ".join(str(e).split())
+    found = re.findall(re.escape(os.fspath(directory)) + r"[/\\](\d+)\.orbax-checkpoint-tmp",
+                       text) or re.findall(r"(?:^|[/\\\s\"'])(\d+)\.orbax-checkpoint-tmp", text)
+    if found:
+        step = int(found[0])
+    reason = None
+    if m := re.search(r"os_error_code\W{0,3}(\d+)", text):
+        reason = os.strerror(int(m.group(1)))
+    else:
+        seen, err = set(), e  # (an OSError, or one that caused it)
+        while err is not None and id(err) not in seen:
+            seen.add(id(err))
+            if isinstance(err, OSError) and err.strerror:
+                reason = err.strerror
+                break
+            err = err.__cause__ or err.__context__
+    if reason is None:
+        reason = f"{type(e).__name__}: {text.split(' See full TensorStore details')[0][:200]}"
+    return f"{directory}: cannot write the checkpoint of step {step} ({reason})"
 
 
 def restore_meta(mngr, step: int | None = None) -> dict:
@@ -1048,6 +1089,8 @@ def train(config, workdir: str | os.PathLike, *, export_path: str | os.PathLike 
     """
     _maybe_init_distributed(config)
     validate_config(config)
+    if not os.fspath(workdir).strip():  # (Path("") is the current folder)
+        raise ConfigError(f"the workdir is an empty folder name ({os.fspath(workdir)!r})")
     workdir = Path(workdir)
     is_main = jax.process_index() == 0
     with contextlib.ExitStack() as held:
@@ -1124,8 +1167,9 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
     dtype = compute_dtype(tcfg.dtype)
     loss_cfg = LossConfig.from_config(config.loss)
     model = build_model(config, vgg)
-    mngr = checkpoint_manager(workdir, int(tcfg.keep_checkpoints),
-                              async_save=bool(_get(tcfg, "async_checkpoints", True)))
+    mngr = checkpoint_manager(workdir, int(tcfg.keep_checkpoints),  # (the lock holder: it
+                              async_save=bool(_get(tcfg, "async_checkpoints", True)),
+                              cleanup_tmp=True)  # removes the tmp folders of killed saves)
     init_from = _get(tcfg, "init_from")
     init_record = workdir / INIT_RECORD
     prior_steps = 0
@@ -1173,6 +1217,7 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
     writer = loader = bar = None
     same_setup = True  # (resumed: the loss, optimizer, data and model are the checkpoint's)
     interrupted = False
+    save_error = None  # a failed checkpoint save: said after the export
     last_rate = None
     ckpt_meta = None
     try:
@@ -1283,7 +1328,11 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
                         if bad >= 0:
                             _raise_diverged(bad, jax.device_get(pending) if pending else [],
                                             mngr, workdir, start, same_setup)
-                        save_checkpoint(mngr, state, dict(meta, data_seed=data_seed))
+                        try:
+                            save_checkpoint(mngr, state, dict(meta, data_seed=data_seed))
+                        except ModelError as e:  # (a full disk): stop; the export is written
+                            save_error = str(e)
+                            break
                     if stopping:
                         interrupted = step < num_steps
                         if interrupted and stop.signum is not None:
@@ -1292,28 +1341,37 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
                             if is_main:  # (logging's last-resort handler prints it if
                                 log.warning(msg)  # the application configured none)
                         break
-        save_error = None
         try:  # an async save fails here (a full disk): the export below is still written
             mngr.wait_until_finished()
         except Exception as e:  # noqa: BLE001
-            save_error = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
+            save_error = save_error or checkpoint_write_error(mngr.directory, step, e)
         final_model = nnx.merge(graphdef, jax.tree.map(jnp.asarray, _local_copy(state.params)),
                                 frozen)
         out_path = None
+        export_error = None
         if export_path != "" and is_main:
             out_path = Path(export_path) if export_path else workdir / EXPORT_NAME
-            export_lib.export_model(
-                final_model, out_path, dtype=str(_get(tcfg, "export_dtype", "float32")),
-                info={"step": int(step), "num_steps": num_steps,
-                      "total_steps": prior_steps + int(step),
-                      "init_from": os.path.basename(init_from) if init_from else "",
-                      "config_name": _get(config, "name", ""),
-                      "run_id": _run_id(workdir) or ""},
-                overwrite=True)  # (_check_export_path allowed it before the run)
-        if save_error is not None:
-            raise ModelError(f"{mngr.directory}: cannot write the checkpoint of step {step} "
-                             f"({save_error})" + (f"; the weights were exported to {out_path}"
-                                                  if out_path is not None else ""))
+            try:
+                export_lib.export_model(
+                    final_model, out_path, dtype=str(_get(tcfg, "export_dtype", "float32")),
+                    info={"step": int(step), "num_steps": num_steps,
+                          "total_steps": prior_steps + int(step),
+                          "init_from": os.path.basename(init_from) if init_from else "",
+                          "config_name": _get(config, "name", ""),
+                          "run_id": _run_id(workdir) or ""},
+                    overwrite=True)  # (_check_export_path allowed it before the run)
+            except (NSTError, OSError) as e:
+                if save_error is None:
+                    raise
+                export_error = (e.strerror if isinstance(e, OSError) and e.strerror
+                                else " ".join(str(e).split())[:200])
+                export_error = export_error.removeprefix(f"{out_path}: ")
+        if save_error is not None:  # one line: the checkpoint's failure and what was kept
+            if export_error is not None:
+                save_error += f"; the export to {out_path} failed too ({export_error})"
+            elif out_path is not None:
+                save_error += f"; the weights of step {step} were exported to {out_path}"
+            raise ModelError(save_error)
         return TrainResult(step=int(step), state=state, model=final_model, history=history,
                            interrupted=interrupted, export_path=out_path,
                            steps_per_sec=last_rate,

@@ -463,3 +463,37 @@ def test_match_color_to_moments_uses_the_default_eps():
     ref = np.clip((src.reshape(-1, 3) - ms) @ a.T + mt, 0, 1).reshape(src.shape)
     out = np.asarray(color.match_color_to_moments(src, color.color_moments_np(tgt)))
     np.testing.assert_allclose(out, ref, atol=2e-4)
+
+
+def test_align_to_moments_floors_a_nearly_grey_output_at_the_default_eps():
+    """A nearly grey output (chroma variances ~1e-6, below the default floor 1e-4): the floor
+    keeps the palette from blowing its faint colour noise up to the target's full colour
+    spread (float64 reference with eps 1e-4; a smaller default made speckled images)."""
+    rng = np.random.default_rng(9)
+    ramp = np.linspace(0.2, 0.8, 12 * 10).reshape(12, 10, 1)
+    x = (ramp + 1e-3 * rng.standard_normal((12, 10, 3))).astype(np.float32)
+    mt, ct = np.array([0.5, 0.4, 0.45]), np.diag([0.02, 0.01, 0.015])
+    moments = np.concatenate([mt, (ct + np.outer(mt, mt)).reshape(9)]).astype(np.float32)
+    ms, cs = _np_stats(x)
+    assert np.linalg.eigvalsh(cs)[:2].max() < 1e-5  # (the case the floor is for)
+    a = _np_sqrt_pow(ct, 0.5, 1e-4) @ _np_sqrt_pow(cs, -0.5, 1e-4)
+    ref = np.clip((x.reshape(-1, 3) - ms) @ a.T + mt, 0, 1).reshape(x.shape)
+    np.testing.assert_allclose(np.asarray(color.align_to_moments(x, moments)), ref, atol=2e-4)
+
+
+def test_sym_pow_derivative_uses_divided_differences_for_eigenvalues_a_few_percent_apart():
+    """Eigenvalues 5% apart (a nearly isotropic colour covariance) are not "repeated": the
+    derivative of ``C^p`` is the exact divided difference, not ``f'`` at the midpoint (which
+    is off by ~1e-4 relative there). Closed form in float64 for a diagonal ``C``:
+    ``dF = K o dC`` (Daleckii-Krein)."""
+    import jax
+
+    w = np.array([0.04, 0.04 * 1.05, 0.01])
+    d = np.array([[0.3, 1.0, 0.5], [1.0, -0.2, 0.3], [0.5, 0.3, 0.1]])
+    for p in (0.5, -0.5):
+        f = lambda x: x ** p  # noqa: E731
+        k = np.array([[p * w[i] ** (p - 1) if i == j else (f(w[i]) - f(w[j])) / (w[i] - w[j])
+                       for j in range(3)] for i in range(3)])
+        with jax.enable_x64(True):
+            _, jvp = jax.jvp(lambda m: color._sym_pow(m, p, 1e-5), (np.diag(w),), (d,))
+            np.testing.assert_allclose(np.asarray(jvp), k * d, rtol=1e-7, err_msg=str(p))

@@ -148,6 +148,15 @@ def test_weight_validation(bad):
     assert "\n" not in str(e.value)
 
 
+def test_huge_weights_are_normalized_without_overflow():
+    """Weights are relative: ``[1e308, 1.5e308]`` is ``[0.4, 0.6]`` (their sum overflows to
+    inf, which made every weight 0 and the mixed embedding 0, a silent wrong style)."""
+    w = inference.normalize_weights([1e308, 1.5e308], 2)
+    np.testing.assert_allclose(w, [0.4, 0.6], rtol=1e-6)
+    np.testing.assert_allclose(inference.normalize_weights([3e-310, 1e-310], 2), [0.75, 0.25],
+                               rtol=1e-6)
+
+
 @pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), "x"])
 def test_strength_validation(bad):
     with pytest.raises(ConfigError, match="strength"):
@@ -285,6 +294,21 @@ def test_strength_zero_is_content_embedding(st, files):
     np.testing.assert_allclose(y, st.transfer(c, 0.3 * e_s + 0.7 * e_c), atol=1e-5)
     y1 = st.stylize(c, style=style)
     assert np.abs(y1 - y0).mean() > 1e-3  # the style does change the output
+
+
+def test_uint8_content_is_read_as_value_over_255_on_the_device():
+    """uint8 photos (files, PIL images) go to the jitted stylize/embed functions as bytes and
+    are scaled there: every byte value must become value / 255 (float64 reference), as the
+    same photo given as floats in [0, 1] (a wrong scale, e.g. / 256, darkened every
+    file-based output slightly); floats pass through."""
+    import jax.numpy as jnp
+
+    v = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
+    got = np.asarray(inference._to_float01(jnp.asarray(v)))
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, v / 255.0, rtol=1e-7, atol=0)
+    f = np.linspace(0, 1, 12, dtype=np.float32).reshape(1, 2, 2, 3)
+    np.testing.assert_array_equal(np.asarray(inference._to_float01(jnp.asarray(f))), f)
 
 
 def test_style_mix_equals_manual_mix(st, files):

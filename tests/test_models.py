@@ -20,7 +20,8 @@ from arbitrary_nst.models import (CIN_LAYER_NAMES, ArbitraryStyleModel, Transfer
                                   cin_layer_channels, param_count)
 from arbitrary_nst.models.predictor import pooled_statistics
 from arbitrary_nst.models.transfer import (conditional_instance_norm, instance_norm,
-                                           upsample_nearest, valid_region_mask)
+                                           upsample_nearest, valid_region_limits,
+                                           valid_region_mask)
 from arbitrary_nst.vgg import FrozenWeight
 
 
@@ -99,6 +100,24 @@ def test_padded_stride1_convs_are_bit_identical_to_valid_convs(rng, monkeypatch)
     assert np.array_equal(outs[False][0], outs[True][0])
     for a, b in zip(outs[False][1], outs[True][1]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(a).max())
+
+
+def test_reflect_conv_computes_in_its_dtype(rng):
+    """A ``dtype=bfloat16`` conv (the GPU compute dtype) takes float32 input (the content, the
+    float32 residual stream) in bf16 and returns bf16: the float32 conv of the bf16-rounded
+    input and kernel, to bf16 rounding (it ran the convs in float32, at twice the memory
+    traffic, while claiming bf16)."""
+    from arbitrary_nst.models.transfer import ReflectConv
+
+    for stride in (1, 2):
+        conv = ReflectConv(3, 4, 3, stride, dtype=jnp.bfloat16, rngs=nnx.Rngs(11))
+        x = rng.random((1, 8, 10, 3)).astype(np.float32)
+        y = conv(jnp.asarray(x))
+        assert y.dtype == jnp.bfloat16, stride
+        k = np.asarray(jnp.asarray(conv.kernel[...], jnp.bfloat16).astype(jnp.float32), np.float64)
+        xr = np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32), np.float64)
+        np.testing.assert_allclose(np.asarray(y.astype(jnp.float32)),
+                                   _np_reflect_conv(xr, k, stride), rtol=2e-2, atol=1e-3)
 
 
 def test_conditional_instance_norm_matches_numpy(rng):
@@ -277,6 +296,87 @@ def test_transfer_network_matches_numpy_reference(rng):
     np.testing.assert_allclose(got, want, atol=1e-4)
 
 
+def _np_transfer_forward(net, x, gb):
+    """float64 numpy forward of ``net`` (its own kernels, norms and the given gamma/beta),
+    written as test_transfer_network_matches_numpy_reference's: reflect-padded convs, CIN,
+    nearest upsampling, then the output cropped to the input's top-left ``H x W``."""
+    k = {}
+    for name, mod in [*net.contract.items(), *net.residual.items(), *net.expand.items()]:
+        if name.startswith("norm"):
+            k[name] = (np.asarray(mod.scale[...], np.float64),
+                       np.asarray(mod.offset[...], np.float64))
+        else:
+            k[name] = np.asarray(mod.kernel[...], np.float64)
+    g = {n: (np.asarray(a, np.float64), np.asarray(b, np.float64))
+         for n, (a, b) in zip(CIN_LAYER_NAMES, gb)}
+    relu = lambda v: np.maximum(v, 0.0)  # noqa: E731
+    up = lambda v: np.repeat(np.repeat(v, 2, axis=1), 2, axis=2)  # noqa: E731
+    h = np.asarray(x, np.float64)
+    for conv, norm, stride in (("conv1", "norm1", 1), ("conv2", "norm2", 2),
+                               ("conv3", "norm3", 2)):
+        h = _np_reflect_conv(h, k[conv], stride)
+        scale, offset = k[norm]
+        h = relu(_np_cin(h, np.ones((1, h.shape[-1])), np.zeros((1, h.shape[-1]))) * scale
+                 + offset)
+    for i in range(1, 6):
+        n1, n2 = f"residual{i}_conv1", f"residual{i}_conv2"
+        h = h + _np_cin(_np_reflect_conv(relu(_np_cin(_np_reflect_conv(h, k[n1]), *g[n1])),
+                                         k[n2]), *g[n2])
+    for name in ("expand_conv1", "expand_conv2"):
+        h = relu(_np_cin(_np_reflect_conv(up(h), k[name]), *g[name]))
+    y = 1 / (1 + np.exp(-_np_cin(_np_reflect_conv(h, k["expand_conv3"]), *g["expand_conv3"])))
+    return y[:, :x.shape[1], :x.shape[2]]
+
+
+def test_transfer_network_at_sizes_off_multiples_of_4_matches_numpy(rng):
+    """Sides that are not multiples of 4 (18 x 22: the stride-2 convs give 9 x 11, then 5 x 6,
+    and the upsampling 20 x 24): the output is the top-left 18 x 22 of the network's result,
+    aligned with the input (taking the bottom-right crop shifted the image by 2 pixels)."""
+    net = TransferNetwork(0.125, rngs=nnx.Rngs(7))
+    for name, mod in [*net.contract.items(), *net.residual.items(), *net.expand.items()]:
+        if not name.startswith("norm"):
+            shape = mod.kernel[...].shape
+            mod.kernel[...] = jnp.asarray(rng.normal(0, 1 / np.sqrt(np.prod(shape[:3])), shape),
+                                          jnp.float32)
+    gb = [(rng.normal(1, 0.3, (1, c)).astype(np.float32),
+           rng.normal(0, 0.3, (1, c)).astype(np.float32)) for c in net.cin_channels]
+    x = rng.random((1, 18, 22, 3))
+    got = np.asarray(run_net(net, jnp.asarray(x, jnp.float32),
+                             [(jnp.asarray(a), jnp.asarray(b)) for a, b in gb]))
+    want = _np_transfer_forward(net, x, gb)
+    assert got.shape == want.shape == (1, 18, 22, 3)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_valid_region_limits_are_the_unbucketed_shape():
+    """A padded example's region is the shape it would run at without a bucket
+    (``inference.bucket_shape(h, w, None)``: up to a multiple of 4, at least 8) divided by the
+    stride, also for images under 8 pixels (4 x 4 and smaller were taken as 4 x 4 regions,
+    where the unbucketed run pads them to 8)."""
+    from arbitrary_nst.inference import bucket_shape
+
+    hw = [(h, w) for h in (1, 3, 4, 5, 8, 9, 13) for w in (2, 7, 12, 17)]
+    for s in (1, 2, 4):
+        got = np.asarray(valid_region_limits(jnp.asarray(hw), s))
+        want = [[-(-a // s) for a in bucket_shape(h, w, None)] for h, w in hw]
+        np.testing.assert_array_equal(got, want, err_msg=f"stride {s}")
+    assert valid_region_limits(None, 1) is None
+
+
+def test_identity_gammas_betas_are_the_untrained_predictor_output(model):
+    """``identity_gammas_betas`` (the style-free transform of diagnostics and demos) is gamma 1
+    and beta 0 per CIN layer and example, which is what a fresh predictor gives."""
+    gb = model.transfer_net.identity_gammas_betas(2)
+    assert len(gb) == 13
+    fresh = model.predictor.gamma_beta(jnp.zeros((2, model.embedding_dim)))
+    for (g, b), (fg, fb), c in zip(gb, fresh, model.cin_channels):
+        assert g.shape == b.shape == (2, c)
+        np.testing.assert_array_equal(np.asarray(g), 1.0)
+        np.testing.assert_array_equal(np.asarray(b), 0.0)
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(fg))
+        np.testing.assert_array_equal(np.asarray(b), np.asarray(fb))
+
+
 # ------------------------------------------------------------------------------------------------
 # Predictor and combined model
 
@@ -329,6 +429,68 @@ def test_pooled_statistics_match_numpy(rng):
                                    rtol=1e-5, atol=1e-5, err_msg=norm)
 
 
+def test_pooled_statistics_of_a_flat_style_match_numpy():
+    """A black (or flat) style image: every std is 0 and the log-statistics are nearly equal,
+    so the layer norm's eps decides the scale of the predictor input (without it the tiny
+    spread was blown up to unit variance)."""
+    taps = ("relu1_2", "relu2_2")
+    feats = {"relu1_2": np.zeros((1, 4, 4, 5), np.float32),
+             "relu2_2": np.full((1, 2, 2, 6), 0.01, np.float32)}
+    for norm in ("none", "layer"):
+        got = np.asarray(pooled_statistics({t: jnp.asarray(v) for t, v in feats.items()}, taps,
+                                           norm=norm))
+        np.testing.assert_allclose(got, _np_pooled_statistics(feats, taps, norm), rtol=1e-4,
+                                   atol=1e-5, err_msg=norm)
+
+
+def test_pooled_statistics_of_bfloat16_features_are_float32(rng):
+    """bf16 VGG features (the bf16 predictor and training step): the means, stds and their
+    log1p are computed in float32 (numpy float64 on the bf16-rounded values), not rounded to
+    bf16's 8 mantissa bits, which moved every embedding with the compute dtype."""
+    taps = ("relu1_2", "relu3_3")
+    feats = {"relu1_2": jnp.asarray(rng.gamma(0.5, 3.0, (2, 8, 8, 4)), jnp.bfloat16),
+             "relu3_3": jnp.asarray(rng.gamma(0.5, 40.0, (2, 4, 4, 7)), jnp.bfloat16)}
+    rounded = {t: np.asarray(v.astype(jnp.float32)) for t, v in feats.items()}
+    for norm in ("none", "layer"):
+        got = pooled_statistics(feats, taps, norm=norm)
+        assert got.dtype == jnp.float32
+        np.testing.assert_allclose(np.asarray(got), _np_pooled_statistics(rounded, taps, norm),
+                                   rtol=1e-5, atol=1e-5, err_msg=norm)
+
+
+def test_linear_predictor_without_feature_norm_matches_numpy(vgg, rng):
+    """``feature_norm="none"`` with ``hidden_dim=0`` (Magenta's single linear bottleneck): the
+    embedding is ``log1p(mean, std) @ W + b`` without the per-example standardization (the
+    option was ignored and the layer norm applied anyway)."""
+    from arbitrary_nst.models.predictor import StylePredictor
+
+    taps = ("relu1_1",)
+    pred = StylePredictor(vgg, cin_channels=cin_layer_channels(0.25), embedding_dim=6,
+                          hidden_dim=0, taps=taps, feature_norm="none", rngs=nnx.Rngs(10))
+    assert pred.hidden is None
+    pred.bottleneck.bias[...] = jnp.asarray(rng.normal(0, 0.5, (6,)), jnp.float32)
+    w, b = (np.asarray(v[...], np.float64) for v in (pred.bottleneck.kernel,
+                                                     pred.bottleneck.bias))
+    feats = {"relu1_1": rng.gamma(0.5, 3.0, (2, 4, 4, 64)).astype(np.float32)}
+    want = _np_pooled_statistics(feats, taps, "none") @ w + b
+    got = np.asarray(pred.embed_features({t: jnp.asarray(v) for t, v in feats.items()}))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_dense_layers_start_lecun_normal():
+    """The predictor's Dense kernels start as N(0, 1/fan_in) (LeCun normal) with zero bias, so
+    the MLP's activations keep unit scale at the start of training (a 1/fan_in std shrank the
+    embedding ~40x for the 1920-wide input)."""
+    from arbitrary_nst.models.predictor import Dense
+
+    for fan_in, fan_out in ((1920, 64), (256, 200)):
+        d = Dense(fan_in, fan_out, rngs=nnx.Rngs(9))
+        k = np.asarray(d.kernel[...])
+        assert k.shape == (fan_in, fan_out)
+        assert abs(k.std() * np.sqrt(fan_in) - 1.0) < 0.03 and abs(k.mean()) < 0.01
+        np.testing.assert_array_equal(np.asarray(d.bias[...]), 0.0)
+
+
 def test_embedding_mlp_matches_numpy(vgg, rng):
     """embed_features is Dense -> ReLU -> Dense on the pooled statistics, with the module's
     own weights (read out as numpy; random biases so that every term counts)."""
@@ -369,6 +531,22 @@ def test_palette_gives_the_output_the_style_colours(vgg, rng):
         np.testing.assert_allclose(px.mean(0), ps.mean(0), atol=1e-4)
         np.testing.assert_allclose(np.cov(px.T, bias=True), np.cov(ps.T, bias=True), atol=2e-5)
         assert np.abs(pc.mean(0) - ps.mean(0)).max() > 0.1  # content's colours are other
+
+
+def test_palette_amount_defaults_to_the_models_palette(vgg, rng):
+    """``align_palette`` without an amount (the training step's and ``model(c, s)``'s call)
+    moves the output the model's own ``palette`` of the way, as the Stylizer does: a
+    palette-0.5 model was trained and previewed at the full palette."""
+    from arbitrary_nst import color
+
+    m = ArbitraryStyleModel(vgg, width=0.25, hidden_dim=16, palette=0.5, rngs=nnx.Rngs(8))
+    y = rng.random((2, 12, 12, 3)).astype(np.float32) * 0.6 + 0.2
+    moments = np.asarray(color.color_moments(rng.random((2, 16, 16, 3)).astype(np.float32) ** 2))
+    got = np.asarray(m.align_palette(jnp.asarray(y), jnp.asarray(moments)))
+    half = np.asarray(color.align_to_moments(y, moments, 0.5))
+    full = np.asarray(color.align_to_moments(y, moments, 1.0))
+    np.testing.assert_allclose(got, half, atol=1e-6)
+    assert np.abs(half - full).mean() > 1e-2
 
 
 def test_transfer_with_shared_or_interpolated_embeddings(model, rng):

@@ -1375,6 +1375,12 @@ def test_train_cli_passes_its_options_and_reports_the_stop(tmp_path, monkeypatch
         raise KeyboardInterrupt
 
     monkeypatch.setattr(training, "train", ctrl_c)
+    assert train_cli.main(cfg) == 130  # nothing saved (no workdir even): no checkpoints named
+    assert capsys.readouterr().err == "error: interrupted\n"
+    (tmp_path / "w" / training.CHECKPOINT_DIR / "3.orbax-checkpoint-tmp").mkdir(parents=True)
+    assert train_cli.main(cfg) == 130
+    assert capsys.readouterr().err == "error: interrupted\n"
+    (tmp_path / "w" / training.CHECKPOINT_DIR / "2").mkdir()
     assert train_cli.main(cfg) == 130
     assert capsys.readouterr().err == \
         f"error: interrupted; the checkpoints saved so far stay in {tmp_path / 'w'}\n"
@@ -1968,3 +1974,155 @@ def test_checkpoints_named_by_file_times_are_not_called_other_images(tmp_path, c
                                 tmp_path)
     assert [r.levelno for r in caplog.records] == [logging.WARNING]
     assert "the training images differ from the checkpoint's" in caplog.text
+
+
+# ------------------------------------------------------------------------------------------------
+# A failed checkpoint write, empty paths, a Ctrl-C at start-up, the folders of killed saves
+
+#: tensorstore's texts of a failed save, as Orbax raised them (measured: a 5 MB tmpfs, and
+#: RLIMIT_FSIZE of 1 MB); the failed save is step 4 / 2's, found at the next save (6 / 4)
+_ENOSPC_TEXT = (
+    'RESOURCE_EXHAUSTED: Error writing "params.transfer_net.residual.residual5_conv1.kernel/'
+    '0.0.0.0" in OCDBT database at local file "{d}/4.orbax-checkpoint-tmp/state.orbax-'
+    'checkpoint-tmp/ocdbt.process_0/": Failed writing: "{d}/4.orbax-checkpoint-tmp/state.orbax-'
+    'checkpoint-tmp/ocdbt.process_0/d/1f4fb6def93310bd0124a2e5ca7d4c71": Failed to write 339476 '
+    "bytes to file 8: No space left on device [os_error_code='28']")
+_EFBIG_TEXT = (
+    'OUT_OF_RANGE: Error writing "opt_state.0.0.count/0" in OCDBT database at local file '
+    '"{d}/2.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/ocdbt.process_0/": Failed writing: '
+    '"{d}/2.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/ocdbt.process_0/d/30e6f0830ebd19050'
+    "7307b54a4223d6d\": Failed to write 2123410 bytes to file 8: File too large "
+    "[os_error_code='27']")
+
+
+def test_checkpoint_write_errors_name_the_failed_step_and_the_os_reason():
+    """It named the save being made (step 6) and cut tensorstore's text at 200 characters,
+    before the reason ("No space left on device") was said."""
+    d = "/runs/w 1/checkpoints"
+    msg = training.checkpoint_write_error
+    assert msg(d, 6, ValueError(_ENOSPC_TEXT.format(d=d))) == \
+        f"{d}: cannot write the checkpoint of step 4 (No space left on device)"
+    assert msg(d, 4, ValueError(_EFBIG_TEXT.format(d=d))) == \
+        f"{d}: cannot write the checkpoint of step 2 (File too large)"
+    # the folder named differently in the text (a symlinked workdir): the step still found
+    assert msg(d, 6, ValueError(_ENOSPC_TEXT.format(d="/elsewhere"))).endswith(
+        "of step 4 (No space left on device)")
+    # an OSError (a folder made read-only), also as the cause of another error
+    denied = PermissionError(13, "Permission denied", f"{d}/8.orbax-checkpoint-tmp")
+    assert msg(d, 8, denied) == f"{d}: cannot write the checkpoint of step 8 (Permission denied)"
+    try:
+        raise RuntimeError("commit failed") from denied
+    except RuntimeError as e:
+        assert msg(d, 10, e).endswith("step 10 (Permission denied)")
+    # anything else: its own text, on one line and cut
+    other = msg(d, 12, ValueError("bad\nthing " + "x" * 500))
+    assert other.startswith(f"{d}: cannot write the checkpoint of step 12 (ValueError: bad "
+                            "thing xxx") and "\n" not in other and len(other) < len(d) + 300
+
+
+def test_a_full_disk_is_one_line_naming_the_failed_save_and_the_weights_are_exported(tmp_path):
+    """A failed asynchronous save (here: a 1 MB file size limit; a full disk is the same text
+    with ENOSPC) printed ~800 lines (Orbax's logged tracebacks, tensorstore's "Event loop is
+    closed"), named the wrong step, cut the reason off and wrote no export."""
+    # train.py run as a script under a 1 MB file size limit (set by the child itself: a
+    # preexec_fn would fork this multithreaded process); the checkpoint's data file is ~2 MB,
+    # the float16 export ~0.6 MB; SIGXFSZ ignored, so write() fails with EFBIG instead
+    limit_and_run = ("import resource, runpy, signal, sys; "
+                     "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+                     f"resource.setrlimit(resource.RLIMIT_FSIZE, ({1 << 20}, {1 << 20})); "
+                     "sys.argv[0] = 'train.py'; runpy.run_path('train.py', run_name='__main__')")
+    wd = tmp_path / "wd"
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_backend_optimization_level=0")  # (half the compile time)
+    r = subprocess.run(
+        [sys.executable, "-c", limit_and_run, "--config", str(CONFIGS / "smoke.py"),
+         "--workdir", str(wd), "--no-progress", "--set", "train.num_steps=6",
+         "--set", "train.checkpoint_every=1", "--set", "train.batch_size=2",
+         "--set", "train.export_dtype='float16'"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and "Event loop is closed" not in r.stderr, \
+        r.stderr[-3000:]
+    errors = [line for line in r.stderr.splitlines() if "error" in line.lower()]
+    ckpt, export = wd / training.CHECKPOINT_DIR, wd / training.EXPORT_NAME
+    # (which save fails varies: OCDBT splits a save's ~2.5 MB into files of varying sizes; the
+    # failure surfaces at the next save, which stops the run, or at the end)
+    m = re.fullmatch(re.escape(f"error: {ckpt}: cannot write the checkpoint of step ") + r"(\d)"
+                     + re.escape(" (File too large); the weights of step ") + r"(\d)"
+                     + re.escape(f" were exported to {export}"), errors[0] if errors else "")
+    assert len(errors) == 1 and m, r.stderr[-3000:]
+    failed, exported = int(m[1]), int(m[2])
+    assert (ckpt / f"{failed}.orbax-checkpoint-tmp").is_dir() and not (ckpt / m[1]).exists()
+    assert exported in (failed, failed + 1)  # (a save that fails at once: the same step)
+    assert read_export(export)[1]["info"]["step"] == exported
+
+
+def test_empty_folder_names_are_refused_not_the_current_folder(tmp_path, capsys, monkeypatch):
+    """``--set data.content_dirs=$UNSET`` trained on the current folder's images, and
+    ``--workdir ""`` wrote the checkpoints and the export into the current folder."""
+    for override in ("data.content_dirs=", "data.style_dirs=['paintings', ' ']"):
+        with pytest.raises(ConfigError) as e:
+            training.validate_config(smoke(override))
+        key = override.split("=")[0]
+        assert str(e.value) == f"{key}: an empty folder name " \
+            f"({'' if key.endswith('content_dirs') else ' '!r}) - is a shell variable unset?"
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"the workdir is an empty folder name \(''\)"):
+        training.train(smoke(), "", progress=False)
+    train_cli = _train_script()
+    for workdir in ("", " "):
+        with pytest.raises(SystemExit) as e:
+            train_cli.main(["--config", str(CONFIGS / "smoke.py"), "--workdir", workdir])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --workdir is an empty folder name ({workdir!r})") and \
+            err.count("\n") == 1
+    assert not list(tmp_path.iterdir())
+
+
+def test_ctrl_c_while_train_py_imports_jax_is_one_line(tmp_path, monkeypatch, capsys):
+    """Importing the training module (JAX) takes seconds: a Ctrl-C then was a 40-line
+    traceback."""
+    import importlib.abc
+
+    import arbitrary_nst
+
+    class Interrupting(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "arbitrary_nst.training":
+                raise KeyboardInterrupt
+            return None
+
+    train_cli = _train_script()
+    monkeypatch.delitem(sys.modules, "arbitrary_nst.training")
+    monkeypatch.delattr(arbitrary_nst, "training")
+    monkeypatch.setattr(sys, "meta_path", [Interrupting(), *sys.meta_path])
+    try:
+        status = train_cli.main(["--config", str(CONFIGS / "smoke.py"),
+                                 "--workdir", str(tmp_path / "w")])
+    except KeyboardInterrupt:  # (raised here, pytest would stop the whole session)
+        pytest.fail("the Ctrl-C escaped train.py's main(): a traceback")
+    assert status == 130 and capsys.readouterr().err == "error: interrupted\n"
+
+
+def test_the_folders_of_a_save_killed_midway_are_removed_when_the_run_resumes(tmp_path, vgg):
+    """A SIGKILL during a save leaves ``N.orbax-checkpoint-tmp`` (a checkpoint's size): it
+    stayed forever unless a later save used step N. The training run (which holds the workdir
+    lock) removes it; a reader of the checkpoints does not (a running training may be writing
+    it)."""
+    wd = tmp_path / "wd"
+    cfg = ("train.sample_every=0", "train.checkpoint_every=2", "train.keep_checkpoints=3")
+    training.train(smoke("train.num_steps=4", *cfg), wd, vgg=vgg, progress=False,
+                   export_path="")
+    ckpt = wd / training.CHECKPOINT_DIR
+    half = ckpt / "13.orbax-checkpoint-tmp"
+    shutil.copytree(ckpt / "4", half)
+    for marker in ("commit_success.txt", "_CHECKPOINT_METADATA"):
+        (half / marker).unlink(missing_ok=True)
+    _, step = training.load_checkpoint_model(smoke(*cfg), wd, vgg=vgg)
+    assert step == 4 and half.is_dir()  # (a reader leaves it)
+    r = training.train(smoke("train.num_steps=6", *cfg), wd, vgg=vgg, progress=False,
+                       export_path="")
+    assert r.step == 6 and [h["step"] for h in r.history] == [5, 6]  # resumed from step 4
+    assert not list(ckpt.glob("*.orbax-checkpoint-tmp"))
+    assert sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit()) == [2, 4, 6]
