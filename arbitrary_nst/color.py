@@ -260,8 +260,14 @@ def color_moments_np(x: np.ndarray) -> np.ndarray:
     """:func:`color_moments` of one ``[H, W, 3]`` float image in numpy (``[12]`` float32): for
     the host, where every photo size would compile the jax version anew."""
     flat = np.asarray(x, np.float32).reshape(-1, 3)
-    second = (flat.T @ flat).astype(np.float64) / len(flat)
-    return np.concatenate([flat.mean(0, dtype=np.float64), second.reshape(9)]).astype(np.float32)
+    mean = flat.mean(0, dtype=np.float64)
+    # centred before the float32 product: E[x x^T] of a low-contrast photo is mean mean^T plus
+    # a tiny covariance, and its float32 sum over 12 MP put the covariance ~1% off
+    d = flat - mean.astype(np.float32)
+    dm = d.mean(0, dtype=np.float64)  # (what the float32 centring left)
+    cov = (d.T @ d).astype(np.float64) / len(flat) - np.outer(dm, dm)
+    second = cov + np.outer(mean, mean)
+    return np.concatenate([mean, second.reshape(9)]).astype(np.float32)
 
 
 def stats_from_moments(moments) -> tuple[jax.Array, jax.Array]:
