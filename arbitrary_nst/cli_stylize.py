@@ -250,7 +250,8 @@ def _validate(args: argparse.Namespace) -> str:
     if args.refine and args.strength == 0:  # (23 s of Adam steps for the photo's own look)
         raise ConfigError("--refine does nothing at --strength 0 (the photo's own embedding); "
                           "drop one of them")
-    if args.recursive and not any(os.path.isdir(c) for c in args.content):
+    if args.recursive and all(os.path.exists(c) and not os.path.isdir(c)  # (a typo: its own
+                              for c in args.content):                    # error, later)
         raise ConfigError("--recursive applies to --content folders; none given (a glob takes "
                           "subfolders with '**')")
     if args.refine and args.preserve_color in ("match", "histogram"):
@@ -546,13 +547,15 @@ def _content_label(args) -> str:
 
 
 def _content_files(args, unlisted: list[tuple[Path, str]] | None = None) -> list[Path]:
-    """The images of every --content value (files, folders, globs), in the order given; a file
-    named twice (``a.jpg`` and a folder holding it) is one job."""
+    """The images of every --content value (files, folders, globs), in the order given; a path
+    named twice (``a.jpg`` and a folder holding it) is one job. (By path, not by the file it
+    leads to: a symlink ``alias.png -> photo.png`` in a folder is a job of its own, as before;
+    deduplicated by real path, the alias took the photo's place.)"""
     found: list[Path] = []
     seen: set[str] = set()
     for spec in args.content:
         for p in images.list_images(spec, recursive=args.recursive, unlisted=unlisted):
-            key = os.path.realpath(p) if os.path.exists(p) else os.path.abspath(p)
+            key = os.path.abspath(p)
             if key not in seen:
                 seen.add(key)
                 found.append(p)

@@ -820,7 +820,14 @@ def _scan_dirs(dirs: Sequence[str], *, digest_cache: _DigestCache | None = None,
                 found.append((full, f"{prefix}/{rel}", st))
     found.sort(key=lambda f: f[1])
     cache = digest_cache if digest_cache is not None else _DigestCache(None)
-    digests = cache.digests([(full, st) for full, _, st in found], progress=progress)
+    # files that are images but not read here (HEIC, camera raws: listed so that preparation
+    # reports them as skipped) are not read for a digest either: tens of MB each, for nothing
+    readable = [i for i, (full, _, _) in enumerate(found)
+                if Path(full).suffix.lower() not in _images.UNREADABLE_EXTENSIONS]
+    digests = ["not read"] * len(found)
+    for i, dg in zip(readable, cache.digests([found[i][::2] for i in readable],
+                                             progress=progress)):
+        digests[i] = dg
     cache.save(dirs)
     files = [(full, key, st.st_size if st is not None else -1, dg)
              for (full, key, st), dg in zip(found, digests)]
@@ -1123,6 +1130,8 @@ def folder_builder(dirs: Sequence[str | os.PathLike[str]], *, data_dir: str | os
         # TFDS reads an earlier preparation's dataset_info.json here: one cut short (a full
         # disk, a copy stopped half way) or edited by hand was a protobuf traceback
         version_dir = Path(root) / builder_cls.name / config.name / BUILDER_VERSION
+        if not (version_dir / "dataset_info.json").is_file():  # (not about that file)
+            raise
         raise ConfigError(f"{version_dir}: cannot read the prepared data's description "
                           f"({_one_line(e)[:200]}); delete this folder to prepare it again") \
             from None

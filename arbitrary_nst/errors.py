@@ -87,7 +87,7 @@ class _StoreOnce(argparse._StoreAction):
             seen = parser.__dict__.setdefault("_options_given", set())
             if self.dest in seen:
                 raise argparse.ArgumentError(
-                    self, "given more than once; it takes one value (give it once)")
+                    self, "given more than once (only the last would count); give it once")
             seen.add(self.dest)
         super().__call__(parser, namespace, values, option_string)
 

@@ -681,8 +681,17 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
         # where the fits are saved: checked now, not after the first (minutes-long) fit
         check_writable_dir(out_dir / "fitted" if fitted_dir is None else fitted_dir,
                            "--fitted folder")
+    # images that are not read here (a camera's raw next to its JPEG, HEIC) are left out
+    # before picking: they took a pick, or stopped the run as a second "IMG_0001"
+    style_files = images.list_images(style)
+    for p in [*content_files, *style_files]:
+        if why := images.unreadable_reason(p):
+            skipped.append(f"{p}: {why}")
+            print(f"skipped: {skipped[-1]}", file=sys.stderr)
+    content_files = [p for p in content_files if not images.unreadable_reason(p)]
+    style_files = [p for p in style_files if not images.unreadable_reason(p)]
     picked_contents = _pick(content_files, num_contents)
-    picked_styles = _pick(images.list_images(style), num_styles)
+    picked_styles = _pick(style_files, num_styles)
     for what, files in (("content", picked_contents), ("style", picked_styles)):
         _check_unique_names(what, files)
         inside = [p for p in files if is_inside(p, out_dir)]

@@ -53,6 +53,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "UNREADABLE_EXTENSIONS",
     "describe_image_extensions",
+    "unreadable_reason",
     "SAVE_FORMATS",
     "PathLike",
     "ImageLike",
@@ -373,6 +374,13 @@ def _open_checked(f: Any, name: str, max_pixels: int | None) -> Image.Image:
 def _unreadable(name: str) -> str | None:
     """Why a file that Pillow could not open is not read, from its extension (HEIC, ...)."""
     return UNREADABLE_EXTENSIONS.get(Path(name).suffix.lower())
+
+
+def unreadable_reason(path: PathLike) -> str | None:
+    """Why an image file is not read here, from its extension alone (``UNREADABLE_EXTENSIONS``:
+    HEIC without pillow-heif, JPEG XL, camera raws), else None. Batches skip such files before
+    planning outputs: a raw shares its name with the camera's JPEG."""
+    return _unreadable(os.fspath(path))
 
 
 def _open_formats() -> list[str]:

@@ -838,6 +838,9 @@ def plan_outputs(paths: Sequence[Path], output: Callable[[Path], Any],
     jobs: list[tuple[int, Path, Path]] = []
     claimed: dict[str, Path] = {}
     for i, p in enumerate(paths):
+        if unreadable := images.unreadable_reason(p):  # (IMG_1.CR2 claimed IMG_1.JPG's name)
+            skips.append(skipped_file(p, None, p, unreadable))
+            continue
         if p in guessed:
             skips.append(FileResult(
                 p, None, False, f"{p}: looks like an earlier run's result for {guessed[p]} with "

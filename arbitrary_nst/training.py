@@ -289,7 +289,8 @@ def validate_config(config) -> None:
     compute_dtype(t.dtype)
     for key in ("content_dirs", "style_dirs"):  # ('' was the current folder: its images were
         dirs = _get(config.data, key, None)     # trained on, the workdir guard missed it)
-        for d in [dirs] if isinstance(dirs, (str, os.PathLike)) else (dirs or []):
+        for d in ([dirs] if isinstance(dirs, (str, os.PathLike)) else
+                  dirs if isinstance(dirs, (list, tuple)) else []):
             if isinstance(d, (str, os.PathLike)) and not os.fspath(d).strip():
                 raise ConfigError(f"data.{key}: an empty folder name ({os.fspath(d)!r}) - is "
                                   "a shell variable unset?")

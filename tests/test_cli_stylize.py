@@ -267,7 +267,7 @@ def test_options_that_take_one_value_given_twice_are_usage_errors(cli, data):
                  ["--out", data["tmp"] / "o.png", "--out", data["tmp"] / "p.png"],
                  ["--out-dir", data["tmp"] / "d", "--max-size=64", "--max-size", "32"]):
         rc, _, err = cli("--content", a, "--style", s, *argv)
-        assert rc == 2 and "given more than once; it takes one value (give it once)" in \
+        assert rc == 2 and "given more than once (only the last would count); give it once" in \
             one_error_line(err), (argv, err)
     assert not (data["tmp"] / "o.png").exists() and not (data["tmp"] / "d").exists()
 
@@ -438,6 +438,36 @@ def test_a_batch_takes_every_format_the_loader_reads_and_names_the_unreadable(cl
     assert rc == 1 and f"done {n}, skipped 3 (" in stdout, (stdout, err)
     assert "1 unsupported format" in stdout and "2 symlink loop" in stdout, stdout
     assert f"skipped: {d / 'f.heic'}: HEIC is not readable here (pip install pillow-heif)" in err
+
+
+def test_a_raw_or_heic_next_to_its_jpeg_does_not_take_the_jpegs_output_name(cli, data):
+    """A camera folder holds IMG_0001.CR2 next to IMG_0001.JPG (and a phone HEIC next to its
+    PNG): the unreadable file sorted first claimed the output name, so the JPEG was skipped as
+    a "duplicate output name" too and the batch wrote nothing. A symlink alias in a folder is
+    its own job (a dedupe by real path let the alias take the photo's place)."""
+    d = data["tmp"] / "camera"
+    d.mkdir()
+    Image.open(data["contents"][0]).save(d / "IMG_0001.JPG")
+    Image.open(data["contents"][1]).save(d / "IMG_0002.png")
+    (d / "IMG_0001.CR2").write_bytes(os.urandom(256))
+    (d / "IMG_0002.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(64))
+    os.symlink(d / "IMG_0002.png", d / "alias.png")
+    od = data["tmp"] / "cam_out"
+    rc, stdout, err = cli("--content", d, "--style", data["styles"][0], "--out-dir", od,
+                          "--no-progress")
+    assert sorted(p.name for p in od.iterdir()) == ["IMG_0001__s1.png", "IMG_0002__s1.png",
+                                                    "alias__s1.png"], (stdout, err)
+    skipped = 1 if ".heic" in images.IMAGE_EXTENSIONS else 2
+    assert rc == 1 and f"done 3, skipped {skipped} ({skipped} unsupported format)" in stdout
+    assert "duplicate" not in stdout + err
+
+
+def test_recursive_with_a_missing_folder_says_it_is_missing(cli, data):
+    """A typo'd folder with --recursive said "--recursive applies to --content folders; none
+    given" instead of naming the missing folder."""
+    rc, _, err = cli("--content", data["tmp"] / "photoz", "--recursive", "--style",
+                     data["styles"][0], "--out-dir", data["tmp"] / "o")
+    assert rc == 1 and "photoz" in one_error_line(err) and "no such" in err
 
 
 def test_a_failed_run_removes_the_output_folders_it_created_and_left_empty(cli, data):

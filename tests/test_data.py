@@ -1432,6 +1432,22 @@ def test_file_digests_cover_every_byte(tmp_path):
     assert data._file_digest(str(a)) == hashlib.blake2b(a.read_bytes(), digest_size=16).hexdigest()
 
 
+def test_camera_raws_and_heic_are_not_read_for_digests(tmp_path, monkeypatch):
+    """Files that are images but not read here (camera raws, HEIC without pillow-heif) are
+    listed (preparation reports them as skipped) but not read in full for a digest: tens of
+    MB each, for files that are never decoded."""
+    d = tmp_path / "photos"
+    d.mkdir()
+    Image.fromarray(_smooth(64, 64, 1)).save(d / "a.jpg")
+    (d / "b.nef").write_bytes(os.urandom(1024))
+    read = []
+    real = data._file_digest
+    monkeypatch.setattr(data, "_file_digest", lambda p, *a, **k: read.append(p) or real(p, *a, **k))
+    files, ignored = data._scan_dirs([str(d)])
+    assert [Path(f[0]).name for f in files] == ["a.jpg", "b.nef"] and ignored == 0
+    assert [Path(p).name for p in read] == ["a.jpg"]
+
+
 def test_dataset_fingerprints_are_stable_and_see_file_names(tmp_path):
     """A folder prepared earlier keeps its dataset name (the fingerprint of unchanged files with
     the default settings is pinned: a change of formula prepares every user's folders again,

@@ -2105,6 +2105,34 @@ def test_ctrl_c_while_train_py_imports_jax_is_one_line(tmp_path, monkeypatch, ca
     assert status == 130 and capsys.readouterr().err == "error: interrupted\n"
 
 
+def test_train_py_drops_only_orbax_save_failure_logs(monkeypatch):
+    """train.py silences what Orbax logs on the way to a failed save (said again in its one
+    error line), but an Orbax error it does not raise ("Failed to remove checkpoint": the only
+    word of old checkpoints piling up) keeps its line, without the traceback; a record of
+    another library keeps its traceback."""
+    import logging
+
+    train_cli = _train_script()
+
+    def record(msg, in_orbax=True):
+        code = compile("raise OSError(16, 'Device or resource busy')",
+                       "/site-packages/orbax/checkpoint/x.py" if in_orbax else "/lib/other.py",
+                       "exec")
+        try:
+            exec(code, {})
+        except OSError:
+            return logging.LogRecord("absl", logging.ERROR, "absl.py", 1, msg, (),
+                                     sys.exc_info())
+
+    keep = train_cli._not_an_orbax_traceback
+    saved = record("[process=0] Failed to run 4 Handler Commit operations or the Commit ...")
+    assert keep(saved) is False
+    removal = record("Failed to remove checkpoint (%s)")
+    assert keep(removal) is True and removal.exc_info is None
+    other = record("Failed to run 4 Handler Commit operations", in_orbax=False)
+    assert keep(other) is True and other.exc_info is not None
+
+
 def test_the_folders_of_a_save_killed_midway_are_removed_when_the_run_resumes(tmp_path, vgg):
     """A SIGKILL during a save leaves ``N.orbax-checkpoint-tmp`` (a checkpoint's size): it
     stayed forever unless a later save used step N. The training run (which holds the workdir
