@@ -89,7 +89,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--out-dir", metavar="DIR",
                     help="output folder: files are named {content}__{style}.png ({style}: "
                          "a+b for a mix, painting-fitted for painting.npz; {style}__gatys "
-                         "with --method gatys)")
+                         "with --method gatys); subfolders of a --recursive folder or of a "
+                         "glob are mirrored in it")
     io.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     io.add_argument("--recursive", action="store_true",
                     help="with --content folders, also take images in their subfolders")
@@ -535,10 +536,12 @@ def _identity(path: Path) -> tuple | None:
         return None
 
 
-def _list_contents(args) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """The content files, and the subfolders that cannot be read (skipped and reported)."""
+def _list_contents(args) -> tuple[list[Path], list[tuple[Path, str]], dict[str, str]]:
+    """The content files, the subfolders that cannot be read (skipped and reported), and each
+    file's subfolder for its output (:func:`_content_files`)."""
     unlisted: list[tuple[Path, str]] = []
-    return _content_files(args, unlisted), unlisted
+    subfolders: dict[str, str] = {}
+    return _content_files(args, unlisted, subfolders), unlisted, subfolders
 
 
 def _content_label(args) -> str:
@@ -546,24 +549,45 @@ def _content_label(args) -> str:
     return " ".join(os.fspath(c) for c in args.content)
 
 
-def _content_files(args, unlisted: list[tuple[Path, str]] | None = None) -> list[Path]:
+def _content_files(args, unlisted: list[tuple[Path, str]] | None = None,
+                   subfolders: dict[str, str] | None = None) -> list[Path]:
     """The images of every --content value (files, folders, globs), in the order given; a path
     named twice (``a.jpg`` and a folder holding it) is one job. (By path, not by the file it
     leads to: a symlink ``alias.png -> photo.png`` in a folder is a job of its own, as before;
-    deduplicated by real path, the alias took the photo's place.)"""
+    deduplicated by real path, the alias took the photo's place.) ``subfolders``: filled with
+    each image's folder relative to its --content folder, or to the part of its glob before the
+    first wildcard (``"."`` at the top), for outputs that mirror the input tree."""
     found: list[Path] = []
     seen: set[str] = set()
     for spec in args.content:
+        base = _listing_base(os.fspath(spec))
         for p in images.list_images(spec, recursive=args.recursive, unlisted=unlisted):
             key = os.path.abspath(p)
             if key not in seen:
                 seen.add(key)
                 found.append(p)
+                if subfolders is not None:
+                    rel = "." if base is None else os.path.relpath(os.path.dirname(key), base)
+                    subfolders[key] = "." if rel.startswith("..") else rel
     return found
 
 
-def _stylize(args, stylizer, listing: tuple[list[Path], list[tuple[Path, str]]]) -> int:
-    contents, unlisted = listing
+def _listing_base(spec: str) -> str | None:
+    """The folder that a --content value's images are listed under: the folder itself, or a
+    glob's leading path without wildcards (``photos`` for ``photos/**/*.jpg``); None for a
+    file."""
+    if os.path.isdir(spec):
+        return os.path.abspath(spec)
+    if not images._GLOB_MAGIC.search(spec):
+        return None
+    parts = Path(spec).parts
+    i = next(k for k, part in enumerate(parts) if images._GLOB_MAGIC.search(part))
+    return os.path.abspath(os.path.join(*parts[:i]) if i else ".")
+
+
+def _stylize(args, stylizer, listing: tuple[list[Path], list[tuple[Path, str]], dict[str, str]]
+             ) -> int:
+    contents, unlisted, subfolders = listing
     styles = list(args.style)
     single = args.out is not None
     if single:
@@ -575,7 +599,10 @@ def _stylize(args, stylizer, listing: tuple[list[Path], list[tuple[Path, str]]])
     else:
         out_dir = _check_out_dir(args.out_dir)
         tag = _stem(styles) + ("__gatys" if args.method == "gatys" else "")
-        output = lambda p: out_dir / _output_name(Path(p).stem, tag)  # noqa: E731
+        # the input tree is mirrored (--recursive, a glob over several folders): a camera's
+        # DCIM/100/IMG_0001.JPG and DCIM/101/IMG_0001.JPG were one output name, one skipped
+        output = lambda p: (out_dir / subfolders.get(os.path.abspath(p), ".")  # noqa: E731
+                            / _output_name(Path(p).stem, tag))
     max_size = args.max_size or None
     t0 = time.perf_counter()
     if args.method == "gatys":

@@ -222,21 +222,52 @@ def test_batch_glob_recursive_and_mixed_names(cli, data):
     od3 = data["tmp"] / "o3"
     rc, stdout, _ = cli("--content", data["dir"], "--recursive", "--style", s1, "--out-dir",
                         od3, "--no-progress", "--batch-size", 2)
-    assert rc == 0 and "done 4" in stdout and (od3 / "d__s1.png").exists()
-    # two contents with one output name: the skip line names the skipped file
+    assert rc == 0 and "done 4" in stdout and (od3 / "sub" / "d__s1.png").exists()
+    # the input tree is mirrored: sub/a.png and a.png (a camera's DCIM/100/IMG_0001.JPG and
+    # DCIM/101/IMG_0001.JPG) both get their output (one was skipped as a duplicate name)
     png(sub / "a.png", 30, 30, 13)
     od4 = data["tmp"] / "o4"
     rc, stdout, err = cli("--content", data["dir"], "--recursive", "--style", s1, "--out-dir",
                           od4, "--no-progress")
+    assert rc == 0 and "done 5, skipped 0" in stdout, (stdout, err)
+    assert sorted(str(p.relative_to(od4)) for p in od4.rglob("*.png")) == [
+        "a__s1.png", "b__s1.png", "c__s1.png", "sub/a__s1.png", "sub/d__s1.png"]
+    # ... as is a glob's tree below its part without wildcards
+    od5 = data["tmp"] / "o5"
+    rc, stdout, _ = cli("--content", str(data["dir"] / "**" / "a.png"), "--style", s1,
+                        "--out-dir", od5, "--no-progress")
+    assert rc == 0 and sorted(str(p.relative_to(od5)) for p in od5.rglob("*.png")) == [
+        "a__s1.png", "sub/a__s1.png"]
+    # two contents with one output name (a.png, a.jpg): the skip line names the skipped file
+    png(data["dir"] / "a.jpg", 30, 30, 14)
+    rc, stdout, err = cli("--content", data["dir"], "--style", s1, "--out-dir", od4,
+                          "--no-progress", "--overwrite")
     assert rc == 1 and "1 duplicate output name" in stdout
-    assert f"skipped: {sub / 'a.png'}: its output {od4 / 'a__s1.png'} collides with the output "\
-           f"of {data['dir'] / 'a.png'}" in err
-    # run again: the clash is still said (both said "exists; pass --overwrite", and the clash
-    # showed only after --overwrite, as told)
-    rc, stdout, err = cli("--content", data["dir"], "--recursive", "--style", s1, "--out-dir",
-                          od4, "--no-progress")
-    assert rc == 1 and "1 duplicate output name" in stdout and "4 output exists" in stdout
-    assert f"skipped: {sub / 'a.png'}: its output {od4 / 'a__s1.png'} collides" in err
+    assert f"skipped: {data['dir'] / 'a.png'}: its output {od4 / 'a__s1.png'} collides with " \
+           f"the output of {data['dir'] / 'a.jpg'}" in err
+    # run again without --overwrite: the clash is still said (both said "exists; pass
+    # --overwrite", and the clash showed only after --overwrite, as told)
+    rc, stdout, err = cli("--content", data["dir"], "--style", s1, "--out-dir", od4,
+                          "--no-progress")
+    assert rc == 1 and "1 duplicate output name" in stdout and "3 output exists" in stdout
+    assert f"skipped: {data['dir'] / 'a.png'}: its output {od4 / 'a__s1.png'} collides" in err
+
+
+def test_a_recursive_batch_into_its_own_folder_writes_next_to_each_photo_and_reruns(cli, data):
+    """With --out-dir = the --content folder and --recursive, each result lands next to its
+    photo (the tree is mirrored onto itself); a rerun skips them as earlier outputs, one with
+    another style does not stylize them again."""
+    sub = data["dir"] / "sub"
+    sub.mkdir()
+    png(sub / "d.png", 38, 44, 12)
+    s1, s2 = data["styles"][:2]
+    argv = ("--content", data["dir"], "--recursive", "--out-dir", data["dir"], "--no-progress")
+    rc, stdout, _ = cli(*argv, "--style", s1)
+    assert rc == 0 and (sub / "d__s1.png").is_file() and (data["dir"] / "a__s1.png").is_file()
+    rc, stdout, _ = cli(*argv, "--style", s1)
+    assert rc == 1 and "done 0, skipped 8 (4 output exists, 4 earlier output)" in stdout, stdout
+    rc, stdout, _ = cli(*argv, "--style", s2)
+    assert "done 4, skipped 4" in stdout and not list(data["dir"].rglob("*__s1__s2.png"))
 
 
 def test_several_contents_are_one_batch_and_a_file_named_twice_is_one_job(cli, data):
