@@ -404,6 +404,28 @@ def model_fingerprint(model) -> str:
     return h.hexdigest()[:16]
 
 
+def data_identity(sources) -> dict:
+    """What an oracle is made from, per role: the datasets by name (a prepared folder's name ends
+    in a digest of its files' contents) and the number of images; an npz export, whose name is
+    only its role, also by a digest of its bytes."""
+    import hashlib
+
+    out = {}
+    for role in ("style", "content"):
+        src = sources[role]
+        names = []
+        for part in getattr(src, "parts", [src]):
+            name = str(getattr(part, "name", "?"))
+            if getattr(part, "file", None) is not None and hasattr(part, "_buf"):  # npz
+                h = hashlib.blake2b(digest_size=8)
+                h.update(memoryview(part._buf))
+                h.update(np.ascontiguousarray(part._off).tobytes())
+                name += f"-{h.hexdigest()}"
+            names.append(name)
+        out[role] = {"datasets": names, "images": len(src)}
+    return out
+
+
 def collect_oracle(model, sources, out_dir: Path, *, num_styles: int, batch: int = 8,
                    contents_per_style: int = 1, steps: int = 12, learning_rate: float = 0.05,
                    style_weight: float = 0.5, seed: int = 0, style_size: int = STYLE_SIZE,
@@ -435,6 +457,9 @@ def collect_oracle(model, sources, out_dir: Path, *, num_styles: int, batch: int
         meta["target"] = target
     # the start model's weights (an oracle of another model was reused as if it were this one's)
     meta["model_sha256"] = model_fingerprint(model)
+    # and the training images (another style folder of the same size reused the old chunks:
+    # a model fitted to paintings that were no longer the ones asked for)
+    meta["data"] = data_identity(sources)
     meta_path = out_dir / "oracle.json"
     if meta_path.exists():
         try:
@@ -444,11 +469,13 @@ def collect_oracle(model, sources, out_dir: Path, *, num_styles: int, batch: int
         except (OSError, ValueError) as e:  # (JSONDecodeError, UnicodeDecodeError: ValueErrors)
             raise ConfigError(f"{meta_path}: unreadable ({str(e).splitlines()[0][:100]}); "
                               "delete the folder or use another --out") from None
-        if "model_sha256" not in old:  # (older oracles did not record it)
-            old["model_sha256"] = meta["model_sha256"]
+        for key in ("model_sha256", "data"):  # (older oracles did not record them)
+            old.setdefault(key, meta[key])
         if old != meta:
-            raise ConfigError(f"{out_dir}: holds an oracle made with {old}, not {meta}; "
-                              f"use another --out")
+            changed = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
+            raise ConfigError(f"{out_dir}: holds an oracle made with other "
+                              f"{', '.join(changed)} ({ {k: old.get(k) for k in changed} }, now "
+                              f"{ {k: meta.get(k) for k in changed} }); use another --out")
     else:
         write_atomically(meta_path, lambda f: f.write(json.dumps(meta).encode()))
     style_src, content_src = sources["style"], sources["content"]
@@ -617,6 +644,9 @@ def main(argv: list[str] | None = None) -> int:
         a.learning_rate = 0.02 if conditioning else 0.05
     a.rank = a.rank or list(DEFAULT_RANKS)
     a.ridge = a.ridge or list(DEFAULT_RIDGES)
+    from .files import CREATED_DIRS
+
+    CREATED_DIRS.clear()  # (the folders this command creates: removed if it fails early)
     try:
         for name in ("num_styles", "batch", "contents_per_style", "steps", "fit_steps",
                      "style_size", "content_crop"):
@@ -710,8 +740,21 @@ def main(argv: list[str] | None = None) -> int:
                   f"wrote {out / 'model.safetensors'}")
         return 0
     except NSTError as e:
+        from .files import remove_created_dirs
+
+        remove_created_dirs()  # (an early error left an empty --out folder)
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # (a traceback through the refinement)
+        from .files import remove_created_dirs
+
+        remove_created_dirs()
+        kept = os.path.isdir(out_dir := os.path.join(a.out, "oracle")) and any(
+            n.startswith("chunk_") for n in os.listdir(out_dir))
+        print("error: interrupted" + (f"; the oracle chunks in {out_dir} are kept: the same "
+                                      "command goes on from them" if kept else ""),
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -694,7 +694,10 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
     picked_styles = _pick(style_files, num_styles)
     for what, files in (("content", picked_contents), ("style", picked_styles)):
         _check_unique_names(what, files)
-        inside = [p for p in files if is_inside(p, out_dir)]
+        # (also as named: a folder of symlinks to the photos resolves elsewhere, and the
+        # sheets were written among the links, to be taken as photos by the next run)
+        inside = [p for p in files if is_inside(p, out_dir) or os.path.commonpath(
+            [os.path.abspath(p), os.path.abspath(out_dir)]) == os.path.abspath(out_dir)]
         if inside:
             raise ConfigError(f"{out_dir}: --out holds the {what} image {inside[0]}; the "
                               "evaluation writes images and sheets there: use another folder")
@@ -817,6 +820,10 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
             info["embed_seconds"][m] = float(np.mean(method.embed_seconds))
         if getattr(method, "reused", None):
             info["fits_reused"] = len(method.reused)
+    if not rows:  # (a KeyError traceback while writing the summary)
+        raise ConfigError(f"no pair could be evaluated ({len(skipped)} skipped: "
+                          + "; ".join(skipped[:2]) + ("; ..." if len(skipped) > 2 else "")
+                          + "); nothing written")
     means = mean_table(rows, methods)
     result = EvalResult(rows, means, skipped, out_dir, methods, info)
     write_outputs(result, contents, styles, thumb=thumb, side_by_side_pairs=side_by_side_pairs)
@@ -838,9 +845,22 @@ def mean_table(rows: list[dict[str, Any]], methods: Sequence[str]) -> dict[str, 
 # Outputs
 
 
+def _finite_or_null(obj: Any) -> Any:
+    """``obj`` with NaN/inf floats as None: JSON has no NaN (a method without pairs wrote
+    ``NaN``, which JSON.parse and strict readers refuse)."""
+    if isinstance(obj, dict):
+        return {k: _finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_null(v) for v in obj]
+    if isinstance(obj, (float, np.floating)) and not math.isfinite(obj):
+        return None
+    return obj
+
+
 def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=float))
+    tmp.write_text(json.dumps(_finite_or_null(obj), indent=1, sort_keys=True, default=float,
+                              allow_nan=False))
     os.replace(tmp, path)
 
 
@@ -1083,6 +1103,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     printable_stdout()
     args = build_parser().parse_args(argv)
+    from .files import CREATED_DIRS
+
+    CREATED_DIRS.clear()  # (the folders this command creates: removed if it fails early)
     try:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         if not methods:
@@ -1115,6 +1138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                      strength=args.strength, fitted_dir=args.fitted,
                      style_size=args.style_size)
     except (NSTError, ImageError) as e:
+        from .files import remove_created_dirs
+
+        remove_created_dirs()  # (an early error, e.g. a missing --content, left an empty --out)
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # (it said a bare "interrupted": what is kept, and how to go on)

@@ -7,11 +7,13 @@ oracles made with different settings.
 """
 from __future__ import annotations
 
+import io
 import json
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 from arbitrary_nst import distill, export, images
 from arbitrary_nst.data import SyntheticSource
@@ -128,6 +130,28 @@ def _small_command(out, model_path, *, num_styles: int) -> list[str]:
             "--set", "data.synthetic_count=16", "--num-styles", str(num_styles), "--batch", "4",
             "--steps", "2", "--style-size", str(SIZE), "--content-crop", str(SIZE),
             "--content-short", "40", "48", "--fit-steps", "20", "--no-progress"]
+
+
+def test_command_errors_and_ctrl_c_leave_no_empty_out_folder_and_say_what_is_kept(
+        tmp_path, model_path, capsys, monkeypatch):
+    """An early error (training folders missing) left an empty --out folder; Ctrl-C was a
+    traceback through the refinement and did not say that finished oracle chunks are kept."""
+    out = tmp_path / "new" / "d"
+    args = _small_command(out, model_path, num_styles=4)
+    assert distill.main(args[:4] + ["--set", "data.source=folder", "--set",
+                                    f"data.style_dirs=['{tmp_path / 'nope'}']"]) == 1
+    assert "no such" in capsys.readouterr().err and not (tmp_path / "new").exists()
+
+    def interrupted(model, sources, out_dir, **kw):
+        out_dir.mkdir(parents=True)
+        (out_dir / "chunk_00000.npz").write_bytes(b"")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(distill, "collect_oracle", interrupted)
+    assert distill.main(args) == 130
+    assert capsys.readouterr().err == (f"error: interrupted; the oracle chunks in "
+                                       f"{out / 'oracle'} are kept: the same command goes on "
+                                       "from them\n")
 
 
 def test_command_resumes_and_refuses_other_settings(tmp_path, model_path, capsys, vgg):
@@ -577,6 +601,48 @@ def test_an_oracle_recorded_before_model_hashes_is_reused(tmp_path, model):
     again = distill.collect_oracle(model, src, tmp_path / "o", **kw)
     assert chunk.stat().st_mtime_ns == stamp
     np.testing.assert_array_equal(again["e_star"], first["e_star"])
+
+
+def test_an_oracle_of_other_training_images_is_refused(tmp_path, model):
+    """Another style folder of the same size (or files edited in place: the prepared dataset's
+    name changes) reused the old oracle chunks silently, and the distilled model was fitted to
+    paintings that were no longer the ones asked for."""
+    src = {"style": SyntheticSource("style", 8), "content": SyntheticSource("content", 8)}
+    kw = dict(num_styles=2, batch=2, steps=1, style_size=SIZE, content_crop=SIZE,
+              content_short_range=(40, 48), progress=False)
+    distill.collect_oracle(model, src, tmp_path / "o", **kw)
+    other = SyntheticSource("style", 8)
+    other.name = "paintings-0123456789ab"  # (what a changed folder's preparation is named)
+    with pytest.raises(ConfigError, match=r"holds an oracle made with other data \("):
+        distill.collect_oracle(model, {**src, "style": other}, tmp_path / "o", **kw)
+    # an oracle.json of an older version (no "data") is taken to be of these images
+    meta = json.loads((tmp_path / "o" / "oracle.json").read_text())
+    del meta["data"]
+    (tmp_path / "o" / "oracle.json").write_text(json.dumps(meta))
+    distill.collect_oracle(model, src, tmp_path / "o", **kw)
+
+
+def test_npz_training_data_is_identified_by_its_bytes(tmp_path):
+    """An npz export is named only by its role ("npz-style"): its bytes tell two apart."""
+    from arbitrary_nst import data as data_lib
+
+    ids = []
+    for seed in (0, 1):
+        rng = np.random.default_rng(seed)
+        imgs = [Image.fromarray(rng.integers(0, 255, (40, 40, 3), np.uint8)) for _ in range(2)]
+        blobs = []
+        for im in imgs:
+            b = io.BytesIO()
+            im.save(b, format="JPEG")
+            blobs.append(np.frombuffer(b.getvalue(), np.uint8))
+        arrays = {}
+        for role in ("content", "style"):
+            arrays[f"{role}_jpeg"] = np.concatenate(blobs)
+            arrays[f"{role}_offsets"] = np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64)
+        np.savez(tmp_path / f"d{seed}.npz", **arrays)
+        srcs = {r: data_lib.NpzSource(tmp_path / f"d{seed}.npz", r) for r in ("content", "style")}
+        ids.append(distill.data_identity(srcs))
+    assert ids[0]["style"]["datasets"][0].startswith("npz-style-") and ids[0] != ids[1]
 
 
 def test_target_scale_zero_fits_the_prediction_and_leaves_the_model_unchanged(tmp_path,

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 from arbitrary_nst import evaluate, images, losses, samples, vgg as vgg_lib
 from arbitrary_nst.errors import ConfigError
@@ -884,3 +886,57 @@ def test_a_flat_settings_file_of_an_older_version_still_guards_a_resume(small_se
                                           r"\(size 48 -> 56\)"):
         evaluate.evaluate(small_set / "content", small_set / "style", out, size=56,
                           resume=True, **kw)
+
+
+def test_an_early_error_leaves_no_empty_out_folder(tmp_path, capsys):
+    """A missing --content was one error line but left the (new, empty) --out folder."""
+    assert evaluate.main(["--content", str(tmp_path / "nope"), "--style", str(tmp_path / "nope"),
+                          "--out", str(tmp_path / "new" / "ev")]) == 1
+    assert "no such file" in capsys.readouterr().err and not (tmp_path / "new").exists()
+
+
+def test_out_among_symlinked_inputs_is_refused(tmp_path, capsys):
+    """A folder of symlinks to photos elsewhere, given as --content and as --out: the check
+    resolved the links (the photos are not under --out) and the sheets were written among the
+    links, to be taken as photos by the next run."""
+    real = tmp_path / "real"
+    real.mkdir()
+    links = tmp_path / "links"
+    links.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((40, 40, 3), 60 * i + 30, np.uint8)).save(real / f"p{i}.png")
+        os.symlink(real / f"p{i}.png", links / f"p{i}.png")
+    assert evaluate.main(["--content", str(links), "--style", str(real), "--out", str(links),
+                          "--methods", "identity", "--size", "32", "--no-progress"]) == 1
+    assert "--out holds the content image" in capsys.readouterr().err
+    assert sorted(p.name for p in links.iterdir()) == ["p0.png", "p1.png"]
+
+
+def test_every_pair_skipped_is_one_error_and_json_has_no_nan(tmp_path, monkeypatch, capsys):
+    """A method that skipped every pair (refinement refuses a flat photo) ended in a KeyError
+    traceback while the summary was written; a method without pairs wrote NaN into
+    results.json, which JSON.parse and strict readers refuse."""
+    from arbitrary_nst.errors import ImageError
+
+    c, st = tmp_path / "c", tmp_path / "s"
+    c.mkdir(), st.mkdir()
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(c / "flat.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), np.uint8)).save(
+        st / "s.png")
+
+    def refuse(self, content, styles, style_keys):
+        raise ImageError(None, "a flat photo")
+
+    monkeypatch.setattr(evaluate.IdentityMethod, "run", refuse)
+    argv = ["--content", str(c), "--style", str(st), "--out", str(tmp_path / "e"),
+            "--methods", "identity", "--size", "32", "--no-progress"]
+    assert evaluate.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "error: no pair could be evaluated (1 skipped: identity: content flat: a flat " \
+           "photo); nothing written" in err and "Traceback" not in err
+    monkeypatch.undo()
+    evaluate._write_json(tmp_path / "x.json", {"means": {"m": {"style": float("nan"),
+                                                              "b": np.float32("inf")}}})
+    assert json.loads((tmp_path / "x.json").read_text(),
+                      parse_constant=lambda c: pytest.fail(c)) == {"means": {"m": {
+                          "style": None, "b": None}}}
