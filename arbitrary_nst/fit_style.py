@@ -294,7 +294,8 @@ def fit_conditionings(model, styles: np.ndarray, embeddings: np.ndarray, draw_ph
     targets, moments, flat = _fit_start(graphdef, state, jnp.asarray(styles, jnp.float32),
                                         jnp.asarray(embeddings, jnp.float32),
                                         style_weight=sw)
-    opt_state = optax.adam(learning_rate).init(flat)
+    # (placed as _fit_step returns it: one executable for every step)
+    opt_state = refine.placed_like_outputs(optax.adam(learning_rate).init(flat), state)
     lr = jnp.float32(learning_rate)
 
     def photos_now():

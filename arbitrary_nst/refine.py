@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from . import color, losses
 from .errors import ConfigError, check_count
@@ -67,6 +68,28 @@ def check_options(steps: int, learning_rate: float, style_weight: float,
         if not good:
             raise ConfigError(f"{what} {name} must be a finite number "
                               f"{'> 0' if name == 'learning rate' else '>= 0'}, got {value!r}")
+
+
+def placed_like_outputs(tree, state):
+    """``tree`` (a jitted step's loop-carried inputs: the start and the Adam state) placed as
+    the step returns them, so that step 2 reuses step 1's executable.
+
+    A jitted call's outputs are committed to the devices of its committed inputs: with the
+    model ``state`` replicated over a mesh (the Stylizer's), the step returns ``NamedSharding
+    (mesh, P())`` arrays, while a start made outside jit (``jnp.asarray``, ``optax.adam(...)
+    .init``, its ``count`` included) is uncommitted on one device: another signature, compiled
+    again. An uncommitted ``state`` (a plain model) leaves ``tree`` as it is (outputs stay
+    uncommitted too). Placement only: the values are unchanged."""
+    ref = next((x for x in jax.tree.leaves(state)
+                if isinstance(x, jax.Array) and x.committed), None)
+    if ref is None:
+        return tree
+    sharding = ref.sharding
+    if not sharding.is_fully_replicated:
+        if not isinstance(sharding, NamedSharding):
+            return tree
+        sharding = NamedSharding(sharding.mesh, PartitionSpec())
+    return jax.device_put(tree, sharding)
 
 
 def feature_fn(model):
@@ -134,7 +157,8 @@ def _run_refine(graphdef, state, content, style, style_w, e0, learning_rate, pal
                 steps: int, style_weight: float):
     content_feats, targets, moments = _refine_targets(graphdef, state, content, style, style_w,
                                                       style_weight=style_weight)
-    e, opt_state = e0, optax.adam(learning_rate).init(e0)
+    # (placed as the step returns them: one executable for every step, see placed_like_outputs)
+    e, opt_state = placed_like_outputs((e0, optax.adam(learning_rate).init(e0)), state)
     history = []
     for _ in range(steps):
         e, opt_state, per_example = _refine_step(graphdef, state, content, content_feats,

@@ -693,3 +693,19 @@ def test_fit_conditioning_uses_the_given_style_weight_and_palette(st, photos):
     assert hist.shape == (1,)
     np.testing.assert_allclose(hist[0], float(loss(jnp.asarray(p[None]), jnp.asarray(style[None]),
                                                    jnp.asarray(e0)[None])), rtol=1e-4)
+
+
+def test_fit_step_compiles_once_on_the_stylizers_sharded_state(st, photos):
+    """The Stylizer's state is replicated over a mesh, so _fit_step returns NamedSharding
+    arrays: the Adam state made outside jit (its ``count`` too) is placed the same way before
+    step 1, and the 3 steps reuse one executable (it compiled twice with an unplaced state)."""
+    sw = 0.4375  # a style weight (static argument) no other test uses: a fresh cache entry
+    style = style_working_image(smooth_image(40, 40, 62).astype(np.float32) / 255, 32)
+    work = np.stack([style_working_image(p.astype(np.float32) / 255, 32) for p in photos[:2]])
+    e0 = np.asarray(st.model.embed(jnp.asarray(style[None])))
+    before = fit_style._fit_step._cache_size()
+    cond, _, hist = fit_style.fit_conditionings((st._graphdef, st._state), style[None], e0,
+                                                lambda: work[None], steps=3, style_weight=sw,
+                                                learning_rate=0.01)
+    assert fit_style._fit_step._cache_size() - before == 1
+    assert hist.shape == (4, 1) and np.all(np.isfinite(cond))
