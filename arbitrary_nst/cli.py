@@ -618,7 +618,15 @@ def _run_fit_style(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.style}: --style must be a style image (fit-style fits one; "
                           f"this is already a fitted style)")
     fit_style.check_options(args.steps, args.lr, args.batch_size, args.style_weight)
-    photos = [p for spec in args.photos for p in images.list_images(spec, recursive=args.recursive)]
+    # each photo once ("--photos c c 'c/*.jpg'" said 6 photos for 2), and never the painting
+    # itself (fitted on as a photo, silently)
+    photos = list(dict.fromkeys(
+        os.path.abspath(p) for spec in args.photos
+        for p in images.list_images(spec, recursive=args.recursive)))
+    style_real = os.path.realpath(args.style)
+    if any(os.path.realpath(p) == style_real for p in photos):
+        raise ConfigError(f"--photos holds the painting {args.style} itself; fit on photos of "
+                          "what the style will be applied to")
     out = check_output_file(args.out, overwrite=args.overwrite, inputs=[args.style, *photos],
                             suffixes={fit_style.SUFFIX})
     t0 = time.perf_counter()
@@ -633,7 +641,9 @@ def _run_fit_style(args: argparse.Namespace) -> int:
     h = fs.history
     n_skip = len(fs.info.get("skipped", []))
     skips = f" ({n_skip} skipped: exit status 1, as for batch runs)" if n_skip else ""
-    print(f"wrote {out}: {fs.info['photos']} photos{skips}, {args.steps} steps, loss "
+    n_photos = fs.info["photos"]
+    print(f"wrote {out}: {n_photos} photo{'s' if n_photos != 1 else ''}{skips}, {args.steps} "
+          f"step{'s' if args.steps != 1 else ''}, loss "
           f"{h[0]:.4g} -> {h[-1]:.4g} ({time.perf_counter() - t0:.1f} s)")
     return 1 if n_skip else 0
 

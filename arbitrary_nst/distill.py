@@ -657,6 +657,9 @@ def main(argv: list[str] | None = None) -> int:
                 or a.scale < 0):
             raise ConfigError(f"--rank must be >= 1, --ridge > 0 and --scale >= 0 (finite), got "
                               f"{a.rank}, {a.ridge}, {a.scale}")
+        if not finite(a.fit_learning_rate) or a.fit_learning_rate <= 0:  # (nan ran, rc 0)
+            raise ConfigError(f"--fit-learning-rate must be finite and > 0, got "
+                              f"{a.fit_learning_rate}")
         if not finite(a.target_scale, a.weight_decay) or a.weight_decay < 0:
             raise ConfigError(f"--target-scale must be finite and --weight-decay finite and "
                               f">= 0, got {a.target_scale}, {a.weight_decay}")

@@ -154,6 +154,15 @@ def test_command_errors_and_ctrl_c_leave_no_empty_out_folder_and_say_what_is_kep
                                        "from them\n")
 
 
+@pytest.mark.parametrize("value", ["nan", "-5", "0"])
+def test_a_bad_fit_learning_rate_is_refused_before_any_work(tmp_path, model_path, capsys, value):
+    """--fit-learning-rate nan ran, fitted nothing and wrote the start model as 'distilled'."""
+    args = _small_command(tmp_path / "d", model_path, num_styles=4)
+    assert distill.main([*args, "--fit-learning-rate", value]) == 1
+    assert "--fit-learning-rate must be finite and > 0" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
 def test_command_resumes_and_refuses_other_settings(tmp_path, model_path, capsys, vgg):
     out = tmp_path / "d"
     args = _small_command(out, model_path, num_styles=6)

@@ -329,6 +329,17 @@ def test_cli_fit_style_then_stylize(model_path, vgg, tmp_path, capsys):
     assert cli.main([*base, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert f"wrote {out}: 3 photos, 3 steps" in printed
+    # each photo once (a folder and a glob of it said 6 photos), never the painting itself
+    i = base.index("--steps")
+    one_step = [*base[:i], *base[i + 2:], "--steps", "1"]
+    assert cli.main([*one_step, "--photos", str(pdir / "*.png"), "--out",
+                     str(tmp_path / "twice.npz")]) == 0
+    assert "wrote " + str(tmp_path / "twice.npz") + ": 3 photos, 1 step, loss" in \
+        capsys.readouterr().out
+    i = base.index("--photos")
+    assert cli.main([*base[:i + 2], str(s), *base[i + 2:], "--out",
+                     str(tmp_path / "self.npz")]) == 1
+    assert "--photos holds the painting" in _one_error_line(capsys)
     fs = fit_style.FittedStyle.load(out)
     assert fs.info["name"] == "s" and fs.history.shape == (4,)
     # the same fit through the API (the CLI's working size for the style is the default 256)
