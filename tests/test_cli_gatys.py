@@ -526,7 +526,7 @@ def test_fit_style_with_skipped_photos_exits_1(files, tmp_path, monkeypatch, cap
     cap = capsys.readouterr()
     assert cap.err == "skipped: bad.png: not an image\n"
     assert cap.out.startswith(f"wrote {out}: 2 photos (1 skipped: exit status 1, as for batch "
-                              "runs), 1 steps, loss 2 -> 0.5 (")
+                              "runs), 1 step, loss 2 -> 0.5 (")
     assert main([*base, "--photos", str(files["a"]), str(files["b"]), "--out", str(out)]) == 0
     assert saved == [out, out]
 
