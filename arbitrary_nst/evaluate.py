@@ -727,6 +727,14 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
     inputs = _input_fingerprints(picked_contents, picked_styles)
     if fit_files:  # (model_fit's images depend on them: another set of 3 photos is not the same)
         inputs["fit_photos"] = _photo_set_id(fit_files)
+    # every method is made (a model loaded, its options checked) before settings.json and the
+    # times are touched: a bad --style-size or model file failed after both were rewritten, and
+    # the next --resume refused the run or remade every image
+    built = {m: _make_method(m, method_factory, model_path=model_path, gatys_iters=gatys_iters,
+                             gatys_batch=gatys_batch, vgg=vgg, refine_steps=refine_steps,
+                             fit_files=fit_files, fit_steps=fit_steps, size=size,
+                             out_dir=out_dir, fitted_dir=fitted_dir, palette=palette,
+                             strength=strength, style_size=style_size) for m in methods}
     _check_resume_settings(out_dir, info, model_path, resume, methods, inputs)
     for m in methods:  # our own folders: a file there is one line, not a traceback later
         try:
@@ -742,21 +750,7 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
             _write_json(times_path, {})
     n_pairs = len(contents) * len(styles)
     for m in methods:
-        kw = {"refine_steps": refine_steps} if m == "model_refine" else {}
-        if m == "model_fit":
-            # photos at the evaluation's scale (the working square of a --size image)
-            kw = {"fit_photos": fit_files, "fit_steps": fit_steps,
-                  "fit_size": max(32, min(fit_style.DEFAULT_SIZE, size) // 4 * 4),
-                  "fitted_dir": out_dir / "fitted" if fitted_dir is None else fitted_dir}
-        if m in ("model", "model_refine", "model_fit"):
-            if palette is not None:
-                kw["palette"] = palette
-            if strength != 1.0:
-                kw["strength"] = strength
-            if style_size is not None:
-                kw["style_size"] = style_size
-        method = method_factory(m, model_path=model_path, gatys_iters=gatys_iters,
-                                gatys_batch=gatys_batch, vgg=vgg, **kw)
+        method = built[m]
         img_dir = out_dir / "images" / m
         img_dir.mkdir(parents=True, exist_ok=True)
         times_path = img_dir / "times.json"
@@ -829,6 +823,27 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
     result = EvalResult(rows, means, skipped, out_dir, methods, info)
     write_outputs(result, contents, styles, thumb=thumb, side_by_side_pairs=side_by_side_pairs)
     return result
+
+
+def _make_method(m: str, method_factory, *, model_path, gatys_iters, gatys_batch, vgg,
+                 refine_steps, fit_files, fit_steps, size, out_dir, fitted_dir, palette,
+                 strength, style_size):
+    """Method ``m`` with the options that apply to it."""
+    kw: dict[str, Any] = {"refine_steps": refine_steps} if m == "model_refine" else {}
+    if m == "model_fit":
+        # photos at the evaluation's scale (the working square of a --size image)
+        kw = {"fit_photos": fit_files, "fit_steps": fit_steps,
+              "fit_size": max(32, min(fit_style.DEFAULT_SIZE, size) // 4 * 4),
+              "fitted_dir": out_dir / "fitted" if fitted_dir is None else fitted_dir}
+    if m in ("model", "model_refine", "model_fit"):
+        if palette is not None:
+            kw["palette"] = palette
+        if strength != 1.0:
+            kw["strength"] = strength
+        if style_size is not None:
+            kw["style_size"] = style_size
+    return method_factory(m, model_path=model_path, gatys_iters=gatys_iters,
+                          gatys_batch=gatys_batch, vgg=vgg, **kw)
 
 
 def mean_table(rows: list[dict[str, Any]], methods: Sequence[str]) -> dict[str, dict[str, float]]:

@@ -940,3 +940,25 @@ def test_every_pair_skipped_is_one_error_and_json_has_no_nan(tmp_path, monkeypat
     assert json.loads((tmp_path / "x.json").read_text(),
                       parse_constant=lambda c: pytest.fail(c)) == {"means": {"m": {
                           "style": None, "b": None}}}
+
+
+def test_a_run_that_fails_while_making_its_methods_leaves_the_earlier_run_as_it_was(tmp_path,
+                                                                                   capsys):
+    """--style-size 100000 (checked by the Stylizer) failed after settings.json and every
+    method's times.json had been rewritten: the next --resume refused the earlier run ("made
+    with other settings") and its images were made again."""
+    c, st = tmp_path / "c", tmp_path / "s"
+    c.mkdir(), st.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (64, 72, 3), np.uint8)).save(c / "p.png")
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), np.uint8)).save(st / "s.png")
+    argv = ["--content", str(c), "--style", str(st), "--out", str(tmp_path / "e"),
+            "--methods", "identity", "--size", "64", "--no-progress"]
+    assert evaluate.main(argv) == 0
+    before = {p: p.read_bytes() for p in (tmp_path / "e").rglob("*.json")}
+    assert any(p.name == "settings.json" for p in before)
+    assert evaluate.main([*argv[:-4], "identity,model", "--size", "64", "--no-progress",
+                          "--style-size", "100000"]) == 1
+    assert "style size" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in (tmp_path / "e").rglob("*.json")} == before
+    assert evaluate.main([*argv, "--resume"]) == 0
