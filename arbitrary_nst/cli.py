@@ -102,16 +102,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_removing_new_empty_dirs(run, args: argparse.Namespace) -> int:
-    """``run(args)``; if it raises (a user error, Ctrl-C, a bug), the output folders it created
-    and left empty are removed (a bad --style found after --out-dir a/b was made left a/b)."""
-    from . import files
+    """``run(args)``, removing the output folders it created and left empty if it raises
+    (:func:`~arbitrary_nst.files.removing_new_empty_dirs`)."""
+    from .files import removing_new_empty_dirs
 
-    files.CREATED_DIRS.clear()
-    try:
+    with removing_new_empty_dirs():
         return int(run(args) or 0)
-    except BaseException:
-        files.remove_created_dirs()
-        raise
 
 
 def _memory_hint(args: argparse.Namespace) -> str:

@@ -578,11 +578,8 @@ def _listing_base(spec: str) -> str | None:
     file."""
     if os.path.isdir(spec):
         return os.path.abspath(spec)
-    if not images._GLOB_MAGIC.search(spec):
-        return None
-    parts = Path(spec).parts
-    i = next(k for k, part in enumerate(parts) if images._GLOB_MAGIC.search(part))
-    return os.path.abspath(os.path.join(*parts[:i]) if i else ".")
+    split = images.glob_base(spec)
+    return None if split is None else os.path.abspath(split[0] or ".")
 
 
 def _stylize(args, stylizer, listing: tuple[list[Path], list[tuple[Path, str]], dict[str, str]]

@@ -53,7 +53,7 @@ from PIL import Image
 from . import fit_style, refine
 from .data import FLAT_CROP_STD, FLAT_CROP_TRIES
 from .errors import ConfigError, NSTError, UsageParser, printable_stdout
-from .files import make_dir, write_atomically
+from .files import make_dir, removing_new_empty_dirs, write_atomically
 from .images import channel_std
 from .models.predictor import pooled_statistics
 
@@ -644,114 +644,111 @@ def main(argv: list[str] | None = None) -> int:
         a.learning_rate = 0.02 if conditioning else 0.05
     a.rank = a.rank or list(DEFAULT_RANKS)
     a.ridge = a.ridge or list(DEFAULT_RIDGES)
-    from .files import CREATED_DIRS
-
-    CREATED_DIRS.clear()  # (the folders this command creates: removed if it fails early)
     try:
-        for name in ("num_styles", "batch", "contents_per_style", "steps", "fit_steps",
-                     "style_size", "content_crop"):
-            if getattr(a, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
-        finite = lambda *v: all(math.isfinite(x) for x in v)  # noqa: E731 (NaN passed < / <=)
-        if (min(a.rank) < 1 or not finite(*a.ridge, a.scale) or min(a.ridge) <= 0
-                or a.scale < 0):
-            raise ConfigError(f"--rank must be >= 1, --ridge > 0 and --scale >= 0 (finite), got "
-                              f"{a.rank}, {a.ridge}, {a.scale}")
-        if not finite(a.fit_learning_rate) or a.fit_learning_rate <= 0:  # (nan ran, rc 0)
-            raise ConfigError(f"--fit-learning-rate must be finite and > 0, got "
-                              f"{a.fit_learning_rate}")
-        if not finite(a.target_scale, a.weight_decay) or a.weight_decay < 0:
-            raise ConfigError(f"--target-scale must be finite and --weight-decay finite and "
-                              f">= 0, got {a.target_scale}, {a.weight_decay}")
-        if a.content_seeds is not None and min(a.content_seeds) < 0:
-            raise ConfigError(f"--content-seeds must be >= 0, got {a.content_seeds}")
-        if min(a.style_size, a.content_crop) < 32:
-            raise ConfigError("--style-size and --content-crop must be >= 32 (VGG's minimum)")
-        lo, hi = a.content_short
-        if not a.content_crop <= lo <= hi:
-            raise ConfigError(f"--content-short must satisfy crop <= LO <= HI, got {lo} {hi}")
-        refine.check_options(a.steps, a.learning_rate, a.style_weight)
-        from . import data, export, training
-        from .inference import BUILTIN_MODEL
+        # (the folders this command creates, e.g. --out, are removed if it fails early)
+        with removing_new_empty_dirs():
+            for name in ("num_styles", "batch", "contents_per_style", "steps", "fit_steps",
+                         "style_size", "content_crop"):
+                if getattr(a, name) < 1:
+                    raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got "
+                                      f"{getattr(a, name)}")
+            finite = lambda *v: all(math.isfinite(x) for x in v)  # noqa: E731 (NaN passed < / <=)
+            if (min(a.rank) < 1 or not finite(*a.ridge, a.scale) or min(a.ridge) <= 0
+                    or a.scale < 0):
+                raise ConfigError("--rank must be >= 1, --ridge > 0 and --scale >= 0 (finite), "
+                                  "got "
+                                  f"{a.rank}, {a.ridge}, {a.scale}")
+            if not finite(a.fit_learning_rate) or a.fit_learning_rate <= 0:  # (nan ran, rc 0)
+                raise ConfigError(f"--fit-learning-rate must be finite and > 0, got "
+                                  f"{a.fit_learning_rate}")
+            if not finite(a.target_scale, a.weight_decay) or a.weight_decay < 0:
+                raise ConfigError(f"--target-scale must be finite and --weight-decay finite and "
+                                  f">= 0, got {a.target_scale}, {a.weight_decay}")
+            if a.content_seeds is not None and min(a.content_seeds) < 0:
+                raise ConfigError(f"--content-seeds must be >= 0, got {a.content_seeds}")
+            if min(a.style_size, a.content_crop) < 32:
+                raise ConfigError("--style-size and --content-crop must be >= 32 (VGG's minimum)")
+            lo, hi = a.content_short
+            if not a.content_crop <= lo <= hi:
+                raise ConfigError(f"--content-short must satisfy crop <= LO <= HI, got {lo} {hi}")
+            refine.check_options(a.steps, a.learning_rate, a.style_weight)
+            from . import data, export, training
+            from .inference import BUILTIN_MODEL
 
-        cfg = training.load_config(a.config, a.set)
-        model_path = export.model_file(a.model) if a.model else str(BUILTIN_MODEL)  # or a workdir
-        out = Path(a.out)
-        check_out_folder(out, model_path)
-        model = export.load_exported(model_path)
-        start_info = export.read_export(model_path)[1]["info"]  # (the lineage of that file)
-        if conditioning and model.predictor.hidden is None:  # (said after the whole oracle)
-            raise ConfigError(f"{model_path}: --target conditioning needs a style predictor "
-                              "with a hidden layer (hidden_dim > 0)")
-        make_dir(out, "the --out folder")  # (before the data: a bad --out was a traceback)
-        sources = data.prepare(cfg.data, progress=not a.no_progress)
-        content_seeds = list(dict.fromkeys(a.content_seeds or [a.seed]))
-        r = combine_oracles([
-            collect_oracle(model, sources, out / ("oracle" if s == a.seed else f"oracle_c{s}"),
-                           num_styles=a.num_styles,
-                           batch=a.batch, contents_per_style=a.contents_per_style,
-                           steps=a.steps, learning_rate=a.learning_rate,
-                           style_weight=a.style_weight, seed=a.seed,
-                           style_size=a.style_size, content_crop=a.content_crop,
-                           content_short_range=tuple(a.content_short), content_seed=s,
-                           target=a.target, progress=not a.no_progress)
-            for s in content_seeds])
-        if conditioning:
-            corr, rep = fit_conditioning_correction(r["x"], r["c"] - r["c0"], ridges=a.ridge,
-                                                    ranks=a.rank, seed=a.seed)
-            print("held-out correction explained: " + ", ".join(
-                f"ridge {g['ridge']:g} rank {g['rank']}: {g['explained']:.1%}"
-                for g in rep["grid"]))
-            if rep["explained"] <= 0:  # (it was folded in all the same, at full --scale)
-                raise ConfigError(
-                    f"no correction helps held-out styles (best: {rep['explained']:.1%} "
-                    f"explained, ridge {rep['ridge']:g}, rank {rep['rank']}): no model written; "
-                    f"the oracle in {out} is kept: rerun with larger --ridge, smaller --rank "
-                    "or more --num-styles")
-            model = fold_correction(model, corr, scale=a.scale)
-            rep["scale"] = a.scale
-            moved = r["c"] - r["c0"]
-        else:
-            target = r["e0"] + a.target_scale * (r["e_star"] - r["e0"])
-            rep = fit_embedding_mlp(model, r["x"], target, steps=a.fit_steps,
-                                    learning_rate=a.fit_learning_rate,
-                                    weight_decay=a.weight_decay, seed=a.seed)
-            moved = r["e_star"] - r["e0"]
-        rep.update(oracle_styles=int(len(r["x"])), content_seeds=content_seeds,
-                   target=a.target,
-                   oracle_loss_before=float(r["loss"][:, 0].mean()),
-                   oracle_loss_after=float(r["loss"][:, 1].mean()),
-                   oracle_distance=float(np.linalg.norm(moved, axis=-1).mean()),
-                   start_model=model_path, args=vars(a))
-        # the lineage train.py records too: a run started from this export adds its steps
-        export.export_model(model, out / "model.safetensors", info={
-            "distill": {k: v for k, v in rep.items() if k != "curve"},
-            "init_from": os.path.basename(model_path),
-            "total_steps": export.recorded_steps(start_info)},
-            overwrite=True)  # (check_out_folder allowed it)
-        report = json.dumps(rep, indent=1, default=str)
-        write_atomically(out / "distill.json", lambda f: f.write(report.encode()))
-        print(f"oracle: {rep['oracle_styles']} styles, loss {rep['oracle_loss_before']:.4g} -> "
-              f"{rep['oracle_loss_after']:.4g}, distance moved {rep['oracle_distance']:.2f}")
-        if conditioning:
-            print(f"fit: ridge {rep['ridge']:g}, rank {rep['rank']} (held-out explained "
-                  f"{rep['explained']:.1%}); embedding {model.embedding_dim}-d; "
-                  f"wrote {out / 'model.safetensors'}")
-        else:
-            print(f"fit: held-out mse {rep['start_val_mse']:.3f} -> {rep['val_mse']:.3f} "
-                  f"(explained {rep['explained']:.1%}, best step {rep['best_step']}); "
-                  f"wrote {out / 'model.safetensors'}")
-        return 0
+            cfg = training.load_config(a.config, a.set)
+            # (a.model: an export or a workdir)
+            model_path = export.model_file(a.model) if a.model else str(BUILTIN_MODEL)
+            out = Path(a.out)
+            check_out_folder(out, model_path)
+            model = export.load_exported(model_path)
+            start_info = export.read_export(model_path)[1]["info"]  # (the lineage of that file)
+            if conditioning and model.predictor.hidden is None:  # (said after the whole oracle)
+                raise ConfigError(f"{model_path}: --target conditioning needs a style predictor "
+                                  "with a hidden layer (hidden_dim > 0)")
+            make_dir(out, "the --out folder")  # (before the data: a bad --out was a traceback)
+            sources = data.prepare(cfg.data, progress=not a.no_progress)
+            content_seeds = list(dict.fromkeys(a.content_seeds or [a.seed]))
+            r = combine_oracles([
+                collect_oracle(model, sources, out / ("oracle" if s == a.seed else f"oracle_c{s}"),
+                               num_styles=a.num_styles,
+                               batch=a.batch, contents_per_style=a.contents_per_style,
+                               steps=a.steps, learning_rate=a.learning_rate,
+                               style_weight=a.style_weight, seed=a.seed,
+                               style_size=a.style_size, content_crop=a.content_crop,
+                               content_short_range=tuple(a.content_short), content_seed=s,
+                               target=a.target, progress=not a.no_progress)
+                for s in content_seeds])
+            if conditioning:
+                corr, rep = fit_conditioning_correction(r["x"], r["c"] - r["c0"], ridges=a.ridge,
+                                                        ranks=a.rank, seed=a.seed)
+                print("held-out correction explained: " + ", ".join(
+                    f"ridge {g['ridge']:g} rank {g['rank']}: {g['explained']:.1%}"
+                    for g in rep["grid"]))
+                if rep["explained"] <= 0:  # (it was folded in all the same, at full --scale)
+                    raise ConfigError(
+                        f"no correction helps held-out styles (best: {rep['explained']:.1%} "
+                        f"explained, ridge {rep['ridge']:g}, rank {rep['rank']}): no model "
+                        "written; "
+                        f"the oracle in {out} is kept: rerun with larger --ridge, smaller --rank "
+                        "or more --num-styles")
+                model = fold_correction(model, corr, scale=a.scale)
+                rep["scale"] = a.scale
+                moved = r["c"] - r["c0"]
+            else:
+                target = r["e0"] + a.target_scale * (r["e_star"] - r["e0"])
+                rep = fit_embedding_mlp(model, r["x"], target, steps=a.fit_steps,
+                                        learning_rate=a.fit_learning_rate,
+                                        weight_decay=a.weight_decay, seed=a.seed)
+                moved = r["e_star"] - r["e0"]
+            rep.update(oracle_styles=int(len(r["x"])), content_seeds=content_seeds,
+                       target=a.target,
+                       oracle_loss_before=float(r["loss"][:, 0].mean()),
+                       oracle_loss_after=float(r["loss"][:, 1].mean()),
+                       oracle_distance=float(np.linalg.norm(moved, axis=-1).mean()),
+                       start_model=model_path, args=vars(a))
+            # the lineage train.py records too: a run started from this export adds its steps
+            export.export_model(model, out / "model.safetensors", info={
+                "distill": {k: v for k, v in rep.items() if k != "curve"},
+                "init_from": os.path.basename(model_path),
+                "total_steps": export.recorded_steps(start_info)},
+                overwrite=True)  # (check_out_folder allowed it)
+            report = json.dumps(rep, indent=1, default=str)
+            write_atomically(out / "distill.json", lambda f: f.write(report.encode()))
+            print(f"oracle: {rep['oracle_styles']} styles, loss {rep['oracle_loss_before']:.4g} -> "
+                  f"{rep['oracle_loss_after']:.4g}, distance moved {rep['oracle_distance']:.2f}")
+            if conditioning:
+                print(f"fit: ridge {rep['ridge']:g}, rank {rep['rank']} (held-out explained "
+                      f"{rep['explained']:.1%}); embedding {model.embedding_dim}-d; "
+                      f"wrote {out / 'model.safetensors'}")
+            else:
+                print(f"fit: held-out mse {rep['start_val_mse']:.3f} -> {rep['val_mse']:.3f} "
+                      f"(explained {rep['explained']:.1%}, best step {rep['best_step']}); "
+                      f"wrote {out / 'model.safetensors'}")
+            return 0
     except NSTError as e:
-        from .files import remove_created_dirs
-
-        remove_created_dirs()  # (an early error left an empty --out folder)
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # (a traceback through the refinement)
-        from .files import remove_created_dirs
-
-        remove_created_dirs()
         kept = os.path.isdir(out_dir := os.path.join(a.out, "oracle")) and any(
             n.startswith("chunk_") for n in os.listdir(out_dir))
         print("error: interrupted" + (f"; the oracle chunks in {out_dir} are kept: the same "

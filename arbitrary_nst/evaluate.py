@@ -72,7 +72,7 @@ import numpy as np
 from . import fit_style, images
 from .errors import (ConfigError, ImageError, NSTError, UsageParser, out_of_memory,
                      printable_stdout)
-from .files import check_writable_dir, is_inside
+from .files import check_writable_dir, is_inside, removing_new_empty_dirs
 
 METHODS = ("model", "model_refine", "model_fit", "gatys", "magenta_lite", "magenta_lite_fp32", "identity", "style")
 DEFAULT_METHODS = ("model", "gatys", "magenta_lite")
@@ -684,13 +684,17 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
                            "--fitted folder")
     # images that are not read here (a camera's raw next to its JPEG, HEIC) are left out
     # before picking: they took a pick, or stopped the run as a second "IMG_0001"
-    style_files = images.list_images(style)
-    for p in [*content_files, *style_files]:
-        if why := images.unreadable_reason(p):
-            skipped.append(f"{p}: {why}")
-            print(f"skipped: {skipped[-1]}", file=sys.stderr)
-    content_files = [p for p in content_files if not images.unreadable_reason(p)]
-    style_files = [p for p in style_files if not images.unreadable_reason(p)]
+    def readable(files: list[Path]) -> list[Path]:
+        kept = []
+        for p in files:
+            if why := images.unreadable_reason(p):
+                skipped.append(f"{p}: {why}")
+                print(f"skipped: {skipped[-1]}", file=sys.stderr)
+            else:
+                kept.append(p)
+        return kept
+
+    content_files, style_files = readable(content_files), readable(images.list_images(style))
     picked_contents = _pick(content_files, num_contents)
     picked_styles = _pick(style_files, num_styles)
     for what, files in (("content", picked_contents), ("style", picked_styles)):
@@ -1119,9 +1123,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     printable_stdout()
     args = build_parser().parse_args(argv)
-    from .files import CREATED_DIRS
-
-    CREATED_DIRS.clear()  # (the folders this command creates: removed if it fails early)
     try:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         if not methods:
@@ -1144,19 +1145,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_palette(args.palette)
         if args.model is not None and not os.path.exists(args.model):
             raise ConfigError(f"{args.model}: no such model file")
-        r = evaluate(args.content, args.style, args.out, methods=methods, size=args.size,
-                     model_path=args.model, gatys_iters=args.gatys_iters,
-                     gatys_batch=args.gatys_batch, num_contents=args.num_contents,
-                     num_styles=args.num_styles, resume=args.resume,
-                     progress=not args.no_progress, thumb=args.thumb,
-                     refine_steps=args.refine_steps, palette=args.palette,
-                     fit_photos=args.fit_photos, fit_steps=args.fit_steps,
-                     strength=args.strength, fitted_dir=args.fitted,
-                     style_size=args.style_size)
+        # (an early error, e.g. a missing --content, left an empty --out)
+        with removing_new_empty_dirs():
+            r = evaluate(args.content, args.style, args.out, methods=methods, size=args.size,
+                         model_path=args.model, gatys_iters=args.gatys_iters,
+                         gatys_batch=args.gatys_batch, num_contents=args.num_contents,
+                         num_styles=args.num_styles, resume=args.resume,
+                         progress=not args.no_progress, thumb=args.thumb,
+                         refine_steps=args.refine_steps, palette=args.palette,
+                         fit_photos=args.fit_photos, fit_steps=args.fit_steps,
+                         strength=args.strength, fitted_dir=args.fitted,
+                         style_size=args.style_size)
     except (NSTError, ImageError) as e:
-        from .files import remove_created_dirs
-
-        remove_created_dirs()  # (an early error, e.g. a missing --content, left an empty --out)
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # (it said a bare "interrupted": what is kept, and how to go on)

@@ -8,6 +8,7 @@ mode of the file it replaces: ``mkstemp`` creates ``0600`` files, and a model ex
 style that only its creator can read is a surprise on a shared machine or a web server."""
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Callable, Iterable
@@ -44,6 +45,19 @@ def make_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
     except OSError as e:
         raise ImageError(path, f"cannot create {what}: {e.strerror or e}") from None
     return p
+
+
+@contextlib.contextmanager
+def removing_new_empty_dirs():
+    """For a command's work: if it raises (a user error, Ctrl-C, a bug), the folders
+    :func:`make_dir` created meanwhile and that are still empty are removed (a bad --style found
+    after --out-dir a/b was made left a/b)."""
+    CREATED_DIRS.clear()
+    try:
+        yield
+    except BaseException:
+        remove_created_dirs()
+        raise
 
 
 def remove_created_dirs() -> None:

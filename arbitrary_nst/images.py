@@ -54,6 +54,7 @@ __all__ = [
     "UNREADABLE_EXTENSIONS",
     "describe_image_extensions",
     "unreadable_reason",
+    "glob_base",
     "SAVE_FORMATS",
     "PathLike",
     "ImageLike",
@@ -346,8 +347,8 @@ def _open_checked(f: Any, name: str, max_pixels: int | None) -> Image.Image:
                 im = Image.open(f, formats=_open_formats())
         except UnidentifiedImageError:
             fmt = _sniff_format(f)
-            if _unreadable(name):
-                raise ImageError(name, _unreadable(name)) from None
+            if why := unreadable_reason(name):
+                raise ImageError(name, why) from None
             if fmt is not None:  # the right signature, but Pillow cannot parse the header
                 reason = f"truncated, corrupt or unsupported {fmt} file (cannot read its header)"
                 raise ImageError(name, reason) from None
@@ -357,7 +358,7 @@ def _open_checked(f: Any, name: str, max_pixels: int | None) -> Image.Image:
         except MemoryError:
             raise ImageError(name, "not enough memory to read the image header") from None
         except Exception as e:  # noqa: BLE001 - a corrupt header can raise nearly anything
-            reason = _unreadable(name) or f"truncated or corrupt image data: {_one_line(e)}"
+            reason = unreadable_reason(name) or f"truncated or corrupt image data: {_one_line(e)}"
             raise ImageError(name, reason) from None
         finally:
             Image.MAX_IMAGE_PIXELS = saved
@@ -371,16 +372,11 @@ def _open_checked(f: Any, name: str, max_pixels: int | None) -> Image.Image:
     return im
 
 
-def _unreadable(name: str) -> str | None:
-    """Why a file that Pillow could not open is not read, from its extension (HEIC, ...)."""
-    return UNREADABLE_EXTENSIONS.get(Path(name).suffix.lower())
-
-
 def unreadable_reason(path: PathLike) -> str | None:
     """Why an image file is not read here, from its extension alone (``UNREADABLE_EXTENSIONS``:
     HEIC without pillow-heif, JPEG XL, camera raws), else None. Batches skip such files before
     planning outputs: a raw shares its name with the camera's JPEG."""
-    return _unreadable(os.fspath(path))
+    return UNREADABLE_EXTENSIONS.get(Path(os.fspath(path)).suffix.lower())
 
 
 def _open_formats() -> list[str]:
@@ -1108,6 +1104,17 @@ def _skip_or_raise(folder: str, why: str, unlisted: list[tuple[Path, str]] | Non
     unlisted.append((Path(folder), why))
 
 
+def glob_base(pattern: str) -> tuple[str, tuple[str, ...]] | None:
+    """A glob pattern split at its first component with a wildcard: ``(literal base folder,
+    the rest)`` (``("photos", ("**", "*.jpg"))``; base ``""`` when the first component has
+    one), or None without a wildcard."""
+    parts = Path(pattern).parts
+    i = next((k for k, part in enumerate(parts) if _GLOB_MAGIC.search(part)), None)
+    if i is None:
+        return None
+    return (os.path.join(*parts[:i]) if i else ""), parts[i:]
+
+
 def _glob_files(pattern: str, unlisted: list[tuple[Path, str]] | None = None) -> Iterable[str]:
     """Paths matching a glob ``pattern``. Python's ``glob`` with ``**`` follows symlinked
     folders without loop detection (each level of a loop matches again; two loops: an
@@ -1116,25 +1123,25 @@ def _glob_files(pattern: str, unlisted: list[tuple[Path, str]] | None = None) ->
     (:func:`_walk_glob`), which unlike :mod:`glob` reports folders it cannot list."""
     if pattern.endswith(("/", os.sep)):  # folders only, as glob: never an image file
         return []
-    parts = Path(pattern).parts
-    i = next((k for k, part in enumerate(parts) if _GLOB_MAGIC.search(part)), None)
-    if i is None:  # (no wildcard: the path itself, as glob)
+    split = glob_base(pattern)
+    if split is None:  # (no wildcard: the path itself, as glob)
         return [pattern] if os.path.lexists(pattern) else []
+    literal, rest = split
     if "**" not in pattern:
-        return _walk_glob(os.path.join(*parts[:i]) if i else "", parts[i:], unlisted)
-    base = os.path.join(*parts[:i]) if i else os.curdir
+        return _walk_glob(literal, rest, unlisted)
+    base = literal or os.curdir
     if not os.path.isdir(base):
         return []
-    rx = re.compile(_glob_regex(parts[i:]))
+    rx = re.compile(_glob_regex(rest))
     found = []
     skipped: list[tuple[Path, str]] | None = None if unlisted is None else []
     for p in _scan_dir(base, recursive=True, unlisted=skipped):
         rel = os.path.relpath(p, base).replace(os.sep, "/")
         if rx.fullmatch(rel):
-            found.append(os.path.join(base, rel) if i else rel)
+            found.append(os.path.join(base, rel) if literal else rel)
     if skipped:  # only unreadable folders the pattern could have matched in are news
         unlisted.extend((d, why) for d, why in skipped
-                        if _could_hold(Path(os.path.relpath(d, base)).parts, parts[i:]))
+                        if _could_hold(Path(os.path.relpath(d, base)).parts, rest))
     return found
 
 
