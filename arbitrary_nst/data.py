@@ -825,8 +825,8 @@ def _scan_dirs(dirs: Sequence[str], *, digest_cache: _DigestCache | None = None,
     readable = [i for i, (full, _, _) in enumerate(found)
                 if Path(full).suffix.lower() not in _images.UNREADABLE_EXTENSIONS]
     digests = ["not read"] * len(found)
-    for i, dg in zip(readable, cache.digests([found[i][::2] for i in readable],
-                                             progress=progress)):
+    to_read = [(found[i][0], found[i][2]) for i in readable]  # (path, stat)
+    for i, dg in zip(readable, cache.digests(to_read, progress=progress)):
         digests[i] = dg
     cache.save(dirs)
     files = [(full, key, st.st_size if st is not None else -1, dg)
