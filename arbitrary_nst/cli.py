@@ -367,6 +367,12 @@ def _run_gatys(args: argparse.Namespace) -> int:
     if args.style_weights is not None and sum(args.style_weights) <= 0:
         raise ConfigError("--style-weights must have a positive sum")
     cfg = gatys_config_from_args(args)
+    # a path named twice is one job, as in stylize (by path, order kept; it was refused as
+    # "is given twice"): `--content a.jpg photos/*.jpg` when the glob matches a.jpg too
+    first: dict[str, str] = {}
+    for c in args.content:
+        first.setdefault(os.path.abspath(c), c)
+    args.content = list(first.values())
     many = len(args.content) > 1
     # several contents: an existing output is skipped (and reported), not the job's error, so
     # the same command finishes an interrupted batch; one content: the job's error, as before

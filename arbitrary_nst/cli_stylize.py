@@ -6,9 +6,10 @@ Single image::
     python infer.py --content photo.jpg --style a.jpg b.jpg --style-weights 0.3 0.7 \\
         --strength 0.8 --preserve-color --max-size 768 --out mix.png
 
-Batch (a folder or a glob; outputs ``{content}__{style}.png``; a progress bar in images/s and a
-summary at the end; existing outputs are skipped unless ``--overwrite``; an input is never
-written over; the exit status is 1 if anything was skipped)::
+Batch (a folder or a glob; outputs ``{content}__{style}.png``, plus the settings that are not at
+their defaults, e.g. ``photo__a+b@1-3__strength0.5.png`` (:func:`_batch_tag`); a progress bar in
+images/s and a summary at the end; existing outputs are skipped unless ``--overwrite``; an input
+is never written over; the exit status is 1 if anything was skipped)::
 
     python infer.py --content photos/ --style painting.jpg --out-dir out/ --batch-size 8
     python infer.py --content 'photos/**/*.jpg' --style a.jpg b.jpg --out-dir out/
@@ -89,8 +90,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--out-dir", metavar="DIR",
                     help="output folder: files are named {content}__{style}.png ({style}: "
                          "a+b for a mix, painting-fitted for painting.npz; {style}__gatys "
-                         "with --method gatys); subfolders of a --recursive folder or of a "
-                         "glob are mirrored in it")
+                         "with --method gatys), plus the settings not at their defaults "
+                         "(a+b@1-3 for --style-weights 1 3, __strength0.5, __palette0, "
+                         "__preserve-luminance, __refine20, __stylesize512, __iterations300); "
+                         "subfolders of a --recursive folder or of a glob are mirrored in it")
     io.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     io.add_argument("--recursive", action="store_true",
                     help="with --content folders, also take images in their subfolders")
@@ -310,22 +313,79 @@ def _stem(paths) -> str:
                     for p in paths)
 
 
-def _output_name(content_stem: str, tag: str, suffix: str = ".png") -> str:
-    """``{content}__{tag}{suffix}``; when that is longer than a file name can be (255 bytes:
-    three 92-character style names failed at write time, after the work) the styles' part is
-    cut and a hash of it added, so different mixes keep different names. Names that fit are
+def _output_name(content_stem: str, tag: str, suffix: str = ".png", keep: str = "") -> str:
+    """``{content}__{tag}{keep}{suffix}``; when that is longer than a file name can be (255
+    bytes: three 92-character style names failed at write time, after the work) ``tag`` (the
+    styles' part) is cut and a hash of it added, so different mixes keep different names;
+    ``keep`` (the settings, :func:`_batch_tag`) stays whole and readable. Names that fit are
     unchanged."""
-    name = f"{content_stem}__{tag}{suffix}"
+    name = f"{content_stem}__{tag}{keep}{suffix}"
     if len(os.fsencode(name)) <= 255:
         return name
     import hashlib
 
     digest = hashlib.sha1(os.fsencode(tag)).hexdigest()[:8]
-    room = 255 - len(os.fsencode(f"{content_stem}__~{digest}{suffix}"))
+    room = 255 - len(os.fsencode(f"{content_stem}__~{digest}{keep}{suffix}"))
     if room < 1:  # the content's own name is too long: the output check reports it
         return name
     head = os.fsencode(tag)[:room].decode("utf-8", "ignore")
-    return f"{content_stem}__{head}~{digest}{suffix}"
+    return f"{content_stem}__{head}~{digest}{keep}{suffix}"
+
+
+def _number(x: float) -> str:
+    """A setting's value in an output name: ``:g`` (``0.5``, ``1e-05``), or the exact ``repr``
+    where ``:g``'s six digits would give two different values one name."""
+    short = f"{x:g}"
+    return short if float(short) == x else repr(float(x))
+
+
+def _batch_tag(args: argparse.Namespace, styles) -> tuple[str, str]:
+    """A batch output name's styles part and settings part (``tag`` and ``keep`` of
+    :func:`_output_name`), after :func:`_validate`.
+
+    The settings that change the result are named when they are not at their defaults, so a
+    sweep into one --out-dir (``--strength 0.5`` then ``--strength 1``) writes one file per
+    setting instead of skipping the second run as "output exists" (or replacing the first
+    with --overwrite): ``@W1-W2`` after the styles for unequal --style-weights, as given (``1 3``
+    and ``0.25 0.75`` are one mix under two names: done twice, never skipped wrongly), then
+    ``__iterations{N}`` (gatys), ``__strength{S}``, ``__palette{A}`` (whenever given: the
+    default is the model's own), ``__preserve-luminance`` / ``__preserve-match``,
+    ``__refine{N}``, ``__stylesize{N}``. At the defaults the name is unchanged
+    (``{content}__{styles}[__gatys].png``: reruns of earlier commands still skip their
+    outputs).
+
+    Not named: --max-size (it changes only images larger than it; the demo's batch passes
+    --max-size 512 and documents ``{photo}__{style}.png``), the --model (its file name says
+    little: workdirs all hold ``model.safetensors``), --dtype/--backend (rounding), and what
+    does not change pixels (--batch-size, --workers, --max-pixels, --recursive). Sweep those
+    into separate --out-dir folders."""
+    from .inference import DEFAULT_STYLE_SIZE, preserve_color_mode
+
+    gatys = args.method == "gatys"
+    stem = _stem(styles)
+    weights = ""
+    if args.style_weights is not None and len(set(args.style_weights)) > 1:
+        weights = "@" + "-".join(_number(w) for w in args.style_weights)
+    settings = []
+    if gatys and args.iterations is not None:
+        from .gatys import GatysConfig
+
+        if args.iterations != GatysConfig().iterations:
+            settings.append(f"iterations{args.iterations}")
+    if args.strength != 1.0:
+        settings.append(f"strength{_number(args.strength)}")
+    if args.palette is not None:
+        settings.append(f"palette{_number(args.palette)}")
+    if (mode := preserve_color_mode(args.preserve_color)) is not None:
+        settings.append(f"preserve-{mode}")
+    if args.refine:
+        settings.append(f"refine{args.refine}")
+    if not gatys and args.style_size != DEFAULT_STYLE_SIZE:
+        settings.append(f"stylesize{args.style_size}")
+    method = "__gatys" if gatys else ""
+    if not weights and not settings:  # (the names of earlier versions, long ones included)
+        return stem + method, ""
+    return stem + weights, method + "".join(f"__{s}" for s in settings)
 
 
 def _same_file(a, b) -> bool:
@@ -595,11 +655,11 @@ def _stylize(args, stylizer, listing: tuple[list[Path], list[tuple[Path, str]], 
         output = lambda p: out_file  # noqa: E731
     else:
         out_dir = _check_out_dir(args.out_dir)
-        tag = _stem(styles) + ("__gatys" if args.method == "gatys" else "")
+        tag, keep = _batch_tag(args, styles)
         # the input tree is mirrored (--recursive, a glob over several folders): a camera's
         # DCIM/100/IMG_0001.JPG and DCIM/101/IMG_0001.JPG were one output name, one skipped
         output = lambda p: (out_dir / subfolders.get(os.path.abspath(p), ".")  # noqa: E731
-                            / _output_name(Path(p).stem, tag))
+                            / _output_name(Path(p).stem, tag, keep=keep))
     max_size = args.max_size or None
     t0 = time.perf_counter()
     if args.method == "gatys":

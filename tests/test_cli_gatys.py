@@ -717,3 +717,21 @@ def test_clashing_output_names_give_advice_that_can_work(files, tmp_path, capsys
         output_paths(str(tmp_path / "o"), [str(files["a"]), str(files["a"])], suffix="gatys",
                      overwrite=False)
 
+
+
+def test_a_content_named_twice_is_one_job(files, tmp_path, monkeypatch, capsys):
+    """``--content a a`` (or ``a`` and ``./a``, or a glob the shell expanded next to a named
+    file) was refused as "is given twice" while the stylize command runs such a path once: now
+    one job here too, in the order first given; one distinct content keeps the one-content
+    rules (``--out`` is the file)."""
+    calls = _fake_gatys(monkeypatch)
+    monkeypatch.chdir(files["dir"])
+    out = tmp_path / "one.png"
+    assert main(gatys_args(files, out, contents=("a", "a")) + ["--content", "./a.png"]) == 0
+    assert calls == [(1, 32, 32, 3)] and out.is_file()
+    assert capsys.readouterr().out == ""  # (one content: no batch summary)
+    od = tmp_path / "od"
+    assert main(gatys_args(files, od, contents=("b", "a", "b", "a"), size=48)) == 0
+    assert calls[1:] == [(2, 48, 48, 3)]
+    assert capsys.readouterr().out.startswith("done 2, skipped 0, ")
+    assert sorted(p.name for p in od.iterdir()) == ["a_gatys.png", "b_gatys.png"]

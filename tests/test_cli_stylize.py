@@ -85,7 +85,12 @@ def cli(model, capsys):
         rc = cli_stylize.main(args)
         out, err = capsys.readouterr()
         return rc, out, err
-    return run
+
+    # the tests' style size is the default, so batch output names carry no __stylesize32 (a
+    # patch of its own: a test's monkeypatch.undo() keeps it)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(inference, "DEFAULT_STYLE_SIZE", int(SS))
+        yield run
 
 
 def one_error_line(err: str) -> str:
@@ -585,7 +590,8 @@ def test_method_gatys_uses_gatys_with_same_io(cli, data, monkeypatch):
                           "--strength", 0.5, "--preserve-color", "--max-size", 40, "--out-dir",
                           od, "--no-progress")
     assert rc == 0, err
-    assert sorted(p.name for p in od.iterdir()) == [f"{x}__s1+s2__gatys.png" for x in "abc"]
+    assert sorted(p.name for p in od.iterdir()) == [  # (equal weights: the default mix)
+        f"{x}__s1+s2__gatys__iterations7__strength0.5__preserve-luminance.png" for x in "abc"]
     shape, n, w, cfg = calls[0]
     assert n == 2 and w == [0.5, 0.5] and max(shape[:2]) <= 40
     assert cfg.iterations == 7 and cfg.preserve_color == "luminance"
@@ -1033,6 +1039,131 @@ def test_an_error_naming_a_file_with_a_line_break_is_still_one_line(cli, data):
     rc, _, err = cli("--content", missing, "--style", data["styles"][0], "--out",
                      data["tmp"] / "o.png")
     assert rc == 1 and "two lines.png" in one_error_line(err)
+
+
+def batch_name(*argv, content="photo"):
+    """The batch output name of ``content`` for these options (validated; no model, no files)."""
+    _, args = validated("--content", f"{content}.jpg", "--out-dir", "o", *argv)
+    tag, keep = cli_stylize._batch_tag(args, args.style)
+    return cli_stylize._output_name(content, tag, keep=keep)
+
+
+def test_batch_output_names_carry_the_settings_off_their_defaults():
+    """A sweep into one --out-dir (--strength 0.5, then 1) gave both runs one name: the second
+    was skipped as "output exists" (or replaced the first with --overwrite). Every setting that
+    changes the result and is not at its default is in the name; at the defaults (equal
+    weights, --strength 1, --iterations 500, ...) the names are the earlier versions'."""
+    s2 = ["--style", "a.jpg", "b.jpg"]
+    assert batch_name("--style", "a.jpg") == "photo__a.png"
+    assert batch_name(*s2) == "photo__a+b.png"
+    for same in (["--style-weights", 1, 1], ["--style-weights", 0.5, 0.5], ["--strength", 1],
+                 ["--refine", 0], ["--style-size", inference.DEFAULT_STYLE_SIZE],
+                 ["--max-size", 512], ["--max-size", 0], ["--batch-size", 2], ["--workers", 1],
+                 ["--dtype", "bfloat16"], ["--max-pixels", 1000]):
+        assert batch_name(*s2, *same) == "photo__a+b.png", same
+    assert batch_name("--style", "a.jpg", "--style-weights", 3) == "photo__a.png"  # one style
+    assert batch_name("--style", "a.jpg", "--method", "gatys") == "photo__a__gatys.png"
+    assert batch_name("--style", "a.jpg", "--method", "gatys", "--iterations", 500) == \
+        "photo__a__gatys.png"  # (GatysConfig's)
+    assert batch_name("--style", "a.npz", "b.jpg") == "photo__a-fitted+b.png"
+    names = {
+        batch_name(*s2, *extra) for extra in (
+            [], ["--style-weights", 0.3, 0.7], ["--style-weights", 0.7, 0.3],
+            ["--strength", 0.5], ["--strength", 0.25], ["--palette", 0], ["--palette", 0.5],
+            ["--preserve-color"], ["--preserve-color", "match"], ["--refine", 3],
+            ["--refine", 4], ["--style-size", 64], ["--method", "gatys"],
+            ["--method", "gatys", "--iterations", 7], ["--method", "gatys", "--strength", 0.5])}
+    assert len(names) == 15
+    assert batch_name(*s2, "--style-weights", 0.3, 0.7, "--strength", 0.5, "--palette", 0,
+                      "--refine", 50, "--style-size", 384) == \
+        "photo__a+b@0.3-0.7__strength0.5__palette0__refine50__stylesize384.png"
+    # histogram is match's other name: the same result, the same name
+    assert batch_name(*s2, "--preserve-color", "histogram") == \
+        batch_name(*s2, "--preserve-color", "match") == "photo__a+b__preserve-match.png"
+    assert batch_name(*s2, "--preserve-color") == "photo__a+b__preserve-luminance.png"
+    assert batch_name(*s2, "--method", "gatys", "--iterations", 300, "--strength", 0.8,
+                      "--style-weights", 1, 3, "--preserve-color") == \
+        "photo__a+b@1-3__gatys__iterations300__strength0.8__preserve-luminance.png"
+    # numbers: :g, and exact where :g's six digits would merge two values
+    assert batch_name(*s2, "--style-weights", 0.00001, 1) == "photo__a+b@1e-05-1.png"
+    assert batch_name(*s2, "--strength", 0.1234567) == "photo__a+b__strength0.1234567.png"
+    assert batch_name(*s2, "--strength", 0.1234568) == "photo__a+b__strength0.1234568.png"
+
+
+def test_readme_batch_output_names_are_the_codes():
+    """The README's table of batch output names is what the command writes."""
+    readme = (REPO / "README.md").read_text()
+    rows = re.findall(r"^\| `(--style [^`]*)` \| `out/([^`]*)` \|$", readme, re.M)
+    assert len(rows) >= 4
+    for argv, want in rows:
+        assert batch_name(*argv.split()) == want, argv
+
+
+def test_long_output_names_keep_their_settings_and_stay_distinct():
+    """Past 255 bytes the styles' part is cut and hashed; the settings stay whole, so two
+    strengths of one long mix are two names that still say which is which."""
+    s = ["--style", "a" * 92 + ".jpg", "b" * 92 + ".png", "c" * 92 + ".png"]
+    n1 = batch_name(*s, "--strength", 0.5)
+    n2 = batch_name(*s, "--strength", 0.25)
+    n3 = batch_name(*s, "--style-weights", 1, 2, 3, "--strength", 0.5)
+    assert len({n1, n2, n3}) == 3 and all(len(n.encode()) <= 255 for n in (n1, n2, n3))
+    assert n1.endswith("__strength0.5.png") and n2.endswith("__strength0.25.png")
+    assert re.fullmatch(r"photo__a{92}\+b{92}\+c+~[0-9a-f]{8}__strength0\.5\.png", n1), n1
+    assert n1.split("~")[1][:8] == n2.split("~")[1][:8]  # (the same styles: the same hash)
+    # at the defaults, long names are the earlier versions' (a rerun skips what it wrote)
+    assert batch_name(*s) == cli_stylize._output_name("photo", cli_stylize._stem(s[1:]))
+    assert batch_name(*s, "--method", "gatys") == cli_stylize._output_name(
+        "photo", cli_stylize._stem(s[1:]) + "__gatys")
+
+
+def test_a_strength_and_weights_sweep_into_one_out_dir_writes_every_result(cli, data):
+    """The sweep of the issue, end to end: each setting its own file (the second run was
+    "done 0, skipped 3 (3 output exists)"), and a rerun of each still skips its own."""
+    od = data["tmp"] / "sweep"
+    c = data["contents"][:2]
+    s1, s2 = data["styles"][:2]
+    runs = [(), ("--strength", 0.5), ("--style-weights", 1, 3), ("--style-weights", 3, 1),
+            ("--palette", 0)]
+    for extra in runs:
+        rc, stdout, err = cli("--content", *c, "--style", s1, s2, *extra, "--out-dir", od,
+                              "--no-progress")
+        assert rc == 0 and stdout.startswith("done 2, skipped 0"), (extra, stdout, err)
+    assert sorted(p.name for p in od.iterdir()) == sorted(
+        f"{x}__s1+s2{t}.png" for x in "ab"
+        for t in ("", "__strength0.5", "@1-3", "@3-1", "__palette0"))
+    by_name = {p.name: np.asarray(Image.open(p)) for p in od.iterdir()}
+    assert not np.array_equal(by_name["a__s1+s2@1-3.png"], by_name["a__s1+s2@3-1.png"])
+    assert not np.array_equal(by_name["a__s1+s2.png"], by_name["a__s1+s2__strength0.5.png"])
+    for extra in runs:
+        rc, stdout, _ = cli("--content", *c, "--style", s1, s2, *extra, "--out-dir", od,
+                            "--no-progress")
+        assert rc == 1 and "done 0, skipped 2 (2 output exists)" in stdout, (extra, stdout)
+
+
+def test_gatys_iterations_sweep_into_one_out_dir(cli, data, monkeypatch):
+    from arbitrary_nst import gatys
+
+    class R:
+        def __init__(self, x):
+            self.images = x[None]
+
+    iters = []
+
+    def fake_run(content, styles, *, config=None, **kw):
+        iters.append(config.iterations)
+        return R(1 - content)
+
+    monkeypatch.setattr(gatys, "run", fake_run)
+    monkeypatch.setattr(gatys, "load_params", lambda cfg: {})
+    od = data["tmp"] / "g"
+    for n in (None, 5, 9):
+        extra = () if n is None else ("--iterations", n)
+        rc, _, err = cli("--content", data["contents"][0], "--style", data["styles"][0],
+                         "--method", "gatys", *extra, "--out-dir", od, "--no-progress")
+        assert rc == 0, err
+    assert iters == [gatys.GatysConfig().iterations, 5, 9]
+    assert sorted(p.name for p in od.iterdir()) == [
+        "a__s1__gatys.png", "a__s1__gatys__iterations5.png", "a__s1__gatys__iterations9.png"]
 
 
 def test_an_output_name_of_exactly_255_bytes_is_kept():
