@@ -388,6 +388,21 @@ def _batch_tag(args: argparse.Namespace, styles) -> tuple[str, str]:
     return stem + weights, method + "".join(f"__{s}" for s in settings)
 
 
+def _figure_name(args: argparse.Namespace, mode: str, content_stem: str, styles) -> str:
+    """A figure's name in --out-dir: ``{content}__{styles}__interp`` / ``__sweep``, then the
+    settings off their defaults as in batches (:func:`_batch_tag`; a sweep's unequal weights
+    after the styles) and ``__steps{K}`` for another --interpolate grid, so that figures made
+    with other settings do not skip each other as "exists". --tile-size, like --max-size, is
+    left out (the resolution)."""
+    kind = "interp" if mode == "interpolate" else "sweep"
+    tag, keep = _batch_tag(args, styles)
+    if mode == "interpolate" and args.steps != DEFAULT_STEPS:
+        keep += f"__steps{args.steps}"
+    if not keep:  # (the names of earlier versions, long ones included)
+        return _output_name(content_stem, f"{tag}__{kind}")
+    return _output_name(content_stem, tag, keep=f"__{kind}{keep}")
+
+
 def _same_file(a, b) -> bool:
     return os.path.realpath(os.fspath(a)) == os.path.realpath(os.fspath(b))
 
@@ -512,9 +527,7 @@ def _figure(args, mode: str, stylizer, content_files: list[Path]) -> int:
     if args.out:
         out = Path(args.out)
     else:
-        kind = "interp" if mode == "interpolate" else "sweep"
-        out = _check_out_dir(args.out_dir) / _output_name(content.stem,
-                                                          f"{_stem(styles)}__{kind}")
+        out = _check_out_dir(args.out_dir) / _figure_name(args, mode, content.stem, styles)
     files.check_output_file(out, overwrite=args.overwrite, inputs=[content, *styles],
                             suffixes=images.SAVE_FORMATS, folder_hint=OUT_DIR_HINT)
     t0 = time.perf_counter()

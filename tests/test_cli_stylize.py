@@ -548,7 +548,7 @@ def test_interpolate_strip_triangle_grid(cli, data):
     # --out-dir gives a default name
     rc, _, _ = cli("--content", c, "--interpolate", s[0], s[1], "--steps", 2, "--tile-size", 45,
                    "--batch-size", 2, "--out-dir", data["tmp"] / "figs")
-    assert rc == 0 and (data["tmp"] / "figs" / "a__s1+s2__interp.png").exists()
+    assert rc == 0 and (data["tmp"] / "figs" / "a__s1+s2__interp__steps2.png").exists()
 
 
 def test_strength_sweep(cli, data, model):
@@ -1503,6 +1503,25 @@ def test_a_strength_sweep_in_an_out_dir_is_named_for_its_styles_and_sweep(cli, d
     assert rc == 0, err
     assert [p.name for p in od.iterdir()] == ["a__s1+s2__sweep.png"]
     assert stdout.startswith(f"wrote {od / 'a__s1+s2__sweep.png'} (2 tiles, ")
+
+
+def test_figures_in_an_out_dir_carry_their_settings():
+    """Two --interpolate figures with another --strength (or --steps) into one --out-dir had
+    one name: the second was refused as "exists". The settings off their defaults are in the
+    name as in batches; the tile size (the resolution) is not."""
+    def name(*argv):
+        mode, args = validated("--content", "photo.jpg", "--out-dir", "o", *argv)
+        return cli_stylize._figure_name(args, mode, "photo", args.interpolate or args.style)
+
+    interp = ["--interpolate", "a.jpg", "b.jpg"]
+    assert name(*interp) == name(*interp, "--tile-size", 64) == "photo__a+b__interp.png"
+    assert name(*interp, "--steps", cli_stylize.DEFAULT_STEPS) == "photo__a+b__interp.png"
+    assert name(*interp, "--strength", 0.5, "--steps", 3, "--palette", 0) == \
+        "photo__a+b__interp__strength0.5__palette0__steps3.png"
+    sweep = ["--style", "a.jpg", "b.jpg", "--strength-sweep", 4]
+    assert name(*sweep) == "photo__a+b__sweep.png"
+    assert name(*sweep, "--style-weights", 1, 3, "--preserve-color") == \
+        "photo__a+b@1-3__sweep__preserve-luminance.png"
 
 
 
