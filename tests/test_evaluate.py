@@ -962,3 +962,121 @@ def test_a_run_that_fails_while_making_its_methods_leaves_the_earlier_run_as_it_
     assert "style size" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in (tmp_path / "e").rglob("*.json")} == before
     assert evaluate.main([*argv, "--resume"]) == 0
+
+
+def test_a_new_run_into_an_earlier_out_removes_only_that_runs_sheets_of_other_methods(
+        small_set, vgg):
+    """Run 2 (identity) into run 1's --out (identity, style) left run 1's sheet_style.png next
+    to its results, as if it had made it. It is removed (results.json of run 1 lists it);
+    style's images stay for a --resume and are named in the summary; a user's file is kept."""
+    kw = dict(size=32, progress=False, vgg=vgg)
+    content, out = small_set / "content" / "square.png", small_set / "o"
+    evaluate.evaluate(content, small_set / "style", out, methods=["identity", "style"], **kw)
+    assert (out / "sheet_style.png").is_file()
+    (out / "notes.txt").write_text("mine")
+    (out / "sheet_mine.png").write_bytes((out / "sheet_style.png").read_bytes())
+    r = evaluate.evaluate(content, small_set / "style", out, methods=["identity"], **kw)
+    assert not (out / "sheet_style.png").exists() and (out / "sheet_identity.png").is_file()
+    assert (out / "notes.txt").read_text() == "mine" and (out / "sheet_mine.png").is_file()
+    assert (out / "images" / "style" / "square__paint.png").is_file()
+    assert r.info["other_methods_images"] == ["style"]
+    assert "not in these results: the images of style" in (out / "summary.md").read_text()
+    # a sheet_style.png that no earlier results.json lists is not the evaluation's: kept
+    (out / "sheet_style.png").write_bytes(b"a user's file")
+    evaluate.evaluate(content, small_set / "style", out, methods=["identity"], **kw)
+    assert (out / "sheet_style.png").read_bytes() == b"a user's file"
+    # a resume of fewer methods too; a run of them all names no other images
+    r = evaluate.evaluate(content, small_set / "style", out, methods=["identity", "style"],
+                          resume=True, **kw)
+    assert "other_methods_images" not in r.info and (out / "sheet_style.png").is_file()
+    evaluate.evaluate(content, small_set / "style", out, methods=["identity"], resume=True, **kw)
+    assert not (out / "sheet_style.png").exists() and (out / "sheet_mine.png").is_file()
+
+
+class _FakeFitStylizer:
+    """Stands in for the Stylizer of model_fit (no model, no compile): a fit "takes" 7 s of
+    the fake clock, stylizing returns the photo; it records the palettes it is given."""
+
+    style_size = 256
+
+    def __init__(self, clock):
+        self.clock, self.fitted, self.palettes = clock, [], []
+
+    def _model_fingerprint(self):
+        return "fake"
+
+    def fit_style(self, style, photos, *, steps, size):
+        from arbitrary_nst import fit_style
+
+        self.fitted.append(float(style.mean()))
+        self.clock.now += 7.0
+        return fit_style.FittedStyle(np.zeros(4, np.float32), np.zeros(3, np.float32),
+                                     np.zeros(12, np.float32), np.zeros(steps + 1, np.float32),
+                                     "fake", {"steps": steps, "size": size, "style_size": 256})
+
+    def stylize(self, content, fitted, *, palette, strength):
+        self.palettes.append(palette)
+        return content
+
+
+@pytest.fixture
+def fake_fit(small_set, monkeypatch):
+    """model_fit with :class:`_FakeFitStylizer` on a fake clock; a fit photo in small_set/fit."""
+    clock = _FakeClock()
+    monkeypatch.setattr(evaluate, "time", clock)
+    made = []
+
+    def load(model_path, vgg, style_size):
+        made.append(_FakeFitStylizer(clock))
+        return made[-1]
+
+    monkeypatch.setattr(evaluate, "_load_stylizer", load)
+    images.save_image(small_set / "fit" / "photo.png", np.full((40, 40, 3), 0.5, np.float32))
+    return made
+
+
+def test_model_fit_fits_are_shown_on_the_progress_bar(small_set, vgg, fake_fit, capsys):
+    """The bar of model_fit sat still (at 0 images) through the fits, minutes each: it names
+    the style being fitted; with progress off nothing is printed for them."""
+    images.save_image(small_set / "style" / "other.png", np.full((40, 40, 3), 0.2, np.float32))
+    kw = dict(methods=["model_fit"], size=32, vgg=vgg, fit_photos=small_set / "fit")
+    content = small_set / "content" / "square.png"
+    evaluate.evaluate(content, small_set / "style", small_set / "o1", progress=True, **kw)
+    err = capsys.readouterr().err
+    assert "fitting other (style 1/2)" in err and "fitting paint (style 2/2)" in err, err
+    evaluate.evaluate(content, small_set / "style", small_set / "o2", progress=False, **kw)
+    assert capsys.readouterr().err == "" and len(fake_fit[-1].fitted) == 2
+
+
+def test_a_reused_fit_is_not_reported_as_fitting_time(small_set, vgg, fake_fit, capsys):
+    """A fit loaded from --fitted (an earlier run's) was timed as a fit: its load time went
+    into embed_seconds (the fit time per style of results.json and the summary). Run 2 fits
+    one new painting (7 s) and reuses one: 7 s per fit, not (7 + 0) / 2."""
+    kw = dict(methods=["model_fit"], size=32, progress=False, vgg=vgg,
+              fit_photos=small_set / "fit", fitted_dir=small_set / "fits")
+    content = small_set / "content" / "square.png"
+    r1 = evaluate.evaluate(content, small_set / "style", small_set / "o1", **kw)
+    assert r1.info["embed_seconds"] == {"model_fit": 7.0} and "fits_reused" not in r1.info
+    images.save_image(small_set / "style" / "other.png", np.full((40, 40, 3), 0.2, np.float32))
+    r2 = evaluate.evaluate(content, small_set / "style", small_set / "o2", **kw)
+    assert len(fake_fit[-1].fitted) == 1  # only the new painting was fitted
+    assert r2.info["embed_seconds"] == {"model_fit": 7.0}
+    assert r2.info["fits_made"] == 1 and r2.info["fits_reused"] == 1 and r1.info["fits_made"] == 1
+    r3 = evaluate.evaluate(content, small_set / "style", small_set / "o3", **kw)
+    assert fake_fit[-1].fitted == [] and r3.info["fits_made"] == 0
+    assert "model_fit" not in r3.info["embed_seconds"] and r3.info["fits_reused"] == 2
+    summary = (small_set / "o3" / "summary.md").read_text()
+    assert "model_fit: 2 fit(s) reused from --fitted" in summary and "0 made" in summary
+    assert "style embedding" not in summary
+
+
+def test_palette_help_names_every_method_it_reaches(small_set, vgg, fake_fit):
+    """--palette's help named 'model' and 'model_refine' only; it also reaches model_fit's
+    stylization (as `infer.py --style fitted.npz --palette A` does)."""
+    helps = {a.dest: a.help for a in evaluate.build_parser()._actions}
+    for m in ("'model'", "'model_refine'", "'model_fit'"):
+        assert m in helps["palette"], helps["palette"]
+    evaluate.evaluate(small_set / "content" / "square.png", small_set / "style",
+                      small_set / "o", methods=["model_fit"], size=32, progress=False, vgg=vgg,
+                      fit_photos=small_set / "fit", palette=0.3)
+    assert fake_fit[-1].palettes == [0.3, 0.3]  # (the warm-up call and the timed one)
