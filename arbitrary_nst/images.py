@@ -32,6 +32,7 @@ fills truncated images with grey and no error can be raised here).
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import re
 import stat
@@ -243,7 +244,7 @@ def load_image(
     """
     im = _open_decoded(path, max_pixels=max_pixels, max_side=max_side)
     if im.mode in _HIGH_DEPTH_MODES:
-        x = _high_depth_to_float(im)
+        x = _high_depth_to_float(im, path)
         x = np.repeat(x[:, :, None], 3, axis=2)
         if max_side is not None:
             x = resize_max_side(x, max_side)
@@ -456,58 +457,105 @@ def _pil_to_rgb8(im: Image.Image, path: PathLike | None = None) -> Image.Image:
     if im.mode == "RGB" and "transparency" not in im.info:
         return _icc_to_srgb(im)
     if im.mode in _HIGH_DEPTH_MODES:
-        g = _high_depth_to_float(im)
+        g = _high_depth_to_float(im, path)
         return Image.fromarray(_float_to_u8(g)).convert("RGB")
     if im.mode == "1":
         return im.convert("L").convert("RGB")
+    if im.mode == "CMYK":
+        converted = _icc_to_srgb(im)
+        return converted if converted.mode == "RGB" else im.convert("RGB")
+    icc = im.info.get("icc_profile")
     if _has_alpha(im):
         # convert() turns a "transparency" entry (palette index / key colour) into alpha and
         # un-premultiplies RGBa/La.
         rgba = (im.convert("LA") if im.mode == "La" else im).convert("RGBA")  # no La -> RGBA
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    if im.mode == "CMYK":
-        converted = _icc_to_srgb(im)
-        return converted if converted.mode == "RGB" else im.convert("RGB")
+        rgb = Image.alpha_composite(white, rgba).convert("RGB")
+    else:
+        try:
+            rgb = im.convert("RGB")
+        except Exception as e:  # noqa: BLE001
+            raise ImageError(path, f"unsupported image mode {im.mode!r}: {_one_line(e)}") from None
+    # the profile of an RGBA / palette image describes its colours as those of an RGB one
+    # (macOS screenshots: RGBA PNGs in Display P3); it was dropped with the alpha. A grey
+    # image's profile does not apply to RGB: _icc_to_srgb keeps those values as they are.
+    if icc and im.mode in ("RGBA", "RGBa", "P", "PA", "RGB"):
+        rgb.info["icc_profile"] = icc
+        return _icc_to_srgb(rgb)
+    return rgb
+
+
+#: 16^3 colours with both ends of every channel: a profile that maps them all to themselves
+#: (within 1 level) is sRGB, whatever it is called ("Linear sRGB" is not; "sRGB IEC61966-2.1"
+#: and LittleCMS' own are).
+_PROBE = np.stack(np.meshgrid(*[np.linspace(0, 255, 16).round().astype(np.uint8)] * 3,
+                              indexing="ij"), -1).reshape(16, 256, 3)
+
+
+def _to_srgb_transform(icc: bytes, mode: str):
+    """A LittleCMS transform from the profile ``icc`` to sRGB for ``mode`` images (made per
+    image: a transform's pixel cache is not for sharing between the loader's threads)."""
+    import io
+
+    from PIL import ImageCms
+
+    src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+    return ImageCms.buildTransform(src, ImageCms.createProfile("sRGB"), mode, "RGB")
+
+
+@functools.lru_cache(maxsize=64)
+def _is_srgb_profile(icc: bytes) -> bool | None:
+    """Whether the RGB profile ``icc`` maps every colour to itself in sRGB (within 1 level);
+    None if it cannot be used (no LittleCMS, a broken or non-RGB profile)."""
+    from PIL import ImageCms
+
     try:
-        return im.convert("RGB")
-    except Exception as e:  # noqa: BLE001
-        raise ImageError(path, f"unsupported image mode {im.mode!r}: {_one_line(e)}") from None
+        out = ImageCms.applyTransform(Image.fromarray(_PROBE), _to_srgb_transform(icc, "RGB"))
+    except Exception:  # noqa: BLE001
+        return None
+    return bool(np.abs(np.asarray(out, np.int16) - _PROBE.astype(np.int16)).max() <= 1)
 
 
 def _icc_to_srgb(im: Image.Image) -> Image.Image:
-    """Convert an RGB/CMYK image with an embedded ICC profile to sRGB; else return it as is."""
+    """Convert an RGB/CMYK image with an embedded ICC profile to sRGB; else return it as is.
+
+    An RGB profile that maps colours to themselves is sRGB: the (costly) identity transform
+    is skipped. This is decided on what the profile does, not on its name: "Linear sRGB"
+    (GIMP, Krita) was skipped for the "srgb" in its description, a 0.17 shift on 0..1."""
     icc = im.info.get("icc_profile")
     if not icc or im.mode not in ("RGB", "CMYK"):
         return im
+    if im.mode == "RGB" and _is_srgb_profile(bytes(icc)) is not False:
+        return im  # sRGB already, or a profile that cannot be used: the raw values
     try:
-        import io
-
         from PIL import ImageCms
 
-        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        if im.mode == "RGB" and "srgb" in ImageCms.getProfileDescription(src).lower():
-            return im  # already sRGB: skip the (costly) identity transform
-        dst = ImageCms.createProfile("sRGB")
-        out = ImageCms.profileToProfile(im, src, dst, outputMode="RGB")
+        out = ImageCms.applyTransform(im, _to_srgb_transform(bytes(icc), im.mode))
     except Exception:  # noqa: BLE001 - no LittleCMS, or a broken profile: use the raw values
         return im
     return out if out is not None else im
 
 
-def _high_depth_to_float(im: Image.Image) -> np.ndarray:
+def _high_depth_to_float(im: Image.Image, path: PathLike | None = None) -> np.ndarray:
     """``I;16*`` / ``I`` / ``F`` single-channel image -> ``float32`` ``H x W`` in ``[0, 1]``.
 
     ``I;16*`` and ``I`` (how Pillow holds 16-bit PNG/TIFF/PGM data) are divided by 65535.
-    ``F`` is taken as ``[0, 1]`` data unless its maximum exceeds 1, in which case it is read
-    as 0..255 (if the maximum is <= 255) or 0..65535 data.
+    ``F`` is ``[0, 1]`` data if its maximum is at most 1.5 (HDR highlights and resampling
+    overshoot above 1 are clipped: one pixel at 1.2 made the whole photo 0..255 data, near
+    black), 0..255 data if its maximum is in [16, 255] and 0..65535 data above. A maximum in
+    (1.5, 16) fits none of them (a linear HDR render): an :class:`ImageError`, not a guess.
     """
     if im.mode == "F":
         x = np.asarray(im, dtype=np.float32)
-        finite_max = float(np.nanmax(x)) if x.size else 0.0
+        finite = x[np.isfinite(x)]
+        finite_max = float(finite.max()) if finite.size else 0.0
+        if 1.5 < finite_max < 16.0:
+            raise ImageError(path, f"float image values up to {finite_max:.3g}: neither [0, 1] "
+                             "(up to 1.5), 0..255 nor 0..65535 data; save it scaled to one "
+                             "of those")
         if finite_max > 255.0:
             x = x / np.float32(65535.0)
-        elif finite_max > 1.0:
+        elif finite_max > 1.5:
             x = x / np.float32(255.0)
     else:
         if im.mode == "I":

@@ -1040,6 +1040,25 @@ def test_float_mode_f_range_is_inferred_from_its_maximum():
     np.testing.assert_allclose(f(51.0, 255.0), [0.2, 1.0], rtol=1e-6)  # max 255: 8-bit scale
     np.testing.assert_allclose(f(655.35, 256.0), [0.01, 256 / 65535], rtol=1e-5)  # 16-bit
     np.testing.assert_allclose(f(np.nan, 102.0, 0.0), [0.0, 0.4, 0.0], rtol=1e-6)  # NaN -> 0
+    # [0, 1] data with HDR highlights / overshoot above 1 (up to 1.5): clipped, not read as
+    # 0..255 data (one pixel at 1.2 made the photo near black, later "blank")
+    np.testing.assert_allclose(f(0.5, 1.2), [0.5, 1.0])
+    np.testing.assert_allclose(f(0.25, 1.5, np.inf), [0.25, 1.0, 1.0])
+    np.testing.assert_allclose(f(16.0, 2.0), [16 / 255, 2 / 255], rtol=1e-6)
+    for hdr in (1.51, 2.0, 15.9):  # neither: one line, no guess
+        with pytest.raises(ImageError, match=f"float image values up to {hdr:.3g}: neither"):
+            f(0.5, hdr)
+
+
+
+def test_float_tiff_files_with_highlights_and_hdr(tmp_path):
+    g = np.full((8, 8), 0.5, np.float32)
+    g[0, 0] = 1.2
+    Image.fromarray(g).save(tmp_path / "hot.tif")
+    assert float(np.median(load_image(tmp_path / "hot.tif"))) == pytest.approx(0.5)
+    Image.fromarray(g * 4).save(tmp_path / "hdr.tif")
+    with pytest.raises(ImageError, match=r"hdr\.tif.*float image values up to 4\.8"):
+        load_image(tmp_path / "hdr.tif")
 
 
 def test_to_uint8_of_infinities_and_bools():
@@ -1119,6 +1138,57 @@ def test_rgb_icc_profile_other_than_srgb_is_converted(tmp_path):
     assert np.abs(x - a[..., ::-1]).max() <= 2, x
     y = to_uint8(load_pil(tmp_path / "swapped.png")).astype(int)
     assert np.abs(y - a[..., ::-1]).max() <= 2, y
+
+
+def _swapped_profile(name: str) -> bytes:
+    """The sRGB profile with its red and blue primaries swapped, its description ``name``."""
+    from PIL import ImageCms
+
+    b = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    tags = {bytes(b[132 + 12 * i:136 + 12 * i]): 132 + 12 * i
+            for i in range(int.from_bytes(b[128:132], "big"))}
+    r, bl = tags[b"rXYZ"], tags[b"bXYZ"]
+    b[r + 4:r + 8], b[bl + 4:bl + 8] = b[bl + 4:bl + 8], b[r + 4:r + 8]
+    old = ImageCms.getProfileDescription(ImageCms.ImageCmsProfile(io.BytesIO(bytes(b)))).strip()
+    new = name.ljust(len(old))[:len(old)]
+    return bytes(b).replace(old.encode("utf-16-be"), new.encode("utf-16-be")).replace(
+        old.encode("ascii"), new.encode("ascii"))
+
+
+_RB = np.array([[[255, 0, 0], [0, 0, 255], [40, 120, 200]]], np.uint8)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "P", "RGB+tRNS", "PIL RGBA"])
+def test_icc_profile_of_alpha_and_palette_images_is_converted(tmp_path, mode):
+    """The profile was dropped with the alpha (RGBA PNGs in Display P3: macOS screenshots) or
+    the palette: their colours came out raw, 0.015-0.025 off on 0..1 for P3 / Adobe RGB."""
+    prof = _swapped_profile("swap")
+    p = tmp_path / "x.png"
+    if mode in ("RGBA", "PIL RGBA"):
+        Image.fromarray(_RB).convert("RGBA").save(p, icc_profile=prof)
+    elif mode == "P":
+        Image.fromarray(_RB).convert("P", palette=Image.Palette.ADAPTIVE).save(p, icc_profile=prof)
+    else:
+        Image.fromarray(_RB).save(p, icc_profile=prof, transparency=(1, 2, 3))
+    x = to_float(Image.open(p)) if mode == "PIL RGBA" else load_image(p)
+    assert np.abs(to_uint8(x).astype(int) - _RB[..., ::-1]).max() <= 2, x
+
+
+def test_a_profile_is_judged_by_what_it_does_not_by_its_name(tmp_path):
+    """"Linear sRGB" (GIMP, Krita) was taken for sRGB for the "srgb" in its description and
+    its colours used raw (0.17 off on 0..1); LittleCMS' own sRGB is still left as it is."""
+    from PIL import ImageCms
+
+    prof = _swapped_profile("Linear sRGB")
+    assert "srgb" in ImageCms.getProfileDescription(
+        ImageCms.ImageCmsProfile(io.BytesIO(prof))).lower()
+    Image.fromarray(_RB).save(tmp_path / "x.png", icc_profile=prof)
+    x = to_uint8(load_image(tmp_path / "x.png")).astype(int)
+    assert np.abs(x - _RB[..., ::-1]).max() <= 2, x
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    assert images._is_srgb_profile(srgb) is True
+    assert images._is_srgb_profile(prof) is False
+    assert images._is_srgb_profile(b"not a profile") is None
 
 
 @pytest.mark.skipif(os.name != "posix", reason="POSIX symlinks")
