@@ -428,6 +428,22 @@ def _too_large_from_pillow(e: Exception, limit: int | None) -> str:
     )
 
 
+def shown_size(path: PathLike) -> tuple[int, int]:
+    """``(width, height)`` of an image file as it is shown (EXIF orientations 5-8 swap them),
+    from its header: the size of a file read smaller with ``max_side``. Raises ImageError."""
+    name = os.fspath(path)
+    try:
+        with Image.open(name) as im:
+            w, h = im.size
+            try:
+                turned = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+            except Exception:  # noqa: BLE001 - broken EXIF: as stored, as for decoding
+                turned = False
+    except OSError as e:
+        raise ImageError(name, _os_reason(e) if e.errno else _one_line(e)) from None
+    return (h, w) if turned else (w, h)
+
+
 def _exif_oriented(im: Image.Image) -> Image.Image:
     """Apply the EXIF Orientation tag. An unreadable EXIF block leaves the image as stored."""
     try:

@@ -735,3 +735,33 @@ def test_a_content_named_twice_is_one_job(files, tmp_path, monkeypatch, capsys):
     assert calls[1:] == [(2, 48, 48, 3)]
     assert capsys.readouterr().out.startswith("done 2, skipped 0, ")
     assert sorted(p.name for p in od.iterdir()) == ["a_gatys.png", "b_gatys.png"]
+
+
+def test_inputs_are_decoded_for_the_working_size_not_at_full_size(files, tmp_path,
+                                                                   monkeypatch, capsys):
+    """A 9000x6000 photo at --size 64 was decoded and resized at full size (3.1 GB, 56 s):
+    contents are read at most at twice --size, styles at twice style_scale x --size, and
+    analyze's content and style at twice their working sizes (--size, 2 x --size)."""
+    from arbitrary_nst import analysis, images
+
+    sides = []
+    real = images.load_image
+
+    def spy(path, **kw):
+        sides.append((Path(path).name, kw.get("max_side")))
+        return real(path, **kw)
+
+    monkeypatch.setattr(images, "load_image", spy)
+    big = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 400, 3), np.uint8)).save(big)
+    calls = _fake_gatys(monkeypatch)
+    out = tmp_path / "o.png"
+    assert main(["gatys", "--content", str(big), "--style", str(big), "--out", str(out),
+                 "--size", "64", "--style-scale", "1.5", "--iters", "1", "--quiet"]) == 0
+    assert sides == [("big.png", 192), ("big.png", 128)]  # the style (2 x 96), the content
+    assert calls == [(1, 48, 64, 3)]  # (the working size itself: as before)
+    sides.clear()
+    monkeypatch.setattr(analysis, "make_figures", lambda out_dir, **kw: [])
+    assert main(["analyze", "--content", str(big), "--style", str(big), "--out-dir",
+                 str(tmp_path / "fig"), "--size", "48", "--quiet"]) == 0
+    assert sides == [("big.png", 96), ("big.png", 192)]

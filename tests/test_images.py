@@ -1344,3 +1344,17 @@ def test_plain_glob_finds_literal_names_in_a_folder_it_cannot_list(tmp_path, unl
     unlistable("locked")
     assert list_images(str(tmp_path / "*" / "locked" / "x.png")) == [
         tmp_path / "a" / "locked" / "x.png"]
+
+
+def test_shown_size_is_the_header_size_as_shown(tmp_path):
+    im = Image.fromarray(np.zeros((20, 50, 3), np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees: shown 20 wide, 50 high
+    im.save(tmp_path / "r.jpg", exif=exif.tobytes())
+    im.save(tmp_path / "p.png")
+    assert images.shown_size(tmp_path / "r.jpg") == (20, 50)
+    assert load_image(tmp_path / "r.jpg").shape[:2] == (50, 20)
+    assert images.shown_size(tmp_path / "p.png") == (50, 20)
+    (tmp_path / "t.png").write_text("not an image")
+    with pytest.raises(ImageError, match="t.png"):
+        images.shown_size(tmp_path / "t.png")
