@@ -471,6 +471,8 @@ def test_save_formats_roundtrip(tmp_path, ext):
     tol = 0.0 if ext.lower() in (".png", ".bmp", ".tif") else 0.25
     assert np.abs(y - x).mean() <= tol + 1e-7
     assert not _tmp_leftovers(tmp_path)
+    if ext == ".tif":  # lossless and compressed (uncompressed was 3x the PNG)
+        assert Image.open(out).info.get("compression") == "tiff_adobe_deflate"
 
 
 def test_save_accepts_pil_uint8_gray_rgba_and_batch_of_one(tmp_path):
