@@ -143,7 +143,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="compute dtype (bfloat16 is for GPUs)")
     run_g.add_argument("--backend", choices=("jax", "onnxruntime"), default="jax",
                        help="'jax' (XLA, any device) or 'onnxruntime' (CPU: the exported "
-                            "transfer graph, ~2x faster there; same outputs to ~1e-6)")
+                            "transfer graph, 1.3-1.9x faster there; same outputs to ~1e-6)")
     run_g.add_argument("--batch-size", type=int, default=None, metavar="N",
                        help=f"content images per device call, sharded over all devices (None = "
                             f"{DEFAULT_BATCH_SIZE} per GPU/TPU, 1 on CPU)")

@@ -1,7 +1,7 @@
 """Export the transfer network (+ the predictor's CIN heads) to ONNX, and run it with onnxruntime.
 
 Why: on a CPU, onnxruntime's convolution kernels (MLAS) run the network's small-channel convs
-about twice as fast as XLA:CPU's (``bench/infer.py`` has both rows), so for CPU deployment the
+1.3-1.9x as fast as XLA:CPU's (``bench/infer.py`` has both rows), so for CPU deployment the
 exported graph is the fast path. Training, the style predictor (VGG16 statistics + MLP, once per
 style) and every GPU path stay in JAX.
 

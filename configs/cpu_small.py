@@ -1,4 +1,4 @@
-"""Small CPU config: train the shipped model on a 2-core CPU in about 40-45 minutes.
+"""Small CPU config: train the shipped model on a 2-core CPU in about 45-50 minutes.
 
 ``python train.py --config configs/cpu_small.py --workdir workdirs/cpu_small``
 
@@ -8,8 +8,8 @@ Fields as in ``configs/default.py``. What differs from Magenta / the GPU default
   step (~90% of its FLOPs at 128^2), so width 0.5 costs little over 0.25 and learns faster;
   model.hidden_dim 256 keeps the exported file small (4.3 MB float32, 1.08M parameters).
 * 128x128 content and style crops (Magenta 256), batch 4 (Magenta 8): 153 GFLOP per step,
-  ~1.0-1.15 steps/s on this 2-core CPU (``bench/results/train_cpu.json``: the training loop and
-  the step alone), so 2500 steps take ~36-43 minutes.
+  ~0.9 steps/s on this 2-core CPU (``bench/results/train_cpu.json``, 2026-12-06: the step alone
+  0.92, the training loop 0.91), so 2500 steps take ~46 minutes.
 * Adam at 2e-3 (Magenta 1e-5 from pretrained Inception; we start from scratch) with 100 warmup
   steps and a cosine decay to 2e-4. Measured at 64^2 over 600 steps: with Magenta's
   average-pooling loss VGG (model.vgg_pooling='avg', inherited from default.py) the loss falls
