@@ -150,8 +150,9 @@ class LossConfig:
     relu3_3, relu4_3) at 0.5e-3 each, TV 1e4 under Magenta's normalization. Magenta's slim VGG16
     takes RGB 0..255 minus the mean, exactly the scale of the caffe input used here, and its loss
     network uses *average* pooling (``image_stylization/vgg.py``): the weights carry over with
-    ``load_vgg16(pooling="avg")``. With max pooling the deeper Gram terms are ~70x larger and
-    these weights let style swamp content (measured while training; see configs/default.py).
+    ``load_vgg16(pooling="avg")``. With max pooling the deeper Gram terms are larger (relu3_3
+    11x, relu4_3 96x: ``bench/vgg_loss_scales.py``) and these weights let style swamp content
+    (measured while training; see configs/default.py).
     """
 
     content_layers: Mapping[str, float] = dataclasses.field(

@@ -1,4 +1,5 @@
-"""Per-layer loss magnitudes with and without the normalized VGG16 (Gatys et al. 2016).
+"""Per-layer loss magnitudes with and without the normalized VGG16 (Gatys et al. 2016), and
+with average pooling (Magenta's loss network).
 
     python bench/vgg_loss_scales.py [--size 256] [--json PATH] [--overwrite]
 
@@ -7,6 +8,9 @@ content loss (feature MSE between the two images) and the Gram style loss, once 
 ImageNet weights and once with filters rescaled to mean activation 1 over the built-in images.
 The normalized network makes the layers' losses comparable, so equal per-layer weights mean
 roughly equal contributions; with the plain weights, deep layers dominate by orders of magnitude.
+The plain weights with *average* pooling are Magenta's loss network (``LossConfig``'s defaults,
+``model.vgg_pooling="avg"``): the last lines give how much larger max pooling makes the Gram
+terms of Magenta's style layers (relu1_2, relu2_2, relu3_3, relu4_3).
 ``--json`` (default the committed ``bench/results/vgg_loss_scales.json``) is refused up front if it
 exists, unless ``--overwrite``.
 """
@@ -52,6 +56,7 @@ def main(argv=None) -> int:
     style = samples.style_image("strokes", size=args.size)[None]
     plain = layer_losses(vgg_lib.load_vgg16(), jnp.asarray(content), jnp.asarray(style))
     norm = layer_losses(vgg_lib.load_vgg16(normalized=True), jnp.asarray(content), jnp.asarray(style))
+    avg = layer_losses(vgg_lib.load_vgg16(pooling="avg"), jnp.asarray(content), jnp.asarray(style))
     print("| tap | content (plain) | content (normalized) | style (plain) | style (normalized) |")
     print("|---|---:|---:|---:|---:|")
     for tap in TAPS:
@@ -63,8 +68,13 @@ def main(argv=None) -> int:
         sg = [table[t]["style"] for t in gatys_layers]
         print(f"{name}: style-loss spread (max/min) over all taps {max(st) / min(st):.3g}x, "
               f"over Gatys' relu1_1..relu5_1 {max(sg) / min(sg):.3g}x")
+    magenta = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
+    ratio = {t: plain[t]["style"] / avg[t]["style"] for t in magenta}
+    print("style loss with max pooling / with average pooling (Magenta's style layers): "
+          + ", ".join(f"{t} {r:.3g}x" for t, r in ratio.items()))
     write_json(out, {"meta": run_meta(__file__, argv), "size": args.size, "plain": plain,
-                     "normalized": norm}, indent=1)
+                     "normalized": norm, "avg_pooling": avg, "max_over_avg_style": ratio},
+               indent=1)
     print(f"wrote {out}")
     return 0
 

@@ -22,8 +22,9 @@ model.palette                 move outputs this far (0..1) to the style image's 
                               palette; Magenta: none). 0: off.
 model.vgg_pooling             pooling of the frozen VGG16 used by the loss and the predictor:
                               'avg' as Magenta's loss network (``vgg_16(pooling='avg')``); with
-                              'max' the relu3_3 Gram term is ~70x larger and swamps the content
-                              term under the same weights.
+                              'max' the deep Gram terms are larger (relu3_3 11x, relu4_3 96x:
+                              ``bench/vgg_loss_scales.py``) and swamp the content term under the
+                              same weights.
 
 loss.*                        ``arbitrary_nst.losses.LossConfig`` fields. Magenta:
                               content ``{"vgg_16/conv3": 1}`` (= relu3_3 here), style
