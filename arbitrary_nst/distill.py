@@ -174,6 +174,10 @@ def _set_mlp_params(model, params) -> None:
         mod.bias[...] = layer["bias"]
 
 
+#: The fewest styles each target's fit takes (it holds some out to choose and check).
+MIN_STYLES = {"embedding": 4, "conditioning": 5}
+
+
 def fit_embedding_mlp(model, x: np.ndarray, target: np.ndarray, *, val_fraction: float = 0.1,
                       steps: int = 3000, learning_rate: float = 3e-4, weight_decay: float = 0.0,
                       batch_size: int = 128, eval_every: int = 50, seed: int = 0
@@ -187,7 +191,8 @@ def fit_embedding_mlp(model, x: np.ndarray, target: np.ndarray, *, val_fraction:
     """
     x = np.asarray(x, np.float32)
     target = np.asarray(target, np.float32)
-    if x.ndim != 2 or target.ndim != 2 or len(x) != len(target) or len(x) < 4:
+    if (x.ndim != 2 or target.ndim != 2 or len(x) != len(target)
+            or len(x) < MIN_STYLES["embedding"]):
         raise ConfigError(f"fit: x [N, F] and target [N, D] with N >= 4 needed, got "
                           f"{x.shape}, {target.shape}")
     rng = np.random.default_rng(seed)
@@ -300,7 +305,8 @@ def fit_conditioning_correction(x: np.ndarray, delta: np.ndarray, *, ridges=DEFA
     mean correction (a shift shared by all styles)."""
     x = np.asarray(x, np.float64)
     delta = np.asarray(delta, np.float64)
-    if x.ndim != 2 or delta.ndim != 2 or len(x) != len(delta) or len(x) < 5:
+    if (x.ndim != 2 or delta.ndim != 2 or len(x) != len(delta)
+            or len(x) < MIN_STYLES["conditioning"]):
         raise ConfigError(f"fit: x [N, F] and delta [N, G] with N >= 5 needed, got "
                           f"{x.shape}, {delta.shape}")
     ridges = [float(r) for r in ridges]
@@ -672,6 +678,11 @@ def main(argv: list[str] | None = None) -> int:
             if not a.content_crop <= lo <= hi:
                 raise ConfigError(f"--content-short must satisfy crop <= LO <= HI, got {lo} {hi}")
             refine.check_options(a.steps, a.learning_rate, a.style_weight)
+            # the fits need this many styles (a held-out split): said after the whole oracle
+            need = MIN_STYLES[a.target]
+            if a.num_styles < need:
+                raise ConfigError(f"--num-styles must be >= {need} for --target {a.target} (its "
+                                  f"fit holds some styles out), got {a.num_styles}")
             from . import data, export, training
             from .inference import BUILTIN_MODEL
 
@@ -687,6 +698,9 @@ def main(argv: list[str] | None = None) -> int:
                                   "with a hidden layer (hidden_dim > 0)")
             make_dir(out, "the --out folder")  # (before the data: a bad --out was a traceback)
             sources = data.prepare(cfg.data, progress=not a.no_progress)
+            if len(sources["style"]) < need:
+                raise ConfigError(f"the training styles hold {len(sources['style'])} images; "
+                                  f"--target {a.target} needs >= {need}")
             content_seeds = list(dict.fromkeys(a.content_seeds or [a.seed]))
             r = combine_oracles([
                 collect_oracle(model, sources, out / ("oracle" if s == a.seed else f"oracle_c{s}"),

@@ -154,6 +154,16 @@ def test_command_errors_and_ctrl_c_leave_no_empty_out_folder_and_say_what_is_kep
                                        "from them\n")
 
 
+def test_too_few_training_styles_are_refused_before_the_oracle(tmp_path, model_path, capsys,
+                                                               monkeypatch):
+    args = _small_command(tmp_path / "d", model_path, num_styles=8)
+    monkeypatch.setattr(distill, "collect_oracle", lambda *a, **k: pytest.fail("oracle ran"))
+    assert distill.main([*args, "--set", "data.synthetic_count=4", "--target",
+                         "conditioning"]) == 1
+    assert "the training styles hold 4 images; --target conditioning needs >= 5" in \
+        capsys.readouterr().err
+
+
 @pytest.mark.parametrize("value", ["nan", "-5", "0"])
 def test_a_bad_fit_learning_rate_is_refused_before_any_work(tmp_path, model_path, capsys, value):
     """--fit-learning-rate nan ran, fitted nothing and wrote the start model as 'distilled'."""
@@ -335,7 +345,11 @@ def test_content_crops_are_never_flat():
                                       (["--target", "conditioning", "--scale", "inf"], "--scale"),
                                       (["--target-scale", "nan"], "--target-scale"),
                                       (["--weight-decay", "-1"], "--weight-decay"),
-                                      (["--content-seeds", "-1"], "--content-seeds")])
+                                      (["--content-seeds", "-1"], "--content-seeds"),
+                                      # (said after the whole oracle: minutes of refinement)
+                                      (["--num-styles", "3"], "--num-styles must be >= 4"),
+                                      (["--target", "conditioning", "--num-styles", "4"],
+                                       "--num-styles must be >= 5 for --target conditioning")])
 def test_command_rejects_bad_options_in_one_line(tmp_path, capsys, bad, msg):
     assert distill.main(["--out", str(tmp_path / "d")] + bad) == 1
     err = capsys.readouterr().err
