@@ -85,7 +85,7 @@ from . import color as color_lib
 from . import images as images_lib
 from . import losses as losses_lib
 from . import vgg as vgg_lib
-from .errors import MAX_SEED, ConfigError, ModelError, check_count, check_weight
+from .errors import MAX_SEED, ConfigError, ImageError, ModelError, check_count, check_weight
 
 Optimizer = Literal["lbfgs", "lbfgs_optax", "adam"]
 Init = Literal["content", "noise", "style"]
@@ -739,13 +739,32 @@ def _pil_or_array(x):
     return x
 
 
-def _as_batch(content) -> np.ndarray:
+def _array_to_float(x, what: str) -> np.ndarray:
+    """:func:`images.array_to_float` with an ImageError about the array saying which input it
+    is (``style image 2: float image values must be in [0, 1] ...``; it named none), as the
+    Stylizer's errors do."""
+    try:
+        return images_lib.array_to_float(x)
+    except ImageError as e:
+        if e.path is not None:
+            raise
+        raise ImageError(what, e.reason) from None
+
+
+def _style_label(style_names, j: int) -> str:
+    """How messages call the ``j``-th style image (of a list; per example: within its list)."""
+    if style_names is not None and j < len(style_names):
+        return str(style_names[j])
+    return f"style image {j + 1}"
+
+
+def _as_batch(content, what: str = "content image") -> np.ndarray:
     content = _pil_or_array(content)
     if isinstance(content, (list, tuple)):
         content = [_pil_or_array(c) for c in content]
         if not content:
             raise ConfigError("no content images given")
-        arrs = [images_lib.array_to_float(c) for c in content]
+        arrs = [_array_to_float(c, f"{what} {i + 1}") for i, c in enumerate(content)]
         shapes = {a.shape for a in arrs}
         if len(shapes) != 1:
             raise ConfigError(f"content images of one batch must have the same size, got "
@@ -754,9 +773,10 @@ def _as_batch(content) -> np.ndarray:
     else:
         x = np.asarray(content)
         if x.ndim == 4 and x.shape[0] > 0:
-            x = np.stack([images_lib.array_to_float(c) for c in x])
+            x = np.stack([_array_to_float(c, f"{what} {i + 1}" if len(x) > 1 else what)
+                          for i, c in enumerate(x)])
         elif x.ndim in (2, 3):
-            x = images_lib.array_to_float(x)[None]
+            x = _array_to_float(x, what)[None]
         else:
             raise ConfigError(f"content must be [B, H, W, 3] or a list of [H, W, 3], got "
                               f"{x.shape}")
@@ -777,8 +797,10 @@ def _weights_array(w) -> np.ndarray:
         raise ConfigError(f"style weights must be numbers, got {w!r}") from None
 
 
-def _per_example_styles(styles, style_weights, b: int) -> list[tuple[list[np.ndarray], np.ndarray]]:
-    """Normalize ``styles``/``style_weights`` to ``[(style images, weights summing to 1)] * B``."""
+def _per_example_styles(styles, style_weights, b: int, style_names=None
+                        ) -> list[tuple[list[np.ndarray], np.ndarray]]:
+    """Normalize ``styles``/``style_weights`` to ``[(style images, weights summing to 1)] * B``;
+    an unusable style array is named by ``style_names`` (:func:`_style_label`)."""
     styles = _pil_or_array(styles)
     if _is_image(styles):
         styles = [styles]
@@ -820,7 +842,7 @@ def _per_example_styles(styles, style_weights, b: int) -> list[tuple[list[np.nda
             raise ConfigError(f"style weights must be >= 0 with a positive sum, got "
                               f"{w.tolist()}")
         w = w / w.max()  # first: the sum of two weights of 1e308 overflowed (all weights 0)
-        arrs = [images_lib.array_to_float(s) for s in imgs]
+        arrs = [_array_to_float(s, _style_label(style_names, j)) for j, s in enumerate(imgs)]
         out.append((arrs, (w / w.sum()).astype(np.float32)))
     return out
 
@@ -893,8 +915,7 @@ def _stage_targets(params, content_s: np.ndarray, per_styles, cfg: GatysConfig, 
             if key not in cache:
                 x = images_lib.resize_max_side(s, target_side, upscale=True)
                 if min(x.shape[:2]) < vgg_lib.MIN_SIZE:
-                    name = (style_names[j] if style_names is not None and j < len(style_names)
-                            else f"style image {j + 1}")
+                    name = _style_label(style_names, j)
                     raise ConfigError(
                         f"{name} is {x.shape[1]}x{x.shape[0]} when scaled to the content's "
                         f"{side} px x style scale {cfg.style_scale:g}; VGG needs >= "
@@ -1042,7 +1063,7 @@ def run(content, styles, *, style_weights=None, config: GatysConfig | None = Non
                           f"got {type(cfg).__name__}")
     x_content = _as_batch(content)
     b, h, w, _ = x_content.shape
-    per_styles = _per_example_styles(styles, style_weights, b)
+    per_styles = _per_example_styles(styles, style_weights, b, style_names)
     lcfg = cfg.loss_config()
     weights = loss_weights(cfg, b, overrides)
     want_content = bool(lcfg.content_layers) and bool(jnp.any(weights["content"] > 0))
@@ -1052,7 +1073,7 @@ def run(content, styles, *, style_weights=None, config: GatysConfig | None = Non
     params = load_params(cfg) if vgg_params is None else vgg_params
     params = jax.tree.map(jnp.asarray, params)
     if init_image is not None:
-        init_image = _as_batch(init_image)
+        init_image = _as_batch(init_image, "init image")
         if init_image.shape[0] != b:
             raise ConfigError(f"init_image has {init_image.shape[0]} images for {b} examples")
     plan = stage_plan(cfg, (h, w))

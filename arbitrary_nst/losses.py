@@ -43,6 +43,15 @@ TV_KINDS = ("magenta", "l1")
 FeatureFn = Callable[[jax.Array, Sequence[str]], dict[str, jax.Array]]
 
 
+def _images(x) -> jax.Array:
+    """RGB images as floats on the [0, 1] scale: uint8/uint16/bool are scaled as everywhere in
+    the package (:func:`arbitrary_nst.vgg.as_float_images`; a uint8 batch was read as floats up
+    to 255); a static dtype test, so it traces under jit."""
+    from .vgg import as_float_images  # (lazy, as in LossConfig: vgg pulls in flax)
+
+    return as_float_images(x)
+
+
 def _at_least_f32(x: jax.Array) -> jax.Array:
     """bf16/f16 -> float32 (sums over H*W lose too much precision); float64 stays float64."""
     return x.astype(jnp.promote_types(x.dtype, jnp.float32))
@@ -126,8 +135,9 @@ def style_loss(f: jax.Array, target_stat, kind: StyleStatistic = "gram",
 
 
 def total_variation(images: jax.Array, kind: TVKind = "magenta") -> jax.Array:
-    """Total variation per example (see module docstring): ``[B]``."""
-    x = _at_least_f32(images)
+    """Total variation per example (see module docstring): ``[B]``. ``images`` in [0, 1]
+    (uint8/uint16 are scaled to it)."""
+    x = _at_least_f32(_images(images))
     dy = x[:, 1:, :, :] - x[:, :-1, :, :]
     dx = x[:, :, 1:, :] - x[:, :, :-1, :]
     b = x.shape[0]
@@ -174,6 +184,10 @@ class LossConfig:
     def __post_init__(self):
         from .vgg import tap_depth  # validates tap names
 
+        for name in ("content_layers", "style_layers"):  # (a list: a raw AttributeError)
+            if not isinstance(getattr(self, name), Mapping):
+                raise ConfigError(f"{name} must map layer names to weights (e.g. "
+                                  f"{{'relu1_1': 1.0}}), got {getattr(self, name)!r}")
         for layer in (*self.content_layers, *self.style_layers):
             tap_depth(layer)
 
@@ -259,8 +273,10 @@ class StyleTargets:
     @classmethod
     def from_images(cls, feature_fn: FeatureFn, style_images: jax.Array,
                     cfg: LossConfig) -> "StyleTargets":
-        """``feature_fn(images, taps) -> {tap: features}`` (e.g. a :class:`~arbitrary_nst.vgg.VGG16`)."""
-        return cls.from_features(feature_fn(style_images, tuple(cfg.style_layers)), cfg)
+        """``feature_fn(images, taps) -> {tap: features}`` (e.g. a
+        :class:`~arbitrary_nst.vgg.VGG16`); ``style_images`` in [0, 1] (uint8/uint16 are scaled
+        to it)."""
+        return cls.from_features(feature_fn(_images(style_images), tuple(cfg.style_layers)), cfg)
 
     @property
     def num_styles(self) -> int | None:
@@ -296,7 +312,11 @@ class StyleTargets:
 def perceptual_loss(feature_fn: FeatureFn, images: jax.Array, cfg: LossConfig, *,
                     content_feats: Mapping[str, jax.Array] | None,
                     style_targets: StyleTargets | None) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Weighted content + style + TV loss of ``images`` (``[B, H, W, 3]`` in [0, 1]).
+    """Weighted content + style + TV loss of ``images`` (``[B, H, W, 3]`` in [0, 1]; uint8 and
+    uint16 are scaled to it, as everywhere in the package).
+
+    ``content_feats``: ``{layer: [B or 1, h, w, C]}`` for every content layer, the features
+    ``feature_fn`` gives for the content at this size; ``style_targets`` has every style layer.
 
     Returns ``(total [B], terms)`` with ``terms`` holding the weighted ``content``, ``style`` and
     ``tv`` parts (``[B]`` each) plus the unweighted per-layer values ``content/<layer>`` and
@@ -307,17 +327,35 @@ def perceptual_loss(feature_fn: FeatureFn, images: jax.Array, cfg: LossConfig, *
         taps += list(cfg.content_layers)
     if style_targets is not None:
         taps += list(cfg.style_layers)
+    images = _images(images)
     b = images.shape[0]
+    need_b = lambda n: "1" if n == 1 else f"1 or {n}"  # noqa: E731 (it read "need 1 or 1")
     if style_targets is not None and style_targets.num_styles not in (None, 1, b):
         raise ConfigError(f"perceptual_loss: {style_targets.num_styles} style targets for "
-                          f"{b} images (need 1 or {b}; StyleTargets.blend mixes styles)")
+                          f"{b} image{'s' if b != 1 else ''} (need {need_b(b)}; "
+                          "StyleTargets.blend mixes styles)")
+    for what, given, layers in (("content_feats", content_feats, cfg.content_layers),
+                                ("style_targets", None if style_targets is None
+                                 else style_targets.stats, cfg.style_layers)):
+        missing = [layer for layer in layers if given is not None and layer not in given]
+        if missing:  # (a raw KeyError)
+            raise ConfigError(f"perceptual_loss: {what} has no {', '.join(missing)} (has "
+                              f"{', '.join(map(str, given)) or 'nothing'}); compute it for "
+                              "the loss config's layers")
     feats = feature_fn(images, tuple(dict.fromkeys(taps))) if taps else {}
     acc = jnp.promote_types(images.dtype, jnp.float32)
     terms: dict[str, jax.Array] = {}
     content = jnp.zeros((b,), acc)
     if content_feats is not None:
         for layer, w in cfg.content_layers.items():
-            v = content_loss(feats[layer], content_feats[layer])
+            f, t = feats[layer], content_feats[layer]
+            ts = tuple(np.shape(t))  # (static, also under jit)
+            if len(ts) != f.ndim or ts[1:] != f.shape[1:] or ts[0] not in (1, f.shape[0]):
+                raise ConfigError(  # (a raw broadcast ValueError)
+                    f"perceptual_loss: content_feats[{layer!r}] has shape {ts}, the images' "
+                    f"features {tuple(f.shape)} (batch {need_b(f.shape[0])}): compute them "
+                    "from content of the images' size")
+            v = content_loss(f, t)
             terms[f"content/{layer}"] = v
             content = content + w * v
     style = jnp.zeros((b,), acc)

@@ -1,6 +1,7 @@
 """VGG16 (ImageNet, Keras/caffe weights) as a feature extractor with named taps.
 
-Inputs are NHWC RGB in [0, 1], any size >= 32. The Keras "caffe" preprocessing (RGB -> BGR, x255,
+Inputs are NHWC RGB in [0, 1] (uint8 0..255 and uint16 0..65535 are scaled, as everywhere in
+the package), any size >= 32. The Keras "caffe" preprocessing (RGB -> BGR, x255,
 minus the ImageNet BGR mean) happens inside, so callers never see it.
 
 Taps, for block ``b`` and layer ``i``: ``conv{b}_{i}`` (pre-activation), ``relu{b}_{i}`` and
@@ -78,9 +79,28 @@ def tap_channels(tap: str) -> int:
     return weights_lib.CONV_CHANNELS[conv][1]
 
 
+def as_float_images(images) -> jax.Array:
+    """An RGB image (batch) as a float jax array on the [0, 1] scale, as the rest of the package
+    reads arrays (:func:`arbitrary_nst.images.to_float`, :mod:`arbitrary_nst.color`): ``uint8``
+    is 0..255 (/255), ``uint16`` 0..65535 (/65535), ``bool`` 0/1; floats are kept as they are
+    (a numpy float64 becomes float32 unless x64 is enabled, without a truncation warning);
+    other integer types are refused (ConfigError). The dtype test is static, so this traces
+    under ``jit`` (a uint8 was read as floats up to 255: features ~255x too large)."""
+    x = jnp.asarray(images)
+    if x.dtype in (jnp.uint8, jnp.uint16):
+        return x.astype(jnp.float32) / float(jnp.iinfo(x.dtype).max)
+    if x.dtype == jnp.bool_:
+        return x.astype(jnp.float32)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ConfigError(f"VGG16 and the losses take RGB images as floats in [0, 1], uint8, "
+                          f"uint16 or bool; got {getattr(images, 'dtype', x.dtype)}")
+    return x
+
+
 def preprocess(images: jax.Array) -> jax.Array:
-    """RGB [0, 1] -> Keras "caffe" input: BGR, 0..255, ImageNet mean subtracted."""
-    bgr = images[..., ::-1] * 255.0
+    """RGB [0, 1] (or uint8/uint16/bool: :func:`as_float_images`) -> Keras "caffe" input: BGR,
+    0..255, ImageNet mean subtracted."""
+    bgr = as_float_images(images)[..., ::-1] * 255.0
     return bgr - jnp.asarray(CAFFE_MEAN_BGR, dtype=bgr.dtype)
 
 
@@ -105,8 +125,10 @@ def features(params: Params, images: jax.Array, taps: Sequence[str], *,
 
     Args:
       params: ``{"conv1_1": {"kernel": HWIO, "bias": (C,)}, ...}`` (numpy or jax arrays).
-      images: ``[B, H, W, 3]`` RGB in [0, 1] (or caffe input if ``preprocessed``); H, W >= 32.
-      taps: names from :data:`TAPS`; computation stops at the deepest one.
+      images: ``[B, H, W, 3]`` RGB in [0, 1] (uint8 0..255, uint16 0..65535 and bool are
+        scaled: :func:`as_float_images`), or float caffe input if ``preprocessed``; H, W >= 32.
+      taps: names from :data:`TAPS` (one name as a string is one tap); computation stops at
+        the deepest one.
       pooling: ``"max"`` (the trained network) or ``"avg"`` (Gatys' choice for synthesis).
       dtype: compute dtype (e.g. ``jnp.bfloat16`` on GPU); outputs are in that dtype.
       conv_fn, pool_fn: replacements for ``conv(x, kernel, bias)`` and ``pool(x, pooling)`` with
@@ -114,8 +136,17 @@ def features(params: Params, images: jax.Array, taps: Sequence[str], *,
     """
     if pooling not in ("max", "avg"):
         raise ConfigError(f"pooling must be 'max' or 'avg', got {pooling!r}")
+    if isinstance(taps, str):  # one tap (it was iterated: "unknown VGG16 tap 'r'")
+        taps = (taps,)
     if not taps:
         return {}
+    if preprocessed:
+        images = jnp.asarray(images)
+        if not jnp.issubdtype(images.dtype, jnp.floating):
+            raise ConfigError(f"preprocessed VGG16 input is caffe-normalized floats (BGR, "
+                              f"0..255 minus the ImageNet mean), got {images.dtype}")
+    else:
+        images = as_float_images(images)
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ConfigError(f"VGG16 expects NHWC RGB images, got shape {images.shape}")
     if min(images.shape[1:3]) < MIN_SIZE:
@@ -125,7 +156,7 @@ def features(params: Params, images: jax.Array, taps: Sequence[str], *,
     pool_fn = pool_fn or _pool
     wanted = set(taps)
     last = max(tap_depth(t) for t in taps)
-    x = images if preprocessed else preprocess(images)
+    x = images if preprocessed else preprocess(images)  # (already float: scaled once)
     if dtype is not None:
         x = x.astype(dtype)
     out: dict[str, jax.Array] = {}
@@ -175,14 +206,15 @@ class VGG16(nnx.Module):
 def normalization_scales(params: weights_lib.Weights | Params, images: Iterable[np.ndarray], *,
                          pooling: Pooling = "max") -> dict[str, np.ndarray]:
     """Per-filter mean ReLU activation of every conv layer over ``images`` (each HWC or NHWC in
-    [0, 1], any sizes), averaged over images and positions. Dead filters (mean 0) get 1."""
+    [0, 1] or uint8/uint16, any sizes), averaged over images and positions. Dead filters
+    (mean 0) get 1."""
     sums = {name: 0.0 for name in CONV_LAYERS}
     count = 0
     taps = ["relu" + name[4:] for name in CONV_LAYERS]
     fwd = jax.jit(lambda p, x: {t: jnp.mean(a, axis=(0, 1, 2)) for t, a in
                                 features(p, x, taps, pooling=pooling).items()})
     for img in images:
-        x = jnp.asarray(img, jnp.float32)
+        x = as_float_images(img).astype(jnp.float32)  # (a uint8 image was taken as 0..255)
         x = x[None] if x.ndim == 3 else x
         means = fwd(params, x)
         for name, tap in zip(CONV_LAYERS, taps):

@@ -851,3 +851,28 @@ def test_final_terms_are_the_loss_of_the_returned_images(params, content, style,
     if optimizer == "adam" and param == "softclip":  # a prefix of the 30-step run's history
         np.testing.assert_allclose(r.history[0]["total"][:, 0],
                                    adam_run.history[0]["total"][:iters, 0], rtol=1e-5)
+
+
+def test_a_bad_image_array_is_named_by_its_input(params, content, style):
+    """ImageErrors about array inputs said which value was wrong, not which input (a 0..255
+    float second style with style_names=["a.jpg", "b.jpg"] read "float image values must be
+    in [0, 1] ..."): they are named as the Stylizer's and the thin-style message are. All raised
+    while the inputs are read, before anything compiles."""
+    from arbitrary_nst.errors import ImageError
+
+    cfg = ADAM.replace(iterations=0)
+    bad = content * 255
+    with pytest.raises(ImageError, match=r"^b\.jpg: float image values must be in \[0, 1\]"):
+        run(params, content, [style, bad], cfg, style_names=["a.jpg", "b.jpg"])
+    with pytest.raises(ImageError, match=r"^style image 2: float image values"):
+        run(params, content, [style, bad], cfg)
+    with pytest.raises(ImageError, match=r"^style image 1: .*NaN"):  # per-example lists
+        run(params, np.stack([content, content]), [[style], [np.full_like(style, np.nan)]], cfg)
+    with pytest.raises(ImageError, match=r"^content image 2: float image values"):
+        run(params, [content, bad], style, cfg)
+    with pytest.raises(ImageError, match=r"^content image 2: float image values"):
+        run(params, np.stack([content, bad]), style, cfg)
+    with pytest.raises(ImageError, match=r"^content image: float image values"):
+        run(params, bad, style, cfg)
+    with pytest.raises(ImageError, match=r"^init image: float image values"):
+        run(params, content, style, cfg, init_image=bad)

@@ -292,3 +292,61 @@ def test_bfloat16_features_give_float32_statistics_and_losses():
         np.asarray(tv), 0.5 * ((dy ** 2).reshape(2, -1).mean(1) + (dx ** 2).reshape(2, -1).mean(1)),
         rtol=1e-5)
 
+
+
+def test_integer_images_are_scaled_in_the_losses(vgg):
+    """A uint8 batch is 0..255 (as in the rest of the package) in perceptual_loss, its total
+    variation and StyleTargets.from_images: it was read as floats up to 255 (the loss ~65000x
+    too large, no error)."""
+    u8 = np.random.default_rng(11).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    f = jnp.asarray(u8.astype(np.float32) / 255)
+    cfg = losses.LossConfig(content_layers={"relu1_2": 1.0}, style_layers={"relu2_1": 1.0})
+    np.testing.assert_allclose(losses.total_variation(u8), losses.total_variation(f), rtol=1e-6)
+    np.testing.assert_allclose(losses.total_variation(u8.astype(np.uint16) * 257),
+                               losses.total_variation(f), rtol=1e-6)
+    t8 = losses.StyleTargets.from_images(vgg, u8, cfg)
+    tf = losses.StyleTargets.from_images(vgg, f, cfg)
+    gf = np.asarray(tf.stats["relu2_1"]["gram"])
+    np.testing.assert_allclose(t8.stats["relu2_1"]["gram"], gf, rtol=1e-4,
+                               atol=1e-6 * float(np.abs(gf).max()))
+    feats = vgg(f[::-1], cfg.taps)
+    a = losses.perceptual_loss(vgg, u8, cfg, content_feats=feats, style_targets=tf)[0]
+    b = jax.jit(lambda x: losses.perceptual_loss(vgg, x, cfg, content_feats=feats,
+                                                 style_targets=tf)[0])(jnp.asarray(u8))
+    want = losses.perceptual_loss(vgg, f, cfg, content_feats=feats, style_targets=tf)[0]
+    np.testing.assert_allclose(a, want, rtol=1e-4)
+    np.testing.assert_allclose(b, want, rtol=1e-4)
+    with pytest.raises(ConfigError, match="got int64"):
+        losses.total_variation(u8.astype(np.int64))
+
+
+def test_layer_maps_and_content_features_are_checked_with_one_line_errors(vgg):
+    """A list of layers was a raw AttributeError; content features without a layer a raw
+    KeyError, of another size a raw broadcast ValueError; the batch-1 message read
+    "need 1 or 1"."""
+    for name in ("style_layers", "content_layers"):
+        with pytest.raises(ConfigError, match=f"^{name} must map layer names to weights"):
+            losses.LossConfig(**{name: ["relu1_1"]})
+    x = jnp.asarray(np.random.default_rng(12).random((1, 32, 40, 3), dtype=np.float32))
+    cfg = losses.LossConfig(content_layers={"relu1_2": 1.0, "relu2_1": 1.0},
+                            style_layers={"relu1_1": 1.0})
+    feats = vgg(x, cfg.taps)
+    with pytest.raises(ConfigError, match=r"^perceptual_loss: content_feats has no relu2_1 "
+                                          r"\(has relu1_2\)"):
+        losses.perceptual_loss(vgg, x, cfg, content_feats={"relu1_2": feats["relu1_2"]},
+                               style_targets=None)
+    other = vgg(jnp.zeros((1, 40, 40, 3)), cfg.taps)
+    with pytest.raises(ConfigError, match=r"^perceptual_loss: content_feats\['relu1_2'\] has "
+                                          r"shape \(1, 40, 40, 64\), the images' features "
+                                          r"\(1, 32, 40, 64\) \(batch 1\)"):
+        losses.perceptual_loss(vgg, x, cfg, content_feats=other, style_targets=None)
+    with pytest.raises(ConfigError, match=r"^perceptual_loss: style_targets has no relu1_1"):
+        losses.perceptual_loss(vgg, x, cfg, content_feats=None,
+                               style_targets=losses.StyleTargets({}))
+    two = losses.StyleTargets.from_features(vgg(jnp.concatenate([x, x]), cfg.taps), cfg)
+    with pytest.raises(ConfigError, match=r"2 style targets for 1 image \(need 1;"):
+        losses.perceptual_loss(vgg, x, cfg, content_feats=None, style_targets=two)
+    # a batch-1 content target still broadcasts over a batch
+    total, _ = losses.perceptual_loss(vgg, jnp.concatenate([x, x]), cfg, content_feats=feats,
+                                      style_targets=None)
+    np.testing.assert_allclose(total[0], total[1], rtol=1e-6)

@@ -307,3 +307,52 @@ def test_default_normalization_images_are_all_the_built_in_samples():
     assert len(got) == len(want) == len(samples.CONTENT_NAMES) + len(samples.STYLE_NAMES)
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)
+
+
+def test_integer_images_are_scaled_as_everywhere_in_the_package(vgg, vgg_params):
+    """uint8 is 0..255 and uint16 0..65535, bool 0/1 (as images.to_float and color read them;
+    a uint8 batch was taken as floats up to 255: features ~255x too large, no error), also
+    under jit; other integer types are refused; a preprocessed (caffe) input must be float;
+    a float64 numpy batch runs without JAX's "float64 ... truncated" warning."""
+    import warnings
+
+    u8 = np.random.default_rng(7).integers(0, 256, (1, 32, 40, 3), dtype=np.uint8)
+    f = u8.astype(np.float32) / 255
+    want = np.asarray(vgg(f, ("relu1_1",))["relu1_1"])
+    scale = float(np.abs(want).max())
+    for x in (u8, u8.astype(np.uint16) * 257):
+        np.testing.assert_allclose(vgg(x, ("relu1_1",))["relu1_1"], want, rtol=1e-5,
+                                   atol=1e-5 * scale)
+    jitted = jax.jit(lambda p, x: vgg_lib.features(p, x, ("relu1_1",))["relu1_1"])
+    np.testing.assert_allclose(jitted(vgg_params, jnp.asarray(u8)), want, rtol=1e-5,
+                               atol=1e-5 * scale)
+    mask = u8 > 127
+    np.testing.assert_allclose(vgg(mask, ("relu1_1",))["relu1_1"],
+                               vgg(mask.astype(np.float32), ("relu1_1",))["relu1_1"], rtol=1e-6)
+    np.testing.assert_allclose(vgg_lib.preprocess(u8), vgg_lib.preprocess(f), rtol=1e-6,
+                               atol=1e-4)
+    with pytest.raises(ConfigError, match="uint8, uint16 or bool; got int32"):
+        vgg(u8.astype(np.int32), ("relu1_1",))
+    with pytest.raises(ConfigError, match="preprocessed VGG16 input is caffe-normalized floats"):
+        vgg_lib.features(vgg_params, u8, ("relu1_1",), preprocessed=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = vgg(f.astype(np.float64), ("relu1_1",))["relu1_1"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * scale)
+
+
+def test_normalization_scales_read_uint8_images_as_0_255(vgg_params):
+    u8 = np.random.default_rng(8).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    a = vgg_lib.normalization_scales(vgg_params, [u8])
+    b = vgg_lib.normalization_scales(vgg_params, [u8.astype(np.float32) / 255])
+    for name in ("conv1_1", "conv5_3"):
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-4)
+
+
+def test_one_tap_name_as_a_string_is_one_tap(vgg, vgg_params):
+    """``vgg(x, "relu1_1")`` iterated the string ("unknown VGG16 tap 'r'")."""
+    x = jnp.asarray(np.random.default_rng(9).random((1, 32, 32, 3), dtype=np.float32))
+    out = vgg(x, "relu1_1")
+    assert list(out) == ["relu1_1"]
+    np.testing.assert_array_equal(out["relu1_1"], vgg(x, ("relu1_1",))["relu1_1"])
+    assert list(vgg_lib.features(vgg_params, x, "pool1")) == ["pool1"]
