@@ -76,6 +76,15 @@ def check_weight(value, what: str) -> float:
     return float(value)
 
 
+def not_a_number(value) -> bool:
+    """A string, bytes or bool given where a number is expected (``float()`` would take
+    ``"0.5"`` and ``True``); numbers, numpy scalars and 0-d arrays are numbers."""
+    import numpy as np
+
+    return isinstance(value, (str, bytes, bool, np.bool_)) or (
+        isinstance(value, np.ndarray) and value.dtype.kind in "bUSO")
+
+
 class _StoreOnce(argparse._StoreAction):
     """argparse's ``store`` for options that take one value, refusing a second occurrence:
     argparse keeps the last value without a word, so ``--content a --content b`` stylized b

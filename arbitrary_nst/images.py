@@ -454,9 +454,44 @@ def _exif_oriented(im: Image.Image) -> Image.Image:
     return out
 
 
+#: Why a user's PIL image whose file was closed before its pixels were read cannot be used.
+CLOSED_PIL_IMAGE = ("the PIL image's file is closed: call im.load() inside the with block, "
+                    "or pass the path")
+
+
+def _pil_closed(im: Image.Image) -> bool:
+    """Whether ``im`` was closed (``im.close()``, or the end of a ``with Image.open(...)``
+    block before its pixels were read): its pixel data is gone or can no longer be read."""
+    core = im.__dict__.get("_im")
+    if core is None:  # never decoded: readable only while its file is open
+        return bool(getattr(im, "tile", None)) and getattr(im, "fp", None) is None
+    return type(core).__name__ == "DeferredError"  # what Image.close() leaves
+
+
+def _decoded_pil(im: Image.Image) -> Image.Image:
+    """A user's PIL image (e.g. from ``Image.open``, decoded lazily) with its pixels read:
+    a truncated or corrupt file, or a closed image, as a one-line ImageError (no path: the
+    caller names the argument), not Pillow's raw OSError or bare AssertionError."""
+    if _pil_closed(im):
+        if im.__dict__.get("_im") is not None:  # its pixels were read, then im.close()
+            raise ImageError(None, "the PIL image was closed (im.close()): its pixels are gone")
+        raise ImageError(None, CLOSED_PIL_IMAGE)
+    try:
+        im.load()
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - decoders raise OSError, SyntaxError, ValueError..
+        if _pil_closed(im) or isinstance(e, AssertionError) or "closed" in str(e):
+            raise ImageError(None, CLOSED_PIL_IMAGE) from None
+        raise ImageError(None, f"truncated or corrupt image data: {_one_line(e)}") from None
+    return im
+
+
 def _oriented_if_tagged(im: Image.Image) -> Image.Image:
     """A user's PIL image (e.g. from ``Image.open``) oriented as a file of it would be: its
-    EXIF Orientation applied. Untagged images are returned as they are (no copy)."""
+    EXIF Orientation applied. Untagged images are returned as they are (no copy). Its pixels
+    are read first (:func:`_decoded_pil`)."""
+    im = _decoded_pil(im)
     try:
         tagged = im.getexif().get(0x0112, 1) not in (None, 1)
     except Exception:  # noqa: BLE001 - broken EXIF: as stored, as for files
@@ -1024,7 +1059,7 @@ def _fsync_dir(d: Path) -> None:
 
 def _to_savable_pil(image: ImageLike, fmt: str) -> Image.Image:
     if isinstance(image, Image.Image):
-        pil = image
+        pil = _decoded_pil(image)
         if pil.mode in _HIGH_DEPTH_MODES:
             pil = Image.fromarray(_float_to_u8(_high_depth_to_float(pil)))
     else:

@@ -91,7 +91,7 @@ uint8 conversion for files) runs inside one jitted function; the model state is 
 **Backends.** ``backend="jax"`` (default) runs everything above with XLA on any device.
 ``backend="onnxruntime"`` (CPU deployment) runs the transfer network, the part that scales with
 the image, as the exported ONNX graph (:mod:`arbitrary_nst.onnx_export`) on onnxruntime, whose
-CPU convolution kernels are about twice as fast as XLA:CPU's on this network's small channel
+CPU convolution kernels are 1.3-1.9x as fast as XLA:CPU's on this network's small channel
 counts (``bench/infer.py``); the style embeddings (and the content's own embedding for
 ``strength`` < 1, colour matching) still come from the jitted JAX predictor, and the outputs
 equal the JAX backend's to ~1e-6. It runs each image at its own multiple-of-4 size (buckets save
@@ -108,6 +108,7 @@ import collections
 import collections.abc
 import concurrent.futures as cf
 import functools
+import numbers
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -123,7 +124,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from . import color, files, fit_style, images
-from .errors import ConfigError, ImageError, ModelError, NSTError, check_count, out_of_memory
+from .errors import (ConfigError, ImageError, ModelError, NSTError, check_count, not_a_number,
+                     out_of_memory)
 from .models import ArbitraryStyleModel, check_palette
 
 __all__ = [
@@ -257,7 +259,10 @@ def preserve_color_mode(value: Any) -> str | None:
 
 
 def check_strength(strength: Any) -> float:
-    """``strength`` as a float in [0, 1]; ConfigError otherwise."""
+    """``strength`` as a float in [0, 1]; ConfigError otherwise (a string such as ``"0.5"``
+    and ``True`` are not numbers, as for :func:`arbitrary_nst.errors.check_weight`)."""
+    if not_a_number(strength):
+        raise ConfigError(f"strength must be a number in [0, 1], got {strength!r}")
     try:
         s = float(strength)
     except (TypeError, ValueError):
@@ -274,6 +279,9 @@ def normalize_weights(weights: Any, n: int) -> np.ndarray:
         raise ConfigError("no style given")
     if weights is None:
         return np.full((n,), 1.0 / n, np.float32)
+    if not_a_number(weights) or (isinstance(weights, (list, tuple))
+                                  and any(not_a_number(v) for v in weights)):
+        raise ConfigError(f"style weights must be numbers, got {weights!r}")
     try:
         w = np.asarray(weights, np.float64).reshape(-1)
     except (TypeError, ValueError):
@@ -373,10 +381,11 @@ def _as_image_list(x: Any, what: str) -> tuple[list[Any], bool]:
     if _is_path(x) or isinstance(x, fit_style.FittedStyle):
         return [x], False
     _refuse_file_object(x, f"{what} image")
+    noun = "photo" if what == "photos" else what
     if isinstance(x, (list, tuple)) or _is_other_iterable(x):
         x = list(x)
         if not x:
-            raise ConfigError(f"empty list of {what} images")
+            raise ConfigError(f"empty list of {noun} images")
         return x, True
     try:
         from PIL import Image
@@ -385,10 +394,12 @@ def _as_image_list(x: Any, what: str) -> tuple[list[Any], bool]:
             return [x], False
     except ImportError:  # pragma: no cover
         pass
+    _refuse_traced(x)
+    _refuse_non_image(x, f"{noun} image")
     a = np.asarray(x)
     if a.ndim == 4:
         if a.shape[0] == 0:
-            raise ConfigError(f"empty batch of {what} images")
+            raise ConfigError(f"empty batch of {noun} images")
         return list(a), True
     if a.ndim in (2, 3):
         return [a], False
@@ -402,6 +413,28 @@ def _refuse_file_object(x: Any, name: str | None) -> None:
     if hasattr(x, "read") or isinstance(x, memoryview):
         raise ImageError(name, f"a {type(x).__name__} is not an image input; pass its path, "
                                "PIL.Image.open(f), or an array")
+
+
+def _refuse_traced(x: Any) -> None:
+    """A jax tracer (the Stylizer called inside ``jax.jit``/``vmap``/``grad``): it needs
+    concrete arrays (it pads, buckets and jits on its own), which a tracer cannot give (a
+    raw TracerArrayConversionError)."""
+    if isinstance(x, jax.core.Tracer):
+        raise ConfigError("Stylizer runs its own jit; call it outside jax.jit (with concrete "
+                          "arrays, not traced values)")
+
+
+def _refuse_non_image(x: Any, name: str | None) -> None:
+    """Bytes, a dict, a number, None, ...: no image input (it was read as a 0-d array: "got
+    an array of shape ()" or "unsupported image array dtype |S39"); ImageError naming the
+    type. Arrays (and array-likes, nested lists) are left to the array checks."""
+    if _is_path(x) or _is_pil(x) or isinstance(x, fit_style.FittedStyle):
+        return
+    if (isinstance(x, (bytes, bytearray, dict, numbers.Number)) or x is None
+            or (not hasattr(x, "__array__") and not isinstance(x, (list, tuple))
+                and np.ndim(x) == 0)):
+        raise ImageError(name, f"expected a path, a PIL image or an array, got "
+                               f"{type(x).__name__}")
 
 
 def _moments_array(x: Any) -> np.ndarray:
@@ -922,7 +955,8 @@ class Stylizer:
 
             self._onnx = OnnxTransfer(model, threads=check_count(threads, "threads"))
         self.style_size = self._check_style_size(style_size)
-        if buckets is not None and not isinstance(buckets, collections.abc.Iterable):
+        if buckets is not None and (not isinstance(buckets, collections.abc.Iterable)
+                                    or isinstance(buckets, (str, bytes))):  # (not its chars)
             raise ConfigError(f"buckets must be a list of side lengths (or None), got "
                               f"{buckets!r}")
         self.buckets = None if buckets is None else tuple(
@@ -1028,9 +1062,11 @@ class Stylizer:
         if _is_path(x):
             return np.asarray(images.load_pil(x, max_pixels=self.max_pixels, max_side=max_side),
                               np.uint8)
+        _refuse_traced(x)
         if isinstance(x, jax.Array):
             x = np.asarray(x)
         _refuse_file_object(x, None)  # (one of a list: named by the caller)
+        _refuse_non_image(x, None)
         if _is_pil(x):
             u8 = images.to_uint8(x)  # 8-bit RGB, converted as load_image does
         elif (isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim == 3
@@ -1372,6 +1408,7 @@ class Stylizer:
     def _finite_array(x: Any, what: str) -> np.ndarray:
         """``x`` as float32, finite (ConfigError naming ``what`` otherwise): a NaN or infinite
         embedding would make every output pixel NaN."""
+        _refuse_traced(x)
         try:
             a = np.asarray(x, np.float32)
         except (TypeError, ValueError):
@@ -1675,8 +1712,9 @@ class Stylizer:
         ``[K, H, W, 3]`` (``[H, W, 3]`` for a ``[D]`` embedding). Strips, sweeps, grids.
         ``palette_moments`` (``[K, 12]``, or ``[12]`` for all): the colour moments to apply
         the palette with, one per embedding (:meth:`palettes`); without them it is not
-        applied. ``palette``: as in :meth:`stylize`. ``offsets`` (``[K, G]``): the gamma/beta
-        offsets of fitted styles, mixed like the embeddings (:meth:`style_parts`)."""
+        applied. ``palette``: as in :meth:`stylize`. ``offsets`` (``[K, G]``; ``[G]`` with a
+        ``[D]`` embedding): the gamma/beta offsets of fitted styles, mixed like the embeddings
+        (:meth:`style_parts`)."""
         max_size = check_count(max_size, "max_size")
         check_count(batch_size, "batch size")
         mode = preserve_color_mode(preserve_color)
@@ -1704,10 +1742,12 @@ class Stylizer:
             plan.moments = m[0]
         ds: list[np.ndarray | None] = [None] * e.shape[0]
         if offsets is not None:
-            d = np.asarray(offsets, np.float32)
-            if d.shape != (e.shape[0], self._conditioning_size) or not np.all(np.isfinite(d)):
-                raise ConfigError(f"offsets must be finite, [K, {self._conditioning_size}] with "
-                                  f"K = {e.shape[0]}, got {np.shape(offsets)}")
+            d = self._finite_array(offsets, "offsets")
+            d = d[None] if single and d.ndim == 1 else d  # a [G] offset with a [D] embedding
+            if d.shape != (e.shape[0], self._conditioning_size):
+                one = f" (or [{self._conditioning_size}] with a [D] embedding)" if single else ""
+                raise ConfigError(f"offsets must be [K, {self._conditioning_size}] with "
+                                  f"K = {e.shape[0]}{one}, got {np.shape(offsets)}")
             if self._onnx is not None:
                 raise ConfigError("fitted styles need backend='jax' (the ONNX graph takes "
                                   "embeddings, not gamma/beta)")

@@ -1360,3 +1360,30 @@ def test_shown_size_is_the_header_size_as_shown(tmp_path):
     (tmp_path / "t.png").write_text("not an image")
     with pytest.raises(ImageError, match="t.png"):
         images.shown_size(tmp_path / "t.png")
+
+
+def test_a_pil_image_whose_lazy_decode_fails_is_an_image_error(tmp_path):
+    """``Image.open`` decodes lazily: a truncated file raised Pillow's raw OSError from inside
+    to_float / to_uint8 / save_image, and an image whose ``with Image.open(...)`` block had
+    closed a bare AssertionError. Both are one-line ImageErrors without a path (the caller
+    names the argument); an image loaded inside its ``with`` block stays usable."""
+    data = _write_jpeg(tmp_path / "full.jpg", h=128, w=128).read_bytes()
+    (tmp_path / "half.jpg").write_bytes(data[: len(data) // 2])
+    for convert in (to_float, to_uint8, lambda im: save_image(tmp_path / "o.png", im)):
+        with pytest.raises(ImageError) as e:
+            convert(Image.open(tmp_path / "half.jpg"))
+        assert e.value.path is None
+        assert _reason(e).startswith("truncated or corrupt image data: image file is truncated")
+        with Image.open(tmp_path / "full.jpg") as closed:
+            pass
+        with pytest.raises(ImageError) as e:
+            convert(closed)
+        assert _reason(e) == images.CLOSED_PIL_IMAGE and "im.load()" in _reason(e)
+        gone = Image.new("RGB", (4, 4))
+        gone.close()
+        with pytest.raises(ImageError, match="closed"):
+            convert(gone)
+    with Image.open(tmp_path / "full.jpg") as im:
+        im.load()
+    assert to_float(im).shape == (128, 128, 3) and to_uint8(Image.open(tmp_path / "full.jpg"))[
+        0, 0].dtype == np.uint8

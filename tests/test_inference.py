@@ -1268,3 +1268,129 @@ def test_a_workdir_whose_export_is_behind_its_checkpoints_warns(model_path, tmp_
         export.model_file(w)  # (step 4 = the latest)
         export.model_file(w / "model.safetensors")  # (a file: as it is)
     assert caplog.records == []
+
+
+def _truncated_jpeg(path: Path) -> Path:
+    Image.fromarray(smooth_image(64, 64, 4)).save(path.with_suffix(".full.jpg"), quality=90)
+    data = path.with_suffix(".full.jpg").read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def test_pil_images_whose_lazy_decode_fails_are_named_image_errors(st, files, tmp_path,
+                                                                    monkeypatch):
+    """A PIL image decodes lazily: a truncated file raised Pillow's raw OSError from stylize /
+    transfer / embed, an image whose ``with Image.open(...)`` block had closed a bare
+    AssertionError, and fit_style aborted on such a photo although unreadable photos are
+    skipped and listed. Now one ImageError naming the argument, and a skipped photo."""
+    from arbitrary_nst import fit_style
+
+    trunc = _truncated_jpeg(tmp_path / "trunc.jpg")
+    c = smooth_image(40, 48, 1)
+    with pytest.raises(ImageError, match="^content image: truncated or corrupt image data: "):
+        st.stylize(Image.open(trunc), files["style_a"])
+    with pytest.raises(ImageError, match="^style image: truncated or corrupt image data: "):
+        st.stylize(c, Image.open(trunc))
+    with Image.open(files["style_a"]) as closed:
+        pass
+    with pytest.raises(ImageError, match=r"^style image: the PIL image's file is closed: call "
+                                         r"im\.load\(\) inside the with block, or pass the path"):
+        st.embed(closed)
+    e = st.embed(files["style_a"])[0]
+    with pytest.raises(ImageError, match="^content image: truncated or corrupt image data: "):
+        st.transfer(Image.open(trunc), e)
+    with pytest.raises(ConfigError, match=r"no usable photos \(1 skipped: photo 0: truncated"):
+        st.fit_style(files["style_a"], [Image.open(trunc)], steps=1)
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def stop(model, style, work, *a, **k):
+        seen.append(np.asarray(work).shape[0])
+        raise Stop
+
+    monkeypatch.setattr(fit_style, "fit_conditioning", stop)
+    with pytest.raises(Stop):  # the truncated photo is skipped, the fit goes on with the other
+        st.fit_style(files["style_a"], [smooth_image(40, 40, 6), Image.open(trunc)], steps=1)
+    assert seen == [1]
+
+
+def test_numbers_given_as_strings_or_bools_are_refused(st, files, vgg):
+    """``strength='0.5'``, ``strength=True``, ``palette='0.2'`` and ``weights=['1', '3']`` were
+    taken (float() of them), while counts and loss weights refuse strings and bools; numpy
+    scalars and ints are numbers."""
+    from arbitrary_nst.models import check_palette
+
+    c = smooth_image(20, 24, 1)
+    sa, sb = files["style_a"], files["style_b"]
+    for kw, needle in (({"strength": "0.5"}, "strength must be a number"),
+                       ({"strength": True}, "strength must be a number"),
+                       ({"strength": np.bool_(True)}, "strength must be a number"),
+                       ({"palette": "0.2"}, "palette must be a number"),
+                       ({"palette": False}, "palette must be a number")):
+        with pytest.raises(ConfigError, match=f"^{needle} in \\[0, 1\\], got "):
+            st.stylize(c, sa, **kw)
+    for weights in (["1", "3"], [True, False], np.array(["1", "3"]), "13"):
+        with pytest.raises(ConfigError, match="^style weights must be numbers, got "):
+            st.stylize(c, [sa, sb], weights=weights)
+    e = st.embed(sa)[0]
+    with pytest.raises(ConfigError, match="^palette must be a number"):
+        st.transfer(c, e, palette="0.2")
+    assert inference.check_strength(np.float32(0.5)) == 0.5
+    assert inference.check_strength(1) == 1.0 and inference.check_strength(np.array(0.25)) == 0.25
+    assert check_palette(np.float64(0.2)) == pytest.approx(0.2) and check_palette(0) == 0.0
+    np.testing.assert_allclose(inference.normalize_weights([np.float32(1), 3], 2), [0.25, 0.75])
+    np.testing.assert_allclose(inference.normalize_weights(np.array([1, 3]), 2), [0.25, 0.75])
+
+
+def test_transfer_takes_one_offset_vector_with_one_embedding(st, files):
+    """A ``[D]`` embedding with a ``[G]`` offset vector (as ``[12]`` palette moments are) was
+    refused ("[K, G] ... got (G,)"); offsets that are not numbers raised a raw ValueError."""
+    c = smooth_image(20, 24, 1)
+    e = st.embed(files["style_a"])[0]
+    g = st._conditioning_size
+    d = 0.05 * np.random.default_rng(0).standard_normal(g).astype(np.float32)
+    one = st.transfer(c, e, offsets=d)
+    assert one.shape == (20, 24, 3)
+    np.testing.assert_allclose(one, st.transfer(c, e[None], offsets=d[None])[0], atol=1e-6)
+    assert np.abs(one - st.transfer(c, e)).max() > 1e-4  # (the offset is used)
+    for bad, needle in (("abc", "offsets must be an array of numbers"),
+                        (np.full(g, np.nan), "offsets has NaN"),
+                        (d[:-1], rf"offsets must be \[K, {g}\] with K = 1 \(or \[{g}\]")):
+        with pytest.raises(ConfigError, match=needle):
+            st.transfer(c, e, offsets=bad)
+    with pytest.raises(ConfigError, match=rf"offsets must be \[K, {g}\] with K = 2, got \({g},\)"):
+        st.transfer(c, np.stack([e, e]), offsets=d)  # (one offset for K embeddings: ambiguous)
+
+
+def test_inputs_that_are_no_image_are_named_by_their_type(st, files):
+    """bytes, a dict or a number as an image said "got an array of shape ()" (or "unsupported
+    image array dtype |S5" in a list); an empty photo list said "empty list of photos
+    images"; buckets='64' said "got '6'"; a Stylizer inside jax.jit raised a raw
+    TracerArrayConversionError."""
+    import jax
+    import jax.numpy as jnp
+
+    c = smooth_image(20, 24, 1)
+    sa = files["style_a"]
+    for bad, kind in ((sa.read_bytes(), "bytes"), ({"a": 1}, "dict"), (5, "int")):
+        with pytest.raises(ImageError, match=f"^style image: expected a path, a PIL image or an "
+                                             f"array, got {kind}$"):
+            st.stylize(c, bad)
+        with pytest.raises(ImageError, match=f"^content image: expected .* got {kind}$"):
+            st.stylize(bad, sa)
+    with pytest.raises(ImageError, match="^style image 1: expected .* got bytes$"):
+        st.stylize(c, [sa, b"x"])
+    with pytest.raises(ConfigError, match="^empty list of photo images$"):
+        st.fit_style(sa, photos=[])
+    with pytest.raises(ConfigError, match="buckets must be a list of side lengths .* got '64'"):
+        Stylizer(st.model, buckets="64")
+    e = st.embed(sa)[0]
+    for traced in (lambda x: jnp.asarray(st.stylize(x, sa)),
+                   lambda x: jnp.asarray(st.stylize(c, x)),
+                   lambda x: jnp.asarray(st.transfer(c, x[0, 0, :1] + jnp.asarray(e)))):
+        with pytest.raises(ConfigError, match="^Stylizer runs its own jit; call it outside "
+                                              "jax.jit"):
+            jax.jit(traced)(jnp.asarray(c, jnp.float32) / 255)

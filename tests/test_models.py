@@ -549,6 +549,24 @@ def test_palette_amount_defaults_to_the_models_palette(vgg, rng):
     assert np.abs(half - full).mean() > 1e-2
 
 
+def test_palette_must_be_a_number_not_a_string_or_a_bool(vgg):
+    """``check_palette('0.2')`` and ``check_palette(True)`` were taken (float() of them), while
+    counts and loss weights refuse strings and bools; numpy scalars and ints are numbers."""
+    from arbitrary_nst.models import check_palette
+
+    for bad in ("0.2", b"0.2", True, np.bool_(False), np.array("0.2")):
+        with pytest.raises(ConfigError, match="^palette must be a number in \\[0, 1\\], got "):
+            check_palette(bad)
+    with pytest.raises(ConfigError, match="^palette must be a number"):
+        ArbitraryStyleModel(vgg, width=0.25, hidden_dim=16, palette="0.5", rngs=nnx.Rngs(0))
+    for ok, want in ((np.float32(0.5), 0.5), (np.float64(0.25), 0.25), (1, 1.0), (0, 0.0),
+                     (np.array(0.75), 0.75)):
+        assert check_palette(ok) == want
+    for bad in (1.5, -0.1, float("nan")):
+        with pytest.raises(ConfigError, match="^palette must be in \\[0, 1\\]"):
+            check_palette(bad)
+
+
 def test_transfer_with_shared_or_interpolated_embeddings(model, rng):
     # Non-identity heads so that embeddings matter.
     for head in model.predictor.heads.values():

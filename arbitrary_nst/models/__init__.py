@@ -33,7 +33,7 @@ import jax
 from flax import nnx
 
 from .. import color
-from ..errors import ConfigError
+from ..errors import ConfigError, not_a_number
 from ..vgg import VGG16
 from .predictor import DEFAULT_STYLE_TAPS, StylePredictor, pooled_statistics
 from .transfer import CIN_LAYER_NAMES, TransferNetwork, cin_layer_channels
@@ -48,7 +48,10 @@ MODEL_CONFIG_KEYS = ("width", "embedding_dim", "hidden_dim", "style_taps", "feat
 
 
 def check_palette(value: Any) -> float:
-    """A palette amount: a number in [0, 1] (ConfigError otherwise)."""
+    """A palette amount: a number in [0, 1] (ConfigError otherwise: a string such as ``"0.2"``
+    and ``True`` are not numbers, as for :func:`arbitrary_nst.errors.check_weight`)."""
+    if not_a_number(value):
+        raise ConfigError(f"palette must be a number in [0, 1], got {value!r}")
     try:
         p = float(value)
     except (TypeError, ValueError):
