@@ -725,14 +725,14 @@ def _adam_chunk(params, state, cf, st, w, n, *, kw, chunk):
 # Inputs
 
 
-def _pil_or_array(x):
+def _pil_or_array(x, what: str | None = None):
     """A PIL image -> float32 RGB (any mode: a palette image's raw indices were optimized as
-    pixels); a file name -> a clear error (it was taken as a list of characters); arrays as
-    they are."""
+    pixels; one that cannot be decoded is an ImageError named ``what``); a file name -> a clear
+    error (it was taken as a list of characters); arrays as they are."""
     from PIL import Image
 
     if isinstance(x, Image.Image):
-        return images_lib.to_float(x)
+        return _array_to_float(x, what) if what else images_lib.to_float(x)
     if isinstance(x, (str, bytes, os.PathLike)):
         raise ConfigError(f"gatys.run takes images, not file names ({x!r}): load them with "
                           "arbitrary_nst.images.load_image")
@@ -740,10 +740,14 @@ def _pil_or_array(x):
 
 
 def _array_to_float(x, what: str) -> np.ndarray:
-    """:func:`images.array_to_float` with an ImageError about the array saying which input it
-    is (``style image 2: float image values must be in [0, 1] ...``; it named none), as the
-    Stylizer's errors do."""
+    """:func:`images.array_to_float` (:func:`images.to_float` for a PIL image) with an
+    ImageError about the array saying which input it is (``style image 2: float image values
+    must be in [0, 1] ...``; it named none), as the Stylizer's errors do."""
+    from PIL import Image
+
     try:
+        if isinstance(x, Image.Image):
+            return images_lib.to_float(x)
         return images_lib.array_to_float(x)
     except ImageError as e:
         if e.path is not None:
@@ -759,9 +763,9 @@ def _style_label(style_names, j: int) -> str:
 
 
 def _as_batch(content, what: str = "content image") -> np.ndarray:
-    content = _pil_or_array(content)
+    content = _pil_or_array(content, what)
     if isinstance(content, (list, tuple)):
-        content = [_pil_or_array(c) for c in content]
+        content = [_pil_or_array(c, f"{what} {i + 1}") for i, c in enumerate(content)]
         if not content:
             raise ConfigError("no content images given")
         arrs = [_array_to_float(c, f"{what} {i + 1}") for i, c in enumerate(content)]
@@ -801,12 +805,13 @@ def _per_example_styles(styles, style_weights, b: int, style_names=None
                         ) -> list[tuple[list[np.ndarray], np.ndarray]]:
     """Normalize ``styles``/``style_weights`` to ``[(style images, weights summing to 1)] * B``;
     an unusable style array is named by ``style_names`` (:func:`_style_label`)."""
-    styles = _pil_or_array(styles)
+    styles = _pil_or_array(styles, _style_label(style_names, 0))
     if _is_image(styles):
         styles = [styles]
     styles = list(styles) if styles is not None else []
-    styles = [_pil_or_array(s) if not isinstance(s, (list, tuple)) else
-              [_pil_or_array(x) for x in s] for s in styles]
+    styles = [_pil_or_array(s, _style_label(style_names, j)) if not isinstance(s, (list, tuple))
+              else [_pil_or_array(x, _style_label(style_names, k)) for k, x in enumerate(s)]
+              for j, s in enumerate(styles)]
     if not styles:
         raise ConfigError("at least one style image is needed")
     if all(_is_image(s) for s in styles):

@@ -876,3 +876,24 @@ def test_a_bad_image_array_is_named_by_its_input(params, content, style):
         run(params, bad, style, cfg)
     with pytest.raises(ImageError, match=r"^init image: float image values"):
         run(params, content, style, cfg, init_image=bad)
+
+
+
+def test_a_pil_image_that_cannot_be_decoded_is_named_by_its_input(params, content, style,
+                                                                  tmp_path):
+    from PIL import Image
+
+    from arbitrary_nst.errors import ImageError
+
+    noise = np.random.default_rng(0).integers(0, 255, (128, 128, 3), np.uint8)
+    Image.fromarray(noise).save(tmp_path / "c.jpg")  # (large enough to keep its header)
+    whole = (tmp_path / "c.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(whole[:len(whole) // 2])
+    cfg = ADAM.replace(iterations=0)
+    with pytest.raises(ImageError, match=r"^b\.jpg: truncated or corrupt image data"):
+        run(params, content, [style, Image.open(tmp_path / "cut.jpg")], cfg,
+            style_names=["a.jpg", "b.jpg"])
+    with pytest.raises(ImageError, match=r"^content image 2: truncated"):
+        run(params, [content, Image.open(tmp_path / "cut.jpg")], style, cfg)
+    with pytest.raises(ImageError, match=r"^content image: truncated"):
+        run(params, Image.open(tmp_path / "cut.jpg"), style, cfg)
