@@ -765,3 +765,35 @@ def test_inputs_are_decoded_for_the_working_size_not_at_full_size(files, tmp_pat
     assert main(["analyze", "--content", str(big), "--style", str(big), "--out-dir",
                  str(tmp_path / "fig"), "--size", "48", "--quiet"]) == 0
     assert sides == [("big.png", 96), ("big.png", 192)]
+
+
+def test_a_failed_command_removes_the_output_folders_it_created_and_left_empty(files, tmp_path,
+                                                                                capsys):
+    """A bad style found after the --out folder was made left ``deep/sub/`` behind (empty):
+    every command of ``infer.py`` removes the folders it created when it fails."""
+    out = tmp_path / "deep" / "sub" / "o.png"
+    args = gatys_args(files, out, iters=0)
+    args[args.index("--style") + 1] = str(files["bad"])
+    assert main(args) == 1
+    assert "not an image" in one_error_line(capsys)
+    assert not (tmp_path / "deep").exists()
+
+
+def test_usage_parser_refuses_a_second_value_by_any_spelling_once_per_parse(capsys):
+    """An option that takes one value, given again under its other spelling or declared with
+    ``action="store"``, is a usage error (status 2, one line); the record is per parse, so a
+    parser used twice accepts each command line that names the option once."""
+    from arbitrary_nst.errors import UsageParser
+
+    parser = UsageParser(prog="p")
+    parser.add_argument("--out", "-o")
+    parser.add_argument("--size", action="store", type=int)
+    for argv in (["-o", "a", "--out", "b"], ["--size", "1", "--size=2"]):
+        with pytest.raises(SystemExit) as e:
+            parser.parse_args(argv)
+        assert e.value.code == 2
+        assert "given more than once (only the last would count); give it once" in \
+            one_error_line(capsys)
+    for _ in range(2):
+        args = parser.parse_args(["-o", "a", "--size", "3"])
+        assert (args.out, args.size) == ("a", 3)

@@ -322,6 +322,15 @@ def test_options_that_would_do_nothing_are_refused(cli, data, argv, message):
     assert rc == 1 and one_error_line(err) == message
 
 
+def test_strength_0_without_refine_is_a_plain_run(cli, data):
+    """Only --refine is refused at --strength 0: --strength 0 alone (the photo's own
+    embedding) stylizes as asked."""
+    out = data["tmp"] / "o.png"
+    rc, _, err = cli("--content", data["contents"][0], "--style", data["styles"][0],
+                     "--strength", 0, "--out", out)
+    assert rc == 0 and out.is_file(), err
+
+
 def test_batch_goes_on_past_bad_files(cli, data):
     d = data["dir"]
     (d / "empty.png").write_bytes(b"")
@@ -1559,3 +1568,59 @@ def test_figures_scale_a_fitted_styles_offset_by_the_strength(cli, data, model, 
     want = st.stylize(st.read(c, max_side=45), style=[str(fitted)], strength=0.5,
                       style_size=int(SS))
     np.testing.assert_allclose(seen["tiles"][tile][2], want, atol=2e-4)
+
+
+# ---------------------------------------------------------------------------- --content listing
+
+
+def test_a_relative_and_an_absolute_content_path_are_one_job_and_mirror_the_tree(cli, data,
+                                                                                  monkeypatch):
+    """A --content file named once relatively and once absolutely is one job (deduplicated by
+    absolute path), and a relative --recursive folder mirrors its tree in --out-dir as an
+    absolute one does (the subfolder of each image is looked up by its absolute path)."""
+    monkeypatch.chdir(data["tmp"])
+    s = data["styles"][0]
+    rc, stdout, err = cli("--content", "in/a.png", data["contents"][0], "--style", s,
+                          "--out-dir", "o1", "--no-progress")
+    assert rc == 0 and "done 1, skipped 0" in stdout, (stdout, err)
+    assert [p.name for p in (data["tmp"] / "o1").iterdir()] == ["a__s1.png"]
+    (data["dir"] / "sub").mkdir()
+    png(data["dir"] / "sub" / "a.png", 30, 30, 13)
+    rc, stdout, err = cli("--content", "in", "--recursive", "--style", s, "--out-dir", "o2",
+                          "--no-progress")
+    assert rc == 0 and "done 4, skipped 0" in stdout, (stdout, err)
+    od = data["tmp"] / "o2"
+    assert sorted(str(p.relative_to(od)) for p in od.rglob("*.png")) == [
+        "a__s1.png", "b__s1.png", "c__s1.png", "sub/a__s1.png"]
+
+
+def test_glob_outputs_stay_inside_the_out_dir_and_keep_hidden_subfolders(cli, data):
+    """A glob's images are mirrored below its part without wildcards: one that a ``..`` after
+    a wildcard leads above that folder goes to the top of --out-dir (never beside it), and a
+    hidden subfolder matched by ``.*`` keeps its name (it is not the top)."""
+    (data["dir"] / "sub").mkdir()
+    png(data["tmp"] / "up.png", 30, 30, 15)
+    (data["dir"] / ".hid").mkdir()
+    png(data["dir"] / ".hid" / "a.png", 30, 30, 16)
+    od = data["tmp"] / "o"
+    rc, stdout, err = cli("--content", data["dir"] / "*" / ".." / ".." / "up.png",
+                          data["dir"] / ".*" / "*.png", "--style", data["styles"][0],
+                          "--out-dir", od, "--no-progress")
+    assert rc == 0 and "done 2, skipped 0" in stdout, (stdout, err)
+    assert sorted(str(p.relative_to(od)) for p in od.rglob("*.png")) == [
+        ".hid/a__s1.png", "up__s1.png"]
+    assert not (data["tmp"] / "up__s1.png").exists()
+
+
+def test_recursive_with_a_file_and_a_folder_is_accepted(cli, data):
+    """--recursive is refused only when no --content value is a folder: with a file and a
+    folder, the folder's subfolders are taken and the file too."""
+    other = data["tmp"] / "other"
+    (other / "sub").mkdir(parents=True)
+    png(other / "sub" / "d.png", 30, 30, 17)
+    od = data["tmp"] / "o"
+    rc, stdout, err = cli("--content", data["contents"][0], other, "--recursive", "--style",
+                          data["styles"][0], "--out-dir", od, "--no-progress")
+    assert rc == 0 and "done 2, skipped 0" in stdout, (stdout, err)
+    assert sorted(str(p.relative_to(od)) for p in od.rglob("*.png")) == [
+        "a__s1.png", "sub/d__s1.png"]

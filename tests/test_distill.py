@@ -883,3 +883,49 @@ def test_command_rejects_boundary_options_before_any_work(tmp_path, capsys, bad,
     err = capsys.readouterr().err
     assert err.startswith("error: ") and msg in err and err.count("\n") == 1
     assert not (tmp_path / "d").exists()
+
+
+def test_data_identity_names_every_dataset_of_both_roles_and_counts_their_images():
+    """What oracle.json's "data" records: per role (the contents too, not only the styles),
+    the name of each dataset of a mixture and the number of images; another content set, one
+    more image or another mixture part is another identity."""
+    from arbitrary_nst.data import MixtureSource
+
+    def ident(style, content):
+        return distill.data_identity({"style": style, "content": content})
+
+    base = ident(SyntheticSource("style", 8), SyntheticSource("content", 8))
+    assert base == {"style": {"datasets": ["synthetic-style"], "images": 8},
+                    "content": {"datasets": ["synthetic-content"], "images": 8}}
+    other = SyntheticSource("content", 8)
+    other.name = "photos-0123456789ab"
+    assert ident(SyntheticSource("style", 8), other) != base
+    assert ident(SyntheticSource("style", 9), SyntheticSource("content", 8)) != base
+    extra = SyntheticSource("style", 4)
+    extra.name = "more-paintings"
+    mix = ident(MixtureSource([SyntheticSource("style", 4), extra]),
+                SyntheticSource("content", 8))
+    assert mix["style"] == {"datasets": ["synthetic-style", "more-paintings"], "images": 8}
+
+
+def test_npz_training_data_of_the_same_sizes_is_told_apart_by_bytes_and_split(tmp_path):
+    """An npz export's identity is a digest of its bytes and of where each image starts: one
+    byte changed (every image the same length), or the same bytes split into other images,
+    is other training data."""
+    from arbitrary_nst import data as data_lib
+
+    buf = np.random.default_rng(0).integers(0, 255, 300, np.uint8)
+    variants = {"base": (buf, [0, 100, 300]), "split": (buf, [0, 120, 300])}
+    edited = buf.copy()
+    edited[150] ^= 1
+    variants["byte"] = (edited, [0, 100, 300])
+    ids = {}
+    for name, (jpeg, offsets) in variants.items():
+        arrays = {}
+        for role in ("content", "style"):
+            arrays[f"{role}_jpeg"], arrays[f"{role}_offsets"] = jpeg, np.asarray(offsets)
+        np.savez(tmp_path / f"{name}.npz", **arrays)
+        srcs = {r: data_lib.NpzSource(tmp_path / f"{name}.npz", r) for r in ("content", "style")}
+        ids[name] = distill.data_identity(srcs)
+    assert ids["base"]["style"]["images"] == 2 and ids["split"]["style"]["images"] == 2
+    assert ids["byte"] != ids["base"] and ids["split"] != ids["base"]

@@ -1080,3 +1080,20 @@ def test_palette_help_names_every_method_it_reaches(small_set, vgg, fake_fit):
                       small_set / "o", methods=["model_fit"], size=32, progress=False, vgg=vgg,
                       fit_photos=small_set / "fit", palette=0.3)
     assert fake_fit[-1].palettes == [0.3, 0.3]  # (the warm-up call and the timed one)
+
+
+def test_a_camera_raw_next_to_its_photo_is_skipped_before_the_picks(small_set, vgg, capsys):
+    """Files that are images but not read here (a camera's raw next to its JPEG) are skipped
+    with their reason before the contents and paintings are picked: ``wide.CR2`` took a
+    pick, or stopped the run as a second "wide"."""
+    raw, style_raw = small_set / "content" / "wide.CR2", small_set / "style" / "paint.NEF"
+    raw.write_bytes(np.random.default_rng(4).bytes(256))
+    style_raw.write_bytes(np.random.default_rng(5).bytes(256))
+    r = evaluate.evaluate(small_set / "content", small_set / "style", small_set / "o", size=48,
+                          methods=["identity"], num_contents=2, progress=False, vgg=vgg)
+    assert sorted((row["content"], row["style"]) for row in r.rows) == [("square", "paint"),
+                                                                        ("wide", "paint")]
+    assert r.skipped == [f"{p}: {images.unreadable_reason(p)}" for p in (raw, style_raw)]
+    err = capsys.readouterr().err
+    assert f"skipped: {raw}: CR2 camera raw files are not read here" in err
+    assert f"skipped: {style_raw}: NEF camera raw files are not read here" in err

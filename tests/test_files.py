@@ -329,3 +329,36 @@ def test_file_identity_sees_another_inode_with_the_same_times(tmp_path, monkeypa
     monkeypatch.undo()
     assert a != b
     assert a[0] == os.path.realpath(p)
+
+
+# ------------------------------------------------------------------ empty folders of a failure
+
+
+def test_a_failure_removes_only_the_empty_folders_made_during_it(tmp_path):
+    """``removing_new_empty_dirs``: on any exception (Ctrl-C too) the folders ``make_dir``
+    created inside the block and left empty are removed, nested ones newest first and each up
+    to the topmost one it created; folders made before the block, folders that existed (even
+    empty) and folders holding a file stay."""
+    from arbitrary_nst.errors import ConfigError
+
+    files.make_dir(tmp_path / "before" / "x")  # (outside the block: not this command's)
+    (tmp_path / "there").mkdir()
+    (tmp_path / "kept").mkdir()
+    for exc in (ConfigError("bad"), KeyboardInterrupt()):
+        with pytest.raises(type(exc)):
+            with files.removing_new_empty_dirs():
+                files.make_dir(tmp_path / "a" / "b")
+                files.make_dir(tmp_path / "a" / "b" / "c" / "d")  # (inside the first)
+                files.make_dir(tmp_path / "there" / "x" / "y")
+                files.make_dir(tmp_path / "kept")  # (existed, empty)
+                files.make_dir(tmp_path / "full" / "z")
+                (tmp_path / "full" / "z" / "f.txt").write_text("x")
+                raise exc
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["before", "full", "kept",
+                                                              "there"], exc
+        assert (tmp_path / "before" / "x").is_dir() and not list((tmp_path / "there").iterdir())
+        assert (tmp_path / "full" / "z" / "f.txt").is_file()
+    # no exception: nothing is removed
+    with files.removing_new_empty_dirs():
+        files.make_dir(tmp_path / "ok" / "deep")
+    assert (tmp_path / "ok" / "deep").is_dir()

@@ -375,3 +375,42 @@ def test_refine_step_compiles_once_on_the_stylizers_sharded_state(st):
                                        steps=3, style_weight=sw)
     assert refine._refine_step._cache_size() - before == 1
     assert hist.shape == (4, 1) and np.all(np.isfinite(e))
+
+
+PLACED = """
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from arbitrary_nst.refine import placed_like_outputs
+assert jax.device_count() == 2, jax.devices()
+mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+replicated = NamedSharding(mesh, P())
+tree = {"e": jnp.zeros((3, 5)), "count": jnp.asarray(0)}  # (3 rows: no split over 2 devices)
+for state in ({"w": jax.device_put(jnp.ones(4), replicated)},
+              {"w": jax.device_put(jnp.ones(4), NamedSharding(mesh, P("data")))},
+              [np.ones(2), jnp.ones(2), jax.device_put(jnp.ones(2), replicated)]):
+    out = placed_like_outputs(tree, state)
+    for x in jax.tree.leaves(out):
+        assert x.committed and x.sharding.is_equivalent_to(replicated, x.ndim), x.sharding
+    np.testing.assert_array_equal(out["e"], tree["e"])
+one = jax.device_put(jnp.ones(2), jax.devices()[1])  # committed to one device: that one
+out = placed_like_outputs(tree, {"w": one})
+assert all(x.committed and x.devices() == {jax.devices()[1]} for x in jax.tree.leaves(out))
+assert placed_like_outputs(tree, {"w": jnp.ones(2), "n": 3}) is tree  # uncommitted: as is
+"""
+
+
+def test_placed_like_outputs_replicates_over_the_states_mesh():
+    """The start of a refinement is placed as the jitted step's outputs are: replicated over
+    the mesh of the first committed array of the state (even one sharded over it: the
+    embeddings' batch need not divide), on the one device a state is committed to, and left
+    as it is for an uncommitted state. (2 CPU devices, in a child process.)"""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               JAX_PLATFORMS="cpu", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    r = subprocess.run([sys.executable, "-c", PLACED], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]

@@ -2154,3 +2154,47 @@ def test_the_folders_of_a_save_killed_midway_are_removed_when_the_run_resumes(tm
     assert r.step == 6 and [h["step"] for h in r.history] == [5, 6]  # resumed from step 4
     assert not list(ckpt.glob("*.orbax-checkpoint-tmp"))
     assert sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit()) == [2, 4, 6]
+
+
+def test_a_blank_workdir_is_refused_by_the_api_too(tmp_path, monkeypatch):
+    """``train(config, " ")`` (a blank name, not only ``""``) is refused before the workdir is
+    touched, as the command line refuses ``--workdir " "``."""
+    def reached(*a, **k):
+        raise RuntimeError("the workdir was prepared")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(training, "_prepare_workdir", reached)
+    for blank in (" ", "\t"):
+        with pytest.raises(ConfigError, match=r"the workdir is an empty folder name \("):
+            training.train(smoke(), blank, progress=False)
+    assert not list(tmp_path.iterdir())
+
+
+def test_checkpoint_write_errors_find_the_os_reason_down_the_chain_of_errors():
+    """The operating system's reason is that of the first OSError with one, whether it caused
+    the save's error (``from``) or was being handled when it was raised (the context), past an
+    OSError that has none."""
+    d = "/runs/w/checkpoints"
+    denied = PermissionError(13, "Permission denied", f"{d}/8.orbax-checkpoint-tmp")
+    try:
+        try:
+            raise denied
+        except OSError:
+            raise RuntimeError("commit failed")  # noqa: B904 - (the context, no cause)
+    except RuntimeError as e:
+        assert training.checkpoint_write_error(d, 10, e) == \
+            f"{d}: cannot write the checkpoint of step 10 (Permission denied)"
+    wrapped = OSError("write failed")  # (no errno, no strerror)
+    wrapped.__cause__ = denied
+    assert training.checkpoint_write_error(d, 12, wrapped).endswith("step 12 (Permission denied)")
+
+
+def test_an_empty_folder_name_given_as_a_string_not_a_list_is_refused():
+    """A config file may give ``data.content_dirs`` as one string rather than a list: ``""``
+    (an unset variable) is refused as in a list, not taken as no folder at all."""
+    for key in ("content_dirs", "style_dirs"):
+        cfg = smoke()
+        with cfg.ignore_type():
+            cfg.data[key] = ""
+        with pytest.raises(ConfigError, match=rf"^data\.{key}: an empty folder name \(''\)"):
+            training.validate_config(cfg)
