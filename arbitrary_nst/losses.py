@@ -185,7 +185,8 @@ class LossConfig:
         from .vgg import tap_depth  # validates tap names
 
         for name in ("content_layers", "style_layers"):  # (a list: a raw AttributeError)
-            if not isinstance(getattr(self, name), Mapping):
+            value = getattr(self, name)  # (an ml_collections ConfigDict is no Mapping)
+            if not isinstance(value, Mapping) and not callable(getattr(value, "items", None)):
                 raise ConfigError(f"{name} must map layer names to weights (e.g. "
                                   f"{{'relu1_1': 1.0}}), got {getattr(self, name)!r}")
         for layer in (*self.content_layers, *self.style_layers):
@@ -222,7 +223,9 @@ class LossConfig:
         unknown = set(cfg) - fields
         if unknown:
             raise ConfigError(f"unknown loss options: {sorted(unknown)}")
-        kw = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in dict(cfg).items()}
+        # (a ConfigDict is no Mapping but has items(): made a dict like a Mapping)
+        kw = {k: (dict(v) if isinstance(v, Mapping) or callable(getattr(v, "items", None))
+                  else v) for k, v in dict(cfg).items()}
         return cls(**kw)
 
 
