@@ -339,7 +339,8 @@ def _number(x: float) -> str:
     return short if float(short) == x else repr(float(x))
 
 
-def _batch_tag(args: argparse.Namespace, styles) -> tuple[str, str]:
+def _batch_tag(args: argparse.Namespace, styles, model_palette: float | None = None
+               ) -> tuple[str, str]:
     """A batch output name's styles part and settings part (``tag`` and ``keep`` of
     :func:`_output_name`), after :func:`_validate`.
 
@@ -348,8 +349,9 @@ def _batch_tag(args: argparse.Namespace, styles) -> tuple[str, str]:
     setting instead of skipping the second run as "output exists" (or replacing the first
     with --overwrite): ``@W1-W2`` after the styles for unequal --style-weights, as given (``1 3``
     and ``0.25 0.75`` are one mix under two names: done twice, never skipped wrongly), then
-    ``__iterations{N}`` (gatys), ``__strength{S}``, ``__palette{A}`` (whenever given: the
-    default is the model's own), ``__preserve-luminance`` / ``__preserve-match``,
+    ``__iterations{N}`` (gatys), ``__strength{S}``, ``__palette{A}`` (when it is not
+    ``model_palette``, the model's own: ``--palette 0.5`` for the built-in model is its
+    default), ``__preserve-luminance`` / ``__preserve-match``,
     ``__refine{N}``, ``__stylesize{N}``. At the defaults the name is unchanged
     (``{content}__{styles}[__gatys].png``: reruns of earlier commands still skip their
     outputs).
@@ -374,7 +376,7 @@ def _batch_tag(args: argparse.Namespace, styles) -> tuple[str, str]:
             settings.append(f"iterations{args.iterations}")
     if args.strength != 1.0:
         settings.append(f"strength{_number(args.strength)}")
-    if args.palette is not None:
+    if args.palette is not None and args.palette != model_palette:
         settings.append(f"palette{_number(args.palette)}")
     if (mode := preserve_color_mode(args.preserve_color)) is not None:
         settings.append(f"preserve-{mode}")
@@ -388,14 +390,15 @@ def _batch_tag(args: argparse.Namespace, styles) -> tuple[str, str]:
     return stem + weights, method + "".join(f"__{s}" for s in settings)
 
 
-def _figure_name(args: argparse.Namespace, mode: str, content_stem: str, styles) -> str:
+def _figure_name(args: argparse.Namespace, mode: str, content_stem: str, styles,
+                 model_palette: float | None = None) -> str:
     """A figure's name in --out-dir: ``{content}__{styles}__interp`` / ``__sweep``, then the
     settings off their defaults as in batches (:func:`_batch_tag`; a sweep's unequal weights
     after the styles) and ``__steps{K}`` for another --interpolate grid, so that figures made
     with other settings do not skip each other as "exists". --tile-size, like --max-size, is
     left out (the resolution)."""
     kind = "interp" if mode == "interpolate" else "sweep"
-    tag, keep = _batch_tag(args, styles)
+    tag, keep = _batch_tag(args, styles, model_palette)
     if mode == "interpolate" and args.steps != DEFAULT_STEPS:
         keep += f"__steps{args.steps}"
     if not keep:  # (the names of earlier versions, long ones included)
@@ -527,7 +530,8 @@ def _figure(args, mode: str, stylizer, content_files: list[Path]) -> int:
     if args.out:
         out = Path(args.out)
     else:
-        out = _check_out_dir(args.out_dir) / _figure_name(args, mode, content.stem, styles)
+        out = _check_out_dir(args.out_dir) / _figure_name(args, mode, content.stem, styles,
+                                                             stylizer.model.palette)
     files.check_output_file(out, overwrite=args.overwrite, inputs=[content, *styles],
                             suffixes=images.SAVE_FORMATS, folder_hint=OUT_DIR_HINT)
     t0 = time.perf_counter()
@@ -668,7 +672,8 @@ def _stylize(args, stylizer, listing: tuple[list[Path], list[tuple[Path, str]], 
         output = lambda p: out_file  # noqa: E731
     else:
         out_dir = _check_out_dir(args.out_dir)
-        tag, keep = _batch_tag(args, styles)
+        tag, keep = _batch_tag(args, styles,
+                               None if stylizer is None else stylizer.model.palette)
         # the input tree is mirrored (--recursive, a glob over several folders): a camera's
         # DCIM/100/IMG_0001.JPG and DCIM/101/IMG_0001.JPG were one output name, one skipped
         output = lambda p: (out_dir / subfolders.get(os.path.abspath(p), ".")  # noqa: E731

@@ -1057,6 +1057,23 @@ def batch_name(*argv, content="photo"):
     return cli_stylize._output_name(content, tag, keep=keep)
 
 
+def test_a_palette_given_at_the_models_own_value_is_not_in_the_name():
+    """``--palette 0.5`` with the built-in model (whose palette is 0.5) is the default: it was
+    named (``photo__a__palette0.5.png``), so an earlier batch was done again under a second
+    name for the same pixels."""
+    for palette, model_palette, name in (("0.5", 0.5, "photo__a.png"),
+                                         ("0", 0.5, "photo__a__palette0.png"),
+                                         ("0.5", 0.0, "photo__a__palette0.5.png")):
+        _, args = validated("--content", "photo.jpg", "--out-dir", "o", "--style", "a.jpg",
+                            "--palette", palette)
+        tag, keep = cli_stylize._batch_tag(args, args.style, model_palette)
+        assert cli_stylize._output_name("photo", tag, keep=keep) == name
+        mode, args = validated("--content", "photo.jpg", "--out-dir", "o", "--interpolate",
+                               "a.jpg", "b.jpg", "--palette", palette)
+        assert cli_stylize._figure_name(args, mode, "photo", args.interpolate, model_palette) \
+            == name.replace("photo__a", "photo__a+b__interp")
+
+
 def test_batch_output_names_carry_the_settings_off_their_defaults():
     """A sweep into one --out-dir (--strength 0.5, then 1) gave both runs one name: the second
     was skipped as "output exists" (or replaced the first with --overwrite). Every setting that
