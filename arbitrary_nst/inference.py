@@ -420,8 +420,7 @@ def _refuse_traced(x: Any) -> None:
     concrete arrays (it pads, buckets and jits on its own), which a tracer cannot give (a
     raw TracerArrayConversionError)."""
     if isinstance(x, jax.core.Tracer):
-        raise ConfigError("Stylizer runs its own jit; call it outside jax.jit (with concrete "
-                          "arrays, not traced values)")
+        raise ConfigError(TRACED_CALL)
 
 
 def _refuse_non_image(x: Any, name: str | None) -> None:
@@ -506,16 +505,28 @@ def _is_pil(x: Any) -> bool:
     return isinstance(x, Image.Image)
 
 
+#: What jax raises when a traced value meets the Stylizer's host-side work (padding, buckets,
+#: its own jit): the Stylizer called inside ``jax.jit``/``vmap``/``grad``.
+_TRACER_ERRORS = (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError,
+                  jax.errors.TracerBoolConversionError, jax.errors.TracerIntegerConversionError)
+TRACED_CALL = ("Stylizer runs its own jit; call it outside jax.jit (with concrete arrays, not "
+               "traced values)")
+
+
 def _memory_errors_typed(method: Callable) -> Callable:
     """XLA's RESOURCE_EXHAUSTED (an array too large for the device: a 20000 x 20000 photo
     with the API's default max_size=None) as a ConfigError saying what to lower, not a raw
-    JaxRuntimeError; other errors unchanged."""
+    JaxRuntimeError; a call inside ``jax.jit`` (whichever value first meets a host-side step:
+    a style not embedded yet was a raw TracerArrayConversionError) as one ConfigError; other
+    errors unchanged."""
     @functools.wraps(method)
     def wrapped(*args, **kwargs):
         try:
             return method(*args, **kwargs)
         except NSTError:
             raise
+        except _TRACER_ERRORS:
+            raise ConfigError(TRACED_CALL) from None
         except Exception as e:  # noqa: BLE001 - re-raised unless it is out of memory
             if (oom := out_of_memory(e)) is None:
                 raise
@@ -1127,6 +1138,7 @@ class Stylizer:
             ms.append(np.asarray(m)[:k])
         return np.concatenate(es).astype(np.float32), np.concatenate(ms).astype(np.float32)
 
+    @_memory_errors_typed
     def embed(self, styles: ImageInput | Sequence[ImageInput], *,
               style_size: int | None = None) -> np.ndarray:
         """Style embeddings ``[N, D]`` of one or several style images (paths, PIL images,
@@ -1134,6 +1146,7 @@ class Stylizer:
         embeddings are cached. Raises ImageError for an unreadable file."""
         return self.embed_with_palettes(styles, style_size=style_size)[0]
 
+    @_memory_errors_typed
     def palettes(self, styles: ImageInput | Sequence[ImageInput], *,
                  style_size: int | None = None) -> np.ndarray:
         """Colour moments ``[N, 12]`` of style images at their working size (the palette
@@ -1141,6 +1154,7 @@ class Stylizer:
         them with :meth:`mix` like embeddings and pass them as ``palette_moments=``."""
         return self.embed_with_palettes(styles, style_size=style_size)[1]
 
+    @_memory_errors_typed
     def embed_with_palettes(self, styles: ImageInput | Sequence[ImageInput], *,
                             style_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`embed` and :meth:`palettes` from one predictor pass (arrays are not cached,
@@ -1224,6 +1238,7 @@ class Stylizer:
     def _conditioning_size(self) -> int:
         return fit_style.conditioning_size(self.model.cin_channels)
 
+    @_memory_errors_typed
     def style_parts(self, styles: Any, *, style_size: int | None = None
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """:meth:`embed_with_palettes` for style images *and* fitted styles (objects or
@@ -1234,6 +1249,7 @@ class Stylizer:
         items, _ = _as_image_list(styles, "style")
         return self._style_parts(items, size)
 
+    @_memory_errors_typed
     def fit_style(self, style: Any, photos: Sequence[Any], *,
                   steps: int = fit_style.DEFAULT_STEPS,
                   learning_rate: float = fit_style.DEFAULT_LEARNING_RATE,
@@ -1566,6 +1582,7 @@ class Stylizer:
                              "steps or a lower learning rate")
         return e[0], hist[:, 0]
 
+    @_memory_errors_typed
     def refine_embedding(self, content: ImageInput, style: Any, *,
                          weights: Sequence[float] | None = None,
                          embedding: np.ndarray | None = None, steps: int | None = None,

@@ -1394,3 +1394,18 @@ def test_inputs_that_are_no_image_are_named_by_their_type(st, files):
         with pytest.raises(ConfigError, match="^Stylizer runs its own jit; call it outside "
                                               "jax.jit"):
             jax.jit(traced)(jnp.asarray(c, jnp.float32) / 255)
+
+
+def test_a_stylizer_inside_jit_is_one_line_also_for_a_style_not_embedded_yet(st):
+    """The style's embedding is made first: inside jax.jit that was a raw
+    TracerArrayConversionError (the content's check came after it)."""
+    import jax
+    import jax.numpy as jnp
+
+    c = smooth_image(20, 24, 1)
+    fresh = smooth_image(40, 40, 17)  # (an array: never embedded, not in the cache)
+    for call in (lambda x: st.stylize(x, fresh), lambda x: st.embed(fresh + 0 * x[0, 0, 0]),
+                 lambda x: st.palettes(fresh)):
+        with pytest.raises(ConfigError, match="^Stylizer runs its own jit; call it outside "
+                                              "jax.jit"):
+            jax.jit(lambda x: jnp.asarray(call(x)))(jnp.asarray(c, jnp.float32) / 255)
