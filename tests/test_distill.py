@@ -861,7 +861,7 @@ def test_command_oracle_defaults_depend_on_the_target(tmp_path, model_path, monk
         raise ConfigError("stub oracle")
 
     monkeypatch.setattr(distill, "collect_oracle", stop)
-    args = _small_command(tmp_path / "d", model_path, num_styles=4)
+    args = _small_command(tmp_path / "d", model_path, num_styles=5)
     i = args.index("--steps")
     del args[i:i + 2]
     assert distill.main(args + ["--target", target]) == 1
