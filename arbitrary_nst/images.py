@@ -436,7 +436,12 @@ def shown_size(path: PathLike) -> tuple[int, int]:
         with Image.open(name) as im:
             w, h = im.size
             try:
-                turned = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+                if im.format == "PNG":  # (getexif() decodes a PNG whose EXIF is not before
+                    exif = Image.Exif()  # its pixels: 0.28 s for 6000x4000; only the order
+                    exif.load(im.info.get("exif") or b"")  # of the sides could differ)
+                else:
+                    exif = im.getexif()
+                turned = exif.get(0x0112, 1) in (5, 6, 7, 8)
             except Exception:  # noqa: BLE001 - broken EXIF: as stored, as for decoding
                 turned = False
     except OSError as e:

@@ -1357,6 +1357,9 @@ def test_shown_size_is_the_header_size_as_shown(tmp_path):
     assert images.shown_size(tmp_path / "r.jpg") == (20, 50)
     assert load_image(tmp_path / "r.jpg").shape[:2] == (50, 20)
     assert images.shown_size(tmp_path / "p.png") == (50, 20)
+    im.save(tmp_path / "r.png", exif=exif.tobytes())  # (read without decoding the pixels)
+    assert images.shown_size(tmp_path / "r.png") == (20, 50)
+    assert load_image(tmp_path / "r.png").shape[:2] == (50, 20)
     (tmp_path / "t.png").write_text("not an image")
     with pytest.raises(ImageError, match="t.png"):
         images.shown_size(tmp_path / "t.png")
