@@ -548,6 +548,12 @@ def _run_export_onnx(args: argparse.Namespace) -> int:
     from .files import check_output_file
 
     out = check_output_file(args.out, overwrite=args.overwrite, suffixes={".onnx"})
+    if args.model and str(args.model).lower().endswith(".onnx") and os.path.isfile(args.model):
+        # (the loader's message suggested --backend onnxruntime, which export-onnx has not)
+        raise ConfigError(f"{args.model}: already an ONNX export; --model takes the model "
+                          "export (.safetensors) or training workdir to convert (run the .onnx "
+                          "with OnnxTransfer or onnxruntime; stylize --backend onnxruntime "
+                          "takes the .safetensors)")
     st = Stylizer.load(args.model)
     checked: list[float] = []
 

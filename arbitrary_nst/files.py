@@ -110,7 +110,7 @@ def check_writable_dir(path: str | os.PathLike, what: str = "output folder") -> 
     try:
         fd, tmp = tempfile.mkstemp(prefix=".nst-write-test.", dir=p)
     except OSError as e:
-        raise ImageError(path, f"{what} is not writable: {e.strerror or e}") from None
+        raise ImageError(path, f"cannot create files in this {what}: {e.strerror or e}") from None
     os.close(fd)
     os.unlink(tmp)
     return p

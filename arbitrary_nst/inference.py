@@ -127,6 +127,7 @@ from . import color, files, fit_style, images
 from .errors import (ConfigError, ImageError, ModelError, NSTError, check_count, not_a_number,
                      out_of_memory)
 from .models import ArbitraryStyleModel, check_palette
+from .padding import pad_to, round_side
 
 __all__ = [
     "Stylizer", "FileResult", "DEFAULT_STYLE_SIZE", "DEFAULT_BATCH_SIZE", "DEFAULT_BUCKETS",
@@ -211,7 +212,7 @@ def bucket_side(n: int, buckets: Sequence[int] | None = DEFAULT_BUCKETS) -> int:
     if n < 1:
         raise ValueError(f"side must be >= 1, got {n}")
     if buckets is None:
-        return max(n + (-n) % 4, 8)
+        return round_side(n)
     for b in buckets:
         if b >= n:
             return int(b)
@@ -222,22 +223,6 @@ def bucket_side(n: int, buckets: Sequence[int] | None = DEFAULT_BUCKETS) -> int:
 def bucket_shape(h: int, w: int, buckets: Sequence[int] | None = DEFAULT_BUCKETS) -> tuple[int, int]:
     """``(H, W)`` padded shape of an ``h x w`` image (see the module docstring)."""
     return bucket_side(h, buckets), bucket_side(w, buckets)
-
-
-def pad_to(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Reflect-pad an ``H x W x C`` array at the bottom/right to ``shape``; pads larger than
-    the image reflect repeatedly; a 1-pixel axis is repeated."""
-    h, w = x.shape[:2]
-    ph, pw = shape[0] - h, shape[1] - w
-    if ph < 0 or pw < 0:
-        raise ValueError(f"pad_to: cannot pad {x.shape} to {shape}")
-    out = x
-    for axis, (size, pad) in enumerate(((h, ph), (w, pw))):
-        if pad:
-            widths = [(0, 0)] * x.ndim
-            widths[axis] = (0, pad)
-            out = np.pad(out, widths, mode="reflect" if size > 1 else "edge")
-    return out
 
 
 def preserve_color_mode(value: Any) -> str | None:

@@ -7,11 +7,13 @@ style) and every GPU path stay in JAX.
 
 The graph (opset 17, NCHW inside, NHWC at the edges like the rest of the package):
 
-* inputs ``content`` ``[N, H, W, 3]`` float32 RGB in [0, 1] (any N, H, W >= 8: the graph
+* inputs ``content`` ``[N, H, W, 3]`` float32 RGB in [0, 1] (any N, H, W >= 5: the graph
   reflect-pads H and W to multiples of 4 at the bottom/right, as the
-  :class:`~arbitrary_nst.inference.Stylizer` does, and crops back; :class:`OnnxTransfer` pads
-  smaller images to 8 itself) and ``embedding`` ``[N, D]`` float32 (the style embedding:
-  mixtures and the strength knob are computed on it before the call);
+  :class:`~arbitrary_nst.inference.Stylizer` does, and crops back; below 5 px (4 x 4 included)
+  the 9x9 conv's reflect ``Pad`` fails inside onnxruntime, and :class:`OnnxTransfer` pads
+  smaller images to 8 itself) and ``embedding`` ``[N, D]`` or ``[1, D]`` float32 (the style
+  embedding: mixtures and the strength knob are computed on it before the call; N broadcasts
+  between the two inputs, any other mismatch is an onnxruntime error);
 * the 13 CIN heads (``embedding @ kernel + bias`` -> gamma, beta) are ``Gemm`` nodes, so one
   exported file covers every style;
 * convs are ``Pad(reflect)`` + ``Conv`` (VALID, no bias), instance norms are
@@ -19,25 +21,37 @@ The graph (opset 17, NCHW inside, NHWC at the edges like the rest of the package
   instance_norm`), CIN multiplies/adds the per-example gamma/beta, upsampling is ``Resize``
   nearest (``asymmetric``/``floor``: exact pixel repetition), then ``Sigmoid`` and a ``Slice``
   back to ``H x W``;
-* output ``stylized`` ``[N, H, W, 3]`` float32 in [0, 1].
+* output ``stylized`` ``[N, H, W, 3]`` float32 in [0, 1];
+* metadata: ``arbitrary_nst.model_config`` (JSON of ``ArbitraryStyleModel.config()``),
+  ``arbitrary_nst.model_fingerprint`` (:func:`~arbitrary_nst.fit_style.model_fingerprint`: the
+  transfer network's and heads' weights, as fitted styles record it), ``producer_version`` (the
+  package version) and a ``doc_string`` naming the inputs.
+
+This module imports without JAX: :class:`OnnxTransfer` on an ``.onnx`` file (or its bytes) needs
+numpy, Pillow and onnxruntime only; exporting (:func:`transfer_graph`) imports the model code.
 
 ``tests/test_onnx_export.py`` checks that onnxruntime on the exported graph equals the JAX
 forward (max abs difference < 1e-4 on random and trained weights, odd sizes, batch 2).
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from .errors import ConfigError, ModelError
+from .errors import ConfigError, ImageError, ModelError, check_count
 from .files import write_atomically
-from .models import ArbitraryStyleModel
-from .models.transfer import CIN_LAYER_NAMES, EPS
+from .padding import pad_to, round_side
+
+if TYPE_CHECKING:  # (imported where used: OnnxTransfer on a file runs without JAX)
+    from .models import ArbitraryStyleModel
 
 OPSET = 17
+#: Largest ``OnnxTransfer(threads=)``: 10**6 hung creating threads.
+MAX_THREADS = 1024
 
 
 class _GraphBuilder:
@@ -70,10 +84,14 @@ def _np(x) -> np.ndarray:
     return np.asarray(x[...], np.float32)
 
 
-def transfer_graph(model: ArbitraryStyleModel, *, name: str = "arbitrary_nst_transfer"):
+def transfer_graph(model: "ArbitraryStyleModel", *, name: str = "arbitrary_nst_transfer"):
     """The ONNX ``ModelProto`` of ``model``'s CIN heads + transfer network (see module doc)."""
     import onnx
     from onnx import TensorProto, helper
+
+    from . import __version__
+    from .fit_style import model_fingerprint
+    from .models.transfer import CIN_LAYER_NAMES, EPS
 
     net, pred = model.transfer_net, model.predictor
     g = _GraphBuilder()
@@ -150,16 +168,24 @@ def transfer_graph(model: ArbitraryStyleModel, *, name: str = "arbitrary_nst_tra
          helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", d])],
         [helper.make_tensor_value_info("stylized", TensorProto.FLOAT, ["N", "H", "W", 3])],
         g.inits)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="arbitrary_nst")
+    proto = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="arbitrary_nst",
+        producer_version=__version__,
+        doc_string=f"arbitrary_nst transfer network: content [N, H, W, 3] float32 RGB in [0, 1] "
+                   f"(H, W >= 5) + embedding [N, {d}] or [1, {d}] float32 (Stylizer.embed of "
+                   f"this model) -> stylized [N, H, W, 3] float32 in [0, 1]")
     proto.ir_version = min(proto.ir_version, 8)  # readable by onnxruntime >= 1.14
-    meta = proto.metadata_props.add()
-    meta.key, meta.value = "arbitrary_nst.model_config", repr(model.config())
+    # JSON (C++/JS deployers parse it; it was repr(): Python only); the fingerprint tells a
+    # graph of another model (whose embeddings do not fit) apart
+    for key, value in (("model_config", json.dumps(model.config(), sort_keys=True)),
+                       ("model_fingerprint", model_fingerprint(model))):
+        meta = proto.metadata_props.add()
+        meta.key, meta.value = f"arbitrary_nst.{key}", value
     onnx.checker.check_model(proto)
     return proto
 
 
-def save_transfer_onnx(model: ArbitraryStyleModel, path: str | os.PathLike, *,
+def save_transfer_onnx(model: "ArbitraryStyleModel", path: str | os.PathLike, *,
                        check: Callable[[bytes], None] | None = None) -> Path:
     """Write :func:`transfer_graph` to ``path`` atomically (temp file + rename); returns it.
 
@@ -184,23 +210,31 @@ class OnnxTransfer:
 
     ``OnnxTransfer(model_or_path)``: an :class:`~arbitrary_nst.models.ArbitraryStyleModel`
     (exported in memory), a ``.onnx`` file from :func:`save_transfer_onnx`, or that file's
-    bytes.
+    bytes. ``threads``: onnxruntime's intra-op threads (default: the CPUs this process may run
+    on, ``os.sched_getaffinity``, else ``os.cpu_count()``).
     ``transfer(content, embedding)``: ``[H, W, 3]`` or ``[N, H, W, 3]`` float in [0, 1] (or
     uint8) and
     ``[D]`` / ``[1, D]`` (shared) or ``[N, D]`` embeddings (from
     :meth:`~arbitrary_nst.inference.Stylizer.embed` / ``mix``) -> float32 of the content's shape.
     """
 
-    def __init__(self, model: ArbitraryStyleModel | str | os.PathLike | bytes, *,
+    def __init__(self, model: "ArbitraryStyleModel | str | os.PathLike | bytes", *,
                  threads: int | None = None, providers: list[str] | None = None):
+        # (as Stylizer.load checks it: 0 was all cores, -1 went to onnxruntime, 1.5 and True
+        # were 1 thread, "2" was taken, 10**6 hung creating threads)
+        threads = check_count(threads, "threads", 1, MAX_THREADS)
         try:
             import onnxruntime as ort
         except ImportError:  # pragma: no cover - a listed requirement
             raise ModelError("the ONNX path needs `pip install onnxruntime`") from None
-        if isinstance(model, ArbitraryStyleModel):
-            data = transfer_graph(model).SerializeToString()
-        elif isinstance(model, (bytes, bytearray)):
+        if isinstance(model, (bytes, bytearray)):
             data, model = bytes(model), "the serialized graph"  # (the messages name it)
+        elif not isinstance(model, (str, os.PathLike)):
+            from .models import ArbitraryStyleModel  # (JAX: only for an in-memory model)
+            if not isinstance(model, ArbitraryStyleModel):
+                raise ConfigError("OnnxTransfer takes an ArbitraryStyleModel, an .onnx file or "
+                                  f"its bytes, got {type(model).__name__}")
+            data = transfer_graph(model).SerializeToString()
         else:
             p = Path(model)
             if p.is_dir():
@@ -209,7 +243,7 @@ class OnnxTransfer:
                 raise ModelError(f"{p}: no such ONNX file")
             data = p.read_bytes()
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(threads or os.cpu_count() or 1)
+        opts.intra_op_num_threads = threads or default_threads()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
             self.session = ort.InferenceSession(
@@ -225,15 +259,26 @@ class OnnxTransfer:
 
     def transfer(self, content: np.ndarray, embedding: np.ndarray) -> np.ndarray:
         from .images import array_to_float
-        from .inference import bucket_shape, pad_to
 
-        x = np.asarray(content)
+        if isinstance(content, (str, bytes, os.PathLike)):
+            raise ImageError(None, "content must be an image array, got a path: transfer() does "
+                                   "not read files (load it with images.load_image)")
+        try:
+            x = np.asarray(content)
+        except ValueError:  # numpy's "inhomogeneous shape"
+            raise ConfigError("content images of different sizes in one batch: call transfer "
+                              "once per size") from None
+        if x.dtype == object:
+            raise ConfigError("content must be an array of numbers ([H, W, 3] or [N, H, W, 3]), "
+                              f"got {_describe(content)}")
         single = x.ndim == 3
         if x.ndim not in (3, 4) or x.shape[-1] != 3:
             raise ConfigError(f"content must be [H, W, 3] or [N, H, W, 3], got {x.shape}")
+        if x.ndim == 4 and x.shape[0] == 0:
+            raise ConfigError("content is an empty batch (N = 0)")
         # read as the Stylizer reads arrays: uint8 /255, uint16 /65535, floats checked in [0, 1]
         x = np.stack([array_to_float(xi) for xi in (x[None] if single else x)])
-        e = np.asarray(embedding, np.float32)
+        e = _embedding_array(embedding, self.embedding_dim)
         if e.ndim not in (1, 2) or e.shape[-1] != self.embedding_dim:
             raise ConfigError(f"embedding must be [{self.embedding_dim}] or "
                               f"[N, {self.embedding_dim}], got shape {e.shape}")
@@ -246,8 +291,9 @@ class OnnxTransfer:
             raise ConfigError(f"{e.shape[0]} embeddings for {x.shape[0]} content images")
         h, w = x.shape[1:3]
         # As Stylizer(buckets=None): a multiple of 4, >= 8. (Graphs exported since 2026-12 pad
-        # to 4 themselves, but not below 8 px: a 9x9 reflect pad needs them; older ones not.)
-        ph, pw = bucket_shape(h, w, None)
+        # to 4 themselves, but below 5 px the 9x9 conv's reflect pad fails in onnxruntime;
+        # older graphs do not pad at all.)
+        ph, pw = round_side(h), round_side(w)
         if (ph, pw) != (h, w):
             x = np.stack([pad_to(xi, (ph, pw)) for xi in x])
         y = self.run_padded(x, e)[:, :h, :w]
@@ -257,3 +303,35 @@ class OnnxTransfer:
         """The graph on a batch as the Stylizer prepares it, unchecked: float32 ``[N, H, W,
         3]`` in [0, 1] with H, W multiples of 4 (>= 8) and ``[N, D]`` float32 embeddings."""
         return self.session.run(["stylized"], {"content": x, "embedding": embeddings})[0]
+
+
+def default_threads() -> int:
+    """onnxruntime's default intra-op threads: the CPUs this process may run on (``taskset``,
+    container cpusets), else ``os.cpu_count()``. (Under ``taskset -c 0``, 2 threads on a 2-core
+    machine were ~1.7x slower than 1.)"""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # (not on macOS / Windows)
+        return os.cpu_count() or 1
+
+
+def _describe(x: Any) -> str:
+    r = repr(x)
+    return type(x).__name__ + (f" {r}" if len(r) <= 40 else "")
+
+
+def _embedding_array(embedding: Any, dim: int) -> np.ndarray:
+    """``embedding`` as a real-valued float32 array (shape checked by the caller); one-line
+    ConfigErrors for strings, paths, None and complex values (a complex embedding lost its
+    imaginary part with only a ComplexWarning; a string was numpy's raw ValueError)."""
+    want = f"embedding must be an array of real numbers ([{dim}] or [N, {dim}])"
+    if isinstance(embedding, (str, bytes, os.PathLike)):
+        raise ConfigError(f"{want}, got a {type(embedding).__name__} (files are not read: "
+                          "Stylizer.embed(style) computes one)")
+    try:
+        e = np.asarray(embedding)
+    except ValueError:
+        raise ConfigError(f"{want}, got rows of different lengths") from None
+    if e.dtype.kind not in "iuf":
+        raise ConfigError(f"{want}, got {_describe(embedding) if e.dtype == object else e.dtype}")
+    return e.astype(np.float32)

@@ -6,6 +6,8 @@ odd sizes (padding + crop), batches and shared embeddings, and through every Sty
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -266,7 +268,7 @@ def test_exported_file_is_readable_by_older_onnxruntime_and_names_its_config(sty
     assert proto.ir_version <= 8  # onnxruntime >= 1.14 reads it
     assert [o.version for o in proto.opset_import if o.domain == ""] == [17]
     meta = {p.key: p.value for p in proto.metadata_props}
-    assert meta == {"arbitrary_nst.model_config": repr(m.config())}
+    assert set(meta) == {"arbitrary_nst.model_config", "arbitrary_nst.model_fingerprint"}
 
 
 def test_threads_and_input_checks(stylizers, tmp_path, rng):
@@ -373,3 +375,154 @@ def test_embeddings_of_another_rank_are_one_line_errors(stylizers):
         with pytest.raises(ConfigError) as e:
             ot.transfer(x, np.zeros(shape, np.float32))
         assert str(e.value) == f"embedding must be [{d}] or [N, {d}], got shape {shape}"
+
+
+# ------------------------------------------------------------------------------------------------
+# Deployment hunt of the ONNX export
+
+
+@pytest.fixture(scope="module")
+def onnx_file(stylizers, tmp_path_factory):
+    return save_transfer_onnx(stylizers[0].model, tmp_path_factory.mktemp("onnx_file") / "m.onnx")
+
+
+def test_threads_are_checked_and_default_to_the_usable_cpus(onnx_file, monkeypatch):
+    """As Stylizer.load(threads=) checks them: 0 was all cores, -1 went to onnxruntime, 1.5 and
+    True were 1, "2" was taken, 10**6 hung creating threads. The default counted all cores
+    (os.cpu_count) even under taskset / a container cpuset: 2 threads on 1 usable core were
+    ~1.7x slower than 1."""
+    from arbitrary_nst import onnx_export
+
+    for bad in (0, -1, 1.5, True, "2", 10**6):
+        with pytest.raises(ConfigError) as ei:
+            OnnxTransfer(onnx_file, threads=bad)
+        assert str(ei.value) == f"threads must be an integer in [1, 1024], got {bad!r}"
+    monkeypatch.setattr(onnx_export.os, "cpu_count", lambda: 6)
+    monkeypatch.setattr(onnx_export.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert onnx_export.default_threads() == 1
+    assert OnnxTransfer(onnx_file).session.get_session_options().intra_op_num_threads == 1
+    monkeypatch.delattr(onnx_export.os, "sched_getaffinity", raising=False)  # (macOS, Windows)
+    assert onnx_export.default_threads() == 6
+
+
+def test_metadata_is_json_with_the_fingerprint_and_version(stylizers, onnx_file):
+    """model_config was repr(): json.loads failed for C++/JS deployers; nothing told a graph of
+    another model apart, and producer_version / doc_string were empty."""
+    import json
+
+    import onnx
+
+    import arbitrary_nst
+    from arbitrary_nst import fit_style
+
+    m = stylizers[0].model
+    proto = onnx.load(str(onnx_file))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["arbitrary_nst.model_config"]) == m.config()
+    assert meta["arbitrary_nst.model_fingerprint"] == fit_style.model_fingerprint(m)
+    assert proto.producer_name == "arbitrary_nst"
+    assert proto.producer_version == arbitrary_nst.__version__
+    assert "[0, 1]" in proto.doc_string and "H, W >= 5" in proto.doc_string
+    assert f"[N, {m.embedding_dim}]" in proto.doc_string
+
+
+def test_bad_transfer_inputs_are_one_line_errors(stylizers, onnx_file):
+    """Each was numpy's or onnxruntime's own error (or a warning): images of different sizes
+    ("inhomogeneous shape"), an empty batch ("need at least one array to stack"), a string or
+    path embedding ("could not convert string to float"), OnnxTransfer(None) (TypeError), a
+    complex embedding (its imaginary part dropped with a ComplexWarning), a content path ("got
+    ()")."""
+    import warnings
+
+    from arbitrary_nst.errors import ImageError
+
+    ot = stylizers[1]._onnx
+    d = ot.embedding_dim
+    e = np.zeros(d, np.float32)
+    z = np.zeros((16, 16, 3), np.float32)
+
+    def error(cls, f, match):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(cls, match=match) as ei:
+                f()
+        assert "\n" not in str(ei.value)
+
+    error(ConfigError, lambda: ot.transfer([z, np.zeros((8, 8, 3), np.float32)], e),
+          "different sizes in one batch")
+    error(ConfigError, lambda: ot.transfer(np.zeros((0, 16, 16, 3), np.float32), e),
+          r"empty batch \(N = 0\)")
+    error(ImageError, lambda: ot.transfer("photo.jpg", e), "load it with images.load_image")
+    error(ImageError, lambda: ot.transfer(Path("photo.jpg"), e), "does not read files")
+    for bad in ("abc", Path("style.npz")):
+        error(ConfigError, lambda: ot.transfer(z, bad), "files are not read: Stylizer.embed")
+    error(ConfigError, lambda: ot.transfer(z, None), "array of real numbers")
+    error(ConfigError, lambda: ot.transfer(z, e + 1j), "array of real numbers.*complex")
+    error(ConfigError, lambda: ot.transfer(z, [e, e[:-1]]), "rows of different lengths")
+    error(ConfigError, lambda: OnnxTransfer(None), "OnnxTransfer takes .*got NoneType")
+    assert ot.transfer([z, z], np.zeros(d, np.int64)).shape == (2, 16, 16, 3)  # lists, ints: fine
+
+
+def test_onnx_transfer_works_without_jax(stylizers, onnx_file, tmp_path, rng):
+    """A deployment server without JAX/Flax could not import arbitrary_nst.onnx_export (it
+    imported the model code, and transfer() the JAX inference module for its padding)."""
+    import subprocess
+    import sys
+
+    ot = stylizers[1]._onnx
+    x = rng.random((13, 17, 3)).astype(np.float32)  # (padded by OnnxTransfer)
+    e = rng.normal(size=(ot.embedding_dim,)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "e.npy", e)
+    code = ("import sys; sys.modules['jax'] = sys.modules['flax'] = None\n"
+            "import numpy as np\n"
+            "from arbitrary_nst.onnx_export import OnnxTransfer\n"
+            f"d = {str(tmp_path)!r}\n"
+            f"ot = OnnxTransfer({str(onnx_file)!r}, threads=1)\n"
+            "np.save(d + '/y.npy', ot.transfer(np.load(d + '/x.npy'), np.load(d + '/e.npy')))\n"
+            "assert not any(m.startswith(('jax', 'flax')) for m in sys.modules\n"
+            "               if sys.modules[m] is not None)\n")
+    root = Path(__file__).resolve().parents[1]
+    p = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), ot.transfer(x, e), atol=1e-6)
+
+
+def test_the_raw_graph_takes_5_px_and_broadcasts_one_embedding(stylizers, onnx_file, rng):
+    """What the README and the graph's doc_string say of the file alone: H, W >= 5 (it said 8;
+    4 x 4 fails in onnxruntime's reflect Pad), and an [1, D] embedding serves a batch."""
+    import onnxruntime as ort
+
+    from arbitrary_nst import onnx_export
+
+    m = stylizers[0].model
+    sess = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    e = rng.normal(size=(1, m.embedding_dim)).astype(np.float32)
+    for h, w in ((5, 5), (5, 9), (7, 6)):
+        x = rng.random((2, h, w, 3)).astype(np.float32)
+        padded = np.stack([inference.pad_to(xi, ((h + 3) // 4 * 4, (w + 3) // 4 * 4))
+                           for xi in x])
+        ref = np.asarray(m.transfer(padded, np.repeat(e, 2, 0)))[:, :h, :w]
+        y = sess.run(["stylized"], {"content": x, "embedding": e})[0]
+        np.testing.assert_allclose(y, ref, atol=1e-3)
+    with pytest.raises(Exception, match="Pad"):
+        sess.run(["stylized"], {"content": rng.random((1, 4, 4, 3)).astype(np.float32),
+                                "embedding": e})
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "H and W at least 5" in readme and "H and W at least 8" not in readme
+    assert "H, W >= 5" in onnx_export.__doc__
+
+
+def test_export_onnx_messages_for_an_onnx_model_and_an_unwritable_folder(onnx_file, tmp_path,
+                                                                         capsys):
+    """`export-onnx --model m.onnx` suggested "--backend onnxruntime", which export-onnx has
+    not; `--out /proc/m.onnx` said the folder "is not writable: No such file or directory"."""
+    rc = cli.main(["export-onnx", "--model", str(onnx_file), "--out", str(tmp_path / "n.onnx")])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1, err
+    assert "already an ONNX export; --model takes the model export (.safetensors)" in err
+    assert "with --backend onnxruntime" not in err and not (tmp_path / "n.onnx").exists()
+    rc = cli.main(["export-onnx", "--out", "/proc/m.onnx", "--no-check"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith("error: /proc: cannot create files in this output folder")
