@@ -933,7 +933,8 @@ class Stylizer:
       source: where the model came from (for messages).
       backend: ``"jax"`` or ``"onnxruntime"`` (CPU: the exported transfer graph; see the
         module docstring).
-      threads: onnxruntime's intra-op threads (default: the CPUs this process may use, `onnx_export.default_threads`); ignored by ``"jax"``.
+      threads: onnxruntime's intra-op threads (default: the CPUs this process may use,
+        ``onnx_export.default_threads``); ignored by ``"jax"``.
     """
 
     def __init__(self, model: ArbitraryStyleModel, *, style_size: int = DEFAULT_STYLE_SIZE,
