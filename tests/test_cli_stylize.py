@@ -1548,6 +1548,11 @@ def test_figures_in_an_out_dir_carry_their_settings():
     assert name(*sweep) == "photo__a+b__sweep.png"
     assert name(*sweep, "--style-weights", 1, 3, "--preserve-color") == \
         "photo__a+b@1-3__sweep__preserve-luminance.png"
+    # past 255 bytes the styles are cut and hashed; the kind and the settings stay whole
+    long = ["--interpolate", "a" * 92 + ".jpg", "b" * 92 + ".png", "c" * 92 + ".png"]
+    n = name(*long, "--strength", 0.5)
+    assert len(n.encode()) <= 255 and n.endswith("~" + n.split("~")[1][:8]
+                                                  + "__interp__strength0.5.png"), n
 
 
 

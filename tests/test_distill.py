@@ -162,6 +162,11 @@ def test_too_few_training_styles_are_refused_before_the_oracle(tmp_path, model_p
                          "conditioning"]) == 1
     assert "the training styles hold 4 images; --target conditioning needs >= 5" in \
         capsys.readouterr().err
+    for num_styles, target, need in ((4, "conditioning", 5), (3, "embedding", 4)):
+        argv = _small_command(tmp_path / "d", model_path, num_styles=num_styles)
+        assert distill.main([*argv, "--target", target]) == 1
+        assert f"--num-styles must be >= {need} for --target {target}" in \
+            capsys.readouterr().err
 
 
 @pytest.mark.parametrize("value", ["nan", "-5", "0"])

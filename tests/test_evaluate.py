@@ -993,6 +993,26 @@ def test_a_new_run_into_an_earlier_out_removes_only_that_runs_sheets_of_other_me
     assert not (out / "sheet_style.png").exists() and (out / "sheet_mine.png").is_file()
 
 
+def test_stale_sheets_are_only_sheets_an_earlier_results_json_lists(tmp_path):
+    """Only sheet_<method>.png files of evaluation methods that the earlier results.json
+    lists are removed: not a user's sheet_mine.png, a folder or a link of that name, nor
+    anything when results.json is unreadable or not the evaluation's."""
+    for n in ("style", "mine", "identity"):
+        (tmp_path / f"sheet_{n}.png").write_bytes(b"x")
+    (tmp_path / "sheet_gatys.png").mkdir()
+    (tmp_path / "sheet_model.png").symlink_to(tmp_path / "sheet_mine.png")
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"methods": ["identity", "style", "mine", "gatys", "model"]}))
+    assert evaluate._stale_sheets(tmp_path, ["identity"]) == [tmp_path / "sheet_style.png"]
+    for foreign in ("[1]", "{", json.dumps({"methods": {"style": 1}})):
+        results.write_text(foreign)
+        assert evaluate._stale_sheets(tmp_path, ["identity"]) == [], foreign
+    (tmp_path / "images" / "style").mkdir(parents=True)  # (an empty folder: no images left)
+    (tmp_path / "images" / "model").mkdir()
+    (tmp_path / "images" / "model" / "a__b.png").write_bytes(b"x")
+    assert evaluate._other_methods_images(tmp_path, ["identity"]) == ["model"]
+
+
 class _FakeFitStylizer:
     """Stands in for the Stylizer of model_fit (no model, no compile): a fit "takes" 7 s of
     the fake clock, stylizing returns the photo; it records the palettes it is given."""
@@ -1044,8 +1064,22 @@ def test_model_fit_fits_are_shown_on_the_progress_bar(small_set, vgg, fake_fit, 
     evaluate.evaluate(content, small_set / "style", small_set / "o1", progress=True, **kw)
     err = capsys.readouterr().err
     assert "fitting other (style 1/2)" in err and "fitting paint (style 2/2)" in err, err
+    assert "fitting" not in err.rstrip().split("\r")[-1], err  # (cleared once fitted)
     evaluate.evaluate(content, small_set / "style", small_set / "o2", progress=False, **kw)
     assert capsys.readouterr().err == "" and len(fake_fit[-1].fitted) == 2
+
+
+def test_model_fit_status_counts_the_styles_each_call_fits(small_set, fake_fit):
+    """The bar's "(style i/n)" counts the styles this call still fits (an embedded one and a
+    repeated key are not fits), and each call clears it when done."""
+    m = evaluate.ModelFitMethod(photos=[small_set / "fit" / "photo.png"], steps=1, size=32)
+    said = []
+    m.status = said.append
+    s1, s2 = (np.full((40, 40, 3), v, np.float32) for v in (0.1, 0.3))
+    c = np.full((32, 32, 3), 0.5, np.float32)
+    m.run(c, [s1], ["a"])
+    m.run(c, [s1, s2, s2], ["a", "b", "b"])
+    assert said == ["fitting a (style 1/1)", "", "fitting b (style 1/1)", ""]
 
 
 def test_a_reused_fit_is_not_reported_as_fitting_time(small_set, vgg, fake_fit, capsys):
@@ -1067,6 +1101,9 @@ def test_a_reused_fit_is_not_reported_as_fitting_time(small_set, vgg, fake_fit, 
     assert "model_fit" not in r3.info["embed_seconds"] and r3.info["fits_reused"] == 2
     summary = (small_set / "o3" / "summary.md").read_text()
     assert "model_fit: 2 fit(s) reused from --fitted" in summary and "0 made" in summary
+    assert "(the fit time above)" not in summary  # (no fit made: no fit time to point to)
+    assert "1 made by this run (the fit time above)" in (small_set / "o2" / "summary.md"
+                                                         ).read_text()
     assert "style embedding" not in summary
 
 

@@ -874,6 +874,8 @@ def test_a_bad_image_array_is_named_by_its_input(params, content, style):
         run(params, np.stack([content, bad]), style, cfg)
     with pytest.raises(ImageError, match=r"^content image: float image values"):
         run(params, bad, style, cfg)
+    with pytest.raises(ImageError, match=r"^content image: float image values"):
+        run(params, bad[None], style, cfg)  # (a batch of one: the content image, no number)
     with pytest.raises(ImageError, match=r"^init image: float image values"):
         run(params, content, style, cfg, init_image=bad)
 
@@ -897,3 +899,6 @@ def test_a_pil_image_that_cannot_be_decoded_is_named_by_its_input(params, conten
         run(params, [content, Image.open(tmp_path / "cut.jpg")], style, cfg)
     with pytest.raises(ImageError, match=r"^content image: truncated"):
         run(params, Image.open(tmp_path / "cut.jpg"), style, cfg)
+    with pytest.raises(ImageError, match=r"^style image 1: truncated"):  # per-example lists
+        run(params, np.stack([content, content]), [[style], [Image.open(tmp_path / "cut.jpg")]],
+            cfg)

@@ -1191,6 +1191,17 @@ def test_a_profile_is_judged_by_what_it_does_not_by_its_name(tmp_path):
     assert images._is_srgb_profile(srgb) is True
     assert images._is_srgb_profile(prof) is False
     assert images._is_srgb_profile(b"not a profile") is None
+    # a profile a few levels off sRGB (as Display P3 / Adobe RGB are) is not sRGB either
+    b = bytearray(srgb)
+    tags = {bytes(b[132 + 12 * i:136 + 12 * i]): 132 + 12 * i
+            for i in range(int.from_bytes(b[128:132], "big"))}
+    at = int.from_bytes(b[tags[b"rXYZ"] + 4:tags[b"rXYZ"] + 8], "big") + 8  # red's X
+    x = int.from_bytes(b[at:at + 4], "big", signed=True)
+    b[at:at + 4] = int(x * 1.005).to_bytes(4, "big", signed=True)
+    shifted = Image.fromarray(images._PROBE)
+    shifted.info["icc_profile"] = bytes(b)
+    off = np.abs(np.asarray(images._icc_to_srgb(shifted), int) - images._PROBE).max()
+    assert 1 < off <= 8 and images._is_srgb_profile(bytes(b)) is False, off
 
 
 @pytest.mark.skipif(os.name != "posix", reason="POSIX symlinks")
@@ -1355,6 +1366,11 @@ def test_shown_size_is_the_header_size_as_shown(tmp_path):
     im.save(tmp_path / "r.jpg", exif=exif.tobytes())
     im.save(tmp_path / "p.png")
     assert images.shown_size(tmp_path / "r.jpg") == (20, 50)
+    for turn in (5, 7, 8):  # (every orientation that swaps the sides, not only 6)
+        exif[0x0112] = turn
+        im.save(tmp_path / f"r{turn}.jpg", exif=exif.tobytes())
+        assert images.shown_size(tmp_path / f"r{turn}.jpg") == (20, 50), turn
+    exif[0x0112] = 6
     assert load_image(tmp_path / "r.jpg").shape[:2] == (50, 20)
     assert images.shown_size(tmp_path / "p.png") == (50, 20)
     im.save(tmp_path / "r.png", exif=exif.tobytes())  # (read without decoding the pixels)
@@ -1363,6 +1379,19 @@ def test_shown_size_is_the_header_size_as_shown(tmp_path):
     (tmp_path / "t.png").write_text("not an image")
     with pytest.raises(ImageError, match="t.png"):
         images.shown_size(tmp_path / "t.png")
+
+
+def test_a_pil_image_out_of_memory_while_decoding_is_not_called_corrupt(monkeypatch):
+    """A MemoryError from a PIL image's lazy decode stays a MemoryError (the caller's
+    out-of-memory handling), not "truncated or corrupt image data"."""
+    im = Image.new("RGB", (4, 4))
+
+    def load():
+        raise MemoryError
+
+    monkeypatch.setattr(im, "load", load)
+    with pytest.raises(MemoryError):
+        images._decoded_pil(im)
 
 
 def test_a_pil_image_whose_lazy_decode_fails_is_an_image_error(tmp_path):
@@ -1384,8 +1413,9 @@ def test_a_pil_image_whose_lazy_decode_fails_is_an_image_error(tmp_path):
         assert _reason(e) == images.CLOSED_PIL_IMAGE and "im.load()" in _reason(e)
         gone = Image.new("RGB", (4, 4))
         gone.close()
-        with pytest.raises(ImageError, match="closed"):
+        with pytest.raises(ImageError) as e:
             convert(gone)
+        assert _reason(e) == "the PIL image was closed (im.close()): its pixels are gone"
     with Image.open(tmp_path / "full.jpg") as im:
         im.load()
     assert to_float(im).shape == (128, 128, 3) and to_uint8(Image.open(tmp_path / "full.jpg"))[

@@ -1338,6 +1338,11 @@ def test_numbers_given_as_strings_or_bools_are_refused(st, files, vgg):
     e = st.embed(sa)[0]
     with pytest.raises(ConfigError, match="^palette must be a number"):
         st.transfer(c, e, palette="0.2")
+    for bad in (b"0.5", np.array(True), np.array([True, False]), np.array(["1"], object)):
+        with pytest.raises(ConfigError, match="^strength must be a number"):
+            inference.check_strength(bad)  # (float() takes bytes and 0-d bool arrays)
+    with pytest.raises(ConfigError, match="^style weights must be numbers"):
+        inference.normalize_weights(np.array([True, False]), 2)
     assert inference.check_strength(np.float32(0.5)) == 0.5
     assert inference.check_strength(1) == 1.0 and inference.check_strength(np.array(0.25)) == 0.25
     assert check_palette(np.float64(0.2)) == pytest.approx(0.2) and check_palette(0) == 0.0
@@ -1375,7 +1380,8 @@ def test_inputs_that_are_no_image_are_named_by_their_type(st, files):
 
     c = smooth_image(20, 24, 1)
     sa = files["style_a"]
-    for bad, kind in ((sa.read_bytes(), "bytes"), ({"a": 1}, "dict"), (5, "int")):
+    for bad, kind in ((sa.read_bytes(), "bytes"), ({"a": 1}, "dict"), (5, "int"),
+                      (np.float32(5), "float32"), (object(), "object")):
         with pytest.raises(ImageError, match=f"^style image: expected a path, a PIL image or an "
                                              f"array, got {kind}$"):
             st.stylize(c, bad)

@@ -262,6 +262,36 @@ def test_config_validation_and_depth_weights():
     assert cfg.taps == ("relu4_2", "relu1_2", "relu2_2", "relu3_3", "relu4_3")
 
 
+def test_loss_config_takes_ml_collections_config_dicts():
+    """A ConfigDict is no Mapping but has items(): the layer-map check refused every config
+    (train.py failed); from_config makes its layer maps plain dicts."""
+    ml_collections = pytest.importorskip("ml_collections")
+    cd = ml_collections.ConfigDict({"style_weight": 2.0, "content_layers": {"relu4_2": 1.0},
+                                    "style_layers": {"relu1_2": 1e-3}})
+    cfg = losses.LossConfig.from_config(cd)
+    assert type(cfg.content_layers) is dict and type(cfg.style_layers) is dict
+    assert cfg.taps == ("relu4_2", "relu1_2") and cfg.style_weight == 2.0
+    direct = losses.LossConfig(content_layers=ml_collections.ConfigDict({"relu3_3": 1.0}))
+    assert direct.taps[0] == "relu3_3"
+
+
+def test_uint8_images_reach_any_feature_fn_scaled():
+    """perceptual_loss and StyleTargets.from_images scale uint8 images before the feature
+    function, not only VGG16 (which scales its own input): a custom feature_fn saw 0..255."""
+    def fn(x, taps):
+        return {t: jnp.asarray(x, jnp.float32) for t in taps}
+
+    u8 = np.random.default_rng(5).integers(0, 256, (1, 8, 8, 3), np.uint8)
+    f = u8.astype(np.float32) / 255
+    cfg = losses.LossConfig(content_layers={"relu1_1": 1.0}, style_layers={"relu1_2": 1.0})
+    t8, tf = (losses.StyleTargets.from_images(fn, x, cfg) for x in (u8, f))
+    for a, b in zip(jax.tree.leaves(t8.stats), jax.tree.leaves(tf.stats), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    l8, lf = (losses.perceptual_loss(fn, x, cfg, content_feats={"relu1_1": f},
+                                     style_targets=tf)[0] for x in (u8, f))
+    np.testing.assert_allclose(l8, lf, rtol=1e-5, atol=1e-7)
+
+
 def test_bfloat16_features_give_float32_statistics_and_losses():
     """bf16 features and images (the bf16 training path): the centered Gram, mean/std, content
     MSE and total variation are float32 and accumulated in float32, against float64 numpy on
@@ -343,7 +373,12 @@ def test_layer_maps_and_content_features_are_checked_with_one_line_errors(vgg):
     with pytest.raises(ConfigError, match=r"^perceptual_loss: style_targets has no relu1_1"):
         losses.perceptual_loss(vgg, x, cfg, content_feats=None,
                                style_targets=losses.StyleTargets({}))
-    two = losses.StyleTargets.from_features(vgg(jnp.concatenate([x, x]), cfg.taps), cfg)
+    feats2 = vgg(jnp.concatenate([x, x]), cfg.taps)
+    two = losses.StyleTargets.from_features(feats2, cfg)
+    # content features of 2 images for 1 image: not broadcast into a loss per feature
+    with pytest.raises(ConfigError, match=r"^perceptual_loss: content_feats\['relu1_2'\] has "
+                                          r"shape \(2, 32, 40, 64\), .* \(batch 1\)"):
+        losses.perceptual_loss(vgg, x, cfg, content_feats=feats2, style_targets=None)
     with pytest.raises(ConfigError, match=r"2 style targets for 1 image \(need 1;"):
         losses.perceptual_loss(vgg, x, cfg, content_feats=None, style_targets=two)
     # a batch-1 content target still broadcasts over a batch
