@@ -444,6 +444,8 @@ def shown_size(path: PathLike) -> tuple[int, int]:
                 turned = exif.get(0x0112, 1) in (5, 6, 7, 8)
             except Exception:  # noqa: BLE001 - broken EXIF: as stored, as for decoding
                 turned = False
+    except Image.DecompressionBombError as e:  # (a header beyond 2x Pillow's limit)
+        raise ImageError(name, _too_large_from_pillow(e, None)) from None
     except OSError as e:
         raise ImageError(name, _os_reason(e) if e.errno else _one_line(e)) from None
     return (h, w) if turned else (w, h)

@@ -1379,6 +1379,11 @@ def test_shown_size_is_the_header_size_as_shown(tmp_path):
     (tmp_path / "t.png").write_text("not an image")
     with pytest.raises(ImageError, match="t.png"):
         images.shown_size(tmp_path / "t.png")
+    im.save(tmp_path / "big.png")  # Pillow's bomb error (beyond 2x its limit): one line
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Image, "MAX_IMAGE_PIXELS", 400)  # 1000 px > 2 x 400
+        with pytest.raises(ImageError, match="big.png: too large: 1000 pixels"):
+            images.shown_size(tmp_path / "big.png")
 
 
 def test_a_pil_image_out_of_memory_while_decoding_is_not_called_corrupt(monkeypatch):
