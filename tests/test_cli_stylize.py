@@ -1144,23 +1144,25 @@ def test_long_output_names_keep_their_settings_and_stay_distinct():
 
 def test_a_strength_and_weights_sweep_into_one_out_dir_writes_every_result(cli, data):
     """The sweep of the issue, end to end: each setting its own file (the second run was
-    "done 0, skipped 3 (3 output exists)"), and a rerun of each still skips its own."""
+    "done 0, skipped 3 (3 output exists)"), and a rerun of each still skips its own; the
+    model's own palette is its default (the same name)."""
     od = data["tmp"] / "sweep"
     c = data["contents"][:2]
     s1, s2 = data["styles"][:2]
+    # (the test model's palette is ArbitraryStyleModel's default, 0: --palette 0.5 is off it)
     runs = [(), ("--strength", 0.5), ("--style-weights", 1, 3), ("--style-weights", 3, 1),
-            ("--palette", 0)]
+            ("--palette", 0.5)]
     for extra in runs:
         rc, stdout, err = cli("--content", *c, "--style", s1, s2, *extra, "--out-dir", od,
                               "--no-progress")
         assert rc == 0 and stdout.startswith("done 2, skipped 0"), (extra, stdout, err)
     assert sorted(p.name for p in od.iterdir()) == sorted(
         f"{x}__s1+s2{t}.png" for x in "ab"
-        for t in ("", "__strength0.5", "@1-3", "@3-1", "__palette0"))
+        for t in ("", "__strength0.5", "@1-3", "@3-1", "__palette0.5"))
     by_name = {p.name: np.asarray(Image.open(p)) for p in od.iterdir()}
     assert not np.array_equal(by_name["a__s1+s2@1-3.png"], by_name["a__s1+s2@3-1.png"])
     assert not np.array_equal(by_name["a__s1+s2.png"], by_name["a__s1+s2__strength0.5.png"])
-    for extra in runs:
+    for extra in (*runs, ("--palette", 0)):
         rc, stdout, _ = cli("--content", *c, "--style", s1, s2, *extra, "--out-dir", od,
                             "--no-progress")
         assert rc == 1 and "done 0, skipped 2 (2 output exists)" in stdout, (extra, stdout)
