@@ -1139,7 +1139,7 @@ def test_fit_style_takes_a_seeded_random_sample_of_many_photos(st, files, tmp_pa
     def used(seed):
         seen = []
         monkeypatch.setattr(st, "read", lambda x, *a: seen.append(x) or real_read(x, *a))
-        with pytest.raises(Stop):
+        with pytest.raises(_FitStopped):
             st.fit_style(files["style_a"], photos, seed=seed, steps=1)
         return seen
 
@@ -1150,25 +1150,33 @@ def test_fit_style_takes_a_seeded_random_sample_of_many_photos(st, files, tmp_pa
     assert len({tuple(s) for s in samples}) > 1 and any(s != photos[:3] for s in samples)
 
 
-def test_fit_style_skips_photos_smaller_than_the_vgg_minimum(st, files, monkeypatch):
-    """A photo under 32 px on a side is skipped and listed (it was upscaled into the fit);
-    with no other photo the fit is refused in one line. The fit itself is stopped."""
-    from arbitrary_nst import fit_style
+class _FitStopped(Exception):
+    """Raised by :func:`_stop_fits`' stand-in for the fit itself."""
 
-    class Stop(Exception):
-        pass
+
+def _stop_fits(monkeypatch) -> list:
+    """``fit_style.fit_conditioning`` replaced by a stand-in that records how many photos it
+    was given and stops; returns those counts."""
+    from arbitrary_nst import fit_style
 
     seen = []
 
     def stop(model, style, work, *a, **k):
         seen.append(np.asarray(work).shape[0])
-        raise Stop
+        raise _FitStopped
 
     monkeypatch.setattr(fit_style, "fit_conditioning", stop)
+    return seen
+
+
+def test_fit_style_skips_photos_smaller_than_the_vgg_minimum(st, files, monkeypatch):
+    """A photo under 32 px on a side is skipped and listed (it was upscaled into the fit);
+    with no other photo the fit is refused in one line. The fit itself is stopped."""
+    seen = _stop_fits(monkeypatch)
     tiny = smooth_image(20, 40, 5)
     with pytest.raises(ConfigError, match=r"usable photos \(1 skipped: photo 0: smaller than 32"):
         st.fit_style(files["style_a"], [tiny], steps=1)
-    with pytest.raises(Stop):
+    with pytest.raises(_FitStopped):
         st.fit_style(files["style_a"], [tiny, smooth_image(40, 40, 6)], steps=1)
     assert seen == [1]
 
@@ -1283,8 +1291,6 @@ def test_pil_images_whose_lazy_decode_fails_are_named_image_errors(st, files, tm
     transfer / embed, an image whose ``with Image.open(...)`` block had closed a bare
     AssertionError, and fit_style aborted on such a photo although unreadable photos are
     skipped and listed. Now one ImageError naming the argument, and a skipped photo."""
-    from arbitrary_nst import fit_style
-
     trunc = _truncated_jpeg(tmp_path / "trunc.jpg")
     c = smooth_image(40, 48, 1)
     with pytest.raises(ImageError, match="^content image: truncated or corrupt image data: "):
@@ -1302,17 +1308,8 @@ def test_pil_images_whose_lazy_decode_fails_are_named_image_errors(st, files, tm
     with pytest.raises(ConfigError, match=r"no usable photos \(1 skipped: photo 0: truncated"):
         st.fit_style(files["style_a"], [Image.open(trunc)], steps=1)
 
-    class Stop(Exception):
-        pass
-
-    seen = []
-
-    def stop(model, style, work, *a, **k):
-        seen.append(np.asarray(work).shape[0])
-        raise Stop
-
-    monkeypatch.setattr(fit_style, "fit_conditioning", stop)
-    with pytest.raises(Stop):  # the truncated photo is skipped, the fit goes on with the other
+    seen = _stop_fits(monkeypatch)
+    with pytest.raises(_FitStopped):  # the truncated photo is skipped, the fit goes on with the other
         st.fit_style(files["style_a"], [smooth_image(40, 40, 6), Image.open(trunc)], steps=1)
     assert seen == [1]
 
