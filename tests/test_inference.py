@@ -1124,14 +1124,8 @@ def test_fit_style_takes_a_seeded_random_sample_of_many_photos(st, files, tmp_pa
     photos). The fit itself is stopped: what is checked is which photos were read."""
     from arbitrary_nst import fit_style
 
-    class Stop(Exception):
-        pass
-
-    def stop(*a, **k):
-        raise Stop
-
     monkeypatch.setattr(fit_style, "MAX_PHOTOS", 3)
-    monkeypatch.setattr(fit_style, "fit_conditioning", stop)
+    _stop_fits(monkeypatch)
     photos = [write_png(tmp_path / f"f{i:02d}.png", smooth_image(40, 40, 70 + i))
               for i in range(12)]
     real_read = st.read
