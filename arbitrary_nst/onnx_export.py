@@ -242,6 +242,12 @@ class OnnxTransfer:
             if not p.is_file():
                 raise ModelError(f"{p}: no such ONNX file")
             data = p.read_bytes()
+        # (an unknown provider printed onnxruntime's "EP Error" banner and ran on the CPU)
+        unknown = [p for p in (providers or []) if (p[0] if isinstance(p, tuple) else p)
+                   not in ort.get_available_providers()]
+        if unknown:
+            raise ConfigError(f"providers {unknown} are not available in this onnxruntime "
+                              f"(available: {', '.join(ort.get_available_providers())})")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or default_threads()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -386,6 +386,15 @@ def onnx_file(stylizers, tmp_path_factory):
     return save_transfer_onnx(stylizers[0].model, tmp_path_factory.mktemp("onnx_file") / "m.onnx")
 
 
+def test_an_unknown_provider_is_refused_not_replaced_by_the_cpu(onnx_file):
+    """``providers=["Nope"]`` printed onnxruntime's "EP Error" banner and ran on the CPU."""
+    with pytest.raises(ConfigError, match=r"providers \['Nope'\] are not available in this "
+                                          r"onnxruntime \(available: .*CPUExecutionProvider"):
+        OnnxTransfer(onnx_file, providers=["Nope"])
+    assert OnnxTransfer(onnx_file, providers=["CPUExecutionProvider"]).embedding_dim > 0
+    assert OnnxTransfer(onnx_file, providers=[("CPUExecutionProvider", {})]).embedding_dim > 0
+
+
 def test_threads_are_checked_and_default_to_the_usable_cpus(onnx_file, monkeypatch):
     """As Stylizer.load(threads=) checks them: 0 was all cores, -1 went to onnxruntime, 1.5 and
     True were 1, "2" was taken, 10**6 hung creating threads. The default counted all cores
