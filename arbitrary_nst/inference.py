@@ -379,7 +379,6 @@ def _as_image_list(x: Any, what: str) -> tuple[list[Any], bool]:
             return [x], False
     except ImportError:  # pragma: no cover
         pass
-    _refuse_traced(x)
     _refuse_non_image(x, f"{noun} image")
     a = np.asarray(x)
     if a.ndim == 4:
@@ -398,14 +397,6 @@ def _refuse_file_object(x: Any, name: str | None) -> None:
     if hasattr(x, "read") or isinstance(x, memoryview):
         raise ImageError(name, f"a {type(x).__name__} is not an image input; pass its path, "
                                "PIL.Image.open(f), or an array")
-
-
-def _refuse_traced(x: Any) -> None:
-    """A jax tracer (the Stylizer called inside ``jax.jit``/``vmap``/``grad``): it needs
-    concrete arrays (it pads, buckets and jits on its own), which a tracer cannot give (a
-    raw TracerArrayConversionError)."""
-    if isinstance(x, jax.core.Tracer):
-        raise ConfigError(TRACED_CALL)
 
 
 def _refuse_non_image(x: Any, name: str | None) -> None:
@@ -498,7 +489,7 @@ TRACED_CALL = ("Stylizer runs its own jit; call it outside jax.jit (with concret
                "traced values)")
 
 
-def _memory_errors_typed(method: Callable) -> Callable:
+def _jax_errors_typed(method: Callable) -> Callable:
     """XLA's RESOURCE_EXHAUSTED (an array too large for the device: a 20000 x 20000 photo
     with the API's default max_size=None) as a ConfigError saying what to lower, not a raw
     JaxRuntimeError; a call inside ``jax.jit`` (whichever value first meets a host-side step:
@@ -1053,13 +1044,13 @@ class Stylizer:
         return -(-b // nd) * nd
 
     # -- images -----------------------------------------------------------------------------
+    @_jax_errors_typed
     def read(self, x: ImageInput, max_side: int | None = None) -> np.ndarray:
         """Any single image input -> HWC RGB: ``uint8`` for files, PIL images and uint8 arrays
         (sent to the device as bytes, a quarter of float32), else float32 in [0, 1]."""
         if _is_path(x):
             return np.asarray(images.load_pil(x, max_pixels=self.max_pixels, max_side=max_side),
                               np.uint8)
-        _refuse_traced(x)
         if isinstance(x, jax.Array):
             x = np.asarray(x)
         _refuse_file_object(x, None)  # (one of a list: named by the caller)
@@ -1124,7 +1115,7 @@ class Stylizer:
             ms.append(np.asarray(m)[:k])
         return np.concatenate(es).astype(np.float32), np.concatenate(ms).astype(np.float32)
 
-    @_memory_errors_typed
+    @_jax_errors_typed
     def embed(self, styles: ImageInput | Sequence[ImageInput], *,
               style_size: int | None = None) -> np.ndarray:
         """Style embeddings ``[N, D]`` of one or several style images (paths, PIL images,
@@ -1132,7 +1123,7 @@ class Stylizer:
         embeddings are cached. Raises ImageError for an unreadable file."""
         return self.embed_with_palettes(styles, style_size=style_size)[0]
 
-    @_memory_errors_typed
+    @_jax_errors_typed
     def palettes(self, styles: ImageInput | Sequence[ImageInput], *,
                  style_size: int | None = None) -> np.ndarray:
         """Colour moments ``[N, 12]`` of style images at their working size (the palette
@@ -1140,7 +1131,7 @@ class Stylizer:
         them with :meth:`mix` like embeddings and pass them as ``palette_moments=``."""
         return self.embed_with_palettes(styles, style_size=style_size)[1]
 
-    @_memory_errors_typed
+    @_jax_errors_typed
     def embed_with_palettes(self, styles: ImageInput | Sequence[ImageInput], *,
                             style_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`embed` and :meth:`palettes` from one predictor pass (arrays are not cached,
@@ -1224,7 +1215,7 @@ class Stylizer:
     def _conditioning_size(self) -> int:
         return fit_style.conditioning_size(self.model.cin_channels)
 
-    @_memory_errors_typed
+    @_jax_errors_typed
     def style_parts(self, styles: Any, *, style_size: int | None = None
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """:meth:`embed_with_palettes` for style images *and* fitted styles (objects or
@@ -1235,7 +1226,7 @@ class Stylizer:
         items, _ = _as_image_list(styles, "style")
         return self._style_parts(items, size)
 
-    @_memory_errors_typed
+    @_jax_errors_typed
     def fit_style(self, style: Any, photos: Sequence[Any], *,
                   steps: int = fit_style.DEFAULT_STEPS,
                   learning_rate: float = fit_style.DEFAULT_LEARNING_RATE,
@@ -1410,9 +1401,10 @@ class Stylizer:
     def _finite_array(x: Any, what: str) -> np.ndarray:
         """``x`` as float32, finite (ConfigError naming ``what`` otherwise): a NaN or infinite
         embedding would make every output pixel NaN."""
-        _refuse_traced(x)
         try:
             a = np.asarray(x, np.float32)
+        except _TRACER_ERRORS:  # (TypeErrors: for the entry point's one line, not this one)
+            raise
         except (TypeError, ValueError):
             raise ConfigError(f"{what} must be an array of numbers, got "
                               f"{type(x).__name__}") from None
@@ -1568,7 +1560,7 @@ class Stylizer:
                              "steps or a lower learning rate")
         return e[0], hist[:, 0]
 
-    @_memory_errors_typed
+    @_jax_errors_typed
     def refine_embedding(self, content: ImageInput, style: Any, *,
                          weights: Sequence[float] | None = None,
                          embedding: np.ndarray | None = None, steps: int | None = None,
@@ -1654,7 +1646,7 @@ class Stylizer:
             yield from collect()
 
     # -- public stylization -----------------------------------------------------------------
-    @_memory_errors_typed
+    @_jax_errors_typed
     def stylize(self, content: ImageInput | Sequence[ImageInput], style: Any = None, *,
                 weights: Sequence[float] | None = None, strength: float = 1.0,
                 preserve_color: bool | str = False, max_size: int | None = None,
@@ -1706,7 +1698,7 @@ class Stylizer:
             return outs  # (any sizes: a generator's outputs could not be stacked either)
         return np.stack(outs)
 
-    @_memory_errors_typed
+    @_jax_errors_typed
     def transfer(self, content: ImageInput, embeddings: np.ndarray, *,
                  preserve_color: bool | str = False, max_size: int | None = None,
                  batch_size: int | None = None, palette_moments: np.ndarray | None = None,

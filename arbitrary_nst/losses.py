@@ -52,6 +52,11 @@ def _images(x) -> jax.Array:
     return as_float_images(x)
 
 
+def _mapping_like(v) -> bool:
+    """A Mapping, or an ml_collections ConfigDict (no Mapping, but it has ``items()``)."""
+    return isinstance(v, Mapping) or callable(getattr(v, "items", None))
+
+
 def _at_least_f32(x: jax.Array) -> jax.Array:
     """bf16/f16 -> float32 (sums over H*W lose too much precision); float64 stays float64."""
     return x.astype(jnp.promote_types(x.dtype, jnp.float32))
@@ -185,8 +190,7 @@ class LossConfig:
         from .vgg import tap_depth  # validates tap names
 
         for name in ("content_layers", "style_layers"):  # (a list: a raw AttributeError)
-            value = getattr(self, name)  # (an ml_collections ConfigDict is no Mapping)
-            if not isinstance(value, Mapping) and not callable(getattr(value, "items", None)):
+            if not _mapping_like(getattr(self, name)):
                 raise ConfigError(f"{name} must map layer names to weights (e.g. "
                                   f"{{'relu1_1': 1.0}}), got {getattr(self, name)!r}")
         for layer in (*self.content_layers, *self.style_layers):
@@ -223,9 +227,7 @@ class LossConfig:
         unknown = set(cfg) - fields
         if unknown:
             raise ConfigError(f"unknown loss options: {sorted(unknown)}")
-        # (a ConfigDict is no Mapping but has items(): made a dict like a Mapping)
-        kw = {k: (dict(v) if isinstance(v, Mapping) or callable(getattr(v, "items", None))
-                  else v) for k, v in dict(cfg).items()}
+        kw = {k: (dict(v) if _mapping_like(v) else v) for k, v in dict(cfg).items()}
         return cls(**kw)
 
 
