@@ -725,14 +725,14 @@ def _adam_chunk(params, state, cf, st, w, n, *, kw, chunk):
 # Inputs
 
 
-def _pil_or_array(x, what: str | None = None):
+def _pil_or_array(x, what: str):
     """A PIL image -> float32 RGB (any mode: a palette image's raw indices were optimized as
     pixels; one that cannot be decoded is an ImageError named ``what``); a file name -> a clear
     error (it was taken as a list of characters); arrays as they are."""
     from PIL import Image
 
     if isinstance(x, Image.Image):
-        return _array_to_float(x, what) if what else images_lib.to_float(x)
+        return _array_to_float(x, what)
     if isinstance(x, (str, bytes, os.PathLike)):
         raise ConfigError(f"gatys.run takes images, not file names ({x!r}): load them with "
                           "arbitrary_nst.images.load_image")
