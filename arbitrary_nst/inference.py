@@ -96,6 +96,8 @@ counts (``bench/infer.py``); the style embeddings (and the content's own embeddi
 ``strength`` < 1, colour matching) still come from the jitted JAX predictor, and the outputs
 equal the JAX backend's to ~1e-6. It runs each image at its own multiple-of-4 size (buckets save
 onnxruntime no compilation), which is the result the bucketed JAX path gives too.
+``backend="auto"`` (the CLI's default) is onnxruntime on CPU devices in float32 and JAX
+otherwise (:func:`resolve_backend`); under it, calls with fitted styles run on JAX.
 
 **Files.** :meth:`Stylizer.stylize_files` is the batch pipeline used by the CLI: a thread pool
 decodes and pads images ahead of the device (a bounded prefetch window), batches are grouped by
@@ -133,11 +135,11 @@ __all__ = [
     "Stylizer", "FileResult", "DEFAULT_STYLE_SIZE", "DEFAULT_BATCH_SIZE", "DEFAULT_BUCKETS",
     "BUILTIN_MODEL", "bucket_side", "bucket_shape", "pad_to", "preserve_color_mode",
     "check_strength", "check_count", "normalize_weights", "style_working_image", "mixture_grid",
-    "trace_counts", "default_batch_size", "BACKENDS",
+    "trace_counts", "default_batch_size", "BACKENDS", "resolve_backend",
 ]
 
 #: Inference backends of the transfer network (see the module docstring).
-BACKENDS = ("jax", "onnxruntime")
+BACKENDS = ("jax", "onnxruntime", "auto")
 
 #: Default working size of style images (shorter side, then centre square), as Magenta.
 DEFAULT_STYLE_SIZE = 256
@@ -329,6 +331,26 @@ def mixture_grid(n_styles: int, steps: int) -> list[tuple[int, int, np.ndarray]]
                 out.append((0, col, w))
                 col += 1
     return out
+
+
+def resolve_backend(backend: str, devices: Sequence[Any], model: Any = None) -> str:
+    """The backend ``"auto"`` stands for: ``"onnxruntime"`` when every device is a CPU, the
+    model computes in float32 and onnxruntime (with onnx, to export the graph) is installed,
+    ``"jax"`` otherwise. On a CPU the exported graph runs 1.3-1.9x as fast as XLA:CPU
+    (``bench/infer.py``), and a folder of mixed sizes ~3x (no compilation per shape); on a GPU
+    JAX is the fast path. Other names are returned as they are."""
+    if backend != "auto":
+        return backend
+    if any(getattr(d, "platform", None) != "cpu" for d in devices):
+        return "jax"
+    net = getattr(model, "transfer_net", None)
+    if getattr(net, "dtype", None) not in (None, jnp.float32):
+        return "jax"  # (a bfloat16 model: the ONNX graph is float32)
+    import importlib.util
+
+    if any(importlib.util.find_spec(m) is None for m in ("onnx", "onnxruntime")):
+        return "jax"
+    return "onnxruntime"
 
 
 def check_devices(devices: Any) -> list:
@@ -922,8 +944,10 @@ class Stylizer:
       devices: devices of the data-parallel mesh (default: all local devices).
       max_pixels: refuse image files with more pixels than this (decompression-bomb guard).
       source: where the model came from (for messages).
-      backend: ``"jax"`` or ``"onnxruntime"`` (CPU: the exported transfer graph; see the
-        module docstring).
+      backend: ``"jax"``, ``"onnxruntime"`` (CPU: the exported transfer graph; see the
+        module docstring) or ``"auto"`` (:func:`resolve_backend`: onnxruntime on CPU devices
+        in float32, JAX otherwise; fitted styles then run on JAX). ``self.backend`` is the
+        one chosen.
       threads: onnxruntime's intra-op threads (default: the CPUs this process may use,
         ``onnx_export.default_threads``); ignored by ``"jax"``.
     """
@@ -934,14 +958,19 @@ class Stylizer:
                  max_pixels: int | None = images.DEFAULT_MAX_PIXELS, source: str | None = None,
                  backend: str = "jax", threads: int | None = None):
         self.model = model
-        if backend not in BACKENDS:
+        if not isinstance(backend, str) or backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        self.backend = backend
+        devs = check_devices(jax.local_devices() if devices is None else devices)
+        threads = check_count(threads, "threads")
+        #: "auto": onnxruntime where it is the faster backend (see resolve_backend); calls it
+        #: cannot run (fitted styles) then take the JAX path instead of being refused.
+        self._auto = backend == "auto"
+        self.backend = resolve_backend(backend, devs, model) if self._auto else backend
         self._onnx = None
-        if backend == "onnxruntime":
+        if self.backend == "onnxruntime":
             from .onnx_export import OnnxTransfer
 
-            self._onnx = OnnxTransfer(model, threads=check_count(threads, "threads"))
+            self._onnx = OnnxTransfer(model, threads=threads)
         self.style_size = self._check_style_size(style_size)
         if buckets is not None and (not isinstance(buckets, collections.abc.Iterable)
                                     or isinstance(buckets, (str, bytes))):  # (not its chars)
@@ -956,7 +985,6 @@ class Stylizer:
                                       "batch size")
         self.max_pixels = check_count(max_pixels, "max_pixels")
         self.source = source
-        devs = check_devices(jax.local_devices() if devices is None else devices)
         self.mesh = Mesh(np.asarray(devs, dtype=object), ("data",))
         self._repl = NamedSharding(self.mesh, P())
         self._data = NamedSharding(self.mesh, P("data"))
@@ -1007,6 +1035,7 @@ class Stylizer:
         if dtype is not None and kwargs.get("backend") == "onnxruntime":
             raise ConfigError("the onnxruntime backend computes in float32: leave dtype out "
                               "(bfloat16 is for the JAX backend on GPUs)")
+        # ("auto" with a bfloat16 model: resolve_backend picks JAX from the model's dtype)
         if vgg is None:
             from .vgg import load_vgg16
 
@@ -1328,7 +1357,7 @@ class Stylizer:
         plan, small = self._plan_styles(style, weights, strength, preserve_color, embedding,
                                         style_size, keep_small=bool(refine_steps))
         plan.palette = self.model.palette if palette is None else check_palette(palette)
-        if plan.offset is not None and self._onnx is not None:
+        if plan.offset is not None and self._onnx is not None and not self._auto:
             raise ConfigError("fitted styles need backend='jax' (the ONNX graph takes "
                               "embeddings, not gamma/beta)")
         if palette_moments is not None:
@@ -1432,8 +1461,8 @@ class Stylizer:
     # -- the device call --------------------------------------------------------------------
     def _dispatch(self, items: list[_Item], plan: _Plan, out_uint8: bool, cap: int):
         """Stack, pad and shard a batch of same-shape items; start the jitted call (async)."""
-        if self._onnx is not None:
-            return self._run_onnx(items, plan, out_uint8)
+        if self._onnx is not None and plan.offset is None and all(it.d is None for it in items):
+            return self._run_onnx(items, plan, out_uint8)  # (fitted styles: JAX, under "auto")
         n = len(items)
         b = self.padded_batch(n, cap)
         fill = items + [items[-1]] * (b - n)
@@ -1743,7 +1772,7 @@ class Stylizer:
                 one = f" (or [{self._conditioning_size}] with a [D] embedding)" if single else ""
                 raise ConfigError(f"offsets must be [K, {self._conditioning_size}] with "
                                   f"K = {e.shape[0]}{one}, got {np.shape(offsets)}")
-            if self._onnx is not None:
+            if self._onnx is not None and not self._auto:
                 raise ConfigError("fitted styles need backend='jax' (the ONNX graph takes "
                                   "embeddings, not gamma/beta)")
             ds = list(d)

@@ -630,3 +630,24 @@ def test_bench_count_options_below_their_minimum_are_refused(tmp_path, monkeypat
         with pytest.raises(ConfigError, match=msg):
             mod.main([*argv, flag, str(tmp_path / f"{name}.json")])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_backends_bench_times_folder_jobs_per_backend_and_compares_their_images(tmp_path,
+                                                                               capsys):
+    """bench/backends.py runs infer.py per backend on generated photos of different sizes and
+    reports each backend's images against the JAX backend's (at most 1 level apart)."""
+    mod = _load("backends")
+    photos = mod.make_photos(tmp_path / "p", 3)
+    shapes = {mod.images.load_image(p).shape[:2] for p in photos}
+    assert len(shapes) == 3  # (different sizes: the point of the folder)
+    out = tmp_path / "b.json"
+    assert mod.main(["--content", str(tmp_path / "p"), "--max-size", "48", "--repeats", "1",
+                     "--backends", "jax", "auto", "onnxruntime", "--json", str(out)]) == 0
+    rows = {r["backend"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["jax"]["vs_jax"] is None and rows["auto"]["resolved"] == "onnxruntime"
+    for b in ("auto", "onnxruntime"):
+        assert rows[b]["images"] == 3 and rows[b]["vs_jax"]["max_levels"] <= 1, rows[b]
+    assert all(r["wall_s_median"] > r["job_s_median"] > 0 for r in rows.values())
+    assert "| auto | onnxruntime |" in capsys.readouterr().out
+    with pytest.raises(Exception, match="exists; pass --overwrite"):  # (nothing run first)
+        mod.main(["--repeats", "1", "--json", str(out)])

@@ -907,7 +907,7 @@ def test_figures_and_stylize_load_the_model_with_the_given_dtype_and_backend(dat
                                      "--out", str(out), "--model", "m.safetensors",
                                      *opts]) == 1
     assert calls == [("m.safetensors", "float32", "onnxruntime"),
-                     ("m.safetensors", "bfloat16", "jax")] * 3
+                     ("m.safetensors", "bfloat16", "auto")] * 3
     assert capsys.readouterr().err.count("error: stop here\n") == 6
 
 
@@ -1491,7 +1491,10 @@ def test_the_model_cache_is_keyed_by_file_dtype_and_backend_and_holds_one(tmp_pa
     monkeypatch.setitem(cli_stylize._VGG, "vgg", object())
     p = tmp_path / "m.safetensors"
     p.write_bytes(b"x" * 64)
-    a = cli_stylize.load_stylizer(str(p))
+    d = cli_stylize.load_stylizer(str(p))  # the CLI's default backend: "auto"
+    assert cli_stylize.load_stylizer(str(p), "float32", "auto") is d
+    a = cli_stylize.load_stylizer(str(p), "float32", "jax")
+    assert a is not d
     assert cli_stylize.load_stylizer(str(p), "float32", "jax") is a
     c = cli_stylize.load_stylizer(str(p), "bfloat16", "jax")
     assert c is not a and c.dtype == "bfloat16"
@@ -1499,7 +1502,8 @@ def test_the_model_cache_is_keyed_by_file_dtype_and_backend_and_holds_one(tmp_pa
     b = cli_stylize.load_stylizer(str(p), "bfloat16", "onnxruntime")
     assert b is not c and b.backend == "onnxruntime"
     assert len(cli_stylize._STYLIZERS) == 1  # (the others were let go)
-    assert loads == [(str(p), "float32", "jax"), (str(p), "bfloat16", "jax"),
+    assert loads == [(str(p), "float32", "auto"), (str(p), "float32", "jax"),
+                     (str(p), "bfloat16", "jax"),
                      (str(p), "bfloat16", "onnxruntime")]
 
 

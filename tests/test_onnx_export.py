@@ -157,6 +157,58 @@ def test_stylizer_transfer_batch_and_files(stylizers, rng, tmp_path):
         assert np.abs(a - b).max() <= 1  # uint8 rounding of ~1e-6 differences
 
 
+def test_auto_backend_is_onnxruntime_on_a_cpu_and_runs_fitted_styles_on_jax(model_file, vgg,
+                                                                         stylizers, tmp_path):
+    """backend="auto" (the CLI's default) is the onnxruntime backend on CPU devices in float32
+    (1.3-1.9x as fast there) and JAX for a bfloat16 model; its calls with fitted styles (which
+    the ONNX graph cannot take) run on the JAX path instead of being refused."""
+    from test_cli_stylize import SS, _fitted_style_file
+
+    jax_st, ort_st = stylizers
+    auto = Stylizer.load(model_file, vgg=vgg, buckets=None, backend="auto", threads=1)
+    assert auto.backend == "onnxruntime" and auto._onnx is not None
+    c = png(tmp_path / "c.png", 37, 45, 2)
+    s = png(tmp_path / "s.png", 40, 40, 3)
+    np.testing.assert_array_equal(auto.stylize(c, style=s, style_size=32),
+                                  ort_st.stylize(c, style=s, style_size=32))
+    fitted = _fitted_style_file(jax_st, s, tmp_path / "f.npz")
+    with pytest.raises(ConfigError, match="fitted styles need backend='jax'"):
+        ort_st.stylize(c, style=[str(fitted)], style_size=int(SS))
+    for style in ([str(fitted)], [str(fitted), s]):  # a fitted style alone, mixed with an image
+        np.testing.assert_array_equal(auto.stylize(c, style=style, style_size=int(SS)),
+                                      jax_st.stylize(c, style=style, style_size=int(SS)))
+    e, m, d = jax_st.style_parts([str(fitted)], style_size=int(SS))
+    np.testing.assert_array_equal(auto.transfer(c, e, palette_moments=m, offsets=d),
+                                  jax_st.transfer(c, e, palette_moments=m, offsets=d))
+    out = list(auto.stylize_files([c], style=[str(fitted)], style_size=int(SS),
+                                  output=lambda p: tmp_path / "o.png"))
+    assert out[0].ok, out[0]
+    assert Stylizer.load(model_file, vgg=vgg, backend="auto", dtype="bfloat16").backend == "jax"
+
+
+def test_resolve_backend_picks_onnxruntime_only_where_it_is_faster_and_installed(monkeypatch):
+    import importlib.util
+    from types import SimpleNamespace
+
+    import jax
+    import jax.numpy as jnp
+
+    cpu = jax.devices("cpu")
+    assert inference.resolve_backend("auto", cpu) == "onnxruntime"
+    assert inference.resolve_backend("jax", cpu) == "jax"
+    assert inference.resolve_backend("onnxruntime", cpu) == "onnxruntime"
+    assert inference.resolve_backend("auto", [*cpu, SimpleNamespace(platform="gpu")]) == "jax"
+    bf16 = SimpleNamespace(transfer_net=SimpleNamespace(dtype=jnp.bfloat16))
+    f32 = SimpleNamespace(transfer_net=SimpleNamespace(dtype=jnp.float32))
+    assert inference.resolve_backend("auto", cpu, bf16) == "jax"
+    assert inference.resolve_backend("auto", cpu, f32) == "onnxruntime"
+    real = importlib.util.find_spec
+    for missing in ("onnx", "onnxruntime"):
+        monkeypatch.setattr(importlib.util, "find_spec",
+                            lambda name, *a, m=missing: None if name == m else real(name, *a))
+        assert inference.resolve_backend("auto", cpu) == "jax"
+
+
 def test_unknown_backend_is_a_config_error(model_file, vgg):
     with pytest.raises(ConfigError, match="backend"):
         Stylizer.load(model_file, vgg=vgg, backend="tensorrt")
@@ -231,14 +283,15 @@ def test_cli_backend_option_writes_the_same_image(model_file, vgg, tmp_path, cap
     c = png(tmp_path / "c.png", 37, 45, 2)
     s = png(tmp_path / "s.png", 40, 40, 3)
     outs = []
-    for backend in ("jax", "onnxruntime"):
+    for backend in ("jax", "onnxruntime", None):  # None: the default, "auto"
         out = tmp_path / f"{backend}.png"
         rc = cli_stylize.main(["--content", str(c), "--style", str(s), "--out", str(out),
                                "--model", str(model_file), "--style-size", "32",
-                               "--backend", backend])
+                               *(["--backend", backend] if backend else [])])
         assert rc == 0, capsys.readouterr().err
         outs.append(np.asarray(Image.open(out), np.int16))
     assert np.abs(outs[0] - outs[1]).max() <= 1
+    np.testing.assert_array_equal(outs[2], outs[1])  # on this CPU "auto" is onnxruntime
     rc = cli_stylize.main(["--content", str(c), "--style", str(s), "--out", str(tmp_path / "x.png"),
                            "--model", str(model_file), "--backend", "onnxruntime",
                            "--dtype", "bfloat16"])
