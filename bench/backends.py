@@ -8,7 +8,8 @@ load, compilation, decoding, stylization, encoding: what a user waits for), the 
 turns so a busy machine slows them alike. The default content is 16 photos of 16 different sizes
 cut from the built-in sample photos (scikit-image's), as a folder of someone's photos has them;
 the style is the built-in generated "strokes" painting. Prints a table (median over the repeats)
-and how far each backend's images are from the JAX backend's (uint8 levels), and writes JSON
+each run's peak memory (the process' maximum resident set, MiB) and how far each backend's
+images are from the JAX backend's (uint8 levels), and writes JSON
 (default the committed ``bench/results/backends_cpu.json`` on a CPU, refused if it exists unless
 ``--overwrite``).
 
@@ -20,6 +21,7 @@ that default buys.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
 import subprocess
@@ -45,14 +47,15 @@ SHAPES = [(320 + 25 * i, (1.5, 1.33, 0.75, 1.0)[i % 4]) for i in range(16)]
 SUMMARY = re.compile(r"done (\d+), skipped (\d+), ([0-9.]+) s")
 
 
-def make_photos(folder: Path, count: int) -> list[Path]:
-    """``count`` JPEGs of different sizes, crops of the sample photos (quality 90)."""
+def make_photos(folder: Path, count: int, scale: float = 1.0) -> list[Path]:
+    """``count`` JPEGs of different sizes (:data:`SHAPES`, sides times ``scale``), crops of the
+    sample photos (quality 90)."""
     folder.mkdir(parents=True, exist_ok=True)
     names = samples.CONTENT_NAMES
     paths = []
     for i in range(count):
         side, aspect = SHAPES[i % len(SHAPES)]
-        side += 4 * (i // len(SHAPES))  # (beyond 16: still all different)
+        side = round(scale * (side + 4 * (i // len(SHAPES))))  # (beyond 16: still all different)
         h, w = (round(side / aspect), side) if aspect >= 1 else (side, round(side * aspect))
         photo = samples.content_image(names[i % len(names)])
         scale = max(h / photo.shape[0], w / photo.shape[1])  # (cover h x w, then crop)
@@ -72,15 +75,37 @@ def run_job(content: str, style: Path, out_dir: Path, backend: str, max_size: in
     cmd = [sys.executable, str(ROOT / "infer.py"), "--content", content, "--style", str(style),
            "--out-dir", str(out_dir), "--max-size", str(max_size), "--backend", backend,
            "--no-progress", "--overwrite"]
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    wall = time.perf_counter() - t0
-    m = SUMMARY.search(p.stdout + p.stderr)
+    with tempfile.TemporaryFile() as log:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        try:  # (wait4: this child's own peak RSS)
+            _, status, usage = _wait4(p.pid, timeout)
+        except TimeoutError:
+            p.kill()
+            p.wait()
+            raise ConfigError(f"infer.py --backend {backend} ran over --timeout {timeout} s")
+        wall = time.perf_counter() - t0
+        p.returncode = os.waitstatus_to_exitcode(status)
+        log.seek(0)
+        text = log.read().decode(errors="replace")
+    m = SUMMARY.search(text)
     if p.returncode != 0 or m is None:
-        last = (p.stderr.strip().splitlines() or ["(no output)"])[-1]
+        last = (text.strip().splitlines() or ["(no output)"])[-1]
         raise ConfigError(f"infer.py --backend {backend} failed (exit {p.returncode}): {last}")
     return {"wall_s": wall, "job_s": float(m.group(3)), "done": int(m.group(1)),
-            "skipped": int(m.group(2))}
+            "skipped": int(m.group(2)), "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
+def _wait4(pid: int, timeout: float):
+    """``os.wait4`` with a timeout (polled): ``(pid, status, rusage)``."""
+    end = time.monotonic() + timeout
+    while True:
+        got = os.wait4(pid, os.WNOHANG)
+        if got[0] == pid:
+            return got
+        if time.monotonic() > end:
+            raise TimeoutError
+        time.sleep(0.02)
 
 
 def differences(a: Path, b: Path) -> dict:
@@ -106,6 +131,8 @@ def main(argv=None) -> int:
                    help="folder (or glob) of photos (default: --photos generated ones)")
     p.add_argument("--photos", type=int, default=16,
                    help="how many photos to generate without --content (default 16)")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="generated photos' sides times this (default 1: 320-720 px)")
     p.add_argument("--max-size", type=int, default=512, help="infer.py --max-size (default 512)")
     p.add_argument("--repeats", type=int, default=3, help="runs per backend (default 3)")
     p.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
@@ -115,14 +142,15 @@ def main(argv=None) -> int:
                                           "bench/results/backends_cpu.json)")
     add_overwrite(p)
     args = p.parse_args(argv)
-    out = check_options(args, {"photos": 1, "max_size": 8, "repeats": 1, "timeout": 1},
+    out = check_options(args, {"photos": 1, "scale": 0.05, "max_size": 8, "repeats": 1,
+                               "timeout": 1},
                         args.json)
     backends = list(dict.fromkeys(args.backends))
     resolved = {b: resolve_backend(b, jax.local_devices()) for b in backends}
     with tempfile.TemporaryDirectory(prefix="bench_backends_") as tmp:
         tmp = Path(tmp)
         if args.content is None:
-            make_photos(tmp / "photos", args.photos)
+            make_photos(tmp / "photos", args.photos, args.scale)
             content = str(tmp / "photos")
         else:
             content = args.content
@@ -144,6 +172,7 @@ def main(argv=None) -> int:
             n = rs[0]["done"]
             rows.append({"backend": b, "resolved": resolved[b], "images": n,
                          "wall_s_median": round(wall, 3), "job_s_median": round(job, 3),
+                         "peak_rss_mb_max": round(max(x["peak_rss_mb"] for x in rs), 1),
                          "images_per_s_job": round(n / job, 3) if job > 0 else None,
                          "runs": rs,
                          "vs_jax": (differences(tmp / f"out_{base}", tmp / f"out_{b}")
@@ -152,19 +181,21 @@ def main(argv=None) -> int:
     print(f"\nfolder job: {rows[0]['images']} photos at --max-size {args.max_size}, "
           f"median of {args.repeats} (a fresh infer.py process each)\n")
     print("| backend | runs as | s in all | s in the job | images/s (job) | x JAX (in all) "
-          "| vs JAX: largest difference (levels) | values differing |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| peak RSS MiB | vs JAX: largest difference (levels) | values differing |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         v = r["vs_jax"]
         share = f"{100 * v['share_differing']:.3f}%" if v else "-"
         speed = f"{ref['wall_s_median'] / r['wall_s_median']:.2f}x" if ref else "-"
         print(f"| {r['backend']} | {r['resolved']} | {r['wall_s_median']:.1f} | "
               f"{r['job_s_median']:.1f} | {r['images_per_s_job']} | {speed} | "
+              f"{r['peak_rss_mb_max']:.0f} | "
               f"{v['max_levels'] if v else '-'} | "
               f"{share} |")
     if out is not None:
         write_json(out, {"meta": run_meta(__file__, argv), "max_size": args.max_size,
-                         "content": args.content or f"{args.photos} generated photos",
+                         "content": args.content or f"{args.photos} generated photos at "
+                                                    f"scale {args.scale}",
                          "repeats": args.repeats, "rows": rows}, indent=1)
         print(f"wrote {out}")
     return 0

@@ -648,6 +648,7 @@ def test_backends_bench_times_folder_jobs_per_backend_and_compares_their_images(
     for b in ("auto", "onnxruntime"):
         assert rows[b]["images"] == 3 and rows[b]["vs_jax"]["max_levels"] <= 1, rows[b]
     assert all(r["wall_s_median"] > r["job_s_median"] > 0 for r in rows.values())
+    assert all(200 < r["peak_rss_mb_max"] < 20000 for r in rows.values())  # (MiB, this child's)
     assert "| auto | onnxruntime |" in capsys.readouterr().out
     with pytest.raises(Exception, match="exists; pass --overwrite"):  # (nothing run first)
         mod.main(["--repeats", "1", "--json", str(out)])
