@@ -58,9 +58,9 @@ def make_photos(folder: Path, count: int, scale: float = 1.0) -> list[Path]:
         side = round(scale * (side + 4 * (i // len(SHAPES))))  # (beyond 16: still all different)
         h, w = (round(side / aspect), side) if aspect >= 1 else (side, round(side * aspect))
         photo = samples.content_image(names[i % len(names)])
-        scale = max(h / photo.shape[0], w / photo.shape[1])  # (cover h x w, then crop)
-        photo = images.resize(photo, (max(h, round(photo.shape[0] * scale)),
-                                      max(w, round(photo.shape[1] * scale))))
+        cover = max(h / photo.shape[0], w / photo.shape[1])  # (cover h x w, then crop)
+        photo = images.resize(photo, (max(h, round(photo.shape[0] * cover)),
+                                      max(w, round(photo.shape[1] * cover))))
         top, left = (photo.shape[0] - h) // 2, (photo.shape[1] - w) // 2
         p = folder / f"photo{i:02d}.jpg"
         images.save_image(p, photo[top:top + h, left:left + w], quality=90)

@@ -638,8 +638,11 @@ def test_backends_bench_times_folder_jobs_per_backend_and_compares_their_images(
     reports each backend's images against the JAX backend's (at most 1 level apart)."""
     mod = _load("backends")
     photos = mod.make_photos(tmp_path / "p", 3)
-    shapes = {mod.images.load_image(p).shape[:2] for p in photos}
-    assert len(shapes) == 3  # (different sizes: the point of the folder)
+    shapes = [mod.images.load_image(p).shape[:2] for p in photos]
+    assert len(set(shapes)) == 3  # (different sizes: the point of the folder)
+    assert shapes == [(213, 320), (259, 345), (370, 278)]  # (mod.SHAPES)
+    half = [mod.images.load_image(p).shape[:2] for p in mod.make_photos(tmp_path / "h", 3, 0.5)]
+    assert half == [(107, 160), (129, 172), (185, 139)]  # (each photo's sides halved, rounded)
     out = tmp_path / "b.json"
     assert mod.main(["--content", str(tmp_path / "p"), "--max-size", "48", "--repeats", "1",
                      "--backends", "jax", "auto", "onnxruntime", "--json", str(out)]) == 0
