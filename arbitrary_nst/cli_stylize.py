@@ -145,7 +145,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="'jax' (XLA, any device), 'onnxruntime' (CPU: the exported "
                             "transfer graph, 1.3-1.9x faster there, ~3x on a folder of mixed "
                             "sizes; same outputs to ~1e-6) or 'auto' (default: onnxruntime on "
-                            "a CPU in float32, jax otherwise and for fitted styles)")
+                            "a CPU in float32, jax otherwise)")
     run_g.add_argument("--batch-size", type=int, default=None, metavar="N",
                        help=f"content images per device call, sharded over all devices (None = "
                             f"{DEFAULT_BATCH_SIZE} per GPU/TPU, 1 on CPU)")
@@ -268,9 +268,7 @@ def _validate(args: argparse.Namespace) -> str:
         why = ("--method gatys needs style images" if args.method == "gatys" else
                "--refine does not apply to them (they are optimized already)" if args.refine else
                "--preserve-color match recolours style images; use luminance"
-               if args.preserve_color in ("match", "histogram") else
-               "they need --backend jax (the ONNX graph takes embeddings)"
-               if args.backend == "onnxruntime" else None)
+               if args.preserve_color in ("match", "histogram") else None)
         if why:
             raise ConfigError(f"{fitted[0]} is a fitted style (.npz): {why}")
     if args.iterations is not None and args.iterations < 0:

@@ -49,9 +49,9 @@ photos once (:mod:`arbitrary_nst.fit_style`) and returns a :class:`~arbitrary_ns
 (``.save("x.npz")``). It goes wherever a style image goes (``style=`` the object or the ``.npz``
 path, mixed with images by ``weights``, with ``strength``): its offset from the predicted gamma/
 beta mixes with the embeddings' weights, and ``strength`` scales it (the content's own offset is
-0). The offsets ride along into the same jitted call; ``transfer`` takes them as ``offsets=``
-(:meth:`Stylizer.style_parts`). Not with ``refine_steps``, ``preserve_color="match"`` or the
-onnxruntime backend (ConfigError).
+0). The offsets ride along into the same jitted call (the onnxruntime backend's graph takes
+them as a third input); ``transfer`` takes them as ``offsets=`` (:meth:`Stylizer.style_parts`).
+Not with ``refine_steps`` or ``preserve_color="match"`` (ConfigError).
 
 **Colour preservation.** ``preserve_color=True`` or ``"luminance"``: the stylized luminance
 (YIQ ``Y``) with the content's chroma (:func:`arbitrary_nst.color.transfer_luminance`).
@@ -97,7 +97,7 @@ counts (``bench/infer.py``); the style embeddings (and the content's own embeddi
 equal the JAX backend's to ~1e-6. It runs each image at its own multiple-of-4 size (buckets save
 onnxruntime no compilation), which is the result the bucketed JAX path gives too.
 ``backend="auto"`` (the CLI's default) is onnxruntime on CPU devices in float32 and JAX
-otherwise (:func:`resolve_backend`); under it, calls with fitted styles run on JAX.
+otherwise (:func:`resolve_backend`).
 
 **Files.** :meth:`Stylizer.stylize_files` is the batch pipeline used by the CLI: a thread pool
 decodes and pads images ahead of the device (a bounded prefetch window), batches are grouped by
@@ -946,8 +946,7 @@ class Stylizer:
       source: where the model came from (for messages).
       backend: ``"jax"``, ``"onnxruntime"`` (CPU: the exported transfer graph; see the
         module docstring) or ``"auto"`` (:func:`resolve_backend`: onnxruntime on CPU devices
-        in float32, JAX otherwise; fitted styles then run on JAX). ``self.backend`` is the
-        one chosen.
+        in float32, JAX otherwise). ``self.backend`` is the one chosen.
       threads: onnxruntime's intra-op threads (default: the CPUs this process may use,
         ``onnx_export.default_threads``); ignored by ``"jax"``.
     """
@@ -962,15 +961,13 @@ class Stylizer:
             raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
         devs = check_devices(jax.local_devices() if devices is None else devices)
         threads = check_count(threads, "threads")
-        #: "auto": onnxruntime where it is the faster backend (see resolve_backend); calls it
-        #: cannot run (fitted styles) then take the JAX path instead of being refused.
-        self._auto = backend == "auto"
-        self.backend = resolve_backend(backend, devs, model) if self._auto else backend
+        self.backend = resolve_backend(backend, devs, model)  # ("auto": the faster one here)
         self._onnx = None
         if self.backend == "onnxruntime":
             from .onnx_export import OnnxTransfer
 
-            self._onnx = OnnxTransfer(model, threads=threads)
+            # (with the offset input: fitted styles run on onnxruntime too)
+            self._onnx = OnnxTransfer(model, threads=threads, offset_input=True)
         self.style_size = self._check_style_size(style_size)
         if buckets is not None and (not isinstance(buckets, collections.abc.Iterable)
                                     or isinstance(buckets, (str, bytes))):  # (not its chars)
@@ -1357,9 +1354,6 @@ class Stylizer:
         plan, small = self._plan_styles(style, weights, strength, preserve_color, embedding,
                                         style_size, keep_small=bool(refine_steps))
         plan.palette = self.model.palette if palette is None else check_palette(palette)
-        if plan.offset is not None and self._onnx is not None and not self._auto:
-            raise ConfigError("fitted styles need backend='jax' (the ONNX graph takes "
-                              "embeddings, not gamma/beta)")
         if palette_moments is not None:
             if embedding is None:
                 raise ConfigError("palette_moments goes with embedding=; with style images the "
@@ -1461,8 +1455,8 @@ class Stylizer:
     # -- the device call --------------------------------------------------------------------
     def _dispatch(self, items: list[_Item], plan: _Plan, out_uint8: bool, cap: int):
         """Stack, pad and shard a batch of same-shape items; start the jitted call (async)."""
-        if self._onnx is not None and plan.offset is None and all(it.d is None for it in items):
-            return self._run_onnx(items, plan, out_uint8)  # (fitted styles: JAX, under "auto")
+        if self._onnx is not None:
+            return self._run_onnx(items, plan, out_uint8)
         n = len(items)
         b = self.padded_batch(n, cap)
         fill = items + [items[-1]] * (b - n)
@@ -1529,6 +1523,9 @@ class Stylizer:
             e = np.asarray(_embedding_jit(self._graphdef, self._state, e, small, cm, styles, w,
                                           np.float32(plan.strength),
                                           use_content=plan.use_content))
+        offset = self._item_offsets(items, plan)
+        if offset is not None and plan.use_content:  # (as _stylize_impl: the content's is 0)
+            offset = np.float32(plan.strength) * offset
         hw = np.asarray([it.hw for it in items], np.int32)
         # Each image at its own multiple-of-4 size (the first rows/columns of a bucket's
         # reflection are that padding): the exact result, as the JAX path's masked network
@@ -1539,7 +1536,8 @@ class Stylizer:
         for shape in dict.fromkeys(exact):
             i = [k for k, s in enumerate(exact) if s == shape]
             y[i, : shape[0], : shape[1]] = self._onnx.run_padded(  # (padded, checked)
-                np.ascontiguousarray(xf[i, : shape[0], : shape[1]]), e[i])
+                np.ascontiguousarray(xf[i, : shape[0], : shape[1]]), e[i],
+                None if offset is None else offset[i])
         if plan.align:
             y = np.asarray(_align_jit(self._graphdef, self._state, y,
                                       self._item_moments(items, plan), cm,
@@ -1772,9 +1770,6 @@ class Stylizer:
                 one = f" (or [{self._conditioning_size}] with a [D] embedding)" if single else ""
                 raise ConfigError(f"offsets must be [K, {self._conditioning_size}] with "
                                   f"K = {e.shape[0]}{one}, got {np.shape(offsets)}")
-            if self._onnx is not None and not self._auto:
-                raise ConfigError("fitted styles need backend='jax' (the ONNX graph takes "
-                                  "embeddings, not gamma/beta)")
             ds = list(d)
         img = _named("content image", self.read, content, max_size)
         base = self._prepare_array(0, img, plan)

@@ -15,7 +15,9 @@ The graph (opset 17, NCHW inside, NHWC at the edges like the rest of the package
   embedding: mixtures and the strength knob are computed on it before the call; N broadcasts
   between the two inputs, any other mismatch is an onnxruntime error);
 * the 13 CIN heads (``embedding @ kernel + bias`` -> gamma, beta) are ``Gemm`` nodes, so one
-  exported file covers every style;
+  exported file covers every style (``transfer_graph(offset_input=True)``, the graph of the
+  Stylizer's onnxruntime backend, adds an input ``offset`` ``[N, G]`` to gamma/beta: fitted
+  styles; the exported file has the two inputs);
 * convs are ``Pad(reflect)`` + ``Conv`` (VALID, no bias), instance norms are
   ``InstanceNormalization`` (eps 1e-5, biased variance: :func:`~arbitrary_nst.models.transfer.
   instance_norm`), CIN multiplies/adds the per-example gamma/beta, upsampling is ``Resize``
@@ -84,8 +86,14 @@ def _np(x) -> np.ndarray:
     return np.asarray(x[...], np.float32)
 
 
-def transfer_graph(model: "ArbitraryStyleModel", *, name: str = "arbitrary_nst_transfer"):
-    """The ONNX ``ModelProto`` of ``model``'s CIN heads + transfer network (see module doc)."""
+def transfer_graph(model: "ArbitraryStyleModel", *, name: str = "arbitrary_nst_transfer",
+                   offset_input: bool = False):
+    """The ONNX ``ModelProto`` of ``model``'s CIN heads + transfer network (see module doc).
+
+    ``offset_input``: a third input ``offset`` ``[N, G]`` (or ``[1, G]``) float32 added to the
+    heads' gamma/beta (:func:`arbitrary_nst.fit_style.flatten`'s layout: per CIN layer gamma,
+    then beta): fitted styles (the ``onnxruntime`` backend builds its graph so; the exported
+    file keeps the two inputs)."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -99,7 +107,9 @@ def transfer_graph(model: "ArbitraryStyleModel", *, name: str = "arbitrary_nst_t
 
     # Per-layer gamma/beta [N, C, 1, 1] from the embedding (the predictor's heads).
     axes_hw = g.const("axes_hw", np.array([2, 3], np.int64))
+    axis1 = g.const("axis1", np.array([1], np.int64))
     gb: dict[str, tuple[str, str]] = {}
+    start = 0  # (where this layer's gamma starts in the offset: fit_style.flatten's layout)
     for lname in CIN_LAYER_NAMES:
         head = pred.heads[lname]
         k, b, c = _np(head.kernel), _np(head.bias), head.channels
@@ -107,8 +117,14 @@ def transfer_graph(model: "ArbitraryStyleModel", *, name: str = "arbitrary_nst_t
         for part, sl in (("gamma", slice(0, c)), ("beta", slice(c, 2 * c))):
             y = g.op("Gemm", ["embedding", g.const(f"{lname}_{part}_w", k[:, sl]),
                               g.const(f"{lname}_{part}_b", b[sl])], f"{lname}_{part}")
+            if offset_input:
+                lo = start + sl.start
+                off = g.op("Slice", ["offset", g.const("lo", np.array([lo], np.int64)),
+                                     g.const("hi", np.array([lo + c], np.int64)), axis1])
+                y = g.op("Add", [y, off], f"{lname}_{part}_fitted")
             out.append(g.op("Unsqueeze", [y, axes_hw], f"{lname}_{part}4d"))
         gb[lname] = (out[0], out[1])
+        start += 2 * c
 
     def conv(x: str, module, base: str) -> str:
         k = np.transpose(_np(module.kernel), (3, 2, 0, 1))  # HWIO -> OIHW
@@ -165,7 +181,9 @@ def transfer_graph(model: "ArbitraryStyleModel", *, name: str = "arbitrary_nst_t
     graph = helper.make_graph(
         g.nodes, name,
         [helper.make_tensor_value_info("content", TensorProto.FLOAT, ["N", "H", "W", 3]),
-         helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", d])],
+         helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", d])]
+        + ([helper.make_tensor_value_info("offset", TensorProto.FLOAT, ["N", int(start)])]
+           if offset_input else []),
         [helper.make_tensor_value_info("stylized", TensorProto.FLOAT, ["N", "H", "W", 3])],
         g.inits)
     proto = helper.make_model(
@@ -216,10 +234,13 @@ class OnnxTransfer:
     uint8) and
     ``[D]`` / ``[1, D]`` (shared) or ``[N, D]`` embeddings (from
     :meth:`~arbitrary_nst.inference.Stylizer.embed` / ``mix``) -> float32 of the content's shape.
+    ``offset_input=True`` (an in-memory model only): the graph also takes fitted styles'
+    gamma/beta offsets (:func:`transfer_graph`), through :meth:`run_padded`.
     """
 
     def __init__(self, model: "ArbitraryStyleModel | str | os.PathLike | bytes", *,
-                 threads: int | None = None, providers: list[str] | None = None):
+                 threads: int | None = None, providers: list[str] | None = None,
+                 offset_input: bool = False):
         # (as Stylizer.load checks it: 0 was all cores, -1 went to onnxruntime, 1.5 and True
         # were 1 thread, "2" was taken, 10**6 hung creating threads)
         threads = check_count(threads, "threads", 1, MAX_THREADS)
@@ -234,7 +255,7 @@ class OnnxTransfer:
             if not isinstance(model, ArbitraryStyleModel):
                 raise ConfigError("OnnxTransfer takes an ArbitraryStyleModel, an .onnx file or "
                                   f"its bytes, got {type(model).__name__}")
-            data = transfer_graph(model).SerializeToString()
+            data = transfer_graph(model, offset_input=offset_input).SerializeToString()
         else:
             p = Path(model)
             if p.is_dir():
@@ -258,10 +279,12 @@ class OnnxTransfer:
             raise ModelError(f"{model}: not a loadable ONNX model "
                              f"({' '.join(str(e).split())[:200]})") from None
         inputs = {i.name: i for i in self.session.get_inputs()}
-        if set(inputs) != {"content", "embedding"}:
+        if set(inputs) - {"offset"} != {"content", "embedding"}:
             raise ModelError(f"{model}: not an arbitrary_nst transfer graph "
                              f"(inputs {sorted(inputs)})")
         self.embedding_dim = int(inputs["embedding"].shape[-1])
+        #: G, the size of the gamma/beta offsets the graph takes (None: it takes none)
+        self.offset_dim = int(inputs["offset"].shape[-1]) if "offset" in inputs else None
 
     def transfer(self, content: np.ndarray, embedding: np.ndarray) -> np.ndarray:
         from .images import array_to_float
@@ -305,10 +328,19 @@ class OnnxTransfer:
         y = self.run_padded(x, e)[:, :h, :w]
         return y[0] if single else y
 
-    def run_padded(self, x: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
+    def run_padded(self, x: np.ndarray, embeddings: np.ndarray,
+                   offsets: np.ndarray | None = None) -> np.ndarray:
         """The graph on a batch as the Stylizer prepares it, unchecked: float32 ``[N, H, W,
-        3]`` in [0, 1] with H, W multiples of 4 (>= 8) and ``[N, D]`` float32 embeddings."""
-        return self.session.run(["stylized"], {"content": x, "embedding": embeddings})[0]
+        3]`` in [0, 1] with H, W multiples of 4 (>= 8), ``[N, D]`` float32 embeddings and, for
+        a graph with the offset input, ``[N, G]`` float32 offsets (None: zeros)."""
+        feed = {"content": x, "embedding": embeddings}
+        if self.offset_dim is not None:
+            feed["offset"] = (np.zeros((len(embeddings), self.offset_dim), np.float32)
+                              if offsets is None else offsets)
+        elif offsets is not None:
+            raise ConfigError("this graph takes no gamma/beta offsets (fitted styles): export it "
+                              "with transfer_graph(model, offset_input=True)")
+        return self.session.run(["stylized"], feed)[0]
 
 
 def default_threads() -> int:

@@ -1,6 +1,6 @@
 """Folder jobs as a user runs them, once per inference backend.
 
-    python bench/backends.py [--content DIR] [--max-size 512] [--repeats 3]
+    python bench/backends.py [--content DIR] [--style S] [--max-size 512] [--repeats 3]
                              [--backends jax onnxruntime auto] [--json PATH] [--overwrite]
 
 Each run is ``infer.py --content DIR --style S --out-dir O --backend B`` in a fresh process (model
@@ -129,6 +129,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--content", default=None,
                    help="folder (or glob) of photos (default: --photos generated ones)")
+    p.add_argument("--style", default=None,
+                   help="style image or fitted style (.npz) (default: the generated 'strokes')")
     p.add_argument("--photos", type=int, default=16,
                    help="how many photos to generate without --content (default 16)")
     p.add_argument("--scale", type=float, default=1.0,
@@ -154,8 +156,11 @@ def main(argv=None) -> int:
             content = str(tmp / "photos")
         else:
             content = args.content
-        style = tmp / "strokes.png"
-        images.save_image(style, samples.style_image("strokes", size=512))
+        if args.style is None:
+            style = tmp / "strokes.png"
+            images.save_image(style, samples.style_image("strokes", size=512))
+        else:
+            style = Path(args.style)
         runs: dict[str, list[dict]] = {b: [] for b in backends}
         for r in range(args.repeats):
             for b in backends:  # (taking turns)
@@ -196,6 +201,7 @@ def main(argv=None) -> int:
         write_json(out, {"meta": run_meta(__file__, argv), "max_size": args.max_size,
                          "content": args.content or f"{args.photos} generated photos at "
                                                     f"scale {args.scale}",
+                         "style": args.style or "generated strokes",
                          "repeats": args.repeats, "rows": rows}, indent=1)
         print(f"wrote {out}")
     return 0

@@ -647,7 +647,7 @@ def test_corrupt_model_file(cli, data, tmp_path, model):
     "bad_out_ext", "interpolate_with_style", "steps", "sweep_steps", "empty_folder",
     "no_match_glob", "max_size_negative", "batch_size_zero", "palette_high", "palette_gatys",
     "style_size_huge", "iterations_network", "strength_with_sweep", "gatys_tiny_max_size",
-    "too_many_tiles", "long_out_name", "dtype_gatys", "fitted_gatys", "fitted_onnx",
+    "too_many_tiles", "long_out_name", "dtype_gatys", "fitted_gatys",
     "steps_without_interpolate", "tile_size_without_figure", "palette_luminance",
     "out_is_a_folder", "model_is_fitted", "fake_npz_style", "gatys_model", "gatys_style_size",
     "gatys_batch_size", "gatys_workers"])
@@ -754,10 +754,10 @@ def test_bad_inputs_one_line(cli, data, case, monkeypatch):
     elif case == "fake_npz_style":  # a JPEG named .npz: "it holds Python objects"
         (t / "f.npz").write_bytes(s.read_bytes())
         args[3] = t / "f.npz"
-    elif case in ("fitted_gatys", "fitted_onnx"):  # in the CLI's words, not the API's
+    elif case == "fitted_gatys":  # in the CLI's words, not the API's
         (t / "f.npz").write_bytes(b"")
         args[3] = t / "f.npz"
-        args += ["--method", "gatys"] if case == "fitted_gatys" else ["--backend", "onnxruntime"]
+        args += ["--method", "gatys"]
     elif case.startswith("gatys_"):  # the network's options were silently ignored
         opt = "--" + case[len("gatys_"):].replace("_", "-")
         args += ["--method", "gatys", opt, t / "none.safetensors" if opt == "--model" else 64]

@@ -157,33 +157,70 @@ def test_stylizer_transfer_batch_and_files(stylizers, rng, tmp_path):
         assert np.abs(a - b).max() <= 1  # uint8 rounding of ~1e-6 differences
 
 
-def test_auto_backend_is_onnxruntime_on_a_cpu_and_runs_fitted_styles_on_jax(model_file, vgg,
-                                                                         stylizers, tmp_path):
+def test_auto_backend_is_onnxruntime_on_a_cpu_and_jax_for_bfloat16(model_file, vgg, stylizers,
+                                                                  tmp_path):
     """backend="auto" (the CLI's default) is the onnxruntime backend on CPU devices in float32
-    (1.3-1.9x as fast there) and JAX for a bfloat16 model; its calls with fitted styles (which
-    the ONNX graph cannot take) run on the JAX path instead of being refused."""
-    from test_cli_stylize import SS, _fitted_style_file
-
-    jax_st, ort_st = stylizers
+    (1.3-1.9x as fast there) and JAX for a bfloat16 model."""
+    _, ort_st = stylizers
     auto = Stylizer.load(model_file, vgg=vgg, buckets=None, backend="auto", threads=1)
     assert auto.backend == "onnxruntime" and auto._onnx is not None
     c = png(tmp_path / "c.png", 37, 45, 2)
     s = png(tmp_path / "s.png", 40, 40, 3)
     np.testing.assert_array_equal(auto.stylize(c, style=s, style_size=32),
                                   ort_st.stylize(c, style=s, style_size=32))
-    fitted = _fitted_style_file(jax_st, s, tmp_path / "f.npz")
-    with pytest.raises(ConfigError, match="fitted styles need backend='jax'"):
-        ort_st.stylize(c, style=[str(fitted)], style_size=int(SS))
-    for style in ([str(fitted)], [str(fitted), s]):  # a fitted style alone, mixed with an image
-        np.testing.assert_array_equal(auto.stylize(c, style=style, style_size=int(SS)),
-                                      jax_st.stylize(c, style=style, style_size=int(SS)))
-    e, m, d = jax_st.style_parts([str(fitted)], style_size=int(SS))
-    np.testing.assert_array_equal(auto.transfer(c, e, palette_moments=m, offsets=d),
-                                  jax_st.transfer(c, e, palette_moments=m, offsets=d))
-    out = list(auto.stylize_files([c], style=[str(fitted)], style_size=int(SS),
-                                  output=lambda p: tmp_path / "o.png"))
-    assert out[0].ok, out[0]
     assert Stylizer.load(model_file, vgg=vgg, backend="auto", dtype="bfloat16").backend == "jax"
+
+
+@pytest.mark.parametrize("strength", [1.0, 0.4])
+def test_fitted_styles_run_on_onnxruntime_as_on_jax(stylizers, tmp_path, strength):
+    """The onnxruntime backend's graph takes the fitted styles' gamma/beta offsets (a third
+    input; they were refused, and under "auto" ran on JAX, which compiles per shape): alone,
+    mixed with an image, at a strength below 1 (the offset scaled, the content's own is 0),
+    through transfer(offsets=) and the file pipeline."""
+    from test_cli_stylize import SS, _fitted_style_file
+
+    jax_st, ort_st = stylizers
+    c = png(tmp_path / "c.png", 37, 45, 2)
+    s = png(tmp_path / "s.png", 40, 40, 3)
+    fitted = str(_fitted_style_file(jax_st, s, tmp_path / "f.npz"))
+    plain = ort_st.stylize(c, style=s, style_size=int(SS), strength=strength)
+    for style in ([fitted], [fitted, s]):  # a fitted style alone, mixed with an image
+        a = jax_st.stylize(c, style=style, style_size=int(SS), strength=strength)
+        b = ort_st.stylize(c, style=style, style_size=int(SS), strength=strength)
+        np.testing.assert_allclose(b, a, atol=ATOL)
+        assert np.abs(b - plain).max() > 1e-2  # (the offset took effect)
+    e, m, d = jax_st.style_parts([fitted], style_size=int(SS))
+    np.testing.assert_allclose(ort_st.transfer(c, e, palette_moments=m, offsets=d),
+                               jax_st.transfer(c, e, palette_moments=m, offsets=d), atol=ATOL)
+    outs = {}
+    for st in stylizers:
+        res = list(st.stylize_files([c], style=[fitted], style_size=int(SS), strength=strength,
+                                    output=lambda p, b=st.backend: tmp_path / f"{b}.png"))
+        assert res[0].ok, res[0]
+        outs[st.backend] = np.asarray(Image.open(tmp_path / f"{st.backend}.png"), np.int16)
+    assert np.abs(outs["jax"] - outs["onnxruntime"]).max() <= 1
+
+
+def test_graph_offset_input_adds_to_the_heads_gamma_beta(stylizers, rng):
+    """transfer_graph(offset_input=True) = the JAX network on heads(embedding) + offset, in
+    fit_style.flatten's layout; zeros give the plain graph; a graph without the input refuses
+    offsets in one line."""
+    from arbitrary_nst import fit_style
+
+    m = stylizers[0].model
+    with_offset = OnnxTransfer(m, threads=1, offset_input=True)
+    plain = OnnxTransfer(m, threads=1)
+    g = with_offset.offset_dim
+    assert g == fit_style.predicted_conditioning(m, np.zeros((1, m.embedding_dim))).shape[-1]
+    assert plain.offset_dim is None
+    x = rng.random((2, 24, 32, 3)).astype(np.float32)
+    e = rng.normal(size=(2, m.embedding_dim)).astype(np.float32)
+    d = rng.normal(0, 0.5, size=(2, g)).astype(np.float32)
+    np.testing.assert_allclose(with_offset.run_padded(x, e, d),
+                               np.asarray(fit_style.transfer_with(m, x, e, d)), atol=ATOL)
+    np.testing.assert_allclose(with_offset.run_padded(x, e), plain.run_padded(x, e), atol=1e-6)
+    with pytest.raises(ConfigError, match="takes no gamma/beta offsets"):
+        plain.run_padded(x, e, d)
 
 
 def test_resolve_backend_picks_onnxruntime_only_where_it_is_faster_and_installed(monkeypatch):
