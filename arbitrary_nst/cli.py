@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -83,7 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     try:
-        return run_removing_new_empty_dirs(args._run, args)
+        with warnings.catch_warnings():  # (restores showwarning for callers of main())
+            warnings.showwarning = _show_warning
+            return run_removing_new_empty_dirs(args._run, args)
     except NSTError as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return EXIT_ERROR
@@ -99,6 +102,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one ``warning: ...`` line (Python's are two: file:line and source)."""
+    print(f"warning: {_one_line(message)}", file=sys.stderr if file is None else file)
 
 
 def run_removing_new_empty_dirs(run, args: argparse.Namespace) -> int:

@@ -143,12 +143,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="compute dtype (bfloat16 is for GPUs)")
     run_g.add_argument("--backend", choices=("auto", "jax", "onnxruntime"), default="auto",
                        help="'jax' (XLA, any device), 'onnxruntime' (CPU: the exported "
-                            "transfer graph, 1.3-1.9x faster there, ~3x on a folder of mixed "
+                            "transfer graph, 1.3-1.9x faster there, ~2.5x on a folder of mixed "
                             "sizes; same outputs to ~1e-6) or 'auto' (default: onnxruntime on "
                             "a CPU in float32, jax otherwise)")
     run_g.add_argument("--batch-size", type=int, default=None, metavar="N",
                        help=f"content images per device call, sharded over all devices (None = "
-                            f"{DEFAULT_BATCH_SIZE} per GPU/TPU, 1 on CPU)")
+                            f"{DEFAULT_BATCH_SIZE} per GPU/TPU, 1 on CPU; onnxruntime runs a "
+                            f"batch as one call per image size)")
     run_g.add_argument("--workers", type=int, default=None, metavar="N",
                        help="threads decoding and encoding images (None = min(4, CPUs))")
     run_g.add_argument("--max-pixels", type=int, default=images.DEFAULT_MAX_PIXELS, metavar="N",

@@ -148,10 +148,22 @@ def printable_stdout() -> None:
             pass
 
 
+#: What an allocation failure says: XLA's status, onnxruntime's CPU allocator (its ``Fail``
+#: "Failed to allocate memory for requested buffer of size ..."), C++'s std::bad_alloc.
+_OOM_MARKERS = ("RESOURCE_EXHAUSTED", "Failed to allocate memory", "std::bad_alloc",
+                "bad allocation")
+
+
 def out_of_memory(e: BaseException) -> str | None:
-    """``"out of memory (...)"`` if ``e`` is XLA's RESOURCE_EXHAUSTED (a size or batch too large
-    for the device), else None: the CLIs print it as one line and say what to lower."""
-    text = " ".join(str(e).split())
-    if "RESOURCE_EXHAUSTED" not in text:
+    """``"out of memory (...)"`` if ``e`` is an allocation failure (XLA's RESOURCE_EXHAUSTED,
+    onnxruntime's, Python's MemoryError: a size or batch too large for the device or the
+    machine), else None: the CLIs print it as one line and say what to lower."""
+    if isinstance(e, OSError):  # (a file error whose path holds a marker is a file error)
         return None
-    return f"out of memory ({text[:160]})"
+    text = " ".join(str(e).split())
+    at = min((i for i in (text.find(m) for m in _OOM_MARKERS) if i >= 0), default=None)
+    if not isinstance(e, MemoryError) and at is None:
+        return None
+    if at is not None and at > 120:  # (onnxruntime's says it after a long source path)
+        text = f"{text[:60]} ... {text[at:]}"
+    return f"out of memory ({text[:160] or type(e).__name__})"

@@ -174,7 +174,7 @@ def load_exported(path: str | os.PathLike, *, vgg=None, dtype=None) -> Arbitrary
         raise ModelError(f"{name}: invalid model_config in export ({' '.join(str(e).split())})") \
             from None
     except Exception as e:  # a damaged header's width of 1000: MemoryError (137 GiB) traceback
-        if not isinstance(e, MemoryError) and out_of_memory(e) is None:
+        if out_of_memory(e) is None:  # (MemoryError included)
             raise
         raise ModelError(f"{name}: its model_config ({_config_summary(header)}) describes a "
                          "model too large to build here: the file is damaged or not meant "

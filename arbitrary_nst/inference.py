@@ -113,6 +113,7 @@ import functools
 import numbers
 import os
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -337,7 +338,8 @@ def resolve_backend(backend: str, devices: Sequence[Any], model: Any = None) -> 
     """The backend ``"auto"`` stands for: ``"onnxruntime"`` when every device is a CPU, the
     model computes in float32 and onnxruntime (with onnx, to export the graph) is installed,
     ``"jax"`` otherwise. On a CPU the exported graph runs 1.3-1.9x as fast as XLA:CPU
-    (``bench/infer.py``), and a folder of mixed sizes ~3x (no compilation per shape); on a GPU
+    (``bench/infer.py``), and a folder of mixed sizes ~2.5x (no compilation per shape,
+    ``bench/backends.py``); on a GPU
     JAX is the fast path. Other names are returned as they are."""
     if backend != "auto":
         return backend
@@ -346,9 +348,13 @@ def resolve_backend(backend: str, devices: Sequence[Any], model: Any = None) -> 
     net = getattr(model, "transfer_net", None)
     if getattr(net, "dtype", None) not in (None, jnp.float32):
         return "jax"  # (a bfloat16 model: the ONNX graph is float32)
-    import importlib.util
-
-    if any(importlib.util.find_spec(m) is None for m in ("onnx", "onnxruntime")):
+    try:  # (installed but broken, e.g. built for another numpy: JAX, not a failed command)
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - any import failure means "not usable here"
+        if not isinstance(e, ModuleNotFoundError):  # (not installed: nothing to say)
+            warnings.warn(f"onnxruntime does not import ({' '.join(str(e).split())[:160]}); "
+                          "running on JAX", stacklevel=2)
         return "jax"
     return "onnxruntime"
 
@@ -966,8 +972,16 @@ class Stylizer:
         if self.backend == "onnxruntime":
             from .onnx_export import OnnxTransfer
 
-            # (with the offset input: fitted styles run on onnxruntime too)
-            self._onnx = OnnxTransfer(model, threads=threads, offset_input=True)
+            try:  # (with the offset input: fitted styles run on onnxruntime too)
+                self._onnx = OnnxTransfer(model, threads=threads, offset_input=True)
+            except ModelError as e:
+                if backend != "auto":
+                    raise
+                # "auto" only picks the faster backend: where onnxruntime cannot take the
+                # graph, JAX runs it (said once; the results are the same to ~1e-6)
+                warnings.warn(f"onnxruntime cannot run this model ({e}); running on JAX",
+                              stacklevel=2)
+                self.backend = "jax"
         self.style_size = self._check_style_size(style_size)
         if buckets is not None and (not isinstance(buckets, collections.abc.Iterable)
                                     or isinstance(buckets, (str, bytes))):  # (not its chars)
@@ -1535,9 +1549,13 @@ class Stylizer:
         exact = [bucket_shape(h, w, None) for h, w in hw]
         for shape in dict.fromkeys(exact):
             i = [k for k, s in enumerate(exact) if s == shape]
-            y[i, : shape[0], : shape[1]] = self._onnx.run_padded(  # (padded, checked)
-                np.ascontiguousarray(xf[i, : shape[0], : shape[1]]), e[i],
-                None if offset is None else offset[i])
+            try:
+                y[i, : shape[0], : shape[1]] = self._onnx.run_padded(  # (padded, checked)
+                    np.ascontiguousarray(xf[i, : shape[0], : shape[1]]), e[i],
+                    None if offset is None else offset[i])
+            except ModelError as ex:  # (not out of memory: _jax_errors_typed maps that)
+                raise ModelError(f"{ex}; backend='jax' (--backend jax) does not use "
+                                 "onnxruntime") from None
         if plan.align:
             y = np.asarray(_align_jit(self._graphdef, self._state, y,
                                       self._item_moments(items, plan), cm,

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from .errors import ConfigError, ImageError, ModelError, check_count
+from .errors import ConfigError, ImageError, ModelError, check_count, out_of_memory
 from .files import write_atomically
 from .padding import pad_to, round_side
 
@@ -182,7 +182,7 @@ def transfer_graph(model: "ArbitraryStyleModel", *, name: str = "arbitrary_nst_t
         g.nodes, name,
         [helper.make_tensor_value_info("content", TensorProto.FLOAT, ["N", "H", "W", 3]),
          helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", d])]
-        + ([helper.make_tensor_value_info("offset", TensorProto.FLOAT, ["N", int(start)])]
+        + ([helper.make_tensor_value_info("offset", TensorProto.FLOAT, ["K", int(start)])]
            if offset_input else []),
         [helper.make_tensor_value_info("stylized", TensorProto.FLOAT, ["N", "H", "W", 3])],
         g.inits)
@@ -270,13 +270,18 @@ class OnnxTransfer:
             raise ConfigError(f"providers {unknown} are not available in this onnxruntime "
                               f"(available: {', '.join(ort.get_available_providers())})")
         opts = ort.SessionOptions()
+        # (onnxruntime logged its own "[E:onnxruntime:...]" line before raising; the raised
+        # error is what we report, in one line)
+        opts.log_severity_level = 4
         opts.intra_op_num_threads = threads or default_threads()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
             self.session = ort.InferenceSession(
                 data, opts, providers=providers or ["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
-            raise ModelError(f"{model}: not a loadable ONNX model "
+            name = (model if isinstance(model, (str, os.PathLike))  # (not the model's repr:
+                    else "the model's transfer graph")                # 148 kB of parameters)
+            raise ModelError(f"{name}: not a loadable ONNX model "
                              f"({' '.join(str(e).split())[:200]})") from None
         inputs = {i.name: i for i in self.session.get_inputs()}
         if set(inputs) - {"offset"} != {"content", "embedding"}:
@@ -325,7 +330,12 @@ class OnnxTransfer:
         ph, pw = round_side(h), round_side(w)
         if (ph, pw) != (h, w):
             x = np.stack([pad_to(xi, (ph, pw)) for xi in x])
-        y = self.run_padded(x, e)[:, :h, :w]
+        try:
+            y = self.run_padded(x, e)[:, :h, :w]
+        except Exception as ex:  # noqa: BLE001 - only out of memory is mapped here
+            if (oom := out_of_memory(ex)) is None:
+                raise
+            raise ConfigError(f"{oom}: transfer smaller images or fewer at a time") from None
         return y[0] if single else y
 
     def run_padded(self, x: np.ndarray, embeddings: np.ndarray,
@@ -340,17 +350,49 @@ class OnnxTransfer:
         elif offsets is not None:
             raise ConfigError("this graph takes no gamma/beta offsets (fitted styles): export it "
                               "with transfer_graph(model, offset_input=True)")
-        return self.session.run(["stylized"], feed)[0]
+        try:
+            return self.session.run(["stylized"], feed)[0]
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+            if out_of_memory(e) is not None:
+                raise  # (the callers say what to lower, as for XLA's)
+            raise ModelError(f"onnxruntime failed on a {' x '.join(map(str, np.shape(x)))} "
+                             f"batch ({' '.join(str(e).split())[:200]})") from None
+
+
+#: cgroup CPU quota files: v2 (``"max 100000"`` or ``"<quota> <period>"``) and v1 (two files)
+CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"
+CGROUP_V1_QUOTA = ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us")
 
 
 def default_threads() -> int:
     """onnxruntime's default intra-op threads: the CPUs this process may run on (``taskset``,
-    container cpusets), else ``os.cpu_count()``. (Under ``taskset -c 0``, 2 threads on a 2-core
-    machine were ~1.7x slower than 1.)"""
+    container cpusets), else ``os.cpu_count()``, at most the container's CPU quota (``docker
+    --cpus 2`` leaves every host CPU visible). (Under ``taskset -c 0``, 2 threads on a 2-core
+    machine were ~1.7x slower than 1; on 2 cores 16 threads were 7.8x slower than 2.)"""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        n = max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # (not on macOS / Windows)
-        return os.cpu_count() or 1
+        n = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    return n if quota is None else max(1, min(n, quota))
+
+
+def cgroup_cpu_quota() -> int | None:
+    """The CPUs a cgroup CPU quota allows (rounded up), or None without one (or unreadable)."""
+    try:
+        with open(CGROUP_CPU_MAX) as f:
+            quota, period = f.read().split()[:2]
+    except (OSError, ValueError):
+        try:
+            with open(CGROUP_V1_QUOTA[0]) as f, open(CGROUP_V1_QUOTA[1]) as g:
+                quota, period = f.read().strip(), g.read().strip()
+        except (OSError, ValueError):
+            return None
+    try:
+        q, p = int(quota), int(period)
+    except ValueError:  # ("max": no quota)
+        return None
+    return -(-q // p) if q > 0 and p > 0 else None
 
 
 def _describe(x: Any) -> str:

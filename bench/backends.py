@@ -41,7 +41,7 @@ from bench.bench_cli import meta as run_meta  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ("jax", "onnxruntime", "auto")
-#: (longer side, aspect) of the generated photos: 16 sizes between 320 and 720 px, landscape
+#: (longer side, aspect) of the generated photos: 16 sizes between 320 and 695 px, landscape
 #: and portrait, so that at --max-size 512 they fall into several of the Stylizer's buckets.
 SHAPES = [(320 + 25 * i, (1.5, 1.33, 0.75, 1.0)[i % 4]) for i in range(16)]
 SUMMARY = re.compile(r"done (\d+), skipped (\d+), ([0-9.]+) s")
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
     p.add_argument("--photos", type=int, default=16,
                    help="how many photos to generate without --content (default 16)")
     p.add_argument("--scale", type=float, default=1.0,
-                   help="generated photos' sides times this (default 1: 320-720 px)")
+                   help="generated photos' sides times this (default 1: 320-695 px)")
     p.add_argument("--max-size", type=int, default=512, help="infer.py --max-size (default 512)")
     p.add_argument("--repeats", type=int, default=3, help="runs per backend (default 3)")
     p.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))

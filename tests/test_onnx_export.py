@@ -6,6 +6,7 @@ odd sizes (padding + crop), batches and shared embeddings, and through every Sty
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -219,12 +220,15 @@ def test_graph_offset_input_adds_to_the_heads_gamma_beta(stylizers, rng):
     np.testing.assert_allclose(with_offset.run_padded(x, e, d),
                                np.asarray(fit_style.transfer_with(m, x, e, d)), atol=ATOL)
     np.testing.assert_allclose(with_offset.run_padded(x, e), plain.run_padded(x, e), atol=1e-6)
+    np.testing.assert_allclose(with_offset.run_padded(x, e, d[:1]),  # ([1, G]: for the batch;
+                               with_offset.run_padded(x, e, d[[0, 0]]), atol=1e-6)  # N was shared)
     with pytest.raises(ConfigError, match="takes no gamma/beta offsets"):
         plain.run_padded(x, e, d)
 
 
 def test_resolve_backend_picks_onnxruntime_only_where_it_is_faster_and_installed(monkeypatch):
-    import importlib.util
+    import builtins
+    import warnings
     from types import SimpleNamespace
 
     import jax
@@ -239,11 +243,18 @@ def test_resolve_backend_picks_onnxruntime_only_where_it_is_faster_and_installed
     f32 = SimpleNamespace(transfer_net=SimpleNamespace(dtype=jnp.float32))
     assert inference.resolve_backend("auto", cpu, bf16) == "jax"
     assert inference.resolve_backend("auto", cpu, f32) == "onnxruntime"
-    real = importlib.util.find_spec
-    for missing in ("onnx", "onnxruntime"):
-        monkeypatch.setattr(importlib.util, "find_spec",
-                            lambda name, *a, m=missing: None if name == m else real(name, *a))
-        assert inference.resolve_backend("auto", cpu) == "jax"
+    real_import = builtins.__import__
+    for missing in ("onnx", "onnxruntime"):  # (not installed: JAX, nothing to say)
+        def absent(name, *a, m=missing, **k):
+            if name == m:
+                raise ModuleNotFoundError(f"No module named {m!r}")
+            return real_import(name, *a, **k)
+
+        monkeypatch.setattr(builtins, "__import__", absent)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert inference.resolve_backend("auto", cpu) == "jax"
+        monkeypatch.setattr(builtins, "__import__", real_import)
 
 
 def test_unknown_backend_is_a_config_error(model_file, vgg):
@@ -625,3 +636,143 @@ def test_export_onnx_messages_for_an_onnx_model_and_an_unwritable_folder(onnx_fi
     rc = cli.main(["export-onnx", "--out", "/proc/m.onnx", "--no-check"])
     err = capsys.readouterr().err
     assert rc == 1 and err.startswith("error: /proc: cannot create files in this output folder")
+
+
+# ------------------------------------------- onnxruntime failing under the CLI's default (auto)
+
+
+def _ort_error(kind: str, text: str):
+    import onnxruntime.capi.onnxruntime_pybind11_state as st
+
+    return getattr(st, kind)(text)
+
+
+ORT_OOM = ("[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running Conv "
+           "node. Failed to allocate memory for requested buffer of size 768000000")
+
+
+def test_allocation_failures_of_every_backend_are_out_of_memory():
+    from arbitrary_nst.errors import out_of_memory
+
+    assert out_of_memory(_ort_error("Fail", ORT_OOM)).startswith("out of memory ([ONNX")
+    assert out_of_memory(MemoryError()) == "out of memory (MemoryError)"
+    assert out_of_memory(RuntimeError("std::bad_alloc")) is not None
+    assert out_of_memory(_ort_error("InvalidArgument", "Got invalid dimensions")) is None
+    # a file error whose path holds a marker is a file error
+    assert out_of_memory(PermissionError(13, "Permission denied", "/runs/std::bad_alloc")) is None
+    # onnxruntime's says it after a long source path: the message keeps the reason
+    long = _ort_error("Fail", "[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned "
+                      "while running Conv node. Name:'contract_conv1_226_nchwc' Status Message: "
+                      "/onnxruntime_src/onnxruntime/core/framework/bfc_arena.cc:359 "
+                      "void* onnxruntime::BFCArena::AllocateRawInternal(size_t, bool) Failed to "
+                      "allocate memory for requested buffer of size 768000000")
+    assert "Failed to allocate memory" in out_of_memory(long)
+
+
+@pytest.mark.parametrize("kind", ["oom", "other"])
+def test_onnxruntime_failures_in_a_run_are_one_line(stylizers, model_file, vgg, tmp_path,
+                                                    monkeypatch, capsys, kind):
+    """On the CLI's default backend an onnxruntime failure inside a run (out of memory on a
+    12 MP photo under a memory limit, or anything else it raises) was a 35-line traceback after
+    onnxruntime's own "[E:onnxruntime...]" log line; JAX's out of memory was one line."""
+    import onnxruntime as ort
+
+    _, ort_st = stylizers
+    err = (_ort_error("Fail", ORT_OOM) if kind == "oom" else
+           _ort_error("RuntimeException", "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : boom"))
+
+    def boom(self, *a, **k):
+        raise err
+
+    monkeypatch.setattr(ort.InferenceSession, "run", boom)
+    c = png(tmp_path / "c.png", 37, 45, 2)
+    s = png(tmp_path / "s.png", 40, 40, 3)
+    want = "out of memory ([ONNXRuntimeError]" if kind == "oom" else "onnxruntime failed on a 1 x"
+    with pytest.raises(ConfigError if kind == "oom" else ModelError, match=re.escape(want)):
+        ort_st.stylize(c, style=s, style_size=32)  # (the API: one line)
+    assert ort_st._onnx.session.get_session_options().log_severity_level == 4
+    cli_stylize._VGG["vgg"] = vgg
+    monkeypatch.setattr(cli_stylize, "_STYLIZERS", {})
+    rc = cli.main(["--content", str(c), "--style", str(s), "--out", str(tmp_path / "o.png"),
+                   "--model", str(model_file)])  # (infer.py's entry point)
+    out = capsys.readouterr().err
+    assert rc == 1 and len(out.strip().splitlines()) == 1, out
+    assert out.startswith("error: " + want) and not (tmp_path / "o.png").exists(), out
+    if kind == "oom":
+        assert out.rstrip().endswith("use smaller values of --max-size, --batch-size"), out
+    else:
+        assert "--backend jax" in out
+    raw = OnnxTransfer(ort_st.model, threads=1)  # (the JAX-free API: one line too)
+    with pytest.raises(ConfigError if kind == "oom" else ModelError) as ei:
+        raw.transfer(np.zeros((8, 8, 3), np.float32), np.zeros(raw.embedding_dim, np.float32))
+    assert str(ei.value).startswith("out of memory" if kind == "oom" else "onnxruntime failed")
+    assert "--backend" not in str(ei.value)
+
+
+def test_auto_runs_on_jax_where_onnxruntime_cannot_load_or_import(model_file, vgg, monkeypatch,
+                                                                   tmp_path, capsys):
+    """"auto" only picks the faster backend: a session onnxruntime cannot create (an IR version
+    it does not know) or an onnxruntime that fails to import (built for another numpy) made
+    the CLI's default command fail although JAX works, with a 148 kB message (the model's
+    repr) for the first; an explicit "onnxruntime" still fails, in one short line."""
+    import builtins
+
+    import jax
+    import onnxruntime as ort
+
+    def bad_session(*a, **k):
+        raise _ort_error("Fail", "[ONNXRuntimeError] : 1 : FAIL : Unsupported model IR version")
+
+    monkeypatch.setattr(ort, "InferenceSession", bad_session)
+    with pytest.warns(UserWarning, match="onnxruntime cannot run this model .*running on JAX"):
+        st = Stylizer.load(model_file, vgg=vgg, backend="auto")
+    assert st.backend == "jax" and st._onnx is None
+    c = png(tmp_path / "c.png", 37, 45, 2)
+    assert st.stylize(c, style=c, style_size=32).shape == (37, 45, 3)
+    cli_stylize._VGG["vgg"] = vgg  # the CLI: the warning in one line, then the image
+    monkeypatch.setattr(cli_stylize, "_STYLIZERS", {})
+    rc = cli.main(["--content", str(c), "--style", str(c), "--out", str(tmp_path / "o.png"),
+                   "--model", str(model_file), "--style-size", "32"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 0 and (tmp_path / "o.png").is_file(), err
+    assert len(err) == 1 and err[0].startswith("warning: onnxruntime cannot run this model"), err
+    with pytest.raises(ModelError) as ei:
+        Stylizer.load(model_file, vgg=vgg, backend="onnxruntime")
+    assert str(ei.value).startswith("the model's transfer graph: not a loadable ONNX model")
+    assert len(str(ei.value)) < 300
+    monkeypatch.undo()
+    real_import = builtins.__import__
+
+    def broken(name, *a, **k):
+        if name == "onnxruntime":
+            raise ImportError("A module that was compiled using NumPy 1.x cannot be run in "
+                              "NumPy 2.x")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", broken)
+    with pytest.warns(UserWarning, match="onnxruntime does not import .*NumPy 2.x.*running on JAX"):
+        assert inference.resolve_backend("auto", jax.devices("cpu")) == "jax"
+
+
+def test_default_threads_keep_to_a_containers_cpu_quota(monkeypatch, tmp_path):
+    """`docker --cpus 2` leaves every host CPU visible to sched_getaffinity; onnxruntime then
+    ran one thread per host CPU (on 2 cores 16 threads were 7.8x slower than 2)."""
+    from arbitrary_nst import onnx_export
+
+    monkeypatch.setattr(onnx_export.os, "sched_getaffinity", lambda pid: set(range(16)),
+                        raising=False)
+    v2, q, p = tmp_path / "cpu.max", tmp_path / "quota", tmp_path / "period"
+    monkeypatch.setattr(onnx_export, "CGROUP_CPU_MAX", str(v2))
+    monkeypatch.setattr(onnx_export, "CGROUP_V1_QUOTA", (str(q), str(p)))
+    assert onnx_export.cgroup_cpu_quota() is None and onnx_export.default_threads() == 16
+    for text, want in (("150000 100000\n", 2), ("200000 100000", 2), ("max 100000", None),
+                       ("50000 100000", 1), ("3200000 100000", 32)):
+        v2.write_text(text)
+        assert onnx_export.cgroup_cpu_quota() == want, text
+        assert onnx_export.default_threads() == min(16, want or 16), text
+    v2.unlink()
+    q.write_text("300000\n")
+    p.write_text("100000\n")
+    assert onnx_export.cgroup_cpu_quota() == 3 and onnx_export.default_threads() == 3
+    q.write_text("-1\n")  # (v1: no quota)
+    assert onnx_export.cgroup_cpu_quota() is None
