@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from arbitrary_nst import images, samples  # noqa: E402
 from arbitrary_nst.errors import ConfigError  # noqa: E402
-from bench.bench_cli import add_overwrite, check_options, write_json  # noqa: E402
+from bench.bench_cli import add_overwrite, check_options, write_json, run_main  # noqa: E402
 from bench.bench_cli import meta as run_meta  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -208,10 +208,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from arbitrary_nst.errors import NSTError  # noqa: E402
-
-    try:
-        sys.exit(main())
-    except NSTError as e:  # a bad option or input: one line, as the other commands
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
+from typing import Callable, NoReturn
 
 from arbitrary_nst.errors import ConfigError, NSTError
 from arbitrary_nst.files import check_output_file, write_atomically
@@ -107,3 +108,13 @@ def meta(script: str | os.PathLike, argv: list[str] | None = None) -> dict:
             "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "versions": versions, "device": device, "cpu_count": os.cpu_count(),
             "machine": platform.machine(), "os": platform.platform()}
+
+
+def run_main(main: Callable[[], int]) -> NoReturn:
+    """A bench script's ``__main__``: ``sys.exit(main())``, a bad option or input (NSTError)
+    as one ``error: ...`` line and exit status 1, as the other commands."""
+    try:
+        sys.exit(main())
+    except NSTError as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(1)

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from arbitrary_nst import data, distill, export, losses, training  # noqa: E402
 from arbitrary_nst.errors import ConfigError  # noqa: E402
 from arbitrary_nst.models.predictor import pooled_statistics  # noqa: E402
-from bench.bench_cli import add_overwrite, check_options, write_json  # noqa: E402
+from bench.bench_cli import add_overwrite, check_options, write_json, run_main  # noqa: E402
 from bench.bench_cli import meta as run_meta  # noqa: E402
 
 RIDGES = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
@@ -172,10 +172,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from arbitrary_nst.errors import NSTError  # noqa: E402
-
-    try:
-        sys.exit(main())
-    except NSTError as e:  # a bad option or input: one line, as the other commands
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main)

@@ -370,10 +370,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from arbitrary_nst.errors import NSTError  # noqa: E402
+    from bench.bench_cli import run_main
 
-    try:
-        sys.exit(main())
-    except NSTError as e:  # a bad option or input: one line, as the other commands
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main)

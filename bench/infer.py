@@ -65,7 +65,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from arbitrary_nst import color, images, inference  # noqa: E402
 from arbitrary_nst.errors import ConfigError  # noqa: E402
-from bench.bench_cli import UNITS_NOTE, add_overwrite, check_options, write_json  # noqa: E402
+from bench.bench_cli import UNITS_NOTE, add_overwrite, check_options, write_json, run_main  # noqa: E402
 from bench.bench_cli import meta as run_meta  # noqa: E402
 
 #: the smallest values of the numeric options (checked before anything is measured)
@@ -615,10 +615,4 @@ def format_table(results) -> str:
 
 
 if __name__ == "__main__":
-    from arbitrary_nst.errors import NSTError  # noqa: E402
-
-    try:
-        sys.exit(main())
-    except NSTError as e:  # a bad option or input: one line, as the other commands
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main)

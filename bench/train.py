@@ -48,7 +48,7 @@ from arbitrary_nst import training  # noqa: E402
 from arbitrary_nst.losses import LossConfig  # noqa: E402
 from arbitrary_nst.models import param_count  # noqa: E402
 from arbitrary_nst.errors import ConfigError  # noqa: E402
-from bench.bench_cli import add_overwrite, check_options, write_json  # noqa: E402
+from bench.bench_cli import add_overwrite, check_options, write_json, run_main  # noqa: E402
 from bench.bench_cli import meta as run_meta  # noqa: E402
 
 #: Dense peak FLOP/s by the step's compute dtype and GPU name fragment (the first fragment found
@@ -335,10 +335,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from arbitrary_nst.errors import NSTError  # noqa: E402
-
-    try:
-        sys.exit(main())
-    except NSTError as e:  # a bad option or input: one line, as the other commands
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main)
