@@ -339,8 +339,8 @@ def resolve_backend(backend: str, devices: Sequence[Any], model: Any = None) -> 
     model computes in float32 and onnxruntime (with onnx, to export the graph) is installed,
     ``"jax"`` otherwise. On a CPU the exported graph runs 1.3-1.9x as fast as XLA:CPU
     (``bench/infer.py``), and a folder of mixed sizes ~2.5x (no compilation per shape,
-    ``bench/backends.py``); on a GPU
-    JAX is the fast path. Other names are returned as they are."""
+    ``bench/backends.py``); on a GPU JAX is the fast path. An onnxruntime that is installed
+    but does not import is JAX with a warning. Other names are returned as they are."""
     if backend != "auto":
         return backend
     if any(getattr(d, "platform", None) != "cpu" for d in devices):
