@@ -1396,6 +1396,15 @@ def test_each_refused_option_says_why(extra, msg):
     assert str(e.value) == msg
 
 
+def test_backend_auto_is_the_default_and_may_be_named():
+    """--backend auto (the default) is a choice too: a script may name it."""
+    base = ["--content", "c.png", "--style", "s.png", "--out", "o.png"]
+    assert validated(*base)[1].backend == "auto"
+    assert validated(*base, "--backend", "auto")[1].backend == "auto"
+    assert validated(*base, "--backend", "auto", "--dtype", "bfloat16")[0] == "stylize"
+    assert validated(*base, "--backend", "auto", "--method", "gatys")[0] == "stylize"
+
+
 @pytest.mark.parametrize("extra", [
     ["--interpolate", "a.png", "b.png", "--strength", 1.5],  # (a figure read it as 1)
     ["--interpolate", "a.png", "b.png", "--strength", "nan"],

@@ -776,3 +776,168 @@ def test_default_threads_keep_to_a_containers_cpu_quota(monkeypatch, tmp_path):
     assert onnx_export.cgroup_cpu_quota() == 3 and onnx_export.default_threads() == 3
     q.write_text("-1\n")  # (v1: no quota)
     assert onnx_export.cgroup_cpu_quota() is None
+
+
+def test_out_of_memory_knows_msvcs_bad_alloc_and_cuts_at_the_first_marker():
+    """MSVC's std::bad_alloc says "bad allocation"; a message holding two markers is cut (or
+    not) at the first one: XLA's RESOURCE_EXHAUSTED at the start keeps the message's start."""
+    from arbitrary_nst.errors import out_of_memory
+
+    assert out_of_memory(RuntimeError("bad allocation")) == "out of memory (bad allocation)"
+    text = ("RESOURCE_EXHAUSTED: " + "x" * 200
+            + " Failed to allocate memory for requested buffer of size 768000000")
+    assert out_of_memory(RuntimeError(text)) == f"out of memory ({text[:160]})"
+
+
+def test_resolve_backend_returns_other_names_as_they_are(model_file, vgg):
+    """Only "auto" is resolved: an explicit backend (or an unknown name, refused later) is
+    returned whatever the devices and the model's dtype."""
+    from types import SimpleNamespace
+
+    import jax
+    import jax.numpy as jnp
+
+    gpu = [SimpleNamespace(platform="gpu")]
+    bf16 = SimpleNamespace(transfer_net=SimpleNamespace(dtype=jnp.bfloat16))
+    assert inference.resolve_backend("onnxruntime", gpu) == "onnxruntime"
+    assert inference.resolve_backend("onnxruntime", jax.devices("cpu"), bf16) == "onnxruntime"
+    assert inference.resolve_backend("tensorrt", jax.devices("cpu")) == "tensorrt"
+    # (an array equal to "jax" elementwise is not a backend name: one line, not a ValueError)
+    with pytest.raises(ConfigError, match="backend must be one of"):
+        Stylizer.load(model_file, vgg=vgg, backend=np.array(["jax", "onnxruntime"]))
+
+
+def test_stylizer_threads_reach_the_onnxruntime_session(model_file, vgg):
+    st = Stylizer.load(model_file, vgg=vgg, backend="onnxruntime", threads=3)
+    assert st._onnx.session.get_session_options().intra_op_num_threads == 3
+
+
+def test_a_fitted_style_on_a_batch_of_different_sizes_on_onnxruntime(model_file, vgg,
+                                                                     stylizers, tmp_path):
+    """A bucket's batch of images of different sizes runs as one onnxruntime call per size:
+    each call takes its own images' offsets (all of the batch's were an error)."""
+    from test_cli_stylize import SS, _fitted_style_file
+
+    jax_st = stylizers[0]
+    ort_st = Stylizer.load(model_file, vgg=vgg, backend="onnxruntime", threads=1)  # (buckets)
+    assert inference.bucket_shape(37, 45) == inference.bucket_shape(34, 42)  # (one batch)
+    c1 = png(tmp_path / "c1.png", 37, 45, 2)
+    c2 = png(tmp_path / "c2.png", 34, 42, 4)
+    s = png(tmp_path / "s.png", 40, 40, 3)
+    fitted = str(_fitted_style_file(jax_st, s, tmp_path / "f.npz"))
+    both = ort_st.stylize([c1, c2], style=[fitted], style_size=int(SS), batch_size=2)
+    for c, y in zip((c1, c2), both):
+        np.testing.assert_array_equal(y, ort_st.stylize(c, style=[fitted], style_size=int(SS)))
+
+
+def test_a_graph_with_an_input_besides_offset_is_not_ours(tmp_path):
+    """Only "offset" may join content and embedding (another input was fed nothing: an
+    onnxruntime error at the first image instead of a one-line refusal at load)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in
+              (("content", ["N", "H", "W", 3]), ("embedding", ["N", 4]), ("mask", ["N", 4]))]
+    g = helper.make_graph([helper.make_node("Identity", ["content"], ["stylized"])], "extra",
+                          inputs, [helper.make_tensor_value_info("stylized", TensorProto.FLOAT,
+                                                                 ["N", "H", "W", 3])])
+    extra = tmp_path / "extra.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), extra)
+    with pytest.raises(ModelError, match=r"not an arbitrary_nst transfer graph \(inputs "
+                                         r"\['content', 'embedding', 'mask'\]\)"):
+        OnnxTransfer(extra)
+
+
+def test_a_cgroup_v2_file_of_one_word_falls_back_to_v1(monkeypatch, tmp_path):
+    """A cpu.max that does not split in two (empty, truncated) is unreadable: the v1 files are
+    read instead, and without them there is no quota (a ValueError traceback otherwise)."""
+    from arbitrary_nst import onnx_export
+
+    v2, q, p = tmp_path / "cpu.max", tmp_path / "quota", tmp_path / "period"
+    monkeypatch.setattr(onnx_export, "CGROUP_CPU_MAX", str(v2))
+    monkeypatch.setattr(onnx_export, "CGROUP_V1_QUOTA", (str(q), str(p)))
+    for text in ("", "150000\n", "100000 -100000", "-100000 -100000"):  # (negative: invalid)
+        v2.write_text(text)
+        assert onnx_export.cgroup_cpu_quota() is None, text
+    q.write_text("250000\n")
+    p.write_text("100000\n")
+    v2.write_text("150000\n")
+    assert onnx_export.cgroup_cpu_quota() == 3
+
+
+def test_cli_warnings_are_one_line_and_showwarning_is_restored(monkeypatch, capsys):
+    """The CLI prints a warning as one "warning: ..." line (Python's are two, the second the
+    source line), to the file it is given, and gives warnings.showwarning back after main()."""
+    import io
+    import warnings
+
+    def warn_and_stop(run, args):
+        warnings.warn("onnxruntime cannot run this model (line one\n  line two); running on JAX")
+        return 0
+
+    monkeypatch.setattr(cli, "run_removing_new_empty_dirs", warn_and_stop)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        before = warnings.showwarning
+        assert cli.main(["--content", "c.png", "--style", "s.png", "--out", "o.png"]) == 0
+        assert warnings.showwarning is before
+    assert capsys.readouterr().err == ("warning: onnxruntime cannot run this model (line one "
+                                       "line two); running on JAX\n")
+    buf = io.StringIO()
+    cli._show_warning(UserWarning("a\nb"), UserWarning, "x.py", 1, file=buf)
+    assert buf.getvalue() == "warning: a b\n" and capsys.readouterr().err == ""
+
+
+def test_onnxruntime_messages_are_flattened_cut_and_say_what_to_lower(onnx_file, tmp_path,
+                                                                      monkeypatch):
+    """The one-line messages keep what matters: a run failure's reason (flattened, cut at 200
+    characters), the out-of-memory hint of OnnxTransfer.transfer, the .onnx file's name in a
+    load failure, a broken import's reason (flattened, cut at 160) in the "auto" warning."""
+    import builtins
+    import warnings
+
+    import jax
+    import onnxruntime as ort
+
+    from arbitrary_nst.errors import out_of_memory
+
+    assert (out_of_memory(RuntimeError("RESOURCE_EXHAUSTED:\n  Out of memory\twhile x"))
+            == "out of memory (RESOURCE_EXHAUSTED: Out of memory while x)")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a protobuf at all" * 10)
+    with pytest.raises(ModelError, match=re.escape(f"{bad}: not a loadable ONNX model")):
+        OnnxTransfer(bad)
+    raw = OnnxTransfer(onnx_file, threads=1)
+    x, e = np.zeros((1, 8, 8, 3), np.float32), np.zeros((1, raw.embedding_dim), np.float32)
+    reason = "RUNTIME_EXCEPTION :\n  boom " + "y" * 300
+
+    def fail(self, *a, **k):
+        raise _ort_error("RuntimeException", reason)
+
+    monkeypatch.setattr(ort.InferenceSession, "run", fail)
+    with pytest.raises(ModelError) as ei:
+        raw.run_padded(x, e)
+    assert str(ei.value) == (f"onnxruntime failed on a 1 x 8 x 8 x 3 batch "
+                             f"({' '.join(reason.split())[:200]})")
+
+    def oom(self, *a, **k):
+        raise _ort_error("Fail", ORT_OOM)
+
+    monkeypatch.setattr(ort.InferenceSession, "run", oom)
+    with pytest.raises(ConfigError) as ei:
+        raw.transfer(x[0], e[0])
+    assert str(ei.value).endswith(": transfer smaller images or fewer at a time")
+    monkeypatch.undo()
+    real_import = builtins.__import__
+
+    def broken(name, *a, **k):
+        if name == "onnxruntime":
+            raise ImportError("numpy.core.multiarray failed to import\n  " + "z" * 300)
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", broken)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert inference.resolve_backend("auto", jax.devices("cpu")) == "jax"
+    text = str(caught[0].message)
+    assert "\n" not in text and "failed to import z" in text and len(text) < 220, text
