@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .errors import (MAX_SEED, ConfigError, ImageError, NSTError, UsageParser, count_arg,
-                     out_of_memory, printable_stdout)
+                     one_line, out_of_memory, printable_stdout)
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -88,11 +88,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.showwarning = _show_warning
             return run_removing_new_empty_dirs(args._run, args)
     except NSTError as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return EXIT_ERROR
     except OSError as e:  # a filesystem limit no check foresaw: still one line, not a traceback
         where = f"{e.filename}: " if e.filename else ""
-        print(f"error: {where}{e.strerror or _one_line(e)}", file=sys.stderr)
+        print(f"error: {where}{e.strerror or one_line(e)}", file=sys.stderr)
         return EXIT_ERROR
     except Exception as e:  # noqa: BLE001 - only out-of-memory is a user error; else re-raised
         if (oom := out_of_memory(e)) is None:
@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Warnings as one ``warning: ...`` line (Python's are two: file:line and source)."""
-    print(f"warning: {_one_line(message)}", file=sys.stderr if file is None else file)
+    print(f"warning: {one_line(message)}", file=sys.stderr if file is None else file)
 
 
 def run_removing_new_empty_dirs(run, args: argparse.Namespace) -> int:
@@ -124,10 +124,6 @@ def _memory_hint(args: argparse.Namespace) -> str:
     opts = [opt for dest, opt in (("max_size", "--max-size"), ("size", "--size"),
                                   ("batch_size", "--batch-size")) if hasattr(args, dest)]
     return f"use smaller values of {', '.join(opts)}" if opts else "use smaller images"
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
 
 
 # ----------------------------------------------------------------------------------------------
@@ -404,7 +400,7 @@ def _run_gatys(args: argparse.Namespace) -> int:
 
     def skip(i: int, e: NSTError) -> None:
         skipped.append(skipped_by_error(Path(args.content[i]), outs[i], e))
-        print(f"skipped: {_one_line(e)}", file=sys.stderr)
+        print(f"skipped: {one_line(e)}", file=sys.stderr)
 
     running: list[int] = []  # the contents of the batch being optimized
     try:

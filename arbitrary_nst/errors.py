@@ -148,6 +148,12 @@ def printable_stdout() -> None:
             pass
 
 
+def one_line(e: object) -> str:
+    """``str(e)`` on one line (every run of whitespace one space), or the type's name if empty:
+    how messages from other libraries enter ours."""
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 #: What an allocation failure says: XLA's status, onnxruntime's CPU allocator (its ``Fail``
 #: "Failed to allocate memory for requested buffer of size ..."), C++'s std::bad_alloc.
 _OOM_MARKERS = ("RESOURCE_EXHAUSTED", "Failed to allocate memory", "std::bad_alloc",
@@ -160,7 +166,7 @@ def out_of_memory(e: BaseException) -> str | None:
     machine), else None: the CLIs print it as one line and say what to lower."""
     if isinstance(e, OSError):  # (a file error whose path holds a marker is a file error)
         return None
-    text = " ".join(str(e).split())
+    text = " ".join(str(e).split())  # (empty for a bare MemoryError: its name below)
     at = min((i for i in (text.find(m) for m in _OOM_MARKERS) if i >= 0), default=None)
     if not isinstance(e, MemoryError) and at is None:
         return None

@@ -128,7 +128,7 @@ from jax.sharding import PartitionSpec as P
 
 from . import color, files, fit_style, images
 from .errors import (ConfigError, ImageError, ModelError, NSTError, check_count, not_a_number,
-                     out_of_memory)
+                     one_line, out_of_memory)
 from .models import ArbitraryStyleModel, check_palette
 from .padding import pad_to, round_side
 
@@ -353,7 +353,7 @@ def resolve_backend(backend: str, devices: Sequence[Any], model: Any = None) -> 
         import onnxruntime  # noqa: F401
     except Exception as e:  # noqa: BLE001 - any import failure means "not usable here"
         if not isinstance(e, ModuleNotFoundError):  # (not installed: nothing to say)
-            warnings.warn(f"onnxruntime does not import ({' '.join(str(e).split())[:160]}); "
+            warnings.warn(f"onnxruntime does not import ({one_line(e)[:160]}); "
                           "running on JAX", stacklevel=2)
         return "jax"
     return "onnxruntime"
@@ -631,6 +631,14 @@ def _align_impl(graphdef, state, y, moments, cm, strength, palette, hw, *, use_c
 _align_jit = jax.jit(_align_impl, static_argnums=(0,), static_argnames=("use_content", "match"))
 
 
+def _at_strength(offset, strength, use_content: bool):
+    """Fitted styles' gamma/beta offsets at ``strength`` (below 1 the content's own embedding
+    mixes in, and its offset is 0); None stays None. Both backends apply it."""
+    if offset is None or not use_content:
+        return offset
+    return strength * offset
+
+
 def _stylize_impl(graphdef, state, x, e, offset, small, cm, styles, w, strength, moments,
                   palette, hw, *, use_content: bool, luminance: bool, align: bool,
                   out_uint8: bool, masked: bool):
@@ -646,8 +654,7 @@ def _stylize_impl(graphdef, state, x, e, offset, small, cm, styles, w, strength,
     model = nnx.merge(graphdef, state)
     xf = _to_float01(x)
     e = _target_embedding(model, e, small, cm, styles, w, strength, use_content=use_content)
-    if offset is not None and use_content:  # the content's own conditioning has no offset
-        offset = strength * offset
+    offset = _at_strength(offset, strength, use_content)
     y = fit_style.transfer_with(model, xf, e, offset, hw if masked else None)
     if align:
         y = _apply_palette(model, y, moments, cm, strength, palette, hw,
@@ -1537,9 +1544,8 @@ class Stylizer:
             e = np.asarray(_embedding_jit(self._graphdef, self._state, e, small, cm, styles, w,
                                           np.float32(plan.strength),
                                           use_content=plan.use_content))
-        offset = self._item_offsets(items, plan)
-        if offset is not None and plan.use_content:  # (as _stylize_impl: the content's is 0)
-            offset = np.float32(plan.strength) * offset
+        offset = _at_strength(self._item_offsets(items, plan), np.float32(plan.strength),
+                              plan.use_content)
         hw = np.asarray([it.hw for it in items], np.int32)
         # Each image at its own multiple-of-4 size (the first rows/columns of a bucket's
         # reflection are that padding): the exact result, as the JAX path's masked network

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from .errors import ConfigError, ImageError, ModelError, check_count, out_of_memory
+from .errors import ConfigError, ImageError, ModelError, check_count, one_line, out_of_memory
 from .files import write_atomically
 from .padding import pad_to, round_side
 
@@ -282,7 +282,7 @@ class OnnxTransfer:
             name = (model if isinstance(model, (str, os.PathLike))  # (not the model's repr:
                     else "the model's transfer graph")                # 148 kB of parameters)
             raise ModelError(f"{name}: not a loadable ONNX model "
-                             f"({' '.join(str(e).split())[:200]})") from None
+                             f"({one_line(e)[:200]})") from None
         inputs = {i.name: i for i in self.session.get_inputs()}
         if set(inputs) - {"offset"} != {"content", "embedding"}:
             raise ModelError(f"{model}: not an arbitrary_nst transfer graph "
@@ -356,7 +356,7 @@ class OnnxTransfer:
             if out_of_memory(e) is not None:
                 raise  # (the callers say what to lower, as for XLA's)
             raise ModelError(f"onnxruntime failed on a {' x '.join(map(str, np.shape(x)))} "
-                             f"batch ({' '.join(str(e).split())[:200]})") from None
+                             f"batch ({one_line(e)[:200]})") from None
 
 
 #: cgroup CPU quota files: v2 (``"max 100000"`` or ``"<quota> <period>"``) and v1 (two files)
