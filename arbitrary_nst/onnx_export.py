@@ -359,9 +359,12 @@ class OnnxTransfer:
                              f"batch ({one_line(e)[:200]})") from None
 
 
-#: cgroup CPU quota files: v2 (``"max 100000"`` or ``"<quota> <period>"``) and v1 (two files)
-CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"
-CGROUP_V1_QUOTA = ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+#: Where the cgroup hierarchies are mounted, and the file naming this process's cgroup in each:
+#: v2 (one hierarchy, the ``0::PATH`` line; ``cpu.max`` holds ``"max 100000"`` or ``"<quota>
+#: <period>"``) and v1 (the ``cpu`` controller's line; ``cpu/cpu.cfs_quota_us`` and
+#: ``cpu/cpu.cfs_period_us``).
+CGROUP_ROOT = "/sys/fs/cgroup"
+PROC_SELF_CGROUP = "/proc/self/cgroup"
 
 
 def default_threads() -> int:
@@ -377,22 +380,64 @@ def default_threads() -> int:
     return n if quota is None else max(1, min(n, quota))
 
 
-def cgroup_cpu_quota() -> int | None:
-    """The CPUs a cgroup CPU quota allows (rounded up), or None without one (or unreadable)."""
+def _own_cgroups() -> dict[str, str]:
+    """This process's cgroup path per controller from ``/proc/self/cgroup`` (``""``: the v2
+    hierarchy); empty when unreadable."""
+    own: dict[str, str] = {}
     try:
-        with open(CGROUP_CPU_MAX) as f:
-            quota, period = f.read().split()[:2]
+        with open(PROC_SELF_CGROUP) as f:
+            for line in f:
+                parts = line.rstrip("\n").split(":", 2)
+                if len(parts) == 3:
+                    for controller in parts[1].split(","):
+                        own.setdefault(controller, parts[2])
     except (OSError, ValueError):
-        try:
-            with open(CGROUP_V1_QUOTA[0]) as f, open(CGROUP_V1_QUOTA[1]) as g:
-                quota, period = f.read().strip(), g.read().strip()
-        except (OSError, ValueError):
-            return None
+        pass
+    return own
+
+
+def _cgroup_dirs(base: str, path: str) -> list[str]:
+    """``base/path`` and each folder above it up to ``base`` (a quota on any of them holds):
+    ``("/r", "/a/b")`` -> ``["/r/a/b", "/r/a", "/r"]``. A path that does not exist under
+    ``base`` (a container's v1 mount shows only its own cgroup, named by its host path) is
+    tried and skipped by the reader."""
+    parts = [p for p in path.split("/") if p not in ("", ".", "..")]
+    return [os.path.join(base, *parts[:k]) for k in range(len(parts), -1, -1)]
+
+
+def _quota_cpus(quota: str, period: str) -> int | None:
     try:
         q, p = int(quota), int(period)
     except ValueError:  # ("max": no quota)
         return None
     return -(-q // p) if q > 0 and p > 0 else None
+
+
+def cgroup_cpu_quota() -> int | None:
+    """The CPUs a cgroup CPU quota allows (rounded up), or None without one (or unreadable):
+    the smallest quota of this process's cgroup and the cgroups above it (``systemd-run -p
+    CPUQuota=200%`` sets it on a nested cgroup; a container sees its own as the root). cgroup
+    v2 when any of its ``cpu.max`` files reads as two words, else v1."""
+    own = _own_cgroups()
+    found, cpus = False, []
+    for d in _cgroup_dirs(CGROUP_ROOT, own.get("", "/")):
+        try:
+            with open(os.path.join(d, "cpu.max")) as f:
+                quota, period = f.read().split()[:2]
+        except (OSError, ValueError):
+            continue
+        found = True
+        cpus.append(_quota_cpus(quota, period))
+    if not found:
+        for d in _cgroup_dirs(os.path.join(CGROUP_ROOT, "cpu"), own.get("cpu", "/")):
+            try:
+                with (open(os.path.join(d, "cpu.cfs_quota_us")) as f,
+                      open(os.path.join(d, "cpu.cfs_period_us")) as g):
+                    cpus.append(_quota_cpus(f.read().strip(), g.read().strip()))
+            except (OSError, ValueError):
+                continue
+    cpus = [c for c in cpus if c is not None]
+    return min(cpus) if cpus else None
 
 
 def _describe(x: Any) -> str:

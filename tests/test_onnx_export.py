@@ -754,6 +754,18 @@ def test_auto_runs_on_jax_where_onnxruntime_cannot_load_or_import(model_file, vg
         assert inference.resolve_backend("auto", jax.devices("cpu")) == "jax"
 
 
+def _fake_cgroups(monkeypatch, root, own="0::/\n"):
+    """cgroup files under ``root`` (the mount point) and ``root/self`` (/proc/self/cgroup,
+    holding ``own``): the top cgroup's v2 cpu.max and v1 quota and period files."""
+    from arbitrary_nst import onnx_export
+
+    (root / "cpu").mkdir(exist_ok=True)
+    (root / "self").write_text(own)
+    monkeypatch.setattr(onnx_export, "CGROUP_ROOT", str(root))
+    monkeypatch.setattr(onnx_export, "PROC_SELF_CGROUP", str(root / "self"))
+    return root / "cpu.max", root / "cpu" / "cpu.cfs_quota_us", root / "cpu" / "cpu.cfs_period_us"
+
+
 def test_default_threads_keep_to_a_containers_cpu_quota(monkeypatch, tmp_path):
     """`docker --cpus 2` leaves every host CPU visible to sched_getaffinity; onnxruntime then
     ran one thread per host CPU (on 2 cores 16 threads were 7.8x slower than 2)."""
@@ -761,9 +773,7 @@ def test_default_threads_keep_to_a_containers_cpu_quota(monkeypatch, tmp_path):
 
     monkeypatch.setattr(onnx_export.os, "sched_getaffinity", lambda pid: set(range(16)),
                         raising=False)
-    v2, q, p = tmp_path / "cpu.max", tmp_path / "quota", tmp_path / "period"
-    monkeypatch.setattr(onnx_export, "CGROUP_CPU_MAX", str(v2))
-    monkeypatch.setattr(onnx_export, "CGROUP_V1_QUOTA", (str(q), str(p)))
+    v2, q, p = _fake_cgroups(monkeypatch, tmp_path)
     assert onnx_export.cgroup_cpu_quota() is None and onnx_export.default_threads() == 16
     for text, want in (("150000 100000\n", 2), ("200000 100000", 2), ("max 100000", None),
                        ("50000 100000", 1), ("3200000 100000", 32)):
@@ -853,9 +863,7 @@ def test_a_cgroup_v2_file_of_one_word_falls_back_to_v1(monkeypatch, tmp_path):
     read instead, and without them there is no quota (a ValueError traceback otherwise)."""
     from arbitrary_nst import onnx_export
 
-    v2, q, p = tmp_path / "cpu.max", tmp_path / "quota", tmp_path / "period"
-    monkeypatch.setattr(onnx_export, "CGROUP_CPU_MAX", str(v2))
-    monkeypatch.setattr(onnx_export, "CGROUP_V1_QUOTA", (str(q), str(p)))
+    v2, q, p = _fake_cgroups(monkeypatch, tmp_path)
     for text in ("", "150000\n", "100000 -100000", "-100000 -100000"):  # (negative: invalid)
         v2.write_text(text)
         assert onnx_export.cgroup_cpu_quota() is None, text
@@ -941,3 +949,52 @@ def test_onnxruntime_messages_are_flattened_cut_and_say_what_to_lower(onnx_file,
         assert inference.resolve_backend("auto", jax.devices("cpu")) == "jax"
     text = str(caught[0].message)
     assert "\n" not in text and "failed to import z" in text and len(text) < 220, text
+
+
+def test_a_cpu_quota_on_a_nested_cgroup_is_seen(monkeypatch, tmp_path):
+    """``systemd-run -p CPUQuota=200%`` (or a container sharing the host's cgroup tree) puts
+    the quota on the process's own cgroup below the mount point: only the top one was read,
+    so onnxruntime ran a thread per CPU again. The smallest quota on the way up holds; a
+    path that is not under the mount (a container's v1 view) and an unreadable
+    /proc/self/cgroup leave the top one."""
+    from arbitrary_nst import onnx_export
+
+    v2, q, p = _fake_cgroups(monkeypatch, tmp_path, "0::/system.slice/run-1.scope\n")
+    scope = tmp_path / "system.slice" / "run-1.scope"
+    scope.mkdir(parents=True)
+    (scope / "cpu.max").write_text("200000 100000\n")
+    (scope.parent / "cpu.max").write_text("max 100000\n")
+    v2.write_text("max 100000\n")
+    assert onnx_export.cgroup_cpu_quota() == 2
+    (scope.parent / "cpu.max").write_text("100000 100000\n")  # (a smaller one above it)
+    assert onnx_export.cgroup_cpu_quota() == 1
+    (scope.parent / "cpu.max").unlink()
+    v2.unlink()  # (the root cgroup of a host has no cpu.max)
+    assert onnx_export.cgroup_cpu_quota() == 2
+    (tmp_path / "self").write_text("0::/../elsewhere\n")  # (never outside the mount)
+    assert onnx_export.cgroup_cpu_quota() is None
+    # cgroup v1: the cpu controller's line (joined with cpuacct), its path not in the mount
+    (scope / "cpu.max").unlink()
+    (tmp_path / "self").write_text("5:cpu,cpuacct:/docker/abc\n4:memory:/docker/abc\n")
+    q.write_text("300000\n")
+    p.write_text("100000\n")
+    assert onnx_export.cgroup_cpu_quota() == 3
+    nested = tmp_path / "cpu" / "docker" / "abc"
+    nested.mkdir(parents=True)
+    (nested / "cpu.cfs_quota_us").write_text("150000\n")
+    (nested / "cpu.cfs_period_us").write_text("100000\n")
+    assert onnx_export.cgroup_cpu_quota() == 2
+    (tmp_path / "self").unlink()
+    assert onnx_export.cgroup_cpu_quota() == 3
+
+
+def test_refined_stylization_agrees_on_both_backends(stylizers, rng):
+    """``refine_steps`` optimizes the embedding on JAX whatever the backend, then transfers on
+    it (evaluate's model_refine runs there under --backend auto)."""
+    jax_st, ort_st = stylizers
+    content = (rng.random((48, 40, 3)) * 255).astype(np.uint8)
+    style = rng.random((40, 40, 3)).astype(np.float32)
+    a = jax_st.stylize(content, style=style, style_size=32, refine_steps=2)
+    b = ort_st.stylize(content, style=style, style_size=32, refine_steps=2)
+    assert not np.allclose(a, jax_st.stylize(content, style=style, style_size=32), atol=1e-3)
+    np.testing.assert_allclose(b, a, atol=ATOL)
