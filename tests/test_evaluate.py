@@ -1046,7 +1046,7 @@ def fake_fit(small_set, monkeypatch):
     monkeypatch.setattr(evaluate, "time", clock)
     made = []
 
-    def load(model_path, vgg, style_size):
+    def load(model_path, vgg, style_size, backend="auto"):
         made.append(_FakeFitStylizer(clock))
         return made[-1]
 
@@ -1134,3 +1134,36 @@ def test_a_camera_raw_next_to_its_photo_is_skipped_before_the_picks(small_set, v
     err = capsys.readouterr().err
     assert f"skipped: {raw}: CR2 camera raw files are not read here" in err
     assert f"skipped: {style_raw}: NEF camera raw files are not read here" in err
+
+
+def test_model_methods_run_on_the_backend_asked_and_a_resume_keeps_to_it(small_set, vgg):
+    """``backend`` reaches our model's methods: "auto" (the default, as infer.py runs) is
+    onnxruntime on this CPU, so the times are what users get (they were JAX's, 2-3x slower);
+    the two backends' images are at most one level apart. The backend is recorded: a resume on
+    the other one is refused, and a settings.json of a version before it made JAX images."""
+    kw = dict(methods=["model"], size=48, progress=False, vgg=vgg)
+    content, style = small_set / "content", small_set / "style"
+    ra = evaluate.evaluate(content, style, small_set / "a", **kw)
+    rj = evaluate.evaluate(content, style, small_set / "j", backend="jax", **kw)
+    assert (ra.info["backend"], rj.info["backend"]) == ("onnxruntime", "jax")
+    assert json.loads((small_set / "a" / "results.json").read_text())["info"][
+        "backend"] == "onnxruntime"
+    for name in ("wide__paint.png", "square__paint.png"):
+        a, j = (np.asarray(Image.open(small_set / d / "images" / "model" / name), np.int16)
+                for d in ("a", "j"))
+        assert np.abs(a - j).max() <= 1, name
+    with pytest.raises(ConfigError, match=r"holds model images made with other settings "
+                                          r"\(backend 'jax' -> 'onnxruntime'\)"):
+        evaluate.evaluate(content, style, small_set / "j", resume=True, **kw)
+    again = evaluate.evaluate(content, style, small_set / "j", resume=True, backend="jax", **kw)
+    assert [r["seconds"] for r in again.rows] == [r["seconds"] for r in rj.rows]
+    settings = small_set / "j" / "settings.json"
+    old = json.loads(settings.read_text())
+    del old["methods"]["model"]["backend"]  # (written before --backend)
+    settings.write_text(json.dumps(old))
+    evaluate.evaluate(content, style, small_set / "j", resume=True, backend="jax", **kw)
+    settings.write_text(json.dumps(old))
+    with pytest.raises(ConfigError, match=r"\(backend 'jax' -> 'onnxruntime'\)"):
+        evaluate.evaluate(content, style, small_set / "j", resume=True, **kw)
+    with pytest.raises(ConfigError, match="backend must be one of"):
+        evaluate.evaluate(content, style, small_set / "x", backend="tpu", **kw)
