@@ -658,7 +658,9 @@ def _check_resume_settings(out_dir: Path, info: dict[str, Any], model_path: str 
                 raise ConfigError(
                     f"--resume: {out_dir} holds {m} images made with other settings ("
                     + ", ".join(f"{k} {was.get(k)!r} -> {now.get(k)!r}"
-                                for k in diff) + "); use a new --out or the same settings")
+                                for k in diff) + "); use a new --out or the same settings"
+                    + (f" (--backend {was['backend']})" if "backend" in diff
+                       and was.get("backend") in ("jax", "onnxruntime") else ""))
             made_from = recorded[m].get("inputs")
             if not isinstance(made_from, dict):  # (a settings.json of an older version)
                 if any((out_dir / "images" / m).glob("*.png")):
@@ -724,6 +726,10 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
         raise ConfigError(f"--size must be in [32, {MAX_SIZE}], got {size}")
     if style_size is not None and style_size < 32:
         raise ConfigError(f"--style-size must be >= 32, got {style_size}")
+    from .inference import BACKENDS
+
+    if not isinstance(backend, str) or backend not in BACKENDS:  # (also without a model method)
+        raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
     methods = list(dict.fromkeys(methods))
     for m in methods:
         if m not in METHODS:

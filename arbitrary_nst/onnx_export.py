@@ -400,8 +400,11 @@ def _cgroup_dirs(base: str, path: str) -> list[str]:
     """``base/path`` and each folder above it up to ``base`` (a quota on any of them holds):
     ``("/r", "/a/b")`` -> ``["/r/a/b", "/r/a", "/r"]``. A path that does not exist under
     ``base`` (a container's v1 mount shows only its own cgroup, named by its host path) is
-    tried and skipped by the reader."""
-    parts = [p for p in path.split("/") if p not in ("", ".", "..")]
+    tried and skipped by the reader. A path with ``..`` (a cgroup outside this namespace's
+    root) names no folder under ``base``: only ``base`` (dropping the ``..`` read a sibling)."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        return [base]
     return [os.path.join(base, *parts[:k]) for k in range(len(parts), -1, -1)]
 
 

@@ -1153,7 +1153,8 @@ def test_model_methods_run_on_the_backend_asked_and_a_resume_keeps_to_it(small_s
                 for d in ("a", "j"))
         assert np.abs(a - j).max() <= 1, name
     with pytest.raises(ConfigError, match=r"holds model images made with other settings "
-                                          r"\(backend 'jax' -> 'onnxruntime'\)"):
+                                          r"\(backend 'jax' -> 'onnxruntime'\); use a new "
+                                          r"--out or the same settings \(--backend jax\)"):
         evaluate.evaluate(content, style, small_set / "j", resume=True, **kw)
     again = evaluate.evaluate(content, style, small_set / "j", resume=True, backend="jax", **kw)
     assert [r["seconds"] for r in again.rows] == [r["seconds"] for r in rj.rows]
@@ -1165,5 +1166,70 @@ def test_model_methods_run_on_the_backend_asked_and_a_resume_keeps_to_it(small_s
     settings.write_text(json.dumps(old))
     with pytest.raises(ConfigError, match=r"\(backend 'jax' -> 'onnxruntime'\)"):
         evaluate.evaluate(content, style, small_set / "j", resume=True, **kw)
-    with pytest.raises(ConfigError, match="backend must be one of"):
-        evaluate.evaluate(content, style, small_set / "x", backend="tpu", **kw)
+    for methods in (["model"], ["identity"]):  # (checked without a model method too)
+        with pytest.raises(ConfigError, match="backend must be one of"):
+            evaluate.evaluate(content, style, small_set / "x", backend="tpu",
+                              **{**kw, "methods": methods})
+        assert not (small_set / "x").exists()
+
+
+def test_every_model_method_is_loaded_with_the_backend_asked(monkeypatch, small_set):
+    """``backend`` reaches the Stylizer of model, model_refine and model_fit alike (only model's
+    was checked: the other two ran on "auto" whatever was asked); the default is "auto"."""
+    asked = []
+    monkeypatch.setattr(evaluate, "_load_stylizer",
+                        lambda model_path, vgg, style_size, backend="auto": asked.append(backend))
+    fit = {"fit_photos": [small_set / "style" / "paint.png"]}
+    for backend in ("jax", "onnxruntime", None):
+        for name in ("model", "model_refine", "model_fit"):
+            asked.clear()
+            kw = {} if backend is None else {"backend": backend}
+            evaluate.make_method(name, **kw, **(fit if name == "model_fit" else {}))
+            assert asked == [backend or "auto"], (name, backend)
+
+
+def test_info_backend_is_none_when_the_methods_ran_on_two(small_set, vgg):
+    """``info["backend"]`` names the one backend our methods ran on; methods of a
+    ``method_factory`` on two backends (or none: no stylizer) record None, not either one."""
+    class Fake(evaluate.Method):
+        def __init__(self, name, backend):
+            self.name = name
+            if backend is not None:
+                self.stylizer = type("S", (), {"backend": backend})()
+
+        def run(self, content, styles, keys):
+            return evaluate.MethodRun([content] * len(styles), [0.1] * len(styles))
+
+    kw = dict(methods=["model", "model_refine"], size=48, progress=False, vgg=vgg)
+    for backends, want in (({"model": "jax", "model_refine": "onnxruntime"}, None),
+                           ({"model": "jax", "model_refine": None}, "jax"),
+                           ({"model": None, "model_refine": None}, None)):
+        r = evaluate.evaluate(small_set / "content", small_set / "style", small_set / "o",
+                              method_factory=lambda name, **k: Fake(name, backends[name]), **kw)
+        assert r.info["backend"] == want, backends
+
+
+def test_the_cli_backend_option_reaches_the_run(small_set, monkeypatch, capsys):
+    """``--backend jax`` is the backend the model ran on (results.json); under the default
+    "auto" a model onnxruntime cannot load runs on JAX with a one-line warning."""
+    from arbitrary_nst import onnx_export
+    from arbitrary_nst.errors import ModelError
+
+    argv = ["--content", str(small_set / "content" / "square.png"), "--style",
+            str(small_set / "style"), "--size", "40", "--methods", "model", "--no-progress"]
+    assert evaluate.main([*argv, "--out", str(small_set / "j"), "--backend", "jax"]) == 0
+    info = json.loads((small_set / "j" / "results.json").read_text())["info"]
+    assert info["backend"] == "jax"
+    capsys.readouterr()
+
+    def cannot(*a, **k):
+        raise ModelError("no such operator")
+
+    monkeypatch.setattr(onnx_export, "OnnxTransfer", cannot)
+    assert evaluate.main([*argv, "--out", str(small_set / "a")]) == 0
+    err = capsys.readouterr().err
+    assert ("warning: onnxruntime cannot run this model (no such operator); running on JAX\n"
+            in err), err
+    assert "UserWarning" not in err and "warnings.warn" not in err, err
+    info = json.loads((small_set / "a" / "results.json").read_text())["info"]
+    assert info["backend"] == "jax"

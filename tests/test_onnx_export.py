@@ -998,3 +998,49 @@ def test_refined_stylization_agrees_on_both_backends(stylizers, rng):
     b = ort_st.stylize(content, style=style, style_size=32, refine_steps=2)
     assert not np.allclose(a, jax_st.stylize(content, style=style, style_size=32), atol=1e-3)
     np.testing.assert_allclose(b, a, atol=ATOL)
+
+
+def test_cgroup_quota_paths_odd_names_and_which_version_is_read(monkeypatch, tmp_path):
+    """The process's cgroup path is everything after the second ':' (a ':' in a cgroup name
+    is allowed); a cgroup whose cpu.max is absent (cpu not enabled for it) still has the
+    quotas above it; '..' (a cgroup outside a namespace's root) never reads a folder outside
+    the mount; an undecodable /proc/self/cgroup is as unreadable (no traceback); once cgroup
+    v2 answers (even "max"), v1's files are not read."""
+    from arbitrary_nst import onnx_export
+
+    root = tmp_path / "mnt"
+    root.mkdir()
+    v2, q, p = _fake_cgroups(monkeypatch, root, "0::/a:b/c:d\n")
+    v2.write_text("max 100000\n")
+    (root / "a:b" / "c:d").mkdir(parents=True)
+    (root / "a:b" / "c:d" / "cpu.max").write_text("300000 100000\n")
+    assert onnx_export.cgroup_cpu_quota() == 3
+    (root / "self").write_text("0::/a:b/c:d/leaf\n")  # (no cpu.max of its own)
+    (root / "a:b" / "c:d" / "leaf").mkdir()
+    assert onnx_export.cgroup_cpu_quota() == 3
+    (root / "a:b" / "c:d" / "cpu.max").unlink()
+    (root / "a:b" / "cpu.max").write_text("150000 100000\n")
+    assert onnx_export.cgroup_cpu_quota() == 2
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "cpu.max").write_text("100000 100000\n")
+    (root / "self").write_text("0::/../elsewhere\n")
+    v2.write_text("400000 100000\n")
+    assert onnx_export.cgroup_cpu_quota() == 4
+    (root / "sib").mkdir()  # (not "/sib" with the ".." dropped: a sibling's quota)
+    (root / "sib" / "cpu.max").write_text("100000 100000\n")
+    (root / "self").write_text("0::/../sib\n")
+    assert onnx_export.cgroup_cpu_quota() == 4
+    (root / "self").write_bytes(b"0::/a:b\xff\n")
+    assert onnx_export.cgroup_cpu_quota() == 4
+    # v2 says "no quota": the v1 files (a hybrid host's) are not read
+    (root / "self").write_text("4:cpu,cpuacct:/x:y\n0::/\n")
+    v2.write_text("max 100000\n")
+    q.write_text("200000\n")
+    p.write_text("100000\n")
+    assert onnx_export.cgroup_cpu_quota() is None
+    v2.unlink()
+    assert onnx_export.cgroup_cpu_quota() == 2
+    (root / "cpu" / "x:y").mkdir()
+    (root / "cpu" / "x:y" / "cpu.cfs_quota_us").write_text("100000\n")
+    (root / "cpu" / "x:y" / "cpu.cfs_period_us").write_text("100000\n")
+    assert onnx_export.cgroup_cpu_quota() == 1
