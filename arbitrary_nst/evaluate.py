@@ -726,10 +726,9 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
         raise ConfigError(f"--size must be in [32, {MAX_SIZE}], got {size}")
     if style_size is not None and style_size < 32:
         raise ConfigError(f"--style-size must be >= 32, got {style_size}")
-    from .inference import BACKENDS
+    from .inference import check_backend
 
-    if not isinstance(backend, str) or backend not in BACKENDS:  # (also without a model method)
-        raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_backend(backend)  # (also without a model method, which would check it)
     methods = list(dict.fromkeys(methods))
     for m in methods:
         if m not in METHODS:

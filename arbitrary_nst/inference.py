@@ -136,7 +136,7 @@ __all__ = [
     "Stylizer", "FileResult", "DEFAULT_STYLE_SIZE", "DEFAULT_BATCH_SIZE", "DEFAULT_BUCKETS",
     "BUILTIN_MODEL", "bucket_side", "bucket_shape", "pad_to", "preserve_color_mode",
     "check_strength", "check_count", "normalize_weights", "style_working_image", "mixture_grid",
-    "trace_counts", "default_batch_size", "BACKENDS", "resolve_backend",
+    "trace_counts", "default_batch_size", "BACKENDS", "check_backend", "resolve_backend",
 ]
 
 #: Inference backends of the transfer network (see the module docstring).
@@ -332,6 +332,13 @@ def mixture_grid(n_styles: int, steps: int) -> list[tuple[int, int, np.ndarray]]
                 out.append((0, col, w))
                 col += 1
     return out
+
+
+def check_backend(backend: Any) -> str:
+    """``backend`` if it is one of :data:`BACKENDS`, else ConfigError."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
 
 
 def resolve_backend(backend: str, devices: Sequence[Any], model: Any = None) -> str:
@@ -970,8 +977,7 @@ class Stylizer:
                  max_pixels: int | None = images.DEFAULT_MAX_PIXELS, source: str | None = None,
                  backend: str = "jax", threads: int | None = None):
         self.model = model
-        if not isinstance(backend, str) or backend not in BACKENDS:
-            raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        check_backend(backend)
         devs = check_devices(jax.local_devices() if devices is None else devices)
         threads = check_count(threads, "threads")
         self.backend = resolve_backend(backend, devs, model)  # ("auto": the faster one here)

@@ -408,6 +408,20 @@ def _cgroup_dirs(base: str, path: str) -> list[str]:
     return [os.path.join(base, *parts[:k]) for k in range(len(parts), -1, -1)]
 
 
+def _quota_pair(folder: str, names: tuple[str, ...]) -> tuple[str, str] | None:
+    """``(quota, period)`` as written in ``folder``: the first two words of one file (v2's
+    ``cpu.max``) or the contents of two (v1's); None when unreadable or short."""
+    try:
+        texts = []
+        for name in names:
+            with open(os.path.join(folder, name)) as f:
+                texts.append(f.read())
+    except (OSError, ValueError):
+        return None
+    words = texts[0].split()[:2] if len(texts) == 1 else [t.strip() for t in texts]
+    return (words[0], words[1]) if len(words) == 2 else None
+
+
 def _quota_cpus(quota: str, period: str) -> int | None:
     try:
         q, p = int(quota), int(period)
@@ -422,24 +436,12 @@ def cgroup_cpu_quota() -> int | None:
     CPUQuota=200%`` sets it on a nested cgroup; a container sees its own as the root). cgroup
     v2 when any of its ``cpu.max`` files reads as two words, else v1."""
     own = _own_cgroups()
-    found, cpus = False, []
-    for d in _cgroup_dirs(CGROUP_ROOT, own.get("", "/")):
-        try:
-            with open(os.path.join(d, "cpu.max")) as f:
-                quota, period = f.read().split()[:2]
-        except (OSError, ValueError):
-            continue
-        found = True
-        cpus.append(_quota_cpus(quota, period))
-    if not found:
-        for d in _cgroup_dirs(os.path.join(CGROUP_ROOT, "cpu"), own.get("cpu", "/")):
-            try:
-                with (open(os.path.join(d, "cpu.cfs_quota_us")) as f,
-                      open(os.path.join(d, "cpu.cfs_period_us")) as g):
-                    cpus.append(_quota_cpus(f.read().strip(), g.read().strip()))
-            except (OSError, ValueError):
-                continue
-    cpus = [c for c in cpus if c is not None]
+    pairs = [q for d in _cgroup_dirs(CGROUP_ROOT, own.get("", "/"))
+             if (q := _quota_pair(d, ("cpu.max",))) is not None]
+    if not pairs:
+        pairs = [q for d in _cgroup_dirs(os.path.join(CGROUP_ROOT, "cpu"), own.get("cpu", "/"))
+                 if (q := _quota_pair(d, ("cpu.cfs_quota_us", "cpu.cfs_period_us"))) is not None]
+    cpus = [c for q in pairs if (c := _quota_cpus(*q)) is not None]
     return min(cpus) if cpus else None
 
 
