@@ -610,8 +610,11 @@ def test_oracle_refines_each_style_on_its_own_contents(model):
     both = distill.oracle_batch(model, styles, contents, steps=4)  # (compiled as above)
     for i in range(2):
         alone = distill.oracle_batch(model, styles[i:i + 1], contents[i:i + 1], steps=4)
-        np.testing.assert_allclose(both["e_star"][i], alone["e_star"][0], rtol=1e-4, atol=1e-4)
-        np.testing.assert_allclose(both["loss"][i], alone["loss"][0], rtol=1e-4)
+        # (batch 2 and batch 1 round differently, and 4 Adam steps amplify it to ~6e-4 in e_star
+        # and 1.5e-4 in the loss under the suite's -O0 kernels; the interleaving bug moves e_star
+        # by up to 0.16 (0.03 on average) and the losses by 0.5-0.8%)
+        np.testing.assert_allclose(both["e_star"][i], alone["e_star"][0], rtol=0, atol=2e-3)
+        np.testing.assert_allclose(both["loss"][i], alone["loss"][0], rtol=1e-3)
 
 
 def test_an_oracle_recorded_before_model_hashes_is_reused(tmp_path, model):

@@ -847,7 +847,8 @@ SHARDED = textwrap.dedent("""
 
 
 def test_sharded_over_4_cpu_devices_equals_single_device(model_path, tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+    env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
+               + " --xla_force_host_platform_device_count=4",
                JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
     out = tmp_path / "r.json"
     r = subprocess.run([sys.executable, "-c", SHARDED, str(model_path), str(out)], env=env,

@@ -648,8 +648,8 @@ def test_weights_that_fail_are_named_for_deletion_and_never_non_finite(tmp_path,
 #
 # Everything runs in one subprocess (XLA_FLAGS must be set before JAX starts): the 1-device
 # reference on a 1-device mesh of the same process, then the 4-device steps. It is started when
-# this module is set up, so its compilation overlaps the in-process tests; it compiles at
-# backend optimization level 0 (half the compile time; the numerics are the same up to rounding).
+# this module is set up, so its compilation overlaps the in-process tests; it inherits the
+# suite's XLA flags (conftest.py: LLVM -O0, a third less compile time).
 _STEPS = 3
 _MULTI_DEVICE_OVERRIDES = ["train.checkpoint_every=1", "train.keep_checkpoints=5",
                            "optim.optimizer='sgd'", "optim.learning_rate=1e-12",
@@ -701,8 +701,8 @@ def _start_four_device_run(tmp: Path) -> subprocess.Popen:
     args = dict(config=str(CONFIGS / "smoke.py"), overrides=_MULTI_DEVICE_OVERRIDES,
                 steps=_STEPS, tmp=str(tmp))
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
-               XLA_FLAGS="--xla_force_host_platform_device_count=4 "
-                         "--xla_backend_optimization_level=0")
+               XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
+               + " --xla_force_host_platform_device_count=4")
     with open(tmp / "log.txt", "w") as log:
         return subprocess.Popen([sys.executable, "-c", _MULTI_DEVICE_SCRIPT, json.dumps(args)],
                                 env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
@@ -2032,8 +2032,7 @@ def test_a_full_disk_is_one_line_naming_the_failed_save_and_the_weights_are_expo
                      f"resource.setrlimit(resource.RLIMIT_FSIZE, ({1 << 20}, {1 << 20})); "
                      "sys.argv[0] = 'train.py'; runpy.run_path('train.py', run_name='__main__')")
     wd = tmp_path / "wd"
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_backend_optimization_level=0")  # (half the compile time)
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
     r = subprocess.run(
         [sys.executable, "-c", limit_and_run, "--config", str(CONFIGS / "smoke.py"),
          "--workdir", str(wd), "--no-progress", "--set", "train.num_steps=6",
