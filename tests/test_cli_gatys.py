@@ -317,8 +317,8 @@ def test_weights_too_large_for_float32_are_an_error_not_the_photo(files, tmp_pat
     # lowers the loss, while the slope stays finite) is convergence, not an overflow: it was
     # refused as "made no progress"
     ramp = tmp_path / "ramp.png"
-    Image.fromarray(np.tile(np.linspace(0, 255, 96).astype(np.uint8)[None, :, None],
-                            (64, 1, 3))).save(ramp)
+    Image.fromarray(np.tile(np.linspace(0, 255, 128).astype(np.uint8)[None, :, None],
+                            (96, 1, 3))).save(ramp)  # (the photo's size: no new compile)
     out.unlink()
     assert main(["gatys", "--content", str(ramp), "--style", str(ramp), "--out", str(out),
                  "--size", "64", "--iters", "3", "--quiet"]) == 0 and out.exists()
