@@ -644,6 +644,16 @@ def _builder_classes() -> tuple[type, type]:
         fingerprint: str = ""
         progress: bool = False
 
+    class FolderDatasetInfo(tfds.core.DatasetInfo):
+        """TFDS' ``DatasetInfo`` for datasets that only ever exist on local disk."""
+
+        def initialize_from_bucket(self) -> None:
+            # TFDS calls this when the builder is made before the dataset is prepared: it makes
+            # a tempfile.mkdtemp("tfds") folder, finds no pre-computed info in its GCS bucket
+            # (disabled in this TFDS; our folders are never there) and leaves the empty folder
+            # in /tmp, one per preparation.
+            return None
+
     class ImageFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         """TFDS builder for folders of images; use with ``file_format='array_record'``.
 
@@ -675,7 +685,7 @@ def _builder_classes() -> tuple[type, type]:
 
         def _info(self) -> Any:
             cfg = self.builder_config
-            return tfds.core.DatasetInfo(
+            return FolderDatasetInfo(
                 builder=self,
                 description=f"Images under {', '.join(cfg.dirs) if cfg else '?'} "
                 f"(short side <= {cfg.max_source_side if cfg else '?'} px).",

@@ -155,6 +155,21 @@ def test_a_killed_preparation_leaves_nothing_behind_the_next_one(tmp_path):
     assert sorted(p.name for p in version_dir.parent.iterdir()) == [version_dir.name]
 
 
+def test_preparing_leaves_nothing_in_the_temp_folder(tmp_path, monkeypatch):
+    # TFDS' DatasetBuilder.__init__ calls DatasetInfo.initialize_from_bucket for a dataset not
+    # prepared yet, which makes tempfile.mkdtemp("tfds") before finding the (disabled) GCS
+    # bucket empty and never removes it: one empty /tmp/tmpXXXXtfds per preparation
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(tmp))
+    d = tmp_path / "imgs"
+    d.mkdir()
+    Image.fromarray(_smooth(80, 90, 3)).save(d / "photo.png")
+    assert len(data.prepare_folder([d], data_dir=tmp_path / "tfds", workers=1)) == 1
+    assert len(data.prepare_folder([d], data_dir=tmp_path / "tfds", workers=1)) == 1  # reused
+    assert sorted(p.name for p in tmp.iterdir()) == []
+
+
 def test_stored_size_keeps_the_short_side_at_least_min_source_side():
     # (with min_source_side = max_source_side, flooring the long side stored 258 x 257 at
     # 256 x 255, then skipped it as too small)
