@@ -384,32 +384,41 @@ class ModelFitMethod(_EmbeddingMethod):
         self.reused: list[str] = []
         self.reuse_seconds: list[float] = []
         self._pending: list[str] = []  # styles of the current run() call not fitted yet
+        self._found: dict[str, Any] = {}  # and those it reuses from fitted_dir
         # which photos a fit used: a cached fit is reused only for the same ones (the same
         # files with the same contents: a photo replaced under its name is another set)
         self._photo_set = _photo_set_id(self.photos)
 
-    def _embed_named(self, style, key):
-        """Fit, or reuse ``fitted_dir/<key>.npz`` when it was fitted the same way (steps, size,
-        style working size, photos) for this model."""
+    def _reusable_fit(self, style, key):
+        """``fitted_dir/<key>.npz`` when it was fitted the same way (steps, size, style working
+        size, photos) for this model and this painting, else None."""
         path = None if self.fitted_dir is None else self.fitted_dir / f"{key}{fit_style.SUFFIX}"
-        if path is not None and path.is_file():
-            fs = fit_style.FittedStyle.load(path)
-            # a fit of another model (another --model, same folder) is refitted, not an error
-            # (and of another painting under the same name: the style's pixels are recorded)
-            if (fs.info.get("steps"), fs.info.get("size"), fs.info.get("style_size"),
-                    fs.info.get("photo_set"), fs.info.get("style_pixels"), fs.fingerprint) == (
-                    self.steps, self.size, self.stylizer.style_size, self._photo_set,
-                    _pixels_id(style), self.stylizer._model_fingerprint()):
-                self.reused.append(key)
-                return fs
+        if path is None or not path.is_file():
+            return None
+        fs = fit_style.FittedStyle.load(path)
+        # a fit of another model (another --model, same folder) is refitted, not an error
+        # (and of another painting under the same name: the style's pixels are recorded)
+        if (fs.info.get("steps"), fs.info.get("size"), fs.info.get("style_size"),
+                fs.info.get("photo_set"), fs.info.get("style_pixels"), fs.fingerprint) == (
+                self.steps, self.size, self.stylizer.style_size, self._photo_set,
+                _pixels_id(style), self.stylizer._model_fingerprint()):
+            return fs
+        return None
+
+    def _embed_named(self, style, key):
+        """Fit, or reuse :meth:`_reusable_fit`'s."""
+        fs = self._found.pop(key) if key in self._found else self._reusable_fit(style, key)
+        if fs is not None:
+            self.reused.append(key)
+            return fs
         where = (f" (style {self._pending.index(key) + 1}/{len(self._pending)})"
                  if key in self._pending else "")
         self._say(f"fitting {key}{where}")
         fs = self.stylizer.fit_style(style, self.photos, steps=self.steps, size=self.size)
         fs.info["photo_set"] = self._photo_set
         fs.info["style_pixels"] = _pixels_id(style)
-        if path is not None:
-            fs.save(path, overwrite=True)
+        if self.fitted_dir is not None:
+            fs.save(self.fitted_dir / f"{key}{fit_style.SUFFIX}", overwrite=True)
         return fs
 
     def _record_embed(self, key, seconds):
@@ -417,11 +426,19 @@ class ModelFitMethod(_EmbeddingMethod):
         (self.reuse_seconds if key in self.reused else self.embed_seconds).append(seconds)
 
     def run(self, content, styles, style_keys):
-        self._pending = [k for k in dict.fromkeys(style_keys) if k not in self._embeddings]
+        # the styles this call fits, for the bar's "(style i/n)": not those embedded by an
+        # earlier call, nor those with a fit to reuse (loaded once, here)
+        for style, key in zip(styles, style_keys):
+            if key not in self._embeddings and key not in self._found and key not in self._pending:
+                fs = self._reusable_fit(style, key)
+                if fs is None:
+                    self._pending.append(key)
+                else:
+                    self._found[key] = fs
         try:
             return super().run(content, styles, style_keys)
         finally:
-            self._pending = []
+            self._pending, self._found = [], {}
             self._say("")
 
     def _transfer(self, content, fitted):

@@ -1082,6 +1082,23 @@ def test_model_fit_status_counts_the_styles_each_call_fits(small_set, fake_fit):
     assert said == ["fitting a (style 1/1)", "", "fitting b (style 1/1)", ""]
 
 
+def test_model_fit_status_leaves_out_the_fits_it_reuses(small_set, fake_fit):
+    """A fit reused from --fitted is no fit: with one of two paintings fitted earlier, the bar
+    said "fitting b (style 2/2)" for the only fit this call made."""
+    m = evaluate.ModelFitMethod(photos=[small_set / "fit" / "photo.png"], steps=1, size=32,
+                                fitted_dir=small_set / "fits")
+    s1, s2 = (np.full((40, 40, 3), v, np.float32) for v in (0.1, 0.3))
+    c = np.full((32, 32, 3), 0.5, np.float32)
+    m.run(c, [s1], ["a"])
+    again = evaluate.ModelFitMethod(photos=[small_set / "fit" / "photo.png"], steps=1, size=32,
+                                    fitted_dir=small_set / "fits")
+    said = []
+    again.status = said.append
+    again.run(c, [s1, s2], ["a", "b"])
+    assert said == ["fitting b (style 1/1)", ""] and again.reused == ["a"]
+    assert len(fake_fit[-1].fitted) == 1  # (b only)
+
+
 def test_a_reused_fit_is_not_reported_as_fitting_time(small_set, vgg, fake_fit, capsys):
     """A fit loaded from --fitted (an earlier run's) was timed as a fit: its load time went
     into embed_seconds (the fit time per style of results.json and the summary). Run 2 fits
