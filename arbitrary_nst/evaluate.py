@@ -363,8 +363,8 @@ class ModelRefineMethod(Method):
 class ModelFitMethod(_EmbeddingMethod):
     """Our model with each style fitted once on other photos (:mod:`arbitrary_nst.fit_style`);
     the fit is this method's per-style "embedding" time (``embed_seconds``: fits made by this
-    run only; a fit reused from ``fitted_dir`` is listed in ``reused`` and its load time in
-    ``reuse_seconds``, not counted as fitting time). With :attr:`status` set, each fit says
+    run only; a fit reused from ``fitted_dir`` is listed in ``reused``, its load is not
+    counted as fitting time). With :attr:`status` set, each fit says
     which style it fits (a fit takes minutes, between two images)."""
 
     name = "model_fit"
@@ -382,7 +382,6 @@ class ModelFitMethod(_EmbeddingMethod):
         self.size, self.strength = int(size), strength
         self.fitted_dir = None if fitted_dir is None else Path(fitted_dir)
         self.reused: list[str] = []
-        self.reuse_seconds: list[float] = []
         self._pending: list[str] = []  # styles of the current run() call not fitted yet
         self._found: dict[str, Any] = {}  # and those it reuses from fitted_dir
         # which photos a fit used: a cached fit is reused only for the same ones (the same
@@ -423,7 +422,8 @@ class ModelFitMethod(_EmbeddingMethod):
 
     def _record_embed(self, key, seconds):
         # (a reused fit's load is not a fit: it was reported as one, e.g. 0.004 s per style)
-        (self.reuse_seconds if key in self.reused else self.embed_seconds).append(seconds)
+        if key not in self.reused:
+            self.embed_seconds.append(seconds)
 
     def run(self, content, styles, style_keys):
         # the styles this call fits, for the bar's "(style i/n)": not those embedded by an
