@@ -381,6 +381,13 @@ def _run_gatys(args: argparse.Namespace) -> int:
         first.setdefault(os.path.abspath(c), c)
     args.content = list(first.values())
     many = len(args.content) > 1
+    # one content's own error first: output_paths blamed --out (`--content photos/ --out outs`
+    # was "outs: unsupported output format (no extension)")
+    if not many and os.path.isdir(args.content[0]):
+        raise ImageError(args.content[0], "is a directory, expected an image file (a folder: "
+                         "`infer.py --content DIR --style S --method gatys --out-dir OUT`)")
+    if not many and not os.path.lexists(args.content[0]):
+        raise ImageError(args.content[0], "no such file")
     # several contents: an existing output is skipped (and reported), not the job's error, so
     # the same command finishes an interrupted batch; one content: the job's error, as before
     outs = output_paths(args.out, args.content, suffix="gatys", overwrite=args.overwrite,

@@ -102,7 +102,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     st.add_argument("--style-weights", nargs="+", action="extend", type=float, metavar="W",
                     help="one weight per --style (>= 0, normalized to sum 1; None = equal)")
     st.add_argument("--strength", type=float, default=1.0,
-                    help="0 = the content's own embedding (~ the photo) .. 1 = full style")
+                    help="0 = the photo as its own style (its colours and layout in the "
+                         "network's brush texture, not the photo itself) .. 1 = full style")
     st.add_argument("--preserve-color", nargs="?", const="luminance", default=None,
                     choices=PRESERVE_CHOICES,
                     help="keep the content's colours: 'luminance' (default when given without a "
@@ -272,6 +273,11 @@ def _validate(args: argparse.Namespace) -> str:
                if args.preserve_color in ("match", "histogram") else None)
         if why:
             raise ConfigError(f"{fitted[0]} is a fitted style (.npz): {why}")
+        alone = len(fitted) == len(args.interpolate or args.style)
+        if (alone and args.style_size != DEFAULT_STYLE_SIZE and args.strength == 1.0
+                and mode != "sweep"):  # (the same pixels, under another batch name)
+            raise ConfigError("--style-size does nothing with fitted styles (.npz) alone at "
+                              "--strength 1 (they carry their own conditioning); drop it")
     if args.iterations is not None and args.iterations < 0:
         raise ConfigError(f"--iterations must be >= 0, got {args.iterations}")
     if args.palette is not None:

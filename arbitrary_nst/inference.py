@@ -1717,7 +1717,8 @@ class Stylizer:
           content: a path, PIL image or HWC array; or a list of them / an NHWC array (batch).
           style: one style image, or a list of them to mix (or an NHWC array).
           weights: mixing weights, one per style (>= 0, normalized; default equal).
-          strength: 0 = the content's own embedding (~ the photo), 1 = the full style.
+          strength: 0 = the content's own embedding (the photo painted in its own style, not
+            the photo itself), 1 = the full style.
           preserve_color: False, True/"luminance" or "match" (see the module docstring).
           max_size: downscale content so its longer side is at most this (never upscales).
           embedding: a precomputed ``[D]`` embedding (or ``[N, D]`` to mix) instead of styles.

@@ -244,12 +244,21 @@ def download_keras_notop(dest_dir: Path) -> Path:
     return dest
 
 
+class _CacheNotWritten(WeightsError):
+    """The cache could not be written; ``weights``: the converted (validated) weights, which
+    :func:`load` uses without a cache."""
+
+    def __init__(self, message: str, weights: Weights):
+        super().__init__(message)
+        self.weights = weights
+
+
 def _write_cache(weights: Weights, path: Path, source: str) -> Path:
     try:
         return write_npz(weights, path, source=source)
     except ImageError as e:  # a read-only home, say: say where the cache can go instead
-        raise WeightsError(f"{e}; set {CACHE_ENV} to a writable folder for the VGG16 "
-                           "cache") from None
+        raise _CacheNotWritten(f"{e}; set {CACHE_ENV} to a writable folder for the VGG16 "
+                               "cache", weights) from None
 
 
 def resolve(path: str | os.PathLike | None = None, *, allow_download: bool = False) -> Path:
@@ -309,7 +318,11 @@ def _training_only(path: Path, zero: list[str]) -> str:
 
 
 def _load(path: str | os.PathLike | None, *, allow_download: bool) -> Weights:
-    p = resolve(path, allow_download=allow_download)
+    try:
+        p = resolve(path, allow_download=allow_download)
+    except _CacheNotWritten as e:  # (a read-only home stopped every command) the weights are
+        print(f"warning: {e} (converted again each run)", file=sys.stderr)  # right: use them
+        return e.weights
     try:
         return read_npz(p)
     except WeightsError as e:

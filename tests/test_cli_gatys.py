@@ -797,3 +797,17 @@ def test_usage_parser_refuses_a_second_value_by_any_spelling_once_per_parse(caps
     for _ in range(2):
         args = parser.parse_args(["-o", "a", "--size", "3"])
         assert (args.out, args.size) == ("a", 3)
+
+
+@pytest.mark.parametrize("content", ["dir", "missing"])
+def test_one_bad_content_is_named_before_the_out_folder(files, tmp_path, capsys, content):
+    """`gatys --content photos/ --out outs` said "outs: unsupported output format (no
+    extension)": the --out check ran before the content's, and blamed the wrong argument."""
+    src = files["dir"] if content == "dir" else tmp_path / "nope.jpg"
+    args = gatys_args(files, tmp_path / "outs", iters=0)
+    args[args.index("--content") + 1] = str(src)
+    assert main(args) == 1
+    line = one_error_line(capsys)
+    assert line.startswith(f"error: {src}: "), line
+    assert ("is a directory" if content == "dir" else "no such file") in line, line
+    assert not (tmp_path / "outs").exists()

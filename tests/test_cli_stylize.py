@@ -1661,3 +1661,20 @@ def test_recursive_with_a_file_and_a_folder_is_accepted(cli, data):
     assert rc == 0 and "done 2, skipped 0" in stdout, (stdout, err)
     assert sorted(str(p.relative_to(od)) for p in od.rglob("*.png")) == [
         "a__s1.png", "sub/d__s1.png"]
+
+
+def test_style_size_with_only_fitted_styles_at_full_strength_is_refused():
+    """Fitted styles carry their own conditioning: with only those at --strength 1,
+    --style-size changed nothing (the same pixels, under another `__stylesize512` name in a
+    batch). Below strength 1 it sizes the photo's own embedding (also in a sweep), and with an
+    image among the styles that image's: allowed, as is the default size named."""
+    base = ["--content", "c.png", "--out", "o.png", "--style-size", 512]
+    for styles in (["--style", "a.npz"], ["--interpolate", "a.npz", "b.NPZ"]):
+        with pytest.raises(cli_stylize.ConfigError, match="--style-size does nothing"):
+            validated(*base, *styles)
+    assert validated(*base, "--style", "a.npz", "--strength", 0.5)[0] == "stylize"
+    assert validated(*base, "--style", "a.npz", "b.png")[0] == "stylize"
+    assert validated(*base, "--style", "a.npz", "--strength-sweep", 3)[0] == "sweep"
+    for default in ([], ["--style-size", 256]):  # (the default: no name of its own either)
+        assert validated("--content", "c.png", "--out", "o.png", "--style", "a.npz",
+                         *default)[0] == "stylize"

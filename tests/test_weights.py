@@ -257,6 +257,22 @@ def test_unwritable_cache_is_one_weights_error_naming_the_setting(tmp_path, monk
     assert "cannot write" in msg and weights.CACHE_ENV in msg and "\n" not in msg
 
 
+def test_an_unwritable_cache_still_loads_the_weights_with_a_warning(tmp_path, monkeypatch,
+                                                                   vgg_params, capsys):
+    """A read-only home (`docker run --user`, a service account) stopped every command, the
+    feed-forward stylize included, though the weights were there to convert: load() uses them
+    with a warning, as the normalization means' cache does (resolve() still refuses)."""
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
+    monkeypatch.setenv(weights.CACHE_ENV, str(a_file / "cache"))
+    loaded = weights.load()
+    for layer in weights.CONV_LAYERS:
+        np.testing.assert_array_equal(loaded[layer]["kernel"], vgg_params[layer]["kernel"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: ") and "cannot write" in err[0], err
+    assert weights.CACHE_ENV in err[0]
+
+
 def test_the_missing_weights_advice_names_real_options(capsys):
     """The one-line fix names flags of `python -m arbitrary_nst.weights` (it named a
     non-existent --download-vgg)."""
