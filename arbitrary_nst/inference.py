@@ -1318,8 +1318,9 @@ class Stylizer:
             except NSTError as err:
                 skipped.append(str(err))
                 continue
-            if min(f.shape[:2]) < 32:
-                skipped.append(f"{name}: smaller than 32 px")
+            if min(f.shape[:2]) < 32:  # (a 4000x50 panorama is 2048x25 as read: say so)
+                skipped.append(f"{name}: smaller than 32 px on its shorter side ({f.shape[1]}x"
+                               f"{f.shape[0]} px as read, the longer side at most {8 * wsize})")
                 continue
             if (why := images.blank_reason(f)) is not None:  # its gradient would be NaN
                 skipped.append(f"{name}: {why}")

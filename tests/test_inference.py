@@ -1174,6 +1174,11 @@ def test_fit_style_skips_photos_smaller_than_the_vgg_minimum(st, files, monkeypa
     with pytest.raises(_FitStopped):
         st.fit_style(files["style_a"], [tiny, smooth_image(40, 40, 6)], steps=1)
     assert seen == [1]
+    # a panorama is read with its longer side capped (8x the working size): 50 px high, it is
+    # 25 px as read; the reason said "smaller than 32 px" of a 4096x50 photo, no more
+    with pytest.raises(ConfigError, match=r"photo 0: smaller than 32 px on its shorter side "
+                       r"\(2048x25 px as read, the longer side at most 2048\)"):
+        st.fit_style(files["style_a"], [smooth_image(50, 4096, 7)], steps=1)
 
 
 def test_transfer_applies_one_palette_to_every_embedding(st_pal, files):
