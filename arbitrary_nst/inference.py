@@ -795,6 +795,7 @@ def _kind_of(reason: str) -> str:
                          ("empty file", "empty file"), ("not an image", "not an image"),
                          ("truncated", "truncated or corrupt"), ("corrupt", "truncated or corrupt"),
                          ("too large", "too large"), ("permission", "permission denied"),
+                         ("px on each side", "too small"),  # (Gatys' VGG minimum, 32 px)
                          ("not readable here", "unsupported format"),
                          ("not read here", "unsupported format"),
                          ("symbolic links", "symlink loop"),

@@ -617,6 +617,18 @@ def test_method_gatys_uses_gatys_with_same_io(cli, data, monkeypatch):
     assert rc == 1 and "gatys" in one_error_line(err)
 
 
+def test_a_photo_too_small_for_gatys_is_skipped_as_too_small(cli, data, tmp_path):
+    """Gatys needs 32 px on each side (VGG's pooling; the network pads smaller photos): an
+    8x8 photo in a batch was skipped as "(1 error)", the summary's kind for the unknown."""
+    d = tmp_path / "photos"
+    d.mkdir()
+    images.save_image(d / "tiny.png", np.full((8, 8, 3), 0.5, np.float32))
+    rc, stdout, err = cli("--content", d, "--style", data["styles"][0], "--method", "gatys",
+                          "--iterations", 1, "--out-dir", tmp_path / "o", "--no-progress")
+    assert rc == 1 and "at least 32 px on each side" in err, err
+    assert "done 0, skipped 1 (1 too small)" in stdout, stdout
+
+
 # ---------------------------------------------------------------------------- bad inputs
 
 
