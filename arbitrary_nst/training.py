@@ -660,6 +660,28 @@ def _unreadable_checkpoint(mngr, step: int, e: Exception) -> ModelError:
                       f"{fix}")
 
 
+def _remove_unused_new_workdir(workdir: Path, top: Path) -> None:
+    """Remove a workdir this run created (and its new parents up to ``top``) when its start
+    failed before it wrote more than what every start writes (its run id, init record and
+    lock: a data folder's typo, Ctrl-C while preparing). A workdir holding anything else
+    (checkpoints, logs, an export) stays."""
+    start_files = (RUN_ID_FILE, INIT_RECORD, LOCK_NAME)
+    try:
+        if any(e.name not in start_files for e in os.scandir(workdir)):
+            return
+        for name in start_files:
+            (workdir / name).unlink(missing_ok=True)
+    except OSError:
+        return
+    for q in [workdir, *workdir.parents]:
+        try:
+            q.rmdir()  # (only ever removes an empty folder)
+        except OSError:
+            break
+        if q == top:
+            break
+
+
 def _note_unused_init_from(asked, began: str, workdir) -> None:
     """A resumed run goes on from its checkpoint: say so when this command's ``init_from``
     names another start than the run's (it was ignored without a word, so continuing an old
@@ -1094,6 +1116,11 @@ def train(config, workdir: str | os.PathLike, *, export_path: str | os.PathLike 
         raise ConfigError(f"the workdir is an empty folder name ({os.fspath(workdir)!r})")
     workdir = Path(workdir)
     is_main = jax.process_index() == 0
+    top = None  # the topmost folder of the workdir's path that this run creates, if any
+    for q in [workdir, *workdir.parents]:
+        if os.path.lexists(q):
+            break
+        top = q
     with contextlib.ExitStack() as held:
         refusal = None
         if is_main:
@@ -1107,9 +1134,14 @@ def train(config, workdir: str | os.PathLike, *, export_path: str | os.PathLike 
             except NSTError as e:
                 refusal = e
         _agree_on_refusal(refusal)
-        return _train(config, workdir, export_path=export_path, loader_factory=loader_factory,
-                      step_callback=step_callback, progress=progress, vgg=vgg, devices=devices,
-                      is_main=is_main)
+        try:
+            return _train(config, workdir, export_path=export_path,
+                          loader_factory=loader_factory, step_callback=step_callback,
+                          progress=progress, vgg=vgg, devices=devices, is_main=is_main)
+        except BaseException:
+            if is_main and top is not None:  # (a typo in a data folder left a new workdir)
+                _remove_unused_new_workdir(workdir, top)
+            raise
 
 
 def _init_record_from_checkpoint(mngr, workdir: Path) -> dict[str, Any]:

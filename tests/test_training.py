@@ -588,10 +588,33 @@ def test_a_start_that_fails_on_its_data_leaves_no_empty_folders(tmp_path, vgg):
     def missing_folder(data_cfg, **kw):
         raise ConfigError("/nowhere: no such directory")
 
+    (tmp_path / "w").mkdir()  # (an existing folder: a new one is removed, test below)
     with pytest.raises(ConfigError, match="no such directory"):
         training.train(cfg, tmp_path / "w", vgg=vgg, progress=False, loader_factory=missing_folder)
     left = sorted(p.name for p in (tmp_path / "w").iterdir())
     assert training.CHECKPOINT_DIR not in left and "tensorboard" not in left, left
+
+
+def test_a_new_workdir_whose_start_fails_on_its_data_is_not_left_behind(tmp_path, vgg):
+    """A typo in a data folder (or Ctrl-C while preparing) left the new workdir behind with
+    run_id.txt, .train.lock and init_from.json in it (and its new parent folders). A folder
+    that existed before the run stays, as does anything a user put there."""
+    cfg = smoke("train.num_steps=2", "data.source=folder",
+                f"data.content_dirs=['{tmp_path / 'nope'}']",
+                f"data.style_dirs=['{tmp_path / 'nope2'}']")
+    with pytest.raises(ConfigError, match="no such directory"):
+        training.train(cfg, tmp_path / "runs" / "new", vgg=vgg, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "the new workdir was left behind"
+
+    kept = tmp_path / "mine"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("x")
+    with pytest.raises(ConfigError, match="no such directory"):
+        training.train(cfg, kept / "w", vgg=vgg, progress=False)
+    assert sorted(p.name for p in kept.iterdir()) == ["notes.txt"]
+    with pytest.raises(ConfigError, match="no such directory"):
+        training.train(cfg, kept, vgg=vgg, progress=False)  # (it existed: stays as it was)
+    assert (kept / "notes.txt").is_file()
 
 
 def test_weights_that_fail_are_named_for_deletion_and_never_non_finite(tmp_path, vgg):
