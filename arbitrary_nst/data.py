@@ -659,7 +659,8 @@ def _builder_classes() -> tuple[type, type]:
 
         Features: ``image`` (JPEG, ``H x W x 3`` uint8) and ``path``
         (``<folder name>/<relative path>``). Split: ``train``. Skipped files are in
-        ``builder.info.metadata['skipped']`` (list of ``{"path", "reason"}``).
+        ``builder.info.metadata['skipped']`` (list of ``{"path", "file", "reason"}``: ``file``
+        is the file's path as found, ``path`` its key, whose folder name is made safe).
         """
 
         name = BUILDER_NAME
@@ -709,6 +710,10 @@ def _builder_classes() -> tuple[type, type]:
         def _generate_examples(self, files: list[tuple[str, str, int, str]], ignored: int) -> Iterator[tuple[str, dict[str, Any]]]:
             cfg = self.builder_config
             skipped: list[dict[str, str]] = []
+            # (a key's folder name is made safe: "my photos é" is my_photos, "照片" images; the
+            # messages named files under folders that do not exist)
+            file_of = {key: full.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                       for full, key, _, _ in files}  # (stored as text: see _scan_dirs)
             n_ok = 0
             bar = None
             if cfg.progress:
@@ -724,7 +729,7 @@ def _builder_classes() -> tuple[type, type]:
                     if bar is not None:
                         bar.update(1)
                     if isinstance(result, str):
-                        skipped.append({"path": key, "reason": result})
+                        skipped.append({"path": key, "file": file_of[key], "reason": result})
                         continue
                     n_ok += 1
                     yield key, {"image": result, "path": key}
@@ -734,9 +739,9 @@ def _builder_classes() -> tuple[type, type]:
             if n_ok == 0 and skipped:  # else TFDS fails with "No examples were yielded"
                 first = skipped[0]
                 raise ConfigError(f"{', '.join(cfg.dirs)}: none of the {len(files)} image files "
-                                  f"could be read (e.g. {first['path']}: {first['reason']})")
+                                  f"could be read (e.g. {first['file']}: {first['reason']})")
             for s in skipped[:20]:
-                log.warning("skipped %s: %s", s["path"], s["reason"])
+                log.warning("skipped %s: %s", s["file"], s["reason"])
             if len(skipped) > 20:
                 log.warning("... and %d more skipped files", len(skipped) - 20)
             # (phone photos as .heic are not trained on: train.py shows this line, say so)
@@ -2163,7 +2168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{str(r.get('reused', '-')):>7} {r.get('seconds', 0):8.1f}")
         for r in rows:
             for s in r.get("skipped", []):
-                print(f"skipped {s['path']}: {s['reason']}")
+                print(f"skipped {s.get('file', s['path'])}: {s['reason']}")
         tot_ok = sum(r.get("num_prepared", 0) for r in rows)
         tot_sk = sum(r.get("num_skipped", 0) for r in rows)
         other = _ignored_note(sum(r.get("num_ignored_non_image", 0) for r in rows))

@@ -597,7 +597,7 @@ def test_cli_prepare_prints_counts(folder, tfds_dir, capsys):
     rc = data.main(["prepare", "--content-dir", str(folder), "--style-dir", str(folder), "--data-dir", str(tfds_dir)])
     out = capsys.readouterr().out
     assert rc == 0
-    assert "skipped photos/corrupt.jpg" in out and "skipped photos/empty.png" in out
+    assert f"skipped {folder / 'corrupt.jpg'}:" in out and f"skipped {folder / 'empty.png'}:" in out
     assert f"total: {2 * len(GOOD)} prepared, 4 skipped" in out
 
 
@@ -646,6 +646,35 @@ def test_the_cli_names_the_missing_folder_options(folder, tmp_path, capsys):
     assert not (tmp_path / "t").exists() and not out.exists()
 
 
+def test_a_skipped_file_is_named_where_it_is(tmp_path, capsys, caplog, monkeypatch):
+    """A skipped file was named by its dataset key, whose folder name is made safe: "skipped
+    my_photos/empty.jpg" for my photos é/empty.jpg, "images/..." for a folder named 照片, a
+    path that does not exist. It is named as found now (the key stays the stored path)."""
+
+    d = tmp_path / "my photos é"
+    d.mkdir()
+    for i in range(2):
+        Image.fromarray(_smooth(96, 128, i)).save(d / f"p{i}.png")
+    (d / "empty.jpg").write_bytes(b"")
+    monkeypatch.setattr(data.log, "filters", [])  # (the CLI's filter of these lines)
+    with caplog.at_level(logging.WARNING, logger="arbitrary_nst.data"):  # (train.py's log)
+        report = data.prepare_folder([str(d)], data_dir=str(tmp_path / "t2"),
+                                     progress=False).report
+    assert report["skipped"][0]["path"] == "my_photos/empty.jpg"  # (the key: unchanged)
+    warned = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipped")]
+    assert warned == [f"skipped {d / 'empty.jpg'}: empty file (0 bytes)"], warned
+    args = ["prepare", "--content-dir", str(d), "--data-dir", str(tmp_path / "tfds")]
+    assert data.main(args) == 0
+    out = capsys.readouterr().out
+    assert f"skipped {d / 'empty.jpg'}: empty file" in out, out
+    assert data.main(args) == 0  # reused: the stored report says the same
+    assert f"skipped {d / 'empty.jpg'}: empty file" in capsys.readouterr().out
+    (d / "p0.png").write_bytes(b"")
+    (d / "p1.png").write_bytes(b"x")
+    with pytest.raises(ConfigError, match=re.escape(f"(e.g. {d / 'empty.jpg'}: empty file")):
+        data.prepare_folder([str(d)], data_dir=str(tmp_path / "t3"), progress=False)
+
+
 def test_awkward_files_in_a_users_folder(tmp_path, capsys):
     """Found by a user hunt: a FIFO named x.jpg hung preparation forever; a file name that is
     not UTF-8 crashed it (UnicodeEncodeError); .jfif/.jpe JPEGs and other files vanished
@@ -666,8 +695,8 @@ def test_awkward_files_in_a_users_folder(tmp_path, capsys):
             "--data-dir", str(tmp_path / "tfds")]
     assert data.main([*args, "--max-pixels", "1000000"]) == 0
     cap = capsys.readouterr()
-    assert "skipped styles/fifo.jpg: not a regular file" in cap.out
-    assert ("skipped styles/big.png: too large: 1000 x 1100 = 1100000 pixels > limit 1000000; "
+    assert f"skipped {styles / 'fifo.jpg'}: not a regular file" in cap.out
+    assert (f"skipped {styles / 'big.png'}: too large: 1000 x 1100 = 1100000 pixels > limit 1000000; "
             "raise data.max_pixels (--max-pixels)") in cap.out
     assert "total: 5 prepared, 2 skipped, 1 other file ignored (not jpg/jpeg/png/" in cap.out
     assert "skipped" not in cap.err  # (it was printed twice: a WARNING line too)
@@ -1381,8 +1410,9 @@ def test_preparation_log_counts_files_it_ignored(tmp_path, caplog):
         + images.describe_image_extensions("/") + ")"), lines
     assert "jpg/jpeg/png/" in lines[0] and len(lines[0]) < 250
     if heic:
-        assert report["skipped"] == [{"path": "p/phone.heic", "reason": "HEIC is not readable "
-                                      "here (pip install pillow-heif)"}]
+        assert report["skipped"] == [{"path": "p/phone.heic", "file": str(d / "phone.heic"),
+                                      "reason": "HEIC is not readable here (pip install "
+                                      "pillow-heif)"}]
 
 
 # ------------------------------------------------------------------------------------------------
