@@ -246,6 +246,16 @@ def _cfg(data_cfg: Any) -> dict[str, Any]:
             c[k] = [os.fspath(v)]
         else:
             c[k] = [os.fspath(x) for x in v]
+    for key in ("content_dir_weights", "style_dir_weights"):
+        w = c[key]
+        try:  # (2 was a TypeError traceback, "[1 2]" or "abc" "5 weights for 1 sources")
+            if w is not None:
+                if isinstance(w, (str, bytes)) or np.ndim(w) != 1:
+                    raise TypeError
+                c[key] = [float(x) for x in w]
+        except (TypeError, ValueError):
+            raise ConfigError(f"data config: {key} must be a list of numbers, one per entry of "
+                              f"{key.replace('_weights', 's')}, got {w!r}") from None
     for key in ("image_size", "style_size", "max_source_side", "min_source_side"):
         c[key] = check_count(c[key], f"data config: {key}", optional=False)
     c["jpeg_quality"] = check_count(c["jpeg_quality"], "data config: jpeg_quality", 1, 100,
@@ -1489,6 +1499,10 @@ def prepare(data_cfg: Any = None, *, progress: bool = False,
     for role in roles:  # before preparing anything: an empty role would stop the job after it
         if not c[f"{role}_dirs"]:
             raise ConfigError(f"data config: {role}_dirs is empty (source={src!r})")
+        weights = c[f"{role}_dir_weights"]
+        if weights is not None and len(weights) != len(c[f"{role}_dirs"]):
+            raise ConfigError(f"data config: {len(weights)} {role}_dir_weights for "
+                              f"{len(c[f'{role}_dirs'])} {role}_dirs")
     _check_folders_distinct(c)
     return {role: _role_source(role, c[f"{role}_dirs"], c[f"{role}_dir_weights"], c, progress)
             for role in roles}

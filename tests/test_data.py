@@ -1087,6 +1087,28 @@ def test_a_catalog_source_mixes_in_content_folders_with_their_weights(tmp_path, 
     assert srcs["style"] is made[str(paintings)]
 
 
+def test_dir_weights_of_the_wrong_kind_are_one_line_before_any_preparation(tmp_path):
+    """``--set data.style_dir_weights=2`` (one folder, one weight) was a TypeError traceback,
+    and a mistyped list (``[1 2]``, kept as a string) "style: 5 weights for 1 sources"; a
+    wrong count was found only after the content folders were prepared (minutes)."""
+    photos, paintings = tmp_path / "photos", tmp_path / "paintings"
+    for i, d in enumerate((photos, paintings)):
+        d.mkdir()
+        Image.fromarray(_smooth(96, 128, i)).save(d / "a.png")
+    cfg = {"content_dirs": [str(photos)], "style_dirs": [str(paintings)],
+           "data_dir": str(tmp_path / "tfds")}
+    for bad in (2, "[1 2]", "abc", [[1.0]], ["x"]):
+        with pytest.raises(ConfigError) as e:
+            data.prepare({**cfg, "style_dir_weights": bad})
+        assert str(e.value) == (f"data config: style_dir_weights must be a list of numbers, one "
+                                f"per entry of style_dirs, got {bad!r}"), e.value
+    with pytest.raises(ConfigError, match=r"^data config: 2 style_dir_weights for 1 style_dirs$"):
+        data.prepare({**cfg, "style_dir_weights": [1, 2]})
+    assert not (tmp_path / "tfds").exists()  # (nothing was prepared first)
+    srcs = data.prepare({**cfg, "style_dir_weights": (3,), "content_dir_weights": np.ones(1)})
+    assert srcs["style"].weights == [3.0] and srcs["content"].weights == [1.0]
+
+
 def test_epoch_order_is_the_documented_formula():
     """Unweighted: epoch e is ``default_rng([seed, e, stream]).permutation(L)``; weighted: part
     k's slots come from ``default_rng([seed, e, stream, 1 + k])`` permutations (repeated), then
