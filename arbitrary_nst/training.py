@@ -667,6 +667,8 @@ def _remove_unused_new_workdir(workdir: Path, top: Path) -> None:
     (checkpoints, logs, an export) stays."""
     start_files = (RUN_ID_FILE, INIT_RECORD, LOCK_NAME)
     try:
+        with contextlib.suppress(OSError):  # (an error between its making and the training
+            (workdir / CHECKPOINT_DIR).rmdir()  # loop's cleanup left it; only if empty)
         if any(e.name not in start_files for e in os.scandir(workdir)):
             return
         for name in start_files:

@@ -617,6 +617,20 @@ def test_a_new_workdir_whose_start_fails_on_its_data_is_not_left_behind(tmp_path
     assert (kept / "notes.txt").is_file()
 
 
+def test_a_new_workdir_whose_start_fails_after_its_checkpoint_folder_is_not_left(
+        tmp_path, vgg, monkeypatch):
+    """An error after the checkpoint manager made checkpoints/ but before the training loop
+    (``--set optim.predictor_lr_multiplier=None`` is a TypeError in make_optimizer) left the
+    new workdir with an empty checkpoints/ folder and the start files."""
+    def broken(*a, **kw):
+        raise TypeError("float() argument must be a string or a real number, not 'NoneType'")
+
+    monkeypatch.setattr(training, "make_optimizer", broken)
+    with pytest.raises(TypeError):
+        training.train(smoke("train.num_steps=2"), tmp_path / "w", vgg=vgg, progress=False)
+    assert not (tmp_path / "w").exists(), sorted(p.name for p in (tmp_path / "w").iterdir())
+
+
 def test_weights_that_fail_are_named_for_deletion_and_never_non_finite(tmp_path, vgg):
     """A learning rate of 1e30: step 1's loss and gradient are finite but its weights are huge,
     so step 2 diverges and checkpoint 1 cannot be resumed from (it was called 'the last good
