@@ -72,10 +72,10 @@ from jax.sharding import PartitionSpec as P
 from . import export as export_lib
 from . import vgg as vgg_lib
 from .device_augment import finish_batch
-from .errors import ConfigError, ImageError, ModelError, NSTError
+from .errors import MAX_SEED, ConfigError, ImageError, ModelError, NSTError, check_count
 from .files import is_inside, make_dir, write_atomically
 from .losses import LossConfig, StyleTargets, perceptual_loss
-from .models import ArbitraryStyleModel, with_pooling
+from .models import ArbitraryStyleModel, check_model_config, with_pooling
 
 log = logging.getLogger(__name__)
 
@@ -276,6 +276,10 @@ def validate_config(config) -> None:
         ("train.sample_styles", lambda: _sample_names_ok(
             _get(t, "sample_styles", ("strokes",)), STYLE_NAMES),
          f"one or more of {', '.join(STYLE_NAMES)}"),
+        *((f"optim.{m}_lr_multiplier", lambda m=m: _finite_f32(
+            _get(o, f"{m}_lr_multiplier", 1.0)) and float(_get(o, f"{m}_lr_multiplier", 1.0))
+            >= 0, "a finite number >= 0 (0: frozen)") for m in ("predictor", "embedding",
+                                                                  "transfer")),
     ]
     for field, check, must in checks:
         try:
@@ -287,11 +291,18 @@ def validate_config(config) -> None:
             value = _get(config[section], name, None)
             raise ConfigError(f"{field} must be {must}, got {value!r}")
     compute_dtype(t.dtype)
+    check_count(_get(config, "seed", 0), "seed", 0, MAX_SEED, optional=False)
+    if "model" in config:  # (its fields' types: None was a traceback from the constructors)
+        check_model_config(config.model.to_dict() if hasattr(config.model, "to_dict")
+                           else dict(config.model))
     for key in ("content_dirs", "style_dirs"):  # ('' was the current folder: its images were
         dirs = _get(config.data, key, None)     # trained on, the workdir guard missed it)
         for d in ([dirs] if isinstance(dirs, (str, os.PathLike)) else
                   dirs if isinstance(dirs, (list, tuple)) else []):
-            if isinstance(d, (str, os.PathLike)) and not os.fspath(d).strip():
+            if not isinstance(d, (str, os.PathLike)):  # (`[2024]`: a TypeError traceback)
+                raise ConfigError(f"data.{key}: {d!r} is not a folder name (quote it: "
+                                  f"['{d}'])")
+            if not os.fspath(d).strip():
                 raise ConfigError(f"data.{key}: an empty folder name ({os.fspath(d)!r}) - is "
                                   "a shell variable unset?")
 

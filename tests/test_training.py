@@ -815,6 +815,29 @@ def test_builtin_config_builds_the_shipped_architecture():
     assert cfg.train.init_from == "builtin"
 
 
+def test_options_of_the_wrong_type_are_one_line_before_anything_is_built():
+    """``--set model.width=None`` (and seed, the model's sizes and taps, the learning-rate
+    multipliers set to None, a width of 1e30, a folder named by a number) were TypeError or
+    ValueError tracebacks from deep inside the model, the optimizer or the data."""
+    for bad, says in (("model.width=None", "width must be a number"),
+                      ("model.width=1e30", "width must be"),
+                      ("model.embedding_dim=None", "embedding_dim must be an integer"),
+                      ("model.hidden_dim=None", "hidden_dim must be an integer"),
+                      ("model.style_taps=None", "style_taps must be"),
+                      ("model.feature_norm=None", "feature_norm must be"),
+                      ("seed=None", "seed must be an integer"),
+                      ("optim.predictor_lr_multiplier=None", "optim.predictor_lr_multiplier must"),
+                      ("optim.embedding_lr_multiplier=None", "optim.embedding_lr_multiplier must"),
+                      ("optim.transfer_lr_multiplier=None", "optim.transfer_lr_multiplier must"),
+                      ("optim.transfer_lr_multiplier=-1", "optim.transfer_lr_multiplier must"),
+                      ("data.style_dirs=[2024]", "data.style_dirs: 2024 is not a folder name")):
+        with pytest.raises(ConfigError) as e:
+            training.validate_config(smoke(bad))
+        assert says in str(e.value) and "\n" not in str(e.value), (bad, str(e.value))
+    training.validate_config(smoke("model.width=0.25", "optim.predictor_lr_multiplier=0",
+                                   "data.style_dirs=['2024']"))
+
+
 def test_config_overrides():
     cfg = smoke("train.num_steps=3", "optim.learning_rate=2e-4", "data.source=synthetic",
                 "model.style_taps=('relu1_2', 'relu2_2')")

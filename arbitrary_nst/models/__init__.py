@@ -33,14 +33,14 @@ import jax
 from flax import nnx
 
 from .. import color
-from ..errors import ConfigError, not_a_number
-from ..vgg import VGG16
-from .predictor import DEFAULT_STYLE_TAPS, StylePredictor, pooled_statistics
-from .transfer import CIN_LAYER_NAMES, TransferNetwork, cin_layer_channels
+from ..errors import ConfigError, check_count, not_a_number
+from ..vgg import VGG16, tap_depth
+from .predictor import DEFAULT_STYLE_TAPS, FEATURE_NORMS, StylePredictor, pooled_statistics
+from .transfer import CIN_LAYER_NAMES, TransferNetwork, check_width, cin_layer_channels
 
 __all__ = ["ArbitraryStyleModel", "StylePredictor", "TransferNetwork", "cin_layer_channels",
            "CIN_LAYER_NAMES", "DEFAULT_STYLE_TAPS", "pooled_statistics", "MODEL_CONFIG_KEYS",
-           "param_count", "with_pooling", "check_palette"]
+           "param_count", "with_pooling", "check_palette", "check_model_config"]
 
 #: Keys of :meth:`ArbitraryStyleModel.config` (what an export stores besides the weights).
 MODEL_CONFIG_KEYS = ("width", "embedding_dim", "hidden_dim", "style_taps", "feature_norm",
@@ -59,6 +59,34 @@ def check_palette(value: Any) -> float:
     if not 0.0 <= p <= 1.0:
         raise ConfigError(f"palette must be in [0, 1], got {value!r}")
     return p
+
+
+def check_model_config(config: Mapping[str, Any]) -> None:
+    """ConfigError (one line) for a model option that is unknown or of the wrong type or range,
+    before anything is built: ``--set model.width=None`` was a TypeError from the transfer
+    network's constructor, ``model.style_taps=None`` one from ``tuple(None)``."""
+    unknown = set(config) - set(MODEL_CONFIG_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown model options: {sorted(unknown)}")
+    if "width" in config:
+        check_width(config["width"])
+    for key, low in (("embedding_dim", 1), ("hidden_dim", 0)):
+        if key in config:
+            check_count(config[key], key, low, optional=False)
+    if "style_taps" in config:
+        taps = config["style_taps"]
+        if isinstance(taps, (str, bytes)) or not isinstance(taps, Sequence) or not taps:
+            raise ConfigError(f"style_taps must be a list of one or more VGG16 taps (e.g. "
+                              f"{list(DEFAULT_STYLE_TAPS[:2])}), got {taps!r}")
+        for t in taps:
+            tap_depth(t)
+    if "feature_norm" in config and config["feature_norm"] not in FEATURE_NORMS:
+        raise ConfigError(f"feature_norm must be one of {FEATURE_NORMS}, "
+                          f"got {config['feature_norm']!r}")
+    if "vgg_pooling" in config and config["vgg_pooling"] not in ("max", "avg"):
+        raise ConfigError(f"vgg_pooling must be 'max' or 'avg', got {config['vgg_pooling']!r}")
+    if "palette" in config:
+        check_palette(config["palette"])
 
 
 class ArbitraryStyleModel(nnx.Module):
@@ -94,9 +122,7 @@ class ArbitraryStyleModel(nnx.Module):
         """Build from :meth:`config` output (or the ``model`` part of a training config).
         ``vgg`` is re-wrapped (same weight arrays, no copy) if its pooling differs from the
         config's ``vgg_pooling``."""
-        unknown = set(config) - set(MODEL_CONFIG_KEYS)
-        if unknown:
-            raise ConfigError(f"unknown model options: {sorted(unknown)}")
+        check_model_config(config)
         kw = dict(config)
         if "style_taps" in kw:
             kw["style_taps"] = tuple(kw["style_taps"])

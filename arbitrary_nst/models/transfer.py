@@ -77,6 +77,10 @@ def _channels(width: float, base: int) -> int:
     return int(width * base)
 
 
+#: The widest transfer network accepted (8x Magenta's: 1024 channels in the residual blocks).
+MAX_WIDTH = 8.0
+
+
 def check_width(width: float) -> float:
     """Validate a width multiplier: every scaled layer must keep at least one channel."""
     try:
@@ -85,6 +89,9 @@ def check_width(width: float) -> float:
         raise ConfigError(f"width must be a number, got {width!r}") from None
     if not w > 0 or _channels(w, 32) < 1:
         raise ConfigError(f"width must be >= 1/32 (so every layer keeps a channel), got {width!r}")
+    if not w <= MAX_WIDTH:  # (1e30 was numpy's "Maximum allowed dimension exceeded")
+        raise ConfigError(f"width must be <= {MAX_WIDTH:g} (Magenta's full network is 1.0), "
+                          f"got {width!r}")
     return w
 
 
