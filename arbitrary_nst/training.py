@@ -119,6 +119,18 @@ def _to_plain(x: Any) -> Any:
     return x
 
 
+#: The project's shipped training configs (``configs/`` next to this package).
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def base_config(name: str, config_file: str | os.PathLike):
+    """The config ``name`` (e.g. ``"default.py"``) that the config file ``config_file`` builds
+    on: the one next to it, else the project's (a shipped config copied to a user's folder, to
+    change it, gave "default.py: config file not found")."""
+    near = Path(config_file).with_name(name)
+    return load_config(near if near.is_file() else CONFIGS_DIR / name)
+
+
 def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()):
     """``get_config()`` of the Python file ``path``, with ``key.sub=value`` overrides applied
     (values parsed as Python literals when possible, else kept as strings)."""

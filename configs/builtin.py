@@ -19,13 +19,11 @@
 """
 from __future__ import annotations
 
-from pathlib import Path
-
-from arbitrary_nst.training import load_config
+from arbitrary_nst.training import base_config
 
 
 def get_config():
-    c = load_config(Path(__file__).with_name("cpu_small.py"))
+    c = base_config("cpu_small.py", __file__)  # (next to this file, else the project's)
     c.name = "builtin"
     c.model.embedding_dim = 164
     c.model.hidden_dim = 384

@@ -31,13 +31,11 @@ Fields as in ``configs/default.py``. What differs from Magenta / the GPU default
 """
 from __future__ import annotations
 
-from pathlib import Path
-
-from arbitrary_nst.training import load_config
+from arbitrary_nst.training import base_config
 
 
 def get_config():
-    c = load_config(Path(__file__).with_name("default.py"))  # configs/ is no package
+    c = base_config("default.py", __file__)  # (next to this file, else the project's)
     c.name = "cpu_small"
     c.model.width = 0.5
     c.model.hidden_dim = 256

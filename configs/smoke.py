@@ -6,13 +6,11 @@ Used by the tests and by ``make``-style smoke runs:
 """
 from __future__ import annotations
 
-from pathlib import Path
-
-from arbitrary_nst.training import load_config
+from arbitrary_nst.training import base_config
 
 
 def get_config():
-    c = load_config(Path(__file__).with_name("default.py"))  # configs/ is no package
+    c = base_config("default.py", __file__)  # (next to this file, else the project's)
     c.name = "smoke"
     c.model.width = 0.25
     c.model.hidden_dim = 64

@@ -838,6 +838,25 @@ def test_options_of_the_wrong_type_are_one_line_before_anything_is_built():
                                    "data.style_dirs=['2024']"))
 
 
+def test_a_copy_of_a_shipped_config_loads_elsewhere(tmp_path):
+    """Copying configs/cpu_small.py to one's own folder to change it (how a user starts) gave
+    "get_config() failed (ConfigError: .../default.py: config file not found)": each shipped
+    config builds on the one named next to itself. A copy builds on the project's, unless a
+    copy of that one sits next to it (then that one)."""
+    for name in ("cpu_small.py", "builtin.py", "smoke.py"):
+        mine = tmp_path / f"my_{name}"
+        shutil.copy(CONFIGS / name, mine)
+        assert training.load_config(mine).to_dict() == training.load_config(
+            CONFIGS / name).to_dict(), name
+    own = tmp_path / "own"
+    own.mkdir()
+    shutil.copy(CONFIGS / "smoke.py", own / "smoke.py")
+    text = (CONFIGS / "default.py").read_text().replace("c.seed = 0", "c.seed = 7")
+    assert text != (CONFIGS / "default.py").read_text()
+    (own / "default.py").write_text(text)
+    assert training.load_config(own / "smoke.py").seed == 7
+
+
 def test_config_overrides():
     cfg = smoke("train.num_steps=3", "optim.learning_rate=2e-4", "data.source=synthetic",
                 "model.style_taps=('relu1_2', 'relu2_2')")
