@@ -2112,6 +2112,15 @@ def _cli_cfg(a: argparse.Namespace) -> dict[str, Any]:
     return d
 
 
+def _fit_name(name: str, width: int) -> str:
+    """``name`` in ``width`` characters, cut in the middle: a dataset's name ends in its
+    folders' fingerprint (``paintings-20b60ef5c4b8``), which a cut at the end dropped."""
+    if len(name) <= width:
+        return name
+    tail = width // 2
+    return f"{name[:width - tail - 3]}...{name[-tail:]}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     printable_stdout()
     ap = UsageParser(prog="python -m arbitrary_nst.data", description=__doc__.split("\n")[0])
@@ -2178,16 +2187,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = reports(srcs)
         print(f"{'role':8} {'dataset':40} {'prepared':>9} {'skipped':>8} {'reused':>7} {'seconds':>8}")
         for r in rows:
-            print(f"{r['role']:8} {r['name'][:40]:40} {r.get('num_prepared', 0):9d} {r.get('num_skipped', 0):8d} "
-                  f"{str(r.get('reused', '-')):>7} {r.get('seconds', 0):8.1f}")
+            print(f"{r['role']:8} {_fit_name(r['name'], 40):40} {r.get('num_prepared', 0):9d} "
+                  f"{r.get('num_skipped', 0):8d} {str(r.get('reused', '-')):>7} "
+                  f"{r.get('seconds', 0):8.1f}")
         for r in rows:
             for s in r.get("skipped", []):
                 print(f"skipped {s.get('file', s['path'])}: {s['reason']}")
         tot_ok = sum(r.get("num_prepared", 0) for r in rows)
+        earlier = sum(r.get("num_prepared", 0) for r in rows if r.get("reused") is True)
         tot_sk = sum(r.get("num_skipped", 0) for r in rows)
         other = _ignored_note(sum(r.get("num_ignored_non_image", 0) for r in rows))
-        print(f"total: {tot_ok} prepared, {tot_sk} skipped{other} in "
-              f"{time.perf_counter() - t0:.1f} s")
+        # (a rerun said "4564 prepared ... in 0.4 s" of datasets it only found on disk)
+        print(f"total: {tot_ok} images ({tot_ok - earlier} prepared now, {earlier} prepared "
+              f"earlier), {tot_sk} skipped{other} in {time.perf_counter() - t0:.1f} s")
         if a.cmd == "export":
             s = export_arrays(cfg, a.out, a.n_content, a.n_style, a.size, max_mb=a.max_mb, sources=srcs,
                               overwrite=a.overwrite)

@@ -598,7 +598,21 @@ def test_cli_prepare_prints_counts(folder, tfds_dir, capsys):
     out = capsys.readouterr().out
     assert rc == 0
     assert f"skipped {folder / 'corrupt.jpg'}:" in out and f"skipped {folder / 'empty.png'}:" in out
-    assert f"total: {2 * len(GOOD)} prepared, 4 skipped" in out
+    assert re.search(rf"total: {2 * len(GOOD)} images \(\d+ prepared now, \d+ prepared "
+                     r"earlier\), 4 skipped", out), out
+    # a rerun finds both on disk: it said "12 prepared" of datasets it only reused
+    assert data.main(["prepare", "--content-dir", str(folder), "--style-dir", str(folder),
+                      "--data-dir", str(tfds_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"total: {2 * len(GOOD)} images (0 prepared now, {2 * len(GOOD)} prepared earlier), " \
+        "4 skipped" in out, out
+
+
+def test_the_prepare_table_keeps_the_fingerprint_of_a_long_name():
+    name = "a_very_long_folder_name_of_paintings_by_many_painters-20b60ef5c4b8"
+    cut = data._fit_name(name, 40)
+    assert len(cut) == 40 and cut.endswith("-20b60ef5c4b8") and cut.startswith("a_very_long")
+    assert data._fit_name("short-20b60ef5c4b8", 40) == "short-20b60ef5c4b8"
 
 
 def test_cli_eval_folder_refusal_names_a_way_that_cli_has(folder, tmp_path, capsys):
@@ -610,7 +624,8 @@ def test_cli_eval_folder_refusal_names_a_way_that_cli_has(folder, tmp_path, caps
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "--allow-eval-dirs" in err and err.count("\n") == 1
     assert data.main(args + ["--allow-eval-dirs"]) == 0
-    assert f"total: {len(GOOD)} prepared" in capsys.readouterr().out
+    assert f"total: {len(GOOD)} images ({len(GOOD)} prepared now, 0 prepared earlier)" in \
+        capsys.readouterr().out
 
 
 def test_prepare_does_not_print_tfds_download_lines(folder, tmp_path, capfd):
