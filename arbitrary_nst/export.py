@@ -218,6 +218,11 @@ def model_file(path: str | os.PathLike, *, warn: bool = True) -> str:
         return name
     exported = os.path.join(name, "model.safetensors")
     if not os.path.isfile(exported):
+        steps = _checkpoint_steps(name)
+        if steps:  # (a run exported elsewhere with --export, or one killed outright)
+            raise ModelError(f"{name}: a training workdir without model.safetensors (its latest "
+                             f"checkpoint is step {max(steps)}): pass the run's export file, "
+                             "or run train.py on the workdir again (same config) to export it")
         raise ModelError(f"{name}: a directory without model.safetensors (pass the "
                          "export file of a trained model)")
     if warn:
@@ -225,15 +230,19 @@ def model_file(path: str | os.PathLike, *, warn: bool = True) -> str:
     return exported
 
 
+def _checkpoint_steps(workdir: str) -> list[int]:
+    """The steps of the checkpoints in a training workdir (none: not one, or not readable)."""
+    try:
+        return [int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()]
+    except OSError:
+        return []
+
+
 def _warn_if_behind(workdir: str, exported: str) -> None:
     """Warn when a workdir's export is older than its latest checkpoint (a run killed outright,
     one that died, or one resumed with ``--export`` elsewhere): ``--model W`` means the
     workdir's training state, and the export silently stood for an earlier step."""
-    ckpt = os.path.join(workdir, "checkpoints")
-    try:
-        steps = [int(d) for d in os.listdir(ckpt) if d.isdigit()]
-    except OSError:
-        return
+    steps = _checkpoint_steps(workdir)
     if not steps:
         return
     try:

@@ -956,3 +956,20 @@ def test_model_file_of_a_folder_without_an_export_is_a_model_error(tmp_path):
                                              r"model.safetensors"):
             model_file(tmp_path, warn=warn)
     assert model_file(tmp_path / "x.safetensors") == str(tmp_path / "x.safetensors")
+
+
+def test_a_workdir_without_its_export_says_what_it_is_and_how_to_export_it(tmp_path):
+    """``--model W`` for a run that exported elsewhere (``--export``) said only "a directory
+    without model.safetensors"; a training workdir's latest checkpoint is named with the fix."""
+    from arbitrary_nst.export import model_file
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    with pytest.raises(ModelError, match=r"a directory without model.safetensors \(pass"):
+        model_file(plain)
+    (tmp_path / "w" / "checkpoints" / "4").mkdir(parents=True)
+    (tmp_path / "w" / "checkpoints" / "12").mkdir()
+    with pytest.raises(ModelError) as e:
+        model_file(tmp_path / "w")
+    assert "a training workdir without model.safetensors (its latest checkpoint is step 12)" \
+        in str(e.value) and "train.py on the workdir again" in str(e.value)
