@@ -965,6 +965,18 @@ def _default_loader_factory(data_cfg, *, batch_size, seed, start_step, progress=
     """The data loader; ``progress``: a bar while image folders are first prepared."""
     from . import data
 
+    source = str(_get(data_cfg, "source", "folder"))
+    roles = ("content", "style") if source == "folder" else (
+        ("style",) if source.startswith("tfds:") else ())
+    for role in roles:  # (a fresh clone without the shipped configs' data said only the path)
+        dirs = _get(data_cfg, f"{role}_dirs", None) or ()
+        for d in [dirs] if isinstance(dirs, (str, os.PathLike)) else dirs:
+            if isinstance(d, (str, os.PathLike)) and not os.path.exists(os.path.expanduser(d)):
+                what = "photos" if role == "content" else "paintings"
+                raise ConfigError(
+                    f"{d}: no such directory (data.{role}_dirs: give your own folders of "
+                    f"{what}, e.g. --set \"data.{role}_dirs=['/path/to/{what}']\"; the shipped "
+                    "configs look under $ARBITRARY_NST_DATA)")
     return data.make_loader(data_cfg, batch_size=batch_size, seed=seed, start_step=start_step,
                             sources=data.prepare(data_cfg, progress=progress))
 

@@ -602,8 +602,13 @@ def test_a_new_workdir_whose_start_fails_on_its_data_is_not_left_behind(tmp_path
     cfg = smoke("train.num_steps=2", "data.source=folder",
                 f"data.content_dirs=['{tmp_path / 'nope'}']",
                 f"data.style_dirs=['{tmp_path / 'nope2'}']")
-    with pytest.raises(ConfigError, match="no such directory"):
+    with pytest.raises(ConfigError) as e:
         training.train(cfg, tmp_path / "runs" / "new", vgg=vgg, progress=False)
+    # (a fresh clone without the shipped configs' data: the message says how to point them)
+    assert str(e.value) == (
+        f"{tmp_path / 'nope'}: no such directory (data.content_dirs: give your own folders of "
+        "photos, e.g. --set \"data.content_dirs=['/path/to/photos']\"; the shipped configs "
+        "look under $ARBITRARY_NST_DATA)")
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "the new workdir was left behind"
 
     kept = tmp_path / "mine"
