@@ -385,11 +385,13 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 class TFDSSource(DataSource):
     """A TFDS ``as_data_source`` split; the image feature is fetched undecoded (Pillow decodes).
 
-    ``report`` holds the preparation summary for :class:`ImageFolder` datasets.
+    ``report`` holds the preparation summary for :class:`ImageFolder` datasets,
+    ``short_sides`` the shorter side of each stored image (None: not recorded).
     """
 
     def __init__(self, ds: Any, name: str, image_key: str = "image", path_key: str | None = "path",
-                 report: dict[str, Any] | None = None):
+                 report: dict[str, Any] | None = None, short_sides: Sequence[int] | None = None):
+        self.short_sides = None if short_sides is None else list(short_sides)
         self._ds = ds
         self._n = len(ds)
         self.name = name
@@ -725,6 +727,7 @@ def _builder_classes() -> tuple[type, type]:
             file_of = {key: full.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
                        for full, key, _, _ in files}  # (stored as text: see _scan_dirs)
             n_ok = 0
+            short_sides: list[int] = []  # of the stored images: what training resizes from
             bar = None
             if cfg.progress:
                 from tqdm.auto import tqdm
@@ -742,6 +745,8 @@ def _builder_classes() -> tuple[type, type]:
                         skipped.append({"path": key, "file": file_of[key], "reason": result})
                         continue
                     n_ok += 1
+                    with Image.open(io.BytesIO(result)) as stored:  # (header only)
+                        short_sides.append(min(stored.size))
                     yield key, {"image": result, "path": key}
             finally:
                 if bar is not None:
@@ -770,6 +775,7 @@ def _builder_classes() -> tuple[type, type]:
                 "min_source_side": cfg.min_source_side,
                 "jpeg_quality": cfg.jpeg_quality,
                 "prep_format": _PREP_FORMAT,
+                "short_sides": short_sides,
             })
 
     ImageFolderConfig.__module__ = __name__
@@ -1262,7 +1268,10 @@ def prepare_folder(dirs: Sequence[str | os.PathLike[str]], *, data_dir: str | os
         "reused": reused,
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    return TFDSSource(ds, name=b.builder_config.name, report=report)
+    # (the sizes are not in the report, which is printed and logged: one int per image; None
+    # for a dataset prepared before they were recorded)
+    return TFDSSource(ds, name=b.builder_config.name, report=report,
+                      short_sides=md.get("short_sides"))
 
 
 def _ignored_note(n: int) -> str:
@@ -1506,6 +1515,43 @@ def prepare(data_cfg: Any = None, *, progress: bool = False,
     _check_folders_distinct(c)
     return {role: _role_source(role, c[f"{role}_dirs"], c[f"{role}_dir_weights"], c, progress)
             for role in roles}
+
+
+#: Training upscaling beyond this factor (at the smallest size drawn) blurs what is learnt.
+UPSCALE_NOTE_FACTOR = 1.5
+#: ... and a role gets a note when at least this share of its images is upscaled that much.
+UPSCALE_NOTE_SHARE = 0.1
+
+
+def upscale_notes(sources: Mapping[str, DataSource], data_cfg: Any = None) -> list[str]:
+    """One line per role (content, style) whose prepared images are mostly too small for the
+    sizes training resizes them to: a user's 150-px paintings are upscaled ~2-3x (to a shorter
+    side of 258-456 px with ``cpu_small.py``) without a word, and the network learns blurred
+    strokes. A role gets a line when >= :data:`UPSCALE_NOTE_SHARE` of its images are upscaled
+    more than :data:`UPSCALE_NOTE_FACTOR` x even at the smallest size drawn. Datasets
+    prepared before the sizes were recorded are left out."""
+    c = _cfg(data_cfg)
+    lo_style = _resize_range(c["style_resize_range"], int(c["style_size"]))[0]
+    lo_content = int(c["image_size"]) * float(c["content_scale_range"][0])
+    notes = []
+    for role, smallest, option in (("content", lo_content, "data.content_scale_range / "
+                                    "data.image_size"),
+                                   ("style", lo_style, "data.style_resize_range")):
+        src = sources.get(role)
+        parts = src.parts if isinstance(src, MixtureSource) else [src]
+        sides = [x for p in parts for x in (getattr(p, "short_sides", None) or ())]
+        if not sides:
+            continue
+        limit = smallest / UPSCALE_NOTE_FACTOR
+        small = sum(x < limit for x in sides)
+        if small and small >= UPSCALE_NOTE_SHARE * len(sides):
+            notes.append(
+                f"{role}: {small} of {len(sides)} images are under {limit:.0f} px on their "
+                f"shorter side (the smallest {min(sides)} px): training resizes them to "
+                f"{smallest:.0f} px or more ({option}), i.e. upscales them over "
+                f"{UPSCALE_NOTE_FACTOR:g}x, and learns {'from blurred photos' if role == 'content' else 'blurred strokes'}; "
+                "larger images avoid it")
+    return notes
 
 
 def reports(sources: Mapping[str, DataSource]) -> list[dict[str, Any]]:

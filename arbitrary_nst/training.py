@@ -977,8 +977,11 @@ def _default_loader_factory(data_cfg, *, batch_size, seed, start_step, progress=
                     f"{d}: no such directory (data.{role}_dirs: give your own folders of "
                     f"{what}, e.g. --set \"data.{role}_dirs=['/path/to/{what}']\"; the shipped "
                     "configs look under $ARBITRARY_NST_DATA)")
+    sources = data.prepare(data_cfg, progress=progress)
+    for note in data.upscale_notes(sources, data_cfg):
+        log.warning("%s", note)
     return data.make_loader(data_cfg, batch_size=batch_size, seed=seed, start_step=start_step,
-                            sources=data.prepare(data_cfg, progress=progress))
+                            sources=sources)
 
 
 def _progress_bar(total: int, initial: int, enabled: bool):

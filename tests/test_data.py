@@ -1681,3 +1681,31 @@ def test_saving_digests_waits_for_another_jobs_lock(tmp_path, monkeypatch):
         fcntl.flock(held.fileno(), fcntl.LOCK_UN)
     saver.join(10)
     assert _cached_paths(root) == {os.path.realpath(d / "a.bmp")}
+
+
+def test_training_notes_images_mostly_too_small_for_its_sizes(tmp_path):
+    """A user's 100-px paintings were upscaled ~2.6-4.6x by training (to a shorter side of
+    258-456 px) without a word: a role mostly made of such images gets one line; the
+    shipped data (224-px paintings: 1.15x at the smallest size) gets none."""
+    small, ok = tmp_path / "small", tmp_path / "ok"
+    for d, side, n in ((small, 100, 3), (ok, 224, 9)):
+        d.mkdir()
+        for i in range(n):
+            Image.fromarray(_smooth(side, side + 20 * i, i)).save(d / f"p{i}.png")
+    cfg = {"content_dirs": [str(ok)], "style_dirs": [str(small)], "data_dir": str(tmp_path / "t"),
+           "style_resize_range": (258, 456), "image_size": 128, "content_scale_range": (2.0, 2.3)}
+    srcs = data.prepare(cfg)
+    assert srcs["style"].short_sides == [100, 100, 100]
+    assert data.upscale_notes(srcs, cfg) == [
+        "style: 3 of 3 images are under 172 px on their shorter side (the smallest 100 px): "
+        "training resizes them to 258 px or more (data.style_resize_range), i.e. upscales them "
+        "over 1.5x, and learns blurred strokes; larger images avoid it"]
+    assert data.upscale_notes(srcs, {**cfg, "style_size": 128,
+                                      "style_resize_range": (140, 200)}) == []
+    mixed = data.prepare({**cfg, "style_dirs": [str(small), str(ok)]})  # 3 of 12: 25%
+    assert len(data.upscale_notes(mixed, cfg)) == 1
+    srcs["style"].short_sides = None  # (prepared before the sizes were recorded)
+    assert data.upscale_notes(srcs, cfg) == []
+    # content: 224 px photos at 128 x 2.0 = 256 px (1.14x): no note; at 4x, a note
+    assert data.upscale_notes(srcs, {**cfg, "content_scale_range": (4.0, 4.2)})[0].startswith(
+        "content: 9 of 9 images are under 341 px")
