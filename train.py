@@ -6,9 +6,9 @@
         --set optim.learning_rate=5e-4 --export models/my_model.safetensors
 
 Re-running with the same ``--workdir`` resumes from its latest checkpoint (exactly: same
-parameters, optimizer state and data order as an uninterrupted run). Ctrl-C / SIGTERM finish the
-current step, save a checkpoint and the export, then die of that signal (exit status 130 /
-143), so a script running several stages stops too. At the end the inference weights are exported
+parameters, optimizer state and data order as an uninterrupted run). Ctrl-C / SIGTERM / SIGHUP (a
+closed terminal) finish the current step, save a checkpoint and the export, then die of that
+signal (exit status 130 / 143 / 129), so a script running several stages stops too. At the end the inference weights are exported
 to ``--export`` (default ``WORKDIR/model.safetensors``). See ``arbitrary_nst/training.py``.
 
     python train.py --config configs/cpu_small.py --objective builtin workdirs/run1 [...]
@@ -177,23 +177,30 @@ def main(argv=None) -> int:
     last = result.history[-1] if result.history else {}
     status = "interrupted" if result.interrupted else "done"
     terms = " ".join(f"{k}={last[k]:.4g}" for k in ("loss", "content", "style", "tv") if k in last)
-    print(f"{status}: step {result.step} {terms}".rstrip())
-    if result.export_path is not None:
-        print(f"exported inference weights to {result.export_path}")
+    try:  # (after SIGHUP the terminal may be gone: EIO; all is saved, the status says how)
+        print(f"{status}: step {result.step} {terms}".rstrip())
+        if result.export_path is not None:
+            print(f"exported inference weights to {result.export_path}")
+    except OSError:
+        pass
     # Stopped by a signal: checkpoint and export are saved, but the run is not done: 128 + the
     # signal (130 for Ctrl-C), and as a script the process then dies of that signal (below).
     return 128 + result.signal if result.signal else 0
 
 
 def exit_as_signalled(status: int) -> None:
-    """Exit with ``status``; 130 / 143 (stopped by SIGINT / SIGTERM, everything saved) by
-    dying of that signal instead, so that a multi-stage shell script stops: bash ends a script
-    whose child was *killed* by SIGINT, while an exit status of 130 goes on to the next
-    stage, which would start from a half-trained model."""
+    """Exit with ``status``; 130 / 143 / 129 (stopped by SIGINT / SIGTERM / SIGHUP, everything
+    saved) by dying of that signal instead, so that a multi-stage shell script stops: bash ends
+    a script whose child was *killed* by SIGINT, while an exit status of 130 goes on to the
+    next stage, which would start from a half-trained model. (The signals of
+    ``training.STOP_SIGNALS``, named here without importing JAX.)"""
     signum = status - 128
-    if signum in (signal.SIGINT, signal.SIGTERM):
-        sys.stdout.flush()
-        sys.stderr.flush()
+    if signum in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGTERM)):
+        for stream in (sys.stdout, sys.stderr):
+            try:  # (after SIGHUP the terminal is gone: EIO)
+                stream.flush()
+            except OSError:
+                pass
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
     sys.exit(status)

@@ -33,7 +33,7 @@ keeps resumes exact by construction. A checkpoint (Orbax ``CheckpointManager``, 
 temporary folder and renamed) holds ``step, params, opt_state, rng, bad_step``; resuming restores
 it and restarts the loader at the saved step, so an interrupted run continues bit-identically.
 
-Checkpoints are saved every ``train.checkpoint_every`` steps, at the end, and on SIGINT/SIGTERM
+Checkpoints are saved every ``train.checkpoint_every`` steps, at the end, and on SIGINT/SIGTERM/SIGHUP
 (the current step finishes, the state is saved, the loop returns cleanly); the last
 ``train.keep_checkpoints`` are kept. :func:`~arbitrary_nst.export.export_model` writes the small
 inference file (trainable weights + model config only).
@@ -897,11 +897,19 @@ class TrainResult:
     interrupted: bool = False
     export_path: Path | None = None
     steps_per_sec: float | None = None
-    signal: int | None = None  # the signal (SIGINT, SIGTERM) that stopped it, if one did
+    signal: int | None = None  # the signal (SIGINT, SIGTERM, SIGHUP) that stopped it, if one did
+
+
+#: Signals that stop training cleanly (finish the step, save a checkpoint, export): Ctrl-C,
+#: ``kill``, and a closed terminal or ssh session (SIGHUP killed the run, and the steps since
+#: the last checkpoint were lost).
+STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP")
+                     if hasattr(signal, n))  # (Windows has no SIGHUP)
 
 
 class _StopRequest:
-    """SIGINT/SIGTERM -> finish the current step, save, return. A second SIGINT aborts."""
+    """A signal of :data:`STOP_SIGNALS` -> finish the current step, save, return. A second
+    SIGINT aborts."""
 
     def __init__(self):
         self.signum: int | None = None
@@ -914,7 +922,7 @@ class _StopRequest:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
+            for s in STOP_SIGNALS:
                 self._old[s] = signal.signal(s, self._handler)
         return self
 
@@ -1135,7 +1143,7 @@ def train(config, workdir: str | os.PathLike, *, export_path: str | os.PathLike 
       config: a training ``ConfigDict`` (see ``configs/default.py`` for every field).
       workdir: checkpoints, TensorBoard logs, sample grids and the export go here. If it holds
         checkpoints, training resumes from the latest one.
-      export_path: where to write the inference export at the end, also after SIGINT/SIGTERM
+      export_path: where to write the inference export at the end, also after SIGINT/SIGTERM/SIGHUP
         (default ``workdir/model.safetensors``; ``""`` = no export). Not written when training
         diverges.
       loader_factory: ``f(data_cfg, batch_size=, seed=, start_step=)`` -> iterator of

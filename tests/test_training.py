@@ -1057,7 +1057,8 @@ def test_a_stopped_run_dies_of_its_signal_so_a_shell_script_stops():
     stage: measured with `for w in w1 w2; do python train.py ...; done` and Ctrl-C)."""
     code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); import train; " \
            "train.exit_as_signalled(int(sys.argv[1]))"
-    for status, want in ((130, -signal.SIGINT), (143, -signal.SIGTERM), (1, 1), (0, 0)):
+    for status, want in ((130, -signal.SIGINT), (143, -signal.SIGTERM), (129, -signal.SIGHUP),
+                         (1, 1), (0, 0)):
         r = subprocess.run([sys.executable, "-c", code, str(status)], capture_output=True)
         assert r.returncode == want, (status, r.returncode, r.stderr[-300:])
 
@@ -1842,6 +1843,19 @@ def test_a_second_ctrl_c_aborts_and_a_repeated_sigterm_does_not():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGTERM) is not stop._handler  # handlers restored
+    # a closed terminal or ssh session (SIGHUP) killed the run: the steps since the last
+    # checkpoint were lost; it saves and exports as on SIGTERM
+    def ignore(*_):
+        pass
+
+    before = signal.signal(signal.SIGHUP, ignore)  # (unhandled, SIGHUP ends the test run)
+    try:
+        with training._StopRequest() as stop:
+            os.kill(os.getpid(), signal.SIGHUP)
+            assert stop.signum == signal.SIGHUP
+        assert signal.getsignal(signal.SIGHUP) is ignore
+    finally:
+        signal.signal(signal.SIGHUP, before)
 
 
 def test_export_dtype_info_and_checkpoint_steps(tmp_path, vgg):
