@@ -245,7 +245,12 @@ def _cfg(data_cfg: Any) -> dict[str, Any]:
         elif isinstance(v, (str, os.PathLike)):
             c[k] = [os.fspath(v)]
         else:
-            c[k] = [os.fspath(x) for x in v]
+            try:
+                c[k] = [os.fspath(x) for x in v]
+            except TypeError:  # (`[2024]`: a folder named by a number, unquoted)
+                bad = next(x for x in v if not isinstance(x, (str, os.PathLike)))
+                raise ConfigError(f"data config: {k}: {bad!r} is not a folder name (quote it: "
+                                  f"['{bad}'])") from None
     for key in ("content_dir_weights", "style_dir_weights"):
         w = c[key]
         try:  # (2 was a TypeError traceback, "[1 2]" or "abc" "5 weights for 1 sources")
@@ -266,6 +271,8 @@ def _cfg(data_cfg: Any) -> dict[str, Any]:
     c["prepare_workers"] = check_count(c["prepare_workers"], "data config: prepare_workers",
                                        optional=False)
     c["max_pixels"] = check_count(c["max_pixels"], "data config: max_pixels", optional=False)
+    c["synthetic_count"] = check_count(c["synthetic_count"], "data config: synthetic_count",
+                                       optional=False)
     if c["min_source_side"] > c["max_source_side"]:
         raise ConfigError(f"data config: max_source_side ({c['max_source_side']}) must be >= "
                           f"min_source_side ({c['min_source_side']}): nothing could be kept")

@@ -304,6 +304,10 @@ def validate_config(config) -> None:
             raise ConfigError(f"{field} must be {must}, got {value!r}")
     compute_dtype(t.dtype)
     check_count(_get(config, "seed", 0), "seed", 0, MAX_SEED, optional=False)
+    init_from = _get(t, "init_from", None)
+    if init_from is not None and not isinstance(init_from, (str, os.PathLike)):
+        raise ConfigError(f"train.init_from must be 'builtin', an export file or a training "
+                          f"workdir (or empty), got {init_from!r}")
     if "model" in config:  # (its fields' types: None was a traceback from the constructors)
         check_model_config(config.model.to_dict() if hasattr(config.model, "to_dict")
                            else dict(config.model))
@@ -1251,56 +1255,61 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
     mngr = checkpoint_manager(workdir, int(tcfg.keep_checkpoints),  # (the lock holder: it
                               async_save=bool(_get(tcfg, "async_checkpoints", True)),
                               cleanup_tmp=True)  # removes the tmp folders of killed saves)
-    init_from = _get(tcfg, "init_from")
-    init_record = workdir / INIT_RECORD
-    prior_steps = 0
-    record = None  # where this run began: written once, when it begins
-    if mngr.latest_step() is not None:
-        # Resuming: the checkpoint holds the weights, and where the run began (its start
-        # point's file and step count, recorded then; that file need not exist any more) is
-        # the record's, whatever this command's init_from says (a from-scratch run resumed
-        # with the config's default init_from=builtin loaded the built-in model for nothing
-        # and claimed its 6971 steps). A workdir from before the record: its checkpoint's.
-        if init_record.is_file():
-            known = json.loads(init_record.read_text())
+    try:  # (a failure before the loop's own cleanup below: the manager's background
+        # cleanup of temporary folders ran on while the failed start's folders were removed)
+        init_from = _get(tcfg, "init_from")
+        init_record = workdir / INIT_RECORD
+        prior_steps = 0
+        record = None  # where this run began: written once, when it begins
+        if mngr.latest_step() is not None:
+            # Resuming: the checkpoint holds the weights, and where the run began (its start
+            # point's file and step count, recorded then; that file need not exist any more) is
+            # the record's, whatever this command's init_from says (a from-scratch run resumed
+            # with the config's default init_from=builtin loaded the built-in model for nothing
+            # and claimed its 6971 steps). A workdir from before the record: its checkpoint's.
+            if init_record.is_file():
+                known = json.loads(init_record.read_text())
+            else:
+                known = record = _init_record_from_checkpoint(mngr, workdir)
+            prior_steps = int(known.get("prior_steps", 0))
+            began = known.get("init_from") or ""
+            _note_unused_init_from(init_from, began, workdir)
+            init_from = began or None  # (the export names the file, as an
+            # uninterrupted run's does: "model.safetensors", not "builtin")
+        elif init_from:  # fine-tuning start point
+            init_from = resolve_init_from(init_from)
+            init_header = export_lib.init_from_export(model, init_from)
+            # Chained runs (one short GPU loan after another) add up their steps in the export.
+            prior_steps = export_lib.recorded_steps(init_header["info"])
+            log.info("initialized the model from %s (%d steps before)", init_from, prior_steps)
+            record = {"init_from": os.fspath(init_from), "prior_steps": prior_steps}
         else:
-            known = record = _init_record_from_checkpoint(mngr, workdir)
-        prior_steps = int(known.get("prior_steps", 0))
-        began = known.get("init_from") or ""
-        _note_unused_init_from(init_from, began, workdir)
-        init_from = began or None  # (the export names the file, as an
-        # uninterrupted run's does: "model.safetensors", not "builtin")
-    elif init_from:  # fine-tuning start point
-        init_from = resolve_init_from(init_from)
-        init_header = export_lib.init_from_export(model, init_from)
-        # Chained runs (one short GPU loan after another) add up their steps in the export.
-        prior_steps = export_lib.recorded_steps(init_header["info"])
-        log.info("initialized the model from %s (%d steps before)", init_from, prior_steps)
-        record = {"init_from": os.fspath(init_from), "prior_steps": prior_steps}
-    else:
-        record = {"init_from": "", "prior_steps": 0}  # from scratch (also said)
-    if record is not None and is_main:
-        write_atomically(init_record, lambda f: f.write(json.dumps(record).encode()))
-    graphdef, params_state, frozen = nnx.split(model, nnx.Param, ...)
-    tx, schedule = make_optimizer(config.optim, num_steps)
-    repl = NamedSharding(mesh, P())
-    data_sharding = NamedSharding(mesh, P("data"))
-    state = jax.device_put(init_state(model, tx, int(config.seed)), repl)
-    frozen = jax.device_put(frozen, repl)
-    step_fn = make_train_step(graphdef, loss_cfg, tx, schedule, mesh, dtype=dtype,
-                              cache_key=step_cache_key(config, graphdef, mesh))
+            record = {"init_from": "", "prior_steps": 0}  # from scratch (also said)
+        if record is not None and is_main:
+            write_atomically(init_record, lambda f: f.write(json.dumps(record).encode()))
+        graphdef, params_state, frozen = nnx.split(model, nnx.Param, ...)
+        tx, schedule = make_optimizer(config.optim, num_steps)
+        repl = NamedSharding(mesh, P())
+        data_sharding = NamedSharding(mesh, P("data"))
+        state = jax.device_put(init_state(model, tx, int(config.seed)), repl)
+        frozen = jax.device_put(frozen, repl)
+        step_fn = make_train_step(graphdef, loss_cfg, tx, schedule, mesh, dtype=dtype,
+                                  cache_key=step_cache_key(config, graphdef, mesh))
 
-    data_seed = int(config.seed)
-    meta = {"model": model.config(), "batch_size": global_batch, "seed": int(config.seed),
-            "data": _to_plain(config.data), "config": _to_plain(config),
-            "process_count": n_proc}  # (each process loads its share with its own seed)
-    history: list[dict[str, float]] = []
-    writer = loader = bar = None
-    same_setup = True  # (resumed: the loss, optimizer, data and model are the checkpoint's)
-    interrupted = False
-    save_error = None  # a failed checkpoint save: said after the export
-    last_rate = None
-    ckpt_meta = None
+        data_seed = int(config.seed)
+        meta = {"model": model.config(), "batch_size": global_batch, "seed": int(config.seed),
+                "data": _to_plain(config.data), "config": _to_plain(config),
+                "process_count": n_proc}  # (each process loads its share with its own seed)
+        history: list[dict[str, float]] = []
+        writer = loader = bar = None
+        same_setup = True  # (resumed: the loss, optimizer, data and model are the checkpoint's)
+        interrupted = False
+        save_error = None  # a failed checkpoint save: said after the export
+        last_rate = None
+        ckpt_meta = None
+    except BaseException:
+        _close_checkpoints(mngr, workdir, is_main)
+        raise
     try:
         if mngr.latest_step() is not None:
             state, ckpt_meta = restore_checkpoint(mngr, state, expected_meta=meta)
@@ -1464,12 +1473,25 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
             loader.close()
         if writer is not None:
             writer.close()
+        _close_checkpoints(mngr, workdir, is_main)
+
+
+def _close_checkpoints(mngr, workdir: Path, is_main: bool) -> None:
+    """Finish the manager's saves and close it; a start that failed before any save leaves no
+    empty checkpoint folder."""
+    with contextlib.suppress(Exception):
+        mngr.wait_until_finished()
+    # Orbax's close() does not wait for the clean-up of killed saves' temporary folders that the
+    # manager starts in the background (only a save does): a start that failed at once had it
+    # still listing checkpoints/ while the folder was removed, and absl logged a traceback.
+    cleanup = getattr(mngr, "_cleanup_tmp_directory_future", None)
+    if cleanup is not None:
         with contextlib.suppress(Exception):
-            mngr.wait_until_finished()
-        mngr.close()
-        if is_main:  # a start that failed before any save leaves no empty checkpoint folder
-            with contextlib.suppress(OSError):
-                (workdir / CHECKPOINT_DIR).rmdir()  # (only ever removes an empty folder)
+            cleanup.result()
+    mngr.close()
+    if is_main:
+        with contextlib.suppress(OSError):
+            (workdir / CHECKPOINT_DIR).rmdir()  # (only ever removes an empty folder)
 
 
 def _summary_writer(workdir: Path):

@@ -1120,6 +1120,11 @@ def test_dir_weights_of_the_wrong_kind_are_one_line_before_any_preparation(tmp_p
     with pytest.raises(ConfigError, match=r"^data config: 2 style_dir_weights for 1 style_dirs$"):
         data.prepare({**cfg, "style_dir_weights": [1, 2]})
     assert not (tmp_path / "tfds").exists()  # (nothing was prepared first)
+    # (a folder named by a number, and a count of None, were TypeError tracebacks)
+    with pytest.raises(ConfigError, match=r"^data config: style_dirs: 2024 is not a folder name"):
+        data.prepare({**cfg, "style_dirs": [2024]})
+    with pytest.raises(ConfigError, match=r"^data config: synthetic_count must be an integer"):
+        data.prepare({**cfg, "source": "synthetic", "synthetic_count": None})
     srcs = data.prepare({**cfg, "style_dir_weights": (3,), "content_dir_weights": np.ones(1)})
     assert srcs["style"].weights == [3.0] and srcs["content"].weights == [1.0]
 
