@@ -731,8 +731,7 @@ def _builder_classes() -> tuple[type, type]:
             skipped: list[dict[str, str]] = []
             # (a key's folder name is made safe: "my photos é" is my_photos, "照片" images; the
             # messages named files under folders that do not exist)
-            file_of = {key: full.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-                       for full, key, _, _ in files}  # (stored as text: see _scan_dirs)
+            file_of = {key: _shown_path(full) for full, key, _, _ in files}  # (stored as text)
             n_ok = 0
             short_sides: list[int] = []  # of the stored images: what training resizes from
             bar = None
@@ -830,17 +829,11 @@ def _scan_dirs(dirs: Sequence[str], *, digest_cache: _DigestCache | None = None,
     """
     found: list[tuple[str, str, os.stat_result | None]] = []
     ignored = 0
-    used: set[str] = set()
     for d in dirs:
-        root = Path(d)
-        if not root.is_dir():
+        if not Path(d).is_dir():
             raise ConfigError(f"{d}: not a directory")
-        base = _slug(root.resolve().name) or "images"
-        prefix, k = base, 1
-        while prefix in used:  # two folders with the same name
-            k += 1
-            prefix = f"{base}_{k}"
-        used.add(prefix)
+    for d, prefix in zip(dirs, _key_prefixes(dirs)):
+        root = Path(d)
         for dirpath, _, filenames in _walk_once(root):
             for fn in filenames:
                 full = os.path.join(dirpath, fn)
@@ -870,6 +863,43 @@ def _scan_dirs(dirs: Sequence[str], *, digest_cache: _DigestCache | None = None,
     files = [(full, key, st.st_size if st is not None else -1, dg)
              for (full, key, st), dg in zip(found, digests)]
     return files, ignored
+
+
+def _key_prefixes(dirs: Sequence[str]) -> list[str]:
+    """The folder part of the keys of each of ``dirs``' files (:func:`_scan_dirs`): its name
+    made safe, and made unique (two folders with the same name)."""
+    used: set[str] = set()
+    out = []
+    for d in dirs:
+        base = _slug(Path(d).resolve().name) or "images"
+        prefix, k = base, 1
+        while prefix in used:  # two folders with the same name
+            k += 1
+            prefix = f"{base}_{k}"
+        used.add(prefix)
+        out.append(prefix)
+    return out
+
+
+def _shown_path(path: str) -> str:
+    """A path as text (a name that is not UTF-8 spells its bytes as \\xNN; see _scan_dirs)."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _skipped_where_now(skipped: Sequence[Mapping[str, str]],
+                       dirs: Sequence[str]) -> list[dict[str, str]]:
+    """A reused dataset's skipped files named where they are now: its ``file`` was where they
+    were when it was prepared (a folder moved or copied since reuses it, under the same name;
+    a dataset prepared before ``file`` was recorded has only the key)."""
+    where = dict(zip(_key_prefixes(dirs), dirs))
+    out = []
+    for s in skipped:
+        prefix, _, rel = str(s.get("path", "")).partition("/")
+        s = dict(s)
+        if prefix in where and rel:
+            s["file"] = _shown_path(os.path.join(where[prefix], *rel.split("/")))
+        out.append(s)
+    return out
 
 
 #: Where file digests are cached when a data_dir cannot be written (a shared, read-only one):
@@ -1270,7 +1300,8 @@ def prepare_folder(dirs: Sequence[str | os.PathLike[str]], *, data_dir: str | os
         "data_dir": os.fspath(b.data_dir),
         "num_prepared": int(n),
         "num_skipped": int(md.get("num_skipped", 0)),
-        "skipped": list(md.get("skipped", [])),
+        "skipped": (_skipped_where_now(md.get("skipped", []), b.builder_config.dirs)
+                    if reused else list(md.get("skipped", []))),
         "num_ignored_non_image": int(md.get("num_ignored_non_image", 0)),
         "reused": reused,
         "seconds": round(time.perf_counter() - t0, 2),
@@ -1384,7 +1415,8 @@ def source_from_catalog(name: str, split: str = "train", data_dir: str | os.Path
         raise ConfigError(f"tfds:{name}: cannot read split {split!r}: {_one_line(e)}") from None
     path_key = next((k for k in ("image/filename", "file_name", "filename") if k in feats), None)
     return TFDSSource(ds, name=f"tfds:{name}#{split}", image_key=key, path_key=path_key,
-                      report={"name": f"tfds:{name}#{split}", "num_prepared": len(ds), "num_skipped": 0, "skipped": []})
+                      report={"name": f"tfds:{name}#{split}", "num_prepared": len(ds), "num_skipped": 0, "skipped": [],
+                              "reused": ready})  # (data prepare's total: prepared now or earlier)
 
 
 def _one_line(e: object) -> str:
@@ -2247,7 +2279,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             for s in r.get("skipped", []):
                 print(f"skipped {s.get('file', s['path'])}: {s['reason']}")
         tot_ok = sum(r.get("num_prepared", 0) for r in rows)
-        earlier = sum(r.get("num_prepared", 0) for r in rows if r.get("reused") is True)
+        # (one folder in both roles is prepared by the first row and found by the second: that
+        # one was prepared now too, not earlier)
+        now = {r.get("data_dir") or r["name"] for r in rows if r.get("reused") is False}
+        earlier = sum(r.get("num_prepared", 0) for r in rows
+                      if r.get("reused") is True and (r.get("data_dir") or r["name"]) not in now)
         tot_sk = sum(r.get("num_skipped", 0) for r in rows)
         other = _ignored_note(sum(r.get("num_ignored_non_image", 0) for r in rows))
         # (a rerun said "4564 prepared ... in 0.4 s" of datasets it only found on disk)

@@ -128,7 +128,10 @@ def base_config(name: str, config_file: str | os.PathLike):
     on: the one next to it, else the project's (a shipped config copied to a user's folder, to
     change it, gave "default.py: config file not found")."""
     near = Path(config_file).with_name(name)
-    return load_config(near if near.is_file() else CONFIGS_DIR / name)
+    # (a copy saved under its base's name, cpu_small.py as default.py, is not its own base:
+    # that was a RecursionError inside 20000 characters of nested "get_config() failed")
+    own = near.is_file() and os.path.samefile(near, config_file)
+    return load_config(near if near.is_file() and not own else CONFIGS_DIR / name)
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()):
@@ -978,12 +981,14 @@ def _default_loader_factory(data_cfg, *, batch_size, seed, start_step, progress=
     from . import data
 
     source = str(_get(data_cfg, "source", "folder"))
-    roles = ("content", "style") if source == "folder" else (
-        ("style",) if source.startswith("tfds:") else ())
+    # (with a tfds: source, content_dirs are folders mixed in: checked too)
+    roles = ("content", "style") if source == "folder" or source.startswith("tfds:") else ()
     for role in roles:  # (a fresh clone without the shipped configs' data said only the path)
         dirs = _get(data_cfg, f"{role}_dirs", None) or ()
         for d in [dirs] if isinstance(dirs, (str, os.PathLike)) else dirs:
-            if isinstance(d, (str, os.PathLike)) and not os.path.exists(os.path.expanduser(d)):
+            if (isinstance(d, (str, os.PathLike))  # (an entry may be a catalog dataset)
+                    and not os.fspath(d).startswith("tfds:")
+                    and not os.path.exists(os.path.expanduser(d))):
                 what = "photos" if role == "content" else "paintings"
                 raise ConfigError(
                     f"{d}: no such directory (data.{role}_dirs: give your own folders of "

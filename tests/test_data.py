@@ -593,13 +593,15 @@ def test_cli_refuses_zero_workers_and_sizes(folder, tfds_dir, capsys):
     assert "max_source_side" in capsys.readouterr().err
 
 
-def test_cli_prepare_prints_counts(folder, tfds_dir, capsys):
+def test_cli_prepare_prints_counts(folder, tmp_path, capsys):
+    tfds_dir = tmp_path / "tfds"  # (its own: the module's has the folder prepared already)
     rc = data.main(["prepare", "--content-dir", str(folder), "--style-dir", str(folder), "--data-dir", str(tfds_dir)])
     out = capsys.readouterr().out
     assert rc == 0
     assert f"skipped {folder / 'corrupt.jpg'}:" in out and f"skipped {folder / 'empty.png'}:" in out
-    assert re.search(rf"total: {2 * len(GOOD)} images \(\d+ prepared now, \d+ prepared "
-                     r"earlier\), 4 skipped", out), out
+    # (one folder as both roles is prepared once, now: the style row finds the content row's)
+    assert f"total: {2 * len(GOOD)} images ({2 * len(GOOD)} prepared now, 0 prepared earlier), " \
+        "4 skipped" in out, out
     # a rerun finds both on disk: it said "12 prepared" of datasets it only reused
     assert data.main(["prepare", "--content-dir", str(folder), "--style-dir", str(folder),
                       "--data-dir", str(tfds_dir)]) == 0
@@ -690,6 +692,31 @@ def test_a_skipped_file_is_named_where_it_is(tmp_path, capsys, caplog, monkeypat
         data.prepare_folder([str(d)], data_dir=str(tmp_path / "t3"), progress=False)
 
 
+def test_a_moved_folders_skipped_file_is_named_where_it_is_now(tmp_path, capsys):
+    """A folder moved (or copied) elsewhere reuses its preparation, whose skipped files were
+    named where they were then: "skipped /old/place/photos/empty.jpg", a file that is gone."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    d = old / "photos"
+    (d / "sub").mkdir(parents=True)
+    new.mkdir()
+    for i in range(2):
+        Image.fromarray(_smooth(96, 128, i)).save(d / f"p{i}.png")
+    (d / "sub" / "empty.jpg").write_bytes(b"")
+    args = ["--data-dir", str(tmp_path / "tfds")]
+    assert data.main(["prepare", "--content-dir", str(d), *args]) == 0
+    assert f"skipped {d / 'sub' / 'empty.jpg'}: empty file" in capsys.readouterr().out
+    shutil.move(str(d), str(new / "photos"))
+    assert data.main(["prepare", "--content-dir", str(new / "photos"), *args]) == 0
+    out = capsys.readouterr().out
+    assert "0 prepared now" in out, out  # (reused: the same files under the same name)
+    assert f"skipped {new / 'photos' / 'sub' / 'empty.jpg'}: empty file" in out, out
+    # a dataset prepared before skipped files had a "file" is named from its key too
+    r = data._skipped_where_now([{"path": "photos/sub/empty.jpg", "reason": "empty file"}],
+                                [str(new / "photos")])
+    assert r == [{"path": "photos/sub/empty.jpg", "reason": "empty file",
+                  "file": str(new / "photos" / "sub" / "empty.jpg")}]
+
+
 def test_awkward_files_in_a_users_folder(tmp_path, capsys):
     """Found by a user hunt: a FIFO named x.jpg hung preparation forever; a file name that is
     not UTF-8 crashed it (UnicodeEncodeError); .jfif/.jpe JPEGs and other files vanished
@@ -713,10 +740,12 @@ def test_awkward_files_in_a_users_folder(tmp_path, capsys):
     assert f"skipped {styles / 'fifo.jpg'}: not a regular file" in cap.out
     assert (f"skipped {styles / 'big.png'}: too large: 1000 x 1100 = 1100000 pixels > limit 1000000; "
             "raise data.max_pixels (--max-pixels)") in cap.out
-    assert "total: 5 prepared, 2 skipped, 1 other file ignored (not jpg/jpeg/png/" in cap.out
+    assert ("total: 5 images (5 prepared now, 0 prepared earlier), 2 skipped, 1 other file "
+            "ignored (not jpg/jpeg/png/") in cap.out
     assert "skipped" not in cap.err  # (it was printed twice: a WARNING line too)
     assert data.main([*args, "--max-pixels", "2000000"]) == 0  # another preparation
-    assert "total: 6 prepared, 1 skipped" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "total: 6 images (6 prepared now, 0 prepared earlier), 1 skipped" in out, out
     (tmp_path / "afile").write_text("x")
     assert data.main([*args[:-1], str(tmp_path / "afile" / "tfds")]) == 1
     err = capsys.readouterr().err
@@ -1100,6 +1129,25 @@ def test_a_catalog_source_mixes_in_content_folders_with_their_weights(tmp_path, 
     assert isinstance(content, data.MixtureSource) and content.weights == [1.0, 3.0]
     assert content.parts == [catalog, made[str(photos)]]
     assert srcs["style"] is made[str(paintings)]
+
+
+def test_a_catalog_dataset_prepared_earlier_is_not_counted_as_prepared_now(tmp_path, capsys,
+                                                                           monkeypatch):
+    """data prepare's total said a catalog dataset found on disk (tfds:coco/2017, prepared
+    once) was "prepared now": its report had no "reused"."""
+    tfds = data._tfds()
+    photos, paintings = tmp_path / "photos", tmp_path / "paintings"
+    for i, d in enumerate((photos, paintings)):
+        d.mkdir()
+        Image.fromarray(_smooth(96, 128, i)).save(d / "a.png")
+    root = tmp_path / "tfds"
+    data.prepare_folder([photos], data_dir=root)  # (a catalog dataset's stand-in, on disk)
+    monkeypatch.setattr(tfds, "builder", lambda name, **kw: data.folder_builder(
+        [photos], data_dir=root))
+    assert data.main(["prepare", "--source", "tfds:fake", "--style-dir", str(paintings),
+                      "--data-dir", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "total: 2 images (1 prepared now, 1 prepared earlier)" in out, out
 
 
 def test_dir_weights_of_the_wrong_kind_are_one_line_before_any_preparation(tmp_path):

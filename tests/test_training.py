@@ -622,6 +622,32 @@ def test_a_new_workdir_whose_start_fails_on_its_data_is_not_left_behind(tmp_path
     assert (kept / "notes.txt").is_file()
 
 
+def test_the_missing_folder_hint_leaves_catalog_entries_alone(tmp_path, monkeypatch):
+    """A data_dirs entry may be a TFDS catalog dataset (``'tfds:dtd'``, documented in
+    default_data_config): the missing-folder check before preparing called it "tfds:dtd: no
+    such directory" and stopped a config that data.prepare takes."""
+    made = []
+    monkeypatch.setattr(data, "source_from_catalog",
+                        lambda name, split, data_dir: made.append(name) or
+                        data.SyntheticSource("style", 4))
+    monkeypatch.setattr(data, "prepare_folder", lambda dirs, **kw: data.SyntheticSource(
+        "content", 4))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cfg = {"source": "folder", "content_dirs": [str(photos)], "style_dirs": ["tfds:dtd"],
+           "num_workers": 0}
+    loader = training._default_loader_factory(cfg, batch_size=2, seed=0, start_step=0)
+    try:
+        assert made == ["dtd"]
+    finally:
+        loader.close()
+    # (a tfds: source's content folders are folders: a missing one is named as such)
+    with pytest.raises(ConfigError, match=r"nope: no such directory \(data.content_dirs"):
+        training._default_loader_factory(
+            {"source": "tfds:coco/2017", "content_dirs": [str(tmp_path / "nope")],
+             "style_dirs": ["tfds:dtd"]}, batch_size=2, seed=0, start_step=0)
+
+
 def test_a_new_workdir_whose_start_fails_after_its_checkpoint_folder_is_not_left(
         tmp_path, vgg, monkeypatch):
     """An error after the checkpoint manager made checkpoints/ but before the training loop
@@ -898,6 +924,10 @@ def test_a_copy_of_a_shipped_config_loads_elsewhere(tmp_path):
     assert text != (CONFIGS / "default.py").read_text()
     (own / "default.py").write_text(text)
     assert training.load_config(own / "smoke.py").seed == 7
+    # a copy saved under the name of the config it builds on builds on the project's
+    shutil.copy(CONFIGS / "cpu_small.py", own / "default.py")
+    assert training.load_config(own / "default.py").to_dict() == training.load_config(
+        CONFIGS / "cpu_small.py").to_dict()
 
 
 def test_config_overrides():
