@@ -486,10 +486,12 @@ def _add_analyze_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--style", default=None,
                    help="style image (default: the built-in 'strokes' sample)")
     p.add_argument("--out-dir", required=True, help="folder for the PNG figures")
-    p.add_argument("--size", type=count_arg(32, MAX_GATYS_SIZE), default=analysis.DEFAULT_SIZE,
-                   help="longer side of the images optimized for the figures")
-    p.add_argument("--iters", type=count_arg(), default=analysis.DEFAULT_ITERS,
-                   help="L-BFGS iterations per reconstruction / transfer")
+    p.add_argument("--size", type=count_arg(32, MAX_GATYS_SIZE), default=None,
+                   help="longer side of the images optimized for the figures "
+                        f"(default {analysis.DEFAULT_SIZE})")
+    p.add_argument("--iters", type=count_arg(), default=None,
+                   help="L-BFGS iterations per reconstruction / transfer "
+                        f"(default {analysis.DEFAULT_ITERS})")
     p.add_argument("--figures", default=",".join(analysis.FIGURES),
                    help="which figures, comma-separated letters")
     p.add_argument("--quick", action="store_true",
@@ -507,8 +509,11 @@ def _run_analyze(args: argparse.Namespace) -> int:
     if bad or not figs:
         raise ConfigError(f"--figures: unknown {bad or figs}; choose from "
                           f"{','.join(analysis.FIGURES)}")
-    size, iters = (analysis.QUICK_SIZE, analysis.QUICK_ITERS) if args.quick else (args.size,
-                                                                                  args.iters)
+    if args.quick and (args.size is not None or args.iters is not None):  # (ignored silently)
+        raise ConfigError(f"--quick sets --size {analysis.QUICK_SIZE} and --iters "
+                          f"{analysis.QUICK_ITERS}; give either --quick or --size / --iters")
+    size, iters = (analysis.QUICK_SIZE, analysis.QUICK_ITERS) if args.quick else (
+        args.size or analysis.DEFAULT_SIZE, args.iters or analysis.DEFAULT_ITERS)
     # (the figures take the content at --size and the style at twice it)
     content = _load(args.content, None, size) if args.content else None
     style = _load(args.style, None, 2 * size) if args.style else None

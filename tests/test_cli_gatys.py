@@ -236,6 +236,9 @@ def test_analyze_command(files, tmp_path, capsys):
     assert main(args + ["--overwrite"]) == 0
     assert main(args[:-4] + ["--figures", "z"]) == 1
     one_error_line(capsys)
+    for extra in (["--size", "64"], ["--iters", "3"]):  # (--quick ignored them without a word)
+        assert main(args + extra) == 1
+        assert "give either --quick or --size / --iters" in one_error_line(capsys)
 
 
 def test_entry_points_exit_nonzero_with_one_line(tmp_path):
