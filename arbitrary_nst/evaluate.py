@@ -767,6 +767,9 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
         # where the fits are saved: checked now, not after the first (minutes-long) fit
         check_writable_dir(out_dir / "fitted" if fitted_dir is None else fitted_dir,
                            "--fitted folder")
+    elif fit_photos is not None:  # (ignored without a word)
+        raise ConfigError("--fit-photos is for method model_fit, which --methods does not "
+                          "include")
     # images that are not read here (a camera's raw next to its JPEG, HEIC) are left out
     # before picking: they took a pick, or stopped the run as a second "IMG_0001"
     def readable(files: list[Path]) -> list[Path]:

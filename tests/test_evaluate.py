@@ -1136,6 +1136,15 @@ def test_palette_help_names_every_method_it_reaches(small_set, vgg, fake_fit):
     assert fake_fit[-1].palettes == [0.3, 0.3]  # (the warm-up call and the timed one)
 
 
+def test_fit_photos_without_model_fit_is_refused(small_set, vgg):
+    """--fit-photos with --methods that leave out model_fit was ignored without a word."""
+    with pytest.raises(ConfigError, match="--fit-photos is for method model_fit"):
+        evaluate.evaluate(small_set / "content", small_set / "style", small_set / "o",
+                          methods=["identity"], size=48, progress=False, vgg=vgg,
+                          fit_photos=small_set / "content")
+    assert not (small_set / "o").exists() or not any((small_set / "o").iterdir())
+
+
 def test_a_camera_raw_next_to_its_photo_is_skipped_before_the_picks(small_set, vgg, capsys):
     """Files that are images but not read here (a camera's raw next to its JPEG) are skipped
     with their reason before the contents and paintings are picked: ``wide.CR2`` took a
