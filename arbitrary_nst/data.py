@@ -1573,9 +1573,10 @@ def upscale_notes(sources: Mapping[str, DataSource], data_cfg: Any = None) -> li
     lo_style = _resize_range(c["style_resize_range"], int(c["style_size"]))[0]
     lo_content = int(c["image_size"]) * float(c["content_scale_range"][0])
     notes = []
-    for role, smallest, option in (("content", lo_content, "data.content_scale_range / "
-                                    "data.image_size"),
-                                   ("style", lo_style, "data.style_resize_range")):
+    for role, smallest, option, learnt in (
+            ("content", lo_content, "data.content_scale_range / data.image_size",
+             "from blurred photos"),
+            ("style", lo_style, "data.style_resize_range", "blurred strokes")):
         src = sources.get(role)
         parts = src.parts if isinstance(src, MixtureSource) else [src]
         sides = [x for p in parts for x in (getattr(p, "short_sides", None) or ())]
@@ -1588,8 +1589,7 @@ def upscale_notes(sources: Mapping[str, DataSource], data_cfg: Any = None) -> li
                 f"{role}: {small} of {len(sides)} images are under {limit:.0f} px on their "
                 f"shorter side (the smallest {min(sides)} px): training resizes them to "
                 f"{smallest:.0f} px or more ({option}), i.e. upscales them over "
-                f"{UPSCALE_NOTE_FACTOR:g}x, and learns {'from blurred photos' if role == 'content' else 'blurred strokes'}; "
-                "larger images avoid it")
+                f"{UPSCALE_NOTE_FACTOR:g}x, and learns {learnt}; larger images avoid it")
     return notes
 
 
