@@ -222,7 +222,8 @@ def model_file(path: str | os.PathLike, *, warn: bool = True) -> str:
         if steps:  # (a run exported elsewhere with --export, or one killed outright)
             raise ModelError(f"{name}: a training workdir without model.safetensors (its latest "
                              f"checkpoint is step {max(steps)}): pass the run's export file, "
-                             "or run train.py on the workdir again (same config) to export it")
+                             "or resume the run with train.py (same config: it exports when "
+                             "it finishes or is stopped)")
         raise ModelError(f"{name}: a directory without model.safetensors (pass the "
                          "export file of a trained model)")
     if warn:
@@ -255,7 +256,8 @@ def _warn_if_behind(workdir: str, exported: str) -> None:
     if 0 <= step < max(steps):
         logging.getLogger(__name__).warning(
             "%s is the export of step %d, but the workdir's latest checkpoint is step %d: run "
-            "train.py on the workdir again (same config) to export it, or pass an export file",
+            "train.py on the workdir again (same config: it resumes, and exports when it "
+            "finishes or is stopped), or pass an export file",
             exported, step, max(steps))
 
 

@@ -1259,8 +1259,8 @@ def test_a_workdir_whose_export_is_behind_its_checkpoints_warns(model_path, tmp_
         assert export.model_file(w) == str(w / "model.safetensors")
     assert [r.getMessage() for r in caplog.records] == [
         f"{w / 'model.safetensors'} is the export of step 4, but the workdir's latest checkpoint "
-        "is step 8: run train.py on the workdir again (same config) to export it, or pass an "
-        "export file"]
+        "is step 8: run train.py on the workdir again (same config: it resumes, and exports "
+        "when it finishes or is stopped), or pass an export file"]
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="arbitrary_nst.export"):
         assert export.model_file(w, warn=False) == str(w / "model.safetensors")

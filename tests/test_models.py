@@ -973,4 +973,4 @@ def test_a_workdir_without_its_export_says_what_it_is_and_how_to_export_it(tmp_p
     with pytest.raises(ModelError) as e:
         model_file(tmp_path / "w")
     assert "a training workdir without model.safetensors (its latest checkpoint is step 12)" \
-        in str(e.value) and "train.py on the workdir again" in str(e.value)
+        in str(e.value) and "resume the run with train.py (same config" in str(e.value)
