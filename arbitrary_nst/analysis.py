@@ -34,13 +34,11 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
 from . import gatys
 from . import images as images_lib
 from . import losses as losses_lib
@@ -196,8 +194,19 @@ def _pick(batch: list[dict], fig: str) -> list[dict]:
     return [j for j in batch if j["fig"] == fig]
 
 
-def _save(fig: Figure, path: Path, overwrite: bool) -> None:
+def Figure(*args, **kwargs):  # noqa: N802 - matplotlib's Figure, imported on first use
+    """``matplotlib.figure.Figure``: matplotlib is imported only when a figure is made (the CLI
+    builds its ``analyze`` options from this module: every ``infer.py`` stylization imported
+    matplotlib, which with a read-only home made a /tmp/matplotlib-* folder and warned)."""
+    from matplotlib.figure import Figure as MplFigure
+
+    return MplFigure(*args, **kwargs)
+
+
+def _save(fig: Any, path: Path, overwrite: bool) -> None:
     """Atomic PNG write (temporary file + rename); never replaces a file unless ``overwrite``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     FigureCanvasAgg(fig)
     fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp",
                                dir=path.parent)
@@ -230,7 +239,7 @@ def _noise(shape, seed: int = 0) -> np.ndarray:
 # (a) content reconstruction
 
 
-def fig_content_reconstruction(params, content, style, *, batch, iters) -> Figure:
+def fig_content_reconstruction(params, content, style, *, batch, iters) -> Any:
     jobs = _pick(batch, "a")
     n = len(jobs)
     fig = Figure(figsize=(2.2 * (n + 1), 2.6))
@@ -248,7 +257,7 @@ def fig_content_reconstruction(params, content, style, *, batch, iters) -> Figur
 # (b) style reconstruction / texture synthesis
 
 
-def fig_style_reconstruction(params, content, style, *, batch, iters) -> Figure:
+def fig_style_reconstruction(params, content, style, *, batch, iters) -> Any:
     jobs = _pick(batch, "b")
     n = len(STYLE_LAYERS)
     fig = Figure(figsize=(2.2 * (n + 1), 4.6))
@@ -302,7 +311,7 @@ def gram_analysis(params, style: np.ndarray, layers: Sequence[str] = STYLE_LAYER
     return out
 
 
-def fig_gram_matrices(params, content, style, *, batch, iters) -> Figure:
+def fig_gram_matrices(params, content, style, *, batch, iters) -> Any:
     info = gram_analysis(params, style)
     n = len(info)
     fig = Figure(figsize=(8.5, 2.6 * n))
@@ -332,7 +341,7 @@ def fig_gram_matrices(params, content, style, *, batch, iters) -> Figure:
 # (d) content/style weight sweep
 
 
-def fig_weight_sweep(params, content, style, *, batch, iters) -> Figure:
+def fig_weight_sweep(params, content, style, *, batch, iters) -> Any:
     jobs = _pick(batch, "d")
     d = gatys.GatysConfig()
     n = len(jobs)
@@ -365,7 +374,7 @@ def fig_weight_sweep(params, content, style, *, batch, iters) -> Figure:
 # (e) Gram vs centered Gram vs both
 
 
-def fig_style_statistics(params, content, style, *, batch, iters) -> Figure:
+def fig_style_statistics(params, content, style, *, batch, iters) -> Any:
     imgs = {j["name"]: j["image"] for j in _pick(batch, "e")}
     res = {stat: (imgs[(stat, "transfer")], imgs[(stat, "texture")]) for stat in STATISTIC_PARTS}
     n = len(res)
@@ -423,7 +432,7 @@ def _magnitudes_jit(params, x, content, style, content_layers, style_layers):
 
 
 def fig_layer_magnitudes(params, content, style, *, batch, iters,
-                         normalized_params=None) -> Figure:
+                         normalized_params=None) -> Any:
     std = layer_magnitudes(params, content, style)
     if normalized_params is None:
         normalized_params = vgg_lib.load_vgg16(normalized=True).params()

@@ -804,6 +804,16 @@ def test_help_runs_as_module():
         assert opt in r.stdout
 
 
+def test_the_cli_imports_matplotlib_only_for_figures():
+    """Building the CLI's parser imported arbitrary_nst.analysis, and with it matplotlib, for
+    every command: with a read-only home it made a /tmp/matplotlib-* folder and warned."""
+    code = ("import sys; from arbitrary_nst import cli; cli.build_parser(); "
+            "print('matplotlib' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert r.returncode == 0 and r.stdout.strip() == "False", (r.stdout, r.stderr[-500:])
+
+
 def test_size_limits_agree():
     """The CLIs keep copies of the style-size limit (not imported: fast --help)."""
     from arbitrary_nst import cli
