@@ -414,8 +414,7 @@ def build_model(config, vgg=None) -> ArbitraryStyleModel:
     dtype of ``config.train.dtype``. The same VGG is the loss network."""
     m = config.model
     pooling = str(_get(m, "vgg_pooling", "max"))
-    if pooling not in ("max", "avg"):
-        raise ConfigError(f"model.vgg_pooling must be 'max' or 'avg', got {pooling!r}")
+    vgg_lib.check_pooling(pooling, "model.vgg_pooling")
     if vgg is None:
         vgg = vgg_lib.load_vgg16(_get(config, "vgg_path"), pooling=pooling,
                                  training_copy_ok=True)  # (taps up to relu4_3)

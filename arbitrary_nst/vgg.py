@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -62,6 +62,12 @@ def _tap_sequence() -> tuple[str, ...]:
 TAPS: tuple[str, ...] = _tap_sequence()
 RELU_TAPS: tuple[str, ...] = tuple(t for t in TAPS if t.startswith("relu"))
 MIN_SIZE = 32
+
+
+def check_pooling(pooling: Any, what: str = "pooling") -> None:
+    """ConfigError unless ``pooling`` is ``"max"`` or ``"avg"``."""
+    if pooling not in ("max", "avg"):
+        raise ConfigError(f"{what} must be 'max' or 'avg', got {pooling!r}")
 
 
 def tap_depth(tap: str) -> int:
@@ -134,8 +140,7 @@ def features(params: Params, images: jax.Array, taps: Sequence[str], *,
       conv_fn, pool_fn: replacements for ``conv(x, kernel, bias)`` and ``pool(x, pooling)`` with
         the same values (the Gatys loop uses ones whose gradients compile faster on XLA:CPU).
     """
-    if pooling not in ("max", "avg"):
-        raise ConfigError(f"pooling must be 'max' or 'avg', got {pooling!r}")
+    check_pooling(pooling)
     if isinstance(taps, str):  # one tap (it was iterated: "unknown VGG16 tap 'r'")
         taps = (taps,)
     if not taps:
@@ -181,8 +186,7 @@ class VGG16(nnx.Module):
 
     def __init__(self, params: weights_lib.Weights, *, pooling: Pooling = "max",
                  dtype: jnp.dtype | None = None):
-        if pooling not in ("max", "avg"):
-            raise ConfigError(f"pooling must be 'max' or 'avg', got {pooling!r}")
+        check_pooling(pooling)
         self.pooling = pooling
         self.dtype = dtype
         self.layers = nnx.Dict({

@@ -34,8 +34,9 @@ from flax import nnx
 
 from .. import color
 from ..errors import ConfigError, check_count, not_a_number
-from ..vgg import VGG16, tap_depth
-from .predictor import DEFAULT_STYLE_TAPS, FEATURE_NORMS, StylePredictor, pooled_statistics
+from ..vgg import VGG16, check_pooling, tap_depth
+from .predictor import (DEFAULT_STYLE_TAPS, StylePredictor, check_feature_norm,
+                        pooled_statistics)
 from .transfer import CIN_LAYER_NAMES, TransferNetwork, check_width, cin_layer_channels
 
 __all__ = ["ArbitraryStyleModel", "StylePredictor", "TransferNetwork", "cin_layer_channels",
@@ -80,11 +81,10 @@ def check_model_config(config: Mapping[str, Any]) -> None:
                               f"{list(DEFAULT_STYLE_TAPS[:2])}), got {taps!r}")
         for t in taps:
             tap_depth(t)
-    if "feature_norm" in config and config["feature_norm"] not in FEATURE_NORMS:
-        raise ConfigError(f"feature_norm must be one of {FEATURE_NORMS}, "
-                          f"got {config['feature_norm']!r}")
-    if "vgg_pooling" in config and config["vgg_pooling"] not in ("max", "avg"):
-        raise ConfigError(f"vgg_pooling must be 'max' or 'avg', got {config['vgg_pooling']!r}")
+    if "feature_norm" in config:
+        check_feature_norm(config["feature_norm"])
+    if "vgg_pooling" in config:
+        check_pooling(config["vgg_pooling"], "vgg_pooling")
     if "palette" in config:
         check_palette(config["palette"])
 

@@ -30,6 +30,7 @@ The VGG is shared and frozen (its weights are ``FrozenWeight`` variables, not ``
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +50,12 @@ MIN_STYLE_SIZE = 32
 FEATURE_NORMS = ("layer", "none")
 
 
+def check_feature_norm(norm: Any) -> None:
+    """ConfigError unless ``norm`` is one of :data:`FEATURE_NORMS`."""
+    if norm not in FEATURE_NORMS:
+        raise ConfigError(f"feature_norm must be one of {FEATURE_NORMS}, got {norm!r}")
+
+
 def pooled_statistics(feats: Mapping[str, jax.Array], taps: Sequence[str],
                       eps: float = 1e-5, norm: str = "layer") -> jax.Array:
     """``log1p`` of per-channel mean and std over H, W of each tap, concatenated: ``[B, F]``
@@ -59,8 +66,7 @@ def pooled_statistics(feats: Mapping[str, jax.Array], taps: Sequence[str],
     (they are positive, ~3.5 on average) so the style-specific pattern reaches the MLP; at a
     short CPU training budget it made the outputs ~1.5x more style-dependent.
     """
-    if norm not in FEATURE_NORMS:
-        raise ConfigError(f"feature_norm must be one of {FEATURE_NORMS}, got {norm!r}")
+    check_feature_norm(norm)
     parts = []
     for tap in taps:
         x = feats[tap].astype(jnp.float32)
@@ -123,8 +129,7 @@ class StylePredictor(nnx.Module):
                               f"got {embedding_dim}, {hidden_dim}")
         if not taps:
             raise ConfigError("the style predictor needs at least one VGG tap")
-        if feature_norm not in FEATURE_NORMS:
-            raise ConfigError(f"feature_norm must be one of {FEATURE_NORMS}, got {feature_norm!r}")
+        check_feature_norm(feature_norm)
         self.feature_norm = feature_norm
         self.taps = tuple(taps)
         for t in self.taps:
