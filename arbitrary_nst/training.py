@@ -251,6 +251,15 @@ def _sample_names_ok(names, known: Sequence[str]) -> bool:
             and all(isinstance(n, str) and n in known for n in names))
 
 
+def _folder_entries(data_cfg, key: str) -> list:
+    """The entries of ``data.<key>`` (``content_dirs`` / ``style_dirs``): one folder given as a
+    string is one entry; anything but a list or tuple is none."""
+    dirs = _get(data_cfg, key, None)
+    if isinstance(dirs, (str, os.PathLike)):
+        return [dirs]
+    return list(dirs) if isinstance(dirs, (list, tuple)) else []
+
+
 def validate_config(config) -> None:
     """Raise :class:`ConfigError` for out-of-range training options."""
     from .samples import CONTENT_NAMES, STYLE_NAMES
@@ -315,9 +324,7 @@ def validate_config(config) -> None:
         check_model_config(config.model.to_dict() if hasattr(config.model, "to_dict")
                            else dict(config.model))
     for key in ("content_dirs", "style_dirs"):  # ('' was the current folder: its images were
-        dirs = _get(config.data, key, None)     # trained on, the workdir guard missed it)
-        for d in ([dirs] if isinstance(dirs, (str, os.PathLike)) else
-                  dirs if isinstance(dirs, (list, tuple)) else []):
+        for d in _folder_entries(config.data, key):  # trained on, the workdir guard missed it)
             if not isinstance(d, (str, os.PathLike)):  # (`[2024]`: a TypeError traceback)
                 raise ConfigError(f"data.{key}: {d!r} is not a folder name (quote it: "
                                   f"['{d}'])")
@@ -695,9 +702,7 @@ def _remove_unused_new_workdir(workdir: Path, top: Path) -> None:
     lock: a data folder's typo, Ctrl-C while preparing). A workdir holding anything else
     (checkpoints, logs, an export) stays."""
     start_files = (RUN_ID_FILE, INIT_RECORD, LOCK_NAME)
-    try:
-        with contextlib.suppress(OSError):  # (an error between its making and the training
-            (workdir / CHECKPOINT_DIR).rmdir()  # loop's cleanup left it; only if empty)
+    try:  # (an empty checkpoints/ is gone already: _close_checkpoints)
         if any(e.name not in start_files for e in os.scandir(workdir)):
             return
         for name in start_files:
@@ -983,8 +988,7 @@ def _default_loader_factory(data_cfg, *, batch_size, seed, start_step, progress=
     # (with a tfds: source, content_dirs are folders mixed in: checked too)
     roles = ("content", "style") if source == "folder" or source.startswith("tfds:") else ()
     for role in roles:  # (a fresh clone without the shipped configs' data said only the path)
-        dirs = _get(data_cfg, f"{role}_dirs", None) or ()
-        for d in [dirs] if isinstance(dirs, (str, os.PathLike)) else dirs:
+        for d in _folder_entries(data_cfg, f"{role}_dirs"):
             if (isinstance(d, (str, os.PathLike))  # (an entry may be a catalog dataset)
                     and not os.fspath(d).startswith("tfds:")
                     and not os.path.exists(os.path.expanduser(d))):
@@ -1010,8 +1014,7 @@ def _progress_bar(total: int, initial: int, enabled: bool):
 def _training_folder_holding(path: Path, config) -> tuple[str, str] | None:
     """``(folder, "data.content_dirs")`` if ``path`` is inside a training image folder."""
     for key in ("content_dirs", "style_dirs"):
-        dirs = _get(config.data, key) or []
-        for d in [dirs] if isinstance(dirs, (str, os.PathLike)) else dirs:
+        for d in _folder_entries(config.data, key):
             d = os.fspath(d)
             if not d.startswith("tfds:") and os.path.isdir(d) and is_inside(path, d):
                 return d, f"data.{key}"
