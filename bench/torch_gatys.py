@@ -26,10 +26,16 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from arbitrary_nst import weights as weights_lib
+if __name__ == "__main__":  # a module of bench/gatys.py, not a command (it has no options)
+    raise SystemExit("bench/torch_gatys.py is the PyTorch reference that bench/gatys.py imports; "
+                     "run `python bench/gatys.py --help` (its torch columns need "
+                     "`pip install torch==2.13.0`)")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from arbitrary_nst import weights as weights_lib  # noqa: E402
 
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 BLOCKS = ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))  # (block, convs)

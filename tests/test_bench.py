@@ -104,6 +104,20 @@ def test_bench_scripts_give_one_error_line_for_bad_options(tmp_path):
         assert "Traceback" not in p.stderr
 
 
+def test_torch_reference_run_as_a_command_points_to_the_benchmark():
+    # bench/torch_gatys.py is a module of bench/gatys.py; run directly (e.g. with --help) it was
+    # a ModuleNotFoundError traceback where torch is not installed (it is not a requirement)
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    p = subprocess.run([sys.executable, "bench/torch_gatys.py", "--help"], cwd=root,
+                       capture_output=True, text=True, timeout=120)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 1 and len(lines) == 1, p.stderr
+    assert "bench/gatys.py --help" in lines[0] and "Traceback" not in p.stderr
+
+
 def test_bench_options_are_checked_before_measuring_and_results_are_not_replaced(
         tmp_path, monkeypatch, capsys):
     """bench/gatys.py: '--configs 64' / '0x1' and '--timeout 0' were tracebacks; '64x0',
