@@ -211,11 +211,15 @@ Resample = Literal["lanczos", "bicubic", "bilinear", "box", "nearest"]
 # Pillow's ``convert("L")`` (which clips 16-bit values to 255 instead of scaling them).
 _HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+#: files whose mode-"I" pixels are 16-bit by the file's own header (PGM's maxval > 255; PNG in
+#: older Pillow), so 0..255 values there are a dark 16-bit image, not 8-bit data
+_SIXTEEN_BIT_I_FORMATS = frozenset({"PNG", "PPM"})
 
 # Serialises the (header-only) ``Image.open`` calls of this module, during which Pillow's global
 # decompression-bomb limit may be raised and its warning silenced; see ``_open_checked``.
 _OPEN_LOCK = threading.Lock()
 _FULL_SIZE = "arbitrary_nst.full_size"  # PIL info key: (w, h) before a reduced JPEG decode
+_FILE_FORMAT = "arbitrary_nst.format"  # PIL info key: the file's format (copies drop .format)
 _GLOB_MAGIC = re.compile(r"[*?[]")
 
 
@@ -303,6 +307,7 @@ def _open_decoded(path: PathLike, *, max_pixels: int | None, max_side: int | Non
                 # The output size follows from the full size, not the DCT-reduced one (whose
                 # rounding would give a JPEG a pixel more or less than the same image as PNG).
                 out.info[_FULL_SIZE] = full
+                out.info[_FILE_FORMAT] = im.format
                 return out
         except ImageError:
             raise
@@ -597,7 +602,10 @@ def _icc_to_srgb(im: Image.Image) -> Image.Image:
 def _high_depth_to_float(im: Image.Image, path: PathLike | None = None) -> np.ndarray:
     """``I;16*`` / ``I`` / ``F`` single-channel image -> ``float32`` ``H x W`` in ``[0, 1]``.
 
-    ``I;16*`` and ``I`` (how Pillow holds 16-bit PNG/TIFF/PGM data) are divided by 65535.
+    ``I;16*`` and ``I`` (how Pillow holds 16-bit PNG/TIFF/PGM data) are divided by 65535, but an
+    ``I`` image that no file declares 16-bit (not a PNG or PGM: a 32-bit integer TIFF, an array
+    passed as a PIL image) whose values all lie in 0..255 is 8-bit data and divided by 255
+    (it came out near black).
     ``F`` is ``[0, 1]`` data if its maximum is at most 1.5 (HDR highlights and resampling
     overshoot above 1 are clipped: one pixel at 1.2 made the whole photo 0..255 data, near
     black), 0..255 data if its maximum is in [16, 255] and 0..65535 data above. A maximum in
@@ -620,7 +628,10 @@ def _high_depth_to_float(im: Image.Image, path: PathLike | None = None) -> np.nd
             x = np.asarray(im, dtype=np.float64)
         else:  # I;16, I;16B, I;16L: numpy honours the byte order Pillow reports
             x = np.asarray(im).astype(np.float64)
-        x = (x / 65535.0).astype(np.float32)
+        fmt = im.format or im.info.get(_FILE_FORMAT)
+        eight_bit = (im.mode == "I" and fmt not in _SIXTEEN_BIT_I_FORMATS and x.size
+                     and 0.0 <= float(x.min()) and float(x.max()) <= 255.0)
+        x = (x / (255.0 if eight_bit else 65535.0)).astype(np.float32)
     return np.clip(np.nan_to_num(x, nan=0.0), 0.0, 1.0).astype(np.float32, copy=False)
 
 

@@ -111,6 +111,25 @@ def test_mode_i_and_f_from_pil():
     np.testing.assert_allclose(to_float(f), 0.25)
 
 
+def test_mode_i_holding_8bit_values_is_not_read_as_16bit(tmp_path):
+    # an "I" image no file declares 16-bit (an int array, a 32-bit integer TIFF) with values in
+    # 0..255 is 8-bit data: it was divided by 65535 and came out near black
+    g = np.array([[0, 64, 128, 255]], np.int32).repeat(3, axis=0)
+    np.testing.assert_allclose(to_float(Image.fromarray(g))[..., 0], g / 255.0, atol=1e-6)
+    Image.fromarray(g).save(tmp_path / "i32.tif")
+    assert Image.open(tmp_path / "i32.tif").mode == "I"
+    np.testing.assert_allclose(load_image(tmp_path / "i32.tif")[..., 0], g / 255.0, atol=1e-6)
+    assert np.asarray(load_pil(tmp_path / "i32.tif"))[0, :, 0].tolist() == [0, 64, 128, 255]
+    # a 16-bit PGM (Pillow: mode "I") declares 16 bits: dark values stay dark
+    Image.fromarray(np.array([[0, 100, 200, 1000]], np.uint16)).save(tmp_path / "g16.pgm")
+    assert Image.open(tmp_path / "g16.pgm").mode == "I"
+    np.testing.assert_allclose(load_image(tmp_path / "g16.pgm")[0, :, 0],
+                               np.array([0, 100, 200, 1000]) / 65535.0, atol=1e-6)
+    Image.fromarray(np.array([[0, 100, 200, 255]], np.uint16)).save(tmp_path / "d16.pgm")
+    np.testing.assert_allclose(load_image(tmp_path / "d16.pgm")[0, :, 0],
+                               np.array([0, 100, 200, 255]) / 65535.0, atol=1e-6)
+
+
 def test_16bit_tiff(tmp_path):
     g = np.full((3, 5), 65535 // 4, dtype=np.uint16)
     Image.fromarray(g).save(tmp_path / "g.tif")
