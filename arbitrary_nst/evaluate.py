@@ -846,6 +846,7 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
             # then resumed scored a 3-iteration Gatys as a 400-iteration one)
             _write_json(times_path, {})
     n_pairs = len(contents) * len(styles)
+    earlier_times = _earlier_run_times(out_dir) if resume else {}
     for m in methods:
         method = built[m]
         img_dir = out_dir / "images" / m
@@ -912,6 +913,17 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
             info["compile_seconds"][m] = method.compile_seconds
         if getattr(method, "embed_seconds", None):
             info["embed_seconds"][m] = float(np.mean(method.embed_seconds))
+        if method.compile_seconds is None:
+            # a resume that made none of this method's images measured nothing: keep the times
+            # of the run that made them (they were dropped from results.json). A fit's time is
+            # not carried: model_fit reports the fits *this* run made (fits_made).
+            carried = [k for k in ("compile_seconds", "embed_seconds")
+                       if m in earlier_times.get(k, {}) and m not in info[k]
+                       and not (k == "embed_seconds" and isinstance(method, ModelFitMethod))]
+            for k in carried:
+                info[k][m] = earlier_times[k][m]
+            if carried:
+                info.setdefault("times_from_earlier_run", []).append(m)
         if isinstance(method, ModelFitMethod):
             # a fit reused from --fitted is not timed as a fit (its load took milliseconds and
             # was reported as the fit time per style)
@@ -928,6 +940,19 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
     result = EvalResult(rows, means, skipped, out_dir, methods, info)
     write_outputs(result, contents, styles, thumb=thumb, side_by_side_pairs=side_by_side_pairs)
     return result
+
+
+def _earlier_run_times(out_dir: Path) -> dict[str, dict[str, float]]:
+    """``compile_seconds`` / ``embed_seconds`` per method of the run whose ``results.json`` is
+    in ``out_dir`` (``{}`` when there is none or it cannot be read: times are a report, not
+    something to stop a resume for)."""
+    try:
+        info = json.loads((out_dir / "results.json").read_text()).get("info", {})
+        return {k: {m: float(v) for m, v in info.get(k, {}).items()
+                    if isinstance(v, (int, float))}
+                for k in ("compile_seconds", "embed_seconds")}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}
 
 
 def _make_method(m: str, method_factory, *, model_path, gatys_iters, gatys_batch, vgg,
@@ -1036,6 +1061,9 @@ def summary_markdown(result: EvalResult) -> str:
     if info.get("embed_seconds"):
         lines.append("* style embedding (s, per style): " + ", ".join(
             f"{k} {v:.3f}" for k, v in info["embed_seconds"].items()))
+    if info.get("times_from_earlier_run"):
+        lines.append("* times of " + ", ".join(info["times_from_earlier_run"]) + " above: "
+                     "from the earlier run that made all their images (this --resume made none)")
     if info.get("fits_reused"):
         lines.append(f"* model_fit: {info['fits_reused']} fit(s) reused from --fitted (made by "
                      f"an earlier run, not timed here), {info.get('fits_made', 0)} made by "

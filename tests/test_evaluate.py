@@ -794,6 +794,39 @@ def test_evaluate_records_the_mean_embedding_time_and_the_transfer_seconds(small
     assert [row["seconds"] for row in r.rows] == [0.5, 0.5]
 
 
+def test_a_resume_that_makes_no_image_keeps_the_earlier_runs_times(small_set, vgg, monkeypatch):
+    """A --resume that found every image made measured no compile or embedding: results.json
+    and the summary lost the times the earlier run had recorded."""
+    clock = _FakeClock()
+    monkeypatch.setattr(evaluate, "time", clock)
+
+    class Fake(evaluate._EmbeddingMethod):
+        name = "model"
+
+        def _embed(self, style):
+            clock.now += 3
+            return None
+
+        def _transfer(self, content, e):
+            clock.now += 0.5
+            return content
+
+    kw = dict(size=32, methods=["model"], progress=False, vgg=vgg,
+              method_factory=lambda name, **k: Fake())
+    content, out = small_set / "content" / "square.png", small_set / "o"
+    r1 = evaluate.evaluate(content, small_set / "style", out, **kw)
+    assert r1.info["embed_seconds"] == {"model": 3.0} and r1.info["compile_seconds"] == {"model": 0.5}
+    r2 = evaluate.evaluate(content, small_set / "style", out, resume=True, **kw)
+    assert r2.info["embed_seconds"] == {"model": 3.0} and r2.info["compile_seconds"] == {"model": 0.5}
+    assert r2.info["times_from_earlier_run"] == ["model"]
+    assert json.loads((out / "results.json").read_text())["info"]["compile_seconds"] == {"model": 0.5}
+    assert "times of model above: from the earlier run" in (out / "summary.md").read_text()
+    # a resume that makes an image measures its own
+    images.save_image(small_set / "style" / "other.png", np.full((40, 40, 3), 0.3, np.float32))
+    r3 = evaluate.evaluate(content, small_set / "style", out, resume=True, **kw)
+    assert r3.info["embed_seconds"] == {"model": 3.0} and "times_from_earlier_run" not in r3.info
+
+
 def test_gatys_compile_seconds_are_the_longest_warm_up(monkeypatch):
     """``compile_seconds`` is the longest warm-up of the batches (the first here: 10 s, then
     4 s), not the last one."""
