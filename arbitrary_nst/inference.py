@@ -881,15 +881,16 @@ def output_path(output: Callable[[Path], Any], content: Path) -> Path:
 
 
 def plan_outputs(paths: Sequence[Path], output: Callable[[Path], Any],
-                 inputs: Iterable[str | os.PathLike], overwrite: bool
+                 inputs: Iterable[str | os.PathLike], overwrite: bool, *,
+                 collision_hint: str = "rename one of the inputs"
                  ) -> tuple[list[FileResult], list[tuple[int, Path, Path]]]:
     """Where each content's result goes, decided before any work: ``(skips, jobs)`` with
     ``jobs`` the ``(index, content, output path)`` to run. Skipped: contents that are this
     job's own earlier outputs (:func:`earlier_outputs`), outputs that are an input (the
     contents and ``inputs``; never replaced, even with ``overwrite``; nor is an earlier output,
     which a name match cannot tell from a photo of that name), existing files unless
-    ``overwrite``, and a second content with the same output name. ``output`` is called once
-    per content."""
+    ``overwrite``, and a second content with the same output name (``collision_hint``: what
+    to do about it). ``output`` is called once per content."""
     dests = {p: output_path(output, p) for p in paths}
     earlier = earlier_outputs(paths, dests.__getitem__)
     guessed = {p: src for p, src in earlier_other_style_outputs(paths, dests.__getitem__).items()
@@ -924,7 +925,7 @@ def plan_outputs(paths: Sequence[Path], output: Callable[[Path], Any],
             # (before "exists": on a rerun both of a.jpg and a.png said "out/a__s.png: exists"
             # and the clash showed only after --overwrite, as told)
             skips.append(FileResult(p, dest, False, f"{p}: its output {dest} collides with the "
-                                    f"output of {claimed[real]}; rename one of the inputs",
+                                    f"output of {claimed[real]}; {collision_hint}",
                                     "duplicate output name"))
             continue
         else:
@@ -1854,8 +1855,12 @@ class Stylizer:
         if output is None:
             early, jobs = [], [(i, p, None) for i, p in enumerate(paths)]
         else:
+            # (the caller's function maps both contents to one path: renaming an input, the
+            # CLI's advice, may not change what it returns)
             early, jobs = plan_outputs(paths, output,
-                                       [*plan.style_paths, *_path_list(protected)], overwrite)
+                                       [*plan.style_paths, *_path_list(protected)], overwrite,
+                                       collision_hint="the output function returns the same "
+                                       "path for both; make it give each content its own")
         # Everything above runs at the call (bad options raise here, not at the first next());
         # the files are read and written as the results are iterated.
         return self._files(early, jobs, plan, output is not None, overwrite, max_size, bs, nw,

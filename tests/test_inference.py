@@ -778,6 +778,14 @@ def test_files_pipeline_refuses_inputs_and_existing(st, tmp_path, files):
     assert res[0].kind == "output exists" and existing.read_bytes() == b"keep"
     res = list(st.stylize_files([c], files["style_a"], output=lambda p: existing, overwrite=True))
     assert res[0].ok and Image.open(existing).size == (46, 38)
+    # two contents that the caller's function sends to one path: the advice is about the
+    # function (renaming an input was the CLI's advice, and changes nothing here)
+    d = write_png(tmp_path / "d.png", smooth_image(30, 30, 4))
+    res = list(st.stylize_files([c, d], files["style_a"], output=lambda p: tmp_path / "one.png"))
+    assert [r.ok for r in res].count(True) == 1
+    (dup,) = [r for r in res if not r.ok]
+    assert dup.kind == "duplicate output name" and "output function" in dup.reason
+    assert "rename" not in dup.reason
 
 
 def test_files_pipeline_never_replaces_a_content_that_looks_like_an_output(st, tmp_path, files):
