@@ -10,6 +10,7 @@ import re
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "infer.py"
@@ -96,7 +97,9 @@ def test_bench_scripts_give_one_error_line_for_bad_options(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     for argv in (["bench/train.py", "--configs", "nope", "--json", str(tmp_path / "t.json")],
-                 ["bench/data.py", "--batch-size", "0", "--json", str(tmp_path / "d.json")]):
+                 ["bench/data.py", "--batch-size", "0", "--json", str(tmp_path / "d.json")],
+                 ["bench/degraded_targets.py", "--eval-out", str(tmp_path / "nope"), "--style",
+                  str(tmp_path)]):
         p = subprocess.run([sys.executable, *argv], cwd=root, capture_output=True, text=True,
                            timeout=300)
         lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
@@ -669,3 +672,33 @@ def test_backends_bench_times_folder_jobs_per_backend_and_compares_their_images(
     assert "| auto | onnxruntime |" in capsys.readouterr().out
     with pytest.raises(Exception, match="exists; pass --overwrite"):  # (nothing run first)
         mod.main(["--repeats", "1", "--json", str(out)])
+
+
+def test_degraded_targets_finds_outputs_that_match_a_blurred_painting(tmp_path, vgg):
+    """bench/degraded_targets.py: outputs that *are* the painting's blurred copy score ~0
+    against that copy and more against the painting (ratio < 1); outputs that are the painting
+    score 0 against it and more against every copy."""
+    from arbitrary_nst import evaluate, images
+
+    mod = _load("degraded_targets")
+    rng = np.random.default_rng(3)
+    style = tmp_path / "style"
+    style.mkdir()
+    painting = np.clip(rng.normal(0.5, 0.25, (48, 48, 3)), 0, 1).astype(np.float32)
+    images.save_image(style / "p1.png", painting)
+    images.save_image(style / "unused.png", painting[::-1])  # no outputs: left out
+    x = evaluate._resized_to(images.load_image(style / "p1.png"), 48)
+    for method, out in (("blurred", mod.degrade(x, 1.3, None)), ("sharp", x)):
+        (tmp_path / "ev" / "images" / method).mkdir(parents=True)
+        images.save_image(tmp_path / "ev" / "images" / method / "photo__p1.png", out)
+    r = mod.measure(tmp_path / "ev", style, 48, metrics=evaluate.Metrics(vgg))
+    assert r["paintings"] == 1 and r["pairs"] == {"blurred": 1, "sharp": 1}
+    blurred, sharp = r["methods"]["blurred"], r["methods"]["sharp"]
+    assert blurred["down1.3"]["total"] < 1e-3 * blurred["painting"]["total"]
+    assert sharp["painting"]["total"] < 1e-6 and min(
+        sharp[k]["total"] for k in r["self"]) > 0
+    # the painting's own copies are as far from it as the sharp outputs are from them
+    for k in r["self"]:
+        assert abs(r["self"][k]["total"] - sharp[k]["total"]) <= 1e-3 * r["self"][k]["total"]
+    text = mod.table(r)
+    assert "| blurred (1 outputs) | down1.3 |" in text and "| - |" in text
