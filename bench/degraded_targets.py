@@ -108,10 +108,11 @@ def measure(eval_out: Path, style_dir: Path, size: int, metrics=None) -> dict:
     if not used:
         raise ConfigError(f"{style_dir}: none of its images has outputs in {img_root} (the "
                           "style folder the evaluation ran on?)")
+    scored = [m for m in methods if per[m]["painting"]]  # (a method with none of these styles)
     return {"paintings": used,
             "self": {k: _mean(v) for k, v in selfs.items()},
-            "pairs": {m: len(v["painting"]) for m, v in per.items()},
-            "methods": {m: {k: _mean(v) for k, v in d.items() if v} for m, d in per.items()}}
+            "pairs": {m: len(per[m]["painting"]) for m in scored},
+            "methods": {m: {k: _mean(v) for k, v in per[m].items()} for m in scored}}
 
 
 def table(r: dict) -> str:

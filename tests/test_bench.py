@@ -691,6 +691,8 @@ def test_degraded_targets_finds_outputs_that_match_a_blurred_painting(tmp_path, 
     for method, out in (("blurred", mod.degrade(x, 1.3, None)), ("sharp", x)):
         (tmp_path / "ev" / "images" / method).mkdir(parents=True)
         images.save_image(tmp_path / "ev" / "images" / method / "photo__p1.png", out)
+    (tmp_path / "ev" / "images" / "other").mkdir()  # outputs of another painting only
+    images.save_image(tmp_path / "ev" / "images" / "other" / "photo__p9.png", x)
     r = mod.measure(tmp_path / "ev", style, 48, metrics=evaluate.Metrics(vgg))
     assert r["paintings"] == 1 and r["pairs"] == {"blurred": 1, "sharp": 1}
     blurred, sharp = r["methods"]["blurred"], r["methods"]["sharp"]
