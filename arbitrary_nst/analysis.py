@@ -39,6 +39,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 from . import gatys
 from . import images as images_lib
 from . import losses as losses_lib

@@ -170,6 +170,18 @@ class Metrics:
         stats["std"] = np.sqrt(f.var(axis=(1, 2)) + 1e-5)
         return stats
 
+    @staticmethod
+    def gram_terms(stats: dict[str, np.ndarray], target: dict[str, np.ndarray],
+                   i: int = 0) -> dict[str, float]:
+        """Per style layer, the mean squared difference between image ``i``'s Gram in ``stats``
+        and ``target``'s (:meth:`style_stats` of one image); ``style_gram`` is their sum times
+        ``STYLE_LAYER_WEIGHT``."""
+        out = {}
+        for t in STYLE_LAYERS:
+            d = stats[f"gram_{t}"][i] - target[f"gram_{t}"][0]
+            out[t] = float(np.mean(d * d))
+        return out
+
     def score(self, outputs: np.ndarray, content_feats: dict[str, np.ndarray],
               style_stats: Sequence[dict[str, np.ndarray]], style_images: Sequence[np.ndarray]
               ) -> list[dict[str, float]]:
@@ -183,13 +195,9 @@ class Metrics:
             for t in CONTENT_LAYERS:
                 d = feats[t][i].astype(np.float64) - content_feats[t][0]
                 row[f"content_{t}"] = float(np.mean(d * d))
-            total = 0.0
-            for t in STYLE_LAYERS:
-                d = stats[f"gram_{t}"][i] - style_stats[i][f"gram_{t}"][0]
-                v = float(np.mean(d * d))
-                row[f"gram_{t}"] = v
-                total += STYLE_LAYER_WEIGHT * v
-            row["style_gram"] = total
+            grams = self.gram_terms(stats, style_stats[i], i)
+            row.update({f"gram_{t}": v for t, v in grams.items()})
+            row["style_gram"] = sum(STYLE_LAYER_WEIGHT * v for v in grams.values())
             dm = stats["mean"][i] - style_stats[i]["mean"][0]
             ds = stats["std"][i] - style_stats[i]["std"][0]
             row["meanstd_relu5_1"] = float(np.mean(dm * dm) + np.mean(ds * ds))

@@ -66,8 +66,8 @@ def degrade(x: np.ndarray, factor: float, quality: int | None) -> np.ndarray:
 
 def gram_losses(stats, target) -> dict[str, float]:
     """``evaluate``'s style loss terms (weighted, per layer) of one image's statistics."""
-    return {t: evaluate.STYLE_LAYER_WEIGHT * float(np.mean(
-        (stats[f"gram_{t}"][0] - target[f"gram_{t}"][0]) ** 2)) for t in evaluate.STYLE_LAYERS}
+    return {t: evaluate.STYLE_LAYER_WEIGHT * v
+            for t, v in evaluate.Metrics.gram_terms(stats, target).items()}
 
 
 def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
