@@ -1262,8 +1262,11 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
     mngr = checkpoint_manager(workdir, int(tcfg.keep_checkpoints),  # (the lock holder: it
                               async_save=bool(_get(tcfg, "async_checkpoints", True)),
                               cleanup_tmp=True)  # removes the tmp folders of killed saves)
-    try:  # (a failure before the loop's own cleanup below: the manager's background
-        # cleanup of temporary folders ran on while the failed start's folders were removed)
+    writer = loader = bar = None
+    # One try from the manager's making on: a start failing before the loop (a bad init_from)
+    # must close it too (its background clean-up of temporary folders ran on while the failed
+    # start's folders were removed, and absl logged a traceback).
+    try:
         init_from = _get(tcfg, "init_from")
         init_record = workdir / INIT_RECORD
         prior_steps = 0
@@ -1308,16 +1311,11 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
                 "data": _to_plain(config.data), "config": _to_plain(config),
                 "process_count": n_proc}  # (each process loads its share with its own seed)
         history: list[dict[str, float]] = []
-        writer = loader = bar = None
         same_setup = True  # (resumed: the loss, optimizer, data and model are the checkpoint's)
         interrupted = False
         save_error = None  # a failed checkpoint save: said after the export
         last_rate = None
         ckpt_meta = None
-    except BaseException:
-        _close_checkpoints(mngr, workdir, is_main)
-        raise
-    try:
         if mngr.latest_step() is not None:
             state, ckpt_meta = restore_checkpoint(mngr, state, expected_meta=meta)
             same_setup = _divergence_setup(ckpt_meta) == _divergence_setup(meta)
