@@ -63,6 +63,7 @@ import numpy as np
 
 from . import files, images
 from .errors import ConfigError, ImageError, NSTError, UsageParser, printable_stdout
+from .progress import bar as progress_bar
 
 DEFAULT_MAX_SIZE = 1024
 DEFAULT_TILE_SIZE = 256
@@ -596,10 +597,8 @@ def _figure(args, mode: str, stylizer, content_files: list[Path]) -> int:
 
 
 def _progress(total: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="img", desc="stylize", disable=not enabled or total <= 1,
-                dynamic_ncols=True, file=sys.stderr, smoothing=0.1)
+    return progress_bar(total=total, unit="img", desc="stylize",
+                        disable=not enabled or total <= 1, dynamic_ncols=True, smoothing=0.1)
 
 
 def _summary(done: int, skipped: list, seconds: float, n_images: int) -> str:

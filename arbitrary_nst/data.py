@@ -100,6 +100,7 @@ from arbitrary_nst import images as _images
 from arbitrary_nst.errors import (ConfigError, ImageError, NSTError, UsageParser, check_count,
                                      count_arg, printable_stdout)
 from arbitrary_nst.files import write_atomically
+from arbitrary_nst.progress import bar as progress_bar
 
 __all__ = [
     "DEFAULT_DATA_DIR",
@@ -736,9 +737,8 @@ def _builder_classes() -> tuple[type, type]:
             short_sides: list[int] = []  # of the stored images: what training resizes from
             bar = None
             if cfg.progress:
-                from tqdm.auto import tqdm
-
-                bar = tqdm(total=len(files), desc=f"prepare {self.builder_config.name}", unit="img")
+                bar = progress_bar(total=len(files), desc=f"prepare {self.builder_config.name}",
+                                    unit="img")
             work = functools.partial(
                 _prepare_one, max_side=cfg.max_source_side, min_side=cfg.min_source_side, quality=cfg.jpeg_quality,
                 max_pixels=cfg.max_pixels,
@@ -968,10 +968,8 @@ class _DigestCache:
         bar = None
         total = sum(t[3].st_size for t in todo)
         if progress and (total > 256 * 2**20 or len(todo) > 5000):  # (re-scans stay silent)
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=total, desc="read files for their digests", unit="B",
-                       unit_scale=True)
+            bar = progress_bar(total=total, desc="read files for their digests", unit="B",
+                                unit_scale=True)
         racy = time.time_ns() - int(self.RACY_S * 1e9)
         try:
             # (bounded look-ahead: a future per file cost ~1.7 KB each, 1.7 GB for 1M files)

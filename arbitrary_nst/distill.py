@@ -56,6 +56,7 @@ from .errors import ConfigError, NSTError, UsageParser, printable_stdout
 from .files import make_dir, removing_new_empty_dirs, write_atomically
 from .images import channel_std
 from .models.predictor import pooled_statistics
+from .progress import bar as progress_bar
 
 #: Working size of style images (the Stylizer's default, Magenta's 256).
 STYLE_SIZE = 256
@@ -447,8 +448,6 @@ def collect_oracle(model, sources, out_dir: Path, *, num_styles: int, batch: int
     ``seed`` picks the styles (and, unless ``content_seed`` is given, the photo crops): the same
     ``seed`` with another ``content_seed`` refines the same styles on other photos, so several
     oracles can be averaged (:func:`combine_oracles`) into cleaner targets."""
-    from tqdm.auto import tqdm
-
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {"batch": int(batch), "contents_per_style": int(contents_per_style),
             "steps": int(steps), "learning_rate": float(learning_rate),
@@ -488,8 +487,9 @@ def collect_oracle(model, sources, out_dir: Path, *, num_styles: int, batch: int
     n = min(int(num_styles), len(style_src))
     order = np.random.default_rng(seed).permutation(len(style_src))[:n]
     chunks = []
-    for c, start in enumerate(tqdm(range(0, n, batch), desc="oracle", unit="batch",
-                                   disable=not progress, dynamic_ncols=True)):
+    for c, start in enumerate(progress_bar(iterable=range(0, n, batch), desc="oracle",
+                                            unit="batch", disable=not progress,
+                                            dynamic_ncols=True)):
         path = out_dir / f"chunk_{c:05d}.npz"
         idx = order[start:start + batch]
         chunk = _load_chunk(path, idx)

@@ -84,6 +84,7 @@ from . import fit_style, images
 from .errors import (ConfigError, ImageError, NSTError, UsageParser, out_of_memory,
                      printable_stdout)
 from .files import check_writable_dir, is_inside, removing_new_empty_dirs
+from .progress import bar as progress_bar
 
 METHODS = ("model", "model_refine", "model_fit", "gatys", "magenta_lite", "magenta_lite_fp32", "identity", "style")
 DEFAULT_METHODS = ("model", "gatys", "magenta_lite")
@@ -745,8 +746,6 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
     ``info["backend"]`` (images of the two backends differ by at most one level of 255).
     ``resume``: reuse output images (and their times) already in ``out``.
     """
-    from tqdm.auto import tqdm
-
     if not 32 <= size <= MAX_SIZE:  # (100000 was killed by the kernel at 19 GB)
         raise ConfigError(f"--size must be in [32, {MAX_SIZE}], got {size}")
     if style_size is not None and style_size < 32:
@@ -870,7 +869,8 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
                 raise ConfigError(f"{times_path}: unreadable ({' '.join(str(e).split())}); "
                                   "delete it (its images are made again), or use a new "
                                   "--out") from None
-        bar = tqdm(total=n_pairs, desc=m, unit="img", disable=not progress, dynamic_ncols=True)
+        bar = progress_bar(total=n_pairs, desc=m, unit="img", disable=not progress,
+                            dynamic_ncols=True)
         # (model_fit fits each style, minutes each, before its first image: the bar sat still)
         method.status = bar.set_postfix_str if progress else None
         for cname, cimg in contents:

@@ -55,6 +55,7 @@ from . import color, losses, refine
 from .errors import MAX_SEED, ConfigError, ModelError, check_count
 from .files import write_atomically
 from .models import check_palette
+from .progress import bar as progress_bar
 
 #: Defaults, from the measurement in RESULTS.md (session 8).
 DEFAULT_STEPS = 100
@@ -305,12 +306,10 @@ def fit_conditionings(model, styles: np.ndarray, embeddings: np.ndarray, draw_ph
                               f"got {x.shape}")
         return jnp.asarray(x)
 
-    from tqdm.auto import tqdm
-
     history = []
     x = None
-    with tqdm(total=int(steps), desc=desc, unit="step", disable=not progress,
-              dynamic_ncols=True) as bar:
+    with progress_bar(total=int(steps), desc=desc, unit="step", disable=not progress,
+                       dynamic_ncols=True) as bar:
         for _ in range(int(steps)):
             x = photos_now()
             flat, opt_state, loss = _fit_step(graphdef, state, x, targets, moments, amount,
@@ -318,7 +317,7 @@ def fit_conditionings(model, styles: np.ndarray, embeddings: np.ndarray, draw_ph
             history.append(loss)
             bar.update(1)
             if bar.n % 10 == 0:
-                bar.set_postfix(loss=f"{float(jnp.mean(loss)):.3g}")
+                bar.set_postfix(loss=f"{float(jnp.mean(loss)):.3g}", refresh=False)
     if x is None:  # steps == 0: the start's loss on one draw
         x = photos_now()
     history.append(_fit_loss(graphdef, state, x, targets, moments, amount, flat,

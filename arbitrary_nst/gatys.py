@@ -86,6 +86,7 @@ from . import images as images_lib
 from . import losses as losses_lib
 from . import vgg as vgg_lib
 from .errors import MAX_SEED, ConfigError, ImageError, ModelError, check_count, check_weight
+from .progress import bar as progress_bar
 
 Optimizer = Literal["lbfgs", "lbfgs_optax", "adam"]
 Init = Literal["content", "noise", "style"]
@@ -1086,9 +1087,7 @@ def run(content, styles, *, style_weights=None, config: GatysConfig | None = Non
 
     bar = None
     if progress is True:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total_iters, desc="gatys", unit="it", dynamic_ncols=True)
+        bar = progress_bar(total=total_iters, desc="gatys", unit="it", dynamic_ncols=True)
     report = progress if callable(progress) else None
 
     lum = cfg.preserve_color == "luminance"

@@ -74,6 +74,7 @@ from . import vgg as vgg_lib
 from .device_augment import finish_batch
 from .errors import MAX_SEED, ConfigError, ImageError, ModelError, NSTError, check_count
 from .files import is_inside, make_dir, write_atomically
+from .progress import bar as progress_bar
 from .losses import LossConfig, StyleTargets, perceptual_loss
 from .models import ArbitraryStyleModel, check_model_config, with_pooling
 
@@ -1005,10 +1006,8 @@ def _default_loader_factory(data_cfg, *, batch_size, seed, start_step, progress=
 
 
 def _progress_bar(total: int, initial: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, disable=not enabled, unit="step",
-                dynamic_ncols=True, smoothing=0.1)
+    return progress_bar(total=total, initial=initial, disable=not enabled, unit="step",
+                         dynamic_ncols=True, smoothing=0.1)
 
 
 def _training_folder_holding(path: Path, config) -> tuple[str, str] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 
 import jax.numpy as jnp
 import numpy as np
@@ -1097,7 +1098,7 @@ def test_model_fit_fits_are_shown_on_the_progress_bar(small_set, vgg, fake_fit, 
     evaluate.evaluate(content, small_set / "style", small_set / "o1", progress=True, **kw)
     err = capsys.readouterr().err
     assert "fitting other (style 1/2)" in err and "fitting paint (style 2/2)" in err, err
-    assert "fitting" not in err.rstrip().split("\r")[-1], err  # (cleared once fitted)
+    assert "fitting" not in re.split(r"[\r\n]", err.rstrip())[-1], err  # (cleared once fitted)
     evaluate.evaluate(content, small_set / "style", small_set / "o2", progress=False, **kw)
     assert capsys.readouterr().err == "" and len(fake_fit[-1].fitted) == 2
 
