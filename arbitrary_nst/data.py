@@ -87,6 +87,7 @@ import re
 import shutil
 import stat
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -1362,6 +1363,31 @@ def _check_prepared_files(version_dir: Path) -> None:
             from None
 
 
+def _catalog_builder(tfds: Any, name: str, root: str) -> Any:
+    """``tfds.builder(name)`` (array_record, under ``root``), without the empty folder TFDS
+    leaves in the temp folder for a dataset not prepared yet: ``DatasetInfo.
+    initialize_from_bucket`` makes ``tempfile.mkdtemp("tfds")`` before it looks for pre-computed
+    info in its GCS bucket, and never removes it (the folder builder overrides that method;
+    a catalog builder's info class is TFDS' own, so the new empty ones are removed after)."""
+    tmp = Path(tempfile.gettempdir())
+
+    def tfds_temps() -> set[Path]:
+        try:
+            return set(tmp.glob("tmp*tfds"))
+        except OSError:
+            return set()
+
+    before = tfds_temps()
+    try:
+        return tfds.builder(name, data_dir=root, file_format="array_record")
+    except Exception as e:  # noqa: BLE001 - DatasetNotFoundError, bad config names, ...
+        raise ConfigError(f"tfds:{name}: {_one_line(e)}") from None
+    finally:
+        for made in tfds_temps() - before:
+            with contextlib.suppress(OSError):  # (one with files in it stays: not ours to judge)
+                made.rmdir()
+
+
 def source_from_catalog(name: str, split: str = "train", data_dir: str | os.PathLike[str] | None = None) -> TFDSSource:
     """A TFDS catalog image dataset (e.g. ``'coco/2017'``, ``'dtd'``) by name.
 
@@ -1376,10 +1402,7 @@ def source_from_catalog(name: str, split: str = "train", data_dir: str | os.Path
     """
     tfds = _tfds()
     root = os.path.expanduser(os.fspath(data_dir or DEFAULT_DATA_DIR))
-    try:
-        b = tfds.builder(name, data_dir=root, file_format="array_record")
-    except Exception as e:  # noqa: BLE001 - DatasetNotFoundError, bad config names, ...
-        raise ConfigError(f"tfds:{name}: {_one_line(e)}") from None
+    b = _catalog_builder(tfds, name, root)
     ready = (Path(b.data_dir) / "dataset_info.json").exists()
     if not ready:
         log.info("tfds:%s: not prepared under %s; downloading and preparing (array_record)", name, root)
