@@ -17,7 +17,8 @@ factor (Lanczos), saved as JPEG (quality 78, the training data's), then upscaled
 Printed and written: the Gram style loss (``evaluate``'s measure, per layer) of each painting's
 degraded copies against itself, and of each method's outputs against the painting and against
 each copy; a ratio below 1 in the last column means the outputs are closer to the blurred
-painting than to the real one.
+painting than to the real one. The last copy is a degraded one sharpened back (an unsharp
+mask): its row says how much of the degradation sharpening the style targets could undo.
 
 Options and the output file are checked before anything is computed; errors are one line (exit
 status 1).
@@ -31,7 +32,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -40,15 +41,20 @@ from arbitrary_nst.errors import ConfigError  # noqa: E402
 from bench.bench_cli import add_overwrite, check_options, run_main, write_json  # noqa: E402
 from bench.bench_cli import meta as run_meta  # noqa: E402
 
-#: (name, downscale factor, JPEG quality or None): the training data's 224 -> 256 upscale with
-#: and without its JPEG loss, the JPEG loss alone, and a stronger blur
-VARIANTS = (("jpeg78", 1.0, 78), ("down1.14", 1.14, None), ("down1.14+jpeg78", 1.14, 78),
-            ("down1.3", 1.3, None))
+#: (name, downscale factor, JPEG quality or None, unsharp mask (radius px, percent) or None):
+#: the training data's 224 -> 256 upscale with and without its JPEG loss, the JPEG loss alone,
+#: a stronger blur, and a training painting sharpened back (the mildest mask that undid the
+#: most of it in session 35's sweep over radius 0.5-2 px and 25-150%: how much of the loss
+#: sharpening the style targets could recover)
+VARIANTS = (("jpeg78", 1.0, 78, None), ("down1.14", 1.14, None, None),
+            ("down1.14+jpeg78", 1.14, 78, None), ("down1.3", 1.3, None, None),
+            ("down1.14+jpeg78+usm0.75/50", 1.14, 78, (0.75, 50)))
 
 
-def degrade(x: np.ndarray, factor: float, quality: int | None) -> np.ndarray:
-    """``x`` (float HWC in [0, 1]) downscaled by ``factor``, JPEG-coded at ``quality``, and
-    brought back to its size."""
+def degrade(x: np.ndarray, factor: float, quality: int | None,
+            unsharp: tuple[float, int] | None = None) -> np.ndarray:
+    """``x`` (float HWC in [0, 1]) downscaled by ``factor``, JPEG-coded at ``quality``,
+    brought back to its size, and then sharpened by an ``unsharp`` mask (PIL's, threshold 0)."""
     h, w = x.shape[:2]
     im = Image.fromarray(images.to_uint8(x))
     if factor != 1.0:
@@ -61,6 +67,9 @@ def degrade(x: np.ndarray, factor: float, quality: int | None) -> np.ndarray:
         im = Image.open(buf).convert("RGB")
     if im.size != (w, h):
         im = im.resize((w, h), Image.Resampling.BICUBIC)
+    if unsharp is not None:
+        im = im.filter(ImageFilter.UnsharpMask(radius=unsharp[0], percent=unsharp[1],
+                                               threshold=0))
     return np.asarray(im, np.float32) / np.float32(255.0)
 
 
@@ -95,8 +104,8 @@ def measure(eval_out: Path, style_dir: Path, size: int, metrics=None) -> dict:
         used += 1
         painting = evaluate._resized_to(images.load_image(sp), size)
         target = metrics.style_stats(metrics.features(painting[None]))
-        copies = {name: metrics.style_stats(metrics.features(degrade(painting, f, q)[None]))
-                  for name, f, q in VARIANTS}
+        copies = {name: metrics.style_stats(metrics.features(degrade(painting, *how)[None]))
+                  for name, *how in VARIANTS}
         for name, st in copies.items():
             selfs[name].append(gram_losses(st, target))
         for m, files in outputs.items():

@@ -702,5 +702,12 @@ def test_degraded_targets_finds_outputs_that_match_a_blurred_painting(tmp_path, 
     # the painting's own copies are as far from it as the sharp outputs are from them
     for k in r["self"]:
         assert abs(r["self"][k]["total"] - sharp[k]["total"]) <= 1e-3 * r["self"][k]["total"]
+    assert "down1.14+jpeg78+usm0.75/50" in r["self"]
     text = mod.table(r)
     assert "| blurred (1 outputs) | down1.3 |" in text and "| - |" in text
+    # the unsharp mask sharpens what the degradation blurred: an edge's steepest step grows
+    edge = np.repeat(np.repeat(np.linspace(0, 1, 48, dtype=np.float32)[None, :, None] > 0.5,
+                               48, 0), 3, 2).astype(np.float32)
+    blurred, sharpened = (mod.degrade(edge, 1.3, None, u) for u in (None, (0.75, 50)))
+    assert np.abs(np.diff(sharpened, axis=1)).max() > np.abs(np.diff(blurred, axis=1)).max()
+    assert 0 <= sharpened.min() and sharpened.max() <= 1
