@@ -95,7 +95,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 from arbitrary_nst import images as _images
 from arbitrary_nst.errors import (ConfigError, ImageError, NSTError, UsageParser, check_count,
@@ -167,6 +167,12 @@ def default_data_config() -> Any:
             side before the random crop (``(1.0, 1.15)``).
         augment_strength: multiplies the style colour-jitter ranges (1.0 = Magenta:
             brightness +-0.8, saturation x[0.5, 1.5], hue +-0.2); 0 disables jitter and flips.
+        style_unsharp: ``(radius px, percent)`` of an unsharp mask (PIL's, threshold 0) on every
+            style crop, or ``None`` (none; Magenta has none). For paintings stored small or as
+            lossy JPEGs and upscaled for training, whose blur the network learns: on the eval's
+            paintings degraded like ``../shared/data``'s (224 px, JPEG 78, upscaled 1.14x),
+            ``(0.75, 50)`` undid 55% of the Gram style loss the degradation adds, stronger
+            masks overshoot (``bench/degraded_targets.py``; RESULTS.md, session 35).
         max_source_side: stored images have their smaller side at most this (512) and their
             longer side at most 3x this.
         min_source_side: images whose smaller side is below this (64) are skipped.
@@ -209,6 +215,7 @@ def _default_fields() -> dict[str, Any]:
         style_resize_range=None,
         content_scale_range=(1.0, 1.15),
         augment_strength=1.0,
+        style_unsharp=None,
         max_source_side=512,
         min_source_side=64,
         jpeg_quality=90,
@@ -288,6 +295,8 @@ def _cfg(data_cfg: Any) -> dict[str, Any]:
         c["device_augment"] = bool(c["device_augment"])
         key = "style_resize_range"
         c[key] = _resize_range(c[key], c["style_size"])
+        key = "style_unsharp"
+        c[key] = check_unsharp(c[key])
         key = "content_scale_range"
         lo, hi = (float(x) for x in c[key])
         if not 1.0 <= lo <= hi:
@@ -302,6 +311,31 @@ def _cfg(data_cfg: Any) -> dict[str, Any]:
     if os.path.exists(c["data_dir"]) and not os.path.isdir(c["data_dir"]):
         raise ConfigError(f"data config: data_dir {c['data_dir']} is a file, not a folder")
     return c
+
+
+#: Bounds of ``data.style_unsharp``: radius (px) in (0, MAX_UNSHARP_RADIUS], percent in
+#: [1, MAX_UNSHARP_PERCENT] (beyond them the mask only draws halos)
+MAX_UNSHARP_RADIUS = 10.0
+MAX_UNSHARP_PERCENT = 500
+
+
+def check_unsharp(u: Any) -> tuple[float, int] | None:
+    """``data.style_unsharp`` as ``(radius, percent)`` or ``None``; ConfigError if out of range."""
+    if u is None:
+        return None
+    how = ("must be None or (radius px, percent), radius in (0, "
+           f"{MAX_UNSHARP_RADIUS:g}] and percent an integer in [1, {MAX_UNSHARP_PERCENT}]")
+    try:
+        if isinstance(u, (str, bytes)):
+            raise TypeError
+        r, pct = u
+        r, pct_f = float(r), float(pct)
+    except (TypeError, ValueError):
+        raise ConfigError(f"data config: style_unsharp {how}, got {u!r}") from None
+    if not (0 < r <= MAX_UNSHARP_RADIUS and pct_f == int(pct_f)
+            and 1 <= pct_f <= MAX_UNSHARP_PERCENT):
+        raise ConfigError(f"data config: style_unsharp {how}, got {u!r}")
+    return r, int(pct_f)
 
 
 def magenta_style_resize_range(style_size: int = 256) -> tuple[int, int]:
@@ -1594,10 +1628,11 @@ def upscale_notes(sources: Mapping[str, DataSource], data_cfg: Any = None) -> li
     lo_style = _resize_range(c["style_resize_range"], int(c["style_size"]))[0]
     lo_content = int(c["image_size"]) * float(c["content_scale_range"][0])
     notes = []
-    for role, smallest, option, learnt in (
+    for role, smallest, option, learnt, remedy in (
             ("content", lo_content, "data.content_scale_range / data.image_size",
-             "from blurred photos"),
-            ("style", lo_style, "data.style_resize_range", "blurred strokes")):
+             "from blurred photos", "larger images avoid it"),
+            ("style", lo_style, "data.style_resize_range", "blurred strokes",
+             "larger images avoid it (data.style_unsharp sharpens part of it back)")):
         src = sources.get(role)
         parts = src.parts if isinstance(src, MixtureSource) else [src]
         sides = [x for p in parts for x in (getattr(p, "short_sides", None) or ())]
@@ -1610,7 +1645,7 @@ def upscale_notes(sources: Mapping[str, DataSource], data_cfg: Any = None) -> li
                 f"{role}: {small} of {len(sides)} images are under {limit:.0f} px on their "
                 f"shorter side (the smallest {min(sides)} px): training resizes them to "
                 f"{smallest:.0f} px or more ({option}), i.e. upscales them over "
-                f"{UPSCALE_NOTE_FACTOR:g}x, and learns {learnt}; larger images avoid it")
+                f"{UPSCALE_NOTE_FACTOR:g}x, and learns {learnt}; {remedy}")
     return notes
 
 
@@ -1760,7 +1795,8 @@ IDENTITY_JITTER = (0.0, 1.0, 0.0)
 
 def augment_style(img: Any, rng: np.random.Generator, size: int = 256,
                   resize_range: tuple[int, int] | None = (258, 456), strength: float = 1.0, *,
-                  defer_jitter: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+                  defer_jitter: bool = False, unsharp: tuple[float, int] | None = None
+                  ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Magenta's style augmentation (see the module docstring), ranges scaled by ``strength``.
 
     Random draws, in order: brightness delta ``U(-0.8s, 0.8s)``, saturation factor
@@ -1773,6 +1809,9 @@ def augment_style(img: Any, rng: np.random.Generator, size: int = 256,
     step, :func:`arbitrary_nst.device_augment.color_jitter` (:data:`IDENTITY_JITTER` when
     ``s <= 0``). Why: the jitter is ~60% of the host's work per style image (bench/data.py); on an
     accelerator it is a few elementwise ops next to the VGG16.
+
+    ``unsharp``: ``(radius, percent)`` of an unsharp mask on the crop before the flips and the
+    jitter (``data.style_unsharp``); it draws nothing from ``rng``.
     """
     lo, hi = resize_range if resize_range is not None else magenta_style_resize_range(size)
     if not size <= lo < hi:
@@ -1791,7 +1830,11 @@ def augment_style(img: Any, rng: np.random.Generator, size: int = 256,
     scale = side / min(w, h)
     nw, nh = max(size, int(w * scale)), max(size, int(h * scale))
     off = _crop_offsets(rng, nw, nh, size)
-    x = np.asarray(_crop_resize(im, scale, off, size))
+    crop = _crop_resize(im, scale, off, size)
+    if unsharp is not None:
+        crop = crop.filter(ImageFilter.UnsharpMask(radius=unsharp[0], percent=unsharp[1],
+                                                   threshold=0))
+    x = np.asarray(crop)
     if flips[0]:
         x = x[:, ::-1]
     if flips[1]:
@@ -1898,7 +1941,7 @@ class Loader:
                  style_size: int = 256, style_resize_range: tuple[int, int] | None = None,
                  content_scale_range: tuple[float, float] = (1.0, 1.15), augment_strength: float = 1.0,
                  content_weights: Sequence[float] | None = None, style_weights: Sequence[float] | None = None,
-                 device_augment: bool = False):
+                 device_augment: bool = False, style_unsharp: tuple[float, int] | None = None):
         if int(batch_size) < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         if int(start_step) < 0:
@@ -1912,6 +1955,7 @@ class Loader:
         self.content_scale_range = tuple(float(x) for x in content_scale_range)
         self.augment_strength = float(augment_strength)
         self.device_augment = bool(device_augment)
+        self.style_unsharp = check_unsharp(style_unsharp)
         cw = content_weights if content_weights is not None else getattr(content, "weights", None)
         sw = style_weights if style_weights is not None else getattr(style, "weights", None)
         self._samplers = (EpochSampler(content.part_sizes, cw, self.seed, CONTENT),
@@ -1948,7 +1992,8 @@ class Loader:
                 return augment_content(src.open(index), rng, self.image_size, self.content_scale_range,
                                        as_uint8=raw)
             return augment_style(src.open(index), rng, self.style_size, self.style_resize_range,
-                                 self.augment_strength, defer_jitter=raw)
+                                 self.augment_strength, defer_jitter=raw,
+                                 unsharp=self.style_unsharp)
         except (OSError, SyntaxError, Image.DecompressionBombError) as e:  # Pillow's decode errors
             raise ImageError(src.path(index), f"cannot decode stored image: {_one_line(e)}") from None
 
@@ -2101,6 +2146,7 @@ def make_loader(data_cfg: Any = None, *, batch_size: int, seed: int, start_step:
         num_workers=num_workers, prefetch=prefetch, image_size=c["image_size"], style_size=c["style_size"],
         style_resize_range=c["style_resize_range"], content_scale_range=c["content_scale_range"],
         augment_strength=c["augment_strength"], device_augment=c["device_augment"],
+        style_unsharp=c["style_unsharp"],
     )
 
 

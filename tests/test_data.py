@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 # tensorflow-datasets and array-record are requirements: a missing one fails these tests
 # (arbitrary_nst.data imports them), never skips them
@@ -544,6 +544,26 @@ def test_loader_workers_do_not_change_batches(prepared):
         next(loader)
 
 
+def test_style_unsharp_sharpens_the_style_crops_and_nothing_else(prepared):
+    """data.style_unsharp: the same draws (crop, flips, jitter) with the style crops sharpened
+    by PIL's unsharp mask (as sharpening the crop by hand gives); contents unchanged."""
+    srcs = {"content": prepared, "style": prepared}
+    cfg = {"image_size": 48, "style_size": 48, "style_resize_range": (50, 90),
+           "augment_strength": 0.0}
+    plain, sharp = (next(data.make_loader({**cfg, "style_unsharp": u}, batch_size=3, seed=5,
+                                          num_workers=0, sources=srcs))
+                    for u in (None, (0.75, 50)))
+    assert np.array_equal(plain["content"], sharp["content"])
+    by_hand = [np.asarray(Image.fromarray(x).filter(ImageFilter.UnsharpMask(0.75, 50, 0)))
+               for x in plain["style"]]
+    assert np.array_equal(sharp["style"], np.stack(by_hand))
+    assert not np.array_equal(sharp["style"], plain["style"])
+    # (float crops, the path without device_augment: the same sharpened pixels / 255)
+    f = next(data.make_loader({**cfg, "style_unsharp": (0.75, 50), "device_augment": False},
+                              batch_size=3, seed=5, num_workers=0, sources=srcs))
+    assert np.abs(f["style"] * 255 - sharp["style"]).max() < 1e-3
+
+
 def test_weighted_mixture_of_folders(prepared):
     mix = data.MixtureSource([prepared, data.SyntheticSource("style", 4)], [0.0, 1.0], name="style")
     loader = data.Loader(prepared, mix, batch_size=4, seed=0, num_workers=0, image_size=32, style_size=32)
@@ -955,6 +975,11 @@ def test_data_config_bounds_are_inclusive_where_documented(tmp_path):
                          ("style_resize_range", (99, 200)), ("style_resize_range", (120, 120))):
         with pytest.raises(ConfigError, match=field):
             data._cfg(dict(base, style_size=100, **{field: value}))
+    assert data._cfg(dict(base, style_unsharp=[0.75, 50.0]))["style_unsharp"] == (0.75, 50)
+    assert data._cfg(dict(base, style_unsharp=(10, 500)))["style_unsharp"] == (10.0, 500)
+    for bad in ((0, 50), (10.5, 50), (1, 0), (1, 501), (1, 50.5), (1,), "0.75,50", 3):
+        with pytest.raises(ConfigError, match=r"style_unsharp must be None or \(radius px"):
+            data._cfg(dict(base, style_unsharp=bad))
     with pytest.raises(ConfigError, match=r"max_source_side \(299\) must be >= min_source_side"):
         data._cfg(dict(base, min_source_side=300, max_source_side=299))
     # a single folder given as a string (or a path) is a list of one folder
@@ -1765,7 +1790,8 @@ def test_training_notes_images_mostly_too_small_for_its_sizes(tmp_path):
     assert data.upscale_notes(srcs, cfg) == [
         "style: 3 of 3 images are under 172 px on their shorter side (the smallest 100 px): "
         "training resizes them to 258 px or more (data.style_resize_range), i.e. upscales them "
-        "over 1.5x, and learns blurred strokes; larger images avoid it"]
+        "over 1.5x, and learns blurred strokes; larger images avoid it (data.style_unsharp "
+        "sharpens part of it back)"]
     assert data.upscale_notes(srcs, {**cfg, "style_size": 128,
                                       "style_resize_range": (140, 200)}) == []
     mixed = data.prepare({**cfg, "style_dirs": [str(small), str(ok)]})  # 3 of 12: 25%
