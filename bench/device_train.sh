@@ -5,7 +5,8 @@
 #
 # B_VARIANT (when no run-B export is carried): `sharp` (default) = A with its style targets at
 # the stored scale of the training paintings (192-224 px, not upscaled: RESULTS.md session 34),
-# `lr2x` = A at twice its learning rate.
+# `lr2x` = A at twice its learning rate, `unsharp` = A with its style crops sharpened
+# (data.style_unsharp=(0.75, 50): on 837 CPU steps no better than v11, RESULTS.md session 35).
 # A_INIT: the model A (and B without a carried run-B export) starts from (train.init_from):
 # the carried workdirs/carry/gpuA_init.safetensors when prepare_carry.sh made one (A_INIT=PATH
 # there), else the built-in model. v11 was A at A_BATCH=16 from v10, then the built-in model.
@@ -27,7 +28,8 @@ case "${B_VARIANT:-sharp}" in  # (checked before anything starts)
   sharp) B_CHANGE=(--set optim.learning_rate=2e-4 --set data.style_size=192
                    --set "data.style_resize_range=(192, 224)") ;;
   lr2x) B_CHANGE=(--set optim.learning_rate=4e-4) ;;
-  *) echo "B_VARIANT must be sharp or lr2x, got '$B_VARIANT'" >&2; exit 1 ;;
+  unsharp) B_CHANGE=(--set optim.learning_rate=2e-4 --set "data.style_unsharp=(0.75, 50)") ;;
+  *) echo "B_VARIANT must be sharp, lr2x or unsharp, got '$B_VARIANT'" >&2; exit 1 ;;
 esac
 mkdir -p "$OUT_DIR" workdirs
 if ls .whl/*.whl >/dev/null 2>&1 && ! python3 -c "import ml_collections, tensorboardX" 2>/dev/null; then
