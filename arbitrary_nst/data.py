@@ -296,7 +296,7 @@ def _cfg(data_cfg: Any) -> dict[str, Any]:
         key = "style_resize_range"
         c[key] = _resize_range(c[key], c["style_size"])
         key = "style_unsharp"
-        c[key] = check_unsharp(c[key])
+        c[key] = _check_unsharp(c[key])
         key = "content_scale_range"
         lo, hi = (float(x) for x in c[key])
         if not 1.0 <= lo <= hi:
@@ -319,7 +319,7 @@ MAX_UNSHARP_RADIUS = 10.0
 MAX_UNSHARP_PERCENT = 500
 
 
-def check_unsharp(u: Any) -> tuple[float, int] | None:
+def _check_unsharp(u: Any) -> tuple[float, int] | None:
     """``data.style_unsharp`` as ``(radius, percent)`` or ``None``; ConfigError if out of range."""
     if u is None:
         return None
@@ -332,8 +332,9 @@ def check_unsharp(u: Any) -> tuple[float, int] | None:
         r, pct_f = float(r), float(pct)
     except (TypeError, ValueError):
         raise ConfigError(f"data config: style_unsharp {how}, got {u!r}") from None
-    if not (0 < r <= MAX_UNSHARP_RADIUS and pct_f == int(pct_f)
-            and 1 <= pct_f <= MAX_UNSHARP_PERCENT):
+    # (the range first: int() of an infinite or NaN percent raises)
+    if not (0 < r <= MAX_UNSHARP_RADIUS and 1 <= pct_f <= MAX_UNSHARP_PERCENT
+            and pct_f == int(pct_f)):
         raise ConfigError(f"data config: style_unsharp {how}, got {u!r}")
     return r, int(pct_f)
 
@@ -1955,7 +1956,7 @@ class Loader:
         self.content_scale_range = tuple(float(x) for x in content_scale_range)
         self.augment_strength = float(augment_strength)
         self.device_augment = bool(device_augment)
-        self.style_unsharp = check_unsharp(style_unsharp)
+        self.style_unsharp = _check_unsharp(style_unsharp)
         cw = content_weights if content_weights is not None else getattr(content, "weights", None)
         sw = style_weights if style_weights is not None else getattr(style, "weights", None)
         self._samplers = (EpochSampler(content.part_sizes, cw, self.seed, CONTENT),

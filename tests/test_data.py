@@ -977,7 +977,8 @@ def test_data_config_bounds_are_inclusive_where_documented(tmp_path):
             data._cfg(dict(base, style_size=100, **{field: value}))
     assert data._cfg(dict(base, style_unsharp=[0.75, 50.0]))["style_unsharp"] == (0.75, 50)
     assert data._cfg(dict(base, style_unsharp=(10, 500)))["style_unsharp"] == (10.0, 500)
-    for bad in ((0, 50), (10.5, 50), (1, 0), (1, 501), (1, 50.5), (1,), "0.75,50", 3):
+    for bad in ((0, 50), (10.5, 50), (1, 0), (1, 501), (1, 50.5), (1,), "0.75,50", 3,
+                (1, float("inf")), (1, float("nan")), (float("nan"), 50)):
         with pytest.raises(ConfigError, match=r"style_unsharp must be None or \(radius px"):
             data._cfg(dict(base, style_unsharp=bad))
     with pytest.raises(ConfigError, match=r"max_source_side \(299\) must be >= min_source_side"):
