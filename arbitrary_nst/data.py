@@ -1398,12 +1398,13 @@ def _check_prepared_files(version_dir: Path) -> None:
             from None
 
 
-def _catalog_builder(tfds: Any, name: str, root: str) -> Any:
+def _catalog_builder(name: str, root: str) -> Any:
     """``tfds.builder(name)`` (array_record, under ``root``), without the empty folder TFDS
     leaves in the temp folder for a dataset not prepared yet: ``DatasetInfo.
     initialize_from_bucket`` makes ``tempfile.mkdtemp("tfds")`` before it looks for pre-computed
     info in its GCS bucket, and never removes it (the folder builder overrides that method;
     a catalog builder's info class is TFDS' own, so the new empty ones are removed after)."""
+    tfds = _tfds()
     tmp = Path(tempfile.gettempdir())
 
     def tfds_temps() -> set[Path]:
@@ -1437,7 +1438,7 @@ def source_from_catalog(name: str, split: str = "train", data_dir: str | os.Path
     """
     tfds = _tfds()
     root = os.path.expanduser(os.fspath(data_dir or DEFAULT_DATA_DIR))
-    b = _catalog_builder(tfds, name, root)
+    b = _catalog_builder(name, root)
     ready = (Path(b.data_dir) / "dataset_info.json").exists()
     if not ready:
         log.info("tfds:%s: not prepared under %s; downloading and preparing (array_record)", name, root)

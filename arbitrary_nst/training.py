@@ -74,9 +74,9 @@ from . import vgg as vgg_lib
 from .device_augment import finish_batch
 from .errors import MAX_SEED, ConfigError, ImageError, ModelError, NSTError, check_count
 from .files import is_inside, make_dir, write_atomically
-from .progress import bar as progress_bar
 from .losses import LossConfig, StyleTargets, perceptual_loss
 from .models import ArbitraryStyleModel, check_model_config, with_pooling
+from .progress import bar as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -1005,11 +1005,6 @@ def _default_loader_factory(data_cfg, *, batch_size, seed, start_step, progress=
                             sources=sources)
 
 
-def _progress_bar(total: int, initial: int, enabled: bool):
-    return progress_bar(total=total, initial=initial, disable=not enabled, unit="step",
-                         dynamic_ncols=True, smoothing=0.1)
-
-
 def _training_folder_holding(path: Path, config) -> tuple[str, str] | None:
     """``(folder, "data.content_dirs")`` if ``path`` is inside a training image folder."""
     for key in ("content_dirs", "style_dirs"):
@@ -1345,7 +1340,8 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
             batches = iter(loader)
             # (after the loader: a data error found while preparing left an empty log folder)
             writer = _summary_writer(workdir) if is_main else None
-            bar = _progress_bar(num_steps, step, bar_shown)
+            bar = progress_bar(total=num_steps, initial=step, disable=not bar_shown,
+                               unit="step", dynamic_ncols=True, smoothing=0.1)
             pending: list[dict[str, jax.Array]] = []
             t_last, s_last = time.perf_counter(), step
             t_samples = 0.0  # seconds of sample grids since the last log

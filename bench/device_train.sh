@@ -68,7 +68,8 @@ PA=$!
 # and the better is the candidate): B_VARIANT=sharp, style targets at the paintings' stored
 # scale (every training painting is stored at 224 px as JPEG 78, and A upscales it to 256: v11's
 # outputs match such blurred copies of the eval paintings better than the paintings, session
-# 34), or B_VARIANT=lr2x, twice A's learning rate (batch 32 may want the linearly scaled LR of
+# 34), B_VARIANT=unsharp, style crops sharpened (data.style_unsharp, session 35), or
+# B_VARIANT=lr2x, twice A's learning rate (batch 32 may want the linearly scaled LR of
 # v11's 2e-4 at batch 16). With one (prepare_carry.sh B_INIT: an export of Magenta's width-1.0
 # network, configs/default.py, from an earlier loan) that network trained on: palette 0.5,
 # style weight 0.5, a restarted cosine at half its first peak LR (info.total_steps adds the

@@ -176,11 +176,11 @@ def test_a_catalog_builder_leaves_nothing_in_the_temp_folder(tmp_path, monkeypat
     tmp = tmp_path / "tmp"
     (tmp / "tmpearliertfds").mkdir(parents=True)  # (someone else's: left alone)
     monkeypatch.setattr("tempfile.tempdir", str(tmp))
-    b = data._catalog_builder(data._tfds(), "dtd", str(tmp_path / "tfds"))
+    b = data._catalog_builder("dtd", str(tmp_path / "tfds"))
     assert b.name == "dtd" and not (Path(b.data_dir) / "dataset_info.json").exists()
     assert sorted(p.name for p in tmp.iterdir()) == ["tmpearliertfds"]
     with pytest.raises(ConfigError, match="tfds:no_such_dataset_xyz"):
-        data._catalog_builder(data._tfds(), "no_such_dataset_xyz", str(tmp_path / "tfds"))
+        data._catalog_builder("no_such_dataset_xyz", str(tmp_path / "tfds"))
 
 
 def test_stored_size_keeps_the_short_side_at_least_min_source_side():
