@@ -149,7 +149,8 @@ def main(argv=None) -> int:
         if args.objective is not None:
             rows = training.training_objective(config, args.objective,
                                                num_batches=args.objective_batches,
-                                               seed=args.objective_seed)
+                                               seed=args.objective_seed,
+                                               progress=not args.no_progress)
             n = args.objective_batches * int(config.train.batch_size)
             print(f"training objective on {n} fixed pairs ({args.objective_batches} batches, "
                   f"seed {args.objective_seed}) of {config.name}'s data and loss:")

@@ -1331,7 +1331,10 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
         if step < num_steps:
             show = sys.stderr.isatty() if progress is None else progress
             bar_shown = bool(show and is_main)
-            kw = {} if loader_factory else {"progress": bar_shown}  # (preparing folders)
+            # Preparing folders shows progress also when stderr is a file or pipe (progress.bar
+            # writes lines there; nohup and CI runs were silent for minutes); the step bar above
+            # is for terminals only, a log gets the logged steps instead.
+            kw = {} if loader_factory else {"progress": bool(is_main and progress is not False)}
             factory = loader_factory or _default_loader_factory
             loader = factory(config.data, batch_size=global_batch // n_proc,
                              seed=data_seed + 1_000_003 * jax.process_index(), start_step=step,
@@ -1680,7 +1683,7 @@ def load_checkpoint_model(config, workdir: str | os.PathLike, *, step: int | Non
 
 
 def training_objective(config, models: list, *, num_batches: int = 12, seed: int = 1234,
-                       vgg=None) -> list[dict[str, float]]:
+                       vgg=None, progress: bool = False) -> list[dict[str, float]]:
     """The training loss and its terms of each model, on the same ``num_batches`` batches of
     ``config``'s data and loss (``train.batch_size`` pairs each, drawn with ``seed``).
 
@@ -1692,7 +1695,8 @@ def training_objective(config, models: list, *, num_batches: int = 12, seed: int
 
     ``models``: :class:`ArbitraryStyleModel` objects, export files, training workdirs holding
     ``model.safetensors``, or ``"builtin"``. Returns one dict per model (``loss``, ``content``,
-    ``style``, ``tv`` and the per-layer terms, means over the batches).
+    ``style``, ``tv`` and the per-layer terms, means over the batches). ``progress``: a bar
+    while image folders are first prepared.
     """
     from . import data as data_lib
 
@@ -1709,7 +1713,8 @@ def training_objective(config, models: list, *, num_batches: int = 12, seed: int
             m = export_lib.load_exported(export_lib.model_file(resolve_init_from(m)), vgg=vgg)
         loaded.append(m)
     loader = data_lib.make_loader(config.data, batch_size=int(config.train.batch_size),
-                                  seed=int(seed), num_workers=1, prefetch=1)
+                                  seed=int(seed), num_workers=1, prefetch=1,
+                                  sources=data_lib.prepare(config.data, progress=progress))
     try:
         batches = [loader.batch(step) for step in range(int(num_batches))]
     finally:

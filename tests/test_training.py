@@ -1077,6 +1077,39 @@ def test_a_damaged_checkpoint_is_one_line_naming_what_to_delete(tmp_path, vgg):
     assert training.train(smoke("train.num_steps=6", *cfg), wd, vgg=vgg, progress=False).step == 6
 
 
+def test_folders_are_prepared_with_progress_also_when_stderr_is_a_log(tmp_path, vgg,
+                                                                      monkeypatch):
+    """Preparing folders showed no progress with stderr to a file or pipe (nohup, CI, ``2> log``:
+    minutes of silence for a large folder): only the step bar is for terminals."""
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def factory(data_cfg, **kw):
+        seen.append(kw["progress"])
+        raise Stop
+
+    monkeypatch.setattr(training, "_default_loader_factory", factory)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    for i, progress in enumerate((None, True, False)):
+        with pytest.raises(Stop):
+            training.train(smoke("train.num_steps=1"), tmp_path / f"w{i}", vgg=vgg,
+                           progress=progress)
+    assert seen == [True, True, False]
+    # --objective prepares the folders it reads too (it was silent even on a terminal)
+    def prepare(data_cfg, *, progress=False, **kw):
+        seen.append(progress)
+        raise Stop
+
+    monkeypatch.setattr(data, "prepare", prepare)
+    model = training.build_model(smoke(), vgg)
+    for progress in (True, False):
+        with pytest.raises(Stop):
+            training.training_objective(smoke(), [model], vgg=vgg, progress=progress)
+    assert seen[3:] == [True, False]
+
+
 def test_a_workdir_takes_one_training_run_at_a_time(tmp_path, vgg, monkeypatch):
     """Two runs in one workdir deleted each other's checkpoints in progress: the second is
     refused at once (the lock is the kernel's: it goes with the process that holds it)."""
@@ -1543,21 +1576,22 @@ def test_train_cli_objective_options_reach_the_objective(monkeypatch, capsys):
     train_cli = _train_script()
     seen = {}
 
-    def fake_objective(config, models, *, num_batches, seed):
-        seen.update(models=models, num_batches=num_batches, seed=seed)
+    def fake_objective(config, models, *, num_batches, seed, progress):
+        seen.update(models=models, num_batches=num_batches, seed=seed, progress=progress)
         return [{"loss": 2.0, "content": 1.0, "style": 0.75, "tv": 0.25}] * len(models)
 
     monkeypatch.setattr(training, "training_objective", fake_objective)
     cfg = ["--config", str(CONFIGS / "smoke.py")]
     assert train_cli.main(cfg + ["--objective", "builtin", "x.safetensors",
                                  "--objective-batches", "3", "--objective-seed", "9"]) == 0
-    assert seen == {"models": ["builtin", "x.safetensors"], "num_batches": 3, "seed": 9}
+    assert seen == {"models": ["builtin", "x.safetensors"], "num_batches": 3, "seed": 9,
+                    "progress": True}  # (preparing folders; progress.bar writes lines to logs)
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("training objective on 12 fixed pairs (3 batches, seed 9) of ")
     assert out[3:] == ["| builtin | 2 | 1 | 0.75 | 0.25 |",
                        "| x.safetensors | 2 | 1 | 0.75 | 0.25 |"]
-    assert train_cli.main(cfg + ["--objective", "builtin"]) == 0
-    assert seen["num_batches"] == 12 and seen["seed"] == 1234
+    assert train_cli.main(cfg + ["--objective", "builtin", "--no-progress"]) == 0
+    assert seen["num_batches"] == 12 and seen["seed"] == 1234 and seen["progress"] is False
 
 
 # ------------------------------------------------------------------------------------------------
@@ -2085,7 +2119,7 @@ def test_training_objective_is_the_mean_over_every_batch(vgg, monkeypatch):
     train_cli = _train_script()  # --objective-batches 1 is allowed too
     seen = {}
 
-    def fake_objective(config, models, *, num_batches, seed):
+    def fake_objective(config, models, *, num_batches, seed, progress):
         seen.update(num_batches=num_batches)
         return [{"loss": 2.0, "content": 1.0, "style": 0.75, "tv": 0.25}] * len(models)
 
