@@ -1515,6 +1515,16 @@ def _check_not_eval(d: str, c: Mapping[str, Any]) -> None:
                               f"a folder named 'eval'); {hint}")
 
 
+def _first_link(path: str, root: str) -> str:
+    """The first link on the way from folder ``root`` down to ``path`` (``path`` if none)."""
+    p = root
+    for part in Path(os.path.relpath(path, root)).parts:
+        p = os.path.join(p, part)
+        if os.path.islink(p):
+            return p
+    return path
+
+
 def _check_folders_distinct(c: Mapping[str, Any]) -> None:
     """Refuse a folder listed twice in one role, or one inside another listed folder: folders
     are searched recursively, so its images would be taken twice (twice the weight in a
@@ -1542,6 +1552,29 @@ def _check_folders_distinct(c: Mapping[str, Any]) -> None:
                             "" if role == other_role else ", as content photos and as paintings")
                         + "; list folders that do not overlap")
             seen.append((real, role, str(d)))
+    # The preparation follows links (_walk_once), so a link inside one listed folder to (a part
+    # of) another, or to a file in it, takes those images twice, or as both roles, just as a
+    # real subfolder would: refused alike, naming the link.
+    def _inside(path: str, folder: str) -> bool:
+        return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+    for real, role, d in seen:
+        others = [(r, ro, o) for r, ro, o in seen if r != real]
+        if not others:
+            continue
+        for dirpath, sub_real, filenames in _walk_once(real):
+            reached = [(dirpath, sub_real)] if not _inside(sub_real, real) else []
+            reached += [(os.path.join(dirpath, f), os.path.realpath(os.path.join(dirpath, f)))
+                        for f in filenames if os.path.islink(os.path.join(dirpath, f))]
+            for link, target in reached:
+                link = _first_link(link, real)
+                for other_real, other_role, other in others:
+                    if _inside(target, other_real):
+                        raise ConfigError(
+                            f"{link}: links into {other}, which is also listed: its images "
+                            "would be taken twice" + ("" if role == other_role else
+                                                     ", as content photos and as paintings")
+                            + "; remove the link or list folders that do not overlap")
 
 
 def _parse_catalog(spec: str) -> tuple[str, str]:

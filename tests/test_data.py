@@ -1498,10 +1498,34 @@ def test_overlapping_folders_are_refused_before_anything_is_prepared(tmp_path):
          f"{p}/sub: inside {p}, which is also listed and searched with its subfolders: its "
          "images would be taken twice; list folders that do not overlap"),
     ]
+    # a link inside one listed folder to another (or into it, or to a file in it): the walk
+    # follows links, so those images were taken twice (paint's 3 of a 7-image total)
+    more = tmp_path / "more"
+    (more / "z").mkdir(parents=True)
+    os.symlink(root / "paintings", more / "paint_link")
+    os.symlink(root / "paintings" / "sub", more / "z" / "sub_link")
+    cases += [
+        ({"content_dirs": [str(tmp_path / "other")], "style_dirs": [p, str(more)]},
+         f"{more / 'paint_link'}: links into {p}, which is also listed: its images would be "
+         "taken twice; remove the link or list folders that do not overlap"),
+        ({"content_dirs": [str(more / "z")], "style_dirs": [p + "/sub"]},
+         f"{more / 'z' / 'sub_link'}: links into {p}/sub, which is also listed: its images "
+         "would be taken twice, as content photos and as paintings; remove the link"),
+    ]
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "x.png").write_bytes(b"x")
+    os.symlink(tmp_path / "files" / "x.png", root / "paintings" / "sub" / "x.png")
+    cases.append(({"content_dirs": [str(tmp_path / "files")], "style_dirs": [p + "/sub"]},
+                  f"{p}/sub/x.png: links into {tmp_path / 'files'}, which is also listed"))
     for cfg, want in cases:
         with pytest.raises(ConfigError) as e:
             data.prepare({**cfg, "data_dir": str(tmp_path / "t")})
         assert str(e.value).startswith(want), (str(e.value), want)
+    # links that stay inside their folder, or leave to a folder not listed, are fine
+    os.symlink(root / "paintings" / "sub", root / "paintings" / "again")
+    (tmp_path / "fine").mkdir()
+    os.symlink(tmp_path / "other", tmp_path / "fine" / "elsewhere")
+    data._check_folders_distinct({"content_dirs": [str(tmp_path / "fine")], "style_dirs": [p]})
     # with a catalog source too, before its content folders are prepared; and ~ expanded
     home = tmp_path / "home"
     (home / "photos").mkdir(parents=True)
