@@ -205,12 +205,14 @@ def compute_dtype(name: str | None):
 
 def resolve_init_from(value) -> str:
     """``train.init_from``: ``"builtin"`` (the shipped model), an export file, or a training
-    workdir holding ``model.safetensors``."""
+    workdir holding ``model.safetensors``. Absolute (a workdir's record of where its run began
+    was relative to the first run's folder: a resume from elsewhere warned that the same file
+    "is not used")."""
     if str(value) == "builtin":
         from .inference import BUILTIN_MODEL
 
         return str(BUILTIN_MODEL)
-    return os.fspath(value)
+    return os.path.abspath(os.path.expanduser(os.fspath(value)))
 
 
 def _time_budget(tcfg) -> float:

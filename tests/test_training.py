@@ -1077,6 +1077,24 @@ def test_a_damaged_checkpoint_is_one_line_naming_what_to_delete(tmp_path, vgg):
     assert training.train(smoke("train.num_steps=6", *cfg), wd, vgg=vgg, progress=False).step == 6
 
 
+def test_a_relative_init_from_is_recorded_absolute(tmp_path, vgg, monkeypatch, caplog):
+    """The workdir's record of where its run began kept ``train.init_from`` as given: resumed
+    from another folder with the same file's absolute path, it warned "is not used"."""
+    training.train(smoke("train.num_steps=0"), tmp_path / "a", vgg=vgg, progress=False)
+    start = tmp_path / "a" / "model.safetensors"
+    monkeypatch.chdir(tmp_path)
+    training.train(smoke("train.num_steps=1", "train.init_from=a/model.safetensors"),
+                   tmp_path / "b", vgg=vgg, progress=False, export_path="")
+    assert json.loads((tmp_path / "b" / training.INIT_RECORD).read_text())["init_from"] == \
+        str(start)
+    monkeypatch.chdir(tmp_path / "a")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="arbitrary_nst.training"):
+        r = training.train(smoke("train.num_steps=2", f"train.init_from={start}"),
+                           tmp_path / "b", vgg=vgg, progress=False, export_path="")
+    assert r.step == 2 and not [m for m in caplog.messages if "is not used" in m]
+
+
 def test_folders_are_prepared_with_progress_also_when_stderr_is_a_log(tmp_path, vgg,
                                                                       monkeypatch):
     """Preparing folders showed no progress with stderr to a file or pipe (nohup, CI, ``2> log``:
