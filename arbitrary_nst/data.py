@@ -82,6 +82,7 @@ import io
 import json
 import logging
 import math
+import numbers
 import os
 import re
 import shutil
@@ -99,7 +100,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from arbitrary_nst import images as _images
 from arbitrary_nst.errors import (ConfigError, ImageError, NSTError, UsageParser, check_count,
-                                     count_arg, printable_stdout)
+                                     count_arg, positive_float_arg, printable_stdout)
 from arbitrary_nst.files import write_atomically
 from arbitrary_nst.progress import bar as progress_bar
 
@@ -2220,6 +2221,15 @@ def export_arrays(data_cfg: Any, out_path: str | os.PathLike[str], n_content: in
     exists and not ``overwrite``. It contains training images: never commit or redistribute it.
     Returns a summary dict.
     """
+    # (checked before the preparation, which may take long: a count of -5 was found after it,
+    # and a NaN max_mb turned the cap off)
+    n_content = check_count(n_content, "n_content (--n-content)", 1, optional=False)
+    n_style = check_count(n_style, "n_style (--n-style)", 1, optional=False)
+    size = check_count(size, "size (--size)", 32, optional=False)
+    quality = check_count(quality, "quality", 1, 100, optional=False)
+    if (not isinstance(max_mb, numbers.Real) or isinstance(max_mb, bool)
+            or not (math.isfinite(max_mb) and max_mb > 0)):
+        raise ConfigError(f"max_mb (--max-mb) must be a finite number > 0, got {max_mb!r}")
     p = _export_target(out_path, overwrite)
     c = _cfg(data_cfg)
     srcs = sources if sources is not None else prepare(data_cfg)
@@ -2229,7 +2239,7 @@ def export_arrays(data_cfg: Any, out_path: str | os.PathLike[str], n_content: in
         s = srcs[role]
         n = min(int(n), len(s))
         if n < 1:
-            raise ConfigError(f"export_arrays: need at least one {role} image")
+            raise ConfigError(f"no {role} images to export")
         weights = s.weights if isinstance(s, MixtureSource) else None
         idx = EpochSampler(s.part_sizes, weights, seed, stream).indices(0, n)
         blobs, paths = [], []
@@ -2336,11 +2346,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name == "export":
             p.add_argument("--out", required=True, help="output .npz")
             p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-            p.add_argument("--n-content", type=int, default=800, help="content images (800)")
-            p.add_argument("--n-style", type=int, default=1200, help="style images (1200)")
+            p.add_argument("--n-content", type=count_arg(1), default=800,
+                           help="content images (800)")
+            p.add_argument("--n-style", type=count_arg(1), default=1200,
+                           help="style images (1200)")
             p.add_argument("--size", type=count_arg(32), default=288,
                            help="max smaller side of exported images (288)")
-            p.add_argument("--max-mb", type=float, default=45.0, help="refuse a larger file (45 MB)")
+            p.add_argument("--max-mb", type=positive_float_arg, default=45.0,
+                           help="refuse a larger file (45 MB)")
     given = sys.argv[1:] if argv is None else list(argv)
     if given and given[0] in helps:  # errors after the command point to its own --help
         ap.help_hint = f"{ap.prog} {given[0]}"

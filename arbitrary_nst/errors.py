@@ -134,6 +134,18 @@ def count_arg(minimum: int = 1, maximum: int | None = None):
     return parse
 
 
+def positive_float_arg(text: str) -> float:
+    """An argparse ``type=`` for a finite number > 0 (a NaN cap compared false with everything:
+    ``--max-mb nan`` turned the cap off)."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return v
+
+
 def printable_stdout() -> None:
     """Let the CLIs print any file name: a name whose bytes are not valid in stdout's encoding
     (non-UTF-8 bytes decode to surrogates) is printed with backslash escapes instead of raising

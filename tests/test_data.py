@@ -818,6 +818,25 @@ def test_cli_export_checks_its_output_first_and_never_replaces_silently(folder, 
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and reason in err and "\n" not in err, err
     assert out.read_bytes() == first
+    # bad counts and caps: usage errors, before anything is prepared (a count of -5 was found
+    # after the preparation, and --max-mb nan turned the cap off: the file was written)
+    fresh = str(tmp_path / "fresh.npz")
+    for opt, value, want in (("--n-style", "-5", "must be an integer >= 1, got '-5'"),
+                             ("--n-content", "0", "must be an integer >= 1, got '0'"),
+                             ("--max-mb", "nan", "must be a finite number > 0, got 'nan'"),
+                             ("--max-mb", "-1", "must be a finite number > 0, got '-1'"),
+                             ("--max-mb", "inf", "must be a finite number > 0, got 'inf'")):
+        with pytest.raises(SystemExit) as e:
+            data.main([*args, "--out", fresh, opt, value])
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and f"error: argument {opt}: {want}" in err, err
+    for kw, want in (({"n_style": -5}, "n_style (--n-style) must be an integer >= 1"),
+                     ({"n_content": 2.5}, "n_content (--n-content) must be an integer >= 1"),
+                     ({"max_mb": float("nan")}, "max_mb (--max-mb) must be a finite number > 0"),
+                     ({"size": 16}, "size (--size) must be an integer >= 32")):
+        with pytest.raises(ConfigError, match=re.escape(want)):
+            data.export_arrays({}, fresh, **{"n_content": 2, "n_style": 2, **kw})
+    assert not os.path.exists(fresh)
     monkeypatch.undo()
     assert data.main([*args, "--out", str(out), "--overwrite"]) == 0
     assert not [p.name for p in out.parent.iterdir() if p.name != "train.npz"]  # no temporaries
