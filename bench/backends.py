@@ -20,7 +20,6 @@ that default buys.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import statistics
@@ -35,7 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from arbitrary_nst import images, samples  # noqa: E402
-from arbitrary_nst.errors import ConfigError  # noqa: E402
+from arbitrary_nst.errors import ConfigError, UsageParser  # noqa: E402
 from bench.bench_cli import add_overwrite, check_options, write_json, run_main  # noqa: E402
 from bench.bench_cli import meta as run_meta  # noqa: E402
 
@@ -126,7 +125,7 @@ def main(argv=None) -> int:
     from arbitrary_nst.inference import resolve_backend
 
     cpu = jax.default_backend() == "cpu"
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = UsageParser(prog="bench/backends.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--content", default=None,
                    help="folder (or glob) of photos (default: --photos generated ones)")
     p.add_argument("--style", default=None,

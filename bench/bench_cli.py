@@ -17,6 +17,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable, NoReturn
 
+if __name__ == "__main__":  # (a module, not a command: run as one it was an ImportError)
+    raise SystemExit("bench/bench_cli.py is what the bench scripts share, not a command; run one "
+                     "of them, e.g. `python bench/infer.py --help`")
+
 from arbitrary_nst.errors import ConfigError, NSTError
 from arbitrary_nst.files import check_output_file, write_atomically
 

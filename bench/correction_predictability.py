@@ -23,7 +23,6 @@ before the features are computed; errors are one line (exit status 1).
 """
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import math
@@ -37,7 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from arbitrary_nst import data, distill, export, losses, training  # noqa: E402
-from arbitrary_nst.errors import ConfigError  # noqa: E402
+from arbitrary_nst.errors import ConfigError, UsageParser  # noqa: E402
 from arbitrary_nst.models.predictor import pooled_statistics  # noqa: E402
 from bench.bench_cli import add_overwrite, check_options, write_json, run_main  # noqa: E402
 from bench.bench_cli import meta as run_meta  # noqa: E402
@@ -117,7 +116,8 @@ def cross_validated(blocks: list[np.ndarray], delta: np.ndarray, ridges=RIDGES, 
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = UsageParser(prog="bench/correction_predictability.py",
+                     description=__doc__.split("\n\n")[0])
     ap.add_argument("--oracle", required=True, help="distill --target conditioning oracle folder")
     ap.add_argument("--model", required=True, help="the export the oracle was fitted from")
     ap.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "cpu_small.py"),

@@ -16,7 +16,6 @@ single-thread cost of each stage on the real data. ``--json`` (default the commi
 """
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import sys
@@ -29,6 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from arbitrary_nst import data  # noqa: E402
+from arbitrary_nst.errors import UsageParser  # noqa: E402
 from bench.bench_cli import add_overwrite, check_options, write_json, run_main  # noqa: E402
 from bench.bench_cli import meta as run_meta  # noqa: E402
 
@@ -92,7 +92,7 @@ def stage_costs(sources, n: int = 100) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = UsageParser(prog="bench/data.py", description=__doc__.split("\n")[0])
     ap.add_argument("--batches", type=int, default=30)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])

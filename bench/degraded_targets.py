@@ -37,7 +37,7 @@ from PIL import Image, ImageFilter
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from arbitrary_nst import evaluate, images  # noqa: E402
-from arbitrary_nst.errors import ConfigError  # noqa: E402
+from arbitrary_nst.errors import ConfigError, UsageParser  # noqa: E402
 from bench.bench_cli import add_overwrite, check_options, run_main, write_json  # noqa: E402
 from bench.bench_cli import meta as run_meta  # noqa: E402
 
@@ -141,7 +141,7 @@ def table(r: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    ap = UsageParser(prog="bench/degraded_targets.py", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--eval-out", required=True, type=Path,
                     help="an evaluate --out folder (its images/<method> are scored)")

@@ -47,6 +47,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from arbitrary_nst.errors import UsageParser  # noqa: E402
+
 
 def _images(size: int, batch: int):
     from arbitrary_nst import images, samples
@@ -282,7 +284,7 @@ def main(argv=None) -> int:
     from bench.bench_cli import UNITS_NOTE, add_overwrite, check_options, write_json
     from bench.bench_cli import meta as run_meta
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    ap = UsageParser(prog="bench/gatys.py", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--configs", default="256x1,256x4,256x8,512x1,512x4",
                     help="SIZExBATCH measurements (square images)")

@@ -64,7 +64,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from arbitrary_nst import color, images, inference  # noqa: E402
-from arbitrary_nst.errors import ConfigError  # noqa: E402
+from arbitrary_nst.errors import ConfigError, UsageParser  # noqa: E402
 from bench.bench_cli import UNITS_NOTE, add_overwrite, check_options, write_json, run_main  # noqa: E402
 from bench.bench_cli import meta as run_meta  # noqa: E402
 
@@ -314,7 +314,7 @@ def bench_pipeline(st, args) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = UsageParser(prog="bench/infer.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--widths", type=float, nargs="+", default=[0.25, 1.0])
     p.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8])

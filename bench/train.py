@@ -24,7 +24,6 @@ is measured unless ``--overwrite``).
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import platform
@@ -47,7 +46,7 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 from arbitrary_nst import training  # noqa: E402
 from arbitrary_nst.losses import LossConfig  # noqa: E402
 from arbitrary_nst.models import param_count  # noqa: E402
-from arbitrary_nst.errors import ConfigError  # noqa: E402
+from arbitrary_nst.errors import ConfigError, UsageParser  # noqa: E402
 from bench.bench_cli import add_overwrite, check_options, write_json, run_main  # noqa: E402
 from bench.bench_cli import meta as run_meta  # noqa: E402
 
@@ -253,7 +252,7 @@ def resolve_configs(args) -> list[tuple[str, object]]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = UsageParser(prog="bench/train.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--configs", nargs="+", default=["smoke", "cpu_small", "default"])
     p.add_argument("--steps", type=int, default=None,
                    help="timed steps per config (default: 20 on GPU; on CPU 10 for smoke, "

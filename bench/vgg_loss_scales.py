@@ -16,7 +16,6 @@ exists, unless ``--overwrite``.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -26,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from arbitrary_nst import images, losses, samples  # noqa: E402
 from arbitrary_nst import vgg as vgg_lib  # noqa: E402
+from arbitrary_nst.errors import UsageParser  # noqa: E402
 from bench.bench_cli import add_overwrite, check_options, write_json, run_main  # noqa: E402
 from bench.bench_cli import meta as run_meta  # noqa: E402
 
@@ -45,7 +45,7 @@ def layer_losses(net: vgg_lib.VGG16, content: jnp.ndarray, style: jnp.ndarray) -
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = UsageParser(prog="bench/vgg_loss_scales.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=256, help="working size (default 256)")
     parser.add_argument("--json", default=str(Path(__file__).resolve().parent / "results" /
                                               "vgg_loss_scales.json"))

@@ -107,6 +107,38 @@ def test_bench_scripts_give_one_error_line_for_bad_options(tmp_path):
         assert "Traceback" not in p.stderr
 
 
+BENCH_SCRIPTS = ("backends", "bucketing", "correction_predictability", "data", "degraded_targets",
+                 "gatys", "infer", "train", "vgg_loss_scales")
+
+
+@pytest.mark.parametrize("name", BENCH_SCRIPTS)
+def test_bench_usage_errors_are_one_line_like_the_main_commands(name, capsys):
+    """Eight of the nine printed argparse's whole usage block before the error, and kept the
+    last of an option given twice without a word."""
+    mod = _load(name)
+    required = {"correction_predictability": ["--oracle", "o", "--model", "m"],
+                "degraded_targets": ["--eval-out", "e", "--style", "s"]}.get(name, [])
+    out = "--out" if name == "gatys" else "--json"
+    for argv, want in ((["--bogus-opt"], "unrecognized arguments: --bogus-opt"),
+                       ([out, "a.json", out, "b.json"], f"argument {out}: given more than once")):
+        with pytest.raises(SystemExit) as e:
+            mod.main(required + argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1, err
+        assert err.startswith(f"error: {want}") and f"(see `bench/{name}.py --help`)" in err
+
+
+def test_bench_shared_module_run_as_a_command_points_to_the_scripts():
+    """``python bench/bench_cli.py --help`` was a ModuleNotFoundError traceback."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    p = subprocess.run([sys.executable, "bench/bench_cli.py", "--help"], cwd=root,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and p.stderr.count("\n") == 1 and "not a command" in p.stderr
+
+
 def test_torch_reference_run_as_a_command_points_to_the_benchmark():
     # bench/torch_gatys.py is a module of bench/gatys.py; run directly (e.g. with --help) it was
     # a ModuleNotFoundError traceback where torch is not installed (it is not a requirement)
@@ -138,8 +170,8 @@ def test_bench_options_are_checked_before_measuring_and_results_are_not_replaced
                       (["--timeout", "0"], "--timeout must be > 0"),
                       (["--torch-configs", "x"], "--torch-configs"),
                       (["--out", str(tmp_path)], "is a directory")):
-        with pytest.raises(ConfigError, match=msg):
-            gatys.main(["--no-torch", *out, *argv])
+        with pytest.raises(ConfigError, match=msg):  # (--out once: twice is a usage error)
+            gatys.main(["--no-torch", *(out if argv[0] != "--out" else []), *argv])
     # every measurement failing (here: timing out) writes nothing
     with pytest.raises(ConfigError, match="every measurement failed .*timed out"):
         gatys.main(["--no-torch", *out, "--configs", "32x1", "--iters", "1", "--timeout", "0.01"])
