@@ -758,6 +758,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"fit: held-out mse {rep['start_val_mse']:.3f} -> {rep['val_mse']:.3f} "
                       f"(explained {rep['explained']:.1%}, best step {rep['best_step']}); "
                       f"wrote {out / 'model.safetensors'}")
+                if rep["best_step"] == 0:  # (it said only "explained 0.0%")
+                    print(f"warning: no fit step lowered the held-out error, so "
+                          f"{out / 'model.safetensors'} has the start model's weights; the "
+                          "oracle is kept: rerun with more --num-styles, more --fit-steps or "
+                          "another --fit-learning-rate", file=sys.stderr)
             return 0
     except NSTError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -677,13 +677,16 @@ def test_npz_training_data_is_identified_by_its_bytes(tmp_path):
 
 
 def test_target_scale_zero_fits_the_prediction_and_leaves_the_model_unchanged(tmp_path,
-                                                                            model_path):
+                                                                            model_path, capsys):
     """--target-scale 0: the target is e0 + 0 (e* - e0) = the start's own prediction, so the
     written model is the start model, tensor for tensor (the option was ignored: the refined
-    embeddings were fitted)."""
+    embeddings were fitted); and that is said (it said only "explained 0.0%")."""
     out = tmp_path / "d"
     assert distill.main(_small_command(out, model_path, num_styles=4)
                         + ["--target-scale", "0"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("warning: no fit step lowered the held-out error, so ") and \
+        "has the start model's weights" in err and err.count("\n") == 1, err
     start = export.model_tensors(export.load_exported(model_path))
     got = export.model_tensors(export.load_exported(out / "model.safetensors"))
     assert got.keys() == start.keys()
