@@ -1398,11 +1398,15 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
                         now = time.perf_counter()
                         if s_last == start and step > start + 1:  # the first window: from
                             t_last, s_last = t_first, start + 1  # the compiled first step's end
-                        last_rate = (step - s_last) / max(now - t_last - t_samples, 1e-9)
+                        # A window of the first step alone is its compilation: no rate (it
+                        # logged 0.06 it/s where the run did 0.5, also to TensorBoard).
+                        last_rate = None if step == start + 1 else \
+                            (step - s_last) / max(now - t_last - t_samples, 1e-9)
                         t_last, s_last, t_samples = now, step, 0.0
                         avg = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
                         avg["step"] = step
-                        avg["steps_per_sec"] = last_rate
+                        if last_rate is not None:
+                            avg["steps_per_sec"] = last_rate
                         history.append(avg)
                         if bad >= 0:
                             _raise_diverged(bad, host, mngr, workdir, start, same_setup)
@@ -1652,7 +1656,8 @@ def _write_scalars(writer, avg: dict, step: int, batch: int) -> None:
 
 def _postfix(avg: dict) -> dict[str, str]:
     out = {k: f"{avg[k]:.4g}" for k in ("loss", "content", "style", "tv") if k in avg}
-    out["it/s"] = f"{avg['steps_per_sec']:.2f}"
+    if "steps_per_sec" in avg:
+        out["it/s"] = f"{avg['steps_per_sec']:.2f}"
     return out
 
 

@@ -1337,6 +1337,18 @@ def test_logged_step_rates_leave_out_compiling_and_sample_grids(tmp_path, vgg, m
                        tmp_path / "w", vgg=vgg, progress=False)
     rates = [h["steps_per_sec"] for h in r.history]
     assert [h["step"] for h in r.history] == [2, 4] and min(rates) > 0.5, rates
+    # logged every step: step 1's window is its compilation alone, no rate (it logged 0.06
+    # it/s where the run did 0.5, to TensorBoard too); a resumed run's first step likewise
+    r = training.train(smoke("train.num_steps=3", "train.log_every=1"), tmp_path / "e",
+                       vgg=vgg, progress=False)
+    first, *rest = r.history
+    assert "steps_per_sec" not in first and "it/s" not in training._postfix(first)
+    assert [h["step"] for h in rest] == [2, 3] and all(h["steps_per_sec"] > 0.5 for h in rest)
+    assert r.steps_per_sec == rest[-1]["steps_per_sec"]
+    one = training.train(smoke("train.num_steps=4", "train.log_every=1"), tmp_path / "e",
+                         vgg=vgg, progress=False)
+    assert [h["step"] for h in one.history] == [4] and one.steps_per_sec is None
+    assert "steps_per_sec" not in one.history[0]
 
 
 def test_training_errors_are_user_errors():
