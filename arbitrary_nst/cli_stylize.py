@@ -69,6 +69,10 @@ DEFAULT_MAX_SIZE = 1024
 DEFAULT_TILE_SIZE = 256
 DEFAULT_STEPS = 5
 PRESERVE_CHOICES = ("luminance", "match", "histogram")
+#: two contents with one output name (photo.jpg and photo.png; IMG_1.JPG from two folders named
+#: one by one): the same advice on both methods' paths (the network's gave the API's, about an
+#: "output function" a CLI user does not have)
+COLLISION_HINT = "rename one of the inputs (or run them into separate --out-dir folders)"
 
 
 # --------------------------------------------------------------------------------------------
@@ -694,7 +698,8 @@ def _stylize(args, stylizer, listing: tuple[list[Path], list[tuple[Path, str]], 
             contents, styles, weights=args.style_weights, strength=args.strength,
             preserve_color=args.preserve_color, max_size=max_size, style_size=args.style_size,
             output=output, overwrite=args.overwrite, batch_size=args.batch_size,
-            workers=args.workers, refine_steps=args.refine, palette=args.palette)
+            workers=args.workers, refine_steps=args.refine, palette=args.palette,
+            collision_hint=COLLISION_HINT)
     from .inference import skipped_file
 
     done = 0
@@ -758,7 +763,8 @@ def _gatys_results(args, contents, styles, output, max_size):
         kw["iterations"] = args.iterations
     cfg = base.replace(**kw)
     params = gatys.load_params(cfg)
-    skips, jobs = plan_outputs([Path(c) for c in contents], output, styles, args.overwrite)
+    skips, jobs = plan_outputs([Path(c) for c in contents], output, styles, args.overwrite,
+                               collision_hint=COLLISION_HINT)
     yield from skips
     for _, c, dest in jobs:
         try:

@@ -1824,7 +1824,8 @@ class Stylizer:
                       workers: int | None = None, prefetch: int | None = None,
                       protected: Iterable[str | os.PathLike] = (),
                       refine_steps: int = 0, palette: float | None = None,
-                      palette_moments: np.ndarray | None = None) -> Iterator[FileResult]:
+                      palette_moments: np.ndarray | None = None,
+                      collision_hint: str | None = None) -> Iterator[FileResult]:
         """Stylize many content files; yields one :class:`FileResult` per file (as soon as it
         is written, so the order may differ from ``contents``).
 
@@ -1840,7 +1841,9 @@ class Stylizer:
         (at least a batch) wait for a full batch of their padded shape (beyond that a partial
         batch is run), so memory stays bounded however mixed the sizes. ``refine_steps``: as in
         :meth:`stylize` (done in the decode threads, one content at a time). ``palette``,
-        ``palette_moments``: as in :meth:`stylize`.
+        ``palette_moments``: as in :meth:`stylize`. ``collision_hint``: the advice given when
+        ``output`` maps two contents to one path (default: to change ``output``; the CLI's
+        output names come from the inputs' names, so it says to rename one).
         """
         max_size = check_count(max_size, "max_size")
         plan = self._plan(style, weights, strength, preserve_color, embedding, style_size,
@@ -1857,10 +1860,11 @@ class Stylizer:
         else:
             # (the caller's function maps both contents to one path: renaming an input, the
             # CLI's advice, may not change what it returns)
+            hint = collision_hint or ("the output function returns the same path for both; "
+                                      "make it give each content its own")
             early, jobs = plan_outputs(paths, output,
                                        [*plan.style_paths, *_path_list(protected)], overwrite,
-                                       collision_hint="the output function returns the same "
-                                       "path for both; make it give each content its own")
+                                       collision_hint=hint)
         # Everything above runs at the call (bad options raise here, not at the first next());
         # the files are read and written as the results are iterated.
         return self._files(early, jobs, plan, output is not None, overwrite, max_size, bs, nw,

@@ -249,7 +249,8 @@ def test_batch_glob_recursive_and_mixed_names(cli, data):
                           "--no-progress", "--overwrite")
     assert rc == 1 and "1 duplicate output name" in stdout
     assert f"skipped: {data['dir'] / 'a.png'}: its output {od4 / 'a__s1.png'} collides with " \
-           f"the output of {data['dir'] / 'a.jpg'}" in err
+           f"the output of {data['dir'] / 'a.jpg'}; rename one of the inputs (or run them into " \
+           "separate --out-dir folders)" in err  # (not the API's "output function" advice)
     # run again without --overwrite: the clash is still said (both said "exists; pass
     # --overwrite", and the clash showed only after --overwrite, as told)
     rc, stdout, err = cli("--content", data["dir"], "--style", s1, "--out-dir", od4,

@@ -786,6 +786,11 @@ def test_files_pipeline_refuses_inputs_and_existing(st, tmp_path, files):
     (dup,) = [r for r in res if not r.ok]
     assert dup.kind == "duplicate output name" and "output function" in dup.reason
     assert "rename" not in dup.reason
+    # a caller whose names come from the inputs' (the CLI) gives its own advice
+    res = list(st.stylize_files([c, d], files["style_a"], output=lambda p: tmp_path / "two.png",
+                                collision_hint="rename one"))
+    (dup,) = [r for r in res if not r.ok]
+    assert dup.reason.endswith("; rename one") and "output function" not in dup.reason
 
 
 def test_files_pipeline_never_replaces_a_content_that_looks_like_an_output(st, tmp_path, files):
