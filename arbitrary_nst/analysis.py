@@ -98,6 +98,8 @@ def make_figures(out_dir: str | os.PathLike, *, content: np.ndarray | None = Non
         raise ConfigError(f"unknown figures {unknown}; choose from {', '.join(FIGURES)}")
     if size < vgg_lib.MIN_SIZE:
         raise ConfigError(f"analysis size must be >= {vgg_lib.MIN_SIZE}, got {size}")
+    if not os.fspath(out_dir).strip():  # (Path("") is the current folder)
+        raise ConfigError("out_dir is empty; give the folder for the figures")
     out = Path(out_dir)
     if lexists(out) and not out.is_dir():
         raise ImageError(out, "exists and is not a folder")

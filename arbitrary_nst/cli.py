@@ -504,6 +504,8 @@ def _add_analyze_arguments(p: argparse.ArgumentParser) -> None:
 def _run_analyze(args: argparse.Namespace) -> int:
     from . import analysis, images
 
+    if not args.out_dir.strip():  # (Path("") is ".": an unset $OUT wrote the figures here)
+        raise ConfigError("--out-dir is empty; give the folder for the figures")
     figs = list(dict.fromkeys(f.strip() for f in args.figures.split(",") if f.strip()))
     bad = [f for f in figs if f not in analysis.FIGURES]
     if bad or not figs:

@@ -207,6 +207,20 @@ def test_analyze_names_an_image_too_thin_for_the_vgg(tmp_path, capsys):
         assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
+def test_analyze_refuses_an_empty_out_dir(tmp_path, capsys, monkeypatch):
+    """``--out-dir ""`` (an unset ``$OUT``) wrote the six figures into the current folder."""
+    from arbitrary_nst import analysis
+
+    monkeypatch.chdir(tmp_path)
+    for empty in ("", " "):
+        assert main(["analyze", "--out-dir", empty, "--quick", "--quiet"]) == 1
+        assert one_error_line(capsys) == "error: --out-dir is empty; give the folder for the " \
+                                         "figures"
+        with pytest.raises(ConfigError, match="out_dir is empty"):
+            analysis.make_figures(empty, figures=["c"])
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_analyze_never_writes_over_its_input(files, tmp_path, capsys):
     """--content named like a figure in --out-dir was replaced by the figure (--overwrite)."""
     victim = tmp_path / "a_content_reconstruction.png"
