@@ -671,7 +671,7 @@ def _run_fit_style(args: argparse.Namespace) -> int:
                       style_weight=args.style_weight,
                       progress=not args.no_progress)
     for why in fs.info.get("skipped", []):
-        print(f"skipped: {why}", file=sys.stderr)
+        print(f"skipped: {one_line(why)}", file=sys.stderr)
     fs.save(out, overwrite=args.overwrite)
     h = fs.history
     n_skip = len(fs.info.get("skipped", []))

@@ -62,7 +62,8 @@ from typing import Any
 import numpy as np
 
 from . import files, images
-from .errors import ConfigError, ImageError, NSTError, UsageParser, printable_stdout
+from .errors import (ConfigError, ImageError, NSTError, UsageParser, one_line,
+                     printable_stdout)
 from .progress import bar as progress_bar
 
 DEFAULT_MAX_SIZE = 1024
@@ -705,7 +706,7 @@ def _stylize(args, stylizer, listing: tuple[list[Path], list[tuple[Path, str]], 
     done = 0
     skipped = [skipped_file(d, None, d, why) for d, why in unlisted]
     for r in skipped:
-        print(f"skipped: {r.reason}", file=sys.stderr)
+        print(f"skipped: {one_line(r.reason)}", file=sys.stderr)
     if single and args.refine and not args.no_progress:  # the only sign of life for a while
         print(f"refining the style embedding for {contents[0]} ({args.refine} Adam steps) ...",
               file=sys.stderr, flush=True)
@@ -724,7 +725,7 @@ def _stylize(args, stylizer, listing: tuple[list[Path], list[tuple[Path, str]], 
             if not r.ok:
                 if single:
                     raise ImageError(None, r.reason or f"{r.content}: failed")
-                bar.write(f"skipped: {r.reason}", file=sys.stderr)
+                bar.write(f"skipped: {one_line(r.reason)}", file=sys.stderr)
     except KeyboardInterrupt:
         if not single:  # say what is on disk and how to finish (written outputs are skipped)
             bar.close()
@@ -825,7 +826,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run_removing_new_empty_dirs(run, args)
     except NSTError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

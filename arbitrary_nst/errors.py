@@ -161,9 +161,11 @@ def printable_stdout() -> None:
 
 
 def one_line(e: object) -> str:
-    """``str(e)`` on one line (every run of whitespace one space), or the type's name if empty:
-    how messages from other libraries enter ours."""
-    return " ".join(str(e).split()) or type(e).__name__
+    """``str(e)`` on one line (every run of whitespace one space), or the type's name if empty,
+    with any other control character written as an escape (a file name holding ESC [31m coloured
+    the terminal): how messages from other libraries, and file names, enter ours."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
 
 
 #: What an allocation failure says: XLA's status, onnxruntime's CPU allocator (its ``Fail``

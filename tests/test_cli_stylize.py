@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from arbitrary_nst import cli_stylize, images, inference
+from arbitrary_nst.errors import one_line
 
 REPO = Path(__file__).resolve().parents[1]
 SS = "32"
@@ -347,6 +348,25 @@ def test_batch_goes_on_past_bad_files(cli, data):
     skipped = [ln for ln in err.splitlines() if ln.startswith("skipped: ")]
     assert len(skipped) == 3
     assert sorted(p.name for p in od.iterdir()) == ["a__s1.png", "b__s1.png", "c__s1.png"]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="file names of arbitrary bytes")
+def test_skipped_names_with_control_characters_stay_one_escaped_line(cli, data):
+    """A file name holding a newline split its "skipped:" line in two; one holding ESC [31m
+    coloured the terminal (the error lines collapsed whitespace, the batch's did not)."""
+    d = data["tmp"] / "odd"
+    d.mkdir()
+    png(d / "ok.png", 36, 36, 8)
+    (d / "bad\nname.jpg").write_bytes(b"x")
+    (d / "esc\x1b[31mred.jpg").write_bytes(b"x")
+    rc, stdout, err = cli("--content", d, "--style", data["styles"][0], "--out-dir",
+                          data["tmp"] / "o", "--no-progress")
+    assert rc == 1 and "done 1, skipped 2" in stdout, (stdout, err)
+    lines = err.splitlines()
+    assert f"skipped: {d}/bad name.jpg: not an image (cannot identify format)" in lines, err
+    assert any(ln.startswith(f"skipped: {d}/esc\\x1b[31mred.jpg: ") for ln in lines), err
+    assert "\x1b" not in err
+    assert one_line("a\x07b\x9bc\u2028d") == "a\\x07b\\x9bc d"  # (U+2028 is whitespace)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="file names of arbitrary bytes")
