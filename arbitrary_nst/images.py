@@ -447,6 +447,10 @@ def shown_size(path: PathLike) -> tuple[int, int]:
                 else:
                     exif = im.getexif()
                 turned = exif.get(0x0112, 1) in (5, 6, 7, 8)
+                tags = getattr(im, "tag_v2", None) if im.format == "TIFF" else None
+                if turned and tags is not None and (tags.get(256), tags.get(257)) == (h, w) \
+                        and w != h:  # (Pillow's TIFF plugin gives the shown size already:
+                    turned = False  # turned again, 400x40 was said to be 40x400)
             except Exception:  # noqa: BLE001 - broken EXIF: as stored, as for decoding
                 turned = False
     except Image.DecompressionBombError as e:  # (a header beyond 2x Pillow's limit)

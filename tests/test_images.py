@@ -1395,6 +1395,11 @@ def test_shown_size_is_the_header_size_as_shown(tmp_path):
     im.save(tmp_path / "r.png", exif=exif.tobytes())  # (read without decoding the pixels)
     assert images.shown_size(tmp_path / "r.png") == (20, 50)
     assert load_image(tmp_path / "r.png").shape[:2] == (50, 20)
+    for turn in (5, 6, 7, 8):  # a TIFF (Pillow 13 reports its shown size: it was turned twice)
+        exif[0x0112] = turn
+        im.save(tmp_path / f"r{turn}.tif", exif=exif.tobytes())
+        assert images.shown_size(tmp_path / f"r{turn}.tif") == (20, 50), turn
+        assert load_image(tmp_path / f"r{turn}.tif").shape[:2] == (50, 20), turn
     (tmp_path / "t.png").write_text("not an image")
     with pytest.raises(ImageError, match="t.png"):
         images.shown_size(tmp_path / "t.png")
