@@ -1773,6 +1773,11 @@ class Stylizer:
         (:meth:`style_parts`)."""
         max_size = check_count(max_size, "max_size")
         check_count(batch_size, "batch size")
+        _refuse_file_object(content, "content image")
+        if isinstance(content, (list, tuple)) or _is_other_iterable(content):  # (as stylize()
+            # reads a list: several images; here that was a "dtype <U13" error)
+            raise ConfigError("transfer() takes one content image (K embeddings give K "
+                              "results), got a list: call it per image, or use stylize()")
         mode = preserve_color_mode(preserve_color)
         if mode == "match":
             raise ConfigError("transfer() takes embeddings: use preserve_color='luminance', or "

@@ -1378,6 +1378,11 @@ def test_transfer_takes_one_offset_vector_with_one_embedding(st, files):
             st.transfer(c, e, offsets=bad)
     with pytest.raises(ConfigError, match=rf"offsets must be \[K, {g}\] with K = 2, got \({g},\)"):
         st.transfer(c, np.stack([e, e]), offsets=d)  # (one offset for K embeddings: ambiguous)
+    # several contents (as stylize() takes them): "unsupported image array dtype <U13" before
+    for many in ([files["content"], files["content"]], (c, c), (p for p in [c])):
+        with pytest.raises(ConfigError, match=r"transfer\(\) takes one content image .*got a "
+                                              r"list: call it per image, or use stylize\(\)"):
+            st.transfer(many, e)
 
 
 def test_inputs_that_are_no_image_are_named_by_their_type(st, files):
