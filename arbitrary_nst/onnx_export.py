@@ -107,7 +107,9 @@ def transfer_graph(model: "ArbitraryStyleModel", *, name: str = "arbitrary_nst_t
 
     # Per-layer gamma/beta [N, C, 1, 1] from the embedding (the predictor's heads).
     axes_hw = g.const("axes_hw", np.array([2, 3], np.int64))
-    axis1 = g.const("axis1", np.array([1], np.int64))
+    # (only the fitted offsets' Slice uses it: an unused initializer made every plain
+    # onnxruntime session of the exported file warn "Removing initializer ...")
+    axis1 = g.const("axis1", np.array([1], np.int64)) if offset_input else ""
     gb: dict[str, tuple[str, str]] = {}
     start = 0  # (where this layer's gamma starts in the offset: fit_style.flatten's layout)
     for lname in CIN_LAYER_NAMES:

@@ -370,6 +370,12 @@ def test_exported_file_is_readable_by_older_onnxruntime_and_names_its_config(sty
     assert [o.version for o in proto.opset_import if o.domain == ""] == [17]
     meta = {p.key: p.value for p in proto.metadata_props}
     assert set(meta) == {"arbitrary_nst.model_config", "arbitrary_nst.model_fingerprint"}
+    # every initializer is used: an unused one ("axis1", needed by fitted offsets only) made
+    # every plain onnxruntime session of the exported file warn "Removing initializer ..."
+    for offset_input in (False, True):
+        g = transfer_graph(m, offset_input=offset_input).graph
+        used = {name for node in g.node for name in node.input}
+        assert [i.name for i in g.initializer if i.name not in used] == [], offset_input
 
 
 def test_threads_and_input_checks(stylizers, tmp_path, rng):
