@@ -787,7 +787,7 @@ def _as_batch(content, what: str = "content image") -> np.ndarray:
                               f"{x.shape}")
     if min(x.shape[1:3]) < vgg_lib.MIN_SIZE:
         raise ConfigError(f"content images must be at least {vgg_lib.MIN_SIZE} px on each side, "
-                          f"got {x.shape[1]}x{x.shape[2]}")
+                          f"got {x.shape[2]}x{x.shape[1]}")  # (width x height, as elsewhere)
     return x
 
 

@@ -643,10 +643,10 @@ def test_a_photo_too_small_for_gatys_is_skipped_as_too_small(cli, data, tmp_path
     8x8 photo in a batch was skipped as "(1 error)", the summary's kind for the unknown."""
     d = tmp_path / "photos"
     d.mkdir()
-    images.save_image(d / "tiny.png", np.full((8, 8, 3), 0.5, np.float32))
+    images.save_image(d / "tiny.png", np.full((8, 20, 3), 0.5, np.float32))
     rc, stdout, err = cli("--content", d, "--style", data["styles"][0], "--method", "gatys",
                           "--iterations", 1, "--out-dir", tmp_path / "o", "--no-progress")
-    assert rc == 1 and "at least 32 px on each side" in err, err
+    assert rc == 1 and "at least 32 px on each side, got 20x8" in err, err  # (was H x W)
     assert "done 0, skipped 1 (1 too small)" in stdout, stdout
 
 
