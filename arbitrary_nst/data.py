@@ -271,7 +271,10 @@ def _cfg(data_cfg: Any) -> dict[str, Any]:
         except (TypeError, ValueError):
             raise ConfigError(f"data config: {key} must be a list of numbers, one per entry of "
                               f"{key.replace('_weights', 's')}, got {w!r}") from None
-    for key in ("image_size", "style_size", "max_source_side", "min_source_side"):
+    for key in ("image_size", "style_size"):  # (VGG16's smallest input, vgg.MIN_SIZE: 4 was
+        # refused only after every folder was prepared)
+        c[key] = check_count(c[key], f"data config: {key}", 32, optional=False)
+    for key in ("max_source_side", "min_source_side"):
         c[key] = check_count(c[key], f"data config: {key}", optional=False)
     c["jpeg_quality"] = check_count(c["jpeg_quality"], "data config: jpeg_quality", 1, 100,
                                     optional=False)

@@ -607,7 +607,8 @@ def test_a_folder_of_unreadable_files_is_one_error(tmp_path):
 @pytest.mark.parametrize("field, value", [("image_size", None), ("augment_strength", "strong"),
                                           ("content_scale_range", (1.0,)),
                                           ("style_resize_range", (300.5, 400)),
-                                          ("max_source_side", 32)])
+                                          ("max_source_side", 32), ("image_size", 4),
+                                          ("style_size", 31)])
 def test_data_config_values_of_the_wrong_type_are_one_line(tmp_path, field, value):
     with pytest.raises(ConfigError, match=field) as e:
         data.prepare({"source": "synthetic", field: value, "data_dir": str(tmp_path)})
