@@ -21,7 +21,8 @@ is ``x = P(z)``:
 * ``"softclip"`` (default): ``P(z) = (softplus(k z) - softplus(k (z - 1))) / k`` with ``k = 30``,
   a smoothed ``clip(z, 0, 1)`` (the clip convolved with a logistic density). It is strictly
   increasing, always inside (0, 1), smooth (so L-BFGS's curvature pairs and line search stay
-  valid) and has slope ~1 everywhere inside the range. A sigmoid squashes the whole range instead:
+  valid) and has slope 1 in the middle, >= 0.95 for pixel values in [0.1, 0.9] (0.78 at 0.05 and
+  0.95, 0.26 at 0.01 and 0.99). A sigmoid squashes the whole range instead:
   its slope is 1/4 of that in the middle and ~0 near 0 and 1, so dark/bright content pixels
   (sky, shadows) barely move and the problem becomes badly conditioned.
 * ``"sigmoid"``: ``P(z) = sigmoid(4 (z - 1/2))`` (slope 1 at mid-grey), for comparison.
@@ -143,9 +144,9 @@ class GatysConfig:
       chroma in ``color_space`` ``"yiq"``/``"yuv"``: the same result, see
       :func:`~arbitrary_nst.color.transfer_luminance`) | ``"match"`` (match the style's colour
       mean/covariance to the content first, ``color_match_method`` ``"eig"``/``"chol"``).
-    * ``stage_sizes``: longer sides of coarser stages run first, e.g. ``(256, 512)`` before a
-      1024 px run; each stage starts from the upsampled result of the previous one. Sizes not
-      smaller than the final size are skipped.
+    * ``stage_sizes``: longer sides of coarser stages run first, increasing, e.g. ``(256, 512)``
+      before a 1024 px run; each stage starts from the upsampled result of the previous one.
+      Sizes not smaller than the final size are skipped.
     * ``stage_iterations``: iterations of each stage (coarse stages first, then the final);
       default ``iterations`` for every stage.
     """
@@ -234,6 +235,10 @@ class GatysConfig:
             raise ConfigError(f"style_scale must be <= {MAX_STYLE_SCALE}, got {self.style_scale}")
         if any(s < vgg_lib.MIN_SIZE for s in self.stage_sizes):
             raise ConfigError(f"stage sizes must be >= {vgg_lib.MIN_SIZE}, got {self.stage_sizes}")
+        if any(b <= a for a, b in zip(self.stage_sizes, self.stage_sizes[1:])):  # (as the CLI:
+            # (512, 256) ran at 512, then 256, then the final size; (48, 48) twice)
+            raise ConfigError(f"stage sizes must be increasing (coarse to fine), got "
+                              f"{tuple(self.stage_sizes)}")
         if self.stage_iterations is not None and any(n < 0 for n in self.stage_iterations):
             raise ConfigError(f"stage iterations must be >= 0, got {self.stage_iterations}")
         self.loss_config()  # validates weights, statistic and normalization
@@ -269,7 +274,10 @@ class GatysResult:
     * ``images``: ``[B, H, W, 3]`` float32 in [0, 1], at the content's size.
     * ``history``: one dict per stage ``{term: [n_iterations, B]}`` with the loss after every
       iteration (``total``, weighted ``content``/``style``/``tv``, unweighted per-layer
-      ``content/<tap>``, ``style/<tap>``). For ``lbfgs_optax`` only ``objective`` (the batch sum,
+      ``content/<tap>``, ``style/<tap>``): the last row is the loss of ``images``, except with
+      ``preserve_color="luminance"`` (the loss of the luminance image optimized, before the
+      content's chroma is put back) and ``"clip"`` under L-BFGS (before the final clip). For
+      ``lbfgs_optax`` only ``objective`` (the batch sum,
       ``[n, 1]``) is per iteration and the terms are per chunk (``chunk_end`` holds the indices).
     * ``stages``: ``(height, width)`` of every stage; ``evaluations``: batched VGG
       value-and-gradient evaluations per stage (L-BFGS line searches may use more than one per
@@ -387,9 +395,11 @@ def _pool2x2(x: jax.Array, pooling: str) -> jax.Array:
     """2x2/2 VALID pooling as a reshape + reduction. Same values as ``reduce_window``; the
     gradient of the max is a cheap element-wise mask instead of XLA:CPU's slow
     ``select_and_scatter`` (~20% of a VGG value-and-gradient). Where a window has tied maxima,
-    the reduction splits the gradient between them (``select_and_scatter`` gives it to one);
-    after a ReLU, ties are zeros whose gradient the ReLU discards anyway, so the pixel gradient
-    is the same."""
+    the reduction splits the gradient between them (``select_and_scatter`` gives it to one):
+    both are subgradients of the max. Ties at zero (after a ReLU) change nothing, the ReLU
+    discards their gradient; ties at a positive value, in flat regions of an image (a sky, a
+    border, a synthetic image), give another pixel gradient than :func:`vgg.features`' (46%
+    relative L2 on a half-flat image), equal elsewhere (values equal everywhere)."""
     b, h, w, c = x.shape
     h2, w2 = h // 2, w // 2
     blocks = x[:, : 2 * h2, : 2 * w2].reshape(b, h2, 2, w2, 2, c)
@@ -398,9 +408,10 @@ def _pool2x2(x: jax.Array, pooling: str) -> jax.Array:
 
 def vgg_features(params, images: jax.Array, taps: Sequence[str], *,
                  pooling: str = "max") -> dict[str, jax.Array]:
-    """:func:`arbitrary_nst.vgg.features` (same taps, preprocessing and pooling, checked equal in
-    the tests) with :func:`conv_bias` and :func:`_pool2x2`, for value-and-gradient inside
-    compiled loops."""
+    """:func:`arbitrary_nst.vgg.features` (same taps, preprocessing and pooling: values checked
+    equal in the tests) with :func:`conv_bias` and :func:`_pool2x2`, for value-and-gradient
+    inside compiled loops. Gradients are equal except at tied maxima of the pooling windows (flat
+    image regions), where each routes them another valid way (:func:`_pool2x2`)."""
     return vgg_lib.features(params, images, taps, pooling=pooling, conv_fn=conv_bias,
                             pool_fn=_pool2x2)
 

@@ -122,7 +122,9 @@ def base_run(params, content, style):
     dict(depth_growth=1e100),  # (finite, but its powers overflowed: a traceback)
     # raw TypeError / ValueError / misleading messages before
     dict(content_weight="1"), dict(tv_weight=True), dict(style_weight=float("nan")),
-    dict(style_layers=["relu1_1"]), dict(stage_sizes="256"), dict(stage_sizes=(64.5,))])
+    dict(style_layers=["relu1_1"]), dict(stage_sizes="256"), dict(stage_sizes=(64.5,)),
+    # (512, 256) ran at 512, then 256, then the final size (the CLI refused it); (48, 48) twice
+    dict(stage_sizes=(512, 256)), dict(stage_sizes=(48, 48))])
 def test_config_validation(kw):
     with pytest.raises(ConfigError):
         gatys.GatysConfig(**kw)
@@ -684,8 +686,8 @@ def test_stage_sizes_round_to_the_nearest_pixel_and_keep_their_own_iterations():
     counts were taken)."""
     cfg = gatys.GatysConfig(stage_sizes=(64,), iterations=7)
     assert gatys.stage_plan(cfg, (100, 150)) == [((43, 64), 7), ((100, 150), 7)]
-    cfg = gatys.GatysConfig(stage_sizes=(512, 64), stage_iterations=(1, 2, 3))
-    assert gatys.stage_plan(cfg, (128, 96)) == [((64, 48), 2), ((128, 96), 3)]
+    cfg = gatys.GatysConfig(stage_sizes=(64, 96, 512), stage_iterations=(1, 2, 5, 3))
+    assert gatys.stage_plan(cfg, (128, 96)) == [((64, 48), 1), ((96, 72), 2), ((128, 96), 3)]
 
 
 def test_per_example_style_weights_need_one_list_per_example(style):
