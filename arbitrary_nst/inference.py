@@ -24,16 +24,20 @@ strokes: a larger working size gives finer texture relative to the output. Embed
 ``e = sum_k w_k e_k`` (weights >= 0, normalized to sum 1; equal weights by default).
 ``strength`` in [0, 1] is Magenta's identity trick: ``e = s * e + (1 - s) * e_content`` where
 ``e_content`` is the content image's own embedding (the content brought to the style working
-size the same way); the network run with the content's own embedding roughly reconstructs the
-content, so ``strength`` moves from (almost) the photo to the full style.
+size the same way); the network run with the content's own embedding paints the photo in its
+own style (its colours and layout, the network's brush texture: not the photo itself; for the
+built-in model about half as far from the photo as the full style, mean absolute difference),
+so ``strength`` moves from that toward the full style.
 
-**Palette.** ``palette`` in [0, 1] moves each output's colours that far toward the style's
-colour mean and covariance (one affine map per image, :func:`arbitrary_nst.color.align_to_moments`;
+**Palette.** ``palette`` in [0, 1] moves each output's colours that fraction of the way along
+the affine map that gives them the style's colour mean and covariance (one map per image,
+:func:`arbitrary_nst.color.align_to_moments`: the mean moves exactly that fraction, the
+covariance about that much, e.g. 0.66 of the way at 0.5; exactly all of it at 1;
 the model's own ``palette`` is the default, 0 for models exported without one). The target is
 the style images' colour moments (:meth:`Stylizer.palettes`, cached with the embeddings), mixed
 with the same weights as the embeddings, and with ``strength`` < 1 mixed with the content's own
-moments likewise (of the whole photo, not of its working square), so ``strength`` 0 still
-gives (almost) the photo. With ``preserve_color`` "match" the target is the content's colours
+moments likewise (of the whole photo, not of its working square), so at ``strength`` 0 it
+moves the colours toward the photo's own. With ``preserve_color`` "match" the target is the content's colours
 (the whole photo's, to which the styles were recoloured too); with "luminance" the palette is
 not applied (the chroma is the content's anyway). With ``embedding=`` the palette needs
 ``palette_moments=`` (else it is not applied).
@@ -1509,7 +1513,8 @@ class Stylizer:
         if moments is not None:
             moments = put(moments)
         # Bucketed: the network's statistics skip the padding. Exact sizes (buckets=None) run
-        # unmasked, bit for bit the network's own result on the image padded to a multiple of 4.
+        # unmasked: the network's own result on the image padded to a multiple of 4 (to float
+        # rounding, ~1e-6: the same math compiled in another program).
         masked = self.buckets is not None
         hw = (put(np.asarray([it.hw for it in fill], np.int32)) if plan.align or masked
               else None)
