@@ -198,6 +198,11 @@ SAVE_FORMATS: dict[str, str] = {
     ".tiff": "TIFF",
 }
 
+#: The largest side each format can hold (libjpeg's JPEG_MAX_DIMENSION, WebP's 14-bit sizes):
+#: a larger image was libjpeg's stray "Maximum supported image dimension" line and "broken
+#: data stream".
+MAX_SAVE_SIDE = {"JPEG": 65500, "WEBP": 16383}
+
 _RESAMPLING = {
     "lanczos": Image.Resampling.LANCZOS,
     "bicubic": Image.Resampling.BICUBIC,
@@ -1018,6 +1023,10 @@ def save_image(
         raise ImageError(name, "exists; pass overwrite=True (or --overwrite)")
 
     pil = _to_savable_pil(image, fmt)
+    if max(pil.size) > MAX_SAVE_SIDE.get(fmt, max(pil.size)):
+        raise ImageError(name, f"{pil.size[0]}x{pil.size[1]} is too large for {fmt} (at most "
+                               f"{MAX_SAVE_SIDE[fmt]} px per side): save as .png or .tif, or "
+                               "a smaller --max-size")
     options: dict[str, Any] = {}
     if fmt == "JPEG":
         subsampling = 0 if quality >= 90 else 2  # 4:4:4 chroma keeps fine colour texture

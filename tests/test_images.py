@@ -560,6 +560,18 @@ def test_save_unknown_extension_and_bad_quality(tmp_path):
     with pytest.raises(ImageError) as e:
         save_image(tmp_path, _rgb())
     assert os.listdir(tmp_path) == []
+    # wider than the format holds: one line naming the limit (libjpeg printed a stray line and
+    # "broken data stream"); PNG takes it
+    wide = np.zeros((2, 16384, 3), np.uint8)
+    with pytest.raises(ImageError) as e:
+        save_image(tmp_path / "w.webp", wide)
+    assert _reason(e) == ("16384x2 is too large for WEBP (at most 16383 px per side): save as "
+                          ".png or .tif, or a smaller --max-size")
+    with pytest.raises(ImageError, match="too large for JPEG"):
+        save_image(tmp_path / "w.jpg", np.zeros((65501, 1, 3), np.uint8))
+    assert os.listdir(tmp_path) == []
+    save_image(tmp_path / "w.png", wide)
+    save_image(tmp_path / "ok.webp", wide[:, :16383])
 
 
 def test_save_parent_is_a_file(tmp_path):
