@@ -309,13 +309,13 @@ def validate_config(config) -> None:
                                                                   "transfer")),
     ]
     for field, check, must in checks:
-        try:
-            ok = check()
+        section, name = field.split(".")
+        value = _get(config[section], name, None)
+        try:  # (a bool is an int to Python and to ml_collections: num_steps=True trained 1)
+            ok = not isinstance(value, bool) and check()
         except (TypeError, ValueError, AttributeError, KeyError):
             ok = False
         if not ok:
-            section, name = field.split(".")
-            value = _get(config[section], name, None)
             raise ConfigError(f"{field} must be {must}, got {value!r}")
     compute_dtype(t.dtype)
     check_count(_get(config, "seed", 0), "seed", 0, MAX_SEED, optional=False)

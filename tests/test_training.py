@@ -862,7 +862,10 @@ def test_options_of_the_wrong_type_are_one_line_before_anything_is_built():
                       ("optim.transfer_lr_multiplier=None", "optim.transfer_lr_multiplier must"),
                       ("optim.transfer_lr_multiplier=-1", "optim.transfer_lr_multiplier must"),
                       ("data.style_dirs=[2024]", "data.style_dirs: 2024 is not a folder name"),
-                      ("train.init_from=-1", "train.init_from must be 'builtin', an export")):
+                      ("train.init_from=-1", "train.init_from must be 'builtin', an export"),
+                      # a bool is an int to Python and ml_collections: True trained 1 step
+                      ("train.num_steps=True", "train.num_steps must be >= 0, got True"),
+                      ("train.batch_size=True", "train.batch_size must be >= 1, got True")):
         with pytest.raises(ConfigError) as e:
             training.validate_config(smoke(bad))
         assert says in str(e.value) and "\n" not in str(e.value), (bad, str(e.value))
