@@ -37,10 +37,10 @@ the model's own ``palette`` is the default, 0 for models exported without one). 
 the style images' colour moments (:meth:`Stylizer.palettes`, cached with the embeddings), mixed
 with the same weights as the embeddings, and with ``strength`` < 1 mixed with the content's own
 moments likewise (of the whole photo, not of its working square), so at ``strength`` 0 it
-moves the colours toward the photo's own. With ``preserve_color`` "match" the target is the content's colours
-(the whole photo's, to which the styles were recoloured too); with "luminance" the palette is
-not applied (the chroma is the content's anyway). With ``embedding=`` the palette needs
-``palette_moments=`` (else it is not applied).
+moves the colours toward the photo's own. With ``preserve_color`` "match" the target is the
+content's colours (the whole photo's, to which the styles were recoloured too); with
+"luminance" the palette is not applied (the chroma is the content's anyway). With
+``embedding=`` the palette needs ``palette_moments=`` (else it is not applied).
 
 **Refinement.** ``refine_steps=N`` (:meth:`Stylizer.refine_embedding`,
 :mod:`arbitrary_nst.refine`) optimizes the style embedding for each content with N Adam steps
