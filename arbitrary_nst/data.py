@@ -100,7 +100,8 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from arbitrary_nst import images as _images
 from arbitrary_nst.errors import (ConfigError, ImageError, NSTError, UsageParser, check_count,
-                                     count_arg, positive_float_arg, printable_stdout)
+                                     count_arg, one_line, positive_float_arg,
+                                     printable_stdout)
 from arbitrary_nst.files import write_atomically
 from arbitrary_nst.progress import bar as progress_bar
 
@@ -1481,7 +1482,7 @@ def source_from_catalog(name: str, split: str = "train", data_dir: str | os.Path
 
 
 def _one_line(e: object) -> str:
-    s = " ".join(str(e).split()) or type(e).__name__
+    s = one_line(e)
     return s if len(s) <= 300 else s[:297] + "..."
 
 
@@ -2395,7 +2396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{r.get('seconds', 0):8.1f}")
         for r in rows:
             for s in r.get("skipped", []):
-                print(f"skipped {s.get('file', s['path'])}: {s['reason']}")
+                print(one_line(f"skipped {s.get('file', s['path'])}: {s['reason']}"))
         tot_ok = sum(r.get("num_prepared", 0) for r in rows)
         # (one folder in both roles is prepared by the first row and found by the second: that
         # one was prepared now too, not earlier)

@@ -81,7 +81,7 @@ from typing import Any
 import numpy as np
 
 from . import fit_style, images
-from .errors import (ConfigError, ImageError, NSTError, UsageParser, out_of_memory,
+from .errors import (ConfigError, ImageError, NSTError, UsageParser, one_line, out_of_memory,
                      printable_stdout)
 from .files import check_writable_dir, is_inside, removing_new_empty_dirs
 from .progress import bar as progress_bar
@@ -563,7 +563,7 @@ def _load_all(paths: Sequence[Path], side: int, skipped: list[str]) -> list[tupl
             why = str(e).replace(images.TOO_LARGE_HINT, "downscale the file (evaluate reads "
                                  "it at full size before resizing it to --size)")
             skipped.append(why)
-            print(f"skipped: {why}", file=sys.stderr)
+            print(f"skipped: {one_line(why)}", file=sys.stderr)
     return out
 
 
@@ -784,7 +784,7 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
         for p in files:
             if why := images.unreadable_reason(p):
                 skipped.append(f"{p}: {why}")
-                print(f"skipped: {skipped[-1]}", file=sys.stderr)
+                print(f"skipped: {one_line(skipped[-1])}", file=sys.stderr)
             else:
                 kept.append(p)
         return kept
@@ -897,7 +897,7 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
                     if progress:
                         bar.write(f"skipped: {why}", file=sys.stderr)
                     else:
-                        print(f"skipped: {why}", file=sys.stderr)
+                        print(f"skipped: {one_line(why)}", file=sys.stderr)
                     bar.update(len(style_names))
                     continue
                 for j, y, sec in zip(todo, r.outputs, r.seconds):

@@ -627,6 +627,23 @@ def test_cli_refuses_zero_workers_and_sizes(folder, tfds_dir, capsys):
     assert "max_source_side" in capsys.readouterr().err
 
 
+def test_cli_prepare_skip_lines_escape_control_characters(tmp_path, capsys):
+    """A file name holding a newline split its "skipped" line in two (ESC went to the
+    terminal)."""
+    d = tmp_path / "p"
+    d.mkdir()
+    Image.fromarray(_smooth(64, 64, 1)).save(d / "ok.png")
+    (d / "bad\nname.jpg").write_bytes(b"x")
+    (d / "esc\x1b[31m.jpg").write_bytes(b"x")
+    assert data.main(["prepare", "--content-dir", str(d), "--data-dir",
+                      str(tmp_path / "t")]) == 0
+    out = capsys.readouterr().out
+    lines = [ln for ln in out.splitlines() if ln.startswith("skipped ")]
+    assert len(lines) == 2 and "\x1b" not in out, out
+    assert lines[0].startswith(f"skipped {d}/bad name.jpg: ")
+    assert lines[1].startswith(f"skipped {d}/esc\\x1b[31m.jpg: ")
+
+
 def test_cli_prepare_prints_counts(folder, tmp_path, capsys):
     tfds_dir = tmp_path / "tfds"  # (its own: the module's has the folder prepared already)
     rc = data.main(["prepare", "--content-dir", str(folder), "--style-dir", str(folder), "--data-dir", str(tfds_dir)])
