@@ -161,10 +161,15 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
         raise ConfigError(f"{path}: get_config() failed ({type(e).__name__}: "
                           f"{' '.join(str(e).split())})") from None
     check_config_sections(config, str(path))
+    given: dict[str, str] = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} must look like key.sub=value")
+        if key.strip() in given:  # (the last one won without a word, as argparse's options did)
+            raise ConfigError(f"--set {key.strip()} given twice ({given[key.strip()]!r}, then "
+                              f"{raw!r}): give it once")
+        given[key.strip()] = raw
         try:
             value = ast.literal_eval(raw)
         except (ValueError, SyntaxError):

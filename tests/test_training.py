@@ -941,6 +941,10 @@ def test_config_overrides():
     for bad in ("train.nope=1", "nosuch.field=1", "train.num_steps", "train.num_steps='x'"):
         with pytest.raises(ConfigError):
             smoke(bad)
+    # one key set twice: the last won without a word (as repeated options did in argparse)
+    with pytest.raises(ConfigError, match=r"^--set train.num_steps given twice \('2', then "
+                                          r"'3'\): give it once$"):
+        smoke("train.num_steps=2", "optim.learning_rate=2e-4", "train.num_steps=3")
     with pytest.raises(ConfigError):
         training.load_config(CONFIGS / "missing.py")
     bad_cfg = smoke("train.dtype='float16'")
