@@ -1,4 +1,4 @@
 """``python -m arbitrary_nst COMMAND ...``: same as ``python infer.py``."""
 from .cli import main
 
-raise SystemExit(main())
+raise SystemExit(main(prog="python -m arbitrary_nst"))  # (its usage lines said infer.py)

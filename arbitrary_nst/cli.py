@@ -54,10 +54,10 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
         return super()._get_help_string(action)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "infer.py") -> argparse.ArgumentParser:
     parser = UsageParser(
-        prog="infer.py", formatter_class=_Formatter,
-        description="Arbitrary neural style transfer (JAX). Run `infer.py COMMAND --help`.")
+        prog=prog, formatter_class=_Formatter,
+        description=f"Arbitrary neural style transfer (JAX). Run `{prog} COMMAND --help`.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                 parser_class=UsageParser)
     for cmd in COMMANDS.values():
@@ -67,11 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` (default ``sys.argv[1:]``), run the command, return the exit code."""
+def main(argv: Sequence[str] | None = None, prog: str = "infer.py") -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``), run the command, return the exit code.
+    ``prog``: the command's name in usage lines and error hints."""
     printable_stdout()
     try:  # (building the parser imports JAX: a Ctrl-C then is an interruption too)
-        parser = build_parser()
+        parser = build_parser(prog)
         argv = list(sys.argv[1:] if argv is None else argv)
         if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
             argv.insert(0, "stylize")  # `infer.py --content C --style S --out O` is stylize

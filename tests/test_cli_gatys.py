@@ -149,6 +149,17 @@ def test_bad_inputs_give_one_line_and_nonzero(files, tmp_path, capsys, case):
     assert not out.exists()
 
 
+def test_python_m_arbitrary_nst_names_itself_in_usage_and_hints():
+    """``python -m arbitrary_nst --help`` said "usage: infer.py", and its errors pointed to
+    ``infer.py ... --help``, a name the user did not type."""
+    root = Path(__file__).resolve().parents[1]
+    p = subprocess.run([sys.executable, "-m", "arbitrary_nst", "stylize", "--bogus"], cwd=root,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and p.stderr == ("error: unrecognized arguments: --bogus (see "
+                                              "`python -m arbitrary_nst stylize --help`)\n")
+    assert main(["stylize", "--bogus"]) == 2  # (infer.py's own name is unchanged)
+
+
 def test_usage_errors_are_one_line_and_return_2(capsys):
     for argv in (["gatys", "--content", "a.png"],
                  ["gatys", "--content", "a", "--style", "b", "--out", "c.png", "--optimizer",
