@@ -588,9 +588,12 @@ def format_table(results) -> str:
                  "onnxruntime backends both use): " + "; ".join(emb))
     if "pipeline" in results:
         pl = results["pipeline"]
+        alone = pl.get("compute_only_images_per_s")  # (None: that size/batch was not timed)
+        alone = (f"{alone} images/s" if alone is not None else
+                 f"not measured: add --sizes {pl['size']} --batches {pl['batch']}")
         lines.append(f"File pipeline (stylize_files, {pl['images']} JPEG {pl['size']}^2 -> PNG, "
                      f"batch {pl['batch']}, {pl['workers']} workers): {pl['images_per_s']:.2f} "
-                     f"images/s (compute alone: {pl.get('compute_only_images_per_s')} images/s)")
+                     f"images/s (compute alone: {alone})")
     hh = results.get("head_to_head")
     if hh and "ratio_min" not in hh and "ratio_onnxruntime_min" in hh:
         lines.append(f"Head to head, 512^2 batch 1, alternating runs ({hh['rounds']} rounds): width "

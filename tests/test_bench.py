@@ -496,6 +496,17 @@ def test_infer_bench_times_only_the_backends_asked_for(tmp_path, monkeypatch, ca
     assert not out2.exists()
 
 
+def test_infer_bench_table_says_when_the_pipeline_compute_was_not_timed():
+    """"compute alone: None images/s" when 512^2 x batch 1 was not among the sizes timed."""
+    mod = _load("infer")
+    meta = {"backend": "cpu", "device_kind": "cpu", "cpu_count": 2, "dtype": "float32"}
+    pl = {"images": 2, "size": 512, "batch": 1, "workers": 2, "images_per_s": 3.0}
+    res = {"meta": meta, "ours": [], "skipped": [], "peer": [], "pipeline": pl}
+    assert "(compute alone: not measured: add --sizes 512 --batches 1)" in mod.format_table(res)
+    res["pipeline"] = {**pl, "compute_only_images_per_s": 11.457}
+    assert "(compute alone: 11.457 images/s)" in mod.format_table(res)
+
+
 def test_gatys_bench_table_says_mib():
     mod = _load("gatys")
     row = {"framework": "jax", "size": 64, "batch": 1, "iterations": 1, "evaluations": 1,
