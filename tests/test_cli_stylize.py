@@ -860,7 +860,7 @@ def test_ctrl_c_while_starting_up_is_an_interruption(monkeypatch, capsys):
     # building the parser imports JAX (seconds): a Ctrl-C then gave a traceback
     from arbitrary_nst import cli
 
-    def interrupted():
+    def interrupted(*args):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli, "build_parser", interrupted)

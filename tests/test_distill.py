@@ -156,10 +156,10 @@ def test_command_errors_and_ctrl_c_leave_no_empty_out_folder_and_say_what_is_kep
 
 def test_too_few_training_styles_are_refused_before_the_oracle(tmp_path, model_path, capsys,
                                                                monkeypatch):
-    args = _small_command(tmp_path / "d", model_path, num_styles=8)
+    args = [a.replace("synthetic_count=16", "synthetic_count=4")  # (one --set per key)
+            for a in _small_command(tmp_path / "d", model_path, num_styles=8)]
     monkeypatch.setattr(distill, "collect_oracle", lambda *a, **k: pytest.fail("oracle ran"))
-    assert distill.main([*args, "--set", "data.synthetic_count=4", "--target",
-                         "conditioning"]) == 1
+    assert distill.main([*args, "--target", "conditioning"]) == 1
     assert "the training styles hold 4 images; --target conditioning needs >= 5" in \
         capsys.readouterr().err
     for num_styles, target, need in ((4, "conditioning", 5), (3, "embedding", 4)):
