@@ -102,7 +102,7 @@ from arbitrary_nst import images as _images
 from arbitrary_nst.errors import (ConfigError, ImageError, NSTError, UsageParser, check_count,
                                      count_arg, one_line, positive_float_arg,
                                      printable_stdout)
-from arbitrary_nst.files import write_atomically
+from arbitrary_nst.files import is_inside, write_atomically
 from arbitrary_nst.progress import bar as progress_bar
 
 __all__ = [
@@ -1560,21 +1560,18 @@ def _check_folders_distinct(c: Mapping[str, Any]) -> None:
     # The preparation follows links (_walk_once), so a link inside one listed folder to (a part
     # of) another, or to a file in it, takes those images twice, or as both roles, just as a
     # real subfolder would: refused alike, naming the link.
-    def _inside(path: str, folder: str) -> bool:
-        return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
     for real, role, d in seen:
         others = [(r, ro, o) for r, ro, o in seen if r != real]
         if not others:
             continue
         for dirpath, sub_real, filenames in _walk_once(real):
-            reached = [(dirpath, sub_real)] if not _inside(sub_real, real) else []
+            reached = [(dirpath, sub_real)] if not is_inside(sub_real, real) else []
             reached += [(os.path.join(dirpath, f), os.path.realpath(os.path.join(dirpath, f)))
                         for f in filenames if os.path.islink(os.path.join(dirpath, f))]
             for link, target in reached:
                 link = _first_link(link, real)
                 for other_real, other_role, other in others:
-                    if _inside(target, other_real):
+                    if is_inside(target, other_real):
                         raise ConfigError(
                             f"{link}: links into {other}, which is also listed: its images "
                             "would be taken twice" + ("" if role == other_role else
