@@ -757,6 +757,16 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
     for m in methods:
         if m not in METHODS:
             raise ConfigError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+    # --out under a --content/--style folder: the images and sheets written there are what a
+    # later training on that folder (which takes subfolders) or a recursive listing takes as
+    # photos or paintings; train.py refuses a workdir inside its training folders likewise
+    for what, spec in (("content", content), ("style", style)):
+        if os.path.isdir(spec) and (is_inside(out, spec) or os.path.commonpath(
+                [os.path.abspath(out), os.path.abspath(spec)]) == os.path.abspath(spec)):
+            raise ConfigError(f"{out}: --out is inside the --{what} folder {spec}; a training "
+                              f"run or a recursive listing of that folder would take the "
+                              f"evaluation's images and sheets as {what} images: use a folder "
+                              "outside it")
     out_dir = check_writable_dir(out)  # (read-only: one line, not a traceback)
     skipped: list[str] = []
     content_files = images.list_images(content)

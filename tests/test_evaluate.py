@@ -269,8 +269,31 @@ def test_inputs_that_would_collide_or_be_overwritten_are_refused(tiny_set, tmp_p
     kw = dict(methods=["identity"], size=48, progress=False, vgg=vgg)
     with pytest.raises(ConfigError, match="two style images are named '01'"):
         evaluate.evaluate(tiny_set / "content", str(two / "**" / "*.png"), tmp_path / "o", **kw)
-    with pytest.raises(ConfigError, match="--out holds the content image"):
+    with pytest.raises(ConfigError, match="--out is inside the --content folder"):
         evaluate.evaluate(tiny_set / "content", tiny_set / "style", tiny_set / "content", **kw)
+    # (given as a glob, the folder is not known as one: the photos picked are what is checked)
+    with pytest.raises(ConfigError, match="--out holds the content image"):
+        evaluate.evaluate(str(tiny_set / "content" / "*"), tiny_set / "style",
+                          tiny_set / "content", **kw)
+
+
+def test_out_inside_a_content_or_style_folder_is_refused(tiny_set, tmp_path, vgg):
+    """``--style paintings --out paintings/eval`` was accepted: the sheets and outputs written
+    there were then training paintings for a later ``train.py`` on that folder (which takes
+    subfolders). Refused before anything is written; a folder beside it is fine."""
+    kw = dict(methods=["identity"], size=48, progress=False, vgg=vgg, num_contents=1,
+              num_styles=1)
+    for what in ("content", "style"):
+        out = tiny_set / what / "eval" / "run"
+        with pytest.raises(ConfigError, match=f"--out is inside the --{what} folder"):
+            evaluate.evaluate(tiny_set / "content", tiny_set / "style", out, **kw)
+        assert not (tiny_set / what / "eval").exists()
+    linked = tmp_path / "to_style"
+    os.symlink(tiny_set / "style", linked)  # (also through a link to the folder)
+    with pytest.raises(ConfigError, match="--out is inside the --style folder"):
+        evaluate.evaluate(tiny_set / "content", tiny_set / "style", linked / "eval", **kw)
+    r = evaluate.evaluate(tiny_set / "content", tiny_set / "style", tmp_path / "beside", **kw)
+    assert r.rows
 
 
 def test_palette_reaches_the_model_methods(tiny_set, tmp_path, vgg):
@@ -942,7 +965,7 @@ def test_out_among_symlinked_inputs_is_refused(tmp_path, capsys):
         os.symlink(real / f"p{i}.png", links / f"p{i}.png")
     assert evaluate.main(["--content", str(links), "--style", str(real), "--out", str(links),
                           "--methods", "identity", "--size", "32", "--no-progress"]) == 1
-    assert "--out holds the content image" in capsys.readouterr().err
+    assert "--out is inside the --content folder" in capsys.readouterr().err
     assert sorted(p.name for p in links.iterdir()) == ["p0.png", "p1.png"]
 
 
