@@ -654,6 +654,10 @@ def _run_fit_style(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.style}: --style must be a style image (fit-style fits one; "
                           f"this is already a fitted style)")
     fit_style.check_options(args.steps, args.lr, args.batch_size, args.style_weight)
+    if args.steps == 0:  # (the API's 0-step fit is its start, for a baseline; a file of it is
+        # the predicted style under another name, taken for a fit by whoever uses it)
+        raise ConfigError("--steps must be >= 1: a fit of 0 steps is the predicted style "
+                          "itself (use --style with the painting instead)")
     # each photo once ("--photos c c 'c/*.jpg'" said 6 photos for 2), and never the painting
     # itself (fitted on as a photo, silently)
     photos = list(dict.fromkeys(

@@ -364,6 +364,10 @@ def test_cli_fit_style_then_stylize(model_path, vgg, tmp_path, capsys):
     assert cli.main([*base[:i], *base[i + 2:], "--out", str(out), "--overwrite", "--steps",
                      "-1"]) == 1
     assert ">= 0" in _one_error_line(capsys)
+    assert cli.main([*base[:i], *base[i + 2:], "--out", str(tmp_path / "zero.npz"), "--steps",
+                     "0"]) == 1  # (accepted: a 'fit' that is the predicted style, saved)
+    assert "--steps must be >= 1" in _one_error_line(capsys)
+    assert not (tmp_path / "zero.npz").exists()
     assert cli.main(["fit-style", "--model", str(model_path), "--style", str(s), "--photos",
                      str(tmp_path / "nope"), "--out", str(tmp_path / "t.npz")]) == 1
     assert "nope" in _one_error_line(capsys)
