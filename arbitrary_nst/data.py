@@ -91,7 +91,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Container, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -806,6 +806,13 @@ def _builder_classes() -> tuple[type, type]:
                 log.warning("skipped %s: %s", s["file"], s["reason"])
             if len(skipped) > 20:
                 log.warning("... and %d more skipped files", len(skipped) - 20)
+            if copies := _exact_copies(files, {s["path"] for s in skipped}):
+                first, orig = copies[0]
+                log.warning("%d file%s byte-for-byte cop%s of others (e.g. %s = %s): each "
+                            "copy is one more image to train on, so that image weighs more; "
+                            "remove the copies to weigh every image once", len(copies),
+                            " is a" if len(copies) == 1 else "s are",
+                            "y" if len(copies) == 1 else "ies", file_of[first], file_of[orig])
             # (phone photos as .heic are not trained on: train.py shows this line, say so)
             log.info("%s: %d images prepared, %d skipped%s", cfg.name, n_ok, len(skipped),
                      _ignored_note(ignored))
@@ -904,6 +911,23 @@ def _scan_dirs(dirs: Sequence[str], *, digest_cache: _DigestCache | None = None,
     files = [(full, key, st.st_size if st is not None else -1, dg)
              for (full, key, st), dg in zip(found, digests)]
     return files, ignored
+
+
+def _exact_copies(files: Sequence[tuple[str, str, int, str]],
+                  left_out: Container[str] = ()) -> list[tuple[str, str]]:
+    """``(key, key of the first file with the same bytes)`` for each file of ``files``
+    (:func:`_scan_dirs`' tuples, in order) that repeats an earlier one's digest; files whose key
+    is in ``left_out`` (skipped) and those without a digest are not counted."""
+    first: dict[str, str] = {}
+    copies = []
+    for _, key, _, digest in files:
+        if key in left_out or digest.startswith(("unreadable", "not read")):
+            continue
+        if digest in first:
+            copies.append((key, first[digest]))
+        else:
+            first[digest] = key
+    return copies
 
 
 def _key_prefixes(dirs: Sequence[str]) -> list[str]:

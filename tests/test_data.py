@@ -1863,3 +1863,30 @@ def test_training_notes_images_mostly_too_small_for_its_sizes(tmp_path):
     # content: 224 px photos at 128 x 2.0 = 256 px (1.14x): no note; at 4x, a note
     assert data.upscale_notes(srcs, {**cfg, "content_scale_range": (4.0, 4.2)})[0].startswith(
         "content: 9 of 9 images are under 341 px")
+
+
+def test_exact_copies_are_named_when_prepared(tmp_path, caplog):
+    """A painting saved twice (two downloads, a copy in another subfolder) was trained on twice
+    without a word: preparation says how many files are copies and names one pair; the images
+    are all kept (a copy may be meant to weigh more), skipped and unread files not counted."""
+    d = tmp_path / "paintings"
+    (d / "again").mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(_smooth(96, 128, i)).save(d / f"p{i}.png")
+    shutil.copyfile(d / "p1.png", d / "again" / "p1 copy.png")
+    shutil.copyfile(d / "p1.png", d / "p9.png")
+    for name in ("e1.jpg", "e2.jpg"):  # (two empty files share a digest: skipped, not copies)
+        (d / name).write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="arbitrary_nst.data"):
+        report = data.prepare_folder([str(d)], data_dir=str(tmp_path / "t"),
+                                     progress=False).report
+    assert report["num_prepared"] == 5 and report["num_skipped"] == 2
+    warned = [r.getMessage() for r in caplog.records if "byte-for-byte" in r.getMessage()]
+    assert warned == [f"2 files are byte-for-byte copies of others (e.g. {d / 'p1.png'} = "
+                      f"{d / 'again' / 'p1 copy.png'}): each copy is one more image to train "
+                      "on, so that image weighs more; remove the copies to weigh every image "
+                      "once"], warned
+    files = [("/x/a", "f/a", 1, "d1"), ("/x/b", "f/b", 1, "d1"), ("/x/c", "f/c", 1, "d1"),
+             ("/x/h", "f/h", 1, "not read"), ("/x/i", "f/i", 1, "not read")]
+    assert data._exact_copies(files) == [("f/b", "f/a"), ("f/c", "f/a")]
+    assert data._exact_copies(files, {"f/a"}) == [("f/c", "f/b")]
