@@ -5,8 +5,10 @@ handled the same way:
 
 * :func:`load_image` returns ``float32`` HWC RGB in ``[0, 1]``. EXIF orientation is applied,
   every Pillow mode is converted to RGB (transparency is composited on **white**, 16-bit
-  grayscale keeps its full range), an embedded ICC profile of RGB/CMYK images is converted to
-  sRGB when Pillow has LittleCMS, and multi-frame files (GIF, TIFF) give their first frame.
+  grayscale keeps its full range), an embedded ICC profile of RGB/CMYK and 8-bit grey images
+  is converted to sRGB when Pillow has LittleCMS (16-bit grey keeps its values: its depth is
+  kept instead), and multi-frame files (GIF, TIFF) give their first frame.
+  :func:`load_pixels` is the same as ``uint8`` for 8-bit files.
 * Every problem with a file a user names raises :class:`~arbitrary_nst.errors.ImageError`
   whose ``str`` is one line ``"path: reason"`` (missing, a directory, empty, not an image,
   truncated or corrupt, too large, permission denied, ...). Programming errors (a wrong array
@@ -60,6 +62,7 @@ __all__ = [
     "PathLike",
     "ImageLike",
     "load_image",
+    "load_pixels",
     "load_pil",
     "to_float",
     "check_array_image",
@@ -251,6 +254,16 @@ def load_image(
         ImageError: the file is missing, a directory, empty, not an image, truncated or
             corrupt, too large, unreadable, or in a mode that cannot be converted to RGB.
     """
+    x = load_pixels(path, max_pixels=max_pixels, max_side=max_side)
+    return x if x.dtype == np.float32 else x.astype(np.float32) / np.float32(255.0)
+
+
+def load_pixels(
+    path: PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, max_side: int | None = None
+) -> np.ndarray:
+    """Like :func:`load_image`, but ``uint8`` ``H x W x 3`` for 8-bit files (a quarter of the
+    bytes; :func:`load_pil`'s pixels) and ``float32`` in [0, 1] only for files with more depth
+    (16-bit / float grey), which keep it to the working size."""
     im = _open_decoded(path, max_pixels=max_pixels, max_side=max_side)
     if im.mode in _HIGH_DEPTH_MODES:
         x = _high_depth_to_float(im, path)
@@ -261,7 +274,7 @@ def load_image(
     rgb = _pil_to_rgb8(im, path)
     if max_side is not None:
         rgb = downscale_pil(rgb, max_side, im.info.get(_FULL_SIZE))
-    return np.asarray(rgb, dtype=np.float32) / np.float32(255.0)
+    return np.asarray(rgb, dtype=np.uint8)
 
 
 def load_pil(
@@ -550,11 +563,33 @@ def _pil_to_rgb8(im: Image.Image, path: PathLike | None = None) -> Image.Image:
             raise ImageError(path, f"unsupported image mode {im.mode!r}: {_one_line(e)}") from None
     # the profile of an RGBA / palette image describes its colours as those of an RGB one
     # (macOS screenshots: RGBA PNGs in Display P3); it was dropped with the alpha. A grey
-    # image's profile does not apply to RGB: _icc_to_srgb keeps those values as they are.
+    # image's profile (Photoshop's "Dot Gain 20%", "Gray Gamma 2.2") describes its tone
+    # curve: converted through a grey -> sRGB transform (viewers show them so).
     if icc and im.mode in ("RGBA", "RGBa", "P", "PA", "RGB"):
         rgb.info["icc_profile"] = icc
         return _icc_to_srgb(rgb)
+    if icc and im.mode in ("L", "LA", "La"):
+        return _grey_icc_to_srgb(rgb, bytes(icc))
     return rgb
+
+
+def _grey_icc_to_srgb(rgb: Image.Image, icc: bytes) -> Image.Image:
+    """The grey RGB image ``rgb`` (three equal channels) of a file with the grey ICC profile
+    ``icc``, in sRGB; as it is when the profile is not a usable grey one (like an RGB image's
+    broken profile: the raw values)."""
+    try:
+        import io
+
+        from PIL import ImageCms
+
+        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if src.profile.xcolor_space.strip() != "GRAY":
+            return rgb
+        out = ImageCms.applyTransform(rgb.convert("L"), ImageCms.buildTransform(
+            src, ImageCms.createProfile("sRGB"), "L", "RGB"))
+    except Exception:  # noqa: BLE001 - no LittleCMS, or a broken profile: use the raw values
+        return rgb
+    return out if out is not None and out.mode == "RGB" else rgb
 
 
 #: 16^3 colours with both ends of every channel: a profile that maps them all to themselves

@@ -1105,11 +1105,11 @@ class Stylizer:
     # -- images -----------------------------------------------------------------------------
     @_jax_errors_typed
     def read(self, x: ImageInput, max_side: int | None = None) -> np.ndarray:
-        """Any single image input -> HWC RGB: ``uint8`` for files, PIL images and uint8 arrays
-        (sent to the device as bytes, a quarter of float32), else float32 in [0, 1]."""
+        """Any single image input -> HWC RGB: ``uint8`` for 8-bit files, PIL images and uint8
+        arrays (sent to the device as bytes, a quarter of float32), else float32 in [0, 1]
+        (16-bit grey files too: they keep their depth, as the same data as an array does)."""
         if _is_path(x):
-            return np.asarray(images.load_pil(x, max_pixels=self.max_pixels, max_side=max_side),
-                              np.uint8)
+            return images.load_pixels(x, max_pixels=self.max_pixels, max_side=max_side)
         if isinstance(x, jax.Array):
             x = np.asarray(x)
         _refuse_file_object(x, None)  # (one of a list: named by the caller)
@@ -1890,8 +1890,7 @@ class Stylizer:
         def prepare(job):
             i, p, dest = job
             try:
-                pil = images.load_pil(p, max_pixels=self.max_pixels, max_side=max_size)
-                arr = np.asarray(pil, np.uint8)
+                arr = images.load_pixels(p, max_pixels=self.max_pixels, max_side=max_size)
                 return self._prepare_array(i, arr, plan, meta=job)
             except ImageError as e:  # an array-level error (e.g. blank) gets the file's name
                 return e if e.path is not None else ImageError(p, e.reason)

@@ -1235,6 +1235,57 @@ def test_a_profile_is_judged_by_what_it_does_not_by_its_name(tmp_path):
     assert 1 < off <= 8 and images._is_srgb_profile(bytes(b)) is False, off
 
 
+def _grey_profile(gamma: float) -> bytes:
+    """A minimal ICC v2 grey display profile: D50 white, a pure-gamma ``kTRC``."""
+    import struct
+
+    def s15(x: float) -> bytes:
+        return struct.pack(">i", round(x * 65536))
+
+    d50 = s15(0.9642) + s15(1.0) + s15(0.8249)
+    text = b"grey gamma\0"
+    desc = b"desc" + b"\0" * 4 + struct.pack(">I", len(text)) + text + b"\0" * 78
+    tags = [(b"wtpt", b"XYZ " + b"\0" * 4 + d50),
+            (b"kTRC", b"curv" + b"\0" * 4 + struct.pack(">IH", 1, round(gamma * 256))),
+            (b"desc", desc)]
+    start = 128 + 4 + 12 * len(tags)
+    table, body = struct.pack(">I", len(tags)), b""
+    for sig, data in tags:
+        table += sig + struct.pack(">II", start + len(body), len(data))
+        body += data + b"\0" * (-len(data) % 4)
+    header = (struct.pack(">I", start + len(body)) + b"\0" * 4 + struct.pack(">I", 0x02100000)
+              + b"mntrGRAYXYZ " + b"\0" * 12 + b"acsp" + b"\0" * 28 + d50 + b"\0" * 48)
+    return header + table + body
+
+
+def test_grey_icc_profile_is_converted(tmp_path):
+    """A grey file's profile (Photoshop's "Gray Gamma", "Dot Gain") was ignored: a linear
+    (gamma 1) grey image came out 55.7 levels darker on average than viewers show it. Grey,
+    grey + alpha and grey JPEG files are converted; a profile that is not a grey one, or
+    broken, leaves the raw values, as for RGB images."""
+    g = np.array([[0, 32, 64, 128, 192, 255]], np.uint8)
+    v = g[0] / 255.0
+    want = np.where(v <= 0.0031308, 12.92 * v, 1.055 * v ** (1 / 2.4) - 0.055) * 255  # sRGB
+    linear = _grey_profile(1.0)
+    Image.fromarray(g).save(tmp_path / "g.png", icc_profile=linear)
+    Image.fromarray(g).convert("LA").save(tmp_path / "ga.png", icc_profile=linear)
+    Image.fromarray(np.repeat(g, 8, 0).repeat(8, 1)).save(tmp_path / "g.jpg", quality=100,
+                                                          icc_profile=linear)
+    for name in ("g.png", "ga.png"):
+        x = to_uint8(load_image(tmp_path / name))
+        assert np.abs(x.astype(float) - want[None, :, None]).max() <= 1, (name, x)
+        np.testing.assert_array_equal(images.load_pixels(tmp_path / name), x)
+        np.testing.assert_array_equal(np.asarray(load_pil(tmp_path / name)), x)
+    x = to_uint8(load_image(tmp_path / "g.jpg"))[4::8, 4::8]
+    assert np.abs(x.astype(float) - want[None, :, None]).max() <= 2, x
+    from PIL import ImageCms
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    for i, prof in enumerate((srgb, b"not a profile", linear[:200])):
+        Image.fromarray(g).save(tmp_path / f"raw{i}.png", icc_profile=prof)
+        np.testing.assert_array_equal(images.load_pixels(tmp_path / f"raw{i}.png")[..., 1], g)
+
+
 @pytest.mark.skipif(os.name != "posix", reason="POSIX symlinks")
 def test_plain_glob_follows_symlinked_folders_and_lists_dangling_literal_names(tmp_path):
     import glob

@@ -682,6 +682,25 @@ def test_bad_array_images_are_image_errors_not_silent_clipping(st, files, bad, r
         assert st.stylize(ok, style=files["style_a"]).shape == (20, 24, 3)
 
 
+def test_a_16_bit_grey_file_keeps_its_depth_like_the_same_array(st, files, tmp_path):
+    """A 16-bit grey file (a dark, low-contrast scan) was cut to 8 bits on the content path
+    (12 levels left of 2908; banding once instance norm stretched it) while the same data as a
+    uint16 array kept its depth: the file now gives the array's result, on both paths."""
+    yy, xx = np.mgrid[0:30, 0:36]
+    u16 = (9000 + 7 * xx + 3 * yy).astype(np.uint16)  # 0.137..0.144: one 8-bit level or two
+    path = tmp_path / "scan16.png"
+    Image.fromarray(u16).save(path)
+    assert Image.open(path).mode.startswith("I")
+    want = st.stylize(u16, style=files["style_a"])
+    np.testing.assert_allclose(st.stylize(path, style=files["style_a"]), want, atol=1e-6)
+    flat8 = st.stylize(np.round(u16 / 65535 * 255).astype(np.uint8), style=files["style_a"])
+    assert np.abs(flat8 - want).max() > 0.05  # (the 8-bit cut is far from it)
+    [r] = st.stylize_files([path], files["style_a"], output=lambda p: tmp_path / "o.png")
+    assert r.ok
+    np.testing.assert_array_equal(images.to_uint8(images.load_image(tmp_path / "o.png")),
+                                  images.to_uint8(want))
+
+
 # ---------------------------------------------------------------------------- files pipeline
 
 
