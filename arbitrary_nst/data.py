@@ -1739,12 +1739,16 @@ def _as_pil(img: Any) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(a[..., :3]))
 
 
-def _crop_resize(im: Image.Image, scale: float, off: tuple[int, int], size: int) -> Image.Image:
+def _crop_resize(im: Image.Image, scale: float, off: tuple[int, int], size: int,
+                 full_size: tuple[int, int] | None = None) -> Image.Image:
     """``resize(im, scale)[oy:oy+size, ox:ox+size]`` as one Pillow op (JPEG draft when >= 2x).
 
-    ``scale`` is relative to ``im.size`` *before* any draft; returns the RGB crop (uint8).
+    ``scale`` is relative to the image's size *before* any draft: ``full_size``, which a
+    second crop of the same ``im`` must give (the first one's draft shrank ``im`` in place:
+    the box was 2-8x outside it, "box can't exceed original image size"), else ``im.size``.
+    Returns the RGB crop (uint8).
     """
-    w0, h0 = im.size
+    w0, h0 = full_size if full_size is not None else im.size
     ox, oy = off
     if getattr(im, "format", None) == "JPEG" and scale <= 0.5:
         # Decode at 1/2, 1/4 or 1/8 scale, still >= the resized size (a no-op once loaded).
@@ -1810,11 +1814,11 @@ def augment_content(img: Any, rng: np.random.Generator, size: int = 256,
     scale = size * u / min(w, h)
     nw, nh = max(size, int(w * scale)), max(size, int(h * scale))
     off = _crop_offsets(rng, nw, nh, size)
-    x = _crop_resize(im, scale, off, size)
+    x = _crop_resize(im, scale, off, size, (w, h))
     for _ in range(FLAT_CROP_TRIES - 1):
         if _pixel_std(x) >= FLAT_CROP_STD:
             break
-        x = _crop_resize(im, scale, _crop_offsets(rng, nw, nh, size), size)
+        x = _crop_resize(im, scale, _crop_offsets(rng, nw, nh, size), size, (w, h))
     return np.asarray(x) if as_uint8 else _to_float(x)
 
 

@@ -911,6 +911,30 @@ def test_augment_content_redraws_flat_crops():
     assert blank.shape == (64, 64, 3) and blank.max() == 0
 
 
+def test_flat_crops_of_a_large_jpeg_are_redrawn_from_its_full_size():
+    """A stored JPEG >= 2x the crop is decoded at reduced scale (a draft, which shrinks the
+    PIL image in place); a flat first crop was then drawn again with the shrunk size taken for
+    the full one: "box can't exceed original image size", a traceback that a resume repeated
+    at the same step (a product shot on white, a photo with a wide sky). The redrawn crops are
+    the array path's (no draft), to JPEG/draft rounding."""
+    yy, xx = np.mgrid[0:768, 0:1024].astype(np.float32)
+    img = np.full((768, 1024, 3), 255, np.uint8)  # white, a smooth textured corner
+    corner = 127 + 100 * np.sin(xx[560:, 760:] / 7)[..., None] * np.cos(yy[560:, 760:] / 5)[..., None]
+    img[560:, 760:] = corner.astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "JPEG", quality=95)
+    decoded = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    textured = 0
+    for seed in range(12):
+        lazy = Image.open(io.BytesIO(buf.getvalue()))  # (as a prepared source hands it over)
+        x = data.augment_content(lazy, np.random.default_rng(seed), 128, (2.0, 2.3))
+        want = data.augment_content(decoded, np.random.default_rng(seed), 128, (2.0, 2.3))
+        assert lazy.size != (1024, 768)  # (the draft happened)
+        assert np.abs(x - want).mean() < 0.02, seed
+        textured += images.channel_std(want) >= data.FLAT_CROP_STD
+    assert textured >= 6  # (the textured corner, 12% of the image, was found by most draws)
+
+
 # ------------------------------------------------- mutation-testing pass 2 (augmentation, sampler)
 
 
