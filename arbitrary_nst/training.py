@@ -188,13 +188,27 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
                 value = type(old)([value])  # data.content_dirs=photos/ is one folder
             node[leaf] = value
         except KeyError:
-            raise ConfigError(f"override {item!r}: no config field {key!r}") from None
+            import difflib
+
+            near = difflib.get_close_matches(key, _dotted_keys(config), n=1, cutoff=0.75)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ConfigError(f"override {item!r}: no config field {key!r}{hint}") from None
         except (TypeError, ValueError) as e:
             if old is None or node is config:  # (a path through a value: train.num_steps.x)
                 raise ConfigError(f"override {item!r}: {' '.join(str(e).split())}") from None
             raise ConfigError(f"override {item!r}: {key} takes {type(old).__name__} values "
                               f"(it is {old!r}), got {raw!r}") from None
     return config
+
+
+def _dotted_keys(node, prefix: str = "") -> list[str]:
+    """Every field of a config as ``section.field`` (nested sections too), for suggestions."""
+    keys = []
+    for k in node.keys():
+        keys.append(prefix + k)
+        if hasattr(node[k], "keys") and not isinstance(node[k], (str, bytes)):
+            keys += _dotted_keys(node[k], prefix + k + ".")
+    return keys
 
 
 def compute_dtype(name: str | None):
@@ -1300,6 +1314,8 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
             write_atomically(init_record, lambda f: f.write(json.dumps(record).encode()))
         graphdef, params_state, frozen = nnx.split(model, nnx.Param, ...)
         tx, schedule = make_optimizer(config.optim, num_steps)
+        if is_main:
+            _warn_unfinished_warmup(config.optim, num_steps, schedule)
         repl = NamedSharding(mesh, P())
         data_sharding = NamedSharding(mesh, P("data"))
         state = jax.device_put(init_state(model, tx, int(config.seed)), repl)
@@ -1574,9 +1590,24 @@ def _plan_time_budget(config, metrics, step: int, num_steps: int, budget: float,
              "(configured %d)", budget, rate, compile_s, planned, num_steps)
     config.train.num_steps = planned
     tx, schedule = make_optimizer(config.optim, planned)
+    _warn_unfinished_warmup(config.optim, planned, schedule)
     step_fn = make_train_step(graphdef, loss_cfg, tx, schedule, mesh, dtype=dtype,
                               cache_key=step_cache_key(config, graphdef, mesh))
     return planned, step_fn
+
+
+def _warn_unfinished_warmup(optim_cfg, num_steps: int, schedule) -> None:
+    """Say so when the warmup covers the whole run: the learning rate never reaches the one
+    configured (a 6-step fine-tune with builtin.py's 100 warmup steps: 6% of it at the end),
+    which looked like a run that learnt nothing."""
+    warmup = int(optim_cfg.warmup_steps)
+    if 0 < int(num_steps) <= warmup:
+        lr = float(optim_cfg.learning_rate)
+        last = float(schedule(int(num_steps) - 1))
+        log.warning("optim.warmup_steps=%d covers the whole run (train.num_steps=%d): the "
+                    "learning rate only ramps up, to %.3g at the last step (%.0f%% of "
+                    "optim.learning_rate=%g); lower optim.warmup_steps for a short run",
+                    warmup, int(num_steps), last, 100 * last / lr, lr)
 
 
 def _local_copy(tree):

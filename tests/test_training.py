@@ -941,6 +941,15 @@ def test_config_overrides():
     for bad in ("train.nope=1", "nosuch.field=1", "train.num_steps", "train.num_steps='x'"):
         with pytest.raises(ConfigError):
             smoke(bad)
+    # a misspelt key names the field it is closest to (one letter off, sections swapped)
+    for typo, field in (("trian.num_steps=5", "train.num_steps"),
+                        ("train.num_step=5", "train.num_steps"),
+                        ("data.contentdirs=x", "data.content_dirs")):
+        with pytest.raises(ConfigError, match=rf"no config field .* \(did you mean "
+                                              rf"'{re.escape(field)}'\?\)$"):
+            smoke(typo)
+    with pytest.raises(ConfigError, match=r"no config field 'foo'$"):  # (nothing close)
+        smoke("foo=1")
     # one key set twice: the last won without a word (as repeated options did in argparse)
     with pytest.raises(ConfigError, match=r"^--set train.num_steps given twice \('2', then "
                                           r"'3'\): give it once$"):
@@ -1656,6 +1665,25 @@ def test_schedules_match_their_formulas_by_hand():
                         "cosine": end + (lr - end) * 0.5 * (1 + m.cos(m.pi * t)),
                         "constant": lr}[kind]
             assert float(schedule(s)) == pytest.approx(want, rel=1e-5, abs=1e-12), (kind, s)
+
+
+def test_a_warmup_longer_than_the_run_is_said(tmp_path, vgg, caplog):
+    """A 6-step fine-tune with builtin.py's 100 warmup steps ended at 6% of the configured
+    learning rate without a word (it looked like a run that learnt nothing)."""
+    cfg = smoke("train.num_steps=2", "optim.warmup_steps=4", "optim.learning_rate=1e-3")
+    with caplog.at_level(logging.WARNING, logger="arbitrary_nst.training"):
+        r = training.train(cfg, tmp_path / "w", vgg=vgg, progress=False, export_path="")
+    assert r.step == 2
+    said = [m for m in caplog.messages if "covers the whole run" in m]
+    assert said == ["optim.warmup_steps=4 covers the whole run (train.num_steps=2): the "
+                    "learning rate only ramps up, to 0.00025 at the last step (25% of "
+                    "optim.learning_rate=0.001); lower optim.warmup_steps for a short run"], said
+    for warmup, n, warned in ((2, 2, True), (1, 2, False), (0, 1, False), (5, 0, False)):
+        caplog.clear()
+        o = smoke(f"optim.warmup_steps={warmup}").optim
+        with caplog.at_level(logging.WARNING, logger="arbitrary_nst.training"):
+            training._warn_unfinished_warmup(o, n, training.make_optimizer(o, n)[1])
+        assert bool(caplog.messages) == warned, (warmup, n)
 
 
 def test_sgd_momentum_and_adam_b2_reach_the_optimizer():
