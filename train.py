@@ -185,7 +185,8 @@ def main(argv=None) -> int:
     except OSError:
         pass
     # Stopped by a signal: checkpoint and export are saved, but the run is not done: 128 + the
-    # signal (130 for Ctrl-C), and as a script the process then dies of that signal (below).
+    # signal (130 for Ctrl-C), and as a script the process then dies of that signal (below);
+    # also for a signal during the last step (the run is done, but a script must stop too).
     return 128 + result.signal if result.signal else 0
 
 

@@ -52,6 +52,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -930,7 +931,8 @@ class TrainResult:
     interrupted: bool = False
     export_path: Path | None = None
     steps_per_sec: float | None = None
-    signal: int | None = None  # the signal (SIGINT, SIGTERM, SIGHUP) that stopped it, if one did
+    signal: int | None = None  # the signal (SIGINT, SIGTERM, SIGHUP) received, if one was (also
+    # at the last step: the run is complete then, but a script running it must still stop)
 
 
 #: Signals that stop training cleanly (finish the step, save a checkpoint, export): Ctrl-C,
@@ -1455,9 +1457,11 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
                             break
                     if stopping:
                         interrupted = step < num_steps
-                        if interrupted and stop.signum is not None:
+                        if stop.signum is not None:
                             msg = (f"received {signal.Signals(stop.signum).name}: saved a "
-                                   f"checkpoint at step {step} in {workdir}; run again to resume")
+                                   f"checkpoint at step {step} in {workdir}; " + (
+                                       "run again to resume" if interrupted else
+                                       "the run is complete"))
                             if is_main:  # (logging's last-resort handler prints it if
                                 log.warning(msg)  # the application configured none)
                         break
@@ -1465,6 +1469,13 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
             mngr.wait_until_finished()
         except Exception as e:  # noqa: BLE001
             save_error = save_error or checkpoint_write_error(mngr.directory, step, e)
+        if save_error is not None and is_main:
+            # a full disk: the failed save's half-written folder held the space the export
+            # needs (2.2 MB of a 3.4 MB checkpoint for a 1.2 MB export, which then failed too);
+            # it is this run's own (it holds the workdir lock) and is of no use: removed now,
+            # not at the next resume
+            for tmp in Path(mngr.directory).glob("*.orbax-checkpoint-tmp*"):
+                shutil.rmtree(tmp, ignore_errors=True)
         final_model = nnx.merge(graphdef, jax.tree.map(jnp.asarray, _local_copy(state.params)),
                                 frozen)
         out_path = None
@@ -1495,7 +1506,9 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
         return TrainResult(step=int(step), state=state, model=final_model, history=history,
                            interrupted=interrupted, export_path=out_path,
                            steps_per_sec=last_rate,
-                           signal=stop.signum if interrupted else None)
+                           # (also at the last step: a signal then was eaten, exit 0, and
+                           # a multi-stage script went on to its next stage)
+                           signal=stop.signum)
     finally:
         if bar is not None:
             bar.close()
