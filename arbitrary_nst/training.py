@@ -1332,6 +1332,7 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
         history: list[dict[str, float]] = []
         same_setup = True  # (resumed: the loss, optimizer, data and model are the checkpoint's)
         interrupted = False
+        received = None  # the signal that stopped the loop, if one did
         save_error = None  # a failed checkpoint save: said after the export
         last_rate = None
         ckpt_meta = None
@@ -1457,6 +1458,7 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
                             break
                     if stopping:
                         interrupted = step < num_steps
+                        received = stop.signum
                         if stop.signum is not None:
                             msg = (f"received {signal.Signals(stop.signum).name}: saved a "
                                    f"checkpoint at step {step} in {workdir}; " + (
@@ -1483,6 +1485,14 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
         if export_path != "" and is_main:
             out_path = Path(export_path) if export_path else workdir / EXPORT_NAME
             try:
+                # checked again: another run exporting to the same file (two runs started with
+                # one --export) wrote it since this run's start, and was replaced without a word
+                try:
+                    _check_export_path(out_path, config, workdir)
+                except ConfigError as e:
+                    raise ConfigError(f"{e}; it was written while this run trained: the "
+                                      f"weights of step {step} are in {mngr.directory} (run "
+                                      "again with another --export to export them)") from None
                 export_lib.export_model(
                     final_model, out_path, dtype=str(_get(tcfg, "export_dtype", "float32")),
                     info={"step": int(step), "num_steps": num_steps,
@@ -1508,7 +1518,7 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
                            steps_per_sec=last_rate,
                            # (also at the last step: a signal then was eaten, exit 0, and
                            # a multi-stage script went on to its next stage)
-                           signal=stop.signum)
+                           signal=received)
     finally:
         if bar is not None:
             bar.close()
