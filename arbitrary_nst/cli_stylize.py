@@ -419,10 +419,6 @@ def _figure_name(args: argparse.Namespace, mode: str, content_stem: str, styles,
     return _output_name(content_stem, tag, keep=f"__{kind}{keep}")
 
 
-def _same_file(a, b) -> bool:
-    return os.path.realpath(os.fspath(a)) == os.path.realpath(os.fspath(b))
-
-
 # --------------------------------------------------------------------------------------------
 # Model loading (cached within the process: repeated main() calls, notebooks, tests)
 # --------------------------------------------------------------------------------------------

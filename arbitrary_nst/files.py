@@ -97,6 +97,27 @@ def lexists(path: str | os.PathLike) -> bool:
     return True
 
 
+def same_file_key(path: str | os.PathLike) -> tuple:
+    """What tells whether two paths name one file, however it is reached: an existing file's
+    (device, inode), which a second path to it shares (a bind mount or second mount of its
+    folder, a hard link, a case variant on a case-insensitive disk; resolving links alone
+    missed those, and an output through such a path replaced an input); else, for a file not
+    written yet, its folder's (device, inode) and its name; else its resolved path."""
+    p = os.fspath(path)
+    try:
+        st = os.stat(p)
+        return ("file", st.st_dev, st.st_ino)
+    except (OSError, ValueError):
+        pass
+    real = os.path.realpath(p)
+    folder, name = os.path.split(real)
+    try:
+        st = os.stat(folder)
+        return ("name", st.st_dev, st.st_ino, name)
+    except (OSError, ValueError):
+        return ("path", real)
+
+
 def is_inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
     """Whether ``path`` is ``folder`` or lies under it, links resolved."""
     p, top = os.path.realpath(path), os.path.realpath(folder)
@@ -135,8 +156,8 @@ def check_output_file(path: str | os.PathLike, *, overwrite: bool,
     if suffixes is not None and p.suffix.lower() not in {x.lower() for x in suffixes}:
         raise ImageError(p, f"unsupported output format ({p.suffix or 'no extension'}); use "
                             f"one of {', '.join(sorted(suffixes))}")
-    real = os.path.realpath(p)
-    if any(real == os.path.realpath(i) for i in inputs):
+    same = same_file_key(p)
+    if any(same == same_file_key(i) for i in inputs):
         raise ImageError(p, "would overwrite an input file; choose another output")
     if exists and not overwrite:
         raise ImageError(p, "exists; pass --overwrite to replace it")

@@ -834,11 +834,11 @@ def earlier_outputs(paths: Sequence[Path], output: Callable[[Path], Any]) -> dic
     outputs that even ``overwrite`` does not replace (:func:`output_problem`)."""
     made_by = {}
     for p in paths:
-        made_by.setdefault(os.path.realpath(output(p)), p)
+        made_by.setdefault(files.same_file_key(output(p)), p)
     found = {}
     for p in paths:
-        src = made_by.get(os.path.realpath(p))
-        if src is not None and os.path.realpath(src) != os.path.realpath(p):
+        src = made_by.get(files.same_file_key(p))
+        if src is not None and files.same_file_key(src) != files.same_file_key(p):
             found[p] = src
     return found
 
@@ -849,17 +849,19 @@ def earlier_other_style_outputs(paths: Sequence[Path], output: Callable[[Path], 
     ``{content stem}__{anything}`` with the outputs' suffix, in the folder where that content's
     outputs go (a rerun with a new style stylized them again into x__candy__mond.png). A guess
     (a photo can be named so): ``{guess: the content}``, every ``__`` boundary tried."""
-    where: dict[tuple[str, str, str], Path] = {}
+    # (folders by identity: the outputs' folder reached by another path is the same folder)
+    where: dict[tuple[tuple, str, str], Path] = {}
     for p in paths:
         dest = Path(os.path.realpath(output(p)))
-        where.setdefault((str(dest.parent), dest.suffix.lower(), p.stem), p)
+        where.setdefault((files.same_file_key(dest.parent), dest.suffix.lower(), p.stem), p)
     found = {}
     for p in paths:
         real = Path(os.path.realpath(p))
+        folder = files.same_file_key(real.parent)
         parts = p.stem.split("__")
         for k in range(len(parts) - 1, 0, -1):  # longest content stem first
-            src = where.get((str(real.parent), real.suffix.lower(), "__".join(parts[:k])))
-            if src is not None and os.path.realpath(src) != str(real):
+            src = where.get((folder, real.suffix.lower(), "__".join(parts[:k])))
+            if src is not None and files.same_file_key(src) != files.same_file_key(real):
                 found[p] = src
                 break
     return found
@@ -900,11 +902,13 @@ def plan_outputs(paths: Sequence[Path], output: Callable[[Path], Any],
     guessed = {p: src for p, src in earlier_other_style_outputs(paths, dests.__getitem__).items()
                if p not in earlier}
     earlier.update(guessed)
-    earlier_real = {os.path.realpath(p) for p in earlier}
-    guarded = {os.path.realpath(p) for p in [*paths, *inputs]}
+    # (by file identity: an output folder that is the content folder reached by another path,
+    # a bind mount, replaced the inputs with --overwrite)
+    earlier_real = {files.same_file_key(p) for p in earlier}
+    guarded = {files.same_file_key(p) for p in [*paths, *inputs]}
     skips: list[FileResult] = []
     jobs: list[tuple[int, Path, Path]] = []
-    claimed: dict[str, Path] = {}
+    claimed: dict[tuple, Path] = {}
     for i, p in enumerate(paths):
         if unreadable := images.unreadable_reason(p):  # (IMG_1.CR2 claimed IMG_1.JPG's name)
             skips.append(skipped_file(p, None, p, unreadable))
@@ -919,7 +923,7 @@ def plan_outputs(paths: Sequence[Path], output: Callable[[Path], Any],
             skips.append(earlier_output_result(p, earlier[p]))
             continue
         dest = dests[p]
-        real = os.path.realpath(dest)
+        real = files.same_file_key(dest)
         if real in earlier_real:
             why = ("exists and is one of this job's contents (an earlier run's result?), so it "
                    "is not replaced even with --overwrite; write to another folder to redo it")

@@ -216,6 +216,40 @@ def test_batch_folder_names_summary_overwrite(cli, data):
     assert rc == 0 and "done 3, skipped 0" in stdout
 
 
+def _bind_mount(src: Path, dst: Path) -> bool:
+    dst.mkdir()
+    r = subprocess.run(["mount", "--bind", str(src), str(dst)], capture_output=True)
+    return r.returncode == 0
+
+
+def test_inputs_reached_through_a_bind_mount_are_not_overwritten(cli, data):
+    """The content folder mounted a second time (Docker with one host folder at two paths):
+    the check compared resolved paths, which differ, so ``--out`` / ``--out-dir`` through the
+    other mount replaced the input photo and a user's file with ``--overwrite``, and a rerun
+    stylized the first run's results again. Compared by device and inode now."""
+    alias = data["tmp"] / "alias"
+    if not _bind_mount(data["dir"], alias):
+        pytest.skip("bind mounts need root (mount --bind)")
+    try:
+        s, a = data["styles"][0], data["contents"][0]
+        before = a.read_bytes()
+        rc, _, err = cli("--content", a, "--style", s, "--out", alias / "a.png", "--overwrite")
+        assert rc == 1 and "would overwrite an input file" in one_error_line(err), err
+        assert a.read_bytes() == before
+        rc, out, err = cli("--content", data["dir"], "--style", s, "--out-dir", alias,
+                           "--no-progress")
+        assert rc == 0 and "done 3, skipped 0" in out, (out, err)
+        made = (data["dir"] / "a__s1.png").read_bytes()
+        rc, out, err = cli("--content", data["dir"], "--style", s, "--out-dir", alias,
+                           "--no-progress", "--overwrite")  # (a rerun: its results are inputs)
+        assert "done 0" in out and "a__s1.png__s1" not in out + err, (out, err)
+        assert sorted(p.name for p in data["dir"].iterdir()) == [
+            "a.png", "a__s1.png", "b.png", "b__s1.png", "c.png", "c__s1.png"]
+        assert (data["dir"] / "a__s1.png").read_bytes() == made and a.read_bytes() == before
+    finally:
+        subprocess.run(["umount", str(alias)], check=False)
+
+
 def test_batch_glob_recursive_and_mixed_names(cli, data):
     sub = data["dir"] / "sub"
     sub.mkdir()

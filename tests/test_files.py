@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from arbitrary_nst import files
+from arbitrary_nst.errors import ImageError
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
 
@@ -293,6 +294,25 @@ def test_an_output_name_of_exactly_255_bytes_passes_the_check(tmp_path):
     assert ok.read_bytes() == b"x"
     with pytest.raises(ImageError, match="file name too long"):
         files.check_output_file(tmp_path / ("a" * 252 + ".png"), overwrite=False)
+
+
+def test_same_file_key_tells_one_file_reached_by_two_paths(tmp_path):
+    """A hard link (as a bind mount's second path, or a case variant on a case-insensitive
+    disk, it has the same device and inode): one file; a file not written yet is its folder's
+    identity and its name, so a folder reached through a link gives the same key."""
+    a = tmp_path / "a.png"
+    a.write_bytes(b"x")
+    os.link(a, tmp_path / "hard.png")
+    (tmp_path / "b.png").write_bytes(b"x")
+    assert files.same_file_key(a) == files.same_file_key(tmp_path / "hard.png")
+    assert files.same_file_key(a) != files.same_file_key(tmp_path / "b.png")
+    os.symlink(tmp_path, tmp_path.parent / f"{tmp_path.name}-link")
+    alias = tmp_path.parent / f"{tmp_path.name}-link"
+    assert files.same_file_key(alias / "new.png") == files.same_file_key(tmp_path / "new.png")
+    assert files.same_file_key(alias / "new.png") != files.same_file_key(tmp_path / "new2.png")
+    assert files.same_file_key(tmp_path / "no" / "x.png")[0] == "path"
+    with pytest.raises(ImageError, match="would overwrite an input file"):
+        files.check_output_file(tmp_path / "hard.png", overwrite=True, inputs=[a])
 
 
 def test_file_identity_sees_an_in_place_rewrite_with_the_mtime_kept(tmp_path):
