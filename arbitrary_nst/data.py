@@ -798,6 +798,18 @@ def _builder_classes() -> tuple[type, type]:
             finally:
                 if bar is not None:
                     bar.close()
+            # a file skipped because it changed or vanished since it was listed (a sync tool,
+            # a network disk's hiccup) was stored as skipped under the name of the folder as
+            # listed: left out of every later run on that folder, also once it was back
+            listed = {key: (full, dg) for full, key, _, dg in files}
+            changed = [s for s in skipped
+                       if not listed[s["path"]][1].startswith(("unreadable", "not read"))
+                       and _file_digest(listed[s["path"]][0]) != listed[s["path"]][1]]
+            if changed:
+                raise ConfigError(
+                    f"{', '.join(cfg.dirs)}: {len(changed)} file{'s' if len(changed) > 1 else ''}"
+                    f" changed or vanished during preparation (e.g. {changed[0]['file']}: "
+                    f"{changed[0]['reason']}); nothing was kept: run it again")
             if n_ok == 0 and skipped:  # else TFDS fails with "No examples were yielded"
                 first = skipped[0]
                 raise ConfigError(f"{', '.join(cfg.dirs)}: none of the {len(files)} image files "

@@ -1470,6 +1470,38 @@ def test_a_folder_that_changes_during_preparation_is_refused_and_prepared_afresh
         "photos/late.png", "photos/p0.png", "photos/p1.png"]
 
 
+def test_a_file_that_vanishes_during_preparation_is_not_stored_as_skipped(tmp_path,
+                                                                          monkeypatch):
+    """A file listed (and hashed) that vanished before it was decoded (a sync tool, a network
+    disk) was stored as skipped ("no such file") under the folder's name as listed, and left out
+    of every later run on the folder, also once it was back. Nothing is kept; the next run
+    prepares it. A file that was already unreadable when listed stays a skip (reused)."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        Image.fromarray(_smooth(96, 128, i)).save(photos / f"p{i}.png")
+    (photos / "empty.jpg").write_bytes(b"")  # (skipped at listing already: a real skip)
+    kept = (photos / "p1.png").read_bytes()
+    real = data._prepare_one
+
+    def p1_vanishes(item, **kw):
+        if item[0].endswith("p1.png"):
+            os.unlink(item[0])
+        return real(item, **kw)
+
+    monkeypatch.setattr(data, "_prepare_one", p1_vanishes)
+    with pytest.raises(ConfigError) as e:
+        data.prepare_folder([photos], data_dir=tmp_path / "tfds", workers=1)
+    assert str(e.value) == (f"{photos}: 1 file changed or vanished during preparation (e.g. "
+                            f"{photos / 'p1.png'}: no such file); nothing was kept: run it again")
+    monkeypatch.setattr(data, "_prepare_one", real)
+    (photos / "p1.png").write_bytes(kept)  # (back, as it was when listed)
+    again = data.prepare_folder([photos], data_dir=tmp_path / "tfds", workers=1)
+    assert not again.report["reused"] and again.report["num_prepared"] == 3
+    assert [s["file"] for s in again.report["skipped"]] == [str(photos / "empty.jpg")]
+    assert data.prepare_folder([photos], data_dir=tmp_path / "tfds", workers=1).report["reused"]
+
+
 def test_damaged_prepared_data_is_one_line_naming_the_folder(folder, tmp_path, capsys):
     """A preparation copied in part or cut short was reused as it was ("reused True") and
     found by the loader in the middle of training: an array_record RuntimeError traceback.
