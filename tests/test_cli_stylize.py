@@ -888,6 +888,33 @@ def test_long_style_mixes_get_short_distinct_output_names():
     assert cli_stylize._output_name("photo", "x+y") == "photo__x+y.png"
     medium = "m" * 200  # (fits: unchanged, so a rerun finds its earlier output)
     assert cli_stylize._output_name("p", medium) == f"p__{medium}.png"
+    # a content name that a disk holds but no output name could (80 CJK characters: 240
+    # bytes) had every output skipped ("File name too long"): its part is cut too
+    long1, long2 = "写" * 80, "写" * 79 + "字"
+    starry = "starry_night_over_the_rhone"
+    names = {cli_stylize._output_name(c, t, keep=k) for c in (long1, long2)
+             for t in (starry, tag1) for k in ("", "__strength0.5")}
+    assert len(names) == 8 and all(len(n.encode()) <= 255 for n in names), names
+    assert cli_stylize._output_name(long1, starry).startswith("写" * 70)
+    assert f"__{starry}~" in cli_stylize._output_name(long1, starry)
+    assert cli_stylize._output_name(long1, "s1") == f"{long1}__s1.png"  # (fits: unchanged)
+
+
+def test_a_photo_with_a_long_name_is_stylized(cli, data):
+    long = data["tmp"] / "long"
+    long.mkdir()
+    c = long / ("写" * 80 + ".png")
+    c.write_bytes(data["contents"][0].read_bytes())
+    style = data["tmp"] / "starry_night_over_the_rhone.png"
+    style.write_bytes(data["styles"][0].read_bytes())
+    rc, out, err = cli("--content", long, "--style", style, "--out-dir", data["tmp"] / "o",
+                       "--no-progress")
+    assert rc == 0 and "done 1, skipped 0" in out, (out, err)
+    [made] = (data["tmp"] / "o").iterdir()
+    assert made.name.startswith("写" * 60) and len(made.name.encode()) <= 255
+    rc, out, _ = cli("--content", long, "--style", style, "--out-dir", data["tmp"] / "o",
+                     "--no-progress")
+    assert rc == 1 and "1 output exists" in out  # (the same name again: a rerun skips it)
 
 
 def test_ctrl_c_while_starting_up_is_an_interruption(monkeypatch, capsys):
