@@ -1640,6 +1640,14 @@ def _role_source(role: str, entries: Sequence[str], weights: Any, c: Mapping[str
             min_source_side=c["min_source_side"], jpeg_quality=c["jpeg_quality"],
             workers=c["prepare_workers"], progress=progress, max_pixels=c["max_pixels"],
         ))
+        # a copy of a listed folder elsewhere (same name, same files) is the same dataset: its
+        # images would count twice, as a folder listed twice would (refused by path before)
+        same = [(d, p) for d, p in zip(entries, parts[:-1])
+                if getattr(p, "report", None) and p.report.get("data_dir")
+                == parts[-1].report.get("data_dir")]
+        if same:
+            raise ConfigError(f"{e}: holds the same images as {same[0][0]} (a copy of it), "
+                              f"also listed in {role}_dirs: they would count twice; list one")
     if len(parts) == 1 and weights is None:
         return parts[0]
     return MixtureSource(parts, weights, name=role)
@@ -2434,14 +2442,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         for r in rows:
             for s in r.get("skipped", []):
                 print(one_line(f"skipped {s.get('file', s['path'])}: {s['reason']}"))
-        tot_ok = sum(r.get("num_prepared", 0) for r in rows)
-        # (one folder in both roles is prepared by the first row and found by the second: that
-        # one was prepared now too, not earlier)
+        # one folder in both roles is one dataset (prepared by the first row and found by the
+        # second): its images are counted once ("10 images" for 5), as prepared now
         now = {r.get("data_dir") or r["name"] for r in rows if r.get("reused") is False}
-        earlier = sum(r.get("num_prepared", 0) for r in rows
-                      if r.get("reused") is True and (r.get("data_dir") or r["name"]) not in now)
-        tot_sk = sum(r.get("num_skipped", 0) for r in rows)
-        other = _ignored_note(sum(r.get("num_ignored_non_image", 0) for r in rows))
+        distinct: dict[str, Mapping[str, Any]] = {}
+        for r in rows:
+            distinct.setdefault(r.get("data_dir") or r["name"], r)
+        tot_ok = sum(r.get("num_prepared", 0) for r in distinct.values())
+        earlier = sum(r.get("num_prepared", 0) for k, r in distinct.items()
+                      if r.get("reused") is True and k not in now)
+        tot_sk = sum(r.get("num_skipped", 0) for r in distinct.values())
+        other = _ignored_note(sum(r.get("num_ignored_non_image", 0)
+                                  for r in distinct.values()))
         # (a rerun said "4564 prepared ... in 0.4 s" of datasets it only found on disk)
         print(f"total: {tot_ok} images ({tot_ok - earlier} prepared now, {earlier} prepared "
               f"earlier), {tot_sk} skipped{other} in {time.perf_counter() - t0:.1f} s")

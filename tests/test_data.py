@@ -650,15 +650,25 @@ def test_cli_prepare_prints_counts(folder, tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0
     assert f"skipped {folder / 'corrupt.jpg'}:" in out and f"skipped {folder / 'empty.png'}:" in out
-    # (one folder as both roles is prepared once, now: the style row finds the content row's)
-    assert f"total: {2 * len(GOOD)} images ({2 * len(GOOD)} prepared now, 0 prepared earlier), " \
-        "4 skipped" in out, out
+    # (one folder as both roles is prepared once, now: the style row finds the content row's;
+    # its images are counted once: the total said 12 images of a folder of 6)
+    assert f"total: {len(GOOD)} images ({len(GOOD)} prepared now, 0 prepared earlier), " \
+        "2 skipped" in out, out
     # a rerun finds both on disk: it said "12 prepared" of datasets it only reused
     assert data.main(["prepare", "--content-dir", str(folder), "--style-dir", str(folder),
                       "--data-dir", str(tfds_dir)]) == 0
     out = capsys.readouterr().out
-    assert f"total: {2 * len(GOOD)} images (0 prepared now, {2 * len(GOOD)} prepared earlier), " \
-        "4 skipped" in out, out
+    assert f"total: {len(GOOD)} images (0 prepared now, {len(GOOD)} prepared earlier), " \
+        "2 skipped" in out, out
+    # a copy of the folder elsewhere, listed with it in one role: the same dataset (its
+    # images would count twice, as the folder listed twice, which is refused by its path)
+    copy = tmp_path / "elsewhere" / folder.name
+    shutil.copytree(folder, copy)
+    assert data.main(["prepare", "--style-dir", str(folder), "--style-dir", str(copy),
+                      "--data-dir", str(tfds_dir)]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: {copy}: holds the same images as {folder} (a copy of it), also listed in "
+        "style_dirs: they would count twice; list one")
 
 
 def test_the_prepare_table_keeps_the_fingerprint_of_a_long_name():
