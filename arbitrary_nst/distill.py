@@ -743,7 +743,7 @@ def main(argv: list[str] | None = None) -> int:
             # the lineage train.py records too: a run started from this export adds its steps
             export.export_model(model, out / "model.safetensors", info={
                 "distill": {k: v for k, v in rep.items() if k != "curve"},
-                "init_from": os.path.basename(model_path),
+                "init_from": export.lineage_name(model_path),
                 "total_steps": export.recorded_steps(start_info)},
                 overwrite=True)  # (check_out_folder allowed it)
             report = json.dumps(rep, indent=1, default=str)

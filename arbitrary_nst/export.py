@@ -157,6 +157,22 @@ def recorded_steps(info: dict[str, Any]) -> int:
     return int(info.get("total_steps", info.get("step", 0)) or 0)
 
 
+def lineage_name(path: str | os.PathLike) -> str:
+    """How an export's ``info.init_from`` names the model a run started from: ``"builtin"``
+    for the shipped model, else ``<folder>/<file>`` (a workdir's ``model.safetensors`` was
+    only ``model.safetensors``, the built-in model's and every workdir's alike). Short and
+    without the machine's absolute path (the file may be shared); the workdir's
+    ``init_from.json`` keeps the full path."""
+    from .inference import BUILTIN_MODEL
+
+    p = Path(os.path.abspath(os.fspath(path)))
+    if p.is_dir():  # a workdir: its export
+        p = p / "model.safetensors"
+    if os.path.realpath(p) == os.path.realpath(BUILTIN_MODEL):
+        return "builtin"
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
+
+
 def load_exported(path: str | os.PathLike, *, vgg=None, dtype=None) -> ArbitraryStyleModel:
     """Rebuild the model from an export. ``vgg``: a VGG16 to share (default:
     ``arbitrary_nst.vgg.load_vgg16()``); ``dtype``: compute dtype (e.g. ``jnp.bfloat16``)."""

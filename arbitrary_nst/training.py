@@ -1497,7 +1497,8 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
                     final_model, out_path, dtype=str(_get(tcfg, "export_dtype", "float32")),
                     info={"step": int(step), "num_steps": num_steps,
                           "total_steps": prior_steps + int(step),
-                          "init_from": os.path.basename(init_from) if init_from else "",
+                          "init_from": (export_lib.lineage_name(init_from) if init_from
+                                        else ""),
                           "config_name": _get(config, "name", ""),
                           "run_id": _run_id(workdir) or ""},
                     overwrite=True)  # (_check_export_path allowed it before the run)

@@ -281,7 +281,7 @@ def test_command_replaces_only_its_own_model_and_keeps_the_lineage(tmp_path, mod
     out = tmp_path / "d"
     assert distill.main(_small_command(out, start, num_styles=4)) == 0
     info = export.read_export(out / "model.safetensors")[1]["info"]
-    assert info["total_steps"] == 12 and info["init_from"] == "start.safetensors"
+    assert info["total_steps"] == 12 and info["init_from"] == f"{tmp_path.name}/start.safetensors"
     assert info["distill"]["oracle_styles"] == 4
     assert distill.main(_small_command(out, start, num_styles=4)) == 0  # its own: replaced
 

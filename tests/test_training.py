@@ -22,7 +22,8 @@ import pytest
 
 from arbitrary_nst import data, training
 from arbitrary_nst.errors import ConfigError, ModelError, NSTError
-from arbitrary_nst.export import export_model, load_exported, model_tensors, read_export
+from arbitrary_nst.export import (export_model, lineage_name, load_exported, model_tensors,
+                                  read_export)
 from arbitrary_nst.losses import LossConfig
 
 # The damaged-checkpoint test leaves Orbax read coroutines that fail when they are closed
@@ -221,7 +222,13 @@ def test_init_from_export_starts_at_its_weights_and_refuses_other_models(tmp_pat
     assert c.step == 1 and any(not np.array_equal(ta[k], tc[k]) for k in ta)
     # Chained runs add up their steps in the export header (a's 2, then c's 1, then 1 more).
     assert read_export(c.export_path)[1]["info"]["total_steps"] == 3
-    assert read_export(c.export_path)[1]["info"]["init_from"] == "model.safetensors"
+    # (the start's folder too: every workdir's export is a model.safetensors, the built-in
+    # model's too, which is named "builtin")
+    assert read_export(c.export_path)[1]["info"]["init_from"] == "a/model.safetensors"
+    assert read_export(b.export_path)[1]["info"]["init_from"] == "a/model.safetensors"
+    from arbitrary_nst.inference import BUILTIN_MODEL
+
+    assert lineage_name(BUILTIN_MODEL) == "builtin"
     c2 = training.train(smoke("train.num_steps=1", "train.sample_every=0",
                               f"train.init_from={c.export_path}"), tmp_path / "c2", vgg=vgg,
                         progress=False)
@@ -257,7 +264,7 @@ def test_init_from_export_starts_at_its_weights_and_refuses_other_models(tmp_pat
                               f"train.init_from={a.export_path}"), tmp_path / "c", vgg=vgg,
                         progress=False)
     info = read_export(c3.export_path)[1]["info"]
-    assert c3.step == 2 and info["init_from"] == "model.safetensors" and info["total_steps"] == 4
+    assert c3.step == 2 and info["init_from"] == "a/model.safetensors" and info["total_steps"] == 4
     # Resumed, the lineage is the run's record whatever this command's init_from says: unset
     # (the export lost the start's steps), or set for a run begun from scratch (the start was
     # loaded for nothing and its steps claimed). A workdir from before the record: its
@@ -267,7 +274,7 @@ def test_init_from_export_starts_at_its_weights_and_refuses_other_models(tmp_pat
                         vgg=vgg, progress=False)
     assert json.loads((tmp_path / "c" / training.INIT_RECORD).read_text())["prior_steps"] == 2
     info = read_export(c4.export_path)[1]["info"]
-    assert c4.step == 3 and info["init_from"] == "model.safetensors" and info["total_steps"] == 5
+    assert c4.step == 3 and info["init_from"] == "a/model.safetensors" and info["total_steps"] == 5
     scratch = training.train(smoke("train.num_steps=1", "train.sample_every=0"), tmp_path / "h",
                              vgg=vgg, progress=False)
     caplog.clear()
