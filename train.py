@@ -209,4 +209,8 @@ def exit_as_signalled(status: int) -> None:
 
 
 if __name__ == "__main__":
-    exit_as_signalled(main())
+    from arbitrary_nst.errors import interrupts_outside_gc_callbacks
+
+    with interrupts_outside_gc_callbacks():  # (a Ctrl-C while JAX loads was lost)
+        status = main()
+    exit_as_signalled(status)

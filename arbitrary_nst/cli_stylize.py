@@ -839,4 +839,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from .errors import interrupts_outside_gc_callbacks
+
+    with interrupts_outside_gc_callbacks():  # (a Ctrl-C while JAX loads was lost)
+        status = main()
+    raise SystemExit(status)

@@ -777,4 +777,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .errors import interrupts_outside_gc_callbacks
+
+    with interrupts_outside_gc_callbacks():  # (a Ctrl-C while JAX loads was lost)
+        status = main()
+    sys.exit(status)

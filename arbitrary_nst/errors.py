@@ -7,10 +7,16 @@ one check of user-given sizes and counts.
 """
 from __future__ import annotations
 
+import _thread
 import argparse
+import contextlib
+import gc
 import math
 import numbers
 import os
+import signal
+import threading
+from collections.abc import Iterator
 
 
 class NSTError(Exception):
@@ -187,3 +193,46 @@ def out_of_memory(e: BaseException) -> str | None:
     if at is not None and at > 120:  # (onnxruntime's says it after a long source path)
         text = f"{text[:60]} ... {text[at:]}"
     return f"out of memory ({text[:160] or type(e).__name__})"
+
+
+@contextlib.contextmanager
+def interrupts_outside_gc_callbacks() -> Iterator[None]:
+    """Ctrl-C (SIGINT) as ``KeyboardInterrupt``, but never raised inside a garbage-collector
+    callback, for the commands' ``__main__`` blocks.
+
+    Why: JAX registers a ``gc.callbacks`` function; Python raises a Ctrl-C's
+    ``KeyboardInterrupt`` in whatever Python code runs when the signal is handled, and one
+    raised inside a gc callback is discarded ("Exception ignored in: <function
+    _xla_gc_callback>"): a Ctrl-C half a second into ``train.py`` (importing JAX runs many
+    collections) was lost and the whole job ran. Such a Ctrl-C is delivered again a moment
+    later, outside the callback. Only in the main thread, and only over Python's own handler
+    (one the application set is left alone); restored on exit."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+
+    main_id = threading.main_thread().ident
+
+    def again() -> None:  # a real signal: it also ends a wait (a sleep, a lock) in progress
+        if hasattr(signal, "pthread_kill"):
+            signal.pthread_kill(main_id, signal.SIGINT)
+        else:
+            _thread.interrupt_main()
+
+    def handler(signum, frame):
+        callbacks = {getattr(cb, "__code__", None) for cb in gc.callbacks} - {None}
+        f = frame
+        while f is not None:
+            if f.f_code in callbacks:  # (again once the collection is over)
+                threading.Timer(0.02, again).start()
+                return
+            f = f.f_back
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGINT) is handler:
+            signal.signal(signal.SIGINT, signal.default_int_handler)

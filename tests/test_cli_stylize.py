@@ -929,6 +929,42 @@ def test_ctrl_c_while_starting_up_is_an_interruption(monkeypatch, capsys):
     assert capsys.readouterr().err.strip() == "error: interrupted"
 
 
+def test_a_ctrl_c_inside_a_gc_callback_is_delivered_after_it():
+    """A Ctrl-C handled while JAX's gc callback ran (importing JAX runs many collections) was
+    raised inside the callback, where Python discards it: half a second into ``train.py`` /
+    ``infer.py`` it was lost and the whole job ran. The commands' entry points deliver it
+    again once the callback is over."""
+    import gc
+    import signal
+    import time
+
+    from arbitrary_nst.errors import interrupts_outside_gc_callbacks
+
+    fired = []
+
+    def ctrl_c_during_a_collection(phase, info):
+        if phase == "start" and not fired:
+            fired.append(True)
+            signal.raise_signal(signal.SIGINT)  # (its handler runs here, in the callback)
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # (as a command has)
+    after = None
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with interrupts_outside_gc_callbacks():
+                # (added here: a collection before the handler is set would fire it there)
+                gc.callbacks.append(ctrl_c_during_a_collection)
+                gc.collect()
+                after = time.perf_counter()
+                time.sleep(5)  # (interrupted within ~20 ms)
+        assert fired and after is not None and time.perf_counter() - after < 2
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # (restored)
+    finally:
+        if ctrl_c_during_a_collection in gc.callbacks:
+            gc.callbacks.remove(ctrl_c_during_a_collection)
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_out_of_memory_is_one_line_and_other_failures_stay_tracebacks(monkeypatch, capsys):
     # XLA's RESOURCE_EXHAUSTED (analyze --size 1024, a huge --max-size) was a traceback
     import dataclasses
