@@ -30,6 +30,9 @@ def make_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
     naming it as ``what``: it is a file, a parent is a file, or it cannot be created."""
     p = Path(path)
     if lexists(p) and not p.is_dir():
+        if p.is_symlink() and not p.exists():  # ("is not a directory" of a link to a folder)
+            raise ImageError(path, f"{what} is a link to {os.readlink(p)}, which does not "
+                                   "exist (or is part of a loop)")
         raise ImageError(path, f"{what} is not a directory")
     top = None
     for q in [p, *p.parents]:  # the topmost folder this call creates, if any

@@ -296,6 +296,19 @@ def test_an_output_name_of_exactly_255_bytes_passes_the_check(tmp_path):
         files.check_output_file(tmp_path / ("a" * 252 + ".png"), overwrite=False)
 
 
+def test_a_dangling_link_as_an_output_folder_says_so(tmp_path):
+    """``--out-dir link`` whose target folder is gone said "output folder is not a
+    directory", of a link made to one."""
+    os.symlink(tmp_path / "gone", tmp_path / "link")
+    with pytest.raises(ImageError) as e:
+        files.make_dir(tmp_path / "link")
+    assert str(e.value) == (f"{tmp_path / 'link'}: output folder is a link to "
+                            f"{tmp_path / 'gone'}, which does not exist (or is part of a loop)")
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(ImageError, match="output folder is not a directory$"):
+        files.make_dir(tmp_path / "file")
+
+
 def test_same_file_key_tells_one_file_reached_by_two_paths(tmp_path):
     """A hard link (as a bind mount's second path, or a case variant on a case-insensitive
     disk, it has the same device and inode): one file; a file not written yet is its folder's
