@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
@@ -201,6 +203,7 @@ def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None])
         raise ImageError(dst, "cannot write: a parent path is not a directory") from None
     except OSError as e:
         raise ImageError(dst, f"cannot write: {e.strerror or e}") from None
+    remove_stale_temps(dst)
     try:
         fd, tmp = tempfile.mkstemp(prefix=temp_prefix(dst.name), suffix=".tmp",
                                    dir=dst.parent)
@@ -220,6 +223,41 @@ def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None])
         _remove(tmp)
         raise
     return dst
+
+
+#: a temporary file of :func:`write_atomically` this old is a killed writer's (kill -9, a
+#: power cut: never renamed nor removed); younger ones may be another process writing now
+STALE_TEMP_SECONDS = 3600
+_STALE_TEMPS: dict[str, dict[str, list[str]]] = {}  # folder -> temp prefix -> stale files
+_STALE_LOCK = threading.Lock()
+
+
+def remove_stale_temps(dst: Path) -> None:
+    """Remove the temporary files that killed writes of ``dst`` left next to it (hidden
+    ``.name.XXXXXXXX.tmp``: a batch killed midway left one per image being written, which its
+    rerun writes again; an export left its size), once they are :data:`STALE_TEMP_SECONDS`
+    old. A folder is listed once per process (a batch writes thousands of files into one)."""
+    folder = os.path.abspath(dst.parent)
+    with _STALE_LOCK:
+        if folder not in _STALE_TEMPS:
+            found: dict[str, list[str]] = {}
+            now = time.time()
+            try:
+                with os.scandir(folder) as it:
+                    for e in it:
+                        if (e.name.startswith(".") and e.name.endswith(".tmp")
+                                and len(e.name) > _TEMP_EXTRA + 2
+                                and e.is_file(follow_symlinks=False)
+                                and now - e.stat(follow_symlinks=False).st_mtime
+                                > STALE_TEMP_SECONDS):
+                            found.setdefault(e.name[:-_TEMP_EXTRA], []).append(e.path)
+            except OSError:
+                pass
+            _STALE_TEMPS[folder] = found
+        stale = _STALE_TEMPS[folder].pop(temp_prefix(dst.name), [])
+    for path in stale:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def _remove(tmp: str) -> None:

@@ -49,7 +49,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from arbitrary_nst.errors import ConfigError, ImageError
-from arbitrary_nst.files import link_no_clobber, set_new_file_mode, temp_prefix
+from arbitrary_nst.files import (link_no_clobber, remove_stale_temps, set_new_file_mode,
+                                 temp_prefix)
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -1081,6 +1082,7 @@ def save_image(
     except OSError as e:
         raise ImageError(name, f"cannot write: {_os_reason(e)}") from None
 
+    remove_stale_temps(p)  # (a batch killed midway left one per image being written)
     try:
         fd, tmp = tempfile.mkstemp(prefix=temp_prefix(p.name), suffix=".tmp", dir=parent)
     except OSError as e:

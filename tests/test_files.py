@@ -296,6 +296,30 @@ def test_an_output_name_of_exactly_255_bytes_passes_the_check(tmp_path):
         files.check_output_file(tmp_path / ("a" * 252 + ".png"), overwrite=False)
 
 
+def test_a_killed_writes_temporary_file_is_removed_by_the_next_write(tmp_path):
+    """kill -9 during a write left the hidden temporary file for good (a batch: one per image
+    being written; an export: its size). The next write of that file removes it once it is an
+    hour old; a younger one (another process may be writing) and other files stay."""
+    import time
+
+    old = time.time() - files.STALE_TEMP_SECONDS - 60
+    stale = tmp_path / f"{files.temp_prefix('out.png')}a1b2c3d4.tmp"
+    young = tmp_path / f"{files.temp_prefix('out.png')}e5f6g7h8.tmp"
+    other = tmp_path / f"{files.temp_prefix('other.png')}i9j0k1l2.tmp"
+    mine = tmp_path / ".notes.tmp"
+    for p in (stale, young, other, mine):
+        p.write_bytes(b"")
+    for p in (stale, other, mine):
+        os.utime(p, (old, old))
+    files.write_atomically(tmp_path / "out.png", lambda f: f.write(b"x"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [young.name, other.name, mine.name, "out.png"])
+    from arbitrary_nst import images  # (the images' own writer: a batch's outputs)
+
+    images.save_image(tmp_path / "other.png", np.zeros((4, 4, 3), np.uint8))
+    assert not other.exists() and young.exists() and mine.exists()
+
+
 def test_a_dangling_link_as_an_output_folder_says_so(tmp_path):
     """``--out-dir link`` whose target folder is gone said "output folder is not a
     directory", of a link made to one."""
