@@ -1051,11 +1051,19 @@ def summary_markdown(result: EvalResult) -> str:
                      f"{_fmt(r['style_gram'])} | {_fmt(r['meanstd_relu5_1'])} | "
                      f"{_fmt(r['color_hist'])} | {_fmt(r['seconds'])} |")
     lines.append("")
+    counts = {name: int(m[name].get("pairs", 0)) for name in result.methods}
+    if len(set(counts.values())) > 1:  # (a method skipped pairs: say so, and compare fairly)
+        lines.append("* pairs per method differ (" + ", ".join(
+            f"{k} {v}" for k, v in counts.items()) + "): the ratios below are over the pairs "
+            "both methods ran")
     # The target is the feed-forward model's; the test-time methods (per photo / per style
     # optimization) get the same comparison, labelled as such.
     peer_means = m.get("magenta_lite")
     for ours in [k for k in ("model", "model_refine", "model_fit") if k in m and peer_means]:
-        a, p = m[ours], peer_means
+        shared = _shared_means(result.rows, ours, "magenta_lite")
+        if shared is None:
+            continue
+        a, p = shared
         ok = a["style_gram"] <= p["style_gram"] and a["content_relu3_3"] <= p["content_relu3_3"]
         verdict = "met" if ok else "not met"
         label = (f"target: style <= 1 at content <= 1: {verdict}" if ours == "model" else
@@ -1069,8 +1077,9 @@ def summary_markdown(result: EvalResult) -> str:
         if wins is not None:
             lines.append(f"* pairs where {ours} has both lower style and lower content loss "
                          f"than magenta_lite: {wins[0]} of {wins[1]}.")
-    if "model" in m and "gatys" in m:
-        ratio = m["model"]["style_gram"] / m["gatys"]["style_gram"]
+    if "model" in m and "gatys" in m and (
+            shared := _shared_means(result.rows, "model", "gatys")) is not None:
+        ratio = shared[0]["style_gram"] / shared[1]["style_gram"]
         lines.append(f"* model / gatys style: {ratio:.2f}x (target <= 1.5x: "
                      f"{'met' if ratio <= 1.5 else 'not met'}).")
     if info.get("compile_seconds"):
@@ -1095,6 +1104,19 @@ def summary_markdown(result: EvalResult) -> str:
                      "contents it cannot take): " + "; ".join(result.skipped[:3])
                      + ("; ..." if len(result.skipped) > 3 else ""))
     return "\n".join(lines) + "\n"
+
+
+def _shared_means(rows, a: str, b: str) -> tuple[dict[str, float], dict[str, float]] | None:
+    """The metric means of methods ``a`` and ``b`` over the pairs both ran (None if none):
+    with one method skipping a photo (refinement refuses a flat one) the means over each
+    method's own pairs compared different images, and a ratio could point the wrong way."""
+    by = {(r["method"], r["content"], r["style"]): r for r in rows}
+    pairs = [(k[1], k[2]) for k in by if k[0] == a and (b, k[1], k[2]) in by]
+    if not pairs:
+        return None
+    keys = [k for k in rows[0] if k not in ("method", "content", "style")]
+    return tuple({k: float(np.mean([by[(x, *pr)][k] for pr in pairs])) for k in keys}
+                 for x in (a, b))
 
 
 def _pairwise_wins(rows, a: str, b: str) -> tuple[int, int] | None:

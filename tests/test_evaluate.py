@@ -479,6 +479,30 @@ def test_summary_states_each_method_against_the_peer(tmp_path):
            "magenta_lite: 0 of 2." in text
 
 
+def test_summary_ratios_are_over_the_pairs_both_methods_ran(tmp_path):
+    """model_refine skipped a flat photo (its refinement refuses one) that the peer ran: the
+    ratios compared model_refine's mean over 1 pair with the peer's over 2, and said "style
+    0.58x" where, on the pair both ran, it is 1.16x. Now over the shared pairs, and said."""
+    def row(method, pair, style, content):
+        return {"method": method, "content": pair[0], "style": pair[1], "style_gram": style,
+                "content_relu3_3": content, "content_relu4_2": 1.0, "meanstd_relu5_1": 2.0,
+                "color_hist": 0.5, "seconds": 0.1}
+    photo, flat = ("photo", "x"), ("flat", "x")
+    rows = [row("model_refine", photo, 5.8, 1.0), row("magenta_lite", photo, 5.0, 1.25),
+            row("magenta_lite", flat, 15.0, 0.2), row("model", photo, 6.0, 1.0),
+            row("model", flat, 14.0, 0.2), row("gatys", photo, 4.0, 1.0)]
+    methods = ["model", "model_refine", "magenta_lite", "gatys"]
+    means = evaluate.mean_table(rows, methods)
+    text = evaluate.summary_markdown(evaluate.EvalResult(
+        rows=rows, means=means, skipped=[], out_dir=tmp_path, methods=methods,
+        info={"contents": 2, "styles": 1, "size": 64}))
+    assert ("* pairs per method differ (model 2, model_refine 1, magenta_lite 2, gatys 1): the "
+            "ratios below are over the pairs both methods ran") in text
+    assert "* model_refine / magenta_lite: style 1.16x, content (relu3_3) 0.80x" in text
+    assert "* model / magenta_lite: style 1.00x, content (relu3_3) 0.83x" in text
+    assert "* model / gatys style: 1.50x (target <= 1.5x: met)." in text  # (6 / 4, not 10 / 4)
+
+
 # ------------------------------------------------- mutation-testing pass 2 (metric details)
 
 
