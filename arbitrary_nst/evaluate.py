@@ -781,6 +781,20 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
         if shared:
             raise ConfigError(f"{shared[0]}: --fit-photos must not contain evaluated contents "
                               f"({len(shared)} do)")
+        # (also as copies: a copy of an evaluated photo in the fit folder passed, and the
+        # fits were made on test photos)
+        def digest(p: Path) -> str | None:
+            try:
+                return hashlib.sha1(Path(p).read_bytes()).hexdigest()
+            except OSError:
+                return None  # (unreadable: skipped when loaded)
+
+        evaluated_bytes = {d: p for p in content_files if (d := digest(p)) is not None}
+        copies = [(p, evaluated_bytes[d]) for p in fit_files
+                  if (d := digest(p)) is not None and d in evaluated_bytes]
+        if copies:
+            raise ConfigError(f"{copies[0][0]}: --fit-photos must not contain evaluated "
+                              f"contents: a copy of {copies[0][1]} (copies found: {len(copies)})")
         # where the fits are saved: checked now, not after the first (minutes-long) fit
         check_writable_dir(out_dir / "fitted" if fitted_dir is None else fitted_dir,
                            "--fitted folder")

@@ -402,6 +402,14 @@ def test_evaluate_model_fit(model_path, vgg, tmp_path, capsys):
     assert evaluate.main([*args, "--out", str(tmp_path / "o1"),
                           "--fit-photos", str(root / "content")]) == 1
     assert "must not contain evaluated contents" in capsys.readouterr().err
+    # (a copy of an evaluated photo among the fit photos: the fits were made on test photos)
+    (root / "fitcopy").mkdir()
+    (root / "fitcopy" / "photo1.png").write_bytes((root / "content" / "coffee.png").read_bytes())
+    assert evaluate.main([*args, "--out", str(tmp_path / "o1b"),
+                          "--fit-photos", str(root / "fitcopy")]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: {root / 'fitcopy' / 'photo1.png'}: --fit-photos must not contain evaluated "
+        f"contents: a copy of {root / 'content' / 'coffee.png'} (copies found: 1)")
     assert evaluate.main([*args, "--out", str(tmp_path / "o2")]) == 1
     assert "--fit-photos" in capsys.readouterr().err
     assert evaluate.main([*args, "--out", str(tmp_path / "o3"),
