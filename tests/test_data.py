@@ -929,7 +929,8 @@ def test_flat_crops_of_a_large_jpeg_are_redrawn_from_its_full_size():
     the array path's (no draft), to JPEG/draft rounding."""
     yy, xx = np.mgrid[0:768, 0:1024].astype(np.float32)
     img = np.full((768, 1024, 3), 255, np.uint8)  # white, a smooth textured corner
-    corner = 127 + 100 * np.sin(xx[560:, 760:] / 7)[..., None] * np.cos(yy[560:, 760:] / 5)[..., None]
+    wave = np.sin(xx[560:, 760:] / 7) * np.cos(yy[560:, 760:] / 5)
+    corner = 127 + 100 * wave[..., None]
     img[560:, 760:] = corner.astype(np.uint8)
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, "JPEG", quality=95)
