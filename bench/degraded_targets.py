@@ -92,13 +92,24 @@ def measure(eval_out: Path, style_dir: Path, size: int, metrics=None) -> dict:
     methods = sorted(p.name for p in img_root.iterdir() if p.is_dir()) if img_root.is_dir() else []
     if not methods:
         raise ConfigError(f"{eval_out}: no images/<method> folders (an evaluate --out folder?)")
+    # the images of the pairs the evaluation scored, by exact name (a glob on "*__candy.png"
+    # took another painting's "x__fast-neural-style__candy.png" too, read "[1] wave" as a
+    # pattern, and took an earlier run's leftover images of other photos or another size)
+    try:
+        rows = json.loads((eval_out / "results.json").read_text())["rows"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConfigError(f"{eval_out}: no readable results.json (an evaluate --out folder?)") \
+            from None
     metrics = metrics or evaluate.Metrics()
     styles = images.list_images(style_dir)
     selfs: dict[str, list] = {v[0]: [] for v in VARIANTS}
     per: dict[str, dict[str, list]] = {m: {k: [] for k in ("painting", *selfs)} for m in methods}
     used = 0
     for sp in styles:
-        outputs = {m: sorted((img_root / m).glob(f"*__{sp.stem}.png")) for m in methods}
+        outputs = {m: sorted({img_root / m / f"{r['content']}__{sp.stem}.png" for r in rows
+                              if r.get("method") == m and r.get("style") == sp.stem})
+                   for m in methods}
+        outputs = {m: [f for f in fs if f.is_file()] for m, fs in outputs.items()}
         if not any(outputs.values()):
             continue
         used += 1

@@ -731,11 +731,22 @@ def test_degraded_targets_finds_outputs_that_match_a_blurred_painting(tmp_path, 
     images.save_image(style / "p1.png", painting)
     images.save_image(style / "unused.png", painting[::-1])  # no outputs: left out
     x = evaluate._resized_to(images.load_image(style / "p1.png"), 48)
+    rows = []
     for method, out in (("blurred", mod.degrade(x, 1.3, None)), ("sharp", x)):
         (tmp_path / "ev" / "images" / method).mkdir(parents=True)
         images.save_image(tmp_path / "ev" / "images" / method / "photo__p1.png", out)
+        rows.append({"method": method, "content": "photo", "style": "p1"})
+        # not scored: an earlier run's leftover (a photo this run did not take), and another
+        # painting's output whose name ends like p1's ("x__fast__p1" is style "fast__p1")
+        images.save_image(tmp_path / "ev" / "images" / method / "old__p1.png", x[::-1])
+        images.save_image(tmp_path / "ev" / "images" / method / "x__fast__p1.png", x[::-1])
+        rows.append({"method": method, "content": "x", "style": "fast__p1"})
     (tmp_path / "ev" / "images" / "other").mkdir()  # outputs of another painting only
     images.save_image(tmp_path / "ev" / "images" / "other" / "photo__p9.png", x)
+    rows.append({"method": "other", "content": "photo", "style": "p9"})
+    with pytest.raises(Exception, match="no readable results.json"):
+        mod.measure(tmp_path / "ev", style, 48, metrics=evaluate.Metrics(vgg))
+    (tmp_path / "ev" / "results.json").write_text(json.dumps({"rows": rows}))
     r = mod.measure(tmp_path / "ev", style, 48, metrics=evaluate.Metrics(vgg))
     assert r["paintings"] == 1 and r["pairs"] == {"blurred": 1, "sharp": 1}
     blurred, sharp = r["methods"]["blurred"], r["methods"]["sharp"]
