@@ -101,7 +101,13 @@ def _peak_device_bytes() -> int | None:
     return None if not stats else int(stats.get("peak_bytes_in_use", 0)) or None
 
 
-def _timed_reps(fn, *, min_time: float, max_reps: int, per_rep_cap: float) -> list[float]:
+def _timed_reps(fn, *, min_time: float, max_reps: int, per_rep_cap: float,
+                warmup: int = 1) -> list[float]:
+    """Wall times of calls of ``fn`` after ``warmup`` untimed ones (the first run of a compiled
+    program allocates and warms up: 81 ms/image where the warm figure was 11.8, and with a
+    short --min-time that cold call was the only rep)."""
+    for _ in range(warmup):
+        fn()
     times = []
     while True:
         t0 = time.perf_counter()
@@ -183,7 +189,7 @@ def bench_ours_onnx(st, ot, size: int, batch: int, args, out_call=None) -> dict:
     call()  # onnxruntime plans its kernels per input shape on the first run
     first_s = time.perf_counter() - t0
     times = _timed_reps(call, min_time=args.min_time, max_reps=args.max_reps,
-                        per_rep_cap=args.min_time / 2)
+                        per_rep_cap=args.min_time / 2, warmup=0)  # (warmed: the call above)
     med = float(np.median(times))
     out_call[0] = call
     return {"compile_s": round(max(0.0, first_s - med), 3), "reps": len(times),
@@ -213,7 +219,8 @@ def bench_peer(variant: str, sizes, batches, args, budget) -> dict:
     peer = MagentaLite(variant, threads=args.peer_threads)
     style = np.random.default_rng(1).random((256, 256, 3)).astype(np.float32)
     peer.embed(style)
-    t = _timed_reps(lambda: peer.embed(style), min_time=1.0, max_reps=10, per_rep_cap=0.5)
+    t = _timed_reps(lambda: peer.embed(style), min_time=1.0, max_reps=10, per_rep_cap=0.5,
+                    warmup=0)
     out = {"variant": variant, "threads": args.peer_threads,
            "embed_ms": round(1e3 * float(np.median(t)), 2), "runs": []}
     vec = peer.embed(style)
@@ -221,7 +228,7 @@ def bench_peer(variant: str, sizes, batches, args, budget) -> dict:
         img = np.random.default_rng(size).random((size, size, 3)).astype(np.float32)
         peer.transfer(img, vec)  # warm-up (onnxruntime plans per shape)
         t = _timed_reps(lambda: peer.transfer(img, vec), min_time=args.min_time / 2,
-                        max_reps=args.max_reps, per_rep_cap=args.min_time / 4)
+                        max_reps=args.max_reps, per_rep_cap=args.min_time / 4, warmup=0)
         per_image = float(np.median(t))
         for batch in batches:  # batch 1 graphs: a batch of B is B calls
             out["runs"].append({"size": size, "batch": batch,

@@ -717,6 +717,25 @@ def test_backends_bench_times_folder_jobs_per_backend_and_compares_their_images(
         mod.main(["--repeats", "1", "--json", str(out)])
 
 
+def test_infer_bench_times_warm_calls_only():
+    """bench/infer.py timed the first call of the compiled program (81 ms/image where the
+    warm figure was 11.8; with a short --min-time the only rep): one untimed call first."""
+    import time
+
+    mod = _load("infer")
+    calls = []
+
+    def fn():
+        calls.append(1)
+        time.sleep(0.3 if len(calls) == 1 else 0.01)  # (a cold first call)
+
+    times = mod._timed_reps(fn, min_time=0.05, max_reps=5, per_rep_cap=0.2)
+    assert len(calls) == len(times) + 1 and max(times) < 0.2, times
+    calls.clear()
+    assert len(mod._timed_reps(fn, min_time=0.05, max_reps=5, per_rep_cap=0.2,
+                               warmup=0)) == len(calls) == 1  # (the cold call alone)
+
+
 def test_degraded_targets_finds_outputs_that_match_a_blurred_painting(tmp_path, vgg):
     """bench/degraded_targets.py: outputs that *are* the painting's blurred copy score ~0
     against that copy and more against the painting (ratio < 1); outputs that are the painting
