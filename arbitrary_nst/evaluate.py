@@ -715,6 +715,26 @@ def _pick(items: list, n: int | None) -> list:
     return [items[i] for i in dict.fromkeys(idx.tolist())]
 
 
+def _pick_loaded(files: list[Path], n: int | None, side: int, skipped: list[str]
+                 ) -> tuple[list[Path], list[tuple[str, np.ndarray]]]:
+    """:func:`_pick` of the files that load (:func:`_load_all`; each one that does not is
+    skipped once and its pick made again without it): ``(picked, [(stem, image)])``."""
+    loaded: dict[Path, np.ndarray] = {}
+    bad: set[Path] = set()
+    while True:
+        picked = _pick([f for f in files if f not in bad], n)
+        before = len(bad)
+        for p in picked:
+            if p not in loaded:
+                got = _load_all([p], side, skipped)
+                if got:
+                    loaded[p] = got[0][1]
+                else:
+                    bad.add(p)
+        if len(bad) == before:
+            return picked, [(p.stem, loaded[p]) for p in picked]
+
+
 def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os.PathLike, *,
              methods: Sequence[str] = DEFAULT_METHODS, size: int = 512,
              model_path: str | None = None, gatys_iters: int = 300, gatys_batch: int = 4,
@@ -814,8 +834,10 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
         return kept
 
     content_files, style_files = readable(content_files), readable(images.list_images(style))
-    picked_contents = _pick(content_files, num_contents)
-    picked_styles = _pick(style_files, num_styles)
+    # (a file found unreadable only when loaded, too large, too thin or truncated, gives its
+    # pick to another: "--num-contents 1" of {huge.png, photo.jpg} said "no readable content")
+    picked_contents, contents = _pick_loaded(content_files, num_contents, size, skipped)
+    picked_styles, styles = _pick_loaded(style_files, num_styles, size, skipped)
     for what, files in (("content", picked_contents), ("style", picked_styles)):
         _check_unique_names(what, files)
         # (also as named: a folder of symlinks to the photos resolves elsewhere, and the
@@ -826,8 +848,6 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
             raise ConfigError(f"{out_dir}: --out holds the {what} image {inside[0]}; the "
                               "evaluation writes images and sheets there: use another folder")
     _check_unique_pairs(picked_contents, picked_styles)
-    contents = _load_all(picked_contents, size, skipped)
-    styles = _load_all(picked_styles, size, skipped)
     if not contents or not styles:
         raise ConfigError("no readable content or style images")
     style_names = [n for n, _ in styles]

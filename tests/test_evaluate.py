@@ -3,6 +3,7 @@ a tiny generated set (2 contents x 2 styles at 64 px)."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import re
@@ -275,6 +276,24 @@ def test_inputs_that_would_collide_or_be_overwritten_are_refused(tiny_set, tmp_p
     with pytest.raises(ConfigError, match="--out holds the content image"):
         evaluate.evaluate(str(tiny_set / "content" / "*"), tiny_set / "style",
                           tiny_set / "content", **kw)
+
+
+def test_a_file_found_unreadable_when_loaded_gives_its_pick_to_another(tiny_set, tmp_path,
+                                                                         vgg):
+    """``--num-contents 1`` of {a truncated JPEG, a photo}: the truncated file (found only when
+    loaded, as a too large or too thin one) took the pick, and the run said "no readable content
+    or style images". It is skipped once and the pick made again without it."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    good = photos / "b_photo.png"
+    good.write_bytes((tiny_set / "content" / "astronaut.png").read_bytes())
+    jpeg = io.BytesIO()
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(jpeg, "JPEG")
+    (photos / "a_cut.jpg").write_bytes(jpeg.getvalue()[:200])  # (its header reads fine)
+    r = evaluate.evaluate(photos, tiny_set / "style", tmp_path / "o", methods=["identity"],
+                          size=48, progress=False, vgg=vgg, num_contents=1, num_styles=1)
+    assert {row["content"] for row in r.rows} == {"b_photo"} and r.info["contents"] == 1
+    assert len(r.skipped) == 1 and r.skipped[0].startswith(str(photos / "a_cut.jpg")), r.skipped
 
 
 def test_out_inside_a_content_or_style_folder_is_refused(tiny_set, tmp_path, vgg):
