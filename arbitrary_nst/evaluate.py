@@ -753,8 +753,8 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
     ``model_fit`` outputs (default: the model's own; :class:`arbitrary_nst.Stylizer`; the fits
     themselves are made at the model's palette, as ``infer.py fit-style`` makes them).
     ``fit_photos`` (folder, glob or file) and ``fit_steps``: what ``model_fit`` fits each style
-    on; none of them may be one of the evaluated contents. ``fitted_dir`` (default
-    ``out/fitted``): where ``model_fit`` saves each fit as ``<style>.npz`` and reuses one fitted
+    on; none of them may be one of the evaluated contents (nor a copy of one). ``fitted_dir``
+    (default ``out/fitted``): where ``model_fit`` saves each fit as ``<style>.npz`` and reuses one fitted
     with the same steps, size, style working size and photos (counted in ``info["fits_reused"]``,
     not timed as fits: ``info["embed_seconds"]`` is the mean of the fits made,
     ``info["fits_made"]``). A run into an earlier run's ``out`` removes that run's contact
