@@ -560,7 +560,7 @@ def _lbfgs_init_state(z: jax.Array, memory: int, names: Sequence[str]) -> dict:
                 cand_t=vec(), cand_f=vec(jnp.inf), cand_g=zeros(), cand_terms=terms(),
                 started=vec(False, bool), it=vec(0, jnp.int32), evals=vec(0, jnp.int32),
                 steps=jnp.zeros((), jnp.int32),
-                steep=vec(True, bool),
+                steep=vec(True, bool), stalled=vec(False, bool),
                 opt=jax.vmap(_lbfgs_opt(memory).init)(z), terms=terms())
 
 
@@ -592,13 +592,16 @@ def _lbfgs_chunk(params, state, cf, st, w, n, *, kw, chunk, memory, max_ls):
         x_try = z + _bcast(t, z) * d
         (f_try, terms_try), g_try = _value_and_grad(params, x_try, cf, st, w, **kw)
         terms_try = {k: terms_try[k] for k in names}
-        evals = s["evals"] + active.astype(jnp.int32)
+        # a stalled example (below) does its iterations without a search: one loop step each,
+        # no evaluation of its own (it no longer holds the batch for max_ls evaluations each)
+        stalled = active & s["stalled"]
+        evals = s["evals"] + (active & ~stalled).astype(jnp.int32)
 
         # --- the initial evaluation of an example (not an iteration) ---
         first = active & ~s["started"]
 
         # --- line-search bookkeeping for started examples ---
-        searching = active & s["started"]
+        searching = active & s["started"] & ~stalled
         finite = jnp.isfinite(f_try) & jnp.all(jnp.isfinite(g_try).reshape(b, -1), axis=1)
         slope_try = _bdot(g_try, d)
         armijo = finite & (f_try <= s["f"] + C1 * t * s["slope"] + 1e-6 * jnp.abs(s["f"]))
@@ -614,11 +617,17 @@ def _lbfgs_chunk(params, state, cf, st, w, n, *, kw, chunk, memory, max_ls):
         cand_g = _where_b(better, g_try, s["cand_g"])
         cand_terms = _where_b(better, terms_try, s["cand_terms"])
         ls = s["ls"] + searching.astype(jnp.int32)
-        finish = searching & (wolfe | (ls >= max_ls))
+        finish = (searching & (wolfe | (ls >= max_ls))) | stalled
         # the point an example moves to when its search finishes: the Wolfe point, else the best
         # Armijo point seen, else no move (t = 0: then the memory is reset below)
-        use_try = finish & wolfe
-        use_cand = finish & ~wolfe & (cand_t > 0)
+        use_try = finish & wolfe & ~stalled
+        use_cand = finish & ~wolfe & (cand_t > 0) & ~stalled
+        # no Armijo point along a memory-less (gradient) direction, down to 2^-max_ls of a step
+        # of FIRST_STEP_RMS: the example is at a minimum for float32 (a photo stylized with
+        # itself). The next iteration would retry the identical step and fail again, max_ls + 1
+        # evaluations each that every example of the batch waited for (12-25x slower): it stays
+        # where it is for the rest of the stage.
+        stalled_new = s["stalled"] | (finish & ~use_try & ~use_cand & s["steep"])
         t_new = jnp.where(use_try, t, jnp.where(use_cand, cand_t, 0.0))
         f_acc = jnp.where(use_try, f_try, jnp.where(use_cand, cand_f, s["f"]))
         g_acc = _where_b(use_try, g_try, _where_b(use_cand, cand_g, s["g"]))
@@ -672,7 +681,7 @@ def _lbfgs_chunk(params, state, cf, st, w, n, *, kw, chunk, memory, max_ls):
             cand_t=jnp.where(accept, zero, cand_t),
             cand_f=jnp.where(accept, jnp.inf, cand_f), cand_g=cand_g, cand_terms=cand_terms,
             started=s["started"] | first, it=it, evals=evals, steps=s["steps"],
-            steep=jnp.where(accept, steep | bad, s["steep"]),
+            steep=jnp.where(accept, steep | bad, s["steep"]), stalled=stalled_new,
             opt=_where_b(accept, opt_out, s["opt"]))
         return new, hist, steps + 1
 
