@@ -436,13 +436,19 @@ def _run_gatys(args: argparse.Namespace) -> int:
             if len(groups) > 1 and not args.quiet:
                 print(f"batch of {len(idx)} at {shape[1]}x{shape[0]}", file=sys.stderr)
             running = idx
+            # (several contents: one that makes no progress or diverges is skipped by its
+            # file name; it stopped the whole job as "example [0]" of a size group)
             result = gatys.run(np.stack([work[i] for i in idx]), styles,
                                style_weights=args.style_weights, config=cfg,
                                progress=not args.quiet, vgg_params=params,
-                               style_names=[str(s) for s in args.style])
+                               style_names=[str(s) for s in args.style],
+                               failures="report" if many else "raise")
             running = []
             final = result.final_terms()
             for j, i in enumerate(idx):
+                if j in result.failures:
+                    skip(i, ImageError(args.content[i], result.failures[j]))
+                    continue
                 try:
                     images.save_image(outs[i], result.images[j], overwrite=args.overwrite)
                 except NSTError as e:

@@ -284,6 +284,9 @@ class GatysResult:
       iteration; in a batch, examples whose line search is done go on with their next iteration,
       so this is the largest per-example count, not the sum). ``lbfgs_optax``: -1 (not tracked).
     * ``seconds``: wall time of the optimization loops per stage (compilation included).
+    * ``failures``: ``{example index: why}`` of the examples that made no progress or diverged
+      (their images are not results), with ``run(..., failures="report")``; the default
+      ``"raise"`` raises a ModelError instead, so it is empty then.
     """
 
     images: np.ndarray
@@ -292,6 +295,7 @@ class GatysResult:
     evaluations: list[int]
     seconds: list[float]
     config: GatysConfig
+    failures: dict[int, str] = dataclasses.field(default_factory=dict)
 
     def final_terms(self) -> dict[str, np.ndarray]:
         """Loss terms ``[B]`` after the last iteration of the last stage."""
@@ -1059,7 +1063,7 @@ def loss_weights(config: GatysConfig, b: int, overrides: Sequence[Mapping] | Non
 def run(content, styles, *, style_weights=None, config: GatysConfig | None = None,
         progress: bool | ProgressFn = True, vgg_params=None,
         overrides: Sequence[Mapping] | None = None, init_image=None,
-        style_names: Sequence[str] | None = None) -> GatysResult:
+        style_names: Sequence[str] | None = None, failures: str = "raise") -> GatysResult:
     """Stylize a batch by pixel optimization.
 
     Args:
@@ -1082,8 +1086,13 @@ def run(content, styles, *, style_weights=None, config: GatysConfig | None = Non
         ``config.init`` (resized to the first stage; e.g. different inits within one batch).
       style_names: what messages call the style images (e.g. their files), in ``styles``'
         order (per example: the order within each list); default "style image 1", ...
+      failures: ``"raise"`` (default): an example that made no progress or diverged is a
+        ModelError for the whole batch; ``"report"``: they are in ``result.failures`` (index:
+        why) and the others' results are returned (a batch of files skips those files).
     """
     cfg = GatysConfig() if config is None else config
+    if failures not in ("raise", "report"):
+        raise ConfigError(f"failures must be 'raise' or 'report', got {failures!r}")
     if not isinstance(cfg, GatysConfig):  # (a dict: an AttributeError deep inside)
         raise ConfigError(f"config must be a gatys.GatysConfig (e.g. GatysConfig(iterations=3)), "
                           f"got {type(cfg).__name__}")
@@ -1145,22 +1154,29 @@ def run(content, styles, *, style_weights=None, config: GatysConfig | None = Non
         if bar is not None:
             bar.close()
     out = x_prev
-    if stuck:  # (the photo came back unchanged with exit 0: --style-weight 1e30)
+    no_progress = ("the image did not change in the last stage although its loss is not 0 "
+                   "(loss weights so large that float32 gradients overflow, or a learning rate "
+                   "too small to move a pixel): lower the loss weights or raise the learning "
+                   "rate")
+    diverged = ("(the image became NaN or infinite): lower the learning rate or the loss "
+                "weights")
+    failed = {i: f"the optimization made no progress: {no_progress}" for i in stuck}
+    bad = [i for i in range(out.shape[0]) if not np.all(np.isfinite(out[i]))]
+    for i in bad:
+        failed.setdefault(i, f"the optimization diverged {diverged}")
+    if stuck and failures == "raise":  # (the photo came back unchanged with exit 0:
+        # --style-weight 1e30)
         which = ("" if out.shape[0] == 1 else
                  f" for example{'s' if len(stuck) > 1 else ''} {stuck}")
-        raise ModelError(f"the optimization made no progress{which}: the image did not change "
-                         "in the last stage although its loss is not 0 (loss weights so large "
-                         "that float32 gradients overflow, or a learning rate too small to move "
-                         "a pixel): lower the loss weights or raise the learning rate")
-    bad = [i for i in range(out.shape[0]) if not np.all(np.isfinite(out[i]))]
-    if bad:  # (weights or a learning rate so large that the optimization overflowed)
+        raise ModelError(f"the optimization made no progress{which}: {no_progress}")
+    if bad and failures == "raise":  # (weights or a learning rate so large that the
+        # optimization overflowed)
         which = "" if out.shape[0] == 1 else f" for example{'s' if len(bad) > 1 else ''} {bad}"
-        raise ModelError(f"the optimization diverged{which} (the image became NaN or "
-                         "infinite): lower the learning rate or the loss weights")
+        raise ModelError(f"the optimization diverged{which} {diverged}")
     if lum:
         out = np.asarray(color_lib.transfer_luminance(out, x_content, cfg.color_space))
     return GatysResult(images=out.astype(np.float32), history=history, stages=stages,
-                       evaluations=evaluations, seconds=seconds, config=cfg)
+                       evaluations=evaluations, seconds=seconds, config=cfg, failures=failed)
 
 
 def _made_no_progress(x0: np.ndarray, x: np.ndarray, hist: dict, n_iter: int,

@@ -340,6 +340,19 @@ def test_weights_too_large_for_float32_are_an_error_not_the_photo(files, tmp_pat
     for opt in ("lbfgs", "adam"):
         assert main(args("1e30", opt)) == 1
         assert "made no progress" in one_error_line(capsys) and not out.exists()
+    # several contents: each one that makes no progress is skipped by its file name, and the
+    # job goes on (it stopped at once with "example [0, 1]" of a size group)
+    grey = tmp_path / "grey.png"
+    Image.fromarray(np.full((96, 128, 3), 128, np.uint8)).save(grey)
+    many = ["gatys", "--content", str(photo), str(grey), "--style", str(painting), "--out",
+            str(tmp_path / "many"), "--size", "64", "--iters", "2", "--quiet",
+            "--style-weight", "1e30"]
+    assert main(many) == 1
+    got = capsys.readouterr()
+    skips = [ln for ln in got.err.splitlines() if ln.startswith("skipped: ")]
+    assert [ln.split(": ")[1] for ln in skips] == [str(photo), str(grey)], got.err
+    assert all("the optimization made no progress" in ln for ln in skips)
+    assert "done 0, skipped 2 (2 error)" in got.out
     assert main(args("0", "lbfgs")) == 0 and out.exists()
     # a start already at a minimum (a smooth ramp stylized with itself: no line-search step
     # lowers the loss, while the slope stays finite) is convergence, not an overflow: it was

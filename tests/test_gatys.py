@@ -15,7 +15,7 @@ import pytest
 
 from arbitrary_nst import color, gatys
 from arbitrary_nst import vgg as vgg_lib
-from arbitrary_nst.errors import ConfigError
+from arbitrary_nst.errors import ConfigError, ModelError
 
 S = 32
 # relu1_1 is a content layer at weight 0 so that the layer-choice test (a per-example weight)
@@ -762,6 +762,23 @@ def test_an_example_at_a_minimum_does_not_hold_up_its_batch(params, content, sty
     assert np.abs(both.images[0] - content).max() < 1e-6  # (no step lowered its loss)
     np.testing.assert_allclose(both.final_terms()["total"][1], alone.final_terms()["total"][0],
                                rtol=1e-3)
+
+
+def test_failed_examples_can_be_reported_instead_of_raised(params, content, style):
+    """One example whose float32 gradient overflows (style weight 1e30) made the whole batch a
+    ModelError naming "example [0]", which a batch of files could not map to a file: with
+    ``failures="report"`` the others' results come back and the failed ones are named."""
+    cfg = ADAM.replace(iterations=2)
+    kw = dict(overrides=[{"style_weight": 1e30}, {}])
+    with pytest.raises(ModelError, match=r"made no progress for example \[0\]"):
+        run(params, np.stack([content, content]), style, cfg, **kw)
+    r = run(params, np.stack([content, content]), style, cfg, failures="report", **kw)
+    assert list(r.failures) == [0] and "made no progress" in r.failures[0]
+    alone = run(params, content, style, cfg)
+    np.testing.assert_allclose(r.images[1], alone.images[0], atol=1e-5)
+    assert alone.failures == {}
+    with pytest.raises(ConfigError, match="failures must be"):
+        run(params, content, style, cfg, failures="skip")
 
 
 def test_a_zero_loss_start_is_not_reported_as_stuck(params, content, style):
