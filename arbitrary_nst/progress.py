@@ -19,6 +19,10 @@ LOG_INTERVAL_S = 30.0
 _TIMES = re.compile(r"\[[^<\]]*<[^,\]]*, [^,\]]*")
 
 
+#: ANSI control sequences (CSI: ESC [ ... letter), e.g. tqdm's cursor-up for nested bars
+_CURSOR_MOVES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
 class _Lines:
     """A text stream for tqdm that writes each redraw as a line. tqdm writes ``"\\r" + bar``
     (padded with spaces over the last one) and, when a bar that stays is closed, the final
@@ -32,7 +36,9 @@ class _Lines:
         self._last = ""
 
     def write(self, s: str) -> int:
-        line = s.replace("\r", "").replace("\n", "").rstrip()
+        # (and the cursor moves of nested bars, "\x1b[A" before an inner bar's redraw: they
+        # were written into the log as they were)
+        line = _CURSOR_MOVES.sub("", s.replace("\r", "").replace("\n", "")).rstrip()
         state = _TIMES.sub("[", line)
         if line and state != self._last:
             self.stream.write(line + "\n")

@@ -77,6 +77,23 @@ def test_an_explicit_refresh_is_written_at_once(monkeypatch):
     assert sum("2/2" in line for line in lines) == 1, lines  # (not close's redraw again)
 
 
+def test_nested_bars_in_a_log_write_no_cursor_moves():
+    """An inner bar (Gatys' per-image bar under the batch's, ``--method gatys``) made tqdm
+    write a cursor-up escape (ESC [ A) into the log before each of its lines."""
+    out = io.StringIO()
+    outer = progress.bar(total=2, desc="batch", file=out)
+    for _ in range(2):
+        inner = progress.bar(total=3, desc="gatys", file=out, leave=False)
+        inner.update(3)
+        inner.close()
+        outer.update(1)
+    outer.close()
+    text = out.getvalue()
+    assert "\x1b" not in text and "\r" not in text, repr(text)
+    assert any(line.startswith("gatys:") for line in text.splitlines()), text
+    assert text.splitlines()[-1].startswith("batch: 100%"), text
+
+
 def test_streams_without_isatty_or_closed_are_not_terminals():
     f = io.StringIO()
     f.close()
