@@ -253,6 +253,9 @@ def _add_gatys_arguments(p: argparse.ArgumentParser) -> None:
     io.add_argument("--max-pixels", type=count_arg(), default=None,
                     help="refuse input images with more pixels (default: the I/O module's "
                          "limit, 64 megapixels)")
+    io.add_argument("--batch-size", type=count_arg(), default=None, metavar="N",
+                    help="optimize at most N same-size contents at once (default: all of "
+                         "them: memory grows with N, and a batch is written when it ends)")
 
     opt = p.add_argument_group("optimization")
     opt.add_argument("--iters", type=int, default=d.iterations,
@@ -431,9 +434,14 @@ def _run_gatys(args: argparse.Namespace) -> int:
         groups: dict[tuple[int, int], list[int]] = {}
         for i, x in work.items():
             groups.setdefault(x.shape[:2], []).append(i)
+        # (--batch-size: all of a size in one batch needed memory for all of them, 40 photos
+        # at 512 px ran out of it, and Ctrl-C lost the whole batch)
+        step = args.batch_size or max(map(len, groups.values()), default=1)
+        batches = [(shape, idx[k:k + step]) for shape, idx in groups.items()
+                   for k in range(0, len(idx), step)]
         params = gatys.load_params(cfg) if groups else None
-        for shape, idx in groups.items():
-            if len(groups) > 1 and not args.quiet:
+        for shape, idx in batches:
+            if len(batches) > 1 and not args.quiet:
                 print(f"batch of {len(idx)} at {shape[1]}x{shape[0]}", file=sys.stderr)
             running = idx
             # (several contents: one that makes no progress or diverges is skipped by its

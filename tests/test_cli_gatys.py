@@ -463,7 +463,7 @@ def test_errors_while_running_a_command_are_one_line_with_their_exit_status(monk
              (KeyboardInterrupt(), 130, "error: interrupted"),
              (RuntimeError("RESOURCE_EXHAUSTED: Out of memory\nwhile allocating 123 bytes\n"), 1,
               "error: out of memory (RESOURCE_EXHAUSTED: Out of memory while allocating 123 "
-              "bytes): use smaller values of --size")]
+              "bytes): use smaller values of --size, --batch-size")]
     for exc, code, line in cases:
         raising(exc)
         assert main(argv) == code, exc
@@ -504,6 +504,8 @@ def test_gatys_batch_passes_weights_and_quiet_and_says_what_it_did(files, tmp_pa
     calls = []
 
     class R:
+        failures: dict = {}
+
         def __init__(self, x):
             self.images = x
 
@@ -512,7 +514,7 @@ def test_gatys_batch_passes_weights_and_quiet_and_says_what_it_did(files, tmp_pa
             return {k: np.full(n, 1.5) for k in ("total", "content", "style", "tv")}
 
     def fake_run(content, styles, *, style_weights=None, config=None, progress=True,
-                 vgg_params=None, style_names=None):
+                 vgg_params=None, style_names=None, failures="raise"):
         calls.append((content.shape, [s.shape for s in styles], style_weights, progress))
         return R(content)
 
@@ -537,6 +539,11 @@ def test_gatys_batch_passes_weights_and_quiet_and_says_what_it_did(files, tmp_pa
     assert [c[3] for c in calls] == [True, True]
     assert err[0] == "batch of 2 at 48x48" and \
         f"wrote {out / 'sq48_gatys.png'}  total=1.5  content=1.5  style=1.5  tv=1.5" in err
+    # --batch-size caps a batch (all of a size in one needed memory for all of them)
+    calls.clear()
+    assert main(args + ["--overwrite", "--batch-size", "1"]) == 0
+    assert [c[0] for c in calls] == [(1, 48, 48, 3), (1, 48, 48, 3), (1, 32, 48, 3)]
+    assert capsys.readouterr().err.splitlines()[0] == "batch of 1 at 48x48"
     # --iters 0 has no loss terms: said so (was "wrote X  " with trailing blanks)
     monkeypatch.setattr(R, "final_terms", lambda self: {})
     assert main(args + ["--overwrite"]) == 0
@@ -611,6 +618,8 @@ def test_gatys_upscales_a_small_content_to_size(files, tmp_path, monkeypatch, ca
     shapes = []
 
     class R:
+        failures: dict = {}
+
         def __init__(self, x):
             self.images = x
 
@@ -658,6 +667,8 @@ def _fake_gatys(monkeypatch, interrupt_at=None):
     calls = []
 
     class R:
+        failures: dict = {}
+
         def __init__(self, x):
             self.images = x
 
