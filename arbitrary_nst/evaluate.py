@@ -1245,13 +1245,21 @@ def _grid(cells: list[list[np.ndarray | None]], side: int, pad: int = 2) -> np.n
     return g
 
 
-def _label(img: np.ndarray, labels: Sequence[tuple[int, int, str]]) -> np.ndarray:
+def _label(img: np.ndarray, labels: Sequence[tuple[int, int, str]],
+           width: int | None = None) -> np.ndarray:
+    """Write each ``(x, y, text)`` on a white box; ``width``: the room of a label (its column):
+    longer text is cut and ends in "~" (at a --thumb below ~100 "magenta_lite_fp32" ran into
+    the next column's label and read as another method)."""
     from PIL import Image, ImageDraw
 
     im = Image.fromarray(images.to_uint8(img))
     d = ImageDraw.Draw(im)
     for x, y, text in labels:
-        d.rectangle((x, y, x + 6 * len(text) + 4, y + 12), fill=(255, 255, 255))
+        if width is not None and d.textlength(text) + 4 > width:
+            while text and d.textlength(text + "~") + 4 > width:
+                text = text[:-1]
+            text += "~"
+        d.rectangle((x, y, x + d.textlength(text) + 4, y + 12), fill=(255, 255, 255))
         d.text((x + 2, y), text, fill=(0, 0, 0))
     return np.asarray(im)
 
@@ -1282,7 +1290,8 @@ def side_by_side(path: Path, root: Path, methods, contents, styles, thumb: int, 
     grid = _grid(cells, thumb)
     grid = np.concatenate([np.ones((header, grid.shape[1], 3), np.float32), grid])
     names = ["content", "style", *methods]
-    img = _label(grid, [(2 + j * (thumb + 2), 1, name) for j, name in enumerate(names)])
+    img = _label(grid, [(2 + j * (thumb + 2), 1, name) for j, name in enumerate(names)],
+                 width=thumb)
     images.save_image(path, img, overwrite=True)
 
 

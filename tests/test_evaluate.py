@@ -698,6 +698,23 @@ def test_contact_sheet_puts_each_output_at_its_content_row_and_style_column(tmp_
     assert close(wide[:4], white) and close(wide[4:12], blue) and close(wide[12:], white)
 
 
+def test_column_labels_are_cut_to_their_column():
+    """At --thumb 64 the label "magenta_lite_fp32" ran into the next column's and the sheet
+    read "magenta_lite  magenta_lite_identity": a label longer than its column is cut ("~");
+    one that fits is written whole."""
+    thumb = 64
+    grid = np.ones((40, 3 * (thumb + 2) + 2, 3), np.float32)
+    names = ["magenta_lite", "magenta_lite_fp32", "id"]
+    img = evaluate._label(grid, [(2 + j * (thumb + 2), 1, n) for j, n in enumerate(names)],
+                          width=thumb)
+    ink = (img[:14] < 128).any(axis=(0, 2))  # columns with text pixels in the label row
+    for j in range(1, 3):  # (nothing drawn in the 2 px gap before each next column)
+        left = 2 + j * (thumb + 2)
+        assert not ink[left - 2:left + 1].any(), j
+    wide = evaluate._label(grid, [(2, 1, "id")], width=thumb)
+    assert (wide[:14] < 128).any(axis=(0, 2))[:20].any()  # (a short label: drawn)
+
+
 def test_side_by_side_shows_n_pairs_spread_over_all(tmp_path):
     """``side_by_side_pairs`` of the content x style pairs, spread evenly (2 of 4: the first
     and the last), one row each under a 14 px label strip: content, style, then each method."""
