@@ -209,8 +209,6 @@ def exit_as_signalled(status: int) -> None:
 
 
 if __name__ == "__main__":
-    from arbitrary_nst.errors import interrupts_outside_gc_callbacks
+    from arbitrary_nst.errors import run_command  # (a Ctrl-C while JAX loads was lost)
 
-    with interrupts_outside_gc_callbacks():  # (a Ctrl-C while JAX loads was lost)
-        status = main()
-    exit_as_signalled(status)
+    exit_as_signalled(run_command(main))

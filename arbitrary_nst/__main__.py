@@ -1,7 +1,5 @@
 """``python -m arbitrary_nst COMMAND ...``: same as ``python infer.py``."""
 from .cli import main
-from .errors import interrupts_outside_gc_callbacks
+from .errors import run_command  # (a Ctrl-C while JAX loads was lost without it)
 
-with interrupts_outside_gc_callbacks():  # (a Ctrl-C while JAX loads was lost)
-    status = main(prog="python -m arbitrary_nst")
-raise SystemExit(status)  # (its usage lines said infer.py)
+raise SystemExit(run_command(main, prog="python -m arbitrary_nst"))  # (usage said infer.py)

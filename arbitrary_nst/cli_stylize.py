@@ -839,8 +839,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from .errors import interrupts_outside_gc_callbacks
+    from .errors import run_command  # (a Ctrl-C while JAX loads was lost without it)
 
-    with interrupts_outside_gc_callbacks():  # (a Ctrl-C while JAX loads was lost)
-        status = main()
-    raise SystemExit(status)
+    raise SystemExit(run_command(main))

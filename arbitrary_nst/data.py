@@ -2472,8 +2472,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from .errors import interrupts_outside_gc_callbacks
+    from .errors import run_command  # (a Ctrl-C while JAX loads was lost without it)
 
-    with interrupts_outside_gc_callbacks():  # (a Ctrl-C while JAX loads was lost)
-        status = main()
-    sys.exit(status)
+    sys.exit(run_command(main))

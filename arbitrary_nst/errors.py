@@ -16,7 +16,7 @@ import numbers
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 
 class NSTError(Exception):
@@ -236,3 +236,10 @@ def interrupts_outside_gc_callbacks() -> Iterator[None]:
     finally:
         if signal.getsignal(signal.SIGINT) is handler:
             signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def run_command(main: Callable[..., int], *args, **kwargs) -> int:
+    """``main(*args, **kwargs)`` under :func:`interrupts_outside_gc_callbacks`: what every
+    command's ``__main__`` block runs."""
+    with interrupts_outside_gc_callbacks():
+        return main(*args, **kwargs)

@@ -573,11 +573,17 @@ def _input_fingerprints(contents: Sequence[Path], styles: Sequence[Path]) -> dic
     out = {}
     for what, files in (("content", contents), ("style", styles)):
         for p in files:
-            try:
-                out[f"{what}/{p.stem}"] = hashlib.sha1(Path(p).read_bytes()).hexdigest()[:16]
-            except OSError:
-                pass  # (unreadable: skipped when loaded)
+            if (digest := _file_sha1(p)) is not None:  # (unreadable: skipped when loaded)
+                out[f"{what}/{p.stem}"] = digest[:16]
     return out
+
+
+def _file_sha1(path: str | os.PathLike) -> str | None:
+    """The sha1 of a file's bytes (None if it cannot be read)."""
+    try:
+        return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def _pixels_id(x: np.ndarray) -> str:
@@ -715,6 +721,13 @@ def _pick(items: list, n: int | None) -> list:
     return [items[i] for i in dict.fromkeys(idx.tolist())]
 
 
+def _under(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """Whether ``path`` is ``folder`` or under it, with links resolved or as named (a folder of
+    links to photos elsewhere is under neither resolved)."""
+    top = os.path.abspath(folder)
+    return is_inside(path, folder) or os.path.commonpath([os.path.abspath(path), top]) == top
+
+
 def _pick_loaded(files: list[Path], n: int | None, side: int, skipped: list[str]
                  ) -> tuple[list[Path], list[tuple[str, np.ndarray]]]:
     """:func:`_pick` of the files that load (:func:`_load_all`; each one that does not is
@@ -781,8 +794,7 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
     # later training on that folder (which takes subfolders) or a recursive listing takes as
     # photos or paintings; train.py refuses a workdir inside its training folders likewise
     for what, spec in (("content", content), ("style", style)):
-        if os.path.isdir(spec) and (is_inside(out, spec) or os.path.commonpath(
-                [os.path.abspath(out), os.path.abspath(spec)]) == os.path.abspath(spec)):
+        if os.path.isdir(spec) and _under(out, spec):
             raise ConfigError(f"{out}: --out is inside the --{what} folder {spec}; a training "
                               f"run or a recursive listing of that folder would take the "
                               f"evaluation's images and sheets as {what} images: use a folder "
@@ -803,15 +815,9 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
                               f"({len(shared)} do)")
         # (also as copies: a copy of an evaluated photo in the fit folder passed, and the
         # fits were made on test photos)
-        def digest(p: Path) -> str | None:
-            try:
-                return hashlib.sha1(Path(p).read_bytes()).hexdigest()
-            except OSError:
-                return None  # (unreadable: skipped when loaded)
-
-        evaluated_bytes = {d: p for p in content_files if (d := digest(p)) is not None}
+        evaluated_bytes = {d: p for p in content_files if (d := _file_sha1(p)) is not None}
         copies = [(p, evaluated_bytes[d]) for p in fit_files
-                  if (d := digest(p)) is not None and d in evaluated_bytes]
+                  if (d := _file_sha1(p)) is not None and d in evaluated_bytes]
         if copies:
             raise ConfigError(f"{copies[0][0]}: --fit-photos must not contain evaluated "
                               f"contents: a copy of {copies[0][1]} (copies found: {len(copies)})")
@@ -842,8 +848,7 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
         _check_unique_names(what, files)
         # (also as named: a folder of symlinks to the photos resolves elsewhere, and the
         # sheets were written among the links, to be taken as photos by the next run)
-        inside = [p for p in files if is_inside(p, out_dir) or os.path.commonpath(
-            [os.path.abspath(p), os.path.abspath(out_dir)]) == os.path.abspath(out_dir)]
+        inside = [p for p in files if _under(p, out_dir)]
         if inside:
             raise ConfigError(f"{out_dir}: --out holds the {what} image {inside[0]}; the "
                               "evaluation writes images and sheets there: use another folder")
@@ -1144,8 +1149,7 @@ def _shared_means(rows, a: str, b: str) -> tuple[dict[str, float], dict[str, flo
     """The metric means of methods ``a`` and ``b`` over the pairs both ran (None if none):
     with one method skipping a photo (refinement refuses a flat one) the means over each
     method's own pairs compared different images, and a ratio could point the wrong way."""
-    by = {(r["method"], r["content"], r["style"]): r for r in rows}
-    pairs = [(k[1], k[2]) for k in by if k[0] == a and (b, k[1], k[2]) in by]
+    by, pairs = _shared_pairs(rows, a, b)
     if not pairs:
         return None
     keys = [k for k in rows[0] if k not in ("method", "content", "style")]
@@ -1153,9 +1157,14 @@ def _shared_means(rows, a: str, b: str) -> tuple[dict[str, float], dict[str, flo
                  for x in (a, b))
 
 
-def _pairwise_wins(rows, a: str, b: str) -> tuple[int, int] | None:
+def _shared_pairs(rows, a: str, b: str) -> tuple[dict, list[tuple[str, str]]]:
+    """``({(method, content, style): row}, [(content, style) that both a and b ran])``."""
     by = {(r["method"], r["content"], r["style"]): r for r in rows}
-    pairs = [(k[1], k[2]) for k in by if k[0] == a and (b, k[1], k[2]) in by]
+    return by, [(k[1], k[2]) for k in by if k[0] == a and (b, k[1], k[2]) in by]
+
+
+def _pairwise_wins(rows, a: str, b: str) -> tuple[int, int] | None:
+    by, pairs = _shared_pairs(rows, a, b)
     if not pairs:
         return None
     wins = sum(by[(a, *p)]["style_gram"] <= by[(b, *p)]["style_gram"]
@@ -1445,8 +1454,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from .errors import interrupts_outside_gc_callbacks
+    from .errors import run_command  # (a Ctrl-C while JAX loads was lost without it)
 
-    with interrupts_outside_gc_callbacks():  # (a Ctrl-C while JAX loads was lost)
-        status = main()
-    sys.exit(status)
+    sys.exit(run_command(main))
