@@ -203,9 +203,9 @@ def interrupts_outside_gc_callbacks() -> Iterator[None]:
     Why: JAX registers a ``gc.callbacks`` function; Python raises a Ctrl-C's
     ``KeyboardInterrupt`` in whatever Python code runs when the signal is handled, and one
     raised inside a gc callback is discarded ("Exception ignored in: <function
-    _xla_gc_callback>"): a Ctrl-C half a second into ``train.py`` (importing JAX runs many
-    collections) was lost and the whole job ran. Such a Ctrl-C is delivered again a moment
-    later, outside the callback. Only in the main thread, and only over Python's own handler
+    _xla_gc_callback>"), as it is inside the weakref callbacks a collection runs: a Ctrl-C
+    half a second into ``train.py`` (importing JAX runs many collections) was lost and the
+    whole job ran. Such a Ctrl-C is delivered again a moment later, outside the collection. Only in the main thread, and only over Python's own handler
     (one the application set is left alone); restored on exit."""
     if (threading.current_thread() is not threading.main_thread()
             or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
@@ -213,6 +213,10 @@ def interrupts_outside_gc_callbacks() -> Iterator[None]:
         return
 
     main_id = threading.main_thread().ident
+    collecting = [False]  # (a collection also runs weakref callbacks, which discard it too)
+
+    def track(phase, info) -> None:
+        collecting[0] = phase == "start"
 
     def again() -> None:  # a real signal: it also ends a wait (a sleep, a lock) in progress
         if hasattr(signal, "pthread_kill"):
@@ -221,21 +225,28 @@ def interrupts_outside_gc_callbacks() -> Iterator[None]:
             _thread.interrupt_main()
 
     def handler(signum, frame):
+        # during a collection (its weakref callbacks: e.g. a WeakKeyDictionary's), or inside a
+        # gc callback (JAX's runs at the end too, after ``track`` said the collection is over)
         callbacks = {getattr(cb, "__code__", None) for cb in gc.callbacks} - {None}
         f = frame
-        while f is not None:
-            if f.f_code in callbacks:  # (again once the collection is over)
-                threading.Timer(0.02, again).start()
-                return
+        while f is not None and not collecting[0]:
+            if f.f_code in callbacks:
+                break
             f = f.f_back
+        if collecting[0] or f is not None:  # (again once the collection is over)
+            threading.Timer(0.02, again).start()
+            return
         raise KeyboardInterrupt
 
+    gc.callbacks.insert(0, track)  # (first: its "start" is seen before the others run)
     signal.signal(signal.SIGINT, handler)
     try:
         yield
     finally:
         if signal.getsignal(signal.SIGINT) is handler:
             signal.signal(signal.SIGINT, signal.default_int_handler)
+        if track in gc.callbacks:
+            gc.callbacks.remove(track)
 
 
 def run_command(main: Callable[..., int], *args, **kwargs) -> int:
