@@ -70,6 +70,7 @@ from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from . import errors as errors_lib
 from . import export as export_lib
 from . import vgg as vgg_lib
 from .device_augment import finish_batch
@@ -937,9 +938,8 @@ class TrainResult:
 
 #: Signals that stop training cleanly (finish the step, save a checkpoint, export): Ctrl-C,
 #: ``kill``, and a closed terminal or ssh session (SIGHUP killed the run, and the steps since
-#: the last checkpoint were lost).
-STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP")
-                     if hasattr(signal, n))  # (Windows has no SIGHUP)
+#: the last checkpoint were lost). The same that stop the other commands like Ctrl-C.
+STOP_SIGNALS = errors_lib.STOP_SIGNALS
 
 
 class _StopRequest:

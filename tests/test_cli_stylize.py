@@ -500,6 +500,101 @@ def test_interrupted_batch_says_what_was_done_and_how_to_finish(cli, data, monke
     assert rc == 130 and re.search(r"^done 1, skipped 0, .*; interrupted", stdout, re.M), stdout
 
 
+@pytest.fixture
+def stop_signals_by_default():
+    """SIGTERM / SIGHUP with their default action, as a command starts with them (restored)."""
+    import signal
+
+    names = [n for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
+    previous = {n: signal.signal(getattr(signal, n), signal.SIG_DFL) for n in names}
+    yield
+    for n, h in previous.items():
+        signal.signal(getattr(signal, n), h)
+
+
+def test_sigterm_stops_a_batch_like_ctrl_c(cli, data, monkeypatch, stop_signals_by_default):
+    """``kill`` (SIGTERM) killed a batch on the spot without a word (its bar at "0/12" with 7
+    outputs written): it is an interruption now, the summary says what is on disk, the
+    status is 143."""
+    import os
+    import signal
+    import time
+
+    from arbitrary_nst.errors import run_command
+
+    real = inference.Stylizer.stylize_files
+
+    def two_then_sigterm(self, *a, **k):
+        for i, r in enumerate(real(self, *a, **k)):
+            if i == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)  # (interrupted at once)
+            yield r
+
+    monkeypatch.setattr(inference.Stylizer, "stylize_files", two_then_sigterm)
+    od = data["tmp"] / "term"
+    got = {}
+
+    def command():
+        got["rc"], got["out"], got["err"] = cli(
+            "--content", data["dir"], "--style", data["styles"][0], "--out-dir", od,
+            "--no-progress")
+        return got["rc"]
+
+    t0 = time.perf_counter()
+    assert run_command(command) == 143 and time.perf_counter() - t0 < 30
+    assert got["err"].strip() == "error: interrupted", got
+    written = sorted(p.name for p in od.iterdir())
+    assert re.search(rf"^done {len(written)}, skipped 0, .*; interrupted: run the same command "
+                     "again", got["out"], re.M) and len(written) == 3, (got, written)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # (restored)
+
+
+def test_sighup_is_an_interruption_unless_ignored(stop_signals_by_default):
+    """A closed terminal (SIGHUP) stops a command like Ctrl-C (status 129); under ``nohup``
+    (SIGHUP ignored) the command goes on."""
+    import os
+    import signal
+    import time
+
+    from arbitrary_nst.errors import Terminated, run_command
+
+    if not hasattr(signal, "SIGHUP"):
+        pytest.skip("no SIGHUP here")
+    seen = []
+
+    def command():
+        try:
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(5)
+            return 0
+        except KeyboardInterrupt as e:
+            seen.append(e)
+            return 130
+
+    assert run_command(command) == 129
+    assert isinstance(seen[0], Terminated) and seen[0].signum == signal.SIGHUP
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+    # the terminal is gone: printing what was kept fails (EIO), still 129, no traceback
+
+    def command_without_a_terminal():
+        try:
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(5)
+            return 0
+        except KeyboardInterrupt:
+            raise OSError(5, "Input/output error")
+
+    assert run_command(command_without_a_terminal) == 129
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # nohup
+    t0 = time.perf_counter()
+    assert run_command(lambda: (os.kill(os.getpid(), signal.SIGHUP), time.sleep(0.2), 0)[-1]) == 0
+    assert time.perf_counter() - t0 >= 0.2 and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    # an unrelated OSError is not hidden
+    with pytest.raises(OSError, match="disk"):
+        run_command(lambda: (_ for _ in ()).throw(OSError("disk")))
+
+
 def test_skip_kinds_ignore_the_words_in_paths(cli, data):
     """The summary's kinds come from the reason, not the file name: a folder called 'empty
     file' holding a truncated image is one 'truncated or corrupt'."""
