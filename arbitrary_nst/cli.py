@@ -463,6 +463,9 @@ def _run_gatys(args: argparse.Namespace) -> int:
                     skip(i, e)
                     continue
                 done += 1
+                if j in result.worse_than_start:  # (written: it is a result, a poor one)
+                    print(f"warning: {outs[i]}: {result.worse_than_start[j]} (--lr)",
+                          file=sys.stderr)
                 if not args.quiet:
                     terms = {k: float(final[k][j]) for k in ("total", "content", "style", "tv")
                              if k in final}

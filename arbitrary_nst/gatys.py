@@ -74,6 +74,7 @@ import math
 import numbers
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -287,6 +288,10 @@ class GatysResult:
     * ``failures``: ``{example index: why}`` of the examples that made no progress or diverged
       (their images are not results), with ``run(..., failures="report")``; the default
       ``"raise"`` raises a ModelError instead, so it is empty then.
+    * ``worse_than_start``: ``{example index: why}`` of the examples (not failed) whose Adam
+      stage ended with a loss above the one it started from (a learning rate too large: the
+      result is worse than its start), with ``failures="report"``; with ``"raise"`` a
+      warning says it instead, so it is empty then.
     """
 
     images: np.ndarray
@@ -296,6 +301,7 @@ class GatysResult:
     seconds: list[float]
     config: GatysConfig
     failures: dict[int, str] = dataclasses.field(default_factory=dict)
+    worse_than_start: dict[int, str] = dataclasses.field(default_factory=dict)
 
     def final_terms(self) -> dict[str, np.ndarray]:
         """Loss terms ``[B]`` after the last iteration of the last stage."""
@@ -724,7 +730,8 @@ def _adam_chunk(params, state, cf, st, w, n, *, kw, chunk):
     """``n`` Adam steps. History row ``i`` holds the loss after step ``i + 1``: a step's
     gradient evaluation gives the loss of the iterate *before* it (that of the previous step's
     result), so the buffer has one more row, row 0 (the chunk's start, already reported) is
-    dropped, and the final iterate is evaluated once more (one forward pass per chunk)."""
+    dropped (kept as the state's ``start``: the first chunk's is the loss the stage started
+    from), and the final iterate is evaluated once more (one forward pass per chunk)."""
     tx = optax.adam(w["lr"])
     z0 = state["z"]
     names = _term_names(kw["struct"], cf is not None, st is not None)
@@ -742,8 +749,9 @@ def _adam_chunk(params, state, cf, st, w, n, *, kw, chunk):
 
     z, opt_state, hist = jax.lax.fori_loop(0, n, body, (z0, state["opt"], hist))
     _, terms = _objective(params, z, cf, st, w, **kw)  # the loss of the returned iterate
+    start = hist["total"][0]
     hist = {k: h.at[n].set(terms[k])[1:] for k, h in hist.items()}
-    return dict(z=z, opt=opt_state), hist
+    return dict(z=z, opt=opt_state, start=start), hist
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1124,6 +1132,7 @@ def run(content, styles, *, style_weights=None, config: GatysConfig | None = Non
     x_prev = None
     done_iters = 0
     stuck: list[int] = []
+    rose: dict[int, float] = {}  # example -> its largest end / start loss ratio of a stage > 1
     try:
         for si, (hw, n_iter) in enumerate(plan):
             content_s = _resize_batch(x_content, hw)
@@ -1137,7 +1146,7 @@ def run(content, styles, *, style_weights=None, config: GatysConfig | None = Non
             else:
                 x0 = _init_images(cfg, work_content, per_styles)
             t0 = time.perf_counter()
-            z, hist, n_eval, slope_ok = _optimize(
+            z, hist, n_eval, slope_ok, start_total = _optimize(
                 params, x0, cf, st, weights, cfg, lcfg, n_iter, stage=si, n_stages=len(plan),
                 bar=bar, report=report, done_before=done_iters, total=total_iters)
             x_prev = np.asarray(_final_image(z, cfg.parameterization))
@@ -1145,6 +1154,8 @@ def run(content, styles, *, style_weights=None, config: GatysConfig | None = Non
             start = np.asarray(_final_image(from_image(x0, cfg.parameterization),
                                             cfg.parameterization))
             stuck = _made_no_progress(start, x_prev, hist, n_iter, slope_ok)
+            for i, ratio in _ended_above_start(start_total, hist).items():
+                rose[i] = max(rose.get(i, 0.0), ratio)
             seconds.append(time.perf_counter() - t0)
             history.append(hist)
             stages.append(tuple(hw))
@@ -1173,10 +1184,33 @@ def run(content, styles, *, style_weights=None, config: GatysConfig | None = Non
         # optimization overflowed)
         which = "" if out.shape[0] == 1 else f" for example{'s' if len(bad) > 1 else ''} {bad}"
         raise ModelError(f"the optimization diverged{which} {diverged}")
+    # (Adam with a learning rate too large ended 200x above its start with exit 0: the result
+    # is worse than the image it started from)
+    worse = {i: (f"the loss ended {r:.3g}x above its start: the Adam learning rate "
+                 f"({cfg.learning_rate:g}) is too large; lower it")
+             for i, r in sorted(rose.items()) if i not in failed}
+    if worse and failures == "raise":
+        which = ("" if out.shape[0] == 1 else
+                 f" (example{'s' if len(worse) > 1 else ''} {sorted(worse)})")
+        warnings.warn(next(iter(worse.values())) + which, stacklevel=2)
     if lum:
         out = np.asarray(color_lib.transfer_luminance(out, x_content, cfg.color_space))
     return GatysResult(images=out.astype(np.float32), history=history, stages=stages,
-                       evaluations=evaluations, seconds=seconds, config=cfg, failures=failed)
+                       evaluations=evaluations, seconds=seconds, config=cfg, failures=failed,
+                       worse_than_start=worse if failures == "report" else {})
+
+
+def _ended_above_start(start_total: np.ndarray | None, hist: dict) -> dict[int, float]:
+    """``{example: end / start loss}`` of the examples whose stage ended above the loss it
+    started from (by more than float32 noise); only where the start is known (Adam)."""
+    total = hist.get("total") if isinstance(hist, dict) else None
+    if start_total is None or total is None or not len(total):
+        return {}
+    last = np.asarray(total)[-1].reshape(-1)
+    start = np.asarray(start_total).reshape(-1)
+    return {i: float(last[i] / start[i]) for i in range(min(last.size, start.size))
+            if np.isfinite(last[i]) and np.isfinite(start[i]) and start[i] > 0
+            and last[i] > start[i] * (1 + 1e-4)}
 
 
 def _made_no_progress(x0: np.ndarray, x: np.ndarray, hist: dict, n_iter: int,
@@ -1199,8 +1233,10 @@ def _made_no_progress(x0: np.ndarray, x: np.ndarray, hist: dict, n_iter: int,
 
 def _optimize(params, x0, cf, st, weights, cfg: GatysConfig, lcfg, n_iter: int, *, stage,
               n_stages, bar, report, done_before, total):
-    """One stage: returns ``(z, history, evaluations, slope_ok)``; ``slope_ok``: per example,
-    whether our L-BFGS's last directional derivative is finite (None for other optimizers)."""
+    """One stage: returns ``(z, history, evaluations, slope_ok, start_total)``; ``slope_ok``:
+    per example, whether our L-BFGS's last directional derivative is finite (None for other
+    optimizers); ``start_total``: Adam's loss ``[B]`` at the stage's start (None for the
+    others, whose line searches only ever lower it, and for 0 iterations)."""
     kind = cfg.optimizer
     struct = _struct_key(lcfg)
     fn = _chunk_fn(kind, struct, cfg.pooling, cfg.chunk_size,
@@ -1212,15 +1248,19 @@ def _optimize(params, x0, cf, st, weights, cfg: GatysConfig, lcfg, n_iter: int, 
     elif kind == "lbfgs_optax":
         state = dict(z=z, opt=_optax_lbfgs_tx(cfg.lbfgs_memory, cfg.max_linesearch_steps).init(z))
     else:
-        state = dict(z=z, opt=optax.adam(cfg.learning_rate).init(z))
+        state = dict(z=z, opt=optax.adam(cfg.learning_rate).init(z),
+                     start=jnp.zeros((z.shape[0],), jnp.float32))
     # fresh buffers: optimizer inits may alias leaves, and the state is donated
     state = jax.tree.map(lambda a: jnp.array(a, copy=True), state)
     parts: list[dict] = []
     done = 0
+    start_total = None
     while done < n_iter:
         n = min(cfg.chunk_size, n_iter - done)
         state, hist = fn(params, state, cf, st, weights, jnp.asarray(n, jnp.int32))
         hist = jax.device_get(hist)
+        if kind == "adam" and done == 0:
+            start_total = np.asarray(jax.device_get(state["start"]))
         if kind == "lbfgs_optax":
             part = {"objective": hist["objective"][:n],
                     **{k: np.asarray(v)[None] for k, v in hist["terms"].items()}}
@@ -1253,7 +1293,7 @@ def _optimize(params, x0, cf, st, weights, cfg: GatysConfig, lcfg, n_iter: int, 
         n_eval = int(jax.device_get(state["steps"])) if kind == "lbfgs" else n_iter
     slope_ok = np.isfinite(np.asarray(jax.device_get(state["slope"]))) if kind == "lbfgs" \
         else None
-    return state["z"], history, n_eval, slope_ok
+    return state["z"], history, n_eval, slope_ok, start_total
 
 
 def _cat(parts, empty_shape) -> np.ndarray:

@@ -505,6 +505,7 @@ def test_gatys_batch_passes_weights_and_quiet_and_says_what_it_did(files, tmp_pa
 
     class R:
         failures: dict = {}
+        worse_than_start: dict = {}
 
         def __init__(self, x):
             self.images = x
@@ -619,6 +620,7 @@ def test_gatys_upscales_a_small_content_to_size(files, tmp_path, monkeypatch, ca
 
     class R:
         failures: dict = {}
+        worse_than_start: dict = {}
 
         def __init__(self, x):
             self.images = x
@@ -668,6 +670,7 @@ def _fake_gatys(monkeypatch, interrupt_at=None):
 
     class R:
         failures: dict = {}
+        worse_than_start: dict = {}
 
         def __init__(self, x):
             self.images = x
@@ -863,3 +866,23 @@ def test_one_bad_content_is_named_before_the_out_folder(files, tmp_path, capsys,
     assert line.startswith(f"error: {src}: "), line
     assert ("is a directory" if content == "dir" else "no such file") in line, line
     assert not (tmp_path / "outs").exists()
+
+
+def test_gatys_says_which_outputs_adam_left_above_their_start(files, tmp_path, capsys):
+    """``--optimizer adam --lr 3`` ended 100x+ above the loss it started from, exit 0 without
+    a word: each such output is named in a warning (one content: the same warning)."""
+    out = tmp_path / "out"
+    args = gatys_args(files, out, "--optimizer", "adam", "--lr", "3", contents=("a", "sq48"),
+                      iters=8)
+    assert main(args) == 0
+    warned = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning: ")]
+    assert [ln.split(": ")[1] for ln in warned] == [str(out / "a_gatys.png"),
+                                                     str(out / "sq48_gatys.png")], warned
+    assert all("above its start: the Adam learning rate (3) is too large; lower it (--lr)" in ln
+               for ln in warned)
+    assert main(gatys_args(files, tmp_path / "one.png", "--optimizer", "adam", "--lr", "3",
+                           iters=8)) == 0
+    assert re.search(r"^warning: the loss ended \S+x above its start",
+                     capsys.readouterr().err, re.M)
+    assert main(gatys_args(files, tmp_path / "ok.png", "--optimizer", "adam", iters=8)) == 0
+    assert "warning" not in capsys.readouterr().err

@@ -936,3 +936,30 @@ def test_a_pil_image_that_cannot_be_decoded_is_named_by_its_input(params, conten
     with pytest.raises(ImageError, match=r"^style image 1: truncated"):  # per-example lists
         run(params, np.stack([content, content]), [[style], [Image.open(tmp_path / "cut.jpg")]],
             cfg)
+
+
+def test_adam_ending_above_its_start_is_said(params, content, style, adam_run):
+    """Adam with a learning rate far too large ended 125x above the loss it started from with
+    no word (exit 0, a result worse than its start): a warning says it, and with
+    ``failures="report"`` (a batch of files) ``worse_than_start`` names the examples."""
+    import re
+    import warnings
+
+    start = float(loss_of(params, content[None], content, style, ADAM)["total"][0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (a working learning rate: no warning)
+        assert adam_run.history[0]["total"][-1, 0] < start and not adam_run.worse_than_start
+    cfg = ADAM.replace(learning_rate=3.0)
+    with pytest.warns(UserWarning, match=r"^the loss ended (\S+)x above its start: the Adam "
+                      r"learning rate \(3\) is too large; lower it$") as rec:
+        r = run(params, content, style, cfg)
+    end = float(r.history[0]["total"][-1, 0])
+    assert end > 2 * start and not r.failures
+    ratio = float(re.search(r"ended (\S+)x", str(rec[0].message)).group(1))
+    assert ratio == pytest.approx(end / start, rel=2e-3)
+    # a batch: the examples are named, nothing is raised or warned
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r2 = run(params, np.stack([content, content]), style, cfg, failures="report")
+    assert sorted(r2.worse_than_start) == [0, 1] and not r2.failures
+    assert r2.worse_than_start[0].startswith("the loss ended ")
