@@ -59,8 +59,8 @@ A run into an ``--out`` of an earlier run removes that run's ``sheet_<method>.pn
 it does not run (results.json's methods say which it wrote; no other file is removed); their
 images stay in ``images/<method>`` for a later ``--resume``, named in ``summary.md`` as not
 part of the results.
-Unreadable images are skipped with a one-line reason; the run goes on and exits 1 (as it does,
-after one `error: ...` line, for a bad option).
+Unreadable and blank (one-colour) images are skipped with a one-line reason; the run goes on and
+exits 1 (as it does, after one `error: ...` line, for a bad option).
 """
 from __future__ import annotations
 
@@ -558,6 +558,9 @@ def _load_all(paths: Sequence[Path], side: int, skipped: list[str]) -> list[tupl
             if min(x.shape[:2]) < 32:  # (it stopped the whole run, without the file's name)
                 raise ImageError(p, f"is too thin: {x.shape[1]}x{x.shape[0]} at --size {side} "
                                     "(VGG16 needs 32 px on each side)")
+            if (blank := images.blank_reason(x)) is not None:  # (a failed scan or export:
+                # its scores went into the means as if it were a painting or a photo)
+                raise ImageError(p, f"is {blank}: nothing to evaluate a style transfer on")
             out.append((p.stem, x))
         except NSTError as e:  # (evaluate has no --max-pixels: say what does help)
             why = str(e).replace(images.TOO_LARGE_HINT, "downscale the file (evaluate reads "

@@ -296,6 +296,24 @@ def test_a_file_found_unreadable_when_loaded_gives_its_pick_to_another(tiny_set,
     assert len(r.skipped) == 1 and r.skipped[0].startswith(str(photos / "a_cut.jpg")), r.skipped
 
 
+def test_a_blank_painting_is_skipped_not_scored(tiny_set, tmp_path, vgg):
+    """A one-colour "painting" (a failed scan or export) was evaluated as a style and its
+    scores went into the means (training skips such files): skipped with the reason, and a
+    ``--num-styles`` pick it took goes to another painting."""
+    styles = tmp_path / "styles"
+    styles.mkdir()
+    Image.fromarray(np.full((80, 96, 3), (120, 80, 40), np.uint8)).save(styles / "a_blank.png")
+    [painting] = sorted((tiny_set / "style").iterdir())[:1]
+    (styles / f"b_{painting.name}").write_bytes(painting.read_bytes())
+    for n in (None, 1):
+        r = evaluate.evaluate(tiny_set / "content", styles, tmp_path / f"o{n}",
+                              methods=["identity"], size=48, progress=False, vgg=vgg,
+                              num_contents=1, num_styles=n)
+        assert {row["style"] for row in r.rows} == {f"b_{painting.stem}"}
+        assert len(r.skipped) == 1 and r.skipped[0].startswith(
+            f"{styles / 'a_blank.png'}: is blank (pixel std 0.0000 < 0.01)"), r.skipped
+
+
 def test_out_inside_a_content_or_style_folder_is_refused(tiny_set, tmp_path, vgg):
     """``--style paintings --out paintings/eval`` was accepted: the sheets and outputs written
     there were then training paintings for a later ``train.py`` on that folder (which takes
