@@ -571,7 +571,8 @@ def format_table(results) -> str:
         for r in o["runs"]:
             lines.append(f"| {o['label']} | {r['size']}^2 | {r['batch']} | {r['ms_per_image']:.1f}"
                          f" | {r.get('ms_per_image_min', r['ms_per_image']):.1f} | "
-                         f"{r['images_per_s']:.2f} | {r['compile_s']:.1f} | {r['xla_memory_mb']} |")
+                         f"{r['images_per_s']:.2f} | {r['compile_s']:.1f} | "
+                         f"{'-' if r['xla_memory_mb'] is None else r['xla_memory_mb']} |")
     for s in results["skipped"]:
         lines.append(f"| width {s['width']} | {s['size']}^2 | {s['batch']} | skipped | | | | |")
     for pr in results["peer"]:

@@ -12,7 +12,8 @@ and style, batch 8, width 1.0):
   TFLOP/s and, on a GPU with a known peak, the fraction of peak (the dense peak of the step's
   compute dtype: :data:`GPU_PEAK`);
 * **loader**: ``data.make_loader`` alone at the config's batch size and sizes (``--data`` picks
-  the source: the config's own, or ``synthetic``), batches/s;
+  the source: the config's own, or ``synthetic``), batches/s and content images/s (each batch
+  also holds as many style images);
 * **train loop**: ``training.train`` end to end (loader + step + logging) for a few steps after a
   warm-up interval, steps/s.
 
@@ -168,7 +169,9 @@ def bench_loader(cfg, batches: int) -> dict:
     return {"source": str(cfg.data.source), "device_augment": bool(loader.device_augment),
             "batches": batches, "seconds": round(dt, 3),
             "batches_per_s": round(batches / dt, 2),
-            "images_per_s": round(2 * int(cfg.train.batch_size) * batches / dt, 1)}
+            # content images per second, as the step's figure (each batch also holds as
+            # many style images; the JSON counted both here and content only for the step)
+            "images_per_s": round(int(cfg.train.batch_size) * batches / dt, 1)}
 
 
 class _ExpectedStop(logging.Filter):

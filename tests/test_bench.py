@@ -64,6 +64,11 @@ def test_train_bench_runs_the_smoke_config_with_each_loader_mode(tmp_path):
     cfg = training.load_config(mod.ROOT / "configs" / "smoke.py", ["data.device_augment=False"])
     host = mod.bench_loader(cfg, 2)
     assert host["device_augment"] is False and host["batches_per_s"] > 0
+    # images/s count content images, as the step's do (the loader's counted content + style)
+    for ld, b in ((row["loader"], row["batch_size"]), (host, int(cfg.train.batch_size))):
+        assert ld["images_per_s"] == pytest.approx(b * ld["batches_per_s"], rel=0.02, abs=0.1)
+    assert row["step"]["images_per_s"] == pytest.approx(
+        row["batch_size"] * row["step"]["steps_per_s"], rel=0.05)
 
 
 def test_correction_predictability_scores_what_the_features_explain(tmp_path):
@@ -505,6 +510,14 @@ def test_infer_bench_table_says_when_the_pipeline_compute_was_not_timed():
     assert "(compute alone: not measured: add --sizes 512 --batches 1)" in mod.format_table(res)
     res["pipeline"] = {**pl, "compute_only_images_per_s": 11.457}
     assert "(compute alone: 11.457 images/s)" in mod.format_table(res)
+    # an onnxruntime row has no XLA memory: "-" (it said "None")
+    row = {"size": 64, "batch": 1, "ms_per_image": 2.0, "images_per_s": 500.0,
+           "compile_s": 0.0, "xla_memory_mb": None}
+    res["ours"] = [{"label": "width 0.25, onnxruntime", "width": 0.25, "embed": {},
+                    "runs": [row]}, {"label": "width 0.25", "width": 0.25, "embed": {},
+                                     "runs": [dict(row, xla_memory_mb=3.5)]}]
+    rows = [ln for ln in mod.format_table(res).splitlines() if ln.startswith("| width")]
+    assert rows[0].endswith("| 0.0 | - |") and rows[1].endswith("| 0.0 | 3.5 |"), rows
 
 
 def test_gatys_bench_table_says_mib():
