@@ -726,7 +726,11 @@ def _stylize(args, stylizer, listing: tuple[list[Path], list[tuple[Path, str]], 
             else:
                 skipped.append(r)
             before.pop(str(r.content), None)  # (counted: not again from the disk after Ctrl-C)
-            bar.update(1)
+            if r.ok:
+                bar.update(1)
+            else:  # (a skip takes no time: counted as done, the skips of a rerun over a
+                # half-done folder made its rate and ETA far too good: it leaves the total)
+                bar.total = max(bar.n, bar.total - 1)
             if not r.ok:
                 if single:
                     raise ImageError(None, r.reason or f"{r.content}: failed")

@@ -1569,6 +1569,29 @@ def test_a_batch_of_one_image_shows_no_progress_bar(cli, data):
     assert (od / "x__s1.png").is_file()
 
 
+def test_the_batch_bar_counts_the_images_stylized_not_the_skips(cli, data, monkeypatch):
+    """A rerun over a half-done folder skips the outputs that exist at once: counted as done,
+    they made the bar's rate and its ETA for the rest far too good. A skip leaves the total."""
+    import io
+
+    from tqdm import tqdm
+
+    bars = []
+
+    def recording(total, enabled):
+        bars.append(tqdm(total=total, file=io.StringIO(), mininterval=0))
+        return bars[-1]
+
+    monkeypatch.setattr(cli_stylize, "_progress", recording)
+    od = data["tmp"] / "bar"
+    args = ("--content", data["dir"], "--style", data["styles"][0], "--out-dir", od)
+    assert cli(*args)[0] == 0 and (bars[-1].n, bars[-1].total) == (3, 3)
+    assert cli(*args)[0] == 1 and (bars[-1].n, bars[-1].total) == (0, 0)
+    sorted(od.iterdir())[1].unlink()
+    rc, stdout, _ = cli(*args)
+    assert rc == 1 and "done 1, skipped 2" in stdout and (bars[-1].n, bars[-1].total) == (1, 1)
+
+
 def test_a_single_output_is_replaced_only_with_overwrite(cli, data):
     c, s = data["contents"][0], data["styles"][0]
     out = data["tmp"] / "o.png"
