@@ -1440,7 +1440,15 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
                         if not bar_shown and is_main:  # no bar (e.g. logging to a file)
                             log.info("step %d/%d %s", step, num_steps, " ".join(
                                 f"{k}={v}" for k, v in _postfix(avg).items()))
-                    bar.update(1)
+                    if step == start + 1:  # (compiling, also after a resume: left out of
+                        # the bar's rate and ETA as of the logged rates; tqdm's smoothed rate
+                        # began with it and its ETA stayed far too long for dozens of steps)
+                        bar.unpause()
+                        bar.n += 1
+                        bar.last_print_n = bar.n
+                        bar.refresh()
+                    else:
+                        bar.update(1)
                     if sample_imgs is not None and (step % sample_every == 0 or final):
                         t_sample = time.perf_counter()
                         _save_samples(workdir, step, state, graphdef, frozen, sample_imgs,

@@ -2498,3 +2498,43 @@ def test_an_empty_folder_name_given_as_a_string_not_a_list_is_refused():
             cfg.data[key] = ""
         with pytest.raises(ConfigError, match=rf"^data\.{key}: an empty folder name \(''\)"):
             training.validate_config(cfg)
+
+
+def test_the_step_bar_leaves_compiling_out_of_its_rate(tmp_path, vgg, monkeypatch):
+    """tqdm's smoothed rate began with the first step, compilation included (also after every
+    resume): its ETA stayed far too long for dozens of steps. The first step is counted
+    without timing it, as the logged rates leave it out."""
+    import io
+    import time
+
+    from tqdm import tqdm
+
+    bars, times, rates = [], [], []
+
+    def recording_bar(**kw):
+        bars.append(tqdm(file=io.StringIO(), **{**kw, "mininterval": 0}))
+        return bars[-1]
+
+    real = training._default_loader_factory
+
+    class SlowFirstBatch:  # (a first step that takes 3 s more, as a long compilation does)
+        def __init__(self, loader):
+            self.loader = loader
+
+        def __iter__(self):
+            for i, b in enumerate(self.loader):
+                if i == 0:
+                    time.sleep(3)
+                yield b
+
+        def __getattr__(self, name):
+            return getattr(self.loader, name)
+
+    monkeypatch.setattr(training, "progress_bar", recording_bar)
+    training.train(smoke("train.num_steps=7"), tmp_path / "w", vgg=vgg, progress=True,
+                   loader_factory=lambda cfg, **kw: SlowFirstBatch(real(cfg, **kw)),
+                   step_callback=lambda step, state: (times.append(time.perf_counter()),
+                                                      rates.append(bars[-1].format_dict["rate"])))
+    step_s = (times[-1] - times[1]) / (len(times) - 2)
+    # (read before the bar's update of the last step: the bar is closed after it)
+    assert bars[-1].n == 7 and rates[-1] is not None and rates[-1] > 0.5 / step_s, (rates, step_s)
