@@ -316,7 +316,8 @@ def _add_gatys_arguments(p: argparse.ArgumentParser) -> None:
                           "the luminance change to R, G and B alike; kept for scripts)")
     col.add_argument("--color-match", choices=("eig", "chol"), default=d.color_match_method,
                      help="matrix square root of --preserve-color match")
-    p.add_argument("--quiet", action="store_true", help="no progress bar and no per-image lines")
+    p.add_argument("--quiet", "--no-progress", action="store_true",  # (the others' name)
+                   help="no progress bar and no per-image lines")
 
 
 def _layers_str(layers, plain: bool = False) -> str:
@@ -516,7 +517,7 @@ def _add_analyze_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"smoke test: {analysis.QUICK_SIZE} px and {analysis.QUICK_ITERS} "
                         "iterations")
     p.add_argument("--overwrite", action="store_true", help="replace existing figure files")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--quiet", "--no-progress", action="store_true", help="no progress output")
 
 
 def _run_analyze(args: argparse.Namespace) -> int:

@@ -2392,6 +2392,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--allow-eval-dirs", action="store_true",
                        help="take a folder with a path component named 'eval' (refused: "
                             "evaluation images must never be trained on)")
+        p.add_argument("--no-progress", action="store_true",
+                       help="no progress bar while folders are read and prepared")
         if name == "export":
             p.add_argument("--out", required=True, help="output .npz")
             p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -2432,7 +2434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ImportError:
             pass
         roles = given_roles if a.cmd == "prepare" and given_roles else ("content", "style")
-        srcs = prepare(cfg, progress=True, roles=roles)
+        srcs = prepare(cfg, progress=not a.no_progress, roles=roles)
         rows = reports(srcs)
         print(f"{'role':8} {'dataset':40} {'prepared':>9} {'skipped':>8} {'reused':>7} {'seconds':>8}")
         for r in rows:

@@ -304,6 +304,29 @@ def test_every_command_has_one_line_usage_errors(capsys):
         assert one_error_line(capsys).endswith(f"(see `{prog} --help`)"), prog
 
 
+def test_every_command_that_shows_progress_takes_no_progress(capsys, monkeypatch):
+    """``--no-progress`` (stylize, fit-style, demo, train.py, evaluate, distill) was an unknown
+    option to ``gatys`` and ``analyze`` (their ``--quiet``) and to ``data prepare`` (no way to
+    turn its bar off): every command takes it."""
+    from arbitrary_nst import cli, data
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["gatys", "--content", "c.png", "--style", "s.png", "--out",
+                              "o.png", "--no-progress"])
+    assert args.quiet is True
+    assert parser.parse_args(["analyze", "--out-dir", "d", "--no-progress"]).quiet is True
+    seen = []
+
+    def prepare(cfg, *, progress, roles):
+        seen.append(progress)
+        raise data.ConfigError("stop here")
+
+    monkeypatch.setattr(data, "prepare", prepare)
+    for extra in ([], ["--no-progress"]):
+        assert data.main(["prepare", "--content-dir", "photos", *extra]) == 1
+    assert seen == [True, False] and capsys.readouterr().err.count("error: stop here") == 2
+
+
 def test_data_folders_take_one_or_more_values():
     """`--style-dir paintings/ textures/` (as the README writes it) and repeated flags."""
     from arbitrary_nst import data
