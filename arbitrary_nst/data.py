@@ -1465,6 +1465,30 @@ def _catalog_builder(name: str, root: str) -> Any:
                 made.rmdir()
 
 
+#: A host that every TFDS download can resolve when online (TFDS' own bucket, which it reads
+#: the datasets' metadata from).
+TFDS_BUCKET_HOST = "storage.googleapis.com"
+
+
+def _no_name_lookup(homepage: str | None) -> str | None:
+    """Why this machine cannot download (no host name resolves: the dataset's homepage host
+    nor TFDS' bucket), or None. Offline, TFDS's downloader retried a failing name lookup ten
+    times with backoff: 3.5 minutes before its error. A lookup that fails at once is a quick
+    answer; both must fail, so a network that only blocks one of them still downloads."""
+    import socket
+    from urllib.parse import urlparse
+
+    hosts = [h for h in (urlparse(homepage or "").hostname, TFDS_BUCKET_HOST) if h]
+    why = []
+    for host in dict.fromkeys(hosts):
+        try:
+            socket.getaddrinfo(host, 443)
+            return None
+        except (OSError, UnicodeError) as e:
+            why.append(f"{host}: {getattr(e, 'strerror', None) or e}")
+    return "name lookup failed: " + "; ".join(why)
+
+
 def source_from_catalog(name: str, split: str = "train", data_dir: str | os.PathLike[str] | None = None) -> TFDSSource:
     """A TFDS catalog image dataset (e.g. ``'coco/2017'``, ``'dtd'``) by name.
 
@@ -1482,6 +1506,11 @@ def source_from_catalog(name: str, split: str = "train", data_dir: str | os.Path
     b = _catalog_builder(name, root)
     ready = (Path(b.data_dir) / "dataset_info.json").exists()
     if not ready:
+        if (offline := _no_name_lookup(getattr(b.info, "homepage", None))) is not None:
+            raise ConfigError(  # (TFDS retried the download for 3.5 minutes first)
+                f"tfds:{name}: not prepared under {root}, and this machine is offline "
+                f"({offline}). Catalog datasets need internet access the first time; offline, "
+                "use image folders (source='folder') instead")
         log.info("tfds:%s: not prepared under %s; downloading and preparing (array_record)", name, root)
         try:
             b.download_and_prepare(file_format="array_record")

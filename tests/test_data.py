@@ -183,6 +183,49 @@ def test_a_catalog_builder_leaves_nothing_in_the_temp_folder(tmp_path, monkeypat
         data._catalog_builder("no_such_dataset_xyz", str(tmp_path / "tfds"))
 
 
+def test_an_offline_catalog_download_fails_at_once(tmp_path, monkeypatch):
+    """Offline, ``tfds:dtd`` not prepared yet: TFDS retried the download for 3.5 minutes before
+    its error. No host name resolving (the dataset's homepage, TFDS' bucket) is that error at
+    once; one that resolves (a network that blocks only the other) still downloads."""
+    import socket
+    import types
+
+    calls = []
+
+    class Builder:
+        data_dir = str(tmp_path / "tfds" / "dtd" / "3.0.1")
+        info = types.SimpleNamespace(homepage="https://www.robots.ox.ac.uk/~vgg/data/dtd/")
+
+        def download_and_prepare(self, **kw):
+            calls.append(kw)
+            raise RuntimeError("stop here")
+
+    monkeypatch.setattr(data, "_catalog_builder", lambda name, root: Builder())
+    looked_up = []
+
+    def no_dns(host, *a, **k):
+        looked_up.append(host)
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    with pytest.raises(ConfigError, match=r"^tfds:dtd: not prepared under .*, and this machine "
+                       r"is offline \(name lookup failed: www\.robots\.ox\.ac\.uk: Name or "
+                       r"service not known; storage\.googleapis\.com: Name or service not "
+                       r"known\)"):
+        data.source_from_catalog("dtd", data_dir=tmp_path / "tfds")
+    assert not calls and looked_up == ["www.robots.ox.ac.uk", "storage.googleapis.com"]
+
+    def bucket_only(host, *a, **k):
+        if host != data.TFDS_BUCKET_HOST:
+            raise socket.gaierror(-2, "Name or service not known")
+        return [()]
+
+    monkeypatch.setattr(socket, "getaddrinfo", bucket_only)
+    with pytest.raises(ConfigError, match="download_and_prepare failed .*stop here"):
+        data.source_from_catalog("dtd", data_dir=tmp_path / "tfds")
+    assert calls == [{"file_format": "array_record"}]
+
+
 def test_stored_size_keeps_the_short_side_at_least_min_source_side():
     # (with min_source_side = max_source_side, flooring the long side stored 258 x 257 at
     # 256 x 255, then skipped it as too small)
