@@ -676,7 +676,12 @@ def _high_depth_to_float(im: Image.Image, path: PathLike | None = None) -> np.nd
         fmt = im.format or im.info.get(_FILE_FORMAT)
         eight_bit = (im.mode == "I" and fmt not in _SIXTEEN_BIT_I_FORMATS and x.size
                      and 0.0 <= float(x.min()) and float(x.max()) <= 255.0)
+        key = im.info.get("transparency")  # a 16-bit grey PNG's tRNS: the transparent value
+        transparent = (x == key) if isinstance(key, int) and not isinstance(key, bool) \
+            else None
         x = (x / (255.0 if eight_bit else 65535.0)).astype(np.float32)
+        if transparent is not None:  # on white, as every transparent image (it was black)
+            x[transparent] = 1.0
     return np.clip(np.nan_to_num(x, nan=0.0), 0.0, 1.0).astype(np.float32, copy=False)
 
 
@@ -1053,7 +1058,11 @@ def save_image(
         raise ImageError(name, f"unsupported output format ({what}); use one of {exts}")
     if not 1 <= int(quality) <= 100:
         raise ConfigError(f"quality must be in 1..100, got {quality}")
-    if p.is_dir():
+    try:
+        is_dir = p.is_dir()
+    except OSError as e:  # (a name over 255 bytes: ENAMETOOLONG was a traceback)
+        raise ImageError(name, f"cannot write: {_os_reason(e)}") from None
+    if is_dir:
         raise ImageError(name, "is a directory, expected an image file name")
     if not overwrite and os.path.lexists(name):
         raise ImageError(name, "exists; pass overwrite=True (or --overwrite)")
@@ -1126,10 +1135,23 @@ def _fsync_dir(d: Path) -> None:
 
 
 def _to_savable_pil(image: ImageLike, fmt: str) -> Image.Image:
+    keeps_alpha = fmt in ("PNG", "WEBP", "TIFF")
     if isinstance(image, Image.Image):
-        pil = _decoded_pil(image)
+        # as shown and in sRGB, as an array of it would be (to_uint8): the EXIF orientation
+        # was dropped (saved sideways), an ICC profile kept by PNG but not JPEG (other colours)
+        pil = _oriented_if_tagged(image)
         if pil.mode in _HIGH_DEPTH_MODES:
             pil = Image.fromarray(_float_to_u8(_high_depth_to_float(pil)))
+        elif pil.info.get("icc_profile"):
+            if pil.mode == "RGBA" and keeps_alpha:
+                rgb = pil.convert("RGB")
+                rgb.info["icc_profile"] = pil.info["icc_profile"]
+                rgb = _icc_to_srgb(rgb).copy()
+                rgb.putalpha(pil.getchannel("A"))
+                pil = rgb
+            else:
+                pil = _pil_to_rgb8(pil).copy()
+            pil.info.pop("icc_profile", None)  # (a copy: sRGB now, as every output)
     else:
         a = to_uint8(image)
         if a.ndim == 4 and a.shape[0] == 1:
@@ -1139,7 +1161,6 @@ def _to_savable_pil(image: ImageLike, fmt: str) -> Image.Image:
         if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))):
             raise ValueError(f"save_image: expected H x W or H x W x 1/3/4 image, got {a.shape}")
         pil = Image.fromarray(np.ascontiguousarray(a))
-    keeps_alpha = fmt in ("PNG", "WEBP", "TIFF")
     if pil.mode in ("RGB", "L") or (pil.mode == "RGBA" and keeps_alpha):
         return pil
     if pil.mode == "LA" and keeps_alpha and fmt != "WEBP":

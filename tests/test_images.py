@@ -1512,3 +1512,63 @@ def test_a_pil_image_whose_lazy_decode_fails_is_an_image_error(tmp_path):
         im.load()
     assert to_float(im).shape == (128, 128, 3) and to_uint8(Image.open(tmp_path / "full.jpg"))[
         0, 0].dtype == np.uint8
+
+
+def test_a_16_bit_grey_png_with_a_transparent_value_is_on_white(tmp_path):
+    """A 16-bit grey PNG's tRNS (one transparent grey value) was ignored: its transparent part
+    came out black where the 8-bit twin's is white, as every transparent image's."""
+    g = np.zeros((32, 64), np.uint16)
+    g[:, 32:] = 40000
+    Image.fromarray(g).save(tmp_path / "g16.png", transparency=0)
+    Image.fromarray((g // 257).astype(np.uint8)).save(tmp_path / "g8.png", transparency=0)
+    assert Image.open(tmp_path / "g16.png").mode == "I;16"
+    for f in ("g16.png", "g8.png"):
+        x = load_image(tmp_path / f)
+        assert x[:, :32].min() == 1.0 and abs(x[:, 32:].mean() - 40000 / 65535) < 3e-3, f
+        np.testing.assert_array_equal(to_uint8(Image.open(tmp_path / f)), to_uint8(x))
+    x = load_image(tmp_path / "g16.png", max_side=16)  # (the resized path too)
+    assert x[:, :7].min() > 0.99
+
+
+def test_save_a_pil_image_as_it_is_shown_and_in_srgb(tmp_path):
+    """save_image(PIL image): the EXIF orientation was dropped (a portrait photo saved
+    sideways) and an ICC profile kept by PNG but dropped by JPEG (other colours); it is saved
+    as an array of it would be (to_uint8: oriented, sRGB), in every format."""
+    a = np.zeros((64, 96, 3), np.uint8)
+    a[:, :48] = 255
+    im = Image.fromarray(a)
+    exif = im.getexif()
+    exif[0x0112] = 6
+    im.save(tmp_path / "o6.jpg", exif=exif.tobytes(), quality=95)
+    shown = load_image(tmp_path / "o6.jpg")
+    assert shown.shape == (96, 64, 3)
+    for ext in (".png", ".jpg"):
+        out = save_image(tmp_path / f"o6_out{ext}", Image.open(tmp_path / "o6.jpg"))
+        assert load_image(out).shape == (96, 64, 3)
+        assert np.abs(load_image(out) - shown).mean() < 0.01, ext
+    prof = _swapped_profile("swap")
+    blocks = np.repeat(np.repeat(_RB, 16, 0), 16, 1)  # (16-px blocks: JPEG's are 8 px)
+    Image.fromarray(blocks).save(tmp_path / "swapped.png", icc_profile=prof)
+    Image.fromarray(blocks).convert("RGBA").save(tmp_path / "swapped_rgba.png",
+                                                 icc_profile=prof)
+    for src in ("swapped.png", "swapped_rgba.png"):
+        for ext in (".png", ".jpg", ".webp", ".tif"):
+            out = save_image(tmp_path / f"{src}{ext}", Image.open(tmp_path / src),
+                             quality=100)
+            assert "icc_profile" not in Image.open(out).info, (src, ext)
+            got = to_uint8(load_image(out)).astype(int)[8::16, 8::16]  # (block centres)
+            tol = 2 if ext in (".png", ".tif") else 12
+            assert np.abs(got - _RB[..., ::-1]).max() <= tol, (src, ext, got)
+    assert Image.open(save_image(tmp_path / "a.png", Image.open(tmp_path / "swapped_rgba.png"))
+                      ).mode == "RGBA"  # (the alpha kept where the format holds it)
+    # the caller's image is not changed
+    src = Image.open(tmp_path / "swapped.png")
+    save_image(tmp_path / "b.png", src)
+    assert src.info.get("icc_profile") == prof
+
+
+def test_an_output_name_too_long_for_the_filesystem_is_one_image_error(tmp_path):
+    """A name over 255 bytes raised OSError (ENAMETOOLONG) from the directory check: a
+    traceback in evaluate, outside save_image's documented ImageError."""
+    with pytest.raises(ImageError, match="cannot write: .*too long"):
+        save_image(tmp_path / ("a" * 300 + ".png"), np.zeros((4, 4, 3), np.float32))
