@@ -59,8 +59,8 @@ A run into an ``--out`` of an earlier run removes that run's ``sheet_<method>.pn
 it does not run (results.json's methods say which it wrote; no other file is removed); their
 images stay in ``images/<method>`` for a later ``--resume``, named in ``summary.md`` as not
 part of the results.
-Unreadable and blank (one-colour) images are skipped with a one-line reason; the run goes on and
-exits 1 (as it does, after one `error: ...` line, for a bad option).
+Unreadable images and blank (one-colour) paintings are skipped with a one-line reason; the run
+goes on and exits 1 (as it does, after one `error: ...` line, for a bad option).
 """
 from __future__ import annotations
 
@@ -68,6 +68,7 @@ import argparse
 import csv
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import os
@@ -83,7 +84,8 @@ import numpy as np
 from . import fit_style, images
 from .errors import (ConfigError, ImageError, NSTError, UsageParser, one_line, out_of_memory,
                      printable_stdout)
-from .files import check_writable_dir, is_inside, removing_new_empty_dirs
+from .files import (check_writable_dir, is_inside, output_name, removing_new_empty_dirs,
+                    write_atomically)
 from .progress import bar as progress_bar
 
 METHODS = ("model", "model_refine", "model_fit", "gatys", "magenta_lite", "magenta_lite_fp32", "identity", "style")
@@ -550,7 +552,8 @@ def _resized_to(x: np.ndarray, side: int) -> np.ndarray:
     return images.resize_max_side(x, side, upscale=True)
 
 
-def _load_all(paths: Sequence[Path], side: int, skipped: list[str]) -> list[tuple[str, np.ndarray]]:
+def _load_all(paths: Sequence[Path], side: int, skipped: list[str], *, style: bool = False
+              ) -> list[tuple[str, np.ndarray]]:
     out = []
     for p in paths:
         try:
@@ -558,9 +561,9 @@ def _load_all(paths: Sequence[Path], side: int, skipped: list[str]) -> list[tupl
             if min(x.shape[:2]) < 32:  # (it stopped the whole run, without the file's name)
                 raise ImageError(p, f"is too thin: {x.shape[1]}x{x.shape[0]} at --size {side} "
                                     "(VGG16 needs 32 px on each side)")
-            if (blank := images.blank_reason(x)) is not None:  # (a failed scan or export:
-                # its scores went into the means as if it were a painting or a photo)
-                raise ImageError(p, f"is {blank}: nothing to evaluate a style transfer on")
+            if style and (blank := images.blank_reason(x)) is not None:  # (a failed scan or
+                # export: its scores went into the means as a painting's; training skips one)
+                raise ImageError(p, f"is {blank}: no style to transfer")
             out.append((p.stem, x))
         except NSTError as e:  # (evaluate has no --max-pixels: say what does help)
             why = str(e).replace(images.TOO_LARGE_HINT, "downscale the file (evaluate reads "
@@ -607,17 +610,24 @@ def _photo_set_id(photos: Sequence[Any]) -> str:
     return h.hexdigest()[:16]
 
 
+def pair_file_name(content: str, style: str) -> str:
+    """The output image of a (content, style) pair in ``images/<method>``:
+    ``<content>__<style>.png``, the style's part cut with a hash where that is too long for a
+    file name (two 130-character names stopped the run with a traceback)."""
+    return output_name(content, style)
+
+
 def _check_unique_pairs(contents: Sequence[Path], styles: Sequence[Path]) -> None:
     """Output images are named ``<content>__<style>.png``: ``a`` x ``b__c`` and ``a__b`` x
     ``c`` would write one file (the second overwrote the first, and the sheets showed it)."""
     seen: dict[str, tuple[Path, Path]] = {}
     for c in contents:
         for st in styles:
-            name = f"{c.stem}__{st.stem}"
+            name = pair_file_name(c.stem, st.stem)
             if name in seen:
                 a, b = seen[name]
                 raise ConfigError(f"the pairs ({a.name}, {b.name}) and ({c.name}, {st.name}) "
-                                  f"would both be written as {name}.png; rename a file so "
+                                  f"would both be written as {name}; rename a file so "
                                   "that '__' does not join two names the same way")
             seen[name] = (c, st)
 
@@ -731,8 +741,8 @@ def _under(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
     return is_inside(path, folder) or os.path.commonpath([os.path.abspath(path), top]) == top
 
 
-def _pick_loaded(files: list[Path], n: int | None, side: int, skipped: list[str]
-                 ) -> tuple[list[Path], list[tuple[str, np.ndarray]]]:
+def _pick_loaded(files: list[Path], n: int | None, side: int, skipped: list[str], *,
+                 style: bool = False) -> tuple[list[Path], list[tuple[str, np.ndarray]]]:
     """:func:`_pick` of the files that load (:func:`_load_all`; each one that does not is
     skipped once and its pick made again without it): ``(picked, [(stem, image)])``."""
     loaded: dict[Path, np.ndarray] = {}
@@ -742,7 +752,7 @@ def _pick_loaded(files: list[Path], n: int | None, side: int, skipped: list[str]
         before = len(bad)
         for p in picked:
             if p not in loaded:
-                got = _load_all([p], side, skipped)
+                got = _load_all([p], side, skipped, style=style)
                 if got:
                     loaded[p] = got[0][1]
                 else:
@@ -796,11 +806,13 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
     # --out under a --content/--style folder: the images and sheets written there are what a
     # later training on that folder (which takes subfolders) or a recursive listing takes as
     # photos or paintings; train.py refuses a workdir inside its training folders likewise
-    for what, spec in (("content", content), ("style", style)):
-        if os.path.isdir(spec) and _under(out, spec):
+    # (and under the --fit-photos folder: the next run fitted its styles on the sheets)
+    for what, spec in (("content", content), ("style", style), ("fit-photos", fit_photos)):
+        if spec is not None and os.path.isdir(spec) and _under(out, spec):
+            role = "fit photos" if what == "fit-photos" else f"{what} images"
             raise ConfigError(f"{out}: --out is inside the --{what} folder {spec}; a training "
                               f"run or a recursive listing of that folder would take the "
-                              f"evaluation's images and sheets as {what} images: use a folder "
+                              f"evaluation's images and sheets as {role}: use a folder "
                               "outside it")
     out_dir = check_writable_dir(out)  # (read-only: one line, not a traceback)
     skipped: list[str] = []
@@ -846,7 +858,7 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
     # (a file found unreadable only when loaded, too large, too thin or truncated, gives its
     # pick to another: "--num-contents 1" of {huge.png, photo.jpg} said "no readable content")
     picked_contents, contents = _pick_loaded(content_files, num_contents, size, skipped)
-    picked_styles, styles = _pick_loaded(style_files, num_styles, size, skipped)
+    picked_styles, styles = _pick_loaded(style_files, num_styles, size, skipped, style=True)
     for what, files in (("content", picked_contents), ("style", picked_styles)):
         _check_unique_names(what, files)
         # (also as named: a folder of symlinks to the photos resolves elsewhere, and the
@@ -855,6 +867,9 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
         if inside:
             raise ConfigError(f"{out_dir}: --out holds the {what} image {inside[0]}; the "
                               "evaluation writes images and sheets there: use another folder")
+    if inside := [p for p in fit_files if _under(p, out_dir)]:
+        raise ConfigError(f"{out_dir}: --out holds the fit photo {inside[0]}; the evaluation "
+                          "writes images and sheets there: use another folder")
     _check_unique_pairs(picked_contents, picked_styles)
     if not contents or not styles:
         raise ConfigError("no readable content or style images")
@@ -927,7 +942,7 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
         method.status = bar.set_postfix_str if progress else None
         for cname, cimg in contents:
             cfeats = metrics.features(cimg[None])
-            files = [img_dir / f"{cname}__{s}.png" for s in style_names]
+            files = [img_dir / pair_file_name(cname, s) for s in style_names]
             outputs: dict[int, np.ndarray] = {}  # (scored as written: 8-bit)
             todo = []
             for j, f in enumerate(files):
@@ -1218,17 +1233,19 @@ def write_outputs(result: EvalResult, contents, styles, *, thumb: int = 128,
             print(f"warning: {f}: an earlier run's sheet, not removed ({e.strerror or e})",
                   file=sys.stderr)
     if rows:
-        fields = list(rows[0])
-        tmp = out / ".results.csv.tmp"
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields)
-            w.writeheader()
-            w.writerows(rows)
-        os.replace(tmp, out / "results.csv")
+        text = io.StringIO(newline="")
+        w = csv.DictWriter(text, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+        # (a file name that is not UTF-8 (its bytes as surrogates) stopped the run with a
+        # traceback and left a .tmp: written escaped, as "\udcff")
+        write_atomically(out / "results.csv",
+                         lambda f: f.write(text.getvalue().encode("utf-8", "backslashreplace")))
     _write_json(out / "results.json", {"rows": rows, "means": result.means,
                                        "skipped": result.skipped, "info": result.info,
                                        "methods": result.methods})
-    (out / "summary.md").write_text(summary_markdown(result))
+    (out / "summary.md").write_text(summary_markdown(result), encoding="utf-8",
+                                    errors="backslashreplace")
     for m in result.methods:
         contact_sheet(out / f"sheet_{m}.png", out / "images" / m, contents, styles, thumb)
     side_by_side(out / "sheet_side_by_side.png", out / "images", result.methods, contents, styles,
@@ -1282,7 +1299,7 @@ def contact_sheet(path: Path, img_dir: Path, contents, styles, thumb: int) -> No
     for cname, cimg in contents:
         row: list[np.ndarray | None] = [cimg]
         for sname, _ in styles:
-            f = img_dir / f"{cname}__{sname}.png"
+            f = img_dir / pair_file_name(cname, sname)
             row.append(images.load_image(f) if f.is_file() else None)
         cells.append(row)
     images.save_image(path, _grid(cells, thumb), overwrite=True)
@@ -1295,7 +1312,7 @@ def side_by_side(path: Path, root: Path, methods, contents, styles, thumb: int, 
     for (cname, cimg), (sname, simg) in pairs:
         row = [cimg, simg]
         for m in methods:
-            f = root / m / f"{cname}__{sname}.png"
+            f = root / m / pair_file_name(cname, sname)
             row.append(images.load_image(f) if f.is_file() else None)
         cells.append(row)
     header = 14

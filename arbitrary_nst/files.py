@@ -306,3 +306,32 @@ def link_no_clobber(tmp: str | os.PathLike, dst: str | os.PathLike) -> None:
         os.replace(tmp, dst)
     else:
         os.unlink(tmp)
+
+
+def output_name(content_stem: str, tag: str, suffix: str = ".png", keep: str = "") -> str:
+    """``{content}__{tag}{keep}{suffix}``; when that is longer than a file name can be (255
+    bytes: three 92-character style names failed at write time, after the work) ``tag`` (the
+    styles' part) is cut and a hash of it added, so different mixes keep different names;
+    ``keep`` (the settings, :func:`_batch_tag`) stays whole and readable; a content name too long
+    for even that is cut as well. Names that fit are unchanged. (The batch outputs of
+    ``infer.py`` and evaluate's ``<content>__<style>.png``.)"""
+    name = f"{content_stem}__{tag}{keep}{suffix}"
+    if len(os.fsencode(name)) <= 255:
+        return name
+    import hashlib
+
+    digest = hashlib.sha1(os.fsencode(tag)).hexdigest()[:8]
+    room = 255 - len(os.fsencode(f"{content_stem}__~{digest}{keep}{suffix}"))
+    if room < 1:
+        # the content's own name is long (80 CJK characters are 240 bytes: a name the disk
+        # holds, whose every output name failed): the content's part is cut too, and the
+        # hash is of both parts (two photos with one long beginning keep two names)
+        digest = hashlib.sha1(os.fsencode(f"{content_stem}\0{tag}")).hexdigest()[:8]
+        tag_head = os.fsencode(tag)[:40].decode("utf-8", "ignore")
+        room = 255 - len(os.fsencode(f"__{tag_head}~{digest}{keep}{suffix}"))
+        if room < 1:  # (the settings alone fill a name: the output check reports it)
+            return name
+        head = os.fsencode(content_stem)[:room].decode("utf-8", "ignore")
+        return f"{head}__{tag_head}~{digest}{keep}{suffix}"
+    head = os.fsencode(tag)[:room].decode("utf-8", "ignore")
+    return f"{content_stem}__{head}~{digest}{keep}{suffix}"

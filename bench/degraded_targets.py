@@ -106,7 +106,8 @@ def measure(eval_out: Path, style_dir: Path, size: int, metrics=None) -> dict:
     per: dict[str, dict[str, list]] = {m: {k: [] for k in ("painting", *selfs)} for m in methods}
     used = 0
     for sp in styles:
-        outputs = {m: sorted({img_root / m / f"{r['content']}__{sp.stem}.png" for r in rows
+        outputs = {m: sorted({img_root / m / evaluate.pair_file_name(r["content"], sp.stem)
+                              for r in rows
                               if r.get("method") == m and r.get("style") == sp.stem})
                    for m in methods}
         outputs = {m: [f for f in fs if f.is_file()] for m, fs in outputs.items()}

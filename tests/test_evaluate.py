@@ -296,6 +296,12 @@ def test_a_file_found_unreadable_when_loaded_gives_its_pick_to_another(tiny_set,
     assert len(r.skipped) == 1 and r.skipped[0].startswith(str(photos / "a_cut.jpg")), r.skipped
 
 
+def _plain_painting(level: float) -> np.ndarray:
+    """A 40 x 40 painting of about one grey ``level`` (not blank: those are skipped)."""
+    return np.full((40, 40, 3), level, np.float32) + np.linspace(0, 0.1, 40, dtype=np.float32
+                                                                 )[:, None, None]
+
+
 def test_a_blank_painting_is_skipped_not_scored(tiny_set, tmp_path, vgg):
     """A one-colour "painting" (a failed scan or export) was evaluated as a style and its
     scores went into the means (training skips such files): skipped with the reason, and a
@@ -311,7 +317,47 @@ def test_a_blank_painting_is_skipped_not_scored(tiny_set, tmp_path, vgg):
                               num_contents=1, num_styles=n)
         assert {row["style"] for row in r.rows} == {f"b_{painting.stem}"}
         assert len(r.skipped) == 1 and r.skipped[0].startswith(
-            f"{styles / 'a_blank.png'}: is blank (pixel std 0.0000 < 0.01)"), r.skipped
+            f"{styles / 'a_blank.png'}: is blank (pixel std 0.0000 < 0.01): no style"), r.skipped
+
+
+def test_long_and_non_utf8_file_names_are_evaluated(tiny_set, tmp_path, vgg):
+    """Two 130-character names made an output name over 255 bytes (OSError traceback), and
+    a file name that is not UTF-8 stopped the run at results.csv (UnicodeEncodeError, a .tmp
+    left): the pair's image name is cut with a hash, the CSV says ``\\udcff``."""
+    c, s = tmp_path / "c", tmp_path / "s"
+    c.mkdir(), s.mkdir()
+    photo = sorted((tiny_set / "content").iterdir())[0]
+    painting = sorted((tiny_set / "style").iterdir())[0]
+    (c / ("c" * 130 + ".png")).write_bytes(photo.read_bytes())
+    (s / ("s" * 130 + ".png")).write_bytes(painting.read_bytes())
+    odd = os.fsdecode(b"x\xff.png")
+    (c / odd).write_bytes(photo.read_bytes())
+    out = tmp_path / "o"
+    r = evaluate.evaluate(c, s, out, methods=["identity"], size=48, progress=False, vgg=vgg)
+    assert len(r.rows) == 2 and not r.skipped
+    made = sorted(p.name for p in (out / "images" / "identity").glob("*.png"))
+    assert len(made) == 2 and all(len(os.fsencode(n)) <= 255 for n in made), made
+    assert any(n.startswith("c" * 130 + "__sss") and "~" in n for n in made), made
+    csv_text = (out / "results.csv").read_text(encoding="utf-8")
+    assert "x\\udcff" in csv_text and (out / "summary.md").read_text("utf-8")
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    # the sheets found the images under their cut names
+    sheet = images.load_image(out / "sheet_identity.png")
+    assert sheet.std() > 0.01
+
+
+def test_out_inside_the_fit_photos_folder_is_refused(tiny_set, tmp_path, vgg):
+    """``--fit-photos photos --out photos/eval``: the next run fitted its styles on the
+    sheets and images written there (6 fit photos where there were 3)."""
+    fit = tmp_path / "fit"
+    fit.mkdir()
+    (fit / "p.png").write_bytes(sorted((tiny_set / "content").iterdir())[0].read_bytes())
+    with pytest.raises(ConfigError, match="--out is inside the --fit-photos folder .* as fit "
+                                          "photos: use a folder outside it"):
+        evaluate.evaluate(tiny_set / "content", tiny_set / "style", fit / "eval",
+                          methods=["model_fit"], fit_photos=fit, size=48, progress=False,
+                          vgg=vgg)
+    assert sorted(p.name for p in fit.iterdir()) == ["p.png"]
 
 
 def test_out_inside_a_content_or_style_folder_is_refused(tiny_set, tmp_path, vgg):
@@ -924,7 +970,7 @@ def test_a_resume_that_makes_no_image_keeps_the_earlier_runs_times(small_set, vg
     assert json.loads((out / "results.json").read_text())["info"]["compile_seconds"] == {"model": 0.5}
     assert "times of model above: from the earlier run" in (out / "summary.md").read_text()
     # a resume that makes an image measures its own
-    images.save_image(small_set / "style" / "other.png", np.full((40, 40, 3), 0.3, np.float32))
+    images.save_image(small_set / "style" / "other.png", _plain_painting(0.3))
     r3 = evaluate.evaluate(content, small_set / "style", out, resume=True, **kw)
     assert r3.info["embed_seconds"] == {"model": 3.0} and "times_from_earlier_run" not in r3.info
 
@@ -1193,7 +1239,7 @@ def fake_fit(small_set, monkeypatch):
 def test_model_fit_fits_are_shown_on_the_progress_bar(small_set, vgg, fake_fit, capsys):
     """The bar of model_fit sat still (at 0 images) through the fits, minutes each: it names
     the style being fitted; with progress off nothing is printed for them."""
-    images.save_image(small_set / "style" / "other.png", np.full((40, 40, 3), 0.2, np.float32))
+    images.save_image(small_set / "style" / "other.png", _plain_painting(0.2))
     kw = dict(methods=["model_fit"], size=32, vgg=vgg, fit_photos=small_set / "fit")
     content = small_set / "content" / "square.png"
     evaluate.evaluate(content, small_set / "style", small_set / "o1", progress=True, **kw)
@@ -1243,7 +1289,7 @@ def test_a_reused_fit_is_not_reported_as_fitting_time(small_set, vgg, fake_fit, 
     content = small_set / "content" / "square.png"
     r1 = evaluate.evaluate(content, small_set / "style", small_set / "o1", **kw)
     assert r1.info["embed_seconds"] == {"model_fit": 7.0} and "fits_reused" not in r1.info
-    images.save_image(small_set / "style" / "other.png", np.full((40, 40, 3), 0.2, np.float32))
+    images.save_image(small_set / "style" / "other.png", _plain_painting(0.2))
     r2 = evaluate.evaluate(content, small_set / "style", small_set / "o2", **kw)
     assert len(fake_fit[-1].fitted) == 1  # only the new painting was fitted
     assert r2.info["embed_seconds"] == {"model_fit": 7.0}
