@@ -52,7 +52,7 @@ from PIL import Image
 
 from . import fit_style, refine
 from .data import FLAT_CROP_STD, FLAT_CROP_TRIES
-from .errors import ConfigError, NSTError, UsageParser, printable_stdout
+from .errors import MAX_SEED, ConfigError, NSTError, UsageParser, printable_stdout
 from .files import make_dir, removing_new_empty_dirs, write_atomically
 from .images import channel_std
 from .models.predictor import pooled_statistics
@@ -670,8 +670,14 @@ def main(argv: list[str] | None = None) -> int:
             if not finite(a.target_scale, a.weight_decay) or a.weight_decay < 0:
                 raise ConfigError(f"--target-scale must be finite and --weight-decay finite and "
                                   f">= 0, got {a.target_scale}, {a.weight_decay}")
-            if a.content_seeds is not None and min(a.content_seeds) < 0:
-                raise ConfigError(f"--content-seeds must be >= 0, got {a.content_seeds}")
+            # (a seed numpy refuses was a traceback after the oracle's folder was made, and
+            # that folder's oracle.json then refused the corrected command: "other seed")
+            if not 0 <= a.seed <= MAX_SEED:
+                raise ConfigError(f"--seed must be in [0, {MAX_SEED}], got {a.seed}")
+            if a.content_seeds is not None and not all(0 <= c <= MAX_SEED
+                                                        for c in a.content_seeds):
+                raise ConfigError(f"--content-seeds must be >= 0 and <= {MAX_SEED}, got "
+                                  f"{a.content_seeds}")
             if min(a.style_size, a.content_crop) < 32:
                 raise ConfigError("--style-size and --content-crop must be >= 32 (VGG's minimum)")
             lo, hi = a.content_short

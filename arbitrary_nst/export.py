@@ -31,7 +31,7 @@ from flax import nnx
 
 from .errors import ConfigError, ImageError, ModelError, NSTError, out_of_memory
 from .files import check_output_file, write_atomically
-from .models import MODEL_CONFIG_KEYS, ArbitraryStyleModel
+from .models import MODEL_CONFIG_KEYS, ArbitraryStyleModel, check_model_config
 
 FORMAT = "arbitrary_nst.arbitrary_style_model"
 FORMAT_VERSION = "1"
@@ -55,7 +55,12 @@ def export_model(model: ArbitraryStyleModel, path: str | os.PathLike, *, dtype: 
     Returns the path written.
     """
     _check_destination(path, overwrite)
-    return _write_export(model_tensors(model), model.config(), path, dtype=dtype, info=info)
+    config = model.config()
+    try:  # (m.palette = 5.0 was written, and that file refused by every loader)
+        check_model_config(config)
+    except ConfigError as e:
+        raise ConfigError(f"{os.fspath(path)}: not written: {e}") from None
+    return _write_export(model_tensors(model), config, path, dtype=dtype, info=info)
 
 
 def convert_export(src: str | os.PathLike, dst: str | os.PathLike, *,
@@ -106,6 +111,16 @@ def _sorted_header(blob: bytes) -> bytes:
     return len(text).to_bytes(8, "little") + text + blob[8 + n:]
 
 
+#: What an ``infer.py export-onnx`` file given as a model is.
+ONNX_NOT_AN_EXPORT = ("an ONNX file, not a model export; pass the .safetensors export it was "
+                      "made from")
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def read_export(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Read an export without building the model: ``(float32 tensors, header dict)`` where the
     header has ``model_config`` (dict) and ``info`` (dict, possibly empty). Raises ModelError."""
@@ -122,9 +137,8 @@ def read_export(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[st
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types (and OSError, ValueError)
         if name.lower().endswith(".onnx"):  # `infer.py export-onnx` output, for deployment
-            raise ModelError(f"{name}: an ONNX file, not a model export; pass the .safetensors "
-                             "export (with --backend onnxruntime to run it on onnxruntime)") \
-                from None
+            # (the hint named --backend, which only stylizing has: the Stylizer adds it)
+            raise ModelError(f"{name}: {ONNX_NOT_AN_EXPORT}") from None
         reason = " ".join(str(e).split()) or type(e).__name__
         raise ModelError(f"{name}: not a readable model export (safetensors: {reason})") from None
     if meta.get("format") != FORMAT:
@@ -140,6 +154,15 @@ def read_export(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[st
         raise ModelError(f"{name}: corrupt export header ({type(e).__name__}: {e})") from None
     if not isinstance(model_config, dict) or set(model_config) - set(MODEL_CONFIG_KEYS):
         raise ModelError(f"{name}: corrupt export header (model_config {model_config!r})")
+    # (a damaged info, e.g. a list or a step "12.5", was an AttributeError / ValueError
+    # traceback in train.py's init_from and --export checks and after a whole distillation)
+    if not isinstance(info, dict):
+        raise ModelError(f"{name}: corrupt export header (info {_short(info)})")
+    for k in ("step", "total_steps", "num_steps"):
+        v = info.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            raise ModelError(f"{name}: corrupt export header (info.{k} {_short(v)}, expected "
+                             "a whole number >= 0)")
     out = {}
     for k, v in tensors.items():
         if v.dtype not in (np.float32, np.float16):
@@ -230,9 +253,14 @@ def model_file(path: str | os.PathLike, *, warn: bool = True) -> str:
     than the workdir's latest checkpoint (off where the path is only resolved, e.g. for a
     cache key, and the model is loaded, and warned about, elsewhere)."""
     name = os.fspath(path)
+    if not name.strip():  # (it said ": no such model file")
+        raise ModelError("the model path is empty: give a model export (.safetensors) or a "
+                         "training workdir")
     if not os.path.isdir(name):
         return name
     exported = os.path.join(name, "model.safetensors")
+    if os.path.isdir(exported):  # (it said "a directory without model.safetensors")
+        raise ModelError(f"{exported}: is a directory, not a model file")
     if not os.path.isfile(exported):
         steps = _checkpoint_steps(name)
         if steps:  # (a run exported elsewhere with --export, or one killed outright)

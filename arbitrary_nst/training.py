@@ -1503,7 +1503,9 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
                                       "again with another --export to export them)") from None
                 export_lib.export_model(
                     final_model, out_path, dtype=str(_get(tcfg, "export_dtype", "float32")),
-                    info={"step": int(step), "num_steps": num_steps,
+                    # (a checkpoint past num_steps: the run was that long; info said
+                    # num_steps 4 for step 8)
+                    info={"step": int(step), "num_steps": max(int(num_steps), int(step)),
                           "total_steps": prior_steps + int(step),
                           "init_from": (export_lib.lineage_name(init_from) if init_from
                                         else ""),

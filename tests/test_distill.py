@@ -351,6 +351,9 @@ def test_content_crops_are_never_flat():
                                       (["--target-scale", "nan"], "--target-scale"),
                                       (["--weight-decay", "-1"], "--weight-decay"),
                                       (["--content-seeds", "-1"], "--content-seeds"),
+                                      (["--seed", "-1"], "--seed must be in [0, 4294967295]"),
+                                      (["--seed", str(2**32)], "--seed must be in"),
+                                      (["--content-seeds", "0", str(2**32)], "--content-seeds"),
                                       # (said after the whole oracle: minutes of refinement)
                                       (["--num-styles", "3"], "--num-styles must be >= 4"),
                                       (["--target", "conditioning", "--num-styles", "4"],

@@ -897,6 +897,48 @@ def test_read_export_refuses_a_file_without_format_or_with_a_non_dict_config(mod
             read_export(path)
 
 
+def test_read_export_refuses_a_damaged_info(model, tmp_path):
+    """An ``info`` that is not a JSON object, or a step that is not a whole number, was an
+    AttributeError / ValueError traceback in train.py's init_from and --export checks and
+    after a whole distillation (stylizing ignored it): a corrupt header everywhere."""
+    from safetensors.numpy import save_file
+
+    from arbitrary_nst import export
+
+    tensors = model_tensors(model)
+    meta = {"format": "arbitrary_nst.arbitrary_style_model", "format_version": "1",
+            "model_config": json.dumps(model.config())}
+    path = tmp_path / "m.safetensors"
+    for info, what in (("[1, 2]", r"info \[1, 2\]"), ('"x"', "info 'x'"),
+                       ('{"total_steps": "12.5"}', "info.total_steps '12.5'"),
+                       ('{"step": -3}', "info.step -3"), ('{"num_steps": 2.5}', "info.num_steps 2.5"),
+                       ('{"step": true}', "info.step True")):
+        save_file(tensors, path, metadata=dict(meta, info=info))
+        with pytest.raises(ModelError, match=rf"m\.safetensors: corrupt export header \({what}"):
+            read_export(path)
+    save_file(tensors, path, metadata=dict(meta, info='{"step": 8, "total_steps": 20}'))
+    assert export.recorded_steps(read_export(path)[1]["info"]) == 20
+
+
+def test_model_paths_that_name_nothing_usable_say_what_they_are(model, tmp_path):
+    """``--model ""`` said ": no such model file"; a workdir whose model.safetensors is a
+    folder said "a directory without model.safetensors"."""
+    from arbitrary_nst import export
+
+    with pytest.raises(ModelError, match="^the model path is empty"):
+        export.model_file("")
+    (tmp_path / "w" / "model.safetensors").mkdir(parents=True)
+    with pytest.raises(ModelError, match=r"w/model\.safetensors: is a directory, not a model "
+                                         "file"):
+        export.model_file(tmp_path / "w")
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"\x08\x07" + b"x" * 100)
+    with pytest.raises(ModelError) as e:  # (no --backend hint: only stylizing has one)
+        read_export(onnx)
+    assert str(e.value) == f"{onnx}: an ONNX file, not a model export; pass the .safetensors " \
+                           "export it was made from"
+
+
 def test_load_exported_computes_in_the_dtype_asked(model, vgg, rng, tmp_path):
     """``load_exported(dtype=jnp.bfloat16)`` computes in bfloat16: its images differ from the
     float32 model's by rounding only, and come out as float32."""

@@ -275,6 +275,12 @@ def test_init_from_export_starts_at_its_weights_and_refuses_other_models(tmp_pat
     assert json.loads((tmp_path / "c" / training.INIT_RECORD).read_text())["prior_steps"] == 2
     info = read_export(c4.export_path)[1]["info"]
     assert c4.step == 3 and info["init_from"] == "a/model.safetensors" and info["total_steps"] == 5
+    # a command with fewer steps than the checkpoint's only exports it: its info said
+    # num_steps 1 for step 3
+    past = training.train(smoke("train.num_steps=1", "train.sample_every=0"), tmp_path / "c",
+                          vgg=vgg, progress=False)
+    info = read_export(past.export_path)[1]["info"]
+    assert (past.step, info["step"], info["num_steps"], info["total_steps"]) == (3, 3, 3, 5)
     scratch = training.train(smoke("train.num_steps=1", "train.sample_every=0"), tmp_path / "h",
                              vgg=vgg, progress=False)
     caplog.clear()
