@@ -180,13 +180,17 @@ def _nonneg_float(s: str) -> float:
 
 
 def output_paths(out: str, contents: Sequence[str], *, suffix: str, overwrite: bool,
-                 inputs: Sequence[str] = (), skip_existing: bool = False) -> list[Path]:
+                 inputs: Sequence[str] = (), skip_existing: bool = False,
+                 unusable: dict[int, NSTError] | None = None) -> list[Path]:
     """Where each content's result goes. One content: ``out`` is the file (or an existing folder);
     several: ``out`` is a folder (created) or a pattern containing ``{name}`` (content file stem).
     Refuses to overwrite an input (the contents and ``inputs``, e.g. the styles) even with
     ``overwrite``, two contents with one output file, existing files unless ``overwrite``, and
     unwritable places, before any work. ``skip_existing``: an existing output file is not an
-    error (the caller skips its content; see :func:`existing_outputs`); everything else still is."""
+    error (the caller skips its content; see :func:`existing_outputs`); everything else still is.
+    ``unusable``: a dict that takes ``{index: error}`` of the outputs that cannot be written
+    (a folder in the way, a name too long) instead of raising, unless none can be (a batch
+    skips those contents: one such name stopped the whole job before any work)."""
     from .files import check_output_file
     from .images import SAVE_FORMATS
 
@@ -212,9 +216,19 @@ def output_paths(out: str, contents: Sequence[str], *, suffix: str, overwrite: b
             raise ConfigError(f"--out: two content images would be written to the same file "
                               f"{p} ({contents[j]} and {contents[i]}: the file names clash); "
                               "rename one of them or give them separate runs")
-    for p in paths:
-        check_output_file(p, overwrite=overwrite or skip_existing, inputs=[*contents, *inputs],
-                          suffixes=SAVE_FORMATS)
+    errors: dict[int, NSTError] = {}
+    for i, p in enumerate(paths):
+        try:
+            check_output_file(p, overwrite=overwrite or skip_existing,
+                              inputs=[*contents, *inputs], suffixes=SAVE_FORMATS)
+        except NSTError as e:
+            if unusable is None:
+                raise
+            errors[i] = e
+    if errors and len(errors) == len(paths):  # (the folder itself, not one name: the job's)
+        raise next(iter(errors.values()))
+    if unusable is not None:
+        unusable.update(errors)
     return paths
 
 
@@ -395,8 +409,10 @@ def _run_gatys(args: argparse.Namespace) -> int:
         raise ImageError(args.content[0], "no such file")
     # several contents: an existing output is skipped (and reported), not the job's error, so
     # the same command finishes an interrupted batch; one content: the job's error, as before
+    unusable: dict[int, NSTError] = {}
     outs = output_paths(args.out, args.content, suffix="gatys", overwrite=args.overwrite,
-                        inputs=args.style, skip_existing=many)
+                        inputs=args.style, skip_existing=many,
+                        unusable=unusable if many else None)
     existing = existing_outputs(outs, overwrite=args.overwrite)
     from .vgg import MIN_SIZE
 
@@ -417,6 +433,9 @@ def _run_gatys(args: argparse.Namespace) -> int:
     running: list[int] = []  # the contents of the batch being optimized
     try:
         for i, c in enumerate(args.content):
+            if i in unusable:
+                skip(i, unusable[i])
+                continue
             if i in existing:
                 skip(i, ImageError(outs[i], "exists; pass --overwrite to replace it"))
                 continue
@@ -666,7 +685,7 @@ def _run_fit_style(args: argparse.Namespace) -> int:
 
     from .files import check_output_file
 
-    if Path(args.out).suffix != fit_style.SUFFIX:
+    if Path(args.out).suffix.lower() != fit_style.SUFFIX:  # (.NPZ: a style, as everywhere)
         raise ConfigError(f"{args.out}: --out must end in {fit_style.SUFFIX}")
     if fit_style.is_fitted_style_path(args.style):
         raise ConfigError(f"{args.style}: --style must be a style image (fit-style fits one; "

@@ -153,7 +153,7 @@ class FittedStyle:
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write atomically (a temporary file in the same folder, then renamed)."""
         path = Path(path)
-        if path.suffix != SUFFIX:
+        if path.suffix.lower() != SUFFIX:
             raise ConfigError(f"{path}: a fitted style file must end in {SUFFIX}")
         if path.exists() and not overwrite:
             raise ConfigError(f"{path}: exists (pass --overwrite / overwrite=True to replace it)")

@@ -909,3 +909,22 @@ def test_gatys_says_which_outputs_adam_left_above_their_start(files, tmp_path, c
                      capsys.readouterr().err, re.M)
     assert main(gatys_args(files, tmp_path / "ok.png", "--optimizer", "adam", iters=8)) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_gatys_batch_skips_a_content_whose_output_cannot_be_written(files, tmp_path, capsys):
+    """A folder where one output would go stopped the whole batch before any work (stylize's
+    batches skip that item): skipped by name, the rest done; every output unusable (the
+    folder itself) is still the job's error."""
+    out = tmp_path / "out"
+    (out / "a_gatys.png").mkdir(parents=True)
+    assert main(gatys_args(files, out, contents=("a", "sq48"), iters=1)) == 1
+    cap = capsys.readouterr()
+    assert "done 1, skipped 1" in cap.out, cap
+    assert [ln for ln in cap.err.splitlines() if ln.startswith("skipped: ")] == [
+        f"skipped: {out / 'a_gatys.png'}: is a directory, expected an output file name"], cap.err
+    assert (out / "sq48_gatys.png").is_file()
+    (out / "b_gatys.png").mkdir()
+    (out / "sq48_gatys.png").unlink()
+    (out / "sq48_gatys.png").mkdir()
+    assert main(gatys_args(files, out, contents=("a", "b", "sq48"), iters=1)) == 1
+    assert one_error_line(capsys).startswith(f"error: {out / 'a_gatys.png'}: is a directory")
