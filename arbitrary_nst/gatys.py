@@ -815,10 +815,10 @@ def _as_batch(content, what: str = "content image") -> np.ndarray:
         elif x.ndim in (2, 3):
             x = _array_to_float(x, what)[None]
         else:
-            raise ConfigError(f"content must be [B, H, W, 3] or a list of [H, W, 3], got "
+            raise ConfigError(f"{what} must be [B, H, W, 3] or a list of [H, W, 3], got "
                               f"{x.shape}")
-    if min(x.shape[1:3]) < vgg_lib.MIN_SIZE:
-        raise ConfigError(f"content images must be at least {vgg_lib.MIN_SIZE} px on each side, "
+    if min(x.shape[1:3]) < vgg_lib.MIN_SIZE:  # (an init image's was said to be the content's)
+        raise ConfigError(f"{what}s must be at least {vgg_lib.MIN_SIZE} px on each side, "
                           f"got {x.shape[2]}x{x.shape[1]}")  # (width x height, as elsewhere)
     return x
 
@@ -868,6 +868,10 @@ def _per_example_styles(styles, style_weights, b: int, style_names=None
         if style_weights is None:
             ws = [np.ones(len(p)) for p in per]
         else:
+            if not isinstance(style_weights, Sequence) and not (  # (1.0: a raw TypeError)
+                    isinstance(style_weights, np.ndarray) and style_weights.ndim >= 1):
+                raise ConfigError(f"per-example style weights must be one list per content "
+                                  f"image, got {type(style_weights).__name__}")
             if len(style_weights) != b:
                 raise ConfigError(f"per-example style weights: got {len(style_weights)} lists "
                                   f"for {b} content images")
@@ -1035,28 +1039,36 @@ def loss_weights(config: GatysConfig, b: int, overrides: Sequence[Mapping] | Non
     base_s = config.effective_style_layers()
     rows = []
     for i in range(b):
+        # (checked as the config's own weights are: a negative layer weight ran, pushing the
+        # image away from the style; NaN ended as "diverged"; a string, None or a non-mapping
+        # override were raw Value/TypeErrors)
+        if overrides is not None and not isinstance(overrides[i], Mapping):
+            raise ConfigError(f"per-example override {i} must be a mapping (e.g. "
+                              f"{{'style_weight': 1e4}}), got {type(overrides[i]).__name__}")
         o = dict(overrides[i]) if overrides is not None else {}
         unknown = set(o) - known
         if unknown:
             raise ConfigError(f"unknown per-example override(s): {sorted(unknown)}")
-        row = {"content": float(o.get("content_weight", config.content_weight)),
-               "style": float(o.get("style_weight", config.style_weight)),
-               "tv": float(o.get("tv_weight", config.tv_weight)),
-               "gram": float(o.get("gram_weight", 1.0)),
-               "centered": float(o.get("centered_weight", 1.0))}
+        what = f"per-example override {i}: " if overrides is not None else ""
+        row = {k: check_weight(o.get(f"{k}_weight", default), f"{what}{k}_weight")
+               for k, default in (("content", config.content_weight),
+                                  ("style", config.style_weight), ("tv", config.tv_weight),
+                                  ("gram", 1.0), ("centered", 1.0))}
         if ({"gram_weight", "centered_weight"} & set(o)) and config.style_statistic != "both":
             raise ConfigError("gram_weight/centered_weight overrides need style_statistic='both'")
         for key, base, name in (("content_layers", base_c, "content"),
                                 ("style_layers", base_s, "style")):
+            if not isinstance(o.get(key, base), Mapping):
+                raise ConfigError(f"{what}{key} must map layer names to weights, got "
+                                  f"{type(o[key]).__name__}")
             layers = dict(o.get(key, base))
             extra = set(layers) - set(base)
             if extra:
                 raise ConfigError(f"per-example {name} layers {sorted(extra)} are not among the "
                                   f"config's {name} layers {list(base)}")
-            row[key] = {layer: float(layers.get(layer, 0.0)) for layer in base}
-        for k in ("content", "style", "tv", "gram", "centered"):
-            if not (row[k] >= 0 and math.isfinite(row[k])):
-                raise ConfigError(f"{k} weight must be >= 0, got {row[k]}")
+            row[key] = {layer: check_weight(layers.get(layer, 0.0),
+                                            f"{what}{name} layer weight {layer}")
+                        for layer in base}
         rows.append(row)
     vec = lambda f: jnp.asarray([f(r) for r in rows], jnp.float32)  # noqa: E731
     return {"content": vec(lambda r: r["content"]), "style": vec(lambda r: r["style"]),

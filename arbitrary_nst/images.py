@@ -341,6 +341,8 @@ def _open_decoded(path: PathLike, *, max_pixels: int | None, max_side: int | Non
 
 def _check_readable_file(name: str) -> None:
     """Turn the usual filesystem problems into ImageError before Pillow sees the path."""
+    if not name.strip():  # (it said ": no such file")
+        raise ImageError(None, f"the image file name is empty ({name!r})")
     try:
         st = os.stat(name)
     except FileNotFoundError:
@@ -717,7 +719,7 @@ def to_float(image: ImageLike) -> np.ndarray:
             g = _high_depth_to_float(image)
             return np.repeat(g[:, :, None], 3, axis=2)
         return np.asarray(_pil_to_rgb8(image), dtype=np.float32) / np.float32(255.0)
-    x = np.asarray(image)
+    x = _native_order(np.asarray(image))
     if x.dtype == np.uint8:
         f = x.astype(np.float32) / np.float32(255.0)
     elif x.dtype == np.uint16:
@@ -736,12 +738,20 @@ def to_float(image: ImageLike) -> np.ndarray:
 FLOAT_IMAGE_RANGE = (-0.5, 1.5)
 
 
+def _native_order(a: np.ndarray) -> np.ndarray:
+    """``a`` in this machine's byte order: big-endian 16-bit data (``np.frombuffer`` of PNG,
+    PGM or FITS bytes: ``>u2``) was refused as "unsupported dtype >u2 (use ... uint16 ...)"."""
+    if not a.dtype.isnative:
+        return a.astype(a.dtype.newbyteorder("="))
+    return a
+
+
 def check_array_image(x: Any) -> np.ndarray:
     """A user's array image, checked (ImageError, one line) before it is converted: ``H x W``
     or ``H x W x {1,3,4}`` (channels last), at least 1 x 1, uint8/uint16/bool/float, and a float
     image finite and in [0, 1] (values within :data:`FLOAT_IMAGE_RANGE` are clipped)."""
     try:
-        a = np.asarray(x)
+        a = _native_order(np.asarray(x))
     except (TypeError, ValueError) as e:  # e.g. a ragged nested list
         raise ImageError(None, f"not an image array ({type(x).__name__}: {_one_line(e)})") from None
     if not (a.dtype in (np.uint8, np.uint16, np.bool_) or np.issubdtype(a.dtype, np.floating)):
@@ -1204,6 +1214,8 @@ def list_images(spec: PathLike, *, recursive: bool = False,
         ImageError: nothing matched, the path does not exist, or a directory cannot be read.
     """
     name = os.fspath(spec)
+    if not name.strip():  # (``--content ""`` said ": no such file or directory")
+        raise ImageError(None, f"the image file or folder name is empty ({name!r})")
     if os.path.isfile(name) or _dangling(name):  # (a broken link: "no such file" when loaded)
         return [Path(name)]
     if os.path.isdir(name):

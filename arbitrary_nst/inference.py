@@ -220,6 +220,8 @@ def bucket_side(n: int, buckets: Sequence[int] | None = DEFAULT_BUCKETS) -> int:
         raise ValueError(f"side must be >= 1, got {n}")
     if buckets is None:
         return round_side(n)
+    if not buckets:  # (max() of an empty list was a raw ValueError)
+        raise ConfigError("buckets must hold at least one side length, or be None")
     for b in buckets:
         if b >= n:
             return int(b)
@@ -305,11 +307,11 @@ def mixture_grid(n_styles: int, steps: int) -> list[tuple[int, int, np.ndarray]]
       top-left, top-right, bottom-left, bottom-right);
     * 5+ styles: one row going through the styles in order, ``steps`` cells per segment.
     """
+    n_styles = check_count(n_styles, "number of styles", optional=False)
     if n_styles < 2:
         raise ConfigError(f"interpolation needs at least 2 styles, got {n_styles}")
-    if int(steps) != steps or steps < 2:
-        raise ConfigError(f"--steps must be an integer >= 2, got {steps!r}")
-    steps = int(steps)
+    # (None was a raw TypeError, NaN a ValueError; the CLI's --steps, the API's steps)
+    steps = check_count(steps, "steps (--steps)", 2, optional=False)
     out = []
     if n_styles == 2:
         for j, t in enumerate(np.linspace(0.0, 1.0, steps)):
@@ -406,6 +408,9 @@ def _as_image_list(x: Any, what: str) -> tuple[list[Any], bool]:
         return [x], False
     _refuse_file_object(x, f"{what} image")
     noun = "photo" if what == "photos" else what
+    if _is_nested_number_list(x):  # an array-like: one image (HWC) or a batch (NHWC), as
+        # its array is (an image's .tolist() was a batch of its rows)
+        x = np.asarray(x)
     if isinstance(x, (list, tuple)) or _is_other_iterable(x):
         x = list(x)
         if not x:
@@ -428,6 +433,24 @@ def _as_image_list(x: Any, what: str) -> tuple[list[Any], bool]:
         return [a], False
     raise ConfigError(f"{what} must be a path, a PIL image, or an HWC/NHWC array; "
                       f"got an array of shape {a.shape}")
+
+
+def _is_nested_number_list(x: Any) -> bool:
+    """A list (or tuple) of lists of ... of numbers that makes a numeric array, such as an
+    image's ``.tolist()``: not a list of separate images (those are arrays, PIL images or
+    paths, or nested lists of different sizes, which make no array)."""
+    if not isinstance(x, (list, tuple)) or not x or not all(isinstance(i, (list, tuple))
+                                                            for i in x):
+        return False
+    leaf = x
+    while isinstance(leaf, (list, tuple)) and leaf:
+        leaf = leaf[0]
+    if isinstance(leaf, bool) or not isinstance(leaf, numbers.Real):
+        return False
+    try:
+        return np.asarray(x).dtype.kind in "biuf"
+    except (ValueError, TypeError):  # (ragged: separate images of different sizes)
+        return False
 
 
 def _refuse_file_object(x: Any, name: str | None) -> None:
@@ -538,16 +561,33 @@ def _jax_errors_typed(method: Callable) -> Callable:
     def wrapped(*args, **kwargs):
         try:
             return method(*args, **kwargs)
-        except NSTError:
-            raise
-        except _TRACER_ERRORS:
-            raise ConfigError(TRACED_CALL) from None
-        except Exception as e:  # noqa: BLE001 - re-raised unless it is out of memory
-            if (oom := out_of_memory(e)) is None:
+        except Exception as e:  # noqa: BLE001 - re-raised unless typed below
+            if (typed := _typed_jax_error(e)) is None:
                 raise
-            raise ConfigError(f"{oom}: pass max_size= (e.g. 1024) or a smaller batch_size")\
-                from None
+            raise typed from None
     return wrapped
+
+
+def _typed_jax_error(e: Exception) -> ConfigError | None:
+    """:func:`_jax_errors_typed`'s ConfigError for ``e``, or None (re-raise it as it is)."""
+    if isinstance(e, NSTError):
+        return None
+    if isinstance(e, _TRACER_ERRORS):
+        return ConfigError(TRACED_CALL)
+    if (oom := out_of_memory(e)) is None:
+        return None
+    return ConfigError(f"{oom}: pass max_size= (e.g. 1024) or a smaller batch_size")
+
+
+def _jax_errors_typed_iter(results: Iterator[Any]) -> Iterator[Any]:
+    """``results`` with :func:`_jax_errors_typed`'s errors as it is iterated (a generator's
+    out of memory, at its ``next()``, was a raw one); ``close()`` reaches it."""
+    try:
+        yield from results
+    except Exception as e:  # noqa: BLE001 - re-raised unless typed
+        if (typed := _typed_jax_error(e)) is None:
+            raise
+        raise typed from None
 
 
 def _pow2_at_least(n: int) -> int:
@@ -1074,7 +1114,15 @@ class Stylizer:
             from .vgg import load_vgg16
 
             vgg = load_vgg16()
-        model = _load_model(name, vgg, dtype)
+        try:
+            model = _load_model(name, vgg, dtype)
+        except ModelError as e:
+            from .export import ONNX_NOT_AN_EXPORT
+
+            if str(e).endswith(ONNX_NOT_AN_EXPORT):  # (the hint of stylizing only)
+                raise ModelError(f"{e} (backend='onnxruntime', --backend onnxruntime, runs "
+                                 "that on onnxruntime)") from None
+            raise
         return cls(model, source=name, **kwargs)
 
     @staticmethod
@@ -1263,11 +1311,22 @@ class Stylizer:
             return e, m, None
         d = np.zeros((len(items), self._conditioning_size), np.float32)
         for i, fs in fitted.items():
-            if fs.embedding.shape != (self.embedding_dim,) or \
-                    fs.conditioning.shape != (self._conditioning_size,):
-                raise ConfigError(f"{fs.name}: fitted style has the wrong size for this model")
-            e[i], m[i] = fs.embedding, fs.moments
-            d[i] = fs.conditioning - self._heads(fs.embedding)
+            # (named by its file where it has one, not the painting; one built in memory is
+            # checked as a loaded one is: NaN gave a NaN image, a list a raw AttributeError)
+            label = os.fspath(items[i]) if _is_path(items[i]) else fs.name
+            try:
+                emb, cond, mom = (np.asarray(getattr(fs, k), np.float32)
+                                  for k in ("embedding", "conditioning", "moments"))
+            except (TypeError, ValueError):
+                raise ConfigError(f"{label}: fitted style arrays are not numbers") from None
+            if emb.shape != (self.embedding_dim,) or cond.shape != (self._conditioning_size,):
+                raise ConfigError(f"{label}: fitted style has the wrong size for this model")
+            if mom.shape != (color.MOMENTS_DIM,) or not all(np.all(np.isfinite(a))
+                                                             for a in (emb, cond, mom)):
+                raise ConfigError(f"{label}: fitted style arrays have wrong shapes or "
+                                  "non-finite values")
+            e[i], m[i] = emb, mom
+            d[i] = cond - self._heads(emb)
         return e, m, d
 
     def _heads(self, e: np.ndarray) -> np.ndarray:
@@ -1340,7 +1399,7 @@ class Stylizer:
             first = f": {skipped[0]}" + (", ..." if len(skipped) > 1 else "") if skipped else ""
             raise ConfigError(f"fit_style: no usable photos ({len(skipped)} skipped{first})")
         work = np.stack(work)
-        pal = self.model.palette if palette is None else check_palette(palette)
+        pal = check_palette(self.model.palette if palette is None else palette)
         with self._refine_lock:
             cond, moments, hist = fit_style.fit_conditioning(
                 (self._graphdef, self._state), small[0], work, e0, steps=steps,
@@ -1391,11 +1450,20 @@ class Stylizer:
                               "optimized already); give the style image to refine")
         plan, small = self._plan_styles(style, weights, strength, preserve_color, embedding,
                                         style_size, keep_small=bool(refine_steps))
-        plan.palette = self.model.palette if palette is None else check_palette(palette)
+        plan.palette = check_palette(self.model.palette if palette is None else palette)
         if palette_moments is not None:
             if embedding is None:
                 raise ConfigError("palette_moments goes with embedding=; with style images the "
                                   "palette comes from them")
+            # one palette per embedding row, mixed alike (one embedding with two palettes took
+            # one style's texture and half of each colour palette without a word)
+            n_emb = 1 if np.ndim(embedding) == 1 else int(np.shape(embedding)[0])
+            m = _moments_array(palette_moments)
+            n_m = -1 if m.size == 0 or m.ndim > 2 else 1 if m.ndim == 1 else int(m.shape[0])
+            if n_m not in (-1, n_emb):
+                raise ConfigError(f"palette_moments has {n_m} row{'s' * (n_m != 1)} for "
+                                  f"{n_emb} embedding row{'s' * (n_emb != 1)}: one per style, "
+                                  "in the embeddings' order (Stylizer.palettes)")
             plan.moments = self._check_moments(palette_moments, weights)
         if not refine_steps:
             return plan
@@ -1672,7 +1740,7 @@ class Stylizer:
         if batched:
             raise ConfigError("refine_embedding takes one content image")
         f = images.to_float(_named("content image", self.read, contents[0], 8 * wsize))
-        pal = self.model.palette if palette is None else check_palette(palette)
+        pal = check_palette(self.model.palette if palette is None else palette)
         e, hist = _named("content image", self._refine_one, f, e0, w,
                          _Refine(int(steps), float(lr), float(sw), wsize, small, pal))
         return (e, hist) if return_history else e
@@ -1799,7 +1867,7 @@ class Stylizer:
                               f"{np.shape(embeddings)}")
         plan = _Plan(None, None, np.ones(1, np.float32), 1.0, mode == "luminance", False,
                      self.style_size)
-        plan.palette = self.model.palette if palette is None else check_palette(palette)
+        plan.palette = check_palette(self.model.palette if palette is None else palette)
         ms: list[np.ndarray | None] = [None] * e.shape[0]
         if palette_moments is not None:
             m = _moments_array(palette_moments)
@@ -1829,6 +1897,7 @@ class Stylizer:
         return outs[0] if single else np.stack(outs)
 
     # -- files ------------------------------------------------------------------------------
+    @_jax_errors_typed
     def stylize_files(self, contents: Sequence[str | os.PathLike], style: Any = None, *,
                       weights: Sequence[float] | None = None, strength: float = 1.0,
                       preserve_color: bool | str = False, max_size: int | None = None,
@@ -1881,8 +1950,8 @@ class Stylizer:
                                        collision_hint=hint)
         # Everything above runs at the call (bad options raise here, not at the first next());
         # the files are read and written as the results are iterated.
-        return self._files(early, jobs, plan, output is not None, overwrite, max_size, bs, nw,
-                           ahead)
+        return _jax_errors_typed_iter(self._files(early, jobs, plan, output is not None,
+                                                  overwrite, max_size, bs, nw, ahead))
 
     def _files(self, early, jobs, plan, writing, overwrite, max_size, bs, nw, ahead
                ) -> Iterator[FileResult]:

@@ -9,6 +9,7 @@ a fitted style must mix with images exactly like the gamma/beta it stands for.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import jax
@@ -306,6 +307,29 @@ def test_stylizer_errors_and_bad_photos(st, fitted, photos, tmp_path):
     with pytest.raises(ModelError, match="not written: .*NaN"):
         nan.save(tmp_path / "nan.npz")
     assert not (tmp_path / "nan.npz").exists()
+    # nor used: one built in memory is checked as a loaded one (NaN gave a NaN image, a list
+    # embedding a raw AttributeError), and one from a file is named by the file
+    for change, why in ((dict(conditioning=fitted.conditioning * np.nan), "non-finite"),
+                        (dict(moments=fitted.moments * np.nan), "non-finite"),
+                        (dict(moments=fitted.moments[:5]), "wrong shapes"),
+                        (dict(embedding=list(fitted.embedding)), None),
+                        (dict(embedding=["x"] * len(fitted.embedding)), "not numbers"),
+                        (dict(embedding=fitted.embedding[:3]), "wrong size for this model")):
+        bad = dataclasses.replace(fitted, **change)
+        if why is None:  # (a list of numbers is an array of them)
+            np.testing.assert_allclose(st.stylize(c, bad), st.stylize(c, fitted), atol=1e-6)
+            continue
+        with pytest.raises(ConfigError, match=f"^{fitted.name}: fitted style .*{why}"):
+            st.stylize(c, bad)
+    small = dataclasses.replace(fitted, embedding=fitted.embedding[:3])
+    np.savez(tmp_path / "small.npz", conditioning=small.conditioning, embedding=small.embedding,
+             moments=small.moments, history=small.history,
+             meta=np.frombuffer(json.dumps({"format": fit_style.FORMAT,
+                                            "fingerprint": fitted.fingerprint}).encode(),
+                                np.uint8))
+    with pytest.raises(ConfigError, match=f"^{tmp_path / 'small.npz'}: fitted style has the "
+                                          "wrong size"):
+        st.stylize(c, tmp_path / "small.npz")
 
 
 # ------------------------------------------------------------------------------------ CLI
@@ -521,6 +545,11 @@ def test_fitted_style_file_refuses_unusable_arrays_and_replaces_only_when_asked(
         with pytest.raises(ConfigError, match="a fitted style file must end in .npz"):
             _small_fitted().save(tmp_path / name)
     p = _small_fitted().save(tmp_path / "s.npz")
+    # an upper-case suffix is a fitted style for every reader: also for save (and fit-style)
+    up = _small_fitted().save(tmp_path / "up" / "UP.NPZ")
+    assert up.name == "UP.NPZ" and fit_style.FittedStyle.load(up).info["name"] == "waves"
+    assert fit_style.is_fitted_style_path(up)
+    up.unlink(), up.parent.rmdir()
     with np.load(p) as z:
         parts = dict(z)
     for name, change in (("nan", np.full(10, np.nan, np.float32)),

@@ -832,8 +832,17 @@ def test_override_and_config_values_outside_their_range_are_refused(params, cont
     ``style_scale`` is at most ``MAX_STYLE_SCALE`` (8.5 was taken)."""
     cfg = gatys.GatysConfig()
     for bad in ({"style_weight": float("inf")}, {"tv_weight": -1.0},
-                {"content_weight": float("nan")}):
-        with pytest.raises(ConfigError, match="weight must be >= 0"):
+                {"content_weight": float("nan")}, {"style_weight": "abc"},
+                {"style_weight": None}, {"style_layers": {"relu1_1": -1e3}},
+                {"content_layers": {"relu4_2": float("nan")}}):
+        # (the layer weights were not checked: -1e3 ran, pushing the image away from the
+        # style; a string or None was a raw ValueError / TypeError)
+        with pytest.raises(ConfigError, match=r"^per-example override 0: .*must be a finite "
+                                              r"number >= 0, got "):
+            gatys.loss_weights(cfg, 1, [bad])
+    for bad, match in ((5, "override 0 must be a mapping"),
+                       ({"style_layers": ["relu1_1"]}, "style_layers must map layer names")):
+        with pytest.raises(ConfigError, match=match):
             gatys.loss_weights(cfg, 1, [bad])
     with pytest.raises(ConfigError, match="need style_statistic='both'"):
         gatys.loss_weights(cfg, 1, [{"gram_weight": 0.5}])
@@ -963,3 +972,19 @@ def test_adam_ending_above_its_start_is_said(params, content, style, adam_run):
         r2 = run(params, np.stack([content, content]), style, cfg, failures="report")
     assert sorted(r2.worse_than_start) == [0, 1] and not r2.failures
     assert r2.worse_than_start[0].startswith("the loss ended ")
+
+
+def test_per_example_styles_with_one_weight_and_a_small_init_image_are_named(params, content,
+                                                                             style):
+    """Per-example styles with a scalar ``style_weights`` were a raw TypeError ("object of
+    type 'float' has no len()"); a too small ``init_image`` was reported as the content."""
+    cfg = ADAM.replace(iterations=0)
+    with pytest.raises(ConfigError, match="per-example style weights must be one list per "
+                                          "content image, got float"):
+        run(params, np.stack([content, content]), [[style], [make_style(1)]], cfg,
+            style_weights=1.0)
+    with pytest.raises(ConfigError, match=r"^init images must be at least 32 px on each side, "
+                                          r"got 10x10"):
+        run(params, content, style, cfg, init_image=np.zeros((10, 10, 3), np.float32))
+    with pytest.raises(ConfigError, match=r"^content images must be at least 32 px"):
+        run(params, content[:10, :10], style, cfg)

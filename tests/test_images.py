@@ -1572,3 +1572,25 @@ def test_an_output_name_too_long_for_the_filesystem_is_one_image_error(tmp_path)
     traceback in evaluate, outside save_image's documented ImageError."""
     with pytest.raises(ImageError, match="cannot write: .*too long"):
         save_image(tmp_path / ("a" * 300 + ".png"), np.zeros((4, 4, 3), np.float32))
+
+
+def test_big_endian_arrays_are_images(tmp_path):
+    """``>u2`` (np.frombuffer of PNG/PGM bytes) was refused as "unsupported image array dtype
+    >u2 (use uint8, uint16, ...)": read as the native array it equals."""
+    from arbitrary_nst.images import check_array_image
+
+    a = (np.arange(48, dtype=np.uint16).reshape(4, 4, 3) * 1300)
+    for big in (a.astype(">u2"), (a / 65535).astype(">f4")):
+        assert check_array_image(big).dtype.isnative
+        native = big.astype(big.dtype.newbyteorder("="))
+        np.testing.assert_array_equal(to_float(big), to_float(native))
+    np.testing.assert_allclose(to_float(a.astype(">u2")), a / 65535, atol=1e-6)
+
+
+def test_an_empty_file_name_says_so():
+    """``load_image("")`` / ``--content ""`` said ": no such file" (an empty name before the
+    colon)."""
+    with pytest.raises(ImageError, match=r"^the image file name is empty \(''\)$"):
+        load_image("")
+    with pytest.raises(ImageError, match=r"^the image file or folder name is empty \(' '\)$"):
+        list_images(" ")

@@ -139,6 +139,12 @@ def test_mixture_grid_layouts():
         mixture_grid(1, 3)
     with pytest.raises(ConfigError):
         mixture_grid(2, 1)
+    # (None was a raw TypeError, NaN a ValueError, an empty ladder max()'s ValueError)
+    for steps in (None, float("nan"), 2.5, "3"):
+        with pytest.raises(ConfigError, match=r"^steps \(--steps\) must be an integer >= 2"):
+            mixture_grid(2, steps)
+    with pytest.raises(ConfigError, match="buckets must hold at least one"):
+        inference.bucket_side(100, [])
 
 
 @pytest.mark.parametrize("bad", [[1.0], [1, 2, 3], [-1, 2], [0, 0], [float("nan"), 1]])
@@ -955,6 +961,13 @@ def test_palette_mixes_with_the_styles_and_the_content(st_pal, files):
         st_pal.stylize(c, embedding=e[0], palette_moments=m[0, :9])
     with pytest.raises(ConfigError, match="palette_moments"):
         st_pal.transfer(c, e, palette_moments=m[:1].repeat(3, 0))
+    # one palette per embedding row, as transfer asks (one embedding with two palettes took
+    # one style's texture and half of each palette; 2 embeddings with 3 rows were accepted)
+    for emb, mom, want in ((e[0], m, "has 2 rows for 1 embedding row"),
+                           (e, np.stack([m[0], m[1], m[1]]), "has 3 rows for 2 embedding rows"),
+                           (e, m[0], "has 1 row for 2 embedding rows")):
+        with pytest.raises(ConfigError, match=f"^palette_moments {want}: one per style"):
+            st_pal.stylize(c, embedding=emb, palette_moments=mom)
 
 
 def test_palette_with_colour_preservation(st_pal, files):
@@ -1449,3 +1462,66 @@ def test_a_stylizer_inside_jit_is_one_line_also_for_a_style_not_embedded_yet(st)
         with pytest.raises(ConfigError, match="^Stylizer runs its own jit; call it outside "
                                               "jax.jit"):
             jax.jit(lambda x: jnp.asarray(call(x)))(jnp.asarray(c, jnp.float32) / 255)
+
+
+def test_a_nested_list_image_is_one_image_not_a_batch_of_rows(st):
+    """An image's ``.tolist()`` was read as a batch of its rows (6 outputs of 8 x 3 for a 6 x 8
+    photo, 6 grey "styles"): a list of lists of numbers is the array it makes; a list of such
+    images of one size a batch, of different sizes separate images."""
+    rng = np.random.default_rng(0)
+    c = rng.random((36, 40, 3)).astype(np.float32)
+    s = rng.random((40, 40, 3)).astype(np.float32)
+    want = st.stylize(c, s)
+    np.testing.assert_array_equal(st.stylize(c.tolist(), s), want)
+    np.testing.assert_array_equal(st.stylize(c, s.tolist()), want)
+    both = st.stylize([c.tolist(), c.tolist()], s)
+    assert np.shape(both) == (2, 36, 40, 3)
+    np.testing.assert_allclose(both[0], want, atol=1e-5)  # (batched: float rounding)
+    ragged = st.stylize([c.tolist(), c[:34].tolist()], s)
+    assert isinstance(ragged, list) and [r.shape for r in ragged] == [(36, 40, 3), (34, 40, 3)]
+    assert st.embed(s.tolist()).shape == (1, st.embedding_dim)
+
+
+def test_out_of_memory_in_a_files_batch_is_one_config_error(st, files, tmp_path):
+    """stylize_files let XLA's RESOURCE_EXHAUSTED through raw (only stylize, transfer and
+    embed typed it): a batch of files on a GPU with a large batch_size."""
+    import jax
+
+    def oom(*a, **k):
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating "
+                                         "135911179544 bytes.")
+
+    real = inference._stylize_jit
+    try:
+        inference._stylize_jit = oom
+        results = st.stylize_files([files["content"]], files["style_a"],
+                                   output=lambda p: tmp_path / f"{p.stem}.png")
+        with pytest.raises(ConfigError, match=r"^out of memory .*pass max_size="):
+            list(results)
+    finally:
+        inference._stylize_jit = real
+    assert [r.ok for r in st.stylize_files([files["content"]], files["style_a"],
+                                           output=lambda p: tmp_path / f"{p.stem}.png")] == [True]
+
+
+def test_a_model_palette_out_of_range_is_refused_not_applied(st, tmp_path):
+    """``m.palette = 5.0`` (the README's ``m.palette = 0.5`` recipe with a bad value) was
+    exported without a word to a file every loader refused, and stylized with the colours
+    moved 5x along the map (NaN: no palette)."""
+    from arbitrary_nst import export
+
+    c = np.random.default_rng(0).random((36, 40, 3)).astype(np.float32)
+    s = np.random.default_rng(1).random((40, 40, 3)).astype(np.float32)
+    before = st.model.palette
+    try:
+        for bad in (5.0, float("nan")):
+            st.model.palette = bad
+            with pytest.raises(ConfigError, match="palette must be in"):
+                export.export_model(st.model, tmp_path / "m.safetensors")
+            assert not (tmp_path / "m.safetensors").exists()
+            with pytest.raises(ConfigError, match="palette must be in"):
+                st.stylize(c, s)
+            np.testing.assert_allclose(st.stylize(c, s, palette=0.0),
+                                       st.stylize(c, s, palette=0.0), atol=0)
+    finally:
+        st.model.palette = before
