@@ -16,8 +16,8 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .errors import (MAX_SEED, ConfigError, ImageError, NSTError, UsageParser, count_arg,
-                     one_line, out_of_memory, printable_stdout)
+from .errors import (MAX_SEED, ConfigError, ImageError, NSTError, OutOfMemory, UsageParser,
+                     count_arg, one_line, out_of_memory, printable_stdout)
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -88,6 +88,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "infer.py") -> int:
         with warnings.catch_warnings():  # (restores showwarning for callers of main())
             warnings.showwarning = _show_warning
             return run_removing_new_empty_dirs(args._run, args)
+    except OutOfMemory as e:  # (the library's hint names its arguments: max_size=)
+        print(f"error: {e.what}: {_memory_hint(args)}", file=sys.stderr)
+        return EXIT_ERROR
     except NSTError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return EXIT_ERROR

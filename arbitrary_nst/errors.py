@@ -44,6 +44,15 @@ class ModelError(NSTError):
     """A model/export/checkpoint file that cannot be loaded."""
 
 
+class OutOfMemory(ConfigError):
+    """The device ran out of memory: ``what`` (:func:`out_of_memory`'s one line) and the
+    library's hint of what to lower; a command gives its own options' hint instead."""
+
+    def __init__(self, what: str, hint: str):
+        self.what = what
+        super().__init__(f"{what}: {hint}")
+
+
 def _int_range(minimum: int, maximum: int | None) -> str:
     return f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
 

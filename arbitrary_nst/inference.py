@@ -131,8 +131,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from . import color, files, fit_style, images
-from .errors import (ConfigError, ImageError, ModelError, NSTError, check_count, not_a_number,
-                     one_line, out_of_memory)
+from .errors import (ConfigError, ImageError, ModelError, NSTError, OutOfMemory, check_count,
+                     not_a_number, one_line, out_of_memory)
 from .models import ArbitraryStyleModel, check_palette
 from .padding import pad_to, round_side
 
@@ -568,7 +568,7 @@ def _jax_errors_typed(method: Callable) -> Callable:
     return wrapped
 
 
-def _typed_jax_error(e: Exception) -> ConfigError | None:
+def _typed_jax_error(e: Exception) -> NSTError | None:
     """:func:`_jax_errors_typed`'s ConfigError for ``e``, or None (re-raise it as it is)."""
     if isinstance(e, NSTError):
         return None
@@ -576,7 +576,7 @@ def _typed_jax_error(e: Exception) -> ConfigError | None:
         return ConfigError(TRACED_CALL)
     if (oom := out_of_memory(e)) is None:
         return None
-    return ConfigError(f"{oom}: pass max_size= (e.g. 1024) or a smaller batch_size")
+    return OutOfMemory(oom, "pass max_size= (e.g. 1024) or a smaller batch_size")
 
 
 def _jax_errors_typed_iter(results: Iterator[Any]) -> Iterator[Any]:

@@ -12,8 +12,9 @@ and style, batch 8, width 1.0):
   TFLOP/s and, on a GPU with a known peak, the fraction of peak (the dense peak of the step's
   compute dtype: :data:`GPU_PEAK`);
 * **loader**: ``data.make_loader`` alone at the config's batch size and sizes (``--data`` picks
-  the source: the config's own, or ``synthetic``), batches/s and content images/s (each batch
-  also holds as many style images);
+  the source: the config's own, or ``synthetic``), batches/s and content images/s
+  (``content_images_per_s``; each batch also holds as many style images, which
+  ``bench/data.py``'s images/s and this JSON's ``images_per_s`` before it counted too);
 * **train loop**: ``training.train`` end to end (loader + step + logging) for a few steps after a
   warm-up interval, steps/s.
 
@@ -170,8 +171,10 @@ def bench_loader(cfg, batches: int) -> dict:
             "batches": batches, "seconds": round(dt, 3),
             "batches_per_s": round(batches / dt, 2),
             # content images per second, as the step's figure (each batch also holds as
-            # many style images; the JSON counted both here and content only for the step)
-            "images_per_s": round(int(cfg.train.batch_size) * batches / dt, 1)}
+            # many style images): a key of its own, since the JSONs before it counted both
+            # under "images_per_s" here (bench/data.py's images/s still does) and content
+            # only for the step
+            "content_images_per_s": round(int(cfg.train.batch_size) * batches / dt, 1)}
 
 
 class _ExpectedStop(logging.Filter):

@@ -672,7 +672,8 @@ def test_max_size_on_a_jpeg_file_equals_the_same_image_in_memory(tmp_path):
     (np.zeros((20, 24, 2), np.float32), "1, 3 or 4 channels"),
     (np.zeros((0, 24, 3), np.float32), "empty image array"),
     (np.zeros((20, 24, 3), np.int64), "unsupported image array dtype int64"),
-    ([[0.1, 0.2, 0.3]], "got an array of shape (3,)"),
+    # (a list holding a 1-D array; ``[[0.1, 0.2, 0.3]]`` is the 1 x 3 grey image it makes)
+    ([np.array([0.1, 0.2, 0.3])], "got an array of shape (3,)"),
 ])
 def test_bad_array_images_are_image_errors_not_silent_clipping(st, files, bad, reason):
     """Float arrays in 0..255 (or -1..1) were clipped to [0, 1] before: a white (or half-black)
