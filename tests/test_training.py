@@ -2519,6 +2519,7 @@ def test_the_step_bar_leaves_compiling_out_of_its_rate(tmp_path, vgg, monkeypatc
 
     def recording_bar(**kw):
         bars.append(tqdm(file=io.StringIO(), **{**kw, "mininterval": 0}))
+        times.append(time.perf_counter())  # (the bar's start)
         return bars[-1]
 
     real = training._default_loader_factory
@@ -2539,8 +2540,14 @@ def test_the_step_bar_leaves_compiling_out_of_its_rate(tmp_path, vgg, monkeypatc
     monkeypatch.setattr(training, "progress_bar", recording_bar)
     training.train(smoke("train.num_steps=7"), tmp_path / "w", vgg=vgg, progress=True,
                    loader_factory=lambda cfg, **kw: SlowFirstBatch(real(cfg, **kw)),
-                   step_callback=lambda step, state: (times.append(time.perf_counter()),
-                                                      rates.append(bars[-1].format_dict["rate"])))
-    step_s = (times[-1] - times[1]) / (len(times) - 2)
-    # (read before the bar's update of the last step: the bar is closed after it)
-    assert bars[-1].n == 7 and rates[-1] is not None and rates[-1] > 0.5 / step_s, (rates, step_s)
+                   step_callback=lambda step, state: (
+                       times.append(time.perf_counter()),
+                       rates.append((bars[-1].format_dict["rate"],
+                                     bars[-1].format_dict["elapsed"]))))
+    # times: the bar's start, then the end of each step (read before the bar's update of
+    # that step: the bar is closed after the last)
+    step_s = (times[-1] - times[2]) / (len(times) - 3)
+    rate, elapsed = rates[-1]
+    assert bars[-1].n == 7 and rate is not None and rate > 0.5 / step_s, (rates, step_s)
+    # the bar's clock leaves the first step (3 s + compiling) out
+    assert elapsed < times[-1] - times[0] - 2.5, (elapsed, times[-1] - times[0])
