@@ -234,6 +234,12 @@ def _show(ax, img, title: str | None = None) -> None:
         ax.set_title(title, fontsize=8)
 
 
+def _row_height(img, panel_width: float) -> float:
+    """Inches a row of ``panel_width``-inch panels of ``img``'s aspect takes (its title aside)."""
+    h, w = np.shape(img)[:2]
+    return panel_width * h / w + 0.35
+
+
 def _noise(shape, seed: int = 0) -> np.ndarray:
     return gatys.noise_image(shape, seed)
 
@@ -245,7 +251,9 @@ def _noise(shape, seed: int = 0) -> np.ndarray:
 def fig_content_reconstruction(params, content, style, *, batch, iters) -> Any:
     jobs = _pick(batch, "a")
     n = len(jobs)
-    fig = Figure(figsize=(2.2 * (n + 1), 2.6))
+    # (sized to the photo, laid out by matplotlib: a portrait photo's panels were taller than
+    # the fixed 2.6 in, and the title was drawn over their titles)
+    fig = Figure(figsize=(2.2 * (n + 1), _row_height(content, 2.2) + 0.9), layout="constrained")
     axes = fig.subplots(1, n + 1)
     _show(axes[0], content, "content")
     for i, j in enumerate(jobs):
@@ -263,7 +271,8 @@ def fig_content_reconstruction(params, content, style, *, batch, iters) -> Any:
 def fig_style_reconstruction(params, content, style, *, batch, iters) -> Any:
     jobs = _pick(batch, "b")
     n = len(STYLE_LAYERS)
-    fig = Figure(figsize=(2.2 * (n + 1), 4.6))
+    fig = Figure(figsize=(2.2 * (n + 1), 2 * _row_height(jobs[0]["image"], 2.2) + 1.0),
+                 layout="constrained")  # (the textures are synthesized at the photo's shape)
     axes = fig.subplots(2, n + 1)
     _show(axes[0, 0], style, "style")
     axes[1, 0].axis("off")
@@ -381,7 +390,8 @@ def fig_style_statistics(params, content, style, *, batch, iters) -> Any:
     imgs = {j["name"]: j["image"] for j in _pick(batch, "e")}
     res = {stat: (imgs[(stat, "transfer")], imgs[(stat, "texture")]) for stat in STATISTIC_PARTS}
     n = len(res)
-    fig = Figure(figsize=(2.6 * (n + 1), 4.6))
+    fig = Figure(figsize=(2.6 * (n + 1), _row_height(content, 2.6) + _row_height(style, 2.6)
+                          + 1.0), layout="constrained")
     axes = fig.subplots(2, n + 1)
     _show(axes[0, 0], content, "content")
     _show(axes[1, 0], style, "style")

@@ -406,3 +406,30 @@ def test_gram_analysis_grams_are_normalized_by_c_h_w(params):
         np.testing.assert_allclose(d["gram"], m.T @ m / m.size, rtol=1e-4,
                                    atol=1e-6 * np.abs(m.T @ m / m.size).max())
 
+
+
+@pytest.mark.parametrize("shape", [(96, 40), (40, 96), (48, 48)])
+def test_figure_titles_stay_above_the_panels_for_any_photo_shape(shape):
+    """Figures (a), (b) and (e) had a fixed height: with a portrait photo the panels grew
+    taller than it and figure (a)'s title was drawn over the panel titles."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    photo, style = _img(*shape, 0), _img(40, 56, 1)
+    layers = ["relu1_2", "relu2_2", "relu3_2"]
+    batch = [{"fig": "a", "name": n, "image": photo, "history": {f"content/{n}": [1.0]}}
+             for n in layers]
+    batch += [{"fig": "b", "name": n, "image": photo} for n in range(2 * 5 - 1)]
+    batch += [{"fig": "e", "name": (stat, kind), "image": photo}
+              for stat in analysis.STATISTIC_PARTS for kind in ("transfer", "texture")]
+    for make in (analysis.fig_content_reconstruction, analysis.fig_style_reconstruction,
+                 analysis.fig_style_statistics):
+        fig = make(None, photo, style, batch=batch, iters=1)
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        r = canvas.get_renderer()
+        top = fig._suptitle.get_window_extent(r)
+        for ax in fig.axes:
+            if ax.get_title():
+                t = ax.title.get_window_extent(r)
+                assert t.y1 <= top.y0 + 1, (make.__name__, shape, ax.get_title())
+            assert ax.get_window_extent(r).y1 <= top.y0 + 1, (make.__name__, shape)
