@@ -537,7 +537,8 @@ def _figure(args, mode: str, stylizer, content_files: list[Path]) -> int:
     d = None
     if mode == "sweep" or args.strength < 1.0:  # the content's own embedding
         e_c = stylizer.embed(img, style_size=args.style_size)[0]
-    names = " / ".join(Path(s).stem for s in styles)
+    # (named as in output names: a fitted style and its painting were both "candy")
+    names = " / ".join(_stem([s]) for s in styles)
     if mode == "interpolate":
         cells = mixture_grid(len(styles), args.steps)
         e = np.stack([w @ e_styles for _, _, w in cells])
@@ -563,7 +564,10 @@ def _figure(args, mode: str, stylizer, content_files: list[Path]) -> int:
         labels = [f"{t:.2f}" for t in ts]
         pos = [(0, j) for j in range(len(ts))]
         layout = "grid"
-        title = f"strength 0 .. 1, style {names}"
+        # (a 90/10 mix was titled as an even one; the file name said @0.9-0.1)
+        mix = "" if args.style_weights is None or len(set(w.tolist())) == 1 else \
+            " (weights " + ", ".join(f"{x:g}" for x in w / w.sum()) + ")"
+        title = f"strength 0 .. 1, style {names}{mix}"
     outs = stylizer.transfer(img, e.astype(np.float32), preserve_color=lum,
                              batch_size=args.batch_size, palette_moments=m.astype(np.float32),
                              palette=args.palette, offsets=d)

@@ -1214,7 +1214,8 @@ def test_strength_sweep_mixes_the_styles_with_their_weights(cli, data, model, mo
                      "--strength-sweep", 3, "--tile-size", 45, "--batch-size", 1, "--out", out)
     assert rc == 0, err
     assert [lab for *_, lab in seen["tiles"]] == ["0.00", "0.50", "1.00"]
-    assert seen["title"] == "strength 0 .. 1, style s1 / s2"
+    # (the mix's weights: a 1:3 mix was titled as an even one)
+    assert seen["title"] == "strength 0 .. 1, style s1 / s2 (weights 0.25, 0.75)"
     st = cli_stylize.load_stylizer(str(model))
     img = st.read(c, max_side=45)
     for (_, _, got, _), t in zip(seen["tiles"][1:], (0.5, 1.0)):

@@ -405,8 +405,21 @@ def test_cli_fit_style_then_stylize(model_path, vgg, tmp_path, capsys):
     got = np.asarray(images.load_image(o), np.float32)
     want = st.stylize(str(c), [str(out), str(s)], weights=[0.7, 0.3])
     np.testing.assert_allclose(got, want, atol=1.01 / 255)
-    assert cli_stylize.main([*run, "--interpolate", str(out), str(s), "--steps", "3",
-                             "--tile-size", "32", "--out", str(tmp_path / "strip.png")]) == 0
+    titles = []
+    real_figure = cli_stylize.compose_figure
+
+    def figure(tiles, *, title="", **kw):
+        titles.append(title)
+        return real_figure(tiles, title=title, **kw)
+
+    cli_stylize.compose_figure = figure
+    try:
+        assert cli_stylize.main([*run, "--interpolate", str(out), str(s), "--steps", "3",
+                                 "--tile-size", "32", "--out", str(tmp_path / "strip.png")]) == 0
+    finally:
+        cli_stylize.compose_figure = real_figure
+    # (named as in the output names: the fitted style and its painting were both "s")
+    assert titles == ["% of s-fitted / s"]
     capsys.readouterr()
     assert cli_stylize.main([*run, "--style", str(out), "--refine", "2",
                              "--out", str(tmp_path / "r.png")]) == 1
