@@ -271,6 +271,12 @@ def test_an_unwritable_cache_still_loads_the_weights_with_a_warning(tmp_path, mo
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("warning: ") and "cannot write" in err[0], err
     assert weights.CACHE_ENV in err[0]
+    # the command too: it exited 1 after the warning, and `make demo` / `make test` (which run
+    # it first) stopped there
+    assert weights.main([]) == 0
+    cap = capsys.readouterr()
+    assert cap.out.startswith("VGG16 weights ready, not cached: converted again each run")
+    assert [ln for ln in cap.err.splitlines() if ln.startswith("error")] == []
 
 
 def test_the_missing_weights_advice_names_real_options(capsys):
