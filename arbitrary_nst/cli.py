@@ -176,7 +176,10 @@ MAX_STYLE_SIZE = 2048  # = inference.MAX_STYLE_SIZE (not imported here: keeps --
 
 
 def _nonneg_float(s: str) -> float:
-    v = float(s)
+    try:  # (argparse named this function: "invalid _nonneg_float value: 'abc'")
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {s!r}") from None
     if not v >= 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
     return v

@@ -172,6 +172,11 @@ def test_usage_errors_are_one_line_and_return_2(capsys):
         assert main(argv) == 2
         line = one_error_line(capsys)
         assert line.endswith("--help`)"), line  # not the 14-line usage block
+    # (it said "invalid _nonneg_float value", the name of a helper function)
+    for opt in ("--style-weights", "--style-weight", "--tv-weight"):
+        assert main(["gatys", "--content", "a", "--style", "b", "--out", "c.png", opt,
+                     "abc"]) == 2
+        assert one_error_line(capsys).startswith(f"error: argument {opt}: not a number: 'abc'")
 
 
 def test_gatys_never_writes_over_a_style_even_with_overwrite(files, tmp_path, capsys):
