@@ -6,6 +6,7 @@ same output), then exported to tmp; images are small and generated. Style workin
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -93,6 +94,23 @@ def files(tmp_path_factory):
         "style_a": write_png(d / "style_a.png", smooth_image(48, 40, 2)),
         "style_b": write_png(d / "style_b.png", smooth_image(36, 50, 3)),
     }
+
+
+@contextlib.contextmanager
+def _device_out_of_memory():
+    """The jitted stylize call raising XLA's RESOURCE_EXHAUSTED, as a too large array does."""
+    import jax
+
+    def oom(*a, **k):
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating "
+                                         "135911179544 bytes.")
+
+    real = inference._stylize_jit
+    inference._stylize_jit = oom
+    try:
+        yield
+    finally:
+        inference._stylize_jit = real
 
 
 # ---------------------------------------------------------------------------- pure helpers
@@ -531,19 +549,9 @@ def test_api_arguments_that_ran_silently_or_raised_raw(st, model_path, vgg, file
     with pytest.raises(ConfigError, match="output must be a function"):  # ('str' not callable)
         st.stylize_files([sa], sb, output="out/x.png")
     # out of device memory (a 20000 x 20000 array at the default max_size=None) is typed
-    import jax
-
-    def oom(*a, **k):
-        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating "
-                                         "135911179544 bytes.")
-
-    real = inference._stylize_jit
-    try:
-        inference._stylize_jit = oom
-        with pytest.raises(ConfigError, match=r"^out of memory .*pass max_size="):
-            st.stylize(c, sa)
-    finally:
-        inference._stylize_jit = real
+    with _device_out_of_memory(), pytest.raises(ConfigError,
+                                                match=r"^out of memory .*pass max_size="):
+        st.stylize(c, sa)
     e = st.embed(sa)[0]
     good = st.palettes(sa)[0]
     for bad in (-np.ones(12), np.r_[good[:3], -good[3:]]):  # means < 0; negative variance
@@ -1486,21 +1494,11 @@ def test_a_nested_list_image_is_one_image_not_a_batch_of_rows(st):
 def test_out_of_memory_in_a_files_batch_is_one_config_error(st, files, tmp_path):
     """stylize_files let XLA's RESOURCE_EXHAUSTED through raw (only stylize, transfer and
     embed typed it): a batch of files on a GPU with a large batch_size."""
-    import jax
-
-    def oom(*a, **k):
-        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating "
-                                         "135911179544 bytes.")
-
-    real = inference._stylize_jit
-    try:
-        inference._stylize_jit = oom
+    with _device_out_of_memory():
         results = st.stylize_files([files["content"]], files["style_a"],
                                    output=lambda p: tmp_path / f"{p.stem}.png")
         with pytest.raises(ConfigError, match=r"^out of memory .*pass max_size="):
             list(results)
-    finally:
-        inference._stylize_jit = real
     assert [r.ok for r in st.stylize_files([files["content"]], files["style_a"],
                                            output=lambda p: tmp_path / f"{p.stem}.png")] == [True]
 
