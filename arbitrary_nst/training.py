@@ -70,11 +70,10 @@ from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from . import errors as errors_lib
 from . import export as export_lib
 from . import vgg as vgg_lib
 from .device_augment import finish_batch
-from .errors import MAX_SEED, ConfigError, ImageError, ModelError, NSTError, check_count
+from .errors import MAX_SEED, STOP_SIGNALS, ConfigError, ImageError, ModelError, NSTError, check_count
 from .files import is_inside, make_dir, write_atomically
 from .losses import LossConfig, StyleTargets, perceptual_loss
 from .models import ArbitraryStyleModel, check_model_config, with_pooling
@@ -936,10 +935,10 @@ class TrainResult:
     # at the last step: the run is complete then, but a script running it must still stop)
 
 
-#: Signals that stop training cleanly (finish the step, save a checkpoint, export): Ctrl-C,
-#: ``kill``, and a closed terminal or ssh session (SIGHUP killed the run, and the steps since
-#: the last checkpoint were lost). The same that stop the other commands like Ctrl-C.
-STOP_SIGNALS = errors_lib.STOP_SIGNALS
+# STOP_SIGNALS (errors): the signals that stop training cleanly (finish the step, save a
+# checkpoint, export): Ctrl-C, ``kill``, and a closed terminal or ssh session (SIGHUP killed
+# the run, and the steps since the last checkpoint were lost); they stop the other commands
+# like Ctrl-C.
 
 
 class _StopRequest:
