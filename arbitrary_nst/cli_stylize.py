@@ -63,7 +63,7 @@ import numpy as np
 
 from . import files, images
 from .files import output_name as _output_name
-from .errors import (ConfigError, ImageError, NSTError, UsageParser, one_line,
+from .errors import (ConfigError, ImageError, ModelError, NSTError, UsageParser, one_line,
                      printable_stdout)
 from .progress import bar as progress_bar
 
@@ -779,12 +779,24 @@ def run(args: argparse.Namespace) -> int:
     mode = _validate(args)
     if mode != "stylize":
         content_files = _content_files(args)  # (first: fail fast before the model)
-        return _figure(args, mode, load_stylizer(args.model, args.dtype, args.backend),
-                       content_files)
+        return _figure(args, mode, _command_stylizer(args), content_files)
     listing = _list_contents(args)  # (first: fail fast before paying for the model)
     if args.method == "gatys":
         return _stylize(args, None, listing)
-    return _stylize(args, load_stylizer(args.model, args.dtype, args.backend), listing)
+    return _stylize(args, _command_stylizer(args), listing)
+
+
+def _command_stylizer(args: argparse.Namespace):
+    """:func:`load_stylizer` of this command's options; an ONNX file given as ``--model`` says
+    how this command runs its export on onnxruntime (fit-style, evaluate's and the API's
+    messages named a ``--backend`` that fit-style has not)."""
+    from .export import OnnxFileGiven
+
+    try:
+        return load_stylizer(args.model, args.dtype, args.backend)
+    except OnnxFileGiven as e:
+        raise ModelError(f"{e} (--backend onnxruntime runs that export on onnxruntime)") \
+            from None
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

@@ -111,9 +111,9 @@ def _sorted_header(blob: bytes) -> bytes:
     return len(text).to_bytes(8, "little") + text + blob[8 + n:]
 
 
-#: What an ``infer.py export-onnx`` file given as a model is.
-ONNX_NOT_AN_EXPORT = ("an ONNX file, not a model export; pass the .safetensors export it was "
-                      "made from")
+class OnnxFileGiven(ModelError):
+    """An ``infer.py export-onnx`` file given where a model export is read (stylizing adds
+    how to run the export on onnxruntime: the other commands have no --backend)."""
 
 
 def _short(v: Any) -> str:
@@ -138,7 +138,8 @@ def read_export(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[st
     except Exception as e:  # safetensors raises its own error types (and OSError, ValueError)
         if name.lower().endswith(".onnx"):  # `infer.py export-onnx` output, for deployment
             # (the hint named --backend, which only stylizing has: the Stylizer adds it)
-            raise ModelError(f"{name}: {ONNX_NOT_AN_EXPORT}") from None
+            raise OnnxFileGiven(f"{name}: an ONNX file, not a model export; pass the "
+                                ".safetensors export it was made from") from None
         reason = " ".join(str(e).split()) or type(e).__name__
         raise ModelError(f"{name}: not a readable model export (safetensors: {reason})") from None
     if meta.get("format") != FORMAT:

@@ -408,9 +408,9 @@ def _as_image_list(x: Any, what: str) -> tuple[list[Any], bool]:
         return [x], False
     _refuse_file_object(x, f"{what} image")
     noun = "photo" if what == "photos" else what
-    if _is_nested_number_list(x):  # an array-like: one image (HWC) or a batch (NHWC), as
-        # its array is (an image's .tolist() was a batch of its rows)
-        x = np.asarray(x)
+    if (nested := _nested_number_array(x)) is not None:  # an array-like: one image (HWC) or
+        # a batch (NHWC), as its array is (an image's .tolist() was a batch of its rows)
+        x = nested
     if isinstance(x, (list, tuple)) or _is_other_iterable(x):
         x = list(x)
         if not x:
@@ -435,22 +435,23 @@ def _as_image_list(x: Any, what: str) -> tuple[list[Any], bool]:
                       f"got an array of shape {a.shape}")
 
 
-def _is_nested_number_list(x: Any) -> bool:
-    """A list (or tuple) of lists of ... of numbers that makes a numeric array, such as an
-    image's ``.tolist()``: not a list of separate images (those are arrays, PIL images or
-    paths, or nested lists of different sizes, which make no array)."""
+def _nested_number_array(x: Any) -> np.ndarray | None:
+    """The numeric array a list (or tuple) of lists of ... of numbers makes, such as an
+    image's ``.tolist()``; None for anything else: a list of separate images (arrays, PIL
+    images or paths, or nested lists of different sizes, which make no array)."""
     if not isinstance(x, (list, tuple)) or not x or not all(isinstance(i, (list, tuple))
                                                             for i in x):
-        return False
+        return None
     leaf = x
     while isinstance(leaf, (list, tuple)) and leaf:
         leaf = leaf[0]
     if isinstance(leaf, bool) or not isinstance(leaf, numbers.Real):
-        return False
+        return None
     try:
-        return np.asarray(x).dtype.kind in "biuf"
+        a = np.asarray(x)
     except (ValueError, TypeError):  # (ragged: separate images of different sizes)
-        return False
+        return None
+    return a if a.dtype.kind in "biuf" else None
 
 
 def _refuse_file_object(x: Any, name: str | None) -> None:
@@ -1114,15 +1115,7 @@ class Stylizer:
             from .vgg import load_vgg16
 
             vgg = load_vgg16()
-        try:
-            model = _load_model(name, vgg, dtype)
-        except ModelError as e:
-            from .export import ONNX_NOT_AN_EXPORT
-
-            if str(e).endswith(ONNX_NOT_AN_EXPORT):  # (the hint of stylizing only)
-                raise ModelError(f"{e} (backend='onnxruntime', --backend onnxruntime, runs "
-                                 "that on onnxruntime)") from None
-            raise
+        model = _load_model(name, vgg, dtype)
         return cls(model, source=name, **kwargs)
 
     @staticmethod

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from arbitrary_nst import cli_stylize, images, inference
-from arbitrary_nst.errors import one_line
+from arbitrary_nst.errors import ModelError, one_line
 
 REPO = Path(__file__).resolve().parents[1]
 SS = "32"
@@ -800,6 +800,12 @@ def test_corrupt_model_file(cli, data, tmp_path, model):
     rc, _, err = cli("--content", data["contents"][0], "--style", data["styles"][0], "--out",
                      tmp_path / "o.png", "--model", onnx)
     assert rc == 1 and "an ONNX file, not a model export" in one_error_line(err)
+    # (this command has --backend; fit-style, which has none, was told to use it too)
+    assert one_error_line(err).endswith("(--backend onnxruntime runs that export on "
+                                        "onnxruntime)")
+    with pytest.raises(ModelError) as e:
+        inference.Stylizer.load(onnx)
+    assert str(e.value).endswith("pass the .safetensors export it was made from"), e.value
 
 
 @pytest.mark.parametrize("case", [
