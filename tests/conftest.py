@@ -8,18 +8,27 @@ import pytest
 
 # The tests compile hundreds of distinct programs (each training setup, loss weight and image size
 # is its own program) and run each for a few tiny steps, so XLA's compile time is most of the
-# suite's time. LLVM's -O0 for the kernels XLA generates cuts it by a third (a smoke training run
-# 12.6 -> 8.3 s; the whole suite 1076 -> 893 s on 2 cores); XLA's own program optimizations
-# (fusion, layouts, simplification) still run, the convolutions and matmuls are the same library
-# calls, and results differ from -O2 only by rounding (measured: the suite passes at both). XLA
-# reads XLA_FLAGS when its CPU client starts, so setting it here (before any test runs JAX) covers
-# the xdist workers and the CLI subprocesses the tests start.
+# suite's time. Three XLA CPU code-generation settings cut it, none changing the program XLA runs
+# (its own optimizations -- fusion, layouts, simplification -- still run, and the convolutions and
+# matmuls are the same library calls); results differ from the defaults only by rounding
+# (measured: the suite passes with and without them):
+# * LLVM's -O0 for the kernels XLA generates (a smoke training run 12.6 -> 8.3 s; the suite
+#   1076 -> 893 s on 2 cores);
+# * XLA's older elemental fusion emitters instead of its MLIR fusion emitters, and
+# * one LLVM module per program instead of 32 parts codegen'd separately (both together: the
+#   smoke training step's compilation 6.2 -> 3.3 s, a smoke training run 10.9 -> 7.8 s; the
+#   suite 842 -> 604 s on 2 cores).
+# XLA reads XLA_FLAGS when its CPU client starts, so setting it here (before any test runs JAX)
+# covers the xdist workers and the CLI subprocesses the tests start.
 # ``ARBITRARY_NST_TEST_XLA_OPT=default`` runs the suite as users run the code; a developer's own
 # optimization flag is kept.
+FAST_COMPILE_XLA_FLAGS = ("--xla_backend_optimization_level=0",
+                          "--xla_cpu_use_fusion_emitters=false",
+                          "--xla_cpu_parallel_codegen_split_count=1")
 if (os.environ.get("ARBITRARY_NST_TEST_XLA_OPT", "fast") != "default"
         and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", "")):
     os.environ["XLA_FLAGS"] = " ".join(
-        [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"]).strip()
+        [os.environ.get("XLA_FLAGS", ""), *FAST_COMPILE_XLA_FLAGS]).strip()
 
 
 @pytest.fixture(scope="session")
