@@ -416,17 +416,18 @@ def main(argv=None) -> int:
             out = expand_compact(*args.expand)
             print(f"VGG16 training weights expanded: {out}")
             return 0
-        loaded = load(args.path, allow_download=args.download,  # (rebuilds a damaged cache)
-                      training_copy_ok=True)
         try:
-            path = resolve(args.path, allow_download=args.download)
-        except _CacheNotWritten:  # (load() warned; the weights work: `make demo` and `make
-            # test` stopped here on a machine whose cache cannot be written)
-            print(f"VGG16 weights ready, not cached: converted again each run "
-                  f"({time.perf_counter() - t0:.2f} s)")
-            return 0
+            path: Path | None = resolve(args.path, allow_download=args.download)
+        except _CacheNotWritten as e:  # the weights work without a cache (`make demo` and
+            # `make test`, which run this first, stopped here); converted once, not again
+            print(f"warning: {e} (converted again each run)", file=sys.stderr)
+            loaded, path = e.weights, None
+        else:
+            loaded = load(args.path, allow_download=args.download,  # (rebuilds a damaged
+                          training_copy_ok=True)  # cache)
         zero = zero_layers(loaded)
-        if zero and args.path is None:  # the cache itself: everything else refuses it
+        if zero and args.path is None and path is not None:  # the cache itself: everything
+            # else refuses it
             raise WeightsError(_training_only(path, zero))
         if args.compact:  # (conv1..conv4: an expanded copy has them)
             out = write_compact(loaded, args.compact)
@@ -438,6 +439,10 @@ def main(argv=None) -> int:
     except (WeightsError, ImageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if path is None:
+        print(f"VGG16 weights ready, not cached: converted again each run "
+              f"({time.perf_counter() - t0:.2f} s)")
+        return 0
     print(f"VGG16 weights ready: {path} ({path.stat().st_size / 2**20:.1f} MiB, "
           f"{time.perf_counter() - t0:.2f} s)")
     return 0

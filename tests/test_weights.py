@@ -279,6 +279,29 @@ def test_an_unwritable_cache_still_loads_the_weights_with_a_warning(tmp_path, mo
     assert [ln for ln in cap.err.splitlines() if ln.startswith("error")] == []
 
 
+def test_an_unwritable_cache_converts_once_and_still_writes_the_compact_copy(
+        tmp_path, monkeypatch, vgg_params, capsys):
+    """`python -m arbitrary_nst.weights --compact OUT` with a cache that cannot be written said
+    "ready, not cached" (rc 0) without writing OUT, and every run converted the ONNX file twice
+    (load(), then resolve() for the path)."""
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
+    monkeypatch.setenv(weights.CACHE_ENV, str(a_file / "cache"))
+    reads = []
+    real_read_any = weights.read_any
+    monkeypatch.setattr(weights, "read_any", lambda p: reads.append(p) or real_read_any(p))
+    out = tmp_path / "compact.npz"
+    assert weights.main(["--compact", str(out)]) == 0
+    cap = capsys.readouterr()
+    assert len(reads) == 1, reads
+    assert f"compact training copy: {out}" in cap.out
+    assert cap.out.splitlines()[-1].startswith("VGG16 weights ready, not cached")
+    assert [ln for ln in cap.err.splitlines() if ln.startswith("warning")] != []
+    compact = weights.read_any(weights.expand_compact(out, tmp_path / "full.npz"))
+    np.testing.assert_array_equal(compact["conv4_3"]["kernel"],
+                                  vgg_params["conv4_3"]["kernel"].astype(np.float16))
+
+
 def test_the_missing_weights_advice_names_real_options(capsys):
     """The one-line fix names flags of `python -m arbitrary_nst.weights` (it named a
     non-existent --download-vgg)."""
