@@ -61,15 +61,23 @@ def _matrix(space: ColorSpace) -> np.ndarray:
     raise ConfigError(f"colour space must be one of {COLOR_SPACES}, got {space!r}")
 
 
+def _jnp(x) -> jax.Array:
+    """``jnp.asarray``, also of a numpy array in the other byte order (``>f4`` from
+    ``np.frombuffer`` of FITS or PNG bytes), which jax refuses with a raw TypeError."""
+    if isinstance(x, np.ndarray) and not x.dtype.isnative:
+        x = x.astype(x.dtype.newbyteorder("="))
+    return jnp.asarray(x)
+
+
 def _f32(x) -> jax.Array:
-    x = jnp.asarray(x)
+    x = _jnp(x)
     return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 def _rgb(x) -> jax.Array:
     """An RGB image as floats in [0, 1]: uint8 is 0..255 and uint16 0..65535 (as everywhere
     in the package; they were taken as floats up to 255), other integer types are refused."""
-    x = jnp.asarray(x)
+    x = _jnp(x)
     if x.dtype in (jnp.uint8, jnp.uint16):
         return x.astype(jnp.float32) / float(jnp.iinfo(x.dtype).max)
     if jnp.issubdtype(x.dtype, jnp.integer):
@@ -159,7 +167,7 @@ def color_stats(x, mask=None) -> tuple[jax.Array, jax.Array]:
         mean = jnp.mean(flat, axis=-2)
         d = flat - mean[..., None, :]
         return mean, jnp.einsum("...ni,...nj->...ij", d, d) / flat.shape[-2]
-    m = jnp.broadcast_to(jnp.asarray(mask, x.dtype), x.shape[:-1]).reshape(flat.shape[:-1])
+    m = jnp.broadcast_to(_jnp(mask).astype(x.dtype), x.shape[:-1]).reshape(flat.shape[:-1])
     n = jnp.maximum(jnp.sum(m, axis=-1), 1.0)[..., None]
     mean = jnp.einsum("...n,...ni->...i", m, flat) / n
     d = (flat - mean[..., None, :]) * m[..., None]

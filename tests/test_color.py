@@ -271,6 +271,21 @@ def test_integer_images_are_read_as_the_package_reads_them(rng):
         color.color_moments(u8.astype(np.int32))
 
 
+def test_arrays_in_the_other_byte_order_are_read_as_their_values(rng):
+    """A big-endian array (``np.frombuffer`` of FITS or PNG bytes: ``>f4``, ``>u2``) was a raw
+    jax TypeError from every colour function; it is the same image."""
+    x = rng.random((12, 10, 3)).astype(np.float32)
+    u16 = (x * 65535).round().astype(np.uint16)
+    mask = (rng.random((12, 10)) > 0.5).astype(np.float32)
+    for native in (x, u16):
+        swapped = native.astype(native.dtype.newbyteorder(">"))
+        assert not swapped.dtype.isnative
+        for fn in (color.color_moments, color.luminance, color.rgb_to_yiq,
+                   lambda a: color.match_color(a, x[::-1]),
+                   lambda a: color.color_stats(a, mask=mask.astype(">f4"))[1]):
+            np.testing.assert_array_equal(np.asarray(fn(swapped)), np.asarray(fn(native)))
+
+
 # ------------------------------------------------- mutation-testing pass 2 (color helpers)
 
 
