@@ -464,7 +464,8 @@ def shown_size(path: PathLike) -> tuple[int, int]:
             try:
                 if im.format == "PNG":  # (getexif() decodes a PNG whose EXIF is not before
                     exif = Image.Exif()  # its pixels: 0.28 s for 6000x4000; only the order
-                    exif.load(im.info.get("exif") or b"")  # of the sides could differ)
+                    exif.load(im.info.get("exif")  # of the sides could differ)
+                              or _png_exif_after_pixels(im.fp) or b"")
                 else:
                     exif = im.getexif()
                 turned = exif.get(0x0112, 1) in (5, 6, 7, 8)
@@ -479,6 +480,31 @@ def shown_size(path: PathLike) -> tuple[int, int]:
     except OSError as e:
         raise ImageError(name, _os_reason(e) if e.errno else _one_line(e)) from None
     return (h, w) if turned else (w, h)
+
+
+def _png_exif_after_pixels(fp: Any) -> bytes | None:
+    """The data of a PNG's ``eXIf`` chunk when it comes after the pixels (the PNG 1.5 rules
+    allow it; Pillow's header read stops at the first IDAT): the chunk headers are walked with
+    seeks, nothing is decoded. None if there is none or the chunks are damaged."""
+    import struct
+
+    if fp is None:
+        return None
+    try:
+        fp.seek(8)  # (after the signature)
+        while True:
+            head = fp.read(8)
+            if len(head) < 8:
+                return None
+            length, kind = struct.unpack(">I4s", head)
+            if kind == b"eXIf":
+                data = fp.read(length)
+                return data if len(data) == length else None
+            if kind == b"IEND":
+                return None
+            fp.seek(length + 4, os.SEEK_CUR)  # (the data and its CRC)
+    except (OSError, ValueError, struct.error):
+        return None
 
 
 def _exif_oriented(im: Image.Image) -> Image.Image:

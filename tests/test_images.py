@@ -1458,6 +1458,23 @@ def test_shown_size_is_the_header_size_as_shown(tmp_path):
     im.save(tmp_path / "r.png", exif=exif.tobytes())  # (read without decoding the pixels)
     assert images.shown_size(tmp_path / "r.png") == (20, 50)
     assert load_image(tmp_path / "r.png").shape[:2] == (50, 20)
+    # a PNG may store its EXIF after the pixels (Pillow's header read stops at the first IDAT:
+    # its size was said to be as stored, 50x20, though it is shown and read 20x50)
+    import struct
+    import zlib
+
+    data = (tmp_path / "p.png").read_bytes()
+    payload = exif.tobytes()[6:] if exif.tobytes().startswith(b"Exif") else exif.tobytes()
+    chunk = struct.pack(">I", len(payload)) + b"eXIf" + payload + struct.pack(
+        ">I", zlib.crc32(b"eXIf" + payload))
+    iend = data.rindex(b"IEND") - 4
+    (tmp_path / "late.png").write_bytes(data[:iend] + chunk + data[iend:])
+    with Image.open(tmp_path / "late.png") as late:
+        assert "exif" not in late.info  # (the case: not in the header Pillow read)
+    assert load_image(tmp_path / "late.png").shape[:2] == (50, 20)
+    assert images.shown_size(tmp_path / "late.png") == (20, 50)
+    (tmp_path / "cut.png").write_bytes(data[:iend] + chunk[:10])  # damaged: as stored
+    assert images.shown_size(tmp_path / "cut.png") == (50, 20)
     for turn in (5, 6, 7, 8):  # a TIFF (Pillow 13 reports its shown size: it was turned twice)
         exif[0x0112] = turn
         im.save(tmp_path / f"r{turn}.tif", exif=exif.tobytes())
