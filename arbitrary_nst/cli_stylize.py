@@ -385,6 +385,22 @@ def _batch_tag(args: argparse.Namespace, styles, model_palette: float | None = N
     return stem + weights, method + "".join(f"__{s}" for s in settings)
 
 
+def _figure_settings(args: argparse.Namespace, model_palette: float | None) -> str:
+    """The settings a figure's title names after its styles when they are off their defaults,
+    as its file name does (:func:`_batch_tag`; two figures made with and without
+    ``--preserve-color`` had the same title): ``, --palette 0.5, --preserve-color match``."""
+    from .inference import DEFAULT_STYLE_SIZE, preserve_color_mode
+
+    said = []
+    if args.palette is not None and args.palette != model_palette:
+        said.append(f"--palette {args.palette:g}")
+    if (mode := preserve_color_mode(args.preserve_color)) is not None:
+        said.append(f"--preserve-color {mode}")
+    if args.style_size != DEFAULT_STYLE_SIZE:
+        said.append(f"--style-size {args.style_size}")
+    return "".join(f", {x}" for x in said)
+
+
 def _figure_name(args: argparse.Namespace, mode: str, content_stem: str, styles,
                  model_palette: float | None = None) -> str:
     """A figure's name in --out-dir: ``{content}__{styles}__interp`` / ``__sweep``, then the
@@ -568,6 +584,7 @@ def _figure(args, mode: str, stylizer, content_files: list[Path]) -> int:
         mix = "" if args.style_weights is None or len(set(w.tolist())) == 1 else \
             " (weights " + ", ".join(f"{x:g}" for x in w / w.sum()) + ")"
         title = f"strength 0 .. 1, style {names}{mix}"
+    title += _figure_settings(args, stylizer.model.palette)
     outs = stylizer.transfer(img, e.astype(np.float32), preserve_color=lum,
                              batch_size=args.batch_size, palette_moments=m.astype(np.float32),
                              palette=args.palette, offsets=d)

@@ -1180,7 +1180,10 @@ def test_interpolation_tiles_mix_embeddings_palettes_and_strength(cli, data, mod
     tiles = seen["tiles"]
     assert [(r, col, lab) for r, col, _, lab in tiles] == [
         (0, j, lab) for j, lab in enumerate(["100/0", "50/50", "0/100"])]
-    assert seen["title"] == "% of s1 / s2, strength 0.8" and seen["layout"] == "grid"
+    # (the settings off their defaults, as in the file name: figures made with and without
+    # them had one title)
+    assert seen["title"] == "% of s1 / s2, strength 0.8, --palette 0.6"
+    assert seen["layout"] == "grid"
     st = cli_stylize.load_stylizer(str(model))
     img = st.read(c, max_side=45)
     for j, (_, _, got, _) in enumerate(tiles):
@@ -1204,6 +1207,7 @@ def test_match_mode_figure_tiles_are_stylize_in_match_mode(cli, data, model, mon
                      "--preserve-color", "match", "--tile-size", 144, "--batch-size", 1,
                      "--out", data["tmp"] / "m.png")
     assert rc == 0, err
+    assert seen["title"] == "% of s1 / s2, --palette 1, --preserve-color match"
     st = cli_stylize.load_stylizer(str(model))
     img = st.read(c, max_side=144)
     for (_, _, got, _), w in zip(seen["tiles"], ([1, 0], [0, 1])):
