@@ -271,16 +271,19 @@ def fig_content_reconstruction(params, content, style, *, batch, iters) -> Any:
 def fig_style_reconstruction(params, content, style, *, batch, iters) -> Any:
     jobs = _pick(batch, "b")
     n = len(STYLE_LAYERS)
+    # (the textures are synthesized at the photo's shape; the style, of its own shape, spans
+    # both rows: in a row of its own a square style left a band under the wide textures and an
+    # empty panel under itself)
     fig = Figure(figsize=(2.2 * (n + 1), 2 * _row_height(jobs[0]["image"], 2.2) + 1.0),
-                 layout="constrained")  # (the textures are synthesized at the photo's shape)
-    axes = fig.subplots(2, n + 1)
-    _show(axes[0, 0], style, "style")
-    axes[1, 0].axis("off")
+                 layout="constrained")
+    axes = fig.subplot_mosaic([["style"] + [f"only{i}" for i in range(n)],
+                               ["style"] + [f"upto{i}" for i in range(n)]])
+    _show(axes["style"], style, "style")
     for i in range(n):
-        _show(axes[0, i + 1], jobs[i]["image"], f"only {jobs[i]['name']}")
-    _show(axes[1, 1], jobs[0]["image"], jobs[0]["name"])
+        _show(axes[f"only{i}"], jobs[i]["image"], f"only {jobs[i]['name']}")
+    _show(axes["upto0"], jobs[0]["image"], jobs[0]["name"])
     for k in range(1, n):
-        _show(axes[1, k + 1], jobs[n + k - 1]["image"], jobs[n + k - 1]["name"])
+        _show(axes[f"upto{k}"], jobs[n + k - 1]["image"], jobs[n + k - 1]["name"])
     fig.suptitle(f"(b) Style reconstruction (texture synthesis from noise, no content): single "
                  f"layers (top), cumulative layers (bottom), {iters} iterations", fontsize=10)
     return fig
@@ -326,7 +329,10 @@ def gram_analysis(params, style: np.ndarray, layers: Sequence[str] = STYLE_LAYER
 def fig_gram_matrices(params, content, style, *, batch, iters) -> Any:
     info = gram_analysis(params, style)
     n = len(info)
-    fig = Figure(figsize=(8.5, 2.6 * n))
+    # (rows sized to the style's shape, at most 3.2 in, and laid out by matplotlib: a fixed
+    # 2.6 in per row left a band under the title, and more for a wide style)
+    fig = Figure(figsize=(8.5, n * min(_row_height(style, 2.5), 3.2) + 0.5),
+                 layout="constrained")
     axes = fig.subplots(n, 3)
     for r, (layer, d) in enumerate(info.items()):
         ax = axes[r, 0]

@@ -63,6 +63,40 @@ def test_all_six_figures(tmp_path, params, normalized, imgs):
                               style=style, size=32, figures=["c"], vgg_params=params)
 
 
+def _bands(fig) -> tuple[float, float]:
+    """Inches between the figure's title and its highest panel, and under its lowest."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    r = canvas.get_renderer()
+    boxes = [ax.get_tightbbox(r) for ax in fig.axes]
+    top = fig._suptitle.get_window_extent(r).y0 - max(b.y1 for b in boxes)
+    return top / fig.dpi, min(b.y0 for b in boxes) / fig.dpi
+
+
+def test_gram_and_texture_figures_leave_no_empty_bands(params):
+    """(c) had a fixed 2.6 in per row: a 1 in band under its title and 1.3 in under its last
+    row for a square style, more for a wide one; (b) showed the style in a row of its own with
+    an empty panel under it. Rows follow the style's shape (at most 3.2 in each)."""
+    for shape in ((48, 48), (32, 96), (96, 32)):
+        fig = analysis.fig_gram_matrices(params, None, _img(*shape, 1), batch=None, iters=0)
+        top, bottom = _bands(fig)
+        assert top < 0.3 and bottom < 0.3, (shape, top, bottom)
+        assert fig.get_figheight() <= 5 * 3.2 + 0.5
+    n = len(analysis.STYLE_LAYERS)
+    jobs = [{"fig": "b", "image": _img(40, 60, i), "name": f"layer{i}"} for i in range(2 * n - 1)]
+    fig = analysis.fig_style_reconstruction(params, _img(40, 60, 0), _img(48, 48, 1),
+                                            batch=jobs, iters=1)
+    assert len(fig.axes) == 1 + 2 * n  # (no empty panel)
+    _bands(fig)  # (laid out)
+    style_ax = next(ax for ax in fig.axes if ax.get_title() == "style")
+    rows = sorted({round(ax.get_position().y0, 3) for ax in fig.axes if ax is not style_ax})
+    assert len(rows) == 2
+    lo, hi = style_ax.get_position().y0, style_ax.get_position().y1
+    assert lo > rows[0] - 1e-3 and hi > rows[1]  # between the rows, spanning both
+
+
 def test_jobs_cover_each_figure(imgs):
     content, _ = imgs
     jobs = analysis._jobs(content, analysis.FIGURES)
