@@ -780,7 +780,9 @@ def _check_resume_meta(meta: dict, expected: dict, workdir) -> list[str]:
                               f"({what}); {fix}")
     if "data" in meta and "data" in expected:
         skip = _LOADER_ONLY_DATA_KEYS
-        if (expected["data"].get("source") or "folder") != "folder":  # (npz:, synthetic, tfds:)
+        source = str(expected["data"].get("source") or "folder")
+        if source == "synthetic" or source.startswith("npz:"):  # (tfds: reads style_dirs,
+            # the weights and mixed-in content_dirs as a folder source does)
             skip += _FOLDER_DATA_KEYS  # unused: e.g. a clone elsewhere has other default paths
         elif "datasets" in meta:  # the folders' images are compared by their datasets' names
             skip += ("content_dirs", "style_dirs")  # (_note_datasets), not by how named
@@ -1031,7 +1033,8 @@ def _training_folder_holding(path: Path, config) -> tuple[str, str] | None:
     """``(folder, "data.content_dirs")`` if ``path`` is inside a training image folder."""
     for key in ("content_dirs", "style_dirs"):
         for d in _folder_entries(config.data, key):
-            d = os.fspath(d)
+            d = os.path.expanduser(os.fspath(d))  # (as the data reads it: `--set
+            # data.content_dirs=~/photos` is not expanded by the shell)
             if not d.startswith("tfds:") and os.path.isdir(d) and is_inside(path, d):
                 return d, f"data.{key}"
     return None

@@ -1276,6 +1276,17 @@ def test_bad_workdir_or_export_path_fails_before_training(tmp_path, vgg, monkeyp
     with pytest.raises(ConfigError, match="the workdir is inside the training image folder"):
         training.train(cfg, photos / "run", vgg=vgg, progress=False)
     assert not (photos / "run").exists()
+    # ... also named with a ~ (`--set data.content_dirs=~/photos`: not expanded by the shell;
+    # the data expands it, the check did not, and the grids were trained on)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOME", str(tmp_path))
+        cfg.data.content_dirs = ["~/photos"]
+        with pytest.raises(ConfigError, match="the workdir is inside the training image folder"):
+            training.train(cfg, photos / "run", vgg=vgg, progress=False)
+        with pytest.raises(ConfigError, match="into the training image folder"):
+            training.train(cfg, tmp_path / "wd7", export_path=photos / "m.safetensors",
+                           vgg=vgg, progress=False)
+    assert not (photos / "run").exists()
     # the built-in model is never an export destination (it was replaced, exit 0)
     from arbitrary_nst.inference import BUILTIN_MODEL
 
@@ -1938,8 +1949,9 @@ def test_training_option_bounds_are_inclusive_where_documented():
 def test_resume_metadata_checks_field_by_field(tmp_path, caplog):
     """What a resume refuses (another model, batch size, seed or optimizer), what it returns to
     be said (changed optim/loss values, the compute dtype) and which data changes it warns of
-    (not the loader-only ones; not the folder fields of a synthetic/npz/tfds source; not a
-    max_pixels missing from an older checkpoint at its default)."""
+    (not the loader-only ones; not the folder fields of a synthetic/npz source, but those of a
+    tfds: source, which reads style_dirs and the weights; not a max_pixels missing from an
+    older checkpoint at its default)."""
     def meta(*overrides):
         cfg = training._to_plain(smoke(*overrides))
         return {"model": {"width": cfg["model"]["width"]}, "batch_size": cfg["train"]["batch_size"],
@@ -1986,6 +1998,17 @@ def test_resume_metadata_checks_field_by_field(tmp_path, caplog):
         training._check_resume_meta(meta(*folder), meta(*folder, "data.max_pixels=1000"),
                                     tmp_path)
     assert "(max_pixels)" in caplog.text
+    caplog.clear()
+    tfds = ("data.source='tfds:coco/2017'", "data.style_dirs=('p', 'q')")
+    with caplog.at_level(logging.WARNING):  # (tfds: skipped them: changed weights were silent)
+        training._check_resume_meta(meta(*tfds, "data.style_dir_weights=(1.0, 1.0)"),
+                                    meta(*tfds, "data.style_dir_weights=(1.0, 5.0)"), tmp_path)
+    assert "(style_dir_weights)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # an npz: file holds its images: folders unused
+        training._check_resume_meta(meta("data.source='npz:a.npz'"),
+                                    meta("data.source='npz:a.npz'", *tfds[1:]), tmp_path)
+    assert caplog.text == ""
 
 
 def test_embedding_lr_multiplier_reaches_the_models_nested_parameters():
