@@ -1612,7 +1612,9 @@ def _check_folders_distinct(c: Mapping[str, Any]) -> None:
                         continue
                     raise ConfigError(f"{d}: listed twice in {role}_dirs (as {other!r} and "
                                       f"{str(d)!r}); list a folder once (to give it more "
-                                      f"weight: {role}_dir_weights)")
+                                      f"weight: {role}_dir_weights"
+                                      + (", --style-weight of `python -m arbitrary_nst.data`"
+                                         if role == "style" else "") + ")")
                 common = os.path.commonpath([real, other_real])
                 if common in (real, other_real):  # one inside the other
                     inner, outer = (d, other) if common == other_real else (other, d)
@@ -2284,6 +2286,21 @@ def _export_target(out_path: str | os.PathLike[str], overwrite: bool) -> Path:
     return p
 
 
+def _not_the_input(out_path: str | os.PathLike[str], npz_path: str) -> None:
+    """Refuse an export over the ``npz:`` file it reads (``--overwrite`` replaced it with the
+    subset: nothing overwrites an input)."""
+    out = os.path.expanduser(os.fspath(out_path))
+    src = os.path.expanduser(npz_path)
+    same = os.path.realpath(out) == os.path.realpath(src)
+    try:
+        same = same or os.path.samefile(out, src)
+    except OSError:  # (one of them does not exist: not the same file)
+        pass
+    if same:
+        raise ConfigError(f"{out_path}: is the npz: file this export reads; write the subset "
+                          "to another file")
+
+
 def export_arrays(data_cfg: Any, out_path: str | os.PathLike[str], n_content: int, n_style: int,
                   size: int = 288, *, seed: int = 0, quality: int = 90, max_mb: float = 45.0,
                   sources: Mapping[str, DataSource] | None = None,
@@ -2310,6 +2327,8 @@ def export_arrays(data_cfg: Any, out_path: str | os.PathLike[str], n_content: in
         raise ConfigError(f"max_mb (--max-mb) must be a finite number > 0, got {max_mb!r}")
     p = _export_target(out_path, overwrite)
     c = _cfg(data_cfg)
+    if str(c["source"]).startswith("npz:"):
+        _not_the_input(p, str(c["source"])[4:])
     srcs = sources if sources is not None else prepare(data_cfg)
     out: dict[str, np.ndarray] = {}
     summary: dict[str, Any] = {"path": os.fspath(out_path), "size": int(size)}
@@ -2345,6 +2364,9 @@ def export_arrays(data_cfg: Any, out_path: str | os.PathLike[str], n_content: in
         out[f"{role}_offsets"] = np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64)
         out[f"{role}_paths"] = np.array(paths, dtype=str)
         summary[f"n_{role}"] = n
+        # (weighted draws repeat images of the heavier folders and leave out some of the
+        # others': "27 style images" were 19 distinct ones)
+        summary[f"n_{role}_distinct"] = len({int(i) for i in idx})
     out["info"] = np.array(json.dumps({"format": 1, "size": int(size), "quality": int(quality), "seed": int(seed)}))
     buf = io.BytesIO()
     np.savez(buf, **out)
@@ -2446,6 +2468,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a.cmd == "export":
             _export_target(a.out, a.overwrite)  # before the (long) preparation
         cfg = _cli_cfg(a)
+        source = a.source or "folder"
+        if source == "synthetic" or source.startswith("npz:"):  # (they were ignored; prepare
+            # said "1024 prepared now" of images it never prepares)
+            given = [f for f, v in (("--content-dir", a.content_dir), ("--style-dir", a.style_dir),
+                                    ("--style-weight", a.style_weight)) if v]
+            if given:
+                raise ConfigError(f"--source {source} reads no folders: leave out "
+                                  f"{' and '.join(given)}, or use --source folder")
+            if a.cmd == "prepare":
+                raise ConfigError(f"--source {source}: nothing to prepare (its images are "
+                                  "made or read as they are)")
+        if a.style_weight and not a.style_dir:  # (ignored without a word)
+            raise ConfigError("--style-weight needs --style-dir: one weight per style folder")
+        if a.cmd == "export" and source.startswith("npz:"):
+            _not_the_input(a.out, source[4:])
         # `prepare` with only --content-dir (or only --style-dir) prepares that folder alone
         given_roles = [r for r, dirs in (("content", a.content_dir), ("style", a.style_dir))
                        if dirs]
@@ -2491,7 +2528,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a.cmd == "export":
             s = export_arrays(cfg, a.out, a.n_content, a.n_style, a.size, max_mb=a.max_mb, sources=srcs,
                               overwrite=a.overwrite)
-            print(f"wrote {s['path']}: {s['n_content']} content + {s['n_style']} style images, {s['megabytes']} MB")
+            counts = []
+            for role in ("content", "style"):
+                n, distinct = s[f"n_{role}"], s[f"n_{role}_distinct"]
+                counts.append(f"{n} {role}" + (f" ({distinct} distinct: the folder weights "
+                                               "repeat some)" if distinct < n else ""))
+            print(f"wrote {s['path']}: {' + '.join(counts)} images, {s['megabytes']} MB")
     except NSTError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

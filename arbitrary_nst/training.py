@@ -199,7 +199,21 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
                 raise ConfigError(f"override {item!r}: {' '.join(str(e).split())}") from None
             raise ConfigError(f"override {item!r}: {key} takes {type(old).__name__} values "
                               f"(it is {old!r}), got {raw!r}") from None
+    _check_folders_read(config, given, p.name)
     return config
+
+
+def _check_folders_read(config, given: Mapping[str, str], config_name: str) -> None:
+    """Folders given with ``--set`` to a config whose source reads none (``configs/smoke.py``
+    is ``synthetic``) are refused: the run trained on procedural images without a word."""
+    src = str(_get(_get(config, "data", {}), "source", "folder") or "folder")
+    if not (src == "synthetic" or src.startswith("npz:")):
+        return
+    for key in ("data.content_dirs", "data.style_dirs"):
+        if key in given and _folder_entries(config.data, key.split(".")[1]):
+            raise ConfigError(
+                f"--set {key}: the data source is {src!r} ({config_name}), which reads no "
+                "folders; add --set data.source=folder to train on them")
 
 
 def _dotted_keys(node, prefix: str = "") -> list[str]:

@@ -911,6 +911,50 @@ def test_cli_export_checks_its_output_first_and_never_replaces_silently(folder, 
     monkeypatch.undo()
     assert data.main([*args, "--out", str(out), "--overwrite"]) == 0
     assert not [p.name for p in out.parent.iterdir() if p.name != "train.npz"]  # no temporaries
+    # a subset of an npz: file over that file (--overwrite replaced the input with the subset)
+    first = out.read_bytes()
+    for given in (out, out.parent / "." / out.name):
+        rc = data.main(["export", "--source", f"npz:{out}", "--out", str(given), "--overwrite",
+                        "--n-content", "1", "--n-style", "1", "--size", "64"])
+        assert rc == 1 and "is the npz: file this export reads" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="is the npz: file this export reads"):
+        data.export_arrays({"source": f"npz:{out}"}, out, 1, 1, 64)
+    assert out.read_bytes() == first
+    assert data.main(["export", "--source", f"npz:{out}", "--out", str(tmp_path / "sub.npz"),
+                      "--n-content", "1", "--n-style", "2", "--size", "64"]) == 0
+    assert "1 content + 2 style images" in capsys.readouterr().out
+
+
+def test_cli_options_a_source_does_not_read_are_refused(folder, tfds_dir, capsys, tmp_path):
+    """Folders given with ``--source synthetic`` / ``npz:`` were ignored (training on procedural
+    images), `prepare --source synthetic` said "1024 prepared now" of images it never prepares,
+    and --style-weight without --style-dir was ignored; `train.py --set data.style_dirs=...` with
+    a config whose source reads no folders (configs/smoke.py) trained without a word."""
+    from arbitrary_nst import training
+
+    cases = (
+        (["export", "--source", "synthetic", "--style-dir", str(folder), "--out",
+          str(tmp_path / "a.npz")], "--source synthetic reads no folders: leave out --style-dir"),
+        (["prepare", "--source", "npz:x.npz", "--content-dir", str(folder), "--style-weight",
+          "2"], "leave out --content-dir and --style-weight"),
+        (["prepare", "--source", "synthetic"], "nothing to prepare"),
+        (["prepare", "--content-dir", str(folder), "--style-weight", "2"],
+         "--style-weight needs --style-dir"))
+    for argv, want in cases:
+        assert data.main([*argv, "--data-dir", str(tfds_dir)]) == 1, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and want in err and "\n" not in err, err
+    assert not (tmp_path / "a.npz").exists()
+    smoke = Path(__file__).resolve().parents[1] / "configs" / "smoke.py"
+    for key in ("data.content_dirs", "data.style_dirs"):
+        with pytest.raises(ConfigError, match=f"--set {key}: the data source is 'synthetic' "
+                                              r"\(smoke.py\), which reads no folders"):
+            training.load_config(smoke, [f"{key}={str(folder)!r}"])
+    cfg = training.load_config(smoke, [f"data.style_dirs={str(folder)!r}", "data.source=folder"])
+    assert cfg.data.style_dirs == [str(folder)]
+    assert training.load_config(smoke, ["data.style_dirs=[]"]).data.source == "synthetic"
+    with pytest.raises(ConfigError, match="reads no folders"):
+        training.load_config(smoke, ["data.source='npz:a.npz'", f"data.style_dirs={str(folder)!r}"])
 
 
 def test_default_config_fields():
@@ -1464,7 +1508,10 @@ def test_export_follows_the_seeded_weighted_first_epoch_and_its_size_limit(tmp_p
     srcs = {"content": data.SyntheticSource("content", 6), "style": mix}
     for seed in (0, 1):
         out = tmp_path / f"s{seed}.npz"
-        data.export_arrays({}, out, 6, 7, 96, sources=srcs, seed=seed)
+        summary = data.export_arrays({}, out, 6, 7, 96, sources=srcs, seed=seed)
+        # (seven draws of the three images of the only weighted part: said as such)
+        assert (summary["n_style"], summary["n_style_distinct"]) == (7, 3)
+        assert (summary["n_content"], summary["n_content_distinct"]) == (6, 6)
         content = data.NpzSource(out, "content")
         want = np.random.default_rng([seed, 0, 0]).permutation(6)
         assert [content.path(i) for i in range(6)] == [f"synthetic-content[{k}]" for k in want]
@@ -1634,7 +1681,8 @@ def test_overlapping_folders_are_refused_before_anything_is_prepared(tmp_path):
     cases = [
         ({"content_dirs": [str(tmp_path / "other")], "style_dirs": [p, p + "/"]},
          f"{p}/: listed twice in style_dirs (as {p!r} and {p + '/'!r}); list a folder once (to "
-         "give it more weight: style_dir_weights)"),
+         "give it more weight: style_dir_weights, --style-weight of "
+         "`python -m arbitrary_nst.data`)"),
         ({"content_dirs": [str(tmp_path / "other")], "style_dirs": [p, str(tmp_path / "link")]},
          f"{tmp_path / 'link'}: listed twice in style_dirs"),
         ({"content_dirs": [c], "style_dirs": [p]},
