@@ -648,7 +648,15 @@ class NpzSource(DataSource):
             raise ConfigError(f"{p}: cannot read npz data source: {e}") from None
         if self._buf.dtype != np.uint8 or self._off.ndim != 1 or len(self._off) < 2:
             raise ConfigError(f"{p}: malformed {role} arrays")
-        self.name = f"npz-{role}"
+        # named by its images (as a prepared folder is): a resume on another export written to
+        # the same path is said, as one on changed folders is (the digest distillation's
+        # oracles have named it by since before)
+        import hashlib
+
+        digest = hashlib.blake2b(digest_size=8)
+        digest.update(memoryview(self._buf))
+        digest.update(np.ascontiguousarray(self._off).tobytes())
+        self.name = f"npz-{role}-{digest.hexdigest()}"
         self.file = p
 
     def __len__(self) -> int:

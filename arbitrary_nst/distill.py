@@ -413,22 +413,12 @@ def model_fingerprint(model) -> str:
 
 def data_identity(sources) -> dict:
     """What an oracle is made from, per role: the datasets by name (a prepared folder's name ends
-    in a digest of its files' contents) and the number of images; an npz export, whose name is
-    only its role, also by a digest of its bytes."""
-    import hashlib
-
+    in a digest of its files' contents, an npz export's in a digest of its bytes) and the
+    number of images."""
     out = {}
     for role in ("style", "content"):
         src = sources[role]
-        names = []
-        for part in getattr(src, "parts", [src]):
-            name = str(getattr(part, "name", "?"))
-            if getattr(part, "file", None) is not None and hasattr(part, "_buf"):  # npz
-                h = hashlib.blake2b(digest_size=8)
-                h.update(memoryview(part._buf))
-                h.update(np.ascontiguousarray(part._off).tobytes())
-                name += f"-{h.hexdigest()}"
-            names.append(name)
+        names = [str(getattr(part, "name", "?")) for part in getattr(src, "parts", [src])]
         out[role] = {"datasets": names, "images": len(src)}
     return out
 

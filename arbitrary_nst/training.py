@@ -865,10 +865,16 @@ def _note_datasets(loader, meta: dict, ckpt_meta: dict | None, workdir) -> None:
         return
     before = (ckpt_meta or {}).get("datasets")
     if before is not None and before != names:
+        # not comparable: names of checkpoints before 2026-12 hashed the files' times and
+        # places, and an npz: file was named by its role alone until 2026-12-07
+        how = None
         if (ckpt_meta or {}).get("datasets_named_by") != "contents":
-            # (names of checkpoints before 2026-12 hashed file times and places: not comparable)
-            log.info("%s: the checkpoint names its training datasets by their files' times (an "
-                     "older version): not compared with these (%s)", workdir, json.dumps(names))
+            how = "its training datasets by their files' times"
+        elif any(n in ("npz-content", "npz-style") for role in before.values() for n in role):
+            how = "its npz: file by its role only"
+        if how is not None:
+            log.info("%s: the checkpoint names %s (an older version): not compared with these "
+                     "(%s)", workdir, how, json.dumps(names))
         else:
             log.warning("%s: the training images differ from the checkpoint's (%s, was %s); "
                         "resuming anyway (the batches will differ from those of an "

@@ -657,7 +657,7 @@ def test_an_oracle_of_other_training_images_is_refused(tmp_path, model):
 
 
 def test_npz_training_data_is_identified_by_its_bytes(tmp_path):
-    """An npz export is named only by its role ("npz-style"): its bytes tell two apart."""
+    """An npz export is named by a digest of its bytes: two with the same paths differ."""
     from arbitrary_nst import data as data_lib
 
     ids = []

@@ -2301,6 +2301,29 @@ def test_checkpoints_named_by_file_times_are_not_called_other_images(tmp_path, c
                                 tmp_path)
     assert [r.levelno for r in caplog.records] == [logging.WARNING]
     assert "the training images differ from the checkpoint's" in caplog.text
+    # an npz: file is named by its images (it was "npz-content" whatever it held: another
+    # export written to the same path was resumed on without a word)
+    from arbitrary_nst import data as data_lib
+
+    def export(seed):
+        srcs = {r: data_lib.SyntheticSource(r, 3, seed=seed) for r in ("content", "style")}
+        out = tmp_path / "train.npz"
+        data_lib.export_arrays({}, out, 3, 3, 32, sources=srcs)
+        return SimpleNamespace(**{r: data_lib.NpzSource(out, r) for r in ("content", "style")})
+
+    first, again, other = export(0), export(0), export(1)
+    assert first.style.name.startswith("npz-style-")
+    assert training._dataset_names(first) == training._dataset_names(again)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger=training.log.name):
+        named = {"datasets": training._dataset_names(first), "datasets_named_by": "contents"}
+        training._note_datasets(again, {}, named, tmp_path)
+        training._note_datasets(other, {}, named, tmp_path)
+        training._note_datasets(other, {}, {"datasets": {"content": ["npz-content"],
+                                                          "style": ["npz-style"]},
+                                            "datasets_named_by": "contents"}, tmp_path)
+    assert [r.levelno for r in caplog.records] == [logging.WARNING, logging.INFO]
+    assert "its npz: file by its role only (an older version)" in caplog.records[1].getMessage()
 
 
 # ------------------------------------------------------------------------------------------------
