@@ -185,11 +185,13 @@ def _nonneg_float(s: str) -> float:
     return v
 
 
-def output_paths(out: str, contents: Sequence[str], *, suffix: str, overwrite: bool,
-                 inputs: Sequence[str] = (), skip_existing: bool = False,
+def output_paths(out: str, contents: Sequence[str], *, tag: str, keep: str = "",
+                 overwrite: bool, inputs: Sequence[str] = (), skip_existing: bool = False,
                  unusable: dict[int, NSTError] | None = None) -> list[Path]:
     """Where each content's result goes. One content: ``out`` is the file (or an existing folder);
     several: ``out`` is a folder (created) or a pattern containing ``{name}`` (content file stem).
+    In a folder the name is ``{content}__{tag}{keep}.png`` (:func:`files.output_name`: ``tag``
+    cut with a hash when too long).
     Refuses to overwrite an input (the contents and ``inputs``, e.g. the styles) even with
     ``overwrite``, two contents with one output file, existing files unless ``overwrite``, and
     unwritable places, before any work. ``skip_existing``: an existing output file is not an
@@ -210,7 +212,9 @@ def output_paths(out: str, contents: Sequence[str], *, suffix: str, overwrite: b
         if many and ext and not Path(out).is_dir():
             raise ConfigError(f"--out {out}: several content images need a folder or a "
                               "pattern with {name}, not one file")
-        paths = [Path(out) / f"{Path(c).stem}_{suffix}.png" for c in contents]
+        from .files import output_name
+
+        paths = [Path(out) / output_name(Path(c).stem, tag, keep=keep) for c in contents]
     else:
         paths = [Path(out)]
     first: dict[Path, int] = {}
@@ -261,7 +265,8 @@ def _add_gatys_arguments(p: argparse.ArgumentParser) -> None:
                     help="blend weight of each style (one per --style; normalized to sum 1); "
                          "default: equal")
     io.add_argument("--out", required=True,
-                    help="output file (one content) or folder / pattern with {name} (several)")
+                    help="output file (one content) or folder / pattern with {name} (several); "
+                         "in a folder: {content}__{styles}__gatys.png")
     io.add_argument("--size", type=count_arg(32, MAX_GATYS_SIZE), default=512,
                     help="longer side of the result in pixels (aspect ratio kept)")
     io.add_argument("--style-scale", type=float, default=d.style_scale,
@@ -416,7 +421,16 @@ def _run_gatys(args: argparse.Namespace) -> int:
     # several contents: an existing output is skipped (and reported), not the job's error, so
     # the same command finishes an interrupted batch; one content: the job's error, as before
     unusable: dict[int, NSTError] = {}
-    outs = output_paths(args.out, args.content, suffix="gatys", overwrite=args.overwrite,
+    # named by the styles too, as stylize's batches are (`{content}_gatys.png`: a second
+    # style's batch into the same folder skipped every photo as "exists"), and by unequal
+    # --style-weights as given (`a+b@0.7-0.3`)
+    from .cli_stylize import _number
+
+    tag = "+".join(Path(s).stem for s in args.style)
+    if args.style_weights is not None and len(set(args.style_weights)) > 1:
+        tag += "@" + "-".join(_number(w) for w in args.style_weights)
+    outs = output_paths(args.out, args.content, tag=tag, keep="__gatys",
+                        overwrite=args.overwrite,
                         inputs=args.style, skip_existing=many,
                         unusable=unusable if many else None)
     existing = existing_outputs(outs, overwrite=args.overwrite)

@@ -105,8 +105,8 @@ def test_batch_groups_by_working_size_and_keeps_aspect(files, tmp_path):
                       size=48, iters=2)
     assert main(args) == 0
     shapes = {p.name: np.asarray(Image.open(p)).shape for p in outdir.iterdir()}
-    assert shapes == {"sq48_gatys.png": (48, 48, 3), "b_gatys.png": (48, 48, 3),
-                      "wide_gatys.png": (32, 48, 3)}
+    assert shapes == {"sq48__style__gatys.png": (48, 48, 3), "b__style__gatys.png": (48, 48, 3),
+                      "wide__style__gatys.png": (32, 48, 3)}
 
 
 def test_several_styles_with_weights(files, tmp_path):
@@ -197,7 +197,8 @@ def test_gatys_batch_skips_a_bad_content_and_goes_on(files, tmp_path, capsys):
     assert "done 2, skipped 1" in cap.out
     assert [ln for ln in cap.err.splitlines() if ln.startswith("skipped: ")] == [
         f"skipped: {files['bad']}: not an image (cannot identify format)"]
-    assert sorted(p.name for p in out.iterdir()) == ["a_gatys.png", "sq48_gatys.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["a__style__gatys.png",
+                                                     "sq48__style__gatys.png"]
 
 
 def test_output_names_the_filesystem_cannot_hold_are_one_line(files, tmp_path, capsys):
@@ -454,12 +455,14 @@ def test_output_paths_patterns_and_collisions(files, tmp_path):
     twin = other / "a.png"
     twin.write_bytes(files["a"].read_bytes())
     a, b = str(files["a"]), str(files["b"])
-    assert output_paths(str(tmp_path / "{name}_x.png"), [a, b], suffix="gatys",
+    assert output_paths(str(tmp_path / "{name}_x.png"), [a, b], tag="style", keep="__gatys",
                         overwrite=False) == [tmp_path / "a_x.png", tmp_path / "b_x.png"]
-    assert output_paths(str(tmp_path / "o"), [a, b], suffix="gatys", overwrite=False) == [
-        tmp_path / "o" / "a_gatys.png", tmp_path / "o" / "b_gatys.png"]
+    assert output_paths(str(tmp_path / "o"), [a, b], tag="style", keep="__gatys",
+                        overwrite=False) == [tmp_path / "o" / "a__style__gatys.png",
+                                             tmp_path / "o" / "b__style__gatys.png"]
     with pytest.raises(ConfigError, match="two content images would be written to the same"):
-        output_paths(str(tmp_path / "o"), [a, str(twin)], suffix="gatys", overwrite=True)
+        output_paths(str(tmp_path / "o"), [a, str(twin)], tag="style", keep="__gatys",
+                     overwrite=True)
 
 
 def test_top_level_help_lists_the_commands(capsys):
@@ -566,8 +569,10 @@ def test_gatys_batch_passes_weights_and_quiet_and_says_what_it_did(files, tmp_pa
     assert main(args + ["--overwrite"]) == 0
     err = capsys.readouterr().err.splitlines()
     assert [c[3] for c in calls] == [True, True]
+    # (named by the styles and their unequal weights, as stylize's batches)
+    name = "sq48__style+style2@0.7-0.3__gatys.png"
     assert err[0] == "batch of 2 at 48x48" and \
-        f"wrote {out / 'sq48_gatys.png'}  total=1.5  content=1.5  style=1.5  tv=1.5" in err
+        f"wrote {out / name}  total=1.5  content=1.5  style=1.5  tv=1.5" in err
     # --batch-size caps a batch (all of a size in one needed memory for all of them)
     calls.clear()
     assert main(args + ["--overwrite", "--batch-size", "1"]) == 0
@@ -577,7 +582,7 @@ def test_gatys_batch_passes_weights_and_quiet_and_says_what_it_did(files, tmp_pa
     monkeypatch.setattr(R, "final_terms", lambda self: {})
     assert main(args + ["--overwrite"]) == 0
     err = capsys.readouterr().err.splitlines()
-    assert f"wrote {out / 'sq48_gatys.png'} (0 iterations: the initial image)" in err
+    assert f"wrote {out / name} (0 iterations: the initial image)" in err
 
 
 def test_fit_style_with_skipped_photos_exits_1(files, tmp_path, monkeypatch, capsys):
@@ -721,7 +726,7 @@ def test_gatys_batch_interrupted_keeps_its_results_and_the_same_command_finishes
         files, tmp_path, monkeypatch, capsys):
     """Ctrl-C during the second working-size batch keeps the first batch's result and says how
     to go on; the same command then skips the outputs written ("exists", exit status 1) and
-    computes only the rest (it stopped at once: "a_gatys.png: exists; pass --overwrite")."""
+    computes only the rest (it stopped at once: "a__style__gatys.png: exists; pass --overwrite")."""
     out = tmp_path / "out"
     args = gatys_args(files, out, contents=("wide", "sq48", "b"), size=48)
     calls = _fake_gatys(monkeypatch, interrupt_at=2)
@@ -733,20 +738,20 @@ def test_gatys_batch_interrupted_keeps_its_results_and_the_same_command_finishes
         in cap.out
     # the batch being optimized is written only when it ends: said so
     assert "the 2 images of the batch being optimized are lost" in cap.out
-    assert sorted(p.name for p in out.iterdir()) == ["wide_gatys.png"]
-    kept = (out / "wide_gatys.png").read_bytes()
+    assert sorted(p.name for p in out.iterdir()) == ["wide__style__gatys.png"]
+    kept = (out / "wide__style__gatys.png").read_bytes()
 
     calls = _fake_gatys(monkeypatch)
     assert main(args) == 1  # something was skipped
     cap = capsys.readouterr()
     assert [ln for ln in cap.err.splitlines() if ln.startswith("skipped: ")] == [
-        f"skipped: {out / 'wide_gatys.png'}: exists; pass --overwrite to replace it"]
+        f"skipped: {out / 'wide__style__gatys.png'}: exists; pass --overwrite to replace it"]
     assert re.fullmatch(r"done 2, skipped 1 \(1 output exists\), [0-9.]+ s, [0-9.]+ images/s\n",
                         cap.out), cap.out
     assert calls == [(2, 48, 48, 3)]  # only the rest ran
-    assert sorted(p.name for p in out.iterdir()) == ["b_gatys.png", "sq48_gatys.png",
-                                                     "wide_gatys.png"]
-    assert (out / "wide_gatys.png").read_bytes() == kept
+    assert sorted(p.name for p in out.iterdir()) == [
+        "b__style__gatys.png", "sq48__style__gatys.png", "wide__style__gatys.png"]
+    assert (out / "wide__style__gatys.png").read_bytes() == kept
 
     assert main(args) == 1  # all done: every content skipped, nothing runs
     cap = capsys.readouterr()
@@ -754,6 +759,15 @@ def test_gatys_batch_interrupted_keeps_its_results_and_the_same_command_finishes
     assert main(args + ["--overwrite"]) == 0  # --overwrite recomputes everything
     assert calls[1:] == [(1, 32, 48, 3), (2, 48, 48, 3)]
     assert capsys.readouterr().out.startswith("done 3, skipped 0, ")
+    # another style into the same folder is another batch, not three "exists" (the outputs
+    # were named `{content}_gatys.png` whatever the style); two styles are named together
+    i = args.index("--style")
+    for styles, tag in (([files["style2"]], "style2"),
+                        ([files["style"], files["style2"]], "style+style2")):
+        assert main([*args[:i + 1], *map(str, styles), *args[i + 2:]]) == 0
+        assert capsys.readouterr().out.startswith("done 3, skipped 0, ")
+        assert {p.name for p in out.iterdir()} >= {f"{c}__{tag}__gatys.png"
+                                                   for c in ("wide", "sq48", "b")}
 
 
 def test_gatys_batch_skips_existing_outputs_but_never_writes_over_an_input(files, tmp_path,
@@ -764,19 +778,20 @@ def test_gatys_batch_skips_existing_outputs_but_never_writes_over_an_input(files
     out = tmp_path / "out"
     out.mkdir()
     old = files["style"].read_bytes()
-    (out / "a_gatys.png").write_bytes(old)
+    (out / "a__style__gatys.png").write_bytes(old)
     assert main(gatys_args(files, out, contents=("a", "sq48"), iters=1)) == 1
     cap = capsys.readouterr()
-    assert f"skipped: {out / 'a_gatys.png'}: exists; pass --overwrite to replace it" in cap.err
+    assert (f"skipped: {out / 'a__style__gatys.png'}: exists; pass --overwrite to replace it"
+            in cap.err)
     assert cap.out.startswith("done 1, skipped 1 (1 output exists), ")
-    assert (out / "a_gatys.png").read_bytes() == old
-    assert np.asarray(Image.open(out / "sq48_gatys.png")).shape == (32, 32, 3)
+    assert (out / "a__style__gatys.png").read_bytes() == old
+    assert np.asarray(Image.open(out / "sq48__style__gatys.png")).shape == (32, 32, 3)
 
     for extra in ((), ("--overwrite",)):
         pattern = files["dir"] / "{name}.png"  # = the contents themselves
         assert main(gatys_args(files, pattern, *extra, contents=("a", "sq48"), iters=1)) == 1
         assert "would overwrite an input" in one_error_line(capsys)
-    assert main(gatys_args(files, out / "a_gatys.png", iters=1)) == 1
+    assert main(gatys_args(files, out / "a__style__gatys.png", iters=1)) == 1
     assert "exists; pass --overwrite" in one_error_line(capsys)
 
 
@@ -797,8 +812,8 @@ def test_clashing_output_names_give_advice_that_can_work(files, tmp_path, capsys
         assert str(twin) in line and str(files["a"]) in line
         assert "pattern" not in line and "rename one of them or give them separate runs" in line
     with pytest.raises(ConfigError, match="is given twice"):
-        output_paths(str(tmp_path / "o"), [str(files["a"]), str(files["a"])], suffix="gatys",
-                     overwrite=False)
+        output_paths(str(tmp_path / "o"), [str(files["a"]), str(files["a"])], tag="style",
+                     keep="__gatys", overwrite=False)
 
 
 
@@ -817,7 +832,7 @@ def test_a_content_named_twice_is_one_job(files, tmp_path, monkeypatch, capsys):
     assert main(gatys_args(files, od, contents=("b", "a", "b", "a"), size=48)) == 0
     assert calls[1:] == [(2, 48, 48, 3)]
     assert capsys.readouterr().out.startswith("done 2, skipped 0, ")
-    assert sorted(p.name for p in od.iterdir()) == ["a_gatys.png", "b_gatys.png"]
+    assert sorted(p.name for p in od.iterdir()) == ["a__style__gatys.png", "b__style__gatys.png"]
 
 
 def test_inputs_are_decoded_for_the_working_size_not_at_full_size(files, tmp_path,
@@ -904,8 +919,8 @@ def test_gatys_says_which_outputs_adam_left_above_their_start(files, tmp_path, c
                       iters=8)
     assert main(args) == 0
     warned = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning: ")]
-    assert [ln.split(": ")[1] for ln in warned] == [str(out / "a_gatys.png"),
-                                                     str(out / "sq48_gatys.png")], warned
+    assert [ln.split(": ")[1] for ln in warned] == [str(out / "a__style__gatys.png"),
+                                                     str(out / "sq48__style__gatys.png")], warned
     assert all("above its start: the Adam learning rate (3) is too large; lower it (--lr)" in ln
                for ln in warned)
     assert main(gatys_args(files, tmp_path / "one.png", "--optimizer", "adam", "--lr", "3",
@@ -921,15 +936,17 @@ def test_gatys_batch_skips_a_content_whose_output_cannot_be_written(files, tmp_p
     batches skip that item): skipped by name, the rest done; every output unusable (the
     folder itself) is still the job's error."""
     out = tmp_path / "out"
-    (out / "a_gatys.png").mkdir(parents=True)
+    (out / "a__style__gatys.png").mkdir(parents=True)
     assert main(gatys_args(files, out, contents=("a", "sq48"), iters=1)) == 1
     cap = capsys.readouterr()
     assert "done 1, skipped 1" in cap.out, cap
     assert [ln for ln in cap.err.splitlines() if ln.startswith("skipped: ")] == [
-        f"skipped: {out / 'a_gatys.png'}: is a directory, expected an output file name"], cap.err
-    assert (out / "sq48_gatys.png").is_file()
-    (out / "b_gatys.png").mkdir()
-    (out / "sq48_gatys.png").unlink()
-    (out / "sq48_gatys.png").mkdir()
+        f"skipped: {out / 'a__style__gatys.png'}: is a directory, expected an output file "
+        "name"], cap.err
+    assert (out / "sq48__style__gatys.png").is_file()
+    (out / "b__style__gatys.png").mkdir()
+    (out / "sq48__style__gatys.png").unlink()
+    (out / "sq48__style__gatys.png").mkdir()
     assert main(gatys_args(files, out, contents=("a", "b", "sq48"), iters=1)) == 1
-    assert one_error_line(capsys).startswith(f"error: {out / 'a_gatys.png'}: is a directory")
+    assert one_error_line(capsys).startswith(
+        f"error: {out / 'a__style__gatys.png'}: is a directory")
