@@ -137,7 +137,8 @@ def main(argv=None) -> int:
     for name in ("absl", "jax", "orbax"):
         logging.getLogger(name).setLevel(logging.WARNING)
     _quiet_checkpoint_failures()
-    from arbitrary_nst.errors import NSTError  # (light: caught below even during the import)
+    from arbitrary_nst.errors import NSTError, one_line  # (light: caught below even during
+    # the import)
 
     try:
         from arbitrary_nst import training  # (JAX: seconds, during which Ctrl-C is one line)
@@ -162,7 +163,7 @@ def main(argv=None) -> int:
         result = training.train(config, args.workdir, export_path=args.export,
                                 progress=False if args.no_progress else None)
     except NSTError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 1
     except Exception as e:  # noqa: BLE001 - only out-of-memory is a user error; else re-raised
         from arbitrary_nst.errors import out_of_memory

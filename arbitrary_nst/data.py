@@ -2543,7 +2543,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                "repeat some)" if distinct < n else ""))
             print(f"wrote {s['path']}: {' + '.join(counts)} images, {s['megabytes']} MB")
     except NSTError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted (the unfinished preparation is not used; run the command "

@@ -52,7 +52,7 @@ from PIL import Image
 
 from . import fit_style, refine
 from .data import FLAT_CROP_STD, FLAT_CROP_TRIES
-from .errors import MAX_SEED, ConfigError, NSTError, UsageParser, printable_stdout
+from .errors import MAX_SEED, ConfigError, NSTError, UsageParser, one_line, printable_stdout
 from .files import make_dir, removing_new_empty_dirs, write_atomically
 from .images import channel_std
 from .models.predictor import pooled_statistics
@@ -761,7 +761,7 @@ def main(argv: list[str] | None = None) -> int:
                           "another --fit-learning-rate", file=sys.stderr)
             return 0
     except NSTError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # (a traceback through the refinement)
         kept = os.path.isdir(out_dir := os.path.join(a.out, "oracle")) and any(

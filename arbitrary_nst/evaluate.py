@@ -1456,7 +1456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          strength=args.strength, fitted_dir=args.fitted,
                          style_size=args.style_size, backend=args.backend)
     except (NSTError, ImageError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # (it said a bare "interrupted": what is kept, and how to go on)
         print(f"error: interrupted; the images made so far stay in {args.out}: the same command "

