@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .errors import (MAX_SEED, ConfigError, ImageError, NSTError, OutOfMemory, UsageParser,
-                     count_arg, one_line, out_of_memory, printable_stdout)
+                     check_named, count_arg, one_line, out_of_memory, printable_stdout)
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -623,6 +623,7 @@ def _run_export_onnx(args: argparse.Namespace) -> int:
 
     from .files import check_output_file
 
+    check_named(args.out, "--out", "the ONNX file to write")
     out = check_output_file(args.out, overwrite=args.overwrite, suffixes={".onnx"})
     if args.model and str(args.model).lower().endswith(".onnx") and os.path.isfile(args.model):
         # (the loader's message suggested --backend onnxruntime, which export-onnx has not)
@@ -705,6 +706,7 @@ def _run_fit_style(args: argparse.Namespace) -> int:
 
     from .files import check_output_file
 
+    check_named(args.out, "--out", "the fitted style file (.npz) to write")
     if Path(args.out).suffix.lower() != fit_style.SUFFIX:  # (.NPZ: a style, as everywhere)
         raise ConfigError(f"{args.out}: --out must end in {fit_style.SUFFIX}")
     if fit_style.is_fitted_style_path(args.style):

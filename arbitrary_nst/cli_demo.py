@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from . import cli_stylize, files, images, samples
-from .errors import ConfigError, ModelError, count_arg
+from .errors import ConfigError, ModelError, check_named, count_arg
 
 DEMO_CONTENTS = ("astronaut", "chelsea", "coffee")
 DEMO_STYLES = ("strokes", "mosaic", "waves", "cubist")
@@ -74,6 +74,7 @@ def _stylize(argv: list[str]) -> int:
 
 def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
+    check_named(args.out_dir, "--out-dir", "the folder for the demo's images")
     out = Path(args.out_dir)
     method = args.method
     if method == "gatys" and args.model:  # (before any file is written)

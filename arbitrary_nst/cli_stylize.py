@@ -63,8 +63,8 @@ import numpy as np
 
 from . import files, images
 from .files import output_name as _output_name
-from .errors import (ConfigError, ImageError, ModelError, NSTError, UsageParser, one_line,
-                     printable_stdout)
+from .errors import (ConfigError, ImageError, ModelError, NSTError, UsageParser, check_named,
+                     one_line, printable_stdout)
 from .progress import bar as progress_bar
 
 DEFAULT_MAX_SIZE = 1024
@@ -211,6 +211,8 @@ def _validate(args: argparse.Namespace) -> str:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
     if args.max_pixels < 1:
         raise ConfigError(f"--max-pixels must be >= 1, got {args.max_pixels}")
+    check_named(args.out, "--out", "the output image")
+    check_named(args.out_dir, "--out-dir", "the output folder")
     if args.out and args.out_dir:
         raise ConfigError("give either --out (one image) or --out-dir (a folder), not both")
     if not args.out and not args.out_dir:

@@ -100,8 +100,8 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from arbitrary_nst import images as _images
 from arbitrary_nst.errors import (ConfigError, ImageError, NSTError, UsageParser, check_count,
-                                     count_arg, one_line, positive_float_arg,
-                                     printable_stdout)
+                                  check_named, count_arg, one_line, positive_float_arg,
+                                  printable_stdout)
 from arbitrary_nst.files import is_inside, write_atomically
 from arbitrary_nst.progress import bar as progress_bar
 
@@ -2281,6 +2281,7 @@ def make_loader(data_cfg: Any = None, *, batch_size: int, seed: int, start_step:
 
 def _export_target(out_path: str | os.PathLike[str], overwrite: bool) -> Path:
     """Check an export destination before any image is read (one-line ConfigErrors)."""
+    check_named(os.fspath(out_path), "--out (out_path)", "the .npz file to write")
     p = Path(os.path.expanduser(os.fspath(out_path)))
     if p.suffix != ".npz":
         raise ConfigError(f"{p}: the export file name must end in .npz")

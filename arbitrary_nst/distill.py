@@ -52,7 +52,8 @@ from PIL import Image
 
 from . import fit_style, refine
 from .data import FLAT_CROP_STD, FLAT_CROP_TRIES
-from .errors import MAX_SEED, ConfigError, NSTError, UsageParser, one_line, printable_stdout
+from .errors import (MAX_SEED, ConfigError, NSTError, UsageParser, check_named, one_line,
+                     printable_stdout)
 from .files import make_dir, removing_new_empty_dirs, write_atomically
 from .images import channel_std
 from .models.predictor import pooled_statistics
@@ -685,6 +686,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = training.load_config(a.config, a.set)
             # (a.model: an export or a workdir)
             model_path = export.model_file(a.model) if a.model else str(BUILTIN_MODEL)
+            check_named(a.out, "--out", "the work folder")
             out = Path(a.out)
             check_out_folder(out, model_path)
             model = export.load_exported(model_path)

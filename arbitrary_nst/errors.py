@@ -138,6 +138,13 @@ class UsageParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see `{self.help_hint or self.prog} --help`)\n")
 
 
+def check_named(value: str | None, option: str, what: str) -> None:
+    """An output option given as an empty name (an unset ``$OUT``) is a one-line ConfigError:
+    ``Path("")`` is ``.``, and the results went into the current folder."""
+    if value is not None and not str(value).strip():
+        raise ConfigError(f"{option} is empty; give {what}")
+
+
 def count_arg(minimum: int = 1, maximum: int | None = None):
     """An argparse ``type=`` with :func:`check_count`'s rule: a bad value is a usage error."""
     def parse(text: str) -> int:

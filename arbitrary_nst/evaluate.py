@@ -1419,6 +1419,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     printable_stdout()
     args = build_parser().parse_args(argv)
     try:
+        from .errors import check_named
+
+        check_named(args.out, "--out", "the output folder")
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         if not methods:
             raise ConfigError("--methods is empty")

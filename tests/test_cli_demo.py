@@ -3,6 +3,7 @@ it runs, reruns over its own folder, never writes into a folder of the user's, r
 in its exit status, and a named model that cannot be loaded is an error (no silent fallback)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -184,3 +185,36 @@ def test_demo_inputs_and_size_limits(tmp_path, stub_stylize, capsys):
         assert cli.main(["demo", "--out-dir", str(tmp_path / "small"), "--max-size", size]) == 2
         assert "--max-size" in capsys.readouterr().err
     assert not (tmp_path / "small").exists() and not calls
+
+
+def test_an_empty_output_name_is_refused_by_every_command(tmp_path, monkeypatch, capsys):
+    """An empty --out / --out-dir (an unset ``$OUT``) is ``Path("")``, the current folder:
+    demo and evaluate wrote their folders there, distill would have too, and the others said
+    something about "." or about the option not being given. One line, exit 1, nothing
+    written."""
+    from arbitrary_nst import cli, data, distill, evaluate
+
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.full((40, 40, 3), 120, np.uint8)).save(tmp_path / "c.png")
+    Image.fromarray(np.full((40, 40, 3), 200, np.uint8)).save(tmp_path / "s.png")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    runs = {
+        "demo": lambda e: cli.main(["demo", "--out-dir", e, "--max-size", "32"]),
+        "evaluate": lambda e: evaluate.main(["--content", "c.png", "--style", "s.png",
+                                             "--out", e, "--methods", "identity"]),
+        "distill": lambda e: distill.main(["--out", e]),
+        "stylize --out": lambda e: cli.main(["--content", "c.png", "--style", "s.png",
+                                             "--out", e]),
+        "stylize --out-dir": lambda e: cli.main(["--content", "c.png", "--style", "s.png",
+                                                 "--out-dir", e]),
+        "export-onnx": lambda e: cli.main(["export-onnx", "--out", e]),
+        "fit-style": lambda e: cli.main(["fit-style", "--style", "s.png", "--photos", "c.png",
+                                         "--out", e]),
+        "data export": lambda e: data.main(["export", "--source", "synthetic", "--out", e]),
+    }
+    for name, run in runs.items():
+        for empty in ("", " "):
+            assert run(empty) == 1, name
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and " is empty; give " in err[0], (name, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
