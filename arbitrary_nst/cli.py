@@ -555,6 +555,9 @@ def _add_analyze_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true",
                    help=f"smoke test: {analysis.QUICK_SIZE} px and {analysis.QUICK_ITERS} "
                         "iterations")
+    p.add_argument("--max-pixels", type=count_arg(), default=None, metavar="N",
+                   help="refuse input images with more pixels (default: the I/O module's "
+                        "limit, 64 megapixels)")
     p.add_argument("--overwrite", action="store_true", help="replace existing figure files")
     p.add_argument("--quiet", "--no-progress", action="store_true", help="no progress output")
 
@@ -575,8 +578,9 @@ def _run_analyze(args: argparse.Namespace) -> int:
     size, iters = (analysis.QUICK_SIZE, analysis.QUICK_ITERS) if args.quick else (
         args.size or analysis.DEFAULT_SIZE, args.iters or analysis.DEFAULT_ITERS)
     # (the figures take the content at --size and the style at twice it)
-    content = _load(args.content, None, size) if args.content else None
-    style = _load(args.style, None, 2 * size) if args.style else None
+    # (--max-pixels: the limit's message names it; analyze did not have it)
+    content = _load(args.content, args.max_pixels, size) if args.content else None
+    style = _load(args.style, args.max_pixels, 2 * size) if args.style else None
     for path, x in ((args.content, content), (args.style, style)):
         if x is not None:  # both are optimized at --size (the style at the content's scale)
             w, h = images.shown_size(path)  # (x may be read smaller)
@@ -694,6 +698,9 @@ def _add_fit_style_arguments(p: argparse.ArgumentParser) -> None:
                    help="model export (.safetensors) or training workdir (None = the built-in "
                         "model); the fitted style works with this model only")
     p.add_argument("--recursive", action="store_true", help="also take photos in subfolders")
+    p.add_argument("--max-pixels", type=count_arg(), default=None, metavar="N",
+                   help="refuse image files with more pixels (default: the I/O module's "
+                        "limit, 64 megapixels)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -730,6 +737,8 @@ def _run_fit_style(args: argparse.Namespace) -> int:
                             suffixes={fit_style.SUFFIX})
     t0 = time.perf_counter()
     st = Stylizer.load(args.model)
+    if args.max_pixels is not None:  # (the limit's message names --max-pixels: fit-style did
+        st.max_pixels = args.max_pixels  # not have it)
     fs = st.fit_style(args.style, photos, steps=args.steps, learning_rate=args.lr,
                       batch_size=args.batch_size, size=args.size, seed=args.seed,
                       style_weight=args.style_weight,

@@ -950,3 +950,22 @@ def test_gatys_batch_skips_a_content_whose_output_cannot_be_written(files, tmp_p
     assert main(gatys_args(files, out, contents=("a", "b", "sq48"), iters=1)) == 1
     assert one_error_line(capsys).startswith(
         f"error: {out / 'a__style__gatys.png'}: is a directory")
+
+
+def test_analyze_and_fit_style_take_the_max_pixels_their_errors_name(files, tmp_path, capsys):
+    """A photo over the pixel limit said "pass a larger max_pixels (--max-pixels)" in analyze
+    and fit-style, which had no such option (a usage error when given)."""
+    a, style = str(files["a"]), str(files["style"])
+    assert main(["analyze", "--content", a, "--style", style, "--out-dir",
+                 str(tmp_path / "fig"), "--figures", "c", "--quick", "--quiet",
+                 "--max-pixels", "100"]) == 1
+    err = one_error_line(capsys)
+    assert "> limit 100" in err and "--max-pixels" in err, err
+    assert main(["fit-style", "--style", style, "--photos", a, "--out",
+                 str(tmp_path / "f.npz"), "--max-pixels", "100", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "> limit 100" in err, err
+    assert not (tmp_path / "f.npz").exists()
+    assert main(["analyze", "--content", a, "--style", style, "--out-dir",
+                 str(tmp_path / "fig"), "--figures", "c", "--quick", "--quiet",
+                 "--max-pixels", "5000"]) == 0
