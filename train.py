@@ -146,6 +146,8 @@ def main(argv=None) -> int:
         config = training.load_config(args.config, args.overrides)
         if args.print_config:
             print(config)
+            # (a config training refuses was printed as if it were fine, exit 0)
+            training.validate_config(config)
             return 0
         if args.objective is not None:
             rows = training.training_objective(config, args.objective,

@@ -551,7 +551,8 @@ def _add_analyze_arguments(p: argparse.ArgumentParser) -> None:
                    help="L-BFGS iterations per reconstruction / transfer "
                         f"(default {analysis.DEFAULT_ITERS})")
     p.add_argument("--figures", default=",".join(analysis.FIGURES),
-                   help="which figures, comma-separated letters")
+                   help="which figures, comma-separated letters: " + ", ".join(
+                       f"{k} {v[2:-4].replace('_', ' ')}" for k, v in analysis.FILENAMES.items()))
     p.add_argument("--quick", action="store_true",
                    help=f"smoke test: {analysis.QUICK_SIZE} px and {analysis.QUICK_ITERS} "
                         "iterations")
@@ -719,11 +720,13 @@ def _run_fit_style(args: argparse.Namespace) -> int:
     if fit_style.is_fitted_style_path(args.style):
         raise ConfigError(f"{args.style}: --style must be a style image (fit-style fits one; "
                           f"this is already a fitted style)")
+    if args.steps < 1:  # (the API's 0-step fit is its start, for a baseline; a file of it is
+        # the predicted style under another name, taken for a fit by whoever uses it; checked
+        # first: -1 was "must be an integer >= 0" from the API's check)
+        raise ConfigError(f"--steps must be >= 1, got {args.steps}" + (
+            ": a fit of 0 steps is the predicted style itself (use --style with the painting "
+            "instead)" if args.steps == 0 else ""))
     fit_style.check_options(args.steps, args.lr, args.batch_size, args.style_weight)
-    if args.steps == 0:  # (the API's 0-step fit is its start, for a baseline; a file of it is
-        # the predicted style under another name, taken for a fit by whoever uses it)
-        raise ConfigError("--steps must be >= 1: a fit of 0 steps is the predicted style "
-                          "itself (use --style with the painting instead)")
     # each photo once ("--photos c c 'c/*.jpg'" said 6 photos for 2), and never the painting
     # itself (fitted on as a photo, silently)
     photos = list(dict.fromkeys(

@@ -850,7 +850,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # `python -m arbitrary_nst.cli_stylize ...`: infer.py's stylize
+    # (its own parser printed "usage: infer.py", every default twice and the module's RST)
+    from .cli import main as cli_main
     from .errors import run_command  # (a Ctrl-C while JAX loads was lost without it)
 
-    raise SystemExit(run_command(main))
+    raise SystemExit(run_command(cli_main, ["stylize", *sys.argv[1:]],
+                                 prog="python -m arbitrary_nst"))

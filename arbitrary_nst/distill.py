@@ -632,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="refine every style on the photo crops of each of these seeds and fit "
                         "the mean (default: --seed alone); oracle of seed S != --seed in "
                         "<out>/oracle_cS")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
     conditioning = a.target == "conditioning"
     if a.steps is None:

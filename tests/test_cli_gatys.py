@@ -969,3 +969,23 @@ def test_analyze_and_fit_style_take_the_max_pixels_their_errors_name(files, tmp_
     assert main(["analyze", "--content", a, "--style", style, "--out-dir",
                  str(tmp_path / "fig"), "--figures", "c", "--quick", "--quiet",
                  "--max-pixels", "5000"]) == 0
+
+
+def test_module_entry_of_stylize_and_help_texts(capsys):
+    """`python -m arbitrary_nst.cli_stylize --help` said "usage: infer.py", showed every default
+    twice ("(default 5) (default: None)") and the module's RST; it is infer.py's stylize now.
+    analyze's --figures says which letter is which figure; distill's --no-progress has help."""
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-m", "arbitrary_nst.cli_stylize", "--help"], cwd=root,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("usage: python -m arbitrary_nst stylize")
+    assert "(default: None)" not in r.stdout and ":func:" not in r.stdout
+    assert main(["analyze", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "a content reconstruction, b style reconstruction, c gram matrices" in text
+    from arbitrary_nst import distill
+
+    with pytest.raises(SystemExit):
+        distill.main(["--help"])
+    assert re.search(r"--no-progress\s+no progress bars", capsys.readouterr().out)

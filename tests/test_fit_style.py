@@ -394,7 +394,8 @@ def test_cli_fit_style_then_stylize(model_path, vgg, tmp_path, capsys):
     i = base.index("--steps")
     assert cli.main([*base[:i], *base[i + 2:], "--out", str(out), "--overwrite", "--steps",
                      "-1"]) == 1
-    assert ">= 0" in _one_error_line(capsys)
+    # (one rule for one option: -1 was "must be an integer >= 0", 0 "must be >= 1")
+    assert _one_error_line(capsys) == "error: --steps must be >= 1, got -1"
     assert cli.main([*base[:i], *base[i + 2:], "--out", str(tmp_path / "zero.npz"), "--steps",
                      "0"]) == 1  # (accepted: a 'fit' that is the predicted style, saved)
     assert "--steps must be >= 1" in _one_error_line(capsys)

@@ -1072,6 +1072,13 @@ def test_train_cli_resumes_and_reports_errors_in_one_line(tmp_path, capsys):
     assert train_cli.main(["--config", str(CONFIGS / "smoke.py"), "--workdir", wd,
                            "--set", "train.batch_size=0"]) == 1
     assert "batch_size" in capsys.readouterr().err
+    # --print-config prints it, and says what training would refuse (it exited 0)
+    assert train_cli.main(["--config", str(CONFIGS / "smoke.py"), "--print-config",
+                           "--set", "train.num_steps=-5"]) == 1
+    cap = capsys.readouterr()
+    assert "num_steps: -5" in cap.out
+    assert cap.err.strip() == "error: train.num_steps must be >= 0, got -5"
+    assert train_cli.main(["--config", str(CONFIGS / "smoke.py"), "--print-config"]) == 0
     # stopped by Ctrl-C (checkpoint saved): 130, so a multi-stage script stops too
     wd2 = str(tmp_path / "wd2")
 
