@@ -283,20 +283,23 @@ def _add_gatys_arguments(p: argparse.ArgumentParser) -> None:
                          "them: memory grows with N, and a batch is written when it ends)")
 
     opt = p.add_argument_group("optimization")
-    opt.add_argument("--iters", type=int, default=d.iterations,
-                     help="iterations (per stage unless --stage-iters)")
+    # (--iters, --lr, --seed and --color-match default to None, their value said in the help:
+    # given where they do not apply they are refused, not ignored)
+    opt.add_argument("--iters", type=int, default=None,
+                     help=f"iterations per stage (default {d.iterations}); or --stage-iters")
     opt.add_argument("--optimizer", choices=gatys.OPTIMIZERS, default=d.optimizer,
                      help="lbfgs: per-example L-BFGS (optax direction, batched Wolfe line search); "
                           "lbfgs_optax: optax.lbfgs on the batch sum; adam")
-    opt.add_argument("--lr", type=float, default=d.learning_rate, help="Adam learning rate")
+    opt.add_argument("--lr", type=float, default=None,
+                     help=f"Adam learning rate (default {d.learning_rate:g}; --optimizer adam)")
     opt.add_argument("--lbfgs-memory", type=count_arg(1, gatys.MAX_LBFGS_MEMORY),
                      default=d.lbfgs_memory,
                      help="L-BFGS history size")
     opt.add_argument("--param", choices=gatys.PARAMETERIZATIONS, default=d.parameterization,
                      help="pixel parameterization keeping the image in [0, 1]")
     opt.add_argument("--init", choices=gatys.INITS, default=d.init, help="initial image")
-    opt.add_argument("--seed", type=count_arg(0, MAX_SEED), default=d.seed,
-                     help="seed of --init noise")
+    opt.add_argument("--seed", type=count_arg(0, MAX_SEED), default=None,
+                     help=f"seed of --init noise (default {d.seed})")
     opt.add_argument("--stages", default="none",
                      help="coarse-to-fine: longer sides of coarser stages run first, e.g. 256,512 "
                           "(each stage starts from the previous result)")
@@ -339,8 +342,9 @@ def _add_gatys_arguments(p: argparse.ArgumentParser) -> None:
                      help="colour space of --preserve-color luminance (the result is the "
                           "same in both: they share the luminance row, and swapping it adds "
                           "the luminance change to R, G and B alike; kept for scripts)")
-    col.add_argument("--color-match", choices=("eig", "chol"), default=d.color_match_method,
-                     help="matrix square root of --preserve-color match")
+    col.add_argument("--color-match", choices=("eig", "chol"), default=None,
+                     help="matrix square root of --preserve-color match (default "
+                          f"{d.color_match_method})")
     p.add_argument("--quiet", "--no-progress", action="store_true",  # (the others' name)
                    help="no progress bar and no per-image lines")
 
@@ -351,9 +355,34 @@ def _layers_str(layers, plain: bool = False) -> str:
     return ",".join(f"{k}:{v:g}" for k, v in layers.items())
 
 
+def _refuse_inapplicable(args: argparse.Namespace) -> None:
+    """Options given where they change nothing are refused (`--lr 1e9` with L-BFGS, `--seed`
+    without noise, `--color-match` without match, `--iters` with `--stage-iters`, and one
+    style's `--style-weights`, a letter away from the loss's `--style-weight`, all ran as if
+    not given)."""
+    optimizer = args.optimizer
+    init = args.init
+    for given, applies, why in (
+            (args.lr, optimizer == "adam", "--lr applies to --optimizer adam (L-BFGS finds "
+                                           "its own step sizes)"),
+            (args.seed, init == "noise", f"--seed applies to --init noise (--init {init} "
+                                         "has no randomness)"),
+            (args.color_match, args.preserve_color == "match",
+             "--color-match applies to --preserve-color match"),
+            (args.iters if args.stage_iters else None, False,
+             "give --iters (every stage) or --stage-iters (one count per stage), not both")):
+        if given is not None and not applies:
+            raise ConfigError(why)
+    if args.style_weights is not None and len(args.style) == 1:
+        raise ConfigError("--style-weights blends two or more --style images (one style has "
+                          "nothing to blend); the style loss's weight is --style-weight")
+
+
 def gatys_config_from_args(args: argparse.Namespace):
     from . import gatys
 
+    d = gatys.GatysConfig()
+    _refuse_inapplicable(args)
     stages = (_int_list(args.stages, what="--stages")
               if args.stages and args.stages != "none" else ())
     stage_iters = (_int_list(args.stage_iters, what="--stage-iters")
@@ -372,10 +401,15 @@ def gatys_config_from_args(args: argparse.Namespace):
         tv_weight=args.tv_weight, depth_growth=args.depth_growth,
         style_statistic=args.style_statistic, gram_norm=args.gram_norm, tv_kind=args.tv_kind,
         pooling=args.pooling, normalized_vgg=args.normalized_vgg, optimizer=args.optimizer,
-        iterations=args.iters, learning_rate=args.lr, lbfgs_memory=args.lbfgs_memory,
-        parameterization=args.param, chunk_size=args.chunk, init=args.init, seed=args.seed,
+        iterations=d.iterations if args.iters is None else args.iters,
+        learning_rate=d.learning_rate if args.lr is None else args.lr,
+        lbfgs_memory=args.lbfgs_memory, parameterization=args.param, chunk_size=args.chunk,
+        init=args.init, seed=d.seed if args.seed is None else args.seed,
         style_scale=args.style_scale, preserve_color=args.preserve_color,
-        color_space=args.color_space, color_match_method=args.color_match, stage_sizes=stages,
+        color_space=args.color_space,
+        color_match_method=(d.color_match_method if args.color_match is None
+                            else args.color_match),
+        stage_sizes=stages,
         stage_iterations=stage_iters)
 
 
@@ -727,6 +761,9 @@ def _run_fit_style(args: argparse.Namespace) -> int:
             ": a fit of 0 steps is the predicted style itself (use --style with the painting "
             "instead)" if args.steps == 0 else ""))
     fit_style.check_options(args.steps, args.lr, args.batch_size, args.style_weight)
+    if args.recursive and all(os.path.exists(p) and not os.path.isdir(p)  # (ignored, as
+                              for p in args.photos):  # stylize's --content refuses it)
+        raise ConfigError("--recursive applies to --photos folders; none given")
     # each photo once ("--photos c c 'c/*.jpg'" said 6 photos for 2), and never the painting
     # itself (fitted on as a photo, silently)
     photos = list(dict.fromkeys(

@@ -406,7 +406,7 @@ def test_every_gatys_option_reaches_the_config():
         "gatys", "--content", "c.png", "--style", "s.png", "--out", "o.png", "--size", "4096",
         "--style-scale", "0.5", "--iters", "7", "--optimizer", "adam", "--lr", "0.5",
         "--lbfgs-memory", str(gatys.MAX_LBFGS_MEMORY), "--param", "sigmoid", "--init", "noise",
-        "--seed", str(2**32 - 1), "--stages", "64,128", "--stage-iters", "1,2,3",
+        "--seed", str(2**32 - 1), "--stages", "64,128",
         "--chunk", "9", "--content-weight", "2", "--style-weight", "0", "--tv-weight", "0.25",
         "--content-layers", "relu3_1", "--style-layers", "relu2_1:3,relu1_1",
         "--depth-growth", "2", "--style-statistic", "mean_std", "--gram-norm", "hw",
@@ -416,7 +416,7 @@ def test_every_gatys_option_reaches_the_config():
     assert args.size == 4096
     want = dict(style_scale=0.5, iterations=7, optimizer="adam", learning_rate=0.5,
                 lbfgs_memory=gatys.MAX_LBFGS_MEMORY, parameterization="sigmoid", init="noise",
-                seed=2**32 - 1, stage_sizes=(64, 128), stage_iterations=(1, 2, 3),
+                seed=2**32 - 1, stage_sizes=(64, 128),
                 chunk_size=9, content_weight=2.0, style_weight=0.0, tv_weight=0.25,
                 content_layers={"relu3_1": 1.0}, style_layers={"relu1_1": 1.0, "relu2_1": 3.0},
                 depth_growth=2.0, style_statistic="mean_std", gram_norm="hw", tv_kind="l1",
@@ -424,6 +424,31 @@ def test_every_gatys_option_reaches_the_config():
                 color_match_method="chol")
     assert {k: getattr(cfg, k) for k in want} == want
     assert list(cfg.style_layers) == ["relu1_1", "relu2_1"]  # shallow to deep
+    # (--stage-iters: test_stage_lists_take_blanks_and_a_trailing_comma)
+
+
+def test_gatys_options_given_where_they_change_nothing_are_refused(capsys):
+    """`--lr 1e9` with L-BFGS, `--seed` without noise, `--color-match chol` without match,
+    `--iters 100 --stage-iters 2` (ran 2) and one style's `--style-weights 100000` (a letter
+    from the loss's --style-weight) ran as if not given: the output was byte-identical."""
+    base = ["gatys", "--content", "c.png", "--style", "s.png", "--out", "o.png"]
+    for extra, want in (
+            (["--lr", "1e9"], "--lr applies to --optimizer adam"),
+            (["--optimizer", "lbfgs_optax", "--lr", "0.1"], "--lr applies to --optimizer adam"),
+            (["--init", "content", "--seed", "7"], "--seed applies to --init noise"),
+            (["--color-match", "chol"], "--color-match applies to --preserve-color match"),
+            (["--preserve-color", "luminance", "--color-match", "eig"], "--color-match applies"),
+            (["--iters", "100", "--stage-iters", "2"], "give --iters (every stage) or "
+                                                       "--stage-iters"),
+            (["--style-weights", "100000"], "--style-weights blends two or more --style")):
+        assert main([*base, *extra]) == 1, extra
+        assert want in one_error_line(capsys), extra
+    from arbitrary_nst.cli import build_parser, gatys_config_from_args
+
+    for extra in (["--optimizer", "adam", "--lr", "0.1"], ["--init", "noise", "--seed", "7"],
+                  ["--preserve-color", "match", "--color-match", "chol"], ["--iters", "9"],
+                  ["--stages", "64", "--stage-iters", "3,4"]):
+        gatys_config_from_args(build_parser().parse_args([*base, *extra]))  # (accepted)
 
 
 def test_gatys_option_values_out_of_range(files, tmp_path, capsys):
@@ -524,8 +549,15 @@ def test_check_count_and_check_weight_bounds():
 def test_help_shows_defaults_but_not_for_flags(capsys):
     assert main(["gatys", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "seed of --init noise (default: 0)" in out  # (0 == False: it was hidden)
+    assert "seed of --init noise (default 0)" in out
     assert "(default: False)" not in out and "(default: None)" not in out
+    import argparse
+
+    from arbitrary_nst.cli import _Formatter
+
+    p = argparse.ArgumentParser(formatter_class=_Formatter)
+    p.add_argument("--n", type=int, default=0, help="a count")
+    assert "a count (default: 0)" in " ".join(p.format_help().split())  # (0 == False: hidden)
 
 
 def test_gatys_batch_passes_weights_and_quiet_and_says_what_it_did(files, tmp_path, monkeypatch,
@@ -989,3 +1021,12 @@ def test_module_entry_of_stylize_and_help_texts(capsys):
     with pytest.raises(SystemExit):
         distill.main(["--help"])
     assert re.search(r"--no-progress\s+no progress bars", capsys.readouterr().out)
+
+
+def test_fit_style_recursive_needs_a_folder(files, tmp_path, capsys):
+    """`fit-style --photos c.png --recursive` fitted and said nothing of the option (stylize's
+    --content refuses it the same way)."""
+    assert main(["fit-style", "--style", str(files["style"]), "--photos", str(files["a"]),
+                 "--out", str(tmp_path / "f.npz"), "--recursive", "--steps", "1"]) == 1
+    assert one_error_line(capsys) == ("error: --recursive applies to --photos folders; none "
+                                      "given")
