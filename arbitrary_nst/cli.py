@@ -285,7 +285,7 @@ def _add_gatys_arguments(p: argparse.ArgumentParser) -> None:
     opt = p.add_argument_group("optimization")
     # (--iters, --lr, --seed and --color-match default to None, their value said in the help:
     # given where they do not apply they are refused, not ignored)
-    opt.add_argument("--iters", type=int, default=None,
+    opt.add_argument("--iters", "--iterations", type=int, default=None,  # (stylize's name too)
                      help=f"iterations per stage (default {d.iterations}); or --stage-iters")
     opt.add_argument("--optimizer", choices=gatys.OPTIMIZERS, default=d.optimizer,
                      help="lbfgs: per-example L-BFGS (optax direction, batched Wolfe line search); "
@@ -581,7 +581,7 @@ def _add_analyze_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=count_arg(32, MAX_GATYS_SIZE), default=None,
                    help="longer side of the images optimized for the figures "
                         f"(default {analysis.DEFAULT_SIZE})")
-    p.add_argument("--iters", type=count_arg(), default=None,
+    p.add_argument("--iters", "--iterations", type=count_arg(), default=None,
                    help="L-BFGS iterations per reconstruction / transfer "
                         f"(default {analysis.DEFAULT_ITERS})")
     p.add_argument("--figures", default=",".join(analysis.FIGURES),
@@ -737,7 +737,7 @@ def _add_fit_style_arguments(p: argparse.ArgumentParser) -> None:
                    help="refuse image files with more pixels (default: the I/O module's "
                         "limit, 64 megapixels)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", "--quiet", action="store_true", help="no progress bar")
 
 
 def _run_fit_style(args: argparse.Namespace) -> int:

@@ -40,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="'gatys' skips the network and runs the pixel optimizer")
     parser.add_argument("--iterations", type=count_arg(), default=150,
                         help="Gatys iterations when the Gatys path runs")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-progress", "--quiet", action="store_true",
+                        help="no progress bars")
 
 
 def _claim(out: Path) -> None:

@@ -164,7 +164,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="refuse images with more pixels (decompression-bomb guard)")
     run_g.add_argument("--iterations", type=int, default=None, metavar="N",
                        help="--method gatys: optimizer iterations (None = GatysConfig's)")
-    run_g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run_g.add_argument("--no-progress", "--quiet", action="store_true",  # (gatys' name too)
+                       help="no progress bar")
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,6 +205,10 @@ def _validate(args: argparse.Namespace) -> str:
                           "float32")
     if args.method != "gatys" and args.iterations is not None:
         raise ConfigError("--iterations applies to --method gatys")
+    if args.method != "gatys" and 0 < args.max_size < MIN_TILE_SIZE:  # (--max-size 1: a 1x1
+        # image, exit 0)
+        raise ConfigError(f"--max-size must be 0 (keep the size) or >= {MIN_TILE_SIZE} (as "
+                          f"--tile-size), got {args.max_size}")
     if args.method == "gatys" and args.max_size and args.max_size < 32:
         raise ConfigError(f"--method gatys needs --max-size >= 32 (VGG's smallest input), got "
                           f"{args.max_size}")
@@ -251,8 +256,9 @@ def _validate(args: argparse.Namespace) -> str:
         if mode == "sweep" and args.strength != 1.0:
             raise ConfigError("--strength-sweep goes from strength 0 to 1 itself; drop "
                               "--strength")
-    if mode != "stylize" and not 8 <= args.tile_size <= 4096:
-        raise ConfigError(f"--tile-size must be in [8, 4096], got {args.tile_size}")
+    if mode != "stylize" and not MIN_TILE_SIZE <= args.tile_size <= 4096:
+        raise ConfigError(f"--tile-size must be in [{MIN_TILE_SIZE}, 4096], got "
+                          f"{args.tile_size}")
     if args.method == "gatys" and mode != "stylize":
         raise ConfigError("--method gatys does not support --interpolate/--strength-sweep")
     if args.backend == "onnxruntime" and args.dtype != "float32":
@@ -385,6 +391,11 @@ def _batch_tag(args: argparse.Namespace, styles, model_palette: float | None = N
     if not weights and not settings:  # (the names of earlier versions, long ones included)
         return stem + method, ""
     return stem + weights, method + "".join(f"__{s}" for s in settings)
+
+
+#: The smallest side the network's outputs are made at (--tile-size, and --max-size): 8 px go
+#: through its two stride-2 convolutions; below, a "result" is a few flat pixels.
+MIN_TILE_SIZE = 8
 
 
 def _figure_settings(args: argparse.Namespace, model_palette: float | None) -> str:

@@ -1030,3 +1030,20 @@ def test_fit_style_recursive_needs_a_folder(files, tmp_path, capsys):
                  "--out", str(tmp_path / "f.npz"), "--recursive", "--steps", "1"]) == 1
     assert one_error_line(capsys) == ("error: --recursive applies to --photos folders; none "
                                       "given")
+
+
+def test_one_name_for_one_setting_across_commands():
+    """Gatys iterations were --iters in gatys/analyze and --iterations in stylize/demo; no
+    progress was --quiet in gatys/analyze and only --no-progress in stylize/fit-style/demo:
+    each command takes both names."""
+    from arbitrary_nst import cli_stylize
+    from arbitrary_nst.cli import build_parser
+
+    p = build_parser()
+    base = ["--content", "c.png", "--style", "s.png", "--out", "o.png"]
+    assert p.parse_args(["gatys", *base, "--iterations", "7"]).iters == 7
+    assert p.parse_args(["analyze", "--out-dir", "d", "--iterations", "7"]).iters == 7
+    assert cli_stylize.build_parser().parse_args([*base, "--quiet"]).no_progress
+    assert p.parse_args(["fit-style", "--style", "s.png", "--photos", "c.png", "--out", "f.npz",
+                         "--quiet"]).no_progress
+    assert p.parse_args(["demo", "--quiet"]).no_progress

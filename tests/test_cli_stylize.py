@@ -1112,6 +1112,7 @@ def test_option_ranges_are_inclusive_and_each_bad_value_named():
     assert validated(*base, "--strength-sweep", 2, "--tile-size", 8)[1].tile_size == 8
     assert validated(*base, "--strength-sweep", 2, "--tile-size", 4096)[1].tile_size == 4096
     assert validated(*base, "--max-size", 0)[1].max_size == 0  # 0 = keep the original size
+    assert validated(*base, "--max-size", 8)[1].max_size == 8
     # defaults filled in by the validation
     mode, args = validated("--content", "c.png", "--interpolate", "a.png", "b.png", "--out",
                            "o.png")
@@ -1647,6 +1648,8 @@ def test_option_boundaries_that_are_allowed():
      "already)"),
     (["--style", "s.png", "--method", "gatys", "--iterations", -1],
      "--iterations must be >= 0, got -1"),
+    (["--style", "s.png", "--max-size", 7],  # (--max-size 1 wrote a 1x1 image, exit 0)
+     "--max-size must be 0 (keep the size) or >= 8 (as --tile-size), got 7"),
     (["--style", "s.png", "--method", "gatys", "--max-size", 31],
      "--method gatys needs --max-size >= 32 (VGG's smallest input), got 31"),
     (["--interpolate", "a.png", "b.png", "--strength-sweep", 3],
