@@ -144,6 +144,7 @@ def main(argv=None) -> int:
         from arbitrary_nst import training  # (JAX: seconds, during which Ctrl-C is one line)
 
         config = training.load_config(args.config, args.overrides)
+        training.refuse_unread_folders(config, args.overrides, args.config)
         if args.print_config:
             print(config)
             # (a config training refuses was printed as if it were fine, exit 0)

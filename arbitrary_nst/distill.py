@@ -684,6 +684,7 @@ def main(argv: list[str] | None = None) -> int:
             from .inference import BUILTIN_MODEL
 
             cfg = training.load_config(a.config, a.set)
+            training.refuse_unread_folders(cfg, a.set, a.config)
             # (a.model: an export or a workdir)
             model_path = export.model_file(a.model) if a.model else str(BUILTIN_MODEL)
             check_named(a.out, "--out", "the work folder")

@@ -193,8 +193,12 @@ class LossConfig:
             if not _mapping_like(getattr(self, name)):
                 raise ConfigError(f"{name} must map layer names to weights (e.g. "
                                   f"{{'relu1_1': 1.0}}), got {getattr(self, name)!r}")
-        for layer in (*self.content_layers, *self.style_layers):
-            tap_depth(layer)
+        for name in ("content_layers", "style_layers"):  # (the field named: which one held
+            for layer in getattr(self, name):  # relu9_9 was not said)
+                try:
+                    tap_depth(layer)
+                except ConfigError as e:
+                    raise ConfigError(f"{name}: {e}") from None
 
         for kind, layers in (("content", self.content_layers), ("style", self.style_layers)):
             for layer, w in layers.items():

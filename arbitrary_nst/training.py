@@ -199,16 +199,19 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
                 raise ConfigError(f"override {item!r}: {' '.join(str(e).split())}") from None
             raise ConfigError(f"override {item!r}: {key} takes {type(old).__name__} values "
                               f"(it is {old!r}), got {raw!r}") from None
-    _check_folders_read(config, given, p.name)
     return config
 
 
-def _check_folders_read(config, given: Mapping[str, str], config_name: str) -> None:
-    """Folders given with ``--set`` to a config whose source reads none (``configs/smoke.py``
-    is ``synthetic``) are refused: the run trained on procedural images without a word."""
+def refuse_unread_folders(config, overrides: Sequence[str], config_path) -> None:
+    """Folders given with ``--set`` (``overrides``) to a config whose source reads none
+    (``configs/smoke.py`` is ``synthetic``) are refused: the run trained on procedural images
+    without a word. For the commands (train.py, distill); the API's configs may hold folders
+    their source does not read."""
     src = str(_get(_get(config, "data", {}), "source", "folder") or "folder")
     if not (src == "synthetic" or src.startswith("npz:")):
         return
+    given = {o.partition("=")[0].strip() for o in overrides}
+    config_name = Path(config_path).name
     for key in ("data.content_dirs", "data.style_dirs"):
         if key in given and _folder_entries(config.data, key.split(".")[1]):
             raise ConfigError(
@@ -297,6 +300,19 @@ def _folder_entries(data_cfg, key: str) -> list:
     return list(dirs) if isinstance(dirs, (list, tuple)) else []
 
 
+@contextlib.contextmanager
+def _in_section(section: str, fields) -> Iterator[None]:
+    """A ConfigError about a field of ``section`` names it as the user sets it
+    (``loss.style_layers: unknown VGG16 tap 'relu9_9'``, not which field left unsaid)."""
+    try:
+        yield
+    except ConfigError as e:
+        msg = str(e)
+        first = msg.split(" ", 1)[0].rstrip(":")
+        raise ConfigError(f"{section}.{msg}" if first in fields else
+                          f"{section} config: {msg}") from None
+
+
 def validate_config(config) -> None:
     """Raise :class:`ConfigError` for out-of-range training options."""
     from .samples import CONTENT_NAMES, STYLE_NAMES
@@ -357,9 +373,15 @@ def validate_config(config) -> None:
     if init_from is not None and not isinstance(init_from, (str, os.PathLike)):
         raise ConfigError(f"train.init_from must be 'builtin', an export file or a training "
                           f"workdir (or empty), got {init_from!r}")
+    if "loss" in config:  # (a loss layer relu9_9 passed --print-config; training refused it)
+        from .losses import LossConfig
+
+        with _in_section("loss", config.loss):
+            LossConfig.from_config(config.loss)
     if "model" in config:  # (its fields' types: None was a traceback from the constructors)
-        check_model_config(config.model.to_dict() if hasattr(config.model, "to_dict")
-                           else dict(config.model))
+        with _in_section("model", config.model):
+            check_model_config(config.model.to_dict() if hasattr(config.model, "to_dict")
+                               else dict(config.model))
     for key in ("content_dirs", "style_dirs"):  # ('' was the current folder: its images were
         for d in _folder_entries(config.data, key):  # trained on, the workdir guard missed it)
             if not isinstance(d, (str, os.PathLike)):  # (`[2024]`: a TypeError traceback)

@@ -946,15 +946,28 @@ def test_cli_options_a_source_does_not_read_are_refused(folder, tfds_dir, capsys
         assert err.startswith("error: ") and want in err and "\n" not in err, err
     assert not (tmp_path / "a.npz").exists()
     smoke = Path(__file__).resolve().parents[1] / "configs" / "smoke.py"
+
+    def refused(overrides):
+        cfg = training.load_config(smoke, overrides)
+        training.refuse_unread_folders(cfg, overrides, smoke)
+
     for key in ("data.content_dirs", "data.style_dirs"):
         with pytest.raises(ConfigError, match=f"--set {key}: the data source is 'synthetic' "
                                               r"\(smoke.py\), which reads no folders"):
-            training.load_config(smoke, [f"{key}={str(folder)!r}"])
-    cfg = training.load_config(smoke, [f"data.style_dirs={str(folder)!r}", "data.source=folder"])
-    assert cfg.data.style_dirs == [str(folder)]
-    assert training.load_config(smoke, ["data.style_dirs=[]"]).data.source == "synthetic"
+            refused([f"{key}={str(folder)!r}"])
+    refused([f"data.style_dirs={str(folder)!r}", "data.source=folder"])  # (accepted)
+    refused(["data.style_dirs=[]"])
     with pytest.raises(ConfigError, match="reads no folders"):
-        training.load_config(smoke, ["data.source='npz:a.npz'", f"data.style_dirs={str(folder)!r}"])
+        refused(["data.source='npz:a.npz'", f"data.style_dirs={str(folder)!r}"])
+    sys.path.insert(0, str(smoke.parents[1]))  # train.py, as a user runs it
+    try:
+        import train as train_cli
+    finally:
+        sys.path.remove(str(smoke.parents[1]))
+    assert train_cli.main(["--config", str(smoke), "--workdir", str(tmp_path / "wd"), "--set",
+                           f"data.style_dirs={str(folder)!r}"]) == 1
+    assert "which reads no folders" in capsys.readouterr().err
+    assert not (tmp_path / "wd").exists()
 
 
 def test_default_config_fields():

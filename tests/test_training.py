@@ -2604,3 +2604,20 @@ def test_the_step_bar_leaves_compiling_out_of_its_rate(tmp_path, vgg, monkeypatc
     assert bars[-1].n == 7 and rate is not None and rate > 0.5 / step_s, (rates, step_s)
     # the bar's clock leaves the first step (3 s + compiling) out
     assert elapsed < times[-1] - times[0] - 2.5, (elapsed, times[-1] - times[0])
+
+
+def test_config_errors_name_the_field_as_it_is_set():
+    """`--set model.style_taps=('relu9_9',)` said "unknown VGG16 tap 'relu9_9'" without the
+    field, and a loss layer relu9_9 passed validate_config (so --print-config) and stopped
+    training only later."""
+    for override, want in (('model.style_taps=("relu9_9",)',
+                            "model.style_taps: unknown VGG16 tap 'relu9_9'"),
+                           ('loss.style_layers={"relu9_9": 1.0}',
+                            "loss.style_layers: unknown VGG16 tap 'relu9_9'"),
+                           ('loss.content_layers={"relu9_9": 1.0}',
+                            "loss.content_layers: unknown VGG16 tap 'relu9_9'"),
+                           ("loss.tv_weight=-1", "loss.tv_weight must be a finite number >= 0"),
+                           ("model.palette=2", "model.palette must be in [0, 1]")):
+        with pytest.raises(ConfigError) as e:
+            training.validate_config(smoke(override))
+        assert str(e.value).startswith(want), (override, str(e.value))

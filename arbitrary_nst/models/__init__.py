@@ -80,7 +80,10 @@ def check_model_config(config: Mapping[str, Any]) -> None:
             raise ConfigError(f"style_taps must be a list of one or more VGG16 taps (e.g. "
                               f"{list(DEFAULT_STYLE_TAPS[:2])}), got {taps!r}")
         for t in taps:
-            tap_depth(t)
+            try:
+                tap_depth(t)
+            except ConfigError as e:  # (the field named)
+                raise ConfigError(f"style_taps: {e}") from None
     if "feature_norm" in config:
         check_feature_norm(config["feature_norm"])
     if "vgg_pooling" in config:
