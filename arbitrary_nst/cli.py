@@ -378,7 +378,28 @@ def _refuse_inapplicable(args: argparse.Namespace) -> None:
                           "nothing to blend); the style loss's weight is --style-weight")
 
 
+#: GatysConfig's field names in its messages -> the gatys command's options (`--iters -1` said
+#: "iterations must be an integer >= 0": an option the command does not have).
+_GATYS_OPTION_OF = {
+    "iterations": "--iters", "learning_rate": "--lr", "style_scale": "--style-scale",
+    "stage sizes": "--stages", "stage iterations": "--stage-iters",
+    "content_weight": "--content-weight", "style_weight": "--style-weight",
+    "tv_weight": "--tv-weight", "depth_growth": "--depth-growth",
+    "lbfgs_memory": "--lbfgs-memory", "chunk_size": "--chunk", "seed": "--seed"}
+
+
 def gatys_config_from_args(args: argparse.Namespace):
+    try:
+        return _gatys_config_from_args(args)
+    except ConfigError as e:
+        msg = str(e)
+        for field, option in _GATYS_OPTION_OF.items():
+            if msg.startswith(field + " "):
+                raise ConfigError(option + msg[len(field):]) from None
+        raise
+
+
+def _gatys_config_from_args(args: argparse.Namespace):
     from . import gatys
 
     d = gatys.GatysConfig()

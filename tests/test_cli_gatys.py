@@ -1047,3 +1047,18 @@ def test_one_name_for_one_setting_across_commands():
     assert p.parse_args(["fit-style", "--style", "s.png", "--photos", "c.png", "--out", "f.npz",
                          "--quiet"]).no_progress
     assert p.parse_args(["demo", "--quiet"]).no_progress
+
+
+def test_gatys_value_errors_name_the_option_typed(capsys):
+    """GatysConfig's checks named its fields ("iterations must be an integer >= 0", "stage
+    sizes must be >= 32"): options the command does not have."""
+    base = ["gatys", "--content", "c.png", "--style", "s.png", "--out", "o.png", "--size", "128"]
+    for extra, want in ((["--iters", "-1"], "--iters must be an integer >= 0, got -1"),
+                        (["--optimizer", "adam", "--lr", "0"], "--lr must be a finite number > 0"),
+                        (["--style-scale", "-1"], "--style-scale must be a finite number > 0"),
+                        (["--stages", "16"], "--stages must be >= 32, got (16,)"),
+                        (["--stages", "64", "--stage-iters=-1,2"], "--stage-iters must be >= 0"),
+                        (["--content-weight", "inf"], "--content-weight must be a finite number"),
+                        (["--depth-growth", "-1"], "--depth-growth must be a finite number > 0")):
+        assert main([*base, *extra]) == 1, extra
+        assert one_error_line(capsys).startswith(f"error: {want}"), extra
