@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .errors import (MAX_SEED, ConfigError, ImageError, NSTError, OutOfMemory, UsageParser,
-                     check_named, count_arg, one_line, out_of_memory, printable_stdout)
+                     check_named, count_arg, one_line, options_named, out_of_memory,
+                     printable_stdout)
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -389,14 +390,8 @@ _GATYS_OPTION_OF = {
 
 
 def gatys_config_from_args(args: argparse.Namespace):
-    try:
+    with options_named(_GATYS_OPTION_OF):
         return _gatys_config_from_args(args)
-    except ConfigError as e:
-        msg = str(e)
-        for field, option in _GATYS_OPTION_OF.items():
-            if msg.startswith(field + " "):
-                raise ConfigError(option + msg[len(field):]) from None
-        raise
 
 
 def _gatys_config_from_args(args: argparse.Namespace):
@@ -781,7 +776,9 @@ def _run_fit_style(args: argparse.Namespace) -> int:
         raise ConfigError(f"--steps must be >= 1, got {args.steps}" + (
             ": a fit of 0 steps is the predicted style itself (use --style with the painting "
             "instead)" if args.steps == 0 else ""))
-    fit_style.check_options(args.steps, args.lr, args.batch_size, args.style_weight)
+    with options_named({"fit learning rate": "--lr", "fit batch size": "--batch-size",
+                        "fit style weight": "--style-weight", "fit steps": "--steps"}):
+        fit_style.check_options(args.steps, args.lr, args.batch_size, args.style_weight)
     if args.recursive and all(os.path.exists(p) and not os.path.isdir(p)  # (ignored, as
                               for p in args.photos):  # stylize's --content refuses it)
         raise ConfigError("--recursive applies to --photos folders; none given")

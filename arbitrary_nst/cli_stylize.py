@@ -64,7 +64,7 @@ import numpy as np
 from . import files, images
 from .files import output_name as _output_name
 from .errors import (ConfigError, ImageError, ModelError, NSTError, UsageParser, check_named,
-                     one_line, printable_stdout)
+                     one_line, options_named, printable_stdout)
 from .progress import bar as progress_bar
 
 DEFAULT_MAX_SIZE = 1024
@@ -806,7 +806,9 @@ def _gatys_results(args, contents, styles, output, max_size):
 
 def run(args: argparse.Namespace) -> int:
     """Run the ``stylize`` subcommand; raises NSTError subclasses for user errors."""
-    mode = _validate(args)
+    with options_named({"strength": "--strength", "style weights": "--style-weights",
+                        "palette": "--palette"}):  # (the API's names were said)
+        mode = _validate(args)
     if mode != "stylize":
         content_files = _content_files(args)  # (first: fail fast before the model)
         return _figure(args, mode, _command_stylizer(args), content_files)

@@ -138,6 +138,21 @@ class UsageParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see `{self.help_hint or self.prog} --help`)\n")
 
 
+@contextlib.contextmanager
+def options_named(option_of: dict[str, str]):
+    """A ConfigError from the library whose message starts with one of ``option_of``'s names
+    (``"strength must be in [0, 1]"``) is said with the command's option instead
+    (``"--strength must be in [0, 1]"``): the library's names are not what the user typed."""
+    try:
+        yield
+    except ConfigError as e:
+        msg = str(e)
+        for name, option in option_of.items():
+            if msg.startswith(name + " "):
+                raise ConfigError(option + msg[len(name):]) from None
+        raise
+
+
 def check_named(value: str | None, option: str, what: str) -> None:
     """An output option given as an empty name (an unset ``$OUT``) is a one-line ConfigError:
     ``Path("")`` is ``.``, and the results went into the current folder."""

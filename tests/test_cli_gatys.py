@@ -1062,3 +1062,22 @@ def test_gatys_value_errors_name_the_option_typed(capsys):
                         (["--depth-growth", "-1"], "--depth-growth must be a finite number > 0")):
         assert main([*base, *extra]) == 1, extra
         assert one_error_line(capsys).startswith(f"error: {want}"), extra
+
+
+def test_stylize_and_fit_style_value_errors_name_the_option_typed(files, tmp_path, capsys):
+    """The library's names were said: "strength must be in [0, 1]", "style weights must be
+    finite", "fit batch size must be", "fit learning rate must be"."""
+    a, s = str(files["a"]), str(files["style"])
+    for argv, want in (
+            (["--content", a, "--style", s, "--out", str(tmp_path / "o.png"), "--strength",
+              "nan"], "error: --strength must be in [0, 1], got nan"),
+            (["--content", a, "--style", s, "--out", str(tmp_path / "o.png"),
+              "--style-weights", "-1"], "error: --style-weights must be finite and >= 0"),
+            (["--content", a, "--style", s, "--out", str(tmp_path / "o.png"), "--palette", "2"],
+             "error: --palette must be in [0, 1], got 2.0"),
+            (["fit-style", "--style", s, "--photos", a, "--out", str(tmp_path / "f.npz"),
+              "--batch-size", "0"], "error: --batch-size must be an integer >= 1, got 0"),
+            (["fit-style", "--style", s, "--photos", a, "--out", str(tmp_path / "f.npz"),
+              "--lr", "nan"], "error: --lr must be a finite number > 0, got nan")):
+        assert main(argv) == 1, argv
+        assert one_error_line(capsys).startswith(want), argv
