@@ -336,9 +336,13 @@ def _add_gatys_arguments(p: argparse.ArgumentParser) -> None:
                       help="use the mean-activation-normalized VGG16")
 
     col = p.add_argument_group("colour")
-    col.add_argument("--preserve-color", choices=gatys.PRESERVE_COLOR, default=d.preserve_color,
-                     help="luminance: transfer luminance only, keep the content's chroma; "
-                          "match: match the style's colour mean/covariance to the content")
+    from .cli_stylize import PRESERVE_CHOICES
+
+    col.add_argument("--preserve-color", nargs="?", const="luminance", default=d.preserve_color,
+                     choices=PRESERVE_CHOICES,  # (as stylize's)
+                     help="luminance (when given without a value): transfer luminance only, "
+                          "keep the content's chroma; match (or histogram): match the style's "
+                          "colour mean/covariance to the content; none: off")
     col.add_argument("--color-space", choices=("yiq", "yuv"), default=d.color_space,
                      help="colour space of --preserve-color luminance (the result is the "
                           "same in both: they share the luminance row, and swapping it adds "
@@ -356,6 +360,13 @@ def _layers_str(layers, plain: bool = False) -> str:
     return ",".join(f"{k}:{v:g}" for k, v in layers.items())
 
 
+def _preserve(args: argparse.Namespace) -> str:
+    """--preserve-color as GatysConfig takes it ("histogram" is "match")."""
+    from .inference import preserve_color_mode
+
+    return preserve_color_mode(args.preserve_color) or "none"
+
+
 def _refuse_inapplicable(args: argparse.Namespace) -> None:
     """Options given where they change nothing are refused (`--lr 1e9` with L-BFGS, `--seed`
     without noise, `--color-match` without match, `--iters` with `--stage-iters`, and one
@@ -368,7 +379,7 @@ def _refuse_inapplicable(args: argparse.Namespace) -> None:
                                            "its own step sizes)"),
             (args.seed, init == "noise", f"--seed applies to --init noise (--init {init} "
                                          "has no randomness)"),
-            (args.color_match, args.preserve_color == "match",
+            (args.color_match, _preserve(args) == "match",
              "--color-match applies to --preserve-color match"),
             (args.iters if args.stage_iters else None, False,
              "give --iters (every stage) or --stage-iters (one count per stage), not both")):
@@ -421,7 +432,7 @@ def _gatys_config_from_args(args: argparse.Namespace):
         learning_rate=d.learning_rate if args.lr is None else args.lr,
         lbfgs_memory=args.lbfgs_memory, parameterization=args.param, chunk_size=args.chunk,
         init=args.init, seed=d.seed if args.seed is None else args.seed,
-        style_scale=args.style_scale, preserve_color=args.preserve_color,
+        style_scale=args.style_scale, preserve_color=_preserve(args),
         color_space=args.color_space,
         color_match_method=(d.color_match_method if args.color_match is None
                             else args.color_match),

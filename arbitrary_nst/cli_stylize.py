@@ -70,7 +70,10 @@ from .progress import bar as progress_bar
 DEFAULT_MAX_SIZE = 1024
 DEFAULT_TILE_SIZE = 256
 DEFAULT_STEPS = 5
-PRESERVE_CHOICES = ("luminance", "match", "histogram")
+#: --preserve-color's values, in stylize and in the gatys command alike ("histogram" is
+#: "match"; "none" is off, as not giving it: gatys took none and refused histogram, stylize
+#: the other way round).
+PRESERVE_CHOICES = ("none", "luminance", "match", "histogram")
 #: two contents with one output name (photo.jpg and photo.png; IMG_1.JPG from two folders named
 #: one by one): the same advice on both methods' paths (the network's gave the API's, about an
 #: "output function" a CLI user does not have)
@@ -115,7 +118,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     choices=PRESERVE_CHOICES,
                     help="keep the content's colours: 'luminance' (default when given without a "
                          "value; stylized luminance + content chroma) or 'match' (colour-match "
-                         "the style to the content first)")
+                         "the style to the content first; 'histogram' is the same); 'none': off")
     st.add_argument("--max-size", type=int, default=DEFAULT_MAX_SIZE, metavar="N",
                     help="downscale content so its longer side is <= N (0 = keep the original "
                          "size)")

@@ -1081,3 +1081,21 @@ def test_stylize_and_fit_style_value_errors_name_the_option_typed(files, tmp_pat
               "--lr", "nan"], "error: --lr must be a finite number > 0, got nan")):
         assert main(argv) == 1, argv
         assert one_error_line(capsys).startswith(want), argv
+
+
+def test_preserve_color_takes_the_same_values_in_stylize_and_gatys():
+    """gatys took none/luminance/match and needed a value; stylize took luminance/match/
+    histogram, a bare flag meaning luminance, and refused none: one set of values now."""
+    from arbitrary_nst import cli_stylize
+    from arbitrary_nst.cli import build_parser, gatys_config_from_args
+
+    base = ["gatys", "--content", "c.png", "--style", "s.png", "--out", "o.png"]
+    for extra, want in (([], "none"), (["--preserve-color"], "luminance"),
+                        (["--preserve-color", "histogram"], "match"),
+                        (["--preserve-color", "none"], "none")):
+        args = build_parser().parse_args([*base, *extra])
+        assert gatys_config_from_args(args).preserve_color == want, extra
+    args = cli_stylize.build_parser().parse_args(["--content", "c.png", "--style", "s.png",
+                                                  "--out", "o.png", "--preserve-color", "none"])
+    assert cli_stylize._validate(args) == "stylize"
+    assert cli_stylize._batch_tag(args, ["s.png"]) == ("s", "")  # (named as not given)
