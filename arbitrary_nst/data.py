@@ -1745,19 +1745,32 @@ def upscale_notes(sources: Mapping[str, DataSource], data_cfg: Any = None) -> li
     more than :data:`UPSCALE_NOTE_FACTOR` x even at the smallest size drawn. Datasets
     prepared before the sizes were recorded are left out."""
     c = _cfg(data_cfg)
-    lo_style = _resize_range(c["style_resize_range"], int(c["style_size"]))[0]
+    lo_style, hi_style = _resize_range(c["style_resize_range"], int(c["style_size"]))
     lo_content = int(c["image_size"]) * float(c["content_scale_range"][0])
+    hi_content = int(c["image_size"]) * float(c["content_scale_range"][1])
+    cap = int(c["max_source_side"])
     notes = []
-    for role, smallest, option, learnt, remedy in (
-            ("content", lo_content, "data.content_scale_range / data.image_size",
+    for role, smallest, largest, option, learnt, remedy in (
+            ("content", lo_content, hi_content, "data.content_scale_range / data.image_size",
              "from blurred photos", "larger images avoid it"),
-            ("style", lo_style, "data.style_resize_range", "blurred strokes",
+            ("style", lo_style, hi_style, "data.style_resize_range", "blurred strokes",
              "larger images avoid it (data.style_unsharp sharpens part of it back)")):
         src = sources.get(role)
         parts = src.parts if isinstance(src, MixtureSource) else [src]
         sides = [x for p in parts for x in (getattr(p, "short_sides", None) or ())]
         if not sides:
             continue
+        # images stored at the cap were larger: a cap below the sizes drawn upscales them
+        # (image_size 512 with the default cap: paintings of 1600 px stored at 512 and drawn
+        # at up to 912, without a word)
+        capped = sum(x >= cap for x in sides)
+        if largest > cap and capped and capped >= UPSCALE_NOTE_SHARE * len(sides):
+            notes.append(
+                f"{role}: {capped} of {len(sides)} images were stored at data.max_source_side "
+                f"({cap} px on their shorter side) but training resizes them up to "
+                f"{largest:.0f} px ({option}), i.e. upscales them up to {largest / cap:.2f}x; "
+                f"prepare them with a max_source_side of {math.ceil(largest)} or more "
+                "(--max-source-side, or --set data.max_source_side)")
         limit = smallest / UPSCALE_NOTE_FACTOR
         small = sum(x < limit for x in sides)
         if small and small >= UPSCALE_NOTE_SHARE * len(sides):

@@ -2034,6 +2034,23 @@ def test_training_notes_images_mostly_too_small_for_its_sizes(tmp_path):
     # content: 224 px photos at 128 x 2.0 = 256 px (1.14x): no note; at 4x, a note
     assert data.upscale_notes(srcs, {**cfg, "content_scale_range": (4.0, 4.2)})[0].startswith(
         "content: 9 of 9 images are under 341 px")
+    # large paintings stored at data.max_source_side, below the sizes drawn (image_size 512
+    # with the default cap: stored at 512, drawn at up to 912, without a word)
+    big = tmp_path / "big"
+    big.mkdir()
+    for i in range(3):
+        Image.fromarray(_smooth(300, 340 + 10 * i, i)).save(big / f"b{i}.png")
+    capped = {**cfg, "style_dirs": [str(big)], "max_source_side": 128, "style_size": 128,
+              "style_resize_range": (160, 288), "image_size": 96,
+              "content_scale_range": (1.0, 1.2)}
+    srcs = data.prepare(capped)
+    assert srcs["style"].short_sides == [128, 128, 128]
+    assert data.upscale_notes(srcs, capped) == [
+        "style: 3 of 3 images were stored at data.max_source_side (128 px on their shorter "
+        "side) but training resizes them up to 288 px (data.style_resize_range), i.e. upscales "
+        "them up to 2.25x; prepare them with a max_source_side of 288 or more "
+        "(--max-source-side, or --set data.max_source_side)"]
+    assert data.upscale_notes(srcs, {**capped, "max_source_side": 288}) == []  # (cap >= sizes)
 
 
 def test_exact_copies_are_named_when_prepared(tmp_path, caplog):
