@@ -372,13 +372,11 @@ def _refuse_inapplicable(args: argparse.Namespace) -> None:
     without noise, `--color-match` without match, `--iters` with `--stage-iters`, and one
     style's `--style-weights`, a letter away from the loss's `--style-weight`, all ran as if
     not given)."""
-    optimizer = args.optimizer
-    init = args.init
     for given, applies, why in (
-            (args.lr, optimizer == "adam", "--lr applies to --optimizer adam (L-BFGS finds "
-                                           "its own step sizes)"),
-            (args.seed, init == "noise", f"--seed applies to --init noise (--init {init} "
-                                         "has no randomness)"),
+            (args.lr, args.optimizer == "adam", "--lr applies to --optimizer adam (L-BFGS "
+                                                "finds its own step sizes)"),
+            (args.seed, args.init == "noise", f"--seed applies to --init noise (--init "
+                                              f"{args.init} has no randomness)"),
             (args.color_match, _preserve(args) == "match",
              "--color-match applies to --preserve-color match"),
             (args.iters if args.stage_iters else None, False,

@@ -483,9 +483,10 @@ def shown_size(path: PathLike) -> tuple[int, int]:
 
 
 def _png_exif_after_pixels(fp: Any) -> bytes | None:
-    """The data of a PNG's ``eXIf`` chunk when it comes after the pixels (the PNG 1.5 rules
-    allow it; Pillow's header read stops at the first IDAT): the chunk headers are walked with
-    seeks, nothing is decoded. None if there is none or the chunks are damaged."""
+    """The data of a PNG's ``eXIf`` chunk when it comes after the pixels (some writers put it
+    there, and decoders are asked to accept it; Pillow's header read stops at the first IDAT):
+    the chunk headers are walked with seeks, nothing is decoded. None if there is none or the
+    chunks are damaged."""
     import struct
 
     if fp is None:
