@@ -45,7 +45,7 @@ from . import images as images_lib
 from . import losses as losses_lib
 from . import vgg as vgg_lib
 from .files import check_output_file, lexists, link_no_clobber, set_new_file_mode, temp_prefix
-from .errors import ConfigError, ImageError
+from .errors import ConfigError, ImageError, check_named
 
 FIGURES = ("a", "b", "c", "d", "e", "f")
 FILENAMES = {
@@ -98,8 +98,7 @@ def make_figures(out_dir: str | os.PathLike, *, content: np.ndarray | None = Non
         raise ConfigError(f"unknown figures {unknown}; choose from {', '.join(FIGURES)}")
     if size < vgg_lib.MIN_SIZE:
         raise ConfigError(f"analysis size must be >= {vgg_lib.MIN_SIZE}, got {size}")
-    if not os.fspath(out_dir).strip():  # (Path("") is the current folder)
-        raise ConfigError("out_dir is empty; give the folder for the figures")
+    check_named(os.fspath(out_dir), "out_dir", "the folder for the figures")
     out = Path(out_dir)
     if lexists(out) and not out.is_dir():
         raise ImageError(out, "exists and is not a folder")

@@ -203,8 +203,7 @@ def output_paths(out: str, contents: Sequence[str], *, tag: str, keep: str = "",
     from .files import check_output_file
     from .images import SAVE_FORMATS
 
-    if not out.strip():  # (Path("") is ".": the result went into the current folder)
-        raise ConfigError("--out is empty; give an output file, folder or {name} pattern")
+    check_named(out, "--out", "an output file, folder or {name} pattern")
     ext = Path(out).suffix.lower()
     many = len(contents) > 1
     if "{name}" in out:
@@ -625,8 +624,7 @@ def _add_analyze_arguments(p: argparse.ArgumentParser) -> None:
 def _run_analyze(args: argparse.Namespace) -> int:
     from . import analysis, images
 
-    if not args.out_dir.strip():  # (Path("") is ".": an unset $OUT wrote the figures here)
-        raise ConfigError("--out-dir is empty; give the folder for the figures")
+    check_named(args.out_dir, "--out-dir", "the folder for the figures")
     figs = list(dict.fromkeys(f.strip() for f in args.figures.split(",") if f.strip()))
     bad = [f for f in figs if f not in analysis.FIGURES]
     if bad or not figs:

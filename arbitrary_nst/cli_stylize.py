@@ -70,6 +70,9 @@ from .progress import bar as progress_bar
 DEFAULT_MAX_SIZE = 1024
 DEFAULT_TILE_SIZE = 256
 DEFAULT_STEPS = 5
+#: The smallest side the network's outputs are made at (--tile-size, and --max-size): 8 px go
+#: through its two stride-2 convolutions; below, a "result" is a few flat pixels.
+MIN_TILE_SIZE = 8
 #: --preserve-color's values, in stylize and in the gatys command alike ("histogram" is
 #: "match"; "none" is off, as not giving it: gatys took none and refused histogram, stylize
 #: the other way round).
@@ -394,11 +397,6 @@ def _batch_tag(args: argparse.Namespace, styles, model_palette: float | None = N
     if not weights and not settings:  # (the names of earlier versions, long ones included)
         return stem + method, ""
     return stem + weights, method + "".join(f"__{s}" for s in settings)
-
-
-#: The smallest side the network's outputs are made at (--tile-size, and --max-size): 8 px go
-#: through its two stride-2 convolutions; below, a "result" is a few flat pixels.
-MIN_TILE_SIZE = 8
 
 
 def _figure_settings(args: argparse.Namespace, model_palette: float | None) -> str:

@@ -2292,8 +2292,10 @@ def make_loader(data_cfg: Any = None, *, batch_size: int, seed: int, start_step:
 # ============================================================================================
 
 
-def _export_target(out_path: str | os.PathLike[str], overwrite: bool) -> Path:
-    """Check an export destination before any image is read (one-line ConfigErrors)."""
+def _export_target(out_path: str | os.PathLike[str], overwrite: bool,
+                   source: str | None = None) -> Path:
+    """Check an export destination before any image is read (one-line ConfigErrors), also
+    that it is not the ``npz:`` file of ``source`` (the data source it reads)."""
     check_named(os.fspath(out_path), "--out (out_path)", "the .npz file to write")
     p = Path(os.path.expanduser(os.fspath(out_path)))
     if p.suffix != ".npz":
@@ -2305,6 +2307,8 @@ def _export_target(out_path: str | os.PathLike[str], overwrite: bool) -> Path:
     parent = next((q for q in p.parents if q.exists()), None)
     if parent is not None and not parent.is_dir():
         raise ConfigError(f"{p}: cannot write: {parent} is not a directory")
+    if source is not None and str(source).startswith("npz:"):
+        _not_the_input(p, str(source)[4:])
     return p
 
 
@@ -2347,10 +2351,8 @@ def export_arrays(data_cfg: Any, out_path: str | os.PathLike[str], n_content: in
     if (not isinstance(max_mb, numbers.Real) or isinstance(max_mb, bool)
             or not (math.isfinite(max_mb) and max_mb > 0)):
         raise ConfigError(f"max_mb (--max-mb) must be a finite number > 0, got {max_mb!r}")
-    p = _export_target(out_path, overwrite)
     c = _cfg(data_cfg)
-    if str(c["source"]).startswith("npz:"):
-        _not_the_input(p, str(c["source"])[4:])
+    p = _export_target(out_path, overwrite, c["source"])
     srcs = sources if sources is not None else prepare(data_cfg)
     out: dict[str, np.ndarray] = {}
     summary: dict[str, Any] = {"path": os.fspath(out_path), "size": int(size)}
@@ -2488,7 +2490,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.addFilter(_not_skip_lines)
     try:
         if a.cmd == "export":
-            _export_target(a.out, a.overwrite)  # before the (long) preparation
+            _export_target(a.out, a.overwrite, a.source)  # before the (long) preparation
         cfg = _cli_cfg(a)
         source = a.source or "folder"
         if source == "synthetic" or source.startswith("npz:"):  # (they were ignored; prepare
@@ -2503,8 +2505,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   "made or read as they are)")
         if a.style_weight and not a.style_dir:  # (ignored without a word)
             raise ConfigError("--style-weight needs --style-dir: one weight per style folder")
-        if a.cmd == "export" and source.startswith("npz:"):
-            _not_the_input(a.out, source[4:])
         # `prepare` with only --content-dir (or only --style-dir) prepares that folder alone
         given_roles = [r for r, dirs in (("content", a.content_dir), ("style", a.style_dir))
                        if dirs]

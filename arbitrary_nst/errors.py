@@ -16,7 +16,7 @@ import numbers
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 
 class NSTError(Exception):
@@ -139,17 +139,20 @@ class UsageParser(argparse.ArgumentParser):
 
 
 @contextlib.contextmanager
-def options_named(option_of: dict[str, str]):
+def options_named(option_of: Mapping[str, str], otherwise: str = ""):
     """A ConfigError from the library whose message starts with one of ``option_of``'s names
-    (``"strength must be in [0, 1]"``) is said with the command's option instead
-    (``"--strength must be in [0, 1]"``): the library's names are not what the user typed."""
+    (``"strength must be in [0, 1]"``, ``"style_layers: ..."``) is said with the command's
+    option instead (``"--strength must be in [0, 1]"``): the library's names are not what the
+    user typed. Other ConfigErrors get ``otherwise`` in front."""
     try:
         yield
     except ConfigError as e:
         msg = str(e)
         for name, option in option_of.items():
-            if msg.startswith(name + " "):
+            if msg.startswith((name + " ", name + ":")):
                 raise ConfigError(option + msg[len(name):]) from None
+        if otherwise:
+            raise ConfigError(otherwise + msg) from None
         raise
 
 

@@ -73,7 +73,8 @@ from jax.sharding import PartitionSpec as P
 from . import export as export_lib
 from . import vgg as vgg_lib
 from .device_augment import finish_batch
-from .errors import MAX_SEED, STOP_SIGNALS, ConfigError, ImageError, ModelError, NSTError, check_count
+from .errors import (MAX_SEED, STOP_SIGNALS, ConfigError, ImageError, ModelError, NSTError,
+                     check_count, options_named)
 from .files import is_inside, make_dir, write_atomically
 from .losses import LossConfig, StyleTargets, perceptual_loss
 from .models import ArbitraryStyleModel, check_model_config, with_pooling
@@ -300,19 +301,6 @@ def _folder_entries(data_cfg, key: str) -> list:
     return list(dirs) if isinstance(dirs, (list, tuple)) else []
 
 
-@contextlib.contextmanager
-def _in_section(section: str, fields) -> Iterator[None]:
-    """A ConfigError about a field of ``section`` names it as the user sets it
-    (``loss.style_layers: unknown VGG16 tap 'relu9_9'``, not which field left unsaid)."""
-    try:
-        yield
-    except ConfigError as e:
-        msg = str(e)
-        first = msg.split(" ", 1)[0].rstrip(":")
-        raise ConfigError(f"{section}.{msg}" if first in fields else
-                          f"{section} config: {msg}") from None
-
-
 def validate_config(config) -> None:
     """Raise :class:`ConfigError` for out-of-range training options."""
     from .samples import CONTENT_NAMES, STYLE_NAMES
@@ -376,10 +364,12 @@ def validate_config(config) -> None:
     if "loss" in config:  # (a loss layer relu9_9 passed --print-config; training refused it)
         from .losses import LossConfig
 
-        with _in_section("loss", config.loss):
+        # (a field named as the user sets it: loss.style_layers: unknown VGG16 tap 'relu9_9')
+        with options_named({k: f"loss.{k}" for k in config.loss}, otherwise="loss config: "):
             LossConfig.from_config(config.loss)
     if "model" in config:  # (its fields' types: None was a traceback from the constructors)
-        with _in_section("model", config.model):
+        with options_named({k: f"model.{k}" for k in config.model},
+                           otherwise="model config: "):
             check_model_config(config.model.to_dict() if hasattr(config.model, "to_dict")
                                else dict(config.model))
     for key in ("content_dirs", "style_dirs"):  # ('' was the current folder: its images were
