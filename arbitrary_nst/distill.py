@@ -624,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weight-decay", type=float, default=0.0,
                    help="embedding: AdamW weight decay of that fit")
     p.add_argument("--target-scale", type=float, default=1.0,
-                   help="fit e0 + s (e* - e0) (1: the oracle itself)")
+                   help="embedding: fit e0 + s (e* - e0) (1: the oracle itself)")
     p.add_argument("--seed", type=int, default=0,
                    help="which training styles and photo crops (and the held-out split)")
     p.add_argument("--content-seeds", type=int, nargs="+", action="extend", default=None,
@@ -639,6 +639,7 @@ def main(argv: list[str] | None = None) -> int:
         a.steps = 40 if conditioning else 12
     if a.learning_rate is None:
         a.learning_rate = 0.02 if conditioning else 0.05
+    given_rank, given_ridge = a.rank is not None, a.ridge is not None
     a.rank = a.rank or list(DEFAULT_RANKS)
     a.ridge = a.ridge or list(DEFAULT_RIDGES)
     try:
@@ -675,6 +676,15 @@ def main(argv: list[str] | None = None) -> int:
             if not a.content_crop <= lo <= hi:
                 raise ConfigError(f"--content-short must satisfy crop <= LO <= HI, got {lo} {hi}")
             refine.check_options(a.steps, a.learning_rate, a.style_weight)
+            # (each --target's own options were accepted by the other and changed nothing)
+            other = "embedding" if conditioning else "conditioning"
+            own = {"embedding": [(f"--{d.replace('_', '-')}", p.given(d)) for d in (
+                       "fit_steps", "fit_learning_rate", "weight_decay", "target_scale")],
+                   "conditioning": [("--rank", given_rank), ("--ridge", given_ridge),
+                                    ("--scale", p.given("scale"))]}
+            for option, given in own[other]:
+                if given:
+                    raise ConfigError(f"{option} applies to --target {other}")
             # the fits need this many styles (a held-out split): said after the whole oracle
             need = MIN_STYLES[a.target]
             if a.num_styles < need:

@@ -134,6 +134,12 @@ class UsageParser(argparse.ArgumentParser):
         self._options_given = set()  # (per parse: a parser may be used more than once)
         return super().parse_known_args(args, namespace)
 
+    def given(self, dest: str) -> bool:
+        """Whether the last parse met the option of ``dest`` (an option that takes one value)
+        on the command line, even at its default value: options that apply to one mode only
+        are refused in the other whatever their value."""
+        return dest in self._options_given
+
     def error(self, message: str):
         self.exit(2, f"error: {message} (see `{self.help_hint or self.prog} --help`)\n")
 

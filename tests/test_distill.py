@@ -124,12 +124,13 @@ def test_fit_keeps_the_best_weights_not_the_last(model):
     np.testing.assert_allclose(all_mse, kept, rtol=1e-4)
 
 
-def _small_command(out, model_path, *, num_styles: int) -> list[str]:
+def _small_command(out, model_path, *, num_styles: int, target: str = "embedding") -> list[str]:
     """Arguments of a seconds-long distill run on synthetic images (batches of 4 styles)."""
     return ["--out", str(out), "--model", str(model_path), "--set", "data.source=synthetic",
             "--set", "data.synthetic_count=16", "--num-styles", str(num_styles), "--batch", "4",
             "--steps", "2", "--style-size", str(SIZE), "--content-crop", str(SIZE),
-            "--content-short", "40", "48", "--fit-steps", "20", "--no-progress"]
+            "--content-short", "40", "48", "--no-progress", "--target", target,
+            *(["--fit-steps", "20"] if target == "embedding" else [])]
 
 
 def test_command_errors_and_ctrl_c_leave_no_empty_out_folder_and_say_what_is_kept(
@@ -157,14 +158,15 @@ def test_command_errors_and_ctrl_c_leave_no_empty_out_folder_and_say_what_is_kep
 def test_too_few_training_styles_are_refused_before_the_oracle(tmp_path, model_path, capsys,
                                                                monkeypatch):
     args = [a.replace("synthetic_count=16", "synthetic_count=4")  # (one --set per key)
-            for a in _small_command(tmp_path / "d", model_path, num_styles=8)]
+            for a in _small_command(tmp_path / "d", model_path, num_styles=8,
+                                    target="conditioning")]
     monkeypatch.setattr(distill, "collect_oracle", lambda *a, **k: pytest.fail("oracle ran"))
-    assert distill.main([*args, "--target", "conditioning"]) == 1
+    assert distill.main(args) == 1
     assert "the training styles hold 4 images; --target conditioning needs >= 5" in \
         capsys.readouterr().err
     for num_styles, target, need in ((4, "conditioning", 5), (3, "embedding", 4)):
-        argv = _small_command(tmp_path / "d", model_path, num_styles=num_styles)
-        assert distill.main([*argv, "--target", target]) == 1
+        argv = _small_command(tmp_path / "d", model_path, num_styles=num_styles, target=target)
+        assert distill.main(argv) == 1
         assert f"--num-styles must be >= {need} for --target {target}" in \
             capsys.readouterr().err
 
@@ -460,8 +462,8 @@ def test_conditioning_command_writes_a_folded_model(tmp_path, model_path, capsys
     kept. The same oracle chunks, their corrections replaced by a linear map of the statistics
     (learnable), are reused by the rerun, which folds the fitted correction in."""
     out = tmp_path / "d"
-    args = _small_command(out, model_path, num_styles=8) + [
-        "--target", "conditioning", "--rank", "2", "3", "--ridge", "1", "100"]
+    args = _small_command(out, model_path, num_styles=8, target="conditioning") + [
+        "--rank", "2", "3", "--ridge", "1", "100"]
     assert distill.main(args) == 1
     cap = capsys.readouterr()
     assert "held-out correction explained" in cap.out
@@ -875,12 +877,28 @@ def test_command_oracle_defaults_depend_on_the_target(tmp_path, model_path, monk
         raise ConfigError("stub oracle")
 
     monkeypatch.setattr(distill, "collect_oracle", stop)
-    args = _small_command(tmp_path / "d", model_path, num_styles=5)
+    args = _small_command(tmp_path / "d", model_path, num_styles=5, target=target)
     i = args.index("--steps")
     del args[i:i + 2]
-    assert distill.main(args + ["--target", target]) == 1
+    assert distill.main(args) == 1
     assert "stub oracle" in capsys.readouterr().err
     assert got["steps"] == steps and got["learning_rate"] == lr and got["target"] == target
+
+
+@pytest.mark.parametrize("target, option", [
+    ("conditioning", ["--fit-steps", "3000"]), ("conditioning", ["--fit-learning-rate", "1e-3"]),
+    ("conditioning", ["--weight-decay", "0"]), ("conditioning", ["--target-scale", "2"]),
+    ("embedding", ["--rank", "4"]), ("embedding", ["--ridge", "10"]),
+    ("embedding", ["--scale", "1"])])
+def test_one_targets_options_are_refused_with_the_other(tmp_path, capsys, target, option):
+    """Each --target's own options (the MLP fit's for embedding, the correction's for
+    conditioning) were accepted by the other without a word and changed nothing; refused now,
+    even at their default values, before the model is read."""
+    assert distill.main(["--out", str(tmp_path / "d"), "--model", str(tmp_path / "none"),
+                         "--target", target] + option) == 1
+    other = "embedding" if target == "conditioning" else "conditioning"
+    assert capsys.readouterr().err == (f"error: {option[0]} applies to --target {other}\n")
+    assert not (tmp_path / "d").exists()
 
 
 @pytest.mark.parametrize("bad, msg", [(["--target", "conditioning", "--ridge", "0"], "--ridge"),
