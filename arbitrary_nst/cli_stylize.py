@@ -262,6 +262,9 @@ def _validate(args: argparse.Namespace) -> str:
         if mode == "sweep" and args.strength != 1.0:
             raise ConfigError("--strength-sweep goes from strength 0 to 1 itself; drop "
                               "--strength")
+    if mode != "stylize" and args.workers is not None:  # (it was ignored)
+        raise ConfigError("--workers applies to stylizing images (its threads read and write "
+                          "them); a --interpolate/--strength-sweep figure reads one photo")
     if mode != "stylize" and not MIN_TILE_SIZE <= args.tile_size <= 4096:
         raise ConfigError(f"--tile-size must be in [{MIN_TILE_SIZE}, 4096], got "
                           f"{args.tile_size}")

@@ -1657,6 +1657,12 @@ def test_option_boundaries_that_are_allowed():
     (["--interpolate", "a.png", "b.png", "--style-weights", 1, 2],
      "--style-weights does not apply to --interpolate"),
     (["--interpolate", "a.png"], "--interpolate needs at least 2 styles"),
+    (["--interpolate", "a.png", "b.png", "--workers", 2],  # (both were ignored)
+     "--workers applies to stylizing images (its threads read and write them); a "
+     "--interpolate/--strength-sweep figure reads one photo"),
+    (["--style", "s.png", "--strength-sweep", 3, "--workers", 1],
+     "--workers applies to stylizing images (its threads read and write them); a "
+     "--interpolate/--strength-sweep figure reads one photo"),
     (["--interpolate", "a.png", "b.png", "--tile-size", 7],
      "--tile-size must be in [8, 4096], got 7"),
     (["--interpolate", "a.png", "b.png", "--tile-size", 4097],
