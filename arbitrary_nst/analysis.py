@@ -56,6 +56,10 @@ FILENAMES = {
     "e": "e_style_statistics.png",
     "f": "f_layer_magnitudes.png",
 }
+#: The figures each input shows (a: the content alone; c: the style's Gram matrices alone; b
+#: synthesizes the style's texture at the content's shape).
+USES_CONTENT = ("a", "b", "d", "e", "f")
+USES_STYLE = ("b", "c", "d", "e", "f")
 DEFAULT_SIZE = 128
 DEFAULT_ITERS = 150
 QUICK_SIZE = 64

@@ -630,6 +630,11 @@ def _run_analyze(args: argparse.Namespace) -> int:
     if bad or not figs:
         raise ConfigError(f"--figures: unknown {bad or figs}; choose from "
                           f"{','.join(analysis.FIGURES)}")
+    for option, given, uses in (("--content", args.content, analysis.USES_CONTENT),
+                                ("--style", args.style, analysis.USES_STYLE)):
+        if given and not set(figs) & set(uses):  # (it was read and ignored)
+            raise ConfigError(f"{option} applies to figures {','.join(uses)}; --figures "
+                              f"{','.join(figs)} does not show it")
     if args.quick and (args.size is not None or args.iters is not None):  # (ignored silently)
         raise ConfigError(f"--quick sets --size {analysis.QUICK_SIZE} and --iters "
                           f"{analysis.QUICK_ITERS}; give either --quick or --size / --iters")

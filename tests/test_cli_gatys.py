@@ -212,6 +212,27 @@ def test_output_names_the_filesystem_cannot_hold_are_one_line(files, tmp_path, c
     assert "too long" in one_error_line(capsys)
 
 
+@pytest.mark.parametrize("role, figures, uses", [("--style", "a", "b,c,d,e,f"),
+                                                 ("--content", "c", "a,b,d,e,f")])
+def test_analyze_refuses_an_image_its_figures_do_not_show(files, tmp_path, capsys, monkeypatch,
+                                                          role, figures, uses):
+    """`--figures a --style S` drew the sample photo's reconstructions and S was read and
+    ignored (the same for figure c's Gram matrices and --content); refused before any work.
+    With a figure that shows it the image is passed on."""
+    from arbitrary_nst import analysis
+
+    called = []
+    monkeypatch.setattr(analysis, "make_figures", lambda out_dir, **kw: called.append(kw) or [])
+    assert main(["analyze", role, str(files["style"]), "--out-dir", str(tmp_path / "o"),
+                 "--figures", figures, "--quick", "--quiet"]) == 1
+    assert one_error_line(capsys) == (f"error: {role} applies to figures {uses}; --figures "
+                                      f"{figures} does not show it")
+    assert not called and not (tmp_path / "o").exists()
+    assert main(["analyze", role, str(files["style"]), "--out-dir", str(tmp_path / "o"),
+                 "--figures", f"{figures},b", "--quick", "--quiet"]) == 0
+    assert called[0]["figures"] == [figures, "b"] and called[0][role[2:]] is not None
+
+
 def test_analyze_names_an_image_too_thin_for_the_vgg(tmp_path, capsys):
     # ("style image 1 is 64x1 ... style scale": unnamed, and analyze has no style scale)
     thin = tmp_path / "thin.png"
@@ -258,7 +279,7 @@ def test_parse_layers():
 
 def test_analyze_command(files, tmp_path, capsys):
     out = tmp_path / "fig"
-    args = ["analyze", "--content", str(files["b"]), "--style", str(files["style"]),
+    args = ["analyze", "--style", str(files["style"]),
             "--out-dir", str(out), "--figures", "c", "--quick", "--quiet"]
     assert main(args) == 0
     assert (out / "c_gram_matrices.png").stat().st_size > 1000
@@ -649,13 +670,13 @@ def test_analyze_shows_progress_and_names_each_figure_once(files, tmp_path, caps
     """The default figures ran for six minutes without a line (the optimizer's bar was off),
     then every path was printed twice ("figure a: path" and the path again)."""
     out = tmp_path / "fig"
-    assert main(["analyze", "--content", str(files["b"]), "--style", str(files["style"]),
+    assert main(["analyze", "--content", str(files["b"]),
                  "--out-dir", str(out), "--figures", "a", "--quick"]) == 0
     cap = capsys.readouterr()
     assert "gatys:" in cap.err and "it/s" in cap.err.replace("s/it", "it/s")  # the bar
     path = str(out / "a_content_reconstruction.png")
     assert cap.out.count(path) == 1 and f"figure a: {path}" in cap.out
-    assert main(["analyze", "--content", str(files["b"]), "--style", str(files["style"]),
+    assert main(["analyze", "--content", str(files["b"]),
                  "--out-dir", str(out), "--figures", "a", "--quick", "--quiet",
                  "--overwrite"]) == 0
     cap = capsys.readouterr()
@@ -989,7 +1010,7 @@ def test_analyze_and_fit_style_take_the_max_pixels_their_errors_name(files, tmp_
     and fit-style, which had no such option (a usage error when given)."""
     a, style = str(files["a"]), str(files["style"])
     assert main(["analyze", "--content", a, "--style", style, "--out-dir",
-                 str(tmp_path / "fig"), "--figures", "c", "--quick", "--quiet",
+                 str(tmp_path / "fig"), "--figures", "b", "--quick", "--quiet",
                  "--max-pixels", "100"]) == 1
     err = one_error_line(capsys)
     assert "> limit 100" in err and "--max-pixels" in err, err
@@ -998,7 +1019,7 @@ def test_analyze_and_fit_style_take_the_max_pixels_their_errors_name(files, tmp_
     err = capsys.readouterr().err
     assert "> limit 100" in err, err
     assert not (tmp_path / "f.npz").exists()
-    assert main(["analyze", "--content", a, "--style", style, "--out-dir",
+    assert main(["analyze", "--style", style, "--out-dir",
                  str(tmp_path / "fig"), "--figures", "c", "--quick", "--quiet",
                  "--max-pixels", "5000"]) == 0
 
