@@ -1687,9 +1687,44 @@ def _role_source(role: str, entries: Sequence[str], weights: Any, c: Mapping[str
         if same:
             raise ConfigError(f"{e}: holds the same images as {same[0][0]} (a copy of it), "
                               f"also listed in {role}_dirs: they would count twice; list one")
+    folders = [(e, p) for e, p in zip(entries, parts) if not e.startswith("tfds:")]
+    if len(folders) > 1 and (copies := _copies_across(folders, c["data_dir"])):
+        copy, orig = copies[0]
+        log.warning("%d file%s under one of the listed %s folders %s byte-for-byte cop%s of files "
+                    "under another (e.g. %s = %s): each copy is one more image to train on, so "
+                    "that image weighs more; remove the copies to weigh every image once",
+                    len(copies), "" if len(copies) == 1 else "s", role,
+                    "is a" if len(copies) == 1 else "are", "y" if len(copies) == 1 else "ies",
+                    copy, orig)
     if len(parts) == 1 and weights is None:
         return parts[0]
     return MixtureSource(parts, weights, name=role)
+
+
+def _copies_across(folders: Sequence[tuple[str, DataSource]],
+                   data_dir: Any) -> list[tuple[str, str]]:
+    """``(file, the file with the same bytes under an earlier folder)`` for each file of the
+    prepared ``(folder, source)`` pairs that repeats one of an earlier folder (copies inside
+    one folder are named when it is prepared, :func:`_exact_copies`); files its preparation
+    skipped are not counted. The digests come from the cache the preparation filled."""
+    cache = _DigestCache(os.path.expanduser(os.fspath(data_dir or DEFAULT_DATA_DIR)))
+    first: dict[str, str] = {}
+    copies = []
+    for folder, source in folders:
+        skipped = {s["file"] for s in getattr(source, "report", {}).get("skipped", [])}
+        files, _ = _scan_dirs([os.path.abspath(os.path.expanduser(folder))],
+                              digest_cache=cache)
+        here: dict[str, str] = {}
+        for full, _, _, digest in files:
+            shown = _shown_path(full)
+            if shown in skipped or digest.startswith(("unreadable", "not read")):
+                continue
+            if digest in first:
+                copies.append((shown, first[digest]))
+            else:
+                here.setdefault(digest, shown)
+        first = {**here, **first}
+    return copies
 
 
 def prepare(data_cfg: Any = None, *, progress: bool = False,

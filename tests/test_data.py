@@ -2053,6 +2053,34 @@ def test_training_notes_images_mostly_too_small_for_its_sizes(tmp_path):
     assert data.upscale_notes(srcs, {**capped, "max_source_side": 288}) == []  # (cap >= sizes)
 
 
+def test_copies_across_two_listed_folders_are_named(tmp_path, caplog):
+    """A painting in two listed style folders (a download folder and a curated copy) was
+    trained on twice without a word (copies inside one folder were named): named once per
+    run, in one line; skipped files (two empty ones) are not copies, and one folder alone
+    says nothing."""
+    a, b = tmp_path / "wikiart", tmp_path / "mine"
+    a.mkdir(), b.mkdir()
+    for i in range(3):
+        Image.fromarray(_smooth(96, 128, i)).save(a / f"p{i}.png")
+    shutil.copyfile(a / "p1.png", b / "favourite.png")
+    shutil.copyfile(a / "p2.png", b / "other.png")
+    Image.fromarray(_smooth(96, 128, 7)).save(b / "own.png")
+    (a / "e.jpg").write_bytes(b"")
+    (b / "e.jpg").write_bytes(b"")
+    cfg = {**data.default_data_config(), "source": "folder", "content_dirs": [str(a)],
+           "data_dir": str(tmp_path / "t")}
+    with caplog.at_level(logging.WARNING, logger="arbitrary_nst.data"):
+        data.prepare({**cfg, "style_dirs": [str(a)]}, roles=("style",))
+        assert not [r for r in caplog.records if "byte-for-byte" in r.getMessage()]
+        src = data.prepare({**cfg, "style_dirs": [str(a), str(b)]}, roles=("style",))["style"]
+    assert len(src) == 3 + 3
+    warned = [r.getMessage() for r in caplog.records if "byte-for-byte" in r.getMessage()]
+    assert warned == [f"2 files under one of the listed style folders are byte-for-byte copies "
+                      f"of files under another (e.g. {b / 'favourite.png'} = {a / 'p1.png'}): "
+                      "each copy is one more image to train on, so that image weighs more; "
+                      "remove the copies to weigh every image once"], warned
+
+
 def test_exact_copies_are_named_when_prepared(tmp_path, caplog):
     """A painting saved twice (two downloads, a copy in another subfolder) was trained on twice
     without a word: preparation says how many files are copies and names one pair; the images
