@@ -673,7 +673,7 @@ command("analyze", "Write the analysis figures of Gatys-style transfer (reconstr
 
 def _add_export_onnx_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="PATH",
-                   help="model export (.safetensors) or training workdir (None = the built-in "
+                   help="model export (.safetensors) or training workdir (default: the built-in "
                         "model)")
     p.add_argument("--out", required=True, metavar="FILE.onnx",
                    help="where to write the ONNX graph (content + style embedding -> stylized)")
@@ -758,7 +758,7 @@ def _add_fit_style_arguments(p: argparse.ArgumentParser) -> None:
                    metavar="N", help="photo working size: shorter side resized to N, centre square")
     p.add_argument("--seed", type=count_arg(0, MAX_SEED), default=0, help="photo order")
     p.add_argument("--model", metavar="PATH",
-                   help="model export (.safetensors) or training workdir (None = the built-in "
+                   help="model export (.safetensors) or training workdir (default: the built-in "
                         "model); the fitted style works with this model only")
     p.add_argument("--recursive", action="store_true", help="also take photos in subfolders")
     p.add_argument("--max-pixels", type=count_arg(), default=None, metavar="N",

@@ -33,7 +33,7 @@ MARKER = ".arbitrary_nst-demo"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", default="out/demo", help="where the demo writes its images")
     parser.add_argument("--model", default=None,
-                        help="model export or training workdir (None = the built-in model)")
+                        help="model export or training workdir (default: the built-in model)")
     parser.add_argument("--max-size", type=count_arg(32, 4096), default=512,
                         help="longer side of the stylized photos")
     parser.add_argument("--method", choices=("network", "gatys"), default="network",

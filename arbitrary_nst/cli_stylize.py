@@ -113,7 +113,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     st = parser.add_argument_group("style")
     st.add_argument("--style-weights", nargs="+", action="extend", type=float, metavar="W",
-                    help="one weight per --style (>= 0, normalized to sum 1; None = equal)")
+                    help="one weight per --style (>= 0, normalized to sum 1; default: equal)")
     st.add_argument("--strength", type=float, default=1.0,
                     help="0 = the photo as its own style (its colours and layout in the "
                          "network's brush texture, not the photo itself) .. 1 = full style")
@@ -151,7 +151,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_g.add_argument("--method", choices=("network", "gatys"), default="network",
                        help="'network' (the trained model) or 'gatys' (pixel optimization)")
     run_g.add_argument("--model", metavar="PATH",
-                       help="model export (.safetensors) or training workdir (None = the "
+                       help="model export (.safetensors) or training workdir (default: the "
                             "built-in model)")
     run_g.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                        help="compute dtype (bfloat16 is for GPUs)")
@@ -161,15 +161,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "sizes; same outputs to ~1e-6) or 'auto' (default: onnxruntime on "
                             "a CPU in float32, jax otherwise)")
     run_g.add_argument("--batch-size", type=int, default=None, metavar="N",
-                       help=f"content images per device call, sharded over all devices (None = "
+                       help=f"content images per device call, sharded over all devices (default: "
                             f"{DEFAULT_BATCH_SIZE} per GPU/TPU, 1 on CPU; onnxruntime runs a "
                             f"batch as one call per image size)")
     run_g.add_argument("--workers", type=int, default=None, metavar="N",
-                       help="threads decoding and encoding images (None = min(4, CPUs))")
+                       help="threads decoding and encoding images (default: min(4, CPUs))")
     run_g.add_argument("--max-pixels", type=int, default=images.DEFAULT_MAX_PIXELS, metavar="N",
                        help="refuse images with more pixels (decompression-bomb guard)")
     run_g.add_argument("--iterations", type=int, default=None, metavar="N",
-                       help="--method gatys: optimizer iterations (None = GatysConfig's)")
+                       help="--method gatys: optimizer iterations (default: as infer.py gatys, 500)")
     run_g.add_argument("--no-progress", "--quiet", action="store_true",  # (gatys' name too)
                        help="no progress bar")
 

@@ -1044,6 +1044,21 @@ def test_module_entry_of_stylize_and_help_texts(capsys):
     assert re.search(r"--no-progress\s+no progress bars", capsys.readouterr().out)
 
 
+def test_help_says_defaults_in_words_not_python(capsys):
+    """Help said "(None = the built-in model)", "(None = min(4, CPUs))", "(None =
+    GatysConfig's)": the API's terms. Every command's help says "default: ..." instead, and
+    stylize's Gatys iterations name the number the gatys command uses."""
+    from arbitrary_nst import gatys
+
+    for name in COMMANDS:
+        assert main([name, "--help"]) == 0
+        text = " ".join(capsys.readouterr().out.split())
+        assert "None" not in text and "GatysConfig" not in text, (name, text)
+        if name == "stylize":
+            assert "(default: the built-in model)" in text
+            assert f"(default: as infer.py gatys, {gatys.GatysConfig().iterations})" in text
+
+
 def test_fit_style_recursive_needs_a_folder(files, tmp_path, capsys):
     """`fit-style --photos c.png --recursive` fitted and said nothing of the option (stylize's
     --content refuses it the same way)."""
