@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 import warnings
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from .errors import (MAX_SEED, ConfigError, ImageError, NSTError, OutOfMemory, UsageParser,
                      check_named, count_arg, one_line, options_named, out_of_memory,
-                     printable_stdout)
+                     positive_float_arg, printable_stdout)
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -181,8 +182,8 @@ def _nonneg_float(s: str) -> float:
         v = float(s)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {s!r}") from None
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
+    if not (math.isfinite(v) and v >= 0):  # (inf passed here and was refused after parsing)
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {s}")
     return v
 
 
@@ -269,7 +270,7 @@ def _add_gatys_arguments(p: argparse.ArgumentParser) -> None:
                          "in a folder: {content}__{styles}__gatys.png")
     io.add_argument("--size", type=count_arg(32, MAX_GATYS_SIZE), default=512,
                     help="longer side of the result in pixels (aspect ratio kept)")
-    io.add_argument("--style-scale", type=float, default=d.style_scale,
+    io.add_argument("--style-scale", type=positive_float_arg, default=d.style_scale,
                     help="style image's longer side relative to the result's")
     io.add_argument("--overwrite", action="store_true",
                     help="replace existing output files (without it, an existing output is an "
@@ -290,7 +291,7 @@ def _add_gatys_arguments(p: argparse.ArgumentParser) -> None:
     opt.add_argument("--optimizer", choices=gatys.OPTIMIZERS, default=d.optimizer,
                      help="lbfgs: per-example L-BFGS (optax direction, batched Wolfe line search); "
                           "lbfgs_optax: optax.lbfgs on the batch sum; adam")
-    opt.add_argument("--lr", type=float, default=None,
+    opt.add_argument("--lr", type=positive_float_arg, default=None,
                      help=f"Adam learning rate (default {d.learning_rate:g}; --optimizer adam)")
     opt.add_argument("--lbfgs-memory", type=count_arg(1, gatys.MAX_LBFGS_MEMORY),
                      default=d.lbfgs_memory,
@@ -320,7 +321,7 @@ def _add_gatys_arguments(p: argparse.ArgumentParser) -> None:
                       help="content taps, optionally TAP:WEIGHT, comma-separated")
     loss.add_argument("--style-layers", default=_layers_str(d.style_layers, plain=True),
                       help="style taps, optionally TAP:WEIGHT (plain taps share a total of 1)")
-    loss.add_argument("--depth-growth", type=float, default=None,
+    loss.add_argument("--depth-growth", type=positive_float_arg, default=None,
                       help="improved NST: style layer weights grow by this factor per layer "
                            "(e.g. 2), same total (default: off, the given weights)")
     loss.add_argument("--style-statistic", choices=("gram", "centered_gram", "both", "mean_std"),
@@ -747,11 +748,12 @@ def _add_fit_style_arguments(p: argparse.ArgumentParser) -> None:
                    help="where to write the fitted style (use it as --style of stylize)")
     p.add_argument("--steps", type=int, default=fit_style.DEFAULT_STEPS, metavar="N",
                    help="Adam steps (1.8-3.6 s each at batch 4 and 256 px on a 2-core CPU)")
-    p.add_argument("--lr", type=float, default=fit_style.DEFAULT_LEARNING_RATE,
+    p.add_argument("--lr", type=positive_float_arg, default=fit_style.DEFAULT_LEARNING_RATE,
                    help="Adam learning rate on the gamma/beta")
-    p.add_argument("--batch-size", type=int, default=fit_style.DEFAULT_BATCH_SIZE, metavar="N",
+    p.add_argument("--batch-size", type=count_arg(), default=fit_style.DEFAULT_BATCH_SIZE,
+                   metavar="N",
                    help="photos per step")
-    p.add_argument("--style-weight", type=float, default=fit_style.DEFAULT_STYLE_WEIGHT,
+    p.add_argument("--style-weight", type=_nonneg_float, default=fit_style.DEFAULT_STYLE_WEIGHT,
                    metavar="W", help="weight of the style term against content (the built-in "
                                      "model's training balance; lower keeps more of the photos)")
     p.add_argument("--size", type=count_arg(32, MAX_STYLE_SIZE), default=fit_style.DEFAULT_SIZE,

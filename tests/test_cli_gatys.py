@@ -475,7 +475,8 @@ def test_gatys_options_given_where_they_change_nothing_are_refused(capsys):
 def test_gatys_option_values_out_of_range(files, tmp_path, capsys):
     out = tmp_path / "o.png"
     usage = [(["--size", "31"], "argument --size: must be an integer in [32, 4096], got '31'"),
-             (["--style-weight", "nan"], "argument --style-weight: must be >= 0, got nan"),
+             (["--style-weight", "nan"], "argument --style-weight: must be a finite number >= 0, "
+                                         "got nan"),
              (["--seed", str(2**32)], "argument --seed: must be an integer in [0, 4294967295]")]
     for extra, msg in usage:
         assert main(gatys_args(files, out, *extra, iters=0)) == 2, extra
@@ -1090,14 +1091,21 @@ def test_gatys_value_errors_name_the_option_typed(capsys):
     sizes must be >= 32"): options the command does not have."""
     base = ["gatys", "--content", "c.png", "--style", "s.png", "--out", "o.png", "--size", "128"]
     for extra, want in ((["--iters", "-1"], "--iters must be an integer >= 0, got -1"),
-                        (["--optimizer", "adam", "--lr", "0"], "--lr must be a finite number > 0"),
-                        (["--style-scale", "-1"], "--style-scale must be a finite number > 0"),
                         (["--stages", "16"], "--stages must be >= 32, got (16,)"),
                         (["--stages", "64", "--stage-iters=-1,2"], "--stage-iters must be >= 0"),
-                        (["--content-weight", "inf"], "--content-weight must be a finite number"),
-                        (["--depth-growth", "-1"], "--depth-growth must be a finite number > 0")):
+                        (["--style-scale", "1e9"], "--style-scale must be <= ")):
         assert main([*base, *extra]) == 1, extra
         assert one_error_line(capsys).startswith(f"error: {want}"), extra
+    # one option's value alone: a usage error (exit 2) as the other typed options; "inf" passed
+    # the weights' type and was refused after parsing (exit 1), "nan" was refused by it (2)
+    for extra, want in ((["--optimizer", "adam", "--lr", "0"], "--lr: must be a finite number > 0"),
+                        (["--style-scale", "-1"], "--style-scale: must be a finite number > 0"),
+                        (["--content-weight", "inf"], "--content-weight: must be a finite number "
+                                                      ">= 0, got inf"),
+                        (["--tv-weight", "nan"], "--tv-weight: must be a finite number >= 0"),
+                        (["--depth-growth", "-1"], "--depth-growth: must be a finite number > 0")):
+        assert main([*base, *extra]) == 2, extra
+        assert one_error_line(capsys).startswith(f"error: argument {want}"), extra
 
 
 def test_stylize_and_fit_style_value_errors_name_the_option_typed(files, tmp_path, capsys):
@@ -1111,12 +1119,15 @@ def test_stylize_and_fit_style_value_errors_name_the_option_typed(files, tmp_pat
               "--style-weights", "-1"], "error: --style-weights must be finite and >= 0"),
             (["--content", a, "--style", s, "--out", str(tmp_path / "o.png"), "--palette", "2"],
              "error: --palette must be in [0, 1], got 2.0"),
-            (["fit-style", "--style", s, "--photos", a, "--out", str(tmp_path / "f.npz"),
-              "--batch-size", "0"], "error: --batch-size must be an integer >= 1, got 0"),
-            (["fit-style", "--style", s, "--photos", a, "--out", str(tmp_path / "f.npz"),
-              "--lr", "nan"], "error: --lr must be a finite number > 0, got nan")):
+            ):
         assert main(argv) == 1, argv
         assert one_error_line(capsys).startswith(want), argv
+    for extra, want in ((["--batch-size", "0"], "--batch-size: must be an integer >= 1, got '0'"),
+                        (["--lr", "nan"], "--lr: must be a finite number > 0, got 'nan'"),
+                        (["--style-weight", "-1"], "--style-weight: must be a finite number >= 0")):
+        assert main(["fit-style", "--style", s, "--photos", a, "--out", str(tmp_path / "f.npz"),
+                     *extra]) == 2, extra
+        assert one_error_line(capsys).startswith(f"error: argument {want}"), extra
 
 
 def test_preserve_color_takes_the_same_values_in_stylize_and_gatys():
