@@ -1544,6 +1544,9 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
                           "init_from": (export_lib.lineage_name(init_from) if init_from
                                         else ""),
                           "config_name": _get(config, "name", ""),
+                          # (the whole config as run, --set overrides and a time budget's
+                          # planned num_steps included: the export alone names its recipe)
+                          "config": _to_plain(config),
                           "run_id": _run_id(workdir) or ""},
                     overwrite=True)  # (_check_export_path allowed it before the run)
             except (NSTError, OSError) as e:

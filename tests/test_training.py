@@ -2105,6 +2105,9 @@ def test_export_dtype_info_and_checkpoint_steps(tmp_path, vgg):
                                  "run_id")} == {"step": 2, "num_steps": 2, "total_steps": 2,
                                                 "init_from": "", "config_name": "smoke",
                                                 "run_id": run_id}
+    # the recipe as run (a seed, a --set) is in the export, not only in pruned checkpoints
+    assert info["config"] == json.loads(json.dumps(training._to_plain(cfg)))
+    assert info["config"]["train"]["export_dtype"] == "float16" and "seed" in info["config"]
     m1, s1 = training.load_checkpoint_model(cfg, tmp_path, step=1, vgg=vgg)
     m2, s2 = training.load_checkpoint_model(cfg, tmp_path, vgg=vgg)
     assert (s1, s2) == (1, 2)
