@@ -1659,6 +1659,16 @@ def _plan_time_budget(config, metrics, step: int, num_steps: int, budget: float,
     planned = max(step, min(int(num_steps), planned))
     log.info("time budget %.0f s: %.2f steps/s after a %.1f s first step -> %d steps "
              "(configured %d)", budget, rate, compile_s, planned, num_steps)
+    if (config.optim.schedule != "constant" and int(config.optim.warmup_steps) < step
+            and planned != int(num_steps)):
+        # (within a linear warmup the rates do not depend on the run's length; past it they
+        # do, and the recorded num_steps then does not reproduce the run bit for bit)
+        log.warning("optim.warmup_steps=%d < the %d steps before the plan: they ran on the %s "
+                    "schedule of the configured %d steps, so a run configured with the planned "
+                    "%d steps differs a little; make optim.warmup_steps >= "
+                    "train.plan_after_steps for runs that repeat exactly",
+                    int(config.optim.warmup_steps), step, config.optim.schedule,
+                    int(num_steps), planned)
     config.train.num_steps = planned
     tx, schedule = make_optimizer(config.optim, planned)
     _warn_unfinished_warmup(config.optim, planned, schedule)

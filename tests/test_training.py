@@ -142,6 +142,32 @@ def test_time_budget_plans_the_run_length_and_anneals_to_it(tmp_path, vgg, monke
     assert again.step == plan["num_steps"] and not again.history
 
 
+@pytest.mark.parametrize("warmup, schedule, said", [(0, "cosine", True), (2, "linear", True),
+                                                     (4, "cosine", False),
+                                                     (0, "constant", False)])
+def test_the_plan_says_when_the_steps_before_it_ran_past_the_warmup(monkeypatch, caplog, warmup,
+                                                                     schedule, said):
+    """With a warmup shorter than the measured steps a decaying schedule's first steps ran on
+    the configured length's rates: the planned num_steps (recorded) did not repeat the run
+    (weights 0.02 apart), without a word. Said now; within the warmup the rates are the same."""
+    import time
+
+    monkeypatch.setattr(training, "make_train_step", lambda *a, **k: "step")
+    monkeypatch.setattr(training, "step_cache_key", lambda *a, **k: None)
+    cfg = smoke(f"optim.warmup_steps={warmup}", f"optim.schedule='{schedule}'")
+    t_begin = time.perf_counter() - 2.0  # (4 steps, the last 3 in 1 s: ~70 more fit in 30 s)
+    with caplog.at_level(logging.WARNING, logger="arbitrary_nst.training"):
+        planned, _ = training._plan_time_budget(cfg, jax.numpy.zeros(()), 4, 1000, 30.0,
+                                                t_begin, t_begin + 1.0, None, None, None, None)
+    assert 4 < planned < 1000
+    warned = [r.getMessage() for r in caplog.records if "before the plan" in r.getMessage()]
+    assert warned == ([f"optim.warmup_steps={warmup} < the 4 steps before the plan: they ran on "
+                       f"the {schedule} schedule of the configured 1000 steps, so a run "
+                       f"configured with the planned {planned} steps differs a little; make "
+                       "optim.warmup_steps >= train.plan_after_steps for runs that repeat "
+                       "exactly"] if said else [])
+
+
 def test_a_run_stopped_before_it_planned_plans_when_resumed(tmp_path, vgg, monkeypatch):
     overrides = _TIME_BUDGET_OVERRIDES
     monkeypatch.setattr(training, "time", _SteadyClock())
