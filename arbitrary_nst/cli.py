@@ -797,8 +797,9 @@ def _run_fit_style(args: argparse.Namespace) -> int:
                               for p in args.photos):  # stylize's --content refuses it)
         raise ConfigError("--recursive applies to --photos folders; none given")
     # each photo once ("--photos c c 'c/*.jpg'" said 6 photos for 2), and never the painting
-    # itself (fitted on as a photo, silently)
-    photos = list(dict.fromkeys(
+    # itself (fitted on as a photo, silently); sorted: the fit draws its batches by index, so
+    # the same photos listed in another order gave another fit under the same record
+    photos = sorted(set(
         os.path.abspath(p) for spec in args.photos
         for p in images.list_images(spec, recursive=args.recursive)))
     style_real = os.path.realpath(args.style)

@@ -114,6 +114,7 @@ import collections
 import collections.abc
 import concurrent.futures as cf
 import functools
+import hashlib
 import numbers
 import os
 import threading
@@ -1405,7 +1406,10 @@ class Stylizer:
         info = {"name": name, "steps": int(steps), "learning_rate": float(learning_rate),
                 "batch_size": int(batch_size), "size": int(wsize), "style_size": int(ssize),
                 "style_weight": float(sw), "palette": float(pal), "seed": int(seed),
-                "photos": int(len(work)), "photos_given": int(given), "skipped": skipped}
+                "photos": int(len(work)), "photos_given": int(given), "skipped": skipped,
+                # (which photos, in which order: the counts alone could not tell two fits apart)
+                "photos_digest": hashlib.sha256(np.ascontiguousarray(work).tobytes())
+                .hexdigest()[:16]}
         return fit_style.FittedStyle(cond, e0, moments, hist, self._model_fingerprint(), info)
 
     def mix(self, embeddings: np.ndarray, weights: Sequence[float] | None = None) -> np.ndarray:

@@ -368,7 +368,21 @@ def test_cli_fit_style_then_stylize(model_path, vgg, tmp_path, capsys):
                      str(tmp_path / "twice.npz")]) == 0
     assert "wrote " + str(tmp_path / "twice.npz") + ": 3 photos, 1 step, loss" in \
         capsys.readouterr().out
+    # the same photos listed in another order: the same fit (batches are drawn by index; a
+    # reversed list gave another conditioning under the same record), and the record names
+    # the photos used
     i = base.index("--photos")
+    assert cli.main([*base[:i + 1], *map(str, sorted(pdir.iterdir(), reverse=True)),
+                     *base[i + 2:], "--out", str(tmp_path / "reversed.npz")]) == 0
+    capsys.readouterr()
+    fs, rev = fit_style.FittedStyle.load(out), fit_style.FittedStyle.load(tmp_path / "reversed.npz")
+    np.testing.assert_array_equal(rev.conditioning, fs.conditioning)
+    assert rev.info["photos_digest"] == fs.info["photos_digest"]
+    assert cli.main([*base[:i + 1], str(pdir / "p0.png"), str(pdir / "p1.png"), *base[i + 2:],
+                     "--out", str(tmp_path / "two.npz")]) == 0
+    capsys.readouterr()
+    assert fit_style.FittedStyle.load(tmp_path / "two.npz").info["photos_digest"] != \
+        fs.info["photos_digest"]
     assert cli.main([*base[:i + 2], str(s), *base[i + 2:], "--out",
                      str(tmp_path / "self.npz")]) == 1
     assert "--photos holds the painting" in _one_error_line(capsys)
