@@ -16,7 +16,9 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+from .cli_stylize import _number  # (a setting's value in an output name, as stylize's)
 from .errors import (MAX_SEED, ConfigError, ImageError, NSTError, OutOfMemory, UsageParser,
                      check_named, count_arg, one_line, options_named, out_of_memory,
                      positive_float_arg, printable_stdout)
@@ -174,6 +176,7 @@ def _int_list(spec: str, *, what: str) -> tuple[int, ...]:
 #: Upper bounds of working sizes: a typo (--size 100000) is an error, not minutes of silence
 #: and the kernel's out-of-memory kill. 4096 px is ~64x the usual working image.
 MAX_GATYS_SIZE = 4096
+_GATYS_DEFAULT_SIZE = 512  # the gatys command's --size
 MAX_STYLE_SIZE = 2048  # = inference.MAX_STYLE_SIZE (not imported here: keeps --help fast)
 
 
@@ -267,8 +270,9 @@ def _add_gatys_arguments(p: argparse.ArgumentParser) -> None:
                          "default: equal")
     io.add_argument("--out", required=True,
                     help="output file (one content) or folder / pattern with {name} (several); "
-                         "in a folder: {content}__{styles}__gatys.png")
-    io.add_argument("--size", type=count_arg(32, MAX_GATYS_SIZE), default=512,
+                         "in a folder: {content}__{styles}__gatys.png, with the settings off "
+                         "their defaults after __gatys (__size384__iters300__adam)")
+    io.add_argument("--size", type=count_arg(32, MAX_GATYS_SIZE), default=_GATYS_DEFAULT_SIZE,
                     help="longer side of the result in pixels (aspect ratio kept)")
     io.add_argument("--style-scale", type=positive_float_arg, default=d.style_scale,
                     help="style image's longer side relative to the result's")
@@ -438,6 +442,63 @@ def _gatys_config_from_args(args: argparse.Namespace):
         stage_iterations=stage_iters)
 
 
+#: The gatys command's result-changing settings in a batch output name, in the order of its
+#: --help: GatysConfig field -> the name's part for a value off the default. Not named:
+#: chunk_size and color_space (the same pixels), --batch-size, --max-pixels.
+_GATYS_NAME_PARTS: dict[str, Callable[[Any], str]] = {
+    "style_scale": lambda v: f"scale{_number(v)}",
+    "iterations": lambda v: f"iters{v}",
+    "optimizer": lambda v: v,
+    "learning_rate": lambda v: f"lr{_number(v)}",
+    "lbfgs_memory": lambda v: f"memory{v}",
+    "parameterization": lambda v: f"param-{v}",
+    "init": lambda v: f"init-{v}",
+    "seed": lambda v: f"seed{v}",
+    "stage_sizes": lambda v: "stages" + "-".join(map(str, v)),
+    "stage_iterations": lambda v: "stageiters" + "-".join(map(str, v)),
+    "content_weight": lambda v: f"cw{_number(v)}",
+    "style_weight": lambda v: f"sw{_number(v)}",
+    "tv_weight": lambda v: f"tv{_number(v)}",
+    "content_layers": lambda v: "content-" + "+".join(f"{k}={_number(w)}" for k, w in v.items()),
+    "style_layers": lambda v: "style-" + "+".join(f"{k}={_number(w)}" for k, w in v.items()),
+    "depth_growth": lambda v: f"growth{_number(v)}",
+    "style_statistic": lambda v: v,
+    "gram_norm": lambda v: f"gramnorm-{v}",
+    "tv_kind": lambda v: f"tv-{v}",
+    "pooling": lambda v: f"{v}pool",
+    "normalized_vgg": lambda v: "normalized-vgg",
+    "preserve_color": lambda v: f"preserve-{v}",
+    "color_match_method": lambda v: f"match-{v}",
+}
+#: Bytes of settings a gatys output name spells out; the rest is one ``opts{hash}`` part (a
+#: name holds 255 bytes, and the content's and styles' parts come first).
+_GATYS_NAME_ROOM = 120
+
+
+def _gatys_settings(cfg, size: int, default_size: int) -> str:
+    """``__size{N}__iters{N}__adam...``: the settings of ``cfg`` (and --size) off their defaults,
+    for a batch output name (``{content}__{styles}__gatys{settings}.png``); "" at the defaults,
+    the names of earlier versions. Two runs with another --iters, --seed, --optimizer, ...
+    into one folder got one name: the second skipped every photo as "exists"."""
+    import hashlib
+
+    from . import gatys
+
+    d = gatys.GatysConfig()
+    parts = [f"size{size}"] if size != default_size else []
+    parts += [part(getattr(cfg, f)) for f, part in _GATYS_NAME_PARTS.items()
+              if getattr(cfg, f) != getattr(d, f)]
+    shown, used = [], 0
+    for i, p in enumerate(parts):
+        if used + len(os.fsencode(p)) + 2 > _GATYS_NAME_ROOM:
+            rest = "__".join(parts[i:])
+            shown.append("opts" + hashlib.sha1(os.fsencode(rest)).hexdigest()[:8])
+            break
+        shown.append(p)
+        used += len(os.fsencode(p)) + 2
+    return "".join(f"__{p}" for p in shown)
+
+
 def _load(path: str, max_pixels, work_side: int):
     """``path`` decoded for a working size of ``work_side``: at most twice that (a reduced-scale
     JPEG decode, then Lanczos; the caller resizes to the working size). A 9000x6000 photo at
@@ -483,12 +544,11 @@ def _run_gatys(args: argparse.Namespace) -> int:
     # named by the styles too, as stylize's batches are (`{content}_gatys.png`: a second
     # style's batch into the same folder skipped every photo as "exists"), and by unequal
     # --style-weights as given (`a+b@0.7-0.3`)
-    from .cli_stylize import _number
-
     tag = "+".join(Path(s).stem for s in args.style)
     if args.style_weights is not None and len(set(args.style_weights)) > 1:
         tag += "@" + "-".join(_number(w) for w in args.style_weights)
-    outs = output_paths(args.out, args.content, tag=tag, keep="__gatys",
+    settings = _gatys_settings(cfg, args.size, _GATYS_DEFAULT_SIZE)
+    outs = output_paths(args.out, args.content, tag=tag, keep="__gatys" + settings,
                         overwrite=args.overwrite,
                         inputs=args.style, skip_existing=many,
                         unusable=unusable if many else None)

@@ -55,6 +55,16 @@ def gatys_args(files, out, *extra, contents=("a",), size=32, iters=3):
             str(files["style"]), "--out", str(out), *kept, "--quiet", *extra]
 
 
+def settings_in_name(args: list[str]) -> str:
+    """What a batch output name of the gatys command line ``args`` carries after ``__gatys``:
+    its settings off their defaults (test_gatys_batch_names_carry_their_settings checks the
+    names themselves)."""
+    from arbitrary_nst.cli import _gatys_settings, build_parser, gatys_config_from_args
+
+    a = build_parser().parse_args(args)
+    return _gatys_settings(gatys_config_from_args(a), a.size, 512)
+
+
 def one_error_line(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
@@ -103,10 +113,12 @@ def test_batch_groups_by_working_size_and_keeps_aspect(files, tmp_path):
     outdir = tmp_path / "outs"
     args = gatys_args(files, outdir, "--optimizer", "adam", contents=("sq48", "b", "wide"),
                       size=48, iters=2)
+    G = settings_in_name(args)
     assert main(args) == 0
     shapes = {p.name: np.asarray(Image.open(p)).shape for p in outdir.iterdir()}
-    assert shapes == {"sq48__style__gatys.png": (48, 48, 3), "b__style__gatys.png": (48, 48, 3),
-                      "wide__style__gatys.png": (32, 48, 3)}
+    assert shapes == {f"sq48__style__gatys{G}.png": (48, 48, 3),
+                      f"b__style__gatys{G}.png": (48, 48, 3),
+                      f"wide__style__gatys{G}.png": (32, 48, 3)}
 
 
 def test_several_styles_with_weights(files, tmp_path):
@@ -192,13 +204,14 @@ def test_gatys_never_writes_over_a_style_even_with_overwrite(files, tmp_path, ca
 def test_gatys_batch_skips_a_bad_content_and_goes_on(files, tmp_path, capsys):
     out = tmp_path / "out"
     args = gatys_args(files, out, contents=("a", "bad", "sq48"), iters=1)
+    G = settings_in_name(args)
     assert main(args) == 1
     cap = capsys.readouterr()
     assert "done 2, skipped 1" in cap.out
     assert [ln for ln in cap.err.splitlines() if ln.startswith("skipped: ")] == [
         f"skipped: {files['bad']}: not an image (cannot identify format)"]
-    assert sorted(p.name for p in out.iterdir()) == ["a__style__gatys.png",
-                                                     "sq48__style__gatys.png"]
+    assert sorted(p.name for p in out.iterdir()) == [f"a__style__gatys{G}.png",
+                                                     f"sq48__style__gatys{G}.png"]
 
 
 def test_output_names_the_filesystem_cannot_hold_are_one_line(files, tmp_path, capsys):
@@ -611,6 +624,7 @@ def test_gatys_batch_passes_weights_and_quiet_and_says_what_it_did(files, tmp_pa
                       contents=("sq48", "b", "wide"), size=48)
     i = args.index("--style")
     args[i + 1:i + 2] = [str(files["style"]), str(files["style2"])]
+    G = settings_in_name(args)
     assert main(args) == 0
     cap = capsys.readouterr()
     # --quiet: nothing on stderr; the summary line as stylize's batches
@@ -624,7 +638,7 @@ def test_gatys_batch_passes_weights_and_quiet_and_says_what_it_did(files, tmp_pa
     err = capsys.readouterr().err.splitlines()
     assert [c[3] for c in calls] == [True, True]
     # (named by the styles and their unequal weights, as stylize's batches)
-    name = "sq48__style+style2@0.7-0.3__gatys.png"
+    name = f"sq48__style+style2@0.7-0.3__gatys{G}.png"
     assert err[0] == "batch of 2 at 48x48" and \
         f"wrote {out / name}  total=1.5  content=1.5  style=1.5  tv=1.5" in err
     # --batch-size caps a batch (all of a size in one needed memory for all of them)
@@ -783,6 +797,7 @@ def test_gatys_batch_interrupted_keeps_its_results_and_the_same_command_finishes
     computes only the rest (it stopped at once: "a__style__gatys.png: exists; pass --overwrite")."""
     out = tmp_path / "out"
     args = gatys_args(files, out, contents=("wide", "sq48", "b"), size=48)
+    G = settings_in_name(args)
     calls = _fake_gatys(monkeypatch, interrupt_at=2)
     assert main(args) == 130
     cap = capsys.readouterr()
@@ -792,20 +807,20 @@ def test_gatys_batch_interrupted_keeps_its_results_and_the_same_command_finishes
         in cap.out
     # the batch being optimized is written only when it ends: said so
     assert "the 2 images of the batch being optimized are lost" in cap.out
-    assert sorted(p.name for p in out.iterdir()) == ["wide__style__gatys.png"]
-    kept = (out / "wide__style__gatys.png").read_bytes()
+    assert sorted(p.name for p in out.iterdir()) == [f"wide__style__gatys{G}.png"]
+    kept = (out / f"wide__style__gatys{G}.png").read_bytes()
 
     calls = _fake_gatys(monkeypatch)
     assert main(args) == 1  # something was skipped
     cap = capsys.readouterr()
     assert [ln for ln in cap.err.splitlines() if ln.startswith("skipped: ")] == [
-        f"skipped: {out / 'wide__style__gatys.png'}: exists; pass --overwrite to replace it"]
+        f"skipped: {out / f'wide__style__gatys{G}.png'}: exists; pass --overwrite to replace it"]
     assert re.fullmatch(r"done 2, skipped 1 \(1 output exists\), [0-9.]+ s, [0-9.]+ images/s\n",
                         cap.out), cap.out
     assert calls == [(2, 48, 48, 3)]  # only the rest ran
     assert sorted(p.name for p in out.iterdir()) == [
-        "b__style__gatys.png", "sq48__style__gatys.png", "wide__style__gatys.png"]
-    assert (out / "wide__style__gatys.png").read_bytes() == kept
+        f"b__style__gatys{G}.png", f"sq48__style__gatys{G}.png", f"wide__style__gatys{G}.png"]
+    assert (out / f"wide__style__gatys{G}.png").read_bytes() == kept
 
     assert main(args) == 1  # all done: every content skipped, nothing runs
     cap = capsys.readouterr()
@@ -820,7 +835,7 @@ def test_gatys_batch_interrupted_keeps_its_results_and_the_same_command_finishes
                         ([files["style"], files["style2"]], "style+style2")):
         assert main([*args[:i + 1], *map(str, styles), *args[i + 2:]]) == 0
         assert capsys.readouterr().out.startswith("done 3, skipped 0, ")
-        assert {p.name for p in out.iterdir()} >= {f"{c}__{tag}__gatys.png"
+        assert {p.name for p in out.iterdir()} >= {f"{c}__{tag}__gatys{G}.png"
                                                    for c in ("wide", "sq48", "b")}
 
 
@@ -830,23 +845,60 @@ def test_gatys_batch_skips_existing_outputs_but_never_writes_over_an_input(files
     real optimizer here); an output that is an input is still the job's error, before any work,
     even with --overwrite; one content with an existing --out file stays an error."""
     out = tmp_path / "out"
+    G = settings_in_name(gatys_args(files, out, iters=1))
     out.mkdir()
     old = files["style"].read_bytes()
-    (out / "a__style__gatys.png").write_bytes(old)
+    (out / f"a__style__gatys{G}.png").write_bytes(old)
     assert main(gatys_args(files, out, contents=("a", "sq48"), iters=1)) == 1
     cap = capsys.readouterr()
-    assert (f"skipped: {out / 'a__style__gatys.png'}: exists; pass --overwrite to replace it"
+    assert (f"skipped: {out / f'a__style__gatys{G}.png'}: exists; pass --overwrite to replace it"
             in cap.err)
     assert cap.out.startswith("done 1, skipped 1 (1 output exists), ")
-    assert (out / "a__style__gatys.png").read_bytes() == old
-    assert np.asarray(Image.open(out / "sq48__style__gatys.png")).shape == (32, 32, 3)
+    assert (out / f"a__style__gatys{G}.png").read_bytes() == old
+    assert np.asarray(Image.open(out / f"sq48__style__gatys{G}.png")).shape == (32, 32, 3)
 
     for extra in ((), ("--overwrite",)):
         pattern = files["dir"] / "{name}.png"  # = the contents themselves
         assert main(gatys_args(files, pattern, *extra, contents=("a", "sq48"), iters=1)) == 1
         assert "would overwrite an input" in one_error_line(capsys)
-    assert main(gatys_args(files, out / "a__style__gatys.png", iters=1)) == 1
+    assert main(gatys_args(files, out / f"a__style__gatys{G}.png", iters=1)) == 1
     assert "exists; pass --overwrite" in one_error_line(capsys)
+
+
+def test_gatys_batch_names_carry_their_settings(files, tmp_path, monkeypatch, capsys):
+    """A batch's outputs were `{content}__{styles}__gatys.png` whatever --iters, --seed,
+    --optimizer or --size: a sweep into one folder skipped every photo of its second run as
+    "exists". Every setting off its default is named after __gatys (at the defaults the
+    names are the earlier ones); a long tail of them becomes one opts{hash} part."""
+    calls = _fake_gatys(monkeypatch)
+
+    def run(out, *extra):
+        assert main(["gatys", "--content", str(files["a"]), str(files["sq48"]), "--style",
+                     str(files["style"]), "--out", str(out), "--quiet", *extra]) in (0, 1)
+        return capsys.readouterr().out
+
+    out = tmp_path / "sweep"
+    for extra in ([], ["--iters", "50"], ["--optimizer", "adam", "--init", "noise", "--seed", "7"],
+                  ["--size", "64", "--style-weight", "1e3", "--tv-weight", "0"]):
+        assert run(out, *extra).startswith("done 2, skipped 0"), extra
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("a__")) == [
+        "a__style__gatys.png", "a__style__gatys__adam__init-noise__seed7.png",
+        "a__style__gatys__iters50.png", "a__style__gatys__size64__sw1000__tv0.png"]
+    # the defaults named, and settings that change no pixel: the first run's outputs
+    assert run(out, "--iters", "500", "--size", "512", "--chunk", "5", "--color-space",
+               "yuv").startswith("done 0, skipped 2 (2 output exists)")
+    assert len(calls) == 4
+    many = ["--content-layers", "relu4_2:2", "--style-layers", "relu1_1,relu2_1", "--pooling",
+            "avg", "--normalized-vgg", "--style-statistic", "mean_std", "--gram-norm", "hw",
+            "--tv-kind", "l1", "--param", "sigmoid", "--stages", "32,48", "--stage-iters",
+            "3,4,5", "--style-scale", "1.5", "--lbfgs-memory", "5", "--depth-growth"]
+    for growth in ("2", "3"):
+        assert run(tmp_path / f"many{growth}", *many, growth).startswith("done 2, skipped 0")
+    two, three = (sorted((tmp_path / f"many{g}").iterdir())[0].name for g in ("2", "3"))
+    assert two.startswith("a__style__gatys__scale1.5__memory5__param-sigmoid__stages32-48__"
+                          "stageiters3-4-5__content-relu4_2=2__style-relu1_1=0.5+relu2_1=0.5"
+                          "__opts") and len(two) < 200, two
+    assert three != two and len(three) == len(two)  # (the tail's hash tells them apart)
 
 
 def test_clashing_output_names_give_advice_that_can_work(files, tmp_path, capsys):
@@ -877,6 +929,7 @@ def test_a_content_named_twice_is_one_job(files, tmp_path, monkeypatch, capsys):
     one job here too, in the order first given; one distinct content keeps the one-content
     rules (``--out`` is the file)."""
     calls = _fake_gatys(monkeypatch)
+    G = settings_in_name(gatys_args(files, tmp_path, size=48))
     monkeypatch.chdir(files["dir"])
     out = tmp_path / "one.png"
     assert main(gatys_args(files, out, contents=("a", "a")) + ["--content", "./a.png"]) == 0
@@ -886,7 +939,8 @@ def test_a_content_named_twice_is_one_job(files, tmp_path, monkeypatch, capsys):
     assert main(gatys_args(files, od, contents=("b", "a", "b", "a"), size=48)) == 0
     assert calls[1:] == [(2, 48, 48, 3)]
     assert capsys.readouterr().out.startswith("done 2, skipped 0, ")
-    assert sorted(p.name for p in od.iterdir()) == ["a__style__gatys.png", "b__style__gatys.png"]
+    assert sorted(p.name for p in od.iterdir()) == [f"a__style__gatys{G}.png",
+                                                    f"b__style__gatys{G}.png"]
 
 
 def test_inputs_are_decoded_for_the_working_size_not_at_full_size(files, tmp_path,
@@ -971,10 +1025,11 @@ def test_gatys_says_which_outputs_adam_left_above_their_start(files, tmp_path, c
     out = tmp_path / "out"
     args = gatys_args(files, out, "--optimizer", "adam", "--lr", "3", contents=("a", "sq48"),
                       iters=8)
+    G = settings_in_name(args)
     assert main(args) == 0
     warned = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning: ")]
-    assert [ln.split(": ")[1] for ln in warned] == [str(out / "a__style__gatys.png"),
-                                                     str(out / "sq48__style__gatys.png")], warned
+    assert [ln.split(": ")[1] for ln in warned] == [
+        str(out / f"a__style__gatys{G}.png"), str(out / f"sq48__style__gatys{G}.png")], warned
     assert all("above its start: the Adam learning rate (3) is too large; lower it (--lr)" in ln
                for ln in warned)
     assert main(gatys_args(files, tmp_path / "one.png", "--optimizer", "adam", "--lr", "3",
@@ -990,20 +1045,21 @@ def test_gatys_batch_skips_a_content_whose_output_cannot_be_written(files, tmp_p
     batches skip that item): skipped by name, the rest done; every output unusable (the
     folder itself) is still the job's error."""
     out = tmp_path / "out"
-    (out / "a__style__gatys.png").mkdir(parents=True)
+    G = settings_in_name(gatys_args(files, out, iters=1))
+    (out / f"a__style__gatys{G}.png").mkdir(parents=True)
     assert main(gatys_args(files, out, contents=("a", "sq48"), iters=1)) == 1
     cap = capsys.readouterr()
     assert "done 1, skipped 1" in cap.out, cap
     assert [ln for ln in cap.err.splitlines() if ln.startswith("skipped: ")] == [
-        f"skipped: {out / 'a__style__gatys.png'}: is a directory, expected an output file "
+        f"skipped: {out / f'a__style__gatys{G}.png'}: is a directory, expected an output file "
         "name"], cap.err
-    assert (out / "sq48__style__gatys.png").is_file()
-    (out / "b__style__gatys.png").mkdir()
-    (out / "sq48__style__gatys.png").unlink()
-    (out / "sq48__style__gatys.png").mkdir()
+    assert (out / f"sq48__style__gatys{G}.png").is_file()
+    (out / f"b__style__gatys{G}.png").mkdir()
+    (out / f"sq48__style__gatys{G}.png").unlink()
+    (out / f"sq48__style__gatys{G}.png").mkdir()
     assert main(gatys_args(files, out, contents=("a", "b", "sq48"), iters=1)) == 1
     assert one_error_line(capsys).startswith(
-        f"error: {out / 'a__style__gatys.png'}: is a directory")
+        f"error: {out / f'a__style__gatys{G}.png'}: is a directory")
 
 
 def test_analyze_and_fit_style_take_the_max_pixels_their_errors_name(files, tmp_path, capsys):
@@ -1098,7 +1154,8 @@ def test_gatys_value_errors_name_the_option_typed(capsys):
         assert one_error_line(capsys).startswith(f"error: {want}"), extra
     # one option's value alone: a usage error (exit 2) as the other typed options; "inf" passed
     # the weights' type and was refused after parsing (exit 1), "nan" was refused by it (2)
-    for extra, want in ((["--optimizer", "adam", "--lr", "0"], "--lr: must be a finite number > 0"),
+    for extra, want in ((["--optimizer", "adam", "--lr", "0"],
+                         "--lr: must be a finite number > 0"),
                         (["--style-scale", "-1"], "--style-scale: must be a finite number > 0"),
                         (["--content-weight", "inf"], "--content-weight: must be a finite number "
                                                       ">= 0, got inf"),
@@ -1124,7 +1181,8 @@ def test_stylize_and_fit_style_value_errors_name_the_option_typed(files, tmp_pat
         assert one_error_line(capsys).startswith(want), argv
     for extra, want in ((["--batch-size", "0"], "--batch-size: must be an integer >= 1, got '0'"),
                         (["--lr", "nan"], "--lr: must be a finite number > 0, got 'nan'"),
-                        (["--style-weight", "-1"], "--style-weight: must be a finite number >= 0")):
+                        (["--style-weight", "-1"],
+                         "--style-weight: must be a finite number >= 0")):
         assert main(["fit-style", "--style", s, "--photos", a, "--out", str(tmp_path / "f.npz"),
                      *extra]) == 2, extra
         assert one_error_line(capsys).startswith(f"error: argument {want}"), extra
