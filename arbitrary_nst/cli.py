@@ -221,9 +221,9 @@ def output_paths(out: str, contents: Sequence[str], *, tag: str, keep: str = "",
         paths = [Path(out) / output_name(Path(c).stem, tag, keep=keep) for c in contents]
     else:
         paths = [Path(out)]
-    first: dict[Path, int] = {}
+    first: dict[str, int] = {}
     for i, p in enumerate(paths):
-        if (j := first.setdefault(p.resolve(), i)) != i:
+        if (j := first.setdefault(os.path.realpath(p), i)) != i:
             # (the names come from the file stems, as {name} does: a pattern cannot help)
             if os.path.realpath(contents[i]) == os.path.realpath(contents[j]):
                 raise ConfigError(f"--content: {contents[i]} is given twice")

@@ -901,6 +901,29 @@ def test_gatys_batch_names_carry_their_settings(files, tmp_path, monkeypatch, ca
     assert three != two and len(three) == len(two)  # (the tail's hash tells them apart)
 
 
+def test_an_output_that_is_a_symlink_loop_is_one_line(files, tmp_path, monkeypatch, capsys):
+    """A link to itself as --out, as a batch output in the folder, or as the folder of a {name}
+    pattern was a RuntimeError traceback (Path.resolve on a loop): one line, and a batch skips
+    that output and does the rest."""
+    calls = _fake_gatys(monkeypatch)
+    loop = tmp_path / "loop.png"
+    loop.symlink_to(loop.name)
+    assert main(gatys_args(files, loop)) == 1
+    assert one_error_line(capsys) == f"error: {loop}: exists; pass --overwrite to replace it"
+    out = tmp_path / "out"
+    out.mkdir()
+    args = gatys_args(files, out, contents=("a", "sq48"))
+    name = f"a__style__gatys{settings_in_name(args)}.png"
+    (out / name).symlink_to(name)
+    assert main(args) == 1
+    cap = capsys.readouterr()
+    assert cap.out.startswith("done 1, skipped 1 (1 output exists)") and len(calls) == 1
+    (tmp_path / "dirloop").symlink_to("dirloop")
+    assert main(gatys_args(files, tmp_path / "dirloop" / "{name}.png", contents=("a", "sq48"))) \
+        == 1
+    assert "Too many levels of symbolic links" in one_error_line(capsys)
+
+
 def test_clashing_output_names_give_advice_that_can_work(files, tmp_path, capsys):
     """Two contents with the same file name in different folders: the output name comes from
     the name, with a folder and with a {name} pattern alike, so the advice is to rename or run
