@@ -30,7 +30,7 @@ import numpy as np
 from flax import nnx
 
 from .errors import ConfigError, ImageError, ModelError, NSTError, out_of_memory
-from .files import check_output_file, write_atomically
+from .files import check_output_file, regular_file_problem, write_atomically
 from .models import MODEL_CONFIG_KEYS, ArbitraryStyleModel, check_model_config
 
 FORMAT = "arbitrary_nst.arbitrary_style_model"
@@ -127,10 +127,10 @@ def read_export(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[st
     from safetensors import safe_open
 
     name = os.fspath(path)
-    if not os.path.exists(name):
-        raise ModelError(f"{name}: no such file")
-    if os.path.isdir(name):
-        raise ModelError(f"{name}: is a directory, not a model file")
+    # (a FIFO blocked in safe_open's open(2) for good: Ctrl-C and SIGTERM did not get through)
+    if (why := regular_file_problem(name)) is not None:
+        raise ModelError(f"{name}: {why}" + (", not a model file" if why == "is a directory"
+                                             else ""))
     try:
         with safe_open(name, framework="numpy") as f:
             meta = dict(f.metadata() or {})

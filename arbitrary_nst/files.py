@@ -9,7 +9,9 @@ style that only its creator can read is a surprise on a shared machine or a web 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import tempfile
 import threading
 import time
@@ -78,6 +80,25 @@ def remove_created_dirs() -> None:
                 break
             if q == top:
                 break
+
+
+def regular_file_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` is not a regular file to read ("no such file", "is a directory", a symlink
+    loop, "not a regular file" for a pipe, socket or device, where opening it can wait for ever
+    without a signal getting through), or None."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "too many levels of symbolic links (a symlink loop)"
+        return (e.strerror or type(e).__name__).lower()
+    if stat.S_ISDIR(st.st_mode):
+        return "is a directory"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file (a pipe, socket or device)"
+    return None
 
 
 def file_identity(path: str | os.PathLike) -> tuple:

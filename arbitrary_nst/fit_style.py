@@ -53,7 +53,7 @@ from flax import nnx
 
 from . import color, losses, refine
 from .errors import MAX_SEED, ConfigError, ModelError, check_count
-from .files import write_atomically
+from .files import regular_file_problem, write_atomically
 from .models import check_palette
 from .progress import bar as progress_bar
 
@@ -176,6 +176,9 @@ class FittedStyle:
     def load(cls, path: str | os.PathLike) -> "FittedStyle":
         """Read a file written by :meth:`save`; ModelError (one line) if it is not one."""
         path = Path(path)
+        # (a FIFO waited in open() until a signal; a directory is said as such)
+        if (why := regular_file_problem(path)) not in (None, "no such file"):
+            raise ModelError(f"{path}: {why}")
         try:
             with open(path, "rb") as f:  # (np.load reads a non-zip file as a pickle)
                 if f.read(4) != b"PK\x03\x04":

@@ -1016,3 +1016,47 @@ def test_a_workdir_without_its_export_says_what_it_is_and_how_to_export_it(tmp_p
         model_file(tmp_path / "w")
     assert "a training workdir without model.safetensors (its latest checkpoint is step 12)" \
         in str(e.value) and "resume the run with train.py (same config" in str(e.value)
+
+
+def _within(seconds: float, fn):
+    """``fn()``'s exception (or None), failing the test if it has not returned in ``seconds``
+    (a blocked open(2) of a FIFO cannot be interrupted: a regression must not hang the suite)."""
+    import threading
+
+    box = {}
+
+    def call():
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - handed back to the caller
+            box["error"] = e
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), "blocked"
+    return box.get("error")
+
+
+def test_a_model_or_fitted_style_that_is_a_pipe_or_a_symlink_loop_is_refused(tmp_path):
+    """A FIFO given as --model blocked in safe_open's open(2) for good (Ctrl-C and SIGTERM
+    ignored; only SIGKILL ended it), a FIFO as a fitted style until a signal; a symlink loop
+    as --model said "no such model file". One line each now, before anything is opened."""
+    import os
+
+    from arbitrary_nst import fit_style
+    from arbitrary_nst.inference import Stylizer
+
+    fifo_model, fifo_style = tmp_path / "m.safetensors", tmp_path / "s.npz"
+    os.mkfifo(fifo_model)
+    os.mkfifo(fifo_style)
+    loop = tmp_path / "loop.safetensors"
+    loop.symlink_to(loop.name)
+    pipe = "not a regular file (a pipe, socket or device)"
+    for call, want in ((lambda: load_exported(fifo_model), f"{fifo_model}: {pipe}"),
+                       (lambda: Stylizer.load(fifo_model), f"{fifo_model}: {pipe}"),
+                       (lambda: fit_style.FittedStyle.load(fifo_style), f"{fifo_style}: {pipe}"),
+                       (lambda: Stylizer.load(loop),
+                        f"{loop}: too many levels of symbolic links (a symlink loop)")):
+        e = _within(20, call)
+        assert isinstance(e, ModelError) and str(e) == want, (e, want)
