@@ -682,6 +682,8 @@ def _listing_base(spec: str) -> str | None:
     file."""
     if os.path.isdir(spec):
         return os.path.abspath(spec)
+    if os.path.lexists(spec):  # a file named one by one, whatever its path holds: `Photos
+        return None            # [2024]/a.jpg` was mirrored as a glob into `out/Photos [2024]/`
     split = images.glob_base(spec)
     return None if split is None else os.path.abspath(split[0] or ".")
 

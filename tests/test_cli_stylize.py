@@ -1909,6 +1909,25 @@ def test_a_relative_and_an_absolute_content_path_are_one_job_and_mirror_the_tree
         "a__s1.png", "b__s1.png", "c__s1.png", "sub/a__s1.png"]
 
 
+def test_a_file_named_one_by_one_is_written_flat_whatever_its_path_holds(cli, data):
+    """`--content "Photos [2024]/img[1].jpg"` (a file named one by one, glob characters in its
+    folder or its name) was mirrored as a glob into `out/Photos [2024]/`: another output path
+    than the same photo in a folder run, so a rerun did not see the earlier result."""
+    odd = data["tmp"] / "Photos [2024]"
+    odd.mkdir()
+    png(odd / "img[1].png", 30, 30, 18)
+    png(odd / "what?.png", 30, 30, 19)
+    od = data["tmp"] / "o"
+    rc, stdout, err = cli("--content", odd / "img[1].png", odd / "what?.png", "--style",
+                          data["styles"][0], "--out-dir", od, "--no-progress")
+    assert rc == 0 and "done 2, skipped 0" in stdout, (stdout, err)
+    assert sorted(str(p.relative_to(od)) for p in od.rglob("*.png")) == [
+        "img[1]__s1.png", "what?__s1.png"]
+    rc, stdout, err = cli("--content", odd, "--style", data["styles"][0], "--out-dir", od,
+                          "--no-progress")  # (the folder: the same outputs, skipped)
+    assert rc == 1 and "done 0, skipped 2 (2 output exists)" in stdout, (stdout, err)
+
+
 def test_glob_outputs_stay_inside_the_out_dir_and_keep_hidden_subfolders(cli, data):
     """A glob's images are mirrored below its part without wildcards: one that a ``..`` after
     a wildcard leads above that folder goes to the top of --out-dir (never beside it), and a
