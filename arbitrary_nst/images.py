@@ -1260,6 +1260,12 @@ def list_images(spec: PathLike, *, recursive: bool = False,
             and not Path(m).name.startswith(".")
         }
         if not matches:
+            head = os.path.dirname(name)
+            if "[" in head and os.path.isdir(head):  # ("Photos [2024]/*.jpg": a character class)
+                raise ImageError(name, f"no image files match this pattern (its folder "
+                                       f"{head} is read as a pattern too, '[' starting a "
+                                       "wildcard: write '[[]' for a '[', or give the folder "
+                                       "itself)")
             raise ImageError(name, "no image files match this pattern")
         return sorted(matches, key=_sort_key)
     if os.path.lexists(name):

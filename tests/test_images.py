@@ -836,6 +836,17 @@ def test_list_images_nothing(tmp_path):
     with pytest.raises(ImageError) as e:
         list_images(str(tmp_path / "*.png"))
     assert _reason(e) == "no image files match this pattern"
+    # a folder named with [ ]: its name is a character class in the pattern; said, with the way
+    # out (it said only "no image files match"), and the escaped pattern finds the image
+    odd = tmp_path / "Photos [2024]"
+    odd.mkdir()
+    (odd / "a.png").write_bytes(b"x")
+    with pytest.raises(ImageError) as e:
+        list_images(str(odd / "*.png"))
+    assert _reason(e) == (f"no image files match this pattern (its folder {odd} is read as a "
+                          "pattern too, '[' starting a wildcard: write '[[]' for a '[', or give "
+                          "the folder itself)")
+    assert list_images(str(tmp_path / "Photos [[]2024]" / "*.png")) == [odd / "a.png"]
     with pytest.raises(ImageError) as e:
         list_images(tmp_path / "missing")
     assert _reason(e) == "no such file or directory"
