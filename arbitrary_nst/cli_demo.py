@@ -19,6 +19,7 @@ entries): never over a user's files.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -73,6 +74,14 @@ def _stylize(argv: list[str]) -> int:
     return cli_stylize.run(parser.parse_args(argv))
 
 
+def _path_arg(path: str | Path) -> str:
+    """A path as a value in :func:`_stylize`'s argv: ``./-demo`` for ``-demo``, which argparse
+    took for an option (``demo --out-dir=-demo`` failed on "--content: expected at least one
+    argument" after writing its inputs)."""
+    text = str(path)
+    return os.path.join(".", text) if text.startswith("-") else text
+
+
 def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     check_named(args.out_dir, "--out-dir", "the folder for the demo's images")
@@ -90,28 +99,29 @@ def run(args: argparse.Namespace) -> int:
             method = "gatys"
     _claim(out)
     content_dir, style_dir = _write_inputs(out, args.max_size)
-    styles = [str(style_dir / f"{s}.png") for s in DEMO_STYLES]
+    styles = [_path_arg(style_dir / f"{s}.png") for s in DEMO_STYLES]
     common = ["--max-size", str(args.max_size)] + (["--no-progress"] if args.no_progress else [])
     if args.model:
-        common += ["--model", args.model]
+        common += ["--model", _path_arg(args.model)]
     written, rc = [], 0
     if method == "network":
         for style in styles:  # one call per style: several --style values would be mixed
-            rc = max(rc, _stylize(["--content", str(content_dir), "--style", style, "--out-dir",
-                                   str(out / "stylized"), "--overwrite", *common]))
+            rc = max(rc, _stylize(["--content", _path_arg(content_dir), "--style", style,
+                                   "--out-dir", _path_arg(out / "stylized"), "--overwrite",
+                                   *common]))
         written.append(out / "stylized")
-        photo = str(content_dir / "astronaut.png")
+        photo = _path_arg(content_dir / "astronaut.png")
         rc = max(rc, _stylize(["--content", photo, "--interpolate", styles[0], styles[2],
-                               "--steps", "5", "--out", str(out / "interpolation.png"),
+                               "--steps", "5", "--out", _path_arg(out / "interpolation.png"),
                                "--overwrite", *common]))
         rc = max(rc, _stylize(["--content", photo, "--style", styles[1], "--strength-sweep", "5",
-                               "--out", str(out / "strength_sweep.png"), "--overwrite",
+                               "--out", _path_arg(out / "strength_sweep.png"), "--overwrite",
                                *common]))
         written += [out / "interpolation.png", out / "strength_sweep.png"]
     else:
         target = out / "gatys" / "astronaut__strokes.png"
-        rc = _stylize(["--method", "gatys", "--content", str(content_dir / "astronaut.png"),
-                       "--style", styles[0], "--out", str(target), "--overwrite",
+        rc = _stylize(["--method", "gatys", "--content", _path_arg(content_dir / "astronaut.png"),
+                       "--style", styles[0], "--out", _path_arg(target), "--overwrite",
                        "--iterations", str(args.iterations), *common])
         written.append(target)
     print(f"demo: wrote {', '.join(str(p) for p in written)} in {time.perf_counter() - t0:.1f} s"

@@ -3,6 +3,8 @@ it runs, reruns over its own folder, never writes into a folder of the user's, r
 in its exit status, and a named model that cannot be loaded is an error (no silent fallback)."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -141,6 +143,25 @@ def test_demo_passes_its_options_to_every_stylize_call(tmp_path, stub_stylize, c
     assert cli.main(["demo", "--out-dir", str(out), "--max-size", "48"]) == 0
     assert calls and not any("--no-progress" in a or "--model" in a for a in calls)
     capsys.readouterr()
+
+
+def test_demo_paths_that_start_with_a_dash_reach_stylize_as_paths(tmp_path, stub_stylize,
+                                                                   monkeypatch, capsys):
+    """`demo --out-dir=-demo` wrote its inputs, then failed on "argument --content: expected
+    at least one argument": the folder, put in stylize's argv as is, was read as an option
+    (`--model=-m.safetensors` too). Every argv it makes parses, to those paths."""
+    calls, _ = stub_stylize
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["demo", "--out-dir=-demo", "--model=-m.safetensors", "--max-size", "32",
+                     "--no-progress"]) == 0
+    capsys.readouterr()
+    assert len(calls) == len(DEMO_STYLES) + 2
+    for argv in calls:
+        a = cli_stylize.build_parser().parse_args(argv)
+        folder = tmp_path / "-demo" / "inputs" / "content"
+        assert os.path.samefile(a.content[0], folder if a.out_dir else folder / "astronaut.png")
+        assert a.model == os.path.join(".", "-m.safetensors")
+        assert os.path.abspath(a.out or a.out_dir).startswith(str(tmp_path / "-demo"))
 
 
 @pytest.mark.parametrize("failing", [0, 3, 4, 5])
