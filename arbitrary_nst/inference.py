@@ -845,7 +845,9 @@ def _kind_of(reason: str) -> str:
                          ("not readable here", "unsupported format"),
                          ("not read here", "unsupported format"),
                          ("symbolic links", "symlink loop"),
-                         ("directory", "is a directory"), ("cannot write", "cannot write")):
+                         # ("a parent path is not a directory" was counted as "is a directory")
+                         ("is a directory", "is a directory"), ("cannot write", "cannot write"),
+                         ("cannot list", "unreadable folder")):
         if needle in r:
             return kind
     return "error"

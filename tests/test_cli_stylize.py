@@ -1928,6 +1928,27 @@ def test_a_file_named_one_by_one_is_written_flat_whatever_its_path_holds(cli, da
     assert rc == 1 and "done 0, skipped 2 (2 output exists)" in stdout, (stdout, err)
 
 
+def test_the_summary_counts_a_blocked_subfolder_as_cannot_write(cli, data):
+    """A file where a mirrored subfolder of --out-dir should be: "cannot write: a parent path
+    is not a directory" was counted as "(1 is a directory)" in the summary."""
+    (data["dir"] / "sub").mkdir()
+    png(data["dir"] / "sub" / "d.png", 30, 30, 20)
+    od = data["tmp"] / "o"
+    od.mkdir()
+    (od / "sub").write_bytes(b"a file")
+    rc, stdout, err = cli("--content", data["dir"], "--recursive", "--style", data["styles"][0],
+                          "--out-dir", od, "--no-progress")
+    assert rc == 1 and "done 3, skipped 1 (1 cannot write)" in stdout, (stdout, err)
+    assert f"skipped: {od / 'sub' / 'd__s1.png'}: cannot write: a parent path is not a " \
+           "directory" in err
+    assert [inference._kind_of(r) for r in (
+        "cannot write: is a directory, expected a file name", "is a directory, expected an "
+        "image file", "cannot list directory: too many levels of symbolic links (a symlink "
+        "loop)", "cannot list directory: input/output error", "cannot write: no space "
+        "left")] == ["is a directory", "is a directory", "symlink loop", "unreadable folder",
+                     "cannot write"]
+
+
 def test_glob_outputs_stay_inside_the_out_dir_and_keep_hidden_subfolders(cli, data):
     """A glob's images are mirrored below its part without wildcards: one that a ``..`` after
     a wildcard leads above that folder goes to the top of --out-dir (never beside it), and a
