@@ -536,8 +536,10 @@ def _run_gatys(args: argparse.Namespace) -> int:
     if not many and os.path.isdir(args.content[0]):
         raise ImageError(args.content[0], "is a directory, expected an image file (a folder: "
                          "`infer.py --content DIR --style S --method gatys --out-dir OUT`)")
-    if not many and not os.path.lexists(args.content[0]):
-        raise ImageError(args.content[0], "no such file")
+    if not many and not os.path.lexists(args.content[0]):  # ("photo.jpg/": not a directory)
+        from .files import regular_file_problem
+
+        raise ImageError(args.content[0], regular_file_problem(args.content[0]) or "no such file")
     # several contents: an existing output is skipped (and reported), not the job's error, so
     # the same command finishes an interrupted batch; one content: the job's error, as before
     unusable: dict[int, NSTError] = {}

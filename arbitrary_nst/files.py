@@ -82,18 +82,35 @@ def remove_created_dirs() -> None:
                 break
 
 
+def os_reason(e: OSError) -> str:
+    """An OSError's reason in a message's words (one line, no errno number)."""
+    if isinstance(e, PermissionError) or e.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if isinstance(e, FileNotFoundError):
+        return "no such file"
+    if e.errno == errno.ELOOP:
+        return "too many levels of symbolic links (a symlink loop)"
+    if e.errno == errno.EROFS:
+        return "read-only file system"
+    if e.errno == errno.ENOSPC:
+        return "no space left on device"
+    if isinstance(e, IsADirectoryError):
+        return "is a directory"
+    if isinstance(e, NotADirectoryError):  # ("photo.jpg/" said "no such file")
+        return ("not a directory (a file named as a folder: a '/' after it, or a folder on its "
+                "path that is a file)")
+    text = " ".join(str(e.strerror or e).split()) or type(e).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
 def regular_file_problem(path: str | os.PathLike) -> str | None:
     """Why ``path`` is not a regular file to read ("no such file", "is a directory", a symlink
     loop, "not a regular file" for a pipe, socket or device, where opening it can wait for ever
     without a signal getting through), or None."""
     try:
         st = os.stat(path)
-    except FileNotFoundError:
-        return "no such file"
     except OSError as e:
-        if e.errno == errno.ELOOP:
-            return "too many levels of symbolic links (a symlink loop)"
-        return (e.strerror or type(e).__name__).lower()
+        return os_reason(e)
     if stat.S_ISDIR(st.st_mode):
         return "is a directory"
     if not stat.S_ISREG(st.st_mode):

@@ -33,7 +33,6 @@ fills truncated images with grey and no error can be raised here).
 """
 from __future__ import annotations
 
-import errno
 import functools
 import os
 import re
@@ -51,6 +50,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from arbitrary_nst.errors import ConfigError, ImageError
 from arbitrary_nst.files import (link_no_clobber, remove_stale_temps, set_new_file_mode,
                                  temp_prefix)
+from arbitrary_nst.files import os_reason as _os_reason
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -1275,6 +1275,8 @@ def list_images(spec: PathLike, *, recursive: bool = False,
     except PermissionError:  # (a file in a folder that cannot be searched is not "missing")
         raise ImageError(name, "permission denied (a folder on its path cannot be "
                                "searched)") from None
+    except NotADirectoryError as e:  # ("photo.jpg/": it exists, a file; "no such file" misled)
+        raise ImageError(name, _os_reason(e)) from None
     except OSError:
         pass
     raise ImageError(name, "no such file or directory")
@@ -1486,22 +1488,6 @@ def _sort_key(p: Path) -> tuple[str, ...]:
 # --------------------------------------------------------------------------------------------
 # Small helpers
 # --------------------------------------------------------------------------------------------
-
-
-def _os_reason(e: OSError) -> str:
-    if isinstance(e, PermissionError) or e.errno in (errno.EACCES, errno.EPERM):
-        return "permission denied"
-    if isinstance(e, FileNotFoundError):
-        return "no such file"
-    if e.errno == errno.ELOOP:
-        return "too many levels of symbolic links (a symlink loop)"
-    if e.errno == errno.EROFS:
-        return "read-only file system"
-    if e.errno == errno.ENOSPC:
-        return "no space left on device"
-    if isinstance(e, IsADirectoryError):
-        return "is a directory"
-    return _one_line(e.strerror or e)
 
 
 def _one_line(e: object) -> str:

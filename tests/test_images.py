@@ -847,6 +847,15 @@ def test_list_images_nothing(tmp_path):
                           "pattern too, '[' starting a wildcard: write '[[]' for a '[', or give "
                           "the folder itself)")
     assert list_images(str(tmp_path / "Photos [[]2024]" / "*.png")) == [odd / "a.png"]
+    # a file named as a folder ("photo.png/", a tab-completed name): it said "no such file or
+    # directory" (load_image: "Not a directory", the OS's words)
+    slash = "not a directory (a file named as a folder: a '/' after it, or a folder on its " \
+            "path that is a file)"
+    (tmp_path / "b.png").write_bytes(b"x")
+    for call in (list_images, load_image):
+        with pytest.raises(ImageError) as e:
+            call(str(tmp_path / "b.png") + "/")
+        assert _reason(e) == slash, call
     with pytest.raises(ImageError) as e:
         list_images(tmp_path / "missing")
     assert _reason(e) == "no such file or directory"
