@@ -1250,7 +1250,8 @@ def list_images(spec: PathLike, *, recursive: bool = False,
         if not found:
             exts = describe_image_extensions()
             where = "this directory or its subfolders" if recursive else "this directory"
-            raise ImageError(name, f"no image files ({exts}) in {where}")
+            raise ImageError(name, f"no image files ({exts}) in {where}"
+                             + _empty_listing_hint(name, recursive))
         return found
     if _GLOB_MAGIC.search(name):
         matches = {
@@ -1280,6 +1281,27 @@ def list_images(spec: PathLike, *, recursive: bool = False,
     except OSError:
         pass
     raise ImageError(name, "no such file or directory")
+
+
+def _empty_listing_hint(folder: str, recursive: bool) -> str:
+    """What a folder without image files holds instead, for the error (it said only "no image
+    files"): subfolders that --recursive would take, files left out as hidden or without an
+    image extension (a JPEG saved as ``IMG_001``)."""
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError:
+        return ""
+    said = []
+    subdirs = [e for e in entries if not e.name.startswith(".") and e.is_dir()]
+    if subdirs and not recursive:
+        said.append(f"{len(subdirs)} subfolder{'s' if len(subdirs) > 1 else ''} (--recursive "
+                    "looks in them)")
+    others = sorted((e.name for e in entries if e.is_file()), key=lambda n: (n[:1] == ".", n))
+    if others:
+        said.append(f"{len(others)} file{'s' if len(others) > 1 else ''} left out as hidden or "
+                    f"not named as images (e.g. {others[0]!r})")
+    return f"; it holds {' and '.join(said)}" if said else ""
 
 
 def _dangling(path: str) -> bool:

@@ -832,7 +832,21 @@ def test_list_images_nothing(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ImageError) as e:
         list_images(tmp_path / "empty")
-    assert "no image files" in _reason(e)
+    assert _reason(e).endswith("in this directory")  # (nothing in it: nothing more to say)
+    # what it holds instead is said: a JPEG saved without an extension, a hidden one, photos
+    # one folder down (--recursive)
+    (tmp_path / "empty" / "IMG_001").write_bytes(b"x")
+    (tmp_path / "empty" / ".h.jpg").write_bytes(b"x")
+    (tmp_path / "empty" / "2024").mkdir()
+    with pytest.raises(ImageError) as e:
+        list_images(tmp_path / "empty")
+    assert _reason(e).endswith(" in this directory; it holds 1 subfolder (--recursive looks in "
+                               "them) and 2 files left out as hidden or not named as images "
+                               "(e.g. 'IMG_001')")
+    with pytest.raises(ImageError) as e:
+        list_images(tmp_path / "empty", recursive=True)
+    assert _reason(e).endswith(" in this directory or its subfolders; it holds 2 files left "
+                               "out as hidden or not named as images (e.g. 'IMG_001')")
     with pytest.raises(ImageError) as e:
         list_images(str(tmp_path / "*.png"))
     assert _reason(e) == "no image files match this pattern"
