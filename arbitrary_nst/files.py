@@ -48,6 +48,12 @@ def make_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
         if top is not None:
             CREATED_DIRS.append((p, top))
     except (FileExistsError, NotADirectoryError):
+        # (a dangling link on the way was "a parent path is not a directory" too)
+        blocking = next((q for q in p.parents if os.path.lexists(q)), None)
+        if blocking is not None and blocking.is_symlink() and not blocking.exists():
+            raise ImageError(path, f"cannot create {what}: {blocking} is a link to "
+                                   f"{os.readlink(blocking)}, which does not exist (or is part "
+                                   "of a loop)") from None
         raise ImageError(path, f"cannot create {what}: a parent path is not a directory") from None
     except OSError as e:
         raise ImageError(path, f"cannot create {what}: {e.strerror or e}") from None

@@ -125,6 +125,14 @@ def test_make_dir_and_lexists_name_what_is_wrong(tmp_path):
     assert files.lexists(tmp_path / "missing") is False and files.lexists(a_file) is True
     os.symlink(tmp_path / "missing", tmp_path / "dangling")
     assert files.lexists(tmp_path / "dangling") is True  # the link itself exists
+    # a folder under a dangling link: named as such (it said "a parent path is not a
+    # directory", true of neither)
+    with pytest.raises(ImageError) as e:
+        files.make_dir(tmp_path / "dangling" / "sub" / "deeper")
+    assert str(e.value) == (f"{tmp_path / 'dangling' / 'sub' / 'deeper'}: cannot create output "
+                            f"folder: {tmp_path / 'dangling'} is a link to "
+                            f"{tmp_path / 'missing'}, which does not exist (or is part of a "
+                            "loop)")
     with pytest.raises(ImageError, match="not a valid file name"):
         files.lexists(tmp_path / "a\0b")
 
