@@ -169,7 +169,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_g.add_argument("--max-pixels", type=int, default=images.DEFAULT_MAX_PIXELS, metavar="N",
                        help="refuse images with more pixels (decompression-bomb guard)")
     run_g.add_argument("--iterations", type=int, default=None, metavar="N",
-                       help="--method gatys: optimizer iterations (default: as infer.py gatys, 500)")
+                       help="--method gatys: optimizer iterations (default: as infer.py "
+                            "gatys, 500)")
     run_g.add_argument("--no-progress", "--quiet", action="store_true",  # (gatys' name too)
                        help="no progress bar")
 

@@ -1287,17 +1287,18 @@ def _empty_listing_hint(folder: str, recursive: bool) -> str:
     """What a folder without image files holds instead, for the error (it said only "no image
     files"): subfolders that --recursive would take, files left out as hidden or without an
     image extension (a JPEG saved as ``IMG_001``)."""
-    try:
+    try:  # (best effort: an entry that cannot be looked at, a symlink loop, fails it all)
         with os.scandir(folder) as it:
             entries = sorted(it, key=lambda e: e.name)
+        subdirs = [e for e in entries if not e.name.startswith(".") and e.is_dir()]
+        others = sorted((e.name for e in entries if e.is_file()),
+                        key=lambda n: (n[:1] == ".", n))
     except OSError:
         return ""
     said = []
-    subdirs = [e for e in entries if not e.name.startswith(".") and e.is_dir()]
     if subdirs and not recursive:
         said.append(f"{len(subdirs)} subfolder{'s' if len(subdirs) > 1 else ''} (--recursive "
                     "looks in them)")
-    others = sorted((e.name for e in entries if e.is_file()), key=lambda n: (n[:1] == ".", n))
     if others:
         said.append(f"{len(others)} file{'s' if len(others) > 1 else ''} left out as hidden or "
                     f"not named as images (e.g. {others[0]!r})")
