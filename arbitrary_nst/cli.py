@@ -271,7 +271,7 @@ def _add_gatys_arguments(p: argparse.ArgumentParser) -> None:
     io.add_argument("--out", required=True,
                     help="output file (one content) or folder / pattern with {name} (several); "
                          "in a folder: {content}__{styles}__gatys.png, with the settings off "
-                         "their defaults after __gatys (__size384__iters300__adam)")
+                         "their defaults after __gatys (__size384__iterations300__adam)")
     io.add_argument("--size", type=count_arg(32, MAX_GATYS_SIZE), default=_GATYS_DEFAULT_SIZE,
                     help="longer side of the result in pixels (aspect ratio kept)")
     io.add_argument("--style-scale", type=positive_float_arg, default=d.style_scale,
@@ -447,7 +447,7 @@ def _gatys_config_from_args(args: argparse.Namespace):
 #: chunk_size and color_space (the same pixels), --batch-size, --max-pixels.
 _GATYS_NAME_PARTS: dict[str, Callable[[Any], str]] = {
     "style_scale": lambda v: f"scale{_number(v)}",
-    "iterations": lambda v: f"iters{v}",
+    "iterations": lambda v: f"iterations{v}",  # (as stylize --method gatys names it)
     "optimizer": lambda v: v,
     "learning_rate": lambda v: f"lr{_number(v)}",
     "lbfgs_memory": lambda v: f"memory{v}",
@@ -476,9 +476,9 @@ _GATYS_NAME_ROOM = 120
 
 
 def _gatys_settings(cfg, size: int, default_size: int) -> str:
-    """``__size{N}__iters{N}__adam...``: the settings of ``cfg`` (and --size) off their defaults,
-    for a batch output name (``{content}__{styles}__gatys{settings}.png``); "" at the defaults,
-    the names of earlier versions. Two runs with another --iters, --seed, --optimizer, ...
+    """``__size{N}__iterations{N}__adam...``: the settings of ``cfg`` (and --size) off their
+    defaults, for a batch output name (``{content}__{styles}__gatys{settings}.png``); "" at the
+    defaults, the names of earlier versions. Two runs with another --iters, --seed, --optimizer, ...
     into one folder got one name: the second skipped every photo as "exists"."""
     import hashlib
 

@@ -883,7 +883,7 @@ def test_gatys_batch_names_carry_their_settings(files, tmp_path, monkeypatch, ca
         assert run(out, *extra).startswith("done 2, skipped 0"), extra
     assert sorted(p.name for p in out.iterdir() if p.name.startswith("a__")) == [
         "a__style__gatys.png", "a__style__gatys__adam__init-noise__seed7.png",
-        "a__style__gatys__iters50.png", "a__style__gatys__size64__sw1000__tv0.png"]
+        "a__style__gatys__iterations50.png", "a__style__gatys__size64__sw1000__tv0.png"]
     # the defaults named, and settings that change no pixel: the first run's outputs
     assert run(out, "--iters", "500", "--size", "512", "--chunk", "5", "--color-space",
                "yuv").startswith("done 0, skipped 2 (2 output exists)")
