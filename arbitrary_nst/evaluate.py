@@ -670,11 +670,14 @@ def _check_resume_settings(out_dir: Path, info: dict[str, Any], model_path: str 
     from .inference import BUILTIN_MODEL
 
     try:
-        st = os.stat(model_file(model_path, warn=False) if model_path else BUILTIN_MODEL)
+        model = model_file(model_path, warn=False) if model_path else BUILTIN_MODEL
+        st = os.stat(model)
     except (OSError, NSTError):
-        st = None
+        model, st = None, None
     now = {k: info.get(k) for k in _RESUME_KEYS}
-    now["model_file"] = [st.st_size, st.st_mtime_ns] if st else None
+    # the model file by its bytes (its size and mtime were recorded: the same model copied or
+    # downloaded again over it was refused as another model)
+    now["model_file"] = _file_sha1(model) if st else None
     path = out_dir / "settings.json"
     recorded: dict[str, Any] = {}
     if resume and not path.is_file() and any((out_dir / "images").glob("*/*.png")):
@@ -698,6 +701,9 @@ def _check_resume_settings(out_dir: Path, info: dict[str, Any], model_path: str 
             if m not in recorded:
                 continue
             was = {k: recorded[m].get(k, _RECORDED_DEFAULTS.get(k)) for k in now}
+            if isinstance(was["model_file"], list):  # (recorded by an earlier version)
+                was["model_file"] = (now["model_file"] if st and was["model_file"]
+                                     == [st.st_size, st.st_mtime_ns] else was["model_file"])
             diff = [k for k in _METHOD_KEYS.get(m, ("size",)) if was.get(k) != now.get(k)]
             if diff:
                 raise ConfigError(

@@ -1055,6 +1055,37 @@ def test_model_fit_fits_at_the_evaluation_scale(small_set, vgg, size, fit_size):
     assert given["fitted_dir"] == small_set / "fits"
 
 
+def test_a_resume_knows_the_model_file_by_its_bytes(tmp_path):
+    """The model file was known by its size and mtime: the same model copied or downloaded
+    again over it made --resume refuse ("model_file [...] -> [...]"). Its bytes now; another
+    model is still refused, and a settings.json of an earlier version (size and mtime) still
+    guards a resume."""
+    model, out = tmp_path / "m.safetensors", tmp_path / "out"
+    model.write_bytes(b"weights v1")
+    out.mkdir()
+    info = {"size": 48, "model": str(model)}
+
+    def check(resume=True):
+        evaluate._check_resume_settings(out, info, str(model), resume, ["model"])
+
+    check(resume=False)
+    os.utime(model, ns=(1, 1))  # (cp, a new download: the same bytes, another mtime)
+    check()
+    model.write_bytes(b"weights v2")
+    with pytest.raises(ConfigError, match="holds model images made with other settings "
+                                          r"\(model_file "):
+        check()
+    st = model.stat()  # an earlier version's record of this very file: accepted
+    rec = json.loads((out / "settings.json").read_text())
+    rec["methods"]["model"]["model_file"] = [st.st_size, st.st_mtime_ns]
+    (out / "settings.json").write_text(json.dumps(rec))
+    check()
+    rec["methods"]["model"]["model_file"] = [st.st_size, st.st_mtime_ns + 1]
+    (out / "settings.json").write_text(json.dumps(rec))
+    with pytest.raises(ConfigError, match="model_file"):
+        check()
+
+
 def test_a_flat_settings_file_of_an_older_version_still_guards_a_resume(small_set, vgg):
     """settings.json written before per-method settings (one flat object) applies to every
     method's images: a resume at another size is refused, not scored as made at it."""
