@@ -825,6 +825,11 @@ def _check_resume_meta(meta: dict, expected: dict, workdir) -> list[str]:
             log.warning("%s: the data config differs from the checkpoint's (%s); resuming anyway "
                         "(the batches will differ from those of an uninterrupted run)", workdir,
                         ", ".join(changed))
+    before, now = meta.get("device_count"), expected.get("device_count")
+    if before is not None and now is not None and before != now:  # (older: not recorded)
+        log.warning("%s: its checkpoints were trained on %d devices, this run has %d; resuming "
+                    "anyway (the gradients are summed in another order: the weights differ by "
+                    "rounding from an uninterrupted run's)", workdir, before, now)
     before, now = meta.get("config"), expected.get("config")
     if not (isinstance(before, dict) and isinstance(now, dict)):
         return []
@@ -1362,7 +1367,8 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
         data_seed = int(config.seed)
         meta = {"model": model.config(), "batch_size": global_batch, "seed": int(config.seed),
                 "data": _to_plain(config.data), "config": _to_plain(config),
-                "process_count": n_proc}  # (each process loads its share with its own seed)
+                "process_count": n_proc,  # (each process loads its share with its own seed)
+                "device_count": n_dev}
         history: list[dict[str, float]] = []
         same_setup = True  # (resumed: the loss, optimizer, data and model are the checkpoint's)
         interrupted = False

@@ -1556,6 +1556,21 @@ def test_training_objective_compares_models_on_the_same_batches(tmp_path, vgg, c
         assert e.value.code == 2 and msg in capsys.readouterr().err
 
 
+def test_a_resume_on_another_device_count_is_said(tmp_path, caplog):
+    """A run resumed on another number of devices continued without a word; its weights differ
+    by rounding from an uninterrupted run's (the gradients' sum in another order: 0.01 after 8
+    smoke steps on 2 forced host devices against 1)."""
+    with caplog.at_level(logging.WARNING, logger="arbitrary_nst.training"):
+        assert training._check_resume_meta({"device_count": 2}, {"device_count": 1},
+                                           tmp_path) == []
+        training._check_resume_meta({"device_count": 2}, {"device_count": 2}, tmp_path)
+        training._check_resume_meta({}, {"device_count": 2}, tmp_path)  # (older: not recorded)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path}: its checkpoints were trained on 2 devices, this run has 1; resuming "
+        "anyway (the gradients are summed in another order: the weights differ by rounding "
+        "from an uninterrupted run's)"]
+
+
 def test_a_longer_run_of_a_decaying_schedule_is_said_on_resume(tmp_path):
     # cosine/linear schedules are built for train.num_steps: resuming a finished 3-step run
     # as a 5-step one restarts the decay (2+2 != 4 bit for bit), which was not said
