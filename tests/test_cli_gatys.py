@@ -113,12 +113,12 @@ def test_batch_groups_by_working_size_and_keeps_aspect(files, tmp_path):
     outdir = tmp_path / "outs"
     args = gatys_args(files, outdir, "--optimizer", "adam", contents=("sq48", "b", "wide"),
                       size=48, iters=2)
-    G = settings_in_name(args)
+    tail = settings_in_name(args)
     assert main(args) == 0
     shapes = {p.name: np.asarray(Image.open(p)).shape for p in outdir.iterdir()}
-    assert shapes == {f"sq48__style__gatys{G}.png": (48, 48, 3),
-                      f"b__style__gatys{G}.png": (48, 48, 3),
-                      f"wide__style__gatys{G}.png": (32, 48, 3)}
+    assert shapes == {f"sq48__style__gatys{tail}.png": (48, 48, 3),
+                      f"b__style__gatys{tail}.png": (48, 48, 3),
+                      f"wide__style__gatys{tail}.png": (32, 48, 3)}
 
 
 def test_several_styles_with_weights(files, tmp_path):
@@ -204,14 +204,14 @@ def test_gatys_never_writes_over_a_style_even_with_overwrite(files, tmp_path, ca
 def test_gatys_batch_skips_a_bad_content_and_goes_on(files, tmp_path, capsys):
     out = tmp_path / "out"
     args = gatys_args(files, out, contents=("a", "bad", "sq48"), iters=1)
-    G = settings_in_name(args)
+    tail = settings_in_name(args)
     assert main(args) == 1
     cap = capsys.readouterr()
     assert "done 2, skipped 1" in cap.out
     assert [ln for ln in cap.err.splitlines() if ln.startswith("skipped: ")] == [
         f"skipped: {files['bad']}: not an image (cannot identify format)"]
-    assert sorted(p.name for p in out.iterdir()) == [f"a__style__gatys{G}.png",
-                                                     f"sq48__style__gatys{G}.png"]
+    assert sorted(p.name for p in out.iterdir()) == [f"a__style__gatys{tail}.png",
+                                                     f"sq48__style__gatys{tail}.png"]
 
 
 def test_output_names_the_filesystem_cannot_hold_are_one_line(files, tmp_path, capsys):
@@ -624,7 +624,7 @@ def test_gatys_batch_passes_weights_and_quiet_and_says_what_it_did(files, tmp_pa
                       contents=("sq48", "b", "wide"), size=48)
     i = args.index("--style")
     args[i + 1:i + 2] = [str(files["style"]), str(files["style2"])]
-    G = settings_in_name(args)
+    tail = settings_in_name(args)
     assert main(args) == 0
     cap = capsys.readouterr()
     # --quiet: nothing on stderr; the summary line as stylize's batches
@@ -638,7 +638,7 @@ def test_gatys_batch_passes_weights_and_quiet_and_says_what_it_did(files, tmp_pa
     err = capsys.readouterr().err.splitlines()
     assert [c[3] for c in calls] == [True, True]
     # (named by the styles and their unequal weights, as stylize's batches)
-    name = f"sq48__style+style2@0.7-0.3__gatys{G}.png"
+    name = f"sq48__style+style2@0.7-0.3__gatys{tail}.png"
     assert err[0] == "batch of 2 at 48x48" and \
         f"wrote {out / name}  total=1.5  content=1.5  style=1.5  tv=1.5" in err
     # --batch-size caps a batch (all of a size in one needed memory for all of them)
@@ -797,7 +797,7 @@ def test_gatys_batch_interrupted_keeps_its_results_and_the_same_command_finishes
     computes only the rest (it stopped at once: "a__style__gatys.png: exists; pass --overwrite")."""
     out = tmp_path / "out"
     args = gatys_args(files, out, contents=("wide", "sq48", "b"), size=48)
-    G = settings_in_name(args)
+    tail = settings_in_name(args)
     calls = _fake_gatys(monkeypatch, interrupt_at=2)
     assert main(args) == 130
     cap = capsys.readouterr()
@@ -807,20 +807,21 @@ def test_gatys_batch_interrupted_keeps_its_results_and_the_same_command_finishes
         in cap.out
     # the batch being optimized is written only when it ends: said so
     assert "the 2 images of the batch being optimized are lost" in cap.out
-    assert sorted(p.name for p in out.iterdir()) == [f"wide__style__gatys{G}.png"]
-    kept = (out / f"wide__style__gatys{G}.png").read_bytes()
+    assert sorted(p.name for p in out.iterdir()) == [f"wide__style__gatys{tail}.png"]
+    kept = (out / f"wide__style__gatys{tail}.png").read_bytes()
 
     calls = _fake_gatys(monkeypatch)
     assert main(args) == 1  # something was skipped
     cap = capsys.readouterr()
     assert [ln for ln in cap.err.splitlines() if ln.startswith("skipped: ")] == [
-        f"skipped: {out / f'wide__style__gatys{G}.png'}: exists; pass --overwrite to replace it"]
+        f"skipped: {out / f'wide__style__gatys{tail}.png'}: exists; pass --overwrite to replace it"]
     assert re.fullmatch(r"done 2, skipped 1 \(1 output exists\), [0-9.]+ s, [0-9.]+ images/s\n",
                         cap.out), cap.out
     assert calls == [(2, 48, 48, 3)]  # only the rest ran
     assert sorted(p.name for p in out.iterdir()) == [
-        f"b__style__gatys{G}.png", f"sq48__style__gatys{G}.png", f"wide__style__gatys{G}.png"]
-    assert (out / f"wide__style__gatys{G}.png").read_bytes() == kept
+        f"b__style__gatys{tail}.png", f"sq48__style__gatys{tail}.png",
+        f"wide__style__gatys{tail}.png"]
+    assert (out / f"wide__style__gatys{tail}.png").read_bytes() == kept
 
     assert main(args) == 1  # all done: every content skipped, nothing runs
     cap = capsys.readouterr()
@@ -835,7 +836,7 @@ def test_gatys_batch_interrupted_keeps_its_results_and_the_same_command_finishes
                         ([files["style"], files["style2"]], "style+style2")):
         assert main([*args[:i + 1], *map(str, styles), *args[i + 2:]]) == 0
         assert capsys.readouterr().out.startswith("done 3, skipped 0, ")
-        assert {p.name for p in out.iterdir()} >= {f"{c}__{tag}__gatys{G}.png"
+        assert {p.name for p in out.iterdir()} >= {f"{c}__{tag}__gatys{tail}.png"
                                                    for c in ("wide", "sq48", "b")}
 
 
@@ -845,23 +846,23 @@ def test_gatys_batch_skips_existing_outputs_but_never_writes_over_an_input(files
     real optimizer here); an output that is an input is still the job's error, before any work,
     even with --overwrite; one content with an existing --out file stays an error."""
     out = tmp_path / "out"
-    G = settings_in_name(gatys_args(files, out, iters=1))
+    tail = settings_in_name(gatys_args(files, out, iters=1))
     out.mkdir()
     old = files["style"].read_bytes()
-    (out / f"a__style__gatys{G}.png").write_bytes(old)
+    (out / f"a__style__gatys{tail}.png").write_bytes(old)
     assert main(gatys_args(files, out, contents=("a", "sq48"), iters=1)) == 1
     cap = capsys.readouterr()
-    assert (f"skipped: {out / f'a__style__gatys{G}.png'}: exists; pass --overwrite to replace it"
+    assert (f"skipped: {out / f'a__style__gatys{tail}.png'}: exists; pass --overwrite to replace it"
             in cap.err)
     assert cap.out.startswith("done 1, skipped 1 (1 output exists), ")
-    assert (out / f"a__style__gatys{G}.png").read_bytes() == old
-    assert np.asarray(Image.open(out / f"sq48__style__gatys{G}.png")).shape == (32, 32, 3)
+    assert (out / f"a__style__gatys{tail}.png").read_bytes() == old
+    assert np.asarray(Image.open(out / f"sq48__style__gatys{tail}.png")).shape == (32, 32, 3)
 
     for extra in ((), ("--overwrite",)):
         pattern = files["dir"] / "{name}.png"  # = the contents themselves
         assert main(gatys_args(files, pattern, *extra, contents=("a", "sq48"), iters=1)) == 1
         assert "would overwrite an input" in one_error_line(capsys)
-    assert main(gatys_args(files, out / f"a__style__gatys{G}.png", iters=1)) == 1
+    assert main(gatys_args(files, out / f"a__style__gatys{tail}.png", iters=1)) == 1
     assert "exists; pass --overwrite" in one_error_line(capsys)
 
 
@@ -952,7 +953,7 @@ def test_a_content_named_twice_is_one_job(files, tmp_path, monkeypatch, capsys):
     one job here too, in the order first given; one distinct content keeps the one-content
     rules (``--out`` is the file)."""
     calls = _fake_gatys(monkeypatch)
-    G = settings_in_name(gatys_args(files, tmp_path, size=48))
+    tail = settings_in_name(gatys_args(files, tmp_path, size=48))
     monkeypatch.chdir(files["dir"])
     out = tmp_path / "one.png"
     assert main(gatys_args(files, out, contents=("a", "a")) + ["--content", "./a.png"]) == 0
@@ -962,8 +963,8 @@ def test_a_content_named_twice_is_one_job(files, tmp_path, monkeypatch, capsys):
     assert main(gatys_args(files, od, contents=("b", "a", "b", "a"), size=48)) == 0
     assert calls[1:] == [(2, 48, 48, 3)]
     assert capsys.readouterr().out.startswith("done 2, skipped 0, ")
-    assert sorted(p.name for p in od.iterdir()) == [f"a__style__gatys{G}.png",
-                                                    f"b__style__gatys{G}.png"]
+    assert sorted(p.name for p in od.iterdir()) == [f"a__style__gatys{tail}.png",
+                                                    f"b__style__gatys{tail}.png"]
 
 
 def test_inputs_are_decoded_for_the_working_size_not_at_full_size(files, tmp_path,
@@ -1048,11 +1049,11 @@ def test_gatys_says_which_outputs_adam_left_above_their_start(files, tmp_path, c
     out = tmp_path / "out"
     args = gatys_args(files, out, "--optimizer", "adam", "--lr", "3", contents=("a", "sq48"),
                       iters=8)
-    G = settings_in_name(args)
+    tail = settings_in_name(args)
     assert main(args) == 0
     warned = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning: ")]
     assert [ln.split(": ")[1] for ln in warned] == [
-        str(out / f"a__style__gatys{G}.png"), str(out / f"sq48__style__gatys{G}.png")], warned
+        str(out / f"a__style__gatys{tail}.png"), str(out / f"sq48__style__gatys{tail}.png")], warned
     assert all("above its start: the Adam learning rate (3) is too large; lower it (--lr)" in ln
                for ln in warned)
     assert main(gatys_args(files, tmp_path / "one.png", "--optimizer", "adam", "--lr", "3",
@@ -1068,21 +1069,21 @@ def test_gatys_batch_skips_a_content_whose_output_cannot_be_written(files, tmp_p
     batches skip that item): skipped by name, the rest done; every output unusable (the
     folder itself) is still the job's error."""
     out = tmp_path / "out"
-    G = settings_in_name(gatys_args(files, out, iters=1))
-    (out / f"a__style__gatys{G}.png").mkdir(parents=True)
+    tail = settings_in_name(gatys_args(files, out, iters=1))
+    (out / f"a__style__gatys{tail}.png").mkdir(parents=True)
     assert main(gatys_args(files, out, contents=("a", "sq48"), iters=1)) == 1
     cap = capsys.readouterr()
     assert "done 1, skipped 1" in cap.out, cap
     assert [ln for ln in cap.err.splitlines() if ln.startswith("skipped: ")] == [
-        f"skipped: {out / f'a__style__gatys{G}.png'}: is a directory, expected an output file "
+        f"skipped: {out / f'a__style__gatys{tail}.png'}: is a directory, expected an output file "
         "name"], cap.err
-    assert (out / f"sq48__style__gatys{G}.png").is_file()
-    (out / f"b__style__gatys{G}.png").mkdir()
-    (out / f"sq48__style__gatys{G}.png").unlink()
-    (out / f"sq48__style__gatys{G}.png").mkdir()
+    assert (out / f"sq48__style__gatys{tail}.png").is_file()
+    (out / f"b__style__gatys{tail}.png").mkdir()
+    (out / f"sq48__style__gatys{tail}.png").unlink()
+    (out / f"sq48__style__gatys{tail}.png").mkdir()
     assert main(gatys_args(files, out, contents=("a", "b", "sq48"), iters=1)) == 1
     assert one_error_line(capsys).startswith(
-        f"error: {out / f'a__style__gatys{G}.png'}: is a directory")
+        f"error: {out / f'a__style__gatys{tail}.png'}: is a directory")
 
 
 def test_analyze_and_fit_style_take_the_max_pixels_their_errors_name(files, tmp_path, capsys):
