@@ -192,10 +192,38 @@ def positive_float_arg(text: str) -> float:
     return v
 
 
+class _BestEffortStream:
+    """A text stream whose writes that fail (a full disk, a closed pipe, an I/O error) are
+    dropped: stderr carries progress and diagnostics, and `2>/dev/full` (or a log on a full
+    disk) stopped a whole batch at its first progress line, with nothing said. Everything else
+    is the wrapped stream's."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, s: str) -> int:
+        try:
+            return self._stream.write(s)
+        except (OSError, ValueError):  # (ValueError: a closed file)
+            return len(s)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def printable_stdout() -> None:
     """Let the CLIs print any file name: a name whose bytes are not valid in stdout's encoding
     (non-UTF-8 bytes decode to surrogates) is printed with backslash escapes instead of raising
-    UnicodeEncodeError after the work is done (stderr already does this)."""
+    UnicodeEncodeError after the work is done (stderr already does this). And stderr is best
+    effort: a closed one (`2>&-`) or one that cannot be written (`2>/dev/full`) stopped every
+    batch job at its first progress or "skipped" line; their lines are dropped instead."""
+    import os
     import sys
 
     reconfigure = getattr(sys.stdout, "reconfigure", None)
@@ -204,6 +232,10 @@ def printable_stdout() -> None:
             reconfigure(errors="backslashreplace")
         except (ValueError, OSError):  # a closed or unusual stream: leave it
             pass
+    if sys.stderr is None:  # (2>&-: each use was an AttributeError)
+        sys.stderr = _BestEffortStream(open(os.devnull, "w"))
+    elif not isinstance(sys.stderr, _BestEffortStream):
+        sys.stderr = _BestEffortStream(sys.stderr)
 
 
 def one_line(e: object) -> str:

@@ -1949,6 +1949,35 @@ def test_the_summary_counts_a_blocked_subfolder_as_cannot_write(cli, data):
                      "cannot write"]
 
 
+@pytest.mark.parametrize("stderr", ["full", "closed"])
+def test_a_stderr_that_cannot_be_written_does_not_stop_a_batch(data, model, monkeypatch, capsys,
+                                                               stderr):
+    """`2>/dev/full` (a log on a full disk) and `2>&-` (sys.stderr None) stopped a batch at its
+    first progress line, exit 1, nothing written and nothing said; with --no-progress at its
+    first "skipped:" line. Stderr is best effort: the job runs, stdout has its summary."""
+    import errno
+    import sys
+
+    class Full:
+        def write(self, s):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def isatty(self):
+            return False
+
+    (data["dir"] / "junk.png").write_bytes(b"not an image")  # (a "skipped:" line to write)
+    monkeypatch.setattr(sys, "stderr", Full() if stderr == "full" else None)
+    od = data["tmp"] / "o"
+    rc = cli_stylize.main(["--content", str(data["dir"]), "--style", str(data["styles"][0]),
+                           "--out-dir", str(od), "--model", str(model), "--style-size", SS])
+    assert rc == 1  # (the junk file: skipped, as any batch's)
+    assert "done 3, skipped 1 (1 not an image)" in capsys.readouterr().out
+    assert sorted(p.name.split("__")[0] for p in od.iterdir()) == ["a", "b", "c"]
+
+
 def test_glob_outputs_stay_inside_the_out_dir_and_keep_hidden_subfolders(cli, data):
     """A glob's images are mirrored below its part without wildcards: one that a ``..`` after
     a wildcard leads above that folder goes to the top of --out-dir (never beside it), and a
