@@ -142,7 +142,9 @@ def main(argv=None) -> int:
 
     try:
         from arbitrary_nst import training  # (JAX: seconds, during which Ctrl-C is one line)
+        from arbitrary_nst.errors import check_jax_backend
 
+        check_jax_backend()
         config = training.load_config(args.config, args.overrides)
         training.refuse_unread_folders(config, args.overrides, args.config)
         if args.print_config:

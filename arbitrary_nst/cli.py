@@ -20,7 +20,7 @@ from typing import Any
 
 from .cli_stylize import _number  # (a setting's value in an output name, as stylize's)
 from .errors import (MAX_SEED, ConfigError, ImageError, NSTError, OutOfMemory, UsageParser,
-                     check_named, count_arg, one_line, options_named, out_of_memory,
+                     check_jax_backend, check_named, count_arg, one_line, options_named, out_of_memory,
                      positive_float_arg, printable_stdout)
 
 EXIT_ERROR = 1
@@ -91,6 +91,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "infer.py") -> int:
     try:
         with warnings.catch_warnings():  # (restores showwarning for callers of main())
             warnings.showwarning = _show_warning
+            check_jax_backend()
             return run_removing_new_empty_dirs(args._run, args)
     except OutOfMemory as e:  # (the library's hint names its arguments: max_size=)
         print(f"error: {e.what}: {_memory_hint(args)}", file=sys.stderr)

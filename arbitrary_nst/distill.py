@@ -52,8 +52,8 @@ from PIL import Image
 
 from . import fit_style, refine
 from .data import FLAT_CROP_STD, FLAT_CROP_TRIES
-from .errors import (MAX_SEED, ConfigError, NSTError, UsageParser, check_named, one_line,
-                     printable_stdout)
+from .errors import (MAX_SEED, ConfigError, NSTError, UsageParser, check_jax_backend,
+                     check_named, one_line, printable_stdout)
 from .files import make_dir, removing_new_empty_dirs, write_atomically
 from .images import channel_std
 from .models.predictor import pooled_statistics
@@ -643,6 +643,7 @@ def main(argv: list[str] | None = None) -> int:
     a.rank = a.rank or list(DEFAULT_RANKS)
     a.ridge = a.ridge or list(DEFAULT_RIDGES)
     try:
+        check_jax_backend()
         # (the folders this command creates, e.g. --out, are removed if it fails early)
         with removing_new_empty_dirs():
             for name in ("num_styles", "batch", "contents_per_style", "steps", "fit_steps",

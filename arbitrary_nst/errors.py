@@ -238,6 +238,26 @@ def printable_stdout() -> None:
         sys.stderr = _BestEffortStream(sys.stderr)
 
 
+def check_jax_backend() -> None:
+    """``JAX_PLATFORMS`` naming a backend this machine cannot start (a CUDA image on a host
+    without a GPU, a copied CI environment) was a traceback from the first array: a one-line
+    ConfigError instead. Nothing to check (and JAX not imported) when it is not set."""
+    import os
+
+    platforms = os.environ.get("JAX_PLATFORMS", "").strip()
+    if not platforms:
+        return
+    import jax
+
+    try:
+        jax.devices()
+    except Exception as e:  # noqa: BLE001 - JAX raises RuntimeError, or a bare AssertionError
+        why = one_line(e)
+        raise ConfigError(f"JAX_PLATFORMS={platforms}: JAX cannot start that backend here "
+                          f"({why if len(why) <= 160 else why[:157] + '...'}); unset "
+                          "JAX_PLATFORMS or set it to cpu") from None
+
+
 def one_line(e: object) -> str:
     """``str(e)`` on one line (every run of whitespace one space), or the type's name if empty,
     with any other control character written as an escape (a file name holding ESC [31m coloured

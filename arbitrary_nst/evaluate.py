@@ -82,8 +82,8 @@ from typing import Any
 import numpy as np
 
 from . import fit_style, images
-from .errors import (ConfigError, ImageError, NSTError, UsageParser, check_named, one_line,
-                     out_of_memory, printable_stdout)
+from .errors import (ConfigError, ImageError, NSTError, UsageParser, check_jax_backend,
+                     check_named, one_line, out_of_memory, printable_stdout)
 from .files import (check_writable_dir, is_inside, output_name, removing_new_empty_dirs,
                     write_atomically)
 from .progress import bar as progress_bar
@@ -1425,6 +1425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     printable_stdout()
     args = build_parser().parse_args(argv)
     try:
+        check_jax_backend()
         check_named(args.out, "--out", "the output folder")
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         if not methods:

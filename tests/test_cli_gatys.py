@@ -1140,6 +1140,22 @@ def test_help_says_defaults_in_words_not_python(capsys):
             assert f"(default: as infer.py gatys, {gatys.GatysConfig().iterations})" in text
 
 
+def test_a_jax_backend_that_cannot_start_is_one_line(files, tmp_path):
+    """JAX_PLATFORMS naming a backend the machine lacks (a CUDA image on a host without a GPU)
+    was a traceback from the first array in every command: one line, exit 1, nothing made."""
+    import os
+
+    env = {**os.environ, "JAX_PLATFORMS": "bogus"}
+    r = subprocess.run([sys.executable, str(REPO / "infer.py"), "--content", str(files["a"]),
+                        "--style", str(files["style"]), "--out", str(tmp_path / "o.png")],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("error: JAX_PLATFORMS=bogus: JAX cannot start that backend here "
+                               "(Unable to initialize backend 'bogus'") and \
+        r.stderr.endswith("; unset JAX_PLATFORMS or set it to cpu\n"), r.stderr
+    assert not (tmp_path / "o.png").exists()
+
+
 def test_fit_style_recursive_needs_a_folder(files, tmp_path, capsys):
     """`fit-style --photos c.png --recursive` fitted and said nothing of the option (stylize's
     --content refuses it the same way)."""
