@@ -32,7 +32,8 @@ from arbitrary_nst.errors import UsageParser  # noqa: E402
 from bench.bench_cli import add_overwrite, check_options, write_json, run_main  # noqa: E402
 from bench.bench_cli import meta as run_meta  # noqa: E402
 
-DATA_ROOT = Path(os.environ.get("ARBITRARY_NST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA_ROOT = Path(os.environ.get("ARBITRARY_NST_DATA", "").strip()  # (empty: unset, not ".")
+                 or Path(__file__).resolve().parents[2] / "shared" / "data")
 CONTENT = ["content/bsds500", "content/imagenet_samples", "content/coco2014_sample"]
 STYLE = ["style/peopleart_wikiart", "style/chinese_painting", "style/bob_ross", "style/nst_examples", "texture/dtd10"]
 

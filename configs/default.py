@@ -94,9 +94,10 @@ import ml_collections
 
 from arbitrary_nst.data import default_data_config
 
-#: Training images (see /work/shared/data/README.md); override with $ARBITRARY_NST_DATA.
-DATA_ROOT = Path(os.environ.get("ARBITRARY_NST_DATA",
-                                Path(__file__).resolve().parents[2] / "shared" / "data"))
+#: Training images (see /work/shared/data/README.md); override with $ARBITRARY_NST_DATA (set but
+#: empty is unset, as $ARBITRARY_NST_CACHE: it was the current folder).
+DATA_ROOT = Path(os.environ.get("ARBITRARY_NST_DATA", "").strip()
+                 or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
 def data_dirs() -> tuple[list[str], list[str]]:

@@ -1556,6 +1556,20 @@ def test_training_objective_compares_models_on_the_same_batches(tmp_path, vgg, c
         assert e.value.code == 2 and msg in capsys.readouterr().err
 
 
+def test_an_empty_data_variable_is_unset_not_the_current_folder(tmp_path, monkeypatch):
+    """ARBITRARY_NST_DATA set but empty made the configs read content/bsds500 ... under the
+    current folder ("no such directory" there); it is unset now, as ARBITRARY_NST_CACHE."""
+    monkeypatch.chdir(tmp_path)
+    default = training.load_config(CONFIGS / "cpu_small.py").data.content_dirs
+    for empty in ("", "  "):
+        monkeypatch.setenv("ARBITRARY_NST_DATA", empty)
+        assert training.load_config(CONFIGS / "cpu_small.py").data.content_dirs == default
+    assert all(os.path.isabs(d) for d in default)
+    monkeypatch.setenv("ARBITRARY_NST_DATA", str(tmp_path / "mine"))
+    assert training.load_config(CONFIGS / "cpu_small.py").data.content_dirs[0] == str(
+        tmp_path / "mine" / "content" / "bsds500")
+
+
 def test_a_resume_on_another_device_count_is_said(tmp_path, caplog):
     """A run resumed on another number of devices continued without a word; its weights differ
     by rounding from an uninterrupted run's (the gradients' sum in another order: 0.01 after 8
