@@ -144,8 +144,11 @@ def main(argv=None) -> int:
         from arbitrary_nst import training  # (JAX: seconds, during which Ctrl-C is one line)
         from arbitrary_nst.errors import check_jax_backend
 
-        check_jax_backend()
         config = training.load_config(args.config, args.overrides)
+        distributed = config.get("distributed", None)
+        if not (distributed is not None and distributed.get("initialize", False)):
+            check_jax_backend()  # (a distributed run starts JAX's backend only after
+            # jax.distributed.initialize: asking for the devices first stopped it)
         training.refuse_unread_folders(config, args.overrides, args.config)
         if args.print_config:
             print(config)
