@@ -476,7 +476,7 @@ _GATYS_NAME_PARTS: dict[str, Callable[[Any], str]] = {
 _GATYS_NAME_ROOM = 120
 
 
-def _gatys_settings(cfg, size: int, default_size: int) -> str:
+def _gatys_settings(cfg, size: int) -> str:
     """``__size{N}__iterations{N}__adam...``: the settings of ``cfg`` (and --size) off their
     defaults, for a batch output name (``{content}__{styles}__gatys{settings}.png``); "" at the
     defaults, the names of earlier versions. Two runs with another --iters, --seed, --optimizer, ...
@@ -486,7 +486,7 @@ def _gatys_settings(cfg, size: int, default_size: int) -> str:
     from . import gatys
 
     d = gatys.GatysConfig()
-    parts = [f"size{size}"] if size != default_size else []
+    parts = [f"size{size}"] if size != _GATYS_DEFAULT_SIZE else []
     parts += [part(getattr(cfg, f)) for f, part in _GATYS_NAME_PARTS.items()
               if getattr(cfg, f) != getattr(d, f)]
     shown, used = [], 0
@@ -550,7 +550,7 @@ def _run_gatys(args: argparse.Namespace) -> int:
     tag = "+".join(Path(s).stem for s in args.style)
     if args.style_weights is not None and len(set(args.style_weights)) > 1:
         tag += "@" + "-".join(_number(w) for w in args.style_weights)
-    settings = _gatys_settings(cfg, args.size, _GATYS_DEFAULT_SIZE)
+    settings = _gatys_settings(cfg, args.size)
     outs = output_paths(args.out, args.content, tag=tag, keep="__gatys" + settings,
                         overwrite=args.overwrite,
                         inputs=args.style, skip_existing=many,

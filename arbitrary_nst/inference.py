@@ -1099,10 +1099,9 @@ class Stylizer:
                                   "model: pass it as a style (--style); the model is a "
                                   ".safetensors export or a training workdir")
             name = export.model_file(path)
-            if (why := files.regular_file_problem(name)) == "no such file":
+            # (the rest, a FIFO or a symlink loop, is said by export.read_export's check)
+            if files.regular_file_problem(name) == "no such file":
                 raise ModelError(f"{name}: no such model file")
-            if why is not None:  # (a symlink loop said "no such model file"; a FIFO blocked)
-                raise ModelError(f"{name}: {why}")
         dtypes = {"float32": None, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
         if dtype is not None:
             try:  # strings and dtype objects (jnp.int8 ran, giving flat grey images)

@@ -62,7 +62,7 @@ def settings_in_name(args: list[str]) -> str:
     from arbitrary_nst.cli import _gatys_settings, build_parser, gatys_config_from_args
 
     a = build_parser().parse_args(args)
-    return _gatys_settings(gatys_config_from_args(a), a.size, 512)
+    return _gatys_settings(gatys_config_from_args(a), a.size)
 
 
 def one_error_line(capsys) -> str:
