@@ -99,6 +99,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from arbitrary_nst import images as _images
+from arbitrary_nst import weights as _weights
 from arbitrary_nst.errors import (ConfigError, ImageError, NSTError, UsageParser, check_count,
                                   check_named, count_arg, one_line, positive_float_arg,
                                   printable_stdout)
@@ -132,7 +133,27 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Where prepared TFDS datasets go unless ``data_cfg.data_dir`` says otherwise.
+
+def _in_user_cache(default: str) -> str:
+    """``default`` (a path under ``~/.cache/arbitrary_nst``) moved under ``$ARBITRARY_NST_CACHE``
+    where that is set and not empty (the folder the weights use, :func:`weights.cache_dir`)."""
+    env = os.environ.get(_weights.CACHE_ENV)
+    if env:
+        return os.path.join(os.path.expanduser(env), os.path.basename(default))
+    return os.path.expanduser(default)
+
+
+def data_dir_path(data_dir: Any = None) -> str:
+    """The folder of prepared data: ``data_dir`` with ``~`` expanded, or where it is unset or
+    :data:`DEFAULT_DATA_DIR`, that default under the user cache (:func:`_in_user_cache`)."""
+    value = os.fspath(data_dir) if data_dir else ""
+    if not value or value == DEFAULT_DATA_DIR:
+        return _in_user_cache(DEFAULT_DATA_DIR)
+    return os.path.expanduser(value)
+
+#: Where prepared TFDS datasets go unless ``data_cfg.data_dir`` says otherwise (under
+#: ``$ARBITRARY_NST_CACHE`` instead of ``~/.cache/arbitrary_nst`` where that is set, as the
+#: weights: :func:`data_dir_path`).
 DEFAULT_DATA_DIR = "~/.cache/arbitrary_nst/tfds"
 #: TFDS dataset name of :class:`ImageFolder` (``<data_dir>/<name>/<config>/<version>``).
 BUILDER_NAME = "arbitrary_nst_images"
@@ -159,7 +180,8 @@ def default_data_config() -> Any:
             also be ``'tfds:<name>[#split]'`` to mix in a catalog dataset.
         content_dir_weights / style_dir_weights: optional sampling weight per entry (default:
             proportional to the number of images, i.e. uniform over images).
-        data_dir: where prepared TFDS datasets live (default ``~/.cache/arbitrary_nst/tfds``).
+        data_dir: where prepared TFDS datasets live (default ``~/.cache/arbitrary_nst/tfds``, or
+            ``tfds`` under ``$ARBITRARY_NST_CACHE`` where that is set).
         image_size: side of the square content crops (256).
         style_size: side of the square style crops (256).
         style_resize_range: ``[lo, hi)`` for the random smaller side of style images before the
@@ -309,7 +331,7 @@ def _cfg(data_cfg: Any) -> dict[str, Any]:
                               f"{(lo, hi)}")
         c[key] = (lo, hi)
         key = "data_dir"
-        c[key] = os.path.expanduser(os.fspath(c[key] or DEFAULT_DATA_DIR))
+        c[key] = data_dir_path(c[key])
     except (TypeError, ValueError) as e:
         raise ConfigError(f"data config: {key} has a bad value {c.get(key)!r} "
                           f"({' '.join(str(e).split())})") from None
@@ -1011,7 +1033,7 @@ class _DigestCache:
         self.paths: list[Path] = []
         if root:
             primary = Path(os.path.expanduser(os.fspath(root))) / self.FILE
-            fallback = Path(os.path.expanduser(DIGEST_FALLBACK))
+            fallback = Path(_in_user_cache(DIGEST_FALLBACK))
             self.paths = [primary] + ([fallback] if fallback != primary else [])
         self.entries: dict[str, list] = {}
         for path in reversed(self.paths):  # (the data_dir's own entries win)
@@ -1255,7 +1277,7 @@ def folder_builder(dirs: Sequence[str | os.PathLike[str]], *, data_dir: str | os
     probe = cfg_cls(name="probe", dirs=dirs_t, max_source_side=int(max_source_side),
                     min_source_side=int(min_source_side), jpeg_quality=int(jpeg_quality),
                     max_pixels=int(max_pixels))
-    root = os.path.expanduser(os.fspath(data_dir or DEFAULT_DATA_DIR))
+    root = data_dir_path(data_dir)
     files, _ = _scan_dirs(dirs_t, digest_cache=_DigestCache(root), progress=progress)
     if not files:
         exts = _images.describe_image_extensions()
@@ -1510,7 +1532,7 @@ def source_from_catalog(name: str, split: str = "train", data_dir: str | os.Path
             the download/preparation failed (e.g. offline).
     """
     tfds = _tfds()
-    root = os.path.expanduser(os.fspath(data_dir or DEFAULT_DATA_DIR))
+    root = data_dir_path(data_dir)
     b = _catalog_builder(name, root)
     ready = (Path(b.data_dir) / "dataset_info.json").exists()
     if not ready:
@@ -1707,7 +1729,7 @@ def _copies_across(folders: Sequence[tuple[str, DataSource]],
     prepared ``(folder, source)`` pairs that repeats one of an earlier folder (copies inside
     one folder are named when it is prepared, :func:`_exact_copies`); files its preparation
     skipped are not counted. The digests come from the cache the preparation filled."""
-    cache = _DigestCache(os.path.expanduser(os.fspath(data_dir or DEFAULT_DATA_DIR)))
+    cache = _DigestCache(data_dir_path(data_dir))
     first: dict[str, str] = {}
     copies = []
     for folder, source in folders:
@@ -2492,7 +2514,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="style image folder(s) (or tfds:<name>)")
         p.add_argument("--style-weight", action="extend", nargs="+", type=float, metavar="W",
                        help="sampling weight per --style-dir")
-        p.add_argument("--data-dir", help=f"prepared data location (default {DEFAULT_DATA_DIR})")
+        p.add_argument("--data-dir", help=f"prepared data location (default {DEFAULT_DATA_DIR}, or tfds under "
+                            f"${_weights.CACHE_ENV} where that is set)")
         p.add_argument("--max-source-side", type=int, help="cap on the stored smaller side (512)")
         p.add_argument("--workers", type=int, help="decode threads (2)")
         p.add_argument("--max-pixels", type=int, metavar="N",

@@ -21,7 +21,7 @@ from PIL import Image, ImageFilter
 
 # tensorflow-datasets and array-record are requirements: a missing one fails these tests
 # (arbitrary_nst.data imports them), never skips them
-from arbitrary_nst import data, images
+from arbitrary_nst import data, images, weights
 from arbitrary_nst.errors import ConfigError
 from arbitrary_nst.images import load_image
 
@@ -685,6 +685,24 @@ def test_cli_prepare_skip_lines_escape_control_characters(tmp_path, capsys):
     assert len(lines) == 2 and "\x1b" not in out, out
     assert lines[0].startswith(f"skipped {d}/bad name.jpg: ")
     assert lines[1].startswith(f"skipped {d}/esc\\x1b[31m.jpg: ")
+
+
+def test_default_data_dir_follows_the_cache_variable(folder, tmp_path, monkeypatch, capsys):
+    """Prepared data went to ~/.cache/arbitrary_nst/tfds whatever $ARBITRARY_NST_CACHE said (the
+    weights follow it: a user who moved the cache off a small home still filled it)."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path / "cache"))
+    assert data._cfg(None)["data_dir"] == str(tmp_path / "cache" / "tfds")
+    assert data.main(["prepare", "--content-dir", str(folder)]) == 0
+    assert "total: " in capsys.readouterr().out
+    assert (tmp_path / "cache" / "tfds" / data.BUILDER_NAME).is_dir()
+    assert not home.exists()
+    # unset or empty: the home's cache; an explicit folder stays as given
+    monkeypatch.setenv(weights.CACHE_ENV, "")
+    assert data._cfg(None)["data_dir"] == str(home / ".cache" / "arbitrary_nst" / "tfds")
+    monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path / "cache"))
+    assert data._cfg({"data_dir": "~/d"})["data_dir"] == str(home / "d")
 
 
 def test_cli_prepare_prints_counts(folder, tmp_path, capsys):
