@@ -646,6 +646,9 @@ def _check_unique_names(what: str, files: Sequence[Path]) -> None:
 #: What a resumed evaluation must share with the run it resumes (its images are reused).
 _RESUME_KEYS = ("size", "model", "model_file", "palette", "strength", "style_size",
                 "refine_steps", "gatys_iters", "fit_steps", "fit_photos", "backend")
+#: Recorded beside them for the reader: the palette and style size the model ran with where
+#: the run left them to it (the model file's bytes determine them).
+_RECORDED_ONLY_KEYS = ("palette_used", "style_size_used")
 #: The settings each method's images depend on (a resume compares only those: a new
 #: --strength does not make the identity's or Gatys' images stale).
 _MODEL_KEYS = ("size", "model", "model_file", "palette", "strength", "style_size", "backend")
@@ -678,6 +681,9 @@ def _check_resume_settings(out_dir: Path, info: dict[str, Any], model_path: str 
     # the model file by its bytes (its size and mtime were recorded: the same model copied or
     # downloaded again over it was refused as another model)
     now["model_file"] = _file_sha1(model) if st else None
+    for k in _RECORDED_ONLY_KEYS:  # (determined by the others: recorded, not compared)
+        if k in info:
+            now[k] = info[k]
     path = out_dir / "settings.json"
     recorded: dict[str, Any] = {}
     if resume and not path.is_file() and any((out_dir / "images").glob("*/*.png")):
@@ -912,6 +918,12 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
     ran_on = {getattr(getattr(b, "stylizer", None), "backend", None) for b in built.values()}
     ran_on.discard(None)
     info["backend"] = ran_on.pop() if len(ran_on) == 1 else None
+    # what the model ran with where --palette / --style-size were left to it ("palette": null
+    # alone did not say which palette made the images)
+    stylizer = next((b.stylizer for b in built.values() if getattr(b, "stylizer", None)), None)
+    if stylizer is not None:
+        info["palette_used"] = float(stylizer.model.palette if palette is None else palette)
+        info["style_size_used"] = int(stylizer.style_size)
     _check_resume_settings(out_dir, info, model_path, resume, methods, inputs)
     for m in methods:  # our own folders: a file there is one line, not a traceback later
         try:

@@ -405,6 +405,14 @@ def test_style_size_reaches_the_model_methods(tiny_set, tmp_path, vgg):
     small = evaluate.evaluate(tiny_set / "content", tiny_set / "style", tmp_path / "b",
                               style_size=40, method_factory=factory, **kw)
     assert made == [40] and small.info["style_size"] == 40 and default.info["style_size"] is None
+    # what the model ran with is recorded where it was left to the model (null said nothing)
+    from arbitrary_nst.inference import Stylizer
+    builtin = Stylizer.load(vgg=vgg)
+    assert default.info["style_size_used"] == builtin.style_size and small.info["style_size_used"] == 40
+    assert default.info["palette_used"] == builtin.model.palette > 0
+    recorded = json.loads((tmp_path / "a" / "settings.json").read_text())["methods"]["model"]
+    assert recorded["style_size"] is None and recorded["style_size_used"] == builtin.style_size
+    assert recorded["palette"] is None and recorded["palette_used"] == builtin.model.palette
     a = images.load_image(tmp_path / "a" / "images" / "model" / "astronaut__strokes.png")
     b = images.load_image(tmp_path / "b" / "images" / "model" / "astronaut__strokes.png")
     assert a.shape == b.shape and np.abs(a - b).mean() > 1e-3
