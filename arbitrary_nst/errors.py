@@ -217,12 +217,49 @@ class _BestEffortStream:
         return getattr(self._stream, name)
 
 
+class _ReaderMayLeaveStream(_BestEffortStream):
+    """stdout whose reader may go away: a closed pipe (`| head -1`, a pager quit early) drops
+    the lines written after it. stdout carries summaries of work whose results are files, and
+    the summary's failed write was "error: Broken pipe", exit status 1, after every output had
+    been written (or, mid-batch, stopped the batch). The file descriptor is pointed at
+    /dev/null then, so the text still buffered does not fail again when Python exits
+    ("Exception ignored ... BrokenPipeError"). Other write errors (`>/dev/full`) still raise:
+    the user asked for that output to be kept."""
+
+    def write(self, s: str) -> int:
+        try:
+            return self._stream.write(s)
+        except BrokenPipeError:
+            self._drop_the_pipe()
+            return len(s)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._drop_the_pipe()
+
+    def _drop_the_pipe(self) -> None:
+        import os
+
+        try:
+            fd = self._stream.fileno()
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, fd)
+            finally:
+                os.close(devnull)
+        except (OSError, ValueError, AttributeError):  # (no file descriptor: a test's stream)
+            pass
+
+
 def printable_stdout() -> None:
     """Let the CLIs print any file name: a name whose bytes are not valid in stdout's encoding
     (non-UTF-8 bytes decode to surrogates) is printed with backslash escapes instead of raising
     UnicodeEncodeError after the work is done (stderr already does this). And stderr is best
     effort: a closed one (`2>&-`) or one that cannot be written (`2>/dev/full`) stopped every
-    batch job at its first progress or "skipped" line; their lines are dropped instead."""
+    batch job at its first progress or "skipped" line; their lines are dropped instead. stdout
+    whose reader closed the pipe drops its lines too (:class:`_ReaderMayLeaveStream`)."""
     import os
     import sys
 
@@ -232,6 +269,8 @@ def printable_stdout() -> None:
             reconfigure(errors="backslashreplace")
         except (ValueError, OSError):  # a closed or unusual stream: leave it
             pass
+    if sys.stdout is not None and not isinstance(sys.stdout, _BestEffortStream):
+        sys.stdout = _ReaderMayLeaveStream(sys.stdout)
     if sys.stderr is None:  # (2>&-: each use was an AttributeError)
         sys.stderr = _BestEffortStream(open(os.devnull, "w"))
     elif not isinstance(sys.stderr, _BestEffortStream):

@@ -1978,6 +1978,35 @@ def test_a_stderr_that_cannot_be_written_does_not_stop_a_batch(data, model, monk
     assert sorted(p.name.split("__")[0] for p in od.iterdir()) == ["a", "b", "c"]
 
 
+def test_a_reader_that_leaves_does_not_fail_the_batch(data, model):
+    """`infer.py ... | head -0` (a reader that closed the pipe) wrote every output, then said
+    "error: Broken pipe" and exited 1 on the summary line. stdout's lines are dropped then;
+    no "Exception ignored" when Python flushes it at exit either. A stdout that cannot be
+    written for another reason (a full disk) is still an error."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # (the reader left before the first line: each write is EPIPE)
+    od = data["tmp"] / "o"
+    argv = [sys.executable, "infer.py", "--content", str(data["dir"]), "--style",
+            str(data["styles"][0]), "--out-dir", str(od), "--model", str(model),
+            "--style-size", SS]
+    try:
+        r = subprocess.run(argv, stdout=write_end, stderr=subprocess.PIPE, text=True,
+                           timeout=300, cwd=REPO)
+    finally:
+        os.close(write_end)
+    assert r.returncode == 0, r.stderr[-800:]
+    assert "Broken pipe" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr
+    assert sorted(p.name.split("__")[0] for p in od.iterdir()) == ["a", "b", "c"]
+    if not os.path.exists("/dev/full"):
+        return
+    with open("/dev/full", "w") as full:
+        r = subprocess.run(argv[:-6] + ["--out-dir", str(data["tmp"] / "o2"), "--model",
+                                        str(model), "--style-size", SS],
+                           stdout=full, stderr=subprocess.PIPE, text=True, timeout=300,
+                           cwd=REPO)
+    assert r.returncode == 1 and "error: No space left on device" in r.stderr, r.stderr[-800:]
+
+
 def test_glob_outputs_stay_inside_the_out_dir_and_keep_hidden_subfolders(cli, data):
     """A glob's images are mirrored below its part without wildcards: one that a ``..`` after
     a wildcard leads above that folder goes to the top of --out-dir (never beside it), and a
