@@ -1657,9 +1657,10 @@ class Stylizer:
             y = np.asarray(color.transfer_luminance(y, xf))
         return images.to_uint8(y) if out_uint8 else y
 
-    def _prepare_array(self, key, img: np.ndarray, plan: _Plan, e=None, meta=None) -> _Item:
+    def _prepare_array(self, key, img: np.ndarray, plan: _Plan, e=None, meta=None,
+                       stop: threading.Event | None = None) -> _Item:
         if plan.refine is not None and e is None:
-            e = self._refined(img, plan)
+            e = self._refined(img, plan, stop)
         h, w = img.shape[:2]
         x = pad_to(img, self.padded_shape(h, w))
         small = cm = None
@@ -1671,16 +1672,19 @@ class Stylizer:
                 cm = color.color_moments_np(f)
         return _Item(key, x, (h, w), small, e, meta, cm=cm)
 
-    def _refined(self, img: np.ndarray, plan: _Plan) -> np.ndarray:
+    def _refined(self, img: np.ndarray, plan: _Plan,
+                 stop: threading.Event | None = None) -> np.ndarray:
         """The plan's embedding refined for this content (see :meth:`refine_embedding`)."""
         f = img if img.dtype == np.float32 else img.astype(np.float32) / np.float32(255.0)
-        e, _ = self._refine_one(f, plan.e_target, plan.weights, plan.refine)
+        e, _ = self._refine_one(f, plan.e_target, plan.weights, plan.refine, stop)
         return e
 
     def _refine_one(self, content: np.ndarray, e0: np.ndarray, weights: np.ndarray,
-                    r: _Refine) -> tuple[np.ndarray, np.ndarray]:
+                    r: _Refine, stop: threading.Event | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
         """``r.steps`` Adam steps from ``e0`` on the square working copy of float ``content``:
-        ``(embedding [D], loss history [steps + 1])``."""
+        ``(embedding [D], loss history [steps + 1])``. ``stop`` set: abandoned between two
+        steps (:class:`~arbitrary_nst.refine.Abandoned`)."""
         from . import refine
 
         if r.steps and (why := images.blank_reason(content)) is not None:
@@ -1691,7 +1695,8 @@ class Stylizer:
             e, hist = refine.refine_embeddings(
                 (self._graphdef, self._state), work, r.styles_small, weights,
                 np.asarray(e0, np.float32)[None], steps=r.steps, learning_rate=r.learning_rate,
-                style_weight=r.style_weight, palette=r.palette)
+                style_weight=r.style_weight, palette=r.palette,
+                should_stop=None if stop is None else stop.is_set)
         if not np.all(np.isfinite(e)):
             raise ModelError("refinement diverged (the loss became NaN or infinite); try fewer "
                              "steps or a lower learning rate")
@@ -1964,7 +1969,7 @@ class Stylizer:
             i, p, dest = job
             try:
                 arr = images.load_pixels(p, max_pixels=self.max_pixels, max_side=max_size)
-                return self._prepare_array(i, arr, plan, meta=job)
+                return self._prepare_array(i, arr, plan, meta=job, stop=stop)
             except ImageError as e:  # an array-level error (e.g. blank) gets the file's name
                 return e if e.path is not None else ImageError(p, e.reason)
             except NSTError as e:
@@ -1985,6 +1990,10 @@ class Stylizer:
                 return FileResult(p, dest, False, why, "cannot write", shape=item.hw)
             return FileResult(p, dest, True, shape=item.hw)
 
+        # set when the iteration ends early (Ctrl-C, SIGTERM, close()): a decode thread's
+        # refinement stops at its next step instead of holding the shutdown below until all
+        # of its steps ran (minutes for a long --refine)
+        stop = threading.Event()
         decode = cf.ThreadPoolExecutor(nw, thread_name_prefix="nst-decode")
         encode = cf.ThreadPoolExecutor(nw, thread_name_prefix="nst-encode") if writing else None
         skipped: collections.deque = collections.deque()
@@ -2025,6 +2034,7 @@ class Stylizer:
             while writes:
                 yield writes.popleft().result()
         finally:
+            stop.set()
             decode.shutdown(wait=True, cancel_futures=True)
             if encode is not None:
                 encode.shutdown(wait=True, cancel_futures=True)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -153,18 +154,28 @@ def _refine_loss(graphdef, state, content, content_feats, targets, moments, pale
                     style_weight, moments, palette)(e)[1]
 
 
+class Abandoned(Exception):
+    """The caller's ``should_stop`` said so between two steps (a batch that was interrupted)."""
+
+
 def _run_refine(graphdef, state, content, style, style_w, e0, learning_rate, palette, *,
-                steps: int, style_weight: float):
+                steps: int, style_weight: float, should_stop=None):
     content_feats, targets, moments = _refine_targets(graphdef, state, content, style, style_w,
                                                       style_weight=style_weight)
     # (placed as the step returns them: one executable for every step, see placed_like_outputs)
     e, opt_state = placed_like_outputs((e0, optax.adam(learning_rate).init(e0)), state)
     history = []
     for _ in range(steps):
+        if should_stop is not None and should_stop():
+            raise Abandoned("refinement abandoned")
         e, opt_state, per_example = _refine_step(graphdef, state, content, content_feats,
                                                  targets, moments, palette, e, opt_state,
                                                  learning_rate, style_weight=style_weight)
         history.append(per_example)
+        # wait for each step: the loop enqueued every step at once and then waited in C, where
+        # a Ctrl-C / SIGTERM (or should_stop) waited for all of them; now for one step (the
+        # next step's dispatch is microseconds beside a step's compute)
+        per_example.block_until_ready()
     history.append(_refine_loss(graphdef, state, content, content_feats, targets, moments,
                                 palette, e, style_weight=style_weight))
     return e, jnp.stack(history, axis=0)
@@ -174,7 +185,9 @@ def refine_embeddings(model, content: np.ndarray, style: np.ndarray, style_weigh
                       e0: np.ndarray, *, steps: int = DEFAULT_STEPS,
                       learning_rate: float = DEFAULT_LEARNING_RATE,
                       style_weight: float = DEFAULT_STYLE_WEIGHT,
-                      palette: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+                      palette: float | None = None,
+                      should_stop: Callable[[], bool] | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
     """Refine ``e0`` for each content.
 
     Args:
@@ -187,6 +200,8 @@ def refine_embeddings(model, content: np.ndarray, style: np.ndarray, style_weigh
       e0: ``[B, D]`` starting embeddings (e.g. the predicted, mixed embedding per content).
       palette: the palette the loss sees the output with (default: the model's; 0: the raw
         network output).
+      should_stop: asked before each step; True raises :class:`Abandoned` (a batch's decode
+        thread refines: its shutdown waited for every step).
 
     Returns ``(embeddings [B, D] float32, loss history [steps + 1, B])``: the weighted
     training loss of each example before every step and after the last.
@@ -206,5 +221,5 @@ def refine_embeddings(model, content: np.ndarray, style: np.ndarray, style_weigh
     e, hist = _run_refine(graphdef, state, content, jnp.asarray(style, jnp.float32),
                           jnp.asarray(style_weights, jnp.float32), e0,
                           jnp.float32(learning_rate), amount, steps=int(steps),
-                          style_weight=float(style_weight))
+                          style_weight=float(style_weight), should_stop=should_stop)
     return np.asarray(e, np.float32), np.asarray(hist, np.float32)

@@ -550,6 +550,44 @@ def test_sigterm_stops_a_batch_like_ctrl_c(cli, data, monkeypatch, stop_signals_
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # (restored)
 
 
+def test_sigterm_during_refine_stops_within_a_step(cli, data, monkeypatch,
+                                                   stop_signals_by_default):
+    """--refine runs in a decode thread: SIGTERM (or Ctrl-C) reached the main thread at once,
+    but its clean-up waited for the thread's every remaining step (a long --refine never
+    stopped). The refinement now stops at its next step."""
+    import os
+    import signal
+    import time
+
+    from arbitrary_nst import refine
+    from arbitrary_nst.errors import run_command
+
+    real, calls = refine._refine_step, []
+
+    def step(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        if len(calls) > 60:  # (the old code ran all 100000 steps: fail, do not hang)
+            raise RuntimeError("the refinement went on after SIGTERM")
+        return real(*a, **k)
+
+    monkeypatch.setattr(refine, "_refine_step", step)
+    got = {}
+
+    def command():
+        got["rc"], got["out"], got["err"] = cli(
+            "--content", data["contents"][0], "--style", data["styles"][0], "--out",
+            data["tmp"] / "r.png", "--refine", "100000", "--no-progress")
+        return got["rc"]
+
+    t0 = time.perf_counter()
+    assert run_command(command) == 143, got
+    assert len(calls) <= 5 and time.perf_counter() - t0 < 120, (len(calls), got)
+    assert got["err"].strip().endswith("error: interrupted"), got
+    assert not (data["tmp"] / "r.png").exists()
+
+
 def test_sighup_is_an_interruption_unless_ignored(stop_signals_by_default):
     """A closed terminal (SIGHUP) stops a command like Ctrl-C (status 129); under ``nohup``
     (SIGHUP ignored) the command goes on."""
