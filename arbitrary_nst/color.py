@@ -278,6 +278,30 @@ def color_moments_np(x: np.ndarray) -> np.ndarray:
     return np.concatenate([mean, second.reshape(9)]).astype(np.float32)
 
 
+def color_stats_np(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`color_stats` of one ``[H, W, 3]`` float image in numpy (mean ``[3]``, covariance
+    ``[3, 3]``, float32), centred as :func:`color_moments_np`: for the host path, where the
+    jax version compiled anew for every image size."""
+    flat = np.asarray(x, np.float32).reshape(-1, 3)
+    mean = flat.mean(0, dtype=np.float64)
+    d = flat - mean.astype(np.float32)
+    dm = d.mean(0, dtype=np.float64)
+    cov = (d.T @ d).astype(np.float64) / len(flat) - np.outer(dm, dm)
+    return mean.astype(np.float32), cov.astype(np.float32)
+
+
+def transfer_luminance_np(stylized: np.ndarray, content: np.ndarray) -> np.ndarray:
+    """:func:`transfer_luminance` (YIQ) in numpy, float32: the content plus the change of
+    luminance (the chroma rows of YIQ sum to 0, so that is the same), clipped to [0, 1]."""
+    s = np.asarray(stylized, np.float32)
+    c = np.asarray(content, np.float32)
+    if s.shape != c.shape:
+        raise ConfigError(f"transfer_luminance: shapes differ: {s.shape} vs {c.shape}")
+    m = _matrix("yiq")
+    out = np.concatenate([s @ m[:1].T, c @ m[1:].T], axis=-1)
+    return np.clip(out @ np.linalg.inv(m).T.astype(np.float32), 0.0, 1.0)
+
+
 def stats_from_moments(moments) -> tuple[jax.Array, jax.Array]:
     """``[..., 12]`` moments -> mean ``[..., 3]`` and covariance ``[..., 3, 3]``."""
     m = _f32(moments)
@@ -289,7 +313,11 @@ def stats_from_moments(moments) -> tuple[jax.Array, jax.Array]:
     return mean, 0.5 * (cov + jnp.swapaxes(cov, -1, -2))
 
 
-def align_to_moments(x, moments, amount=1.0, eps: float = 1e-4, mask=None, *,
+#: :func:`align_to_moments`' floor of the covariances' eigenvalues (a flat image is not blown up).
+ALIGN_EPS = 1e-4
+
+
+def align_to_moments(x, moments, amount=1.0, eps: float = ALIGN_EPS, mask=None, *,
                      exact_gradient: bool = False) -> jax.Array:
     """``x`` (``[..., H, W, 3]``) moved ``amount`` of the way to the affine recolouring that gives
     it the colour mean and covariance of ``moments`` (``[..., 12]``; see :func:`color_moments`),

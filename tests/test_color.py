@@ -73,6 +73,10 @@ def test_luminance_transfer_is_the_same_in_yiq_and_yuv(imgs):
     for space in ("yiq", "yuv"):
         np.testing.assert_allclose(np.asarray(color.transfer_luminance(stylized, a, space)),
                                    want, atol=2e-6, err_msg=space)
+    # the host twin (onnxruntime's outputs: no compile per image size)
+    np.testing.assert_allclose(color.transfer_luminance_np(stylized, a), want, atol=2e-6)
+    with pytest.raises(ConfigError, match="shapes differ"):
+        color.transfer_luminance_np(stylized[:, :8], a)
 
 
 def test_match_luminance_moments(imgs):
@@ -145,6 +149,10 @@ def test_color_stats_with_a_mask_are_those_of_the_masked_in_pixels(imgs):
         px = x[i, :h, :w].reshape(-1, 3).astype(np.float64)
         np.testing.assert_allclose(mean[i], px.mean(0), atol=1e-6)
         np.testing.assert_allclose(cov[i], np.cov(px.T, bias=True), atol=1e-6)
+        # the host twin of one crop (the onnxruntime backend's palette)
+        m_np, c_np = color.color_stats_np(x[i, :h, :w])
+        np.testing.assert_allclose(m_np, px.mean(0), atol=1e-6)
+        np.testing.assert_allclose(c_np, np.cov(px.T, bias=True), atol=1e-6)
     # a full mask is no mask
     full = color.color_stats(x, np.ones(x.shape[:3], np.float32))
     for got, want in zip(full, color.color_stats(x)):
