@@ -695,11 +695,16 @@ def _check_resume_settings(out_dir: Path, info: dict[str, Any], model_path: str 
             before = json.loads(path.read_text())
             if not isinstance(before, dict):
                 raise ValueError("not a JSON object")
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"{path}: unreadable ({e}); delete it, or use a new --out") from None
-        # (an older flat file recorded one set of settings for every method)
-        recorded = before.get("methods", {}) if "methods" in before else {
-            m: before for m in METHODS}
+            # (an older flat file recorded one set of settings for every method)
+            recorded = before.get("methods", {}) if "methods" in before else {
+                m: before for m in METHODS}
+            # ({"methods": ["x"]} or a method's entry not an object was an AttributeError)
+            if not isinstance(recorded, dict) or not all(isinstance(v, dict)
+                                                         for v in recorded.values()):
+                raise ValueError("its methods are not JSON objects")
+        except (OSError, ValueError, RecursionError) as e:
+            raise ConfigError(f"{path}: unreadable ({one_line(e)}); delete it, or use a new "
+                              "--out") from None
     inputs = dict(inputs or {})
     kept: dict[str, dict[str, str]] = {}  # per resumed method: the inputs its images came from
     if resume:
@@ -950,7 +955,7 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
                 times = json.loads(times_path.read_text())
                 if not isinstance(times, dict):
                     raise ValueError("not a JSON object")
-            except (OSError, ValueError) as e:
+            except (OSError, ValueError, RecursionError) as e:
                 raise ConfigError(f"{times_path}: unreadable ({' '.join(str(e).split())}); "
                                   "delete it (its images are made again), or use a new "
                                   "--out") from None
@@ -1044,7 +1049,7 @@ def _earlier_run_times(out_dir: Path) -> dict[str, dict[str, float]]:
         return {k: {m: float(v) for m, v in info.get(k, {}).items()
                     if isinstance(v, (int, float))}
                 for k in ("compile_seconds", "embed_seconds")}
-    except (OSError, ValueError, AttributeError, TypeError):
+    except (OSError, ValueError, AttributeError, TypeError, RecursionError):
         return {}
 
 
@@ -1217,7 +1222,7 @@ def _stale_sheets(out: Path, methods: Sequence[str]) -> list[Path]:
     or foreign results.json gives none)."""
     try:
         before = json.loads((out / "results.json").read_text()).get("methods")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return []
     if not isinstance(before, list):
         return []

@@ -249,6 +249,13 @@ def test_resume_refuses_changed_inputs_and_unknown_images(tiny_set, tmp_path, vg
     (out / "images" / "identity" / "times.json").write_text('{"a":')
     with pytest.raises(ConfigError, match="times.json: unreadable"):
         evaluate.evaluate(contents, tiny_set / "style", out, resume=True, **kw)
+    # damaged: not objects where objects are recorded, or nested past the parser's depth
+    # (AttributeError / RecursionError tracebacks, even without --resume)
+    for bad in ('{"methods": ["x"]}', '{"methods": {"identity": 5}}', "[" * 100000 + "]" * 100000):
+        (out / "settings.json").write_text(bad)
+        for resume in (False, True):
+            with pytest.raises(ConfigError, match="settings.json: unreadable .*delete it"):
+                evaluate.evaluate(contents, tiny_set / "style", out, resume=resume, **kw)
     (out / "settings.json").unlink()
     with pytest.raises(ConfigError, match="holds images but no settings.json"):
         evaluate.evaluate(contents, tiny_set / "style", out, resume=True, **kw)
