@@ -1401,10 +1401,14 @@ class Stylizer:
                 skipped.append(f"{name}: smaller than 32 px on its shorter side ({f.shape[1]}x"
                                f"{f.shape[0]} px as read, the longer side at most {8 * wsize})")
                 continue
-            if (why := images.blank_reason(f)) is not None:  # its gradient would be NaN
-                skipped.append(f"{name}: {why}")
+            w = style_working_image(f, wsize)  # one shape: smaller photos upscaled
+            # (of the centre square the fit sees: a photo blank there but not at its sides
+            # made the whole fit's loss NaN, "fit_style diverged")
+            if (why := images.blank_reason(w)) is not None:  # its gradient would be NaN
+                skipped.append(f"{name}: {why}" + ("" if images.blank_reason(f) else
+                                                   " in its centre square"))
                 continue
-            work.append(style_working_image(f, wsize))  # one shape: smaller photos upscaled
+            work.append(w)
         if not work:
             first = f": {skipped[0]}" + (", ..." if len(skipped) > 1 else "") if skipped else ""
             raise ConfigError(f"fit_style: no usable photos ({len(skipped)} skipped{first})")
@@ -1563,7 +1567,8 @@ class Stylizer:
         moments of some image's pixels in [0, 1] (means in [0, 1], a positive semi-definite
         covariance); others gave black or muddy images without a word."""
         m = _moments_array(moments)
-        if m.ndim == 2 and m.shape[-1] == color.MOMENTS_DIM:
+        # (mixed only when finite: mix's own check called NaN moments "embeddings")
+        if m.ndim == 2 and m.shape[-1] == color.MOMENTS_DIM and np.all(np.isfinite(m)):
             m = self.mix(m, weights)
         if m.shape != (color.MOMENTS_DIM,) or not np.all(np.isfinite(m)):
             raise ConfigError(f"palette_moments must be finite numbers with shape "
@@ -1699,10 +1704,12 @@ class Stylizer:
         steps (:class:`~arbitrary_nst.refine.Abandoned`)."""
         from . import refine
 
-        if r.steps and (why := images.blank_reason(content)) is not None:
-            raise ImageError(None, f"{why}: refinement needs some texture in the content; "
-                                   "stylize it without refine_steps (--refine)")
         work = style_working_image(content, _refine_side(content.shape, r.size))[None]
+        # (of the centre square refined on: a photo blank there only "diverged")
+        if r.steps and (why := images.blank_reason(work[0])) is not None:
+            where = "" if images.blank_reason(content) else " in its centre square"
+            raise ImageError(None, f"{why}{where}: refinement needs some texture in the "
+                                   "content; stylize it without refine_steps (--refine)")
         with self._refine_lock:  # decode threads call this; one optimization at a time
             e, hist = refine.refine_embeddings(
                 (self._graphdef, self._state), work, r.styles_small, weights,

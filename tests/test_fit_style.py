@@ -309,6 +309,12 @@ def test_stylizer_errors_and_bad_photos(st, fitted, photos, tmp_path):
                       steps=2, size=32)
     assert fs.info["photos"] == 1 and "blank (pixel std 0.0000" in fs.info["skipped"][0]
     assert np.all(np.isfinite(fs.conditioning))
+    # blank only in the centre square the fit sees: the whole fit "diverged" (NaN)
+    sides = np.full((40, 120, 3), 0.5, np.float32)
+    sides[:, :30] = sides[:, -30:] = np.random.default_rng(0).random((40, 30, 3))
+    fs = st.fit_style(smooth_image(40, 40, 3), [sides, good], steps=2, size=32)
+    assert fs.info["photos"] == 1 and fs.info["skipped"][0].endswith("in its centre square")
+    assert np.all(np.isfinite(fs.conditioning))
     # and a fitted style with NaN is not written (load would refuse it)
     nan = dataclasses.replace(fitted, conditioning=np.full_like(fitted.conditioning, np.nan))
     with pytest.raises(ModelError, match="not written: .*NaN"):
