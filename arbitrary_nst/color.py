@@ -147,13 +147,19 @@ def transfer_luminance(stylized, content, space: ColorSpace = "yiq") -> jax.Arra
     return jnp.clip(from_space(out, space), 0.0, 1.0)
 
 
+def _std(y: jax.Array, eps: float) -> jax.Array:
+    """Per-image std over (H, W), ``sqrt(var + eps^2)``: finite gradient at zero variance."""
+    return jnp.sqrt(jnp.var(y, axis=(-2, -1), keepdims=True) + eps * eps)
+
+
 def match_luminance(source, target, eps: float = 1e-5) -> jax.Array:
     """Gray RGB image whose luminance is ``source``'s luminance shifted and scaled to the mean and
     standard deviation of ``target``'s luminance (Gatys et al. 2017, eq. 1), clipped to [0, 1].
     ``source`` and ``target`` may have different sizes; statistics are per image (over H, W)."""
     ys, yt = luminance(source), luminance(target)
-    ms, ss = jnp.mean(ys, axis=(-2, -1), keepdims=True), jnp.std(ys, axis=(-2, -1), keepdims=True)
-    mt, st = jnp.mean(yt, axis=(-2, -1), keepdims=True), jnp.std(yt, axis=(-2, -1), keepdims=True)
+    # sqrt(var + eps^2), not jnp.std: the std's gradient at a flat image is 0/0 (NaN)
+    ms, ss = jnp.mean(ys, axis=(-2, -1), keepdims=True), _std(ys, eps)
+    mt, st = jnp.mean(yt, axis=(-2, -1), keepdims=True), _std(yt, eps)
     y = (ys - ms) * (st / (ss + eps)) + mt
     return jnp.repeat(jnp.clip(y, 0.0, 1.0)[..., None], 3, axis=-1)
 

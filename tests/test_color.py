@@ -1,6 +1,8 @@
 """Colour helpers: colour spaces, luminance transfer, mean/covariance colour matching."""
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -316,6 +318,11 @@ def test_match_luminance_is_one_affine_map_per_image():
         want = np.clip(y, 0.0, 1.0)
         np.testing.assert_allclose(out[i], np.repeat(want[..., None], 3, -1), atol=2e-5)
     assert out.max() <= 1.0 and (out == 1.0).any()  # the clip was needed
+    # a flat source (black, one colour): the gradient was NaN everywhere (jnp.std at 0)
+    for flat in (np.zeros((1, 8, 8, 3), np.float32), np.full((1, 8, 8, 3), (0.9, 0.1, 0.1),
+                                                             np.float32)):
+        g = jax.grad(lambda x: color.match_luminance(x, tgt[:1]).sum())(jnp.asarray(flat))
+        assert np.all(np.isfinite(np.asarray(g)))
 
 
 def test_sym_pow_derivative_along_a_nonsymmetric_direction():
