@@ -1219,6 +1219,37 @@ def test_npz_source_gives_every_stored_image_back(tmp_path):
     assert sorted(style.path(i) for i in range(4)) == [f"synthetic-style[{k}]" for k in range(4)]
 
 
+def test_npz_source_refuses_malformed_paths_and_offsets_in_one_line(tmp_path):
+    """Paths and offsets are checked when the file is opened: a 0-d ``content_paths`` gave a
+    TypeError traceback, a short one an IndexError in a loader thread (naming an image that
+    would not decode), and bad offsets (decreasing, float, all zero, not ending at the buffer's
+    end) read as 'cannot decode stored image' deep in training."""
+    srcs = {"content": data.SyntheticSource("content", 3), "style": data.SyntheticSource("style", 2)}
+    good = tmp_path / "good.npz"
+    data.export_arrays({}, good, n_content=3, n_style=2, size=64, sources=srcs)
+    valid = dict(np.load(good, allow_pickle=False))
+    off, end = valid["content_offsets"], len(valid["content_jpeg"])
+    cases = {
+        "paths0d": ({"content_paths": np.array("x")}, "content_paths"),
+        "pathsshort": ({"content_paths": valid["content_paths"][:1]}, "content_paths"),
+        "paths2d": ({"content_paths": valid["content_paths"].reshape(1, -1)}, "content_paths"),
+        "decreasing": ({"content_offsets": off[::-1].copy()}, "content_offsets"),
+        "float": ({"content_offsets": np.array([0, np.nan, 1e30, end])}, "content_offsets"),
+        "zeros": ({"content_offsets": np.zeros_like(off)}, "content_offsets"),
+        "shortend": ({"content_offsets": np.append(off[:-1], end - 1)}, "content_offsets"),
+    }
+    for name, (change, what) in cases.items():
+        bad = tmp_path / f"{name}.npz"
+        np.savez(bad, **{**valid, **change})
+        with pytest.raises(ConfigError) as e:
+            data.NpzSource(bad, "content")
+        msg = str(e.value)
+        assert "\n" not in msg and str(bad) in msg and f"malformed {what}" in msg, (name, msg)
+        assert "export it again" in msg
+        data.NpzSource(bad, "style")  # the other role is intact
+    assert len(data.NpzSource(good, "content")) == 3
+
+
 def test_ordered_map_looks_ahead_a_bounded_number_of_items():
     """Preparation decodes at most 4 x workers files ahead of the one it yields (a folder of
     100000 scans must not be decoded into memory at once), in input order."""
