@@ -1312,9 +1312,10 @@ def folder_builder(dirs: Sequence[str | os.PathLike[str]], *, data_dir: str | os
     absl.logging.set_verbosity(absl.logging.ERROR)
     try:
         return builder_cls(config=config, data_dir=root, file_format="array_record")
-    except (json_format.ParseError, ValueError, KeyError, TypeError) as e:
+    except (json_format.ParseError, ValueError, KeyError, TypeError, AssertionError) as e:
         # TFDS reads an earlier preparation's dataset_info.json here: one cut short (a full
-        # disk, a copy stopped half way) or edited by hand was a protobuf traceback
+        # disk, a copy stopped half way) or edited by hand was a protobuf traceback (and one
+        # emptied to {} or [], an AssertionError: its version is not the builder's)
         version_dir = Path(root) / builder_cls.name / config.name / BUILDER_VERSION
         if not (version_dir / "dataset_info.json").is_file():  # (not about that file)
             raise
@@ -1476,7 +1477,8 @@ def _check_prepared_files(version_dir: Path) -> None:
                        f"{f.name} holds {got} of its {want} records")
                 raise ConfigError(f"{version_dir}: the prepared data is damaged or incomplete "
                                   f"({why}); delete this folder to prepare it again")
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:  # (.get of a
+        # description, or a split, that is no JSON object: a traceback)
         raise ConfigError(f"{version_dir}: cannot read the prepared data's description "
                           f"({_one_line(e)[:200]}); delete this folder to prepare it again") \
             from None

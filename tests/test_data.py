@@ -2002,11 +2002,12 @@ def test_a_damaged_dataset_description_is_one_line_naming_the_folder(tmp_path):
                             "('name'); delete this folder to prepare it again")
 
 
-@pytest.mark.parametrize("damage", ["cut short", "empty", "shard length not a number"])
+@pytest.mark.parametrize("damage", ["cut short", "empty", "shard length not a number", "{}", "[]"])
 def test_an_unparsable_dataset_description_is_one_line_naming_the_folder(tmp_path, damage):
     """TFDS parses a reused preparation's dataset_info.json when the builder is made, before
     the shard check: one cut short (a full disk, a copy stopped half way), emptied, or with a
-    shard length that is not a number was a protobuf ParseError traceback."""
+    shard length that is not a number was a protobuf ParseError traceback; one that is ``{}``
+    or ``[]`` a TFDS AssertionError (the version does not match)."""
     d = tmp_path / "imgs"
     d.mkdir()
     Image.fromarray(_smooth(64, 80, 1)).save(d / "a.png")
@@ -2018,6 +2019,8 @@ def test_an_unparsable_dataset_description_is_one_line_naming_the_folder(tmp_pat
         path.write_text(text[:100])
     elif damage == "empty":
         path.write_text("")
+    elif damage in ("{}", "[]"):
+        path.write_text(damage)
     else:
         info = json.loads(text)
         info["splits"][0]["shardLengths"] = ["many"]
@@ -2027,6 +2030,17 @@ def test_an_unparsable_dataset_description_is_one_line_naming_the_folder(tmp_pat
     msg = str(e.value)
     assert msg.startswith(f"{version_dir}: cannot read the prepared data's description (")
     assert msg.endswith("); delete this folder to prepare it again") and "\n" not in msg
+
+
+def test_a_shard_check_of_a_description_that_is_no_object_is_one_line(tmp_path):
+    """The shard check read ``.get`` of the description and of each split: a list there was
+    an AttributeError traceback."""
+    for bad in ("[]", '{"splits": ["train"]}'):
+        (tmp_path / "dataset_info.json").write_text(bad)
+        with pytest.raises(ConfigError) as e:
+            data._check_prepared_files(tmp_path)
+        assert str(e.value).startswith(f"{tmp_path}: cannot read the prepared data's description (")
+        assert str(e.value).endswith("delete this folder to prepare it again")
 
 
 def test_saving_digests_waits_for_another_jobs_lock(tmp_path, monkeypatch):
