@@ -660,16 +660,29 @@ class NpzSource(DataSource):
         try:
             with np.load(p, allow_pickle=False) as z:
                 self._buf = np.ascontiguousarray(z[f"{role}_jpeg"])
-                self._off = z[f"{role}_offsets"].astype(np.int64)
-                self._paths = [str(s) for s in z[f"{role}_paths"]] if f"{role}_paths" in z else None
+                off = z[f"{role}_offsets"]
+                paths = z[f"{role}_paths"] if f"{role}_paths" in z else None
         except FileNotFoundError:
             raise ConfigError(f"{p}: no such file (npz data source)") from None
         except KeyError as e:
             raise ConfigError(f"{p}: not an arbitrary_nst data export (missing {e})") from None
         except (OSError, ValueError) as e:
             raise ConfigError(f"{p}: cannot read npz data source: {e}") from None
-        if self._buf.dtype != np.uint8 or self._off.ndim != 1 or len(self._off) < 2:
-            raise ConfigError(f"{p}: malformed {role} arrays")
+        if self._buf.dtype != np.uint8 or self._buf.ndim != 1 or off.ndim != 1 or len(off) < 2:
+            raise ConfigError(f"{p}: malformed {role} arrays; export it again")
+        # Checked here, not when an image is read: bad offsets (float ones cast with a warning,
+        # decreasing, not ending at the buffer's end) read as 'cannot decode stored image' of
+        # some image deep in training, and paths of the wrong shape failed as a TypeError here
+        # or an IndexError in a loader thread while naming an image.
+        if (off.dtype.kind not in "iu" or off[0] != 0 or np.any(np.diff(off) < 0)
+                or off[-1] != len(self._buf)):
+            raise ConfigError(f"{p}: malformed {role}_offsets (want integers from 0, non-decreasing, "
+                              f"to the {len(self._buf)} stored bytes); export it again")
+        if paths is not None and (paths.ndim != 1 or len(paths) != len(off) - 1):
+            raise ConfigError(f"{p}: malformed {role}_paths ({paths.shape} for {len(off) - 1} "
+                              "images); export it again")
+        self._off = off.astype(np.int64)
+        self._paths = None if paths is None else [str(s) for s in paths]
         # named by its images (as a prepared folder is): a resume on another export written to
         # the same path is said, as one on changed folders is (the digest distillation's
         # oracles have named it by since before)
@@ -1299,9 +1312,10 @@ def folder_builder(dirs: Sequence[str | os.PathLike[str]], *, data_dir: str | os
     absl.logging.set_verbosity(absl.logging.ERROR)
     try:
         return builder_cls(config=config, data_dir=root, file_format="array_record")
-    except (json_format.ParseError, ValueError, KeyError, TypeError) as e:
+    except (json_format.ParseError, ValueError, KeyError, TypeError, AssertionError) as e:
         # TFDS reads an earlier preparation's dataset_info.json here: one cut short (a full
-        # disk, a copy stopped half way) or edited by hand was a protobuf traceback
+        # disk, a copy stopped half way) or edited by hand was a protobuf traceback (and one
+        # emptied to {} or [], an AssertionError: its version is not the builder's)
         version_dir = Path(root) / builder_cls.name / config.name / BUILDER_VERSION
         if not (version_dir / "dataset_info.json").is_file():  # (not about that file)
             raise
@@ -1463,7 +1477,8 @@ def _check_prepared_files(version_dir: Path) -> None:
                        f"{f.name} holds {got} of its {want} records")
                 raise ConfigError(f"{version_dir}: the prepared data is damaged or incomplete "
                                   f"({why}); delete this folder to prepare it again")
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:  # (.get of a
+        # description, or a split, that is no JSON object: a traceback)
         raise ConfigError(f"{version_dir}: cannot read the prepared data's description "
                           f"({_one_line(e)[:200]}); delete this folder to prepare it again") \
             from None

@@ -1159,8 +1159,8 @@ RUN_ID_FILE = "run_id.txt"
 def _run_id(workdir: Path) -> str | None:
     try:
         return (workdir / RUN_ID_FILE).read_text().strip() or None
-    except OSError:
-        return None
+    except (OSError, UnicodeDecodeError):  # a damaged id is as good as none: a new one is
+        return None  # written over it (it failed every run with a traceback)
 
 
 #: The workdir's lock file (``fcntl.flock``; the kernel releases it when the process ends).
@@ -1259,6 +1259,21 @@ def train(config, workdir: str | os.PathLike, *, export_path: str | os.PathLike 
             raise
 
 
+def _read_init_record(path: Path) -> dict[str, Any]:
+    """The workdir's :data:`INIT_RECORD`, checked: a damaged one (not JSON, a ``prior_steps``
+    that is no count) failed the resume with a traceback."""
+    try:
+        known = json.loads(path.read_text())
+        began, prior = known.get("init_from") or "", int(known.get("prior_steps", 0))
+        if not isinstance(began, str) or prior < 0:
+            raise ValueError(f"init_from={began!r}, prior_steps={prior}")
+    except (OSError, ValueError, AttributeError, TypeError) as e:
+        raise ConfigError(f"{path}: the record of where this run began is damaged "
+                          f"({e}); delete it (it is made again from the latest "
+                          "checkpoint)") from None
+    return {"init_from": began, "prior_steps": prior}
+
+
 def _init_record_from_checkpoint(mngr, workdir: Path) -> dict[str, Any]:
     """Where a run began, for a workdir without its record (made before the record existed):
     the ``train.init_from`` its checkpoint was trained with, and that export's step count if
@@ -1334,7 +1349,7 @@ def _train(config, workdir: Path, *, export_path, loader_factory, step_callback,
             # with the config's default init_from=builtin loaded the built-in model for nothing
             # and claimed its 6971 steps). A workdir from before the record: its checkpoint's.
             if init_record.is_file():
-                known = json.loads(init_record.read_text())
+                known = _read_init_record(init_record)
             else:
                 known = record = _init_record_from_checkpoint(mngr, workdir)
             prior_steps = int(known.get("prior_steps", 0))

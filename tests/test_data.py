@@ -1219,6 +1219,37 @@ def test_npz_source_gives_every_stored_image_back(tmp_path):
     assert sorted(style.path(i) for i in range(4)) == [f"synthetic-style[{k}]" for k in range(4)]
 
 
+def test_npz_source_refuses_malformed_paths_and_offsets_in_one_line(tmp_path):
+    """Paths and offsets are checked when the file is opened: a 0-d ``content_paths`` gave a
+    TypeError traceback, a short one an IndexError in a loader thread (naming an image that
+    would not decode), and bad offsets (decreasing, float, all zero, not ending at the buffer's
+    end) read as 'cannot decode stored image' deep in training."""
+    srcs = {"content": data.SyntheticSource("content", 3), "style": data.SyntheticSource("style", 2)}
+    good = tmp_path / "good.npz"
+    data.export_arrays({}, good, n_content=3, n_style=2, size=64, sources=srcs)
+    valid = dict(np.load(good, allow_pickle=False))
+    off, end = valid["content_offsets"], len(valid["content_jpeg"])
+    cases = {
+        "paths0d": ({"content_paths": np.array("x")}, "content_paths"),
+        "pathsshort": ({"content_paths": valid["content_paths"][:1]}, "content_paths"),
+        "paths2d": ({"content_paths": valid["content_paths"].reshape(1, -1)}, "content_paths"),
+        "decreasing": ({"content_offsets": off[::-1].copy()}, "content_offsets"),
+        "float": ({"content_offsets": np.array([0, np.nan, 1e30, end])}, "content_offsets"),
+        "zeros": ({"content_offsets": np.zeros_like(off)}, "content_offsets"),
+        "shortend": ({"content_offsets": np.append(off[:-1], end - 1)}, "content_offsets"),
+    }
+    for name, (change, what) in cases.items():
+        bad = tmp_path / f"{name}.npz"
+        np.savez(bad, **{**valid, **change})
+        with pytest.raises(ConfigError) as e:
+            data.NpzSource(bad, "content")
+        msg = str(e.value)
+        assert "\n" not in msg and str(bad) in msg and f"malformed {what}" in msg, (name, msg)
+        assert "export it again" in msg
+        data.NpzSource(bad, "style")  # the other role is intact
+    assert len(data.NpzSource(good, "content")) == 3
+
+
 def test_ordered_map_looks_ahead_a_bounded_number_of_items():
     """Preparation decodes at most 4 x workers files ahead of the one it yields (a folder of
     100000 scans must not be decoded into memory at once), in input order."""
@@ -1971,11 +2002,12 @@ def test_a_damaged_dataset_description_is_one_line_naming_the_folder(tmp_path):
                             "('name'); delete this folder to prepare it again")
 
 
-@pytest.mark.parametrize("damage", ["cut short", "empty", "shard length not a number"])
+@pytest.mark.parametrize("damage", ["cut short", "empty", "shard length not a number", "{}", "[]"])
 def test_an_unparsable_dataset_description_is_one_line_naming_the_folder(tmp_path, damage):
     """TFDS parses a reused preparation's dataset_info.json when the builder is made, before
     the shard check: one cut short (a full disk, a copy stopped half way), emptied, or with a
-    shard length that is not a number was a protobuf ParseError traceback."""
+    shard length that is not a number was a protobuf ParseError traceback; one that is ``{}``
+    or ``[]`` a TFDS AssertionError (the version does not match)."""
     d = tmp_path / "imgs"
     d.mkdir()
     Image.fromarray(_smooth(64, 80, 1)).save(d / "a.png")
@@ -1987,6 +2019,8 @@ def test_an_unparsable_dataset_description_is_one_line_naming_the_folder(tmp_pat
         path.write_text(text[:100])
     elif damage == "empty":
         path.write_text("")
+    elif damage in ("{}", "[]"):
+        path.write_text(damage)
     else:
         info = json.loads(text)
         info["splits"][0]["shardLengths"] = ["many"]
@@ -1996,6 +2030,17 @@ def test_an_unparsable_dataset_description_is_one_line_naming_the_folder(tmp_pat
     msg = str(e.value)
     assert msg.startswith(f"{version_dir}: cannot read the prepared data's description (")
     assert msg.endswith("); delete this folder to prepare it again") and "\n" not in msg
+
+
+def test_a_shard_check_of_a_description_that_is_no_object_is_one_line(tmp_path):
+    """The shard check read ``.get`` of the description and of each split: a list there was
+    an AttributeError traceback."""
+    for bad in ("[]", '{"splits": ["train"]}'):
+        (tmp_path / "dataset_info.json").write_text(bad)
+        with pytest.raises(ConfigError) as e:
+            data._check_prepared_files(tmp_path)
+        assert str(e.value).startswith(f"{tmp_path}: cannot read the prepared data's description (")
+        assert str(e.value).endswith("delete this folder to prepare it again")
 
 
 def test_saving_digests_waits_for_another_jobs_lock(tmp_path, monkeypatch):

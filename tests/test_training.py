@@ -1160,6 +1160,30 @@ def test_a_damaged_checkpoint_is_one_line_naming_what_to_delete(tmp_path, vgg):
     assert training.train(smoke("train.num_steps=6", *cfg), wd, vgg=vgg, progress=False).step == 6
 
 
+def test_damaged_workdir_records_are_one_line_or_replaced(tmp_path, vgg):
+    """A damaged record of where the run began (not JSON, a list, prior_steps "abc") failed the
+    resume with a JSONDecodeError / AttributeError / ValueError traceback, an undecodable run id
+    with a UnicodeDecodeError one. The record: one line saying to delete it (it is then made
+    again from the checkpoint); the run id: replaced, as a missing one is."""
+    wd = tmp_path / "wd"
+    cfg = ("train.sample_every=0", "train.checkpoint_every=1")
+    training.train(smoke("train.num_steps=1", *cfg), wd, vgg=vgg, progress=False, export_path="")
+    record = wd / training.INIT_RECORD
+    for bad in ("not json", "[]", '{"prior_steps": "abc"}', '{"init_from": 5}'):
+        record.write_text(bad)
+        with pytest.raises(ConfigError, match=r"init_from.json: the record of where this run "
+                                              r"began is damaged .*; delete it") as e:
+            training.train(smoke("train.num_steps=2", *cfg), wd, vgg=vgg, progress=False,
+                           export_path="")
+        assert "\n" not in str(e.value) and str(record) in str(e.value)
+    record.unlink()
+    (wd / training.RUN_ID_FILE).write_bytes(b"\xff\xfe")
+    assert training.train(smoke("train.num_steps=2", *cfg), wd, vgg=vgg, progress=False,
+                          export_path="").step == 2
+    assert json.loads(record.read_text()) == {}  # made again: from scratch (the checkpoint says)
+    assert re.fullmatch(r"[0-9a-f]{32}", (wd / training.RUN_ID_FILE).read_text().strip())
+
+
 def test_a_relative_init_from_is_recorded_absolute(tmp_path, vgg, monkeypatch, caplog):
     """The workdir's record of where its run began kept ``train.init_from`` as given: resumed
     from another folder with the same file's absolute path, it warned "is not used"."""
