@@ -827,9 +827,10 @@ def _check_resume_meta(meta: dict, expected: dict, workdir) -> list[str]:
                         ", ".join(changed))
     before, now = meta.get("device_count"), expected.get("device_count")
     if before is not None and now is not None and before != now:  # (older: not recorded)
-        log.warning("%s: its checkpoints were trained on %d devices, this run has %d; resuming "
+        log.warning("%s: its checkpoints were trained on %s, this run has %d; resuming "
                     "anyway (the gradients are summed in another order: the weights differ by "
-                    "rounding from an uninterrupted run's)", workdir, before, now)
+                    "rounding from an uninterrupted run's)", workdir,
+                    f"{before} device" + ("" if before == 1 else "s"), now)
     before, now = meta.get("config"), expected.get("config")
     if not (isinstance(before, dict) and isinstance(now, dict)):
         return []

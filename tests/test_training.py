@@ -1603,8 +1603,12 @@ def test_a_resume_on_another_device_count_is_said(tmp_path, caplog):
                                            tmp_path) == []
         training._check_resume_meta({"device_count": 2}, {"device_count": 2}, tmp_path)
         training._check_resume_meta({}, {"device_count": 2}, tmp_path)  # (older: not recorded)
+        training._check_resume_meta({"device_count": 1}, {"device_count": 2}, tmp_path)
     assert [r.getMessage() for r in caplog.records] == [
         f"{tmp_path}: its checkpoints were trained on 2 devices, this run has 1; resuming "
+        "anyway (the gradients are summed in another order: the weights differ by rounding "
+        "from an uninterrupted run's)",
+        f"{tmp_path}: its checkpoints were trained on 1 device, this run has 2; resuming "  # (not "1 devices")
         "anyway (the gradients are summed in another order: the weights differ by rounding "
         "from an uninterrupted run's)"]
 
