@@ -181,6 +181,16 @@ class FrozenWeight(nnx.Variable):
     """A fixed, pretrained weight: not an ``nnx.Param``, so optimizers leave it alone."""
 
 
+def _on_device(w) -> jax.Array:
+    """A weight as a device array, float64 as float32 (as ``jnp.asarray`` gives it): by
+    ``jax.device_put`` of the host array (``jnp.asarray`` compiled a small program per distinct
+    weight shape, ~12-30 per process start)."""
+    if isinstance(w, jax.Array):
+        return w
+    w = np.asarray(w)
+    return jax.device_put(w.astype(np.float32) if w.dtype == np.float64 else w)
+
+
 class VGG16(nnx.Module):
     """VGG16 conv base with named feature taps (see module docstring)."""
 
@@ -190,8 +200,8 @@ class VGG16(nnx.Module):
         self.pooling = pooling
         self.dtype = dtype
         self.layers = nnx.Dict({
-            name: nnx.Dict(kernel=FrozenWeight(jnp.asarray(params[name]["kernel"])),
-                           bias=FrozenWeight(jnp.asarray(params[name]["bias"])))
+            name: nnx.Dict(kernel=FrozenWeight(_on_device(params[name]["kernel"])),
+                           bias=FrozenWeight(_on_device(params[name]["bias"])))
             for name in CONV_LAYERS})
 
     def params(self) -> Params:

@@ -356,3 +356,28 @@ def test_one_tap_name_as_a_string_is_one_tap(vgg, vgg_params):
     assert list(out) == ["relu1_1"]
     np.testing.assert_array_equal(out["relu1_1"], vgg(x, ("relu1_1",))["relu1_1"])
     assert list(vgg_lib.features(vgg_params, x, "pool1")) == ["pool1"]
+
+
+def test_building_the_vgg_compiles_nothing(vgg_params):
+    """Each weight went to the device through ``jnp.asarray``, a small compiled program per
+    distinct shape (12-30 per process start); float64 weights still become float32."""
+    import jax.monitoring
+
+    compiles = []
+
+    def listen(event, duration, **kw):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(event)
+
+    host = {n: {k: np.asarray(v, np.float64) for k, v in layer.items()}
+            for n, layer in vgg_params.items()}
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        net = vgg_lib.VGG16(host, pooling="avg")
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert compiles == []
+    k = net.params()["conv1_1"]["kernel"]
+    assert k.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(k), np.asarray(vgg_params["conv1_1"]["kernel"],
+                                                             np.float32))
