@@ -792,10 +792,20 @@ class _Plan:
         return self.use_content or self.match
 
 
+#: Below the refinement's working size, contents are refined on squares of a multiple of this
+#: (their shorter side rounded down): each side is three compiled programs (20 s here), and
+#: a folder of photos with every shorter side from 96 to 168 px compiled 18 of them.
+REFINE_SIDE_STEP = 32
+
+
 def _refine_side(shape: tuple[int, ...], size: int) -> int:
-    """Side of the square working copy a content is refined on: ``size``, or the content's
-    shorter side (a multiple of 4, >= 32) when that is smaller (no upscaling)."""
-    return max(32, min(int(size), min(shape[:2])) // 4 * 4)
+    """Side of the square working copy a content is refined on: ``size`` (a multiple of 4), or
+    where the content's shorter side is smaller (no upscaling), that side rounded down to a
+    multiple of :data:`REFINE_SIDE_STEP` (>= 32)."""
+    shorter = min(shape[:2])
+    if shorter >= size:
+        return int(size) // 4 * 4
+    return max(32, shorter // REFINE_SIDE_STEP * REFINE_SIDE_STEP)
 
 
 @dataclass
@@ -1693,15 +1703,18 @@ class Stylizer:
                  stop: threading.Event | None = None) -> np.ndarray:
         """The plan's embedding refined for this content (see :meth:`refine_embedding`)."""
         f = img if img.dtype == np.float32 else img.astype(np.float32) / np.float32(255.0)
-        e, _ = self._refine_one(f, plan.e_target, plan.weights, plan.refine, stop)
+        # (no loss after the last step: nobody reads the history here, and it was one more
+        # compiled program per size and one more network + VGG pass per photo)
+        e, _ = self._refine_one(f, plan.e_target, plan.weights, plan.refine, stop,
+                                final_loss=False)
         return e
 
     def _refine_one(self, content: np.ndarray, e0: np.ndarray, weights: np.ndarray,
-                    r: _Refine, stop: threading.Event | None = None
-                    ) -> tuple[np.ndarray, np.ndarray]:
+                    r: _Refine, stop: threading.Event | None = None, *,
+                    final_loss: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """``r.steps`` Adam steps from ``e0`` on the square working copy of float ``content``:
-        ``(embedding [D], loss history [steps + 1])``. ``stop`` set: abandoned between two
-        steps (:class:`~arbitrary_nst.refine.Abandoned`)."""
+        ``(embedding [D], loss history [steps + 1])`` (``[steps]`` without ``final_loss``).
+        ``stop`` set: abandoned between two steps (:class:`~arbitrary_nst.refine.Abandoned`)."""
         from . import refine
 
         work = style_working_image(content, _refine_side(content.shape, r.size))[None]
@@ -1715,7 +1728,7 @@ class Stylizer:
                 (self._graphdef, self._state), work, r.styles_small, weights,
                 np.asarray(e0, np.float32)[None], steps=r.steps, learning_rate=r.learning_rate,
                 style_weight=r.style_weight, palette=r.palette,
-                should_stop=None if stop is None else stop.is_set)
+                should_stop=None if stop is None else stop.is_set, final_loss=final_loss)
         if not np.all(np.isfinite(e)):
             raise ModelError("refinement diverged (the loss became NaN or infinite); try fewer "
                              "steps or a lower learning rate")

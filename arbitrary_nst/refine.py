@@ -159,7 +159,7 @@ class Abandoned(Exception):
 
 
 def _run_refine(graphdef, state, content, style, style_w, e0, learning_rate, palette, *,
-                steps: int, style_weight: float, should_stop=None):
+                steps: int, style_weight: float, should_stop=None, final_loss: bool = True):
     content_feats, targets, moments = _refine_targets(graphdef, state, content, style, style_w,
                                                       style_weight=style_weight)
     # (placed as the step returns them: one executable for every step, see placed_like_outputs)
@@ -176,8 +176,11 @@ def _run_refine(graphdef, state, content, style, style_w, e0, learning_rate, pal
         # a Ctrl-C / SIGTERM (or should_stop) waited for all of them; now for one step (the
         # next step's dispatch is microseconds beside a step's compute)
         per_example.block_until_ready()
-    history.append(_refine_loss(graphdef, state, content, content_feats, targets, moments,
-                                palette, e, style_weight=style_weight))
+    if final_loss:
+        history.append(_refine_loss(graphdef, state, content, content_feats, targets, moments,
+                                    palette, e, style_weight=style_weight))
+    if not history:
+        return e, jnp.zeros((0, content.shape[0]), jnp.float32)
     return e, jnp.stack(history, axis=0)
 
 
@@ -186,8 +189,8 @@ def refine_embeddings(model, content: np.ndarray, style: np.ndarray, style_weigh
                       learning_rate: float = DEFAULT_LEARNING_RATE,
                       style_weight: float = DEFAULT_STYLE_WEIGHT,
                       palette: float | None = None,
-                      should_stop: Callable[[], bool] | None = None
-                      ) -> tuple[np.ndarray, np.ndarray]:
+                      should_stop: Callable[[], bool] | None = None,
+                      final_loss: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Refine ``e0`` for each content.
 
     Args:
@@ -202,6 +205,8 @@ def refine_embeddings(model, content: np.ndarray, style: np.ndarray, style_weigh
         network output).
       should_stop: asked before each step; True raises :class:`Abandoned` (a batch's decode
         thread refines: its shutdown waited for every step).
+      final_loss: also score the last step's result (False: the history has ``steps`` rows;
+        one compiled program and one forward pass less, for callers that only want ``e``).
 
     Returns ``(embeddings [B, D] float32, loss history [steps + 1, B])``: the weighted
     training loss of each example before every step and after the last.
@@ -221,5 +226,6 @@ def refine_embeddings(model, content: np.ndarray, style: np.ndarray, style_weigh
     e, hist = _run_refine(graphdef, state, content, jnp.asarray(style, jnp.float32),
                           jnp.asarray(style_weights, jnp.float32), e0,
                           jnp.float32(learning_rate), amount, steps=int(steps),
-                          style_weight=float(style_weight), should_stop=should_stop)
+                          style_weight=float(style_weight), should_stop=should_stop,
+                          final_loss=bool(final_loss))
     return np.asarray(e, np.float32), np.asarray(hist, np.float32)

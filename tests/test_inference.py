@@ -1044,12 +1044,13 @@ def test_preserve_color_match_mixes_the_recoloured_styles_with_the_weights(st, f
 
 
 def test_refine_works_at_the_content_short_side_without_upscaling():
-    """The refinement's square working copy is at most the content's shorter side (a multiple
-    of 4, >= 32): taking the longer side passed the tests (a 40 x 200 photo refined on an
-    upscaled 200 px copy)."""
+    """The refinement's square working copy is at most the content's shorter side (rounded
+    down to a multiple of 32, >= 32): taking the longer side passed the tests (a 40 x 200
+    photo refined on an upscaled 200 px copy)."""
     side = inference._refine_side
-    assert side((40, 200, 3), 256) == 40 and side((200, 40, 3), 256) == 40
-    assert side((63, 70, 3), 256) == 60 and side((300, 500, 3), 256) == 256
+    assert side((40, 200, 3), 256) == 32 and side((200, 40, 3), 256) == 32
+    assert side((70, 200, 3), 256) == 64 and side((200, 70, 3), 256) == 64
+    assert side((63, 70, 3), 256) == 32 and side((300, 500, 3), 256) == 256
     assert side((20, 100, 3), 256) == 32
 
 
@@ -1164,6 +1165,30 @@ def test_a_blank_photo_skipped_by_refinement_names_its_file(st, files, tmp_path)
     (r,) = list(st.stylize_files([write_png(tmp_path / "sides.png", sides)], files["style_a"],
                                  refine_steps=1))
     assert not r.ok and "blank (pixel std" in r.reason and "in its centre square" in r.reason, r
+
+
+def test_refining_a_folder_compiles_per_rung_not_per_photo_size(st, files, tmp_path):
+    """Photos smaller than the refinement's working size were refined at their own shorter
+    side (a multiple of 4): three compiled programs per distinct side (6 photos: 18 programs,
+    122 of 158 s), one of them only for a loss nobody read. Now sides round down to a
+    multiple of 32 and a batch does not score the last step."""
+    from arbitrary_nst import refine
+
+    rng = np.random.default_rng(3)
+    paths = [write_png(tmp_path / f"c{i}.png", rng.random((h, w, 3)).astype(np.float32))
+             for i, (h, w) in enumerate(((41, 50), (44, 45), (52, 60), (63, 70)))]
+    fns = (refine._refine_targets, refine._refine_step, refine._refine_loss)
+    before = [f._cache_size() for f in fns]
+    res = list(st.stylize_files(paths, files["style_a"], refine_steps=1))
+    assert all(r.ok for r in res) and len(res) == 4, res
+    targets, step, loss = (f._cache_size() - b for f, b in zip(fns, before))
+    assert targets <= 1 and step <= 1 and loss == 0, (targets, step, loss)
+    assert inference._refine_side((63, 70, 3), 256) == 32
+    assert inference._refine_side((300, 70, 3), 256) == 64
+    assert inference._refine_side((300, 400, 3), 256) == 256
+    # the API's history still ends with the loss after the last step
+    _, hist = st.refine_embedding(paths[0], files["style_a"], steps=2, return_history=True)
+    assert hist.shape == (3,)
 
 
 def test_beyond_the_hold_limit_the_largest_partial_batch_runs(st, files, tmp_path, monkeypatch):

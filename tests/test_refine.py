@@ -201,9 +201,10 @@ def test_stylizer_refine_embedding_and_stylize_agree(st, imgs):
     style = smooth_image(40, 36, 6)
     e, hist = st.refine_embedding(content, style, steps=3, return_history=True)
     assert e.shape == (st.embedding_dim,) and hist.shape == (4,) and hist[-1] < hist[0]
-    # Contents smaller than the working size are refined at their own shorter side: the
-    # history equals the module function on that working copy.
-    work = style_working_image(content.astype(np.float32) / 255, 40)[None]
+    # Contents smaller than the working size are refined at their own shorter side, rounded
+    # down to a multiple of 32 (40 -> 32): the history equals the module function on that
+    # working copy.
+    work = style_working_image(content.astype(np.float32) / 255, 32)[None]
     small = style_working_image(style.astype(np.float32) / 255, SS)[None]
     e_ref, h_ref = refine.refine_embeddings(st.model, work, small, np.ones(1),
                                             st.embed(style), steps=3)
