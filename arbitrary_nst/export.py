@@ -19,6 +19,7 @@ one-line ``path: reason`` message.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -31,7 +32,9 @@ from flax import nnx
 
 from .errors import ConfigError, ImageError, ModelError, NSTError, out_of_memory
 from .files import check_output_file, regular_file_problem, write_atomically
-from .models import MODEL_CONFIG_KEYS, ArbitraryStyleModel, check_model_config
+from .models import (CIN_LAYER_NAMES, MODEL_CONFIG_KEYS, ArbitraryStyleModel, check_model_config,
+                     cin_layer_channels)
+from .vgg import tap_channels
 
 FORMAT = "arbitrary_nst.arbitrary_style_model"
 FORMAT_VERSION = "1"
@@ -123,25 +126,18 @@ def _short(v: Any) -> str:
 
 def read_export(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Read an export without building the model: ``(float32 tensors, header dict)`` where the
-    header has ``model_config`` (dict) and ``info`` (dict, possibly empty). Raises ModelError."""
-    from safetensors import safe_open
-
+    header has ``model_config`` (dict) and ``info`` (dict, possibly empty). The tensors' names,
+    dtypes and shapes are checked against the model_config from the file's header before any
+    tensor data is read. Raises ModelError."""
     name = os.fspath(path)
     # (a FIFO blocked in safe_open's open(2) for good: Ctrl-C and SIGTERM did not get through)
     if (why := regular_file_problem(name)) is not None:
         raise ModelError(f"{name}: {why}" + (", not a model file" if why == "is a directory"
                                              else ""))
-    try:
-        with safe_open(name, framework="numpy") as f:
-            meta = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types (and OSError, ValueError)
-        if name.lower().endswith(".onnx"):  # `infer.py export-onnx` output, for deployment
-            # (the hint named --backend, which only stylizing has: the Stylizer adds it)
-            raise OnnxFileGiven(f"{name}: an ONNX file, not a model export; pass the "
-                                ".safetensors export it was made from") from None
-        reason = " ".join(str(e).split()) or type(e).__name__
-        raise ModelError(f"{name}: not a readable model export (safetensors: {reason})") from None
+    # (names, dtypes and shapes from the header only: every tensor was read in full first, so
+    # an extra one declared 2 GiB (a sparse file) took 5 GB before it was refused)
+    meta, declared = _read_safetensors(name, lambda f: (dict(f.metadata() or {}), {
+        k: (s.get_dtype(), tuple(s.get_shape())) for k in f.keys() for s in [f.get_slice(k)]}))
     if meta.get("format") != FORMAT:
         raise ModelError(f"{name}: not an arbitrary_nst model export "
                          f"(format {meta.get('format')!r}, expected {FORMAT!r})")
@@ -151,7 +147,7 @@ def read_export(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[st
     try:
         model_config = json.loads(meta["model_config"])
         info = json.loads(meta["info"]) if "info" in meta else {}
-    except (KeyError, ValueError) as e:
+    except (KeyError, ValueError, RecursionError) as e:  # (JSON nested 1000+ deep: a traceback)
         raise ModelError(f"{name}: corrupt export header ({type(e).__name__}: {e})") from None
     if not isinstance(model_config, dict) or set(model_config) - set(MODEL_CONFIG_KEYS):
         raise ModelError(f"{name}: corrupt export header (model_config {model_config!r})")
@@ -164,15 +160,93 @@ def read_export(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[st
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
             raise ModelError(f"{name}: corrupt export header (info.{k} {_short(v)}, expected "
                              "a whole number >= 0)")
+    for k, (dtype, _) in sorted(declared.items()):
+        if dtype not in ("F32", "F16"):
+            raise ModelError(f"{name}: tensor {k} has dtype {_ST_DTYPES.get(dtype, dtype)}, "
+                             "expected float32/float16")
+    expected = _expected_shapes(name, model_config)
+    _check_names(name, expected, declared)
+    for k, want in sorted(expected.items()):
+        if declared[k][1] != want:
+            raise ModelError(f"{name}: tensor {k} has shape {declared[k][1]}, expected {want}")
+    tensors = _read_safetensors(name, lambda f: {k: f.get_tensor(k) for k in expected})
     out = {}
     for k, v in tensors.items():
-        if v.dtype not in (np.float32, np.float16):
-            raise ModelError(f"{name}: tensor {k} has dtype {v.dtype}, expected float32/float16")
-        v = v.astype(np.float32)
+        v = v.astype(np.float32, copy=False)
         if not np.all(np.isfinite(v)):
             raise ModelError(f"{name}: tensor {k} contains NaN or infinite values")
         out[k] = v
     return out, {"model_config": model_config, "info": info}
+
+
+#: safetensors' dtype names, as numpy names them (for the messages).
+_ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+              "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U64": "uint64",
+              "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool"}
+
+
+def _read_safetensors(name: str, read):
+    """``read(f)`` on the safetensors file ``name`` opened for numpy; ModelError (one line)
+    for a file safetensors cannot read."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(name, framework="numpy") as f:
+            return read(f)
+    except Exception as e:  # safetensors raises its own error types (and OSError, ValueError)
+        if name.lower().endswith(".onnx"):  # `infer.py export-onnx` output, for deployment
+            # (the hint named --backend, which only stylizing has: the Stylizer adds it)
+            raise OnnxFileGiven(f"{name}: an ONNX file, not a model export; pass the "
+                                ".safetensors export it was made from") from None
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise ModelError(f"{name}: not a readable model export (safetensors: {reason})") from None
+
+
+def _expected_shapes(name: str, model_config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """``{"a/b/kernel": shape}`` of every ``nnx.Param`` of the model ``model_config``
+    describes, laid out as ArbitraryStyleModel's constructors do (a test compares them with
+    built models), worked out from the config alone: a damaged header's hidden_dim 50000 and
+    embedding_dim 10000 built a 7 GB model for a minute before the file's 6 MB of weights were
+    found not to fit it. (Not nnx.eval_shape of the constructor: the initial values are drawn
+    with NumPy, which cannot be traced, and would still be allocated.)"""
+    try:
+        check_model_config(model_config)
+    except ConfigError as e:
+        raise ModelError(f"{name}: invalid model_config in export ({' '.join(str(e).split())})") \
+            from None
+    defaults = inspect.signature(ArbitraryStyleModel.__init__).parameters
+    cfg = {k: model_config.get(k, defaults[k].default)
+           for k in ("width", "embedding_dim", "hidden_dim", "style_taps")}
+    cin = cin_layer_channels(cfg["width"])  # (10 x c3, c2, c1, 3)
+    c1, c2, c3 = cin[11], cin[10], cin[0]
+    convs = {"contract/conv1": (9, 3, c1), "contract/conv2": (3, c1, c2),
+             "contract/conv3": (3, c2, c3),
+             **{f"residual/residual{i}_conv{j}": (3, c3, c3) for i in range(1, 6) for j in (1, 2)},
+             "expand/expand_conv1": (3, c3, c2), "expand/expand_conv2": (3, c2, c1),
+             "expand/expand_conv3": (9, c1, 3)}
+    out = {f"transfer_net/{k}/kernel": (n, n, i, o) for k, (n, i, o) in convs.items()}
+    for i, c in enumerate((c1, c2, c3), 1):
+        for v in ("scale", "offset"):
+            out[f"transfer_net/contract/norm{i}/{v}"] = (c,)
+    e, h = int(cfg["embedding_dim"]), int(cfg["hidden_dim"])
+    in_dim = 2 * sum(tap_channels(t) for t in cfg["style_taps"])
+    for layer, i, o in ([("hidden", in_dim, h), ("bottleneck", h, e)] if h
+                        else [("bottleneck", in_dim, e)]):
+        out[f"predictor/{layer}/kernel"], out[f"predictor/{layer}/bias"] = (i, o), (o,)
+    for layer, c in zip(CIN_LAYER_NAMES, cin):
+        out[f"predictor/heads/{layer}/kernel"], out[f"predictor/heads/{layer}/bias"] = \
+            (e, 2 * c), (2 * c,)
+    return out
+
+
+def _check_names(name: str, expected, tensors) -> None:
+    """ModelError naming ``name`` unless ``tensors`` has exactly the names in ``expected``."""
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise ModelError(f"{name}: weights do not match its model_config (missing: "
+                         f"{missing[:3]}{'...' if len(missing) > 3 else ''}, unexpected: "
+                         f"{extra[:3]}{'...' if len(extra) > 3 else ''})")
 
 
 def recorded_steps(info: dict[str, Any]) -> int:
@@ -234,12 +308,7 @@ def assign_tensors(model: ArbitraryStyleModel, tensors: dict[str, np.ndarray], n
     state = nnx.state(model, nnx.Param)
     flat = nnx.to_flat_state(state)
     expected = {"/".join(str(p) for p in key): var for key, var in flat}
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
-    if missing or extra:
-        raise ModelError(f"{name}: weights do not match its model_config (missing: "
-                         f"{missing[:3]}{'...' if len(missing) > 3 else ''}, unexpected: "
-                         f"{extra[:3]}{'...' if len(extra) > 3 else ''})")
+    _check_names(name, expected, tensors)
     for k, var in expected.items():
         want = tuple(var.get_value().shape)
         if tensors[k].shape != want:

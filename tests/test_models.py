@@ -987,6 +987,121 @@ def test_load_exported_turns_config_and_memory_failures_into_one_model_error(
         load_exported(good, vgg=vgg)
 
 
+def _recording_safe_open(monkeypatch):
+    """Patch safetensors.safe_open (read_export imports it at each call) to record the tensors
+    whose data is read; reading one named ``zzz*`` fails the test (it was read in full)."""
+    import safetensors
+
+    real, read = safetensors.safe_open, []
+
+    class Recording:
+        def __init__(self, *a, **k):
+            self.f = real(*a, **k)
+
+        def __enter__(self):
+            self.f.__enter__()
+            return self
+
+        def __exit__(self, *a):
+            return self.f.__exit__(*a)
+
+        def __getattr__(self, attr):
+            return getattr(self.f, attr)
+
+        def get_tensor(self, k):
+            read.append(k)
+            if k.startswith("zzz"):
+                raise AssertionError(f"{k}'s data was read")
+            return self.f.get_tensor(k)
+
+    monkeypatch.setattr(safetensors, "safe_open", Recording)
+    return read
+
+
+def test_an_export_header_nested_too_deeply_is_a_corrupt_header(model, vgg, tmp_path):
+    """JSON nested 100000 deep in info or model_config was a RecursionError traceback from
+    infer.py --model, train.py's init_from and export-onnx."""
+    import re
+
+    from safetensors.numpy import save_file
+
+    meta = {"format": "arbitrary_nst.arbitrary_style_model", "format_version": "1",
+            "model_config": json.dumps(model.config())}
+    deep = "[" * 100000 + "]" * 100000
+    for key in ("info", "model_config"):
+        path = tmp_path / f"{key}.safetensors"
+        save_file(model_tensors(model), path, metadata=dict(meta, **{key: deep}))
+        for read in (read_export, lambda p: load_exported(p, vgg=vgg)):
+            with pytest.raises(ModelError, match=rf"^{re.escape(str(path))}: corrupt export header "
+                                                 r"\(RecursionError: [^\n]*\)$"):
+                read(path)
+
+
+def test_expected_export_shapes_are_those_of_the_built_model(vgg):
+    """read_export's names and shapes, worked out from a model_config without building the
+    model, are the built model's (its defaults included)."""
+    from arbitrary_nst import export
+
+    for cfg in ({"width": 0.25, "hidden_dim": 32}, {"width": 0.5, "embedding_dim": 7,
+                                                    "hidden_dim": 0, "style_taps": ["relu3_3"]},
+                {}, {"width": 1 / 32, "hidden_dim": 3, "style_taps": ["relu1_1", "relu5_3"]}):
+        built = ArbitraryStyleModel.from_config(vgg, cfg)
+        want = {k: v.shape for k, v in model_tensors(built).items()}
+        assert export._expected_shapes("m", cfg) == want, cfg
+
+
+def test_a_model_config_that_does_not_fit_the_weights_is_refused_before_building(
+        model, vgg, tmp_path, monkeypatch):
+    """A damaged model_config (hidden_dim 50000, embedding_dim 10000) beside 6 MB of weights
+    built a 7 GB model for a minute before the shapes were compared: they are now compared
+    with the config's from the file's header, before a model is built or a tensor read."""
+    import re
+
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "m.safetensors"
+    save_file(model_tensors(model), path, metadata={
+        "format": "arbitrary_nst.arbitrary_style_model", "format_version": "1",
+        "model_config": json.dumps(dict(model.config(), hidden_dim=50000, embedding_dim=10000))})
+
+    def from_config(*a, **k):
+        raise AssertionError("a model was built")
+
+    monkeypatch.setattr(ArbitraryStyleModel, "from_config", from_config)
+    read = _recording_safe_open(monkeypatch)
+    with pytest.raises(ModelError, match=rf"^{re.escape(str(path))}: tensor predictor/bottleneck/bias has shape "
+                                         r"\(100,\), expected \(10000,\)$"):
+        load_exported(path, vgg=vgg)
+    assert read == []
+
+
+def test_an_extra_tensor_is_refused_without_reading_it(model, tmp_path, monkeypatch):
+    """An unexpected tensor declared 1 GiB (a sparse file) was read in full, converted and
+    checked for NaNs before it was refused: the header's names are checked first."""
+    import re
+
+    from safetensors.numpy import save
+
+    blob = save(model_tensors(model), metadata={
+        "format": "arbitrary_nst.arbitrary_style_model", "format_version": "1",
+        "model_config": json.dumps(model.config())})
+    n = int.from_bytes(blob[:8], "little")
+    header, data = json.loads(blob[8:8 + n]), blob[8 + n:]
+    header["zzz_junk"] = {"dtype": "F32", "shape": [1 << 28],
+                          "data_offsets": [len(data), len(data) + (4 << 28)]}
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path = tmp_path / "junk.safetensors"
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text + data)
+        f.truncate(8 + len(text) + len(data) + (4 << 28))  # (sparse: no 1 GiB written)
+    read = _recording_safe_open(monkeypatch)
+    with pytest.raises(ModelError, match=rf"^{re.escape(str(path))}: weights do not match its model_config "
+                                         r"\(missing: \[\], unexpected: \['zzz_junk'\]\)$"):
+        read_export(path)
+    assert read == []
+
+
 def test_model_file_of_a_folder_without_an_export_is_a_model_error(tmp_path):
     import re
 
