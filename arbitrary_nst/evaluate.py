@@ -925,9 +925,12 @@ def evaluate(content: str | os.PathLike, style: str | os.PathLike, out: str | os
     info["backend"] = ran_on.pop() if len(ran_on) == 1 else None
     # what the model ran with where --palette / --style-size were left to it ("palette": null
     # alone did not say which palette made the images)
+    # (a method_factory's own methods may hold any stylizer, or none)
     stylizer = next((b.stylizer for b in built.values() if getattr(b, "stylizer", None)), None)
-    if stylizer is not None:
-        info["palette_used"] = float(stylizer.model.palette if palette is None else palette)
+    model_palette = getattr(getattr(stylizer, "model", None), "palette", None)
+    if model_palette is not None or (stylizer is not None and palette is not None):
+        info["palette_used"] = float(model_palette if palette is None else palette)
+    if isinstance(getattr(stylizer, "style_size", None), int):
         info["style_size_used"] = int(stylizer.style_size)
     _check_resume_settings(out_dir, info, model_path, resume, methods, inputs)
     for m in methods:  # our own folders: a file there is one line, not a traceback later
