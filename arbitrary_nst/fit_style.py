@@ -67,6 +67,9 @@ DEFAULT_STYLE_WEIGHT = refine.DEFAULT_STYLE_WEIGHT  # content + 0.5 style: the t
 
 FORMAT = "arbitrary_nst.fitted_style/1"
 SUFFIX = ".npz"
+#: A fitted style's largest array unpacked: its conditioning (a few thousand floats at width
+#: 1), its loss history (one float per step). Larger members are refused unread.
+MAX_MEMBER_BYTES = 64 * 2**20
 
 
 def check_options(steps: int, learning_rate: float, batch_size: int, style_weight: float) -> None:
@@ -185,6 +188,13 @@ class FittedStyle:
                     raise ModelError(f"{path}: not a fitted style file (not an .npz archive; "
                                      "`infer.py fit-style` writes them)")
             with np.load(path, allow_pickle=False) as z:
+                # (sizes from the zip directory, before anything is unpacked: a 2 MB file
+                # whose history was 2^29 zeros took 2.2 GB, and loaded)
+                big = [i for i in z.zip.infolist() if i.file_size > MAX_MEMBER_BYTES]
+                if big:
+                    raise ModelError(f"{path}: not a fitted style file ({big[0].filename} "
+                                     f"unpacks to {big[0].file_size:,} bytes; a fitted style's "
+                                     "arrays are kilobytes)")
                 meta = json.loads(bytes(z["meta"]).decode())
                 if meta.get("format") != FORMAT:
                     raise ModelError(f"{path}: not a fitted style file (format "

@@ -222,7 +222,7 @@ def test_fitted_conditioning_mixes_linearly(st, photos, fitted):
         st.stylize(c, [fitted, other], weights=[1, 3]), atol=2e-5)
 
 
-def test_file_roundtrip_atomic_and_errors(st, fitted, tmp_path):
+def test_file_roundtrip_atomic_and_errors(st, fitted, tmp_path, monkeypatch):
     p = fitted.save(tmp_path / "s.npz")
     assert sorted(os.listdir(tmp_path)) == ["s.npz"]  # no temporary file left
     back = fit_style.FittedStyle.load(p)
@@ -255,6 +255,15 @@ def test_file_roundtrip_atomic_and_errors(st, fitted, tmp_path):
     np.testing.assert_array_equal(
         fit_style.FittedStyle.load(tmp_path / "nan_history.npz").conditioning,
         fitted.conditioning)
+    # a member that unpacks to more than a fitted style ever holds is refused unread (a 2 MB
+    # file whose history was 2^29 zeros took 2.2 GB; the cap here lowered to keep it small)
+    parts["history"] = np.zeros(4096, np.float32)
+    np.savez_compressed(tmp_path / "bomb.npz", **parts)
+    monkeypatch.setattr(fit_style, "MAX_MEMBER_BYTES", 8192)
+    with pytest.raises(ModelError, match="bomb.npz: not a fitted style file \\(history.npy "
+                                         "unpacks to 16,512 bytes"):
+        fit_style.FittedStyle.load(tmp_path / "bomb.npz")
+    fit_style.FittedStyle.load(p)  # (the real one is far below it)
     alien = dataclasses.replace(fitted, fingerprint="0" * 16)
     with pytest.raises(ConfigError, match="another model"):
         st.stylize(smooth_image(40, 40, 1), alien)
