@@ -157,7 +157,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="compute dtype (bfloat16 is for GPUs)")
     run_g.add_argument("--backend", choices=("auto", "jax", "onnxruntime"), default="auto",
                        help="'jax' (XLA, any device), 'onnxruntime' (CPU: the exported "
-                            "transfer graph, 1.3-1.9x faster there, ~2.5x on a folder of mixed "
+                            "transfer graph, 1.3-1.9x faster there, ~4x on a folder of mixed "
                             "sizes; same outputs to ~1e-6) or 'auto' (default: onnxruntime on "
                             "a CPU in float32, jax otherwise)")
     run_g.add_argument("--batch-size", type=int, default=None, metavar="N",

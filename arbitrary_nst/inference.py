@@ -352,7 +352,7 @@ def resolve_backend(backend: str, devices: Sequence[Any], model: Any = None) -> 
     """The backend ``"auto"`` stands for: ``"onnxruntime"`` when every device is a CPU, the
     model computes in float32 and onnxruntime (with onnx, to export the graph) is installed,
     ``"jax"`` otherwise. On a CPU the exported graph runs 1.3-1.9x as fast as XLA:CPU
-    (``bench/infer.py``), and a folder of mixed sizes ~2.5x (no compilation per shape,
+    (``bench/infer.py``), and a folder of mixed sizes ~4x (no compilation per shape,
     ``bench/backends.py``); on a GPU JAX is the fast path. An onnxruntime that is installed
     but does not import is JAX with a warning. Other names are returned as they are."""
     if backend != "auto":
