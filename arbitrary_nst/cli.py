@@ -626,7 +626,9 @@ def _run_gatys(args: argparse.Namespace) -> int:
                     continue
                 done += 1
                 if j in result.worse_than_start:  # (written: it is a result, a poor one)
-                    print(f"warning: {outs[i]}: {result.worse_than_start[j]} (--lr)",
+                    why = result.worse_than_start[j]
+                    print(f"warning: {outs[i]}: {why} ("
+                          f"{'--optimizer lbfgs' if gatys.AT_MINIMUM in why else '--lr'})",
                           file=sys.stderr)
                 if not args.quiet:
                     terms = {k: float(final[k][j]) for k in ("total", "content", "style", "tv")

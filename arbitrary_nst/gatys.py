@@ -1198,8 +1198,13 @@ def run(content, styles, *, style_weights=None, config: GatysConfig | None = Non
         raise ModelError(f"the optimization diverged{which} {diverged}")
     # (Adam with a learning rate too large ended 200x above its start with exit 0: the result
     # is worse than the image it started from)
+    # (a start already at the minimum, e.g. a photo stylized with itself from the photo: Adam's
+    # first steps, of about the learning rate whatever the gradient's size, only add noise,
+    # and "lower the learning rate" did not say that)
     worse = {i: (f"the loss ended {r:.3g}x above its start: the Adam learning rate "
-                 f"({cfg.learning_rate:g}) is too large; lower it")
+                 f"({cfg.learning_rate:g}) is too large; lower it" if r < AT_MINIMUM_RATIO else
+                 f"the loss ended above its start, which was {AT_MINIMUM} (Adam's steps "
+                 "only moved away from it); the L-BFGS optimizer keeps such a start")
              for i, r in sorted(rose.items()) if i not in failed}
     if worse and failures == "raise":
         which = ("" if out.shape[0] == 1 else
@@ -1212,6 +1217,12 @@ def run(content, styles, *, style_weights=None, config: GatysConfig | None = Non
                        worse_than_start=worse if failures == "report" else {})
 
 
+#: An Adam stage that ended this many times above its start loss started at the minimum (a
+#: learning rate far too large ended ~100-200x above).
+AT_MINIMUM_RATIO = 1e4
+AT_MINIMUM = "at the loss's minimum already"  # (the CLI's hint names another option then)
+
+
 def _ended_above_start(start_total: np.ndarray | None, hist: dict) -> dict[int, float]:
     """``{example: end / start loss}`` of the examples whose stage ended above the loss it
     started from (by more than float32 noise); only where the start is known (Adam)."""
@@ -1220,8 +1231,10 @@ def _ended_above_start(start_total: np.ndarray | None, hist: dict) -> dict[int, 
         return {}
     last = np.asarray(total)[-1].reshape(-1)
     start = np.asarray(start_total).reshape(-1)
-    return {i: float(last[i] / start[i]) for i in range(min(last.size, start.size))
-            if np.isfinite(last[i]) and np.isfinite(start[i]) and start[i] > 0
+    # (a start at loss 0, a photo stylized with itself from the photo, is infinitely below)
+    return {i: float(last[i] / start[i]) if start[i] > 0 else math.inf
+            for i in range(min(last.size, start.size))
+            if np.isfinite(last[i]) and np.isfinite(start[i]) and start[i] >= 0
             and last[i] > start[i] * (1 + 1e-4)}
 
 

@@ -1062,6 +1062,15 @@ def test_gatys_says_which_outputs_adam_left_above_their_start(files, tmp_path, c
                      capsys.readouterr().err, re.M)
     assert main(gatys_args(files, tmp_path / "ok.png", "--optimizer", "adam", iters=8)) == 0
     assert "warning" not in capsys.readouterr().err
+    # a start at the minimum (the style stylized with itself, no TV): "lower the learning
+    # rate" was the wrong advice, or (a start at loss 0) nothing was said
+    args = gatys_args(files, tmp_path / "self", "--optimizer", "adam", "--tv-weight", "0",
+                      contents=("style", "a"), iters=8)
+    assert main(args) == 0
+    warned = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning: ")]
+    assert len(warned) == 1 and "__style__gatys" in warned[0] and warned[0].endswith(
+        "which was at the loss's minimum already (Adam's steps only moved away from it); the "
+        "L-BFGS optimizer keeps such a start (--optimizer lbfgs)"), warned
 
 
 def test_gatys_batch_skips_a_content_whose_output_cannot_be_written(files, tmp_path, capsys):
