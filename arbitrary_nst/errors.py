@@ -15,6 +15,7 @@ import math
 import numbers
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 
@@ -240,17 +241,23 @@ class _ReaderMayLeaveStream(_BestEffortStream):
             self._drop_the_pipe()
 
     def _drop_the_pipe(self) -> None:
-        import os
+        _point_at_devnull(self._stream)
 
+
+def _point_at_devnull(stream) -> None:
+    """Point ``stream``'s file descriptor at /dev/null: what is still buffered then goes
+    nowhere instead of failing again when Python flushes it at exit."""
+    import os
+
+    try:
+        fd = stream.fileno()
+        devnull = os.open(os.devnull, os.O_WRONLY)
         try:
-            fd = self._stream.fileno()
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            try:
-                os.dup2(devnull, fd)
-            finally:
-                os.close(devnull)
-        except (OSError, ValueError, AttributeError):  # (no file descriptor: a test's stream)
-            pass
+            os.dup2(devnull, fd)
+        finally:
+            os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # (no file descriptor: a test's stream)
+        pass
 
 
 def printable_stdout() -> None:
@@ -427,6 +434,17 @@ def run_command(main: Callable[..., int], *args, **kwargs) -> int:
     with interrupts_outside_gc_callbacks() as received:
         try:
             status = main(*args, **kwargs)
+            # (a stdout that cannot be written, `>/dev/full`: the summary sat in its buffer
+            # and Python's own flush at exit printed a traceback, "Exception ignored", 120)
+            if sys.stdout is not None:
+                try:
+                    sys.stdout.flush()
+                except OSError as e:
+                    _point_at_devnull(sys.stdout)
+                    if received.signum is None:
+                        print(f"error: cannot write the output (stdout: "
+                              f"{e.strerror or one_line(e)})", file=sys.stderr)
+                        status = status or 1
         except OSError:  # after SIGHUP the terminal is gone: printing what was kept fails (EIO)
             if received.signum in (None, signal.SIGINT):
                 raise

@@ -2021,28 +2021,36 @@ def test_a_reader_that_leaves_does_not_fail_the_batch(data, model):
     "error: Broken pipe" and exited 1 on the summary line. stdout's lines are dropped then;
     no "Exception ignored" when Python flushes it at exit either. A stdout that cannot be
     written for another reason (a full disk) is still an error."""
-    read_end, write_end = os.pipe()
-    os.close(read_end)  # (the reader left before the first line: each write is EPIPE)
-    od = data["tmp"] / "o"
-    argv = [sys.executable, "infer.py", "--content", str(data["dir"]), "--style",
-            str(data["styles"][0]), "--out-dir", str(od), "--model", str(model),
-            "--style-size", SS]
-    try:
-        r = subprocess.run(argv, stdout=write_end, stderr=subprocess.PIPE, text=True,
-                           timeout=300, cwd=REPO)
-    finally:
-        os.close(write_end)
-    assert r.returncode == 0, r.stderr[-800:]
-    assert "Broken pipe" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr
-    assert sorted(p.name.split("__")[0] for p in od.iterdir()) == ["a", "b", "c"]
+    # (buffered, as a user's Python runs, the lines fail at the exit's own flush; unbuffered
+    # in the command)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    for i, unbuffered in enumerate(({}, {"PYTHONUNBUFFERED": "1"})):
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # (the reader left before the first line: each write is EPIPE)
+        od = data["tmp"] / f"o{i}"
+        argv = [sys.executable, "infer.py", "--content", str(data["dir"]), "--style",
+                str(data["styles"][0]), "--out-dir", str(od), "--model", str(model),
+                "--style-size", SS]
+        try:
+            r = subprocess.run(argv, stdout=write_end, stderr=subprocess.PIPE, text=True,
+                               timeout=300, cwd=REPO, env={**env, **unbuffered})
+        finally:
+            os.close(write_end)
+        assert r.returncode == 0, r.stderr[-800:]
+        assert "Broken pipe" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr
+        assert sorted(p.name.split("__")[0] for p in od.iterdir()) == ["a", "b", "c"]
     if not os.path.exists("/dev/full"):
         return
-    with open("/dev/full", "w") as full:
-        r = subprocess.run(argv[:-6] + ["--out-dir", str(data["tmp"] / "o2"), "--model",
-                                        str(model), "--style-size", SS],
-                           stdout=full, stderr=subprocess.PIPE, text=True, timeout=300,
-                           cwd=REPO)
-    assert r.returncode == 1 and "error: No space left on device" in r.stderr, r.stderr[-800:]
+    # a stdout that cannot be written: the summary failed at the exit's own flush (buffered),
+    # a traceback "Exception ignored", status 120; unbuffered it failed in the command
+    for i, unbuffered in enumerate(({}, {"PYTHONUNBUFFERED": "1"})):
+        with open("/dev/full", "w") as full:
+            r = subprocess.run(argv[:-6] + ["--out-dir", str(data["tmp"] / f"o{i + 2}"),
+                                            "--model", str(model), "--style-size", SS],
+                               stdout=full, stderr=subprocess.PIPE, text=True, timeout=300,
+                               cwd=REPO, env={**env, **unbuffered})
+        assert r.returncode == 1 and "No space left on device" in r.stderr, r.stderr[-800:]
+        assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr
 
 
 def test_glob_outputs_stay_inside_the_out_dir_and_keep_hidden_subfolders(cli, data):
