@@ -273,26 +273,27 @@ def color_moments(x) -> jax.Array:
 def color_moments_np(x: np.ndarray) -> np.ndarray:
     """:func:`color_moments` of one ``[H, W, 3]`` float image in numpy (``[12]`` float32): for
     the host, where every photo size would compile the jax version anew."""
+    mean, cov = _stats64(x)
+    second = cov + np.outer(mean, mean)
+    return np.concatenate([mean, second.reshape(9)]).astype(np.float32)
+
+
+def _stats64(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean ``[3]`` and covariance ``[3, 3]`` (float64) of an ``[H, W, 3]`` image's pixels."""
     flat = np.asarray(x, np.float32).reshape(-1, 3)
     mean = flat.mean(0, dtype=np.float64)
     # centred before the float32 product: E[x x^T] of a low-contrast photo is mean mean^T plus
     # a tiny covariance, and its float32 sum over 12 MP put the covariance ~1% off
     d = flat - mean.astype(np.float32)
     dm = d.mean(0, dtype=np.float64)  # (what the float32 centring left)
-    cov = (d.T @ d).astype(np.float64) / len(flat) - np.outer(dm, dm)
-    second = cov + np.outer(mean, mean)
-    return np.concatenate([mean, second.reshape(9)]).astype(np.float32)
+    return mean, (d.T @ d).astype(np.float64) / len(flat) - np.outer(dm, dm)
 
 
 def color_stats_np(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """:func:`color_stats` of one ``[H, W, 3]`` float image in numpy (mean ``[3]``, covariance
     ``[3, 3]``, float32), centred as :func:`color_moments_np`: for the host path, where the
     jax version compiled anew for every image size."""
-    flat = np.asarray(x, np.float32).reshape(-1, 3)
-    mean = flat.mean(0, dtype=np.float64)
-    d = flat - mean.astype(np.float32)
-    dm = d.mean(0, dtype=np.float64)
-    cov = (d.T @ d).astype(np.float64) / len(flat) - np.outer(dm, dm)
+    mean, cov = _stats64(x)
     return mean.astype(np.float32), cov.astype(np.float32)
 
 
