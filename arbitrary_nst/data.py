@@ -137,9 +137,8 @@ log = logging.getLogger(__name__)
 def _in_user_cache(default: str) -> str:
     """``default`` (a path under ``~/.cache/arbitrary_nst``) moved under ``$ARBITRARY_NST_CACHE``
     where that is set and not empty (the folder the weights use, :func:`weights.cache_dir`)."""
-    env = os.environ.get(_weights.CACHE_ENV)
-    if env:
-        return os.path.join(os.path.expanduser(env), os.path.basename(default))
+    if os.environ.get(_weights.CACHE_ENV):
+        return os.path.join(_weights.cache_dir(), os.path.basename(default))
     return os.path.expanduser(default)
 
 

@@ -199,20 +199,27 @@ class _BestEffortStream:
     disk) stopped a whole batch at its first progress line, with nothing said. Everything else
     is the wrapped stream's."""
 
+    #: the errors of a write or flush that are dropped (ValueError: a closed file)
+    DROPPED: tuple[type[Exception], ...] = (OSError, ValueError)
+
     def __init__(self, stream):
         self._stream = stream
 
     def write(self, s: str) -> int:
         try:
             return self._stream.write(s)
-        except (OSError, ValueError):  # (ValueError: a closed file)
+        except self.DROPPED:
+            self._dropped()
             return len(s)
 
     def flush(self) -> None:
         try:
             self._stream.flush()
-        except (OSError, ValueError):
-            pass
+        except self.DROPPED:
+            self._dropped()
+
+    def _dropped(self) -> None:
+        """Called after a dropped write or flush."""
 
     def __getattr__(self, name: str):
         return getattr(self._stream, name)
@@ -227,28 +234,15 @@ class _ReaderMayLeaveStream(_BestEffortStream):
     ("Exception ignored ... BrokenPipeError"). Other write errors (`>/dev/full`) still raise:
     the user asked for that output to be kept."""
 
-    def write(self, s: str) -> int:
-        try:
-            return self._stream.write(s)
-        except BrokenPipeError:
-            self._drop_the_pipe()
-            return len(s)
+    DROPPED = (BrokenPipeError,)
 
-    def flush(self) -> None:
-        try:
-            self._stream.flush()
-        except BrokenPipeError:
-            self._drop_the_pipe()
-
-    def _drop_the_pipe(self) -> None:
+    def _dropped(self) -> None:
         _point_at_devnull(self._stream)
 
 
 def _point_at_devnull(stream) -> None:
     """Point ``stream``'s file descriptor at /dev/null: what is still buffered then goes
     nowhere instead of failing again when Python flushes it at exit."""
-    import os
-
     try:
         fd = stream.fileno()
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -426,6 +420,20 @@ def interrupts_outside_gc_callbacks() -> Iterator[_Received]:
             gc.callbacks.remove(track)
 
 
+def _flush_stdout() -> str | None:
+    """Flush stdout; why it failed, or None. A stdout that cannot be written (`>/dev/full`)
+    kept the summary in its buffer, and Python's own flush at exit printed a traceback
+    ("Exception ignored", status 120); after a failure the descriptor points at /dev/null."""
+    if sys.stdout is None:
+        return None
+    try:
+        sys.stdout.flush()
+    except OSError as e:
+        _point_at_devnull(sys.stdout)
+        return e.strerror or one_line(e)
+    return None
+
+
 def run_command(main: Callable[..., int], *args, **kwargs) -> int:
     """``main(*args, **kwargs)`` under :func:`interrupts_outside_gc_callbacks`: what every
     command's ``__main__`` block runs. Stopped by SIGTERM / SIGHUP, the status is 143 / 129
@@ -434,17 +442,9 @@ def run_command(main: Callable[..., int], *args, **kwargs) -> int:
     with interrupts_outside_gc_callbacks() as received:
         try:
             status = main(*args, **kwargs)
-            # (a stdout that cannot be written, `>/dev/full`: the summary sat in its buffer
-            # and Python's own flush at exit printed a traceback, "Exception ignored", 120)
-            if sys.stdout is not None:
-                try:
-                    sys.stdout.flush()
-                except OSError as e:
-                    _point_at_devnull(sys.stdout)
-                    if received.signum is None:
-                        print(f"error: cannot write the output (stdout: "
-                              f"{e.strerror or one_line(e)})", file=sys.stderr)
-                        status = status or 1
+            if (why := _flush_stdout()) is not None and received.signum is None:
+                print(f"error: cannot write the output (stdout: {why})", file=sys.stderr)
+                status = status or 1
         except OSError:  # after SIGHUP the terminal is gone: printing what was kept fails (EIO)
             if received.signum in (None, signal.SIGINT):
                 raise
